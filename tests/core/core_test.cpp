@@ -1,0 +1,91 @@
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+#include "core/crc32c.h"
+#include "core/deadline.h"
+#include "core/error.h"
+#include "core/rng.h"
+
+namespace dtrain {
+namespace {
+
+TEST(Crc32c, MatchesTheStandardCheckValue) {
+  const char* text = "123456789";
+  EXPECT_EQ(crc32c(text, std::strlen(text)), 0xE3069283u);
+  EXPECT_EQ(crc32c(text, 0), 0u);
+}
+
+TEST(Crc32c, ExtendEqualsOneShot) {
+  std::vector<unsigned char> bytes(1000);
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<unsigned char>(i * 31 + 7);
+  const uint32_t whole = crc32c(bytes.data(), bytes.size());
+  uint32_t parts = crc32c_extend(0, bytes.data(), 333);
+  parts = crc32c_extend(parts, bytes.data() + 333, bytes.size() - 333);
+  EXPECT_EQ(whole, parts);
+}
+
+TEST(Rng, SameSeedSameStream) {
+  Rng a(42), b(42), c(43);
+  for (int i = 0; i < 100; ++i) {
+    const uint64_t x = a.next_u64();
+    EXPECT_EQ(x, b.next_u64());
+    EXPECT_NE(x, c.next_u64());
+  }
+}
+
+TEST(Rng, StateRoundTrips) {
+  Rng a(7);
+  a.normal();
+  const Rng::State saved = a.state();
+  const float expected = a.uniform();
+  Rng b(0);
+  b.set_state(saved);
+  EXPECT_EQ(b.uniform(), expected);
+}
+
+TEST(Rng, DistributionsHaveTheRightMoments) {
+  Rng rng(1);
+  const int n = 200000;
+  double su = 0, sn = 0, sn2 = 0;
+  for (int i = 0; i < n; ++i) {
+    const float u = rng.uniform();
+    ASSERT_GE(u, 0.0f);
+    ASSERT_LT(u, 1.0f);
+    su += u;
+    const double z = rng.normal();
+    sn += z;
+    sn2 += z * z;
+  }
+  EXPECT_NEAR(su / n, 0.5, 0.01);
+  EXPECT_NEAR(sn / n, 0.0, 0.01);
+  EXPECT_NEAR(sn2 / n, 1.0, 0.02);
+  for (int i = 0; i < 1000; ++i) EXPECT_LT(rng.below(7), 7u);
+}
+
+TEST(Errors, MessagesNameThePeerAndOperation) {
+  TimeoutError e(3, "allreduce", std::chrono::milliseconds(500), "chunk 2");
+  EXPECT_EQ(e.peer(), 3);
+  EXPECT_STREQ(e.what(), "allreduce with rank 3: timed out after 500 ms waiting for chunk 2");
+  ConfigError c("job.toml", "optimizer.lr", 12, "expected a number, got a string");
+  EXPECT_STREQ(c.what(), "job.toml:12: 'optimizer.lr': expected a number, got a string");
+}
+
+TEST(Errors, CheckThrowsInternalErrorWithValues) {
+  try {
+    int x = 3;
+    DTRAIN_CHECK(x == 4, "x is {}", x);
+    FAIL() << "no throw";
+  } catch (const InternalError& e) {
+    EXPECT_NE(std::string(e.what()).find("x == 4: x is 3"), std::string::npos);
+  }
+}
+
+TEST(Deadline, ExpiresAndClamps) {
+  EXPECT_TRUE(Deadline::after(std::chrono::milliseconds(0)).expired());
+  EXPECT_FALSE(Deadline::never().expired());
+  EXPECT_EQ(Deadline::after(std::chrono::milliseconds(-5)).remaining().count(), 0);
+}
+
+}  // namespace
+}  // namespace dtrain
