@@ -1,0 +1,56 @@
+// JobAuth: the identity of one job on the wire and, when a job secret is set,
+// the key that authenticates every frame.
+//
+// - job_id(): 64 bits derived from the job name (BLAKE2b, domain-separated).
+//   Every frame carries it, so two jobs that share a network (or a stale
+//   process from an earlier run) never mix messages. It is not a secret.
+// - With a non-empty secret, mac() computes a 32-byte keyed BLAKE2b
+//   (libsodium crypto_generichash, an HMAC-equivalent keyed hash) over the
+//   frame header (with its MAC field zeroed) and the payload. The key is
+//   derived from the secret and the job id, so the same secret used by two jobs
+//   yields two keys. verify() compares in constant time.
+// - With an empty secret, enabled() is false and frames carry no MAC; a
+//   process that has a secret rejects such frames and vice versa (wire.h).
+// The secret is kept only as the derived key; it is wiped on destruction.
+// Thread safety: immutable after construction; all methods are const and may
+// be called from any thread. Throws InternalError only if libsodium fails to
+// initialise. Never blocks.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string_view>
+
+namespace dtrain::comm {
+
+inline constexpr size_t kMacBytes = 32;
+using Mac = std::array<std::byte, kMacBytes>;
+
+class JobAuth {
+ public:
+  JobAuth(std::string_view job_name, std::string_view secret);
+  ~JobAuth();
+  JobAuth(const JobAuth&) = default;
+  JobAuth& operator=(const JobAuth&) = default;
+
+  uint64_t job_id() const { return job_id_; }
+  bool enabled() const { return enabled_; }
+
+  // Keyed hash of `header` then `payload`. Requires enabled().
+  Mac mac(std::span<const std::byte> header, std::span<const std::byte> payload) const;
+  // True when `expected` is the MAC of header+payload (constant-time compare).
+  bool verify(std::span<const std::byte> header, std::span<const std::byte> payload,
+              std::span<const std::byte, kMacBytes> expected) const;
+
+ private:
+  uint64_t job_id_ = 0;
+  bool enabled_ = false;
+  std::array<unsigned char, 32> key_{};
+};
+
+// The job id of `job_name` (what JobAuth::job_id() returns).
+uint64_t job_id_of(std::string_view job_name);
+
+}  // namespace dtrain::comm

@@ -1,0 +1,56 @@
+// Launch environment: which rank this process is, how many ranks the job has,
+// its rank on this host, and where the rendezvous coordinator listens.
+//
+// resolve_launch_env() is a pure function of an environment map (the command
+// line reads the real environment and passes it in; library code never calls
+// getenv). Each field is taken from the first source that provides it:
+//   1. explicit values (command-line flags) in LaunchOverrides,
+//   2. dtrain's own variables:  DTRAIN_RANK, DTRAIN_WORLD_SIZE,
+//      DTRAIN_LOCAL_RANK, DTRAIN_COORDINATOR,
+//   3. OpenMPI (mpirun):        OMPI_COMM_WORLD_RANK, OMPI_COMM_WORLD_SIZE,
+//                               OMPI_COMM_WORLD_LOCAL_RANK,
+//   4. Slurm (srun):            SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID.
+// With no rank and no world size anywhere the job is a single process
+// (rank 0 of 1). The coordinator ("host:port") has no launcher fallback: it is
+// required when world_size > 1. When no source gives the local rank, it is the
+// rank (every rank assumed on one host).
+// Throws ConfigError naming the variable (or "--flag") and the bad value:
+// a non-integer, a negative rank, rank >= world size, a world size < 1, only
+// one of rank / world size found, a missing or malformed coordinator.
+// Thread safety: pure. Never blocks.
+#pragma once
+
+#include <map>
+#include <optional>
+#include <string>
+
+namespace dtrain::comm {
+
+struct LaunchOverrides {
+  std::optional<int> rank;
+  std::optional<int> world_size;
+  std::optional<int> local_rank;
+  std::optional<std::string> coordinator;
+};
+
+struct LaunchInfo {
+  int rank = 0;
+  int world_size = 1;
+  int local_rank = 0;
+  std::string coordinator;  // "host:port"; empty for a single process
+  // Where rank and world size came from, e.g. "DTRAIN_RANK/DTRAIN_WORLD_SIZE".
+  std::string source;
+};
+
+LaunchInfo resolve_launch_env(const std::map<std::string, std::string>& env,
+                              const LaunchOverrides& overrides = {});
+
+// Splits "host:port" (IPv6 hosts in brackets: "[::1]:29500"); throws
+// ConfigError naming `where` for a missing host, port or a port outside 1..65535.
+struct HostPort {
+  std::string host;
+  int port = 0;
+};
+HostPort parse_host_port(const std::string& text, const std::string& where);
+
+}  // namespace dtrain::comm

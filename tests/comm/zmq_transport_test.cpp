@@ -1,0 +1,308 @@
+// ZmqTransport with every rank on a thread of this process: the sockets,
+// rendezvous and I/O threads are the real ones (tcp and ipc on loopback).
+// Process failures (SIGKILL, SIGSTOP) are in zmq_multiprocess_test.cpp.
+#include "comm/zmq_transport.h"
+
+#include <gtest/gtest.h>
+
+#include <condition_variable>
+#include <future>
+#include <mutex>
+#include <thread>
+
+#include "comm/wire.h"
+#include "core/error.h"
+
+namespace dtrain::comm {
+namespace {
+
+using namespace std::chrono_literals;
+
+std::vector<std::byte> pattern(size_t n, int src, int dst, uint64_t tag, int index) {
+  std::vector<std::byte> out(n);
+  for (size_t i = 0; i < n; ++i) {
+    out[i] = static_cast<std::byte>(src * 31 + dst * 17 + tag * 7 + index * 3 + i);
+  }
+  return out;
+}
+
+ZmqTransportOptions test_options(int rank, int world) {
+  ZmqTransportOptions o;
+  o.rank = rank;
+  o.world_size = world;
+  o.heartbeat_interval = 100ms;
+  o.heartbeat_timeout = 2000ms;
+  return o;
+}
+
+// A job of `world` transports on threads of this process.
+struct Group {
+  std::vector<std::unique_ptr<ZmqTransport>> ranks;
+};
+
+Group make_group(int world, const JobAuth& auth, bool prefer_ipc, Logger& logger = Logger::null()) {
+  RendezvousServer server("127.0.0.1", 0, world, auth, Logger::null());
+  Group g;
+  for (int r = 0; r < world; ++r) {
+    auto o = test_options(r, world);
+    o.prefer_ipc = prefer_ipc;
+    g.ranks.push_back(std::make_unique<ZmqTransport>(o, auth, logger));
+  }
+  std::vector<std::future<void>> connected;
+  for (int r = 0; r < world; ++r) {
+    connected.push_back(std::async(std::launch::async, [&, r] {
+      auto table = rendezvous(server.address(), g.ranks[r]->local_endpoint(), world, auth,
+                              Deadline::after(20s), Logger::null());
+      g.ranks[r]->connect(table);
+    }));
+  }
+  for (auto& c : connected) c.get();
+  return g;
+}
+
+// Counts log lines containing `needle` and lets a test wait for a number of them.
+class LogWatch {
+ public:
+  explicit LogWatch(std::string needle)
+      : needle_(std::move(needle)),
+        logger_(LogLevel::kWarn, [this](LogLevel, std::string_view line) {
+          std::lock_guard lock(mutex_);
+          lines_.emplace_back(line);
+          if (line.find(needle_) != std::string_view::npos) ++count_;
+          cv_.notify_all();
+        }) {}
+  Logger& logger() { return logger_; }
+  bool wait_for(int count, Deadline deadline) {
+    std::unique_lock lock(mutex_);
+    return cv_.wait_until(lock, deadline.at(), [&] { return count_ >= count; });
+  }
+  std::string all() {
+    std::lock_guard lock(mutex_);
+    std::string out;
+    for (const auto& l : lines_) out += l + "\n";
+    return out;
+  }
+
+ private:
+  std::string needle_;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  int count_ = 0;
+  std::vector<std::string> lines_;
+  Logger logger_;
+};
+
+class ZmqTransportPair : public ::testing::TestWithParam<bool> {};
+
+TEST_P(ZmqTransportPair, SizesAndPerTagOrder) {
+  const JobAuth auth("zmq-sizes", GetParam() ? "" : "a secret");
+  Group g = make_group(2, auth, /*prefer_ipc=*/GetParam());
+  const std::vector<size_t> sizes{0, 1, 1000, 64 * 1024, 3 * 1024 * 1024 + 5};
+  // Interleave two tags; each must arrive in its own order.
+  for (int i = 0; i < static_cast<int>(sizes.size()); ++i) {
+    for (uint64_t tag : {uint64_t{5}, uint64_t{1} << 40}) {
+      g.ranks[0]->send(1, tag, pattern(sizes[i], 0, 1, tag, i), "test", Deadline::after(20s));
+    }
+  }
+  for (uint64_t tag : {uint64_t{1} << 40, uint64_t{5}}) {
+    for (int i = 0; i < static_cast<int>(sizes.size()); ++i) {
+      if (i % 2 == 0) {
+        EXPECT_EQ(g.ranks[1]->recv(0, tag, "test", Deadline::after(20s)),
+                  pattern(sizes[i], 0, 1, tag, i));
+      } else {
+        std::vector<std::byte> out(sizes[i]);
+        g.ranks[1]->recv_into(0, tag, out, "test", Deadline::after(20s));
+        EXPECT_EQ(out, pattern(sizes[i], 0, 1, tag, i));
+      }
+    }
+  }
+  // And back.
+  g.ranks[1]->send(0, 9, pattern(10, 1, 0, 9, 0), "test", Deadline::after(20s));
+  EXPECT_EQ(g.ranks[0]->recv(1, 9, "test", Deadline::after(20s)), pattern(10, 1, 0, 9, 0));
+  EXPECT_EQ(g.ranks[0]->dropped_frames(), 0u);
+  EXPECT_EQ(g.ranks[1]->dropped_frames(), 0u);
+}
+
+INSTANTIATE_TEST_SUITE_P(IpcAndTcp, ZmqTransportPair, ::testing::Bool(),
+                         [](const auto& info) { return info.param ? "ipc" : "tcp_with_secret"; });
+
+TEST(ZmqTransport, ConcurrentSendersKeepPerTagOrder) {
+  const JobAuth auth("zmq-threads", "");
+  Group g = make_group(3, auth, true);
+  constexpr int kMessages = 50;
+  std::vector<std::jthread> senders;
+  for (int src : {1, 2}) {
+    for (uint64_t tag : {uint64_t{1}, uint64_t{2}}) {
+      senders.emplace_back([&, src, tag] {
+        for (int i = 0; i < kMessages; ++i) {
+          g.ranks[src]->send(0, tag, pattern(100 + i, src, 0, tag, i), "test", Deadline::after(20s));
+        }
+      });
+    }
+  }
+  senders.clear();  // joins
+  for (int src : {1, 2}) {
+    for (uint64_t tag : {uint64_t{2}, uint64_t{1}}) {
+      for (int i = 0; i < kMessages; ++i) {
+        ASSERT_EQ(g.ranks[0]->recv(src, tag, "test", Deadline::after(20s)),
+                  pattern(100 + i, src, 0, tag, i));
+      }
+    }
+  }
+}
+
+TEST(ZmqTransport, RecvTimeoutNamesPeerAndTagAndFailsTheTransport) {
+  const JobAuth auth("zmq-timeout", "");
+  Group g = make_group(2, auth, true);
+  try {
+    g.ranks[0]->recv(1, 42, "broadcast", Deadline::after(100ms));
+    FAIL() << "recv returned without a message";
+  } catch (const TimeoutError& e) {
+    EXPECT_EQ(e.peer(), 1);
+    EXPECT_EQ(e.operation(), "broadcast");
+    EXPECT_NE(std::string(e.what()).find("waiting for a message from rank 1 on tag 42"),
+              std::string::npos)
+        << e.what();
+  }
+  // Failed: every later call throws, naming the first failure.
+  try {
+    g.ranks[0]->send(1, 1, pattern(4, 0, 1, 1, 0), "allgather", Deadline::after(1s));
+    FAIL() << "send on a failed transport succeeded";
+  } catch (const CommError& e) {
+    EXPECT_EQ(e.peer(), 1);
+    EXPECT_EQ(e.operation(), "allgather");
+  }
+}
+
+TEST(ZmqTransport, RecvIntoWrongSizeNamesBothSizes) {
+  const JobAuth auth("zmq-size", "");
+  Group g = make_group(2, auth, true);
+  g.ranks[1]->send(0, 3, pattern(16, 1, 0, 3, 0), "test", Deadline::after(20s));
+  std::vector<std::byte> out(15);
+  try {
+    g.ranks[0]->recv_into(1, 3, out, "reduce_scatter", Deadline::after(20s));
+    FAIL() << "size mismatch accepted";
+  } catch (const CommError& e) {
+    EXPECT_NE(std::string(e.what()).find("message on tag 3 is 16 bytes, the receive buffer is 15 bytes"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_THROW(g.ranks[0]->recv(1, 4, "x", Deadline::after(1s)), CommError);
+}
+
+TEST(ZmqTransport, QueuedMessagesOutliveTheSendersGoodbye) {
+  const JobAuth auth("zmq-goodbye", "");
+  Group g = make_group(2, auth, true);
+  g.ranks[1]->send(0, 7, pattern(3, 1, 0, 7, 0), "test", Deadline::after(20s));
+  g.ranks[1]->send(0, 7, pattern(200000, 1, 0, 7, 1), "test", Deadline::after(20s));
+  g.ranks[1].reset();  // says goodbye after its last message
+  EXPECT_EQ(g.ranks[0]->recv(1, 7, "test", Deadline::after(20s)), pattern(3, 1, 0, 7, 0));
+  EXPECT_EQ(g.ranks[0]->recv(1, 7, "test", Deadline::after(20s)), pattern(200000, 1, 0, 7, 1));
+  try {
+    g.ranks[0]->recv(1, 7, "gather", Deadline::after(20s));
+    FAIL() << "a third message appeared";
+  } catch (const TimeoutError& e) {
+    FAIL() << "waited for the deadline although the peer had said goodbye: " << e.what();
+  } catch (const CommError& e) {
+    EXPECT_EQ(e.peer(), 1);
+    EXPECT_NE(std::string(e.what()).find("closed its transport"), std::string::npos) << e.what();
+  }
+}
+
+TEST(ZmqTransport, SilentPeerFailsByHeartbeat) {
+  // Rank 1 registers an endpoint that accepts connections but never speaks.
+  const JobAuth auth("zmq-silent", "");
+  RendezvousServer server("127.0.0.1", 0, 2, auth, Logger::null());
+  zmq::context_t context(1);
+  zmq::socket_t mute(context, zmq::socket_type::pull);
+  mute.set(zmq::sockopt::linger, 0);
+  mute.bind("tcp://127.0.0.1:*");
+  auto o = test_options(0, 2);
+  o.heartbeat_timeout = 400ms;
+  ZmqTransport rank0(o, auth, Logger::null());
+  auto silent = std::async(std::launch::async, [&] {
+    return rendezvous(server.address(),
+                      PeerEndpoint{1, "elsewhere", mute.get(zmq::sockopt::last_endpoint), ""}, 2,
+                      auth, Deadline::after(20s), Logger::null());
+  });
+  rank0.connect(rendezvous(server.address(), rank0.local_endpoint(), 2, auth,
+                           Deadline::after(20s), Logger::null()));
+  silent.get();
+  try {
+    rank0.recv(1, 0, "allreduce", Deadline::after(60s));
+    FAIL() << "a message from a mute peer";
+  } catch (const TimeoutError& e) {
+    FAIL() << "hit the call's deadline instead of the heartbeat timeout: " << e.what();
+  } catch (const CommError& e) {
+    EXPECT_EQ(e.peer(), 1);
+    EXPECT_STREQ(e.what(), "allreduce with rank 1: peer stopped responding (no heartbeat for 400 ms)");
+  }
+}
+
+TEST(ZmqTransport, ForeignFramesAreDroppedAndLogged) {
+  const JobAuth auth("zmq-foreign", "the secret");
+  LogWatch watch("dropped an inbound frame");
+  Group g = make_group(2, auth, /*prefer_ipc=*/false, watch.logger());
+  // A first exchange, so that rank 1's sequence numbers are under way.
+  g.ranks[1]->send(0, 2, pattern(5, 1, 0, 2, 0), "test", Deadline::after(20s));
+  ASSERT_EQ(g.ranks[0]->recv(1, 2, "test", Deadline::after(20s)), pattern(5, 1, 0, 2, 0));
+
+  // An intruder connects straight to rank 0's endpoint.
+  zmq::context_t context(1);
+  zmq::socket_t intruder(context, zmq::socket_type::push);
+  intruder.set(zmq::sockopt::linger, 0);
+  intruder.connect(g.ranks[0]->local_endpoint().tcp_endpoint);
+  const std::vector<std::byte> evil = pattern(8, 6, 6, 6, 6);
+  auto inject = [&](const wire::FrameHeader& h, const JobAuth& signer) {
+    const auto header = wire::encode_header(h, evil, signer, true);
+    intruder.send(zmq::const_buffer(header.data(), header.size()), zmq::send_flags::sndmore);
+    intruder.send(zmq::const_buffer(evil.data(), evil.size()), zmq::send_flags::none);
+  };
+  wire::FrameHeader h;
+  h.type = wire::MessageType::kData;
+  h.sender = 1;
+  h.receiver = 0;
+  h.tag = 1;
+  h.job_id = auth.job_id();
+  h.sequence = 1000;
+  inject(h, JobAuth("zmq-foreign", ""));           // no MAC
+  inject(h, JobAuth("zmq-foreign", "guessed"));    // wrong secret
+  h.job_id = job_id_of("another job");
+  inject(h, JobAuth("another job", "the secret"));  // another job
+  h.job_id = auth.job_id();
+  h.sender = 9;
+  inject(h, auth);                                  // not a rank of the job
+  h.sender = 1;
+  h.sequence = 0;
+  inject(h, auth);                                  // a replay of rank 1's first frame
+  intruder.send(zmq::str_buffer("garbage"), zmq::send_flags::none);
+  constexpr int kInjected = 6;
+  ASSERT_TRUE(watch.wait_for(kInjected, Deadline::after(20s))) << watch.all();
+  EXPECT_EQ(g.ranks[0]->dropped_frames(), static_cast<uint64_t>(kInjected));
+  const std::string log = watch.all();
+  for (const char* reason : {"not authenticated", "MAC mismatch", "does not match this job's",
+                             "sender rank 9 is out of range", "replayed frame claiming rank 1",
+                             "one-part message"}) {
+    EXPECT_NE(log.find(reason), std::string::npos) << reason << " not in:\n" << log;
+  }
+  // Only rank 1's own message on tag 1 is delivered.
+  g.ranks[1]->send(0, 1, pattern(5, 1, 0, 1, 0), "test", Deadline::after(20s));
+  EXPECT_EQ(g.ranks[0]->recv(1, 1, "test", Deadline::after(20s)), pattern(5, 1, 0, 1, 0));
+  EXPECT_THROW(g.ranks[0]->recv(1, 1, "test", Deadline::after(100ms)), TimeoutError);
+}
+
+TEST(ZmqTransport, MisuseIsAUsageError) {
+  const JobAuth auth("zmq-misuse", "");
+  ZmqTransport lone(test_options(0, 2), auth, Logger::null());
+  EXPECT_THROW(lone.send(1, 0, {}, "x", Deadline::after(1s)), UsageError);  // before connect
+  EXPECT_THROW(lone.connect({}), UsageError);
+  auto o = test_options(0, 2);
+  o.heartbeat_timeout = o.heartbeat_interval;
+  EXPECT_THROW(ZmqTransport(o, auth, Logger::null()), UsageError);
+  Group g = make_group(2, auth, true);
+  EXPECT_THROW(g.ranks[0]->send(0, 0, {}, "x", Deadline::after(1s)), UsageError);
+  EXPECT_THROW(g.ranks[0]->recv(2, 0, "x", Deadline::after(1s)), UsageError);
+}
+
+}  // namespace
+}  // namespace dtrain::comm
