@@ -7,6 +7,10 @@
 // 64-byte aligned.
 //
 // Ownership: storage is held by std::shared_ptr and freed with its last view.
+// Freed blocks of 64 KiB and more are kept in a small per-thread cache (at
+// most 64 blocks, 128 MiB) and reused for the next allocation of the same
+// size, so that a training loop does not fault the same pages in every step;
+// the cache is released when its thread exits.
 // Thread safety: distinct Tensors may be used from distinct threads; writing
 // to one storage from two threads at once is a data race, as with any array.
 // Errors: shape mistakes throw UsageError naming both shapes.

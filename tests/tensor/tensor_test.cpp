@@ -1,8 +1,9 @@
+#include "tensor/tensor.h"
+
 #include <gtest/gtest.h>
 
 #include "core/error.h"
 #include "tensor/state_dict.h"
-#include "tensor/tensor.h"
 
 namespace dtrain {
 namespace {
@@ -37,6 +38,19 @@ TEST(Tensor, ShapeErrorsNameBothShapes) {
   EXPECT_THROW(t.narrow(1, 2), UsageError);
   EXPECT_THROW(t.item(), UsageError);
   EXPECT_THROW(Tensor::from_vector({1, 2}, {3}), UsageError);
+}
+
+TEST(Tensor, ReusedLargeStorageIsAlignedAndIndependent) {
+  // Large blocks are recycled per thread: a new tensor of the same size may
+  // reuse freed storage but never aliases a live one.
+  Tensor a = Tensor::full({100000}, 1.0f);
+  { Tensor dead = Tensor::full({100000}, 2.0f); }
+  Tensor b = Tensor::full({100000}, 3.0f);
+  EXPECT_FALSE(a.same_storage(b));
+  EXPECT_NE(a.data(), b.data());
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(b.data()) % 64, 0u);
+  EXPECT_EQ(a.data()[99999], 1.0f);
+  EXPECT_EQ(b.data()[0], 3.0f);
 }
 
 TEST(StateDict, KeepsOrderAndPrefixes) {

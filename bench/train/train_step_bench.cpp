@@ -1,0 +1,108 @@
+// dtrain side of the training-throughput benchmark: the MNIST MLP
+// (784-256-256-10) or LeNet-5, SGD with momentum 0.9, batch 128, on
+// pre-generated random batches (compute only, as torch_train_bench.py).
+// Prints one JSON line per repetition: {"model": ..., "samples_per_s": ...}.
+// Usage: train_step_bench MODEL STEPS REPS [WORKERS]
+//   WORKERS > 1 runs the mirrored strategy with that many replicas.
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "core/rng.h"
+#include "optim/sgd.h"
+#include "strategy/local_strategy.h"
+#include "strategy/mirrored_strategy.h"
+#include "train/job_config.h"
+#include "train/model_builder.h"
+
+using namespace dtrain;
+
+namespace {
+
+train::ModelConfig model_config(const std::string& name) {
+  train::ModelConfig config;
+  config.input_shape = {1, 28, 28};
+  auto layer = [&](std::string type, int64_t out = 0, int64_t kernel = 0, int64_t padding = 0) {
+    train::LayerConfig l;
+    l.type = std::move(type);
+    l.name = std::to_string(config.layers.size());
+    l.out_features = out;
+    l.out_channels = out;
+    l.kernel = kernel;
+    l.padding = padding;
+    config.layers.push_back(l);
+  };
+  if (name == "mlp") {
+    layer("flatten");
+    layer("linear", 256);
+    layer("relu");
+    layer("linear", 256);
+    layer("relu");
+    layer("linear", 10);
+  } else {
+    layer("conv2d", 6, 5, 2);
+    layer("relu");
+    layer("maxpool2d", 0, 2);
+    layer("conv2d", 16, 5);
+    layer("relu");
+    layer("maxpool2d", 0, 2);
+    layer("flatten");
+    layer("linear", 120);
+    layer("relu");
+    layer("linear", 84);
+    layer("relu");
+    layer("linear", 10);
+  }
+  return config;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 4) {
+    std::fprintf(stderr, "usage: %s mlp|lenet5 STEPS REPS [WORKERS]\n", argv[0]);
+    return 2;
+  }
+  const std::string name = argv[1];
+  const int steps = std::atoi(argv[2]);
+  const int reps = std::atoi(argv[3]);
+  const int workers = argc > 4 ? std::atoi(argv[4]) : 1;
+  const train::ModelConfig config = model_config(name);
+  Rng rng(1);
+  auto make_optimizer = [](std::vector<Variable> params) {
+    optim::SgdOptions o;
+    o.lr = 0.01f;
+    o.momentum = 0.9f;
+    return std::make_unique<optim::Sgd>(std::move(params), o);
+  };
+  std::unique_ptr<strategy::Strategy> strat;
+  if (workers > 1) {
+    strat = std::make_unique<strategy::MirroredStrategy>(
+        train::build_model(config, rng), [&] { return train::build_model(config, rng); }, workers,
+        make_optimizer);
+  } else {
+    strat = std::make_unique<strategy::LocalStrategy>(train::build_model(config, rng), make_optimizer);
+  }
+  constexpr int64_t kBatch = 128;
+  std::vector<Tensor> xs;
+  std::vector<std::vector<int64_t>> ys;
+  for (int b = 0; b < 8; ++b) {
+    Tensor x = Tensor::empty({kBatch, 1, 28, 28});
+    for (float& v : x.span()) v = rng.normal();
+    std::vector<int64_t> y;
+    for (int64_t i = 0; i < kBatch; ++i) y.push_back(static_cast<int64_t>(rng.below(10)));
+    xs.push_back(x);
+    ys.push_back(std::move(y));
+  }
+  for (int i = 0; i < 20; ++i) strat->train_step(xs[i % 8], ys[i % 8]);
+  for (int r = 0; r < reps; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < steps; ++i) strat->train_step(xs[i % 8], ys[i % 8]);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::printf("{\"model\": \"%s\", \"samples_per_s\": %.1f}\n", name.c_str(), steps * kBatch / seconds);
+    std::fflush(stdout);
+  }
+  return 0;
+}

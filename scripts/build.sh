@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Configures and builds dtrain. Usage: scripts/build.sh [release|asan]
+#   release: build/       (optimised, what the main job runs)
+#   asan:    build-asan/  (AddressSanitizer + UndefinedBehaviorSanitizer, what the tests run)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+kind=${1:-release}
+jobs=${DTRAIN_BUILD_JOBS:-$(nproc)}
+case "$kind" in
+  release)
+    dir=build
+    args=(-DCMAKE_BUILD_TYPE=Release) ;;
+  asan)
+    dir=build-asan
+    args=(-DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-g -O1" -DDTRAIN_SANITIZE=ON
+          -DDTRAIN_WERROR=ON -DDTRAIN_BUILD_BENCH=OFF) ;;
+  *) echo "usage: $0 [release|asan]" >&2; exit 2 ;;
+esac
+if [[ ! -f "$dir/build.ninja" ]]; then
+  cmake -S . -B "$dir" -G Ninja "${args[@]}" >/dev/null
+fi
+cmake --build "$dir" -j "$jobs"

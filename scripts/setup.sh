@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what dtrain needs to build and test from Debian 12 packages.
+# Idempotent: does nothing (quickly) when everything is present.
+# Usage: scripts/setup.sh [--bench]   (--bench also installs PyTorch for the benchmarks)
+set -euo pipefail
+
+packages=(
+  build-essential cmake ninja-build pkg-config git ca-certificates
+  libopenblas-dev libfmt-dev nlohmann-json3-dev libtomlplusplus-dev libcli11-dev libspdlog-dev
+  libzmq3-dev cppzmq-dev libsodium-dev libopenmpi-dev openmpi-bin
+  libgtest-dev libgmock-dev libbenchmark-dev
+  nodejs npm
+)
+if [[ "${1:-}" == "--bench" ]]; then
+  packages+=(python3-torch python3-numpy linux-perf hyperfine)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+  [[ "$status" == "install ok installed" ]] || missing+=("$p")
+done
+[[ ${#missing[@]} -eq 0 ]] && exit 0
+
+sudo=()
+[[ $(id -u) -eq 0 ]] || sudo=(sudo)
+echo "setup: installing ${missing[*]}" >&2
+"${sudo[@]}" apt-get update -qq
+DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

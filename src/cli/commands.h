@@ -1,0 +1,34 @@
+// The subcommands of the dtrain executable, callable from tests.
+// They throw dtrain::Error kinds; main() maps them to exit codes.
+// Blocking: they run a whole training job or evaluation.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <ostream>
+#include <string>
+#include <vector>
+
+namespace dtrain::cli {
+
+struct TrainOptions {
+  std::string job_file;
+  std::vector<std::string> overrides;  // "key=value"
+  std::optional<int64_t> workers;
+  std::optional<std::string> strategy;
+  std::optional<std::string> output;
+  std::optional<int64_t> threads;
+  std::optional<bool> resume;
+  std::string progress = "plain";  // bar | plain | none
+};
+
+struct EvalOptions {
+  std::string job_file;
+  std::string weights;
+  std::vector<std::string> overrides;
+};
+
+int run_train(const TrainOptions& options, std::ostream& out);
+int run_eval(const EvalOptions& options, std::ostream& out);
+
+}  // namespace dtrain::cli

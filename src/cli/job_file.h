@@ -1,0 +1,30 @@
+// Job files: a TOML description of a training job, read into a JobConfig.
+//
+//   [job]        name, seed, output, resume
+//   [model]      input_shape = [1, 28, 28]; [[model.layers]] type = "linear", ...
+//   [data]       dataset, path, train_limit, test_limit, normalize, ...
+//   [optimizer]  type, lr, momentum, nesterov, weight_decay, beta1, beta2, eps
+//   [schedule]   type, warmup_steps, step_size, gamma, eta_min, total_steps
+//   [train]      epochs, batch_size, eval_batch_size, log_every_steps, max_steps, ...
+//   [distributed] strategy, workers
+//
+// Every key is checked: an unknown key, a wrong type or a bad value throws
+// ConfigError naming the file, the dotted key and its line. Overrides
+// ("train.epochs=3") are applied before checking, as if written in the file;
+// their values are TOML values ("0.1", "true", "[1, 28, 28]") or, failing
+// that, bare strings.
+// Thread safety: pure functions. Blocking: reads one file.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "train/job_config.h"
+
+namespace dtrain::cli {
+
+train::JobConfig read_job_file(const std::string& path, const std::vector<std::string>& overrides);
+train::JobConfig parse_job(const std::string& toml_text, const std::string& source_name,
+                           const std::vector<std::string>& overrides);
+
+}  // namespace dtrain::cli

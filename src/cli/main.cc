@@ -1,0 +1,81 @@
+// The dtrain executable: `dtrain train JOB.toml`, `dtrain eval JOB.toml
+// --weights FILE`. The only place that reads the process environment,
+// decides where output goes and turns dtrain::Error kinds into exit codes.
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+
+#include <CLI/CLI.hpp>
+
+#include "cli/commands.h"
+#include "core/error.h"
+
+namespace {
+
+// One exit code per error kind, documented in --help.
+int exit_code_for(const std::exception& e) {
+  using namespace dtrain;
+  if (dynamic_cast<const ConfigError*>(&e) || dynamic_cast<const UsageError*>(&e)) return 2;
+  if (dynamic_cast<const DataError*>(&e)) return 3;
+  if (dynamic_cast<const CommError*>(&e)) return 4;
+  if (dynamic_cast<const CheckpointError*>(&e)) return 5;
+  if (dynamic_cast<const InternalError*>(&e)) return 70;
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"dtrain: data-parallel training of neural networks"};
+  app.footer(
+      "Exit codes: 0 success, 1 other error, 2 bad job file or usage, 3 bad data, "
+      "4 communication failure, 5 checkpoint error, 70 internal error.");
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "dtrain 0.1.0");
+
+  dtrain::cli::TrainOptions train;
+  CLI::App* train_cmd = app.add_subcommand("train", "Train the model a job file describes");
+  train_cmd->add_option("job", train.job_file, "The TOML job file")->required()->check(CLI::ExistingFile);
+  train_cmd->add_option("--set", train.overrides, "Override a job key, e.g. --set train.epochs=3")
+      ->type_name("KEY=VALUE");
+  train_cmd->add_option("--workers", train.workers, "Number of workers (replicas)");
+  train_cmd->add_option("--strategy", train.strategy, "local | mirrored");
+  train_cmd->add_option("--output", train.output, "Output folder (overrides job.output)");
+  train_cmd->add_option("--threads", train.threads, "BLAS threads per worker (default 1)");
+  bool resume = false;
+  bool no_resume = false;
+  train_cmd->add_flag("--resume", resume,
+                      "Resume from the newest valid checkpoint in the output folder (the default)");
+  train_cmd->add_flag("--no-resume", no_resume, "Start afresh even if the output folder has checkpoints")
+      ->excludes("--resume");
+  train_cmd->add_option("--progress", train.progress, "auto | bar | plain | none")
+      ->check(CLI::IsMember({"auto", "bar", "plain", "none"}));
+
+  dtrain::cli::EvalOptions eval;
+  CLI::App* eval_cmd = app.add_subcommand("eval", "Evaluate saved weights on the job's test set");
+  eval_cmd->add_option("job", eval.job_file, "The TOML job file")->required()->check(CLI::ExistingFile);
+  eval_cmd->add_option("--weights", eval.weights, "A .safetensors file written by dtrain train")
+      ->required()
+      ->check(CLI::ExistingFile);
+  eval_cmd->add_option("--set", eval.overrides, "Override a job key")->type_name("KEY=VALUE");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+
+  try {
+    if (train_cmd->parsed()) {
+      if (resume || no_resume) train.resume = resume;
+      if (train.progress == "auto") train.progress = isatty(STDOUT_FILENO) ? "bar" : "plain";
+      return dtrain::cli::run_train(train, std::cout);
+    }
+    return dtrain::cli::run_eval(eval, std::cout);
+  } catch (const std::exception& e) {
+    std::cout.flush();
+    std::fprintf(stderr, "dtrain: error: %s\n", e.what());
+    return exit_code_for(e);
+  }
+}

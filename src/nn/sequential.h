@@ -1,0 +1,48 @@
+// Sequential: runs its children in order, each on the previous one's
+// output, like torch.nn.Sequential. Children are named by the caller
+// ("fc1") or, by default, by their index ("0", "1", ...), so parameters are
+// "0.weight", "2.bias", ... as in torch.
+//
+// output_shape() chains the children's output_shape(), so a whole model can
+// be checked against an input shape before training; the first child that
+// cannot take its input throws, naming itself.
+// Ownership: the Sequential owns its children; add() returns a reference that
+// stays valid while the Sequential lives.
+// Thread safety and errors: see module.h.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "nn/module.h"
+
+namespace dtrain::nn {
+
+class Sequential : public Module {
+ public:
+  Sequential() : Module("sequential") {}
+
+  template <class M>
+  M& add(std::string name, std::unique_ptr<M> module) {
+    M& ref = register_module(std::move(name), std::move(module));
+    layers_.push_back(&ref);
+    return ref;
+  }
+  // Named by its index.
+  template <class M>
+  M& add(std::unique_ptr<M> module) {
+    return add(std::to_string(layers_.size()), std::move(module));
+  }
+
+  size_t size() const { return layers_.size(); }
+  Module& operator[](size_t index) const;
+
+  Variable forward(const Variable& input) override;
+  Shape output_shape(const Shape& input) const override;
+
+ private:
+  std::vector<Module*> layers_;  // owned by Module's children
+};
+
+}  // namespace dtrain::nn

@@ -1,0 +1,228 @@
+#include "optim/optimizer.h"
+
+#include <charconv>
+#include <cmath>
+#include <set>
+#include <utility>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "core/error.h"
+
+namespace dtrain::optim {
+
+namespace {
+
+int64_t parse_int(const std::string& text, const std::string& key, const std::string& kind) {
+  int64_t value = 0;
+  const auto result = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (result.ec != std::errc() || result.ptr != text.data() + text.size() || value < 0) {
+    throw UsageError(
+        fmt::format("{}: load_state_dict: metadata '{}' is '{}', expected a "
+                    "non-negative integer",
+                    kind, key, text));
+  }
+  return value;
+}
+
+}  // namespace
+
+Optimizer::Optimizer(std::string kind, std::vector<Variable> parameters, float lr,
+                     std::vector<std::string> buffer_names)
+    : kind_(std::move(kind)),
+      parameters_(std::move(parameters)),
+      lr_(lr),
+      buffer_names_(std::move(buffer_names)),
+      state_(parameters_.size()),
+      steps_(parameters_.size(), 0) {
+  set_lr(lr);
+  for (size_t i = 0; i < parameters_.size(); ++i) {
+    if (!parameters_[i].defined()) fail(fmt::format("parameter {} is undefined", i));
+  }
+}
+
+void Optimizer::fail(const std::string& problem) const {
+  throw UsageError(fmt::format("{}: {}", kind_, problem));
+}
+
+void Optimizer::set_lr(float lr) {
+  if (!(lr >= 0.0f) || !std::isfinite(lr)) {
+    fail(fmt::format("learning rate {} must be finite and non-negative", lr));
+  }
+  lr_ = lr;
+}
+
+int64_t Optimizer::step_count(size_t index) const {
+  if (index >= steps_.size()) {
+    fail(fmt::format("parameter index {} is out of range ({} parameters)", index, steps_.size()));
+  }
+  return steps_[index];
+}
+
+void Optimizer::step() {
+  for (size_t i = 0; i < parameters_.size(); ++i) {
+    Variable& p = parameters_[i];
+    const SparseRows* sparse = p.sparse_grad();
+    if (p.grad().defined()) {
+      update(i, p.data(), sparse != nullptr ? p.dense_grad() : p.grad());
+    } else if (sparse != nullptr) {
+      update_sparse(i, p.data(), *sparse);
+    }
+  }
+}
+
+void Optimizer::zero_grad() {
+  for (auto& p : parameters_) p.zero_grad();
+}
+
+void Optimizer::check_dense(size_t index, const Tensor& param, const Tensor& grad) const {
+  if (index >= parameters_.size()) {
+    fail(fmt::format("parameter index {} is out of range ({} parameters)", index,
+                     parameters_.size()));
+  }
+  const Shape& expected = parameters_[index].shape();
+  if (param.shape() != expected || grad.shape() != expected) {
+    fail(fmt::format("parameter {} has shape {}, got tensor {} and gradient {}", index,
+                     shape_str(expected), shape_str(param.shape()), shape_str(grad.shape())));
+  }
+}
+
+void Optimizer::check_sparse(size_t index, const Tensor& param, const SparseRows& grad) const {
+  if (index >= parameters_.size()) {
+    fail(fmt::format("parameter index {} is out of range ({} parameters)", index,
+                     parameters_.size()));
+  }
+  const Shape& expected = parameters_[index].shape();
+  if (param.shape() != expected || expected.empty()) {
+    fail(fmt::format("parameter {} has shape {}, got tensor {} for a sparse update", index,
+                     shape_str(expected), shape_str(param.shape())));
+  }
+  Shape values_shape = expected;
+  values_shape[0] = static_cast<int64_t>(grad.indices.size());
+  if (grad.num_rows != expected[0] || grad.values.shape() != values_shape) {
+    fail(
+        fmt::format("parameter {} of shape {} got a sparse gradient of {} rows with values {} "
+                    "(expected {})",
+                    index, shape_str(expected), grad.num_rows, shape_str(grad.values.shape()),
+                    shape_str(values_shape)));
+  }
+  for (size_t k = 0; k < grad.indices.size(); ++k) {
+    if (grad.indices[k] < 0 || grad.indices[k] >= expected[0]) {
+      fail(
+          fmt::format("parameter {}: sparse gradient row {} at position {} is out of range "
+                      "[0, {})",
+                      index, grad.indices[k], k, expected[0]));
+    }
+  }
+}
+
+int64_t Optimizer::row_numel(const Tensor& param) {
+  int64_t row = 1;
+  for (int64_t d = 1; d < param.dim(); ++d) row *= param.size(d);
+  return row;
+}
+
+std::vector<Tensor>& Optimizer::state(size_t index, float initial, bool* created) {
+  std::vector<Tensor>& buffers = state_[index];
+  const bool missing = buffers.empty();
+  if (missing) {
+    const Shape& shape = parameters_[index].shape();
+    for (size_t b = 0; b < buffer_names_.size(); ++b)
+      buffers.push_back(Tensor::full(shape, initial));
+  }
+  if (created != nullptr) *created = missing;
+  return buffers;
+}
+
+StateDict Optimizer::state_dict() const {
+  StateDict dict;
+  dict.metadata()["optimizer"] = kind_;
+  dict.metadata()["lr"] = fmt::format("{}", lr_);
+  dict.metadata()["num_parameters"] = std::to_string(parameters_.size());
+  for (size_t i = 0; i < parameters_.size(); ++i) {
+    dict.metadata()[fmt::format("state.{}.step", i)] = std::to_string(steps_[i]);
+    for (size_t b = 0; b < state_[i].size(); ++b) {
+      dict.insert(fmt::format("state.{}.{}", i, buffer_names_[b]), state_[i][b]);
+    }
+  }
+  return dict;
+}
+
+void Optimizer::load_state_dict(const StateDict& dict) {
+  // Check everything first; change nothing until all of it fits.
+  const auto& meta = dict.metadata();
+  auto get = [&](const std::string& key) -> const std::string& {
+    auto it = meta.find(key);
+    if (it == meta.end()) fail(fmt::format("load_state_dict: missing metadata '{}'", key));
+    return it->second;
+  };
+  if (get("optimizer") != kind_) {
+    fail(fmt::format("load_state_dict: the state is of a '{}' optimizer, this one is '{}'",
+                     get("optimizer"), kind_));
+  }
+  const int64_t count = parse_int(get("num_parameters"), "num_parameters", kind_);
+  if (count != static_cast<int64_t>(parameters_.size())) {
+    fail(fmt::format("load_state_dict: the state holds {} parameters, this optimizer has {}", count,
+                     parameters_.size()));
+  }
+  const std::string& lr_text = get("lr");
+  float lr = 0.0f;
+  const auto lr_result = std::from_chars(lr_text.data(), lr_text.data() + lr_text.size(), lr);
+  if (lr_result.ec != std::errc() || lr_result.ptr != lr_text.data() + lr_text.size() ||
+      !(lr >= 0.0f) || !std::isfinite(lr)) {
+    fail(fmt::format("load_state_dict: metadata 'lr' is '{}', expected a non-negative number",
+                     lr_text));
+  }
+
+  std::vector<int64_t> steps(parameters_.size());
+  std::vector<std::vector<Tensor>> state(parameters_.size());
+  std::set<std::string> known;
+  for (size_t i = 0; i < parameters_.size(); ++i) {
+    const std::string step_key = fmt::format("state.{}.step", i);
+    steps[i] = parse_int(get(step_key), step_key, kind_);
+    size_t present = 0;
+    for (const auto& name : buffer_names_) {
+      const std::string key = fmt::format("state.{}.{}", i, name);
+      known.insert(key);
+      if (!dict.contains(key)) continue;
+      ++present;
+      const Tensor& source = dict.at(key);
+      if (source.shape() != parameters_[i].shape()) {
+        fail(fmt::format("load_state_dict: '{}' has shape {} but parameter {} has shape {}", key,
+                         shape_str(source.shape()), i, shape_str(parameters_[i].shape())));
+      }
+      state[i].push_back(source);
+    }
+    if (present != 0 && present != buffer_names_.size()) {
+      fail(fmt::format("load_state_dict: parameter {} has {} of its {} state buffers (", i, present,
+                       buffer_names_.size()) +
+           fmt::format("expected all or none of {})", fmt::join(buffer_names_, ", ")));
+    }
+  }
+  for (const auto& entry : dict) {
+    if (known.count(entry.first) == 0) {
+      fail(fmt::format("load_state_dict: unexpected key '{}'", entry.first));
+    }
+  }
+
+  lr_ = lr;
+  steps_ = std::move(steps);
+  for (auto& buffers : state) {
+    for (auto& tensor : buffers) tensor = tensor.clone();
+  }
+  state_ = std::move(state);
+}
+
+SparseRows coalesced(const SparseRows& grad) {
+  bool sorted_unique = true;
+  for (size_t k = 1; k < grad.indices.size() && sorted_unique; ++k) {
+    sorted_unique = grad.indices[k - 1] < grad.indices[k];
+  }
+  if (sorted_unique) return grad;
+  SparseRows copy{grad.indices, grad.values.clone(), grad.num_rows};
+  copy.coalesce();
+  return copy;
+}
+
+}  // namespace dtrain::optim

@@ -1,0 +1,108 @@
+// Optimizer: updates a fixed list of parameters from their gradients.
+//
+// step() visits the parameters in order and applies the update rule to each
+// one that has a gradient (parameters without one are skipped, their state
+// untouched): a dense gradient goes to update(), a row-sparse one alone
+// (embedding tables) to update_sparse(), both together are folded into one
+// dense gradient first. The same rules are public on raw tensors, so a
+// parameter-server shard can apply updates without an autograd graph: it
+// builds the optimizer over Variables wrapping its shard tensors and calls
+// update(index, shard_tensor, gradient) as gradients arrive.
+//
+// State (momentum buffers, moments, accumulators) is per parameter index,
+// created at the parameter's first update, like torch. state_dict() returns
+// the buffers (aliasing the live ones) as "state.<i>.<buffer>" and, in the
+// metadata, the exact scalars: "optimizer" (the kind), "lr" (shortest
+// round-trip decimal), "num_parameters" and "state.<i>.step". load_state_dict()
+// copies them into fresh tensors, so an optimizer restored mid-run continues
+// bit for bit as the original would have.
+//
+// Ownership: the optimizer holds handles to the parameters (shared with the
+// model) and owns its state. Not copyable.
+// Thread safety: none; one thread steps an optimizer at a time. Distinct
+// optimizers over distinct parameters are independent.
+// Errors: UsageError for an index out of range, a gradient whose shape is not
+// the parameter's, sparse rows outside the table, invalid hyperparameters
+// (constructors) and state dicts of another kind, size or shape (naming the
+// key and both shapes). A failed load_state_dict changes nothing.
+// Blocking: never.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "autograd/variable.h"
+#include "tensor/sparse_rows.h"
+#include "tensor/state_dict.h"
+#include "tensor/tensor.h"
+
+namespace dtrain::optim {
+
+class Optimizer {
+ public:
+  virtual ~Optimizer() = default;
+  Optimizer(const Optimizer&) = delete;
+  Optimizer& operator=(const Optimizer&) = delete;
+
+  // One update of every parameter that has a gradient.
+  void step();
+  // Drops every parameter's gradient.
+  void zero_grad();
+
+  float lr() const { return lr_; }
+  // lr >= 0; takes effect at the next update.
+  void set_lr(float lr);
+
+  // "sgd", "adam", "adamw", "adagrad".
+  const std::string& kind() const { return kind_; }
+  const std::vector<Variable>& parameters() const { return parameters_; }
+  // Updates applied so far to parameter `index` (dense or sparse).
+  int64_t step_count(size_t index) const;
+
+  // The update rule on raw tensors. `param` must have the shape of
+  // parameters()[index] (it normally is its data); `grad` the same shape.
+  virtual void update(size_t index, const Tensor& param, const Tensor& grad) = 0;
+  // The same for a row-sparse gradient of a [rows, ...] parameter; each
+  // optimizer documents how it treats untouched rows.
+  virtual void update_sparse(size_t index, const Tensor& param, const SparseRows& grad) = 0;
+
+  StateDict state_dict() const;
+  void load_state_dict(const StateDict& dict);
+
+ protected:
+  // buffer_names: the per-parameter state tensors this optimizer keeps, each
+  // of the parameter's shape ("momentum_buffer"; "exp_avg", "exp_avg_sq").
+  Optimizer(std::string kind, std::vector<Variable> parameters, float lr,
+            std::vector<std::string> buffer_names);
+
+  // Throws UsageError unless index is in range and grad and param have the
+  // shape of parameters()[index].
+  void check_dense(size_t index, const Tensor& param, const Tensor& grad) const;
+  // Same for a sparse gradient: rows within the table, values [k, row...].
+  void check_sparse(size_t index, const Tensor& param, const SparseRows& grad) const;
+  // The state buffers of parameter `index`, created filled with `initial`
+  // when missing. Sets *created (when given) to whether they were created now.
+  std::vector<Tensor>& state(size_t index, float initial, bool* created = nullptr);
+  // Elements per row of a [rows, ...] parameter.
+  static int64_t row_numel(const Tensor& param);
+  // Increments and returns the step count of parameter `index`.
+  int64_t next_step(size_t index) { return ++steps_[index]; }
+  // Throws UsageError "<kind>: <problem>".
+  [[noreturn]] void fail(const std::string& problem) const;
+
+ private:
+  std::string kind_;
+  std::vector<Variable> parameters_;
+  float lr_;
+  std::vector<std::string> buffer_names_;
+  std::vector<std::vector<Tensor>> state_;  // [parameter][buffer]; empty until first update
+  std::vector<int64_t> steps_;
+};
+
+// `grad` with duplicate indices summed and indices sorted; returns `grad`
+// itself (no copy) when it is already so.
+SparseRows coalesced(const SparseRows& grad);
+
+}  // namespace dtrain::optim

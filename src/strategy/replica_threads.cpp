@@ -1,0 +1,61 @@
+#include "strategy/replica_threads.h"
+
+namespace dtrain::strategy {
+
+ReplicaThreads::ReplicaThreads(int64_t count) : count_(count), errors_(static_cast<size_t>(count)) {
+  for (int64_t r = 1; r < count; ++r) {
+    threads_.emplace_back([this, r](std::stop_token stop) { worker(stop, r); });
+  }
+}
+
+ReplicaThreads::~ReplicaThreads() {
+  for (auto& t : threads_) t.request_stop();
+  work_ready_.notify_all();
+  threads_.clear();  // joins
+}
+
+void ReplicaThreads::run(const std::function<void(int64_t)>& fn) {
+  {
+    std::lock_guard lock(mutex_);
+    task_ = &fn;
+    pending_ = count_ - 1;
+    ++generation_;
+    for (auto& e : errors_) e = nullptr;
+  }
+  work_ready_.notify_all();
+  try {
+    fn(0);
+  } catch (...) {
+    errors_[0] = std::current_exception();
+  }
+  std::unique_lock lock(mutex_);
+  done_.wait(lock, [&] { return pending_ == 0; });
+  task_ = nullptr;
+  for (auto& e : errors_) {
+    if (e) std::rethrow_exception(e);
+  }
+}
+
+void ReplicaThreads::worker(std::stop_token stop, int64_t replica) {
+  uint64_t seen = 0;
+  while (true) {
+    const std::function<void(int64_t)>* task = nullptr;
+    {
+      std::unique_lock lock(mutex_);
+      if (!work_ready_.wait(lock, stop, [&] { return generation_ != seen; })) return;
+      seen = generation_;
+      task = task_;
+    }
+    std::exception_ptr error;
+    try {
+      (*task)(replica);
+    } catch (...) {
+      error = std::current_exception();
+    }
+    std::lock_guard lock(mutex_);
+    errors_[static_cast<size_t>(replica)] = error;
+    if (--pending_ == 0) done_.notify_one();
+  }
+}
+
+}  // namespace dtrain::strategy

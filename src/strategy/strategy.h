@@ -1,0 +1,79 @@
+// Strategy: how one training step turns a batch into a parameter update.
+// The trainer calls the same interface whatever the distribution: `local`
+// (one model), `mirrored` (replicas on threads in one process), and, across
+// processes, `allreduce`, `ps`, `gossip` and `federated`.
+//
+// A step: the strategy receives this process's share of the global batch,
+// runs forward and backward, aggregates gradients with the sample-weighted
+// mean  g = sum_i n_i g_i / sum_i n_i  (which equals one worker training on
+// the union of the batches), and applies one optimizer update.
+//
+// Ownership: a strategy owns its model replicas and optimizer; model() and
+// optimizer() return references valid for the strategy's lifetime.
+// Thread safety: one thread calls a strategy at a time.
+// Errors: UsageError for bad batches (shapes, empty); dtrain::Error kinds
+// from the layers; strategies across processes add CommError/TimeoutError.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "autograd/variable.h"
+#include "nn/module.h"
+#include "optim/optimizer.h"
+#include "tensor/tensor.h"
+
+namespace dtrain::strategy {
+
+// What a step saw: sums, so that windows and workers add up exactly.
+struct StepStats {
+  double loss_sum = 0.0;  // sum over samples of the per-sample loss
+  int64_t correct = 0;    // samples whose arg-max prediction equals the target
+  int64_t samples = 0;
+
+  StepStats& operator+=(const StepStats& o) {
+    loss_sum += o.loss_sum;
+    correct += o.correct;
+    samples += o.samples;
+    return *this;
+  }
+};
+
+// The mean loss of a batch: model output [N, C] and N targets -> scalar.
+using LossFn = std::function<Variable(const Variable& output, std::span<const int64_t> targets)>;
+// Builds one more replica of the model (same architecture; its weights are
+// overwritten from the primary's).
+using ModelFactory = std::function<std::unique_ptr<nn::Module>()>;
+// Builds the optimizer over a model's parameters.
+using OptimizerFactory =
+    std::function<std::unique_ptr<optim::Optimizer>(std::vector<Variable> parameters)>;
+
+// Counts the samples whose arg-max over the last dimension equals the target.
+int64_t count_correct(const Tensor& output, std::span<const int64_t> targets);
+
+class Strategy {
+ public:
+  virtual ~Strategy() = default;
+
+  virtual std::string name() const = 0;
+  virtual int64_t replicas() const = 0;
+  // The authoritative model: evaluate and save this one.
+  virtual nn::Module& model() = 0;
+  virtual optim::Optimizer& optimizer() = 0;
+
+  // One synchronous step on `inputs` [N, ...] and N targets: forward,
+  // backward, aggregation, one update. Returns the step's statistics.
+  virtual StepStats train_step(const Tensor& inputs, std::span<const int64_t> targets) = 0;
+
+  // After model() or optimizer() state was replaced (loading a checkpoint),
+  // brings every replica back in line with it.
+  virtual void sync_replicas() {}
+};
+
+// The loss used by default: cross entropy over class logits.
+LossFn cross_entropy_loss();
+
+}  // namespace dtrain::strategy

@@ -1,0 +1,292 @@
+#include "tensor/conv_kernels.h"
+
+#include <algorithm>
+#include <limits>
+
+namespace dtrain::ops {
+namespace {
+
+// Short-row primitives. Rows of im2col are a few dozen floats (OW), so the
+// per-row overhead matters more than the per-float cost: copies and fills go
+// in 8-float blocks with constant-size memcpy (inlined as one vector move),
+// and the last block overlaps the previous one instead of a scalar tail.
+// (AVX-512 masked tails were tried and were slower on AMD Zen 4.)
+constexpr int64_t kBlock = 8;
+
+inline void copy_row(float* dst, const float* src, int64_t n) {
+  if (n < kBlock) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = src[i];
+    return;
+  }
+  int64_t i = 0;
+  for (; i + kBlock <= n; i += kBlock) __builtin_memcpy(dst + i, src + i, kBlock * sizeof(float));
+  if (i < n) __builtin_memcpy(dst + n - kBlock, src + n - kBlock, kBlock * sizeof(float));
+}
+
+inline void zero_row(float* dst, int64_t n) {
+  if (n < kBlock) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = 0.0f;
+    return;
+  }
+  int64_t i = 0;
+  for (; i + kBlock <= n; i += kBlock) __builtin_memset(dst + i, 0, kBlock * sizeof(float));
+  if (i < n) __builtin_memset(dst + n - kBlock, 0, kBlock * sizeof(float));
+}
+
+// dst[i] += src[i]
+inline void add_row(float* dst, const float* src, int64_t n) {
+  typedef float Block __attribute__((vector_size(kBlock * sizeof(float))));
+  int64_t i = 0;
+  for (; i + kBlock <= n; i += kBlock) {
+    Block x;
+    Block y;
+    __builtin_memcpy(&x, dst + i, sizeof(x));
+    __builtin_memcpy(&y, src + i, sizeof(y));
+    x += y;
+    __builtin_memcpy(dst + i, &x, sizeof(x));
+  }
+  for (; i < n; ++i) dst[i] += src[i];
+}
+
+// The output columns ow in [lo, hi) whose input column ow*S - P + kw lies in
+// [0, W).
+void valid_range(int64_t kw, const Conv2dGeometry& g, int64_t* lo, int64_t* hi) {
+  // ow*S >= P - kw  and  ow*S <= W - 1 + P - kw
+  const int64_t first = g.pad - kw;
+  *lo = first <= 0 ? 0 : (first + g.stride - 1) / g.stride;
+  const int64_t last = g.w - 1 + g.pad - kw;
+  *hi = last < 0 ? 0 : std::min(g.ow, last / g.stride + 1);
+  if (*hi < *lo) *hi = *lo;
+}
+
+}  // namespace
+
+void im2col(const float* x, const Conv2dGeometry& g, float* col) {
+  const int64_t plane = g.h * g.w;
+  const int64_t out_plane = g.oh * g.ow;
+  const int64_t cols = g.col_cols();
+  for (int64_t c = 0; c < g.c; ++c) {
+    for (int64_t kh = 0; kh < g.k; ++kh) {
+      for (int64_t kw = 0; kw < g.k; ++kw) {
+        float* row = col + ((c * g.k + kh) * g.k + kw) * cols;
+        int64_t lo = 0;
+        int64_t hi = 0;
+        valid_range(kw, g, &lo, &hi);
+        for (int64_t n = 0; n < g.n; ++n) {
+          const float* src_plane = x + (n * g.c + c) * plane;
+          float* dst_plane = row + n * out_plane;
+          for (int64_t oh = 0; oh < g.oh; ++oh) {
+            float* dst = dst_plane + oh * g.ow;
+            const int64_t ih = oh * g.stride - g.pad + kh;
+            if (ih < 0 || ih >= g.h) {
+              zero_row(dst, g.ow);
+              continue;
+            }
+            const float* src = src_plane + ih * g.w - g.pad + kw;
+            if (g.stride == 1) {
+              zero_row(dst, lo);
+              copy_row(dst + lo, src + lo, hi - lo);
+              zero_row(dst + hi, g.ow - hi);
+            } else {
+              for (int64_t ow = 0; ow < lo; ++ow) dst[ow] = 0.0f;
+              for (int64_t ow = lo; ow < hi; ++ow) dst[ow] = src[ow * g.stride];
+              for (int64_t ow = hi; ow < g.ow; ++ow) dst[ow] = 0.0f;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+void col2im(const float* col, const Conv2dGeometry& g, float* gx) {
+  const int64_t plane = g.h * g.w;
+  const int64_t out_plane = g.oh * g.ow;
+  const int64_t cols = g.col_cols();
+  for (int64_t i = 0; i < g.n * g.c * plane; ++i) gx[i] = 0.0f;
+  for (int64_t c = 0; c < g.c; ++c) {
+    for (int64_t kh = 0; kh < g.k; ++kh) {
+      for (int64_t kw = 0; kw < g.k; ++kw) {
+        const float* row = col + ((c * g.k + kh) * g.k + kw) * cols;
+        int64_t lo = 0;
+        int64_t hi = 0;
+        valid_range(kw, g, &lo, &hi);
+        for (int64_t n = 0; n < g.n; ++n) {
+          float* dst_plane = gx + (n * g.c + c) * plane;
+          const float* src_plane = row + n * out_plane;
+          for (int64_t oh = 0; oh < g.oh; ++oh) {
+            const int64_t ih = oh * g.stride - g.pad + kh;
+            if (ih < 0 || ih >= g.h) continue;
+            const float* src = src_plane + oh * g.ow;
+            float* dst = dst_plane + ih * g.w - g.pad + kw;
+            if (g.stride == 1) {
+              add_row(dst + lo, src + lo, hi - lo);
+            } else {
+              for (int64_t ow = lo; ow < hi; ++ow) dst[ow * g.stride] += src[ow];
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+namespace {
+
+// The common 2x2, stride 2, unpadded window, eight outputs at a time: the
+// even and odd columns of the two input rows are split with shuffles, and
+// winner and index come from vector compares and selects (no branches, whose
+// data-dependent outcome mispredicts). Ties keep the first position in scan
+// order, as the generic path does.
+void max_pool2x2_forward(const float* x, int64_t planes, const Conv2dGeometry& g, float* y,
+                         int32_t* argmax) {
+  typedef float F8 __attribute__((vector_size(32)));
+  typedef int32_t I8 __attribute__((vector_size(32)));
+  const int64_t plane = g.h * g.w;
+  const int64_t out_plane = g.oh * g.ow;
+  const I8 lane = {0, 2, 4, 6, 8, 10, 12, 14};
+  for (int64_t p = 0; p < planes; ++p) {
+    const float* xp = x + p * plane;
+    float* yp = y + p * out_plane;
+    int32_t* ap = argmax + p * out_plane;
+    for (int64_t oh = 0; oh < g.oh; ++oh) {
+      const auto top = static_cast<int32_t>(2 * oh * g.w);
+      const float* r0 = xp + top;
+      const float* r1 = r0 + g.w;
+      float* yrow = yp + oh * g.ow;
+      int32_t* arow = ap + oh * g.ow;
+      int64_t ow = 0;
+      for (; ow + 8 <= g.ow; ow += 8) {
+        const int64_t c = 2 * ow;
+        F8 a0, b0, a1, b1;
+        __builtin_memcpy(&a0, r0 + c, sizeof(F8));
+        __builtin_memcpy(&b0, r0 + c + 8, sizeof(F8));
+        __builtin_memcpy(&a1, r1 + c, sizeof(F8));
+        __builtin_memcpy(&b1, r1 + c + 8, sizeof(F8));
+        const F8 even0 = __builtin_shufflevector(a0, b0, 0, 2, 4, 6, 8, 10, 12, 14);
+        const F8 odd0 = __builtin_shufflevector(a0, b0, 1, 3, 5, 7, 9, 11, 13, 15);
+        const F8 even1 = __builtin_shufflevector(a1, b1, 0, 2, 4, 6, 8, 10, 12, 14);
+        const F8 odd1 = __builtin_shufflevector(a1, b1, 1, 3, 5, 7, 9, 11, 13, 15);
+        const I8 right0 = odd0 > even0;  // -1 where the right column wins
+        const I8 right1 = odd1 > even1;
+        const F8 best0 = right0 ? odd0 : even0;
+        const F8 best1 = right1 ? odd1 : even1;
+        const I8 lower = best1 > best0;
+        const F8 best = lower ? best1 : best0;
+        const I8 base = top + static_cast<int32_t>(c) + lane;
+        const I8 where = lower ? base + static_cast<int32_t>(g.w) - right1 : base - right0;
+        __builtin_memcpy(yrow + ow, &best, sizeof(F8));
+        __builtin_memcpy(arow + ow, &where, sizeof(I8));
+      }
+      for (; ow < g.ow; ++ow) {
+        const int64_t c = 2 * ow;
+        const int64_t right0 = r0[c + 1] > r0[c];
+        const int64_t right1 = r1[c + 1] > r1[c];
+        const float best0 = std::max(r0[c], r0[c + 1]);
+        const float best1 = std::max(r1[c], r1[c + 1]);
+        const int64_t lower = best1 > best0;
+        yrow[ow] = std::max(best0, best1);
+        arow[ow] = static_cast<int32_t>(top + c + (lower != 0 ? g.w + right1 : right0));
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void max_pool2d_forward(const float* x, int64_t planes, const Conv2dGeometry& g, float* y,
+                        int32_t* argmax) {
+  if (g.k == 2 && g.stride == 2 && g.pad == 0) {
+    max_pool2x2_forward(x, planes, g, y, argmax);
+    return;
+  }
+  const int64_t plane = g.h * g.w;
+  const int64_t out_plane = g.oh * g.ow;
+  for (int64_t p = 0; p < planes; ++p) {
+    const float* xp = x + p * plane;
+    float* yp = y + p * out_plane;
+    int32_t* ap = argmax + p * out_plane;
+    for (int64_t oh = 0; oh < g.oh; ++oh) {
+      const int64_t h0 = std::max<int64_t>(oh * g.stride - g.pad, 0);
+      const int64_t h1 = std::min(oh * g.stride - g.pad + g.k, g.h);
+      for (int64_t ow = 0; ow < g.ow; ++ow) {
+        const int64_t w0 = std::max<int64_t>(ow * g.stride - g.pad, 0);
+        const int64_t w1 = std::min(ow * g.stride - g.pad + g.k, g.w);
+        float best = -std::numeric_limits<float>::infinity();
+        int64_t where = h0 * g.w + w0;
+        for (int64_t ih = h0; ih < h1; ++ih) {
+          for (int64_t iw = w0; iw < w1; ++iw) {
+            const float v = xp[ih * g.w + iw];
+            if (v > best) {
+              best = v;
+              where = ih * g.w + iw;
+            }
+          }
+        }
+        yp[oh * g.ow + ow] = best;
+        ap[oh * g.ow + ow] = static_cast<int32_t>(where);
+      }
+    }
+  }
+}
+
+void max_pool2d_backward(const float* gy, const int32_t* argmax, int64_t planes,
+                         const Conv2dGeometry& g, float* gx) {
+  const int64_t plane = g.h * g.w;
+  const int64_t out_plane = g.oh * g.ow;
+  std::fill_n(gx, planes * plane, 0.0f);
+  for (int64_t p = 0; p < planes; ++p) {
+    float* gp = gx + p * plane;
+    const float* gyp = gy + p * out_plane;
+    const int32_t* ap = argmax + p * out_plane;
+    for (int64_t i = 0; i < out_plane; ++i) gp[ap[i]] += gyp[i];
+  }
+}
+
+void avg_pool2d_forward(const float* x, int64_t planes, const Conv2dGeometry& g, float* y) {
+  const int64_t plane = g.h * g.w;
+  const int64_t out_plane = g.oh * g.ow;
+  const float inv = 1.0f / static_cast<float>(g.k * g.k);
+  for (int64_t p = 0; p < planes; ++p) {
+    const float* xp = x + p * plane;
+    float* yp = y + p * out_plane;
+    for (int64_t oh = 0; oh < g.oh; ++oh) {
+      const int64_t h0 = std::max<int64_t>(oh * g.stride - g.pad, 0);
+      const int64_t h1 = std::min(oh * g.stride - g.pad + g.k, g.h);
+      for (int64_t ow = 0; ow < g.ow; ++ow) {
+        const int64_t w0 = std::max<int64_t>(ow * g.stride - g.pad, 0);
+        const int64_t w1 = std::min(ow * g.stride - g.pad + g.k, g.w);
+        float total = 0.0f;
+        for (int64_t ih = h0; ih < h1; ++ih) {
+          for (int64_t iw = w0; iw < w1; ++iw) total += xp[ih * g.w + iw];
+        }
+        yp[oh * g.ow + ow] = total * inv;
+      }
+    }
+  }
+}
+
+void avg_pool2d_backward(const float* gy, int64_t planes, const Conv2dGeometry& g, float* gx) {
+  const int64_t plane = g.h * g.w;
+  const int64_t out_plane = g.oh * g.ow;
+  const float inv = 1.0f / static_cast<float>(g.k * g.k);
+  std::fill_n(gx, planes * plane, 0.0f);
+  for (int64_t p = 0; p < planes; ++p) {
+    float* gp = gx + p * plane;
+    const float* gyp = gy + p * out_plane;
+    for (int64_t oh = 0; oh < g.oh; ++oh) {
+      const int64_t h0 = std::max<int64_t>(oh * g.stride - g.pad, 0);
+      const int64_t h1 = std::min(oh * g.stride - g.pad + g.k, g.h);
+      for (int64_t ow = 0; ow < g.ow; ++ow) {
+        const int64_t w0 = std::max<int64_t>(ow * g.stride - g.pad, 0);
+        const int64_t w1 = std::min(ow * g.stride - g.pad + g.k, g.w);
+        const float share = gyp[oh * g.ow + ow] * inv;
+        for (int64_t ih = h0; ih < h1; ++ih) {
+          for (int64_t iw = w0; iw < w1; ++iw) gp[ih * g.w + iw] += share;
+        }
+      }
+    }
+  }
+}
+
+}  // namespace dtrain::ops

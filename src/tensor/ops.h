@@ -1,0 +1,73 @@
+// Element-wise, reduction, softmax and dense-layer kernels on raw float
+// arrays (the autograd functions in src/autograd call them on Tensor data).
+//
+// Shape legend: n element count; M rows, K columns of a row-major matrix;
+// N batch, I input features, O output features.
+// Contract: every pointer addresses at least as many floats as the sizes
+// say; an output may alias an input only where noted. The kernels never
+// allocate, never throw and never touch global state (the GEMMs of the dense
+// layer run on the BLAS threads the process configured).
+// Thread safety: reentrant.
+#pragma once
+
+#include <cstdint>
+
+#include "tensor/tensor.h"
+
+namespace dtrain::ops {
+
+// ---- element-wise (out may alias a or b; x and out of affine may alias) ----
+void add(const float* a, const float* b, float* out, int64_t n);
+void sub(const float* a, const float* b, float* out, int64_t n);
+void mul(const float* a, const float* b, float* out, int64_t n);
+void div(const float* a, const float* b, float* out, int64_t n);
+// dst += src
+void add_inplace(float* dst, const float* src, int64_t n);
+// dst += alpha * src
+void axpy(float alpha, const float* src, float* dst, int64_t n);
+// out = alpha * x + beta
+void affine(const float* x, float alpha, float beta, float* out, int64_t n);
+
+// ---- row broadcasting: a is [M, K], b is [K] (out may alias a) ----
+void add_row(const float* a, const float* b, float* out, int64_t m, int64_t k);
+void sub_row(const float* a, const float* b, float* out, int64_t m, int64_t k);
+void mul_row(const float* a, const float* b, float* out, int64_t m, int64_t k);
+void div_row(const float* a, const float* b, float* out, int64_t m, int64_t k);
+
+// ---- reductions ----
+double sum(const float* x, int64_t n);
+double dot(const float* a, const float* b, int64_t n);
+// out[k] = sum over rows of x[m, k]: [M, K] -> [K] (column sums).
+void sum_rows(const float* x, float* out, int64_t m, int64_t k);
+// out[k] = sum over rows of a[m, k] * b[m, k]: [M, K] x [M, K] -> [K].
+void sum_rows_product(const float* a, const float* b, float* out, int64_t m, int64_t k);
+
+// ---- activations ----
+void relu(const float* x, float* y, int64_t n);
+// gx = gy where y > 0, else 0 (one pass, the mask read from the output).
+void relu_backward(const float* gy, const float* y, float* gx, int64_t n);
+void sigmoid(const float* x, float* y, int64_t n);
+void tanh(const float* x, float* y, int64_t n);
+// tanh approximation (torch approximate='tanh'); gx = gy * gelu'(x).
+void gelu(const float* x, float* y, int64_t n);
+void gelu_backward(const float* gy, const float* x, float* gx, int64_t n);
+
+// ---- softmax along the last dimension of [M, K] (numerically stable) ----
+void softmax_rows(const float* x, float* y, int64_t m, int64_t k);
+void log_softmax_rows(const float* x, float* y, int64_t m, int64_t k);
+// gx = y * (gy - sum_k(gy * y)) per row.
+void softmax_backward_rows(const float* gy, const float* y, float* gx, int64_t m, int64_t k);
+// gx = gy - softmax(x) * sum_k(gy) per row, with softmax(x) = exp(log_y).
+void log_softmax_backward_rows(const float* gy, const float* log_y, float* gx, int64_t m,
+                               int64_t k);
+
+// ---- dense layer: x [N, I], weight [O, I], bias [O] or nullptr ----
+// y [N, O] = x w^T + b: bias copied into each row, then one GEMM with beta 1.
+void linear_forward(const float* x, const float* weight, const float* bias, float* y, int64_t n,
+                    int64_t in, int64_t out);
+// gx [N, I] = gy w (nullptr: skipped); gw [O, I] = gy^T x (overwritten);
+// gb [O] = column sums of gy (nullptr: skipped).
+void linear_backward(const float* gy, const float* x, const float* weight, float* gx, float* gw,
+                     float* gb, int64_t n, int64_t in, int64_t out);
+
+}  // namespace dtrain::ops

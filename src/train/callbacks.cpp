@@ -1,0 +1,156 @@
+#include "train/callbacks.h"
+
+#include <fmt/format.h>
+#include <fmt/ostream.h>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+
+namespace dtrain::train {
+
+std::string format_duration(double seconds) {
+  const auto total = static_cast<int64_t>(seconds + 0.5);
+  const int64_t h = total / 3600, m = (total / 60) % 60, s = total % 60;
+  return h > 0 ? fmt::format("{}:{:02}:{:02}", h, m, s) : fmt::format("{}:{:02}", m, s);
+}
+
+namespace {
+
+std::string begin_line(const RunInfo& i) {
+  return fmt::format(
+      "{}: {} parameters, {} training / {} test samples, {} epochs x {} steps, strategy {} "
+      "with {} worker{}{}",
+      i.job_name, i.parameters, i.train_samples, i.test_samples, i.epochs, i.steps_per_epoch,
+      i.strategy, i.workers, i.workers == 1 ? "" : "s",
+      i.start_step > 0 ? fmt::format(", resumed at step {}", i.start_step) : "");
+}
+
+std::string epoch_line(const EpochInfo& e) {
+  return fmt::format(
+      "epoch {} done: train loss {:.4f} acc {:.2f}% | test loss {:.4f} acc {:.2f}% | {:.0f} "
+      "samples/s | {}",
+      e.epoch, e.train_loss, 100.0 * e.train_accuracy, e.test_loss, 100.0 * e.test_accuracy,
+      e.samples_per_s, format_duration(e.seconds));
+}
+
+std::string summary_line(const Summary& s) {
+  return fmt::format(
+      "done: {} epochs, {} steps in {}: test accuracy {:.2f}% (best {:.2f}%), test loss {:.4f}, "
+      "{:.0f} samples/s{}",
+      s.epochs, s.steps, format_duration(s.seconds), 100.0 * s.test_accuracy,
+      100.0 * s.best_test_accuracy, s.test_loss, s.samples_per_s,
+      s.weights_path.empty() ? "" : ", weights " + s.weights_path);
+}
+
+}  // namespace
+
+void ProgressBar::on_train_begin(const RunInfo& info) { out_ << begin_line(info) << '\n' << std::flush; }
+
+void ProgressBar::on_step_end(const StepInfo& s) {
+  const auto now = std::chrono::steady_clock::now();
+  if (s.step_in_epoch != s.steps_per_epoch && now - last_draw_ < std::chrono::milliseconds(100)) return;
+  last_draw_ = now;
+  constexpr int kWidth = 24;
+  const double done = s.steps_per_epoch > 0 ? double(s.step_in_epoch) / double(s.steps_per_epoch) : 0.0;
+  const int filled = static_cast<int>(done * kWidth);
+  fmt::print(out_, "\r\033[Kepoch {} [{}{}] {}/{} loss {:.4f} acc {:.2f}% lr {:.4g} {:.0f} samples/s",
+             s.epoch, std::string(static_cast<size_t>(filled), '#'),
+             std::string(static_cast<size_t>(kWidth - filled), '.'), s.step_in_epoch,
+             s.steps_per_epoch, s.loss, 100.0 * s.accuracy, s.lr, s.samples_per_s);
+  out_ << std::flush;
+  line_open_ = true;
+}
+
+void ProgressBar::on_epoch_end(const EpochInfo& info) {
+  out_ << (line_open_ ? "\r\033[K" : "") << epoch_line(info) << '\n' << std::flush;
+  line_open_ = false;
+}
+
+void ProgressBar::on_train_end(const Summary& summary) {
+  out_ << (line_open_ ? "\r\033[K" : "") << summary_line(summary) << '\n' << std::flush;
+  line_open_ = false;
+}
+
+void ProgressBar::on_message(const std::string& message) {
+  out_ << (line_open_ ? "\r\033[K" : "") << message << '\n' << std::flush;
+  line_open_ = false;
+}
+
+void PlainProgress::on_train_begin(const RunInfo& info) { out_ << begin_line(info) << '\n' << std::flush; }
+
+void PlainProgress::on_step_end(const StepInfo& s) {
+  if (log_every_steps_ <= 0 || s.step % log_every_steps_ != 0) return;
+  fmt::print(out_, "epoch {} step {}/{} (global {}): loss {:.4f} acc {:.2f}% lr {:.4g} {:.0f} samples/s\n",
+             s.epoch, s.step_in_epoch, s.steps_per_epoch, s.step, s.loss, 100.0 * s.accuracy, s.lr,
+             s.samples_per_s);
+  out_ << std::flush;
+}
+
+void PlainProgress::on_epoch_end(const EpochInfo& info) { out_ << epoch_line(info) << '\n' << std::flush; }
+void PlainProgress::on_train_end(const Summary& summary) { out_ << summary_line(summary) << '\n' << std::flush; }
+void PlainProgress::on_message(const std::string& message) { out_ << message << '\n' << std::flush; }
+
+JsonLinesWriter::JsonLinesWriter(const std::string& path, int64_t log_every_steps)
+    : path_(path), out_(path, std::ios::app), log_every_steps_(log_every_steps) {
+  if (!out_) throw Error(fmt::format("cannot open metrics file {} for appending", path));
+}
+
+void JsonLinesWriter::write(const std::string& line) {
+  out_ << line << '\n';
+  out_.flush();
+  if (!out_) throw Error(fmt::format("cannot write metrics file {}", path_));
+}
+
+void JsonLinesWriter::on_train_begin(const RunInfo& i) {
+  write(nlohmann::json{{"event", "begin"},
+                       {"job", i.job_name},
+                       {"strategy", i.strategy},
+                       {"workers", i.workers},
+                       {"epochs", i.epochs},
+                       {"steps_per_epoch", i.steps_per_epoch},
+                       {"start_step", i.start_step},
+                       {"parameters", i.parameters},
+                       {"train_samples", i.train_samples},
+                       {"test_samples", i.test_samples}}
+            .dump());
+}
+
+void JsonLinesWriter::on_step_end(const StepInfo& s) {
+  if (log_every_steps_ <= 0 || s.step % log_every_steps_ != 0) return;
+  write(nlohmann::json{{"event", "step"},
+                       {"step", s.step},
+                       {"epoch", s.epoch},
+                       {"lr", s.lr},
+                       {"loss", s.loss},
+                       {"accuracy", s.accuracy},
+                       {"samples_per_s", s.samples_per_s}}
+            .dump());
+}
+
+void JsonLinesWriter::on_epoch_end(const EpochInfo& e) {
+  write(nlohmann::json{{"event", "epoch"},
+                       {"epoch", e.epoch},
+                       {"step", e.step},
+                       {"train_loss", e.train_loss},
+                       {"train_accuracy", e.train_accuracy},
+                       {"test_loss", e.test_loss},
+                       {"test_accuracy", e.test_accuracy},
+                       {"samples_per_s", e.samples_per_s},
+                       {"seconds", e.seconds}}
+            .dump());
+}
+
+void JsonLinesWriter::on_train_end(const Summary& s) {
+  write(nlohmann::json{{"event", "end"},
+                       {"epochs", s.epochs},
+                       {"steps", s.steps},
+                       {"test_loss", s.test_loss},
+                       {"test_accuracy", s.test_accuracy},
+                       {"best_test_accuracy", s.best_test_accuracy},
+                       {"samples_per_s", s.samples_per_s},
+                       {"seconds", s.seconds},
+                       {"weights", s.weights_path}}
+            .dump());
+}
+
+}  // namespace dtrain::train

@@ -1,0 +1,126 @@
+// Callbacks: what the training loop reports, and the reporters the command
+// line uses: a progress bar for terminals, plain periodic lines otherwise,
+// and metrics as JSON lines in the output folder.
+//
+// The loop calls every callback on its own thread, in order; a callback must
+// not throw except for I/O failures (dtrain::Error), which stop training.
+// Reporters write to the std::ostream they were given (owned by the caller,
+// alive as long as the reporter), never to stdout directly.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <fstream>
+#include <ostream>
+#include <string>
+
+namespace dtrain::train {
+
+struct RunInfo {
+  std::string job_name;
+  std::string strategy;
+  int64_t workers = 1;
+  int64_t epochs = 0;
+  int64_t steps_per_epoch = 0;
+  int64_t start_step = 0;    // > 0 when resumed
+  int64_t parameters = 0;
+  int64_t train_samples = 0;
+  int64_t test_samples = 0;
+};
+
+struct StepInfo {
+  int64_t step = 0;          // global step, 1-based after the update
+  int64_t epoch = 0;         // 1-based
+  int64_t step_in_epoch = 0; // 1-based
+  int64_t steps_per_epoch = 0;
+  double lr = 0.0;
+  double loss = 0.0;         // mean over the samples since the last report
+  double accuracy = 0.0;     // same window
+  double samples_per_s = 0.0;
+};
+
+struct EpochInfo {
+  int64_t epoch = 0;
+  int64_t step = 0;
+  double train_loss = 0.0;
+  double train_accuracy = 0.0;
+  double test_loss = 0.0;
+  double test_accuracy = 0.0;
+  double samples_per_s = 0.0;  // training only, excluding evaluation
+  double seconds = 0.0;        // wall time of the epoch including evaluation
+};
+
+struct Summary {
+  int64_t epochs = 0;
+  int64_t steps = 0;
+  double test_loss = 0.0;
+  double test_accuracy = 0.0;
+  double best_test_accuracy = 0.0;
+  double samples_per_s = 0.0;
+  double seconds = 0.0;
+  std::string weights_path;
+};
+
+class Callback {
+ public:
+  virtual ~Callback() = default;
+  virtual void on_train_begin(const RunInfo&) {}
+  virtual void on_step_end(const StepInfo&) {}
+  virtual void on_epoch_end(const EpochInfo&) {}
+  virtual void on_train_end(const Summary&) {}
+  virtual void on_message(const std::string&) {}
+};
+
+// A single line redrawn in place ("\r"): epoch, step, loss, accuracy, samples/s.
+class ProgressBar : public Callback {
+ public:
+  explicit ProgressBar(std::ostream& out) : out_(out) {}
+  void on_train_begin(const RunInfo& info) override;
+  void on_step_end(const StepInfo& info) override;
+  void on_epoch_end(const EpochInfo& info) override;
+  void on_train_end(const Summary& summary) override;
+  void on_message(const std::string& message) override;
+
+ private:
+  std::ostream& out_;
+  std::chrono::steady_clock::time_point last_draw_{};
+  bool line_open_ = false;
+};
+
+// One line every log_every_steps steps and one per epoch.
+class PlainProgress : public Callback {
+ public:
+  PlainProgress(std::ostream& out, int64_t log_every_steps)
+      : out_(out), log_every_steps_(log_every_steps) {}
+  void on_train_begin(const RunInfo& info) override;
+  void on_step_end(const StepInfo& info) override;
+  void on_epoch_end(const EpochInfo& info) override;
+  void on_train_end(const Summary& summary) override;
+  void on_message(const std::string& message) override;
+
+ private:
+  std::ostream& out_;
+  int64_t log_every_steps_;
+};
+
+// Appends one JSON object per report to `path` ({"event":"step",...}).
+// Throws dtrain::Error when the file cannot be opened or written.
+class JsonLinesWriter : public Callback {
+ public:
+  JsonLinesWriter(const std::string& path, int64_t log_every_steps);
+  void on_train_begin(const RunInfo& info) override;
+  void on_step_end(const StepInfo& info) override;
+  void on_epoch_end(const EpochInfo& info) override;
+  void on_train_end(const Summary& summary) override;
+
+ private:
+  void write(const std::string& line);
+  std::string path_;
+  std::ofstream out_;
+  int64_t log_every_steps_;
+};
+
+// "1:23" or "1:02:03"
+std::string format_duration(double seconds);
+
+}  // namespace dtrain::train

@@ -1,0 +1,246 @@
+#include "train/trainer.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include <fmt/format.h>
+
+#include "autograd/functions.h"
+#include "core/error.h"
+#include "data/loader.h"
+#include "data/sampler.h"
+#include "io/checkpoint.h"
+#include "io/file_system.h"
+#include "io/safetensors.h"
+
+namespace dtrain::train {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// Running sums of a window of steps.
+struct Window {
+  strategy::StepStats stats;
+  double seconds = 0.0;
+  void reset() { *this = {}; }
+  double loss() const { return stats.samples ? stats.loss_sum / double(stats.samples) : 0.0; }
+  double accuracy() const { return stats.samples ? double(stats.correct) / double(stats.samples) : 0.0; }
+  double rate() const { return seconds > 0 ? double(stats.samples) / seconds : 0.0; }
+};
+
+std::string metadata_at(const io::Checkpoint& c, const std::string& key, const std::string& path) {
+  auto it = c.metadata.find(key);
+  if (it == c.metadata.end()) throw CheckpointError(path, c.step, "missing metadata '" + key + "'");
+  return it->second;
+}
+
+}  // namespace
+
+EvalResult evaluate(nn::Module& model, const data::TensorDataset& dataset, int64_t batch_size) {
+  if (batch_size < 1) throw UsageError(fmt::format("evaluate: batch size {} < 1", batch_size));
+  const bool was_training = model.is_training();
+  model.eval();
+  NoGradGuard no_grad;
+  double loss_sum = 0.0;
+  int64_t correct = 0;
+  for (int64_t start = 0; start < dataset.size(); start += batch_size) {
+    const int64_t rows = std::min(batch_size, dataset.size() - start);
+    const data::TensorDataset part = dataset.slice(start, rows);
+    Variable output = model.forward(Variable(part.features()));
+    loss_sum += double(cross_entropy(output, part.labels()).item()) * double(rows);
+    correct += strategy::count_correct(output.data(), part.labels());
+  }
+  model.train(was_training);
+  EvalResult result;
+  result.samples = dataset.size();
+  if (result.samples > 0) {
+    result.loss = loss_sum / double(result.samples);
+    result.accuracy = double(correct) / double(result.samples);
+  }
+  return result;
+}
+
+Trainer::Trainer(const JobConfig& job, strategy::Strategy& strategy, Logger& logger)
+    : job_(job), strategy_(strategy), logger_(logger) {}
+
+int64_t Trainer::steps_per_epoch(int64_t train_samples) const {
+  return data::DataLoader::batch_count(train_samples, job_.train.batch_size, job_.train.drop_last);
+}
+
+void Trainer::report(const std::string& message) {
+  if (callbacks_.empty()) logger_.info("{}", message);
+  for (Callback* c : callbacks_) c->on_message(message);
+}
+
+bool Trainer::resume(Position& position) {
+  io::CheckpointDirectory dir(job_.output, std::max<int64_t>(1, job_.train.keep_checkpoints),
+                              io::default_file_system(), logger_);
+  std::optional<io::CheckpointDirectory::Found> found = dir.load_latest();
+  if (!found) return false;
+  const io::Checkpoint& c = found->checkpoint;
+  const std::string batch_size = metadata_at(c, "batch_size", found->path);
+  if (batch_size != std::to_string(job_.train.batch_size)) {
+    throw CheckpointError(found->path, c.step,
+                          fmt::format("written with batch size {}, the job now has {}; resume with "
+                                      "the same batch size or train afresh with --no-resume",
+                                      batch_size, job_.train.batch_size));
+  }
+  try {
+    strategy_.model().load_state_dict(c.section("model"), true);
+    strategy_.optimizer().load_state_dict(c.section("optimizer"));
+  } catch (const UsageError& e) {
+    throw CheckpointError(found->path, c.step,
+                          fmt::format("does not fit this job's model: {}", e.what()));
+  }
+  strategy_.sync_replicas();
+  position.step = c.step;
+  position.epoch = c.epoch;
+  position.batch_in_epoch = std::stoll(metadata_at(c, "batch_in_epoch", found->path));
+  report(position.epoch >= job_.train.epochs
+             ? fmt::format("resumed from {}: the run had finished (step {})", found->path, c.step)
+             : fmt::format("resumed from {} at step {}: epoch {}, batch {}", found->path, c.step,
+                           c.epoch + 1, position.batch_in_epoch + 1));
+  return true;
+}
+
+void Trainer::save_checkpoint(const Position& position) {
+  io::Checkpoint c;
+  c.step = position.step;
+  c.epoch = position.epoch;
+  c.metadata["batch_in_epoch"] = std::to_string(position.batch_in_epoch);
+  c.metadata["batch_size"] = std::to_string(job_.train.batch_size);
+  c.metadata["job"] = job_.name;
+  c.metadata["seed"] = std::to_string(job_.seed);
+  c.add_section("model", strategy_.model().state_dict());
+  c.add_section("optimizer", strategy_.optimizer().state_dict());
+  io::CheckpointDirectory dir(job_.output, std::max<int64_t>(1, job_.train.keep_checkpoints),
+                              io::default_file_system(), logger_);
+  dir.write(c);
+}
+
+Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset& test) {
+  const auto run_start = Clock::now();
+  const int64_t per_epoch = steps_per_epoch(train.size());
+  if (per_epoch == 0) {
+    throw UsageError(fmt::format("no training batches: {} samples, batch size {}{}", train.size(),
+                                 job_.train.batch_size, job_.train.drop_last ? " with drop_last" : ""));
+  }
+  int64_t total_steps = per_epoch * job_.train.epochs;
+  if (job_.train.max_steps > 0) total_steps = std::min(total_steps, job_.train.max_steps);
+
+  optim::LrScheduleConfig schedule = job_.schedule;
+  schedule.lr = job_.optimizer.lr;
+  if (schedule.total_steps == 0) schedule.total_steps = std::max<int64_t>(total_steps, schedule.warmup_steps + 1);
+  schedule_ = optim::make_lr_schedule(schedule);
+
+  Position position;
+  if (job_.resume) resume(position);
+
+  RunInfo info;
+  info.job_name = job_.name;
+  info.strategy = strategy_.name();
+  info.workers = strategy_.replicas();
+  info.epochs = job_.train.epochs;
+  info.steps_per_epoch = per_epoch;
+  info.start_step = position.step;
+  info.parameters = strategy_.model().num_parameters();
+  info.train_samples = train.size();
+  info.test_samples = test.size();
+  for (Callback* c : callbacks_) c->on_train_begin(info);
+
+  data::DataLoader loader(train, {job_.train.batch_size, job_.train.drop_last, 2});
+  Summary summary;
+  double train_seconds = 0.0;
+  int64_t train_samples = 0;
+  const int64_t checkpoint_every = job_.train.checkpoint_every_steps;
+  bool stop = position.step >= total_steps;
+
+  while (!stop && position.epoch < job_.train.epochs) {
+    const auto epoch_start = Clock::now();
+    std::vector<int64_t> order = data::shuffled_order(train.size(), job_.seed, position.epoch);
+    const int64_t skip = std::min<int64_t>(position.batch_in_epoch * job_.train.batch_size,
+                                           static_cast<int64_t>(order.size()));
+    order.erase(order.begin(), order.begin() + skip);
+    loader.start_epoch(std::move(order));
+
+    Window window, epoch;
+    while (true) {
+      const auto t0 = Clock::now();
+      std::optional<data::Batch> batch = loader.next();
+      if (!batch) break;
+      const float lr = schedule_->lr_at(position.step);
+      strategy_.optimizer().set_lr(lr);
+      const strategy::StepStats stats = strategy_.train_step(batch->x, batch->y);
+      const double dt = seconds_since(t0);
+      ++position.step;
+      ++position.batch_in_epoch;
+      for (Window* w : {&window, &epoch}) {
+        w->stats += stats;
+        w->seconds += dt;
+      }
+      StepInfo s;
+      s.step = position.step;
+      s.epoch = position.epoch + 1;
+      s.step_in_epoch = position.batch_in_epoch;
+      s.steps_per_epoch = per_epoch;
+      s.lr = lr;
+      s.loss = window.loss();
+      s.accuracy = window.accuracy();
+      s.samples_per_s = window.rate();
+      for (Callback* c : callbacks_) c->on_step_end(s);
+      if (job_.train.log_every_steps > 0 && position.step % job_.train.log_every_steps == 0) window.reset();
+      if (position.step >= total_steps) {
+        stop = true;
+        break;
+      }
+      if (checkpoint_every > 0 && position.step % checkpoint_every == 0) save_checkpoint(position);
+    }
+    train_seconds += epoch.seconds;
+    train_samples += epoch.stats.samples;
+
+    const bool epoch_done = position.batch_in_epoch >= per_epoch;
+    if (epoch_done) {
+      ++position.epoch;
+      position.batch_in_epoch = 0;
+    }
+    const EvalResult eval = evaluate(strategy_.model(), test, job_.train.eval_batch_size);
+    save_checkpoint(position);
+    EpochInfo e;
+    e.epoch = epoch_done ? position.epoch : position.epoch + 1;
+    e.step = position.step;
+    e.train_loss = epoch.loss();
+    e.train_accuracy = epoch.accuracy();
+    e.test_loss = eval.loss;
+    e.test_accuracy = eval.accuracy;
+    e.samples_per_s = epoch.rate();
+    e.seconds = seconds_since(epoch_start);
+    for (Callback* c : callbacks_) c->on_epoch_end(e);
+    summary.test_loss = eval.loss;
+    summary.test_accuracy = eval.accuracy;
+    summary.best_test_accuracy = std::max(summary.best_test_accuracy, eval.accuracy);
+    summary.epochs = e.epoch;
+  }
+  if (summary.epochs == 0) {
+    // Nothing left to train (a finished run resumed): report where it stands.
+    const EvalResult eval = evaluate(strategy_.model(), test, job_.train.eval_batch_size);
+    summary.test_loss = eval.loss;
+    summary.test_accuracy = summary.best_test_accuracy = eval.accuracy;
+    summary.epochs = position.epoch;
+  }
+
+  io::default_file_system().create_directories(job_.output);
+  summary.weights_path = job_.output + "/model.safetensors";
+  io::save_safetensors(strategy_.model().state_dict(), summary.weights_path);
+  summary.steps = position.step;
+  summary.samples_per_s = train_seconds > 0 ? double(train_samples) / train_seconds : 0.0;
+  summary.seconds = seconds_since(run_start);
+  for (Callback* c : callbacks_) c->on_train_end(summary);
+  return summary;
+}
+
+}  // namespace dtrain::train

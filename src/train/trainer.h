@@ -1,0 +1,68 @@
+// Trainer: the training loop of a job. Epochs of shuffled batches from the
+// training set go through a Strategy; the learning rate follows the job's
+// schedule; the test set is evaluated after every epoch; callbacks report;
+// checkpoints are written atomically and a run resumes from the newest valid
+// one, continuing exactly where it stopped (same batches, same RNG streams).
+//
+// Ownership: the strategy, logger and callbacks are owned by the caller and
+// must outlive fit(). Thread safety: one thread calls fit().
+// Errors: dtrain::Error kinds from the layers, the data and the files;
+// CheckpointError when no checkpoint can be written.
+// Blocking: fit() runs the whole job.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "core/log.h"
+#include "data/dataset.h"
+#include "nn/module.h"
+#include "optim/lr_schedule.h"
+#include "strategy/strategy.h"
+#include "train/callbacks.h"
+#include "train/job_config.h"
+
+namespace dtrain::train {
+
+struct EvalResult {
+  double loss = 0.0;      // mean cross entropy
+  double accuracy = 0.0;  // fraction in [0, 1]
+  int64_t samples = 0;
+};
+
+// Evaluates `model` (in eval mode, without recording a graph) on `data`.
+EvalResult evaluate(nn::Module& model, const data::TensorDataset& data, int64_t batch_size);
+
+class Trainer {
+ public:
+  Trainer(const JobConfig& job, strategy::Strategy& strategy, Logger& logger);
+
+  void add_callback(Callback& callback) { callbacks_.push_back(&callback); }
+
+  // Trains for job.train.epochs (or max_steps), resuming from the output
+  // folder's newest valid checkpoint when job.resume. Writes the final
+  // weights to <output>/model.safetensors.
+  Summary fit(const data::TensorDataset& train, const data::TensorDataset& test);
+
+  int64_t steps_per_epoch(int64_t train_samples) const;
+
+ private:
+  struct Position {
+    int64_t step = 0;           // updates applied so far
+    int64_t epoch = 0;          // 0-based epoch in progress
+    int64_t batch_in_epoch = 0; // batches of `epoch` already trained on
+  };
+
+  bool resume(Position& position);
+  void save_checkpoint(const Position& position);
+  void report(const std::string& message);
+
+  const JobConfig& job_;
+  strategy::Strategy& strategy_;
+  Logger& logger_;
+  std::vector<Callback*> callbacks_;
+  std::unique_ptr<optim::LrSchedule> schedule_;
+};
+
+}  // namespace dtrain::train

@@ -1,0 +1,126 @@
+#include <gtest/gtest.h>
+
+#include "cli/job_file.h"
+#include "core/error.h"
+
+namespace dtrain::cli {
+namespace {
+
+const char* kJob = R"(
+[job]
+name = "t"
+seed = 7
+
+[model]
+input_shape = [1, 28, 28]
+
+[[model.layers]]
+type = "flatten"
+
+[[model.layers]]
+type = "linear"
+name = "fc1"
+out_features = 32
+
+[optimizer]
+type = "adam"
+lr = 0.001
+
+[train]
+epochs = 2
+batch_size = 64
+)";
+
+std::string error_of(const std::string& text, const std::vector<std::string>& overrides = {}) {
+  try {
+    parse_job(text, "job.toml", overrides);
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+TEST(JobFile, ReadsEverySection) {
+  train::JobConfig job = parse_job(kJob, "job.toml", {});
+  EXPECT_EQ(job.name, "t");
+  EXPECT_EQ(job.seed, 7u);
+  EXPECT_EQ(job.model.input_shape, (std::vector<int64_t>{1, 28, 28}));
+  ASSERT_EQ(job.model.layers.size(), 2u);
+  EXPECT_EQ(job.model.layers[0].name, "0");
+  EXPECT_EQ(job.model.layers[1].name, "fc1");
+  EXPECT_EQ(job.model.layers[1].out_features, 32);
+  EXPECT_EQ(job.optimizer.type, "adam");
+  EXPECT_FLOAT_EQ(job.optimizer.lr, 0.001f);
+  EXPECT_FLOAT_EQ(job.schedule.lr, 0.001f);
+  EXPECT_EQ(job.train.epochs, 2);
+  EXPECT_EQ(job.train.batch_size, 64);
+}
+
+TEST(JobFile, OverridesApplyBeforeChecking) {
+  train::JobConfig job =
+      parse_job(kJob, "job.toml", {"train.epochs=5", "optimizer.lr=0.5", "job.output=out/x", "distributed.workers=3"});
+  EXPECT_EQ(job.train.epochs, 5);
+  EXPECT_FLOAT_EQ(job.optimizer.lr, 0.5f);
+  EXPECT_EQ(job.output, "out/x");
+  EXPECT_EQ(job.distributed.workers, 3);
+  EXPECT_EQ(error_of(kJob, {"train.epoch=5"}),
+            "job.toml: 'train.epoch': unknown key (known: batch_size, checkpoint_every_steps, "
+            "drop_last, epochs, eval_batch_size, keep_checkpoints, log_every_steps, max_steps, threads)");
+  EXPECT_EQ(error_of(kJob, {"noequals"}), "--set: 'noequals': expected key=value");
+}
+
+TEST(JobFile, UnknownKeysNameTheKeyAndLine) {
+  std::string text = std::string(kJob) + "\n[data]\npaht = \"x\"\n";
+  EXPECT_NE(error_of(text).find("job.toml:26: 'data.paht': unknown key"), std::string::npos)
+      << error_of(text);
+  EXPECT_NE(error_of("[jobs]\nname = 1\n").find("job.toml:1: 'jobs': unknown key"),
+            std::string::npos);
+}
+
+TEST(JobFile, WrongTypesNameTheKeyAndLine) {
+  std::string text = kJob;
+  text.replace(text.find("epochs = 2"), 10, "epochs = \"two\"");
+  EXPECT_EQ(error_of(text), "job.toml:22: 'train.epochs': expected an integer, got string");
+  text = kJob;
+  text.replace(text.find("lr = 0.001"), 10, "lr = -1.0");
+  EXPECT_EQ(error_of(text), "job.toml:19: 'optimizer.lr': must be positive, got -1");
+  text = kJob;
+  text.replace(text.find("type = \"adam\""), 13, "type = \"adma\"");
+  EXPECT_EQ(error_of(text), "job.toml:18: 'optimizer.type': 'adma' is not one of: sgd, adam, adamw, adagrad");
+}
+
+TEST(JobFile, LayerErrors) {
+  std::string text = kJob;
+  text.replace(text.find("type = \"flatten\""), 16, "type = \"flaten\"");
+  EXPECT_NE(error_of(text).find("'model.layers[0].type': 'flaten' is not one of"), std::string::npos)
+      << error_of(text);
+  text = kJob;
+  text.replace(text.find("out_features = 32"), 17, "out_feature = 32");
+  EXPECT_NE(error_of(text).find("job.toml:15: 'model.layers[1].out_feature': unknown key"),
+            std::string::npos)
+      << error_of(text);
+}
+
+TEST(JobFile, SyntaxErrorsNameTheLine) {
+  EXPECT_NE(error_of("[job]\nname = \n").find("job.toml:2:"), std::string::npos)
+      << error_of("[job]\nname = \n");
+  EXPECT_NE(error_of("[job]\nname = \"x\"\n").find("model.layers"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace dtrain::cli
+
+namespace dtrain::cli {
+namespace {
+
+TEST(JobFile, OverridesReachLayersByIndex) {
+  train::JobConfig job = parse_job(kJob, "job.toml", {"model.layers.1.out_features=64"});
+  EXPECT_EQ(job.model.layers[1].out_features, 64);
+  EXPECT_EQ(error_of(kJob, {"model.layers.5.out_features=64"}),
+            "--set: 'model.layers.5.out_features': 'layers' has 2 entries; expected layers.<index>.<key>");
+  EXPECT_EQ(error_of(kJob, {"model.layers.x.out_features=64"}),
+            "--set: 'model.layers.x.out_features': 'layers' is an array: expected an index, got 'x'");
+}
+
+}  // namespace
+}  // namespace dtrain::cli

@@ -1,0 +1,91 @@
+#include "data/csv.h"
+
+#include <gtest/gtest.h>
+
+#include "testing/fault_fs.h"
+
+namespace dtrain::data {
+namespace {
+
+using dtrain::testing::TempDir;
+
+class CsvTest : public ::testing::Test {
+ protected:
+  TensorDataset read(const std::string& text, const CsvOptions& options = {}) {
+    io::default_file_system().write_file(path(), text);
+    return read_csv(path(), options);
+  }
+  std::string error_of(const std::string& text, const CsvOptions& options = {}) {
+    try {
+      read(text, options);
+    } catch (const DataError& e) {
+      return e.what();
+    }
+    return "";
+  }
+  std::string path() const { return tmp_.file("d.csv"); }
+  TempDir tmp_;
+};
+
+TEST_F(CsvTest, ReadsFeaturesAndTheNamedLabelColumn) {
+  const TensorDataset ds = read("x1, label ,x2\r\n1.5,2,-3\n\n0,0,1e3\n");
+  EXPECT_EQ(ds.size(), 2);
+  EXPECT_EQ(ds.features().shape(), (Shape{2, 2}));
+  EXPECT_EQ(ds.features().to_vector(), (std::vector<float>{1.5f, -3.0f, 0.0f, 1000.0f}));
+  EXPECT_EQ(ds.labels(), (std::vector<int64_t>{2, 0}));
+  EXPECT_EQ(ds.num_classes(), 3);
+}
+
+TEST_F(CsvTest, LabelByIndexWithoutHeaderAndLimit) {
+  CsvOptions options;
+  options.has_header = false;
+  options.label_index = -1;
+  options.delimiter = ';';
+  options.num_classes = 5;
+  options.limit = 2;
+  const TensorDataset ds = read("1;2;4\n3;4;1\n5;6;0\n", options);
+  EXPECT_EQ(ds.size(), 2);
+  EXPECT_EQ(ds.features().to_vector(), (std::vector<float>{1, 2, 3, 4}));
+  EXPECT_EQ(ds.labels(), (std::vector<int64_t>{4, 1}));
+  EXPECT_EQ(ds.num_classes(), 5);
+}
+
+TEST_F(CsvTest, EveryMalformedFileGivesTheExactError) {
+  const std::string p = path();
+  EXPECT_EQ(error_of("a,label\n1,x\n"),
+            p + ":2: column 2 ('label'): label 'x' is not a non-negative integer");
+  EXPECT_EQ(error_of("a,label\n1,2.0\n"),
+            p + ":2: column 2 ('label'): label '2.0' is not a non-negative integer");
+  EXPECT_EQ(error_of("a,label\n1,-1\n"),
+            p + ":2: column 2 ('label'): label '-1' is not a non-negative integer");
+  EXPECT_EQ(error_of("a,b,label\n1,2,0\n1,abc,0\n"),
+            p + ":3: column 2 ('b'): 'abc' is not a finite number");
+  EXPECT_EQ(error_of("a,b,label\n1,,0\n"), p + ":2: column 2 ('b'): '' is not a finite number");
+  EXPECT_EQ(error_of("a,b,label\n1,inf,0\n"),
+            p + ":2: column 2 ('b'): 'inf' is not a finite number");
+  EXPECT_EQ(error_of("a,b,label\n1,2,0\n\n1,2\n"), p + ":4: 2 fields, expected 3");
+  EXPECT_EQ(error_of("a,b\n1,2\n"), p + ":1: no column 'label' in the header (columns: a, b)");
+  EXPECT_EQ(error_of("a,label\n"), p + ": no samples");
+  EXPECT_EQ(error_of(""), p + ": no samples");
+  CsvOptions no_header;
+  no_header.has_header = false;
+  EXPECT_EQ(error_of("1,2\n", no_header),
+            p + ": label column 'label' is chosen by name, but the file has no header; give "
+                "label_index instead");
+  no_header.label_index = 2;
+  EXPECT_EQ(error_of("1,2\n", no_header), p + ":1: label column index 2 is outside the 2 columns");
+  no_header.label_index = 0;
+  no_header.num_classes = 2;
+  EXPECT_EQ(error_of("1,2\n2,2\n", no_header), p + ":2: column 1: label 2 is outside [0, 2)");
+  EXPECT_EQ(error_of("label\n1\n"), p + ":1: 1 column, need at least one feature and the label");
+  try {
+    read_csv(tmp_.file("none.csv"));
+    FAIL() << "no error";
+  } catch (const DataError& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "cannot read '" + tmp_.file("none.csv") + "': No such file or directory");
+  }
+}
+
+}  // namespace
+}  // namespace dtrain::data

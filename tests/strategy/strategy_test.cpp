@@ -1,0 +1,132 @@
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "nn/activation.h"
+#include "nn/linear.h"
+#include "nn/sequential.h"
+#include "optim/sgd.h"
+#include "strategy/local_strategy.h"
+#include "strategy/mirrored_strategy.h"
+#include "strategy/replica_threads.h"
+
+namespace dtrain::strategy {
+namespace {
+
+std::unique_ptr<nn::Module> make_mlp(uint64_t seed) {
+  Rng rng(seed);
+  auto model = std::make_unique<nn::Sequential>();
+  model->add("fc1", std::make_unique<nn::Linear>(6, 16, rng));
+  model->add("relu", std::make_unique<nn::ReLU>());
+  model->add("fc2", std::make_unique<nn::Linear>(16, 3, rng));
+  return model;
+}
+
+OptimizerFactory sgd() {
+  return [](std::vector<Variable> params) {
+    optim::SgdOptions o;
+    o.lr = 0.1f;
+    o.momentum = 0.9f;
+    return std::make_unique<optim::Sgd>(std::move(params), o);
+  };
+}
+
+struct Batch {
+  Tensor x;
+  std::vector<int64_t> y;
+};
+
+std::vector<Batch> make_batches(int count, int64_t rows, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<Batch> batches;
+  for (int b = 0; b < count; ++b) {
+    Batch batch{Tensor::empty({rows, 6}), {}};
+    for (float& v : batch.x.span()) v = rng.normal();
+    for (int64_t i = 0; i < rows; ++i) batch.y.push_back(static_cast<int64_t>(rng.below(3)));
+    batches.push_back(std::move(batch));
+  }
+  return batches;
+}
+
+double max_relative_difference(nn::Module& a, nn::Module& b) {
+  auto pa = a.parameters();
+  auto pb = b.parameters();
+  double worst = 0.0;
+  for (size_t i = 0; i < pa.size(); ++i) {
+    const float* x = pa[i].data().data();
+    const float* y = pb[i].data().data();
+    for (int64_t k = 0; k < pa[i].numel(); ++k) {
+      const double d = std::abs(double(x[k]) - double(y[k])) / std::max(1e-3, std::abs(double(x[k])));
+      worst = std::max(worst, d);
+    }
+  }
+  return worst;
+}
+
+class MirroredEquivalence : public ::testing::TestWithParam<int64_t> {};
+
+TEST_P(MirroredEquivalence, MatchesOneWorkerOnTheGlobalBatch) {
+  const int64_t replicas = GetParam();
+  LocalStrategy local(make_mlp(1), sgd());
+  MirroredStrategy mirrored(make_mlp(1), [] { return make_mlp(99); }, replicas, sgd());
+  for (const Batch& batch : make_batches(4, 11, 5)) {  // 11 rows: uneven slices
+    const StepStats a = local.train_step(batch.x, batch.y);
+    const StepStats b = mirrored.train_step(batch.x, batch.y);
+    EXPECT_EQ(a.samples, b.samples);
+    EXPECT_EQ(a.correct, b.correct);
+    EXPECT_NEAR(a.loss_sum, b.loss_sum, 1e-4 * std::abs(a.loss_sum));
+  }
+  EXPECT_LT(max_relative_difference(local.model(), mirrored.model()), 1e-5);
+}
+
+INSTANTIATE_TEST_SUITE_P(Replicas, MirroredEquivalence, ::testing::Values(1, 2, 3, 4));
+
+TEST(Mirrored, MoreReplicasThanRowsStillMatches) {
+  LocalStrategy local(make_mlp(2), sgd());
+  MirroredStrategy mirrored(make_mlp(2), [] { return make_mlp(3); }, 4, sgd());
+  for (const Batch& batch : make_batches(3, 2, 8)) {
+    local.train_step(batch.x, batch.y);
+    mirrored.train_step(batch.x, batch.y);
+  }
+  EXPECT_LT(max_relative_difference(local.model(), mirrored.model()), 1e-5);
+}
+
+TEST(Mirrored, ReplicaErrorsReachTheCaller) {
+  MirroredStrategy mirrored(make_mlp(1), [] { return make_mlp(1); }, 2, sgd());
+  Tensor wrong = Tensor::zeros({4, 5});
+  std::vector<int64_t> y{0, 1, 2, 0};
+  EXPECT_THROW(mirrored.train_step(wrong, y), UsageError);
+  // The strategy is still usable after a failed step.
+  const Batch good = make_batches(1, 4, 1)[0];
+  EXPECT_EQ(mirrored.train_step(good.x, good.y).samples, 4);
+}
+
+TEST(Strategy, RejectsMismatchedBatches) {
+  LocalStrategy local(make_mlp(1), sgd());
+  std::vector<int64_t> y{0, 1};
+  EXPECT_THROW(local.train_step(Tensor::zeros({3, 6}), y), UsageError);
+}
+
+TEST(Strategy, CountCorrectUsesArgMax) {
+  Tensor out = Tensor::from_vector({0.1f, 0.9f, 0.0f, 2.0f, 1.0f, 0.0f}, {2, 3});
+  std::vector<int64_t> y{1, 2};
+  EXPECT_EQ(count_correct(out, y), 1);
+}
+
+TEST(ReplicaThreads, RunsEveryReplicaAndRethrows) {
+  ReplicaThreads threads(3);
+  std::vector<int> seen(3, 0);
+  for (int round = 0; round < 50; ++round) threads.run([&](int64_t r) { seen[static_cast<size_t>(r)]++; });
+  EXPECT_EQ(seen, (std::vector<int>{50, 50, 50}));
+  EXPECT_THROW(threads.run([](int64_t r) {
+    if (r == 2) throw UsageError("replica 2 failed");
+  }),
+               UsageError);
+  threads.run([&](int64_t r) { seen[static_cast<size_t>(r)]++; });
+  EXPECT_EQ(seen[2], 51);
+}
+
+}  // namespace
+}  // namespace dtrain::strategy
