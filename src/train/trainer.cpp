@@ -130,12 +130,16 @@ Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset
     throw UsageError(fmt::format("no training batches: {} samples, batch size {}{}", train.size(),
                                  job_.train.batch_size, job_.train.drop_last ? " with drop_last" : ""));
   }
-  int64_t total_steps = per_epoch * job_.train.epochs;
+  // The schedule's horizon is the whole run (epochs x steps per epoch), not
+  // max_steps, so that a run stopped early and resumed follows the same
+  // learning rates as one that never stopped.
+  const int64_t planned_steps = per_epoch * job_.train.epochs;
+  int64_t total_steps = planned_steps;
   if (job_.train.max_steps > 0) total_steps = std::min(total_steps, job_.train.max_steps);
 
   optim::LrScheduleConfig schedule = job_.schedule;
   schedule.lr = job_.optimizer.lr;
-  if (schedule.total_steps == 0) schedule.total_steps = std::max<int64_t>(total_steps, schedule.warmup_steps + 1);
+  if (schedule.total_steps == 0) schedule.total_steps = std::max<int64_t>(planned_steps, schedule.warmup_steps + 1);
   schedule_ = optim::make_lr_schedule(schedule);
 
   Position position;

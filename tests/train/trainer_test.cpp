@@ -1,0 +1,236 @@
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "data/synthetic.h"
+#include "io/checkpoint.h"
+#include "io/safetensors.h"
+#include "optim/optimizer_config.h"
+#include "strategy/local_strategy.h"
+#include "strategy/mirrored_strategy.h"
+#include "testing/fault_fs.h"
+#include "train/model_builder.h"
+#include "train/trainer.h"
+
+namespace dtrain::train {
+namespace {
+
+JobConfig blobs_job(const std::string& output) {
+  JobConfig job;
+  job.name = "blobs";
+  job.seed = 3;
+  job.output = output;
+  job.model.input_shape = {8};
+  LayerConfig fc1;
+  fc1.type = "linear";
+  fc1.name = "fc1";
+  fc1.out_features = 16;
+  LayerConfig relu;
+  relu.type = "relu";
+  relu.name = "relu";
+  LayerConfig drop;
+  drop.type = "dropout";
+  drop.name = "drop";
+  drop.p = 0.1f;
+  LayerConfig fc2;
+  fc2.type = "linear";
+  fc2.name = "fc2";
+  fc2.out_features = 3;
+  job.model.layers = {fc1, relu, drop, fc2};
+  job.optimizer.type = "sgd";
+  job.optimizer.lr = 0.05f;
+  job.optimizer.momentum = 0.9f;
+  job.schedule.type = "cosine";
+  job.schedule.warmup_steps = 3;
+  job.train.epochs = 4;
+  job.train.batch_size = 32;
+  job.train.log_every_steps = 5;
+  job.train.eval_batch_size = 50;
+  return job;
+}
+
+// One fixed problem (the same centres): `part` 1 is the training set, 2 the
+// test set, 4 a third sample.
+data::TensorDataset blobs(int64_t samples, int part) {
+  data::BlobsOptions o;
+  o.samples = 1000;
+  o.features = 8;
+  o.num_classes = 3;
+  o.seed = 11;
+  const data::TensorDataset all = data::make_gaussian_blobs(o);
+  const int64_t start = part == 1 ? 0 : (part == 2 ? 600 : 800);
+  return all.slice(start, std::min<int64_t>(samples, part == 1 ? 600 : 200));
+}
+
+std::unique_ptr<strategy::Strategy> local_for(const JobConfig& job) {
+  Rng rng(job.seed);
+  return std::make_unique<strategy::LocalStrategy>(
+      build_model(job.model, rng), [&job](std::vector<Variable> p) {
+        return optim::make_optimizer(job.optimizer, std::move(p));
+      });
+}
+
+Summary fit(const JobConfig& job, const data::TensorDataset& train, const data::TensorDataset& test) {
+  auto strategy = local_for(job);
+  Trainer trainer(job, *strategy, Logger::null());
+  return trainer.fit(train, test);
+}
+
+std::string file_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+TEST(Trainer, LearnsSeparableBlobs) {
+  testing::TempDir dir;
+  const Summary s = fit(blobs_job(dir.path()), blobs(600, 1), blobs(200, 2));
+  EXPECT_EQ(s.epochs, 4);
+  EXPECT_EQ(s.steps, 4 * 19);
+  EXPECT_GT(s.test_accuracy, 0.95);
+  // The saved weights are the trained model.
+  JobConfig job = blobs_job(dir.path());
+  Rng rng(99);
+  auto model = build_model(job.model, rng);
+  model->load_state_dict(io::load_safetensors(s.weights_path));
+  EXPECT_NEAR(evaluate(*model, blobs(200, 2), 64).accuracy, s.test_accuracy, 1e-12);
+}
+
+TEST(Trainer, SameSeedSameRunBitForBit) {
+  testing::TempDir a, b;
+  fit(blobs_job(a.path()), blobs(300, 1), blobs(100, 2));
+  fit(blobs_job(b.path()), blobs(300, 1), blobs(100, 2));
+  EXPECT_EQ(file_bytes(a.file("model.safetensors")), file_bytes(b.file("model.safetensors")));
+}
+
+TEST(Trainer, ResumingMidEpochContinuesExactly) {
+  // One run straight through; another stopped at step 30 (mid-epoch 2, a
+  // checkpoint every 10 steps) and resumed: the final weights are identical
+  // (optimizer state, schedule, data position and dropout RNG all restored).
+  testing::TempDir straight, stopped;
+  const auto train = blobs(600, 1), test = blobs(100, 2);
+  fit(blobs_job(straight.path()), train, test);
+
+  JobConfig first = blobs_job(stopped.path());
+  first.train.max_steps = 30;
+  first.train.checkpoint_every_steps = 10;
+  EXPECT_EQ(fit(first, train, test).steps, 30);
+  JobConfig second = blobs_job(stopped.path());
+  EXPECT_EQ(fit(second, train, test).steps, 4 * 19);
+  EXPECT_EQ(file_bytes(straight.file("model.safetensors")), file_bytes(stopped.file("model.safetensors")));
+}
+
+TEST(Trainer, CorruptNewestCheckpointFallsBackToThePreviousOne) {
+  testing::TempDir dir;
+  const auto train = blobs(300, 1), test = blobs(100, 2);
+  JobConfig job = blobs_job(dir.path());
+  job.train.max_steps = 20;
+  job.train.checkpoint_every_steps = 5;
+  fit(job, train, test);
+  // Flip a byte in the newest checkpoint.
+  const std::string newest = dir.file("ckpt-20.dtc");
+  std::string bytes = file_bytes(newest);
+  bytes[bytes.size() / 2] ^= 0x5a;
+  std::ofstream(newest, std::ios::binary | std::ios::trunc) << bytes;
+  job.train.max_steps = 0;
+  auto strategy = local_for(job);
+  Trainer trainer(job, *strategy, Logger::null());
+  struct Messages : Callback {
+    std::vector<std::string> lines;
+    void on_train_begin(const RunInfo& info) override { start = info.start_step; }
+    void on_message(const std::string& m) override { lines.push_back(m); }
+    int64_t start = -1;
+  } messages;
+  trainer.add_callback(messages);
+  trainer.fit(train, test);
+  EXPECT_EQ(messages.start, 15);
+}
+
+TEST(Trainer, RefusesACheckpointOfAnotherBatchSize) {
+  testing::TempDir dir;
+  const auto train = blobs(300, 1), test = blobs(100, 2);
+  JobConfig job = blobs_job(dir.path());
+  job.train.max_steps = 5;
+  fit(job, train, test);
+  job.train.batch_size = 16;
+  EXPECT_THROW(fit(job, train, test), CheckpointError);
+  job.resume = false;
+  EXPECT_NO_THROW(fit(job, train, test));
+}
+
+TEST(Trainer, WritesMetricsAsJsonLines) {
+  testing::TempDir dir;
+  JobConfig job = blobs_job(dir.path());
+  job.train.epochs = 2;
+  auto strategy = local_for(job);
+  Trainer trainer(job, *strategy, Logger::null());
+  JsonLinesWriter metrics(dir.file("metrics.jsonl"), job.train.log_every_steps);
+  trainer.add_callback(metrics);
+  trainer.fit(blobs(300, 1), blobs(100, 2));
+  std::ifstream in(dir.file("metrics.jsonl"));
+  std::vector<nlohmann::json> events;
+  for (std::string line; std::getline(in, line);) events.push_back(nlohmann::json::parse(line));
+  ASSERT_GE(events.size(), 4u);
+  EXPECT_EQ(events.front()["event"], "begin");
+  EXPECT_EQ(events.back()["event"], "end");
+  int epochs = 0, steps = 0;
+  for (const auto& e : events) {
+    if (e["event"] == "epoch") ++epochs;
+    if (e["event"] == "step") {
+      ++steps;
+      EXPECT_EQ(e["step"].get<int>() % 5, 0);
+    }
+  }
+  EXPECT_EQ(epochs, 2);
+  EXPECT_EQ(steps, 2 * 10 / 5);
+}
+
+TEST(Trainer, MirroredMatchesLocal) {
+  testing::TempDir a, b;
+  JobConfig job = blobs_job(a.path());
+  job.model.layers.erase(job.model.layers.begin() + 2);  // no dropout: replicas draw their own masks
+  job.train.epochs = 2;
+  const auto train = blobs(300, 1), test = blobs(100, 2);
+  fit(job, train, test);
+  JobConfig mjob = job;
+  mjob.output = b.path();
+  Rng rng(mjob.seed);
+  strategy::MirroredStrategy mirrored(
+      build_model(mjob.model, rng),
+      [&mjob] {
+        Rng r(7);
+        return std::unique_ptr<nn::Module>(build_model(mjob.model, r));
+      },
+      3, [&mjob](std::vector<Variable> p) { return optim::make_optimizer(mjob.optimizer, std::move(p)); });
+  Trainer trainer(mjob, mirrored, Logger::null());
+  trainer.fit(train, test);
+  const StateDict x = io::load_safetensors(a.file("model.safetensors"));
+  const StateDict y = io::load_safetensors(b.file("model.safetensors"));
+  for (const auto& [name, t] : x) {
+    const Tensor& u = y.at(name);
+    for (int64_t i = 0; i < t.numel(); ++i) {
+      EXPECT_NEAR(t.data()[i], u.data()[i], 1e-5 * std::max(1.0f, std::abs(t.data()[i]))) << name;
+    }
+  }
+}
+
+TEST(Evaluate, CountsAccuracyAndLoss) {
+  JobConfig job = blobs_job("unused");
+  Rng rng(1);
+  auto model = build_model(job.model, rng);
+  const auto data = blobs(130, 4);
+  const EvalResult whole = evaluate(*model, data, 1000);
+  const EvalResult batched = evaluate(*model, data, 7);
+  EXPECT_EQ(whole.samples, 130);
+  EXPECT_NEAR(whole.accuracy, batched.accuracy, 1e-12);
+  EXPECT_NEAR(whole.loss, batched.loss, 1e-5);
+  EXPECT_THROW(evaluate(*model, data, 0), UsageError);
+}
+
+}  // namespace
+}  // namespace dtrain::train
