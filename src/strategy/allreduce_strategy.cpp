@@ -1,0 +1,337 @@
+#include "strategy/allreduce_strategy.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "autograd/functions.h"
+#include "core/error.h"
+
+namespace dtrain::strategy {
+namespace {
+
+// Bucket 0's header: this worker's window totals, summed by the allreduce.
+constexpr size_t kHeaderSamples = 0;
+constexpr size_t kHeaderLossSum = 1;
+constexpr size_t kHeaderCorrect = 2;
+constexpr size_t kHeaderFloats = 3;
+
+double seconds(std::chrono::steady_clock::duration d) {
+  return std::chrono::duration<double>(d).count();
+}
+
+}  // namespace
+
+AllReduceStrategy::AllReduceStrategy(std::unique_ptr<nn::Module> model,
+                                     const OptimizerFactory& make_optimizer,
+                                     comm::Communicator& comm, AllReduceOptions options,
+                                     LossFn loss)
+    : AllReduceStrategy(std::move(model), make_optimizer, comm, &comm, options, std::move(loss)) {}
+
+AllReduceStrategy::AllReduceStrategy(std::unique_ptr<nn::Module> model,
+                                     const OptimizerFactory& make_optimizer,
+                                     comm::Collectives& collectives, AllReduceOptions options,
+                                     LossFn loss)
+    : AllReduceStrategy(std::move(model), make_optimizer, collectives, nullptr, options,
+                        std::move(loss)) {}
+
+AllReduceStrategy::AllReduceStrategy(std::unique_ptr<nn::Module> model,
+                                     const OptimizerFactory& make_optimizer,
+                                     comm::Collectives& collectives, comm::Communicator* async,
+                                     AllReduceOptions options, LossFn loss)
+    : model_(std::move(model)),
+      collectives_(collectives),
+      async_(async),
+      options_(options),
+      loss_(std::move(loss)) {
+  if (model_ == nullptr) throw UsageError("allreduce strategy: no model given");
+  if (options_.accumulation_steps < 1) {
+    throw UsageError(
+        fmt::format("allreduce strategy: accumulation_steps must be at least 1, got {}",
+                    options_.accumulation_steps));
+  }
+  if (options_.timeout.count() <= 0) {
+    throw UsageError(fmt::format("allreduce strategy: timeout must be positive, got {} ms",
+                                 options_.timeout.count()));
+  }
+  params_ = model_->parameters();
+  optimizer_ = make_optimizer(params_);
+  std::vector<int64_t> numels;
+  numels.reserve(params_.size());
+  for (const Variable& p : params_) numels.push_back(p.numel());
+  bucketer_ = std::make_unique<CoalescingBucketer>(
+      numels, options_.bucket_bytes, kHeaderFloats,
+      [this](size_t bucket, std::span<float> data) { launch(bucket, data); });
+  const size_t buckets = bucketer_->bucket_count();
+  works_.resize(buckets);
+  pending_.resize(buckets);
+  launched_at_.resize(buckets);
+  completed_at_.resize(buckets);
+
+  try {
+    broadcast_state(true);
+  } catch (const CommError& e) {
+    failure_ = e.what();
+    throw;
+  }
+
+  // Hooks capture `this`; the destructor removes them, so a parameter handle
+  // that outlives the strategy never calls into a dead one.
+  for (size_t i = 0; i < params_.size(); ++i) {
+    hook_ids_.push_back(params_[i].register_grad_ready_hook([this, i](Variable& p) {
+      if (!hooks_armed_) return;
+      const Tensor& grad = p.dense_grad();  // folds a row-sparse gradient
+      bucketer_->mark_ready(i, grad.span());
+      poll_completions();
+    }));
+  }
+}
+
+AllReduceStrategy::~AllReduceStrategy() {
+  wait_in_flight();
+  for (size_t i = 0; i < hook_ids_.size(); ++i) params_[i].remove_grad_ready_hook(hook_ids_[i]);
+}
+
+void AllReduceStrategy::wait_in_flight() noexcept {
+  if (async_ == nullptr) return;
+  // Launched work reads and writes the bucket buffers: wait for all of it
+  // (each operation is bounded by the communicator's timeout, and fails at
+  // once when the communicator failed earlier).
+  for (size_t b = 0; b < bucketer_->launched(); ++b) {
+    try {
+      works_[b].wait(Deadline::never());
+    } catch (...) {  // NOLINT(bugprone-empty-catch): reported by the train_step that failed
+    }
+  }
+}
+
+void AllReduceStrategy::check_usable(const char* what) const {
+  if (!failure_.empty()) {
+    throw CommError(-1, fmt::format("allreduce strategy {}", what),
+                    fmt::format("allreduce strategy failed earlier: {}; rebuild the communicator "
+                                "and the strategy",
+                                failure_));
+  }
+}
+
+size_t AllReduceStrategy::floats_per_update() const {
+  size_t total = 0;
+  for (size_t b = 0; b < bucketer_->bucket_count(); ++b) total += bucketer_->bucket_floats(b);
+  return total;
+}
+
+void AllReduceStrategy::broadcast_state(bool parameters) {
+  if (collectives_.size() == 1) return;
+  std::vector<Tensor> tensors;
+  if (parameters) {
+    for (const Variable& p : params_) tensors.push_back(p.data());
+  }
+  for (auto& [name, buffer] : model_->named_buffers()) tensors.push_back(buffer);
+  size_t total = 0;
+  for (const Tensor& t : tensors) total += static_cast<size_t>(t.numel());
+  if (total == 0) return;
+  std::vector<float> flat(total);
+  size_t offset = 0;
+  for (const Tensor& t : tensors) {
+    std::copy_n(t.data(), t.numel(), flat.begin() + static_cast<std::ptrdiff_t>(offset));
+    offset += static_cast<size_t>(t.numel());
+  }
+  collectives_.broadcast(flat, 0);
+  offset = 0;
+  for (const Tensor& t : tensors) {
+    std::copy_n(flat.begin() + static_cast<std::ptrdiff_t>(offset), t.numel(), t.data());
+    offset += static_cast<size_t>(t.numel());
+  }
+}
+
+void AllReduceStrategy::sync_replicas() {
+  check_usable("sync_replicas");
+  try {
+    broadcast_state(true);
+  } catch (const CommError& e) {
+    failure_ = e.what();
+    throw;
+  }
+  micro_step_ = 0;
+  window_ = {};
+  optimizer_->zero_grad();
+}
+
+void AllReduceStrategy::launch(size_t bucket, std::span<float> data) {
+  const auto now = Clock::now();
+  launched_at_[bucket] = now;
+  if (async_ == nullptr) {
+    pending_[bucket] = data;  // allreduced, blocking, after backward
+    return;
+  }
+  works_[bucket] = async_->allreduce_async(data, comm::ReduceOp::kSum);
+  if (in_backward_) ++overlap_.launched_in_backward;
+}
+
+void AllReduceStrategy::poll_completions() {
+  if (async_ == nullptr) return;
+  // Operations complete in launch order.
+  while (completions_seen_ < bucketer_->launched() && works_[completions_seen_].is_completed()) {
+    completed_at_[completions_seen_++] = Clock::now();
+  }
+}
+
+StepStats AllReduceStrategy::train_step(const Tensor& inputs, std::span<const int64_t> targets) {
+  check_usable("train_step");
+  const auto n = static_cast<int64_t>(targets.size());
+  const bool inputs_match = n == 0 ? !inputs.defined() || (inputs.dim() > 0 && inputs.size(0) == 0)
+                                   : inputs.defined() && inputs.dim() > 0 && inputs.size(0) == n;
+  if (!inputs_match) {
+    throw UsageError(fmt::format("train_step: inputs {} do not match {} targets",
+                                 inputs.defined() ? shape_str(inputs.shape()) : "(undefined)", n));
+  }
+  updated_ = false;
+  if (micro_step_ == 0) {
+    optimizer_->zero_grad();
+    window_ = {};
+  }
+  const bool communicate = micro_step_ + 1 == options_.accumulation_steps;
+
+  // Forward: an error here changes nothing (no gradient was touched).
+  StepStats mine;
+  Variable output;
+  Variable loss;
+  if (n > 0) {
+    model_->train();
+    output = model_->forward(Variable(inputs));
+    loss = loss_(output, targets);
+    mine = {static_cast<double>(loss.item()) * static_cast<double>(n),
+            count_correct(output.data(), targets), n};
+  }
+  window_ += mine;
+
+  if (communicate) begin_pass();
+  try {
+    if (n > 0) {
+      // Backward of the SUM loss: the gradients add up over micro-batches and
+      // workers; dividing by sum_i n_i at the end gives the weighted mean.
+      hooks_armed_ = communicate;
+      in_backward_ = true;
+      const auto backward_start = Clock::now();
+      mul_scalar(loss, static_cast<float>(n)).backward();
+      if (communicate) overlap_.backward_s = seconds(Clock::now() - backward_start);
+      hooks_armed_ = false;
+      in_backward_ = false;
+    }
+  } catch (...) {
+    hooks_armed_ = false;
+    in_backward_ = false;
+    if (communicate && bucketer_->launched() > 0) {
+      failure_ =
+          "backward failed after buckets were launched; the workers' collectives no "
+          "longer line up";
+    }
+    throw;
+  }
+  if (!communicate) {
+    ++micro_step_;
+    return mine;
+  }
+  micro_step_ = 0;
+  try {
+    complete_allreduce();
+    apply_update();
+  } catch (const std::exception& e) {
+    // CommError from the communicator, or a broken invariant: either way the
+    // bucket buffers and the group's collective sequence cannot be trusted.
+    failure_ = e.what();
+    throw;
+  }
+  return mine;
+}
+
+void AllReduceStrategy::begin_pass() {
+  bucketer_->begin_pass();
+  std::span<float> header = bucketer_->header();
+  header[kHeaderSamples] = static_cast<float>(window_.samples);
+  header[kHeaderLossSum] = static_cast<float>(window_.loss_sum);
+  header[kHeaderCorrect] = static_cast<float>(window_.correct);
+  std::fill(works_.begin(), works_.end(), comm::Work());
+  completions_seen_ = 0;
+  overlap_ = {};
+  overlap_.buckets = static_cast<int64_t>(bucketer_->bucket_count());
+}
+
+void AllReduceStrategy::complete_allreduce() {
+  const auto wait_start = Clock::now();
+  // Parameters whose hook did not fire in this backward: unused in this
+  // forward (their gradient may still come from earlier micro-batches), or
+  // every parameter on a worker without rows.
+  for (size_t i = 0; i < params_.size(); ++i) {
+    if (bucketer_->is_marked(i)) continue;
+    if (params_[i].has_grad()) {
+      bucketer_->mark_ready(i, params_[i].dense_grad().span());
+    } else {
+      bucketer_->mark_absent(i);
+    }
+  }
+  bucketer_->mark_rest_absent();
+  DTRAIN_CHECK(bucketer_->all_launched(), "{} of {} buckets launched", bucketer_->launched(),
+               bucketer_->bucket_count());
+
+  const size_t buckets = bucketer_->bucket_count();
+  if (async_ != nullptr) {
+    const Deadline deadline = Deadline::after(options_.timeout);
+    for (size_t b = 0; b < buckets; ++b) {
+      try {
+        works_[b].wait(deadline);
+      } catch (const TimeoutError& e) {
+        if (e.operation() != "Work::wait") throw;  // the communicator's own, naming the peer
+        throw TimeoutError(-1, fmt::format("allreduce strategy: bucket {} of {}", b, buckets),
+                           options_.timeout,
+                           fmt::format("the allreduce of {} floats", bucketer_->bucket_floats(b)));
+      }
+      if (b >= completions_seen_) completed_at_[b] = Clock::now();
+    }
+    completions_seen_ = buckets;
+  } else {
+    for (size_t b = 0; b < buckets; ++b) {
+      launched_at_[b] = Clock::now();
+      collectives_.allreduce(pending_[b], comm::ReduceOp::kSum);
+      completed_at_[b] = Clock::now();
+    }
+  }
+  overlap_.wait_s = seconds(Clock::now() - wait_start);
+  // The operations run one after another: each starts at its launch or at
+  // its predecessor's completion, whichever is later.
+  double busy = 0.0;
+  for (size_t b = 0; b < buckets; ++b) {
+    const auto start = b == 0 ? launched_at_[0] : std::max(launched_at_[b], completed_at_[b - 1]);
+    busy += std::max(0.0, seconds(completed_at_[b] - start));
+  }
+  overlap_.allreduce_s = busy;
+}
+
+void AllReduceStrategy::apply_update() {
+  const std::span<const float> header = bucketer_->reduced_header();
+  global_stats_ = {static_cast<double>(header[kHeaderLossSum]),
+                   std::llround(header[kHeaderCorrect]), std::llround(header[kHeaderSamples])};
+  const float total_samples = header[kHeaderSamples];
+  if (total_samples <= 0.0f) {
+    optimizer_->zero_grad();  // no worker had rows: nothing to learn from
+    return;
+  }
+  for (size_t i = 0; i < params_.size(); ++i) {
+    Variable& p = params_[i];
+    if (bucketer_->presence(i) <= 0.0f) {
+      p.zero_grad();  // no worker had a gradient: the optimizer skips it
+      continue;
+    }
+    if (!p.grad().defined() || p.sparse_grad() != nullptr) p.set_grad(Tensor::empty(p.shape()));
+    const std::span<const float> sum = bucketer_->gradient(i);
+    float* grad = p.grad().data();
+    for (size_t k = 0; k < sum.size(); ++k) grad[k] = sum[k] / total_samples;
+  }
+  optimizer_->step();
+  ++updates_;
+  updated_ = true;
+  if (options_.broadcast_buffers) broadcast_state(false);
+}
+
+}  // namespace dtrain::strategy

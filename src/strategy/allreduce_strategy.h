@@ -1,0 +1,218 @@
+// AllReduceStrategy: synchronous data parallelism with one process per
+// worker, averaging gradients by allreduce (PyTorch DDP, Horovod). Every
+// worker holds a full replica; the replicas stay bit-identical because every
+// worker applies the same optimizer update to the same averaged gradient.
+//
+// Construction: rank 0 broadcasts its parameters and buffers (one broadcast),
+// so workers whose models were initialised differently start identical.
+//
+// A step (docs/allreduce-strategy.md has the details and the bytes):
+//  1. forward on this worker's share of the global batch (n_i rows, possibly
+//     0), loss = mean loss * n_i (the SUM loss), backward;
+//  2. during backward, the gradient-ready hook of each parameter copies its
+//     gradient into a bucket of the CoalescingBucketer; a full bucket starts
+//     an asynchronous allreduce (sum) while backward continues, buckets
+//     strictly in index order on every rank;
+//  3. after backward: parameters that got no gradient are marked absent (a
+//     zero slot), the remaining buckets are launched, all are awaited;
+//  4. bucket 0 also carries (n_i, loss sum, correct) in three header floats,
+//     so sum_i n_i arrives with the gradients; each averaged gradient is
+//     sum_i n_i g_i / sum_i n_i, written back to the parameter, and the
+//     optimizer steps. A parameter that no worker had a gradient for gets
+//     none (the optimizer skips it, as LocalStrategy would).
+//
+// Join (uneven shards): a worker with n_i = 0 runs no forward or backward but
+// joins every allreduce with zeros and weight 0, so it never hangs the
+// others. When every worker has 0 rows, no update happens.
+//
+// Gradient accumulation: with accumulation_steps = k, train_step() is called
+// k times per update. Calls 1..k-1 only accumulate gradients locally (hooks
+// do not launch, nothing is sent); call k communicates and updates. The
+// interface is unchanged: train_step() returns THIS worker's statistics for
+// its own call; updated() says whether that call applied an update, and
+// global_stats() holds the statistics of the last update summed over every
+// worker and micro-batch (carried in bucket 0's header at no extra message).
+//
+// Row-sparse gradients (embedding tables) are folded to dense before packing:
+// the allreduce moves whole tables. The parameter-server strategy handles
+// sparse gradients natively.
+//
+// Buffers (BatchNorm running statistics) would drift apart since each worker
+// sees other batches; with broadcast_buffers (the default, as in DDP) rank 0
+// broadcasts them after every update (one broadcast, only when the model has
+// buffers).
+//
+// Two modes:
+//  - over a comm::Communicator: buckets are allreduced asynchronously during
+//    backward (allreduce_async), overlap_stats() reports how much;
+//  - over any comm::Collectives (the MPI backend, or a Communicator passed as
+//    Collectives&): buckets are allreduced one after another, blocking, after
+//    backward; same results, no overlap.
+//
+// Errors: UsageError for batches whose rows and targets differ, and for bad
+// options. A CommError (TimeoutError included) from the communicator
+// propagates out of train_step() unchanged (it names the peer and the
+// operation); if the strategy's own deadline for the step's allreduces
+// passes first, TimeoutError (peer -1) names the bucket awaited. After any
+// CommError the strategy is failed: every later train_step() and
+// sync_replicas() throws CommError "allreduce strategy failed earlier: ...";
+// its owner rebuilds communicator and strategy (ft restores the checkpoint).
+// An error on one worker alone (a bad batch) leaves its peers waiting in the
+// collective until their deadline.
+//
+// Ownership: owns the model, optimizer and bucket buffers. The communicator
+// (or collectives) is borrowed and must outlive the strategy: the destructor
+// waits for allreduces still in flight on the bucket buffers (each is bounded
+// by the communicator's own timeout) and removes its hooks from the
+// parameters.
+// Thread safety: one thread calls the strategy at a time (the hooks run on
+// that thread, inside backward()); the communicator's worker thread touches
+// only launched buckets.
+// Blocking: construction, train_step() on the communicating call and
+// sync_replicas() block on collectives, bounded by `timeout` and the
+// communicator's own timeout.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "comm/collectives.h"
+#include "comm/communicator.h"
+#include "strategy/coalescing_bucketer.h"
+#include "strategy/strategy.h"
+
+namespace dtrain::strategy {
+
+struct AllReduceOptions {
+  // Gradient bytes per bucket: larger buckets mean fewer messages, smaller
+  // ones more overlap. 0 puts each parameter in a bucket of its own. DDP's
+  // default is 25 MiB, for models of hundreds of MiB.
+  size_t bucket_bytes = size_t{1} << 20;
+  // Micro-batches per update (>= 1).
+  int64_t accumulation_steps = 1;
+  // Bound on waiting, after backward, for all of a step's allreduces
+  // (overlapping mode; blocking calls are bounded by the backend's timeout).
+  std::chrono::milliseconds timeout{60000};
+  // Rank 0 broadcasts the buffers after every update (models with buffers).
+  bool broadcast_buffers = true;
+};
+
+// How much of the last update's communication hid behind backward
+// (overlapping mode; in blocking mode nothing hides and wait_s is all of it).
+struct OverlapStats {
+  int64_t buckets = 0;
+  // Buckets whose allreduce was launched before backward() returned.
+  int64_t launched_in_backward = 0;
+  double backward_s = 0.0;
+  // Time blocked after backward until every bucket's allreduce completed
+  // (launching the remaining buckets included): the exposed communication.
+  double wait_s = 0.0;
+  // Estimated execution time of the allreduces: the sum over buckets of
+  // (completion - max(launch, previous bucket's completion)), the operations
+  // running one after another on the communicator's thread. Completions are
+  // observed by polling at every gradient-ready hook and while waiting, so a
+  // completion during backward is seen late by at most one hook interval.
+  double allreduce_s = 0.0;
+
+  // The share of allreduce time hidden behind backward, in [0, 1].
+  double hidden_share() const {
+    if (allreduce_s <= 0.0) return 0.0;
+    const double hidden = 1.0 - wait_s / allreduce_s;
+    return hidden < 0.0 ? 0.0 : hidden;
+  }
+};
+
+class AllReduceStrategy : public Strategy {
+ public:
+  // Overlapping mode. `comm` must outlive the strategy.
+  AllReduceStrategy(std::unique_ptr<nn::Module> model, const OptimizerFactory& make_optimizer,
+                    comm::Communicator& comm, AllReduceOptions options = {},
+                    LossFn loss = cross_entropy_loss());
+  // Blocking mode over any backend. `collectives` must outlive the strategy.
+  AllReduceStrategy(std::unique_ptr<nn::Module> model, const OptimizerFactory& make_optimizer,
+                    comm::Collectives& collectives, AllReduceOptions options = {},
+                    LossFn loss = cross_entropy_loss());
+  ~AllReduceStrategy() override;
+  AllReduceStrategy(const AllReduceStrategy&) = delete;
+  AllReduceStrategy& operator=(const AllReduceStrategy&) = delete;
+
+  std::string name() const override { return "allreduce"; }
+  // One replica per worker of the group.
+  int64_t replicas() const override { return collectives_.size(); }
+  nn::Module& model() override { return *model_; }
+  optim::Optimizer& optimizer() override { return *optimizer_; }
+  // `inputs` [n_i, ...] and n_i targets: this worker's share (n_i may be 0;
+  // `inputs` may then be undefined). Collective on the communicating call:
+  // every worker calls it the same number of times.
+  StepStats train_step(const Tensor& inputs, std::span<const int64_t> targets) override;
+  // Collective: rank 0 broadcasts parameters and buffers again (after a
+  // checkpoint load). Optimizer state is not sent: every worker loads the
+  // same checkpoint. Also restarts a partial accumulation window.
+  void sync_replicas() override;
+
+  const AllReduceOptions& options() const { return options_; }
+  int rank() const { return collectives_.rank(); }
+  // Whether the last train_step() applied an update.
+  bool updated() const { return updated_; }
+  // Updates applied so far.
+  int64_t updates() const { return updates_; }
+  // The last update's statistics over every worker and micro-batch.
+  const StepStats& global_stats() const { return global_stats_; }
+  const OverlapStats& overlap_stats() const { return overlap_; }
+  size_t bucket_count() const { return bucketer_->bucket_count(); }
+  // Floats per update on the wire of each allreduce, summed over buckets.
+  size_t floats_per_update() const;
+  bool failed() const { return !failure_.empty(); }
+
+ private:
+  AllReduceStrategy(std::unique_ptr<nn::Module> model, const OptimizerFactory& make_optimizer,
+                    comm::Collectives& collectives, comm::Communicator* async,
+                    AllReduceOptions options, LossFn loss);
+
+  void check_usable(const char* what) const;
+  void broadcast_state(bool parameters);
+  void launch(size_t bucket, std::span<float> data);
+  // Starts the communicating call's pass: bucket 0's header from the window.
+  void begin_pass();
+  // Marks stragglers, completes every bucket's allreduce; rethrows CommError.
+  void complete_allreduce();
+  void apply_update();
+  // Records the completion time of launched buckets that finished (in order).
+  void poll_completions();
+  void wait_in_flight() noexcept;
+
+  std::unique_ptr<nn::Module> model_;
+  std::vector<Variable> params_;
+  std::vector<int64_t> hook_ids_;
+  std::unique_ptr<optim::Optimizer> optimizer_;
+  // Borrowed: the caller guarantees they outlive this strategy.
+  comm::Collectives& collectives_;
+  comm::Communicator* async_;  // non-null in overlapping mode (same object as collectives_)
+  AllReduceOptions options_;
+  LossFn loss_;
+  std::unique_ptr<CoalescingBucketer> bucketer_;
+
+  // Per update.
+  int64_t micro_step_ = 0;  // micro-batches done in the current window
+  StepStats window_;        // this worker's statistics over the window
+  bool hooks_armed_ = false;
+  bool in_backward_ = false;
+  using Clock = std::chrono::steady_clock;
+  std::vector<comm::Work> works_;          // overlapping mode, per bucket
+  std::vector<std::span<float>> pending_;  // blocking mode, per bucket
+  std::vector<Clock::time_point> launched_at_;
+  std::vector<Clock::time_point> completed_at_;
+  size_t completions_seen_ = 0;  // buckets 0..completions_seen_-1 were seen complete
+
+  bool updated_ = false;
+  int64_t updates_ = 0;
+  StepStats global_stats_;
+  OverlapStats overlap_;
+  std::string failure_;  // non-empty once a CommError escaped
+};
+
+}  // namespace dtrain::strategy
