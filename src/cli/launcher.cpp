@@ -1,0 +1,719 @@
+#include "cli/launcher.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <climits>
+#include <cstring>
+#include <system_error>
+#include <utility>
+
+#include <fmt/format.h>
+
+#include "core/error.h"
+
+extern char** environ;
+
+namespace dtrain::cli {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+// Longest line passed on whole; longer ones are split (bounds memory per pipe).
+constexpr size_t kMaxLineBytes = 64 * 1024;
+// Upper bound on one poll() sleep: exits are also noticed through pidfds at
+// once; the tick only matters where pidfd_open is unavailable.
+constexpr milliseconds kTick{100};
+// How long the kernel gets to end a SIGKILLed worker (one stuck in
+// uninterruptible sleep is then left to init).
+constexpr milliseconds kReapAfterKill{10000};
+// Chunks read from one pipe when its worker has exited (bounds the drain of
+// a pipe that a surviving process keeps filling).
+constexpr int kMaxDrainChunks = 64;
+
+[[noreturn]] void throw_errno(const std::string& what) {
+  throw std::system_error(errno, std::generic_category(), what);
+}
+
+std::string signal_name(int sig) {
+  const char* abbrev = sigabbrev_np(sig);
+  return abbrev != nullptr ? fmt::format("SIG{}", abbrev) : fmt::format("signal {}", sig);
+}
+
+// An owned file descriptor.
+class Fd {
+ public:
+  Fd() = default;
+  explicit Fd(int fd) : fd_(fd) {}
+  ~Fd() { reset(); }
+  Fd(Fd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+  Fd& operator=(Fd&& other) noexcept {
+    if (this != &other) {
+      reset();
+      fd_ = std::exchange(other.fd_, -1);
+    }
+    return *this;
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+
+  int get() const { return fd_; }
+  bool is_open() const { return fd_ >= 0; }
+  void reset() {
+    if (fd_ >= 0) close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+// A close-on-exec descriptor numbered 3 or above, so that a child's dup2()
+// onto 0, 1 and 2 can never overwrite another of its descriptors (a launcher
+// started with a closed stdin or stdout would otherwise get pipes there).
+Fd above_stdio(int fd) {
+  if (fd < 0) throw_errno("pipe/open");
+  if (fd > STDERR_FILENO) return Fd(fd);
+  const int moved = fcntl(fd, F_DUPFD_CLOEXEC, STDERR_FILENO + 1);
+  const int saved = errno;
+  close(fd);
+  errno = saved;
+  if (moved < 0) throw_errno("fcntl(F_DUPFD_CLOEXEC)");
+  return Fd(moved);
+}
+
+struct Pipe {
+  Fd read;
+  Fd write;
+};
+
+Pipe make_pipe() {
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) throw_errno("pipe2");
+  Pipe p;
+  p.read = above_stdio(fds[0]);
+  p.write = above_stdio(fds[1]);
+  return p;
+}
+
+void set_nonblocking(int fd) {
+  const int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) throw_errno("fcntl(O_NONBLOCK)");
+}
+
+std::string random_secret() {
+  std::array<unsigned char, 32> bytes{};
+  size_t filled = 0;
+  while (filled < bytes.size()) {
+    const ssize_t n = getrandom(bytes.data() + filled, bytes.size() - filled, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw_errno("getrandom");
+    }
+    filled += static_cast<size_t>(n);
+  }
+  std::string hex;
+  for (unsigned char b : bytes) hex += fmt::format("{:02x}", b);
+  return hex;
+}
+
+// A port that is free on `host` now: bound to port 0, read back, released.
+// Nothing listened on it, so it is immediately bindable again (no TIME_WAIT).
+int pick_free_port(const std::string& host) {
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  if (inet_pton(AF_INET, host.c_str(), &address.sin_addr) != 1) {
+    throw UsageError(fmt::format(
+        "launcher: coordinator host '{}' is not an IPv4 address (e.g. 127.0.0.1)", host));
+  }
+  Fd socket_fd(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!socket_fd.is_open()) throw_errno("socket");
+  if (bind(socket_fd.get(), reinterpret_cast<const sockaddr*>(&address), sizeof address) != 0) {
+    throw_errno(fmt::format("bind {}:0 (looking for a free coordinator port)", host));
+  }
+  socklen_t length = sizeof address;
+  if (getsockname(socket_fd.get(), reinterpret_cast<sockaddr*>(&address), &length) != 0) {
+    throw_errno("getsockname");
+  }
+  return ntohs(address.sin_port);
+}
+
+// -------------------------------------------------------------- signals
+
+// The write end of the active run's self-pipe, -1 when no run is active. A
+// signal handler can reach nothing but globals, hence this one file-scope
+// variable; only SignalForwarding sets and clears it.
+std::atomic<int> g_signal_pipe{-1};
+static_assert(std::atomic<int>::is_always_lock_free);
+
+extern "C" void forward_to_pipe(int sig) {
+  const int saved_errno = errno;
+  const int fd = g_signal_pipe.load();
+  if (fd >= 0) {
+    const auto byte = static_cast<unsigned char>(sig);
+    [[maybe_unused]] const ssize_t ignored = write(fd, &byte, 1);
+  }
+  errno = saved_errno;
+}
+
+constexpr std::array<int, 2> kForwardedSignals = {SIGINT, SIGTERM};
+
+// Catches SIGINT and SIGTERM for its lifetime and turns them into bytes on a
+// pipe the supervision loop polls; restores the previous dispositions.
+class SignalForwarding {
+ public:
+  SignalForwarding() {
+    Pipe p = make_pipe();
+    set_nonblocking(p.read.get());
+    set_nonblocking(p.write.get());
+    int expected = -1;
+    if (!g_signal_pipe.compare_exchange_strong(expected, p.write.get())) {
+      throw UsageError(
+          "launcher: another Launcher::run() is active in this process; only one may catch "
+          "SIGINT/SIGTERM at a time");
+    }
+    read_ = std::move(p.read);
+    write_ = std::move(p.write);
+    struct sigaction action {};
+    action.sa_handler = forward_to_pipe;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = SA_RESTART;
+    for (size_t i = 0; i < kForwardedSignals.size(); ++i) {
+      sigaction(kForwardedSignals[i], &action, &previous_[i]);
+    }
+  }
+  ~SignalForwarding() {
+    for (size_t i = 0; i < kForwardedSignals.size(); ++i) {
+      sigaction(kForwardedSignals[i], &previous_[i], nullptr);
+    }
+    g_signal_pipe.store(-1);
+  }
+  SignalForwarding(const SignalForwarding&) = delete;
+  SignalForwarding& operator=(const SignalForwarding&) = delete;
+
+  int fd() const { return read_.get(); }
+  // The signals received since the last call, oldest first.
+  std::vector<int> take() {
+    std::vector<int> signals;
+    unsigned char buffer[64];
+    ssize_t n;
+    while ((n = read(read_.get(), buffer, sizeof buffer)) > 0) {
+      signals.insert(signals.end(), buffer, buffer + n);
+    }
+    return signals;
+  }
+
+ private:
+  Fd read_;
+  Fd write_;
+  std::array<struct sigaction, kForwardedSignals.size()> previous_{};
+};
+
+// -------------------------------------------------------------- workers
+
+struct Worker {
+  int rank = 0;
+  pid_t pid = -1;  // also its process group id
+  Fd pidfd;        // readable once the worker exited; closed when unavailable
+  Fd out;          // read ends of its stdout and stderr; closed at end-of-file
+  Fd err;
+  std::string out_partial;  // bytes after the last '\n'
+  std::string err_partial;
+  bool reaped = false;
+  bool abandoned = false;  // did not end within kReapAfterKill of SIGKILL
+  WorkerExit status;
+};
+
+// Owns the started workers. The destructor is the cleanup of every exit path:
+// it SIGKILLs the process group of each worker still running and reaps it,
+// waiting at most kReapAfterKill in all.
+class WorkerSet {
+ public:
+  WorkerSet() = default;
+  WorkerSet(const WorkerSet&) = delete;
+  WorkerSet& operator=(const WorkerSet&) = delete;
+  ~WorkerSet() {
+    for (Worker& w : workers_) {
+      if (!w.reaped && !w.abandoned) kill(-w.pid, SIGKILL);
+    }
+    const auto give_up = Clock::now() + kReapAfterKill;
+    for (Worker& w : workers_) {
+      while (!w.reaped && !w.abandoned) {
+        int raw = 0;
+        const pid_t r = waitpid(w.pid, &raw, WNOHANG);
+        if (r == w.pid || (r < 0 && errno != EINTR) || Clock::now() >= give_up) break;
+        pollfd p{w.pidfd.get(), POLLIN, 0};
+        poll(&p, 1, 10);
+      }
+    }
+  }
+
+  std::vector<Worker>& all() { return workers_; }
+  void add(Worker w) { workers_.push_back(std::move(w)); }
+
+ private:
+  std::vector<Worker> workers_;
+};
+
+// Everything execve needs, built before fork: the child of a multi-threaded
+// parent may only make async-signal-safe calls.
+struct ExecImage {
+  std::vector<std::string> args;
+  std::vector<std::string> env;
+  std::vector<char*> argp;
+  std::vector<char*> envp;
+
+  ExecImage(std::vector<std::string> a, const std::map<std::string, std::string>& environment)
+      : args(std::move(a)) {
+    for (const auto& [key, value] : environment) env.push_back(key + "=" + value);
+    for (auto& s : args) argp.push_back(s.data());
+    argp.push_back(nullptr);
+    for (auto& s : env) envp.push_back(s.data());
+    envp.push_back(nullptr);
+  }
+};
+
+// The child side of fork(): async-signal-safe calls only, no return.
+[[noreturn]] void become_worker(const ExecImage& image, pid_t parent, int stdin_fd, int stdout_fd,
+                                int stderr_fd, int status_fd) {
+  struct sigaction default_action {};
+  default_action.sa_handler = SIG_DFL;
+  sigemptyset(&default_action.sa_mask);
+  for (int sig : kForwardedSignals) sigaction(sig, &default_action, nullptr);
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, nullptr);
+  setpgid(0, 0);
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != parent) _exit(127);  // the launcher died before prctl
+  if (dup2(stdin_fd, STDIN_FILENO) < 0 || dup2(stdout_fd, STDOUT_FILENO) < 0 ||
+      dup2(stderr_fd, STDERR_FILENO) < 0) {
+    const int e = errno;
+    [[maybe_unused]] const ssize_t ignored = write(status_fd, &e, sizeof e);
+    _exit(127);
+  }
+  // Descriptors the caller opened without O_CLOEXEC do not leak into workers.
+  close_range(STDERR_FILENO + 1, ~0U, CLOSE_RANGE_CLOEXEC);
+  execve(image.argp[0], image.argp.data(), image.envp.data());
+  const int e = errno;
+  [[maybe_unused]] const ssize_t ignored = write(status_fd, &e, sizeof e);
+  _exit(127);
+}
+
+// Starts one worker; returns once it has exec'd (the status pipe closes on
+// exec) or throws when it could not.
+void spawn_worker(WorkerSet& workers, int rank, const ExecImage& image, int devnull) {
+  Pipe out = make_pipe();
+  Pipe err = make_pipe();
+  Pipe status = make_pipe();
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  if (pid < 0) throw_errno(fmt::format("fork (worker rank {})", rank));
+  if (pid == 0) {
+    become_worker(image, parent, devnull, out.write.get(), err.write.get(), status.write.get());
+  }
+  setpgid(pid, pid);  // also done by the child; whichever runs first makes kill(-pid) valid
+  Worker w;
+  w.rank = rank;
+  w.pid = pid;
+  w.pidfd = Fd(static_cast<int>(syscall(SYS_pidfd_open, pid, 0)));
+  w.out = std::move(out.read);
+  w.err = std::move(err.read);
+  w.status.rank = rank;
+  w.status.pid = pid;
+  workers.add(std::move(w));  // from here the WorkerSet reaps it on every path
+  out.write.reset();
+  err.write.reset();
+  status.write.reset();
+
+  int exec_errno = 0;
+  ssize_t n;
+  while ((n = read(status.read.get(), &exec_errno, sizeof exec_errno)) < 0 && errno == EINTR) {
+  }
+  if (n > 0) {
+    throw Error(fmt::format("launcher: cannot start worker rank {}: '{}': {}", rank, image.args[0],
+                            std::strerror(exec_errno)));
+  }
+  set_nonblocking(workers.all().back().out.get());
+  set_nonblocking(workers.all().back().err.get());
+}
+
+int poll_timeout_ms(Clock::time_point wake) {
+  const auto left = std::chrono::ceil<milliseconds>(wake - Clock::now()).count();
+  return static_cast<int>(std::clamp<int64_t>(left, 0, INT_MAX));
+}
+
+std::string list_ranks(const std::vector<const Worker*>& workers) {
+  std::string text;
+  for (const Worker* w : workers) {
+    text += fmt::format("{}{} (pid {})", text.empty() ? "" : ", ", w->rank, w->pid);
+  }
+  return text;
+}
+
+// -------------------------------------------------------------- supervision
+
+// The poll loop of one run: moves output, notices exits, stops the job.
+class Supervisor {
+ public:
+  Supervisor(WorkerSet& workers, SignalForwarding& signals, const LaunchOptions& options,
+             std::ostream& out, std::ostream& err, Logger& logger)
+      : workers_(workers.all()),
+        signals_(signals),
+        options_(options),
+        out_(out),
+        err_(err),
+        logger_(logger) {}
+
+  // Returns when every worker was reaped (or abandoned) and the output
+  // drained; sets timed_out() when `deadline` started the stop.
+  void run(Deadline deadline);
+
+  bool timed_out() const { return timed_out_; }
+  std::optional<int> first_failed_rank() const { return first_failed_rank_; }
+  int interrupted_by() const { return interrupted_by_; }
+
+ private:
+  enum class Stream { kOut, kErr };
+
+  std::vector<const Worker*> running() const {
+    std::vector<const Worker*> r;
+    for (const Worker& w : workers_) {
+      if (!w.reaped && !w.abandoned) r.push_back(&w);
+    }
+    return r;
+  }
+  bool any_pipe_open() const {
+    return std::any_of(workers_.begin(), workers_.end(),
+                       [](const Worker& w) { return w.out.is_open() || w.err.is_open(); });
+  }
+
+  void wait_for_events(Clock::time_point wake);
+  bool read_chunk(Worker& w, Stream stream);
+  void drain(Worker& w);
+  void emit(int rank, Stream stream, std::string_view line);
+  void check_exits();
+  void finish(Worker& w);
+  void begin_stop(int sig, const std::string& why);
+  void handle_signals();
+  void enforce_timers(Deadline deadline);
+
+  std::vector<Worker>& workers_;
+  SignalForwarding& signals_;
+  const LaunchOptions& options_;
+  std::ostream& out_;
+  std::ostream& err_;
+  Logger& logger_;
+  std::vector<char> buffer_ = std::vector<char>(kMaxLineBytes);
+
+  bool stopping_ = false;
+  Clock::time_point kill_at_;                     // valid while stopping_
+  std::optional<Clock::time_point> killed_at_;    // when SIGKILL went out
+  std::optional<Clock::time_point> drain_until_;  // set once no worker runs
+  bool timed_out_ = false;
+  std::optional<int> first_failed_rank_;
+  int interrupted_by_ = 0;
+};
+
+void Supervisor::run(Deadline deadline) {
+  while (true) {
+    handle_signals();
+    check_exits();
+    enforce_timers(deadline);
+    if (running().empty()) {
+      if (!drain_until_) drain_until_ = Clock::now() + options_.output_drain_timeout;
+      if (!any_pipe_open()) return;
+      if (Clock::now() >= *drain_until_) {
+        for (Worker& w : workers_) {
+          if (w.out.is_open() || w.err.is_open()) {
+            logger_.warn(
+                "worker rank {} (pid {}) exited but its output is still held open after {} ms "
+                "(by a process outside its process group?); no longer reading it",
+                w.rank, w.pid, options_.output_drain_timeout.count());
+            drain(w);
+            w.out.reset();
+            w.err.reset();
+          }
+        }
+        return;
+      }
+    }
+    Clock::time_point wake = Clock::now() + kTick;
+    if (!stopping_ && !deadline.is_never()) wake = std::min(wake, deadline.at());
+    if (stopping_ && !killed_at_) wake = std::min(wake, kill_at_);
+    if (drain_until_) wake = std::min(wake, *drain_until_);
+    wait_for_events(wake);
+  }
+}
+
+void Supervisor::wait_for_events(Clock::time_point wake) {
+  struct Source {
+    Worker* worker;
+    Stream stream;
+  };
+  std::vector<pollfd> fds{{signals_.fd(), POLLIN, 0}};
+  std::vector<Source> sources{{nullptr, Stream::kOut}};
+  for (Worker& w : workers_) {
+    if (w.out.is_open()) {
+      fds.push_back({w.out.get(), POLLIN, 0});
+      sources.push_back({&w, Stream::kOut});
+    }
+    if (w.err.is_open()) {
+      fds.push_back({w.err.get(), POLLIN, 0});
+      sources.push_back({&w, Stream::kErr});
+    }
+    if (!w.reaped && w.pidfd.is_open()) {
+      fds.push_back({w.pidfd.get(), POLLIN, 0});  // only wakes the loop; check_exits reaps
+      sources.push_back({nullptr, Stream::kOut});
+    }
+  }
+  const int ready = poll(fds.data(), fds.size(), poll_timeout_ms(wake));
+  if (ready < 0) {
+    if (errno == EINTR) return;
+    throw_errno("poll");
+  }
+  for (size_t i = 1; i < fds.size(); ++i) {
+    if (sources[i].worker != nullptr && (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) != 0) {
+      read_chunk(*sources[i].worker, sources[i].stream);
+    }
+  }
+}
+
+// Reads what one pipe has (one chunk, so that a chatty worker cannot starve
+// the others). Returns false when nothing more is available now.
+bool Supervisor::read_chunk(Worker& w, Stream stream) {
+  Fd& fd = stream == Stream::kOut ? w.out : w.err;
+  std::string& partial = stream == Stream::kOut ? w.out_partial : w.err_partial;
+  if (!fd.is_open()) return false;
+  const ssize_t n = read(fd.get(), buffer_.data(), buffer_.size());
+  if (n < 0 && (errno == EAGAIN || errno == EINTR)) return false;
+  if (n <= 0) {  // end of file (or a read error, treated alike)
+    if (!partial.empty()) emit(w.rank, stream, partial);
+    partial.clear();
+    fd.reset();
+    return false;
+  }
+  partial.append(buffer_.data(), static_cast<size_t>(n));
+  size_t start = 0;
+  size_t newline;
+  while ((newline = partial.find('\n', start)) != std::string::npos) {
+    emit(w.rank, stream, std::string_view(partial).substr(start, newline - start));
+    start = newline + 1;
+  }
+  while (partial.size() - start >= kMaxLineBytes) {
+    emit(w.rank, stream, std::string_view(partial).substr(start, kMaxLineBytes));
+    start += kMaxLineBytes;
+  }
+  partial.erase(0, start);
+  return true;
+}
+
+void Supervisor::drain(Worker& w) {
+  for (int i = 0; i < kMaxDrainChunks && read_chunk(w, Stream::kOut); ++i) {
+  }
+  for (int i = 0; i < kMaxDrainChunks && read_chunk(w, Stream::kErr); ++i) {
+  }
+}
+
+void Supervisor::emit(int rank, Stream stream, std::string_view line) {
+  std::ostream& os = stream == Stream::kOut ? out_ : err_;
+  const std::string text = fmt::format("[rank {}] {}\n", rank, line);
+  os.write(text.data(), static_cast<std::streamsize>(text.size()));
+  os.flush();
+}
+
+void Supervisor::check_exits() {
+  for (Worker& w : workers_) {
+    if (w.reaped || w.abandoned) continue;
+    siginfo_t info{};
+    // WNOWAIT: the exited worker stays a zombie, so its pid (= its process
+    // group id) cannot be reused while finish() signals the group.
+    if (waitid(P_PID, static_cast<id_t>(w.pid), &info, WEXITED | WNOHANG | WNOWAIT) != 0) {
+      if (errno == EINTR) continue;
+      throw_errno(fmt::format("waitid (worker rank {}, pid {})", w.rank, w.pid));
+    }
+    if (info.si_pid == w.pid) finish(w);
+  }
+}
+
+void Supervisor::finish(Worker& w) {
+  kill(-w.pid, SIGKILL);  // whatever the worker left running in its group
+  drain(w);               // its last words come before the launcher's report
+  int raw = 0;
+  while (waitpid(w.pid, &raw, 0) < 0) {
+    if (errno != EINTR) throw_errno(fmt::format("waitpid (worker rank {})", w.rank));
+  }
+  w.reaped = true;
+  w.pidfd.reset();
+  w.status.exited = WIFEXITED(raw);
+  w.status.code = WIFEXITED(raw) ? WEXITSTATUS(raw) : 0;
+  w.status.signal = WIFSIGNALED(raw) ? WTERMSIG(raw) : 0;
+
+  const std::string what =
+      fmt::format("worker rank {} (pid {}) {}", w.rank, w.pid, w.status.describe());
+  if (w.status.ok()) {
+    logger_.debug("{}", what);
+  } else if (stopping_) {
+    logger_.info("{} while the job was stopping", what);
+  } else {
+    first_failed_rank_ = w.rank;
+    logger_.error("{}", what);
+    begin_stop(SIGTERM, fmt::format("worker rank {} failed", w.rank));
+  }
+}
+
+void Supervisor::begin_stop(int sig, const std::string& why) {
+  stopping_ = true;
+  kill_at_ = Clock::now() + options_.stop_grace;
+  const auto left = running();
+  if (left.empty()) return;
+  logger_.warn("{}: sending {} to the {} running worker(s), SIGKILL after {} ms: rank {}", why,
+               signal_name(sig), left.size(), options_.stop_grace.count(), list_ranks(left));
+  for (const Worker* w : left) kill(-w->pid, sig);
+}
+
+void Supervisor::handle_signals() {
+  for (int sig : signals_.take()) {
+    if (stopping_) {
+      logger_.info("received {} while stopping; the workers already got theirs", signal_name(sig));
+      continue;
+    }
+    interrupted_by_ = sig;
+    begin_stop(sig, fmt::format("launcher received {}", signal_name(sig)));
+  }
+}
+
+void Supervisor::enforce_timers(Deadline deadline) {
+  const auto now = Clock::now();
+  if (!stopping_ && deadline.expired()) {
+    timed_out_ = true;
+    begin_stop(SIGTERM, "launch deadline passed");
+  }
+  if (stopping_ && !killed_at_ && now >= kill_at_) {
+    killed_at_ = now;
+    const auto left = running();
+    if (!left.empty()) {
+      logger_.warn(
+          "worker(s) still running {} ms after being asked to stop; sending SIGKILL: rank {}",
+          options_.stop_grace.count(), list_ranks(left));
+    }
+    for (const Worker* w : left) kill(-w->pid, SIGKILL);
+  }
+  if (killed_at_ && now >= *killed_at_ + kReapAfterKill) {
+    for (Worker& w : workers_) {
+      if (w.reaped || w.abandoned) continue;
+      w.abandoned = true;
+      logger_.error(
+          "worker rank {} (pid {}) has not ended {} ms after SIGKILL (uninterruptible "
+          "sleep?); leaving it",
+          w.rank, w.pid, kReapAfterKill.count());
+    }
+  }
+}
+
+}  // namespace
+
+std::string WorkerExit::describe() const {
+  if (exited) return fmt::format("exited with code {}", code);
+  return fmt::format("was killed by signal {} ({})", signal, signal_name(signal));
+}
+
+Launcher::Launcher(LaunchOptions options, std::ostream& out, std::ostream& err, Logger& logger)
+    : options_(std::move(options)), out_(out), err_(err), logger_(logger) {
+  if (options_.argv.empty() || options_.argv[0].empty()) {
+    throw UsageError("launcher: the worker command line is empty (argv[0] must be a path)");
+  }
+  if (options_.workers < 1) {
+    throw UsageError(
+        fmt::format("launcher: workers is {}; it must be at least 1", options_.workers));
+  }
+  if (options_.stop_grace.count() < 0 || options_.output_drain_timeout.count() < 0) {
+    throw UsageError(fmt::format(
+        "launcher: stop_grace ({} ms) and output_drain_timeout ({} ms) must not be negative",
+        options_.stop_grace.count(), options_.output_drain_timeout.count()));
+  }
+  if (options_.coordinator_port < 0 || options_.coordinator_port > 65535) {
+    throw UsageError(fmt::format("launcher: coordinator port {} is outside 0..65535",
+                                 options_.coordinator_port));
+  }
+}
+
+LaunchResult Launcher::run(Deadline deadline) {
+  const auto started = Clock::now();
+  const int port = options_.coordinator_port != 0 ? options_.coordinator_port
+                                                  : pick_free_port(options_.coordinator_host);
+  LaunchResult result;
+  result.coordinator = fmt::format("{}:{}", options_.coordinator_host, port);
+
+  std::map<std::string, std::string> environment = options_.environment;
+  environment["DTRAIN_WORLD_SIZE"] = std::to_string(options_.workers);
+  environment["DTRAIN_COORDINATOR"] = result.coordinator;
+  if (environment["DTRAIN_JOB_SECRET"].empty()) environment["DTRAIN_JOB_SECRET"] = random_secret();
+
+  const Fd devnull = above_stdio(open("/dev/null", O_RDONLY | O_CLOEXEC));
+  SignalForwarding signals;  // before the first fork: a signal can only arrive once it is caught
+  WorkerSet workers;         // declared after `signals`: reaped before the handlers go
+  for (int rank = 0; rank < options_.workers; ++rank) {
+    environment["DTRAIN_RANK"] = std::to_string(rank);
+    environment["DTRAIN_LOCAL_RANK"] = std::to_string(rank);
+    spawn_worker(workers, rank, ExecImage(options_.argv, environment), devnull.get());
+  }
+  std::vector<const Worker*> started_workers;
+  for (const Worker& w : workers.all()) started_workers.push_back(&w);
+  logger_.info("started {} worker(s), coordinator {}: rank {}", options_.workers,
+               result.coordinator, list_ranks(started_workers));
+
+  Supervisor supervisor(workers, signals, options_, out_, err_, logger_);
+  supervisor.run(deadline);
+
+  for (const Worker& w : workers.all()) result.workers.push_back(w.status);
+  result.first_failed_rank = supervisor.first_failed_rank();
+  result.interrupted_by = supervisor.interrupted_by();
+  if (supervisor.timed_out()) {
+    throw TimeoutError(-1, "launcher",
+                       std::chrono::duration_cast<milliseconds>(Clock::now() - started),
+                       fmt::format("{} worker(s) to exit", options_.workers));
+  }
+  if (result.first_failed_rank) {
+    const WorkerExit& failed = result.workers[*result.first_failed_rank];
+    result.exit_code = failed.exited ? failed.code : 1;
+  } else if (result.interrupted_by != 0) {
+    result.exit_code = 128 + result.interrupted_by;
+  }
+  return result;
+}
+
+std::map<std::string, std::string> current_environment() {
+  std::map<std::string, std::string> env;
+  for (char** entry = environ; *entry != nullptr; ++entry) {
+    const std::string_view text(*entry);
+    const size_t equals = text.find('=');
+    if (equals == std::string_view::npos) continue;
+    env.emplace(std::string(text.substr(0, equals)), std::string(text.substr(equals + 1)));
+  }
+  return env;
+}
+
+std::string self_executable() {
+  std::array<char, PATH_MAX> path{};
+  const ssize_t n = readlink("/proc/self/exe", path.data(), path.size() - 1);
+  if (n <= 0) throw_errno("readlink /proc/self/exe");
+  return std::string(path.data(), static_cast<size_t>(n));
+}
+
+}  // namespace dtrain::cli

@@ -1,0 +1,140 @@
+// Launcher: runs one job as N worker processes on this machine and supervises
+// them (what `dtrain train JOB.toml --workers N` does; under mpirun or srun no
+// Launcher runs, those start the processes themselves).
+//
+// What run() does:
+//  1. Picks the coordinator address: coordinator_host and a free TCP port
+//     (bound and released at once, so rank 0 can bind it), unless a port is
+//     given. The launcher hosts no rendezvous server: rank 0 hosts it, exactly
+//     as under mpirun and Slurm, so a worker starts the same way everywhere.
+//  2. Makes a job secret: 32 random bytes (getrandom), hex, unless
+//     `environment` already holds a non-empty DTRAIN_JOB_SECRET.
+//  3. Starts the workers (fork + execve of `argv`, no PATH search), rank r
+//     with `environment` plus DTRAIN_RANK=r, DTRAIN_WORLD_SIZE=N,
+//     DTRAIN_LOCAL_RANK=r, DTRAIN_COORDINATOR=host:port and
+//     DTRAIN_JOB_SECRET, stdin from /dev/null. Each worker leads its own
+//     process group (signals reach what it starts too) and gets SIGKILL if
+//     the launcher's thread dies (PR_SET_PDEATHSIG).
+//  4. Streams every worker's stdout to `out` and stderr to `err`, whole lines
+//     only, each prefixed "[rank r] ". A line longer than 64 KiB is split; a
+//     last line without '\n' is completed.
+//  5. Supervises. The first worker that exits non-zero or dies from a signal
+//     is reported in one line ("worker rank 2 (pid 1234) was killed by signal
+//     9 (SIGKILL)", "worker rank 1 (pid 1234) exited with code 4"); the others
+//     get SIGTERM, then SIGKILL after `stop_grace`. SIGINT or SIGTERM sent to
+//     the launcher is forwarded to every worker and stops the job the same
+//     way. When a worker exits (for any reason) whatever it left running in
+//     its process group is SIGKILLed. run() returns once every worker was
+//     reaped and its output drained.
+//
+// Exit code (LaunchResult::exit_code): 0 when every worker exited 0; else the
+// cause of the stop: the first failing worker's exit code, or 1 when it died
+// from a signal; 128 + the signal when the launcher was interrupted (130 for
+// SIGINT, 143 for SIGTERM), even if the workers then exit 0.
+//
+// Signals: only during run() SIGINT and SIGTERM are caught (previous
+// dispositions restored before run() returns or throws); only one run() per
+// process may be active at a time. The process must not ignore SIGCHLD
+// (auto-reaping would hide the exit statuses). Workers start with default
+// SIGINT/SIGTERM dispositions and an empty signal mask.
+//
+// Blocking: run() blocks for the job's lifetime, bounded by its Deadline. Each
+// step of the shutdown is bounded: stop_grace after SIGTERM, 10 s for the
+// kernel to end SIGKILLed workers, output_drain_timeout for pipes held open by
+// processes that left a worker's process group.
+// Errors: the constructor throws UsageError for bad options. run() throws
+// UsageError when another run() is active, dtrain::Error when a worker cannot
+// be started (naming the rank, the program and the reason), TimeoutError when
+// `deadline` passes (after stopping and reaping every worker), and
+// std::system_error when a system call it depends on fails. No worker outlives
+// a run(): every exit path stops and reaps them.
+// Thread safety: a Launcher is used by one thread at a time. `out`, `err` and
+// `logger` are written only from the thread in run().
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <map>
+#include <optional>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "core/deadline.h"
+#include "core/log.h"
+
+namespace dtrain::cli {
+
+struct LaunchOptions {
+  // The worker command line; argv[0] is the program's path (for dtrain
+  // itself, self_executable()).
+  std::vector<std::string> argv;
+  // Number of worker processes, N >= 1.
+  int workers = 1;
+  // Every worker's environment before the DTRAIN_* variables are added
+  // (which replace entries of the same name); usually current_environment().
+  std::map<std::string, std::string> environment;
+  // IPv4 address the coordinator listens on and the workers connect to.
+  std::string coordinator_host = "127.0.0.1";
+  // 0: pick a free port on coordinator_host.
+  int coordinator_port = 0;
+  // After SIGTERM, how long workers may take to exit before SIGKILL.
+  std::chrono::milliseconds stop_grace{5000};
+  // After the last worker was reaped, how long to wait for end-of-file on
+  // output pipes that something outside its process group still holds.
+  std::chrono::milliseconds output_drain_timeout{2000};
+};
+
+// How one worker ended.
+struct WorkerExit {
+  int rank = 0;
+  pid_t pid = -1;
+  bool exited = false;  // a normal exit (then `code`), else killed by `signal`
+  int code = 0;
+  int signal = 0;
+
+  bool ok() const { return exited && code == 0; }
+  // "exited with code 4" or "was killed by signal 9 (SIGKILL)".
+  std::string describe() const;
+};
+
+struct LaunchResult {
+  int exit_code = 0;                // see the header's contract
+  std::vector<WorkerExit> workers;  // indexed by rank
+  // The worker whose failure stopped the job, if one did.
+  std::optional<int> first_failed_rank;
+  // The signal the launcher received and forwarded, 0 if none.
+  int interrupted_by = 0;
+  // DTRAIN_COORDINATOR as given to the workers.
+  std::string coordinator;
+};
+
+class Launcher {
+ public:
+  // `out`, `err` and `logger` belong to the caller (typically std::cout,
+  // std::cerr and Logger::stderr_logger()) and must outlive the Launcher.
+  // Throws UsageError for an empty argv, workers < 1, a negative stop_grace
+  // or output_drain_timeout, or a port outside 0..65535.
+  Launcher(LaunchOptions options, std::ostream& out, std::ostream& err, Logger& logger);
+  Launcher(const Launcher&) = delete;
+  Launcher& operator=(const Launcher&) = delete;
+
+  // Starts the workers and supervises them until all have exited; see the
+  // header's contract.
+  LaunchResult run(Deadline deadline);
+
+ private:
+  LaunchOptions options_;
+  std::ostream& out_;
+  std::ostream& err_;
+  Logger& logger_;
+};
+
+// This process's environment as a map (reads `environ`; cli only).
+std::map<std::string, std::string> current_environment();
+
+// Path of the running executable (/proc/self/exe). Throws std::system_error.
+std::string self_executable();
+
+}  // namespace dtrain::cli
