@@ -2,10 +2,17 @@
 
 #include <cblas.h>
 
+#include <iostream>
+
 #include <fmt/format.h>
 #include <fmt/ostream.h>
 
 #include "cli/job_file.h"
+#include "cli/launcher.h"
+#include "comm/auth.h"
+#include "comm/communicator.h"
+#include "comm/launch_env.h"
+#include "comm/zmq_transport.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "data/csv.h"
@@ -13,6 +20,7 @@
 #include "data/synthetic.h"
 #include "io/file_system.h"
 #include "io/safetensors.h"
+#include "strategy/allreduce_strategy.h"
 #include "strategy/local_strategy.h"
 #include "strategy/mirrored_strategy.h"
 #include "train/callbacks.h"
@@ -72,12 +80,48 @@ void check_input_shape(const train::JobConfig& job, const data::TensorDataset& d
   }
 }
 
-std::unique_ptr<strategy::Strategy> make_strategy(const train::JobConfig& job) {
+// The communication of one worker process of a launched job.
+struct WorkerComm {
+  std::unique_ptr<comm::Communicator> communicator;
+};
+
+WorkerComm connect_worker(const train::JobConfig& job, const comm::LaunchInfo& launch,
+                          const std::map<std::string, std::string>& env, Logger& logger) {
+  if (launch.coordinator.empty()) {
+    throw ConfigError(fmt::format(
+        "worker {} of {} ({}) has no coordinator address: set DTRAIN_COORDINATOR=host:port",
+        launch.rank, launch.world_size, launch.source));
+  }
+  auto secret = env.find("DTRAIN_JOB_SECRET");
+  const comm::JobAuth auth(job.name, secret == env.end() ? "" : secret->second);
+  comm::ZmqTransportOptions t;
+  t.rank = launch.rank;
+  t.world_size = launch.world_size;
+  if (auto host = env.find("DTRAIN_LISTEN_HOST"); host != env.end()) t.listen_host = host->second;
+  if (auto host = env.find("DTRAIN_ADVERTISE_HOST"); host != env.end()) t.advertise_host = host->second;
+  const auto timeout = std::chrono::milliseconds(job.distributed.timeout_ms);
+  auto transport = comm::connect_zmq_transport(t, auth, launch.coordinator, launch.rank == 0,
+                                               Deadline::after(timeout), logger);
+  comm::CommunicatorOptions c;
+  c.timeout = timeout;
+  // Names this job's shared-memory segments: unique per job and coordinator.
+  c.job_id = fmt::format("{:016x}-{}", auth.job_id(), std::hash<std::string>{}(launch.coordinator));
+  return {std::make_unique<comm::Communicator>(std::move(transport), c)};
+}
+
+std::unique_ptr<strategy::Strategy> make_strategy(const train::JobConfig& job, WorkerComm* worker) {
   Rng rng(job.seed);
   auto model = train::build_model(job.model, rng, job.source);
   auto make_optimizer = [&job](std::vector<Variable> params) {
     return optim::make_optimizer(job.optimizer, std::move(params));
   };
+  if (worker != nullptr) {
+    strategy::AllReduceOptions o;
+    o.bucket_bytes = static_cast<size_t>(job.distributed.bucket_bytes);
+    o.timeout = std::chrono::milliseconds(job.distributed.timeout_ms);
+    return std::make_unique<strategy::AllReduceStrategy>(std::move(model), make_optimizer,
+                                                         *worker->communicator, o);
+  }
   if (job.distributed.strategy == "mirrored") {
     auto make_replica = [&job] {
       Rng replica_rng(job.seed);
@@ -85,11 +129,6 @@ std::unique_ptr<strategy::Strategy> make_strategy(const train::JobConfig& job) {
     };
     return std::make_unique<strategy::MirroredStrategy>(std::move(model), make_replica,
                                                         job.distributed.workers, make_optimizer);
-  }
-  if (job.distributed.workers != 1) {
-    throw ConfigError(job.source, "distributed.workers", 0,
-                      fmt::format("strategy 'local' runs one worker, not {}; use --strategy mirrored",
-                                  job.distributed.workers));
   }
   return std::make_unique<strategy::LocalStrategy>(std::move(model), make_optimizer);
 }
@@ -102,11 +141,12 @@ int run_train(const TrainOptions& options, std::ostream& out) {
   if (options.strategy) {
     job.distributed.strategy = *options.strategy;
   } else if (job.distributed.workers > 1 && job.distributed.strategy == "local") {
-    job.distributed.strategy = "mirrored";
+    job.distributed.strategy = "allreduce";
   }
-  if (job.distributed.strategy != "local" && job.distributed.strategy != "mirrored") {
+  const std::string& strategy_name = job.distributed.strategy;
+  if (strategy_name != "local" && strategy_name != "mirrored" && strategy_name != "allreduce") {
     throw ConfigError(job.source, "distributed.strategy", 0,
-                      fmt::format("'{}' is not one of: local, mirrored", job.distributed.strategy));
+                      fmt::format("'{}' is not one of: local, mirrored, allreduce", strategy_name));
   }
   if (job.distributed.workers < 1) {
     throw ConfigError(job.source, "distributed.workers", 0, "must be at least 1");
@@ -114,24 +154,54 @@ int run_train(const TrainOptions& options, std::ostream& out) {
   if (options.output) job.output = *options.output;
   if (options.threads) job.train.threads = *options.threads;
   if (options.resume) job.resume = *options.resume;
+
+  // A process of a launched job (by this launcher, mpirun or srun) trains;
+  // otherwise allreduce with N workers starts them here and supervises.
+  const comm::LaunchInfo launch = comm::resolve_launch_env(options.environment);
+  const bool is_worker = launch.world_size > 1;
+  if (!is_worker && strategy_name == "allreduce" && job.distributed.workers > 1) {
+    LaunchOptions l;
+    l.argv = options.argv;
+    l.workers = static_cast<int>(job.distributed.workers);
+    l.environment = options.environment;
+    Launcher launcher(l, out, std::cerr, Logger::stderr_logger());
+    return launcher.run(Deadline::never()).exit_code;
+  }
+  if (is_worker && strategy_name == "mirrored") {
+    throw ConfigError(job.source, "distributed.strategy", 0,
+                      "mirrored runs in one process; a launched job of several processes uses allreduce");
+  }
+  if (strategy_name == "local" && job.distributed.workers != 1) {
+    throw ConfigError(job.source, "distributed.workers", 0,
+                      fmt::format("strategy 'local' runs one worker, not {}", job.distributed.workers));
+  }
   openblas_set_num_threads(static_cast<int>(std::max<int64_t>(1, job.train.threads)));
 
   const Datasets data = load_data(job);
   check_input_shape(job, data.train);
-  std::unique_ptr<strategy::Strategy> strategy = make_strategy(job);
-
-  io::default_file_system().create_directories(job.output);
   Logger& logger = Logger::stderr_logger();
+  const bool chief = launch.rank == 0;
+  if (!chief) logger.set_level(LogLevel::kWarn);
+  WorkerComm worker;
+  if (is_worker) worker = connect_worker(job, launch, options.environment, logger);
+  std::unique_ptr<strategy::Strategy> strategy = make_strategy(job, is_worker ? &worker : nullptr);
+
   train::Trainer trainer(job, *strategy, logger);
-  train::JsonLinesWriter metrics(job.output + "/metrics.jsonl", job.train.log_every_steps);
-  trainer.add_callback(metrics);
+  std::unique_ptr<train::JsonLinesWriter> metrics;
   std::unique_ptr<train::Callback> progress;
-  if (options.progress == "bar") {
-    progress = std::make_unique<train::ProgressBar>(out);
-  } else if (options.progress == "plain") {
-    progress = std::make_unique<train::PlainProgress>(out, job.train.log_every_steps);
+  if (chief) {
+    io::default_file_system().create_directories(job.output);
+    metrics = std::make_unique<train::JsonLinesWriter>(job.output + "/metrics.jsonl", job.train.log_every_steps);
+    trainer.add_callback(*metrics);
+    // Under a launcher the output is a pipe: plain lines, not a bar.
+    const std::string mode = is_worker && options.progress == "bar" ? "plain" : options.progress;
+    if (mode == "bar") {
+      progress = std::make_unique<train::ProgressBar>(out);
+    } else if (mode == "plain") {
+      progress = std::make_unique<train::PlainProgress>(out, job.train.log_every_steps);
+    }
+    if (progress) trainer.add_callback(*progress);
   }
-  if (progress) trainer.add_callback(*progress);
   trainer.fit(data.train, data.test);
   return 0;
 }

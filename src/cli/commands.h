@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <ostream>
 #include <string>
@@ -20,6 +21,11 @@ struct TrainOptions {
   std::optional<int64_t> threads;
   std::optional<bool> resume;
   std::string progress = "plain";  // bar | plain | none
+  // The process's environment (rank, world size and coordinator of a
+  // launched worker: DTRAIN_*, mpirun's OMPI_*, Slurm's SLURM_*; the job
+  // secret DTRAIN_JOB_SECRET) and its command line (to start the workers).
+  std::map<std::string, std::string> environment;
+  std::vector<std::string> argv;
 };
 
 struct EvalOptions {

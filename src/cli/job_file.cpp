@@ -323,8 +323,10 @@ train::JobConfig parse_job(const std::string& toml_text, const std::string& sour
     TableReader r(*t, "distributed", file);
     r.read("strategy", job.distributed.strategy);
     r.read("workers", job.distributed.workers);
+    r.read("bucket_bytes", job.distributed.bucket_bytes);
+    r.read("timeout_ms", job.distributed.timeout_ms);
     r.finish();
-    check_choice(file, "distributed.strategy", job.distributed.strategy, {"local", "mirrored"}, t);
+    check_choice(file, "distributed.strategy", job.distributed.strategy, {"local", "mirrored", "allreduce"}, t);
     if (job.distributed.workers < 1) {
       throw ConfigError(file, "distributed.workers", line_of(*t->get("workers")), "must be at least 1");
     }

@@ -9,6 +9,7 @@
 #include <CLI/CLI.hpp>
 
 #include "cli/commands.h"
+#include "cli/launcher.h"
 #include "core/error.h"
 
 namespace {
@@ -39,8 +40,10 @@ int main(int argc, char** argv) {
   train_cmd->add_option("job", train.job_file, "The TOML job file")->required()->check(CLI::ExistingFile);
   train_cmd->add_option("--set", train.overrides, "Override a job key, e.g. --set train.epochs=3")
       ->type_name("KEY=VALUE");
-  train_cmd->add_option("--workers", train.workers, "Number of workers (replicas)");
-  train_cmd->add_option("--strategy", train.strategy, "local | mirrored");
+  train_cmd->add_option("--workers", train.workers,
+                        "Number of workers: processes started here (allreduce) or replicas (mirrored)");
+  train_cmd->add_option("--strategy", train.strategy,
+                        "local | mirrored | allreduce (default: allreduce with --workers N > 1)");
   train_cmd->add_option("--output", train.output, "Output folder (overrides job.output)");
   train_cmd->add_option("--threads", train.threads, "BLAS threads per worker (default 1)");
   bool resume = false;
@@ -69,6 +72,9 @@ int main(int argc, char** argv) {
   try {
     if (train_cmd->parsed()) {
       if (resume || no_resume) train.resume = resume;
+      train.environment = dtrain::cli::current_environment();
+      train.argv.assign(argv, argv + argc);
+      train.argv[0] = dtrain::cli::self_executable();
       if (train.progress == "auto") train.progress = isatty(STDOUT_FILENO) ? "bar" : "plain";
       return dtrain::cli::run_train(train, std::cout);
     }

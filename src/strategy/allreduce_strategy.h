@@ -155,7 +155,12 @@ class AllReduceStrategy : public Strategy {
   void sync_replicas() override;
 
   const AllReduceOptions& options() const { return options_; }
-  int rank() const { return collectives_.rank(); }
+  int64_t rank() const override { return collectives_.rank(); }
+  int64_t world_size() const override { return collectives_.size(); }
+  // The update's statistics over all workers once an update happened.
+  StepStats step_totals(const StepStats& local) const override {
+    return updated_ ? global_stats_ : local;
+  }
   // Whether the last train_step() applied an update.
   bool updated() const { return updated_; }
   // Updates applied so far.

@@ -59,7 +59,13 @@ class Strategy {
   virtual ~Strategy() = default;
 
   virtual std::string name() const = 0;
+  // Model replicas taking part in a step, over all processes.
   virtual int64_t replicas() const = 0;
+  // This process's rank among the processes of the job, and their number.
+  // The trainer gives rank r of W the rows [B r / W, B (r + 1) / W) of each
+  // global batch of B rows; only rank 0 reports and writes files.
+  virtual int64_t rank() const { return 0; }
+  virtual int64_t world_size() const { return 1; }
   // The authoritative model: evaluate and save this one.
   virtual nn::Module& model() = 0;
   virtual optim::Optimizer& optimizer() = 0;
@@ -67,6 +73,10 @@ class Strategy {
   // One synchronous step on `inputs` [N, ...] and N targets: forward,
   // backward, aggregation, one update. Returns the step's statistics.
   virtual StepStats train_step(const Tensor& inputs, std::span<const int64_t> targets) = 0;
+
+  // The statistics of the last step summed over every process, given what
+  // train_step() returned on this one.
+  virtual StepStats step_totals(const StepStats& local) const { return local; }
 
   // After model() or optimizer() state was replaced (loading a checkpoint),
   // brings every replica back in line with it.

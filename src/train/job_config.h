@@ -69,8 +69,10 @@ struct TrainConfig {
 };
 
 struct DistributedConfig {
-  std::string strategy = "local";  // local | mirrored
-  int64_t workers = 1;
+  std::string strategy = "local";  // local | mirrored | allreduce
+  int64_t workers = 1;             // replicas (mirrored) or processes (allreduce)
+  int64_t bucket_bytes = 1 << 20;  // allreduce: gradient bucket size
+  int64_t timeout_ms = 60000;      // allreduce: bound on every collective
 };
 
 struct JobConfig {

@@ -142,6 +142,8 @@ Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset
   if (schedule.total_steps == 0) schedule.total_steps = std::max<int64_t>(planned_steps, schedule.warmup_steps + 1);
   schedule_ = optim::make_lr_schedule(schedule);
 
+  const int64_t rank = strategy_.rank(), world = strategy_.world_size();
+  const bool chief = rank == 0;
   Position position;
   if (job_.resume) resume(position);
 
@@ -179,7 +181,12 @@ Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset
       if (!batch) break;
       const float lr = schedule_->lr_at(position.step);
       strategy_.optimizer().set_lr(lr);
-      const strategy::StepStats stats = strategy_.train_step(batch->x, batch->y);
+      // This process's rows of the global batch (all of it with one process).
+      const int64_t rows = batch->size();
+      const int64_t lo = rows * rank / world, hi = rows * (rank + 1) / world;
+      const strategy::StepStats stats = strategy_.step_totals(strategy_.train_step(
+          batch->x.narrow(lo, hi - lo),
+          std::span<const int64_t>(batch->y).subspan(static_cast<size_t>(lo), static_cast<size_t>(hi - lo))));
       const double dt = seconds_since(t0);
       ++position.step;
       ++position.batch_in_epoch;
@@ -202,7 +209,7 @@ Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset
         stop = true;
         break;
       }
-      if (checkpoint_every > 0 && position.step % checkpoint_every == 0) save_checkpoint(position);
+      if (chief && checkpoint_every > 0 && position.step % checkpoint_every == 0) save_checkpoint(position);
     }
     train_seconds += epoch.seconds;
     train_samples += epoch.stats.samples;
@@ -212,8 +219,9 @@ Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset
       ++position.epoch;
       position.batch_in_epoch = 0;
     }
-    const EvalResult eval = evaluate(strategy_.model(), test, job_.train.eval_batch_size);
-    save_checkpoint(position);
+    // Every process holds the same weights: the chief evaluates and writes.
+    const EvalResult eval = chief ? evaluate(strategy_.model(), test, job_.train.eval_batch_size) : EvalResult{};
+    if (chief) save_checkpoint(position);
     EpochInfo e;
     e.epoch = epoch_done ? position.epoch : position.epoch + 1;
     e.step = position.step;
@@ -229,7 +237,7 @@ Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset
     summary.best_test_accuracy = std::max(summary.best_test_accuracy, eval.accuracy);
     summary.epochs = e.epoch;
   }
-  if (summary.epochs == 0) {
+  if (summary.epochs == 0 && chief) {
     // Nothing left to train (a finished run resumed): report where it stands.
     const EvalResult eval = evaluate(strategy_.model(), test, job_.train.eval_batch_size);
     summary.test_loss = eval.loss;
@@ -237,9 +245,11 @@ Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset
     summary.epochs = position.epoch;
   }
 
-  io::default_file_system().create_directories(job_.output);
-  summary.weights_path = job_.output + "/model.safetensors";
-  io::save_safetensors(strategy_.model().state_dict(), summary.weights_path);
+  if (chief) {
+    io::default_file_system().create_directories(job_.output);
+    summary.weights_path = job_.output + "/model.safetensors";
+    io::save_safetensors(strategy_.model().state_dict(), summary.weights_path);
+  }
   summary.steps = position.step;
   summary.samples_per_s = train_seconds > 0 ? double(train_samples) / train_seconds : 0.0;
   summary.seconds = seconds_since(run_start);

@@ -4,6 +4,13 @@
 // checkpoints are written atomically and a run resumes from the newest valid
 // one, continuing exactly where it stopped (same batches, same RNG streams).
 //
+// Several processes: each gets rows [B r / W, B (r + 1) / W) of every global
+// batch of B rows (the same shuffled order on all, from the job's seed), so
+// W processes train exactly as one on the global batch; a process whose
+// share is empty still joins the step (the strategy gives it weight 0). Only
+// rank 0 evaluates and writes checkpoints and the final weights; every rank
+// resumes from the same checkpoint, which does not depend on W.
+//
 // Ownership: the strategy, logger and callbacks are owned by the caller and
 // must outlive fit(). Thread safety: one thread calls fit().
 // Errors: dtrain::Error kinds from the layers, the data and the files;

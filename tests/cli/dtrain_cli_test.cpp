@@ -1,10 +1,19 @@
 // Runs the dtrain executable as a user would: real processes, real files.
 #include <gtest/gtest.h>
 
+#include <signal.h>
+
 #include <filesystem>
 #include <fstream>
 
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmath>
+
 #include "core/deadline.h"
+#include "io/safetensors.h"
 #include "testing/fault_fs.h"
 #include "testing/process.h"
 
@@ -92,7 +101,7 @@ TEST(DtrainCli, TrainsEvaluatesAndResumes) {
 TEST(DtrainCli, MirroredWorkers) {
   testing::TempDir dir;
   write_file(dir.file("job.toml"), kBlobsJob);
-  CliRun run = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("out"), "--workers", "3"});
+  CliRun run = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("out"), "--workers", "3", "--strategy", "mirrored"});
   ASSERT_TRUE(run.status.ok()) << run.output;
   EXPECT_NE(run.output.find("strategy mirrored with 3 workers"), std::string::npos) << run.output;
 }
@@ -122,6 +131,99 @@ TEST(DtrainCli, CorruptWeightsExitWithCode3) {
   CliRun run = run_dtrain({"eval", dir.file("job.toml"), "--weights", dir.file("bad.safetensors")});
   EXPECT_TRUE(run.status.exited && run.status.code == 3) << run.status.describe() << run.output;
   EXPECT_NE(run.output.find("bad.safetensors"), std::string::npos) << run.output;
+}
+
+// The largest relative difference between two weight files of one model.
+double max_relative_difference(const std::string& a, const std::string& b) {
+  const StateDict x = io::load_safetensors(a);
+  const StateDict y = io::load_safetensors(b);
+  double worst = 0.0;
+  for (const auto& [name, t] : x) {
+    const Tensor& u = y.at(name);
+    for (int64_t i = 0; i < t.numel(); ++i) {
+      const double d = std::abs(double(t.data()[i]) - double(u.data()[i])) /
+                       std::max(1e-3, std::abs(double(t.data()[i])));
+      worst = std::max(worst, d);
+    }
+  }
+  return worst;
+}
+
+TEST(DtrainCli, AllReduceWorkersMatchOneProcess) {
+  testing::TempDir dir;
+  write_file(dir.file("job.toml"), kBlobsJob);
+  CliRun one = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("one")});
+  ASSERT_TRUE(one.status.ok()) << one.output;
+  for (const char* workers : {"2", "3"}) {
+    const std::string out = dir.file(std::string("w") + workers);
+    CliRun run = run_dtrain({"train", dir.file("job.toml"), "--output", out, "--workers", workers});
+    ASSERT_TRUE(run.status.ok()) << run.output;
+    EXPECT_NE(run.output.find("[rank 0] blobs: "), std::string::npos) << run.output;
+    EXPECT_NE(run.output.find(std::string("strategy allreduce with ") + workers + " workers"),
+              std::string::npos)
+        << run.output;
+    EXPECT_LT(max_relative_difference(dir.file("one/model.safetensors"), out + "/model.safetensors"), 1e-4);
+  }
+}
+
+// A port that was free a moment ago (for a coordinator under mpirun).
+int free_port() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  EXPECT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+TEST(DtrainCli, UnderMpirun) {
+  if (access("/usr/bin/mpirun", X_OK) != 0) GTEST_SKIP() << "OpenMPI's mpirun is not installed";
+  testing::TempDir dir;
+  write_file(dir.file("job.toml"), kBlobsJob);
+  CliRun one = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("one")});
+  ASSERT_TRUE(one.status.ok()) << one.output;
+  const std::string coordinator = "DTRAIN_COORDINATOR=127.0.0.1:" + std::to_string(free_port());
+  testing::ChildProcess child = testing::ChildProcess::spawn(
+      {"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1", "/usr/bin/mpirun", "-np", "2", "--oversubscribe",
+       "-x", coordinator, "-x", "OPENBLAS_NUM_THREADS=1", DTRAIN_BINARY, "train",
+       dir.file("job.toml"), "--output", dir.file("mpi")},
+      {{"OMPI_ALLOW_RUN_AS_ROOT", "1"}, {"OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"}, {"ASAN_OPTIONS", "detect_leaks=0"}});
+  auto status = child.wait(Deadline::after(std::chrono::seconds(240)));
+  ASSERT_TRUE(status && status->ok()) << child.output();
+  EXPECT_NE(child.output().find("strategy allreduce with 2 workers"), std::string::npos) << child.output();
+  EXPECT_LT(max_relative_difference(dir.file("one/model.safetensors"), dir.file("mpi/model.safetensors")), 1e-4);
+}
+
+TEST(DtrainCli, AKilledWorkerEndsTheJobWithItsName) {
+  testing::TempDir dir;
+  write_file(dir.file("job.toml"), kBlobsJob);
+  testing::ChildProcess launcher = testing::ChildProcess::spawn(
+      {"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1", DTRAIN_BINARY, "train", dir.file("job.toml"),
+       "--output", dir.file("out"), "--workers", "2", "--set", "train.epochs=100000"},
+      {{"OPENBLAS_NUM_THREADS", "1"}});
+  // Wait until training runs, then SIGKILL the worker that is not rank 0.
+  const Deadline deadline = Deadline::after(std::chrono::seconds(120));
+  while (launcher.output().find("[rank 0] epoch 2 ") == std::string::npos && !deadline.expired()) {
+    launcher.read_some(1000);
+  }
+  ASSERT_NE(launcher.output().find("[rank 0] epoch 2 "), std::string::npos) << launcher.output();
+  std::ifstream children_file("/proc/" + std::to_string(launcher.pid()) + "/task/" +
+                              std::to_string(launcher.pid()) + "/children");
+  std::vector<pid_t> children;
+  for (pid_t pid; children_file >> pid;) children.push_back(pid);
+  ASSERT_EQ(children.size(), 2u);
+  const pid_t victim = std::max(children[0], children[1]);  // rank 1 starts second
+  ASSERT_EQ(kill(victim, SIGKILL), 0);
+  auto status = launcher.wait(Deadline::after(std::chrono::seconds(60)));
+  ASSERT_TRUE(status.has_value()) << "the job did not end: " << launcher.output();
+  EXPECT_FALSE(status->ok());
+  EXPECT_NE(launcher.output().find("worker rank 1 (pid " + std::to_string(victim) +
+                                   ") was killed by signal 9 (SIGKILL)"),
+            std::string::npos)
+      << launcher.output();
 }
 
 TEST(DtrainCli, MnistSubset) {

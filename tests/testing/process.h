@@ -56,11 +56,11 @@ class ChildProcess {
   std::optional<ExitStatus> wait(Deadline deadline);
   // Everything read from the child's stdout so far.
   const std::string& output() const { return output_; }
+  // Reads what is available within `timeout_ms` into output(); false at EOF.
+  bool read_some(int timeout_ms);
 
  private:
   ChildProcess(pid_t pid, int stdout_fd) : pid_(pid), stdout_fd_(stdout_fd) {}
-  // Reads what is available within `timeout_ms`; false at EOF.
-  bool read_some(int timeout_ms);
   void release();
 
   pid_t pid_ = -1;
