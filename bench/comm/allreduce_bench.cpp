@@ -1,25 +1,36 @@
-// allreduce_bench: times dtrain's shared-memory allreduce between forked
-// processes, or single-core memcpy as the bandwidth ceiling.
+// allreduce_bench: times dtrain's allreduce between forked processes, through
+// shared memory (ShmAllreduce) or through the ZeroMQ path (a Communicator over
+// ZmqTransport with shared memory disabled: halving-doubling up to 64 KiB,
+// the ring above), or single-core memcpy as the bandwidth ceiling.
 //
-//   allreduce_bench shm <ranks> <bytes> <reps>
+//   allreduce_bench shm <ranks> <bytes> <reps> [<spin_us> <yield_us>]
+//   allreduce_bench zmq <ranks> <bytes> <reps>
 //   allreduce_bench memcpy 1 <bytes> <reps>
 //
 // Prints one line "<mode> ranks=<n> bytes=<b> median_us=<t> busbw_gbs=<g>"
 // with bus bandwidth 2(n-1)/n * bytes / time (for memcpy: bytes / time).
+// The optional shm arguments override ShmWaitPolicy (for tuning it).
 // Rank 0 reports; every iteration is timed between two allreduces, so the
 // median includes waiting for the slowest rank.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <functional>
+#include <stdexcept>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
 
+#include "comm/communicator.h"
 #include "comm/shm_allreduce.h"
+#include "comm/zmq_transport.h"
 #include "core/error.h"
 
 namespace {
@@ -51,34 +62,85 @@ int run_memcpy(size_t bytes, int reps) {
   return 0;
 }
 
-int run_shm_rank(int rank, int ranks, size_t bytes, int reps, const std::string& job) {
-  using namespace dtrain;
-  comm::ShmAllreduceOptions options;
-  options.job_id = job;
-  options.capacity_bytes = std::max<size_t>(bytes, 4096);
-  comm::ShmAllreduce shm(rank, ranks, options, Deadline::after(std::chrono::seconds(60)));
+// Times `allreduce` on this rank; rank 0 reports the median as `mode`.
+void time_rank(const char* mode, int rank, int ranks, size_t bytes, int reps,
+               const std::function<void(std::vector<float>&)>& allreduce) {
   std::vector<float> data(bytes / sizeof(float), 1.0f);
   std::vector<double> times;
   const int warmup = 5;
   for (int i = 0; i < reps + warmup; ++i) {
     const auto start = Clock::now();
-    shm.allreduce(data, comm::ReduceOp::kSum, Deadline::after(std::chrono::seconds(60)));
+    allreduce(data);
     if (i >= warmup) times.push_back(std::chrono::duration<double>(Clock::now() - start).count());
     std::fill(data.begin(), data.end(), 1.0f);
   }
-  if (rank == 0) report("dtrain-shm", ranks, bytes, median(times));
+  if (rank == 0) report(mode, ranks, bytes, median(times));
+}
+
+dtrain::comm::ShmWaitPolicy wait_policy;  // set by main() before forking
+
+int run_shm_rank(int rank, int ranks, size_t bytes, int reps, const std::string& job,
+                 int /*port*/) {
+  using namespace dtrain;
+  comm::ShmAllreduceOptions options;
+  options.job_id = job;
+  options.capacity_bytes = std::max<size_t>(bytes, 4096);
+  options.wait_policy = wait_policy;
+  comm::ShmAllreduce shm(rank, ranks, options, Deadline::after(std::chrono::seconds(60)));
+  time_rank("dtrain-shm", rank, ranks, bytes, reps, [&](std::vector<float>& data) {
+    shm.allreduce(data, comm::ReduceOp::kSum, Deadline::after(std::chrono::seconds(60)));
+  });
   return 0;
 }
 
-int run_shm(int ranks, size_t bytes, int reps) {
+int run_zmq_rank(int rank, int ranks, size_t bytes, int reps, const std::string& job, int port) {
+  using namespace dtrain;
+  comm::ZmqTransportOptions options;
+  options.rank = rank;
+  options.world_size = ranks;
+  auto transport = comm::connect_zmq_transport(
+      options, comm::JobAuth(job, ""), "127.0.0.1:" + std::to_string(port), rank == 0,
+      Deadline::after(std::chrono::seconds(60)), Logger::null());
+  comm::CommunicatorOptions comm_options;
+  comm_options.shm_allreduce = false;
+  comm_options.timeout = std::chrono::seconds(60);
+  comm::Communicator comm(*transport, comm_options);
+  time_rank("dtrain-zmq", rank, ranks, bytes, reps,
+            [&](std::vector<float>& data) { comm.allreduce(data, comm::ReduceOp::kSum); });
+  comm.barrier();  // nobody closes its transport while a peer still needs it
+  return 0;
+}
+
+// A loopback port that was free a moment ago, for the rendezvous coordinator.
+int free_port() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) throw std::runtime_error("socket() failed");
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    close(fd);
+    throw std::runtime_error("cannot find a free port");
+  }
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+using RankMain = int (*)(int, int, size_t, int, const std::string&, int);
+
+// Forks ranks 1..n-1 (before any thread exists), runs rank 0 here.
+int run_forked(RankMain rank_main, int ranks, size_t bytes, int reps) {
   const std::string job = "bench-" + std::to_string(getpid());
+  const int port = free_port();
   std::vector<pid_t> children;
   for (int r = 1; r < ranks; ++r) {
     const pid_t pid = fork();
     if (pid == 0) {
       int code = 1;
       try {
-        code = run_shm_rank(r, ranks, bytes, reps, job);
+        code = rank_main(r, ranks, bytes, reps, job, port);
       } catch (const std::exception& e) {
         std::fprintf(stderr, "rank %d: %s\n", r, e.what());
       }
@@ -86,7 +148,7 @@ int run_shm(int ranks, size_t bytes, int reps) {
     }
     children.push_back(pid);
   }
-  int code = run_shm_rank(0, ranks, bytes, reps, job);
+  int code = rank_main(0, ranks, bytes, reps, job, port);
   for (const pid_t pid : children) {
     int status = 0;
     waitpid(pid, &status, 0);
@@ -98,17 +160,23 @@ int run_shm(int ranks, size_t bytes, int reps) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 5) {
-    std::fprintf(stderr, "usage: %s shm|memcpy <ranks> <bytes> <reps>\n", argv[0]);
+  if (argc != 5 && argc != 7) {
+    std::fprintf(stderr, "usage: %s shm|zmq|memcpy <ranks> <bytes> <reps> [<spin_us> <yield_us>]\n",
+                 argv[0]);
     return 2;
   }
   const std::string mode = argv[1];
   const int ranks = std::atoi(argv[2]);
   const size_t bytes = std::strtoull(argv[3], nullptr, 10);
   const int reps = std::atoi(argv[4]);
+  if (argc == 7) {
+    wait_policy = dtrain::comm::ShmWaitPolicy{std::chrono::microseconds(std::atoi(argv[5])),
+                                              std::chrono::microseconds(std::atoi(argv[6]))};
+  }
   try {
     if (mode == "memcpy") return run_memcpy(bytes, reps);
-    if (mode == "shm") return run_shm(ranks, bytes, reps);
+    if (mode == "shm") return run_forked(run_shm_rank, ranks, bytes, reps);
+    if (mode == "zmq") return run_forked(run_zmq_rank, ranks, bytes, reps);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "allreduce_bench: %s\n", e.what());
     return 1;

@@ -2,16 +2,25 @@
 // (784-256-256-10) or LeNet-5, SGD with momentum 0.9, batch 128, on
 // pre-generated random batches (compute only, as torch_train_bench.py).
 // Prints one JSON line per repetition: {"model": ..., "samples_per_s": ...}.
-// Usage: train_step_bench MODEL STEPS REPS [WORKERS]
-//   WORKERS > 1 runs the mirrored strategy with that many replicas.
+// Usage: train_step_bench MODEL STEPS REPS [WORKERS [mirrored|allreduce]]
+//   WORKERS > 1: that many replicas in one process (mirrored) or that many
+//   processes started here (allreduce, the default), one thread each; the
+//   global batch of 128 is split among them. With allreduce, rank 0 also
+//   prints the share of allreduce time hidden behind backward.
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <iostream>
+#include <span>
 #include <string>
 #include <vector>
 
+#include "cli/launcher.h"
+#include "cli/worker_comm.h"
+#include "comm/launch_env.h"
 #include "core/rng.h"
 #include "optim/sgd.h"
+#include "strategy/allreduce_strategy.h"
 #include "strategy/local_strategy.h"
 #include "strategy/mirrored_strategy.h"
 #include "train/job_config.h"
@@ -69,6 +78,18 @@ int main(int argc, char** argv) {
   const int steps = std::atoi(argv[2]);
   const int reps = std::atoi(argv[3]);
   const int workers = argc > 4 ? std::atoi(argv[4]) : 1;
+  const std::string mode = argc > 5 ? argv[5] : "allreduce";
+  const auto env = cli::current_environment();
+  const comm::LaunchInfo launch = comm::resolve_launch_env(env);
+  if (workers > 1 && mode == "allreduce" && launch.world_size == 1) {
+    cli::LaunchOptions l;
+    l.argv.assign(argv, argv + argc);
+    l.argv[0] = cli::self_executable();
+    l.workers = workers;
+    l.environment = env;
+    cli::Launcher launcher(l, std::cout, std::cerr, Logger::null());
+    return launcher.run(Deadline::never()).exit_code;
+  }
   const train::ModelConfig config = model_config(name);
   Rng rng(1);
   auto make_optimizer = [](std::vector<Variable> params) {
@@ -77,8 +98,14 @@ int main(int argc, char** argv) {
     o.momentum = 0.9f;
     return std::make_unique<optim::Sgd>(std::move(params), o);
   };
+  std::unique_ptr<comm::Communicator> communicator;
   std::unique_ptr<strategy::Strategy> strat;
-  if (workers > 1) {
+  if (launch.world_size > 1) {
+    communicator = cli::connect_worker("train_step_bench", launch, env, std::chrono::seconds(60),
+                                       Logger::stderr_logger());
+    strat = std::make_unique<strategy::AllReduceStrategy>(train::build_model(config, rng),
+                                                          make_optimizer, *communicator);
+  } else if (workers > 1) {
     strat = std::make_unique<strategy::MirroredStrategy>(
         train::build_model(config, rng), [&] { return train::build_model(config, rng); }, workers,
         make_optimizer);
@@ -96,12 +123,31 @@ int main(int argc, char** argv) {
     xs.push_back(x);
     ys.push_back(std::move(y));
   }
-  for (int i = 0; i < 20; ++i) strat->train_step(xs[i % 8], ys[i % 8]);
+  // This process's rows of each global batch.
+  const int64_t world = launch.world_size, rank = launch.rank;
+  const int64_t lo = kBatch * rank / world, hi = kBatch * (rank + 1) / world;
+  auto step = [&](int i) {
+    const auto& y = ys[static_cast<size_t>(i % 8)];
+    strat->train_step(xs[static_cast<size_t>(i % 8)].narrow(lo, hi - lo),
+                      std::span<const int64_t>(y).subspan(static_cast<size_t>(lo), static_cast<size_t>(hi - lo)));
+  };
+  for (int i = 0; i < 20; ++i) step(i);
+  auto* allreduce = dynamic_cast<strategy::AllReduceStrategy*>(strat.get());
   for (int r = 0; r < reps; ++r) {
+    double hidden = 0.0;
     const auto t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < steps; ++i) strat->train_step(xs[i % 8], ys[i % 8]);
+    for (int i = 0; i < steps; ++i) {
+      step(i);
+      if (allreduce != nullptr) hidden += allreduce->overlap_stats().hidden_share();
+    }
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::printf("{\"model\": \"%s\", \"samples_per_s\": %.1f}\n", name.c_str(), steps * kBatch / seconds);
+    if (rank != 0) continue;
+    if (allreduce != nullptr) {
+      std::printf("{\"model\": \"%s\", \"samples_per_s\": %.1f, \"hidden_share\": %.3f}\n", name.c_str(),
+                  steps * kBatch / seconds, hidden / steps);
+    } else {
+      std::printf("{\"model\": \"%s\", \"samples_per_s\": %.1f}\n", name.c_str(), steps * kBatch / seconds);
+    }
     std::fflush(stdout);
   }
   return 0;

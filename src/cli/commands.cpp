@@ -9,10 +9,9 @@
 
 #include "cli/job_file.h"
 #include "cli/launcher.h"
-#include "comm/auth.h"
+#include "cli/worker_comm.h"
 #include "comm/communicator.h"
 #include "comm/launch_env.h"
-#include "comm/zmq_transport.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "data/csv.h"
@@ -80,36 +79,7 @@ void check_input_shape(const train::JobConfig& job, const data::TensorDataset& d
   }
 }
 
-// The communication of one worker process of a launched job.
-struct WorkerComm {
-  std::unique_ptr<comm::Communicator> communicator;
-};
-
-WorkerComm connect_worker(const train::JobConfig& job, const comm::LaunchInfo& launch,
-                          const std::map<std::string, std::string>& env, Logger& logger) {
-  if (launch.coordinator.empty()) {
-    throw ConfigError(fmt::format(
-        "worker {} of {} ({}) has no coordinator address: set DTRAIN_COORDINATOR=host:port",
-        launch.rank, launch.world_size, launch.source));
-  }
-  auto secret = env.find("DTRAIN_JOB_SECRET");
-  const comm::JobAuth auth(job.name, secret == env.end() ? "" : secret->second);
-  comm::ZmqTransportOptions t;
-  t.rank = launch.rank;
-  t.world_size = launch.world_size;
-  if (auto host = env.find("DTRAIN_LISTEN_HOST"); host != env.end()) t.listen_host = host->second;
-  if (auto host = env.find("DTRAIN_ADVERTISE_HOST"); host != env.end()) t.advertise_host = host->second;
-  const auto timeout = std::chrono::milliseconds(job.distributed.timeout_ms);
-  auto transport = comm::connect_zmq_transport(t, auth, launch.coordinator, launch.rank == 0,
-                                               Deadline::after(timeout), logger);
-  comm::CommunicatorOptions c;
-  c.timeout = timeout;
-  // Names this job's shared-memory segments: unique per job and coordinator.
-  c.job_id = fmt::format("{:016x}-{}", auth.job_id(), std::hash<std::string>{}(launch.coordinator));
-  return {std::make_unique<comm::Communicator>(std::move(transport), c)};
-}
-
-std::unique_ptr<strategy::Strategy> make_strategy(const train::JobConfig& job, WorkerComm* worker) {
+std::unique_ptr<strategy::Strategy> make_strategy(const train::JobConfig& job, comm::Communicator* worker) {
   Rng rng(job.seed);
   auto model = train::build_model(job.model, rng, job.source);
   auto make_optimizer = [&job](std::vector<Variable> params) {
@@ -120,7 +90,7 @@ std::unique_ptr<strategy::Strategy> make_strategy(const train::JobConfig& job, W
     o.bucket_bytes = static_cast<size_t>(job.distributed.bucket_bytes);
     o.timeout = std::chrono::milliseconds(job.distributed.timeout_ms);
     return std::make_unique<strategy::AllReduceStrategy>(std::move(model), make_optimizer,
-                                                         *worker->communicator, o);
+                                                         *worker, o);
   }
   if (job.distributed.strategy == "mirrored") {
     auto make_replica = [&job] {
@@ -182,9 +152,12 @@ int run_train(const TrainOptions& options, std::ostream& out) {
   Logger& logger = Logger::stderr_logger();
   const bool chief = launch.rank == 0;
   if (!chief) logger.set_level(LogLevel::kWarn);
-  WorkerComm worker;
-  if (is_worker) worker = connect_worker(job, launch, options.environment, logger);
-  std::unique_ptr<strategy::Strategy> strategy = make_strategy(job, is_worker ? &worker : nullptr);
+  std::unique_ptr<comm::Communicator> communicator;
+  if (is_worker) {
+    communicator = connect_worker(job.name, launch, options.environment,
+                                  std::chrono::milliseconds(job.distributed.timeout_ms), logger);
+  }
+  std::unique_ptr<strategy::Strategy> strategy = make_strategy(job, communicator.get());
 
   train::Trainer trainer(job, *strategy, logger);
   std::unique_ptr<train::JsonLinesWriter> metrics;

@@ -60,7 +60,6 @@ std::string_view to_string(OpKind kind) {
     case OpKind::kSend: return "send";
     case OpKind::kSplit: return "split";
     case OpKind::kHostCheck: return "host check";
-    case OpKind::kAbort: return "abort";
   }
   return "unknown-operation";
 }
@@ -92,7 +91,7 @@ void CollectiveChannel::send(int peer, std::span<const std::byte> payload) {
   try {
     transport_.send(peer, tag_, staging_, what_, deadline_);
   } catch (const CommError& e) {
-    abort_peers(e.what());
+    abort_peers(e.peer(), e.what());
     throw;
   }
 }
@@ -101,8 +100,7 @@ std::vector<std::byte> CollectiveChannel::recv_checked(int peer, size_t payload_
   try {
     return recv_and_check(peer, payload_bytes);
   } catch (const CommError& e) {
-    // An abort already reached every rank from its origin: do not echo it.
-    if (!peer_aborted_) abort_peers(e.what());
+    abort_peers(e.peer(), e.what());
     throw;
   }
 }
@@ -118,13 +116,6 @@ std::vector<std::byte> CollectiveChannel::recv_and_check(int peer, size_t payloa
                                 rank_, message.size(), peer));
   }
   const OpDescriptor theirs = decode_header(message.data());
-  if (theirs.kind == OpKind::kAbort) {
-    peer_aborted_ = true;
-    const char* text = reinterpret_cast<const char*>(message.data() + kHeaderBytes);
-    throw CommError(peer, what_,
-                    fmt::format("rank {} abandoned the operation: {}", peer,
-                                std::string(text, message.size() - kHeaderBytes)));
-  }
   OpDescriptor expected = op_;
   if (payload_bytes == kAnySize) expected.count = theirs.count;
   if (!(theirs == expected)) {
@@ -158,22 +149,10 @@ void CollectiveChannel::recv_reduce(int peer, std::span<float> inout, ReduceOp o
   reduce_into(inout, std::span<const float>(in, inout.size()), op);
 }
 
-void CollectiveChannel::abort_peers(const std::string& reason) noexcept {
+void CollectiveChannel::abort_peers(int culprit, const std::string& reason) noexcept {
   if (aborted_) return;
   aborted_ = true;
-  OpDescriptor abort = op_;
-  abort.kind = OpKind::kAbort;
-  std::vector<std::byte> message(kHeaderBytes + reason.size());
-  encode_header(abort, message.data());
-  std::memcpy(message.data() + kHeaderBytes, reason.data(), reason.size());
-  for (int peer = 0; peer < size_; ++peer) {
-    if (peer == rank_) continue;
-    try {
-      transport_.send(peer, tag_, message, what_, deadline_);
-    } catch (const std::exception&) {
-      // Best effort: a peer we cannot reach learns of the failure by its deadline.
-    }
-  }
+  transport_.abort(culprit, reason);
 }
 
 void reduce_into(std::span<float> inout, std::span<const float> in, ReduceOp op) {
@@ -184,6 +163,19 @@ void reduce_into(std::span<float> inout, std::span<const float> in, ReduceOp op)
     for (size_t i = 0; i < n; ++i) out[i] = std::max(out[i], src[i]);
   } else {
     for (size_t i = 0; i < n; ++i) out[i] += src[i];
+  }
+}
+
+void reduce_pair(std::span<float> out, std::span<const float> a, std::span<const float> b,
+                 ReduceOp op) {
+  float* __restrict dst = out.data();
+  const float* __restrict x = a.data();
+  const float* __restrict y = b.data();
+  const size_t n = out.size();
+  if (op == ReduceOp::kMax) {
+    for (size_t i = 0; i < n; ++i) dst[i] = std::max(x[i], y[i]);
+  } else {
+    for (size_t i = 0; i < n; ++i) dst[i] = x[i] + y[i];
   }
 }
 

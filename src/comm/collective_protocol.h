@@ -8,10 +8,11 @@
 // executes itself and throws CommError naming both sides on any difference,
 // e.g. "allreduce #12 (1000 floats, sum) on rank 0 does not match broadcast
 // #12 (10 floats, root 1) from rank 1", so that ranks calling different
-// collectives fail instead of hanging or reducing garbage. Before throwing,
-// the channel tells every peer (an abort message on the same tag), so their
-// pending receives fail at once with the reason instead of waiting for their
-// deadline. The header layout is in docs/collectives.md.
+// collectives fail instead of hanging or reducing garbage. On any CommError
+// (a mismatch, a dead or silent peer) the channel aborts the transport
+// (Transport::abort), which tells every peer: their pending calls fail at
+// once naming the same culprit rank instead of waiting for their deadline.
+// The header layout is in docs/collectives.md.
 //
 // Ownership: a channel references the Transport for the duration of one
 // collective. Thread safety: one channel per thread. Blocking: send() returns
@@ -41,7 +42,6 @@ enum class OpKind : uint8_t {
   kSend = 7,
   kSplit = 8,
   kHostCheck = 9,
-  kAbort = 10,
 };
 
 enum class Dtype : uint8_t { kFloat32 = 1, kBytes = 2 };
@@ -86,11 +86,11 @@ class CollectiveChannel {
   // Receives one message of any size whose header matches apart from its
   // count (variable-size point-to-point messages) and returns its payload.
   std::vector<std::byte> recv_any_size(int peer);
-  // Tells every peer that this rank abandons the operation (best effort, at
-  // most once). Every send and receive calls it before rethrowing a
-  // CommError, so one failure stops the whole group instead of leaving the
-  // others to their deadlines.
-  void abort_peers(const std::string& reason) noexcept;
+  // Aborts the transport naming `culprit` (at most once): every peer's
+  // pending call fails with `reason`. Every send and receive calls it before
+  // rethrowing a CommError, so one failure stops the whole group instead of
+  // leaving the others to their deadlines.
+  void abort_peers(int culprit, const std::string& reason) noexcept;
 
  private:
   // Receives a message and returns it with its header checked; the payload
@@ -109,12 +109,14 @@ class CollectiveChannel {
   int size_;
   std::string what_;
   std::vector<std::byte> staging_;
-  bool aborted_ = false;       // abort_peers() ran
-  bool peer_aborted_ = false;  // a peer's abort message arrived
+  bool aborted_ = false;  // abort_peers() ran
 };
 
 // Element-wise combine of `in` into `inout`.
 void reduce_into(std::span<float> inout, std::span<const float> in, ReduceOp op);
+// out = a (op) b, element-wise; kMean sums. `out` may alias neither input.
+void reduce_pair(std::span<float> out, std::span<const float> a, std::span<const float> b,
+                 ReduceOp op);
 
 // Splits `count` elements into `parts` contiguous blocks whose sizes differ by
 // at most one; returns parts + 1 offsets.

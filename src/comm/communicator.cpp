@@ -141,11 +141,19 @@ void Communicator::execute(const std::string& what, const std::function<void(Dea
   try {
     body(Deadline::after(options_.timeout));
   } catch (const CommError& e) {
-    std::lock_guard lock(failure_mutex_);
-    if (failure_.empty()) {
-      failure_ = e.what();
-      failure_peer_ = e.peer();
+    {
+      std::lock_guard lock(failure_mutex_);
+      if (failure_.empty()) {
+        failure_ = e.what();
+        failure_peer_ = e.peer();
+      }
     }
+    // Tells every peer (a no-op when the collective's channel already did),
+    // over the transport and through shared memory: ranks blocked on other
+    // peers fail now naming the same culprit instead of running into their
+    // deadlines.
+    transport_.abort(e.peer(), e.what());
+    if (shm_ != nullptr) shm_->abandon(e.peer());
     throw;
   }
 }
@@ -193,10 +201,15 @@ void Communicator::worker_loop(std::stop_token stop) {
   }
 }
 
+void Communicator::announce(const OpDescriptor& desc) {
+  if (shm_ != nullptr) shm_->announce(desc);
+}
+
 void Communicator::allreduce_now(std::span<float> data, ReduceOp op, const OpDescriptor& desc,
                                  Deadline deadline) {
   if (size() == 1) return;
   if (shm_ != nullptr) {
+    shm_->announce(desc);
     shm_->allreduce(data, op, deadline, desc.describe());
     return;
   }
@@ -233,6 +246,7 @@ void Communicator::broadcast(std::span<float> data, int root) {
   }
   const OpDescriptor desc = next_op(OpKind::kBroadcast, data.size(), ReduceOp::kSum, root);
   run_blocking(desc.describe(), [&](Deadline deadline) {
+    announce(desc);
     CollectiveChannel channel(transport_, collective_tag(), desc, deadline);
     binomial_broadcast(channel, std::as_writable_bytes(data), root, options_.chunk_bytes);
   });
@@ -275,6 +289,7 @@ void Communicator::allgatherv(std::span<const float> mine, std::span<float> out,
 void Communicator::allgatherv_bytes(std::span<const std::byte> mine, std::span<std::byte> out,
                                     std::span<const size_t> byte_counts, const OpDescriptor& desc,
                                     Deadline deadline) {
+  announce(desc);
   std::vector<size_t> offsets(byte_counts.size() + 1, 0);
   std::partial_sum(byte_counts.begin(), byte_counts.end(), offsets.begin() + 1);
   if (!mine.empty()) {
@@ -292,6 +307,7 @@ void Communicator::reduce_scatter(std::span<const float> input, std::span<float>
   }
   const OpDescriptor desc = next_op(OpKind::kReduceScatter, input.size(), op);
   run_blocking(desc.describe(), [&](Deadline deadline) {
+    announce(desc);
     std::vector<float> work(input.begin(), input.end());
     std::vector<size_t> offsets(static_cast<size_t>(size()) + 1);
     for (size_t b = 0; b < offsets.size(); ++b) offsets[b] = b * output.size();
@@ -306,6 +322,7 @@ void Communicator::reduce_scatter(std::span<const float> input, std::span<float>
 void Communicator::barrier() {
   const OpDescriptor desc = next_op(OpKind::kBarrier, 0);
   run_blocking(desc.describe(), [&](Deadline deadline) {
+    announce(desc);
     CollectiveChannel channel(transport_, collective_tag(), desc, deadline);
     dissemination_barrier(channel);
   });

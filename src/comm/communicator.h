@@ -14,12 +14,17 @@
 //   root); a rank that receives one disagreeing with what it executes throws
 //   CommError naming both sides ("allreduce #12 (1000 floats, sum) on rank 0
 //   does not match broadcast #12 (10 floats, root 1) from rank 1") and tells
-//   its peers, whose pending calls fail with that reason. Limits: a
-//   broadcast whose every rank thinks it is the root receives nothing and so
-//   detects nothing, and a mismatch between a shared-memory allreduce and
-//   another collective is seen as a timeout.
+//   its peers, whose pending calls fail with that reason. On the
+//   shared-memory path every collective is announced in the rank's control
+//   block, so a shared-memory allreduce facing another collective fails
+//   naming both sides too. Limit: a broadcast whose every rank thinks it is
+//   the root receives nothing and so detects nothing.
 // - Each call is bounded by `timeout`: TimeoutError names the peer awaited;
 //   a dead peer gives CommError naming it.
+// - Failure propagates: the rank that detects it aborts the transport
+//   (Transport::abort), so every rank's pending call fails at once with a
+//   CommError naming the same culprit (the dead, silent or disagreeing rank)
+//   rather than the neighbour it happened to wait on.
 // - After any CommError (including TimeoutError) the communicator is failed:
 //   queued asynchronous work completes with a CommError and every later call
 //   throws CommError ("communicator failed earlier: ..."). Its owner builds a
@@ -166,6 +171,8 @@ class Communicator final : public Collectives {
   void execute(const std::string& what, const std::function<void(Deadline)>& body);
   void throw_if_failed(const std::string& what) const;
   void worker_loop(std::stop_token stop);
+  // Publishes `desc` to the shared-memory peers (mismatch detection there).
+  void announce(const OpDescriptor& desc);
   void allreduce_now(std::span<float> data, ReduceOp op, const OpDescriptor& desc,
                      Deadline deadline);
   void allgatherv_bytes(std::span<const std::byte> mine, std::span<std::byte> out,

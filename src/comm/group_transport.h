@@ -36,6 +36,12 @@ class GroupTransport final : public Transport {
                  Deadline deadline) override {
     parent_.recv_into(parent_rank(peer), tag, out, what, deadline);
   }
+  // Aborts the parent: a failed transport is unusable for every group on it.
+  // `culprit` is passed on as is (the ranks in this layer's errors are the
+  // parent's).
+  void abort(int culprit, const std::string& reason) noexcept override {
+    parent_.abort(culprit, reason);
+  }
 
  private:
   int parent_rank(int peer) const;

@@ -67,6 +67,7 @@ std::vector<std::byte> InProcHub::take(int from, int to, uint64_t tag, const std
       return message;
     }
     if (box.dead.load()) throw CommError(to, what, fmt::format("rank {} was killed", to));
+    if (!box.abort_reason.empty()) throw CommError(box.abort_culprit, what, box.abort_reason);
     if (is_dead(from)) {
       throw CommError(from, what, fmt::format("rank {} died (tag {})", from, tag_text(tag)));
     }
@@ -81,6 +82,37 @@ std::vector<std::byte> InProcHub::take(int from, int to, uint64_t tag, const std
     } else {
       box.arrived.wait_until(lock, deadline.at());
     }
+  }
+}
+
+bool InProcHub::abort_from(int sender, int culprit, const std::string& reason) {
+  {
+    Mailbox& own = *mailboxes_[static_cast<size_t>(sender)];
+    std::lock_guard lock(own.mutex);
+    if (!own.abort_reason.empty()) return false;
+  }
+  const std::string notice = fmt::format("rank {} gave up on the group: {}", sender, reason);
+  for (int r = 0; r < size(); ++r) {
+    Mailbox& box = *mailboxes_[static_cast<size_t>(r)];
+    if (r == sender || box.dead.load()) continue;
+    std::lock_guard lock(box.mutex);
+    if (!box.abort_reason.empty()) continue;
+    box.abort_culprit = culprit;
+    box.abort_reason = notice;
+    box.arrived.notify_all();
+  }
+  return true;
+}
+
+void InProcTransport::abort(int culprit, const std::string& reason) noexcept {
+  try {
+    {
+      std::lock_guard lock(failure_mutex_);
+      if (failure_.empty()) failure_ = reason;
+    }
+    hub_.abort_from(rank_, culprit, reason);
+  } catch (const std::exception&) {
+    // Only allocation can fail here; the peers then learn by their deadlines.
   }
 }
 

@@ -58,12 +58,18 @@ class InProcHub {
     std::map<std::pair<int, uint64_t>, std::deque<std::vector<std::byte>>> queues;
     std::atomic<bool> dead{false};  // read without `mutex` by other ranks' waiters
     bool taken = false;
+    // Set by a peer's abort(): every later take() throws it.
+    int abort_culprit = -1;
+    std::string abort_reason;  // non-empty once a peer aborted
   };
 
   void deliver(int from, int to, uint64_t tag, std::vector<std::byte> message);
   // Pops the next message from `from` with `tag` for `to`, or throws.
   std::vector<std::byte> take(int from, int to, uint64_t tag, const std::string& what,
                               Deadline deadline);
+  // Delivers `sender`'s abort notice to every other live rank; false (and
+  // nothing sent) when `sender` itself already received one.
+  bool abort_from(int sender, int culprit, const std::string& reason);
 
   std::vector<std::unique_ptr<Mailbox>> mailboxes_;
 };
@@ -82,6 +88,7 @@ class InProcTransport final : public Transport {
                               Deadline deadline) override;
   void recv_into(int peer, uint64_t tag, std::span<std::byte> out, const std::string& what,
                  Deadline deadline) override;
+  void abort(int culprit, const std::string& reason) noexcept override;
 
  private:
   friend class InProcHub;

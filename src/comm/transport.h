@@ -13,6 +13,11 @@
 //   passes, or CommError when the peer is known dead or sent garbage.
 // - After any CommError the transport is failed: every later call throws.
 //   Its owner builds a new one (elastic re-formation).
+// - abort() gives up on the whole group at once: it fails this transport and
+//   tells every reachable peer, whose transports fail with the same culprit
+//   and reason. The collectives call it on their first CommError, so a rank
+//   waiting on a live neighbour learns which rank broke the group at once
+//   instead of timing out naming that neighbour.
 // Ownership: the transport owns its sockets and threads; destroying it closes
 // them without blocking for more than a short linger.
 // Thread safety: send() and recv() may be called from several threads at
@@ -46,6 +51,12 @@ class Transport {
   // (CommError naming both sizes otherwise). Lets the collectives avoid a copy.
   virtual void recv_into(int peer, uint64_t tag, std::span<std::byte> out, const std::string& what,
                          Deadline deadline) = 0;
+  // Fails this transport: every pending and later call throws CommError
+  // naming `culprit` (the rank at fault, -1 when unknown) and `reason`; then
+  // notifies every peer not known dead, once. A transport failed by a peer's
+  // notice does not pass it on. Best effort: never throws, never blocks on a
+  // peer.
+  virtual void abort(int culprit, const std::string& reason) noexcept = 0;
 };
 
 }  // namespace dtrain::comm

@@ -48,6 +48,7 @@ bool known_type(uint8_t t) {
     case MessageType::kData:
     case MessageType::kHeartbeat:
     case MessageType::kGoodbye:
+    case MessageType::kAbort:
     case MessageType::kRegister:
     case MessageType::kTable:
     case MessageType::kReject:
@@ -76,6 +77,7 @@ std::string_view to_string(MessageType type) {
     case MessageType::kData: return "data";
     case MessageType::kHeartbeat: return "heartbeat";
     case MessageType::kGoodbye: return "goodbye";
+    case MessageType::kAbort: return "abort";
     case MessageType::kRegister: return "register";
     case MessageType::kTable: return "table";
     case MessageType::kReject: return "reject";

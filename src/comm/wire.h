@@ -37,6 +37,7 @@ enum class MessageType : uint8_t {
   kData = 1,       // transport payload for (receiver, tag)
   kHeartbeat = 2,  // empty; proves the sender is alive
   kGoodbye = 3,    // empty; the sender closed its transport after its last message
+  kAbort = 4,      // i32 culprit rank, then the reason (UTF-8): the sender gave up on the group
   kRegister = 16,  // rendezvous: rank -> coordinator, payload = endpoint record
   kTable = 17,     // rendezvous: coordinator -> rank, payload = all endpoint records
   kReject = 18,    // rendezvous: coordinator -> rank, payload = reason (UTF-8)

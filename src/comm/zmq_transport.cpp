@@ -133,6 +133,11 @@ ZmqTransport::~ZmqTransport() {
   if (connected_) {
     // Goodbye goes after every data frame on each connection, so a peer that
     // reads it knows no more messages will come.
+    std::optional<Failure> pass_on;
+    {
+      std::lock_guard lock(mutex_);
+      if (aborted_ && !abort_sent_) pass_on = failure_;
+    }
     for (size_t p = 0; p < peers_.size(); ++p) {
       if (!peers_[p]) continue;
       bool alive = false;
@@ -143,7 +148,13 @@ ZmqTransport::~ZmqTransport() {
       Peer& peer = *peers_[p];
       std::lock_guard send_lock(peer.send_mutex);
       if (peer.push_closed) continue;
-      if (alive) {
+      if (alive && pass_on) {
+        try {
+          send_abort_frame(peer, static_cast<int>(p), pass_on->peer, pass_on->problem);
+        } catch (const zmq::error_t& e) {
+          logger_.debug("rank {}: abort to rank {} not sent: {}", options_.rank, p, e.what());
+        }
+      } else if (alive) {
         try {
           const auto header = wire::encode_header(
               {wire::MessageType::kGoodbye, 0, static_cast<uint32_t>(options_.rank),
@@ -413,6 +424,57 @@ void ZmqTransport::recv_into(int peer, uint64_t tag, std::span<std::byte> out,
   if (!out.empty()) std::memcpy(out.data(), message.data(), out.size());
 }
 
+bool ZmqTransport::send_abort_frame(Peer& peer, int peer_rank, int culprit,
+                                    const std::string& reason) {
+  if (peer.push_closed) return false;
+  std::vector<std::byte> payload(sizeof(int32_t) + reason.size());
+  const auto culprit32 = static_cast<int32_t>(culprit);
+  std::memcpy(payload.data(), &culprit32, sizeof culprit32);
+  std::memcpy(payload.data() + sizeof culprit32, reason.data(), reason.size());
+  wire::FrameHeader h;
+  h.type = wire::MessageType::kAbort;
+  h.sender = static_cast<uint32_t>(options_.rank);
+  h.receiver = static_cast<uint32_t>(peer_rank);
+  h.job_id = auth_.job_id();
+  h.sequence = peer.next_sequence;
+  const auto header = wire::encode_header(h, payload, auth_, options_.checksum);
+  if (peer.push.send(zmq::const_buffer(header.data(), header.size()),
+                     zmq::send_flags::sndmore | zmq::send_flags::dontwait) &&
+      peer.push.send(zmq::const_buffer(payload.data(), payload.size()),
+                     zmq::send_flags::dontwait)) {
+    ++peer.next_sequence;
+    return true;
+  }
+  return false;
+}
+
+void ZmqTransport::abort(int culprit, const std::string& reason) noexcept {
+  try {
+    std::vector<bool> reachable(peers_.size(), false);
+    {
+      std::lock_guard lock(mutex_);
+      if (aborted_) return;
+      aborted_ = true;
+      abort_sent_ = true;
+      if (!failure_) failure_ = Failure{culprit, reason};
+      for (size_t p = 0; p < peers_.size(); ++p) {
+        reachable[p] = peers_[p] != nullptr && !peer_failure_[p] && !said_goodbye_[p];
+      }
+    }
+    cv_.notify_all();
+    if (!connected_) return;
+    for (size_t p = 0; p < peers_.size(); ++p) {
+      if (!reachable[p]) continue;
+      Peer& peer = *peers_[p];
+      std::lock_guard send_lock(peer.send_mutex);
+      send_abort_frame(peer, static_cast<int>(p), culprit, reason);
+    }
+  } catch (const std::exception& e) {
+    // Best effort: a peer not told fails by its own detection or deadline.
+    logger_.debug("rank {}: abort notice not sent: {}", options_.rank, e.what());
+  }
+}
+
 // ---------------------------------------------------------------- I/O thread
 
 void ZmqTransport::run_io(std::stop_token stop) {
@@ -484,7 +546,7 @@ void ZmqTransport::handle_frame(zmq::message_t& header_part, zmq::message_t& pay
     return;
   }
   if (h.type != wire::MessageType::kData && h.type != wire::MessageType::kHeartbeat &&
-      h.type != wire::MessageType::kGoodbye) {
+      h.type != wire::MessageType::kGoodbye && h.type != wire::MessageType::kAbort) {
     drop(fmt::format("a {} frame, which is not a transport message", wire::to_string(h.type)));
     return;
   }
@@ -525,6 +587,19 @@ void ZmqTransport::handle_frame(zmq::message_t& header_part, zmq::message_t& pay
       queues_[{sender, h.tag}].push_back(std::move(payload_part));
     } else if (h.type == wire::MessageType::kGoodbye) {
       said_goodbye_[sender] = true;
+    } else if (h.type == wire::MessageType::kAbort) {
+      const auto payload = bytes_of(payload_part);
+      int32_t culprit = -1;
+      if (payload.size() >= sizeof culprit) std::memcpy(&culprit, payload.data(), sizeof culprit);
+      if (culprit < -1 || culprit >= options_.world_size) culprit = -1;
+      const size_t skip = std::min(payload.size(), sizeof culprit);
+      const std::string reason(reinterpret_cast<const char*>(payload.data()) + skip,
+                               payload.size() - skip);
+      aborted_ = true;
+      if (!failure_) {
+        failure_ = Failure{culprit, fmt::format("rank {} gave up on the group: {}", sender, reason)};
+        logger_.warn("rank {}: {}", options_.rank, failure_->problem);
+      }
     } else {
       return;  // heartbeat: last_heard_ was all it carried
     }

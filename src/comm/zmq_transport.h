@@ -18,7 +18,9 @@
 //    said goodbye is failed after a short grace (2 heartbeat intervals) that
 //    lets an orderly goodbye still in flight arrive;
 //  - a peer that said goodbye (its transport was destroyed) is not failed,
-//    but a recv() that needs one more message from it fails.
+//    but a recv() that needs one more message from it fails;
+//  - a peer's abort frame (it gave up on the group, see abort()) fails this
+//    whole transport, naming the culprit rank the frame carries.
 // Frames from outside the job (another job id, a bad MAC, an unknown rank,
 // a replayed sequence number) are dropped, counted (dropped_frames()) and
 // logged; they never reach recv(). A frame from a known rank that fails its
@@ -42,7 +44,9 @@
 //
 // Lifetime: construct (binds), take local_endpoint() to the rendezvous,
 // connect() with the table, use, destroy. The destructor sends goodbye to
-// every peer, stops the I/O thread and closes the sockets, waiting at most
+// every peer (or, when a peer's abort failed this transport, passes that
+// abort on instead: a goodbye could overtake the original abort on its way
+// to a third rank, which would then blame this rank), stops the I/O thread and closes the sockets, waiting at most
 // `linger` for queued frames to leave. The Logger must outlive the transport.
 // Thread safety: send()/recv() as in transport.h; connect() once, before any
 // send() or recv().
@@ -126,6 +130,9 @@ class ZmqTransport final : public Transport {
                               Deadline deadline) override;
   void recv_into(int peer, uint64_t tag, std::span<std::byte> out, const std::string& what,
                  Deadline deadline) override;
+  // Sends an abort frame (docs/wire-format.md) to every peer not known dead.
+  // A peer receiving one fails its transport naming `culprit`.
+  void abort(int culprit, const std::string& reason) noexcept override;
 
   // Frames dropped because they did not belong to the job or failed
   // authentication.
@@ -143,6 +150,8 @@ class ZmqTransport final : public Transport {
   [[noreturn]] void fail_call(int peer, const std::string& what, const std::string& problem);
   void send_frame(Peer& peer, int peer_rank, wire::MessageType type, uint64_t tag,
                   std::span<const std::byte> payload, const std::string& what, Deadline deadline);
+  // Queues an abort frame (never blocks); the caller holds peer.send_mutex.
+  bool send_abort_frame(Peer& peer, int peer_rank, int culprit, const std::string& reason);
 
   // I/O thread.
   void run_io(std::stop_token stop);
@@ -174,6 +183,8 @@ class ZmqTransport final : public Transport {
   std::vector<Deadline::Clock::time_point> last_heard_;
   std::vector<std::optional<Deadline::Clock::time_point>> disconnected_since_;
   std::optional<Failure> failure_;
+  bool aborted_ = false;     // abort() ran, or a peer's abort frame arrived
+  bool abort_sent_ = false;  // abort() ran (set with aborted_)
 
   std::atomic<uint64_t> dropped_frames_{0};
   std::unique_ptr<RendezvousServer> coordinator_;

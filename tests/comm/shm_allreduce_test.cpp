@@ -178,6 +178,57 @@ TEST(ShmAllreduce, MismatchedCountsAreNamed) {
       << error_of_rank1;
 }
 
+// Runs body(rank, comm) on two threads sharing memory and returns each rank's
+// error message ("" if none).
+std::vector<std::string> shm_errors(const std::function<void(int, Communicator&)>& body) {
+  const std::string job = unique_job("comm-mismatch");
+  std::vector<std::string> errors(2);
+  testing::run_ranks(2, [&](int rank, Transport& transport) {
+    CommunicatorOptions o;
+    o.job_id = job;
+    o.timeout = std::chrono::seconds(20);
+    Communicator comm(transport, o);
+    EXPECT_TRUE(comm.uses_shm());
+    try {
+      body(rank, comm);
+    } catch (const CommError& e) {
+      errors[static_cast<size_t>(rank)] = e.what();
+    }
+  });
+  return errors;
+}
+
+TEST(ShmAllreduce, AllreduceAgainstAnotherCollectiveNamesBothSides) {
+  const auto errors = shm_errors([](int rank, Communicator& comm) {
+    std::vector<float> data(100, 1.0f);
+    if (rank == 0) comm.allreduce(data, ReduceOp::kSum);
+    else comm.broadcast(data, 0);  // waits for rank 0 over the transport
+  });
+  // Operation #1 was the host check.
+  const std::string both = "allreduce #2 (100 floats, sum) on rank 0 does not match broadcast #2 "
+                           "(100 floats, root 0) on rank 1";
+  EXPECT_NE(errors[0].find(both), std::string::npos) << errors[0];
+  // Rank 1 learns it from rank 0's abort instead of waiting for its deadline.
+  EXPECT_NE(errors[1].find(both), std::string::npos) << errors[1];
+}
+
+TEST(ShmAllreduce, PeerThatRanAheadIsReportedWithWhatItRuns) {
+  const auto errors = shm_errors([](int rank, Communicator& comm) {
+    std::vector<float> data(100, 1.0f);
+    if (rank == 0) {
+      comm.allreduce(data, ReduceOp::kSum);
+    } else {
+      comm.broadcast(data, 1);  // the root sends and returns
+      comm.barrier();
+    }
+  });
+  EXPECT_NE(errors[0].find("allreduce #2 (100 floats, sum) on rank 0 does not match rank 1, which "
+                           "finished it without this rank and runs barrier #3"),
+            std::string::npos)
+      << errors[0];
+  EXPECT_NE(errors[1].find("barrier #3"), std::string::npos) << errors[1];
+}
+
 TEST(ShmAllreduce, CommunicatorPicksSharedMemoryOnOneHost) {
   const std::string job = unique_job("comm");
   testing::run_ranks(3, [&](int rank, Transport& transport) {

@@ -291,6 +291,39 @@ TEST(ZmqTransport, ForeignFramesAreDroppedAndLogged) {
   EXPECT_THROW(g.ranks[0]->recv(1, 1, "test", Deadline::after(100ms)), TimeoutError);
 }
 
+TEST(ZmqTransport, AbortFailsEveryPeerNamingTheCulprit) {
+  Group g = make_group(3, JobAuth("abort", "secret"), /*prefer_ipc=*/true);
+  // Rank 2 waits on rank 1, which is alive and sends nothing: only rank 0's
+  // abort can end the wait before its deadline.
+  auto waiting = std::async(std::launch::async, [&] {
+    try {
+      g.ranks[2]->recv(1, 7, "allreduce #4", Deadline::after(60s));
+      return std::string("no error");
+    } catch (const TimeoutError& e) {
+      return std::string("timed out: ") + e.what();
+    } catch (const CommError& e) {
+      EXPECT_EQ(e.peer(), 1);
+      return std::string(e.what());
+    }
+  });
+  g.ranks[0]->abort(1, "rank 1 sent garbage");
+  EXPECT_EQ(waiting.get(), "allreduce #4 with rank 1: rank 0 gave up on the group: rank 1 sent garbage");
+  // The aborting transport and every receiver are failed for good.
+  EXPECT_THROW(g.ranks[0]->send(2, 7, pattern(4, 0, 2, 7, 0), "send", Deadline::after(5s)),
+               CommError);
+  try {
+    g.ranks[1]->recv(0, 7, "recv", Deadline::after(60s));
+    ADD_FAILURE() << "rank 1 received a message";
+  } catch (const CommError& e) {
+    EXPECT_EQ(e.peer(), 1) << e.what();
+    EXPECT_NE(std::string(e.what()).find("rank 0 gave up on the group"), std::string::npos)
+        << e.what();
+  }
+  // Aborting again sends nothing more and does not throw.
+  g.ranks[0]->abort(2, "again");
+  g.ranks[2]->abort(2, "received one already");
+}
+
 TEST(ZmqTransport, MisuseIsAUsageError) {
   const JobAuth auth("zmq-misuse", "");
   ZmqTransport lone(test_options(0, 2), auth, Logger::null());
