@@ -5,7 +5,7 @@ Trains the MNIST MLP (784-256-256-10) or LeNet-5 with SGD (momentum 0.9) on
 pre-generated random batches of 128 (compute only, no data loading), the same
 work as bench/train/train_step_bench.cpp, and prints one JSON line per
 repetition: {"model": ..., "samples_per_s": ...}.
-Usage: torch_train_bench.py MODEL STEPS REPS THREADS
+Usage: torch_train_bench.py MODEL STEPS REPS THREADS [BATCH]
 """
 import json
 import sys
@@ -34,7 +34,7 @@ def main():
     model = {"mlp": mlp, "lenet5": lenet5}[model_name]()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
-    batch = 128
+    batch = int(sys.argv[5]) if len(sys.argv) > 5 else 128
     xs = [torch.randn(batch, 1, 28, 28) for _ in range(8)]
     ys = [torch.randint(0, 10, (batch,)) for _ in range(8)]
 

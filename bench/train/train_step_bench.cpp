@@ -2,10 +2,10 @@
 // (784-256-256-10) or LeNet-5, SGD with momentum 0.9, batch 128, on
 // pre-generated random batches (compute only, as torch_train_bench.py).
 // Prints one JSON line per repetition: {"model": ..., "samples_per_s": ...}.
-// Usage: train_step_bench MODEL STEPS REPS [WORKERS [mirrored|allreduce]]
+// Usage: train_step_bench MODEL STEPS REPS [WORKERS [mirrored|allreduce [BATCH]]]
 //   WORKERS > 1: that many replicas in one process (mirrored) or that many
 //   processes started here (allreduce, the default), one thread each; the
-//   global batch of 128 is split among them. With allreduce, rank 0 also
+//   global batch (default 128) is split among them. With allreduce, rank 0 also
 //   prints the share of allreduce time hidden behind backward.
 #include <chrono>
 #include <cstdio>
@@ -71,7 +71,7 @@ train::ModelConfig model_config(const std::string& name) {
 
 int main(int argc, char** argv) {
   if (argc < 4) {
-    std::fprintf(stderr, "usage: %s mlp|lenet5 STEPS REPS [WORKERS]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s mlp|lenet5 STEPS REPS [WORKERS [mirrored|allreduce [BATCH]]]\n", argv[0]);
     return 2;
   }
   const std::string name = argv[1];
@@ -79,6 +79,7 @@ int main(int argc, char** argv) {
   const int reps = std::atoi(argv[3]);
   const int workers = argc > 4 ? std::atoi(argv[4]) : 1;
   const std::string mode = argc > 5 ? argv[5] : "allreduce";
+  const int64_t batch = argc > 6 ? std::atoll(argv[6]) : 128;
   const auto env = cli::current_environment();
   const comm::LaunchInfo launch = comm::resolve_launch_env(env);
   if (workers > 1 && mode == "allreduce" && launch.world_size == 1) {
@@ -112,20 +113,19 @@ int main(int argc, char** argv) {
   } else {
     strat = std::make_unique<strategy::LocalStrategy>(train::build_model(config, rng), make_optimizer);
   }
-  constexpr int64_t kBatch = 128;
   std::vector<Tensor> xs;
   std::vector<std::vector<int64_t>> ys;
   for (int b = 0; b < 8; ++b) {
-    Tensor x = Tensor::empty({kBatch, 1, 28, 28});
+    Tensor x = Tensor::empty({batch, 1, 28, 28});
     for (float& v : x.span()) v = rng.normal();
     std::vector<int64_t> y;
-    for (int64_t i = 0; i < kBatch; ++i) y.push_back(static_cast<int64_t>(rng.below(10)));
+    for (int64_t i = 0; i < batch; ++i) y.push_back(static_cast<int64_t>(rng.below(10)));
     xs.push_back(x);
     ys.push_back(std::move(y));
   }
   // This process's rows of each global batch.
   const int64_t world = launch.world_size, rank = launch.rank;
-  const int64_t lo = kBatch * rank / world, hi = kBatch * (rank + 1) / world;
+  const int64_t lo = batch * rank / world, hi = batch * (rank + 1) / world;
   auto step = [&](int i) {
     const auto& y = ys[static_cast<size_t>(i % 8)];
     strat->train_step(xs[static_cast<size_t>(i % 8)].narrow(lo, hi - lo),
@@ -144,9 +144,9 @@ int main(int argc, char** argv) {
     if (rank != 0) continue;
     if (allreduce != nullptr) {
       std::printf("{\"model\": \"%s\", \"samples_per_s\": %.1f, \"hidden_share\": %.3f}\n", name.c_str(),
-                  steps * kBatch / seconds, hidden / steps);
+                  steps * batch / seconds, hidden / steps);
     } else {
-      std::printf("{\"model\": \"%s\", \"samples_per_s\": %.1f}\n", name.c_str(), steps * kBatch / seconds);
+      std::printf("{\"model\": \"%s\", \"samples_per_s\": %.1f}\n", name.c_str(), steps * batch / seconds);
     }
     std::fflush(stdout);
   }
