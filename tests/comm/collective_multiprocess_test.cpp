@@ -22,6 +22,7 @@
 #include "comm/rendezvous.h"
 #include "comm/zmq_transport.h"
 #include "core/error.h"
+#include "testing/fault_fs.h"
 #include "testing/process.h"
 
 namespace dtrain::comm {
@@ -47,25 +48,10 @@ std::string env_or(const char* name, const char* fallback) {
 
 // ------------------------------------------------------------ parent side
 
-// A directory for the children's ipc sockets, removed with everything in it
-// (a killed child cannot remove its own socket file).
-struct TempDir {
-  std::filesystem::path path;
-  TempDir() {
-    std::string templ = (std::filesystem::temp_directory_path() / "dtrain-coll-XXXXXX").string();
-    if (mkdtemp(templ.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path = templ;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path, ignored);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-};
-
 struct Job {
-  TempDir ipc_dir;  // declared before `children`: removed after they are reaped
+  // The children's ipc sockets (a killed child cannot remove its own);
+  // declared before `children`: removed after they are reaped.
+  dtrain::testing::TempDir ipc_dir;
   std::string name;
   int world = 0;
   std::unique_ptr<RendezvousServer> coordinator;
@@ -86,7 +72,7 @@ struct Job {
            {"DTRAIN_TEST_JOB", name},
            {"DTRAIN_TEST_SCENARIO", scenario},
            {"DTRAIN_TEST_SHM", shm ? "1" : "0"},
-           {"DTRAIN_TEST_IPC_DIR", ipc_dir.path.string()},
+           {"DTRAIN_TEST_IPC_DIR", ipc_dir.path()},
            {"DTRAIN_TEST_COORDINATOR", coordinator->address()}}));
     }
   }

@@ -9,46 +9,17 @@
 #include "nn/sequential.h"
 #include "optim/sgd.h"
 #include "strategy/local_strategy.h"
+#include "strategy_test_util.h"
 #include "strategy/mirrored_strategy.h"
 #include "strategy/replica_threads.h"
 
 namespace dtrain::strategy {
 namespace {
 
-std::unique_ptr<nn::Module> make_mlp(uint64_t seed) {
-  Rng rng(seed);
-  auto model = std::make_unique<nn::Sequential>();
-  model->add("fc1", std::make_unique<nn::Linear>(6, 16, rng));
-  model->add("relu", std::make_unique<nn::ReLU>());
-  model->add("fc2", std::make_unique<nn::Linear>(16, 3, rng));
-  return model;
-}
-
-OptimizerFactory sgd() {
-  return [](std::vector<Variable> params) {
-    optim::SgdOptions o;
-    o.lr = 0.1f;
-    o.momentum = 0.9f;
-    return std::make_unique<optim::Sgd>(std::move(params), o);
-  };
-}
-
-struct Batch {
-  Tensor x;
-  std::vector<int64_t> y;
-};
-
-std::vector<Batch> make_batches(int count, int64_t rows, uint64_t seed) {
-  Rng rng(seed);
-  std::vector<Batch> batches;
-  for (int b = 0; b < count; ++b) {
-    Batch batch{Tensor::empty({rows, 6}), {}};
-    for (float& v : batch.x.span()) v = rng.normal();
-    for (int64_t i = 0; i < rows; ++i) batch.y.push_back(static_cast<int64_t>(rng.below(3)));
-    batches.push_back(std::move(batch));
-  }
-  return batches;
-}
+using test::Batch;
+using test::make_batches;
+using test::make_mlp;
+using test::sgd;
 
 double max_relative_difference(nn::Module& a, nn::Module& b) {
   auto pa = a.parameters();

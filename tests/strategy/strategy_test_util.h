@@ -1,0 +1,53 @@
+// Shared by the strategy tests: a small MLP (6 -> 16 -> 3) built from a
+// seed, an SGD-with-momentum factory, and random batches for it.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "core/rng.h"
+#include "nn/activation.h"
+#include "nn/linear.h"
+#include "nn/sequential.h"
+#include "optim/sgd.h"
+#include "strategy/strategy.h"
+
+namespace dtrain::strategy::test {
+
+inline std::unique_ptr<nn::Module> make_mlp(uint64_t seed) {
+  Rng rng(seed);
+  auto model = std::make_unique<nn::Sequential>();
+  model->add("fc1", std::make_unique<nn::Linear>(6, 16, rng));
+  model->add("relu", std::make_unique<nn::ReLU>());
+  model->add("fc2", std::make_unique<nn::Linear>(16, 3, rng));
+  return model;
+}
+
+inline OptimizerFactory sgd() {
+  return [](std::vector<Variable> params) {
+    optim::SgdOptions o;
+    o.lr = 0.1f;
+    o.momentum = 0.9f;
+    return std::make_unique<optim::Sgd>(std::move(params), o);
+  };
+}
+
+struct Batch {
+  Tensor x;
+  std::vector<int64_t> y;
+};
+
+// `count` batches of `rows` samples with 6 features and labels in [0, 3).
+inline std::vector<Batch> make_batches(int count, int64_t rows, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<Batch> batches;
+  for (int b = 0; b < count; ++b) {
+    Batch batch{Tensor::empty({rows, 6}), {}};
+    for (float& v : batch.x.span()) v = rng.normal();
+    for (int64_t i = 0; i < rows; ++i) batch.y.push_back(static_cast<int64_t>(rng.below(3)));
+    batches.push_back(std::move(batch));
+  }
+  return batches;
+}
+
+}  // namespace dtrain::strategy::test
