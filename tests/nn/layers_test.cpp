@@ -10,26 +10,13 @@
 #include "autograd/functions.h"
 #include "core/error.h"
 #include "core/rng.h"
+#include "testing/expect_error.h"
 
 namespace dtrain::nn {
 namespace {
 
-template <class Fn>
-void expect_usage_error(Fn&& fn, const std::string& message) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected UsageError: " << message;
-  } catch (const UsageError& e) {
-    EXPECT_EQ(std::string(e.what()), message);
-  }
-}
-
-Tensor random_tensor(Shape shape, Rng& rng) {
-  Tensor t = Tensor::empty(std::move(shape));
-  for (float& v : t.span()) v = rng.normal();
-  return t;
-}
-
+using testing::expect_usage_error;
+using testing::normal_tensor;
 TEST(LayerShapes, EachLayerComputesItsOutputShape) {
   Rng rng(1);
   EXPECT_EQ(Linear(5, 3, rng).output_shape({7, 5}), (Shape{7, 3}));
@@ -119,7 +106,7 @@ TEST(LayerForward, ShapesAgreeWithOutputShape) {
   cases.emplace_back(std::make_unique<GELU>(), Shape{2, 3});
   cases.emplace_back(std::make_unique<BatchNorm2d>(2), Shape{3, 2, 2, 2});
   for (auto& [layer, shape] : cases) {
-    const Variable y = layer->forward(Variable(random_tensor(shape, rng)));
+    const Variable y = layer->forward(Variable(normal_tensor(shape, rng)));
     EXPECT_EQ(y.shape(), layer->output_shape(shape)) << layer->kind();
   }
 }

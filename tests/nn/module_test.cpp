@@ -11,21 +11,12 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "nn/layers.h"
+#include "testing/expect_error.h"
 
 namespace dtrain::nn {
 namespace {
 
-// Expects fn() to throw UsageError whose message is exactly `message`.
-template <class Fn>
-void expect_usage_error(Fn&& fn, const std::string& message) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected UsageError: " << message;
-  } catch (const UsageError& e) {
-    EXPECT_EQ(std::string(e.what()), message);
-  }
-}
-
+using testing::expect_usage_error;
 // Expects fn() to throw UsageError whose message contains `part`.
 template <class Fn>
 void expect_usage_error_containing(Fn&& fn, const std::string& part) {

@@ -16,26 +16,13 @@
 #include "optim/adam.h"
 #include "optim/optimizer_config.h"
 #include "optim/sgd.h"
+#include "testing/expect_error.h"
 
 namespace dtrain::optim {
 namespace {
 
-template <class Fn>
-void expect_usage_error(Fn&& fn, const std::string& message) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected UsageError: " << message;
-  } catch (const UsageError& e) {
-    EXPECT_EQ(std::string(e.what()), message);
-  }
-}
-
-Tensor normal_tensor(Shape shape, Rng& rng) {
-  Tensor t = Tensor::empty(std::move(shape));
-  for (float& v : t.span()) v = rng.normal();
-  return t;
-}
-
+using testing::expect_usage_error;
+using testing::normal_tensor;
 bool bit_identical(const Tensor& a, const Tensor& b) {
   return a.shape() == b.shape() &&
          std::memcmp(a.data(), b.data(), sizeof(float) * static_cast<size_t>(a.numel())) == 0;
