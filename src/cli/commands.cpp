@@ -12,6 +12,9 @@
 #include "cli/worker_comm.h"
 #include "comm/communicator.h"
 #include "comm/launch_env.h"
+#ifdef DTRAIN_HAVE_MPI
+#include "comm/mpi_collectives.h"
+#endif
 #include "core/error.h"
 #include "core/log.h"
 #include "data/csv.h"
@@ -79,7 +82,40 @@ void check_input_shape(const train::JobConfig& job, const data::TensorDataset& d
   }
 }
 
-std::unique_ptr<strategy::Strategy> make_strategy(const train::JobConfig& job, comm::Communicator* worker) {
+// How a worker process talks to the others: dtrain's Communicator, or MPI.
+struct WorkerCollectives {
+  std::unique_ptr<comm::Communicator> native;
+#ifdef DTRAIN_HAVE_MPI
+  std::unique_ptr<comm::MpiSession> mpi_session;
+  std::unique_ptr<comm::MpiCollectives> mpi;
+#endif
+};
+
+WorkerCollectives connect_collectives(const train::JobConfig& job, const comm::LaunchInfo& launch,
+                                      const std::map<std::string, std::string>& env, Logger& logger) {
+  WorkerCollectives out;
+  if (job.distributed.backend == "mpi") {
+#ifdef DTRAIN_HAVE_MPI
+    out.mpi_session = std::make_unique<comm::MpiSession>(nullptr, nullptr);
+    out.mpi = std::make_unique<comm::MpiCollectives>();
+    if (out.mpi->size() != launch.world_size || out.mpi->rank() != launch.rank) {
+      throw ConfigError(job.source, "distributed.backend", 0,
+                        fmt::format("MPI says rank {} of {}, the environment ({}) rank {} of {}: the "
+                                    "mpi backend needs a job started by mpirun",
+                                    out.mpi->rank(), out.mpi->size(), launch.source, launch.rank,
+                                    launch.world_size));
+    }
+    return out;
+#else
+    throw ConfigError(job.source, "distributed.backend", 0, "this dtrain was built without MPI");
+#endif
+  }
+  out.native = connect_worker(job.name, launch, env, std::chrono::milliseconds(job.distributed.timeout_ms),
+                              logger);
+  return out;
+}
+
+std::unique_ptr<strategy::Strategy> make_strategy(const train::JobConfig& job, WorkerCollectives* worker) {
   Rng rng(job.seed);
   auto model = train::build_model(job.model, rng, job.source);
   auto make_optimizer = [&job](std::vector<Variable> params) {
@@ -89,8 +125,15 @@ std::unique_ptr<strategy::Strategy> make_strategy(const train::JobConfig& job, c
     strategy::AllReduceOptions o;
     o.bucket_bytes = static_cast<size_t>(job.distributed.bucket_bytes);
     o.timeout = std::chrono::milliseconds(job.distributed.timeout_ms);
+    o.accumulation_steps = job.distributed.accumulation_steps;
+#ifdef DTRAIN_HAVE_MPI
+    if (worker->mpi) {
+      return std::make_unique<strategy::AllReduceStrategy>(
+          std::move(model), make_optimizer, static_cast<comm::Collectives&>(*worker->mpi), o);
+    }
+#endif
     return std::make_unique<strategy::AllReduceStrategy>(std::move(model), make_optimizer,
-                                                         *worker, o);
+                                                         *worker->native, o);
   }
   if (job.distributed.strategy == "mirrored") {
     auto make_replica = [&job] {
@@ -127,7 +170,16 @@ int run_train(const TrainOptions& options, std::ostream& out) {
 
   // A process of a launched job (by this launcher, mpirun or srun) trains;
   // otherwise allreduce with N workers starts them here and supervises.
-  const comm::LaunchInfo launch = comm::resolve_launch_env(options.environment);
+  comm::LaunchOverrides overrides;
+  overrides.rank = options.rank;
+  overrides.world_size = options.world_size;
+  overrides.coordinator = options.coordinator;
+  if (job.distributed.backend == "mpi" && !overrides.coordinator &&
+      options.environment.count("DTRAIN_COORDINATOR") == 0) {
+    // MPI finds its peers itself: no rendezvous, so no coordinator to name.
+    overrides.coordinator = "127.0.0.1:1";
+  }
+  const comm::LaunchInfo launch = comm::resolve_launch_env(options.environment, overrides);
   const bool is_worker = launch.world_size > 1;
   if (!is_worker && strategy_name == "allreduce" && job.distributed.workers > 1) {
     LaunchOptions l;
@@ -152,12 +204,13 @@ int run_train(const TrainOptions& options, std::ostream& out) {
   Logger& logger = Logger::stderr_logger();
   const bool chief = launch.rank == 0;
   if (!chief) logger.set_level(LogLevel::kWarn);
-  std::unique_ptr<comm::Communicator> communicator;
-  if (is_worker) {
-    communicator = connect_worker(job.name, launch, options.environment,
-                                  std::chrono::milliseconds(job.distributed.timeout_ms), logger);
+  if (!is_worker && job.distributed.accumulation_steps != 1) {
+    throw ConfigError(job.source, "distributed.accumulation_steps", 0,
+                      "gradient accumulation needs the allreduce strategy with several workers");
   }
-  std::unique_ptr<strategy::Strategy> strategy = make_strategy(job, communicator.get());
+  WorkerCollectives worker;
+  if (is_worker) worker = connect_collectives(job, launch, options.environment, logger);
+  std::unique_ptr<strategy::Strategy> strategy = make_strategy(job, is_worker ? &worker : nullptr);
 
   train::Trainer trainer(job, *strategy, logger);
   std::unique_ptr<train::JsonLinesWriter> metrics;

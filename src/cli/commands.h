@@ -21,6 +21,11 @@ struct TrainOptions {
   std::optional<int64_t> threads;
   std::optional<bool> resume;
   std::string progress = "plain";  // bar | plain | none
+  // A worker's place in a launched job; each overrides its environment
+  // variable (DTRAIN_RANK, DTRAIN_WORLD_SIZE, DTRAIN_COORDINATOR).
+  std::optional<int> rank;
+  std::optional<int> world_size;
+  std::optional<std::string> coordinator;
   // The process's environment (rank, world size and coordinator of a
   // launched worker: DTRAIN_*, mpirun's OMPI_*, Slurm's SLURM_*; the job
   // secret DTRAIN_JOB_SECRET) and its command line (to start the workers).

@@ -325,11 +325,18 @@ train::JobConfig parse_job(const std::string& toml_text, const std::string& sour
     r.read("workers", job.distributed.workers);
     r.read("bucket_bytes", job.distributed.bucket_bytes);
     r.read("timeout_ms", job.distributed.timeout_ms);
+    r.read("accumulation_steps", job.distributed.accumulation_steps);
+    r.read("backend", job.distributed.backend);
     r.finish();
     check_choice(file, "distributed.strategy", job.distributed.strategy, {"local", "mirrored", "allreduce"}, t);
     if (job.distributed.workers < 1) {
       throw ConfigError(file, "distributed.workers", line_of(*t->get("workers")), "must be at least 1");
     }
+    if (job.distributed.accumulation_steps < 1) {
+      throw ConfigError(file, "distributed.accumulation_steps", line_of(*t->get("accumulation_steps")),
+                        "must be at least 1");
+    }
+    check_choice(file, "distributed.backend", job.distributed.backend, {"native", "mpi"}, t);
   }
   job.schedule.lr = job.optimizer.lr;
   if (job.model.layers.empty()) throw ConfigError(file, "model.layers", 0, "the model has no layers");

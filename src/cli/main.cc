@@ -44,6 +44,11 @@ int main(int argc, char** argv) {
                         "Number of workers: processes started here (allreduce) or replicas (mirrored)");
   train_cmd->add_option("--strategy", train.strategy,
                         "local | mirrored | allreduce (default: allreduce with --workers N > 1)");
+  train_cmd->add_option("--rank", train.rank, "This worker's rank (default: DTRAIN_RANK, mpirun's or Slurm's)");
+  train_cmd->add_option("--world-size", train.world_size,
+                        "Workers in the job (default: DTRAIN_WORLD_SIZE, mpirun's or Slurm's)");
+  train_cmd->add_option("--coordinator", train.coordinator,
+                        "host:port where rank 0 hosts the rendezvous (default: DTRAIN_COORDINATOR)");
   train_cmd->add_option("--output", train.output, "Output folder (overrides job.output)");
   train_cmd->add_option("--threads", train.threads, "BLAS threads per worker (default 1)");
   bool resume = false;

@@ -157,6 +157,7 @@ class AllReduceStrategy : public Strategy {
   const AllReduceOptions& options() const { return options_; }
   int64_t rank() const override { return collectives_.rank(); }
   int64_t world_size() const override { return collectives_.size(); }
+  int64_t accumulation_steps() const override { return options_.accumulation_steps; }
   // The update's statistics over all workers once an update happened.
   StepStats step_totals(const StepStats& local) const override {
     return updated_ ? global_stats_ : local;

@@ -74,6 +74,10 @@ class Strategy {
   // backward, aggregation, one update. Returns the step's statistics.
   virtual StepStats train_step(const Tensor& inputs, std::span<const int64_t> targets) = 0;
 
+  // train_step() calls per update: the trainer splits this process's rows of
+  // each global batch into that many micro-batches (gradient accumulation).
+  virtual int64_t accumulation_steps() const { return 1; }
+
   // The statistics of the last step summed over every process, given what
   // train_step() returned on this one.
   virtual StepStats step_totals(const StepStats& local) const { return local; }

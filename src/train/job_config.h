@@ -73,6 +73,11 @@ struct DistributedConfig {
   int64_t workers = 1;             // replicas (mirrored) or processes (allreduce)
   int64_t bucket_bytes = 1 << 20;  // allreduce: gradient bucket size
   int64_t timeout_ms = 60000;      // allreduce: bound on every collective
+  int64_t accumulation_steps = 1;  // allreduce: micro-batches per update
+  // allreduce: "native" (dtrain's collectives: deadlines, shared memory on
+  // one host, ZeroMQ across hosts) or "mpi" (MPI_Allreduce, for a job
+  // started by mpirun on a fast fabric; MPI calls have no deadline).
+  std::string backend = "native";
 };
 
 struct JobConfig {

@@ -184,9 +184,16 @@ Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset
       // This process's rows of the global batch (all of it with one process).
       const int64_t rows = batch->size();
       const int64_t lo = rows * rank / world, hi = rows * (rank + 1) / world;
-      const strategy::StepStats stats = strategy_.step_totals(strategy_.train_step(
-          batch->x.narrow(lo, hi - lo),
-          std::span<const int64_t>(batch->y).subspan(static_cast<size_t>(lo), static_cast<size_t>(hi - lo))));
+      // Gradient accumulation: k micro-batches of those rows, one update.
+      const int64_t k = strategy_.accumulation_steps();
+      strategy::StepStats mine;
+      for (int64_t m = 0; m < k; ++m) {
+        const int64_t a = lo + (hi - lo) * m / k, b = lo + (hi - lo) * (m + 1) / k;
+        mine += strategy_.train_step(
+            batch->x.narrow(a, b - a),
+            std::span<const int64_t>(batch->y).subspan(static_cast<size_t>(a), static_cast<size_t>(b - a)));
+      }
+      const strategy::StepStats stats = strategy_.step_totals(mine);
       const double dt = seconds_since(t0);
       ++position.step;
       ++position.batch_in_epoch;

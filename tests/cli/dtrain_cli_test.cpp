@@ -164,6 +164,12 @@ TEST(DtrainCli, AllReduceWorkersMatchOneProcess) {
         << run.output;
     EXPECT_LT(max_relative_difference(dir.file("one/model.safetensors"), out + "/model.safetensors"), 1e-4);
   }
+  // Two micro-batches per worker and update: still the same updates.
+  CliRun accumulated = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("acc"), "--workers",
+                                   "2", "--set", "distributed.accumulation_steps=2"});
+  ASSERT_TRUE(accumulated.status.ok()) << accumulated.output;
+  EXPECT_NE(accumulated.output.find("done: 3 epochs, 60 steps"), std::string::npos) << accumulated.output;
+  EXPECT_LT(max_relative_difference(dir.file("one/model.safetensors"), dir.file("acc/model.safetensors")), 1e-4);
 }
 
 // A port that was free a moment ago (for a coordinator under mpirun).
@@ -185,16 +191,24 @@ TEST(DtrainCli, UnderMpirun) {
   write_file(dir.file("job.toml"), kBlobsJob);
   CliRun one = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("one")});
   ASSERT_TRUE(one.status.ok()) << one.output;
-  const std::string coordinator = "DTRAIN_COORDINATOR=127.0.0.1:" + std::to_string(free_port());
-  testing::ChildProcess child = testing::ChildProcess::spawn(
-      {"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1", "/usr/bin/mpirun", "-np", "2", "--oversubscribe",
-       "-x", coordinator, "-x", "OPENBLAS_NUM_THREADS=1", DTRAIN_BINARY, "train",
-       dir.file("job.toml"), "--output", dir.file("mpi")},
-      {{"OMPI_ALLOW_RUN_AS_ROOT", "1"}, {"OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"}, {"ASAN_OPTIONS", "detect_leaks=0"}});
-  auto status = child.wait(Deadline::after(std::chrono::seconds(240)));
-  ASSERT_TRUE(status && status->ok()) << child.output();
-  EXPECT_NE(child.output().find("strategy allreduce with 2 workers"), std::string::npos) << child.output();
-  EXPECT_LT(max_relative_difference(dir.file("one/model.safetensors"), dir.file("mpi/model.safetensors")), 1e-4);
+  for (const char* backend : {"native", "mpi"}) {
+    // The mpi backend needs no coordinator.
+    const std::string coordinator = std::string(backend) == "mpi"
+                                        ? "OPENBLAS_NUM_THREADS=1"
+                                        : "DTRAIN_COORDINATOR=127.0.0.1:" + std::to_string(free_port());
+    const std::string out = dir.file(std::string("mpi-") + backend);
+    testing::ChildProcess child = testing::ChildProcess::spawn(
+        {"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1", "/usr/bin/mpirun", "-np", "2", "--oversubscribe",
+         "-x", coordinator, "-x", "OPENBLAS_NUM_THREADS=1", DTRAIN_BINARY, "train", dir.file("job.toml"),
+         "--output", out, "--set", std::string("distributed.backend=\"") + backend + "\""},
+        {{"OMPI_ALLOW_RUN_AS_ROOT", "1"}, {"OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"},
+         {"ASAN_OPTIONS", "detect_leaks=0"}});
+    auto status = child.wait(Deadline::after(std::chrono::seconds(240)));
+    ASSERT_TRUE(status && status->ok()) << backend << ": " << child.output();
+    EXPECT_NE(child.output().find("strategy allreduce with 2 workers"), std::string::npos) << child.output();
+    EXPECT_LT(max_relative_difference(dir.file("one/model.safetensors"), out + "/model.safetensors"), 1e-4)
+        << backend;
+  }
 }
 
 TEST(DtrainCli, AKilledWorkerEndsTheJobWithItsName) {
