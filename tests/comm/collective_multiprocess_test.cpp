@@ -22,7 +22,7 @@
 #include "comm/rendezvous.h"
 #include "comm/zmq_transport.h"
 #include "core/error.h"
-#include "testing/fault_fs.h"
+#include "multiprocess_job.h"
 #include "testing/process.h"
 
 namespace dtrain::comm {
@@ -34,94 +34,43 @@ using testing::rank_input;
 using testing::serial_reduce;
 
 constexpr auto kChildDeadline = 120s;
-constexpr const char* kStarted = "DTRAIN_CHILD_STARTED";
-constexpr const char* kReady = "DTRAIN_READY";
 // Collective timeout in the failure scenarios: far longer than failure
 // detection (heartbeat timeout 1 s), so survivors that fail naming the
 // victim before it prove the failure was detected and propagated.
 constexpr auto kFailureTimeout = 6s;
 
-std::string env_or(const char* name, const char* fallback) {
-  const char* v = std::getenv(name);  // test harness only; library code never reads the env
-  return v ? v : fallback;
-}
-
 // ------------------------------------------------------------ parent side
 
-struct Job {
-  // The children's ipc sockets (a killed child cannot remove its own);
-  // declared before `children`: removed after they are reaped.
-  dtrain::testing::TempDir ipc_dir;
-  std::string name;
-  int world = 0;
-  std::unique_ptr<RendezvousServer> coordinator;
-  std::vector<ChildProcess> children;
+using test::expect_exit_ok;
+using test::ProcessJob;
 
-  Job(const std::string& test, int world_size)
-      : name(fmt::format("coll-{}-{}", test, getpid())), world(world_size) {
-    coordinator = std::make_unique<RendezvousServer>("127.0.0.1", 0, world, JobAuth(name, ""),
-                                                     Logger::null());
-  }
-
-  void spawn_all(const std::string& scenario, bool shm) {
-    for (int r = 0; r < world; ++r) {
-      children.push_back(::dtrain::testing::spawn_test_child(
-          "CollectiveProcesses.DISABLED_Rank",
-          {{"DTRAIN_TEST_RANK", std::to_string(r)},
-           {"DTRAIN_TEST_WORLD", std::to_string(world)},
-           {"DTRAIN_TEST_JOB", name},
-           {"DTRAIN_TEST_SCENARIO", scenario},
-           {"DTRAIN_TEST_SHM", shm ? "1" : "0"},
-           {"DTRAIN_TEST_IPC_DIR", ipc_dir.path()},
-           {"DTRAIN_TEST_COORDINATOR", coordinator->address()}}));
-    }
-  }
-};
-
-void expect_exit_ok(ChildProcess& child, const std::string& who) {
-  const auto status = child.wait(Deadline::after(kChildDeadline));
-  ASSERT_TRUE(status.has_value()) << who << " still running after " << kChildDeadline.count()
-                                  << " s; output:\n" << child.output();
-  EXPECT_TRUE(status->ok()) << who << " " << status->describe() << "; output:\n" << child.output();
-  EXPECT_NE(child.output().find(kStarted), std::string::npos)
-      << who << " did not run the child test; output:\n" << child.output();
+ProcessJob make_job(const std::string& test, int world) {
+  return ProcessJob("CollectiveProcesses.DISABLED_Rank", "coll-" + test, world);
 }
+std::map<std::string, std::string> shm_env(bool shm) { return {{"DTRAIN_TEST_SHM", shm ? "1" : "0"}}; }
 
 class CollectivesOverZmq : public ::testing::TestWithParam<int> {};
 
 TEST_P(CollectivesOverZmq, EveryCollectiveMatchesTheSerialReference) {
   const int world = GetParam();
-  Job job("all", world);
-  job.spawn_all("collectives", /*shm=*/false);
-  for (int r = 0; r < world; ++r) expect_exit_ok(job.children[r], fmt::format("rank {}", r));
+  ProcessJob job = make_job("all", world);
+  job.spawn_all("collectives", shm_env(false));
+  for (int r = 0; r < world; ++r) expect_exit_ok(job.children[r], fmt::format("rank {}", r), kChildDeadline);
 }
 
 INSTANTIATE_TEST_SUITE_P(Ranks, CollectivesOverZmq, ::testing::Values(2, 3, 4, 7));
 
 TEST(CollectivesOverZmqWithShm, AllreduceTakesSharedMemoryBesideZmqCollectives) {
-  Job job("shm", 3);
-  job.spawn_all("shm", /*shm=*/true);
-  for (int r = 0; r < 3; ++r) expect_exit_ok(job.children[r], fmt::format("rank {}", r));
+  ProcessJob job = make_job("shm", 3);
+  job.spawn_all("shm", shm_env(true));
+  for (int r = 0; r < 3; ++r) expect_exit_ok(job.children[r], fmt::format("rank {}", r), kChildDeadline);
 }
 
 // Every rank loops ring allreduces; the last rank prints kReady after its
 // first one and is then killed or stopped while the others are mid-allreduce.
 void run_victim_test(const std::string& scenario, int world, int sig) {
-  Job job(scenario, world);
-  job.spawn_all(scenario, /*shm=*/false);
-  ChildProcess& victim = job.children.back();
-  ASSERT_TRUE(victim.wait_for_line(kReady, Deadline::after(kChildDeadline)))
-      << "victim never got ready; output:\n" << victim.output();
-  victim.signal(sig);
-  for (int r = 0; r + 1 < world; ++r) {
-    expect_exit_ok(job.children[r], fmt::format("survivor {}", r));
-  }
-  if (sig == SIGKILL) {
-    const auto status = victim.wait(Deadline::after(kChildDeadline));
-    ASSERT_TRUE(status.has_value());
-    EXPECT_EQ(status->signal, SIGKILL) << status->describe();
-  }
-  // A stopped victim is killed and reaped by its ChildProcess.
+  ProcessJob job = make_job(scenario, world);
+  test::run_victim_test(job, scenario, sig, kChildDeadline, shm_env(false));
 }
 
 // Four ranks: in the ring, rank 1 is adjacent to neither 3 (the victim) nor
@@ -288,7 +237,7 @@ void victim_scenario(Transport& transport, bool killed) {
     }
     ASSERT_EQ(data, std::vector<float>(data.size(), static_cast<float>(transport.size())));
     if (transport.rank() == victim && i == 0) {
-      std::printf("%s\n", kReady);
+      std::printf("%s\n", test::kReady);
       std::fflush(stdout);
     }
     // Bounded: the parent signals the victim right after its first allreduce.
@@ -297,12 +246,12 @@ void victim_scenario(Transport& transport, bool killed) {
 }
 
 TEST(CollectiveProcesses, DISABLED_Rank) {
-  const int rank = std::stoi(env_or("DTRAIN_TEST_RANK", "-1"));
-  const int world = std::stoi(env_or("DTRAIN_TEST_WORLD", "0"));
-  const std::string scenario = env_or("DTRAIN_TEST_SCENARIO", "");
-  const std::string job = env_or("DTRAIN_TEST_JOB", "");
+  const int rank = std::stoi(test::env_or("DTRAIN_TEST_RANK", "-1"));
+  const int world = std::stoi(test::env_or("DTRAIN_TEST_WORLD", "0"));
+  const std::string scenario = test::env_or("DTRAIN_TEST_SCENARIO", "");
+  const std::string job = test::env_or("DTRAIN_TEST_JOB", "");
   ASSERT_GE(rank, 0) << "run by the multi-process tests only";
-  std::printf("%s rank %d scenario %s\n", kStarted, rank, scenario.c_str());
+  std::printf("%s rank %d scenario %s\n", test::kStarted, rank, scenario.c_str());
   std::fflush(stdout);
 
   ZmqTransportOptions options;
@@ -313,9 +262,9 @@ TEST(CollectiveProcesses, DISABLED_Rank) {
   // ASan on two cores can starve an I/O thread for longer than 500 ms.
   const bool victim = scenario == "killed" || scenario == "stopped";
   options.heartbeat_timeout = victim ? 1000ms : 10000ms;
-  options.ipc_dir = env_or("DTRAIN_TEST_IPC_DIR", "/tmp");
+  options.ipc_dir = test::env_or("DTRAIN_TEST_IPC_DIR", "/tmp");
   auto transport = connect_zmq_transport(options, JobAuth(job, ""),
-                                         env_or("DTRAIN_TEST_COORDINATOR", ""), false,
+                                         test::env_or("DTRAIN_TEST_COORDINATOR", ""), false,
                                          Deadline::after(60s), Logger::stderr_logger());
   if (scenario == "collectives") collectives_scenario(*transport, job);
   else if (scenario == "shm") shm_scenario(*transport, job);

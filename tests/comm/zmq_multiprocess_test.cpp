@@ -13,7 +13,7 @@
 #include "comm/rendezvous.h"
 #include "comm/zmq_transport.h"
 #include "core/error.h"
-#include "testing/fault_fs.h"
+#include "multiprocess_job.h"
 #include "testing/process.h"
 
 namespace dtrain::comm {
@@ -23,9 +23,6 @@ using namespace std::chrono_literals;
 using testing::ChildProcess;
 
 constexpr auto kChildDeadline = 90s;
-constexpr const char* kReady = "DTRAIN_READY";
-// Printed by every child first: proves the gtest filter matched the child test.
-constexpr const char* kStarted = "DTRAIN_CHILD_STARTED";
 // A survivor's recv from the victim: far longer than failure detection
 // (heartbeat timeout 500 ms), so a CommError that is not a TimeoutError
 // proves the failure was detected, not waited out.
@@ -39,60 +36,22 @@ std::vector<std::byte> pattern(size_t n, int src, int dst, uint64_t tag, int ind
   return out;
 }
 
-std::string env_or(const char* name, const char* fallback) {
-  const char* v = std::getenv(name);  // test harness only; library code never reads the env
-  return v ? v : fallback;
-}
-
 // ------------------------------------------------------------ parent side
 
-struct Job {
-  // The children's ipc sockets (a killed child cannot remove its own);
-  // declared before `children`: removed after they are reaped.
-  dtrain::testing::TempDir ipc_dir;
-  std::string name;
-  std::string secret;
-  int world = 0;
-  std::unique_ptr<RendezvousServer> coordinator;
-  std::vector<ChildProcess> children;
+using test::expect_exit_ok;
+using test::ProcessJob;
 
-  Job(const std::string& test, int world_size, std::string job_secret)
-      : name(fmt::format("{}-{}", test, getpid())), secret(std::move(job_secret)), world(world_size) {
-    coordinator = std::make_unique<RendezvousServer>("127.0.0.1", 0, world, JobAuth(name, secret),
-                                                     Logger::null());
-  }
-
-  ChildProcess spawn(int rank, const std::string& scenario, const std::string& child_secret) {
-    return testing::spawn_test_child("ZmqProcesses.DISABLED_Rank",
-                                     {{"DTRAIN_TEST_RANK", std::to_string(rank)},
-                                      {"DTRAIN_TEST_WORLD", std::to_string(world)},
-                                      {"DTRAIN_TEST_JOB", name},
-                                      {"DTRAIN_TEST_SECRET", child_secret},
-                                      {"DTRAIN_TEST_SCENARIO", scenario},
-                                      {"DTRAIN_TEST_IPC_DIR", ipc_dir.path()},
-                                      {"DTRAIN_TEST_COORDINATOR", coordinator->address()}});
-  }
-  void spawn_all(const std::string& scenario) {
-    for (int r = 0; r < world; ++r) children.push_back(spawn(r, scenario, secret));
-  }
-};
-
-void expect_exit_ok(ChildProcess& child, const std::string& who) {
-  const auto status = child.wait(Deadline::after(kChildDeadline));
-  ASSERT_TRUE(status.has_value()) << who << " still running after " << kChildDeadline.count()
-                                  << " s; output:\n" << child.output();
-  EXPECT_TRUE(status->ok()) << who << " " << status->describe() << "; output:\n" << child.output();
-  EXPECT_NE(child.output().find(kStarted), std::string::npos)
-      << who << " did not run the child test; output:\n" << child.output();
+ProcessJob make_job(const std::string& test, int world, std::string secret) {
+  return ProcessJob("ZmqProcesses.DISABLED_Rank", test, world, std::move(secret));
 }
 
 class ZmqAllToAll : public ::testing::TestWithParam<int> {};
 
 TEST_P(ZmqAllToAll, EveryPairEverySizeInOrder) {
   const int world = GetParam();
-  Job job("alltoall", world, world == 3 ? "shared secret" : "");
+  ProcessJob job = make_job("alltoall", world, world == 3 ? "shared secret" : "");
   job.spawn_all("alltoall");
-  for (int r = 0; r < world; ++r) expect_exit_ok(job.children[r], fmt::format("rank {}", r));
+  for (int r = 0; r < world; ++r) expect_exit_ok(job.children[r], fmt::format("rank {}", r), kChildDeadline);
 }
 
 INSTANTIATE_TEST_SUITE_P(Ranks, ZmqAllToAll, ::testing::Values(2, 3, 4, 7));
@@ -100,19 +59,8 @@ INSTANTIATE_TEST_SUITE_P(Ranks, ZmqAllToAll, ::testing::Values(2, 3, 4, 7));
 // The last rank becomes unreachable while every other rank is inside recv()
 // from it: killed (its sockets close) or stopped (it just goes silent).
 void run_victim_test(const char* scenario, int world, int sig) {
-  Job job(scenario, world, "");
-  job.spawn_all(scenario);
-  ChildProcess& victim = job.children.back();
-  ASSERT_TRUE(victim.wait_for_line(kReady, Deadline::after(kChildDeadline)))
-      << "victim never got ready; output:\n" << victim.output();
-  victim.signal(sig);
-  for (int r = 0; r + 1 < world; ++r) expect_exit_ok(job.children[r], fmt::format("survivor {}", r));
-  if (sig == SIGKILL) {
-    const auto status = victim.wait(Deadline::after(kChildDeadline));
-    ASSERT_TRUE(status.has_value());
-    EXPECT_EQ(status->signal, SIGKILL) << status->describe();
-  }
-  // A stopped victim is killed and reaped by its ChildProcess.
+  ProcessJob job = make_job(scenario, world, "");
+  test::run_victim_test(job, scenario, sig, kChildDeadline);
 }
 
 TEST(ZmqPeerFailure, KilledPeerFailsEveryPendingRecvNamingIt) {
@@ -124,11 +72,11 @@ TEST(ZmqPeerFailure, StoppedPeerFailsByHeartbeatNamingIt) {
 }
 
 TEST(ZmqAuthentication, ProcessWithWrongSecretCannotJoin) {
-  Job job("auth", 2, "right secret");
+  ProcessJob job = make_job("auth", 2, "right secret");
   ChildProcess intruder = job.spawn(1, "intruder", "wrong secret");
-  expect_exit_ok(intruder, "intruder");
+  expect_exit_ok(intruder, "intruder", kChildDeadline);
   job.spawn_all("alltoall");
-  for (int r = 0; r < 2; ++r) expect_exit_ok(job.children[r], fmt::format("rank {}", r));
+  for (int r = 0; r < 2; ++r) expect_exit_ok(job.children[r], fmt::format("rank {}", r), kChildDeadline);
 }
 
 // ------------------------------------------------------------ child side
@@ -171,7 +119,7 @@ void victim_scenario(ZmqTransport& t) {
   if (t.rank() == victim) {
     for (int peer = 0; peer < victim; ++peer) t.send(peer, 9, hello, "hello", Deadline::after(30s));
     for (int peer = 0; peer < victim; ++peer) t.recv(peer, 9, "ack", Deadline::after(30s));
-    std::printf("%s\n", kReady);
+    std::printf("%s\n", test::kReady);
     std::fflush(stdout);
     // The parent kills or stops this process now.
     t.recv(0, 99, "wait", Deadline::after(120s));
@@ -195,14 +143,14 @@ void victim_scenario(ZmqTransport& t) {
 }
 
 TEST(ZmqProcesses, DISABLED_Rank) {
-  const int rank = std::stoi(env_or("DTRAIN_TEST_RANK", "-1"));
-  const int world = std::stoi(env_or("DTRAIN_TEST_WORLD", "0"));
-  const std::string scenario = env_or("DTRAIN_TEST_SCENARIO", "");
-  const std::string coordinator = env_or("DTRAIN_TEST_COORDINATOR", "");
+  const int rank = std::stoi(test::env_or("DTRAIN_TEST_RANK", "-1"));
+  const int world = std::stoi(test::env_or("DTRAIN_TEST_WORLD", "0"));
+  const std::string scenario = test::env_or("DTRAIN_TEST_SCENARIO", "");
+  const std::string coordinator = test::env_or("DTRAIN_TEST_COORDINATOR", "");
   ASSERT_GE(rank, 0) << "run by the multi-process tests only";
-  std::printf("%s rank %d scenario %s\n", kStarted, rank, scenario.c_str());
+  std::printf("%s rank %d scenario %s\n", test::kStarted, rank, scenario.c_str());
   std::fflush(stdout);
-  const JobAuth auth(env_or("DTRAIN_TEST_JOB", ""), env_or("DTRAIN_TEST_SECRET", ""));
+  const JobAuth auth(test::env_or("DTRAIN_TEST_JOB", ""), test::env_or("DTRAIN_TEST_SECRET", ""));
 
   ZmqTransportOptions options;
   options.rank = rank;
@@ -211,7 +159,7 @@ TEST(ZmqProcesses, DISABLED_Rank) {
   // Short only where failure detection is under test: seven ranks under
   // ASan on two cores can starve an I/O thread for longer than 500 ms.
   options.heartbeat_timeout = scenario == "victim" ? 500ms : 10000ms;
-  options.ipc_dir = env_or("DTRAIN_TEST_IPC_DIR", "/tmp");
+  options.ipc_dir = test::env_or("DTRAIN_TEST_IPC_DIR", "/tmp");
   if (scenario == "intruder") {
     try {
       connect_zmq_transport(options, auth, coordinator, false, Deadline::after(30s),
