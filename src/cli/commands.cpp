@@ -19,6 +19,7 @@
 #include "core/log.h"
 #include "data/csv.h"
 #include "data/idx.h"
+#include "data/partition.h"
 #include "data/synthetic.h"
 #include "io/file_system.h"
 #include "io/safetensors.h"
@@ -229,6 +230,24 @@ int run_train(const TrainOptions& options, std::ostream& out) {
     if (progress) trainer.add_callback(*progress);
   }
   trainer.fit(data.train, data.test);
+  return 0;
+}
+
+int run_partition(const PartitionCommandOptions& options, std::ostream& out) {
+  const train::JobConfig job = read_job_file(options.job_file, options.overrides);
+  const Datasets data = load_data(job);
+  data::PartitionOptions p;
+  p.kind = options.kind;
+  p.workers = options.workers;
+  p.seed = options.seed;
+  p.classes_per_worker = options.classes_per_worker;
+  p.alpha = options.alpha;
+  p.quantity_sigma = options.quantity_sigma;
+  const auto parts = data::partition(data.train.labels(), data.train.num_classes(), p);
+  fmt::print(out, "{} training samples of {} in {} parts ({}):\n", data.train.size(), job.name,
+             options.workers, options.kind);
+  out << data::format_histogram(
+      data::label_histogram(parts, data.train.labels(), data.train.num_classes()));
   return 0;
 }
 

@@ -39,7 +39,21 @@ struct EvalOptions {
   std::vector<std::string> overrides;
 };
 
+// `dtrain partition`: how a partitioner splits the job's training set.
+struct PartitionCommandOptions {
+  std::string job_file;
+  std::vector<std::string> overrides;
+  std::string kind = "iid";
+  int64_t workers = 4;
+  uint64_t seed = 1;
+  int64_t classes_per_worker = 2;
+  double alpha = 0.5;
+  double quantity_sigma = 1.0;
+};
+
 int run_train(const TrainOptions& options, std::ostream& out);
+// Prints the per-worker label histogram as a text table.
+int run_partition(const PartitionCommandOptions& options, std::ostream& out);
 int run_eval(const EvalOptions& options, std::ostream& out);
 
 }  // namespace dtrain::cli

@@ -68,6 +68,19 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   eval_cmd->add_option("--set", eval.overrides, "Override a job key")->type_name("KEY=VALUE");
 
+  dtrain::cli::PartitionCommandOptions part;
+  CLI::App* part_cmd = app.add_subcommand(
+      "partition", "Show how a partitioner splits the job's training set (labels per worker)");
+  part_cmd->add_option("job", part.job_file, "The TOML job file")->required()->check(CLI::ExistingFile);
+  part_cmd->add_option("--kind", part.kind, "iid | label | dirichlet | quantity")
+      ->check(CLI::IsMember({"iid", "label", "dirichlet", "quantity"}));
+  part_cmd->add_option("--workers", part.workers, "Number of parts");
+  part_cmd->add_option("--seed", part.seed, "Seed of the partition");
+  part_cmd->add_option("--classes-per-worker", part.classes_per_worker, "label: classes each worker gets");
+  part_cmd->add_option("--alpha", part.alpha, "dirichlet: concentration (small: skewed)");
+  part_cmd->add_option("--sigma", part.quantity_sigma, "quantity: spread of the log sizes");
+  part_cmd->add_option("--set", part.overrides, "Override a job key")->type_name("KEY=VALUE");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -83,6 +96,7 @@ int main(int argc, char** argv) {
       if (train.progress == "auto") train.progress = isatty(STDOUT_FILENO) ? "bar" : "plain";
       return dtrain::cli::run_train(train, std::cout);
     }
+    if (part_cmd->parsed()) return dtrain::cli::run_partition(part, std::cout);
     return dtrain::cli::run_eval(eval, std::cout);
   } catch (const std::exception& e) {
     std::cout.flush();

@@ -240,6 +240,22 @@ TEST(DtrainCli, AKilledWorkerEndsTheJobWithItsName) {
       << launcher.output();
 }
 
+TEST(DtrainCli, PartitionPrintsTheLabelHistogram) {
+  testing::TempDir dir;
+  write_file(dir.file("job.toml"), kBlobsJob);
+  CliRun run = run_dtrain({"partition", dir.file("job.toml"), "--kind", "label", "--workers", "3",
+                           "--classes-per-worker", "1"});
+  ASSERT_TRUE(run.status.ok()) << run.output;
+  EXPECT_NE(run.output.find("960 training samples of blobs in 3 parts (label):\n"
+                            "worker   c0   c1   c2  total\n"),
+            std::string::npos)
+      << run.output;
+  EXPECT_NE(run.output.find(" total"), std::string::npos) << run.output;
+  run = run_dtrain({"partition", dir.file("job.toml"), "--kind", "dirichlet", "--alpha", "0"});
+  EXPECT_TRUE(run.status.exited && run.status.code == 2) << run.output;
+  EXPECT_NE(run.output.find("alpha"), std::string::npos) << run.output;
+}
+
 TEST(DtrainCli, MnistSubset) {
   const std::string mnist = std::string(DTRAIN_SOURCE_DIR) + "/data/mnist";
   if (!std::filesystem::exists(mnist + "/train-images-idx3-ubyte")) {
