@@ -2,6 +2,8 @@
 
 #include <cblas.h>
 
+#include <algorithm>
+#include <climits>
 #include <iostream>
 
 #include <fmt/format.h>
@@ -168,6 +170,13 @@ int run_train(const TrainOptions& options, std::ostream& out) {
   if (options.output) job.output = *options.output;
   if (options.threads) job.train.threads = *options.threads;
   if (options.resume) job.resume = *options.resume;
+  if (options.max_restarts) {
+    if (*options.max_restarts < 0) {
+      throw UsageError(
+          fmt::format("--max-restarts must not be negative, got {}", *options.max_restarts));
+    }
+    job.train.max_restarts = *options.max_restarts;
+  }
 
   // A process of a launched job (by this launcher, mpirun or srun) trains;
   // otherwise allreduce with N workers starts them here and supervises.
@@ -187,8 +196,22 @@ int run_train(const TrainOptions& options, std::ostream& out) {
     l.argv = options.argv;
     l.workers = static_cast<int>(job.distributed.workers);
     l.environment = options.environment;
-    Launcher launcher(l, out, std::cerr, Logger::stderr_logger());
-    return launcher.run(Deadline::never()).exit_code;
+    if (job.train.max_restarts > 0 && !job.resume) {
+      throw ConfigError(job.source, "train.max_restarts", 0,
+                        fmt::format("{} restarts need job.resume = true (drop --no-resume): "
+                                    "a restart would otherwise train from scratch",
+                                    job.train.max_restarts));
+    }
+    const auto restarts = static_cast<int>(std::min<int64_t>(job.train.max_restarts, INT_MAX));
+    return run_with_restarts(l, restarts, out, std::cerr, Logger::stderr_logger(),
+                             Deadline::never())
+        .exit_code;
+  }
+  if (!is_worker && job.train.max_restarts > 0) {
+    Logger::stderr_logger().warn(
+        "train.max_restarts = {} has no effect here: only a job that `dtrain train --workers N` "
+        "launches (allreduce) is restarted, not a single process",
+        job.train.max_restarts);
   }
   if (is_worker && strategy_name == "mirrored") {
     throw ConfigError(job.source, "distributed.strategy", 0,

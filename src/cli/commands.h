@@ -20,6 +20,8 @@ struct TrainOptions {
   std::optional<std::string> output;
   std::optional<int64_t> threads;
   std::optional<bool> resume;
+  // Restarts of a launched job after a worker failure (train.max_restarts).
+  std::optional<int64_t> max_restarts;
   std::string progress = "plain";  // bar | plain | none
   // A worker's place in a launched job; each overrides its environment
   // variable (DTRAIN_RANK, DTRAIN_WORLD_SIZE, DTRAIN_COORDINATOR).

@@ -311,12 +311,20 @@ train::JobConfig parse_job(const std::string& toml_text, const std::string& sour
     r.read("log_every_steps", job.train.log_every_steps);
     r.read("max_steps", job.train.max_steps);
     r.read("checkpoint_every_steps", job.train.checkpoint_every_steps);
+    r.read("checkpoint_every_seconds", job.train.checkpoint_every_seconds);
     r.read("keep_checkpoints", job.train.keep_checkpoints);
     r.read("threads", job.train.threads);
     r.read("drop_last", job.train.drop_last);
+    r.read("max_restarts", job.train.max_restarts);
     r.finish();
     if (job.train.batch_size <= 0) {
       throw ConfigError(file, "train.batch_size", line_of(*t->get("batch_size")), "must be positive");
+    }
+    if (!(job.train.checkpoint_every_seconds >= 0.0)) {
+      throw ConfigError(file, "train.checkpoint_every_seconds",
+                        line_of(*t->get("checkpoint_every_seconds")),
+                        fmt::format("must be 0 (off) or positive, got {}",
+                                    job.train.checkpoint_every_seconds));
     }
   }
   if (const toml::table* t = subtable(root, "distributed", file)) {

@@ -386,6 +386,7 @@ class Supervisor {
 
   bool timed_out() const { return timed_out_; }
   std::optional<int> first_failed_rank() const { return first_failed_rank_; }
+  std::optional<Clock::time_point> failed_at() const { return failed_at_; }
   int interrupted_by() const { return interrupted_by_; }
 
  private:
@@ -427,6 +428,7 @@ class Supervisor {
   std::optional<Clock::time_point> drain_until_;  // set once no worker runs
   bool timed_out_ = false;
   std::optional<int> first_failed_rank_;
+  std::optional<Clock::time_point> failed_at_;
   int interrupted_by_ = 0;
 };
 
@@ -572,6 +574,7 @@ void Supervisor::finish(Worker& w) {
     logger_.info("{} while the job was stopping", what);
   } else {
     first_failed_rank_ = w.rank;
+    failed_at_ = Clock::now();
     logger_.error("{}", what);
     begin_stop(SIGTERM, fmt::format("worker rank {} failed", w.rank));
   }
@@ -589,11 +592,11 @@ void Supervisor::begin_stop(int sig, const std::string& why) {
 
 void Supervisor::handle_signals() {
   for (int sig : signals_.take()) {
+    if (interrupted_by_ == 0) interrupted_by_ = sig;  // also while stopping: no restart then
     if (stopping_) {
       logger_.info("received {} while stopping; the workers already got theirs", signal_name(sig));
       continue;
     }
-    interrupted_by_ = sig;
     begin_stop(sig, fmt::format("launcher received {}", signal_name(sig)));
   }
 }
@@ -677,12 +680,14 @@ LaunchResult Launcher::run(Deadline deadline) {
   for (const Worker& w : workers.all()) started_workers.push_back(&w);
   logger_.info("started {} worker(s), coordinator {}: rank {}", options_.workers,
                result.coordinator, list_ranks(started_workers));
+  if (options_.on_started) options_.on_started(result.coordinator);
 
   Supervisor supervisor(workers, signals, options_, out_, err_, logger_);
   supervisor.run(deadline);
 
   for (const Worker& w : workers.all()) result.workers.push_back(w.status);
   result.first_failed_rank = supervisor.first_failed_rank();
+  result.failed_at = supervisor.failed_at();
   result.interrupted_by = supervisor.interrupted_by();
   if (supervisor.timed_out()) {
     throw TimeoutError(-1, "launcher",
@@ -694,6 +699,35 @@ LaunchResult Launcher::run(Deadline deadline) {
     result.exit_code = failed.exited ? failed.code : 1;
   } else if (result.interrupted_by != 0) {
     result.exit_code = 128 + result.interrupted_by;
+  }
+  return result;
+}
+
+LaunchResult run_with_restarts(const LaunchOptions& options, int max_restarts, std::ostream& out,
+                               std::ostream& err, Logger& logger, Deadline deadline) {
+  if (max_restarts < 0) {
+    throw UsageError(
+        fmt::format("launcher: max_restarts is {}; it must be at least 0", max_restarts));
+  }
+  LaunchResult result = Launcher(options, out, err, logger).run(deadline);
+  for (int restart = 1; restart <= max_restarts; ++restart) {
+    if (!result.first_failed_rank || result.interrupted_by != 0) break;
+    const WorkerExit failed = result.workers[static_cast<size_t>(*result.first_failed_rank)];
+    logger.warn(
+        "worker rank {} (pid {}) {}; restarting the job from its last checkpoint (restart {} of "
+        "{})",
+        failed.rank, failed.pid, failed.describe(), restart, max_restarts);
+    const Clock::time_point failed_at = result.failed_at.value_or(Clock::now());
+    LaunchOptions again = options;
+    again.on_started = [&](const std::string& coordinator) {
+      logger.info(
+          "restart {} of {}: the workers were started {:.3f} s after worker rank {} failed "
+          "(recovery until their start; training resumes from the checkpoint next)",
+          restart, max_restarts,
+          std::chrono::duration<double>(Clock::now() - failed_at).count(), failed.rank);
+      if (options.on_started) options.on_started(coordinator);
+    };
+    result = Launcher(std::move(again), out, err, logger).run(deadline);
   }
   return result;
 }

@@ -27,6 +27,9 @@
 //     its process group is SIGKILLed. run() returns once every worker was
 //     reaped and its output drained.
 //
+// Restart mode: run_with_restarts() (below) runs such a job again, each time
+// with a new Launcher run, when a worker failure stopped it.
+//
 // Exit code (LaunchResult::exit_code): 0 when every worker exited 0; else the
 // cause of the stop: the first failing worker's exit code, or 1 when it died
 // from a signal; 128 + the signal when the launcher was interrupted (130 for
@@ -55,6 +58,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <functional>
 #include <map>
 #include <optional>
 #include <ostream>
@@ -84,6 +88,10 @@ struct LaunchOptions {
   // After the last worker was reaped, how long to wait for end-of-file on
   // output pipes that something outside its process group still holds.
   std::chrono::milliseconds output_drain_timeout{2000};
+  // Called on run()'s thread once every worker was started, before
+  // supervision begins, with DTRAIN_COORDINATOR as given to them; may be
+  // empty. An exception it throws stops and reaps the workers and leaves run().
+  std::function<void(const std::string& coordinator)> on_started;
 };
 
 // How one worker ended.
@@ -104,7 +112,10 @@ struct LaunchResult {
   std::vector<WorkerExit> workers;  // indexed by rank
   // The worker whose failure stopped the job, if one did.
   std::optional<int> first_failed_rank;
-  // The signal the launcher received and forwarded, 0 if none.
+  // When the launcher noticed that failure (steady clock), if one did.
+  std::optional<std::chrono::steady_clock::time_point> failed_at;
+  // The first SIGINT or SIGTERM the launcher received (and forwarded, unless
+  // the job was already stopping), 0 if none.
   int interrupted_by = 0;
   // DTRAIN_COORDINATOR as given to the workers.
   std::string coordinator;
@@ -130,6 +141,28 @@ class Launcher {
   std::ostream& err_;
   Logger& logger_;
 };
+
+// Restart mode, like torchrun's --max-restarts: runs the job described by
+// `options` with a new Launcher run each time (a fresh coordinator port, and a
+// fresh job secret unless `options.environment` fixes DTRAIN_JOB_SECRET), at
+// most 1 + max_restarts times. After a run that a worker's failure stopped
+// (first_failed_rank set, interrupted_by 0) and while restarts remain, it logs
+// one line on `logger` naming the failure and the restart ("worker rank 1 (pid
+// 1234) was killed by signal 9 (SIGKILL); restarting the job from its last
+// checkpoint (restart 1 of 2)") and starts the job again; once the restarted
+// workers are started it logs how long recovery took, from the failure being
+// noticed to that start (whether training then resumes is the workers'
+// business: they continue from their newest checkpoint when job.resume holds).
+// Returns the last run's result: a success, an interrupted run (SIGINT or
+// SIGTERM to this process, never restarted), or the failure after the last
+// restart. `options.on_started`, if set, is called for every run.
+// Blocks for all runs together, bounded by `deadline`. Throws what
+// Launcher::run throws (the constructor's UsageError, TimeoutError when
+// `deadline` passes, dtrain::Error when a worker cannot be started: no
+// restart then), and UsageError for a negative max_restarts. `out`, `err` and
+// `logger` as for Launcher.
+LaunchResult run_with_restarts(const LaunchOptions& options, int max_restarts, std::ostream& out,
+                               std::ostream& err, Logger& logger, Deadline deadline);
 
 // This process's environment as a map (reads `environ`; cli only).
 std::map<std::string, std::string> current_environment();

@@ -3,6 +3,7 @@
 // decides where output goes and turns dtrain::Error kinds into exit codes.
 #include <unistd.h>
 
+#include <climits>
 #include <cstdio>
 #include <iostream>
 
@@ -57,6 +58,10 @@ int main(int argc, char** argv) {
                       "Resume from the newest valid checkpoint in the output folder (the default)");
   train_cmd->add_flag("--no-resume", no_resume, "Start afresh even if the output folder has checkpoints")
       ->excludes("--resume");
+  train_cmd->add_option("--max-restarts", train.max_restarts,
+                        "With --workers N: start the job again from its last checkpoint after a "
+                        "worker failed, at most this often (default: train.max_restarts, 0)")
+      ->check(CLI::Range(int64_t{0}, int64_t{INT_MAX}));
   train_cmd->add_option("--progress", train.progress, "auto | bar | plain | none")
       ->check(CLI::IsMember({"auto", "bar", "plain", "none"}));
 

@@ -63,9 +63,15 @@ struct TrainConfig {
   int64_t log_every_steps = 100;
   int64_t max_steps = 0;          // 0: no limit (stop after epochs)
   int64_t checkpoint_every_steps = 0;  // 0: only at the end of each epoch
+  // Also a checkpoint after the first step that ends this many seconds
+  // after the previous checkpoint (rank 0's clock); 0: off.
+  double checkpoint_every_seconds = 0.0;
   int64_t keep_checkpoints = 3;
   int64_t threads = 1;            // BLAS threads per worker
   bool drop_last = false;
+  // `dtrain train --workers N`: how often the launcher starts the job again
+  // (resuming from its newest checkpoint) after a worker failed; 0: never.
+  int64_t max_restarts = 0;
 };
 
 struct DistributedConfig {

@@ -109,6 +109,8 @@ bool Trainer::resume(Position& position) {
 }
 
 void Trainer::save_checkpoint(const Position& position) {
+  // The snapshot owns copies of the tensors: training continues while the
+  // writer thread encodes and writes it.
   io::Checkpoint c;
   c.step = position.step;
   c.epoch = position.epoch;
@@ -116,11 +118,17 @@ void Trainer::save_checkpoint(const Position& position) {
   c.metadata["batch_size"] = std::to_string(job_.train.batch_size);
   c.metadata["job"] = job_.name;
   c.metadata["seed"] = std::to_string(job_.seed);
-  c.add_section("model", strategy_.model().state_dict());
-  c.add_section("optimizer", strategy_.optimizer().state_dict());
-  io::CheckpointDirectory dir(job_.output, std::max<int64_t>(1, job_.train.keep_checkpoints),
-                              io::default_file_system(), logger_);
-  dir.write(c);
+  c.add_section("model", strategy_.model().state_dict().clone());
+  c.add_section("optimizer", strategy_.optimizer().state_dict().clone());
+  last_checkpoint_ = Clock::now();
+  writer_->submit(std::move(c));
+}
+
+bool Trainer::checkpoint_due(int64_t step) const {
+  const int64_t every_steps = job_.train.checkpoint_every_steps;
+  const double every_seconds = job_.train.checkpoint_every_seconds;
+  return (every_steps > 0 && step % every_steps == 0) ||
+         (every_seconds > 0 && seconds_since(last_checkpoint_) >= every_seconds);
 }
 
 Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset& test) {
@@ -146,6 +154,13 @@ Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset
   const bool chief = rank == 0;
   Position position;
   if (job_.resume) resume(position);
+  writer_.reset();
+  if (chief) {
+    writer_ = std::make_unique<CheckpointWriter>(
+        job_.output, std::max<int64_t>(1, job_.train.keep_checkpoints), io::default_file_system(),
+        logger_);
+  }
+  last_checkpoint_ = Clock::now();
 
   RunInfo info;
   info.job_name = job_.name;
@@ -163,7 +178,6 @@ Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset
   Summary summary;
   double train_seconds = 0.0;
   int64_t train_samples = 0;
-  const int64_t checkpoint_every = job_.train.checkpoint_every_steps;
   bool stop = position.step >= total_steps;
 
   while (!stop && position.epoch < job_.train.epochs) {
@@ -201,6 +215,14 @@ Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset
         w->stats += stats;
         w->seconds += dt;
       }
+      // The checkpoint of this step is handed over before the step is
+      // reported, and handing it over waits for the previous write; the last
+      // step (whose checkpoint is written after the loop) waits for it too.
+      // So with a checkpoint every step, once step N is reported the
+      // checkpoint of step N - 1 is on disk.
+      const bool last_step = position.step >= total_steps;
+      if (chief && !last_step && checkpoint_due(position.step)) save_checkpoint(position);
+      if (chief && last_step) writer_->wait();
       StepInfo s;
       s.step = position.step;
       s.epoch = position.epoch + 1;
@@ -212,11 +234,10 @@ Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset
       s.samples_per_s = window.rate();
       for (Callback* c : callbacks_) c->on_step_end(s);
       if (job_.train.log_every_steps > 0 && position.step % job_.train.log_every_steps == 0) window.reset();
-      if (position.step >= total_steps) {
+      if (last_step) {
         stop = true;
         break;
       }
-      if (chief && checkpoint_every > 0 && position.step % checkpoint_every == 0) save_checkpoint(position);
     }
     train_seconds += epoch.seconds;
     train_samples += epoch.stats.samples;
@@ -253,6 +274,10 @@ Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset
   }
 
   if (chief) {
+    // The last checkpoint is on disk (or its error thrown) before the final
+    // weights are written and fit() returns.
+    writer_->wait();
+    writer_.reset();
     io::default_file_system().create_directories(job_.output);
     summary.weights_path = job_.output + "/model.safetensors";
     io::save_safetensors(strategy_.model().state_dict(), summary.weights_path);

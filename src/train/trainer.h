@@ -4,6 +4,18 @@
 // checkpoints are written atomically and a run resumes from the newest valid
 // one, continuing exactly where it stopped (same batches, same RNG streams).
 //
+// Checkpoints: every train.checkpoint_every_steps steps, when
+// train.checkpoint_every_seconds have passed since the last one (checked
+// after each step), and at the end of each epoch. The training thread copies
+// the model and optimizer state into memory; a CheckpointWriter thread writes
+// it while training goes on, one write at a time (a checkpoint due while the
+// previous one is still being written waits for it). A step's checkpoint is
+// handed over before the step is reported to the callbacks, so with a
+// checkpoint every step, once step N is reported ckpt-(N-1) is on disk. fit()
+// waits for the last write before writing the final weights; a failed
+// background write is thrown (CheckpointError) by the next checkpoint or at
+// the end of fit().
+//
 // Several processes: each gets rows [B r / W, B (r + 1) / W) of every global
 // batch of B rows (the same shuffled order on all, from the job's seed), so
 // W processes train exactly as one on the global batch; a process whose
@@ -18,6 +30,7 @@
 // Blocking: fit() runs the whole job.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -28,6 +41,7 @@
 #include "optim/lr_schedule.h"
 #include "strategy/strategy.h"
 #include "train/callbacks.h"
+#include "train/checkpoint_writer.h"
 #include "train/job_config.h"
 
 namespace dtrain::train {
@@ -62,7 +76,10 @@ class Trainer {
   };
 
   bool resume(Position& position);
+  // Snapshots the state on this thread and hands it to writer_.
   void save_checkpoint(const Position& position);
+  // Whether a checkpoint is due after `step` by step count or elapsed time.
+  bool checkpoint_due(int64_t step) const;
   void report(const std::string& message);
 
   const JobConfig& job_;
@@ -70,6 +87,8 @@ class Trainer {
   Logger& logger_;
   std::vector<Callback*> callbacks_;
   std::unique_ptr<optim::LrSchedule> schedule_;
+  std::chrono::steady_clock::time_point last_checkpoint_;  // when save_checkpoint last ran
+  std::unique_ptr<CheckpointWriter> writer_;  // rank 0, during fit(); last: joined first
 };
 
 }  // namespace dtrain::train

@@ -172,6 +172,28 @@ TEST(DtrainCli, AllReduceWorkersMatchOneProcess) {
   EXPECT_LT(max_relative_difference(dir.file("one/model.safetensors"), dir.file("acc/model.safetensors")), 1e-4);
 }
 
+TEST(DtrainCli, ACheckpointOfFourWorkersResumesWithTwo) {
+  // Checkpoints hold the position in global batches, not per-worker state:
+  // 2 epochs on 4 workers, then 2 more on 2 workers, equal 4 epochs on 1.
+  testing::TempDir dir;
+  write_file(dir.file("job.toml"), kBlobsJob);
+  CliRun one = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("one"), "--set",
+                           "train.epochs=4"});
+  ASSERT_TRUE(one.status.ok()) << one.output;
+  CliRun four = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("elastic"), "--workers",
+                            "4", "--set", "train.epochs=2"});
+  ASSERT_TRUE(four.status.ok()) << four.output;
+  CliRun two = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("elastic"), "--workers",
+                           "2", "--set", "train.epochs=4"});
+  ASSERT_TRUE(two.status.ok()) << two.output;
+  EXPECT_NE(two.output.find("[rank 0] resumed from " + dir.file("elastic") + "/ckpt-40.dtc at step 40"),
+            std::string::npos)
+      << two.output;
+  EXPECT_NE(two.output.find("done: 4 epochs, 80 steps"), std::string::npos) << two.output;
+  EXPECT_LT(max_relative_difference(dir.file("one/model.safetensors"), dir.file("elastic/model.safetensors")),
+            1e-4);
+}
+
 // A port that was free a moment ago (for a coordinator under mpirun).
 int free_port() {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);

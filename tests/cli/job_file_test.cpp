@@ -63,10 +63,19 @@ TEST(JobFile, OverridesApplyBeforeChecking) {
   EXPECT_FLOAT_EQ(job.optimizer.lr, 0.5f);
   EXPECT_EQ(job.output, "out/x");
   EXPECT_EQ(job.distributed.workers, 3);
+  EXPECT_EQ(job.train.max_restarts, 0);
+  EXPECT_EQ(parse_job(kJob, "job.toml", {"train.max_restarts=2"}).train.max_restarts, 2);
   EXPECT_EQ(error_of(kJob, {"train.epoch=5"}),
-            "job.toml: 'train.epoch': unknown key (known: batch_size, checkpoint_every_steps, "
-            "drop_last, epochs, eval_batch_size, keep_checkpoints, log_every_steps, max_steps, threads)");
+            "job.toml: 'train.epoch': unknown key (known: batch_size, checkpoint_every_seconds, "
+            "checkpoint_every_steps, drop_last, epochs, eval_batch_size, keep_checkpoints, log_every_steps, max_restarts, "
+            "max_steps, threads)");
   EXPECT_EQ(error_of(kJob, {"noequals"}), "--set: 'noequals': expected key=value");
+  EXPECT_DOUBLE_EQ(
+      parse_job(kJob, "job.toml", {"train.checkpoint_every_seconds=2.5"}).train.checkpoint_every_seconds,
+      2.5);
+  EXPECT_NE(error_of(kJob, {"train.checkpoint_every_seconds=-1.0"})
+                .find("'train.checkpoint_every_seconds': must be 0 (off) or positive, got -1"),
+            std::string::npos);
 }
 
 TEST(JobFile, UnknownKeysNameTheKeyAndLine) {

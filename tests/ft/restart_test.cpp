@@ -6,17 +6,15 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
-#include <algorithm>
 #include <chrono>
-#include <filesystem>
-#include <fstream>
+#include <cstdio>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "core/deadline.h"
 #include "core/rng.h"
+#include "ft_test_util.h"
 #include "testing/fault_fs.h"
 #include "testing/process.h"
 
@@ -25,133 +23,14 @@ namespace {
 
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
+using namespace ft_test;
 
 constexpr uint64_t kSeed = 77;  // of the kill points
-
-constexpr const char* kJob = R"(
-[job]
-name = "restart"
-seed = 3
-
-[data]
-dataset = "synthetic"
-synthetic_samples = 1200
-synthetic_features = 10
-synthetic_classes = 3
-
-[model]
-input_shape = [10]
-
-[[model.layers]]
-type = "linear"
-name = "fc1"
-out_features = 32
-
-[[model.layers]]
-type = "relu"
-
-[[model.layers]]
-type = "linear"
-name = "fc2"
-out_features = 3
-
-[optimizer]
-type = "adam"
-lr = 0.01
-
-[schedule]
-type = "cosine"
-warmup_steps = 5
-
-[train]
-epochs = 3
-batch_size = 50
-log_every_steps = 1
-checkpoint_every_steps = 1
-keep_checkpoints = 2
-)";
-
-void write_text(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-// Fails naming the first differing byte unless the two files are equal.
-void expect_same_bytes(const std::string& a, const std::string& b) {
-  ASSERT_TRUE(std::filesystem::exists(a)) << a;
-  ASSERT_TRUE(std::filesystem::exists(b)) << b;
-  const std::string x = read_bytes(a), y = read_bytes(b);
-  if (x == y) return;
-  size_t i = 0;
-  while (i < x.size() && i < y.size() && x[i] == y[i]) ++i;
-  ADD_FAILURE() << a << " (" << x.size() << " bytes) and " << b << " (" << y.size()
-                << " bytes) differ from byte " << i;
-}
-
-testing::ChildProcess start_dtrain(const std::vector<std::string>& args) {
-  std::vector<std::string> argv = {"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1", DTRAIN_BINARY};
-  argv.insert(argv.end(), args.begin(), args.end());
-  return testing::ChildProcess::spawn(argv, {{"OPENBLAS_NUM_THREADS", "1"}});
-}
-
-// Runs dtrain to the end; the output when it exits 0, a failure otherwise.
-std::string run_to_end(const std::vector<std::string>& args) {
-  testing::ChildProcess run = start_dtrain(args);
-  const std::optional<testing::ExitStatus> status = run.wait(Deadline::after(240s));
-  EXPECT_TRUE(status.has_value()) << "dtrain did not finish: " << run.output();
-  EXPECT_TRUE(status && status->ok()) << (status ? status->describe() : "") << "\n" << run.output();
-  return run.output();
-}
-
-// The global step numbers of the plain progress lines in `output`
-// ("epoch 1 step 3/20 (global 3): ..."), in order.
-std::vector<int64_t> step_lines(const std::string& output) {
-  std::vector<int64_t> steps;
-  size_t at = 0;
-  while ((at = output.find("(global ", at)) != std::string::npos) {
-    const size_t end = output.find(')', at);
-    if (end == std::string::npos) break;
-    steps.push_back(std::stoll(output.substr(at + 8, end - at - 8)));
-    at = end;
-  }
-  return steps;
-}
-
-// Reads until `count` progress lines arrived; false at EOF or the deadline.
-bool wait_for_steps(testing::ChildProcess& child, size_t count, Deadline deadline) {
-  while (step_lines(child.output()).size() < count) {
-    if (deadline.expired() || !child.read_some(100)) return step_lines(child.output()).size() >= count;
-  }
-  return true;
-}
 
 void spin_for(std::chrono::microseconds d) {
   const auto until = Clock::now() + d;
   while (Clock::now() < until) {
   }
-}
-
-// The step in "resumed from <path> at step S: ..." in `output`; -1 if absent.
-int64_t resumed_step(const std::string& output) {
-  const size_t at = output.find("resumed from ");
-  if (at == std::string::npos) return -1;
-  const size_t s = output.find(" at step ", at);
-  if (s == std::string::npos) return -1;
-  return std::stoll(output.substr(s + 9));
-}
-
-// The launcher's worker processes, ascending pid (rank order: rank r starts
-// before rank r + 1).
-std::vector<pid_t> children_of(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
-  std::vector<pid_t> children;
-  for (pid_t child; in >> child;) children.push_back(child);
-  std::sort(children.begin(), children.end());
-  return children;
 }
 
 TEST(Restart, KilledLocalRunRestartsToTheSameWeights) {

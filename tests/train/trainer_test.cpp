@@ -163,6 +163,75 @@ TEST(Trainer, RefusesACheckpointOfAnotherBatchSize) {
   EXPECT_NO_THROW(fit(job, train, test));
 }
 
+TEST(Trainer, ATinyTimeIntervalCheckpointsAfterEveryStep) {
+  testing::TempDir dir;
+  JobConfig job = blobs_job(dir.path());
+  job.train.max_steps = 7;
+  job.train.keep_checkpoints = 100;
+  job.train.checkpoint_every_seconds = 1e-9;
+  fit(job, blobs(300, 1), blobs(100, 2));
+  io::CheckpointDirectory ckpts(dir.path(), 100, io::default_file_system(), Logger::null());
+  EXPECT_EQ(ckpts.steps(), (std::vector<int64_t>{1, 2, 3, 4, 5, 6, 7}));
+  EXPECT_EQ(io::read_checkpoint(ckpts.path_for(4)).metadata.at("batch_in_epoch"), "4");
+}
+
+TEST(Trainer, WithoutATimeIntervalOnlyEpochEndsCheckpoint) {
+  testing::TempDir dir;
+  JobConfig job = blobs_job(dir.path());  // 300 samples, batch 32: 10 steps an epoch
+  job.train.epochs = 2;
+  job.train.keep_checkpoints = 100;
+  fit(job, blobs(300, 1), blobs(100, 2));
+  io::CheckpointDirectory ckpts(dir.path(), 100, io::default_file_system(), Logger::null());
+  EXPECT_EQ(ckpts.steps(), (std::vector<int64_t>{10, 20}));
+}
+
+TEST(Trainer, AReportedStepHasThePreviousCheckpointOnDisk) {
+  // Checkpoints are written in the background, but handing one over waits
+  // for the previous write: when step N is reported, ckpt-(N-1) is complete.
+  testing::TempDir dir;
+  JobConfig job = blobs_job(dir.path());
+  job.train.max_steps = 12;
+  job.train.checkpoint_every_steps = 1;
+  job.train.keep_checkpoints = 100;
+  auto strategy = local_for(job);
+  Trainer trainer(job, *strategy, Logger::null());
+  struct Check : Callback {
+    std::string dir;
+    std::vector<int64_t> missing;
+    void on_step_end(const StepInfo& s) override {
+      if (s.step < 2) return;
+      const std::string path = dir + "/ckpt-" + std::to_string(s.step - 1) + ".dtc";
+      try {
+        if (io::read_checkpoint(path).step != s.step - 1) missing.push_back(s.step - 1);
+      } catch (const CheckpointError&) {
+        missing.push_back(s.step - 1);
+      }
+    }
+  } check;
+  check.dir = dir.path();
+  trainer.add_callback(check);
+  trainer.fit(blobs(300, 1), blobs(100, 2));
+  EXPECT_TRUE(check.missing.empty()) << "not on disk when the next step was reported: step "
+                                     << check.missing.front();
+}
+
+TEST(Trainer, AFailedBackgroundWriteEndsFitWithACheckpointError) {
+  // The output "folder" is a file: no checkpoint can be written.
+  testing::TempDir dir;
+  const std::string blocked = dir.file("not-a-folder");
+  std::ofstream(blocked) << "x";
+  JobConfig job = blobs_job(blocked);
+  job.resume = false;
+  job.train.max_steps = 6;
+  job.train.checkpoint_every_steps = 2;
+  try {
+    fit(job, blobs(300, 1), blobs(100, 2));
+    ADD_FAILURE() << "fit() returned although no checkpoint could be written";
+  } catch (const CheckpointError& e) {
+    EXPECT_NE(std::string(e.what()).find("ckpt-2.dtc"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Trainer, WritesMetricsAsJsonLines) {
   testing::TempDir dir;
   JobConfig job = blobs_job(dir.path());

@@ -1,0 +1,158 @@
+// Helpers of the restart tests (restart_test.cpp, restart_mode_test.cpp): a
+// small synthetic job that checkpoints every step, the dtrain executable
+// started as a child process (stdout and stderr captured together), its
+// progress lines read back, and files compared byte for byte.
+// Every wait takes a Deadline; failures are reported through GoogleTest
+// (EXPECT_*/ADD_FAILURE), never thrown. Single-threaded; header-only.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <sys/types.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "core/deadline.h"
+#include "testing/process.h"
+
+namespace dtrain::ft_test {
+
+// 3 epochs of 20 steps (60 in all) on 1200 synthetic samples, a checkpoint
+// every step and a progress line every step; a run takes well under a second.
+inline constexpr const char* kJob = R"(
+[job]
+name = "restart"
+seed = 3
+
+[data]
+dataset = "synthetic"
+synthetic_samples = 1200
+synthetic_features = 10
+synthetic_classes = 3
+
+[model]
+input_shape = [10]
+
+[[model.layers]]
+type = "linear"
+name = "fc1"
+out_features = 32
+
+[[model.layers]]
+type = "relu"
+
+[[model.layers]]
+type = "linear"
+name = "fc2"
+out_features = 3
+
+[optimizer]
+type = "adam"
+lr = 0.01
+
+[schedule]
+type = "cosine"
+warmup_steps = 5
+
+[train]
+epochs = 3
+batch_size = 50
+log_every_steps = 1
+checkpoint_every_steps = 1
+keep_checkpoints = 2
+)";
+
+inline void write_text(const std::string& path, const std::string& text) {
+  std::ofstream(path) << text;
+}
+
+inline std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// Fails naming the first differing byte unless the two files are equal.
+inline void expect_same_bytes(const std::string& a, const std::string& b) {
+  ASSERT_TRUE(std::filesystem::exists(a)) << a;
+  ASSERT_TRUE(std::filesystem::exists(b)) << b;
+  const std::string x = read_bytes(a), y = read_bytes(b);
+  if (x == y) return;
+  size_t i = 0;
+  while (i < x.size() && i < y.size() && x[i] == y[i]) ++i;
+  ADD_FAILURE() << a << " (" << x.size() << " bytes) and " << b << " (" << y.size()
+                << " bytes) differ from byte " << i;
+}
+
+// dtrain with `args`, its stderr merged into the captured stdout; the child's
+// pid is dtrain's own (the shell execs it).
+inline testing::ChildProcess start_dtrain(const std::vector<std::string>& args) {
+  std::vector<std::string> argv = {"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1", DTRAIN_BINARY};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return testing::ChildProcess::spawn(argv, {{"OPENBLAS_NUM_THREADS", "1"}});
+}
+
+// Runs dtrain to the end; the output when it exits 0, a failure otherwise.
+inline std::string run_to_end(const std::vector<std::string>& args) {
+  using namespace std::chrono_literals;
+  testing::ChildProcess run = start_dtrain(args);
+  const std::optional<testing::ExitStatus> status = run.wait(Deadline::after(240s));
+  EXPECT_TRUE(status.has_value()) << "dtrain did not finish: " << run.output();
+  EXPECT_TRUE(status && status->ok()) << (status ? status->describe() : "") << "\n" << run.output();
+  return run.output();
+}
+
+// The global step numbers of the plain progress lines in `output`
+// ("epoch 1 step 3/20 (global 3): ..."), in order.
+inline std::vector<int64_t> step_lines(const std::string& output) {
+  std::vector<int64_t> steps;
+  size_t at = 0;
+  while ((at = output.find("(global ", at)) != std::string::npos) {
+    const size_t end = output.find(')', at);
+    if (end == std::string::npos) break;
+    steps.push_back(std::stoll(output.substr(at + 8, end - at - 8)));
+    at = end;
+  }
+  return steps;
+}
+
+// Reads until `count` progress lines arrived after output offset `from`;
+// false at EOF or the deadline.
+inline bool wait_for_steps(testing::ChildProcess& child, size_t count, Deadline deadline,
+                           size_t from = 0) {
+  auto arrived = [&] { return step_lines(child.output().substr(from)).size() >= count; };
+  while (!arrived()) {
+    if (deadline.expired() || !child.read_some(100)) return arrived();
+  }
+  return true;
+}
+
+// The step in the first "resumed from <path> at step S: ..." in `output`
+// at or after `from`; -1 if absent.
+inline int64_t resumed_step(const std::string& output, size_t from = 0) {
+  const size_t at = output.find("resumed from ", from);
+  if (at == std::string::npos) return -1;
+  const size_t s = output.find(" at step ", at);
+  if (s == std::string::npos) return -1;
+  return std::stoll(output.substr(s + 9));
+}
+
+// The launcher's worker processes, ascending pid (rank order: rank r starts
+// before rank r + 1).
+inline std::vector<pid_t> children_of(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
+  std::vector<pid_t> children;
+  for (pid_t child; in >> child;) children.push_back(child);
+  std::sort(children.begin(), children.end());
+  return children;
+}
+
+}  // namespace dtrain::ft_test
