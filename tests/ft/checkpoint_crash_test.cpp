@@ -23,6 +23,7 @@
 #include "core/deadline.h"
 #include "core/log.h"
 #include "core/rng.h"
+#include "ft_test_util.h"
 #include "io/atomic_file.h"
 #include "io/checkpoint.h"
 #include "io/file_system.h"
@@ -312,52 +313,10 @@ TEST(CheckpointCrash, KilledWriterAlwaysLeavesAValidNewestCheckpoint) {
 
 // ------------------------------------------------------------ the real binary
 
-void write_text(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
+using ft_test::kJob;
+using ft_test::start_dtrain;
+using ft_test::write_text;
 
-constexpr const char* kJob = R"(
-[job]
-name = "crash"
-seed = 11
-
-[data]
-dataset = "synthetic"
-synthetic_samples = 1200
-synthetic_features = 10
-synthetic_classes = 3
-
-[model]
-input_shape = [10]
-
-[[model.layers]]
-type = "linear"
-name = "fc1"
-out_features = 32
-
-[[model.layers]]
-type = "relu"
-
-[[model.layers]]
-type = "linear"
-name = "fc2"
-out_features = 3
-
-[optimizer]
-type = "adam"
-lr = 0.01
-
-[train]
-epochs = 3
-batch_size = 50
-log_every_steps = 1
-checkpoint_every_steps = 1
-keep_checkpoints = 2
-)";
-
-testing::ChildProcess start_dtrain(const std::vector<std::string>& args) {
-  std::vector<std::string> argv = {"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1", DTRAIN_BINARY};
-  argv.insert(argv.end(), args.begin(), args.end());
-  return testing::ChildProcess::spawn(argv, {{"OPENBLAS_NUM_THREADS", "1"}});
-}
 
 // Reads until `text` appears in the output; false at EOF or the deadline.
 bool wait_for_text(testing::ChildProcess& child, const std::string& text, Deadline deadline) {
