@@ -365,17 +365,6 @@ std::string CheckpointDirectory::write(const Checkpoint& checkpoint) {
     throw CheckpointError(path, checkpoint.step, fmt::format("write failed: {}", e.what()));
   }
   write_checkpoint(checkpoint, path, fs_);
-  // One writer per folder: any checkpoint temporary still here was left by
-  // a writer that died (write_file_atomic only cleans its own name's).
-  try {
-    for (const std::string& entry : fs_.list_directory(dir_)) {
-      if (entry.rfind(kFilePrefix, 0) == 0 && is_temporary_file(entry)) {
-        fs_.remove_file(dir_ + "/" + entry);
-      }
-    }
-  } catch (const FileError& e) {
-    logger_.warn("checkpoint directory {}: could not remove a stale temporary file: {}", dir_, e.reason());
-  }
   const std::vector<int64_t> present = steps();
   const auto excess = static_cast<int64_t>(present.size()) - keep_last_;
   for (int64_t i = 0; i < excess; ++i) {
@@ -386,6 +375,17 @@ std::string CheckpointDirectory::write(const Checkpoint& checkpoint) {
       logger_.warn("checkpoint directory {}: could not remove old checkpoint {}: {}", dir_, old,
                    e.reason());
     }
+  }
+  // One writer per folder: any checkpoint temporary still here was left by
+  // a writer that died (write_file_atomic only cleans its own name's).
+  try {
+    for (const std::string& entry : fs_.list_directory(dir_)) {
+      if (entry.rfind(kFilePrefix, 0) == 0 && is_temporary_file(entry)) {
+        fs_.remove_file(dir_ + "/" + entry);
+      }
+    }
+  } catch (const FileError& e) {
+    logger_.warn("checkpoint directory {}: could not remove a stale temporary file: {}", dir_, e.reason());
   }
   return path;
 }
