@@ -18,60 +18,55 @@ std::pair<size_t, size_t> chunk_range(size_t begin, size_t end, size_t c, size_t
   return {lo, std::min(end, lo + chunk)};
 }
 
-}  // namespace
-
-void ring_reduce_scatter(CollectiveChannel& channel, std::span<float> data,
-                         std::span<const size_t> offsets, ReduceOp op, size_t chunk_elements) {
-  const int n = channel.size();
-  const int r = channel.rank();
-  if (n == 1) return;
-  const int right = (r + 1) % n;
-  const int left = (r + n - 1) % n;
+// One pass around the ring (Patarasuk & Yuan 2009): n - 1 steps; at step s
+// this rank sends block (r - s - shift) to the right and receives block
+// (r - s - shift - 1) from the left, chunk by chunk and interleaved so that
+// the pipeline stays full. send(lo, hi) and recv(lo, hi) move one chunk.
+template <class Send, class Recv>
+void ring_pass(int n, int r, std::span<const size_t> offsets, size_t chunk, int shift,
+               const Send& send, const Recv& recv) {
   for (int s = 0; s < n - 1; ++s) {
-    const size_t send_block = ring_index(r - s - 1, n);
-    const size_t recv_block = ring_index(r - s - 2, n);
-    const size_t send_chunks =
-        chunk_count(offsets[send_block + 1] - offsets[send_block], chunk_elements);
-    const size_t recv_chunks =
-        chunk_count(offsets[recv_block + 1] - offsets[recv_block], chunk_elements);
+    const size_t send_block = ring_index(r - s - shift, n);
+    const size_t recv_block = ring_index(r - s - shift - 1, n);
+    const size_t send_chunks = chunk_count(offsets[send_block + 1] - offsets[send_block], chunk);
+    const size_t recv_chunks = chunk_count(offsets[recv_block + 1] - offsets[recv_block], chunk);
     for (size_t c = 0; c < std::max(send_chunks, recv_chunks); ++c) {
       if (c < send_chunks) {
-        auto [lo, hi] = chunk_range(offsets[send_block], offsets[send_block + 1], c, chunk_elements);
-        channel.send(right, std::span<const float>(data.subspan(lo, hi - lo)));
+        const auto [lo, hi] = chunk_range(offsets[send_block], offsets[send_block + 1], c, chunk);
+        send(lo, hi);
       }
       if (c < recv_chunks) {
-        auto [lo, hi] = chunk_range(offsets[recv_block], offsets[recv_block + 1], c, chunk_elements);
-        channel.recv_reduce(left, data.subspan(lo, hi - lo), op);
+        const auto [lo, hi] = chunk_range(offsets[recv_block], offsets[recv_block + 1], c, chunk);
+        recv(lo, hi);
       }
     }
   }
 }
 
+}  // namespace
+
+void ring_reduce_scatter(CollectiveChannel& channel, std::span<float> data,
+                         std::span<const size_t> offsets, ReduceOp op, size_t chunk_elements) {
+  const int n = channel.size();
+  if (n == 1) return;
+  const int right = (channel.rank() + 1) % n;
+  const int left = (channel.rank() + n - 1) % n;
+  ring_pass(
+      n, channel.rank(), offsets, chunk_elements, 1,
+      [&](size_t lo, size_t hi) { channel.send(right, std::span<const float>(data.subspan(lo, hi - lo))); },
+      [&](size_t lo, size_t hi) { channel.recv_reduce(left, data.subspan(lo, hi - lo), op); });
+}
+
 void ring_allgather(CollectiveChannel& channel, std::span<std::byte> data,
                     std::span<const size_t> offsets, size_t chunk_bytes) {
   const int n = channel.size();
-  const int r = channel.rank();
   if (n == 1) return;
-  const int right = (r + 1) % n;
-  const int left = (r + n - 1) % n;
-  for (int s = 0; s < n - 1; ++s) {
-    const size_t send_block = ring_index(r - s, n);
-    const size_t recv_block = ring_index(r - s - 1, n);
-    const size_t send_chunks =
-        chunk_count(offsets[send_block + 1] - offsets[send_block], chunk_bytes);
-    const size_t recv_chunks =
-        chunk_count(offsets[recv_block + 1] - offsets[recv_block], chunk_bytes);
-    for (size_t c = 0; c < std::max(send_chunks, recv_chunks); ++c) {
-      if (c < send_chunks) {
-        auto [lo, hi] = chunk_range(offsets[send_block], offsets[send_block + 1], c, chunk_bytes);
-        channel.send(right, std::span<const std::byte>(data.subspan(lo, hi - lo)));
-      }
-      if (c < recv_chunks) {
-        auto [lo, hi] = chunk_range(offsets[recv_block], offsets[recv_block + 1], c, chunk_bytes);
-        channel.recv_into(left, data.subspan(lo, hi - lo));
-      }
-    }
-  }
+  const int right = (channel.rank() + 1) % n;
+  const int left = (channel.rank() + n - 1) % n;
+  ring_pass(
+      n, channel.rank(), offsets, chunk_bytes, 0,
+      [&](size_t lo, size_t hi) { channel.send(right, std::span<const std::byte>(data.subspan(lo, hi - lo))); },
+      [&](size_t lo, size_t hi) { channel.recv_into(left, data.subspan(lo, hi - lo)); });
 }
 
 void ring_allreduce(CollectiveChannel& channel, std::span<float> data, ReduceOp op,
