@@ -19,6 +19,7 @@
 #endif
 #include "core/error.h"
 #include "core/log.h"
+#include "data/class_weights.h"
 #include "data/csv.h"
 #include "data/idx.h"
 #include "data/partition.h"
@@ -26,6 +27,7 @@
 #include "io/file_system.h"
 #include "io/safetensors.h"
 #include "strategy/allreduce_strategy.h"
+#include "strategy/class_weighted_loss.h"
 #include "strategy/local_strategy.h"
 #include "strategy/mirrored_strategy.h"
 #include "train/callbacks.h"
@@ -118,7 +120,32 @@ WorkerCollectives connect_collectives(const train::JobConfig& job, const comm::L
   return out;
 }
 
-std::unique_ptr<strategy::Strategy> make_strategy(const train::JobConfig& job, WorkerCollectives* worker) {
+// This worker's slowdown factor from distributed.slowdown (1: none).
+double slowdown_for(const train::JobConfig& job, int64_t rank, int64_t world_size) {
+  double factor = 1.0;
+  for (const std::string& entry : job.distributed.slowdown) {
+    const Slowdown s = parse_slowdown(entry, job.source, "distributed.slowdown");
+    if (s.rank >= world_size) {
+      throw ConfigError(job.source, "distributed.slowdown", 0,
+                        fmt::format("'{}' names rank {}, but the job has {} workers", entry,
+                                    s.rank, world_size));
+    }
+    if (s.rank == rank) factor = s.factor;
+  }
+  return factor;
+}
+
+strategy::LossFn make_loss(const train::JobConfig& job, const data::TensorDataset& train) {
+  if (job.train.class_weights == "balanced") {
+    return strategy::class_weighted_cross_entropy_loss(
+        data::balanced_class_weights(train.labels(), train.num_classes()));
+  }
+  return strategy::cross_entropy_loss();
+}
+
+std::unique_ptr<strategy::Strategy> make_strategy(const train::JobConfig& job, WorkerCollectives* worker,
+                                                  const comm::LaunchInfo& launch,
+                                                  const strategy::LossFn& loss) {
   Rng rng(job.seed);
   auto model = train::build_model(job.model, rng, job.source);
   auto make_optimizer = [&job](std::vector<Variable> params) {
@@ -129,14 +156,20 @@ std::unique_ptr<strategy::Strategy> make_strategy(const train::JobConfig& job, W
     o.bucket_bytes = static_cast<size_t>(job.distributed.bucket_bytes);
     o.timeout = std::chrono::milliseconds(job.distributed.timeout_ms);
     o.accumulation_steps = job.distributed.accumulation_steps;
+    o.dynamic_batch.enabled = job.distributed.dynamic_batch;
+    o.dynamic_batch.rebalance_every = job.distributed.rebalance_every;
+    o.dynamic_batch.smoothing = job.distributed.smoothing;
+    o.dynamic_batch.min_share = job.distributed.min_share;
+    o.dynamic_batch.max_share = job.distributed.max_share;
+    o.slowdown = slowdown_for(job, launch.rank, launch.world_size);
 #ifdef DTRAIN_HAVE_MPI
     if (worker->mpi) {
       return std::make_unique<strategy::AllReduceStrategy>(
-          std::move(model), make_optimizer, static_cast<comm::Collectives&>(*worker->mpi), o);
+          std::move(model), make_optimizer, static_cast<comm::Collectives&>(*worker->mpi), o, loss);
     }
 #endif
     return std::make_unique<strategy::AllReduceStrategy>(std::move(model), make_optimizer,
-                                                         *worker->native, o);
+                                                         *worker->native, o, loss);
   }
   if (job.distributed.strategy == "mirrored") {
     auto make_replica = [&job] {
@@ -144,9 +177,9 @@ std::unique_ptr<strategy::Strategy> make_strategy(const train::JobConfig& job, W
       return std::unique_ptr<nn::Module>(train::build_model(job.model, replica_rng, job.source));
     };
     return std::make_unique<strategy::MirroredStrategy>(std::move(model), make_replica,
-                                                        job.distributed.workers, make_optimizer);
+                                                        job.distributed.workers, make_optimizer, loss);
   }
-  return std::make_unique<strategy::LocalStrategy>(std::move(model), make_optimizer);
+  return std::make_unique<strategy::LocalStrategy>(std::move(model), make_optimizer, loss);
 }
 
 }  // namespace
@@ -166,6 +199,10 @@ int run_train(const TrainOptions& options, std::ostream& out) {
   }
   if (job.distributed.workers < 1) {
     throw ConfigError(job.source, "distributed.workers", 0, "must be at least 1");
+  }
+  for (const std::string& entry : options.slowdown) {
+    parse_slowdown(entry, "--slowdown", entry);  // checked here, applied per worker
+    job.distributed.slowdown.push_back(entry);
   }
   if (options.output) job.output = *options.output;
   if (options.threads) job.train.threads = *options.threads;
@@ -234,7 +271,19 @@ int run_train(const TrainOptions& options, std::ostream& out) {
   }
   WorkerCollectives worker;
   if (is_worker) worker = connect_collectives(job, launch, options.environment, logger);
-  std::unique_ptr<strategy::Strategy> strategy = make_strategy(job, is_worker ? &worker : nullptr);
+  if (!is_worker) {
+    if (job.distributed.dynamic_batch) {
+      logger.warn("distributed.dynamic_batch has no effect on one process: it balances the "
+                  "workers of an allreduce job");
+    }
+    if (!job.distributed.slowdown.empty()) {
+      throw ConfigError(job.source, "distributed.slowdown", 0,
+                        "a slowdown applies to the worker processes of an allreduce job "
+                        "(--workers N > 1)");
+    }
+  }
+  std::unique_ptr<strategy::Strategy> strategy =
+      make_strategy(job, is_worker ? &worker : nullptr, launch, make_loss(job, data.train));
 
   train::Trainer trainer(job, *strategy, logger);
   std::unique_ptr<train::JsonLinesWriter> metrics;

@@ -22,6 +22,9 @@ struct TrainOptions {
   std::optional<bool> resume;
   // Restarts of a launched job after a worker failure (train.max_restarts).
   std::optional<int64_t> max_restarts;
+  // --slowdown RANK=FACTOR entries, added to distributed.slowdown (tests and
+  // benchmarks: that worker computes FACTOR times slower).
+  std::vector<std::string> slowdown;
   std::string progress = "plain";  // bar | plain | none
   // A worker's place in a launched job; each overrides its environment
   // variable (DTRAIN_RANK, DTRAIN_WORLD_SIZE, DTRAIN_COORDINATOR).

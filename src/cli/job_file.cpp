@@ -1,5 +1,6 @@
 #include "cli/job_file.h"
 
+#include <cmath>
 #include <fstream>
 #include <optional>
 #include <set>
@@ -96,6 +97,16 @@ class TableReader {
           throw ConfigError(file_, full(key), line_of(element),
                             "expected an array of positive integers");
         }
+        out.push_back(*v);
+      }
+      return out;
+    } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+      const toml::array* array = node.as_array();
+      if (array == nullptr) wrong_type(node, key, "an array of strings");
+      std::vector<std::string> out;
+      for (const toml::node& element : *array) {
+        auto v = element.value_exact<std::string>();
+        if (!v) throw ConfigError(file_, full(key), line_of(element), "expected an array of strings");
         out.push_back(*v);
       }
       return out;
@@ -221,6 +232,30 @@ void apply_override(toml::table& root, const std::string& assignment) {
 
 }  // namespace
 
+Slowdown parse_slowdown(const std::string& entry, const std::string& source,
+                        const std::string& key) {
+  const auto eq = entry.find('=');
+  Slowdown out;
+  try {
+    if (eq == std::string::npos) throw std::invalid_argument(entry);
+    size_t used = 0;
+    const std::string rank = entry.substr(0, eq);
+    out.rank = std::stoll(rank, &used);
+    if (used != rank.size()) throw std::invalid_argument(rank);
+    const std::string factor = entry.substr(eq + 1);
+    out.factor = std::stod(factor, &used);
+    if (used != factor.size()) throw std::invalid_argument(factor);
+  } catch (const std::exception&) {
+    throw ConfigError(source, key, 0,
+                      fmt::format("'{}' is not RANK=FACTOR (e.g. 3=2.5)", entry));
+  }
+  if (out.rank < 0 || !(out.factor >= 1.0) || !std::isfinite(out.factor)) {
+    throw ConfigError(source, key, 0,
+                      fmt::format("'{}': need a rank >= 0 and a factor >= 1", entry));
+  }
+  return out;
+}
+
 train::JobConfig parse_job(const std::string& toml_text, const std::string& source_name,
                            const std::vector<std::string>& overrides) {
   toml::table root;
@@ -269,8 +304,16 @@ train::JobConfig parse_job(const std::string& toml_text, const std::string& sour
     r.read("synthetic_samples", job.data.synthetic_samples);
     r.read("synthetic_features", job.data.synthetic_features);
     r.read("synthetic_classes", job.data.synthetic_classes);
+    r.read("partition", job.data.partition);
+    r.read("classes_per_worker", job.data.classes_per_worker);
+    r.read("dirichlet_alpha", job.data.dirichlet_alpha);
+    r.read("quantity_sigma", job.data.quantity_sigma);
     r.finish();
     check_choice(file, "data.dataset", job.data.dataset, {"mnist", "csv", "synthetic"}, t);
+    if (!job.data.partition.empty()) {
+      check_choice(file, "data.partition", job.data.partition,
+                   {"iid", "label", "dirichlet", "quantity"}, t);
+    }
   }
   if (const toml::table* t = subtable(root, "optimizer", file)) {
     TableReader r(*t, "optimizer", file);
@@ -316,7 +359,9 @@ train::JobConfig parse_job(const std::string& toml_text, const std::string& sour
     r.read("threads", job.train.threads);
     r.read("drop_last", job.train.drop_last);
     r.read("max_restarts", job.train.max_restarts);
+    r.read("class_weights", job.train.class_weights);
     r.finish();
+    check_choice(file, "train.class_weights", job.train.class_weights, {"none", "balanced"}, t);
     if (job.train.batch_size <= 0) {
       throw ConfigError(file, "train.batch_size", line_of(*t->get("batch_size")), "must be positive");
     }
@@ -335,7 +380,31 @@ train::JobConfig parse_job(const std::string& toml_text, const std::string& sour
     r.read("timeout_ms", job.distributed.timeout_ms);
     r.read("accumulation_steps", job.distributed.accumulation_steps);
     r.read("backend", job.distributed.backend);
+    r.read("dynamic_batch", job.distributed.dynamic_batch);
+    r.read("rebalance_every", job.distributed.rebalance_every);
+    r.read("smoothing", job.distributed.smoothing);
+    r.read("min_share", job.distributed.min_share);
+    r.read("max_share", job.distributed.max_share);
+    r.read("slowdown", job.distributed.slowdown);
     r.finish();
+    const auto line = [t](const char* key) { return t->get(key) ? line_of(*t->get(key)) : 0; };
+    if (job.distributed.rebalance_every < 1) {
+      throw ConfigError(file, "distributed.rebalance_every", line("rebalance_every"),
+                        "must be at least 1");
+    }
+    if (!(job.distributed.smoothing >= 0.0 && job.distributed.smoothing < 1.0)) {
+      throw ConfigError(file, "distributed.smoothing", line("smoothing"),
+                        fmt::format("must be in [0, 1), got {}", job.distributed.smoothing));
+    }
+    if (!(job.distributed.min_share >= 0.0 && job.distributed.min_share <= job.distributed.max_share &&
+          job.distributed.max_share <= 1.0)) {
+      throw ConfigError(file, "distributed.min_share", line("min_share"),
+                        fmt::format("need 0 <= min_share <= max_share <= 1, got {} and {}",
+                                    job.distributed.min_share, job.distributed.max_share));
+    }
+    for (const std::string& entry : job.distributed.slowdown) {
+      parse_slowdown(entry, file, "distributed.slowdown");
+    }
     check_choice(file, "distributed.strategy", job.distributed.strategy, {"local", "mirrored", "allreduce"}, t);
     if (job.distributed.workers < 1) {
       throw ConfigError(file, "distributed.workers", line_of(*t->get("workers")), "must be at least 1");

@@ -6,7 +6,7 @@
 //   [optimizer]  type, lr, momentum, nesterov, weight_decay, beta1, beta2, eps
 //   [schedule]   type, warmup_steps, step_size, gamma, eta_min, total_steps
 //   [train]      epochs, batch_size, eval_batch_size, log_every_steps, max_steps, ...
-//   [distributed] strategy, workers
+//   [distributed] strategy, workers, dynamic_batch, slowdown, ...
 //
 // Every key is checked: an unknown key, a wrong type or a bad value throws
 // ConfigError naming the file, the dotted key and its line. Overrides
@@ -16,12 +16,23 @@
 // Thread safety: pure functions. Blocking: reads one file.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
 #include "train/job_config.h"
 
 namespace dtrain::cli {
+
+// One "RANK=FACTOR" slowdown entry (--slowdown, distributed.slowdown): a
+// rank >= 0 and a factor >= 1. ConfigError naming `source`, `key` and the
+// entry.
+struct Slowdown {
+  int64_t rank = 0;
+  double factor = 1.0;
+};
+Slowdown parse_slowdown(const std::string& entry, const std::string& source,
+                        const std::string& key);
 
 train::JobConfig read_job_file(const std::string& path, const std::vector<std::string>& overrides);
 train::JobConfig parse_job(const std::string& toml_text, const std::string& source_name,

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <thread>
 
 #include "autograd/functions.h"
 #include "core/error.h"
@@ -44,7 +45,8 @@ AllReduceStrategy::AllReduceStrategy(std::unique_ptr<nn::Module> model,
       collectives_(collectives),
       async_(async),
       options_(options),
-      loss_(std::move(loss)) {
+      loss_(std::move(loss)),
+      balancer_(collectives.size(), options.dynamic_batch) {
   if (model_ == nullptr) throw UsageError("allreduce strategy: no model given");
   if (options_.accumulation_steps < 1) {
     throw UsageError(
@@ -55,13 +57,20 @@ AllReduceStrategy::AllReduceStrategy(std::unique_ptr<nn::Module> model,
     throw UsageError(fmt::format("allreduce strategy: timeout must be positive, got {} ms",
                                  options_.timeout.count()));
   }
+  if (!(options_.slowdown >= 1.0) || !std::isfinite(options_.slowdown)) {
+    throw UsageError(fmt::format("allreduce strategy: slowdown must be a factor >= 1, got {}",
+                                 options_.slowdown));
+  }
+  header_floats_ = kHeaderFloats + (options_.dynamic_batch.enabled
+                                        ? static_cast<size_t>(collectives_.size())
+                                        : size_t{0});
   params_ = model_->parameters();
   optimizer_ = make_optimizer(params_);
   std::vector<int64_t> numels;
   numels.reserve(params_.size());
   for (const Variable& p : params_) numels.push_back(p.numel());
   bucketer_ = std::make_unique<CoalescingBucketer>(
-      numels, options_.bucket_bytes, kHeaderFloats,
+      numels, options_.bucket_bytes, header_floats_,
       [this](size_t bucket, std::span<float> data) { launch(bucket, data); });
   const size_t buckets = bucketer_->bucket_count();
   works_.resize(buckets);
@@ -155,6 +164,7 @@ void AllReduceStrategy::sync_replicas() {
   }
   micro_step_ = 0;
   window_ = {};
+  window_compute_s_ = 0.0;
   optimizer_->zero_grad();
 }
 
@@ -190,6 +200,7 @@ StepStats AllReduceStrategy::train_step(const Tensor& inputs, std::span<const in
   if (micro_step_ == 0) {
     optimizer_->zero_grad();
     window_ = {};
+    window_compute_s_ = 0.0;
   }
   const bool communicate = micro_step_ + 1 == options_.accumulation_steps;
 
@@ -197,6 +208,7 @@ StepStats AllReduceStrategy::train_step(const Tensor& inputs, std::span<const in
   StepStats mine;
   Variable output;
   Variable loss;
+  const auto compute_start = Clock::now();
   if (n > 0) {
     model_->train();
     output = model_->forward(Variable(inputs));
@@ -215,9 +227,16 @@ StepStats AllReduceStrategy::train_step(const Tensor& inputs, std::span<const in
       in_backward_ = true;
       const auto backward_start = Clock::now();
       mul_scalar(loss, static_cast<float>(n)).backward();
-      if (communicate) overlap_.backward_s = seconds(Clock::now() - backward_start);
+      const auto backward_end = Clock::now();
+      if (communicate) overlap_.backward_s = seconds(backward_end - backward_start);
       hooks_armed_ = false;
       in_backward_ = false;
+      const double compute_s = seconds(backward_end - compute_start);
+      if (options_.slowdown > 1.0) {
+        std::this_thread::sleep_for(
+            std::chrono::duration<double>((options_.slowdown - 1.0) * compute_s));
+      }
+      window_compute_s_ += seconds(Clock::now() - compute_start);
     }
   } catch (...) {
     hooks_armed_ = false;
@@ -234,6 +253,9 @@ StepStats AllReduceStrategy::train_step(const Tensor& inputs, std::span<const in
     return mine;
   }
   micro_step_ = 0;
+  compute_samples_per_s_ = window_.samples > 0 && window_compute_s_ > 0.0
+                               ? static_cast<double>(window_.samples) / window_compute_s_
+                               : 0.0;
   try {
     complete_allreduce();
     apply_update();
@@ -252,6 +274,13 @@ void AllReduceStrategy::begin_pass() {
   header[kHeaderSamples] = static_cast<float>(window_.samples);
   header[kHeaderLossSum] = static_cast<float>(window_.loss_sum);
   header[kHeaderCorrect] = static_cast<float>(window_.correct);
+  if (options_.dynamic_batch.enabled) {
+    // The previous window's throughput in this rank's slot, zeros elsewhere:
+    // the sum gives every worker every rate.
+    std::fill(header.begin() + kHeaderFloats, header.end(), 0.0f);
+    header[kHeaderFloats + static_cast<size_t>(collectives_.rank())] =
+        static_cast<float>(compute_samples_per_s_);
+  }
   std::fill(works_.begin(), works_.end(), comm::Work());
   completions_seen_ = 0;
   overlap_ = {};
@@ -312,6 +341,10 @@ void AllReduceStrategy::apply_update() {
   const std::span<const float> header = bucketer_->reduced_header();
   global_stats_ = {static_cast<double>(header[kHeaderLossSum]),
                    std::llround(header[kHeaderCorrect]), std::llround(header[kHeaderSamples])};
+  if (options_.dynamic_batch.enabled) {
+    std::vector<double> rates(header.begin() + kHeaderFloats, header.end());
+    balancer_.observe(rates);
+  }
   const float total_samples = header[kHeaderSamples];
   if (total_samples <= 0.0f) {
     optimizer_->zero_grad();  // no worker had rows: nothing to learn from

@@ -33,6 +33,22 @@
 // global_stats() holds the statistics of the last update summed over every
 // worker and micro-batch (carried in bucket 0's header at no extra message).
 //
+// Dynamic batch sizing (options.dynamic_batch, docs/allreduce-strategy.md):
+// each worker measures its compute time (forward and backward, slowdown
+// included) and, at the next update, puts its throughput (rows / seconds of
+// the previous update's window) into slot kHeaderFloats + rank of bucket 0's
+// header, W floats more; the allreduce sums them, so every worker observes
+// every worker's throughput at no extra message (one update late: bucket 0
+// leaves during backward, before this window's time is known). A
+// BatchBalancer turns the observations into identical shares on every
+// worker; batch_split() reports them and the trainer slices the global batch
+// with them. Shares are runtime state, not checkpointed: a resumed run
+// starts from equal shares.
+//
+// Slowdown (options.slowdown > 1, for tests and benchmarks): after each
+// call's forward and backward the worker sleeps (slowdown - 1) times their
+// duration, a node that many times slower.
+//
 // Row-sparse gradients (embedding tables) are folded to dense before packing:
 // the allreduce moves whole tables. The parameter-server strategy handles
 // sparse gradients natively.
@@ -82,6 +98,7 @@
 
 #include "comm/collectives.h"
 #include "comm/communicator.h"
+#include "strategy/batch_balancer.h"
 #include "strategy/coalescing_bucketer.h"
 #include "strategy/strategy.h"
 
@@ -99,6 +116,12 @@ struct AllReduceOptions {
   std::chrono::milliseconds timeout{60000};
   // Rank 0 broadcasts the buffers after every update (models with buffers).
   bool broadcast_buffers = true;
+  // Dynamic batch sizing (off by default: the static split).
+  BatchBalancerOptions dynamic_batch;
+  // This worker computes `slowdown` times slower than it can (>= 1; 1:
+  // normal): it sleeps (slowdown - 1) x its compute time after each
+  // train_step()'s forward and backward. For tests and benchmarks only.
+  double slowdown = 1.0;
 };
 
 // How much of the last update's communication hid behind backward
@@ -158,6 +181,17 @@ class AllReduceStrategy : public Strategy {
   int64_t rank() const override { return collectives_.rank(); }
   int64_t world_size() const override { return collectives_.size(); }
   int64_t accumulation_steps() const override { return options_.accumulation_steps; }
+  // The balancer's split (the static one until shares change).
+  std::vector<int64_t> batch_split(int64_t batch_rows) const override {
+    return balancer_.split(batch_rows);
+  }
+  // The shares every worker uses; set_shares() on every worker alike forces
+  // a split (tests), observe() is the strategy's own.
+  BatchBalancer& batch_balancer() { return balancer_; }
+  const BatchBalancer& batch_balancer() const { return balancer_; }
+  // This worker's throughput over the last update's window (rows per second
+  // of forward and backward, slowdown included); 0 without rows.
+  double compute_samples_per_s() const { return compute_samples_per_s_; }
   // The update's statistics over all workers once an update happened.
   StepStats step_totals(const StepStats& local) const override {
     return updated_ ? global_stats_ : local;
@@ -201,10 +235,14 @@ class AllReduceStrategy : public Strategy {
   AllReduceOptions options_;
   LossFn loss_;
   std::unique_ptr<CoalescingBucketer> bucketer_;
+  BatchBalancer balancer_;
+  size_t header_floats_ = 0;  // bucket 0's header: the totals, then W rates with dynamic_batch
 
   // Per update.
   int64_t micro_step_ = 0;  // micro-batches done in the current window
   StepStats window_;        // this worker's statistics over the window
+  double window_compute_s_ = 0.0;       // forward + backward (+ slowdown) over the window
+  double compute_samples_per_s_ = 0.0;  // of the last finished window, sent at the next update
   bool hooks_armed_ = false;
   bool in_backward_ = false;
   using Clock = std::chrono::steady_clock;

@@ -26,6 +26,26 @@ int64_t count_correct(const Tensor& output, std::span<const int64_t> targets) {
   return correct;
 }
 
+std::vector<int64_t> Strategy::batch_split(int64_t batch_rows) const {
+  const int64_t w = world_size();
+  std::vector<int64_t> rows(static_cast<size_t>(w));
+  for (int64_t r = 0; r < w; ++r) {
+    rows[static_cast<size_t>(r)] = batch_rows * (r + 1) / w - batch_rows * r / w;
+  }
+  return rows;
+}
+
+std::pair<int64_t, int64_t> Strategy::row_range(int64_t batch_rows) const {
+  const std::vector<int64_t> rows = batch_split(batch_rows);
+  const int64_t r = rank();
+  DTRAIN_CHECK(static_cast<int64_t>(rows.size()) == world_size() && r >= 0 &&
+                   r < world_size(),
+               "batch split of {} workers for rank {} of {}", rows.size(), r, world_size());
+  int64_t first = 0;
+  for (int64_t i = 0; i < r; ++i) first += rows[static_cast<size_t>(i)];
+  return {first, first + rows[static_cast<size_t>(r)]};
+}
+
 LossFn cross_entropy_loss() {
   return [](const Variable& output, std::span<const int64_t> targets) {
     return cross_entropy(output, targets);

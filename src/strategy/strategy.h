@@ -20,6 +20,8 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "autograd/variable.h"
 #include "nn/module.h"
@@ -66,6 +68,14 @@ class Strategy {
   // global batch of B rows; only rank 0 reports and writes files.
   virtual int64_t rank() const { return 0; }
   virtual int64_t world_size() const { return 1; }
+  // The rows of every process in a global batch of `batch_rows`, summing to
+  // it. Default: the static split above; a strategy with dynamic batch
+  // sizing (docs/allreduce-strategy.md) answers with its current shares,
+  // the same on every process.
+  virtual std::vector<int64_t> batch_split(int64_t batch_rows) const;
+  // This process's rows [first, second) of a global batch: its place in
+  // batch_split(), so the processes' ranges tile the batch.
+  std::pair<int64_t, int64_t> row_range(int64_t batch_rows) const;
   // The authoritative model: evaluate and save this one.
   virtual nn::Module& model() = 0;
   virtual optim::Optimizer& optimizer() = 0;

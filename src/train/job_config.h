@@ -54,6 +54,13 @@ struct DataConfig {
   int64_t synthetic_samples = 4096;  // synthetic: Gaussian blobs
   int64_t synthetic_features = 16;
   int64_t synthetic_classes = 4;
+  // Each worker trains on its own part of the training set, split by this
+  // partitioner (data/partition.h, docs/partitioning.md): "" (off: slices
+  // of a shared global batch), iid | label | dirichlet | quantity.
+  std::string partition;
+  int64_t classes_per_worker = 2;  // partition = "label"
+  double dirichlet_alpha = 0.5;    // partition = "dirichlet"
+  double quantity_sigma = 1.0;     // partition = "quantity"
 };
 
 struct TrainConfig {
@@ -72,6 +79,10 @@ struct TrainConfig {
   // `dtrain train --workers N`: how often the launcher starts the job again
   // (resuming from its newest checkpoint) after a worker failed; 0: never.
   int64_t max_restarts = 0;
+  // Per-class loss weights on imbalanced data: "none", or "balanced"
+  // (w_c = N / (C n_c) from the training set's label counts; the loss is
+  // the mean over samples of w_t * cross entropy).
+  std::string class_weights = "none";
 };
 
 struct DistributedConfig {
@@ -84,6 +95,20 @@ struct DistributedConfig {
   // one host, ZeroMQ across hosts) or "mpi" (MPI_Allreduce, for a job
   // started by mpirun on a fast fabric; MPI calls have no deadline).
   std::string backend = "native";
+  // allreduce: dynamic batch sizing (docs/allreduce-strategy.md): the global
+  // batch stays fixed, each worker's share follows its measured throughput,
+  // smoothed (smoothing: weight of the old estimate, [0, 1)) and re-balanced
+  // every rebalance_every updates, within [min_share, max_share] of the
+  // global batch.
+  bool dynamic_batch = false;
+  int64_t rebalance_every = 10;
+  double smoothing = 0.5;
+  double min_share = 0.01;
+  double max_share = 1.0;
+  // "RANK=FACTOR": that worker computes FACTOR times slower (it sleeps
+  // FACTOR - 1 times its compute time after each step's compute). For tests
+  // and benchmarks; --slowdown adds entries.
+  std::vector<std::string> slowdown;
 };
 
 struct JobConfig {

@@ -2,16 +2,21 @@
 
 #include <algorithm>
 #include <chrono>
+#include <limits>
+#include <numeric>
+#include <tuple>
 
 #include <fmt/format.h>
 
 #include "autograd/functions.h"
 #include "core/error.h"
 #include "data/loader.h"
+#include "data/partition.h"
 #include "data/sampler.h"
 #include "io/checkpoint.h"
 #include "io/file_system.h"
 #include "io/safetensors.h"
+#include "train/partitioned_epoch.h"
 
 namespace dtrain::train {
 
@@ -32,6 +37,21 @@ struct Window {
   double accuracy() const { return stats.samples ? double(stats.correct) / double(stats.samples) : 0.0; }
   double rate() const { return seconds > 0 ? double(stats.samples) / seconds : 0.0; }
 };
+
+std::string join(const std::vector<int64_t>& values, const char* separator) {
+  return fmt::format("{}", fmt::join(values, separator));
+}
+
+std::vector<int64_t> parse_counts(const std::string& text) {
+  std::vector<int64_t> out;
+  size_t start = 0;
+  while (start < text.size()) {
+    const size_t comma = std::min(text.find(',', start), text.size());
+    out.push_back(std::stoll(text.substr(start, comma - start)));
+    start = comma + 1;
+  }
+  return out;
+}
 
 std::string metadata_at(const io::Checkpoint& c, const std::string& key, const std::string& path) {
   auto it = c.metadata.find(key);
@@ -101,6 +121,16 @@ bool Trainer::resume(Position& position) {
   position.step = c.step;
   position.epoch = c.epoch;
   position.batch_in_epoch = std::stoll(metadata_at(c, "batch_in_epoch", found->path));
+  resumed_part_consumed_.clear();
+  if (auto it = c.metadata.find("part_consumed"); it != c.metadata.end()) {
+    try {
+      resumed_part_consumed_ = parse_counts(it->second);
+    } catch (const std::exception&) {
+      throw CheckpointError(found->path, c.step,
+                            fmt::format("metadata part_consumed '{}' is not a list of counts",
+                                        it->second));
+    }
+  }
   report(position.epoch >= job_.train.epochs
              ? fmt::format("resumed from {}: the run had finished (step {})", found->path, c.step)
              : fmt::format("resumed from {} at step {}: epoch {}, batch {}", found->path, c.step,
@@ -118,6 +148,7 @@ void Trainer::save_checkpoint(const Position& position) {
   c.metadata["batch_size"] = std::to_string(job_.train.batch_size);
   c.metadata["job"] = job_.name;
   c.metadata["seed"] = std::to_string(job_.seed);
+  if (!part_consumed_.empty()) c.metadata["part_consumed"] = join(part_consumed_, ",");
   c.add_section("model", strategy_.model().state_dict().clone());
   c.add_section("optimizer", strategy_.optimizer().state_dict().clone());
   last_checkpoint_ = Clock::now();
@@ -131,9 +162,25 @@ bool Trainer::checkpoint_due(int64_t step) const {
          (every_seconds > 0 && seconds_since(last_checkpoint_) >= every_seconds);
 }
 
+std::vector<std::vector<int64_t>> Trainer::make_parts(const data::TensorDataset& train) const {
+  data::PartitionOptions p;
+  p.kind = job_.data.partition;
+  p.workers = strategy_.world_size();
+  p.seed = job_.seed;
+  p.classes_per_worker = job_.data.classes_per_worker;
+  p.alpha = job_.data.dirichlet_alpha;
+  p.quantity_sigma = job_.data.quantity_sigma;
+  return data::partition(train.labels(), train.num_classes(), p);
+}
+
 Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset& test) {
   const auto run_start = Clock::now();
-  const int64_t per_epoch = steps_per_epoch(train.size());
+  const bool partitioned = !job_.data.partition.empty();
+  std::vector<std::vector<int64_t>> parts;
+  if (partitioned) parts = make_parts(train);
+  const int64_t per_epoch =
+      partitioned ? PartitionedEpoch::steps_at_equal_shares(parts, job_.train.batch_size)
+                  : steps_per_epoch(train.size());
   if (per_epoch == 0) {
     throw UsageError(fmt::format("no training batches: {} samples, batch size {}{}", train.size(),
                                  job_.train.batch_size, job_.train.drop_last ? " with drop_last" : ""));
@@ -142,7 +189,9 @@ Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset
   // max_steps, so that a run stopped early and resumed follows the same
   // learning rates as one that never stopped.
   const int64_t planned_steps = per_epoch * job_.train.epochs;
-  int64_t total_steps = planned_steps;
+  // Partitioned epochs end when the parts are used up, which under dynamic
+  // shares may take more steps than planned: only max_steps bounds them.
+  int64_t total_steps = partitioned ? std::numeric_limits<int64_t>::max() : planned_steps;
   if (job_.train.max_steps > 0) total_steps = std::min(total_steps, job_.train.max_steps);
 
   optim::LrScheduleConfig schedule = job_.schedule;
@@ -182,22 +231,55 @@ Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset
 
   while (!stop && position.epoch < job_.train.epochs) {
     const auto epoch_start = Clock::now();
-    std::vector<int64_t> order = data::shuffled_order(train.size(), job_.seed, position.epoch);
-    const int64_t skip = std::min<int64_t>(position.batch_in_epoch * job_.train.batch_size,
-                                           static_cast<int64_t>(order.size()));
-    order.erase(order.begin(), order.begin() + skip);
-    loader.start_epoch(std::move(order));
+    std::unique_ptr<PartitionedEpoch> part_epoch;
+    if (partitioned) {
+      part_epoch = std::make_unique<PartitionedEpoch>(parts, rank, job_.seed, position.epoch);
+      if (position.batch_in_epoch > 0) {
+        if (static_cast<int64_t>(resumed_part_consumed_.size()) == world) {
+          part_epoch->skip(resumed_part_consumed_);
+        } else {
+          report(resumed_part_consumed_.empty()
+                     ? fmt::format("the checkpoint has no partition positions (written without "
+                                   "data.partition): epoch {} starts afresh",
+                                   position.epoch + 1)
+                     : fmt::format("the checkpoint's partition positions are for {} workers, "
+                                   "this run has {}: epoch {} starts afresh",
+                                   resumed_part_consumed_.size(), world, position.epoch + 1));
+          position.batch_in_epoch = 0;
+        }
+      }
+      resumed_part_consumed_.clear();
+      part_consumed_ = part_epoch->consumed();
+    } else {
+      std::vector<int64_t> order = data::shuffled_order(train.size(), job_.seed, position.epoch);
+      const int64_t skip = std::min<int64_t>(position.batch_in_epoch * job_.train.batch_size,
+                                             static_cast<int64_t>(order.size()));
+      order.erase(order.begin(), order.begin() + skip);
+      loader.start_epoch(std::move(order));
+    }
+    std::vector<int64_t> last_split;
 
     Window window, epoch;
     while (true) {
       const auto t0 = Clock::now();
-      std::optional<data::Batch> batch = loader.next();
-      if (!batch) break;
+      // This process's rows [lo, hi) of `batch`: of the shared global batch
+      // (all of it with one process), or everything taken from its part.
+      std::optional<data::Batch> batch;
+      int64_t lo = 0, hi = 0;
+      if (partitioned) {
+        if (part_epoch->exhausted()) break;
+        last_split = strategy_.batch_split(job_.train.batch_size);
+        batch = data::gather_batch(train, part_epoch->take(last_split));
+        part_consumed_ = part_epoch->consumed();
+        hi = batch->size();
+      } else {
+        batch = loader.next();
+        if (!batch) break;
+        last_split = strategy_.batch_split(batch->size());
+        std::tie(lo, hi) = strategy_.row_range(batch->size());
+      }
       const float lr = schedule_->lr_at(position.step);
       strategy_.optimizer().set_lr(lr);
-      // This process's rows of the global batch (all of it with one process).
-      const int64_t rows = batch->size();
-      const int64_t lo = rows * rank / world, hi = rows * (rank + 1) / world;
       // Gradient accumulation: k micro-batches of those rows, one update.
       const int64_t k = strategy_.accumulation_steps();
       strategy::StepStats mine;
@@ -242,10 +324,20 @@ Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset
     train_seconds += epoch.seconds;
     train_samples += epoch.stats.samples;
 
-    const bool epoch_done = position.batch_in_epoch >= per_epoch;
+    const bool epoch_done =
+        partitioned ? part_epoch->exhausted() : position.batch_in_epoch >= per_epoch;
+    if (chief && world > 1 && !last_split.empty()) {
+      const std::vector<int64_t> equal =
+          strategy_.Strategy::batch_split(std::accumulate(last_split.begin(), last_split.end(), int64_t{0}));
+      if (last_split != equal) {
+        report(fmt::format("epoch {}: rows per worker in the last batch: {}", position.epoch + 1,
+                           join(last_split, " ")));
+      }
+    }
     if (epoch_done) {
       ++position.epoch;
       position.batch_in_epoch = 0;
+      if (partitioned) part_consumed_.assign(static_cast<size_t>(world), 0);
     }
     // Every process holds the same weights: the chief evaluates and writes.
     const EvalResult eval = chief ? evaluate(strategy_.model(), test, job_.train.eval_batch_size) : EvalResult{};

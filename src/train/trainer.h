@@ -16,12 +16,23 @@
 // background write is thrown (CheckpointError) by the next checkpoint or at
 // the end of fit().
 //
-// Several processes: each gets rows [B r / W, B (r + 1) / W) of every global
-// batch of B rows (the same shuffled order on all, from the job's seed), so
-// W processes train exactly as one on the global batch; a process whose
-// share is empty still joins the step (the strategy gives it weight 0). Only
-// rank 0 evaluates and writes checkpoints and the final weights; every rank
-// resumes from the same checkpoint, which does not depend on W.
+// Several processes: each gets its rows of every global batch of B rows
+// (the same shuffled order on all, from the job's seed), the range
+// Strategy::row_range() names: [B r / W, B (r + 1) / W) by default, the
+// current shares under dynamic batch sizing. So W processes train exactly as
+// one on the global batch and every sample is used once per epoch; a
+// process whose share is empty still joins the step (the strategy gives it
+// weight 0). Only rank 0 evaluates and writes checkpoints and the final
+// weights; every rank resumes from the same checkpoint, which does not
+// depend on W. When the split is not the static one, rank 0 reports each
+// epoch's last split ("rows per worker ...").
+//
+// Partitions (job.data.partition): each worker trains on its own part of the
+// training set, a PartitionedEpoch (train/partitioned_epoch.h): its share of
+// B rows per step from its part, until every worker used its whole part (the
+// epoch). The checkpoint also records every worker's position in its part
+// (metadata "part_consumed"); a run resumed with another worker count starts
+// the interrupted epoch afresh.
 //
 // Ownership: the strategy, logger and callbacks are owned by the caller and
 // must outlive fit(). Thread safety: one thread calls fit().
@@ -81,6 +92,8 @@ class Trainer {
   // Whether a checkpoint is due after `step` by step count or elapsed time.
   bool checkpoint_due(int64_t step) const;
   void report(const std::string& message);
+  // The parts of job.data.partition for this job's workers.
+  std::vector<std::vector<int64_t>> make_parts(const data::TensorDataset& train) const;
 
   const JobConfig& job_;
   strategy::Strategy& strategy_;
@@ -88,6 +101,10 @@ class Trainer {
   std::vector<Callback*> callbacks_;
   std::unique_ptr<optim::LrSchedule> schedule_;
   std::chrono::steady_clock::time_point last_checkpoint_;  // when save_checkpoint last ran
+  // Partitioned training: every worker's position in its part (saved with
+  // each checkpoint), and the positions a resumed run continues from.
+  std::vector<int64_t> part_consumed_;
+  std::vector<int64_t> resumed_part_consumed_;
   std::unique_ptr<CheckpointWriter> writer_;  // rank 0, during fit(); last: joined first
 };
 

@@ -67,7 +67,7 @@ TEST(JobFile, OverridesApplyBeforeChecking) {
   EXPECT_EQ(parse_job(kJob, "job.toml", {"train.max_restarts=2"}).train.max_restarts, 2);
   EXPECT_EQ(error_of(kJob, {"train.epoch=5"}),
             "job.toml: 'train.epoch': unknown key (known: batch_size, checkpoint_every_seconds, "
-            "checkpoint_every_steps, drop_last, epochs, eval_batch_size, keep_checkpoints, log_every_steps, max_restarts, "
+            "checkpoint_every_steps, class_weights, drop_last, epochs, eval_batch_size, keep_checkpoints, log_every_steps, max_restarts, "
             "max_steps, threads)");
   EXPECT_EQ(error_of(kJob, {"noequals"}), "--set: 'noequals': expected key=value");
   EXPECT_DOUBLE_EQ(

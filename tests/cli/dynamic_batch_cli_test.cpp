@@ -1,0 +1,156 @@
+// Heterogeneous workers through the dtrain executable: with --slowdown on
+// one of three real worker processes and dynamic batch sizing, the slowed
+// worker ends with the smallest share; partitioned training with unequal
+// part sizes finishes; the new job-file keys are read and checked.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "cli/job_file.h"
+#include "core/deadline.h"
+#include "core/error.h"
+#include "testing/fault_fs.h"
+#include "testing/process.h"
+
+namespace dtrain {
+namespace {
+
+struct CliRun {
+  testing::ExitStatus status;
+  std::string output;
+};
+
+CliRun run_dtrain(std::vector<std::string> args) {
+  args.insert(args.begin(), {"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1", DTRAIN_BINARY});
+  testing::ChildProcess child = testing::ChildProcess::spawn(args, {{"OPENBLAS_NUM_THREADS", "1"}});
+  std::optional<testing::ExitStatus> status =
+      child.wait(Deadline::after(std::chrono::seconds(240)));
+  EXPECT_TRUE(status.has_value()) << "dtrain did not finish: " << child.output();
+  return {status.value_or(testing::ExitStatus{}), child.output()};
+}
+
+void write_file(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
+
+const char* kJob = R"(
+[job]
+name = "hetero"
+seed = 3
+
+[data]
+dataset = "synthetic"
+synthetic_samples = 1500
+synthetic_features = 64
+synthetic_classes = 4
+
+[model]
+input_shape = [64]
+
+[[model.layers]]
+type = "linear"
+name = "fc1"
+out_features = 256
+
+[[model.layers]]
+type = "relu"
+
+[[model.layers]]
+type = "linear"
+name = "fc2"
+out_features = 4
+
+[optimizer]
+type = "sgd"
+lr = 0.05
+
+[train]
+epochs = 1
+batch_size = 120
+log_every_steps = 5
+
+[distributed]
+dynamic_batch = true
+rebalance_every = 2
+smoothing = 0.8
+min_share = 0.02
+)";
+
+// The rows per worker rank 0 reported for the last batch of the epoch.
+std::vector<int64_t> reported_split(const std::string& output) {
+  const std::string marker = "rows per worker in the last batch: ";
+  const size_t at = output.find(marker);
+  if (at == std::string::npos) return {};
+  const size_t end = output.find('\n', at);
+  std::istringstream fields(output.substr(at + marker.size(), end - at - marker.size()));
+  std::vector<int64_t> rows;
+  for (int64_t v = 0; fields >> v;) rows.push_back(v);
+  return rows;
+}
+
+TEST(DynamicBatchCli, TheSlowedWorkerEndsWithTheSmallestShare) {
+  testing::TempDir dir;
+  write_file(dir.file("job.toml"), kJob);
+  // Rank 1 twenty times slower: robust against a loaded machine, where
+  // the others' compute times jitter by far less than that.
+  CliRun run = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("out"), "--workers",
+                           "3", "--slowdown", "1=20", "--progress", "plain"});
+  ASSERT_TRUE(run.status.ok()) << run.status.describe() << "\n" << run.output;
+  const std::vector<int64_t> rows = reported_split(run.output);
+  ASSERT_EQ(rows.size(), 3u) << run.output;
+  EXPECT_EQ(rows[0] + rows[1] + rows[2], 120);
+  EXPECT_LT(rows[1], rows[0]) << run.output;
+  EXPECT_LT(rows[1], rows[2]) << run.output;
+}
+
+TEST(DynamicBatchCli, PartitionsOfUnequalSizeTrainToTheEnd) {
+  testing::TempDir dir;
+  write_file(dir.file("job.toml"), kJob);
+  CliRun run =
+      run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("out"), "--workers", "2",
+                  "--set", "data.partition=\"quantity\"", "--set", "data.quantity_sigma=1.5",
+                  "--set", "train.class_weights=\"balanced\"", "--progress", "plain"});
+  ASSERT_TRUE(run.status.ok()) << run.status.describe() << "\n" << run.output;
+  EXPECT_NE(run.output.find("test accuracy"), std::string::npos) << run.output;
+}
+
+TEST(DynamicBatchCli, BadSlowdownsExitWithCode2) {
+  testing::TempDir dir;
+  write_file(dir.file("job.toml"), kJob);
+  for (const char* bad : {"1", "x=2", "1=0.5"}) {
+    CliRun run = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("out"),
+                             "--workers", "2", "--slowdown", bad});
+    EXPECT_EQ(run.status.code, 2) << bad << ": " << run.output;
+    EXPECT_NE(run.output.find(bad), std::string::npos) << run.output;
+  }
+  CliRun beyond = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("out"),
+                              "--workers", "2", "--slowdown", "5=2"});
+  EXPECT_FALSE(beyond.status.ok());
+  EXPECT_NE(beyond.output.find("names rank 5, but the job has 2 workers"), std::string::npos)
+      << beyond.output;
+}
+
+TEST(DynamicBatchJobFile, ReadsAndChecksTheNewKeys) {
+  const train::JobConfig job =
+      cli::parse_job(kJob, "job.toml",
+                     {"distributed.slowdown=[\"2=3.5\"]", "data.partition=\"dirichlet\"",
+                      "data.dirichlet_alpha=0.1", "train.class_weights=\"balanced\""});
+  EXPECT_TRUE(job.distributed.dynamic_batch);
+  EXPECT_EQ(job.distributed.rebalance_every, 2);
+  EXPECT_DOUBLE_EQ(job.distributed.smoothing, 0.8);
+  EXPECT_DOUBLE_EQ(job.distributed.min_share, 0.02);
+  EXPECT_EQ(job.distributed.slowdown, (std::vector<std::string>{"2=3.5"}));
+  EXPECT_EQ(job.data.partition, "dirichlet");
+  EXPECT_DOUBLE_EQ(job.data.dirichlet_alpha, 0.1);
+  EXPECT_EQ(job.train.class_weights, "balanced");
+  const cli::Slowdown s = cli::parse_slowdown("2=3.5", "x", "k");
+  EXPECT_EQ(s.rank, 2);
+  EXPECT_DOUBLE_EQ(s.factor, 3.5);
+  for (const char* bad : {"distributed.smoothing=1.0", "distributed.rebalance_every=0",
+                          "distributed.min_share=1.5", "distributed.slowdown=[\"a=b\"]",
+                          "data.partition=\"skewed\"", "train.class_weights=\"inverse\""}) {
+    EXPECT_THROW(cli::parse_job(kJob, "job.toml", {bad}), ConfigError) << bad;
+  }
+}
+
+}  // namespace
+}  // namespace dtrain
