@@ -20,7 +20,9 @@
 // batch of B rows (the same shuffled order on all, from the job's seed), so
 // W processes train exactly as one on the global batch; a process whose
 // share is empty still joins the step (the strategy gives it weight 0). Only
-// rank 0 evaluates and writes checkpoints and the final weights; every rank
+// rank 0 evaluates and writes checkpoints and the final weights (after
+// Strategy::fetch_model(); the optimizer state comes from
+// Strategy::optimizer_state(), which for ps lives on the servers); every rank
 // resumes from the same checkpoint, which does not depend on W.
 //
 // Ownership: the strategy, logger and callbacks are owned by the caller and
