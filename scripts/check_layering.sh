@@ -13,9 +13,10 @@ declare -A allowed=(
   [io]="core tensor io"
   [data]="core tensor io data"
   [comm]="core comm"
-  [strategy]="core tensor autograd nn optim comm strategy"
-  [train]="core tensor autograd nn optim io data comm strategy train"
-  [cli]="core tensor autograd nn optim io data comm strategy train cli"
+  [ps]="core tensor autograd optim comm ps"
+  [strategy]="core tensor autograd nn optim comm ps strategy"
+  [train]="core tensor autograd nn optim io data comm ps strategy train"
+  [cli]="core tensor autograd nn optim io data comm ps strategy train cli"
 )
 
 status=0

@@ -4,13 +4,16 @@
 
 #include <algorithm>
 #include <climits>
+#include <fstream>
 #include <iostream>
 
 #include <fmt/format.h>
 #include <fmt/ostream.h>
+#include <nlohmann/json.hpp>
 
 #include "cli/job_file.h"
 #include "cli/launcher.h"
+#include "cli/ps_job.h"
 #include "cli/worker_comm.h"
 #include "comm/communicator.h"
 #include "comm/launch_env.h"
@@ -21,6 +24,7 @@
 #include "core/log.h"
 #include "data/class_weights.h"
 #include "data/csv.h"
+#include "data/ctr.h"
 #include "data/idx.h"
 #include "data/partition.h"
 #include "data/synthetic.h"
@@ -30,7 +34,9 @@
 #include "strategy/class_weighted_loss.h"
 #include "strategy/local_strategy.h"
 #include "strategy/mirrored_strategy.h"
+#include "strategy/ps_strategy.h"
 #include "train/callbacks.h"
+#include "train/metrics.h"
 #include "train/model_builder.h"
 #include "train/trainer.h"
 
@@ -41,6 +47,8 @@ namespace {
 struct Datasets {
   data::TensorDataset train;
   data::TensorDataset test;
+  // ctr: the generating model's click probability of each test sample.
+  std::vector<float> test_click_probability;
 };
 
 Datasets load_data(const train::JobConfig& job) {
@@ -63,6 +71,11 @@ Datasets load_data(const train::JobConfig& job) {
       o.num_classes = out.train.num_classes();
       out.test = data::read_csv(d.test_path, o);
     }
+  } else if (d.dataset == "ctr") {
+    data::CtrData ctr = data::make_ctr(d.ctr);
+    out.train = std::move(ctr.train.samples);
+    out.test = std::move(ctr.test.samples);
+    out.test_click_probability = std::move(ctr.test.click_probability);
   } else {
     data::BlobsOptions o;
     o.samples = d.synthetic_samples;
@@ -75,6 +88,32 @@ Datasets load_data(const train::JobConfig& job) {
     out.test = all.slice(all.size() - test, test);
   }
   return out;
+}
+
+// A binary job's held-out ROC AUC (the model's probability of class 1) and,
+// on generated clicks, the generating model's AUC on the same samples: one
+// line through `progress` (when there is one) and an "auc" event in the
+// metrics file. Skipped when the test set lacks either class.
+void report_test_auc(const train::JobConfig& job, nn::Module& model, const Datasets& data,
+                     train::Callback* progress) {
+  const std::vector<int64_t>& labels = data.test.labels();
+  const auto positives = std::count(labels.begin(), labels.end(), int64_t{1});
+  if (data.test.num_classes() != 2 || positives == 0 || positives == data.test.size()) return;
+  const double auc = train::roc_auc(
+      train::positive_class_probability(model, data.test, job.train.eval_batch_size), labels);
+  nlohmann::json event{{"event", "auc"}, {"test_samples", data.test.size()}, {"test_auc", auc}};
+  std::string line = fmt::format("test AUC {:.4f} on {} samples", auc, data.test.size());
+  if (!data.test_click_probability.empty()) {
+    const double generating = train::roc_auc(data.test_click_probability, labels);
+    event["generating_model_auc"] = generating;
+    line += fmt::format(", generating model {:.4f} (gap {:.4f})", generating, generating - auc);
+  }
+  if (progress != nullptr) progress->on_message(line);
+  const std::string path = job.output + "/metrics.jsonl";
+  std::ofstream metrics(path, std::ios::app);
+  metrics << event.dump() << '\n';
+  metrics.flush();
+  if (!metrics) throw Error(fmt::format("cannot write metrics file {}", path));
 }
 
 // The shapes of the data and of the model's input must agree.
@@ -182,21 +221,83 @@ std::unique_ptr<strategy::Strategy> make_strategy(const train::JobConfig& job, W
   return std::make_unique<strategy::LocalStrategy>(std::move(model), make_optimizer, loss);
 }
 
+// The checks of a ps job that depend on the command line as well as the file.
+void check_ps_config(const train::JobConfig& job) {
+  const train::DistributedConfig& d = job.distributed;
+  if (d.servers < 1) {
+    throw ConfigError(job.source, "distributed.servers", 0,
+                      fmt::format("must be at least 1, got {}", d.servers));
+  }
+  if (d.consistency != "sync" && d.consistency != "async" && d.consistency != "ssp") {
+    throw ConfigError(job.source, "distributed.consistency", 0,
+                      fmt::format("'{}' is not one of: sync, async, ssp", d.consistency));
+  }
+  if (d.staleness < 0) {
+    throw ConfigError(job.source, "distributed.staleness", 0,
+                      fmt::format("must not be negative, got {}", d.staleness));
+  }
+  if (d.backup_workers < 0 || d.backup_workers >= d.workers) {
+    throw ConfigError(job.source, "distributed.backup_workers", 0,
+                      fmt::format("{} backup workers with {} workers: must be in [0, {})",
+                                  d.backup_workers, d.workers, d.workers));
+  }
+  if (d.backup_workers > 0 && d.consistency != "sync") {
+    throw ConfigError(job.source, "distributed.backup_workers", 0,
+                      fmt::format("backup workers need consistency 'sync', not '{}'", d.consistency));
+  }
+  if (d.accumulation_steps != 1) {
+    throw ConfigError(job.source, "distributed.accumulation_steps", 0,
+                      "gradient accumulation needs the allreduce strategy; ps pushes every step");
+  }
+  if (d.backend != "native") {
+    throw ConfigError(job.source, "distributed.backend", 0,
+                      fmt::format("ps talks to its servers over ZeroMQ; backend '{}' is for allreduce",
+                                  d.backend));
+  }
+}
+
+// Worker `worker` of a ps job: finds the servers through the rendezvous and
+// initialises them (or joins them) with the job's model.
+std::unique_ptr<strategy::PsStrategy> make_ps_strategy(const train::JobConfig& job,
+                                                       const comm::LaunchInfo& launch, int worker,
+                                                       const std::map<std::string, std::string>& env,
+                                                       Logger& logger, strategy::LossFn loss) {
+  ps::ClientOptions c;
+  c.worker = worker;
+  c.num_workers = static_cast<int>(job.distributed.workers);
+  c.server_endpoints = discover_ps_servers(job, launch, env, logger);
+  c.timeout = std::chrono::milliseconds(job.distributed.timeout_ms);
+  strategy::PsOptions o;
+  o.consistency = ps::parse_consistency(job.distributed.consistency);
+  Rng rng(job.seed);
+  auto model = train::build_model(job.model, rng, job.source);
+  auto make_optimizer = [&job](std::vector<Variable> params) {
+    return optim::make_optimizer(job.optimizer, std::move(params));
+  };
+  const auto secret = env.find("DTRAIN_JOB_SECRET");
+  const comm::JobAuth auth(job.name, secret == env.end() ? "" : secret->second);
+  return std::make_unique<strategy::PsStrategy>(std::move(model), make_optimizer, std::move(c),
+                                                auth, logger, o, std::move(loss));
+}
+
 }  // namespace
 
 int run_train(const TrainOptions& options, std::ostream& out) {
   train::JobConfig job = read_job_file(options.job_file, options.overrides);
   if (options.workers) job.distributed.workers = *options.workers;
+  if (options.servers) job.distributed.servers = *options.servers;
   if (options.strategy) {
     job.distributed.strategy = *options.strategy;
   } else if (job.distributed.workers > 1 && job.distributed.strategy == "local") {
     job.distributed.strategy = "allreduce";
   }
   const std::string& strategy_name = job.distributed.strategy;
-  if (strategy_name != "local" && strategy_name != "mirrored" && strategy_name != "allreduce") {
+  if (strategy_name != "local" && strategy_name != "mirrored" && strategy_name != "allreduce" &&
+      strategy_name != "ps") {
     throw ConfigError(job.source, "distributed.strategy", 0,
-                      fmt::format("'{}' is not one of: local, mirrored, allreduce", strategy_name));
+                      fmt::format("'{}' is not one of: local, mirrored, allreduce, ps", strategy_name));
   }
+  const bool ps_job = strategy_name == "ps";
   if (job.distributed.workers < 1) {
     throw ConfigError(job.source, "distributed.workers", 0, "must be at least 1");
   }
@@ -228,10 +329,22 @@ int run_train(const TrainOptions& options, std::ostream& out) {
   }
   const comm::LaunchInfo launch = comm::resolve_launch_env(options.environment, overrides);
   const bool is_worker = launch.world_size > 1;
-  if (!is_worker && strategy_name == "allreduce" && job.distributed.workers > 1) {
+  if (ps_job && is_worker) {
+    // Under mpirun or srun the world is S + N: the worker count follows it.
+    if (launch.world_size <= job.distributed.servers) {
+      throw ConfigError(job.source, "distributed.servers", 0,
+                        fmt::format("{} servers leave no worker in a job of {} processes ({}); "
+                                    "start servers + workers processes",
+                                    job.distributed.servers, launch.world_size, launch.source));
+    }
+    job.distributed.workers = launch.world_size - job.distributed.servers;
+  }
+  if (ps_job) check_ps_config(job);
+  if (!is_worker && ((strategy_name == "allreduce" && job.distributed.workers > 1) || ps_job)) {
     LaunchOptions l;
     l.argv = options.argv;
-    l.workers = static_cast<int>(job.distributed.workers);
+    // ps: S servers then N workers, all running this command line.
+    l.workers = static_cast<int>(job.distributed.workers + (ps_job ? job.distributed.servers : 0));
     l.environment = options.environment;
     if (job.train.max_restarts > 0 && !job.resume) {
       throw ConfigError(job.source, "train.max_restarts", 0,
@@ -247,7 +360,7 @@ int run_train(const TrainOptions& options, std::ostream& out) {
   if (!is_worker && job.train.max_restarts > 0) {
     Logger::stderr_logger().warn(
         "train.max_restarts = {} has no effect here: only a job that `dtrain train --workers N` "
-        "launches (allreduce) is restarted, not a single process",
+        "launches (allreduce, ps) is restarted, not a single process",
         job.train.max_restarts);
   }
   if (is_worker && strategy_name == "mirrored") {
@@ -260,17 +373,28 @@ int run_train(const TrainOptions& options, std::ostream& out) {
   }
   openblas_set_num_threads(static_cast<int>(std::max<int64_t>(1, job.train.threads)));
 
+  // ps: a server serves and never trains; a worker's place is its index.
+  const PsRole role = ps_job ? ps_role(launch.rank, static_cast<int>(job.distributed.servers)) : PsRole{};
+  // (The server's own lines already say "ps server s"; a worker's get "worker w: ".)
+  if (ps_job && role.server) {
+    return run_ps_server(job, launch, options.environment, Logger::stderr_logger());
+  }
+  std::unique_ptr<Logger> ps_logger;
+  if (ps_job) {
+    ps_logger = role_logger(fmt::format("worker {}", role.index),
+                            role.index == 0 ? LogLevel::kInfo : LogLevel::kWarn);
+  }
+
   const Datasets data = load_data(job);
   check_input_shape(job, data.train);
-  Logger& logger = Logger::stderr_logger();
-  const bool chief = launch.rank == 0;
+  Logger& logger = ps_logger ? *ps_logger : Logger::stderr_logger();
+  const bool chief = ps_job ? role.index == 0 : launch.rank == 0;
   if (!chief) logger.set_level(LogLevel::kWarn);
   if (!is_worker && job.distributed.accumulation_steps != 1) {
     throw ConfigError(job.source, "distributed.accumulation_steps", 0,
                       "gradient accumulation needs the allreduce strategy with several workers");
   }
   WorkerCollectives worker;
-  if (is_worker) worker = connect_collectives(job, launch, options.environment, logger);
   if (!is_worker) {
     if (job.distributed.dynamic_batch) {
       logger.warn("distributed.dynamic_batch has no effect on one process: it balances the "
@@ -282,8 +406,23 @@ int run_train(const TrainOptions& options, std::ostream& out) {
                         "(--workers N > 1)");
     }
   }
-  std::unique_ptr<strategy::Strategy> strategy =
-      make_strategy(job, is_worker ? &worker : nullptr, launch, make_loss(job, data.train));
+  if (ps_job && (job.distributed.dynamic_batch || !job.distributed.slowdown.empty())) {
+    throw ConfigError(job.source,
+                      job.distributed.dynamic_batch ? "distributed.dynamic_batch" : "distributed.slowdown",
+                      0, "dynamic batch sizing and slowdowns are implemented for the allreduce "
+                         "strategy only, not yet for ps");
+  }
+  std::unique_ptr<strategy::Strategy> strategy;
+  strategy::PsStrategy* ps_worker = nullptr;
+  if (ps_job) {
+    auto made = make_ps_strategy(job, launch, role.index, options.environment, logger,
+                                 make_loss(job, data.train));
+    ps_worker = made.get();
+    strategy = std::move(made);
+  } else {
+    if (is_worker) worker = connect_collectives(job, launch, options.environment, logger);
+    strategy = make_strategy(job, is_worker ? &worker : nullptr, launch, make_loss(job, data.train));
+  }
 
   train::Trainer trainer(job, *strategy, logger);
   std::unique_ptr<train::JsonLinesWriter> metrics;
@@ -302,6 +441,9 @@ int run_train(const TrainOptions& options, std::ostream& out) {
     if (progress) trainer.add_callback(*progress);
   }
   trainer.fit(data.train, data.test);
+  // Before finish(): a ps worker's embedding rows come from the servers.
+  if (chief) report_test_auc(job, strategy->model(), data, progress.get());
+  if (ps_worker != nullptr) ps_worker->finish();  // the servers stop once every worker is done
   return 0;
 }
 

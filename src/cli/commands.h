@@ -16,6 +16,8 @@ struct TrainOptions {
   std::string job_file;
   std::vector<std::string> overrides;  // "key=value"
   std::optional<int64_t> workers;
+  // ps: server processes (distributed.servers).
+  std::optional<int64_t> servers;
   std::optional<std::string> strategy;
   std::optional<std::string> output;
   std::optional<int64_t> threads;

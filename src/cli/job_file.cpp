@@ -166,11 +166,13 @@ void read_layers(const toml::table& model, train::ModelConfig& out, const std::s
     r.read("padding", layer.padding);
     r.read("bias", layer.bias);
     r.read("p", layer.p);
+    r.read("num_embeddings", layer.num_embeddings);
+    r.read("embedding_dim", layer.embedding_dim);
     r.finish();
     if (layer.type.empty()) throw ConfigError(file, key + ".type", layer.line, "missing layer type");
     check_choice(file, key + ".type", layer.type,
                  {"linear", "conv2d", "maxpool2d", "avgpool2d", "relu", "sigmoid", "tanh", "gelu",
-                  "dropout", "flatten", "batchnorm1d", "batchnorm2d"},
+                  "dropout", "flatten", "batchnorm1d", "batchnorm2d", "embedding"},
                  table);
     if (layer.name.empty()) layer.name = std::to_string(index);
     if (layer.p < 0.0f || layer.p >= 1.0f) {
@@ -308,11 +310,28 @@ train::JobConfig parse_job(const std::string& toml_text, const std::string& sour
     r.read("classes_per_worker", job.data.classes_per_worker);
     r.read("dirichlet_alpha", job.data.dirichlet_alpha);
     r.read("quantity_sigma", job.data.quantity_sigma);
+    data::CtrOptions& ctr = job.data.ctr;
+    r.read("ctr_fields", ctr.fields);
+    r.read("ctr_vocabulary", ctr.vocabulary);
+    r.read("ctr_zipf_exponent", ctr.zipf_exponent);
+    r.read("ctr_hash_buckets", ctr.hash_buckets);
+    r.read("ctr_train_samples", ctr.train_samples);
+    r.read("ctr_test_samples", ctr.test_samples);
+    r.read("ctr_weight_stddev", ctr.weight_stddev);
+    r.read("ctr_bias", ctr.bias);
+    r.read("ctr_seed", ctr.seed);
     r.finish();
-    check_choice(file, "data.dataset", job.data.dataset, {"mnist", "csv", "synthetic"}, t);
+    check_choice(file, "data.dataset", job.data.dataset, {"mnist", "csv", "synthetic", "ctr"}, t);
     if (!job.data.partition.empty()) {
       check_choice(file, "data.partition", job.data.partition,
                    {"iid", "label", "dirichlet", "quantity"}, t);
+    }
+    if (job.data.dataset == "ctr") {
+      try {
+        data::check_ctr_options(ctr);
+      } catch (const UsageError& e) {
+        throw ConfigError(file, "data", line_of(*t), e.what());
+      }
     }
   }
   if (const toml::table* t = subtable(root, "optimizer", file)) {
@@ -386,6 +405,10 @@ train::JobConfig parse_job(const std::string& toml_text, const std::string& sour
     r.read("min_share", job.distributed.min_share);
     r.read("max_share", job.distributed.max_share);
     r.read("slowdown", job.distributed.slowdown);
+    r.read("servers", job.distributed.servers);
+    r.read("consistency", job.distributed.consistency);
+    r.read("staleness", job.distributed.staleness);
+    r.read("backup_workers", job.distributed.backup_workers);
     r.finish();
     const auto line = [t](const char* key) { return t->get(key) ? line_of(*t->get(key)) : 0; };
     if (job.distributed.rebalance_every < 1) {
@@ -405,7 +428,20 @@ train::JobConfig parse_job(const std::string& toml_text, const std::string& sour
     for (const std::string& entry : job.distributed.slowdown) {
       parse_slowdown(entry, file, "distributed.slowdown");
     }
-    check_choice(file, "distributed.strategy", job.distributed.strategy, {"local", "mirrored", "allreduce"}, t);
+    check_choice(file, "distributed.strategy", job.distributed.strategy,
+                 {"local", "mirrored", "allreduce", "ps"}, t);
+    if (job.distributed.servers < 1) {
+      throw ConfigError(file, "distributed.servers", line("servers"),
+                        fmt::format("must be at least 1, got {}", job.distributed.servers));
+    }
+    check_choice(file, "distributed.consistency", job.distributed.consistency,
+                 {"sync", "async", "ssp"}, t);
+    if (job.distributed.backup_workers > 0 && job.distributed.consistency != "sync") {
+      throw ConfigError(file, "distributed.backup_workers", line("backup_workers"),
+                        fmt::format("backup workers drop late pushes of a synchronous step; "
+                                    "consistency '{}' has no step to drop them from",
+                                    job.distributed.consistency));
+    }
     if (job.distributed.workers < 1) {
       throw ConfigError(file, "distributed.workers", line_of(*t->get("workers")), "must be at least 1");
     }

@@ -6,7 +6,9 @@
 //   [optimizer]  type, lr, momentum, nesterov, weight_decay, beta1, beta2, eps
 //   [schedule]   type, warmup_steps, step_size, gamma, eta_min, total_steps
 //   [train]      epochs, batch_size, eval_batch_size, log_every_steps, max_steps, ...
-//   [distributed] strategy, workers, dynamic_batch, slowdown, ...
+//   [distributed] strategy, workers, bucket_bytes, timeout_ms, accumulation_steps, backend,
+//                dynamic_batch, slowdown, ...; ps: servers, consistency, staleness,
+//                backup_workers
 //
 // Every key is checked: an unknown key, a wrong type or a bad value throws
 // ConfigError naming the file, the dotted key and its line. Overrides

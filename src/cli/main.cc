@@ -42,9 +42,13 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--set", train.overrides, "Override a job key, e.g. --set train.epochs=3")
       ->type_name("KEY=VALUE");
   train_cmd->add_option("--workers", train.workers,
-                        "Number of workers: processes started here (allreduce) or replicas (mirrored)");
+                        "Number of workers: processes started here (allreduce, ps) or replicas "
+                        "(mirrored)");
   train_cmd->add_option("--strategy", train.strategy,
-                        "local | mirrored | allreduce (default: allreduce with --workers N > 1)");
+                        "local | mirrored | allreduce | ps (default: allreduce with --workers N > 1)");
+  train_cmd->add_option("--servers", train.servers,
+                        "ps: parameter-server processes (default: distributed.servers, 1); with "
+                        "--workers N, S + N processes start here");
   train_cmd->add_option("--rank", train.rank, "This worker's rank (default: DTRAIN_RANK, mpirun's or Slurm's)");
   train_cmd->add_option("--world-size", train.world_size,
                         "Workers in the job (default: DTRAIN_WORLD_SIZE, mpirun's or Slurm's)");

@@ -33,6 +33,7 @@ Variable Embedding::forward_indices(std::span<const int64_t> indices) {
                        num_embeddings_));
     }
   }
+  if (lookup_hook_) lookup_hook_(indices);
   return dtrain::embedding(weight_, indices);
 }
 

@@ -26,6 +26,7 @@
 #include "autograd/variable.h"
 #include "nn/module.h"
 #include "optim/optimizer.h"
+#include "tensor/state_dict.h"
 #include "tensor/tensor.h"
 
 namespace dtrain::strategy {
@@ -95,6 +96,19 @@ class Strategy {
   // After model() or optimizer() state was replaced (loading a checkpoint),
   // brings every replica back in line with it.
   virtual void sync_replicas() {}
+
+  // Checkpoints. The trainer calls fetch_model() on rank 0 before it
+  // evaluates or saves model(): a strategy that keeps parameters elsewhere
+  // (ps: on the servers, row-sparse tables only partly present on a worker)
+  // makes model() hold all of their current values; it may block on that.
+  virtual void fetch_model() {}
+  // The optimizer state a checkpoint holds, and loading one back (on resume,
+  // before sync_replicas()). By default the local optimizer's; a strategy
+  // whose optimizer state lives elsewhere (ps: with the servers' shards)
+  // gathers and restores it there. load_optimizer_state throws UsageError
+  // for a state that does not fit.
+  virtual StateDict optimizer_state() { return optimizer().state_dict(); }
+  virtual void load_optimizer_state(const StateDict& state) { optimizer().load_state_dict(state); }
 };
 
 // The loss used by default: cross entropy over class logits.

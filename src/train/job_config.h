@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "data/ctr.h"
 #include "optim/lr_schedule.h"
 #include "optim/optimizer_config.h"
 
@@ -22,6 +23,8 @@ namespace dtrain::train {
 //   maxpool2d, avgpool2d: kernel, stride (default = kernel), padding
 //   dropout:     p
 //   batchnorm1d, batchnorm2d: (features inferred)
+//   embedding:   num_embeddings, embedding_dim; input (batch, ids...) of
+//                integer-valued floats -> (batch, ids..., embedding_dim)
 //   relu, sigmoid, tanh, gelu, flatten: none
 struct LayerConfig {
   std::string type;
@@ -35,6 +38,8 @@ struct LayerConfig {
   int64_t padding = 0;
   bool bias = true;
   float p = 0.5f;
+  int64_t num_embeddings = 0;  // embedding: rows of the table
+  int64_t embedding_dim = 0;   // embedding: width of a row
   int64_t line = 0;          // where it was defined, for messages (0: unknown)
 };
 
@@ -44,7 +49,7 @@ struct ModelConfig {
 };
 
 struct DataConfig {
-  std::string dataset = "mnist";  // mnist | csv | synthetic
+  std::string dataset = "mnist";  // mnist | csv | synthetic | ctr
   std::string path = "data/mnist";
   std::string test_path;          // csv: the held-out file (optional)
   std::string label_column = "label";  // csv
@@ -61,6 +66,7 @@ struct DataConfig {
   int64_t classes_per_worker = 2;  // partition = "label"
   double dirichlet_alpha = 0.5;    // partition = "dirichlet"
   double quantity_sigma = 1.0;     // partition = "quantity"
+  data::CtrOptions ctr;           // ctr: synthetic clicks (data/ctr.h), keys ctr_*
 };
 
 struct TrainConfig {
@@ -86,8 +92,8 @@ struct TrainConfig {
 };
 
 struct DistributedConfig {
-  std::string strategy = "local";  // local | mirrored | allreduce
-  int64_t workers = 1;             // replicas (mirrored) or processes (allreduce)
+  std::string strategy = "local";  // local | mirrored | allreduce | ps
+  int64_t workers = 1;             // replicas (mirrored) or processes (allreduce, ps)
   int64_t bucket_bytes = 1 << 20;  // allreduce: gradient bucket size
   int64_t timeout_ms = 60000;      // allreduce: bound on every collective
   int64_t accumulation_steps = 1;  // allreduce: micro-batches per update
@@ -109,6 +115,16 @@ struct DistributedConfig {
   // FACTOR - 1 times its compute time after each step's compute). For tests
   // and benchmarks; --slowdown adds entries.
   std::vector<std::string> slowdown;
+  // ps: server processes (>= 1), each holding a key range of the parameters.
+  int64_t servers = 1;
+  // ps: "sync" (one update per step from every worker's gradient), "async"
+  // (each push applied at once) or "ssp" (async, a worker at most
+  // `staleness` versions ahead of the slowest).
+  std::string consistency = "sync";
+  int64_t staleness = 2;           // ps ssp: the staleness bound s >= 0
+  // ps sync: each version aggregates the first workers - backup_workers
+  // pushes and drops the late ones (0 <= backup_workers < workers).
+  int64_t backup_workers = 0;
 };
 
 struct JobConfig {

@@ -7,6 +7,7 @@
 #include "nn/batch_norm.h"
 #include "nn/conv2d.h"
 #include "nn/dropout.h"
+#include "nn/embedding.h"
 #include "nn/flatten.h"
 #include "nn/linear.h"
 #include "nn/pooling.h"
@@ -75,6 +76,11 @@ std::unique_ptr<nn::Module> make_layer(const LayerConfig& layer, const Shape& in
   if (t == "batchnorm2d") {
     require_rank(layer, source, index, input, 4, "a (batch, channels, height, width)");
     return std::make_unique<nn::BatchNorm2d>(input[1]);
+  }
+  if (t == "embedding") {
+    require_positive(layer, source, index, "num_embeddings", layer.num_embeddings);
+    require_positive(layer, source, index, "embedding_dim", layer.embedding_dim);
+    return std::make_unique<nn::Embedding>(layer.num_embeddings, layer.embedding_dim, rng);
   }
   if (t == "relu") return std::make_unique<nn::ReLU>();
   if (t == "sigmoid") return std::make_unique<nn::Sigmoid>();

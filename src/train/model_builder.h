@@ -5,7 +5,9 @@
 // output_shape() before anything trains, so a layer that does not fit throws
 // ConfigError naming the job file, the layer's line, the layer and both shapes.
 // Weights are drawn from `rng` in layer order: the same seed gives the same
-// model bit for bit.
+// model bit for bit. An embedding layer takes ids (integer-valued floats) of
+// any shape and appends its embedding_dim; ids outside [0, num_embeddings)
+// are caught when data arrives (UsageError from nn::Embedding), not here.
 // Thread safety: pure functions.
 #pragma once
 

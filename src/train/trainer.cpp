@@ -112,7 +112,7 @@ bool Trainer::resume(Position& position) {
   }
   try {
     strategy_.model().load_state_dict(c.section("model"), true);
-    strategy_.optimizer().load_state_dict(c.section("optimizer"));
+    strategy_.load_optimizer_state(c.section("optimizer"));
   } catch (const UsageError& e) {
     throw CheckpointError(found->path, c.step,
                           fmt::format("does not fit this job's model: {}", e.what()));
@@ -149,8 +149,9 @@ void Trainer::save_checkpoint(const Position& position) {
   c.metadata["job"] = job_.name;
   c.metadata["seed"] = std::to_string(job_.seed);
   if (!part_consumed_.empty()) c.metadata["part_consumed"] = join(part_consumed_, ",");
+  strategy_.fetch_model();
   c.add_section("model", strategy_.model().state_dict().clone());
-  c.add_section("optimizer", strategy_.optimizer().state_dict().clone());
+  c.add_section("optimizer", strategy_.optimizer_state().clone());
   last_checkpoint_ = Clock::now();
   writer_->submit(std::move(c));
 }
@@ -340,6 +341,7 @@ Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset
       if (partitioned) part_consumed_.assign(static_cast<size_t>(world), 0);
     }
     // Every process holds the same weights: the chief evaluates and writes.
+    if (chief) strategy_.fetch_model();
     const EvalResult eval = chief ? evaluate(strategy_.model(), test, job_.train.eval_batch_size) : EvalResult{};
     if (chief) save_checkpoint(position);
     EpochInfo e;
@@ -359,6 +361,7 @@ Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset
   }
   if (summary.epochs == 0 && chief) {
     // Nothing left to train (a finished run resumed): report where it stands.
+    strategy_.fetch_model();
     const EvalResult eval = evaluate(strategy_.model(), test, job_.train.eval_batch_size);
     summary.test_loss = eval.loss;
     summary.test_accuracy = summary.best_test_accuracy = eval.accuracy;
@@ -372,6 +375,7 @@ Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset
     writer_.reset();
     io::default_file_system().create_directories(job_.output);
     summary.weights_path = job_.output + "/model.safetensors";
+    strategy_.fetch_model();
     io::save_safetensors(strategy_.model().state_dict(), summary.weights_path);
   }
   summary.steps = position.step;

@@ -23,9 +23,11 @@
 // one on the global batch and every sample is used once per epoch; a
 // process whose share is empty still joins the step (the strategy gives it
 // weight 0). Only rank 0 evaluates and writes checkpoints and the final
-// weights; every rank resumes from the same checkpoint, which does not
-// depend on W. When the split is not the static one, rank 0 reports each
-// epoch's last split ("rows per worker ...").
+// weights (after Strategy::fetch_model(); the optimizer state comes from
+// Strategy::optimizer_state(), which for ps lives on the servers); every
+// rank resumes from the same checkpoint, which does not depend on W. When
+// the split is not the static one, rank 0 reports each epoch's last split
+// ("rows per worker ...").
 //
 // Partitions (job.data.partition): each worker trains on its own part of the
 // training set, a PartitionedEpoch (train/partitioned_epoch.h): its share of

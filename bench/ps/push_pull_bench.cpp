@@ -1,0 +1,181 @@
+// Parameter-server push+pull throughput on loopback, beside memcpy.
+//
+// Servers (S in {1, 2}) run Server::run on threads; workers (N in {2, 4})
+// are threads, each with its own Client, all started together. Every
+// repetition each worker does `iters` rounds of
+//   dense:  push(4M-float gradient) then pull(4M floats)   (async: no barrier)
+//   sparse: pull_rows then push_rows of 4096 random keys (D = 16) from 2^20
+// and the repetition's time is that of the slowest worker. Reported, as
+// medians over repetitions: dense GB/s = bytes pushed + pulled by all workers
+// / time; sparse rows/s = rows pulled + pushed / time; and the ratio of the
+// dense figure to memcpy bandwidth (bytes copied / s, one thread, 64 MiB)
+// measured in the same run. One JSON line per measurement, then a table.
+// Frames carry CRC-32C; rows marked mac=1 also carry the job-secret MAC.
+// Usage: push_pull_bench [REPS [DENSE_FLOATS]]
+#include <algorithm>
+#include <barrier>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/log.h"
+#include "core/rng.h"
+#include "ps/client.h"
+#include "ps/server.h"
+
+using namespace dtrain;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+double memcpy_gb_per_s(int reps) {
+  const size_t bytes = size_t{64} << 20;
+  std::vector<char> a(bytes, 1), b(bytes, 0);
+  std::vector<double> rates;
+  for (int r = 0; r < reps; ++r) {
+    const auto t0 = Clock::now();
+    std::memcpy(b.data(), a.data(), bytes);
+    rates.push_back(static_cast<double>(bytes) / since(t0) / 1e9);
+    a[static_cast<size_t>(r)] = b[static_cast<size_t>(r) + 1];
+  }
+  return median(rates);
+}
+
+struct Result {
+  double dense_gb_per_s = 0;
+  double sparse_rows_per_s = 0;
+};
+
+Result run(int servers, int workers, bool mac, int reps, int64_t dense_floats) {
+  const comm::JobAuth auth("ps-bench", mac ? "bench secret" : "");
+  std::vector<std::unique_ptr<ps::Server>> server_list;
+  std::vector<std::string> endpoints;
+  for (int s = 0; s < servers; ++s) {
+    ps::ServerOptions o;
+    o.server = s;
+    o.num_servers = servers;
+    o.num_workers = workers;
+    o.consistency = ps::Consistency::kAsync;
+    o.optimizer.type = "sgd";
+    o.optimizer.lr = 1e-6f;
+    o.heartbeat_timeout = std::chrono::milliseconds(60000);
+    server_list.push_back(std::make_unique<ps::Server>(o, auth, Logger::null()));
+    endpoints.push_back(server_list.back()->endpoint());
+  }
+  std::vector<std::jthread> server_threads;
+  for (auto& server : server_list) {
+    server_threads.emplace_back([&server](std::stop_token stop) { server->run(stop); });
+  }
+  const int iters = 4;
+  const int64_t batch = 4096, dim = 16;
+  std::vector<std::vector<double>> dense_times(static_cast<size_t>(workers)),
+      sparse_times(static_cast<size_t>(workers));
+  std::barrier sync(workers);
+  std::vector<std::jthread> worker_threads;
+  for (int w = 0; w < workers; ++w) {
+    worker_threads.emplace_back([&, w] {
+      ps::ClientOptions o;
+      o.worker = w;
+      o.num_workers = workers;
+      o.server_endpoints = endpoints;
+      o.timeout = std::chrono::milliseconds(120000);
+      ps::Client client(o, auth, Logger::null());
+      StateDict model;
+      model.insert("w", Tensor::zeros({dense_floats}));
+      client.init(model, {{"emb", dim, 0.01f}});
+      const std::vector<Tensor> grad{Tensor::full({dense_floats}, 1e-3f)};
+      const std::vector<Tensor> params{Tensor::zeros({dense_floats})};
+      Rng rng(static_cast<uint64_t>(w) + 1);
+      std::vector<uint64_t> keys(static_cast<size_t>(batch));
+      Tensor rows = Tensor::zeros({batch, dim});
+      for (int r = 0; r < reps + 1; ++r) {  // the first repetition warms up
+        sync.arrive_and_wait();
+        auto t0 = Clock::now();
+        for (int i = 0; i < iters; ++i) {
+          client.push(grad, 1, 1e-6f, 0);
+          client.pull(params);
+        }
+        const double dense = since(t0);
+        sync.arrive_and_wait();
+        t0 = Clock::now();
+        for (int i = 0; i < iters; ++i) {
+          for (auto& k : keys) k = rng.below(uint64_t{1} << 20);
+          client.pull_rows(0, keys, rows);
+          client.push_rows(0, keys, rows, 1e-6f);
+        }
+        const double sparse = since(t0);
+        if (r > 0) {
+          dense_times[static_cast<size_t>(w)].push_back(dense);
+          sparse_times[static_cast<size_t>(w)].push_back(sparse);
+        }
+      }
+      sync.arrive_and_wait();
+      client.finish();
+    });
+  }
+  worker_threads.clear();  // joins
+  server_threads.clear();
+  std::vector<double> dense_rate, sparse_rate;
+  for (int r = 0; r < reps; ++r) {
+    double dense = 0, sparse = 0;
+    for (int w = 0; w < workers; ++w) {
+      dense = std::max(dense, dense_times[static_cast<size_t>(w)][static_cast<size_t>(r)]);
+      sparse = std::max(sparse, sparse_times[static_cast<size_t>(w)][static_cast<size_t>(r)]);
+    }
+    dense_rate.push_back(2.0 * workers * iters * static_cast<double>(dense_floats) * 4 / dense /
+                         1e9);
+    sparse_rate.push_back(2.0 * workers * iters * static_cast<double>(batch) / sparse);
+  }
+  return {median(dense_rate), median(sparse_rate)};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const int reps = argc > 1 ? std::atoi(argv[1]) : 5;
+  const int64_t dense_floats = argc > 2 ? std::atoll(argv[2]) : int64_t{4} << 20;
+  const double memcpy_rate = memcpy_gb_per_s(9);
+  std::printf("{\"bench\":\"memcpy\",\"gb_per_s\":%.2f}\n", memcpy_rate);
+  struct Row {
+    int servers, workers;
+    bool mac;
+    Result r;
+  };
+  std::vector<Row> rows;
+  for (int servers : {1, 2}) {
+    for (int workers : {2, 4})
+      rows.push_back({servers, workers, false, run(servers, workers, false, reps, dense_floats)});
+  }
+  rows.push_back({2, 2, true, run(2, 2, true, reps, dense_floats)});
+  for (const Row& row : rows) {
+    std::printf(
+        "{\"bench\":\"ps_push_pull\",\"servers\":%d,\"workers\":%d,\"mac\":%d,\"dense_floats\":%"
+        "lld,"
+        "\"dense_gb_per_s\":%.3f,\"memcpy_ratio\":%.3f,\"sparse_rows_per_s\":%.0f}\n",
+        row.servers, row.workers, row.mac ? 1 : 0, static_cast<long long>(dense_floats),
+        row.r.dense_gb_per_s, row.r.dense_gb_per_s / memcpy_rate, row.r.sparse_rows_per_s);
+  }
+  std::printf("\n%-8s %-8s %-4s %14s %10s %16s\n", "servers", "workers", "mac", "dense GB/s",
+              "/memcpy", "sparse rows/s");
+  for (const Row& row : rows) {
+    std::printf("%-8d %-8d %-4d %14.3f %10.3f %16.0f\n", row.servers, row.workers, row.mac ? 1 : 0,
+                row.r.dense_gb_per_s, row.r.dense_gb_per_s / memcpy_rate, row.r.sparse_rows_per_s);
+  }
+  std::printf("memcpy: %.2f GB/s (one thread, 64 MiB)\n", memcpy_rate);
+  return 0;
+}

@@ -1,0 +1,148 @@
+#include "cli/ps_job.h"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <stop_token>
+
+#include "comm/auth.h"
+#include "comm/rendezvous.h"
+#include "core/error.h"
+#include "ps/server.h"
+
+namespace dtrain::cli {
+
+namespace {
+
+bool is_wildcard(const std::string& host) {
+  return host == "*" || host == "0.0.0.0" || host == "::";
+}
+
+std::string env_or(const std::map<std::string, std::string>& env, const char* key,
+                   const std::string& fallback) {
+  const auto it = env.find(key);
+  return it == env.end() || it->second.empty() ? fallback : it->second;
+}
+
+std::string this_host_name() {
+  char name[256] = {};
+  if (gethostname(name, sizeof name - 1) != 0) return "localhost";
+  return name;
+}
+
+comm::JobAuth job_auth(const train::JobConfig& job, const std::map<std::string, std::string>& env) {
+  return comm::JobAuth(job.name, env_or(env, "DTRAIN_JOB_SECRET", ""));
+}
+
+void check_coordinator(const comm::LaunchInfo& launch, const char* role) {
+  if (launch.coordinator.empty()) {
+    throw ConfigError(fmt::format(
+        "{} (rank {} of {}, {}) has no coordinator address: set DTRAIN_COORDINATOR=host:port", role,
+        launch.rank, launch.world_size, launch.source));
+  }
+}
+
+// The endpoint workers should connect to: the bound one, with the host
+// replaced by DTRAIN_ADVERTISE_HOST (or this machine's name when the server
+// listens on every interface).
+std::string advertised(const std::string& bound, const std::string& listen_host,
+                       const std::map<std::string, std::string>& env) {
+  std::string host = env_or(env, "DTRAIN_ADVERTISE_HOST", "");
+  if (host.empty() && is_wildcard(listen_host)) host = this_host_name();
+  if (host.empty()) return bound;
+  const auto colon = bound.rfind(':');
+  if (host.find(':') != std::string::npos) host = "[" + host + "]";
+  return "tcp://" + host + bound.substr(colon);
+}
+
+std::vector<comm::PeerEndpoint> meet(const train::JobConfig& job, const comm::LaunchInfo& launch,
+                                     const comm::JobAuth& auth, const std::string& endpoint,
+                                     Logger& logger) {
+  comm::PeerEndpoint self;
+  self.rank = launch.rank;
+  self.host = this_host_name();
+  self.tcp_endpoint = endpoint;
+  return comm::rendezvous(launch.coordinator, self, launch.world_size, auth,
+                          Deadline::after(std::chrono::milliseconds(job.distributed.timeout_ms)),
+                          logger);
+}
+
+}  // namespace
+
+PsRole ps_role(int global_rank, int servers) {
+  if (global_rank < servers) return {true, global_rank};
+  return {false, global_rank - servers};
+}
+
+std::unique_ptr<Logger> role_logger(const std::string& prefix, LogLevel level) {
+  return std::make_unique<Logger>(level, [prefix](LogLevel l, std::string_view message) {
+    const std::string line = fmt::format("[{}] {}: {}\n", to_string(l), prefix, message);
+    std::fwrite(line.data(), 1, line.size(), stderr);
+  });
+}
+
+int run_ps_server(const train::JobConfig& job, const comm::LaunchInfo& launch,
+                  const std::map<std::string, std::string>& env, Logger& logger) {
+  check_coordinator(launch, "ps server");
+  const auto servers = static_cast<int>(job.distributed.servers);
+  const PsRole role = ps_role(launch.rank, servers);
+  DTRAIN_CHECK(role.server, "rank {} is not a server of {}", launch.rank, servers);
+  const comm::JobAuth auth = job_auth(job, env);
+
+  ps::ServerOptions o;
+  o.server = role.index;
+  o.num_servers = servers;
+  o.num_workers = launch.world_size - servers;
+  const std::string listen_host = env_or(env, "DTRAIN_LISTEN_HOST", "127.0.0.1");
+  o.bind_endpoint =
+      fmt::format("tcp://{}:0", listen_host.find(':') != std::string::npos ? "[" + listen_host + "]"
+                                                                           : listen_host);
+  o.consistency = ps::parse_consistency(job.distributed.consistency);
+  o.backup_workers = static_cast<int>(job.distributed.backup_workers);
+  o.staleness_bound = static_cast<int>(job.distributed.staleness);
+  o.optimizer = job.optimizer;
+  o.seed = job.seed;
+
+  // Rank 0 hosts the rendezvous; it lives until this server stops serving,
+  // long after every rank got the table (workers finish only after it).
+  std::unique_ptr<comm::RendezvousServer> coordinator;
+  if (launch.rank == 0) {
+    const comm::HostPort hp = comm::parse_host_port(launch.coordinator, "coordinator");
+    const std::string bind_host = hp.host == "localhost" ? "127.0.0.1" : hp.host;
+    coordinator = std::make_unique<comm::RendezvousServer>(
+        is_wildcard(listen_host) ? "0.0.0.0" : bind_host, hp.port, launch.world_size, auth, logger);
+  }
+  ps::Server server(o, auth, logger);
+  const std::string endpoint = advertised(server.endpoint(), listen_host, env);
+  meet(job, launch, auth, endpoint, logger);
+  logger.info("server {} of {} ({} workers, {}): serving at {}", role.index, servers, o.num_workers,
+              job.distributed.consistency, endpoint);
+  const std::stop_source never;
+  const ps::ServeResult result = server.run(never.get_token());
+  logger.info("server {}: done after {} versions, {} pushes applied, {} dropped, {} rejected",
+              role.index, result.stats.version, result.stats.pushes_applied,
+              result.stats.pushes_dropped, result.stats.requests_rejected);
+  return 0;
+}
+
+std::vector<std::string> discover_ps_servers(const train::JobConfig& job,
+                                             const comm::LaunchInfo& launch,
+                                             const std::map<std::string, std::string>& env,
+                                             Logger& logger) {
+  check_coordinator(launch, "ps worker");
+  const auto servers = static_cast<int>(job.distributed.servers);
+  const std::vector<comm::PeerEndpoint> table = meet(job, launch, job_auth(job, env), "", logger);
+  std::vector<std::string> endpoints;
+  for (int s = 0; s < servers; ++s) {
+    const comm::PeerEndpoint& e = table.at(static_cast<size_t>(s));
+    if (e.tcp_endpoint.empty()) {
+      throw DataError(
+          fmt::format("ps rendezvous: rank {} (server {}) published no endpoint", s, s));
+    }
+    endpoints.push_back(e.tcp_endpoint);
+  }
+  return endpoints;
+}
+
+}  // namespace dtrain::cli

@@ -1,0 +1,500 @@
+#include "ps/client.h"
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstring>
+#include <exception>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <zmq.hpp>
+
+#include "core/deadline.h"
+#include "core/error.h"
+#include "ps/frame_io.h"
+#include "ps/shard_store.h"
+
+namespace dtrain::ps {
+
+using std::chrono::milliseconds;
+
+namespace {
+
+void validate(const ClientOptions& o) {
+  auto bad = [](const std::string& key, const std::string& problem) {
+    throw ConfigError(fmt::format("ps client option '{}': {}", key, problem));
+  };
+  if (o.server_endpoints.empty()) bad("server_endpoints", "no server endpoint given");
+  if (o.num_workers < 1) bad("workers", fmt::format("{} workers; need at least 1", o.num_workers));
+  if (o.worker < 0 || o.worker >= o.num_workers) {
+    bad("worker", fmt::format("worker index {} out of range [0, {})", o.worker, o.num_workers));
+  }
+  if (o.timeout.count() <= 0)
+    bad("timeout_ms", fmt::format("{} ms; must be positive", o.timeout.count()));
+  if (o.heartbeat_interval.count() <= 0) {
+    bad("heartbeat_interval_ms",
+        fmt::format("{} ms; must be positive", o.heartbeat_interval.count()));
+  }
+}
+
+zmq::socket_t connect_dealer(zmq::context_t& context, const std::string& endpoint, int server,
+                             uint64_t max_payload_bytes) {
+  zmq::socket_t socket(context, zmq::socket_type::dealer);
+  socket.set(zmq::sockopt::linger, 0);
+  socket.set(zmq::sockopt::rcvhwm, 0);
+  socket.set(zmq::sockopt::sndhwm, 0);
+  socket.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(max_payload_bytes));
+  try {
+    socket.connect(endpoint);
+  } catch (const zmq::error_t& e) {
+    throw CommError(server, "ps connect",
+                    fmt::format("cannot connect to '{}': {}", endpoint, e.what()));
+  }
+  return socket;
+}
+
+}  // namespace
+
+class Client::Impl {
+ public:
+  Impl(ClientOptions options, const comm::JobAuth& auth, Logger& logger)
+      : options_(std::move(options)), auth_(auth), logger_(logger) {
+    validate(options_);
+    const int servers = num_servers();
+    for (int s = 0; s < servers; ++s) {
+      sockets_.push_back(connect_dealer(context_, options_.server_endpoints[static_cast<size_t>(s)],
+                                        s, options_.max_payload_bytes));
+    }
+    limits_.job_id = auth_.job_id();
+    limits_.world_size = static_cast<uint32_t>(servers);  // only servers send to a client
+    limits_.receiver = worker_rank(servers, options_.worker);
+    limits_.max_payload_bytes = options_.max_payload_bytes;
+    heartbeat_ = std::jthread([this](std::stop_token stop) { send_heartbeats(stop); });
+  }
+
+  ~Impl() {
+    heartbeat_.request_stop();
+    heartbeat_cv_.notify_all();
+  }
+
+  int num_servers() const { return static_cast<int>(options_.server_endpoints.size()); }
+
+  // One request per (server, message); replies in the same order. Throws
+  // TimeoutError / CommError naming the server, `operation` and `awaited`.
+  std::vector<Message> exchange(std::vector<std::pair<int, Message>> requests,
+                                const std::string& operation, const std::string& awaited);
+
+  void require_init(const char* operation) const {
+    if (!initialised_) {
+      throw UsageError(
+          fmt::format("ps client (worker {}): {} before init()", options_.worker, operation));
+    }
+    if (finished_) {
+      throw UsageError(
+          fmt::format("ps client (worker {}): {} after finish()", options_.worker, operation));
+    }
+  }
+  void check_dense(const std::vector<Tensor>& tensors, const char* operation) const;
+  SparseTableSpec check_rows(size_t table, std::span<const uint64_t> keys, const Tensor& t,
+                             const char* operation) const;
+  // Per server: the indices into `keys` of the keys it owns.
+  std::vector<std::vector<size_t>> route(size_t table, std::span<const uint64_t> keys) const;
+
+  ClientOptions options_;
+  comm::JobAuth auth_;
+  Logger& logger_;
+  zmq::context_t context_{1};
+  std::vector<zmq::socket_t> sockets_;
+  comm::wire::FrameLimits limits_;
+  uint64_t next_request_ = 1;
+  bool initialised_ = false;
+  bool finished_ = false;
+  ShardPlan plan_;
+  std::vector<SparseTableSpec> tables_;
+  uint64_t last_min_clock_ = 0;
+
+ private:
+  void send_heartbeats(const std::stop_token& stop);
+
+  std::mutex heartbeat_mutex_;
+  std::condition_variable_any heartbeat_cv_;
+  std::jthread heartbeat_;  // last member: stopped and joined first
+};
+
+void Client::Impl::send_heartbeats(const std::stop_token& stop) {
+  std::vector<zmq::socket_t> sockets;
+  for (int s = 0; s < num_servers(); ++s) {
+    sockets.push_back(connect_dealer(context_, options_.server_endpoints[static_cast<size_t>(s)], s,
+                                     options_.max_payload_bytes));
+  }
+  Message beat;
+  beat.kind = Kind::kHeartbeat;
+  beat.worker = static_cast<uint32_t>(options_.worker);
+  while (!stop.stop_requested()) {
+    for (int s = 0; s < num_servers(); ++s) {
+      send_frame(sockets[static_cast<size_t>(s)], "", limits_.receiver, server_rank(s), beat,
+                 auth_);
+    }
+    std::unique_lock lock(heartbeat_mutex_);
+    heartbeat_cv_.wait_for(lock, stop, options_.heartbeat_interval, [] { return false; });
+  }
+}
+
+std::vector<Message> Client::Impl::exchange(std::vector<std::pair<int, Message>> requests,
+                                            const std::string& operation,
+                                            const std::string& awaited) {
+  const Deadline deadline = Deadline::after(options_.timeout);
+  std::map<int, size_t> pending;  // server -> index in requests
+  std::vector<uint64_t> ids(requests.size());
+  for (size_t i = 0; i < requests.size(); ++i) {
+    auto& [server, m] = requests[i];
+    m.worker = static_cast<uint32_t>(options_.worker);
+    m.request_id = ids[i] = next_request_++;
+    // A parked pull is answered by the server shortly before this deadline, so
+    // that the error can say what the server was still waiting for.
+    if (m.kind == Kind::kPull) m.wait_ms = static_cast<uint32_t>(options_.timeout.count() * 9 / 10);
+    DTRAIN_CHECK(pending.emplace(server, i).second, "two requests for server {}", server);
+    send_frame(sockets_[static_cast<size_t>(server)], "", limits_.receiver, server_rank(server), m,
+               auth_);
+  }
+  std::vector<Message> replies(requests.size());
+  // Refusals are collected until every server answered (or the deadline), and
+  // the lowest server's is thrown: the same failure gives the same error.
+  std::map<int, std::exception_ptr> failures;
+  auto fail = [&](int server, std::exception_ptr error) {
+    failures.emplace(server, std::move(error));
+    pending.erase(server);
+  };
+  std::vector<zmq::pollitem_t> items;
+  std::vector<int> item_server;
+  while (!pending.empty()) {
+    items.clear();
+    item_server.clear();
+    for (const auto& [server, index] : pending) {
+      items.push_back({sockets_[static_cast<size_t>(server)].handle(), 0, ZMQ_POLLIN, 0});
+      item_server.push_back(server);
+    }
+    if (deadline.expired()) {
+      if (!failures.empty()) std::rethrow_exception(failures.begin()->second);
+      const int server = pending.begin()->first;
+      throw TimeoutError(server, "ps " + operation, options_.timeout,
+                         fmt::format("a reply from server {} ({})", server, awaited));
+    }
+    zmq::poll(items.data(), items.size(), deadline.remaining());
+    for (size_t k = 0; k < items.size(); ++k) {
+      if ((items[k].revents & ZMQ_POLLIN) == 0) continue;
+      const int server = item_server[k];
+      while (true) {
+        std::optional<ReceivedFrame> frame;
+        try {
+          frame = receive_frame(sockets_[static_cast<size_t>(server)], false, limits_, auth_);
+        } catch (const DataError& e) {
+          logger_.warn("ps worker {}: dropped a frame from server {}: {}", options_.worker, server,
+                       e.what());
+          continue;
+        }
+        if (!frame) break;
+        Message& reply = frame->message;
+        auto it = pending.find(server);
+        if (it == pending.end() || reply.kind != Kind::kReply ||
+            reply.request_id != ids[it->second] || frame->header.sender != server_rank(server)) {
+          continue;  // a late reply to an earlier request that timed out
+        }
+        const Message& request = requests[it->second].second;
+        if (reply.reply_to != request.kind) {
+          fail(server,
+               std::make_exception_ptr(CommError(server, "ps " + operation,
+                                                 fmt::format("server {} answered a {} request",
+                                                             server, to_string(reply.reply_to)))));
+        } else if (reply.status == ReplyStatus::kTimeout) {
+          fail(server, std::make_exception_ptr(TimeoutError(
+                           server, "ps " + operation, options_.timeout,
+                           fmt::format("{} on server {} ({})", awaited, server, reply.error))));
+        } else if (reply.status == ReplyStatus::kError) {
+          fail(server, std::make_exception_ptr(
+                           CommError(server, "ps " + operation,
+                                     fmt::format("server {} refused: {}", server, reply.error))));
+        } else {
+          replies[it->second] = std::move(reply);
+          pending.erase(it);
+        }
+        break;
+      }
+    }
+  }
+  if (!failures.empty()) std::rethrow_exception(failures.begin()->second);
+  return replies;
+}
+
+void Client::Impl::check_dense(const std::vector<Tensor>& tensors, const char* operation) const {
+  const auto& specs = plan_.tensors();
+  if (tensors.size() != specs.size()) {
+    throw UsageError(fmt::format("ps {}: {} tensors given, the job has {} dense tensors", operation,
+                                 tensors.size(), specs.size()));
+  }
+  for (size_t i = 0; i < specs.size(); ++i) {
+    if (!tensors[i].defined() || tensors[i].shape() != specs[i].shape) {
+      throw UsageError(fmt::format(
+          "ps {}: tensor {} '{}' has shape {}, expected {}", operation, i, specs[i].name,
+          tensors[i].defined() ? shape_str(tensors[i].shape()) : "undefined",
+          shape_str(specs[i].shape)));
+    }
+  }
+}
+
+SparseTableSpec Client::Impl::check_rows(size_t table, std::span<const uint64_t> keys,
+                                         const Tensor& t, const char* operation) const {
+  if (table >= tables_.size()) {
+    throw UsageError(fmt::format("ps {}: table {} out of range; the job has {} tables", operation,
+                                 table, tables_.size()));
+  }
+  const SparseTableSpec& spec = tables_[table];
+  const Shape expected{static_cast<int64_t>(keys.size()), spec.dim};
+  if (!t.defined() || t.shape() != expected) {
+    throw UsageError(fmt::format("ps {}: table '{}' rows have shape {}, expected {}", operation,
+                                 spec.name, t.defined() ? shape_str(t.shape()) : "undefined",
+                                 shape_str(expected)));
+  }
+  return spec;
+}
+
+std::vector<std::vector<size_t>> Client::Impl::route(size_t table,
+                                                     std::span<const uint64_t> keys) const {
+  std::vector<std::vector<size_t>> by_server(static_cast<size_t>(num_servers()));
+  for (size_t i = 0; i < keys.size(); ++i) {
+    by_server[static_cast<size_t>(
+                  sparse_server_of(static_cast<uint32_t>(table), keys[i], num_servers()))]
+        .push_back(i);
+  }
+  return by_server;
+}
+
+Client::Client(ClientOptions options, const comm::JobAuth& auth, Logger& logger)
+    : impl_(std::make_unique<Impl>(std::move(options), auth, logger)) {}
+Client::~Client() = default;
+
+int Client::worker() const { return impl_->options_.worker; }
+int Client::num_servers() const { return impl_->num_servers(); }
+const ShardPlan& Client::plan() const {
+  impl_->require_init("plan()");
+  return impl_->plan_;
+}
+const std::vector<SparseTableSpec>& Client::tables() const { return impl_->tables_; }
+uint64_t Client::last_min_clock() const { return impl_->last_min_clock_; }
+
+uint64_t Client::init(const StateDict& dense, const std::vector<SparseTableSpec>& tables) {
+  Impl& d = *impl_;
+  std::vector<DenseSpec> specs;
+  for (const auto& [name, tensor] : dense) specs.push_back(DenseSpec{name, tensor.shape()});
+  ShardPlan plan(std::move(specs), d.num_servers());
+  for (const SparseTableSpec& t : tables) {
+    if (t.dim < 1) throw UsageError(fmt::format("ps init: table '{}' has dim {}", t.name, t.dim));
+  }
+  std::vector<std::pair<int, Message>> requests;
+  for (int s = 0; s < d.num_servers(); ++s) {
+    Message m;
+    m.kind = Kind::kInit;
+    m.dense = plan.tensors();
+    m.tables = tables;
+    m.floats.resize(static_cast<size_t>(plan.range_numel(s)));
+    for (const ShardSlice& slice : plan.slices(s)) {
+      const Tensor& t = dense.entries()[slice.tensor].second;
+      std::memcpy(m.floats.data() + slice.shard_offset, t.data() + slice.offset,
+                  static_cast<size_t>(slice.count) * sizeof(float));
+    }
+    requests.emplace_back(s, std::move(m));
+  }
+  const auto replies = d.exchange(std::move(requests), "init", "the init acknowledgement");
+  d.plan_ = std::move(plan);
+  d.tables_ = tables;
+  d.initialised_ = true;
+  uint64_t version = replies[0].version;
+  for (const Message& r : replies) version = std::min(version, r.version);
+  return version;
+}
+
+uint64_t Client::pull(const std::vector<Tensor>& out, uint64_t min_version) {
+  Impl& d = *impl_;
+  d.require_init("pull");
+  d.check_dense(out, "pull");
+  std::vector<std::pair<int, Message>> requests;
+  for (int s = 0; s < d.num_servers(); ++s) {
+    Message m;
+    m.kind = Kind::kPull;
+    m.min_version = min_version;
+    requests.emplace_back(s, std::move(m));
+  }
+  const auto replies =
+      d.exchange(std::move(requests), "pull", fmt::format("version >= {}", min_version));
+  uint64_t version = replies[0].version;
+  uint64_t min_clock = replies[0].min_clock;
+  for (int s = 0; s < d.num_servers(); ++s) {
+    const Message& r = replies[static_cast<size_t>(s)];
+    if (static_cast<int64_t>(r.floats.size()) != d.plan_.range_numel(s)) {
+      throw CommError(s, "ps pull",
+                      fmt::format("server {} replied with {} floats; its range holds {}", s,
+                                  r.floats.size(), d.plan_.range_numel(s)));
+    }
+    for (const ShardSlice& slice : d.plan_.slices(s)) {
+      std::memcpy(out[slice.tensor].data() + slice.offset, r.floats.data() + slice.shard_offset,
+                  static_cast<size_t>(slice.count) * sizeof(float));
+    }
+    version = std::min(version, r.version);
+    min_clock = std::min(min_clock, r.min_clock);
+  }
+  d.last_min_clock_ = min_clock;
+  return version;
+}
+
+PushResult Client::push(const std::vector<Tensor>& grads, int64_t samples, float lr,
+                        uint64_t version) {
+  Impl& d = *impl_;
+  d.require_init("push");
+  d.check_dense(grads, "push");
+  if (samples < 0) throw UsageError(fmt::format("ps push: samples is {}; must be >= 0", samples));
+  std::vector<std::pair<int, Message>> requests;
+  for (int s = 0; s < d.num_servers(); ++s) {
+    Message m;
+    m.kind = Kind::kPush;
+    m.version = version;
+    m.samples = samples;
+    m.lr = lr;
+    m.floats.resize(static_cast<size_t>(d.plan_.range_numel(s)));
+    for (const ShardSlice& slice : d.plan_.slices(s)) {
+      std::memcpy(m.floats.data() + slice.shard_offset, grads[slice.tensor].data() + slice.offset,
+                  static_cast<size_t>(slice.count) * sizeof(float));
+    }
+    requests.emplace_back(s, std::move(m));
+  }
+  const auto replies = d.exchange(std::move(requests), "push",
+                                  fmt::format("the push of version {} to be taken", version));
+  PushResult result;
+  result.version = replies[0].version;
+  for (const Message& r : replies) {
+    (r.status == ReplyStatus::kDropped ? result.servers_dropped : result.servers_applied) += 1;
+    result.version = std::min(result.version, r.version);
+  }
+  return result;
+}
+
+void Client::pull_rows(size_t table, std::span<const uint64_t> keys, const Tensor& out) {
+  Impl& d = *impl_;
+  d.require_init("pull_rows");
+  const SparseTableSpec spec = d.check_rows(table, keys, out, "pull_rows");
+  const auto by_server = d.route(table, keys);
+  std::vector<std::pair<int, Message>> requests;
+  for (int s = 0; s < d.num_servers(); ++s) {
+    const auto& members = by_server[static_cast<size_t>(s)];
+    if (members.empty()) continue;
+    Message m;
+    m.kind = Kind::kPullRows;
+    m.table = static_cast<uint32_t>(table);
+    m.keys.reserve(members.size());
+    for (size_t i : members) m.keys.push_back(keys[i]);
+    requests.emplace_back(s, std::move(m));
+  }
+  std::vector<int> servers;
+  for (const auto& r : requests) servers.push_back(r.first);
+  const auto replies =
+      d.exchange(std::move(requests), "pull_rows", fmt::format("rows of table '{}'", spec.name));
+  const auto dim = static_cast<size_t>(spec.dim);
+  for (size_t k = 0; k < replies.size(); ++k) {
+    const auto& members = by_server[static_cast<size_t>(servers[k])];
+    if (replies[k].floats.size() != members.size() * dim) {
+      throw CommError(servers[k], "ps pull_rows",
+                      fmt::format("server {} replied with {} floats for {} rows of dim {}",
+                                  servers[k], replies[k].floats.size(), members.size(), dim));
+    }
+    for (size_t j = 0; j < members.size(); ++j) {
+      std::memcpy(out.data() + members[j] * dim, replies[k].floats.data() + j * dim,
+                  dim * sizeof(float));
+    }
+  }
+}
+
+void Client::push_rows(size_t table, std::span<const uint64_t> keys, const Tensor& grads,
+                       float lr) {
+  Impl& d = *impl_;
+  d.require_init("push_rows");
+  const SparseTableSpec spec = d.check_rows(table, keys, grads, "push_rows");
+  const auto by_server = d.route(table, keys);
+  const auto dim = static_cast<size_t>(spec.dim);
+  std::vector<std::pair<int, Message>> requests;
+  for (int s = 0; s < d.num_servers(); ++s) {
+    const auto& members = by_server[static_cast<size_t>(s)];
+    if (members.empty()) continue;
+    Message m;
+    m.kind = Kind::kPushRows;
+    m.table = static_cast<uint32_t>(table);
+    m.lr = lr;
+    m.floats.resize(members.size() * dim);
+    m.keys.reserve(members.size());
+    for (size_t j = 0; j < members.size(); ++j) {
+      m.keys.push_back(keys[members[j]]);
+      std::memcpy(m.floats.data() + j * dim, grads.data() + members[j] * dim, dim * sizeof(float));
+    }
+    requests.emplace_back(s, std::move(m));
+  }
+  d.exchange(std::move(requests), "push_rows",
+             fmt::format("the rows of table '{}' to be applied", spec.name));
+}
+
+ServerStats Client::stats(int server) {
+  Impl& d = *impl_;
+  if (server < 0 || server >= d.num_servers()) {
+    throw UsageError(
+        fmt::format("ps stats: server {} out of range [0, {})", server, d.num_servers()));
+  }
+  Message m;
+  m.kind = Kind::kStats;
+  return d.exchange({{server, std::move(m)}}, "stats", "the server's statistics")[0].stats;
+}
+
+PsState Client::pull_state() {
+  Impl& d = *impl_;
+  d.require_init("pull_state");
+  std::vector<std::pair<int, Message>> requests;
+  for (int s = 0; s < d.num_servers(); ++s) {
+    Message m;
+    m.kind = Kind::kGetState;
+    requests.emplace_back(s, std::move(m));
+  }
+  auto replies = d.exchange(std::move(requests), "get_state", "the server's state");
+  std::vector<StateDict> states;
+  std::vector<uint64_t> versions;
+  for (Message& r : replies) {
+    states.push_back(std::move(r.state));
+    versions.push_back(r.version);
+  }
+  return assemble_state(d.plan_, d.tables_, states, versions);
+}
+
+void Client::load_state(const PsState& state) {
+  Impl& d = *impl_;
+  d.require_init("load_state");
+  std::vector<StateDict> parts = split_state(d.plan_, d.tables_, state);
+  std::vector<std::pair<int, Message>> requests;
+  for (int s = 0; s < d.num_servers(); ++s) {
+    Message m;
+    m.kind = Kind::kSetState;
+    m.state = std::move(parts[static_cast<size_t>(s)]);
+    requests.emplace_back(s, std::move(m));
+  }
+  d.exchange(std::move(requests), "set_state", "the state to be loaded");
+}
+
+void Client::finish() {
+  Impl& d = *impl_;
+  if (d.finished_) return;
+  std::vector<std::pair<int, Message>> requests;
+  for (int s = 0; s < d.num_servers(); ++s) {
+    Message m;
+    m.kind = Kind::kGoodbye;
+    requests.emplace_back(s, std::move(m));
+  }
+  d.exchange(std::move(requests), "goodbye", "the goodbye acknowledgement");
+  d.finished_ = true;
+}
+
+}  // namespace dtrain::ps

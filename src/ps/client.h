@@ -1,0 +1,134 @@
+// ps::Client: one worker's connection to the S servers of a parameter-server
+// job (server.h), in the manner of ps-lite's KVWorker minus its singletons and
+// its deadline-less Wait.
+//
+// The client connects one ZeroMQ DEALER socket per server. Dense calls (init,
+// pull, push) cut the flat key space with the ShardPlan (sharding.h) and talk
+// to every server IN PARALLEL: all requests are sent first, then the replies
+// collected. Sparse calls (pull_rows, push_rows) go only to the servers that
+// own the keys. Every call has a deadline of options.timeout. Errors name the
+// server (its index is also its wire rank and CommError::peer()), the
+// operation and what was awaited:
+//   "ps pull with rank 1: timed out after 30000 ms waiting for a reply from
+//    server 1 (version >= 12)"                      (no answer at all)
+//   "ps pull with rank 0: timed out after 2000 ms waiting for version >= 0 on
+//    server 0 (staleness bound 2: ...)"             (a parked pull expired)
+//   "ps push with rank 0: server 0 refused: duplicate push from worker 0 for
+//    version 0"                                     (CommError)
+// When several servers fail in one call, the lowest server's error is thrown.
+// After an error the client stays usable: late replies to earlier requests
+// are recognised by their request id and discarded.
+//
+// Liveness: a background thread (std::jthread, own sockets) sends a heartbeat
+// to every server each heartbeat_interval. finish() tells the servers this
+// worker is done; destroying a client without finish() looks to the servers
+// like a crash (its heartbeats stop). A restarted worker rejoins by calling
+// init() (which is also its hello) and then pull(). A worker the servers
+// declared dead (silent for longer than their heartbeat_timeout, e.g. while
+// stopped) gets CommError "worker 1 is dead; send init to rejoin" until it
+// calls init() again.
+//
+// Calls and their order: init() first (every worker calls it with the same
+// specs; the first init a server receives sets the initial values, later ones
+// only check that the specs match), then any sequence of pull / push /
+// pull_rows / push_rows; pull_state / load_state for checkpoints; finish().
+// Tensors passed in are read or written only during the call.
+//
+// Ownership: owns its sockets and heartbeat thread (stopped and joined by the
+// destructor). The Logger must outlive the client.
+// Thread safety: one thread calls the methods of a client; the heartbeat
+// thread is internal. Errors: UsageError for misuse (a call before init,
+// tensors whose shapes or count do not match the init specs, a table or key
+// count out of range), TimeoutError / CommError as above, ConfigError for
+// invalid options. Blocking: each call blocks until every involved server
+// replied or options.timeout passed.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "comm/auth.h"
+#include "core/log.h"
+#include "ps/messages.h"
+#include "ps/sharding.h"
+#include "ps/state_layout.h"
+#include "tensor/state_dict.h"
+#include "tensor/tensor.h"
+
+namespace dtrain::ps {
+
+struct ClientOptions {
+  int worker = 0;       // this worker's index in [0, num_workers)
+  int num_workers = 1;  // N
+  // Server endpoints by server index ("tcp://127.0.0.1:41234"); S = size().
+  std::vector<std::string> server_endpoints;
+  std::chrono::milliseconds timeout{30000};  // each call's deadline
+  std::chrono::milliseconds heartbeat_interval{1000};
+  uint64_t max_payload_bytes = uint64_t{1} << 31;
+};
+
+// Outcome of a dense push over all servers.
+struct PushResult {
+  int servers_applied = 0;  // servers that took the gradient (sync: into the current version)
+  int servers_dropped = 0;  // sync, backup workers: servers that had already advanced
+  uint64_t version = 0;     // the lowest server version reported in the replies
+};
+
+class Client {
+ public:
+  // Validates the options and connects (ZeroMQ connects lazily: no peer needs
+  // to be up yet). Starts the heartbeat thread.
+  Client(ClientOptions options, const comm::JobAuth& auth, Logger& logger);
+  ~Client();
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  int worker() const;
+  int num_servers() const;
+  // The dense layout; valid after init().
+  const ShardPlan& plan() const;
+  const std::vector<SparseTableSpec>& tables() const;
+
+  // Hello + initial values. `dense` in model order (names unique); `tables`
+  // the embedding tables. Returns the lowest server version (0 on a fresh job,
+  // the current one for a worker that rejoins). Pulls of other workers wait
+  // for the first init.
+  uint64_t init(const StateDict& dense, const std::vector<SparseTableSpec>& tables);
+
+  // Copies the current parameters into `out` (shapes as in init, same order)
+  // once every server's version is >= min_version (and, under SSP, the
+  // staleness bound lets this worker go on). Returns the lowest version.
+  uint64_t pull(const std::vector<Tensor>& out, uint64_t min_version = 0);
+  // Pushes this worker's gradient (shapes as in init), computed from
+  // `samples` samples (>= 0) at `version`, with learning rate `lr`.
+  PushResult push(const std::vector<Tensor>& grads, int64_t samples, float lr, uint64_t version);
+  // The minimum live clock the servers reported with the last pull (SSP).
+  uint64_t last_min_clock() const;
+
+  // Rows `keys` of table `table` into out [keys.size(), D]; missing rows are
+  // created with their deterministic initial value.
+  void pull_rows(size_t table, std::span<const uint64_t> keys, const Tensor& out);
+  // Applies gradient rows grads [keys.size(), D] to table `table` with `lr`
+  // (duplicate keys are summed). Applied at once in every consistency mode.
+  void push_rows(size_t table, std::span<const uint64_t> keys, const Tensor& grads, float lr);
+
+  ServerStats stats(int server);
+  // The whole job state, assembled from every server.
+  PsState pull_state();
+  // Replaces every server's state with `state` (after init(); its dense
+  // names and shapes must match the init specs). Versions become state.version.
+  void load_state(const PsState& state);
+
+  // Goodbye to every server; afterwards only destruction is allowed.
+  void finish();
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace dtrain::ps

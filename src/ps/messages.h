@@ -1,0 +1,124 @@
+// The parameter server's payloads: what follows the comm/wire.h frame header
+// in every frame between a ps::Client and a ps::Server. docs/parameter-server.md
+// gives every layout byte by byte.
+//
+// A payload starts with a 24-byte prefix, all little-endian:
+//   u8 kind | u8 status (replies; 0 in requests) |
+//   u8 reply_to (replies: the kind of the request answered; 0 in requests) |
+//   u8 reserved (0) |
+//   u32 worker (requests: the sender's worker index; replies: the server index) |
+//   u64 request_id | u64 version
+// then a body whose fields depend on the kind (and for replies on status and
+// reply_to; Message documents them).
+// Strings are u16 length + UTF-8 bytes, float arrays u64 count + count f32,
+// key arrays u64 count + count u64.
+//
+// decode_message() treats its input as untrusted: an unknown kind or status,
+// non-zero reserved bytes, a count that does not fit the remaining bytes,
+// trailing bytes, a non-finite lr, a negative dimension: DataError naming the
+// field and both values. It never allocates more than the payload's own size
+// implies. Encoding a message into a wire frame (header + payload) and
+// decoding one back are pure functions; nothing here blocks.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "comm/auth.h"
+#include "ps/sharding.h"
+#include "tensor/state_dict.h"
+
+namespace dtrain::ps {
+
+enum class Kind : uint8_t {
+  kInit = 1,        // worker -> server: hello + dense specs, tables, this server's slice of values
+  kPull = 2,        // worker -> server: min_version, wait_ms
+  kPush = 3,        // worker -> server: version, samples, lr, this server's slice of the gradient
+  kPullRows = 4,    // worker -> server: table, keys
+  kPushRows = 5,    // worker -> server: table, lr, keys, gradient rows [k, D]
+  kStats = 6,       // worker -> server: (no body)
+  kGetState = 7,    // worker -> server: (no body)
+  kSetState = 8,    // worker -> server: a StateDict in the per-server layout (server.h)
+  kGoodbye = 9,     // worker -> server: the worker is finished
+  kHeartbeat = 10,  // worker -> server: proof of life; never answered
+  kReply = 64,      // server -> worker: status, and the body of the request's reply
+};
+std::string_view to_string(Kind kind);
+
+enum class ReplyStatus : uint8_t {
+  kOk = 0,
+  kDropped = 1,  // sync: a late push for an already aggregated version; nothing applied
+  kError = 2,    // the request was refused; `error` says why; nothing changed
+  kTimeout = 3,  // a parked pull waited out its wait_ms; `error` says for what
+};
+
+enum class WorkerState : uint8_t { kLive = 0, kDead = 1, kFinished = 2 };
+std::string_view to_string(WorkerState state);
+
+// What a server reports about itself (the kStats reply, ServeResult).
+struct ServerStats {
+  int server = 0;
+  bool initialised = false;
+  uint64_t version = 0;              // dense updates so far (sync: aggregated versions)
+  std::vector<WorkerState> workers;  // per worker index
+  std::vector<uint64_t> clocks;      // pushes per worker (SSP clocks)
+  uint64_t min_clock = 0;            // over live workers (0 when none is live)
+  uint64_t pushes_applied = 0;       // dense pushes taken into an update
+  uint64_t pushes_dropped = 0;       // sync: late pushes answered kDropped
+  uint64_t requests_rejected = 0;    // answered kError
+  uint64_t frames_dropped = 0;       // failed decoding or authentication
+  uint64_t sparse_rows = 0;          // rows held, all tables
+  uint64_t parked_pulls = 0;         // pulls waiting for a version or the staleness bound
+};
+
+// One decoded payload. Which fields are meaningful depends on `kind` (and, for
+// replies, on the request answered); the others stay empty.
+struct Message {
+  Kind kind = Kind::kHeartbeat;
+  ReplyStatus status = ReplyStatus::kOk;
+  Kind reply_to = Kind::kHeartbeat;  // replies only
+  uint32_t worker = 0;               // requests: sender worker index; replies: server index
+  uint64_t request_id = 0;
+  uint64_t version = 0;  // kPush: version the gradient was computed at; replies: server version
+
+  // kInit: dense specs, tables and (floats) this server's slice of the values.
+  std::vector<DenseSpec> dense;
+  std::vector<SparseTableSpec> tables;
+  // kPull: wait at most wait_ms for version >= min_version (and SSP's bound).
+  uint64_t min_version = 0;
+  uint32_t wait_ms = 0;
+  // kPush / kPushRows.
+  int64_t samples = 0;
+  float lr = 0.0f;
+  // kPullRows / kPushRows.
+  uint32_t table = 0;
+  std::vector<uint64_t> keys;
+  // kInit values, kPush gradient, kPushRows gradient rows, replies to kPull
+  // (the range) and kPullRows (rows [k, D]).
+  std::vector<float> floats;
+  // Replies to kPull: the server's minimum live clock (SSP).
+  uint64_t min_clock = 0;
+  // kSetState, replies to kGetState.
+  StateDict state;
+  // Replies to kStats.
+  ServerStats stats;
+  // Replies with status kError / kTimeout.
+  std::string error;
+};
+
+// The payload bytes of `message`.
+std::vector<std::byte> encode_message(const Message& message);
+// Parses a payload; DataError naming the field on anything malformed.
+Message decode_message(std::span<const std::byte> payload);
+
+// Global wire ranks of a ps job: servers are 0..S-1, workers S..S+N-1.
+inline uint32_t server_rank(int server) { return static_cast<uint32_t>(server); }
+inline uint32_t worker_rank(int num_servers, int worker) {
+  return static_cast<uint32_t>(num_servers + worker);
+}
+
+}  // namespace dtrain::ps

@@ -1,0 +1,704 @@
+#include "ps/server.h"
+
+#include <algorithm>
+#include <charconv>
+#include <optional>
+#include <set>
+#include <zmq.hpp>
+
+#include "core/error.h"
+#include "ps/frame_io.h"
+#include "ps/shard_store.h"
+
+namespace dtrain::ps {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+std::string_view to_string(Consistency consistency) {
+  switch (consistency) {
+    case Consistency::kSync:
+      return "sync";
+    case Consistency::kAsync:
+      return "async";
+    case Consistency::kSsp:
+      return "ssp";
+  }
+  return "unknown";
+}
+
+Consistency parse_consistency(std::string_view text) {
+  if (text == "sync") return Consistency::kSync;
+  if (text == "async") return Consistency::kAsync;
+  if (text == "ssp") return Consistency::kSsp;
+  throw ConfigError(
+      fmt::format("ps consistency '{}' is unknown; expected sync, async or ssp", text));
+}
+
+namespace {
+
+constexpr int kMaxFramesPerWake = 256;
+
+int64_t ms_between(Clock::time_point from, Clock::time_point to) {
+  return std::chrono::duration_cast<milliseconds>(to - from).count();
+}
+
+// A request that decodes but cannot be served: answered with an error reply.
+class Refusal : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+void validate(const ServerOptions& o) {
+  auto bad = [](const std::string& key, const std::string& problem) {
+    throw ConfigError(fmt::format("ps server option '{}': {}", key, problem));
+  };
+  if (o.num_servers < 1) bad("servers", fmt::format("{} servers; need at least 1", o.num_servers));
+  if (o.num_workers < 1) bad("workers", fmt::format("{} workers; need at least 1", o.num_workers));
+  if (o.server < 0 || o.server >= o.num_servers) {
+    bad("server", fmt::format("server index {} out of range [0, {})", o.server, o.num_servers));
+  }
+  if (o.backup_workers < 0 || o.backup_workers >= o.num_workers) {
+    bad("backup_workers", fmt::format("{} backup workers with {} workers; need 0 <= b < N",
+                                      o.backup_workers, o.num_workers));
+  }
+  if (o.staleness_bound < 0)
+    bad("staleness", fmt::format("bound {} is negative", o.staleness_bound));
+  if (o.heartbeat_timeout.count() <= 0) {
+    bad("heartbeat_timeout_ms",
+        fmt::format("{} ms; must be positive", o.heartbeat_timeout.count()));
+  }
+  if (o.poll_interval.count() <= 0) {
+    bad("poll_interval_ms", fmt::format("{} ms; must be positive", o.poll_interval.count()));
+  }
+}
+
+}  // namespace
+
+class Server::Impl {
+ public:
+  Impl(ServerOptions options, const comm::JobAuth& auth, Logger& logger)
+      : options_(std::move(options)), auth_(auth), logger_(logger) {
+    validate(options_);
+    // Build the optimizer once to reject a bad [optimizer] table now, not at init.
+    optim::make_optimizer(options_.optimizer, {Variable(Tensor::zeros({1}))});
+    socket_ = zmq::socket_t(context_, zmq::socket_type::router);
+    socket_.set(zmq::sockopt::linger, 0);
+    socket_.set(zmq::sockopt::rcvhwm, 0);
+    socket_.set(zmq::sockopt::sndhwm, 0);
+    socket_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(options_.max_payload_bytes));
+    try {
+      socket_.bind(options_.bind_endpoint);
+    } catch (const zmq::error_t& e) {
+      throw CommError(options_.server, "ps server bind",
+                      fmt::format("cannot bind '{}': {}", options_.bind_endpoint, e.what()));
+    }
+    endpoint_ = socket_.get(zmq::sockopt::last_endpoint);
+    const auto now = Clock::now();
+    workers_.resize(static_cast<size_t>(options_.num_workers));
+    for (Worker& w : workers_) w.last_heard = now;
+    limits_.job_id = auth_.job_id();
+    limits_.world_size = comm::wire::kAnyReceiver;  // worker ranks are checked here, with a reply
+    limits_.receiver = server_rank(options_.server);
+    limits_.max_payload_bytes = options_.max_payload_bytes;
+    logger_.info("ps server {}: listening on {} ({}, {} workers)", options_.server, endpoint_,
+                 to_string(options_.consistency), options_.num_workers);
+  }
+
+  ServeResult run(const std::stop_token& stop, Deadline deadline);
+  StateDict state_dict() const;
+  ServerStats stats() const;
+
+  ServerOptions options_;
+  comm::JobAuth auth_;
+  Logger& logger_;
+  zmq::context_t context_{1};
+  zmq::socket_t socket_;
+  std::string endpoint_;
+
+ private:
+  struct Worker {
+    WorkerState state = WorkerState::kLive;
+    Clock::time_point last_heard;
+    uint64_t clock = 0;
+    std::optional<uint64_t> pushed_version;  // sync: last version this worker pushed for
+    std::optional<uint64_t> rejoined_at;     // version at which it last rejoined
+  };
+  struct Parked {
+    std::string identity;
+    uint32_t worker = 0;
+    uint64_t request_id = 0;
+    uint64_t min_version = 0;
+    Clock::time_point until;
+  };
+
+  void handle(ReceivedFrame& frame);
+  void serve(const std::string& identity, Message& m);
+  void reply(const std::string& identity, uint32_t worker, Message m);
+  void on_init(const std::string& identity, Message& m);
+  void on_pull(const std::string& identity, const Message& m);
+  void on_push(const std::string& identity, const Message& m);
+  void on_pull_rows(const std::string& identity, const Message& m);
+  void on_push_rows(const std::string& identity, const Message& m);
+  void on_set_state(const std::string& identity, const Message& m);
+  SparseTable& table_for(const Message& m, size_t floats_per_key);
+  bool pull_ready(uint32_t worker, uint64_t min_version) const;
+  void answer_pull(const std::string& identity, uint32_t worker, uint64_t request_id);
+  void serve_parked(Clock::time_point now);
+  void check_liveness(Clock::time_point now);
+  void maybe_complete_version();
+  size_t live_workers() const;
+  uint64_t min_live_clock() const;
+  bool finished() const;
+
+  comm::wire::FrameLimits limits_;
+  std::vector<Worker> workers_;
+  std::vector<Parked> parked_;
+  bool initialised_ = false;
+  ShardPlan plan_;
+  std::vector<SparseTableSpec> table_specs_;
+  std::optional<DenseShard> dense_;
+  std::vector<SparseTable> tables_;
+  uint64_t version_ = 0;
+  // Sync aggregation of the current version: sum of n_i g_i, sum of n_i.
+  std::vector<float> sum_;
+  double samples_sum_ = 0.0;
+  float version_lr_ = 0.0f;
+  size_t pushes_in_version_ = 0;
+  ServerStats counters_;
+};
+
+ServeResult Server::Impl::run(const std::stop_token& stop, Deadline deadline) {
+  ServeResult result;
+  while (true) {
+    if (stop.stop_requested()) {
+      result.end = ServeEnd::kStopped;
+      break;
+    }
+    if (deadline.expired()) {
+      result.end = ServeEnd::kDeadline;
+      break;
+    }
+    const auto wait = std::min(options_.poll_interval, deadline.remaining());
+    zmq::pollitem_t items[] = {{socket_.handle(), 0, ZMQ_POLLIN, 0}};
+    zmq::poll(items, 1, wait);
+    for (int i = 0; i < kMaxFramesPerWake; ++i) {
+      std::optional<ReceivedFrame> frame;
+      try {
+        frame = receive_frame(socket_, true, limits_, auth_);
+      } catch (const DataError& e) {
+        ++counters_.frames_dropped;
+        logger_.warn("ps server {}: dropped a frame: {}", options_.server, e.what());
+        continue;
+      }
+      if (!frame) break;
+      handle(*frame);
+    }
+    const auto now = Clock::now();
+    check_liveness(now);
+    serve_parked(now);
+    if (finished()) {
+      result.end = ServeEnd::kFinished;
+      break;
+    }
+  }
+  for (const Parked& p : parked_) {
+    Message m;
+    m.kind = Kind::kReply;
+    m.reply_to = Kind::kPull;
+    m.status = ReplyStatus::kError;
+    m.request_id = p.request_id;
+    m.error = fmt::format("server {} stopped while the pull waited for version {}", options_.server,
+                          p.min_version);
+    reply(p.identity, p.worker, std::move(m));
+  }
+  parked_.clear();
+  logger_.info("ps server {}: serving ended ({}) at version {}", options_.server,
+               result.end == ServeEnd::kFinished  ? "all workers finished"
+               : result.end == ServeEnd::kStopped ? "stop requested"
+                                                  : "deadline",
+               version_);
+  result.stats = stats();
+  return result;
+}
+
+void Server::Impl::handle(ReceivedFrame& frame) {
+  Message& m = frame.message;
+  if (m.kind == Kind::kReply) {
+    ++counters_.frames_dropped;
+    logger_.warn("ps server {}: dropped a reply frame from rank {} (servers take only requests)",
+                 options_.server, frame.header.sender);
+    return;
+  }
+  const uint32_t receiver = frame.header.sender;
+  auto refuse = [&](const std::string& why) {
+    ++counters_.requests_rejected;
+    logger_.warn("ps server {}: rejected {} from worker {}: {}", options_.server, to_string(m.kind),
+                 m.worker, why);
+    if (m.kind == Kind::kHeartbeat) return;
+    Message r;
+    r.kind = Kind::kReply;
+    r.reply_to = m.kind;
+    r.status = ReplyStatus::kError;
+    r.request_id = m.request_id;
+    r.version = version_;
+    r.error = why;
+    send_frame(socket_, frame.identity, server_rank(options_.server), receiver, r, auth_);
+  };
+  if (m.worker >= static_cast<uint32_t>(options_.num_workers)) {
+    refuse(fmt::format("worker index {} out of range [0, {})", m.worker, options_.num_workers));
+    return;
+  }
+  if (frame.header.sender != worker_rank(options_.num_servers, static_cast<int>(m.worker))) {
+    refuse(fmt::format("frame from wire rank {} claims to be worker {} (rank {})",
+                       frame.header.sender, m.worker,
+                       worker_rank(options_.num_servers, static_cast<int>(m.worker))));
+    return;
+  }
+  Worker& w = workers_[m.worker];
+  if (w.state != WorkerState::kLive && m.kind != Kind::kInit) {
+    if (m.kind == Kind::kHeartbeat) return;  // a late heartbeat of a finished or dead worker
+    refuse(fmt::format("worker {} is {}; send init to rejoin", m.worker, to_string(w.state)));
+    return;
+  }
+  w.last_heard = Clock::now();
+  try {
+    serve(frame.identity, m);
+  } catch (const Refusal& e) {
+    refuse(e.what());
+  } catch (const Error& e) {
+    // Validation inside the optimizer or the shard plan (UsageError), or a
+    // bug (InternalError): refused all the same, the server carries on.
+    refuse(e.what());
+  }
+}
+
+void Server::Impl::serve(const std::string& identity, Message& m) {
+  Message r;
+  r.kind = Kind::kReply;
+  r.reply_to = m.kind;
+  r.request_id = m.request_id;
+  switch (m.kind) {
+    case Kind::kHeartbeat:
+      return;
+    case Kind::kInit:
+      on_init(identity, m);
+      return;
+    case Kind::kPull:
+      on_pull(identity, m);
+      return;
+    case Kind::kPush:
+      on_push(identity, m);
+      return;
+    case Kind::kPullRows:
+      on_pull_rows(identity, m);
+      return;
+    case Kind::kPushRows:
+      on_push_rows(identity, m);
+      return;
+    case Kind::kStats:
+      r.stats = stats();
+      break;
+    case Kind::kGetState:
+      if (!initialised_) throw Refusal("get_state before init: the server holds no parameters yet");
+      r.state = state_dict();
+      break;
+    case Kind::kSetState:
+      on_set_state(identity, m);
+      return;
+    case Kind::kGoodbye:
+      workers_[m.worker].state = WorkerState::kFinished;
+      logger_.info("ps server {}: worker {} finished at version {}", options_.server, m.worker,
+                   version_);
+      maybe_complete_version();
+      break;
+    case Kind::kReply:
+      return;
+  }
+  r.version = version_;
+  reply(identity, m.worker, std::move(r));
+}
+
+void Server::Impl::reply(const std::string& identity, uint32_t worker, Message m) {
+  m.kind = Kind::kReply;
+  m.worker = static_cast<uint32_t>(options_.server);
+  send_frame(socket_, identity, server_rank(options_.server),
+             worker_rank(options_.num_servers, static_cast<int>(worker)), m, auth_);
+}
+
+void Server::Impl::on_init(const std::string& identity, Message& m) {
+  std::vector<DenseSpec> specs = m.dense;
+  ShardPlan plan(std::move(specs), options_.num_servers);  // UsageError on bad specs
+  std::set<std::string> names;
+  for (const SparseTableSpec& t : m.tables) {
+    if (t.name.empty() || !names.insert(t.name).second) {
+      throw Refusal(fmt::format("table name '{}' is empty or repeated", t.name));
+    }
+  }
+  const int64_t expected = plan.range_numel(options_.server);
+  if (static_cast<int64_t>(m.floats.size()) != expected) {
+    throw Refusal(fmt::format("init carries {} values; server {} holds [{}, {}) = {} floats",
+                              m.floats.size(), options_.server, plan.range_begin(options_.server),
+                              plan.range_end(options_.server), expected));
+  }
+  if (initialised_) {
+    const auto& have = plan_.tensors();
+    if (have.size() != plan.tensors().size()) {
+      throw Refusal(fmt::format("init lists {} dense tensors; the job was initialised with {}",
+                                plan.tensors().size(), have.size()));
+    }
+    for (size_t i = 0; i < have.size(); ++i) {
+      const DenseSpec& got = plan.tensors()[i];
+      if (got.name != have[i].name || got.shape != have[i].shape) {
+        throw Refusal(
+            fmt::format("dense tensor {} is '{}' {}; the job was initialised with '{}' {}", i,
+                        got.name, shape_str(got.shape), have[i].name, shape_str(have[i].shape)));
+      }
+    }
+    if (m.tables.size() != table_specs_.size()) {
+      throw Refusal(fmt::format("init lists {} tables; the job was initialised with {}",
+                                m.tables.size(), table_specs_.size()));
+    }
+    for (size_t i = 0; i < table_specs_.size(); ++i) {
+      if (m.tables[i].name != table_specs_[i].name || m.tables[i].dim != table_specs_[i].dim) {
+        throw Refusal(fmt::format(
+            "table {} is '{}' dim {}; the job was initialised with '{}' dim {}", i,
+            m.tables[i].name, m.tables[i].dim, table_specs_[i].name, table_specs_[i].dim));
+      }
+    }
+  } else {
+    plan_ = std::move(plan);
+    table_specs_ = m.tables;
+    dense_.emplace(m.floats, options_.optimizer);
+    for (size_t i = 0; i < table_specs_.size(); ++i) {
+      tables_.emplace_back(table_specs_[i], static_cast<uint32_t>(i), options_.seed,
+                           options_.optimizer);
+    }
+    sum_.assign(static_cast<size_t>(expected), 0.0f);
+    initialised_ = true;
+    logger_.info(
+        "ps server {}: initialised by worker {}: {} dense tensors, {} floats here, {} tables",
+        options_.server, m.worker, plan_.tensors().size(), expected, tables_.size());
+  }
+  Worker& w = workers_[m.worker];
+  if (w.state != WorkerState::kLive) {
+    logger_.info("ps server {}: worker {} rejoined at version {} (it was {})", options_.server,
+                 m.worker, version_, to_string(w.state));
+    // SSP: rejoin at the slowest live worker's clock, so it neither blocks the
+    // others nor is held back by its own missed steps.
+    if (live_workers() > 0) w.clock = std::max(w.clock, min_live_clock());
+    w.state = WorkerState::kLive;
+  }
+  // A restarted worker may say hello before its predecessor was declared dead,
+  // and after that predecessor's push for the current version went in.
+  if (w.pushed_version == version_) {
+    w.rejoined_at = version_;
+  } else {
+    w.rejoined_at.reset();
+  }
+  Message r;
+  r.reply_to = Kind::kInit;
+  r.request_id = m.request_id;
+  r.version = version_;
+  reply(identity, m.worker, std::move(r));
+}
+
+bool Server::Impl::pull_ready(uint32_t worker, uint64_t min_version) const {
+  if (!initialised_ || version_ < min_version) return false;
+  if (options_.consistency != Consistency::kSsp) return true;
+  const uint64_t bound = static_cast<uint64_t>(options_.staleness_bound);
+  return workers_[worker].clock <= min_live_clock() + bound;
+}
+
+void Server::Impl::answer_pull(const std::string& identity, uint32_t worker, uint64_t request_id) {
+  Message r;
+  r.reply_to = Kind::kPull;
+  r.request_id = request_id;
+  r.version = version_;
+  r.min_clock = min_live_clock();
+  const auto values = dense_->values();
+  r.floats.assign(values.begin(), values.end());
+  reply(identity, worker, std::move(r));
+}
+
+void Server::Impl::on_pull(const std::string& identity, const Message& m) {
+  if (pull_ready(m.worker, m.min_version)) {
+    answer_pull(identity, m.worker, m.request_id);
+    return;
+  }
+  parked_.push_back(Parked{identity, m.worker, m.request_id, m.min_version,
+                           Clock::now() + milliseconds(m.wait_ms)});
+}
+
+void Server::Impl::serve_parked(Clock::time_point now) {
+  for (size_t i = 0; i < parked_.size();) {
+    const Parked& p = parked_[i];
+    if (pull_ready(p.worker, p.min_version)) {
+      answer_pull(p.identity, p.worker, p.request_id);
+    } else if (now >= p.until) {
+      Message r;
+      r.reply_to = Kind::kPull;
+      r.status = ReplyStatus::kTimeout;
+      r.request_id = p.request_id;
+      r.version = version_;
+      r.error =
+          !initialised_ ? std::string("no worker has sent init yet")
+          : version_ < p.min_version
+              ? fmt::format("version is {}, waiting for {}", version_, p.min_version)
+              : fmt::format("staleness bound {}: this worker's clock is {}, slowest live is {}",
+                            options_.staleness_bound, workers_[p.worker].clock, min_live_clock());
+      reply(p.identity, p.worker, std::move(r));
+    } else {
+      ++i;
+      continue;
+    }
+    parked_.erase(parked_.begin() + static_cast<std::ptrdiff_t>(i));
+  }
+}
+
+void Server::Impl::on_push(const std::string& identity, const Message& m) {
+  if (!initialised_) throw Refusal("push before init: the server holds no parameters yet");
+  if (static_cast<int64_t>(m.floats.size()) != dense_->numel()) {
+    throw Refusal(fmt::format("gradient has {} floats; server {} holds {} (range [{}, {}))",
+                              m.floats.size(), options_.server, dense_->numel(),
+                              plan_.range_begin(options_.server),
+                              plan_.range_end(options_.server)));
+  }
+  Worker& w = workers_[m.worker];
+  Message r;
+  r.reply_to = Kind::kPush;
+  r.request_id = m.request_id;
+  if (options_.consistency == Consistency::kSync) {
+    const bool already_in = w.pushed_version == version_;
+    if (m.version == version_ && already_in && w.rejoined_at == version_) {
+      // Its previous incarnation pushed for this version before dying; that
+      // gradient stands, the new one is dropped like a backup worker's.
+      r.status = ReplyStatus::kDropped;
+      w.rejoined_at.reset();
+      ++counters_.pushes_dropped;
+      logger_.info(
+          "ps server {}: dropped the push of rejoined worker {} for version {}: its "
+          "previous incarnation already pushed",
+          options_.server, m.worker, m.version);
+    } else if (m.version == version_) {
+      if (already_in) {
+        throw Refusal(
+            fmt::format("duplicate push from worker {} for version {}", m.worker, m.version));
+      }
+      const auto n = static_cast<float>(m.samples);
+      for (size_t i = 0; i < sum_.size(); ++i) sum_[i] += n * m.floats[i];
+      if (pushes_in_version_ == 0) version_lr_ = m.lr;
+      samples_sum_ += static_cast<double>(m.samples);
+      ++pushes_in_version_;
+      ++counters_.pushes_applied;
+      w.pushed_version = version_;
+      ++w.clock;
+    } else if (m.version + 1 == version_ && w.pushed_version != m.version) {
+      r.status = ReplyStatus::kDropped;
+      w.pushed_version = m.version;
+      ++w.clock;
+      ++counters_.pushes_dropped;
+      logger_.info("ps server {}: dropped the late push of worker {} for version {} (now {})",
+                   options_.server, m.worker, m.version, version_);
+    } else if (m.version + 1 == version_) {
+      throw Refusal(
+          fmt::format("duplicate push from worker {} for version {}", m.worker, m.version));
+    } else {
+      throw Refusal(fmt::format("{} push for version {}: server {} is at version {}",
+                                m.version < version_ ? "stale" : "future", m.version,
+                                options_.server, version_));
+    }
+    r.version = version_;
+    reply(identity, m.worker, std::move(r));
+    maybe_complete_version();
+    return;
+  }
+  // async and ssp: applied at once.
+  if (m.samples > 0) dense_->apply(m.floats, m.lr);
+  ++version_;
+  ++w.clock;
+  ++counters_.pushes_applied;
+  r.version = version_;
+  reply(identity, m.worker, std::move(r));
+}
+
+void Server::Impl::maybe_complete_version() {
+  if (options_.consistency != Consistency::kSync || !initialised_) return;
+  const size_t live = live_workers();
+  const size_t backup = static_cast<size_t>(options_.backup_workers);
+  const size_t needed = live > backup + 1 ? live - backup : 1;
+  if (pushes_in_version_ == 0 || pushes_in_version_ < needed) return;
+  if (samples_sum_ > 0.0) {
+    const auto scale = static_cast<float>(1.0 / samples_sum_);
+    for (float& g : sum_) g *= scale;
+    dense_->apply(sum_, version_lr_);
+  }
+  std::fill(sum_.begin(), sum_.end(), 0.0f);
+  samples_sum_ = 0.0;
+  pushes_in_version_ = 0;
+  ++version_;
+}
+
+SparseTable& Server::Impl::table_for(const Message& m, size_t floats_per_key) {
+  if (!initialised_) {
+    throw Refusal(fmt::format("{} before init: the server knows no tables yet", to_string(m.kind)));
+  }
+  if (m.table >= tables_.size()) {
+    throw Refusal(fmt::format("unknown table {}; the job has {} tables", m.table, tables_.size()));
+  }
+  SparseTable& table = tables_[m.table];
+  const size_t dim = static_cast<size_t>(table.spec().dim);
+  if (m.floats.size() != m.keys.size() * floats_per_key * dim) {
+    throw Refusal(fmt::format("table '{}': {} floats for {} keys of dim {}", table.spec().name,
+                              m.floats.size(), m.keys.size(), dim));
+  }
+  for (uint64_t key : m.keys) {
+    const int owner = sparse_server_of(m.table, key, options_.num_servers);
+    if (owner != options_.server) {
+      throw Refusal(fmt::format("table '{}': key {} belongs to server {}, not {}",
+                                table.spec().name, key, owner, options_.server));
+    }
+  }
+  return table;
+}
+
+void Server::Impl::on_pull_rows(const std::string& identity, const Message& m) {
+  SparseTable& table = table_for(m, 0);
+  Message r;
+  r.reply_to = Kind::kPullRows;
+  r.request_id = m.request_id;
+  r.version = version_;
+  r.floats.resize(m.keys.size() * static_cast<size_t>(table.spec().dim));
+  table.read_rows(m.keys, r.floats);
+  reply(identity, m.worker, std::move(r));
+}
+
+void Server::Impl::on_push_rows(const std::string& identity, const Message& m) {
+  SparseTable& table = table_for(m, 1);
+  table.apply(m.keys, m.floats, m.lr);
+  Message r;
+  r.reply_to = Kind::kPushRows;
+  r.request_id = m.request_id;
+  r.version = version_;
+  reply(identity, m.worker, std::move(r));
+}
+
+void Server::Impl::on_set_state(const std::string& identity, const Message& m) {
+  if (!initialised_) throw Refusal("set_state before init: the dense layout is not known yet");
+  const auto& meta = m.state.metadata();
+  auto it = meta.find("version");
+  uint64_t version = 0;
+  if (it == meta.end() ||
+      std::from_chars(it->second.data(), it->second.data() + it->second.size(), version).ec !=
+          std::errc()) {
+    throw Refusal("set_state: metadata 'version' is missing or not a number");
+  }
+  if (!m.state.contains("dense.values")) throw Refusal("set_state: 'dense.values' is missing");
+  // Import into fresh objects; swap only when everything fits.
+  DenseShard dense(dense_->values(), options_.optimizer);
+  dense.import_state(m.state);
+  std::vector<SparseTable> tables;
+  for (size_t i = 0; i < table_specs_.size(); ++i) {
+    tables.emplace_back(table_specs_[i], static_cast<uint32_t>(i), options_.seed,
+                        options_.optimizer);
+    if (!m.state.contains("sparse." + table_specs_[i].name + ".keys")) {
+      throw Refusal(fmt::format("set_state: table '{}' is missing", table_specs_[i].name));
+    }
+    tables.back().import_state(m.state);
+  }
+  dense_.emplace(std::move(dense));
+  tables_ = std::move(tables);
+  version_ = version;
+  std::fill(sum_.begin(), sum_.end(), 0.0f);
+  samples_sum_ = 0.0;
+  pushes_in_version_ = 0;
+  for (Worker& w : workers_) w.pushed_version.reset();
+  logger_.info("ps server {}: state loaded by worker {}; version {}", options_.server, m.worker,
+               version_);
+  Message r;
+  r.reply_to = Kind::kSetState;
+  r.request_id = m.request_id;
+  r.version = version_;
+  reply(identity, m.worker, std::move(r));
+}
+
+void Server::Impl::check_liveness(Clock::time_point now) {
+  bool changed = false;
+  for (size_t i = 0; i < workers_.size(); ++i) {
+    Worker& w = workers_[i];
+    if (w.state != WorkerState::kLive) continue;
+    const int64_t silent = ms_between(w.last_heard, now);
+    if (silent > options_.heartbeat_timeout.count()) {
+      w.state = WorkerState::kDead;
+      changed = true;
+      logger_.warn(
+          "ps server {}: worker {} declared dead at version {}: silent for {} ms "
+          "(heartbeat timeout {} ms)",
+          options_.server, i, version_, silent, options_.heartbeat_timeout.count());
+    }
+  }
+  if (changed) maybe_complete_version();
+}
+
+size_t Server::Impl::live_workers() const {
+  return static_cast<size_t>(std::count_if(workers_.begin(), workers_.end(), [](const Worker& w) {
+    return w.state == WorkerState::kLive;
+  }));
+}
+
+uint64_t Server::Impl::min_live_clock() const {
+  std::optional<uint64_t> low;
+  for (const Worker& w : workers_) {
+    if (w.state == WorkerState::kLive) low = std::min(low.value_or(w.clock), w.clock);
+  }
+  return low.value_or(0);
+}
+
+bool Server::Impl::finished() const {
+  bool any_finished = false;
+  for (const Worker& w : workers_) {
+    if (w.state == WorkerState::kLive) return false;
+    any_finished = any_finished || w.state == WorkerState::kFinished;
+  }
+  return any_finished;
+}
+
+StateDict Server::Impl::state_dict() const {
+  StateDict out;
+  out.metadata()["version"] = std::to_string(version_);
+  if (!initialised_) return out;
+  dense_->export_state(out);
+  for (const SparseTable& t : tables_) t.export_state(out);
+  return out;
+}
+
+ServerStats Server::Impl::stats() const {
+  ServerStats s = counters_;
+  s.server = options_.server;
+  s.initialised = initialised_;
+  s.version = version_;
+  s.workers.clear();
+  s.clocks.clear();
+  for (const Worker& w : workers_) {
+    s.workers.push_back(w.state);
+    s.clocks.push_back(w.clock);
+  }
+  s.min_clock = min_live_clock();
+  s.parked_pulls = parked_.size();
+  s.sparse_rows = 0;
+  for (const SparseTable& t : tables_) s.sparse_rows += t.rows();
+  return s;
+}
+
+Server::Server(ServerOptions options, const comm::JobAuth& auth, Logger& logger)
+    : impl_(std::make_unique<Impl>(std::move(options), auth, logger)) {}
+Server::~Server() = default;
+const std::string& Server::endpoint() const { return impl_->endpoint_; }
+const ServerOptions& Server::options() const { return impl_->options_; }
+ServeResult Server::run(std::stop_token stop, Deadline deadline) {
+  return impl_->run(stop, deadline);
+}
+StateDict Server::state_dict() const { return impl_->state_dict(); }
+ServerStats Server::stats() const { return impl_->stats(); }
+
+}  // namespace dtrain::ps

@@ -1,0 +1,128 @@
+// ps::Server: one parameter server of a job with S servers and N workers.
+//
+// A server holds its range of the dense key space (sharding.h) and the sparse
+// rows whose keys hash to it, and updates both with the core optimizers
+// (optim::make_optimizer over Variables wrapping its shard tensors; the rules
+// are elementwise, so a shard update equals the full-tensor update). It knows
+// no model: the dense layout and the sparse tables arrive with the first
+// worker's init request (client.h), which every later init must match.
+//
+// Transport: ZeroMQ directly, not comm::ZmqTransport (which fails its whole
+// group when one peer dies; a server must outlive its workers). The server
+// binds one ROUTER socket; each worker's Client connects DEALER sockets to it.
+// Every frame is a comm/wire.h header (job id, sender, receiver, CRC-32C and,
+// with a job secret, a MAC) followed by a ps payload (messages.h). Frames that
+// fail decoding or authentication are dropped and logged, never answered and
+// never change state; requests that decode but are invalid (unknown table,
+// wrong size, stale or duplicate push, worker index out of range, a worker
+// declared dead) get an error reply naming the problem and change nothing.
+//
+// Consistency (docs/parameter-server.md):
+//  - kSync: for version v the server waits for one push from every live
+//    worker (the first N_live - backup_workers with backup workers), applies
+//    ONE update with g = sum_i n_i g_i / sum_i n_i (no update when every n_i is
+//    0; the version advances anyway) and moves to v + 1. Pulls asking for
+//    min_version > v are parked until then. A push for another version, or a
+//    second push of a worker for v, is rejected; a late push for v - 1 from a
+//    worker that had not pushed is answered "dropped" (backup workers), and so
+//    is the push for v of a restarted worker whose previous incarnation had
+//    already pushed for v (its gradient is not counted twice).
+//  - kAsync: every push is applied at once with its own lr; version + 1.
+//  - kSsp (Ho et al. 2013, bounded staleness s): pushes applied at once; each
+//    worker's clock counts its pushes; a pull from a worker at clock c is
+//    parked until every live worker's clock is >= c - s.
+//  Sparse pushes are applied at once in every mode (their lr, as sent).
+//
+// Liveness: any frame from a worker (requests or the client's heartbeats)
+// proves it alive; a worker silent for heartbeat_timeout is declared dead
+// (logged with the time it had been silent) and no longer counts in sync
+// barriers or SSP's minimum clock. Every worker counts as alive from the
+// server's start, so a worker that never connects is declared dead after one
+// heartbeat_timeout. A dead worker's requests are refused until it sends init
+// again (a restarted worker's hello): it then rejoins at the current version
+// (SSP: at the slowest live worker's clock). A worker that said goodbye is
+// finished and no longer counts either.
+//
+// Ownership: the server owns its sockets and state; the Logger must outlive
+// it. Thread safety: run() on one thread at a time; endpoint() from any
+// thread; state_dict()/stats() only while run() is not executing. Errors:
+// the constructor throws ConfigError for invalid options and CommError when
+// the endpoint cannot be bound. run() never blocks longer than poll_interval
+// past its stop request or deadline, and no park outlives the requesting
+// client's deadline.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <stop_token>
+#include <string>
+
+#include "comm/auth.h"
+#include "core/deadline.h"
+#include "core/log.h"
+#include "optim/optimizer_config.h"
+#include "ps/messages.h"
+#include "tensor/state_dict.h"
+
+namespace dtrain::ps {
+
+enum class Consistency { kSync, kAsync, kSsp };
+
+std::string_view to_string(Consistency consistency);
+// "sync" | "async" | "ssp"; ConfigError otherwise.
+Consistency parse_consistency(std::string_view text);
+
+struct ServerOptions {
+  int server = 0;       // this server's index in [0, num_servers)
+  int num_servers = 1;  // S
+  int num_workers = 1;  // N
+  // Where to bind: "tcp://HOST:PORT" (port 0: any free port) or "ipc://PATH".
+  std::string bind_endpoint = "tcp://127.0.0.1:0";
+  Consistency consistency = Consistency::kSync;
+  int backup_workers = 0;            // sync: aggregate the first N_live - b pushes; 0 <= b < N
+  int staleness_bound = 0;           // ssp: s >= 0
+  optim::OptimizerConfig optimizer;  // lr here is only the initial value: pushes carry theirs
+  uint64_t seed = 0;                 // sparse row initialisation
+  std::chrono::milliseconds heartbeat_timeout{10000};
+  std::chrono::milliseconds poll_interval{20};  // socket poll; bounds stop latency
+  uint64_t max_payload_bytes = uint64_t{1} << 31;
+};
+
+// Why run() returned.
+enum class ServeEnd { kFinished, kStopped, kDeadline };
+
+struct ServeResult {
+  ServeEnd end = ServeEnd::kStopped;
+  ServerStats stats;
+};
+
+class Server {
+ public:
+  // Validates the options and binds the socket (the port is chosen now).
+  Server(ServerOptions options, const comm::JobAuth& auth, Logger& logger);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // The bound endpoint with the real port ("tcp://127.0.0.1:41234"), to be
+  // published at the rendezvous.
+  const std::string& endpoint() const;
+  const ServerOptions& options() const;
+
+  // Serves requests until every worker is finished or dead with at least one
+  // finished (kFinished), `stop` is requested (kStopped) or `deadline` passes
+  // (kDeadline). Parked pulls still waiting are answered with an error.
+  ServeResult run(std::stop_token stop, Deadline deadline = Deadline::never());
+
+  // This server's state in the per-server layout of messages.h (dense range,
+  // optimizer buffers, sparse rows); a deep copy.
+  StateDict state_dict() const;
+  ServerStats stats() const;
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace dtrain::ps

@@ -1,0 +1,230 @@
+#include "ps/shard_store.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <set>
+
+#include "core/error.h"
+#include "tensor/sparse_rows.h"
+
+namespace dtrain::ps {
+
+namespace {
+
+std::unique_ptr<optim::Optimizer> optimizer_over(const Tensor& values,
+                                                 const optim::OptimizerConfig& config) {
+  return optim::make_optimizer(config, {Variable(values)});
+}
+
+const std::string kDensePrefix = "dense.optimizer.";
+
+}  // namespace
+
+void key_to_limbs(uint64_t key, float* limbs) {
+  for (int i = 0; i < 4; ++i) limbs[i] = static_cast<float>((key >> (16 * i)) & 0xFFFFu);
+}
+
+uint64_t limbs_to_key(const float* limbs) {
+  uint64_t key = 0;
+  for (int i = 0; i < 4; ++i) {
+    const float limb = limbs[i];
+    if (!(limb >= 0.0f && limb <= 65535.0f) || limb != std::floor(limb)) {
+      throw UsageError(fmt::format(
+          "ps sparse state: key limb {} is {}; must be an integer in [0, 65535]", i, limb));
+    }
+    key |= static_cast<uint64_t>(limb) << (16 * i);
+  }
+  return key;
+}
+
+DenseShard::DenseShard(std::span<const float> initial, const optim::OptimizerConfig& config)
+    : config_(config),
+      values_(Tensor::from_span(initial, {static_cast<int64_t>(initial.size())})),
+      optimizer_(optimizer_over(values_, config)) {}
+
+void DenseShard::apply(std::span<const float> grad, float lr) {
+  DTRAIN_CHECK(static_cast<int64_t>(grad.size()) == numel(), "gradient of {} floats for {}",
+               grad.size(), numel());
+  optimizer_->set_lr(lr);
+  optimizer_->update(0, values_, Tensor::from_span(grad, values_.shape()));
+}
+
+void DenseShard::export_state(StateDict& out) const {
+  out.insert("dense.values", values_.clone());
+  out.merge(optimizer_->state_dict().clone(), kDensePrefix);
+}
+
+void DenseShard::import_state(const StateDict& in) {
+  const Tensor& values = in.at("dense.values");
+  if (values.shape() != values_.shape()) {
+    throw UsageError(
+        fmt::format("ps dense state: 'dense.values' has shape {}, this server holds {}",
+                    shape_str(values.shape()), shape_str(values_.shape())));
+  }
+  Tensor fresh = values.clone();
+  auto optimizer = optimizer_over(fresh, config_);
+  optimizer->load_state_dict(in.sub(kDensePrefix));
+  values_ = fresh;
+  optimizer_ = std::move(optimizer);
+}
+
+SparseTable::SparseTable(SparseTableSpec spec, uint32_t index, uint64_t seed,
+                         const optim::OptimizerConfig& config)
+    : spec_(std::move(spec)), index_(index), seed_(seed), config_(config) {}
+
+float* SparseTable::row(int64_t slot) const {
+  const Block& block = blocks_[static_cast<size_t>(slot / kSparseBlockRows)];
+  return block.rows.data() + (slot % kSparseBlockRows) * spec_.dim;
+}
+
+int64_t SparseTable::slot(uint64_t key) {
+  auto it = slot_of_.find(key);
+  if (it != slot_of_.end()) return it->second;
+  const auto slot = static_cast<int64_t>(key_of_.size());
+  if (slot % kSparseBlockRows == 0) {
+    Tensor rows = Tensor::zeros({kSparseBlockRows, spec_.dim});
+    blocks_.push_back(Block{rows, optimizer_over(rows, config_)});
+  }
+  key_of_.push_back(key);
+  slot_of_.emplace(key, slot);
+  init_sparse_row(seed_, index_, key, spec_.init_std, {row(slot), static_cast<size_t>(spec_.dim)});
+  return slot;
+}
+
+void SparseTable::read_rows(std::span<const uint64_t> keys, std::span<float> out) {
+  const auto dim = static_cast<size_t>(spec_.dim);
+  DTRAIN_CHECK(out.size() == keys.size() * dim, "{} floats for {} rows of {}", out.size(),
+               keys.size(), dim);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    std::memcpy(out.data() + i * dim, row(slot(keys[i])), dim * sizeof(float));
+  }
+}
+
+void SparseTable::apply(std::span<const uint64_t> keys, std::span<const float> grads, float lr) {
+  const auto dim = static_cast<size_t>(spec_.dim);
+  DTRAIN_CHECK(grads.size() == keys.size() * dim, "{} floats for {} rows of {}", grads.size(),
+               keys.size(), dim);
+  // Group the rows by block, then one update_sparse per touched block.
+  std::map<size_t, std::vector<size_t>> by_block;
+  std::vector<int64_t> slots(keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    slots[i] = slot(keys[i]);
+    by_block[static_cast<size_t>(slots[i] / kSparseBlockRows)].push_back(i);
+  }
+  for (const auto& [b, members] : by_block) {
+    SparseRows grad;
+    grad.num_rows = kSparseBlockRows;
+    grad.values = Tensor::empty({static_cast<int64_t>(members.size()), spec_.dim});
+    for (size_t j = 0; j < members.size(); ++j) {
+      grad.indices.push_back(slots[members[j]] % kSparseBlockRows);
+      std::memcpy(grad.values.data() + j * dim, grads.data() + members[j] * dim,
+                  dim * sizeof(float));
+    }
+    Block& block = blocks_[b];
+    block.optimizer->set_lr(lr);
+    block.optimizer->update_sparse(0, block.rows, grad);
+  }
+}
+
+void SparseTable::export_state(StateDict& out) const {
+  const std::string prefix = "sparse." + spec_.name + ".";
+  const auto n = static_cast<int64_t>(key_of_.size());
+  std::vector<int64_t> order(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) order[static_cast<size_t>(i)] = i;
+  std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+    return key_of_[static_cast<size_t>(a)] < key_of_[static_cast<size_t>(b)];
+  });
+  std::vector<StateDict> block_states;
+  std::set<std::string> buffers;
+  for (const Block& block : blocks_) {
+    block_states.push_back(block.optimizer->state_dict());
+    for (const auto& [name, tensor] : block_states.back())
+      buffers.insert(name.substr(8));  // "state.0."
+  }
+  Tensor keys = Tensor::empty({n, 4});
+  Tensor values = Tensor::empty({n, spec_.dim});
+  Tensor steps = Tensor::empty({n});
+  std::map<std::string, Tensor> buffer_values;
+  for (const auto& name : buffers) buffer_values[name] = Tensor::zeros({n, spec_.dim});
+  const auto dim = static_cast<size_t>(spec_.dim);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t slot = order[static_cast<size_t>(i)];
+    const auto b = static_cast<size_t>(slot / kSparseBlockRows);
+    const int64_t local = slot % kSparseBlockRows;
+    key_to_limbs(key_of_[static_cast<size_t>(slot)], keys.data() + i * 4);
+    std::memcpy(values.data() + i * spec_.dim, row(slot), dim * sizeof(float));
+    steps.data()[i] = static_cast<float>(std::stoll(block_states[b].metadata().at("state.0.step")));
+    for (auto& [name, tensor] : buffer_values) {
+      const std::string key = "state.0." + name;
+      if (!block_states[b].contains(key)) continue;
+      std::memcpy(tensor.data() + i * spec_.dim, block_states[b].at(key).data() + local * spec_.dim,
+                  dim * sizeof(float));
+    }
+  }
+  out.insert(prefix + "keys", keys);
+  out.insert(prefix + "values", values);
+  out.insert(prefix + "steps", steps);
+  for (auto& [name, tensor] : buffer_values) out.insert(prefix + name, tensor);
+}
+
+void SparseTable::import_state(const StateDict& in) {
+  const std::string prefix = "sparse." + spec_.name + ".";
+  const StateDict mine = in.sub(prefix);
+  const Tensor& keys = mine.at("keys");
+  const int64_t n = keys.dim() == 2 ? keys.size(0) : -1;
+  if (keys.shape() != Shape{n, 4}) {
+    throw UsageError(fmt::format("ps sparse state: '{}keys' has shape {}; expected (n, 4)", prefix,
+                                 shape_str(keys.shape())));
+  }
+  const Shape rows_shape{n, spec_.dim};
+  for (const auto& [name, tensor] : mine) {
+    const Shape expected = name == "keys" ? Shape{n, 4} : name == "steps" ? Shape{n} : rows_shape;
+    if (tensor.shape() != expected) {
+      throw UsageError(fmt::format("ps sparse state: '{}{}' has shape {}; expected {}", prefix,
+                                   name, shape_str(tensor.shape()), shape_str(expected)));
+    }
+  }
+  const Tensor& values = mine.at("values");
+  const Tensor& steps = mine.at("steps");
+  // Rebuild into a fresh table, then swap: a failure leaves this one intact.
+  SparseTable fresh(spec_, index_, seed_, config_);
+  const auto dim = static_cast<size_t>(spec_.dim);
+  std::vector<std::string> buffers;
+  for (const auto& [name, tensor] : mine) {
+    if (name != "keys" && name != "values" && name != "steps") buffers.push_back(name);
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const uint64_t key = limbs_to_key(keys.data() + i * 4);
+    if (fresh.slot_of_.count(key) != 0) {
+      throw UsageError(
+          fmt::format("ps sparse state: table '{}' lists key {} twice", spec_.name, key));
+    }
+    std::memcpy(fresh.row(fresh.slot(key)), values.data() + i * spec_.dim, dim * sizeof(float));
+  }
+  for (size_t b = 0; b < fresh.blocks_.size(); ++b) {
+    const int64_t first = static_cast<int64_t>(b) * kSparseBlockRows;
+    const int64_t last = std::min(n, first + kSparseBlockRows);
+    float step = 0.0f;
+    for (int64_t i = first; i < last; ++i) step = std::max(step, steps.data()[i]);
+    if (step <= 0.0f) continue;
+    StateDict dict;
+    dict.metadata()["optimizer"] = fresh.blocks_[b].optimizer->kind();
+    dict.metadata()["lr"] = fmt::format("{}", fresh.blocks_[b].optimizer->lr());
+    dict.metadata()["num_parameters"] = "1";
+    dict.metadata()["state.0.step"] = std::to_string(static_cast<int64_t>(step));
+    for (const auto& name : buffers) {
+      Tensor buffer = Tensor::zeros({kSparseBlockRows, spec_.dim});
+      std::memcpy(buffer.data(), mine.at(name).data() + first * spec_.dim,
+                  static_cast<size_t>(last - first) * dim * sizeof(float));
+      dict.insert("state.0." + name, buffer);
+    }
+    fresh.blocks_[b].optimizer->load_state_dict(dict);
+  }
+  slot_of_ = std::move(fresh.slot_of_);
+  key_of_ = std::move(fresh.key_of_);
+  blocks_ = std::move(fresh.blocks_);
+}
+
+}  // namespace dtrain::ps

@@ -1,0 +1,102 @@
+// The values a parameter server holds and the optimizer rules that update
+// them: its dense range (DenseShard) and its sparse rows (SparseTable).
+//
+// DenseShard is one flat float tensor (the server's [begin, end) of the dense
+// key space, sharding.h) with one core optimizer (optim::make_optimizer) over
+// a Variable wrapping it. Every update rule is elementwise, so updating the
+// flat range equals updating the full tensors it was cut from.
+//
+// SparseTable keeps rows of dimension D in blocks of kSparseBlockRows rows,
+// each block a [kSparseBlockRows, D] tensor with its own optimizer; a gradient
+// touching rows of a block goes through that optimizer's update_sparse(), so
+// the core's sparse rules apply (sgd without momentum and weight decay,
+// adagrad and adam touch only the pushed rows; sgd with momentum or weight
+// decay densifies over the block, as torch does over the whole table). Rows
+// are created on first touch with init_sparse_row() and take the next free
+// slot; a block's step count (adam's bias correction) counts the updates of
+// that block.
+//
+// State export (per server, the layout of server.h):
+//   "dense.values" [count], "dense.optimizer.<Optimizer::state_dict() keys>"
+//   "sparse.<table>.keys" [n, 4] (16-bit limbs, least significant first),
+//   "sparse.<table>.values" [n, D], "sparse.<table>.<buffer>" [n, D],
+//   "sparse.<table>.steps" [n]; rows sorted by key.
+// Import validates everything before it changes anything.
+// Thread safety: none (the server's loop thread). Errors: UsageError naming
+// the problem (sizes, unknown buffers, bad state). Never blocks.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "optim/optimizer.h"
+#include "optim/optimizer_config.h"
+#include "ps/sharding.h"
+#include "tensor/state_dict.h"
+
+namespace dtrain::ps {
+
+inline constexpr int64_t kSparseBlockRows = 256;
+
+class DenseShard {
+ public:
+  DenseShard(std::span<const float> initial, const optim::OptimizerConfig& config);
+
+  int64_t numel() const { return values_.numel(); }
+  std::span<const float> values() const { return values_.span(); }
+  // One optimizer update of the whole range with `grad` (numel() floats).
+  void apply(std::span<const float> grad, float lr);
+
+  void export_state(StateDict& out) const;
+  // Replaces values and optimizer state from a dict of export_state()'s layout.
+  void import_state(const StateDict& in);
+
+ private:
+  optim::OptimizerConfig config_;
+  Tensor values_;
+  std::unique_ptr<optim::Optimizer> optimizer_;
+};
+
+class SparseTable {
+ public:
+  SparseTable(SparseTableSpec spec, uint32_t index, uint64_t seed,
+              const optim::OptimizerConfig& config);
+
+  const SparseTableSpec& spec() const { return spec_; }
+  size_t rows() const { return slot_of_.size(); }
+  // Copies the rows of `keys` into out (keys.size() * D floats), creating
+  // missing rows.
+  void read_rows(std::span<const uint64_t> keys, std::span<float> out);
+  // Applies gradient rows (keys.size() * D floats) with `lr`; duplicates sum.
+  void apply(std::span<const uint64_t> keys, std::span<const float> grads, float lr);
+
+  void export_state(StateDict& out) const;
+  void import_state(const StateDict& in);
+
+ private:
+  struct Block {
+    Tensor rows;  // [kSparseBlockRows, D]
+    std::unique_ptr<optim::Optimizer> optimizer;
+  };
+  // The slot of `key`, creating the row when missing.
+  int64_t slot(uint64_t key);
+  float* row(int64_t slot) const;
+
+  SparseTableSpec spec_;
+  uint32_t index_ = 0;
+  uint64_t seed_ = 0;
+  optim::OptimizerConfig config_;
+  std::unordered_map<uint64_t, int64_t> slot_of_;
+  std::vector<uint64_t> key_of_;  // by slot
+  std::vector<Block> blocks_;
+};
+
+// uint64 key <-> four 16-bit limbs stored exactly as floats.
+void key_to_limbs(uint64_t key, float* limbs);
+uint64_t limbs_to_key(const float* limbs);
+
+}  // namespace dtrain::ps

@@ -1,0 +1,111 @@
+#include "ps/sharding.h"
+
+#include <set>
+
+#include "core/error.h"
+#include "core/rng.h"
+
+namespace dtrain::ps {
+
+ShardPlan::ShardPlan(std::vector<DenseSpec> tensors, int num_servers)
+    : tensors_(std::move(tensors)), num_servers_(num_servers) {
+  if (num_servers < 1) {
+    throw UsageError(fmt::format("ps shard plan: {} servers; need at least 1", num_servers));
+  }
+  std::set<std::string> names;
+  for (const DenseSpec& spec : tensors_) {
+    if (spec.name.empty()) throw UsageError("ps shard plan: a dense tensor has an empty name");
+    if (!names.insert(spec.name).second) {
+      throw UsageError(
+          fmt::format("ps shard plan: dense tensor name '{}' appears twice", spec.name));
+    }
+    for (int64_t extent : spec.shape) {
+      if (extent < 0) {
+        throw UsageError(fmt::format("ps shard plan: tensor '{}' has a negative extent in {}",
+                                     spec.name, shape_str(spec.shape)));
+      }
+    }
+    tensor_begin_.push_back(total_);
+    total_ += shape_numel(spec.shape);
+  }
+  // Server s holds [s*T/S, (s+1)*T/S): sizes differ by at most one element.
+  slices_.resize(static_cast<size_t>(num_servers));
+  size_t tensor = 0;
+  for (int s = 0; s < num_servers; ++s) {
+    const int64_t begin = range_begin(s);
+    const int64_t end = range_end(s);
+    int64_t at = begin;
+    while (at < end) {
+      while (tensor_begin_[tensor] + shape_numel(tensors_[tensor].shape) <= at) ++tensor;
+      const int64_t tensor_end = tensor_begin_[tensor] + shape_numel(tensors_[tensor].shape);
+      const int64_t stop = std::min(end, tensor_end);
+      slices_[static_cast<size_t>(s)].push_back(
+          ShardSlice{tensor, at - tensor_begin_[tensor], stop - at, at - begin});
+      at = stop;
+    }
+  }
+}
+
+void ShardPlan::check_server(int server) const {
+  if (server < 0 || server >= num_servers_) {
+    throw UsageError(
+        fmt::format("ps shard plan: server {} out of range [0, {})", server, num_servers_));
+  }
+}
+
+int64_t ShardPlan::tensor_begin(size_t i) const {
+  if (i >= tensors_.size()) {
+    throw UsageError(
+        fmt::format("ps shard plan: tensor {} out of range [0, {})", i, tensors_.size()));
+  }
+  return tensor_begin_[i];
+}
+
+int64_t ShardPlan::range_begin(int server) const {
+  check_server(server);
+  return total_ * server / num_servers_;
+}
+
+int64_t ShardPlan::range_end(int server) const {
+  check_server(server);
+  return total_ * (server + 1) / num_servers_;
+}
+
+const std::vector<ShardSlice>& ShardPlan::slices(int server) const {
+  check_server(server);
+  return slices_[static_cast<size_t>(server)];
+}
+
+namespace {
+
+// splitmix64's finaliser: a bijective 64-bit mix.
+uint64_t mix64(uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xBF58476D1CE4E5B9ull;
+  x ^= x >> 27;
+  x *= 0x94D049BB133111EBull;
+  x ^= x >> 31;
+  return x;
+}
+
+}  // namespace
+
+int sparse_server_of(uint32_t table, uint64_t key, int num_servers) {
+  if (num_servers < 1) {
+    throw UsageError(fmt::format("ps sparse placement: {} servers; need at least 1", num_servers));
+  }
+  const uint64_t h = mix64(key ^ mix64(0x9E3779B97F4A7C15ull + table));
+  return static_cast<int>(h % static_cast<uint64_t>(num_servers));
+}
+
+void init_sparse_row(uint64_t seed, uint32_t table, uint64_t key, float init_std,
+                     std::span<float> out) {
+  if (init_std == 0.0f) {
+    std::fill(out.begin(), out.end(), 0.0f);
+    return;
+  }
+  Rng rng(mix64(seed ^ mix64(key ^ mix64(0xD1B54A32D192ED03ull + table))));
+  for (float& v : out) v = rng.normal(0.0f, init_std);
+}
+
+}  // namespace dtrain::ps

@@ -1,0 +1,266 @@
+#include "strategy/ps_strategy.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <charconv>
+
+#include "autograd/functions.h"
+#include "core/error.h"
+
+namespace dtrain::strategy {
+namespace {
+
+constexpr const char* kSparsePrefix = "ps.sparse.";
+constexpr const char* kVersionKey = "ps.version";
+
+// Every nn::Embedding in `module`'s tree, depth first in registration order.
+void find_embeddings(nn::Module& module, std::vector<nn::Embedding*>& out) {
+  if (auto* embedding = dynamic_cast<nn::Embedding*>(&module)) out.push_back(embedding);
+  for (auto& [name, child] : module.named_children()) find_embeddings(*child, out);
+}
+
+std::vector<uint64_t> to_keys(std::span<const int64_t> indices) {
+  return {indices.begin(), indices.end()};
+}
+
+}  // namespace
+
+PsStrategy::PsStrategy(std::unique_ptr<nn::Module> model, const OptimizerFactory& make_optimizer,
+                       ps::ClientOptions client_options, const comm::JobAuth& auth, Logger& logger,
+                       PsOptions options, LossFn loss)
+    : model_(std::move(model)), options_(options), loss_(std::move(loss)) {
+  if (model_ == nullptr) throw UsageError("ps strategy: no model given");
+  if (options_.fetch_rows_per_request < 1) {
+    throw UsageError(fmt::format("ps strategy: fetch_rows_per_request must be at least 1, got {}",
+                                 options_.fetch_rows_per_request));
+  }
+  if (!(options_.embedding_init_std >= 0.0f)) {
+    throw UsageError(fmt::format("ps strategy: embedding_init_std must not be negative, got {}",
+                                 options_.embedding_init_std));
+  }
+  worker_ = client_options.worker;
+  num_workers_ = client_options.num_workers;
+  params_ = model_->parameters();
+  optimizer_ = make_optimizer(params_);
+
+  // Which parameters are embedding tables (row-sparse on the servers).
+  std::vector<nn::Embedding*> embeddings;
+  find_embeddings(*model_, embeddings);
+  std::vector<bool> sparse(params_.size(), false);
+  std::vector<ps::SparseTableSpec> table_specs;
+  for (nn::Embedding* e : embeddings) {
+    const auto it = std::find_if(params_.begin(), params_.end(),
+                                 [&](const Variable& p) { return p.impl() == e->weight().impl(); });
+    DTRAIN_CHECK(it != params_.end(), "embedding {} has a weight outside the model's parameters",
+                 e->label());
+    const auto index = static_cast<size_t>(it - params_.begin());
+    sparse[index] = true;
+    tables_.push_back({e, index});
+    table_specs.push_back(
+        {e->name().empty() ? fmt::format("table{}", tables_.size() - 1) : e->name() + ".weight",
+         e->embedding_dim(), options_.embedding_init_std});
+  }
+  StateDict dense;
+  const auto named = model_->named_parameters();
+  for (size_t i = 0; i < params_.size(); ++i) {
+    if (sparse[i]) continue;
+    dense_.push_back(i);
+    dense_data_.push_back(params_[i].data());
+    zero_grads_.push_back(Tensor::zeros(params_[i].shape()));
+    dense.insert(named[i].first, params_[i].data());
+  }
+
+  client_ = std::make_unique<ps::Client>(std::move(client_options), auth, logger);
+  client_->init(dense, table_specs);
+  pull_dense(0);
+
+  for (size_t t = 0; t < tables_.size(); ++t) {
+    nn::Embedding* e = tables_[t].module;
+    e->set_lookup_hook([this, t, e](std::span<const int64_t> indices) {
+      if (e->is_training()) pull_rows(t, indices);
+    });
+  }
+}
+
+PsStrategy::~PsStrategy() {
+  for (Table& t : tables_) t.module->set_lookup_hook({});
+}
+
+void PsStrategy::pull_dense(uint64_t min_version) {
+  if (dense_data_.empty()) return;
+  version_ = client_->pull(dense_data_, min_version);
+}
+
+void PsStrategy::pull_rows(size_t table, std::span<const int64_t> indices) {
+  std::vector<int64_t> unique(indices.begin(), indices.end());
+  std::sort(unique.begin(), unique.end());
+  unique.erase(std::unique(unique.begin(), unique.end()), unique.end());
+  if (unique.empty()) return;
+  const Tensor& weight = tables_[table].module->weight().data();
+  const int64_t dim = weight.size(1);
+  const Tensor rows = Tensor::empty({static_cast<int64_t>(unique.size()), dim});
+  client_->pull_rows(table, to_keys(unique), rows);
+  const float* src = rows.data();
+  float* dst = weight.data();
+  for (size_t i = 0; i < unique.size(); ++i) {
+    std::copy_n(src + static_cast<int64_t>(i) * dim, dim, dst + unique[i] * dim);
+  }
+}
+
+void PsStrategy::push_rows(size_t table, int64_t samples) {
+  Variable& weight = params_[tables_[table].param];
+  if (weight.grad().defined()) {
+    throw UsageError(fmt::format(
+        "ps strategy: {} got a dense gradient; a table on the parameter servers takes only "
+        "row-sparse gradients (use it through its lookup alone)",
+        tables_[table].module->label()));
+  }
+  const SparseRows* grad = weight.sparse_grad();
+  if (grad == nullptr || grad->indices.empty() || samples == 0) return;
+  SparseRows rows{grad->indices, grad->values.clone(), grad->num_rows};
+  rows.coalesce();
+  if (options_.consistency == ps::Consistency::kSync && num_workers_ > 1) {
+    const float scale = 1.0f / static_cast<float>(num_workers_);
+    for (float& v : rows.values.span()) v *= scale;
+  }
+  client_->push_rows(table, to_keys(rows.indices), rows.values, optimizer_->lr());
+}
+
+StepStats PsStrategy::train_step(const Tensor& inputs, std::span<const int64_t> targets) {
+  const auto n = static_cast<int64_t>(targets.size());
+  const bool inputs_match = n == 0 ? !inputs.defined() || (inputs.dim() > 0 && inputs.size(0) == 0)
+                                   : inputs.defined() && inputs.dim() > 0 && inputs.size(0) == n;
+  if (!inputs_match) {
+    throw UsageError(fmt::format("train_step: inputs {} do not match {} targets",
+                                 inputs.defined() ? shape_str(inputs.shape()) : "(undefined)", n));
+  }
+  model_->zero_grad();
+  StepStats mine;
+  if (n > 0) {
+    model_->train();
+    const Variable output = model_->forward(Variable(inputs));
+    const Variable loss = loss_(output, targets);
+    mine = {static_cast<double>(loss.item()) * static_cast<double>(n),
+            count_correct(output.data(), targets), n};
+    loss.backward();  // the mean gradient over this worker's rows
+  }
+  const bool sync = options_.consistency == ps::Consistency::kSync;
+  // See the header: with several workers in sync, rows are pushed between
+  // two version barriers.
+  const bool row_barrier = sync && !tables_.empty() && num_workers_ > 1;
+  if (!row_barrier) {
+    for (size_t t = 0; t < tables_.size(); ++t) push_rows(t, n);
+  }
+  std::vector<Tensor> grads;
+  grads.reserve(dense_.size());
+  for (size_t k = 0; k < dense_.size(); ++k) {
+    Variable& p = params_[dense_[k]];
+    grads.push_back(n > 0 && p.has_grad() ? p.dense_grad() : zero_grads_[k]);
+  }
+  push_dense_and_pull(grads, n);
+  if (row_barrier) {
+    for (size_t t = 0; t < tables_.size(); ++t) push_rows(t, n);
+    push_dense_and_pull(zero_grads_, 0);  // no update: every worker pushes 0 samples
+  }
+  model_->zero_grad();
+  return mine;
+}
+
+void PsStrategy::push_dense_and_pull(const std::vector<Tensor>& grads, int64_t samples) {
+  if (grads.empty()) return;  // no dense parameter: nothing to push, no version to wait for
+  const uint64_t pushed_at = version_;
+  client_->push(grads, samples, optimizer_->lr(), pushed_at);
+  pull_dense(options_.consistency == ps::Consistency::kSync ? pushed_at + 1 : 0);
+}
+
+StepStats PsStrategy::step_totals(const StepStats& local) const {
+  const auto n = static_cast<double>(num_workers_);
+  return {local.loss_sum * n, local.correct * num_workers_, local.samples * num_workers_};
+}
+
+void PsStrategy::fetch_model() {
+  if (options_.consistency != ps::Consistency::kSync) pull_dense(0);
+  for (size_t t = 0; t < tables_.size(); ++t) {
+    const Tensor& weight = tables_[t].module->weight().data();
+    const int64_t rows = weight.size(0);
+    for (int64_t first = 0; first < rows; first += options_.fetch_rows_per_request) {
+      const int64_t count = std::min(options_.fetch_rows_per_request, rows - first);
+      std::vector<uint64_t> keys(static_cast<size_t>(count));
+      for (int64_t i = 0; i < count; ++i) keys[static_cast<size_t>(i)] = uint64_t(first + i);
+      client_->pull_rows(t, keys, weight.narrow(first, count));
+    }
+  }
+}
+
+StateDict PsStrategy::optimizer_state() {
+  ps::PsState state = client_->pull_state();
+  StateDict out = std::move(state.optimizer);
+  out.merge(state.sparse, kSparsePrefix);
+  out.metadata()[kVersionKey] = std::to_string(state.version);
+  return out;
+}
+
+void PsStrategy::load_optimizer_state(const StateDict& state) {
+  const auto it = state.metadata().find(kVersionKey);
+  if (it != state.metadata().end()) {
+    uint64_t version = 0;
+    const std::string& text = it->second;
+    const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), version);
+    if (error != std::errc() || end != text.data() + text.size()) {
+      throw UsageError(
+          fmt::format("ps strategy: optimizer state metadata '{}' is '{}', not a "
+                      "version number",
+                      kVersionKey, text));
+    }
+  }
+  if (!tables_.empty() && state.sub(kSparsePrefix).empty()) {
+    throw UsageError(fmt::format(
+        "ps strategy: the optimizer state holds no parameter-server rows ('{}*') for the "
+        "model's {} embedding table(s): a checkpoint of another strategy cannot resume a ps "
+        "job with embeddings",
+        kSparsePrefix, tables_.size()));
+  }
+  pending_state_ = std::make_unique<StateDict>(state.clone());
+}
+
+StateDict PsStrategy::dense_state() const {
+  StateDict dense;
+  const auto named = model_->named_parameters();
+  for (size_t i : dense_) dense.insert(named[i].first, named[i].second.data());
+  return dense;
+}
+
+void PsStrategy::sync_replicas() {
+  if (pending_state_ == nullptr) {
+    throw UsageError(
+        "ps strategy: sync_replicas() needs the checkpoint's optimizer state first "
+        "(load_optimizer_state): the servers are re-initialised from both");
+  }
+  const StateDict& saved = *pending_state_;
+  // The servers' version after the load: the checkpoint's, and at least 1,
+  // so that workers waiting for it never take the servers' fresh version 0.
+  uint64_t version = 1;
+  if (const auto it = saved.metadata().find(kVersionKey); it != saved.metadata().end()) {
+    version = std::max<uint64_t>(1, std::stoull(it->second));
+  }
+  if (worker_ == 0) {
+    ps::PsState state;
+    state.version = version;
+    state.dense = dense_state();
+    for (const auto& [name, tensor] : saved) {
+      if (name.rfind(kSparsePrefix, 0) != 0) state.optimizer.insert(name, tensor);
+    }
+    for (const auto& [key, value] : saved.metadata()) {
+      if (key.rfind("ps.", 0) != 0) state.optimizer.metadata()[key] = value;
+    }
+    state.sparse = saved.sub(kSparsePrefix);
+    client_->load_state(state);
+  }
+  pull_dense(version);
+  pending_state_.reset();
+}
+
+void PsStrategy::finish() { client_->finish(); }
+
+}  // namespace dtrain::strategy

@@ -1,0 +1,182 @@
+// PsStrategy: one worker of a parameter-server job (ps-lite's worker loop,
+// over ps::Client). The servers hold the authoritative parameters and the
+// optimizer state; this worker holds a replica of the model that it refreshes
+// from them after every step.
+//
+// Roles: S server processes run ps::Server; N worker processes each run one
+// PsStrategy. rank() and world_size() are this worker's index w and N (not
+// the job's global rank S + w): the trainer slices every global batch by
+// them, and only worker 0 reports and writes files.
+//
+// Construction: every worker calls Client::init() with the model's dense
+// parameters and the specs of its embedding tables; the first init a server
+// receives sets the initial values (every worker builds the model from the
+// job's seed, so they agree), later ones only check the specs. Then every
+// worker pulls, so all replicas start from the servers' values.
+//
+// A step (train_step):
+//  1. forward on this worker's n_i rows; an nn::Embedding's lookup hook pulls
+//     the batch's unique rows of its table from the servers first;
+//  2. backward of the MEAN loss over the n_i rows;
+//  3. push the embedding rows' gradients (only the rows the batch touched):
+//     the worker's mean gradient, divided by N in `sync` so that the N
+//     workers' pushes add up to the global batch's mean (the servers apply
+//     row pushes at once in every mode: exact for plain SGD, an
+//     approximation for momentum and adaptive optimizers);
+//  4. push the dense gradients with n_i (a worker without rows pushes zeros
+//     with n_i = 0; a parameter without a gradient pushes zeros) at the
+//     version this worker last pulled, with lr = optimizer().lr() (the
+//     trainer sets it from the schedule each step). In `sync` the servers
+//     form g = sum_i n_i g_i / sum_i n_i and apply one update per version;
+//     in `async`/`ssp` each push is applied at once;
+//  5. pull the dense parameters into the model: in `sync` the next version
+//     (waits for every worker's push), in `async` the current one, in `ssp`
+//     whatever the staleness bound allows (the servers park the pull).
+// Rows in `sync` with N > 1: the servers apply row pushes at once, so a
+// worker's row push must come after every worker's lookups of step t and
+// before any lookup of step t + 1. The version barrier of step 5 gives the
+// first; the rows are pushed after it, then every worker pushes an empty
+// gradient (0 samples: the servers advance the version without an update)
+// and pulls that version, a second barrier. One extra round trip per step,
+// only for models with embedding tables; the versions then advance by 2 per
+// step. With one worker, or in `async`/`ssp`, the rows go before step 4.
+//
+// Statistics (step_totals): the servers aggregate gradients, not losses, so
+// the job-wide loss and accuracy of a step are not available. step_totals()
+// returns THIS worker's sums multiplied by N: the loss and accuracy are
+// those of this worker's rows (a uniform sample of the global batch) and the
+// sample count is exact when the global batch divides evenly by N.
+//
+// Row-sparse parameters: every nn::Embedding in the model is a sparse table
+// on the servers, keyed by row index; its rows start as N(0, init_std^2)
+// drawn by the servers (PsOptions::embedding_init_std), not from the
+// worker's table. The local table is a cache of the rows the last batch
+// touched; fetch_model() pulls every row (rank 0, before evaluation and
+// saving). In eval mode the lookup hook does nothing.
+//
+// Checkpoints: optimizer_state() assembles the servers' whole state
+// (Client::pull_state): the dense optimizer buffers in Optimizer::state_dict
+// layout (so, for a model without embeddings, a ps checkpoint resumes under
+// allreduce and the reverse), the sparse rows and their buffers under
+// "ps.sparse.", the servers' version in metadata "ps.version". On resume the
+// trainer loads model() and calls load_optimizer_state() on every worker,
+// then sync_replicas(): worker 0 replaces the servers' state with the
+// checkpoint's (Client::load_state), every other worker waits until the
+// servers reach the checkpoint's version and pulls.
+//
+// Errors: UsageError for batches whose rows and targets differ, an embedding
+// weight with a dense gradient, gradient accumulation; TimeoutError naming the
+// server and the operation when a server does not answer within the
+// client's timeout; CommError with the server's reason for a refused request.
+// After a CommError the step is lost: the owner stops the worker (ft restarts
+// it; a restarted worker rejoins through init()).
+// Ownership: owns the model, the (never stepped) local optimizer that carries
+// the learning rate, and the ps::Client. The Logger must outlive it.
+// Thread safety: one thread calls the strategy at a time.
+// Blocking: construction, train_step(), fetch_model(), optimizer_state() and
+// sync_replicas() block on the servers, each call bounded by the client's
+// timeout.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "comm/auth.h"
+#include "core/log.h"
+#include "nn/embedding.h"
+#include "ps/client.h"
+#include "ps/server.h"
+#include "strategy/strategy.h"
+
+namespace dtrain::strategy {
+
+struct PsOptions {
+  // Must match the servers' (ServerOptions::consistency).
+  ps::Consistency consistency = ps::Consistency::kSync;
+  // Standard deviation of a new embedding row (drawn by the servers);
+  // nn::Embedding's own initialisation is N(0, 1).
+  float embedding_init_std = 1.0f;
+  // fetch_model() pulls an embedding table in requests of at most this many
+  // rows.
+  int64_t fetch_rows_per_request = 65536;
+};
+
+class PsStrategy : public Strategy {
+ public:
+  // Connects a ps::Client with `client_options` (worker index, N, the
+  // servers' endpoints, timeout) and initialises the servers as described
+  // above; blocks until every server answered. Throws UsageError for a null
+  // model or bad options, TimeoutError/CommError from the servers.
+  PsStrategy(std::unique_ptr<nn::Module> model, const OptimizerFactory& make_optimizer,
+             ps::ClientOptions client_options, const comm::JobAuth& auth, Logger& logger,
+             PsOptions options = {}, LossFn loss = cross_entropy_loss());
+  // Removes the lookup hooks. Without finish() the servers take the worker
+  // for crashed once its heartbeats stop.
+  ~PsStrategy() override;
+  PsStrategy(const PsStrategy&) = delete;
+  PsStrategy& operator=(const PsStrategy&) = delete;
+
+  std::string name() const override { return "ps"; }
+  int64_t replicas() const override { return num_workers_; }
+  int64_t rank() const override { return worker_; }
+  int64_t world_size() const override { return num_workers_; }
+  nn::Module& model() override { return *model_; }
+  optim::Optimizer& optimizer() override { return *optimizer_; }
+
+  // `inputs` [n_i, ...] and n_i targets (n_i may be 0; `inputs` may then be
+  // undefined). In `sync` every worker calls it once per step.
+  StepStats train_step(const Tensor& inputs, std::span<const int64_t> targets) override;
+  StepStats step_totals(const StepStats& local) const override;
+
+  void fetch_model() override;
+  StateDict optimizer_state() override;
+  // Keeps `state` for sync_replicas(); checks its metadata.
+  void load_optimizer_state(const StateDict& state) override;
+  void sync_replicas() override;
+
+  // Tells the servers this worker is done (a server stops once every worker
+  // is done or dead). Afterwards only destruction is allowed.
+  void finish();
+
+  // The servers' version this worker last pulled.
+  uint64_t version() const { return version_; }
+  const PsOptions& options() const { return options_; }
+  ps::Client& client() { return *client_; }
+
+ private:
+  struct Table {
+    nn::Embedding* module = nullptr;  // owned by model_
+    size_t param = 0;                 // index into params_
+  };
+
+  void pull_dense(uint64_t min_version);
+  // Pushes `grads` from `samples` samples at version_, then pulls (sync: the
+  // next version).
+  void push_dense_and_pull(const std::vector<Tensor>& grads, int64_t samples);
+  void pull_rows(size_t table, std::span<const int64_t> indices);
+  void push_rows(size_t table, int64_t samples);
+  StateDict dense_state() const;
+
+  std::unique_ptr<nn::Module> model_;
+  std::vector<Variable> params_;
+  std::unique_ptr<optim::Optimizer> optimizer_;
+  PsOptions options_;
+  LossFn loss_;
+  std::unique_ptr<ps::Client> client_;
+  int64_t worker_ = 0;
+  int64_t num_workers_ = 1;
+
+  std::vector<Table> tables_;
+  std::vector<size_t> dense_;       // indices into params_ of the dense parameters
+  std::vector<Tensor> dense_data_;  // their tensors (aliases), in init order
+  std::vector<Tensor> zero_grads_;  // zeros of each dense shape, pushed when there is no gradient
+  uint64_t version_ = 0;
+  // The checkpoint's optimizer state between load_optimizer_state() and
+  // sync_replicas().
+  std::unique_ptr<StateDict> pending_state_;
+};
+
+}  // namespace dtrain::strategy

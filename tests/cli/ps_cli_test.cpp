@@ -1,0 +1,284 @@
+// The parameter-server strategy through the dtrain executable: S servers and N
+// workers as real processes on loopback (started by dtrain's launcher, or by
+// mpirun), compared with one process and with allreduce on the same job.
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "core/deadline.h"
+#include "io/safetensors.h"
+#include "testing/fault_fs.h"
+#include "testing/process.h"
+
+namespace dtrain {
+namespace {
+
+struct CliRun {
+  testing::ExitStatus status;
+  std::string output;
+};
+
+CliRun run_dtrain(std::vector<std::string> args) {
+  // Through sh so that stderr (where logs and errors go) is captured too.
+  args.insert(args.begin(), {"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1", DTRAIN_BINARY});
+  testing::ChildProcess child = testing::ChildProcess::spawn(args, {{"OPENBLAS_NUM_THREADS", "1"}});
+  std::optional<testing::ExitStatus> status =
+      child.wait(Deadline::after(std::chrono::seconds(240)));
+  EXPECT_TRUE(status.has_value()) << "dtrain did not finish: " << child.output();
+  return {status.value_or(testing::ExitStatus{}), child.output()};
+}
+
+void write_file(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
+
+// 10 steps of SGD with momentum on blobs (a global batch of 48 splits evenly
+// over 1, 2 and 3 workers).
+const char* kJob = R"(
+[job]
+name = "ps-blobs"
+seed = 7
+
+[data]
+dataset = "synthetic"
+synthetic_samples = 600
+synthetic_features = 10
+synthetic_classes = 3
+
+[model]
+input_shape = [10]
+
+[[model.layers]]
+type = "linear"
+name = "fc1"
+out_features = 32
+
+[[model.layers]]
+type = "relu"
+
+[[model.layers]]
+type = "linear"
+name = "fc2"
+out_features = 3
+
+[optimizer]
+type = "sgd"
+lr = 0.05
+momentum = 0.9
+
+[train]
+epochs = 1
+max_steps = 10
+batch_size = 48
+log_every_steps = 1
+)";
+
+// max over tensors of max|a - b| / max|a|: 0 for equal files.
+double relative_difference(const std::string& a, const std::string& b) {
+  const StateDict x = io::load_safetensors(a);
+  const StateDict y = io::load_safetensors(b);
+  EXPECT_EQ(x.size(), y.size());
+  double worst = 0.0;
+  for (const auto& [name, t] : x) {
+    const Tensor& u = y.at(name);
+    EXPECT_EQ(t.numel(), u.numel()) << name;
+    double diff = 0.0, scale = 0.0;
+    for (int64_t i = 0; i < t.numel(); ++i) {
+      diff = std::max(diff, std::abs(double(t.data()[i]) - double(u.data()[i])));
+      scale = std::max(scale, std::abs(double(t.data()[i])));
+    }
+    worst = std::max(worst, scale > 0 ? diff / scale : diff);
+  }
+  return worst;
+}
+
+// The loss of each progress line "epoch E step S/T (global G): loss L ...".
+std::vector<double> step_losses(const std::string& output) {
+  std::vector<double> losses;
+  for (size_t at = 0; (at = output.find("): loss ", at)) != std::string::npos; at += 8) {
+    losses.push_back(std::stod(output.substr(at + 8)));
+  }
+  return losses;
+}
+
+TEST(PsCli, SyncMatchesOneProcessAndAllReduce) {
+  testing::TempDir dir;
+  write_file(dir.file("job.toml"), kJob);
+  CliRun one = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("one")});
+  ASSERT_TRUE(one.status.ok()) << one.output;
+  CliRun allreduce = run_dtrain(
+      {"train", dir.file("job.toml"), "--output", dir.file("allreduce"), "--workers", "2"});
+  ASSERT_TRUE(allreduce.status.ok()) << allreduce.output;
+  struct Shape {
+    const char* servers;
+    const char* workers;
+  };
+  for (const Shape s :
+       {Shape{"1", "1"}, Shape{"1", "2"}, Shape{"2", "1"}, Shape{"2", "2"}, Shape{"1", "3"}}) {
+    SCOPED_TRACE(std::string("servers ") + s.servers + ", workers " + s.workers);
+    const std::string out = dir.file(std::string("ps-") + s.servers + "-" + s.workers);
+    CliRun run = run_dtrain({"train", dir.file("job.toml"), "--output", out, "--strategy", "ps",
+                             "--servers", s.servers, "--workers", s.workers});
+    ASSERT_TRUE(run.status.ok()) << run.output;
+    // Worker 0 is global rank S and reports; the servers log as themselves.
+    const std::string chief = "[rank " + std::string(s.servers) + "] ";
+    EXPECT_NE(run.output.find(chief + "ps-blobs: "), std::string::npos) << run.output;
+    EXPECT_NE(run.output.find(std::string("strategy ps with ") + s.workers + " worker"),
+              std::string::npos)
+        << run.output;
+    EXPECT_NE(run.output.find("[rank 0] [info] server 0 of " + std::string(s.servers)),
+              std::string::npos)
+        << run.output;
+    EXPECT_NE(run.output.find(chief + "done: 1 epochs, 10 steps"), std::string::npos) << run.output;
+    EXPECT_LT(relative_difference(dir.file("one/model.safetensors"), out + "/model.safetensors"),
+              1e-5);
+    EXPECT_LT(
+        relative_difference(dir.file("allreduce/model.safetensors"), out + "/model.safetensors"),
+        1e-5);
+  }
+}
+
+TEST(PsCli, AsyncAndSspLearn) {
+  testing::TempDir dir;
+  write_file(dir.file("job.toml"), kJob);
+  for (const char* consistency : {"async", "ssp"}) {
+    SCOPED_TRACE(consistency);
+    const std::string out = dir.file(consistency);
+    CliRun run = run_dtrain(
+        {"train", dir.file("job.toml"), "--output", out, "--strategy", "ps", "--servers", "2",
+         "--workers", "2", "--set", std::string("distributed.consistency=") + consistency, "--set",
+         "distributed.staleness=1", "--set", "train.max_steps=30", "--set", "train.epochs=3"});
+    ASSERT_TRUE(run.status.ok()) << run.output;
+    EXPECT_NE(run.output.find(std::string(consistency) + "): serving at"), std::string::npos)
+        << run.output;
+    const std::vector<double> losses = step_losses(run.output);
+    ASSERT_EQ(losses.size(), 30u) << run.output;
+    // The mean of the last five steps' losses is well below the first's.
+    double last = 0.0;
+    for (size_t i = losses.size() - 5; i < losses.size(); ++i) last += losses[i] / 5.0;
+    EXPECT_LT(last, 0.5 * losses.front()) << run.output;
+    EXPECT_TRUE(std::filesystem::exists(out + "/model.safetensors"));
+  }
+}
+
+TEST(PsCli, ResumedRunEqualsAnUninterruptedOne) {
+  // One worker: the servers' update order is then fixed, so the comparison is
+  // exact; the checkpoint carries the servers' momentum buffers.
+  testing::TempDir dir;
+  write_file(dir.file("job.toml"), kJob);
+  const std::vector<std::string> ps = {"--strategy", "ps", "--servers", "2",
+                                       "--workers",  "1",  "--set",     "train.epochs=2"};
+  auto args = [&](const std::string& out, std::vector<std::string> more) {
+    std::vector<std::string> a = {"train", dir.file("job.toml"), "--output", out};
+    a.insert(a.end(), ps.begin(), ps.end());
+    a.insert(a.end(), more.begin(), more.end());
+    return a;
+  };
+  CliRun whole = run_dtrain(args(dir.file("whole"), {"--set", "train.max_steps=20"}));
+  ASSERT_TRUE(whole.status.ok()) << whole.output;
+  CliRun first = run_dtrain(args(dir.file("split"), {"--set", "train.max_steps=8"}));
+  ASSERT_TRUE(first.status.ok()) << first.output;
+  CliRun rest = run_dtrain(args(dir.file("split"), {"--set", "train.max_steps=20"}));
+  ASSERT_TRUE(rest.status.ok()) << rest.output;
+  EXPECT_NE(rest.output.find("resumed from " + dir.file("split") + "/ckpt-8.dtc at step 8"),
+            std::string::npos)
+      << rest.output;
+  EXPECT_EQ(
+      relative_difference(dir.file("whole/model.safetensors"), dir.file("split/model.safetensors")),
+      0.0);
+}
+
+TEST(PsCli, BadPsConfigurationsAreConfigErrors) {
+  testing::TempDir dir;
+  write_file(dir.file("job.toml"), kJob);
+  struct Case {
+    std::vector<std::string> args;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {{"--servers", "0"}, "'distributed.servers': must be at least 1, got 0"},
+      {{"--set", "distributed.servers=0"}, "'distributed.servers': must be at least 1, got 0"},
+      {{"--set", "distributed.consistency=\"eventual\""},
+       "'distributed.consistency': 'eventual' is not one of: sync, async, ssp"},
+      {{"--set", "distributed.staleness=-1"},
+       "'distributed.staleness': must not be negative, got -1"},
+      {{"--workers", "2", "--set", "distributed.backup_workers=2"},
+       "'distributed.backup_workers': 2 backup workers with 2 workers: must be in [0, 2)"},
+      {{"--set", "distributed.workers=3", "--set", "distributed.backup_workers=3"},
+       "'distributed.backup_workers'"},
+      {{"--workers", "3", "--set", "distributed.backup_workers=1", "--set",
+        "distributed.consistency=\"async\""},
+       "backup workers"},
+  };
+  for (const Case& c : cases) {
+    std::vector<std::string> args = {"train",         dir.file("job.toml"), "--output",
+                                     dir.file("out"), "--strategy",         "ps"};
+    args.insert(args.end(), c.args.begin(), c.args.end());
+    CliRun run = run_dtrain(args);
+    SCOPED_TRACE(run.output);
+    EXPECT_TRUE(run.status.exited && run.status.code == 2) << run.status.describe();
+    EXPECT_NE(run.output.find(c.message), std::string::npos);
+    EXPECT_FALSE(std::filesystem::exists(dir.file("out/model.safetensors")));
+  }
+}
+
+// A port that was free a moment ago (for the coordinator under mpirun).
+int free_port() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  EXPECT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+TEST(PsCli, UnderMpirunTheFirstRanksAreServers) {
+  if (access("/usr/bin/mpirun", X_OK) != 0) GTEST_SKIP() << "OpenMPI's mpirun is not installed";
+  testing::TempDir dir;
+  write_file(dir.file("job.toml"), kJob);
+  CliRun one = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("one")});
+  ASSERT_TRUE(one.status.ok()) << one.output;
+  // -np 3 with one server: server 0 and workers 0 and 1.
+  testing::ChildProcess child =
+      testing::ChildProcess::spawn({"/bin/sh",
+                                    "-c",
+                                    "exec \"$0\" \"$@\" 2>&1",
+                                    "/usr/bin/mpirun",
+                                    "-np",
+                                    "3",
+                                    "--oversubscribe",
+                                    "-x",
+                                    "DTRAIN_COORDINATOR=127.0.0.1:" + std::to_string(free_port()),
+                                    "-x",
+                                    "OPENBLAS_NUM_THREADS=1",
+                                    DTRAIN_BINARY,
+                                    "train",
+                                    dir.file("job.toml"),
+                                    "--output",
+                                    dir.file("mpi"),
+                                    "--strategy",
+                                    "ps",
+                                    "--servers",
+                                    "1"},
+                                   {{"OMPI_ALLOW_RUN_AS_ROOT", "1"},
+                                    {"OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"},
+                                    {"ASAN_OPTIONS", "detect_leaks=0"}});
+  auto status = child.wait(Deadline::after(std::chrono::seconds(240)));
+  ASSERT_TRUE(status && status->ok()) << child.output();
+  EXPECT_NE(child.output().find("strategy ps with 2 workers"), std::string::npos) << child.output();
+  EXPECT_LT(
+      relative_difference(dir.file("one/model.safetensors"), dir.file("mpi/model.safetensors")),
+      1e-5);
+}
+
+}  // namespace
+}  // namespace dtrain

@@ -1,0 +1,163 @@
+#include "ps/messages.h"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+#include "core/error.h"
+#include "testing/expect_error.h"
+
+namespace dtrain::ps {
+namespace {
+
+std::vector<Message> samples() {
+  std::vector<Message> out;
+  Message init;
+  init.kind = Kind::kInit;
+  init.worker = 2;
+  init.request_id = 9;
+  init.dense = {{"w", {2, 3}}, {"b", {3}}};
+  init.tables = {{"emb", 8, 0.05f}};
+  init.floats = {1, 2, 3, 4};
+  out.push_back(init);
+  Message pull;
+  pull.kind = Kind::kPull;
+  pull.min_version = 12;
+  pull.wait_ms = 3000;
+  out.push_back(pull);
+  Message push;
+  push.kind = Kind::kPush;
+  push.version = 11;
+  push.samples = 64;
+  push.lr = 0.05f;
+  push.floats = {0.5f, -0.25f};
+  out.push_back(push);
+  Message rows;
+  rows.kind = Kind::kPushRows;
+  rows.table = 1;
+  rows.lr = 0.1f;
+  rows.keys = {1, uint64_t{1} << 63};
+  rows.floats = {1, 2, 3, 4};
+  out.push_back(rows);
+  Message set;
+  set.kind = Kind::kSetState;
+  set.state.insert("dense.values", Tensor::from_vector({1, 2, 3}, {3}));
+  set.state.metadata()["version"] = "4";
+  out.push_back(set);
+  Message reply;
+  reply.kind = Kind::kReply;
+  reply.reply_to = Kind::kPull;
+  reply.version = 12;
+  reply.min_clock = 3;
+  reply.floats = {7, 8};
+  out.push_back(reply);
+  Message stats;
+  stats.kind = Kind::kReply;
+  stats.reply_to = Kind::kStats;
+  stats.stats.server = 1;
+  stats.stats.workers = {WorkerState::kLive, WorkerState::kDead};
+  stats.stats.clocks = {5, 2};
+  stats.stats.min_clock = 5;
+  out.push_back(stats);
+  Message error;
+  error.kind = Kind::kReply;
+  error.reply_to = Kind::kPush;
+  error.status = ReplyStatus::kError;
+  error.error = "duplicate push from worker 1 for version 5";
+  out.push_back(error);
+  return out;
+}
+
+TEST(PsMessages, RoundTripsEveryKind) {
+  for (const Message& m : samples()) {
+    const Message back = decode_message(encode_message(m));
+    EXPECT_EQ(back.kind, m.kind);
+    EXPECT_EQ(back.reply_to, m.kind == Kind::kReply ? m.reply_to : Kind::kHeartbeat);
+    EXPECT_EQ(back.status, m.status);
+    EXPECT_EQ(back.worker, m.worker);
+    EXPECT_EQ(back.request_id, m.request_id);
+    EXPECT_EQ(back.version, m.version);
+    EXPECT_EQ(back.floats, m.floats);
+    EXPECT_EQ(back.keys, m.keys);
+    EXPECT_EQ(back.min_version, m.min_version);
+    EXPECT_EQ(back.samples, m.samples);
+    EXPECT_EQ(back.lr, m.lr);
+    EXPECT_EQ(back.error, m.error);
+    EXPECT_EQ(back.dense.size(), m.dense.size());
+    EXPECT_EQ(back.tables.size(), m.tables.size());
+    EXPECT_EQ(back.state.size(), m.state.size());
+    EXPECT_EQ(back.stats.clocks, m.stats.clocks);
+    EXPECT_EQ(back.stats.workers, m.stats.workers);
+  }
+}
+
+TEST(PsMessages, EveryTruncationIsRejected) {
+  for (const Message& m : samples()) {
+    const auto bytes = encode_message(m);
+    for (size_t size = 0; size < bytes.size(); ++size) {
+      EXPECT_THROW(decode_message(std::span(bytes).first(size)), DataError)
+          << to_string(m.kind) << " cut to " << size << " of " << bytes.size();
+    }
+  }
+}
+
+TEST(PsMessages, TrailingBytesAreRejected) {
+  auto bytes = encode_message(samples()[1]);
+  bytes.push_back(std::byte{0});
+  testing::expect_error<DataError>([&] { decode_message(bytes); },
+                                   "ps message: 1 bytes after the end of the pull body");
+}
+
+TEST(PsMessages, UnknownKindStatusAndReservedBytesAreRejected) {
+  auto bytes = encode_message(samples()[1]);
+  bytes[0] = std::byte{42};
+  testing::expect_error<DataError>([&] { decode_message(bytes); }, "ps message: unknown kind 42");
+  bytes = encode_message(samples()[1]);
+  bytes[3] = std::byte{1};
+  testing::expect_error<DataError>([&] { decode_message(bytes); },
+                                   "ps message: reserved byte is 1; must be 0");
+  bytes = encode_message(samples()[1]);
+  bytes[1] = std::byte{1};
+  testing::expect_error<DataError>(
+      [&] { decode_message(bytes); },
+      "ps message: pull request has status 1 and reply_to 0; both must be 0");
+  bytes = encode_message(samples()[5]);
+  bytes[1] = std::byte{9};
+  testing::expect_error<DataError>([&] { decode_message(bytes); },
+                                   "ps message: unknown reply status 9");
+}
+
+TEST(PsMessages, OversizedCountsAreRejectedBeforeAllocating) {
+  auto bytes = encode_message(samples()[2]);  // push: prefix 24, samples 8, lr 4, count 8
+  const uint64_t huge = uint64_t{1} << 60;
+  std::memcpy(bytes.data() + 36, &huge, sizeof huge);
+  testing::expect_error<DataError>(
+      [&] { decode_message(bytes); },
+      "ps message: 'push gradient' count 1152921504606846976 needs 4 bytes, only 8 left");
+}
+
+TEST(PsMessages, NonFiniteLearningRateAndNegativeSamplesAreRejected) {
+  Message push = samples()[2];
+  push.lr = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_THROW(decode_message(encode_message(push)), DataError);
+  push.lr = 0.1f;
+  push.samples = -1;
+  testing::expect_error<DataError>([&] { decode_message(encode_message(push)); },
+                                   "ps message: push samples is -1; must be >= 0");
+}
+
+TEST(PsMessages, RandomGarbageNeverCrashes) {
+  Rng rng(5);
+  for (int trial = 0; trial < 2000; ++trial) {
+    std::vector<std::byte> bytes(rng.below(96));
+    for (auto& b : bytes) b = static_cast<std::byte>(rng.below(256));
+    if (!bytes.empty()) bytes[0] = static_cast<std::byte>(1 + rng.below(10));
+    try {
+      decode_message(bytes);
+    } catch (const DataError&) {
+    }
+  }
+}
+
+}  // namespace
+}  // namespace dtrain::ps

@@ -1,0 +1,121 @@
+#include "ps/sharding.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+#include <vector>
+
+#include "testing/expect_error.h"
+
+namespace dtrain::ps {
+namespace {
+
+std::vector<DenseSpec> model_specs() {
+  return {{"fc1.weight", {300, 784}}, {"fc1.bias", {300}}, {"empty", {0}},
+          {"fc2.weight", {10, 300}},  {"fc2.bias", {10}},  {"scalar", {}}};
+}
+
+TEST(ShardPlan, CoversEveryElementOnceWithRangesDifferingByAtMostOne) {
+  for (int servers : {1, 2, 3, 4, 5, 7}) {
+    const ShardPlan plan(model_specs(), servers);
+    std::vector<int> owner_count(static_cast<size_t>(plan.total_numel()), 0);
+    int64_t smallest = plan.total_numel();
+    int64_t largest = 0;
+    for (int s = 0; s < servers; ++s) {
+      smallest = std::min(smallest, plan.range_numel(s));
+      largest = std::max(largest, plan.range_numel(s));
+      int64_t shard_at = 0;
+      for (const ShardSlice& slice : plan.slices(s)) {
+        EXPECT_EQ(slice.shard_offset, shard_at);
+        EXPECT_GT(slice.count, 0);
+        const int64_t flat = plan.tensor_begin(slice.tensor) + slice.offset;
+        EXPECT_EQ(flat, plan.range_begin(s) + slice.shard_offset);
+        for (int64_t i = 0; i < slice.count; ++i) ++owner_count[static_cast<size_t>(flat + i)];
+        shard_at += slice.count;
+      }
+      EXPECT_EQ(shard_at, plan.range_numel(s));
+    }
+    for (size_t i = 0; i < owner_count.size(); ++i) ASSERT_EQ(owner_count[i], 1) << "element " << i;
+    EXPECT_LE(largest - smallest, 1) << servers << " servers";
+  }
+}
+
+TEST(ShardPlan, SplitsALargeTensorAcrossServers) {
+  const ShardPlan plan({{"big", {1000}}, {"small", {2}}}, 2);
+  ASSERT_EQ(plan.slices(0).size(), 1u);
+  ASSERT_EQ(plan.slices(1).size(), 2u);
+  EXPECT_EQ(plan.slices(0)[0].count, 501);
+  EXPECT_EQ(plan.slices(1)[0].tensor, 0u);
+  EXPECT_EQ(plan.slices(1)[0].offset, 501);
+  EXPECT_EQ(plan.slices(1)[0].count, 499);
+  EXPECT_EQ(plan.slices(1)[1].tensor, 1u);
+  EXPECT_EQ(plan.slices(1)[1].count, 2);
+}
+
+TEST(ShardPlan, MoreServersThanElementsLeavesSomeEmpty) {
+  const ShardPlan plan({{"w", {2}}}, 3);
+  EXPECT_EQ(plan.range_numel(0) + plan.range_numel(1) + plan.range_numel(2), 2);
+  EXPECT_TRUE(plan.slices(0).empty());
+}
+
+TEST(ShardPlan, RejectsBadInput) {
+  testing::expect_usage_error(
+      [] {
+        ShardPlan({{"w", {2}}}, 0);
+      },
+      "ps shard plan: 0 servers; need at least 1");
+  testing::expect_usage_error(
+      [] {
+        ShardPlan({{"w", {2}}, {"w", {3}}}, 1);
+      },
+      "ps shard plan: dense tensor name 'w' appears twice");
+  testing::expect_usage_error(
+      [] {
+        ShardPlan({{"w", {2, -1}}}, 1);
+      },
+      "ps shard plan: tensor 'w' has a negative extent in (2, -1)");
+  const ShardPlan plan({{"w", {2}}}, 2);
+  testing::expect_usage_error([&] { (void)plan.slices(2); },
+                              "ps shard plan: server 2 out of range [0, 2)");
+}
+
+TEST(SparsePlacement, SpreadsKeysEvenlyAndDependsOnTheTable) {
+  for (int servers : {2, 3}) {
+    std::vector<int> counts(static_cast<size_t>(servers), 0);
+    const int keys = 30000;
+    for (uint64_t key = 0; key < static_cast<uint64_t>(keys); ++key) {
+      ++counts[static_cast<size_t>(sparse_server_of(0, key * 7919, servers))];
+    }
+    for (int c : counts) {
+      EXPECT_NEAR(c, keys / servers, keys / servers / 20) << servers << " servers";
+    }
+  }
+  int differ = 0;
+  for (uint64_t key = 0; key < 100; ++key)
+    differ += sparse_server_of(0, key, 2) != sparse_server_of(1, key, 2);
+  EXPECT_GT(differ, 20);
+}
+
+TEST(SparseInit, IsDeterministicPerSeedTableAndKey) {
+  std::vector<float> a(16), b(16), c(16), d(16);
+  init_sparse_row(7, 0, 123456789, 0.1f, a);
+  init_sparse_row(7, 0, 123456789, 0.1f, b);
+  init_sparse_row(7, 1, 123456789, 0.1f, c);
+  init_sparse_row(8, 0, 123456789, 0.1f, d);
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a, c);
+  EXPECT_NE(a, d);
+  double sum_sq = 0;
+  std::vector<float> row(64);
+  for (uint64_t key = 0; key < 200; ++key) {
+    init_sparse_row(1, 0, key, 0.1f, row);
+    for (float v : row) sum_sq += double{v} * v;
+  }
+  EXPECT_NEAR(std::sqrt(sum_sq / (200 * 64)), 0.1, 0.01);
+  init_sparse_row(1, 0, 5, 0.0f, row);
+  for (float v : row) EXPECT_EQ(v, 0.0f);
+}
+
+}  // namespace
+}  // namespace dtrain::ps
