@@ -159,9 +159,12 @@ WorkerCollectives connect_collectives(const train::JobConfig& job, const comm::L
   return out;
 }
 
-// This worker's slowdown factor from distributed.slowdown (1: none).
+// This worker's slowdown factor from distributed.slowdown (1: none): the
+// last entry naming its rank, else the last "all" entry.
 double slowdown_for(const train::JobConfig& job, int64_t rank, int64_t world_size) {
   double factor = 1.0;
+  double all_factor = 1.0;
+  bool named = false;
   for (const std::string& entry : job.distributed.slowdown) {
     const Slowdown s = parse_slowdown(entry, job.source, "distributed.slowdown");
     if (s.rank >= world_size) {
@@ -169,9 +172,13 @@ double slowdown_for(const train::JobConfig& job, int64_t rank, int64_t world_siz
                         fmt::format("'{}' names rank {}, but the job has {} workers", entry,
                                     s.rank, world_size));
     }
-    if (s.rank == rank) factor = s.factor;
+    if (s.rank == Slowdown::kAllRanks) all_factor = s.factor;
+    if (s.rank == rank) {
+      factor = s.factor;
+      named = true;
+    }
   }
-  return factor;
+  return named ? factor : all_factor;
 }
 
 strategy::LossFn make_loss(const train::JobConfig& job, const data::TensorDataset& train) {

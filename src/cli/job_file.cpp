@@ -242,18 +242,21 @@ Slowdown parse_slowdown(const std::string& entry, const std::string& source,
     if (eq == std::string::npos) throw std::invalid_argument(entry);
     size_t used = 0;
     const std::string rank = entry.substr(0, eq);
-    out.rank = std::stoll(rank, &used);
-    if (used != rank.size()) throw std::invalid_argument(rank);
+    if (rank == "all") {
+      out.rank = Slowdown::kAllRanks;
+    } else {
+      out.rank = std::stoll(rank, &used);
+      if (used != rank.size() || out.rank < 0) throw std::invalid_argument(rank);
+    }
     const std::string factor = entry.substr(eq + 1);
     out.factor = std::stod(factor, &used);
     if (used != factor.size()) throw std::invalid_argument(factor);
   } catch (const std::exception&) {
     throw ConfigError(source, key, 0,
-                      fmt::format("'{}' is not RANK=FACTOR (e.g. 3=2.5)", entry));
+                      fmt::format("'{}' is not RANK=FACTOR (e.g. 3=2.5 or all=4)", entry));
   }
-  if (out.rank < 0 || !(out.factor >= 1.0) || !std::isfinite(out.factor)) {
-    throw ConfigError(source, key, 0,
-                      fmt::format("'{}': need a rank >= 0 and a factor >= 1", entry));
+  if (!(out.factor >= 1.0) || !std::isfinite(out.factor)) {
+    throw ConfigError(source, key, 0, fmt::format("'{}': need a factor >= 1", entry));
   }
   return out;
 }

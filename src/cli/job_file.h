@@ -27,9 +27,10 @@
 namespace dtrain::cli {
 
 // One "RANK=FACTOR" slowdown entry (--slowdown, distributed.slowdown): a
-// rank >= 0 and a factor >= 1. ConfigError naming `source`, `key` and the
-// entry.
+// rank >= 0, or "all" (kAllRanks) for every rank an entry naming it does not
+// set, and a factor >= 1. ConfigError naming `source`, `key` and the entry.
 struct Slowdown {
+  static constexpr int64_t kAllRanks = -1;
   int64_t rank = 0;
   double factor = 1.0;
 };

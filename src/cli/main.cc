@@ -67,8 +67,9 @@ int main(int argc, char** argv) {
                         "worker failed, at most this often (default: train.max_restarts, 0)")
       ->check(CLI::Range(int64_t{0}, int64_t{INT_MAX}));
   train_cmd->add_option("--slowdown", train.slowdown,
-                        "Make the worker of RANK compute FACTOR times slower (repeatable; for "
-                        "tests and benchmarks of dynamic batch sizing)")
+                        "Make the worker of RANK (or every worker: all=FACTOR) compute FACTOR "
+                        "times slower; a RANK entry beats the all one (repeatable; for tests and "
+                        "benchmarks of dynamic batch sizing)")
       ->type_name("RANK=FACTOR");
   train_cmd->add_option("--progress", train.progress, "auto | bar | plain | none")
       ->check(CLI::IsMember({"auto", "bar", "plain", "none"}));

@@ -61,9 +61,9 @@ AllReduceStrategy::AllReduceStrategy(std::unique_ptr<nn::Module> model,
     throw UsageError(fmt::format("allreduce strategy: slowdown must be a factor >= 1, got {}",
                                  options_.slowdown));
   }
-  header_floats_ = kHeaderFloats + (options_.dynamic_batch.enabled
-                                        ? static_cast<size_t>(collectives_.size())
-                                        : size_t{0});
+  header_floats_ =
+      kHeaderFloats +
+      (options_.dynamic_batch.enabled ? 2 * static_cast<size_t>(collectives_.size()) : size_t{0});
   params_ = model_->parameters();
   optimizer_ = make_optimizer(params_);
   std::vector<int64_t> numels;
@@ -253,9 +253,12 @@ StepStats AllReduceStrategy::train_step(const Tensor& inputs, std::span<const in
     return mine;
   }
   micro_step_ = 0;
-  compute_samples_per_s_ = window_.samples > 0 && window_compute_s_ > 0.0
-                               ? static_cast<double>(window_.samples) / window_compute_s_
-                               : 0.0;
+  // One call's mean: the balancer's model is per train_step() call, each
+  // paying the fixed cost once.
+  const auto calls = static_cast<double>(options_.accumulation_steps);
+  const bool measured = window_.samples > 0 && window_compute_s_ > 0.0;
+  last_call_rows_ = measured ? static_cast<double>(window_.samples) / calls : 0.0;
+  last_call_seconds_ = measured ? window_compute_s_ / calls : 0.0;
   try {
     complete_allreduce();
     apply_update();
@@ -275,11 +278,14 @@ void AllReduceStrategy::begin_pass() {
   header[kHeaderLossSum] = static_cast<float>(window_.loss_sum);
   header[kHeaderCorrect] = static_cast<float>(window_.correct);
   if (options_.dynamic_batch.enabled) {
-    // The previous window's throughput in this rank's slot, zeros elsewhere:
-    // the sum gives every worker every rate.
+    // The previous window's rows and seconds per call in this rank's slots
+    // (rows at kHeaderFloats + rank, seconds W floats further), zeros
+    // elsewhere: the sum gives every worker every worker's measurement.
+    const auto workers = static_cast<size_t>(collectives_.size());
+    const auto rank = static_cast<size_t>(collectives_.rank());
     std::fill(header.begin() + kHeaderFloats, header.end(), 0.0f);
-    header[kHeaderFloats + static_cast<size_t>(collectives_.rank())] =
-        static_cast<float>(compute_samples_per_s_);
+    header[kHeaderFloats + rank] = static_cast<float>(last_call_rows_);
+    header[kHeaderFloats + workers + rank] = static_cast<float>(last_call_seconds_);
   }
   std::fill(works_.begin(), works_.end(), comm::Work());
   completions_seen_ = 0;
@@ -342,8 +348,11 @@ void AllReduceStrategy::apply_update() {
   global_stats_ = {static_cast<double>(header[kHeaderLossSum]),
                    std::llround(header[kHeaderCorrect]), std::llround(header[kHeaderSamples])};
   if (options_.dynamic_batch.enabled) {
-    std::vector<double> rates(header.begin() + kHeaderFloats, header.end());
-    balancer_.observe(rates);
+    const auto workers = static_cast<ptrdiff_t>(collectives_.size());
+    const auto rows_at = header.begin() + static_cast<ptrdiff_t>(kHeaderFloats);
+    const std::vector<double> rows(rows_at, rows_at + workers);
+    const std::vector<double> seconds(rows_at + workers, rows_at + 2 * workers);
+    balancer_.observe(rows, seconds);
   }
   const float total_samples = header[kHeaderSamples];
   if (total_samples <= 0.0f) {

@@ -35,14 +35,15 @@
 //
 // Dynamic batch sizing (options.dynamic_batch, docs/allreduce-strategy.md):
 // each worker measures its compute time (forward and backward, slowdown
-// included) and, at the next update, puts its throughput (rows / seconds of
-// the previous update's window) into slot kHeaderFloats + rank of bucket 0's
-// header, W floats more; the allreduce sums them, so every worker observes
-// every worker's throughput at no extra message (one update late: bucket 0
-// leaves during backward, before this window's time is known). A
-// BatchBalancer turns the observations into identical shares on every
-// worker; batch_split() reports them and the trainer slices the global batch
-// with them. Shares are runtime state, not checkpointed: a resumed run
+// included) and, at the next update, puts the previous update's rows and
+// seconds per train_step() call into slots kHeaderFloats + rank and
+// kHeaderFloats + W + rank of bucket 0's header, 2W floats more; the
+// allreduce sums them, so every worker observes every worker's measurement
+// at no extra message (one update late: bucket 0 leaves during backward,
+// before this window's time is known). A BatchBalancer fits each worker's
+// affine step-time model to them and splits identically on every worker;
+// batch_split() reports the split and the trainer slices the global batch
+// with it. Shares are runtime state, not checkpointed: a resumed run
 // starts from equal shares.
 //
 // Slowdown (options.slowdown > 1, for tests and benchmarks): after each
@@ -191,7 +192,9 @@ class AllReduceStrategy : public Strategy {
   const BatchBalancer& batch_balancer() const { return balancer_; }
   // This worker's throughput over the last update's window (rows per second
   // of forward and backward, slowdown included); 0 without rows.
-  double compute_samples_per_s() const { return compute_samples_per_s_; }
+  double compute_samples_per_s() const {
+    return last_call_seconds_ > 0.0 ? last_call_rows_ / last_call_seconds_ : 0.0;
+  }
   // The update's statistics over all workers once an update happened.
   StepStats step_totals(const StepStats& local) const override {
     return updated_ ? global_stats_ : local;
@@ -236,13 +239,16 @@ class AllReduceStrategy : public Strategy {
   LossFn loss_;
   std::unique_ptr<CoalescingBucketer> bucketer_;
   BatchBalancer balancer_;
-  size_t header_floats_ = 0;  // bucket 0's header: the totals, then W rates with dynamic_batch
+  size_t header_floats_ = 0;  // bucket 0's header: totals, then 2W measurements (dynamic)
 
   // Per update.
-  int64_t micro_step_ = 0;  // micro-batches done in the current window
-  StepStats window_;        // this worker's statistics over the window
-  double window_compute_s_ = 0.0;       // forward + backward (+ slowdown) over the window
-  double compute_samples_per_s_ = 0.0;  // of the last finished window, sent at the next update
+  int64_t micro_step_ = 0;         // micro-batches done in the current window
+  StepStats window_;               // this worker's statistics over the window
+  double window_compute_s_ = 0.0;  // forward + backward (+ slowdown) over the window
+  // Rows and seconds per call of the last finished window, sent at the next
+  // update (0: no rows).
+  double last_call_rows_ = 0.0;
+  double last_call_seconds_ = 0.0;
   bool hooks_armed_ = false;
   bool in_backward_ = false;
   using Clock = std::chrono::steady_clock;

@@ -102,18 +102,20 @@ struct DistributedConfig {
   // started by mpirun on a fast fabric; MPI calls have no deadline).
   std::string backend = "native";
   // allreduce: dynamic batch sizing (docs/allreduce-strategy.md): the global
-  // batch stays fixed, each worker's share follows its measured throughput,
-  // smoothed (smoothing: weight of the old estimate, [0, 1)) and re-balanced
-  // every rebalance_every updates, within [min_share, max_share] of the
-  // global batch.
+  // batch stays fixed and is split so that every worker's predicted step
+  // time (a fixed cost plus a cost per row, fitted to its measurements;
+  // smoothing: weight of the previous re-balancing period's observations,
+  // [0, 1)) is the same, re-balanced every rebalance_every updates, within
+  // [min_share, max_share] of the global batch.
   bool dynamic_batch = false;
   int64_t rebalance_every = 10;
   double smoothing = 0.5;
   double min_share = 0.01;
   double max_share = 1.0;
   // "RANK=FACTOR": that worker computes FACTOR times slower (it sleeps
-  // FACTOR - 1 times its compute time after each step's compute). For tests
-  // and benchmarks; --slowdown adds entries.
+  // FACTOR - 1 times its compute time after each step's compute); RANK
+  // "all": every worker no entry names. For tests and benchmarks;
+  // --slowdown adds entries.
   std::vector<std::string> slowdown;
   // ps: server processes (>= 1), each holding a key range of the parameters.
   int64_t servers = 1;

@@ -90,10 +90,13 @@ std::vector<int64_t> reported_split(const std::string& output) {
 TEST(DynamicBatchCli, TheSlowedWorkerEndsWithTheSmallestShare) {
   testing::TempDir dir;
   write_file(dir.file("job.toml"), kJob);
-  // Rank 1 twenty times slower: robust against a loaded machine, where
-  // the others' compute times jitter by far less than that.
-  CliRun run = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("out"), "--workers",
-                           "3", "--slowdown", "1=20", "--progress", "plain"});
+  // Rank 1 twenty times slower than the others (30 against a default of
+  // 1.5 for every rank: the entry naming a rank wins, in either order):
+  // robust against a loaded machine, where compute times jitter by far
+  // less than that.
+  CliRun run =
+      run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("out"), "--workers", "3",
+                  "--slowdown", "1=30", "--slowdown", "all=1.5", "--progress", "plain"});
   ASSERT_TRUE(run.status.ok()) << run.status.describe() << "\n" << run.output;
   const std::vector<int64_t> rows = reported_split(run.output);
   ASSERT_EQ(rows.size(), 3u) << run.output;
@@ -145,6 +148,12 @@ TEST(DynamicBatchJobFile, ReadsAndChecksTheNewKeys) {
   const cli::Slowdown s = cli::parse_slowdown("2=3.5", "x", "k");
   EXPECT_EQ(s.rank, 2);
   EXPECT_DOUBLE_EQ(s.factor, 3.5);
+  const cli::Slowdown all = cli::parse_slowdown("all=4", "x", "k");
+  EXPECT_EQ(all.rank, cli::Slowdown::kAllRanks);
+  EXPECT_DOUBLE_EQ(all.factor, 4.0);
+  for (const char* bad : {"-1=2", "all=0.5", "every=2", "all"}) {
+    EXPECT_THROW(cli::parse_slowdown(bad, "x", "k"), ConfigError) << bad;
+  }
   for (const char* bad : {"distributed.smoothing=1.0", "distributed.rebalance_every=0",
                           "distributed.min_share=1.5", "distributed.slowdown=[\"a=b\"]",
                           "data.partition=\"skewed\"", "train.class_weights=\"inverse\""}) {

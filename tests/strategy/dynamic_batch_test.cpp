@@ -1,7 +1,8 @@
 // Dynamic batch sizing in AllReduceStrategy, workers as threads over an
 // InProcHub: under unequal (and changing) shares the replicas stay identical
 // and match one worker on the global batch; every worker observes every
-// worker's throughput through bucket 0's header and computes the same split.
+// worker's rows and seconds through bucket 0's header and computes the same
+// split.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -81,7 +82,7 @@ TEST_P(DynamicBatchEquivalence, UnequalChangingSharesMatchOneWorkerOnTheGlobalBa
 
   std::vector<std::vector<std::vector<float>>> params(static_cast<size_t>(world));
   std::vector<std::vector<std::vector<int64_t>>> splits(static_cast<size_t>(world));
-  std::vector<std::vector<double>> rates(static_cast<size_t>(world));
+  std::vector<std::vector<WorkerCostModel>> models(static_cast<size_t>(world));
   run_workers(world, [&](int rank, comm::Communicator& comm) {
     AllReduceOptions options;
     options.bucket_bytes = 256;  // several buckets: the header rides in bucket 0 only
@@ -104,7 +105,7 @@ TEST_P(DynamicBatchEquivalence, UnequalChangingSharesMatchOneWorkerOnTheGlobalBa
     }
     EXPECT_EQ(strategy.batch_balancer().rebalances(), 3);
     params[static_cast<size_t>(rank)] = snapshot(strategy.model());
-    rates[static_cast<size_t>(rank)] = strategy.batch_balancer().samples_per_s();
+    models[static_cast<size_t>(rank)] = strategy.batch_balancer().models();
   });
   // The first split follows the forced shares 1 : 2 : ... : W.
   std::vector<int64_t> first = splits[0][0];
@@ -113,8 +114,13 @@ TEST_P(DynamicBatchEquivalence, UnequalChangingSharesMatchOneWorkerOnTheGlobalBa
   for (int r = 0; r < world; ++r) {
     const auto ur = static_cast<size_t>(r);
     EXPECT_EQ(splits[ur], splits[0]) << "rank " << r << " computed another split";
-    EXPECT_EQ(rates[ur], rates[0]) << "rank " << r << " observed other rates";
-    for (double rate : rates[ur]) EXPECT_GT(rate, 0.0) << "a worker's rate never arrived";
+    ASSERT_EQ(models[ur].size(), static_cast<size_t>(world));
+    for (size_t i = 0; i < models[ur].size(); ++i) {
+      EXPECT_EQ(models[ur][i].fixed_s, models[0][i].fixed_s) << "rank " << r << ", worker " << i;
+      EXPECT_EQ(models[ur][i].rows_per_s, models[0][i].rows_per_s)
+          << "rank " << r << ", worker " << i;
+      EXPECT_GT(models[ur][i].rows_per_s, 0.0) << "worker " << i << "'s times never arrived";
+    }
     EXPECT_LT(max_relative_difference(expected, params[ur]), 1e-5) << "rank " << r;
     EXPECT_EQ(params[ur], params[0]) << "rank " << r;
   }
@@ -122,14 +128,14 @@ TEST_P(DynamicBatchEquivalence, UnequalChangingSharesMatchOneWorkerOnTheGlobalBa
 
 INSTANTIATE_TEST_SUITE_P(Workers, DynamicBatchEquivalence, ::testing::Values(2, 3));
 
-TEST(DynamicBatchOptions, HeaderGrowsByOneFloatPerWorkerAndSlowdownIsChecked) {
+TEST(DynamicBatchOptions, HeaderGrowsByTwoFloatsPerWorkerAndSlowdownIsChecked) {
   run_workers(3, [](int rank, comm::Communicator& comm) {
     AllReduceOptions off;
     AllReduceStrategy plain(make_mlp(1), sgd(), comm, off);
     AllReduceOptions on;
     on.dynamic_batch.enabled = true;
     AllReduceStrategy dynamic(make_mlp(1), sgd(), comm, on);
-    EXPECT_EQ(dynamic.floats_per_update(), plain.floats_per_update() + 3);
+    EXPECT_EQ(dynamic.floats_per_update(), plain.floats_per_update() + 6);
     // Equal shares until something changes them: the static split.
     EXPECT_EQ(dynamic.row_range(10), plain.row_range(10));
     EXPECT_EQ(plain.row_range(10),
