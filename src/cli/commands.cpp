@@ -9,6 +9,8 @@
 #include <fmt/format.h>
 #include <fmt/ostream.h>
 
+#include "cli/elastic_launch.h"
+#include "cli/elastic_worker.h"
 #include "cli/job_file.h"
 #include "cli/launcher.h"
 #include "cli/worker_comm.h"
@@ -178,6 +180,9 @@ int run_train(const TrainOptions& options, std::ostream& out) {
     job.train.max_restarts = *options.max_restarts;
   }
 
+  if (options.elastic) job.train.elastic = *options.elastic;
+  if (options.min_workers) job.train.min_workers = *options.min_workers;
+
   // A process of a launched job (by this launcher, mpirun or srun) trains;
   // otherwise allreduce with N workers starts them here and supervises.
   comm::LaunchOverrides overrides;
@@ -196,6 +201,14 @@ int run_train(const TrainOptions& options, std::ostream& out) {
     l.argv = options.argv;
     l.workers = static_cast<int>(job.distributed.workers);
     l.environment = options.environment;
+    if (job.train.elastic) {
+      const int64_t min_workers =
+          job.train.min_workers > 0 ? job.train.min_workers : job.distributed.workers;
+      return run_elastic_job(l, job.name, static_cast<int>(std::min<int64_t>(min_workers, INT_MAX)),
+                             static_cast<int>(std::min<int64_t>(job.train.max_restarts, INT_MAX)),
+                             out, std::cerr, Logger::stderr_logger(), Deadline::never())
+          .exit_code;
+    }
     if (job.train.max_restarts > 0 && !job.resume) {
       throw ConfigError(job.source, "train.max_restarts", 0,
                         fmt::format("{} restarts need job.resume = true (drop --no-resume): "
@@ -232,11 +245,33 @@ int run_train(const TrainOptions& options, std::ostream& out) {
     throw ConfigError(job.source, "distributed.accumulation_steps", 0,
                       "gradient accumulation needs the allreduce strategy with several workers");
   }
+  const auto elastic_coordinator = options.environment.find("DTRAIN_ELASTIC_COORDINATOR");
+  const bool elastic = is_worker && elastic_coordinator != options.environment.end();
+  if (is_worker && job.train.elastic && !elastic) {
+    throw ConfigError(job.source, "train.elastic", 0,
+                      fmt::format("elastic mode needs dtrain's own launcher (`dtrain train "
+                                  "--workers N --elastic`); under {} a lost rank ends the whole "
+                                  "job: use restart mode instead (docs/launching.md)",
+                                  launch.source));
+  }
   WorkerCollectives worker;
-  if (is_worker) worker = connect_collectives(job, launch, options.environment, logger);
-  std::unique_ptr<strategy::Strategy> strategy = make_strategy(job, is_worker ? &worker : nullptr);
+  std::unique_ptr<ElasticWorker> elastic_worker;
+  std::unique_ptr<strategy::Strategy> strategy;
+  if (elastic) {
+    elastic_worker = join_elastic_job(job, launch, options.environment, logger);
+    if (!elastic_worker) return 0;  // the job finished training while it waited to join
+  } else {
+    if (is_worker) worker = connect_collectives(job, launch, options.environment, logger);
+    strategy = make_strategy(job, is_worker ? &worker : nullptr);
+  }
 
-  train::Trainer trainer(job, *strategy, logger);
+  strategy::Strategy& trained =
+      elastic ? static_cast<strategy::Strategy&>(*elastic_worker) : *strategy;
+  train::Trainer trainer(job, trained, logger);
+  if (elastic) trainer.set_elastic(elastic_worker.get());
+  std::unique_ptr<train::Callback> kill_switch;
+  if (elastic) kill_switch = elastic_test_kill_switch(options.environment, launch.rank);
+  if (kill_switch) trainer.add_callback(*kill_switch);
   std::unique_ptr<train::JsonLinesWriter> metrics;
   std::unique_ptr<train::Callback> progress;
   if (chief) {
@@ -252,7 +287,12 @@ int run_train(const TrainOptions& options, std::ostream& out) {
     }
     if (progress) trainer.add_callback(*progress);
   }
-  trainer.fit(data.train, data.test);
+  try {
+    trainer.fit(data.train, data.test);
+  } catch (const JobFinished& f) {
+    // Elastic: the other members completed the job while this one re-joined.
+    logger.warn("{}", f.what());
+  }
   return 0;
 }
 

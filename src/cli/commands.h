@@ -22,6 +22,9 @@ struct TrainOptions {
   std::optional<bool> resume;
   // Restarts of a launched job after a worker failure (train.max_restarts).
   std::optional<int64_t> max_restarts;
+  // Elastic mode (train.elastic) and its smallest group (train.min_workers).
+  std::optional<bool> elastic;
+  std::optional<int64_t> min_workers;
   std::string progress = "plain";  // bar | plain | none
   // A worker's place in a launched job; each overrides its environment
   // variable (DTRAIN_RANK, DTRAIN_WORLD_SIZE, DTRAIN_COORDINATOR).

@@ -316,6 +316,8 @@ train::JobConfig parse_job(const std::string& toml_text, const std::string& sour
     r.read("threads", job.train.threads);
     r.read("drop_last", job.train.drop_last);
     r.read("max_restarts", job.train.max_restarts);
+    r.read("elastic", job.train.elastic);
+    r.read("min_workers", job.train.min_workers);
     r.finish();
     if (job.train.batch_size <= 0) {
       throw ConfigError(file, "train.batch_size", line_of(*t->get("batch_size")), "must be positive");

@@ -72,6 +72,12 @@ struct TrainConfig {
   // `dtrain train --workers N`: how often the launcher starts the job again
   // (resuming from its newest checkpoint) after a worker failed; 0: never.
   int64_t max_restarts = 0;
+  // `dtrain train --workers N` (allreduce): elastic mode (docs/elastic.md):
+  // the survivors of a failed worker continue without a restart, a new
+  // worker (max_restarts of them) joins at a step boundary; the job stops
+  // once fewer than min_workers run (0: every worker, N).
+  bool elastic = false;
+  int64_t min_workers = 0;
 };
 
 struct DistributedConfig {
