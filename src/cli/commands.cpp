@@ -11,6 +11,8 @@
 #include <fmt/ostream.h>
 #include <nlohmann/json.hpp>
 
+#include "cli/elastic_launch.h"
+#include "cli/elastic_worker.h"
 #include "cli/job_file.h"
 #include "cli/launcher.h"
 #include "cli/ps_job.h"
@@ -323,6 +325,9 @@ int run_train(const TrainOptions& options, std::ostream& out) {
     job.train.max_restarts = *options.max_restarts;
   }
 
+  if (options.elastic) job.train.elastic = *options.elastic;
+  if (options.min_workers) job.train.min_workers = *options.min_workers;
+
   // A process of a launched job (by this launcher, mpirun or srun) trains;
   // otherwise allreduce with N workers starts them here and supervises.
   comm::LaunchOverrides overrides;
@@ -353,6 +358,14 @@ int run_train(const TrainOptions& options, std::ostream& out) {
     // ps: S servers then N workers, all running this command line.
     l.workers = static_cast<int>(job.distributed.workers + (ps_job ? job.distributed.servers : 0));
     l.environment = options.environment;
+    if (job.train.elastic) {
+      const int64_t min_workers =
+          job.train.min_workers > 0 ? job.train.min_workers : job.distributed.workers;
+      return run_elastic_job(l, job.name, static_cast<int>(std::min<int64_t>(min_workers, INT_MAX)),
+                             static_cast<int>(std::min<int64_t>(job.train.max_restarts, INT_MAX)),
+                             out, std::cerr, Logger::stderr_logger(), Deadline::never())
+          .exit_code;
+    }
     if (job.train.max_restarts > 0 && !job.resume) {
       throw ConfigError(job.source, "train.max_restarts", 0,
                         fmt::format("{} restarts need job.resume = true (drop --no-resume): "
@@ -401,6 +414,15 @@ int run_train(const TrainOptions& options, std::ostream& out) {
     throw ConfigError(job.source, "distributed.accumulation_steps", 0,
                       "gradient accumulation needs the allreduce strategy with several workers");
   }
+  const auto elastic_coordinator = options.environment.find("DTRAIN_ELASTIC_COORDINATOR");
+  const bool elastic = is_worker && elastic_coordinator != options.environment.end();
+  if (is_worker && job.train.elastic && !elastic) {
+    throw ConfigError(job.source, "train.elastic", 0,
+                      fmt::format("elastic mode needs dtrain's own launcher (`dtrain train "
+                                  "--workers N --elastic`); under {} a lost rank ends the whole "
+                                  "job: use restart mode instead (docs/launching.md)",
+                                  launch.source));
+  }
   WorkerCollectives worker;
   if (!is_worker) {
     if (job.distributed.dynamic_batch) {
@@ -413,12 +435,17 @@ int run_train(const TrainOptions& options, std::ostream& out) {
                         "(--workers N > 1)");
     }
   }
-  if (ps_job && (job.distributed.dynamic_batch || !job.distributed.slowdown.empty())) {
-    throw ConfigError(job.source,
-                      job.distributed.dynamic_batch ? "distributed.dynamic_batch" : "distributed.slowdown",
-                      0, "dynamic batch sizing and slowdowns are implemented for the allreduce "
-                         "strategy only, not yet for ps");
+  if ((ps_job || elastic) && (job.distributed.dynamic_batch || !job.distributed.slowdown.empty() ||
+                              job.train.class_weights != "none")) {
+    const char* key = job.distributed.dynamic_batch     ? "distributed.dynamic_batch"
+                      : !job.distributed.slowdown.empty() ? "distributed.slowdown"
+                                                          : "train.class_weights";
+    throw ConfigError(job.source, key, 0,
+                      fmt::format("not available {} yet: dynamic batch sizing, slowdowns and "
+                                  "class weights work with the allreduce strategy's fixed groups",
+                                  ps_job ? "with the ps strategy" : "in elastic mode"));
   }
+  std::unique_ptr<ElasticWorker> elastic_worker;
   std::unique_ptr<strategy::Strategy> strategy;
   strategy::PsStrategy* ps_worker = nullptr;
   if (ps_job) {
@@ -426,12 +453,21 @@ int run_train(const TrainOptions& options, std::ostream& out) {
                                  make_loss(job, data.train));
     ps_worker = made.get();
     strategy = std::move(made);
+  } else if (elastic) {
+    elastic_worker = join_elastic_job(job, launch, options.environment, logger);
+    if (!elastic_worker) return 0;  // the job finished training while it waited to join
   } else {
     if (is_worker) worker = connect_collectives(job, launch, options.environment, logger);
     strategy = make_strategy(job, is_worker ? &worker : nullptr, launch, make_loss(job, data.train));
   }
 
-  train::Trainer trainer(job, *strategy, logger);
+  strategy::Strategy& trained =
+      elastic ? static_cast<strategy::Strategy&>(*elastic_worker) : *strategy;
+  train::Trainer trainer(job, trained, logger);
+  if (elastic) trainer.set_elastic(elastic_worker.get());
+  std::unique_ptr<train::Callback> kill_switch;
+  if (elastic) kill_switch = elastic_test_kill_switch(options.environment, launch.rank);
+  if (kill_switch) trainer.add_callback(*kill_switch);
   std::unique_ptr<train::JsonLinesWriter> metrics;
   std::unique_ptr<train::Callback> progress;
   if (chief) {
@@ -447,9 +483,14 @@ int run_train(const TrainOptions& options, std::ostream& out) {
     }
     if (progress) trainer.add_callback(*progress);
   }
-  trainer.fit(data.train, data.test);
+  try {
+    trainer.fit(data.train, data.test);
+  } catch (const JobFinished& f) {
+    // Elastic: the other members completed the job while this one re-joined.
+    logger.warn("{}", f.what());
+  }
   // Before finish(): a ps worker's embedding rows come from the servers.
-  if (chief) report_test_auc(job, strategy->model(), data, progress.get());
+  if (trained.rank() == 0) report_test_auc(job, trained.model(), data, progress.get());
   if (ps_worker != nullptr) ps_worker->finish();  // the servers stop once every worker is done
   return 0;
 }

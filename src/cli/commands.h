@@ -27,6 +27,9 @@ struct TrainOptions {
   // --slowdown RANK=FACTOR entries, added to distributed.slowdown (tests and
   // benchmarks: that worker computes FACTOR times slower).
   std::vector<std::string> slowdown;
+  // Elastic mode (train.elastic) and its smallest group (train.min_workers).
+  std::optional<bool> elastic;
+  std::optional<int64_t> min_workers;
   std::string progress = "plain";  // bar | plain | none
   // A worker's place in a launched job; each overrides its environment
   // variable (DTRAIN_RANK, DTRAIN_WORLD_SIZE, DTRAIN_COORDINATOR).

@@ -382,6 +382,8 @@ train::JobConfig parse_job(const std::string& toml_text, const std::string& sour
     r.read("drop_last", job.train.drop_last);
     r.read("max_restarts", job.train.max_restarts);
     r.read("class_weights", job.train.class_weights);
+    r.read("elastic", job.train.elastic);
+    r.read("min_workers", job.train.min_workers);
     r.finish();
     check_choice(file, "train.class_weights", job.train.class_weights, {"none", "balanced"}, t);
     if (job.train.batch_size <= 0) {

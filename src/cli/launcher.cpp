@@ -384,8 +384,13 @@ class Supervisor {
   // drained; sets timed_out() when `deadline` started the stop.
   void run(Deadline deadline);
 
+  // Elastic mode: starts a new process for a slot (called from run()).
+  void set_respawn(std::function<void(int slot)> respawn) { respawn_ = std::move(respawn); }
+
   bool timed_out() const { return timed_out_; }
   std::optional<int> first_failed_rank() const { return first_failed_rank_; }
+  // How the worker that stopped the job ended, if one did.
+  const std::optional<WorkerExit>& first_failure() const { return first_failure_; }
   std::optional<Clock::time_point> failed_at() const { return failed_at_; }
   int interrupted_by() const { return interrupted_by_; }
 
@@ -410,6 +415,8 @@ class Supervisor {
   void emit(int rank, Stream stream, std::string_view line);
   void check_exits();
   void finish(Worker& w);
+  // Elastic mode's handling of an ended worker (finish() reaped it).
+  void finish_elastic(const Worker& w, const std::string& what);
   void begin_stop(int sig, const std::string& why);
   void handle_signals();
   void enforce_timers(Deadline deadline);
@@ -428,14 +435,24 @@ class Supervisor {
   std::optional<Clock::time_point> drain_until_;  // set once no worker runs
   bool timed_out_ = false;
   std::optional<int> first_failed_rank_;
+  std::optional<WorkerExit> first_failure_;
   std::optional<Clock::time_point> failed_at_;
   int interrupted_by_ = 0;
+
+  // Elastic mode.
+  std::function<void(int slot)> respawn_;
+  std::vector<int> respawn_queue_;  // slots to start again, from finish()
+  int restarts_used_ = 0;
+  std::vector<WorkerExit> lost_;  // failed workers, in order
 };
 
 void Supervisor::run(Deadline deadline) {
   while (true) {
     handle_signals();
     check_exits();
+    if (!stopping_ && respawn_) {
+      for (int slot : std::exchange(respawn_queue_, {})) respawn_(slot);
+    }
     enforce_timers(deadline);
     if (running().empty()) {
       if (!drain_until_) drain_until_ = Clock::now() + options_.output_drain_timeout;
@@ -566,6 +583,11 @@ void Supervisor::finish(Worker& w) {
   w.status.code = WIFEXITED(raw) ? WEXITSTATUS(raw) : 0;
   w.status.signal = WIFSIGNALED(raw) ? WTERMSIG(raw) : 0;
 
+  if (options_.elastic) {
+    finish_elastic(w,
+                   fmt::format("worker slot {} (pid {}) {}", w.rank, w.pid, w.status.describe()));
+    return;
+  }
   const std::string what =
       fmt::format("worker rank {} (pid {}) {}", w.rank, w.pid, w.status.describe());
   if (w.status.ok()) {
@@ -574,14 +596,56 @@ void Supervisor::finish(Worker& w) {
     logger_.info("{} while the job was stopping", what);
   } else {
     first_failed_rank_ = w.rank;
+    first_failure_ = w.status;
     failed_at_ = Clock::now();
     logger_.error("{}", what);
     begin_stop(SIGTERM, fmt::format("worker rank {} failed", w.rank));
   }
 }
 
+void Supervisor::finish_elastic(const Worker& w, const std::string& what) {
+  const LaunchOptions::Elastic& elastic = *options_.elastic;
+  const int left = static_cast<int>(running().size());
+  if (elastic.on_worker_ended) elastic.on_worker_ended(w.status, left);
+  if (w.status.ok()) {
+    logger_.debug("{}", what);
+    return;
+  }
+  if (stopping_) {
+    logger_.info("{} while the job was stopping", what);
+    return;
+  }
+  lost_.push_back(w.status);
+  const bool replace = restarts_used_ < elastic.max_restarts;
+  if (left + (replace ? 1 : 0) < elastic.min_workers) {
+    first_failed_rank_ = w.rank;
+    first_failure_ = w.status;
+    failed_at_ = Clock::now();
+    std::string lost;
+    for (const WorkerExit& e : lost_) {
+      lost += fmt::format("{}slot {} (pid {}) {}", lost.empty() ? "" : ", ", e.rank, e.pid,
+                          e.describe());
+    }
+    logger_.error("{}; {} worker(s) left, fewer than min_workers = {}: stopping the elastic job "
+                  "(lost: {})",
+                  what, left, elastic.min_workers, lost);
+    begin_stop(SIGTERM, fmt::format("too few workers after slot {} failed", w.rank));
+    return;
+  }
+  if (replace) {
+    ++restarts_used_;
+    respawn_queue_.push_back(w.rank);
+    logger_.warn("{}; continuing with {} worker(s); starting a new worker for slot {} (restart {} "
+                 "of {})",
+                 what, left, w.rank, restarts_used_, elastic.max_restarts);
+  } else {
+    logger_.warn("{}; continuing with {} worker(s)", what, left);
+  }
+}
+
 void Supervisor::begin_stop(int sig, const std::string& why) {
   stopping_ = true;
+  if (options_.elastic && options_.elastic->on_stopping) options_.elastic->on_stopping(why);
   kill_at_ = Clock::now() + options_.stop_grace;
   const auto left = running();
   if (left.empty()) return;
@@ -650,6 +714,14 @@ Launcher::Launcher(LaunchOptions options, std::ostream& out, std::ostream& err, 
         "launcher: stop_grace ({} ms) and output_drain_timeout ({} ms) must not be negative",
         options_.stop_grace.count(), options_.output_drain_timeout.count()));
   }
+  if (options_.elastic && (options_.elastic->min_workers < 1 ||
+                            options_.elastic->min_workers > options_.workers ||
+                            options_.elastic->max_restarts < 0)) {
+    throw UsageError(fmt::format(
+        "launcher: elastic min_workers {} must be in 1..{} (the workers) and max_restarts {} "
+        "must not be negative",
+        options_.elastic->min_workers, options_.workers, options_.elastic->max_restarts));
+  }
   if (options_.coordinator_port < 0 || options_.coordinator_port > 65535) {
     throw UsageError(fmt::format("launcher: coordinator port {} is outside 0..65535",
                                  options_.coordinator_port));
@@ -667,15 +739,22 @@ LaunchResult Launcher::run(Deadline deadline) {
   environment["DTRAIN_WORLD_SIZE"] = std::to_string(options_.workers);
   environment["DTRAIN_COORDINATOR"] = result.coordinator;
   if (environment["DTRAIN_JOB_SECRET"].empty()) environment["DTRAIN_JOB_SECRET"] = random_secret();
+  std::vector<int> started_per_slot(static_cast<size_t>(options_.workers), 0);
 
   const Fd devnull = above_stdio(open("/dev/null", O_RDONLY | O_CLOEXEC));
   SignalForwarding signals;  // before the first fork: a signal can only arrive once it is caught
   WorkerSet workers;         // declared after `signals`: reaped before the handlers go
-  for (int rank = 0; rank < options_.workers; ++rank) {
+  auto start = [&](int rank) {
     environment["DTRAIN_RANK"] = std::to_string(rank);
     environment["DTRAIN_LOCAL_RANK"] = std::to_string(rank);
+    if (options_.elastic) {
+      int& started = started_per_slot[static_cast<size_t>(rank)];
+      environment["DTRAIN_RESTART_COUNT"] = std::to_string(started++);
+      if (options_.elastic->on_worker_starting) options_.elastic->on_worker_starting(rank);
+    }
     spawn_worker(workers, rank, ExecImage(options_.argv, environment), devnull.get());
-  }
+  };
+  for (int rank = 0; rank < options_.workers; ++rank) start(rank);
   std::vector<const Worker*> started_workers;
   for (const Worker& w : workers.all()) started_workers.push_back(&w);
   logger_.info("started {} worker(s), coordinator {}: rank {}", options_.workers,
@@ -683,6 +762,15 @@ LaunchResult Launcher::run(Deadline deadline) {
   if (options_.on_started) options_.on_started(result.coordinator);
 
   Supervisor supervisor(workers, signals, options_, out_, err_, logger_);
+  if (options_.elastic) {
+    supervisor.set_respawn([&](int slot) {
+      start(slot);
+      const Worker& w = workers.all().back();
+      logger_.info("started a new worker for slot {} (pid {}); it joins the group at the next "
+                   "step boundary",
+                   slot, w.pid);
+    });
+  }
   supervisor.run(deadline);
 
   for (const Worker& w : workers.all()) result.workers.push_back(w.status);
@@ -694,8 +782,8 @@ LaunchResult Launcher::run(Deadline deadline) {
                        std::chrono::duration_cast<milliseconds>(Clock::now() - started),
                        fmt::format("{} worker(s) to exit", options_.workers));
   }
-  if (result.first_failed_rank) {
-    const WorkerExit& failed = result.workers[*result.first_failed_rank];
+  if (supervisor.first_failure()) {
+    const WorkerExit& failed = *supervisor.first_failure();
     result.exit_code = failed.exited ? failed.code : 1;
   } else if (result.interrupted_by != 0) {
     result.exit_code = 128 + result.interrupted_by;
@@ -731,6 +819,8 @@ LaunchResult run_with_restarts(const LaunchOptions& options, int max_restarts, s
   }
   return result;
 }
+
+std::string random_job_secret() { return random_secret(); }
 
 std::map<std::string, std::string> current_environment() {
   std::map<std::string, std::string> env;

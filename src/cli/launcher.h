@@ -30,6 +30,17 @@
 // Restart mode: run_with_restarts() (below) runs such a job again, each time
 // with a new Launcher run, when a worker failure stopped it.
 //
+// Elastic mode (LaunchOptions::elastic, docs/elastic.md): a worker that
+// fails does not stop the others. It is logged ("worker slot 1 (pid 1234) was
+// killed by signal 9 (SIGKILL); continuing with 2 workers") and reported
+// through on_worker_ended; while restarts remain a new process is started for
+// its slot (DTRAIN_RANK = the slot, DTRAIN_RESTART_COUNT = the processes
+// started for that slot before it). Once fewer than min_workers run, the job
+// stops like a failed one, its log line naming every lost slot. A worker that
+// exits 0 ends normally; the job succeeds when every worker still running at
+// the end exits 0. LaunchResult::workers then holds one entry per process
+// started (rank = slot), in start order.
+//
 // Exit code (LaunchResult::exit_code): 0 when every worker exited 0; else the
 // cause of the stop: the first failing worker's exit code, or 1 when it died
 // from a signal; 128 + the signal when the launcher was interrupted (130 for
@@ -70,6 +81,8 @@
 
 namespace dtrain::cli {
 
+struct WorkerExit;
+
 struct LaunchOptions {
   // The worker command line; argv[0] is the program's path (for dtrain
   // itself, self_executable()).
@@ -92,6 +105,22 @@ struct LaunchOptions {
   // supervision begins, with DTRAIN_COORDINATOR as given to them; may be
   // empty. An exception it throws stops and reaps the workers and leaves run().
   std::function<void(const std::string& coordinator)> on_started;
+  // Elastic mode when set; see the header's contract.
+  struct Elastic {
+    // The job stops once fewer workers than this run (1..workers).
+    int min_workers = 1;
+    // Processes started to replace failed ones, over the whole job.
+    int max_restarts = 0;
+    // Called on run()'s thread just before a process for `slot` is started.
+    std::function<void(int slot)> on_worker_starting;
+    // Called on run()'s thread once a worker process ended (any way), with
+    // the number of workers still running.
+    std::function<void(const WorkerExit& exit, int running)> on_worker_ended;
+    // Called on run()'s thread when the job starts stopping (too few
+    // workers, a signal, the deadline), with the reason.
+    std::function<void(const std::string& reason)> on_stopping;
+  };
+  std::optional<Elastic> elastic;
 };
 
 // How one worker ended.
@@ -163,6 +192,9 @@ class Launcher {
 // `logger` as for Launcher.
 LaunchResult run_with_restarts(const LaunchOptions& options, int max_restarts, std::ostream& out,
                                std::ostream& err, Logger& logger, Deadline deadline);
+
+// 32 random bytes (getrandom) as hex: a fresh job secret.
+std::string random_job_secret();
 
 // This process's environment as a map (reads `environ`; cli only).
 std::map<std::string, std::string> current_environment();

@@ -71,6 +71,14 @@ int main(int argc, char** argv) {
                         "times slower; a RANK entry beats the all one (repeatable; for tests and "
                         "benchmarks of dynamic batch sizing)")
       ->type_name("RANK=FACTOR");
+  bool elastic = false;
+  train_cmd->add_flag("--elastic", elastic,
+                      "With --workers N: when a worker fails the others continue without a "
+                      "restart, and a new worker (--max-restarts) joins at a step boundary");
+  train_cmd->add_option("--min-workers", train.min_workers,
+                        "With --elastic: stop the job once fewer workers run (default: "
+                        "train.min_workers, else N)")
+      ->check(CLI::Range(int64_t{1}, int64_t{INT_MAX}));
   train_cmd->add_option("--progress", train.progress, "auto | bar | plain | none")
       ->check(CLI::IsMember({"auto", "bar", "plain", "none"}));
 
@@ -104,6 +112,7 @@ int main(int argc, char** argv) {
   try {
     if (train_cmd->parsed()) {
       if (resume || no_resume) train.resume = resume;
+      if (elastic) train.elastic = true;
       train.environment = dtrain::cli::current_environment();
       train.argv.assign(argv, argv + argc);
       train.argv[0] = dtrain::cli::self_executable();

@@ -89,6 +89,12 @@ struct TrainConfig {
   // (w_c = N / (C n_c) from the training set's label counts; the loss is
   // the mean over samples of w_t * cross entropy).
   std::string class_weights = "none";
+  // `dtrain train --workers N` (allreduce): elastic mode (docs/elastic.md):
+  // the survivors of a failed worker continue without a restart, a new
+  // worker (max_restarts of them) joins at a step boundary; the job stops
+  // once fewer than min_workers run (0: every worker, N).
+  bool elastic = false;
+  int64_t min_workers = 0;
 };
 
 struct DistributedConfig {

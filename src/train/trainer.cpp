@@ -156,6 +156,14 @@ void Trainer::save_checkpoint(const Position& position) {
   writer_->submit(std::move(c));
 }
 
+void Trainer::reform(Position& position, const std::string& cause) {
+  TrainingPosition p{position.step, position.epoch, position.batch_in_epoch};
+  elastic_->reform(p, cause);
+  position.step = p.step;
+  position.epoch = p.epoch;
+  position.batch_in_epoch = p.batch_in_epoch;
+}
+
 bool Trainer::checkpoint_due(int64_t step) const {
   const int64_t every_steps = job_.train.checkpoint_every_steps;
   const double every_seconds = job_.train.checkpoint_every_seconds;
@@ -200,16 +208,27 @@ Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset
   if (schedule.total_steps == 0) schedule.total_steps = std::max<int64_t>(planned_steps, schedule.warmup_steps + 1);
   schedule_ = optim::make_lr_schedule(schedule);
 
-  const int64_t rank = strategy_.rank(), world = strategy_.world_size();
-  const bool chief = rank == 0;
+  int64_t rank = strategy_.rank(), world = strategy_.world_size();
+  bool chief = rank == 0;
   Position position;
-  if (job_.resume) resume(position);
-  writer_.reset();
-  if (chief) {
-    writer_ = std::make_unique<CheckpointWriter>(
-        job_.output, std::max<int64_t>(1, job_.train.keep_checkpoints), io::default_file_system(),
-        logger_);
+  TrainingPosition joined;
+  if (elastic_ != nullptr && elastic_->joined_running_group(joined)) {
+    position = {joined.step, joined.epoch, joined.batch_in_epoch};
+  } else if (job_.resume) {
+    resume(position);
   }
+  writer_.reset();
+  // Rank 0 writes the checkpoints. In elastic mode rank and world size
+  // change with the group, and a process that becomes rank 0 starts writing.
+  auto take_group_role = [&] {
+    rank = strategy_.rank(), world = strategy_.world_size(), chief = rank == 0;
+    if (chief && !writer_) {
+      writer_ = std::make_unique<CheckpointWriter>(
+          job_.output, std::max<int64_t>(1, job_.train.keep_checkpoints),
+          io::default_file_system(), logger_);
+    }
+  };
+  take_group_role();
   last_checkpoint_ = Clock::now();
 
   RunInfo info;
@@ -261,6 +280,7 @@ Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset
     std::vector<int64_t> last_split;
 
     Window window, epoch;
+    bool reformed = false;  // elastic: the group re-formed; continue from `position`
     while (true) {
       const auto t0 = Clock::now();
       // This process's rows [lo, hi) of `batch`: of the shared global batch
@@ -284,11 +304,18 @@ Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset
       // Gradient accumulation: k micro-batches of those rows, one update.
       const int64_t k = strategy_.accumulation_steps();
       strategy::StepStats mine;
-      for (int64_t m = 0; m < k; ++m) {
-        const int64_t a = lo + (hi - lo) * m / k, b = lo + (hi - lo) * (m + 1) / k;
-        mine += strategy_.train_step(
-            batch->x.narrow(a, b - a),
-            std::span<const int64_t>(batch->y).subspan(static_cast<size_t>(a), static_cast<size_t>(b - a)));
+      try {
+        for (int64_t m = 0; m < k; ++m) {
+          const int64_t a = lo + (hi - lo) * m / k, b = lo + (hi - lo) * (m + 1) / k;
+          mine += strategy_.train_step(batch->x.narrow(a, b - a),
+                                       std::span<const int64_t>(batch->y).subspan(
+                                           static_cast<size_t>(a), static_cast<size_t>(b - a)));
+        }
+      } catch (const CommError& e) {
+        if (elastic_ == nullptr) throw;
+        reform(position, e.what());
+        reformed = true;
+        break;
       }
       const strategy::StepStats stats = strategy_.step_totals(mine);
       const double dt = seconds_since(t0);
@@ -304,6 +331,11 @@ Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset
       // So with a checkpoint every step, once step N is reported the
       // checkpoint of step N - 1 is on disk.
       const bool last_step = position.step >= total_steps;
+      if (elastic_ != nullptr && !last_step && elastic_->reform_due()) {
+        reform(position, "a worker is waiting to join");
+        reformed = true;
+      }
+      if (reformed) take_group_role();
       if (chief && !last_step && checkpoint_due(position.step)) save_checkpoint(position);
       if (chief && last_step) writer_->wait();
       StepInfo s;
@@ -321,6 +353,14 @@ Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset
         stop = true;
         break;
       }
+      if (reformed) break;
+    }
+    if (reformed) {
+      // The group agreed on `position`: go on from there (the next epoch when
+      // it is at this epoch's end).
+      take_group_role();
+      stop = position.step >= total_steps;
+      if (!stop && position.batch_in_epoch < per_epoch) continue;
     }
     train_seconds += epoch.seconds;
     train_samples += epoch.stats.samples;

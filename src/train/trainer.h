@@ -36,6 +36,13 @@
 // (metadata "part_consumed"); a run resumed with another worker count starts
 // the interrupted epoch afresh.
 //
+// Elastic mode (set_elastic, train/elastic.h): a CommError from a step does
+// not end fit(); the group re-forms and training continues from the position
+// the new group agrees on (the failed step is redone on the new group's
+// shares of the same global batch); a joining worker is admitted at a step
+// boundary. Rank and world size are read again after every re-formation, and
+// a process that becomes rank 0 starts writing checkpoints.
+//
 // Ownership: the strategy, logger and callbacks are owned by the caller and
 // must outlive fit(). Thread safety: one thread calls fit().
 // Errors: dtrain::Error kinds from the layers, the data and the files;
@@ -55,6 +62,7 @@
 #include "strategy/strategy.h"
 #include "train/callbacks.h"
 #include "train/checkpoint_writer.h"
+#include "train/elastic.h"
 #include "train/job_config.h"
 
 namespace dtrain::train {
@@ -73,6 +81,9 @@ class Trainer {
   Trainer(const JobConfig& job, strategy::Strategy& strategy, Logger& logger);
 
   void add_callback(Callback& callback) { callbacks_.push_back(&callback); }
+  // Elastic mode; `membership` (owned by the caller, alive during fit())
+  // rebuilds `strategy` on re-formation.
+  void set_elastic(ElasticMembership* membership) { elastic_ = membership; }
 
   // Trains for job.train.epochs (or max_steps), resuming from the output
   // folder's newest valid checkpoint when job.resume. Writes the final
@@ -96,11 +107,14 @@ class Trainer {
   void report(const std::string& message);
   // The parts of job.data.partition for this job's workers.
   std::vector<std::vector<int64_t>> make_parts(const data::TensorDataset& train) const;
+  // Elastic mode: re-forms the group after `cause`; updates `position`.
+  void reform(Position& position, const std::string& cause);
 
   const JobConfig& job_;
   strategy::Strategy& strategy_;
   Logger& logger_;
   std::vector<Callback*> callbacks_;
+  ElasticMembership* elastic_ = nullptr;
   std::unique_ptr<optim::LrSchedule> schedule_;
   std::chrono::steady_clock::time_point last_checkpoint_;  // when save_checkpoint last ran
   // Partitioned training: every worker's position in its part (saved with

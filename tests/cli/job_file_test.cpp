@@ -65,10 +65,15 @@ TEST(JobFile, OverridesApplyBeforeChecking) {
   EXPECT_EQ(job.distributed.workers, 3);
   EXPECT_EQ(job.train.max_restarts, 0);
   EXPECT_EQ(parse_job(kJob, "job.toml", {"train.max_restarts=2"}).train.max_restarts, 2);
+  EXPECT_FALSE(job.train.elastic);
+  const train::JobConfig elastic =
+      parse_job(kJob, "job.toml", {"train.elastic=true", "train.min_workers=2"});
+  EXPECT_TRUE(elastic.train.elastic);
+  EXPECT_EQ(elastic.train.min_workers, 2);
   EXPECT_EQ(error_of(kJob, {"train.epoch=5"}),
             "job.toml: 'train.epoch': unknown key (known: batch_size, checkpoint_every_seconds, "
-            "checkpoint_every_steps, class_weights, drop_last, epochs, eval_batch_size, keep_checkpoints, log_every_steps, max_restarts, "
-            "max_steps, threads)");
+            "checkpoint_every_steps, class_weights, drop_last, elastic, epochs, eval_batch_size, "
+            "keep_checkpoints, log_every_steps, max_restarts, max_steps, min_workers, threads)");
   EXPECT_EQ(error_of(kJob, {"noequals"}), "--set: 'noequals': expected key=value");
   EXPECT_DOUBLE_EQ(
       parse_job(kJob, "job.toml", {"train.checkpoint_every_seconds=2.5"}).train.checkpoint_every_seconds,

@@ -1,0 +1,44 @@
+#include "cli/elastic_launch.h"
+
+#include <fmt/format.h>
+
+#include "comm/elastic_rendezvous.h"
+#include "core/error.h"
+
+namespace dtrain::cli {
+
+LaunchResult run_elastic_job(LaunchOptions options, const std::string& job_name, int min_workers,
+                             int max_restarts, std::ostream& out, std::ostream& err, Logger& logger,
+                             Deadline deadline) {
+  if (min_workers < 1 || min_workers > options.workers || max_restarts < 0) {
+    throw UsageError(
+        fmt::format("elastic job: min_workers {} must be in 1..{} (the workers) and "
+                    "max_restarts {} must not be negative",
+                    min_workers, options.workers, max_restarts));
+  }
+  std::string& secret = options.environment["DTRAIN_JOB_SECRET"];
+  if (secret.empty()) secret = random_job_secret();
+  comm::ElasticRendezvousOptions r;
+  r.slots = options.workers;
+  r.min_workers = min_workers;
+  comm::ElasticRendezvousServer server(options.coordinator_host, 0, r,
+                                       comm::JobAuth(job_name, secret), logger);
+  options.environment["DTRAIN_ELASTIC_COORDINATOR"] = server.address();
+  LaunchOptions::Elastic e;
+  e.min_workers = min_workers;
+  e.max_restarts = max_restarts;
+  e.on_worker_starting = [&server](int slot) { server.set_alive(slot, true); };
+  e.on_worker_ended = [&server](const WorkerExit& exit, int) {
+    server.set_alive(exit.rank, false);
+    if (exit.ok()) server.finish();
+  };
+  e.on_stopping = [&server](const std::string& reason) { server.stop(reason); };
+  options.elastic = std::move(e);
+  logger.info(
+      "elastic job: {} worker slot(s), at least {} worker(s), up to {} replacement(s); "
+      "elastic coordinator {}",
+      options.workers, min_workers, max_restarts, server.address());
+  return Launcher(std::move(options), out, err, logger).run(deadline);
+}
+
+}  // namespace dtrain::cli

@@ -1,0 +1,282 @@
+#include "cli/elastic_worker.h"
+
+#include <fmt/format.h>
+#include <signal.h>
+
+#include <fstream>
+#include <functional>
+
+#include "comm/zmq_transport.h"
+#include "core/rng.h"
+#include "io/safetensors.h"
+#include "optim/optimizer_config.h"
+#include "train/model_builder.h"
+
+namespace dtrain::cli {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Point-to-point tag of the state rank 0 sends after a re-formation.
+constexpr uint32_t kStateTag = 0x454c41;  // "ELA"
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+void put_u64(std::vector<std::byte>& out, uint64_t v) {
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<std::byte>(v >> (8 * i)));
+}
+
+uint64_t get_u64(std::span<const std::byte> bytes, size_t& pos) {
+  if (bytes.size() - pos < 8) {
+    throw DataError(
+        fmt::format("elastic state from rank 0: truncated at byte {} of {}", pos, bytes.size()));
+  }
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | std::to_integer<uint64_t>(bytes[pos + i]);
+  pos += 8;
+  return v;
+}
+
+// Test hook of the fault-tolerance tests: DTRAIN_TEST_KILL_AT_STEP=SLOT:STEP
+// makes the first process of that slot SIGKILL itself once STEP is done.
+class KillAtStep final : public train::Callback {
+ public:
+  explicit KillAtStep(int64_t step) : step_(step) {}
+  void on_step_end(const train::StepInfo& s) override {
+    if (s.step == step_) raise(SIGKILL);
+  }
+
+ private:
+  int64_t step_;
+};
+
+std::unique_ptr<train::Callback> kill_switch_for(const std::map<std::string, std::string>& env,
+                                                 int slot) {
+  const auto knob = env.find("DTRAIN_TEST_KILL_AT_STEP");
+  if (knob == env.end()) return nullptr;
+  const auto restart = env.find("DTRAIN_RESTART_COUNT");
+  if (restart != env.end() && restart->second != "0") return nullptr;
+  const size_t colon = knob->second.find(':');
+  if (colon == std::string::npos) {
+    throw ConfigError(
+        fmt::format("DTRAIN_TEST_KILL_AT_STEP='{}': expected SLOT:STEP", knob->second));
+  }
+  if (std::stoi(knob->second.substr(0, colon)) != slot) return nullptr;
+  return std::make_unique<KillAtStep>(std::stoll(knob->second.substr(colon + 1)));
+}
+
+// Test hook of the elastic tests: with DTRAIN_TEST_JOIN_GATE=FIFO a
+// replacement worker (DTRAIN_RESTART_COUNT > 0) reads one line from that FIFO
+// before it joins, so that a test chooses when it joins (the test's own
+// deadline bounds the wait).
+void wait_at_test_join_gate(const std::map<std::string, std::string>& env) {
+  const auto gate = env.find("DTRAIN_TEST_JOIN_GATE");
+  const auto restart = env.find("DTRAIN_RESTART_COUNT");
+  if (gate == env.end() || restart == env.end() || restart->second == "0") return;
+  std::ifstream fifo(gate->second);
+  std::string line;
+  std::getline(fifo, line);
+}
+
+}  // namespace
+
+ElasticWorker::ElasticWorker(const train::JobConfig& job, ElasticWorkerOptions options,
+                             Logger& logger)
+    : job_(job),
+      options_(std::move(options)),
+      logger_(logger),
+      auth_(job.name, options_.secret),
+      client_(options_.coordinator, options_.slot, options_.slots, auth_, logger) {
+  const auto t0 = Clock::now();
+  form(std::nullopt);
+  joined_running_ = generation_ > 0;
+  if (joined_running_) {
+    logger_.warn(
+        "slot {}: joined the running group in {:.3f} s: generation {}, rank {} of {}, "
+        "at step {}",
+        options_.slot, seconds_since(t0), generation_, inner_->rank(), inner_->world_size(),
+        held_->position.step);
+  }
+}
+
+ElasticWorker::~ElasticWorker() = default;
+
+bool ElasticWorker::joined_running_group(train::TrainingPosition& position) {
+  if (!joined_running_ || !held_) return false;
+  position = held_->position;
+  return true;
+}
+
+bool ElasticWorker::reform_due() {
+  float flag = 0.0f;
+  if (inner_->rank() == 0 && client_.poll() > 0) flag = 1.0f;
+  try {
+    comm_->allreduce(std::span<float>(&flag, 1), comm::ReduceOp::kMax);
+  } catch (const CommError& e) {
+    failure_ = e.what();
+    return true;
+  }
+  return flag > 0.0f;
+}
+
+void ElasticWorker::reform(train::TrainingPosition& position, const std::string& cause) {
+  const auto t0 = Clock::now();
+  const std::string why = failure_.empty() ? cause : failure_;
+  failure_.clear();
+  logger_.warn("slot {} (rank {} of {}, generation {}) at step {}: re-forming the group: {}",
+               options_.slot, inner_->rank(), inner_->world_size(), generation_, position.step,
+               why);
+  held_ = HeldState{inner_->model().state_dict().clone(), inner_->optimizer().state_dict().clone(),
+                    position};
+  inner_.reset();
+  comm_.reset();
+  form(generation_);
+  position = held_->position;
+  logger_.warn(
+      "slot {}: the group re-formed in {:.3f} s: generation {}, rank {} of {}, "
+      "continuing at step {} (epoch {}, batch {})",
+      options_.slot, seconds_since(t0), generation_, inner_->rank(), inner_->world_size(),
+      position.step, position.epoch + 1, position.batch_in_epoch + 1);
+}
+
+void ElasticWorker::form(std::optional<uint32_t> member_of) {
+  const Deadline deadline = Deadline::after(options_.rendezvous_timeout);
+  while (true) {
+    const std::optional<comm::ElasticGeneration> m = client_.join(member_of, deadline);
+    if (!m) {
+      throw JobFinished(
+          fmt::format("slot {}: the job finished training while this worker waited "
+                      "to join; nothing left to do",
+                      options_.slot));
+    }
+    try {
+      build(*m, deadline);
+      generation_ = m->generation;
+      // A group that has trained agrees on its rank 0's state; generation 0
+      // starts from the job's initial state (or its checkpoint) everywhere.
+      if (m->generation > 0) sync_state();
+      return;
+    } catch (const CommError& e) {
+      logger_.warn("slot {}: generation {} failed while forming: {}; joining again", options_.slot,
+                   m->generation, e.what());
+      inner_.reset();
+      comm_.reset();
+      // A member with the group's state re-joins as a member; one without
+      // it (a new worker) as new, so that it never becomes rank 0.
+      if (held_) member_of = m->generation;
+    }
+  }
+}
+
+void ElasticWorker::build(const comm::ElasticGeneration& m, Deadline deadline) {
+  comm::ZmqTransportOptions t;
+  t.rank = m.rank;
+  t.world_size = m.world_size();
+  t.listen_host = options_.listen_host;
+  t.advertise_host = options_.advertise_host;
+  // A re-formation destroys the transport with frames to a dead peer still
+  // queued: waiting the default linger (1 s) for them would only delay it.
+  t.linger = std::chrono::milliseconds(50);
+  auto transport = std::make_unique<comm::ZmqTransport>(t, auth_, logger_);
+  transport->connect(
+      client_.exchange_endpoints(m.generation, transport->local_endpoint(), deadline));
+  comm::CommunicatorOptions c;
+  c.timeout = std::chrono::milliseconds(job_.distributed.timeout_ms);
+  // Names this generation's shared-memory segments: unique per job,
+  // coordinator and generation.
+  c.job_id = fmt::format("{:016x}-{:x}-g{}", auth_.job_id(),
+                         std::hash<std::string>{}(options_.coordinator), m.generation);
+  comm_ = std::make_unique<comm::Communicator>(std::move(transport), c);
+  Rng rng(job_.seed);
+  auto model = train::build_model(job_.model, rng, job_.source);
+  const train::JobConfig& job = job_;
+  auto make_optimizer = [&job](std::vector<Variable> params) {
+    return optim::make_optimizer(job.optimizer, std::move(params));
+  };
+  strategy::AllReduceOptions o;
+  o.bucket_bytes = static_cast<size_t>(job_.distributed.bucket_bytes);
+  o.timeout = std::chrono::milliseconds(job_.distributed.timeout_ms);
+  o.accumulation_steps = job_.distributed.accumulation_steps;
+  inner_ =
+      std::make_unique<strategy::AllReduceStrategy>(std::move(model), make_optimizer, *comm_, o);
+}
+
+void ElasticWorker::sync_state() {
+  const int rank = static_cast<int>(inner_->rank());
+  const int world = static_cast<int>(inner_->world_size());
+  if (rank == 0) {
+    if (!held_) {
+      // The group has not trained yet (an earlier generation failed while
+      // forming): the initial state is the group's.
+      held_ = HeldState{
+          inner_->model().state_dict().clone(), inner_->optimizer().state_dict().clone(), {}};
+    }
+    std::vector<std::byte> bytes;
+    put_u64(bytes, static_cast<uint64_t>(held_->position.step));
+    put_u64(bytes, static_cast<uint64_t>(held_->position.epoch));
+    put_u64(bytes, static_cast<uint64_t>(held_->position.batch_in_epoch));
+    const std::string model = io::encode_safetensors(held_->model);
+    const std::string optimizer = io::encode_safetensors(held_->optimizer);
+    put_u64(bytes, model.size());
+    const auto* m = reinterpret_cast<const std::byte*>(model.data());
+    bytes.insert(bytes.end(), m, m + model.size());
+    const auto* o = reinterpret_cast<const std::byte*>(optimizer.data());
+    bytes.insert(bytes.end(), o, o + optimizer.size());
+    for (int peer = 1; peer < world; ++peer) comm_->send_bytes(peer, bytes, kStateTag);
+  } else {
+    const std::vector<std::byte> bytes = comm_->recv_bytes(0, kStateTag);
+    size_t pos = 0;
+    HeldState state;
+    state.position.step = static_cast<int64_t>(get_u64(bytes, pos));
+    state.position.epoch = static_cast<int64_t>(get_u64(bytes, pos));
+    state.position.batch_in_epoch = static_cast<int64_t>(get_u64(bytes, pos));
+    const uint64_t model_bytes = get_u64(bytes, pos);
+    if (model_bytes > bytes.size() - pos) {
+      throw DataError(fmt::format("elastic state from rank 0: a model of {} bytes, {} left",
+                                  model_bytes, bytes.size() - pos));
+    }
+    const char* base = reinterpret_cast<const char*>(bytes.data());
+    state.model = io::decode_safetensors(std::string_view(base + pos, model_bytes),
+                                         "elastic state (model) from rank 0");
+    pos += model_bytes;
+    state.optimizer = io::decode_safetensors(std::string_view(base + pos, bytes.size() - pos),
+                                             "elastic state (optimizer) from rank 0");
+    held_ = std::move(state);
+  }
+  inner_->model().load_state_dict(held_->model, true);
+  inner_->optimizer().load_state_dict(held_->optimizer);
+}
+
+std::unique_ptr<ElasticWorker> join_elastic_job(const train::JobConfig& job,
+                                                const comm::LaunchInfo& launch,
+                                                const std::map<std::string, std::string>& env,
+                                                Logger& logger) {
+  ElasticWorkerOptions o;
+  o.slot = launch.rank;
+  o.slots = launch.world_size;
+  auto get = [&env](const char* key, std::string& value) {
+    if (auto it = env.find(key); it != env.end()) value = it->second;
+  };
+  get("DTRAIN_ELASTIC_COORDINATOR", o.coordinator);
+  get("DTRAIN_JOB_SECRET", o.secret);
+  get("DTRAIN_LISTEN_HOST", o.listen_host);
+  get("DTRAIN_ADVERTISE_HOST", o.advertise_host);
+  o.rendezvous_timeout = std::chrono::milliseconds(job.distributed.timeout_ms);
+  wait_at_test_join_gate(env);
+  try {
+    return std::make_unique<ElasticWorker>(job, o, logger);
+  } catch (const JobFinished& f) {
+    logger.warn("{}", f.what());
+    return nullptr;
+  }
+}
+
+std::unique_ptr<train::Callback> elastic_test_kill_switch(
+    const std::map<std::string, std::string>& env, int slot) {
+  return kill_switch_for(env, slot);
+}
+
+}  // namespace dtrain::cli

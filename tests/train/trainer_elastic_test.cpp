@@ -1,0 +1,162 @@
+// The Trainer in elastic mode (train/elastic.h) with a fake membership over
+// one process: a step whose communication failed is redone after the
+// re-formation and one at a step boundary changes nothing, so the final
+// weights equal a run without either; a worker that joined a running group
+// trains only the rest of the job; without a membership a CommError ends
+// fit(). The real group re-formation is tested in tests/ft/elastic_mode_test.cpp.
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "data/synthetic.h"
+#include "io/safetensors.h"
+#include "optim/optimizer_config.h"
+#include "strategy/local_strategy.h"
+#include "testing/fault_fs.h"
+#include "train/elastic.h"
+#include "train/model_builder.h"
+#include "train/trainer.h"
+
+namespace dtrain::train {
+namespace {
+
+JobConfig job_in(const std::string& output) {
+  JobConfig job;
+  job.name = "elastic-trainer";
+  job.seed = 4;
+  job.output = output;
+  job.resume = false;
+  job.model.input_shape = {8};
+  LayerConfig fc1;
+  fc1.type = "linear";
+  fc1.name = "fc1";
+  fc1.out_features = 16;
+  LayerConfig relu;
+  relu.type = "relu";
+  relu.name = "relu";
+  LayerConfig fc2;
+  fc2.type = "linear";
+  fc2.name = "fc2";
+  fc2.out_features = 3;
+  job.model.layers = {fc1, relu, fc2};
+  job.optimizer.type = "adam";
+  job.optimizer.lr = 0.01f;
+  job.train.epochs = 2;
+  job.train.batch_size = 40;  // 15 steps per epoch
+  job.train.log_every_steps = 0;
+  return job;
+}
+
+data::TensorDataset blobs(int64_t start, int64_t count) {
+  data::BlobsOptions o;
+  o.samples = 800;
+  o.features = 8;
+  o.num_classes = 3;
+  o.seed = 21;
+  return data::make_gaussian_blobs(o).slice(start, count);
+}
+
+// LocalStrategy whose train_step throws CommError (before touching the
+// model) on call number `fail_at` (0-based), once.
+class FlakyStrategy final : public strategy::Strategy {
+ public:
+  FlakyStrategy(const JobConfig& job, int64_t fail_at) : fail_at_(fail_at) {
+    Rng rng(job.seed);
+    inner_ = std::make_unique<strategy::LocalStrategy>(
+        build_model(job.model, rng), [&job](std::vector<Variable> p) {
+          return optim::make_optimizer(job.optimizer, std::move(p));
+        });
+  }
+  std::string name() const override { return "flaky"; }
+  int64_t replicas() const override { return 1; }
+  nn::Module& model() override { return inner_->model(); }
+  optim::Optimizer& optimizer() override { return inner_->optimizer(); }
+  strategy::StepStats train_step(const Tensor& x, std::span<const int64_t> y) override {
+    if (calls_++ == fail_at_) throw CommError(1, "allreduce #9", "rank 1 (pid 42) died");
+    return inner_->train_step(x, y);
+  }
+  int64_t calls() const { return calls_; }
+
+ private:
+  std::unique_ptr<strategy::LocalStrategy> inner_;
+  int64_t fail_at_;
+  int64_t calls_ = 0;
+};
+
+class FakeMembership final : public ElasticMembership {
+ public:
+  explicit FakeMembership(int64_t due_at_check, std::optional<TrainingPosition> joined = {})
+      : due_at_(due_at_check), joined_(joined) {}
+  bool joined_running_group(TrainingPosition& position) override {
+    if (!joined_) return false;
+    position = *joined_;
+    return true;
+  }
+  bool reform_due() override { return ++checks_ == due_at_; }
+  void reform(TrainingPosition& position, const std::string& cause) override {
+    causes.push_back(cause);
+    steps.push_back(position.step);
+  }
+  std::vector<std::string> causes;
+  std::vector<int64_t> steps;
+
+ private:
+  int64_t due_at_;
+  int64_t checks_ = 0;
+  std::optional<TrainingPosition> joined_;
+};
+
+TEST(TrainerElastic, ReformsRedoTheFailedStepAndEndWithTheFaultFreeWeights) {
+  testing::TempDir dir;
+  const data::TensorDataset train = blobs(0, 600), test = blobs(600, 200);
+  const JobConfig clean_job = job_in(dir.file("clean"));
+  FlakyStrategy clean(clean_job, -1);
+  Trainer(clean_job, clean, Logger::null()).fit(train, test);
+
+  const JobConfig job = job_in(dir.file("elastic"));
+  FlakyStrategy flaky(job, 7);    // the 8th step's communication fails
+  FakeMembership membership(20);  // a worker waits after step 20 (of 30)
+  Trainer trainer(job, flaky, Logger::null());
+  trainer.set_elastic(&membership);
+  const Summary summary = trainer.fit(train, test);
+
+  EXPECT_EQ(summary.steps, 30);
+  EXPECT_EQ(flaky.calls(), 31);  // one redone
+  ASSERT_EQ(membership.causes.size(), 2u);
+  EXPECT_NE(membership.causes[0].find("rank 1 (pid 42) died"), std::string::npos);
+  EXPECT_EQ(membership.causes[1], "a worker is waiting to join");
+  EXPECT_EQ(membership.steps, (std::vector<int64_t>{7, 20}));
+  const StateDict a = io::load_safetensors(dir.file("clean") + "/model.safetensors");
+  const StateDict b = io::load_safetensors(dir.file("elastic") + "/model.safetensors");
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a.entries()[i].second.to_vector(), b.entries()[i].second.to_vector())
+        << a.entries()[i].first;
+  }
+}
+
+TEST(TrainerElastic, AWorkerThatJoinedARunningGroupTrainsTheRest) {
+  testing::TempDir dir;
+  const JobConfig job = job_in(dir.file("out"));
+  FlakyStrategy strategy(job, -1);
+  FakeMembership membership(-1, TrainingPosition{18, 1, 3});
+  Trainer trainer(job, strategy, Logger::null());
+  trainer.set_elastic(&membership);
+  const Summary summary = trainer.fit(blobs(0, 600), blobs(600, 200));
+  EXPECT_EQ(summary.steps, 30);
+  EXPECT_EQ(strategy.calls(), 12);
+}
+
+TEST(TrainerElastic, WithoutAMembershipACommErrorEndsFit) {
+  testing::TempDir dir;
+  const JobConfig job = job_in(dir.file("out"));
+  FlakyStrategy strategy(job, 3);
+  Trainer trainer(job, strategy, Logger::null());
+  EXPECT_THROW(trainer.fit(blobs(0, 600), blobs(600, 200)), CommError);
+}
+
+}  // namespace
+}  // namespace dtrain::train
