@@ -4,6 +4,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <exception>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <set>
@@ -113,6 +114,7 @@ class Client::Impl {
   ShardPlan plan_;
   std::vector<SparseTableSpec> tables_;
   uint64_t last_min_clock_ = 0;
+  StepTotals last_totals_;
 
  private:
   void send_heartbeats(const std::stop_token& stop);
@@ -282,6 +284,7 @@ const ShardPlan& Client::plan() const {
 }
 const std::vector<SparseTableSpec>& Client::tables() const { return impl_->tables_; }
 uint64_t Client::last_min_clock() const { return impl_->last_min_clock_; }
+StepTotals Client::last_totals() const { return impl_->last_totals_; }
 
 uint64_t Client::init(const StateDict& dense, const std::vector<SparseTableSpec>& tables) {
   Impl& d = *impl_;
@@ -344,15 +347,20 @@ uint64_t Client::pull(const std::vector<Tensor>& out, uint64_t min_version) {
     min_clock = std::min(min_clock, r.min_clock);
   }
   d.last_min_clock_ = min_clock;
+  d.last_totals_ = replies[0].totals;
   return version;
 }
 
 PushResult Client::push(const std::vector<Tensor>& grads, int64_t samples, float lr,
-                        uint64_t version) {
+                        uint64_t version, double loss_sum, int64_t correct) {
   Impl& d = *impl_;
   d.require_init("push");
   d.check_dense(grads, "push");
   if (samples < 0) throw UsageError(fmt::format("ps push: samples is {}; must be >= 0", samples));
+  if (correct < 0 || correct > samples) {
+    throw UsageError(
+        fmt::format("ps push: correct is {}; must be in [0, samples = {}]", correct, samples));
+  }
   std::vector<std::pair<int, Message>> requests;
   for (int s = 0; s < d.num_servers(); ++s) {
     Message m;
@@ -360,6 +368,8 @@ PushResult Client::push(const std::vector<Tensor>& grads, int64_t samples, float
     m.version = version;
     m.samples = samples;
     m.lr = lr;
+    m.loss_sum = loss_sum;
+    m.correct = correct;
     m.floats.resize(static_cast<size_t>(d.plan_.range_numel(s)));
     for (const ShardSlice& slice : d.plan_.slices(s)) {
       std::memcpy(m.floats.data() + slice.shard_offset, grads[slice.tensor].data() + slice.offset,
@@ -413,8 +423,8 @@ void Client::pull_rows(size_t table, std::span<const uint64_t> keys, const Tenso
   }
 }
 
-void Client::push_rows(size_t table, std::span<const uint64_t> keys, const Tensor& grads,
-                       float lr) {
+PushResult Client::push_rows(size_t table, std::span<const uint64_t> keys, const Tensor& grads,
+                             float lr, uint64_t version) {
   Impl& d = *impl_;
   d.require_init("push_rows");
   const SparseTableSpec spec = d.check_rows(table, keys, grads, "push_rows");
@@ -426,6 +436,7 @@ void Client::push_rows(size_t table, std::span<const uint64_t> keys, const Tenso
     if (members.empty()) continue;
     Message m;
     m.kind = Kind::kPushRows;
+    m.version = version;
     m.table = static_cast<uint32_t>(table);
     m.lr = lr;
     m.floats.resize(members.size() * dim);
@@ -436,8 +447,16 @@ void Client::push_rows(size_t table, std::span<const uint64_t> keys, const Tenso
     }
     requests.emplace_back(s, std::move(m));
   }
-  d.exchange(std::move(requests), "push_rows",
-             fmt::format("the rows of table '{}' to be applied", spec.name));
+  PushResult result;
+  result.version = std::numeric_limits<uint64_t>::max();
+  const auto replies = d.exchange(std::move(requests), "push_rows",
+                                  fmt::format("the rows of table '{}' to be taken", spec.name));
+  for (const Message& r : replies) {
+    (r.status == ReplyStatus::kDropped ? result.servers_dropped : result.servers_applied) += 1;
+    result.version = std::min(result.version, r.version);
+  }
+  if (replies.empty()) result.version = version;
+  return result;
 }
 
 ServerStats Client::stats(int server) {

@@ -105,16 +105,34 @@ class Client {
   uint64_t pull(const std::vector<Tensor>& out, uint64_t min_version = 0);
   // Pushes this worker's gradient (shapes as in init), computed from
   // `samples` samples (>= 0) at `version`, with learning rate `lr`.
-  PushResult push(const std::vector<Tensor>& grads, int64_t samples, float lr, uint64_t version);
+  // `loss_sum` (NaN or inf pass through: a diverged loss is reported, not
+  // refused) and `correct` (in [0, samples]) are this worker's step
+  // statistics; in sync the servers sum them per version (last_totals()).
+  PushResult push(const std::vector<Tensor>& grads, int64_t samples, float lr, uint64_t version,
+                  double loss_sum = 0.0, int64_t correct = 0);
   // The minimum live clock the servers reported with the last pull (SSP).
   uint64_t last_min_clock() const;
+  // Sync: server 0's totals of the last version it closed before answering
+  // the last pull (a pull for version v + 1 gets version v's), summed over the
+  // workers whose pushes that version aggregated. Zeros before the first
+  // version closed, and always in async/ssp.
+  StepTotals last_totals() const;
 
   // Rows `keys` of table `table` into out [keys.size(), D]; missing rows are
   // created with their deterministic initial value.
   void pull_rows(size_t table, std::span<const uint64_t> keys, const Tensor& out);
-  // Applies gradient rows grads [keys.size(), D] to table `table` with `lr`
-  // (duplicate keys are summed). Applied at once in every consistency mode.
-  void push_rows(size_t table, std::span<const uint64_t> keys, const Tensor& grads, float lr);
+  // Pushes gradient rows grads [keys.size(), D] for table `table` with `lr`
+  // (duplicate keys are summed). async/ssp: applied at once (`version` is not
+  // used). sync: `version` is the dense version the rows' gradient was
+  // computed at; the servers hold the rows until that version closes and
+  // apply them with the dense update and its lr (`lr` is not used),
+  // sample-weighted by this worker's dense push of that version, which must
+  // come after its row pushes; rows of a worker whose dense push is not
+  // counted are discarded. servers_dropped counts servers whose version had
+  // already closed (backup workers) or that hold a previous incarnation's
+  // rows.
+  PushResult push_rows(size_t table, std::span<const uint64_t> keys, const Tensor& grads, float lr,
+                       uint64_t version = 0);
 
   ServerStats stats(int server);
   // The whole job state, assembled from every server.

@@ -306,6 +306,8 @@ void put_request_body(Writer& w, const Message& m) {
     case Kind::kPush:
       w.put<int64_t>(m.samples);
       w.put<float>(m.lr);
+      w.put<double>(m.loss_sum);
+      w.put<int64_t>(m.correct);
       w.put_floats(m.floats);
       return;
     case Kind::kPullRows:
@@ -338,6 +340,9 @@ void put_reply_body(Writer& w, const Message& m) {
   switch (m.reply_to) {
     case Kind::kPull:
       w.put<uint64_t>(m.min_clock);
+      w.put<double>(m.totals.loss_sum);
+      w.put<int64_t>(m.totals.correct);
+      w.put<int64_t>(m.totals.samples);
       w.put_floats(m.floats);
       return;
     case Kind::kPullRows:
@@ -391,6 +396,12 @@ void get_request_body(Reader& r, Message& m) {
         throw DataError(fmt::format("ps message: push samples is {}; must be >= 0", m.samples));
       }
       m.lr = r.get_finite("push lr");
+      m.loss_sum = r.get<double>("push loss_sum");  // NaN or inf when training diverged
+      m.correct = r.get<int64_t>("push correct");
+      if (m.correct < 0 || m.correct > m.samples) {
+        throw DataError(fmt::format("ps message: push correct is {}; must be in [0, samples = {}]",
+                                    m.correct, m.samples));
+      }
       m.floats = r.get_floats("push gradient");
       return;
     case Kind::kPullRows:
@@ -419,6 +430,9 @@ void get_reply_body(Reader& r, Message& m) {
   switch (m.reply_to) {
     case Kind::kPull:
       m.min_clock = r.get<uint64_t>("pull min_clock");
+      m.totals.loss_sum = r.get<double>("pull loss_sum");
+      m.totals.correct = r.get<int64_t>("pull correct");
+      m.totals.samples = r.get<int64_t>("pull samples");
       m.floats = r.get_floats("pull values");
       return;
     case Kind::kPullRows:

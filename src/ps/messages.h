@@ -75,6 +75,15 @@ struct ServerStats {
   uint64_t parked_pulls = 0;         // pulls waiting for a version or the staleness bound
 };
 
+// The job-wide sums of one sync version: what the workers whose dense pushes
+// it aggregated reported with them (loss summed over samples, correct
+// predictions, samples), summed in worker-index order.
+struct StepTotals {
+  double loss_sum = 0.0;
+  int64_t correct = 0;
+  int64_t samples = 0;
+};
+
 // One decoded payload. Which fields are meaningful depends on `kind` (and, for
 // replies, on the request answered); the others stay empty.
 struct Message {
@@ -94,14 +103,21 @@ struct Message {
   // kPush / kPushRows.
   int64_t samples = 0;
   float lr = 0.0f;
+  // kPush: the worker's step statistics (loss summed over its samples,
+  // correct predictions), summed per version in sync.
+  double loss_sum = 0.0;
+  int64_t correct = 0;
   // kPullRows / kPushRows.
   uint32_t table = 0;
   std::vector<uint64_t> keys;
   // kInit values, kPush gradient, kPushRows gradient rows, replies to kPull
   // (the range) and kPullRows (rows [k, D]).
   std::vector<float> floats;
-  // Replies to kPull: the server's minimum live clock (SSP).
+  // Replies to kPull: the server's minimum live clock (SSP) and, in sync, the
+  // totals of the last closed version (zeros before the first and in
+  // async/ssp).
   uint64_t min_clock = 0;
+  StepTotals totals;
   // kSetState, replies to kGetState.
   StateDict state;
   // Replies to kStats.

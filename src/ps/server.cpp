@@ -7,6 +7,7 @@
 #include <zmq.hpp>
 
 #include "core/error.h"
+#include "ps/consistency_state.h"
 #include "ps/frame_io.h"
 #include "ps/shard_store.h"
 
@@ -39,16 +40,6 @@ namespace {
 
 constexpr int kMaxFramesPerWake = 256;
 
-int64_t ms_between(Clock::time_point from, Clock::time_point to) {
-  return std::chrono::duration_cast<milliseconds>(to - from).count();
-}
-
-// A request that decodes but cannot be served: answered with an error reply.
-class Refusal : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
-
 void validate(const ServerOptions& o) {
   auto bad = [](const std::string& key, const std::string& problem) {
     throw ConfigError(fmt::format("ps server option '{}': {}", key, problem));
@@ -73,13 +64,20 @@ void validate(const ServerOptions& o) {
   }
 }
 
+ServerOptions validated(ServerOptions options) {
+  validate(options);
+  return options;
+}
+
 }  // namespace
 
 class Server::Impl {
  public:
   Impl(ServerOptions options, const comm::JobAuth& auth, Logger& logger)
-      : options_(std::move(options)), auth_(auth), logger_(logger) {
-    validate(options_);
+      : options_(validated(std::move(options))),
+        auth_(auth),
+        logger_(logger),
+        consistency_(options_, logger_, Clock::now()) {
     // Build the optimizer once to reject a bad [optimizer] table now, not at init.
     optim::make_optimizer(options_.optimizer, {Variable(Tensor::zeros({1}))});
     socket_ = zmq::socket_t(context_, zmq::socket_type::router);
@@ -94,9 +92,6 @@ class Server::Impl {
                       fmt::format("cannot bind '{}': {}", options_.bind_endpoint, e.what()));
     }
     endpoint_ = socket_.get(zmq::sockopt::last_endpoint);
-    const auto now = Clock::now();
-    workers_.resize(static_cast<size_t>(options_.num_workers));
-    for (Worker& w : workers_) w.last_heard = now;
     limits_.job_id = auth_.job_id();
     limits_.world_size = comm::wire::kAnyReceiver;  // worker ranks are checked here, with a reply
     limits_.receiver = server_rank(options_.server);
@@ -117,13 +112,6 @@ class Server::Impl {
   std::string endpoint_;
 
  private:
-  struct Worker {
-    WorkerState state = WorkerState::kLive;
-    Clock::time_point last_heard;
-    uint64_t clock = 0;
-    std::optional<uint64_t> pushed_version;  // sync: last version this worker pushed for
-    std::optional<uint64_t> rejoined_at;     // version at which it last rejoined
-  };
   struct Parked {
     std::string identity;
     uint32_t worker = 0;
@@ -137,34 +125,25 @@ class Server::Impl {
   void reply(const std::string& identity, uint32_t worker, Message m);
   void on_init(const std::string& identity, Message& m);
   void on_pull(const std::string& identity, const Message& m);
-  void on_push(const std::string& identity, const Message& m);
+  void on_push(const std::string& identity, Message& m);
   void on_pull_rows(const std::string& identity, const Message& m);
-  void on_push_rows(const std::string& identity, const Message& m);
+  void on_push_rows(const std::string& identity, Message& m);
   void on_set_state(const std::string& identity, const Message& m);
   SparseTable& table_for(const Message& m, size_t floats_per_key);
   bool pull_ready(uint32_t worker, uint64_t min_version) const;
   void answer_pull(const std::string& identity, uint32_t worker, uint64_t request_id);
   void serve_parked(Clock::time_point now);
-  void check_liveness(Clock::time_point now);
-  void maybe_complete_version();
-  size_t live_workers() const;
-  uint64_t min_live_clock() const;
-  bool finished() const;
+  // Sync: closes the open version when it is complete and applies its update.
+  void close_version();
 
+  ConsistencyState consistency_;
   comm::wire::FrameLimits limits_;
-  std::vector<Worker> workers_;
   std::vector<Parked> parked_;
   bool initialised_ = false;
   ShardPlan plan_;
   std::vector<SparseTableSpec> table_specs_;
   std::optional<DenseShard> dense_;
   std::vector<SparseTable> tables_;
-  uint64_t version_ = 0;
-  // Sync aggregation of the current version: sum of n_i g_i, sum of n_i.
-  std::vector<float> sum_;
-  double samples_sum_ = 0.0;
-  float version_lr_ = 0.0f;
-  size_t pushes_in_version_ = 0;
   ServerStats counters_;
 };
 
@@ -195,9 +174,10 @@ ServeResult Server::Impl::run(const std::stop_token& stop, Deadline deadline) {
       handle(*frame);
     }
     const auto now = Clock::now();
-    check_liveness(now);
+    consistency_.check_liveness(now);
+    close_version();  // a death may complete the open version
     serve_parked(now);
-    if (finished()) {
+    if (consistency_.finished()) {
       result.end = ServeEnd::kFinished;
       break;
     }
@@ -217,7 +197,7 @@ ServeResult Server::Impl::run(const std::stop_token& stop, Deadline deadline) {
                result.end == ServeEnd::kFinished  ? "all workers finished"
                : result.end == ServeEnd::kStopped ? "stop requested"
                                                   : "deadline",
-               version_);
+               consistency_.version());
   result.stats = stats();
   return result;
 }
@@ -241,7 +221,7 @@ void Server::Impl::handle(ReceivedFrame& frame) {
     r.reply_to = m.kind;
     r.status = ReplyStatus::kError;
     r.request_id = m.request_id;
-    r.version = version_;
+    r.version = consistency_.version();
     r.error = why;
     send_frame(socket_, frame.identity, server_rank(options_.server), receiver, r, auth_);
   };
@@ -255,13 +235,13 @@ void Server::Impl::handle(ReceivedFrame& frame) {
                        worker_rank(options_.num_servers, static_cast<int>(m.worker))));
     return;
   }
-  Worker& w = workers_[m.worker];
-  if (w.state != WorkerState::kLive && m.kind != Kind::kInit) {
+  const WorkerState state = consistency_.state(m.worker);
+  if (state != WorkerState::kLive && m.kind != Kind::kInit) {
     if (m.kind == Kind::kHeartbeat) return;  // a late heartbeat of a finished or dead worker
-    refuse(fmt::format("worker {} is {}; send init to rejoin", m.worker, to_string(w.state)));
+    refuse(fmt::format("worker {} is {}; send init to rejoin", m.worker, to_string(state)));
     return;
   }
-  w.last_heard = Clock::now();
+  consistency_.heard(m.worker, Clock::now());
   try {
     serve(frame.identity, m);
   } catch (const Refusal& e) {
@@ -307,15 +287,13 @@ void Server::Impl::serve(const std::string& identity, Message& m) {
       on_set_state(identity, m);
       return;
     case Kind::kGoodbye:
-      workers_[m.worker].state = WorkerState::kFinished;
-      logger_.info("ps server {}: worker {} finished at version {}", options_.server, m.worker,
-                   version_);
-      maybe_complete_version();
+      consistency_.finish(m.worker);
+      close_version();
       break;
     case Kind::kReply:
       return;
   }
-  r.version = version_;
+  r.version = consistency_.version();
   reply(identity, m.worker, std::move(r));
 }
 
@@ -374,48 +352,30 @@ void Server::Impl::on_init(const std::string& identity, Message& m) {
       tables_.emplace_back(table_specs_[i], static_cast<uint32_t>(i), options_.seed,
                            options_.optimizer);
     }
-    sum_.assign(static_cast<size_t>(expected), 0.0f);
     initialised_ = true;
     logger_.info(
         "ps server {}: initialised by worker {}: {} dense tensors, {} floats here, {} tables",
         options_.server, m.worker, plan_.tensors().size(), expected, tables_.size());
   }
-  Worker& w = workers_[m.worker];
-  if (w.state != WorkerState::kLive) {
-    logger_.info("ps server {}: worker {} rejoined at version {} (it was {})", options_.server,
-                 m.worker, version_, to_string(w.state));
-    // SSP: rejoin at the slowest live worker's clock, so it neither blocks the
-    // others nor is held back by its own missed steps.
-    if (live_workers() > 0) w.clock = std::max(w.clock, min_live_clock());
-    w.state = WorkerState::kLive;
-  }
-  // A restarted worker may say hello before its predecessor was declared dead,
-  // and after that predecessor's push for the current version went in.
-  if (w.pushed_version == version_) {
-    w.rejoined_at = version_;
-  } else {
-    w.rejoined_at.reset();
-  }
+  consistency_.join(m.worker);
   Message r;
   r.reply_to = Kind::kInit;
   r.request_id = m.request_id;
-  r.version = version_;
+  r.version = consistency_.version();
   reply(identity, m.worker, std::move(r));
 }
 
 bool Server::Impl::pull_ready(uint32_t worker, uint64_t min_version) const {
-  if (!initialised_ || version_ < min_version) return false;
-  if (options_.consistency != Consistency::kSsp) return true;
-  const uint64_t bound = static_cast<uint64_t>(options_.staleness_bound);
-  return workers_[worker].clock <= min_live_clock() + bound;
+  return initialised_ && consistency_.pull_ready(worker, min_version);
 }
 
 void Server::Impl::answer_pull(const std::string& identity, uint32_t worker, uint64_t request_id) {
   Message r;
   r.reply_to = Kind::kPull;
   r.request_id = request_id;
-  r.version = version_;
-  r.min_clock = min_live_clock();
+  r.version = consistency_.version();
+  r.min_clock = consistency_.min_live_clock();
+  r.totals = consistency_.last_totals();
   const auto values = dense_->values();
   r.floats.assign(values.begin(), values.end());
   reply(identity, worker, std::move(r));
@@ -440,13 +400,15 @@ void Server::Impl::serve_parked(Clock::time_point now) {
       r.reply_to = Kind::kPull;
       r.status = ReplyStatus::kTimeout;
       r.request_id = p.request_id;
-      r.version = version_;
+      const uint64_t version = consistency_.version();
+      r.version = version;
       r.error =
           !initialised_ ? std::string("no worker has sent init yet")
-          : version_ < p.min_version
-              ? fmt::format("version is {}, waiting for {}", version_, p.min_version)
+          : version < p.min_version
+              ? fmt::format("version is {}, waiting for {}", version, p.min_version)
               : fmt::format("staleness bound {}: this worker's clock is {}, slowest live is {}",
-                            options_.staleness_bound, workers_[p.worker].clock, min_live_clock());
+                            options_.staleness_bound, consistency_.clock(p.worker),
+                            consistency_.min_live_clock());
       reply(p.identity, p.worker, std::move(r));
     } else {
       ++i;
@@ -456,7 +418,7 @@ void Server::Impl::serve_parked(Clock::time_point now) {
   }
 }
 
-void Server::Impl::on_push(const std::string& identity, const Message& m) {
+void Server::Impl::on_push(const std::string& identity, Message& m) {
   if (!initialised_) throw Refusal("push before init: the server holds no parameters yet");
   if (static_cast<int64_t>(m.floats.size()) != dense_->numel()) {
     throw Refusal(fmt::format("gradient has {} floats; server {} holds {} (range [{}, {}))",
@@ -464,79 +426,25 @@ void Server::Impl::on_push(const std::string& identity, const Message& m) {
                               plan_.range_begin(options_.server),
                               plan_.range_end(options_.server)));
   }
-  Worker& w = workers_[m.worker];
+  const Admission admission = consistency_.admit_push(m.worker, m);
+  if (admission == Admission::kApplyNow && m.samples > 0) dense_->apply(m.floats, m.lr);
   Message r;
   r.reply_to = Kind::kPush;
   r.request_id = m.request_id;
-  if (options_.consistency == Consistency::kSync) {
-    const bool already_in = w.pushed_version == version_;
-    if (m.version == version_ && already_in && w.rejoined_at == version_) {
-      // Its previous incarnation pushed for this version before dying; that
-      // gradient stands, the new one is dropped like a backup worker's.
-      r.status = ReplyStatus::kDropped;
-      w.rejoined_at.reset();
-      ++counters_.pushes_dropped;
-      logger_.info(
-          "ps server {}: dropped the push of rejoined worker {} for version {}: its "
-          "previous incarnation already pushed",
-          options_.server, m.worker, m.version);
-    } else if (m.version == version_) {
-      if (already_in) {
-        throw Refusal(
-            fmt::format("duplicate push from worker {} for version {}", m.worker, m.version));
-      }
-      const auto n = static_cast<float>(m.samples);
-      for (size_t i = 0; i < sum_.size(); ++i) sum_[i] += n * m.floats[i];
-      if (pushes_in_version_ == 0) version_lr_ = m.lr;
-      samples_sum_ += static_cast<double>(m.samples);
-      ++pushes_in_version_;
-      ++counters_.pushes_applied;
-      w.pushed_version = version_;
-      ++w.clock;
-    } else if (m.version + 1 == version_ && w.pushed_version != m.version) {
-      r.status = ReplyStatus::kDropped;
-      w.pushed_version = m.version;
-      ++w.clock;
-      ++counters_.pushes_dropped;
-      logger_.info("ps server {}: dropped the late push of worker {} for version {} (now {})",
-                   options_.server, m.worker, m.version, version_);
-    } else if (m.version + 1 == version_) {
-      throw Refusal(
-          fmt::format("duplicate push from worker {} for version {}", m.worker, m.version));
-    } else {
-      throw Refusal(fmt::format("{} push for version {}: server {} is at version {}",
-                                m.version < version_ ? "stale" : "future", m.version,
-                                options_.server, version_));
-    }
-    r.version = version_;
-    reply(identity, m.worker, std::move(r));
-    maybe_complete_version();
-    return;
-  }
-  // async and ssp: applied at once.
-  if (m.samples > 0) dense_->apply(m.floats, m.lr);
-  ++version_;
-  ++w.clock;
-  ++counters_.pushes_applied;
-  r.version = version_;
+  if (admission == Admission::kDropped) r.status = ReplyStatus::kDropped;
+  r.version = consistency_.version();
   reply(identity, m.worker, std::move(r));
+  close_version();
 }
 
-void Server::Impl::maybe_complete_version() {
-  if (options_.consistency != Consistency::kSync || !initialised_) return;
-  const size_t live = live_workers();
-  const size_t backup = static_cast<size_t>(options_.backup_workers);
-  const size_t needed = live > backup + 1 ? live - backup : 1;
-  if (pushes_in_version_ == 0 || pushes_in_version_ < needed) return;
-  if (samples_sum_ > 0.0) {
-    const auto scale = static_cast<float>(1.0 / samples_sum_);
-    for (float& g : sum_) g *= scale;
-    dense_->apply(sum_, version_lr_);
+void Server::Impl::close_version() {
+  if (!initialised_) return;
+  std::optional<VersionUpdate> update = consistency_.close_version();
+  if (!update || !update->apply) return;
+  dense_->apply(update->grad, update->lr);
+  for (const VersionUpdate::Rows& rows : update->rows) {
+    tables_[rows.table].apply(rows.keys, rows.grads, update->lr);
   }
-  std::fill(sum_.begin(), sum_.end(), 0.0f);
-  samples_sum_ = 0.0;
-  pushes_in_version_ = 0;
-  ++version_;
 }
 
 SparseTable& Server::Impl::table_for(const Message& m, size_t floats_per_key) {
@@ -567,19 +475,21 @@ void Server::Impl::on_pull_rows(const std::string& identity, const Message& m) {
   Message r;
   r.reply_to = Kind::kPullRows;
   r.request_id = m.request_id;
-  r.version = version_;
+  r.version = consistency_.version();
   r.floats.resize(m.keys.size() * static_cast<size_t>(table.spec().dim));
   table.read_rows(m.keys, r.floats);
   reply(identity, m.worker, std::move(r));
 }
 
-void Server::Impl::on_push_rows(const std::string& identity, const Message& m) {
+void Server::Impl::on_push_rows(const std::string& identity, Message& m) {
   SparseTable& table = table_for(m, 1);
-  table.apply(m.keys, m.floats, m.lr);
+  const Admission admission = consistency_.admit_rows(m.worker, m);
+  if (admission == Admission::kApplyNow) table.apply(m.keys, m.floats, m.lr);
   Message r;
   r.reply_to = Kind::kPushRows;
   r.request_id = m.request_id;
-  r.version = version_;
+  if (admission == Admission::kDropped) r.status = ReplyStatus::kDropped;
+  r.version = consistency_.version();
   reply(identity, m.worker, std::move(r));
 }
 
@@ -608,64 +518,19 @@ void Server::Impl::on_set_state(const std::string& identity, const Message& m) {
   }
   dense_.emplace(std::move(dense));
   tables_ = std::move(tables);
-  version_ = version;
-  std::fill(sum_.begin(), sum_.end(), 0.0f);
-  samples_sum_ = 0.0;
-  pushes_in_version_ = 0;
-  for (Worker& w : workers_) w.pushed_version.reset();
+  consistency_.reset(version);
   logger_.info("ps server {}: state loaded by worker {}; version {}", options_.server, m.worker,
-               version_);
+               version);
   Message r;
   r.reply_to = Kind::kSetState;
   r.request_id = m.request_id;
-  r.version = version_;
+  r.version = version;
   reply(identity, m.worker, std::move(r));
-}
-
-void Server::Impl::check_liveness(Clock::time_point now) {
-  bool changed = false;
-  for (size_t i = 0; i < workers_.size(); ++i) {
-    Worker& w = workers_[i];
-    if (w.state != WorkerState::kLive) continue;
-    const int64_t silent = ms_between(w.last_heard, now);
-    if (silent > options_.heartbeat_timeout.count()) {
-      w.state = WorkerState::kDead;
-      changed = true;
-      logger_.warn(
-          "ps server {}: worker {} declared dead at version {}: silent for {} ms "
-          "(heartbeat timeout {} ms)",
-          options_.server, i, version_, silent, options_.heartbeat_timeout.count());
-    }
-  }
-  if (changed) maybe_complete_version();
-}
-
-size_t Server::Impl::live_workers() const {
-  return static_cast<size_t>(std::count_if(workers_.begin(), workers_.end(), [](const Worker& w) {
-    return w.state == WorkerState::kLive;
-  }));
-}
-
-uint64_t Server::Impl::min_live_clock() const {
-  std::optional<uint64_t> low;
-  for (const Worker& w : workers_) {
-    if (w.state == WorkerState::kLive) low = std::min(low.value_or(w.clock), w.clock);
-  }
-  return low.value_or(0);
-}
-
-bool Server::Impl::finished() const {
-  bool any_finished = false;
-  for (const Worker& w : workers_) {
-    if (w.state == WorkerState::kLive) return false;
-    any_finished = any_finished || w.state == WorkerState::kFinished;
-  }
-  return any_finished;
 }
 
 StateDict Server::Impl::state_dict() const {
   StateDict out;
-  out.metadata()["version"] = std::to_string(version_);
+  out.metadata()["version"] = std::to_string(consistency_.version());
   if (!initialised_) return out;
   dense_->export_state(out);
   for (const SparseTable& t : tables_) t.export_state(out);
@@ -676,14 +541,7 @@ ServerStats Server::Impl::stats() const {
   ServerStats s = counters_;
   s.server = options_.server;
   s.initialised = initialised_;
-  s.version = version_;
-  s.workers.clear();
-  s.clocks.clear();
-  for (const Worker& w : workers_) {
-    s.workers.push_back(w.state);
-    s.clocks.push_back(w.clock);
-  }
-  s.min_clock = min_live_clock();
+  consistency_.fill(s);
   s.parked_pulls = parked_.size();
   s.sparse_rows = 0;
   for (const SparseTable& t : tables_) s.sparse_rows += t.rows();

@@ -17,11 +17,20 @@
 // wrong size, stale or duplicate push, worker index out of range, a worker
 // declared dead) get an error reply naming the problem and change nothing.
 //
-// Consistency (docs/parameter-server.md):
+// Consistency (docs/parameter-server.md; the rules live in consistency_state.h,
+// this class decodes requests, answers them and applies the updates):
 //  - kSync: for version v the server waits for one push from every live
-//    worker (the first N_live - backup_workers with backup workers), applies
-//    ONE update with g = sum_i n_i g_i / sum_i n_i (no update when every n_i is
-//    0; the version advances anyway) and moves to v + 1. Pulls asking for
+//    worker (the first N_live - backup_workers with backup workers), holding
+//    each by worker index, then applies ONE update with
+//    g = sum_i n_i g_i / sum_i n_i summed in worker-index order (arrival order
+//    does not change a bit; no update when every n_i is 0, the version
+//    advances anyway) and the lowest-index worker's lr, and moves to v + 1.
+//    Row pushes for v are held the same way and applied at v's close with the
+//    dense update (per row sum_i n_i g_i / sum_i n_i over the workers whose
+//    dense push counts; rows of the others are discarded); a row push after
+//    the worker's own dense push of v is refused. The workers' step
+//    statistics (loss sum, correct) are summed per version and sent with
+//    every pull reply (the last closed version's). Pulls asking for
 //    min_version > v are parked until then. A push for another version, or a
 //    second push of a worker for v, is rejected; a late push for v - 1 from a
 //    worker that had not pushed is answered "dropped" (backup workers), and so
@@ -31,7 +40,7 @@
 //  - kSsp (Ho et al. 2013, bounded staleness s): pushes applied at once; each
 //    worker's clock counts its pushes; a pull from a worker at clock c is
 //    parked until every live worker's clock is >= c - s.
-//  Sparse pushes are applied at once in every mode (their lr, as sent).
+//  In kAsync and kSsp row pushes are applied at once (their lr, as sent).
 //
 // Liveness: any frame from a worker (requests or the client's heartbeats)
 // proves it alive; a worker silent for heartbeat_timeout is declared dead

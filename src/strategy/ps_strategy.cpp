@@ -88,8 +88,8 @@ PsStrategy::~PsStrategy() {
 }
 
 void PsStrategy::pull_dense(uint64_t min_version) {
-  if (dense_data_.empty()) return;
   version_ = client_->pull(dense_data_, min_version);
+  job_totals_ = client_->last_totals();
 }
 
 void PsStrategy::pull_rows(size_t table, std::span<const int64_t> indices) {
@@ -120,11 +120,7 @@ void PsStrategy::push_rows(size_t table, int64_t samples) {
   if (grad == nullptr || grad->indices.empty() || samples == 0) return;
   SparseRows rows{grad->indices, grad->values.clone(), grad->num_rows};
   rows.coalesce();
-  if (options_.consistency == ps::Consistency::kSync && num_workers_ > 1) {
-    const float scale = 1.0f / static_cast<float>(num_workers_);
-    for (float& v : rows.values.span()) v *= scale;
-  }
-  client_->push_rows(table, to_keys(rows.indices), rows.values, optimizer_->lr());
+  client_->push_rows(table, to_keys(rows.indices), rows.values, optimizer_->lr(), version_);
 }
 
 StepStats PsStrategy::train_step(const Tensor& inputs, std::span<const int64_t> targets) {
@@ -145,36 +141,35 @@ StepStats PsStrategy::train_step(const Tensor& inputs, std::span<const int64_t> 
             count_correct(output.data(), targets), n};
     loss.backward();  // the mean gradient over this worker's rows
   }
-  const bool sync = options_.consistency == ps::Consistency::kSync;
-  // See the header: with several workers in sync, rows are pushed between
-  // two version barriers.
-  const bool row_barrier = sync && !tables_.empty() && num_workers_ > 1;
-  if (!row_barrier) {
-    for (size_t t = 0; t < tables_.size(); ++t) push_rows(t, n);
-  }
+  // Rows first: in sync the servers hold them for the version that the dense
+  // push below completes.
+  for (size_t t = 0; t < tables_.size(); ++t) push_rows(t, n);
   std::vector<Tensor> grads;
   grads.reserve(dense_.size());
   for (size_t k = 0; k < dense_.size(); ++k) {
     Variable& p = params_[dense_[k]];
     grads.push_back(n > 0 && p.has_grad() ? p.dense_grad() : zero_grads_[k]);
   }
-  push_dense_and_pull(grads, n);
-  if (row_barrier) {
-    for (size_t t = 0; t < tables_.size(); ++t) push_rows(t, n);
-    push_dense_and_pull(zero_grads_, 0);  // no update: every worker pushes 0 samples
-  }
+  push_dense_and_pull(grads, mine);
   model_->zero_grad();
   return mine;
 }
 
-void PsStrategy::push_dense_and_pull(const std::vector<Tensor>& grads, int64_t samples) {
-  if (grads.empty()) return;  // no dense parameter: nothing to push, no version to wait for
+void PsStrategy::push_dense_and_pull(const std::vector<Tensor>& grads, const StepStats& mine) {
+  const bool sync = options_.consistency == ps::Consistency::kSync;
+  // async/ssp without dense parameters: nothing to push, no version to wait
+  // for. In sync the (possibly empty) push also closes the version that
+  // applies the held rows.
+  if (grads.empty() && !sync) return;
   const uint64_t pushed_at = version_;
-  client_->push(grads, samples, optimizer_->lr(), pushed_at);
-  pull_dense(options_.consistency == ps::Consistency::kSync ? pushed_at + 1 : 0);
+  client_->push(grads, mine.samples, optimizer_->lr(), pushed_at, mine.loss_sum, mine.correct);
+  pull_dense(sync ? pushed_at + 1 : 0);
 }
 
 StepStats PsStrategy::step_totals(const StepStats& local) const {
+  if (options_.consistency == ps::Consistency::kSync) {
+    return {job_totals_.loss_sum, job_totals_.correct, job_totals_.samples};
+  }
   const auto n = static_cast<double>(num_workers_);
   return {local.loss_sum * n, local.correct * num_workers_, local.samples * num_workers_};
 }

@@ -19,33 +19,35 @@
 //     the batch's unique rows of its table from the servers first;
 //  2. backward of the MEAN loss over the n_i rows;
 //  3. push the embedding rows' gradients (only the rows the batch touched):
-//     the worker's mean gradient, divided by N in `sync` so that the N
-//     workers' pushes add up to the global batch's mean (the servers apply
-//     row pushes at once in every mode: exact for plain SGD, an
-//     approximation for momentum and adaptive optimizers);
+//     the worker's mean gradient, at the version this worker last pulled. In
+//     `sync` the servers hold them and apply them when that version closes,
+//     with the dense update: per row sum_i n_i g_i / sum_i n_i over the
+//     workers of the version (the global batch's mean gradient, so one
+//     process and N workers take the same step); in `async`/`ssp` they are
+//     applied at once;
 //  4. push the dense gradients with n_i (a worker without rows pushes zeros
 //     with n_i = 0; a parameter without a gradient pushes zeros) at the
 //     version this worker last pulled, with lr = optimizer().lr() (the
-//     trainer sets it from the schedule each step). In `sync` the servers
-//     form g = sum_i n_i g_i / sum_i n_i and apply one update per version;
-//     in `async`/`ssp` each push is applied at once;
+//     trainer sets it from the schedule each step) and this worker's loss
+//     sum and correct count. In `sync` the servers form
+//     g = sum_i n_i g_i / sum_i n_i (summed in worker-index order, so runs
+//     are bit-reproducible) and apply one update per version; in
+//     `async`/`ssp` each push is applied at once. A model without dense
+//     parameters still pushes (an empty gradient) in `sync`: it closes the
+//     version;
 //  5. pull the dense parameters into the model: in `sync` the next version
 //     (waits for every worker's push), in `async` the current one, in `ssp`
 //     whatever the staleness bound allows (the servers park the pull).
-// Rows in `sync` with N > 1: the servers apply row pushes at once, so a
-// worker's row push must come after every worker's lookups of step t and
-// before any lookup of step t + 1. The version barrier of step 5 gives the
-// first; the rows are pushed after it, then every worker pushes an empty
-// gradient (0 samples: the servers advance the version without an update)
-// and pulls that version, a second barrier. One extra round trip per step,
-// only for models with embedding tables; the versions then advance by 2 per
-// step. With one worker, or in `async`/`ssp`, the rows go before step 4.
+// The version advances by one per step in `sync`.
 //
-// Statistics (step_totals): the servers aggregate gradients, not losses, so
-// the job-wide loss and accuracy of a step are not available. step_totals()
-// returns THIS worker's sums multiplied by N: the loss and accuracy are
-// those of this worker's rows (a uniform sample of the global batch) and the
-// sample count is exact when the global batch divides evenly by N.
+// Statistics (step_totals): in `sync` the pull of step 5 brings server 0's
+// sums over the workers of the version just closed (loss sum, correct,
+// samples), so step_totals() is the job's exact figure for the step on every
+// worker (with backup workers: over the workers whose pushes the version
+// took). In `async`/`ssp` there is no per-step job total: step_totals()
+// returns THIS worker's sums multiplied by N, the loss and accuracy of this
+// worker's rows (a uniform sample of the global batch), the sample count
+// exact when the global batch divides evenly by N.
 //
 // Row-sparse parameters: every nn::Embedding in the model is a sparse table
 // on the servers, keyed by row index; its rows start as N(0, init_std^2)
@@ -153,9 +155,9 @@ class PsStrategy : public Strategy {
   };
 
   void pull_dense(uint64_t min_version);
-  // Pushes `grads` from `samples` samples at version_, then pulls (sync: the
-  // next version).
-  void push_dense_and_pull(const std::vector<Tensor>& grads, int64_t samples);
+  // Pushes `grads` from mine.samples samples (with mine's loss and correct
+  // counts) at version_, then pulls (sync: the next version).
+  void push_dense_and_pull(const std::vector<Tensor>& grads, const StepStats& mine);
   void pull_rows(size_t table, std::span<const int64_t> indices);
   void push_rows(size_t table, int64_t samples);
   StateDict dense_state() const;
@@ -174,6 +176,9 @@ class PsStrategy : public Strategy {
   std::vector<Tensor> dense_data_;  // their tensors (aliases), in init order
   std::vector<Tensor> zero_grads_;  // zeros of each dense shape, pushed when there is no gradient
   uint64_t version_ = 0;
+  // Sync: the job-wide totals that came with the last pull (server 0's sums
+  // of the version that pull waited for).
+  ps::StepTotals job_totals_;
   // The checkpoint's optimizer state between load_optimizer_state() and
   // sync_replicas().
   std::unique_ptr<StateDict> pending_state_;

@@ -112,6 +112,8 @@ TEST(PsCli, SyncMatchesOneProcessAndAllReduce) {
   write_file(dir.file("job.toml"), kJob);
   CliRun one = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("one")});
   ASSERT_TRUE(one.status.ok()) << one.output;
+  const std::vector<double> one_losses = step_losses(one.output);
+  ASSERT_EQ(one_losses.size(), 10u) << one.output;
   CliRun allreduce = run_dtrain(
       {"train", dir.file("job.toml"), "--output", dir.file("allreduce"), "--workers", "2"});
   ASSERT_TRUE(allreduce.status.ok()) << allreduce.output;
@@ -136,6 +138,13 @@ TEST(PsCli, SyncMatchesOneProcessAndAllReduce) {
               std::string::npos)
         << run.output;
     EXPECT_NE(run.output.find(chief + "done: 1 epochs, 10 steps"), std::string::npos) << run.output;
+    // The reported loss is the job's (the servers sum every worker's), not
+    // worker 0's: each step's equals the one process's to the printed digits.
+    const std::vector<double> losses = step_losses(run.output);
+    ASSERT_EQ(losses.size(), one_losses.size()) << run.output;
+    for (size_t i = 0; i < losses.size(); ++i) {
+      EXPECT_NEAR(losses[i], one_losses[i], 1.5e-4) << "step " << i + 1;
+    }
     EXPECT_LT(relative_difference(dir.file("one/model.safetensors"), out + "/model.safetensors"),
               1e-5);
     EXPECT_LT(
@@ -168,12 +177,12 @@ TEST(PsCli, AsyncAndSspLearn) {
 }
 
 TEST(PsCli, ResumedRunEqualsAnUninterruptedOne) {
-  // One worker: the servers' update order is then fixed, so the comparison is
-  // exact; the checkpoint carries the servers' momentum buffers.
+  // Two workers: the servers sum the pushes in worker order, so the comparison
+  // is exact; the checkpoint carries the servers' momentum buffers.
   testing::TempDir dir;
   write_file(dir.file("job.toml"), kJob);
   const std::vector<std::string> ps = {"--strategy", "ps", "--servers", "2",
-                                       "--workers",  "1",  "--set",     "train.epochs=2"};
+                                       "--workers",  "2",  "--set",     "train.epochs=2"};
   auto args = [&](const std::string& out, std::vector<std::string> more) {
     std::vector<std::string> a = {"train", dir.file("job.toml"), "--output", out};
     a.insert(a.end(), ps.begin(), ps.end());

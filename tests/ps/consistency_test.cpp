@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <thread>
 
 #include "core/rng.h"
@@ -64,7 +65,8 @@ struct Reference {
     optimizer->set_lr(lr);
     for (size_t i = 0; i < params.size(); ++i) optimizer->update(i, params[i], grad[i]);
   }
-  // Sync: the sample-weighted mean, summed in push order as the server does.
+  // Sync: the sample-weighted mean, summed in the order given (worker-index
+  // order, as the server does).
   void apply_mean(const std::vector<std::vector<Tensor>>& grads, const std::vector<int64_t>& n,
                   float lr) {
     double total = 0;
@@ -144,6 +146,103 @@ TEST_P(SyncEqualsSerial, SampleWeightedMeanOfEveryWorker) {
 INSTANTIATE_TEST_SUITE_P(ServersWorkersOptimizer, SyncEqualsSerial,
                          ::testing::Combine(::testing::Values(1, 2), ::testing::Values(1, 2, 3),
                                             ::testing::Values("sgd", "adam")));
+
+// Worker w's gradient in step `step` of the determinism test: magnitudes
+// 1e4, 1 and -1e4, whose float sums depend on the order of the terms.
+std::vector<Tensor> mixed_gradient(const StateDict& model, int w, int step) {
+  std::vector<Tensor> g = gradient(model, (w == 1 ? 900 : 300) + static_cast<uint64_t>(step));
+  const float scale = w == 0 ? 1e4f : w == 1 ? 1.0f : -1e4f;
+  for (Tensor& t : g) {
+    for (float& v : t.span()) v *= scale;
+  }
+  return g;
+}
+
+// The parameters after `steps` sync versions of 3 workers whose pushes reach
+// the servers in `order` (worker indices), each version with the same
+// gradients whatever the order.
+std::vector<Tensor> run_sync_in_order(const std::vector<int>& order, int steps) {
+  ServerOptions options;
+  options.consistency = Consistency::kSync;
+  options.optimizer = optimizer_named("adam");
+  PsJob job(2, 3, options);
+  const StateDict model = initial_model();
+  std::vector<std::unique_ptr<Client>> clients;
+  for (int w = 0; w < 3; ++w) {
+    clients.push_back(job.client(w));
+    clients.back()->init(model, {});
+  }
+  for (int step = 0; step < steps; ++step) {
+    for (int w : order) {
+      clients[static_cast<size_t>(w)]->push(mixed_gradient(model, w, step), 1 + w, 0.01f,
+                                            static_cast<uint64_t>(step));
+    }
+  }
+  std::vector<Tensor> params = zeros_like(model);
+  EXPECT_EQ(clients[0]->pull(params, static_cast<uint64_t>(steps)), static_cast<uint64_t>(steps));
+  return params;
+}
+
+TEST(SyncDeterminism, PushArrivalOrderDoesNotChangeAnyBit) {
+  // The test can fail: summed in arrival order, n_i g_i of these gradients
+  // give other floats for the orders below.
+  const StateDict model = initial_model();
+  auto summed = [&](const std::vector<int>& order) {
+    std::vector<float> sum(static_cast<size_t>(model.entries()[0].second.numel()), 0.0f);
+    for (int w : order) {
+      const Tensor g = mixed_gradient(model, w, 0)[0];
+      for (size_t j = 0; j < sum.size(); ++j) {
+        sum[j] += static_cast<float>(1 + w) * g.data()[j];
+      }
+    }
+    return sum;
+  };
+  ASSERT_NE(summed({0, 1, 2}), summed({2, 1, 0}));
+  ASSERT_NE(summed({0, 1, 2}), summed({1, 2, 0}));
+  const auto reference = run_sync_in_order({0, 1, 2}, 3);
+  for (const std::vector<int>& order : {std::vector<int>{2, 1, 0}, std::vector<int>{1, 2, 0}}) {
+    const auto params = run_sync_in_order(order, 3);
+    ASSERT_EQ(params.size(), reference.size());
+    for (size_t i = 0; i < params.size(); ++i) {
+      EXPECT_EQ(std::memcmp(params[i].data(), reference[i].data(),
+                            static_cast<size_t>(params[i].numel()) * sizeof(float)),
+                0)
+          << "tensor " << i << " after pushes in order " << order[0] << order[1] << order[2];
+    }
+  }
+}
+
+TEST(SyncStepTotals, ThePullOfTheNextVersionCarriesTheSumsOfEveryWorker) {
+  ServerOptions options;
+  options.consistency = Consistency::kSync;
+  PsJob job(2, 3, options);
+  const StateDict model = initial_model();
+  std::vector<std::unique_ptr<Client>> c;
+  for (int w = 0; w < 3; ++w) {
+    c.push_back(job.client(w));
+    c.back()->init(model, {});
+  }
+  std::vector<Tensor> params = zeros_like(model);
+  c[1]->pull(params, 0);
+  EXPECT_EQ(c[1]->last_totals().samples, 0);  // no version closed yet
+  const auto g = gradient(model, 5);
+  for (int step = 0; step < 2; ++step) {
+    // Worker w: 4 + w samples, loss sum 1.5 (w + 1) + step, w + step correct.
+    for (int w = 2; w >= 0; --w) {
+      c[static_cast<size_t>(w)]->push(g, 4 + w, 0.01f, static_cast<uint64_t>(step),
+                                      1.5 * (w + 1) + step, w + step);
+    }
+    for (int w = 0; w < 3; ++w) {
+      c[static_cast<size_t>(w)]->pull(params, static_cast<uint64_t>(step + 1));
+      const StepTotals t = c[static_cast<size_t>(w)]->last_totals();
+      EXPECT_EQ(t.samples, 15) << "worker " << w << " step " << step;
+      EXPECT_EQ(t.correct, 3 + 3 * step) << "worker " << w << " step " << step;
+      EXPECT_DOUBLE_EQ(t.loss_sum, 9.0 + 3 * step) << "worker " << w << " step " << step;
+    }
+  }
+  dtrain::testing::expect_error<UsageError>([&] { c[0]->push(g, 2, 0.01f, 2, 1.0, 3); },
+                                            "ps push: correct is 3; must be in [0, samples = 2]");
+}
 
 TEST(SyncBackupWorkers, VersionsAdvanceWithoutTheStragglerWhoseLatePushIsDropped) {
   ServerOptions options;

@@ -2,7 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "core/error.h"
 #include "testing/expect_error.h"
@@ -30,10 +32,13 @@ std::vector<Message> samples() {
   push.version = 11;
   push.samples = 64;
   push.lr = 0.05f;
+  push.loss_sum = 41.5;
+  push.correct = 60;
   push.floats = {0.5f, -0.25f};
   out.push_back(push);
   Message rows;
   rows.kind = Kind::kPushRows;
+  rows.version = 9;
   rows.table = 1;
   rows.lr = 0.1f;
   rows.keys = {1, uint64_t{1} << 63};
@@ -49,6 +54,7 @@ std::vector<Message> samples() {
   reply.reply_to = Kind::kPull;
   reply.version = 12;
   reply.min_clock = 3;
+  reply.totals = {123.25, 40, 96};
   reply.floats = {7, 8};
   out.push_back(reply);
   Message stats;
@@ -82,6 +88,11 @@ TEST(PsMessages, RoundTripsEveryKind) {
     EXPECT_EQ(back.min_version, m.min_version);
     EXPECT_EQ(back.samples, m.samples);
     EXPECT_EQ(back.lr, m.lr);
+    EXPECT_EQ(back.loss_sum, m.loss_sum);
+    EXPECT_EQ(back.correct, m.correct);
+    EXPECT_EQ(back.totals.loss_sum, m.totals.loss_sum);
+    EXPECT_EQ(back.totals.correct, m.totals.correct);
+    EXPECT_EQ(back.totals.samples, m.totals.samples);
     EXPECT_EQ(back.error, m.error);
     EXPECT_EQ(back.dense.size(), m.dense.size());
     EXPECT_EQ(back.tables.size(), m.tables.size());
@@ -128,9 +139,10 @@ TEST(PsMessages, UnknownKindStatusAndReservedBytesAreRejected) {
 }
 
 TEST(PsMessages, OversizedCountsAreRejectedBeforeAllocating) {
-  auto bytes = encode_message(samples()[2]);  // push: prefix 24, samples 8, lr 4, count 8
+  // push: prefix 24, samples 8, lr 4, loss_sum 8, correct 8, count 8
+  auto bytes = encode_message(samples()[2]);
   const uint64_t huge = uint64_t{1} << 60;
-  std::memcpy(bytes.data() + 36, &huge, sizeof huge);
+  std::memcpy(bytes.data() + 52, &huge, sizeof huge);
   testing::expect_error<DataError>(
       [&] { decode_message(bytes); },
       "ps message: 'push gradient' count 1152921504606846976 needs 4 bytes, only 8 left");
@@ -144,6 +156,18 @@ TEST(PsMessages, NonFiniteLearningRateAndNegativeSamplesAreRejected) {
   push.samples = -1;
   testing::expect_error<DataError>([&] { decode_message(encode_message(push)); },
                                    "ps message: push samples is -1; must be >= 0");
+}
+
+TEST(PsMessages, PushCorrectCountsOutOfRangeAreRejectedADivergedLossIsNot) {
+  Message push = samples()[2];
+  push.loss_sum = std::numeric_limits<double>::quiet_NaN();  // a diverged loss passes
+  EXPECT_TRUE(std::isnan(decode_message(encode_message(push)).loss_sum));
+  push.correct = 65;
+  testing::expect_error<DataError>([&] { decode_message(encode_message(push)); },
+                                   "ps message: push correct is 65; must be in [0, samples = 64]");
+  push.correct = -1;
+  testing::expect_error<DataError>([&] { decode_message(encode_message(push)); },
+                                   "ps message: push correct is -1; must be in [0, samples = 64]");
 }
 
 TEST(PsMessages, RandomGarbageNeverCrashes) {

@@ -6,6 +6,7 @@
 #include "core/rng.h"
 #include "ps/shard_store.h"
 #include "ps_test_util.h"
+#include "testing/expect_error.h"
 
 namespace dtrain::ps {
 namespace {
@@ -52,7 +53,7 @@ TEST(SparseTables, RowsAreCreatedOnFirstTouchWithTheDeterministicInit) {
 
 TEST(SparseTables, PushesUpdateOnlyTheTouchedRowsAndSumDuplicates) {
   ServerOptions options;
-  options.consistency = Consistency::kSync;  // sparse pushes apply at once in every mode
+  options.consistency = Consistency::kAsync;  // row pushes are applied at once
   options.seed = 3;
   options.optimizer.type = "sgd";
   PsJob job(2, 1, options);
@@ -96,6 +97,118 @@ TEST(SparseTables, KeysSpreadOverTheServersAndEachServerHoldsOnlyItsOwn) {
   for (int64_t i = 0; i < held.size(0); ++i) {
     EXPECT_EQ(sparse_server_of(0, limbs_to_key(held.data() + i * 4), 2), 0);
   }
+}
+
+std::vector<float> minus(std::vector<float> row, float lr, const std::vector<float>& grad) {
+  for (size_t d = 0; d < row.size(); ++d) row[d] -= lr * grad[d];
+  return row;
+}
+
+void expect_near(const std::vector<float>& got, const std::vector<float>& want) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t d = 0; d < got.size(); ++d) EXPECT_NEAR(got[d], want[d], 1e-6) << "element " << d;
+}
+
+const StateDict& small_dense() {
+  static const StateDict dense = [] {
+    StateDict d;
+    d.insert("w", Tensor::from_vector({1, 2, 3}, {3}));
+    return d;
+  }();
+  return dense;
+}
+
+TEST(SparseTablesSync, RowsAreHeldUntilTheVersionClosesAndWeightedBySamples) {
+  ServerOptions options;
+  options.consistency = Consistency::kSync;
+  options.seed = 5;
+  options.optimizer.type = "sgd";
+  PsJob job(2, 3, options);
+  const std::vector<SparseTableSpec> tables{{"emb", 2, 0.1f}};
+  std::vector<std::unique_ptr<Client>> c;
+  for (int w = 0; w < 3; ++w) {
+    c.push_back(job.client(w));
+    c.back()->init(small_dense(), tables);
+  }
+  const std::vector<uint64_t> all{10, 20, 30, 40};
+  Tensor before = Tensor::zeros({4, 2});
+  c[0]->pull_rows(0, all, before);
+  // Worker 2 and worker 0 push rows (key 10 from both); worker 1 none.
+  const float lr = 0.5f;
+  EXPECT_EQ(c[2]->push_rows(0, std::vector<uint64_t>{30, 10},
+                            Tensor::from_vector({5, 6, 7, 8}, {2, 2}), lr, 0)
+                .servers_dropped,
+            0);
+  c[0]->push_rows(0, std::vector<uint64_t>{10, 20}, Tensor::from_vector({1, 2, 3, 4}, {2, 2}), lr,
+                  0);
+  Tensor held = Tensor::zeros({4, 2});
+  c[1]->pull_rows(0, all, held);
+  for (int64_t i = 0; i < 4; ++i) EXPECT_EQ(row_of(held, i), row_of(before, i)) << "row " << i;
+  // Dense pushes with n = 1, 2, 3 close version 0, arriving out of order.
+  const std::vector<Tensor> zero{Tensor::zeros({3})};
+  c[2]->push(zero, 3, lr, 0);
+  c[0]->push(zero, 1, lr, 0);
+  c[1]->push(zero, 2, lr, 0);
+  std::vector<Tensor> dense{Tensor::zeros({3})};
+  EXPECT_EQ(c[0]->pull(dense, 1), 1u);
+  Tensor after = Tensor::zeros({4, 2});
+  c[0]->pull_rows(0, all, after);
+  // Per row sum_i n_i g_i / sum_i n_i with sum_i n_i = 6.
+  expect_near(row_of(after, 0),
+              minus(row_of(before, 0), lr, {(1 * 1 + 3 * 7) / 6.0f, (1 * 2 + 3 * 8) / 6.0f}));
+  expect_near(row_of(after, 1), minus(row_of(before, 1), lr, {3 / 6.0f, 4 / 6.0f}));
+  expect_near(row_of(after, 2), minus(row_of(before, 2), lr, {15 / 6.0f, 18 / 6.0f}));
+  EXPECT_EQ(row_of(after, 3), row_of(before, 3));  // touched by no worker
+  for (int s = 0; s < 2; ++s) EXPECT_EQ(c[0]->stats(s).version, 1u);
+}
+
+TEST(SparseTablesSync, RowsOfAPushTheVersionDoesNotCountAreDiscarded) {
+  ServerOptions options;
+  options.consistency = Consistency::kSync;
+  options.backup_workers = 1;
+  options.optimizer.type = "sgd";
+  PsJob job(1, 3, options);  // one server: exact error messages
+  const std::vector<SparseTableSpec> tables{{"emb", 1, 0.1f}};
+  std::vector<std::unique_ptr<Client>> c;
+  for (int w = 0; w < 3; ++w) {
+    c.push_back(job.client(w));
+    c.back()->init(small_dense(), tables);
+  }
+  const std::vector<uint64_t> keys{50, 60};
+  Tensor before = Tensor::zeros({2, 1});
+  c[0]->pull_rows(0, keys, before);
+  const std::vector<Tensor> zero{Tensor::zeros({3})};
+  // The straggler's rows are held first, but its dense push comes too late.
+  c[2]->push_rows(0, std::vector<uint64_t>{50}, Tensor::from_vector({4}, {1, 1}), 1.0f, 0);
+  for (int w = 0; w < 2; ++w) {
+    c[static_cast<size_t>(w)]->push_rows(0, std::vector<uint64_t>{60},
+                                         Tensor::from_vector({2}, {1, 1}), 1.0f, 0);
+    c[static_cast<size_t>(w)]->push(zero, 1, 1.0f, 0);
+  }
+  // Its next row push for version 0 (a second table's, say) arrives after the close.
+  const PushResult late =
+      c[2]->push_rows(0, std::vector<uint64_t>{50}, Tensor::from_vector({4}, {1, 1}), 1.0f, 0);
+  EXPECT_EQ(late.servers_dropped, 1);
+  EXPECT_EQ(late.version, 1u);
+  EXPECT_EQ(c[2]->push(zero, 1, 1.0f, 0).servers_dropped, 1);
+  Tensor after = Tensor::zeros({2, 1});
+  c[0]->pull_rows(0, keys, after);
+  EXPECT_EQ(after.at({0, 0}), before.at({0, 0}));  // worker 2's rows were discarded
+  EXPECT_NEAR(after.at({1, 0}), before.at({1, 0}) - 2.0f, 1e-6);
+  // Rows after the worker's own dense push of the version: refused.
+  c[0]->push(zero, 1, 1.0f, 1);
+  dtrain::testing::expect_error<CommError>(
+      [&] {
+        c[0]->push_rows(0, std::vector<uint64_t>{60}, Tensor::from_vector({1}, {1, 1}), 1.0f, 1);
+      },
+      "ps push_rows with rank 0: server 0 refused: row push from worker 0 for version 1 after "
+      "its dense push; rows go first");
+  dtrain::testing::expect_error<CommError>(
+      [&] {
+        c[1]->push_rows(0, std::vector<uint64_t>{60}, Tensor::from_vector({1}, {1, 1}), 1.0f, 3);
+      },
+      "ps push_rows with rank 0: server 0 refused: future row push for version 3: server 0 is "
+      "at version 1");
 }
 
 }  // namespace

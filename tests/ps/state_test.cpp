@@ -27,12 +27,13 @@ std::vector<Tensor> gradient(uint64_t seed) {
 
 const std::vector<SparseTableSpec> kTables{{"emb", 3, 0.1f}};
 
-// One sync step of dense and sparse pushes.
+// One sync step of sparse and dense pushes (rows first: the servers hold them
+// for the version the dense push closes).
 void train_step(Client& c, uint64_t step) {
-  c.push(gradient(1000 + step), 8, 0.01f, step);
   const std::vector<uint64_t> keys{step, 7, 123456789012345ull + step};
   Rng rng(step);
-  c.push_rows(0, keys, dtrain::testing::normal_tensor({3, 3}, rng), 0.05f);
+  c.push_rows(0, keys, dtrain::testing::normal_tensor({3, 3}, rng), 0.05f, step);
+  c.push(gradient(1000 + step), 8, 0.01f, step);
 }
 
 std::vector<Tensor> pulled(Client& c, uint64_t version) {

@@ -166,8 +166,10 @@ uint64_t sparse_rows_held(PsStrategy& strategy) {
 }
 
 TEST(PsStrategySparse, OnlyTouchedRowsTravelAndTheResultEqualsOneProcess) {
-  // 2 servers, 2 workers in sync with plain SGD: each worker's row pushes
-  // (its mean gradient / N) add up to the global batch's mean gradient.
+  // 2 servers, 2 workers in sync with plain SGD: the servers hold each
+  // worker's row pushes (its mean gradient) and apply sum_i n_i g_i / sum_i n_i
+  // per row at the version's close: the global batch's mean gradient. The
+  // job-wide step statistics equal the one process's too.
   constexpr int kServers = 2, kWorkers = 2, kSteps = 4;
   constexpr int64_t kRows = 8, kUsed = 10;  // ids < 10 of 40
   ServerGroup servers(kServers, kWorkers, ps::Consistency::kSync);
@@ -197,22 +199,39 @@ TEST(PsStrategySparse, OnlyTouchedRowsTravelAndTheResultEqualsOneProcess) {
   EXPECT_EQ(sparse_rows_held(chief), uint64_t(kVocabulary));
   LocalStrategy local(make_embedding_model(3), plain_sgd());
   local.model().load_state_dict(chief.model().state_dict());
-  for (const Batch& b : batches) local.train_step(b.x, b.y);
+  std::vector<StepStats> one_process;
+  for (const Batch& b : batches) one_process.push_back(local.train_step(b.x, b.y));
 
-  for (const Batch& b : batches) {
-    std::vector<std::jthread> stepping;
+  for (size_t step = 0; step < batches.size(); ++step) {
+    const Batch& b = batches[step];
+    std::vector<StepStats> mine(kWorkers), totals(kWorkers);
+    {
+      std::vector<std::jthread> stepping;
+      for (int w = 0; w < kWorkers; ++w) {
+        stepping.emplace_back([&, w] {
+          const int64_t lo = kRows * w / kWorkers, hi = kRows * (w + 1) / kWorkers;
+          const std::vector<int64_t> y(b.y.begin() + lo, b.y.begin() + hi);
+          PsStrategy& worker = *workers[size_t(w)];
+          mine[size_t(w)] = worker.train_step(b.x.narrow(lo, hi - lo), y);
+          totals[size_t(w)] = worker.step_totals(mine[size_t(w)]);
+        });
+      }
+    }
+    StepStats sum;
+    for (const StepStats& m : mine) sum += m;
     for (int w = 0; w < kWorkers; ++w) {
-      stepping.emplace_back([&, w] {
-        const int64_t lo = kRows * w / kWorkers, hi = kRows * (w + 1) / kWorkers;
-        const std::vector<int64_t> y(b.y.begin() + lo, b.y.begin() + hi);
-        workers[size_t(w)]->train_step(b.x.narrow(lo, hi - lo), y);
-      });
+      SCOPED_TRACE(fmt::format("step {} worker {}", step, w));
+      const StepStats& t = totals[size_t(w)];
+      EXPECT_EQ(t.loss_sum, sum.loss_sum);  // summed in worker order, like here
+      EXPECT_EQ(t.correct, sum.correct);
+      EXPECT_EQ(t.samples, kRows);
+      EXPECT_NEAR(t.loss_sum, one_process[step].loss_sum, 1e-4);
+      EXPECT_EQ(t.correct, one_process[step].correct);
     }
   }
   chief.fetch_model();
   EXPECT_LT(relative_difference(snapshot(local.model()), snapshot(chief.model())), 1e-5);
-  // Two versions per step: the update, then the barrier after the row pushes.
-  EXPECT_EQ(chief.version(), uint64_t(2 * kSteps));
+  EXPECT_EQ(chief.version(), uint64_t(kSteps));  // one version per step
   for (auto& w : workers) w->finish();
   servers.join();
 }
@@ -315,8 +334,7 @@ TEST(PsStrategyFailure, AKilledWorkerDoesNotHangTheOthersInSync) {
   ASSERT_EQ(results.size(), 2u);
   for (const ps::ServeResult& r : results) {
     EXPECT_EQ(r.end, ps::ServeEnd::kFinished);
-    // Two versions per step (embedding rows in sync; see ps_strategy.h).
-    EXPECT_EQ(r.stats.version, uint64_t(2 * kKillSteps));
+    EXPECT_EQ(r.stats.version, uint64_t(kKillSteps));  // one version per step
     ASSERT_EQ(r.stats.workers.size(), size_t(kWorkers));
     EXPECT_EQ(r.stats.workers[kVictim], ps::WorkerState::kDead);
     EXPECT_EQ(r.stats.workers[0], ps::WorkerState::kFinished);
