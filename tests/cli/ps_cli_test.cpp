@@ -168,10 +168,13 @@ TEST(PsCli, AsyncAndSspLearn) {
         << run.output;
     const std::vector<double> losses = step_losses(run.output);
     ASSERT_EQ(losses.size(), 30u) << run.output;
-    // The mean of the last five steps' losses is well below the first's.
+    // The mean of the last five steps' losses is well below chance level,
+    // ln 3 for three classes. (Not "below the first step's loss": in async
+    // the other worker may have trained for many steps before worker 0's
+    // first one on a loaded machine, so that loss can already be low.)
     double last = 0.0;
     for (size_t i = losses.size() - 5; i < losses.size(); ++i) last += losses[i] / 5.0;
-    EXPECT_LT(last, 0.5 * losses.front()) << run.output;
+    EXPECT_LT(last, 0.5 * std::log(3.0)) << run.output;
     EXPECT_TRUE(std::filesystem::exists(out + "/model.safetensors"));
   }
 }
