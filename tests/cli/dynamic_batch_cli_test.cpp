@@ -12,25 +12,14 @@
 #include "core/error.h"
 #include "testing/fault_fs.h"
 #include "testing/process.h"
+#include "cli_test_util.h"
 
 namespace dtrain {
 namespace {
 
-struct CliRun {
-  testing::ExitStatus status;
-  std::string output;
-};
-
-CliRun run_dtrain(std::vector<std::string> args) {
-  args.insert(args.begin(), {"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1", DTRAIN_BINARY});
-  testing::ChildProcess child = testing::ChildProcess::spawn(args, {{"OPENBLAS_NUM_THREADS", "1"}});
-  std::optional<testing::ExitStatus> status =
-      child.wait(Deadline::after(std::chrono::seconds(240)));
-  EXPECT_TRUE(status.has_value()) << "dtrain did not finish: " << child.output();
-  return {status.value_or(testing::ExitStatus{}), child.output()};
-}
-
-void write_file(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
+using testing::CliRun;
+using testing::run_dtrain;
+using testing::write_file;
 
 const char* kJob = R"(
 [job]

@@ -1,0 +1,40 @@
+// Helpers of the tests that run the dtrain executable (DTRAIN_BINARY, set by
+// tests/cli/CMakeLists.txt) as a child process.
+// Thread safety: none needed; each test calls them from its own thread.
+// Blocking: run_dtrain() waits for the child, at most 240 s (then the test
+// fails, naming what the child printed).
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <fstream>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/deadline.h"
+#include "testing/process.h"
+
+namespace dtrain::testing {
+
+struct CliRun {
+  ExitStatus status;
+  std::string output;  // stdout and stderr, interleaved as written
+};
+
+// Runs `dtrain args...` with one BLAS thread and returns how it ended.
+inline CliRun run_dtrain(std::vector<std::string> args) {
+  // Through sh so that stderr (where logs and errors go) is captured too.
+  args.insert(args.begin(), {"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1", DTRAIN_BINARY});
+  ChildProcess child = ChildProcess::spawn(args, {{"OPENBLAS_NUM_THREADS", "1"}});
+  std::optional<ExitStatus> status = child.wait(Deadline::after(std::chrono::seconds(240)));
+  EXPECT_TRUE(status.has_value()) << "dtrain did not finish: " << child.output();
+  return {status.value_or(ExitStatus{}), child.output()};
+}
+
+inline void write_file(const std::string& path, const std::string& text) {
+  std::ofstream(path) << text;
+}
+
+}  // namespace dtrain::testing
