@@ -263,6 +263,21 @@ void check_ps_config(const train::JobConfig& job) {
                       fmt::format("ps talks to its servers over ZeroMQ; backend '{}' is for allreduce",
                                   d.backend));
   }
+  if (d.dynamic_batch && d.consistency != "sync") {
+    throw ConfigError(job.source, "distributed.dynamic_batch", 0,
+                      fmt::format("dynamic batch sizing with the ps strategy needs consistency "
+                                  "'sync', not '{}': the workers' shares are computed from each "
+                                  "version's measurements, which only sync versions share",
+                                  d.consistency));
+  }
+  if (d.dynamic_batch && d.backup_workers > 0) {
+    throw ConfigError(job.source, "distributed.dynamic_batch", 0,
+                      fmt::format("dynamic batch sizing needs every worker in every version; "
+                                  "with backup_workers = {} a late worker would miss a version's "
+                                  "measurements and split the batch differently",
+                                  d.backup_workers));
+  }
+  slowdown_for(job, 0, d.workers);  // checks that every named rank is a worker
 }
 
 // Worker `worker` of a ps job: finds the servers through the rendezvous and
@@ -278,6 +293,12 @@ std::unique_ptr<strategy::PsStrategy> make_ps_strategy(const train::JobConfig& j
   c.timeout = std::chrono::milliseconds(job.distributed.timeout_ms);
   strategy::PsOptions o;
   o.consistency = ps::parse_consistency(job.distributed.consistency);
+  o.dynamic_batch.enabled = job.distributed.dynamic_batch;
+  o.dynamic_batch.rebalance_every = job.distributed.rebalance_every;
+  o.dynamic_batch.smoothing = job.distributed.smoothing;
+  o.dynamic_batch.min_share = job.distributed.min_share;
+  o.dynamic_batch.max_share = job.distributed.max_share;
+  o.slowdown = slowdown_for(job, worker, job.distributed.workers);
   Rng rng(job.seed);
   auto model = train::build_model(job.model, rng, job.source);
   auto make_optimizer = [&job](std::vector<Variable> params) {
@@ -435,15 +456,14 @@ int run_train(const TrainOptions& options, std::ostream& out) {
                         "(--workers N > 1)");
     }
   }
-  if ((ps_job || elastic) && (job.distributed.dynamic_batch || !job.distributed.slowdown.empty() ||
-                              job.train.class_weights != "none")) {
-    const char* key = job.distributed.dynamic_batch     ? "distributed.dynamic_batch"
+  if (elastic && (job.distributed.dynamic_batch || !job.distributed.slowdown.empty() ||
+                  job.train.class_weights != "none")) {
+    const char* key = job.distributed.dynamic_batch       ? "distributed.dynamic_batch"
                       : !job.distributed.slowdown.empty() ? "distributed.slowdown"
                                                           : "train.class_weights";
     throw ConfigError(job.source, key, 0,
-                      fmt::format("not available {} yet: dynamic batch sizing, slowdowns and "
-                                  "class weights work with the allreduce strategy's fixed groups",
-                                  ps_job ? "with the ps strategy" : "in elastic mode"));
+                      "not available in elastic mode yet: dynamic batch sizing, slowdowns and "
+                      "class weights work with fixed groups (allreduce, ps)");
   }
   std::unique_ptr<ElasticWorker> elastic_worker;
   std::unique_ptr<strategy::Strategy> strategy;

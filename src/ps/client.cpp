@@ -1,6 +1,7 @@
 #include "ps/client.h"
 
 #include <algorithm>
+#include <cmath>
 #include <condition_variable>
 #include <cstring>
 #include <exception>
@@ -352,7 +353,7 @@ uint64_t Client::pull(const std::vector<Tensor>& out, uint64_t min_version) {
 }
 
 PushResult Client::push(const std::vector<Tensor>& grads, int64_t samples, float lr,
-                        uint64_t version, double loss_sum, int64_t correct) {
+                        uint64_t version, double loss_sum, int64_t correct, double compute_s) {
   Impl& d = *impl_;
   d.require_init("push");
   d.check_dense(grads, "push");
@@ -360,6 +361,10 @@ PushResult Client::push(const std::vector<Tensor>& grads, int64_t samples, float
   if (correct < 0 || correct > samples) {
     throw UsageError(
         fmt::format("ps push: correct is {}; must be in [0, samples = {}]", correct, samples));
+  }
+  if (!std::isfinite(compute_s) || compute_s < 0.0) {
+    throw UsageError(
+        fmt::format("ps push: compute_s is {}; must be a finite number >= 0", compute_s));
   }
   std::vector<std::pair<int, Message>> requests;
   for (int s = 0; s < d.num_servers(); ++s) {
@@ -370,6 +375,7 @@ PushResult Client::push(const std::vector<Tensor>& grads, int64_t samples, float
     m.lr = lr;
     m.loss_sum = loss_sum;
     m.correct = correct;
+    m.compute_s = compute_s;
     m.floats.resize(static_cast<size_t>(d.plan_.range_numel(s)));
     for (const ShardSlice& slice : d.plan_.slices(s)) {
       std::memcpy(m.floats.data() + slice.shard_offset, grads[slice.tensor].data() + slice.offset,

@@ -108,14 +108,18 @@ class Client {
   // `loss_sum` (NaN or inf pass through: a diverged loss is reported, not
   // refused) and `correct` (in [0, samples]) are this worker's step
   // statistics; in sync the servers sum them per version (last_totals()).
+  // `compute_s` (finite, >= 0; 0: not measured) is the time this worker
+  // spent computing the gradient; in sync last_totals().workers brings every
+  // worker's back.
   PushResult push(const std::vector<Tensor>& grads, int64_t samples, float lr, uint64_t version,
-                  double loss_sum = 0.0, int64_t correct = 0);
+                  double loss_sum = 0.0, int64_t correct = 0, double compute_s = 0.0);
   // The minimum live clock the servers reported with the last pull (SSP).
   uint64_t last_min_clock() const;
   // Sync: server 0's totals of the last version it closed before answering
   // the last pull (a pull for version v + 1 gets version v's), summed over the
-  // workers whose pushes that version aggregated. Zeros before the first
-  // version closed, and always in async/ssp.
+  // workers whose pushes that version aggregated, and each worker's samples
+  // and compute seconds (workers, by worker index). Zeros (and no workers)
+  // before the first version closed, and always in async/ssp.
   StepTotals last_totals() const;
 
   // Rows `keys` of table `table` into out [keys.size(), D]; missing rows are

@@ -97,6 +97,7 @@ Admission ConsistencyState::admit_push(uint32_t worker, Message& m) {
     c.lr = m.lr;
     c.loss_sum = m.loss_sum;
     c.correct = m.correct;
+    c.compute_s = m.compute_s;
     c.grad = std::move(m.floats);
     ++pushes_in_version_;
     ++pushes_applied_;
@@ -158,8 +159,11 @@ std::optional<VersionUpdate> ConsistencyState::close_version() {
   VersionUpdate update;
   double samples_sum = 0.0;
   StepTotals totals;
-  for (const Contribution& c : held_) {
+  totals.workers.resize(held_.size());
+  for (size_t w = 0; w < held_.size(); ++w) {
+    const Contribution& c = held_[w];
     if (!c.pushed) continue;
+    totals.workers[w] = {c.samples, c.compute_s};
     if (update.grad.empty()) {
       update.lr = c.lr;
       update.grad.assign(c.grad.size(), 0.0f);

@@ -85,7 +85,8 @@ class ConsistencyState {
   // timeout (logged with its silence).
   void check_liveness(Clock::time_point now);
 
-  // A dense push of `worker` (m.version, samples, lr, loss_sum, correct, the
+  // A dense push of `worker` (m.version, samples, lr, loss_sum, correct,
+  // compute_s, the
   // gradient in m.floats, already checked for size). A held push's gradient
   // is moved out of `m`.
   Admission admit_push(uint32_t worker, Message& m);
@@ -107,7 +108,8 @@ class ConsistencyState {
   size_t live_workers() const;
   // No worker is live and at least one finished.
   bool finished() const;
-  // Sync: the totals of the last closed version (zeros before the first).
+  // Sync: the totals of the last closed version, with every worker's samples
+  // and compute seconds (zeros and no workers before the first).
   const StepTotals& last_totals() const { return last_totals_; }
   // Fills version, workers, clocks, min_clock, pushes_applied, pushes_dropped.
   void fill(ServerStats& stats) const;
@@ -132,6 +134,7 @@ class ConsistencyState {
     float lr = 0.0f;
     double loss_sum = 0.0;
     int64_t correct = 0;
+    double compute_s = 0.0;
     std::vector<float> grad;     // the dense push
     std::vector<HeldRows> rows;  // row pushes for this version, in arrival order
   };

@@ -308,6 +308,7 @@ void put_request_body(Writer& w, const Message& m) {
       w.put<float>(m.lr);
       w.put<double>(m.loss_sum);
       w.put<int64_t>(m.correct);
+      w.put<double>(m.compute_s);
       w.put_floats(m.floats);
       return;
     case Kind::kPullRows:
@@ -343,6 +344,11 @@ void put_reply_body(Writer& w, const Message& m) {
       w.put<double>(m.totals.loss_sum);
       w.put<int64_t>(m.totals.correct);
       w.put<int64_t>(m.totals.samples);
+      w.put<uint32_t>(static_cast<uint32_t>(m.totals.workers.size()));
+      for (const WorkerStep& step : m.totals.workers) {
+        w.put<int64_t>(step.samples);
+        w.put<double>(step.compute_s);
+      }
       w.put_floats(m.floats);
       return;
     case Kind::kPullRows:
@@ -357,6 +363,34 @@ void put_reply_body(Writer& w, const Message& m) {
     default:
       return;
   }
+}
+
+// A compute time: finite and >= 0.
+double get_seconds(Reader& r, std::string_view field) {
+  const auto seconds = r.get<double>(field);
+  if (!std::isfinite(seconds) || seconds < 0.0) {
+    throw DataError(
+        fmt::format("ps message: {} is {}; must be a finite number >= 0", field, seconds));
+  }
+  return seconds;
+}
+
+// A pull reply's per-worker steps: u32 count, then count x (i64 samples, f64
+// compute_s).
+std::vector<WorkerStep> get_worker_steps(Reader& r) {
+  constexpr size_t kStepBytes = sizeof(int64_t) + sizeof(double);
+  const auto count = r.get<uint32_t>("pull worker count");
+  r.need(static_cast<size_t>(count) * kStepBytes, "pull worker steps");
+  std::vector<WorkerStep> steps(count);
+  for (uint32_t i = 0; i < count; ++i) {
+    steps[i].samples = r.get<int64_t>("pull worker samples");
+    if (steps[i].samples < 0) {
+      throw DataError(fmt::format("ps message: pull worker {} samples is {}; must be >= 0", i,
+                                  steps[i].samples));
+    }
+    steps[i].compute_s = get_seconds(r, "pull worker compute_s");
+  }
+  return steps;
 }
 
 void get_request_body(Reader& r, Message& m) {
@@ -402,6 +436,7 @@ void get_request_body(Reader& r, Message& m) {
         throw DataError(fmt::format("ps message: push correct is {}; must be in [0, samples = {}]",
                                     m.correct, m.samples));
       }
+      m.compute_s = get_seconds(r, "push compute_s");
       m.floats = r.get_floats("push gradient");
       return;
     case Kind::kPullRows:
@@ -433,6 +468,7 @@ void get_reply_body(Reader& r, Message& m) {
       m.totals.loss_sum = r.get<double>("pull loss_sum");
       m.totals.correct = r.get<int64_t>("pull correct");
       m.totals.samples = r.get<int64_t>("pull samples");
+      m.totals.workers = get_worker_steps(r);
       m.floats = r.get_floats("pull values");
       return;
     case Kind::kPullRows:

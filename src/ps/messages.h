@@ -15,7 +15,8 @@
 //
 // decode_message() treats its input as untrusted: an unknown kind or status,
 // non-zero reserved bytes, a count that does not fit the remaining bytes,
-// trailing bytes, a non-finite lr, a negative dimension: DataError naming the
+// trailing bytes, a non-finite lr or compute time, a negative dimension or
+// sample count: DataError naming the
 // field and both values. It never allocates more than the payload's own size
 // implies. Encoding a message into a wire frame (header + payload) and
 // decoding one back are pure functions; nothing here blocks.
@@ -75,13 +76,25 @@ struct ServerStats {
   uint64_t parked_pulls = 0;         // pulls waiting for a version or the staleness bound
 };
 
+// One worker's part of a sync version: the samples of its dense push and the
+// seconds it reported computing them (forward and backward, slowdown
+// included; 0: not measured). Dynamic batch sizing feeds these to a
+// BatchBalancer on every worker (strategy/ps_strategy.h).
+struct WorkerStep {
+  int64_t samples = 0;
+  double compute_s = 0.0;
+};
+
 // The job-wide sums of one sync version: what the workers whose dense pushes
 // it aggregated reported with them (loss summed over samples, correct
-// predictions, samples), summed in worker-index order.
+// predictions, samples), summed in worker-index order, and each worker's
+// samples and compute seconds by worker index (zeros for a worker whose push
+// the version did not take; empty before the first version closed).
 struct StepTotals {
   double loss_sum = 0.0;
   int64_t correct = 0;
   int64_t samples = 0;
+  std::vector<WorkerStep> workers;
 };
 
 // One decoded payload. Which fields are meaningful depends on `kind` (and, for
@@ -104,9 +117,11 @@ struct Message {
   int64_t samples = 0;
   float lr = 0.0f;
   // kPush: the worker's step statistics (loss summed over its samples,
-  // correct predictions), summed per version in sync.
+  // correct predictions), summed per version in sync, and the seconds it
+  // spent computing the gradient (finite, >= 0; 0: not measured).
   double loss_sum = 0.0;
   int64_t correct = 0;
+  double compute_s = 0.0;
   // kPullRows / kPushRows.
   uint32_t table = 0;
   std::vector<uint64_t> keys;

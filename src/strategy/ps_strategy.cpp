@@ -4,6 +4,9 @@
 
 #include <algorithm>
 #include <charconv>
+#include <chrono>
+#include <cmath>
+#include <thread>
 
 #include "autograd/functions.h"
 #include "core/error.h"
@@ -29,8 +32,22 @@ std::vector<uint64_t> to_keys(std::span<const int64_t> indices) {
 PsStrategy::PsStrategy(std::unique_ptr<nn::Module> model, const OptimizerFactory& make_optimizer,
                        ps::ClientOptions client_options, const comm::JobAuth& auth, Logger& logger,
                        PsOptions options, LossFn loss)
-    : model_(std::move(model)), options_(options), loss_(std::move(loss)) {
+    : model_(std::move(model)),
+      options_(options),
+      loss_(std::move(loss)),
+      // A bad worker count is the client's to report (below).
+      balancer_(std::max(1, client_options.num_workers), options.dynamic_batch) {
   if (model_ == nullptr) throw UsageError("ps strategy: no model given");
+  if (options_.dynamic_batch.enabled && options_.consistency != ps::Consistency::kSync) {
+    throw UsageError(fmt::format(
+        "ps strategy: dynamic batch sizing needs consistency 'sync', not '{}': the workers' "
+        "shares come from each version's measurements, which only sync has",
+        ps::to_string(options_.consistency)));
+  }
+  if (!(options_.slowdown >= 1.0) || !std::isfinite(options_.slowdown)) {
+    throw UsageError(
+        fmt::format("ps strategy: slowdown must be a factor >= 1, got {}", options_.slowdown));
+  }
   if (options_.fetch_rows_per_request < 1) {
     throw UsageError(fmt::format("ps strategy: fetch_rows_per_request must be at least 1, got {}",
                                  options_.fetch_rows_per_request));
@@ -133,13 +150,22 @@ StepStats PsStrategy::train_step(const Tensor& inputs, std::span<const int64_t> 
   }
   model_->zero_grad();
   StepStats mine;
+  double compute_s = 0.0;
   if (n > 0) {
+    using Clock = std::chrono::steady_clock;
+    const auto start = Clock::now();
     model_->train();
     const Variable output = model_->forward(Variable(inputs));
     const Variable loss = loss_(output, targets);
     mine = {static_cast<double>(loss.item()) * static_cast<double>(n),
             count_correct(output.data(), targets), n};
     loss.backward();  // the mean gradient over this worker's rows
+    if (options_.slowdown > 1.0) {
+      const std::chrono::duration<double> spent = Clock::now() - start;
+      std::this_thread::sleep_for(
+          std::chrono::duration<double>((options_.slowdown - 1.0) * spent.count()));
+    }
+    compute_s = std::chrono::duration<double>(Clock::now() - start).count();
   }
   // Rows first: in sync the servers hold them for the version that the dense
   // push below completes.
@@ -150,20 +176,32 @@ StepStats PsStrategy::train_step(const Tensor& inputs, std::span<const int64_t> 
     Variable& p = params_[dense_[k]];
     grads.push_back(n > 0 && p.has_grad() ? p.dense_grad() : zero_grads_[k]);
   }
-  push_dense_and_pull(grads, mine);
+  push_dense_and_pull(grads, mine, compute_s);
   model_->zero_grad();
   return mine;
 }
 
-void PsStrategy::push_dense_and_pull(const std::vector<Tensor>& grads, const StepStats& mine) {
+void PsStrategy::push_dense_and_pull(const std::vector<Tensor>& grads, const StepStats& mine,
+                                     double compute_s) {
   const bool sync = options_.consistency == ps::Consistency::kSync;
   // async/ssp without dense parameters: nothing to push, no version to wait
   // for. In sync the (possibly empty) push also closes the version that
   // applies the held rows.
   if (grads.empty() && !sync) return;
   const uint64_t pushed_at = version_;
-  client_->push(grads, mine.samples, optimizer_->lr(), pushed_at, mine.loss_sum, mine.correct);
+  client_->push(grads, mine.samples, optimizer_->lr(), pushed_at, mine.loss_sum, mine.correct,
+                compute_s);
   pull_dense(sync ? pushed_at + 1 : 0);
+  const std::vector<ps::WorkerStep>& steps = job_totals_.workers;
+  if (options_.dynamic_batch.enabled && static_cast<int64_t>(steps.size()) == num_workers_) {
+    std::vector<double> rows(steps.size());
+    std::vector<double> seconds(steps.size());
+    for (size_t w = 0; w < steps.size(); ++w) {
+      rows[w] = static_cast<double>(steps[w].samples);
+      seconds[w] = steps[w].compute_s;
+    }
+    balancer_.observe(rows, seconds);
+  }
 }
 
 StepStats PsStrategy::step_totals(const StepStats& local) const {
@@ -253,6 +291,7 @@ void PsStrategy::sync_replicas() {
     client_->load_state(state);
   }
   pull_dense(version);
+  balancer_.reset();  // shares are runtime state: a resumed run starts equal
   pending_state_.reset();
 }
 

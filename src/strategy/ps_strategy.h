@@ -49,6 +49,24 @@
 // worker's rows (a uniform sample of the global batch), the sample count
 // exact when the global batch divides evenly by N.
 //
+// Dynamic batch sizing (options.dynamic_batch, `sync` only): each worker
+// times its forward and backward (slowdown included) and pushes the seconds
+// with its gradient; the servers keep every worker's samples and seconds of
+// the version and server 0 returns all N pairs with the pull that waits for
+// the next version (StepTotals::workers). Every worker therefore feeds the
+// same observations, once per version, to its own BatchBalancer
+// (strategy/batch_balancer.h) and computes the same split; batch_split()
+// answers from it and the trainer slices the next global batch with it. The
+// update stays the global batch's: the servers weight each gradient by its
+// samples. Shares are runtime state: they start equal at construction and
+// after sync_replicas() (a resumed run). Needs every worker in every
+// version: with backup workers a worker whose push came late would skip an
+// observation and split differently (the CLI refuses the combination).
+//
+// Slowdown (options.slowdown > 1, for tests and benchmarks, any
+// consistency): after each step's forward and backward the worker sleeps
+// (slowdown - 1) times their duration, a node that many times slower.
+//
 // Row-sparse parameters: every nn::Embedding in the model is a sparse table
 // on the servers, keyed by row index; its rows start as N(0, init_std^2)
 // drawn by the servers (PsOptions::embedding_init_std), not from the
@@ -67,7 +85,8 @@
 // servers reach the checkpoint's version and pulls.
 //
 // Errors: UsageError for batches whose rows and targets differ, an embedding
-// weight with a dense gradient, gradient accumulation; TimeoutError naming the
+// weight with a dense gradient, gradient accumulation, dynamic batch sizing
+// outside `sync`, a slowdown below 1; TimeoutError naming the
 // server and the operation when a server does not answer within the
 // client's timeout; CommError with the server's reason for a refused request.
 // After a CommError the step is lost: the owner stops the worker (ft restarts
@@ -91,6 +110,7 @@
 #include "nn/embedding.h"
 #include "ps/client.h"
 #include "ps/server.h"
+#include "strategy/batch_balancer.h"
 #include "strategy/strategy.h"
 
 namespace dtrain::strategy {
@@ -104,6 +124,12 @@ struct PsOptions {
   // fetch_model() pulls an embedding table in requests of at most this many
   // rows.
   int64_t fetch_rows_per_request = 65536;
+  // Dynamic batch sizing (needs consistency kSync); off by default.
+  BatchBalancerOptions dynamic_batch;
+  // This worker computes `slowdown` times slower than it can (>= 1; 1:
+  // normal): it sleeps (slowdown - 1) x its compute time after each step's
+  // backward.
+  double slowdown = 1.0;
 };
 
 class PsStrategy : public Strategy {
@@ -132,6 +158,14 @@ class PsStrategy : public Strategy {
   // undefined). In `sync` every worker calls it once per step.
   StepStats train_step(const Tensor& inputs, std::span<const int64_t> targets) override;
   StepStats step_totals(const StepStats& local) const override;
+  // The balancer's split (the static one unless dynamic batch sizing is on
+  // and shares changed).
+  std::vector<int64_t> batch_split(int64_t batch_rows) const override {
+    return balancer_.split(batch_rows);
+  }
+  const BatchBalancer& batch_balancer() const { return balancer_; }
+  // For tests: set_shares() with the same weights on every worker.
+  BatchBalancer& batch_balancer() { return balancer_; }
 
   void fetch_model() override;
   StateDict optimizer_state() override;
@@ -156,8 +190,11 @@ class PsStrategy : public Strategy {
 
   void pull_dense(uint64_t min_version);
   // Pushes `grads` from mine.samples samples (with mine's loss and correct
-  // counts) at version_, then pulls (sync: the next version).
-  void push_dense_and_pull(const std::vector<Tensor>& grads, const StepStats& mine);
+  // counts and `compute_s`) at version_, then pulls (sync: the next version)
+  // and, with dynamic batch sizing, feeds the version's per-worker steps to
+  // the balancer.
+  void push_dense_and_pull(const std::vector<Tensor>& grads, const StepStats& mine,
+                           double compute_s);
   void pull_rows(size_t table, std::span<const int64_t> indices);
   void push_rows(size_t table, int64_t samples);
   StateDict dense_state() const;
@@ -182,6 +219,7 @@ class PsStrategy : public Strategy {
   // The checkpoint's optimizer state between load_optimizer_state() and
   // sync_replicas().
   std::unique_ptr<StateDict> pending_state_;
+  BatchBalancer balancer_;
 };
 
 }  // namespace dtrain::strategy

@@ -1,7 +1,8 @@
 // Heterogeneous workers through the dtrain executable: with --slowdown on
 // one of three real worker processes and dynamic batch sizing, the slowed
-// worker ends with the smallest share; partitioned training with unequal
-// part sizes finishes; the new job-file keys are read and checked.
+// worker ends with the smallest share, under the allreduce and the ps
+// strategy (which refuses it outside sync); partitioned training with
+// unequal part sizes finishes; the new job-file keys are read and checked.
 #include <gtest/gtest.h>
 
 #include <fstream>
@@ -92,6 +93,50 @@ TEST(DynamicBatchCli, TheSlowedWorkerEndsWithTheSmallestShare) {
   EXPECT_EQ(rows[0] + rows[1] + rows[2], 120);
   EXPECT_LT(rows[1], rows[0]) << run.output;
   EXPECT_LT(rows[1], rows[2]) << run.output;
+}
+
+TEST(DynamicBatchCli, WithTheParameterServerTheSlowedWorkerEndsWithTheSmallestShare) {
+  // The same under the ps strategy in sync (1 server, 3 worker processes):
+  // the servers hand every worker's compute time back with the pull, so
+  // every worker re-balances alike. Class weights ride along (the loss is
+  // additive over workers, so the servers' weighted mean keeps it exact).
+  testing::TempDir dir;
+  write_file(dir.file("job.toml"), kJob);
+  CliRun run =
+      run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("out"), "--strategy", "ps",
+                  "--servers", "1", "--workers", "3", "--slowdown", "1=30", "--slowdown", "all=1.5",
+                  "--set", "train.class_weights=\"balanced\"", "--progress", "plain"});
+  ASSERT_TRUE(run.status.ok()) << run.status.describe() << "\n" << run.output;
+  const std::vector<int64_t> rows = reported_split(run.output);
+  ASSERT_EQ(rows.size(), 3u) << run.output;
+  EXPECT_EQ(rows[0] + rows[1] + rows[2], 120);
+  EXPECT_LT(rows[1], rows[0]) << run.output;
+  EXPECT_LT(rows[1], rows[2]) << run.output;
+}
+
+TEST(DynamicBatchCli, WithTheParameterServerOnlySyncWithoutBackupWorkersBalances) {
+  testing::TempDir dir;
+  write_file(dir.file("job.toml"), kJob);
+  struct Case {
+    std::vector<std::string> args;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {{"--set", "distributed.consistency=\"ssp\""},
+       "dynamic batch sizing with the ps strategy needs consistency 'sync', not 'ssp'"},
+      {{"--set", "distributed.backup_workers=1"},
+       "dynamic batch sizing needs every worker in every version; with backup_workers = 1"},
+      {{"--slowdown", "5=2"}, "names rank 5, but the job has 3 workers"},
+  };
+  for (const Case& c : cases) {
+    std::vector<std::string> args = {
+        "train", dir.file("job.toml"), "--output", dir.file("out"), "--strategy",
+        "ps",    "--servers",          "1",        "--workers",     "3"};
+    args.insert(args.end(), c.args.begin(), c.args.end());
+    CliRun run = run_dtrain(args);
+    EXPECT_EQ(run.status.code, 2) << run.status.describe() << "\n" << run.output;
+    EXPECT_NE(run.output.find(c.message), std::string::npos) << run.output;
+  }
 }
 
 TEST(DynamicBatchCli, PartitionsOfUnequalSizeTrainToTheEnd) {

@@ -98,6 +98,28 @@ TEST(ConsistencyState, RowsOfAWorkerWhosePushDoesNotCountAreDiscarded) {
   EXPECT_EQ(state.version(), 1u);
 }
 
+TEST(ConsistencyState, PerWorkerStepsComeByWorkerIndexWithZerosForAWorkerNotCounted) {
+  Logger& logger = Logger::null();
+  ConsistencyState state(sync_options(3, 1), logger, ConsistencyState::Clock::now());
+  EXPECT_TRUE(state.last_totals().workers.empty());
+  for (const uint32_t w : {1u, 0u}) {  // worker 2 is the backup left out
+    Message m = push(0, 2 + w, {1.0f});
+    m.compute_s = 0.25 * (w + 1);
+    ASSERT_EQ(state.admit_push(w, m), Admission::kHeld);
+  }
+  ASSERT_TRUE(state.close_version().has_value());
+  const std::vector<WorkerStep>& steps = state.last_totals().workers;
+  ASSERT_EQ(steps.size(), 3u);
+  EXPECT_EQ(steps[0].samples, 2);
+  EXPECT_EQ(steps[0].compute_s, 0.25);
+  EXPECT_EQ(steps[1].samples, 3);
+  EXPECT_EQ(steps[1].compute_s, 0.5);
+  EXPECT_EQ(steps[2].samples, 0);
+  EXPECT_EQ(steps[2].compute_s, 0.0);
+  state.reset(4);  // a loaded state forgets the last version's figures
+  EXPECT_TRUE(state.last_totals().workers.empty());
+}
+
 TEST(ConsistencyState, ZeroSamplesAdvanceTheVersionWithoutAnUpdate) {
   Logger& logger = Logger::null();
   ConsistencyState state(sync_options(2), logger, ConsistencyState::Clock::now());

@@ -1,10 +1,12 @@
 #include "ps/messages.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <utility>
 
 #include "core/error.h"
 #include "testing/expect_error.h"
@@ -34,6 +36,7 @@ std::vector<Message> samples() {
   push.lr = 0.05f;
   push.loss_sum = 41.5;
   push.correct = 60;
+  push.compute_s = 0.375;
   push.floats = {0.5f, -0.25f};
   out.push_back(push);
   Message rows;
@@ -54,7 +57,7 @@ std::vector<Message> samples() {
   reply.reply_to = Kind::kPull;
   reply.version = 12;
   reply.min_clock = 3;
-  reply.totals = {123.25, 40, 96};
+  reply.totals = {123.25, 40, 96, {{32, 0.25}, {0, 0.0}, {64, 1.5}}};
   reply.floats = {7, 8};
   out.push_back(reply);
   Message stats;
@@ -93,6 +96,12 @@ TEST(PsMessages, RoundTripsEveryKind) {
     EXPECT_EQ(back.totals.loss_sum, m.totals.loss_sum);
     EXPECT_EQ(back.totals.correct, m.totals.correct);
     EXPECT_EQ(back.totals.samples, m.totals.samples);
+    EXPECT_EQ(back.compute_s, m.compute_s);
+    ASSERT_EQ(back.totals.workers.size(), m.totals.workers.size());
+    for (size_t w = 0; w < m.totals.workers.size(); ++w) {
+      EXPECT_EQ(back.totals.workers[w].samples, m.totals.workers[w].samples);
+      EXPECT_EQ(back.totals.workers[w].compute_s, m.totals.workers[w].compute_s);
+    }
     EXPECT_EQ(back.error, m.error);
     EXPECT_EQ(back.dense.size(), m.dense.size());
     EXPECT_EQ(back.tables.size(), m.tables.size());
@@ -139,13 +148,46 @@ TEST(PsMessages, UnknownKindStatusAndReservedBytesAreRejected) {
 }
 
 TEST(PsMessages, OversizedCountsAreRejectedBeforeAllocating) {
-  // push: prefix 24, samples 8, lr 4, loss_sum 8, correct 8, count 8
+  // push: prefix 24, samples 8, lr 4, loss_sum 8, correct 8, compute_s 8,
+  // count 8
   auto bytes = encode_message(samples()[2]);
   const uint64_t huge = uint64_t{1} << 60;
-  std::memcpy(bytes.data() + 52, &huge, sizeof huge);
+  std::memcpy(bytes.data() + 60, &huge, sizeof huge);
   testing::expect_error<DataError>(
       [&] { decode_message(bytes); },
       "ps message: 'push gradient' count 1152921504606846976 needs 4 bytes, only 8 left");
+  // pull reply: prefix 24, min_clock 8, loss_sum 8, correct 8, samples 8,
+  // worker count 4 (then 3 x 16 bytes of steps, the values' count 8 and 2 x 4)
+  bytes = encode_message(samples()[5]);
+  const uint32_t many = 1u << 30;
+  std::memcpy(bytes.data() + 56, &many, sizeof many);
+  testing::expect_error<DataError>(
+      [&] { decode_message(bytes); },
+      "ps message: field 'pull worker steps' needs 17179869184 bytes at offset 60, only 64 left");
+}
+
+TEST(PsMessages, PerWorkerComputeTimesMustBeFiniteAndNotNegative) {
+  Message push = samples()[2];
+  const std::pair<double, const char*> bad[] = {{-0.5, "-0.5"},
+                                                {std::numeric_limits<double>::infinity(), "inf"},
+                                                {std::numeric_limits<double>::quiet_NaN(), "nan"}};
+  for (const auto& [value, text] : bad) {
+    push.compute_s = value;
+    testing::expect_error<DataError>(
+        [&] { decode_message(encode_message(push)); },
+        fmt::format("ps message: push compute_s is {}; must be a finite number >= 0", text));
+  }
+  Message reply = samples()[5];
+  reply.totals.workers[1].compute_s = std::numeric_limits<double>::infinity();
+  testing::expect_error<DataError>(
+      [&] { decode_message(encode_message(reply)); },
+      "ps message: pull worker compute_s is inf; must be a finite number >= 0");
+  reply = samples()[5];
+  reply.totals.workers[2].samples = -3;
+  testing::expect_error<DataError>([&] { decode_message(encode_message(reply)); },
+                                   "ps message: pull worker 2 samples is -3; must be >= 0");
+  reply.totals.workers.clear();  // before the first version: no workers
+  EXPECT_TRUE(decode_message(encode_message(reply)).totals.workers.empty());
 }
 
 TEST(PsMessages, NonFiniteLearningRateAndNegativeSamplesAreRejected) {

@@ -1,7 +1,8 @@
 // PsStrategy against real ps::Servers on loopback: row-sparse embedding
 // tables (only the touched rows travel; the result equals one process on the
-// global batch), checkpoints of the servers' state, and a SIGKILLed worker in
-// sync mode that does not hang the others.
+// global batch), dynamic batch sizing (unequal shares, the same on every
+// worker, still the global batch's update), checkpoints of the servers'
+// state, and a SIGKILLed worker in sync mode that does not hang the others.
 // Servers run on threads of the test process; workers on threads (one
 // PsStrategy each, no shared state) or, for the kill test, as child processes.
 #include "strategy/ps_strategy.h"
@@ -34,6 +35,7 @@
 #include "optim/sgd.h"
 #include "ps/server.h"
 #include "strategy/local_strategy.h"
+#include "testing/expect_error.h"
 #include "testing/process.h"
 
 namespace dtrain::strategy {
@@ -234,6 +236,100 @@ TEST(PsStrategySparse, OnlyTouchedRowsTravelAndTheResultEqualsOneProcess) {
   EXPECT_EQ(chief.version(), uint64_t(kSteps));  // one version per step
   for (auto& w : workers) w->finish();
   servers.join();
+}
+
+TEST(PsStrategyDynamicBatch, UnequalMeasuredSharesAgreeOnEveryWorkerAndEqualOneProcess) {
+  // 3 workers in sync with dynamic batch sizing, worker 2 slowed down: the
+  // shares start forced unequal (the balancer's test hook, the same weights
+  // on every worker), then re-balance every 2 versions from the compute times
+  // the servers hand back. Every worker computes the same split at every
+  // step, and the servers' sample-weighted update equals one process on the
+  // global batch.
+  constexpr int kServers = 2, kWorkers = 3, kSteps = 6;
+  constexpr int64_t kRows = 24, kUsed = 12;
+  ServerGroup servers(kServers, kWorkers, ps::Consistency::kSync);
+  const std::vector<Batch> batches = make_id_batches(kSteps, kRows, kUsed, 8);
+
+  std::vector<std::unique_ptr<PsStrategy>> workers(kWorkers);
+  {
+    std::vector<std::jthread> starting;
+    for (int w = 0; w < kWorkers; ++w) {
+      starting.emplace_back([&, w] {
+        PsOptions o;
+        o.dynamic_batch.enabled = true;
+        o.dynamic_batch.rebalance_every = 2;
+        o.dynamic_batch.min_share = 0.05;
+        o.slowdown = w == 2 ? 4.0 : 1.0;
+        workers[size_t(w)] = std::make_unique<PsStrategy>(
+            make_embedding_model(3), plain_sgd(), client_options(servers.endpoints(), w, kWorkers),
+            ServerGroup::auth(), Logger::null(), o);
+      });
+    }
+  }
+  for (const auto& w : workers) ASSERT_NE(w, nullptr);
+  const std::vector<double> forced{1.0, 3.0, 6.0};
+  for (const auto& w : workers) w->batch_balancer().set_shares(forced);
+  EXPECT_NE(workers[0]->batch_split(kRows), (std::vector<int64_t>{8, 8, 8}));
+
+  PsStrategy& chief = *workers[0];
+  chief.fetch_model();
+  LocalStrategy local(make_embedding_model(3), plain_sgd());
+  local.model().load_state_dict(chief.model().state_dict());
+  for (const Batch& b : batches) local.train_step(b.x, b.y);
+
+  for (size_t step = 0; step < batches.size(); ++step) {
+    SCOPED_TRACE(fmt::format("step {}", step));
+    const Batch& b = batches[step];
+    const std::vector<int64_t> split = workers[0]->batch_split(kRows);
+    for (const auto& w : workers) ASSERT_EQ(w->batch_split(kRows), split);
+    std::vector<StepStats> totals(kWorkers);
+    {
+      std::vector<std::jthread> stepping;
+      for (int w = 0; w < kWorkers; ++w) {
+        stepping.emplace_back([&, w] {
+          PsStrategy& worker = *workers[size_t(w)];
+          const auto [lo, hi] = worker.row_range(kRows);
+          const std::vector<int64_t> y(b.y.begin() + lo, b.y.begin() + hi);
+          totals[size_t(w)] = worker.step_totals(worker.train_step(b.x.narrow(lo, hi - lo), y));
+        });
+      }
+    }
+    for (const StepStats& t : totals) EXPECT_EQ(t.samples, kRows);
+  }
+  // Versions 0..5 observed: re-balanced after versions 1, 3 and 5, the same
+  // models and shares on every worker.
+  for (const auto& w : workers) {
+    EXPECT_EQ(w->batch_balancer().rebalances(), 3);
+    EXPECT_EQ(w->batch_balancer().shares(), workers[0]->batch_balancer().shares());
+  }
+  chief.fetch_model();
+  EXPECT_LT(relative_difference(snapshot(local.model()), snapshot(chief.model())), 1e-5);
+  for (auto& w : workers) w->finish();
+  servers.join();
+}
+
+TEST(PsStrategyDynamicBatch, NeedsSyncAndASlowdownOfAtLeastOne) {
+  // Both are refused before any server is contacted.
+  PsOptions async;
+  async.consistency = ps::Consistency::kAsync;
+  async.dynamic_batch.enabled = true;
+  dtrain::testing::expect_error<UsageError>(
+      [&] {
+        PsStrategy(make_embedding_model(3), plain_sgd(),
+                   client_options({"tcp://127.0.0.1:1"}, 0, 2), ServerGroup::auth(), Logger::null(),
+                   async);
+      },
+      "ps strategy: dynamic batch sizing needs consistency 'sync', not 'async': the workers' "
+      "shares come from each version's measurements, which only sync has");
+  PsOptions fast;
+  fast.slowdown = 0.5;
+  dtrain::testing::expect_error<UsageError>(
+      [&] {
+        PsStrategy(make_embedding_model(3), plain_sgd(),
+                   client_options({"tcp://127.0.0.1:1"}, 0, 2), ServerGroup::auth(), Logger::null(),
+                   fast);
+      },
+      "ps strategy: slowdown must be a factor >= 1, got 0.5");
 }
 
 TEST(PsStrategySparse, LookupsPullOnlyTheBatchRows) {
