@@ -190,12 +190,7 @@ void AllReduceStrategy::poll_completions() {
 StepStats AllReduceStrategy::train_step(const Tensor& inputs, std::span<const int64_t> targets) {
   check_usable("train_step");
   const auto n = static_cast<int64_t>(targets.size());
-  const bool inputs_match = n == 0 ? !inputs.defined() || (inputs.dim() > 0 && inputs.size(0) == 0)
-                                   : inputs.defined() && inputs.dim() > 0 && inputs.size(0) == n;
-  if (!inputs_match) {
-    throw UsageError(fmt::format("train_step: inputs {} do not match {} targets",
-                                 inputs.defined() ? shape_str(inputs.shape()) : "(undefined)", n));
-  }
+  check_batch(inputs, targets, /*allow_empty=*/true);
   updated_ = false;
   if (micro_step_ == 0) {
     optimizer_->zero_grad();

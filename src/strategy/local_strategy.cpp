@@ -12,10 +12,7 @@ LocalStrategy::LocalStrategy(std::unique_ptr<nn::Module> model,
 
 StepStats LocalStrategy::train_step(const Tensor& inputs, std::span<const int64_t> targets) {
   const auto n = static_cast<int64_t>(targets.size());
-  if (n == 0 || inputs.dim() == 0 || inputs.size(0) != n) {
-    throw UsageError(fmt::format("train_step: inputs {} do not match {} targets",
-                                 shape_str(inputs.shape()), n));
-  }
+  check_batch(inputs, targets, /*allow_empty=*/false);
   model_->train();
   Variable output = model_->forward(Variable(inputs));
   Variable loss = loss_(output, targets);

@@ -68,10 +68,7 @@ void MirroredStrategy::sum_gradients(int64_t thread) {
 
 StepStats MirroredStrategy::train_step(const Tensor& inputs, std::span<const int64_t> targets) {
   const auto n = static_cast<int64_t>(targets.size());
-  if (n == 0 || inputs.dim() == 0 || inputs.size(0) != n) {
-    throw UsageError(fmt::format("train_step: inputs {} do not match {} targets",
-                                 shape_str(inputs.shape()), n));
-  }
+  check_batch(inputs, targets, /*allow_empty=*/false);
   const int64_t replicas = static_cast<int64_t>(models_.size());
   threads_.run([&](int64_t r) {
     const int64_t begin = n * r / replicas;

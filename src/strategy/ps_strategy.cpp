@@ -142,12 +142,7 @@ void PsStrategy::push_rows(size_t table, int64_t samples) {
 
 StepStats PsStrategy::train_step(const Tensor& inputs, std::span<const int64_t> targets) {
   const auto n = static_cast<int64_t>(targets.size());
-  const bool inputs_match = n == 0 ? !inputs.defined() || (inputs.dim() > 0 && inputs.size(0) == 0)
-                                   : inputs.defined() && inputs.dim() > 0 && inputs.size(0) == n;
-  if (!inputs_match) {
-    throw UsageError(fmt::format("train_step: inputs {} do not match {} targets",
-                                 inputs.defined() ? shape_str(inputs.shape()) : "(undefined)", n));
-  }
+  check_batch(inputs, targets, /*allow_empty=*/true);
   model_->zero_grad();
   StepStats mine;
   double compute_s = 0.0;

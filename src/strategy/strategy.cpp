@@ -7,6 +7,16 @@
 
 namespace dtrain::strategy {
 
+void check_batch(const Tensor& inputs, std::span<const int64_t> targets, bool allow_empty) {
+  const auto n = static_cast<int64_t>(targets.size());
+  const bool rows_match = inputs.defined() && inputs.dim() > 0 && inputs.size(0) == n;
+  const bool ok = n == 0 ? allow_empty && (!inputs.defined() || rows_match) : rows_match;
+  if (!ok) {
+    throw UsageError(fmt::format("train_step: inputs {} do not match {} targets",
+                                 inputs.defined() ? shape_str(inputs.shape()) : "(undefined)", n));
+  }
+}
+
 int64_t count_correct(const Tensor& output, std::span<const int64_t> targets) {
   const int64_t n = static_cast<int64_t>(targets.size());
   if (output.dim() != 2 || output.size(0) != n) {

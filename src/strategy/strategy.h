@@ -57,6 +57,11 @@ using OptimizerFactory =
 // Counts the samples whose arg-max over the last dimension equals the target.
 int64_t count_correct(const Tensor& output, std::span<const int64_t> targets);
 
+// Throws UsageError unless `inputs` has one row per target. With
+// `allow_empty` a share of 0 rows is valid (inputs then may be undefined):
+// a worker of a distributed step that got no rows still joins it.
+void check_batch(const Tensor& inputs, std::span<const int64_t> targets, bool allow_empty);
+
 class Strategy {
  public:
   virtual ~Strategy() = default;
