@@ -107,7 +107,8 @@ struct DistributedConfig {
   // one host, ZeroMQ across hosts) or "mpi" (MPI_Allreduce, for a job
   // started by mpirun on a fast fabric; MPI calls have no deadline).
   std::string backend = "native";
-  // allreduce: dynamic batch sizing (docs/allreduce-strategy.md): the global
+  // allreduce, and ps in sync without backup workers: dynamic batch sizing
+  // (docs/allreduce-strategy.md, docs/parameter-server.md): the global
   // batch stays fixed and is split so that every worker's predicted step
   // time (a fixed cost plus a cost per row, fitted to its measurements;
   // smoothing: weight of the previous re-balancing period's observations,
