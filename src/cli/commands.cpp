@@ -310,6 +310,25 @@ std::unique_ptr<strategy::PsStrategy> make_ps_strategy(const train::JobConfig& j
                                                 auth, logger, o, std::move(loss));
 }
 
+// What elastic mode supports (the launcher and every worker check it): the
+// allreduce strategy with fixed shares of a shared global batch.
+void check_elastic_config(const train::JobConfig& job) {
+  const auto refuse = [&](const char* key, const std::string& what) {
+    throw ConfigError(job.source, key, 0,
+                      fmt::format("elastic mode (train.elastic) does not support {} yet: it "
+                                  "re-forms allreduce groups of any size over shares of a shared "
+                                  "global batch",
+                                  what));
+  };
+  if (job.distributed.strategy != "allreduce" && job.distributed.strategy != "local") {
+    refuse("distributed.strategy", fmt::format("the {} strategy", job.distributed.strategy));
+  }
+  if (job.distributed.dynamic_batch) refuse("distributed.dynamic_batch", "dynamic batch sizing");
+  if (!job.distributed.slowdown.empty()) refuse("distributed.slowdown", "slowdowns");
+  if (job.train.class_weights != "none") refuse("train.class_weights", "class weights");
+  if (!job.data.partition.empty()) refuse("data.partition", "partitions (one per worker)");
+}
+
 }  // namespace
 
 int run_train(const TrainOptions& options, std::ostream& out) {
@@ -348,6 +367,7 @@ int run_train(const TrainOptions& options, std::ostream& out) {
 
   if (options.elastic) job.train.elastic = *options.elastic;
   if (options.min_workers) job.train.min_workers = *options.min_workers;
+  if (job.train.elastic) check_elastic_config(job);
 
   // A process of a launched job (by this launcher, mpirun or srun) trains;
   // otherwise allreduce with N workers starts them here and supervises.
@@ -455,15 +475,6 @@ int run_train(const TrainOptions& options, std::ostream& out) {
                         "a slowdown applies to the worker processes of an allreduce job "
                         "(--workers N > 1)");
     }
-  }
-  if (elastic && (job.distributed.dynamic_batch || !job.distributed.slowdown.empty() ||
-                  job.train.class_weights != "none")) {
-    const char* key = job.distributed.dynamic_batch       ? "distributed.dynamic_batch"
-                      : !job.distributed.slowdown.empty() ? "distributed.slowdown"
-                                                          : "train.class_weights";
-    throw ConfigError(job.source, key, 0,
-                      "not available in elastic mode yet: dynamic batch sizing, slowdowns and "
-                      "class weights work with fixed groups (allreduce, ps)");
   }
   std::unique_ptr<ElasticWorker> elastic_worker;
   std::unique_ptr<strategy::Strategy> strategy;

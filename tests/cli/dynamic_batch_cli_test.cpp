@@ -166,6 +166,34 @@ TEST(DynamicBatchCli, BadSlowdownsExitWithCode2) {
       << beyond.output;
 }
 
+TEST(DynamicBatchCli, ElasticModeRefusesWhatItCannotReform) {
+  testing::TempDir dir;
+  write_file(dir.file("job.toml"), kJob);
+  struct Case {
+    std::vector<std::string> args;
+    std::string key;
+  };
+  const std::vector<Case> cases = {
+      {{}, "'distributed.dynamic_batch'"},  // the job file turns it on
+      {{"--set", "distributed.dynamic_batch=false", "--slowdown", "1=2"}, "'distributed.slowdown'"},
+      {{"--set", "distributed.dynamic_batch=false", "--set", "train.class_weights=\"balanced\""},
+       "'train.class_weights'"},
+      {{"--set", "distributed.dynamic_batch=false", "--set", "data.partition=\"iid\""},
+       "'data.partition'"},
+      {{"--set", "distributed.dynamic_batch=false", "--strategy", "ps"}, "'distributed.strategy'"},
+  };
+  for (const Case& c : cases) {
+    std::vector<std::string> args = {"train",     dir.file("job.toml"), "--output", dir.file("out"),
+                                     "--workers", "2",                  "--elastic"};
+    args.insert(args.end(), c.args.begin(), c.args.end());
+    CliRun run = run_dtrain(args);
+    EXPECT_EQ(run.status.code, 2) << run.status.describe() << "\n" << run.output;
+    EXPECT_NE(run.output.find(c.key + ": elastic mode (train.elastic) does not support"),
+              std::string::npos)
+        << run.output;
+  }
+}
+
 TEST(DynamicBatchJobFile, ReadsAndChecksTheNewKeys) {
   const train::JobConfig job =
       cli::parse_job(kJob, "job.toml",
