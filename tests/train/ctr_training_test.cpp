@@ -9,9 +9,12 @@
 #include "train/metrics.h"
 #include "train/model_builder.h"
 #include "train/trainer.h"
+#include "train_test_util.h"
 
 namespace dtrain::train {
 namespace {
+
+using test_util::layer;
 
 // 4 fields of 100 Zipf(1.5) ids in 1024 buckets; strong per-bucket weights
 // (stddev 1) so that 100k samples pin them down.
@@ -30,25 +33,13 @@ JobConfig tiny_ctr_job(const std::string& output) {
   ctr.weight_stddev = 1.0;
   ctr.seed = 1;
   job.model.input_shape = {4};
-  LayerConfig emb;
-  emb.type = "embedding";
-  emb.name = "embedding";
+  LayerConfig emb = layer("embedding", "embedding");
   emb.num_embeddings = 1024;
   emb.embedding_dim = 4;
-  LayerConfig flatten;
-  flatten.type = "flatten";
-  flatten.name = "flatten";
-  LayerConfig fc1;
-  fc1.type = "linear";
-  fc1.name = "fc1";
-  fc1.out_features = 16;
-  LayerConfig relu;
-  relu.type = "relu";
-  relu.name = "relu";
-  LayerConfig fc2;
-  fc2.type = "linear";
-  fc2.name = "fc2";
-  fc2.out_features = 2;
+  LayerConfig flatten = layer("flatten", "flatten");
+  LayerConfig fc1 = layer("linear", "fc1", 16);
+  LayerConfig relu = layer("relu", "relu");
+  LayerConfig fc2 = layer("linear", "fc2", 2);
   job.model.layers = {emb, flatten, fc1, relu, fc2};
   job.optimizer.type = "adagrad";
   job.optimizer.lr = 0.2f;

@@ -7,16 +7,12 @@
 #include "autograd/functions.h"
 #include "core/error.h"
 #include "testing/expect_error.h"
+#include "train_test_util.h"
 
 namespace dtrain::train {
 namespace {
 
-LayerConfig layer(std::string type, std::string name) {
-  LayerConfig l;
-  l.type = std::move(type);
-  l.name = std::move(name);
-  return l;
-}
+using test_util::layer;
 
 // ids [4] -> embedding 10 x 3 -> [4, 3] -> flatten [12] -> linear 2.
 ModelConfig embedding_mlp() {

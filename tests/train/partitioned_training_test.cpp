@@ -18,9 +18,12 @@
 #include "train/model_builder.h"
 #include "train/partitioned_epoch.h"
 #include "train/trainer.h"
+#include "train_test_util.h"
 
 namespace dtrain::train {
 namespace {
+
+using test_util::layer;
 
 constexpr int64_t kSamples = 101;
 constexpr int64_t kClasses = 3;
@@ -43,10 +46,7 @@ JobConfig id_job(const std::string& output) {
   job.output = output;
   job.resume = false;
   job.model.input_shape = {1};
-  LayerConfig fc;
-  fc.type = "linear";
-  fc.name = "fc";
-  fc.out_features = kClasses;
+  LayerConfig fc = layer("linear", "fc", kClasses);
   job.model.layers = {fc};
   job.train.epochs = 2;
   job.train.batch_size = 16;

@@ -19,9 +19,12 @@
 #include "train/elastic.h"
 #include "train/model_builder.h"
 #include "train/trainer.h"
+#include "train_test_util.h"
 
 namespace dtrain::train {
 namespace {
+
+using test_util::layer;
 
 JobConfig job_in(const std::string& output) {
   JobConfig job;
@@ -30,17 +33,9 @@ JobConfig job_in(const std::string& output) {
   job.output = output;
   job.resume = false;
   job.model.input_shape = {8};
-  LayerConfig fc1;
-  fc1.type = "linear";
-  fc1.name = "fc1";
-  fc1.out_features = 16;
-  LayerConfig relu;
-  relu.type = "relu";
-  relu.name = "relu";
-  LayerConfig fc2;
-  fc2.type = "linear";
-  fc2.name = "fc2";
-  fc2.out_features = 3;
+  LayerConfig fc1 = layer("linear", "fc1", 16);
+  LayerConfig relu = layer("relu", "relu");
+  LayerConfig fc2 = layer("linear", "fc2", 3);
   job.model.layers = {fc1, relu, fc2};
   job.optimizer.type = "adam";
   job.optimizer.lr = 0.01f;

@@ -15,9 +15,12 @@
 #include "testing/fault_fs.h"
 #include "train/model_builder.h"
 #include "train/trainer.h"
+#include "train_test_util.h"
 
 namespace dtrain::train {
 namespace {
+
+using test_util::layer;
 
 JobConfig blobs_job(const std::string& output) {
   JobConfig job;
@@ -25,21 +28,11 @@ JobConfig blobs_job(const std::string& output) {
   job.seed = 3;
   job.output = output;
   job.model.input_shape = {8};
-  LayerConfig fc1;
-  fc1.type = "linear";
-  fc1.name = "fc1";
-  fc1.out_features = 16;
-  LayerConfig relu;
-  relu.type = "relu";
-  relu.name = "relu";
-  LayerConfig drop;
-  drop.type = "dropout";
-  drop.name = "drop";
+  LayerConfig fc1 = layer("linear", "fc1", 16);
+  LayerConfig relu = layer("relu", "relu");
+  LayerConfig drop = layer("dropout", "drop");
   drop.p = 0.1f;
-  LayerConfig fc2;
-  fc2.type = "linear";
-  fc2.name = "fc2";
-  fc2.out_features = 3;
+  LayerConfig fc2 = layer("linear", "fc2", 3);
   job.model.layers = {fc1, relu, drop, fc2};
   job.optimizer.type = "sgd";
   job.optimizer.lr = 0.05f;
