@@ -27,24 +27,8 @@ using test::make_batches;
 using test::make_mlp;
 using test::sgd;
 
-std::vector<std::vector<float>> snapshot(nn::Module& model) {
-  std::vector<std::vector<float>> out;
-  for (const Variable& p : model.parameters()) out.push_back(p.data().to_vector());
-  return out;
-}
-
-double max_relative_difference(const std::vector<std::vector<float>>& a,
-                               const std::vector<std::vector<float>>& b) {
-  double worst = 0.0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    for (size_t k = 0; k < a[i].size(); ++k) {
-      const double d =
-          std::abs(double(a[i][k]) - double(b[i][k])) / std::max(1e-3, std::abs(double(a[i][k])));
-      worst = std::max(worst, d);
-    }
-  }
-  return worst;
-}
+using test::max_relative_difference;
+using test::snapshot;
 
 void run_workers(int world, const std::function<void(int, comm::Communicator&)>& body) {
   comm::InProcHub hub(world);

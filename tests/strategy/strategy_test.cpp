@@ -22,18 +22,7 @@ using test::make_mlp;
 using test::sgd;
 
 double max_relative_difference(nn::Module& a, nn::Module& b) {
-  auto pa = a.parameters();
-  auto pb = b.parameters();
-  double worst = 0.0;
-  for (size_t i = 0; i < pa.size(); ++i) {
-    const float* x = pa[i].data().data();
-    const float* y = pb[i].data().data();
-    for (int64_t k = 0; k < pa[i].numel(); ++k) {
-      const double d = std::abs(double(x[k]) - double(y[k])) / std::max(1e-3, std::abs(double(x[k])));
-      worst = std::max(worst, d);
-    }
-  }
-  return worst;
+  return test::max_relative_difference(test::snapshot(a), test::snapshot(b));
 }
 
 class MirroredEquivalence : public ::testing::TestWithParam<int64_t> {};

@@ -1,7 +1,10 @@
 // Shared by the strategy tests: a small MLP (6 -> 16 -> 3) built from a
-// seed, an SGD-with-momentum factory, and random batches for it.
+// seed, an SGD-with-momentum factory, random batches for it, and parameter
+// snapshots to compare.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <memory>
 #include <vector>
 
@@ -48,6 +51,27 @@ inline std::vector<Batch> make_batches(int count, int64_t rows, uint64_t seed) {
     batches.push_back(std::move(batch));
   }
   return batches;
+}
+
+// Every parameter's values, in order.
+inline std::vector<std::vector<float>> snapshot(nn::Module& model) {
+  std::vector<std::vector<float>> out;
+  for (const Variable& p : model.parameters()) out.push_back(p.data().to_vector());
+  return out;
+}
+
+// The largest |a - b| / max(1e-3, |a|) over every value of two snapshots.
+inline double max_relative_difference(const std::vector<std::vector<float>>& a,
+                                      const std::vector<std::vector<float>>& b) {
+  double worst = 0.0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    for (size_t k = 0; k < a[i].size(); ++k) {
+      const double d =
+          std::abs(double(a[i][k]) - double(b[i][k])) / std::max(1e-3, std::abs(double(a[i][k])));
+      worst = std::max(worst, d);
+    }
+  }
+  return worst;
 }
 
 }  // namespace dtrain::strategy::test
