@@ -63,7 +63,9 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <stop_token>
 #include <string>
 
@@ -82,6 +84,15 @@ std::string_view to_string(Consistency consistency);
 // "sync" | "async" | "ssp"; ConfigError otherwise.
 Consistency parse_consistency(std::string_view text);
 
+// What a replacement server restores at its first init: a checkpoint's
+// "model" and "optimizer" sections as the trainer wrote them (the job state of
+// ps/state_layout.h, independent of S and N; this server takes its shard).
+struct ServerRestore {
+  StateDict model;
+  StateDict optimizer;
+  std::string origin;  // names the checkpoint in the log ("out/ckpt-120.dtck, step 120")
+};
+
 struct ServerOptions {
   int server = 0;       // this server's index in [0, num_servers)
   int num_servers = 1;  // S
@@ -96,6 +107,20 @@ struct ServerOptions {
   std::chrono::milliseconds heartbeat_timeout{10000};
   std::chrono::milliseconds poll_interval{20};  // socket poll; bounds stop latency
   uint64_t max_payload_bytes = uint64_t{1} << 31;
+  // Recovery (docs/parameter-server.md "Failures"): this process replaces a
+  // server of the job that died. No worker has sent it init yet; each one
+  // re-joins when it finds the new incarnation (ps::Client does it on its
+  // own). At the first init it restores its shard from `restore` when given
+  // (parameters, optimizer buffers, sparse rows, version), otherwise it takes
+  // that init's values (the worker's last pulled parameters) with fresh
+  // optimizer state. Its version then follows the workers' (an init or push
+  // carrying a higher version moves it there), since the updates it lost died
+  // with its predecessor.
+  bool replacement = false;
+  std::optional<ServerRestore> restore;
+  // Called on the serving thread each time the version advances (tests and
+  // benchmarks: a kill switch at a chosen version). May be empty.
+  std::function<void(uint64_t version)> on_version;
 };
 
 // Why run() returned.
