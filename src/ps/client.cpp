@@ -67,7 +67,10 @@ class Client::Impl {
     for (int s = 0; s < servers; ++s) {
       sockets_.push_back(connect_dealer(context_, options_.server_endpoints[static_cast<size_t>(s)],
                                         s, options_.max_payload_bytes));
+      monitors_.push_back(watch_disconnects(s));
     }
+    values_.resize(static_cast<size_t>(servers));
+    open_pushes_.resize(static_cast<size_t>(servers));
     limits_.job_id = auth_.job_id();
     limits_.world_size = static_cast<uint32_t>(servers);  // only servers send to a client
     limits_.receiver = worker_rank(servers, options_.worker);
@@ -84,8 +87,27 @@ class Client::Impl {
 
   // One request per (server, message); replies in the same order. Throws
   // TimeoutError / CommError naming the server, `operation` and `awaited`.
+  // A server whose connection breaks while a request waits gets the request
+  // again (same id: the server answers a repeated push without applying it
+  // twice); a replacement server that answers kRejoin is re-joined (rejoin())
+  // and asked again. Each such recovery restarts the call's deadline, at most
+  // kMaxRecoveries times per call.
   std::vector<Message> exchange(std::vector<std::pair<int, Message>> requests,
                                 const std::string& operation, const std::string& awaited);
+  // Sends `m` to `server` (assigning worker and, when 0, a new request id);
+  // pushes are also kept in open_pushes_ until the next pull from `server`.
+  void send(int server, Message& m);
+  // A replacement of `server` does not know this worker: sends it init (the
+  // last pulled version and values, so that a replacement without a
+  // checkpoint starts from them) and this worker's pushes since its last
+  // pull from that server except request `except`, and waits for their
+  // replies. CommError / TimeoutError naming the server otherwise.
+  void rejoin(int server, uint64_t except, const std::string& operation);
+  // An inproc PAIR socket receiving ZMQ_EVENT_DISCONNECTED of sockets_[server].
+  zmq::socket_t watch_disconnects(int server);
+  // Whether monitor `server` reported a broken connection (drains it).
+  bool disconnected(int server);
+  Message init_message(int server, uint64_t version) const;
 
   void require_init(const char* operation) const {
     if (!initialised_) {
@@ -116,6 +138,13 @@ class Client::Impl {
   std::vector<SparseTableSpec> tables_;
   uint64_t last_min_clock_ = 0;
   StepTotals last_totals_;
+  std::vector<zmq::socket_t> monitors_;  // by server, after sockets_ (closed first)
+  // By server: its range as this worker last pulled it (init's values before
+  // the first pull), and the pushes sent to it since then, in send order.
+  std::vector<std::vector<float>> values_;
+  std::vector<std::vector<Message>> open_pushes_;
+  uint64_t last_version_ = 0;  // the version of the last pull (init's before it)
+  uint64_t joined_step_ = 0;
 
  private:
   void send_heartbeats(const std::stop_token& stop);
@@ -144,22 +173,137 @@ void Client::Impl::send_heartbeats(const std::stop_token& stop) {
   }
 }
 
+namespace {
+constexpr int kMaxRecoveries = 8;
+}  // namespace
+
+zmq::socket_t Client::Impl::watch_disconnects(int server) {
+  const std::string address =
+      fmt::format("inproc://ps-client-{}-{}", static_cast<const void*>(this), server);
+  if (zmq_socket_monitor(sockets_[static_cast<size_t>(server)].handle(), address.c_str(),
+                         ZMQ_EVENT_DISCONNECTED) != 0) {
+    throw CommError(server, "ps connect",
+                    fmt::format("cannot watch the connection to server {}: {}", server,
+                                zmq_strerror(zmq_errno())));
+  }
+  zmq::socket_t monitor(context_, zmq::socket_type::pair);
+  monitor.set(zmq::sockopt::linger, 0);
+  monitor.connect(address);
+  return monitor;
+}
+
+bool Client::Impl::disconnected(int server) {
+  bool broke = false;
+  zmq::socket_t& monitor = monitors_[static_cast<size_t>(server)];
+  while (true) {
+    zmq::message_t part;
+    if (!monitor.recv(part, zmq::recv_flags::dontwait)) break;
+    // An event is two parts: u16 event, u32 value; then the endpoint.
+    if (part.size() >= sizeof(uint16_t)) {
+      uint16_t event = 0;
+      std::memcpy(&event, part.data(), sizeof event);
+      broke = broke || event == ZMQ_EVENT_DISCONNECTED;
+    }
+    while (part.more()) {
+      if (!monitor.recv(part, zmq::recv_flags::dontwait)) break;
+    }
+  }
+  return broke;
+}
+
+void Client::Impl::send(int server, Message& m) {
+  m.worker = static_cast<uint32_t>(options_.worker);
+  if (m.request_id == 0) m.request_id = next_request_++;
+  send_frame(sockets_[static_cast<size_t>(server)], "", limits_.receiver, server_rank(server), m,
+             auth_);
+  if (m.kind == Kind::kPush || m.kind == Kind::kPushRows) {
+    auto& open = open_pushes_[static_cast<size_t>(server)];
+    // Pushes for versions before this one are settled (sync closed them).
+    std::erase_if(open, [&](const Message& p) { return p.version < m.version; });
+    const bool again = std::any_of(open.begin(), open.end(), [&](const Message& p) {
+      return p.request_id == m.request_id;
+    });
+    if (!again) open.push_back(m);
+  }
+}
+
+Message Client::Impl::init_message(int server, uint64_t version) const {
+  Message m;
+  m.kind = Kind::kInit;
+  m.version = version;
+  m.dense = plan_.tensors();
+  m.tables = tables_;
+  m.floats = values_[static_cast<size_t>(server)];
+  return m;
+}
+
+void Client::Impl::rejoin(int server, uint64_t except, const std::string& operation) {
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<Message> batch;
+  batch.push_back(init_message(server, last_version_));
+  for (const Message& p : open_pushes_[static_cast<size_t>(server)]) {
+    if (p.request_id != except) batch.push_back(p);
+  }
+  std::set<uint64_t> waiting;
+  for (Message& m : batch) {
+    send(server, m);
+    waiting.insert(m.request_id);
+  }
+  const Deadline deadline = Deadline::after(options_.timeout);
+  zmq::socket_t& socket = sockets_[static_cast<size_t>(server)];
+  while (!waiting.empty()) {
+    if (deadline.expired()) {
+      throw TimeoutError(server, "ps " + operation, options_.timeout,
+                         fmt::format("server {} (replaced) to take this worker's init and {} "
+                                     "open push(es) again",
+                                     server, batch.size() - 1));
+    }
+    zmq::pollitem_t item{socket.handle(), 0, ZMQ_POLLIN, 0};
+    zmq::poll(&item, 1, deadline.remaining());
+    while (true) {
+      std::optional<ReceivedFrame> frame;
+      try {
+        frame = receive_frame(socket, false, limits_, auth_);
+      } catch (const DataError& e) {
+        logger_.warn("ps worker {}: dropped a frame from server {}: {}", options_.worker, server,
+                     e.what());
+        continue;
+      }
+      if (!frame) break;
+      const Message& reply = frame->message;
+      if (reply.kind != Kind::kReply || waiting.count(reply.request_id) == 0) continue;
+      if (reply.status == ReplyStatus::kError || reply.status == ReplyStatus::kTimeout ||
+          reply.status == ReplyStatus::kRejoin) {
+        throw CommError(server, "ps " + operation,
+                        fmt::format("re-joining replaced server {}: it refused the {}: {}", server,
+                                    to_string(reply.reply_to), reply.error));
+      }
+      waiting.erase(reply.request_id);
+    }
+  }
+  logger_.warn("ps worker {}: re-joined replaced server {} in {:.3f} s (version {}, {} open "
+               "push(es) sent again)",
+               options_.worker, server,
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
+               last_version_, batch.size() - 1);
+}
+
 std::vector<Message> Client::Impl::exchange(std::vector<std::pair<int, Message>> requests,
                                             const std::string& operation,
                                             const std::string& awaited) {
-  const Deadline deadline = Deadline::after(options_.timeout);
+  Deadline deadline = Deadline::after(options_.timeout);
   std::map<int, size_t> pending;  // server -> index in requests
-  std::vector<uint64_t> ids(requests.size());
+  // Broken connections seen while no request waited: the requests below reach
+  // the replacement, which asks for a re-join.
+  for (int s = 0; s < num_servers(); ++s) (void)disconnected(s);
   for (size_t i = 0; i < requests.size(); ++i) {
     auto& [server, m] = requests[i];
-    m.worker = static_cast<uint32_t>(options_.worker);
-    m.request_id = ids[i] = next_request_++;
+    m.request_id = 0;
     // A parked pull is answered by the server shortly before this deadline, so
     // that the error can say what the server was still waiting for.
     if (m.kind == Kind::kPull) m.wait_ms = static_cast<uint32_t>(options_.timeout.count() * 9 / 10);
     DTRAIN_CHECK(pending.emplace(server, i).second, "two requests for server {}", server);
-    send_frame(sockets_[static_cast<size_t>(server)], "", limits_.receiver, server_rank(server), m,
-               auth_);
+    send(server, m);
   }
   std::vector<Message> replies(requests.size());
   // Refusals are collected until every server answered (or the deadline), and
@@ -169,6 +313,18 @@ std::vector<Message> Client::Impl::exchange(std::vector<std::pair<int, Message>>
     failures.emplace(server, std::move(error));
     pending.erase(server);
   };
+  int recoveries = 0;
+  auto recover = [&](int server, const char* why) {
+    if (++recoveries > kMaxRecoveries) {
+      fail(server, std::make_exception_ptr(CommError(
+                       server, "ps " + operation,
+                       fmt::format("server {} {} again after {} recoveries in one call", server,
+                                   why, kMaxRecoveries))));
+      return false;
+    }
+    deadline = Deadline::after(options_.timeout);
+    return true;
+  };
   std::vector<zmq::pollitem_t> items;
   std::vector<int> item_server;
   while (!pending.empty()) {
@@ -176,6 +332,8 @@ std::vector<Message> Client::Impl::exchange(std::vector<std::pair<int, Message>>
     item_server.clear();
     for (const auto& [server, index] : pending) {
       items.push_back({sockets_[static_cast<size_t>(server)].handle(), 0, ZMQ_POLLIN, 0});
+      item_server.push_back(server);
+      items.push_back({monitors_[static_cast<size_t>(server)].handle(), 0, ZMQ_POLLIN, 0});
       item_server.push_back(server);
     }
     if (deadline.expired()) {
@@ -188,6 +346,19 @@ std::vector<Message> Client::Impl::exchange(std::vector<std::pair<int, Message>>
     for (size_t k = 0; k < items.size(); ++k) {
       if ((items[k].revents & ZMQ_POLLIN) == 0) continue;
       const int server = item_server[k];
+      auto it = pending.find(server);
+      if (it == pending.end()) continue;
+      if (k % 2 == 1) {
+        // The connection broke while the request waited: whatever the server
+        // had of it is gone with it. Send it again for the replacement.
+        if (disconnected(server) && recover(server, "lost its connection")) {
+          logger_.warn("ps worker {}: lost the connection to server {} during {}; sending the "
+                       "request again for its replacement",
+                       options_.worker, server, operation);
+          send(server, requests[it->second].second);
+        }
+        continue;
+      }
       while (true) {
         std::optional<ReceivedFrame> frame;
         try {
@@ -199,17 +370,26 @@ std::vector<Message> Client::Impl::exchange(std::vector<std::pair<int, Message>>
         }
         if (!frame) break;
         Message& reply = frame->message;
-        auto it = pending.find(server);
-        if (it == pending.end() || reply.kind != Kind::kReply ||
-            reply.request_id != ids[it->second] || frame->header.sender != server_rank(server)) {
+        Message& request = requests[it->second].second;
+        if (reply.kind != Kind::kReply || reply.request_id != request.request_id ||
+            frame->header.sender != server_rank(server)) {
           continue;  // a late reply to an earlier request that timed out
         }
-        const Message& request = requests[it->second].second;
         if (reply.reply_to != request.kind) {
           fail(server,
                std::make_exception_ptr(CommError(server, "ps " + operation,
                                                  fmt::format("server {} answered a {} request",
                                                              server, to_string(reply.reply_to)))));
+        } else if (reply.status == ReplyStatus::kRejoin) {
+          if (request.kind == Kind::kInit) {
+            fail(server, std::make_exception_ptr(CommError(
+                             server, "ps " + operation,
+                             fmt::format("server {} asked for the init it was sent: {}", server,
+                                         reply.error))));
+          } else if (recover(server, "asked for a re-join")) {
+            rejoin(server, request.request_id, operation);
+            send(server, request);
+          }
         } else if (reply.status == ReplyStatus::kTimeout) {
           fail(server, std::make_exception_ptr(TimeoutError(
                            server, "ps " + operation, options_.timeout,
@@ -285,6 +465,7 @@ const ShardPlan& Client::plan() const {
 }
 const std::vector<SparseTableSpec>& Client::tables() const { return impl_->tables_; }
 uint64_t Client::last_min_clock() const { return impl_->last_min_clock_; }
+uint64_t Client::joined_step() const { return impl_->joined_step_; }
 StepTotals Client::last_totals() const { return impl_->last_totals_; }
 
 uint64_t Client::init(const StateDict& dense, const std::vector<SparseTableSpec>& tables) {
@@ -309,12 +490,22 @@ uint64_t Client::init(const StateDict& dense, const std::vector<SparseTableSpec>
     }
     requests.emplace_back(s, std::move(m));
   }
+  std::vector<std::vector<float>> values;
+  for (const auto& [server, m] : requests) values.push_back(m.floats);
   const auto replies = d.exchange(std::move(requests), "init", "the init acknowledgement");
   d.plan_ = std::move(plan);
   d.tables_ = tables;
   d.initialised_ = true;
+  d.values_ = std::move(values);
+  for (auto& open : d.open_pushes_) open.clear();
   uint64_t version = replies[0].version;
-  for (const Message& r : replies) version = std::min(version, r.version);
+  uint64_t step = 0;
+  for (const Message& r : replies) {
+    version = std::min(version, r.version);
+    step = std::max(step, r.clock);
+  }
+  d.last_version_ = version;
+  d.joined_step_ = step;
   return version;
 }
 
@@ -329,12 +520,12 @@ uint64_t Client::pull(const std::vector<Tensor>& out, uint64_t min_version) {
     m.min_version = min_version;
     requests.emplace_back(s, std::move(m));
   }
-  const auto replies =
+  auto replies =
       d.exchange(std::move(requests), "pull", fmt::format("version >= {}", min_version));
   uint64_t version = replies[0].version;
   uint64_t min_clock = replies[0].min_clock;
   for (int s = 0; s < d.num_servers(); ++s) {
-    const Message& r = replies[static_cast<size_t>(s)];
+    Message& r = replies[static_cast<size_t>(s)];
     if (static_cast<int64_t>(r.floats.size()) != d.plan_.range_numel(s)) {
       throw CommError(s, "ps pull",
                       fmt::format("server {} replied with {} floats; its range holds {}", s,
@@ -346,7 +537,10 @@ uint64_t Client::pull(const std::vector<Tensor>& out, uint64_t min_version) {
     }
     version = std::min(version, r.version);
     min_clock = std::min(min_clock, r.min_clock);
+    d.values_[static_cast<size_t>(s)] = std::move(r.floats);
+    d.open_pushes_[static_cast<size_t>(s)].clear();
   }
+  d.last_version_ = version;
   d.last_min_clock_ = min_clock;
   d.last_totals_ = replies[0].totals;
   return version;

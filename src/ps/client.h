@@ -19,6 +19,17 @@
 // After an error the client stays usable: late replies to earlier requests
 // are recognised by their request id and discarded.
 //
+// Server failures (docs/parameter-server.md "Failures"): the client watches
+// every server connection (a ZeroMQ socket monitor). When one breaks while a
+// request waits, the request is sent again with the same id for the
+// server's replacement (a server answers a repeated push without applying it
+// twice). A replacement answers requests of a worker it has not met with
+// kRejoin; the client then re-joins it on its own (init carrying its last
+// pulled version and values, then its pushes since its last pull from that
+// server, so that a sync version the predecessor held can close) and asks
+// again. Each recovery restarts the call's deadline, at most 8 per call; the
+// call's errors are as above otherwise.
+//
 // Liveness: a background thread (std::jthread, own sockets) sends a heartbeat
 // to every server each heartbeat_interval. finish() tells the servers this
 // worker is done; destroying a client without finish() looks to the servers
@@ -98,6 +109,11 @@ class Client {
   // the current one for a worker that rejoins). Pulls of other workers wait
   // for the first init.
   uint64_t init(const StateDict& dense, const std::vector<SparseTableSpec>& tables);
+  // After init(): the step this worker is at in the running job, by the
+  // servers' count (sync: the version; async/ssp: the pushes they took from
+  // this worker index, the highest over the servers). 0 for a new job; a
+  // restarted worker continues from it.
+  uint64_t joined_step() const;
 
   // Copies the current parameters into `out` (shapes as in init, same order)
   // once every server's version is >= min_version (and, under SSP, the

@@ -229,6 +229,17 @@ void ConsistencyState::reset(uint64_t version) {
   for (Worker& w : workers_) w.pushed_version.reset();
 }
 
+void ConsistencyState::follow(uint64_t version, std::string_view cause) {
+  if (version <= version_) return;
+  logger_.warn("ps server {}: moved from version {} to {}, the version of {}{}", options_.server,
+               version_, version, cause,
+               pushes_in_version_ > 0
+                   ? fmt::format(" ({} held push(es) of version {} discarded)", pushes_in_version_,
+                                 version_)
+                   : std::string());
+  reset(version);
+}
+
 bool ConsistencyState::pull_ready(uint32_t worker, uint64_t min_version) const {
   if (version_ < min_version) return false;
   if (options_.consistency != Consistency::kSsp) return true;

@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <optional>
 #include <stdexcept>
+#include <string_view>
 #include <vector>
 
 #include "core/log.h"
@@ -100,6 +101,11 @@ class ConsistencyState {
   // A loaded state: the version becomes `version`; the open version's pushes
   // and the last totals are discarded.
   void reset(uint64_t version);
+  // A replacement server (ServerOptions::replacement) catching up with the
+  // workers: a request carrying `version` > version() moves it there as
+  // reset() does (the open version's pushes are discarded: the workers have
+  // gone past it), logged with `cause`. Nothing happens otherwise.
+  void follow(uint64_t version, std::string_view cause);
 
   // Whether a pull of `worker` for min_version may be answered now (the
   // server checks that it is initialised).

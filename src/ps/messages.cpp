@@ -333,12 +333,21 @@ void put_request_body(Writer& w, const Message& m) {
   }
 }
 
+// Replies whose body is an error text instead of the request's reply body.
+bool carries_error(ReplyStatus status) {
+  return status == ReplyStatus::kError || status == ReplyStatus::kTimeout ||
+         status == ReplyStatus::kRejoin;
+}
+
 void put_reply_body(Writer& w, const Message& m) {
-  if (m.status == ReplyStatus::kError || m.status == ReplyStatus::kTimeout) {
+  if (carries_error(m.status)) {
     w.put_string(m.error);
     return;
   }
   switch (m.reply_to) {
+    case Kind::kInit:
+      w.put<uint64_t>(m.clock);
+      return;
     case Kind::kPull:
       w.put<uint64_t>(m.min_clock);
       w.put<double>(m.totals.loss_sum);
@@ -458,11 +467,14 @@ void get_request_body(Reader& r, Message& m) {
 }
 
 void get_reply_body(Reader& r, Message& m) {
-  if (m.status == ReplyStatus::kError || m.status == ReplyStatus::kTimeout) {
+  if (carries_error(m.status)) {
     m.error = r.get_string("reply error");
     return;
   }
   switch (m.reply_to) {
+    case Kind::kInit:
+      m.clock = r.get<uint64_t>("init clock");
+      return;
     case Kind::kPull:
       m.min_clock = r.get<uint64_t>("pull min_clock");
       m.totals.loss_sum = r.get<double>("pull loss_sum");
@@ -519,7 +531,7 @@ Message decode_message(std::span<const std::byte> payload) {
   if (reserved != 0)
     throw DataError(fmt::format("ps message: reserved byte is {}; must be 0", reserved));
   if (m.kind == Kind::kReply) {
-    if (status > static_cast<uint8_t>(ReplyStatus::kTimeout)) {
+    if (status > static_cast<uint8_t>(ReplyStatus::kRejoin)) {
       throw DataError(fmt::format("ps message: unknown reply status {}", status));
     }
     if (!is_request(reply_to) || reply_to == static_cast<uint8_t>(Kind::kHeartbeat)) {

@@ -55,6 +55,10 @@ enum class ReplyStatus : uint8_t {
   kDropped = 1,  // sync: a late push for an already aggregated version; nothing applied
   kError = 2,    // the request was refused; `error` says why; nothing changed
   kTimeout = 3,  // a parked pull waited out its wait_ms; `error` says for what
+  // This server (a replacement for one that died) has not had this worker's
+  // init yet; `error` says so. Nothing changed: the client re-joins (init,
+  // its open pushes) and sends the request again.
+  kRejoin = 4,
 };
 
 enum class WorkerState : uint8_t { kLive = 0, kDead = 1, kFinished = 2 };
@@ -105,7 +109,10 @@ struct Message {
   Kind reply_to = Kind::kHeartbeat;  // replies only
   uint32_t worker = 0;               // requests: sender worker index; replies: server index
   uint64_t request_id = 0;
-  uint64_t version = 0;  // kPush: version the gradient was computed at; replies: server version
+  // kPush: version the gradient was computed at; kInit: the last version the
+  // worker pulled (0 for a new worker; a replacement server follows it);
+  // replies: server version.
+  uint64_t version = 0;
 
   // kInit: dense specs, tables and (floats) this server's slice of the values.
   std::vector<DenseSpec> dense;
@@ -133,11 +140,14 @@ struct Message {
   // async/ssp).
   uint64_t min_clock = 0;
   StepTotals totals;
+  // Replies to kInit: the step this worker is at on the server (sync: the
+  // version; async/ssp: the pushes the server took from this worker index).
+  uint64_t clock = 0;
   // kSetState, replies to kGetState.
   StateDict state;
   // Replies to kStats.
   ServerStats stats;
-  // Replies with status kError / kTimeout.
+  // Replies with status kError / kTimeout / kRejoin.
   std::string error;
 };
 

@@ -10,6 +10,7 @@
 #include "ps/consistency_state.h"
 #include "ps/frame_io.h"
 #include "ps/shard_store.h"
+#include "ps/state_layout.h"
 
 namespace dtrain::ps {
 
@@ -78,6 +79,9 @@ class Server::Impl {
         auth_(auth),
         logger_(logger),
         consistency_(options_, logger_, Clock::now()) {
+    joined_.assign(static_cast<size_t>(options_.num_workers), false);
+    last_push_id_.assign(static_cast<size_t>(options_.num_workers), 0);
+    reported_version_ = consistency_.version();
     // Build the optimizer once to reject a bad [optimizer] table now, not at init.
     optim::make_optimizer(options_.optimizer, {Variable(Tensor::zeros({1}))});
     socket_ = zmq::socket_t(context_, zmq::socket_type::router);
@@ -129,6 +133,18 @@ class Server::Impl {
   void on_pull_rows(const std::string& identity, const Message& m);
   void on_push_rows(const std::string& identity, Message& m);
   void on_set_state(const std::string& identity, const Message& m);
+  // A replacement server's first init: its shard from options_.restore.
+  // False (logged) when the checkpoint does not fit the init's layout.
+  bool restore_shard();
+  // Imports a per-server state dict (split_state layout) into fresh shard
+  // objects, swapped in only when all of it fits; the version becomes
+  // `version`. Refusal naming what is missing.
+  void import_shard(const StateDict& state, uint64_t version);
+  // A push this incarnation has already taken (the same request id, or an
+  // older one, from the worker's current incarnation): the client sent it
+  // again after losing the connection. Answered, never applied twice.
+  bool repeated_push(const Message& m) const;
+  void report_version();
   SparseTable& table_for(const Message& m, size_t floats_per_key);
   bool pull_ready(uint32_t worker, uint64_t min_version) const;
   void answer_pull(const std::string& identity, uint32_t worker, uint64_t request_id);
@@ -145,6 +161,12 @@ class Server::Impl {
   std::optional<DenseShard> dense_;
   std::vector<SparseTable> tables_;
   ServerStats counters_;
+  // Per worker: whether it sent init to this process (a replacement serves
+  // only workers that did), and the request id of its last push taken.
+  std::vector<bool> joined_;
+  std::vector<uint64_t> last_push_id_;
+  uint64_t reported_version_ = 0;
+  Clock::time_point started_ = Clock::now();
 };
 
 ServeResult Server::Impl::run(const std::stop_token& stop, Deadline deadline) {
@@ -172,10 +194,12 @@ ServeResult Server::Impl::run(const std::stop_token& stop, Deadline deadline) {
       }
       if (!frame) break;
       handle(*frame);
+      report_version();
     }
     const auto now = Clock::now();
     consistency_.check_liveness(now);
     close_version();  // a death may complete the open version
+    report_version();
     serve_parked(now);
     if (consistency_.finished()) {
       result.end = ServeEnd::kFinished;
@@ -242,6 +266,21 @@ void Server::Impl::handle(ReceivedFrame& frame) {
     return;
   }
   consistency_.heard(m.worker, Clock::now());
+  if (options_.replacement && !joined_[m.worker] && m.kind != Kind::kInit &&
+      m.kind != Kind::kHeartbeat && m.kind != Kind::kStats && m.kind != Kind::kGoodbye) {
+    // Its predecessor knew this worker; this process does not yet. Nothing
+    // changes: the client re-joins and asks again.
+    Message r;
+    r.kind = Kind::kReply;
+    r.reply_to = m.kind;
+    r.status = ReplyStatus::kRejoin;
+    r.request_id = m.request_id;
+    r.version = consistency_.version();
+    r.error = fmt::format("server {} was replaced and has not had worker {}'s init yet",
+                          options_.server, m.worker);
+    reply(frame.identity, m.worker, std::move(r));
+    return;
+  }
   try {
     serve(frame.identity, m);
   } catch (const Refusal& e) {
@@ -353,16 +392,62 @@ void Server::Impl::on_init(const std::string& identity, Message& m) {
                            options_.optimizer);
     }
     initialised_ = true;
-    logger_.info(
-        "ps server {}: initialised by worker {}: {} dense tensors, {} floats here, {} tables",
-        options_.server, m.worker, plan_.tensors().size(), expected, tables_.size());
+    if (!options_.replacement) {
+      logger_.info(
+          "ps server {}: initialised by worker {}: {} dense tensors, {} floats here, {} tables",
+          options_.server, m.worker, plan_.tensors().size(), expected, tables_.size());
+    } else if (!options_.restore || !restore_shard()) {
+      logger_.warn(
+          "ps server {}: replacement serving {:.3f} s after its start with worker {}'s last "
+          "pulled parameters and fresh optimizer state (no checkpoint restored)",
+          options_.server, std::chrono::duration<double>(Clock::now() - started_).count(),
+          m.worker);
+    }
+  }
+  if (options_.replacement) {
+    consistency_.follow(m.version, fmt::format("worker {}'s init", m.worker));
   }
   consistency_.join(m.worker);
+  joined_[m.worker] = true;
+  last_push_id_[m.worker] = 0;
   Message r;
   r.reply_to = Kind::kInit;
   r.request_id = m.request_id;
   r.version = consistency_.version();
+  r.clock = options_.consistency == Consistency::kSync ? consistency_.version()
+                                                       : consistency_.clock(m.worker);
   reply(identity, m.worker, std::move(r));
+}
+
+bool Server::Impl::restore_shard() {
+  const ServerRestore& source = *options_.restore;
+  std::vector<std::string> names;
+  for (const DenseSpec& spec : plan_.tensors()) names.push_back(spec.name);
+  try {
+    const PsState state = state_from_checkpoint(source.model, source.optimizer, names, 0);
+    const std::vector<StateDict> parts = split_state(plan_, table_specs_, state);
+    import_shard(parts[static_cast<size_t>(options_.server)], state.version);
+    logger_.warn("ps server {}: replacement restored its shard from {} (version {}) and serves "
+                 "{:.3f} s after its start; the updates since then are lost",
+                 options_.server, source.origin, state.version,
+                 std::chrono::duration<double>(Clock::now() - started_).count());
+    return true;
+  } catch (const std::exception& e) {
+    logger_.error("ps server {}: cannot restore from {}: {}", options_.server, source.origin,
+                  e.what());
+    return false;
+  }
+}
+
+bool Server::Impl::repeated_push(const Message& m) const {
+  return m.request_id <= last_push_id_[m.worker];
+}
+
+void Server::Impl::report_version() {
+  const uint64_t version = consistency_.version();
+  if (version == reported_version_) return;
+  reported_version_ = version;
+  if (options_.on_version) options_.on_version(version);
 }
 
 bool Server::Impl::pull_ready(uint32_t worker, uint64_t min_version) const {
@@ -426,11 +511,20 @@ void Server::Impl::on_push(const std::string& identity, Message& m) {
                               plan_.range_begin(options_.server),
                               plan_.range_end(options_.server)));
   }
-  const Admission admission = consistency_.admit_push(m.worker, m);
-  if (admission == Admission::kApplyNow && m.samples > 0) dense_->apply(m.floats, m.lr);
   Message r;
   r.reply_to = Kind::kPush;
   r.request_id = m.request_id;
+  if (repeated_push(m)) {
+    r.version = consistency_.version();
+    reply(identity, m.worker, std::move(r));
+    return;
+  }
+  if (options_.replacement && options_.consistency == Consistency::kSync) {
+    consistency_.follow(m.version, fmt::format("worker {}'s push", m.worker));
+  }
+  const Admission admission = consistency_.admit_push(m.worker, m);
+  last_push_id_[m.worker] = m.request_id;
+  if (admission == Admission::kApplyNow && m.samples > 0) dense_->apply(m.floats, m.lr);
   if (admission == Admission::kDropped) r.status = ReplyStatus::kDropped;
   r.version = consistency_.version();
   reply(identity, m.worker, std::move(r));
@@ -483,11 +577,20 @@ void Server::Impl::on_pull_rows(const std::string& identity, const Message& m) {
 
 void Server::Impl::on_push_rows(const std::string& identity, Message& m) {
   SparseTable& table = table_for(m, 1);
-  const Admission admission = consistency_.admit_rows(m.worker, m);
-  if (admission == Admission::kApplyNow) table.apply(m.keys, m.floats, m.lr);
   Message r;
   r.reply_to = Kind::kPushRows;
   r.request_id = m.request_id;
+  if (repeated_push(m)) {
+    r.version = consistency_.version();
+    reply(identity, m.worker, std::move(r));
+    return;
+  }
+  if (options_.replacement && options_.consistency == Consistency::kSync) {
+    consistency_.follow(m.version, fmt::format("worker {}'s row push", m.worker));
+  }
+  const Admission admission = consistency_.admit_rows(m.worker, m);
+  last_push_id_[m.worker] = m.request_id;
+  if (admission == Admission::kApplyNow) table.apply(m.keys, m.floats, m.lr);
   if (admission == Admission::kDropped) r.status = ReplyStatus::kDropped;
   r.version = consistency_.version();
   reply(identity, m.worker, std::move(r));
@@ -503,22 +606,7 @@ void Server::Impl::on_set_state(const std::string& identity, const Message& m) {
           std::errc()) {
     throw Refusal("set_state: metadata 'version' is missing or not a number");
   }
-  if (!m.state.contains("dense.values")) throw Refusal("set_state: 'dense.values' is missing");
-  // Import into fresh objects; swap only when everything fits.
-  DenseShard dense(dense_->values(), options_.optimizer);
-  dense.import_state(m.state);
-  std::vector<SparseTable> tables;
-  for (size_t i = 0; i < table_specs_.size(); ++i) {
-    tables.emplace_back(table_specs_[i], static_cast<uint32_t>(i), options_.seed,
-                        options_.optimizer);
-    if (!m.state.contains("sparse." + table_specs_[i].name + ".keys")) {
-      throw Refusal(fmt::format("set_state: table '{}' is missing", table_specs_[i].name));
-    }
-    tables.back().import_state(m.state);
-  }
-  dense_.emplace(std::move(dense));
-  tables_ = std::move(tables);
-  consistency_.reset(version);
+  import_shard(m.state, version);
   logger_.info("ps server {}: state loaded by worker {}; version {}", options_.server, m.worker,
                version);
   Message r;
@@ -526,6 +614,25 @@ void Server::Impl::on_set_state(const std::string& identity, const Message& m) {
   r.request_id = m.request_id;
   r.version = version;
   reply(identity, m.worker, std::move(r));
+}
+
+void Server::Impl::import_shard(const StateDict& state, uint64_t version) {
+  if (!state.contains("dense.values")) throw Refusal("set_state: 'dense.values' is missing");
+  // Import into fresh objects; swap only when everything fits.
+  DenseShard dense(dense_->values(), options_.optimizer);
+  dense.import_state(state);
+  std::vector<SparseTable> tables;
+  for (size_t i = 0; i < table_specs_.size(); ++i) {
+    tables.emplace_back(table_specs_[i], static_cast<uint32_t>(i), options_.seed,
+                        options_.optimizer);
+    if (!state.contains("sparse." + table_specs_[i].name + ".keys")) {
+      throw Refusal(fmt::format("set_state: table '{}' is missing", table_specs_[i].name));
+    }
+    tables.back().import_state(state);
+  }
+  dense_.emplace(std::move(dense));
+  tables_ = std::move(tables);
+  consistency_.reset(version);
 }
 
 StateDict Server::Impl::state_dict() const {

@@ -246,4 +246,37 @@ std::vector<StateDict> split_state(const ShardPlan& plan,
   return out;
 }
 
+PsState state_from_checkpoint(const StateDict& model, const StateDict& optimizer,
+                              const std::vector<std::string>& dense_names,
+                              uint64_t min_version) {
+  PsState state;
+  state.version = min_version;
+  if (const auto it = optimizer.metadata().find(kCheckpointVersionKey);
+      it != optimizer.metadata().end()) {
+    uint64_t version = 0;
+    const std::string& text = it->second;
+    const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), version);
+    if (error != std::errc() || end != text.data() + text.size()) {
+      throw UsageError(fmt::format("ps state: metadata '{}' is '{}', not a version number",
+                                   kCheckpointVersionKey, text));
+    }
+    state.version = std::max(version, min_version);
+  }
+  for (const std::string& name : dense_names) {
+    if (!model.contains(name)) {
+      throw UsageError(fmt::format("ps state: the model holds no tensor '{}'", name));
+    }
+    state.dense.insert(name, model.at(name));
+  }
+  const std::string sparse_prefix = kCheckpointSparsePrefix;
+  for (const auto& [name, tensor] : optimizer) {
+    if (name.rfind(sparse_prefix, 0) != 0) state.optimizer.insert(name, tensor);
+  }
+  for (const auto& [key, value] : optimizer.metadata()) {
+    if (key.rfind("ps.", 0) != 0) state.optimizer.metadata()[key] = value;
+  }
+  state.sparse = optimizer.sub(sparse_prefix);
+  return state;
+}
+
 }  // namespace dtrain::ps

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "ps/sharding.h"
@@ -34,6 +35,23 @@ struct PsState {
   // (the step count of the block each row sat in). Rows sorted by key.
   StateDict sparse;
 };
+
+// Where a ps job's state sits in a trainer checkpoint (the "optimizer"
+// section that strategy::PsStrategy::optimizer_state() returns): the dense
+// optimizer buffers in Optimizer::state_dict layout, the sparse rows under
+// "ps.sparse.", the servers' version in metadata "ps.version".
+inline constexpr const char* kCheckpointSparsePrefix = "ps.sparse.";
+inline constexpr const char* kCheckpointVersionKey = "ps.version";
+
+// A checkpoint's sections as a PsState: dense = the tensors of `model` named
+// `dense_names` (init order: the model's dense parameters), optimizer =
+// `optimizer` without the "ps.sparse." entries and "ps." metadata, sparse =
+// the "ps.sparse." entries (prefix removed), version = metadata "ps.version"
+// but at least `min_version` (a checkpoint of another strategy has none).
+// UsageError naming a missing tensor or a version that is not a number.
+PsState state_from_checkpoint(const StateDict& model, const StateDict& optimizer,
+                              const std::vector<std::string>& dense_names,
+                              uint64_t min_version);
 
 // `server_states[s]` and `versions[s]` are server s's state dict and version.
 PsState assemble_state(const ShardPlan& plan, const std::vector<SparseTableSpec>& tables,

@@ -3,7 +3,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <thread>
@@ -14,8 +13,8 @@
 namespace dtrain::strategy {
 namespace {
 
-constexpr const char* kSparsePrefix = "ps.sparse.";
-constexpr const char* kVersionKey = "ps.version";
+constexpr const char* kSparsePrefix = ps::kCheckpointSparsePrefix;
+constexpr const char* kVersionKey = ps::kCheckpointVersionKey;
 
 // Every nn::Embedding in `module`'s tree, depth first in registration order.
 void find_embeddings(nn::Module& module, std::vector<nn::Embedding*>& out) {
@@ -90,6 +89,10 @@ PsStrategy::PsStrategy(std::unique_ptr<nn::Module> model, const OptimizerFactory
 
   client_ = std::make_unique<ps::Client>(std::move(client_options), auth, logger);
   client_->init(dense, table_specs);
+  joined_step_ = client_->joined_step();
+  if (joined_step_ > 0) {
+    logger.warn("ps worker {}: joined the running job at step {}", worker_, joined_step_);
+  }
   pull_dense(0);
 
   for (size_t t = 0; t < tables_.size(); ++t) {
@@ -230,18 +233,8 @@ StateDict PsStrategy::optimizer_state() {
 }
 
 void PsStrategy::load_optimizer_state(const StateDict& state) {
-  const auto it = state.metadata().find(kVersionKey);
-  if (it != state.metadata().end()) {
-    uint64_t version = 0;
-    const std::string& text = it->second;
-    const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), version);
-    if (error != std::errc() || end != text.data() + text.size()) {
-      throw UsageError(
-          fmt::format("ps strategy: optimizer state metadata '{}' is '{}', not a "
-                      "version number",
-                      kVersionKey, text));
-    }
-  }
+  // Checks the version metadata now (UsageError), on every worker.
+  (void)ps::state_from_checkpoint(StateDict{}, state, {}, 0);
   if (!tables_.empty() && state.sub(kSparsePrefix).empty()) {
     throw UsageError(fmt::format(
         "ps strategy: the optimizer state holds no parameter-server rows ('{}*') for the "
@@ -265,29 +258,21 @@ void PsStrategy::sync_replicas() {
         "ps strategy: sync_replicas() needs the checkpoint's optimizer state first "
         "(load_optimizer_state): the servers are re-initialised from both");
   }
-  const StateDict& saved = *pending_state_;
   // The servers' version after the load: the checkpoint's, and at least 1,
   // so that workers waiting for it never take the servers' fresh version 0.
-  uint64_t version = 1;
-  if (const auto it = saved.metadata().find(kVersionKey); it != saved.metadata().end()) {
-    version = std::max<uint64_t>(1, std::stoull(it->second));
-  }
-  if (worker_ == 0) {
-    ps::PsState state;
-    state.version = version;
-    state.dense = dense_state();
-    for (const auto& [name, tensor] : saved) {
-      if (name.rfind(kSparsePrefix, 0) != 0) state.optimizer.insert(name, tensor);
-    }
-    for (const auto& [key, value] : saved.metadata()) {
-      if (key.rfind("ps.", 0) != 0) state.optimizer.metadata()[key] = value;
-    }
-    state.sparse = saved.sub(kSparsePrefix);
-    client_->load_state(state);
-  }
-  pull_dense(version);
+  const StateDict dense = dense_state();
+  std::vector<std::string> names;
+  for (const auto& [name, tensor] : dense) names.push_back(name);
+  const ps::PsState state = ps::state_from_checkpoint(dense, *pending_state_, names, 1);
+  if (worker_ == 0) client_->load_state(state);
+  pull_dense(state.version);
   balancer_.reset();  // shares are runtime state: a resumed run starts equal
   pending_state_.reset();
+}
+
+std::optional<int64_t> PsStrategy::joined_at_step() const {
+  if (joined_step_ == 0) return std::nullopt;
+  return static_cast<int64_t>(joined_step_);
 }
 
 void PsStrategy::finish() { client_->finish(); }

@@ -179,6 +179,9 @@ class PsStrategy : public Strategy {
 
   // The servers' version this worker last pulled.
   uint64_t version() const { return version_; }
+  // A restarted worker: the step its servers say the job (sync) or this
+  // worker index (async/ssp) is at; nullopt in a new job.
+  std::optional<int64_t> joined_at_step() const override;
   const PsOptions& options() const { return options_; }
   ps::Client& client() { return *client_; }
 
@@ -213,6 +216,7 @@ class PsStrategy : public Strategy {
   std::vector<Tensor> dense_data_;  // their tensors (aliases), in init order
   std::vector<Tensor> zero_grads_;  // zeros of each dense shape, pushed when there is no gradient
   uint64_t version_ = 0;
+  uint64_t joined_step_ = 0;  // Client::joined_step() after init
   // Sync: the job-wide totals that came with the last pull (server 0's sums
   // of the version that pull waited for).
   ps::StepTotals job_totals_;

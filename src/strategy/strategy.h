@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <utility>
@@ -114,6 +115,12 @@ class Strategy {
   // for a state that does not fit.
   virtual StateDict optimizer_state() { return optimizer().state_dict(); }
   virtual void load_optimizer_state(const StateDict& state) { optimizer().load_state_dict(state); }
+
+  // A process that joined a job already under way (a restarted ps worker:
+  // its servers kept the job's state) reports the global step the job is at;
+  // the trainer continues from there instead of from a checkpoint. nullopt
+  // for a process that starts the job.
+  virtual std::optional<int64_t> joined_at_step() const { return std::nullopt; }
 };
 
 // The loss used by default: cross entropy over class logits.

@@ -214,6 +214,12 @@ Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset
   TrainingPosition joined;
   if (elastic_ != nullptr && elastic_->joined_running_group(joined)) {
     position = {joined.step, joined.epoch, joined.batch_in_epoch};
+  } else if (const std::optional<int64_t> step = strategy_.joined_at_step()) {
+    // A restarted ps worker: the servers kept the job going; it continues
+    // where the job is, not from a checkpoint.
+    position = {*step, *step / per_epoch, *step % per_epoch};
+    report(fmt::format("joined the running job at step {}: epoch {}, batch {}", *step,
+                       position.epoch + 1, position.batch_in_epoch + 1));
   } else if (job_.resume) {
     resume(position);
   }

@@ -36,6 +36,10 @@
 // (metadata "part_consumed"); a run resumed with another worker count starts
 // the interrupted epoch afresh.
 //
+// A process that joins a job under way (Strategy::joined_at_step(): a
+// restarted ps worker) starts at the step the job is at, in its epoch, and
+// does not resume from a checkpoint.
+//
 // Elastic mode (set_elastic, train/elastic.h): a CommError from a step does
 // not end fit(); the group re-forms and training continues from the position
 // the new group agrees on (the failed step is redone on the new group's

@@ -217,6 +217,8 @@ TEST(PsFailure, ADeadWorkerDoesNotStopSyncAndARestartedOneRejoins) {
 
   auto restarted = job.client(1);
   EXPECT_EQ(restarted->init(model, {}), 3u);
+  EXPECT_EQ(restarted->joined_step(), 3u);  // where its trainer continues
+  EXPECT_EQ(c0->joined_step(), 0u);         // it started the job
   std::vector<Tensor> rejoined = fresh(model);
   EXPECT_EQ(restarted->pull(rejoined, 3), 3u);
   for (size_t i = 0; i < params.size(); ++i)

@@ -296,3 +296,55 @@ TEST(Evaluate, CountsAccuracyAndLoss) {
 
 }  // namespace
 }  // namespace dtrain::train
+
+namespace dtrain::train {
+namespace {
+
+// A strategy of a process that joins a job under way at `step` (what a
+// restarted ps worker's strategy reports).
+class JoiningStrategy final : public strategy::LocalStrategy {
+ public:
+  JoiningStrategy(const JobConfig& job, Rng& rng, int64_t step)
+      : LocalStrategy(build_model(job.model, rng),
+                      [&job](std::vector<Variable> p) {
+                        return optim::make_optimizer(job.optimizer, std::move(p));
+                      }),
+        step_(step) {}
+  std::optional<int64_t> joined_at_step() const override { return step_; }
+
+ private:
+  int64_t step_;
+};
+
+class FirstStep final : public Callback {
+ public:
+  void on_step_end(const StepInfo& s) override {
+    if (!first) first = s;
+  }
+  std::optional<StepInfo> first;
+};
+
+TEST(Trainer, AProcessJoiningARunningJobStartsAtItsStepNotAtTheCheckpoint) {
+  testing::TempDir dir;
+  const auto train = blobs(600, 1), test = blobs(100, 2);  // 19 steps an epoch
+  JobConfig first = blobs_job(dir.path());
+  first.train.max_steps = 10;
+  first.train.checkpoint_every_steps = 5;
+  fit(first, train, test);  // leaves a checkpoint at step 10
+
+  JobConfig job = blobs_job(dir.path());
+  Rng rng(job.seed);
+  JoiningStrategy strategy(job, rng, 23);
+  Trainer trainer(job, strategy, Logger::null());
+  FirstStep seen;
+  trainer.add_callback(seen);
+  const Summary summary = trainer.fit(train, test);
+  ASSERT_TRUE(seen.first.has_value());
+  EXPECT_EQ(seen.first->step, 24);  // not 11: the checkpoint is not where it continues
+  EXPECT_EQ(seen.first->epoch, 2);
+  EXPECT_EQ(seen.first->step_in_epoch, 5);
+  EXPECT_EQ(summary.steps, 4 * 19);
+}
+
+}  // namespace
+}  // namespace dtrain::train
