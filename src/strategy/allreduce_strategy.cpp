@@ -3,8 +3,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <cmath>
-#include <thread>
 
 #include "autograd/functions.h"
 #include "core/error.h"
@@ -57,10 +55,7 @@ AllReduceStrategy::AllReduceStrategy(std::unique_ptr<nn::Module> model,
     throw UsageError(fmt::format("allreduce strategy: timeout must be positive, got {} ms",
                                  options_.timeout.count()));
   }
-  if (!(options_.slowdown >= 1.0) || !std::isfinite(options_.slowdown)) {
-    throw UsageError(fmt::format("allreduce strategy: slowdown must be a factor >= 1, got {}",
-                                 options_.slowdown));
-  }
+  check_slowdown(options_.slowdown, "allreduce");
   header_floats_ =
       kHeaderFloats +
       (options_.dynamic_batch.enabled ? 2 * static_cast<size_t>(collectives_.size()) : size_t{0});
@@ -227,10 +222,7 @@ StepStats AllReduceStrategy::train_step(const Tensor& inputs, std::span<const in
       hooks_armed_ = false;
       in_backward_ = false;
       const double compute_s = seconds(backward_end - compute_start);
-      if (options_.slowdown > 1.0) {
-        std::this_thread::sleep_for(
-            std::chrono::duration<double>((options_.slowdown - 1.0) * compute_s));
-      }
+      slow_down(options_.slowdown, compute_s);
       window_compute_s_ += seconds(Clock::now() - compute_start);
     }
   } catch (...) {

@@ -4,8 +4,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cmath>
-#include <thread>
 
 #include "autograd/functions.h"
 #include "core/error.h"
@@ -43,10 +41,7 @@ PsStrategy::PsStrategy(std::unique_ptr<nn::Module> model, const OptimizerFactory
         "shares come from each version's measurements, which only sync has",
         ps::to_string(options_.consistency)));
   }
-  if (!(options_.slowdown >= 1.0) || !std::isfinite(options_.slowdown)) {
-    throw UsageError(
-        fmt::format("ps strategy: slowdown must be a factor >= 1, got {}", options_.slowdown));
-  }
+  check_slowdown(options_.slowdown, "ps");
   if (options_.fetch_rows_per_request < 1) {
     throw UsageError(fmt::format("ps strategy: fetch_rows_per_request must be at least 1, got {}",
                                  options_.fetch_rows_per_request));
@@ -158,11 +153,8 @@ StepStats PsStrategy::train_step(const Tensor& inputs, std::span<const int64_t> 
     mine = {static_cast<double>(loss.item()) * static_cast<double>(n),
             count_correct(output.data(), targets), n};
     loss.backward();  // the mean gradient over this worker's rows
-    if (options_.slowdown > 1.0) {
-      const std::chrono::duration<double> spent = Clock::now() - start;
-      std::this_thread::sleep_for(
-          std::chrono::duration<double>((options_.slowdown - 1.0) * spent.count()));
-    }
+    slow_down(options_.slowdown,
+              std::chrono::duration<double>(Clock::now() - start).count());
     compute_s = std::chrono::duration<double>(Clock::now() - start).count();
   }
   // Rows first: in sync the servers hold them for the version that the dense

@@ -21,6 +21,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -62,6 +63,13 @@ int64_t count_correct(const Tensor& output, std::span<const int64_t> targets);
 // `allow_empty` a share of 0 rows is valid (inputs then may be undefined):
 // a worker of a distributed step that got no rows still joins it.
 void check_batch(const Tensor& inputs, std::span<const int64_t> targets, bool allow_empty);
+
+// Emulated slow workers (`--slowdown RANK=FACTOR`, for tests and benchmarks):
+// check_slowdown throws UsageError naming `strategy` unless `factor` is a
+// finite number >= 1; slow_down sleeps (factor - 1) x `compute_s`, what a
+// node `factor` times slower would have spent on the same computation.
+void check_slowdown(double factor, std::string_view strategy);
+void slow_down(double factor, double compute_s);
 
 class Strategy {
  public:
