@@ -97,6 +97,33 @@ void Trainer::report(const std::string& message) {
   for (Callback* c : callbacks_) c->on_message(message);
 }
 
+void Trainer::set_aside_earlier_checkpoints() {
+  io::FileSystem& fs = io::default_file_system();
+  const io::CheckpointDirectory dir(job_.output, std::max<int64_t>(1, job_.train.keep_checkpoints),
+                                    fs, logger_);
+  std::vector<int64_t> steps;
+  try {
+    steps = dir.steps();
+  } catch (const std::exception&) {
+    return;  // not a readable folder: the first checkpoint write reports it
+  }
+  if (steps.empty()) return;
+  std::string aside;
+  for (int n = 1;; ++n) {
+    aside = fmt::format("{}/earlier-run-{}", job_.output, n);
+    if (!fs.exists(aside)) break;
+  }
+  fs.create_directories(aside);
+  for (int64_t step : steps) {
+    const std::string path = dir.path_for(step);
+    fs.rename_file(path, aside + path.substr(path.rfind('/')));
+  }
+  fs.sync_directory(job_.output);
+  logger_.warn("training afresh (no resume): moved {} checkpoint(s) of an earlier run (steps {} "
+               "to {}) from {} to {}",
+               steps.size(), steps.front(), steps.back(), job_.output, aside);
+}
+
 bool Trainer::resume(Position& position) {
   io::CheckpointDirectory dir(job_.output, std::max<int64_t>(1, job_.train.keep_checkpoints),
                               io::default_file_system(), logger_);
@@ -222,6 +249,8 @@ Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset
                        position.epoch + 1, position.batch_in_epoch + 1));
   } else if (job_.resume) {
     resume(position);
+  } else if (chief) {
+    set_aside_earlier_checkpoints();
   }
   writer_.reset();
   // Rank 0 writes the checkpoints. In elastic mode rank and world size

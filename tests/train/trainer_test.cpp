@@ -225,6 +225,23 @@ TEST(Trainer, AFailedBackgroundWriteEndsFitWithACheckpointError) {
   }
 }
 
+TEST(Trainer, AFreshRunSetsAsideTheCheckpointsOfAnEarlierRun) {
+  testing::TempDir dir;
+  JobConfig job = blobs_job(dir.path());
+  job.resume = false;
+  job.train.checkpoint_every_steps = 2;
+  job.train.keep_checkpoints = 2;
+  job.train.max_steps = 8;
+  fit(job, blobs(300, 1), blobs(100, 2));  // leaves ckpt-6 and ckpt-8
+  job.train.max_steps = 4;
+  fit(job, blobs(300, 1), blobs(100, 2));  // afresh: its own ckpt-2 and ckpt-4 only
+  io::CheckpointDirectory now(dir.path(), 2, io::default_file_system(), Logger::null());
+  EXPECT_EQ(now.steps(), (std::vector<int64_t>{2, 4}));
+  io::CheckpointDirectory aside(dir.file("earlier-run-1"), 2, io::default_file_system(),
+                                Logger::null());
+  EXPECT_EQ(aside.steps(), (std::vector<int64_t>{6, 8}));
+}
+
 TEST(Trainer, WritesMetricsAsJsonLines) {
   testing::TempDir dir;
   JobConfig job = blobs_job(dir.path());
