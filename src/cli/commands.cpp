@@ -16,6 +16,8 @@
 #include "cli/job_file.h"
 #include "cli/launcher.h"
 #include "cli/ps_job.h"
+#include "cli/ps_launch.h"
+#include "cli/test_hooks.h"
 #include "cli/worker_comm.h"
 #include "comm/communicator.h"
 #include "comm/launch_env.h"
@@ -291,7 +293,11 @@ std::unique_ptr<strategy::PsStrategy> make_ps_strategy(const train::JobConfig& j
   c.num_workers = static_cast<int>(job.distributed.workers);
   c.server_endpoints = discover_ps_servers(job, launch, env, logger);
   c.timeout = std::chrono::milliseconds(job.distributed.timeout_ms);
+  c.heartbeat_interval =
+      std::chrono::milliseconds(std::min<int64_t>(1000, job.distributed.heartbeat_timeout_ms / 4));
   strategy::PsOptions o;
+  if (const auto id = env.find(kLaunchIdVariable); id != env.end()) o.launch_id = id->second;
+  o.reshard_lost_workers = job.distributed.backup_workers == 0;
   o.consistency = ps::parse_consistency(job.distributed.consistency);
   o.dynamic_batch.enabled = job.distributed.dynamic_batch;
   o.dynamic_batch.rebalance_every = job.distributed.rebalance_every;
@@ -399,6 +405,20 @@ int run_train(const TrainOptions& options, std::ostream& out) {
     // ps: S servers then N workers, all running this command line.
     l.workers = static_cast<int>(job.distributed.workers + (ps_job ? job.distributed.servers : 0));
     l.environment = options.environment;
+    if (ps_job) {
+      const int64_t workers = job.distributed.workers;
+      const int64_t min_workers = job.train.min_workers > 0 ? job.train.min_workers : 1;
+      if (min_workers > workers) {
+        throw ConfigError(job.source, "train.min_workers", 0,
+                          fmt::format("{} is more than the job's {} worker(s)", min_workers,
+                                      workers));
+      }
+      return run_ps_job(l, static_cast<int>(job.distributed.servers),
+                        static_cast<int>(min_workers),
+                        static_cast<int>(std::min<int64_t>(job.train.max_restarts, INT_MAX)), out,
+                        std::cerr, Logger::stderr_logger(), Deadline::never())
+          .exit_code;
+    }
     if (job.train.elastic) {
       const int64_t min_workers =
           job.train.min_workers > 0 ? job.train.min_workers : job.distributed.workers;
@@ -497,7 +517,7 @@ int run_train(const TrainOptions& options, std::ostream& out) {
   train::Trainer trainer(job, trained, logger);
   if (elastic) trainer.set_elastic(elastic_worker.get());
   std::unique_ptr<train::Callback> kill_switch;
-  if (elastic) kill_switch = elastic_test_kill_switch(options.environment, launch.rank);
+  if (elastic || ps_job) kill_switch = test_kill_switch(options.environment, launch.rank);
   if (kill_switch) trainer.add_callback(*kill_switch);
   std::unique_ptr<train::JsonLinesWriter> metrics;
   std::unique_ptr<train::Callback> progress;

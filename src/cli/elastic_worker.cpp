@@ -1,7 +1,6 @@
 #include "cli/elastic_worker.h"
 
 #include <fmt/format.h>
-#include <signal.h>
 
 #include <fstream>
 #include <functional>
@@ -38,34 +37,6 @@ uint64_t get_u64(std::span<const std::byte> bytes, size_t& pos) {
   for (int i = 7; i >= 0; --i) v = (v << 8) | std::to_integer<uint64_t>(bytes[pos + i]);
   pos += 8;
   return v;
-}
-
-// Test hook of the fault-tolerance tests: DTRAIN_TEST_KILL_AT_STEP=SLOT:STEP
-// makes the first process of that slot SIGKILL itself once STEP is done.
-class KillAtStep final : public train::Callback {
- public:
-  explicit KillAtStep(int64_t step) : step_(step) {}
-  void on_step_end(const train::StepInfo& s) override {
-    if (s.step == step_) raise(SIGKILL);
-  }
-
- private:
-  int64_t step_;
-};
-
-std::unique_ptr<train::Callback> kill_switch_for(const std::map<std::string, std::string>& env,
-                                                 int slot) {
-  const auto knob = env.find("DTRAIN_TEST_KILL_AT_STEP");
-  if (knob == env.end()) return nullptr;
-  const auto restart = env.find("DTRAIN_RESTART_COUNT");
-  if (restart != env.end() && restart->second != "0") return nullptr;
-  const size_t colon = knob->second.find(':');
-  if (colon == std::string::npos) {
-    throw ConfigError(
-        fmt::format("DTRAIN_TEST_KILL_AT_STEP='{}': expected SLOT:STEP", knob->second));
-  }
-  if (std::stoi(knob->second.substr(0, colon)) != slot) return nullptr;
-  return std::make_unique<KillAtStep>(std::stoll(knob->second.substr(colon + 1)));
 }
 
 // Test hook of the elastic tests: with DTRAIN_TEST_JOIN_GATE=FIFO a
@@ -272,11 +243,6 @@ std::unique_ptr<ElasticWorker> join_elastic_job(const train::JobConfig& job,
     logger.warn("{}", f.what());
     return nullptr;
   }
-}
-
-std::unique_ptr<train::Callback> elastic_test_kill_switch(
-    const std::map<std::string, std::string>& env, int slot) {
-  return kill_switch_for(env, slot);
 }
 
 }  // namespace dtrain::cli

@@ -135,15 +135,10 @@ std::unique_ptr<ElasticWorker> join_elastic_job(const train::JobConfig& job,
                                                 const std::map<std::string, std::string>& env,
                                                 Logger& logger);
 
-// Test hooks of the elastic tests (cli only; both read `env`):
-// - DTRAIN_TEST_KILL_AT_STEP=SLOT:STEP: the first process of that slot
-//   (DTRAIN_RESTART_COUNT 0) SIGKILLs itself once STEP is done: a callback
-//   for that slot's trainer, nullptr for the others. Throws ConfigError for
-//   a malformed value.
-// - DTRAIN_TEST_JOIN_GATE=FIFO: a replacement worker (DTRAIN_RESTART_COUNT
-//   > 0) reads one line from that FIFO before it joins, so that a test
-//   chooses when it joins (the test's own deadline bounds that wait).
-std::unique_ptr<train::Callback> elastic_test_kill_switch(
-    const std::map<std::string, std::string>& env, int slot);
+// Test hook of the elastic tests (cli/test_hooks.h has the kill switch):
+// DTRAIN_TEST_JOIN_GATE=FIFO in `env` makes a replacement worker
+// (DTRAIN_RESTART_COUNT > 0) read one line from that FIFO before it joins,
+// so that a test chooses when it joins (the test's own deadline bounds that
+// wait); join_elastic_job honours it.
 
 }  // namespace dtrain::cli

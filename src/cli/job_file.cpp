@@ -414,6 +414,7 @@ train::JobConfig parse_job(const std::string& toml_text, const std::string& sour
     r.read("consistency", job.distributed.consistency);
     r.read("staleness", job.distributed.staleness);
     r.read("backup_workers", job.distributed.backup_workers);
+    r.read("heartbeat_timeout_ms", job.distributed.heartbeat_timeout_ms);
     r.finish();
     const auto line = [t](const char* key) { return t->get(key) ? line_of(*t->get(key)) : 0; };
     if (job.distributed.rebalance_every < 1) {
@@ -446,6 +447,11 @@ train::JobConfig parse_job(const std::string& toml_text, const std::string& sour
                         fmt::format("backup workers drop late pushes of a synchronous step; "
                                     "consistency '{}' has no step to drop them from",
                                     job.distributed.consistency));
+    }
+    if (job.distributed.heartbeat_timeout_ms < 100) {
+      throw ConfigError(file, "distributed.heartbeat_timeout_ms", line("heartbeat_timeout_ms"),
+                        fmt::format("must be at least 100 (ms), got {}",
+                                    job.distributed.heartbeat_timeout_ms));
     }
     if (job.distributed.workers < 1) {
       throw ConfigError(file, "distributed.workers", line_of(*t->get("workers")), "must be at least 1");

@@ -385,7 +385,10 @@ class Supervisor {
   void run(Deadline deadline);
 
   // Elastic mode: starts a new process for a slot (called from run()).
-  void set_respawn(std::function<void(int slot)> respawn) { respawn_ = std::move(respawn); }
+  // `since_failure` is how long ago the slot's failure was noticed.
+  void set_respawn(std::function<void(int slot, double since_failure_s)> respawn) {
+    respawn_ = std::move(respawn);
+  }
 
   bool timed_out() const { return timed_out_; }
   std::optional<int> first_failed_rank() const { return first_failed_rank_; }
@@ -417,6 +420,8 @@ class Supervisor {
   void finish(Worker& w);
   // Elastic mode's handling of an ended worker (finish() reaped it).
   void finish_elastic(const Worker& w, const std::string& what);
+  // Elastic mode: the slot's name in log lines.
+  std::string slot_name(int slot) const;
   void begin_stop(int sig, const std::string& why);
   void handle_signals();
   void enforce_timers(Deadline deadline);
@@ -440,8 +445,9 @@ class Supervisor {
   int interrupted_by_ = 0;
 
   // Elastic mode.
-  std::function<void(int slot)> respawn_;
-  std::vector<int> respawn_queue_;  // slots to start again, from finish()
+  std::function<void(int slot, double since_failure_s)> respawn_;
+  // Slots to start again and when their failure was noticed, from finish().
+  std::vector<std::pair<int, Clock::time_point>> respawn_queue_;
   int restarts_used_ = 0;
   std::vector<WorkerExit> lost_;  // failed workers, in order
 };
@@ -451,7 +457,9 @@ void Supervisor::run(Deadline deadline) {
     handle_signals();
     check_exits();
     if (!stopping_ && respawn_) {
-      for (int slot : std::exchange(respawn_queue_, {})) respawn_(slot);
+      for (const auto& [slot, failed] : std::exchange(respawn_queue_, {})) {
+        respawn_(slot, std::chrono::duration<double>(Clock::now() - failed).count());
+      }
     }
     enforce_timers(deadline);
     if (running().empty()) {
@@ -584,8 +592,7 @@ void Supervisor::finish(Worker& w) {
   w.status.signal = WIFSIGNALED(raw) ? WTERMSIG(raw) : 0;
 
   if (options_.elastic) {
-    finish_elastic(w,
-                   fmt::format("worker slot {} (pid {}) {}", w.rank, w.pid, w.status.describe()));
+    finish_elastic(w, fmt::format("{} (pid {}) {}", slot_name(w.rank), w.pid, w.status.describe()));
     return;
   }
   const std::string what =
@@ -603,9 +610,15 @@ void Supervisor::finish(Worker& w) {
   }
 }
 
+std::string Supervisor::slot_name(int slot) const {
+  const LaunchOptions::Elastic& elastic = *options_.elastic;
+  return elastic.slot_name ? elastic.slot_name(slot) : fmt::format("worker slot {}", slot);
+}
+
 void Supervisor::finish_elastic(const Worker& w, const std::string& what) {
   const LaunchOptions::Elastic& elastic = *options_.elastic;
-  const int left = static_cast<int>(running().size());
+  int left = 0;  // running workers
+  for (const Worker* r : running()) left += r->rank >= elastic.first_worker_slot ? 1 : 0;
   if (elastic.on_worker_ended) elastic.on_worker_ended(w.status, left);
   if (w.status.ok()) {
     logger_.debug("{}", what);
@@ -617,14 +630,27 @@ void Supervisor::finish_elastic(const Worker& w, const std::string& what) {
   }
   lost_.push_back(w.status);
   const bool replace = restarts_used_ < elastic.max_restarts;
-  if (left + (replace ? 1 : 0) < elastic.min_workers) {
+  const bool essential = w.rank < elastic.essential_slots;
+  if (essential && !replace) {
+    first_failed_rank_ = w.rank;
+    first_failure_ = w.status;
+    failed_at_ = Clock::now();
+    logger_.error("{}; the job cannot go on without it and no restart is left (max_restarts = "
+                  "{}): stopping the job",
+                  what, elastic.max_restarts);
+    begin_stop(SIGTERM, fmt::format("{} failed", slot_name(w.rank)));
+    return;
+  }
+  if (!essential && left + (replace ? 1 : 0) < elastic.min_workers) {
     first_failed_rank_ = w.rank;
     first_failure_ = w.status;
     failed_at_ = Clock::now();
     std::string lost;
     for (const WorkerExit& e : lost_) {
-      lost += fmt::format("{}slot {} (pid {}) {}", lost.empty() ? "" : ", ", e.rank, e.pid,
-                          e.describe());
+      lost += fmt::format("{}{} (pid {}) {}", lost.empty() ? "" : ", ",
+                          elastic.slot_name ? elastic.slot_name(e.rank)
+                                            : fmt::format("slot {}", e.rank),
+                          e.pid, e.describe());
     }
     logger_.error("{}; {} worker(s) left, fewer than min_workers = {}: stopping the elastic job "
                   "(lost: {})",
@@ -632,12 +658,20 @@ void Supervisor::finish_elastic(const Worker& w, const std::string& what) {
     begin_stop(SIGTERM, fmt::format("too few workers after slot {} failed", w.rank));
     return;
   }
+  if (essential) {
+    ++restarts_used_;
+    respawn_queue_.emplace_back(w.rank, Clock::now());
+    logger_.warn("{}; starting its replacement (restart {} of {})", what, restarts_used_,
+                 elastic.max_restarts);
+    return;
+  }
   if (replace) {
     ++restarts_used_;
-    respawn_queue_.push_back(w.rank);
-    logger_.warn("{}; continuing with {} worker(s); starting a new worker for slot {} (restart {} "
-                 "of {})",
-                 what, left, w.rank, restarts_used_, elastic.max_restarts);
+    respawn_queue_.emplace_back(w.rank, Clock::now());
+    logger_.warn("{}; continuing with {} worker(s); starting {} (restart {} of {})", what, left,
+                 elastic.slot_name ? elastic.slot_name(w.rank) + " again"
+                                   : fmt::format("a new worker for slot {}", w.rank),
+                 restarts_used_, elastic.max_restarts);
   } else {
     logger_.warn("{}; continuing with {} worker(s)", what, left);
   }
@@ -714,13 +748,20 @@ Launcher::Launcher(LaunchOptions options, std::ostream& out, std::ostream& err, 
         "launcher: stop_grace ({} ms) and output_drain_timeout ({} ms) must not be negative",
         options_.stop_grace.count(), options_.output_drain_timeout.count()));
   }
-  if (options_.elastic && (options_.elastic->min_workers < 1 ||
-                            options_.elastic->min_workers > options_.workers ||
-                            options_.elastic->max_restarts < 0)) {
+  if (options_.elastic &&
+      (options_.elastic->essential_slots < 0 ||
+       options_.elastic->essential_slots > options_.workers ||
+       options_.elastic->first_worker_slot < 0 ||
+       options_.elastic->first_worker_slot > options_.elastic->essential_slots ||
+       options_.elastic->min_workers < 1 ||
+       options_.elastic->min_workers > options_.workers - options_.elastic->first_worker_slot ||
+       options_.elastic->max_restarts < 0)) {
     throw UsageError(fmt::format(
-        "launcher: elastic min_workers {} must be in 1..{} (the workers) and max_restarts {} "
-        "must not be negative",
-        options_.elastic->min_workers, options_.workers, options_.elastic->max_restarts));
+        "launcher: elastic essential_slots {} must be in 0..{}, first_worker_slot {} in 0..{}, "
+        "min_workers {} in 1..{} (the workers) and max_restarts {} must not be negative",
+        options_.elastic->essential_slots, options_.workers, options_.elastic->first_worker_slot,
+        options_.elastic->essential_slots, options_.elastic->min_workers,
+        options_.workers - options_.elastic->first_worker_slot, options_.elastic->max_restarts));
   }
   if (options_.coordinator_port < 0 || options_.coordinator_port > 65535) {
     throw UsageError(fmt::format("launcher: coordinator port {} is outside 0..65535",
@@ -763,12 +804,17 @@ LaunchResult Launcher::run(Deadline deadline) {
 
   Supervisor supervisor(workers, signals, options_, out_, err_, logger_);
   if (options_.elastic) {
-    supervisor.set_respawn([&](int slot) {
+    supervisor.set_respawn([&](int slot, double since_failure_s) {
       start(slot);
       const Worker& w = workers.all().back();
-      logger_.info("started a new worker for slot {} (pid {}); it joins the group at the next "
-                   "step boundary",
-                   slot, w.pid);
+      if (options_.elastic->slot_name) {
+        logger_.info("started {} again (pid {}) {:.3f} s after its failure was noticed",
+                     options_.elastic->slot_name(slot), w.pid, since_failure_s);
+      } else {
+        logger_.info("started a new worker for slot {} (pid {}); it joins the group at the next "
+                     "step boundary",
+                     slot, w.pid);
+      }
     });
   }
   supervisor.run(deadline);

@@ -38,7 +38,10 @@
 // started for that slot before it). Once fewer than min_workers run, the job
 // stops like a failed one, its log line naming every lost slot. A worker that
 // exits 0 ends normally; the job succeeds when every worker still running at
-// the end exits 0. LaunchResult::workers then holds one entry per process
+// the end exits 0. With essential_slots (a ps job's servers, cli/ps_launch.h)
+// the failure of such a slot is never tolerated: it is replaced while
+// restarts remain ("ps server 1 (pid 1234) was killed by signal 9 (SIGKILL);
+// starting its replacement (restart 1 of 2)"), else the job stops naming it. LaunchResult::workers then holds one entry per process
 // started (rank = slot), in start order.
 //
 // Exit code (LaunchResult::exit_code): 0 when every worker exited 0; else the
@@ -107,7 +110,8 @@ struct LaunchOptions {
   std::function<void(const std::string& coordinator)> on_started;
   // Elastic mode when set; see the header's contract.
   struct Elastic {
-    // The job stops once fewer workers than this run (1..workers).
+    // The job stops once fewer workers than this run (1..workers -
+    // first_worker_slot).
     int min_workers = 1;
     // Processes started to replace failed ones, over the whole job.
     int max_restarts = 0;
@@ -119,6 +123,17 @@ struct LaunchOptions {
     // Called on run()'s thread when the job starts stopping (too few
     // workers, a signal, the deadline), with the reason.
     std::function<void(const std::string& reason)> on_stopping;
+    // Slots [0, essential_slots) must run for the job to go on (a ps job's
+    // servers and its chief worker): one that fails is replaced while
+    // restarts remain, else the job stops naming it.
+    int essential_slots = 0;
+    // Slots [0, first_worker_slot) are not workers (a ps job's servers):
+    // min_workers and the "continuing with N worker(s)" lines count only the
+    // others. At most essential_slots.
+    int first_worker_slot = 0;
+    // The name of a slot in log lines ("ps server 1", "worker 0"); empty:
+    // "worker slot N".
+    std::function<std::string(int slot)> slot_name;
   };
   std::optional<Elastic> elastic;
 };

@@ -1,15 +1,21 @@
 #include "cli/ps_job.h"
 
 #include <fmt/format.h>
+#include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <optional>
 #include <stop_token>
 
+#include "cli/test_hooks.h"
 #include "comm/auth.h"
 #include "comm/rendezvous.h"
 #include "core/error.h"
+#include "io/checkpoint.h"
 #include "ps/server.h"
+#include "ps/state_layout.h"
 
 namespace dtrain::cli {
 
@@ -56,6 +62,15 @@ std::string advertised(const std::string& bound, const std::string& listen_host,
   return "tcp://" + host + bound.substr(colon);
 }
 
+int serve(ps::Server& server, int index, Logger& logger) {
+  const std::stop_source never;
+  const ps::ServeResult result = server.run(never.get_token());
+  logger.info("server {}: done after {} versions, {} pushes applied, {} dropped, {} rejected",
+              index, result.stats.version, result.stats.pushes_applied,
+              result.stats.pushes_dropped, result.stats.requests_rejected);
+  return 0;
+}
+
 std::vector<comm::PeerEndpoint> meet(const train::JobConfig& job, const comm::LaunchInfo& launch,
                                      const comm::JobAuth& auth, const std::string& endpoint,
                                      Logger& logger) {
@@ -66,6 +81,69 @@ std::vector<comm::PeerEndpoint> meet(const train::JobConfig& job, const comm::La
   return comm::rendezvous(launch.coordinator, self, launch.world_size, auth,
                           Deadline::after(std::chrono::milliseconds(job.distributed.timeout_ms)),
                           logger);
+}
+
+// The server endpoints a launcher fixed in DTRAIN_PS_ENDPOINTS, by server
+// index; empty when unset.
+std::vector<std::string> fixed_endpoints(const train::JobConfig& job,
+                                         const std::map<std::string, std::string>& env) {
+  const std::string text = env_or(env, kPsEndpointsVariable, "");
+  std::vector<std::string> endpoints;
+  if (text.empty()) return endpoints;
+  for (size_t start = 0;;) {
+    const size_t comma = text.find(',', start);
+    endpoints.push_back(text.substr(start, comma - start));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  const bool blank = std::any_of(endpoints.begin(), endpoints.end(),
+                                 [](const std::string& e) { return e.empty(); });
+  if (blank || static_cast<int64_t>(endpoints.size()) != job.distributed.servers) {
+    throw ConfigError(fmt::format("{}='{}' names {} endpoint(s); the job has {} server(s)",
+                                  kPsEndpointsVariable, text, endpoints.size(),
+                                  job.distributed.servers));
+  }
+  return endpoints;
+}
+
+bool is_replacement(const std::map<std::string, std::string>& env) {
+  const std::string count = env_or(env, "DTRAIN_RESTART_COUNT", "0");
+  return count != "0";
+}
+
+// What a replacement server restores: the newest intact checkpoint in the
+// job's output folder that belongs to this job (written by this launch, or any
+// when the job resumes from its checkpoints); nullopt when there is none.
+std::optional<ps::ServerRestore> restore_source(const train::JobConfig& job,
+                                                const std::map<std::string, std::string>& env,
+                                                Logger& logger) {
+  const io::CheckpointDirectory dir(job.output, std::max<int64_t>(1, job.train.keep_checkpoints),
+                                    io::default_file_system(), logger);
+  const std::string launch_id = env_or(env, kLaunchIdVariable, "");
+  std::vector<int64_t> steps = dir.steps();
+  for (auto step = steps.rbegin(); step != steps.rend(); ++step) {
+    const std::string path = dir.path_for(*step);
+    io::Checkpoint c;
+    try {
+      c = io::read_checkpoint(path);
+    } catch (const std::exception& e) {
+      logger.warn("replacement server: skipping {}: {}", path, e.what());
+      continue;
+    }
+    if (!c.has_section("model") || !c.has_section("optimizer")) continue;
+    const auto& meta = c.section("optimizer").metadata();
+    const auto launch = meta.find(ps::kCheckpointLaunchKey);
+    if (!job.resume && (launch == meta.end() || launch->second != launch_id)) {
+      logger.warn("replacement server: skipping {}: written by another run of the job (this one "
+                  "started with --no-resume)",
+                  path);
+      continue;
+    }
+    return ps::ServerRestore{c.section("model"), c.section("optimizer"),
+                             fmt::format("{} (step {})", path, c.step)};
+  }
+  logger.warn("replacement server: no checkpoint of this run in '{}'", job.output);
+  return std::nullopt;
 }
 
 }  // namespace
@@ -84,7 +162,7 @@ std::unique_ptr<Logger> role_logger(const std::string& prefix, LogLevel level) {
 
 int run_ps_server(const train::JobConfig& job, const comm::LaunchInfo& launch,
                   const std::map<std::string, std::string>& env, Logger& logger) {
-  check_coordinator(launch, "ps server");
+  if (fixed_endpoints(job, env).empty()) check_coordinator(launch, "ps server");
   const auto servers = static_cast<int>(job.distributed.servers);
   const PsRole role = ps_role(launch.rank, servers);
   DTRAIN_CHECK(role.server, "rank {} is not a server of {}", launch.rank, servers);
@@ -103,6 +181,33 @@ int run_ps_server(const train::JobConfig& job, const comm::LaunchInfo& launch,
   o.staleness_bound = static_cast<int>(job.distributed.staleness);
   o.optimizer = job.optimizer;
   o.seed = job.seed;
+  o.heartbeat_timeout = std::chrono::milliseconds(job.distributed.heartbeat_timeout_ms);
+  if (const std::optional<int64_t> kill_at = test_kill_step(env, launch.rank)) {
+    o.on_version = [at = static_cast<uint64_t>(*kill_at)](uint64_t version) {
+      if (version == at) raise(SIGKILL);
+    };
+  }
+  const std::vector<std::string> fixed = fixed_endpoints(job, env);
+  if (!fixed.empty()) {
+    // A launcher fixed the endpoints: no rendezvous, and a replacement binds
+    // its predecessor's address, where the workers reconnect by themselves.
+    o.bind_endpoint = fixed[static_cast<size_t>(role.index)];
+    if (is_replacement(env)) {
+      o.replacement = true;
+      o.restore = restore_source(job, env, logger);
+    }
+    ps::Server server(o, job_auth(job, env), logger);
+    logger.info("server {} of {} ({} workers, {}): serving at {}{}", role.index, servers,
+                o.num_workers, job.distributed.consistency, server.endpoint(),
+                o.replacement ? " as a replacement" : "");
+    return serve(server, role.index, logger);
+  }
+  if (is_replacement(env)) {
+    throw ConfigError(fmt::format("ps server {} was restarted (DTRAIN_RESTART_COUNT={}) without "
+                                  "fixed endpoints ({}): the workers could not find it",
+                                  role.index, env_or(env, "DTRAIN_RESTART_COUNT", ""),
+                                  kPsEndpointsVariable));
+  }
 
   // Rank 0 hosts the rendezvous; it lives until this server stops serving,
   // long after every rank got the table (workers finish only after it).
@@ -118,18 +223,15 @@ int run_ps_server(const train::JobConfig& job, const comm::LaunchInfo& launch,
   meet(job, launch, auth, endpoint, logger);
   logger.info("server {} of {} ({} workers, {}): serving at {}", role.index, servers, o.num_workers,
               job.distributed.consistency, endpoint);
-  const std::stop_source never;
-  const ps::ServeResult result = server.run(never.get_token());
-  logger.info("server {}: done after {} versions, {} pushes applied, {} dropped, {} rejected",
-              role.index, result.stats.version, result.stats.pushes_applied,
-              result.stats.pushes_dropped, result.stats.requests_rejected);
-  return 0;
+  return serve(server, role.index, logger);
 }
 
 std::vector<std::string> discover_ps_servers(const train::JobConfig& job,
                                              const comm::LaunchInfo& launch,
                                              const std::map<std::string, std::string>& env,
                                              Logger& logger) {
+  std::vector<std::string> fixed = fixed_endpoints(job, env);
+  if (!fixed.empty()) return fixed;
   check_coordinator(launch, "ps worker");
   const auto servers = static_cast<int>(job.distributed.servers);
   const std::vector<comm::PeerEndpoint> table = meet(job, launch, job_auth(job, env), "", logger);

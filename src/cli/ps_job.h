@@ -12,6 +12,19 @@
 // DTRAIN_LISTEN_HOST (address the server binds, default 127.0.0.1; 0.0.0.0
 // across hosts) and DTRAIN_ADVERTISE_HOST (address workers use to reach it).
 //
+// Fixed endpoints (what dtrain's own launcher does, cli/ps_launch.h; possible
+// under any launcher): DTRAIN_PS_ENDPOINTS="EP0,EP1,..." names server s's
+// endpoint ("ipc:///path" or "tcp://host:port"). Server s binds EP s, the
+// workers connect to them, and no rendezvous takes place. Only then can a
+// server be replaced: a process started for server s with
+// DTRAIN_RESTART_COUNT > 0 binds the same endpoint as a replacement
+// (ps::ServerOptions::replacement) and restores its shard from the newest
+// intact checkpoint of the job's output folder that belongs to this run (one
+// whose DTRAIN_LAUNCH_ID matches, or any when the job resumes from its
+// checkpoints); the workers re-join it by themselves.
+// Test hook: DTRAIN_TEST_KILL_AT_STEP=s:V makes the first process of server s
+// SIGKILL itself once its version reaches V (cli/test_hooks.h).
+//
 // Errors: ConfigError without a coordinator or when the world has no room
 // for a worker (S + N <= S); TimeoutError naming the missing ranks when the
 // rendezvous does not complete within the job's timeout; CommError when a
@@ -31,6 +44,12 @@
 #include "train/job_config.h"
 
 namespace dtrain::cli {
+
+// The environment variable with the servers' fixed endpoints, comma-separated.
+inline constexpr const char* kPsEndpointsVariable = "DTRAIN_PS_ENDPOINTS";
+// The environment variable naming one launch of a job (random hex): its
+// checkpoints carry it (ps::kCheckpointLaunchKey).
+inline constexpr const char* kLaunchIdVariable = "DTRAIN_LAUNCH_ID";
 
 // A process's role in a ps job of `servers` servers.
 struct PsRole {

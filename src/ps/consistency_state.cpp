@@ -163,7 +163,7 @@ std::optional<VersionUpdate> ConsistencyState::close_version() {
   for (size_t w = 0; w < held_.size(); ++w) {
     const Contribution& c = held_[w];
     if (!c.pushed) continue;
-    totals.workers[w] = {c.samples, c.compute_s};
+    totals.workers[w] = {c.samples, c.compute_s, true};
     if (update.grad.empty()) {
       update.lr = c.lr;
       update.grad.assign(c.grad.size(), 0.0f);

@@ -357,6 +357,7 @@ void put_reply_body(Writer& w, const Message& m) {
       for (const WorkerStep& step : m.totals.workers) {
         w.put<int64_t>(step.samples);
         w.put<double>(step.compute_s);
+        w.put<uint8_t>(step.counted ? 1 : 0);
       }
       w.put_floats(m.floats);
       return;
@@ -385,9 +386,9 @@ double get_seconds(Reader& r, std::string_view field) {
 }
 
 // A pull reply's per-worker steps: u32 count, then count x (i64 samples, f64
-// compute_s).
+// compute_s, u8 counted).
 std::vector<WorkerStep> get_worker_steps(Reader& r) {
-  constexpr size_t kStepBytes = sizeof(int64_t) + sizeof(double);
+  constexpr size_t kStepBytes = sizeof(int64_t) + sizeof(double) + sizeof(uint8_t);
   const auto count = r.get<uint32_t>("pull worker count");
   r.need(static_cast<size_t>(count) * kStepBytes, "pull worker steps");
   std::vector<WorkerStep> steps(count);
@@ -398,6 +399,12 @@ std::vector<WorkerStep> get_worker_steps(Reader& r) {
                                   steps[i].samples));
     }
     steps[i].compute_s = get_seconds(r, "pull worker compute_s");
+    const auto counted = r.get<uint8_t>("pull worker counted");
+    if (counted > 1) {
+      throw DataError(
+          fmt::format("ps message: pull worker {} counted flag is {}; must be 0 or 1", i, counted));
+    }
+    steps[i].counted = counted == 1;
   }
   return steps;
 }

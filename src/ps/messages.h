@@ -87,13 +87,15 @@ struct ServerStats {
 struct WorkerStep {
   int64_t samples = 0;
   double compute_s = 0.0;
+  bool counted = false;  // the version aggregated this worker's push
 };
 
 // The job-wide sums of one sync version: what the workers whose dense pushes
 // it aggregated reported with them (loss summed over samples, correct
 // predictions, samples), summed in worker-index order, and each worker's
-// samples and compute seconds by worker index (zeros for a worker whose push
-// the version did not take; empty before the first version closed).
+// samples and compute seconds by worker index (zeros and counted = false for
+// a worker whose push the version did not take, e.g. a dead one; empty before
+// the first version closed).
 struct StepTotals {
   double loss_sum = 0.0;
   int64_t correct = 0;

@@ -133,9 +133,11 @@ class Server::Impl {
   void on_pull_rows(const std::string& identity, const Message& m);
   void on_push_rows(const std::string& identity, Message& m);
   void on_set_state(const std::string& identity, const Message& m);
-  // A replacement server's first init: its shard from options_.restore.
-  // False (logged) when the checkpoint does not fit the init's layout.
-  bool restore_shard();
+  // A replacement server's first init (from `worker`): its optimizer state,
+  // embedding rows and version from options_.restore, its dense values from
+  // the init. False (logged) when the checkpoint does not fit the init's
+  // layout.
+  bool restore_shard(uint32_t worker);
   // Imports a per-server state dict (split_state layout) into fresh shard
   // objects, swapped in only when all of it fits; the version becomes
   // `version`. Refusal naming what is missing.
@@ -396,7 +398,7 @@ void Server::Impl::on_init(const std::string& identity, Message& m) {
       logger_.info(
           "ps server {}: initialised by worker {}: {} dense tensors, {} floats here, {} tables",
           options_.server, m.worker, plan_.tensors().size(), expected, tables_.size());
-    } else if (!options_.restore || !restore_shard()) {
+    } else if (!options_.restore || !restore_shard(m.worker)) {
       logger_.warn(
           "ps server {}: replacement serving {:.3f} s after its start with worker {}'s last "
           "pulled parameters and fresh optimizer state (no checkpoint restored)",
@@ -419,17 +421,28 @@ void Server::Impl::on_init(const std::string& identity, Message& m) {
   reply(identity, m.worker, std::move(r));
 }
 
-bool Server::Impl::restore_shard() {
+bool Server::Impl::restore_shard(uint32_t worker) {
   const ServerRestore& source = *options_.restore;
   std::vector<std::string> names;
   for (const DenseSpec& spec : plan_.tensors()) names.push_back(spec.name);
   try {
     const PsState state = state_from_checkpoint(source.model, source.optimizer, names, 0);
     const std::vector<StateDict> parts = split_state(plan_, table_specs_, state);
-    import_shard(parts[static_cast<size_t>(options_.server)], state.version);
-    logger_.warn("ps server {}: replacement restored its shard from {} (version {}) and serves "
-                 "{:.3f} s after its start; the updates since then are lost",
-                 options_.server, source.origin, state.version,
+    const StateDict& part = parts[static_cast<size_t>(options_.server)];
+    // The dense values come from the init (the worker's last pulled copy,
+    // newer than any checkpoint); the checkpoint gives the rest.
+    const Tensor& values = part.at("dense.values");
+    const std::span<const float> pulled = dense_->values();
+    if (values.numel() != static_cast<int64_t>(pulled.size())) {
+      throw Refusal(fmt::format("the checkpoint holds {} dense floats for this server, the init {}",
+                                values.numel(), pulled.size()));
+    }
+    std::copy(pulled.begin(), pulled.end(), values.data());
+    import_shard(part, state.version);
+    logger_.warn("ps server {}: replacement restored its shard from {} (version {}; dense values "
+                 "from worker {}'s last pulled copy, optimizer state and embedding rows from the "
+                 "checkpoint) and serves {:.3f} s after its start",
+                 options_.server, source.origin, state.version, worker,
                  std::chrono::duration<double>(Clock::now() - started_).count());
     return true;
   } catch (const std::exception& e) {

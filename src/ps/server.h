@@ -110,12 +110,14 @@ struct ServerOptions {
   // Recovery (docs/parameter-server.md "Failures"): this process replaces a
   // server of the job that died. No worker has sent it init yet; each one
   // re-joins when it finds the new incarnation (ps::Client does it on its
-  // own). At the first init it restores its shard from `restore` when given
-  // (parameters, optimizer buffers, sparse rows, version), otherwise it takes
-  // that init's values (the worker's last pulled parameters) with fresh
-  // optimizer state. Its version then follows the workers' (an init or push
-  // carrying a higher version moves it there), since the updates it lost died
-  // with its predecessor.
+  // own). At its first init it takes that init's values (the worker's last
+  // pulled parameters: in sync exactly those of the version it is at, newer
+  // than any checkpoint) and, from `restore` when given, the optimizer
+  // buffers, the sparse rows and the version; without `restore`, fresh
+  // optimizer state and rows. Its version then follows the workers' (an init
+  // or push carrying a higher version moves it there). What is lost: the
+  // optimizer buffers' and rows' updates since the checkpoint (sync with
+  // plain SGD and no embeddings: nothing).
   bool replacement = false;
   std::optional<ServerRestore> restore;
   // Called on the serving thread each time the version advances (tests and

@@ -39,9 +39,11 @@ struct PsState {
 // Where a ps job's state sits in a trainer checkpoint (the "optimizer"
 // section that strategy::PsStrategy::optimizer_state() returns): the dense
 // optimizer buffers in Optimizer::state_dict layout, the sparse rows under
-// "ps.sparse.", the servers' version in metadata "ps.version".
+// "ps.sparse.", the servers' version in metadata "ps.version", and the
+// launch that wrote it (its DTRAIN_LAUNCH_ID, when it had one) in "ps.launch".
 inline constexpr const char* kCheckpointSparsePrefix = "ps.sparse.";
 inline constexpr const char* kCheckpointVersionKey = "ps.version";
+inline constexpr const char* kCheckpointLaunchKey = "ps.launch";
 
 // A checkpoint's sections as a PsState: dense = the tensors of `model` named
 // `dense_names` (init order: the model's dense parameters), optimizer =

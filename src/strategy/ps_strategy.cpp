@@ -50,6 +50,7 @@ PsStrategy::PsStrategy(std::unique_ptr<nn::Module> model, const OptimizerFactory
     throw UsageError(fmt::format("ps strategy: embedding_init_std must not be negative, got {}",
                                  options_.embedding_init_std));
   }
+  logger_ = &logger;
   worker_ = client_options.worker;
   num_workers_ = client_options.num_workers;
   params_ = model_->parameters();
@@ -82,11 +83,14 @@ PsStrategy::PsStrategy(std::unique_ptr<nn::Module> model, const OptimizerFactory
     dense.insert(named[i].first, params_[i].data());
   }
 
+  const auto connecting = std::chrono::steady_clock::now();
   client_ = std::make_unique<ps::Client>(std::move(client_options), auth, logger);
   client_->init(dense, table_specs);
   joined_step_ = client_->joined_step();
   if (joined_step_ > 0) {
-    logger.warn("ps worker {}: joined the running job at step {}", worker_, joined_step_);
+    logger.warn("ps worker {}: joined the running job at step {} in {:.3f} s", worker_,
+                joined_step_,
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - connecting).count());
   }
   pull_dense(0);
 
@@ -105,6 +109,45 @@ PsStrategy::~PsStrategy() {
 void PsStrategy::pull_dense(uint64_t min_version) {
   version_ = client_->pull(dense_data_, min_version);
   job_totals_ = client_->last_totals();
+  track_live_workers();
+}
+
+void PsStrategy::track_live_workers() {
+  if (options_.consistency != ps::Consistency::kSync || options_.dynamic_batch.enabled ||
+      !options_.reshard_lost_workers) {
+    return;
+  }
+  const std::vector<ps::WorkerStep>& steps = job_totals_.workers;
+  if (static_cast<int64_t>(steps.size()) != num_workers_) return;  // no version closed yet
+  std::vector<bool> live(steps.size());
+  for (size_t w = 0; w < steps.size(); ++w) {
+    live[w] = steps[w].counted || static_cast<int64_t>(w) == worker_;
+  }
+  if (std::all_of(live.begin(), live.end(), [](bool b) { return b; })) live.clear();
+  if (live == live_) return;
+  std::string gone;
+  for (size_t w = 0; w < live.size(); ++w) {
+    if (!live[w]) gone += fmt::format("{}{}", gone.empty() ? "" : ", ", w);
+  }
+  const auto count = live.empty() ? num_workers_ : std::count(live.begin(), live.end(), true);
+  logger_->warn("ps worker {}: from version {} the global batch is split over {} worker(s){}",
+                worker_, version_, count,
+                gone.empty() ? std::string(" (all)")
+                             : fmt::format(" (worker(s) {} missed the last version)", gone));
+  live_ = std::move(live);
+}
+
+std::vector<int64_t> PsStrategy::batch_split(int64_t batch_rows) const {
+  if (live_.empty()) return balancer_.split(batch_rows);
+  const auto count = static_cast<int64_t>(std::count(live_.begin(), live_.end(), true));
+  std::vector<int64_t> rows(live_.size(), 0);
+  int64_t k = 0;
+  for (size_t w = 0; w < live_.size(); ++w) {
+    if (!live_[w]) continue;
+    rows[w] = batch_rows * (k + 1) / count - batch_rows * k / count;
+    ++k;
+  }
+  return rows;
 }
 
 void PsStrategy::pull_rows(size_t table, std::span<const int64_t> indices) {
@@ -221,6 +264,7 @@ StateDict PsStrategy::optimizer_state() {
   StateDict out = std::move(state.optimizer);
   out.merge(state.sparse, kSparsePrefix);
   out.metadata()[kVersionKey] = std::to_string(state.version);
+  if (!options_.launch_id.empty()) out.metadata()[ps::kCheckpointLaunchKey] = options_.launch_id;
   return out;
 }
 

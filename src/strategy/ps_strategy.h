@@ -130,6 +130,19 @@ struct PsOptions {
   // normal): it sleeps (slowdown - 1) x its compute time after each step's
   // backward.
   double slowdown = 1.0;
+  // Names this launch of the job (DTRAIN_LAUNCH_ID); optimizer_state()
+  // records it (ps::kCheckpointLaunchKey) so that a replacement server takes
+  // only this run's checkpoints. Empty: not recorded.
+  std::string launch_id;
+  // Sync without dynamic batch sizing: a worker whose push the last closed
+  // version did not count (declared dead) gets no rows; the live workers
+  // split the global batch equally among themselves in index order, so the
+  // job keeps training on every sample (logged when the set changes). A
+  // restarted worker counts itself in at once; the others count it from the
+  // first version that took its push, so for that one version their rows
+  // overlap. Turn off with backup workers, whose late pushes are dropped on
+  // purpose.
+  bool reshard_lost_workers = true;
 };
 
 class PsStrategy : public Strategy {
@@ -160,9 +173,8 @@ class PsStrategy : public Strategy {
   StepStats step_totals(const StepStats& local) const override;
   // The balancer's split (the static one unless dynamic batch sizing is on
   // and shares changed).
-  std::vector<int64_t> batch_split(int64_t batch_rows) const override {
-    return balancer_.split(batch_rows);
-  }
+  // Workers lost in sync (PsOptions::reshard_lost_workers) get 0 rows.
+  std::vector<int64_t> batch_split(int64_t batch_rows) const override;
   const BatchBalancer& batch_balancer() const { return balancer_; }
   // For tests: set_shares() with the same weights on every worker.
   BatchBalancer& batch_balancer() { return balancer_; }
@@ -198,6 +210,8 @@ class PsStrategy : public Strategy {
   // the balancer.
   void push_dense_and_pull(const std::vector<Tensor>& grads, const StepStats& mine,
                            double compute_s);
+  // Sync: the live workers from the last pull's totals (reshard_lost_workers).
+  void track_live_workers();
   void pull_rows(size_t table, std::span<const int64_t> indices);
   void push_rows(size_t table, int64_t samples);
   StateDict dense_state() const;
@@ -224,6 +238,9 @@ class PsStrategy : public Strategy {
   // sync_replicas().
   std::unique_ptr<StateDict> pending_state_;
   BatchBalancer balancer_;
+  // By worker index, whether it gets rows; empty while every worker does.
+  std::vector<bool> live_;
+  Logger* logger_ = nullptr;  // outlives this strategy (constructor contract)
 };
 
 }  // namespace dtrain::strategy

@@ -134,6 +134,10 @@ struct DistributedConfig {
   // ps sync: each version aggregates the first workers - backup_workers
   // pushes and drops the late ones (0 <= backup_workers < workers).
   int64_t backup_workers = 0;
+  // ps: a worker silent for this long is declared dead by the servers (sync
+  // then closes its versions without it); the workers send heartbeats at a
+  // quarter of it (at most every second).
+  int64_t heartbeat_timeout_ms = 10000;
 };
 
 struct JobConfig {

@@ -57,7 +57,7 @@ std::vector<Message> samples() {
   reply.reply_to = Kind::kPull;
   reply.version = 12;
   reply.min_clock = 3;
-  reply.totals = {123.25, 40, 96, {{32, 0.25}, {0, 0.0}, {64, 1.5}}};
+  reply.totals = {123.25, 40, 96, {{32, 0.25, true}, {0, 0.0, false}, {64, 1.5, true}}};
   reply.floats = {7, 8};
   out.push_back(reply);
   Message stats;
@@ -101,6 +101,7 @@ TEST(PsMessages, RoundTripsEveryKind) {
     for (size_t w = 0; w < m.totals.workers.size(); ++w) {
       EXPECT_EQ(back.totals.workers[w].samples, m.totals.workers[w].samples);
       EXPECT_EQ(back.totals.workers[w].compute_s, m.totals.workers[w].compute_s);
+      EXPECT_EQ(back.totals.workers[w].counted, m.totals.workers[w].counted);
     }
     EXPECT_EQ(back.error, m.error);
     EXPECT_EQ(back.dense.size(), m.dense.size());
@@ -157,13 +158,13 @@ TEST(PsMessages, OversizedCountsAreRejectedBeforeAllocating) {
       [&] { decode_message(bytes); },
       "ps message: 'push gradient' count 1152921504606846976 needs 4 bytes, only 8 left");
   // pull reply: prefix 24, min_clock 8, loss_sum 8, correct 8, samples 8,
-  // worker count 4 (then 3 x 16 bytes of steps, the values' count 8 and 2 x 4)
+  // worker count 4 (then 3 x 17 bytes of steps, the values' count 8 and 2 x 4)
   bytes = encode_message(samples()[5]);
   const uint32_t many = 1u << 30;
   std::memcpy(bytes.data() + 56, &many, sizeof many);
   testing::expect_error<DataError>(
       [&] { decode_message(bytes); },
-      "ps message: field 'pull worker steps' needs 17179869184 bytes at offset 60, only 64 left");
+      "ps message: field 'pull worker steps' needs 18253611008 bytes at offset 60, only 67 left");
 }
 
 TEST(PsMessages, PerWorkerComputeTimesMustBeFiniteAndNotNegative) {

@@ -232,7 +232,7 @@ TEST(PsRecovery, AServerReplacedRightAfterItsCheckpointEndsBitIdenticalToAFaultF
   const std::vector<float> recovered = faulty.train();
   ASSERT_TRUE(faulty.replaced());
   EXPECT_TRUE(faulty.log().contains("replacement restored its shard from the test's checkpoint "
-                                    "(version 5)"));
+                                    "(version 5; dense values from worker "));
   EXPECT_TRUE(faulty.log().contains("re-joined replaced server 1"));
   ASSERT_EQ(recovered.size(), reference.size());
   for (size_t i = 0; i < reference.size(); ++i) ASSERT_EQ(recovered[i], reference[i]) << i;
@@ -250,21 +250,34 @@ TEST(PsRecovery, AReplacementWithoutCheckpointTakesTheWorkersLastPulledParameter
   for (size_t i = 0; i < reference.size(); ++i) ASSERT_EQ(recovered[i], reference[i]) << i;
 }
 
-TEST(PsRecovery, AServerReplacedAfterItsCheckpointLosesOnlyTheUpdatesSinceThen) {
-  // Killed at version 9: the replacement restores version 5 and moves on to
-  // the workers' version; its range misses versions 5..8, the other
-  // server's range has them all. The job finishes.
+TEST(PsRecovery, AServerReplacedLongAfterItsCheckpointKeepsEveryParameterUpdate) {
+  // Killed at version 9, four versions after the checkpoint: the replacement
+  // takes the dense values from the workers' copy of version 8 and only the
+  // optimizer state from the checkpoint. Plain SGD has none: every update
+  // survives and the end is bit-identical.
   const std::vector<float> reference = Job(sgd(0.0f), std::nullopt, false).train();
   Job faulty(sgd(0.0f), 9, true);
   const std::vector<float> recovered = faulty.train();
   ASSERT_TRUE(faulty.replaced());
   EXPECT_TRUE(faulty.log().contains("moved from version 5 to"));
   ASSERT_EQ(recovered.size(), reference.size());
+  for (size_t i = 0; i < reference.size(); ++i) ASSERT_EQ(recovered[i], reference[i]) << i;
+}
+
+TEST(PsRecovery, AServerReplacedLongAfterItsCheckpointHasOnlyOlderMomentum) {
+  // The same with momentum: the replaced range goes on with the momentum of
+  // version 5, so it differs from the fault-free run; the other server's
+  // range is untouched.
+  const std::vector<float> reference = Job(sgd(0.9f), std::nullopt, false).train();
+  Job faulty(sgd(0.9f), 9, true);
+  const std::vector<float> recovered = faulty.train();
+  ASSERT_TRUE(faulty.replaced());
+  ASSERT_EQ(recovered.size(), reference.size());
   // Server 0 holds "w"'s first 18 floats: untouched by the failure.
   for (size_t i = 0; i < 18; ++i) EXPECT_EQ(recovered[i], reference[i]) << i;
   bool differs = false;
   for (size_t i = 18; i < reference.size(); ++i) differs = differs || recovered[i] != reference[i];
-  EXPECT_TRUE(differs) << "the replaced range should miss the updates since its checkpoint";
+  EXPECT_TRUE(differs) << "the replaced range should go on with version 5's momentum";
 }
 
 TEST(PsRecovery, AReplacementAsksWorkersItHasNotMetToRejoinAndChangesNothing) {

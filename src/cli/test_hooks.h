@@ -1,0 +1,31 @@
+// Test hooks of the fault-tolerance tests (cli only; each reads the process's
+// environment as given to it):
+// - DTRAIN_TEST_KILL_AT_STEP=SLOT:STEP: the first process of launch slot SLOT
+//   (DTRAIN_RESTART_COUNT absent or 0; the slot is DTRAIN_RANK: a ps job's
+//   server s is slot s, its worker w slot S + w) SIGKILLs itself once STEP is
+//   done: a trainer after its global step STEP, a ps server once its version
+//   reaches STEP. Replacements never do, so a test sees one failure per run.
+// Errors: ConfigError naming the variable for a malformed value.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "train/callbacks.h"
+
+namespace dtrain::cli {
+
+// The step at which the process of `slot` is to kill itself; nullopt when
+// DTRAIN_TEST_KILL_AT_STEP is unset, names another slot, or this process is a
+// replacement.
+std::optional<int64_t> test_kill_step(const std::map<std::string, std::string>& env, int slot);
+
+// A trainer callback that SIGKILLs this process after test_kill_step's step;
+// nullptr when there is none.
+std::unique_ptr<train::Callback> test_kill_switch(const std::map<std::string, std::string>& env,
+                                                  int slot);
+
+}  // namespace dtrain::cli
