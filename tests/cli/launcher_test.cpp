@@ -439,6 +439,73 @@ TEST(Launcher, RejectsBadOptions) {
   bad_grace.stop_grace = -1ms;
   EXPECT_EQ(error_of(bad_grace),
             "launcher: stop_grace (-1 ms) and output_drain_timeout (2000 ms) must not be negative");
+  LaunchOptions bad_slots = ok;
+  bad_slots.workers = 3;
+  bad_slots.elastic.emplace();
+  bad_slots.elastic->essential_slots = 1;
+  bad_slots.elastic->first_worker_slot = 2;  // past the essential slots
+  EXPECT_EQ(error_of(bad_slots),
+            "launcher: elastic essential_slots 1 must be in 0..3, first_worker_slot 2 in 0..1, "
+            "min_workers 1 in 1..1 (the workers) and max_restarts 0 must not be negative");
+}
+
+// Elastic mode with an essential slot 0 (a ps job's server) and worker slots
+// 1 and 2, as cli/ps_launch.cpp sets it up.
+LaunchOptions::Elastic server_and_workers(int min_workers, int max_restarts) {
+  LaunchOptions::Elastic e;
+  e.essential_slots = 1;
+  e.first_worker_slot = 1;
+  e.min_workers = min_workers;
+  e.max_restarts = max_restarts;
+  e.slot_name = [](int slot) {
+    return slot == 0 ? std::string("server") : fmt::format("worker {}", slot - 1);
+  };
+  return e;
+}
+
+TEST(Launcher, AnEssentialSlotLostWithNoRestartLeftStopsTheJobNamingIt) {
+  ShJob run("if [ $DTRAIN_RANK = 0 ]; then exit 3; fi; exec sleep 30", 3);
+  run.options.elastic = server_and_workers(1, 0);
+  const LaunchResult result = run.launch();
+  EXPECT_EQ(result.exit_code, 3);
+  ASSERT_EQ(result.first_failed_rank, 0);
+  EXPECT_TRUE(contains_line(run.log, fmt::format("server (pid {}) exited with code 3; the job "
+                                                 "cannot go on without it and no restart is left "
+                                                 "(max_restarts = 0): stopping the job",
+                                                 result.workers[0].pid)))
+      << run.log_text();
+  for (int r : {1, 2}) EXPECT_EQ(result.workers[r].signal, SIGTERM) << r;
+  expect_all_gone(result);
+}
+
+TEST(Launcher, AnEssentialSlotIsStartedAgainWhileRestartsRemain) {
+  // The first server fails; its replacement (DTRAIN_RESTART_COUNT 1) and the
+  // workers succeed.
+  ShJob run("if [ $DTRAIN_RANK = 0 ] && [ $DTRAIN_RESTART_COUNT = 0 ]; then exit 3; fi; exit 0", 3);
+  run.options.elastic = server_and_workers(2, 1);
+  const LaunchResult result = run.launch();
+  EXPECT_EQ(result.exit_code, 0) << run.log_text();
+  ASSERT_EQ(result.workers.size(), 4u);
+  EXPECT_EQ(result.workers[3].rank, 0);
+  EXPECT_TRUE(result.workers[3].ok());
+  EXPECT_TRUE(contains_line(run.log, "exited with code 3; starting its replacement (restart 1 of "
+                                     "1)"))
+      << run.log_text();
+  EXPECT_TRUE(contains_line(run.log, "started server again (pid ")) << run.log_text();
+}
+
+TEST(Launcher, MinWorkersCountsOnlyTheWorkerSlots) {
+  // Worker 1 (slot 2) fails: one worker and the server still run, fewer
+  // workers than min_workers = 2.
+  ShJob run("if [ $DTRAIN_RANK = 2 ]; then exit 4; fi; exec sleep 30", 3);
+  run.options.elastic = server_and_workers(2, 0);
+  const LaunchResult result = run.launch();
+  EXPECT_EQ(result.exit_code, 4);
+  EXPECT_TRUE(contains_line(run.log, "exited with code 4; 1 worker(s) left, fewer than "
+                                     "min_workers = 2: stopping the elastic job (lost: worker 1 "
+                                     "(pid "))
+      << run.log_text();
+  expect_all_gone(result);
 }
 
 TEST(Launcher, CurrentEnvironmentAndSelfExecutable) {
