@@ -14,7 +14,6 @@
 #include <cerrno>
 #include <chrono>
 #include <cmath>
-#include <filesystem>
 #include <map>
 #include <optional>
 #include <string>
@@ -32,40 +31,11 @@ namespace {
 using namespace std::chrono_literals;
 using namespace ft_test;
 
-struct JobRun {
-  std::optional<testing::ExitStatus> status;
-  std::string output;
-};
-
-// dtrain with `args` and `env` (stderr merged into stdout), to the end.
-JobRun run_dtrain(const std::vector<std::string>& args, std::map<std::string, std::string> env) {
-  std::vector<std::string> argv = {"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1", DTRAIN_BINARY};
-  argv.insert(argv.end(), args.begin(), args.end());
-  env["OPENBLAS_NUM_THREADS"] = "1";
-  testing::ChildProcess child = testing::ChildProcess::spawn(argv, env);
-  JobRun run;
-  run.status = child.wait(Deadline::after(240s));
-  run.output = child.output();
-  return run;
-}
-
 size_t count(const std::string& text, const std::string& part) {
   size_t n = 0;
   for (size_t at = text.find(part); at != std::string::npos; at = text.find(part, at + 1)) ++n;
   return n;
 }
-
-// The final test accuracy in percent from "done: ... test accuracy 97.10%".
-double final_accuracy(const std::string& output) {
-  const size_t at = output.find("test accuracy ");
-  if (at == std::string::npos) {
-    ADD_FAILURE() << "no final accuracy in: " << output;
-    return -1.0;
-  }
-  return std::stod(output.substr(at + 14));
-}
-
-std::string mnist_dir() { return std::string(DTRAIN_SOURCE_DIR) + "/data/mnist"; }
 
 std::vector<std::string> mnist_args(const testing::TempDir& tmp, const std::string& out) {
   return {"train",     std::string(DTRAIN_SOURCE_DIR) + "/examples/mnist_mlp.toml",
@@ -82,16 +52,16 @@ std::vector<std::string> mnist_args(const testing::TempDir& tmp, const std::stri
 }
 
 TEST(ElasticMode, SurvivorsOfAKilledWorkerFinishAtTheFaultFreeAccuracy) {
-  if (!std::filesystem::exists(mnist_dir() + "/train-images-idx3-ubyte")) {
+  if (!have_mnist()) {
     GTEST_SKIP() << "MNIST not fetched (scripts/fetch_mnist.sh)";
   }
   testing::TempDir tmp;
-  const JobRun reference = run_dtrain(mnist_args(tmp, "ref"), {});
+  const JobRun reference = run_job(mnist_args(tmp, "ref"), {});
   ASSERT_TRUE(reference.status && reference.status->ok()) << reference.output;
   EXPECT_EQ(reference.output.find("re-form"), std::string::npos) << reference.output;
 
   // Slot 1 dies after step 30 of 48 (mid-epoch 2); no replacement.
-  const JobRun faulty = run_dtrain(mnist_args(tmp, "out"), {{"DTRAIN_TEST_KILL_AT_STEP", "1:30"}});
+  const JobRun faulty = run_job(mnist_args(tmp, "out"), {{"DTRAIN_TEST_KILL_AT_STEP", "1:30"}});
   ASSERT_TRUE(faulty.status && faulty.status->ok()) << faulty.output;
   EXPECT_NE(faulty.output.find("was killed by signal 9 (SIGKILL); continuing with 2 worker(s)"),
             std::string::npos)
@@ -166,7 +136,7 @@ TEST(ElasticMode, FewerThanMinWorkersStopsTheJobNamingTheLostSlot) {
   testing::TempDir tmp;
   write_text(tmp.file("job.toml"), kJob);
   const JobRun run =
-      run_dtrain(synthetic_args(tmp, "3", "0"), {{"DTRAIN_TEST_KILL_AT_STEP", "1:5"}});
+      run_job(synthetic_args(tmp, "3", "0"), {{"DTRAIN_TEST_KILL_AT_STEP", "1:5"}});
   ASSERT_TRUE(run.status.has_value()) << run.output;
   EXPECT_FALSE(run.status->ok()) << run.output;
   EXPECT_NE(run.output.find("2 worker(s) left, fewer than min_workers = 3: stopping the elastic "
@@ -179,7 +149,7 @@ TEST(ElasticMode, RefusedUnderAnotherLauncher) {
   testing::TempDir tmp;
   write_text(tmp.file("job.toml"), kJob);
   const JobRun run =
-      run_dtrain({"train", tmp.file("job.toml"), "--output", tmp.file("out"), "--elastic", "--rank",
+      run_job({"train", tmp.file("job.toml"), "--output", tmp.file("out"), "--elastic", "--rank",
                   "0", "--world-size", "2", "--coordinator", "127.0.0.1:1"},
                  {});
   ASSERT_TRUE(run.status.has_value());

@@ -1,4 +1,4 @@
-// Helpers of the restart tests (restart_test.cpp, restart_mode_test.cpp): a
+// Helpers of the fault-tolerance tests (restart, elastic, ps failures): a
 // small synthetic job that checkpoints every step, the dtrain executable
 // started as a child process (stdout and stderr captured together), its
 // progress lines read back, and files compared byte for byte.
@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -94,10 +95,13 @@ inline void expect_same_bytes(const std::string& a, const std::string& b) {
 
 // dtrain with `args`, its stderr merged into the captured stdout; the child's
 // pid is dtrain's own (the shell execs it).
-inline testing::ChildProcess start_dtrain(const std::vector<std::string>& args) {
+// `env` is added to the environment, with OPENBLAS_NUM_THREADS=1.
+inline testing::ChildProcess start_dtrain(const std::vector<std::string>& args,
+                                          std::map<std::string, std::string> env = {}) {
   std::vector<std::string> argv = {"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1", DTRAIN_BINARY};
   argv.insert(argv.end(), args.begin(), args.end());
-  return testing::ChildProcess::spawn(argv, {{"OPENBLAS_NUM_THREADS", "1"}});
+  env["OPENBLAS_NUM_THREADS"] = "1";
+  return testing::ChildProcess::spawn(argv, env);
 }
 
 // Runs dtrain to the end; the output when it exits 0, a failure otherwise.
@@ -143,6 +147,40 @@ inline int64_t resumed_step(const std::string& output, size_t from = 0) {
   const size_t s = output.find(" at step ", at);
   if (s == std::string::npos) return -1;
   return std::stoll(output.substr(s + 9));
+}
+
+struct JobRun {
+  std::optional<testing::ExitStatus> status;
+  std::string output;
+};
+
+// dtrain with `args` and `env` (stderr merged into stdout, one OpenBLAS
+// thread), to the end or 240 s.
+inline JobRun run_job(const std::vector<std::string>& args,
+                      std::map<std::string, std::string> env) {
+  using namespace std::chrono_literals;
+  testing::ChildProcess child = start_dtrain(args, std::move(env));
+  JobRun run;
+  run.status = child.wait(Deadline::after(240s));
+  run.output = child.output();
+  return run;
+}
+
+// The final test accuracy in percent from "done: ... test accuracy 97.10%".
+inline double final_accuracy(const std::string& output) {
+  const size_t at = output.find("test accuracy ");
+  if (at == std::string::npos) {
+    ADD_FAILURE() << "no final accuracy in: " << output;
+    return -1.0;
+  }
+  return std::stod(output.substr(at + 14));
+}
+
+// Where scripts/fetch_mnist.sh puts MNIST.
+inline std::string mnist_dir() { return std::string(DTRAIN_SOURCE_DIR) + "/data/mnist"; }
+
+inline bool have_mnist() {
+  return std::filesystem::exists(mnist_dir() + "/train-images-idx3-ubyte");
 }
 
 // The launcher's worker processes, ascending pid (rank order: rank r starts

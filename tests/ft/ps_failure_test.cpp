@@ -9,7 +9,6 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
-#include <filesystem>
 #include <map>
 #include <optional>
 #include <string>
@@ -26,36 +25,9 @@ namespace {
 using namespace std::chrono_literals;
 using namespace ft_test;
 
-struct JobRun {
-  std::optional<testing::ExitStatus> status;
-  std::string output;
-};
-
-JobRun run_dtrain(const std::vector<std::string>& args, std::map<std::string, std::string> env) {
-  std::vector<std::string> argv = {"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1", DTRAIN_BINARY};
-  argv.insert(argv.end(), args.begin(), args.end());
-  env["OPENBLAS_NUM_THREADS"] = "1";
-  testing::ChildProcess child = testing::ChildProcess::spawn(argv, env);
-  JobRun run;
-  run.status = child.wait(Deadline::after(240s));
-  run.output = child.output();
-  return run;
-}
-
 bool has(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
 }
-
-double final_accuracy(const std::string& output) {
-  const size_t at = output.find("test accuracy ");
-  if (at == std::string::npos) {
-    ADD_FAILURE() << "no final accuracy in: " << output;
-    return -1.0;
-  }
-  return std::stod(output.substr(at + 14));
-}
-
-std::string mnist_dir() { return std::string(DTRAIN_SOURCE_DIR) + "/data/mnist"; }
 
 // The MNIST MLP on 3000 samples, 2 epochs of 24 steps, sync, 2 servers and
 // 2 workers, a checkpoint every 10 steps, workers declared dead after 2 s.
@@ -94,7 +66,7 @@ std::vector<std::string> mnist_args(const std::string& out, const std::string& m
 class PsFailure : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!std::filesystem::exists(mnist_dir() + "/train-images-idx3-ubyte")) {
+    if (!have_mnist()) {
       GTEST_SKIP() << "MNIST not fetched (scripts/fetch_mnist.sh)";
     }
   }
@@ -103,7 +75,7 @@ class PsFailure : public ::testing::Test {
   static double reference_accuracy() {
     static const double accuracy = [] {
       testing::TempDir tmp;
-      const JobRun run = run_dtrain(mnist_args(tmp.file("ref"), "0"), {});
+      const JobRun run = run_job(mnist_args(tmp.file("ref"), "0"), {});
       EXPECT_TRUE(run.status && run.status->ok()) << run.output;
       EXPECT_FALSE(has(run.output, "killed")) << run.output;
       return final_accuracy(run.output);
@@ -114,7 +86,7 @@ class PsFailure : public ::testing::Test {
   // A run whose slot `slot` kills itself after step (or at version) `step`.
   static JobRun faulty(const testing::TempDir& tmp, const std::string& slot,
                        const std::string& step, const std::string& max_restarts) {
-    return run_dtrain(mnist_args(tmp.file("out"), max_restarts),
+    return run_job(mnist_args(tmp.file("out"), max_restarts),
                       {{"DTRAIN_TEST_KILL_AT_STEP", slot + ":" + step}});
   }
 };
@@ -178,7 +150,7 @@ TEST(PsFailureStops, ALostServerWithNoRestartLeftStopsTheJobNamingIt) {
   testing::TempDir tmp;
   write_text(tmp.file("job.toml"), kJob);
   const auto started = std::chrono::steady_clock::now();
-  const JobRun run = run_dtrain(synthetic_args(tmp), {{"DTRAIN_TEST_KILL_AT_STEP", "1:5"}});
+  const JobRun run = run_job(synthetic_args(tmp), {{"DTRAIN_TEST_KILL_AT_STEP", "1:5"}});
   ASSERT_TRUE(run.status.has_value()) << run.output;
   EXPECT_FALSE(run.status->ok()) << run.output;
   EXPECT_TRUE(has(run.output, "ps server 1 (pid ")) << run.output;
@@ -192,7 +164,7 @@ TEST(PsFailureStops, ALostServerWithNoRestartLeftStopsTheJobNamingIt) {
 TEST(PsFailureStops, ALostChiefWorkerWithNoRestartLeftStopsTheJobNamingIt) {
   testing::TempDir tmp;
   write_text(tmp.file("job.toml"), kJob);
-  const JobRun run = run_dtrain(synthetic_args(tmp), {{"DTRAIN_TEST_KILL_AT_STEP", "2:5"}});
+  const JobRun run = run_job(synthetic_args(tmp), {{"DTRAIN_TEST_KILL_AT_STEP", "2:5"}});
   ASSERT_TRUE(run.status.has_value()) << run.output;
   EXPECT_FALSE(run.status->ok()) << run.output;
   EXPECT_TRUE(has(run.output, "worker 0 (pid ")) << run.output;
