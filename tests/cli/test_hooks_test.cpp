@@ -1,0 +1,35 @@
+// The fault-injection hook DTRAIN_TEST_KILL_AT_STEP=SLOT:STEP (cli/test_hooks.h):
+// which process it names and what it refuses.
+#include "cli/test_hooks.h"
+
+#include <gtest/gtest.h>
+
+#include "core/error.h"
+
+namespace dtrain::cli {
+namespace {
+
+TEST(TestKillStep, NamesTheFirstProcessOfOneSlot) {
+  const std::map<std::string, std::string> env = {{"DTRAIN_TEST_KILL_AT_STEP", "3:30"}};
+  EXPECT_EQ(test_kill_step(env, 3), 30);
+  EXPECT_EQ(test_kill_step(env, 2), std::nullopt);
+  EXPECT_EQ(test_kill_step({}, 3), std::nullopt);
+  std::map<std::string, std::string> first = env;
+  first["DTRAIN_RESTART_COUNT"] = "0";
+  EXPECT_EQ(test_kill_step(first, 3), 30);
+  std::map<std::string, std::string> replacement = env;
+  replacement["DTRAIN_RESTART_COUNT"] = "1";
+  EXPECT_EQ(test_kill_step(replacement, 3), std::nullopt);
+  EXPECT_EQ(test_kill_switch(replacement, 3), nullptr);
+  EXPECT_NE(test_kill_switch(env, 3), nullptr);
+}
+
+TEST(TestKillStep, AMalformedValueIsAConfigError) {
+  for (const char* bad : {"3", "3:", ":30", "a:30", "3:30x", "-1:5", "3:-5"}) {
+    SCOPED_TRACE(bad);
+    EXPECT_THROW(test_kill_step({{"DTRAIN_TEST_KILL_AT_STEP", bad}}, 3), ConfigError);
+  }
+}
+
+}  // namespace
+}  // namespace dtrain::cli
