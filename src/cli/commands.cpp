@@ -280,6 +280,20 @@ void check_ps_config(const train::JobConfig& job) {
                                   d.backup_workers));
   }
   slowdown_for(job, 0, d.workers);  // checks that every named rank is a worker
+  // A process started again in place of a failed one rejoins with fresh
+  // runtime state: the shares of a dynamic batch (the others keep theirs, so
+  // the rows would no longer tile the batch) and the position in its own
+  // partition are not recovered yet.
+  if (job.train.max_restarts > 0 && d.dynamic_batch) {
+    throw ConfigError(job.source, "train.max_restarts", 0,
+                      "restarting failed ps processes with dynamic batch sizing is not supported "
+                      "yet: a restarted worker would split the batch differently from the others");
+  }
+  if (job.train.max_restarts > 0 && !job.data.partition.empty()) {
+    throw ConfigError(job.source, "train.max_restarts", 0,
+                      "restarting failed ps processes with data.partition is not supported yet: a "
+                      "restarted worker would not know how far its partition was trained");
+  }
 }
 
 // Worker `worker` of a ps job: finds the servers through the rendezvous and

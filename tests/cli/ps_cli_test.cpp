@@ -215,6 +215,9 @@ TEST(PsCli, BadPsConfigurationsAreConfigErrors) {
       {{"--workers", "3", "--set", "distributed.backup_workers=1", "--set",
         "distributed.consistency=\"async\""},
        "backup workers"},
+      {{"--workers", "2", "--min-workers", "3"}, "'train.min_workers': 3 is more than the job's 2"},
+      {{"--workers", "2", "--max-restarts", "1", "--set", "distributed.dynamic_batch=true"},
+       "restarting failed ps processes with dynamic batch sizing is not supported"},
   };
   for (const Case& c : cases) {
     std::vector<std::string> args = {"train",         dir.file("job.toml"), "--output",
