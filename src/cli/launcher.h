@@ -38,10 +38,11 @@
 // started for that slot before it). Once fewer than min_workers run, the job
 // stops like a failed one, its log line naming every lost slot. A worker that
 // exits 0 ends normally; the job succeeds when every worker still running at
-// the end exits 0. With essential_slots (a ps job's servers, cli/ps_launch.h)
-// the failure of such a slot is never tolerated: it is replaced while
-// restarts remain ("ps server 1 (pid 1234) was killed by signal 9 (SIGKILL);
-// starting its replacement (restart 1 of 2)"), else the job stops naming it. LaunchResult::workers then holds one entry per process
+// the end exits 0. With essential_slots (a ps job's servers and chief,
+// cli/ps_launch.h) the failure of such a slot is never tolerated: it is
+// replaced while restarts remain ("ps server 1 (pid 1234) was killed by
+// signal 9 (SIGKILL); starting its replacement (restart 1 of 2)"), else the
+// job stops naming it. LaunchResult::workers then holds one entry per process
 // started (rank = slot), in start order.
 //
 // Exit code (LaunchResult::exit_code): 0 when every worker exited 0; else the

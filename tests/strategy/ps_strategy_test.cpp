@@ -425,6 +425,9 @@ TEST(PsStrategyFailure, AKilledWorkerDoesNotHangTheOthersInSync) {
     const auto status = child.wait(Deadline::after(60s));
     ASSERT_TRUE(status.has_value()) << child.output();
     EXPECT_TRUE(status->ok()) << status->describe() << "\n" << child.output();
+    // The survivors split the global batch of 9 among themselves (the victim
+    // missed the last versions: PsOptions::reshard_lost_workers).
+    EXPECT_NE(child.output().find("batch split: 4 5 0\n"), std::string::npos) << child.output();
   }
   const std::vector<ps::ServeResult> results = servers.join();
   ASSERT_EQ(results.size(), 2u);
@@ -461,6 +464,11 @@ TEST(PsStrategyFailure, DISABLED_Worker) {
       while (true) pause();
     }
   }
+  const std::vector<int64_t> split = strategy.batch_split(9);
+  std::printf("batch split:");
+  for (int64_t rows : split) std::printf(" %lld", static_cast<long long>(rows));
+  std::printf("\n");
+  std::fflush(stdout);
   strategy.finish();
 }
 
