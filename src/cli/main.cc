@@ -71,7 +71,9 @@ int main(int argc, char** argv) {
       ->excludes("--resume");
   train_cmd->add_option("--max-restarts", train.max_restarts,
                         "With --workers N: start the job again from its last checkpoint after a "
-                        "worker failed, at most this often (default: train.max_restarts, 0)")
+                        "worker failed, at most this often; with --elastic or --strategy ps: start "
+                        "failed processes again in place, at most this often over the job "
+                        "(default: train.max_restarts, 0)")
       ->check(CLI::Range(int64_t{0}, int64_t{INT_MAX}));
   train_cmd->add_option("--slowdown", train.slowdown,
                         "Make the worker of RANK (or every worker: all=FACTOR) compute FACTOR "
@@ -83,8 +85,8 @@ int main(int argc, char** argv) {
                       "With --workers N: when a worker fails the others continue without a "
                       "restart, and a new worker (--max-restarts) joins at a step boundary");
   train_cmd->add_option("--min-workers", train.min_workers,
-                        "With --elastic: stop the job once fewer workers run (default: "
-                        "train.min_workers, else N)")
+                        "With --elastic or --strategy ps: stop the job once fewer workers run "
+                        "(default: train.min_workers, else N; ps: 1)")
       ->check(CLI::Range(int64_t{1}, int64_t{INT_MAX}));
   train_cmd->add_option("--progress", train.progress, "auto | bar | plain | none")
       ->check(CLI::IsMember({"auto", "bar", "plain", "none"}));
