@@ -182,6 +182,9 @@ int run_ps_server(const train::JobConfig& job, const comm::LaunchInfo& launch,
   o.optimizer = job.optimizer;
   o.seed = job.seed;
   o.heartbeat_timeout = std::chrono::milliseconds(job.distributed.heartbeat_timeout_ms);
+  // A worker still starting (loading its data) is not dead: it has the job's
+  // timeout for its first frame.
+  o.join_timeout = std::chrono::milliseconds(job.distributed.timeout_ms);
   if (const std::optional<int64_t> kill_at = test_kill_step(env, launch.rank)) {
     o.on_version = [at = static_cast<uint64_t>(*kill_at)](uint64_t version) {
       if (version == at) raise(SIGKILL);

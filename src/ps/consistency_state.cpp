@@ -26,6 +26,7 @@ ConsistencyState::ConsistencyState(const ServerOptions& options, Logger& logger,
 
 void ConsistencyState::heard(uint32_t worker, Clock::time_point now) {
   workers_[worker].last_heard = now;
+  workers_[worker].heard = true;
 }
 
 void ConsistencyState::join(uint32_t worker) {
@@ -57,12 +58,13 @@ void ConsistencyState::check_liveness(Clock::time_point now) {
     Worker& w = workers_[i];
     if (w.state != WorkerState::kLive) continue;
     const int64_t silent = ms_between(w.last_heard, now);
-    if (silent > options_.heartbeat_timeout.count()) {
+    const int64_t limit = w.heard ? options_.heartbeat_timeout.count()
+                                  : std::max(options_.heartbeat_timeout, options_.join_timeout).count();
+    if (silent > limit) {
       w.state = WorkerState::kDead;
-      logger_.warn(
-          "ps server {}: worker {} declared dead at version {}: silent for {} ms "
-          "(heartbeat timeout {} ms)",
-          options_.server, i, version_, silent, options_.heartbeat_timeout.count());
+      logger_.warn("ps server {}: worker {} declared dead at version {}: silent for {} ms ({} {} ms)",
+                   options_.server, i, version_, silent,
+                   w.heard ? "heartbeat timeout" : "never heard from; join timeout", limit);
     }
   }
 }

@@ -124,6 +124,7 @@ class ConsistencyState {
   struct Worker {
     WorkerState state = WorkerState::kLive;
     Clock::time_point last_heard;
+    bool heard = false;  // any frame from it yet (else join_timeout applies)
     uint64_t clock = 0;
     std::optional<uint64_t> pushed_version;  // sync: last version this worker pushed for
     std::optional<uint64_t> rejoined_at;     // version at which it last rejoined

@@ -60,6 +60,9 @@ void validate(const ServerOptions& o) {
     bad("heartbeat_timeout_ms",
         fmt::format("{} ms; must be positive", o.heartbeat_timeout.count()));
   }
+  if (o.join_timeout.count() < 0) {
+    bad("join_timeout_ms", fmt::format("{} ms; must not be negative", o.join_timeout.count()));
+  }
   if (o.poll_interval.count() <= 0) {
     bad("poll_interval_ms", fmt::format("{} ms; must be positive", o.poll_interval.count()));
   }

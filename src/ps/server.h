@@ -46,8 +46,8 @@
 // proves it alive; a worker silent for heartbeat_timeout is declared dead
 // (logged with the time it had been silent) and no longer counts in sync
 // barriers or SSP's minimum clock. Every worker counts as alive from the
-// server's start, so a worker that never connects is declared dead after one
-// heartbeat_timeout. A dead worker's requests are refused until it sends init
+// server's start, so a worker that never connects is declared dead after
+// max(heartbeat_timeout, join_timeout). A dead worker's requests are refused until it sends init
 // again (a restarted worker's hello): it then rejoins at the current version
 // (SSP: at the slowest live worker's clock). A worker that said goodbye is
 // finished and no longer counts either.
@@ -105,6 +105,10 @@ struct ServerOptions {
   optim::OptimizerConfig optimizer;  // lr here is only the initial value: pushes carry theirs
   uint64_t seed = 0;                 // sparse row initialisation
   std::chrono::milliseconds heartbeat_timeout{10000};
+  // How long a worker this server has not heard from at all may take to send
+  // its first frame (its process start and data loading) before it is
+  // declared dead; the larger of this and heartbeat_timeout applies.
+  std::chrono::milliseconds join_timeout{0};
   std::chrono::milliseconds poll_interval{20};  // socket poll; bounds stop latency
   uint64_t max_payload_bytes = uint64_t{1} << 31;
   // Recovery (docs/parameter-server.md "Failures"): this process replaces a

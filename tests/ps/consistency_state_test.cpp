@@ -49,6 +49,21 @@ void push_worker(ConsistencyState& state, uint32_t w) {
   EXPECT_EQ(state.admit_push(w, m), Admission::kHeld);
 }
 
+TEST(ConsistencyState, AWorkerNeverHeardFromHasTheJoinTimeoutAndThenTheHeartbeatTimeout) {
+  using namespace std::chrono_literals;
+  ServerOptions o = sync_options(2);
+  o.heartbeat_timeout = 100ms;
+  o.join_timeout = 1000ms;
+  const auto start = ConsistencyState::Clock::now();
+  ConsistencyState state(o, Logger::null(), start);
+  state.heard(0, start + 50ms);
+  state.check_liveness(start + 500ms);  // worker 0 silent 450 ms, worker 1 never heard
+  EXPECT_EQ(state.state(0), WorkerState::kDead);
+  EXPECT_EQ(state.state(1), WorkerState::kLive);
+  state.check_liveness(start + 1001ms);
+  EXPECT_EQ(state.state(1), WorkerState::kDead);
+}
+
 TEST(ConsistencyState, ASyncVersionClosesOnTheLastPushWithTheSameUpdateInAnyOrder) {
   Logger& logger = Logger::null();
   std::optional<VersionUpdate> first;
