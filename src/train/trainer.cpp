@@ -108,11 +108,11 @@ void Trainer::set_aside_earlier_checkpoints() {
     return;  // not a readable folder: the first checkpoint write reports it
   }
   if (steps.empty()) return;
-  std::string aside;
-  for (int n = 1;; ++n) {
-    aside = fmt::format("{}/earlier-run-{}", job_.output, n);
-    if (!fs.exists(aside)) break;
-  }
+  // One folder, so that repeated fresh runs do not pile up copies: the
+  // checkpoints an even earlier run left there go first.
+  const std::string aside = job_.output + "/earlier-run";
+  const io::CheckpointDirectory previous(aside, 1, fs, logger_);
+  for (int64_t step : previous.steps()) fs.remove_file(previous.path_for(step));
   fs.create_directories(aside);
   for (int64_t step : steps) {
     const std::string path = dir.path_for(step);

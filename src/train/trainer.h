@@ -105,9 +105,10 @@ class Trainer {
 
   bool resume(Position& position);
   // A fresh run (job.resume false) on the chief: checkpoints of an earlier
-  // run in the output folder are moved to <output>/earlier-run-<n>/, so that
-  // they neither shadow this run's (pruning keeps the highest steps; a later
-  // resume takes the newest) nor get lost.
+  // run in the output folder are moved to <output>/earlier-run/ (replacing
+  // those an even earlier run left there), so that they neither shadow this
+  // run's (pruning keeps the highest steps; a later resume takes the newest)
+  // nor get lost at once.
   void set_aside_earlier_checkpoints();
   // Snapshots the state on this thread and hands it to writer_.
   void save_checkpoint(const Position& position);

@@ -237,9 +237,13 @@ TEST(Trainer, AFreshRunSetsAsideTheCheckpointsOfAnEarlierRun) {
   fit(job, blobs(300, 1), blobs(100, 2));  // afresh: its own ckpt-2 and ckpt-4 only
   io::CheckpointDirectory now(dir.path(), 2, io::default_file_system(), Logger::null());
   EXPECT_EQ(now.steps(), (std::vector<int64_t>{2, 4}));
-  io::CheckpointDirectory aside(dir.file("earlier-run-1"), 2, io::default_file_system(),
+  io::CheckpointDirectory aside(dir.file("earlier-run"), 2, io::default_file_system(),
                                 Logger::null());
   EXPECT_EQ(aside.steps(), (std::vector<int64_t>{6, 8}));
+  job.train.max_steps = 2;
+  fit(job, blobs(300, 1), blobs(100, 2));  // afresh again: the previous run's replace those
+  EXPECT_EQ(now.steps(), (std::vector<int64_t>{2}));
+  EXPECT_EQ(aside.steps(), (std::vector<int64_t>{2, 4}));
 }
 
 TEST(Trainer, WritesMetricsAsJsonLines) {
