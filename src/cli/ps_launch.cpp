@@ -20,13 +20,12 @@ namespace {
 // its terminating NUL).
 constexpr size_t kMaxSocketPath = 107;
 
-// A private folder (mkdtemp, mode 0700) removed with what it holds when the
-// object goes.
+// A private folder (mkdtemp, mode 0700) under `tmpdir` (or /tmp), removed
+// with what it holds when the object goes.
 class PrivateDir {
  public:
-  PrivateDir() {
-    const char* tmp = std::getenv("TMPDIR");
-    std::string base = tmp != nullptr && *tmp != '\0' ? tmp : "/tmp";
+  explicit PrivateDir(const std::string& tmpdir) {
+    std::string base = tmpdir.empty() ? "/tmp" : tmpdir;
     // The sockets' paths must fit sockaddr_un: fall back to /tmp when TMPDIR is deep.
     if (base.size() + 40 > kMaxSocketPath) base = "/tmp";
     std::string pattern = base + "/dtrain-ps-XXXXXX";
@@ -61,7 +60,8 @@ LaunchResult run_ps_job(LaunchOptions options, int servers, int min_workers, int
         "1..{} and max_restarts {} must not be negative",
         servers, workers, min_workers, workers, max_restarts));
   }
-  const PrivateDir sockets;
+  const auto tmpdir = options.environment.find("TMPDIR");
+  const PrivateDir sockets(tmpdir == options.environment.end() ? "" : tmpdir->second);
   std::string endpoints;
   for (int s = 0; s < servers; ++s) {
     endpoints += fmt::format("{}ipc://{}/server-{}", s == 0 ? "" : ",", sockets.path(), s);

@@ -4,7 +4,8 @@
 // supervised so that the job survives the failures the ps design absorbs
 // (docs/parameter-server.md "Failures"):
 //  - The servers' endpoints are fixed before the start: "ipc://DIR/server-s"
-//    in a private folder (mode 0700) made for the run and removed after it,
+//    in a private folder (mode 0700, under the TMPDIR of options.environment,
+//    else /tmp) made for the run and removed after it,
 //    passed as DTRAIN_PS_ENDPOINTS (cli/ps_job.h). There is no rendezvous,
 //    and a process started again for server s binds the same address, where
 //    the workers' connections find it by themselves.
