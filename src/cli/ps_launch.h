@@ -2,7 +2,7 @@
 // --servers S --workers N`): S + N processes of the same command line under
 // the local Launcher (global rank g < S is server g, S + w is worker w),
 // supervised so that the job survives the failures the ps design absorbs
-// (docs/parameter-server.md "Failures"):
+// (docs/parameter-server.md "Failure semantics"):
 //  - The servers' endpoints are fixed before the start: "ipc://DIR/server-s"
 //    in a private folder (mode 0700, under the TMPDIR of options.environment,
 //    else /tmp) made for the run and removed after it,

@@ -19,7 +19,7 @@
 // After an error the client stays usable: late replies to earlier requests
 // are recognised by their request id and discarded.
 //
-// Server failures (docs/parameter-server.md "Failures"): the client watches
+// Server failures (docs/parameter-server.md "Failure semantics"): the client watches
 // every server connection (a ZeroMQ socket monitor). When one breaks while a
 // request waits, the request is sent again with the same id for the
 // server's replacement (a server answers a repeated push without applying it

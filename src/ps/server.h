@@ -111,7 +111,7 @@ struct ServerOptions {
   std::chrono::milliseconds join_timeout{0};
   std::chrono::milliseconds poll_interval{20};  // socket poll; bounds stop latency
   uint64_t max_payload_bytes = uint64_t{1} << 31;
-  // Recovery (docs/parameter-server.md "Failures"): this process replaces a
+  // Recovery (docs/parameter-server.md "Failure semantics"): this process replaces a
   // server of the job that died. No worker has sent it init yet; each one
   // re-joins when it finds the new incarnation (ps::Client does it on its
   // own). At its first init it takes that init's values (the worker's last
