@@ -12,9 +12,9 @@
 #include <cstdint>
 #include <span>
 
-#include "comm/auth.h"
-#include "comm/rendezvous.h"
-#include "comm/wire.h"
+#include "comm/wire/auth.h"
+#include "comm/rendezvous/rendezvous.h"
+#include "comm/wire/wire.h"
 #include "core/error.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 kind=${1:-release}
+# ccache: paths relative to the checkout, so that a clean clone elsewhere hits the cache.
+export CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=1
 jobs=${DTRAIN_BUILD_JOBS:-$(nproc)}
 case "$kind" in
   release)

@@ -29,7 +29,7 @@ for module in "${!allowed[@]}"; do
       echo "layering: $file includes $used/, which $module may not use (${allowed[$module]})" >&2
       status=1
     fi
-  done < <(grep -HE '^#include "[a-z_]+/' src/"$module"/*.h src/"$module"/*.cpp src/"$module"/*.cc 2>/dev/null || true)
+  done < <(grep -rHE --include='*.h' --include='*.cpp' --include='*.cc' '^#include "[a-z_]+/' src/"$module" || true)
 done
 [[ $status -eq 0 ]] && echo "layering: every include follows the module table"
 exit $status

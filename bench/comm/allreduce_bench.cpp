@@ -28,9 +28,9 @@
 #include <string>
 #include <vector>
 
-#include "comm/communicator.h"
-#include "comm/shm_allreduce.h"
-#include "comm/zmq_transport.h"
+#include "comm/collectives/communicator.h"
+#include "comm/collectives/shm_allreduce.h"
+#include "comm/transport/zmq_transport.h"
 #include "core/error.h"
 
 namespace {

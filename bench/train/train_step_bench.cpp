@@ -17,7 +17,7 @@
 
 #include "cli/launcher.h"
 #include "cli/worker_comm.h"
-#include "comm/launch_env.h"
+#include "comm/rendezvous/launch_env.h"
 #include "core/rng.h"
 #include "optim/sgd.h"
 #include "strategy/allreduce_strategy.h"

@@ -19,10 +19,10 @@
 #include "cli/ps_launch.h"
 #include "cli/test_hooks.h"
 #include "cli/worker_comm.h"
-#include "comm/communicator.h"
-#include "comm/launch_env.h"
+#include "comm/collectives/communicator.h"
+#include "comm/rendezvous/launch_env.h"
 #ifdef DTRAIN_HAVE_MPI
-#include "comm/mpi_collectives.h"
+#include "comm/collectives/mpi_collectives.h"
 #endif
 #include "core/error.h"
 #include "core/log.h"

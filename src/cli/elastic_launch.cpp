@@ -2,7 +2,7 @@
 
 #include <fmt/format.h>
 
-#include "comm/elastic_rendezvous.h"
+#include "comm/rendezvous/elastic_rendezvous.h"
 #include "core/error.h"
 
 namespace dtrain::cli {

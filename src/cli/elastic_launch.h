@@ -1,6 +1,6 @@
 // The launcher side of elastic mode (docs/elastic.md): runs an allreduce job
 // of N workers under the local Launcher in elastic mode and hosts the
-// elastic coordinator (comm/elastic_rendezvous.h) in this process, so that
+// elastic coordinator (comm/rendezvous/elastic_rendezvous.h) in this process, so that
 // it outlives any worker. The launcher's view of its workers (started,
 // ended, stopping) is passed on to the coordinator; each worker gets
 // DTRAIN_ELASTIC_COORDINATOR and joins through it.

@@ -5,7 +5,7 @@
 #include <fstream>
 #include <functional>
 
-#include "comm/zmq_transport.h"
+#include "comm/transport/zmq_transport.h"
 #include "core/rng.h"
 #include "io/safetensors.h"
 #include "optim/optimizer_config.h"

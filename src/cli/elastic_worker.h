@@ -6,7 +6,7 @@
 // train::ElasticMembership: on re-formation it snapshots the model and
 // optimizer state, drops its strategy and communicator, joins the next
 // generation at the launcher's elastic coordinator
-// (comm/elastic_rendezvous.h), builds a new ZmqTransport, Communicator and
+// (comm/rendezvous/elastic_rendezvous.h), builds a new ZmqTransport, Communicator and
 // AllReduceStrategy for its new rank and world size, and adopts the state of
 // the new rank 0 (model, optimizer state, training position), which rank 0
 // sends to every other member point to point (safetensors bytes). Between
@@ -33,9 +33,9 @@
 #include <optional>
 #include <string>
 
-#include "comm/communicator.h"
-#include "comm/elastic_rendezvous.h"
-#include "comm/launch_env.h"
+#include "comm/collectives/communicator.h"
+#include "comm/rendezvous/elastic_rendezvous.h"
+#include "comm/rendezvous/launch_env.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "strategy/allreduce_strategy.h"

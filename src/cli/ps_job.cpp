@@ -10,8 +10,8 @@
 #include <stop_token>
 
 #include "cli/test_hooks.h"
-#include "comm/auth.h"
-#include "comm/rendezvous.h"
+#include "comm/wire/auth.h"
+#include "comm/rendezvous/rendezvous.h"
 #include "core/error.h"
 #include "io/checkpoint.h"
 #include "ps/server.h"

@@ -3,7 +3,7 @@
 // same command line), mpirun (-np S+N) or srun. Global rank g < S is server
 // g; rank S + w is worker w.
 //
-// Endpoint discovery reuses the coordinator rendezvous (comm/rendezvous.h)
+// Endpoint discovery reuses the coordinator rendezvous (comm/rendezvous/rendezvous.h)
 // with world S + N, exactly as the allreduce workers do: rank 0 (server 0)
 // hosts it on the coordinator's port; each server registers the endpoint its
 // ps::Server bound; workers register with no endpoint and read the servers'
@@ -39,7 +39,7 @@
 #include <string>
 #include <vector>
 
-#include "comm/launch_env.h"
+#include "comm/rendezvous/launch_env.h"
 #include "core/log.h"
 #include "train/job_config.h"
 

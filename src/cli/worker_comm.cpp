@@ -2,8 +2,8 @@
 
 #include <fmt/format.h>
 
-#include "comm/auth.h"
-#include "comm/zmq_transport.h"
+#include "comm/wire/auth.h"
+#include "comm/transport/zmq_transport.h"
 #include "core/error.h"
 
 namespace dtrain::cli {

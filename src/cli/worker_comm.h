@@ -15,8 +15,8 @@
 #include <memory>
 #include <string>
 
-#include "comm/communicator.h"
-#include "comm/launch_env.h"
+#include "comm/collectives/communicator.h"
+#include "comm/rendezvous/launch_env.h"
 #include "core/log.h"
 
 namespace dtrain::cli {

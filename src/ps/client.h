@@ -62,7 +62,7 @@
 #include <string>
 #include <vector>
 
-#include "comm/auth.h"
+#include "comm/wire/auth.h"
 #include "core/log.h"
 #include "ps/messages.h"
 #include "ps/sharding.h"

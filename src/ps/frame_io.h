@@ -1,5 +1,5 @@
 // Sending and receiving ps messages as ZeroMQ multipart frames: an optional
-// routing identity (ROUTER side), the 88-byte comm/wire.h header, the ps
+// routing identity (ROUTER side), the 88-byte comm/wire/wire.h header, the ps
 // payload (messages.h). Shared by Client and Server.
 //
 // receive_frame() validates everything (part count, header, job id, receiver,
@@ -14,8 +14,8 @@
 #include <string>
 #include <zmq.hpp>
 
-#include "comm/auth.h"
-#include "comm/wire.h"
+#include "comm/wire/auth.h"
+#include "comm/wire/wire.h"
 #include "ps/messages.h"
 
 namespace dtrain::ps {

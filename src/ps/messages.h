@@ -1,4 +1,4 @@
-// The parameter server's payloads: what follows the comm/wire.h frame header
+// The parameter server's payloads: what follows the comm/wire/wire.h frame header
 // in every frame between a ps::Client and a ps::Server. docs/parameter-server.md
 // gives every layout byte by byte.
 //
@@ -29,7 +29,7 @@
 #include <string_view>
 #include <vector>
 
-#include "comm/auth.h"
+#include "comm/wire/auth.h"
 #include "ps/sharding.h"
 #include "tensor/state_dict.h"
 

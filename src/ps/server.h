@@ -10,7 +10,7 @@
 // Transport: ZeroMQ directly, not comm::ZmqTransport (which fails its whole
 // group when one peer dies; a server must outlive its workers). The server
 // binds one ROUTER socket; each worker's Client connects DEALER sockets to it.
-// Every frame is a comm/wire.h header (job id, sender, receiver, CRC-32C and,
+// Every frame is a comm/wire/wire.h header (job id, sender, receiver, CRC-32C and,
 // with a job secret, a MAC) followed by a ps payload (messages.h). Frames that
 // fail decoding or authentication are dropped and logged, never answered and
 // never change state; requests that decode but are invalid (unknown table,
@@ -69,7 +69,7 @@
 #include <stop_token>
 #include <string>
 
-#include "comm/auth.h"
+#include "comm/wire/auth.h"
 #include "core/deadline.h"
 #include "core/log.h"
 #include "optim/optimizer_config.h"

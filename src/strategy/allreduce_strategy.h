@@ -97,8 +97,8 @@
 #include <string>
 #include <vector>
 
-#include "comm/collectives.h"
-#include "comm/communicator.h"
+#include "comm/collectives/collectives.h"
+#include "comm/collectives/communicator.h"
 #include "strategy/batch_balancer.h"
 #include "strategy/coalescing_bucketer.h"
 #include "strategy/strategy.h"

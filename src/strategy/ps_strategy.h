@@ -105,7 +105,7 @@
 #include <string>
 #include <vector>
 
-#include "comm/auth.h"
+#include "comm/wire/auth.h"
 #include "core/log.h"
 #include "nn/embedding.h"
 #include "ps/client.h"

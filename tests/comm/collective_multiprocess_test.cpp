@@ -18,9 +18,9 @@
 #include <numeric>
 
 #include "collective_test_util.h"
-#include "comm/communicator.h"
-#include "comm/rendezvous.h"
-#include "comm/zmq_transport.h"
+#include "comm/collectives/communicator.h"
+#include "comm/rendezvous/rendezvous.h"
+#include "comm/transport/zmq_transport.h"
 #include "core/error.h"
 #include "multiprocess_job.h"
 #include "testing/process.h"

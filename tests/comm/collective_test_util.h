@@ -7,8 +7,8 @@
 #include <thread>
 #include <vector>
 
-#include "comm/communicator.h"
-#include "comm/inproc_transport.h"
+#include "comm/collectives/communicator.h"
+#include "comm/transport/inproc_transport.h"
 
 namespace dtrain::comm::testing {
 

@@ -3,7 +3,7 @@
 // generations, rank order across re-formations, the settle deadline,
 // min_workers, the endpoint round, and refusals of unauthenticated or
 // left-out workers.
-#include "comm/elastic_rendezvous.h"
+#include "comm/rendezvous/elastic_rendezvous.h"
 
 #include <gtest/gtest.h>
 

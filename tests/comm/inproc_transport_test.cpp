@@ -1,4 +1,4 @@
-#include "comm/inproc_transport.h"
+#include "comm/transport/inproc_transport.h"
 
 #include <gtest/gtest.h>
 

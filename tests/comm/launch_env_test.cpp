@@ -1,4 +1,4 @@
-#include "comm/launch_env.h"
+#include "comm/rendezvous/launch_env.h"
 
 #include <gtest/gtest.h>
 

@@ -1,6 +1,6 @@
 // MpiCollectives against the serial reference. Runs under mpirun (ctest
 // comm_mpi_np2, comm_mpi_np3); main() owns the MPI session.
-#include "comm/mpi_collectives.h"
+#include "comm/collectives/mpi_collectives.h"
 
 #include <gtest/gtest.h>
 

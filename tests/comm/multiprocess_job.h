@@ -18,8 +18,8 @@
 
 #include <fmt/format.h>
 
-#include "comm/auth.h"
-#include "comm/rendezvous.h"
+#include "comm/wire/auth.h"
+#include "comm/rendezvous/rendezvous.h"
 #include "core/log.h"
 #include "testing/fault_fs.h"
 #include "testing/process.h"

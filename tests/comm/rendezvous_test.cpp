@@ -1,6 +1,6 @@
 // Rendezvous with every rank on a thread of this process (the coordinator
 // and the clients speak tcp on loopback, as between processes).
-#include "comm/rendezvous.h"
+#include "comm/rendezvous/rendezvous.h"
 
 #include <gtest/gtest.h>
 

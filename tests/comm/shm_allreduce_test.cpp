@@ -1,5 +1,5 @@
 // The shared-memory allreduce with ranks as threads and as forked processes.
-#include "comm/shm_allreduce.h"
+#include "comm/collectives/shm_allreduce.h"
 
 #include <gtest/gtest.h>
 #include <signal.h>

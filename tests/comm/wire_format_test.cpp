@@ -7,9 +7,9 @@
 #include <functional>
 #include <vector>
 
-#include "comm/auth.h"
-#include "comm/rendezvous.h"
-#include "comm/wire.h"
+#include "comm/wire/auth.h"
+#include "comm/rendezvous/rendezvous.h"
+#include "comm/wire/wire.h"
 #include "core/error.h"
 #include "core/rng.h"
 

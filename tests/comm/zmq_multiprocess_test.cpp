@@ -10,8 +10,8 @@
 #include <cstdlib>
 #include <filesystem>
 
-#include "comm/rendezvous.h"
-#include "comm/zmq_transport.h"
+#include "comm/rendezvous/rendezvous.h"
+#include "comm/transport/zmq_transport.h"
 #include "core/error.h"
 #include "multiprocess_job.h"
 #include "testing/process.h"

@@ -1,7 +1,7 @@
 // ZmqTransport with every rank on a thread of this process: the sockets,
 // rendezvous and I/O threads are the real ones (tcp and ipc on loopback).
 // Process failures (SIGKILL, SIGSTOP) are in zmq_multiprocess_test.cpp.
-#include "comm/zmq_transport.h"
+#include "comm/transport/zmq_transport.h"
 
 #include <gtest/gtest.h>
 
@@ -10,7 +10,7 @@
 #include <mutex>
 #include <thread>
 
-#include "comm/wire.h"
+#include "comm/wire/wire.h"
 #include "core/error.h"
 
 namespace dtrain::comm {

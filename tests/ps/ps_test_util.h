@@ -13,7 +13,7 @@
 #include <vector>
 #include <zmq.hpp>
 
-#include "comm/auth.h"
+#include "comm/wire/auth.h"
 #include "core/deadline.h"
 #include "core/log.h"
 #include "ps/client.h"

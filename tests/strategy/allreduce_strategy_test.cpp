@@ -15,10 +15,10 @@
 #include <thread>
 
 #include "autograd/functions.h"
-#include "comm/communicator.h"
-#include "comm/inproc_transport.h"
-#include "comm/rendezvous.h"
-#include "comm/zmq_transport.h"
+#include "comm/collectives/communicator.h"
+#include "comm/transport/inproc_transport.h"
+#include "comm/rendezvous/rendezvous.h"
+#include "comm/transport/zmq_transport.h"
 #include "core/crc32c.h"
 #include "core/error.h"
 #include "core/rng.h"

@@ -11,8 +11,8 @@
 #include <numeric>
 #include <thread>
 
-#include "comm/communicator.h"
-#include "comm/inproc_transport.h"
+#include "comm/collectives/communicator.h"
+#include "comm/transport/inproc_transport.h"
 #include "core/error.h"
 #include "strategy/allreduce_strategy.h"
 #include "strategy/local_strategy.h"

@@ -1,0 +1,190 @@
+#include "comm/collectives/collective_protocol.h"
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+
+#include "core/error.h"
+
+namespace dtrain::comm {
+
+namespace {
+
+// Header layout (little-endian, 32 bytes):
+//   0 u32 magic  4 u8 kind  5 u8 reduce  6 u8 dtype  7 u8 zero
+//   8 i32 root  12 u32 zero  16 u64 count  24 u64 seq
+void encode_header(const OpDescriptor& op, std::byte* dest) {
+  std::array<std::byte, kHeaderBytes> header{};
+  std::byte* out = header.data();
+  const uint32_t magic = kHeaderMagic;
+  std::memcpy(out, &magic, 4);
+  out[4] = static_cast<std::byte>(op.kind);
+  out[5] = static_cast<std::byte>(op.reduce);
+  out[6] = static_cast<std::byte>(op.dtype);
+  std::memcpy(out + 8, &op.root, 4);
+  std::memcpy(out + 16, &op.count, 8);
+  std::memcpy(out + 24, &op.seq, 8);
+  std::memcpy(dest, header.data(), kHeaderBytes);
+}
+
+OpDescriptor decode_header(const std::byte* in) {
+  OpDescriptor op;
+  op.kind = static_cast<OpKind>(in[4]);
+  op.reduce = static_cast<ReduceOp>(in[5]);
+  op.dtype = static_cast<Dtype>(in[6]);
+  std::memcpy(&op.root, in + 8, 4);
+  std::memcpy(&op.count, in + 16, 8);
+  std::memcpy(&op.seq, in + 24, 8);
+  return op;
+}
+
+}  // namespace
+
+std::string_view to_string(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::kSum: return "sum";
+    case ReduceOp::kMean: return "mean";
+    case ReduceOp::kMax: return "max";
+  }
+  return "unknown-reduction";
+}
+
+std::string_view to_string(OpKind kind) {
+  switch (kind) {
+    case OpKind::kAllreduce: return "allreduce";
+    case OpKind::kBroadcast: return "broadcast";
+    case OpKind::kAllgather: return "allgather";
+    case OpKind::kAllgatherv: return "allgatherv";
+    case OpKind::kReduceScatter: return "reduce_scatter";
+    case OpKind::kBarrier: return "barrier";
+    case OpKind::kSend: return "send";
+    case OpKind::kSplit: return "split";
+    case OpKind::kHostCheck: return "host check";
+  }
+  return "unknown-operation";
+}
+
+std::string OpDescriptor::describe() const {
+  std::string text = fmt::format("{} #{} ({} {}", to_string(kind), seq, count,
+                                 dtype == Dtype::kFloat32 ? "floats" : "bytes");
+  if (kind == OpKind::kAllreduce || kind == OpKind::kReduceScatter) {
+    text += fmt::format(", {}", to_string(reduce));
+  }
+  if (root >= 0) text += fmt::format(", root {}", root);
+  return text + ")";
+}
+
+CollectiveChannel::CollectiveChannel(Transport& transport, uint64_t tag, OpDescriptor op,
+                                     Deadline deadline)
+    : transport_(transport),
+      tag_(tag),
+      op_(op),
+      deadline_(deadline),
+      rank_(transport.rank()),
+      size_(transport.size()),
+      what_(op.describe()) {}
+
+void CollectiveChannel::send(int peer, std::span<const std::byte> payload) {
+  staging_.resize(kHeaderBytes + payload.size());
+  encode_header(op_, staging_.data());
+  if (!payload.empty()) std::memcpy(staging_.data() + kHeaderBytes, payload.data(), payload.size());
+  try {
+    transport_.send(peer, tag_, staging_, what_, deadline_);
+  } catch (const CommError& e) {
+    abort_peers(e.peer(), e.what());
+    throw;
+  }
+}
+
+std::vector<std::byte> CollectiveChannel::recv_checked(int peer, size_t payload_bytes) {
+  try {
+    return recv_and_check(peer, payload_bytes);
+  } catch (const CommError& e) {
+    abort_peers(e.peer(), e.what());
+    throw;
+  }
+}
+
+std::vector<std::byte> CollectiveChannel::recv_and_check(int peer, size_t payload_bytes) {
+  std::vector<std::byte> message = transport_.recv(peer, tag_, what_, deadline_);
+  uint32_t magic = 0;
+  if (message.size() >= kHeaderBytes) std::memcpy(&magic, message.data(), 4);
+  if (magic != kHeaderMagic) {
+    throw CommError(peer, what_,
+                    fmt::format("rank {} received a {}-byte message without a collective header "
+                                "from rank {}",
+                                rank_, message.size(), peer));
+  }
+  const OpDescriptor theirs = decode_header(message.data());
+  OpDescriptor expected = op_;
+  if (payload_bytes == kAnySize) expected.count = theirs.count;
+  if (!(theirs == expected)) {
+    throw CommError(peer, what_,
+                    fmt::format("{} on rank {} does not match {} from rank {}", op_.describe(),
+                                rank_, theirs.describe(), peer));
+  }
+  if (payload_bytes != kAnySize && message.size() - kHeaderBytes != payload_bytes) {
+    throw CommError(peer, what_,
+                    fmt::format("rank {} expected a {}-byte chunk from rank {}, got {} bytes",
+                                rank_, payload_bytes, peer, message.size() - kHeaderBytes));
+  }
+  return message;
+}
+
+void CollectiveChannel::recv_into(int peer, std::span<std::byte> out) {
+  const std::vector<std::byte> message = recv_checked(peer, out.size());
+  if (!out.empty()) std::memcpy(out.data(), message.data() + kHeaderBytes, out.size());
+}
+
+std::vector<std::byte> CollectiveChannel::recv_any_size(int peer) {
+  std::vector<std::byte> message = recv_checked(peer, kAnySize);
+  message.erase(message.begin(), message.begin() + kHeaderBytes);
+  return message;
+}
+
+void CollectiveChannel::recv_reduce(int peer, std::span<float> inout, ReduceOp op) {
+  const std::vector<std::byte> message = recv_checked(peer, inout.size_bytes());
+  // The payload starts 32 bytes into a heap block, so it is float-aligned.
+  const auto* in = reinterpret_cast<const float*>(message.data() + kHeaderBytes);
+  reduce_into(inout, std::span<const float>(in, inout.size()), op);
+}
+
+void CollectiveChannel::abort_peers(int culprit, const std::string& reason) noexcept {
+  if (aborted_) return;
+  aborted_ = true;
+  transport_.abort(culprit, reason);
+}
+
+void reduce_into(std::span<float> inout, std::span<const float> in, ReduceOp op) {
+  float* __restrict out = inout.data();
+  const float* __restrict src = in.data();
+  const size_t n = inout.size();
+  if (op == ReduceOp::kMax) {
+    for (size_t i = 0; i < n; ++i) out[i] = std::max(out[i], src[i]);
+  } else {
+    for (size_t i = 0; i < n; ++i) out[i] += src[i];
+  }
+}
+
+void reduce_pair(std::span<float> out, std::span<const float> a, std::span<const float> b,
+                 ReduceOp op) {
+  float* __restrict dst = out.data();
+  const float* __restrict x = a.data();
+  const float* __restrict y = b.data();
+  const size_t n = out.size();
+  if (op == ReduceOp::kMax) {
+    for (size_t i = 0; i < n; ++i) dst[i] = std::max(x[i], y[i]);
+  } else {
+    for (size_t i = 0; i < n; ++i) dst[i] = x[i] + y[i];
+  }
+}
+
+std::vector<size_t> block_offsets(size_t count, size_t parts) {
+  std::vector<size_t> offsets(parts + 1);
+  const size_t base = count / parts;
+  const size_t extra = count % parts;
+  for (size_t b = 0; b <= parts; ++b) offsets[b] = b * base + std::min(b, extra);
+  return offsets;
+}
+
+}  // namespace dtrain::comm

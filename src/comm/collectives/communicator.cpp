@@ -1,0 +1,421 @@
+#include "comm/collectives/communicator.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <numeric>
+
+#include <fmt/ranges.h>
+
+#include "comm/collectives/collective_tree.h"
+#include "comm/transport/group_transport.h"
+#include "comm/collectives/halving_doubling.h"
+#include "comm/collectives/ring_collectives.h"
+#include "core/error.h"
+
+namespace dtrain::comm {
+
+namespace {
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// Identifies this host and boot: equal keys mean shared memory is shared.
+uint64_t host_key() {
+  char host[256] = {};
+  gethostname(host, sizeof(host) - 1);
+  std::string identity = host;
+  std::ifstream boot_id("/proc/sys/kernel/random/boot_id");
+  std::string boot;
+  if (boot_id >> boot) identity += "/" + boot;
+  uint64_t key = 0;
+  for (const char c : identity) key = splitmix64(key ^ static_cast<unsigned char>(c));
+  return key;
+}
+
+size_t chunk_elements(const CommunicatorOptions& options) {
+  return std::max<size_t>(1, options.chunk_bytes / sizeof(float));
+}
+
+}  // namespace
+
+void Work::wait(Deadline deadline) const {
+  if (!done_.valid()) throw UsageError("Work::wait on a Work that holds no operation");
+  if (deadline.is_never()) {
+    done_.wait();
+  } else if (done_.wait_until(deadline.at()) != std::future_status::ready) {
+    throw TimeoutError(-1, "Work::wait", deadline.remaining(), "an asynchronous collective");
+  }
+  done_.get();
+}
+
+bool Work::is_completed() const {
+  return done_.valid() && done_.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
+}
+
+Communicator::Communicator(Transport& transport, CommunicatorOptions options)
+    : transport_(transport), options_(std::move(options)) {
+  if (options_.chunk_bytes < sizeof(float)) {
+    throw UsageError(fmt::format("Communicator: chunk_bytes {} is below one float",
+                                 options_.chunk_bytes));
+  }
+  set_up_shm();
+  worker_ = std::jthread([this](std::stop_token stop) { worker_loop(std::move(stop)); });
+}
+
+Communicator::Communicator(std::unique_ptr<Transport> transport, CommunicatorOptions options)
+    : owned_transport_(std::move(transport)), transport_(*owned_transport_), options_(std::move(options)) {
+  if (options_.chunk_bytes < sizeof(float)) {
+    throw UsageError(fmt::format("Communicator: chunk_bytes {} is below one float",
+                                 options_.chunk_bytes));
+  }
+  set_up_shm();
+  worker_ = std::jthread([this](std::stop_token stop) { worker_loop(std::move(stop)); });
+}
+
+Communicator::~Communicator() {
+  worker_.request_stop();
+  if (worker_.joinable()) worker_.join();
+}
+
+void Communicator::set_up_shm() {
+  if (!options_.shm_allreduce || options_.job_id.empty() || size() == 1) return;
+  // Every rank learns every rank's host key; all equal means one host.
+  const uint64_t mine = host_key();
+  std::vector<uint64_t> keys(static_cast<size_t>(size()));
+  const std::vector<size_t> counts(static_cast<size_t>(size()), sizeof(uint64_t));
+  const OpDescriptor desc = next_op(OpKind::kHostCheck, keys.size() * sizeof(uint64_t),
+                                    ReduceOp::kSum, -1, Dtype::kBytes);
+  run_blocking(desc.describe(), [&](Deadline deadline) {
+    allgatherv_bytes(std::as_bytes(std::span(&mine, 1)), std::as_writable_bytes(std::span(keys)),
+                     counts, desc, deadline);
+  });
+  if (std::all_of(keys.begin(), keys.end(), [&](uint64_t k) { return k == keys[0]; })) {
+    ShmAllreduceOptions shm_options;
+    shm_options.job_id = fmt::format("{}-g{:x}", options_.job_id, options_.group_id);
+    shm_options.capacity_bytes = options_.shm_capacity_bytes;
+    shm_ = std::make_unique<ShmAllreduce>(rank(), size(), std::move(shm_options),
+                                          Deadline::after(options_.timeout));
+  }
+}
+
+OpDescriptor Communicator::next_op(OpKind kind, uint64_t count, ReduceOp reduce, int root,
+                                   Dtype dtype) {
+  OpDescriptor desc;
+  desc.kind = kind;
+  desc.reduce = reduce;
+  desc.dtype = dtype;
+  desc.root = root;
+  desc.count = count;
+  desc.seq = next_seq_++;
+  return desc;
+}
+
+uint64_t Communicator::p2p_tag(uint32_t tag) const {
+  if (tag >= (uint32_t{1} << 31)) {
+    throw UsageError(fmt::format("point-to-point tag {} is not below 2^31", tag));
+  }
+  return collective_tag() | (uint64_t{tag} + 1);
+}
+
+bool Communicator::failed() const {
+  std::lock_guard lock(failure_mutex_);
+  return !failure_.empty();
+}
+
+void Communicator::throw_if_failed(const std::string& what) const {
+  std::lock_guard lock(failure_mutex_);
+  if (!failure_.empty()) {
+    throw CommError(failure_peer_, what, fmt::format("communicator failed earlier: {}", failure_));
+  }
+}
+
+void Communicator::execute(const std::string& what, const std::function<void(Deadline)>& body) {
+  throw_if_failed(what);
+  try {
+    body(Deadline::after(options_.timeout));
+  } catch (const CommError& e) {
+    {
+      std::lock_guard lock(failure_mutex_);
+      if (failure_.empty()) {
+        failure_ = e.what();
+        failure_peer_ = e.peer();
+      }
+    }
+    // Tells every peer (a no-op when the collective's channel already did),
+    // over the transport and through shared memory: ranks blocked on other
+    // peers fail now naming the same culprit instead of running into their
+    // deadlines.
+    transport_.abort(e.peer(), e.what());
+    if (shm_ != nullptr) shm_->abandon(e.peer());
+    throw;
+  }
+}
+
+void Communicator::run_blocking(const std::string& what,
+                                const std::function<void(Deadline)>& body) {
+  {
+    // Queued work runs first; each item is bounded by the timeout.
+    std::unique_lock lock(queue_mutex_);
+    queue_changed_.wait(lock, [&] { return queue_.empty() && !busy_; });
+  }
+  execute(what, body);
+}
+
+void Communicator::worker_loop(std::stop_token stop) {
+  for (;;) {
+    Task task;
+    {
+      std::unique_lock lock(queue_mutex_);
+      queue_changed_.wait(lock, stop, [&] { return !queue_.empty(); });
+      if (stop.stop_requested()) {
+        for (Task& pending : queue_) {
+          pending.done.set_exception(std::make_exception_ptr(CommError(
+              -1, pending.what, "communicator destroyed before the operation ran")));
+        }
+        queue_.clear();
+        queue_changed_.notify_all();
+        return;
+      }
+      task = std::move(queue_.front());
+      queue_.pop_front();
+      busy_ = true;
+    }
+    try {
+      execute(task.what, task.run);
+      task.done.set_value();
+    } catch (...) {
+      task.done.set_exception(std::current_exception());
+    }
+    {
+      std::lock_guard lock(queue_mutex_);
+      busy_ = false;
+    }
+    queue_changed_.notify_all();
+  }
+}
+
+void Communicator::announce(const OpDescriptor& desc) {
+  if (shm_ != nullptr) shm_->announce(desc);
+}
+
+void Communicator::allreduce_now(std::span<float> data, ReduceOp op, const OpDescriptor& desc,
+                                 Deadline deadline) {
+  if (size() == 1) return;
+  if (shm_ != nullptr) {
+    shm_->announce(desc);
+    shm_->allreduce(data, op, deadline, desc.describe());
+    return;
+  }
+  CollectiveChannel channel(transport_, collective_tag(), desc, deadline);
+  if (data.size_bytes() <= options_.small_allreduce_bytes) {
+    halving_doubling_allreduce(channel, data, op);
+  } else {
+    ring_allreduce(channel, data, op, chunk_elements(options_));
+  }
+}
+
+void Communicator::allreduce(std::span<float> data, ReduceOp op) {
+  const OpDescriptor desc = next_op(OpKind::kAllreduce, data.size(), op);
+  run_blocking(desc.describe(), [&](Deadline deadline) { allreduce_now(data, op, desc, deadline); });
+}
+
+Work Communicator::allreduce_async(std::span<float> data, ReduceOp op) {
+  const OpDescriptor desc = next_op(OpKind::kAllreduce, data.size(), op);
+  Task task;
+  task.what = desc.describe();
+  task.run = [this, data, op, desc](Deadline deadline) { allreduce_now(data, op, desc, deadline); };
+  Work work(task.done.get_future().share());
+  {
+    std::lock_guard lock(queue_mutex_);
+    queue_.push_back(std::move(task));
+  }
+  queue_changed_.notify_all();
+  return work;
+}
+
+void Communicator::broadcast(std::span<float> data, int root) {
+  if (root < 0 || root >= size()) {
+    throw UsageError(fmt::format("broadcast: root {} outside group of size {}", root, size()));
+  }
+  const OpDescriptor desc = next_op(OpKind::kBroadcast, data.size(), ReduceOp::kSum, root);
+  run_blocking(desc.describe(), [&](Deadline deadline) {
+    announce(desc);
+    CollectiveChannel channel(transport_, collective_tag(), desc, deadline);
+    binomial_broadcast(channel, std::as_writable_bytes(data), root, options_.chunk_bytes);
+  });
+}
+
+void Communicator::allgather(std::span<const float> mine, std::span<float> out) {
+  if (out.size() != mine.size() * static_cast<size_t>(size())) {
+    throw UsageError(fmt::format("allgather: output of {} floats is not {} ranks x {} floats",
+                                 out.size(), size(), mine.size()));
+  }
+  const std::vector<size_t> counts(static_cast<size_t>(size()), mine.size() * sizeof(float));
+  const OpDescriptor desc = next_op(OpKind::kAllgather, out.size());
+  run_blocking(desc.describe(), [&](Deadline deadline) {
+    allgatherv_bytes(std::as_bytes(mine), std::as_writable_bytes(out), counts, desc, deadline);
+  });
+}
+
+void Communicator::allgatherv(std::span<const float> mine, std::span<float> out,
+                              std::span<const size_t> counts) {
+  if (counts.size() != static_cast<size_t>(size())) {
+    throw UsageError(fmt::format("allgatherv: {} counts for a group of size {}", counts.size(), size()));
+  }
+  if (counts[static_cast<size_t>(rank())] != mine.size()) {
+    throw UsageError(fmt::format("allgatherv: rank {} passes {} floats but counts[{}] is {}", rank(),
+                                 mine.size(), rank(), counts[static_cast<size_t>(rank())]));
+  }
+  const size_t total = std::accumulate(counts.begin(), counts.end(), size_t{0});
+  if (out.size() != total) {
+    throw UsageError(fmt::format("allgatherv: output of {} floats does not match the {} counted",
+                                 out.size(), total));
+  }
+  std::vector<size_t> byte_counts(counts.begin(), counts.end());
+  for (size_t& c : byte_counts) c *= sizeof(float);
+  const OpDescriptor desc = next_op(OpKind::kAllgatherv, total);
+  run_blocking(desc.describe(), [&](Deadline deadline) {
+    allgatherv_bytes(std::as_bytes(mine), std::as_writable_bytes(out), byte_counts, desc, deadline);
+  });
+}
+
+void Communicator::allgatherv_bytes(std::span<const std::byte> mine, std::span<std::byte> out,
+                                    std::span<const size_t> byte_counts, const OpDescriptor& desc,
+                                    Deadline deadline) {
+  announce(desc);
+  std::vector<size_t> offsets(byte_counts.size() + 1, 0);
+  std::partial_sum(byte_counts.begin(), byte_counts.end(), offsets.begin() + 1);
+  if (!mine.empty()) {
+    std::memcpy(out.data() + offsets[static_cast<size_t>(rank())], mine.data(), mine.size());
+  }
+  CollectiveChannel channel(transport_, collective_tag(), desc, deadline);
+  ring_allgather(channel, out, offsets, options_.chunk_bytes);
+}
+
+void Communicator::reduce_scatter(std::span<const float> input, std::span<float> output,
+                                  ReduceOp op) {
+  if (input.size() != output.size() * static_cast<size_t>(size())) {
+    throw UsageError(fmt::format("reduce_scatter: input of {} floats is not {} ranks x {} floats",
+                                 input.size(), size(), output.size()));
+  }
+  const OpDescriptor desc = next_op(OpKind::kReduceScatter, input.size(), op);
+  run_blocking(desc.describe(), [&](Deadline deadline) {
+    announce(desc);
+    std::vector<float> work(input.begin(), input.end());
+    std::vector<size_t> offsets(static_cast<size_t>(size()) + 1);
+    for (size_t b = 0; b < offsets.size(); ++b) offsets[b] = b * output.size();
+    CollectiveChannel channel(transport_, collective_tag(), desc, deadline);
+    ring_reduce_scatter(channel, work, offsets, op, chunk_elements(options_));
+    const float* own = work.data() + offsets[static_cast<size_t>(rank())];
+    const float scale = op == ReduceOp::kMean ? static_cast<float>(size()) : 1.0f;
+    for (size_t i = 0; i < output.size(); ++i) output[i] = op == ReduceOp::kMean ? own[i] / scale : own[i];
+  });
+}
+
+void Communicator::barrier() {
+  const OpDescriptor desc = next_op(OpKind::kBarrier, 0);
+  run_blocking(desc.describe(), [&](Deadline deadline) {
+    announce(desc);
+    CollectiveChannel channel(transport_, collective_tag(), desc, deadline);
+    dissemination_barrier(channel);
+  });
+}
+
+void Communicator::send(int peer, std::span<const float> data, uint32_t tag) {
+  OpDescriptor desc;
+  desc.kind = OpKind::kSend;
+  desc.count = data.size();
+  const uint64_t wire_tag = p2p_tag(tag);
+  run_blocking(fmt::format("send to rank {}", peer), [&](Deadline deadline) {
+    CollectiveChannel(transport_, wire_tag, desc, deadline).send(peer, data);
+  });
+}
+
+void Communicator::recv(int peer, std::span<float> data, uint32_t tag) {
+  OpDescriptor desc;
+  desc.kind = OpKind::kSend;
+  desc.count = data.size();
+  const uint64_t wire_tag = p2p_tag(tag);
+  run_blocking(fmt::format("recv from rank {}", peer), [&](Deadline deadline) {
+    CollectiveChannel(transport_, wire_tag, desc, deadline).recv_into(peer, data);
+  });
+}
+
+void Communicator::send_bytes(int peer, std::span<const std::byte> data, uint32_t tag) {
+  OpDescriptor desc;
+  desc.kind = OpKind::kSend;
+  desc.dtype = Dtype::kBytes;
+  desc.count = data.size();
+  const uint64_t wire_tag = p2p_tag(tag);
+  run_blocking(fmt::format("send to rank {}", peer), [&](Deadline deadline) {
+    CollectiveChannel(transport_, wire_tag, desc, deadline).send(peer, data);
+  });
+}
+
+std::vector<std::byte> Communicator::recv_bytes(int peer, uint32_t tag) {
+  OpDescriptor desc;
+  desc.kind = OpKind::kSend;
+  desc.dtype = Dtype::kBytes;
+  const uint64_t wire_tag = p2p_tag(tag);
+  std::vector<std::byte> message;
+  run_blocking(fmt::format("recv from rank {}", peer), [&](Deadline deadline) {
+    message = CollectiveChannel(transport_, wire_tag, desc, deadline).recv_any_size(peer);
+  });
+  return message;
+}
+
+std::unique_ptr<Communicator> Communicator::make_child(std::vector<int> members,
+                                                       uint32_t group_id) {
+  CommunicatorOptions child = options_;
+  child.group_id = group_id;
+  return std::make_unique<Communicator>(
+      std::make_unique<GroupTransport>(transport_, std::move(members)), std::move(child));
+}
+
+std::unique_ptr<Communicator> Communicator::split(int color, int key) {
+  const int32_t pair[2] = {color, key};
+  std::vector<int32_t> all(2 * static_cast<size_t>(size()));
+  const std::vector<size_t> counts(static_cast<size_t>(size()), sizeof(pair));
+  const OpDescriptor desc = next_op(OpKind::kSplit, all.size() * sizeof(int32_t), ReduceOp::kSum,
+                                    -1, Dtype::kBytes);
+  run_blocking(desc.describe(), [&](Deadline deadline) {
+    allgatherv_bytes(std::as_bytes(std::span(pair)), std::as_writable_bytes(std::span(all)), counts,
+                     desc, deadline);
+  });
+  const uint64_t made = children_made_++;
+  if (color < 0) return nullptr;
+  std::vector<int> members;
+  for (int r = 0; r < size(); ++r) {
+    if (all[2 * static_cast<size_t>(r)] == color) members.push_back(r);
+  }
+  std::stable_sort(members.begin(), members.end(), [&](int a, int b) {
+    return all[2 * static_cast<size_t>(a) + 1] < all[2 * static_cast<size_t>(b) + 1];
+  });
+  const uint64_t hash = splitmix64(splitmix64(options_.group_id ^ (made << 32)) ^
+                                   static_cast<uint32_t>(color));
+  return make_child(std::move(members), static_cast<uint32_t>(hash) | 0x80000000u);
+}
+
+std::unique_ptr<Communicator> Communicator::subgroup(const std::vector<int>& ranks) {
+  std::vector<int> sorted = ranks;
+  std::sort(sorted.begin(), sorted.end());
+  if (sorted.empty() || sorted.front() < 0 || sorted.back() >= size() ||
+      std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
+    throw UsageError(fmt::format("subgroup: ranks [{}] must be distinct ranks below {}",
+                                 fmt::join(ranks, ", "), size()));
+  }
+  const uint64_t made = children_made_++;
+  if (std::find(ranks.begin(), ranks.end(), rank()) == ranks.end()) return nullptr;
+  uint64_t hash = splitmix64(options_.group_id ^ (made << 32) ^ 0x5347ull);
+  for (const int r : ranks) hash = splitmix64(hash ^ static_cast<uint64_t>(r));
+  return make_child(ranks, static_cast<uint32_t>(hash) | 0x80000000u);
+}
+
+}  // namespace dtrain::comm

@@ -1,0 +1,201 @@
+// Communicator: dtrain's native collectives on float32 buffers over a
+// Transport (comm/transport/transport.h), the object a strategy uses to average
+// gradients and broadcast weights.
+//
+// Algorithms (docs/collectives.md has the phases and the bytes per rank):
+// allreduce uses recursive halving-doubling up to `small_allreduce_bytes`
+// and the pipelined ring above it, or shared memory when every rank runs on
+// this host (see shm_allreduce.h); broadcast a binomial tree; allgather,
+// allgatherv and reduce_scatter the ring; barrier dissemination.
+//
+// Contract:
+// - Every rank calls the same collectives in the same order with agreeing
+//   arguments. Each message carries (operation, count, dtype, sequence number,
+//   root); a rank that receives one disagreeing with what it executes throws
+//   CommError naming both sides ("allreduce #12 (1000 floats, sum) on rank 0
+//   does not match broadcast #12 (10 floats, root 1) from rank 1") and tells
+//   its peers, whose pending calls fail with that reason. On the
+//   shared-memory path every collective is announced in the rank's control
+//   block, so a shared-memory allreduce facing another collective fails
+//   naming both sides too. Limit: a broadcast whose every rank thinks it is
+//   the root receives nothing and so detects nothing.
+// - Each call is bounded by `timeout`: TimeoutError names the peer awaited;
+//   a dead peer gives CommError naming it.
+// - Failure propagates: the rank that detects it aborts the transport
+//   (Transport::abort), so every rank's pending call fails at once with a
+//   CommError naming the same culprit (the dead, silent or disagreeing rank)
+//   rather than the neighbour it happened to wait on.
+// - After any CommError (including TimeoutError) the communicator is failed:
+//   queued asynchronous work completes with a CommError and every later call
+//   throws CommError ("communicator failed earlier: ..."). Its owner builds a
+//   new one over a new transport.
+// - Local argument errors throw UsageError before anything is sent and leave
+//   the communicator usable.
+//
+// Asynchronous work: allreduce_async() queues the operation on this
+// communicator's background thread (one std::jthread, stopped and joined by
+// the destructor) and returns a Work handle; operations run in call order, and
+// a blocking call first waits for queued work to finish. The buffer must stay
+// alive and untouched until the Work completes. Destroying the communicator
+// fails work that has not started with CommError and waits for the running
+// one (bounded by its timeout).
+//
+// Sub-groups: split() and subgroup() return communicators over a subset of the
+// ranks, on their own tag range, so their messages never mix with the
+// parent's or each other's. The parent must outlive them.
+//
+// Ownership: owns its worker thread and, when given one by unique_ptr, the
+// transport; otherwise the transport must outlive the communicator.
+// Thread safety: call the API from one thread at a time; Work handles may be
+// waited on from any thread.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <stop_token>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "comm/collectives/collective_protocol.h"
+#include "comm/collectives/collectives.h"
+#include "comm/collectives/shm_allreduce.h"
+#include "comm/transport/transport.h"
+#include "core/deadline.h"
+
+namespace dtrain::comm {
+
+struct CommunicatorOptions {
+  // Bound on each collective, from the moment it starts executing.
+  std::chrono::milliseconds timeout{30000};
+  // Pipelining unit of the ring, the broadcast tree and allgather: one
+  // message per chunk.
+  size_t chunk_bytes = size_t{256} << 10;
+  // Allreduces of at most this many bytes use halving-doubling, larger ones
+  // the ring.
+  size_t small_allreduce_bytes = size_t{64} << 10;
+  // Use shared memory for allreduce when every rank is on this host. Needs a
+  // non-empty `job_id`; construction then exchanges host identities and sets
+  // the segments up (collective).
+  bool shm_allreduce = true;
+  // Unique per job; names the shared-memory segments. Empty disables them.
+  std::string job_id;
+  // Data area per rank of the shared-memory path.
+  size_t shm_capacity_bytes = size_t{16} << 20;
+  // Tag range of this communicator (bits 32..63 of every tag). Sub-groups
+  // derive theirs from it.
+  uint32_t group_id = 1;
+};
+
+// Completion of an asynchronous operation.
+class Work {
+ public:
+  Work() = default;
+  explicit Work(std::shared_future<void> done) : done_(std::move(done)) {}
+
+  // Blocks until the operation completes; rethrows its error (CommError,
+  // TimeoutError). Throws TimeoutError (peer -1) if `deadline` passes first;
+  // the operation then continues in the background.
+  void wait(Deadline deadline) const;
+  bool is_completed() const;
+
+ private:
+  std::shared_future<void> done_;
+};
+
+class Communicator final : public Collectives {
+ public:
+  // `transport` must outlive the communicator.
+  explicit Communicator(Transport& transport, CommunicatorOptions options = {});
+  explicit Communicator(std::unique_ptr<Transport> transport, CommunicatorOptions options = {});
+  Communicator(const Communicator&) = delete;
+  Communicator& operator=(const Communicator&) = delete;
+  ~Communicator() override;
+
+  int rank() const override { return transport_.rank(); }
+  int size() const override { return transport_.size(); }
+  const CommunicatorOptions& options() const { return options_; }
+  // Whether allreduce goes through shared memory.
+  bool uses_shm() const { return shm_ != nullptr; }
+  bool failed() const;
+
+  void allreduce(std::span<float> data, ReduceOp op) override;
+  void broadcast(std::span<float> data, int root) override;
+  void allgather(std::span<const float> mine, std::span<float> out) override;
+  void allgatherv(std::span<const float> mine, std::span<float> out,
+                  std::span<const size_t> counts) override;
+  void reduce_scatter(std::span<const float> input, std::span<float> output,
+                      ReduceOp op) override;
+  void barrier() override;
+
+  // Queues an in-place allreduce; `data` must stay valid until completion.
+  Work allreduce_async(std::span<float> data, ReduceOp op);
+
+  // Point to point, outside the collective sequence. `tag` (< 2^31) keeps
+  // independent streams apart; recv() needs exactly data.size() floats.
+  void send(int peer, std::span<const float> data, uint32_t tag = 0);
+  void recv(int peer, std::span<float> data, uint32_t tag = 0);
+  void send_bytes(int peer, std::span<const std::byte> data, uint32_t tag = 0);
+  std::vector<std::byte> recv_bytes(int peer, uint32_t tag = 0);
+
+  // Collective over this communicator: ranks passing the same `color` form a
+  // group, ordered by (key, rank). Returns nullptr for color < 0.
+  std::unique_ptr<Communicator> split(int color, int key);
+  // Every rank of this communicator calls it with the same list, in the same
+  // order relative to other subgroup() calls; `ranks[i]` becomes rank i.
+  // Returns nullptr on ranks outside the list. Sends nothing.
+  std::unique_ptr<Communicator> subgroup(const std::vector<int>& ranks);
+
+ private:
+  struct Task {
+    std::function<void(Deadline)> run;
+    std::promise<void> done;
+    std::string what;
+  };
+
+  void set_up_shm();
+  OpDescriptor next_op(OpKind kind, uint64_t count, ReduceOp reduce = ReduceOp::kSum,
+                       int root = -1, Dtype dtype = Dtype::kFloat32);
+  uint64_t collective_tag() const { return uint64_t{options_.group_id} << 32; }
+  uint64_t p2p_tag(uint32_t tag) const;
+  // Runs `body` on this thread once queued work is done, recording failure.
+  void run_blocking(const std::string& what, const std::function<void(Deadline)>& body);
+  void execute(const std::string& what, const std::function<void(Deadline)>& body);
+  void throw_if_failed(const std::string& what) const;
+  void worker_loop(std::stop_token stop);
+  // Publishes `desc` to the shared-memory peers (mismatch detection there).
+  void announce(const OpDescriptor& desc);
+  void allreduce_now(std::span<float> data, ReduceOp op, const OpDescriptor& desc,
+                     Deadline deadline);
+  void allgatherv_bytes(std::span<const std::byte> mine, std::span<std::byte> out,
+                        std::span<const size_t> byte_counts, const OpDescriptor& desc,
+                        Deadline deadline);
+  std::unique_ptr<Communicator> make_child(std::vector<int> members, uint32_t group_id);
+
+  std::unique_ptr<Transport> owned_transport_;
+  Transport& transport_;  // *owned_transport_ or the caller's
+  CommunicatorOptions options_;
+  std::unique_ptr<ShmAllreduce> shm_;
+  uint64_t next_seq_ = 1;
+  uint64_t children_made_ = 0;
+
+  mutable std::mutex failure_mutex_;
+  std::string failure_;  // non-empty once failed
+  int failure_peer_ = -1;
+
+  std::mutex queue_mutex_;
+  std::condition_variable_any queue_changed_;
+  std::deque<Task> queue_;
+  bool busy_ = false;
+  std::jthread worker_;  // last: stopped and joined before the members above go
+};
+
+}  // namespace dtrain::comm

@@ -1,0 +1,173 @@
+// Elastic rendezvous: how the workers of an elastic job (docs/elastic.md)
+// agree, again and again, on who is in the group. Where comm/rendezvous/rendezvous.h
+// forms one fixed group once, this coordinator forms a sequence of
+// GENERATIONS, each a group of ranks 0..W-1 over some of the job's worker
+// SLOTS (a slot is a place in the launcher's worker list; a restarted worker
+// takes over its slot). It is hosted by the local launcher, not by a worker,
+// so that it survives the loss of any worker.
+//
+// Forming generation g+1 takes two rounds:
+//  1. membership: each worker sends kJoin with the generation it belongs to
+//     (none for a new worker). The round closes when every awaited slot has
+//     joined and at least min_workers have, or, `settle` after the first
+//     member of the current generation joined, with at least min_workers
+//     joined. Awaited: for generation 0 every slot the launcher reports
+//     alive (set_alive); later, the alive members of the current generation
+//     (new workers are taken when they have joined, never waited for, so a
+//     slow replacement does not delay the survivors: it joins at a later
+//     step boundary). After generation 0 a round also needs a member of the
+//     current generation (the state of the group lives in its members): new
+//     workers alone keep waiting.
+//     Ranks: the current generation's members keep their relative order,
+//     new workers follow by slot. Every joined worker gets {g+1, slots by
+//     rank}.
+//  2. endpoints: each member binds its transport for (rank, W) and sends
+//     kEndpoint; once every member has, each gets the endpoint table. A
+//     member reported dead before that fails the generation: the others'
+//     kEndpoint is refused ("generation 3 lost slot 1") and they join again
+//     as members of g+1 (their state is still that of generation g).
+// poll() (kPoll) answers how many new workers wait in an open membership
+// round: the group's rank 0 polls between steps to re-form at a step
+// boundary. finish() (a member ended training) answers waiting and later
+// joins with "finished"; stop() (the job is being stopped) refuses them with
+// its reason.
+//
+// Wire: frames of comm/wire/wire.h over a ZeroMQ DEALER -> ROUTER connection,
+// sender = slot, every frame authenticated with the job secret (comm/wire/auth.h)
+// when there is one; the payload layouts are in docs/elastic.md. A frame of
+// another job, with a bad MAC or from a slot outside 0..slots-1 is refused
+// and never changes the state.
+//
+// Errors: the constructor throws CommError when it cannot bind, UsageError
+// for bad options. ElasticRendezvousClient's calls throw TimeoutError naming
+// what they waited for when their deadline passes, CommError with the
+// coordinator's reason when refused, DataError for malformed replies. The
+// server thread never throws; it logs refusals.
+// Thread safety: the server's methods may be called from any thread; a
+// client is used by one thread at a time.
+// Blocking: join() and exchange_endpoints() block until the reply or their
+// deadline; poll() never blocks; ~ElasticRendezvousServer joins its thread
+// and waits at most 1 s (linger) to flush replies.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "comm/wire/auth.h"
+#include "comm/rendezvous/rendezvous.h"
+#include "core/deadline.h"
+#include "core/log.h"
+
+namespace dtrain::comm {
+
+struct ElasticRendezvousOptions {
+  // Worker slots of the job (the launcher's --workers): slot ids 0..slots-1.
+  int slots = 1;
+  // Smallest group a round may form.
+  int min_workers = 1;
+  // How long a round waits, after the first member of the current
+  // generation joined, for alive slots that have not joined (a hung worker,
+  // or one whose death the launcher has not noticed yet).
+  std::chrono::milliseconds settle{5000};
+};
+
+// The result of the membership round: generation and slots by rank.
+struct ElasticGeneration {
+  uint32_t generation = 0;
+  std::vector<int> slots;  // slots[rank]
+  // This worker's rank in the generation.
+  int rank = 0;
+  int world_size() const { return static_cast<int>(slots.size()); }
+};
+
+class ElasticRendezvousServer {
+ public:
+  // Binds tcp://bind_host:port (0: a free port). No slot is alive until
+  // set_alive() says so.
+  ElasticRendezvousServer(const std::string& bind_host, int port, ElasticRendezvousOptions options,
+                          JobAuth auth, Logger& logger);
+  ~ElasticRendezvousServer();
+  ElasticRendezvousServer(const ElasticRendezvousServer&) = delete;
+  ElasticRendezvousServer& operator=(const ElasticRendezvousServer&) = delete;
+
+  // "host:port" for the clients.
+  std::string address() const;
+  // The launcher's view: a worker process for `slot` was started (true) or
+  // has ended (false). An ended slot's pending registrations are dropped. A
+  // process started for a slot whose member died is a new worker, not that
+  // member: it is not awaited and may not claim the membership.
+  void set_alive(int slot, bool alive);
+  // A member ended training (exited 0): waiting and later joins are
+  // answered "finished".
+  void finish();
+  // The job is being stopped: waiting and later registrations are refused
+  // with `reason`.
+  void stop(const std::string& reason);
+  // The last generation formed, if any.
+  std::optional<uint32_t> generation() const;
+
+ private:
+  struct State;
+  void serve(std::stop_token stop);
+
+  std::string bind_host_;
+  int port_ = 0;
+  ElasticRendezvousOptions options_;
+  JobAuth auth_;
+  Logger& logger_;
+  std::unique_ptr<State> state_;
+  std::jthread thread_;
+};
+
+// One worker's connection to the elastic coordinator, kept for the worker's
+// lifetime (rank 0 polls through it between steps).
+class ElasticRendezvousClient {
+ public:
+  // Connects (asynchronously) to `coordinator` ("host:port") as `slot` of
+  // `slots`.
+  ElasticRendezvousClient(const std::string& coordinator, int slot, int slots, JobAuth auth,
+                          Logger& logger);
+  ~ElasticRendezvousClient();
+  ElasticRendezvousClient(const ElasticRendezvousClient&) = delete;
+  ElasticRendezvousClient& operator=(const ElasticRendezvousClient&) = delete;
+
+  int slot() const { return slot_; }
+  // Joins the next generation as a member of `member_of` (nullopt: a new
+  // worker). nullopt when the coordinator answers that the job finished.
+  std::optional<ElasticGeneration> join(std::optional<uint32_t> member_of, Deadline deadline);
+  // Registers this member's endpoint (its `rank` field = its rank) for
+  // `generation`; returns the table indexed by rank.
+  std::vector<PeerEndpoint> exchange_endpoints(uint32_t generation, const PeerEndpoint& self,
+                                               Deadline deadline);
+  // Never blocks: sends a poll when none is outstanding and returns the
+  // number of new workers waiting to join from the newest answer (0 before
+  // the first).
+  uint32_t poll();
+
+ private:
+  struct Socket;
+  // Sends one request of `kind` with `body`.
+  void send(uint32_t kind, const std::vector<std::byte>& body);
+  // Waits for a reply to a request of `kind`; replies to polls are absorbed.
+  std::vector<std::byte> await(uint32_t kind, const std::string& what, Deadline deadline);
+  // Reads one reply if there is one within `timeout`; returns its kind and
+  // body, or nullopt.
+  std::optional<std::pair<uint32_t, std::vector<std::byte>>> read_reply(
+      std::chrono::milliseconds timeout);
+
+  std::string coordinator_;
+  int slot_;
+  int slots_;
+  JobAuth auth_;
+  Logger& logger_;
+  std::unique_ptr<Socket> socket_;
+  bool poll_outstanding_ = false;
+  uint32_t waiting_ = 0;
+};
+
+}  // namespace dtrain::comm

@@ -1,0 +1,128 @@
+#include "comm/rendezvous/launch_env.h"
+
+#include <charconv>
+#include <vector>
+
+#include "core/error.h"
+
+namespace dtrain::comm {
+
+namespace {
+
+constexpr const char* kEnvironment = "environment";
+
+// A value found for one field, and the name it was found under.
+struct Found {
+  int value = 0;
+  std::string name;
+};
+
+int parse_int(const std::string& text, const std::string& name) {
+  int value = 0;
+  const char* end = text.data() + text.size();
+  auto [ptr, ec] = std::from_chars(text.data(), end, value);
+  if (text.empty() || ec != std::errc() || ptr != end) {
+    throw ConfigError(kEnvironment, name, 0, fmt::format("'{}' is not an integer", text));
+  }
+  return value;
+}
+
+// The first of `names` present in `env`, parsed; or the explicit value.
+std::optional<Found> first_of(const std::optional<int>& explicit_value, const char* flag,
+                              const std::map<std::string, std::string>& env,
+                              const std::vector<const char*>& names) {
+  if (explicit_value) return Found{*explicit_value, flag};
+  for (const char* name : names) {
+    if (auto it = env.find(name); it != env.end()) return Found{parse_int(it->second, name), name};
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+HostPort parse_host_port(const std::string& text, const std::string& where) {
+  auto bad = [&](const std::string& problem) {
+    return ConfigError(kEnvironment, where, 0,
+                       fmt::format("'{}' {}; expected host:port, e.g. 10.0.0.1:29500", text,
+                                   problem));
+  };
+  const auto colon = text.rfind(':');
+  if (colon == std::string::npos) throw bad("has no port");
+  std::string host = text.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  if (host.empty()) throw bad("has no host");
+  const std::string port_text = text.substr(colon + 1);
+  int port = 0;
+  const char* end = port_text.data() + port_text.size();
+  auto [ptr, ec] = std::from_chars(port_text.data(), end, port);
+  if (port_text.empty() || ec != std::errc() || ptr != end || port < 1 || port > 65535) {
+    throw bad(fmt::format("has port '{}', not in 1..65535", port_text));
+  }
+  return HostPort{host, port};
+}
+
+LaunchInfo resolve_launch_env(const std::map<std::string, std::string>& env,
+                              const LaunchOverrides& overrides) {
+  auto rank = first_of(overrides.rank, "--rank", env,
+                       {"DTRAIN_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID"});
+  auto world = first_of(overrides.world_size, "--world-size", env,
+                        {"DTRAIN_WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_NTASKS"});
+  auto local = first_of(overrides.local_rank, "--local-rank", env,
+                        {"DTRAIN_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID"});
+
+  LaunchInfo info;
+  if (!rank && !world) {
+    info.source = "default (single process)";
+  } else if (!rank) {
+    throw ConfigError(kEnvironment, world->name, 0,
+                      fmt::format("world size {} is set but no rank is (set DTRAIN_RANK or --rank)",
+                                  world->value));
+  } else if (!world) {
+    throw ConfigError(kEnvironment, rank->name, 0,
+                      fmt::format("rank {} is set but no world size is (set DTRAIN_WORLD_SIZE or "
+                                  "--world-size)",
+                                  rank->value));
+  } else {
+    info.rank = rank->value;
+    info.world_size = world->value;
+    info.source = rank->name + "/" + world->name;
+  }
+  if (info.world_size < 1) {
+    throw ConfigError(kEnvironment, world->name, 0,
+                      fmt::format("world size {} is not positive", info.world_size));
+  }
+  if (info.rank < 0 || info.rank >= info.world_size) {
+    throw ConfigError(kEnvironment, rank->name, 0,
+                      fmt::format("rank {} is outside 0..{} (world size {} from {})", info.rank,
+                                  info.world_size - 1, info.world_size, world->name));
+  }
+  info.local_rank = local ? local->value : info.rank;
+  if (info.local_rank < 0 || info.local_rank >= info.world_size) {
+    throw ConfigError(kEnvironment, local->name, 0,
+                      fmt::format("local rank {} is outside 0..{}", info.local_rank,
+                                  info.world_size - 1));
+  }
+
+  std::string coordinator_name = "--coordinator";
+  if (overrides.coordinator) {
+    info.coordinator = *overrides.coordinator;
+  } else if (auto it = env.find("DTRAIN_COORDINATOR"); it != env.end()) {
+    info.coordinator = it->second;
+    coordinator_name = "DTRAIN_COORDINATOR";
+  }
+  if (info.coordinator.empty()) {
+    if (info.world_size > 1) {
+      throw ConfigError(kEnvironment, "DTRAIN_COORDINATOR", 0,
+                        fmt::format("world size {} needs a coordinator address host:port (set "
+                                    "DTRAIN_COORDINATOR or --coordinator)",
+                                    info.world_size));
+    }
+  } else {
+    parse_host_port(info.coordinator, coordinator_name);
+  }
+  return info;
+}
+
+}  // namespace dtrain::comm

@@ -1,0 +1,107 @@
+// Rendezvous: how the ranks of a job learn each other's endpoints.
+//
+// One RendezvousServer (the coordinator; usually hosted by rank 0's process or
+// by the launcher) listens on tcp host:port. Every rank calls rendezvous(),
+// which connects to it, registers the rank's PeerEndpoint and returns the
+// table of all `world_size` endpoints once every rank has registered.
+//
+// Protocol (frames of comm/wire/wire.h over a ZeroMQ DEALER -> ROUTER connection):
+//   rank -> coordinator  kRegister {world_size, PeerEndpoint}
+//   coordinator -> rank  kStatus   {bitmap of registered ranks}, after each new
+//                                   registration (lets a rank that times out
+//                                   name the ranks that never arrived)
+//   coordinator -> rank  kTable    {world_size PeerEndpoints, ordered by rank},
+//                                   to everyone once the last rank registered
+//   coordinator -> rank  kReject   {reason}: a duplicate rank (another process
+//                                   already holds it), a world size that differs
+//                                   from the coordinator's, a frame of another
+//                                   job or failing authentication, a
+//                                   registration after the table went out.
+// A rank re-registering from the same connection is idempotent. With a job
+// secret every frame is authenticated both ways (comm/wire/auth.h): a process
+// without the secret can neither join nor read the table.
+//
+// Errors: rendezvous() throws TimeoutError naming the ranks that had not
+// registered when `deadline` passed (or saying that the coordinator never
+// answered), CommError with the coordinator's reason when refused, DataError
+// for a malformed table. The server never throws from its thread; it logs
+// refused registrations (Logger, alive for the server's lifetime).
+// Thread safety: RendezvousServer's methods may be called from any thread;
+// rendezvous() is a free function holding no shared state.
+// Blocking: rendezvous() blocks until the table arrives or the deadline;
+// ~RendezvousServer stops its thread and waits at most its linger (1 s) to
+// flush replies.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "comm/wire/auth.h"
+#include "core/deadline.h"
+#include "core/log.h"
+
+namespace dtrain::comm {
+
+// Where one rank can be reached.
+struct PeerEndpoint {
+  int rank = 0;
+  std::string host;          // host name; equal names mean "same machine" (ipc is usable)
+  std::string tcp_endpoint;  // "tcp://10.0.0.7:41234"
+  std::string ipc_endpoint;  // "ipc:///tmp/dtrain-....sock", or empty
+
+  bool operator==(const PeerEndpoint&) const = default;
+};
+
+// Encoding of endpoint records inside rendezvous payloads (exposed for tests).
+std::vector<std::byte> encode_endpoints(std::span<const PeerEndpoint> endpoints);
+// Throws DataError on truncation, oversized strings (> 1024 bytes) or a count
+// above `max_count`.
+std::vector<PeerEndpoint> decode_endpoints(std::span<const std::byte> bytes, size_t max_count);
+
+class RendezvousServer {
+ public:
+  // Binds tcp://bind_host:port (port 0 picks a free port; see port()).
+  // Throws CommError when the address cannot be bound.
+  RendezvousServer(const std::string& bind_host, int port, int world_size, JobAuth auth,
+                   Logger& logger);
+  ~RendezvousServer();
+  RendezvousServer(const RendezvousServer&) = delete;
+  RendezvousServer& operator=(const RendezvousServer&) = delete;
+
+  int port() const { return port_; }
+  // "host:port" for rendezvous().
+  std::string address() const;
+  // True once the table was sent to every rank.
+  bool complete() const { return complete_.load(); }
+  // The ranks registered so far, ascending.
+  std::vector<int> registered() const;
+  // Blocks until at least `count` ranks registered; false if `deadline`
+  // passes first.
+  bool wait_until_registered(size_t count, Deadline deadline) const;
+
+ private:
+  struct State;
+  void serve(std::stop_token stop);
+
+  std::string bind_host_;
+  int port_ = 0;
+  int world_size_;
+  JobAuth auth_;
+  Logger& logger_;
+  std::unique_ptr<State> state_;
+  std::atomic<bool> complete_{false};
+  std::jthread thread_;
+};
+
+// Registers `self` with the coordinator at `coordinator` ("host:port") and
+// returns all endpoints, indexed by rank.
+std::vector<PeerEndpoint> rendezvous(const std::string& coordinator, const PeerEndpoint& self,
+                                     int world_size, const JobAuth& auth, Deadline deadline,
+                                     Logger& logger);
+
+}  // namespace dtrain::comm

@@ -1,0 +1,54 @@
+// GroupTransport: a Transport over a subset of another transport's ranks,
+// renumbered 0..k-1 in the order given. Sub-communicators
+// (Communicator::split / subgroup) run on it; their distinct tags keep their
+// messages apart from the parent's on the shared transport.
+//
+// Ownership: references the parent transport, which must outlive it (the
+// Communicator that creates a sub-communicator documents that it must outlive
+// its children). Thread safety and blocking: those of the parent. Errors
+// raised by the parent name ranks of the parent.
+#pragma once
+
+#include <vector>
+
+#include "comm/transport/transport.h"
+
+namespace dtrain::comm {
+
+class GroupTransport final : public Transport {
+ public:
+  // `members[i]` is the parent rank of group rank i; the parent's own rank
+  // must be among them.
+  GroupTransport(Transport& parent, std::vector<int> members);
+
+  int rank() const override { return rank_; }
+  int size() const override { return static_cast<int>(members_.size()); }
+
+  void send(int peer, uint64_t tag, std::span<const std::byte> payload, const std::string& what,
+            Deadline deadline) override {
+    parent_.send(parent_rank(peer), tag, payload, what, deadline);
+  }
+  std::vector<std::byte> recv(int peer, uint64_t tag, const std::string& what,
+                              Deadline deadline) override {
+    return parent_.recv(parent_rank(peer), tag, what, deadline);
+  }
+  void recv_into(int peer, uint64_t tag, std::span<std::byte> out, const std::string& what,
+                 Deadline deadline) override {
+    parent_.recv_into(parent_rank(peer), tag, out, what, deadline);
+  }
+  // Aborts the parent: a failed transport is unusable for every group on it.
+  // `culprit` is passed on as is (the ranks in this layer's errors are the
+  // parent's).
+  void abort(int culprit, const std::string& reason) noexcept override {
+    parent_.abort(culprit, reason);
+  }
+
+ private:
+  int parent_rank(int peer) const;
+
+  Transport& parent_;
+  std::vector<int> members_;
+  int rank_ = -1;
+};
+
+}  // namespace dtrain::comm

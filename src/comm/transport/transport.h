@@ -1,0 +1,62 @@
+// Transport: ordered, reliable point-to-point messages between the ranks of
+// one job. The layer below the collectives (comm/collectives/communicator.h); it knows
+// bytes, not tensors.
+//
+// Contract:
+// - Messages between a (sender, receiver, tag) triple arrive in the order sent,
+//   whole (no partial messages); different tags are independent channels.
+// - send() may return before the peer received the message (it is buffered or
+//   queued), but it never silently drops one: delivery failures surface as a
+//   CommError from a later call to this transport.
+// - recv() blocks until a message from `peer` with `tag` arrives, or throws
+//   TimeoutError (naming the peer, the operation and the tag) when `deadline`
+//   passes, or CommError when the peer is known dead or sent garbage.
+// - After any CommError the transport is failed: every later call throws.
+//   Its owner builds a new one (elastic re-formation).
+// - abort() gives up on the whole group at once: it fails this transport and
+//   tells every reachable peer, whose transports fail with the same culprit
+//   and reason. The collectives call it on their first CommError, so a rank
+//   waiting on a live neighbour learns which rank broke the group at once
+//   instead of timing out naming that neighbour.
+// Ownership: the transport owns its sockets and threads; destroying it closes
+// them without blocking for more than a short linger.
+// Thread safety: send() and recv() may be called from several threads at
+// once as long as two threads never recv() on the same (peer, tag) together.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/deadline.h"
+
+namespace dtrain::comm {
+
+class Transport {
+ public:
+  virtual ~Transport() = default;
+
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+
+  // `what` names the operation for errors ("allreduce", "broadcast").
+  virtual void send(int peer, uint64_t tag, std::span<const std::byte> payload,
+                    const std::string& what, Deadline deadline) = 0;
+  // Returns the whole message.
+  virtual std::vector<std::byte> recv(int peer, uint64_t tag, const std::string& what,
+                                      Deadline deadline) = 0;
+  // Receives into `out`, which must have exactly the message's size
+  // (CommError naming both sizes otherwise). Lets the collectives avoid a copy.
+  virtual void recv_into(int peer, uint64_t tag, std::span<std::byte> out, const std::string& what,
+                         Deadline deadline) = 0;
+  // Fails this transport: every pending and later call throws CommError
+  // naming `culprit` (the rank at fault, -1 when unknown) and `reason`; then
+  // notifies every peer not known dead, once. A transport failed by a peer's
+  // notice does not pass it on. Best effort: never throws, never blocks on a
+  // peer.
+  virtual void abort(int culprit, const std::string& reason) noexcept = 0;
+};
+
+}  // namespace dtrain::comm

@@ -1,0 +1,206 @@
+// ZmqTransport: comm::Transport over ZeroMQ between the processes of a job.
+//
+// Shape: each rank binds one PULL socket (on tcp, and on ipc when an ipc
+// directory is configured) and connects one PUSH socket to every peer. Frames
+// are two ZeroMQ parts, the 88-byte header of comm/wire/wire.h and the payload.
+// Peers on the same host (equal host names in the rendezvous table) are
+// reached over ipc, others over tcp; set prefer_ipc = false for loopback tcp.
+//
+// Threads: one I/O thread (std::jthread, stopped and joined by the
+// destructor) reads every inbound frame, validates it (job id, ranks,
+// length, CRC-32C, MAC, sequence) and queues payloads per (peer, tag); recv()
+// waits on a condition variable until its message or its deadline. The same
+// thread sends heartbeats every heartbeat_interval and watches every peer:
+//  - a peer from which nothing (data or heartbeat) arrived for
+//    heartbeat_timeout is failed: "peer stopped responding (no heartbeat for
+//    5000 ms)";
+//  - a peer whose connection closes (ZeroMQ socket monitor) without having
+//    said goodbye is failed after a short grace (2 heartbeat intervals) that
+//    lets an orderly goodbye still in flight arrive;
+//  - a peer that said goodbye (its transport was destroyed) is not failed,
+//    but a recv() that needs one more message from it fails;
+//  - a peer's abort frame (it gave up on the group, see abort()) fails this
+//    whole transport, naming the culprit rank the frame carries.
+// Frames from outside the job (another job id, a bad MAC, an unknown rank,
+// a replayed sequence number) are dropped, counted (dropped_frames()) and
+// logged; they never reach recv(). A frame from a known rank that fails its
+// CRC or skips sequence numbers fails that peer (it sent garbage or frames
+// were lost).
+//
+// Failure semantics (transport.h): a call involving a failed peer throws
+// CommError naming that peer, the caller's operation and the cause (messages
+// already queued from it are still delivered first). Once any call has
+// thrown CommError (TimeoutError included) the transport is failed: pending
+// and later calls on every peer throw. No call blocks past its deadline,
+// except that a zero-copy send whose deadline passes closes the socket to
+// that peer and waits for ZeroMQ to release the buffer (milliseconds).
+//
+// Copies: payloads of at least zero_copy_min_bytes are handed to ZeroMQ
+// without a copy (zmq_msg_init_data); send() then returns once ZeroMQ has
+// written them to the kernel, because the caller's span must stay valid
+// until then. Smaller payloads are copied once and send() returns at once.
+// Inbound payloads stay in the ZeroMQ message until recv_into() copies them
+// into the caller's buffer (recv() copies into the returned vector).
+//
+// Lifetime: construct (binds), take local_endpoint() to the rendezvous,
+// connect() with the table, use, destroy. The destructor sends goodbye to
+// every peer (or, when a peer's abort failed this transport, passes that
+// abort on instead: a goodbye could overtake the original abort on its way
+// to a third rank, which would then blame this rank), stops the I/O thread and closes the sockets, waiting at most
+// `linger` for queued frames to leave. The Logger must outlive the transport.
+// Thread safety: send()/recv() as in transport.h; connect() once, before any
+// send() or recv().
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <zmq.hpp>
+
+#include "comm/wire/auth.h"
+#include "comm/rendezvous/rendezvous.h"
+#include "comm/transport/transport.h"
+#include "comm/wire/wire.h"
+#include "core/log.h"
+
+namespace dtrain::comm {
+
+struct ZmqTransportOptions {
+  int rank = 0;
+  int world_size = 1;
+  // Interface the tcp endpoint binds ("0.0.0.0" for every interface).
+  std::string listen_host = "127.0.0.1";
+  // Host name or address peers use to reach this rank over tcp. Empty: the
+  // listen host, or this machine's host name when listening on every interface.
+  std::string advertise_host;
+  // Directory for the ipc socket; empty disables ipc.
+  std::string ipc_dir = "/tmp";
+  // Use ipc for peers that report the same host name.
+  bool prefer_ipc = true;
+  std::chrono::milliseconds heartbeat_interval{200};
+  // A peer silent this long is failed. Must exceed heartbeat_interval.
+  std::chrono::milliseconds heartbeat_timeout{5000};
+  // Largest payload accepted from the wire; larger frames are refused by
+  // ZeroMQ before allocation, and send() of larger payloads is a UsageError.
+  uint64_t max_message_bytes = uint64_t{1} << 30;
+  // Carry a CRC-32C of every payload (cheap with SSE4.2; catches corruption
+  // that tcp's 16-bit checksum misses).
+  bool checksum = true;
+  size_t zero_copy_min_bytes = 64 * 1024;
+  // How long the destructor lets queued frames drain.
+  std::chrono::milliseconds linger{1000};
+};
+
+class ZmqTransport final : public Transport {
+ public:
+  // Binds the inbound socket(s). Throws CommError when binding fails,
+  // UsageError for inconsistent options.
+  ZmqTransport(ZmqTransportOptions options, JobAuth auth, Logger& logger);
+  ~ZmqTransport() override;
+  ZmqTransport(const ZmqTransport&) = delete;
+  ZmqTransport& operator=(const ZmqTransport&) = delete;
+
+  // What to register at the rendezvous.
+  const PeerEndpoint& local_endpoint() const { return self_; }
+
+  // Connects to every peer of `table` (indexed by rank, as rendezvous()
+  // returns it) and starts the I/O thread. Throws UsageError when the table
+  // does not match the world size or this rank's endpoint.
+  void connect(const std::vector<PeerEndpoint>& table);
+
+  // Keeps a coordinator alive as long as this transport (for the rank that
+  // hosts it).
+  void adopt_coordinator(std::unique_ptr<RendezvousServer> coordinator);
+
+  int rank() const override { return options_.rank; }
+  int size() const override { return options_.world_size; }
+  void send(int peer, uint64_t tag, std::span<const std::byte> payload, const std::string& what,
+            Deadline deadline) override;
+  std::vector<std::byte> recv(int peer, uint64_t tag, const std::string& what,
+                              Deadline deadline) override;
+  void recv_into(int peer, uint64_t tag, std::span<std::byte> out, const std::string& what,
+                 Deadline deadline) override;
+  // Sends an abort frame (docs/wire-format.md) to every peer not known dead.
+  // A peer receiving one fails its transport naming `culprit`.
+  void abort(int culprit, const std::string& reason) noexcept override;
+
+  // Frames dropped because they did not belong to the job or failed
+  // authentication.
+  uint64_t dropped_frames() const { return dropped_frames_.load(); }
+
+ private:
+  struct Peer;
+  struct Failure {
+    int peer = -1;
+    std::string problem;
+  };
+
+  zmq::message_t take(int peer, uint64_t tag, const std::string& what, Deadline deadline);
+  void check_peer_arg(int peer, const std::string& what) const;
+  [[noreturn]] void fail_call(int peer, const std::string& what, const std::string& problem);
+  void send_frame(Peer& peer, int peer_rank, wire::MessageType type, uint64_t tag,
+                  std::span<const std::byte> payload, const std::string& what, Deadline deadline);
+  // Queues an abort frame (never blocks); the caller holds peer.send_mutex.
+  bool send_abort_frame(Peer& peer, int peer_rank, int culprit, const std::string& reason);
+
+  // I/O thread.
+  void run_io(std::stop_token stop);
+  void read_inbound();
+  void handle_frame(zmq::message_t& header_part, zmq::message_t& payload_part);
+  void read_monitor(int peer_rank);
+  void send_heartbeats();
+  void check_liveness();
+  void fail_peer(int peer_rank, const std::string& problem);
+  void drop(const std::string& why);
+
+  ZmqTransportOptions options_;
+  JobAuth auth_;
+  Logger& logger_;
+  PeerEndpoint self_;
+  std::string ipc_path_;  // the socket file this transport created; removed on destruction
+  zmq::context_t context_;
+  zmq::socket_t inbound_;
+  std::vector<std::unique_ptr<Peer>> peers_;  // indexed by rank; null for self
+  std::vector<uint64_t> next_inbound_sequence_;  // I/O thread only
+  bool connected_ = false;
+
+  // Guarded by mutex_.
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::map<std::pair<int, uint64_t>, std::deque<zmq::message_t>> queues_;
+  std::vector<std::optional<std::string>> peer_failure_;
+  std::vector<bool> said_goodbye_;
+  std::vector<Deadline::Clock::time_point> last_heard_;
+  std::vector<std::optional<Deadline::Clock::time_point>> disconnected_since_;
+  std::optional<Failure> failure_;
+  bool aborted_ = false;     // abort() ran, or a peer's abort frame arrived
+  bool abort_sent_ = false;  // abort() ran (set with aborted_)
+
+  std::atomic<uint64_t> dropped_frames_{0};
+  std::unique_ptr<RendezvousServer> coordinator_;
+  std::jthread io_thread_;  // last: stopped and joined before the members above go
+};
+
+// The whole start-up of one rank: binds a ZmqTransport, registers at the
+// coordinator `coordinator` ("host:port"), connects to the table. When
+// `host_coordinator` is set (normally on rank 0) it first starts a
+// RendezvousServer listening on the coordinator's port, owned by the
+// returned transport. Throws what the constructor, rendezvous() and
+// connect() throw.
+std::unique_ptr<ZmqTransport> connect_zmq_transport(const ZmqTransportOptions& options,
+                                                    const JobAuth& auth,
+                                                    const std::string& coordinator,
+                                                    bool host_coordinator, Deadline deadline,
+                                                    Logger& logger);
+
+}  // namespace dtrain::comm

@@ -1,0 +1,228 @@
+#include "comm/wire/wire.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/crc32c.h"
+#include "core/error.h"
+
+namespace dtrain::comm::wire {
+
+namespace {
+
+// Byte offsets of the header fields (docs/wire-format.md).
+constexpr size_t kOffMagic = 0;
+constexpr size_t kOffVersion = 4;
+constexpr size_t kOffType = 5;
+constexpr size_t kOffFlags = 6;
+constexpr size_t kOffReserved8 = 7;
+constexpr size_t kOffSender = 8;
+constexpr size_t kOffReceiver = 12;
+constexpr size_t kOffJobId = 16;
+constexpr size_t kOffSequence = 24;
+constexpr size_t kOffTag = 32;
+constexpr size_t kOffPayloadBytes = 40;
+constexpr size_t kOffPayloadCrc = 48;
+constexpr size_t kOffReserved32 = 52;
+constexpr size_t kOffMac = 56;
+static_assert(kOffMac + kMacBytes == kHeaderBytes);
+
+template <typename T>
+void put(std::span<std::byte> out, size_t offset, T value) {
+  for (size_t i = 0; i < sizeof(T); ++i) {
+    out[offset + i] = static_cast<std::byte>(static_cast<uint64_t>(value) >> (8 * i));
+  }
+}
+
+template <typename T>
+T get(std::span<const std::byte> in, size_t offset) {
+  uint64_t value = 0;
+  for (size_t i = sizeof(T); i-- > 0;) {
+    value = (value << 8) | static_cast<uint64_t>(std::to_integer<uint8_t>(in[offset + i]));
+  }
+  return static_cast<T>(value);
+}
+
+bool known_type(uint8_t t) {
+  switch (static_cast<MessageType>(t)) {
+    case MessageType::kData:
+    case MessageType::kHeartbeat:
+    case MessageType::kGoodbye:
+    case MessageType::kAbort:
+    case MessageType::kRegister:
+    case MessageType::kTable:
+    case MessageType::kReject:
+    case MessageType::kStatus:
+      return true;
+  }
+  return false;
+}
+
+bool from_coordinator(MessageType t) {
+  return t == MessageType::kTable || t == MessageType::kReject || t == MessageType::kStatus;
+}
+
+std::string describe_rank(uint32_t rank) {
+  return rank == kCoordinator ? std::string("coordinator") : fmt::format("{}", rank);
+}
+
+[[noreturn]] void fail(const std::string& problem) {
+  throw DataError(fmt::format("wire frame rejected: {}", problem));
+}
+
+}  // namespace
+
+std::string_view to_string(MessageType type) {
+  switch (type) {
+    case MessageType::kData: return "data";
+    case MessageType::kHeartbeat: return "heartbeat";
+    case MessageType::kGoodbye: return "goodbye";
+    case MessageType::kAbort: return "abort";
+    case MessageType::kRegister: return "register";
+    case MessageType::kTable: return "table";
+    case MessageType::kReject: return "reject";
+    case MessageType::kStatus: return "status";
+  }
+  return "unknown";
+}
+
+HeaderBytes encode_header(const FrameHeader& header, std::span<const std::byte> payload,
+                          const JobAuth& auth, bool with_crc) {
+  HeaderBytes bytes{};
+  std::span<std::byte> out(bytes);
+  uint8_t flags = 0;
+  if (with_crc) flags |= kFlagCrc;
+  if (auth.enabled()) flags |= kFlagMac;
+  put<uint32_t>(out, kOffMagic, kMagic);
+  put<uint8_t>(out, kOffVersion, kVersion);
+  put<uint8_t>(out, kOffType, static_cast<uint8_t>(header.type));
+  put<uint8_t>(out, kOffFlags, flags);
+  put<uint32_t>(out, kOffSender, header.sender);
+  put<uint32_t>(out, kOffReceiver, header.receiver);
+  put<uint64_t>(out, kOffJobId, header.job_id);
+  put<uint64_t>(out, kOffSequence, header.sequence);
+  put<uint64_t>(out, kOffTag, header.tag);
+  put<uint64_t>(out, kOffPayloadBytes, payload.size());
+  put<uint32_t>(out, kOffPayloadCrc, with_crc ? crc32c(payload.data(), payload.size()) : 0u);
+  if (auth.enabled()) {
+    // The MAC covers the header with its MAC field still zero.
+    Mac mac = auth.mac(std::span<const std::byte>(bytes), payload);
+    std::copy(mac.begin(), mac.end(), bytes.begin() + kOffMac);
+  }
+  return bytes;
+}
+
+FrameHeader decode_header(std::span<const std::byte> bytes, const FrameLimits& limits,
+                          const JobAuth& auth) {
+  if (bytes.size() != kHeaderBytes) {
+    fail(fmt::format("header is {} bytes, expected {}", bytes.size(), kHeaderBytes));
+  }
+  const auto magic = get<uint32_t>(bytes, kOffMagic);
+  if (magic != kMagic) {
+    fail(fmt::format("bad magic 0x{:08x}, expected 0x{:08x} (\"DTRN\"): not a dtrain frame", magic,
+                     kMagic));
+  }
+  const auto version = get<uint8_t>(bytes, kOffVersion);
+  if (version != kVersion) {
+    fail(fmt::format("wire version {}, this build speaks version {}", version, kVersion));
+  }
+  const auto type = get<uint8_t>(bytes, kOffType);
+  if (!known_type(type)) fail(fmt::format("unknown message type {}", type));
+  const auto flags = get<uint8_t>(bytes, kOffFlags);
+  if ((flags & ~(kFlagCrc | kFlagMac)) != 0) {
+    fail(fmt::format("unknown flag bits 0x{:02x}", flags & ~(kFlagCrc | kFlagMac)));
+  }
+  const auto reserved8 = get<uint8_t>(bytes, kOffReserved8);
+  const auto reserved32 = get<uint32_t>(bytes, kOffReserved32);
+  if (reserved8 != 0 || reserved32 != 0) {
+    fail(fmt::format("reserved bytes are 0x{:02x} and 0x{:08x}, expected zero", reserved8,
+                     reserved32));
+  }
+
+  FrameHeader h;
+  h.type = static_cast<MessageType>(type);
+  h.flags = flags;
+  h.sender = get<uint32_t>(bytes, kOffSender);
+  h.receiver = get<uint32_t>(bytes, kOffReceiver);
+  h.job_id = get<uint64_t>(bytes, kOffJobId);
+  h.sequence = get<uint64_t>(bytes, kOffSequence);
+  h.tag = get<uint64_t>(bytes, kOffTag);
+  h.payload_bytes = get<uint64_t>(bytes, kOffPayloadBytes);
+  h.payload_crc = get<uint32_t>(bytes, kOffPayloadCrc);
+  std::memcpy(h.mac.data(), bytes.data() + kOffMac, kMacBytes);
+
+  if (h.job_id != limits.job_id) {
+    fail(fmt::format("job id 0x{:016x} does not match this job's 0x{:016x} (a process of another "
+                     "job?)",
+                     h.job_id, limits.job_id));
+  }
+  const bool coordinator_sender = h.sender == kCoordinator && from_coordinator(h.type);
+  if (!coordinator_sender && h.sender >= limits.world_size) {
+    fail(fmt::format("sender rank {} is out of range for world size {}", describe_rank(h.sender),
+                     limits.world_size));
+  }
+  if (from_coordinator(h.type) && h.sender != kCoordinator) {
+    fail(fmt::format("{} frame from rank {}, only the coordinator sends it",
+                     to_string(h.type), h.sender));
+  }
+  if (limits.receiver != kAnyReceiver && h.receiver != limits.receiver) {
+    fail(fmt::format("frame addressed to rank {}, this is rank {}", describe_rank(h.receiver),
+                     describe_rank(limits.receiver)));
+  }
+  if (h.payload_bytes > limits.max_payload_bytes) {
+    fail(fmt::format("payload of {} bytes exceeds the maximum of {} bytes", h.payload_bytes,
+                     limits.max_payload_bytes));
+  }
+  if ((flags & kFlagCrc) == 0 && h.payload_crc != 0) {
+    fail(fmt::format("CRC field is 0x{:08x} but the CRC flag is clear", h.payload_crc));
+  }
+  const bool has_mac = (flags & kFlagMac) != 0;
+  if (has_mac && !auth.enabled()) {
+    fail("frame carries a MAC but this process has no job secret (secrets differ?)");
+  }
+  if (!has_mac && auth.enabled()) {
+    fail("frame is not authenticated but this job requires a secret");
+  }
+  if (!has_mac && std::any_of(h.mac.begin(), h.mac.end(), [](std::byte b) { return b != std::byte{0}; })) {
+    fail("MAC field is not zero but the MAC flag is clear");
+  }
+  return h;
+}
+
+void check_payload(const FrameHeader& header, std::span<const std::byte, kHeaderBytes> header_bytes,
+                   std::span<const std::byte> payload, const JobAuth& auth) {
+  if (payload.size() != header.payload_bytes) {
+    fail(fmt::format("payload is {} bytes but the header says {}", payload.size(),
+                     header.payload_bytes));
+  }
+  if ((header.flags & kFlagCrc) != 0) {
+    const uint32_t crc = crc32c(payload.data(), payload.size());
+    if (crc != header.payload_crc) {
+      fail(fmt::format("payload CRC-32C 0x{:08x} does not match the header's 0x{:08x} "
+                       "(corrupted in transit)",
+                       crc, header.payload_crc));
+    }
+  }
+  if ((header.flags & kFlagMac) != 0) {
+    HeaderBytes zeroed;
+    std::copy(header_bytes.begin(), header_bytes.end(), zeroed.begin());
+    std::fill(zeroed.begin() + kOffMac, zeroed.end(), std::byte{0});
+    if (!auth.verify(zeroed, payload, header_bytes.subspan<kOffMac, kMacBytes>())) {
+      fail("authentication failed: MAC mismatch (wrong job secret or tampered frame)");
+    }
+  }
+}
+
+FrameHeader decode_frame(std::span<const std::byte> frame, const FrameLimits& limits,
+                         const JobAuth& auth) {
+  if (frame.size() < kHeaderBytes) {
+    fail(fmt::format("frame is {} bytes, shorter than the {}-byte header", frame.size(),
+                     kHeaderBytes));
+  }
+  auto header_bytes = frame.first<kHeaderBytes>();
+  FrameHeader header = decode_header(header_bytes, limits, auth);
+  check_payload(header, header_bytes, frame.subspan(kHeaderBytes), auth);
+  return header;
+}
+
+}  // namespace dtrain::comm::wire

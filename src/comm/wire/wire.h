@@ -1,0 +1,103 @@
+// The dtrain wire format: one fixed 88-byte frame header, then the payload.
+// docs/wire-format.md describes it byte by byte; this file is its only
+// encoder and decoder.
+//
+// Every frame names its job (job id), its sender and receiver rank, a
+// per-(sender, receiver) sequence number, the message type and tag, and the
+// payload length; optionally the payload's CRC-32C and, when the job has a
+// secret, a MAC over header and payload (comm/wire/auth.h).
+//
+// The decoder is strict and treats its input as untrusted: anything it does
+// not recognise (magic, version, type, flag bits, reserved bytes, job id,
+// ranks out of range, a payload longer than the configured maximum, a payload
+// whose length, CRC or MAC disagrees with the header) throws DataError whose
+// message names the field and both values. It never allocates from a length
+// it read: lengths are checked against FrameLimits first.
+// Thread safety: pure functions. Never blocks.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "comm/wire/auth.h"
+
+namespace dtrain::comm::wire {
+
+inline constexpr uint32_t kMagic = 0x4E525444;  // "DTRN" in little-endian byte order
+inline constexpr uint8_t kVersion = 1;
+inline constexpr size_t kHeaderBytes = 88;
+// Sender of frames written by the rendezvous coordinator (which has no rank).
+inline constexpr uint32_t kCoordinator = 0xFFFFFFFFu;
+
+enum class MessageType : uint8_t {
+  kData = 1,       // transport payload for (receiver, tag)
+  kHeartbeat = 2,  // empty; proves the sender is alive
+  kGoodbye = 3,    // empty; the sender closed its transport after its last message
+  kAbort = 4,      // i32 culprit rank, then the reason (UTF-8): the sender gave up on the group
+  kRegister = 16,  // rendezvous: rank -> coordinator, payload = endpoint record
+  kTable = 17,     // rendezvous: coordinator -> rank, payload = all endpoint records
+  kReject = 18,    // rendezvous: coordinator -> rank, payload = reason (UTF-8)
+  kStatus = 19,    // rendezvous: coordinator -> rank, payload = registered-rank bitmap
+};
+
+std::string_view to_string(MessageType type);
+
+// Header flag bits; any other bit set is an error.
+inline constexpr uint8_t kFlagCrc = 0x01;  // payload_crc holds CRC-32C of the payload
+inline constexpr uint8_t kFlagMac = 0x02;  // mac holds JobAuth::mac(header with mac zeroed, payload)
+
+struct FrameHeader {
+  MessageType type = MessageType::kData;
+  uint8_t flags = 0;
+  uint32_t sender = 0;
+  uint32_t receiver = 0;
+  uint64_t job_id = 0;
+  uint64_t sequence = 0;
+  uint64_t tag = 0;
+  uint64_t payload_bytes = 0;
+  uint32_t payload_crc = 0;
+  Mac mac{};
+};
+
+using HeaderBytes = std::array<std::byte, kHeaderBytes>;
+
+// Builds the header bytes for `payload`: fills payload_bytes, the CRC when
+// `with_crc`, and the MAC when `auth` is enabled. `header`'s own flags,
+// payload_bytes, payload_crc and mac are ignored.
+HeaderBytes encode_header(const FrameHeader& header, std::span<const std::byte> payload,
+                          const JobAuth& auth, bool with_crc);
+
+// What the receiver expects of a frame.
+struct FrameLimits {
+  uint64_t job_id = 0;
+  // Ranks are in [0, world_size); kCoordinator is accepted as a sender only
+  // for the coordinator's message types.
+  uint32_t world_size = 1;
+  // The receiver's own rank, or kCoordinator for the coordinator; frames
+  // addressed elsewhere are rejected. kAnyReceiver disables the check.
+  uint32_t receiver = 0;
+  // Largest payload accepted; larger frames are rejected before any allocation.
+  uint64_t max_payload_bytes = uint64_t{1} << 30;
+};
+inline constexpr uint32_t kAnyReceiver = 0xFFFFFFFEu;
+
+// Parses and validates header bytes. Throws DataError naming the bad field.
+// The MAC and CRC are checked later by check_payload.
+FrameHeader decode_header(std::span<const std::byte> bytes, const FrameLimits& limits,
+                          const JobAuth& auth);
+
+// Checks that `payload` is the one `header` describes: length, CRC-32C, MAC
+// (`header_bytes` are the raw header bytes the MAC covers). Throws DataError.
+void check_payload(const FrameHeader& header, std::span<const std::byte, kHeaderBytes> header_bytes,
+                   std::span<const std::byte> payload, const JobAuth& auth);
+
+// A whole frame in one buffer (header then payload): decode_header +
+// check_payload. Returns the header; the payload is frame[kHeaderBytes:].
+FrameHeader decode_frame(std::span<const std::byte> frame, const FrameLimits& limits,
+                         const JobAuth& auth);
+
+}  // namespace dtrain::comm::wire
