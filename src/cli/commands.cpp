@@ -195,6 +195,7 @@ strategy::LossFn make_loss(const train::JobConfig& job, const data::TensorDatase
 
 std::unique_ptr<strategy::Strategy> make_strategy(const train::JobConfig& job, WorkerCollectives* worker,
                                                   const comm::LaunchInfo& launch,
+                                                  const std::map<std::string, std::string>& env,
                                                   const strategy::LossFn& loss) {
   Rng rng(job.seed);
   auto model = train::build_model(job.model, rng, job.source);
@@ -211,15 +212,21 @@ std::unique_ptr<strategy::Strategy> make_strategy(const train::JobConfig& job, W
     o.dynamic_batch.smoothing = job.distributed.smoothing;
     o.dynamic_batch.min_share = job.distributed.min_share;
     o.dynamic_batch.max_share = job.distributed.max_share;
-    o.slowdown = slowdown_for(job, launch.rank, launch.world_size);
+    std::unique_ptr<strategy::Strategy> made;
 #ifdef DTRAIN_HAVE_MPI
     if (worker->mpi) {
-      return std::make_unique<strategy::AllReduceStrategy>(
+      made = std::make_unique<strategy::AllReduceStrategy>(
           std::move(model), make_optimizer, static_cast<comm::Collectives&>(*worker->mpi), o, loss);
     }
 #endif
-    return std::make_unique<strategy::AllReduceStrategy>(std::move(model), make_optimizer,
-                                                         *worker->native, o, loss);
+    if (!made) {
+      made = std::make_unique<strategy::AllReduceStrategy>(std::move(model), make_optimizer,
+                                                           *worker->native, o, loss);
+    }
+    const double slowdown = slowdown_for(job, launch.rank, launch.world_size);
+    if (slowdown != 1.0) made->set_compute_timer(std::make_unique<strategy::SlowdownTimer>(slowdown));
+    if (auto modelled = test_compute_timer(env, launch.rank)) made->set_compute_timer(std::move(modelled));
+    return made;
   }
   if (job.distributed.strategy == "mirrored") {
     auto make_replica = [&job] {
@@ -318,7 +325,6 @@ std::unique_ptr<strategy::PsStrategy> make_ps_strategy(const train::JobConfig& j
   o.dynamic_batch.smoothing = job.distributed.smoothing;
   o.dynamic_batch.min_share = job.distributed.min_share;
   o.dynamic_batch.max_share = job.distributed.max_share;
-  o.slowdown = slowdown_for(job, worker, job.distributed.workers);
   Rng rng(job.seed);
   auto model = train::build_model(job.model, rng, job.source);
   auto make_optimizer = [&job](std::vector<Variable> params) {
@@ -326,8 +332,12 @@ std::unique_ptr<strategy::PsStrategy> make_ps_strategy(const train::JobConfig& j
   };
   const auto secret = env.find("DTRAIN_JOB_SECRET");
   const comm::JobAuth auth(job.name, secret == env.end() ? "" : secret->second);
-  return std::make_unique<strategy::PsStrategy>(std::move(model), make_optimizer, std::move(c),
-                                                auth, logger, o, std::move(loss));
+  auto made = std::make_unique<strategy::PsStrategy>(std::move(model), make_optimizer,
+                                                     std::move(c), auth, logger, o, std::move(loss));
+  const double slowdown = slowdown_for(job, worker, job.distributed.workers);
+  if (slowdown != 1.0) made->set_compute_timer(std::make_unique<strategy::SlowdownTimer>(slowdown));
+  if (auto modelled = test_compute_timer(env, worker)) made->set_compute_timer(std::move(modelled));
+  return made;
 }
 
 // What elastic mode supports (the launcher and every worker check it): the
@@ -523,7 +533,8 @@ int run_train(const TrainOptions& options, std::ostream& out) {
     if (!elastic_worker) return 0;  // the job finished training while it waited to join
   } else {
     if (is_worker) worker = connect_collectives(job, launch, options.environment, logger);
-    strategy = make_strategy(job, is_worker ? &worker : nullptr, launch, make_loss(job, data.train));
+    strategy = make_strategy(job, is_worker ? &worker : nullptr, launch, options.environment,
+                             make_loss(job, data.train));
   }
 
   strategy::Strategy& trained =

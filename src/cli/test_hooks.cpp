@@ -4,6 +4,8 @@
 #include <signal.h>
 
 #include <charconv>
+#include <optional>
+#include <string>
 
 #include "core/error.h"
 
@@ -25,6 +27,16 @@ class KillAtStep final : public train::Callback {
 bool parse_int(std::string_view text, int64_t& out) {
   const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), out);
   return error == std::errc() && end == text.data() + text.size();
+}
+
+bool parse_double(const std::string& text, double& out) {
+  try {
+    size_t used = 0;
+    out = std::stod(text, &used);
+    return used == text.size();
+  } catch (const std::exception&) {
+    return false;
+  }
 }
 
 }  // namespace
@@ -52,6 +64,41 @@ std::unique_ptr<train::Callback> test_kill_switch(const std::map<std::string, st
   const std::optional<int64_t> step = test_kill_step(env, slot);
   if (!step) return nullptr;
   return std::make_unique<KillAtStep>(*step);
+}
+
+std::unique_ptr<strategy::ComputeTimer> test_compute_timer(
+    const std::map<std::string, std::string>& env, int64_t worker) {
+  const auto knob = env.find("DTRAIN_TEST_COMPUTE_SECONDS");
+  if (knob == env.end()) return nullptr;
+  const std::string& text = knob->second;
+  std::optional<std::pair<double, double>> mine, all;
+  size_t start = 0;
+  while (start <= text.size()) {
+    const size_t comma = std::min(text.find(',', start), text.size());
+    const std::string entry = text.substr(start, comma - start);
+    const size_t c1 = entry.find(':');
+    const size_t c2 = c1 == std::string::npos ? c1 : entry.find(':', c1 + 1);
+    int64_t rank = -1;
+    double fixed = 0.0, per_row = 0.0;
+    const std::string who = entry.substr(0, c1);
+    const bool ok = c2 != std::string::npos && (who == "all" || parse_int(who, rank)) &&
+                    parse_double(entry.substr(c1 + 1, c2 - c1 - 1), fixed) &&
+                    parse_double(entry.substr(c2 + 1), per_row);
+    if (!ok) {
+      throw ConfigError(fmt::format(
+          "DTRAIN_TEST_COMPUTE_SECONDS='{}': expected RANK:FIXED:PER_ROW entries, got '{}'", text,
+          entry));
+    }
+    if (who == "all") {
+      all.emplace(fixed, per_row);
+    } else if (rank == worker) {
+      mine.emplace(fixed, per_row);
+    }
+    start = comma + 1;
+  }
+  const auto chosen = mine ? mine : all;
+  if (!chosen) return nullptr;
+  return std::make_unique<strategy::ModelledTimer>(chosen->first, chosen->second);
 }
 
 }  // namespace dtrain::cli

@@ -5,6 +5,11 @@
 //   server s is slot s, its worker w slot S + w) SIGKILLs itself once STEP is
 //   done: a trainer after its global step STEP, a ps server once its version
 //   reaches STEP. Replacements never do, so a test sees one failure per run.
+// - DTRAIN_TEST_COMPUTE_SECONDS=RANK:FIXED:PER_ROW[,RANK:FIXED:PER_ROW...]
+//   (RANK a worker index or "all"; a RANK entry beats the all one): that
+//   worker's compute time is modelled as FIXED + PER_ROW x rows seconds
+//   (strategy::ModelledTimer, no sleep), so that a test of dynamic batch
+//   sizing sees known step times whatever the machine's load.
 // Errors: ConfigError naming the variable for a malformed value.
 #pragma once
 
@@ -14,6 +19,7 @@
 #include <optional>
 #include <string>
 
+#include "strategy/compute_timer.h"
 #include "train/callbacks.h"
 
 namespace dtrain::cli {
@@ -27,5 +33,10 @@ std::optional<int64_t> test_kill_step(const std::map<std::string, std::string>& 
 // nullptr when there is none.
 std::unique_ptr<train::Callback> test_kill_switch(const std::map<std::string, std::string>& env,
                                                   int slot);
+
+// The modelled compute timer DTRAIN_TEST_COMPUTE_SECONDS gives worker
+// `worker`; nullptr when the variable is unset or names neither it nor all.
+std::unique_ptr<strategy::ComputeTimer> test_compute_timer(
+    const std::map<std::string, std::string>& env, int64_t worker);
 
 }  // namespace dtrain::cli

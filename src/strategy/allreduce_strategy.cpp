@@ -55,7 +55,6 @@ AllReduceStrategy::AllReduceStrategy(std::unique_ptr<nn::Module> model,
     throw UsageError(fmt::format("allreduce strategy: timeout must be positive, got {} ms",
                                  options_.timeout.count()));
   }
-  check_slowdown(options_.slowdown, "allreduce");
   header_floats_ =
       kHeaderFloats +
       (options_.dynamic_batch.enabled ? 2 * static_cast<size_t>(collectives_.size()) : size_t{0});
@@ -221,9 +220,7 @@ StepStats AllReduceStrategy::train_step(const Tensor& inputs, std::span<const in
       if (communicate) overlap_.backward_s = seconds(backward_end - backward_start);
       hooks_armed_ = false;
       in_backward_ = false;
-      const double compute_s = seconds(backward_end - compute_start);
-      slow_down(options_.slowdown, compute_s);
-      window_compute_s_ += seconds(Clock::now() - compute_start);
+      window_compute_s_ += account_compute(seconds(backward_end - compute_start), n);
     }
   } catch (...) {
     hooks_armed_ = false;

@@ -46,9 +46,9 @@
 // with it. Shares are runtime state, not checkpointed: a resumed run
 // starts from equal shares.
 //
-// Slowdown (options.slowdown > 1, for tests and benchmarks): after each
-// call's forward and backward the worker sleeps (slowdown - 1) times their
-// duration, a node that many times slower.
+// The compute time of a call is accounted through the Strategy's
+// ComputeTimer (strategy/compute_timer.h): a slowdown or a modelled time for
+// tests and benchmarks.
 //
 // Row-sparse gradients (embedding tables) are folded to dense before packing:
 // the allreduce moves whole tables. The parameter-server strategy handles
@@ -119,10 +119,6 @@ struct AllReduceOptions {
   bool broadcast_buffers = true;
   // Dynamic batch sizing (off by default: the static split).
   BatchBalancerOptions dynamic_batch;
-  // This worker computes `slowdown` times slower than it can (>= 1; 1:
-  // normal): it sleeps (slowdown - 1) x its compute time after each
-  // train_step()'s forward and backward. For tests and benchmarks only.
-  double slowdown = 1.0;
 };
 
 // How much of the last update's communication hid behind backward

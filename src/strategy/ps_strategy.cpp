@@ -41,7 +41,6 @@ PsStrategy::PsStrategy(std::unique_ptr<nn::Module> model, const OptimizerFactory
         "shares come from each version's measurements, which only sync has",
         ps::to_string(options_.consistency)));
   }
-  check_slowdown(options_.slowdown, "ps");
   if (options_.fetch_rows_per_request < 1) {
     throw UsageError(fmt::format("ps strategy: fetch_rows_per_request must be at least 1, got {}",
                                  options_.fetch_rows_per_request));
@@ -196,9 +195,7 @@ StepStats PsStrategy::train_step(const Tensor& inputs, std::span<const int64_t> 
     mine = {static_cast<double>(loss.item()) * static_cast<double>(n),
             count_correct(output.data(), targets), n};
     loss.backward();  // the mean gradient over this worker's rows
-    slow_down(options_.slowdown,
-              std::chrono::duration<double>(Clock::now() - start).count());
-    compute_s = std::chrono::duration<double>(Clock::now() - start).count();
+    compute_s = account_compute(std::chrono::duration<double>(Clock::now() - start).count(), n);
   }
   // Rows first: in sync the servers hold them for the version that the dense
   // push below completes.

@@ -63,9 +63,9 @@
 // version: with backup workers a worker whose push came late would skip an
 // observation and split differently (the CLI refuses the combination).
 //
-// Slowdown (options.slowdown > 1, for tests and benchmarks, any
-// consistency): after each step's forward and backward the worker sleeps
-// (slowdown - 1) times their duration, a node that many times slower.
+// The compute time of a step is accounted through the Strategy's
+// ComputeTimer (strategy/compute_timer.h): a slowdown or a modelled time for
+// tests and benchmarks, in any consistency.
 //
 // Row-sparse parameters: every nn::Embedding in the model is a sparse table
 // on the servers, keyed by row index; its rows start as N(0, init_std^2)
@@ -86,7 +86,7 @@
 //
 // Errors: UsageError for batches whose rows and targets differ, an embedding
 // weight with a dense gradient, gradient accumulation, dynamic batch sizing
-// outside `sync`, a slowdown below 1; TimeoutError naming the
+// outside `sync`; TimeoutError naming the
 // server and the operation when a server does not answer within the
 // client's timeout; CommError with the server's reason for a refused request.
 // After a CommError the step is lost: the owner stops the worker (ft restarts
@@ -126,10 +126,6 @@ struct PsOptions {
   int64_t fetch_rows_per_request = 65536;
   // Dynamic batch sizing (needs consistency kSync); off by default.
   BatchBalancerOptions dynamic_batch;
-  // This worker computes `slowdown` times slower than it can (>= 1; 1:
-  // normal): it sleeps (slowdown - 1) x its compute time after each step's
-  // backward.
-  double slowdown = 1.0;
   // Names this launch of the job (DTRAIN_LAUNCH_ID); optimizer_state()
   // records it (ps::kCheckpointLaunchKey) so that a replacement server takes
   // only this run's checkpoints. Empty: not recorded.

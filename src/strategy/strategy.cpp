@@ -2,27 +2,11 @@
 
 #include <fmt/format.h>
 
-#include <chrono>
-#include <cmath>
-#include <thread>
 
 #include "autograd/functions.h"
 #include "core/error.h"
 
 namespace dtrain::strategy {
-
-void check_slowdown(double factor, std::string_view strategy) {
-  if (!(factor >= 1.0) || !std::isfinite(factor)) {
-    throw UsageError(
-        fmt::format("{} strategy: slowdown must be a factor >= 1, got {}", strategy, factor));
-  }
-}
-
-void slow_down(double factor, double compute_s) {
-  if (factor > 1.0) {
-    std::this_thread::sleep_for(std::chrono::duration<double>((factor - 1.0) * compute_s));
-  }
-}
 
 void check_batch(const Tensor& inputs, std::span<const int64_t> targets, bool allow_empty) {
   const auto n = static_cast<int64_t>(targets.size());

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "autograd/variable.h"
+#include "strategy/compute_timer.h"
 #include "nn/module.h"
 #include "optim/optimizer.h"
 #include "tensor/state_dict.h"
@@ -63,13 +64,6 @@ int64_t count_correct(const Tensor& output, std::span<const int64_t> targets);
 // `allow_empty` a share of 0 rows is valid (inputs then may be undefined):
 // a worker of a distributed step that got no rows still joins it.
 void check_batch(const Tensor& inputs, std::span<const int64_t> targets, bool allow_empty);
-
-// Emulated slow workers (`--slowdown RANK=FACTOR`, for tests and benchmarks):
-// check_slowdown throws UsageError naming `strategy` unless `factor` is a
-// finite number >= 1; slow_down sleeps (factor - 1) x `compute_s`, what a
-// node `factor` times slower would have spent on the same computation.
-void check_slowdown(double factor, std::string_view strategy);
-void slow_down(double factor, double compute_s);
 
 class Strategy {
  public:
@@ -129,6 +123,22 @@ class Strategy {
   // the trainer continues from there instead of from a checkpoint. nullopt
   // for a process that starts the job.
   virtual std::optional<int64_t> joined_at_step() const { return std::nullopt; }
+
+  // How this process's compute time is accounted (strategy/compute_timer.h):
+  // measured by default; the job's assembly installs a slowdown or a
+  // modelled time (tests, benchmarks). A strategy that measures compute time
+  // reports account_compute()'s result.
+  void set_compute_timer(std::unique_ptr<ComputeTimer> timer) { timer_ = std::move(timer); }
+
+ protected:
+  // The seconds to report for forward and backward of `rows` rows measured at
+  // `measured_s` (the installed timer may sleep).
+  double account_compute(double measured_s, int64_t rows) {
+    return timer_ ? timer_->account(measured_s, rows) : measured_s;
+  }
+
+ private:
+  std::unique_ptr<ComputeTimer> timer_;
 };
 
 // The loss used by default: cross entropy over class logits.

@@ -31,5 +31,25 @@ TEST(TestKillStep, AMalformedValueIsAConfigError) {
   }
 }
 
+TEST(TestComputeTimer, ARankEntryBeatsTheAllOne) {
+  const std::map<std::string, std::string> env = {
+      {"DTRAIN_TEST_COMPUTE_SECONDS", "all:0.01:0.001,2:0.01:0.004"}};
+  auto two = test_compute_timer(env, 2);
+  ASSERT_NE(two, nullptr);
+  EXPECT_DOUBLE_EQ(two->account(99.0, 10), 0.05);
+  auto zero = test_compute_timer(env, 0);
+  ASSERT_NE(zero, nullptr);
+  EXPECT_DOUBLE_EQ(zero->account(99.0, 10), 0.02);
+  EXPECT_EQ(test_compute_timer({{"DTRAIN_TEST_COMPUTE_SECONDS", "1:0:1"}}, 0), nullptr);
+  EXPECT_EQ(test_compute_timer({}, 0), nullptr);
+}
+
+TEST(TestComputeTimer, AMalformedValueIsAConfigError) {
+  for (const char* bad : {"", "1", "1:0", "x:0:1", "1:a:1", "1:0:1,", "1:-1:0", "1:0:inf"}) {
+    SCOPED_TRACE(bad);
+    EXPECT_THROW(test_compute_timer({{"DTRAIN_TEST_COMPUTE_SECONDS", bad}}, 1), Error);
+  }
+}
+
 }  // namespace
 }  // namespace dtrain::cli

@@ -239,7 +239,8 @@ TEST(PsStrategySparse, OnlyTouchedRowsTravelAndTheResultEqualsOneProcess) {
 }
 
 TEST(PsStrategyDynamicBatch, UnequalMeasuredSharesAgreeOnEveryWorkerAndEqualOneProcess) {
-  // 3 workers in sync with dynamic batch sizing, worker 2 slowed down: the
+  // 3 workers in sync with dynamic batch sizing, worker 2 modelled four times
+  // slower per row (a ModelledTimer: the same step times on any load): the
   // shares start forced unequal (the balancer's test hook, the same weights
   // on every worker), then re-balance every 2 versions from the compute times
   // the servers hand back. Every worker computes the same split at every
@@ -259,10 +260,11 @@ TEST(PsStrategyDynamicBatch, UnequalMeasuredSharesAgreeOnEveryWorkerAndEqualOneP
         o.dynamic_batch.enabled = true;
         o.dynamic_batch.rebalance_every = 2;
         o.dynamic_batch.min_share = 0.05;
-        o.slowdown = w == 2 ? 4.0 : 1.0;
         workers[size_t(w)] = std::make_unique<PsStrategy>(
             make_embedding_model(3), plain_sgd(), client_options(servers.endpoints(), w, kWorkers),
             ServerGroup::auth(), Logger::null(), o);
+        workers[size_t(w)]->set_compute_timer(
+            std::make_unique<ModelledTimer>(1e-3, w == 2 ? 4e-4 : 1e-4));
       });
     }
   }
@@ -302,13 +304,17 @@ TEST(PsStrategyDynamicBatch, UnequalMeasuredSharesAgreeOnEveryWorkerAndEqualOneP
     EXPECT_EQ(w->batch_balancer().rebalances(), 3);
     EXPECT_EQ(w->batch_balancer().shares(), workers[0]->batch_balancer().shares());
   }
+  // The modelled step times decide the shares: worker 2 gets the fewest rows.
+  const std::vector<double> shares = workers[0]->batch_balancer().shares();
+  EXPECT_LT(shares[2], shares[0]);
+  EXPECT_LT(shares[2], shares[1]);
   chief.fetch_model();
   EXPECT_LT(relative_difference(snapshot(local.model()), snapshot(chief.model())), 1e-5);
   for (auto& w : workers) w->finish();
   servers.join();
 }
 
-TEST(PsStrategyDynamicBatch, NeedsSyncAndASlowdownOfAtLeastOne) {
+TEST(PsStrategyDynamicBatch, NeedsSync) {
   // Both are refused before any server is contacted.
   PsOptions async;
   async.consistency = ps::Consistency::kAsync;
@@ -321,15 +327,6 @@ TEST(PsStrategyDynamicBatch, NeedsSyncAndASlowdownOfAtLeastOne) {
       },
       "ps strategy: dynamic batch sizing needs consistency 'sync', not 'async': the workers' "
       "shares come from each version's measurements, which only sync has");
-  PsOptions fast;
-  fast.slowdown = 0.5;
-  dtrain::testing::expect_error<UsageError>(
-      [&] {
-        PsStrategy(make_embedding_model(3), plain_sgd(),
-                   client_options({"tcp://127.0.0.1:1"}, 0, 2), ServerGroup::auth(), Logger::null(),
-                   fast);
-      },
-      "ps strategy: slowdown must be a factor >= 1, got 0.5");
 }
 
 TEST(PsStrategySparse, LookupsPullOnlyTheBatchRows) {
