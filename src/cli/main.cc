@@ -12,6 +12,7 @@
 #include "cli/commands.h"
 #include "cli/launcher.h"
 #include "core/error.h"
+#include "train/run_job.h"
 
 // LeakSanitizer's built-in suppressions for this program (read only in
 // sanitizer builds; tests/lsan.supp holds the same for the test binaries):
@@ -52,10 +53,11 @@ int main(int argc, char** argv) {
                         "Number of workers: processes started here (allreduce, ps) or replicas "
                         "(mirrored)");
   train_cmd->add_option("--strategy", train.strategy,
-                        "local | mirrored | allreduce | ps (default: allreduce with --workers N > 1)");
+                        "the distribution strategy (default: allreduce with --workers N > 1, "
+                        "else local). " + dtrain::train::strategy_help());
   train_cmd->add_option("--servers", train.servers,
-                        "ps: parameter-server processes (default: distributed.servers, 1); with "
-                        "--workers N, S + N processes start here");
+                        "ps: parameter-server processes (distributed.ps.servers, default 1); "
+                        "with --workers N, S + N processes start here");
   train_cmd->add_option("--rank", train.rank, "This worker's rank (default: DTRAIN_RANK, mpirun's or Slurm's)");
   train_cmd->add_option("--world-size", train.world_size,
                         "Workers in the job (default: DTRAIN_WORLD_SIZE, mpirun's or Slurm's)");

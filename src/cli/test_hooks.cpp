@@ -4,6 +4,8 @@
 #include <signal.h>
 
 #include <charconv>
+#include <cmath>
+#include <fstream>
 #include <optional>
 #include <string>
 
@@ -66,10 +68,10 @@ std::unique_ptr<train::Callback> test_kill_switch(const std::map<std::string, st
   return std::make_unique<KillAtStep>(*step);
 }
 
-std::unique_ptr<strategy::ComputeTimer> test_compute_timer(
-    const std::map<std::string, std::string>& env, int64_t worker) {
+std::optional<train::ModelledTime> test_compute_time(const std::map<std::string, std::string>& env,
+                                                     int64_t worker) {
   const auto knob = env.find("DTRAIN_TEST_COMPUTE_SECONDS");
-  if (knob == env.end()) return nullptr;
+  if (knob == env.end()) return std::nullopt;
   const std::string& text = knob->second;
   std::optional<std::pair<double, double>> mine, all;
   size_t start = 0;
@@ -83,7 +85,8 @@ std::unique_ptr<strategy::ComputeTimer> test_compute_timer(
     const std::string who = entry.substr(0, c1);
     const bool ok = c2 != std::string::npos && (who == "all" || parse_int(who, rank)) &&
                     parse_double(entry.substr(c1 + 1, c2 - c1 - 1), fixed) &&
-                    parse_double(entry.substr(c2 + 1), per_row);
+                    parse_double(entry.substr(c2 + 1), per_row) && fixed >= 0.0 &&
+                    per_row >= 0.0 && std::isfinite(fixed) && std::isfinite(per_row);
     if (!ok) {
       throw ConfigError(fmt::format(
           "DTRAIN_TEST_COMPUTE_SECONDS='{}': expected RANK:FIXED:PER_ROW entries, got '{}'", text,
@@ -97,8 +100,33 @@ std::unique_ptr<strategy::ComputeTimer> test_compute_timer(
     start = comma + 1;
   }
   const auto chosen = mine ? mine : all;
-  if (!chosen) return nullptr;
-  return std::make_unique<strategy::ModelledTimer>(chosen->first, chosen->second);
+  if (!chosen) return std::nullopt;
+  return train::ModelledTime{chosen->first, chosen->second};
+}
+
+train::RunHooks test_hooks(const std::map<std::string, std::string>& env,
+                           const comm::LaunchInfo& launch) {
+  train::RunHooks hooks;
+  test_compute_time(env, 0);  // a malformed value fails at once
+  if (env.count("DTRAIN_TEST_COMPUTE_SECONDS") != 0) {
+    hooks.modelled_compute = [env](int64_t worker) { return test_compute_time(env, worker); };
+  }
+  if (test_kill_step(env, launch.rank)) {
+    hooks.trainer_callback = [env](int slot) { return test_kill_switch(env, slot); };
+    const auto at = static_cast<uint64_t>(*test_kill_step(env, launch.rank));
+    hooks.on_server_version = [at](uint64_t version) {
+      if (version == at) raise(SIGKILL);
+    };
+  }
+  const auto gate = env.find("DTRAIN_TEST_JOIN_GATE");
+  if (gate != env.end() && launch.settings.restart_count > 0) {
+    hooks.before_build = [fifo = gate->second] {
+      std::ifstream in(fifo);
+      std::string line;
+      std::getline(in, line);
+    };
+  }
+  return hooks;
 }
 
 }  // namespace dtrain::cli

@@ -8,8 +8,11 @@
 // - DTRAIN_TEST_COMPUTE_SECONDS=RANK:FIXED:PER_ROW[,RANK:FIXED:PER_ROW...]
 //   (RANK a worker index or "all"; a RANK entry beats the all one): that
 //   worker's compute time is modelled as FIXED + PER_ROW x rows seconds
-//   (strategy::ModelledTimer, no sleep), so that a test of dynamic batch
+//   (a modelled compute timer, no sleep), so that a test of dynamic batch
 //   sizing sees known step times whatever the machine's load.
+// - DTRAIN_TEST_JOIN_GATE=FIFO: a replacement worker (DTRAIN_RESTART_COUNT >
+//   0) reads one line from that FIFO before it joins, so that a test chooses
+//   when it joins (the test's own deadline bounds that wait).
 // Errors: ConfigError naming the variable for a malformed value.
 #pragma once
 
@@ -19,8 +22,9 @@
 #include <optional>
 #include <string>
 
-#include "strategy/compute_timer.h"
+#include "comm/rendezvous/launch_env.h"
 #include "train/callbacks.h"
+#include "train/run_job.h"
 
 namespace dtrain::cli {
 
@@ -34,9 +38,13 @@ std::optional<int64_t> test_kill_step(const std::map<std::string, std::string>& 
 std::unique_ptr<train::Callback> test_kill_switch(const std::map<std::string, std::string>& env,
                                                   int slot);
 
-// The modelled compute timer DTRAIN_TEST_COMPUTE_SECONDS gives worker
-// `worker`; nullptr when the variable is unset or names neither it nor all.
-std::unique_ptr<strategy::ComputeTimer> test_compute_timer(
-    const std::map<std::string, std::string>& env, int64_t worker);
+// The modelled compute time DTRAIN_TEST_COMPUTE_SECONDS gives worker
+// `worker`; nullopt when the variable is unset or names neither it nor all.
+std::optional<train::ModelledTime> test_compute_time(const std::map<std::string, std::string>& env,
+                                                     int64_t worker);
+
+// All of the above as the job's hooks for this process.
+train::RunHooks test_hooks(const std::map<std::string, std::string>& env,
+                           const comm::LaunchInfo& launch);
 
 }  // namespace dtrain::cli

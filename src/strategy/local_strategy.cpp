@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "strategy/registry.h"
 
 namespace dtrain::strategy {
 
@@ -21,5 +22,34 @@ StepStats LocalStrategy::train_step(const Tensor& inputs, std::span<const int64_
   optimizer_->step();
   return {static_cast<double>(loss.item()) * static_cast<double>(n), count_correct(output.data(), targets), n};
 }
+
+namespace {
+
+// `local`: one model in this process; no options.
+class LocalSpec final : public StrategySpec {
+ public:
+  std::string_view name() const override { return "local"; }
+  std::string_view summary() const override { return "one model in this process"; }
+  void read_options(ConfigTable& /*table*/) override {}
+  void validate(const JobFacts& job, std::vector<std::string>& warnings) const override {
+    refuse_several_processes(job, name());
+    if (job.workers != 1) {
+      throw job.where.error("distributed.workers",
+                            fmt::format("strategy 'local' runs one worker, not {}", job.workers));
+    }
+    refuse_elastic(job, name());
+    check_one_process_job(job, name(), warnings);
+  }
+  ProcessPlan plan(const JobFacts& /*job*/) const override { return {}; }
+  bool multi_process(const JobFacts& /*job*/) const override { return false; }
+  std::unique_ptr<Strategy> build(const BuildContext& c) const override {
+    return std::make_unique<LocalStrategy>(c.make_model(), c.make_optimizer, c.loss);
+  }
+  std::unique_ptr<StrategySpec> clone() const override { return std::make_unique<LocalSpec>(*this); }
+};
+
+}  // namespace
+
+std::unique_ptr<StrategySpec> make_local_spec() { return std::make_unique<LocalSpec>(); }
 
 }  // namespace dtrain::strategy

@@ -6,6 +6,7 @@
 
 #include "autograd/functions.h"
 #include "core/error.h"
+#include "strategy/registry.h"
 
 namespace dtrain::strategy {
 
@@ -107,5 +108,36 @@ StepStats MirroredStrategy::train_step(const Tensor& inputs, std::span<const int
   for (const StepStats& s : stats_) total += s;
   return total;
 }
+
+namespace {
+
+// `mirrored`: distributed.workers replicas on threads of this process; no
+// options of its own.
+class MirroredSpec final : public StrategySpec {
+ public:
+  std::string_view name() const override { return "mirrored"; }
+  std::string_view summary() const override {
+    return "replicas on threads of one process (--workers N replicas)";
+  }
+  void read_options(ConfigTable& /*table*/) override {}
+  void validate(const JobFacts& job, std::vector<std::string>& warnings) const override {
+    refuse_several_processes(job, name());
+    refuse_elastic(job, name());
+    check_one_process_job(job, name(), warnings);
+  }
+  ProcessPlan plan(const JobFacts& /*job*/) const override { return {}; }
+  bool multi_process(const JobFacts& /*job*/) const override { return false; }
+  std::unique_ptr<Strategy> build(const BuildContext& c) const override {
+    return std::make_unique<MirroredStrategy>(c.make_model(), c.make_model, workers(c.facts),
+                                              c.make_optimizer, c.loss);
+  }
+  std::unique_ptr<StrategySpec> clone() const override {
+    return std::make_unique<MirroredSpec>(*this);
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<StrategySpec> make_mirrored_spec() { return std::make_unique<MirroredSpec>(); }
 
 }  // namespace dtrain::strategy

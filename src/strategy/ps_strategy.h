@@ -183,7 +183,7 @@ class PsStrategy : public Strategy {
 
   // Tells the servers this worker is done (a server stops once every worker
   // is done or dead). Afterwards only destruction is allowed.
-  void finish();
+  void finish() override;
 
   // The servers' version this worker last pulled.
   uint64_t version() const { return version_; }

@@ -27,6 +27,7 @@
 
 #include "autograd/variable.h"
 #include "strategy/compute_timer.h"
+#include "strategy/elastic.h"
 #include "nn/module.h"
 #include "optim/optimizer.h"
 #include "tensor/state_dict.h"
@@ -123,6 +124,15 @@ class Strategy {
   // the trainer continues from there instead of from a checkpoint. nullopt
   // for a process that starts the job.
   virtual std::optional<int64_t> joined_at_step() const { return std::nullopt; }
+
+  // The strategy's elastic group (strategy/elastic.h), or nullptr when the
+  // group is fixed: then a CommError from a step ends training.
+  virtual ElasticMembership* elastic() { return nullptr; }
+
+  // After training: tells whoever waits for this worker that it is done (ps:
+  // the servers stop once every worker is done). Afterwards only model() and
+  // destruction are allowed.
+  virtual void finish() {}
 
   // How this process's compute time is accounted (strategy/compute_timer.h):
   // measured by default; the job's assembly installs a slowdown or a

@@ -1,17 +1,24 @@
 // JobConfig: everything a training job needs, as plain structs. The command
-// line fills it from a TOML job file (cli/job_file.h) and --set overrides;
+// line fills it from a TOML job file (train/job_file.h) and --set overrides;
 // C++ users may fill it directly. Every field has a default that works.
 // Thread safety: a value type.
 #pragma once
 
 #include <cstdint>
+#include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "core/config_table.h"
 #include "data/ctr.h"
 #include "optim/lr_schedule.h"
 #include "optim/optimizer_config.h"
+
+namespace dtrain::strategy {
+class StrategySpec;
+}  // namespace dtrain::strategy
 
 namespace dtrain::train {
 
@@ -97,16 +104,19 @@ struct TrainConfig {
   int64_t min_workers = 0;
 };
 
+// The keys every strategy shares ([distributed]); each strategy's own
+// options live in its table ([distributed.<name>], strategy/registry.h).
 struct DistributedConfig {
-  std::string strategy = "local";  // local | mirrored | allreduce | ps
-  int64_t workers = 1;             // replicas (mirrored) or processes (allreduce, ps)
-  int64_t bucket_bytes = 1 << 20;  // allreduce: gradient bucket size
-  int64_t timeout_ms = 60000;      // allreduce: bound on every collective
-  int64_t accumulation_steps = 1;  // allreduce: micro-batches per update
-  // allreduce: "native" (dtrain's collectives: deadlines, shared memory on
-  // one host, ZeroMQ across hosts) or "mpi" (MPI_Allreduce, for a job
-  // started by mpirun on a fast fabric; MPI calls have no deadline).
-  std::string backend = "native";
+  // A registered strategy (strategy::strategy_names()): local | mirrored |
+  // allreduce | ps. Empty: allreduce for a job of several workers or
+  // processes, else local.
+  std::string strategy;
+  int64_t workers = 1;             // replicas (mirrored) or worker processes
+  int64_t timeout_ms = 60000;      // bound on every wait for a peer
+  // A peer silent for this long is declared dead: an allreduce group fails
+  // naming it (or drops it, in elastic mode), ps servers close their versions
+  // without it. Heartbeats go out at a quarter of it (at most every second).
+  int64_t heartbeat_timeout_ms = 5000;
   // allreduce, and ps in sync without backup workers: dynamic batch sizing
   // (docs/allreduce-strategy.md, docs/parameter-server.md): the global
   // batch stays fixed and is split so that every worker's predicted step
@@ -124,25 +134,16 @@ struct DistributedConfig {
   // "all": every worker no entry names. For tests and benchmarks;
   // --slowdown adds entries.
   std::vector<std::string> slowdown;
-  // ps: server processes (>= 1), each holding a key range of the parameters.
-  int64_t servers = 1;
-  // ps: "sync" (one update per step from every worker's gradient), "async"
-  // (each push applied at once) or "ssp" (async, a worker at most
-  // `staleness` versions ahead of the slowest).
-  std::string consistency = "sync";
-  int64_t staleness = 2;           // ps ssp: the staleness bound s >= 0
-  // ps sync: each version aggregates the first workers - backup_workers
-  // pushes and drops the late ones (0 <= backup_workers < workers).
-  int64_t backup_workers = 0;
-  // ps: a worker silent for this long is declared dead by the servers (sync
-  // then closes its versions without it); the workers send heartbeats at a
-  // quarter of it (at most every second).
-  int64_t heartbeat_timeout_ms = 10000;
+  // Each registered strategy's options, by name, as read from the job file
+  // ([distributed.<name>]); a strategy missing here runs with its defaults.
+  std::map<std::string, std::shared_ptr<const strategy::StrategySpec>> strategies;
 };
 
 struct JobConfig {
   std::string name = "job";
   std::string source;   // the job file, for messages
+  // Where each key was written ("train.epochs" -> its line), for messages.
+  KeyLines lines;
   uint64_t seed = 1;
   std::string output = "runs/job";
   bool resume = true;   // resume from the newest valid checkpoint in output

@@ -184,7 +184,7 @@ void Trainer::save_checkpoint(const Position& position) {
 }
 
 void Trainer::reform(Position& position, const std::string& cause) {
-  TrainingPosition p{position.step, position.epoch, position.batch_in_epoch};
+  strategy::TrainingPosition p{position.step, position.epoch, position.batch_in_epoch};
   elastic_->reform(p, cause);
   position.step = p.step;
   position.epoch = p.epoch;
@@ -238,7 +238,8 @@ Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset
   int64_t rank = strategy_.rank(), world = strategy_.world_size();
   bool chief = rank == 0;
   Position position;
-  TrainingPosition joined;
+  strategy::TrainingPosition joined;
+  elastic_ = strategy_.elastic();
   if (elastic_ != nullptr && elastic_->joined_running_group(joined)) {
     position = {joined.step, joined.epoch, joined.batch_in_epoch};
   } else if (const std::optional<int64_t> step = strategy_.joined_at_step()) {

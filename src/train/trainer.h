@@ -40,7 +40,7 @@
 // restarted ps worker) starts at the step the job is at, in its epoch, and
 // does not resume from a checkpoint.
 //
-// Elastic mode (set_elastic, train/elastic.h): a CommError from a step does
+// Elastic mode (Strategy::elastic(), strategy/elastic.h): a CommError from a step does
 // not end fit(); the group re-forms and training continues from the position
 // the new group agrees on (the failed step is redone on the new group's
 // shares of the same global batch); a joining worker is admitted at a step
@@ -66,7 +66,6 @@
 #include "strategy/strategy.h"
 #include "train/callbacks.h"
 #include "train/checkpoint_writer.h"
-#include "train/elastic.h"
 #include "train/job_config.h"
 
 namespace dtrain::train {
@@ -85,9 +84,6 @@ class Trainer {
   Trainer(const JobConfig& job, strategy::Strategy& strategy, Logger& logger);
 
   void add_callback(Callback& callback) { callbacks_.push_back(&callback); }
-  // Elastic mode; `membership` (owned by the caller, alive during fit())
-  // rebuilds `strategy` on re-formation.
-  void set_elastic(ElasticMembership* membership) { elastic_ = membership; }
 
   // Trains for job.train.epochs (or max_steps), resuming from the output
   // folder's newest valid checkpoint when job.resume. Writes the final
@@ -124,7 +120,7 @@ class Trainer {
   strategy::Strategy& strategy_;
   Logger& logger_;
   std::vector<Callback*> callbacks_;
-  ElasticMembership* elastic_ = nullptr;
+  strategy::ElasticMembership* elastic_ = nullptr;  // the strategy's, during fit()
   std::unique_ptr<optim::LrSchedule> schedule_;
   std::chrono::steady_clock::time_point last_checkpoint_;  // when save_checkpoint last ran
   // Partitioned training: every worker's position in its part (saved with

@@ -8,7 +8,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "cli/job_file.h"
+#include "train/job_file.h"
 #include "core/deadline.h"
 #include "core/error.h"
 #include "testing/fault_fs.h"
@@ -196,9 +196,10 @@ TEST(DynamicBatchCli, ElasticModeRefusesWhatItCannotReform) {
 
 TEST(DynamicBatchJobFile, ReadsAndChecksTheNewKeys) {
   const train::JobConfig job =
-      cli::parse_job(kJob, "job.toml",
+      train::parse_job(kJob, "job.toml",
                      {"distributed.slowdown=[\"2=3.5\"]", "data.partition=\"dirichlet\"",
-                      "data.dirichlet_alpha=0.1", "train.class_weights=\"balanced\""});
+                      "data.dirichlet_alpha=0.1", "train.class_weights=\"balanced\""})
+          .job;
   EXPECT_TRUE(job.distributed.dynamic_batch);
   EXPECT_EQ(job.distributed.rebalance_every, 2);
   EXPECT_DOUBLE_EQ(job.distributed.smoothing, 0.8);
@@ -207,19 +208,19 @@ TEST(DynamicBatchJobFile, ReadsAndChecksTheNewKeys) {
   EXPECT_EQ(job.data.partition, "dirichlet");
   EXPECT_DOUBLE_EQ(job.data.dirichlet_alpha, 0.1);
   EXPECT_EQ(job.train.class_weights, "balanced");
-  const cli::Slowdown s = cli::parse_slowdown("2=3.5", "x", "k");
+  const train::Slowdown s = train::parse_slowdown("2=3.5", "x", "k");
   EXPECT_EQ(s.rank, 2);
   EXPECT_DOUBLE_EQ(s.factor, 3.5);
-  const cli::Slowdown all = cli::parse_slowdown("all=4", "x", "k");
-  EXPECT_EQ(all.rank, cli::Slowdown::kAllRanks);
+  const train::Slowdown all = train::parse_slowdown("all=4", "x", "k");
+  EXPECT_EQ(all.rank, train::Slowdown::kAllRanks);
   EXPECT_DOUBLE_EQ(all.factor, 4.0);
   for (const char* bad : {"-1=2", "all=0.5", "every=2", "all"}) {
-    EXPECT_THROW(cli::parse_slowdown(bad, "x", "k"), ConfigError) << bad;
+    EXPECT_THROW(train::parse_slowdown(bad, "x", "k"), ConfigError) << bad;
   }
   for (const char* bad : {"distributed.smoothing=1.0", "distributed.rebalance_every=0",
                           "distributed.min_share=1.5", "distributed.slowdown=[\"a=b\"]",
                           "data.partition=\"skewed\"", "train.class_weights=\"inverse\""}) {
-    EXPECT_THROW(cli::parse_job(kJob, "job.toml", {bad}), ConfigError) << bad;
+    EXPECT_THROW(train::parse_job(kJob, "job.toml", {bad}), ConfigError) << bad;
   }
 }
 

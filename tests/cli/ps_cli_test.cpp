@@ -202,7 +202,7 @@ TEST(PsCli, BadPsConfigurationsAreConfigErrors) {
     std::string message;
   };
   const std::vector<Case> cases = {
-      {{"--servers", "0"}, "'distributed.servers': must be at least 1, got 0"},
+      {{"--servers", "0"}, "'distributed.ps.servers': must be at least 1, got 0"},
       {{"--set", "distributed.servers=0"}, "'distributed.servers': must be at least 1, got 0"},
       {{"--set", "distributed.consistency=\"eventual\""},
        "'distributed.consistency': 'eventual' is not one of: sync, async, ssp"},

@@ -31,23 +31,24 @@ TEST(TestKillStep, AMalformedValueIsAConfigError) {
   }
 }
 
-TEST(TestComputeTimer, ARankEntryBeatsTheAllOne) {
+TEST(TestComputeTime, ARankEntryBeatsTheAllOne) {
   const std::map<std::string, std::string> env = {
       {"DTRAIN_TEST_COMPUTE_SECONDS", "all:0.01:0.001,2:0.01:0.004"}};
-  auto two = test_compute_timer(env, 2);
-  ASSERT_NE(two, nullptr);
-  EXPECT_DOUBLE_EQ(two->account(99.0, 10), 0.05);
-  auto zero = test_compute_timer(env, 0);
-  ASSERT_NE(zero, nullptr);
-  EXPECT_DOUBLE_EQ(zero->account(99.0, 10), 0.02);
-  EXPECT_EQ(test_compute_timer({{"DTRAIN_TEST_COMPUTE_SECONDS", "1:0:1"}}, 0), nullptr);
-  EXPECT_EQ(test_compute_timer({}, 0), nullptr);
+  const auto two = test_compute_time(env, 2);
+  ASSERT_TRUE(two.has_value());
+  EXPECT_DOUBLE_EQ(two->fixed_s, 0.01);
+  EXPECT_DOUBLE_EQ(two->per_row_s, 0.004);
+  const auto zero = test_compute_time(env, 0);
+  ASSERT_TRUE(zero.has_value());
+  EXPECT_DOUBLE_EQ(zero->per_row_s, 0.001);
+  EXPECT_FALSE(test_compute_time({{"DTRAIN_TEST_COMPUTE_SECONDS", "1:0:1"}}, 0).has_value());
+  EXPECT_FALSE(test_compute_time({}, 0).has_value());
 }
 
-TEST(TestComputeTimer, AMalformedValueIsAConfigError) {
+TEST(TestComputeTime, AMalformedValueIsAConfigError) {
   for (const char* bad : {"", "1", "1:0", "x:0:1", "1:a:1", "1:0:1,", "1:-1:0", "1:0:inf"}) {
     SCOPED_TRACE(bad);
-    EXPECT_THROW(test_compute_timer({{"DTRAIN_TEST_COMPUTE_SECONDS", bad}}, 1), Error);
+    EXPECT_THROW(test_compute_time({{"DTRAIN_TEST_COMPUTE_SECONDS", bad}}, 1), ConfigError);
   }
 }
 

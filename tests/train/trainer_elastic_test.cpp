@@ -1,4 +1,4 @@
-// The Trainer in elastic mode (train/elastic.h) with a fake membership over
+// The Trainer in elastic mode (strategy/elastic.h) with a fake membership over
 // one process: a step whose communication failed is redone after the
 // re-formation and one at a step boundary changes nothing, so the final
 // weights equal a run without either; a worker that joined a running group
@@ -16,7 +16,7 @@
 #include "optim/optimizer_config.h"
 #include "strategy/local_strategy.h"
 #include "testing/fault_fs.h"
-#include "train/elastic.h"
+#include "strategy/elastic.h"
 #include "train/model_builder.h"
 #include "train/trainer.h"
 #include "train_test_util.h"
@@ -74,24 +74,28 @@ class FlakyStrategy final : public strategy::Strategy {
     return inner_->train_step(x, y);
   }
   int64_t calls() const { return calls_; }
+  // The group this strategy trains in (elastic mode), or none.
+  void set_membership(strategy::ElasticMembership* membership) { membership_ = membership; }
+  strategy::ElasticMembership* elastic() override { return membership_; }
 
  private:
   std::unique_ptr<strategy::LocalStrategy> inner_;
+  strategy::ElasticMembership* membership_ = nullptr;  // the test's, outlives fit()
   int64_t fail_at_;
   int64_t calls_ = 0;
 };
 
-class FakeMembership final : public ElasticMembership {
+class FakeMembership final : public strategy::ElasticMembership {
  public:
-  explicit FakeMembership(int64_t due_at_check, std::optional<TrainingPosition> joined = {})
+  explicit FakeMembership(int64_t due_at_check, std::optional<strategy::TrainingPosition> joined = {})
       : due_at_(due_at_check), joined_(joined) {}
-  bool joined_running_group(TrainingPosition& position) override {
+  bool joined_running_group(strategy::TrainingPosition& position) override {
     if (!joined_) return false;
     position = *joined_;
     return true;
   }
   bool reform_due() override { return ++checks_ == due_at_; }
-  void reform(TrainingPosition& position, const std::string& cause) override {
+  void reform(strategy::TrainingPosition& position, const std::string& cause) override {
     causes.push_back(cause);
     steps.push_back(position.step);
   }
@@ -101,7 +105,7 @@ class FakeMembership final : public ElasticMembership {
  private:
   int64_t due_at_;
   int64_t checks_ = 0;
-  std::optional<TrainingPosition> joined_;
+  std::optional<strategy::TrainingPosition> joined_;
 };
 
 TEST(TrainerElastic, ReformsRedoTheFailedStepAndEndWithTheFaultFreeWeights) {
@@ -114,8 +118,8 @@ TEST(TrainerElastic, ReformsRedoTheFailedStepAndEndWithTheFaultFreeWeights) {
   const JobConfig job = job_in(dir.file("elastic"));
   FlakyStrategy flaky(job, 7);    // the 8th step's communication fails
   FakeMembership membership(20);  // a worker waits after step 20 (of 30)
+  flaky.set_membership(&membership);
   Trainer trainer(job, flaky, Logger::null());
-  trainer.set_elastic(&membership);
   const Summary summary = trainer.fit(train, test);
 
   EXPECT_EQ(summary.steps, 30);
@@ -137,9 +141,9 @@ TEST(TrainerElastic, AWorkerThatJoinedARunningGroupTrainsTheRest) {
   testing::TempDir dir;
   const JobConfig job = job_in(dir.file("out"));
   FlakyStrategy strategy(job, -1);
-  FakeMembership membership(-1, TrainingPosition{18, 1, 3});
+  FakeMembership membership(-1, strategy::TrainingPosition{18, 1, 3});
+  strategy.set_membership(&membership);
   Trainer trainer(job, strategy, Logger::null());
-  trainer.set_elastic(&membership);
   const Summary summary = trainer.fit(blobs(0, 600), blobs(600, 200));
   EXPECT_EQ(summary.steps, 30);
   EXPECT_EQ(strategy.calls(), 12);

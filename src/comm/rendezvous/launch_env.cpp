@@ -113,7 +113,7 @@ LaunchInfo resolve_launch_env(const std::map<std::string, std::string>& env,
     coordinator_name = "DTRAIN_COORDINATOR";
   }
   if (info.coordinator.empty()) {
-    if (info.world_size > 1) {
+    if (info.world_size > 1 && overrides.require_coordinator) {
       throw ConfigError(kEnvironment, "DTRAIN_COORDINATOR", 0,
                         fmt::format("world size {} needs a coordinator address host:port (set "
                                     "DTRAIN_COORDINATOR or --coordinator)",
@@ -122,7 +122,41 @@ LaunchInfo resolve_launch_env(const std::map<std::string, std::string>& env,
   } else {
     parse_host_port(info.coordinator, coordinator_name);
   }
+  info.settings = resolve_launch_settings(env);
   return info;
+}
+
+LaunchSettings resolve_launch_settings(const std::map<std::string, std::string>& env) {
+  LaunchSettings s;
+  const auto get = [&env](const char* name, std::string& out) {
+    if (const auto it = env.find(name); it != env.end()) out = it->second;
+  };
+  get("DTRAIN_JOB_SECRET", s.job_secret);
+  get("DTRAIN_LISTEN_HOST", s.listen_host);
+  if (s.listen_host.empty()) s.listen_host = "127.0.0.1";
+  get("DTRAIN_ADVERTISE_HOST", s.advertise_host);
+  get("DTRAIN_ELASTIC_COORDINATOR", s.elastic_coordinator);
+  get("DTRAIN_PS_ENDPOINTS", s.ps_endpoints);
+  get("DTRAIN_LAUNCH_ID", s.launch_id);
+  get("DTRAIN_RUN_DIR", s.run_dir);
+  get("DTRAIN_STATUS_FD", s.status_fd);
+  if (const auto it = env.find("DTRAIN_RESTART_COUNT"); it != env.end()) {
+    s.restart_count = parse_int(it->second, "DTRAIN_RESTART_COUNT");
+    if (s.restart_count < 0) {
+      throw ConfigError(kEnvironment, "DTRAIN_RESTART_COUNT", 0,
+                        fmt::format("'{}' is negative", it->second));
+    }
+  }
+  for (const auto& [name, flag] : {std::pair{"DTRAIN_INSECURE", &s.insecure},
+                                   std::pair{"DTRAIN_OUTPUT_LOCKED", &s.output_locked}}) {
+    if (const auto it = env.find(name); it != env.end()) {
+      if (it->second != "0" && it->second != "1") {
+        throw ConfigError(kEnvironment, name, 0, fmt::format("'{}' is not 0 or 1", it->second));
+      }
+      *flag = it->second == "1";
+    }
+  }
+  return s;
 }
 
 }  // namespace dtrain::comm

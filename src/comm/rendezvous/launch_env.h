@@ -31,7 +31,31 @@ struct LaunchOverrides {
   std::optional<int> world_size;
   std::optional<int> local_rank;
   std::optional<std::string> coordinator;
+  // Throw when a process of several has no coordinator. Off: the
+  // coordinator stays empty and whoever needs one says so (an MPI job needs
+  // none).
+  bool require_coordinator = true;
 };
+
+// What a launcher tells each process beyond its place (DTRAIN_* variables;
+// dtrain's own launcher sets them, another launcher may):
+struct LaunchSettings {
+  std::string job_secret;       // DTRAIN_JOB_SECRET: authenticates every frame ("" none)
+  bool insecure = false;        // DTRAIN_INSECURE=1: run without a secret on purpose
+  std::string listen_host = "127.0.0.1";  // DTRAIN_LISTEN_HOST: the address to bind
+  std::string advertise_host;   // DTRAIN_ADVERTISE_HOST: the address peers use
+  std::string elastic_coordinator;  // DTRAIN_ELASTIC_COORDINATOR: host:port (elastic mode)
+  std::string ps_endpoints;     // DTRAIN_PS_ENDPOINTS: fixed ps server endpoints, comma-separated
+  std::string launch_id;        // DTRAIN_LAUNCH_ID: names one launch of the job
+  int restart_count = 0;        // DTRAIN_RESTART_COUNT: processes started for this slot before
+  std::string run_dir;          // DTRAIN_RUN_DIR: private folder of the run (sockets)
+  std::string status_fd;        // DTRAIN_STATUS_FD: where to tell the launcher why it failed
+  bool output_locked = false;   // DTRAIN_OUTPUT_LOCKED=1: the launcher holds the output lock
+};
+
+// Reads LaunchSettings from `env`; ConfigError naming the variable for a
+// malformed DTRAIN_RESTART_COUNT or DTRAIN_INSECURE.
+LaunchSettings resolve_launch_settings(const std::map<std::string, std::string>& env);
 
 struct LaunchInfo {
   int rank = 0;
@@ -40,6 +64,9 @@ struct LaunchInfo {
   std::string coordinator;  // "host:port"; empty for a single process
   // Where rank and world size came from, e.g. "DTRAIN_RANK/DTRAIN_WORLD_SIZE".
   std::string source;
+  LaunchSettings settings;
+  // Whether this process is one of several of a launched job.
+  bool launched() const { return world_size > 1; }
 };
 
 LaunchInfo resolve_launch_env(const std::map<std::string, std::string>& env,

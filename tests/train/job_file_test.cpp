@@ -1,9 +1,9 @@
 #include <gtest/gtest.h>
 
-#include "cli/job_file.h"
+#include "train/job_file.h"
 #include "core/error.h"
 
-namespace dtrain::cli {
+namespace dtrain::train {
 namespace {
 
 const char* kJob = R"(
@@ -31,6 +31,11 @@ epochs = 2
 batch_size = 64
 )";
 
+JobConfig job_of(const std::string& text, const std::string& source,
+                 const std::vector<std::string>& overrides) {
+  return parse_job(text, source, overrides).job;
+}
+
 std::string error_of(const std::string& text, const std::vector<std::string>& overrides = {}) {
   try {
     parse_job(text, "job.toml", overrides);
@@ -41,7 +46,7 @@ std::string error_of(const std::string& text, const std::vector<std::string>& ov
 }
 
 TEST(JobFile, ReadsEverySection) {
-  train::JobConfig job = parse_job(kJob, "job.toml", {});
+  JobConfig job = job_of(kJob, "job.toml", {});
   EXPECT_EQ(job.name, "t");
   EXPECT_EQ(job.seed, 7u);
   EXPECT_EQ(job.model.input_shape, (std::vector<int64_t>{1, 28, 28}));
@@ -57,17 +62,17 @@ TEST(JobFile, ReadsEverySection) {
 }
 
 TEST(JobFile, OverridesApplyBeforeChecking) {
-  train::JobConfig job =
-      parse_job(kJob, "job.toml", {"train.epochs=5", "optimizer.lr=0.5", "job.output=out/x", "distributed.workers=3"});
+  JobConfig job =
+      job_of(kJob, "job.toml", {"train.epochs=5", "optimizer.lr=0.5", "job.output=out/x", "distributed.workers=3"});
   EXPECT_EQ(job.train.epochs, 5);
   EXPECT_FLOAT_EQ(job.optimizer.lr, 0.5f);
   EXPECT_EQ(job.output, "out/x");
   EXPECT_EQ(job.distributed.workers, 3);
   EXPECT_EQ(job.train.max_restarts, 0);
-  EXPECT_EQ(parse_job(kJob, "job.toml", {"train.max_restarts=2"}).train.max_restarts, 2);
+  EXPECT_EQ(job_of(kJob, "job.toml", {"train.max_restarts=2"}).train.max_restarts, 2);
   EXPECT_FALSE(job.train.elastic);
-  const train::JobConfig elastic =
-      parse_job(kJob, "job.toml", {"train.elastic=true", "train.min_workers=2"});
+  const JobConfig elastic =
+      job_of(kJob, "job.toml", {"train.elastic=true", "train.min_workers=2"});
   EXPECT_TRUE(elastic.train.elastic);
   EXPECT_EQ(elastic.train.min_workers, 2);
   EXPECT_EQ(error_of(kJob, {"train.epoch=5"}),
@@ -76,7 +81,7 @@ TEST(JobFile, OverridesApplyBeforeChecking) {
             "keep_checkpoints, log_every_steps, max_restarts, max_steps, min_workers, threads)");
   EXPECT_EQ(error_of(kJob, {"noequals"}), "--set: 'noequals': expected key=value");
   EXPECT_DOUBLE_EQ(
-      parse_job(kJob, "job.toml", {"train.checkpoint_every_seconds=2.5"}).train.checkpoint_every_seconds,
+      job_of(kJob, "job.toml", {"train.checkpoint_every_seconds=2.5"}).train.checkpoint_every_seconds,
       2.5);
   EXPECT_NE(error_of(kJob, {"train.checkpoint_every_seconds=-1.0"})
                 .find("'train.checkpoint_every_seconds': must be 0 (off) or positive, got -1"),
@@ -122,13 +127,13 @@ TEST(JobFile, SyntaxErrorsNameTheLine) {
 }
 
 }  // namespace
-}  // namespace dtrain::cli
+}  // namespace dtrain::train
 
-namespace dtrain::cli {
+namespace dtrain::train {
 namespace {
 
 TEST(JobFile, OverridesReachLayersByIndex) {
-  train::JobConfig job = parse_job(kJob, "job.toml", {"model.layers.1.out_features=64"});
+  JobConfig job = job_of(kJob, "job.toml", {"model.layers.1.out_features=64"});
   EXPECT_EQ(job.model.layers[1].out_features, 64);
   EXPECT_EQ(error_of(kJob, {"model.layers.5.out_features=64"}),
             "--set: 'model.layers.5.out_features': 'layers' has 2 entries; expected layers.<index>.<key>");
@@ -137,4 +142,62 @@ TEST(JobFile, OverridesReachLayersByIndex) {
 }
 
 }  // namespace
-}  // namespace dtrain::cli
+}  // namespace dtrain::train
+
+namespace dtrain::train {
+namespace {
+
+TEST(JobFileStrategies, EachStrategyReadsItsOwnTable) {
+  const std::string text = std::string(kJob) +
+                           "\n[distributed]\nstrategy = \"ps\"\nworkers = 3\n\n[distributed.ps]\n"
+                           "servers = 2\nconsistency = \"ssp\"\n\n[distributed.allreduce]\n"
+                           "bucket_bytes = 4096\n";
+  const JobFile file = parse_job(text, "job.toml", {});
+  EXPECT_TRUE(file.notes.empty());
+  EXPECT_EQ(file.job.distributed.strategy, "ps");
+  EXPECT_EQ(file.job.distributed.workers, 3);
+  // Every registered strategy's options are there, ready for --strategy.
+  EXPECT_EQ(file.job.distributed.strategies.size(), 4u);
+  EXPECT_EQ(error_of(text, {"distributed.ps.servers=0"}),
+            "job.toml:29: 'distributed.ps.servers': must be at least 1, got 0");
+  EXPECT_EQ(error_of(text, {"distributed.ps.consistency=\"eventual\""}),
+            "job.toml:29: 'distributed.ps.consistency': 'eventual' is not one of: sync, async, "
+            "ssp");
+  EXPECT_NE(error_of(text, {"distributed.ps.bucket_bytes=1"})
+                .find("'distributed.ps.bucket_bytes': unknown key (known: backup_workers, "
+                      "consistency, servers, staleness)"),
+            std::string::npos);
+}
+
+TEST(JobFileStrategies, FlatKeysAreDeprecatedAliasesWithANote) {
+  const std::string text = std::string(kJob) + "\n[distributed]\nservers = 2\nbucket_bytes = 4096\n";
+  const JobFile file = parse_job(text, "job.toml", {});
+  ASSERT_EQ(file.notes.size(), 2u);
+  EXPECT_EQ(file.notes[0],
+            "job.toml:27: 'distributed.bucket_bytes' is deprecated: write it as 'bucket_bytes' in "
+            "[distributed.allreduce]");
+  EXPECT_EQ(file.notes[1],
+            "job.toml:26: 'distributed.servers' is deprecated: write it as 'servers' in "
+            "[distributed.ps]");
+  // Errors name the key where it was written.
+  EXPECT_EQ(error_of(text, {"distributed.servers=0"}),
+            "job.toml:25: 'distributed.servers': must be at least 1, got 0");
+  EXPECT_EQ(error_of(text, {"distributed.ps.servers=3"}),
+            "job.toml: 'distributed.ps.servers': given twice: also as the deprecated "
+            "'distributed.servers' (line 26); keep only the one in [distributed.ps]");
+}
+
+TEST(JobFileStrategies, AnUnknownStrategyListsTheRegisteredOnes) {
+  EXPECT_EQ(error_of(kJob, {"distributed.strategy=\"gossip\""}),
+            "job.toml: 'distributed.strategy': 'gossip' is not one of: local, mirrored, allreduce, "
+            "ps");
+}
+
+TEST(JobFile, OutputMustNameAFolderAndTheLearningRateBeFinite) {
+  EXPECT_NE(error_of(kJob, {"job.output=\"\""}).find("'job.output': must name a folder"),
+            std::string::npos);
+  EXPECT_EQ(error_of(kJob, {"optimizer.lr=inf"}), "job.toml:17: 'optimizer.lr': must be finite, got inf");
+}
+
+}  // namespace
+}  // namespace dtrain::train

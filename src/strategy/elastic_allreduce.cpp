@@ -1,17 +1,13 @@
-#include "cli/elastic_worker.h"
+#include "strategy/elastic_allreduce.h"
 
 #include <fmt/format.h>
 
-#include <fstream>
 #include <functional>
 
 #include "comm/transport/zmq_transport.h"
-#include "core/rng.h"
 #include "io/safetensors.h"
-#include "optim/optimizer_config.h"
-#include "train/model_builder.h"
 
-namespace dtrain::cli {
+namespace dtrain::strategy {
 
 namespace {
 
@@ -39,27 +35,16 @@ uint64_t get_u64(std::span<const std::byte> bytes, size_t& pos) {
   return v;
 }
 
-// Test hook of the elastic tests: with DTRAIN_TEST_JOIN_GATE=FIFO a
-// replacement worker (DTRAIN_RESTART_COUNT > 0) reads one line from that FIFO
-// before it joins, so that a test chooses when it joins (the test's own
-// deadline bounds the wait).
-void wait_at_test_join_gate(const std::map<std::string, std::string>& env) {
-  const auto gate = env.find("DTRAIN_TEST_JOIN_GATE");
-  const auto restart = env.find("DTRAIN_RESTART_COUNT");
-  if (gate == env.end() || restart == env.end() || restart->second == "0") return;
-  std::ifstream fifo(gate->second);
-  std::string line;
-  std::getline(fifo, line);
-}
-
 }  // namespace
 
-ElasticWorker::ElasticWorker(const train::JobConfig& job, ElasticWorkerOptions options,
-                             Logger& logger)
-    : job_(job),
-      options_(std::move(options)),
+ElasticAllReduce::ElasticAllReduce(ElasticAllReduceOptions options, ModelFactory make_model,
+                                   OptimizerFactory make_optimizer, LossFn loss, Logger& logger)
+    : options_(std::move(options)),
+      make_model_(std::move(make_model)),
+      make_optimizer_(std::move(make_optimizer)),
+      loss_(std::move(loss)),
       logger_(logger),
-      auth_(job.name, options_.secret),
+      auth_(options_.job_name, options_.secret),
       client_(options_.coordinator, options_.slot, options_.slots, auth_, logger) {
   const auto t0 = Clock::now();
   form(std::nullopt);
@@ -73,15 +58,15 @@ ElasticWorker::ElasticWorker(const train::JobConfig& job, ElasticWorkerOptions o
   }
 }
 
-ElasticWorker::~ElasticWorker() = default;
+ElasticAllReduce::~ElasticAllReduce() = default;
 
-bool ElasticWorker::joined_running_group(train::TrainingPosition& position) {
+bool ElasticAllReduce::joined_running_group(TrainingPosition& position) {
   if (!joined_running_ || !held_) return false;
   position = held_->position;
   return true;
 }
 
-bool ElasticWorker::reform_due() {
+bool ElasticAllReduce::reform_due() {
   float flag = 0.0f;
   if (inner_->rank() == 0 && client_.poll() > 0) flag = 1.0f;
   try {
@@ -93,7 +78,7 @@ bool ElasticWorker::reform_due() {
   return flag > 0.0f;
 }
 
-void ElasticWorker::reform(train::TrainingPosition& position, const std::string& cause) {
+void ElasticAllReduce::reform(TrainingPosition& position, const std::string& cause) {
   const auto t0 = Clock::now();
   const std::string why = failure_.empty() ? cause : failure_;
   failure_.clear();
@@ -113,7 +98,7 @@ void ElasticWorker::reform(train::TrainingPosition& position, const std::string&
       position.step, position.epoch + 1, position.batch_in_epoch + 1);
 }
 
-void ElasticWorker::form(std::optional<uint32_t> member_of) {
+void ElasticAllReduce::form(std::optional<uint32_t> member_of) {
   const Deadline deadline = Deadline::after(options_.rendezvous_timeout);
   while (true) {
     const std::optional<comm::ElasticGeneration> m = client_.join(member_of, deadline);
@@ -142,7 +127,7 @@ void ElasticWorker::form(std::optional<uint32_t> member_of) {
   }
 }
 
-void ElasticWorker::build(const comm::ElasticGeneration& m, Deadline deadline) {
+void ElasticAllReduce::build(const comm::ElasticGeneration& m, Deadline deadline) {
   comm::ZmqTransportOptions t;
   t.rank = m.rank;
   t.world_size = m.world_size();
@@ -155,27 +140,17 @@ void ElasticWorker::build(const comm::ElasticGeneration& m, Deadline deadline) {
   transport->connect(
       client_.exchange_endpoints(m.generation, transport->local_endpoint(), deadline));
   comm::CommunicatorOptions c;
-  c.timeout = std::chrono::milliseconds(job_.distributed.timeout_ms);
+  c.timeout = options_.rendezvous_timeout;
   // Names this generation's shared-memory segments: unique per job,
   // coordinator and generation.
   c.job_id = fmt::format("{:016x}-{:x}-g{}", auth_.job_id(),
                          std::hash<std::string>{}(options_.coordinator), m.generation);
   comm_ = std::make_unique<comm::Communicator>(std::move(transport), c);
-  Rng rng(job_.seed);
-  auto model = train::build_model(job_.model, rng, job_.source);
-  const train::JobConfig& job = job_;
-  auto make_optimizer = [&job](std::vector<Variable> params) {
-    return optim::make_optimizer(job.optimizer, std::move(params));
-  };
-  strategy::AllReduceOptions o;
-  o.bucket_bytes = static_cast<size_t>(job_.distributed.bucket_bytes);
-  o.timeout = std::chrono::milliseconds(job_.distributed.timeout_ms);
-  o.accumulation_steps = job_.distributed.accumulation_steps;
-  inner_ =
-      std::make_unique<strategy::AllReduceStrategy>(std::move(model), make_optimizer, *comm_, o);
+  inner_ = std::make_unique<AllReduceStrategy>(make_model_(), make_optimizer_, *comm_,
+                                               options_.allreduce, loss_);
 }
 
-void ElasticWorker::sync_state() {
+void ElasticAllReduce::sync_state() {
   const int rank = static_cast<int>(inner_->rank());
   const int world = static_cast<int>(inner_->world_size());
   if (rank == 0) {
@@ -221,28 +196,4 @@ void ElasticWorker::sync_state() {
   inner_->optimizer().load_state_dict(held_->optimizer);
 }
 
-std::unique_ptr<ElasticWorker> join_elastic_job(const train::JobConfig& job,
-                                                const comm::LaunchInfo& launch,
-                                                const std::map<std::string, std::string>& env,
-                                                Logger& logger) {
-  ElasticWorkerOptions o;
-  o.slot = launch.rank;
-  o.slots = launch.world_size;
-  auto get = [&env](const char* key, std::string& value) {
-    if (auto it = env.find(key); it != env.end()) value = it->second;
-  };
-  get("DTRAIN_ELASTIC_COORDINATOR", o.coordinator);
-  get("DTRAIN_JOB_SECRET", o.secret);
-  get("DTRAIN_LISTEN_HOST", o.listen_host);
-  get("DTRAIN_ADVERTISE_HOST", o.advertise_host);
-  o.rendezvous_timeout = std::chrono::milliseconds(job.distributed.timeout_ms);
-  wait_at_test_join_gate(env);
-  try {
-    return std::make_unique<ElasticWorker>(job, o, logger);
-  } catch (const JobFinished& f) {
-    logger.warn("{}", f.what());
-    return nullptr;
-  }
-}
-
-}  // namespace dtrain::cli
+}  // namespace dtrain::strategy

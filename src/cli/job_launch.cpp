@@ -1,0 +1,87 @@
+#include "cli/job_launch.h"
+
+#include <fmt/format.h>
+#include <stdlib.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <filesystem>
+#include <string>
+#include <system_error>
+#include <utility>
+
+#include "cli/elastic_launch.h"
+#include "core/error.h"
+
+namespace dtrain::cli {
+
+namespace {
+
+// Longest socket path an ipc endpoint may have (sockaddr_un::sun_path less
+// its terminating NUL).
+constexpr size_t kMaxSocketPath = 107;
+
+// A private folder (mkdtemp, mode 0700) under `tmpdir` (or /tmp), removed
+// with what it holds when the object goes.
+class RunDir {
+ public:
+  explicit RunDir(const std::string& tmpdir) {
+    std::string base = tmpdir.empty() ? "/tmp" : tmpdir;
+    // The sockets' paths must fit sockaddr_un: fall back to /tmp when TMPDIR is deep.
+    if (base.size() + 48 > kMaxSocketPath) base = "/tmp";
+    std::string pattern = base + "/dtrain-run-XXXXXX";
+    if (mkdtemp(pattern.data()) == nullptr) {
+      throw std::system_error(errno, std::generic_category(),
+                              fmt::format("mkdtemp {} (the run's socket folder)", pattern));
+    }
+    path_ = std::move(pattern);
+  }
+  ~RunDir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
+  }
+  RunDir(const RunDir&) = delete;
+  RunDir& operator=(const RunDir&) = delete;
+
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+int clamp_int(int64_t value) { return static_cast<int>(std::min<int64_t>(value, INT_MAX)); }
+
+}  // namespace
+
+int launch_job(const train::JobConfig& job, const train::LaunchPlan& plan, LaunchOptions base,
+               std::ostream& out, std::ostream& err, Logger& logger) {
+  const auto tmpdir = base.environment.find("TMPDIR");
+  const RunDir run_dir(tmpdir == base.environment.end() ? "" : tmpdir->second);
+  base.workers = plan.processes;
+  base.environment["DTRAIN_RUN_DIR"] = run_dir.path();
+  base.environment["DTRAIN_LAUNCH_ID"] = random_job_secret().substr(0, 16);
+  const int max_restarts = clamp_int(job.train.max_restarts);
+  if (job.train.elastic) {
+    return run_elastic_job(std::move(base), job.name, plan.min_workers, max_restarts, out, err,
+                           logger, Deadline::never())
+        .exit_code;
+  }
+  if (plan.replace_failed) {
+    LaunchOptions::Elastic e;
+    e.essential_slots = plan.essential_slots;
+    e.first_worker_slot = plan.servers;
+    e.min_workers = plan.min_workers;
+    e.max_restarts = max_restarts;
+    e.slot_name = plan.slot_name;
+    base.elastic = std::move(e);
+    logger.info("{} job: {} process(es), {} of them servers, at least {} worker(s) running, up "
+                "to {} restart(s) of failed processes; run folder {}",
+                job.name, plan.processes, plan.servers, plan.min_workers, max_restarts,
+                run_dir.path());
+    return Launcher(std::move(base), out, err, logger).run(Deadline::never()).exit_code;
+  }
+  return run_with_restarts(base, max_restarts, out, err, logger, Deadline::never()).exit_code;
+}
+
+}  // namespace dtrain::cli

@@ -1,0 +1,40 @@
+#include "comm/collectives/connect_worker.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <functional>
+
+#include "comm/transport/zmq_transport.h"
+#include "comm/wire/auth.h"
+#include "core/error.h"
+
+namespace dtrain::comm {
+
+std::unique_ptr<Communicator> connect_worker(const std::string& job_name, const LaunchInfo& launch,
+                                             const WorkerLinkOptions& options, Logger& logger) {
+  if (launch.coordinator.empty()) {
+    throw ConfigError(fmt::format(
+        "worker {} of {} ({}) has no coordinator address: set DTRAIN_COORDINATOR=host:port",
+        launch.rank, launch.world_size, launch.source));
+  }
+  const JobAuth auth(job_name, launch.settings.job_secret);
+  ZmqTransportOptions t;
+  t.rank = launch.rank;
+  t.world_size = launch.world_size;
+  t.listen_host = launch.settings.listen_host;
+  t.advertise_host = launch.settings.advertise_host;
+  if (!launch.settings.run_dir.empty()) t.ipc_dir = launch.settings.run_dir;
+  t.heartbeat_timeout = options.heartbeat_timeout;
+  t.heartbeat_interval =
+      std::min(std::chrono::milliseconds(200), options.heartbeat_timeout / 4);
+  auto transport = connect_zmq_transport(t, auth, launch.coordinator, launch.rank == 0,
+                                         Deadline::after(options.timeout), logger);
+  CommunicatorOptions c;
+  c.timeout = options.timeout;
+  // Names this job's shared-memory segments: unique per job and coordinator.
+  c.job_id = fmt::format("{:016x}-{:x}", auth.job_id(), std::hash<std::string>{}(launch.coordinator));
+  return std::make_unique<Communicator>(std::move(transport), c);
+}
+
+}  // namespace dtrain::comm

@@ -1,0 +1,209 @@
+// The `allreduce` strategy's registry entry: [distributed.allreduce] options,
+// its checks, its processes (one per worker; restart and elastic modes), and
+// building a worker's strategy over dtrain's collectives or MPI.
+#include <fmt/format.h>
+
+#include "comm/collectives/connect_worker.h"
+#include "core/error.h"
+#include "strategy/allreduce_strategy.h"
+#include "strategy/elastic_allreduce.h"
+#include "strategy/local_strategy.h"
+#include "strategy/registry.h"
+#ifdef DTRAIN_HAVE_MPI
+#include "comm/collectives/mpi_collectives.h"
+#endif
+
+namespace dtrain::strategy {
+
+namespace {
+
+struct AllReduceJobOptions {
+  int64_t bucket_bytes = int64_t{1} << 20;  // gradient bytes per bucket
+  int64_t accumulation_steps = 1;           // micro-batches per update
+  // "native" (dtrain's collectives: deadlines, shared memory on one host,
+  // ZeroMQ across hosts) or "mpi" (MPI_Allreduce, for jobs started by
+  // mpirun on a fast fabric; MPI calls have no deadline).
+  std::string backend = "native";
+};
+
+// What a worker's collectives live in; a base class of ConnectedAllReduce
+// listed before AllReduceStrategy, so it is built before the strategy and
+// destroyed after it (the strategy borrows it).
+struct WorkerLink {
+  std::unique_ptr<comm::Communicator> native;
+#ifdef DTRAIN_HAVE_MPI
+  std::unique_ptr<comm::MpiSession> mpi_session;
+  std::unique_ptr<comm::MpiCollectives> mpi;
+#endif
+};
+
+class ConnectedAllReduce final : private WorkerLink, public AllReduceStrategy {
+ public:
+  ConnectedAllReduce(WorkerLink link, std::unique_ptr<nn::Module> model,
+                     const OptimizerFactory& make_optimizer, const AllReduceOptions& options,
+                     LossFn loss)
+      : WorkerLink(std::move(link)),
+        AllReduceStrategy(std::move(model), make_optimizer, collectives_of(*this), options,
+                          std::move(loss)) {}
+
+ private:
+  static comm::Collectives& collectives_of(WorkerLink& link) {
+#ifdef DTRAIN_HAVE_MPI
+    if (link.mpi) return *link.mpi;
+#endif
+    return *link.native;
+  }
+};
+
+class AllReduceSpec final : public StrategySpec {
+ public:
+  std::string_view name() const override { return "allreduce"; }
+  std::string_view summary() const override {
+    return "one process per worker, gradients averaged by bucketed allreduce (the default with "
+           "--workers N > 1)";
+  }
+
+  void read_options(ConfigTable& table) override {
+    table.read("bucket_bytes", o_.bucket_bytes);
+    table.read("accumulation_steps", o_.accumulation_steps);
+    table.read("backend", o_.backend);
+    where_ = table.lines();
+    if (o_.accumulation_steps < 1) throw where_.error("accumulation_steps", "must be at least 1");
+    check_choice(where_, "backend", o_.backend, {"native", "mpi"});
+  }
+
+  void validate(const JobFacts& job, std::vector<std::string>& /*warnings*/) const override {
+    if (!multi_process(job) && o_.accumulation_steps != 1) {
+      throw where_.error("accumulation_steps",
+                         "gradient accumulation needs the allreduce strategy with several "
+                         "workers");
+    }
+    if (job.elastic) check_elastic(job);
+    if (!job.launched && !job.elastic && job.max_restarts > 0 && !job.resume) {
+      throw job.where.error("train.max_restarts",
+                            fmt::format("{} restarts need job.resume = true (drop --no-resume): "
+                                        "a restart would otherwise train from scratch",
+                                        job.max_restarts));
+    }
+  }
+
+  ProcessPlan plan(const JobFacts& job) const override {
+    ProcessPlan p;
+    p.processes = static_cast<int>(job.workers);
+    p.min_workers = static_cast<int>(job.min_workers > 0 ? job.min_workers : job.workers);
+    return p;
+  }
+
+  bool multi_process(const JobFacts& job) const override {
+    return job.launched || job.workers > 1;
+  }
+
+  std::unique_ptr<Strategy> build(const BuildContext& c) const override {
+    const comm::LaunchInfo& launch = *c.launch;
+    const bool elastic_launch = !launch.settings.elastic_coordinator.empty();
+    if (c.facts.elastic && !elastic_launch) {
+      throw c.facts.where.error(
+          "train.elastic",
+          fmt::format("elastic mode needs dtrain's own launcher (`dtrain train --workers N "
+                      "--elastic`); under {} a lost rank ends the whole job: use restart mode "
+                      "instead (docs/launching.md)",
+                      launch.source));
+    }
+    if (!launch.launched()) {
+      // A group of one: nothing to average.
+      return std::make_unique<LocalStrategy>(c.make_model(), c.make_optimizer, c.loss);
+    }
+    if (elastic_launch) return build_elastic(c);
+    return std::make_unique<ConnectedAllReduce>(connect(c), c.make_model(), c.make_optimizer,
+                                                options(c), c.loss);
+  }
+
+  std::unique_ptr<StrategySpec> clone() const override {
+    return std::make_unique<AllReduceSpec>(*this);
+  }
+
+ private:
+  // What elastic mode supports: fixed shares of a shared global batch.
+  void check_elastic(const JobFacts& job) const {
+    const auto refuse = [&](std::string_view key, const std::string& what) {
+      return job.where.error(key,
+                             fmt::format("elastic mode (train.elastic) does not support {} yet: "
+                                         "it re-forms allreduce groups of any size over shares "
+                                         "of a shared global batch",
+                                         what));
+    };
+    if (job.dynamic_batch) throw refuse("distributed.dynamic_batch", "dynamic batch sizing");
+    if (job.slowdown) throw refuse("distributed.slowdown", "slowdowns");
+    if (job.class_weights) throw refuse("train.class_weights", "class weights");
+    if (job.partitioned) throw refuse("data.partition", "partitions (one per worker)");
+    if (o_.backend != "native") {
+      throw where_.error("backend", "elastic mode re-forms groups over dtrain's own collectives: "
+                                    "backend must be 'native'");
+    }
+    const int64_t min_workers = job.min_workers > 0 ? job.min_workers : job.workers;
+    if (min_workers > job.workers) {
+      throw job.where.error("train.min_workers",
+                            fmt::format("{} is more than the job's {} worker(s)", min_workers,
+                                        job.workers));
+    }
+  }
+
+  AllReduceOptions options(const BuildContext& c) const {
+    AllReduceOptions o;
+    o.bucket_bytes = static_cast<size_t>(o_.bucket_bytes);
+    o.accumulation_steps = o_.accumulation_steps;
+    o.timeout = c.timeout;
+    o.dynamic_batch = c.dynamic_batch;
+    return o;
+  }
+
+  WorkerLink connect(const BuildContext& c) const {
+    const comm::LaunchInfo& launch = *c.launch;
+    WorkerLink link;
+    if (o_.backend == "mpi") {
+#ifdef DTRAIN_HAVE_MPI
+      link.mpi_session = std::make_unique<comm::MpiSession>(nullptr, nullptr);
+      link.mpi = std::make_unique<comm::MpiCollectives>();
+      if (link.mpi->size() != launch.world_size || link.mpi->rank() != launch.rank) {
+        throw where_.error("backend",
+                           fmt::format("MPI says rank {} of {}, the environment ({}) rank {} of "
+                                       "{}: the mpi backend needs a job started by mpirun",
+                                       link.mpi->rank(), link.mpi->size(), launch.source,
+                                       launch.rank, launch.world_size));
+      }
+      return link;
+#else
+      throw where_.error("backend", "this dtrain was built without MPI");
+#endif
+    }
+    link.native = comm::connect_worker(c.job_name, launch, {c.timeout, c.heartbeat_timeout},
+                                       *c.logger);
+    return link;
+  }
+
+  std::unique_ptr<Strategy> build_elastic(const BuildContext& c) const {
+    const comm::LaunchInfo& launch = *c.launch;
+    ElasticAllReduceOptions o;
+    o.job_name = c.job_name;
+    o.slot = launch.rank;
+    o.slots = launch.world_size;
+    o.coordinator = launch.settings.elastic_coordinator;
+    o.secret = launch.settings.job_secret;
+    o.listen_host = launch.settings.listen_host;
+    o.advertise_host = launch.settings.advertise_host;
+    o.rendezvous_timeout = c.timeout;
+    o.heartbeat_timeout = c.heartbeat_timeout;
+    o.allreduce = options(c);
+    return std::make_unique<ElasticAllReduce>(o, c.make_model, c.make_optimizer, c.loss,
+                                              *c.logger);
+  }
+
+  AllReduceJobOptions o_;
+  KeyLines where_;
+};
+
+}  // namespace
+
+std::unique_ptr<StrategySpec> make_allreduce_spec() { return std::make_unique<AllReduceSpec>(); }
+
+}  // namespace dtrain::strategy

@@ -1,0 +1,297 @@
+#include "train/job_file.h"
+
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include <fmt/format.h>
+
+#include "core/error.h"
+#include "io/toml_table.h"
+#include "strategy/registry.h"
+
+namespace dtrain::train {
+
+namespace {
+
+constexpr const char* kSections[] = {"job",      "model", "data",       "optimizer",
+                                     "schedule", "train", "distributed"};
+
+// Reads [job].
+void read_job(io::TomlTable& t, JobConfig& job) {
+  t.get("name", job.name);
+  t.get("seed", job.seed);
+  t.get("output", job.output);
+  t.get("resume", job.resume);
+  t.finish();
+  if (job.output.empty()) {
+    throw t.error("output", "must name a folder (it receives the checkpoints, the metrics and "
+                            "the final weights)");
+  }
+}
+
+void read_layer(const toml::table& table, const std::string& key, const std::string& file,
+                int index, LayerConfig& layer) {
+  io::TomlTable r(&table, key, file);
+  layer.line = io::line_of(table);
+  r.get("type", layer.type);
+  r.get("name", layer.name);
+  r.get("in_features", layer.in_features);
+  r.get("out_features", layer.out_features);
+  r.get("in_channels", layer.in_channels);
+  r.get("out_channels", layer.out_channels);
+  r.get("kernel", layer.kernel);
+  r.get("stride", layer.stride);
+  r.get("padding", layer.padding);
+  r.get("bias", layer.bias);
+  r.get("p", layer.p);
+  r.get("num_embeddings", layer.num_embeddings);
+  r.get("embedding_dim", layer.embedding_dim);
+  r.finish();
+  if (layer.type.empty()) throw ConfigError(file, key + ".type", layer.line, "missing layer type");
+  check_choice(r.lines(), "type", layer.type,
+               {"linear", "conv2d", "maxpool2d", "avgpool2d", "relu", "sigmoid", "tanh", "gelu",
+                "dropout", "flatten", "batchnorm1d", "batchnorm2d", "embedding"});
+  if (layer.name.empty()) layer.name = std::to_string(index);
+  if (layer.p < 0.0f || layer.p >= 1.0f) {
+    throw r.error("p", fmt::format("dropout p must be in [0, 1), got {}", layer.p));
+  }
+}
+
+// Reads [model] and its [[model.layers]].
+void read_model(io::TomlTable& t, JobConfig& job) {
+  t.get("input_shape", job.model.input_shape);
+  const toml::array* layers = t.array_of_tables("layers");
+  t.finish();
+  if (layers == nullptr) return;
+  int index = 0;
+  for (const toml::node& element : *layers) {
+    const std::string key = fmt::format("model.layers[{}]", index);
+    const toml::table* table = element.as_table();
+    if (table == nullptr) throw ConfigError(job.source, key, io::line_of(element), "expected a table");
+    LayerConfig layer;
+    read_layer(*table, key, job.source, index, layer);
+    job.model.layers.push_back(std::move(layer));
+    ++index;
+  }
+}
+
+// Reads [data].
+void read_data(io::TomlTable& t, DataConfig& d) {
+  t.get("dataset", d.dataset);
+  t.get("path", d.path);
+  t.get("test_path", d.test_path);
+  t.get("label_column", d.label_column);
+  t.get("train_limit", d.train_limit);
+  t.get("test_limit", d.test_limit);
+  t.get("normalize", d.normalize);
+  t.get("synthetic_samples", d.synthetic_samples);
+  t.get("synthetic_features", d.synthetic_features);
+  t.get("synthetic_classes", d.synthetic_classes);
+  t.get("partition", d.partition);
+  t.get("classes_per_worker", d.classes_per_worker);
+  t.get("dirichlet_alpha", d.dirichlet_alpha);
+  t.get("quantity_sigma", d.quantity_sigma);
+  data::CtrOptions& ctr = d.ctr;
+  t.get("ctr_fields", ctr.fields);
+  t.get("ctr_vocabulary", ctr.vocabulary);
+  t.get("ctr_zipf_exponent", ctr.zipf_exponent);
+  t.get("ctr_hash_buckets", ctr.hash_buckets);
+  t.get("ctr_train_samples", ctr.train_samples);
+  t.get("ctr_test_samples", ctr.test_samples);
+  t.get("ctr_weight_stddev", ctr.weight_stddev);
+  t.get("ctr_bias", ctr.bias);
+  t.get("ctr_seed", ctr.seed);
+  t.finish();
+  check_choice(t.lines(), "dataset", d.dataset, {"mnist", "csv", "synthetic", "ctr"});
+  if (!d.partition.empty()) {
+    check_choice(t.lines(), "partition", d.partition, {"iid", "label", "dirichlet", "quantity"});
+  }
+  if (d.dataset == "ctr") {
+    try {
+      data::check_ctr_options(ctr);
+    } catch (const UsageError& e) {
+      throw ConfigError(t.lines().file(), "data", t.lines().line(""), e.what());
+    }
+  }
+}
+
+// Reads [optimizer].
+void read_optimizer(io::TomlTable& t, optim::OptimizerConfig& o) {
+  t.get("type", o.type);
+  t.get("lr", o.lr);
+  t.get("momentum", o.momentum);
+  t.get("dampening", o.dampening);
+  t.get("nesterov", o.nesterov);
+  t.get("weight_decay", o.weight_decay);
+  t.get("beta1", o.beta1);
+  t.get("beta2", o.beta2);
+  t.get("eps", o.eps);
+  t.get("lr_decay", o.lr_decay);
+  t.get("initial_accumulator_value", o.initial_accumulator_value);
+  t.finish();
+  check_choice(t.lines(), "type", o.type, {"sgd", "adam", "adamw", "adagrad"});
+  if (!(o.lr > 0.0f)) throw t.error("lr", fmt::format("must be positive, got {}", o.lr));
+  if (!std::isfinite(o.lr)) throw t.error("lr", fmt::format("must be finite, got {}", o.lr));
+}
+
+// Reads [schedule].
+void read_schedule(io::TomlTable& t, optim::LrScheduleConfig& s) {
+  t.get("type", s.type);
+  t.get("warmup_steps", s.warmup_steps);
+  t.get("step_size", s.step_size);
+  t.get("gamma", s.gamma);
+  t.get("eta_min", s.eta_min);
+  t.get("total_steps", s.total_steps);
+  t.finish();
+  check_choice(t.lines(), "type", s.type, {"constant", "step", "cosine"});
+}
+
+// Reads [train].
+void read_train(io::TomlTable& t, TrainConfig& c) {
+  t.get("epochs", c.epochs);
+  t.get("batch_size", c.batch_size);
+  t.get("eval_batch_size", c.eval_batch_size);
+  t.get("log_every_steps", c.log_every_steps);
+  t.get("max_steps", c.max_steps);
+  t.get("checkpoint_every_steps", c.checkpoint_every_steps);
+  t.get("checkpoint_every_seconds", c.checkpoint_every_seconds);
+  t.get("keep_checkpoints", c.keep_checkpoints);
+  t.get("threads", c.threads);
+  t.get("drop_last", c.drop_last);
+  t.get("max_restarts", c.max_restarts);
+  t.get("class_weights", c.class_weights);
+  t.get("elastic", c.elastic);
+  t.get("min_workers", c.min_workers);
+  t.finish();
+  check_choice(t.lines(), "class_weights", c.class_weights, {"none", "balanced"});
+  if (c.batch_size <= 0) throw t.error("batch_size", "must be positive");
+  if (c.eval_batch_size <= 0) throw t.error("eval_batch_size", "must be positive");
+  if (!(c.checkpoint_every_seconds >= 0.0) || !std::isfinite(c.checkpoint_every_seconds)) {
+    throw t.error("checkpoint_every_seconds",
+                  fmt::format("must be 0 (off) or positive, got {}", c.checkpoint_every_seconds));
+  }
+}
+
+// Reads the generic keys of [distributed]; the strategies' own keys (and
+// their deprecated flat aliases here) are read by read_strategies().
+void read_distributed(io::TomlTable& t, DistributedConfig& d) {
+  t.get("strategy", d.strategy);
+  t.get("workers", d.workers);
+  t.get("timeout_ms", d.timeout_ms);
+  t.get("heartbeat_timeout_ms", d.heartbeat_timeout_ms);
+  t.get("dynamic_batch", d.dynamic_batch);
+  t.get("rebalance_every", d.rebalance_every);
+  t.get("smoothing", d.smoothing);
+  t.get("min_share", d.min_share);
+  t.get("max_share", d.max_share);
+  t.get("slowdown", d.slowdown);
+  if (d.rebalance_every < 1) throw t.error("rebalance_every", "must be at least 1");
+  if (!(d.smoothing >= 0.0 && d.smoothing < 1.0)) {
+    throw t.error("smoothing", fmt::format("must be in [0, 1), got {}", d.smoothing));
+  }
+  if (!(d.min_share >= 0.0 && d.min_share <= d.max_share && d.max_share <= 1.0)) {
+    throw t.error("min_share", fmt::format("need 0 <= min_share <= max_share <= 1, got {} and {}",
+                                           d.min_share, d.max_share));
+  }
+  for (const std::string& entry : d.slowdown) {
+    parse_slowdown(entry, t.lines().file(), "distributed.slowdown");
+  }
+  if (!d.strategy.empty()) strategy::make_strategy_spec(d.strategy, t.lines(), "strategy");
+  if (d.heartbeat_timeout_ms < 100) {
+    throw t.error("heartbeat_timeout_ms",
+                  fmt::format("must be at least 100 (ms), got {}", d.heartbeat_timeout_ms));
+  }
+  if (d.timeout_ms < 1) throw t.error("timeout_ms", "must be at least 1 (ms)");
+  if (d.workers < 1) throw t.error("workers", "must be at least 1");
+}
+
+// Every registered strategy reads its table [distributed.<name>], with the
+// flat keys of [distributed] as deprecated aliases.
+void read_strategies(io::TomlTable& distributed, JobFile& out) {
+  const std::string& file = out.job.source;
+  for (const std::string& name : strategy::strategy_names()) {
+    const toml::table* own = distributed.table(name);
+    io::TomlTable own_table(own, "distributed." + name, file);
+    AliasedTable aliased(own_table, distributed, out.notes);
+    auto spec = strategy::make_strategy_spec(name, distributed.lines(), "strategy");
+    spec->read_options(aliased);
+    own_table.finish();
+    out.job.distributed.strategies[name] = std::move(spec);
+  }
+}
+
+}  // namespace
+
+Slowdown parse_slowdown(const std::string& entry, const std::string& source,
+                        const std::string& key) {
+  const auto eq = entry.find('=');
+  Slowdown out;
+  try {
+    if (eq == std::string::npos) throw std::invalid_argument(entry);
+    size_t used = 0;
+    const std::string rank = entry.substr(0, eq);
+    if (rank == "all") {
+      out.rank = Slowdown::kAllRanks;
+    } else {
+      out.rank = std::stoll(rank, &used);
+      if (used != rank.size() || out.rank < 0) throw std::invalid_argument(rank);
+    }
+    const std::string factor = entry.substr(eq + 1);
+    out.factor = std::stod(factor, &used);
+    if (used != factor.size()) throw std::invalid_argument(factor);
+  } catch (const std::exception&) {
+    throw ConfigError(source, key, 0,
+                      fmt::format("'{}' is not RANK=FACTOR (e.g. 3=2.5 or all=4)", entry));
+  }
+  if (!(out.factor >= 1.0) || !std::isfinite(out.factor)) {
+    throw ConfigError(source, key, 0, fmt::format("'{}': need a factor >= 1", entry));
+  }
+  return out;
+}
+
+JobFile parse_job(const std::string& toml_text, const std::string& source_name,
+                  const std::vector<std::string>& overrides) {
+  const toml::table root = io::parse_toml(toml_text, source_name, overrides);
+  JobFile out;
+  JobConfig& job = out.job;
+  job.source = source_name;
+  job.lines = KeyLines(source_name, "", 0);
+  io::TomlTable top(&root, "", source_name);
+  const auto section = [&](const char* name, auto&& read) {
+    io::TomlTable t(top.table(name), name, source_name);
+    read(t);
+    job.lines.merge(t.lines());
+  };
+  section("job", [&](io::TomlTable& t) { read_job(t, job); });
+  section("model", [&](io::TomlTable& t) { read_model(t, job); });
+  section("data", [&](io::TomlTable& t) { read_data(t, job.data); });
+  section("optimizer", [&](io::TomlTable& t) { read_optimizer(t, job.optimizer); });
+  section("schedule", [&](io::TomlTable& t) { read_schedule(t, job.schedule); });
+  section("train", [&](io::TomlTable& t) { read_train(t, job.train); });
+  section("distributed", [&](io::TomlTable& t) {
+    read_distributed(t, job.distributed);
+    read_strategies(t, out);
+    t.finish();
+  });
+  for (const char* name : kSections) top.allow(name);
+  top.finish();
+  job.schedule.lr = job.optimizer.lr;
+  if (job.model.layers.empty()) {
+    throw job.lines.error("model.layers", "the model has no layers");
+  }
+  if (job.model.input_shape.empty()) {
+    throw job.lines.error("model.input_shape", "missing (e.g. [1, 28, 28])");
+  }
+  return out;
+}
+
+JobFile read_job_file(const std::string& path, const std::vector<std::string>& overrides) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw ConfigError(path, "(file)", 0, "cannot open the job file");
+  std::ostringstream text;
+  text << in.rdbuf();
+  return parse_job(text.str(), path, overrides);
+}
+
+}  // namespace dtrain::train

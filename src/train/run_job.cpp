@@ -1,0 +1,272 @@
+#include "train/run_job.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <fstream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "data/class_weights.h"
+#include "io/file_system.h"
+#include "strategy/class_weighted_loss.h"
+#include "strategy/compute_timer.h"
+#include "train/datasets.h"
+#include "train/job_file.h"
+#include "train/metrics.h"
+#include "train/model_builder.h"
+#include "train/trainer.h"
+
+namespace dtrain::train {
+
+namespace {
+
+// This worker's slowdown factor from distributed.slowdown (1: none): the
+// last entry naming its index, else the last "all" entry.
+double slowdown_for(const JobConfig& job, int64_t index, int64_t workers) {
+  double factor = 1.0;
+  double all_factor = 1.0;
+  bool named = false;
+  for (const std::string& entry : job.distributed.slowdown) {
+    const Slowdown s = parse_slowdown(entry, job.source, "distributed.slowdown");
+    if (s.rank >= workers) {
+      throw job.lines.error("distributed.slowdown",
+                            fmt::format("'{}' names rank {}, but the job has {} workers", entry,
+                                        s.rank, workers));
+    }
+    if (s.rank == Slowdown::kAllRanks) all_factor = s.factor;
+    if (s.rank == index) {
+      factor = s.factor;
+      named = true;
+    }
+  }
+  return named ? factor : all_factor;
+}
+
+strategy::LossFn make_loss(const JobConfig& job, const data::TensorDataset& train) {
+  if (job.train.class_weights == "balanced") {
+    return strategy::class_weighted_cross_entropy_loss(
+        data::balanced_class_weights(train.labels(), train.num_classes()));
+  }
+  return strategy::cross_entropy_loss();
+}
+
+// A logger that prefixes every line with the process's role ("worker 1: ")
+// and forwards it to `base`; non-chief workers log warnings only.
+std::unique_ptr<Logger> role_logger(Logger& base, const std::string& name, bool quiet) {
+  auto sink = [&base, prefix = name.empty() ? std::string() : name + ": "](
+                  LogLevel level, std::string_view message) {
+    base.log(level, prefix + std::string(message));
+  };
+  return std::make_unique<Logger>(quiet ? LogLevel::kWarn : LogLevel::kInfo, std::move(sink));
+}
+
+// A binary job's held-out ROC AUC (the model's probability of class 1) and,
+// on generated clicks, the generating model's AUC on the same samples: one
+// line through `progress` (when there is one) and an "auc" event in the
+// metrics file. Skipped when the test set lacks either class.
+void report_test_auc(const JobConfig& job, nn::Module& model, const Datasets& data,
+                     Callback* progress) {
+  const std::vector<int64_t>& labels = data.test.labels();
+  const auto positives = std::count(labels.begin(), labels.end(), int64_t{1});
+  if (data.test.num_classes() != 2 || positives == 0 || positives == data.test.size()) return;
+  const double auc = roc_auc(positive_class_probability(model, data.test, job.train.eval_batch_size),
+                             labels);
+  nlohmann::json event{{"event", "auc"}, {"test_samples", data.test.size()}, {"test_auc", auc}};
+  std::string line = fmt::format("test AUC {:.4f} on {} samples", auc, data.test.size());
+  if (!data.test_click_probability.empty()) {
+    const double generating = roc_auc(data.test_click_probability, labels);
+    event["generating_model_auc"] = generating;
+    line += fmt::format(", generating model {:.4f} (gap {:.4f})", generating, generating - auc);
+  }
+  if (progress != nullptr) progress->on_message(line);
+  const std::string path = job.output + "/metrics.jsonl";
+  std::ofstream metrics(path, std::ios::app);
+  metrics << event.dump() << '\n';
+  metrics.flush();
+  if (!metrics) throw Error(fmt::format("cannot write metrics file {}", path));
+}
+
+strategy::BuildContext build_context(const JobConfig& job, const comm::LaunchInfo& launch,
+                                      const strategy::JobFacts& facts, Logger& logger) {
+  strategy::BuildContext c;
+  c.launch = &launch;
+  c.job_name = job.name;
+  c.make_model = [&job] {
+    Rng rng(job.seed);
+    return std::unique_ptr<nn::Module>(build_model(job.model, rng, job.source));
+  };
+  c.make_optimizer = [&job](std::vector<Variable> params) {
+    return optim::make_optimizer(job.optimizer, std::move(params));
+  };
+  c.loss = strategy::cross_entropy_loss();
+  c.optimizer = job.optimizer;
+  c.seed = job.seed;
+  c.facts = facts;
+  c.output = job.output;
+  c.keep_checkpoints = job.train.keep_checkpoints;
+  c.timeout = std::chrono::milliseconds(job.distributed.timeout_ms);
+  c.heartbeat_timeout = std::chrono::milliseconds(job.distributed.heartbeat_timeout_ms);
+  c.dynamic_batch.enabled = job.distributed.dynamic_batch;
+  c.dynamic_batch.rebalance_every = job.distributed.rebalance_every;
+  c.dynamic_batch.smoothing = job.distributed.smoothing;
+  c.dynamic_batch.min_share = job.distributed.min_share;
+  c.dynamic_batch.max_share = job.distributed.max_share;
+  c.logger = &logger;
+  return c;
+}
+
+// The chief's callbacks: metrics.jsonl and progress lines.
+struct ChiefCallbacks {
+  std::unique_ptr<JsonLinesWriter> metrics;
+  std::unique_ptr<Callback> progress;
+};
+
+ChiefCallbacks chief_callbacks(const JobConfig& job, const comm::LaunchInfo& launch,
+                               const RunOptions& options) {
+  ChiefCallbacks c;
+  io::default_file_system().create_directories(job.output);
+  c.metrics = std::make_unique<JsonLinesWriter>(job.output + "/metrics.jsonl",
+                                                job.train.log_every_steps);
+  if (options.out == nullptr) return c;
+  // Under a launcher the output is a pipe: plain lines, not a bar.
+  const std::string mode =
+      launch.launched() && options.progress == "bar" ? "plain" : options.progress;
+  if (mode == "bar") {
+    c.progress = std::make_unique<ProgressBar>(*options.out);
+  } else if (mode == "plain") {
+    c.progress = std::make_unique<PlainProgress>(*options.out, job.train.log_every_steps);
+  }
+  return c;
+}
+
+// A worker: data, model, strategy, trainer.
+int train_worker(const JobConfig& job, const comm::LaunchInfo& launch,
+                 const strategy::StrategySpec& spec, const strategy::ProcessRole& role,
+                 strategy::BuildContext context, const RunOptions& options, Logger& logger) {
+  const Datasets data = load_datasets(job);
+  check_input_shape(job, data.train);
+  context.loss = make_loss(job, data.train);
+  if (options.hooks.before_build) options.hooks.before_build();
+  std::unique_ptr<strategy::Strategy> strategy;
+  try {
+    strategy = spec.build(context);
+  } catch (const strategy::JobFinished& f) {
+    logger.warn("{}", f.what());
+    return 0;
+  }
+  const double slowdown = slowdown_for(job, role.index, spec.workers(context.facts));
+  if (slowdown != 1.0) {
+    strategy->set_compute_timer(std::make_unique<strategy::SlowdownTimer>(slowdown));
+  }
+  if (options.hooks.modelled_compute) {
+    if (const auto t = options.hooks.modelled_compute(role.index)) {
+      strategy->set_compute_timer(std::make_unique<strategy::ModelledTimer>(t->fixed_s, t->per_row_s));
+    }
+  }
+  Trainer trainer(job, *strategy, logger);
+  std::unique_ptr<Callback> hook;
+  if (options.hooks.trainer_callback) hook = options.hooks.trainer_callback(launch.rank);
+  if (hook) trainer.add_callback(*hook);
+  ChiefCallbacks chief;
+  if (role.chief) {
+    chief = chief_callbacks(job, launch, options);
+    trainer.add_callback(*chief.metrics);
+    if (chief.progress) trainer.add_callback(*chief.progress);
+  }
+  try {
+    trainer.fit(data.train, data.test);
+  } catch (const strategy::JobFinished& f) {
+    logger.warn("{}", f.what());
+    return 0;
+  } catch (const strategy::LeftGroup& f) {
+    logger.warn("{}", f.what());
+    return 0;
+  }
+  // Before finish(): a ps worker's embedding rows come from the servers.
+  if (strategy->rank() == 0) report_test_auc(job, strategy->model(), data, chief.progress.get());
+  strategy->finish();
+  return 0;
+}
+
+}  // namespace
+
+strategy::JobFacts job_facts(const JobConfig& job, const comm::LaunchInfo& launch) {
+  strategy::JobFacts f;
+  f.workers = job.distributed.workers;
+  f.elastic = job.train.elastic;
+  f.max_restarts = job.train.max_restarts;
+  f.min_workers = job.train.min_workers;
+  f.resume = job.resume;
+  f.dynamic_batch = job.distributed.dynamic_batch;
+  f.slowdown = !job.distributed.slowdown.empty();
+  f.class_weights = job.train.class_weights != "none";
+  f.partitioned = !job.data.partition.empty();
+  f.launched = launch.launched();
+  f.launched_world_size = launch.world_size;
+  f.launched_by = launch.source;
+  f.where = job.lines;
+  return f;
+}
+
+std::shared_ptr<const strategy::StrategySpec> job_strategy(const JobConfig& job,
+                                                           const strategy::JobFacts& facts,
+                                                           Logger& logger) {
+  std::string name = job.distributed.strategy;
+  if (name.empty()) name = facts.launched || facts.workers > 1 ? "allreduce" : "local";
+  std::shared_ptr<const strategy::StrategySpec> spec;
+  if (const auto it = job.distributed.strategies.find(name); it != job.distributed.strategies.end()) {
+    spec = it->second;
+  } else {
+    spec = strategy::make_strategy_spec(name, job.lines, "distributed.strategy");
+  }
+  std::vector<std::string> warnings;
+  spec->validate(facts, warnings);
+  for (const std::string& w : warnings) logger.warn("{}", w);
+  return spec;
+}
+
+LaunchPlan launch_plan(const JobConfig& job, const comm::LaunchInfo& launch, Logger& logger) {
+  const strategy::JobFacts facts = job_facts(job, launch);
+  const auto spec = job_strategy(job, facts, logger);
+  LaunchPlan plan;
+  plan.launch = !launch.launched() && spec->multi_process(facts);
+  const strategy::ProcessPlan p = spec->plan(facts);
+  plan.processes = p.processes;
+  plan.servers = p.servers;
+  plan.replace_failed = p.replace_failed;
+  plan.min_workers = p.min_workers;
+  plan.essential_slots = p.essential_slots;
+  plan.slot_name = p.slot_name;
+  return plan;
+}
+
+std::string strategy_help() {
+  std::string text;
+  for (const std::string& name : strategy::strategy_names()) {
+    const auto spec = strategy::make_strategy_spec(name, KeyLines(), "strategy");
+    text += fmt::format("{}{}: {}", text.empty() ? "" : "; ", name, spec->summary());
+  }
+  return text;
+}
+
+int run_job(const JobConfig& job, const comm::LaunchInfo& launch, const RunOptions& options) {
+  Logger& base = options.logger != nullptr ? *options.logger : Logger::stderr_logger();
+  const strategy::JobFacts facts = job_facts(job, launch);
+  const auto spec = job_strategy(job, facts, base);
+  slowdown_for(job, 0, spec->workers(facts));  // every entry names a worker
+  openblas_set_num_threads(static_cast<int>(std::max<int64_t>(1, job.train.threads)));
+  const strategy::ProcessRole role = spec->role(facts, launch);
+  // A server's own lines say which server wrote them; a worker's get its name.
+  const auto logger =
+      role_logger(base, role.server ? std::string() : role.name, !role.server && !role.chief);
+  strategy::BuildContext context = build_context(job, launch, facts, *logger);
+  context.on_server_version = options.hooks.on_server_version;
+  if (role.server) return spec->serve(context);
+  return train_worker(job, launch, *spec, role, std::move(context), options, *logger);
+}
+
+}  // namespace dtrain::train
