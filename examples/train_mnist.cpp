@@ -11,6 +11,7 @@
 #include "data/loader.h"
 #include "data/sampler.h"
 #include "nn/layers.h"
+#include "nn/optimizer.h"
 #include "optim/lr_schedule.h"
 #include "optim/sgd.h"
 #include "strategy/strategy.h"
@@ -39,7 +40,8 @@ int main(int argc, char** argv) try {
   model.add("fc3", std::make_unique<nn::Linear>(256, 10, rng));
 
   // Optimizer and a cosine learning-rate schedule.
-  optim::Sgd optimizer(model.parameters(), {.lr = 0.1f, .momentum = 0.9f, .nesterov = true});
+  auto optimizer = nn::Optimizer::make<optim::Sgd>(
+      model.parameters(), optim::SgdOptions{.lr = 0.1f, .momentum = 0.9f, .nesterov = true});
   const int64_t steps = epochs * data::DataLoader::batch_count(train.size(), 128, false);
   optim::CosineAnnealingLr schedule(0.1f, steps, 0.0f);
 
@@ -50,12 +52,12 @@ int main(int argc, char** argv) try {
     double loss_sum = 0.0;
     int64_t seen = 0;
     while (auto batch = loader.next()) {
-      optimizer.set_lr(schedule.lr_at(step++));
+      optimizer->set_lr(schedule.lr_at(step++));
       Variable logits = model.forward(Variable(batch->x));
       Variable loss = cross_entropy(logits, batch->y);
-      optimizer.zero_grad();
+      optimizer->zero_grad();
       loss.backward();
-      optimizer.step();
+      optimizer->step();
       loss_sum += loss.item() * double(batch->size());
       seen += batch->size();
     }

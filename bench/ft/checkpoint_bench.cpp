@@ -73,7 +73,7 @@ MlpState mnist_mlp() {
   const optim::OptimizerConfig opt = s.job.optimizer;
   s.strategy = std::make_unique<strategy::LocalStrategy>(
       train::build_model(s.job.model, rng),
-      [opt](std::vector<Variable> p) { return optim::make_optimizer(opt, std::move(p)); });
+      [opt](std::vector<Variable> p) { return nn::make_optimizer(opt, std::move(p)); });
   Tensor x = Tensor::empty({32, 1, 28, 28});
   for (int64_t i = 0; i < x.numel(); ++i) x.data()[i] = static_cast<float>(rng.uniform());
   std::vector<int64_t> y(32);

@@ -97,7 +97,7 @@ int main(int argc, char** argv) {
     optim::SgdOptions o;
     o.lr = 0.01f;
     o.momentum = 0.9f;
-    return std::make_unique<optim::Sgd>(std::move(params), o);
+    return nn::Optimizer::make<optim::Sgd>(std::move(params), o);
   };
   std::unique_ptr<comm::Communicator> communicator;
   std::unique_ptr<strategy::Strategy> strat;

@@ -6,8 +6,8 @@
 
 namespace dtrain::optim {
 
-Adagrad::Adagrad(std::vector<Variable> parameters, const AdagradOptions& options)
-    : Optimizer("adagrad", std::move(parameters), options.lr, {"sum"}), options_(options) {
+Adagrad::Adagrad(std::vector<Shape> shapes, const AdagradOptions& options)
+    : UpdateRule("adagrad", std::move(shapes), options.lr, {"sum"}), options_(options) {
   if (!(options.lr_decay >= 0.0f) || !(options.weight_decay >= 0.0f) ||
       !(options.initial_accumulator_value >= 0.0f) || !(options.eps >= 0.0f)) {
     fail(fmt::format(

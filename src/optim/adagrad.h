@@ -15,7 +15,7 @@
 // initial_accumulator_value and eps must be non-negative.
 #pragma once
 
-#include "optim/optimizer.h"
+#include "optim/update_rule.h"
 
 namespace dtrain::optim {
 
@@ -27,9 +27,9 @@ struct AdagradOptions {
   float eps = 1e-10f;
 };
 
-class Adagrad : public Optimizer {
+class Adagrad : public UpdateRule {
  public:
-  Adagrad(std::vector<Variable> parameters, const AdagradOptions& options = {});
+  Adagrad(std::vector<Shape> shapes, const AdagradOptions& options = {});
 
   void update(size_t index, const Tensor& param, const Tensor& grad) override;
   void update_sparse(size_t index, const Tensor& param, const SparseRows& grad) override;

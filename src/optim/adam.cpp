@@ -6,12 +6,12 @@
 
 namespace dtrain::optim {
 
-Adam::Adam(std::vector<Variable> parameters, const AdamOptions& options)
-    : Adam("adam", std::move(parameters), options, /*decoupled_weight_decay=*/false) {}
+Adam::Adam(std::vector<Shape> shapes, const AdamOptions& options)
+    : Adam("adam", std::move(shapes), options, /*decoupled_weight_decay=*/false) {}
 
-Adam::Adam(std::string kind, std::vector<Variable> parameters, const AdamOptions& options,
+Adam::Adam(std::string kind, std::vector<Shape> shapes, const AdamOptions& options,
            bool decoupled_weight_decay)
-    : Optimizer(std::move(kind), std::move(parameters), options.lr, {"exp_avg", "exp_avg_sq"}),
+    : UpdateRule(std::move(kind), std::move(shapes), options.lr, {"exp_avg", "exp_avg_sq"}),
       options_(options),
       decoupled_(decoupled_weight_decay) {
   if (!(options.beta1 >= 0.0f && options.beta1 < 1.0f) ||

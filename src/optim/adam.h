@@ -19,7 +19,7 @@
 // weight_decay be non-negative.
 #pragma once
 
-#include "optim/optimizer.h"
+#include "optim/update_rule.h"
 
 namespace dtrain::optim {
 
@@ -31,9 +31,9 @@ struct AdamOptions {
   float weight_decay = 0.0f;
 };
 
-class Adam : public Optimizer {
+class Adam : public UpdateRule {
  public:
-  Adam(std::vector<Variable> parameters, const AdamOptions& options = {});
+  Adam(std::vector<Shape> shapes, const AdamOptions& options = {});
 
   void update(size_t index, const Tensor& param, const Tensor& grad) override;
   void update_sparse(size_t index, const Tensor& param, const SparseRows& grad) override;
@@ -41,7 +41,7 @@ class Adam : public Optimizer {
   const AdamOptions& options() const { return options_; }
 
  protected:
-  Adam(std::string kind, std::vector<Variable> parameters, const AdamOptions& options,
+  Adam(std::string kind, std::vector<Shape> shapes, const AdamOptions& options,
        bool decoupled_weight_decay);
 
  private:
@@ -57,8 +57,8 @@ class AdamW : public Adam {
     options.weight_decay = 0.01f;
     return options;
   }
-  AdamW(std::vector<Variable> parameters, const AdamOptions& options = defaults())
-      : Adam("adamw", std::move(parameters), options, /*decoupled_weight_decay=*/true) {}
+  AdamW(std::vector<Shape> shapes, const AdamOptions& options = defaults())
+      : Adam("adamw", std::move(shapes), options, /*decoupled_weight_decay=*/true) {}
 };
 
 }  // namespace dtrain::optim

@@ -83,28 +83,29 @@ float LinearWarmup::lr_at(int64_t step) const {
                             static_cast<double>(warmup_steps_));
 }
 
-std::unique_ptr<LrSchedule> make_lr_schedule(const LrScheduleConfig& config) {
+std::unique_ptr<LrSchedule> make_lr_schedule(const LrScheduleConfig& config, float lr) {
   auto require = [](bool ok, const char* key, const std::string& problem) {
     if (!ok) throw ConfigError(fmt::format("schedule.{}: {}", key, problem));
   };
-  require(config.lr >= 0.0f && std::isfinite(config.lr), "lr",
-          fmt::format("{} must be finite and non-negative", config.lr));
+  if (!(lr >= 0.0f) || !std::isfinite(lr)) {
+    throw ConfigError(fmt::format("optimizer.lr: {} must be finite and non-negative", lr));
+  }
   require(config.warmup_steps >= 0, "warmup_steps",
           fmt::format("{} must be non-negative", config.warmup_steps));
   std::unique_ptr<LrSchedule> inner;
   if (config.type == "constant") {
-    inner = std::make_unique<ConstantLr>(config.lr);
+    inner = std::make_unique<ConstantLr>(lr);
   } else if (config.type == "step") {
     require(config.step_size > 0, "step_size",
             fmt::format("{} must be positive", config.step_size));
     require(config.gamma >= 0.0f, "gamma", fmt::format("{} must be non-negative", config.gamma));
-    inner = std::make_unique<StepLr>(config.lr, config.step_size, config.gamma);
+    inner = std::make_unique<StepLr>(lr, config.step_size, config.gamma);
   } else if (config.type == "cosine") {
     require(config.total_steps > config.warmup_steps, "total_steps",
             fmt::format("{} must exceed warmup_steps {}", config.total_steps, config.warmup_steps));
     require(config.eta_min >= 0.0f && std::isfinite(config.eta_min), "eta_min",
             fmt::format("{} must be finite and non-negative", config.eta_min));
-    inner = std::make_unique<CosineAnnealingLr>(config.lr, config.total_steps - config.warmup_steps,
+    inner = std::make_unique<CosineAnnealingLr>(lr, config.total_steps - config.warmup_steps,
                                                 config.eta_min);
   } else {
     require(false, "type",

@@ -82,7 +82,6 @@ class LinearWarmup : public LrSchedule {
 // The [schedule] table of a job file.
 struct LrScheduleConfig {
   std::string type = "constant";  // constant | step | cosine
-  float lr = 0.1f;                // the base learning rate (the optimizer's)
   int64_t warmup_steps = 0;       // > 0: LinearWarmup around `type`
   int64_t step_size = 1000;       // step: decay every step_size steps
   float gamma = 0.1f;             // step: the factor
@@ -90,8 +89,9 @@ struct LrScheduleConfig {
   int64_t total_steps = 0;        // cosine: steps including warm-up; must exceed warmup_steps
 };
 
-// Builds the schedule; with warmup_steps > 0 the inner schedule covers the
-// remaining steps (cosine: t_max = total_steps - warmup_steps).
-std::unique_ptr<LrSchedule> make_lr_schedule(const LrScheduleConfig& config);
+// Builds the schedule from the base learning rate `lr` (optimizer.lr); with
+// warmup_steps > 0 the inner schedule covers the remaining steps (cosine:
+// t_max = total_steps - warmup_steps).
+std::unique_ptr<LrSchedule> make_lr_schedule(const LrScheduleConfig& config, float lr);
 
 }  // namespace dtrain::optim

@@ -14,7 +14,7 @@ namespace {
 // The constructors check their hyperparameters and throw UsageError
 // "<kind>: <problem>"; from a config that is a ConfigError.
 template <class Build>
-std::unique_ptr<Optimizer> build_or_config_error(const Build& build) {
+std::unique_ptr<UpdateRule> build_or_config_error(const Build& build) {
   try {
     return build();
   } catch (const UsageError& e) {
@@ -24,8 +24,8 @@ std::unique_ptr<Optimizer> build_or_config_error(const Build& build) {
 
 }  // namespace
 
-std::unique_ptr<Optimizer> make_optimizer(const OptimizerConfig& config,
-                                          std::vector<Variable> parameters) {
+std::unique_ptr<UpdateRule> make_update_rule(const OptimizerConfig& config,
+                                          std::vector<Shape> shapes) {
   const std::string& type = config.type;
   if (type == "sgd") {
     SgdOptions options;
@@ -35,7 +35,7 @@ std::unique_ptr<Optimizer> make_optimizer(const OptimizerConfig& config,
     options.nesterov = config.nesterov;
     options.weight_decay = config.weight_decay.value_or(options.weight_decay);
     return build_or_config_error(
-        [&] { return std::make_unique<Sgd>(std::move(parameters), options); });
+        [&] { return std::make_unique<Sgd>(std::move(shapes), options); });
   }
   if (type == "adam" || type == "adamw") {
     AdamOptions options = type == "adam" ? AdamOptions{} : AdamW::defaults();
@@ -44,9 +44,9 @@ std::unique_ptr<Optimizer> make_optimizer(const OptimizerConfig& config,
     options.beta2 = config.beta2;
     options.eps = config.eps.value_or(options.eps);
     options.weight_decay = config.weight_decay.value_or(options.weight_decay);
-    return build_or_config_error([&]() -> std::unique_ptr<Optimizer> {
-      if (type == "adam") return std::make_unique<Adam>(std::move(parameters), options);
-      return std::make_unique<AdamW>(std::move(parameters), options);
+    return build_or_config_error([&]() -> std::unique_ptr<UpdateRule> {
+      if (type == "adam") return std::make_unique<Adam>(std::move(shapes), options);
+      return std::make_unique<AdamW>(std::move(shapes), options);
     });
   }
   if (type == "adagrad") {
@@ -57,7 +57,7 @@ std::unique_ptr<Optimizer> make_optimizer(const OptimizerConfig& config,
     options.eps = config.eps.value_or(options.eps);
     options.weight_decay = config.weight_decay.value_or(options.weight_decay);
     return build_or_config_error(
-        [&] { return std::make_unique<Adagrad>(std::move(parameters), options); });
+        [&] { return std::make_unique<Adagrad>(std::move(shapes), options); });
   }
   throw ConfigError(fmt::format(
       "optimizer.type: unknown optimizer '{}' (expected sgd, adam, adamw or adagrad)", type));

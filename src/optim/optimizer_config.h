@@ -1,4 +1,4 @@
-// OptimizerConfig and make_optimizer(): build any optimizer from the
+// OptimizerConfig and make_update_rule(): build any optimizer from the
 // [optimizer] table of a job file, or from a parameter server's settings.
 // Fields that an optimizer does not use are ignored; eps and weight_decay
 // fall back to each optimizer's torch default when not given.
@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "autograd/variable.h"
-#include "optim/optimizer.h"
+#include "optim/update_rule.h"
+#include "tensor/tensor.h"
 
 namespace dtrain::optim {
 
@@ -30,7 +30,8 @@ struct OptimizerConfig {
   float initial_accumulator_value = 0.0f;            // adagrad
 };
 
-std::unique_ptr<Optimizer> make_optimizer(const OptimizerConfig& config,
-                                          std::vector<Variable> parameters);
+// The rule for parameters of `shapes`.
+std::unique_ptr<UpdateRule> make_update_rule(const OptimizerConfig& config,
+                                             std::vector<Shape> shapes);
 
 }  // namespace dtrain::optim

@@ -11,8 +11,8 @@ std::vector<std::string> sgd_buffers(const SgdOptions& options) {
 }
 }  // namespace
 
-Sgd::Sgd(std::vector<Variable> parameters, const SgdOptions& options)
-    : Optimizer("sgd", std::move(parameters), options.lr, sgd_buffers(options)), options_(options) {
+Sgd::Sgd(std::vector<Shape> shapes, const SgdOptions& options)
+    : UpdateRule("sgd", std::move(shapes), options.lr, sgd_buffers(options)), options_(options) {
   if (!(options.momentum >= 0.0f) || !(options.weight_decay >= 0.0f) ||
       !(options.dampening >= 0.0f && options.dampening <= 1.0f)) {
     fail(

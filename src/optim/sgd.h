@@ -18,7 +18,7 @@
 // dampening 0 (UsageError otherwise, as torch).
 #pragma once
 
-#include "optim/optimizer.h"
+#include "optim/update_rule.h"
 
 namespace dtrain::optim {
 
@@ -30,9 +30,9 @@ struct SgdOptions {
   float weight_decay = 0.0f;
 };
 
-class Sgd : public Optimizer {
+class Sgd : public UpdateRule {
  public:
-  Sgd(std::vector<Variable> parameters, const SgdOptions& options);
+  Sgd(std::vector<Shape> shapes, const SgdOptions& options);
 
   void update(size_t index, const Tensor& param, const Tensor& grad) override;
   void update_sparse(size_t index, const Tensor& param, const SparseRows& grad) override;

@@ -86,7 +86,7 @@ class Server::Impl {
     last_push_id_.assign(static_cast<size_t>(options_.num_workers), 0);
     reported_version_ = consistency_.version();
     // Build the optimizer once to reject a bad [optimizer] table now, not at init.
-    optim::make_optimizer(options_.optimizer, {Variable(Tensor::zeros({1}))});
+    optim::make_update_rule(options_.optimizer, {Shape{1}});
     socket_ = zmq::socket_t(context_, zmq::socket_type::router);
     socket_.set(zmq::sockopt::linger, 0);
     socket_.set(zmq::sockopt::rcvhwm, 0);

@@ -2,7 +2,7 @@
 //
 // A server holds its range of the dense key space (sharding.h) and the sparse
 // rows whose keys hash to it, and updates both with the core optimizers
-// (optim::make_optimizer over Variables wrapping its shard tensors; the rules
+// (optim::make_update_rule over its shard tensors' shapes; the rules
 // are elementwise, so a shard update equals the full-tensor update). It knows
 // no model: the dense layout and the sparse tables arrive with the first
 // worker's init request (client.h), which every later init must match.

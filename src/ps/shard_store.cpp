@@ -13,9 +13,9 @@ namespace dtrain::ps {
 
 namespace {
 
-std::unique_ptr<optim::Optimizer> optimizer_over(const Tensor& values,
-                                                 const optim::OptimizerConfig& config) {
-  return optim::make_optimizer(config, {Variable(values)});
+std::unique_ptr<optim::UpdateRule> optimizer_over(const Tensor& values,
+                                                  const optim::OptimizerConfig& config) {
+  return optim::make_update_rule(config, {values.shape()});
 }
 
 const std::string kDensePrefix = "dense.optimizer.";

@@ -2,8 +2,8 @@
 // them: its dense range (DenseShard) and its sparse rows (SparseTable).
 //
 // DenseShard is one flat float tensor (the server's [begin, end) of the dense
-// key space, sharding.h) with one core optimizer (optim::make_optimizer) over
-// a Variable wrapping it. Every update rule is elementwise, so updating the
+// key space, sharding.h) with one optimizer rule (optim::make_update_rule) for
+// its shape. Every update rule is elementwise, so updating the
 // flat range equals updating the full tensors it was cut from.
 //
 // SparseTable keeps rows of dimension D in blocks of kSparseBlockRows rows,
@@ -17,7 +17,7 @@
 // that block.
 //
 // State export (per server, the layout of server.h):
-//   "dense.values" [count], "dense.optimizer.<Optimizer::state_dict() keys>"
+//   "dense.values" [count], "dense.optimizer.<UpdateRule::state_dict() keys>"
 //   "sparse.<table>.keys" [n, 4] (16-bit limbs, least significant first),
 //   "sparse.<table>.values" [n, D], "sparse.<table>.<buffer>" [n, D],
 //   "sparse.<table>.steps" [n]; rows sorted by key.
@@ -33,7 +33,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "optim/optimizer.h"
+#include "optim/update_rule.h"
 #include "optim/optimizer_config.h"
 #include "ps/sharding.h"
 #include "tensor/state_dict.h"
@@ -58,7 +58,7 @@ class DenseShard {
  private:
   optim::OptimizerConfig config_;
   Tensor values_;
-  std::unique_ptr<optim::Optimizer> optimizer_;
+  std::unique_ptr<optim::UpdateRule> optimizer_;
 };
 
 class SparseTable {
@@ -80,7 +80,7 @@ class SparseTable {
  private:
   struct Block {
     Tensor rows;  // [kSparseBlockRows, D]
-    std::unique_ptr<optim::Optimizer> optimizer;
+    std::unique_ptr<optim::UpdateRule> optimizer;
   };
   // The slot of `key`, creating the row when missing.
   int64_t slot(uint64_t key);

@@ -164,7 +164,10 @@ class AllReduceStrategy : public Strategy {
   // One replica per worker of the group.
   int64_t replicas() const override { return collectives_.size(); }
   nn::Module& model() override { return *model_; }
-  optim::Optimizer& optimizer() override { return *optimizer_; }
+  nn::Optimizer& optimizer() { return *optimizer_; }
+  void set_learning_rate(float lr) override { optimizer_->set_lr(lr); }
+  StateDict optimizer_state() override { return optimizer_->state_dict(); }
+  void load_optimizer_state(const StateDict& state) override { optimizer_->load_state_dict(state); }
   // `inputs` [n_i, ...] and n_i targets: this worker's share (n_i may be 0;
   // `inputs` may then be undefined). Collective on the communicating call:
   // every worker calls it the same number of times.
@@ -227,7 +230,7 @@ class AllReduceStrategy : public Strategy {
   std::unique_ptr<nn::Module> model_;
   std::vector<Variable> params_;
   std::vector<int64_t> hook_ids_;
-  std::unique_ptr<optim::Optimizer> optimizer_;
+  std::unique_ptr<nn::Optimizer> optimizer_;
   // Borrowed: the caller guarantees they outlive this strategy.
   comm::Collectives& collectives_;
   comm::Communicator* async_;  // non-null in overlapping mode (same object as collectives_)

@@ -85,7 +85,7 @@ void ElasticAllReduce::reform(TrainingPosition& position, const std::string& cau
   logger_.warn("slot {} (rank {} of {}, generation {}) at step {}: re-forming the group: {}",
                options_.slot, inner_->rank(), inner_->world_size(), generation_, position.step,
                why);
-  held_ = HeldState{inner_->model().state_dict().clone(), inner_->optimizer().state_dict().clone(),
+  held_ = HeldState{inner_->model().state_dict().clone(), inner_->optimizer_state().clone(),
                     position};
   inner_.reset();
   comm_.reset();
@@ -158,7 +158,7 @@ void ElasticAllReduce::sync_state() {
       // The group has not trained yet (an earlier generation failed while
       // forming): the initial state is the group's.
       held_ = HeldState{
-          inner_->model().state_dict().clone(), inner_->optimizer().state_dict().clone(), {}};
+          inner_->model().state_dict().clone(), inner_->optimizer_state().clone(), {}};
     }
     std::vector<std::byte> bytes;
     put_u64(bytes, static_cast<uint64_t>(held_->position.step));
@@ -193,7 +193,7 @@ void ElasticAllReduce::sync_state() {
     held_ = std::move(state);
   }
   inner_->model().load_state_dict(held_->model, true);
-  inner_->optimizer().load_state_dict(held_->optimizer);
+  inner_->load_optimizer_state(held_->optimizer);
 }
 
 }  // namespace dtrain::strategy

@@ -77,7 +77,11 @@ class ElasticAllReduce final : public Strategy, public ElasticMembership {
   int64_t rank() const override { return inner_->rank(); }
   int64_t world_size() const override { return inner_->world_size(); }
   nn::Module& model() override { return inner_->model(); }
-  optim::Optimizer& optimizer() override { return inner_->optimizer(); }
+  void set_learning_rate(float lr) override { inner_->set_learning_rate(lr); }
+  StateDict optimizer_state() override { return inner_->optimizer_state(); }
+  void load_optimizer_state(const StateDict& state) override {
+    inner_->load_optimizer_state(state);
+  }
   StepStats train_step(const Tensor& inputs, std::span<const int64_t> targets) override {
     return inner_->train_step(inputs, targets);
   }

@@ -15,12 +15,15 @@ class LocalStrategy : public Strategy {
   std::string name() const override { return "local"; }
   int64_t replicas() const override { return 1; }
   nn::Module& model() override { return *model_; }
-  optim::Optimizer& optimizer() override { return *optimizer_; }
+  nn::Optimizer& optimizer() { return *optimizer_; }
+  void set_learning_rate(float lr) override { optimizer_->set_lr(lr); }
+  StateDict optimizer_state() override { return optimizer_->state_dict(); }
+  void load_optimizer_state(const StateDict& state) override { optimizer_->load_state_dict(state); }
   StepStats train_step(const Tensor& inputs, std::span<const int64_t> targets) override;
 
  private:
   std::unique_ptr<nn::Module> model_;
-  std::unique_ptr<optim::Optimizer> optimizer_;
+  std::unique_ptr<nn::Optimizer> optimizer_;
   LossFn loss_;
 };
 

@@ -32,7 +32,10 @@ class MirroredStrategy : public Strategy {
   std::string name() const override { return "mirrored"; }
   int64_t replicas() const override { return static_cast<int64_t>(models_.size()); }
   nn::Module& model() override { return *models_[0]; }
-  optim::Optimizer& optimizer() override { return *optimizer_; }
+  nn::Optimizer& optimizer() { return *optimizer_; }
+  void set_learning_rate(float lr) override { optimizer_->set_lr(lr); }
+  StateDict optimizer_state() override { return optimizer_->state_dict(); }
+  void load_optimizer_state(const StateDict& state) override { optimizer_->load_state_dict(state); }
   StepStats train_step(const Tensor& inputs, std::span<const int64_t> targets) override;
   void sync_replicas() override;
 
@@ -43,7 +46,7 @@ class MirroredStrategy : public Strategy {
   std::vector<std::unique_ptr<nn::Module>> models_;
   std::vector<std::vector<Variable>> params_;  // params_[replica][i]
   std::vector<std::vector<Tensor>> buffers_;   // buffers_[replica][i]
-  std::unique_ptr<optim::Optimizer> optimizer_;
+  std::unique_ptr<nn::Optimizer> optimizer_;
   LossFn loss_;
   ReplicaThreads threads_;
   std::vector<StepStats> stats_;

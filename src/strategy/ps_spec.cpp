@@ -368,8 +368,9 @@ std::unique_ptr<Strategy> PsSpec::build(const BuildContext& c) const {
   o.consistency = ps::parse_consistency(o_.consistency);
   o.dynamic_batch = c.dynamic_batch;
   const comm::JobAuth auth(c.job_name, c.launch->settings.job_secret);
-  return std::make_unique<PsStrategy>(c.make_model(), c.make_optimizer, std::move(client), auth,
-                                      *c.logger, o, c.loss);
+  o.learning_rate = c.optimizer.lr;
+  return std::make_unique<PsStrategy>(c.make_model(), std::move(client), auth, *c.logger, o,
+                                      c.loss);
 }
 
 }  // namespace

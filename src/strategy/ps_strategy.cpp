@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 
 #include "autograd/functions.h"
 #include "core/error.h"
@@ -26,10 +27,11 @@ std::vector<uint64_t> to_keys(std::span<const int64_t> indices) {
 
 }  // namespace
 
-PsStrategy::PsStrategy(std::unique_ptr<nn::Module> model, const OptimizerFactory& make_optimizer,
+PsStrategy::PsStrategy(std::unique_ptr<nn::Module> model,
                        ps::ClientOptions client_options, const comm::JobAuth& auth, Logger& logger,
                        PsOptions options, LossFn loss)
     : model_(std::move(model)),
+      lr_(options.learning_rate),
       options_(options),
       loss_(std::move(loss)),
       // A bad worker count is the client's to report (below).
@@ -53,7 +55,6 @@ PsStrategy::PsStrategy(std::unique_ptr<nn::Module> model, const OptimizerFactory
   worker_ = client_options.worker;
   num_workers_ = client_options.num_workers;
   params_ = model_->parameters();
-  optimizer_ = make_optimizer(params_);
 
   // Which parameters are embedding tables (row-sparse on the servers).
   std::vector<nn::Embedding*> embeddings;
@@ -177,7 +178,7 @@ void PsStrategy::push_rows(size_t table, int64_t samples) {
   if (grad == nullptr || grad->indices.empty() || samples == 0) return;
   SparseRows rows{grad->indices, grad->values.clone(), grad->num_rows};
   rows.coalesce();
-  client_->push_rows(table, to_keys(rows.indices), rows.values, optimizer_->lr(), version_);
+  client_->push_rows(table, to_keys(rows.indices), rows.values, lr_, version_);
 }
 
 StepStats PsStrategy::train_step(const Tensor& inputs, std::span<const int64_t> targets) {
@@ -219,7 +220,7 @@ void PsStrategy::push_dense_and_pull(const std::vector<Tensor>& grads, const Ste
   // applies the held rows.
   if (grads.empty() && !sync) return;
   const uint64_t pushed_at = version_;
-  client_->push(grads, mine.samples, optimizer_->lr(), pushed_at, mine.loss_sum, mine.correct,
+  client_->push(grads, mine.samples, lr_, pushed_at, mine.loss_sum, mine.correct,
                 compute_s);
   pull_dense(sync ? pushed_at + 1 : 0);
   const std::vector<ps::WorkerStep>& steps = job_totals_.workers;
@@ -254,6 +255,13 @@ void PsStrategy::fetch_model() {
       client_->pull_rows(t, keys, weight.narrow(first, count));
     }
   }
+}
+
+void PsStrategy::set_learning_rate(float lr) {
+  if (!(lr >= 0.0f) || !std::isfinite(lr)) {
+    throw UsageError(fmt::format("ps strategy: learning rate {} must be finite and >= 0", lr));
+  }
+  lr_ = lr;
 }
 
 StateDict PsStrategy::optimizer_state() {

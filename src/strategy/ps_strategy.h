@@ -27,8 +27,8 @@
 //     applied at once;
 //  4. push the dense gradients with n_i (a worker without rows pushes zeros
 //     with n_i = 0; a parameter without a gradient pushes zeros) at the
-//     version this worker last pulled, with lr = optimizer().lr() (the
-//     trainer sets it from the schedule each step) and this worker's loss
+//     version this worker last pulled, with the learning rate the trainer
+//     set for this step (set_learning_rate, from the schedule) and this worker's loss
 //     sum and correct count. In `sync` the servers form
 //     g = sum_i n_i g_i / sum_i n_i (summed in worker-index order, so runs
 //     are bit-reproducible) and apply one update per version; in
@@ -91,8 +91,8 @@
 // client's timeout; CommError with the server's reason for a refused request.
 // After a CommError the step is lost: the owner stops the worker (ft restarts
 // it; a restarted worker rejoins through init()).
-// Ownership: owns the model, the (never stepped) local optimizer that carries
-// the learning rate, and the ps::Client. The Logger must outlive it.
+// Ownership: owns the model and the ps::Client; the optimizer lives with the
+// servers. The Logger must outlive it.
 // Thread safety: one thread calls the strategy at a time.
 // Blocking: construction, train_step(), fetch_model(), optimizer_state() and
 // sync_replicas() block on the servers, each call bounded by the client's
@@ -126,6 +126,8 @@ struct PsOptions {
   int64_t fetch_rows_per_request = 65536;
   // Dynamic batch sizing (needs consistency kSync); off by default.
   BatchBalancerOptions dynamic_batch;
+  // The learning rate until the first set_learning_rate().
+  float learning_rate = 0.01f;
   // Names this launch of the job (DTRAIN_LAUNCH_ID); optimizer_state()
   // records it (ps::kCheckpointLaunchKey) so that a replacement server takes
   // only this run's checkpoints. Empty: not recorded.
@@ -147,7 +149,7 @@ class PsStrategy : public Strategy {
   // servers' endpoints, timeout) and initialises the servers as described
   // above; blocks until every server answered. Throws UsageError for a null
   // model or bad options, TimeoutError/CommError from the servers.
-  PsStrategy(std::unique_ptr<nn::Module> model, const OptimizerFactory& make_optimizer,
+  PsStrategy(std::unique_ptr<nn::Module> model,
              ps::ClientOptions client_options, const comm::JobAuth& auth, Logger& logger,
              PsOptions options = {}, LossFn loss = cross_entropy_loss());
   // Removes the lookup hooks. Without finish() the servers take the worker
@@ -161,7 +163,9 @@ class PsStrategy : public Strategy {
   int64_t rank() const override { return worker_; }
   int64_t world_size() const override { return num_workers_; }
   nn::Module& model() override { return *model_; }
-  optim::Optimizer& optimizer() override { return *optimizer_; }
+  // Pushes carry it to the servers, whose optimizers apply it.
+  void set_learning_rate(float lr) override;
+  float learning_rate() const { return lr_; }
 
   // `inputs` [n_i, ...] and n_i targets (n_i may be 0; `inputs` may then be
   // undefined). In `sync` every worker calls it once per step.
@@ -214,7 +218,7 @@ class PsStrategy : public Strategy {
 
   std::unique_ptr<nn::Module> model_;
   std::vector<Variable> params_;
-  std::unique_ptr<optim::Optimizer> optimizer_;
+  float lr_;  // of the next pushes
   PsOptions options_;
   LossFn loss_;
   std::unique_ptr<ps::Client> client_;

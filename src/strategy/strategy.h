@@ -8,8 +8,9 @@
 // mean  g = sum_i n_i g_i / sum_i n_i  (which equals one worker training on
 // the union of the batches), and applies one optimizer update.
 //
-// Ownership: a strategy owns its model replicas and optimizer; model() and
-// optimizer() return references valid for the strategy's lifetime.
+// Ownership: a strategy owns its model replicas and its optimizer (or knows
+// where it lives: ps servers); model() returns a reference valid for the
+// strategy's lifetime.
 // Thread safety: one thread calls a strategy at a time.
 // Errors: UsageError for bad batches (shapes, empty); dtrain::Error kinds
 // from the layers; strategies across processes add CommError/TimeoutError.
@@ -29,7 +30,7 @@
 #include "strategy/compute_timer.h"
 #include "strategy/elastic.h"
 #include "nn/module.h"
-#include "optim/optimizer.h"
+#include "nn/optimizer.h"
 #include "tensor/state_dict.h"
 #include "tensor/tensor.h"
 
@@ -56,7 +57,7 @@ using LossFn = std::function<Variable(const Variable& output, std::span<const in
 using ModelFactory = std::function<std::unique_ptr<nn::Module>()>;
 // Builds the optimizer over a model's parameters.
 using OptimizerFactory =
-    std::function<std::unique_ptr<optim::Optimizer>(std::vector<Variable> parameters)>;
+    std::function<std::unique_ptr<nn::Optimizer>(std::vector<Variable> parameters)>;
 
 // Counts the samples whose arg-max over the last dimension equals the target.
 int64_t count_correct(const Tensor& output, std::span<const int64_t> targets);
@@ -88,7 +89,9 @@ class Strategy {
   std::pair<int64_t, int64_t> row_range(int64_t batch_rows) const;
   // The authoritative model: evaluate and save this one.
   virtual nn::Module& model() = 0;
-  virtual optim::Optimizer& optimizer() = 0;
+  // The learning rate of the next updates (the trainer sets it before each
+  // step, following the job's schedule).
+  virtual void set_learning_rate(float lr) = 0;
 
   // One synchronous step on `inputs` [N, ...] and N targets: forward,
   // backward, aggregation, one update. Returns the step's statistics.
@@ -102,7 +105,7 @@ class Strategy {
   // train_step() returned on this one.
   virtual StepStats step_totals(const StepStats& local) const { return local; }
 
-  // After model() or optimizer() state was replaced (loading a checkpoint),
+  // After model() or the optimizer state was replaced (loading a checkpoint),
   // brings every replica back in line with it.
   virtual void sync_replicas() {}
 
@@ -112,12 +115,12 @@ class Strategy {
   // makes model() hold all of their current values; it may block on that.
   virtual void fetch_model() {}
   // The optimizer state a checkpoint holds, and loading one back (on resume,
-  // before sync_replicas()). By default the local optimizer's; a strategy
-  // whose optimizer state lives elsewhere (ps: with the servers' shards)
-  // gathers and restores it there. load_optimizer_state throws UsageError
-  // for a state that does not fit.
-  virtual StateDict optimizer_state() { return optimizer().state_dict(); }
-  virtual void load_optimizer_state(const StateDict& state) { optimizer().load_state_dict(state); }
+  // before sync_replicas()): the local optimizer's, or, where the state
+  // lives elsewhere (ps: with the servers' shards), gathered and restored
+  // there. load_optimizer_state throws UsageError for a state that does not
+  // fit.
+  virtual StateDict optimizer_state() = 0;
+  virtual void load_optimizer_state(const StateDict& state) = 0;
 
   // A process that joined a job already under way (a restarted ps worker:
   // its servers kept the job's state) reports the global step the job is at;

@@ -276,7 +276,6 @@ JobFile parse_job(const std::string& toml_text, const std::string& source_name,
   });
   for (const char* name : kSections) top.allow(name);
   top.finish();
-  job.schedule.lr = job.optimizer.lr;
   if (job.model.layers.empty()) {
     throw job.lines.error("model.layers", "the model has no layers");
   }

@@ -100,7 +100,7 @@ strategy::BuildContext build_context(const JobConfig& job, const comm::LaunchInf
     return std::unique_ptr<nn::Module>(build_model(job.model, rng, job.source));
   };
   c.make_optimizer = [&job](std::vector<Variable> params) {
-    return optim::make_optimizer(job.optimizer, std::move(params));
+    return nn::make_optimizer(job.optimizer, std::move(params));
   };
   c.loss = strategy::cross_entropy_loss();
   c.optimizer = job.optimizer;

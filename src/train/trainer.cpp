@@ -231,9 +231,8 @@ Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset
   if (job_.train.max_steps > 0) total_steps = std::min(total_steps, job_.train.max_steps);
 
   optim::LrScheduleConfig schedule = job_.schedule;
-  schedule.lr = job_.optimizer.lr;
   if (schedule.total_steps == 0) schedule.total_steps = std::max<int64_t>(planned_steps, schedule.warmup_steps + 1);
-  schedule_ = optim::make_lr_schedule(schedule);
+  schedule_ = optim::make_lr_schedule(schedule, job_.optimizer.lr);
 
   int64_t rank = strategy_.rank(), world = strategy_.world_size();
   bool chief = rank == 0;
@@ -336,7 +335,7 @@ Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset
         std::tie(lo, hi) = strategy_.row_range(batch->size());
       }
       const float lr = schedule_->lr_at(position.step);
-      strategy_.optimizer().set_lr(lr);
+      strategy_.set_learning_rate(lr);
       // Gradient accumulation: k micro-batches of those rows, one update.
       const int64_t k = strategy_.accumulation_steps();
       strategy::StepStats mine;

@@ -1,3 +1,4 @@
+#include "nn/optimizer.h"
 #include "optim/lr_schedule.h"
 
 #include <cmath>
@@ -50,23 +51,23 @@ TEST(LrSchedule, LinearWarmupRampsThenHandsOverWithItsOwnClock) {
 TEST(LrSchedule, IsAPureFunctionOfTheStep) {
   // Resuming means asking for a later step first: the answers do not depend
   // on which steps were asked before.
-  auto a = make_lr_schedule({.type = "cosine", .lr = 0.5f, .warmup_steps = 10, .total_steps = 110});
-  auto b = make_lr_schedule({.type = "cosine", .lr = 0.5f, .warmup_steps = 10, .total_steps = 110});
+  auto a = make_lr_schedule({.type = "cosine", .warmup_steps = 10, .total_steps = 110}, 0.5f);
+  auto b = make_lr_schedule({.type = "cosine", .warmup_steps = 10, .total_steps = 110}, 0.5f);
   for (int64_t step = 0; step < 110; ++step) a->lr_at(step);
   for (int64_t step : {77, 3, 60, 109, 10}) EXPECT_EQ(a->lr_at(step), b->lr_at(step)) << step;
 }
 
 TEST(LrSchedule, FactoryBuildsWarmupAroundTheInnerSchedule) {
   auto cosine =
-      make_lr_schedule({.type = "cosine", .lr = 1.0f, .warmup_steps = 4, .total_steps = 104});
+      make_lr_schedule({.type = "cosine", .warmup_steps = 4, .total_steps = 104}, 1.0f);
   EXPECT_FLOAT_EQ(cosine->lr_at(0), 0.25f);
   EXPECT_EQ(cosine->lr_at(4), 1.0f);
   EXPECT_FLOAT_EQ(cosine->lr_at(54), 0.5f);
   EXPECT_EQ(cosine->lr_at(104), 0.0f);
 
-  auto step = make_lr_schedule({.type = "step", .lr = 0.1f, .step_size = 2, .gamma = 0.5f});
+  auto step = make_lr_schedule({.type = "step", .step_size = 2, .gamma = 0.5f}, 0.1f);
   EXPECT_EQ(step->lr_at(3), 0.05f);
-  auto constant = make_lr_schedule({.lr = 0.7f});
+  auto constant = make_lr_schedule({}, 0.7f);
   EXPECT_EQ(constant->lr_at(12345), 0.7f);
 }
 
@@ -81,15 +82,15 @@ void expect_config_error(Fn&& fn, const std::string& message) {
 }
 
 TEST(LrSchedule, InvalidConfigsNameTheKey) {
-  expect_config_error([] { make_lr_schedule({.type = "linear"}); },
+  expect_config_error([] { make_lr_schedule({.type = "linear"}, 0.1f); },
                       "schedule.type: unknown schedule 'linear' (expected constant, step or "
                       "cosine)");
   expect_config_error(
-      [] { make_lr_schedule({.type = "cosine", .warmup_steps = 10, .total_steps = 10}); },
+      [] { make_lr_schedule({.type = "cosine", .warmup_steps = 10, .total_steps = 10}, 0.1f); },
       "schedule.total_steps: 10 must exceed warmup_steps 10");
-  expect_config_error([] { make_lr_schedule({.type = "step", .step_size = 0}); },
+  expect_config_error([] { make_lr_schedule({.type = "step", .step_size = 0}, 0.1f); },
                       "schedule.step_size: 0 must be positive");
-  expect_config_error([] { make_lr_schedule({.warmup_steps = -1}); },
+  expect_config_error([] { make_lr_schedule({.warmup_steps = -1}, 0.1f); },
                       "schedule.warmup_steps: -1 must be non-negative");
   EXPECT_THROW(StepLr(0.1f, 10, 0.5f).lr_at(-1), UsageError);
   EXPECT_THROW(CosineAnnealingLr(0.1f, 0), UsageError);

@@ -1,4 +1,5 @@
-#include "optim/optimizer.h"
+#include "optim/update_rule.h"
+#include "nn/optimizer.h"
 
 #include <cmath>
 #include <cstring>
@@ -28,7 +29,7 @@ bool bit_identical(const Tensor& a, const Tensor& b) {
          std::memcmp(a.data(), b.data(), sizeof(float) * static_cast<size_t>(a.numel())) == 0;
 }
 
-using Factory = std::function<std::unique_ptr<Optimizer>(std::vector<Variable>)>;
+using Factory = std::function<std::unique_ptr<UpdateRule>(std::vector<Variable>)>;
 
 struct ResumeCase {
   std::string name;
@@ -44,7 +45,7 @@ std::vector<Variable> make_parameters(uint64_t seed) {
   return {Variable(normal_tensor({3, 4}, rng), true), Variable(normal_tensor({6, 2}, rng), true)};
 }
 
-void apply_step(Optimizer& optimizer, const std::vector<Variable>& params, int step) {
+void apply_step(UpdateRule& optimizer, const std::vector<Variable>& params, int step) {
   Rng rng(1000 + static_cast<uint64_t>(step));  // the same gradients whoever applies step `step`
   optimizer.update(0, params[0].data(), normal_tensor({3, 4}, rng));
   if (step % 2 == 0) {
@@ -103,29 +104,27 @@ INSTANTIATE_TEST_SUITE_P(
     Optimizers, Resume,
     ::testing::Values(ResumeCase{"sgd_nesterov",
                                  [](std::vector<Variable> p) {
-                                   return std::make_unique<Sgd>(
-                                       std::move(p),
+                                   return std::make_unique<Sgd>(nn::shapes_of(p),
                                        SgdOptions{.lr = 0.1f, .momentum = 0.9f, .nesterov = true});
                                  }},
                       ResumeCase{"adam",
                                  [](std::vector<Variable> p) {
-                                   return std::make_unique<Adam>(std::move(p),
+                                   return std::make_unique<Adam>(nn::shapes_of(p),
                                                                  AdamOptions{.lr = 0.01f});
                                  }},
                       ResumeCase{"adamw",
                                  [](std::vector<Variable> p) {
-                                   return std::make_unique<AdamW>(std::move(p), AdamW::defaults());
+                                   return std::make_unique<AdamW>(nn::shapes_of(p), AdamW::defaults());
                                  }},
                       ResumeCase{"adagrad",
                                  [](std::vector<Variable> p) {
-                                   return std::make_unique<Adagrad>(
-                                       std::move(p), AdagradOptions{.lr = 0.1f, .lr_decay = 0.01f});
+                                   return std::make_unique<Adagrad>(nn::shapes_of(p), AdagradOptions{.lr = 0.1f, .lr_decay = 0.01f});
                                  }}),
     [](const auto& info) { return info.param.name; });
 
 TEST(Optimizer, StateDictNamesBuffersAndExactScalars) {
   auto params = make_parameters(1);
-  Adam adam(params, {.lr = 0.001f});
+  Adam adam(nn::shapes_of(params), {.lr = 0.001f});
   apply_step(adam, params, 1);  // dense on both
   const StateDict dict = adam.state_dict();
   EXPECT_EQ(dict.metadata().at("optimizer"), "adam");
@@ -140,21 +139,21 @@ TEST(Optimizer, StateDictNamesBuffersAndExactScalars) {
 
 TEST(Optimizer, LoadStateDictRejectsForeignStateAndChangesNothing) {
   auto params = make_parameters(2);
-  Adam adam(params, {.lr = 0.01f});
+  Adam adam(nn::shapes_of(params), {.lr = 0.01f});
   apply_step(adam, params, 1);
   const StateDict good = adam.state_dict().clone();
 
-  Sgd sgd(params, {.lr = 0.1f, .momentum = 0.9f});
+  Sgd sgd(nn::shapes_of(params), {.lr = 0.1f, .momentum = 0.9f});
   expect_usage_error([&] { sgd.load_state_dict(good); },
                      "sgd: load_state_dict: the state is of a 'adam' optimizer, this one is "
                      "'sgd'");
 
-  Adam one({params[0]}, {});
+  Adam one(nn::shapes_of({params[0]}), {});
   expect_usage_error([&] { one.load_state_dict(good); },
                      "adam: load_state_dict: the state holds 2 parameters, this optimizer has 1");
 
   auto other_params = make_parameters(2);
-  Adam target(other_params, {.lr = 0.5f});
+  Adam target(nn::shapes_of(other_params), {.lr = 0.5f});
   StateDict wrong_shape;
   for (const auto& [name, tensor] : good) {
     wrong_shape.insert(name, name == "state.1.exp_avg" ? Tensor::zeros({12}) : tensor);
@@ -191,7 +190,7 @@ TEST(Optimizer, LoadStateDictRejectsForeignStateAndChangesNothing) {
 
 TEST(Optimizer, UpdateChecksIndexAndShapes) {
   auto params = make_parameters(3);
-  Sgd sgd(params, {.lr = 0.1f});
+  Sgd sgd(nn::shapes_of(params), {.lr = 0.1f});
   expect_usage_error([&] { sgd.update(2, params[0].data(), params[0].data()); },
                      "sgd: parameter index 2 is out of range (2 parameters)");
   expect_usage_error(
@@ -215,20 +214,20 @@ TEST(Optimizer, UpdateChecksIndexAndShapes) {
 
 TEST(Optimizer, ConstructorsRejectInvalidHyperparameters) {
   auto params = make_parameters(4);
-  expect_usage_error([&] { Sgd(params, {.lr = 0.1f, .nesterov = true}); },
+  expect_usage_error([&] { Sgd(nn::shapes_of(params), {.lr = 0.1f, .nesterov = true}); },
                      "sgd: nesterov momentum needs momentum > 0 and dampening 0, got momentum 0 "
                      "and dampening 0");
-  expect_usage_error([&] { Sgd(params, {.lr = -1.0f}); },
+  expect_usage_error([&] { Sgd(nn::shapes_of(params), {.lr = -1.0f}); },
                      "sgd: learning rate -1 must be finite and non-negative");
-  EXPECT_THROW(Adam(params, {.beta1 = 1.0f}), UsageError);
-  EXPECT_THROW(Adagrad(params, {.eps = -1.0f}), UsageError);
-  Sgd sgd(params, {.lr = 0.1f});
+  EXPECT_THROW(Adam(nn::shapes_of(params), {.beta1 = 1.0f}), UsageError);
+  EXPECT_THROW(Adagrad(nn::shapes_of(params), {.eps = -1.0f}), UsageError);
+  Sgd sgd(nn::shapes_of(params), {.lr = 0.1f});
   EXPECT_THROW(sgd.set_lr(std::nanf("")), UsageError);
 }
 
 TEST(Optimizer, SparseSgdTouchesOnlyTheGivenRowsAndSumsDuplicates) {
   Variable table(Tensor::zeros({4, 2}), true);
-  Sgd sgd({table}, {.lr = 0.5f});
+  Sgd sgd(nn::shapes_of({table}), {.lr = 0.5f});
   sgd.update_sparse(0, table.data(),
                     SparseRows{{2, 0, 2}, Tensor::from_vector({1, 2, 3, 4, 5, 6}, {3, 2}), 4});
   EXPECT_EQ(table.data().to_vector(),
@@ -237,7 +236,7 @@ TEST(Optimizer, SparseSgdTouchesOnlyTheGivenRowsAndSumsDuplicates) {
 
 TEST(Optimizer, SparseAdagradWithWeightDecayIsRejectedAsInTorch) {
   Variable table(Tensor::zeros({4, 2}), true);
-  Adagrad adagrad({table}, {.weight_decay = 0.1f});
+  Adagrad adagrad(nn::shapes_of({table}), {.weight_decay = 0.1f});
   expect_usage_error(
       [&] {
         adagrad.update_sparse(0, table.data(), SparseRows{{1}, Tensor::ones({1, 2}), 4});
@@ -251,7 +250,7 @@ TEST(Optimizer, LazySparseAdamLeavesUntouchedRowsAndTheirMomentsAlone) {
   Rng rng(5);
   Variable table(normal_tensor({5, 3}, rng), true);
   const Tensor before = table.data().clone();
-  Adam adam({table}, {.lr = 0.1f});
+  Adam adam(nn::shapes_of({table}), {.lr = 0.1f});
   adam.update(0, table.data(), normal_tensor({5, 3}, rng));  // every row gets moments
   const Tensor after_dense = table.data().clone();
   const Tensor m_before = adam.state_dict().at("state.0.exp_avg").clone();
@@ -271,14 +270,16 @@ TEST(Optimizer, LazySparseAdamLeavesUntouchedRowsAndTheirMomentsAlone) {
   EXPECT_EQ(adam.step_count(0), 2);
 }
 
-TEST(Optimizer, StepSkipsParametersWithoutGradientsAndUsesSparseOnes) {
+TEST(ParameterOptimizer, StepSkipsParametersWithoutGradientsAndUsesSparseOnes) {
   Rng rng(6);
   Variable weight(normal_tensor({2, 3}, rng), true);
   Variable table(normal_tensor({5, 3}, rng), true);
   Variable unused(normal_tensor({4}, rng), true);
   const Tensor table_before = table.data().clone();
   const Tensor unused_before = unused.data().clone();
-  Adam adam({weight, table, unused}, {.lr = 0.1f});
+  nn::Optimizer adam({weight, table, unused},
+                     std::make_unique<Adam>(nn::shapes_of({weight, table, unused}),
+                                            AdamOptions{.lr = 0.1f}));
 
   const std::vector<int64_t> rows = {4, 1};
   const Variable looked_up = embedding(table, rows);  // [2, 3]
@@ -300,18 +301,18 @@ TEST(Optimizer, StepSkipsParametersWithoutGradientsAndUsesSparseOnes) {
 
 TEST(OptimizerConfig, BuildsEachTypeWithTorchDefaults) {
   auto params = make_parameters(8);
-  EXPECT_EQ(make_optimizer({.type = "sgd", .lr = 0.2f}, params)->kind(), "sgd");
-  auto adamw = make_optimizer({.type = "adamw", .lr = 0.01f}, params);
+  EXPECT_EQ(make_update_rule({.type = "sgd", .lr = 0.2f}, nn::shapes_of(params))->kind(), "sgd");
+  auto adamw = make_update_rule({.type = "adamw", .lr = 0.01f}, nn::shapes_of(params));
   ASSERT_EQ(adamw->kind(), "adamw");
   EXPECT_EQ(static_cast<AdamW&>(*adamw).options().weight_decay, 0.01f);
-  auto adagrad = make_optimizer({.type = "adagrad", .lr = 0.01f}, params);
+  auto adagrad = make_update_rule({.type = "adagrad", .lr = 0.01f}, nn::shapes_of(params));
   EXPECT_EQ(static_cast<Adagrad&>(*adagrad).options().eps, 1e-10f);
-  auto adam = make_optimizer({.type = "adam", .lr = 0.01f, .eps = 1e-6f}, params);
+  auto adam = make_update_rule({.type = "adam", .lr = 0.01f, .eps = 1e-6f}, nn::shapes_of(params));
   EXPECT_EQ(static_cast<Adam&>(*adam).options().eps, 1e-6f);
   EXPECT_EQ(adam->lr(), 0.01f);
 
   try {
-    make_optimizer({.type = "lamb"}, params);
+    make_update_rule({.type = "lamb"}, nn::shapes_of(params));
     ADD_FAILURE() << "expected ConfigError";
   } catch (const ConfigError& e) {
     EXPECT_STREQ(e.what(),
@@ -319,13 +320,37 @@ TEST(OptimizerConfig, BuildsEachTypeWithTorchDefaults) {
                  "adagrad)");
   }
   try {
-    make_optimizer({.type = "sgd", .momentum = -0.5f}, params);
+    make_update_rule({.type = "sgd", .momentum = -0.5f}, nn::shapes_of(params));
     ADD_FAILURE() << "expected ConfigError";
   } catch (const ConfigError& e) {
     EXPECT_NE(std::string(e.what()).find("optimizer: sgd: invalid momentum -0.5"),
               std::string::npos)
         << e.what();
   }
+}
+
+}  // namespace
+}  // namespace dtrain::optim
+
+namespace dtrain::optim {
+namespace {
+
+TEST(ParameterOptimizer, TheRuleMustBeMadeForTheParametersShapes) {
+  Rng rng(3);
+  Variable weight(normal_tensor({2, 3}, rng), true);
+  Variable bias(normal_tensor({3}, rng), true);
+  dtrain::testing::expect_usage_error(
+      [&] { nn::Optimizer({weight, bias}, std::make_unique<Sgd>(nn::shapes_of({weight}), SgdOptions{})); },
+      "sgd: the rule was made for 1 parameters, 2 were given");
+  dtrain::testing::expect_usage_error(
+      [&] {
+        nn::Optimizer({weight, bias},
+                      std::make_unique<Sgd>(nn::shapes_of({bias, weight}), SgdOptions{}));
+      },
+      "sgd: parameter 0 has shape (2, 3), the rule was made for (3,)");
+  auto made = nn::make_optimizer({.type = "adam", .lr = 0.01f}, {weight, bias});
+  EXPECT_EQ(made->kind(), "adam");
+  EXPECT_EQ(made->parameters().size(), 2u);
 }
 
 }  // namespace

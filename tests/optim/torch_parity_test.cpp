@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include "core/rng.h"
+#include "nn/optimizer.h"
 #include "optim/adagrad.h"
 #include "optim/adam.h"
 #include "optim/sgd.h"
@@ -23,7 +24,7 @@ constexpr int kSteps = 5;
 
 struct ParityCase {
   std::string name;
-  std::function<std::unique_ptr<Optimizer>(std::vector<Variable>)> make;
+  std::function<std::unique_ptr<nn::Optimizer>(std::vector<Variable>)> make;
   std::string torch_optimizer;  // constructor expression over `params`
   bool sparse = false;          // sparse row gradients on a [6, 3] table
 };
@@ -57,7 +58,7 @@ TEST_P(TorchParity, MatchesTorchOptimForFiveSteps) {
   }
   script += "]\nopt = " + c.torch_optimizer + "\nsteps = [\n";
 
-  std::unique_ptr<Optimizer> optimizer = c.make(params);
+  std::unique_ptr<nn::Optimizer> optimizer = c.make(params);
   std::vector<std::vector<float>> ours;
   for (int step = 0; step < kSteps; ++step) {
     script += "  [";
@@ -67,7 +68,7 @@ TEST_P(TorchParity, MatchesTorchOptimForFiveSteps) {
       const std::vector<float> values = normals(static_cast<int64_t>(indices.size()) * 3, rng);
       SparseRows grad{indices,
                       Tensor::from_vector(values, {static_cast<int64_t>(indices.size()), 3}), 6};
-      optimizer->update_sparse(0, params[0].data(), grad);
+      optimizer->rule().update_sparse(0, params[0].data(), grad);
       script += fmt::format("('sparse', [{}], {})", fmt::join(indices, ", "),
                             testing::python_list(values));
     } else {
@@ -122,9 +123,9 @@ TEST_P(TorchParity, MatchesTorchOptimForFiveSteps) {
 }
 
 template <class Opt, class Options>
-std::function<std::unique_ptr<Optimizer>(std::vector<Variable>)> maker(Options options) {
+std::function<std::unique_ptr<nn::Optimizer>(std::vector<Variable>)> maker(Options options) {
   return [options](std::vector<Variable> params) {
-    return std::make_unique<Opt>(std::move(params), options);
+    return nn::Optimizer::make<Opt>(std::move(params), options);
   };
 }
 

@@ -8,6 +8,7 @@
 #include "autograd/functions.h"
 #include "core/rng.h"
 #include "nn/layers.h"
+#include "nn/optimizer.h"
 #include "optim/adam.h"
 #include "optim/sgd.h"
 
@@ -20,7 +21,7 @@ struct XorResult {
   StateDict final_state;  // a copy of the model's weights at the end
 };
 
-XorResult train_xor(std::unique_ptr<optim::Optimizer> (*make)(std::vector<Variable>), uint64_t seed,
+XorResult train_xor(std::unique_ptr<nn::Optimizer> (*make)(std::vector<Variable>), uint64_t seed,
                     int64_t max_steps) {
   Rng rng(seed);
   nn::Sequential model;
@@ -56,8 +57,8 @@ XorResult train_xor(std::unique_ptr<optim::Optimizer> (*make)(std::vector<Variab
 
 TEST(Training, MlpLearnsXorWithAdam) {
   const XorResult result = train_xor(
-      [](std::vector<Variable> params) -> std::unique_ptr<optim::Optimizer> {
-        return std::make_unique<optim::Adam>(std::move(params), optim::AdamOptions{.lr = 0.05f});
+      [](std::vector<Variable> params) -> std::unique_ptr<nn::Optimizer> {
+        return nn::Optimizer::make<optim::Adam>(std::move(params), optim::AdamOptions{.lr = 0.05f});
       },
       /*seed=*/1, /*max_steps=*/300);
   EXPECT_GT(result.steps, 0) << "not learned within 300 steps; final loss " << result.final_loss;
@@ -65,8 +66,8 @@ TEST(Training, MlpLearnsXorWithAdam) {
 
 TEST(Training, MlpLearnsXorWithSgdMomentum) {
   const XorResult result = train_xor(
-      [](std::vector<Variable> params) -> std::unique_ptr<optim::Optimizer> {
-        return std::make_unique<optim::Sgd>(std::move(params),
+      [](std::vector<Variable> params) -> std::unique_ptr<nn::Optimizer> {
+        return nn::Optimizer::make<optim::Sgd>(std::move(params),
                                             optim::SgdOptions{.lr = 0.2f, .momentum = 0.9f});
       },
       /*seed=*/1, /*max_steps=*/500);
@@ -74,8 +75,8 @@ TEST(Training, MlpLearnsXorWithSgdMomentum) {
 }
 
 TEST(Training, TheSameSeedTrainsBitIdentically) {
-  auto make = [](std::vector<Variable> params) -> std::unique_ptr<optim::Optimizer> {
-    return std::make_unique<optim::Adam>(std::move(params), optim::AdamOptions{.lr = 0.05f});
+  auto make = [](std::vector<Variable> params) -> std::unique_ptr<nn::Optimizer> {
+    return nn::Optimizer::make<optim::Adam>(std::move(params), optim::AdamOptions{.lr = 0.05f});
   };
   const XorResult a = train_xor(make, 3, 20);
   const XorResult b = train_xor(make, 3, 20);

@@ -54,12 +54,12 @@ void expect_close(const std::vector<Tensor>& got, const std::vector<Tensor>& wan
 // The serial reference: one optimizer over the full tensors.
 struct Reference {
   Reference(const StateDict& model, const optim::OptimizerConfig& config) {
-    std::vector<Variable> vars;
+    std::vector<Shape> shapes;
     for (const auto& [name, t] : model) {
       params.push_back(t.clone());
-      vars.emplace_back(params.back());
+      shapes.push_back(t.shape());
     }
-    optimizer = optim::make_optimizer(config, vars);
+    optimizer = optim::make_update_rule(config, shapes);
   }
   void apply(const std::vector<Tensor>& grad, float lr) {
     optimizer->set_lr(lr);
@@ -88,7 +88,7 @@ struct Reference {
     apply(mean, lr);
   }
   std::vector<Tensor> params;
-  std::unique_ptr<optim::Optimizer> optimizer;
+  std::unique_ptr<optim::UpdateRule> optimizer;
 };
 
 optim::OptimizerConfig optimizer_named(const std::string& kind) {

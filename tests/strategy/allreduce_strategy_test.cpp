@@ -348,7 +348,7 @@ OptimizerFactory sgd_with_weight_decay() {
     o.lr = 0.1f;
     o.momentum = 0.9f;
     o.weight_decay = 0.05f;  // a zero gradient would still move the weights
-    return std::make_unique<optim::Sgd>(std::move(params), o);
+    return nn::Optimizer::make<optim::Sgd>(std::move(params), o);
   };
 }
 

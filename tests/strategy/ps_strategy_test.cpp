@@ -62,8 +62,15 @@ OptimizerFactory plain_sgd() {
   return [](std::vector<Variable> params) {
     optim::SgdOptions o;
     o.lr = kLr;
-    return std::make_unique<optim::Sgd>(std::move(params), o);
+    return nn::Optimizer::make<optim::Sgd>(std::move(params), o);
   };
+}
+
+// The workers' learning rate (plain_sgd()'s, the servers' optimizer).
+PsOptions sgd_options() {
+  PsOptions o;
+  o.learning_rate = kLr;
+  return o;
 }
 
 struct Batch {
@@ -183,8 +190,8 @@ TEST(PsStrategySparse, OnlyTouchedRowsTravelAndTheResultEqualsOneProcess) {
     for (int w = 0; w < kWorkers; ++w) {
       starting.emplace_back([&, w] {
         workers[size_t(w)] = std::make_unique<PsStrategy>(
-            make_embedding_model(3), plain_sgd(), client_options(servers.endpoints(), w, kWorkers),
-            ServerGroup::auth(), Logger::null());
+            make_embedding_model(3), client_options(servers.endpoints(), w, kWorkers),
+            ServerGroup::auth(), Logger::null(), sgd_options());
       });
     }
   }
@@ -256,12 +263,12 @@ TEST(PsStrategyDynamicBatch, UnequalMeasuredSharesAgreeOnEveryWorkerAndEqualOneP
     std::vector<std::jthread> starting;
     for (int w = 0; w < kWorkers; ++w) {
       starting.emplace_back([&, w] {
-        PsOptions o;
+        PsOptions o = sgd_options();
         o.dynamic_batch.enabled = true;
         o.dynamic_batch.rebalance_every = 2;
         o.dynamic_batch.min_share = 0.05;
         workers[size_t(w)] = std::make_unique<PsStrategy>(
-            make_embedding_model(3), plain_sgd(), client_options(servers.endpoints(), w, kWorkers),
+            make_embedding_model(3), client_options(servers.endpoints(), w, kWorkers),
             ServerGroup::auth(), Logger::null(), o);
         workers[size_t(w)]->set_compute_timer(
             std::make_unique<ModelledTimer>(1e-3, w == 2 ? 4e-4 : 1e-4));
@@ -321,7 +328,7 @@ TEST(PsStrategyDynamicBatch, NeedsSync) {
   async.dynamic_batch.enabled = true;
   dtrain::testing::expect_error<UsageError>(
       [&] {
-        PsStrategy(make_embedding_model(3), plain_sgd(),
+        PsStrategy(make_embedding_model(3),
                    client_options({"tcp://127.0.0.1:1"}, 0, 2), ServerGroup::auth(), Logger::null(),
                    async);
       },
@@ -331,8 +338,8 @@ TEST(PsStrategyDynamicBatch, NeedsSync) {
 
 TEST(PsStrategySparse, LookupsPullOnlyTheBatchRows) {
   ServerGroup servers(2, 1, ps::Consistency::kAsync);
-  PsStrategy worker(make_embedding_model(3), plain_sgd(), client_options(servers.endpoints(), 0, 1),
-                    ServerGroup::auth(), Logger::null());
+  PsStrategy worker(make_embedding_model(3), client_options(servers.endpoints(), 0, 1),
+                    ServerGroup::auth(), Logger::null(), sgd_options());
   Batch b{Tensor::empty({2, kFields}), {0, 1}};
   const float ids[] = {7, 3, 7, 12};
   std::copy(std::begin(ids), std::end(ids), b.x.data());
@@ -349,8 +356,8 @@ TEST(PsStrategySparse, LookupsPullOnlyTheBatchRows) {
 
 TEST(PsStrategyCheckpoint, ServerStateRoundTripsThroughTheOptimizerState) {
   ServerGroup servers(2, 1, ps::Consistency::kSync);
-  PsStrategy worker(make_embedding_model(3), plain_sgd(), client_options(servers.endpoints(), 0, 1),
-                    ServerGroup::auth(), Logger::null());
+  PsStrategy worker(make_embedding_model(3), client_options(servers.endpoints(), 0, 1),
+                    ServerGroup::auth(), Logger::null(), sgd_options());
   const std::vector<Batch> batches = make_id_batches(3, 6, 20, 8);
   worker.train_step(batches[0].x, batches[0].y);
   worker.fetch_model();
@@ -445,9 +452,8 @@ TEST(PsStrategyFailure, DISABLED_Worker) {
   std::istringstream list(env_or("DTRAIN_TEST_PS_ENDPOINTS", ""));
   std::vector<std::string> endpoints;
   for (std::string e; list >> e;) endpoints.push_back(e);
-  PsStrategy strategy(make_embedding_model(3), plain_sgd(),
-                      client_options(endpoints, worker, workers), ServerGroup::auth(),
-                      Logger::null());
+  PsStrategy strategy(make_embedding_model(3), client_options(endpoints, worker, workers),
+                      ServerGroup::auth(), Logger::null(), sgd_options());
   const std::vector<Batch> batches = make_id_batches(kKillSteps, 9, kVocabulary, 21);
   for (int step = 1; step <= kKillSteps; ++step) {
     const Batch& b = batches[size_t(step - 1)];

@@ -31,7 +31,7 @@ inline OptimizerFactory sgd() {
     optim::SgdOptions o;
     o.lr = 0.1f;
     o.momentum = 0.9f;
-    return std::make_unique<optim::Sgd>(std::move(params), o);
+    return nn::Optimizer::make<optim::Sgd>(std::move(params), o);
   };
 }
 

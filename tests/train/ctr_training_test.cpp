@@ -56,7 +56,7 @@ TEST(CtrTraining, HeldOutAucReachesTheGeneratingModels) {
   const data::CtrData data = data::make_ctr(job.data.ctr);
   Rng rng(job.seed);
   strategy::LocalStrategy strategy(build_model(job.model, rng), [&job](std::vector<Variable> p) {
-    return optim::make_optimizer(job.optimizer, std::move(p));
+    return nn::make_optimizer(job.optimizer, std::move(p));
   });
   Trainer trainer(job, strategy, Logger::null());
   const Summary summary = trainer.fit(data.train.samples, data.test.samples);

@@ -56,7 +56,6 @@ TEST(JobFile, ReadsEverySection) {
   EXPECT_EQ(job.model.layers[1].out_features, 32);
   EXPECT_EQ(job.optimizer.type, "adam");
   EXPECT_FLOAT_EQ(job.optimizer.lr, 0.001f);
-  EXPECT_FLOAT_EQ(job.schedule.lr, 0.001f);
   EXPECT_EQ(job.train.epochs, 2);
   EXPECT_EQ(job.train.batch_size, 64);
 }

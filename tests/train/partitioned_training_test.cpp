@@ -64,7 +64,7 @@ class RecordingStrategy : public strategy::Strategy, public Callback {
       : rank_(rank), world_(world), min_weight_(empty_shares ? 0.0 : 1.0) {
     Rng rng(job.seed);
     model_ = build_model(job.model, rng);
-    optimizer_ = std::make_unique<optim::Sgd>(model_->parameters(), optim::SgdOptions{});
+    optimizer_ = nn::Optimizer::make<optim::Sgd>(model_->parameters(), optim::SgdOptions{});
     epochs_.emplace_back();
   }
   std::string name() const override { return "recording"; }
@@ -72,7 +72,9 @@ class RecordingStrategy : public strategy::Strategy, public Callback {
   int64_t rank() const override { return rank_; }
   int64_t world_size() const override { return world_; }
   nn::Module& model() override { return *model_; }
-  optim::Optimizer& optimizer() override { return *optimizer_; }
+  void set_learning_rate(float lr) override { optimizer_->set_lr(lr); }
+  StateDict optimizer_state() override { return optimizer_->state_dict(); }
+  void load_optimizer_state(const StateDict& state) override { optimizer_->load_state_dict(state); }
 
   strategy::StepStats train_step(const Tensor& inputs, std::span<const int64_t> targets) override {
     const auto n = static_cast<int64_t>(targets.size());
@@ -104,7 +106,7 @@ class RecordingStrategy : public strategy::Strategy, public Callback {
   double min_weight_;
   int64_t steps_ = 0;
   std::unique_ptr<nn::Module> model_;
-  std::unique_ptr<optim::Optimizer> optimizer_;
+  std::unique_ptr<nn::Optimizer> optimizer_;
   std::vector<std::vector<int64_t>> epochs_;
 };
 

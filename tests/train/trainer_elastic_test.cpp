@@ -62,13 +62,15 @@ class FlakyStrategy final : public strategy::Strategy {
     Rng rng(job.seed);
     inner_ = std::make_unique<strategy::LocalStrategy>(
         build_model(job.model, rng), [&job](std::vector<Variable> p) {
-          return optim::make_optimizer(job.optimizer, std::move(p));
+          return nn::make_optimizer(job.optimizer, std::move(p));
         });
   }
   std::string name() const override { return "flaky"; }
   int64_t replicas() const override { return 1; }
   nn::Module& model() override { return inner_->model(); }
-  optim::Optimizer& optimizer() override { return inner_->optimizer(); }
+  void set_learning_rate(float lr) override { inner_->set_learning_rate(lr); }
+  StateDict optimizer_state() override { return inner_->optimizer_state(); }
+  void load_optimizer_state(const StateDict& state) override { inner_->load_optimizer_state(state); }
   strategy::StepStats train_step(const Tensor& x, std::span<const int64_t> y) override {
     if (calls_++ == fail_at_) throw CommError(1, "allreduce #9", "rank 1 (pid 42) died");
     return inner_->train_step(x, y);

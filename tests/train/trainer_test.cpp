@@ -63,7 +63,7 @@ std::unique_ptr<strategy::Strategy> local_for(const JobConfig& job) {
   Rng rng(job.seed);
   return std::make_unique<strategy::LocalStrategy>(
       build_model(job.model, rng), [&job](std::vector<Variable> p) {
-        return optim::make_optimizer(job.optimizer, std::move(p));
+        return nn::make_optimizer(job.optimizer, std::move(p));
       });
 }
 
@@ -289,7 +289,7 @@ TEST(Trainer, MirroredMatchesLocal) {
         Rng r(7);
         return std::unique_ptr<nn::Module>(build_model(mjob.model, r));
       },
-      3, [&mjob](std::vector<Variable> p) { return optim::make_optimizer(mjob.optimizer, std::move(p)); });
+      3, [&mjob](std::vector<Variable> p) { return nn::make_optimizer(mjob.optimizer, std::move(p)); });
   Trainer trainer(mjob, mirrored, Logger::null());
   trainer.fit(train, test);
   const StateDict x = io::load_safetensors(a.file("model.safetensors"));
@@ -328,7 +328,7 @@ class JoiningStrategy final : public strategy::LocalStrategy {
   JoiningStrategy(const JobConfig& job, Rng& rng, int64_t step)
       : LocalStrategy(build_model(job.model, rng),
                       [&job](std::vector<Variable> p) {
-                        return optim::make_optimizer(job.optimizer, std::move(p));
+                        return nn::make_optimizer(job.optimizer, std::move(p));
                       }),
         step_(step) {}
   std::optional<int64_t> joined_at_step() const override { return step_; }

@@ -1,4 +1,4 @@
-#include "optim/optimizer.h"
+#include "optim/update_rule.h"
 
 #include <charconv>
 #include <cmath>
@@ -28,72 +28,53 @@ int64_t parse_int(const std::string& text, const std::string& key, const std::st
 
 }  // namespace
 
-Optimizer::Optimizer(std::string kind, std::vector<Variable> parameters, float lr,
-                     std::vector<std::string> buffer_names)
+UpdateRule::UpdateRule(std::string kind, std::vector<Shape> shapes, float lr,
+                       std::vector<std::string> buffer_names)
     : kind_(std::move(kind)),
-      parameters_(std::move(parameters)),
+      shapes_(std::move(shapes)),
       lr_(lr),
       buffer_names_(std::move(buffer_names)),
-      state_(parameters_.size()),
-      steps_(parameters_.size(), 0) {
+      state_(shapes_.size()),
+      steps_(shapes_.size(), 0) {
   set_lr(lr);
-  for (size_t i = 0; i < parameters_.size(); ++i) {
-    if (!parameters_[i].defined()) fail(fmt::format("parameter {} is undefined", i));
-  }
 }
 
-void Optimizer::fail(const std::string& problem) const {
+void UpdateRule::fail(const std::string& problem) const {
   throw UsageError(fmt::format("{}: {}", kind_, problem));
 }
 
-void Optimizer::set_lr(float lr) {
+void UpdateRule::set_lr(float lr) {
   if (!(lr >= 0.0f) || !std::isfinite(lr)) {
     fail(fmt::format("learning rate {} must be finite and non-negative", lr));
   }
   lr_ = lr;
 }
 
-int64_t Optimizer::step_count(size_t index) const {
+int64_t UpdateRule::step_count(size_t index) const {
   if (index >= steps_.size()) {
     fail(fmt::format("parameter index {} is out of range ({} parameters)", index, steps_.size()));
   }
   return steps_[index];
 }
 
-void Optimizer::step() {
-  for (size_t i = 0; i < parameters_.size(); ++i) {
-    Variable& p = parameters_[i];
-    const SparseRows* sparse = p.sparse_grad();
-    if (p.grad().defined()) {
-      update(i, p.data(), sparse != nullptr ? p.dense_grad() : p.grad());
-    } else if (sparse != nullptr) {
-      update_sparse(i, p.data(), *sparse);
-    }
-  }
-}
-
-void Optimizer::zero_grad() {
-  for (auto& p : parameters_) p.zero_grad();
-}
-
-void Optimizer::check_dense(size_t index, const Tensor& param, const Tensor& grad) const {
-  if (index >= parameters_.size()) {
+void UpdateRule::check_dense(size_t index, const Tensor& param, const Tensor& grad) const {
+  if (index >= shapes_.size()) {
     fail(fmt::format("parameter index {} is out of range ({} parameters)", index,
-                     parameters_.size()));
+                     shapes_.size()));
   }
-  const Shape& expected = parameters_[index].shape();
+  const Shape& expected = shapes_[index];
   if (param.shape() != expected || grad.shape() != expected) {
     fail(fmt::format("parameter {} has shape {}, got tensor {} and gradient {}", index,
                      shape_str(expected), shape_str(param.shape()), shape_str(grad.shape())));
   }
 }
 
-void Optimizer::check_sparse(size_t index, const Tensor& param, const SparseRows& grad) const {
-  if (index >= parameters_.size()) {
+void UpdateRule::check_sparse(size_t index, const Tensor& param, const SparseRows& grad) const {
+  if (index >= shapes_.size()) {
     fail(fmt::format("parameter index {} is out of range ({} parameters)", index,
-                     parameters_.size()));
+                     shapes_.size()));
   }
-  const Shape& expected = parameters_[index].shape();
+  const Shape& expected = shapes_[index];
   if (param.shape() != expected || expected.empty()) {
     fail(fmt::format("parameter {} has shape {}, got tensor {} for a sparse update", index,
                      shape_str(expected), shape_str(param.shape())));
@@ -117,17 +98,17 @@ void Optimizer::check_sparse(size_t index, const Tensor& param, const SparseRows
   }
 }
 
-int64_t Optimizer::row_numel(const Tensor& param) {
+int64_t UpdateRule::row_numel(const Tensor& param) {
   int64_t row = 1;
   for (int64_t d = 1; d < param.dim(); ++d) row *= param.size(d);
   return row;
 }
 
-std::vector<Tensor>& Optimizer::state(size_t index, float initial, bool* created) {
+std::vector<Tensor>& UpdateRule::state(size_t index, float initial, bool* created) {
   std::vector<Tensor>& buffers = state_[index];
   const bool missing = buffers.empty();
   if (missing) {
-    const Shape& shape = parameters_[index].shape();
+    const Shape& shape = shapes_[index];
     for (size_t b = 0; b < buffer_names_.size(); ++b)
       buffers.push_back(Tensor::full(shape, initial));
   }
@@ -135,12 +116,12 @@ std::vector<Tensor>& Optimizer::state(size_t index, float initial, bool* created
   return buffers;
 }
 
-StateDict Optimizer::state_dict() const {
+StateDict UpdateRule::state_dict() const {
   StateDict dict;
   dict.metadata()["optimizer"] = kind_;
   dict.metadata()["lr"] = fmt::format("{}", lr_);
-  dict.metadata()["num_parameters"] = std::to_string(parameters_.size());
-  for (size_t i = 0; i < parameters_.size(); ++i) {
+  dict.metadata()["num_parameters"] = std::to_string(shapes_.size());
+  for (size_t i = 0; i < shapes_.size(); ++i) {
     dict.metadata()[fmt::format("state.{}.step", i)] = std::to_string(steps_[i]);
     for (size_t b = 0; b < state_[i].size(); ++b) {
       dict.insert(fmt::format("state.{}.{}", i, buffer_names_[b]), state_[i][b]);
@@ -149,7 +130,7 @@ StateDict Optimizer::state_dict() const {
   return dict;
 }
 
-void Optimizer::load_state_dict(const StateDict& dict) {
+void UpdateRule::load_state_dict(const StateDict& dict) {
   // Check everything first; change nothing until all of it fits.
   const auto& meta = dict.metadata();
   auto get = [&](const std::string& key) -> const std::string& {
@@ -162,9 +143,9 @@ void Optimizer::load_state_dict(const StateDict& dict) {
                      get("optimizer"), kind_));
   }
   const int64_t count = parse_int(get("num_parameters"), "num_parameters", kind_);
-  if (count != static_cast<int64_t>(parameters_.size())) {
+  if (count != static_cast<int64_t>(shapes_.size())) {
     fail(fmt::format("load_state_dict: the state holds {} parameters, this optimizer has {}", count,
-                     parameters_.size()));
+                     shapes_.size()));
   }
   const std::string& lr_text = get("lr");
   float lr = 0.0f;
@@ -175,10 +156,10 @@ void Optimizer::load_state_dict(const StateDict& dict) {
                      lr_text));
   }
 
-  std::vector<int64_t> steps(parameters_.size());
-  std::vector<std::vector<Tensor>> state(parameters_.size());
+  std::vector<int64_t> steps(shapes_.size());
+  std::vector<std::vector<Tensor>> state(shapes_.size());
   std::set<std::string> known;
-  for (size_t i = 0; i < parameters_.size(); ++i) {
+  for (size_t i = 0; i < shapes_.size(); ++i) {
     const std::string step_key = fmt::format("state.{}.step", i);
     steps[i] = parse_int(get(step_key), step_key, kind_);
     size_t present = 0;
@@ -188,9 +169,9 @@ void Optimizer::load_state_dict(const StateDict& dict) {
       if (!dict.contains(key)) continue;
       ++present;
       const Tensor& source = dict.at(key);
-      if (source.shape() != parameters_[i].shape()) {
+      if (source.shape() != shapes_[i]) {
         fail(fmt::format("load_state_dict: '{}' has shape {} but parameter {} has shape {}", key,
-                         shape_str(source.shape()), i, shape_str(parameters_[i].shape())));
+                         shape_str(source.shape()), i, shape_str(shapes_[i])));
       }
       state[i].push_back(source);
     }

@@ -1,13 +1,9 @@
-// Optimizer: updates a fixed list of parameters from their gradients.
-//
-// step() visits the parameters in order and applies the update rule to each
-// one that has a gradient (parameters without one are skipped, their state
-// untouched): a dense gradient goes to update(), a row-sparse one alone
-// (embedding tables) to update_sparse(), both together are folded into one
-// dense gradient first. The same rules are public on raw tensors, so a
-// parameter-server shard can apply updates without an autograd graph: it
-// builds the optimizer over Variables wrapping its shard tensors and calls
-// update(index, shard_tensor, gradient) as gradients arrive.
+// UpdateRule: an optimizer's update rule on tensors, for a fixed list of
+// parameters known by their shapes: update(index, param, grad) applies one
+// step to parameter `index` from a dense gradient, update_sparse() from a
+// row-sparse one (embedding tables). It knows no autograd: a
+// parameter-server shard applies it to its tensors as gradients arrive, and
+// nn::Optimizer (nn/optimizer.h) binds it to a model's Variables.
 //
 // State (momentum buffers, moments, accumulators) is per parameter index,
 // created at the parameter's first update, like torch. state_dict() returns
@@ -17,10 +13,9 @@
 // copies them into fresh tensors, so an optimizer restored mid-run continues
 // bit for bit as the original would have.
 //
-// Ownership: the optimizer holds handles to the parameters (shared with the
-// model) and owns its state. Not copyable.
-// Thread safety: none; one thread steps an optimizer at a time. Distinct
-// optimizers over distinct parameters are independent.
+// Ownership: owns its state. Not copyable.
+// Thread safety: none; one thread updates through a rule at a time. Distinct
+// rules over distinct parameters are independent.
 // Errors: UsageError for an index out of range, a gradient whose shape is not
 // the parameter's, sparse rows outside the table, invalid hyperparameters
 // (constructors) and state dicts of another kind, size or shape (naming the
@@ -33,23 +28,17 @@
 #include <string>
 #include <vector>
 
-#include "autograd/variable.h"
 #include "tensor/sparse_rows.h"
 #include "tensor/state_dict.h"
 #include "tensor/tensor.h"
 
 namespace dtrain::optim {
 
-class Optimizer {
+class UpdateRule {
  public:
-  virtual ~Optimizer() = default;
-  Optimizer(const Optimizer&) = delete;
-  Optimizer& operator=(const Optimizer&) = delete;
-
-  // One update of every parameter that has a gradient.
-  void step();
-  // Drops every parameter's gradient.
-  void zero_grad();
+  virtual ~UpdateRule() = default;
+  UpdateRule(const UpdateRule&) = delete;
+  UpdateRule& operator=(const UpdateRule&) = delete;
 
   float lr() const { return lr_; }
   // lr >= 0; takes effect at the next update.
@@ -57,12 +46,13 @@ class Optimizer {
 
   // "sgd", "adam", "adamw", "adagrad".
   const std::string& kind() const { return kind_; }
-  const std::vector<Variable>& parameters() const { return parameters_; }
+  size_t num_parameters() const { return shapes_.size(); }
+  const Shape& shape(size_t index) const { return shapes_.at(index); }
   // Updates applied so far to parameter `index` (dense or sparse).
   int64_t step_count(size_t index) const;
 
-  // The update rule on raw tensors. `param` must have the shape of
-  // parameters()[index] (it normally is its data); `grad` the same shape.
+  // One step for parameter `index`: `param` must have shape(index) (it
+  // normally is the parameter's data); `grad` the same shape.
   virtual void update(size_t index, const Tensor& param, const Tensor& grad) = 0;
   // The same for a row-sparse gradient of a [rows, ...] parameter; each
   // optimizer documents how it treats untouched rows.
@@ -74,11 +64,11 @@ class Optimizer {
  protected:
   // buffer_names: the per-parameter state tensors this optimizer keeps, each
   // of the parameter's shape ("momentum_buffer"; "exp_avg", "exp_avg_sq").
-  Optimizer(std::string kind, std::vector<Variable> parameters, float lr,
-            std::vector<std::string> buffer_names);
+  UpdateRule(std::string kind, std::vector<Shape> shapes, float lr,
+             std::vector<std::string> buffer_names);
 
-  // Throws UsageError unless index is in range and grad and param have the
-  // shape of parameters()[index].
+  // Throws UsageError unless index is in range and grad and param have
+  // shape(index).
   void check_dense(size_t index, const Tensor& param, const Tensor& grad) const;
   // Same for a sparse gradient: rows within the table, values [k, row...].
   void check_sparse(size_t index, const Tensor& param, const SparseRows& grad) const;
@@ -94,7 +84,7 @@ class Optimizer {
 
  private:
   std::string kind_;
-  std::vector<Variable> parameters_;
+  std::vector<Shape> shapes_;
   float lr_;
   std::vector<std::string> buffer_names_;
   std::vector<std::vector<Tensor>> state_;  // [parameter][buffer]; empty until first update
