@@ -10,6 +10,7 @@
 #include <toml++/toml.h>
 
 #include "core/error.h"
+#include "io/file_system.h"
 
 namespace dtrain::cli {
 
@@ -469,11 +470,14 @@ train::JobConfig parse_job(const std::string& toml_text, const std::string& sour
 }
 
 train::JobConfig read_job_file(const std::string& path, const std::vector<std::string>& overrides) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ConfigError(path, "(file)", 0, "cannot open the job file");
-  std::ostringstream text;
-  text << in.rdbuf();
-  return parse_job(text.str(), path, overrides);
+  // Only a regular file of at most 16 MiB: /dev/zero or a FIFO fails at once.
+  std::string text;
+  try {
+    text = io::read_regular_file(path, uint64_t{16} << 20, "job file");
+  } catch (const DataError& e) {
+    throw ConfigError(e.what());  // a wrong job file path is a configuration error (exit 2)
+  }
+  return parse_job(text, path, overrides);
 }
 
 }  // namespace dtrain::cli

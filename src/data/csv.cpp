@@ -149,7 +149,7 @@ class CsvParser {
 }  // namespace
 
 TensorDataset read_csv(const std::string& path, const CsvOptions& options, io::FileSystem& fs) {
-  const std::string text = io::read_input_file(fs, path);
+  const std::string text = io::read_input_file(fs, path, options.max_file_bytes, "CSV file");
   return CsvParser(path, options).parse(text);
 }
 

@@ -316,10 +316,10 @@ void write_checkpoint(const Checkpoint& checkpoint, const std::string& path, Fil
   }
 }
 
-Checkpoint read_checkpoint(const std::string& path, FileSystem& fs) {
+Checkpoint read_checkpoint(const std::string& path, FileSystem& fs, uint64_t max_bytes) {
   std::string bytes;
   try {
-    bytes = fs.read_file(path);
+    bytes = fs.read_file(path, max_bytes);
   } catch (const FileError& e) {
     throw CheckpointError(path, -1, fmt::format("cannot read: {}", e.reason()));
   }

@@ -12,7 +12,8 @@
 // bytes, corrupt (CRC mismatch), of an unsupported version, or structurally
 // malformed, with CheckpointError naming the path, the step when known, and
 // what is wrong. I/O failures while writing or reading are also reported as
-// CheckpointError (the FileError's text included).
+// CheckpointError (the FileError's text included). Only a regular file of
+// at most max_bytes is read (io::FileSystem::read_file).
 //
 // CheckpointDirectory keeps "ckpt-<step>.dtc" files in one folder, prunes all
 // but the newest `keep_last`, and finds the newest file that reads back
@@ -70,7 +71,10 @@ Checkpoint decode_checkpoint(std::string_view bytes, const std::string& path);
 
 void write_checkpoint(const Checkpoint& checkpoint, const std::string& path,
                       FileSystem& fs = default_file_system());
-Checkpoint read_checkpoint(const std::string& path, FileSystem& fs = default_file_system());
+// CheckpointError "cannot read: ..." also for a path that is not a regular
+// file or a file over `max_bytes`.
+Checkpoint read_checkpoint(const std::string& path, FileSystem& fs = default_file_system(),
+                           uint64_t max_bytes = kMaxModelFileBytes);
 
 class CheckpointDirectory {
  public:

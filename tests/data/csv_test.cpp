@@ -2,7 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include "testing/expect_error.h"
 #include "testing/fault_fs.h"
+#include "testing/hostile_files.h"
 
 namespace dtrain::data {
 namespace {
@@ -83,7 +85,22 @@ TEST_F(CsvTest, EveryMalformedFileGivesTheExactError) {
     FAIL() << "no error";
   } catch (const DataError& e) {
     EXPECT_EQ(std::string(e.what()),
-              "cannot read '" + tmp_.file("none.csv") + "': No such file or directory");
+              "cannot read CSV file '" + tmp_.file("none.csv") + "': No such file or directory");
+  }
+}
+
+// Issue #18: a data path that is /dev/zero, /dev/urandom or a FIFO grew
+// memory without end or hung; it fails at once, as do a folder and a file
+// over the limit (the default limit is io::kMaxDataFileBytes).
+TEST_F(CsvTest, DevicesFifosFoldersAndOversizedFilesAreRefused) {
+  for (const uint64_t limit : {uint64_t{1000}, io::kMaxDataFileBytes}) {
+    for (const auto& bad : testing::hostile_paths(tmp_, limit)) {
+      SCOPED_TRACE(bad.path);
+      CsvOptions options;
+      options.max_file_bytes = limit;
+      testing::expect_error<DataError>([&] { read_csv(bad.path, options); },
+                                       "cannot read CSV file '" + bad.path + "': " + bad.reason);
+    }
   }
 }
 

@@ -7,6 +7,7 @@
 #include "core/crc32c.h"
 #include "io/atomic_file.h"
 #include "testing/fault_fs.h"
+#include "testing/hostile_files.h"
 
 namespace dtrain::io {
 namespace {
@@ -221,6 +222,27 @@ TEST(Checkpoint, MalformedBodyBehindAValidChecksumIsRefused) {
   }
 }
 
+// Issue #18: a ckpt-N.dtc that is /dev/zero, /dev/urandom or a FIFO grew
+// memory without end or hung; it is refused at once.
+TEST(Checkpoint, ReadingRefusesDevicesFifosFoldersAndOversizedFiles) {
+  TempDir tmp;
+  for (const uint64_t limit : {uint64_t{1000}, kMaxModelFileBytes}) {
+    for (const auto& bad : dtrain::testing::hostile_paths(tmp, limit)) {
+      SCOPED_TRACE(bad.path);
+      try {
+        if (limit == kMaxModelFileBytes) {
+          read_checkpoint(bad.path);
+        } else {
+          read_checkpoint(bad.path, default_file_system(), limit);
+        }
+        ADD_FAILURE() << "read";
+      } catch (const CheckpointError& e) {
+        EXPECT_EQ(std::string(e.what()), "checkpoint " + bad.path + ": cannot read: " + bad.reason);
+      }
+    }
+  }
+}
+
 TEST(Checkpoint, IoFailuresAreCheckpointErrors) {
   TempDir tmp;
   try {
@@ -296,7 +318,7 @@ TEST(CheckpointDirectory, SkipsACorruptNewestCheckpointWithAWarning) {
   FileSystem& fs = default_file_system();
   CheckpointDirectory dir(tmp.path(), 5, fs, log.logger);
   for (const int64_t step : {1, 2, 3}) dir.write(sample_checkpoint(step));
-  std::string bytes = fs.read_file(dir.path_for(3));
+  std::string bytes = fs.read_file(dir.path_for(3), kUnlimitedBytes);
   bytes[bytes.size() / 2] ^= 0x40;
   fs.write_file(dir.path_for(3), bytes);
   fs.write_file(dir.path_for(2), bytes.substr(0, 30));
