@@ -222,6 +222,22 @@ TEST(Checkpoint, MalformedBodyBehindAValidChecksumIsRefused) {
   }
 }
 
+// Issue #18: a forged negative step made the trainer exit 2; it is a
+// malformed file like any other.
+TEST(Checkpoint, NegativeStepsAndEpochsAreRefused) {
+  Checkpoint negative_step = sample_checkpoint(7);
+  negative_step.step = -5;
+  EXPECT_EQ(decode_error(encode_checkpoint(negative_step)),
+            "checkpoint run/ckpt-7.dtc: malformed body: step -5 is negative");
+  Checkpoint negative_epoch = sample_checkpoint(7);
+  negative_epoch.epoch = -1;
+  EXPECT_EQ(decode_error(encode_checkpoint(negative_epoch)),
+            "checkpoint run/ckpt-7.dtc (step 7): malformed body: epoch -1 is negative");
+  Checkpoint huge = sample_checkpoint(7);
+  huge.step = int64_t{1} << 62;  // valid in the file; the job's bounds refuse it (check_resume)
+  EXPECT_EQ(decode_checkpoint(encode_checkpoint(huge), "x").step, int64_t{1} << 62);
+}
+
 // Issue #18: a ckpt-N.dtc that is /dev/zero, /dev/urandom or a FIFO grew
 // memory without end or hung; it is refused at once.
 TEST(Checkpoint, ReadingRefusesDevicesFifosFoldersAndOversizedFiles) {
@@ -329,6 +345,12 @@ TEST(CheckpointDirectory, SkipsACorruptNewestCheckpointWithAWarning) {
   ASSERT_EQ(log.lines.size(), 2u);
   EXPECT_NE(log.lines[0].find(dir.path_for(3) + ": corrupt"), std::string::npos) << log.lines[0];
   EXPECT_NE(log.lines[1].find(dir.path_for(2) + ": truncated"), std::string::npos) << log.lines[1];
+  EXPECT_NE(log.lines[0].find("moved it to " + tmp.file("rejected/ckpt-3.dtc")), std::string::npos)
+      << log.lines[0];
+  // Moved aside, byte for byte, not deleted.
+  EXPECT_EQ(dir.steps(), (std::vector<int64_t>{1}));
+  EXPECT_EQ(fs.read_file(tmp.file("rejected/ckpt-3.dtc"), kUnlimitedBytes), bytes);
+  EXPECT_EQ(fs.read_file(tmp.file("rejected/ckpt-2.dtc"), kUnlimitedBytes), bytes.substr(0, 30));
 
   fs.write_file(dir.path_for(1), "");
   EXPECT_FALSE(dir.load_latest().has_value());
