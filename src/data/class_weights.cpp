@@ -7,8 +7,9 @@
 namespace dtrain::data {
 
 std::vector<float> balanced_class_weights(std::span<const int64_t> labels, int64_t num_classes) {
-  if (num_classes < 1) {
-    throw UsageError(fmt::format("balanced class weights: {} classes < 1", num_classes));
+  if (num_classes < 1 || num_classes > kMaxClasses) {
+    throw UsageError(fmt::format("balanced class weights: {} classes is outside [1, {}]",
+                                 num_classes, kMaxClasses));
   }
   std::vector<int64_t> counts(static_cast<size_t>(num_classes), 0);
   for (size_t i = 0; i < labels.size(); ++i) {

@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "data/class_weights.h"
 
 namespace dtrain::data {
 
@@ -30,6 +31,10 @@ std::vector<std::string_view> split(std::string_view line, char delimiter) {
     start = end + 1;
   }
   return fields;
+}
+
+bool all_digits(std::string_view s) {
+  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 
 class CsvParser {
@@ -113,17 +118,7 @@ class CsvParser {
     for (size_t c = 0; c < columns_; ++c) {
       const std::string_view field = fields[c];
       if (c == label_column_) {
-        int64_t label = 0;
-        const auto [end, ec] = std::from_chars(field.data(), field.data() + field.size(), label);
-        if (ec != std::errc() || end != field.data() + field.size() || field.empty() || label < 0) {
-          throw DataError(fmt::format("{}:{}: {}: label '{}' is not a non-negative integer", path_,
-                                      line_number, column_name(c), field));
-        }
-        if (options_.num_classes > 0 && label >= options_.num_classes) {
-          throw DataError(fmt::format("{}:{}: {}: label {} is outside [0, {})", path_, line_number,
-                                      column_name(c), label, options_.num_classes));
-        }
-        labels_.push_back(label);
+        labels_.push_back(parse_label(field, line_number, c));
         continue;
       }
       float value = 0;
@@ -135,6 +130,31 @@ class CsvParser {
       }
       values_.push_back(value);
     }
+  }
+
+  // A label: decimal digits naming a class below num_classes (given) or
+  // kMaxClasses (inferred). Digit strings of any length are compared as text
+  // first, so that no value overflows.
+  int64_t parse_label(std::string_view field, int64_t line_number, size_t column) const {
+    if (!all_digits(field)) {
+      throw DataError(fmt::format("{}:{}: {}: label '{}' is not a non-negative integer", path_,
+                                  line_number, column_name(column), field));
+    }
+    const size_t first = std::min(field.find_first_not_of('0'), field.size() - 1);
+    const std::string_view digits = field.substr(first);
+    int64_t label = kMaxClasses;  // stands for anything too large to parse
+    if (digits.size() <= 18) std::from_chars(digits.data(), digits.data() + digits.size(), label);
+    if (options_.num_classes > 0 && label >= options_.num_classes) {
+      throw DataError(fmt::format("{}:{}: {}: label {} is outside [0, {})", path_, line_number,
+                                  column_name(column), digits, options_.num_classes));
+    }
+    if (label >= kMaxClasses) {
+      throw DataError(fmt::format(
+          "{}:{}: {}: label {} is too large: at most {} classes are "
+          "supported (labels 0 to {})",
+          path_, line_number, column_name(column), digits, kMaxClasses, kMaxClasses - 1));
+    }
+    return label;
   }
 
   const std::string& path_;
@@ -149,7 +169,11 @@ class CsvParser {
 }  // namespace
 
 TensorDataset read_csv(const std::string& path, const CsvOptions& options, io::FileSystem& fs) {
-  const std::string text = io::read_input_file(fs, path);
+  if (options.num_classes < 0 || options.num_classes > kMaxClasses) {
+    throw UsageError(fmt::format("CSV {}: num_classes {} is outside [0, {}] (0: inferred)", path,
+                                 options.num_classes, kMaxClasses));
+  }
+  const std::string text = io::read_input_file(fs, path, options.max_file_bytes, "CSV file");
   return CsvParser(path, options).parse(text);
 }
 

@@ -9,8 +9,13 @@
 //
 // Errors: DataError "<file>:<line>: column <k> ('<name>'): <problem>" for a
 // field that is not a number, a row with the wrong number of fields, a label
-// that is negative, fractional or >= num_classes; "<file>: ..." for a missing
-// label column (listing the header) or a file without samples.
+// that is negative, fractional or >= num_classes, or, when num_classes is
+// inferred, a label of kMaxClasses (data/class_weights.h) or more (labels of
+// any length are parsed without overflow); "<file>: ..." for a missing label
+// column (listing the header) or a file without samples; "cannot read CSV
+// file '<file>': ..." for a path that is not a regular file or a file over
+// max_file_bytes (io::read_input_file). UsageError for num_classes outside
+// [0, kMaxClasses].
 // Thread safety: pure function. Blocking: reads the whole file.
 #pragma once
 
@@ -29,6 +34,7 @@ struct CsvOptions {
   char delimiter = ',';
   int64_t num_classes = 0;  // 0: 1 + the largest label
   int64_t limit = 0;        // read only the first `limit` samples; 0: all
+  uint64_t max_file_bytes = io::kMaxDataFileBytes;  // larger files are refused
 
   static constexpr int64_t kByName = INT64_MIN;
 };

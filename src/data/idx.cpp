@@ -27,7 +27,7 @@ struct IdxFile {
 
 IdxFile open_idx(const std::string& path, uint32_t magic, const char* kind, io::FileSystem& fs) {
   IdxFile file;
-  file.bytes = io::read_input_file(fs, path);
+  file.bytes = io::read_input_file(fs, path, io::kMaxDataFileBytes, "IDX file");
   const std::string_view bytes = file.bytes;
   if (bytes.size() < 4) {
     throw DataError(

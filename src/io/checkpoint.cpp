@@ -134,6 +134,8 @@ Checkpoint decode_body(std::string_view body, const std::string& path) {
   Reader in(body, path, step);
   checkpoint.step = in.get<int64_t>("step");
   checkpoint.epoch = in.get<int64_t>("epoch");
+  if (checkpoint.step < 0) in.fail(fmt::format("step {} is negative", checkpoint.step));
+  if (checkpoint.epoch < 0) in.fail(fmt::format("epoch {} is negative", checkpoint.epoch));
   in.get_metadata(checkpoint.metadata, "checkpoint metadata");
   const auto sections = in.get<uint32_t>("section count");
   for (uint32_t s = 0; s < sections; ++s) {
@@ -316,14 +318,80 @@ void write_checkpoint(const Checkpoint& checkpoint, const std::string& path, Fil
   }
 }
 
-Checkpoint read_checkpoint(const std::string& path, FileSystem& fs) {
+Checkpoint read_checkpoint(const std::string& path, FileSystem& fs, uint64_t max_bytes) {
   std::string bytes;
   try {
-    bytes = fs.read_file(path);
+    bytes = fs.read_file(path, max_bytes);
   } catch (const FileError& e) {
     throw CheckpointError(path, -1, fmt::format("cannot read: {}", e.reason()));
   }
   return decode_checkpoint(bytes, path);
+}
+
+std::optional<std::string> describe_non_finite(const Checkpoint& checkpoint) {
+  for (const auto& [name, dict] : checkpoint.sections) {
+    if (const std::optional<NonFinite> bad = find_non_finite(dict)) {
+      return fmt::format("section '{}' tensor '{}' element {} is {}", name, bad->name, bad->index,
+                         bad->value);
+    }
+  }
+  return std::nullopt;
+}
+
+void stamp_identity(Checkpoint& checkpoint, const JobIdentity& identity) {
+  checkpoint.metadata[std::string(kJobNameKey)] = identity.job_name;
+  checkpoint.metadata[std::string(kModelFingerprintKey)] = identity.model_fingerprint;
+}
+
+namespace {
+
+// Why `checkpoint` is not the job's: nullopt when its identity matches.
+std::optional<std::string> identity_mismatch(const Checkpoint& checkpoint,
+                                             const JobIdentity& identity) {
+  if (!identity.job_name.empty()) {
+    const auto it = checkpoint.metadata.find(std::string(kJobNameKey));
+    if (it == checkpoint.metadata.end()) return "carries no job name";
+    if (it->second != identity.job_name) {
+      return fmt::format("written by job '{}', this job is '{}'", it->second, identity.job_name);
+    }
+  }
+  if (!identity.model_fingerprint.empty()) {
+    const std::string section(kModelSection);
+    if (!checkpoint.has_section(section)) return fmt::format("has no '{}' section", section);
+    const std::string fingerprint = state_fingerprint(checkpoint.section(section));
+    if (fingerprint != identity.model_fingerprint) {
+      return fmt::format(
+          "its model (fingerprint {}) is not this job's (fingerprint {}): layers "
+          "or their sizes differ",
+          fingerprint, identity.model_fingerprint);
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::optional<std::string> check_resume(const std::string& path, const Checkpoint& checkpoint,
+                                        const ResumeCheck& check, Logger& logger) {
+  if (checkpoint.step > check.max_step) {
+    return fmt::format("step {} is beyond the job's last step {}", checkpoint.step, check.max_step);
+  }
+  if (checkpoint.epoch > check.max_epoch) {
+    return fmt::format("epoch {} is beyond the job's {} epochs", checkpoint.epoch, check.max_epoch);
+  }
+  std::optional<std::string> mismatch = identity_mismatch(checkpoint, check.identity);
+  if (mismatch && check.force_identity) {
+    logger.warn("checkpoint {}: {}; using it anyway (the identity check is forced)", path,
+                *mismatch);
+    return std::nullopt;
+  }
+  return mismatch;
+}
+
+CheckpointValidator resume_validator(ResumeCheck check, Logger& logger) {
+  return [check = std::move(check), &logger](const std::string& path, const Checkpoint& c) {
+    return check_resume(path, c, check, logger);
+  };
 }
 
 CheckpointDirectory::CheckpointDirectory(std::string dir, int64_t keep_last, FileSystem& fs,
@@ -365,17 +433,9 @@ std::string CheckpointDirectory::write(const Checkpoint& checkpoint) {
     throw CheckpointError(path, checkpoint.step, fmt::format("write failed: {}", e.what()));
   }
   write_checkpoint(checkpoint, path, fs_);
-  const std::vector<int64_t> present = steps();
-  const auto excess = static_cast<int64_t>(present.size()) - keep_last_;
-  for (int64_t i = 0; i < excess; ++i) {
-    const std::string old = path_for(present[static_cast<size_t>(i)]);
-    try {
-      fs_.remove_file(old);
-    } catch (const FileError& e) {
-      logger_.warn("checkpoint directory {}: could not remove old checkpoint {}: {}", dir_, old,
-                   e.reason());
-    }
-  }
+  known_[checkpoint.step] =
+      describe_non_finite(checkpoint) ? Validity::kNonFinite : Validity::kValid;
+  prune();
   // One writer per folder: any checkpoint temporary still here was left by
   // a writer that died (write_file_atomic only cleans its own name's).
   try {
@@ -385,20 +445,109 @@ std::string CheckpointDirectory::write(const Checkpoint& checkpoint) {
       }
     }
   } catch (const FileError& e) {
-    logger_.warn("checkpoint directory {}: could not remove a stale temporary file: {}", dir_, e.reason());
+    logger_.warn("checkpoint directory {}: could not remove a stale temporary file: {}", dir_,
+                 e.reason());
   }
   return path;
 }
 
-std::optional<CheckpointDirectory::Found> CheckpointDirectory::load_latest() const {
+CheckpointDirectory::Validity CheckpointDirectory::validity(int64_t step) {
+  if (const auto it = known_.find(step); it != known_.end()) return it->second;
+  Validity v = Validity::kValid;
+  try {
+    if (describe_non_finite(read_checkpoint(path_for(step), fs_))) v = Validity::kNonFinite;
+  } catch (const CheckpointError&) {
+    v = Validity::kUnreadable;
+  }
+  known_[step] = v;
+  return v;
+}
+
+void CheckpointDirectory::prune() {
+  const std::vector<int64_t> present = steps();
+  const auto excess = static_cast<int64_t>(present.size()) - keep_last_;
+  if (excess <= 0) return;
+  // The newest valid checkpoint survives pruning; anything older may go.
+  std::optional<int64_t> newest_valid;
+  for (auto it = present.rbegin(); it != present.rend(); ++it) {
+    if (validity(*it) == Validity::kValid) {
+      newest_valid = *it;
+      break;
+    }
+  }
+  for (int64_t i = 0; i < excess; ++i) {
+    const int64_t step = present[static_cast<size_t>(i)];
+    if (step == newest_valid) continue;
+    const std::string old = path_for(step);
+    const bool newer_than_valid = !newest_valid || step > *newest_valid;
+    if (newer_than_valid && validity(step) == Validity::kUnreadable) {
+      // Damaged, not superseded: keep the bytes for a post-mortem.
+      if (!move_aside(old).empty()) known_.erase(step);
+      continue;
+    }
+    try {
+      fs_.remove_file(old);
+      known_.erase(step);
+    } catch (const FileError& e) {
+      logger_.warn("checkpoint directory {}: could not remove old checkpoint {}: {}", dir_, old,
+                   e.reason());
+    }
+  }
+}
+
+std::string CheckpointDirectory::move_aside(const std::string& path) {
+  const std::string folder = join_path(dir_, kRejectedFolder);
+  const std::string name = base_name(path);
+  try {
+    fs_.create_directories(folder);
+    std::string target = join_path(folder, name);
+    for (int suffix = 1; fs_.exists(target); ++suffix) {
+      target = join_path(folder, fmt::format("{}.{}", name, suffix));
+    }
+    fs_.rename_file(path, target);
+    fs_.sync_directory(folder);
+    fs_.sync_directory(dir_);
+    return target;
+  } catch (const FileError& e) {
+    logger_.warn("checkpoint directory {}: could not move {} to {}/: {}", dir_, path, folder,
+                 e.what());
+    return "";
+  }
+}
+
+std::optional<CheckpointDirectory::Found> CheckpointDirectory::load_latest(
+    const CheckpointLoadOptions& options) {
   const std::vector<int64_t> present = steps();
   for (auto it = present.rbegin(); it != present.rend(); ++it) {
     const std::string path = path_for(*it);
+    std::optional<Checkpoint> checkpoint;
+    std::string problem;
     try {
-      return Found{path, read_checkpoint(path, fs_)};
+      checkpoint = read_checkpoint(path, fs_, options.max_file_bytes);
     } catch (const CheckpointError& e) {
-      logger_.warn("skipping unreadable checkpoint: {}", e.what());
+      problem = fmt::format("skipping unreadable checkpoint: {}", e.what());
     }
+    if (checkpoint) {
+      // Outside the try: an exception of the validator is the caller's, not
+      // a sign of a damaged file.
+      std::optional<std::string> refusal;
+      if (options.require_finite) {
+        if (const auto non_finite = describe_non_finite(*checkpoint)) {
+          refusal = "holds a non-finite value: " + *non_finite;
+        }
+      }
+      if (!refusal && options.validate) refusal = options.validate(path, *checkpoint);
+      if (!refusal) {
+        if (options.require_finite) known_[*it] = Validity::kValid;
+        return Found{path, std::move(*checkpoint)};
+      }
+      problem =
+          fmt::format("skipping checkpoint {} (step {}): {}", path, checkpoint->step, *refusal);
+    }
+    const std::string moved = move_aside(path);
+    if (!moved.empty()) known_.erase(*it);
+    logger_.warn("{}; {}", problem,
+                 moved.empty() ? "left in place" : fmt::format("moved it to {}", moved));
   }
   return std::nullopt;
 }

@@ -45,6 +45,16 @@ class FileDescriptor {
   int fd_;
 };
 
+// What a non-regular file is, for messages.
+const char* file_kind(mode_t mode) {
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISSOCK(mode)) return "a socket";
+  return "neither a file nor a directory";
+}
+
 void fsync_path(const char* operation, const std::string& path, int open_flags) {
   FileDescriptor fd(::open(path.c_str(), open_flags | O_CLOEXEC));
   if (fd.get() < 0) throw_errno(operation, path, errno);
@@ -53,27 +63,37 @@ void fsync_path(const char* operation, const std::string& path, int open_flags) 
 
 class PosixFileSystem final : public FileSystem {
  public:
-  std::string read_file(const std::string& path) override {
-    FileDescriptor fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  std::string read_file(const std::string& path, uint64_t max_bytes) override {
+    // O_NONBLOCK: opening a FIFO without a writer would otherwise block. It
+    // changes nothing for the regular files that are read below.
+    FileDescriptor fd(::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
     if (fd.get() < 0) throw_errno("read", path, errno);
     struct stat st {};
     if (::fstat(fd.get(), &st) != 0) throw_errno("read", path, errno);
-    if (S_ISDIR(st.st_mode)) throw FileError("read", path, "is a directory");
-    std::string data;
-    data.resize(static_cast<size_t>(st.st_size));
+    if (!S_ISREG(st.st_mode)) {
+      throw FileError("read", path,
+                      fmt::format("not a regular file (it is {})", file_kind(st.st_mode)));
+    }
+    const auto size = static_cast<uint64_t>(st.st_size);
+    if (size > max_bytes) {
+      throw FileError("read", path,
+                      fmt::format("{} bytes, over the limit of {} bytes", size, max_bytes));
+    }
+    std::string data(static_cast<size_t>(size), '\0');
     size_t done = 0;
-    for (;;) {
-      if (done == data.size())
-        data.resize(data.size() + 4096);  // the file grew, or size 0 (procfs)
+    while (done < data.size()) {
       const ssize_t n = ::read(fd.get(), data.data() + done, data.size() - done);
       if (n < 0) {
         if (errno == EINTR) continue;
         throw_errno("read", path, errno);
       }
-      if (n == 0) break;
+      if (n == 0) {
+        throw FileError(
+            "read", path,
+            fmt::format("the file shrank while it was read: {} of {} bytes", done, data.size()));
+      }
       done += static_cast<size_t>(n);
     }
-    data.resize(done);
     return data;
   }
 
@@ -171,12 +191,17 @@ std::string base_name(std::string_view path) {
   return std::string(slash == std::string_view::npos ? path : path.substr(slash + 1));
 }
 
-std::string read_input_file(FileSystem& fs, const std::string& path) {
+std::string read_input_file(FileSystem& fs, const std::string& path, uint64_t max_bytes,
+                            std::string_view what) {
   try {
-    return fs.read_file(path);
+    return fs.read_file(path, max_bytes);
   } catch (const FileError& e) {
-    throw DataError(fmt::format("cannot read '{}': {}", path, e.reason()));
+    throw DataError(fmt::format("cannot read {} '{}': {}", what, path, e.reason()));
   }
+}
+
+std::string read_regular_file(const std::string& path, uint64_t max_bytes, std::string_view what) {
+  return read_input_file(default_file_system(), path, max_bytes, what);
 }
 
 }  // namespace dtrain::io

@@ -240,8 +240,8 @@ void save_safetensors(const StateDict& dict, const std::string& path, FileSystem
   write_file_atomic(fs, path, encode_safetensors(dict));
 }
 
-StateDict load_safetensors(const std::string& path, FileSystem& fs) {
-  return decode_safetensors(read_input_file(fs, path), path);
+StateDict load_safetensors(const std::string& path, FileSystem& fs, uint64_t max_bytes) {
+  return decode_safetensors(read_input_file(fs, path, max_bytes, "safetensors file"), path);
 }
 
 }  // namespace dtrain::io

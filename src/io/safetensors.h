@@ -11,8 +11,9 @@
 // in StateDict order; the reader accepts any key order and returns tensors
 // ordered by data offset.
 //
-// The reader is strict, since files come from outside: header length beyond
-// the file or over 100 MB, invalid JSON, a duplicate name, a non-F32 or
+// The reader is strict, since files come from outside: a path that is not a
+// regular file or a file over `max_bytes` (read_input_file()), a header
+// length beyond the file or over 100 MB, invalid JSON, a duplicate name, a non-F32 or
 // unknown dtype, a malformed shape, offsets out of range, overlapping or not
 // covering the data exactly, or a shape that does not match its byte range
 // all throw DataError "<file>: <problem>" with expected vs got.
@@ -37,6 +38,9 @@ StateDict decode_safetensors(std::string_view bytes, const std::string& source);
 
 void save_safetensors(const StateDict& dict, const std::string& path,
                       FileSystem& fs = default_file_system());
-StateDict load_safetensors(const std::string& path, FileSystem& fs = default_file_system());
+// DataError "cannot read safetensors file '<path>': ..." for a missing,
+// non-regular or oversized file, then the format errors above.
+StateDict load_safetensors(const std::string& path, FileSystem& fs = default_file_system(),
+                           uint64_t max_bytes = kMaxModelFileBytes);
 
 }  // namespace dtrain::io

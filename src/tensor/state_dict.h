@@ -7,9 +7,15 @@
 // aliases the live parameters; clone() it to snapshot.
 // Thread safety: a value type. Errors: UsageError on a missing or duplicate
 // name.
+//
+// state_fingerprint() and find_non_finite() inspect a StateDict without
+// changing it: the first summarises its structure (for checkpoint identity),
+// the second finds the first NaN or infinity (for rejecting diverged state).
 #pragma once
 
+#include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -47,5 +53,21 @@ class StateDict {
   std::map<std::string, size_t> index_;
   std::map<std::string, std::string> metadata_;
 };
+
+// A stable summary of the structure of `dict`: 16 lowercase hex digits of the
+// 64-bit FNV-1a hash of every entry's name, dtype ("f32") and shape, in
+// entry order. Values and metadata do not enter it, so a model's fingerprint
+// stays the same while it trains and changes when a layer is added, renamed
+// or resized. The same on every platform and build.
+std::string state_fingerprint(const StateDict& dict);
+
+// The first element that is NaN or infinite.
+struct NonFinite {
+  std::string name;   // the entry's name
+  int64_t index = 0;  // flat (row-major) index within the tensor
+  float value = 0;
+};
+// Scans the tensors in entry order, once; nullopt when every element is finite.
+std::optional<NonFinite> find_non_finite(const StateDict& dict);
 
 }  // namespace dtrain

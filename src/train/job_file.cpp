@@ -1,12 +1,11 @@
 #include "train/job_file.h"
 
 #include <cmath>
-#include <fstream>
-#include <sstream>
 
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "io/file_system.h"
 #include "io/toml_table.h"
 #include "strategy/registry.h"
 
@@ -286,11 +285,14 @@ JobFile parse_job(const std::string& toml_text, const std::string& source_name,
 }
 
 JobFile read_job_file(const std::string& path, const std::vector<std::string>& overrides) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ConfigError(path, "(file)", 0, "cannot open the job file");
-  std::ostringstream text;
-  text << in.rdbuf();
-  return parse_job(text.str(), path, overrides);
+  // Only a regular file of at most 16 MiB: /dev/zero or a FIFO fails at once.
+  std::string text;
+  try {
+    text = io::read_regular_file(path, uint64_t{16} << 20, "job file");
+  } catch (const DataError& e) {
+    throw ConfigError(e.what());  // a wrong job file path is a configuration error (exit 2)
+  }
+  return parse_job(text, path, overrides);
 }
 
 }  // namespace dtrain::train

@@ -8,9 +8,16 @@
 // model bit for bit. An embedding layer takes ids (integer-valued floats) of
 // any shape and appends its embedding_dim; ids outside [0, num_embeddings)
 // are caught when data arrives (UsageError from nn::Embedding), not here.
+//
+// Sizes are checked before anything is allocated: a layer whose parameters
+// (with batch-norm statistics) would take more than kMaxModelBytes, a model
+// whose layers together would, or a sample whose input or any layer's output
+// would, throws ConfigError naming the layer's key (model.layers[1].out_features)
+// and the bytes it would need, instead of failing in the allocator.
 // Thread safety: pure functions.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 
 #include "core/rng.h"
@@ -18,6 +25,11 @@
 #include "train/job_config.h"
 
 namespace dtrain::train {
+
+// The most bytes of float32 parameters a model, or of activations one sample,
+// may take: 64 GiB, far beyond what dtrain trains on a CPU, far below what
+// overflows a size computation.
+inline constexpr uint64_t kMaxModelBytes = uint64_t{64} << 30;
 
 std::unique_ptr<nn::Sequential> build_model(const ModelConfig& config, Rng& rng,
                                             const std::string& source = "job");

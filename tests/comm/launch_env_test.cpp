@@ -108,6 +108,30 @@ TEST(LaunchEnv, ErrorsNameTheVariableAndValue) {
             "environment: 'DTRAIN_LOCAL_RANK': local rank 5 is outside 0..1");
 }
 
+// Issue #18: a huge world size ended in std::bad_alloc; it is refused up
+// front, naming where it came from.
+TEST(LaunchEnv, AHugeWorldSizeIsRefusedNamingItsVariable) {
+  EXPECT_EQ(config_error({{"DTRAIN_RANK", "0"},
+                          {"DTRAIN_WORLD_SIZE", "2147483647"},
+                          {"DTRAIN_COORDINATOR", "a:1"}}),
+            "environment: 'DTRAIN_WORLD_SIZE': world size 2147483647 is over the limit of 65536");
+  EXPECT_EQ(config_error({{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "65537"}}),
+            "environment: 'SLURM_NTASKS': world size 65537 is over the limit of 65536");
+  LaunchOverrides flags;
+  flags.rank = 0;
+  flags.world_size = 1 << 20;
+  flags.coordinator = "a:1";
+  EXPECT_EQ(config_error({}, flags),
+            "environment: '--world-size': world size 1048576 is over the limit of 65536");
+  EXPECT_EQ(config_error({{"DTRAIN_RANK", "0"}, {"DTRAIN_WORLD_SIZE", "99999999999"}}),
+            "environment: 'DTRAIN_WORLD_SIZE': '99999999999' is out of range for a 32-bit "
+            "integer");
+  const LaunchInfo largest = resolve_launch_env(
+      {{"DTRAIN_RANK", "65535"}, {"DTRAIN_WORLD_SIZE", "65536"}, {"DTRAIN_COORDINATOR", "a:1"}});
+  EXPECT_EQ(largest.world_size, kMaxWorldSize);
+  EXPECT_EQ(largest.rank, 65535);
+}
+
 TEST(LaunchEnv, HostPort) {
   EXPECT_EQ(parse_host_port("[::1]:29500", "x").host, "::1");
   EXPECT_EQ(parse_host_port("[::1]:29500", "x").port, 29500);

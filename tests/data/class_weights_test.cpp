@@ -30,5 +30,19 @@ TEST(BalancedClassWeights, RejectsLabelsOutsideTheClasses) {
   EXPECT_THROW(balanced_class_weights(std::vector<int64_t>{0}, 0), UsageError);
 }
 
+// Issue #18: 2^40 classes ended in std::bad_alloc; the count is refused
+// before anything is allocated.
+TEST(BalancedClassWeights, RefusesMoreThanMaxClasses) {
+  try {
+    balanced_class_weights(std::vector<int64_t>{0}, int64_t{1} << 40);
+    FAIL() << "no error";
+  } catch (const UsageError& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "balanced class weights: 1099511627776 classes is outside [1, 1048576]");
+  }
+  EXPECT_EQ(balanced_class_weights(std::vector<int64_t>{0}, kMaxClasses).size(),
+            static_cast<size_t>(kMaxClasses));
+}
+
 }  // namespace
 }  // namespace dtrain::data

@@ -2,7 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include "data/class_weights.h"
+#include "testing/expect_error.h"
 #include "testing/fault_fs.h"
+#include "testing/hostile_files.h"
 
 namespace dtrain::data {
 namespace {
@@ -83,8 +86,57 @@ TEST_F(CsvTest, EveryMalformedFileGivesTheExactError) {
     FAIL() << "no error";
   } catch (const DataError& e) {
     EXPECT_EQ(std::string(e.what()),
-              "cannot read '" + tmp_.file("none.csv") + "': No such file or directory");
+              "cannot read CSV file '" + tmp_.file("none.csv") + "': No such file or directory");
   }
+}
+
+// Issue #18: a data path that is /dev/zero, /dev/urandom or a FIFO grew
+// memory without end or hung; it fails at once, as do a folder and a file
+// over the limit (the default limit is io::kMaxDataFileBytes).
+TEST_F(CsvTest, DevicesFifosFoldersAndOversizedFilesAreRefused) {
+  for (const uint64_t limit : {uint64_t{1000}, io::kMaxDataFileBytes}) {
+    for (const auto& bad : testing::hostile_paths(tmp_, limit)) {
+      SCOPED_TRACE(bad.path);
+      CsvOptions options;
+      options.max_file_bytes = limit;
+      testing::expect_error<DataError>([&] { read_csv(bad.path, options); },
+                                       "cannot read CSV file '" + bad.path + "': " + bad.reason);
+    }
+  }
+}
+
+// Issue #18: a label of 2^40 made class weights allocate 2^40 counters
+// (std::bad_alloc), and INT64_MAX overflowed "largest label + 1" (UBSan)
+// with a misleading message. Labels of any length are parsed without
+// overflow, and inferred class counts are bounded by kMaxClasses.
+TEST_F(CsvTest, HugeLabelsAreRefusedNamingTheLineAndColumn) {
+  const std::string p = path();
+  EXPECT_EQ(error_of("a,label\n1,0\n2,1099511627776\n"),
+            p + ":3: column 2 ('label'): label 1099511627776 is too large: at most 1048576 "
+                "classes are supported (labels 0 to 1048575)");
+  EXPECT_EQ(error_of("a,label\n1,9223372036854775807\n"),
+            p + ":2: column 2 ('label'): label 9223372036854775807 is too large: at most 1048576 "
+                "classes are supported (labels 0 to 1048575)");
+  EXPECT_EQ(error_of("a,label\n1,123456789012345678901234567890\n"),
+            p + ":2: column 2 ('label'): label 123456789012345678901234567890 is too large: at "
+                "most 1048576 classes are supported (labels 0 to 1048575)");
+  EXPECT_EQ(error_of("a,label\n1,1048576\n"),
+            p + ":2: column 2 ('label'): label 1048576 is too large: at most 1048576 classes are "
+                "supported (labels 0 to 1048575)");
+  CsvOptions ten;
+  ten.num_classes = 10;
+  EXPECT_EQ(error_of("a,label\n1,99999999999999999999\n", ten),
+            p + ":2: column 2 ('label'): label 99999999999999999999 is outside [0, 10)");
+  EXPECT_EQ(error_of("a,label\n1,-9223372036854775808\n"),
+            p + ":2: column 2 ('label'): label '-9223372036854775808' is not a non-negative "
+                "integer");
+  // The largest allowed label, and leading zeros.
+  const TensorDataset ds = read("a,label\n1,1048575\n2,007\n");
+  EXPECT_EQ(ds.labels(), (std::vector<int64_t>{1048575, 7}));
+  EXPECT_EQ(ds.num_classes(), kMaxClasses);
+  CsvOptions too_many;
+  too_many.num_classes = kMaxClasses + 1;
+  EXPECT_THROW(read("a,label\n1,0\n", too_many), UsageError);
 }
 
 }  // namespace

@@ -28,9 +28,9 @@ TEST(AtomicFile, WritesAndReplacesLeavingNoTemporaryFile) {
   FileSystem& fs = default_file_system();
   const std::string path = tmp.file("f");
   write_file_atomic(fs, path, kOld);
-  EXPECT_EQ(fs.read_file(path), kOld);
+  EXPECT_EQ(fs.read_file(path, kUnlimitedBytes), kOld);
   write_file_atomic(fs, path, kNew);
-  EXPECT_EQ(fs.read_file(path), kNew);
+  EXPECT_EQ(fs.read_file(path, kUnlimitedBytes), kNew);
   EXPECT_EQ(fs.list_directory(tmp.path()), std::vector<std::string>{"f"});
 }
 
@@ -64,9 +64,9 @@ TEST(AtomicFile, InjectedFailureAtEachStepKeepsTheOldFile) {
     EXPECT_THROW(write_file_atomic(fs, path, kNew), FileError) << static_cast<int>(op);
     if (op == Op::kSyncDirectory) {
       // The rename happened; only its durability is in doubt.
-      EXPECT_EQ(fs.read_file(path), kNew);
+      EXPECT_EQ(fs.read_file(path, kUnlimitedBytes), kNew);
     } else {
-      EXPECT_EQ(fs.read_file(path), kOld) << static_cast<int>(op);
+      EXPECT_EQ(fs.read_file(path, kUnlimitedBytes), kOld) << static_cast<int>(op);
     }
     EXPECT_TRUE(temporaries(tmp.path()).empty()) << static_cast<int>(op);
   }
@@ -102,14 +102,14 @@ void check_crash_at_every_step(bool with_old_file) {
         fs.restart();
       }
       if (fs.exists(path)) {
-        const std::string got = fs.read_file(path);
+        const std::string got = fs.read_file(path, kUnlimitedBytes);
         EXPECT_TRUE(got == kNew || (with_old_file && got == kOld)) << "torn content: " << got;
       } else {
         EXPECT_FALSE(with_old_file) << "the old file vanished";
       }
       // The next writer succeeds and cleans up.
       write_file_atomic(fs, path, kNew);
-      EXPECT_EQ(fs.read_file(path), kNew);
+      EXPECT_EQ(fs.read_file(path, kUnlimitedBytes), kNew);
       EXPECT_TRUE(temporaries(tmp.path()).empty());
     }
   }
@@ -131,7 +131,7 @@ TEST(AtomicFile, FaultFileSystemDetectsAWriterThatDoesNotSync) {
   fs.rename_file(path + ".new", path);
   fs.sync_directory(tmp.path());
   fs.power_loss();
-  const std::string got = fs.read_file(path);
+  const std::string got = fs.read_file(path, kUnlimitedBytes);
   EXPECT_NE(got, kNew);
   EXPECT_NE(got, kOld);
 }

@@ -7,6 +7,7 @@
 #include "core/crc32c.h"
 #include "io/atomic_file.h"
 #include "testing/fault_fs.h"
+#include "testing/hostile_files.h"
 
 namespace dtrain::io {
 namespace {
@@ -221,6 +222,43 @@ TEST(Checkpoint, MalformedBodyBehindAValidChecksumIsRefused) {
   }
 }
 
+// Issue #18: a forged negative step made the trainer exit 2; it is a
+// malformed file like any other.
+TEST(Checkpoint, NegativeStepsAndEpochsAreRefused) {
+  Checkpoint negative_step = sample_checkpoint(7);
+  negative_step.step = -5;
+  EXPECT_EQ(decode_error(encode_checkpoint(negative_step)),
+            "checkpoint run/ckpt-7.dtc: malformed body: step -5 is negative");
+  Checkpoint negative_epoch = sample_checkpoint(7);
+  negative_epoch.epoch = -1;
+  EXPECT_EQ(decode_error(encode_checkpoint(negative_epoch)),
+            "checkpoint run/ckpt-7.dtc (step 7): malformed body: epoch -1 is negative");
+  Checkpoint huge = sample_checkpoint(7);
+  huge.step = int64_t{1} << 62;  // valid in the file; the job's bounds refuse it (check_resume)
+  EXPECT_EQ(decode_checkpoint(encode_checkpoint(huge), "x").step, int64_t{1} << 62);
+}
+
+// Issue #18: a ckpt-N.dtc that is /dev/zero, /dev/urandom or a FIFO grew
+// memory without end or hung; it is refused at once.
+TEST(Checkpoint, ReadingRefusesDevicesFifosFoldersAndOversizedFiles) {
+  TempDir tmp;
+  for (const uint64_t limit : {uint64_t{1000}, kMaxModelFileBytes}) {
+    for (const auto& bad : dtrain::testing::hostile_paths(tmp, limit)) {
+      SCOPED_TRACE(bad.path);
+      try {
+        if (limit == kMaxModelFileBytes) {
+          read_checkpoint(bad.path);
+        } else {
+          read_checkpoint(bad.path, default_file_system(), limit);
+        }
+        ADD_FAILURE() << "read";
+      } catch (const CheckpointError& e) {
+        EXPECT_EQ(std::string(e.what()), "checkpoint " + bad.path + ": cannot read: " + bad.reason);
+      }
+    }
+  }
+}
+
 TEST(Checkpoint, IoFailuresAreCheckpointErrors) {
   TempDir tmp;
   try {
@@ -296,7 +334,7 @@ TEST(CheckpointDirectory, SkipsACorruptNewestCheckpointWithAWarning) {
   FileSystem& fs = default_file_system();
   CheckpointDirectory dir(tmp.path(), 5, fs, log.logger);
   for (const int64_t step : {1, 2, 3}) dir.write(sample_checkpoint(step));
-  std::string bytes = fs.read_file(dir.path_for(3));
+  std::string bytes = fs.read_file(dir.path_for(3), kUnlimitedBytes);
   bytes[bytes.size() / 2] ^= 0x40;
   fs.write_file(dir.path_for(3), bytes);
   fs.write_file(dir.path_for(2), bytes.substr(0, 30));
@@ -307,6 +345,12 @@ TEST(CheckpointDirectory, SkipsACorruptNewestCheckpointWithAWarning) {
   ASSERT_EQ(log.lines.size(), 2u);
   EXPECT_NE(log.lines[0].find(dir.path_for(3) + ": corrupt"), std::string::npos) << log.lines[0];
   EXPECT_NE(log.lines[1].find(dir.path_for(2) + ": truncated"), std::string::npos) << log.lines[1];
+  EXPECT_NE(log.lines[0].find("moved it to " + tmp.file("rejected/ckpt-3.dtc")), std::string::npos)
+      << log.lines[0];
+  // Moved aside, byte for byte, not deleted.
+  EXPECT_EQ(dir.steps(), (std::vector<int64_t>{1}));
+  EXPECT_EQ(fs.read_file(tmp.file("rejected/ckpt-3.dtc"), kUnlimitedBytes), bytes);
+  EXPECT_EQ(fs.read_file(tmp.file("rejected/ckpt-2.dtc"), kUnlimitedBytes), bytes.substr(0, 30));
 
   fs.write_file(dir.path_for(1), "");
   EXPECT_FALSE(dir.load_latest().has_value());

@@ -7,7 +7,9 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "testing/expect_error.h"
 #include "testing/fault_fs.h"
+#include "testing/hostile_files.h"
 
 namespace dtrain::io {
 namespace {
@@ -228,6 +230,39 @@ TEST(Safetensors, FlippedBytesNeverCrash) {
 TEST(Safetensors, MissingFileIsADataError) {
   TempDir tmp;
   EXPECT_THROW(load_safetensors(tmp.file("none.safetensors")), DataError);
+}
+
+// Issue #18: `--weights /dev/zero` (or /dev/urandom, a FIFO) grew memory
+// without end or hung. Only a regular file within the limit is read; the
+// default limit is kMaxModelFileBytes (checked with a sparse file).
+TEST(Safetensors, LoadingRefusesDevicesFifosFoldersAndOversizedFiles) {
+  TempDir tmp;
+  for (const uint64_t limit : {uint64_t{1000}, kMaxModelFileBytes}) {
+    for (const auto& bad : dtrain::testing::hostile_paths(tmp, limit)) {
+      SCOPED_TRACE(bad.path);
+      dtrain::testing::expect_error<DataError>(
+          [&] {
+            if (limit == kMaxModelFileBytes) {
+              load_safetensors(bad.path);
+            } else {
+              load_safetensors(bad.path, default_file_system(), limit);
+            }
+          },
+          "cannot read safetensors file '" + bad.path + "': " + bad.reason);
+    }
+  }
+}
+
+// The header length is bounded by the file, so a small file announcing a
+// large header fails before anything of that size is allocated.
+TEST(Safetensors, TheHeaderLengthIsBoundedByTheFileSize) {
+  std::string bytes(8, '\0');
+  const uint64_t announced = 99'999'999;  // under the 100 MB cap
+  std::memcpy(bytes.data(), &announced, 8);
+  bytes += "{}";
+  EXPECT_EQ(decode_error(bytes),
+            "safetensors m.safetensors: header length 99999999 runs past the end of the file (2 "
+            "bytes after the length field)");
 }
 
 // Cross-check with PyTorch: Python parses our file on its own and writes one

@@ -51,12 +51,12 @@ bool FaultInjectingFileSystem::enter(Op op, const std::string& path) {
 
 std::optional<std::string> FaultInjectingFileSystem::content_of(const std::string& path) {
   if (!base_.exists(path)) return std::nullopt;
-  return base_.read_file(path);
+  return base_.read_file(path, io::kUnlimitedBytes);
 }
 
-std::string FaultInjectingFileSystem::read_file(const std::string& path) {
+std::string FaultInjectingFileSystem::read_file(const std::string& path, uint64_t max_bytes) {
   enter(Op::kRead, path);
-  return base_.read_file(path);
+  return base_.read_file(path, max_bytes);
 }
 
 void FaultInjectingFileSystem::write_file(const std::string& path, std::string_view data) {

@@ -84,7 +84,7 @@ class FaultInjectingFileSystem final : public io::FileSystem {
   // process crash without power loss).
   void restart();
 
-  std::string read_file(const std::string& path) override;
+  std::string read_file(const std::string& path, uint64_t max_bytes) override;
   void write_file(const std::string& path, std::string_view data) override;
   void sync_file(const std::string& path) override;
   void sync_directory(const std::string& dir) override;

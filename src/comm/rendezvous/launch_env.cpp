@@ -21,6 +21,10 @@ int parse_int(const std::string& text, const std::string& name) {
   int value = 0;
   const char* end = text.data() + text.size();
   auto [ptr, ec] = std::from_chars(text.data(), end, value);
+  if (ec == std::errc::result_out_of_range && ptr == end) {
+    throw ConfigError(kEnvironment, name, 0,
+                      fmt::format("'{}' is out of range for a 32-bit integer", text));
+  }
   if (text.empty() || ec != std::errc() || ptr != end) {
     throw ConfigError(kEnvironment, name, 0, fmt::format("'{}' is not an integer", text));
   }
@@ -92,6 +96,11 @@ LaunchInfo resolve_launch_env(const std::map<std::string, std::string>& env,
   if (info.world_size < 1) {
     throw ConfigError(kEnvironment, world->name, 0,
                       fmt::format("world size {} is not positive", info.world_size));
+  }
+  if (info.world_size > kMaxWorldSize) {
+    throw ConfigError(
+        kEnvironment, world->name, 0,
+        fmt::format("world size {} is over the limit of {}", info.world_size, kMaxWorldSize));
   }
   if (info.rank < 0 || info.rank >= info.world_size) {
     throw ConfigError(kEnvironment, rank->name, 0,

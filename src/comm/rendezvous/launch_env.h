@@ -15,8 +15,9 @@
 // required when world_size > 1. When no source gives the local rank, it is the
 // rank (every rank assumed on one host).
 // Throws ConfigError naming the variable (or "--flag") and the bad value:
-// a non-integer, a negative rank, rank >= world size, a world size < 1, only
-// one of rank / world size found, a missing or malformed coordinator.
+// a non-integer, a negative rank, rank >= world size, a world size < 1 or
+// over kMaxWorldSize, only one of rank / world size found, a missing or
+// malformed coordinator.
 // Thread safety: pure. Never blocks.
 #pragma once
 
@@ -25,6 +26,10 @@
 #include <string>
 
 namespace dtrain::comm {
+
+// The largest world size accepted: far beyond any job dtrain runs, and small
+// enough that per-rank tables (addresses, counts) stay small.
+inline constexpr int kMaxWorldSize = 65536;
 
 struct LaunchOverrides {
   std::optional<int> rank;
