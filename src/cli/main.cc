@@ -30,6 +30,7 @@ int exit_code_for(const std::exception& e) {
   if (dynamic_cast<const DataError*>(&e)) return 3;
   if (dynamic_cast<const CommError*>(&e)) return 4;
   if (dynamic_cast<const CheckpointError*>(&e)) return 5;
+  if (dynamic_cast<const NumericError*>(&e)) return 6;
   if (dynamic_cast<const InternalError*>(&e)) return 70;
   return 1;
 }
@@ -40,7 +41,8 @@ int main(int argc, char** argv) {
   CLI::App app{"dtrain: data-parallel training of neural networks"};
   app.footer(
       "Exit codes: 0 success, 1 other error, 2 bad job file or usage, 3 bad data, "
-      "4 communication failure, 5 checkpoint error, 70 internal error.");
+      "4 communication failure, 5 checkpoint error, 6 non-finite values in training, 70 internal "
+      "error.");
   app.require_subcommand(1);
   app.set_version_flag("--version", "dtrain 0.1.0");
 

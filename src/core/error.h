@@ -80,6 +80,13 @@ class CheckpointError : public Error {
   int64_t step_ = -1;
 };
 
+// Training produced a value that is not finite (a NaN or an infinity in the
+// loss, a gradient or an update): continuing would only spread it.
+class NumericError : public Error {
+ public:
+  using Error::Error;
+};
+
 // The API was misused (wrong shapes, wrong order of calls).
 class UsageError : public Error {
  public:

@@ -544,6 +544,10 @@ std::optional<CheckpointDirectory::Found> CheckpointDirectory::load_latest(
       problem =
           fmt::format("skipping checkpoint {} (step {}): {}", path, checkpoint->step, *refusal);
     }
+    if (!options.move_refused) {
+      logger_.warn("{}", problem);
+      continue;
+    }
     const std::string moved = move_aside(path);
     if (!moved.empty()) known_.erase(*it);
     logger_.warn("{}; {}", problem,

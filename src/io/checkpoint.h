@@ -152,6 +152,9 @@ struct CheckpointLoadOptions {
   CheckpointValidator validate;                  // empty: accept every intact checkpoint
   bool require_finite = true;                    // refuse a checkpoint holding a NaN or infinity
   uint64_t max_file_bytes = kMaxModelFileBytes;  // larger files count as unreadable
+  // Move refused files to rejected/. Off for the processes of a job that
+  // only read the folder (every worker resumes, only the chief moves files).
+  bool move_refused = true;
 };
 
 // The folder load_latest() moves refused checkpoints to, under the directory.

@@ -354,6 +354,8 @@ void AllReduceStrategy::apply_update() {
     float* grad = p.grad().data();
     for (size_t k = 0; k < sum.size(); ++k) grad[k] = sum[k] / total_samples;
   }
+  // Every worker holds the same averaged gradient: all stop at the same step.
+  check_finite_gradients(*model_);
   optimizer_->step();
   ++updates_;
   updated_ = true;

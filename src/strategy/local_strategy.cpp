@@ -19,6 +19,7 @@ StepStats LocalStrategy::train_step(const Tensor& inputs, std::span<const int64_
   Variable loss = loss_(output, targets);
   optimizer_->zero_grad();
   loss.backward();
+  check_finite_gradients(*model_);
   optimizer_->step();
   return {static_cast<double>(loss.item()) * static_cast<double>(n), count_correct(output.data(), targets), n};
 }

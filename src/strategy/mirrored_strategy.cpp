@@ -102,6 +102,7 @@ StepStats MirroredStrategy::train_step(const Tensor& inputs, std::span<const int
     }
   }
   threads_.run([this](int64_t t) { sum_gradients(t); });
+  check_finite_gradients(*models_[0]);
   optimizer_->step();
   threads_.run([this](int64_t r) { copy_from_primary(r); });
   StepStats total;

@@ -196,6 +196,7 @@ StepStats PsStrategy::train_step(const Tensor& inputs, std::span<const int64_t> 
     mine = {static_cast<double>(loss.item()) * static_cast<double>(n),
             count_correct(output.data(), targets), n};
     loss.backward();  // the mean gradient over this worker's rows
+    check_finite_gradients(*model_);
     compute_s = account_compute(std::chrono::duration<double>(Clock::now() - start).count(), n);
   }
   // Rows first: in sync the servers hold them for the version that the dense

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
+
 
 #include "autograd/functions.h"
 #include "core/error.h"
@@ -15,6 +17,43 @@ void check_batch(const Tensor& inputs, std::span<const int64_t> targets, bool al
   if (!ok) {
     throw UsageError(fmt::format("train_step: inputs {} do not match {} targets",
                                  inputs.defined() ? shape_str(inputs.shape()) : "(undefined)", n));
+  }
+}
+
+namespace {
+
+// Whether every value is finite: x * 0 is 0 for finite x and NaN otherwise,
+// so one sum (which vectorises) answers for the whole span.
+bool all_finite(std::span<const float> values) {
+  float probe = 0.0f;
+  for (const float v : values) probe += v * 0.0f;
+  return probe == 0.0f;
+}
+
+std::string first_non_finite(std::span<const float> values) {
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (!std::isfinite(values[i])) return fmt::format("{} at element {}", values[i], i);
+  }
+  return "none";
+}
+
+}  // namespace
+
+void check_finite_gradients(const nn::Module& model) {
+  for (const auto& [name, p] : model.named_parameters()) {
+    std::span<const float> values;
+    if (p.grad().defined()) {
+      values = std::span<const float>(p.grad().data(), static_cast<size_t>(p.grad().numel()));
+    } else if (const SparseRows* rows = p.sparse_grad(); rows != nullptr) {
+      values = std::span<const float>(rows->values.data(),
+                                      static_cast<size_t>(rows->values.numel()));
+    } else {
+      continue;
+    }
+    if (!all_finite(values)) {
+      throw NumericError(fmt::format("the gradient of '{}' is not finite ({})", name,
+                                     first_non_finite(values)));
+    }
   }
 }
 

@@ -62,6 +62,12 @@ using OptimizerFactory =
 // Counts the samples whose arg-max over the last dimension equals the target.
 int64_t count_correct(const Tensor& output, std::span<const int64_t> targets);
 
+// Throws NumericError naming the first parameter of `model` (its dotted
+// name) whose gradient, dense or row-sparse, holds a NaN or an infinity:
+// an update from it would make the weights non-finite. One pass over the
+// gradients; strategies call it before their optimizer step.
+void check_finite_gradients(const nn::Module& model);
+
 // Throws UsageError unless `inputs` has one row per target. With
 // `allow_empty` a share of 0 rows is valid (inputs then may be undefined):
 // a worker of a distributed step that got no rows still joins it.

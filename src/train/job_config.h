@@ -147,6 +147,9 @@ struct JobConfig {
   uint64_t seed = 1;
   std::string output = "runs/job";
   bool resume = true;   // resume from the newest valid checkpoint in output
+  // Resume even from a checkpoint of another job name or model (a warning
+  // instead of refusing it); the step and epoch bounds still apply.
+  bool force_resume = false;
   ModelConfig model;
   DataConfig data;
   optim::OptimizerConfig optimizer;

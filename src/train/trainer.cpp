@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <limits>
 #include <numeric>
 #include <tuple>
@@ -16,6 +17,7 @@
 #include "io/checkpoint.h"
 #include "io/file_system.h"
 #include "io/safetensors.h"
+#include "tensor/state_dict.h"
 #include "train/partitioned_epoch.h"
 
 namespace dtrain::train {
@@ -28,15 +30,15 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-// Running sums of a window of steps.
-struct Window {
-  strategy::StepStats stats;
-  double seconds = 0.0;
-  void reset() { *this = {}; }
-  double loss() const { return stats.samples ? stats.loss_sum / double(stats.samples) : 0.0; }
-  double accuracy() const { return stats.samples ? double(stats.correct) / double(stats.samples) : 0.0; }
-  double rate() const { return seconds > 0 ? double(stats.samples) / seconds : 0.0; }
-};
+double mean_loss(const strategy::StepStats& s) {
+  return s.samples ? s.loss_sum / double(s.samples) : 0.0;
+}
+double accuracy(const strategy::StepStats& s) {
+  return s.samples ? double(s.correct) / double(s.samples) : 0.0;
+}
+double rate(const strategy::StepStats& s, double seconds) {
+  return seconds > 0 ? double(s.samples) / seconds : 0.0;
+}
 
 std::string join(const std::vector<int64_t>& values, const char* separator) {
   return fmt::format("{}", fmt::join(values, separator));
@@ -124,11 +126,28 @@ void Trainer::set_aside_earlier_checkpoints() {
                steps.size(), steps.front(), steps.back(), job_.output, aside);
 }
 
-bool Trainer::resume(Position& position) {
+bool Trainer::resume(Position& position, const RunPlan& plan, const data::TensorDataset& train) {
   io::CheckpointDirectory dir(job_.output, std::max<int64_t>(1, job_.train.keep_checkpoints),
                               io::default_file_system(), logger_);
-  std::optional<io::CheckpointDirectory::Found> found = dir.load_latest();
-  if (!found) return false;
+  const bool had_checkpoints = !dir.steps().empty();
+  io::ResumeCheck check;
+  check.identity = {job_.name, state_fingerprint(strategy_.model().state_dict())};
+  // A partitioned epoch takes at most one step per sample.
+  check.max_step = plan.partitioned ? job_.train.epochs * std::max<int64_t>(1, train.size())
+                                    : plan.planned_steps;
+  check.max_epoch = job_.train.epochs;
+  check.force_identity = job_.force_resume;
+  io::CheckpointLoadOptions options;
+  options.validate = io::resume_validator(check, logger_);
+  options.move_refused = chief_;  // the others only read the folder
+  std::optional<io::CheckpointDirectory::Found> found = dir.load_latest(options);
+  if (!found) {
+    if (had_checkpoints) {
+      report(fmt::format("no valid checkpoint in {} (refused ones are in {}/{}): starting afresh",
+                         job_.output, job_.output, io::kRejectedFolder));
+    }
+    return false;
+  }
   const io::Checkpoint& c = found->checkpoint;
   const std::string batch_size = metadata_at(c, "batch_size", found->path);
   if (batch_size != std::to_string(job_.train.batch_size)) {
@@ -173,12 +192,17 @@ void Trainer::save_checkpoint(const Position& position) {
   c.epoch = position.epoch;
   c.metadata["batch_in_epoch"] = std::to_string(position.batch_in_epoch);
   c.metadata["batch_size"] = std::to_string(job_.train.batch_size);
-  c.metadata["job"] = job_.name;
   c.metadata["seed"] = std::to_string(job_.seed);
   if (!part_consumed_.empty()) c.metadata["part_consumed"] = join(part_consumed_, ",");
   strategy_.fetch_model();
   c.add_section("model", strategy_.model().state_dict().clone());
   c.add_section("optimizer", strategy_.optimizer_state().clone());
+  io::stamp_identity(c, {job_.name, state_fingerprint(c.section("model"))});
+  if (const auto bad = io::describe_non_finite(c)) {
+    throw NumericError(fmt::format("step {}: the state to checkpoint is not finite ({}); no "
+                                   "checkpoint was written, the last one on disk is finite",
+                                   position.step, *bad));
+  }
   last_checkpoint_ = Clock::now();
   writer_->submit(std::move(c));
 }
@@ -209,60 +233,234 @@ std::vector<std::vector<int64_t>> Trainer::make_parts(const data::TensorDataset&
   return data::partition(train.labels(), train.num_classes(), p);
 }
 
-Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset& test) {
-  const auto run_start = Clock::now();
-  const bool partitioned = !job_.data.partition.empty();
-  std::vector<std::vector<int64_t>> parts;
-  if (partitioned) parts = make_parts(train);
-  const int64_t per_epoch =
-      partitioned ? PartitionedEpoch::steps_at_equal_shares(parts, job_.train.batch_size)
-                  : steps_per_epoch(train.size());
-  if (per_epoch == 0) {
+Trainer::RunPlan Trainer::plan_run(const data::TensorDataset& train) const {
+  RunPlan plan;
+  plan.partitioned = !job_.data.partition.empty();
+  if (plan.partitioned) plan.parts = make_parts(train);
+  plan.per_epoch = plan.partitioned
+                       ? PartitionedEpoch::steps_at_equal_shares(plan.parts, job_.train.batch_size)
+                       : steps_per_epoch(train.size());
+  if (plan.per_epoch == 0) {
     throw UsageError(fmt::format("no training batches: {} samples, batch size {}{}", train.size(),
                                  job_.train.batch_size, job_.train.drop_last ? " with drop_last" : ""));
   }
   // The schedule's horizon is the whole run (epochs x steps per epoch), not
   // max_steps, so that a run stopped early and resumed follows the same
   // learning rates as one that never stopped.
-  const int64_t planned_steps = per_epoch * job_.train.epochs;
+  plan.planned_steps = plan.per_epoch * job_.train.epochs;
   // Partitioned epochs end when the parts are used up, which under dynamic
   // shares may take more steps than planned: only max_steps bounds them.
-  int64_t total_steps = partitioned ? std::numeric_limits<int64_t>::max() : planned_steps;
-  if (job_.train.max_steps > 0) total_steps = std::min(total_steps, job_.train.max_steps);
+  plan.total_steps =
+      plan.partitioned ? std::numeric_limits<int64_t>::max() : plan.planned_steps;
+  if (job_.train.max_steps > 0) plan.total_steps = std::min(plan.total_steps, job_.train.max_steps);
+  return plan;
+}
 
-  optim::LrScheduleConfig schedule = job_.schedule;
-  if (schedule.total_steps == 0) schedule.total_steps = std::max<int64_t>(planned_steps, schedule.warmup_steps + 1);
-  schedule_ = optim::make_lr_schedule(schedule, job_.optimizer.lr);
-
-  int64_t rank = strategy_.rank(), world = strategy_.world_size();
-  bool chief = rank == 0;
+Trainer::Position Trainer::starting_position(const RunPlan& plan, const data::TensorDataset& train) {
   Position position;
   strategy::TrainingPosition joined;
-  elastic_ = strategy_.elastic();
   if (elastic_ != nullptr && elastic_->joined_running_group(joined)) {
     position = {joined.step, joined.epoch, joined.batch_in_epoch};
   } else if (const std::optional<int64_t> step = strategy_.joined_at_step()) {
     // A restarted ps worker: the servers kept the job going; it continues
     // where the job is, not from a checkpoint.
-    position = {*step, *step / per_epoch, *step % per_epoch};
+    position = {*step, *step / plan.per_epoch, *step % plan.per_epoch};
     report(fmt::format("joined the running job at step {}: epoch {}, batch {}", *step,
                        position.epoch + 1, position.batch_in_epoch + 1));
   } else if (job_.resume) {
-    resume(position);
-  } else if (chief) {
+    resume(position, plan, train);
+  } else if (chief_) {
     set_aside_earlier_checkpoints();
   }
-  writer_.reset();
-  // Rank 0 writes the checkpoints. In elastic mode rank and world size
-  // change with the group, and a process that becomes rank 0 starts writing.
-  auto take_group_role = [&] {
-    rank = strategy_.rank(), world = strategy_.world_size(), chief = rank == 0;
-    if (chief && !writer_) {
-      writer_ = std::make_unique<CheckpointWriter>(
-          job_.output, std::max<int64_t>(1, job_.train.keep_checkpoints),
-          io::default_file_system(), logger_);
+  return position;
+}
+
+void Trainer::take_group_role() {
+  rank_ = strategy_.rank();
+  world_ = strategy_.world_size();
+  chief_ = rank_ == 0;
+  if (chief_ && !writer_) {
+    writer_ = std::make_unique<CheckpointWriter>(
+        job_.output, std::max<int64_t>(1, job_.train.keep_checkpoints), io::default_file_system(),
+        logger_);
+  }
+}
+
+EpochBatches Trainer::epoch_batches(const data::TensorDataset& train, data::DataLoader& loader,
+                                    const RunPlan& plan, Position& position) {
+  if (!plan.partitioned) {
+    return EpochBatches(train, loader, strategy_, job_.seed, position.epoch,
+                        job_.train.batch_size, position.batch_in_epoch);
+  }
+  std::vector<int64_t> consumed;
+  if (position.batch_in_epoch > 0) {
+    if (static_cast<int64_t>(resumed_part_consumed_.size()) == world_) {
+      consumed = resumed_part_consumed_;
+    } else {
+      report(resumed_part_consumed_.empty()
+                 ? fmt::format("the checkpoint has no partition positions (written without "
+                               "data.partition): epoch {} starts afresh",
+                               position.epoch + 1)
+                 : fmt::format("the checkpoint's partition positions are for {} workers, "
+                               "this run has {}: epoch {} starts afresh",
+                               resumed_part_consumed_.size(), world_, position.epoch + 1));
+      position.batch_in_epoch = 0;
     }
-  };
+  }
+  resumed_part_consumed_.clear();
+  EpochBatches batches(train, plan.parts, strategy_, job_.seed, position.epoch,
+                       job_.train.batch_size, consumed);
+  part_consumed_ = batches.consumed();
+  return batches;
+}
+
+std::optional<strategy::StepStats> Trainer::run_step(const StepBatch& step, Position& position) {
+  // Gradient accumulation: k micro-batches of this process's rows, one update.
+  const int64_t k = strategy_.accumulation_steps();
+  const int64_t lo = step.lo, hi = step.hi;
+  strategy::StepStats mine;
+  try {
+    for (int64_t m = 0; m < k; ++m) {
+      const int64_t a = lo + (hi - lo) * m / k, b = lo + (hi - lo) * (m + 1) / k;
+      mine += strategy_.train_step(
+          step.batch.x.narrow(a, b - a),
+          std::span<const int64_t>(step.batch.y).subspan(static_cast<size_t>(a),
+                                                         static_cast<size_t>(b - a)));
+    }
+  } catch (const CommError& e) {
+    if (elastic_ == nullptr) throw;
+    reform(position, e.what());
+    return std::nullopt;
+  } catch (const NumericError& e) {
+    throw NumericError(fmt::format(
+        "step {} (epoch {}, batch {}): {}: training stops before this update; the checkpoints "
+        "on disk are finite. A learning rate too high (optimizer.lr = {}) is the usual cause",
+        position.step + 1, position.epoch + 1, position.batch_in_epoch + 1, e.what(),
+        job_.optimizer.lr));
+  }
+  const strategy::StepStats totals = strategy_.step_totals(mine);
+  if (!std::isfinite(totals.loss_sum)) {
+    throw NumericError(fmt::format(
+        "step {} (epoch {}, batch {}): the loss is not finite ({}): training stops; the "
+        "checkpoints on disk are finite. A learning rate too high (optimizer.lr = {}) is the "
+        "usual cause",
+        position.step + 1, position.epoch + 1, position.batch_in_epoch + 1, totals.loss_sum,
+        job_.optimizer.lr));
+  }
+  return totals;
+}
+
+bool Trainer::after_step(Position& position, float lr, const RunPlan& plan, bool last_step) {
+  // The checkpoint of this step is handed over before the step is reported,
+  // and handing it over waits for the previous write; the last step (whose
+  // checkpoint is written at the epoch's end) waits for it too. So with a
+  // checkpoint every step, once step N is reported the checkpoint of step
+  // N - 1 is on disk.
+  bool reformed = false;
+  if (elastic_ != nullptr && !last_step && elastic_->reform_due()) {
+    reform(position, "a worker is waiting to join");
+    reformed = true;
+    take_group_role();
+  }
+  if (chief_ && !last_step && checkpoint_due(position.step)) save_checkpoint(position);
+  if (chief_ && last_step) writer_->wait();
+  StepInfo s;
+  s.step = position.step;
+  s.epoch = position.epoch + 1;
+  s.step_in_epoch = position.batch_in_epoch;
+  s.steps_per_epoch = plan.per_epoch;
+  s.lr = lr;
+  s.loss = mean_loss(window_.stats);
+  s.accuracy = accuracy(window_.stats);
+  s.samples_per_s = rate(window_.stats, window_.seconds);
+  for (Callback* c : callbacks_) c->on_step_end(s);
+  if (job_.train.log_every_steps > 0 && position.step % job_.train.log_every_steps == 0) {
+    window_ = {};
+  }
+  return reformed;
+}
+
+Trainer::EpochEnd Trainer::run_epoch(const data::TensorDataset& train, data::DataLoader& loader,
+                                     const RunPlan& plan, Position& position) {
+  EpochEnd end;
+  end.started = Clock::now();
+  EpochBatches batches = epoch_batches(train, loader, plan, position);
+  while (std::optional<StepBatch> step = batches.next()) {
+    const auto t0 = Clock::now();
+    if (plan.partitioned) part_consumed_ = batches.consumed();
+    end.last_split = step->split;
+    const float lr = schedule_->lr_at(position.step);
+    strategy_.set_learning_rate(lr);
+    const std::optional<strategy::StepStats> stats = run_step(*step, position);
+    if (!stats) {  // the group re-formed at `position`
+      end.reformed = true;
+      take_group_role();
+      break;
+    }
+    const double dt = seconds_since(t0);
+    ++position.step;
+    ++position.batch_in_epoch;
+    window_.add(*stats, dt);
+    end.steps.add(*stats, dt);
+    const bool last_step = position.step >= plan.total_steps;
+    end.reformed = after_step(position, lr, plan, last_step);
+    if (last_step) {
+      end.run_over = true;
+      break;
+    }
+    if (end.reformed) break;
+  }
+  end.exhausted = plan.partitioned ? batches.done() : position.batch_in_epoch >= plan.per_epoch;
+  return end;
+}
+
+void Trainer::end_epoch(const data::TensorDataset& test, const EpochEnd& end, Position& position,
+                        Summary& summary) {
+  if (chief_ && world_ > 1 && !end.last_split.empty()) {
+    const int64_t rows = std::accumulate(end.last_split.begin(), end.last_split.end(), int64_t{0});
+    if (end.last_split != strategy_.Strategy::batch_split(rows)) {
+      report(fmt::format("epoch {}: rows per worker in the last batch: {}", position.epoch + 1,
+                         join(end.last_split, " ")));
+    }
+  }
+  if (end.exhausted) {
+    ++position.epoch;
+    position.batch_in_epoch = 0;
+    if (!part_consumed_.empty()) part_consumed_.assign(static_cast<size_t>(world_), 0);
+  }
+  // Every process holds the same weights: the chief evaluates and writes.
+  if (chief_) strategy_.fetch_model();
+  const EvalResult eval =
+      chief_ ? evaluate(strategy_.model(), test, job_.train.eval_batch_size) : EvalResult{};
+  if (chief_) save_checkpoint(position);
+  EpochInfo e;
+  e.epoch = end.exhausted ? position.epoch : position.epoch + 1;
+  e.step = position.step;
+  e.train_loss = mean_loss(end.steps.stats);
+  e.train_accuracy = accuracy(end.steps.stats);
+  e.test_loss = eval.loss;
+  e.test_accuracy = eval.accuracy;
+  e.samples_per_s = rate(end.steps.stats, end.steps.seconds);
+  e.seconds = seconds_since(end.started);
+  for (Callback* c : callbacks_) c->on_epoch_end(e);
+  summary.test_loss = eval.loss;
+  summary.test_accuracy = eval.accuracy;
+  summary.best_test_accuracy = std::max(summary.best_test_accuracy, eval.accuracy);
+  summary.epochs = e.epoch;
+}
+
+Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset& test) {
+  const auto run_start = Clock::now();
+  const RunPlan plan = plan_run(train);
+  optim::LrScheduleConfig schedule = job_.schedule;
+  if (schedule.total_steps == 0) {
+    schedule.total_steps = std::max<int64_t>(plan.planned_steps, schedule.warmup_steps + 1);
+  }
+  schedule_ = optim::make_lr_schedule(schedule, job_.optimizer.lr);
+  elastic_ = strategy_.elastic();
+  writer_.reset();
+  rank_ = strategy_.rank(), world_ = strategy_.world_size(), chief_ = rank_ == 0;
+  Position position = starting_position(plan, train);
   take_group_role();
   last_checkpoint_ = Clock::now();
 
@@ -271,7 +469,7 @@ Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset
   info.strategy = strategy_.name();
   info.workers = strategy_.replicas();
   info.epochs = job_.train.epochs;
-  info.steps_per_epoch = per_epoch;
+  info.steps_per_epoch = plan.per_epoch;
   info.start_step = position.step;
   info.parameters = strategy_.model().num_parameters();
   info.train_samples = train.size();
@@ -280,161 +478,21 @@ Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset
 
   data::DataLoader loader(train, {job_.train.batch_size, job_.train.drop_last, 2});
   Summary summary;
-  double train_seconds = 0.0;
-  int64_t train_samples = 0;
-  bool stop = position.step >= total_steps;
-
-  while (!stop && position.epoch < job_.train.epochs) {
-    const auto epoch_start = Clock::now();
-    std::unique_ptr<PartitionedEpoch> part_epoch;
-    if (partitioned) {
-      part_epoch = std::make_unique<PartitionedEpoch>(parts, rank, job_.seed, position.epoch);
-      if (position.batch_in_epoch > 0) {
-        if (static_cast<int64_t>(resumed_part_consumed_.size()) == world) {
-          part_epoch->skip(resumed_part_consumed_);
-        } else {
-          report(resumed_part_consumed_.empty()
-                     ? fmt::format("the checkpoint has no partition positions (written without "
-                                   "data.partition): epoch {} starts afresh",
-                                   position.epoch + 1)
-                     : fmt::format("the checkpoint's partition positions are for {} workers, "
-                                   "this run has {}: epoch {} starts afresh",
-                                   resumed_part_consumed_.size(), world, position.epoch + 1));
-          position.batch_in_epoch = 0;
-        }
-      }
-      resumed_part_consumed_.clear();
-      part_consumed_ = part_epoch->consumed();
-    } else {
-      std::vector<int64_t> order = data::shuffled_order(train.size(), job_.seed, position.epoch);
-      const int64_t skip = std::min<int64_t>(position.batch_in_epoch * job_.train.batch_size,
-                                             static_cast<int64_t>(order.size()));
-      order.erase(order.begin(), order.begin() + skip);
-      loader.start_epoch(std::move(order));
+  Window trained;  // every step of the run
+  window_ = {};
+  while (position.step < plan.total_steps && position.epoch < job_.train.epochs) {
+    const EpochEnd end = run_epoch(train, loader, plan, position);
+    trained.stats += end.steps.stats;
+    trained.seconds += end.steps.seconds;
+    // A group that re-formed mid-epoch goes on from the position it agreed on.
+    if (end.reformed && !end.run_over && position.step < plan.total_steps &&
+        position.batch_in_epoch < plan.per_epoch) {
+      continue;
     }
-    std::vector<int64_t> last_split;
-
-    Window window, epoch;
-    bool reformed = false;  // elastic: the group re-formed; continue from `position`
-    while (true) {
-      const auto t0 = Clock::now();
-      // This process's rows [lo, hi) of `batch`: of the shared global batch
-      // (all of it with one process), or everything taken from its part.
-      std::optional<data::Batch> batch;
-      int64_t lo = 0, hi = 0;
-      if (partitioned) {
-        if (part_epoch->exhausted()) break;
-        last_split = strategy_.batch_split(job_.train.batch_size);
-        batch = data::gather_batch(train, part_epoch->take(last_split));
-        part_consumed_ = part_epoch->consumed();
-        hi = batch->size();
-      } else {
-        batch = loader.next();
-        if (!batch) break;
-        last_split = strategy_.batch_split(batch->size());
-        std::tie(lo, hi) = strategy_.row_range(batch->size());
-      }
-      const float lr = schedule_->lr_at(position.step);
-      strategy_.set_learning_rate(lr);
-      // Gradient accumulation: k micro-batches of those rows, one update.
-      const int64_t k = strategy_.accumulation_steps();
-      strategy::StepStats mine;
-      try {
-        for (int64_t m = 0; m < k; ++m) {
-          const int64_t a = lo + (hi - lo) * m / k, b = lo + (hi - lo) * (m + 1) / k;
-          mine += strategy_.train_step(batch->x.narrow(a, b - a),
-                                       std::span<const int64_t>(batch->y).subspan(
-                                           static_cast<size_t>(a), static_cast<size_t>(b - a)));
-        }
-      } catch (const CommError& e) {
-        if (elastic_ == nullptr) throw;
-        reform(position, e.what());
-        reformed = true;
-        break;
-      }
-      const strategy::StepStats stats = strategy_.step_totals(mine);
-      const double dt = seconds_since(t0);
-      ++position.step;
-      ++position.batch_in_epoch;
-      for (Window* w : {&window, &epoch}) {
-        w->stats += stats;
-        w->seconds += dt;
-      }
-      // The checkpoint of this step is handed over before the step is
-      // reported, and handing it over waits for the previous write; the last
-      // step (whose checkpoint is written after the loop) waits for it too.
-      // So with a checkpoint every step, once step N is reported the
-      // checkpoint of step N - 1 is on disk.
-      const bool last_step = position.step >= total_steps;
-      if (elastic_ != nullptr && !last_step && elastic_->reform_due()) {
-        reform(position, "a worker is waiting to join");
-        reformed = true;
-      }
-      if (reformed) take_group_role();
-      if (chief && !last_step && checkpoint_due(position.step)) save_checkpoint(position);
-      if (chief && last_step) writer_->wait();
-      StepInfo s;
-      s.step = position.step;
-      s.epoch = position.epoch + 1;
-      s.step_in_epoch = position.batch_in_epoch;
-      s.steps_per_epoch = per_epoch;
-      s.lr = lr;
-      s.loss = window.loss();
-      s.accuracy = window.accuracy();
-      s.samples_per_s = window.rate();
-      for (Callback* c : callbacks_) c->on_step_end(s);
-      if (job_.train.log_every_steps > 0 && position.step % job_.train.log_every_steps == 0) window.reset();
-      if (last_step) {
-        stop = true;
-        break;
-      }
-      if (reformed) break;
-    }
-    if (reformed) {
-      // The group agreed on `position`: go on from there (the next epoch when
-      // it is at this epoch's end).
-      take_group_role();
-      stop = position.step >= total_steps;
-      if (!stop && position.batch_in_epoch < per_epoch) continue;
-    }
-    train_seconds += epoch.seconds;
-    train_samples += epoch.stats.samples;
-
-    const bool epoch_done =
-        partitioned ? part_epoch->exhausted() : position.batch_in_epoch >= per_epoch;
-    if (chief && world > 1 && !last_split.empty()) {
-      const std::vector<int64_t> equal =
-          strategy_.Strategy::batch_split(std::accumulate(last_split.begin(), last_split.end(), int64_t{0}));
-      if (last_split != equal) {
-        report(fmt::format("epoch {}: rows per worker in the last batch: {}", position.epoch + 1,
-                           join(last_split, " ")));
-      }
-    }
-    if (epoch_done) {
-      ++position.epoch;
-      position.batch_in_epoch = 0;
-      if (partitioned) part_consumed_.assign(static_cast<size_t>(world), 0);
-    }
-    // Every process holds the same weights: the chief evaluates and writes.
-    if (chief) strategy_.fetch_model();
-    const EvalResult eval = chief ? evaluate(strategy_.model(), test, job_.train.eval_batch_size) : EvalResult{};
-    if (chief) save_checkpoint(position);
-    EpochInfo e;
-    e.epoch = epoch_done ? position.epoch : position.epoch + 1;
-    e.step = position.step;
-    e.train_loss = epoch.loss();
-    e.train_accuracy = epoch.accuracy();
-    e.test_loss = eval.loss;
-    e.test_accuracy = eval.accuracy;
-    e.samples_per_s = epoch.rate();
-    e.seconds = seconds_since(epoch_start);
-    for (Callback* c : callbacks_) c->on_epoch_end(e);
-    summary.test_loss = eval.loss;
-    summary.test_accuracy = eval.accuracy;
-    summary.best_test_accuracy = std::max(summary.best_test_accuracy, eval.accuracy);
-    summary.epochs = e.epoch;
+    end_epoch(test, end, position, summary);
+    if (end.run_over) break;
   }
-  if (summary.epochs == 0 && chief) {
+  if (summary.epochs == 0 && chief_) {
     // Nothing left to train (a finished run resumed): report where it stands.
     strategy_.fetch_model();
     const EvalResult eval = evaluate(strategy_.model(), test, job_.train.eval_batch_size);
@@ -442,8 +500,7 @@ Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset
     summary.test_accuracy = summary.best_test_accuracy = eval.accuracy;
     summary.epochs = position.epoch;
   }
-
-  if (chief) {
+  if (chief_) {
     // The last checkpoint is on disk (or its error thrown) before the final
     // weights are written and fit() returns.
     writer_->wait();
@@ -454,7 +511,7 @@ Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset
     io::save_safetensors(strategy_.model().state_dict(), summary.weights_path);
   }
   summary.steps = position.step;
-  summary.samples_per_s = train_seconds > 0 ? double(train_samples) / train_seconds : 0.0;
+  summary.samples_per_s = rate(trained.stats, trained.seconds);
   summary.seconds = seconds_since(run_start);
   for (Callback* c : callbacks_) c->on_train_end(summary);
   return summary;

@@ -57,6 +57,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "core/log.h"
@@ -67,6 +68,7 @@
 #include "train/callbacks.h"
 #include "train/checkpoint_writer.h"
 #include "train/job_config.h"
+#include "train/epoch_batches.h"
 
 namespace dtrain::train {
 
@@ -98,15 +100,71 @@ class Trainer {
     int64_t epoch = 0;          // 0-based epoch in progress
     int64_t batch_in_epoch = 0; // batches of `epoch` already trained on
   };
+  // The shape of the run, fixed before the first step.
+  struct RunPlan {
+    bool partitioned = false;
+    std::vector<std::vector<int64_t>> parts;  // partitioned: one per worker
+    int64_t per_epoch = 0;      // steps of an epoch at equal shares
+    int64_t planned_steps = 0;  // per_epoch x epochs: the schedule's horizon
+    int64_t total_steps = 0;    // where training stops (max_steps, or no bound)
+  };
+  // Running sums of a window of steps.
+  struct Window {
+    strategy::StepStats stats;
+    double seconds = 0.0;
+    void add(const strategy::StepStats& s, double dt) {
+      stats += s;
+      seconds += dt;
+    }
+  };
+  // How an epoch's steps ended.
+  struct EpochEnd {
+    bool run_over = false;   // the run's last step was taken
+    bool reformed = false;   // elastic: the group re-formed; go on from `position`
+    bool exhausted = false;  // the epoch's batches are used up
+    Window steps;            // the steps taken (this stretch of the epoch)
+    std::vector<int64_t> last_split;
+    std::chrono::steady_clock::time_point started;
+  };
 
-  bool resume(Position& position);
+  RunPlan plan_run(const data::TensorDataset& train) const;
+  // Where training starts: the running group's position (elastic or a
+  // restarted ps worker), the newest valid checkpoint, or step 0.
+  Position starting_position(const RunPlan& plan, const data::TensorDataset& train);
+  // Loads the newest checkpoint that is this job's (its identity, steps and
+  // epochs within the job's); false (and "starting afresh" when files were
+  // refused) when there is none.
+  bool resume(Position& position, const RunPlan& plan, const data::TensorDataset& train);
   // A fresh run (job.resume false) on the chief: checkpoints of an earlier
   // run in the output folder are moved to <output>/earlier-run/ (replacing
   // those an even earlier run left there), so that they neither shadow this
   // run's (pruning keeps the highest steps; a later resume takes the newest)
   // nor get lost at once.
   void set_aside_earlier_checkpoints();
-  // Snapshots the state on this thread and hands it to writer_.
+  // Rank 0 writes the checkpoints; in elastic mode rank and world size change
+  // with the group, and a process that becomes rank 0 starts writing.
+  void take_group_role();
+  // Trains the rest of `position`'s epoch.
+  EpochEnd run_epoch(const data::TensorDataset& train, data::DataLoader& loader,
+                     const RunPlan& plan, Position& position);
+  // The batches of `position`'s epoch (resumed where it stopped).
+  EpochBatches epoch_batches(const data::TensorDataset& train, data::DataLoader& loader,
+                             const RunPlan& plan, Position& position);
+  // One update from this process's rows of `batch` (micro-batches of them
+  // with gradient accumulation): the step's totals over every process, or
+  // nullopt when it failed and the group re-formed (elastic; `position` is
+  // then the group's). NumericError naming the step for a non-finite loss
+  // or gradient.
+  std::optional<strategy::StepStats> run_step(const StepBatch& batch, Position& position);
+  // After the update of `position.step`: checkpoint, report, re-form when a
+  // worker waits. Returns whether the group re-formed.
+  bool after_step(Position& position, float lr, const RunPlan& plan, bool last_step);
+  // Evaluates, checkpoints and reports the end of an epoch (or of the run's
+  // last stretch of one).
+  void end_epoch(const data::TensorDataset& test, const EpochEnd& end, Position& position,
+                 Summary& summary);
+  // Snapshots the state on this thread and hands it to writer_. Throws
+  // NumericError (writing nothing) when the state is not finite.
   void save_checkpoint(const Position& position);
   // Whether a checkpoint is due after `step` by step count or elapsed time.
   bool checkpoint_due(int64_t step) const;
@@ -122,11 +180,15 @@ class Trainer {
   std::vector<Callback*> callbacks_;
   strategy::ElasticMembership* elastic_ = nullptr;  // the strategy's, during fit()
   std::unique_ptr<optim::LrSchedule> schedule_;
+  int64_t rank_ = 0;
+  int64_t world_ = 1;
+  bool chief_ = true;
   std::chrono::steady_clock::time_point last_checkpoint_;  // when save_checkpoint last ran
   // Partitioned training: every worker's position in its part (saved with
   // each checkpoint), and the positions a resumed run continues from.
   std::vector<int64_t> part_consumed_;
   std::vector<int64_t> resumed_part_consumed_;
+  Window window_;  // since the last report (log_every_steps)
   std::unique_ptr<CheckpointWriter> writer_;  // rank 0, during fit(); last: joined first
 };
 
