@@ -335,7 +335,7 @@ bool RendezvousServer::wait_until_registered(size_t count, Deadline deadline) co
 
 RendezvousServer::RendezvousServer(const std::string& bind_host, int port, int world_size,
                                    JobAuth auth, Logger& logger)
-    : bind_host_(bind_host), world_size_(world_size), auth_(std::move(auth)), logger_(logger) {
+    : bind_host_(bind_host), auth_(std::move(auth)), logger_(logger) {
   if (world_size < 1) throw UsageError(fmt::format("rendezvous: world size {} < 1", world_size));
   state_ = std::make_unique<State>(world_size, auth_, logger_, complete_);
   wire::FramedSocketOptions o;

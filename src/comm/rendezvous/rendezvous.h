@@ -116,7 +116,6 @@ class RendezvousServer {
 
   std::string bind_host_;
   int port_ = 0;
-  int world_size_;
   JobAuth auth_;
   Logger& logger_;
   std::unique_ptr<State> state_;
