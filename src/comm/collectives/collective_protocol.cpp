@@ -28,17 +28,13 @@ void encode_header(const OpDescriptor& op, std::byte* dest) {
   std::memcpy(dest, w.bytes().data(), kHeaderBytes);
 }
 
-// The magic, or nullopt for a message too short to hold a header.
-std::optional<uint32_t> header_magic(std::span<const std::byte> message) {
+// The header of `message`, or nullopt for a message without one (too short,
+// or another magic).
+std::optional<OpDescriptor> decode_header(std::span<const std::byte> message) {
   if (message.size() < kHeaderBytes) return std::nullopt;
-  return ByteReader(message.first(4), "collective header").read_u32("magic");
-}
-
-// A message of at least kHeaderBytes bytes.
-OpDescriptor decode_header(std::span<const std::byte> message) {
   ByteReader r(message.first(kHeaderBytes), "collective header");
+  if (r.read_u32("magic") != kHeaderMagic) return std::nullopt;
   OpDescriptor op;
-  r.read_u32("magic");
   op.kind = static_cast<OpKind>(r.read_u8("kind"));
   op.reduce = static_cast<ReduceOp>(r.read_u8("reduce"));
   op.dtype = static_cast<Dtype>(r.read_u8("dtype"));
@@ -119,13 +115,14 @@ std::vector<std::byte> CollectiveChannel::recv_checked(int peer, size_t payload_
 
 std::vector<std::byte> CollectiveChannel::recv_and_check(int peer, size_t payload_bytes) {
   std::vector<std::byte> message = transport_.recv(peer, tag_, what_, deadline_);
-  if (header_magic(message) != kHeaderMagic) {
+  const std::optional<OpDescriptor> header = decode_header(message);
+  if (!header) {
     throw CommError(peer, what_,
                     fmt::format("rank {} received a {}-byte message without a collective header "
                                 "from rank {}",
                                 rank_, message.size(), peer));
   }
-  const OpDescriptor theirs = decode_header(message);
+  const OpDescriptor& theirs = *header;
   OpDescriptor expected = op_;
   if (payload_bytes == kAnySize) expected.count = theirs.count;
   if (!(theirs == expected)) {

@@ -140,9 +140,8 @@ std::vector<PeerEndpoint> decode_endpoints(std::span<const std::byte> bytes, siz
 // The coordinator's state and its handlers; everything but the observers'
 // part (under `mutex`) belongs to the serving thread.
 struct RendezvousServer::State {
-  State(int world_size, const JobAuth& auth, Logger& logger, std::atomic<bool>& complete)
+  State(int world_size, Logger& logger, std::atomic<bool>& complete)
       : world_size(world_size),
-        auth(auth),
         logger(logger),
         complete(complete),
         refusals(logger, "rendezvous coordinator: refused a registration"),
@@ -160,7 +159,6 @@ struct RendezvousServer::State {
   void send_to_all(wire::MessageType type, std::span<const std::byte> payload);
 
   const int world_size;
-  const JobAuth& auth;
   Logger& logger;
   std::atomic<bool>& complete;
   wire::RateLimitedLog refusals;
@@ -337,7 +335,7 @@ RendezvousServer::RendezvousServer(const std::string& bind_host, int port, int w
                                    JobAuth auth, Logger& logger)
     : bind_host_(bind_host), auth_(std::move(auth)), logger_(logger) {
   if (world_size < 1) throw UsageError(fmt::format("rendezvous: world size {} < 1", world_size));
-  state_ = std::make_unique<State>(world_size, auth_, logger_, complete_);
+  state_ = std::make_unique<State>(world_size, logger_, complete_);
   wire::FramedSocketOptions o;
   o.name = "rendezvous coordinator";
   o.rank = wire::kCoordinator;
