@@ -306,8 +306,9 @@ void RendezvousServer::State::accept(int rank, std::string_view identity,
   if (std::find(present.begin(), present.end(), false) == present.end()) {
     std::vector<PeerEndpoint> table;
     for (const auto& h : holders) table.push_back(h->endpoint);
-    send_to_all(wire::MessageType::kTable, encode_endpoints(table));
+    // Before the table leaves: a rank holding it finds complete() true.
     complete.store(true);
+    send_to_all(wire::MessageType::kTable, encode_endpoints(table));
   } else {
     send_to_all(wire::MessageType::kStatus, encode_status(present));
   }

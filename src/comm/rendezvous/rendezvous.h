@@ -97,7 +97,8 @@ class RendezvousServer {
   int port() const { return port_; }
   // "host:port" for rendezvous().
   std::string address() const;
-  // True once the table was sent to every rank.
+  // True once every rank registered and the table goes out (set before it is
+  // sent, so a rank holding the table finds it true).
   bool complete() const { return complete_.load(); }
   // The ranks registered so far, ascending.
   std::vector<int> registered() const;
