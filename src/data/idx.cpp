@@ -2,6 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <span>
+
+#include "core/byte_codec.h"
 #include "core/error.h"
 
 namespace dtrain::data {
@@ -10,13 +13,6 @@ namespace {
 
 constexpr uint32_t kImagesMagic = 0x00000803;
 constexpr uint32_t kLabelsMagic = 0x00000801;
-
-uint32_t read_u32_be(std::string_view bytes, size_t at) {
-  const auto b = [&](size_t i) {
-    return static_cast<uint32_t>(static_cast<unsigned char>(bytes[at + i]));
-  };
-  return (b(0) << 24) | (b(1) << 16) | (b(2) << 8) | b(3);
-}
 
 // A validated IDX file: extents and where the elements start.
 struct IdxFile {
@@ -33,7 +29,10 @@ IdxFile open_idx(const std::string& path, uint32_t magic, const char* kind, io::
     throw DataError(
         fmt::format("{}: {} bytes, too short for the 4-byte IDX magic", path, bytes.size()));
   }
-  const uint32_t got = read_u32_be(bytes, 0);
+  // IDX is big-endian by its specification: the one big-endian layout
+  // dtrain reads (core/byte_codec.h).
+  ByteReader r(std::as_bytes(std::span(bytes.data(), bytes.size())), path);
+  const uint32_t got = r.read_u32_be("magic");
   if (got != magic) {
     throw DataError(fmt::format("{}: magic 0x{:08x}, expected 0x{:08x} (IDX {} of unsigned bytes)",
                                 path, got, magic, kind));
@@ -47,7 +46,7 @@ IdxFile open_idx(const std::string& path, uint32_t magic, const char* kind, io::
   constexpr uint64_t kMaxElements = uint64_t{1} << 40;
   uint64_t elements = 1;
   for (size_t d = 0; d < ndims; ++d) {
-    const uint32_t extent = read_u32_be(bytes, 4 + 4 * d);
+    const uint32_t extent = r.read_u32_be("extent");
     file.dims.push_back(extent);
     if (extent != 0 && elements > kMaxElements / extent) {
       throw DataError(fmt::format("{}: extents declare more than 2^40 elements", path));

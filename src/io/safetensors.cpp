@@ -8,11 +8,16 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <span>
 
+#include "core/byte_codec.h"
 #include "io/atomic_file.h"
 
 namespace dtrain::io {
 
+// The header length goes through the byte codec; the tensors' F32 data is
+// copied in bulk as it lies in memory, which is the format's byte order only
+// on a little-endian host.
 static_assert(std::endian::native == std::endian::little,
               "safetensors data is little-endian; this build copies floats as they lie in memory");
 
@@ -132,8 +137,9 @@ std::string encode_safetensors(const StateDict& dict) {
 
   std::string out;
   out.reserve(8 + json.size() + offset);
-  const uint64_t header_length = json.size();
-  out.append(reinterpret_cast<const char*>(&header_length), sizeof(header_length));
+  ByteWriter length(sizeof(uint64_t));
+  length.write_u64(json.size());  // little-endian, as the format says
+  out.append(reinterpret_cast<const char*>(length.bytes().data()), length.size());
   out += json;
   for (const auto& [name, tensor] : dict) {
     out.append(reinterpret_cast<const char*>(tensor.data()),
@@ -147,8 +153,9 @@ StateDict decode_safetensors(std::string_view bytes, const std::string& source) 
     fail(source,
          fmt::format("file is {} bytes, shorter than the 8-byte header length", bytes.size()));
   }
-  uint64_t header_length = 0;
-  std::memcpy(&header_length, bytes.data(), sizeof(header_length));
+  const uint64_t header_length =
+      ByteReader(std::as_bytes(std::span(bytes.data(), 8)), fmt::format("safetensors {}", source))
+          .read_u64("header length");
   if (header_length > kMaxHeaderBytes) {
     fail(source, fmt::format("header length {} exceeds the limit of {} bytes", header_length,
                              kMaxHeaderBytes));

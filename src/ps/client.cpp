@@ -1,6 +1,7 @@
 #include "ps/client.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <condition_variable>
 #include <cstring>
@@ -12,9 +13,9 @@
 #include <thread>
 #include <zmq.hpp>
 
+#include "comm/wire/framed_socket.h"
 #include "core/deadline.h"
 #include "core/error.h"
-#include "ps/frame_io.h"
 #include "ps/shard_store.h"
 
 namespace dtrain::ps {
@@ -40,20 +41,34 @@ void validate(const ClientOptions& o) {
   }
 }
 
-zmq::socket_t connect_dealer(zmq::context_t& context, const std::string& endpoint, int server,
-                             uint64_t max_payload_bytes) {
-  zmq::socket_t socket(context, zmq::socket_type::dealer);
-  socket.set(zmq::sockopt::linger, 0);
-  socket.set(zmq::sockopt::rcvhwm, 0);
-  socket.set(zmq::sockopt::sndhwm, 0);
-  socket.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(max_payload_bytes));
-  try {
-    socket.connect(endpoint);
-  } catch (const zmq::error_t& e) {
-    throw CommError(server, "ps connect",
-                    fmt::format("cannot connect to '{}': {}", endpoint, e.what()));
-  }
-  return socket;
+// A DEALER socket of worker `worker` to server `server`: frames from that
+// server only, addressed to this worker's wire rank.
+std::unique_ptr<comm::wire::FramedSocket> connect_server(zmq::context_t& context,
+                                                         const ClientOptions& o, int server,
+                                                         const comm::JobAuth& auth,
+                                                         Logger& logger) {
+  const int servers = static_cast<int>(o.server_endpoints.size());
+  comm::wire::FramedSocketOptions so;
+  so.name = fmt::format("ps worker {} (server {})", o.worker, server);
+  so.peer = server;
+  so.rank = worker_rank(servers, o.worker);
+  so.limits.job_id = auth.job_id();
+  so.limits.world_size = static_cast<uint32_t>(servers);  // only servers send to a client
+  so.limits.receiver = worker_rank(servers, o.worker);
+  so.limits.max_payload_bytes = o.max_payload_bytes;
+  so.accepted = {comm::wire::MessageType::kData};
+  so.unbounded_queues = true;
+  return std::make_unique<comm::wire::FramedSocket>(
+      context, comm::wire::FramedSocket::Role::kDealer,
+      o.server_endpoints[static_cast<size_t>(server)], std::move(so), auth, logger);
+}
+
+void send_message(comm::wire::FramedSocket& socket, int server, const Message& m) {
+  comm::wire::FrameHeader header;
+  header.type = comm::wire::MessageType::kData;
+  header.receiver = server_rank(server);
+  header.sequence = m.request_id;
+  socket.send({}, header, encode_message(m));
 }
 
 }  // namespace
@@ -65,16 +80,11 @@ class Client::Impl {
     validate(options_);
     const int servers = num_servers();
     for (int s = 0; s < servers; ++s) {
-      sockets_.push_back(connect_dealer(context_, options_.server_endpoints[static_cast<size_t>(s)],
-                                        s, options_.max_payload_bytes));
+      sockets_.push_back(connect_server(context_, options_, s, auth_, logger_));
       monitors_.push_back(watch_disconnects(s));
     }
     values_.resize(static_cast<size_t>(servers));
     open_pushes_.resize(static_cast<size_t>(servers));
-    limits_.job_id = auth_.job_id();
-    limits_.world_size = static_cast<uint32_t>(servers);  // only servers send to a client
-    limits_.receiver = worker_rank(servers, options_.worker);
-    limits_.max_payload_bytes = options_.max_payload_bytes;
     heartbeat_ = std::jthread([this](std::stop_token stop) { send_heartbeats(stop); });
   }
 
@@ -94,6 +104,14 @@ class Client::Impl {
   // kMaxRecoveries times per call.
   std::vector<Message> exchange(std::vector<std::pair<int, Message>> requests,
                                 const std::string& operation, const std::string& awaited);
+  struct Call;
+  // exchange()'s parts: waits until every server of `call` answered (or
+  // failed, or the deadline passed); takes one matching reply; restarts the
+  // call's deadline for a recovery (false, and the server failed, after
+  // kMaxRecoveries).
+  void wait_for_replies(Call& call);
+  void take_reply(Call& call, int server, Message& reply);
+  bool recover(Call& call, int server, const char* why);
   // Sends `m` to `server` (assigning worker and, when 0, a new request id);
   // pushes are also kept in open_pushes_ until the next pull from `server`.
   void send(int server, Message& m);
@@ -107,6 +125,9 @@ class Client::Impl {
   zmq::socket_t watch_disconnects(int server);
   // Whether monitor `server` reported a broken connection (drains it).
   bool disconnected(int server);
+  // The next frame from `server` whose payload decodes, if one is waiting
+  // (the others are dropped, counted and logged by its socket).
+  std::optional<std::pair<comm::wire::FrameHeader, Message>> next_message(int server);
   Message init_message(int server, uint64_t version) const;
 
   void require_init(const char* operation) const {
@@ -129,8 +150,7 @@ class Client::Impl {
   comm::JobAuth auth_;
   Logger& logger_;
   zmq::context_t context_{1};
-  std::vector<zmq::socket_t> sockets_;
-  comm::wire::FrameLimits limits_;
+  std::vector<std::unique_ptr<comm::wire::FramedSocket>> sockets_;
   uint64_t next_request_ = 1;
   bool initialised_ = false;
   bool finished_ = false;
@@ -155,18 +175,16 @@ class Client::Impl {
 };
 
 void Client::Impl::send_heartbeats(const std::stop_token& stop) {
-  std::vector<zmq::socket_t> sockets;
+  std::vector<std::unique_ptr<comm::wire::FramedSocket>> sockets;
   for (int s = 0; s < num_servers(); ++s) {
-    sockets.push_back(connect_dealer(context_, options_.server_endpoints[static_cast<size_t>(s)], s,
-                                     options_.max_payload_bytes));
+    sockets.push_back(connect_server(context_, options_, s, auth_, logger_));
   }
   Message beat;
   beat.kind = Kind::kHeartbeat;
   beat.worker = static_cast<uint32_t>(options_.worker);
   while (!stop.stop_requested()) {
     for (int s = 0; s < num_servers(); ++s) {
-      send_frame(sockets[static_cast<size_t>(s)], "", limits_.receiver, server_rank(s), beat,
-                 auth_);
+      send_message(*sockets[static_cast<size_t>(s)], s, beat);
     }
     std::unique_lock lock(heartbeat_mutex_);
     heartbeat_cv_.wait_for(lock, stop, options_.heartbeat_interval, [] { return false; });
@@ -180,7 +198,7 @@ constexpr int kMaxRecoveries = 8;
 zmq::socket_t Client::Impl::watch_disconnects(int server) {
   const std::string address =
       fmt::format("inproc://ps-client-{}-{}", static_cast<const void*>(this), server);
-  if (zmq_socket_monitor(sockets_[static_cast<size_t>(server)].handle(), address.c_str(),
+  if (zmq_socket_monitor(sockets_[static_cast<size_t>(server)]->socket().handle(), address.c_str(),
                          ZMQ_EVENT_DISCONNECTED) != 0) {
     throw CommError(server, "ps connect",
                     fmt::format("cannot watch the connection to server {}: {}", server,
@@ -196,26 +214,30 @@ bool Client::Impl::disconnected(int server) {
   bool broke = false;
   zmq::socket_t& monitor = monitors_[static_cast<size_t>(server)];
   while (true) {
-    zmq::message_t part;
-    if (!monitor.recv(part, zmq::recv_flags::dontwait)) break;
-    // An event is two parts: u16 event, u32 value; then the endpoint.
-    if (part.size() >= sizeof(uint16_t)) {
-      uint16_t event = 0;
-      std::memcpy(&event, part.data(), sizeof event);
-      broke = broke || event == ZMQ_EVENT_DISCONNECTED;
-    }
-    while (part.more()) {
-      if (!monitor.recv(part, zmq::recv_flags::dontwait)) break;
-    }
+    std::array<zmq::message_t, 1> event;  // then the endpoint, discarded
+    if (comm::wire::receive_parts(monitor, event) == 0) break;
+    broke = broke || comm::wire::monitor_event(event[0]) == ZMQ_EVENT_DISCONNECTED;
   }
   return broke;
+}
+
+std::optional<std::pair<comm::wire::FrameHeader, Message>> Client::Impl::next_message(
+    int server) {
+  comm::wire::FramedSocket& socket = *sockets_[static_cast<size_t>(server)];
+  while (std::optional<comm::wire::Frame> frame = socket.try_receive()) {
+    try {
+      return std::make_pair(frame->header, decode_message(frame->payload()));
+    } catch (const DataError& e) {
+      socket.drop(e.what());
+    }
+  }
+  return std::nullopt;
 }
 
 void Client::Impl::send(int server, Message& m) {
   m.worker = static_cast<uint32_t>(options_.worker);
   if (m.request_id == 0) m.request_id = next_request_++;
-  send_frame(sockets_[static_cast<size_t>(server)], "", limits_.receiver, server_rank(server), m,
-             auth_);
+  send_message(*sockets_[static_cast<size_t>(server)], server, m);
   if (m.kind == Kind::kPush || m.kind == Kind::kPushRows) {
     auto& open = open_pushes_[static_cast<size_t>(server)];
     // Pushes for versions before this one are settled (sync closed them).
@@ -250,7 +272,6 @@ void Client::Impl::rejoin(int server, uint64_t except, const std::string& operat
     waiting.insert(m.request_id);
   }
   const Deadline deadline = Deadline::after(options_.timeout);
-  zmq::socket_t& socket = sockets_[static_cast<size_t>(server)];
   while (!waiting.empty()) {
     if (deadline.expired()) {
       throw TimeoutError(server, "ps " + operation, options_.timeout,
@@ -258,19 +279,10 @@ void Client::Impl::rejoin(int server, uint64_t except, const std::string& operat
                                      "open push(es) again",
                                      server, batch.size() - 1));
     }
-    zmq::pollitem_t item{socket.handle(), 0, ZMQ_POLLIN, 0};
-    zmq::poll(&item, 1, deadline.remaining());
-    while (true) {
-      std::optional<ReceivedFrame> frame;
-      try {
-        frame = receive_frame(socket, false, limits_, auth_);
-      } catch (const DataError& e) {
-        logger_.warn("ps worker {}: dropped a frame from server {}: {}", options_.worker, server,
-                     e.what());
-        continue;
-      }
-      if (!frame) break;
-      const Message& reply = frame->message;
+    zmq::pollitem_t item = sockets_[static_cast<size_t>(server)]->poll_item();
+    comm::wire::poll_until(std::span(&item, 1), deadline);
+    while (auto got = next_message(server)) {
+      const Message& reply = got->second;
       if (reply.kind != Kind::kReply || waiting.count(reply.request_id) == 0) continue;
       if (reply.status == ReplyStatus::kError || reply.status == ReplyStatus::kTimeout ||
           reply.status == ReplyStatus::kRejoin) {
@@ -288,126 +300,138 @@ void Client::Impl::rejoin(int server, uint64_t except, const std::string& operat
                last_version_, batch.size() - 1);
 }
 
-std::vector<Message> Client::Impl::exchange(std::vector<std::pair<int, Message>> requests,
-                                            const std::string& operation,
-                                            const std::string& awaited) {
-  Deadline deadline = Deadline::after(options_.timeout);
+// One exchange() in flight: the requests, the servers still to answer and
+// the refusals collected so far.
+struct Client::Impl::Call {
+  std::vector<std::pair<int, Message>> requests;
+  const std::string& operation;
+  const std::string& awaited;
+  Deadline deadline;
   std::map<int, size_t> pending;  // server -> index in requests
-  // Broken connections seen while no request waited: the requests below reach
-  // the replacement, which asks for a re-join.
-  for (int s = 0; s < num_servers(); ++s) (void)disconnected(s);
-  for (size_t i = 0; i < requests.size(); ++i) {
-    auto& [server, m] = requests[i];
-    m.request_id = 0;
-    // A parked pull is answered by the server shortly before this deadline, so
-    // that the error can say what the server was still waiting for.
-    if (m.kind == Kind::kPull) m.wait_ms = static_cast<uint32_t>(options_.timeout.count() * 9 / 10);
-    DTRAIN_CHECK(pending.emplace(server, i).second, "two requests for server {}", server);
-    send(server, m);
-  }
-  std::vector<Message> replies(requests.size());
+  std::vector<Message> replies;
   // Refusals are collected until every server answered (or the deadline), and
   // the lowest server's is thrown: the same failure gives the same error.
   std::map<int, std::exception_ptr> failures;
-  auto fail = [&](int server, std::exception_ptr error) {
+  int recoveries = 0;
+
+  void fail(int server, std::exception_ptr error) {
     failures.emplace(server, std::move(error));
     pending.erase(server);
-  };
-  int recoveries = 0;
-  auto recover = [&](int server, const char* why) {
-    if (++recoveries > kMaxRecoveries) {
-      fail(server, std::make_exception_ptr(CommError(
-                       server, "ps " + operation,
-                       fmt::format("server {} {} again after {} recoveries in one call", server,
-                                   why, kMaxRecoveries))));
-      return false;
+  }
+};
+
+bool Client::Impl::recover(Call& call, int server, const char* why) {
+  if (++call.recoveries > kMaxRecoveries) {
+    call.fail(server, std::make_exception_ptr(CommError(
+                          server, "ps " + call.operation,
+                          fmt::format("server {} {} again after {} recoveries in one call", server,
+                                      why, kMaxRecoveries))));
+    return false;
+  }
+  call.deadline = Deadline::after(options_.timeout);
+  return true;
+}
+
+void Client::Impl::take_reply(Call& call, int server, Message& reply) {
+  const size_t index = call.pending.at(server);
+  Message& request = call.requests[index].second;
+  const std::string op = "ps " + call.operation;
+  if (reply.reply_to != request.kind) {
+    call.fail(server, std::make_exception_ptr(CommError(
+                          server, op,
+                          fmt::format("server {} answered a {} request", server,
+                                      to_string(reply.reply_to)))));
+  } else if (reply.status == ReplyStatus::kRejoin) {
+    if (request.kind == Kind::kInit) {
+      call.fail(server, std::make_exception_ptr(CommError(
+                            server, op,
+                            fmt::format("server {} asked for the init it was sent: {}", server,
+                                        reply.error))));
+    } else if (recover(call, server, "asked for a re-join")) {
+      rejoin(server, request.request_id, call.operation);
+      send(server, request);
     }
-    deadline = Deadline::after(options_.timeout);
-    return true;
-  };
+  } else if (reply.status == ReplyStatus::kTimeout) {
+    call.fail(server, std::make_exception_ptr(TimeoutError(
+                          server, op, options_.timeout,
+                          fmt::format("{} on server {} ({})", call.awaited, server,
+                                      reply.error))));
+  } else if (reply.status == ReplyStatus::kError) {
+    call.fail(server, std::make_exception_ptr(CommError(
+                          server, op, fmt::format("server {} refused: {}", server, reply.error))));
+  } else {
+    call.replies[index] = std::move(reply);
+    call.pending.erase(server);
+  }
+}
+
+void Client::Impl::wait_for_replies(Call& call) {
   std::vector<zmq::pollitem_t> items;
   std::vector<int> item_server;
-  while (!pending.empty()) {
+  while (!call.pending.empty()) {
     items.clear();
     item_server.clear();
-    for (const auto& [server, index] : pending) {
-      items.push_back({sockets_[static_cast<size_t>(server)].handle(), 0, ZMQ_POLLIN, 0});
-      item_server.push_back(server);
+    for (const auto& [server, index] : call.pending) {
+      items.push_back(sockets_[static_cast<size_t>(server)]->poll_item());
       items.push_back({monitors_[static_cast<size_t>(server)].handle(), 0, ZMQ_POLLIN, 0});
-      item_server.push_back(server);
+      item_server.insert(item_server.end(), {server, server});
     }
-    if (deadline.expired()) {
-      if (!failures.empty()) std::rethrow_exception(failures.begin()->second);
-      const int server = pending.begin()->first;
-      throw TimeoutError(server, "ps " + operation, options_.timeout,
-                         fmt::format("a reply from server {} ({})", server, awaited));
+    if (call.deadline.expired()) {
+      if (!call.failures.empty()) std::rethrow_exception(call.failures.begin()->second);
+      const int server = call.pending.begin()->first;
+      throw TimeoutError(server, "ps " + call.operation, options_.timeout,
+                         fmt::format("a reply from server {} ({})", server, call.awaited));
     }
-    zmq::poll(items.data(), items.size(), deadline.remaining());
+    comm::wire::poll_until(items, call.deadline);
     for (size_t k = 0; k < items.size(); ++k) {
-      if ((items[k].revents & ZMQ_POLLIN) == 0) continue;
       const int server = item_server[k];
-      auto it = pending.find(server);
-      if (it == pending.end()) continue;
+      if ((items[k].revents & ZMQ_POLLIN) == 0 || call.pending.count(server) == 0) continue;
       if (k % 2 == 1) {
         // The connection broke while the request waited: whatever the server
         // had of it is gone with it. Send it again for the replacement.
-        if (disconnected(server) && recover(server, "lost its connection")) {
+        if (disconnected(server) && recover(call, server, "lost its connection")) {
           logger_.warn("ps worker {}: lost the connection to server {} during {}; sending the "
                        "request again for its replacement",
-                       options_.worker, server, operation);
-          send(server, requests[it->second].second);
+                       options_.worker, server, call.operation);
+          send(server, call.requests[call.pending.at(server)].second);
         }
         continue;
       }
-      while (true) {
-        std::optional<ReceivedFrame> frame;
-        try {
-          frame = receive_frame(sockets_[static_cast<size_t>(server)], false, limits_, auth_);
-        } catch (const DataError& e) {
-          logger_.warn("ps worker {}: dropped a frame from server {}: {}", options_.worker, server,
-                       e.what());
-          continue;
-        }
-        if (!frame) break;
-        Message& reply = frame->message;
-        Message& request = requests[it->second].second;
+      while (auto got = next_message(server)) {
+        Message& reply = got->second;
+        const Message& request = call.requests[call.pending.at(server)].second;
         if (reply.kind != Kind::kReply || reply.request_id != request.request_id ||
-            frame->header.sender != server_rank(server)) {
+            got->first.sender != server_rank(server)) {
           continue;  // a late reply to an earlier request that timed out
         }
-        if (reply.reply_to != request.kind) {
-          fail(server,
-               std::make_exception_ptr(CommError(server, "ps " + operation,
-                                                 fmt::format("server {} answered a {} request",
-                                                             server, to_string(reply.reply_to)))));
-        } else if (reply.status == ReplyStatus::kRejoin) {
-          if (request.kind == Kind::kInit) {
-            fail(server, std::make_exception_ptr(CommError(
-                             server, "ps " + operation,
-                             fmt::format("server {} asked for the init it was sent: {}", server,
-                                         reply.error))));
-          } else if (recover(server, "asked for a re-join")) {
-            rejoin(server, request.request_id, operation);
-            send(server, request);
-          }
-        } else if (reply.status == ReplyStatus::kTimeout) {
-          fail(server, std::make_exception_ptr(TimeoutError(
-                           server, "ps " + operation, options_.timeout,
-                           fmt::format("{} on server {} ({})", awaited, server, reply.error))));
-        } else if (reply.status == ReplyStatus::kError) {
-          fail(server, std::make_exception_ptr(
-                           CommError(server, "ps " + operation,
-                                     fmt::format("server {} refused: {}", server, reply.error))));
-        } else {
-          replies[it->second] = std::move(reply);
-          pending.erase(it);
-        }
+        take_reply(call, server, reply);
         break;
       }
     }
   }
-  if (!failures.empty()) std::rethrow_exception(failures.begin()->second);
-  return replies;
+}
+
+std::vector<Message> Client::Impl::exchange(std::vector<std::pair<int, Message>> requests,
+                                            const std::string& operation,
+                                            const std::string& awaited) {
+  Call call{std::move(requests), operation, awaited, Deadline::after(options_.timeout), {}, {}, {},
+            0};
+  // Broken connections seen while no request waited: the requests below reach
+  // the replacement, which asks for a re-join.
+  for (int s = 0; s < num_servers(); ++s) (void)disconnected(s);
+  for (size_t i = 0; i < call.requests.size(); ++i) {
+    auto& [server, m] = call.requests[i];
+    m.request_id = 0;
+    // A parked pull is answered by the server shortly before this deadline, so
+    // that the error can say what the server was still waiting for.
+    if (m.kind == Kind::kPull) m.wait_ms = static_cast<uint32_t>(options_.timeout.count() * 9 / 10);
+    DTRAIN_CHECK(call.pending.emplace(server, i).second, "two requests for server {}", server);
+    send(server, m);
+  }
+  call.replies.resize(call.requests.size());
+  wait_for_replies(call);
+  if (!call.failures.empty()) std::rethrow_exception(call.failures.begin()->second);
+  return std::move(call.replies);
 }
 
 void Client::Impl::check_dense(const std::vector<Tensor>& tensors, const char* operation) const {

@@ -2,9 +2,11 @@
 // job (server.h), in the manner of ps-lite's KVWorker minus its singletons and
 // its deadline-less Wait.
 //
-// The client connects one ZeroMQ DEALER socket per server. Dense calls (init,
-// pull, push) cut the flat key space with the ShardPlan (sharding.h) and talk
-// to every server IN PARALLEL: all requests are sent first, then the replies
+// The client connects one DEALER socket (comm/wire/framed_socket.h) per
+// server; frames that fail validation or decoding are dropped and logged
+// rate-limited, never returned to a call. Dense calls (init, pull, push) cut
+// the flat key space with the ShardPlan (sharding.h) and talk to every
+// server IN PARALLEL: all requests are sent first, then the replies
 // collected. Sparse calls (pull_rows, push_rows) go only to the servers that
 // own the keys. Every call has a deadline of options.timeout. Errors name the
 // server (its index is also its wire rank and CommError::peer()), the

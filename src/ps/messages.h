@@ -11,7 +11,7 @@
 // then a body whose fields depend on the kind (and for replies on status and
 // reply_to; Message documents them).
 // Strings are u16 length + UTF-8 bytes, float arrays u64 count + count f32,
-// key arrays u64 count + count u64.
+// key arrays u64 count + count u64; written and read by core/byte_codec.h.
 //
 // decode_message() treats its input as untrusted: an unknown kind or status,
 // non-zero reserved bytes, a count that does not fit the remaining bytes,

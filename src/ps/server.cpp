@@ -6,9 +6,9 @@
 #include <set>
 #include <zmq.hpp>
 
+#include "comm/wire/framed_socket.h"
 #include "core/error.h"
 #include "ps/consistency_state.h"
-#include "ps/frame_io.h"
 #include "ps/shard_store.h"
 #include "ps/state_layout.h"
 
@@ -87,22 +87,20 @@ class Server::Impl {
     reported_version_ = consistency_.version();
     // Build the optimizer once to reject a bad [optimizer] table now, not at init.
     optim::make_update_rule(options_.optimizer, {Shape{1}});
-    socket_ = zmq::socket_t(context_, zmq::socket_type::router);
-    socket_.set(zmq::sockopt::linger, 0);
-    socket_.set(zmq::sockopt::rcvhwm, 0);
-    socket_.set(zmq::sockopt::sndhwm, 0);
-    socket_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(options_.max_payload_bytes));
-    try {
-      socket_.bind(options_.bind_endpoint);
-    } catch (const zmq::error_t& e) {
-      throw CommError(options_.server, "ps server bind",
-                      fmt::format("cannot bind '{}': {}", options_.bind_endpoint, e.what()));
-    }
-    endpoint_ = socket_.get(zmq::sockopt::last_endpoint);
-    limits_.job_id = auth_.job_id();
-    limits_.world_size = comm::wire::kAnyReceiver;  // worker ranks are checked here, with a reply
-    limits_.receiver = server_rank(options_.server);
-    limits_.max_payload_bytes = options_.max_payload_bytes;
+    comm::wire::FramedSocketOptions o;
+    o.name = fmt::format("ps server {}", options_.server);
+    o.peer = options_.server;
+    o.rank = server_rank(options_.server);
+    o.limits.job_id = auth_.job_id();
+    o.limits.world_size = comm::wire::kAnyReceiver;  // worker ranks are checked here, with a reply
+    o.limits.receiver = server_rank(options_.server);
+    o.limits.max_payload_bytes = options_.max_payload_bytes;
+    o.accepted = {comm::wire::MessageType::kData};
+    o.unbounded_queues = true;
+    socket_ = std::make_unique<comm::wire::FramedSocket>(
+        context_, comm::wire::FramedSocket::Role::kRouter, options_.bind_endpoint, std::move(o),
+        auth_, logger_);
+    endpoint_ = socket_->endpoint();
     logger_.info("ps server {}: listening on {} ({}, {} workers)", options_.server, endpoint_,
                  to_string(options_.consistency), options_.num_workers);
   }
@@ -115,7 +113,7 @@ class Server::Impl {
   comm::JobAuth auth_;
   Logger& logger_;
   zmq::context_t context_{1};
-  zmq::socket_t socket_;
+  std::unique_ptr<comm::wire::FramedSocket> socket_;
   std::string endpoint_;
 
  private:
@@ -127,7 +125,10 @@ class Server::Impl {
     Clock::time_point until;
   };
 
-  void handle(ReceivedFrame& frame);
+  // A frame that passed the socket's checks: its payload decoded, then handle().
+  void on_frame(const comm::wire::Frame& frame);
+  void handle(const std::string& identity, uint32_t sender, Message& m);
+  void send(const std::string& identity, uint32_t receiver, const Message& m);
   void serve(const std::string& identity, Message& m);
   void reply(const std::string& identity, uint32_t worker, Message m);
   void on_init(const std::string& identity, Message& m);
@@ -158,7 +159,6 @@ class Server::Impl {
   void close_version();
 
   ConsistencyState consistency_;
-  comm::wire::FrameLimits limits_;
   std::vector<Parked> parked_;
   bool initialised_ = false;
   ShardPlan plan_;
@@ -186,19 +186,11 @@ ServeResult Server::Impl::run(const std::stop_token& stop, Deadline deadline) {
       break;
     }
     const auto wait = std::min(options_.poll_interval, deadline.remaining());
-    zmq::pollitem_t items[] = {{socket_.handle(), 0, ZMQ_POLLIN, 0}};
-    zmq::poll(items, 1, wait);
     for (int i = 0; i < kMaxFramesPerWake; ++i) {
-      std::optional<ReceivedFrame> frame;
-      try {
-        frame = receive_frame(socket_, true, limits_, auth_);
-      } catch (const DataError& e) {
-        ++counters_.frames_dropped;
-        logger_.warn("ps server {}: dropped a frame: {}", options_.server, e.what());
-        continue;
-      }
+      std::optional<comm::wire::Frame> frame =
+          i == 0 ? socket_->receive(Deadline::after(wait)) : socket_->try_receive();
       if (!frame) break;
-      handle(*frame);
+      on_frame(*frame);
       report_version();
     }
     const auto now = Clock::now();
@@ -231,15 +223,31 @@ ServeResult Server::Impl::run(const std::stop_token& stop, Deadline deadline) {
   return result;
 }
 
-void Server::Impl::handle(ReceivedFrame& frame) {
-  Message& m = frame.message;
-  if (m.kind == Kind::kReply) {
-    ++counters_.frames_dropped;
-    logger_.warn("ps server {}: dropped a reply frame from rank {} (servers take only requests)",
-                 options_.server, frame.header.sender);
+void Server::Impl::send(const std::string& identity, uint32_t receiver, const Message& m) {
+  comm::wire::FrameHeader header;
+  header.type = comm::wire::MessageType::kData;
+  header.receiver = receiver;
+  header.sequence = m.request_id;
+  socket_->send(identity, header, encode_message(m));
+}
+
+void Server::Impl::on_frame(const comm::wire::Frame& frame) {
+  Message m;
+  try {
+    m = decode_message(frame.payload());
+  } catch (const DataError& e) {
+    socket_->drop(fmt::format("from rank {}: {}", frame.header.sender, e.what()));
     return;
   }
-  const uint32_t receiver = frame.header.sender;
+  handle(frame.identity, frame.header.sender, m);
+}
+
+void Server::Impl::handle(const std::string& identity, uint32_t sender, Message& m) {
+  if (m.kind == Kind::kReply) {
+    socket_->drop(fmt::format("a reply from rank {} (servers take only requests)", sender));
+    return;
+  }
+  const uint32_t receiver = sender;
   auto refuse = [&](const std::string& why) {
     ++counters_.requests_rejected;
     logger_.warn("ps server {}: rejected {} from worker {}: {}", options_.server, to_string(m.kind),
@@ -252,16 +260,15 @@ void Server::Impl::handle(ReceivedFrame& frame) {
     r.request_id = m.request_id;
     r.version = consistency_.version();
     r.error = why;
-    send_frame(socket_, frame.identity, server_rank(options_.server), receiver, r, auth_);
+    send(identity, receiver, r);
   };
   if (m.worker >= static_cast<uint32_t>(options_.num_workers)) {
     refuse(fmt::format("worker index {} out of range [0, {})", m.worker, options_.num_workers));
     return;
   }
-  if (frame.header.sender != worker_rank(options_.num_servers, static_cast<int>(m.worker))) {
-    refuse(fmt::format("frame from wire rank {} claims to be worker {} (rank {})",
-                       frame.header.sender, m.worker,
-                       worker_rank(options_.num_servers, static_cast<int>(m.worker))));
+  if (sender != worker_rank(options_.num_servers, static_cast<int>(m.worker))) {
+    refuse(fmt::format("frame from wire rank {} claims to be worker {} (rank {})", sender,
+                       m.worker, worker_rank(options_.num_servers, static_cast<int>(m.worker))));
     return;
   }
   const WorkerState state = consistency_.state(m.worker);
@@ -283,11 +290,11 @@ void Server::Impl::handle(ReceivedFrame& frame) {
     r.version = consistency_.version();
     r.error = fmt::format("server {} was replaced and has not had worker {}'s init yet",
                           options_.server, m.worker);
-    reply(frame.identity, m.worker, std::move(r));
+    reply(identity, m.worker, std::move(r));
     return;
   }
   try {
-    serve(frame.identity, m);
+    serve(identity, m);
   } catch (const Refusal& e) {
     refuse(e.what());
   } catch (const Error& e) {
@@ -344,8 +351,7 @@ void Server::Impl::serve(const std::string& identity, Message& m) {
 void Server::Impl::reply(const std::string& identity, uint32_t worker, Message m) {
   m.kind = Kind::kReply;
   m.worker = static_cast<uint32_t>(options_.server);
-  send_frame(socket_, identity, server_rank(options_.server),
-             worker_rank(options_.num_servers, static_cast<int>(worker)), m, auth_);
+  send(identity, worker_rank(options_.num_servers, static_cast<int>(worker)), m);
 }
 
 void Server::Impl::on_init(const std::string& identity, Message& m) {
@@ -662,6 +668,7 @@ StateDict Server::Impl::state_dict() const {
 
 ServerStats Server::Impl::stats() const {
   ServerStats s = counters_;
+  s.frames_dropped = socket_->dropped();
   s.server = options_.server;
   s.initialised = initialised_;
   consistency_.fill(s);

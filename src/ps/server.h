@@ -9,11 +9,13 @@
 //
 // Transport: ZeroMQ directly, not comm::ZmqTransport (which fails its whole
 // group when one peer dies; a server must outlive its workers). The server
-// binds one ROUTER socket; each worker's Client connects DEALER sockets to it.
-// Every frame is a comm/wire/wire.h header (job id, sender, receiver, CRC-32C and,
-// with a job secret, a MAC) followed by a ps payload (messages.h). Frames that
-// fail decoding or authentication are dropped and logged, never answered and
-// never change state; requests that decode but are invalid (unknown table,
+// binds one ROUTER socket (comm/wire/framed_socket.h); each worker's Client
+// connects DEALER sockets to it. Every frame is a comm/wire/wire.h header
+// (job id, sender, receiver, CRC-32C and, with a job secret, a MAC) followed
+// by a ps payload (messages.h). Frames that fail decoding or authentication
+// are dropped, counted (ServerStats::frames_dropped) and logged rate-limited
+// (the first 16, then every 1024th), never answered and never change state;
+// requests that decode but are invalid (unknown table,
 // wrong size, stale or duplicate push, worker index out of range, a worker
 // declared dead) get an error reply naming the problem and change nothing.
 //

@@ -227,6 +227,72 @@ TEST(ElasticRendezvous, EndpointRoundFailsWhenAMemberIsLost) {
   }
 }
 
+// Two processes join for one slot in the same round (the rightful worker
+// and an outsider, in either order): the coordinator cannot tell which is
+// rightful, so both are told at once and the round forms without the slot.
+TEST(ElasticRendezvous, TwoProcessesJoiningForOneSlotAreBothRefusedAtOnce) {
+  Fixture f(2, 1);  // settle 60 s: the round cannot close between the two joins
+  auto rightful = f.client(1), outsider = f.client(1);
+  auto a = std::async(std::launch::async, [&] {
+    return comm_error([&] { rightful->join(std::nullopt, Deadline::after(20s)); });
+  });
+  auto b = std::async(std::launch::async, [&] {
+    return comm_error([&] { outsider->join(std::nullopt, Deadline::after(20s)); });
+  });
+  for (auto* told : {&a, &b}) {
+    const std::string error = told->get();
+    EXPECT_TRUE(contains(error, "refused slot 1: slot 1 was claimed by two processes in the same "
+                                "round: two workers were started for slot 1, or an outsider "
+                                "joined as slot 1 (set DTRAIN_JOB_SECRET"))
+        << error;
+    EXPECT_FALSE(contains(error, "timed out")) << error;
+  }
+  f.server.set_alive(1, false);  // what the launcher does when the refused worker exits
+  auto c0 = f.client(0);
+  const auto m = c0->join(std::nullopt, Deadline::after(20s));
+  ASSERT_TRUE(m.has_value());
+  EXPECT_EQ(m->slots, (std::vector<int>{0}));
+}
+
+TEST(ElasticRendezvous, ANewWorkerForASlotWhoseMemberRunsIsRefusedAtOnce) {
+  Fixture f(2, 2);
+  auto clients = form_first(f);
+  auto second = f.client(1);
+  const std::string error = comm_error([&] { second->join(std::nullopt, Deadline::after(20s)); });
+  EXPECT_TRUE(contains(error, "slot 1 is held by a live member of generation 0, yet another "
+                              "process joins as a new worker for it"))
+      << error;
+  EXPECT_EQ(clients[0]->poll(), 0u);  // nobody waits to join
+}
+
+// An endpoint from a connection that did not join the generation for its
+// slot is refused; the table carries the endpoints of the members only.
+TEST(ElasticRendezvous, AnEndpointIsTakenOnlyFromTheProcessThatJoined) {
+  Fixture f(2, 2);
+  auto clients = form_first(f);
+  auto outsider = f.client(1);
+  const std::string error = comm_error([&] {
+    outsider->exchange_endpoints(0, PeerEndpoint{1, "intruder", "tcp://10.6.6.6:6666", ""},
+                                 Deadline::after(20s));
+  });
+  EXPECT_TRUE(contains(error, "slot 1 (rank 1 of generation 0) joined from another process; an "
+                              "endpoint is taken only from the process that joined"))
+      << error;
+  std::vector<std::future<std::vector<PeerEndpoint>>> tables;
+  for (int s = 0; s < 2; ++s) {
+    tables.push_back(std::async(std::launch::async, [&, s] {
+      return clients[s]->exchange_endpoints(
+          0, PeerEndpoint{s, "host", fmt::format("tcp://127.0.0.1:{}", 9100 + s), ""},
+          Deadline::after(20s));
+    }));
+  }
+  for (auto& t : tables) {
+    const std::vector<PeerEndpoint> table = t.get();
+    ASSERT_EQ(table.size(), 2u);
+    EXPECT_EQ(table[1].tcp_endpoint, "tcp://127.0.0.1:9101");
+  }
+}
+
 TEST(ElasticRendezvous, FinishedAndStoppedJobsAnswerWaitingWorkers) {
   Fixture f(2, 1);
   auto clients = form_first(f);

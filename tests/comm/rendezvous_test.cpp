@@ -57,17 +57,101 @@ TEST(Rendezvous, EveryRankGetsTheWholeTable) {
   }
 }
 
-TEST(Rendezvous, DuplicateRankIsRefusedAndTheFirstKeepsItsPlace) {
+// How rendezvous() with `self` ended: the table's size, "refused: " and the
+// CommError's message, or "timed out: " and the TimeoutError's (a refusal
+// must come at once, not at the deadline).
+std::string outcome(const std::string& coordinator, const PeerEndpoint& self, int world,
+                    const JobAuth& auth) {
+  try {
+    const auto table = rendezvous(coordinator, self, world, auth, Deadline::after(30s),
+                                  Logger::null());
+    return fmt::format("table of {}", table.size());
+  } catch (const TimeoutError& e) {
+    return std::string("timed out: ") + e.what();
+  } catch (const CommError& e) {
+    return std::string("refused: ") + e.what();
+  }
+}
+
+std::future<std::string> outcome_async(const std::string& coordinator, const PeerEndpoint& self,
+                                       int world, const JobAuth& auth) {
+  return std::async(std::launch::async, [=] { return outcome(coordinator, self, world, auth); });
+}
+
+const PeerEndpoint kOutsider{1, "intruder", "tcp://10.6.6.6:6666", ""};
+
+// The rightful rank registers first: the second claim is refused at once,
+// naming both, and the first is told at once that the rendezvous is void.
+TEST(Rendezvous, ADuplicateRankVoidsTheRendezvousAndBothClaimantsAreToldAtOnce) {
   const JobAuth auth("rdv-dup", "");
   RendezvousServer server("127.0.0.1", 0, 2, auth, Logger::null());
-  auto first = register_async(server.address(), 0, 2, auth);
+  auto first = outcome_async(server.address(), endpoint_of(1), 2, auth);
   ASSERT_TRUE(server.wait_until_registered(1, Deadline::after(20s)));
-  const std::string refused = comm_error([&] {
-    rendezvous(server.address(), endpoint_of(0), 2, auth, Deadline::after(20s), Logger::null());
-  });
-  EXPECT_TRUE(contains(refused, "rank 0 is already registered by another process")) << refused;
-  register_async(server.address(), 1, 2, auth).get();
-  EXPECT_EQ(first.get()[0], endpoint_of(0));
+  const std::string second = outcome(server.address(), kOutsider, 2, auth);
+  EXPECT_TRUE(contains(second,
+                       "refused: rendezvous with unknown peer: the coordinator at " +
+                           server.address() +
+                           " refused rank 1: rank 1 is already registered by another process: "
+                           "host 'host', endpoint tcp://127.0.0.1:7001 (registered first; this "
+                           "registration: host 'intruder', endpoint tcp://10.6.6.6:6666); two "
+                           "processes were started with rank 1, or an outsider registered as "
+                           "rank 1 (set DTRAIN_JOB_SECRET"))
+      << second;
+  const std::string holder = first.get();
+  EXPECT_TRUE(contains(holder, "refused: ")) << holder;
+  EXPECT_TRUE(contains(holder,
+                       "the rendezvous is void: rank 1 was registered by two processes (host "
+                       "'host', endpoint tcp://127.0.0.1:7001 first, then host 'intruder', "
+                       "endpoint tcp://10.6.6.6:6666)"))
+      << holder;
+  ASSERT_TRUE(server.conflict().has_value());
+  EXPECT_TRUE(contains(*server.conflict(), "the rendezvous is void")) << *server.conflict();
+}
+
+// An outsider takes rank 1 before the rightful process: the rightful one is
+// told at once who holds its slot, and the table goes to nobody, not even to
+// the ranks that registered before the conflict or arrive after it.
+TEST(Rendezvous, WhileADuplicateConflictExistsTheTableIsSentToNobody) {
+  const JobAuth auth("rdv-outsider", "");
+  RendezvousServer server("127.0.0.1", 0, 3, auth, Logger::null());
+  auto rank0 = outcome_async(server.address(), endpoint_of(0), 3, auth);
+  ASSERT_TRUE(server.wait_until_registered(1, Deadline::after(20s)));
+  auto outsider = outcome_async(server.address(), kOutsider, 3, auth);
+  ASSERT_TRUE(server.wait_until_registered(2, Deadline::after(20s)));
+  const std::string rightful = outcome(server.address(), endpoint_of(1), 3, auth);
+  EXPECT_TRUE(contains(rightful,
+                       "refused: rendezvous with unknown peer: the coordinator at " +
+                           server.address() +
+                           " refused rank 1: rank 1 is already registered by another process: "
+                           "host 'intruder', endpoint tcp://10.6.6.6:6666 (registered first"))
+      << rightful;
+  EXPECT_TRUE(contains(rightful, "set DTRAIN_JOB_SECRET")) << rightful;
+  const std::string late = outcome(server.address(), endpoint_of(2), 3, auth);
+  for (const std::string& told : {rank0.get(), outsider.get(), late}) {
+    EXPECT_TRUE(contains(told, "refused: ")) << told;
+    EXPECT_TRUE(contains(told, "the rendezvous is void: rank 1 was registered by two processes"))
+        << told;
+  }
+  EXPECT_FALSE(server.complete());
+  EXPECT_EQ(server.registered(), (std::vector<int>{0, 1}));
+}
+
+// Once the table went out it cannot be taken back: a later claim is refused
+// at once, naming the process that holds the rank.
+TEST(Rendezvous, AClaimAfterTheTableWentOutIsToldWhoHoldsTheRank) {
+  const JobAuth auth("rdv-late", "");
+  RendezvousServer server("127.0.0.1", 0, 2, auth, Logger::null());
+  auto outsider = outcome_async(server.address(), kOutsider, 2, auth);
+  EXPECT_EQ(outcome(server.address(), endpoint_of(0), 2, auth), "table of 2");
+  EXPECT_EQ(outsider.get(), "table of 2");
+  const std::string rightful = outcome(server.address(), endpoint_of(1), 2, auth);
+  EXPECT_TRUE(contains(rightful,
+                       "refused rank 1: rank 1 is already registered by another process: host "
+                       "'intruder', endpoint tcp://10.6.6.6:6666 (the table went out to every "
+                       "rank); two processes were started with rank 1, or an outsider registered "
+                       "as rank 1 (set DTRAIN_JOB_SECRET"))
+      << rightful;
+  EXPECT_FALSE(server.conflict().has_value());
 }
 
 TEST(Rendezvous, MismatchedWorldSizeJobAndSecretAreRefused) {

@@ -229,7 +229,7 @@ TEST(EndpointRecords, RoundTripAndTruncation) {
   EXPECT_EQ(decode_endpoints(bytes, 2), endpoints);
   expect_data_error([&] { decode_endpoints(bytes, 1); }, "2 endpoints, more than the 1 expected");
   expect_data_error([&] { decode_endpoints(std::span(bytes).first(bytes.size() - 1), 2); },
-                    "rendezvous record truncated reading ipc endpoint");
+                    "rendezvous record: field 'ipc endpoint' needs 4 bytes");
   auto huge = bytes;
   huge[9] = std::byte{0xFF};  // length of the first host name: 65286 bytes
   expect_data_error([&] { decode_endpoints(huge, 2); }, "more than the limit of 1024");

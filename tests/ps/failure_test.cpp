@@ -176,7 +176,7 @@ TEST(PsBadInput, GarbageAndUnauthenticatedFramesAreDroppedWithoutAReply) {
   EXPECT_EQ(reply.stats.frames_dropped, 6u);
   EXPECT_EQ(reply.stats.pushes_applied, 0u);
   expect_same_state(before, c->pull_state());
-  EXPECT_TRUE(job.log().contains("ps server 0: dropped a frame: "));
+  EXPECT_TRUE(job.log().contains("ps server 0: dropped an inbound frame (1 so far): "));
 }
 
 TEST(PsBadInput, AClientWithoutTheJobSecretCannotPushOrInit) {

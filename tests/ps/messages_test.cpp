@@ -126,7 +126,7 @@ TEST(PsMessages, TrailingBytesAreRejected) {
   auto bytes = encode_message(samples()[1]);
   bytes.push_back(std::byte{0});
   testing::expect_error<DataError>([&] { decode_message(bytes); },
-                                   "ps message: 1 bytes after the end of the pull body");
+                                   "ps message: 1 bytes after the end of the pull body (at offset 36)");
 }
 
 TEST(PsMessages, UnknownKindStatusAndReservedBytesAreRejected) {
@@ -156,7 +156,8 @@ TEST(PsMessages, OversizedCountsAreRejectedBeforeAllocating) {
   std::memcpy(bytes.data() + 60, &huge, sizeof huge);
   testing::expect_error<DataError>(
       [&] { decode_message(bytes); },
-      "ps message: 'push gradient' count 1152921504606846976 needs 4 bytes, only 8 left");
+      "ps message: field 'push gradient' at offset 60: count 1152921504606846976 of 4-byte "
+      "elements needs more than the 8 bytes left");
   // pull reply: prefix 24, min_clock 8, loss_sum 8, correct 8, samples 8,
   // worker count 4 (then 3 x 17 bytes of steps, the values' count 8 and 2 x 4)
   bytes = encode_message(samples()[5]);

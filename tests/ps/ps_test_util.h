@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <array>
 #include <chrono>
 #include <memory>
 #include <mutex>
@@ -16,8 +17,10 @@
 #include "comm/wire/auth.h"
 #include "core/deadline.h"
 #include "core/log.h"
+#include "comm/wire/framed_socket.h"
+#include "comm/wire/wire.h"
 #include "ps/client.h"
-#include "ps/frame_io.h"
+#include "ps/messages.h"
 #include "ps/server.h"
 
 namespace dtrain::ps::testing {
@@ -125,8 +128,18 @@ class RawPeer {
                    i + 1 < parts.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
     }
   }
+  // Sends `m` as a frame from wire rank `sender_rank` (any rank: an impostor
+  // test claims someone else's).
   void send(const Message& m, uint32_t sender_rank, uint32_t receiver_rank = 0) {
-    send_frame(socket_, "", sender_rank, receiver_rank, m, auth_);
+    const std::vector<std::byte> payload = encode_message(m);
+    comm::wire::FrameHeader h;
+    h.type = comm::wire::MessageType::kData;
+    h.sender = sender_rank;
+    h.receiver = receiver_rank;
+    h.job_id = auth_.job_id();
+    h.sequence = m.request_id;
+    const comm::wire::HeaderBytes head = comm::wire::encode_header(h, payload, auth_, true);
+    send_parts({{head.begin(), head.end()}, payload});
   }
   // The next reply; fails the test when none arrives within kGenerous.
   Message receive() {
@@ -136,9 +149,18 @@ class RawPeer {
     limits.world_size = comm::wire::kAnyReceiver;
     limits.receiver = comm::wire::kAnyReceiver;
     while (!deadline.expired()) {
-      zmq::pollitem_t items[] = {{socket_.handle(), 0, ZMQ_POLLIN, 0}};
-      zmq::poll(items, 1, deadline.remaining());
-      if (auto frame = receive_frame(socket_, false, limits, auth_)) return frame->message;
+      zmq::pollitem_t item{socket_.handle(), 0, ZMQ_POLLIN, 0};
+      comm::wire::poll_until(std::span(&item, 1), deadline);
+      std::array<zmq::message_t, 2> parts;
+      if (comm::wire::receive_parts(socket_, parts) != 2) continue;
+      const std::span<const std::byte> head(static_cast<const std::byte*>(parts[0].data()),
+                                            parts[0].size());
+      const std::span<const std::byte> body(static_cast<const std::byte*>(parts[1].data()),
+                                            parts[1].size());
+      const comm::wire::FrameHeader h =
+          comm::wire::check_header(head, limits, auth_, {comm::wire::MessageType::kData});
+      comm::wire::check_payload(h, head.first<comm::wire::kHeaderBytes>(), body, auth_);
+      return decode_message(body);
     }
     ADD_FAILURE() << "no reply within " << kGenerous.count() << " ms";
     return {};

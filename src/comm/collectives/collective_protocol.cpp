@@ -1,9 +1,10 @@
 #include "comm/collectives/collective_protocol.h"
 
 #include <algorithm>
-#include <array>
 #include <cstring>
+#include <optional>
 
+#include "core/byte_codec.h"
 #include "core/error.h"
 
 namespace dtrain::comm {
@@ -14,27 +15,34 @@ namespace {
 //   0 u32 magic  4 u8 kind  5 u8 reduce  6 u8 dtype  7 u8 zero
 //   8 i32 root  12 u32 zero  16 u64 count  24 u64 seq
 void encode_header(const OpDescriptor& op, std::byte* dest) {
-  std::array<std::byte, kHeaderBytes> header{};
-  std::byte* out = header.data();
-  const uint32_t magic = kHeaderMagic;
-  std::memcpy(out, &magic, 4);
-  out[4] = static_cast<std::byte>(op.kind);
-  out[5] = static_cast<std::byte>(op.reduce);
-  out[6] = static_cast<std::byte>(op.dtype);
-  std::memcpy(out + 8, &op.root, 4);
-  std::memcpy(out + 16, &op.count, 8);
-  std::memcpy(out + 24, &op.seq, 8);
-  std::memcpy(dest, header.data(), kHeaderBytes);
+  ByteWriter w(kHeaderBytes);
+  w.write_u32(kHeaderMagic);
+  w.write_u8(static_cast<uint8_t>(op.kind));
+  w.write_u8(static_cast<uint8_t>(op.reduce));
+  w.write_u8(static_cast<uint8_t>(op.dtype));
+  w.write_u8(0);
+  w.write_i32(op.root);
+  w.write_u32(0);
+  w.write_u64(op.count);
+  w.write_u64(op.seq);
+  std::memcpy(dest, w.bytes().data(), kHeaderBytes);
 }
 
-OpDescriptor decode_header(const std::byte* in) {
+// The header of `message`, or nullopt for a message without one (too short,
+// or another magic).
+std::optional<OpDescriptor> decode_header(std::span<const std::byte> message) {
+  if (message.size() < kHeaderBytes) return std::nullopt;
+  ByteReader r(message.first(kHeaderBytes), "collective header");
+  if (r.read_u32("magic") != kHeaderMagic) return std::nullopt;
   OpDescriptor op;
-  op.kind = static_cast<OpKind>(in[4]);
-  op.reduce = static_cast<ReduceOp>(in[5]);
-  op.dtype = static_cast<Dtype>(in[6]);
-  std::memcpy(&op.root, in + 8, 4);
-  std::memcpy(&op.count, in + 16, 8);
-  std::memcpy(&op.seq, in + 24, 8);
+  op.kind = static_cast<OpKind>(r.read_u8("kind"));
+  op.reduce = static_cast<ReduceOp>(r.read_u8("reduce"));
+  op.dtype = static_cast<Dtype>(r.read_u8("dtype"));
+  r.read_u8("reserved");
+  op.root = r.read_i32("root");
+  r.read_u32("reserved");
+  op.count = r.read_u64("count");
+  op.seq = r.read_u64("seq");
   return op;
 }
 
@@ -107,15 +115,14 @@ std::vector<std::byte> CollectiveChannel::recv_checked(int peer, size_t payload_
 
 std::vector<std::byte> CollectiveChannel::recv_and_check(int peer, size_t payload_bytes) {
   std::vector<std::byte> message = transport_.recv(peer, tag_, what_, deadline_);
-  uint32_t magic = 0;
-  if (message.size() >= kHeaderBytes) std::memcpy(&magic, message.data(), 4);
-  if (magic != kHeaderMagic) {
+  const std::optional<OpDescriptor> header = decode_header(message);
+  if (!header) {
     throw CommError(peer, what_,
                     fmt::format("rank {} received a {}-byte message without a collective header "
                                 "from rank {}",
                                 rank_, message.size(), peer));
   }
-  const OpDescriptor theirs = decode_header(message.data());
+  const OpDescriptor& theirs = *header;
   OpDescriptor expected = op_;
   if (payload_bytes == kAnySize) expected.count = theirs.count;
   if (!(theirs == expected)) {

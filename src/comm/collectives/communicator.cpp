@@ -13,6 +13,7 @@
 #include "comm/transport/group_transport.h"
 #include "comm/collectives/halving_doubling.h"
 #include "comm/collectives/ring_collectives.h"
+#include "core/byte_codec.h"
 #include "core/error.h"
 
 namespace dtrain::comm {
@@ -87,15 +88,17 @@ Communicator::~Communicator() {
 void Communicator::set_up_shm() {
   if (!options_.shm_allreduce || options_.job_id.empty() || size() == 1) return;
   // Every rank learns every rank's host key; all equal means one host.
-  const uint64_t mine = host_key();
-  std::vector<uint64_t> keys(static_cast<size_t>(size()));
+  ByteWriter mine(sizeof(uint64_t));
+  mine.write_u64(host_key());
+  std::vector<std::byte> gathered(static_cast<size_t>(size()) * sizeof(uint64_t));
   const std::vector<size_t> counts(static_cast<size_t>(size()), sizeof(uint64_t));
-  const OpDescriptor desc = next_op(OpKind::kHostCheck, keys.size() * sizeof(uint64_t),
-                                    ReduceOp::kSum, -1, Dtype::kBytes);
+  const OpDescriptor desc =
+      next_op(OpKind::kHostCheck, gathered.size(), ReduceOp::kSum, -1, Dtype::kBytes);
   run_blocking(desc.describe(), [&](Deadline deadline) {
-    allgatherv_bytes(std::as_bytes(std::span(&mine, 1)), std::as_writable_bytes(std::span(keys)),
-                     counts, desc, deadline);
+    allgatherv_bytes(mine.bytes(), gathered, counts, desc, deadline);
   });
+  ByteReader reader(gathered, "host check");
+  const std::vector<uint64_t> keys = reader.read_u64_array(static_cast<size_t>(size()), "host keys");
   if (std::all_of(keys.begin(), keys.end(), [&](uint64_t k) { return k == keys[0]; })) {
     ShmAllreduceOptions shm_options;
     shm_options.job_id = fmt::format("{}-g{:x}", options_.job_id, options_.group_id);
@@ -380,15 +383,19 @@ std::unique_ptr<Communicator> Communicator::make_child(std::vector<int> members,
 }
 
 std::unique_ptr<Communicator> Communicator::split(int color, int key) {
-  const int32_t pair[2] = {color, key};
-  std::vector<int32_t> all(2 * static_cast<size_t>(size()));
-  const std::vector<size_t> counts(static_cast<size_t>(size()), sizeof(pair));
-  const OpDescriptor desc = next_op(OpKind::kSplit, all.size() * sizeof(int32_t), ReduceOp::kSum,
-                                    -1, Dtype::kBytes);
+  ByteWriter pair(2 * sizeof(int32_t));
+  pair.write_i32(color);
+  pair.write_i32(key);
+  std::vector<std::byte> gathered(static_cast<size_t>(size()) * pair.size());
+  const std::vector<size_t> counts(static_cast<size_t>(size()), pair.size());
+  const OpDescriptor desc =
+      next_op(OpKind::kSplit, gathered.size(), ReduceOp::kSum, -1, Dtype::kBytes);
   run_blocking(desc.describe(), [&](Deadline deadline) {
-    allgatherv_bytes(std::as_bytes(std::span(pair)), std::as_writable_bytes(std::span(all)), counts,
-                     desc, deadline);
+    allgatherv_bytes(pair.bytes(), gathered, counts, desc, deadline);
   });
+  ByteReader reader(gathered, "split");
+  std::vector<int32_t> all;  // color, key of every rank
+  for (int r = 0; r < 2 * size(); ++r) all.push_back(reader.read_i32("color and key"));
   const uint64_t made = children_made_++;
   if (color < 0) return nullptr;
   std::vector<int> members;

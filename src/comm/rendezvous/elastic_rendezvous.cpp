@@ -9,7 +9,9 @@
 #include <zmq.hpp>
 
 #include "comm/rendezvous/launch_env.h"
+#include "comm/wire/framed_socket.h"
 #include "comm/wire/wire.h"
+#include "core/byte_codec.h"
 #include "core/error.h"
 
 namespace dtrain::comm {
@@ -28,72 +30,24 @@ constexpr uint32_t kFinished = 4;        // reply to kJoin: the job finished tra
 constexpr uint32_t kNone = 0xFFFFFFFFu;  // "no generation"
 
 constexpr uint64_t kMaxPayload = 1 << 20;
-constexpr int kLingerMs = 1000;
+constexpr auto kLinger = 1000ms;
 // The server's poll slice: how late it notices a settle deadline or a slot
 // reported dead (registrations themselves are answered at once).
 constexpr auto kServerSlice = 20ms;
 constexpr auto kClientSlice = 100ms;
+constexpr const char* kSecretHint =
+    "set DTRAIN_JOB_SECRET so that only the job's processes can join";
 
-void put_u32(std::vector<std::byte>& out, uint32_t v) {
-  for (int i = 0; i < 4; ++i) out.push_back(static_cast<std::byte>(v >> (8 * i)));
+// A payload: the u32 kind, then `rest`.
+std::vector<std::byte> with_kind(uint32_t kind, std::span<const std::byte> rest) {
+  ByteWriter w(4 + rest.size());
+  w.write_u32(kind);
+  w.write_bytes(rest);
+  return w.take();
 }
 
-// Bounds-checked reader over untrusted bytes.
-class Reader {
- public:
-  explicit Reader(std::span<const std::byte> bytes) : bytes_(bytes) {}
-  uint32_t u32(const char* what) {
-    if (bytes_.size() - pos_ < 4) {
-      throw DataError(fmt::format("elastic rendezvous: truncated reading {} ({} bytes left)", what,
-                                  bytes_.size() - pos_));
-    }
-    uint32_t v = 0;
-    for (int i = 3; i >= 0; --i) v = (v << 8) | std::to_integer<uint32_t>(bytes_[pos_ + i]);
-    pos_ += 4;
-    return v;
-  }
-  std::span<const std::byte> rest() const { return bytes_.subspan(pos_); }
-  void expect_end(const char* what) const {
-    if (pos_ != bytes_.size()) {
-      throw DataError(
-          fmt::format("elastic rendezvous {}: {} trailing bytes", what, bytes_.size() - pos_));
-    }
-  }
-
- private:
-  std::span<const std::byte> bytes_;
-  size_t pos_ = 0;
-};
-
-std::span<const std::byte> bytes_of(const zmq::message_t& m) {
-  return {static_cast<const std::byte*>(m.data()), m.size()};
-}
-
-void send_frame(zmq::socket_t& socket, const std::string* identity, const wire::FrameHeader& h,
-                std::span<const std::byte> payload, const JobAuth& auth) {
-  const wire::HeaderBytes bytes = wire::encode_header(h, payload, auth, /*with_crc=*/true);
-  if (identity != nullptr) {
-    socket.send(zmq::const_buffer(identity->data(), identity->size()), zmq::send_flags::sndmore);
-  }
-  socket.send(zmq::const_buffer(bytes.data(), bytes.size()), zmq::send_flags::sndmore);
-  socket.send(zmq::const_buffer(payload.data(), payload.size()), zmq::send_flags::none);
-}
-
-// Receives one multipart message (up to `max_parts`) without blocking.
-std::vector<zmq::message_t> recv_parts(zmq::socket_t& socket, size_t max_parts) {
-  std::vector<zmq::message_t> parts;
-  while (true) {
-    zmq::message_t part;
-    if (!socket.recv(part, zmq::recv_flags::dontwait)) break;
-    const bool more = part.more();
-    parts.push_back(std::move(part));
-    if (!more) break;
-    if (parts.size() > max_parts) {
-      while (socket.get(zmq::sockopt::rcvmore)) (void)socket.recv(part, zmq::recv_flags::dontwait);
-      break;
-    }
-  }
-  return parts;
+std::span<const std::byte> text_bytes(std::string_view text) {
+  return std::as_bytes(std::span(text.data(), text.size()));
 }
 
 std::string text_of(std::span<const std::byte> bytes) {
@@ -109,13 +63,60 @@ std::string slot_list(const std::vector<int>& slots) {
   return slots.empty() ? std::string("none") : fmt::format("{}", fmt::join(slots, ", "));
 }
 
+std::string generation_text(const std::optional<uint32_t>& generation) {
+  return generation ? fmt::format("{}", *generation) : std::string("none");
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------- server
 
+// The coordinator's state and its handlers. The launcher's view (alive,
+// finished, stopped, generation) is shared under `mutex`; everything else
+// belongs to the serving thread.
 struct ElasticRendezvousServer::State {
+  State(const ElasticRendezvousOptions& options, Logger& logger)
+      : options(options),
+        logger(logger),
+        refusals(logger, "elastic coordinator: refused a request"),
+        alive(static_cast<size_t>(options.slots), 0),
+        started(static_cast<size_t>(options.slots), 0) {}
+
+  // The launcher's view as of now.
+  struct View {
+    std::vector<uint64_t> alive;
+    bool finished = false;
+    std::string stopped;
+  };
+  View view() const;
+
+  // Serving thread: the per-slice upkeep, one handler per request kind, the
+  // replies.
+  void upkeep(const View& v);
+  void on_request(const wire::Frame& frame);
+  void on_poll(const std::string& identity, int slot);
+  void on_join(const std::string& identity, int slot, uint32_t member_of, const View& v);
+  void on_endpoint(const std::string& identity, int slot, uint32_t generation,
+                   const PeerEndpoint& endpoint);
+  void on_dropped(const wire::RejectedFrame& frame);
+  void reply(std::string_view identity, wire::MessageType type, uint32_t slot,
+             std::span<const std::byte> payload);
+  void refuse(std::string_view identity, int slot, uint32_t kind, const std::string& reason);
+  void answer_finished(const std::string& identity, int slot);
+  // Whether the process that joined the current generation for `slot`
+  // still runs (not a replacement of it).
+  bool member_alive(int slot, const std::vector<uint64_t>& alive) const;
+  // Closes the membership round when it may (see the header).
+  void try_close_round(const std::vector<uint64_t>& alive);
+  void form_generation(const std::vector<uint64_t>& alive, bool every_alive);
+  // Fails the endpoint round of the newest generation if a member is gone.
+  void check_endpoint_round(const std::vector<uint64_t>& alive);
+
+  const ElasticRendezvousOptions options;
+  Logger& logger;
+  wire::RateLimitedLog refusals;
   zmq::context_t context{1};
-  zmq::socket_t router{context, zmq::socket_type::router};
+  std::unique_ptr<wire::FramedSocket> socket;
   uint64_t sequence = 0;
 
   // Shared with the launcher's thread.
@@ -128,48 +129,327 @@ struct ElasticRendezvousServer::State {
   std::string stopped;                 // non-empty once stop() ran
   std::optional<uint32_t> generation;  // the last generation formed
 
-  // Server thread only.
-  std::vector<int> members;              // slots of `generation`, by rank
-  std::vector<uint64_t> member_process;  // by rank: the process that joined
+  // Serving thread only.
+  std::vector<int> members;                  // slots of `generation`, by rank
+  std::vector<uint64_t> member_process;      // by rank: the process that joined
+  std::vector<std::string> member_identity;  // by rank: the connection it joined from
   struct Joining {
     std::string identity;
     bool member = false;  // of the current generation
   };
   std::map<int, Joining> joining;  // by slot: the open membership round
   std::optional<Clock::time_point> settle_from;
-  // The endpoint round of the newest generation.
-  std::vector<std::optional<std::pair<std::string, PeerEndpoint>>> endpoints;
+  // The endpoint round of the newest generation, by rank.
+  std::vector<std::optional<PeerEndpoint>> endpoints;
   bool endpoints_done = false;
   std::string endpoints_failure;  // why the round failed, if it did
 };
 
+ElasticRendezvousServer::State::View ElasticRendezvousServer::State::view() const {
+  std::lock_guard lock(mutex);
+  return View{alive, finished, stopped};
+}
+
+void ElasticRendezvousServer::State::reply(std::string_view identity, wire::MessageType type,
+                                           uint32_t slot, std::span<const std::byte> payload) {
+  wire::FrameHeader h;
+  h.type = type;
+  h.receiver = slot;
+  h.sequence = sequence++;
+  socket->send(identity, h, payload);
+}
+
+void ElasticRendezvousServer::State::refuse(std::string_view identity, int slot, uint32_t kind,
+                                            const std::string& reason) {
+  refusals.add(fmt::format("slot {}: {}", slot, reason));
+  reply(identity, wire::MessageType::kReject, static_cast<uint32_t>(slot),
+        with_kind(kind, text_bytes(reason)));
+}
+
+void ElasticRendezvousServer::State::answer_finished(const std::string& identity, int slot) {
+  reply(identity, wire::MessageType::kTable, static_cast<uint32_t>(slot), with_kind(kFinished, {}));
+}
+
+// A frame the socket dropped (another job, a bad MAC, a slot outside the
+// job, not a request): answered without touching the state.
+void ElasticRendezvousServer::State::on_dropped(const wire::RejectedFrame& frame) {
+  reply(frame.identity, wire::MessageType::kReject, wire::kAnyReceiver,
+        with_kind(kNone, text_bytes(frame.reason)));
+}
+
+bool ElasticRendezvousServer::State::member_alive(int slot,
+                                                  const std::vector<uint64_t>& alive) const {
+  const auto it = std::find(members.begin(), members.end(), slot);
+  if (it == members.end()) return false;
+  const uint64_t process = alive[static_cast<size_t>(slot)];
+  return process != 0 && process == member_process[static_cast<size_t>(it - members.begin())];
+}
+
+void ElasticRendezvousServer::State::try_close_round(const std::vector<uint64_t>& alive) {
+  if (joining.empty()) return;
+  const bool has_member =
+      std::any_of(joining.begin(), joining.end(), [](const auto& j) { return j.second.member; });
+  if (generation && !has_member) return;
+  if (static_cast<int>(joining.size()) < options.min_workers) return;
+  // Awaited: every alive slot for generation 0, then the alive members of
+  // the current generation (a new worker is only taken once it joined).
+  bool every_alive = true;
+  for (int slot = 0; slot < options.slots; ++slot) {
+    const bool awaited =
+        alive[static_cast<size_t>(slot)] != 0 && (!generation || member_alive(slot, alive));
+    if (awaited && joining.count(slot) == 0) every_alive = false;
+  }
+  const bool settled = settle_from && Clock::now() - *settle_from >= options.settle;
+  if (every_alive || settled) form_generation(alive, every_alive);
+}
+
+void ElasticRendezvousServer::State::form_generation(const std::vector<uint64_t>& alive,
+                                                     bool every_alive) {
+  std::vector<int> order;  // members in their order, then new workers by slot
+  for (int slot : members) {
+    auto it = joining.find(slot);
+    if (it != joining.end() && it->second.member) order.push_back(slot);
+  }
+  for (const auto& [slot, j] : joining) {
+    if (!j.member) order.push_back(slot);
+  }
+  const uint32_t next = generation ? *generation + 1 : 0;
+  if (!every_alive) {
+    std::vector<int> missing;
+    for (int slot = 0; slot < options.slots; ++slot) {
+      const bool awaited =
+          alive[static_cast<size_t>(slot)] != 0 && (!generation || member_alive(slot, alive));
+      if (awaited && joining.count(slot) == 0) missing.push_back(slot);
+    }
+    logger.warn(
+        "elastic coordinator: generation {} forms without slot(s) {}, which did not join within "
+        "{} ms",
+        next, slot_list(missing), options.settle.count());
+  }
+  ByteWriter w;
+  w.write_u32(kJoin);
+  w.write_u32(next);
+  w.write_u32(static_cast<uint32_t>(order.size()));
+  for (int slot : order) w.write_u32(static_cast<uint32_t>(slot));
+  for (int slot : order) {
+    reply(joining[slot].identity, wire::MessageType::kTable, static_cast<uint32_t>(slot),
+          w.bytes());
+  }
+  logger.info("elastic coordinator: generation {} formed: {} worker(s), slots by rank {}", next,
+              order.size(), slot_list(order));
+  member_process.clear();
+  member_identity.clear();
+  for (int slot : order) {
+    member_process.push_back(alive[static_cast<size_t>(slot)]);
+    member_identity.push_back(joining[slot].identity);
+  }
+  members = std::move(order);
+  endpoints.assign(members.size(), std::nullopt);
+  endpoints_done = false;
+  endpoints_failure.clear();
+  joining.clear();
+  settle_from.reset();
+  std::lock_guard lock(mutex);
+  generation = next;
+}
+
+void ElasticRendezvousServer::State::check_endpoint_round(const std::vector<uint64_t>& alive) {
+  if (endpoints_done || !generation) return;
+  for (size_t rank = 0; rank < members.size(); ++rank) {
+    const int slot = members[rank];
+    if (alive[static_cast<size_t>(slot)] == member_process[rank]) continue;
+    const std::string reason = fmt::format(
+        "generation {} lost slot {} (rank {}) before it formed; join again", *generation, slot,
+        rank);
+    for (size_t r = 0; r < members.size(); ++r) {
+      if (endpoints[r]) refuse(member_identity[r], members[r], kEndpoint, reason);
+    }
+    endpoints_done = true;  // any later kEndpoint for it is refused too
+    endpoints_failure = reason;
+    return;
+  }
+}
+
+void ElasticRendezvousServer::State::upkeep(const View& v) {
+  // Registrations of slots that ended, and the answers owed to waiting
+  // workers once the job finished or stopped.
+  for (auto it = joining.begin(); it != joining.end();) {
+    if (!v.stopped.empty()) {
+      refuse(it->second.identity, it->first, kJoin, v.stopped);
+      it = joining.erase(it);
+    } else if (v.finished) {
+      answer_finished(it->second.identity, it->first);
+      it = joining.erase(it);
+    } else if (!v.alive[static_cast<size_t>(it->first)]) {
+      it = joining.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  check_endpoint_round(v.alive);
+  try_close_round(v.alive);
+}
+
+void ElasticRendezvousServer::State::on_request(const wire::Frame& frame) {
+  const int slot = static_cast<int>(frame.header.sender);
+  // The launcher's view as of this message (it may have changed while polling).
+  const View v = view();
+  uint32_t kind = kNone;
+  try {
+    ByteReader r(frame.payload(), fmt::format("elastic request from slot {}", slot));
+    kind = r.read_u32("request kind");
+    if (!v.stopped.empty() && kind != kPoll) {
+      refuse(frame.identity, slot, kind, v.stopped);
+    } else if (kind == kPoll) {
+      r.expect_end("poll");
+      on_poll(frame.identity, slot);
+    } else if (kind == kJoin) {
+      const uint32_t member_of = r.read_u32("member of");
+      r.expect_end("join");
+      on_join(frame.identity, slot, member_of, v);
+    } else if (kind == kEndpoint) {
+      const uint32_t generation = r.read_u32("generation");
+      const std::vector<PeerEndpoint> record = decode_endpoints(r.rest(), 1);
+      if (record.size() != 1) throw DataError("elastic rendezvous endpoint: no endpoint record");
+      on_endpoint(frame.identity, slot, generation, record[0]);
+    } else {
+      refuse(frame.identity, slot, kind, fmt::format("unknown request kind {}", kind));
+    }
+  } catch (const DataError& e) {
+    refuse(frame.identity, slot, kNone, e.what());
+  }
+}
+
+void ElasticRendezvousServer::State::on_poll(const std::string& identity, int slot) {
+  uint32_t waiting = 0;
+  for (const auto& [other, j] : joining) waiting += j.member ? 0 : 1;
+  ByteWriter w;
+  w.write_u32(kPoll);
+  w.write_u32(generation.value_or(kNone));
+  w.write_u32(waiting);
+  reply(identity, wire::MessageType::kStatus, static_cast<uint32_t>(slot), w.bytes());
+}
+
+void ElasticRendezvousServer::State::on_join(const std::string& identity, int slot,
+                                             uint32_t member_of, const View& v) {
+  if (v.finished) {
+    answer_finished(identity, slot);
+    return;
+  }
+  if (!v.alive[static_cast<size_t>(slot)]) {
+    refuse(identity, slot, kJoin,
+           fmt::format("slot {} is not alive (the launcher reported its process ended)", slot));
+    return;
+  }
+  const bool member = member_of != kNone;
+  if (member && (!generation || member_of != *generation || !member_alive(slot, v.alive))) {
+    refuse(identity, slot, kJoin,
+           fmt::format("slot {} says it is a member of generation {}, but the group is at "
+                       "generation {} without it (it was left out); restart the worker",
+                       slot, member_of, generation_text(generation)));
+    return;
+  }
+  if (!member && member_alive(slot, v.alive)) {
+    // The launcher starts a process for a slot only once its member died.
+    refuse(identity, slot, kJoin,
+           fmt::format("slot {} is held by a live member of generation {}, yet another process "
+                       "joins as a new worker for it: two workers were started for slot {}, or "
+                       "an outsider joined as slot {} ({})",
+                       slot, generation_text(generation), slot, slot, kSecretHint));
+    return;
+  }
+  auto it = joining.find(slot);
+  if (it != joining.end() && it->second.identity != identity) {
+    // Two connections claim the slot; the coordinator cannot tell which is
+    // rightful, so neither joins this round, and both are told at once.
+    const std::string reason = fmt::format(
+        "slot {} was claimed by two processes in the same round: two workers were started for "
+        "slot {}, or an outsider joined as slot {} ({}); neither joins",
+        slot, slot, slot, kSecretHint);
+    refuse(it->second.identity, slot, kJoin, reason);
+    refuse(identity, slot, kJoin, reason);
+    joining.erase(it);
+    return;
+  }
+  joining[slot] = Joining{identity, member};
+  if (!settle_from && (member || !generation)) settle_from = Clock::now();
+  logger.debug("elastic coordinator: slot {} joins generation {} ({})", slot,
+               generation ? *generation + 1 : 0, member ? "member" : "new worker");
+  try_close_round(v.alive);
+}
+
+void ElasticRendezvousServer::State::on_endpoint(const std::string& identity, int slot,
+                                                 uint32_t gen, const PeerEndpoint& endpoint) {
+  const auto rank_of = std::find(members.begin(), members.end(), slot);
+  if (generation && gen == *generation && !endpoints_failure.empty()) {
+    refuse(identity, slot, kEndpoint, endpoints_failure);
+    return;
+  }
+  if (!generation || gen != *generation || rank_of == members.end() || endpoints_done) {
+    refuse(identity, slot, kEndpoint,
+           fmt::format("slot {} sent its endpoint for generation {}, which is not the forming "
+                       "generation (newest: {}); join again",
+                       slot, gen, generation_text(generation)));
+    return;
+  }
+  const auto rank = static_cast<size_t>(rank_of - members.begin());
+  if (identity != member_identity[rank]) {
+    // Only the connection that joined the generation speaks for its slot.
+    refuse(identity, slot, kEndpoint,
+           fmt::format("slot {} (rank {} of generation {}) joined from another process; an "
+                       "endpoint is taken only from the process that joined: two workers were "
+                       "started for slot {}, or an outsider ({})",
+                       slot, rank, *generation, slot, kSecretHint));
+    return;
+  }
+  if (endpoint.rank != static_cast<int>(rank)) {
+    refuse(identity, slot, kEndpoint,
+           fmt::format("slot {} registers an endpoint for rank {}, its rank is {}", slot,
+                       endpoint.rank, rank));
+    return;
+  }
+  endpoints[rank] = endpoint;
+  if (!std::all_of(endpoints.begin(), endpoints.end(),
+                   [](const auto& e) { return e.has_value(); })) {
+    return;
+  }
+  std::vector<PeerEndpoint> table;
+  for (const auto& e : endpoints) table.push_back(*e);
+  ByteWriter w;
+  w.write_u32(kEndpoint);
+  w.write_u32(*generation);
+  w.write_bytes(encode_endpoints(table));
+  for (size_t r = 0; r < members.size(); ++r) {
+    reply(member_identity[r], wire::MessageType::kTable, static_cast<uint32_t>(members[r]),
+          w.bytes());
+  }
+  endpoints_done = true;
+}
+
 ElasticRendezvousServer::ElasticRendezvousServer(const std::string& bind_host, int port,
                                                  ElasticRendezvousOptions options, JobAuth auth,
                                                  Logger& logger)
-    : bind_host_(bind_host),
-      options_(options),
-      auth_(std::move(auth)),
-      logger_(logger),
-      state_(std::make_unique<State>()) {
+    : bind_host_(bind_host), options_(options), auth_(std::move(auth)), logger_(logger) {
   if (options_.slots < 1 || options_.min_workers < 1 || options_.min_workers > options_.slots ||
       options_.settle.count() < 0) {
     throw UsageError(fmt::format(
         "elastic rendezvous: need 1 <= min_workers ({}) <= slots ({}) and settle >= 0 ({} ms)",
         options_.min_workers, options_.slots, options_.settle.count()));
   }
-  state_->alive.assign(static_cast<size_t>(options_.slots), 0);
-  state_->started.assign(static_cast<size_t>(options_.slots), 0);
-  state_->router.set(zmq::sockopt::linger, kLingerMs);
-  state_->router.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(kMaxPayload));
-  const std::string address =
-      fmt::format("tcp://{}:{}", bind_host, port == 0 ? "*" : std::to_string(port));
-  try {
-    state_->router.bind(address);
-  } catch (const zmq::error_t& e) {
-    throw CommError(-1, "elastic rendezvous",
-                    fmt::format("coordinator cannot listen on {}: {}", address, e.what()));
-  }
-  const std::string bound = state_->router.get(zmq::sockopt::last_endpoint);
+  state_ = std::make_unique<State>(options_, logger_);
+  wire::FramedSocketOptions o;
+  o.name = "elastic coordinator";
+  o.rank = wire::kCoordinator;
+  o.limits = wire::FrameLimits{auth_.job_id(), static_cast<uint32_t>(options_.slots),
+                               wire::kCoordinator, kMaxPayload};
+  o.accepted = {wire::MessageType::kRegister};
+  o.linger = kLinger;
+  o.on_reject = [state = state_.get()](const wire::RejectedFrame& f) { state->on_dropped(f); };
+  state_->socket = std::make_unique<wire::FramedSocket>(
+      state_->context, wire::FramedSocket::Role::kRouter,
+      fmt::format("tcp://{}:{}", bind_host, port == 0 ? "*" : std::to_string(port)), std::move(o),
+      auth_, logger_);
+  const std::string& bound = state_->socket->endpoint();
   port_ = parse_host_port(bound.substr(bound.find("://") + 3), "coordinator endpoint").port;
   thread_ = std::jthread([this](std::stop_token stop) { serve(std::move(stop)); });
 }
@@ -209,302 +489,13 @@ std::optional<uint32_t> ElasticRendezvousServer::generation() const {
   return state_->generation;
 }
 
+uint64_t ElasticRendezvousServer::dropped_frames() const { return state_->socket->dropped(); }
+
 void ElasticRendezvousServer::serve(std::stop_token stop) {
-  State& s = *state_;
-  const wire::FrameLimits limits{auth_.job_id(), static_cast<uint32_t>(options_.slots),
-                                 wire::kCoordinator, kMaxPayload};
-  auto reply = [&](const std::string& identity, wire::MessageType type, uint32_t slot,
-                   const std::vector<std::byte>& payload) {
-    wire::FrameHeader h;
-    h.type = type;
-    h.sender = wire::kCoordinator;
-    h.receiver = slot;
-    h.job_id = auth_.job_id();
-    h.sequence = s.sequence++;
-    send_frame(s.router, &identity, h, payload, auth_);
-  };
-  auto refuse = [&](const std::string& identity, uint32_t slot, uint32_t kind,
-                    const std::string& reason) {
-    logger_.warn("elastic coordinator: refused slot {}: {}", static_cast<int>(slot), reason);
-    std::vector<std::byte> payload;
-    put_u32(payload, kind);
-    for (char c : reason) payload.push_back(static_cast<std::byte>(c));
-    reply(identity, wire::MessageType::kReject, slot, payload);
-  };
-  auto answer_finished = [&](const std::string& identity, int slot) {
-    std::vector<std::byte> payload;
-    put_u32(payload, kFinished);
-    reply(identity, wire::MessageType::kTable, static_cast<uint32_t>(slot), payload);
-  };
-
-  // Whether the process that joined the current generation for `slot` still
-  // runs (not a replacement of it).
-  auto member_alive = [&](int slot, const std::vector<uint64_t>& alive) {
-    const auto it = std::find(s.members.begin(), s.members.end(), slot);
-    if (it == s.members.end()) return false;
-    const uint64_t process = alive[static_cast<size_t>(slot)];
-    return process != 0 && process == s.member_process[static_cast<size_t>(it - s.members.begin())];
-  };
-
-  // Closes the membership round when it may; see the header.
-  auto try_close_round = [&](const std::vector<uint64_t>& alive) {
-    if (s.joining.empty()) return;
-    const bool has_member = std::any_of(s.joining.begin(), s.joining.end(),
-                                        [](const auto& j) { return j.second.member; });
-    if (s.generation && !has_member) return;
-    const auto joined = static_cast<int>(s.joining.size());
-    if (joined < options_.min_workers) return;
-    // Awaited: every alive slot for generation 0, then the alive members
-    // of the current generation (a new worker is only taken once it joined).
-    auto awaited = [&](int slot) {
-      return alive[static_cast<size_t>(slot)] != 0 && (!s.generation || member_alive(slot, alive));
-    };
-    bool every_alive = true;
-    for (int slot = 0; slot < options_.slots; ++slot) {
-      if (awaited(slot) && s.joining.count(slot) == 0) every_alive = false;
-    }
-    const bool settled = s.settle_from && Clock::now() - *s.settle_from >= options_.settle;
-    if (!every_alive && !settled) return;
-
-    std::vector<int> order;
-    for (int slot : s.members) {
-      auto it = s.joining.find(slot);
-      if (it != s.joining.end() && it->second.member) order.push_back(slot);
-    }
-    for (const auto& [slot, j] : s.joining) {
-      if (!j.member) order.push_back(slot);
-    }
-    const uint32_t generation = s.generation ? *s.generation + 1 : 0;
-    if (!every_alive) {
-      std::vector<int> missing;
-      for (int slot = 0; slot < options_.slots; ++slot) {
-        if (awaited(slot) && s.joining.count(slot) == 0) missing.push_back(slot);
-      }
-      logger_.warn(
-          "elastic coordinator: generation {} forms without slot(s) {}, which did not "
-          "join within {} ms",
-          generation, slot_list(missing), options_.settle.count());
-    }
-    std::vector<std::byte> payload;
-    put_u32(payload, kJoin);
-    put_u32(payload, generation);
-    put_u32(payload, static_cast<uint32_t>(order.size()));
-    for (int slot : order) put_u32(payload, static_cast<uint32_t>(slot));
-    for (int slot : order)
-      reply(s.joining[slot].identity, wire::MessageType::kTable, static_cast<uint32_t>(slot),
-            payload);
-    logger_.info("elastic coordinator: generation {} formed: {} worker(s), slots by rank {}",
-                 generation, order.size(), slot_list(order));
-    s.member_process.clear();
-    for (int slot : order) s.member_process.push_back(alive[static_cast<size_t>(slot)]);
-    s.members = std::move(order);
-    s.endpoints.assign(s.members.size(), std::nullopt);
-    s.endpoints_done = false;
-    s.endpoints_failure.clear();
-    s.joining.clear();
-    s.settle_from.reset();
-    std::lock_guard lock(s.mutex);
-    s.generation = generation;
-  };
-
-  // Fails the endpoint round of the newest generation if a member is gone.
-  auto check_endpoint_round = [&](const std::vector<uint64_t>& alive) {
-    if (s.endpoints_done || !s.generation) return;
-    for (size_t rank = 0; rank < s.members.size(); ++rank) {
-      const int slot = s.members[rank];
-      if (alive[static_cast<size_t>(slot)] == s.member_process[rank]) continue;
-      const std::string reason =
-          fmt::format("generation {} lost slot {} (rank {}) before it formed; join again",
-                      *s.generation, slot, rank);
-      for (size_t r = 0; r < s.members.size(); ++r) {
-        if (s.endpoints[r]) {
-          refuse(s.endpoints[r]->first, static_cast<uint32_t>(s.members[r]), kEndpoint, reason);
-        }
-      }
-      s.endpoints_done = true;  // any later kEndpoint for it is refused too
-      s.endpoints_failure = reason;
-      return;
-    }
-  };
-
-  auto handle = [&](const std::string& identity, uint32_t slot_id, std::span<const std::byte> body,
-                    const std::vector<uint64_t>& alive, bool finished, const std::string& stopped) {
-    const int slot = static_cast<int>(slot_id);
-    Reader r(body);
-    const uint32_t kind = r.u32("request kind");
-    if (!stopped.empty() && kind != kPoll) {
-      refuse(identity, slot_id, kind, stopped);
-      return;
-    }
-    if (kind == kPoll) {
-      r.expect_end("poll");
-      uint32_t waiting = 0;
-      for (const auto& [other, j] : s.joining) waiting += j.member ? 0 : 1;
-      std::vector<std::byte> payload;
-      put_u32(payload, kPoll);
-      put_u32(payload, s.generation.value_or(kNone));
-      put_u32(payload, waiting);
-      reply(identity, wire::MessageType::kStatus, slot_id, payload);
-      return;
-    }
-    if (kind == kJoin) {
-      const uint32_t member_of = r.u32("member of");
-      r.expect_end("join");
-      if (finished) {
-        answer_finished(identity, slot);
-        return;
-      }
-      if (!alive[static_cast<size_t>(slot)]) {
-        refuse(identity, slot_id, kind,
-               fmt::format("slot {} is not alive (the launcher reported "
-                           "its process ended)",
-                           slot));
-        return;
-      }
-      const bool member = member_of != kNone;
-      if (member && (!s.generation || member_of != *s.generation || !member_alive(slot, alive))) {
-        refuse(identity, slot_id, kind,
-               fmt::format("slot {} says it is a member of generation {}, but the group is at "
-                           "generation {} without it (it was left out); restart the worker",
-                           slot, member_of,
-                           s.generation ? fmt::format("{}", *s.generation) : std::string("none")));
-        return;
-      }
-      auto it = s.joining.find(slot);
-      if (it != s.joining.end() && it->second.identity != identity) {
-        refuse(identity, slot_id, kind,
-               fmt::format("slot {} is already joining from another process", slot));
-        return;
-      }
-      s.joining[slot] = State::Joining{identity, member};
-      if (!s.settle_from && (member || !s.generation)) s.settle_from = Clock::now();
-      logger_.debug("elastic coordinator: slot {} joins generation {} ({})", slot,
-                    s.generation ? *s.generation + 1 : 0, member ? "member" : "new worker");
-      try_close_round(alive);
-      return;
-    }
-    if (kind == kEndpoint) {
-      const uint32_t generation = r.u32("generation");
-      const std::vector<PeerEndpoint> record = decode_endpoints(r.rest(), 1);
-      if (record.size() != 1) throw DataError("elastic rendezvous endpoint: no endpoint record");
-      const auto rank_of = std::find(s.members.begin(), s.members.end(), slot);
-      if (s.generation && generation == *s.generation && !s.endpoints_failure.empty()) {
-        refuse(identity, slot_id, kind, s.endpoints_failure);
-        return;
-      }
-      if (!s.generation || generation != *s.generation || rank_of == s.members.end() ||
-          s.endpoints_done) {
-        refuse(identity, slot_id, kind,
-               fmt::format("slot {} sent its endpoint for generation {}, which is not the forming "
-                           "generation (newest: {}); join again",
-                           slot, generation,
-                           s.generation ? fmt::format("{}", *s.generation) : std::string("none")));
-        return;
-      }
-      const auto rank = static_cast<size_t>(rank_of - s.members.begin());
-      if (record[0].rank != static_cast<int>(rank)) {
-        refuse(identity, slot_id, kind,
-               fmt::format("slot {} registers an endpoint for rank {}, its rank is {}", slot,
-                           record[0].rank, rank));
-        return;
-      }
-      s.endpoints[rank] = std::make_pair(identity, record[0]);
-      if (!std::all_of(s.endpoints.begin(), s.endpoints.end(),
-                       [](const auto& e) { return e.has_value(); })) {
-        return;
-      }
-      std::vector<PeerEndpoint> table;
-      for (const auto& e : s.endpoints) table.push_back(e->second);
-      std::vector<std::byte> payload;
-      put_u32(payload, kEndpoint);
-      put_u32(payload, *s.generation);
-      const std::vector<std::byte> encoded = encode_endpoints(table);
-      payload.insert(payload.end(), encoded.begin(), encoded.end());
-      for (size_t r2 = 0; r2 < s.members.size(); ++r2) {
-        reply(s.endpoints[r2]->first, wire::MessageType::kTable,
-              static_cast<uint32_t>(s.members[r2]), payload);
-      }
-      s.endpoints_done = true;
-      return;
-    }
-    refuse(identity, slot_id, kind, fmt::format("unknown request kind {}", kind));
-  };
-
   while (!stop.stop_requested()) {
-    std::vector<uint64_t> alive;
-    bool finished = false;
-    std::string stopped;
-    {
-      std::lock_guard lock(s.mutex);
-      alive = s.alive;
-      finished = s.finished;
-      stopped = s.stopped;
-    }
-    // Registrations of slots that ended, and the answers owed to waiting
-    // workers once the job finished or stopped.
-    for (auto it = s.joining.begin(); it != s.joining.end();) {
-      if (!stopped.empty()) {
-        refuse(it->second.identity, static_cast<uint32_t>(it->first), kJoin, stopped);
-        it = s.joining.erase(it);
-      } else if (finished) {
-        answer_finished(it->second.identity, it->first);
-        it = s.joining.erase(it);
-      } else if (!alive[static_cast<size_t>(it->first)]) {
-        it = s.joining.erase(it);
-      } else {
-        ++it;
-      }
-    }
-    check_endpoint_round(alive);
-    try_close_round(alive);
-
-    zmq::pollitem_t item{s.router.handle(), 0, ZMQ_POLLIN, 0};
-    zmq::poll(&item, 1, kServerSlice);
-    if ((item.revents & ZMQ_POLLIN) == 0) continue;
-    std::vector<zmq::message_t> parts = recv_parts(s.router, 3);
-    if (parts.size() != 3) {
-      logger_.warn("elastic coordinator: dropped a message of {} frames (expected 3)",
-                   parts.size());
-      continue;
-    }
-    const std::string identity(static_cast<const char*>(parts[0].data()), parts[0].size());
-    const auto header_bytes = bytes_of(parts[1]);
-    wire::FrameHeader header;
-    try {
-      header = wire::decode_header(header_bytes, limits, auth_);
-      wire::check_payload(header, header_bytes.first<wire::kHeaderBytes>(), bytes_of(parts[2]),
-                          auth_);
-      if (header.type != wire::MessageType::kRegister) {
-        throw DataError(
-            fmt::format("expected a register frame, got {}", wire::to_string(header.type)));
-      }
-    } catch (const DataError& e) {
-      // Unauthenticated: answered without touching the state.
-      logger_.warn("elastic coordinator: refused a frame: {}", e.what());
-      std::vector<std::byte> payload;
-      put_u32(payload, kNone);
-      const std::string reason = e.what();
-      for (char c : reason) payload.push_back(static_cast<std::byte>(c));
-      wire::FrameHeader h;
-      h.type = wire::MessageType::kReject;
-      h.sender = wire::kCoordinator;
-      h.receiver = wire::kAnyReceiver;
-      h.job_id = auth_.job_id();
-      h.sequence = s.sequence++;
-      send_frame(s.router, &identity, h, payload, auth_);
-      continue;
-    }
-    {
-      // The launcher's view as of this message (it may have changed while polling).
-      std::lock_guard lock(s.mutex);
-      alive = s.alive;
-      finished = s.finished;
-      stopped = s.stopped;
-    }
-    try {
-      handle(identity, header.sender, bytes_of(parts[2]), alive, finished, stopped);
-    } catch (const DataError& e) {
-      refuse(identity, header.sender, kNone, e.what());
+    state_->upkeep(state_->view());
+    if (auto frame = state_->socket->receive(Deadline::after(kServerSlice))) {
+      state_->on_request(*frame);
     }
   }
 }
@@ -513,7 +504,7 @@ void ElasticRendezvousServer::serve(std::stop_token stop) {
 
 struct ElasticRendezvousClient::Socket {
   zmq::context_t context{1};
-  zmq::socket_t dealer{context, zmq::socket_type::dealer};
+  std::unique_ptr<wire::FramedSocket> dealer;
 };
 
 ElasticRendezvousClient::ElasticRendezvousClient(const std::string& coordinator, int slot,
@@ -528,67 +519,51 @@ ElasticRendezvousClient::ElasticRendezvousClient(const std::string& coordinator,
     throw UsageError(fmt::format("elastic rendezvous: slot {} is outside 0..{}", slot, slots - 1));
   }
   const HostPort hp = parse_host_port(coordinator, "elastic coordinator");
-  socket_->dealer.set(zmq::sockopt::linger, 0);
-  socket_->dealer.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(kMaxPayload));
+  wire::FramedSocketOptions o;
+  o.name = fmt::format("elastic rendezvous slot {}", slot);
+  o.rank = static_cast<uint32_t>(slot);
+  o.limits = wire::FrameLimits{auth_.job_id(), static_cast<uint32_t>(slots),
+                               static_cast<uint32_t>(slot), kMaxPayload};
+  o.accepted = {wire::MessageType::kTable, wire::MessageType::kReject,
+                wire::MessageType::kStatus};
+  o.on_reject = [this](const wire::RejectedFrame& f) {
+    // A refusal from a coordinator of another job or with another secret
+    // cannot be verified; its reason is still the most useful thing to show.
+    if (f.raw_type() == static_cast<uint8_t>(wire::MessageType::kReject)) {
+      throw CommError(-1, "elastic rendezvous",
+                      fmt::format("the coordinator at {} refused slot {}: \"{}\" (its reply "
+                                  "failed verification too: {})",
+                                  coordinator_, slot_, text_of(f.payload), f.reason));
+    }
+  };
   const std::string host = hp.host.find(':') != std::string::npos ? "[" + hp.host + "]" : hp.host;
-  socket_->dealer.connect(fmt::format("tcp://{}:{}", host, hp.port));
+  socket_->dealer = std::make_unique<wire::FramedSocket>(
+      socket_->context, wire::FramedSocket::Role::kDealer,
+      fmt::format("tcp://{}:{}", host, hp.port), std::move(o), auth_, logger_);
 }
 
 ElasticRendezvousClient::~ElasticRendezvousClient() = default;
 
 void ElasticRendezvousClient::send(uint32_t kind, const std::vector<std::byte>& body) {
-  std::vector<std::byte> payload;
-  put_u32(payload, kind);
-  payload.insert(payload.end(), body.begin(), body.end());
   wire::FrameHeader h;
   h.type = wire::MessageType::kRegister;
-  h.sender = static_cast<uint32_t>(slot_);
   h.receiver = wire::kCoordinator;
-  h.job_id = auth_.job_id();
-  send_frame(socket_->dealer, nullptr, h, payload, auth_);
+  socket_->dealer->send({}, h, with_kind(kind, body));
 }
 
 std::optional<std::pair<uint32_t, std::vector<std::byte>>> ElasticRendezvousClient::read_reply(
     std::chrono::milliseconds timeout) {
-  zmq::pollitem_t item{socket_->dealer.handle(), 0, ZMQ_POLLIN, 0};
-  zmq::poll(&item, 1, timeout);
-  if ((item.revents & ZMQ_POLLIN) == 0) return std::nullopt;
-  std::vector<zmq::message_t> parts = recv_parts(socket_->dealer, 2);
-  if (parts.size() != 2) {
-    logger_.warn("elastic rendezvous slot {}: dropped a reply of {} frames", slot_, parts.size());
-    return std::nullopt;
-  }
-  const wire::FrameLimits limits{auth_.job_id(), static_cast<uint32_t>(slots_),
-                                 static_cast<uint32_t>(slot_), kMaxPayload};
-  const auto header_bytes = bytes_of(parts[0]);
-  const auto body = bytes_of(parts[1]);
-  wire::FrameHeader header;
-  try {
-    header = wire::decode_header(header_bytes, limits, auth_);
-    wire::check_payload(header, header_bytes.first<wire::kHeaderBytes>(), body, auth_);
-  } catch (const DataError& e) {
-    const bool looks_like_reject = header_bytes.size() == wire::kHeaderBytes &&
-                                   std::to_integer<uint8_t>(header_bytes[5]) ==
-                                       static_cast<uint8_t>(wire::MessageType::kReject);
-    if (looks_like_reject) {
-      throw CommError(-1, "elastic rendezvous",
-                      fmt::format("the coordinator at {} refused slot {}: \"{}\" (its reply failed "
-                                  "verification too: {})",
-                                  coordinator_, slot_, text_of(body), e.what()));
-    }
-    logger_.warn("elastic rendezvous slot {}: dropped a reply: {}", slot_, e.what());
-    return std::nullopt;
-  }
-  Reader r(body);
-  const uint32_t kind = r.u32("reply kind");
-  if (header.type == wire::MessageType::kReject) {
+  std::optional<wire::Frame> frame = socket_->dealer->receive(Deadline::after(timeout));
+  if (!frame) return std::nullopt;
+  ByteReader r(frame->payload(), fmt::format("elastic coordinator reply to slot {}", slot_));
+  const uint32_t kind = r.read_u32("reply kind");
+  if (frame->header.type == wire::MessageType::kReject) {
     if (kind == kPoll) return std::nullopt;  // a refused poll only means "nothing to report"
     throw CommError(-1, "elastic rendezvous",
                     fmt::format("the coordinator at {} refused slot {}: {}", coordinator_, slot_,
                                 text_of(r.rest())));
   }
-  std::vector<std::byte> rest(r.rest().begin(), r.rest().end());
-  return std::make_pair(kind, std::move(rest));
+  return std::make_pair(kind, std::vector<std::byte>(r.rest().begin(), r.rest().end()));
 }
 
 std::vector<std::byte> ElasticRendezvousClient::await(uint32_t kind, const std::string& what,
@@ -617,26 +592,26 @@ std::vector<std::byte> ElasticRendezvousClient::await(uint32_t kind, const std::
 
 std::optional<ElasticGeneration> ElasticRendezvousClient::join(std::optional<uint32_t> member_of,
                                                                Deadline deadline) {
-  std::vector<std::byte> body;
-  put_u32(body, member_of.value_or(kNone));
-  send(kJoin, body);
+  ByteWriter body;
+  body.write_u32(member_of.value_or(kNone));
+  send(kJoin, body.take());
   const std::vector<std::byte> reply =
       await(kJoin,
             fmt::format("the group to re-form (generation {})",
                         member_of ? fmt::format("{}", *member_of + 1) : std::string("next")),
             deadline);
   if (reply.empty()) return std::nullopt;  // finished
-  Reader r(reply);
+  ByteReader r(reply, fmt::format("elastic membership for slot {}", slot_));
   ElasticGeneration m;
-  m.generation = r.u32("generation");
-  const uint32_t count = r.u32("member count");
+  m.generation = r.read_u32("generation");
+  const uint32_t count = r.read_u32("member count");
   if (count < 1 || count > static_cast<uint32_t>(slots_)) {
     throw DataError(fmt::format(
         "elastic rendezvous: membership of {} workers, the job has {} slots", count, slots_));
   }
   m.rank = -1;
   for (uint32_t i = 0; i < count; ++i) {
-    const auto slot = static_cast<int>(r.u32("slot"));
+    const auto slot = static_cast<int>(r.read_u32("slot"));
     if (slot == slot_) m.rank = static_cast<int>(i);
     m.slots.push_back(slot);
   }
@@ -652,15 +627,14 @@ std::optional<ElasticGeneration> ElasticRendezvousClient::join(std::optional<uin
 std::vector<PeerEndpoint> ElasticRendezvousClient::exchange_endpoints(uint32_t generation,
                                                                       const PeerEndpoint& self,
                                                                       Deadline deadline) {
-  std::vector<std::byte> body;
-  put_u32(body, generation);
-  const std::vector<std::byte> record = encode_endpoints(std::span<const PeerEndpoint>(&self, 1));
-  body.insert(body.end(), record.begin(), record.end());
-  send(kEndpoint, body);
+  ByteWriter body;
+  body.write_u32(generation);
+  body.write_bytes(encode_endpoints(std::span<const PeerEndpoint>(&self, 1)));
+  send(kEndpoint, body.take());
   const std::vector<std::byte> reply =
       await(kEndpoint, fmt::format("the endpoints of generation {}", generation), deadline);
-  Reader r(reply);
-  const uint32_t got = r.u32("generation");
+  ByteReader r(reply, fmt::format("elastic endpoint table for slot {}", slot_));
+  const uint32_t got = r.read_u32("generation");
   if (got != generation) {
     throw DataError(fmt::format("elastic rendezvous: endpoints of generation {}, expected {}", got,
                                 generation));
@@ -688,9 +662,9 @@ uint32_t ElasticRendezvousClient::poll() {
     if (!reply) break;
     if (reply->first != kPoll) continue;
     poll_outstanding_ = false;
-    Reader r(reply->second);
-    r.u32("generation");
-    waiting_ = r.u32("waiting");
+    ByteReader r(reply->second, fmt::format("elastic poll reply to slot {}", slot_));
+    r.read_u32("generation");
+    waiting_ = r.read_u32("waiting");
   }
   if (!poll_outstanding_) {
     send(kPoll, {});

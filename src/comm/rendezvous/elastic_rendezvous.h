@@ -32,17 +32,33 @@
 // joins with "finished"; stop() (the job is being stopped) refuses them with
 // its reason.
 //
-// Wire: frames of comm/wire/wire.h over a ZeroMQ DEALER -> ROUTER connection,
-// sender = slot, every frame authenticated with the job secret (comm/wire/auth.h)
-// when there is one; the payload layouts are in docs/elastic.md. A frame of
-// another job, with a bad MAC or from a slot outside 0..slots-1 is refused
-// and never changes the state.
+// Wire: frames of comm/wire/wire.h over a DEALER -> ROUTER connection
+// (comm/wire/framed_socket.h), sender = slot, every frame authenticated with
+// the job secret (comm/wire/auth.h) when there is one; the payload layouts
+// are in docs/elastic.md. A frame of another job, with a bad MAC or from a
+// slot outside 0..slots-1 is refused and never changes the state.
+//
+// A slot claimed twice. The coordinator cannot tell which of two processes
+// that claim one slot is rightful (without a job secret anyone can claim any
+// slot), so:
+//  - two connections joining for one slot in the same membership round:
+//    both are refused at once ("slot 1 was claimed by two processes ...;
+//    neither joins") and the round goes on without the slot;
+//  - a new worker joining for a slot whose member of the current generation
+//    still runs (the launcher starts a process for a slot only once its
+//    member died) is refused at once;
+//  - an endpoint is taken only from the connection that joined the
+//    generation for that slot; another is refused at once. The table
+//    therefore never carries an endpoint of a process that did not join.
+// Every such refusal names the likely causes (two workers for one slot, or
+// an outsider: set DTRAIN_JOB_SECRET).
 //
 // Errors: the constructor throws CommError when it cannot bind, UsageError
 // for bad options. ElasticRendezvousClient's calls throw TimeoutError naming
 // what they waited for when their deadline passes, CommError with the
 // coordinator's reason when refused, DataError for malformed replies. The
-// server thread never throws; it logs refusals.
+// server thread never throws; it logs refusals and dropped frames
+// rate-limited (the first 16, then every 1024th).
 // Thread safety: the server's methods may be called from any thread; a
 // client is used by one thread at a time.
 // Blocking: join() and exchange_endpoints() block until the reply or their
@@ -110,6 +126,9 @@ class ElasticRendezvousServer {
   void stop(const std::string& reason);
   // The last generation formed, if any.
   std::optional<uint32_t> generation() const;
+  // Inbound frames dropped so far (malformed, of another job, failing
+  // authentication).
+  uint64_t dropped_frames() const;
 
  private:
   struct State;

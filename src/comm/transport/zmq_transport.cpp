@@ -3,10 +3,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstring>
 
 #include "comm/rendezvous/launch_env.h"
+#include "comm/wire/framed_socket.h"
+#include "core/byte_codec.h"
 #include "core/error.h"
 
 namespace dtrain::comm {
@@ -73,6 +76,7 @@ ZmqTransport::ZmqTransport(ZmqTransportOptions options, JobAuth auth, Logger& lo
     : options_(std::move(options)),
       auth_(std::move(auth)),
       logger_(logger),
+      drops_(logger, fmt::format("rank {}: dropped an inbound frame", options_.rank)),
       context_(1),
       inbound_(context_, zmq::socket_type::pull) {
   const auto& o = options_;
@@ -275,6 +279,33 @@ void ZmqTransport::send(int peer, uint64_t tag, std::span<const std::byte> paylo
   send_frame(*peers_[peer], peer, wire::MessageType::kData, tag, payload, what, deadline);
 }
 
+std::optional<std::string> ZmqTransport::queue_frame(Peer& peer, int peer_rank,
+                                                     wire::MessageType type, uint64_t tag,
+                                                     std::span<const std::byte> payload,
+                                                     zmq::message_t& body) {
+  std::lock_guard send_lock(peer.send_mutex);
+  if (peer.push_closed) return std::string("the connection was closed after a failure");
+  wire::FrameHeader h;
+  h.type = type;
+  h.sender = static_cast<uint32_t>(options_.rank);
+  h.receiver = static_cast<uint32_t>(peer_rank);
+  h.job_id = auth_.job_id();
+  h.sequence = peer.next_sequence++;
+  h.tag = tag;
+  const wire::HeaderBytes header = wire::encode_header(h, payload, auth_, options_.checksum);
+  try {
+    if (peer.push.send(zmq::const_buffer(header.data(), header.size()),
+                       zmq::send_flags::sndmore | zmq::send_flags::dontwait)
+            .has_value() &&
+        peer.push.send(body, zmq::send_flags::dontwait).has_value()) {
+      return std::nullopt;
+    }
+  } catch (const zmq::error_t& e) {
+    return fmt::format("ZeroMQ send failed: {}", e.what());
+  }
+  return std::string("ZeroMQ send queue refused the message");
+}
+
 void ZmqTransport::send_frame(Peer& peer, int peer_rank, wire::MessageType type, uint64_t tag,
                               std::span<const std::byte> payload, const std::string& what,
                               Deadline deadline) {
@@ -289,31 +320,12 @@ void ZmqTransport::send_frame(Peer& peer, int peer_rank, wire::MessageType type,
   const bool zero_copy = payload.size() >= options_.zero_copy_min_bytes;
   BufferRelease release;
   {
-    std::lock_guard send_lock(peer.send_mutex);
-    if (peer.push_closed) fail_call(peer_rank, what, "the connection was closed after a failure");
-    wire::FrameHeader h;
-    h.type = type;
-    h.sender = static_cast<uint32_t>(options_.rank);
-    h.receiver = static_cast<uint32_t>(peer_rank);
-    h.job_id = auth_.job_id();
-    h.sequence = peer.next_sequence++;
-    h.tag = tag;
-    const wire::HeaderBytes header = wire::encode_header(h, payload, auth_, options_.checksum);
     // zmq_msg_init_data takes a non-const pointer but only reads the buffer.
     zmq::message_t body =
         zero_copy ? zmq::message_t(const_cast<std::byte*>(payload.data()), payload.size(),
                                    &release_buffer, &release)
                   : zmq::message_t(payload.data(), payload.size());
-    bool sent = false;
-    try {
-      sent = peer.push.send(zmq::const_buffer(header.data(), header.size()),
-                            zmq::send_flags::sndmore | zmq::send_flags::dontwait)
-                 .has_value() &&
-             peer.push.send(body, zmq::send_flags::dontwait).has_value();
-    } catch (const zmq::error_t& e) {
-      problem = fmt::format("ZeroMQ send failed: {}", e.what());
-    }
-    if (!sent && !problem) problem = "ZeroMQ send queue refused the message";
+    problem = queue_frame(peer, peer_rank, type, tag, payload, body);
     // On failure `body` still owns the buffer and releases it right here.
   }
   if (problem) fail_call(peer_rank, what, *problem);
@@ -427,10 +439,10 @@ void ZmqTransport::recv_into(int peer, uint64_t tag, std::span<std::byte> out,
 bool ZmqTransport::send_abort_frame(Peer& peer, int peer_rank, int culprit,
                                     const std::string& reason) {
   if (peer.push_closed) return false;
-  std::vector<std::byte> payload(sizeof(int32_t) + reason.size());
-  const auto culprit32 = static_cast<int32_t>(culprit);
-  std::memcpy(payload.data(), &culprit32, sizeof culprit32);
-  std::memcpy(payload.data() + sizeof culprit32, reason.data(), reason.size());
+  ByteWriter w(sizeof(int32_t) + reason.size());
+  w.write_i32(static_cast<int32_t>(culprit));
+  w.write_bytes(std::as_bytes(std::span(reason.data(), reason.size())));
+  const std::vector<std::byte> payload = w.take();
   wire::FrameHeader h;
   h.type = wire::MessageType::kAbort;
   h.sender = static_cast<uint32_t>(options_.rank);
@@ -511,26 +523,17 @@ void ZmqTransport::run_io(std::stop_token stop) {
 
 void ZmqTransport::read_inbound() {
   for (int i = 0; i < kMaxFramesPerWake; ++i) {
-    zmq::message_t header;
-    if (!inbound_.recv(header, zmq::recv_flags::dontwait)) return;
-    if (!header.more()) {
+    std::array<zmq::message_t, 2> parts;  // header, payload
+    const size_t count = wire::receive_parts(inbound_, parts);
+    if (count == 0) return;
+    if (count == 1) {
       drop(fmt::format("a one-part message of {} bytes (expected header and payload)",
-                       header.size()));
-      continue;
+                       parts[0].size()));
+    } else if (count > 2) {
+      drop(fmt::format("a message of {} parts (expected 2)", count));
+    } else {
+      handle_frame(parts[0], parts[1]);
     }
-    zmq::message_t payload;
-    (void)inbound_.recv(payload, zmq::recv_flags::dontwait);  // parts arrive together
-    if (payload.more()) {
-      size_t extra = 0;
-      zmq::message_t rest;
-      do {
-        (void)inbound_.recv(rest, zmq::recv_flags::dontwait);
-        ++extra;
-      } while (rest.more());
-      drop(fmt::format("a message of {} parts (expected 2)", 2 + extra));
-      continue;
-    }
-    handle_frame(header, payload);
   }
 }
 
@@ -538,16 +541,14 @@ void ZmqTransport::handle_frame(zmq::message_t& header_part, zmq::message_t& pay
   const wire::FrameLimits limits{auth_.job_id(), static_cast<uint32_t>(options_.world_size),
                                  static_cast<uint32_t>(options_.rank), options_.max_message_bytes};
   const auto header_bytes = bytes_of(header_part);
+  static const wire::MessageTypes kTransportTypes{
+      wire::MessageType::kData, wire::MessageType::kHeartbeat, wire::MessageType::kGoodbye,
+      wire::MessageType::kAbort};
   wire::FrameHeader h;
   try {
-    h = wire::decode_header(header_bytes, limits, auth_);
+    h = wire::check_header(header_bytes, limits, auth_, kTransportTypes);
   } catch (const DataError& e) {
     drop(e.what());
-    return;
-  }
-  if (h.type != wire::MessageType::kData && h.type != wire::MessageType::kHeartbeat &&
-      h.type != wire::MessageType::kGoodbye && h.type != wire::MessageType::kAbort) {
-    drop(fmt::format("a {} frame, which is not a transport message", wire::to_string(h.type)));
     return;
   }
   const int sender = static_cast<int>(h.sender);
@@ -588,13 +589,13 @@ void ZmqTransport::handle_frame(zmq::message_t& header_part, zmq::message_t& pay
     } else if (h.type == wire::MessageType::kGoodbye) {
       said_goodbye_[sender] = true;
     } else if (h.type == wire::MessageType::kAbort) {
-      const auto payload = bytes_of(payload_part);
-      int32_t culprit = -1;
-      if (payload.size() >= sizeof culprit) std::memcpy(&culprit, payload.data(), sizeof culprit);
+      // i32 culprit, then the reason; a culprit missing or outside
+      // [-1, world size) is read as -1 (docs/wire-format.md).
+      ByteReader r(bytes_of(payload_part), fmt::format("abort frame from rank {}", sender));
+      int32_t culprit = r.remaining() >= sizeof(int32_t) ? r.read_i32("culprit") : -1;
       if (culprit < -1 || culprit >= options_.world_size) culprit = -1;
-      const size_t skip = std::min(payload.size(), sizeof culprit);
-      const std::string reason(reinterpret_cast<const char*>(payload.data()) + skip,
-                               payload.size() - skip);
+      const auto rest = r.rest();
+      const std::string reason(reinterpret_cast<const char*>(rest.data()), rest.size());
       aborted_ = true;
       if (!failure_) {
         failure_ = Failure{culprit, fmt::format("rank {} gave up on the group: {}", sender, reason)};
@@ -613,14 +614,13 @@ void ZmqTransport::read_monitor(int peer_rank) {
   zmq::message_t address;
   if (!peer.monitor.recv(event, zmq::recv_flags::dontwait)) return;
   if (event.more()) (void)peer.monitor.recv(address, zmq::recv_flags::dontwait);
-  if (event.size() < 6) return;
-  uint16_t id = 0;
-  std::memcpy(&id, event.data(), sizeof id);
-  if (id == ZMQ_EVENT_CONNECTED) {
+  const std::optional<uint16_t> id = wire::monitor_event(event);
+  if (!id) return;
+  if (*id == ZMQ_EVENT_CONNECTED) {
     peer.ever_connected = true;
     std::lock_guard lock(mutex_);
     disconnected_since_[peer_rank].reset();
-  } else if (id == ZMQ_EVENT_DISCONNECTED && peer.ever_connected) {
+  } else if (*id == ZMQ_EVENT_DISCONNECTED && peer.ever_connected) {
     std::lock_guard lock(mutex_);
     if (!disconnected_since_[peer_rank]) disconnected_since_[peer_rank] = Clock::now();
   }
@@ -682,14 +682,7 @@ void ZmqTransport::fail_peer(int peer_rank, const std::string& problem) {
   cv_.notify_all();
 }
 
-void ZmqTransport::drop(const std::string& why) {
-  const uint64_t count = ++dropped_frames_;
-  // The first few in full, then a reminder now and then: a flood of foreign
-  // frames must not flood the log too.
-  if (count <= 16 || count % 1024 == 0) {
-    logger_.warn("rank {}: dropped an inbound frame ({} so far): {}", options_.rank, count, why);
-  }
-}
+void ZmqTransport::drop(const std::string& why) { drops_.add(why); }
 
 // ---------------------------------------------------------------- start-up
 

@@ -23,9 +23,10 @@
 //    whole transport, naming the culprit rank the frame carries.
 // Frames from outside the job (another job id, a bad MAC, an unknown rank,
 // a replayed sequence number) are dropped, counted (dropped_frames()) and
-// logged; they never reach recv(). A frame from a known rank that fails its
-// CRC or skips sequence numbers fails that peer (it sent garbage or frames
-// were lost).
+// logged rate-limited (the first 16, then every 1024th; the header checks
+// and the drop log are those of comm/wire/framed_socket.h); they never
+// reach recv(). A frame from a known rank that fails its CRC or skips
+// sequence numbers fails that peer (it sent garbage or frames were lost).
 //
 // Failure semantics (transport.h): a call involving a failed peer throws
 // CommError naming that peer, the caller's operation and the cause (messages
@@ -70,6 +71,7 @@
 #include "comm/wire/auth.h"
 #include "comm/rendezvous/rendezvous.h"
 #include "comm/transport/transport.h"
+#include "comm/wire/rate_limited_log.h"
 #include "comm/wire/wire.h"
 #include "core/log.h"
 
@@ -136,7 +138,7 @@ class ZmqTransport final : public Transport {
 
   // Frames dropped because they did not belong to the job or failed
   // authentication.
-  uint64_t dropped_frames() const { return dropped_frames_.load(); }
+  uint64_t dropped_frames() const { return drops_.count(); }
 
  private:
   struct Peer;
@@ -150,6 +152,11 @@ class ZmqTransport final : public Transport {
   [[noreturn]] void fail_call(int peer, const std::string& what, const std::string& problem);
   void send_frame(Peer& peer, int peer_rank, wire::MessageType type, uint64_t tag,
                   std::span<const std::byte> payload, const std::string& what, Deadline deadline);
+  // Queues header and `body` (the payload's ZeroMQ message) for `peer`
+  // (never blocks); the problem when it could not.
+  std::optional<std::string> queue_frame(Peer& peer, int peer_rank, wire::MessageType type,
+                                         uint64_t tag, std::span<const std::byte> payload,
+                                         zmq::message_t& body);
   // Queues an abort frame (never blocks); the caller holds peer.send_mutex.
   bool send_abort_frame(Peer& peer, int peer_rank, int culprit, const std::string& reason);
 
@@ -166,6 +173,7 @@ class ZmqTransport final : public Transport {
   ZmqTransportOptions options_;
   JobAuth auth_;
   Logger& logger_;
+  wire::RateLimitedLog drops_;  // counted and logged as every receiver of frames does
   PeerEndpoint self_;
   std::string ipc_path_;  // the socket file this transport created; removed on destruction
   zmq::context_t context_;
@@ -186,7 +194,6 @@ class ZmqTransport final : public Transport {
   bool aborted_ = false;     // abort() ran, or a peer's abort frame arrived
   bool abort_sent_ = false;  // abort() ran (set with aborted_)
 
-  std::atomic<uint64_t> dropped_frames_{0};
   std::unique_ptr<RendezvousServer> coordinator_;
   std::jthread io_thread_;  // last: stopped and joined before the members above go
 };

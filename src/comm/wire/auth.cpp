@@ -2,8 +2,10 @@
 
 #include <sodium.h>
 
+#include <array>
 #include <cstring>
 
+#include "core/byte_codec.h"
 #include "core/error.h"
 
 namespace dtrain::comm {
@@ -28,11 +30,10 @@ uint64_t job_id_of(std::string_view job_name) {
                             kJobIdDomain.size());
   crypto_generichash_update(&state, reinterpret_cast<const unsigned char*>(job_name.data()),
                             job_name.size());
-  unsigned char out[8];
-  crypto_generichash_final(&state, out, sizeof out);
-  uint64_t id = 0;
-  for (int i = 7; i >= 0; --i) id = (id << 8) | out[i];
-  return id;
+  std::array<std::byte, 8> out;
+  crypto_generichash_final(&state, reinterpret_cast<unsigned char*>(out.data()), out.size());
+  // The digest's first 8 bytes read little-endian (docs/wire-format.md).
+  return ByteReader(out, "job id").read_u64("digest");
 }
 
 JobAuth::JobAuth(std::string_view job_name, std::string_view secret)
@@ -53,9 +54,10 @@ JobAuth::JobAuth(std::string_view job_name, std::string_view secret)
   crypto_generichash_init(&state, secret_key.data(), secret_key_bytes, key_.size());
   crypto_generichash_update(&state, reinterpret_cast<const unsigned char*>(kKeyDomain.data()),
                             kKeyDomain.size());
-  unsigned char id_bytes[8];
-  for (int i = 0; i < 8; ++i) id_bytes[i] = static_cast<unsigned char>(job_id_ >> (8 * i));
-  crypto_generichash_update(&state, id_bytes, sizeof id_bytes);
+  ByteWriter id_bytes(8);
+  id_bytes.write_u64(job_id_);
+  crypto_generichash_update(&state, reinterpret_cast<const unsigned char*>(id_bytes.bytes().data()),
+                            id_bytes.size());
   crypto_generichash_final(&state, key_.data(), key_.size());
   sodium_memzero(secret_key.data(), secret_key.size());
 }

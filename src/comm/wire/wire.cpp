@@ -1,8 +1,8 @@
 #include "comm/wire/wire.h"
 
 #include <algorithm>
-#include <cstring>
 
+#include "core/byte_codec.h"
 #include "core/crc32c.h"
 #include "core/error.h"
 
@@ -10,38 +10,10 @@ namespace dtrain::comm::wire {
 
 namespace {
 
-// Byte offsets of the header fields (docs/wire-format.md).
-constexpr size_t kOffMagic = 0;
-constexpr size_t kOffVersion = 4;
-constexpr size_t kOffType = 5;
-constexpr size_t kOffFlags = 6;
-constexpr size_t kOffReserved8 = 7;
-constexpr size_t kOffSender = 8;
-constexpr size_t kOffReceiver = 12;
-constexpr size_t kOffJobId = 16;
-constexpr size_t kOffSequence = 24;
-constexpr size_t kOffTag = 32;
-constexpr size_t kOffPayloadBytes = 40;
-constexpr size_t kOffPayloadCrc = 48;
-constexpr size_t kOffReserved32 = 52;
+// The header's fields are written and read in the order of
+// docs/wire-format.md; the MAC, its last field, starts here.
 constexpr size_t kOffMac = 56;
 static_assert(kOffMac + kMacBytes == kHeaderBytes);
-
-template <typename T>
-void put(std::span<std::byte> out, size_t offset, T value) {
-  for (size_t i = 0; i < sizeof(T); ++i) {
-    out[offset + i] = static_cast<std::byte>(static_cast<uint64_t>(value) >> (8 * i));
-  }
-}
-
-template <typename T>
-T get(std::span<const std::byte> in, size_t offset) {
-  uint64_t value = 0;
-  for (size_t i = sizeof(T); i-- > 0;) {
-    value = (value << 8) | static_cast<uint64_t>(std::to_integer<uint8_t>(in[offset + i]));
-  }
-  return static_cast<T>(value);
-}
 
 bool known_type(uint8_t t) {
   switch (static_cast<MessageType>(t)) {
@@ -88,22 +60,27 @@ std::string_view to_string(MessageType type) {
 
 HeaderBytes encode_header(const FrameHeader& header, std::span<const std::byte> payload,
                           const JobAuth& auth, bool with_crc) {
-  HeaderBytes bytes{};
-  std::span<std::byte> out(bytes);
   uint8_t flags = 0;
   if (with_crc) flags |= kFlagCrc;
   if (auth.enabled()) flags |= kFlagMac;
-  put<uint32_t>(out, kOffMagic, kMagic);
-  put<uint8_t>(out, kOffVersion, kVersion);
-  put<uint8_t>(out, kOffType, static_cast<uint8_t>(header.type));
-  put<uint8_t>(out, kOffFlags, flags);
-  put<uint32_t>(out, kOffSender, header.sender);
-  put<uint32_t>(out, kOffReceiver, header.receiver);
-  put<uint64_t>(out, kOffJobId, header.job_id);
-  put<uint64_t>(out, kOffSequence, header.sequence);
-  put<uint64_t>(out, kOffTag, header.tag);
-  put<uint64_t>(out, kOffPayloadBytes, payload.size());
-  put<uint32_t>(out, kOffPayloadCrc, with_crc ? crc32c(payload.data(), payload.size()) : 0u);
+  ByteWriter w(kHeaderBytes);
+  w.write_u32(kMagic);
+  w.write_u8(kVersion);
+  w.write_u8(static_cast<uint8_t>(header.type));
+  w.write_u8(flags);
+  w.write_u8(0);  // reserved
+  w.write_u32(header.sender);
+  w.write_u32(header.receiver);
+  w.write_u64(header.job_id);
+  w.write_u64(header.sequence);
+  w.write_u64(header.tag);
+  w.write_u64(payload.size());
+  w.write_u32(with_crc ? crc32c(payload.data(), payload.size()) : 0u);
+  w.write_u32(0);  // reserved
+  DTRAIN_CHECK(w.size() == kOffMac, "header fields end at {}, the MAC starts at {}", w.size(),
+               kOffMac);
+  HeaderBytes bytes{};  // the MAC field stays zero unless signed
+  std::copy(w.bytes().begin(), w.bytes().end(), bytes.begin());
   if (auth.enabled()) {
     // The MAC covers the header with its MAC field still zero.
     Mac mac = auth.mac(std::span<const std::byte>(bytes), payload);
@@ -117,39 +94,42 @@ FrameHeader decode_header(std::span<const std::byte> bytes, const FrameLimits& l
   if (bytes.size() != kHeaderBytes) {
     fail(fmt::format("header is {} bytes, expected {}", bytes.size(), kHeaderBytes));
   }
-  const auto magic = get<uint32_t>(bytes, kOffMagic);
+  ByteReader r(bytes, "wire header");
+  const uint32_t magic = r.read_u32("magic");
   if (magic != kMagic) {
     fail(fmt::format("bad magic 0x{:08x}, expected 0x{:08x} (\"DTRN\"): not a dtrain frame", magic,
                      kMagic));
   }
-  const auto version = get<uint8_t>(bytes, kOffVersion);
+  const uint8_t version = r.read_u8("version");
   if (version != kVersion) {
     fail(fmt::format("wire version {}, this build speaks version {}", version, kVersion));
   }
-  const auto type = get<uint8_t>(bytes, kOffType);
+  const uint8_t type = r.read_u8("type");
   if (!known_type(type)) fail(fmt::format("unknown message type {}", type));
-  const auto flags = get<uint8_t>(bytes, kOffFlags);
+  const uint8_t flags = r.read_u8("flags");
   if ((flags & ~(kFlagCrc | kFlagMac)) != 0) {
     fail(fmt::format("unknown flag bits 0x{:02x}", flags & ~(kFlagCrc | kFlagMac)));
   }
-  const auto reserved8 = get<uint8_t>(bytes, kOffReserved8);
-  const auto reserved32 = get<uint32_t>(bytes, kOffReserved32);
-  if (reserved8 != 0 || reserved32 != 0) {
-    fail(fmt::format("reserved bytes are 0x{:02x} and 0x{:08x}, expected zero", reserved8,
-                     reserved32));
-  }
+  const uint8_t reserved8 = r.read_u8("reserved");
 
   FrameHeader h;
   h.type = static_cast<MessageType>(type);
   h.flags = flags;
-  h.sender = get<uint32_t>(bytes, kOffSender);
-  h.receiver = get<uint32_t>(bytes, kOffReceiver);
-  h.job_id = get<uint64_t>(bytes, kOffJobId);
-  h.sequence = get<uint64_t>(bytes, kOffSequence);
-  h.tag = get<uint64_t>(bytes, kOffTag);
-  h.payload_bytes = get<uint64_t>(bytes, kOffPayloadBytes);
-  h.payload_crc = get<uint32_t>(bytes, kOffPayloadCrc);
-  std::memcpy(h.mac.data(), bytes.data() + kOffMac, kMacBytes);
+  h.sender = r.read_u32("sender");
+  h.receiver = r.read_u32("receiver");
+  h.job_id = r.read_u64("job id");
+  h.sequence = r.read_u64("sequence");
+  h.tag = r.read_u64("tag");
+  h.payload_bytes = r.read_u64("payload bytes");
+  h.payload_crc = r.read_u32("payload crc");
+  const uint32_t reserved32 = r.read_u32("reserved");
+  const auto mac = r.read_bytes(kMacBytes, "mac");
+  std::copy(mac.begin(), mac.end(), h.mac.begin());
+  r.expect_end("header");
+  if (reserved8 != 0 || reserved32 != 0) {
+    fail(fmt::format("reserved bytes are 0x{:02x} and 0x{:08x}, expected zero", reserved8,
+                     reserved32));
+  }
 
   if (h.job_id != limits.job_id) {
     fail(fmt::format("job id 0x{:016x} does not match this job's 0x{:016x} (a process of another "

@@ -1,0 +1,187 @@
+// FramedSocket: a ZeroMQ ROUTER or DEALER socket that carries dtrain frames.
+// Every message is [routing id (ROUTER side only),] the 88-byte header of
+// comm/wire/wire.h, the payload. It is the one framing layer of the
+// rendezvous coordinators and their clients (comm/rendezvous/) and of the
+// parameter server and its clients (ps/). ZmqTransport (PUSH/PULL, with
+// sequence numbers and zero-copy sends of the caller's buffer) keeps its own
+// sockets but shares what is the same: check_header(), receive_parts() and
+// the drop log (RateLimitedLog).
+//
+// Sending fills in the sender (the socket's rank), the job id, the CRC-32C
+// and, with a job secret, the MAC; the caller gives type, receiver, sequence
+// and tag. It never blocks: ZeroMQ queues the message (a ROUTER drops a
+// message for a connection that is gone, as that peer's death would). A
+// payload handed over as a vector goes to ZeroMQ without a copy.
+//
+// Receiving validates each message before the caller sees it, in this order:
+// the part count (3 on a ROUTER, 2 on a DEALER); the header (decode_header:
+// magic, version, type, flags, reserved bytes, job id, sender range,
+// receiver, and the payload size against the limit, before anything is
+// allocated; ZeroMQ refuses longer parts already, ZMQ_MAXMSGSIZE); the type
+// against the accepted ones; the payload's length, CRC-32C and MAC. A message
+// that fails is dropped: counted (dropped()), logged rate-limited
+// ("<name>: dropped an inbound frame (<n> so far): <why>", the first 16 then
+// every 1024th), passed to the options' on_reject hook if there is one (a
+// coordinator answers it with kReject) and never returned.
+//
+// Ownership: owns its socket; the zmq::context_t and the Logger must outlive
+// it. Thread safety: one thread at a time (a ZeroMQ socket is not
+// thread-safe), except dropped(). Errors: the constructor throws CommError
+// naming the endpoint when it cannot bind or connect; receiving throws only
+// what on_reject throws. Blocking: send() and try_receive() never block;
+// receive() until a valid frame arrives or its deadline passes.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <initializer_list>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+#include <zmq.hpp>
+
+#include "comm/wire/auth.h"
+#include "comm/wire/rate_limited_log.h"
+#include "comm/wire/wire.h"
+#include "core/deadline.h"
+#include "core/log.h"
+
+namespace dtrain::comm::wire {
+
+// A set of message types (the ones a receiver takes).
+class MessageTypes {
+ public:
+  MessageTypes(std::initializer_list<MessageType> types);
+  bool contains(MessageType type) const { return ((mask_ >> static_cast<uint8_t>(type)) & 1) != 0; }
+  // "register", "data, heartbeat, goodbye or abort".
+  std::string describe() const;
+
+ private:
+  uint32_t mask_ = 0;  // bit t: type t (every type is below 32)
+};
+
+// What every receiver of frames checks before it looks at the payload:
+// decode_header(), then the type against `accepted`. Throws DataError.
+FrameHeader check_header(std::span<const std::byte> header_bytes, const FrameLimits& limits,
+                         const JobAuth& auth, const MessageTypes& accepted);
+
+// Reads the parts of one message without blocking into `parts` and returns
+// how many parts it had (0: no message waiting). Parts beyond parts.size()
+// are read and discarded, so the next call starts at the next message.
+size_t receive_parts(zmq::socket_t& socket, std::span<zmq::message_t> parts);
+
+// The event id of a ZeroMQ socket-monitor message (its first part: u16
+// event, u32 value, in the host's byte order as ZeroMQ defines it); nullopt
+// for a part too short to be one.
+std::optional<uint16_t> monitor_event(const zmq::message_t& first_part);
+
+// Waits until one of `items` is readable or `deadline` passes. Returns
+// whether one is readable (revents are set as by zmq::poll).
+bool poll_until(std::span<zmq::pollitem_t> items, Deadline deadline);
+
+// A frame that passed every check.
+struct Frame {
+  std::string identity;  // ROUTER: the sending connection's routing id; empty on a DEALER
+  FrameHeader header;
+  zmq::message_t body;  // the payload as ZeroMQ received it (no copy)
+  std::span<const std::byte> payload() const {
+    return {static_cast<const std::byte*>(body.data()), body.size()};
+  }
+};
+
+// A message that was dropped, as the on_reject hook sees it (the views are
+// valid during the call only).
+struct RejectedFrame {
+  std::string_view identity;                // ROUTER: who sent it
+  std::optional<FrameHeader> header;        // when the header itself passed
+  std::span<const std::byte> header_bytes;  // as received (any length; empty if absent)
+  std::span<const std::byte> payload;       // as received (empty if absent)
+  std::string_view reason;                  // the DataError's message
+  // The header's type byte, unverified (a reply from a coordinator with
+  // another secret still says what it is); nullopt when the header part is
+  // not kHeaderBytes long.
+  std::optional<uint8_t> raw_type() const;
+};
+
+struct FramedSocketOptions {
+  // Who receives, at the start of log lines: "rendezvous coordinator"; also
+  // the operation of the constructor's CommError.
+  std::string name;
+  // CommError::peer() of the constructor's errors (-1: none).
+  int peer = -1;
+  // The sender field of every outgoing frame (kCoordinator for coordinators).
+  uint32_t rank = 0;
+  // What incoming frames must satisfy (job id, sender range, receiver, size).
+  FrameLimits limits;
+  // Incoming message types taken; others are dropped.
+  MessageTypes accepted{MessageType::kData};
+  // Carry a CRC-32C of every outgoing payload.
+  bool crc = true;
+  // How long closing the socket waits for queued messages to leave.
+  std::chrono::milliseconds linger{0};
+  // No high-water mark on either queue (ZeroMQ's default holds 1000
+  // messages, then a DEALER's send would have to wait).
+  bool unbounded_queues = false;
+  // Called for every dropped message after it was counted and logged. What
+  // it throws propagates out of try_receive()/receive().
+  std::function<void(const RejectedFrame&)> on_reject;
+};
+
+class FramedSocket {
+ public:
+  enum class Role { kRouter, kDealer };
+
+  // A ROUTER binds `endpoint` ("tcp://HOST:PORT", port 0 or *: a free one;
+  // "ipc://PATH"); a DEALER connects to it (lazily: the peer need not be up).
+  FramedSocket(zmq::context_t& context, Role role, const std::string& endpoint,
+               FramedSocketOptions options, const JobAuth& auth, Logger& logger);
+  FramedSocket(const FramedSocket&) = delete;
+  FramedSocket& operator=(const FramedSocket&) = delete;
+
+  // A ROUTER's bound endpoint with the real port; a DEALER's peer.
+  const std::string& endpoint() const { return endpoint_; }
+  const FramedSocketOptions& options() const { return options_; }
+
+  // Queues `payload` as a frame `header` (type, receiver, sequence, tag) to
+  // the connection `identity` (ROUTER) or to the peer (DEALER: `identity`
+  // empty). False when ZeroMQ refused it (a full queue: as if lost).
+  bool send(std::string_view identity, const FrameHeader& header,
+            std::span<const std::byte> payload);
+  // The same, handing `payload` to ZeroMQ without a copy.
+  bool send(std::string_view identity, const FrameHeader& header, std::vector<std::byte>&& payload);
+
+  // The next valid frame if one is waiting (at most 256 invalid ones are
+  // dropped per call, so a flood cannot keep the caller here).
+  std::optional<Frame> try_receive();
+  // The next valid frame, waiting at most until `deadline`.
+  std::optional<Frame> receive(Deadline deadline);
+
+  // Counts and logs a frame the caller refuses after reading its payload
+  // (a payload that does not decode), like the socket's own drops.
+  void drop(std::string_view why) { drops_.add(why); }
+  uint64_t dropped() const { return drops_.count(); }
+
+  zmq::pollitem_t poll_item() { return {socket_.handle(), 0, ZMQ_POLLIN, 0}; }
+  // For a socket monitor (zmq_socket_monitor) only.
+  zmq::socket_t& socket() { return socket_; }
+
+ private:
+  HeaderBytes header_for(FrameHeader header, std::span<const std::byte> payload) const;
+  bool send_parts(std::string_view identity, const HeaderBytes& head, zmq::message_t& body);
+  void reject(std::string_view identity, const std::optional<FrameHeader>& header,
+              std::span<const std::byte> header_bytes, std::span<const std::byte> payload,
+              const std::string& reason);
+
+  FramedSocketOptions options_;
+  Role role_;
+  JobAuth auth_;
+  zmq::socket_t socket_;
+  std::string endpoint_;
+  RateLimitedLog drops_;
+};
+
+}  // namespace dtrain::comm::wire
