@@ -2,7 +2,7 @@
 # Configures and builds dtrain. Usage: scripts/build.sh [release|asan|tsan]
 #   release: build/       (optimised, what the main job runs)
 #   asan:    build-asan/  (AddressSanitizer + UndefinedBehaviorSanitizer, what the tests run)
-#   tsan:    build-tsan/  (ThreadSanitizer; scripts/test.sh --tsan runs its tests)
+#   tsan:    build-tsan/  (ThreadSanitizer; scripts/test.sh runs its 'threaded' tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 kind=${1:-release}
