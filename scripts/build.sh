@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Configures and builds dtrain. Usage: scripts/build.sh [release|asan]
+# Configures and builds dtrain. Usage: scripts/build.sh [release|asan|tsan]
 #   release: build/       (optimised, what the main job runs)
 #   asan:    build-asan/  (AddressSanitizer + UndefinedBehaviorSanitizer, what the tests run)
+#   tsan:    build-tsan/  (ThreadSanitizer; scripts/test.sh runs its 'threaded' tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 kind=${1:-release}
@@ -16,7 +17,11 @@ case "$kind" in
     dir=build-asan
     args=(-DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-g -O1" -DDTRAIN_SANITIZE=ON
           -DDTRAIN_WERROR=ON -DDTRAIN_BUILD_BENCH=OFF) ;;
-  *) echo "usage: $0 [release|asan]" >&2; exit 2 ;;
+  tsan)
+    dir=build-tsan
+    args=(-DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-g -O1" -DDTRAIN_TSAN=ON
+          -DDTRAIN_WERROR=ON -DDTRAIN_BUILD_BENCH=OFF) ;;
+  *) echo "usage: $0 [release|asan|tsan]" >&2; exit 2 ;;
 esac
 if [[ ! -f "$dir/build.ninja" ]]; then
   cmake -S . -B "$dir" -G Ninja "${args[@]}" >/dev/null

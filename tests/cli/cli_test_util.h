@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -23,11 +24,15 @@ struct CliRun {
   std::string output;  // stdout and stderr, interleaved as written
 };
 
-// Runs `dtrain args...` with one BLAS thread and returns how it ended.
-inline CliRun run_dtrain(std::vector<std::string> args) {
+// Runs `dtrain args...` with one BLAS thread and `env` added to the
+// environment (test hooks such as DTRAIN_TEST_COMPUTE_SECONDS, which the
+// launcher passes on to its workers) and returns how it ended.
+inline CliRun run_dtrain(std::vector<std::string> args,
+                         std::map<std::string, std::string> env = {}) {
   // Through sh so that stderr (where logs and errors go) is captured too.
   args.insert(args.begin(), {"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1", DTRAIN_BINARY});
-  ChildProcess child = ChildProcess::spawn(args, {{"OPENBLAS_NUM_THREADS", "1"}});
+  env.emplace("OPENBLAS_NUM_THREADS", "1");
+  ChildProcess child = ChildProcess::spawn(args, env);
   std::optional<ExitStatus> status = child.wait(Deadline::after(std::chrono::seconds(240)));
   EXPECT_TRUE(status.has_value()) << "dtrain did not finish: " << child.output();
   return {status.value_or(ExitStatus{}), child.output()};

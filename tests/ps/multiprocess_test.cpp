@@ -66,6 +66,10 @@ TEST(PsMultiprocess, AKilledWorkerProcessDoesNotStopSyncAndItsRestartRejoins) {
   ServerOptions options;
   options.consistency = Consistency::kSync;
   options.heartbeat_timeout = std::chrono::milliseconds(1500);
+  // Worker 1 is a process: its start (exec, sanitizer start-up, a loaded
+  // machine) may take longer than the heartbeat timeout, which must only
+  // catch its death after it joined.
+  options.join_timeout = testing::kGenerous;
   PsJob job(2, 2, options);
   const std::map<std::string, std::string> env{{"PS_ENDPOINT0", job.endpoints()[0]},
                                                {"PS_ENDPOINT1", job.endpoints()[1]}};

@@ -107,6 +107,10 @@ class ServerGroup {
       o.optimizer.momentum = 0.0;
       o.seed = 11;
       o.heartbeat_timeout = heartbeat_timeout;
+      // A worker process's start (exec, sanitizer start-up, a loaded
+      // machine) may take longer than a short heartbeat timeout, which must
+      // only catch deaths after the join.
+      o.join_timeout = 120s;
       servers_.push_back(std::make_unique<ps::Server>(o, auth(), Logger::null()));
       endpoints_.push_back(servers_.back()->endpoint());
     }

@@ -299,15 +299,18 @@ void ShmAllreduce::publish(Flag flag, uint64_t seq) {
 void ShmAllreduce::announce(const OpDescriptor& op) {
   std::byte* own = peers_[static_cast<size_t>(rank_)].base;
   std::atomic_ref<uint64_t> version = word_at(own, kAnnounceOffset);
+  // A seqlock without fences (which ThreadSanitizer cannot model), after
+  // Boehm, "Can seqlocks get along with programming language memory
+  // models?" (2012): the fields are stored with release, so a reader that
+  // loads any new field also sees the odd version stored before it.
   const uint64_t v = version.load(std::memory_order_relaxed);
   version.store(v + 1, std::memory_order_relaxed);
-  std::atomic_thread_fence(std::memory_order_release);
   const uint64_t fields[kAnnounceWords - 1] = {
       static_cast<uint64_t>(op.kind), static_cast<uint64_t>(op.reduce),
       static_cast<uint64_t>(op.dtype), static_cast<uint64_t>(static_cast<int64_t>(op.root)),
       op.count, op.seq};
   for (size_t i = 0; i < kAnnounceWords - 1; ++i) {
-    word_at(own, kAnnounceOffset + 8 * (i + 1)).store(fields[i], std::memory_order_relaxed);
+    word_at(own, kAnnounceOffset + 8 * (i + 1)).store(fields[i], std::memory_order_release);
   }
   version.store(v + 2, std::memory_order_release);
   announced_ = op;
@@ -319,10 +322,11 @@ std::optional<OpDescriptor> ShmAllreduce::announced_by(int rank) {
   const uint64_t before = version.load(std::memory_order_acquire);
   if (before == 0 || before % 2 != 0) return std::nullopt;
   uint64_t fields[kAnnounceWords - 1];
+  // Acquire loads of the fields (see announce()) keep the version's second
+  // load after them.
   for (size_t i = 0; i < kAnnounceWords - 1; ++i) {
-    fields[i] = word_at(base, kAnnounceOffset + 8 * (i + 1)).load(std::memory_order_relaxed);
+    fields[i] = word_at(base, kAnnounceOffset + 8 * (i + 1)).load(std::memory_order_acquire);
   }
-  std::atomic_thread_fence(std::memory_order_acquire);
   if (version.load(std::memory_order_relaxed) != before) return std::nullopt;
   OpDescriptor op;
   op.kind = static_cast<OpKind>(fields[0]);
