@@ -29,9 +29,12 @@ LaunchResult run_elastic_job(LaunchOptions options, const std::string& job_name,
   e.max_restarts = max_restarts;
   e.on_worker_starting = [&server](int slot) { server.set_alive(slot, true); };
   e.on_worker_ended = [&server](const WorkerExit& exit, int) {
+    // Only a member's exit finishes the job: a worker the group dropped
+    // (silent past the heartbeat timeout) that woke up and exited 0 does not.
+    if (exit.ok()) server.finish(exit.rank);
     server.set_alive(exit.rank, false);
-    if (exit.ok()) server.finish();
   };
+  e.job_finished = [&server] { return server.members_done(); };
   e.on_stopping = [&server](const std::string& reason) { server.stop(reason); };
   options.elastic = std::move(e);
   logger.info(

@@ -60,6 +60,7 @@ int launch_job(const train::JobConfig& job, const train::LaunchPlan& plan, Launc
   const RunDir run_dir(tmpdir == base.environment.end() ? "" : tmpdir->second);
   base.workers = plan.processes;
   base.environment["DTRAIN_RUN_DIR"] = run_dir.path();
+  base.status_dir = run_dir.path();
   base.environment["DTRAIN_LAUNCH_ID"] = random_job_secret().substr(0, 16);
   const int max_restarts = clamp_int(job.train.max_restarts);
   if (job.train.elastic) {

@@ -12,6 +12,8 @@
 
 #include <algorithm>
 #include <array>
+#include <charconv>
+#include <filesystem>
 #include <cerrno>
 #include <climits>
 #include <system_error>
@@ -21,12 +23,18 @@
 
 #include "cli/worker_process.h"
 #include "core/error.h"
+#include "io/atomic_file.h"
+#include "io/file_system.h"
 
 extern char** environ;
 
 namespace dtrain::cli {
 
 namespace {
+
+std::string failure_report_path(const std::string& status_dir, int slot) {
+  return fmt::format("{}/failure-{}", status_dir, slot);
+}
 
 using process::above_stdio;
 using process::ExecImage;
@@ -126,6 +134,7 @@ class Supervisor {
 
   bool timed_out() const { return timed_out_; }
   std::optional<int> first_failed_rank() const { return first_failed_rank_; }
+  const std::string& failure() const { return failure_; }
   // How the worker that stopped the job ended, if one did.
   const std::optional<WorkerExit>& first_failure() const { return first_failure_; }
   std::optional<Clock::time_point> failed_at() const { return failed_at_; }
@@ -156,6 +165,16 @@ class Supervisor {
   void finish_elastic(const Worker& w, const std::string& what);
   // Elastic mode: the slot's name in log lines.
   std::string slot_name(int slot) const;
+  // Records the failure that stops the job (blaming `rank`) and stops it.
+  void fail(int rank, const WorkerExit& status, const std::string& what, const std::string& why);
+  // Non-elastic: the rank a failed worker's report blames (a peer that
+  // stopped responding, still running) and the line that says so; else
+  // `w` itself.
+  std::pair<int, std::string> blame(const Worker& w) const;
+  // Elastic mode: whether the job finished training (see Elastic::job_finished).
+  bool job_finished() const;
+  // Tells the processes still running after the job finished to exit.
+  void release_stragglers();
   void begin_stop(int sig, const std::string& why);
   void handle_signals();
   void enforce_timers(Deadline deadline);
@@ -175,6 +194,7 @@ class Supervisor {
   bool timed_out_ = false;
   std::optional<int> first_failed_rank_;
   std::optional<WorkerExit> first_failure_;
+  std::string failure_;
   std::optional<Clock::time_point> failed_at_;
   int interrupted_by_ = 0;
 
@@ -184,6 +204,7 @@ class Supervisor {
   std::vector<std::pair<int, Clock::time_point>> respawn_queue_;
   int restarts_used_ = 0;
   std::vector<WorkerExit> lost_;  // failed workers, in order
+  std::vector<bool> finished_ok_;  // by slot: its latest process exited 0
 };
 
 void Supervisor::run(Deadline deadline) {
@@ -336,11 +357,68 @@ void Supervisor::finish(Worker& w) {
   } else if (stopping_) {
     logger_.info("{} while the job was stopping", what);
   } else {
-    first_failed_rank_ = w.rank;
-    first_failure_ = w.status;
-    failed_at_ = Clock::now();
-    logger_.error("{}", what);
-    begin_stop(SIGTERM, fmt::format("worker rank {} failed", w.rank));
+    const auto [blamed, line] = blame(w);
+    fail(blamed, w.status, line, fmt::format("worker rank {} failed", blamed));
+  }
+}
+
+void Supervisor::fail(int rank, const WorkerExit& status, const std::string& what,
+                      const std::string& why) {
+  first_failed_rank_ = rank;
+  first_failure_ = status;
+  failed_at_ = Clock::now();
+  failure_ = what;
+  logger_.error("{}", what);
+  begin_stop(SIGTERM, why);
+}
+
+std::pair<int, std::string> Supervisor::blame(const Worker& w) const {
+  const std::string own = fmt::format("worker rank {} (pid {}) {}", w.rank, w.pid, w.status.describe());
+  if (options_.status_dir.empty()) return {w.rank, own};
+  std::optional<FailureReport> report;
+  try {
+    report = read_failure_report(options_.status_dir, w.rank);
+  } catch (const std::exception& e) {
+    logger_.debug("worker rank {}: its failure report is unreadable: {}", w.rank, e.what());
+  }
+  if (!report || report->culprit == w.rank || report->culprit < 0 ||
+      report->culprit >= static_cast<int>(workers_.size())) {
+    return {w.rank, own};
+  }
+  const Worker* culprit = nullptr;
+  for (const Worker& other : workers_) {
+    if (other.rank == report->culprit && !other.reaped) culprit = &other;
+  }
+  if (culprit == nullptr) return {w.rank, own};
+  return {culprit->rank,
+          fmt::format("worker rank {} (pid {}) stopped responding or failed: {} because of it "
+                      "({})",
+                      culprit->rank, culprit->pid, own, report->message)};
+}
+
+bool Supervisor::job_finished() const {
+  const LaunchOptions::Elastic& elastic = *options_.elastic;
+  if (elastic.job_finished) return elastic.job_finished();
+  if (elastic.essential_slots == 0) return false;
+  for (int slot = 0; slot < elastic.essential_slots; ++slot) {
+    if (!finished_ok_[static_cast<size_t>(slot)]) return false;
+  }
+  return true;
+}
+
+void Supervisor::release_stragglers() {
+  const auto left = running();
+  if (left.empty()) return;
+  stopping_ = true;
+  kill_at_ = Clock::now() + options_.stop_grace;
+  for (const Worker* w : left) {
+    logger_.warn("{} (pid {}) still runs after the job finished training without it (it was "
+                 "dropped, or silent past the heartbeat timeout): telling it to exit ({}), "
+                 "SIGKILL after {} ms",
+                 slot_name(w->rank), w->pid, signal_name(kJobFinishedSignal),
+                 options_.stop_grace.count());
+    kill(w->pid, kJobFinishedSignal);
+    kill(w->pid, SIGCONT);  // a stopped one hears it now
   }
 }
 
@@ -354,8 +432,13 @@ void Supervisor::finish_elastic(const Worker& w, const std::string& what) {
   int left = 0;  // running workers
   for (const Worker* r : running()) left += r->rank >= elastic.first_worker_slot ? 1 : 0;
   if (elastic.on_worker_ended) elastic.on_worker_ended(w.status, left);
+  if (finished_ok_.empty()) finished_ok_.assign(workers_.size(), false);
+  if (static_cast<size_t>(w.rank) < finished_ok_.size()) {
+    finished_ok_[static_cast<size_t>(w.rank)] = w.status.ok();
+  }
   if (w.status.ok()) {
     logger_.debug("{}", what);
+    if (!stopping_ && job_finished()) release_stragglers();
     return;
   }
   if (stopping_) {
@@ -366,19 +449,14 @@ void Supervisor::finish_elastic(const Worker& w, const std::string& what) {
   const bool replace = restarts_used_ < elastic.max_restarts;
   const bool essential = w.rank < elastic.essential_slots;
   if (essential && !replace) {
-    first_failed_rank_ = w.rank;
-    first_failure_ = w.status;
-    failed_at_ = Clock::now();
-    logger_.error("{}; the job cannot go on without it and no restart is left (max_restarts = "
-                  "{}): stopping the job",
-                  what, elastic.max_restarts);
-    begin_stop(SIGTERM, fmt::format("{} failed", slot_name(w.rank)));
+    fail(w.rank, w.status,
+         fmt::format("{}; the job cannot go on without it and no restart is left (max_restarts = "
+                     "{}): stopping the job",
+                     what, elastic.max_restarts),
+         fmt::format("{} failed", slot_name(w.rank)));
     return;
   }
   if (!essential && left + (replace ? 1 : 0) < elastic.min_workers) {
-    first_failed_rank_ = w.rank;
-    first_failure_ = w.status;
-    failed_at_ = Clock::now();
     std::string lost;
     for (const WorkerExit& e : lost_) {
       lost += fmt::format("{}{} (pid {}) {}", lost.empty() ? "" : ", ",
@@ -386,10 +464,11 @@ void Supervisor::finish_elastic(const Worker& w, const std::string& what) {
                                             : fmt::format("slot {}", e.rank),
                           e.pid, e.describe());
     }
-    logger_.error("{}; {} worker(s) left, fewer than min_workers = {}: stopping the elastic job "
-                  "(lost: {})",
-                  what, left, elastic.min_workers, lost);
-    begin_stop(SIGTERM, fmt::format("too few workers after slot {} failed", w.rank));
+    fail(w.rank, w.status,
+         fmt::format("{}; {} worker(s) left, fewer than min_workers = {}: stopping the job "
+                     "(lost: {})",
+                     what, left, elastic.min_workers, lost),
+         fmt::format("too few workers after {} failed", slot_name(w.rank)));
     return;
   }
   if (essential) {
@@ -419,7 +498,10 @@ void Supervisor::begin_stop(int sig, const std::string& why) {
   if (left.empty()) return;
   logger_.warn("{}: sending {} to the {} running worker(s), SIGKILL after {} ms: rank {}", why,
                signal_name(sig), left.size(), options_.stop_grace.count(), list_ranks(left));
-  for (const Worker* w : left) kill(-w->pid, sig);
+  for (const Worker* w : left) {
+    kill(-w->pid, sig);
+    kill(-w->pid, SIGCONT);  // a stopped worker acts on it now, not at the SIGKILL
+  }
 }
 
 void Supervisor::handle_signals() {
@@ -515,6 +597,11 @@ LaunchResult Launcher::run(Deadline deadline) {
   environment["DTRAIN_COORDINATOR"] = result.coordinator;
   if (environment["DTRAIN_JOB_SECRET"].empty()) environment["DTRAIN_JOB_SECRET"] = random_secret();
   std::vector<int> started_per_slot(static_cast<size_t>(options_.workers), 0);
+  // Reports of an earlier attempt (run_with_restarts) must not blame anyone now.
+  for (int slot = 0; slot < options_.workers && !options_.status_dir.empty(); ++slot) {
+    std::error_code ignored;
+    std::filesystem::remove(failure_report_path(options_.status_dir, slot), ignored);
+  }
 
   const Fd devnull = above_stdio(open("/dev/null", O_RDONLY | O_CLOEXEC));
   SignalForwarding signals;  // before the first fork: a signal can only arrive once it is caught
@@ -555,6 +642,7 @@ LaunchResult Launcher::run(Deadline deadline) {
 
   for (const Worker& w : workers.all()) result.workers.push_back(w.status);
   result.first_failed_rank = supervisor.first_failed_rank();
+  result.failure = supervisor.failure();
   result.failed_at = supervisor.failed_at();
   result.interrupted_by = supervisor.interrupted_by();
   if (supervisor.timed_out()) {
@@ -581,10 +669,12 @@ LaunchResult run_with_restarts(const LaunchOptions& options, int max_restarts, s
   for (int restart = 1; restart <= max_restarts; ++restart) {
     if (!result.first_failed_rank || result.interrupted_by != 0) break;
     const WorkerExit failed = result.workers[static_cast<size_t>(*result.first_failed_rank)];
-    logger.warn(
-        "worker rank {} (pid {}) {}; restarting the job from its last checkpoint (restart {} of "
-        "{})",
-        failed.rank, failed.pid, failed.describe(), restart, max_restarts);
+    logger.warn("{}; restarting the job from its last checkpoint (restart {} of {})",
+                result.failure.empty()
+                    ? fmt::format("worker rank {} (pid {}) {}", failed.rank, failed.pid,
+                                  failed.describe())
+                    : result.failure,
+                restart, max_restarts);
     const Clock::time_point failed_at = result.failed_at.value_or(Clock::now());
     LaunchOptions again = options;
     again.on_started = [&](const std::string& coordinator) {
@@ -601,6 +691,34 @@ LaunchResult run_with_restarts(const LaunchOptions& options, int max_restarts, s
 }
 
 std::string random_job_secret() { return random_secret(); }
+
+void write_failure_report(const std::string& status_dir, int slot,
+                          const FailureReport& report) noexcept {
+  try {
+    std::string message = report.message;
+    std::replace(message.begin(), message.end(), '\n', ' ');
+    io::write_file_atomic(io::default_file_system(), failure_report_path(status_dir, slot),
+                          fmt::format("{}\n{}\n", report.culprit, message));
+  } catch (...) {
+    // Lost: the launcher then blames the worker that exited (see the header).
+  }
+}
+
+std::optional<FailureReport> read_failure_report(const std::string& status_dir, int slot) {
+  const std::string path = failure_report_path(status_dir, slot);
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) return std::nullopt;
+  const std::string text = io::read_regular_file(path, 64 * 1024, "a worker's failure report");
+  const size_t eol = text.find('\n');
+  if (eol == std::string::npos) return std::nullopt;
+  FailureReport report;
+  const std::string culprit = text.substr(0, eol);
+  const auto [end, ec2] = std::from_chars(culprit.data(), culprit.data() + culprit.size(), report.culprit);
+  if (ec2 != std::errc() || end != culprit.data() + culprit.size()) return std::nullopt;
+  report.message = text.substr(eol + 1);
+  while (!report.message.empty() && report.message.back() == '\n') report.message.pop_back();
+  return report;
+}
 
 std::map<std::string, std::string> current_environment() {
   std::map<std::string, std::string> env;

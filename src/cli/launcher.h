@@ -70,6 +70,7 @@
 // `logger` are written only from the thread in run().
 #pragma once
 
+#include <signal.h>
 #include <sys/types.h>
 
 #include <chrono>
@@ -105,6 +106,11 @@ struct LaunchOptions {
   // After the last worker was reaped, how long to wait for end-of-file on
   // output pipes that something outside its process group still holds.
   std::chrono::milliseconds output_drain_timeout{2000};
+  // A folder the workers may leave failure reports in (write_failure_report:
+  // the run folder, DTRAIN_RUN_DIR): when a worker fails because a peer
+  // stopped responding, the report names that peer, and the launcher blames
+  // it instead of the healthy worker that noticed. Empty: none.
+  std::string status_dir;
   // Called on run()'s thread once every worker was started, before
   // supervision begins, with DTRAIN_COORDINATOR as given to them; may be
   // empty. An exception it throws stops and reaps the workers and leaves run().
@@ -135,6 +141,15 @@ struct LaunchOptions {
     // The name of a slot in log lines ("ps server 1", "worker 0"); empty:
     // "worker slot N".
     std::function<std::string(int slot)> slot_name;
+    // Whether the job has finished training and every process that took
+    // part in it has ended (called on run()'s thread after each exit 0).
+    // Empty: once every essential slot's latest process exited 0
+    // (essential_slots > 0), else never.
+    // Processes still running then (a worker the group dropped, or one
+    // stopped past the heartbeat timeout) are told so (SIGUSR1, see
+    // kJobFinishedSignal), then SIGKILLed after stop_grace; how they end
+    // does not change the job's exit code.
+    std::function<bool()> job_finished;
   };
   std::optional<Elastic> elastic;
 };
@@ -154,6 +169,9 @@ struct WorkerExit {
 
 struct LaunchResult {
   int exit_code = 0;                // see the header's contract
+  // The failure that stopped the job, in one line ("worker rank 1 (pid
+  // 1234) stopped responding: ..."); empty when none did.
+  std::string failure;
   std::vector<WorkerExit> workers;  // indexed by rank
   // The worker whose failure stopped the job, if one did.
   std::optional<int> first_failed_rank;
@@ -208,6 +226,23 @@ class Launcher {
 // `logger` as for Launcher.
 LaunchResult run_with_restarts(const LaunchOptions& options, int max_restarts, std::ostream& out,
                                std::ostream& err, Logger& logger, Deadline deadline);
+
+// What a launched worker tells the launcher when it gives up because of a
+// peer: the peer's slot (its rank) and the error. The worker writes it
+// (write_failure_report, atomically, to <status_dir>/failure-<slot>) before
+// it exits; the launcher reads it when the worker's exit stops the job.
+struct FailureReport {
+  int culprit = -1;
+  std::string message;
+};
+// Never throws: a report that cannot be written is lost (the launcher then
+// blames the worker that exited).
+void write_failure_report(const std::string& status_dir, int slot, const FailureReport& report) noexcept;
+std::optional<FailureReport> read_failure_report(const std::string& status_dir, int slot);
+
+// The signal the launcher sends a worker that still runs after the job
+// finished training without it; a dtrain worker exits 0 on it with one line.
+inline constexpr int kJobFinishedSignal = SIGUSR1;
 
 // 32 random bytes (getrandom) as hex: a fresh job secret.
 std::string random_job_secret();

@@ -1,10 +1,12 @@
 // The dtrain executable: `dtrain train JOB.toml`, `dtrain eval JOB.toml
 // --weights FILE`. The only place that reads the process environment,
 // decides where output goes and turns dtrain::Error kinds into exit codes.
+#include <signal.h>
 #include <unistd.h>
 
 #include <climits>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 
 #include <CLI/CLI.hpp>
@@ -33,6 +35,31 @@ int exit_code_for(const std::exception& e) {
   if (dynamic_cast<const NumericError*>(&e)) return 6;
   if (dynamic_cast<const InternalError*>(&e)) return 70;
   return 1;
+}
+
+// A worker the launcher started (DTRAIN_RUN_DIR names its run folder) that
+// still runs after the job finished training without it gets
+// cli::kJobFinishedSignal: it says so in one line and exits 0.
+void on_job_finished(int) {
+  static constexpr char kLine[] =
+      "dtrain: the job finished training without this process (it was dropped, or silent past "
+      "the heartbeat timeout): exiting\n";
+  [[maybe_unused]] const ssize_t n = write(STDERR_FILENO, kLine, sizeof kLine - 1);
+  _exit(0);
+}
+
+// A launched worker that fails because a peer failed or went silent tells
+// the launcher which (cli::write_failure_report), so that it blames that
+// peer rather than this worker.
+void report_failure(const std::exception& e) {
+  const auto* comm_error = dynamic_cast<const dtrain::CommError*>(&e);
+  const char* run_dir = std::getenv("DTRAIN_RUN_DIR");
+  const char* rank = std::getenv("DTRAIN_RANK");
+  if (comm_error == nullptr || comm_error->peer() < 0 || run_dir == nullptr || rank == nullptr) return;
+  char* end = nullptr;
+  const long slot = std::strtol(rank, &end, 10);
+  if (end == rank || *end != '\0' || slot < 0 || slot > INT_MAX) return;
+  dtrain::cli::write_failure_report(run_dir, static_cast<int>(slot), {comm_error->peer(), e.what()});
 }
 
 }  // namespace
@@ -119,8 +146,10 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // Help and version exit 0; every usage error exits 2, as --help documents.
+    return app.exit(e) == 0 ? 0 : 2;
   }
+  if (std::getenv("DTRAIN_RUN_DIR") != nullptr) signal(dtrain::cli::kJobFinishedSignal, on_job_finished);
 
   try {
     if (train_cmd->parsed()) {
@@ -137,6 +166,7 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     std::cout.flush();
     std::fprintf(stderr, "dtrain: error: %s\n", e.what());
+    report_failure(e);
     return exit_code_for(e);
   }
 }

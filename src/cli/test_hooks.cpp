@@ -15,15 +15,19 @@ namespace dtrain::cli {
 
 namespace {
 
-class KillAtStep final : public train::Callback {
+// Raises SIGKILL after step `kill` and SIGSTOP after step `stop` (each
+// optional).
+class SignalAtStep final : public train::Callback {
  public:
-  explicit KillAtStep(int64_t step) : step_(step) {}
+  SignalAtStep(std::optional<int64_t> kill, std::optional<int64_t> stop) : kill_(kill), stop_(stop) {}
   void on_step_end(const train::StepInfo& s) override {
-    if (s.step == step_) raise(SIGKILL);
+    if (stop_ && s.step == *stop_) raise(SIGSTOP);
+    if (kill_ && s.step == *kill_) raise(SIGKILL);
   }
 
  private:
-  int64_t step_;
+  std::optional<int64_t> kill_;
+  std::optional<int64_t> stop_;
 };
 
 bool parse_int(std::string_view text, int64_t& out) {
@@ -43,8 +47,12 @@ bool parse_double(const std::string& text, double& out) {
 
 }  // namespace
 
-std::optional<int64_t> test_kill_step(const std::map<std::string, std::string>& env, int slot) {
-  const auto knob = env.find("DTRAIN_TEST_KILL_AT_STEP");
+namespace {
+
+// SLOT:STEP from `variable`, for this slot's first process.
+std::optional<int64_t> slot_step(const std::map<std::string, std::string>& env,
+                                 const std::string& variable, int slot) {
+  const auto knob = env.find(variable);
   if (knob == env.end()) return std::nullopt;
   const std::string& text = knob->second;
   const size_t colon = text.find(':');
@@ -53,7 +61,7 @@ std::optional<int64_t> test_kill_step(const std::map<std::string, std::string>& 
   if (colon == std::string::npos ||
       !parse_int(std::string_view(text).substr(0, colon), named_slot) ||
       !parse_int(std::string_view(text).substr(colon + 1), step) || named_slot < 0 || step < 0) {
-    throw ConfigError(fmt::format("DTRAIN_TEST_KILL_AT_STEP='{}': expected SLOT:STEP", text));
+    throw ConfigError(fmt::format("{}='{}': expected SLOT:STEP", variable, text));
   }
   const auto restart = env.find("DTRAIN_RESTART_COUNT");
   if (restart != env.end() && restart->second != "0") return std::nullopt;
@@ -61,11 +69,22 @@ std::optional<int64_t> test_kill_step(const std::map<std::string, std::string>& 
   return step;
 }
 
+}  // namespace
+
+std::optional<int64_t> test_kill_step(const std::map<std::string, std::string>& env, int slot) {
+  return slot_step(env, "DTRAIN_TEST_KILL_AT_STEP", slot);
+}
+
+std::optional<int64_t> test_stop_step(const std::map<std::string, std::string>& env, int slot) {
+  return slot_step(env, "DTRAIN_TEST_STOP_AT_STEP", slot);
+}
+
 std::unique_ptr<train::Callback> test_kill_switch(const std::map<std::string, std::string>& env,
                                                   int slot) {
-  const std::optional<int64_t> step = test_kill_step(env, slot);
-  if (!step) return nullptr;
-  return std::make_unique<KillAtStep>(*step);
+  const std::optional<int64_t> kill = test_kill_step(env, slot);
+  const std::optional<int64_t> stop = test_stop_step(env, slot);
+  if (!kill && !stop) return nullptr;
+  return std::make_unique<SignalAtStep>(kill, stop);
 }
 
 std::optional<train::ModelledTime> test_compute_time(const std::map<std::string, std::string>& env,
@@ -111,11 +130,13 @@ train::RunHooks test_hooks(const std::map<std::string, std::string>& env,
   if (env.count("DTRAIN_TEST_COMPUTE_SECONDS") != 0) {
     hooks.modelled_compute = [env](int64_t worker) { return test_compute_time(env, worker); };
   }
-  if (test_kill_step(env, launch.rank)) {
+  const auto kill = test_kill_step(env, launch.rank);
+  const auto stop = test_stop_step(env, launch.rank);
+  if (kill || stop) {
     hooks.trainer_callback = [env](int slot) { return test_kill_switch(env, slot); };
-    const auto at = static_cast<uint64_t>(*test_kill_step(env, launch.rank));
-    hooks.on_server_version = [at](uint64_t version) {
-      if (version == at) raise(SIGKILL);
+    hooks.on_server_version = [kill, stop](uint64_t version) {
+      if (stop && version == static_cast<uint64_t>(*stop)) raise(SIGSTOP);
+      if (kill && version == static_cast<uint64_t>(*kill)) raise(SIGKILL);
     };
   }
   const auto gate = env.find("DTRAIN_TEST_JOIN_GATE");

@@ -10,6 +10,8 @@
 //   worker's compute time is modelled as FIXED + PER_ROW x rows seconds
 //   (a modelled compute timer, no sleep), so that a test of dynamic batch
 //   sizing sees known step times whatever the machine's load.
+// - DTRAIN_TEST_STOP_AT_STEP=SLOT:STEP: as DTRAIN_TEST_KILL_AT_STEP, but the
+//   process SIGSTOPs itself (a frozen worker: the test SIGCONTs it, or not).
 // - DTRAIN_TEST_JOIN_GATE=FIFO: a replacement worker (DTRAIN_RESTART_COUNT >
 //   0) reads one line from that FIFO before it joins, so that a test chooses
 //   when it joins (the test's own deadline bounds that wait).
@@ -33,8 +35,12 @@ namespace dtrain::cli {
 // replacement.
 std::optional<int64_t> test_kill_step(const std::map<std::string, std::string>& env, int slot);
 
-// A trainer callback that SIGKILLs this process after test_kill_step's step;
-// nullptr when there is none.
+// The step at which the process of `slot` is to SIGSTOP itself (as
+// test_kill_step, from DTRAIN_TEST_STOP_AT_STEP).
+std::optional<int64_t> test_stop_step(const std::map<std::string, std::string>& env, int slot);
+
+// A trainer callback that SIGKILLs this process after test_kill_step's step
+// and SIGSTOPs it after test_stop_step's; nullptr when there is neither.
 std::unique_ptr<train::Callback> test_kill_switch(const std::map<std::string, std::string>& env,
                                                   int slot);
 

@@ -351,6 +351,8 @@ void Client::Impl::take_reply(Call& call, int server, Message& reply) {
       rejoin(server, request.request_id, call.operation);
       send(server, request);
     }
+  } else if (reply.status == ReplyStatus::kLeftOut) {
+    call.fail(server, std::make_exception_ptr(WorkerLeftOut(server, op, reply.error)));
   } else if (reply.status == ReplyStatus::kTimeout) {
     call.fail(server, std::make_exception_ptr(TimeoutError(
                           server, op, options_.timeout,

@@ -65,6 +65,7 @@
 #include <vector>
 
 #include "comm/wire/auth.h"
+#include "core/error.h"
 #include "core/log.h"
 #include "ps/messages.h"
 #include "ps/sharding.h"
@@ -82,6 +83,14 @@ struct ClientOptions {
   std::chrono::milliseconds timeout{30000};  // each call's deadline
   std::chrono::milliseconds heartbeat_interval{1000};
   uint64_t max_payload_bytes = uint64_t{1} << 31;
+};
+
+// A server declared this worker dead (it was silent past the heartbeat
+// timeout, e.g. stopped) and the job goes on without it: not a failure of the
+// job. The message says since when.
+class WorkerLeftOut : public dtrain::CommError {
+ public:
+  using dtrain::CommError::CommError;
 };
 
 // Outcome of a dense push over all servers.

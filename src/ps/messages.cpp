@@ -245,7 +245,7 @@ void put_request_body(ByteWriter& w, const Message& m) {
 // Replies whose body is an error text instead of the request's reply body.
 bool carries_error(ReplyStatus status) {
   return status == ReplyStatus::kError || status == ReplyStatus::kTimeout ||
-         status == ReplyStatus::kRejoin;
+         status == ReplyStatus::kRejoin || status == ReplyStatus::kLeftOut;
 }
 
 void put_reply_body(ByteWriter& w, const Message& m) {
@@ -448,7 +448,7 @@ Message decode_message(std::span<const std::byte> payload) {
   if (reserved != 0)
     throw DataError(fmt::format("ps message: reserved byte is {}; must be 0", reserved));
   if (m.kind == Kind::kReply) {
-    if (status > static_cast<uint8_t>(ReplyStatus::kRejoin)) {
+    if (status > static_cast<uint8_t>(ReplyStatus::kLeftOut)) {
       throw DataError(fmt::format("ps message: unknown reply status {}", status));
     }
     if (!is_request(reply_to) || reply_to == static_cast<uint8_t>(Kind::kHeartbeat)) {

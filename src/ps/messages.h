@@ -59,6 +59,9 @@ enum class ReplyStatus : uint8_t {
   // init yet; `error` says so. Nothing changed: the client re-joins (init,
   // its open pushes) and sends the request again.
   kRejoin = 4,
+  // This worker was declared dead (silent past the heartbeat timeout) and
+  // the job goes on without it; `error` says since when. Nothing changed.
+  kLeftOut = 5,
 };
 
 enum class WorkerState : uint8_t { kLive = 0, kDead = 1, kFinished = 2 };

@@ -274,6 +274,26 @@ void Server::Impl::handle(const std::string& identity, uint32_t sender, Message&
   const WorkerState state = consistency_.state(m.worker);
   if (state != WorkerState::kLive && m.kind != Kind::kInit) {
     if (m.kind == Kind::kHeartbeat) return;  // a late heartbeat of a finished or dead worker
+    if (state == WorkerState::kDead && m.kind != Kind::kGoodbye) {
+      // A worker that was stopped past the heartbeat timeout and woke up:
+      // the job went on without it; it learns so instead of an error.
+      ++counters_.requests_rejected;
+      logger_.warn("ps server {}: worker {}, declared dead earlier, is back ({}); told it the job "
+                   "goes on without it",
+                   options_.server, m.worker, to_string(m.kind));
+      Message r;
+      r.kind = Kind::kReply;
+      r.reply_to = m.kind;
+      r.status = ReplyStatus::kLeftOut;
+      r.request_id = m.request_id;
+      r.version = consistency_.version();
+      r.error = fmt::format(
+          "ps server {} declared worker {} dead (silent for more than the heartbeat timeout of "
+          "{} ms) and the job went on without it; it is at version {}",
+          options_.server, m.worker, options_.heartbeat_timeout.count(), consistency_.version());
+      send(identity, receiver, r);
+      return;
+    }
     refuse(fmt::format("worker {} is {}; send init to rejoin", m.worker, to_string(state)));
     return;
   }

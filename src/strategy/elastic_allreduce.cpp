@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <functional>
 
 #include "comm/transport/zmq_transport.h"
@@ -72,10 +73,38 @@ bool ElasticAllReduce::reform_due() {
   try {
     comm_->allreduce(std::span<float>(&flag, 1), comm::ReduceOp::kMax);
   } catch (const CommError& e) {
-    failure_ = e.what();
+    note_failure(e);
     return true;
   }
   return flag > 0.0f;
+}
+
+StepStats ElasticAllReduce::train_step(const Tensor& inputs, std::span<const int64_t> targets) {
+  try {
+    return group().train_step(inputs, targets);
+  } catch (const CommError& e) {
+    note_failure(e);
+    throw;
+  }
+}
+
+void ElasticAllReduce::note_failure(const CommError& e) {
+  failure_ = e.what();
+  // The peer a failure names is a rank of the current generation: its slot
+  // is reported to the coordinator as silent.
+  if (e.peer() >= 0 && static_cast<size_t>(e.peer()) < slots_by_rank_.size() &&
+      slots_by_rank_[static_cast<size_t>(e.peer())] != options_.slot) {
+    suspect_ = slots_by_rank_[static_cast<size_t>(e.peer())];
+  }
+}
+
+AllReduceStrategy& ElasticAllReduce::group() const {
+  if (!inner_) {
+    throw InternalError(fmt::format(
+        "slot {}: the elastic worker has no group (it left the job); nothing may use it",
+        options_.slot));
+  }
+  return *inner_;
 }
 
 void ElasticAllReduce::reform(TrainingPosition& position, const std::string& cause) {
@@ -101,7 +130,16 @@ void ElasticAllReduce::reform(TrainingPosition& position, const std::string& cau
 void ElasticAllReduce::form(std::optional<uint32_t> member_of) {
   const Deadline deadline = Deadline::after(options_.rendezvous_timeout);
   while (true) {
-    const std::optional<comm::ElasticGeneration> m = client_.join(member_of, deadline);
+    std::vector<int> suspects;
+    if (suspect_) suspects.push_back(*suspect_);
+    suspect_.reset();
+    std::optional<comm::ElasticGeneration> m;
+    try {
+      m = client_.join(member_of, deadline, suspects);
+    } catch (const comm::LeftOutError& e) {
+      throw LeftGroup(fmt::format("slot {}: dropped from the job: {}; exiting", options_.slot,
+                                  e.what()));
+    }
     if (!m) {
       throw JobFinished(
           fmt::format("slot {}: the job finished training while this worker waited "
@@ -111,6 +149,7 @@ void ElasticAllReduce::form(std::optional<uint32_t> member_of) {
     try {
       build(*m, deadline);
       generation_ = m->generation;
+      slots_by_rank_ = m->slots;
       // A group that has trained agrees on its rank 0's state; generation 0
       // starts from the job's initial state (or its checkpoint) everywhere.
       if (m->generation > 0) sync_state();
@@ -118,6 +157,10 @@ void ElasticAllReduce::form(std::optional<uint32_t> member_of) {
     } catch (const CommError& e) {
       logger_.warn("slot {}: generation {} failed while forming: {}; joining again", options_.slot,
                    m->generation, e.what());
+      if (e.peer() >= 0 && static_cast<size_t>(e.peer()) < m->slots.size() &&
+          m->slots[static_cast<size_t>(e.peer())] != options_.slot) {
+        suspect_ = m->slots[static_cast<size_t>(e.peer())];
+      }
       inner_.reset();
       comm_.reset();
       // A member with the group's state re-joins as a member; one without
@@ -136,6 +179,10 @@ void ElasticAllReduce::build(const comm::ElasticGeneration& m, Deadline deadline
   // A re-formation destroys the transport with frames to a dead peer still
   // queued: waiting the default linger (1 s) for them would only delay it.
   t.linger = std::chrono::milliseconds(50);
+  // A stopped member is noticed within the heartbeat timeout (and reported
+  // to the coordinator as silent), not at a collective's deadline.
+  t.heartbeat_timeout = options_.heartbeat_timeout;
+  t.heartbeat_interval = std::min(std::chrono::milliseconds(200), options_.heartbeat_timeout / 4);
   auto transport = std::make_unique<comm::ZmqTransport>(t, auth_, logger_);
   transport->connect(
       client_.exchange_endpoints(m.generation, transport->local_endpoint(), deadline));

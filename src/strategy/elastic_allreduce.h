@@ -32,6 +32,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "comm/collectives/communicator.h"
 #include "comm/rendezvous/elastic_rendezvous.h"
@@ -73,23 +74,25 @@ class ElasticAllReduce final : public Strategy, public ElasticMembership {
 
   // Strategy, forwarded to the current group's strategy.
   std::string name() const override { return "allreduce"; }
-  int64_t replicas() const override { return inner_->replicas(); }
-  int64_t rank() const override { return inner_->rank(); }
-  int64_t world_size() const override { return inner_->world_size(); }
-  nn::Module& model() override { return inner_->model(); }
-  void set_learning_rate(float lr) override { inner_->set_learning_rate(lr); }
-  StateDict optimizer_state() override { return inner_->optimizer_state(); }
+  // (Each throws InternalError once the worker left the job and has no
+  // group; the trainer never calls it then.)
+  int64_t replicas() const override { return group().replicas(); }
+  int64_t rank() const override { return group().rank(); }
+  int64_t world_size() const override { return group().world_size(); }
+  nn::Module& model() override { return group().model(); }
+  void set_learning_rate(float lr) override { group().set_learning_rate(lr); }
+  StateDict optimizer_state() override { return group().optimizer_state(); }
   void load_optimizer_state(const StateDict& state) override {
-    inner_->load_optimizer_state(state);
+    group().load_optimizer_state(state);
   }
-  StepStats train_step(const Tensor& inputs, std::span<const int64_t> targets) override {
-    return inner_->train_step(inputs, targets);
-  }
-  int64_t accumulation_steps() const override { return inner_->accumulation_steps(); }
+  // Remembers the rank a CommError names, reported as silent when the
+  // group re-forms.
+  StepStats train_step(const Tensor& inputs, std::span<const int64_t> targets) override;
+  int64_t accumulation_steps() const override { return group().accumulation_steps(); }
   StepStats step_totals(const StepStats& local) const override {
-    return inner_->step_totals(local);
+    return group().step_totals(local);
   }
-  void sync_replicas() override { inner_->sync_replicas(); }
+  void sync_replicas() override { group().sync_replicas(); }
   ElasticMembership* elastic() override { return this; }
 
   // ElasticMembership.
@@ -110,6 +113,10 @@ class ElasticAllReduce final : public Strategy, public ElasticMembership {
   // Joins generations until one forms with its state agreed; `member_of`:
   // the generation this worker is a member of (nullopt: new).
   void form(std::optional<uint32_t> member_of);
+  // Records a failure of the group: its text and the slot it names.
+  void note_failure(const CommError& e);
+  // The current group's strategy; InternalError when there is none.
+  AllReduceStrategy& group() const;
   void build(const comm::ElasticGeneration& membership, Deadline deadline);
   // Rank 0 sends held_ to every member; the others receive it. Then every
   // member loads it.
@@ -125,7 +132,9 @@ class ElasticAllReduce final : public Strategy, public ElasticMembership {
   std::optional<HeldState> held_;  // set while it is the group's state
   bool joined_running_ = false;    // the first group formed had trained before
   uint32_t generation_ = 0;
-  std::string failure_;  // a CommError seen by reform_due()
+  std::string failure_;  // a CommError seen by reform_due() or train_step()
+  std::optional<int> suspect_;  // the slot that failure named, reported on the next join
+  std::vector<int> slots_by_rank_;  // of the current generation
   std::unique_ptr<comm::Communicator> comm_;
   std::unique_ptr<strategy::AllReduceStrategy> inner_;  // after comm_: destroyed first
 };

@@ -182,6 +182,14 @@ void PsStrategy::push_rows(size_t table, int64_t samples) {
 }
 
 StepStats PsStrategy::train_step(const Tensor& inputs, std::span<const int64_t> targets) {
+  try {
+    return step(inputs, targets);
+  } catch (const ps::WorkerLeftOut& e) {
+    throw LeftGroup(fmt::format("worker {}: {}: exiting", worker_, e.what()));
+  }
+}
+
+StepStats PsStrategy::step(const Tensor& inputs, std::span<const int64_t> targets) {
   const auto n = static_cast<int64_t>(targets.size());
   check_batch(inputs, targets, /*allow_empty=*/true);
   model_->zero_grad();

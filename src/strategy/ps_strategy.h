@@ -90,7 +90,9 @@
 // server and the operation when a server does not answer within the
 // client's timeout; CommError with the server's reason for a refused request.
 // After a CommError the step is lost: the owner stops the worker (ft restarts
-// it; a restarted worker rejoins through init()).
+// it; a restarted worker rejoins through init()). A worker the servers had
+// declared dead (stopped past the heartbeat timeout, then resumed) gets
+// LeftGroup (strategy/elastic.h): the job went on without it.
 // Ownership: owns the model and the ps::Client; the optimizer lives with the
 // servers. The Logger must outlive it.
 // Thread safety: one thread calls the strategy at a time.
@@ -203,6 +205,8 @@ class PsStrategy : public Strategy {
     size_t param = 0;                 // index into params_
   };
 
+  // train_step() without translating a left-out worker's error.
+  StepStats step(const Tensor& inputs, std::span<const int64_t> targets);
   void pull_dense(uint64_t min_version);
   // Pushes `grads` from mine.samples samples (with mine's loss and correct
   // counts and `compute_s`) at version_, then pulls (sync: the next version)

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "testing/fault_fs.h"
 
 namespace dtrain::cli {
 namespace {
@@ -518,4 +519,19 @@ TEST(Launcher, CurrentEnvironmentAndSelfExecutable) {
 }
 
 }  // namespace
+TEST(FailureReport, RoundTripsAndIgnoresWhatIsNotAReport) {
+  dtrain::testing::TempDir tmp;
+  const std::string dir = tmp.path();
+  EXPECT_EQ(read_failure_report(dir, 2), std::nullopt);
+  write_failure_report(dir, 2, {1, "allreduce #8 with rank 1: peer stopped responding\n(detail)"});
+  const std::optional<FailureReport> report = read_failure_report(dir, 2);
+  ASSERT_TRUE(report.has_value());
+  EXPECT_EQ(report->culprit, 1);
+  EXPECT_EQ(report->message, "allreduce #8 with rank 1: peer stopped responding (detail)");
+  std::ofstream(tmp.file("failure-3")) << "rank one\nwhatever\n";
+  EXPECT_EQ(read_failure_report(dir, 3), std::nullopt);
+  // A folder that cannot be written loses the report and does not throw.
+  write_failure_report("/nonexistent/dtrain", 0, {1, "lost"});
+}
+
 }  // namespace dtrain::cli

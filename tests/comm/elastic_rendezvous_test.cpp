@@ -300,7 +300,14 @@ TEST(ElasticRendezvous, FinishedAndStoppedJobsAnswerWaitingWorkers) {
   f.server.set_alive(1, true);
   auto late = f.client(1);
   auto waiting = join_async(*late, std::nullopt);
-  f.server.finish();
+  // Slot 1's new process is no member: its exit does not finish the job.
+  EXPECT_FALSE(f.server.finish(1));
+  EXPECT_FALSE(f.server.finished());
+  EXPECT_TRUE(f.server.finish(0));  // the member's does
+  EXPECT_TRUE(f.server.finished());
+  EXPECT_FALSE(f.server.members_done());  // slot 0 has not ended yet
+  f.server.set_alive(0, false);
+  EXPECT_TRUE(f.server.members_done());
   EXPECT_FALSE(waiting.get().has_value());
 
   Fixture g(2, 2);
@@ -310,6 +317,49 @@ TEST(ElasticRendezvous, FinishedAndStoppedJobsAnswerWaitingWorkers) {
   });
   g.server.stop("2 workers left, fewer than min_workers");
   EXPECT_TRUE(contains(stopped.get(), "fewer than min_workers"));
+}
+
+// A stopped member (alive to the launcher, silent to its peers): the
+// survivors name it when they join, and the round closes without waiting the
+// settle time (60 s here, longer than the joins' deadline). When it wakes up
+// and joins as a member of its old generation it is told it was left out,
+// and its exit does not finish the job.
+TEST(ElasticRendezvous, AMemberReportedSilentIsNotWaitedForAndIsToldItWasLeftOut) {
+  Fixture f(3, 2);
+  auto clients = form_first(f);
+  auto j0 = std::async(std::launch::async,
+                       [&] { return clients[0]->join(0u, Deadline::after(20s), {1}); });
+  auto j2 = std::async(std::launch::async,
+                       [&] { return clients[2]->join(0u, Deadline::after(20s), {1}); });
+  const auto m0 = j0.get();
+  const auto m2 = j2.get();
+  ASSERT_TRUE(m0 && m2);
+  EXPECT_EQ(m0->generation, 1u);
+  EXPECT_EQ(m0->slots, (std::vector<int>{0, 2}));
+
+  LeftOutError* seen = nullptr;
+  std::string message;
+  try {
+    clients[1]->join(0u, Deadline::after(20s));
+  } catch (LeftOutError& e) {
+    seen = &e;
+    message = e.what();
+  }
+  EXPECT_NE(seen, nullptr) << "a left-out member must get LeftOutError";
+  EXPECT_TRUE(contains(message, "slot 1 was left out: it was a member of generation 0, and the "
+                                "group went on without it"))
+      << message;
+  EXPECT_FALSE(f.server.finish(1));
+  EXPECT_FALSE(f.server.finished());
+}
+
+// Suspects are checked: a slot outside the job is refused.
+TEST(ElasticRendezvous, AJoinNamingASuspectOutsideTheJobIsRefused) {
+  Fixture f(2, 1);
+  auto clients = form_first(f);
+  const std::string error =
+      comm_error([&] { clients[0]->join(0u, Deadline::after(20s), {7}); });
+  EXPECT_TRUE(contains(error, "suspect slot 7 outside 0..1")) << error;
 }
 
 }  // namespace

@@ -139,7 +139,7 @@ TEST(ElasticMode, FewerThanMinWorkersStopsTheJobNamingTheLostSlot) {
       run_job(synthetic_args(tmp, "3", "0"), {{"DTRAIN_TEST_KILL_AT_STEP", "1:5"}});
   ASSERT_TRUE(run.status.has_value()) << run.output;
   EXPECT_FALSE(run.status->ok()) << run.output;
-  EXPECT_NE(run.output.find("2 worker(s) left, fewer than min_workers = 3: stopping the elastic "
+  EXPECT_NE(run.output.find("2 worker(s) left, fewer than min_workers = 3: stopping the "
                             "job (lost: slot 1 (pid "),
             std::string::npos)
       << run.output;

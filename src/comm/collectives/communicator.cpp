@@ -67,6 +67,7 @@ Communicator::Communicator(Transport& transport, CommunicatorOptions options)
                                  options_.chunk_bytes));
   }
   set_up_shm();
+  listen_to_transport();
   worker_ = std::jthread([this](std::stop_token stop) { worker_loop(std::move(stop)); });
 }
 
@@ -77,10 +78,21 @@ Communicator::Communicator(std::unique_ptr<Transport> transport, CommunicatorOpt
                                  options_.chunk_bytes));
   }
   set_up_shm();
+  listen_to_transport();
   worker_ = std::jthread([this](std::stop_token stop) { worker_loop(std::move(stop)); });
 }
 
+void Communicator::listen_to_transport() {
+  // A transport that fails (a silent or dead peer) fails the shared-memory
+  // waits on the same peers at once, naming the culprit.
+  if (shm_ == nullptr) return;
+  transport_.set_failure_listener([shm = shm_.get()](int culprit, const std::string& reason) {
+    shm->abandon(culprit, reason);
+  });
+}
+
 Communicator::~Communicator() {
+  if (shm_ != nullptr) transport_.set_failure_listener({});
   worker_.request_stop();
   if (worker_.joinable()) worker_.join();
 }
@@ -156,7 +168,7 @@ void Communicator::execute(const std::string& what, const std::function<void(Dea
     // peers fail now naming the same culprit instead of running into their
     // deadlines.
     transport_.abort(e.peer(), e.what());
-    if (shm_ != nullptr) shm_->abandon(e.peer());
+    if (shm_ != nullptr) shm_->abandon(e.peer(), e.what());
     throw;
   }
 }

@@ -162,6 +162,7 @@ class Communicator final : public Collectives {
   };
 
   void set_up_shm();
+  void listen_to_transport();
   OpDescriptor next_op(OpKind kind, uint64_t count, ReduceOp reduce = ReduceOp::kSum,
                        int root = -1, Dtype dtype = Dtype::kFloat32);
   uint64_t collective_tag() const { return uint64_t{options_.group_id} << 32; }

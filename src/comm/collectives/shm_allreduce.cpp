@@ -231,8 +231,15 @@ float* ShmAllreduce::data_area(int rank) {
   return reinterpret_cast<float*>(peers_[static_cast<size_t>(rank)].base + kDataOffset);
 }
 
+void ShmAllreduce::check_abandoned(const std::string& what) const {
+  if (!abandoned_.load(std::memory_order_acquire)) return;
+  std::lock_guard lock(abandon_mutex_);
+  throw CommError(abandoned_culprit_, what, abandoned_reason_);
+}
+
 void ShmAllreduce::await_all(Flag flag, uint64_t seq, Deadline deadline, const std::string& what,
                              const std::string& awaited) {
+  check_abandoned(what);
   for (int q = 0; q < size_; ++q) {
     if (q == rank_) continue;
     uint64_t* raw = &flag_word(q, flag);
@@ -255,6 +262,7 @@ void ShmAllreduce::await_all(Flag flag, uint64_t seq, Deadline deadline, const s
     std::atomic_ref<uint64_t> waiters = word_at(peer.base, kWaitersOffset);
     const auto started = Deadline::Clock::now();
     while (word.load(std::memory_order_acquire) < seq) {
+      check_abandoned(what);
       const uint64_t abandoned =
           word_at(peer.base, kAbandonedOffset).load(std::memory_order_acquire);
       if (abandoned != 0) {
@@ -374,14 +382,24 @@ void ShmAllreduce::allreduce(std::span<float> data, ReduceOp op, Deadline deadli
     } while (offset < data.size());
   } catch (const CommError& e) {
     failure_ = e.what();
-    abandon(e.peer());
+    abandon(e.peer(), e.what());
     throw;
   }
 }
 
-void ShmAllreduce::abandon(int culprit) noexcept {
-  if (peers_.empty() || peers_[static_cast<size_t>(rank_)].base == nullptr) return;
+void ShmAllreduce::abandon(int culprit, const std::string& reason) noexcept {
   const int named = culprit >= -1 && culprit < size_ ? culprit : -1;
+  try {
+    std::lock_guard lock(abandon_mutex_);
+    if (!abandoned_.load()) {
+      abandoned_culprit_ = named;
+      abandoned_reason_ = reason.empty() ? std::string("this rank gave up on the group") : reason;
+    }
+  } catch (...) {
+    // Out of memory for the reason: the culprit alone is still recorded below.
+  }
+  abandoned_.store(true, std::memory_order_release);
+  if (peers_.empty() || peers_[static_cast<size_t>(rank_)].base == nullptr) return;
   word_at(peers_[static_cast<size_t>(rank_)].base, kAbandonedOffset)
       .store(static_cast<uint64_t>(named + 2), std::memory_order_release);
   // Sleepers on any of this rank's flags wake up and see it.

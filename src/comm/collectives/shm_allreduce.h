@@ -56,6 +56,7 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -108,10 +109,16 @@ class ShmAllreduce {
   // Marks this rank failed (naming `culprit`, -1 if unknown) and wakes peers
   // sleeping on it: their waits throw CommError naming the culprit. Called on
   // any failure of the allreduce and by the communicator when another
-  // collective fails, so a peer in the shared-memory path learns the cause.
-  void abandon(int culprit) noexcept;
+  // collective or its transport fails, so a peer in the shared-memory path
+  // learns the cause. This rank's own waits in progress (on any thread) and
+  // later ones throw CommError naming the culprit with `reason` within one
+  // wait slice (2 ms). Thread-safe.
+  void abandon(int culprit, const std::string& reason = {}) noexcept;
 
  private:
+  // Throws CommError when abandon() ran on this rank.
+  void check_abandoned(const std::string& what) const;
+
   struct Peer {
     std::byte* base = nullptr;  // the mapping of the rank's segment
     int pid = 0;
@@ -145,6 +152,10 @@ class ShmAllreduce {
   size_t segment_bytes_;
   std::vector<Peer> peers_;
   ShmWaitPolicy wait_policy_;
+  mutable std::mutex abandon_mutex_;  // guards the two below
+  int abandoned_culprit_ = -1;
+  std::string abandoned_reason_;      // empty until abandon() ran
+  std::atomic<bool> abandoned_{false};
   std::vector<std::string> names_;
   bool unlinked_ = false;
   uint64_t seq_ = 0;

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <map>
+#include <set>
 #include <mutex>
 #include <zmq.hpp>
 
@@ -27,6 +28,7 @@ constexpr uint32_t kJoin = 1;
 constexpr uint32_t kEndpoint = 2;
 constexpr uint32_t kPoll = 3;
 constexpr uint32_t kFinished = 4;        // reply to kJoin: the job finished training
+constexpr uint32_t kLeftOut = 5;         // reply to kJoin: the group went on without this member
 constexpr uint32_t kNone = 0xFFFFFFFFu;  // "no generation"
 
 constexpr uint64_t kMaxPayload = 1 << 20;
@@ -95,7 +97,8 @@ struct ElasticRendezvousServer::State {
   void upkeep(const View& v);
   void on_request(const wire::Frame& frame);
   void on_poll(const std::string& identity, int slot);
-  void on_join(const std::string& identity, int slot, uint32_t member_of, const View& v);
+  void on_join(const std::string& identity, int slot, uint32_t member_of,
+               const std::vector<int>& suspects, const View& v);
   void on_endpoint(const std::string& identity, int slot, uint32_t generation,
                    const PeerEndpoint& endpoint);
   void on_dropped(const wire::RejectedFrame& frame);
@@ -106,6 +109,10 @@ struct ElasticRendezvousServer::State {
   // Whether the process that joined the current generation for `slot`
   // still runs (not a replacement of it).
   bool member_alive(int slot, const std::vector<uint64_t>& alive) const;
+  // Whether the open round waits for `slot`: every alive slot for
+  // generation 0, then the alive members of the current generation that no
+  // joined member reported silent.
+  bool awaited(int slot, const std::vector<uint64_t>& alive) const;
   // Closes the membership round when it may (see the header).
   void try_close_round(const std::vector<uint64_t>& alive);
   void form_generation(const std::vector<uint64_t>& alive, bool every_alive);
@@ -128,6 +135,10 @@ struct ElasticRendezvousServer::State {
   bool finished = false;
   std::string stopped;                 // non-empty once stop() ran
   std::optional<uint32_t> generation;  // the last generation formed
+  // The last generation's members (slots by rank) and the process number
+  // that joined for each: finish() counts only a member's exit.
+  std::vector<int> current_members;
+  std::vector<uint64_t> current_processes;
 
   // Serving thread only.
   std::vector<int> members;                  // slots of `generation`, by rank
@@ -138,6 +149,9 @@ struct ElasticRendezvousServer::State {
     bool member = false;  // of the current generation
   };
   std::map<int, Joining> joining;  // by slot: the open membership round
+  // Slots that joined members of the open round reported silent (their
+  // transport's heartbeat timeout named them): not waited for.
+  std::set<int> suspected;
   std::optional<Clock::time_point> settle_from;
   // The endpoint round of the newest generation, by rank.
   std::vector<std::optional<PeerEndpoint>> endpoints;
@@ -185,6 +199,12 @@ bool ElasticRendezvousServer::State::member_alive(int slot,
   return process != 0 && process == member_process[static_cast<size_t>(it - members.begin())];
 }
 
+bool ElasticRendezvousServer::State::awaited(int slot, const std::vector<uint64_t>& alive) const {
+  if (alive[static_cast<size_t>(slot)] == 0) return false;
+  if (!generation) return true;
+  return member_alive(slot, alive) && suspected.count(slot) == 0;
+}
+
 void ElasticRendezvousServer::State::try_close_round(const std::vector<uint64_t>& alive) {
   if (joining.empty()) return;
   const bool has_member =
@@ -195,9 +215,7 @@ void ElasticRendezvousServer::State::try_close_round(const std::vector<uint64_t>
   // the current generation (a new worker is only taken once it joined).
   bool every_alive = true;
   for (int slot = 0; slot < options.slots; ++slot) {
-    const bool awaited =
-        alive[static_cast<size_t>(slot)] != 0 && (!generation || member_alive(slot, alive));
-    if (awaited && joining.count(slot) == 0) every_alive = false;
+    if (awaited(slot, alive) && joining.count(slot) == 0) every_alive = false;
   }
   const bool settled = settle_from && Clock::now() - *settle_from >= options.settle;
   if (every_alive || settled) form_generation(alive, every_alive);
@@ -217,14 +235,22 @@ void ElasticRendezvousServer::State::form_generation(const std::vector<uint64_t>
   if (!every_alive) {
     std::vector<int> missing;
     for (int slot = 0; slot < options.slots; ++slot) {
-      const bool awaited =
-          alive[static_cast<size_t>(slot)] != 0 && (!generation || member_alive(slot, alive));
-      if (awaited && joining.count(slot) == 0) missing.push_back(slot);
+      if (awaited(slot, alive) && joining.count(slot) == 0) missing.push_back(slot);
     }
     logger.warn(
         "elastic coordinator: generation {} forms without slot(s) {}, which did not join within "
         "{} ms",
         next, slot_list(missing), options.settle.count());
+  }
+  std::vector<int> silent;  // suspected members that did not join: left out
+  for (int slot : suspected) {
+    if (joining.count(slot) == 0 && member_alive(slot, alive)) silent.push_back(slot);
+  }
+  if (!silent.empty()) {
+    logger.warn("elastic coordinator: generation {} forms without slot(s) {}, silent past the "
+                "heartbeat timeout as their peers report; a left-out worker that wakes up is told "
+                "so and exits",
+                next, slot_list(silent));
   }
   ByteWriter w;
   w.write_u32(kJoin);
@@ -248,9 +274,12 @@ void ElasticRendezvousServer::State::form_generation(const std::vector<uint64_t>
   endpoints_done = false;
   endpoints_failure.clear();
   joining.clear();
+  suspected.clear();
   settle_from.reset();
   std::lock_guard lock(mutex);
   generation = next;
+  current_members = members;
+  current_processes = member_process;
 }
 
 void ElasticRendezvousServer::State::check_endpoint_round(const std::vector<uint64_t>& alive) {
@@ -305,8 +334,22 @@ void ElasticRendezvousServer::State::on_request(const wire::Frame& frame) {
       on_poll(frame.identity, slot);
     } else if (kind == kJoin) {
       const uint32_t member_of = r.read_u32("member of");
+      const uint32_t count = r.read_u32("suspect count");
+      if (count > static_cast<uint32_t>(options.slots)) {
+        throw DataError(fmt::format("elastic join: {} suspects, the job has {} slots", count,
+                                    options.slots));
+      }
+      std::vector<int> suspects;
+      for (uint32_t i = 0; i < count; ++i) {
+        const uint32_t suspect = r.read_u32("suspect slot");
+        if (suspect >= static_cast<uint32_t>(options.slots)) {
+          throw DataError(fmt::format("elastic join: suspect slot {} outside 0..{}", suspect,
+                                      options.slots - 1));
+        }
+        suspects.push_back(static_cast<int>(suspect));
+      }
       r.expect_end("join");
-      on_join(frame.identity, slot, member_of, v);
+      on_join(frame.identity, slot, member_of, suspects, v);
     } else if (kind == kEndpoint) {
       const uint32_t generation = r.read_u32("generation");
       const std::vector<PeerEndpoint> record = decode_endpoints(r.rest(), 1);
@@ -331,7 +374,8 @@ void ElasticRendezvousServer::State::on_poll(const std::string& identity, int sl
 }
 
 void ElasticRendezvousServer::State::on_join(const std::string& identity, int slot,
-                                             uint32_t member_of, const View& v) {
+                                             uint32_t member_of, const std::vector<int>& suspects,
+                                             const View& v) {
   if (v.finished) {
     answer_finished(identity, slot);
     return;
@@ -342,6 +386,19 @@ void ElasticRendezvousServer::State::on_join(const std::string& identity, int sl
     return;
   }
   const bool member = member_of != kNone;
+  if (member && generation && member_of < *generation &&
+      std::find(members.begin(), members.end(), slot) == members.end()) {
+    // A member the group went on without (silent past the heartbeat
+    // timeout, e.g. stopped) that woke up: not an error of the job.
+    const std::string reason = fmt::format(
+        "slot {} was left out: it was a member of generation {}, and the group went on without "
+        "it (silent past the heartbeat timeout, or replaced) and is at generation {}",
+        slot, member_of, *generation);
+    logger.warn("elastic coordinator: {}; told it to exit", reason);
+    reply(identity, wire::MessageType::kStatus, static_cast<uint32_t>(slot),
+          with_kind(kLeftOut, text_bytes(reason)));
+    return;
+  }
   if (member && (!generation || member_of != *generation || !member_alive(slot, v.alive))) {
     refuse(identity, slot, kJoin,
            fmt::format("slot {} says it is a member of generation {}, but the group is at "
@@ -372,6 +429,16 @@ void ElasticRendezvousServer::State::on_join(const std::string& identity, int sl
     return;
   }
   joining[slot] = Joining{identity, member};
+  if (member) {
+    for (int suspect : suspects) {
+      if (suspect != slot && member_alive(suspect, v.alive) && joining.count(suspect) == 0 &&
+          suspected.insert(suspect).second) {
+        logger.warn("elastic coordinator: slot {} reports slot {} silent; the round does not "
+                    "wait for it",
+                    slot, suspect);
+      }
+    }
+  }
   if (!settle_from && (member || !generation)) settle_from = Clock::now();
   logger.debug("elastic coordinator: slot {} joins generation {} ({})", slot,
                generation ? *generation + 1 : 0, member ? "member" : "new worker");
@@ -474,9 +541,30 @@ void ElasticRendezvousServer::set_alive(int slot, bool alive) {
   state_->alive[i] = alive ? ++state_->started[i] : 0;
 }
 
-void ElasticRendezvousServer::finish() {
+bool ElasticRendezvousServer::finish(int slot) {
   std::lock_guard lock(state_->mutex);
+  const auto& members = state_->current_members;
+  const auto it = std::find(members.begin(), members.end(), slot);
+  if (it == members.end() || slot < 0 || slot >= options_.slots) return false;
+  const uint64_t process = state_->current_processes[static_cast<size_t>(it - members.begin())];
+  if (state_->alive[static_cast<size_t>(slot)] != process) return false;
   state_->finished = true;
+  return true;
+}
+
+bool ElasticRendezvousServer::finished() const {
+  std::lock_guard lock(state_->mutex);
+  return state_->finished;
+}
+
+bool ElasticRendezvousServer::members_done() const {
+  std::lock_guard lock(state_->mutex);
+  if (!state_->finished) return false;
+  for (size_t rank = 0; rank < state_->current_members.size(); ++rank) {
+    const auto slot = static_cast<size_t>(state_->current_members[rank]);
+    if (state_->alive[slot] == state_->current_processes[rank]) return false;
+  }
+  return true;
 }
 
 void ElasticRendezvousServer::stop(const std::string& reason) {
@@ -577,6 +665,9 @@ std::vector<std::byte> ElasticRendezvousClient::await(uint32_t kind, const std::
       poll_outstanding_ = false;
       continue;
     }
+    if (kind == kJoin && reply->first == kLeftOut) {
+      throw LeftOutError(-1, "elastic rendezvous", text_of(reply->second));
+    }
     if (reply->first == kind || (kind == kJoin && reply->first == kFinished)) {
       if (reply->first == kFinished) return {};
       return std::move(reply->second);
@@ -591,9 +682,12 @@ std::vector<std::byte> ElasticRendezvousClient::await(uint32_t kind, const std::
 }
 
 std::optional<ElasticGeneration> ElasticRendezvousClient::join(std::optional<uint32_t> member_of,
-                                                               Deadline deadline) {
+                                                               Deadline deadline,
+                                                               const std::vector<int>& suspects) {
   ByteWriter body;
   body.write_u32(member_of.value_or(kNone));
+  body.write_u32(static_cast<uint32_t>(suspects.size()));
+  for (int suspect : suspects) body.write_u32(static_cast<uint32_t>(suspect));
   send(kJoin, body.take());
   const std::vector<std::byte> reply =
       await(kJoin,

@@ -18,6 +18,11 @@
 //     step boundary). After generation 0 a round also needs a member of the
 //     current generation (the state of the group lives in its members): new
 //     workers alone keep waiting.
+//     A member's join names the slots its transport found silent (the
+//     heartbeat timeout): the round does not wait for those, so a stopped
+//     worker is dropped within the heartbeat timeout rather than `settle`;
+//     a left-out member that wakes up and joins as a member of its old
+//     generation is told so (LeftOutError) and exits.
 //     Ranks: the current generation's members keep their relative order,
 //     new workers follow by slot. Every joined worker gets {g+1, slots by
 //     rank}.
@@ -28,9 +33,10 @@
 //     as members of g+1 (their state is still that of generation g).
 // poll() (kPoll) answers how many new workers wait in an open membership
 // round: the group's rank 0 polls between steps to re-form at a step
-// boundary. finish() (a member ended training) answers waiting and later
-// joins with "finished"; stop() (the job is being stopped) refuses them with
-// its reason.
+// boundary. finish(slot) (a member of the current generation ended
+// training; a left-out worker's exit does not count) answers waiting and
+// later joins with "finished"; stop() (the job is being stopped) refuses
+// them with its reason.
 //
 // Wire: frames of comm/wire/wire.h over a DEALER -> ROUTER connection
 // (comm/wire/framed_socket.h), sender = slot, every frame authenticated with
@@ -77,9 +83,17 @@
 #include "comm/wire/auth.h"
 #include "comm/rendezvous/rendezvous.h"
 #include "core/deadline.h"
+#include "core/error.h"
 #include "core/log.h"
 
 namespace dtrain::comm {
+
+// The coordinator's answer to a member the group went on without (it was
+// silent past the heartbeat timeout): the message says which generation.
+class LeftOutError : public CommError {
+ public:
+  using CommError::CommError;
+};
 
 struct ElasticRendezvousOptions {
   // Worker slots of the job (the launcher's --workers): slot ids 0..slots-1.
@@ -118,9 +132,15 @@ class ElasticRendezvousServer {
   // process started for a slot whose member died is a new worker, not that
   // member: it is not awaited and may not claim the membership.
   void set_alive(int slot, bool alive);
-  // A member ended training (exited 0): waiting and later joins are
-  // answered "finished".
-  void finish();
+  // The process of `slot` exited 0. If it was a member of the current
+  // generation, training is over: waiting and later joins are answered
+  // "finished", and true is returned. Call before set_alive(slot, false).
+  bool finish(int slot);
+  // Whether finish() counted a member's exit.
+  bool finished() const;
+  // Whether training finished and every member of the last generation has
+  // ended (set_alive(slot, false)): what still runs then was left out.
+  bool members_done() const;
   // The job is being stopped: waiting and later registrations are refused
   // with `reason`.
   void stop(const std::string& reason);
@@ -157,8 +177,11 @@ class ElasticRendezvousClient {
 
   int slot() const { return slot_; }
   // Joins the next generation as a member of `member_of` (nullopt: a new
-  // worker). nullopt when the coordinator answers that the job finished.
-  std::optional<ElasticGeneration> join(std::optional<uint32_t> member_of, Deadline deadline);
+  // worker), reporting `suspects` (slots found silent; the round does not
+  // wait for them). nullopt when the coordinator answers that the job
+  // finished; LeftOutError when the group went on without this member.
+  std::optional<ElasticGeneration> join(std::optional<uint32_t> member_of, Deadline deadline,
+                                        const std::vector<int>& suspects = {});
   // Registers this member's endpoint (its `rank` field = its rank) for
   // `generation`; returns the table indexed by rank.
   std::vector<PeerEndpoint> exchange_endpoints(uint32_t generation, const PeerEndpoint& self,

@@ -26,6 +26,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -57,6 +58,16 @@ class Transport {
   // notice does not pass it on. Best effort: never throws, never blocks on a
   // peer.
   virtual void abort(int culprit, const std::string& reason) noexcept = 0;
+
+  // Called once, on whatever thread notices it, when this transport becomes
+  // failed (a peer declared dead or silent, an abort frame, abort() or a
+  // call's deadline), with the culprit rank (-1 unknown) and the reason: the
+  // owner of other waits on the same peers (the shared-memory allreduce)
+  // fails them too. The listener must not call back into the transport and
+  // must outlive it, or be replaced by an empty one first; setting it is
+  // thread-safe. A transport that never fails as a whole may ignore it.
+  using FailureListener = std::function<void(int culprit, const std::string& reason)>;
+  virtual void set_failure_listener(FailureListener listener) { (void)listener; }
 };
 
 }  // namespace dtrain::comm

@@ -262,6 +262,7 @@ void ZmqTransport::fail_call(int peer, const std::string& what, const std::strin
     if (!failure_) failure_ = Failure{peer, problem};
   }
   cv_.notify_all();
+  notify_listener();
   throw CommError(peer, what, problem);
 }
 
@@ -369,6 +370,7 @@ void ZmqTransport::send_frame(Peer& peer, int peer_rank, wire::MessageType type,
         if (!failure_) failure_ = Failure{peer_rank, error.what()};
       }
       cv_.notify_all();
+      notify_listener();
       throw error;
     }
     fail_call(peer_rank, what, *reason);
@@ -408,6 +410,7 @@ zmq::message_t ZmqTransport::take(int peer, uint64_t tag, const std::string& wha
       if (!failure_) failure_ = Failure{peer, error.what()};
       lock.unlock();
       cv_.notify_all();
+      notify_listener();
       throw error;
     }
     if (deadline.is_never()) {
@@ -474,6 +477,7 @@ void ZmqTransport::abort(int culprit, const std::string& reason) noexcept {
       }
     }
     cv_.notify_all();
+    notify_listener();
     if (!connected_) return;
     for (size_t p = 0; p < peers_.size(); ++p) {
       if (!reachable[p]) continue;
@@ -606,6 +610,7 @@ void ZmqTransport::handle_frame(zmq::message_t& header_part, zmq::message_t& pay
     }
   }
   cv_.notify_all();
+  notify_listener();
 }
 
 void ZmqTransport::read_monitor(int peer_rank) {
@@ -669,7 +674,42 @@ void ZmqTransport::check_liveness() {
       }
     }
   }
-  for (const auto& [p, problem] : failed) fail_peer(p, problem);
+  for (const auto& [p, problem] : failed) {
+    fail_peer(p, problem);
+    fail_transport(p, problem);
+  }
+}
+
+void ZmqTransport::fail_transport(int culprit, const std::string& problem) {
+  {
+    std::lock_guard lock(mutex_);
+    if (failure_) return;
+    failure_ = Failure{culprit, problem};
+  }
+  cv_.notify_all();
+  notify_listener();
+}
+
+void ZmqTransport::notify_listener() {
+  std::optional<Failure> failure;
+  {
+    std::lock_guard lock(mutex_);
+    failure = failure_;
+  }
+  if (!failure) return;
+  std::lock_guard lock(listener_mutex_);
+  if (listener_told_ || !listener_) return;
+  listener_told_ = true;
+  listener_(failure->peer, failure->problem);
+}
+
+void ZmqTransport::set_failure_listener(FailureListener listener) {
+  {
+    std::lock_guard lock(listener_mutex_);
+    listener_ = std::move(listener);
+    listener_told_ = false;
+  }
+  notify_listener();  // a transport that failed before hears of it now
 }
 
 void ZmqTransport::fail_peer(int peer_rank, const std::string& problem) {

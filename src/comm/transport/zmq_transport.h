@@ -13,10 +13,14 @@
 // thread sends heartbeats every heartbeat_interval and watches every peer:
 //  - a peer from which nothing (data or heartbeat) arrived for
 //    heartbeat_timeout is failed: "peer stopped responding (no heartbeat for
-//    5000 ms)";
+//    5000 ms)"; so is the whole transport (every pending and later call
+//    throws naming that peer, and the failure listener hears of it): a rank
+//    waiting on a live neighbour of a stopped process learns within the
+//    heartbeat timeout which rank is at fault, not at its own deadline;
 //  - a peer whose connection closes (ZeroMQ socket monitor) without having
-//    said goodbye is failed after a short grace (2 heartbeat intervals) that
-//    lets an orderly goodbye still in flight arrive;
+//    said goodbye is failed, with the whole transport, after a short grace
+//    (2 heartbeat intervals) that lets an orderly goodbye still in flight
+//    arrive;
 //  - a peer that said goodbye (its transport was destroyed) is not failed,
 //    but a recv() that needs one more message from it fails;
 //  - a peer's abort frame (it gave up on the group, see abort()) fails this
@@ -135,6 +139,7 @@ class ZmqTransport final : public Transport {
   // Sends an abort frame (docs/wire-format.md) to every peer not known dead.
   // A peer receiving one fails its transport naming `culprit`.
   void abort(int culprit, const std::string& reason) noexcept override;
+  void set_failure_listener(FailureListener listener) override;
 
   // Frames dropped because they did not belong to the job or failed
   // authentication.
@@ -168,6 +173,11 @@ class ZmqTransport final : public Transport {
   void send_heartbeats();
   void check_liveness();
   void fail_peer(int peer_rank, const std::string& problem);
+  // Fails the whole transport naming `culprit` (later calls keep the first
+  // failure) and tells the listener.
+  void fail_transport(int culprit, const std::string& problem);
+  // Tells the listener of failure_, once (call without mutex_ held).
+  void notify_listener();
   void drop(const std::string& why);
 
   ZmqTransportOptions options_;
@@ -193,6 +203,10 @@ class ZmqTransport final : public Transport {
   std::optional<Failure> failure_;
   bool aborted_ = false;     // abort() ran, or a peer's abort frame arrived
   bool abort_sent_ = false;  // abort() ran (set with aborted_)
+
+  std::mutex listener_mutex_;  // held while the listener runs or is replaced
+  FailureListener listener_;
+  bool listener_told_ = false;  // guarded by listener_mutex_
 
   std::unique_ptr<RendezvousServer> coordinator_;
   std::jthread io_thread_;  // last: stopped and joined before the members above go
