@@ -3,6 +3,8 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <chrono>
+#include <optional>
 #include <iostream>
 
 #include <fmt/format.h>
@@ -15,6 +17,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/rng.h"
+#include "io/output_lock.h"
 #include "io/safetensors.h"
 #include "train/datasets.h"
 #include "train/job_file.h"
@@ -54,6 +57,7 @@ train::JobConfig read_job(const TrainOptions& options, Logger& logger) {
   }
   if (options.threads) job.train.threads = *options.threads;
   if (options.resume) job.resume = *options.resume;
+  if (options.force_resume) job.force_resume = true;
   if (options.max_restarts) job.train.max_restarts = *options.max_restarts;
   if (options.elastic) job.train.elastic = *options.elastic;
   if (options.min_workers) job.train.min_workers = *options.min_workers;
@@ -76,15 +80,31 @@ comm::LaunchInfo resolve_launch(const TrainOptions& options) {
 }  // namespace
 
 int run_train(const TrainOptions& options, std::ostream& out) {
+  const auto started = std::chrono::system_clock::now();
   Logger& logger = Logger::stderr_logger();
   const train::JobConfig job = read_job(options, logger);
   const comm::LaunchInfo launch = resolve_launch(options);
   const train::LaunchPlan plan = train::launch_plan(job, launch, logger);
   if (plan.launch) {
+    ProcessCap cap = local_process_cap();
+    if (options.max_local_workers) cap = {*options.max_local_workers, "--max-local-workers"};
+    check_process_cap(plan, job.distributed.workers, cap);
+  }
+  // One run per output folder: the launcher here, a single process, or rank
+  // 0 of a job another launcher started holds the lock for the run's life.
+  std::optional<io::OutputLock> lock;
+  if (plan.launch || !launch.launched() || (launch.rank == 0 && !launch.settings.output_locked)) {
+    std::string command_line;
+    for (const std::string& arg : options.argv) command_line += (command_line.empty() ? "" : " ") + arg;
+    lock.emplace(io::OutputLock::acquire(job.output, io::this_process_record(command_line, started),
+                                         logger));
+  }
+  if (plan.launch) {
     // This process starts the job's processes here and supervises them.
     LaunchOptions l;
     l.argv = options.argv;
     l.environment = options.environment;
+    l.environment["DTRAIN_OUTPUT_LOCKED"] = "1";
     return launch_job(job, plan, std::move(l), out, std::cerr, logger);
   }
   if (!launch.launched() && job.train.max_restarts > 0) {

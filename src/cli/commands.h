@@ -16,6 +16,11 @@ struct TrainOptions {
   std::string job_file;
   std::vector<std::string> overrides;  // "key=value"
   std::optional<int64_t> workers;
+  // The most processes `--workers N` may start here (default:
+  // local_process_cap()).
+  std::optional<int64_t> max_local_workers;
+  // Resume from a checkpoint of another job identity (--force-resume).
+  bool force_resume = false;
   // ps: server processes (distributed.servers).
   std::optional<int64_t> servers;
   std::optional<std::string> strategy;

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 #include <stdlib.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -53,6 +55,31 @@ class RunDir {
 int clamp_int(int64_t value) { return static_cast<int>(std::min<int64_t>(value, INT_MAX)); }
 
 }  // namespace
+
+ProcessCap local_process_cap() {
+  const long cores = std::max(1L, sysconf(_SC_NPROCESSORS_ONLN));
+  ProcessCap cap{std::max<int64_t>(64, 8 * static_cast<int64_t>(cores)),
+                 fmt::format("8 per CPU core on {} core(s), at least 64", cores)};
+  rlimit files{};
+  if (getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur != RLIM_INFINITY) {
+    const auto by_files = static_cast<int64_t>(files.rlim_cur / 16);
+    if (by_files < cap.limit) {
+      cap = {std::max<int64_t>(1, by_files),
+             fmt::format("the open-file limit of {} (ulimit -n) at 16 per process",
+                         static_cast<uint64_t>(files.rlim_cur))};
+    }
+  }
+  return cap;
+}
+
+void check_process_cap(const train::LaunchPlan& plan, int64_t workers, const ProcessCap& cap) {
+  if (plan.processes <= cap.limit) return;
+  throw UsageError(fmt::format(
+      "--workers {} would start {} processes on this machine, more than it can run: the cap is "
+      "{} ({}); pass --max-local-workers N to raise it, or run the job on several machines "
+      "(mpirun, srun)",
+      workers, plan.processes, cap.limit, cap.why));
+}
 
 int launch_job(const train::JobConfig& job, const train::LaunchPlan& plan, LaunchOptions base,
                std::ostream& out, std::ostream& err, Logger& logger) {

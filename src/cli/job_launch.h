@@ -19,7 +19,9 @@
 // Thread safety: one call at a time per process (the Launcher's signals).
 #pragma once
 
+#include <cstdint>
 #include <ostream>
+#include <string>
 
 #include "cli/launcher.h"
 #include "core/log.h"
@@ -27,6 +29,21 @@
 #include "train/run_job.h"
 
 namespace dtrain::cli {
+
+// The most processes a job may start on this machine unless the user raises
+// the cap (--max-local-workers): 8 per online CPU core (at least 64), and no
+// more than the open-file limit allows (each process holds about 16
+// descriptors of the launcher and of its peers). Forking beyond what the
+// machine can run only ends in an out-of-memory kill or "too many open files".
+struct ProcessCap {
+  int64_t limit = 0;
+  std::string why;  // "8 per CPU core on 2 cores", ...
+};
+ProcessCap local_process_cap();
+
+// UsageError (exit 2) when `plan` starts more processes than `cap`, naming
+// the flag that raises it.
+void check_process_cap(const train::LaunchPlan& plan, int64_t workers, const ProcessCap& cap);
 
 // `base` holds the command line and the environment; the plan and the job
 // set the rest. Returns the job's exit code.

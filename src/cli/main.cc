@@ -81,6 +81,10 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--workers", train.workers,
                         "Number of workers: processes started here (allreduce, ps) or replicas "
                         "(mirrored)");
+  train_cmd->add_option("--max-local-workers", train.max_local_workers,
+                        "The most processes --workers N may start on this machine (default: 8 per "
+                        "CPU core, at least 64, within the open-file limit)")
+      ->check(CLI::Range(int64_t{1}, int64_t{INT_MAX}));
   train_cmd->add_option("--strategy", train.strategy,
                         "the distribution strategy (default: allreduce with --workers N > 1, "
                         "else local). " + dtrain::train::strategy_help());
@@ -100,6 +104,10 @@ int main(int argc, char** argv) {
                       "Resume from the newest valid checkpoint in the output folder (the default)");
   train_cmd->add_flag("--no-resume", no_resume, "Start afresh even if the output folder has checkpoints")
       ->excludes("--resume");
+  train_cmd->add_flag("--force-resume", train.force_resume,
+                      "Resume even from a checkpoint written by another job (another job.name, "
+                      "seed or model shapes); refused otherwise")
+      ->excludes("--no-resume");
   train_cmd->add_option("--max-restarts", train.max_restarts,
                         "With --workers N: start the job again from its last checkpoint after a "
                         "worker failed, at most this often; with --elastic or --strategy ps: start "
@@ -119,6 +127,11 @@ int main(int argc, char** argv) {
                         "With --elastic or --strategy ps: stop the job once fewer workers run "
                         "(default: train.min_workers, else N; ps: 1)")
       ->check(CLI::Range(int64_t{1}, int64_t{INT_MAX}));
+  bool insecure = false;
+  train_cmd->add_flag("--insecure", insecure,
+                      "Run a job started by another launcher (mpirun, srun, by hand) without "
+                      "DTRAIN_JOB_SECRET, on purpose: frames are not authenticated (same as "
+                      "DTRAIN_INSECURE=1; every rank warns)");
   train_cmd->add_option("--progress", train.progress, "auto | bar | plain | none")
       ->check(CLI::IsMember({"auto", "bar", "plain", "none"}));
 
@@ -156,6 +169,7 @@ int main(int argc, char** argv) {
       if (resume || no_resume) train.resume = resume;
       if (elastic) train.elastic = true;
       train.environment = dtrain::cli::current_environment();
+      if (insecure) train.environment["DTRAIN_INSECURE"] = "1";
       train.argv.assign(argv, argv + argc);
       train.argv[0] = dtrain::cli::self_executable();
       if (train.progress == "auto") train.progress = isatty(STDOUT_FILENO) ? "bar" : "plain";

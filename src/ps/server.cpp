@@ -545,8 +545,25 @@ void Server::Impl::serve_parked(Clock::time_point now) {
   }
 }
 
+namespace {
+
+// Refuses an update holding NaN or Inf from anyone: one such value would
+// poison every parameter it touches. (A non-finite learning rate does not
+// decode at all: decode_message.)
+void check_finite_update(const Message& m) {
+  for (size_t i = 0; i < m.floats.size(); ++i) {
+    if (!std::isfinite(m.floats[i])) {
+      throw Refusal(fmt::format("{} from worker {}: value {} of {} is {}; nothing applied",
+                                to_string(m.kind), m.worker, i, m.floats.size(), m.floats[i]));
+    }
+  }
+}
+
+}  // namespace
+
 void Server::Impl::on_push(const std::string& identity, Message& m) {
   if (!initialised_) throw Refusal("push before init: the server holds no parameters yet");
+  check_finite_update(m);
   if (static_cast<int64_t>(m.floats.size()) != dense_->numel()) {
     throw Refusal(fmt::format("gradient has {} floats; server {} holds {} (range [{}, {}))",
                               m.floats.size(), options_.server, dense_->numel(),
@@ -619,6 +636,7 @@ void Server::Impl::on_pull_rows(const std::string& identity, const Message& m) {
 
 void Server::Impl::on_push_rows(const std::string& identity, Message& m) {
   SparseTable& table = table_for(m, 1);
+  check_finite_update(m);
   Message r;
   r.reply_to = Kind::kPushRows;
   r.request_id = m.request_id;

@@ -97,6 +97,10 @@ class AllReduceSpec final : public StrategySpec {
   bool multi_process(const JobFacts& job) const override {
     return job.launched || job.workers > 1;
   }
+  // The mpi backend speaks MPI only (its fabric's own security applies).
+  bool uses_own_wire(const JobFacts& job) const override {
+    return job.launched && o_.backend != "mpi";
+  }
 
   std::unique_ptr<Strategy> build(const BuildContext& c) const override {
     const comm::LaunchInfo& launch = *c.launch;

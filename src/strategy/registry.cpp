@@ -53,6 +53,8 @@ int64_t StrategySpec::workers(const JobFacts& job) const {
   return job.launched ? job.launched_world_size : job.workers;
 }
 
+bool StrategySpec::uses_own_wire(const JobFacts& job) const { return job.launched; }
+
 ProcessRole StrategySpec::role(const JobFacts& /*job*/, const comm::LaunchInfo& launch) const {
   ProcessRole r;
   r.index = launch.rank;

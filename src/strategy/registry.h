@@ -137,6 +137,11 @@ class StrategySpec {
   virtual int64_t workers(const JobFacts& job) const;
   // This process's role: by default worker `rank`, the chief being rank 0.
   virtual ProcessRole role(const JobFacts& job, const comm::LaunchInfo& launch) const;
+  // Whether this process exchanges dtrain's own frames with the job's other
+  // processes (then they must be authenticated: a job secret, or --insecure
+  // on purpose). By default: whenever the job was launched as several
+  // processes.
+  virtual bool uses_own_wire(const JobFacts& job) const;
   // A worker's strategy.
   virtual std::unique_ptr<Strategy> build(const BuildContext& context) const = 0;
   // A server process: serves until the job ends, returns its exit code.

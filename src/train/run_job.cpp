@@ -253,10 +253,39 @@ std::string strategy_help() {
   return text;
 }
 
+namespace {
+
+// A process of a launched job that speaks dtrain's wire needs a job secret,
+// or --insecure on purpose (then it says so on every rank).
+void check_job_secret(const strategy::StrategySpec& spec, const strategy::JobFacts& facts,
+                      const comm::LaunchInfo& launch, Logger& logger) {
+  if (!spec.uses_own_wire(facts) || !launch.settings.job_secret.empty()) return;
+  if (launch.settings.insecure) {
+    logger.warn("rank {} of {}: running WITHOUT a job secret (--insecure or DTRAIN_INSECURE=1): "
+                "anyone who can reach this job's ports can join it as a rank, stop it or send "
+                "it updates; use this on a trusted network only",
+                launch.rank, launch.world_size);
+    return;
+  }
+  throw ConfigError(fmt::format(
+      "rank {} of {} (started by {}) has no job secret: the frames of a multi-process job are "
+      "authenticated with DTRAIN_JOB_SECRET, and without one anyone who can reach the job's "
+      "ports can join it as a rank, stop it or poison its model. Make one and give the same to "
+      "every rank, e.g. `export DTRAIN_JOB_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d "
+      "' \\n')`, then `mpirun -x DTRAIN_JOB_SECRET ...` (OpenMPI) or `srun ...` (Slurm passes "
+      "the environment on; with --export, name DTRAIN_JOB_SECRET in it). To run without one on "
+      "purpose, on a trusted network, pass --insecure to every rank or set DTRAIN_INSECURE=1. "
+      "(`dtrain train --workers N` makes a secret itself.)",
+      launch.rank, launch.world_size, launch.source));
+}
+
+}  // namespace
+
 int run_job(const JobConfig& job, const comm::LaunchInfo& launch, const RunOptions& options) {
   Logger& base = options.logger != nullptr ? *options.logger : Logger::stderr_logger();
   const strategy::JobFacts facts = job_facts(job, launch);
   const auto spec = job_strategy(job, facts, base);
+  check_job_secret(*spec, facts, launch, base);
   slowdown_for(job, 0, spec->workers(facts));  // every entry names a worker
   openblas_set_num_threads(static_cast<int>(std::max<int64_t>(1, job.train.threads)));
   const strategy::ProcessRole role = spec->role(facts, launch);

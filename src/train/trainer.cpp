@@ -143,7 +143,8 @@ bool Trainer::resume(Position& position, const RunPlan& plan, const data::Tensor
   std::optional<io::CheckpointDirectory::Found> found = dir.load_latest(options);
   if (!found) {
     if (had_checkpoints) {
-      report(fmt::format("no valid checkpoint in {} (refused ones are in {}/{}): starting afresh",
+      report(fmt::format("no valid checkpoint in {} (refused ones are in {}/{}): starting afresh "
+                         "(one of another job is taken with --force-resume)",
                          job_.output, job_.output, io::kRejectedFolder));
     }
     return false;

@@ -202,24 +202,136 @@ TEST(DtrainCli, UnderMpirun) {
   write_file(dir.file("job.toml"), kBlobsJob);
   CliRun one = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("one")});
   ASSERT_TRUE(one.status.ok()) << one.output;
-  for (const char* backend : {"native", "mpi"}) {
-    // The mpi backend needs no coordinator.
-    const std::string coordinator = std::string(backend) == "mpi"
-                                        ? "OPENBLAS_NUM_THREADS=1"
-                                        : "DTRAIN_COORDINATOR=127.0.0.1:" + std::to_string(free_port());
-    const std::string out = dir.file(std::string("mpi-") + backend);
+  // native: dtrain's own collectives, authenticated with the job secret;
+  // insecure: the same without a secret, on purpose (--insecure); mpi: MPI
+  // only, which needs neither a secret nor a coordinator.
+  for (const std::string variant : {"native", "insecure", "mpi"}) {
+    const std::string backend = variant == "mpi" ? "mpi" : "native";
+    std::vector<std::string> argv = {"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1", "/usr/bin/mpirun",
+                                     "-np", "2", "--oversubscribe", "-x", "OPENBLAS_NUM_THREADS=1"};
+    if (backend == "native") {
+      argv.insert(argv.end(), {"-x", "DTRAIN_COORDINATOR=127.0.0.1:" + std::to_string(free_port())});
+    }
+    if (variant == "native") argv.insert(argv.end(), {"-x", "DTRAIN_JOB_SECRET=mpirun-test-secret"});
+    const std::string out = dir.file("mpi-" + variant);
+    argv.insert(argv.end(), {DTRAIN_BINARY, "train", dir.file("job.toml"), "--output", out, "--set",
+                             "distributed.backend=\"" + backend + "\""});
+    if (variant == "insecure") argv.push_back("--insecure");
     testing::ChildProcess child = testing::ChildProcess::spawn(
-        {"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1", "/usr/bin/mpirun", "-np", "2", "--oversubscribe",
-         "-x", coordinator, "-x", "OPENBLAS_NUM_THREADS=1", DTRAIN_BINARY, "train", dir.file("job.toml"),
-         "--output", out, "--set", std::string("distributed.backend=\"") + backend + "\""},
-        {{"OMPI_ALLOW_RUN_AS_ROOT", "1"}, {"OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"},
-         {"ASAN_OPTIONS", "detect_leaks=0"}});
+        argv, {{"OMPI_ALLOW_RUN_AS_ROOT", "1"}, {"OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"},
+               {"ASAN_OPTIONS", "detect_leaks=0"}});
     auto status = child.wait(Deadline::after(std::chrono::seconds(240)));
-    ASSERT_TRUE(status && status->ok()) << backend << ": " << child.output();
+    ASSERT_TRUE(status && status->ok()) << variant << ": " << child.output();
+    for (const char* rank : {"rank 0 of 2", "rank 1 of 2"}) {
+      EXPECT_EQ(child.output().find(std::string(rank) + ": running WITHOUT a job secret") !=
+                    std::string::npos,
+                variant == "insecure")
+          << variant << ": " << child.output();
+    }
     EXPECT_NE(child.output().find("strategy allreduce with 2 workers"), std::string::npos) << child.output();
     EXPECT_LT(max_relative_difference(dir.file("one/model.safetensors"), out + "/model.safetensors"), 1e-4)
         << backend;
   }
+}
+
+// Issue #18 item 4: a process of a job started by another launcher (mpirun,
+// srun, by hand) without DTRAIN_JOB_SECRET would accept frames from anyone;
+// it refuses to start and says how to make and pass a secret.
+TEST(DtrainCli, AHandLaunchedJobWithoutASecretIsRefused) {
+  testing::TempDir dir;
+  write_file(dir.file("job.toml"), kBlobsJob);
+  CliRun run = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("out"), "--rank", "1",
+                           "--world-size", "2", "--coordinator", "127.0.0.1:1"});
+  EXPECT_EQ(run.status.code, 2) << run.output;
+  for (const char* part : {"rank 1 of 2 (started by --rank/--world-size) has no job secret",
+                           "mpirun -x DTRAIN_JOB_SECRET", "srun", "--insecure"}) {
+    EXPECT_NE(run.output.find(part), std::string::npos) << part << "\n" << run.output;
+  }
+}
+
+// Issue #18 item 6: a second job on the output folder of a running one stops
+// at once naming the first; once the first is gone (even killed), the folder
+// is free again.
+TEST(DtrainCli, TwoJobsCannotShareAnOutputFolder) {
+  testing::TempDir dir;
+  write_file(dir.file("job.toml"), kBlobsJob);
+  testing::ChildProcess first = testing::ChildProcess::spawn(
+      {"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1", DTRAIN_BINARY, "train", dir.file("job.toml"),
+       "--output", dir.file("out"), "--workers", "2", "--set", "train.epochs=100000"},
+      {{"OPENBLAS_NUM_THREADS", "1"}});
+  const Deadline deadline = Deadline::after(std::chrono::seconds(120));
+  while (first.output().find("[rank 0] epoch 1 ") == std::string::npos && !deadline.expired()) {
+    first.read_some(1000);
+  }
+  ASSERT_NE(first.output().find("[rank 0] epoch 1 "), std::string::npos) << first.output();
+  CliRun second = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("out")});
+  EXPECT_EQ(second.status.code, 2) << second.output;
+  EXPECT_NE(second.output.find("is in use by another dtrain run: pid " +
+                               std::to_string(first.pid()) + " on host "),
+            std::string::npos)
+      << second.output;
+  first.signal(SIGKILL);  // the launcher dies without releasing the lock
+  ASSERT_TRUE(first.wait(Deadline::after(std::chrono::seconds(60))).has_value());
+  CliRun third = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("out")});
+  EXPECT_TRUE(third.status.ok()) << third.output;
+  EXPECT_NE(third.output.find("is no longer running and did not release it (killed or crashed); "
+                              "taking the folder over"),
+            std::string::npos)
+      << third.output;
+}
+
+// Issue #18 item 9: a checkpoint of another job is set aside, saying how to
+// force it; --force-resume resumes from it with a warning.
+TEST(DtrainCli, ForceResumeTakesACheckpointOfAnotherJob) {
+  testing::TempDir dir;
+  write_file(dir.file("job.toml"), kBlobsJob);
+  CliRun first = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("out"), "--set",
+                             "train.epochs=1", "--set", "train.checkpoint_every_steps=1"});
+  ASSERT_TRUE(first.status.ok()) << first.output;
+  CliRun forced = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("out"), "--set",
+                              "train.epochs=2", "--set", "job.name=\"other\"", "--force-resume"});
+  EXPECT_TRUE(forced.status.ok()) << forced.output;
+  EXPECT_NE(forced.output.find("written by job 'blobs', this job is 'other'; using it anyway (the "
+                               "identity check is forced)"),
+            std::string::npos)
+      << forced.output;
+  EXPECT_NE(forced.output.find("resumed from "), std::string::npos) << forced.output;
+  CliRun refused = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("out"), "--set",
+                               "train.epochs=3", "--set", "job.name=\"third\""});
+  EXPECT_TRUE(refused.status.ok()) << refused.output;
+  EXPECT_NE(refused.output.find("this job is 'third'; moved it to "), std::string::npos)
+      << refused.output;
+  EXPECT_NE(refused.output.find("starting afresh (one of another job is taken with "
+                                "--force-resume)"),
+            std::string::npos)
+      << refused.output;
+}
+
+// Issue #18 item 10: --workers is capped by what the machine can run;
+// usage errors exit 2.
+TEST(DtrainCli, TooManyWorkersAndUsageErrorsExit2) {
+  testing::TempDir dir;
+  write_file(dir.file("job.toml"), kBlobsJob);
+  CliRun many = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("out"), "--workers",
+                            "100000"});
+  EXPECT_EQ(many.status.code, 2) << many.output;
+  EXPECT_NE(many.output.find("--workers 100000 would start 100000 processes on this machine, more "
+                             "than it can run: the cap is "),
+            std::string::npos)
+      << many.output;
+  CliRun capped = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("out"),
+                              "--workers", "3", "--max-local-workers", "2"});
+  EXPECT_EQ(capped.status.code, 2) << capped.output;
+  EXPECT_NE(capped.output.find("the cap is 2 (--max-local-workers)"), std::string::npos)
+      << capped.output;
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"train", dir.file("job.toml"), "--bogus"},
+        std::vector<std::string>{"train"}, std::vector<std::string>{"nonsense"},
+        std::vector<std::string>{"train", dir.file("job.toml"), "--workers", "many"}}) {
+    CliRun run = run_dtrain(args);
+    EXPECT_EQ(run.status.code, 2) << args.back() << ": " << run.output;
+  }
+  EXPECT_EQ(run_dtrain({"--help"}).status.code, 0);
 }
 
 TEST(DtrainCli, AKilledWorkerEndsTheJobWithItsName) {

@@ -82,12 +82,12 @@ TEST(ElasticLaunch, FewerThanMinWorkersStopsTheJobNamingTheLostSlots) {
   const LaunchResult result = run.launch();
   EXPECT_EQ(result.exit_code, 1);
   ASSERT_EQ(result.first_failed_rank, 1);
-  EXPECT_NE(run.log.find("2 worker(s) left, fewer than min_workers = 3: stopping the elastic job "
+  EXPECT_NE(run.log.find("2 worker(s) left, fewer than min_workers = 3: stopping the job "
                          "(lost: slot 1 (pid "),
             std::string::npos)
       << run.log;
   ASSERT_EQ(run.stopping.size(), 1u);
-  EXPECT_NE(run.stopping[0].find("too few workers after slot 1 failed"), std::string::npos);
+  EXPECT_NE(run.stopping[0].find("too few workers after worker slot 1 failed"), std::string::npos);
   EXPECT_EQ(result.workers.size(), 3u);
 }
 

@@ -503,7 +503,7 @@ TEST(Launcher, MinWorkersCountsOnlyTheWorkerSlots) {
   const LaunchResult result = run.launch();
   EXPECT_EQ(result.exit_code, 4);
   EXPECT_TRUE(contains_line(run.log, "exited with code 4; 1 worker(s) left, fewer than "
-                                     "min_workers = 2: stopping the elastic job (lost: worker 1 "
+                                     "min_workers = 2: stopping the job (lost: worker 1 "
                                      "(pid "))
       << run.log_text();
   expect_all_gone(result);

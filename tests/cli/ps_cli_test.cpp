@@ -263,6 +263,8 @@ TEST(PsCli, UnderMpirunTheFirstRanksAreServers) {
                                     "DTRAIN_COORDINATOR=127.0.0.1:" + std::to_string(free_port()),
                                     "-x",
                                     "OPENBLAS_NUM_THREADS=1",
+                                    "-x",
+                                    "DTRAIN_JOB_SECRET=mpirun-test-secret",
                                     DTRAIN_BINARY,
                                     "train",
                                     dir.file("job.toml"),

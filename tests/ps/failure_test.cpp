@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <limits>
 
 #include "core/crc32c.h"
 #include "core/rng.h"
@@ -101,6 +102,17 @@ TEST(PsBadInput, InvalidRequestsGetAnErrorNamingTheProblemAndChangeNothing) {
   rows.floats = {1, 2, 3};
   EXPECT_EQ(raw.request(rows, 1, 103).error, "table 'emb': 3 floats for 1 keys of dim 2");
 
+  // Non-finite updates from anyone (issue #18 item 4: one spoofed NaN push
+  // poisoned the model) are refused naming the sender.
+  push.floats.assign(8, 0.5f);
+  push.floats[5] = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_EQ(raw.request(push, 1, 106).error,
+            "push from worker 1: value 5 of 8 is nan; nothing applied");
+  // (A non-finite learning rate does not even decode: see PsMessages.)
+  rows.floats = {1, -std::numeric_limits<float>::infinity()};
+  EXPECT_EQ(raw.request(rows, 1, 107).error,
+            "push_rows from worker 1: value 1 of 2 is -inf; nothing applied");
+
   Message stranger = stats_request(7);
   stranger.request_id = 104;
   raw.send(stranger, worker_rank(1, 7));
@@ -116,7 +128,7 @@ TEST(PsBadInput, InvalidRequestsGetAnErrorNamingTheProblemAndChangeNothing) {
   EXPECT_EQ(stats_after.version, stats_before.version);
   EXPECT_EQ(stats_after.pushes_applied, stats_before.pushes_applied);
   EXPECT_EQ(stats_after.sparse_rows, 0u);
-  EXPECT_EQ(stats_after.requests_rejected, stats_before.requests_rejected + 8);
+  EXPECT_EQ(stats_after.requests_rejected, stats_before.requests_rejected + 10);
   EXPECT_TRUE(job.log().contains("ps server 0: rejected push from worker 0: duplicate push"));
   // The valid protocol still works: worker 1's push completes version 0.
   c1->push(grad, 2, 0.1f, 0);
@@ -265,7 +277,7 @@ TEST(PsFailure, AWorkerRestartedAfterPushingIsNotCountedTwiceInAVersion) {
   EXPECT_EQ(c0->stats(0).pushes_applied, 2u);
 }
 
-TEST(PsFailure, RequestsOfADeadWorkerAreRefusedUntilItSaysHelloAgain) {
+TEST(PsFailure, ADeadWorkerThatComesBackIsToldTheJobWentOnWithoutIt) {
   ServerOptions options;
   options.consistency = Consistency::kSync;
   options.heartbeat_timeout = std::chrono::milliseconds(1000);
@@ -280,7 +292,13 @@ TEST(PsFailure, RequestsOfADeadWorkerAreRefusedUntilItSaysHelloAgain) {
   Message pull;
   pull.kind = Kind::kPull;
   pull.worker = 1;
-  EXPECT_EQ(raw.request(pull, 1, 5).error, "worker 1 is dead; send init to rejoin");
+  // A dead worker that comes back (it was stopped past the heartbeat
+  // timeout) learns that the job went on without it: not an error.
+  const Message reply = raw.request(pull, 1, 5);
+  EXPECT_EQ(reply.status, ReplyStatus::kLeftOut);
+  EXPECT_EQ(reply.error,
+            "ps server 0 declared worker 1 dead (silent for more than the heartbeat timeout of "
+            "1000 ms) and the job went on without it; it is at version 1");
 }
 
 TEST(PsFailure, ServerStopsPromptlyAndAnswersParkedPulls) {
