@@ -151,7 +151,7 @@ TEST(ElasticMode, RefusedUnderAnotherLauncher) {
   const JobRun run =
       run_job({"train", tmp.file("job.toml"), "--output", tmp.file("out"), "--elastic", "--rank",
                   "0", "--world-size", "2", "--coordinator", "127.0.0.1:1"},
-                 {});
+                 {{"DTRAIN_JOB_SECRET", "a-secret"}});
   ASSERT_TRUE(run.status.has_value());
   EXPECT_FALSE(run.status->ok()) << run.output;
   EXPECT_NE(run.output.find("use restart mode instead"), std::string::npos) << run.output;
