@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "cli/launcher.h"
-#include "cli/worker_comm.h"
+#include "comm/collectives/connect_worker.h"
 #include "comm/rendezvous/launch_env.h"
 #include "core/rng.h"
 #include "optim/sgd.h"
@@ -102,8 +102,9 @@ int main(int argc, char** argv) {
   std::unique_ptr<comm::Communicator> communicator;
   std::unique_ptr<strategy::Strategy> strat;
   if (launch.world_size > 1) {
-    communicator = cli::connect_worker("train_step_bench", launch, env, std::chrono::seconds(60),
-                                       Logger::stderr_logger());
+    communicator = comm::connect_worker("train_step_bench", launch,
+                                        {std::chrono::seconds(60), std::chrono::seconds(5)},
+                                        Logger::stderr_logger());
     strat = std::make_unique<strategy::AllReduceStrategy>(train::build_model(config, rng),
                                                           make_optimizer, *communicator);
   } else if (workers > 1) {

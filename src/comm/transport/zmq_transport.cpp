@@ -1,5 +1,6 @@
 #include "comm/transport/zmq_transport.h"
 
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -176,7 +177,14 @@ ZmqTransport::~ZmqTransport() {
     }
   }
   io_thread_.request_stop();
+  if (wake_fd_ >= 0) {
+    // Wakes the I/O thread from its poll at once (else it sleeps up to a
+    // heartbeat interval, which every re-formation and exit would wait).
+    const uint64_t one = 1;
+    [[maybe_unused]] const ssize_t n = write(wake_fd_, &one, sizeof one);
+  }
   if (io_thread_.joinable()) io_thread_.join();
+  if (wake_fd_ >= 0) close(wake_fd_);
   for (auto& peer : peers_) {
     if (!peer) continue;
     if (!peer->push_closed) zmq_socket_monitor(peer->push.handle(), nullptr, 0);
@@ -243,6 +251,10 @@ void ZmqTransport::connect(const std::vector<PeerEndpoint>& table) {
     std::fill(last_heard_.begin(), last_heard_.end(), Clock::now());
   }
   connected_ = true;
+  wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (wake_fd_ < 0) {
+    throw CommError(-1, "zmq transport", fmt::format("eventfd: {}", std::strerror(errno)));
+  }
   io_thread_ = std::jthread([this](std::stop_token stop) { run_io(std::move(stop)); });
 }
 
@@ -500,17 +512,24 @@ void ZmqTransport::run_io(std::stop_token stop) {
   while (!stop.stop_requested()) {
     items.assign(1, zmq::pollitem_t{inbound_.handle(), 0, ZMQ_POLLIN, 0});
     item_peer.assign(1, -1);
+    items.push_back(zmq::pollitem_t{nullptr, wake_fd_, ZMQ_POLLIN, 0});  // the destructor's call
+    item_peer.push_back(-1);
     for (size_t p = 0; p < peers_.size(); ++p) {
       if (!peers_[p]) continue;
       items.push_back(zmq::pollitem_t{peers_[p]->monitor.handle(), 0, ZMQ_POLLIN, 0});
       item_peer.push_back(static_cast<int>(p));
     }
-    const auto wait = std::clamp(std::chrono::duration_cast<milliseconds>(next_heartbeat - Clock::now()),
-                                 milliseconds(0), options_.heartbeat_interval);
+    // Wake for the next heartbeat to send, or when a peer's silence reaches
+    // the timeout: a stopped peer is failed on time, not up to an interval late.
+    const auto wait =
+        std::clamp(std::min(std::chrono::duration_cast<milliseconds>(next_heartbeat - Clock::now()),
+                            until_silence_timeout()),
+                   milliseconds(0), options_.heartbeat_interval);
     try {
       zmq::poll(items.data(), items.size(), wait);
       if (items[0].revents & ZMQ_POLLIN) read_inbound();
-      for (size_t i = 1; i < items.size(); ++i) {
+      if (items[1].revents & ZMQ_POLLIN) continue;  // stopping: the loop condition ends it
+      for (size_t i = 2; i < items.size(); ++i) {
         if (items[i].revents & ZMQ_POLLIN) read_monitor(item_peer[i]);
       }
       if (Clock::now() >= next_heartbeat) {
@@ -654,6 +673,18 @@ void ZmqTransport::send_heartbeats() {
       ++peer.next_sequence;
     }
   }
+}
+
+milliseconds ZmqTransport::until_silence_timeout() {
+  std::lock_guard lock(mutex_);
+  auto earliest = Clock::time_point::max();
+  for (size_t p = 0; p < peers_.size(); ++p) {
+    if (!peers_[p] || peer_failure_[p] || said_goodbye_[p]) continue;
+    earliest = std::min(earliest, last_heard_[p] + options_.heartbeat_timeout);
+  }
+  if (earliest == Clock::time_point::max()) return options_.heartbeat_interval;
+  // One millisecond past it: check_liveness() fails a silence longer than the timeout.
+  return std::chrono::duration_cast<milliseconds>(earliest - Clock::now()) + milliseconds(1);
 }
 
 void ZmqTransport::check_liveness() {

@@ -172,6 +172,8 @@ class ZmqTransport final : public Transport {
   void read_monitor(int peer_rank);
   void send_heartbeats();
   void check_liveness();
+  // How long until the first live peer's silence reaches the timeout.
+  std::chrono::milliseconds until_silence_timeout();
   void fail_peer(int peer_rank, const std::string& problem);
   // Fails the whole transport naming `culprit` (later calls keep the first
   // failure) and tells the listener.
@@ -209,6 +211,7 @@ class ZmqTransport final : public Transport {
   bool listener_told_ = false;  // guarded by listener_mutex_
 
   std::unique_ptr<RendezvousServer> coordinator_;
+  int wake_fd_ = -1;        // eventfd: the destructor wakes the I/O thread's poll
   std::jthread io_thread_;  // last: stopped and joined before the members above go
 };
 
