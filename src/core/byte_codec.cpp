@@ -11,11 +11,28 @@ namespace {
 
 constexpr bool kLittleEndianHost = std::endian::native == std::endian::little;
 
-size_t prefix_bytes(LengthPrefix prefix) { return prefix == LengthPrefix::kU16 ? 2 : 4; }
+size_t prefix_bytes(LengthPrefix prefix) {
+  switch (prefix) {
+    case LengthPrefix::kU16:
+      return 2;
+    case LengthPrefix::kU32:
+      return 4;
+    case LengthPrefix::kU64:
+      return 8;
+  }
+  return 0;
+}
 
-size_t prefix_max(LengthPrefix prefix) {
-  return prefix == LengthPrefix::kU16 ? std::numeric_limits<uint16_t>::max()
-                                      : std::numeric_limits<uint32_t>::max();
+uint64_t prefix_max(LengthPrefix prefix) {
+  switch (prefix) {
+    case LengthPrefix::kU16:
+      return std::numeric_limits<uint16_t>::max();
+    case LengthPrefix::kU32:
+      return std::numeric_limits<uint32_t>::max();
+    case LengthPrefix::kU64:
+      return std::numeric_limits<uint64_t>::max();
+  }
+  return 0;
 }
 
 // Appends `count` elements of T (an unsigned integer or a float of the same
@@ -39,13 +56,14 @@ void append_elements(std::vector<std::byte>& out, std::span<const T> values) {
   }
 }
 
+// Fills `values` from `bytes` (exactly values.size_bytes() of them), each
+// element little-endian: one copy on little-endian hosts.
 template <typename Bits, typename T>
-std::vector<T> copy_elements(std::span<const std::byte> bytes) {
+void copy_elements_into(std::span<const std::byte> bytes, std::span<T> values) {
   static_assert(sizeof(Bits) == sizeof(T));
-  std::vector<T> values(bytes.size() / sizeof(T));
-  if (values.empty()) return values;
+  if (values.empty()) return;
   if constexpr (kLittleEndianHost) {
-    std::memcpy(values.data(), bytes.data(), bytes.size());
+    std::memcpy(values.data(), bytes.data(), values.size_bytes());
   } else {
     for (size_t i = 0; i < values.size(); ++i) {
       uint64_t bits = 0;
@@ -55,6 +73,12 @@ std::vector<T> copy_elements(std::span<const std::byte> bytes) {
       values[i] = std::bit_cast<T>(static_cast<Bits>(bits));
     }
   }
+}
+
+template <typename Bits, typename T>
+std::vector<T> copy_elements(std::span<const std::byte> bytes) {
+  std::vector<T> values(bytes.size() / sizeof(T));
+  copy_elements_into<Bits, T>(bytes, std::span<T>(values));
   return values;
 }
 
@@ -87,10 +111,16 @@ void ByteWriter::write_u64_array_counted(std::span<const uint64_t> values) {
 void ByteWriter::write_length(size_t length, LengthPrefix prefix, std::string_view what) {
   DTRAIN_CHECK(length <= prefix_max(prefix), "a {} of {} bytes does not fit a {}-byte length", what,
                length, prefix_bytes(prefix));
-  if (prefix == LengthPrefix::kU16) {
-    write_u16(static_cast<uint16_t>(length));
-  } else {
-    write_u32(static_cast<uint32_t>(length));
+  switch (prefix) {
+    case LengthPrefix::kU16:
+      write_u16(static_cast<uint16_t>(length));
+      break;
+    case LengthPrefix::kU32:
+      write_u32(static_cast<uint32_t>(length));
+      break;
+    case LengthPrefix::kU64:
+      write_u64(length);
+      break;
   }
 }
 
@@ -102,6 +132,14 @@ void ByteWriter::write_string(std::string_view text, LengthPrefix prefix) {
 void ByteWriter::write_blob(std::span<const std::byte> blob, LengthPrefix prefix) {
   write_length(blob.size(), prefix, "blob");
   write_bytes(blob);
+}
+
+void ByteWriter::overwrite_u64(size_t offset, uint64_t value) {
+  DTRAIN_CHECK(offset <= bytes_.size() && bytes_.size() - offset >= sizeof(value),
+               "overwriting 8 bytes at offset {} of {} written", offset, bytes_.size());
+  for (size_t i = 0; i < sizeof(value); ++i) {
+    bytes_[offset + i] = static_cast<std::byte>(value >> (8 * i));
+  }
 }
 
 // ---------------------------------------------------------------- reader
@@ -176,6 +214,11 @@ std::vector<uint64_t> ByteReader::read_u64_array(uint64_t count, std::string_vie
   return copy_elements<uint64_t, uint64_t>(read_bytes(count * sizeof(uint64_t), field));
 }
 
+void ByteReader::read_f32_array_into(std::span<float> out, std::string_view field) {
+  need_elements(out.size(), sizeof(float), field);
+  copy_elements_into<uint32_t, float>(read_bytes(out.size_bytes(), field), out);
+}
+
 std::vector<float> ByteReader::read_f32_array_counted(std::string_view field) {
   return read_f32_array(read_count(sizeof(float), field), field);
 }
@@ -186,13 +229,24 @@ std::vector<uint64_t> ByteReader::read_u64_array_counted(std::string_view field)
 
 size_t ByteReader::read_length(std::string_view field, size_t max_bytes, LengthPrefix prefix) {
   const size_t at = offset_;
-  const size_t length = prefix == LengthPrefix::kU16 ? read_u16(field) : read_u32(field);
+  uint64_t length = 0;
+  switch (prefix) {
+    case LengthPrefix::kU16:
+      length = read_u16(field);
+      break;
+    case LengthPrefix::kU32:
+      length = read_u32(field);
+      break;
+    case LengthPrefix::kU64:
+      length = read_u64(field);
+      break;
+  }
   if (length > max_bytes) {
     throw DataError(
         fmt::format("{}: field '{}' at offset {} is {} bytes, more than the limit of {}", context_,
                     field, at, length, max_bytes));
   }
-  return length;
+  return static_cast<size_t>(length);
 }
 
 std::string ByteReader::read_string(std::string_view field, size_t max_bytes, LengthPrefix prefix) {

@@ -1,6 +1,7 @@
 // The byte codec of dtrain: every binary layout dtrain writes or reads (the
-// wire header, rendezvous and parameter-server payloads, safetensors' length
-// field, IDX files) goes through ByteWriter and ByteReader.
+// wire header, rendezvous and parameter-server payloads, the elastic state
+// rank 0 sends, checkpoint files, safetensors' length field, IDX files) goes
+// through ByteWriter and ByteReader.
 //
 // Byte order: little-endian, always, whatever the host. The one exception is
 // ByteReader::read_u32_be, for file formats that mandate big-endian (IDX,
@@ -9,7 +10,8 @@
 // ByteWriter appends fixed-width integers and floats, raw bytes, arrays of
 // floats or u64 (bulk copies on little-endian hosts) and length-prefixed
 // strings; the caller knows its limits (a string longer than its prefix can
-// count is an InternalError, a bug of the writer).
+// count is an InternalError, a bug of the writer). A length known only at the
+// end (a checkpoint's body) is written as a placeholder and overwritten.
 //
 // ByteReader reads the same over untrusted bytes (a std::span it does not
 // own: the bytes must outlive the reader). Every read is bounds-checked; a
@@ -39,7 +41,7 @@
 namespace dtrain {
 
 // How a string or blob announces its length.
-enum class LengthPrefix { kU16, kU32 };
+enum class LengthPrefix { kU16, kU32, kU64 };
 
 class ByteWriter {
  public:
@@ -67,6 +69,9 @@ class ByteWriter {
   // the prefix can count (65535 for kU16).
   void write_string(std::string_view text, LengthPrefix prefix = LengthPrefix::kU32);
   void write_blob(std::span<const std::byte> blob, LengthPrefix prefix = LengthPrefix::kU32);
+  // Replaces the 8 bytes at `offset` (written before, as a placeholder) with
+  // `value`. InternalError when they were not written.
+  void overwrite_u64(size_t offset, uint64_t value);
 
   size_t size() const { return bytes_.size(); }
   std::span<const std::byte> bytes() const { return bytes_; }
@@ -111,6 +116,8 @@ class ByteReader {
   // `count` elements (each little-endian).
   std::vector<float> read_f32_array(uint64_t count, std::string_view field);
   std::vector<uint64_t> read_u64_array(uint64_t count, std::string_view field);
+  // `out.size()` elements into `out` (a tensor's storage: no second copy).
+  void read_f32_array_into(std::span<float> out, std::string_view field);
   // read_count, then the elements.
   std::vector<float> read_f32_array_counted(std::string_view field);
   std::vector<uint64_t> read_u64_array_counted(std::string_view field);

@@ -3,162 +3,168 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <bit>
 #include <charconv>
-#include <cstring>
 #include <limits>
+#include <span>
 
+#include "core/byte_codec.h"
 #include "core/crc32c.h"
 #include "io/atomic_file.h"
 
 namespace dtrain::io {
 
-static_assert(std::endian::native == std::endian::little,
-              "the checkpoint format is little-endian; this build copies values as they lie");
-
 namespace {
 
 constexpr std::string_view kMagic = "DTRNCKPT";
 constexpr size_t kFrameHeaderBytes = 24;  // magic, version, flags, body length
-constexpr size_t kTrailerBytes = 4;       // CRC-32C
+constexpr size_t kBodyLengthOffset = 16;
+constexpr size_t kTrailerBytes = 4;  // CRC-32C
 constexpr std::string_view kFilePrefix = "ckpt-";
 constexpr std::string_view kFileSuffix = ".dtc";
+// A string's length is a u32; what is left of the body bounds it.
+constexpr size_t kMaxStringBytes = std::numeric_limits<uint32_t>::max();
 
-// Appends little-endian fields to a byte string.
-class Writer {
+std::span<const std::byte> as_byte_span(std::string_view text) {
+  return std::as_bytes(std::span(text.data(), text.size()));
+}
+
+void write_string(ByteWriter& w, std::string_view s) {
+  if (s.size() > kMaxStringBytes) {
+    throw UsageError(fmt::format("checkpoint: a name or value of {} bytes is too long", s.size()));
+  }
+  w.write_string(s, LengthPrefix::kU32);
+}
+
+void write_metadata(ByteWriter& w, const std::map<std::string, std::string>& metadata) {
+  w.write_u32(static_cast<uint32_t>(metadata.size()));
+  for (const auto& [key, value] : metadata) {
+    write_string(w, key);
+    write_string(w, value);
+  }
+}
+
+// The whole file: frame header, body, CRC-32C.
+std::vector<std::byte> encode_file(const Checkpoint& checkpoint) {
+  ByteWriter w;
+  w.write_bytes(as_byte_span(kMagic));
+  w.write_u32(kCheckpointFormatVersion);
+  w.write_u32(0);  // flags
+  w.write_u64(0);  // body length, set below
+  w.write_i64(checkpoint.step);
+  w.write_i64(checkpoint.epoch);
+  write_metadata(w, checkpoint.metadata);
+  w.write_u32(static_cast<uint32_t>(checkpoint.sections.size()));
+  for (const auto& [name, dict] : checkpoint.sections) {
+    write_string(w, name);
+    write_metadata(w, dict.metadata());
+    w.write_u32(static_cast<uint32_t>(dict.size()));
+    for (const auto& [tensor_name, tensor] : dict) {
+      write_string(w, tensor_name);
+      w.write_u32(static_cast<uint32_t>(tensor.dim()));
+      for (const int64_t extent : tensor.shape()) w.write_i64(extent);
+      w.write_f32_array(tensor.span());
+    }
+  }
+  w.overwrite_u64(kBodyLengthOffset, w.size() - kFrameHeaderBytes);
+  w.write_u32(crc32c(w.bytes().data(), w.size()));
+  return w.take();
+}
+
+// Reads the body; a field that runs past its end is a DataError "malformed
+// body: field '...' needs N bytes at offset O, only L left" (offsets count
+// from the body's first byte), which decode_body labels with the path and step.
+class BodyReader {
  public:
-  explicit Writer(std::string& out) : out_(out) {}
-  template <typename T>
-  void put(T value) {
-    out_.append(reinterpret_cast<const char*>(&value), sizeof(value));
-  }
-  void put_string(std::string_view s) {
-    if (s.size() > std::numeric_limits<uint32_t>::max()) {
-      throw UsageError(
-          fmt::format("checkpoint: a name or value of {} bytes is too long", s.size()));
-    }
-    put<uint32_t>(static_cast<uint32_t>(s.size()));
-    out_ += s;
-  }
-  void put_metadata(const std::map<std::string, std::string>& metadata) {
-    put<uint32_t>(static_cast<uint32_t>(metadata.size()));
-    for (const auto& [key, value] : metadata) {
-      put_string(key);
-      put_string(value);
-    }
-  }
+  // `body` and `path` are decode_checkpoint's, alive for the whole decode.
+  BodyReader(std::span<const std::byte> body, const std::string& path)
+      : in_(body, "malformed body"), path_(path) {}
 
- private:
-  std::string& out_;
-};
+  ByteReader& in() { return in_; }
+  void set_step(int64_t step) { step_ = step; }
+  int64_t step() const { return step_; }
 
-// Reads little-endian fields from the body, refusing to run past its end.
-class Reader {
- public:
-  Reader(std::string_view body, const std::string& path, int64_t step)
-      : body_(body), path_(path), step_(step) {}
-
-  void need(uint64_t bytes, std::string_view what) const {
-    if (bytes > body_.size() - pos_) {
-      throw CheckpointError(path_, step_,
-                            fmt::format("malformed body: {} at body offset {} needs {} bytes, "
-                                        "{} are left",
-                                        what, pos_, bytes, body_.size() - pos_));
-    }
+  std::string read_string(std::string_view field) {
+    return in_.read_string(field, kMaxStringBytes, LengthPrefix::kU32);
   }
-  template <typename T>
-  T get(std::string_view what) {
-    need(sizeof(T), what);
-    T value;
-    std::memcpy(&value, body_.data() + pos_, sizeof(T));
-    pos_ += sizeof(T);
-    return value;
-  }
-  std::string get_string(std::string_view what) {
-    const auto size = get<uint32_t>(what);
-    need(size, what);
-    std::string s(body_.substr(pos_, size));
-    pos_ += size;
-    return s;
-  }
-  void get_metadata(std::map<std::string, std::string>& out, std::string_view what) {
-    const auto count = get<uint32_t>(what);
+  void read_metadata(std::map<std::string, std::string>& out, std::string_view field) {
+    const uint32_t count = in_.read_u32(field);
     for (uint32_t i = 0; i < count; ++i) {
-      std::string key = get_string(what);
-      out[std::move(key)] = get_string(what);
+      std::string key = read_string(field);
+      out[std::move(key)] = read_string(field);
     }
   }
-  void get_bytes(void* dst, uint64_t bytes, std::string_view what) {
-    need(bytes, what);
-    std::memcpy(dst, body_.data() + pos_, bytes);
-    pos_ += bytes;
-  }
-  size_t left() const { return body_.size() - pos_; }
-  size_t pos() const { return pos_; }
   [[noreturn]] void fail(const std::string& problem) const {
     throw CheckpointError(path_, step_, "malformed body: " + problem);
   }
 
  private:
-  std::string_view body_;
-  size_t pos_ = 0;
+  ByteReader in_;
   const std::string& path_;
-  int64_t step_;
+  int64_t step_ = -1;  // unknown until read
 };
 
-Tensor read_tensor(Reader& in, const std::string& section, const std::string& name) {
+Tensor read_tensor(BodyReader& body, const std::string& section, const std::string& name) {
+  ByteReader& in = body.in();
   const std::string what = fmt::format("section '{}' tensor '{}'", section, name);
-  const auto ndim = in.get<uint32_t>(what);
-  in.need(static_cast<uint64_t>(ndim) * sizeof(int64_t), what + " shape");
+  const uint32_t ndim = in.read_u32(what);
+  in.need_elements(ndim, sizeof(int64_t), what + " shape");
   Shape shape;
   uint64_t numel = 1;
   for (uint32_t d = 0; d < ndim; ++d) {
-    const auto extent = in.get<int64_t>(what);
-    if (extent < 0) in.fail(fmt::format("{}: negative extent {}", what, extent));
+    const int64_t extent = in.read_i64(what);
+    if (extent < 0) body.fail(fmt::format("{}: negative extent {}", what, extent));
     shape.push_back(extent);
     const auto e = static_cast<uint64_t>(extent);
-    // Saturate: any product beyond the body size fails need() below.
-    numel =
-        (e != 0 && numel > in.left() / e) ? std::numeric_limits<uint64_t>::max() / 8 : numel * e;
+    // Saturate: any product beyond the body size fails need_elements below.
+    numel = (e != 0 && numel > in.remaining() / e) ? std::numeric_limits<uint64_t>::max() / 8
+                                                   : numel * e;
   }
-  in.need(numel * sizeof(float), what + " data");
+  in.need_elements(numel, sizeof(float), what + " data");
   Tensor tensor = Tensor::empty(shape);
-  in.get_bytes(tensor.data(), numel * sizeof(float), what + " data");
+  in.read_f32_array_into(tensor.span(), what + " data");
   return tensor;
 }
 
-Checkpoint decode_body(std::string_view body, const std::string& path) {
+Checkpoint decode_sections(BodyReader& body) {
+  ByteReader& in = body.in();
   Checkpoint checkpoint;
-  int64_t step = -1;
-  if (body.size() >= sizeof(int64_t)) std::memcpy(&step, body.data(), sizeof(step));
-  Reader in(body, path, step);
-  checkpoint.step = in.get<int64_t>("step");
-  checkpoint.epoch = in.get<int64_t>("epoch");
-  if (checkpoint.step < 0) in.fail(fmt::format("step {} is negative", checkpoint.step));
-  if (checkpoint.epoch < 0) in.fail(fmt::format("epoch {} is negative", checkpoint.epoch));
-  in.get_metadata(checkpoint.metadata, "checkpoint metadata");
-  const auto sections = in.get<uint32_t>("section count");
+  checkpoint.step = in.read_i64("step");
+  body.set_step(checkpoint.step);
+  checkpoint.epoch = in.read_i64("epoch");
+  if (checkpoint.step < 0) body.fail(fmt::format("step {} is negative", checkpoint.step));
+  if (checkpoint.epoch < 0) body.fail(fmt::format("epoch {} is negative", checkpoint.epoch));
+  body.read_metadata(checkpoint.metadata, "checkpoint metadata");
+  const uint32_t sections = in.read_u32("section count");
   for (uint32_t s = 0; s < sections; ++s) {
-    std::string name = in.get_string("section name");
-    if (checkpoint.has_section(name)) in.fail(fmt::format("section '{}' appears twice", name));
+    std::string name = body.read_string("section name");
+    if (checkpoint.has_section(name)) body.fail(fmt::format("section '{}' appears twice", name));
     StateDict dict;
-    in.get_metadata(dict.metadata(), fmt::format("section '{}' metadata", name));
-    const auto tensors = in.get<uint32_t>(fmt::format("section '{}' tensor count", name));
+    body.read_metadata(dict.metadata(), fmt::format("section '{}' metadata", name));
+    const uint32_t tensors = in.read_u32(fmt::format("section '{}' tensor count", name));
     for (uint32_t t = 0; t < tensors; ++t) {
-      std::string tensor_name = in.get_string(fmt::format("section '{}' tensor name", name));
+      std::string tensor_name = body.read_string(fmt::format("section '{}' tensor name", name));
       if (dict.contains(tensor_name)) {
-        in.fail(fmt::format("section '{}' names tensor '{}' twice", name, tensor_name));
+        body.fail(fmt::format("section '{}' names tensor '{}' twice", name, tensor_name));
       }
-      Tensor tensor = read_tensor(in, name, tensor_name);
+      Tensor tensor = read_tensor(body, name, tensor_name);
       dict.insert(std::move(tensor_name), std::move(tensor));
     }
     checkpoint.add_section(std::move(name), std::move(dict));
   }
-  if (in.left() != 0) {
-    in.fail(fmt::format("{} unexpected bytes after the last section at body offset {}", in.left(),
-                        in.pos()));
+  if (in.remaining() != 0) {
+    body.fail(fmt::format("{} unexpected bytes after the last section at body offset {}",
+                          in.remaining(), in.offset()));
   }
   return checkpoint;
+}
+
+Checkpoint decode_body(std::span<const std::byte> body_bytes, const std::string& path) {
+  BodyReader body(body_bytes, path);
+  try {
+    return decode_sections(body);
+  } catch (const DataError& e) {
+    throw CheckpointError(path, body.step(), e.what());
+  }
 }
 
 // "ckpt-<digits>.dtc" -> step; nullopt for any other name.
@@ -228,32 +234,8 @@ const StateDict& Checkpoint::section(const std::string& name) const {
 }
 
 std::string encode_checkpoint(const Checkpoint& checkpoint) {
-  std::string out;
-  Writer w(out);
-  out += kMagic;
-  w.put<uint32_t>(kCheckpointFormatVersion);
-  w.put<uint32_t>(0);  // flags
-  w.put<uint64_t>(0);  // body length, patched below
-  w.put<int64_t>(checkpoint.step);
-  w.put<int64_t>(checkpoint.epoch);
-  w.put_metadata(checkpoint.metadata);
-  w.put<uint32_t>(static_cast<uint32_t>(checkpoint.sections.size()));
-  for (const auto& [name, dict] : checkpoint.sections) {
-    w.put_string(name);
-    w.put_metadata(dict.metadata());
-    w.put<uint32_t>(static_cast<uint32_t>(dict.size()));
-    for (const auto& [tensor_name, tensor] : dict) {
-      w.put_string(tensor_name);
-      w.put<uint32_t>(static_cast<uint32_t>(tensor.dim()));
-      for (const int64_t extent : tensor.shape()) w.put<int64_t>(extent);
-      out.append(reinterpret_cast<const char*>(tensor.data()),
-                 static_cast<size_t>(tensor.numel()) * sizeof(float));
-    }
-  }
-  const uint64_t body_length = out.size() - kFrameHeaderBytes;
-  std::memcpy(out.data() + 16, &body_length, sizeof(body_length));
-  w.put<uint32_t>(crc32c(out.data(), out.size()));
-  return out;
+  const std::vector<std::byte> bytes = encode_file(checkpoint);
+  return std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size());
 }
 
 Checkpoint decode_checkpoint(std::string_view bytes, const std::string& path) {
@@ -270,11 +252,12 @@ Checkpoint decode_checkpoint(std::string_view bytes, const std::string& path) {
                                       "{}",
                                       bytes.size(), kFrameHeaderBytes + kTrailerBytes));
   }
-  uint32_t version = 0, flags = 0;
-  uint64_t body_length = 0;
-  std::memcpy(&version, bytes.data() + 8, sizeof(version));
-  std::memcpy(&flags, bytes.data() + 12, sizeof(flags));
-  std::memcpy(&body_length, bytes.data() + 16, sizeof(body_length));
+  // At least 28 bytes: the frame header's reads cannot fail.
+  ByteReader frame(as_byte_span(bytes), "checkpoint " + path);
+  frame.read_bytes(kMagic.size(), "magic");
+  const uint32_t version = frame.read_u32("format version");
+  const uint32_t flags = frame.read_u32("flags");
+  const uint64_t body_length = frame.read_u64("body length");
   const uint64_t available = bytes.size() - kFrameHeaderBytes - kTrailerBytes;
   if (body_length > available) {
     throw CheckpointError(path, -1,
@@ -286,10 +269,9 @@ Checkpoint decode_checkpoint(std::string_view bytes, const std::string& path) {
     throw CheckpointError(
         path, -1, fmt::format("{} unexpected bytes after the checksum", available - body_length));
   }
-  const size_t crc_at = kFrameHeaderBytes + body_length;
-  uint32_t stored = 0;
-  std::memcpy(&stored, bytes.data() + crc_at, sizeof(stored));
-  const uint32_t computed = crc32c(bytes.data(), crc_at);
+  const std::span<const std::byte> body = frame.read_bytes(body_length, "body");
+  const uint32_t computed = crc32c(bytes.data(), frame.offset());
+  const uint32_t stored = frame.read_u32("CRC-32C");
   if (stored != computed) {
     throw CheckpointError(path, -1,
                           fmt::format("corrupt: CRC-32C is 0x{:08x}, the file stores "
@@ -306,13 +288,14 @@ Checkpoint decode_checkpoint(std::string_view bytes, const std::string& path) {
                           fmt::format("unknown flags 0x{:08x} (version {} defines none)", flags,
                                       kCheckpointFormatVersion));
   }
-  return decode_body(bytes.substr(kFrameHeaderBytes, body_length), path);
+  return decode_body(body, path);
 }
 
 void write_checkpoint(const Checkpoint& checkpoint, const std::string& path, FileSystem& fs) {
-  const std::string bytes = encode_checkpoint(checkpoint);
+  const std::vector<std::byte> bytes = encode_file(checkpoint);
   try {
-    write_file_atomic(fs, path, bytes);
+    write_file_atomic(fs, path,
+                      std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
   } catch (const FileError& e) {
     throw CheckpointError(path, checkpoint.step, fmt::format("write failed: {}", e.what()));
   }

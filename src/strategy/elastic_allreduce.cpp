@@ -4,8 +4,11 @@
 
 #include <algorithm>
 #include <functional>
+#include <limits>
+#include <span>
 
 #include "comm/transport/zmq_transport.h"
+#include "core/byte_codec.h"
 #include "io/safetensors.h"
 
 namespace dtrain::strategy {
@@ -19,21 +22,6 @@ constexpr uint32_t kStateTag = 0x454c41;  // "ELA"
 
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-void put_u64(std::vector<std::byte>& out, uint64_t v) {
-  for (int i = 0; i < 8; ++i) out.push_back(static_cast<std::byte>(v >> (8 * i)));
-}
-
-uint64_t get_u64(std::span<const std::byte> bytes, size_t& pos) {
-  if (bytes.size() - pos < 8) {
-    throw DataError(
-        fmt::format("elastic state from rank 0: truncated at byte {} of {}", pos, bytes.size()));
-  }
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | std::to_integer<uint64_t>(bytes[pos + i]);
-  pos += 8;
-  return v;
 }
 
 }  // namespace
@@ -207,36 +195,32 @@ void ElasticAllReduce::sync_state() {
       held_ = HeldState{
           inner_->model().state_dict().clone(), inner_->optimizer_state().clone(), {}};
     }
-    std::vector<std::byte> bytes;
-    put_u64(bytes, static_cast<uint64_t>(held_->position.step));
-    put_u64(bytes, static_cast<uint64_t>(held_->position.epoch));
-    put_u64(bytes, static_cast<uint64_t>(held_->position.batch_in_epoch));
+    // Layout: u64 step, epoch, batch_in_epoch; u64 model length; the model's
+    // safetensors bytes; the optimizer's safetensors bytes (to the end).
     const std::string model = io::encode_safetensors(held_->model);
     const std::string optimizer = io::encode_safetensors(held_->optimizer);
-    put_u64(bytes, model.size());
-    const auto* m = reinterpret_cast<const std::byte*>(model.data());
-    bytes.insert(bytes.end(), m, m + model.size());
-    const auto* o = reinterpret_cast<const std::byte*>(optimizer.data());
-    bytes.insert(bytes.end(), o, o + optimizer.size());
-    for (int peer = 1; peer < world; ++peer) comm_->send_bytes(peer, bytes, kStateTag);
+    ByteWriter w(4 * sizeof(uint64_t) + model.size() + optimizer.size());
+    w.write_i64(held_->position.step);
+    w.write_i64(held_->position.epoch);
+    w.write_i64(held_->position.batch_in_epoch);
+    w.write_blob(std::as_bytes(std::span(model.data(), model.size())), LengthPrefix::kU64);
+    w.write_bytes(std::as_bytes(std::span(optimizer.data(), optimizer.size())));
+    for (int peer = 1; peer < world; ++peer) comm_->send_bytes(peer, w.bytes(), kStateTag);
   } else {
     const std::vector<std::byte> bytes = comm_->recv_bytes(0, kStateTag);
-    size_t pos = 0;
+    ByteReader r(bytes, "elastic state from rank 0");
     HeldState state;
-    state.position.step = static_cast<int64_t>(get_u64(bytes, pos));
-    state.position.epoch = static_cast<int64_t>(get_u64(bytes, pos));
-    state.position.batch_in_epoch = static_cast<int64_t>(get_u64(bytes, pos));
-    const uint64_t model_bytes = get_u64(bytes, pos);
-    if (model_bytes > bytes.size() - pos) {
-      throw DataError(fmt::format("elastic state from rank 0: a model of {} bytes, {} left",
-                                  model_bytes, bytes.size() - pos));
-    }
-    const char* base = reinterpret_cast<const char*>(bytes.data());
-    state.model = io::decode_safetensors(std::string_view(base + pos, model_bytes),
-                                         "elastic state (model) from rank 0");
-    pos += model_bytes;
-    state.optimizer = io::decode_safetensors(std::string_view(base + pos, bytes.size() - pos),
-                                             "elastic state (optimizer) from rank 0");
+    state.position.step = r.read_i64("step");
+    state.position.epoch = r.read_i64("epoch");
+    state.position.batch_in_epoch = r.read_i64("batch_in_epoch");
+    const auto as_text = [](std::span<const std::byte> b) {
+      return std::string_view(reinterpret_cast<const char*>(b.data()), b.size());
+    };
+    const std::span<const std::byte> model =
+        r.read_blob("model", std::numeric_limits<size_t>::max(), LengthPrefix::kU64);
+    state.model = io::decode_safetensors(as_text(model), "elastic state (model) from rank 0");
+    state.optimizer =
+        io::decode_safetensors(as_text(r.rest()), "elastic state (optimizer) from rank 0");
     held_ = std::move(state);
   }
   inner_->model().load_state_dict(held_->model, true);

@@ -16,6 +16,7 @@
 #include "io/safetensors.h"
 #include "testing/fault_fs.h"
 #include "testing/process.h"
+#include "testing/test_job.h"
 #include "cli_test_util.h"
 
 namespace dtrain {
@@ -25,42 +26,17 @@ using testing::CliRun;
 using testing::run_dtrain;
 using testing::write_file;
 
-const char* kBlobsJob = R"(
-[job]
-name = "blobs"
-seed = 5
-
-[data]
-dataset = "synthetic"
-synthetic_samples = 1200
-synthetic_features = 10
-synthetic_classes = 3
-
-[model]
-input_shape = [10]
-
-[[model.layers]]
-type = "linear"
-name = "fc1"
-out_features = 32
-
-[[model.layers]]
-type = "relu"
-
-[[model.layers]]
-type = "linear"
-name = "fc2"
-out_features = 3
-
-[optimizer]
-type = "adam"
-lr = 0.01
-
-[train]
-epochs = 3
-batch_size = 50
-log_every_steps = 10
-)";
+// fc2's out_features is on line 26 (BadJobFilesExitWithCode2AndNameTheLine).
+const std::string kBlobsJob = testing::TestJob()
+                                  .name("blobs")
+                                  .seed(5)
+                                  .synthetic(1200, 10, 3)
+                                  .mlp({32})
+                                  .optimizer("adam", 0.01)
+                                  .epochs(3)
+                                  .batch(50)
+                                  .set("train.log_every_steps", "10")
+                                  .toml();
 
 TEST(DtrainCli, TrainsEvaluatesAndResumes) {
   testing::TempDir dir;

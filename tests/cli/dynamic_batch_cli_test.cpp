@@ -17,6 +17,7 @@
 #include "core/error.h"
 #include "testing/fault_fs.h"
 #include "testing/process.h"
+#include "testing/test_job.h"
 #include "cli_test_util.h"
 
 namespace dtrain {
@@ -26,48 +27,20 @@ using testing::CliRun;
 using testing::run_dtrain;
 using testing::write_file;
 
-const char* kJob = R"(
-[job]
-name = "hetero"
-seed = 3
-
-[data]
-dataset = "synthetic"
-synthetic_samples = 1500
-synthetic_features = 64
-synthetic_classes = 4
-
-[model]
-input_shape = [64]
-
-[[model.layers]]
-type = "linear"
-name = "fc1"
-out_features = 256
-
-[[model.layers]]
-type = "relu"
-
-[[model.layers]]
-type = "linear"
-name = "fc2"
-out_features = 4
-
-[optimizer]
-type = "sgd"
-lr = 0.05
-
-[train]
-epochs = 1
-batch_size = 120
-log_every_steps = 5
-
-[distributed]
-dynamic_batch = true
-rebalance_every = 2
-smoothing = 0.8
-min_share = 0.02
-)";
+const std::string kJob = testing::TestJob()
+                             .name("hetero")
+                             .seed(3)
+                             .synthetic(1500, 64, 4)
+                             .mlp({256})
+                             .optimizer("sgd", 0.05)
+                             .epochs(1)
+                             .batch(120)
+                             .set("train.log_every_steps", "5")
+                             .set("distributed.dynamic_batch", "true")
+                             .set("distributed.rebalance_every", "2")
+                             .set("distributed.smoothing", "0.8")
+                             .set("distributed.min_share", "0.02")
+                             .toml();
 
 // The rows per worker rank 0 reported for the last batch of the epoch.
 std::vector<int64_t> reported_split(const std::string& output) {

@@ -17,6 +17,7 @@
 #include "io/safetensors.h"
 #include "testing/fault_fs.h"
 #include "testing/process.h"
+#include "testing/test_job.h"
 #include "cli_test_util.h"
 
 namespace dtrain {
@@ -28,44 +29,18 @@ using testing::write_file;
 
 // 10 steps of SGD with momentum on blobs (a global batch of 48 splits evenly
 // over 1, 2 and 3 workers).
-const char* kJob = R"(
-[job]
-name = "ps-blobs"
-seed = 7
-
-[data]
-dataset = "synthetic"
-synthetic_samples = 600
-synthetic_features = 10
-synthetic_classes = 3
-
-[model]
-input_shape = [10]
-
-[[model.layers]]
-type = "linear"
-name = "fc1"
-out_features = 32
-
-[[model.layers]]
-type = "relu"
-
-[[model.layers]]
-type = "linear"
-name = "fc2"
-out_features = 3
-
-[optimizer]
-type = "sgd"
-lr = 0.05
-momentum = 0.9
-
-[train]
-epochs = 1
-max_steps = 10
-batch_size = 48
-log_every_steps = 1
-)";
+const std::string kJob = testing::TestJob()
+                             .name("ps-blobs")
+                             .seed(7)
+                             .synthetic(600, 10, 3)
+                             .mlp({32})
+                             .optimizer("sgd", 0.05)
+                             .set("optimizer.momentum", "0.9")
+                             .epochs(1)
+                             .set("train.max_steps", "10")
+                             .batch(48)
+                             .set("train.log_every_steps", "1")
+                             .toml();
 
 // max over tensors of max|a - b| / max|a|: 0 for equal files.
 double relative_difference(const std::string& a, const std::string& b) {

@@ -217,6 +217,64 @@ TEST(ByteCodec, HugeCountsAreRefusedBeforeAllocating) {
   EXPECT_EQ(direct.read_u64_array(2, "keys").size(), 2u);
 }
 
+// A u64 length (a blob that may pass 4 GiB): the layout, and a length past
+// the input refused by what is left.
+TEST(ByteCodec, U64LengthPrefix) {
+  ByteWriter w;
+  w.write_blob(bytes_of({7, 8}), LengthPrefix::kU64);
+  w.write_string("z", LengthPrefix::kU64);
+  const auto bytes = w.take();
+  EXPECT_EQ(bytes, bytes_of({0x02, 0, 0, 0, 0, 0, 0, 0, 7, 8, 0x01, 0, 0, 0, 0, 0, 0, 0, 'z'}));
+  ByteReader r(bytes, "elastic state");
+  const auto blob = r.read_blob("model", std::numeric_limits<size_t>::max(), LengthPrefix::kU64);
+  EXPECT_EQ(std::vector<std::byte>(blob.begin(), blob.end()), bytes_of({7, 8}));
+  EXPECT_EQ(r.read_string("name", 1, LengthPrefix::kU64), "z");
+
+  const auto huge = bytes_of({0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 1});
+  ByteReader limited(huge, "c");
+  EXPECT_EQ(data_error([&] { limited.read_blob("model", 100, LengthPrefix::kU64); }),
+            "c: field 'model' at offset 0 is 18446744073709551615 bytes, more than the limit of "
+            "100");
+  ByteReader unlimited(huge, "c");
+  EXPECT_EQ(data_error([&] {
+              unlimited.read_blob("model", std::numeric_limits<size_t>::max(), LengthPrefix::kU64);
+            }),
+            "c: field 'model' needs 18446744073709551615 bytes at offset 8, only 1 left");
+}
+
+// A length known only at the end is written as a placeholder, then set.
+TEST(ByteCodec, OverwriteSetsAPlaceholder) {
+  ByteWriter w;
+  w.write_u8(0xAA);
+  const size_t at = w.size();
+  w.write_u64(0);
+  w.write_u8(0xBB);
+  w.overwrite_u64(at, 0x0102030405060708ull);
+  EXPECT_EQ(std::vector<std::byte>(w.bytes().begin(), w.bytes().end()),
+            bytes_of({0xAA, 0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01, 0xBB}));
+  // Bytes not yet written: a bug of the writer.
+  EXPECT_THROW(w.overwrite_u64(3, 0), InternalError);
+  EXPECT_THROW(w.overwrite_u64(std::numeric_limits<size_t>::max(), 0), InternalError);
+}
+
+// Floats straight into caller-owned storage, checked before anything is
+// written there.
+TEST(ByteCodec, ReadF32ArrayIntoFillsTheGivenSpan) {
+  ByteWriter w;
+  w.write_f32_array(std::vector<float>{1.5f, -2.0f, 0.25f});
+  const auto bytes = w.take();
+  ByteReader r(bytes, "checkpoint");
+  std::vector<float> out(2, 9.0f);
+  r.read_f32_array_into(out, "data");
+  EXPECT_EQ(out, std::vector<float>({1.5f, -2.0f}));
+  r.read_f32_array_into(std::span<float>(), "empty");
+  std::vector<float> two(2, 9.0f);
+  EXPECT_EQ(data_error([&] { r.read_f32_array_into(two, "rest"); }),
+            "checkpoint: field 'rest' needs 8 bytes at offset 8, only 4 left");
+  EXPECT_EQ(two, std::vector<float>({9.0f, 9.0f}));
+  EXPECT_EQ(r.offset(), 8u);
+}
+
 TEST(ByteCodec, ReadBytesIsAViewIntoTheInput) {
   const auto bytes = bytes_of({9, 8, 7, 6});
   ByteReader r(bytes, "c");

@@ -22,53 +22,26 @@
 
 #include "core/deadline.h"
 #include "testing/process.h"
+#include "testing/test_job.h"
 
 namespace dtrain::ft_test {
 
 // 3 epochs of 20 steps (60 in all) on 1200 synthetic samples, a checkpoint
 // every step and a progress line every step; a run takes well under a second.
-inline constexpr const char* kJob = R"(
-[job]
-name = "restart"
-seed = 3
-
-[data]
-dataset = "synthetic"
-synthetic_samples = 1200
-synthetic_features = 10
-synthetic_classes = 3
-
-[model]
-input_shape = [10]
-
-[[model.layers]]
-type = "linear"
-name = "fc1"
-out_features = 32
-
-[[model.layers]]
-type = "relu"
-
-[[model.layers]]
-type = "linear"
-name = "fc2"
-out_features = 3
-
-[optimizer]
-type = "adam"
-lr = 0.01
-
-[schedule]
-type = "cosine"
-warmup_steps = 5
-
-[train]
-epochs = 3
-batch_size = 50
-log_every_steps = 1
-checkpoint_every_steps = 1
-keep_checkpoints = 2
-)";
+inline const std::string kJob = testing::TestJob()
+                                    .name("restart")
+                                    .seed(3)
+                                    .synthetic(1200, 10, 3)
+                                    .mlp({32})
+                                    .optimizer("adam", 0.01)
+                                    .set("schedule.type", "\"cosine\"")
+                                    .set("schedule.warmup_steps", "5")
+                                    .epochs(3)
+                                    .batch(50)
+                                    .set("train.log_every_steps", "1")
+                                    .set("train.checkpoint_every_steps", "1")
+                                    .set("train.keep_checkpoints", "2")
+                                    .toml();
 
 inline void write_text(const std::string& path, const std::string& text) {
   std::ofstream(path) << text;
