@@ -62,18 +62,15 @@ void report_failure(const std::exception& e) {
   dtrain::cli::write_failure_report(run_dir, static_cast<int>(slot), {comm_error->peer(), e.what()});
 }
 
-}  // namespace
+// The flags of `dtrain train` that are applied after parsing.
+struct TrainFlags {
+  bool resume = false;
+  bool no_resume = false;
+  bool elastic = false;
+  bool insecure = false;
+};
 
-int main(int argc, char** argv) {
-  CLI::App app{"dtrain: data-parallel training of neural networks"};
-  app.footer(
-      "Exit codes: 0 success, 1 other error, 2 bad job file or usage, 3 bad data, "
-      "4 communication failure, 5 checkpoint error, 6 non-finite values in training, 70 internal "
-      "error.");
-  app.require_subcommand(1);
-  app.set_version_flag("--version", "dtrain 0.1.0");
-
-  dtrain::cli::TrainOptions train;
+CLI::App* add_train_command(CLI::App& app, dtrain::cli::TrainOptions& train, TrainFlags& flags) {
   CLI::App* train_cmd = app.add_subcommand("train", "Train the model a job file describes");
   train_cmd->add_option("job", train.job_file, "The TOML job file")->required()->check(CLI::ExistingFile);
   train_cmd->add_option("--set", train.overrides, "Override a job key, e.g. --set train.epochs=3")
@@ -98,11 +95,9 @@ int main(int argc, char** argv) {
                         "host:port where rank 0 hosts the rendezvous (default: DTRAIN_COORDINATOR)");
   train_cmd->add_option("--output", train.output, "Output folder (overrides job.output)");
   train_cmd->add_option("--threads", train.threads, "BLAS threads per worker (default 1)");
-  bool resume = false;
-  bool no_resume = false;
-  train_cmd->add_flag("--resume", resume,
+  train_cmd->add_flag("--resume", flags.resume,
                       "Resume from the newest valid checkpoint in the output folder (the default)");
-  train_cmd->add_flag("--no-resume", no_resume, "Start afresh even if the output folder has checkpoints")
+  train_cmd->add_flag("--no-resume", flags.no_resume, "Start afresh even if the output folder has checkpoints")
       ->excludes("--resume");
   train_cmd->add_flag("--force-resume", train.force_resume,
                       "Resume even from a checkpoint written by another job (another job.name, "
@@ -119,23 +114,24 @@ int main(int argc, char** argv) {
                         "times slower; a RANK entry beats the all one (repeatable; for tests and "
                         "benchmarks of dynamic batch sizing)")
       ->type_name("RANK=FACTOR");
-  bool elastic = false;
-  train_cmd->add_flag("--elastic", elastic,
+  train_cmd->add_flag("--elastic", flags.elastic,
                       "With --workers N: when a worker fails the others continue without a "
                       "restart, and a new worker (--max-restarts) joins at a step boundary");
   train_cmd->add_option("--min-workers", train.min_workers,
                         "With --elastic or --strategy ps: stop the job once fewer workers run "
                         "(default: train.min_workers, else N; ps: 1)")
       ->check(CLI::Range(int64_t{1}, int64_t{INT_MAX}));
-  bool insecure = false;
-  train_cmd->add_flag("--insecure", insecure,
+  train_cmd->add_flag("--insecure", flags.insecure,
                       "Run a job started by another launcher (mpirun, srun, by hand) without "
                       "DTRAIN_JOB_SECRET, on purpose: frames are not authenticated (same as "
                       "DTRAIN_INSECURE=1; every rank warns)");
   train_cmd->add_option("--progress", train.progress, "auto | bar | plain | none")
       ->check(CLI::IsMember({"auto", "bar", "plain", "none"}));
 
-  dtrain::cli::EvalOptions eval;
+  return train_cmd;
+}
+
+CLI::App* add_eval_command(CLI::App& app, dtrain::cli::EvalOptions& eval) {
   CLI::App* eval_cmd = app.add_subcommand("eval", "Evaluate saved weights on the job's test set");
   eval_cmd->add_option("job", eval.job_file, "The TOML job file")->required()->check(CLI::ExistingFile);
   eval_cmd->add_option("--weights", eval.weights, "A .safetensors file written by dtrain train")
@@ -143,7 +139,10 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   eval_cmd->add_option("--set", eval.overrides, "Override a job key")->type_name("KEY=VALUE");
 
-  dtrain::cli::PartitionCommandOptions part;
+  return eval_cmd;
+}
+
+CLI::App* add_partition_command(CLI::App& app, dtrain::cli::PartitionCommandOptions& part) {
   CLI::App* part_cmd = app.add_subcommand(
       "partition", "Show how a partitioner splits the job's training set (labels per worker)");
   part_cmd->add_option("job", part.job_file, "The TOML job file")->required()->check(CLI::ExistingFile);
@@ -156,6 +155,40 @@ int main(int argc, char** argv) {
   part_cmd->add_option("--sigma", part.quantity_sigma, "quantity: spread of the log sizes");
   part_cmd->add_option("--set", part.overrides, "Override a job key")->type_name("KEY=VALUE");
 
+  return part_cmd;
+}
+
+// `dtrain train` with what parsing left to do: the environment, the command
+// line, the progress mode.
+int train(dtrain::cli::TrainOptions& train, const TrainFlags& flags, int argc, char** argv) {
+  if (flags.resume || flags.no_resume) train.resume = flags.resume;
+  if (flags.elastic) train.elastic = true;
+  train.environment = dtrain::cli::current_environment();
+  if (flags.insecure) train.environment["DTRAIN_INSECURE"] = "1";
+  train.argv.assign(argv, argv + argc);
+  train.argv[0] = dtrain::cli::self_executable();
+  if (train.progress == "auto") train.progress = isatty(STDOUT_FILENO) ? "bar" : "plain";
+  return dtrain::cli::run_train(train, std::cout);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"dtrain: data-parallel training of neural networks"};
+  app.footer(
+      "Exit codes: 0 success, 1 other error, 2 bad job file or usage, 3 bad data, "
+      "4 communication failure, 5 checkpoint error, 6 non-finite values in training, 70 internal "
+      "error.");
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "dtrain 0.1.0");
+  dtrain::cli::TrainOptions train_options;
+  TrainFlags flags;
+  const CLI::App* train_cmd = add_train_command(app, train_options, flags);
+  dtrain::cli::EvalOptions eval;
+  add_eval_command(app, eval);
+  dtrain::cli::PartitionCommandOptions part;
+  const CLI::App* part_cmd = add_partition_command(app, part);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -165,16 +198,7 @@ int main(int argc, char** argv) {
   if (std::getenv("DTRAIN_RUN_DIR") != nullptr) signal(dtrain::cli::kJobFinishedSignal, on_job_finished);
 
   try {
-    if (train_cmd->parsed()) {
-      if (resume || no_resume) train.resume = resume;
-      if (elastic) train.elastic = true;
-      train.environment = dtrain::cli::current_environment();
-      if (insecure) train.environment["DTRAIN_INSECURE"] = "1";
-      train.argv.assign(argv, argv + argc);
-      train.argv[0] = dtrain::cli::self_executable();
-      if (train.progress == "auto") train.progress = isatty(STDOUT_FILENO) ? "bar" : "plain";
-      return dtrain::cli::run_train(train, std::cout);
-    }
+    if (train_cmd->parsed()) return train(train_options, flags, argc, argv);
     if (part_cmd->parsed()) return dtrain::cli::run_partition(part, std::cout);
     return dtrain::cli::run_eval(eval, std::cout);
   } catch (const std::exception& e) {

@@ -133,6 +133,8 @@ class Server::Impl {
   void reply(const std::string& identity, uint32_t worker, Message m);
   void on_init(const std::string& identity, Message& m);
   void on_pull(const std::string& identity, const Message& m);
+  // Answers a request of a worker declared dead: kLeftOut.
+  void reply_left_out(const std::string& identity, uint32_t receiver, const Message& m);
   void on_push(const std::string& identity, Message& m);
   void on_pull_rows(const std::string& identity, const Message& m);
   void on_push_rows(const std::string& identity, Message& m);
@@ -275,23 +277,7 @@ void Server::Impl::handle(const std::string& identity, uint32_t sender, Message&
   if (state != WorkerState::kLive && m.kind != Kind::kInit) {
     if (m.kind == Kind::kHeartbeat) return;  // a late heartbeat of a finished or dead worker
     if (state == WorkerState::kDead && m.kind != Kind::kGoodbye) {
-      // A worker that was stopped past the heartbeat timeout and woke up:
-      // the job went on without it; it learns so instead of an error.
-      ++counters_.requests_rejected;
-      logger_.warn("ps server {}: worker {}, declared dead earlier, is back ({}); told it the job "
-                   "goes on without it",
-                   options_.server, m.worker, to_string(m.kind));
-      Message r;
-      r.kind = Kind::kReply;
-      r.reply_to = m.kind;
-      r.status = ReplyStatus::kLeftOut;
-      r.request_id = m.request_id;
-      r.version = consistency_.version();
-      r.error = fmt::format(
-          "ps server {} declared worker {} dead (silent for more than the heartbeat timeout of "
-          "{} ms) and the job went on without it; it is at version {}",
-          options_.server, m.worker, options_.heartbeat_timeout.count(), consistency_.version());
-      send(identity, receiver, r);
+      reply_left_out(identity, receiver, m);
       return;
     }
     refuse(fmt::format("worker {} is {}; send init to rejoin", m.worker, to_string(state)));
@@ -322,6 +308,27 @@ void Server::Impl::handle(const std::string& identity, uint32_t sender, Message&
     // bug (InternalError): refused all the same, the server carries on.
     refuse(e.what());
   }
+}
+
+void Server::Impl::reply_left_out(const std::string& identity, uint32_t receiver,
+                                  const Message& m) {
+  // A worker that was stopped past the heartbeat timeout and woke up: the
+  // job went on without it; it learns so instead of an error.
+  ++counters_.requests_rejected;
+  logger_.warn("ps server {}: worker {}, declared dead earlier, is back ({}); told it the job "
+               "goes on without it",
+               options_.server, m.worker, to_string(m.kind));
+  Message r;
+  r.kind = Kind::kReply;
+  r.reply_to = m.kind;
+  r.status = ReplyStatus::kLeftOut;
+  r.request_id = m.request_id;
+  r.version = consistency_.version();
+  r.error = fmt::format(
+      "ps server {} declared worker {} dead (silent for more than the heartbeat timeout of {} ms) "
+      "and the job went on without it; it is at version {}",
+      options_.server, m.worker, options_.heartbeat_timeout.count(), consistency_.version());
+  send(identity, receiver, r);
 }
 
 void Server::Impl::serve(const std::string& identity, Message& m) {
