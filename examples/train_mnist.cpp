@@ -67,8 +67,8 @@ int main(int argc, char** argv) try {
     NoGradGuard no_grad;
     Variable logits = model.forward(Variable(test.features()));
     const int64_t correct = strategy::count_correct(logits.data(), test.labels());
-    std::printf("epoch %d: train loss %.4f, test accuracy %.2f%%\n", epoch + 1, loss_sum / double(seen),
-                100.0 * double(correct) / double(test.size()));
+    std::printf("epoch %d: train loss %.4f, test accuracy %.2f%%\n", epoch + 1,
+                loss_sum / double(seen), 100.0 * double(correct) / double(test.size()));
   }
   return 0;
 } catch (const dtrain::Error& e) {

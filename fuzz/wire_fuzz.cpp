@@ -12,8 +12,8 @@
 #include <cstdint>
 #include <span>
 
-#include "comm/wire/auth.h"
 #include "comm/rendezvous/rendezvous.h"
+#include "comm/wire/auth.h"
 #include "comm/wire/wire.h"
 #include "core/error.h"
 

@@ -5,7 +5,7 @@
 set -euo pipefail
 
 packages=(
-  build-essential cmake ninja-build ccache pkg-config git ca-certificates
+  build-essential cmake ninja-build ccache pkg-config git ca-certificates clang-format
   libopenblas-dev libfmt-dev nlohmann-json3-dev libtomlplusplus-dev libcli11-dev libspdlog-dev
   libzmq3-dev cppzmq-dev libsodium-dev libopenmpi-dev openmpi-bin
   libgtest-dev libgmock-dev libbenchmark-dev

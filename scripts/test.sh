@@ -10,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/check_layering.sh
+scripts/check_format.sh
 scripts/fetch_mnist.sh
 scripts/build.sh asan
 tsan=${DTRAIN_TEST_TSAN:-1}

@@ -20,11 +20,11 @@
 
 #include <algorithm>
 #include <chrono>
-#include <functional>
-#include <stdexcept>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 

@@ -71,7 +71,8 @@ train::ModelConfig model_config(const std::string& name) {
 
 int main(int argc, char** argv) {
   if (argc < 4) {
-    std::fprintf(stderr, "usage: %s mlp|lenet5 STEPS REPS [WORKERS [mirrored|allreduce [BATCH]]]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s mlp|lenet5 STEPS REPS [WORKERS [mirrored|allreduce [BATCH]]]\n",
+                 argv[0]);
     return 2;
   }
   const std::string name = argv[1];
@@ -112,7 +113,8 @@ int main(int argc, char** argv) {
         train::build_model(config, rng), [&] { return train::build_model(config, rng); }, workers,
         make_optimizer);
   } else {
-    strat = std::make_unique<strategy::LocalStrategy>(train::build_model(config, rng), make_optimizer);
+    strat =
+        std::make_unique<strategy::LocalStrategy>(train::build_model(config, rng), make_optimizer);
   }
   std::vector<Tensor> xs;
   std::vector<std::vector<int64_t>> ys;
@@ -129,8 +131,9 @@ int main(int argc, char** argv) {
   const int64_t lo = batch * rank / world, hi = batch * (rank + 1) / world;
   auto step = [&](int i) {
     const auto& y = ys[static_cast<size_t>(i % 8)];
-    strat->train_step(xs[static_cast<size_t>(i % 8)].narrow(lo, hi - lo),
-                      std::span<const int64_t>(y).subspan(static_cast<size_t>(lo), static_cast<size_t>(hi - lo)));
+    strat->train_step(
+        xs[static_cast<size_t>(i % 8)].narrow(lo, hi - lo),
+        std::span<const int64_t>(y).subspan(static_cast<size_t>(lo), static_cast<size_t>(hi - lo)));
   };
   for (int i = 0; i < 20; ++i) step(i);
   auto* allreduce = dynamic_cast<strategy::AllReduceStrategy*>(strat.get());
@@ -141,13 +144,15 @@ int main(int argc, char** argv) {
       step(i);
       if (allreduce != nullptr) hidden += allreduce->overlap_stats().hidden_share();
     }
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (rank != 0) continue;
     if (allreduce != nullptr) {
-      std::printf("{\"model\": \"%s\", \"samples_per_s\": %.1f, \"hidden_share\": %.3f}\n", name.c_str(),
-                  steps * batch / seconds, hidden / steps);
+      std::printf("{\"model\": \"%s\", \"samples_per_s\": %.1f, \"hidden_share\": %.3f}\n",
+                  name.c_str(), steps * batch / seconds, hidden / steps);
     } else {
-      std::printf("{\"model\": \"%s\", \"samples_per_s\": %.1f}\n", name.c_str(), steps * batch / seconds);
+      std::printf("{\"model\": \"%s\", \"samples_per_s\": %.1f}\n", name.c_str(),
+                  steps * batch / seconds);
     }
     std::fflush(stdout);
   }

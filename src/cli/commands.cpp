@@ -1,14 +1,13 @@
 #include "cli/commands.h"
 
 #include <cblas.h>
+#include <fmt/format.h>
+#include <fmt/ostream.h>
 
 #include <algorithm>
 #include <chrono>
-#include <optional>
 #include <iostream>
-
-#include <fmt/format.h>
-#include <fmt/ostream.h>
+#include <optional>
 
 #include "cli/job_launch.h"
 #include "cli/launcher.h"
@@ -50,8 +49,9 @@ train::JobConfig read_job(const TrainOptions& options, Logger& logger) {
   }
   if (options.output) {
     if (options.output->empty()) {
-      throw UsageError("--output must name a folder (it receives the checkpoints, the metrics "
-                       "and the final weights)");
+      throw UsageError(
+          "--output must name a folder (it receives the checkpoints, the metrics "
+          "and the final weights)");
     }
     job.output = *options.output;
   }
@@ -95,7 +95,8 @@ int run_train(const TrainOptions& options, std::ostream& out) {
   std::optional<io::OutputLock> lock;
   if (plan.launch || !launch.launched() || (launch.rank == 0 && !launch.settings.output_locked)) {
     std::string command_line;
-    for (const std::string& arg : options.argv) command_line += (command_line.empty() ? "" : " ") + arg;
+    for (const std::string& arg : options.argv)
+      command_line += (command_line.empty() ? "" : " ") + arg;
     lock.emplace(io::OutputLock::acquire(job.output, io::this_process_record(command_line, started),
                                          logger));
   }
@@ -108,9 +109,10 @@ int run_train(const TrainOptions& options, std::ostream& out) {
     return launch_job(job, plan, std::move(l), out, std::cerr, logger);
   }
   if (!launch.launched() && job.train.max_restarts > 0) {
-    logger.warn("train.max_restarts = {} has no effect here: only a job that `dtrain train "
-                "--workers N` launches is restarted, not a single process",
-                job.train.max_restarts);
+    logger.warn(
+        "train.max_restarts = {} has no effect here: only a job that `dtrain train "
+        "--workers N` launches is restarted, not a single process",
+        job.train.max_restarts);
   }
   train::RunOptions run;
   run.out = &out;

@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -12,14 +13,12 @@
 
 #include <algorithm>
 #include <array>
-#include <charconv>
-#include <filesystem>
 #include <cerrno>
+#include <charconv>
 #include <climits>
+#include <filesystem>
 #include <system_error>
 #include <utility>
-
-#include <fmt/format.h>
 
 #include "cli/worker_process.h"
 #include "core/error.h"
@@ -203,7 +202,7 @@ class Supervisor {
   // Slots to start again and when their failure was noticed, from finish().
   std::vector<std::pair<int, Clock::time_point>> respawn_queue_;
   int restarts_used_ = 0;
-  std::vector<WorkerExit> lost_;  // failed workers, in order
+  std::vector<WorkerExit> lost_;   // failed workers, in order
   std::vector<bool> finished_ok_;  // by slot: its latest process exited 0
 };
 
@@ -373,7 +372,8 @@ void Supervisor::fail(int rank, const WorkerExit& status, const std::string& wha
 }
 
 std::pair<int, std::string> Supervisor::blame(const Worker& w) const {
-  const std::string own = fmt::format("worker rank {} (pid {}) {}", w.rank, w.pid, w.status.describe());
+  const std::string own =
+      fmt::format("worker rank {} (pid {}) {}", w.rank, w.pid, w.status.describe());
   if (options_.status_dir.empty()) return {w.rank, own};
   std::optional<FailureReport> report;
   try {
@@ -412,11 +412,11 @@ void Supervisor::release_stragglers() {
   stopping_ = true;
   kill_at_ = Clock::now() + options_.stop_grace;
   for (const Worker* w : left) {
-    logger_.warn("{} (pid {}) still runs after the job finished training without it (it was "
-                 "dropped, or silent past the heartbeat timeout): telling it to exit ({}), "
-                 "SIGKILL after {} ms",
-                 slot_name(w->rank), w->pid, signal_name(kJobFinishedSignal),
-                 options_.stop_grace.count());
+    logger_.warn(
+        "{} (pid {}) still runs after the job finished training without it (it was "
+        "dropped, or silent past the heartbeat timeout): telling it to exit ({}), "
+        "SIGKILL after {} ms",
+        slot_name(w->rank), w->pid, signal_name(kJobFinishedSignal), options_.stop_grace.count());
     kill(w->pid, kJobFinishedSignal);
     kill(w->pid, SIGCONT);  // a stopped one hears it now
   }
@@ -459,10 +459,10 @@ void Supervisor::finish_elastic(const Worker& w, const std::string& what) {
   if (!essential && left + (replace ? 1 : 0) < elastic.min_workers) {
     std::string lost;
     for (const WorkerExit& e : lost_) {
-      lost += fmt::format("{}{} (pid {}) {}", lost.empty() ? "" : ", ",
-                          elastic.slot_name ? elastic.slot_name(e.rank)
-                                            : fmt::format("slot {}", e.rank),
-                          e.pid, e.describe());
+      lost += fmt::format(
+          "{}{} (pid {}) {}", lost.empty() ? "" : ", ",
+          elastic.slot_name ? elastic.slot_name(e.rank) : fmt::format("slot {}", e.rank), e.pid,
+          e.describe());
     }
     fail(w.rank, w.status,
          fmt::format("{}; {} worker(s) left, fewer than min_workers = {}: stopping the job "
@@ -632,9 +632,10 @@ LaunchResult Launcher::run(Deadline deadline) {
         logger_.info("started {} again (pid {}) {:.3f} s after its failure was noticed",
                      options_.elastic->slot_name(slot), w.pid, since_failure_s);
       } else {
-        logger_.info("started a new worker for slot {} (pid {}); it joins the group at the next "
-                     "step boundary",
-                     slot, w.pid);
+        logger_.info(
+            "started a new worker for slot {} (pid {}); it joins the group at the next "
+            "step boundary",
+            slot, w.pid);
       }
     });
   }
@@ -670,10 +671,9 @@ LaunchResult run_with_restarts(const LaunchOptions& options, int max_restarts, s
     if (!result.first_failed_rank || result.interrupted_by != 0) break;
     const WorkerExit failed = result.workers[static_cast<size_t>(*result.first_failed_rank)];
     logger.warn("{}; restarting the job from its last checkpoint (restart {} of {})",
-                result.failure.empty()
-                    ? fmt::format("worker rank {} (pid {}) {}", failed.rank, failed.pid,
-                                  failed.describe())
-                    : result.failure,
+                result.failure.empty() ? fmt::format("worker rank {} (pid {}) {}", failed.rank,
+                                                     failed.pid, failed.describe())
+                                       : result.failure,
                 restart, max_restarts);
     const Clock::time_point failed_at = result.failed_at.value_or(Clock::now());
     LaunchOptions again = options;
@@ -681,8 +681,8 @@ LaunchResult run_with_restarts(const LaunchOptions& options, int max_restarts, s
       logger.info(
           "restart {} of {}: the workers were started {:.3f} s after worker rank {} failed "
           "(recovery until their start; training resumes from the checkpoint next)",
-          restart, max_restarts,
-          std::chrono::duration<double>(Clock::now() - failed_at).count(), failed.rank);
+          restart, max_restarts, std::chrono::duration<double>(Clock::now() - failed_at).count(),
+          failed.rank);
       if (options.on_started) options.on_started(coordinator);
     };
     result = Launcher(std::move(again), out, err, logger).run(deadline);
@@ -713,7 +713,8 @@ std::optional<FailureReport> read_failure_report(const std::string& status_dir, 
   if (eol == std::string::npos) return std::nullopt;
   FailureReport report;
   const std::string culprit = text.substr(0, eol);
-  const auto [end, ec2] = std::from_chars(culprit.data(), culprit.data() + culprit.size(), report.culprit);
+  const auto [end, ec2] =
+      std::from_chars(culprit.data(), culprit.data() + culprit.size(), report.culprit);
   if (ec2 != std::errc() || end != culprit.data() + culprit.size()) return std::nullopt;
   report.message = text.substr(eol + 1);
   while (!report.message.empty() && report.message.back() == '\n') report.message.pop_back();

@@ -168,7 +168,7 @@ struct WorkerExit {
 };
 
 struct LaunchResult {
-  int exit_code = 0;                // see the header's contract
+  int exit_code = 0;  // see the header's contract
   // The failure that stopped the job, in one line ("worker rank 1 (pid
   // 1234) stopped responding: ..."); empty when none did.
   std::string failure;
@@ -237,7 +237,8 @@ struct FailureReport {
 };
 // Never throws: a report that cannot be written is lost (the launcher then
 // blames the worker that exited).
-void write_failure_report(const std::string& status_dir, int slot, const FailureReport& report) noexcept;
+void write_failure_report(const std::string& status_dir, int slot,
+                          const FailureReport& report) noexcept;
 std::optional<FailureReport> read_failure_report(const std::string& status_dir, int slot);
 
 // The signal the launcher sends a worker that still runs after the job

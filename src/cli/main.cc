@@ -4,12 +4,11 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
-
-#include <CLI/CLI.hpp>
 
 #include "cli/commands.h"
 #include "cli/launcher.h"
@@ -55,11 +54,13 @@ void report_failure(const std::exception& e) {
   const auto* comm_error = dynamic_cast<const dtrain::CommError*>(&e);
   const char* run_dir = std::getenv("DTRAIN_RUN_DIR");
   const char* rank = std::getenv("DTRAIN_RANK");
-  if (comm_error == nullptr || comm_error->peer() < 0 || run_dir == nullptr || rank == nullptr) return;
+  if (comm_error == nullptr || comm_error->peer() < 0 || run_dir == nullptr || rank == nullptr)
+    return;
   char* end = nullptr;
   const long slot = std::strtol(rank, &end, 10);
   if (end == rank || *end != '\0' || slot < 0 || slot > INT_MAX) return;
-  dtrain::cli::write_failure_report(run_dir, static_cast<int>(slot), {comm_error->peer(), e.what()});
+  dtrain::cli::write_failure_report(run_dir, static_cast<int>(slot),
+                                    {comm_error->peer(), e.what()});
 }
 
 // The flags of `dtrain train` that are applied after parsing.
@@ -72,54 +73,66 @@ struct TrainFlags {
 
 CLI::App* add_train_command(CLI::App& app, dtrain::cli::TrainOptions& train, TrainFlags& flags) {
   CLI::App* train_cmd = app.add_subcommand("train", "Train the model a job file describes");
-  train_cmd->add_option("job", train.job_file, "The TOML job file")->required()->check(CLI::ExistingFile);
+  train_cmd->add_option("job", train.job_file, "The TOML job file")
+      ->required()
+      ->check(CLI::ExistingFile);
   train_cmd->add_option("--set", train.overrides, "Override a job key, e.g. --set train.epochs=3")
       ->type_name("KEY=VALUE");
   train_cmd->add_option("--workers", train.workers,
                         "Number of workers: processes started here (allreduce, ps) or replicas "
                         "(mirrored)");
-  train_cmd->add_option("--max-local-workers", train.max_local_workers,
-                        "The most processes --workers N may start on this machine (default: 8 per "
-                        "CPU core, at least 64, within the open-file limit)")
+  train_cmd
+      ->add_option("--max-local-workers", train.max_local_workers,
+                   "The most processes --workers N may start on this machine (default: 8 per "
+                   "CPU core, at least 64, within the open-file limit)")
       ->check(CLI::Range(int64_t{1}, int64_t{INT_MAX}));
   train_cmd->add_option("--strategy", train.strategy,
                         "the distribution strategy (default: allreduce with --workers N > 1, "
-                        "else local). " + dtrain::train::strategy_help());
+                        "else local). " +
+                            dtrain::train::strategy_help());
   train_cmd->add_option("--servers", train.servers,
                         "ps: parameter-server processes (distributed.ps.servers, default 1); "
                         "with --workers N, S + N processes start here");
-  train_cmd->add_option("--rank", train.rank, "This worker's rank (default: DTRAIN_RANK, mpirun's or Slurm's)");
+  train_cmd->add_option("--rank", train.rank,
+                        "This worker's rank (default: DTRAIN_RANK, mpirun's or Slurm's)");
   train_cmd->add_option("--world-size", train.world_size,
                         "Workers in the job (default: DTRAIN_WORLD_SIZE, mpirun's or Slurm's)");
-  train_cmd->add_option("--coordinator", train.coordinator,
-                        "host:port where rank 0 hosts the rendezvous (default: DTRAIN_COORDINATOR)");
+  train_cmd->add_option(
+      "--coordinator", train.coordinator,
+      "host:port where rank 0 hosts the rendezvous (default: DTRAIN_COORDINATOR)");
   train_cmd->add_option("--output", train.output, "Output folder (overrides job.output)");
   train_cmd->add_option("--threads", train.threads, "BLAS threads per worker (default 1)");
   train_cmd->add_flag("--resume", flags.resume,
                       "Resume from the newest valid checkpoint in the output folder (the default)");
-  train_cmd->add_flag("--no-resume", flags.no_resume, "Start afresh even if the output folder has checkpoints")
+  train_cmd
+      ->add_flag("--no-resume", flags.no_resume,
+                 "Start afresh even if the output folder has checkpoints")
       ->excludes("--resume");
-  train_cmd->add_flag("--force-resume", train.force_resume,
-                      "Resume even from a checkpoint written by another job (another job.name, "
-                      "seed or model shapes); refused otherwise")
+  train_cmd
+      ->add_flag("--force-resume", train.force_resume,
+                 "Resume even from a checkpoint written by another job (another job.name, "
+                 "seed or model shapes); refused otherwise")
       ->excludes("--no-resume");
-  train_cmd->add_option("--max-restarts", train.max_restarts,
-                        "With --workers N: start the job again from its last checkpoint after a "
-                        "worker failed, at most this often; with --elastic or --strategy ps: start "
-                        "failed processes again in place, at most this often over the job "
-                        "(default: train.max_restarts, 0)")
+  train_cmd
+      ->add_option("--max-restarts", train.max_restarts,
+                   "With --workers N: start the job again from its last checkpoint after a "
+                   "worker failed, at most this often; with --elastic or --strategy ps: start "
+                   "failed processes again in place, at most this often over the job "
+                   "(default: train.max_restarts, 0)")
       ->check(CLI::Range(int64_t{0}, int64_t{INT_MAX}));
-  train_cmd->add_option("--slowdown", train.slowdown,
-                        "Make the worker of RANK (or every worker: all=FACTOR) compute FACTOR "
-                        "times slower; a RANK entry beats the all one (repeatable; for tests and "
-                        "benchmarks of dynamic batch sizing)")
+  train_cmd
+      ->add_option("--slowdown", train.slowdown,
+                   "Make the worker of RANK (or every worker: all=FACTOR) compute FACTOR "
+                   "times slower; a RANK entry beats the all one (repeatable; for tests and "
+                   "benchmarks of dynamic batch sizing)")
       ->type_name("RANK=FACTOR");
   train_cmd->add_flag("--elastic", flags.elastic,
                       "With --workers N: when a worker fails the others continue without a "
                       "restart, and a new worker (--max-restarts) joins at a step boundary");
-  train_cmd->add_option("--min-workers", train.min_workers,
-                        "With --elastic or --strategy ps: stop the job once fewer workers run "
-                        "(default: train.min_workers, else N; ps: 1)")
+  train_cmd
+      ->add_option("--min-workers", train.min_workers,
+                   "With --elastic or --strategy ps: stop the job once fewer workers run "
+                   "(default: train.min_workers, else N; ps: 1)")
       ->check(CLI::Range(int64_t{1}, int64_t{INT_MAX}));
   train_cmd->add_flag("--insecure", flags.insecure,
                       "Run a job started by another launcher (mpirun, srun, by hand) without "
@@ -133,7 +146,9 @@ CLI::App* add_train_command(CLI::App& app, dtrain::cli::TrainOptions& train, Tra
 
 CLI::App* add_eval_command(CLI::App& app, dtrain::cli::EvalOptions& eval) {
   CLI::App* eval_cmd = app.add_subcommand("eval", "Evaluate saved weights on the job's test set");
-  eval_cmd->add_option("job", eval.job_file, "The TOML job file")->required()->check(CLI::ExistingFile);
+  eval_cmd->add_option("job", eval.job_file, "The TOML job file")
+      ->required()
+      ->check(CLI::ExistingFile);
   eval_cmd->add_option("--weights", eval.weights, "A .safetensors file written by dtrain train")
       ->required()
       ->check(CLI::ExistingFile);
@@ -145,12 +160,15 @@ CLI::App* add_eval_command(CLI::App& app, dtrain::cli::EvalOptions& eval) {
 CLI::App* add_partition_command(CLI::App& app, dtrain::cli::PartitionCommandOptions& part) {
   CLI::App* part_cmd = app.add_subcommand(
       "partition", "Show how a partitioner splits the job's training set (labels per worker)");
-  part_cmd->add_option("job", part.job_file, "The TOML job file")->required()->check(CLI::ExistingFile);
+  part_cmd->add_option("job", part.job_file, "The TOML job file")
+      ->required()
+      ->check(CLI::ExistingFile);
   part_cmd->add_option("--kind", part.kind, "iid | label | dirichlet | quantity")
       ->check(CLI::IsMember({"iid", "label", "dirichlet", "quantity"}));
   part_cmd->add_option("--workers", part.workers, "Number of parts");
   part_cmd->add_option("--seed", part.seed, "Seed of the partition");
-  part_cmd->add_option("--classes-per-worker", part.classes_per_worker, "label: classes each worker gets");
+  part_cmd->add_option("--classes-per-worker", part.classes_per_worker,
+                       "label: classes each worker gets");
   part_cmd->add_option("--alpha", part.alpha, "dirichlet: concentration (small: skewed)");
   part_cmd->add_option("--sigma", part.quantity_sigma, "quantity: spread of the log sizes");
   part_cmd->add_option("--set", part.overrides, "Override a job key")->type_name("KEY=VALUE");
@@ -195,7 +213,8 @@ int main(int argc, char** argv) {
     // Help and version exit 0; every usage error exits 2, as --help documents.
     return app.exit(e) == 0 ? 0 : 2;
   }
-  if (std::getenv("DTRAIN_RUN_DIR") != nullptr) signal(dtrain::cli::kJobFinishedSignal, on_job_finished);
+  if (std::getenv("DTRAIN_RUN_DIR") != nullptr)
+    signal(dtrain::cli::kJobFinishedSignal, on_job_finished);
 
   try {
     if (train_cmd->parsed()) return train(train_options, flags, argc, argv);

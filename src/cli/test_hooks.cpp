@@ -19,7 +19,8 @@ namespace {
 // optional).
 class SignalAtStep final : public train::Callback {
  public:
-  SignalAtStep(std::optional<int64_t> kill, std::optional<int64_t> stop) : kill_(kill), stop_(stop) {}
+  SignalAtStep(std::optional<int64_t> kill, std::optional<int64_t> stop)
+      : kill_(kill), stop_(stop) {}
   void on_step_end(const train::StepInfo& s) override {
     if (stop_ && s.step == *stop_) raise(SIGSTOP);
     if (kill_ && s.step == *kill_) raise(SIGKILL);
@@ -104,8 +105,8 @@ std::optional<train::ModelledTime> test_compute_time(const std::map<std::string,
     const std::string who = entry.substr(0, c1);
     const bool ok = c2 != std::string::npos && (who == "all" || parse_int(who, rank)) &&
                     parse_double(entry.substr(c1 + 1, c2 - c1 - 1), fixed) &&
-                    parse_double(entry.substr(c2 + 1), per_row) && fixed >= 0.0 &&
-                    per_row >= 0.0 && std::isfinite(fixed) && std::isfinite(per_row);
+                    parse_double(entry.substr(c2 + 1), per_row) && fixed >= 0.0 && per_row >= 0.0 &&
+                    std::isfinite(fixed) && std::isfinite(per_row);
     if (!ok) {
       throw ConfigError(fmt::format(
           "DTRAIN_TEST_COMPUTE_SECONDS='{}': expected RANK:FIXED:PER_ROW entries, got '{}'", text,

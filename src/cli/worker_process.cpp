@@ -1,6 +1,7 @@
 #include "cli/worker_process.h"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <poll.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -10,8 +11,6 @@
 #include <cerrno>
 #include <cstring>
 #include <system_error>
-
-#include <fmt/format.h>
 
 #include "core/error.h"
 

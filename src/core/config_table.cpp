@@ -26,10 +26,10 @@ void KeyLines::merge(const KeyLines& other) {
 }
 
 void AliasedTable::twice(std::string_view key) const {
-  throw lines_.error(key, fmt::format("given twice: also as the deprecated '{}' (line {}); keep "
-                                      "only the one in [{}]",
-                                      legacy_.lines().full(key), legacy_.lines().line(key),
-                                      lines_.table()));
+  throw lines_.error(
+      key, fmt::format("given twice: also as the deprecated '{}' (line {}); keep "
+                       "only the one in [{}]",
+                       legacy_.lines().full(key), legacy_.lines().line(key), lines_.table()));
 }
 
 void AliasedTable::note(std::string_view key) {

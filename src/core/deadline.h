@@ -16,7 +16,9 @@ class Deadline {
 
   Deadline() : at_(Clock::time_point::max()) {}
   explicit Deadline(Clock::time_point at) : at_(at) {}
-  static Deadline after(std::chrono::milliseconds timeout) { return Deadline(Clock::now() + timeout); }
+  static Deadline after(std::chrono::milliseconds timeout) {
+    return Deadline(Clock::now() + timeout);
+  }
   static Deadline never() { return Deadline(); }
 
   bool expired() const { return Clock::now() >= at_; }

@@ -3,7 +3,9 @@
 namespace dtrain {
 
 namespace {
-std::string peer_name(int peer) { return peer < 0 ? std::string("unknown peer") : fmt::format("rank {}", peer); }
+std::string peer_name(int peer) {
+  return peer < 0 ? std::string("unknown peer") : fmt::format("rank {}", peer);
+}
 }  // namespace
 
 ConfigError::ConfigError(std::string file, std::string key, int64_t line,

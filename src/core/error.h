@@ -10,12 +10,12 @@
 // Thread safety: the types are values; throwing is safe from any thread.
 #pragma once
 
+#include <fmt/format.h>
+
 #include <chrono>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
-
-#include <fmt/format.h>
 
 namespace dtrain {
 
@@ -108,12 +108,12 @@ namespace detail {
 
 // DTRAIN_CHECK(cond, "format {}", args...): throws InternalError naming
 // file:line, the condition and the formatted values when cond is false.
-#define DTRAIN_CHECK(cond, ...)                                                           \
-  do {                                                                                     \
-    if (!(cond)) [[unlikely]] {                                                            \
-      ::dtrain::detail::throw_check_failure(__FILE__, __LINE__, #cond,                     \
-                                            ::fmt::format(__VA_ARGS__));                   \
-    }                                                                                      \
+#define DTRAIN_CHECK(cond, ...)                                          \
+  do {                                                                   \
+    if (!(cond)) [[unlikely]] {                                          \
+      ::dtrain::detail::throw_check_failure(__FILE__, __LINE__, #cond,   \
+                                            ::fmt::format(__VA_ARGS__)); \
+    }                                                                    \
   } while (false)
 
 // Same contract, compiled out in release builds (hot loops).

@@ -9,12 +9,12 @@
 // a mutex.
 #pragma once
 
+#include <fmt/format.h>
+
 #include <functional>
 #include <mutex>
 #include <string>
 #include <string_view>
-
-#include <fmt/format.h>
 
 namespace dtrain {
 
@@ -49,11 +49,13 @@ class Logger {
   }
   template <typename... Args>
   void error(fmt::format_string<Args...> f, Args&&... args) {
-    if (enabled(LogLevel::kError)) log(LogLevel::kError, fmt::format(f, std::forward<Args>(args)...));
+    if (enabled(LogLevel::kError))
+      log(LogLevel::kError, fmt::format(f, std::forward<Args>(args)...));
   }
   template <typename... Args>
   void debug(fmt::format_string<Args...> f, Args&&... args) {
-    if (enabled(LogLevel::kDebug)) log(LogLevel::kDebug, fmt::format(f, std::forward<Args>(args)...));
+    if (enabled(LogLevel::kDebug))
+      log(LogLevel::kDebug, fmt::format(f, std::forward<Args>(args)...));
   }
 
  private:

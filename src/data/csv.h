@@ -32,8 +32,8 @@ struct CsvOptions {
   std::string label_column = "label";  // by name; used when label_index is unset
   int64_t label_index = kByName;       // by position; -1: the last column
   char delimiter = ',';
-  int64_t num_classes = 0;  // 0: 1 + the largest label
-  int64_t limit = 0;        // read only the first `limit` samples; 0: all
+  int64_t num_classes = 0;                          // 0: 1 + the largest label
+  int64_t limit = 0;                                // read only the first `limit` samples; 0: all
   uint64_t max_file_bytes = io::kMaxDataFileBytes;  // larger files are refused
 
   static constexpr int64_t kByName = INT64_MIN;

@@ -1,8 +1,8 @@
 #include "io/toml_table.h"
 
-#include <sstream>
-
 #include <fmt/format.h>
+
+#include <sstream>
 
 namespace dtrain::io {
 
@@ -48,8 +48,9 @@ void apply_override(toml::table& root, const std::string& assignment) {
         index = std::stoul(index_text, &used);
         if (used != index_text.size()) throw std::invalid_argument(index_text);
       } catch (const std::exception&) {
-        throw ConfigError("--set", key, 0,
-                          "'" + part + "' is an array: expected an index, got '" + index_text + "'");
+        throw ConfigError(
+            "--set", key, 0,
+            "'" + part + "' is an array: expected an index, got '" + index_text + "'");
       }
       if (index >= array->size() || next == std::string_view::npos) {
         throw ConfigError("--set", key, 0,

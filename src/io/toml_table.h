@@ -13,14 +13,14 @@
 // toml::table, which must outlive it. Never blocks.
 #pragma once
 
+#include <toml++/toml.h>
+
 #include <cstdint>
 #include <optional>
 #include <set>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <toml++/toml.h>
 
 #include "core/config_table.h"
 

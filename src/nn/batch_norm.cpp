@@ -1,8 +1,8 @@
 #include "nn/batch_norm.h"
 
-#include <charconv>
-
 #include <fmt/format.h>
+
+#include <charconv>
 
 #include "autograd/functions.h"
 

@@ -1,8 +1,8 @@
 #include "nn/conv2d.h"
 
-#include <cmath>
-
 #include <fmt/format.h>
+
+#include <cmath>
 
 #include "autograd/functions.h"
 #include "nn/init.h"

@@ -1,8 +1,8 @@
 #include "nn/dropout.h"
 
-#include <charconv>
-
 #include <fmt/format.h>
+
+#include <charconv>
 
 #include "autograd/functions.h"
 

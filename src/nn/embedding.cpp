@@ -1,9 +1,9 @@
 #include "nn/embedding.h"
 
+#include <fmt/format.h>
+
 #include <cmath>
 #include <vector>
-
-#include <fmt/format.h>
 
 #include "autograd/functions.h"
 #include "nn/init.h"

@@ -1,8 +1,8 @@
 #include "nn/init.h"
 
-#include <cmath>
-
 #include <fmt/format.h>
+
+#include <cmath>
 
 #include "core/error.h"
 

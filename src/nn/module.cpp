@@ -1,8 +1,8 @@
 #include "nn/module.h"
 
-#include <set>
-
 #include <fmt/format.h>
+
+#include <set>
 
 #include "core/error.h"
 

@@ -1,8 +1,8 @@
 #include "optim/adagrad.h"
 
-#include <cmath>
-
 #include <fmt/format.h>
+
+#include <cmath>
 
 namespace dtrain::optim {
 

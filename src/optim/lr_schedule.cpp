@@ -1,9 +1,9 @@
 #include "optim/lr_schedule.h"
 
+#include <fmt/format.h>
+
 #include <cmath>
 #include <numbers>
-
-#include <fmt/format.h>
 
 #include "core/error.h"
 

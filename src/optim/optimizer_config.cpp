@@ -25,7 +25,7 @@ std::unique_ptr<UpdateRule> build_or_config_error(const Build& build) {
 }  // namespace
 
 std::unique_ptr<UpdateRule> make_update_rule(const OptimizerConfig& config,
-                                          std::vector<Shape> shapes) {
+                                             std::vector<Shape> shapes) {
   const std::string& type = config.type;
   if (type == "sgd") {
     SgdOptions options;
@@ -34,8 +34,7 @@ std::unique_ptr<UpdateRule> make_update_rule(const OptimizerConfig& config,
     options.dampening = config.dampening;
     options.nesterov = config.nesterov;
     options.weight_decay = config.weight_decay.value_or(options.weight_decay);
-    return build_or_config_error(
-        [&] { return std::make_unique<Sgd>(std::move(shapes), options); });
+    return build_or_config_error([&] { return std::make_unique<Sgd>(std::move(shapes), options); });
   }
   if (type == "adam" || type == "adamw") {
     AdamOptions options = type == "adam" ? AdamOptions{} : AdamW::defaults();

@@ -1,12 +1,12 @@
 #include "optim/update_rule.h"
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
 #include <charconv>
 #include <cmath>
 #include <set>
 #include <utility>
-
-#include <fmt/format.h>
-#include <fmt/ranges.h>
 
 #include "core/error.h"
 
@@ -59,8 +59,7 @@ int64_t UpdateRule::step_count(size_t index) const {
 
 void UpdateRule::check_dense(size_t index, const Tensor& param, const Tensor& grad) const {
   if (index >= shapes_.size()) {
-    fail(fmt::format("parameter index {} is out of range ({} parameters)", index,
-                     shapes_.size()));
+    fail(fmt::format("parameter index {} is out of range ({} parameters)", index, shapes_.size()));
   }
   const Shape& expected = shapes_[index];
   if (param.shape() != expected || grad.shape() != expected) {
@@ -71,8 +70,7 @@ void UpdateRule::check_dense(size_t index, const Tensor& param, const Tensor& gr
 
 void UpdateRule::check_sparse(size_t index, const Tensor& param, const SparseRows& grad) const {
   if (index >= shapes_.size()) {
-    fail(fmt::format("parameter index {} is out of range ({} parameters)", index,
-                     shapes_.size()));
+    fail(fmt::format("parameter index {} is out of range ({} parameters)", index, shapes_.size()));
   }
   const Shape& expected = shapes_[index];
   if (param.shape() != expected || expected.empty()) {

@@ -221,8 +221,7 @@ bool Client::Impl::disconnected(int server) {
   return broke;
 }
 
-std::optional<std::pair<comm::wire::FrameHeader, Message>> Client::Impl::next_message(
-    int server) {
+std::optional<std::pair<comm::wire::FrameHeader, Message>> Client::Impl::next_message(int server) {
   comm::wire::FramedSocket& socket = *sockets_[static_cast<size_t>(server)];
   while (std::optional<comm::wire::Frame> frame = socket.try_receive()) {
     try {
@@ -242,9 +241,8 @@ void Client::Impl::send(int server, Message& m) {
     auto& open = open_pushes_[static_cast<size_t>(server)];
     // Pushes for versions before this one are settled (sync closed them).
     std::erase_if(open, [&](const Message& p) { return p.version < m.version; });
-    const bool again = std::any_of(open.begin(), open.end(), [&](const Message& p) {
-      return p.request_id == m.request_id;
-    });
+    const bool again = std::any_of(open.begin(), open.end(),
+                                   [&](const Message& p) { return p.request_id == m.request_id; });
     if (!again) open.push_back(m);
   }
 }
@@ -293,11 +291,12 @@ void Client::Impl::rejoin(int server, uint64_t except, const std::string& operat
       waiting.erase(reply.request_id);
     }
   }
-  logger_.warn("ps worker {}: re-joined replaced server {} in {:.3f} s (version {}, {} open "
-               "push(es) sent again)",
-               options_.worker, server,
-               std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
-               last_version_, batch.size() - 1);
+  logger_.warn(
+      "ps worker {}: re-joined replaced server {} in {:.3f} s (version {}, {} open "
+      "push(es) sent again)",
+      options_.worker, server,
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
+      last_version_, batch.size() - 1);
 }
 
 // One exchange() in flight: the requests, the servers still to answer and
@@ -337,16 +336,17 @@ void Client::Impl::take_reply(Call& call, int server, Message& reply) {
   Message& request = call.requests[index].second;
   const std::string op = "ps " + call.operation;
   if (reply.reply_to != request.kind) {
-    call.fail(server, std::make_exception_ptr(CommError(
-                          server, op,
-                          fmt::format("server {} answered a {} request", server,
-                                      to_string(reply.reply_to)))));
+    call.fail(server,
+              std::make_exception_ptr(CommError(server, op,
+                                                fmt::format("server {} answered a {} request",
+                                                            server, to_string(reply.reply_to)))));
   } else if (reply.status == ReplyStatus::kRejoin) {
     if (request.kind == Kind::kInit) {
-      call.fail(server, std::make_exception_ptr(CommError(
-                            server, op,
-                            fmt::format("server {} asked for the init it was sent: {}", server,
-                                        reply.error))));
+      call.fail(
+          server,
+          std::make_exception_ptr(CommError(
+              server, op,
+              fmt::format("server {} asked for the init it was sent: {}", server, reply.error))));
     } else if (recover(call, server, "asked for a re-join")) {
       rejoin(server, request.request_id, call.operation);
       send(server, request);
@@ -356,8 +356,7 @@ void Client::Impl::take_reply(Call& call, int server, Message& reply) {
   } else if (reply.status == ReplyStatus::kTimeout) {
     call.fail(server, std::make_exception_ptr(TimeoutError(
                           server, op, options_.timeout,
-                          fmt::format("{} on server {} ({})", call.awaited, server,
-                                      reply.error))));
+                          fmt::format("{} on server {} ({})", call.awaited, server, reply.error))));
   } else if (reply.status == ReplyStatus::kError) {
     call.fail(server, std::make_exception_ptr(CommError(
                           server, op, fmt::format("server {} refused: {}", server, reply.error))));
@@ -392,9 +391,10 @@ void Client::Impl::wait_for_replies(Call& call) {
         // The connection broke while the request waited: whatever the server
         // had of it is gone with it. Send it again for the replacement.
         if (disconnected(server) && recover(call, server, "lost its connection")) {
-          logger_.warn("ps worker {}: lost the connection to server {} during {}; sending the "
-                       "request again for its replacement",
-                       options_.worker, server, call.operation);
+          logger_.warn(
+              "ps worker {}: lost the connection to server {} during {}; sending the "
+              "request again for its replacement",
+              options_.worker, server, call.operation);
           send(server, call.requests[call.pending.at(server)].second);
         }
         continue;
@@ -416,8 +416,8 @@ void Client::Impl::wait_for_replies(Call& call) {
 std::vector<Message> Client::Impl::exchange(std::vector<std::pair<int, Message>> requests,
                                             const std::string& operation,
                                             const std::string& awaited) {
-  Call call{std::move(requests), operation, awaited, Deadline::after(options_.timeout), {}, {}, {},
-            0};
+  Call call{
+      std::move(requests), operation, awaited, Deadline::after(options_.timeout), {}, {}, {}, 0};
   // Broken connections seen while no request waited: the requests below reach
   // the replacement, which asks for a re-join.
   for (int s = 0; s < num_servers(); ++s) (void)disconnected(s);
@@ -546,8 +546,7 @@ uint64_t Client::pull(const std::vector<Tensor>& out, uint64_t min_version) {
     m.min_version = min_version;
     requests.emplace_back(s, std::move(m));
   }
-  auto replies =
-      d.exchange(std::move(requests), "pull", fmt::format("version >= {}", min_version));
+  auto replies = d.exchange(std::move(requests), "pull", fmt::format("version >= {}", min_version));
   uint64_t version = replies[0].version;
   uint64_t min_clock = replies[0].min_clock;
   for (int s = 0; s < d.num_servers(); ++s) {

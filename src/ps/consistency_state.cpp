@@ -58,13 +58,15 @@ void ConsistencyState::check_liveness(Clock::time_point now) {
     Worker& w = workers_[i];
     if (w.state != WorkerState::kLive) continue;
     const int64_t silent = ms_between(w.last_heard, now);
-    const int64_t limit = w.heard ? options_.heartbeat_timeout.count()
-                                  : std::max(options_.heartbeat_timeout, options_.join_timeout).count();
+    const int64_t limit = w.heard
+                              ? options_.heartbeat_timeout.count()
+                              : std::max(options_.heartbeat_timeout, options_.join_timeout).count();
     if (silent > limit) {
       w.state = WorkerState::kDead;
-      logger_.warn("ps server {}: worker {} declared dead at version {}: silent for {} ms ({} {} ms)",
-                   options_.server, i, version_, silent,
-                   w.heard ? "heartbeat timeout" : "never heard from; join timeout", limit);
+      logger_.warn(
+          "ps server {}: worker {} declared dead at version {}: silent for {} ms ({} {} ms)",
+          options_.server, i, version_, silent,
+          w.heard ? "heartbeat timeout" : "never heard from; join timeout", limit);
     }
   }
 }
@@ -235,10 +237,9 @@ void ConsistencyState::follow(uint64_t version, std::string_view cause) {
   if (version <= version_) return;
   logger_.warn("ps server {}: moved from version {} to {}, the version of {}{}", options_.server,
                version_, version, cause,
-               pushes_in_version_ > 0
-                   ? fmt::format(" ({} held push(es) of version {} discarded)", pushes_in_version_,
-                                 version_)
-                   : std::string());
+               pushes_in_version_ > 0 ? fmt::format(" ({} held push(es) of version {} discarded)",
+                                                    pushes_in_version_, version_)
+                                      : std::string());
   reset(version);
 }
 

@@ -140,6 +140,10 @@ struct Message {
   // kInit values, kPush gradient, kPushRows gradient rows, replies to kPull
   // (the range) and kPullRows (rows [k, D]).
   std::vector<float> floats;
+  // Set by decode_message for kPush and kPushRows: whether `floats` holds
+  // only finite values (checked while copying, in cache; the server refuses
+  // an update that does not). Not on the wire.
+  bool floats_finite = true;
   // Replies to kPull: the server's minimum live clock (SSP) and, in sync, the
   // totals of the last closed version (zeros before the first and in
   // async/ssp).

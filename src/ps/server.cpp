@@ -8,6 +8,7 @@
 
 #include "comm/wire/framed_socket.h"
 #include "core/error.h"
+#include "core/finite.h"
 #include "ps/consistency_state.h"
 #include "ps/shard_store.h"
 #include "ps/state_layout.h"
@@ -269,8 +270,8 @@ void Server::Impl::handle(const std::string& identity, uint32_t sender, Message&
     return;
   }
   if (sender != worker_rank(options_.num_servers, static_cast<int>(m.worker))) {
-    refuse(fmt::format("frame from wire rank {} claims to be worker {} (rank {})", sender,
-                       m.worker, worker_rank(options_.num_servers, static_cast<int>(m.worker))));
+    refuse(fmt::format("frame from wire rank {} claims to be worker {} (rank {})", sender, m.worker,
+                       worker_rank(options_.num_servers, static_cast<int>(m.worker))));
     return;
   }
   const WorkerState state = consistency_.state(m.worker);
@@ -315,9 +316,10 @@ void Server::Impl::reply_left_out(const std::string& identity, uint32_t receiver
   // A worker that was stopped past the heartbeat timeout and woke up: the
   // job went on without it; it learns so instead of an error.
   ++counters_.requests_rejected;
-  logger_.warn("ps server {}: worker {}, declared dead earlier, is back ({}); told it the job "
-               "goes on without it",
-               options_.server, m.worker, to_string(m.kind));
+  logger_.warn(
+      "ps server {}: worker {}, declared dead earlier, is back ({}); told it the job "
+      "goes on without it",
+      options_.server, m.worker, to_string(m.kind));
   Message r;
   r.kind = Kind::kReply;
   r.reply_to = m.kind;
@@ -475,11 +477,12 @@ bool Server::Impl::restore_shard(uint32_t worker) {
     }
     std::copy(pulled.begin(), pulled.end(), values.data());
     import_shard(part, state.version);
-    logger_.warn("ps server {}: replacement restored its shard from {} (version {}; dense values "
-                 "from worker {}'s last pulled copy, optimizer state and embedding rows from the "
-                 "checkpoint) and serves {:.3f} s after its start",
-                 options_.server, source.origin, state.version, worker,
-                 std::chrono::duration<double>(Clock::now() - started_).count());
+    logger_.warn(
+        "ps server {}: replacement restored its shard from {} (version {}; dense values "
+        "from worker {}'s last pulled copy, optimizer state and embedding rows from the "
+        "checkpoint) and serves {:.3f} s after its start",
+        options_.server, source.origin, state.version, worker,
+        std::chrono::duration<double>(Clock::now() - started_).count());
     return true;
   } catch (const std::exception& e) {
     logger_.error("ps server {}: cannot restore from {}: {}", options_.server, source.origin,
@@ -558,12 +561,10 @@ namespace {
 // poison every parameter it touches. (A non-finite learning rate does not
 // decode at all: decode_message.)
 void check_finite_update(const Message& m) {
-  for (size_t i = 0; i < m.floats.size(); ++i) {
-    if (!std::isfinite(m.floats[i])) {
-      throw Refusal(fmt::format("{} from worker {}: value {} of {} is {}; nothing applied",
-                                to_string(m.kind), m.worker, i, m.floats.size(), m.floats[i]));
-    }
-  }
+  if (m.floats_finite) return;  // decode_message checked them
+  const size_t i = dtrain::first_non_finite(m.floats).value_or(0);
+  throw Refusal(fmt::format("{} from worker {}: value {} of {} is {}; nothing applied",
+                            to_string(m.kind), m.worker, i, m.floats.size(), m.floats[i]));
 }
 
 }  // namespace

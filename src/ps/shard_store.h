@@ -33,8 +33,8 @@
 #include <unordered_map>
 #include <vector>
 
-#include "optim/update_rule.h"
 #include "optim/optimizer_config.h"
+#include "optim/update_rule.h"
 #include "ps/sharding.h"
 #include "tensor/state_dict.h"
 

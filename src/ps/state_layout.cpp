@@ -247,8 +247,7 @@ std::vector<StateDict> split_state(const ShardPlan& plan,
 }
 
 PsState state_from_checkpoint(const StateDict& model, const StateDict& optimizer,
-                              const std::vector<std::string>& dense_names,
-                              uint64_t min_version) {
+                              const std::vector<std::string>& dense_names, uint64_t min_version) {
   PsState state;
   state.version = min_version;
   if (const auto it = optimizer.metadata().find(kCheckpointVersionKey);

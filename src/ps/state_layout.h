@@ -52,8 +52,7 @@ inline constexpr const char* kCheckpointLaunchKey = "ps.launch";
 // but at least `min_version` (a checkpoint of another strategy has none).
 // UsageError naming a missing tensor or a version that is not a number.
 PsState state_from_checkpoint(const StateDict& model, const StateDict& optimizer,
-                              const std::vector<std::string>& dense_names,
-                              uint64_t min_version);
+                              const std::vector<std::string>& dense_names, uint64_t min_version);
 
 // `server_states[s]` and `versions[s]` are server s's state dict and version.
 PsState assemble_state(const ShardPlan& plan, const std::vector<SparseTableSpec>& tables,

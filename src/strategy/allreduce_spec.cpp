@@ -94,9 +94,7 @@ class AllReduceSpec final : public StrategySpec {
     return p;
   }
 
-  bool multi_process(const JobFacts& job) const override {
-    return job.launched || job.workers > 1;
-  }
+  bool multi_process(const JobFacts& job) const override { return job.launched || job.workers > 1; }
   // The mpi backend speaks MPI only (its fabric's own security applies).
   bool uses_own_wire(const JobFacts& job) const override {
     return job.launched && o_.backend != "mpi";
@@ -141,14 +139,15 @@ class AllReduceSpec final : public StrategySpec {
     if (job.class_weights) throw refuse("train.class_weights", "class weights");
     if (job.partitioned) throw refuse("data.partition", "partitions (one per worker)");
     if (o_.backend != "native") {
-      throw where_.error("backend", "elastic mode re-forms groups over dtrain's own collectives: "
-                                    "backend must be 'native'");
+      throw where_.error("backend",
+                         "elastic mode re-forms groups over dtrain's own collectives: "
+                         "backend must be 'native'");
     }
     const int64_t min_workers = job.min_workers > 0 ? job.min_workers : job.workers;
     if (min_workers > job.workers) {
-      throw job.where.error("train.min_workers",
-                            fmt::format("{} is more than the job's {} worker(s)", min_workers,
-                                        job.workers));
+      throw job.where.error(
+          "train.min_workers",
+          fmt::format("{} is more than the job's {} worker(s)", min_workers, job.workers));
     }
   }
 
@@ -169,19 +168,19 @@ class AllReduceSpec final : public StrategySpec {
       link.mpi_session = std::make_unique<comm::MpiSession>(nullptr, nullptr);
       link.mpi = std::make_unique<comm::MpiCollectives>();
       if (link.mpi->size() != launch.world_size || link.mpi->rank() != launch.rank) {
-        throw where_.error("backend",
-                           fmt::format("MPI says rank {} of {}, the environment ({}) rank {} of "
-                                       "{}: the mpi backend needs a job started by mpirun",
-                                       link.mpi->rank(), link.mpi->size(), launch.source,
-                                       launch.rank, launch.world_size));
+        throw where_.error(
+            "backend", fmt::format("MPI says rank {} of {}, the environment ({}) rank {} of "
+                                   "{}: the mpi backend needs a job started by mpirun",
+                                   link.mpi->rank(), link.mpi->size(), launch.source, launch.rank,
+                                   launch.world_size));
       }
       return link;
 #else
       throw where_.error("backend", "this dtrain was built without MPI");
 #endif
     }
-    link.native = comm::connect_worker(c.job_name, launch, {c.timeout, c.heartbeat_timeout},
-                                       *c.logger);
+    link.native =
+        comm::connect_worker(c.job_name, launch, {c.timeout, c.heartbeat_timeout}, *c.logger);
     return link;
   }
 
@@ -198,8 +197,7 @@ class AllReduceSpec final : public StrategySpec {
     o.rendezvous_timeout = c.timeout;
     o.heartbeat_timeout = c.heartbeat_timeout;
     o.allreduce = options(c);
-    return std::make_unique<ElasticAllReduce>(o, c.make_model, c.make_optimizer, c.loss,
-                                              *c.logger);
+    return std::make_unique<ElasticAllReduce>(o, c.make_model, c.make_optimizer, c.loss, *c.logger);
   }
 
   AllReduceJobOptions o_;

@@ -1,10 +1,10 @@
 #include "strategy/compute_timer.h"
 
+#include <fmt/format.h>
+
 #include <chrono>
 #include <cmath>
 #include <thread>
-
-#include <fmt/format.h>
 
 #include "core/error.h"
 
@@ -27,9 +27,9 @@ ModelledTimer::ModelledTimer(double fixed_s, double per_row_s)
     : fixed_s_(fixed_s), per_row_s_(per_row_s) {
   if (!(fixed_s >= 0.0) || !(per_row_s >= 0.0) || !std::isfinite(fixed_s) ||
       !std::isfinite(per_row_s)) {
-    throw UsageError(fmt::format(
-        "modelled compute time: fixed {} s and per row {} s must be finite and >= 0", fixed_s,
-        per_row_s));
+    throw UsageError(
+        fmt::format("modelled compute time: fixed {} s and per row {} s must be finite and >= 0",
+                    fixed_s, per_row_s));
   }
 }
 

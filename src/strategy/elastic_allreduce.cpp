@@ -102,8 +102,8 @@ void ElasticAllReduce::reform(TrainingPosition& position, const std::string& cau
   logger_.warn("slot {} (rank {} of {}, generation {}) at step {}: re-forming the group: {}",
                options_.slot, inner_->rank(), inner_->world_size(), generation_, position.step,
                why);
-  held_ = HeldState{inner_->model().state_dict().clone(), inner_->optimizer_state().clone(),
-                    position};
+  held_ =
+      HeldState{inner_->model().state_dict().clone(), inner_->optimizer_state().clone(), position};
   inner_.reset();
   comm_.reset();
   form(generation_);
@@ -125,8 +125,8 @@ void ElasticAllReduce::form(std::optional<uint32_t> member_of) {
     try {
       m = client_.join(member_of, deadline, suspects);
     } catch (const comm::LeftOutError& e) {
-      throw LeftGroup(fmt::format("slot {}: dropped from the job: {}; exiting", options_.slot,
-                                  e.what()));
+      throw LeftGroup(
+          fmt::format("slot {}: dropped from the job: {}; exiting", options_.slot, e.what()));
     }
     if (!m) {
       throw JobFinished(
@@ -192,8 +192,8 @@ void ElasticAllReduce::sync_state() {
     if (!held_) {
       // The group has not trained yet (an earlier generation failed while
       // forming): the initial state is the group's.
-      held_ = HeldState{
-          inner_->model().state_dict().clone(), inner_->optimizer_state().clone(), {}};
+      held_ =
+          HeldState{inner_->model().state_dict().clone(), inner_->optimizer_state().clone(), {}};
     }
     // Layout: u64 step, epoch, batch_in_epoch; u64 model length; the model's
     // safetensors bytes; the optimizer's safetensors bytes (to the end).

@@ -132,8 +132,8 @@ class ElasticAllReduce final : public Strategy, public ElasticMembership {
   std::optional<HeldState> held_;  // set while it is the group's state
   bool joined_running_ = false;    // the first group formed had trained before
   uint32_t generation_ = 0;
-  std::string failure_;  // a CommError seen by reform_due() or train_step()
-  std::optional<int> suspect_;  // the slot that failure named, reported on the next join
+  std::string failure_;             // a CommError seen by reform_due() or train_step()
+  std::optional<int> suspect_;      // the slot that failure named, reported on the next join
   std::vector<int> slots_by_rank_;  // of the current generation
   std::unique_ptr<comm::Communicator> comm_;
   std::unique_ptr<strategy::AllReduceStrategy> inner_;  // after comm_: destroyed first

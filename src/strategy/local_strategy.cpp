@@ -9,7 +9,9 @@ namespace dtrain::strategy {
 
 LocalStrategy::LocalStrategy(std::unique_ptr<nn::Module> model,
                              const OptimizerFactory& make_optimizer, LossFn loss)
-    : model_(std::move(model)), optimizer_(make_optimizer(model_->parameters())), loss_(std::move(loss)) {}
+    : model_(std::move(model)),
+      optimizer_(make_optimizer(model_->parameters())),
+      loss_(std::move(loss)) {}
 
 StepStats LocalStrategy::train_step(const Tensor& inputs, std::span<const int64_t> targets) {
   const auto n = static_cast<int64_t>(targets.size());
@@ -21,7 +23,8 @@ StepStats LocalStrategy::train_step(const Tensor& inputs, std::span<const int64_
   loss.backward();
   check_finite_gradients(*model_);
   optimizer_->step();
-  return {static_cast<double>(loss.item()) * static_cast<double>(n), count_correct(output.data(), targets), n};
+  return {static_cast<double>(loss.item()) * static_cast<double>(n),
+          count_correct(output.data(), targets), n};
 }
 
 namespace {
@@ -46,7 +49,9 @@ class LocalSpec final : public StrategySpec {
   std::unique_ptr<Strategy> build(const BuildContext& c) const override {
     return std::make_unique<LocalStrategy>(c.make_model(), c.make_optimizer, c.loss);
   }
-  std::unique_ptr<StrategySpec> clone() const override { return std::make_unique<LocalSpec>(*this); }
+  std::unique_ptr<StrategySpec> clone() const override {
+    return std::make_unique<LocalSpec>(*this);
+  }
 };
 
 }  // namespace

@@ -1,8 +1,8 @@
 #include "strategy/mirrored_strategy.h"
 
-#include <algorithm>
-
 #include <fmt/format.h>
+
+#include <algorithm>
 
 #include "autograd/functions.h"
 #include "core/error.h"
@@ -14,7 +14,8 @@ MirroredStrategy::MirroredStrategy(std::unique_ptr<nn::Module> model,
                                    const ModelFactory& make_replica, int64_t replicas,
                                    const OptimizerFactory& make_optimizer, LossFn loss)
     : loss_(std::move(loss)), threads_(replicas), stats_(static_cast<size_t>(replicas)) {
-  if (replicas < 1) throw UsageError(fmt::format("mirrored: need at least 1 replica, got {}", replicas));
+  if (replicas < 1)
+    throw UsageError(fmt::format("mirrored: need at least 1 replica, got {}", replicas));
   models_.push_back(std::move(model));
   for (int64_t r = 1; r < replicas; ++r) models_.push_back(make_replica());
   for (const auto& m : models_) {
@@ -22,7 +23,8 @@ MirroredStrategy::MirroredStrategy(std::unique_ptr<nn::Module> model,
     std::vector<Tensor> buffers;
     for (auto& [name, buffer] : m->named_buffers()) buffers.push_back(buffer);
     buffers_.push_back(std::move(buffers));
-    if (params_.back().size() != params_[0].size() || buffers_.back().size() != buffers_[0].size()) {
+    if (params_.back().size() != params_[0].size() ||
+        buffers_.back().size() != buffers_[0].size()) {
       throw UsageError("mirrored: the replica factory built a model with other parameters");
     }
   }
@@ -41,7 +43,8 @@ void MirroredStrategy::sync_replicas() {
 void MirroredStrategy::copy_from_primary(int64_t replica) {
   if (replica == 0) return;
   const auto r = static_cast<size_t>(replica);
-  for (size_t i = 0; i < params_[0].size(); ++i) params_[r][i].data().copy_from(params_[0][i].data());
+  for (size_t i = 0; i < params_[0].size(); ++i)
+    params_[r][i].data().copy_from(params_[0][i].data());
   for (size_t i = 0; i < buffers_[0].size(); ++i) buffers_[r][i].copy_from(buffers_[0][i]);
 }
 
@@ -79,7 +82,8 @@ StepStats MirroredStrategy::train_step(const Tensor& inputs, std::span<const int
     model.zero_grad();
     stats_[static_cast<size_t>(r)] = {};
     if (rows == 0) return;
-    const auto slice_targets = targets.subspan(static_cast<size_t>(begin), static_cast<size_t>(rows));
+    const auto slice_targets =
+        targets.subspan(static_cast<size_t>(begin), static_cast<size_t>(rows));
     Variable output = model.forward(Variable(inputs.narrow(begin, rows)));
     Variable loss = loss_(output, slice_targets);
     mul_scalar(loss, static_cast<float>(rows) / static_cast<float>(n)).backward();

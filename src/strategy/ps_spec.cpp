@@ -95,11 +95,11 @@ class PsSpec final : public StrategySpec {
   void validate(const JobFacts& job, std::vector<std::string>& /*warnings*/) const override {
     refuse_elastic(job, name());
     if (job.launched && job.launched_world_size <= o_.servers) {
-      throw where_.error("servers", fmt::format("{} servers leave no worker in a job of {} "
-                                                "processes ({}); start servers + workers "
-                                                "processes",
-                                                o_.servers, job.launched_world_size,
-                                                job.launched_by));
+      throw where_.error("servers",
+                         fmt::format("{} servers leave no worker in a job of {} "
+                                     "processes ({}); start servers + workers "
+                                     "processes",
+                                     o_.servers, job.launched_world_size, job.launched_by));
     }
     const int64_t workers = worker_count(job);
     if (o_.backup_workers >= workers) {
@@ -140,9 +140,9 @@ class PsSpec final : public StrategySpec {
     }
     const int64_t min_workers = job.min_workers > 0 ? job.min_workers : 1;
     if (min_workers > workers) {
-      throw job.where.error("train.min_workers",
-                            fmt::format("{} is more than the job's {} worker(s)", min_workers,
-                                        workers));
+      throw job.where.error(
+          "train.min_workers",
+          fmt::format("{} is more than the job's {} worker(s)", min_workers, workers));
     }
   }
 
@@ -211,9 +211,10 @@ std::vector<std::string> PsSpec::fixed_endpoints(const comm::LaunchSettings& s) 
   const bool blank = std::any_of(endpoints.begin(), endpoints.end(),
                                  [](const std::string& e) { return e.empty(); });
   if (blank || static_cast<int64_t>(endpoints.size()) != o_.servers) {
-    throw ConfigError(fmt::format("DTRAIN_PS_ENDPOINTS='{}' names {} endpoint(s); the job has {} "
-                                  "server(s)",
-                                  s.ps_endpoints, endpoints.size(), o_.servers));
+    throw ConfigError(
+        fmt::format("DTRAIN_PS_ENDPOINTS='{}' names {} endpoint(s); the job has {} "
+                    "server(s)",
+                    s.ps_endpoints, endpoints.size(), o_.servers));
   }
   return endpoints;
 }
@@ -256,9 +257,10 @@ std::optional<ps::ServerRestore> PsSpec::restore_source(const BuildContext& c) c
     const auto& meta = checkpoint.section("optimizer").metadata();
     const auto launch = meta.find(ps::kCheckpointLaunchKey);
     if (!c.facts.resume && (launch == meta.end() || launch->second != launch_id)) {
-      logger.warn("replacement server: skipping {}: written by another run of the job (this one "
-                  "started with --no-resume)",
-                  path);
+      logger.warn(
+          "replacement server: skipping {}: written by another run of the job (this one "
+          "started with --no-resume)",
+          path);
       continue;
     }
     return ps::ServerRestore{checkpoint.section("model"), checkpoint.section("optimizer"),
@@ -280,8 +282,9 @@ int PsSpec::serve(const BuildContext& c) const {
   o.num_servers = static_cast<int>(o_.servers);
   o.num_workers = static_cast<int>(worker_count(c.facts));
   const std::string& listen_host = launch.settings.listen_host;
-  o.bind_endpoint = fmt::format(
-      "tcp://{}:0", listen_host.find(':') != std::string::npos ? "[" + listen_host + "]" : listen_host);
+  o.bind_endpoint =
+      fmt::format("tcp://{}:0", listen_host.find(':') != std::string::npos ? "[" + listen_host + "]"
+                                                                           : listen_host);
   o.consistency = ps::parse_consistency(o_.consistency);
   o.backup_workers = static_cast<int>(o_.backup_workers);
   o.staleness_bound = static_cast<int>(o_.staleness);
@@ -309,19 +312,20 @@ int PsSpec::serve(const BuildContext& c) const {
     endpoint = server->endpoint();
   } else {
     if (replacement) {
-      throw ConfigError(fmt::format("ps server {} was restarted (DTRAIN_RESTART_COUNT={}) without "
-                                    "fixed endpoints (DTRAIN_PS_ENDPOINTS or DTRAIN_RUN_DIR): the "
-                                    "workers could not find it",
-                                    r.index, launch.settings.restart_count));
+      throw ConfigError(
+          fmt::format("ps server {} was restarted (DTRAIN_RESTART_COUNT={}) without "
+                      "fixed endpoints (DTRAIN_PS_ENDPOINTS or DTRAIN_RUN_DIR): the "
+                      "workers could not find it",
+                      r.index, launch.settings.restart_count));
     }
     // Rank 0 hosts the rendezvous; it lives until this server stops serving,
     // long after every rank got the table (workers finish only after it).
     if (launch.rank == 0) {
       const comm::HostPort hp = comm::parse_host_port(launch.coordinator, "coordinator");
       const std::string bind_host = hp.host == "localhost" ? "127.0.0.1" : hp.host;
-      coordinator = std::make_unique<comm::RendezvousServer>(
-          is_wildcard(listen_host) ? "0.0.0.0" : bind_host, hp.port, launch.world_size, auth,
-          logger);
+      coordinator =
+          std::make_unique<comm::RendezvousServer>(is_wildcard(listen_host) ? "0.0.0.0" : bind_host,
+                                                   hp.port, launch.world_size, auth, logger);
     }
     server = std::make_unique<ps::Server>(o, auth, logger);
     endpoint = advertised(server->endpoint(), launch.settings);
@@ -346,7 +350,8 @@ std::vector<std::string> PsSpec::discover_servers(const BuildContext& c) const {
   for (int64_t s = 0; s < o_.servers; ++s) {
     const comm::PeerEndpoint& e = table.at(static_cast<size_t>(s));
     if (e.tcp_endpoint.empty()) {
-      throw DataError(fmt::format("ps rendezvous: rank {} (server {}) published no endpoint", s, s));
+      throw DataError(
+          fmt::format("ps rendezvous: rank {} (server {}) published no endpoint", s, s));
     }
     endpoints.push_back(e.tcp_endpoint);
   }
@@ -360,8 +365,7 @@ std::unique_ptr<Strategy> PsSpec::build(const BuildContext& c) const {
   client.num_workers = static_cast<int>(worker_count(c.facts));
   client.server_endpoints = discover_servers(c);
   client.timeout = c.timeout;
-  client.heartbeat_interval =
-      std::min(std::chrono::milliseconds(1000), c.heartbeat_timeout / 4);
+  client.heartbeat_interval = std::min(std::chrono::milliseconds(1000), c.heartbeat_timeout / 4);
   PsOptions o;
   o.launch_id = c.launch->settings.launch_id;
   o.reshard_lost_workers = o_.backup_workers == 0;

@@ -27,9 +27,8 @@ std::vector<uint64_t> to_keys(std::span<const int64_t> indices) {
 
 }  // namespace
 
-PsStrategy::PsStrategy(std::unique_ptr<nn::Module> model,
-                       ps::ClientOptions client_options, const comm::JobAuth& auth, Logger& logger,
-                       PsOptions options, LossFn loss)
+PsStrategy::PsStrategy(std::unique_ptr<nn::Module> model, ps::ClientOptions client_options,
+                       const comm::JobAuth& auth, Logger& logger, PsOptions options, LossFn loss)
     : model_(std::move(model)),
       lr_(options.learning_rate),
       options_(options),
@@ -88,9 +87,9 @@ PsStrategy::PsStrategy(std::unique_ptr<nn::Module> model,
   client_->init(dense, table_specs);
   joined_step_ = client_->joined_step();
   if (joined_step_ > 0) {
-    logger.warn("ps worker {}: joined the running job at step {} in {:.3f} s", worker_,
-                joined_step_,
-                std::chrono::duration<double>(std::chrono::steady_clock::now() - connecting).count());
+    logger.warn(
+        "ps worker {}: joined the running job at step {} in {:.3f} s", worker_, joined_step_,
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - connecting).count());
   }
   pull_dense(0);
 
@@ -229,8 +228,7 @@ void PsStrategy::push_dense_and_pull(const std::vector<Tensor>& grads, const Ste
   // applies the held rows.
   if (grads.empty() && !sync) return;
   const uint64_t pushed_at = version_;
-  client_->push(grads, mine.samples, lr_, pushed_at, mine.loss_sum, mine.correct,
-                compute_s);
+  client_->push(grads, mine.samples, lr_, pushed_at, mine.loss_sum, mine.correct, compute_s);
   pull_dense(sync ? pushed_at + 1 : 0);
   const std::vector<ps::WorkerStep>& steps = job_totals_.workers;
   if (options_.dynamic_batch.enabled && static_cast<int64_t>(steps.size()) == num_workers_) {

@@ -151,9 +151,9 @@ class PsStrategy : public Strategy {
   // servers' endpoints, timeout) and initialises the servers as described
   // above; blocks until every server answered. Throws UsageError for a null
   // model or bad options, TimeoutError/CommError from the servers.
-  PsStrategy(std::unique_ptr<nn::Module> model,
-             ps::ClientOptions client_options, const comm::JobAuth& auth, Logger& logger,
-             PsOptions options = {}, LossFn loss = cross_entropy_loss());
+  PsStrategy(std::unique_ptr<nn::Module> model, ps::ClientOptions client_options,
+             const comm::JobAuth& auth, Logger& logger, PsOptions options = {},
+             LossFn loss = cross_entropy_loss());
   // Removes the lookup hooks. Without finish() the servers take the worker
   // for crashed once its heartbeats stop.
   ~PsStrategy() override;

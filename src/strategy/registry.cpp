@@ -40,13 +40,13 @@ std::unique_ptr<StrategySpec> make_strategy_spec(const std::string& name, const 
   for (const Registration& r : kStrategies) {
     if (name == r.name) {
       auto spec = r.make();
-      DTRAIN_CHECK(spec->name() == r.name, "strategy registered as '{}' calls itself '{}'",
-                   r.name, spec->name());
+      DTRAIN_CHECK(spec->name() == r.name, "strategy registered as '{}' calls itself '{}'", r.name,
+                   spec->name());
       return spec;
     }
   }
-  throw where.error(key, fmt::format("'{}' is not one of: {}", name,
-                                     fmt::join(strategy_names(), ", ")));
+  throw where.error(key,
+                    fmt::format("'{}' is not one of: {}", name, fmt::join(strategy_names(), ", ")));
 }
 
 int64_t StrategySpec::workers(const JobFacts& job) const {
@@ -85,9 +85,10 @@ void check_one_process_job(const JobFacts& job, std::string_view strategy,
                                       strategy));
   }
   if (job.dynamic_batch) {
-    warnings.push_back(fmt::format("distributed.dynamic_batch has no effect with '{}': it "
-                                   "balances the worker processes of an allreduce or ps job",
-                                   strategy));
+    warnings.push_back(
+        fmt::format("distributed.dynamic_batch has no effect with '{}': it "
+                    "balances the worker processes of an allreduce or ps job",
+                    strategy));
   }
 }
 

@@ -43,15 +43,15 @@ namespace dtrain::strategy {
 // What the job around a strategy looks like, after the job file and the
 // command line: the facts a spec checks its options against.
 struct JobFacts {
-  int64_t workers = 1;            // distributed.workers (or the launched world's)
-  bool elastic = false;           // train.elastic
-  int64_t max_restarts = 0;       // train.max_restarts
-  int64_t min_workers = 0;        // train.min_workers (0: the strategy's default)
-  bool resume = true;             // job.resume
-  bool dynamic_batch = false;     // distributed.dynamic_batch
-  bool slowdown = false;          // a distributed.slowdown entry exists
-  bool class_weights = false;     // train.class_weights != "none"
-  bool partitioned = false;       // data.partition set
+  int64_t workers = 1;         // distributed.workers (or the launched world's)
+  bool elastic = false;        // train.elastic
+  int64_t max_restarts = 0;    // train.max_restarts
+  int64_t min_workers = 0;     // train.min_workers (0: the strategy's default)
+  bool resume = true;          // job.resume
+  bool dynamic_batch = false;  // distributed.dynamic_batch
+  bool slowdown = false;       // a distributed.slowdown entry exists
+  bool class_weights = false;  // train.class_weights != "none"
+  bool partitioned = false;    // data.partition set
   // This process belongs to a job of several processes started by a
   // launcher (dtrain's, mpirun, srun): its world and where that came from.
   bool launched = false;
@@ -102,9 +102,9 @@ struct BuildContext {
   LossFn loss;
   optim::OptimizerConfig optimizer;  // ps servers run it on their shards
   uint64_t seed = 1;
-  JobFacts facts;  // what validate() saw
-  std::string output;            // job.output (checkpoints)
-  int64_t keep_checkpoints = 3;  // train.keep_checkpoints
+  JobFacts facts;                                      // what validate() saw
+  std::string output;                                  // job.output (checkpoints)
+  int64_t keep_checkpoints = 3;                        // train.keep_checkpoints
   std::chrono::milliseconds timeout{60000};            // distributed.timeout_ms
   std::chrono::milliseconds heartbeat_timeout{10000};  // distributed.heartbeat_timeout_ms
   BatchBalancerOptions dynamic_batch;

@@ -2,11 +2,14 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <bit>
 #include <cmath>
-
+#include <cstdint>
 
 #include "autograd/functions.h"
 #include "core/error.h"
+#include "core/finite.h"
 
 namespace dtrain::strategy {
 
@@ -24,35 +27,40 @@ namespace {
 
 // Whether every value is finite: x * 0 is 0 for finite x and NaN otherwise,
 // so one sum (which vectorises) answers for the whole span.
-bool all_finite(std::span<const float> values) {
-  float probe = 0.0f;
-  for (const float v : values) probe += v * 0.0f;
-  return probe == 0.0f;
-}
-
-std::string first_non_finite(std::span<const float> values) {
-  for (size_t i = 0; i < values.size(); ++i) {
-    if (!std::isfinite(values[i])) return fmt::format("{} at element {}", values[i], i);
-  }
-  return "none";
+std::string describe_non_finite(std::span<const float> values) {
+  const std::optional<size_t> i = first_non_finite(values);
+  return i ? fmt::format("{} at element {}", values[*i], *i) : std::string("none");
 }
 
 }  // namespace
 
 void check_finite_gradients(const nn::Module& model) {
+  // Names are built only for the message: the check runs every step.
+  bool finite = true;
+  for (const Variable& p : model.parameters()) {
+    if (p.grad().defined()) {
+      finite = all_finite(
+          std::span<const float>(p.grad().data(), static_cast<size_t>(p.grad().numel())));
+    } else if (const SparseRows* rows = p.sparse_grad(); rows != nullptr) {
+      finite = all_finite(
+          std::span<const float>(rows->values.data(), static_cast<size_t>(rows->values.numel())));
+    }
+    if (!finite) break;
+  }
+  if (finite) return;
   for (const auto& [name, p] : model.named_parameters()) {
     std::span<const float> values;
     if (p.grad().defined()) {
       values = std::span<const float>(p.grad().data(), static_cast<size_t>(p.grad().numel()));
     } else if (const SparseRows* rows = p.sparse_grad(); rows != nullptr) {
-      values = std::span<const float>(rows->values.data(),
-                                      static_cast<size_t>(rows->values.numel()));
+      values =
+          std::span<const float>(rows->values.data(), static_cast<size_t>(rows->values.numel()));
     } else {
       continue;
     }
     if (!all_finite(values)) {
-      throw NumericError(fmt::format("the gradient of '{}' is not finite ({})", name,
-                                     first_non_finite(values)));
+      throw NumericError(
+          fmt::format("the gradient of '{}' is not finite ({})", name, describe_non_finite(values)));
     }
   }
 }
@@ -88,8 +96,7 @@ std::vector<int64_t> Strategy::batch_split(int64_t batch_rows) const {
 std::pair<int64_t, int64_t> Strategy::row_range(int64_t batch_rows) const {
   const std::vector<int64_t> rows = batch_split(batch_rows);
   const int64_t r = rank();
-  DTRAIN_CHECK(static_cast<int64_t>(rows.size()) == world_size() && r >= 0 &&
-                   r < world_size(),
+  DTRAIN_CHECK(static_cast<int64_t>(rows.size()) == world_size() && r >= 0 && r < world_size(),
                "batch split of {} workers for rank {} of {}", rows.size(), r, world_size());
   int64_t first = 0;
   for (int64_t i = 0; i < r; ++i) first += rows[static_cast<size_t>(i)];

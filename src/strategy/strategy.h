@@ -27,10 +27,10 @@
 #include <vector>
 
 #include "autograd/variable.h"
-#include "strategy/compute_timer.h"
-#include "strategy/elastic.h"
 #include "nn/module.h"
 #include "nn/optimizer.h"
+#include "strategy/compute_timer.h"
+#include "strategy/elastic.h"
 #include "tensor/state_dict.h"
 #include "tensor/tensor.h"
 

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 #include <fmt/ostream.h>
+
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -44,16 +45,21 @@ std::string summary_line(const Summary& s) {
 
 }  // namespace
 
-void ProgressBar::on_train_begin(const RunInfo& info) { out_ << begin_line(info) << '\n' << std::flush; }
+void ProgressBar::on_train_begin(const RunInfo& info) {
+  out_ << begin_line(info) << '\n' << std::flush;
+}
 
 void ProgressBar::on_step_end(const StepInfo& s) {
   const auto now = std::chrono::steady_clock::now();
-  if (s.step_in_epoch != s.steps_per_epoch && now - last_draw_ < std::chrono::milliseconds(100)) return;
+  if (s.step_in_epoch != s.steps_per_epoch && now - last_draw_ < std::chrono::milliseconds(100))
+    return;
   last_draw_ = now;
   constexpr int kWidth = 24;
-  const double done = s.steps_per_epoch > 0 ? double(s.step_in_epoch) / double(s.steps_per_epoch) : 0.0;
+  const double done =
+      s.steps_per_epoch > 0 ? double(s.step_in_epoch) / double(s.steps_per_epoch) : 0.0;
   const int filled = static_cast<int>(done * kWidth);
-  fmt::print(out_, "\r\033[Kepoch {} [{}{}] {}/{} loss {:.4f} acc {:.2f}% lr {:.4g} {:.0f} samples/s",
+  fmt::print(out_,
+             "\r\033[Kepoch {} [{}{}] {}/{} loss {:.4f} acc {:.2f}% lr {:.4g} {:.0f} samples/s",
              s.epoch, std::string(static_cast<size_t>(filled), '#'),
              std::string(static_cast<size_t>(kWidth - filled), '.'), s.step_in_epoch,
              s.steps_per_epoch, s.loss, 100.0 * s.accuracy, s.lr, s.samples_per_s);
@@ -76,19 +82,28 @@ void ProgressBar::on_message(const std::string& message) {
   line_open_ = false;
 }
 
-void PlainProgress::on_train_begin(const RunInfo& info) { out_ << begin_line(info) << '\n' << std::flush; }
+void PlainProgress::on_train_begin(const RunInfo& info) {
+  out_ << begin_line(info) << '\n' << std::flush;
+}
 
 void PlainProgress::on_step_end(const StepInfo& s) {
   if (log_every_steps_ <= 0 || s.step % log_every_steps_ != 0) return;
-  fmt::print(out_, "epoch {} step {}/{} (global {}): loss {:.4f} acc {:.2f}% lr {:.4g} {:.0f} samples/s\n",
-             s.epoch, s.step_in_epoch, s.steps_per_epoch, s.step, s.loss, 100.0 * s.accuracy, s.lr,
-             s.samples_per_s);
+  fmt::print(
+      out_, "epoch {} step {}/{} (global {}): loss {:.4f} acc {:.2f}% lr {:.4g} {:.0f} samples/s\n",
+      s.epoch, s.step_in_epoch, s.steps_per_epoch, s.step, s.loss, 100.0 * s.accuracy, s.lr,
+      s.samples_per_s);
   out_ << std::flush;
 }
 
-void PlainProgress::on_epoch_end(const EpochInfo& info) { out_ << epoch_line(info) << '\n' << std::flush; }
-void PlainProgress::on_train_end(const Summary& summary) { out_ << summary_line(summary) << '\n' << std::flush; }
-void PlainProgress::on_message(const std::string& message) { out_ << message << '\n' << std::flush; }
+void PlainProgress::on_epoch_end(const EpochInfo& info) {
+  out_ << epoch_line(info) << '\n' << std::flush;
+}
+void PlainProgress::on_train_end(const Summary& summary) {
+  out_ << summary_line(summary) << '\n' << std::flush;
+}
+void PlainProgress::on_message(const std::string& message) {
+  out_ << message << '\n' << std::flush;
+}
 
 JsonLinesWriter::JsonLinesWriter(const std::string& path, int64_t log_every_steps)
     : path_(path), out_(path, std::ios::app), log_every_steps_(log_every_steps) {

@@ -22,20 +22,20 @@ struct RunInfo {
   int64_t workers = 1;
   int64_t epochs = 0;
   int64_t steps_per_epoch = 0;
-  int64_t start_step = 0;    // > 0 when resumed
+  int64_t start_step = 0;  // > 0 when resumed
   int64_t parameters = 0;
   int64_t train_samples = 0;
   int64_t test_samples = 0;
 };
 
 struct StepInfo {
-  int64_t step = 0;          // global step, 1-based after the update
-  int64_t epoch = 0;         // 1-based
-  int64_t step_in_epoch = 0; // 1-based
+  int64_t step = 0;           // global step, 1-based after the update
+  int64_t epoch = 0;          // 1-based
+  int64_t step_in_epoch = 0;  // 1-based
   int64_t steps_per_epoch = 0;
   double lr = 0.0;
-  double loss = 0.0;         // mean over the samples since the last report
-  double accuracy = 0.0;     // same window
+  double loss = 0.0;      // mean over the samples since the last report
+  double accuracy = 0.0;  // same window
   double samples_per_s = 0.0;
 };
 

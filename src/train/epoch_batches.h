@@ -40,13 +40,13 @@ class EpochBatches {
  public:
   // Shared global batches of `batch_size` rows from `loader`.
   EpochBatches(const data::TensorDataset& train, data::DataLoader& loader,
-               const strategy::Strategy& strategy, uint64_t seed, int64_t epoch,
-               int64_t batch_size, int64_t done_batches);
+               const strategy::Strategy& strategy, uint64_t seed, int64_t epoch, int64_t batch_size,
+               int64_t done_batches);
   // Batches from `parts` (one per worker); `consumed`: each worker's
   // position in its part at the checkpoint (empty: the epoch's start).
   EpochBatches(const data::TensorDataset& train, const std::vector<std::vector<int64_t>>& parts,
-               const strategy::Strategy& strategy, uint64_t seed, int64_t epoch,
-               int64_t batch_size, const std::vector<int64_t>& consumed);
+               const strategy::Strategy& strategy, uint64_t seed, int64_t epoch, int64_t batch_size,
+               const std::vector<int64_t>& consumed);
 
   // The next step's batch; nullopt once the epoch is over.
   std::optional<StepBatch> next();

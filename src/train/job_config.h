@@ -35,19 +35,19 @@ namespace dtrain::train {
 //   relu, sigmoid, tanh, gelu, flatten: none
 struct LayerConfig {
   std::string type;
-  std::string name;  // default: the layer's index in the model, as torch.nn.Sequential
-  int64_t in_features = 0;   // 0: infer
+  std::string name;         // default: the layer's index in the model, as torch.nn.Sequential
+  int64_t in_features = 0;  // 0: infer
   int64_t out_features = 0;
-  int64_t in_channels = 0;   // 0: infer
+  int64_t in_channels = 0;  // 0: infer
   int64_t out_channels = 0;
   int64_t kernel = 0;
-  int64_t stride = 0;        // 0: conv 1, pooling = kernel
+  int64_t stride = 0;  // 0: conv 1, pooling = kernel
   int64_t padding = 0;
   bool bias = true;
   float p = 0.5f;
   int64_t num_embeddings = 0;  // embedding: rows of the table
   int64_t embedding_dim = 0;   // embedding: width of a row
-  int64_t line = 0;          // where it was defined, for messages (0: unknown)
+  int64_t line = 0;            // where it was defined, for messages (0: unknown)
 };
 
 struct ModelConfig {
@@ -58,11 +58,11 @@ struct ModelConfig {
 struct DataConfig {
   std::string dataset = "mnist";  // mnist | csv | synthetic | ctr
   std::string path = "data/mnist";
-  std::string test_path;          // csv: the held-out file (optional)
+  std::string test_path;               // csv: the held-out file (optional)
   std::string label_column = "label";  // csv
-  int64_t train_limit = 0;        // 0: every sample
+  int64_t train_limit = 0;             // 0: every sample
   int64_t test_limit = 0;
-  bool normalize = true;          // mnist: (x - 0.1307) / 0.3081
+  bool normalize = true;             // mnist: (x - 0.1307) / 0.3081
   int64_t synthetic_samples = 4096;  // synthetic: Gaussian blobs
   int64_t synthetic_features = 16;
   int64_t synthetic_classes = 4;
@@ -73,21 +73,21 @@ struct DataConfig {
   int64_t classes_per_worker = 2;  // partition = "label"
   double dirichlet_alpha = 0.5;    // partition = "dirichlet"
   double quantity_sigma = 1.0;     // partition = "quantity"
-  data::CtrOptions ctr;           // ctr: synthetic clicks (data/ctr.h), keys ctr_*
+  data::CtrOptions ctr;            // ctr: synthetic clicks (data/ctr.h), keys ctr_*
 };
 
 struct TrainConfig {
   int64_t epochs = 1;
-  int64_t batch_size = 128;       // global batch (split across workers)
+  int64_t batch_size = 128;  // global batch (split across workers)
   int64_t eval_batch_size = 1000;
   int64_t log_every_steps = 100;
-  int64_t max_steps = 0;          // 0: no limit (stop after epochs)
+  int64_t max_steps = 0;               // 0: no limit (stop after epochs)
   int64_t checkpoint_every_steps = 0;  // 0: only at the end of each epoch
   // Also a checkpoint after the first step that ends this many seconds
   // after the previous checkpoint (rank 0's clock); 0: off.
   double checkpoint_every_seconds = 0.0;
   int64_t keep_checkpoints = 3;
-  int64_t threads = 1;            // BLAS threads per worker
+  int64_t threads = 1;  // BLAS threads per worker
   bool drop_last = false;
   // `dtrain train --workers N`: how often the launcher starts the job again
   // (resuming from its newest checkpoint) after a worker failed; 0: never.
@@ -111,8 +111,8 @@ struct DistributedConfig {
   // allreduce | ps. Empty: allreduce for a job of several workers or
   // processes, else local.
   std::string strategy;
-  int64_t workers = 1;             // replicas (mirrored) or worker processes
-  int64_t timeout_ms = 60000;      // bound on every wait for a peer
+  int64_t workers = 1;         // replicas (mirrored) or worker processes
+  int64_t timeout_ms = 60000;  // bound on every wait for a peer
   // A peer silent for this long is declared dead: an allreduce group fails
   // naming it (or drops it, in elastic mode), ps servers close their versions
   // without it. Heartbeats go out at a quarter of it (at most every second).
@@ -141,12 +141,12 @@ struct DistributedConfig {
 
 struct JobConfig {
   std::string name = "job";
-  std::string source;   // the job file, for messages
+  std::string source;  // the job file, for messages
   // Where each key was written ("train.epochs" -> its line), for messages.
   KeyLines lines;
   uint64_t seed = 1;
   std::string output = "runs/job";
-  bool resume = true;   // resume from the newest valid checkpoint in output
+  bool resume = true;  // resume from the newest valid checkpoint in output
   // Resume even from a checkpoint of another job name or model (a warning
   // instead of refusing it); the step and epoch bounds still apply.
   bool force_resume = false;

@@ -1,8 +1,8 @@
 #include "train/job_file.h"
 
-#include <cmath>
-
 #include <fmt/format.h>
+
+#include <cmath>
 
 #include "core/error.h"
 #include "io/file_system.h"
@@ -24,8 +24,9 @@ void read_job(io::TomlTable& t, JobConfig& job) {
   t.get("resume", job.resume);
   t.finish();
   if (job.output.empty()) {
-    throw t.error("output", "must name a folder (it receives the checkpoints, the metrics and "
-                            "the final weights)");
+    throw t.error("output",
+                  "must name a folder (it receives the checkpoints, the metrics and "
+                  "the final weights)");
   }
 }
 
@@ -67,7 +68,8 @@ void read_model(io::TomlTable& t, JobConfig& job) {
   for (const toml::node& element : *layers) {
     const std::string key = fmt::format("model.layers[{}]", index);
     const toml::table* table = element.as_table();
-    if (table == nullptr) throw ConfigError(job.source, key, io::line_of(element), "expected a table");
+    if (table == nullptr)
+      throw ConfigError(job.source, key, io::line_of(element), "expected a table");
     LayerConfig layer;
     read_layer(*table, key, job.source, index, layer);
     job.model.layers.push_back(std::move(layer));

@@ -34,10 +34,10 @@ int64_t resolve(const LayerConfig& layer, const std::string& source, int64_t lay
 void require_rank(const LayerConfig& layer, const std::string& source, int64_t index,
                   const Shape& input, size_t rank, const char* what) {
   if (input.size() != rank) {
-    throw ConfigError(source, fmt::format("model.layers[{}]", index), layer.line,
-                      fmt::format("{} '{}' needs {} input, got {}{}", layer.type, layer.name, what,
-                                  shape_str(input),
-                                  rank == 2 ? " (add a flatten layer before it)" : ""));
+    throw ConfigError(
+        source, fmt::format("model.layers[{}]", index), layer.line,
+        fmt::format("{} '{}' needs {} input, got {}{}", layer.type, layer.name, what,
+                    shape_str(input), rank == 2 ? " (add a flatten layer before it)" : ""));
   }
 }
 
@@ -157,14 +157,16 @@ std::unique_ptr<nn::Module> make_layer(const LayerConfig& layer, const Shape& in
   if (t == "linear") {
     require_rank(layer, source, index, input, 2, "a (batch, features)");
     require_positive(layer, source, index, "out_features", layer.out_features);
-    const int64_t in = resolve(layer, source, index, "in_features", layer.in_features, input[1], input);
+    const int64_t in =
+        resolve(layer, source, index, "in_features", layer.in_features, input[1], input);
     return std::make_unique<nn::Linear>(in, layer.out_features, rng, layer.bias);
   }
   if (t == "conv2d") {
     require_rank(layer, source, index, input, 4, "a (batch, channels, height, width)");
     require_positive(layer, source, index, "out_channels", layer.out_channels);
     require_positive(layer, source, index, "kernel", layer.kernel);
-    const int64_t in = resolve(layer, source, index, "in_channels", layer.in_channels, input[1], input);
+    const int64_t in =
+        resolve(layer, source, index, "in_channels", layer.in_channels, input[1], input);
     return std::make_unique<nn::Conv2d>(in, layer.out_channels, layer.kernel, rng,
                                         layer.stride == 0 ? 1 : layer.stride, layer.padding,
                                         layer.bias);
@@ -172,7 +174,8 @@ std::unique_ptr<nn::Module> make_layer(const LayerConfig& layer, const Shape& in
   if (t == "maxpool2d" || t == "avgpool2d") {
     require_positive(layer, source, index, "kernel", layer.kernel);
     const int64_t stride = layer.stride == 0 ? layer.kernel : layer.stride;
-    if (t == "maxpool2d") return std::make_unique<nn::MaxPool2d>(layer.kernel, stride, layer.padding);
+    if (t == "maxpool2d")
+      return std::make_unique<nn::MaxPool2d>(layer.kernel, stride, layer.padding);
     return std::make_unique<nn::AvgPool2d>(layer.kernel, stride, layer.padding);
   }
   if (t == "batchnorm1d") {

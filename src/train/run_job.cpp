@@ -1,11 +1,10 @@
 #include "train/run_job.h"
 
 #include <cblas.h>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <fstream>
-
-#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -33,9 +32,9 @@ double slowdown_for(const JobConfig& job, int64_t index, int64_t workers) {
   for (const std::string& entry : job.distributed.slowdown) {
     const Slowdown s = parse_slowdown(entry, job.source, "distributed.slowdown");
     if (s.rank >= workers) {
-      throw job.lines.error("distributed.slowdown",
-                            fmt::format("'{}' names rank {}, but the job has {} workers", entry,
-                                        s.rank, workers));
+      throw job.lines.error(
+          "distributed.slowdown",
+          fmt::format("'{}' names rank {}, but the job has {} workers", entry, s.rank, workers));
     }
     if (s.rank == Slowdown::kAllRanks) all_factor = s.factor;
     if (s.rank == index) {
@@ -73,8 +72,8 @@ void report_test_auc(const JobConfig& job, nn::Module& model, const Datasets& da
   const std::vector<int64_t>& labels = data.test.labels();
   const auto positives = std::count(labels.begin(), labels.end(), int64_t{1});
   if (data.test.num_classes() != 2 || positives == 0 || positives == data.test.size()) return;
-  const double auc = roc_auc(positive_class_probability(model, data.test, job.train.eval_batch_size),
-                             labels);
+  const double auc =
+      roc_auc(positive_class_probability(model, data.test, job.train.eval_batch_size), labels);
   nlohmann::json event{{"event", "auc"}, {"test_samples", data.test.size()}, {"test_auc", auc}};
   std::string line = fmt::format("test AUC {:.4f} on {} samples", auc, data.test.size());
   if (!data.test_click_probability.empty()) {
@@ -91,7 +90,7 @@ void report_test_auc(const JobConfig& job, nn::Module& model, const Datasets& da
 }
 
 strategy::BuildContext build_context(const JobConfig& job, const comm::LaunchInfo& launch,
-                                      const strategy::JobFacts& facts, Logger& logger) {
+                                     const strategy::JobFacts& facts, Logger& logger) {
   strategy::BuildContext c;
   c.launch = &launch;
   c.job_name = job.name;
@@ -129,8 +128,8 @@ ChiefCallbacks chief_callbacks(const JobConfig& job, const comm::LaunchInfo& lau
                                const RunOptions& options) {
   ChiefCallbacks c;
   io::default_file_system().create_directories(job.output);
-  c.metrics = std::make_unique<JsonLinesWriter>(job.output + "/metrics.jsonl",
-                                                job.train.log_every_steps);
+  c.metrics =
+      std::make_unique<JsonLinesWriter>(job.output + "/metrics.jsonl", job.train.log_every_steps);
   if (options.out == nullptr) return c;
   // Under a launcher the output is a pipe: plain lines, not a bar.
   const std::string mode =
@@ -164,7 +163,8 @@ int train_worker(const JobConfig& job, const comm::LaunchInfo& launch,
   }
   if (options.hooks.modelled_compute) {
     if (const auto t = options.hooks.modelled_compute(role.index)) {
-      strategy->set_compute_timer(std::make_unique<strategy::ModelledTimer>(t->fixed_s, t->per_row_s));
+      strategy->set_compute_timer(
+          std::make_unique<strategy::ModelledTimer>(t->fixed_s, t->per_row_s));
     }
   }
   Trainer trainer(job, *strategy, logger);
@@ -218,7 +218,8 @@ std::shared_ptr<const strategy::StrategySpec> job_strategy(const JobConfig& job,
   std::string name = job.distributed.strategy;
   if (name.empty()) name = facts.launched || facts.workers > 1 ? "allreduce" : "local";
   std::shared_ptr<const strategy::StrategySpec> spec;
-  if (const auto it = job.distributed.strategies.find(name); it != job.distributed.strategies.end()) {
+  if (const auto it = job.distributed.strategies.find(name);
+      it != job.distributed.strategies.end()) {
     spec = it->second;
   } else {
     spec = strategy::make_strategy_spec(name, job.lines, "distributed.strategy");
@@ -261,10 +262,11 @@ void check_job_secret(const strategy::StrategySpec& spec, const strategy::JobFac
                       const comm::LaunchInfo& launch, Logger& logger) {
   if (!spec.uses_own_wire(facts) || !launch.settings.job_secret.empty()) return;
   if (launch.settings.insecure) {
-    logger.warn("rank {} of {}: running WITHOUT a job secret (--insecure or DTRAIN_INSECURE=1): "
-                "anyone who can reach this job's ports can join it as a rank, stop it or send "
-                "it updates; use this on a trusted network only",
-                launch.rank, launch.world_size);
+    logger.warn(
+        "rank {} of {}: running WITHOUT a job secret (--insecure or DTRAIN_INSECURE=1): "
+        "anyone who can reach this job's ports can join it as a rank, stop it or send "
+        "it updates; use this on a trusted network only",
+        launch.rank, launch.world_size);
     return;
   }
   throw ConfigError(fmt::format(

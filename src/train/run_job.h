@@ -50,7 +50,7 @@ struct RunHooks {
 };
 
 struct RunOptions {
-  std::ostream* out = nullptr;   // the chief's progress lines; nullptr: none
+  std::ostream* out = nullptr;     // the chief's progress lines; nullptr: none
   std::string progress = "plain";  // bar | plain | none
   Logger* logger = nullptr;        // nullptr: Logger::stderr_logger()
   RunHooks hooks;
@@ -62,10 +62,10 @@ struct RunOptions {
 struct LaunchPlan {
   bool launch = false;  // start `processes` processes and supervise them
   int processes = 1;
-  int servers = 0;               // slots [0, servers) serve
-  bool replace_failed = false;   // restart failed processes in place
-  int min_workers = 1;           // with replace_failed or elastic mode
-  int essential_slots = 0;       // with replace_failed: must always run
+  int servers = 0;              // slots [0, servers) serve
+  bool replace_failed = false;  // restart failed processes in place
+  int min_workers = 1;          // with replace_failed or elastic mode
+  int essential_slots = 0;      // with replace_failed: must always run
   std::function<std::string(int slot)> slot_name;
 };
 

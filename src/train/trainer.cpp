@@ -1,13 +1,13 @@
 #include "train/trainer.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <limits>
 #include <numeric>
 #include <tuple>
-
-#include <fmt/format.h>
 
 #include "autograd/functions.h"
 #include "core/error.h"
@@ -121,9 +121,10 @@ void Trainer::set_aside_earlier_checkpoints() {
     fs.rename_file(path, aside + path.substr(path.rfind('/')));
   }
   fs.sync_directory(job_.output);
-  logger_.warn("training afresh (no resume): moved {} checkpoint(s) of an earlier run (steps {} "
-               "to {}) from {} to {}",
-               steps.size(), steps.front(), steps.back(), job_.output, aside);
+  logger_.warn(
+      "training afresh (no resume): moved {} checkpoint(s) of an earlier run (steps {} "
+      "to {}) from {} to {}",
+      steps.size(), steps.front(), steps.back(), job_.output, aside);
 }
 
 bool Trainer::resume(Position& position, const RunPlan& plan, const data::TensorDataset& train) {
@@ -143,9 +144,10 @@ bool Trainer::resume(Position& position, const RunPlan& plan, const data::Tensor
   std::optional<io::CheckpointDirectory::Found> found = dir.load_latest(options);
   if (!found) {
     if (had_checkpoints) {
-      report(fmt::format("no valid checkpoint in {} (refused ones are in {}/{}): starting afresh "
-                         "(one of another job is taken with --force-resume)",
-                         job_.output, job_.output, io::kRejectedFolder));
+      report(
+          fmt::format("no valid checkpoint in {} (refused ones are in {}/{}): starting afresh "
+                      "(one of another job is taken with --force-resume)",
+                      job_.output, job_.output, io::kRejectedFolder));
     }
     return false;
   }
@@ -173,9 +175,9 @@ bool Trainer::resume(Position& position, const RunPlan& plan, const data::Tensor
     try {
       resumed_part_consumed_ = parse_counts(it->second);
     } catch (const std::exception&) {
-      throw CheckpointError(found->path, c.step,
-                            fmt::format("metadata part_consumed '{}' is not a list of counts",
-                                        it->second));
+      throw CheckpointError(
+          found->path, c.step,
+          fmt::format("metadata part_consumed '{}' is not a list of counts", it->second));
     }
   }
   report(position.epoch >= job_.train.epochs
@@ -200,9 +202,10 @@ void Trainer::save_checkpoint(const Position& position) {
   c.add_section("optimizer", strategy_.optimizer_state().clone());
   io::stamp_identity(c, {job_.name, state_fingerprint(c.section("model"))});
   if (const auto bad = io::describe_non_finite(c)) {
-    throw NumericError(fmt::format("step {}: the state to checkpoint is not finite ({}); no "
-                                   "checkpoint was written, the last one on disk is finite",
-                                   position.step, *bad));
+    throw NumericError(
+        fmt::format("step {}: the state to checkpoint is not finite ({}); no "
+                    "checkpoint was written, the last one on disk is finite",
+                    position.step, *bad));
   }
   last_checkpoint_ = Clock::now();
   writer_->submit(std::move(c));
@@ -243,7 +246,8 @@ Trainer::RunPlan Trainer::plan_run(const data::TensorDataset& train) const {
                        : steps_per_epoch(train.size());
   if (plan.per_epoch == 0) {
     throw UsageError(fmt::format("no training batches: {} samples, batch size {}{}", train.size(),
-                                 job_.train.batch_size, job_.train.drop_last ? " with drop_last" : ""));
+                                 job_.train.batch_size,
+                                 job_.train.drop_last ? " with drop_last" : ""));
   }
   // The schedule's horizon is the whole run (epochs x steps per epoch), not
   // max_steps, so that a run stopped early and resumed follows the same
@@ -251,13 +255,13 @@ Trainer::RunPlan Trainer::plan_run(const data::TensorDataset& train) const {
   plan.planned_steps = plan.per_epoch * job_.train.epochs;
   // Partitioned epochs end when the parts are used up, which under dynamic
   // shares may take more steps than planned: only max_steps bounds them.
-  plan.total_steps =
-      plan.partitioned ? std::numeric_limits<int64_t>::max() : plan.planned_steps;
+  plan.total_steps = plan.partitioned ? std::numeric_limits<int64_t>::max() : plan.planned_steps;
   if (job_.train.max_steps > 0) plan.total_steps = std::min(plan.total_steps, job_.train.max_steps);
   return plan;
 }
 
-Trainer::Position Trainer::starting_position(const RunPlan& plan, const data::TensorDataset& train) {
+Trainer::Position Trainer::starting_position(const RunPlan& plan,
+                                             const data::TensorDataset& train) {
   Position position;
   strategy::TrainingPosition joined;
   if (elastic_ != nullptr && elastic_->joined_running_group(joined)) {
@@ -281,17 +285,17 @@ void Trainer::take_group_role() {
   world_ = strategy_.world_size();
   chief_ = rank_ == 0;
   if (chief_ && !writer_) {
-    writer_ = std::make_unique<CheckpointWriter>(
-        job_.output, std::max<int64_t>(1, job_.train.keep_checkpoints), io::default_file_system(),
-        logger_);
+    writer_ = std::make_unique<CheckpointWriter>(job_.output,
+                                                 std::max<int64_t>(1, job_.train.keep_checkpoints),
+                                                 io::default_file_system(), logger_);
   }
 }
 
 EpochBatches Trainer::epoch_batches(const data::TensorDataset& train, data::DataLoader& loader,
                                     const RunPlan& plan, Position& position) {
   if (!plan.partitioned) {
-    return EpochBatches(train, loader, strategy_, job_.seed, position.epoch,
-                        job_.train.batch_size, position.batch_in_epoch);
+    return EpochBatches(train, loader, strategy_, job_.seed, position.epoch, job_.train.batch_size,
+                        position.batch_in_epoch);
   }
   std::vector<int64_t> consumed;
   if (position.batch_in_epoch > 0) {
@@ -323,10 +327,10 @@ std::optional<strategy::StepStats> Trainer::run_step(const StepBatch& step, Posi
   try {
     for (int64_t m = 0; m < k; ++m) {
       const int64_t a = lo + (hi - lo) * m / k, b = lo + (hi - lo) * (m + 1) / k;
-      mine += strategy_.train_step(
-          step.batch.x.narrow(a, b - a),
-          std::span<const int64_t>(step.batch.y).subspan(static_cast<size_t>(a),
-                                                         static_cast<size_t>(b - a)));
+      mine +=
+          strategy_.train_step(step.batch.x.narrow(a, b - a),
+                               std::span<const int64_t>(step.batch.y)
+                                   .subspan(static_cast<size_t>(a), static_cast<size_t>(b - a)));
     }
   } catch (const CommError& e) {
     if (elastic_ == nullptr) throw;

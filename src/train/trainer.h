@@ -67,8 +67,8 @@
 #include "strategy/strategy.h"
 #include "train/callbacks.h"
 #include "train/checkpoint_writer.h"
-#include "train/job_config.h"
 #include "train/epoch_batches.h"
+#include "train/job_config.h"
 
 namespace dtrain::train {
 
@@ -96,17 +96,17 @@ class Trainer {
 
  private:
   struct Position {
-    int64_t step = 0;           // updates applied so far
-    int64_t epoch = 0;          // 0-based epoch in progress
-    int64_t batch_in_epoch = 0; // batches of `epoch` already trained on
+    int64_t step = 0;            // updates applied so far
+    int64_t epoch = 0;           // 0-based epoch in progress
+    int64_t batch_in_epoch = 0;  // batches of `epoch` already trained on
   };
   // The shape of the run, fixed before the first step.
   struct RunPlan {
     bool partitioned = false;
     std::vector<std::vector<int64_t>> parts;  // partitioned: one per worker
-    int64_t per_epoch = 0;      // steps of an epoch at equal shares
-    int64_t planned_steps = 0;  // per_epoch x epochs: the schedule's horizon
-    int64_t total_steps = 0;    // where training stops (max_steps, or no bound)
+    int64_t per_epoch = 0;                    // steps of an epoch at equal shares
+    int64_t planned_steps = 0;                // per_epoch x epochs: the schedule's horizon
+    int64_t total_steps = 0;                  // where training stops (max_steps, or no bound)
   };
   // Running sums of a window of steps.
   struct Window {
@@ -188,7 +188,7 @@ class Trainer {
   // each checkpoint), and the positions a resumed run continues from.
   std::vector<int64_t> part_consumed_;
   std::vector<int64_t> resumed_part_consumed_;
-  Window window_;  // since the last report (log_every_steps)
+  Window window_;                             // since the last report (log_every_steps)
   std::unique_ptr<CheckpointWriter> writer_;  // rank 0, during fit(); last: joined first
 };
 

@@ -5,10 +5,10 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "cli_test_util.h"
 #include "core/deadline.h"
 #include "testing/fault_fs.h"
 #include "testing/process.h"
-#include "cli_test_util.h"
 
 namespace dtrain {
 namespace {

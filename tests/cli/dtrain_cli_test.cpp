@@ -1,23 +1,22 @@
 // Runs the dtrain executable as a user would: real processes, real files.
 #include <gtest/gtest.h>
-
-#include <signal.h>
-
-#include <filesystem>
-#include <fstream>
-
 #include <netinet/in.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 
+#include "cli_test_util.h"
 #include "core/deadline.h"
+#include "io/checkpoint.h"
+#include "io/file_system.h"
 #include "io/safetensors.h"
 #include "testing/fault_fs.h"
 #include "testing/process.h"
 #include "testing/test_job.h"
-#include "cli_test_util.h"
 
 namespace dtrain {
 namespace {
@@ -42,7 +41,8 @@ TEST(DtrainCli, TrainsEvaluatesAndResumes) {
   testing::TempDir dir;
   write_file(dir.file("job.toml"), kBlobsJob);
   const std::string out = dir.file("out");
-  CliRun train = run_dtrain({"train", dir.file("job.toml"), "--output", out, "--progress", "plain"});
+  CliRun train =
+      run_dtrain({"train", dir.file("job.toml"), "--output", out, "--progress", "plain"});
   ASSERT_TRUE(train.status.ok()) << train.status.describe() << "\n" << train.output;
   EXPECT_NE(train.output.find("epoch 3 done"), std::string::npos) << train.output;
   EXPECT_NE(train.output.find("done: 3 epochs, 60 steps"), std::string::npos) << train.output;
@@ -55,7 +55,8 @@ TEST(DtrainCli, TrainsEvaluatesAndResumes) {
   EXPECT_NE(eval.output.find("240 test samples: accuracy"), std::string::npos) << eval.output;
 
   // Two more epochs resume from the checkpoint of step 60.
-  CliRun more = run_dtrain({"train", dir.file("job.toml"), "--output", out, "--set", "train.epochs=5"});
+  CliRun more =
+      run_dtrain({"train", dir.file("job.toml"), "--output", out, "--set", "train.epochs=5"});
   ASSERT_TRUE(more.status.ok()) << more.output;
   EXPECT_NE(more.output.find("resumed from " + out + "/ckpt-60.dtc at step 60: epoch 4"),
             std::string::npos)
@@ -66,7 +67,8 @@ TEST(DtrainCli, TrainsEvaluatesAndResumes) {
 TEST(DtrainCli, MirroredWorkers) {
   testing::TempDir dir;
   write_file(dir.file("job.toml"), kBlobsJob);
-  CliRun run = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("out"), "--workers", "3", "--strategy", "mirrored"});
+  CliRun run = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("out"), "--workers",
+                           "3", "--strategy", "mirrored"});
   ASSERT_TRUE(run.status.ok()) << run.output;
   EXPECT_NE(run.output.find("strategy mirrored with 3 workers"), std::string::npos) << run.output;
 }
@@ -78,7 +80,8 @@ TEST(DtrainCli, BadJobFilesExitWithCode2AndNameTheLine) {
   write_file(dir.file("job.toml"), job);
   CliRun run = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("out")});
   EXPECT_TRUE(run.status.exited && run.status.code == 2) << run.status.describe();
-  EXPECT_NE(run.output.find("job.toml:26: 'model.layers[2].out_featurs': unknown key"), std::string::npos)
+  EXPECT_NE(run.output.find("job.toml:26: 'model.layers[2].out_featurs': unknown key"),
+            std::string::npos)
       << run.output;
 
   write_file(dir.file("job2.toml"), kBlobsJob);
@@ -127,14 +130,19 @@ TEST(DtrainCli, AllReduceWorkersMatchOneProcess) {
     EXPECT_NE(run.output.find(std::string("strategy allreduce with ") + workers + " workers"),
               std::string::npos)
         << run.output;
-    EXPECT_LT(max_relative_difference(dir.file("one/model.safetensors"), out + "/model.safetensors"), 1e-4);
+    EXPECT_LT(
+        max_relative_difference(dir.file("one/model.safetensors"), out + "/model.safetensors"),
+        1e-4);
   }
   // Two micro-batches per worker and update: still the same updates.
-  CliRun accumulated = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("acc"), "--workers",
-                                   "2", "--set", "distributed.accumulation_steps=2"});
+  CliRun accumulated = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("acc"),
+                                   "--workers", "2", "--set", "distributed.accumulation_steps=2"});
   ASSERT_TRUE(accumulated.status.ok()) << accumulated.output;
-  EXPECT_NE(accumulated.output.find("done: 3 epochs, 60 steps"), std::string::npos) << accumulated.output;
-  EXPECT_LT(max_relative_difference(dir.file("one/model.safetensors"), dir.file("acc/model.safetensors")), 1e-4);
+  EXPECT_NE(accumulated.output.find("done: 3 epochs, 60 steps"), std::string::npos)
+      << accumulated.output;
+  EXPECT_LT(
+      max_relative_difference(dir.file("one/model.safetensors"), dir.file("acc/model.safetensors")),
+      1e-4);
 }
 
 TEST(DtrainCli, ACheckpointOfFourWorkersResumesWithTwo) {
@@ -142,20 +150,22 @@ TEST(DtrainCli, ACheckpointOfFourWorkersResumesWithTwo) {
   // 2 epochs on 4 workers, then 2 more on 2 workers, equal 4 epochs on 1.
   testing::TempDir dir;
   write_file(dir.file("job.toml"), kBlobsJob);
-  CliRun one = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("one"), "--set",
-                           "train.epochs=4"});
+  CliRun one = run_dtrain(
+      {"train", dir.file("job.toml"), "--output", dir.file("one"), "--set", "train.epochs=4"});
   ASSERT_TRUE(one.status.ok()) << one.output;
-  CliRun four = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("elastic"), "--workers",
-                            "4", "--set", "train.epochs=2"});
+  CliRun four = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("elastic"),
+                            "--workers", "4", "--set", "train.epochs=2"});
   ASSERT_TRUE(four.status.ok()) << four.output;
-  CliRun two = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("elastic"), "--workers",
-                           "2", "--set", "train.epochs=4"});
+  CliRun two = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("elastic"),
+                           "--workers", "2", "--set", "train.epochs=4"});
   ASSERT_TRUE(two.status.ok()) << two.output;
-  EXPECT_NE(two.output.find("[rank 0] resumed from " + dir.file("elastic") + "/ckpt-40.dtc at step 40"),
-            std::string::npos)
+  EXPECT_NE(
+      two.output.find("[rank 0] resumed from " + dir.file("elastic") + "/ckpt-40.dtc at step 40"),
+      std::string::npos)
       << two.output;
   EXPECT_NE(two.output.find("done: 4 epochs, 80 steps"), std::string::npos) << two.output;
-  EXPECT_LT(max_relative_difference(dir.file("one/model.safetensors"), dir.file("elastic/model.safetensors")),
+  EXPECT_LT(max_relative_difference(dir.file("one/model.safetensors"),
+                                    dir.file("elastic/model.safetensors")),
             1e-4);
 }
 
@@ -183,19 +193,23 @@ TEST(DtrainCli, UnderMpirun) {
   // only, which needs neither a secret nor a coordinator.
   for (const std::string variant : {"native", "insecure", "mpi"}) {
     const std::string backend = variant == "mpi" ? "mpi" : "native";
-    std::vector<std::string> argv = {"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1", "/usr/bin/mpirun",
-                                     "-np", "2", "--oversubscribe", "-x", "OPENBLAS_NUM_THREADS=1"};
+    std::vector<std::string> argv = {"/bin/sh",         "-c",  "exec \"$0\" \"$@\" 2>&1",
+                                     "/usr/bin/mpirun", "-np", "2",
+                                     "--oversubscribe", "-x",  "OPENBLAS_NUM_THREADS=1"};
     if (backend == "native") {
-      argv.insert(argv.end(), {"-x", "DTRAIN_COORDINATOR=127.0.0.1:" + std::to_string(free_port())});
+      argv.insert(argv.end(),
+                  {"-x", "DTRAIN_COORDINATOR=127.0.0.1:" + std::to_string(free_port())});
     }
-    if (variant == "native") argv.insert(argv.end(), {"-x", "DTRAIN_JOB_SECRET=mpirun-test-secret"});
+    if (variant == "native")
+      argv.insert(argv.end(), {"-x", "DTRAIN_JOB_SECRET=mpirun-test-secret"});
     const std::string out = dir.file("mpi-" + variant);
     argv.insert(argv.end(), {DTRAIN_BINARY, "train", dir.file("job.toml"), "--output", out, "--set",
                              "distributed.backend=\"" + backend + "\""});
     if (variant == "insecure") argv.push_back("--insecure");
-    testing::ChildProcess child = testing::ChildProcess::spawn(
-        argv, {{"OMPI_ALLOW_RUN_AS_ROOT", "1"}, {"OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"},
-               {"ASAN_OPTIONS", "detect_leaks=0"}});
+    testing::ChildProcess child =
+        testing::ChildProcess::spawn(argv, {{"OMPI_ALLOW_RUN_AS_ROOT", "1"},
+                                            {"OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"},
+                                            {"ASAN_OPTIONS", "detect_leaks=0"}});
     auto status = child.wait(Deadline::after(std::chrono::seconds(240)));
     ASSERT_TRUE(status && status->ok()) << variant << ": " << child.output();
     for (const char* rank : {"rank 0 of 2", "rank 1 of 2"}) {
@@ -204,8 +218,11 @@ TEST(DtrainCli, UnderMpirun) {
                 variant == "insecure")
           << variant << ": " << child.output();
     }
-    EXPECT_NE(child.output().find("strategy allreduce with 2 workers"), std::string::npos) << child.output();
-    EXPECT_LT(max_relative_difference(dir.file("one/model.safetensors"), out + "/model.safetensors"), 1e-4)
+    EXPECT_NE(child.output().find("strategy allreduce with 2 workers"), std::string::npos)
+        << child.output();
+    EXPECT_LT(
+        max_relative_difference(dir.file("one/model.safetensors"), out + "/model.safetensors"),
+        1e-4)
         << backend;
   }
 }
@@ -216,8 +233,8 @@ TEST(DtrainCli, UnderMpirun) {
 TEST(DtrainCli, AHandLaunchedJobWithoutASecretIsRefused) {
   testing::TempDir dir;
   write_file(dir.file("job.toml"), kBlobsJob);
-  CliRun run = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("out"), "--rank", "1",
-                           "--world-size", "2", "--coordinator", "127.0.0.1:1"});
+  CliRun run = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("out"), "--rank",
+                           "1", "--world-size", "2", "--coordinator", "127.0.0.1:1"});
   EXPECT_EQ(run.status.code, 2) << run.output;
   for (const char* part : {"rank 1 of 2 (started by --rank/--world-size) has no job secret",
                            "mpirun -x DTRAIN_JOB_SECRET", "srun", "--insecure"}) {
@@ -288,8 +305,8 @@ TEST(DtrainCli, ForceResumeTakesACheckpointOfAnotherJob) {
 TEST(DtrainCli, TooManyWorkersAndUsageErrorsExit2) {
   testing::TempDir dir;
   write_file(dir.file("job.toml"), kBlobsJob);
-  CliRun many = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("out"), "--workers",
-                            "100000"});
+  CliRun many = run_dtrain(
+      {"train", dir.file("job.toml"), "--output", dir.file("out"), "--workers", "100000"});
   EXPECT_EQ(many.status.code, 2) << many.output;
   EXPECT_NE(many.output.find("--workers 100000 would start 100000 processes on this machine, more "
                              "than it can run: the cap is "),
@@ -308,6 +325,53 @@ TEST(DtrainCli, TooManyWorkersAndUsageErrorsExit2) {
     EXPECT_EQ(run.status.code, 2) << args.back() << ": " << run.output;
   }
   EXPECT_EQ(run_dtrain({"--help"}).status.code, 0);
+  // Issue #18 item 5: an empty output folder wrote into the filesystem root.
+  CliRun empty = run_dtrain({"train", dir.file("job.toml"), "--output", ""});
+  EXPECT_EQ(empty.status.code, 2) << empty.output;
+  EXPECT_NE(empty.output.find("--output must name a folder"), std::string::npos) << empty.output;
+}
+
+// Issue #18 item 7: `optimizer.lr = 1e6` used to exit 0 with NaN weights.
+// Now the run stops at the first non-finite gradient naming the step (exit
+// 6), and every checkpoint left on disk is finite.
+TEST(DtrainCli, ANonFiniteGradientStopsTheRunNamingTheStep) {
+  testing::TempDir dir;
+  write_file(dir.file("job.toml"), kBlobsJob);
+  CliRun run = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("out"), "--set",
+                           "optimizer.type=\"sgd\"", "--set", "optimizer.lr=1e6", "--set",
+                           "train.checkpoint_every_steps=1"});
+  EXPECT_EQ(run.status.code, 6) << run.output;
+  EXPECT_NE(run.output.find("is not finite"), std::string::npos) << run.output;
+  EXPECT_NE(run.output.find("dtrain: error: step "), std::string::npos) << run.output;
+  EXPECT_NE(run.output.find("optimizer.lr = 1000000"), std::string::npos) << run.output;
+  EXPECT_FALSE(std::filesystem::exists(dir.file("out/model.safetensors")));
+  int checkpoints = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir.file("out"))) {
+    if (entry.path().extension() != ".dtc") continue;
+    ++checkpoints;
+    const io::Checkpoint c = io::read_checkpoint(entry.path().string(), io::default_file_system());
+    EXPECT_EQ(io::describe_non_finite(c), std::nullopt) << entry.path();
+  }
+  EXPECT_GT(checkpoints, 0) << run.output;
+}
+
+// Issue #18 item 10: the workers' socket files used to stay in /tmp whenever
+// a worker was killed. They live in a private folder of the run, which the
+// launcher removes however the job ends.
+TEST(DtrainCli, AKilledJobLeavesNoSocketFilesBehind) {
+  testing::TempDir dir;
+  testing::TempDir tmpdir;
+  write_file(dir.file("job.toml"), kBlobsJob);
+  CliRun run = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("out"), "--workers",
+                           "2", "--set", "train.epochs=100"},
+                          {{"TMPDIR", tmpdir.path()}, {"DTRAIN_TEST_KILL_AT_STEP", "1:3"}});
+  EXPECT_FALSE(run.status.ok()) << run.output;
+  EXPECT_NE(run.output.find("was killed by signal 9 (SIGKILL)"), std::string::npos) << run.output;
+  std::vector<std::string> left;
+  for (const auto& entry : std::filesystem::recursive_directory_iterator(tmpdir.path())) {
+    left.push_back(entry.path().string());
+  }
+  EXPECT_TRUE(left.empty()) << left.front();
 }
 
 TEST(DtrainCli, AKilledWorkerEndsTheJobWithItsName) {
@@ -362,9 +426,9 @@ TEST(DtrainCli, MnistSubset) {
   }
   testing::TempDir dir;
   CliRun run = run_dtrain({"train", std::string(DTRAIN_SOURCE_DIR) + "/examples/mnist_mlp.toml",
-                        "--output", dir.file("out"), "--set", "data.path=\"" + mnist + "\"", "--set",
-                        "data.train_limit=3000", "--set", "data.test_limit=1000", "--set",
-                        "train.epochs=2", "--set", "schedule.warmup_steps=10"});
+                           "--output", dir.file("out"), "--set", "data.path=\"" + mnist + "\"",
+                           "--set", "data.train_limit=3000", "--set", "data.test_limit=1000",
+                           "--set", "train.epochs=2", "--set", "schedule.warmup_steps=10"});
   ASSERT_TRUE(run.status.ok()) << run.output;
   const auto at = run.output.find("test accuracy ");
   ASSERT_NE(at, std::string::npos) << run.output;

@@ -12,13 +12,13 @@
 #include <map>
 #include <sstream>
 
-#include "train/job_file.h"
+#include "cli_test_util.h"
 #include "core/deadline.h"
 #include "core/error.h"
 #include "testing/fault_fs.h"
 #include "testing/process.h"
 #include "testing/test_job.h"
-#include "cli_test_util.h"
+#include "train/job_file.h"
 
 namespace dtrain {
 namespace {
@@ -168,8 +168,8 @@ TEST(DynamicBatchCli, ElasticModeRefusesWhatItCannotReform) {
       {{"--set", "distributed.dynamic_batch=false", "--strategy", "ps"}, "'distributed.strategy'"},
   };
   for (const Case& c : cases) {
-    std::vector<std::string> args = {"train",     dir.file("job.toml"), "--output", dir.file("out"),
-                                     "--workers", "2",                  "--elastic"};
+    std::vector<std::string> args = {
+        "train", dir.file("job.toml"), "--output", dir.file("out"), "--workers", "2", "--elastic"};
     args.insert(args.end(), c.args.begin(), c.args.end());
     CliRun run = run_dtrain(args);
     EXPECT_EQ(run.status.code, 2) << run.status.describe() << "\n" << run.output;
@@ -182,8 +182,8 @@ TEST(DynamicBatchCli, ElasticModeRefusesWhatItCannotReform) {
 TEST(DynamicBatchJobFile, ReadsAndChecksTheNewKeys) {
   const train::JobConfig job =
       train::parse_job(kJob, "job.toml",
-                     {"distributed.slowdown=[\"2=3.5\"]", "data.partition=\"dirichlet\"",
-                      "data.dirichlet_alpha=0.1", "train.class_weights=\"balanced\""})
+                       {"distributed.slowdown=[\"2=3.5\"]", "data.partition=\"dirichlet\"",
+                        "data.dirichlet_alpha=0.1", "train.class_weights=\"balanced\""})
           .job;
   EXPECT_TRUE(job.distributed.dynamic_batch);
   EXPECT_EQ(job.distributed.rebalance_every, 2);

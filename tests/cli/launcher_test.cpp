@@ -489,8 +489,9 @@ TEST(Launcher, AnEssentialSlotIsStartedAgainWhileRestartsRemain) {
   ASSERT_EQ(result.workers.size(), 4u);
   EXPECT_EQ(result.workers[3].rank, 0);
   EXPECT_TRUE(result.workers[3].ok());
-  EXPECT_TRUE(contains_line(run.log, "exited with code 3; starting its replacement (restart 1 of "
-                                     "1)"))
+  EXPECT_TRUE(contains_line(run.log,
+                            "exited with code 3; starting its replacement (restart 1 of "
+                            "1)"))
       << run.log_text();
   EXPECT_TRUE(contains_line(run.log, "started server again (pid ")) << run.log_text();
 }
@@ -502,9 +503,10 @@ TEST(Launcher, MinWorkersCountsOnlyTheWorkerSlots) {
   run.options.elastic = server_and_workers(2, 0);
   const LaunchResult result = run.launch();
   EXPECT_EQ(result.exit_code, 4);
-  EXPECT_TRUE(contains_line(run.log, "exited with code 4; 1 worker(s) left, fewer than "
-                                     "min_workers = 2: stopping the job (lost: worker 1 "
-                                     "(pid "))
+  EXPECT_TRUE(contains_line(run.log,
+                            "exited with code 4; 1 worker(s) left, fewer than "
+                            "min_workers = 2: stopping the job (lost: worker 1 "
+                            "(pid "))
       << run.log_text();
   expect_all_gone(result);
 }

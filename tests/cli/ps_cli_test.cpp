@@ -13,12 +13,12 @@
 #include <string>
 #include <vector>
 
+#include "cli_test_util.h"
 #include "core/deadline.h"
 #include "io/safetensors.h"
 #include "testing/fault_fs.h"
 #include "testing/process.h"
 #include "testing/test_job.h"
-#include "cli_test_util.h"
 
 namespace dtrain {
 namespace {

@@ -47,7 +47,9 @@ using test::ProcessJob;
 ProcessJob make_job(const std::string& test, int world) {
   return ProcessJob("CollectiveProcesses.DISABLED_Rank", "coll-" + test, world);
 }
-std::map<std::string, std::string> shm_env(bool shm) { return {{"DTRAIN_TEST_SHM", shm ? "1" : "0"}}; }
+std::map<std::string, std::string> shm_env(bool shm) {
+  return {{"DTRAIN_TEST_SHM", shm ? "1" : "0"}};
+}
 
 class CollectivesOverZmq : public ::testing::TestWithParam<int> {};
 
@@ -55,7 +57,8 @@ TEST_P(CollectivesOverZmq, EveryCollectiveMatchesTheSerialReference) {
   const int world = GetParam();
   ProcessJob job = make_job("all", world);
   job.spawn_all("collectives", shm_env(false));
-  for (int r = 0; r < world; ++r) expect_exit_ok(job.children[r], fmt::format("rank {}", r), kChildDeadline);
+  for (int r = 0; r < world; ++r)
+    expect_exit_ok(job.children[r], fmt::format("rank {}", r), kChildDeadline);
 }
 
 INSTANTIATE_TEST_SUITE_P(Ranks, CollectivesOverZmq, ::testing::Values(2, 3, 4, 7));
@@ -63,7 +66,8 @@ INSTANTIATE_TEST_SUITE_P(Ranks, CollectivesOverZmq, ::testing::Values(2, 3, 4, 7
 TEST(CollectivesOverZmqWithShm, AllreduceTakesSharedMemoryBesideZmqCollectives) {
   ProcessJob job = make_job("shm", 3);
   job.spawn_all("shm", shm_env(true));
-  for (int r = 0; r < 3; ++r) expect_exit_ok(job.children[r], fmt::format("rank {}", r), kChildDeadline);
+  for (int r = 0; r < 3; ++r)
+    expect_exit_ok(job.children[r], fmt::format("rank {}", r), kChildDeadline);
 }
 
 // Every rank loops ring allreduces; the last rank prints kReady after its
@@ -116,8 +120,8 @@ void check_allreduce(Communicator& comm, size_t count, ReduceOp op, const char* 
 }
 
 void check_broadcast(Communicator& comm, size_t count, int root) {
-  std::vector<float> data = comm.rank() == root ? rank_input(root, count)
-                                                : std::vector<float>(count, -99.0f);
+  std::vector<float> data =
+      comm.rank() == root ? rank_input(root, count) : std::vector<float>(count, -99.0f);
   comm.broadcast(data, root);
   EXPECT_EQ(data, rank_input(root, count)) << "broadcast of " << count << " floats from " << root;
 }
@@ -263,14 +267,19 @@ TEST(CollectiveProcesses, DISABLED_Rank) {
   const bool victim = scenario == "killed" || scenario == "stopped";
   options.heartbeat_timeout = victim ? 1000ms : 10000ms;
   options.ipc_dir = test::env_or("DTRAIN_TEST_IPC_DIR", "/tmp");
-  auto transport = connect_zmq_transport(options, JobAuth(job, ""),
-                                         test::env_or("DTRAIN_TEST_COORDINATOR", ""), false,
-                                         Deadline::after(60s), Logger::stderr_logger());
-  if (scenario == "collectives") collectives_scenario(*transport, job);
-  else if (scenario == "shm") shm_scenario(*transport, job);
-  else if (scenario == "killed") victim_scenario(*transport, true);
-  else if (scenario == "stopped") victim_scenario(*transport, false);
-  else FAIL() << "unknown scenario " << scenario;
+  auto transport =
+      connect_zmq_transport(options, JobAuth(job, ""), test::env_or("DTRAIN_TEST_COORDINATOR", ""),
+                            false, Deadline::after(60s), Logger::stderr_logger());
+  if (scenario == "collectives")
+    collectives_scenario(*transport, job);
+  else if (scenario == "shm")
+    shm_scenario(*transport, job);
+  else if (scenario == "killed")
+    victim_scenario(*transport, true);
+  else if (scenario == "stopped")
+    victim_scenario(*transport, false);
+  else
+    FAIL() << "unknown scenario " << scenario;
 }
 
 }  // namespace

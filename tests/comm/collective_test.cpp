@@ -19,7 +19,8 @@ constexpr size_t kChunkBytes = 64;  // 16 floats: small buffers already span man
 
 // Counts {0, 1, odd, below the world size, several chunks per ring block}.
 std::vector<size_t> counts_for(int n) {
-  return {0, 1, 7, static_cast<size_t>(std::max(0, n - 1)), kChunkBytes / 4 * 3 * static_cast<size_t>(n) + 5};
+  return {0, 1, 7, static_cast<size_t>(std::max(0, n - 1)),
+          kChunkBytes / 4 * 3 * static_cast<size_t>(n) + 5};
 }
 
 CommunicatorOptions options(size_t small_allreduce_bytes, uint32_t group) {
@@ -60,7 +61,8 @@ TEST_P(CollectiveWorlds, BroadcastFromEveryRoot) {
       for (int root = 0; root < n; ++root) {
         std::vector<float> data = rank_input(rank, count);
         comm.broadcast(data, root);
-        EXPECT_EQ(data, rank_input(root, count)) << "n=" << n << " count=" << count << " root=" << root;
+        EXPECT_EQ(data, rank_input(root, count))
+            << "n=" << n << " count=" << count << " root=" << root;
       }
     }
   });

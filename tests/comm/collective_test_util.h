@@ -36,7 +36,8 @@ inline void run_ranks(int n, const std::function<void(int, Transport&)>& body) {
 
 // Small integers in [-8, 8]: sums of up to 2^20 of them are exact.
 inline float input_value(int rank, size_t i) {
-  return static_cast<float>(static_cast<int>((static_cast<size_t>(rank) * 7 + i * 3 + i / 5) % 17) - 8);
+  return static_cast<float>(static_cast<int>((static_cast<size_t>(rank) * 7 + i * 3 + i / 5) % 17) -
+                            8);
 }
 
 inline std::vector<float> rank_input(int rank, size_t count) {
@@ -49,7 +50,8 @@ inline std::vector<float> serial_reduce(int n, size_t count, ReduceOp op) {
   std::vector<float> out = rank_input(0, count);
   for (int r = 1; r < n; ++r) {
     const std::vector<float> in = rank_input(r, count);
-    for (size_t i = 0; i < count; ++i) out[i] = op == ReduceOp::kMax ? std::max(out[i], in[i]) : out[i] + in[i];
+    for (size_t i = 0; i < count; ++i)
+      out[i] = op == ReduceOp::kMax ? std::max(out[i], in[i]) : out[i] + in[i];
   }
   if (op == ReduceOp::kMean) {
     for (float& x : out) x /= static_cast<float>(n);

@@ -241,9 +241,10 @@ TEST(ElasticRendezvous, TwoProcessesJoiningForOneSlotAreBothRefusedAtOnce) {
   });
   for (auto* told : {&a, &b}) {
     const std::string error = told->get();
-    EXPECT_TRUE(contains(error, "refused slot 1: slot 1 was claimed by two processes in the same "
-                                "round: two workers were started for slot 1, or an outsider "
-                                "joined as slot 1 (set DTRAIN_JOB_SECRET"))
+    EXPECT_TRUE(contains(error,
+                         "refused slot 1: slot 1 was claimed by two processes in the same "
+                         "round: two workers were started for slot 1, or an outsider "
+                         "joined as slot 1 (set DTRAIN_JOB_SECRET"))
         << error;
     EXPECT_FALSE(contains(error, "timed out")) << error;
   }
@@ -259,8 +260,9 @@ TEST(ElasticRendezvous, ANewWorkerForASlotWhoseMemberRunsIsRefusedAtOnce) {
   auto clients = form_first(f);
   auto second = f.client(1);
   const std::string error = comm_error([&] { second->join(std::nullopt, Deadline::after(20s)); });
-  EXPECT_TRUE(contains(error, "slot 1 is held by a live member of generation 0, yet another "
-                              "process joins as a new worker for it"))
+  EXPECT_TRUE(contains(error,
+                       "slot 1 is held by a live member of generation 0, yet another "
+                       "process joins as a new worker for it"))
       << error;
   EXPECT_EQ(clients[0]->poll(), 0u);  // nobody waits to join
 }
@@ -275,8 +277,9 @@ TEST(ElasticRendezvous, AnEndpointIsTakenOnlyFromTheProcessThatJoined) {
     outsider->exchange_endpoints(0, PeerEndpoint{1, "intruder", "tcp://10.6.6.6:6666", ""},
                                  Deadline::after(20s));
   });
-  EXPECT_TRUE(contains(error, "slot 1 (rank 1 of generation 0) joined from another process; an "
-                              "endpoint is taken only from the process that joined"))
+  EXPECT_TRUE(contains(error,
+                       "slot 1 (rank 1 of generation 0) joined from another process; an "
+                       "endpoint is taken only from the process that joined"))
       << error;
   std::vector<std::future<std::vector<PeerEndpoint>>> tables;
   for (int s = 0; s < 2; ++s) {
@@ -346,8 +349,9 @@ TEST(ElasticRendezvous, AMemberReportedSilentIsNotWaitedForAndIsToldItWasLeftOut
     message = e.what();
   }
   EXPECT_NE(seen, nullptr) << "a left-out member must get LeftOutError";
-  EXPECT_TRUE(contains(message, "slot 1 was left out: it was a member of generation 0, and the "
-                                "group went on without it"))
+  EXPECT_TRUE(contains(message,
+                       "slot 1 was left out: it was a member of generation 0, and the "
+                       "group went on without it"))
       << message;
   EXPECT_FALSE(f.server.finish(1));
   EXPECT_FALSE(f.server.finished());
@@ -357,8 +361,7 @@ TEST(ElasticRendezvous, AMemberReportedSilentIsNotWaitedForAndIsToldItWasLeftOut
 TEST(ElasticRendezvous, AJoinNamingASuspectOutsideTheJobIsRefused) {
   Fixture f(2, 1);
   auto clients = form_first(f);
-  const std::string error =
-      comm_error([&] { clients[0]->join(0u, Deadline::after(20s), {7}); });
+  const std::string error = comm_error([&] { clients[0]->join(0u, Deadline::after(20s), {7}); });
   EXPECT_TRUE(contains(error, "suspect slot 7 outside 0..1")) << error;
 }
 

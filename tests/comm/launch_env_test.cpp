@@ -52,7 +52,9 @@ TEST(LaunchEnv, OpenMpiThenSlurm) {
   EXPECT_EQ(info.local_rank, 1);
   EXPECT_EQ(info.source, "OMPI_COMM_WORLD_RANK/OMPI_COMM_WORLD_SIZE");
 
-  const Env slurm{{"SLURM_PROCID", "5"}, {"SLURM_NTASKS", "6"}, {"SLURM_LOCALID", "2"},
+  const Env slurm{{"SLURM_PROCID", "5"},
+                  {"SLURM_NTASKS", "6"},
+                  {"SLURM_LOCALID", "2"},
                   {"DTRAIN_COORDINATOR", "head:1"}};
   info = resolve_launch_env(slurm);
   EXPECT_EQ(info.rank, 5);
@@ -62,8 +64,10 @@ TEST(LaunchEnv, OpenMpiThenSlurm) {
 }
 
 TEST(LaunchEnv, PrecedenceExplicitThenDtrainThenLaunchers) {
-  const Env env{{"DTRAIN_RANK", "1"},          {"OMPI_COMM_WORLD_RANK", "2"},
-                {"OMPI_COMM_WORLD_SIZE", "4"}, {"SLURM_NTASKS", "9"},
+  const Env env{{"DTRAIN_RANK", "1"},
+                {"OMPI_COMM_WORLD_RANK", "2"},
+                {"OMPI_COMM_WORLD_SIZE", "4"},
+                {"SLURM_NTASKS", "9"},
                 {"DTRAIN_COORDINATOR", "a:1"}};
   LaunchInfo info = resolve_launch_env(env);
   EXPECT_EQ(info.rank, 1);        // DTRAIN_RANK beats OpenMPI
@@ -85,8 +89,10 @@ TEST(LaunchEnv, ErrorsNameTheVariableAndValue) {
             "environment: 'DTRAIN_RANK': '1 ' is not an integer");
   EXPECT_EQ(config_error({{"SLURM_PROCID", "4"}, {"SLURM_NTASKS", "4"}}),
             "environment: 'SLURM_PROCID': rank 4 is outside 0..3 (world size 4 from SLURM_NTASKS)");
-  EXPECT_EQ(config_error({{"DTRAIN_RANK", "-1"}, {"DTRAIN_WORLD_SIZE", "2"}, {"DTRAIN_COORDINATOR", "a:1"}}),
-            "environment: 'DTRAIN_RANK': rank -1 is outside 0..1 (world size 2 from DTRAIN_WORLD_SIZE)");
+  EXPECT_EQ(
+      config_error(
+          {{"DTRAIN_RANK", "-1"}, {"DTRAIN_WORLD_SIZE", "2"}, {"DTRAIN_COORDINATOR", "a:1"}}),
+      "environment: 'DTRAIN_RANK': rank -1 is outside 0..1 (world size 2 from DTRAIN_WORLD_SIZE)");
   EXPECT_EQ(config_error({{"DTRAIN_RANK", "0"}, {"DTRAIN_WORLD_SIZE", "0"}}),
             "environment: 'DTRAIN_WORLD_SIZE': world size 0 is not positive");
   EXPECT_EQ(config_error({{"DTRAIN_WORLD_SIZE", "2"}}),
@@ -104,7 +110,10 @@ TEST(LaunchEnv, ErrorsNameTheVariableAndValue) {
   EXPECT_EQ(config_error({{"DTRAIN_COORDINATOR", "head:70000"}}),
             "environment: 'DTRAIN_COORDINATOR': 'head:70000' has port '70000', not in 1..65535; "
             "expected host:port, e.g. 10.0.0.1:29500");
-  EXPECT_EQ(config_error({{"DTRAIN_RANK", "0"}, {"DTRAIN_WORLD_SIZE", "2"}, {"DTRAIN_LOCAL_RANK", "5"}, {"DTRAIN_COORDINATOR", "a:1"}}),
+  EXPECT_EQ(config_error({{"DTRAIN_RANK", "0"},
+                          {"DTRAIN_WORLD_SIZE", "2"},
+                          {"DTRAIN_LOCAL_RANK", "5"},
+                          {"DTRAIN_COORDINATOR", "a:1"}}),
             "environment: 'DTRAIN_LOCAL_RANK': local rank 5 is outside 0..1");
 }
 

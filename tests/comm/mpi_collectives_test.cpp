@@ -47,7 +47,8 @@ TEST(MpiCollectives, BroadcastAllgatherReduceScatterAndBarrier) {
     }
     EXPECT_EQ(out, expected);
     std::vector<float> block(count);
-    mpi.reduce_scatter(rank_input(mpi.rank(), count * static_cast<size_t>(n)), block, ReduceOp::kSum);
+    mpi.reduce_scatter(rank_input(mpi.rank(), count * static_cast<size_t>(n)), block,
+                       ReduceOp::kSum);
     const auto all = serial_reduce(n, count * static_cast<size_t>(n), ReduceOp::kSum);
     EXPECT_EQ(block, std::vector<float>(all.begin() + static_cast<long>(count) * mpi.rank(),
                                         all.begin() + static_cast<long>(count) * (mpi.rank() + 1)));

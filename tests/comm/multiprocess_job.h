@@ -5,6 +5,7 @@
 // failed expectations make it exit non-zero.
 #pragma once
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <unistd.h>
@@ -16,10 +17,8 @@
 #include <string>
 #include <vector>
 
-#include <fmt/format.h>
-
-#include "comm/wire/auth.h"
 #include "comm/rendezvous/rendezvous.h"
+#include "comm/wire/auth.h"
 #include "core/log.h"
 #include "testing/fault_fs.h"
 #include "testing/process.h"
@@ -69,7 +68,8 @@ struct ProcessJob {
                   {"DTRAIN_TEST_COORDINATOR", coordinator->address()}});
     return dtrain::testing::spawn_test_child(child_test, extra);
   }
-  void spawn_all(const std::string& scenario, const std::map<std::string, std::string>& extra = {}) {
+  void spawn_all(const std::string& scenario,
+                 const std::map<std::string, std::string>& extra = {}) {
     for (int r = 0; r < world; ++r) children.push_back(spawn(r, scenario, secret, extra));
   }
 };
@@ -78,10 +78,12 @@ inline void expect_exit_ok(dtrain::testing::ChildProcess& child, const std::stri
                            std::chrono::seconds deadline) {
   const auto status = child.wait(Deadline::after(deadline));
   ASSERT_TRUE(status.has_value()) << who << " still running after " << deadline.count()
-                                  << " s; output:\n" << child.output();
+                                  << " s; output:\n"
+                                  << child.output();
   EXPECT_TRUE(status->ok()) << who << " " << status->describe() << "; output:\n" << child.output();
   EXPECT_NE(child.output().find(kStarted), std::string::npos)
-      << who << " did not run the child test; output:\n" << child.output();
+      << who << " did not run the child test; output:\n"
+      << child.output();
 }
 
 // The last rank becomes unreachable (SIGKILL: its sockets close; SIGSTOP: it
@@ -93,7 +95,8 @@ inline void run_victim_test(ProcessJob& job, const std::string& scenario, int si
   job.spawn_all(scenario, extra);
   dtrain::testing::ChildProcess& victim = job.children.back();
   ASSERT_TRUE(victim.wait_for_line(kReady, Deadline::after(deadline)))
-      << "victim never got ready; output:\n" << victim.output();
+      << "victim never got ready; output:\n"
+      << victim.output();
   victim.signal(sig);
   for (int r = 0; r + 1 < job.world; ++r) {
     expect_exit_ok(job.children[static_cast<size_t>(r)], fmt::format("survivor {}", r), deadline);

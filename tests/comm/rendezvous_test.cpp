@@ -47,7 +47,8 @@ TEST(Rendezvous, EveryRankGetsTheWholeTable) {
     const JobAuth auth("rdv-table", "secret");
     RendezvousServer server("127.0.0.1", 0, world, auth, Logger::null());
     std::vector<std::future<std::vector<PeerEndpoint>>> ranks;
-    for (int r = world - 1; r >= 0; --r) ranks.push_back(register_async(server.address(), r, world, auth));
+    for (int r = world - 1; r >= 0; --r)
+      ranks.push_back(register_async(server.address(), r, world, auth));
     for (auto& f : ranks) {
       const auto table = f.get();
       ASSERT_EQ(table.size(), static_cast<size_t>(world));
@@ -63,8 +64,8 @@ TEST(Rendezvous, EveryRankGetsTheWholeTable) {
 std::string outcome(const std::string& coordinator, const PeerEndpoint& self, int world,
                     const JobAuth& auth) {
   try {
-    const auto table = rendezvous(coordinator, self, world, auth, Deadline::after(30s),
-                                  Logger::null());
+    const auto table =
+        rendezvous(coordinator, self, world, auth, Deadline::after(30s), Logger::null());
     return fmt::format("table of {}", table.size());
   } catch (const TimeoutError& e) {
     return std::string("timed out: ") + e.what();
@@ -88,14 +89,13 @@ TEST(Rendezvous, ADuplicateRankVoidsTheRendezvousAndBothClaimantsAreToldAtOnce) 
   auto first = outcome_async(server.address(), endpoint_of(1), 2, auth);
   ASSERT_TRUE(server.wait_until_registered(1, Deadline::after(20s)));
   const std::string second = outcome(server.address(), kOutsider, 2, auth);
-  EXPECT_TRUE(contains(second,
-                       "refused: rendezvous with unknown peer: the coordinator at " +
-                           server.address() +
-                           " refused rank 1: rank 1 is already registered by another process: "
-                           "host 'host', endpoint tcp://127.0.0.1:7001 (registered first; this "
-                           "registration: host 'intruder', endpoint tcp://10.6.6.6:6666); two "
-                           "processes were started with rank 1, or an outsider registered as "
-                           "rank 1 (set DTRAIN_JOB_SECRET"))
+  EXPECT_TRUE(contains(
+      second, "refused: rendezvous with unknown peer: the coordinator at " + server.address() +
+                  " refused rank 1: rank 1 is already registered by another process: "
+                  "host 'host', endpoint tcp://127.0.0.1:7001 (registered first; this "
+                  "registration: host 'intruder', endpoint tcp://10.6.6.6:6666); two "
+                  "processes were started with rank 1, or an outsider registered as "
+                  "rank 1 (set DTRAIN_JOB_SECRET"))
       << second;
   const std::string holder = first.get();
   EXPECT_TRUE(contains(holder, "refused: ")) << holder;
@@ -119,11 +119,10 @@ TEST(Rendezvous, WhileADuplicateConflictExistsTheTableIsSentToNobody) {
   auto outsider = outcome_async(server.address(), kOutsider, 3, auth);
   ASSERT_TRUE(server.wait_until_registered(2, Deadline::after(20s)));
   const std::string rightful = outcome(server.address(), endpoint_of(1), 3, auth);
-  EXPECT_TRUE(contains(rightful,
-                       "refused: rendezvous with unknown peer: the coordinator at " +
-                           server.address() +
-                           " refused rank 1: rank 1 is already registered by another process: "
-                           "host 'intruder', endpoint tcp://10.6.6.6:6666 (registered first"))
+  EXPECT_TRUE(contains(
+      rightful, "refused: rendezvous with unknown peer: the coordinator at " + server.address() +
+                    " refused rank 1: rank 1 is already registered by another process: "
+                    "host 'intruder', endpoint tcp://10.6.6.6:6666 (registered first"))
       << rightful;
   EXPECT_TRUE(contains(rightful, "set DTRAIN_JOB_SECRET")) << rightful;
   const std::string late = outcome(server.address(), endpoint_of(2), 3, auth);

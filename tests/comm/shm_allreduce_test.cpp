@@ -42,7 +42,8 @@ TEST(ShmAllreduce, ThreadsMatchTheSerialReference) {
         threads.emplace_back([&, r] {
           try {
             // 64 floats per piece: the larger counts take many pieces.
-            ShmAllreduce shm(r, n, shm_options(job, 256), Deadline::after(std::chrono::seconds(20)));
+            ShmAllreduce shm(r, n, shm_options(job, 256),
+                             Deadline::after(std::chrono::seconds(20)));
             for (const size_t count : {size_t{0}, size_t{1}, size_t{3}, size_t{63}, size_t{1000}}) {
               for (const ReduceOp op : {ReduceOp::kSum, ReduceOp::kMean, ReduceOp::kMax}) {
                 std::vector<float> data = rank_input(r, count);
@@ -92,7 +93,8 @@ TEST(ShmAllreduce, ForkedProcessesMatchTheSerialReference) {
   const std::string job = unique_job("fork");
   const size_t count = 100001;  // several 64 KiB pieces
   const auto run = [&](int rank) {
-    ShmAllreduce shm(rank, n, shm_options(job, 64 << 10), Deadline::after(std::chrono::seconds(20)));
+    ShmAllreduce shm(rank, n, shm_options(job, 64 << 10),
+                     Deadline::after(std::chrono::seconds(20)));
     bool ok = true;
     for (const ReduceOp op : {ReduceOp::kSum, ReduceOp::kMax}) {
       std::vector<float> data = rank_input(rank, count);
@@ -147,7 +149,8 @@ TEST(ShmAllreduce, AbsentRankTimesOutNamingIt) {
   ShmAllreduce shm(0, 2, shm_options(job, 4096), Deadline::after(std::chrono::seconds(20)));
   std::vector<float> data(10, 1.0f);
   try {
-    shm.allreduce(data, ReduceOp::kSum, Deadline::after(std::chrono::milliseconds(200)), "allreduce #4");
+    shm.allreduce(data, ReduceOp::kSum, Deadline::after(std::chrono::milliseconds(200)),
+                  "allreduce #4");
     ADD_FAILURE() << "allreduce completed without rank 1";
   } catch (const TimeoutError& e) {
     EXPECT_EQ(e.peer(), 1);
@@ -201,12 +204,15 @@ std::vector<std::string> shm_errors(const std::function<void(int, Communicator&)
 TEST(ShmAllreduce, AllreduceAgainstAnotherCollectiveNamesBothSides) {
   const auto errors = shm_errors([](int rank, Communicator& comm) {
     std::vector<float> data(100, 1.0f);
-    if (rank == 0) comm.allreduce(data, ReduceOp::kSum);
-    else comm.broadcast(data, 0);  // waits for rank 0 over the transport
+    if (rank == 0)
+      comm.allreduce(data, ReduceOp::kSum);
+    else
+      comm.broadcast(data, 0);  // waits for rank 0 over the transport
   });
   // Operation #1 was the host check.
-  const std::string both = "allreduce #2 (100 floats, sum) on rank 0 does not match broadcast #2 "
-                           "(100 floats, root 0) on rank 1";
+  const std::string both =
+      "allreduce #2 (100 floats, sum) on rank 0 does not match broadcast #2 "
+      "(100 floats, root 0) on rank 1";
   EXPECT_NE(errors[0].find(both), std::string::npos) << errors[0];
   // Rank 1 learns it from rank 0's abort instead of waiting for its deadline.
   EXPECT_NE(errors[1].find(both), std::string::npos) << errors[1];
@@ -225,11 +231,13 @@ TEST(ShmAllreduce, PeerThatRanAheadIsReportedWithWhatItRuns) {
   // Rank 0 sees rank 1 either still announcing its broadcast or already past
   // it (it needs nothing from rank 0); both name rank 1's collective.
   const bool saw_broadcast =
-      errors[0].find("allreduce #2 (100 floats, sum) on rank 0 does not match broadcast #2 "
-                     "(100 floats, root 1) on rank 1") != std::string::npos;
+      errors[0].find(
+          "allreduce #2 (100 floats, sum) on rank 0 does not match broadcast #2 "
+          "(100 floats, root 1) on rank 1") != std::string::npos;
   const bool saw_it_ahead =
-      errors[0].find("allreduce #2 (100 floats, sum) on rank 0 does not match rank 1, which "
-                     "finished it without this rank and runs barrier #3") != std::string::npos;
+      errors[0].find(
+          "allreduce #2 (100 floats, sum) on rank 0 does not match rank 1, which "
+          "finished it without this rank and runs barrier #3") != std::string::npos;
   EXPECT_TRUE(saw_broadcast || saw_it_ahead) << errors[0];
   EXPECT_NE(errors[1].find("barrier #3"), std::string::npos) << errors[1];
 }

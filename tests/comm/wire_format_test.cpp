@@ -7,8 +7,8 @@
 #include <functional>
 #include <vector>
 
-#include "comm/wire/auth.h"
 #include "comm/rendezvous/rendezvous.h"
+#include "comm/wire/auth.h"
 #include "comm/wire/wire.h"
 #include "core/error.h"
 #include "core/rng.h"
@@ -97,8 +97,8 @@ TEST(WireFormat, LayoutIsLittleEndianAtDocumentedOffsets) {
   EXPECT_EQ(u8(12), 1u);       // receiver
   EXPECT_EQ(u8(24), 0x08u);    // sequence, low byte first
   EXPECT_EQ(u8(31), 0x01u);
-  EXPECT_EQ(u8(32), 0xFEu);    // tag
-  EXPECT_EQ(u8(40), 1u);       // payload bytes
+  EXPECT_EQ(u8(32), 0xFEu);  // tag
+  EXPECT_EQ(u8(40), 1u);     // payload bytes
   for (size_t i = 56; i < kHeaderBytes; ++i) EXPECT_EQ(u8(i), 0u) << "MAC byte " << i;
 }
 
@@ -141,8 +141,7 @@ TEST_F(WireCorruption, EveryHeaderFieldIsChecked) {
                       "frame addressed to rank 3, this is rank 1");
   expect_header_error([](HeaderBytes& h) { h[5] = std::byte{17}; },
                       "table frame from rank 2, only the coordinator sends it");
-  expect_header_error([](HeaderBytes& h) { h[6] = std::byte{0}; },
-                      "CRC field is 0x");
+  expect_header_error([](HeaderBytes& h) { h[6] = std::byte{0}; }, "CRC field is 0x");
   expect_header_error([](HeaderBytes& h) { h[60] = std::byte{1}; },
                       "MAC field is not zero but the MAC flag is clear");
 }
@@ -173,8 +172,8 @@ TEST_F(WireCorruption, AuthenticationMismatches) {
   const JobAuth with_secret("job-a", "s3cret");
   const JobAuth other_secret("job-a", "other");
   // Unauthenticated frame, receiver has a secret.
-  expect_header_error([](HeaderBytes&) {}, "frame is not authenticated but this job requires a secret",
-                      &with_secret);
+  expect_header_error([](HeaderBytes&) {},
+                      "frame is not authenticated but this job requires a secret", &with_secret);
   // Authenticated frame, receiver without secret / with another secret.
   auto signed_header = encode_header(sample_header(with_secret), payload_, with_secret, true);
   auto frame = frame_of(signed_header, payload_);
@@ -208,12 +207,13 @@ TEST(WireFormat, CoordinatorSenderOnlyForCoordinatorTypes) {
 TEST(WireFormat, RandomBytesNeverCrashTheDecoder) {
   const JobAuth auth("fuzz", "");
   Rng rng(1234);
-  const auto valid = frame_of(encode_header(sample_header(auth), pattern(32, 1), auth, true),
-                              pattern(32, 1));
+  const auto valid =
+      frame_of(encode_header(sample_header(auth), pattern(32, 1), auth, true), pattern(32, 1));
   for (int trial = 0; trial < 2000; ++trial) {
     auto frame = valid;
     const int flips = 1 + static_cast<int>(rng.below(4));
-    for (int f = 0; f < flips; ++f) frame[rng.below(frame.size())] ^= std::byte{static_cast<uint8_t>(1 + rng.below(255))};
+    for (int f = 0; f < flips; ++f)
+      frame[rng.below(frame.size())] ^= std::byte{static_cast<uint8_t>(1 + rng.below(255))};
     frame.resize(rng.below(frame.size() + 1));
     try {
       decode_frame(frame, FrameLimits{auth.job_id(), 4, kAnyReceiver, 1 << 20}, auth);

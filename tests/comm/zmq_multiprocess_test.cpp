@@ -51,7 +51,8 @@ TEST_P(ZmqAllToAll, EveryPairEverySizeInOrder) {
   const int world = GetParam();
   ProcessJob job = make_job("alltoall", world, world == 3 ? "shared secret" : "");
   job.spawn_all("alltoall");
-  for (int r = 0; r < world; ++r) expect_exit_ok(job.children[r], fmt::format("rank {}", r), kChildDeadline);
+  for (int r = 0; r < world; ++r)
+    expect_exit_ok(job.children[r], fmt::format("rank {}", r), kChildDeadline);
 }
 
 INSTANTIATE_TEST_SUITE_P(Ranks, ZmqAllToAll, ::testing::Values(2, 3, 4, 7));
@@ -67,16 +68,15 @@ TEST(ZmqPeerFailure, KilledPeerFailsEveryPendingRecvNamingIt) {
   run_victim_test("victim", 3, SIGKILL);
 }
 
-TEST(ZmqPeerFailure, StoppedPeerFailsByHeartbeatNamingIt) {
-  run_victim_test("victim", 3, SIGSTOP);
-}
+TEST(ZmqPeerFailure, StoppedPeerFailsByHeartbeatNamingIt) { run_victim_test("victim", 3, SIGSTOP); }
 
 TEST(ZmqAuthentication, ProcessWithWrongSecretCannotJoin) {
   ProcessJob job = make_job("auth", 2, "right secret");
   ChildProcess intruder = job.spawn(1, "intruder", "wrong secret");
   expect_exit_ok(intruder, "intruder", kChildDeadline);
   job.spawn_all("alltoall");
-  for (int r = 0; r < 2; ++r) expect_exit_ok(job.children[r], fmt::format("rank {}", r), kChildDeadline);
+  for (int r = 0; r < 2; ++r)
+    expect_exit_ok(job.children[r], fmt::format("rank {}", r), kChildDeadline);
 }
 
 // ------------------------------------------------------------ child side
@@ -174,9 +174,12 @@ TEST(ZmqProcesses, DISABLED_Rank) {
   }
   auto transport = connect_zmq_transport(options, auth, coordinator, false, Deadline::after(30s),
                                          Logger::stderr_logger());
-  if (scenario == "alltoall") all_to_all(*transport);
-  else if (scenario == "victim") victim_scenario(*transport);
-  else FAIL() << "unknown scenario " << scenario;
+  if (scenario == "alltoall")
+    all_to_all(*transport);
+  else if (scenario == "victim")
+    victim_scenario(*transport);
+  else
+    FAIL() << "unknown scenario " << scenario;
 }
 
 }  // namespace

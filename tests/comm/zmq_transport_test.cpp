@@ -9,6 +9,8 @@
 #include <future>
 #include <mutex>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "comm/wire/wire.h"
 #include "core/error.h"
@@ -139,7 +141,8 @@ TEST(ZmqTransport, ConcurrentSendersKeepPerTagOrder) {
     for (uint64_t tag : {uint64_t{1}, uint64_t{2}}) {
       senders.emplace_back([&, src, tag] {
         for (int i = 0; i < kMessages; ++i) {
-          g.ranks[src]->send(0, tag, pattern(100 + i, src, 0, tag, i), "test", Deadline::after(20s));
+          g.ranks[src]->send(0, tag, pattern(100 + i, src, 0, tag, i), "test",
+                             Deadline::after(20s));
         }
       });
     }
@@ -187,8 +190,9 @@ TEST(ZmqTransport, RecvIntoWrongSizeNamesBothSizes) {
     g.ranks[0]->recv_into(1, 3, out, "reduce_scatter", Deadline::after(20s));
     FAIL() << "size mismatch accepted";
   } catch (const CommError& e) {
-    EXPECT_NE(std::string(e.what()).find("message on tag 3 is 16 bytes, the receive buffer is 15 bytes"),
-              std::string::npos)
+    EXPECT_NE(
+        std::string(e.what()).find("message on tag 3 is 16 bytes, the receive buffer is 15 bytes"),
+        std::string::npos)
         << e.what();
   }
   EXPECT_THROW(g.ranks[0]->recv(1, 4, "x", Deadline::after(1s)), CommError);
@@ -229,8 +233,8 @@ TEST(ZmqTransport, SilentPeerFailsByHeartbeat) {
                       PeerEndpoint{1, "elsewhere", mute.get(zmq::sockopt::last_endpoint), ""}, 2,
                       auth, Deadline::after(20s), Logger::null());
   });
-  rank0.connect(rendezvous(server.address(), rank0.local_endpoint(), 2, auth,
-                           Deadline::after(20s), Logger::null()));
+  rank0.connect(rendezvous(server.address(), rank0.local_endpoint(), 2, auth, Deadline::after(20s),
+                           Logger::null()));
   silent.get();
   try {
     rank0.recv(1, 0, "allreduce", Deadline::after(60s));
@@ -239,8 +243,63 @@ TEST(ZmqTransport, SilentPeerFailsByHeartbeat) {
     FAIL() << "hit the call's deadline instead of the heartbeat timeout: " << e.what();
   } catch (const CommError& e) {
     EXPECT_EQ(e.peer(), 1);
-    EXPECT_STREQ(e.what(), "allreduce with rank 1: peer stopped responding (no heartbeat for 400 ms)");
+    EXPECT_STREQ(e.what(),
+                 "allreduce with rank 1: peer stopped responding (no heartbeat for 400 ms)");
   }
+}
+
+// Issue #18 item 2: rank 0 waits on rank 2 (alive, heartbeating, sending
+// nothing) while rank 1 is silent. The silence fails the whole transport:
+// the wait on rank 2 ends within the heartbeat timeout naming rank 1 (not
+// at the call's deadline, not naming rank 2), and the failure listener
+// (the shared-memory allreduce's) hears of it.
+TEST(ZmqTransport, ASilentPeerFailsWaitsOnOtherPeersNamingIt) {
+  const JobAuth auth("zmq-silent-3", "");
+  RendezvousServer server("127.0.0.1", 0, 3, auth, Logger::null());
+  zmq::context_t context(1);
+  zmq::socket_t mute(context, zmq::socket_type::pull);
+  mute.set(zmq::sockopt::linger, 0);
+  mute.bind("tcp://127.0.0.1:*");
+  auto o0 = test_options(0, 3);
+  auto o2 = test_options(2, 3);
+  o0.heartbeat_timeout = o2.heartbeat_timeout = 400ms;
+  ZmqTransport rank0(o0, auth, Logger::null());
+  ZmqTransport rank2(o2, auth, Logger::null());
+  std::mutex heard_mutex;
+  std::vector<std::pair<int, std::string>> heard;
+  rank0.set_failure_listener([&](int culprit, const std::string& reason) {
+    std::lock_guard lock(heard_mutex);
+    heard.emplace_back(culprit, reason);
+  });
+  auto silent = std::async(std::launch::async, [&] {
+    return rendezvous(server.address(),
+                      PeerEndpoint{1, "elsewhere", mute.get(zmq::sockopt::last_endpoint), ""}, 3,
+                      auth, Deadline::after(20s), Logger::null());
+  });
+  auto other = std::async(std::launch::async, [&] {
+    rank2.connect(rendezvous(server.address(), rank2.local_endpoint(), 3, auth,
+                             Deadline::after(20s), Logger::null()));
+  });
+  rank0.connect(rendezvous(server.address(), rank0.local_endpoint(), 3, auth, Deadline::after(20s),
+                           Logger::null()));
+  silent.get();
+  other.get();
+  try {
+    rank0.recv(2, 0, "allreduce", Deadline::after(60s));
+    FAIL() << "a message from rank 2, which sends none";
+  } catch (const TimeoutError& e) {
+    FAIL() << "hit the call's deadline instead of the heartbeat timeout: " << e.what();
+  } catch (const CommError& e) {
+    EXPECT_EQ(e.peer(), 1) << e.what();
+    EXPECT_NE(std::string(e.what()).find("peer stopped responding (no heartbeat for 400 ms)"),
+              std::string::npos)
+        << e.what();
+  }
+  std::lock_guard lock(heard_mutex);
+  ASSERT_EQ(heard.size(), 1u);
+  EXPECT_EQ(heard[0].first, 1);
+  EXPECT_EQ(heard[0].second, "peer stopped responding (no heartbeat for 400 ms)");
+  rank0.set_failure_listener({});
 }
 
 TEST(ZmqTransport, ForeignFramesAreDroppedAndLogged) {
@@ -269,24 +328,24 @@ TEST(ZmqTransport, ForeignFramesAreDroppedAndLogged) {
   h.tag = 1;
   h.job_id = auth.job_id();
   h.sequence = 1000;
-  inject(h, JobAuth("zmq-foreign", ""));           // no MAC
-  inject(h, JobAuth("zmq-foreign", "guessed"));    // wrong secret
+  inject(h, JobAuth("zmq-foreign", ""));         // no MAC
+  inject(h, JobAuth("zmq-foreign", "guessed"));  // wrong secret
   h.job_id = job_id_of("another job");
   inject(h, JobAuth("another job", "the secret"));  // another job
   h.job_id = auth.job_id();
   h.sender = 9;
-  inject(h, auth);                                  // not a rank of the job
+  inject(h, auth);  // not a rank of the job
   h.sender = 1;
   h.sequence = 0;
-  inject(h, auth);                                  // a replay of rank 1's first frame
+  inject(h, auth);  // a replay of rank 1's first frame
   intruder.send(zmq::str_buffer("garbage"), zmq::send_flags::none);
   constexpr int kInjected = 6;
   ASSERT_TRUE(watch.wait_for(kInjected, Deadline::after(20s))) << watch.all();
   EXPECT_EQ(g.ranks[0]->dropped_frames(), static_cast<uint64_t>(kInjected));
   const std::string log = watch.all();
-  for (const char* reason : {"not authenticated", "MAC mismatch", "does not match this job's",
-                             "sender rank 9 is out of range", "replayed frame claiming rank 1",
-                             "one-part message"}) {
+  for (const char* reason :
+       {"not authenticated", "MAC mismatch", "does not match this job's",
+        "sender rank 9 is out of range", "replayed frame claiming rank 1", "one-part message"}) {
     EXPECT_NE(log.find(reason), std::string::npos) << reason << " not in:\n" << log;
   }
   // Only rank 1's own message on tag 1 is delivered.
@@ -311,7 +370,8 @@ TEST(ZmqTransport, AbortFailsEveryPeerNamingTheCulprit) {
     }
   });
   g.ranks[0]->abort(1, "rank 1 sent garbage");
-  EXPECT_EQ(waiting.get(), "allreduce #4 with rank 1: rank 0 gave up on the group: rank 1 sent garbage");
+  EXPECT_EQ(waiting.get(),
+            "allreduce #4 with rank 1: rank 0 gave up on the group: rank 1 sent garbage");
   // The aborting transport and every receiver are failed for good.
   EXPECT_THROW(g.ranks[0]->send(2, 7, pattern(4, 0, 2, 7, 0), "send", Deadline::after(5s)),
                CommError);

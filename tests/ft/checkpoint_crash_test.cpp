@@ -44,8 +44,8 @@ constexpr int64_t kMoments = 256 * 1024;
 
 // The value of element i of tensor `which` in the checkpoint of `step`.
 float value_at(int64_t step, int which, int64_t i) {
-  uint64_t x = static_cast<uint64_t>(step) * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(which) * 0xBF58476D1CE4E5B9ULL +
-               static_cast<uint64_t>(i);
+  uint64_t x = static_cast<uint64_t>(step) * 0x9E3779B97F4A7C15ULL +
+               static_cast<uint64_t>(which) * 0xBF58476D1CE4E5B9ULL + static_cast<uint64_t>(i);
   x ^= x >> 31;
   x *= 0x94D049BB133111EBULL;
   x ^= x >> 29;
@@ -125,14 +125,17 @@ TEST(CheckpointCrash, DISABLED_Writer) {
     // aims its kills after that part.
     const auto e0 = Clock::now();
     const size_t bytes = io::encode_checkpoint(c).size();
-    const auto encode_us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - e0).count();
+    const auto encode_us =
+        std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - e0).count();
     std::printf("writing %lld\n", static_cast<long long>(step));
     std::fflush(stdout);
     const auto t0 = Clock::now();
     ckpts.write(c);
-    const auto us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count();
-    std::printf("wrote %lld in %lld us, %zu bytes encoded in %lld us\n", static_cast<long long>(step),
-                static_cast<long long>(us), bytes, static_cast<long long>(encode_us));
+    const auto us =
+        std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count();
+    std::printf("wrote %lld in %lld us, %zu bytes encoded in %lld us\n",
+                static_cast<long long>(step), static_cast<long long>(us), bytes,
+                static_cast<long long>(encode_us));
     std::fflush(stdout);
   }
 }
@@ -142,7 +145,8 @@ TEST(CheckpointCrash, DISABLED_Writer) {
 // The numbers in the complete lines of `output` that start with `word`
 // ("writing 12", "wrote 12 in 3000 us, 3146368 bytes encoded in 2000 us"),
 // in order: the `index`-th number of each line (0: the step).
-std::vector<int64_t> numbers_after(const std::string& output, const std::string& word, int index = 0) {
+std::vector<int64_t> numbers_after(const std::string& output, const std::string& word,
+                                   int index = 0) {
   std::vector<int64_t> values;
   size_t at = 0;
   while (at < output.size()) {
@@ -160,20 +164,25 @@ std::vector<int64_t> numbers_after(const std::string& output, const std::string&
           ++i;
         }
       }
-      if (static_cast<size_t>(index) < numbers.size()) values.push_back(numbers[static_cast<size_t>(index)]);
+      if (static_cast<size_t>(index) < numbers.size())
+        values.push_back(numbers[static_cast<size_t>(index)]);
     }
     at = end + 1;
   }
   return values;
 }
 
-std::vector<int64_t> written_steps(const std::string& output) { return numbers_after(output, "wrote"); }
+std::vector<int64_t> written_steps(const std::string& output) {
+  return numbers_after(output, "wrote");
+}
 
 // Reads the child's output until `count` lines starting with `word` arrived;
 // false at EOF or when `deadline` passes.
-bool wait_for_lines(testing::ChildProcess& child, const std::string& word, size_t count, Deadline deadline) {
+bool wait_for_lines(testing::ChildProcess& child, const std::string& word, size_t count,
+                    Deadline deadline) {
   while (numbers_after(child.output(), word).size() < count) {
-    if (deadline.expired() || !child.read_some(100)) return numbers_after(child.output(), word).size() >= count;
+    if (deadline.expired() || !child.read_some(100))
+      return numbers_after(child.output(), word).size() >= count;
   }
   return true;
 }
@@ -205,18 +214,18 @@ TEST(CheckpointCrash, KilledWriterAlwaysLeavesAValidNewestCheckpoint) {
   Logger logger(LogLevel::kWarn, [&](LogLevel, std::string_view m) { warnings.emplace_back(m); });
   io::CheckpointDirectory ckpts(dir, kKeepLast, io::default_file_system(), logger);
 
-  int64_t next_start = 1;      // the first step the next writer writes
-  int64_t newest_durable = 0;  // the newest step some writer reported written
-  int landed_mid_write = 0;    // kills that left a temporary file behind
-  size_t files_before = 0;  // checkpoint files after the previous kill
+  int64_t next_start = 1;        // the first step the next writer writes
+  int64_t newest_durable = 0;    // the newest step some writer reported written
+  int landed_mid_write = 0;      // kills that left a temporary file behind
+  size_t files_before = 0;       // checkpoint files after the previous kill
   std::set<std::string> leaked;  // temporaries left between a rename and its clean-up
-  double write_us = 2000.0;    // a write's duration, as the writers measure it
-  double encode_us = 0.0;      // the part of it spent encoding
+  double write_us = 2000.0;      // a write's duration, as the writers measure it
+  double encode_us = 0.0;        // the part of it spent encoding
   for (int kill = 0; kill < kKills; ++kill) {
     SCOPED_TRACE("kill " + std::to_string(kill) + " (seed " + std::to_string(kSeed) + ")");
-    testing::ChildProcess child =
-        testing::spawn_test_child("CheckpointCrash.DISABLED_Writer",
-                                  {{"DTRAIN_TEST_DIR", dir}, {"DTRAIN_TEST_START", std::to_string(next_start)}});
+    testing::ChildProcess child = testing::spawn_test_child(
+        "CheckpointCrash.DISABLED_Writer",
+        {{"DTRAIN_TEST_DIR", dir}, {"DTRAIN_TEST_START", std::to_string(next_start)}});
     ASSERT_TRUE(child.wait_for_line(kStarted, Deadline::after(60s))) << child.output();
     // Let 0-2 writes complete; when the next one starts, wait a random part
     // of a write's duration (as the writer measured it), then kill. Most
@@ -224,7 +233,8 @@ TEST(CheckpointCrash, KilledWriterAlwaysLeavesAValidNewestCheckpoint) {
     // file to appear, then a random part of the time the rest takes.
     const size_t lines = static_cast<size_t>(rng.below(3));
     const std::vector<std::string> stale = temporary_files(dir);
-    ASSERT_TRUE(wait_for_lines(child, "writing", lines + 1, Deadline::after(60s))) << child.output();
+    ASSERT_TRUE(wait_for_lines(child, "writing", lines + 1, Deadline::after(60s)))
+        << child.output();
     if (rng.below(4) == 0) {
       spin_for(std::chrono::microseconds(static_cast<int64_t>(rng.uniform() * 1.2 * write_us)));
     } else {
@@ -235,19 +245,23 @@ TEST(CheckpointCrash, KilledWriterAlwaysLeavesAValidNewestCheckpoint) {
           if (std::find(stale.begin(), stale.end(), name) == stale.end()) created = true;
         }
       }
-      spin_for(std::chrono::microseconds(static_cast<int64_t>(rng.uniform() * 1.1 * (write_us - encode_us))));
+      spin_for(std::chrono::microseconds(
+          static_cast<int64_t>(rng.uniform() * 1.1 * (write_us - encode_us))));
     }
     child.signal(SIGKILL);
     const std::optional<testing::ExitStatus> status = child.wait(Deadline::after(30s));
     ASSERT_TRUE(status.has_value());
     if (status->exited) {
-      FAIL() << "the writer ended before the kill: " << status->describe() << "\n" << child.output();
+      FAIL() << "the writer ended before the kill: " << status->describe() << "\n"
+             << child.output();
     }
     ASSERT_EQ(status->signal, SIGKILL);
 
     const std::vector<int64_t> reported = written_steps(child.output());
-    for (int64_t us : numbers_after(child.output(), "wrote", 1)) write_us = 0.7 * write_us + 0.3 * double(us);
-    for (int64_t us : numbers_after(child.output(), "wrote", 3)) encode_us = 0.7 * encode_us + 0.3 * double(us);
+    for (int64_t us : numbers_after(child.output(), "wrote", 1))
+      write_us = 0.7 * write_us + 0.3 * double(us);
+    for (int64_t us : numbers_after(child.output(), "wrote", 3))
+      encode_us = 0.7 * encode_us + 0.3 * double(us);
     encode_us = std::min(encode_us, write_us);
     if (!reported.empty()) newest_durable = reported.back();
     // The write after the last reported one may have completed too.
@@ -256,7 +270,8 @@ TEST(CheckpointCrash, KilledWriterAlwaysLeavesAValidNewestCheckpoint) {
 
     warnings.clear();
     const std::optional<io::CheckpointDirectory::Found> found = ckpts.load_latest();
-    EXPECT_TRUE(warnings.empty()) << "a process kill left a corrupt checkpoint: " << warnings.front();
+    EXPECT_TRUE(warnings.empty()) << "a process kill left a corrupt checkpoint: "
+                                  << warnings.front();
     if (newest_durable == 0) {
       // Nothing was reported yet: at most the first checkpoint completed.
       if (found) expect_checkpoint_of_step(found->checkpoint, found->checkpoint.step, found->path);
@@ -264,7 +279,8 @@ TEST(CheckpointCrash, KilledWriterAlwaysLeavesAValidNewestCheckpoint) {
       files_before = ckpts.steps().size();
       continue;
     }
-    ASSERT_TRUE(found.has_value()) << "no checkpoint after step " << newest_durable << " was reported";
+    ASSERT_TRUE(found.has_value())
+        << "no checkpoint after step " << newest_durable << " was reported";
     EXPECT_GE(found->checkpoint.step, newest_durable);
     EXPECT_LE(found->checkpoint.step, newest_possible);
     // The newest file is the one picked: none was skipped as partial.
@@ -310,9 +326,12 @@ TEST(CheckpointCrash, KilledWriterAlwaysLeavesAValidNewestCheckpoint) {
     }
     if (mid_write) ++landed_mid_write;
   }
-  std::printf("[          ] %d kills, %d left a temporary file (mid-write), %zu temporary files "
-              "left after a rename (removed by the next write), %.0f us per write (%.0f encoding), last step %lld\n",
-              kKills, landed_mid_write, leaked.size(), write_us, encode_us, static_cast<long long>(next_start - 1));
+  std::printf(
+      "[          ] %d kills, %d left a temporary file (mid-write), %zu temporary files "
+      "left after a rename (removed by the next write), %.0f us per write (%.0f encoding), last "
+      "step %lld\n",
+      kKills, landed_mid_write, leaked.size(), write_us, encode_us,
+      static_cast<long long>(next_start - 1));
   EXPECT_GT(newest_durable, 0);
   // The kills must exercise the write itself, not only the gaps between writes.
   EXPECT_GT(landed_mid_write, 0);
@@ -324,11 +343,11 @@ using ft_test::kJob;
 using ft_test::start_dtrain;
 using ft_test::write_text;
 
-
 // Reads until `text` appears in the output; false at EOF or the deadline.
 bool wait_for_text(testing::ChildProcess& child, const std::string& text, Deadline deadline) {
   while (child.output().find(text) == std::string::npos) {
-    if (deadline.expired() || !child.read_some(100)) return child.output().find(text) != std::string::npos;
+    if (deadline.expired() || !child.read_some(100))
+      return child.output().find(text) != std::string::npos;
   }
   return true;
 }
@@ -337,7 +356,8 @@ TEST(CheckpointCrash, KilledDtrainResumesFromItsCheckpoints) {
   testing::TempDir tmp;
   write_text(tmp.file("job.toml"), kJob);
   const std::string out = tmp.file("out");
-  const std::vector<std::string> args = {"train", tmp.file("job.toml"), "--output", out, "--progress", "plain"};
+  const std::vector<std::string> args = {"train", tmp.file("job.toml"), "--output",
+                                         out,     "--progress",         "plain"};
   testing::ChildProcess run = start_dtrain(args);
   // Step 25 of 60 (epoch 2): checkpoints are being written every step.
   ASSERT_TRUE(wait_for_text(run, "(global 25)", Deadline::after(120s))) << run.output();
@@ -360,7 +380,8 @@ TEST(CheckpointCrash, KilledDtrainResumesFromItsCheckpoints) {
   const std::optional<testing::ExitStatus> status = again.wait(Deadline::after(240s));
   ASSERT_TRUE(status.has_value()) << "the resumed run did not finish: " << again.output();
   ASSERT_TRUE(status->ok()) << status->describe() << "\n" << again.output();
-  EXPECT_NE(again.output().find("resumed from " + out + "/ckpt-"), std::string::npos) << again.output();
+  EXPECT_NE(again.output().find("resumed from " + out + "/ckpt-"), std::string::npos)
+      << again.output();
   EXPECT_NE(again.output().find("done: 3 epochs, 60 steps"), std::string::npos) << again.output();
   EXPECT_TRUE(std::filesystem::exists(out + "/model.safetensors"));
 }

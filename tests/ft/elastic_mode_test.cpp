@@ -135,8 +135,7 @@ TEST(ElasticMode, AReplacementWorkerJoinsTheRunningGroupAtAStepBoundary) {
 TEST(ElasticMode, FewerThanMinWorkersStopsTheJobNamingTheLostSlot) {
   testing::TempDir tmp;
   write_text(tmp.file("job.toml"), kJob);
-  const JobRun run =
-      run_job(synthetic_args(tmp, "3", "0"), {{"DTRAIN_TEST_KILL_AT_STEP", "1:5"}});
+  const JobRun run = run_job(synthetic_args(tmp, "3", "0"), {{"DTRAIN_TEST_KILL_AT_STEP", "1:5"}});
   ASSERT_TRUE(run.status.has_value()) << run.output;
   EXPECT_FALSE(run.status->ok()) << run.output;
   EXPECT_NE(run.output.find("2 worker(s) left, fewer than min_workers = 3: stopping the "
@@ -150,8 +149,8 @@ TEST(ElasticMode, RefusedUnderAnotherLauncher) {
   write_text(tmp.file("job.toml"), kJob);
   const JobRun run =
       run_job({"train", tmp.file("job.toml"), "--output", tmp.file("out"), "--elastic", "--rank",
-                  "0", "--world-size", "2", "--coordinator", "127.0.0.1:1"},
-                 {{"DTRAIN_JOB_SECRET", "a-secret"}});
+               "0", "--world-size", "2", "--coordinator", "127.0.0.1:1"},
+              {{"DTRAIN_JOB_SECRET", "a-secret"}});
   ASSERT_TRUE(run.status.has_value());
   EXPECT_FALSE(run.status->ok()) << run.output;
   EXPECT_NE(run.output.find("use restart mode instead"), std::string::npos) << run.output;

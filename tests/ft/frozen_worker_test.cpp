@@ -41,13 +41,19 @@ bool has(const std::string& text, const std::string& part) {
 // The common settings: 1 s heartbeat timeout, 10 min deadline on every
 // collective and request.
 std::vector<std::string> frozen_args(const testing::TempDir& tmp, std::vector<std::string> more) {
-  std::vector<std::string> args = {"train",       tmp.file("job.toml"),
-                                   "--output",    tmp.file("out"),
-                                   "--no-resume", "--progress",
-                                   "plain",       "--set",
+  std::vector<std::string> args = {"train",
+                                   tmp.file("job.toml"),
+                                   "--output",
+                                   tmp.file("out"),
+                                   "--no-resume",
+                                   "--progress",
+                                   "plain",
+                                   "--set",
                                    "train.epochs=60",
-                                   "--set",       "distributed.heartbeat_timeout_ms=1000",
-                                   "--set",       "distributed.timeout_ms=600000"};
+                                   "--set",
+                                   "distributed.heartbeat_timeout_ms=1000",
+                                   "--set",
+                                   "distributed.timeout_ms=600000"};
   args.insert(args.end(), more.begin(), more.end());
   return args;
 }
@@ -63,8 +69,8 @@ bool wait_for_text(testing::ChildProcess& child, const std::string& text, Deadli
 TEST(FrozenWorker, AnAllreduceJobFailsWithinTheHeartbeatTimeoutNamingTheSilentRank) {
   testing::TempDir tmp;
   write_text(tmp.file("job.toml"), kJob);
-  const JobRun run = run_job(frozen_args(tmp, {"--workers", "3"}),
-                             {{"DTRAIN_TEST_STOP_AT_STEP", "1:5"}});
+  const JobRun run =
+      run_job(frozen_args(tmp, {"--workers", "3"}), {{"DTRAIN_TEST_STOP_AT_STEP", "1:5"}});
   ASSERT_TRUE(run.status.has_value()) << run.output;
   EXPECT_FALSE(run.status->ok()) << run.output;
   EXPECT_EQ(run.status->code, 4) << run.output;  // a communication failure
@@ -118,9 +124,9 @@ TEST(FrozenWorker, APsWorkerResumedAfterItWasDeclaredDeadExitsCleanly) {
   testing::TempDir tmp;
   write_text(tmp.file("job.toml"), kJob);
   // Slots: server 0, workers 1 and 2.
-  testing::ChildProcess job = start_dtrain(
-      frozen_args(tmp, {"--strategy", "ps", "--servers", "1", "--workers", "2"}),
-      {{"DTRAIN_TEST_STOP_AT_STEP", "2:5"}});
+  testing::ChildProcess job =
+      start_dtrain(frozen_args(tmp, {"--strategy", "ps", "--servers", "1", "--workers", "2"}),
+                   {{"DTRAIN_TEST_STOP_AT_STEP", "2:5"}});
   const Deadline deadline = Deadline::after(240s);
   ASSERT_TRUE(wait_for_text(job, "worker 1 declared dead", deadline)) << job.output();
   const std::vector<pid_t> slots = children_of(job.pid());

@@ -85,7 +85,7 @@ class PsFailure : public ::testing::Test {
   static JobRun faulty(const testing::TempDir& tmp, const std::string& slot,
                        const std::string& step, const std::string& max_restarts) {
     return run_job(mnist_args(tmp.file("out"), max_restarts),
-                      {{"DTRAIN_TEST_KILL_AT_STEP", slot + ":" + step}});
+                   {{"DTRAIN_TEST_KILL_AT_STEP", slot + ":" + step}});
   }
 };
 
@@ -109,8 +109,9 @@ TEST_F(PsFailure, ARestartedWorkerJoinsAtTheJobsStepAndTheJobFinishesAtTheFaultF
   testing::TempDir tmp;
   const JobRun run = faulty(tmp, "3", "30", "1");
   ASSERT_TRUE(run.status && run.status->ok()) << run.output;
-  EXPECT_TRUE(has(run.output, "continuing with 1 worker(s); starting worker 1 again (restart 1 "
-                              "of 1)"))
+  EXPECT_TRUE(has(run.output,
+                  "continuing with 1 worker(s); starting worker 1 again (restart 1 "
+                  "of 1)"))
       << run.output;
   // It joins at step 30, or later when its start took longer than the
   // heartbeat timeout and the others went on without it meanwhile.
@@ -131,11 +132,12 @@ TEST_F(PsFailure, AKilledServerIsReplacedFromTheCheckpointAndTheJobFinishesAtThe
   const JobRun run = faulty(tmp, "1", "30", "1");
   ASSERT_TRUE(run.status && run.status->ok()) << run.output;
   EXPECT_TRUE(has(run.output, "ps server 1 (pid ")) << run.output;
-  EXPECT_TRUE(has(run.output, "was killed by signal 9 (SIGKILL); starting its replacement "
-                              "(restart 1 of 1)"))
+  EXPECT_TRUE(has(run.output,
+                  "was killed by signal 9 (SIGKILL); starting its replacement "
+                  "(restart 1 of 1)"))
       << run.output;
-  EXPECT_TRUE(has(run.output, "ps server 1: replacement restored its shard from " +
-                                  tmp.file("out") + "/ckpt-"))
+  EXPECT_TRUE(has(run.output,
+                  "ps server 1: replacement restored its shard from " + tmp.file("out") + "/ckpt-"))
       << run.output;
   EXPECT_TRUE(has(run.output, "ps worker 0: re-joined replaced server 1 in ")) << run.output;
   EXPECT_TRUE(has(run.output, "ps worker 1: re-joined replaced server 1 in ")) << run.output;
@@ -145,9 +147,12 @@ TEST_F(PsFailure, AKilledServerIsReplacedFromTheCheckpointAndTheJobFinishesAtThe
 
 // A small synthetic job for the stops: the failure must end the job, not hang it.
 std::vector<std::string> synthetic_args(const testing::TempDir& tmp) {
-  return {"train",   tmp.file("job.toml"), "--output",  tmp.file("out"),
-          "--strategy", "ps",              "--servers", "2",
-          "--workers", "2",                "--no-resume", "--set",
+  return {"train",          tmp.file("job.toml"),
+          "--output",       tmp.file("out"),
+          "--strategy",     "ps",
+          "--servers",      "2",
+          "--workers",      "2",
+          "--no-resume",    "--set",
           "train.epochs=60"};
 }
 
@@ -163,8 +168,9 @@ TEST(PsFailureStops, ALostServerWithNoRestartLeftStopsTheJobNamingIt) {
   ASSERT_TRUE(run.status.has_value()) << run.output;
   EXPECT_FALSE(run.status->ok()) << run.output;
   EXPECT_TRUE(has(run.output, "ps server 1 (pid ")) << run.output;
-  EXPECT_TRUE(has(run.output, "was killed by signal 9 (SIGKILL); the job cannot go on without it "
-                              "and no restart is left (max_restarts = 0): stopping the job"))
+  EXPECT_TRUE(has(run.output,
+                  "was killed by signal 9 (SIGKILL); the job cannot go on without it "
+                  "and no restart is left (max_restarts = 0): stopping the job"))
       << run.output;
 }
 

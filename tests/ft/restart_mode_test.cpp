@@ -29,9 +29,9 @@ constexpr uint64_t kSeed = 91;  // of the kill points
 
 std::vector<std::string> train_args(const testing::TempDir& tmp, const std::string& out,
                                     int max_restarts) {
-  return {"train",     tmp.file("job.toml"), "--output",       tmp.file(out),
-          "--progress", "plain",              "--workers",      "2",
-          "--max-restarts", std::to_string(max_restarts)};
+  return {
+      "train", tmp.file("job.toml"), "--output", tmp.file(out),    "--progress",
+      "plain", "--workers",          "2",        "--max-restarts", std::to_string(max_restarts)};
 }
 
 // Reads until `text` appears in the child's output; its offset, or npos at

@@ -37,7 +37,8 @@ TEST(Restart, KilledLocalRunRestartsToTheSameWeights) {
   testing::TempDir tmp;
   write_text(tmp.file("job.toml"), kJob);
   auto args_for = [&](const std::string& out) {
-    return std::vector<std::string>{"train", tmp.file("job.toml"), "--output", tmp.file(out), "--progress", "plain"};
+    return std::vector<std::string>{"train",       tmp.file("job.toml"), "--output",
+                                    tmp.file(out), "--progress",         "plain"};
   };
   const std::string reference = run_to_end(args_for("ref"));
   ASSERT_NE(reference.find("done: 3 epochs, 60 steps"), std::string::npos) << reference;
@@ -72,7 +73,8 @@ TEST(Restart, KilledLocalRunRestartsToTheSameWeights) {
   const std::string finished = run_to_end(args);
   const int64_t resumed = resumed_step(finished);
   EXPECT_TRUE(resumed == last_printed || resumed == last_printed - 1)
-      << "resumed at " << resumed << ", the killed run printed step " << last_printed << "\n" << finished;
+      << "resumed at " << resumed << ", the killed run printed step " << last_printed << "\n"
+      << finished;
   EXPECT_NE(finished.find("done: 3 epochs, 60 steps"), std::string::npos) << finished;
   expect_same_bytes(tmp.file("ref/model.safetensors"), tmp.file("out/model.safetensors"));
 }
@@ -81,8 +83,9 @@ TEST(Restart, KilledWorkerEndsTheJobAndARestartGivesTheSameWeights) {
   testing::TempDir tmp;
   write_text(tmp.file("job.toml"), kJob);
   auto args_for = [&](const std::string& out) {
-    return std::vector<std::string>{"train", tmp.file("job.toml"), "--output", tmp.file(out), "--progress",
-                                    "plain", "--workers", "2"};
+    return std::vector<std::string>{
+        "train", tmp.file("job.toml"), "--output", tmp.file(out), "--progress",
+        "plain", "--workers",          "2"};
   };
   const std::string reference = run_to_end(args_for("ref"));
   ASSERT_NE(reference.find("strategy allreduce with 2 workers"), std::string::npos) << reference;
@@ -118,12 +121,14 @@ TEST(Restart, KilledWorkerEndsTheJobAndARestartGivesTheSameWeights) {
           << launcher.output();
     }
     last_printed = step_lines(launcher.output()).back();
-    std::printf("[          ] killed rank %d at step %lld\n", victim_rank, static_cast<long long>(last_printed));
+    std::printf("[          ] killed rank %d at step %lld\n", victim_rank,
+                static_cast<long long>(last_printed));
   }
   const std::string finished = run_to_end(args);
   const int64_t resumed = resumed_step(finished);
   EXPECT_TRUE(resumed == last_printed || resumed == last_printed - 1)
-      << "resumed at " << resumed << ", the killed job printed step " << last_printed << "\n" << finished;
+      << "resumed at " << resumed << ", the killed job printed step " << last_printed << "\n"
+      << finished;
   EXPECT_NE(finished.find("[rank 0] done: 3 epochs, 60 steps"), std::string::npos) << finished;
   expect_same_bytes(tmp.file("ref/model.safetensors"), tmp.file("out/model.safetensors"));
 }

@@ -1,11 +1,11 @@
 #include "nn/init.h"
 
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <memory>
-
-#include <gtest/gtest.h>
 
 #include "core/error.h"
 #include "core/rng.h"

@@ -1,11 +1,11 @@
 #include "nn/layers.h"
 
+#include <gtest/gtest.h>
+
 #include <cmath>
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 #include "autograd/functions.h"
 #include "core/error.h"

@@ -1,11 +1,11 @@
 #include "nn/module.h"
 
+#include <gtest/gtest.h>
+
 #include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 #include "autograd/functions.h"
 #include "core/error.h"

@@ -1,14 +1,14 @@
-#include "nn/optimizer.h"
 #include "optim/lr_schedule.h"
+
+#include <gtest/gtest.h>
 
 #include <cmath>
 #include <memory>
 #include <numbers>
 #include <string>
 
-#include <gtest/gtest.h>
-
 #include "core/error.h"
+#include "nn/optimizer.h"
 
 namespace dtrain::optim {
 namespace {
@@ -58,8 +58,7 @@ TEST(LrSchedule, IsAPureFunctionOfTheStep) {
 }
 
 TEST(LrSchedule, FactoryBuildsWarmupAroundTheInnerSchedule) {
-  auto cosine =
-      make_lr_schedule({.type = "cosine", .warmup_steps = 4, .total_steps = 104}, 1.0f);
+  auto cosine = make_lr_schedule({.type = "cosine", .warmup_steps = 4, .total_steps = 104}, 1.0f);
   EXPECT_FLOAT_EQ(cosine->lr_at(0), 0.25f);
   EXPECT_EQ(cosine->lr_at(4), 1.0f);
   EXPECT_FLOAT_EQ(cosine->lr_at(54), 0.5f);

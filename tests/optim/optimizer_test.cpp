@@ -1,5 +1,6 @@
-#include "optim/update_rule.h"
 #include "nn/optimizer.h"
+
+#include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstring>
@@ -8,8 +9,6 @@
 #include <string>
 #include <vector>
 
-#include <gtest/gtest.h>
-
 #include "autograd/functions.h"
 #include "core/error.h"
 #include "core/rng.h"
@@ -17,6 +16,7 @@
 #include "optim/adam.h"
 #include "optim/optimizer_config.h"
 #include "optim/sgd.h"
+#include "optim/update_rule.h"
 #include "testing/expect_error.h"
 
 namespace dtrain::optim {
@@ -104,7 +104,8 @@ INSTANTIATE_TEST_SUITE_P(
     Optimizers, Resume,
     ::testing::Values(ResumeCase{"sgd_nesterov",
                                  [](std::vector<Variable> p) {
-                                   return std::make_unique<Sgd>(nn::shapes_of(p),
+                                   return std::make_unique<Sgd>(
+                                       nn::shapes_of(p),
                                        SgdOptions{.lr = 0.1f, .momentum = 0.9f, .nesterov = true});
                                  }},
                       ResumeCase{"adam",
@@ -114,11 +115,14 @@ INSTANTIATE_TEST_SUITE_P(
                                  }},
                       ResumeCase{"adamw",
                                  [](std::vector<Variable> p) {
-                                   return std::make_unique<AdamW>(nn::shapes_of(p), AdamW::defaults());
+                                   return std::make_unique<AdamW>(nn::shapes_of(p),
+                                                                  AdamW::defaults());
                                  }},
                       ResumeCase{"adagrad",
                                  [](std::vector<Variable> p) {
-                                   return std::make_unique<Adagrad>(nn::shapes_of(p), AdagradOptions{.lr = 0.1f, .lr_decay = 0.01f});
+                                   return std::make_unique<Adagrad>(
+                                       nn::shapes_of(p),
+                                       AdagradOptions{.lr = 0.1f, .lr_decay = 0.01f});
                                  }}),
     [](const auto& info) { return info.param.name; });
 
@@ -277,9 +281,9 @@ TEST(ParameterOptimizer, StepSkipsParametersWithoutGradientsAndUsesSparseOnes) {
   Variable unused(normal_tensor({4}, rng), true);
   const Tensor table_before = table.data().clone();
   const Tensor unused_before = unused.data().clone();
-  nn::Optimizer adam({weight, table, unused},
-                     std::make_unique<Adam>(nn::shapes_of({weight, table, unused}),
-                                            AdamOptions{.lr = 0.1f}));
+  nn::Optimizer adam(
+      {weight, table, unused},
+      std::make_unique<Adam>(nn::shapes_of({weight, table, unused}), AdamOptions{.lr = 0.1f}));
 
   const std::vector<int64_t> rows = {4, 1};
   const Variable looked_up = embedding(table, rows);  // [2, 3]
@@ -340,7 +344,9 @@ TEST(ParameterOptimizer, TheRuleMustBeMadeForTheParametersShapes) {
   Variable weight(normal_tensor({2, 3}, rng), true);
   Variable bias(normal_tensor({3}, rng), true);
   dtrain::testing::expect_usage_error(
-      [&] { nn::Optimizer({weight, bias}, std::make_unique<Sgd>(nn::shapes_of({weight}), SgdOptions{})); },
+      [&] {
+        nn::Optimizer({weight, bias}, std::make_unique<Sgd>(nn::shapes_of({weight}), SgdOptions{}));
+      },
       "sgd: the rule was made for 1 parameters, 2 were given");
   dtrain::testing::expect_usage_error(
       [&] {

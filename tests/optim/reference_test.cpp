@@ -1,11 +1,11 @@
 // Each optimizer on a two-element parameter p0 = [1, -2] with the gradients
 // [0.5, -1], [0.25, 0.5], [-1, 2], against sequences computed by hand (in
 // double precision, from the formulas in the optimizers' headers).
+#include <gtest/gtest.h>
+
 #include <array>
 #include <memory>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 #include "nn/optimizer.h"
 #include "optim/adagrad.h"
@@ -40,7 +40,8 @@ TEST(Reference, SgdMomentumDampeningWeightDecay) {
   // step 2: d = [0.25949, 0.48102]; buf = 0.9 buf + 0.9 d = [0.692541, -0.485082];
   //         p = [0.8797459, -1.8494918].
   Variable p = fresh();
-  Sgd sgd(nn::shapes_of({p}), {.lr = 0.1f, .momentum = 0.9f, .dampening = 0.1f, .weight_decay = 0.01f});
+  Sgd sgd(nn::shapes_of({p}),
+          {.lr = 0.1f, .momentum = 0.9f, .dampening = 0.1f, .weight_decay = 0.01f});
   expect_sequence(sgd, p,
                   {{0.949f, -1.898f}, {0.8797459f, -1.8494918f}, {0.906625439f, -1.98416988f}});
 }
@@ -79,7 +80,8 @@ TEST(Reference, AdagradLrDecayAndInitialAccumulator) {
   // step 1: sum = 0.1 + g^2 = [0.35, 1.1]; p -= 0.1 g / sqrt(sum).
   // step 2: clr = 0.1 / (1 + 0.5).
   Variable p = fresh();
-  Adagrad adagrad(nn::shapes_of({p}), {.lr = 0.1f, .lr_decay = 0.5f, .initial_accumulator_value = 0.1f});
+  Adagrad adagrad(nn::shapes_of({p}),
+                  {.lr = 0.1f, .lr_decay = 0.5f, .initial_accumulator_value = 0.1f});
   expect_sequence(
       adagrad, p,
       {{0.915484575f, -1.90465374f}, {0.88953461f, -1.93334251f}, {0.931604926f, -1.97657628f}});

@@ -1,14 +1,14 @@
 // Each optimizer against torch.optim on the same parameters and gradients
 // for 5 steps: after every step, every element within 1e-5 relative to
 // max(|torch value|, 1). Skipped when /usr/bin/python3 cannot import torch.
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <cmath>
 #include <functional>
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 #include "core/rng.h"
 #include "nn/optimizer.h"

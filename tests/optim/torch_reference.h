@@ -11,6 +11,10 @@
 // Blocking: waits for the interpreter (about a second, mostly importing torch).
 #pragma once
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
@@ -18,11 +22,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
-#include <unistd.h>
 #include <vector>
-
-#include <fmt/format.h>
-#include <fmt/ranges.h>
 
 namespace dtrain::optim::testing {
 

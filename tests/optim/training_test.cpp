@@ -1,9 +1,9 @@
 // End to end: a 2-layer MLP (nn) learns XOR with Adam and with SGD (optim).
+#include <gtest/gtest.h>
+
 #include <cstring>
 #include <memory>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 #include "autograd/functions.h"
 #include "core/rng.h"
@@ -68,7 +68,7 @@ TEST(Training, MlpLearnsXorWithSgdMomentum) {
   const XorResult result = train_xor(
       [](std::vector<Variable> params) -> std::unique_ptr<nn::Optimizer> {
         return nn::Optimizer::make<optim::Sgd>(std::move(params),
-                                            optim::SgdOptions{.lr = 0.2f, .momentum = 0.9f});
+                                               optim::SgdOptions{.lr = 0.2f, .momentum = 0.9f});
       },
       /*seed=*/1, /*max_steps=*/500);
   EXPECT_GT(result.steps, 0) << "not learned within 500 steps; final loss " << result.final_loss;

@@ -125,8 +125,9 @@ TEST(PsMessages, EveryTruncationIsRejected) {
 TEST(PsMessages, TrailingBytesAreRejected) {
   auto bytes = encode_message(samples()[1]);
   bytes.push_back(std::byte{0});
-  testing::expect_error<DataError>([&] { decode_message(bytes); },
-                                   "ps message: 1 bytes after the end of the pull body (at offset 36)");
+  testing::expect_error<DataError>(
+      [&] { decode_message(bytes); },
+      "ps message: 1 bytes after the end of the pull body (at offset 36)");
 }
 
 TEST(PsMessages, UnknownKindStatusAndReservedBytesAreRejected) {

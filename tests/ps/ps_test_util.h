@@ -15,10 +15,10 @@
 #include <zmq.hpp>
 
 #include "comm/wire/auth.h"
-#include "core/deadline.h"
-#include "core/log.h"
 #include "comm/wire/framed_socket.h"
 #include "comm/wire/wire.h"
+#include "core/deadline.h"
+#include "core/log.h"
 #include "ps/client.h"
 #include "ps/messages.h"
 #include "ps/server.h"

@@ -8,10 +8,10 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
-#include <condition_variable>
-#include <mutex>
 #include <cmath>
+#include <condition_variable>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <thread>
@@ -231,8 +231,9 @@ TEST(PsRecovery, AServerReplacedRightAfterItsCheckpointEndsBitIdenticalToAFaultF
   Job faulty(sgd(0.9f), kCheckpointAt + 1, true);
   const std::vector<float> recovered = faulty.train();
   ASSERT_TRUE(faulty.replaced());
-  EXPECT_TRUE(faulty.log().contains("replacement restored its shard from the test's checkpoint "
-                                    "(version 5; dense values from worker "));
+  EXPECT_TRUE(
+      faulty.log().contains("replacement restored its shard from the test's checkpoint "
+                            "(version 5; dense values from worker "));
   EXPECT_TRUE(faulty.log().contains("re-joined replaced server 1"));
   ASSERT_EQ(recovered.size(), reference.size());
   for (size_t i = 0; i < reference.size(); ++i) ASSERT_EQ(recovered[i], reference[i]) << i;

@@ -16,8 +16,8 @@
 
 #include "autograd/functions.h"
 #include "comm/collectives/communicator.h"
-#include "comm/transport/inproc_transport.h"
 #include "comm/rendezvous/rendezvous.h"
+#include "comm/transport/inproc_transport.h"
 #include "comm/transport/zmq_transport.h"
 #include "core/crc32c.h"
 #include "core/error.h"

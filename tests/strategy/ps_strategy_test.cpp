@@ -332,9 +332,8 @@ TEST(PsStrategyDynamicBatch, NeedsSync) {
   async.dynamic_batch.enabled = true;
   dtrain::testing::expect_error<UsageError>(
       [&] {
-        PsStrategy(make_embedding_model(3),
-                   client_options({"tcp://127.0.0.1:1"}, 0, 2), ServerGroup::auth(), Logger::null(),
-                   async);
+        PsStrategy(make_embedding_model(3), client_options({"tcp://127.0.0.1:1"}, 0, 2),
+                   ServerGroup::auth(), Logger::null(), async);
       },
       "ps strategy: dynamic batch sizing needs consistency 'sync', not 'async': the workers' "
       "shares come from each version's measurements, which only sync has");

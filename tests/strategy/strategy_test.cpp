@@ -9,9 +9,9 @@
 #include "nn/sequential.h"
 #include "optim/sgd.h"
 #include "strategy/local_strategy.h"
-#include "strategy_test_util.h"
 #include "strategy/mirrored_strategy.h"
 #include "strategy/replica_threads.h"
+#include "strategy_test_util.h"
 
 namespace dtrain::strategy {
 namespace {
@@ -30,7 +30,8 @@ class MirroredEquivalence : public ::testing::TestWithParam<int64_t> {};
 TEST_P(MirroredEquivalence, MatchesOneWorkerOnTheGlobalBatch) {
   const int64_t replicas = GetParam();
   LocalStrategy local(make_mlp(1), sgd());
-  MirroredStrategy mirrored(make_mlp(1), [] { return make_mlp(99); }, replicas, sgd());
+  MirroredStrategy mirrored(
+      make_mlp(1), [] { return make_mlp(99); }, replicas, sgd());
   for (const Batch& batch : make_batches(4, 11, 5)) {  // 11 rows: uneven slices
     const StepStats a = local.train_step(batch.x, batch.y);
     const StepStats b = mirrored.train_step(batch.x, batch.y);
@@ -45,7 +46,8 @@ INSTANTIATE_TEST_SUITE_P(Replicas, MirroredEquivalence, ::testing::Values(1, 2, 
 
 TEST(Mirrored, MoreReplicasThanRowsStillMatches) {
   LocalStrategy local(make_mlp(2), sgd());
-  MirroredStrategy mirrored(make_mlp(2), [] { return make_mlp(3); }, 4, sgd());
+  MirroredStrategy mirrored(
+      make_mlp(2), [] { return make_mlp(3); }, 4, sgd());
   for (const Batch& batch : make_batches(3, 2, 8)) {
     local.train_step(batch.x, batch.y);
     mirrored.train_step(batch.x, batch.y);
@@ -54,7 +56,8 @@ TEST(Mirrored, MoreReplicasThanRowsStillMatches) {
 }
 
 TEST(Mirrored, ReplicaErrorsReachTheCaller) {
-  MirroredStrategy mirrored(make_mlp(1), [] { return make_mlp(1); }, 2, sgd());
+  MirroredStrategy mirrored(
+      make_mlp(1), [] { return make_mlp(1); }, 2, sgd());
   Tensor wrong = Tensor::zeros({4, 5});
   std::vector<int64_t> y{0, 1, 2, 0};
   EXPECT_THROW(mirrored.train_step(wrong, y), UsageError);
@@ -78,7 +81,8 @@ TEST(Strategy, CountCorrectUsesArgMax) {
 TEST(ReplicaThreads, RunsEveryReplicaAndRethrows) {
   ReplicaThreads threads(3);
   std::vector<int> seen(3, 0);
-  for (int round = 0; round < 50; ++round) threads.run([&](int64_t r) { seen[static_cast<size_t>(r)]++; });
+  for (int round = 0; round < 50; ++round)
+    threads.run([&](int64_t r) { seen[static_cast<size_t>(r)]++; });
   EXPECT_EQ(seen, (std::vector<int>{50, 50, 50}));
   EXPECT_THROW(threads.run([](int64_t r) {
     if (r == 2) throw UsageError("replica 2 failed");

@@ -3,9 +3,9 @@
 // the contract: they name the thing and the difference).
 #pragma once
 
-#include <string>
-
 #include <gtest/gtest.h>
+
+#include <string>
 
 #include "core/error.h"
 #include "core/rng.h"

@@ -1,6 +1,7 @@
 #include "testing/process.h"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -13,8 +14,6 @@
 #include <climits>
 #include <system_error>
 #include <utility>
-
-#include <fmt/format.h>
 
 extern char** environ;
 
@@ -183,7 +182,8 @@ std::optional<ExitStatus> ChildProcess::wait(Deadline deadline) {
       throw_errno("waitpid");
     }
     if (deadline.expired()) return std::nullopt;
-    const int slice = static_cast<int>(std::min<int64_t>(deadline.remaining().count(), kExitPollMs));
+    const int slice =
+        static_cast<int>(std::min<int64_t>(deadline.remaining().count(), kExitPollMs));
     if (!read_some(slice) && slice > 0) {
       // Stdout closed: the child is exiting; poll waitpid at the same pace.
       pollfd none{-1, 0, 0};

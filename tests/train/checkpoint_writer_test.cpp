@@ -83,7 +83,8 @@ TEST(CheckpointWriter, DestructorFinishesTheQueuedWrite) {
 TEST(CheckpointWriter, DestructorLogsAnErrorNobodyCollected) {
   testing::TempDir tmp;
   std::vector<std::string> warnings;
-  Logger logger(LogLevel::kWarn, [&](LogLevel, std::string_view line) { warnings.emplace_back(line); });
+  Logger logger(LogLevel::kWarn,
+                [&](LogLevel, std::string_view line) { warnings.emplace_back(line); });
   Fault fs(io::default_file_system());
   fs.fail_nth(Fault::Op::kRename, 1);
   {
@@ -91,7 +92,8 @@ TEST(CheckpointWriter, DestructorLogsAnErrorNobodyCollected) {
     writer.submit(checkpoint_at(9));
   }
   ASSERT_EQ(warnings.size(), 1u);
-  EXPECT_NE(warnings[0].find("the last checkpoint was not written"), std::string::npos) << warnings[0];
+  EXPECT_NE(warnings[0].find("the last checkpoint was not written"), std::string::npos)
+      << warnings[0];
   EXPECT_NE(warnings[0].find("ckpt-9.dtc"), std::string::npos) << warnings[0];
 }
 

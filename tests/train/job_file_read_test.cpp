@@ -4,12 +4,12 @@
 // once. A readable file is parsed with its path as the source name.
 #include <gtest/gtest.h>
 
-#include "train/job_file.h"
 #include "core/error.h"
 #include "io/file_system.h"
 #include "testing/expect_error.h"
 #include "testing/fault_fs.h"
 #include "testing/hostile_files.h"
+#include "train/job_file.h"
 
 namespace dtrain::train {
 namespace {

@@ -1,6 +1,7 @@
+#include "train/job_file.h"
+
 #include <gtest/gtest.h>
 
-#include "train/job_file.h"
 #include "core/error.h"
 
 namespace dtrain::train {
@@ -62,7 +63,8 @@ TEST(JobFile, ReadsEverySection) {
 
 TEST(JobFile, OverridesApplyBeforeChecking) {
   JobConfig job =
-      job_of(kJob, "job.toml", {"train.epochs=5", "optimizer.lr=0.5", "job.output=out/x", "distributed.workers=3"});
+      job_of(kJob, "job.toml",
+             {"train.epochs=5", "optimizer.lr=0.5", "job.output=out/x", "distributed.workers=3"});
   EXPECT_EQ(job.train.epochs, 5);
   EXPECT_FLOAT_EQ(job.optimizer.lr, 0.5f);
   EXPECT_EQ(job.output, "out/x");
@@ -70,8 +72,7 @@ TEST(JobFile, OverridesApplyBeforeChecking) {
   EXPECT_EQ(job.train.max_restarts, 0);
   EXPECT_EQ(job_of(kJob, "job.toml", {"train.max_restarts=2"}).train.max_restarts, 2);
   EXPECT_FALSE(job.train.elastic);
-  const JobConfig elastic =
-      job_of(kJob, "job.toml", {"train.elastic=true", "train.min_workers=2"});
+  const JobConfig elastic = job_of(kJob, "job.toml", {"train.elastic=true", "train.min_workers=2"});
   EXPECT_TRUE(elastic.train.elastic);
   EXPECT_EQ(elastic.train.min_workers, 2);
   EXPECT_EQ(error_of(kJob, {"train.epoch=5"}),
@@ -79,9 +80,9 @@ TEST(JobFile, OverridesApplyBeforeChecking) {
             "checkpoint_every_steps, class_weights, drop_last, elastic, epochs, eval_batch_size, "
             "keep_checkpoints, log_every_steps, max_restarts, max_steps, min_workers, threads)");
   EXPECT_EQ(error_of(kJob, {"noequals"}), "--set: 'noequals': expected key=value");
-  EXPECT_DOUBLE_EQ(
-      job_of(kJob, "job.toml", {"train.checkpoint_every_seconds=2.5"}).train.checkpoint_every_seconds,
-      2.5);
+  EXPECT_DOUBLE_EQ(job_of(kJob, "job.toml", {"train.checkpoint_every_seconds=2.5"})
+                       .train.checkpoint_every_seconds,
+                   2.5);
   EXPECT_NE(error_of(kJob, {"train.checkpoint_every_seconds=-1.0"})
                 .find("'train.checkpoint_every_seconds': must be 0 (off) or positive, got -1"),
             std::string::npos);
@@ -104,13 +105,15 @@ TEST(JobFile, WrongTypesNameTheKeyAndLine) {
   EXPECT_EQ(error_of(text), "job.toml:19: 'optimizer.lr': must be positive, got -1");
   text = kJob;
   text.replace(text.find("type = \"adam\""), 13, "type = \"adma\"");
-  EXPECT_EQ(error_of(text), "job.toml:18: 'optimizer.type': 'adma' is not one of: sgd, adam, adamw, adagrad");
+  EXPECT_EQ(error_of(text),
+            "job.toml:18: 'optimizer.type': 'adma' is not one of: sgd, adam, adamw, adagrad");
 }
 
 TEST(JobFile, LayerErrors) {
   std::string text = kJob;
   text.replace(text.find("type = \"flatten\""), 16, "type = \"flaten\"");
-  EXPECT_NE(error_of(text).find("'model.layers[0].type': 'flaten' is not one of"), std::string::npos)
+  EXPECT_NE(error_of(text).find("'model.layers[0].type': 'flaten' is not one of"),
+            std::string::npos)
       << error_of(text);
   text = kJob;
   text.replace(text.find("out_features = 32"), 17, "out_feature = 32");
@@ -135,9 +138,11 @@ TEST(JobFile, OverridesReachLayersByIndex) {
   JobConfig job = job_of(kJob, "job.toml", {"model.layers.1.out_features=64"});
   EXPECT_EQ(job.model.layers[1].out_features, 64);
   EXPECT_EQ(error_of(kJob, {"model.layers.5.out_features=64"}),
-            "--set: 'model.layers.5.out_features': 'layers' has 2 entries; expected layers.<index>.<key>");
-  EXPECT_EQ(error_of(kJob, {"model.layers.x.out_features=64"}),
-            "--set: 'model.layers.x.out_features': 'layers' is an array: expected an index, got 'x'");
+            "--set: 'model.layers.5.out_features': 'layers' has 2 entries; expected "
+            "layers.<index>.<key>");
+  EXPECT_EQ(
+      error_of(kJob, {"model.layers.x.out_features=64"}),
+      "--set: 'model.layers.x.out_features': 'layers' is an array: expected an index, got 'x'");
 }
 
 }  // namespace
@@ -169,7 +174,8 @@ TEST(JobFileStrategies, EachStrategyReadsItsOwnTable) {
 }
 
 TEST(JobFileStrategies, FlatKeysAreDeprecatedAliasesWithANote) {
-  const std::string text = std::string(kJob) + "\n[distributed]\nservers = 2\nbucket_bytes = 4096\n";
+  const std::string text =
+      std::string(kJob) + "\n[distributed]\nservers = 2\nbucket_bytes = 4096\n";
   const JobFile file = parse_job(text, "job.toml", {});
   ASSERT_EQ(file.notes.size(), 2u);
   EXPECT_EQ(file.notes[0],
@@ -195,7 +201,8 @@ TEST(JobFileStrategies, AnUnknownStrategyListsTheRegisteredOnes) {
 TEST(JobFile, OutputMustNameAFolderAndTheLearningRateBeFinite) {
   EXPECT_NE(error_of(kJob, {"job.output=\"\""}).find("'job.output': must name a folder"),
             std::string::npos);
-  EXPECT_EQ(error_of(kJob, {"optimizer.lr=inf"}), "job.toml:17: 'optimizer.lr': must be finite, got inf");
+  EXPECT_EQ(error_of(kJob, {"optimizer.lr=inf"}),
+            "job.toml:17: 'optimizer.lr': must be finite, got inf");
 }
 
 }  // namespace

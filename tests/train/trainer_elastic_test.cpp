@@ -14,9 +14,9 @@
 #include "data/synthetic.h"
 #include "io/safetensors.h"
 #include "optim/optimizer_config.h"
+#include "strategy/elastic.h"
 #include "strategy/local_strategy.h"
 #include "testing/fault_fs.h"
-#include "strategy/elastic.h"
 #include "train/model_builder.h"
 #include "train/trainer.h"
 #include "train_test_util.h"
@@ -70,7 +70,9 @@ class FlakyStrategy final : public strategy::Strategy {
   nn::Module& model() override { return inner_->model(); }
   void set_learning_rate(float lr) override { inner_->set_learning_rate(lr); }
   StateDict optimizer_state() override { return inner_->optimizer_state(); }
-  void load_optimizer_state(const StateDict& state) override { inner_->load_optimizer_state(state); }
+  void load_optimizer_state(const StateDict& state) override {
+    inner_->load_optimizer_state(state);
+  }
   strategy::StepStats train_step(const Tensor& x, std::span<const int64_t> y) override {
     if (calls_++ == fail_at_) throw CommError(1, "allreduce #9", "rank 1 (pid 42) died");
     return inner_->train_step(x, y);
@@ -89,7 +91,8 @@ class FlakyStrategy final : public strategy::Strategy {
 
 class FakeMembership final : public strategy::ElasticMembership {
  public:
-  explicit FakeMembership(int64_t due_at_check, std::optional<strategy::TrainingPosition> joined = {})
+  explicit FakeMembership(int64_t due_at_check,
+                          std::optional<strategy::TrainingPosition> joined = {})
       : due_at_(due_at_check), joined_(joined) {}
   bool joined_running_group(strategy::TrainingPosition& position) override {
     if (!joined_) return false;

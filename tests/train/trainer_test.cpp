@@ -1,9 +1,10 @@
+#include "train/trainer.h"
+
 #include <gtest/gtest.h>
 
 #include <fstream>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "core/error.h"
 #include "data/synthetic.h"
@@ -14,7 +15,6 @@
 #include "strategy/mirrored_strategy.h"
 #include "testing/fault_fs.h"
 #include "train/model_builder.h"
-#include "train/trainer.h"
 #include "train_test_util.h"
 
 namespace dtrain::train {
@@ -62,12 +62,12 @@ data::TensorDataset blobs(int64_t samples, int part) {
 std::unique_ptr<strategy::Strategy> local_for(const JobConfig& job) {
   Rng rng(job.seed);
   return std::make_unique<strategy::LocalStrategy>(
-      build_model(job.model, rng), [&job](std::vector<Variable> p) {
-        return nn::make_optimizer(job.optimizer, std::move(p));
-      });
+      build_model(job.model, rng),
+      [&job](std::vector<Variable> p) { return nn::make_optimizer(job.optimizer, std::move(p)); });
 }
 
-Summary fit(const JobConfig& job, const data::TensorDataset& train, const data::TensorDataset& test) {
+Summary fit(const JobConfig& job, const data::TensorDataset& train,
+            const data::TensorDataset& test) {
   auto strategy = local_for(job);
   Trainer trainer(job, *strategy, Logger::null());
   return trainer.fit(train, test);
@@ -115,7 +115,8 @@ TEST(Trainer, ResumingMidEpochContinuesExactly) {
   EXPECT_EQ(fit(first, train, test).steps, 30);
   JobConfig second = blobs_job(stopped.path());
   EXPECT_EQ(fit(second, train, test).steps, 4 * 19);
-  EXPECT_EQ(file_bytes(straight.file("model.safetensors")), file_bytes(stopped.file("model.safetensors")));
+  EXPECT_EQ(file_bytes(straight.file("model.safetensors")),
+            file_bytes(stopped.file("model.safetensors")));
 }
 
 TEST(Trainer, CorruptNewestCheckpointFallsBackToThePreviousOne) {
@@ -204,8 +205,8 @@ TEST(Trainer, AReportedStepHasThePreviousCheckpointOnDisk) {
   check.dir = dir.path();
   trainer.add_callback(check);
   trainer.fit(blobs(300, 1), blobs(100, 2));
-  EXPECT_TRUE(check.missing.empty()) << "not on disk when the next step was reported: step "
-                                     << check.missing.front();
+  EXPECT_TRUE(check.missing.empty())
+      << "not on disk when the next step was reported: step " << check.missing.front();
 }
 
 TEST(Trainer, AFailedBackgroundWriteEndsFitWithACheckpointError) {
@@ -276,7 +277,8 @@ TEST(Trainer, WritesMetricsAsJsonLines) {
 TEST(Trainer, MirroredMatchesLocal) {
   testing::TempDir a, b;
   JobConfig job = blobs_job(a.path());
-  job.model.layers.erase(job.model.layers.begin() + 2);  // no dropout: replicas draw their own masks
+  job.model.layers.erase(job.model.layers.begin() +
+                         2);  // no dropout: replicas draw their own masks
   job.train.epochs = 2;
   const auto train = blobs(300, 1), test = blobs(100, 2);
   fit(job, train, test);
@@ -289,7 +291,10 @@ TEST(Trainer, MirroredMatchesLocal) {
         Rng r(7);
         return std::unique_ptr<nn::Module>(build_model(mjob.model, r));
       },
-      3, [&mjob](std::vector<Variable> p) { return nn::make_optimizer(mjob.optimizer, std::move(p)); });
+      3,
+      [&mjob](std::vector<Variable> p) {
+        return nn::make_optimizer(mjob.optimizer, std::move(p));
+      });
   Trainer trainer(mjob, mirrored, Logger::null());
   trainer.fit(train, test);
   const StateDict x = io::load_safetensors(a.file("model.safetensors"));

@@ -1,7 +1,7 @@
 // Collectives: the abstract interface strategies use for collective
 // communication on float32 buffers, implemented by the native Communicator
-// (comm/collectives/communicator.h) and by the MPI backend (comm/collectives/mpi_collectives.h), so a
-// strategy runs over either without knowing which.
+// (comm/collectives/communicator.h) and by the MPI backend (comm/collectives/mpi_collectives.h), so
+// a strategy runs over either without knowing which.
 //
 // Contract (every implementation):
 // - Every rank of the group calls the same collectives in the same order with

@@ -1,5 +1,6 @@
 #include "comm/collectives/communicator.h"
 
+#include <fmt/ranges.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -7,12 +8,10 @@
 #include <fstream>
 #include <numeric>
 
-#include <fmt/ranges.h>
-
 #include "comm/collectives/collective_tree.h"
-#include "comm/transport/group_transport.h"
 #include "comm/collectives/halving_doubling.h"
 #include "comm/collectives/ring_collectives.h"
+#include "comm/transport/group_transport.h"
 #include "core/byte_codec.h"
 #include "core/error.h"
 
@@ -63,8 +62,8 @@ bool Work::is_completed() const {
 Communicator::Communicator(Transport& transport, CommunicatorOptions options)
     : transport_(transport), options_(std::move(options)) {
   if (options_.chunk_bytes < sizeof(float)) {
-    throw UsageError(fmt::format("Communicator: chunk_bytes {} is below one float",
-                                 options_.chunk_bytes));
+    throw UsageError(
+        fmt::format("Communicator: chunk_bytes {} is below one float", options_.chunk_bytes));
   }
   set_up_shm();
   listen_to_transport();
@@ -72,10 +71,12 @@ Communicator::Communicator(Transport& transport, CommunicatorOptions options)
 }
 
 Communicator::Communicator(std::unique_ptr<Transport> transport, CommunicatorOptions options)
-    : owned_transport_(std::move(transport)), transport_(*owned_transport_), options_(std::move(options)) {
+    : owned_transport_(std::move(transport)),
+      transport_(*owned_transport_),
+      options_(std::move(options)) {
   if (options_.chunk_bytes < sizeof(float)) {
-    throw UsageError(fmt::format("Communicator: chunk_bytes {} is below one float",
-                                 options_.chunk_bytes));
+    throw UsageError(
+        fmt::format("Communicator: chunk_bytes {} is below one float", options_.chunk_bytes));
   }
   set_up_shm();
   listen_to_transport();
@@ -110,7 +111,8 @@ void Communicator::set_up_shm() {
     allgatherv_bytes(mine.bytes(), gathered, counts, desc, deadline);
   });
   ByteReader reader(gathered, "host check");
-  const std::vector<uint64_t> keys = reader.read_u64_array(static_cast<size_t>(size()), "host keys");
+  const std::vector<uint64_t> keys =
+      reader.read_u64_array(static_cast<size_t>(size()), "host keys");
   if (std::all_of(keys.begin(), keys.end(), [&](uint64_t k) { return k == keys[0]; })) {
     ShmAllreduceOptions shm_options;
     shm_options.job_id = fmt::format("{}-g{:x}", options_.job_id, options_.group_id);
@@ -191,8 +193,8 @@ void Communicator::worker_loop(std::stop_token stop) {
       queue_changed_.wait(lock, stop, [&] { return !queue_.empty(); });
       if (stop.stop_requested()) {
         for (Task& pending : queue_) {
-          pending.done.set_exception(std::make_exception_ptr(CommError(
-              -1, pending.what, "communicator destroyed before the operation ran")));
+          pending.done.set_exception(std::make_exception_ptr(
+              CommError(-1, pending.what, "communicator destroyed before the operation ran")));
         }
         queue_.clear();
         queue_changed_.notify_all();
@@ -238,7 +240,8 @@ void Communicator::allreduce_now(std::span<float> data, ReduceOp op, const OpDes
 
 void Communicator::allreduce(std::span<float> data, ReduceOp op) {
   const OpDescriptor desc = next_op(OpKind::kAllreduce, data.size(), op);
-  run_blocking(desc.describe(), [&](Deadline deadline) { allreduce_now(data, op, desc, deadline); });
+  run_blocking(desc.describe(),
+               [&](Deadline deadline) { allreduce_now(data, op, desc, deadline); });
 }
 
 Work Communicator::allreduce_async(std::span<float> data, ReduceOp op) {
@@ -282,11 +285,12 @@ void Communicator::allgather(std::span<const float> mine, std::span<float> out) 
 void Communicator::allgatherv(std::span<const float> mine, std::span<float> out,
                               std::span<const size_t> counts) {
   if (counts.size() != static_cast<size_t>(size())) {
-    throw UsageError(fmt::format("allgatherv: {} counts for a group of size {}", counts.size(), size()));
+    throw UsageError(
+        fmt::format("allgatherv: {} counts for a group of size {}", counts.size(), size()));
   }
   if (counts[static_cast<size_t>(rank())] != mine.size()) {
-    throw UsageError(fmt::format("allgatherv: rank {} passes {} floats but counts[{}] is {}", rank(),
-                                 mine.size(), rank(), counts[static_cast<size_t>(rank())]));
+    throw UsageError(fmt::format("allgatherv: rank {} passes {} floats but counts[{}] is {}",
+                                 rank(), mine.size(), rank(), counts[static_cast<size_t>(rank())]));
   }
   const size_t total = std::accumulate(counts.begin(), counts.end(), size_t{0});
   if (out.size() != total) {
@@ -330,7 +334,8 @@ void Communicator::reduce_scatter(std::span<const float> input, std::span<float>
     ring_reduce_scatter(channel, work, offsets, op, chunk_elements(options_));
     const float* own = work.data() + offsets[static_cast<size_t>(rank())];
     const float scale = op == ReduceOp::kMean ? static_cast<float>(size()) : 1.0f;
-    for (size_t i = 0; i < output.size(); ++i) output[i] = op == ReduceOp::kMean ? own[i] / scale : own[i];
+    for (size_t i = 0; i < output.size(); ++i)
+      output[i] = op == ReduceOp::kMean ? own[i] / scale : own[i];
   });
 }
 
@@ -417,8 +422,8 @@ std::unique_ptr<Communicator> Communicator::split(int color, int key) {
   std::stable_sort(members.begin(), members.end(), [&](int a, int b) {
     return all[2 * static_cast<size_t>(a) + 1] < all[2 * static_cast<size_t>(b) + 1];
   });
-  const uint64_t hash = splitmix64(splitmix64(options_.group_id ^ (made << 32)) ^
-                                   static_cast<uint32_t>(color));
+  const uint64_t hash =
+      splitmix64(splitmix64(options_.group_id ^ (made << 32)) ^ static_cast<uint32_t>(color));
   return make_child(std::move(members), static_cast<uint32_t>(hash) | 0x80000000u);
 }
 

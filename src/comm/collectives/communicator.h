@@ -132,8 +132,7 @@ class Communicator final : public Collectives {
   void allgather(std::span<const float> mine, std::span<float> out) override;
   void allgatherv(std::span<const float> mine, std::span<float> out,
                   std::span<const size_t> counts) override;
-  void reduce_scatter(std::span<const float> input, std::span<float> output,
-                      ReduceOp op) override;
+  void reduce_scatter(std::span<const float> input, std::span<float> output, ReduceOp op) override;
   void barrier() override;
 
   // Queues an in-place allreduce; `data` must stay valid until completion.
@@ -163,8 +162,8 @@ class Communicator final : public Collectives {
 
   void set_up_shm();
   void listen_to_transport();
-  OpDescriptor next_op(OpKind kind, uint64_t count, ReduceOp reduce = ReduceOp::kSum,
-                       int root = -1, Dtype dtype = Dtype::kFloat32);
+  OpDescriptor next_op(OpKind kind, uint64_t count, ReduceOp reduce = ReduceOp::kSum, int root = -1,
+                       Dtype dtype = Dtype::kFloat32);
   uint64_t collective_tag() const { return uint64_t{options_.group_id} << 32; }
   uint64_t p2p_tag(uint32_t tag) const;
   // Runs `body` on this thread once queued work is done, recording failure.

@@ -26,14 +26,14 @@ std::unique_ptr<Communicator> connect_worker(const std::string& job_name, const 
   t.advertise_host = launch.settings.advertise_host;
   if (!launch.settings.run_dir.empty()) t.ipc_dir = launch.settings.run_dir;
   t.heartbeat_timeout = options.heartbeat_timeout;
-  t.heartbeat_interval =
-      std::min(std::chrono::milliseconds(200), options.heartbeat_timeout / 4);
+  t.heartbeat_interval = std::min(std::chrono::milliseconds(200), options.heartbeat_timeout / 4);
   auto transport = connect_zmq_transport(t, auth, launch.coordinator, launch.rank == 0,
                                          Deadline::after(options.timeout), logger);
   CommunicatorOptions c;
   c.timeout = options.timeout;
   // Names this job's shared-memory segments: unique per job and coordinator.
-  c.job_id = fmt::format("{:016x}-{:x}", auth.job_id(), std::hash<std::string>{}(launch.coordinator));
+  c.job_id =
+      fmt::format("{:016x}-{:x}", auth.job_id(), std::hash<std::string>{}(launch.coordinator));
   return std::make_unique<Communicator>(std::move(transport), c);
 }
 

@@ -41,8 +41,9 @@ MpiSession::MpiSession(int* argc, char*** argv) {
   check(MPI_Init_thread(argc, argv, MPI_THREAD_SERIALIZED, &provided), "MPI_Init_thread");
   if (provided < MPI_THREAD_SERIALIZED) {
     MPI_Finalize();
-    throw CommError(-1, "MPI_Init_thread",
-                    fmt::format("MPI provides thread level {}, below MPI_THREAD_SERIALIZED", provided));
+    throw CommError(
+        -1, "MPI_Init_thread",
+        fmt::format("MPI provides thread level {}, below MPI_THREAD_SERIALIZED", provided));
   }
 }
 
@@ -80,11 +81,13 @@ void MpiCollectives::allgather(std::span<const float> mine, std::span<float> out
 
 void MpiCollectives::allgatherv(std::span<const float> mine, std::span<float> out,
                                 std::span<const size_t> counts) {
-  if (counts.size() != static_cast<size_t>(size_) || counts[static_cast<size_t>(rank_)] != mine.size() ||
+  if (counts.size() != static_cast<size_t>(size_) ||
+      counts[static_cast<size_t>(rank_)] != mine.size() ||
       std::accumulate(counts.begin(), counts.end(), size_t{0}) != out.size()) {
-    throw UsageError(fmt::format("allgatherv: rank {} passes {} floats and an output of {} for "
-                                 "{} counts that do not add up",
-                                 rank_, mine.size(), out.size(), counts.size()));
+    throw UsageError(
+        fmt::format("allgatherv: rank {} passes {} floats and an output of {} for "
+                    "{} counts that do not add up",
+                    rank_, mine.size(), out.size(), counts.size()));
   }
   std::vector<int> int_counts(counts.size());
   std::vector<int> displacements(counts.size());

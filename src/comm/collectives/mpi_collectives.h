@@ -46,8 +46,7 @@ class MpiCollectives final : public Collectives {
   void allgather(std::span<const float> mine, std::span<float> out) override;
   void allgatherv(std::span<const float> mine, std::span<float> out,
                   std::span<const size_t> counts) override;
-  void reduce_scatter(std::span<const float> input, std::span<float> output,
-                      ReduceOp op) override;
+  void reduce_scatter(std::span<const float> input, std::span<float> output, ReduceOp op) override;
   void barrier() override;
 
  private:

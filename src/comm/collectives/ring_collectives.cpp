@@ -53,7 +53,9 @@ void ring_reduce_scatter(CollectiveChannel& channel, std::span<float> data,
   const int left = (channel.rank() + n - 1) % n;
   ring_pass(
       n, channel.rank(), offsets, chunk_elements, 1,
-      [&](size_t lo, size_t hi) { channel.send(right, std::span<const float>(data.subspan(lo, hi - lo))); },
+      [&](size_t lo, size_t hi) {
+        channel.send(right, std::span<const float>(data.subspan(lo, hi - lo)));
+      },
       [&](size_t lo, size_t hi) { channel.recv_reduce(left, data.subspan(lo, hi - lo), op); });
 }
 
@@ -65,7 +67,9 @@ void ring_allgather(CollectiveChannel& channel, std::span<std::byte> data,
   const int left = (channel.rank() + n - 1) % n;
   ring_pass(
       n, channel.rank(), offsets, chunk_bytes, 0,
-      [&](size_t lo, size_t hi) { channel.send(right, std::span<const std::byte>(data.subspan(lo, hi - lo))); },
+      [&](size_t lo, size_t hi) {
+        channel.send(right, std::span<const std::byte>(data.subspan(lo, hi - lo)));
+      },
       [&](size_t lo, size_t hi) { channel.recv_into(left, data.subspan(lo, hi - lo)); });
 }
 
@@ -83,7 +87,8 @@ void ring_allreduce(CollectiveChannel& channel, std::span<float> data, ReduceOp 
   }
   std::vector<size_t> byte_offsets(offsets.begin(), offsets.end());
   for (size_t& o : byte_offsets) o *= sizeof(float);
-  ring_allgather(channel, std::as_writable_bytes(data), byte_offsets, chunk_elements * sizeof(float));
+  ring_allgather(channel, std::as_writable_bytes(data), byte_offsets,
+                 chunk_elements * sizeof(float));
 }
 
 }  // namespace dtrain::comm

@@ -1,12 +1,12 @@
 #include "comm/collectives/shm_allreduce.h"
 
 #include <fcntl.h>
+#include <linux/futex.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <linux/futex.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -29,13 +29,13 @@ namespace {
 // Control block at the start of each segment; every word on its own cache
 // line so that flag writes of one rank do not bounce another's.
 constexpr size_t kLine = 64;
-constexpr size_t kMagicOffset = 0 * kLine;      // u64 kSegmentMagic once initialised
-constexpr size_t kPidOffset = 0 * kLine + 8;    // u64 owner pid
+constexpr size_t kMagicOffset = 0 * kLine;    // u64 kSegmentMagic once initialised
+constexpr size_t kPidOffset = 0 * kLine + 8;  // u64 owner pid
 constexpr size_t kCapacityOffset = 0 * kLine + 16;
-constexpr size_t kAttachedOffset = 1 * kLine;   // u64 1 once the owner mapped all peers
-constexpr size_t kArrivedOffset = 2 * kLine;    // u64 seq whose input is in the data area
-constexpr size_t kCountOffset = 3 * kLine;      // descriptor of the piece `arrived` names:
-constexpr size_t kReduceOffset = 3 * kLine + 8; //   total count, reduction, seq
+constexpr size_t kAttachedOffset = 1 * kLine;    // u64 1 once the owner mapped all peers
+constexpr size_t kArrivedOffset = 2 * kLine;     // u64 seq whose input is in the data area
+constexpr size_t kCountOffset = 3 * kLine;       // descriptor of the piece `arrived` names:
+constexpr size_t kReduceOffset = 3 * kLine + 8;  //   total count, reduction, seq
 constexpr size_t kDescSeqOffset = 3 * kLine + 16;
 constexpr size_t kReducedOffset = 4 * kLine;    // u64 seq whose own share is reduced
 constexpr size_t kDoneOffset = 5 * kLine;       // u64 seq after which peers' areas are free
@@ -95,14 +95,15 @@ ShmAllreduce::ShmAllreduce(int rank, int size, ShmAllreduceOptions options, Dead
     throw UsageError(fmt::format("ShmAllreduce: rank {} outside world of size {}", rank, size));
   }
   if (options_.job_id.empty() || options_.job_id.find('/') != std::string::npos) {
-    throw UsageError(fmt::format("ShmAllreduce: job id '{}' must be non-empty without '/'",
-                                 options_.job_id));
+    throw UsageError(
+        fmt::format("ShmAllreduce: job id '{}' must be non-empty without '/'", options_.job_id));
   }
   if (options_.capacity_bytes < sizeof(float) * static_cast<size_t>(size)) {
     throw UsageError(fmt::format("ShmAllreduce: capacity {} bytes is below one float per rank",
                                  options_.capacity_bytes));
   }
-  for (int r = 0; r < size; ++r) names_.push_back(fmt::format("/dtrain-{}-r{}", options_.job_id, r));
+  for (int r = 0; r < size; ++r)
+    names_.push_back(fmt::format("/dtrain-{}-r{}", options_.job_id, r));
   try {
     map_segments(deadline);
     await_attached(deadline);
@@ -133,18 +134,21 @@ void ShmAllreduce::map_segments(Deadline deadline) {
   shm_unlink(own_name.c_str());
   const int own_fd = shm_open(own_name.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
   if (own_fd < 0) {
-    throw CommError(rank_, what, fmt::format("shm_open({}) failed: {}", own_name, std::strerror(errno)));
+    throw CommError(rank_, what,
+                    fmt::format("shm_open({}) failed: {}", own_name, std::strerror(errno)));
   }
   if (ftruncate(own_fd, static_cast<off_t>(segment_bytes_)) != 0) {
     const int err = errno;
     close(own_fd);
-    throw CommError(rank_, what, fmt::format("ftruncate({}, {} bytes) failed: {}", own_name,
-                                             segment_bytes_, std::strerror(err)));
+    throw CommError(rank_, what,
+                    fmt::format("ftruncate({}, {} bytes) failed: {}", own_name, segment_bytes_,
+                                std::strerror(err)));
   }
   void* own = mmap(nullptr, segment_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED, own_fd, 0);
   close(own_fd);
   if (own == MAP_FAILED) {
-    throw CommError(rank_, what, fmt::format("mmap({}) failed: {}", own_name, std::strerror(errno)));
+    throw CommError(rank_, what,
+                    fmt::format("mmap({}) failed: {}", own_name, std::strerror(errno)));
   }
   Peer& self = peers_[static_cast<size_t>(rank_)];
   self.base = static_cast<std::byte*>(own);
@@ -196,7 +200,8 @@ void ShmAllreduce::await_attached(Deadline deadline) {
   for (int q = 0; q < size_; ++q) {
     const Peer& peer = peers_[static_cast<size_t>(q)];
     while (word_at(peer.base, kAttachedOffset).load(std::memory_order_acquire) == 0) {
-      if (!peer_alive(peer)) throw CommError(q, what, fmt::format("rank {} (pid {}) died", q, peer.pid));
+      if (!peer_alive(peer))
+        throw CommError(q, what, fmt::format("rank {} (pid {}) died", q, peer.pid));
       if (deadline.expired()) {
         throw TimeoutError(q, what, since(started),
                            fmt::format("rank {} to map every shared-memory segment", q));
@@ -313,10 +318,12 @@ void ShmAllreduce::announce(const OpDescriptor& op) {
   // loads any new field also sees the odd version stored before it.
   const uint64_t v = version.load(std::memory_order_relaxed);
   version.store(v + 1, std::memory_order_relaxed);
-  const uint64_t fields[kAnnounceWords - 1] = {
-      static_cast<uint64_t>(op.kind), static_cast<uint64_t>(op.reduce),
-      static_cast<uint64_t>(op.dtype), static_cast<uint64_t>(static_cast<int64_t>(op.root)),
-      op.count, op.seq};
+  const uint64_t fields[kAnnounceWords - 1] = {static_cast<uint64_t>(op.kind),
+                                               static_cast<uint64_t>(op.reduce),
+                                               static_cast<uint64_t>(op.dtype),
+                                               static_cast<uint64_t>(static_cast<int64_t>(op.root)),
+                                               op.count,
+                                               op.seq};
   for (size_t i = 0; i < kAnnounceWords - 1; ++i) {
     word_at(own, kAnnounceOffset + 8 * (i + 1)).store(fields[i], std::memory_order_release);
   }
@@ -436,14 +443,15 @@ void ShmAllreduce::allreduce_piece(std::span<float> data, ReduceOp op, Deadline 
     if (q == rank_) continue;
     std::byte* base = peers_[static_cast<size_t>(q)].base;
     const uint64_t their_count = word_at(base, kCountOffset).load(std::memory_order_relaxed);
-    const auto their_op = static_cast<ReduceOp>(word_at(base, kReduceOffset).load(std::memory_order_relaxed));
+    const auto their_op =
+        static_cast<ReduceOp>(word_at(base, kReduceOffset).load(std::memory_order_relaxed));
     if (their_count != count || their_op != op) {
-      throw CommError(q, what,
-                      fmt::format("piece #{} ({} floats, {}) on rank {} does not match piece #{} "
-                                  "({} floats, {}) from rank {}",
-                                  seq, count, to_string(op), rank_,
-                                  word_at(base, kDescSeqOffset).load(), their_count,
-                                  to_string(their_op), q));
+      throw CommError(
+          q, what,
+          fmt::format("piece #{} ({} floats, {}) on rank {} does not match piece #{} "
+                      "({} floats, {}) from rank {}",
+                      seq, count, to_string(op), rank_, word_at(base, kDescSeqOffset).load(),
+                      their_count, to_string(their_op), q));
     }
   }
   if (hi > lo) {

@@ -54,9 +54,9 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <optional>
 #include <span>
-#include <mutex>
 #include <string>
 #include <vector>
 
@@ -154,7 +154,7 @@ class ShmAllreduce {
   ShmWaitPolicy wait_policy_;
   mutable std::mutex abandon_mutex_;  // guards the two below
   int abandoned_culprit_ = -1;
-  std::string abandoned_reason_;      // empty until abandon() ran
+  std::string abandoned_reason_;  // empty until abandon() ran
   std::atomic<bool> abandoned_{false};
   std::vector<std::string> names_;
   bool unlinked_ = false;

@@ -5,8 +5,8 @@
 
 #include <algorithm>
 #include <map>
-#include <set>
 #include <mutex>
+#include <set>
 #include <zmq.hpp>
 
 #include "comm/rendezvous/launch_env.h"
@@ -247,10 +247,11 @@ void ElasticRendezvousServer::State::form_generation(const std::vector<uint64_t>
     if (joining.count(slot) == 0 && member_alive(slot, alive)) silent.push_back(slot);
   }
   if (!silent.empty()) {
-    logger.warn("elastic coordinator: generation {} forms without slot(s) {}, silent past the "
-                "heartbeat timeout as their peers report; a left-out worker that wakes up is told "
-                "so and exits",
-                next, slot_list(silent));
+    logger.warn(
+        "elastic coordinator: generation {} forms without slot(s) {}, silent past the "
+        "heartbeat timeout as their peers report; a left-out worker that wakes up is told "
+        "so and exits",
+        next, slot_list(silent));
   }
   ByteWriter w;
   w.write_u32(kJoin);
@@ -287,9 +288,9 @@ void ElasticRendezvousServer::State::check_endpoint_round(const std::vector<uint
   for (size_t rank = 0; rank < members.size(); ++rank) {
     const int slot = members[rank];
     if (alive[static_cast<size_t>(slot)] == member_process[rank]) continue;
-    const std::string reason = fmt::format(
-        "generation {} lost slot {} (rank {}) before it formed; join again", *generation, slot,
-        rank);
+    const std::string reason =
+        fmt::format("generation {} lost slot {} (rank {}) before it formed; join again",
+                    *generation, slot, rank);
     for (size_t r = 0; r < members.size(); ++r) {
       if (endpoints[r]) refuse(member_identity[r], members[r], kEndpoint, reason);
     }
@@ -336,8 +337,8 @@ void ElasticRendezvousServer::State::on_request(const wire::Frame& frame) {
       const uint32_t member_of = r.read_u32("member of");
       const uint32_t count = r.read_u32("suspect count");
       if (count > static_cast<uint32_t>(options.slots)) {
-        throw DataError(fmt::format("elastic join: {} suspects, the job has {} slots", count,
-                                    options.slots));
+        throw DataError(
+            fmt::format("elastic join: {} suspects, the job has {} slots", count, options.slots));
       }
       std::vector<int> suspects;
       for (uint32_t i = 0; i < count; ++i) {
@@ -433,9 +434,10 @@ void ElasticRendezvousServer::State::on_join(const std::string& identity, int sl
     for (int suspect : suspects) {
       if (suspect != slot && member_alive(suspect, v.alive) && joining.count(suspect) == 0 &&
           suspected.insert(suspect).second) {
-        logger.warn("elastic coordinator: slot {} reports slot {} silent; the round does not "
-                    "wait for it",
-                    slot, suspect);
+        logger.warn(
+            "elastic coordinator: slot {} reports slot {} silent; the round does not "
+            "wait for it",
+            slot, suspect);
       }
     }
   }
@@ -612,8 +614,7 @@ ElasticRendezvousClient::ElasticRendezvousClient(const std::string& coordinator,
   o.rank = static_cast<uint32_t>(slot);
   o.limits = wire::FrameLimits{auth_.job_id(), static_cast<uint32_t>(slots),
                                static_cast<uint32_t>(slot), kMaxPayload};
-  o.accepted = {wire::MessageType::kTable, wire::MessageType::kReject,
-                wire::MessageType::kStatus};
+  o.accepted = {wire::MessageType::kTable, wire::MessageType::kReject, wire::MessageType::kStatus};
   o.on_reject = [this](const wire::RejectedFrame& f) {
     // A refusal from a coordinator of another job or with another secret
     // cannot be verified; its reason is still the most useful thing to show.

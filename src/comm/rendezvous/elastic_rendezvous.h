@@ -80,8 +80,8 @@
 #include <thread>
 #include <vector>
 
-#include "comm/wire/auth.h"
 #include "comm/rendezvous/rendezvous.h"
+#include "comm/wire/auth.h"
 #include "core/deadline.h"
 #include "core/error.h"
 #include "core/log.h"

@@ -46,9 +46,9 @@ std::optional<Found> first_of(const std::optional<int>& explicit_value, const ch
 
 HostPort parse_host_port(const std::string& text, const std::string& where) {
   auto bad = [&](const std::string& problem) {
-    return ConfigError(kEnvironment, where, 0,
-                       fmt::format("'{}' {}; expected host:port, e.g. 10.0.0.1:29500", text,
-                                   problem));
+    return ConfigError(
+        kEnvironment, where, 0,
+        fmt::format("'{}' {}; expected host:port, e.g. 10.0.0.1:29500", text, problem));
   };
   const auto colon = text.rfind(':');
   if (colon == std::string::npos) throw bad("has no port");
@@ -109,9 +109,9 @@ LaunchInfo resolve_launch_env(const std::map<std::string, std::string>& env,
   }
   info.local_rank = local ? local->value : info.rank;
   if (info.local_rank < 0 || info.local_rank >= info.world_size) {
-    throw ConfigError(kEnvironment, local->name, 0,
-                      fmt::format("local rank {} is outside 0..{}", info.local_rank,
-                                  info.world_size - 1));
+    throw ConfigError(
+        kEnvironment, local->name, 0,
+        fmt::format("local rank {} is outside 0..{}", info.local_rank, info.world_size - 1));
   }
 
   std::string coordinator_name = "--coordinator";

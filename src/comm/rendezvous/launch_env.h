@@ -45,17 +45,17 @@ struct LaunchOverrides {
 // What a launcher tells each process beyond its place (DTRAIN_* variables;
 // dtrain's own launcher sets them, another launcher may):
 struct LaunchSettings {
-  std::string job_secret;       // DTRAIN_JOB_SECRET: authenticates every frame ("" none)
-  bool insecure = false;        // DTRAIN_INSECURE=1: run without a secret on purpose
+  std::string job_secret;                 // DTRAIN_JOB_SECRET: authenticates every frame ("" none)
+  bool insecure = false;                  // DTRAIN_INSECURE=1: run without a secret on purpose
   std::string listen_host = "127.0.0.1";  // DTRAIN_LISTEN_HOST: the address to bind
-  std::string advertise_host;   // DTRAIN_ADVERTISE_HOST: the address peers use
-  std::string elastic_coordinator;  // DTRAIN_ELASTIC_COORDINATOR: host:port (elastic mode)
-  std::string ps_endpoints;     // DTRAIN_PS_ENDPOINTS: fixed ps server endpoints, comma-separated
-  std::string launch_id;        // DTRAIN_LAUNCH_ID: names one launch of the job
-  int restart_count = 0;        // DTRAIN_RESTART_COUNT: processes started for this slot before
-  std::string run_dir;          // DTRAIN_RUN_DIR: private folder of the run (sockets)
-  std::string status_fd;        // DTRAIN_STATUS_FD: where to tell the launcher why it failed
-  bool output_locked = false;   // DTRAIN_OUTPUT_LOCKED=1: the launcher holds the output lock
+  std::string advertise_host;             // DTRAIN_ADVERTISE_HOST: the address peers use
+  std::string elastic_coordinator;        // DTRAIN_ELASTIC_COORDINATOR: host:port (elastic mode)
+  std::string ps_endpoints;    // DTRAIN_PS_ENDPOINTS: fixed ps server endpoints, comma-separated
+  std::string launch_id;       // DTRAIN_LAUNCH_ID: names one launch of the job
+  int restart_count = 0;       // DTRAIN_RESTART_COUNT: processes started for this slot before
+  std::string run_dir;         // DTRAIN_RUN_DIR: private folder of the run (sockets)
+  std::string status_fd;       // DTRAIN_STATUS_FD: where to tell the launcher why it failed
+  bool output_locked = false;  // DTRAIN_OUTPUT_LOCKED=1: the launcher holds the output lock
 };
 
 // Reads LaunchSettings from `env`; ConfigError naming the variable for a

@@ -5,7 +5,6 @@
 #include <condition_variable>
 #include <mutex>
 #include <optional>
-
 #include <zmq.hpp>
 
 #include "comm/rendezvous/launch_env.h"
@@ -421,16 +420,15 @@ std::vector<PeerEndpoint> rendezvous(const std::string& coordinator, const PeerE
   const auto start = Deadline::Clock::now();
   const HostPort hp = parse_host_port(coordinator, "coordinator");
   if (world_size < 1 || self.rank < 0 || self.rank >= world_size) {
-    throw UsageError(fmt::format("rendezvous: rank {} is outside world size {}", self.rank,
-                                 world_size));
+    throw UsageError(
+        fmt::format("rendezvous: rank {} is outside world size {}", self.rank, world_size));
   }
   wire::FramedSocketOptions o;
   o.name = fmt::format("rendezvous rank {}", self.rank);
   o.rank = static_cast<uint32_t>(self.rank);
   o.limits = wire::FrameLimits{auth.job_id(), static_cast<uint32_t>(world_size),
                                static_cast<uint32_t>(self.rank), kMaxRendezvousPayload};
-  o.accepted = {wire::MessageType::kTable, wire::MessageType::kReject,
-                wire::MessageType::kStatus};
+  o.accepted = {wire::MessageType::kTable, wire::MessageType::kReject, wire::MessageType::kStatus};
   o.on_reject = [&](const wire::RejectedFrame& f) {
     // A refusal from a coordinator of another job or with another secret
     // cannot be verified; its reason is still the most useful thing to show.
@@ -454,9 +452,9 @@ std::vector<PeerEndpoint> rendezvous(const std::string& coordinator, const PeerE
   while (true) {
     std::optional<wire::Frame> reply = socket.receive(deadline);
     if (!reply) {
-      throw_timeout(coordinator, world_size, registered,
-                    std::chrono::duration_cast<std::chrono::milliseconds>(
-                        Deadline::Clock::now() - start));
+      throw_timeout(
+          coordinator, world_size, registered,
+          std::chrono::duration_cast<std::chrono::milliseconds>(Deadline::Clock::now() - start));
     }
     switch (reply->header.type) {
       case wire::MessageType::kReject:

@@ -10,8 +10,8 @@ GroupTransport::GroupTransport(Transport& parent, std::vector<int> members)
     : parent_(parent), members_(std::move(members)) {
   const auto it = std::find(members_.begin(), members_.end(), parent_.rank());
   if (it == members_.end()) {
-    throw UsageError(fmt::format("GroupTransport: rank {} is not among the group's members",
-                                 parent_.rank()));
+    throw UsageError(
+        fmt::format("GroupTransport: rank {} is not among the group's members", parent_.rank()));
   }
   rank_ = static_cast<int>(it - members_.begin());
 }

@@ -72,10 +72,10 @@ std::vector<std::byte> InProcHub::take(int from, int to, uint64_t tag, const std
       throw CommError(from, what, fmt::format("rank {} died (tag {})", from, tag_text(tag)));
     }
     if (deadline.expired()) {
-      throw TimeoutError(from, what,
-                         std::chrono::duration_cast<std::chrono::milliseconds>(
-                             Deadline::Clock::now() - started),
-                         fmt::format("a message with tag {} from rank {}", tag_text(tag), from));
+      throw TimeoutError(
+          from, what,
+          std::chrono::duration_cast<std::chrono::milliseconds>(Deadline::Clock::now() - started),
+          fmt::format("a message with tag {} from rank {}", tag_text(tag), from));
     }
     if (deadline.is_never()) {
       box.arrived.wait(lock);
@@ -120,7 +120,8 @@ void InProcTransport::check_usable(int peer, const std::string& what) {
   {
     std::lock_guard lock(failure_mutex_);
     if (!failure_.empty()) {
-      throw CommError(peer, what, fmt::format("transport of rank {} failed earlier: {}", rank_, failure_));
+      throw CommError(peer, what,
+                      fmt::format("transport of rank {} failed earlier: {}", rank_, failure_));
     }
   }
   if (peer < 0 || peer >= size() || peer == rank_) {

@@ -59,16 +59,18 @@ void release_buffer(void* /*data*/, void* hint) {
   release->cv.notify_all();
 }
 
-bool is_wildcard(const std::string& host) { return host == "*" || host == "0.0.0.0" || host == "::"; }
+bool is_wildcard(const std::string& host) {
+  return host == "*" || host == "0.0.0.0" || host == "::";
+}
 
 }  // namespace
 
 struct ZmqTransport::Peer {
   std::mutex send_mutex;
-  zmq::socket_t push;         // guarded by send_mutex
-  bool push_closed = false;   // guarded by send_mutex
-  uint64_t next_sequence = 0; // guarded by send_mutex
-  zmq::socket_t monitor;      // I/O thread only (and the destructor after it)
+  zmq::socket_t push;           // guarded by send_mutex
+  bool push_closed = false;     // guarded by send_mutex
+  uint64_t next_sequence = 0;   // guarded by send_mutex
+  zmq::socket_t monitor;        // I/O thread only (and the destructor after it)
   bool ever_connected = false;  // I/O thread only
   std::string endpoint;
 };
@@ -161,10 +163,17 @@ ZmqTransport::~ZmqTransport() {
         }
       } else if (alive) {
         try {
-          const auto header = wire::encode_header(
-              {wire::MessageType::kGoodbye, 0, static_cast<uint32_t>(options_.rank),
-               static_cast<uint32_t>(p), auth_.job_id(), peer.next_sequence++, 0, 0, 0, {}},
-              {}, auth_, options_.checksum);
+          const auto header = wire::encode_header({wire::MessageType::kGoodbye,
+                                                   0,
+                                                   static_cast<uint32_t>(options_.rank),
+                                                   static_cast<uint32_t>(p),
+                                                   auth_.job_id(),
+                                                   peer.next_sequence++,
+                                                   0,
+                                                   0,
+                                                   0,
+                                                   {}},
+                                                  {}, auth_, options_.checksum);
           peer.push.send(zmq::const_buffer(header.data(), header.size()), zmq::send_flags::sndmore);
           peer.push.send(zmq::const_buffer(), zmq::send_flags::dontwait);
         } catch (const zmq::error_t& e) {
@@ -208,10 +217,10 @@ void ZmqTransport::connect(const std::vector<PeerEndpoint>& table) {
                                  table.size(), options_.world_size));
   }
   if (table[options_.rank] != self_) {
-    throw UsageError(fmt::format("zmq transport: table entry for rank {} is {}, not this "
-                                 "transport's endpoint {}",
-                                 options_.rank, table[options_.rank].tcp_endpoint,
-                                 self_.tcp_endpoint));
+    throw UsageError(
+        fmt::format("zmq transport: table entry for rank {} is {}, not this "
+                    "transport's endpoint {}",
+                    options_.rank, table[options_.rank].tcp_endpoint, self_.tcp_endpoint));
   }
   peers_.resize(table.size());
   for (size_t p = 0; p < table.size(); ++p) {
@@ -307,8 +316,9 @@ std::optional<std::string> ZmqTransport::queue_frame(Peer& peer, int peer_rank,
   h.tag = tag;
   const wire::HeaderBytes header = wire::encode_header(h, payload, auth_, options_.checksum);
   try {
-    if (peer.push.send(zmq::const_buffer(header.data(), header.size()),
-                       zmq::send_flags::sndmore | zmq::send_flags::dontwait)
+    if (peer.push
+            .send(zmq::const_buffer(header.data(), header.size()),
+                  zmq::send_flags::sndmore | zmq::send_flags::dontwait)
             .has_value() &&
         peer.push.send(body, zmq::send_flags::dontwait).has_value()) {
       return std::nullopt;
@@ -325,8 +335,10 @@ void ZmqTransport::send_frame(Peer& peer, int peer_rank, wire::MessageType type,
   std::optional<std::string> problem;
   {
     std::lock_guard lock(mutex_);
-    if (peer_failure_[peer_rank]) problem = *peer_failure_[peer_rank];
-    else if (said_goodbye_[peer_rank]) problem = "the peer closed its transport";
+    if (peer_failure_[peer_rank])
+      problem = *peer_failure_[peer_rank];
+    else if (said_goodbye_[peer_rank])
+      problem = "the peer closed its transport";
   }
   if (problem) fail_call(peer_rank, what, *problem);
 
@@ -334,10 +346,9 @@ void ZmqTransport::send_frame(Peer& peer, int peer_rank, wire::MessageType type,
   BufferRelease release;
   {
     // zmq_msg_init_data takes a non-const pointer but only reads the buffer.
-    zmq::message_t body =
-        zero_copy ? zmq::message_t(const_cast<std::byte*>(payload.data()), payload.size(),
-                                   &release_buffer, &release)
-                  : zmq::message_t(payload.data(), payload.size());
+    zmq::message_t body = zero_copy ? zmq::message_t(const_cast<std::byte*>(payload.data()),
+                                                     payload.size(), &release_buffer, &release)
+                                    : zmq::message_t(payload.data(), payload.size());
     problem = queue_frame(peer, peer_rank, type, tag, payload, body);
     // On failure `body` still owns the buffer and releases it right here.
   }
@@ -354,8 +365,10 @@ void ZmqTransport::send_frame(Peer& peer, int peer_rank, wire::MessageType type,
     bool timed_out = false;
     {
       std::lock_guard lock(mutex_);
-      if (failure_) reason = failure_->problem;
-      else if (peer_failure_[peer_rank]) reason = *peer_failure_[peer_rank];
+      if (failure_)
+        reason = failure_->problem;
+      else if (peer_failure_[peer_rank])
+        reason = *peer_failure_[peer_rank];
     }
     if (!reason && deadline.expired()) timed_out = true;
     if (!reason && !timed_out) continue;
@@ -407,10 +420,11 @@ zmq::message_t ZmqTransport::take(int peer, uint64_t tag, const std::string& wha
       return message;
     }
     std::optional<std::string> problem;
-    if (peer_failure_[peer]) problem = *peer_failure_[peer];
+    if (peer_failure_[peer])
+      problem = *peer_failure_[peer];
     else if (said_goodbye_[peer]) {
-      problem = fmt::format("the peer closed its transport before sending the message on tag {}",
-                            tag);
+      problem =
+          fmt::format("the peer closed its transport before sending the message on tag {}", tag);
     }
     if (problem) {
       lock.unlock();
@@ -598,8 +612,8 @@ void ZmqTransport::handle_frame(zmq::message_t& header_part, zmq::message_t& pay
     return;
   }
   if (h.sequence > expected) {
-    fail_peer(sender, fmt::format("frames were lost: got sequence {}, expected {}", h.sequence,
-                                  expected));
+    fail_peer(sender,
+              fmt::format("frames were lost: got sequence {}, expected {}", h.sequence, expected));
     return;
   }
   ++expected;
@@ -621,7 +635,8 @@ void ZmqTransport::handle_frame(zmq::message_t& header_part, zmq::message_t& pay
       const std::string reason(reinterpret_cast<const char*>(rest.data()), rest.size());
       aborted_ = true;
       if (!failure_) {
-        failure_ = Failure{culprit, fmt::format("rank {} gave up on the group: {}", sender, reason)};
+        failure_ =
+            Failure{culprit, fmt::format("rank {} gave up on the group: {}", sender, reason)};
         logger_.warn("rank {}: {}", options_.rank, failure_->problem);
       }
     } else {
@@ -766,8 +781,9 @@ std::unique_ptr<ZmqTransport> connect_zmq_transport(const ZmqTransportOptions& o
   if (host_coordinator) {
     const HostPort hp = parse_host_port(coordinator, "coordinator");
     const std::string bind_host = hp.host == "localhost" ? "127.0.0.1" : hp.host;
-    server = std::make_unique<RendezvousServer>(is_wildcard(options.listen_host) ? "0.0.0.0" : bind_host,
-                                                hp.port, options.world_size, auth, logger);
+    server =
+        std::make_unique<RendezvousServer>(is_wildcard(options.listen_host) ? "0.0.0.0" : bind_host,
+                                           hp.port, options.world_size, auth, logger);
   }
   auto transport = std::make_unique<ZmqTransport>(options, auth, logger);
   auto table = rendezvous(coordinator, transport->local_endpoint(), options.world_size, auth,

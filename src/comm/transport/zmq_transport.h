@@ -51,8 +51,8 @@
 // connect() with the table, use, destroy. The destructor sends goodbye to
 // every peer (or, when a peer's abort failed this transport, passes that
 // abort on instead: a goodbye could overtake the original abort on its way
-// to a third rank, which would then blame this rank), stops the I/O thread and closes the sockets, waiting at most
-// `linger` for queued frames to leave. The Logger must outlive the transport.
+// to a third rank, which would then blame this rank), stops the I/O thread and closes the sockets,
+// waiting at most `linger` for queued frames to leave. The Logger must outlive the transport.
 // Thread safety: send()/recv() as in transport.h; connect() once, before any
 // send() or recv().
 #pragma once
@@ -69,12 +69,11 @@
 #include <string>
 #include <thread>
 #include <vector>
-
 #include <zmq.hpp>
 
-#include "comm/wire/auth.h"
 #include "comm/rendezvous/rendezvous.h"
 #include "comm/transport/transport.h"
+#include "comm/wire/auth.h"
 #include "comm/wire/rate_limited_log.h"
 #include "comm/wire/wire.h"
 #include "core/log.h"
@@ -190,7 +189,7 @@ class ZmqTransport final : public Transport {
   std::string ipc_path_;  // the socket file this transport created; removed on destruction
   zmq::context_t context_;
   zmq::socket_t inbound_;
-  std::vector<std::unique_ptr<Peer>> peers_;  // indexed by rank; null for self
+  std::vector<std::unique_ptr<Peer>> peers_;     // indexed by rank; null for self
   std::vector<uint64_t> next_inbound_sequence_;  // I/O thread only
   bool connected_ = false;
 

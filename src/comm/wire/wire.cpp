@@ -46,14 +46,22 @@ std::string describe_rank(uint32_t rank) {
 
 std::string_view to_string(MessageType type) {
   switch (type) {
-    case MessageType::kData: return "data";
-    case MessageType::kHeartbeat: return "heartbeat";
-    case MessageType::kGoodbye: return "goodbye";
-    case MessageType::kAbort: return "abort";
-    case MessageType::kRegister: return "register";
-    case MessageType::kTable: return "table";
-    case MessageType::kReject: return "reject";
-    case MessageType::kStatus: return "status";
+    case MessageType::kData:
+      return "data";
+    case MessageType::kHeartbeat:
+      return "heartbeat";
+    case MessageType::kGoodbye:
+      return "goodbye";
+    case MessageType::kAbort:
+      return "abort";
+    case MessageType::kRegister:
+      return "register";
+    case MessageType::kTable:
+      return "table";
+    case MessageType::kReject:
+      return "reject";
+    case MessageType::kStatus:
+      return "status";
   }
   return "unknown";
 }
@@ -132,9 +140,10 @@ FrameHeader decode_header(std::span<const std::byte> bytes, const FrameLimits& l
   }
 
   if (h.job_id != limits.job_id) {
-    fail(fmt::format("job id 0x{:016x} does not match this job's 0x{:016x} (a process of another "
-                     "job?)",
-                     h.job_id, limits.job_id));
+    fail(
+        fmt::format("job id 0x{:016x} does not match this job's 0x{:016x} (a process of another "
+                    "job?)",
+                    h.job_id, limits.job_id));
   }
   const bool coordinator_sender = h.sender == kCoordinator && from_coordinator(h.type);
   if (!coordinator_sender && h.sender >= limits.world_size) {
@@ -142,8 +151,8 @@ FrameHeader decode_header(std::span<const std::byte> bytes, const FrameLimits& l
                      limits.world_size));
   }
   if (from_coordinator(h.type) && h.sender != kCoordinator) {
-    fail(fmt::format("{} frame from rank {}, only the coordinator sends it",
-                     to_string(h.type), h.sender));
+    fail(fmt::format("{} frame from rank {}, only the coordinator sends it", to_string(h.type),
+                     h.sender));
   }
   if (limits.receiver != kAnyReceiver && h.receiver != limits.receiver) {
     fail(fmt::format("frame addressed to rank {}, this is rank {}", describe_rank(h.receiver),
@@ -163,7 +172,8 @@ FrameHeader decode_header(std::span<const std::byte> bytes, const FrameLimits& l
   if (!has_mac && auth.enabled()) {
     fail("frame is not authenticated but this job requires a secret");
   }
-  if (!has_mac && std::any_of(h.mac.begin(), h.mac.end(), [](std::byte b) { return b != std::byte{0}; })) {
+  if (!has_mac &&
+      std::any_of(h.mac.begin(), h.mac.end(), [](std::byte b) { return b != std::byte{0}; })) {
     fail("MAC field is not zero but the MAC flag is clear");
   }
   return h;
@@ -178,9 +188,10 @@ void check_payload(const FrameHeader& header, std::span<const std::byte, kHeader
   if ((header.flags & kFlagCrc) != 0) {
     const uint32_t crc = crc32c(payload.data(), payload.size());
     if (crc != header.payload_crc) {
-      fail(fmt::format("payload CRC-32C 0x{:08x} does not match the header's 0x{:08x} "
-                       "(corrupted in transit)",
-                       crc, header.payload_crc));
+      fail(
+          fmt::format("payload CRC-32C 0x{:08x} does not match the header's 0x{:08x} "
+                      "(corrupted in transit)",
+                      crc, header.payload_crc));
     }
   }
   if ((header.flags & kFlagMac) != 0) {

@@ -48,7 +48,8 @@ std::string_view to_string(MessageType type);
 
 // Header flag bits; any other bit set is an error.
 inline constexpr uint8_t kFlagCrc = 0x01;  // payload_crc holds CRC-32C of the payload
-inline constexpr uint8_t kFlagMac = 0x02;  // mac holds JobAuth::mac(header with mac zeroed, payload)
+inline constexpr uint8_t kFlagMac =
+    0x02;  // mac holds JobAuth::mac(header with mac zeroed, payload)
 
 struct FrameHeader {
   MessageType type = MessageType::kData;
