@@ -23,38 +23,9 @@ import sys
 import tempfile
 import time
 
-JOB = """
-[job]
-name = "elastic-bench"
-seed = 5
-[data]
-dataset = "synthetic"
-synthetic_samples = 6000
-synthetic_features = 64
-synthetic_classes = 10
-[model]
-input_shape = [64]
-[[model.layers]]
-type = "linear"
-out_features = 256
-[[model.layers]]
-type = "relu"
-[[model.layers]]
-type = "linear"
-out_features = 10
-[optimizer]
-type = "sgd"
-lr = 0.05
-[train]
-epochs = 40
-batch_size = 60
-log_every_steps = 1
-"""
+from ft_bench_job import children, job_toml
 
-
-def children(pid):
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return sorted(int(p) for p in f.read().split())
+JOB = job_toml("elastic-bench", 40)
 
 
 def one_run(dtrain, folder, index):

@@ -31,33 +31,9 @@ import sys
 import tempfile
 import time
 
-JOB = """
-[job]
-name = "frozen-bench"
-seed = 5
-[data]
-dataset = "synthetic"
-synthetic_samples = 6000
-synthetic_features = 64
-synthetic_classes = 10
-[model]
-input_shape = [64]
-[[model.layers]]
-type = "linear"
-out_features = 256
-[[model.layers]]
-type = "relu"
-[[model.layers]]
-type = "linear"
-out_features = 10
-[optimizer]
-type = "sgd"
-lr = 0.05
-[train]
-epochs = 12
-batch_size = 60
-log_every_steps = 1
-"""
+from ft_bench_job import children, job_toml
+
+JOB = job_toml("frozen-bench", 12)
 
 MODES = {
     # args, the launcher child to stop, the reaction line, expected exit code
@@ -67,11 +43,6 @@ MODES = {
     "ps": (["--strategy", "ps", "--servers", "1", "--workers", "2"], 2,
            re.compile(r"worker 1 declared dead"), 0),
 }
-
-
-def children(pid):
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return sorted(int(p) for p in f.read().split())
 
 
 def one_run(dtrain, folder, mode, index, heartbeat_ms):

@@ -31,37 +31,9 @@ import sys
 import tempfile
 import time
 
-JOB = """
-[job]
-name = "ps-recovery-bench"
-seed = 5
-[data]
-dataset = "synthetic"
-synthetic_samples = 6000
-synthetic_features = 64
-synthetic_classes = 10
-[model]
-input_shape = [64]
-[[model.layers]]
-type = "linear"
-out_features = 256
-[[model.layers]]
-type = "relu"
-[[model.layers]]
-type = "linear"
-out_features = 10
-[optimizer]
-type = "sgd"
-lr = 0.05
-momentum = 0.9
-[train]
-epochs = 3
-batch_size = 60
-log_every_steps = 1
-checkpoint_every_steps = 20
-[distributed]
-heartbeat_timeout_ms = 1000
-"""
+from ft_bench_job import children, job_toml
+
+JOB = job_toml("ps-recovery-bench", 3, momentum=0.9)
 
 HEARTBEAT_S = 1.0
 KILL_AT_STEP = 40
@@ -73,11 +45,6 @@ SCENARIOS = {
     "worker": (3, "1", "starting worker 1 again", None, "ps worker 1: joined the running job", 1),
     "dead": (3, "0", "worker 1 declared dead", None, "split over 1 worker(s)", 1),
 }
-
-
-def children(pid):
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return sorted(int(p) for p in f.read().split())
 
 
 def one_run(dtrain, folder, scenario, index):

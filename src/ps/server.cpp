@@ -134,6 +134,8 @@ class Server::Impl {
   void reply(const std::string& identity, uint32_t worker, Message m);
   void on_init(const std::string& identity, Message& m);
   void on_pull(const std::string& identity, const Message& m);
+  // A reply to `m` with `status` and its error text (at the current version).
+  Message status_reply(const Message& m, ReplyStatus status, std::string error) const;
   // Answers a request of a worker declared dead: kLeftOut.
   void reply_left_out(const std::string& identity, uint32_t receiver, const Message& m);
   void on_push(const std::string& identity, Message& m);
@@ -256,14 +258,7 @@ void Server::Impl::handle(const std::string& identity, uint32_t sender, Message&
     logger_.warn("ps server {}: rejected {} from worker {}: {}", options_.server, to_string(m.kind),
                  m.worker, why);
     if (m.kind == Kind::kHeartbeat) return;
-    Message r;
-    r.kind = Kind::kReply;
-    r.reply_to = m.kind;
-    r.status = ReplyStatus::kError;
-    r.request_id = m.request_id;
-    r.version = consistency_.version();
-    r.error = why;
-    send(identity, receiver, r);
+    send(identity, receiver, status_reply(m, ReplyStatus::kError, why));
   };
   if (m.worker >= static_cast<uint32_t>(options_.num_workers)) {
     refuse(fmt::format("worker index {} out of range [0, {})", m.worker, options_.num_workers));
@@ -289,15 +284,10 @@ void Server::Impl::handle(const std::string& identity, uint32_t sender, Message&
       m.kind != Kind::kHeartbeat && m.kind != Kind::kStats && m.kind != Kind::kGoodbye) {
     // Its predecessor knew this worker; this process does not yet. Nothing
     // changes: the client re-joins and asks again.
-    Message r;
-    r.kind = Kind::kReply;
-    r.reply_to = m.kind;
-    r.status = ReplyStatus::kRejoin;
-    r.request_id = m.request_id;
-    r.version = consistency_.version();
-    r.error = fmt::format("server {} was replaced and has not had worker {}'s init yet",
-                          options_.server, m.worker);
-    reply(identity, m.worker, std::move(r));
+    reply(identity, m.worker,
+          status_reply(m, ReplyStatus::kRejoin,
+                       fmt::format("server {} was replaced and has not had worker {}'s init yet",
+                                   options_.server, m.worker)));
     return;
   }
   try {
@@ -320,17 +310,24 @@ void Server::Impl::reply_left_out(const std::string& identity, uint32_t receiver
       "ps server {}: worker {}, declared dead earlier, is back ({}); told it the job "
       "goes on without it",
       options_.server, m.worker, to_string(m.kind));
+  send(identity, receiver,
+       status_reply(m, ReplyStatus::kLeftOut,
+                    fmt::format("ps server {} declared worker {} dead (silent for more than the "
+                                "heartbeat timeout of {} ms) and the job went on without it; it "
+                                "is at version {}",
+                                options_.server, m.worker, options_.heartbeat_timeout.count(),
+                                consistency_.version())));
+}
+
+Message Server::Impl::status_reply(const Message& m, ReplyStatus status, std::string error) const {
   Message r;
   r.kind = Kind::kReply;
   r.reply_to = m.kind;
-  r.status = ReplyStatus::kLeftOut;
+  r.status = status;
   r.request_id = m.request_id;
   r.version = consistency_.version();
-  r.error = fmt::format(
-      "ps server {} declared worker {} dead (silent for more than the heartbeat timeout of {} ms) "
-      "and the job went on without it; it is at version {}",
-      options_.server, m.worker, options_.heartbeat_timeout.count(), consistency_.version());
-  send(identity, receiver, r);
+  r.error = std::move(error);
+  return r;
 }
 
 void Server::Impl::serve(const std::string& identity, Message& m) {

@@ -59,8 +59,8 @@ void check_finite_gradients(const nn::Module& model) {
       continue;
     }
     if (!all_finite(values)) {
-      throw NumericError(
-          fmt::format("the gradient of '{}' is not finite ({})", name, describe_non_finite(values)));
+      throw NumericError(fmt::format("the gradient of '{}' is not finite ({})", name,
+                                     describe_non_finite(values)));
     }
   }
 }

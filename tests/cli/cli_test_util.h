@@ -38,6 +38,25 @@ inline CliRun run_dtrain(std::vector<std::string> args,
   return {status.value_or(ExitStatus{}), child.output()};
 }
 
+// Starts `dtrain train JOB --output OUT --workers 2` for ever (100,000
+// epochs), its stderr merged into the captured stdout; the test stops it.
+inline ChildProcess start_endless_job(const std::string& job, const std::string& out) {
+  return ChildProcess::spawn(
+      {"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1", DTRAIN_BINARY, "train", job, "--output", out,
+       "--workers", "2", "--set", "train.epochs=100000"},
+      {{"OPENBLAS_NUM_THREADS", "1"}});
+}
+
+// Reads the child's output until it contains `text` (within 120 s); false
+// at EOF or the deadline.
+inline bool wait_for_output(ChildProcess& child, const std::string& text) {
+  const Deadline deadline = Deadline::after(std::chrono::seconds(120));
+  while (child.output().find(text) == std::string::npos && !deadline.expired()) {
+    if (!child.read_some(1000)) break;
+  }
+  return child.output().find(text) != std::string::npos;
+}
+
 inline void write_file(const std::string& path, const std::string& text) {
   std::ofstream(path) << text;
 }

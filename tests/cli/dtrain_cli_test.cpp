@@ -248,15 +248,8 @@ TEST(DtrainCli, AHandLaunchedJobWithoutASecretIsRefused) {
 TEST(DtrainCli, TwoJobsCannotShareAnOutputFolder) {
   testing::TempDir dir;
   write_file(dir.file("job.toml"), kBlobsJob);
-  testing::ChildProcess first = testing::ChildProcess::spawn(
-      {"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1", DTRAIN_BINARY, "train", dir.file("job.toml"),
-       "--output", dir.file("out"), "--workers", "2", "--set", "train.epochs=100000"},
-      {{"OPENBLAS_NUM_THREADS", "1"}});
-  const Deadline deadline = Deadline::after(std::chrono::seconds(120));
-  while (first.output().find("[rank 0] epoch 1 ") == std::string::npos && !deadline.expired()) {
-    first.read_some(1000);
-  }
-  ASSERT_NE(first.output().find("[rank 0] epoch 1 "), std::string::npos) << first.output();
+  testing::ChildProcess first = testing::start_endless_job(dir.file("job.toml"), dir.file("out"));
+  ASSERT_TRUE(testing::wait_for_output(first, "[rank 0] epoch 1 ")) << first.output();
   CliRun second = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("out")});
   EXPECT_EQ(second.status.code, 2) << second.output;
   EXPECT_NE(second.output.find("is in use by another dtrain run: pid " +
@@ -377,16 +370,10 @@ TEST(DtrainCli, AKilledJobLeavesNoSocketFilesBehind) {
 TEST(DtrainCli, AKilledWorkerEndsTheJobWithItsName) {
   testing::TempDir dir;
   write_file(dir.file("job.toml"), kBlobsJob);
-  testing::ChildProcess launcher = testing::ChildProcess::spawn(
-      {"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1", DTRAIN_BINARY, "train", dir.file("job.toml"),
-       "--output", dir.file("out"), "--workers", "2", "--set", "train.epochs=100000"},
-      {{"OPENBLAS_NUM_THREADS", "1"}});
+  testing::ChildProcess launcher =
+      testing::start_endless_job(dir.file("job.toml"), dir.file("out"));
   // Wait until training runs, then SIGKILL the worker that is not rank 0.
-  const Deadline deadline = Deadline::after(std::chrono::seconds(120));
-  while (launcher.output().find("[rank 0] epoch 2 ") == std::string::npos && !deadline.expired()) {
-    launcher.read_some(1000);
-  }
-  ASSERT_NE(launcher.output().find("[rank 0] epoch 2 "), std::string::npos) << launcher.output();
+  ASSERT_TRUE(testing::wait_for_output(launcher, "[rank 0] epoch 2 ")) << launcher.output();
   std::ifstream children_file("/proc/" + std::to_string(launcher.pid()) + "/task/" +
                               std::to_string(launcher.pid()) + "/children");
   std::vector<pid_t> children;
