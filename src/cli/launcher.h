@@ -21,7 +21,12 @@
 //  5. Supervises. The first worker that exits non-zero or dies from a signal
 //     is reported in one line ("worker rank 2 (pid 1234) was killed by signal
 //     9 (SIGKILL)", "worker rank 1 (pid 1234) exited with code 4"); the others
-//     get SIGTERM, then SIGKILL after `stop_grace`. SIGINT or SIGTERM sent to
+//     get SIGTERM (and SIGCONT, so that a stopped one acts on it), then
+//     SIGKILL after `stop_grace`. A worker that failed because of a peer
+//     that still runs (its failure report in `status_dir` names it: a rank
+//     stopped past the heartbeat timeout) makes the launcher blame that peer
+//     ("worker rank 1 (pid 1234) stopped responding or failed: worker rank 2
+//     ... because of it (...)"). SIGINT or SIGTERM sent to
 //     the launcher is forwarded to every worker and stops the job the same
 //     way. When a worker exits (for any reason) whatever it left running in
 //     its process group is SIGKILLed. run() returns once every worker was
@@ -38,8 +43,8 @@
 // started for that slot before it). Once fewer than min_workers run, the job
 // stops like a failed one, its log line naming every lost slot. A worker that
 // exits 0 ends normally; the job succeeds when every worker still running at
-// the end exits 0. With essential_slots (a ps job's servers and chief,
-// cli/ps_launch.h) the failure of such a slot is never tolerated: it is
+// the end exits 0. With essential_slots (a ps job's servers and chief, see
+// the ps spec's plan) the failure of such a slot is never tolerated: it is
 // replaced while restarts remain ("ps server 1 (pid 1234) was killed by
 // signal 9 (SIGKILL); starting its replacement (restart 1 of 2)"), else the
 // job stops naming it. LaunchResult::workers then holds one entry per process
