@@ -295,11 +295,13 @@ TEST(ZmqTransport, ASilentPeerFailsWaitsOnOtherPeersNamingIt) {
               std::string::npos)
         << e.what();
   }
+  // Removed before `heard_mutex` is taken: the listener runs under the
+  // transport's listener lock and takes `heard_mutex` itself.
+  rank0.set_failure_listener({});
   std::lock_guard lock(heard_mutex);
   ASSERT_EQ(heard.size(), 1u);
   EXPECT_EQ(heard[0].first, 1);
   EXPECT_EQ(heard[0].second, "peer stopped responding (no heartbeat for 400 ms)");
-  rank0.set_failure_listener({});
 }
 
 TEST(ZmqTransport, ForeignFramesAreDroppedAndLogged) {
