@@ -229,12 +229,6 @@ void ElasticRendezvousServer::State::form_generation(const std::vector<uint64_t>
   w.write_u32(next);
   w.write_u32(static_cast<uint32_t>(order.size()));
   for (int slot : order) w.write_u32(static_cast<uint32_t>(slot));
-  for (int slot : order) {
-    reply(joining[slot].identity, wire::MessageType::kTable, static_cast<uint32_t>(slot),
-          w.bytes());
-  }
-  logger.info("elastic coordinator: generation {} formed: {} worker(s), slots by rank {}", next,
-              order.size(), slot_list(order));
   member_process.clear();
   member_identity.clear();
   for (int slot : order) {
@@ -248,10 +242,20 @@ void ElasticRendezvousServer::State::form_generation(const std::vector<uint64_t>
   joining.clear();
   suspected.clear();
   settle_from.reset();
-  std::lock_guard lock(mutex);
-  generation = next;
-  current_members = members;
-  current_processes = member_process;
+  {
+    // Before the replies leave: a member holding its reply finds the
+    // generation formed (generation(), finish()).
+    std::lock_guard lock(mutex);
+    generation = next;
+    current_members = members;
+    current_processes = member_process;
+  }
+  for (size_t rank = 0; rank < members.size(); ++rank) {
+    reply(member_identity[rank], wire::MessageType::kTable, static_cast<uint32_t>(members[rank]),
+          w.bytes());
+  }
+  logger.info("elastic coordinator: generation {} formed: {} worker(s), slots by rank {}", next,
+              members.size(), slot_list(members));
 }
 
 void ElasticRendezvousServer::State::check_endpoint_round(const std::vector<uint64_t>& alive) {
