@@ -9,6 +9,7 @@
 #include <set>
 #include <zmq.hpp>
 
+#include "comm/rendezvous/coordinator_socket.h"
 #include "comm/rendezvous/elastic_protocol.h"
 #include "comm/rendezvous/launch_env.h"
 #include "comm/wire/framed_socket.h"
@@ -25,7 +26,6 @@ using Clock = std::chrono::steady_clock;
 
 using namespace elastic_protocol;
 
-constexpr auto kLinger = 1000ms;
 // The server's poll slice: how late it notices a settle deadline or a slot
 // reported dead (registrations themselves are answered at once).
 constexpr auto kServerSlice = 20ms;
@@ -481,20 +481,13 @@ ElasticRendezvousServer::ElasticRendezvousServer(const std::string& bind_host, i
         options_.min_workers, options_.slots, options_.settle.count()));
   }
   state_ = std::make_unique<State>(options_, logger_);
-  wire::FramedSocketOptions o;
-  o.name = "elastic coordinator";
-  o.rank = wire::kCoordinator;
-  o.limits = wire::FrameLimits{auth_.job_id(), static_cast<uint32_t>(options_.slots),
-                               wire::kCoordinator, kMaxPayload};
-  o.accepted = {wire::MessageType::kRegister};
-  o.linger = kLinger;
-  o.on_reject = [state = state_.get()](const wire::RejectedFrame& f) { state->on_dropped(f); };
-  state_->socket = std::make_unique<wire::FramedSocket>(
-      state_->context, wire::FramedSocket::Role::kRouter,
-      fmt::format("tcp://{}:{}", bind_host, port == 0 ? "*" : std::to_string(port)), std::move(o),
-      auth_, logger_);
-  const std::string& bound = state_->socket->endpoint();
-  port_ = parse_host_port(bound.substr(bound.find("://") + 3), "coordinator endpoint").port;
+  CoordinatorSocket bound = bind_coordinator_socket(
+      state_->context, "elastic coordinator", bind_host, port,
+      static_cast<uint32_t>(options_.slots), kMaxPayload,
+      [state = state_.get()](const wire::RejectedFrame& f) { state->on_dropped(f); }, auth_,
+      logger_);
+  state_->socket = std::move(bound.socket);
+  port_ = bound.port;
   thread_ = std::jthread([this](std::stop_token stop) { serve(std::move(stop)); });
 }
 
@@ -504,8 +497,7 @@ ElasticRendezvousServer::~ElasticRendezvousServer() {
 }
 
 std::string ElasticRendezvousServer::address() const {
-  const bool wildcard = bind_host_ == "*" || bind_host_ == "0.0.0.0";
-  return fmt::format("{}:{}", wildcard ? std::string("127.0.0.1") : bind_host_, port_);
+  return coordinator_address(bind_host_, port_);
 }
 
 void ElasticRendezvousServer::set_alive(int slot, bool alive) {

@@ -7,6 +7,7 @@
 #include <optional>
 #include <zmq.hpp>
 
+#include "comm/rendezvous/coordinator_socket.h"
 #include "comm/rendezvous/launch_env.h"
 #include "comm/wire/framed_socket.h"
 #include "comm/wire/wire.h"
@@ -21,7 +22,6 @@ using namespace std::chrono_literals;
 
 constexpr size_t kMaxStringBytes = 1024;
 constexpr uint64_t kMaxRendezvousPayload = 1 << 20;
-constexpr auto kLinger = 1000ms;
 constexpr auto kPollSlice = 100ms;
 constexpr const char* kSecretHint =
     "set DTRAIN_JOB_SECRET so that only the job's processes can register";
@@ -336,20 +336,13 @@ RendezvousServer::RendezvousServer(const std::string& bind_host, int port, int w
     : bind_host_(bind_host), auth_(std::move(auth)), logger_(logger) {
   if (world_size < 1) throw UsageError(fmt::format("rendezvous: world size {} < 1", world_size));
   state_ = std::make_unique<State>(world_size, logger_, complete_);
-  wire::FramedSocketOptions o;
-  o.name = "rendezvous coordinator";
-  o.rank = wire::kCoordinator;
-  o.limits = wire::FrameLimits{auth_.job_id(), static_cast<uint32_t>(world_size),
-                               wire::kCoordinator, kMaxRendezvousPayload};
-  o.accepted = {wire::MessageType::kRegister};
-  o.linger = kLinger;
-  o.on_reject = [state = state_.get()](const wire::RejectedFrame& f) { state->on_dropped(f); };
-  state_->socket = std::make_unique<wire::FramedSocket>(
-      state_->context, wire::FramedSocket::Role::kRouter,
-      fmt::format("tcp://{}:{}", bind_host, port == 0 ? "*" : std::to_string(port)), std::move(o),
-      auth_, logger_);
-  const std::string& bound = state_->socket->endpoint();
-  port_ = parse_host_port(bound.substr(bound.find("://") + 3), "coordinator endpoint").port;
+  CoordinatorSocket bound = bind_coordinator_socket(
+      state_->context, "rendezvous coordinator", bind_host, port, static_cast<uint32_t>(world_size),
+      kMaxRendezvousPayload,
+      [state = state_.get()](const wire::RejectedFrame& f) { state->on_dropped(f); }, auth_,
+      logger_);
+  state_->socket = std::move(bound.socket);
+  port_ = bound.port;
   thread_ = std::jthread([this](std::stop_token stop) { serve(std::move(stop)); });
 }
 
@@ -358,10 +351,7 @@ RendezvousServer::~RendezvousServer() {
   if (thread_.joinable()) thread_.join();
 }
 
-std::string RendezvousServer::address() const {
-  const bool wildcard = bind_host_ == "*" || bind_host_ == "0.0.0.0";
-  return fmt::format("{}:{}", wildcard ? std::string("127.0.0.1") : bind_host_, port_);
-}
+std::string RendezvousServer::address() const { return coordinator_address(bind_host_, port_); }
 
 void RendezvousServer::serve(std::stop_token stop) {
   while (!stop.stop_requested()) {
