@@ -295,8 +295,18 @@ TEST(ZmqTransport, ASilentPeerFailsWaitsOnOtherPeersNamingIt) {
               std::string::npos)
         << e.what();
   }
-  // Removed before `heard_mutex` is taken: the listener runs under the
-  // transport's listener lock and takes `heard_mutex` itself.
+  // The listener runs on the I/O thread, which may tell it just after the
+  // call above returned: wait for it (bounded), then remove it before
+  // `heard_mutex` is taken (the listener runs under the transport's listener
+  // lock and takes `heard_mutex` itself).
+  const Deadline told = Deadline::after(20s);
+  while (!told.expired()) {
+    {
+      std::lock_guard lock(heard_mutex);
+      if (!heard.empty()) break;
+    }
+    std::this_thread::sleep_for(5ms);
+  }
   rank0.set_failure_listener({});
   std::lock_guard lock(heard_mutex);
   ASSERT_EQ(heard.size(), 1u);

@@ -282,8 +282,8 @@ void ZmqTransport::fail_call(int peer, const std::string& what, const std::strin
     std::lock_guard lock(mutex_);
     if (!failure_) failure_ = Failure{peer, problem};
   }
-  cv_.notify_all();
   notify_listener();
+  cv_.notify_all();
   throw CommError(peer, what, problem);
 }
 
@@ -394,8 +394,8 @@ void ZmqTransport::send_frame(Peer& peer, int peer_rank, wire::MessageType type,
         std::lock_guard lock(mutex_);
         if (!failure_) failure_ = Failure{peer_rank, error.what()};
       }
-      cv_.notify_all();
       notify_listener();
+      cv_.notify_all();
       throw error;
     }
     fail_call(peer_rank, what, *reason);
@@ -435,8 +435,8 @@ zmq::message_t ZmqTransport::take(int peer, uint64_t tag, const std::string& wha
                          fmt::format("a message from rank {} on tag {}", peer, tag));
       if (!failure_) failure_ = Failure{peer, error.what()};
       lock.unlock();
-      cv_.notify_all();
       notify_listener();
+      cv_.notify_all();
       throw error;
     }
     if (deadline.is_never()) {
@@ -502,8 +502,8 @@ void ZmqTransport::abort(int culprit, const std::string& reason) noexcept {
         reachable[p] = peers_[p] != nullptr && !peer_failure_[p] && !said_goodbye_[p];
       }
     }
-    cv_.notify_all();
     notify_listener();
+    cv_.notify_all();
     if (!connected_) return;
     for (size_t p = 0; p < peers_.size(); ++p) {
       if (!reachable[p]) continue;
@@ -643,8 +643,8 @@ void ZmqTransport::handle_frame(zmq::message_t& header_part, zmq::message_t& pay
       return;  // heartbeat: last_heard_ was all it carried
     }
   }
-  cv_.notify_all();
   notify_listener();
+  cv_.notify_all();
 }
 
 void ZmqTransport::read_monitor(int peer_rank) {
@@ -732,8 +732,8 @@ void ZmqTransport::fail_transport(int culprit, const std::string& problem) {
     if (failure_) return;
     failure_ = Failure{culprit, problem};
   }
-  cv_.notify_all();
   notify_listener();
+  cv_.notify_all();
 }
 
 void ZmqTransport::notify_listener() {

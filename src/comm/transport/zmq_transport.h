@@ -177,7 +177,9 @@ class ZmqTransport final : public Transport {
   // Fails the whole transport naming `culprit` (later calls keep the first
   // failure) and tells the listener.
   void fail_transport(int culprit, const std::string& problem);
-  // Tells the listener of failure_, once (call without mutex_ held).
+  // Tells the listener of failure_, once (call without mutex_ held). Called
+  // before the waiters are woken (a waiter whose wait slice ends may still
+  // see the failure first).
   void notify_listener();
   void drop(const std::string& why);
 
