@@ -300,5 +300,75 @@ TEST(CompressReducePowerSgd, IsExactForTheSameLowRankMatrixOnThreeRanks) {
   }
 }
 
+// A group whose rank `liar` sends garbage in its allgather contribution.
+class CorruptingGroup final : public Group {
+ public:
+  CorruptingGroup(FakeGroup& inner, int liar, size_t byte)
+      : inner_(inner), liar_(liar), byte_(byte) {}
+  int rank() const override { return inner_.rank(); }
+  int size() const override { return inner_.size(); }
+  void allreduce_sum(std::span<float> data) override { inner_.allreduce_sum(data); }
+  void allreduce_sum_16(std::span<float> data, bool bf16) override {
+    inner_.allreduce_sum_16(data, bf16);
+  }
+  std::vector<std::vector<std::byte>> allgather_bytes(std::span<const std::byte> mine) override {
+    std::vector<std::byte> sent(mine.begin(), mine.end());
+    if (rank() == liar_) sent[byte_] ^= std::byte{0xff};
+    return inner_.allgather_bytes(sent);
+  }
+  void sparse_allreduce_sum(std::span<const uint32_t> indices, std::span<const float> values,
+                            std::span<float> out) override {
+    inner_.sparse_allreduce_sum(indices, values, out);
+  }
+
+ private:
+  FakeGroup& inner_;  // the caller's, alive for this group's scope
+  int liar_;
+  size_t byte_;
+};
+
+// QSGD and sign decode their peers' messages: a malformed one fails the
+// reduce on every rank with a CommError naming the peer.
+TEST(CompressReduceAllgather, MalformedPeerMessageIsACommErrorNamingThePeer) {
+  for (const Method method : {Method::kQsgd, Method::kSign}) {
+    // The tag, rows, and the top byte of the first body field (QSGD: levels
+    // above 2^24; sign: a negative scale).
+    for (const size_t byte : {size_t{0}, size_t{1}, size_t{12}}) {
+      std::mutex mutex;
+      std::vector<int> blamed;
+      run_ranks(3, [&](FakeGroup& fake) {
+        CorruptingGroup group(fake, 1, byte);
+        auto c = make_compressor(reduce_options(method), {{3, 333}});
+        std::vector<float> g = gradient({3, 333}, group.rank(), 0, 0);
+        const std::vector<size_t> tensors = {0};
+        const std::vector<std::span<float>> grads = {g};
+        try {
+          c->reduce(tensors, grads, group, 0);
+        } catch (const CommError& e) {
+          std::lock_guard lock(mutex);
+          blamed.push_back(e.peer());
+          EXPECT_NE(std::string(e.what()).find("message of rank 1"), std::string::npos) << e.what();
+        }
+      });
+      EXPECT_EQ(blamed, (std::vector<int>{1, 1, 1})) << to_string(method) << " byte " << byte;
+    }
+  }
+}
+
+TEST(CompressFakeGroup, RanksThatDisagreeAllFailAlike) {
+  std::mutex mutex;
+  std::vector<int> blamed;
+  run_ranks(3, [&](FakeGroup& group) {
+    std::vector<float> data(group.rank() == 2 ? 5 : 4, 1.0f);
+    try {
+      group.allreduce_sum(data);
+    } catch (const CommError& e) {
+      std::lock_guard lock(mutex);
+      blamed.push_back(e.peer());
+    }
+  });
+  EXPECT_EQ(blamed, (std::vector<int>{2, 2, 2}));
+}
+
 }  // namespace
 }  // namespace dtrain::compress
