@@ -133,7 +133,8 @@ class PowerSgdCompressor final : public Compressor {
  protected:
   size_t state_floats(std::string_view kind, size_t tensor) const override {
     const TensorLayout& l = layouts_[tensor];
-    return kind == "q" ? l.cols * rank_for(l, options_.rank) : l.numel();
+    return kind == "q" ? l.cols * rank_for(l, options_.rank)
+                       : Compressor::state_floats(kind, tensor);
   }
 
  private:
