@@ -10,6 +10,7 @@
 // Thread safety: pure functions and values. Never blocks.
 #pragma once
 
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
@@ -129,6 +130,13 @@ class BitUnpacker {
   uint64_t acc_ = 0;
   unsigned filled_ = 0;
 };
+
+// -value when `negative`, else value, exactly (the sign bit flipped, no
+// branch: signs of gradients are unpredictable).
+inline float with_sign(float value, bool negative) {
+  return std::bit_cast<float>(std::bit_cast<uint32_t>(value) ^
+                              (static_cast<uint32_t>(negative) << 31));
+}
 
 // Bytes of n fields of `bits` bits.
 inline size_t packed_bytes(size_t n, unsigned bits) { return (n * bits + 7) / 8; }

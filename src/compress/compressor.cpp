@@ -158,7 +158,8 @@ void Compressor::add_state(std::string kind, std::vector<std::vector<float>>* pe
   extra_state_.emplace_back(std::move(kind), per_tensor);
 }
 
-size_t Compressor::state_floats(std::string_view /*kind*/, size_t tensor) const {
+size_t Compressor::state_floats(std::string_view kind, size_t tensor) const {
+  if (kind == "residual" && !keeps_residual()) return 0;
   return layouts_[tensor].numel();
 }
 
@@ -214,7 +215,8 @@ void Compressor::load(const State& state) {
     const char* last = array_name.data() + array_name.size();
     const bool parsed = slash != std::string::npos && first != last &&
                         std::from_chars(first, last, tensor).ptr == last;
-    if (k == targets.size() || !parsed || tensor >= layouts_.size()) {
+    if (k == targets.size() || !parsed || tensor >= layouts_.size() ||
+        state_floats(kind, tensor) == 0) {
       throw UsageError(
           fmt::format("{} compressor: the state's array '{}' is not one of this compressor's", name,
                       array_name));

@@ -214,7 +214,9 @@ class Compressor {
   // empty until used.
   void add_state(std::string kind, std::vector<std::vector<float>>* per_tensor);
   // The floats of state array `kind` ("residual", or one of add_state's)
-  // of tensor `tensor`; load() refuses another size. Default: numel.
+  // of tensor `tensor`; load() refuses another size, and refuses the array
+  // altogether where this is 0 (state these options do not keep). Default:
+  // numel, and 0 for "residual" unless keeps_residual().
   virtual size_t state_floats(std::string_view kind, size_t tensor) const;
 
   Options options_;

@@ -24,6 +24,18 @@ namespace {
 
 constexpr float kFp16ScaleDivisor = 32768.0f;
 
+// Appends convert(v) of every value as u16, little-endian, in one write.
+template <class Convert>
+void write_halves(std::span<const float> values, ByteWriter& out, const Convert& convert) {
+  std::vector<std::byte> bytes(2 * values.size());
+  for (size_t i = 0; i < values.size(); ++i) {
+    const uint16_t h = convert(values[i]);
+    bytes[2 * i] = static_cast<std::byte>(h & 0xff);
+    bytes[2 * i + 1] = static_cast<std::byte>(h >> 8);
+  }
+  out.write_bytes(bytes);
+}
+
 class HalfCompressor final : public Compressor {
  public:
   HalfCompressor(const Options& options, std::vector<TensorLayout> layouts)
@@ -61,9 +73,9 @@ class HalfCompressor final : public Compressor {
           max_abs > 0.0f ? std::max(max_abs / kFp16ScaleDivisor, std::numeric_limits<float>::min())
                          : 1.0f;
       out.write_f32(scale);
-      for (const float v : grad) out.write_u16(float_to_fp16(v / scale));
+      write_halves(grad, out, [scale](float v) { return float_to_fp16(v / scale); });
     } else {
-      for (const float v : grad) out.write_u16(float_to_bf16(v));
+      write_halves(grad, out, [](float v) { return float_to_bf16(v); });
     }
     count_payload(out.size() - start);
   }

@@ -133,7 +133,8 @@ class PowerSgdCompressor final : public Compressor {
  protected:
   size_t state_floats(std::string_view kind, size_t tensor) const override {
     const TensorLayout& l = layouts_[tensor];
-    return kind == "q" ? l.cols * rank_for(l, options_.rank) : l.numel();
+    return kind == "q" ? l.cols * rank_for(l, options_.rank)
+                       : Compressor::state_floats(kind, tensor);
   }
 
  private:
@@ -188,16 +189,7 @@ void decode_powersgd_body(ByteReader& reader, const TensorLayout& layout, float 
   const std::vector<float> q = reader.read_f32_array(layout.cols * r, "Q");
   check_finite(reader, q_at, Method::kPowerSgd, "Q", q);
   if (to_end) reader.expect_end("message");
-  for (size_t i = 0; i < layout.rows; ++i) {
-    const float* pi = p.data() + i * r;
-    float* oi = out.data() + i * layout.cols;
-    for (size_t k = 0; k < layout.cols; ++k) {
-      const float* qk = q.data() + k * r;
-      float sum = 0.0f;
-      for (size_t j = 0; j < r; ++j) sum += pi[j] * qk[j];
-      oi[k] += weight * sum;
-    }
-  }
+  add_outer(p, layout.rows, q, layout.cols, r, weight, out);
 }
 
 }  // namespace dtrain::compress::detail

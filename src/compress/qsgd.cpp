@@ -68,7 +68,6 @@ class QsgdCompressor final : public Compressor {
     out.write_u32(levels);
     out.write_f32(norm);
     const unsigned bits = bits_per_entry(levels);
-    const uint32_t sign_bit = uint32_t{1} << (bits - 1);
     Rng rng(mix_seed({options_.seed, static_cast<uint64_t>(step), tensor,
                       static_cast<uint64_t>(static_cast<int64_t>(rank))}));
     const double to_levels = norm > 0.0f ? levels / static_cast<double>(norm) : 0.0;
@@ -79,8 +78,8 @@ class QsgdCompressor final : public Compressor {
       if (!(x >= 0.0)) x = 0.0;
       if (x > levels) x = levels;
       auto level = static_cast<uint32_t>(x);
-      if (static_cast<double>(rng.uniform()) < x - level) ++level;
-      packer.put(level | (v < 0.0f ? sign_bit : 0u), bits);
+      level += static_cast<uint32_t>(static_cast<double>(rng.uniform()) < x - level);
+      packer.put(level | (static_cast<uint32_t>(v < 0.0f) << (bits - 1)), bits);
     }
     packer.finish();
   }
@@ -134,8 +133,7 @@ void decode_qsgd_body(ByteReader& reader, const TensorLayout& layout, float weig
   BitUnpacker unpacker(packed);
   for (size_t i = 0; i < n; ++i) {
     const uint32_t field = unpacker.get(bits);
-    const float v = value[field & level_mask];
-    out[i] += (field & sign_bit) != 0 ? -v : v;
+    out[i] += with_sign(value[field & level_mask], (field & sign_bit) != 0);
   }
 }
 

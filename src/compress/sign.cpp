@@ -59,11 +59,13 @@ class SignCompressor final : public Compressor {
     const float scale = n == 0 ? 0.0f : static_cast<float>(l1 / static_cast<double>(n));
     write_header(out, method(), layout(tensor));
     out.write_f32(scale);
-    BitPacker packer(out);
-    for (const float x : v) packer.put(x < 0.0f ? 1u : 0u, 1);
-    packer.finish();
+    std::vector<std::byte> signs(packed_bytes(n, 1), std::byte{0});
+    for (size_t i = 0; i < n; ++i) {
+      signs[i / 8] |= static_cast<std::byte>(static_cast<unsigned>(v[i] < 0.0f) << (i % 8));
+    }
+    out.write_bytes(signs);
     if (!e.empty()) {
-      for (size_t i = 0; i < n; ++i) e[i] -= e[i] < 0.0f ? -scale : scale;
+      for (size_t i = 0; i < n; ++i) e[i] -= with_sign(scale, e[i] < 0.0f);
     }
   }
 };
@@ -87,8 +89,10 @@ void decode_sign_body(ByteReader& reader, const TensorLayout& layout, float weig
   const std::span<const std::byte> packed = reader.read_bytes(packed_bytes(n, 1), "signs");
   if (to_end) reader.expect_end("message");
   const float value = weight * scale;
-  BitUnpacker unpacker(packed);
-  for (size_t i = 0; i < n; ++i) out[i] += unpacker.get(1) != 0 ? -value : value;
+  for (size_t i = 0; i < n; ++i) {
+    const bool negative = ((std::to_integer<unsigned>(packed[i / 8]) >> (i % 8)) & 1u) != 0;
+    out[i] += with_sign(value, negative);
+  }
 }
 
 }  // namespace dtrain::compress::detail

@@ -127,6 +127,13 @@ class TopKCompressor final : public Compressor {
     count_payload(out.size() - start);
   }
 
+ protected:
+  size_t state_floats(std::string_view kind, size_t tensor) const override {
+    if (kind == "velocity") return options_.momentum > 0.0 ? layout(tensor).numel() : 0;
+    return Compressor::state_floats(kind, tensor);
+  }
+
+ private:
   // The density of step `step` (DGC's warm-up).
   double density_at(int64_t step) const {
     const double target = options_.density;
@@ -135,7 +142,6 @@ class TopKCompressor final : public Compressor {
     return std::max(target, 0.25 * std::pow(target / 0.25, t));
   }
 
- private:
   // Updates the accumulators with `grad` and selects into selected_; returns
   // v, the vector selected from (valid until mask()).
   std::span<const float> select(size_t tensor, std::span<const float> grad, int64_t step) {

@@ -200,6 +200,20 @@ TEST(CompressState, LoadRefusesAnotherMethodOrTensorListAndChangesNothing) {
   expect_usage_error([&] { c->load(out_of_range); },
                      "topk compressor: the state's array 'velocity/2' is not one of this "
                      "compressor's");
+  // State these options do not keep: residuals without error feedback,
+  // velocity without momentum.
+  Options plain = options;
+  plain.error_feedback = false;
+  plain.momentum = 0.0;
+  auto without = make_compressor(plain, {{4, 5}, {1, 9}});
+  expect_usage_error([&] { without->load(before); },
+                     "topk compressor: the state's array 'residual/0' is not one of this "
+                     "compressor's");
+  State velocity_only = before;
+  velocity_only.arrays.erase(velocity_only.arrays.begin());  // residual/0
+  expect_usage_error([&] { without->load(velocity_only); },
+                     "topk compressor: the state's array 'velocity/0' is not one of this "
+                     "compressor's");
   State missing_meta = before;
   missing_meta.metadata.erase("method");
   expect_usage_error([&] { c->load(missing_meta); },
