@@ -21,9 +21,10 @@
 // 3. Every rank zeroes `out` and writes the W reduced blocks into it; `out`
 //    is untouched until then, so a failure leaves it as it was.
 // One message per block and step (no chunking). Bytes per rank: at most
-// 2 (W-1)/W * 4n plus 48 bytes per message, as a dense ring allreduce;
-// with k non-zeros per rank at most 8 * (sum of the partial sums' sizes),
-// which does not grow with W where the ranks' indices overlap.
+// 2 (W-1)/W * 4n plus 48 bytes per message, as a dense ring allreduce (a
+// message is never larger than its block dense); for sparse inputs 8 bytes
+// per entry of each partial sum sent, which stays near the per-rank count
+// (and so does not grow with W) where the ranks' indices overlap.
 //
 // Message payload (after the 32-byte collective header; little-endian):
 //   u32 block, u8 form (0 sparse, 1 dense), 3 zero bytes, u64 count, then
