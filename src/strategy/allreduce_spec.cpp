@@ -43,8 +43,8 @@ class ConnectedAllReduce final : private WorkerLink, public AllReduceStrategy {
                      const OptimizerFactory& make_optimizer, const AllReduceOptions& options,
                      LossFn loss)
       : WorkerLink(std::move(link)),
-        AllReduceStrategy(std::move(model), make_optimizer, collectives_of(*this), options,
-                          std::move(loss)) {}
+        AllReduceStrategy(std::move(model), make_optimizer, collectives_of(*this),
+                          WorkerLink::native.get(), options, std::move(loss)) {}
 
  private:
   static comm::Collectives& collectives_of(WorkerLink& link) {
@@ -79,6 +79,15 @@ class AllReduceSpec final : public StrategySpec {
                          "workers");
     }
     if (job.elastic) check_elastic(job);
+    if ((job.compression || job.local_sgd) && o_.backend != "native") {
+      throw where_.error("backend",
+                         "compression and local SGD run over dtrain's own collectives: backend "
+                         "must be 'native'");
+    }
+    if ((job.compression || job.local_sgd) && !multi_process(job)) {
+      throw job.where.error(job.compression ? "compression.type" : "compression.local_steps",
+                            "needs several workers (--workers N)");
+    }
     if (!job.launched && !job.elastic && job.max_restarts > 0 && !job.resume) {
       throw job.where.error("train.max_restarts",
                             fmt::format("{} restarts need job.resume = true (drop --no-resume): "
@@ -95,6 +104,7 @@ class AllReduceSpec final : public StrategySpec {
   }
 
   bool multi_process(const JobFacts& job) const override { return job.launched || job.workers > 1; }
+  bool supports_guard() const override { return true; }
   // The mpi backend speaks MPI only (its fabric's own security applies).
   bool uses_own_wire(const JobFacts& job) const override {
     return job.launched && o_.backend != "mpi";
@@ -157,6 +167,8 @@ class AllReduceSpec final : public StrategySpec {
     o.accumulation_steps = o_.accumulation_steps;
     o.timeout = c.timeout;
     o.dynamic_batch = c.dynamic_batch;
+    o.compression = c.compression;
+    o.logger = c.logger;
     return o;
   }
 
@@ -179,8 +191,8 @@ class AllReduceSpec final : public StrategySpec {
       throw where_.error("backend", "this dtrain was built without MPI");
 #endif
     }
-    link.native =
-        comm::connect_worker(c.job_name, launch, {c.timeout, c.heartbeat_timeout}, *c.logger);
+    link.native = comm::connect_worker(c.job_name, launch, {c.timeout, c.heartbeat_timeout, c.link},
+                                       *c.logger);
     return link;
   }
 

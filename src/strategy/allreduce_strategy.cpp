@@ -67,6 +67,23 @@ AllReduceStrategy::AllReduceStrategy(std::unique_ptr<nn::Module> model,
       numels, options_.bucket_bytes, header_floats_,
       [this](size_t bucket, std::span<float> data) { launch(bucket, data); });
   const size_t buckets = bucketer_->bucket_count();
+  settings_ = options_.compression;
+  if (settings_.active()) {
+    if (async_ == nullptr) {
+      throw UsageError(
+          "allreduce strategy: compression and local SGD need dtrain's communicator, not the "
+          "MPI backend");
+    }
+    if (settings_.compresses() && settings_.local_sgd()) {
+      throw UsageError(
+          "allreduce strategy: local SGD (local_steps > 1) averages models, it does not combine "
+          "with a gradient compressor");
+    }
+    if (settings_.local_sgd() && options_.dynamic_batch.enabled) {
+      throw UsageError("allreduce strategy: local SGD does not combine with dynamic batch sizing");
+    }
+    build_reducer();
+  }
   works_.resize(buckets);
   pending_.resize(buckets);
   launched_at_.resize(buckets);
@@ -162,6 +179,90 @@ void AllReduceStrategy::sync_replicas() {
   optimizer_->zero_grad();
 }
 
+void AllReduceStrategy::build_reducer() {
+  reducer_.reset();
+  if (!settings_.compresses()) return;
+  std::vector<Shape> shapes;
+  shapes.reserve(params_.size());
+  for (const Variable& p : params_) shapes.push_back(p.shape());
+  reducer_ = std::make_unique<CompressedReducer>(settings_.codec, shapes, *bucketer_, *async_);
+}
+
+void AllReduceStrategy::set_communication_level(int level) {
+  if (!options_.compression.active() || level == level_) return;
+  level_ = std::max(0, level);
+  settings_ = options_.compression.weakened(level_);
+  build_reducer();  // a fresh compressor: the old residuals belong to another setting
+}
+
+uint64_t AllReduceStrategy::dense_update_bytes() const {
+  const auto w = static_cast<uint64_t>(collectives_.size());
+  if (w <= 1) return 0;
+  return floats_per_update() * sizeof(float) * 2 * (w - 1) / w;
+}
+
+StateDict AllReduceStrategy::optimizer_state() {
+  StateDict state = optimizer_->state_dict();
+  if (!options_.compression.active()) return state;
+  state.metadata()["compress/step"] = std::to_string(run_updates_);
+  state.metadata()["compress/workers"] = std::to_string(collectives_.size());
+  state.metadata()["compress/level"] = std::to_string(level_);
+  if (reducer_ == nullptr) return state;
+  const compress::State saved = reducer_->compressor().save();
+  for (const auto& [name, values] : saved.arrays) {
+    Tensor t = Tensor::empty({static_cast<int64_t>(values.size())});
+    std::copy(values.begin(), values.end(), t.data());
+    state.insert("compress/" + name, std::move(t));
+  }
+  for (const auto& [key, value] : saved.metadata) state.metadata()["compress/" + key] = value;
+  return state;
+}
+
+void AllReduceStrategy::load_optimizer_state(const StateDict& state) {
+  static const std::string kPrefix = "compress/";
+  StateDict own;
+  compress::State saved;
+  for (const auto& [name, tensor] : state) {
+    if (name.rfind(kPrefix, 0) == 0) {
+      saved.arrays.emplace_back(name.substr(kPrefix.size()),
+                                std::vector<float>(tensor.data(), tensor.data() + tensor.numel()));
+    } else {
+      own.insert(name, tensor);
+    }
+  }
+  for (const auto& [key, value] : state.metadata()) {
+    if (key.rfind(kPrefix, 0) == 0) {
+      saved.metadata[key.substr(kPrefix.size())] = value;
+    } else {
+      own.metadata()[key] = value;
+    }
+  }
+  optimizer_->load_state_dict(own);
+  if (!options_.compression.active()) return;
+  const auto step = saved.metadata.find("step");
+  run_updates_ = step == saved.metadata.end() ? 0 : std::stoll(step->second);
+  const auto level = saved.metadata.find("level");
+  set_communication_level(level == saved.metadata.end() ? 0 : std::stoi(level->second));
+  if (reducer_ == nullptr) return;
+  const auto workers = saved.metadata.find("workers");
+  if (workers == saved.metadata.end() || std::stoll(workers->second) != collectives_.size()) {
+    if (options_.logger != nullptr && !saved.arrays.empty()) {
+      options_.logger->warn(
+          "the checkpoint's compressor state was written by {} workers, this run has {}: "
+          "residuals and warm starts start afresh",
+          workers == saved.metadata.end() ? "?" : workers->second, collectives_.size());
+    }
+    reducer_->compressor().reset();
+    return;
+  }
+  for (auto it = saved.metadata.begin(); it != saved.metadata.end();) {
+    it = (it->first == "step" || it->first == "workers" || it->first == "level")
+             ? saved.metadata.erase(it)
+             : std::next(it);
+  }
+  reducer_->compressor().load(saved);
+}
+
 void AllReduceStrategy::launch(size_t bucket, std::span<float> data) {
   const auto now = Clock::now();
   launched_at_[bucket] = now;
@@ -169,7 +270,11 @@ void AllReduceStrategy::launch(size_t bucket, std::span<float> data) {
     pending_[bucket] = data;  // allreduced, blocking, after backward
     return;
   }
-  works_[bucket] = async_->allreduce_async(data, comm::ReduceOp::kSum);
+  if (compressing_ && reducer_->compresses_bucket(bucket)) {
+    works_[bucket] = reducer_->launch(bucket, data, run_updates_ - settings_.start_step);
+  } else {
+    works_[bucket] = async_->allreduce_async(data, comm::ReduceOp::kSum);
+  }
   if (in_backward_) ++overlap_.launched_in_backward;
 }
 
@@ -207,17 +312,18 @@ StepStats AllReduceStrategy::train_step(const Tensor& inputs, std::span<const in
   }
   window_ += mine;
 
-  if (communicate) begin_pass();
+  const bool local = settings_.local_sgd() && settings_.started(run_updates_);
+  if (communicate && !local) begin_pass();
   try {
     if (n > 0) {
       // Backward of the SUM loss: the gradients add up over micro-batches and
       // workers; dividing by sum_i n_i at the end gives the weighted mean.
-      hooks_armed_ = communicate;
+      hooks_armed_ = communicate && !local;
       in_backward_ = true;
       const auto backward_start = Clock::now();
       mul_scalar(loss, static_cast<float>(n)).backward();
       const auto backward_end = Clock::now();
-      if (communicate) overlap_.backward_s = seconds(backward_end - backward_start);
+      if (communicate && !local) overlap_.backward_s = seconds(backward_end - backward_start);
       hooks_armed_ = false;
       in_backward_ = false;
       window_compute_s_ += account_compute(seconds(backward_end - compute_start), n);
@@ -225,7 +331,7 @@ StepStats AllReduceStrategy::train_step(const Tensor& inputs, std::span<const in
   } catch (...) {
     hooks_armed_ = false;
     in_backward_ = false;
-    if (communicate && bucketer_->launched() > 0) {
+    if (communicate && !local && bucketer_->launched() > 0) {
       failure_ =
           "backward failed after buckets were launched; the workers' collectives no "
           "longer line up";
@@ -244,8 +350,20 @@ StepStats AllReduceStrategy::train_step(const Tensor& inputs, std::span<const in
   last_call_rows_ = measured ? static_cast<double>(window_.samples) / calls : 0.0;
   last_call_seconds_ = measured ? window_compute_s_ / calls : 0.0;
   try {
+    if (local) {
+      const int64_t since = run_updates_ - settings_.start_step;
+      local_update((since + 1) % settings_.local_steps == 0);
+      return mine;
+    }
     complete_allreduce();
+    last_comm_ = {async_ != nullptr ? async_->bytes_sent() - bytes_at_pass_ : 0,
+                  dense_update_bytes()};
     apply_update();
+  } catch (const NumericError&) {
+    // The averaged gradient is the same on every worker, so every worker
+    // stops here alike: the collectives still line up.
+    if (local) failure_ = "a local update failed; the workers' averagings no longer line up";
+    throw;
   } catch (const std::exception& e) {
     // CommError from the communicator, or a broken invariant: either way the
     // bucket buffers and the group's collective sequence cannot be trusted.
@@ -272,6 +390,8 @@ void AllReduceStrategy::begin_pass() {
     header[kHeaderFloats + workers + rank] = static_cast<float>(last_call_seconds_);
   }
   std::fill(works_.begin(), works_.end(), comm::Work());
+  compressing_ = reducer_ != nullptr && settings_.started(run_updates_);
+  if (async_ != nullptr) bytes_at_pass_ = async_->bytes_sent();
   completions_seen_ = 0;
   overlap_ = {};
   overlap_.buckets = static_cast<int64_t>(bucketer_->bucket_count());
@@ -358,8 +478,61 @@ void AllReduceStrategy::apply_update() {
   check_finite_gradients(*model_);
   optimizer_->step();
   ++updates_;
+  ++run_updates_;
   updated_ = true;
   if (options_.broadcast_buffers) broadcast_state(false);
+}
+
+void AllReduceStrategy::local_update(bool average) {
+  const auto n = static_cast<float>(window_.samples);
+  if (n > 0.0f) {
+    for (Variable& p : params_) {
+      if (!p.has_grad()) continue;
+      Tensor mean = p.dense_grad().clone();
+      float* g = mean.data();
+      for (int64_t k = 0; k < mean.numel(); ++k) g[k] /= n;
+      p.set_grad(std::move(mean));
+    }
+    check_finite_gradients(*model_);
+    optimizer_->step();
+  }
+  global_stats_ = window_;
+  last_comm_ = {0, dense_update_bytes()};
+  if (average) {
+    // Parameters, buffers, then this worker's statistics: one allreduce.
+    std::vector<Tensor> tensors;
+    for (const Variable& p : params_) tensors.push_back(p.data());
+    for (auto& [name, buffer] : model_->named_buffers()) tensors.push_back(buffer);
+    size_t total = 3;
+    for (const Tensor& t : tensors) total += static_cast<size_t>(t.numel());
+    average_.resize(total);
+    size_t offset = 0;
+    for (const Tensor& t : tensors) {
+      std::copy_n(t.data(), t.numel(), average_.begin() + static_cast<std::ptrdiff_t>(offset));
+      offset += static_cast<size_t>(t.numel());
+    }
+    average_[offset + kHeaderSamples] = static_cast<float>(window_.samples);
+    average_[offset + kHeaderLossSum] = static_cast<float>(window_.loss_sum);
+    average_[offset + kHeaderCorrect] = static_cast<float>(window_.correct);
+    const uint64_t before = async_->bytes_sent();
+    collectives_.allreduce(average_, comm::ReduceOp::kSum);
+    last_comm_.bytes_sent = async_->bytes_sent() - before;
+    const auto workers = static_cast<float>(collectives_.size());
+    offset = 0;
+    for (const Tensor& t : tensors) {
+      float* out = t.data();
+      for (int64_t k = 0; k < t.numel(); ++k) {
+        out[k] = average_[offset + static_cast<size_t>(k)] / workers;
+      }
+      offset += static_cast<size_t>(t.numel());
+    }
+    global_stats_ = {static_cast<double>(average_[offset + kHeaderLossSum]),
+                     std::llround(average_[offset + kHeaderCorrect]),
+                     std::llround(average_[offset + kHeaderSamples])};
+  }
+  ++updates_;
+  ++run_updates_;
+  updated_ = true;
 }
 
 }  // namespace dtrain::strategy

@@ -54,6 +54,22 @@
 // the allreduce moves whole tables. The parameter-server strategy handles
 // sparse gradients natively.
 //
+// Compression (options.compression, docs/compression.md): after
+// compression.start_step dense updates, buckets holding a compressed
+// parameter are reduced by a CompressedReducer (strategy/compressed_reducer.h)
+// on the communicator's thread, still while backward goes on; the others keep
+// the plain allreduce. With compression.local_steps = H > 1 (post-local SGD)
+// each worker instead applies its own gradient (its rows' mean) for H
+// updates, and at every H-th update the workers' parameters and buffers are
+// averaged (one allreduce, which also carries the statistics); the updates
+// in between send nothing and report this worker's statistics only. The
+// compressor's state (residuals, PowerSGD's Q) and the run's update count
+// travel with optimizer_state() (entries and metadata under "compress/"),
+// so a resumed run continues bit-identically; a state written by another
+// number of workers is dropped with a warning. Method none and local_steps
+// 1 take exactly the dense path. Compression needs the overlapping mode
+// (UsageError over other backends).
+//
 // Buffers (BatchNorm running statistics) would drift apart since each worker
 // sees other batches; with broadcast_buffers (the default, as in DDP) rank 0
 // broadcasts them after every update (one broadcast, only when the model has
@@ -99,8 +115,11 @@
 
 #include "comm/collectives/collectives.h"
 #include "comm/collectives/communicator.h"
+#include "core/log.h"
 #include "strategy/batch_balancer.h"
 #include "strategy/coalescing_bucketer.h"
+#include "strategy/compressed_reducer.h"
+#include "strategy/compression.h"
 #include "strategy/strategy.h"
 
 namespace dtrain::strategy {
@@ -119,6 +138,10 @@ struct AllReduceOptions {
   bool broadcast_buffers = true;
   // Dynamic batch sizing (off by default: the static split).
   BatchBalancerOptions dynamic_batch;
+  // Compression and local SGD (off by default: dense).
+  CompressionSettings compression;
+  // Where warnings go (a dropped compressor state); may be null.
+  Logger* logger = nullptr;
 };
 
 // How much of the last update's communication hid behind backward
@@ -166,8 +189,9 @@ class AllReduceStrategy : public Strategy {
   nn::Module& model() override { return *model_; }
   nn::Optimizer& optimizer() { return *optimizer_; }
   void set_learning_rate(float lr) override { optimizer_->set_lr(lr); }
-  StateDict optimizer_state() override { return optimizer_->state_dict(); }
-  void load_optimizer_state(const StateDict& state) override { optimizer_->load_state_dict(state); }
+  // The optimizer's state, and the compressor's when compression is on.
+  StateDict optimizer_state() override;
+  void load_optimizer_state(const StateDict& state) override;
   // `inputs` [n_i, ...] and n_i targets: this worker's share (n_i may be 0;
   // `inputs` may then be undefined). Collective on the communicating call:
   // every worker calls it the same number of times.
@@ -210,11 +234,23 @@ class AllReduceStrategy : public Strategy {
   size_t floats_per_update() const;
   bool failed() const { return !failure_.empty(); }
 
- private:
+  CommStats last_comm() const override { return last_comm_; }
+  bool reduces_communication() const override { return options_.compression.active(); }
+  void set_communication_level(int level) override;
+  std::string communication() const override { return settings_.describe(); }
+  // The compressor in use (nullptr: none, or not started building).
+  const compress::Compressor* compressor() const {
+    return reducer_ ? &reducer_->compressor() : nullptr;
+  }
+
+ protected:
+  // Overlapping mode when `async` is non-null (the same object as
+  // `collectives`), blocking mode otherwise.
   AllReduceStrategy(std::unique_ptr<nn::Module> model, const OptimizerFactory& make_optimizer,
                     comm::Collectives& collectives, comm::Communicator* async,
                     AllReduceOptions options, LossFn loss);
 
+ private:
   void check_usable(const char* what) const;
   void broadcast_state(bool parameters);
   void launch(size_t bucket, std::span<float> data);
@@ -226,6 +262,11 @@ class AllReduceStrategy : public Strategy {
   // Records the completion time of launched buckets that finished (in order).
   void poll_completions();
   void wait_in_flight() noexcept;
+  // Local SGD: this worker's own update from its window, then, at every
+  // H-th update, the average of the workers' parameters and buffers.
+  void local_update(bool average);
+  void build_reducer();
+  uint64_t dense_update_bytes() const;
 
   std::unique_ptr<nn::Module> model_;
   std::vector<Variable> params_;
@@ -262,6 +303,16 @@ class AllReduceStrategy : public Strategy {
   StepStats global_stats_;
   OverlapStats overlap_;
   std::string failure_;  // non-empty once a CommError escaped
+
+  // Compression and local SGD.
+  CompressionSettings settings_;  // options_.compression weakened to level_
+  int level_ = 0;
+  std::unique_ptr<CompressedReducer> reducer_;
+  bool compressing_ = false;    // this pass goes through reducer_
+  int64_t run_updates_ = 0;     // updates over the whole run (restored with the state)
+  uint64_t bytes_at_pass_ = 0;  // the communicator's count when the pass began
+  CommStats last_comm_;
+  std::vector<float> average_;  // local SGD: parameters, buffers, statistics
 };
 
 }  // namespace dtrain::strategy

@@ -65,6 +65,16 @@ size_t CoalescingBucketer::bucket_floats(size_t bucket) const {
   return buckets_[bucket].data.size();
 }
 
+std::pair<size_t, size_t> CoalescingBucketer::slot_range(size_t param) const {
+  (void)bucket_of(param);  // checks the index
+  return {slots_[param].offset, slots_[param].numel};
+}
+
+size_t CoalescingBucketer::prefix_floats(size_t bucket) const {
+  DTRAIN_CHECK(bucket < buckets_.size(), "bucket {} of {}", bucket, buckets_.size());
+  return (bucket == 0 ? header_floats_ : 0) + buckets_[bucket].params.size();
+}
+
 void CoalescingBucketer::begin_pass() {
   for (Slot& slot : slots_) slot.marked = false;
   for (Bucket& bucket : buckets_) bucket.unmarked = bucket.params.size();

@@ -46,6 +46,7 @@
 #include <cstdint>
 #include <functional>
 #include <span>
+#include <utility>
 #include <vector>
 
 namespace dtrain::strategy {
@@ -70,6 +71,12 @@ class CoalescingBucketer {
   std::span<const size_t> params_of(size_t bucket) const;
   // Floats of `bucket` on the wire (header, presence flags and gradients).
   size_t bucket_floats(size_t bucket) const;
+  // Where parameter `param`'s gradient lies in its bucket's buffer: the
+  // first float's index and the count.
+  std::pair<size_t, size_t> slot_range(size_t param) const;
+  // The floats before the first gradient of `bucket`: its header (bucket 0)
+  // and presence flags.
+  size_t prefix_floats(size_t bucket) const;
 
   // Starts a pass: no parameter marked, no bucket launched. Buffers keep
   // their contents until overwritten by marks.

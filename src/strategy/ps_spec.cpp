@@ -313,6 +313,7 @@ int PsSpec::serve(const BuildContext& c) const {
   o.staleness_bound = static_cast<int>(o_.staleness);
   o.optimizer = c.optimizer;
   o.seed = c.seed;
+  o.link = c.link;
   o.heartbeat_timeout = c.heartbeat_timeout;
   // A worker still starting (loading its data) is not dead: it has the job's
   // timeout for its first frame.
@@ -387,6 +388,7 @@ std::unique_ptr<Strategy> PsSpec::build(const BuildContext& c) const {
   client.worker = r.index;
   client.num_workers = static_cast<int>(worker_count(c.facts));
   client.server_endpoints = discover_servers(c);
+  client.link = c.link;
   client.timeout = c.timeout;
   client.heartbeat_interval = std::min(std::chrono::milliseconds(1000), c.heartbeat_timeout / 4);
   PsOptions o;

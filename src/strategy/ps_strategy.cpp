@@ -272,6 +272,9 @@ StepStats PsStrategy::step(const Tensor& inputs, std::span<const int64_t> target
   const bool started = c.started(updates_);
   last_step_local_ = started && c.local_sgd();
   if (last_step_local_) {
+    uint64_t dense = 0;  // a round's end overwrites it with what it sent
+    for (const Tensor& g : grads) dense += static_cast<uint64_t>(g.numel()) * sizeof(float);
+    last_comm_ = {0, dense};
     local_sgd_step(grads, mine, compute_s,
                    (updates_ - c.start_step) % c.local_steps == c.local_steps - 1);
   } else {
@@ -323,9 +326,13 @@ void PsStrategy::push_dense_and_pull(const std::vector<Tensor>& grads, const Ste
   // applies the held rows.
   if (grads.empty() && !sync) return;
   const uint64_t pushed_at = version_;
+  const uint64_t bytes_before = client_->bytes_sent();
   client_->push(grads, mine.samples, lr_, pushed_at, mine.loss_sum, mine.correct, compute_s,
                 compression);
   pull_dense(sync ? pushed_at + 1 : 0);
+  uint64_t dense = 0;
+  for (const Tensor& g : grads) dense += static_cast<uint64_t>(g.numel()) * sizeof(float);
+  last_comm_ = {client_->bytes_sent() - bytes_before, dense};
   const std::vector<ps::WorkerStep>& steps = job_totals_.workers;
   if (options_.dynamic_batch.enabled && static_cast<int64_t>(steps.size()) == num_workers_) {
     std::vector<double> rows(steps.size());

@@ -229,6 +229,11 @@ class PsStrategy : public Strategy {
   // Bytes of the frames this worker's client sent to the servers
   // (ps::Client::bytes_sent()).
   uint64_t bytes_sent() const { return client_->bytes_sent(); }
+  // The last update's push and pull requests (0 for a local SGD step that
+  // sent nothing), against the gradient floats a dense push carries.
+  CommStats last_comm() const override { return last_comm_; }
+  bool reduces_communication() const override { return options_.compression.active(); }
+  std::string communication() const override { return options_.compression.describe(); }
   // A restarted worker: the step its servers say the job (sync) or this
   // worker index (async/ssp) is at; nullopt in a new job.
   std::optional<int64_t> joined_at_step() const override;
@@ -300,6 +305,7 @@ class PsStrategy : public Strategy {
   // sync_replicas().
   std::optional<int64_t> pending_updates_;
   Logger* logger_ = nullptr;  // outlives this strategy (constructor contract)
+  CommStats last_comm_;
 };
 
 }  // namespace dtrain::strategy

@@ -84,6 +84,13 @@ void check_one_process_job(const JobFacts& job, std::string_view strategy,
                                       "allreduce or ps job, not to '{}'",
                                       strategy));
   }
+  if (job.compression || job.local_sgd) {
+    throw job.where.error(job.compression ? "compression.type" : "compression.local_steps",
+                          fmt::format("'{}' trains in one process and sends no gradients to "
+                                      "compress or models to average: use the allreduce or ps "
+                                      "strategy with several workers",
+                                      strategy));
+  }
   if (job.dynamic_batch) {
     warnings.push_back(
         fmt::format("distributed.dynamic_batch has no effect with '{}': it "

@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "comm/rendezvous/launch_env.h"
+#include "comm/transport/link_shaper.h"
 #include "core/config_table.h"
 #include "core/log.h"
 #include "optim/optimizer_config.h"
@@ -53,6 +54,11 @@ struct JobFacts {
   bool slowdown = false;       // a distributed.slowdown entry exists
   bool class_weights = false;  // train.class_weights != "none"
   bool partitioned = false;    // data.partition set
+  // [compression]: a compressor set (type != none), local SGD
+  // (local_steps > 1), the convergence guard.
+  bool compression = false;
+  bool local_sgd = false;
+  bool guard = false;
   // This process belongs to a job of several processes started by a
   // launcher (dtrain's, mpirun, srun): its world and where that came from.
   bool launched = false;
@@ -110,6 +116,9 @@ struct BuildContext {
   std::chrono::milliseconds heartbeat_timeout{10000};  // distributed.heartbeat_timeout_ms
   BatchBalancerOptions dynamic_batch;
   CompressionSettings compression;  // the job's [compression] table
+  // distributed.link_mbps / link_latency_ms: an emulated slow link on every
+  // message the job's processes send (tests and benchmarks).
+  std::optional<comm::LinkShaperOptions> link;
   Logger* logger = nullptr;
   // Test hook: called by a ps server with each version it reaches.
   std::function<void(uint64_t version)> on_server_version;
@@ -146,6 +155,11 @@ class StrategySpec {
   virtual bool uses_own_wire(const JobFacts& job) const;
   // A worker's strategy.
   virtual std::unique_ptr<Strategy> build(const BuildContext& context) const = 0;
+  // Whether the convergence guard (compression.guard) can watch this
+  // strategy's runs: its every update reports the statistics of all workers
+  // alike, and it can weaken its compression (Strategy::
+  // set_communication_level).
+  virtual bool supports_guard() const { return false; }
   // A server process: serves until the job ends, returns its exit code.
   // Only for roles with server = true.
   virtual int serve(const BuildContext& context) const;
@@ -155,7 +169,8 @@ class StrategySpec {
 
 // Checks shared by specs. refuse_several_processes: ConfigError when the job
 // was launched as several processes (a strategy of one process).
-// check_one_process_job: slowdowns need worker processes (ConfigError);
+// check_one_process_job: slowdowns and compression need worker processes
+// (ConfigError);
 // dynamic batch sizing does nothing on one process (a warning).
 // refuse_elastic: ConfigError on train.elastic for a strategy without an
 // elastic mode.

@@ -50,6 +50,16 @@ struct StepStats {
   }
 };
 
+// What a process sent for its last update, for the progress line and the
+// metrics: the bytes it handed to the network (headers included; 0 when the
+// update sent nothing or the strategy does not count), and what the same
+// update would have sent uncompressed (0: unknown), so that
+// dense_bytes / bytes_sent is the compression ratio.
+struct CommStats {
+  uint64_t bytes_sent = 0;
+  uint64_t dense_bytes = 0;
+};
+
 // The mean loss of a batch: model output [N, C] and N targets -> scalar.
 using LossFn = std::function<Variable(const Variable& output, std::span<const int64_t> targets)>;
 // Builds one more replica of the model (same architecture; its weights are
@@ -137,6 +147,19 @@ class Strategy {
   // The strategy's elastic group (strategy/elastic.h), or nullptr when the
   // group is fixed: then a CommError from a step ends training.
   virtual ElasticMembership* elastic() { return nullptr; }
+
+  // What this process sent for the last update (CommStats above).
+  virtual CommStats last_comm() const { return {}; }
+
+  // The convergence guard's lever (train/convergence_guard.h): whether this
+  // strategy reduces its communication (compression, local SGD) in a way
+  // the guard may weaken, and weakening it: level 0 is the job's setting,
+  // each level one step weaker (CompressionSettings::weakened), dense at
+  // the last. Called between updates, alike on every worker.
+  virtual bool reduces_communication() const { return false; }
+  virtual void set_communication_level(int /*level*/) {}
+  // A one-line description of the current setting ("powersgd rank 4").
+  virtual std::string communication() const { return "dense"; }
 
   // After training: tells whoever waits for this worker that it is done (ps:
   // the servers stop once every worker is done). Afterwards only model() and

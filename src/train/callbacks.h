@@ -37,6 +37,20 @@ struct StepInfo {
   double loss = 0.0;      // mean over the samples since the last report
   double accuracy = 0.0;  // same window
   double samples_per_s = 0.0;
+  // What this process sent per update over the same window (0: nothing or
+  // not counted), and dense bytes / sent bytes (0: unknown).
+  double bytes_per_step = 0.0;
+  double compression_ratio = 0.0;
+};
+
+// The convergence guard rescued the run (train/convergence_guard.h).
+struct GuardEvent {
+  int64_t step = 0;           // the update that diverged
+  int64_t restored_step = 0;  // the snapshot's
+  std::string reason;         // "the loss is not finite", "the loss rose ..."
+  std::string from;           // the setting that diverged
+  std::string to;             // the setting it continues with
+  int64_t hold_steps = 0;
 };
 
 struct EpochInfo {
@@ -69,6 +83,7 @@ class Callback {
   virtual void on_epoch_end(const EpochInfo&) {}
   virtual void on_train_end(const Summary&) {}
   virtual void on_message(const std::string&) {}
+  virtual void on_guard(const GuardEvent&) {}
 };
 
 // A single line redrawn in place ("\r"): epoch, step, loss, accuracy, samples/s.
@@ -112,6 +127,7 @@ class JsonLinesWriter : public Callback {
   void on_step_end(const StepInfo& info) override;
   void on_epoch_end(const EpochInfo& info) override;
   void on_train_end(const Summary& summary) override;
+  void on_guard(const GuardEvent& event) override;
 
  private:
   void write(const std::string& line);

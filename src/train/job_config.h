@@ -15,6 +15,7 @@
 #include "data/ctr.h"
 #include "optim/lr_schedule.h"
 #include "optim/optimizer_config.h"
+#include "strategy/compression.h"
 
 namespace dtrain::strategy {
 class StrategySpec;
@@ -134,9 +135,35 @@ struct DistributedConfig {
   // "all": every worker no entry names. For tests and benchmarks;
   // --slowdown adds entries.
   std::vector<std::string> slowdown;
+  // An emulated slow link for tests and benchmarks (comm/transport/
+  // link_shaper.h): every message a process sends waits its turn on a
+  // link of link_mbps megabits per second and arrives link_latency_ms
+  // later; shared memory is not used. 0: off.
+  double link_mbps = 0.0;
+  double link_latency_ms = 0.0;
   // Each registered strategy's options, by name, as read from the job file
   // ([distributed.<name>]); a strategy missing here runs with its defaults.
   std::map<std::string, std::shared_ptr<const strategy::StrategySpec>> strategies;
+};
+
+// The convergence guard (train/convergence_guard.h): watches the training
+// loss of a compressed run and, when it turns non-finite or its mean over
+// `window` updates rises above the best such mean by more than `margin`
+// times the larger of that best and the run's first window mean, restores the last good weights
+// kept in memory (taken every `snapshot_every` healthy updates), runs one setting weaker for
+// `hold_steps` updates, then steps back towards the job's setting.
+struct GuardConfig {
+  bool enabled = false;
+  int64_t window = 20;
+  double margin = 0.5;
+  int64_t snapshot_every = 50;
+  int64_t hold_steps = 500;
+};
+
+// [compression]: what the strategy sends (strategy/compression.h).
+struct CompressionConfig {
+  strategy::CompressionSettings settings;
+  GuardConfig guard;
 };
 
 struct JobConfig {
@@ -158,6 +185,7 @@ struct JobConfig {
   optim::LrScheduleConfig schedule;
   TrainConfig train;
   DistributedConfig distributed;
+  CompressionConfig compression;
 };
 
 }  // namespace dtrain::train

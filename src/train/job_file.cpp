@@ -13,8 +13,8 @@ namespace dtrain::train {
 
 namespace {
 
-constexpr const char* kSections[] = {"job",      "model", "data",       "optimizer",
-                                     "schedule", "train", "distributed"};
+constexpr const char* kSections[] = {"job",      "model", "data",        "optimizer",
+                                     "schedule", "train", "distributed", "compression"};
 
 // Reads [job].
 void read_job(io::TomlTable& t, JobConfig& job) {
@@ -174,6 +174,76 @@ void read_train(io::TomlTable& t, TrainConfig& c) {
   }
 }
 
+// Reads [compression] (strategy/compression.h, docs/compression.md).
+void read_compression(io::TomlTable& t, CompressionConfig& c) {
+  strategy::CompressionSettings& s = c.settings;
+  compress::Options& o = s.codec;
+  std::string type = "none";
+  int64_t min_size = static_cast<int64_t>(o.min_size);
+  t.get("type", type);
+  t.get("density", o.density);
+  t.get("levels", o.levels);
+  t.get("rank", o.rank);
+  t.get("error_feedback", o.error_feedback);
+  t.get("min_size", min_size);
+  t.get("momentum", o.momentum);
+  t.get("warmup_steps", o.warmup_steps);
+  t.get("min_compression_rate", o.min_compression_rate);
+  t.get("start_step", s.start_step);
+  t.get("local_steps", s.local_steps);
+  t.get("guard", c.guard.enabled);
+  t.get("guard_window", c.guard.window);
+  t.get("guard_margin", c.guard.margin);
+  t.get("guard_snapshot_every", c.guard.snapshot_every);
+  t.get("guard_hold_steps", c.guard.hold_steps);
+  t.finish();
+  const std::optional<compress::Method> method = compress::parse_method(type);
+  if (!method) {
+    throw t.error("type", fmt::format("unknown compressor '{}'; one of: {}", type,
+                                      fmt::join(compress::method_names(), ", ")));
+  }
+  o.method = *method;
+  if (!(o.density > 0.0 && o.density <= 1.0)) {
+    throw t.error("density", fmt::format("must be in (0, 1], got {}", o.density));
+  }
+  if (o.levels < 1) throw t.error("levels", fmt::format("must be at least 1, got {}", o.levels));
+  if (o.rank < 1) throw t.error("rank", fmt::format("must be at least 1, got {}", o.rank));
+  if (min_size < 0) throw t.error("min_size", fmt::format("must be >= 0, got {}", min_size));
+  o.min_size = static_cast<size_t>(min_size);
+  if (!(o.momentum >= 0.0 && o.momentum < 1.0)) {
+    throw t.error("momentum", fmt::format("must be in [0, 1), got {}", o.momentum));
+  }
+  if (o.warmup_steps < 0) throw t.error("warmup_steps", "must be >= 0");
+  if (!(o.min_compression_rate >= 1.0) || !std::isfinite(o.min_compression_rate)) {
+    throw t.error("min_compression_rate",
+                  fmt::format("must be at least 1, got {}", o.min_compression_rate));
+  }
+  if (s.start_step < 0) throw t.error("start_step", "must be >= 0");
+  if (s.local_steps < 1) {
+    throw t.error("local_steps", fmt::format("must be at least 1, got {}", s.local_steps));
+  }
+  if (s.compresses() && s.local_sgd()) {
+    throw t.error("local_steps",
+                  "local SGD (local_steps > 1) averages models and does not combine with a "
+                  "compressor: set type = \"none\" or local_steps = 1");
+  }
+  const GuardConfig& g = c.guard;
+  if (g.window < 1) throw t.error("guard_window", "must be at least 1");
+  if (!(g.margin > 0.0) || !std::isfinite(g.margin)) {
+    throw t.error("guard_margin", fmt::format("must be positive, got {}", g.margin));
+  }
+  if (g.snapshot_every < 1) throw t.error("guard_snapshot_every", "must be at least 1");
+  if (g.hold_steps < 1) throw t.error("guard_hold_steps", "must be at least 1");
+  if (g.enabled && !s.active()) {
+    throw t.error("guard", "watches a compressed run: set compression.type (or local_steps)");
+  }
+  if (g.enabled && s.local_sgd()) {
+    throw t.error("guard",
+                  "does not watch local SGD yet (its updates between averagings see one "
+                  "worker's loss only)");
+  }
+}
+
 // Reads the generic keys of [distributed]; the strategies' own keys (and
 // their deprecated flat aliases here) are read by read_strategies().
 void read_distributed(io::TomlTable& t, DistributedConfig& d) {
@@ -187,6 +257,17 @@ void read_distributed(io::TomlTable& t, DistributedConfig& d) {
   t.get("min_share", d.min_share);
   t.get("max_share", d.max_share);
   t.get("slowdown", d.slowdown);
+  t.get("link_mbps", d.link_mbps);
+  t.get("link_latency_ms", d.link_latency_ms);
+  if (!(d.link_mbps >= 0.0) || !std::isfinite(d.link_mbps)) {
+    throw t.error("link_mbps", fmt::format("must be 0 (off) or positive, got {}", d.link_mbps));
+  }
+  if (!(d.link_latency_ms >= 0.0) || !std::isfinite(d.link_latency_ms)) {
+    throw t.error("link_latency_ms", fmt::format("must be >= 0, got {}", d.link_latency_ms));
+  }
+  if (d.link_latency_ms > 0.0 && d.link_mbps == 0.0) {
+    throw t.error("link_latency_ms", "needs distributed.link_mbps (the link's bandwidth)");
+  }
   if (d.rebalance_every < 1) throw t.error("rebalance_every", "must be at least 1");
   if (!(d.smoothing >= 0.0 && d.smoothing < 1.0)) {
     throw t.error("smoothing", fmt::format("must be in [0, 1), got {}", d.smoothing));
@@ -270,6 +351,7 @@ JobFile parse_job(const std::string& toml_text, const std::string& source_name,
   section("optimizer", [&](io::TomlTable& t) { read_optimizer(t, job.optimizer); });
   section("schedule", [&](io::TomlTable& t) { read_schedule(t, job.schedule); });
   section("train", [&](io::TomlTable& t) { read_train(t, job.train); });
+  section("compression", [&](io::TomlTable& t) { read_compression(t, job.compression); });
   section("distributed", [&](io::TomlTable& t) {
     read_distributed(t, job.distributed);
     read_strategies(t, out);

@@ -114,6 +114,11 @@ strategy::BuildContext build_context(const JobConfig& job, const comm::LaunchInf
   c.dynamic_batch.smoothing = job.distributed.smoothing;
   c.dynamic_batch.min_share = job.distributed.min_share;
   c.dynamic_batch.max_share = job.distributed.max_share;
+  if (job.distributed.link_mbps > 0.0) {
+    c.link = comm::LinkShaperOptions{job.distributed.link_mbps, job.distributed.link_latency_ms};
+  }
+  c.compression = job.compression.settings;
+  c.compression.codec.seed = job.seed;
   c.logger = &logger;
   return c;
 }
@@ -205,6 +210,9 @@ strategy::JobFacts job_facts(const JobConfig& job, const comm::LaunchInfo& launc
   f.slowdown = !job.distributed.slowdown.empty();
   f.class_weights = job.train.class_weights != "none";
   f.partitioned = !job.data.partition.empty();
+  f.compression = job.compression.settings.compresses();
+  f.local_sgd = job.compression.settings.local_sgd();
+  f.guard = job.compression.guard.enabled;
   f.launched = launch.launched();
   f.launched_world_size = launch.world_size;
   f.launched_by = launch.source;
@@ -226,6 +234,13 @@ std::shared_ptr<const strategy::StrategySpec> job_strategy(const JobConfig& job,
   }
   std::vector<std::string> warnings;
   spec->validate(facts, warnings);
+  if (facts.guard && !spec->supports_guard()) {
+    throw job.lines.error("compression.guard",
+                          fmt::format("the convergence guard watches the allreduce strategy's "
+                                      "runs, not '{}' (its workers do not all see every "
+                                      "update's loss)",
+                                      spec->name()));
+  }
   for (const std::string& w : warnings) logger.warn("{}", w);
   return spec;
 }

@@ -88,7 +88,55 @@ EvalResult evaluate(nn::Module& model, const data::TensorDataset& dataset, int64
 }
 
 Trainer::Trainer(const JobConfig& job, strategy::Strategy& strategy, Logger& logger)
-    : job_(job), strategy_(strategy), logger_(logger) {}
+    : job_(job), strategy_(strategy), logger_(logger) {
+  if (job_.compression.guard.enabled && strategy_.reduces_communication()) {
+    guard_ = std::make_unique<ConvergenceGuard>(job_.compression.guard);
+  }
+}
+
+void Trainer::take_snapshot(int64_t step) {
+  snapshot_.step = step;
+  snapshot_.model = strategy_.model().state_dict().clone();
+  snapshot_.optimizer = strategy_.optimizer_state().clone();
+}
+
+bool Trainer::guard_update(int64_t step, const strategy::StepStats& stats) {
+  const double loss = stats.samples > 0 ? stats.loss_sum / double(stats.samples)
+                                        : (std::isfinite(stats.loss_sum) ? 0.0 : stats.loss_sum);
+  if (stats.samples == 0 && std::isfinite(loss)) return true;  // nothing was learnt
+  if (!guard_->diverged(loss)) {
+    if (guard_->snapshot_due(step)) take_snapshot(step);
+    if (guard_->relax(step)) {
+      strategy_.set_communication_level(guard_->level());
+      report(
+          fmt::format("step {}: convergence guard: the fallback's hold is over; continuing "
+                      "with {}",
+                      step, strategy_.communication()));
+    }
+    return true;
+  }
+  GuardEvent event;
+  event.step = step;
+  event.restored_step = snapshot_.step;
+  event.reason = std::isfinite(loss)
+                     ? fmt::format("the loss rose to {:.4g} over the last {} updates", loss,
+                                   job_.compression.guard.window)
+                     : "the loss or the gradient is not finite";
+  event.from = strategy_.communication();
+  strategy_.model().load_state_dict(snapshot_.model, true);
+  strategy_.load_optimizer_state(snapshot_.optimizer);
+  guard_->rescued(step);
+  strategy_.set_communication_level(guard_->level());
+  event.to = strategy_.communication();
+  event.hold_steps = job_.compression.guard.hold_steps;
+  report(
+      fmt::format("step {}: convergence guard: {} under {}; restored the weights of step {} "
+                  "and continue with {} for {} updates (rescue {})",
+                  step, event.reason, event.from, event.restored_step, event.to, event.hold_steps,
+                  guard_->rescues()));
+  for (Callback* c : callbacks_) c->on_guard(event);
+  return false;
+}
 
 int64_t Trainer::steps_per_epoch(int64_t train_samples) const {
   return data::DataLoader::batch_count(train_samples, job_.train.batch_size, job_.train.drop_last);
@@ -170,6 +218,14 @@ bool Trainer::resume(Position& position, const RunPlan& plan, const data::Tensor
   position.step = c.step;
   position.epoch = c.epoch;
   position.batch_in_epoch = std::stoll(metadata_at(c, "batch_in_epoch", found->path));
+  if (auto it = c.metadata.find("guard"); it != c.metadata.end() && guard_ != nullptr) {
+    try {
+      guard_->decode(it->second);
+    } catch (const DataError& e) {
+      throw CheckpointError(found->path, c.step, e.what());
+    }
+    strategy_.set_communication_level(guard_->level());
+  }
   resumed_part_consumed_.clear();
   if (auto it = c.metadata.find("part_consumed"); it != c.metadata.end()) {
     try {
@@ -197,6 +253,7 @@ void Trainer::save_checkpoint(const Position& position) {
   c.metadata["batch_size"] = std::to_string(job_.train.batch_size);
   c.metadata["seed"] = std::to_string(job_.seed);
   if (!part_consumed_.empty()) c.metadata["part_consumed"] = join(part_consumed_, ",");
+  if (guard_ != nullptr) c.metadata["guard"] = guard_->encode();
   strategy_.fetch_model();
   c.add_section("model", strategy_.model().state_dict().clone());
   c.add_section("optimizer", strategy_.optimizer_state().clone());
@@ -337,6 +394,11 @@ std::optional<strategy::StepStats> Trainer::run_step(const StepBatch& step, Posi
     reform(position, e.what());
     return std::nullopt;
   } catch (const NumericError& e) {
+    if (guard_ != nullptr) {
+      strategy::StepStats diverged;
+      diverged.loss_sum = std::numeric_limits<double>::quiet_NaN();
+      return diverged;
+    }
     throw NumericError(fmt::format(
         "step {} (epoch {}, batch {}): {}: training stops before this update; the checkpoints "
         "on disk are finite. A learning rate too high (optimizer.lr = {}) is the usual cause",
@@ -344,7 +406,7 @@ std::optional<strategy::StepStats> Trainer::run_step(const StepBatch& step, Posi
         job_.optimizer.lr));
   }
   const strategy::StepStats totals = strategy_.step_totals(mine);
-  if (!std::isfinite(totals.loss_sum)) {
+  if (!std::isfinite(totals.loss_sum) && guard_ == nullptr) {
     throw NumericError(fmt::format(
         "step {} (epoch {}, batch {}): the loss is not finite ({}): training stops; the "
         "checkpoints on disk are finite. A learning rate too high (optimizer.lr = {}) is the "
@@ -378,6 +440,8 @@ bool Trainer::after_step(Position& position, float lr, const RunPlan& plan, bool
   s.loss = mean_loss(window_.stats);
   s.accuracy = accuracy(window_.stats);
   s.samples_per_s = rate(window_.stats, window_.seconds);
+  if (window_.updates > 0) s.bytes_per_step = window_.bytes / double(window_.updates);
+  if (window_.bytes > 0.0) s.compression_ratio = window_.dense_bytes / window_.bytes;
   for (Callback* c : callbacks_) c->on_step_end(s);
   if (job_.train.log_every_steps > 0 && position.step % job_.train.log_every_steps == 0) {
     window_ = {};
@@ -405,8 +469,11 @@ Trainer::EpochEnd Trainer::run_epoch(const data::TensorDataset& train, data::Dat
     const double dt = seconds_since(t0);
     ++position.step;
     ++position.batch_in_epoch;
-    window_.add(*stats, dt);
-    end.steps.add(*stats, dt);
+    if (guard_ == nullptr || guard_update(position.step, *stats)) {
+      const strategy::CommStats comm = strategy_.last_comm();
+      window_.add(*stats, dt, comm);
+      end.steps.add(*stats, dt, comm);
+    }
     const bool last_step = position.step >= plan.total_steps;
     end.reformed = after_step(position, lr, plan, last_step);
     if (last_step) {
@@ -467,6 +534,7 @@ Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset
   rank_ = strategy_.rank(), world_ = strategy_.world_size(), chief_ = rank_ == 0;
   Position position = starting_position(plan, train);
   take_group_role();
+  if (guard_ != nullptr) take_snapshot(position.step);
   last_checkpoint_ = Clock::now();
 
   RunInfo info;

@@ -67,6 +67,7 @@
 #include "strategy/strategy.h"
 #include "train/callbacks.h"
 #include "train/checkpoint_writer.h"
+#include "train/convergence_guard.h"
 #include "train/epoch_batches.h"
 #include "train/job_config.h"
 
@@ -112,10 +113,22 @@ class Trainer {
   struct Window {
     strategy::StepStats stats;
     double seconds = 0.0;
-    void add(const strategy::StepStats& s, double dt) {
+    int64_t updates = 0;
+    double bytes = 0.0;        // sent by this process
+    double dense_bytes = 0.0;  // what dense updates would have sent
+    void add(const strategy::StepStats& s, double dt, const strategy::CommStats& comm) {
       stats += s;
       seconds += dt;
+      ++updates;
+      bytes += static_cast<double>(comm.bytes_sent);
+      dense_bytes += static_cast<double>(comm.dense_bytes);
     }
+  };
+  // The convergence guard's last good state (in memory).
+  struct Snapshot {
+    int64_t step = -1;
+    StateDict model;
+    StateDict optimizer;
   };
   // How an epoch's steps ended.
   struct EpochEnd {
@@ -173,6 +186,11 @@ class Trainer {
   std::vector<std::vector<int64_t>> make_parts(const data::TensorDataset& train) const;
   // Elastic mode: re-forms the group after `cause`; updates `position`.
   void reform(Position& position, const std::string& cause);
+  // The convergence guard after update `step` with totals `stats`: rescues
+  // a diverged run, snapshots a healthy one, relaxes an expired fallback.
+  // Returns whether the update counts as healthy.
+  bool guard_update(int64_t step, const strategy::StepStats& stats);
+  void take_snapshot(int64_t step);
 
   const JobConfig& job_;
   strategy::Strategy& strategy_;
@@ -188,7 +206,9 @@ class Trainer {
   // each checkpoint), and the positions a resumed run continues from.
   std::vector<int64_t> part_consumed_;
   std::vector<int64_t> resumed_part_consumed_;
-  Window window_;                             // since the last report (log_every_steps)
+  Window window_;                            // since the last report (log_every_steps)
+  std::unique_ptr<ConvergenceGuard> guard_;  // compression.guard
+  Snapshot snapshot_;
   std::unique_ptr<CheckpointWriter> writer_;  // rank 0, during fit(); last: joined first
 };
 

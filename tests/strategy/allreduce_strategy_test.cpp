@@ -60,38 +60,8 @@ Batch share(const Batch& batch, const std::vector<int64_t>& sizes, int rank) {
 using test::max_relative_difference;
 using test::snapshot;
 
-comm::CommunicatorOptions comm_options(std::chrono::milliseconds timeout = 20s) {
-  comm::CommunicatorOptions o;
-  o.timeout = timeout;
-  o.small_allreduce_bytes = 256;  // the ring for the larger buckets, halving-doubling below
-  return o;
-}
-
-// Runs body(rank, communicator, hub) on `world` threads; rethrows the first
-// rank's error.
-void run_workers(int world,
-                 const std::function<void(int, comm::Communicator&, comm::InProcHub&)>& body,
-                 std::chrono::milliseconds timeout = 20s) {
-  comm::InProcHub hub(world);
-  std::vector<std::exception_ptr> errors(static_cast<size_t>(world));
-  {
-    std::vector<std::jthread> threads;
-    for (int r = 0; r < world; ++r) {
-      threads.emplace_back([&, r] {
-        try {
-          auto transport = hub.transport(r);
-          comm::Communicator comm(*transport, comm_options(timeout));
-          body(r, comm, hub);
-        } catch (...) {
-          errors[static_cast<size_t>(r)] = std::current_exception();
-        }
-      });
-    }
-  }
-  for (const auto& e : errors) {
-    if (e) std::rethrow_exception(e);
-  }
-}
+using test::comm_options;
+using test::run_workers;
 
 // The parameters after LocalStrategy trained on each global batch once.
 std::vector<std::vector<float>> local_reference(const std::vector<Batch>& batches) {

@@ -1,13 +1,19 @@
 // Shared by the strategy tests: a small MLP (6 -> 16 -> 3) built from a
-// seed, an SGD-with-momentum factory, random batches for it, and parameter
-// snapshots to compare.
+// seed, an SGD-with-momentum factory, random batches for it, parameter
+// snapshots to compare, and workers run as threads over an InProcHub.
 #pragma once
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <exception>
+#include <functional>
 #include <memory>
+#include <thread>
 #include <vector>
 
+#include "comm/collectives/communicator.h"
+#include "comm/transport/inproc_transport.h"
 #include "core/rng.h"
 #include "nn/activation.h"
 #include "nn/linear.h"
@@ -72,6 +78,41 @@ inline double max_relative_difference(const std::vector<std::vector<float>>& a,
     }
   }
   return worst;
+}
+
+using namespace std::chrono_literals;
+
+inline comm::CommunicatorOptions comm_options(std::chrono::milliseconds timeout = 20s) {
+  comm::CommunicatorOptions o;
+  o.timeout = timeout;
+  o.small_allreduce_bytes = 256;  // the ring for the larger buckets, halving-doubling below
+  return o;
+}
+
+// Runs body(rank, communicator, hub) on `world` threads; rethrows the first
+// rank's error.
+inline void run_workers(int world,
+                        const std::function<void(int, comm::Communicator&, comm::InProcHub&)>& body,
+                        std::chrono::milliseconds timeout = 20s) {
+  comm::InProcHub hub(world);
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(world));
+  {
+    std::vector<std::jthread> threads;
+    for (int r = 0; r < world; ++r) {
+      threads.emplace_back([&, r] {
+        try {
+          auto transport = hub.transport(r);
+          comm::Communicator comm(*transport, comm_options(timeout));
+          body(r, comm, hub);
+        } catch (...) {
+          errors[static_cast<size_t>(r)] = std::current_exception();
+        }
+      });
+    }
+  }
+  for (const auto& e : errors) {
+    if (e) std::rethrow_exception(e);
+  }
 }
 
 }  // namespace dtrain::strategy::test

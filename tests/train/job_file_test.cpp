@@ -2,7 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include "comm/rendezvous/launch_env.h"
 #include "core/error.h"
+#include "core/log.h"
+#include "train/run_job.h"
 
 namespace dtrain::train {
 namespace {
@@ -203,6 +206,66 @@ TEST(JobFile, OutputMustNameAFolderAndTheLearningRateBeFinite) {
             std::string::npos);
   EXPECT_EQ(error_of(kJob, {"optimizer.lr=inf"}),
             "job.toml:17: 'optimizer.lr': must be finite, got inf");
+}
+
+}  // namespace
+}  // namespace dtrain::train
+
+namespace dtrain::train {
+namespace {
+
+TEST(JobFileCompression, ReadsTheTableAndOverrides) {
+  const JobConfig job =
+      job_of(kJob, "job.toml",
+             {"compression.type=\"powersgd\"", "compression.rank=2", "compression.start_step=10",
+              "compression.guard=true", "compression.min_size=64"});
+  const strategy::CompressionSettings& s = job.compression.settings;
+  EXPECT_EQ(s.codec.method, compress::Method::kPowerSgd);
+  EXPECT_EQ(s.codec.rank, 2);
+  EXPECT_EQ(s.codec.min_size, 64u);
+  EXPECT_EQ(s.start_step, 10);
+  EXPECT_TRUE(job.compression.guard.enabled);
+  EXPECT_EQ(s.describe(), "powersgd rank 2 + EF after 10 dense steps");
+}
+
+TEST(JobFileCompression, BadSettingsNameTheKey) {
+  const auto contains = [](const std::string& text, const std::string& part) {
+    return text.find(part) != std::string::npos;
+  };
+  EXPECT_PRED2(contains, error_of(kJob, {"compression.type=\"zip\""}), "compression.type");
+  EXPECT_PRED2(contains, error_of(kJob, {"compression.type=\"zip\""}), "powersgd");
+  EXPECT_PRED2(contains, error_of(kJob, {"compression.density=0.0"}), "compression.density");
+  EXPECT_PRED2(contains, error_of(kJob, {"compression.density=1.5"}), "compression.density");
+  EXPECT_PRED2(contains, error_of(kJob, {"compression.rank=0"}), "compression.rank");
+  EXPECT_PRED2(contains, error_of(kJob, {"compression.levels=0"}), "compression.levels");
+  EXPECT_PRED2(contains, error_of(kJob, {"compression.local_steps=0"}), "compression.local_steps");
+  EXPECT_PRED2(contains, error_of(kJob, {"compression.type=\"topk\"", "compression.local_steps=4"}),
+               "compression.local_steps");
+  EXPECT_PRED2(contains, error_of(kJob, {"compression.guard=true"}), "compression.guard");
+  EXPECT_PRED2(contains, error_of(kJob, {"compression.typo=1"}), "compression.typo");
+}
+
+TEST(JobFileCompression, AStrategyThatCannotUseItRefusesIt) {
+  comm::LaunchInfo launch;  // one process, not launched
+  const auto refusal = [&](const std::vector<std::string>& overrides) -> std::string {
+    const JobConfig job = job_of(kJob, "job.toml", overrides);
+    try {
+      job_strategy(job, job_facts(job, launch), Logger::stderr_logger());
+    } catch (const ConfigError& e) {
+      return e.what();
+    }
+    return "no error";
+  };
+  EXPECT_NE(refusal({"compression.type=\"fp16\""}).find("compression.type"), std::string::npos);
+  EXPECT_NE(refusal({"compression.type=\"fp16\"", "distributed.strategy=\"mirrored\"",
+                     "distributed.workers=2"})
+                .find("compression.type"),
+            std::string::npos);
+  EXPECT_NE(refusal({"compression.type=\"topk\"", "compression.guard=true",
+                     "distributed.strategy=\"ps\"", "distributed.workers=2"})
+                .find("compression.guard"),
+            std::string::npos);
+  EXPECT_EQ(refusal({"compression.type=\"topk\"", "distributed.workers=2"}), "no error");
 }
 
 }  // namespace

@@ -27,6 +27,7 @@ std::unique_ptr<Communicator> connect_worker(const std::string& job_name, const 
   if (!launch.settings.run_dir.empty()) t.ipc_dir = launch.settings.run_dir;
   t.heartbeat_timeout = options.heartbeat_timeout;
   t.heartbeat_interval = std::min(std::chrono::milliseconds(200), options.heartbeat_timeout / 4);
+  t.link = options.link;
   auto transport = connect_zmq_transport(t, auth, launch.coordinator, launch.rank == 0,
                                          Deadline::after(options.timeout), logger);
   CommunicatorOptions c;

@@ -12,10 +12,12 @@
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "comm/collectives/communicator.h"
 #include "comm/rendezvous/launch_env.h"
+#include "comm/transport/link_shaper.h"
 #include "core/log.h"
 
 namespace dtrain::comm {
@@ -25,6 +27,9 @@ struct WorkerLinkOptions {
   std::chrono::milliseconds timeout{60000};
   // A peer silent this long fails the group, naming it.
   std::chrono::milliseconds heartbeat_timeout{5000};
+  // Emulated slow link (tests and benchmarks): every message this worker
+  // sends is paced by it, and shared memory is not used.
+  std::optional<LinkShaperOptions> link;
 };
 
 std::unique_ptr<Communicator> connect_worker(const std::string& job_name, const LaunchInfo& launch,

@@ -1,0 +1,79 @@
+#include "strategy/compressed_reducer.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+namespace dtrain::strategy {
+
+compress::TensorLayout matrix_layout(const Shape& shape) {
+  compress::TensorLayout layout;
+  size_t numel = 1;
+  for (const int64_t d : shape) numel *= static_cast<size_t>(d);
+  if (shape.size() >= 2 && shape[0] > 0) {
+    layout.rows = static_cast<size_t>(shape[0]);
+    layout.cols = numel / layout.rows;
+  } else {
+    layout.rows = 1;
+    layout.cols = numel;
+  }
+  return layout;
+}
+
+CompressedReducer::CompressedReducer(const compress::Options& codec,
+                                     const std::vector<Shape>& shapes,
+                                     const CoalescingBucketer& bucketer, comm::Communicator& comm)
+    : comm_(comm), group_(comm), bucketer_(bucketer) {
+  std::vector<compress::TensorLayout> layouts;
+  layouts.reserve(shapes.size());
+  for (const Shape& shape : shapes) layouts.push_back(matrix_layout(shape));
+  compressor_ = compress::make_compressor(codec, std::move(layouts));
+  plans_.resize(bucketer.bucket_count());
+  for (size_t b = 0; b < plans_.size(); ++b) {
+    BucketPlan& plan = plans_[b];
+    plan.dense.emplace_back(0, bucketer.prefix_floats(b));
+    for (const size_t param : bucketer.params_of(b)) {
+      if (compressor_->compresses(param)) {
+        plan.compressed.push_back(param);
+      } else {
+        const auto [offset, count] = bucketer.slot_range(param);
+        plan.dense.emplace_back(offset, offset + count);
+      }
+    }
+    for (const auto& [begin, end] : plan.dense) plan.dense_floats += end - begin;
+  }
+}
+
+comm::Work CompressedReducer::launch(size_t bucket, std::span<float> data, int64_t step) {
+  return comm_.submit(fmt::format("compressed reduction of bucket {} ({})", bucket,
+                                  compress::to_string(compressor_->method())),
+                      [this, bucket, data, step] { reduce(bucket, data, step); });
+}
+
+void CompressedReducer::reduce(size_t bucket, std::span<float> data, int64_t step) {
+  const BucketPlan& plan = plans_[bucket];
+  scratch_.resize(plan.dense_floats);
+  size_t at = 0;
+  for (const auto& [begin, end] : plan.dense) {
+    std::copy(data.begin() + static_cast<std::ptrdiff_t>(begin),
+              data.begin() + static_cast<std::ptrdiff_t>(end),
+              scratch_.begin() + static_cast<std::ptrdiff_t>(at));
+    at += end - begin;
+  }
+  group_.allreduce_sum(scratch_);
+  at = 0;
+  for (const auto& [begin, end] : plan.dense) {
+    std::copy_n(scratch_.begin() + static_cast<std::ptrdiff_t>(at), end - begin,
+                data.begin() + static_cast<std::ptrdiff_t>(begin));
+    at += end - begin;
+  }
+  std::vector<std::span<float>> grads;
+  grads.reserve(plan.compressed.size());
+  for (const size_t param : plan.compressed) {
+    const auto [offset, count] = bucketer_.slot_range(param);
+    grads.push_back(data.subspan(offset, count));
+  }
+  compressor_->reduce(plan.compressed, grads, group_, step);
+}
+
+}  // namespace dtrain::strategy
