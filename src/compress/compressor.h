@@ -195,18 +195,39 @@ class Compressor {
 
  protected:
   Compressor(Options options, std::vector<TensorLayout> layouts);
+  // UsageError unless `tensor` is in range, compressed (compresses()) and
+  // `floats` is its size.
   void check_tensor(size_t tensor, size_t floats) const;
+  // reduce()'s arguments: as many gradients as tensors, each as
+  // check_tensor(), no tensor twice.
+  void check_reduce(std::span<const size_t> tensors, std::span<const std::span<float>> grads) const;
+  // Whether this method keeps residuals (error_feedback and a biased method:
+  // top-k, random-k, sign, PowerSGD).
+  bool keeps_residual() const;
   // Error feedback: residual of tensor `t` (empty when the method keeps
   // none), sized on first use.
   std::vector<float>& residual(size_t tensor);
   void count_payload(uint64_t bytes) { payload_bytes_ += bytes; }
+  // A method's further per-tensor state (DGC's "velocity", PowerSGD's "q"),
+  // saved, loaded and reset with the residuals. `per_tensor` is a member of
+  // the derived object (alive as long as this one), one vector per tensor,
+  // empty until used.
+  void add_state(std::string kind, std::vector<std::vector<float>>* per_tensor);
+  // The floats of state array `kind` ("residual", or one of add_state's)
+  // of tensor `tensor`; load() refuses another size, and refuses the array
+  // altogether where this is 0 (state these options do not keep). Default:
+  // numel, and 0 for "residual" unless keeps_residual().
+  virtual size_t state_floats(std::string_view kind, size_t tensor) const;
 
   Options options_;
   std::vector<TensorLayout> layouts_;
   std::vector<std::vector<float>> residuals_;
 
  private:
+  std::vector<std::pair<std::string, std::vector<std::vector<float>>*>> all_state();
+
   uint64_t payload_bytes_ = 0;
+  std::vector<std::pair<std::string, std::vector<std::vector<float>>*>> extra_state_;
 };
 
 // A compressor of `options.method` over `layouts` (validate()d first).

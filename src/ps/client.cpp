@@ -58,6 +58,7 @@ std::unique_ptr<comm::wire::FramedSocket> connect_server(zmq::context_t& context
   so.limits.max_payload_bytes = o.max_payload_bytes;
   so.accepted = {comm::wire::MessageType::kData};
   so.unbounded_queues = true;
+  so.link = o.link;
   return std::make_unique<comm::wire::FramedSocket>(
       context, comm::wire::FramedSocket::Role::kDealer,
       o.server_endpoints[static_cast<size_t>(server)], std::move(so), auth, logger);

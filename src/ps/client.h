@@ -60,10 +60,12 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "comm/transport/link_shaper.h"
 #include "comm/wire/auth.h"
 #include "core/error.h"
 #include "core/log.h"
@@ -83,6 +85,9 @@ struct ClientOptions {
   std::chrono::milliseconds timeout{30000};  // each call's deadline
   std::chrono::milliseconds heartbeat_interval{1000};
   uint64_t max_payload_bytes = uint64_t{1} << 31;
+  // Emulated slow link for this worker's sockets (tests and benchmarks;
+  // comm/transport/link_shaper.h): each send sleeps until its release time.
+  std::optional<comm::LinkShaperOptions> link;
 };
 
 // A server declared this worker dead (it was silent past the heartbeat

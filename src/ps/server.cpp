@@ -98,6 +98,7 @@ class Server::Impl {
     o.limits.max_payload_bytes = options_.max_payload_bytes;
     o.accepted = {comm::wire::MessageType::kData};
     o.unbounded_queues = true;
+    o.link = options_.link;
     socket_ = std::make_unique<comm::wire::FramedSocket>(
         context_, comm::wire::FramedSocket::Role::kRouter, options_.bind_endpoint, std::move(o),
         auth_, logger_);

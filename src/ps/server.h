@@ -71,6 +71,7 @@
 #include <stop_token>
 #include <string>
 
+#include "comm/transport/link_shaper.h"
 #include "comm/wire/auth.h"
 #include "core/deadline.h"
 #include "core/log.h"
@@ -129,6 +130,9 @@ struct ServerOptions {
   // Called on the serving thread each time the version advances (tests and
   // benchmarks: a kill switch at a chosen version). May be empty.
   std::function<void(uint64_t version)> on_version;
+  // Emulated slow link for the server's socket (tests and benchmarks;
+  // comm/transport/link_shaper.h): each reply sleeps until its release time.
+  std::optional<comm::LinkShaperOptions> link;
 };
 
 // Why run() returned.

@@ -95,6 +95,31 @@ TEST(FramedSocket, RouterAndDealersExchangeFramesByRoutingId) {
   EXPECT_EQ(server.socket->dropped(), 0u);
 }
 
+TEST(FramedSocket, LinkShaperHoldsEachSendUntilItsReleaseTime) {
+  // 8 Mbit/s: two 500 kB frames cannot both leave in under 1 s (a lower
+  // bound: the mechanism; no upper bound is asserted).
+  const JobAuth auth("framed-shaped", "");
+  Server server(auth, 1 << 20);
+  zmq::context_t context(1);
+  FramedSocketOptions o;
+  o.name = "shaped dealer";
+  o.rank = 1;
+  o.limits = FrameLimits{auth.job_id(), 3, 1, 1024};
+  o.link = LinkShaperOptions{8.0, 0.0};
+  FramedSocket shaped(context, FramedSocket::Role::kDealer, server.socket->endpoint(), std::move(o),
+                      auth, Logger::null());
+  const std::vector<std::byte> payload(500'000, std::byte{7});
+  const auto start = std::chrono::steady_clock::now();
+  ASSERT_TRUE(shaped.send({}, data_to(0), payload));
+  ASSERT_TRUE(shaped.send({}, data_to(0), payload));
+  EXPECT_GE(std::chrono::steady_clock::now() - start, 900ms);
+  for (int i = 0; i < 2; ++i) {
+    const auto frame = server.socket->receive(Deadline::after(20s));
+    ASSERT_TRUE(frame.has_value());
+    EXPECT_EQ(frame->body.size(), payload.size());
+  }
+}
+
 TEST(FramedSocket, AMovedPayloadArrivesIntact) {
   const JobAuth auth("framed-zero-copy", "");
   Server server(auth, 1 << 20);

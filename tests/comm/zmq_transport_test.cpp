@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "comm/collectives/communicator.h"
 #include "comm/wire/wire.h"
 #include "core/error.h"
 
@@ -46,12 +47,14 @@ struct Group {
   std::vector<std::unique_ptr<ZmqTransport>> ranks;
 };
 
-Group make_group(int world, const JobAuth& auth, bool prefer_ipc, Logger& logger = Logger::null()) {
+Group make_group(int world, const JobAuth& auth, bool prefer_ipc, Logger& logger = Logger::null(),
+                 std::optional<LinkShaperOptions> link = std::nullopt) {
   RendezvousServer server("127.0.0.1", 0, world, auth, Logger::null());
   Group g;
   for (int r = 0; r < world; ++r) {
     auto o = test_options(r, world);
     o.prefer_ipc = prefer_ipc;
+    o.link = link;
     g.ranks.push_back(std::make_unique<ZmqTransport>(o, auth, logger));
   }
   std::vector<std::future<void>> connected;
@@ -411,6 +414,51 @@ TEST(ZmqTransport, MisuseIsAUsageError) {
   Group g = make_group(2, auth, true);
   EXPECT_THROW(g.ranks[0]->send(0, 0, {}, "x", Deadline::after(1s)), UsageError);
   EXPECT_THROW(g.ranks[0]->recv(2, 0, "x", Deadline::after(1s)), UsageError);
+}
+
+TEST(ZmqTransport, LinkShaperHoldsAMegabyteAtEightMegabitsForASecond) {
+  // A lower bound is the mechanism (the shaper cannot release 1 MB over
+  // 8 Mbit/s in less than 1 s); no upper bound is asserted.
+  const JobAuth auth("zmq-shaped", "");
+  Group g = make_group(2, auth, true, Logger::null(), LinkShaperOptions{8.0, 0.0});
+  EXPECT_TRUE(g.ranks[0]->link_shaped());
+  const std::vector<std::byte> message = pattern(1'000'000, 0, 1, 3, 0);
+  const auto start = std::chrono::steady_clock::now();
+  g.ranks[0]->send(1, 3, message, "shaped send", Deadline::after(20s));
+  const std::vector<std::byte> got = g.ranks[1]->recv(0, 3, "shaped recv", Deadline::after(20s));
+  const auto elapsed = std::chrono::steady_clock::now() - start;
+  EXPECT_EQ(got, message);
+  EXPECT_GE(elapsed, 900ms);
+  // Heartbeats bypass the shaper and small messages still flow both ways.
+  g.ranks[1]->send(0, 4, pattern(10, 1, 0, 4, 0), "reply", Deadline::after(20s));
+  EXPECT_EQ(g.ranks[0]->recv(1, 4, "reply", Deadline::after(20s)), pattern(10, 1, 0, 4, 0));
+}
+
+TEST(ZmqTransport, ShapedTransportsKeepTheCommunicatorOffSharedMemory) {
+  const JobAuth auth("zmq-shaped-no-shm", "");
+  Group g = make_group(2, auth, true, Logger::null(), LinkShaperOptions{10'000.0, 0.0});
+  std::vector<bool> shm(2, true);
+  std::vector<std::vector<float>> results(2);
+  {
+    std::vector<std::jthread> threads;
+    for (int r = 0; r < 2; ++r) {
+      threads.emplace_back([&, r] {
+        CommunicatorOptions o;
+        o.job_id = "shaped-no-shm";
+        o.shm_allreduce = true;
+        o.timeout = 20s;
+        Communicator comm(*g.ranks[static_cast<size_t>(r)], o);
+        shm[static_cast<size_t>(r)] = comm.uses_shm();
+        std::vector<float> data(1000, static_cast<float>(r + 1));
+        comm.allreduce(data, ReduceOp::kSum);
+        results[static_cast<size_t>(r)] = data;
+      });
+    }
+  }
+  EXPECT_FALSE(shm[0]);
+  EXPECT_FALSE(shm[1]);
+  EXPECT_EQ(results[0], std::vector<float>(1000, 3.0f));
+  EXPECT_EQ(results[1], std::vector<float>(1000, 3.0f));
 }
 
 }  // namespace

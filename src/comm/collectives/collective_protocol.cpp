@@ -80,13 +80,30 @@ std::string_view to_string(OpKind kind) {
       return "split";
     case OpKind::kHostCheck:
       return "host check";
+    case OpKind::kSparseAllreduce:
+      return "sparse_allreduce";
   }
   return "unknown-operation";
 }
 
+std::string_view to_string(Dtype dtype) {
+  switch (dtype) {
+    case Dtype::kFloat32:
+      return "floats";
+    case Dtype::kBytes:
+      return "bytes";
+    case Dtype::kFloat16:
+      return "fp16";
+    case Dtype::kBFloat16:
+      return "bf16";
+  }
+  return "unknown-dtype";
+}
+
 std::string OpDescriptor::describe() const {
-  std::string text = fmt::format("{} #{} ({} {}", to_string(kind), seq, count,
-                                 dtype == Dtype::kFloat32 ? "floats" : "bytes");
+  std::string text =
+      seq == 0 ? fmt::format("{} ({} {}", to_string(kind), count, to_string(dtype))
+               : fmt::format("{} #{} ({} {}", to_string(kind), seq, count, to_string(dtype));
   if (kind == OpKind::kAllreduce || kind == OpKind::kReduceScatter) {
     text += fmt::format(", {}", to_string(reduce));
   }
@@ -95,14 +112,15 @@ std::string OpDescriptor::describe() const {
 }
 
 CollectiveChannel::CollectiveChannel(Transport& transport, uint64_t tag, OpDescriptor op,
-                                     Deadline deadline)
+                                     Deadline deadline, std::atomic<uint64_t>* bytes_sent)
     : transport_(transport),
       tag_(tag),
       op_(op),
       deadline_(deadline),
       rank_(transport.rank()),
       size_(transport.size()),
-      what_(op.describe()) {}
+      what_(op.describe()),
+      bytes_sent_(bytes_sent) {}
 
 void CollectiveChannel::send(int peer, std::span<const std::byte> payload) {
   staging_.resize(kHeaderBytes + payload.size());
@@ -110,6 +128,7 @@ void CollectiveChannel::send(int peer, std::span<const std::byte> payload) {
   if (!payload.empty()) std::memcpy(staging_.data() + kHeaderBytes, payload.data(), payload.size());
   try {
     transport_.send(peer, tag_, staging_, what_, deadline_);
+    if (bytes_sent_ != nullptr) bytes_sent_->fetch_add(staging_.size(), std::memory_order_relaxed);
   } catch (const CommError& e) {
     abort_peers(e.peer(), e.what());
     throw;
@@ -142,7 +161,8 @@ std::vector<std::byte> CollectiveChannel::recv_and_check(int peer, size_t payloa
                     fmt::format("{} on rank {} does not match {} from rank {}", op_.describe(),
                                 rank_, theirs.describe(), peer));
   }
-  if (payload_bytes != kAnySize && message.size() - kHeaderBytes != payload_bytes) {
+  if (payload_bytes != kAnySize && payload_bytes != kAnyPayload &&
+      message.size() - kHeaderBytes != payload_bytes) {
     throw CommError(peer, what_,
                     fmt::format("rank {} expected a {}-byte chunk from rank {}, got {} bytes",
                                 rank_, payload_bytes, peer, message.size() - kHeaderBytes));
@@ -157,6 +177,12 @@ void CollectiveChannel::recv_into(int peer, std::span<std::byte> out) {
 
 std::vector<std::byte> CollectiveChannel::recv_any_size(int peer) {
   std::vector<std::byte> message = recv_checked(peer, kAnySize);
+  message.erase(message.begin(), message.begin() + kHeaderBytes);
+  return message;
+}
+
+std::vector<std::byte> CollectiveChannel::recv_variable(int peer) {
+  std::vector<std::byte> message = recv_checked(peer, kAnyPayload);
   message.erase(message.begin(), message.begin() + kHeaderBytes);
   return message;
 }

@@ -20,6 +20,7 @@
 // deadline (TimeoutError from the transport).
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -42,9 +43,15 @@ enum class OpKind : uint8_t {
   kSend = 7,
   kSplit = 8,
   kHostCheck = 9,
+  kSparseAllreduce = 10,
 };
 
-enum class Dtype : uint8_t { kFloat32 = 1, kBytes = 2 };
+// What the elements of an operation are: float32, bytes, or float32 sent as
+// 16-bit values (fp16 scaled per message, bf16).
+enum class Dtype : uint8_t { kFloat32 = 1, kBytes = 2, kFloat16 = 3, kBFloat16 = 4 };
+
+// "floats", "bytes", "fp16", "bf16".
+std::string_view to_string(Dtype dtype);
 
 std::string_view to_string(OpKind kind);
 
@@ -58,7 +65,9 @@ struct OpDescriptor {
   uint64_t seq = 0;    // position in the communicator's sequence of operations
 
   bool operator==(const OpDescriptor&) const = default;
-  // "allreduce #12 (1000 floats, sum)", "broadcast #3 (10 floats, root 1)".
+  // "allreduce #12 (1000 floats, sum)", "broadcast #3 (10 floats, root 1)",
+  // "allreduce #4 (1000 fp16, sum)"; without "#seq" while seq is 0 (not yet
+  // executed).
   std::string describe() const;
 };
 
@@ -67,8 +76,11 @@ inline constexpr uint32_t kHeaderMagic = 0x48435444;  // "DTCH" little-endian
 
 class CollectiveChannel {
  public:
-  // `transport` outlives the channel (it lives for one call of a collective).
-  CollectiveChannel(Transport& transport, uint64_t tag, OpDescriptor op, Deadline deadline);
+  // `transport` outlives the channel (it lives for one call of a collective),
+  // and so does `bytes_sent` (when not null: the communicator's counter,
+  // which every send() advances by the header and payload bytes).
+  CollectiveChannel(Transport& transport, uint64_t tag, OpDescriptor op, Deadline deadline,
+                    std::atomic<uint64_t>* bytes_sent = nullptr);
 
   int rank() const { return rank_; }
   int size() const { return size_; }
@@ -86,6 +98,9 @@ class CollectiveChannel {
   // Receives one message of any size whose header matches apart from its
   // count (variable-size point-to-point messages) and returns its payload.
   std::vector<std::byte> recv_any_size(int peer);
+  // Receives one message whose header matches exactly (count included) but
+  // whose payload may have any size (sparse blocks) and returns its payload.
+  std::vector<std::byte> recv_variable(int peer);
   // Aborts the transport naming `culprit` (at most once): every peer's
   // pending call fails with `reason`. Every send and receive calls it before
   // rethrowing a CommError, so one failure stops the whole group instead of
@@ -97,6 +112,8 @@ class CollectiveChannel {
   // starts at kHeaderBytes.
   // kAnySize accepts any payload size and count.
   static constexpr size_t kAnySize = ~size_t{0};
+  // kAnyPayload accepts any payload size but checks the count.
+  static constexpr size_t kAnyPayload = ~size_t{0} - 1;
   // Receives and validates; on any CommError tells the peers, then rethrows.
   std::vector<std::byte> recv_checked(int peer, size_t payload_bytes);
   std::vector<std::byte> recv_and_check(int peer, size_t payload_bytes);
@@ -109,6 +126,7 @@ class CollectiveChannel {
   int size_;
   std::string what_;
   std::vector<std::byte> staging_;
+  std::atomic<uint64_t>* bytes_sent_;
   bool aborted_ = false;  // abort_peers() ran
 };
 

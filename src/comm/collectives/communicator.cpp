@@ -4,13 +4,16 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <numeric>
 
 #include "comm/collectives/collective_tree.h"
 #include "comm/collectives/halving_doubling.h"
 #include "comm/collectives/ring_collectives.h"
+#include "comm/collectives/sparse_collectives.h"
 #include "comm/transport/group_transport.h"
 #include "core/byte_codec.h"
 #include "core/error.h"
@@ -100,20 +103,22 @@ Communicator::~Communicator() {
 
 void Communicator::set_up_shm() {
   if (!options_.shm_allreduce || options_.job_id.empty() || size() == 1) return;
-  // Every rank learns every rank's host key; all equal means one host.
+  // Every rank learns every rank's host key; all equal means one host. A
+  // rank behind an emulated slow link sends 0, which keeps every rank off
+  // shared memory (nothing escapes the limiter).
   ByteWriter mine(sizeof(uint64_t));
-  mine.write_u64(host_key());
+  mine.write_u64(transport_.link_shaped() ? 0 : host_key());
   std::vector<std::byte> gathered(static_cast<size_t>(size()) * sizeof(uint64_t));
   const std::vector<size_t> counts(static_cast<size_t>(size()), sizeof(uint64_t));
-  const OpDescriptor desc =
-      next_op(OpKind::kHostCheck, gathered.size(), ReduceOp::kSum, -1, Dtype::kBytes);
-  run_blocking(desc.describe(), [&](Deadline deadline) {
-    allgatherv_bytes(mine.bytes(), gathered, counts, desc, deadline);
-  });
+  run_collective(make_op(OpKind::kHostCheck, gathered.size(), ReduceOp::kSum, -1, Dtype::kBytes),
+                 [&](const OpDescriptor& desc, Deadline deadline) {
+                   allgatherv_bytes(mine.bytes(), gathered, counts, desc, deadline);
+                 });
   ByteReader reader(gathered, "host check");
   const std::vector<uint64_t> keys =
       reader.read_u64_array(static_cast<size_t>(size()), "host keys");
-  if (std::all_of(keys.begin(), keys.end(), [&](uint64_t k) { return k == keys[0]; })) {
+  if (keys[0] != 0 &&
+      std::all_of(keys.begin(), keys.end(), [&](uint64_t k) { return k == keys[0]; })) {
     ShmAllreduceOptions shm_options;
     shm_options.job_id = fmt::format("{}-g{:x}", options_.job_id, options_.group_id);
     shm_options.capacity_bytes = options_.shm_capacity_bytes;
@@ -122,7 +127,7 @@ void Communicator::set_up_shm() {
   }
 }
 
-OpDescriptor Communicator::next_op(OpKind kind, uint64_t count, ReduceOp reduce, int root,
+OpDescriptor Communicator::make_op(OpKind kind, uint64_t count, ReduceOp reduce, int root,
                                    Dtype dtype) {
   OpDescriptor desc;
   desc.kind = kind;
@@ -130,7 +135,6 @@ OpDescriptor Communicator::next_op(OpKind kind, uint64_t count, ReduceOp reduce,
   desc.dtype = dtype;
   desc.root = root;
   desc.count = count;
-  desc.seq = next_seq_++;
   return desc;
 }
 
@@ -177,12 +181,43 @@ void Communicator::execute(const std::string& what, const std::function<void(Dea
 
 void Communicator::run_blocking(const std::string& what,
                                 const std::function<void(Deadline)>& body) {
-  {
-    // Queued work runs first; each item is bounded by the timeout.
+  if (!on_worker_thread()) {
+    // Queued work runs first; each item is bounded by the timeout. (On the
+    // worker thread this call is part of the running item: it runs now.)
     std::unique_lock lock(queue_mutex_);
     queue_changed_.wait(lock, [&] { return queue_.empty() && !busy_; });
   }
   execute(what, body);
+}
+
+void Communicator::run_collective(OpDescriptor op, const OpBody& body) {
+  if (!on_worker_thread()) {
+    std::unique_lock lock(queue_mutex_);
+    queue_changed_.wait(lock, [&] { return queue_.empty() && !busy_; });
+  }
+  // Numbered now, on the thread that executes it, in execution order.
+  op.seq = next_seq_++;
+  execute(op.describe(), [&](Deadline deadline) { body(op, deadline); });
+}
+
+Work Communicator::enqueue(std::string what, std::function<void()> run) {
+  Task task;
+  task.what = std::move(what);
+  task.run = std::move(run);
+  Work work(task.done.get_future().share());
+  {
+    std::lock_guard lock(queue_mutex_);
+    queue_.push_back(std::move(task));
+  }
+  queue_changed_.notify_all();
+  return work;
+}
+
+Work Communicator::submit(std::string what, std::function<void()> body) {
+  std::string name = what;
+  return enqueue(std::move(what), [this, name = std::move(name), body = std::move(body)] {
+    execute(name, [&](Deadline) { body(); });
+  });
 }
 
 void Communicator::worker_loop(std::stop_token stop) {
@@ -205,7 +240,7 @@ void Communicator::worker_loop(std::stop_token stop) {
       busy_ = true;
     }
     try {
-      execute(task.what, task.run);
+      task.run();
       task.done.set_value();
     } catch (...) {
       task.done.set_exception(std::current_exception());
@@ -228,9 +263,12 @@ void Communicator::allreduce_now(std::span<float> data, ReduceOp op, const OpDes
   if (shm_ != nullptr) {
     shm_->announce(desc);
     shm_->allreduce(data, op, deadline, desc.describe());
+    // What the ring would have sent (see bytes_sent()).
+    const auto n = static_cast<uint64_t>(size());
+    bytes_sent_.fetch_add(2 * (n - 1) * data.size_bytes() / n, std::memory_order_relaxed);
     return;
   }
-  CollectiveChannel channel(transport_, collective_tag(), desc, deadline);
+  CollectiveChannel channel = open_channel(desc, deadline);
   if (data.size_bytes() <= options_.small_allreduce_bytes) {
     halving_doubling_allreduce(channel, data, op);
   } else {
@@ -239,35 +277,33 @@ void Communicator::allreduce_now(std::span<float> data, ReduceOp op, const OpDes
 }
 
 void Communicator::allreduce(std::span<float> data, ReduceOp op) {
-  const OpDescriptor desc = next_op(OpKind::kAllreduce, data.size(), op);
-  run_blocking(desc.describe(),
-               [&](Deadline deadline) { allreduce_now(data, op, desc, deadline); });
+  run_collective(make_op(OpKind::kAllreduce, data.size(), op),
+                 [&](const OpDescriptor& desc, Deadline deadline) {
+                   allreduce_now(data, op, desc, deadline);
+                 });
 }
 
 Work Communicator::allreduce_async(std::span<float> data, ReduceOp op) {
-  const OpDescriptor desc = next_op(OpKind::kAllreduce, data.size(), op);
-  Task task;
-  task.what = desc.describe();
-  task.run = [this, data, op, desc](Deadline deadline) { allreduce_now(data, op, desc, deadline); };
-  Work work(task.done.get_future().share());
-  {
-    std::lock_guard lock(queue_mutex_);
-    queue_.push_back(std::move(task));
-  }
-  queue_changed_.notify_all();
-  return work;
+  const OpDescriptor desc = make_op(OpKind::kAllreduce, data.size(), op);
+  return enqueue(desc.describe(), [this, data, op, desc] {
+    // On the worker thread: runs inline and takes its number now.
+    run_collective(desc, [&](const OpDescriptor& numbered, Deadline deadline) {
+      allreduce_now(data, op, numbered, deadline);
+    });
+  });
 }
 
 void Communicator::broadcast(std::span<float> data, int root) {
   if (root < 0 || root >= size()) {
     throw UsageError(fmt::format("broadcast: root {} outside group of size {}", root, size()));
   }
-  const OpDescriptor desc = next_op(OpKind::kBroadcast, data.size(), ReduceOp::kSum, root);
-  run_blocking(desc.describe(), [&](Deadline deadline) {
-    announce(desc);
-    CollectiveChannel channel(transport_, collective_tag(), desc, deadline);
-    binomial_broadcast(channel, std::as_writable_bytes(data), root, options_.chunk_bytes);
-  });
+  run_collective(make_op(OpKind::kBroadcast, data.size(), ReduceOp::kSum, root),
+                 [&](const OpDescriptor& desc, Deadline deadline) {
+                   announce(desc);
+                   CollectiveChannel channel = open_channel(desc, deadline);
+                   binomial_broadcast(channel, std::as_writable_bytes(data), root,
+                                      options_.chunk_bytes);
+                 });
 }
 
 void Communicator::allgather(std::span<const float> mine, std::span<float> out) {
@@ -276,10 +312,10 @@ void Communicator::allgather(std::span<const float> mine, std::span<float> out) 
                                  out.size(), size(), mine.size()));
   }
   const std::vector<size_t> counts(static_cast<size_t>(size()), mine.size() * sizeof(float));
-  const OpDescriptor desc = next_op(OpKind::kAllgather, out.size());
-  run_blocking(desc.describe(), [&](Deadline deadline) {
-    allgatherv_bytes(std::as_bytes(mine), std::as_writable_bytes(out), counts, desc, deadline);
-  });
+  run_collective(
+      make_op(OpKind::kAllgather, out.size()), [&](const OpDescriptor& desc, Deadline deadline) {
+        allgatherv_bytes(std::as_bytes(mine), std::as_writable_bytes(out), counts, desc, deadline);
+      });
 }
 
 void Communicator::allgatherv(std::span<const float> mine, std::span<float> out,
@@ -299,8 +335,8 @@ void Communicator::allgatherv(std::span<const float> mine, std::span<float> out,
   }
   std::vector<size_t> byte_counts(counts.begin(), counts.end());
   for (size_t& c : byte_counts) c *= sizeof(float);
-  const OpDescriptor desc = next_op(OpKind::kAllgatherv, total);
-  run_blocking(desc.describe(), [&](Deadline deadline) {
+  run_collective(make_op(OpKind::kAllgatherv, total), [&](const OpDescriptor& desc,
+                                                          Deadline deadline) {
     allgatherv_bytes(std::as_bytes(mine), std::as_writable_bytes(out), byte_counts, desc, deadline);
   });
 }
@@ -314,7 +350,7 @@ void Communicator::allgatherv_bytes(std::span<const std::byte> mine, std::span<s
   if (!mine.empty()) {
     std::memcpy(out.data() + offsets[static_cast<size_t>(rank())], mine.data(), mine.size());
   }
-  CollectiveChannel channel(transport_, collective_tag(), desc, deadline);
+  CollectiveChannel channel = open_channel(desc, deadline);
   ring_allgather(channel, out, offsets, options_.chunk_bytes);
 }
 
@@ -324,28 +360,119 @@ void Communicator::reduce_scatter(std::span<const float> input, std::span<float>
     throw UsageError(fmt::format("reduce_scatter: input of {} floats is not {} ranks x {} floats",
                                  input.size(), size(), output.size()));
   }
-  const OpDescriptor desc = next_op(OpKind::kReduceScatter, input.size(), op);
-  run_blocking(desc.describe(), [&](Deadline deadline) {
-    announce(desc);
-    std::vector<float> work(input.begin(), input.end());
-    std::vector<size_t> offsets(static_cast<size_t>(size()) + 1);
-    for (size_t b = 0; b < offsets.size(); ++b) offsets[b] = b * output.size();
-    CollectiveChannel channel(transport_, collective_tag(), desc, deadline);
-    ring_reduce_scatter(channel, work, offsets, op, chunk_elements(options_));
-    const float* own = work.data() + offsets[static_cast<size_t>(rank())];
-    const float scale = op == ReduceOp::kMean ? static_cast<float>(size()) : 1.0f;
-    for (size_t i = 0; i < output.size(); ++i)
-      output[i] = op == ReduceOp::kMean ? own[i] / scale : own[i];
-  });
+  run_collective(make_op(OpKind::kReduceScatter, input.size(), op),
+                 [&](const OpDescriptor& desc, Deadline deadline) {
+                   announce(desc);
+                   std::vector<float> work(input.begin(), input.end());
+                   std::vector<size_t> offsets(static_cast<size_t>(size()) + 1);
+                   for (size_t b = 0; b < offsets.size(); ++b) offsets[b] = b * output.size();
+                   CollectiveChannel channel = open_channel(desc, deadline);
+                   ring_reduce_scatter(channel, work, offsets, op, chunk_elements(options_));
+                   const float* own = work.data() + offsets[static_cast<size_t>(rank())];
+                   const float scale = op == ReduceOp::kMean ? static_cast<float>(size()) : 1.0f;
+                   for (size_t i = 0; i < output.size(); ++i)
+                     output[i] = op == ReduceOp::kMean ? own[i] / scale : own[i];
+                 });
 }
 
 void Communicator::barrier() {
-  const OpDescriptor desc = next_op(OpKind::kBarrier, 0);
-  run_blocking(desc.describe(), [&](Deadline deadline) {
+  run_collective(make_op(OpKind::kBarrier, 0), [&](const OpDescriptor& desc, Deadline deadline) {
     announce(desc);
-    CollectiveChannel channel(transport_, collective_tag(), desc, deadline);
+    CollectiveChannel channel = open_channel(desc, deadline);
     dissemination_barrier(channel);
   });
+}
+
+void Communicator::allreduce16(std::span<float> data, bool bf16) {
+  // Never shared memory (float32 only): the transport's ring, whatever the
+  // size, so that every message carries 16-bit values.
+  run_collective(make_op(OpKind::kAllreduce, data.size(), ReduceOp::kSum, -1,
+                         bf16 ? Dtype::kBFloat16 : Dtype::kFloat16),
+                 [&](const OpDescriptor& desc, Deadline deadline) {
+                   announce(desc);
+                   CollectiveChannel channel = open_channel(desc, deadline);
+                   ring_allreduce16(channel, data, bf16,
+                                    std::max<size_t>(1, options_.chunk_bytes / sizeof(uint16_t)));
+                 });
+}
+
+std::vector<std::vector<std::byte>> Communicator::allgather_bytes(std::span<const std::byte> mine) {
+  if (mine.size() > kMaxGatherBytes) {
+    throw UsageError(
+        fmt::format("allgather_bytes: rank {} passes {} bytes, more than the {} allowed", rank(),
+                    mine.size(), kMaxGatherBytes));
+  }
+  const auto n = static_cast<size_t>(size());
+  // 1. Every rank's size.
+  ByteWriter own_size(sizeof(uint64_t));
+  own_size.write_u64(mine.size());
+  std::vector<std::byte> gathered(n * sizeof(uint64_t));
+  const std::vector<size_t> size_counts(n, sizeof(uint64_t));
+  std::vector<size_t> counts(n);
+  run_collective(make_op(OpKind::kAllgather, gathered.size(), ReduceOp::kSum, -1, Dtype::kBytes),
+                 [&](const OpDescriptor& desc, Deadline deadline) {
+                   allgatherv_bytes(own_size.bytes(), gathered, size_counts, desc, deadline);
+                   ByteReader reader(gathered, "allgather_bytes sizes");
+                   for (size_t r = 0; r < n; ++r) {
+                     const uint64_t count = reader.read_u64("size");
+                     if (count > kMaxGatherBytes) {
+                       // Inside the collective: a CommError here fails the communicator
+                       // on every rank, each naming the same rank.
+                       throw CommError(
+                           static_cast<int>(r), desc.describe(),
+                           fmt::format("rank {} announced {} bytes, more than the {} allowed", r,
+                                       count, kMaxGatherBytes));
+                     }
+                     counts[r] = static_cast<size_t>(count);
+                   }
+                 });
+  // 2. The bytes, ring allgatherv.
+  const size_t total = std::accumulate(counts.begin(), counts.end(), size_t{0});
+  std::vector<std::byte> all(total);
+  run_collective(make_op(OpKind::kAllgatherv, total, ReduceOp::kSum, -1, Dtype::kBytes),
+                 [&](const OpDescriptor& desc, Deadline deadline) {
+                   allgatherv_bytes(mine, all, counts, desc, deadline);
+                 });
+  std::vector<std::vector<std::byte>> out(n);
+  size_t at = 0;
+  for (size_t r = 0; r < n; ++r) {
+    out[r].assign(all.begin() + static_cast<std::ptrdiff_t>(at),
+                  all.begin() + static_cast<std::ptrdiff_t>(at + counts[r]));
+    at += counts[r];
+  }
+  return out;
+}
+
+void Communicator::sparse_allreduce(std::span<const uint32_t> indices,
+                                    std::span<const float> values, std::span<float> out) {
+  if (indices.size() != values.size()) {
+    throw UsageError(
+        fmt::format("sparse_allreduce: {} indices but {} values", indices.size(), values.size()));
+  }
+  if (out.size() > std::numeric_limits<uint32_t>::max()) {
+    throw UsageError(fmt::format("sparse_allreduce: {} elements exceed u32 indices", out.size()));
+  }
+  for (size_t i = 0; i < indices.size(); ++i) {
+    if (indices[i] >= out.size()) {
+      throw UsageError(fmt::format("sparse_allreduce: index {} at position {} is not below {}",
+                                   indices[i], i, out.size()));
+    }
+    if (i > 0 && indices[i] <= indices[i - 1]) {
+      throw UsageError(fmt::format(
+          "sparse_allreduce: index {} at position {} follows {} (must be strictly increasing)",
+          indices[i], i, indices[i - 1]));
+    }
+    if (!std::isfinite(values[i])) {
+      throw UsageError(fmt::format("sparse_allreduce: value {} at index {} is not finite",
+                                   values[i], indices[i]));
+    }
+  }
+  run_collective(make_op(OpKind::kSparseAllreduce, out.size()),
+                 [&](const OpDescriptor& desc, Deadline deadline) {
+                   announce(desc);
+                   CollectiveChannel channel = open_channel(desc, deadline);
+                   sparse_ring_allreduce(channel, indices, values, out);
+                 });
 }
 
 void Communicator::send(int peer, std::span<const float> data, uint32_t tag) {
@@ -354,7 +481,7 @@ void Communicator::send(int peer, std::span<const float> data, uint32_t tag) {
   desc.count = data.size();
   const uint64_t wire_tag = p2p_tag(tag);
   run_blocking(fmt::format("send to rank {}", peer), [&](Deadline deadline) {
-    CollectiveChannel(transport_, wire_tag, desc, deadline).send(peer, data);
+    CollectiveChannel(transport_, wire_tag, desc, deadline, &bytes_sent_).send(peer, data);
   });
 }
 
@@ -364,7 +491,7 @@ void Communicator::recv(int peer, std::span<float> data, uint32_t tag) {
   desc.count = data.size();
   const uint64_t wire_tag = p2p_tag(tag);
   run_blocking(fmt::format("recv from rank {}", peer), [&](Deadline deadline) {
-    CollectiveChannel(transport_, wire_tag, desc, deadline).recv_into(peer, data);
+    CollectiveChannel(transport_, wire_tag, desc, deadline, &bytes_sent_).recv_into(peer, data);
   });
 }
 
@@ -375,7 +502,7 @@ void Communicator::send_bytes(int peer, std::span<const std::byte> data, uint32_
   desc.count = data.size();
   const uint64_t wire_tag = p2p_tag(tag);
   run_blocking(fmt::format("send to rank {}", peer), [&](Deadline deadline) {
-    CollectiveChannel(transport_, wire_tag, desc, deadline).send(peer, data);
+    CollectiveChannel(transport_, wire_tag, desc, deadline, &bytes_sent_).send(peer, data);
   });
 }
 
@@ -386,7 +513,8 @@ std::vector<std::byte> Communicator::recv_bytes(int peer, uint32_t tag) {
   const uint64_t wire_tag = p2p_tag(tag);
   std::vector<std::byte> message;
   run_blocking(fmt::format("recv from rank {}", peer), [&](Deadline deadline) {
-    message = CollectiveChannel(transport_, wire_tag, desc, deadline).recv_any_size(peer);
+    message =
+        CollectiveChannel(transport_, wire_tag, desc, deadline, &bytes_sent_).recv_any_size(peer);
   });
   return message;
 }
@@ -405,11 +533,10 @@ std::unique_ptr<Communicator> Communicator::split(int color, int key) {
   pair.write_i32(key);
   std::vector<std::byte> gathered(static_cast<size_t>(size()) * pair.size());
   const std::vector<size_t> counts(static_cast<size_t>(size()), pair.size());
-  const OpDescriptor desc =
-      next_op(OpKind::kSplit, gathered.size(), ReduceOp::kSum, -1, Dtype::kBytes);
-  run_blocking(desc.describe(), [&](Deadline deadline) {
-    allgatherv_bytes(pair.bytes(), gathered, counts, desc, deadline);
-  });
+  run_collective(make_op(OpKind::kSplit, gathered.size(), ReduceOp::kSum, -1, Dtype::kBytes),
+                 [&](const OpDescriptor& desc, Deadline deadline) {
+                   allgatherv_bytes(pair.bytes(), gathered, counts, desc, deadline);
+                 });
   ByteReader reader(gathered, "split");
   std::vector<int32_t> all;  // color, key of every rank
   for (int r = 0; r < 2 * size(); ++r) all.push_back(reader.read_i32("color and key"));

@@ -6,7 +6,9 @@
 // allreduce uses recursive halving-doubling up to `small_allreduce_bytes`
 // and the pipelined ring above it, or shared memory when every rank runs on
 // this host (see shm_allreduce.h); broadcast a binomial tree; allgather,
-// allgatherv and reduce_scatter the ring; barrier dissemination.
+// allgatherv and reduce_scatter the ring; barrier dissemination;
+// allreduce16 the ring with 16-bit messages (ring_collectives.h);
+// sparse_allreduce SparCML's sparse ring (sparse_collectives.h).
 //
 // Contract:
 // - Every rank calls the same collectives in the same order with agreeing
@@ -32,13 +34,24 @@
 // - Local argument errors throw UsageError before anything is sent and leave
 //   the communicator usable.
 //
-// Asynchronous work: allreduce_async() queues the operation on this
+// Asynchronous work: allreduce_async() and submit() queue work on this
 // communicator's background thread (one std::jthread, stopped and joined by
-// the destructor) and returns a Work handle; operations run in call order, and
-// a blocking call first waits for queued work to finish. The buffer must stay
-// alive and untouched until the Work completes. Destroying the communicator
-// fails work that has not started with CommError and waits for the running
-// one (bounded by its timeout).
+// the destructor) and return a Work handle; work runs in call order, and a
+// blocking call from the caller's thread first waits for queued work to
+// finish. A blocking call made on the background thread itself (inside a
+// submitted body) runs at once, inline. Sequence numbers are assigned when
+// an operation executes, in execution order, on whichever thread runs it:
+// ranks that interleave allreduce_async, submit and blocking calls alike
+// number their operations alike. The buffer must stay alive and untouched
+// until the Work completes. Destroying the communicator fails work that has
+// not started with CommError and waits for the running one (bounded by its
+// timeout).
+//
+// Bytes: bytes_sent() counts what this communicator's collectives and
+// point-to-point calls handed to the transport (32-byte headers included).
+// A shared-memory allreduce sends nothing through the transport; it counts
+// what the ring would have sent, 2(n-1)/n of the buffer, so that the
+// counter compares algorithms and compressions, not paths.
 //
 // Sub-groups: split() and subgroup() return communicators over a subset of the
 // ranks, on their own tag range, so their messages never mix with the
@@ -50,6 +63,7 @@
 // waited on from any thread.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
@@ -84,7 +98,9 @@ struct CommunicatorOptions {
   size_t small_allreduce_bytes = size_t{64} << 10;
   // Use shared memory for allreduce when every rank is on this host. Needs a
   // non-empty `job_id`; construction then exchanges host identities and sets
-  // the segments up (collective).
+  // the segments up (collective). Never used over a transport with an
+  // emulated slow link (Transport::link_shaped(), ZmqTransportOptions::link
+  // set on any rank): shared memory included, nothing escapes the limiter.
   bool shm_allreduce = true;
   // Unique per job; names the shared-memory segments. Empty disables them.
   std::string job_id;
@@ -138,6 +154,47 @@ class Communicator final : public Collectives {
   // Queues an in-place allreduce; `data` must stay valid until completion.
   Work allreduce_async(std::span<float> data, ReduceOp op);
 
+  // Queues `body` on the background thread, in call order with the other
+  // queued work; `what` names it in errors. Inside `body` the blocking
+  // collectives of this communicator (allreduce, allgather, allreduce16,
+  // allgather_bytes, sparse_allreduce, ...) run inline on that thread, each
+  // with its own sequence number and deadline; the submission itself takes
+  // no sequence number. `body` must not wait() for Work of this
+  // communicator (that work runs after it: deadlock until the Work's
+  // deadline). A CommError out of `body` fails the communicator like any
+  // collective's; another exception only completes the Work with it. On a
+  // failed communicator the body does not run and the Work fails.
+  Work submit(std::string what, std::function<void()> body);
+
+  // In place: the sum over the ranks, every message carrying 16-bit values
+  // (bf16, or fp16 with a float32 scale per message so that nothing
+  // overflows), accumulated in float32; every rank ends bit-identical.
+  // Always through the transport (the shared-memory path is float32 only).
+  // Precision: each value is rounded to 16 bits (relative 2^-9 for bf16,
+  // 2^-11 of the message's largest magnitude for fp16) at each of the n-1
+  // reduce-scatter hops and once in the allgather.
+  void allreduce16(std::span<float> data, bool bf16);
+
+  // Every rank's `mine` (sizes may differ), in rank order: an allgather of
+  // the u64 sizes, then the ring allgatherv of the bytes (two operations,
+  // two sequence numbers). UsageError for `mine` over kMaxGatherBytes;
+  // CommError naming the rank whose announced size exceeds it.
+  std::vector<std::vector<std::byte>> allgather_bytes(std::span<const std::byte> mine);
+  static constexpr uint64_t kMaxGatherBytes = uint64_t{1} << 30;
+
+  // out (dense, out.size() == n, the same n on every rank) = the sum over
+  // the ranks of each rank's sparse vector (indices strictly increasing and
+  // < n, values finite, one per index: UsageError otherwise, before
+  // anything is sent). SparCML's sparse ring (sparse_collectives.h): bytes
+  // per rank at most about a dense ring allreduce's, far less for sparse
+  // inputs. A peer's malformed message throws CommError naming it; `out` is
+  // written only once everything arrived, so a failure leaves it untouched.
+  void sparse_allreduce(std::span<const uint32_t> indices, std::span<const float> values,
+                        std::span<float> out);
+
+  // Payload and header bytes handed to the transport so far (see above).
+  uint64_t bytes_sent() const { return bytes_sent_.load(std::memory_order_relaxed); }
+
   // Point to point, outside the collective sequence. `tag` (< 2^31) keeps
   // independent streams apart; recv() needs exactly data.size() floats.
   void send(int peer, std::span<const float> data, uint32_t tag = 0);
@@ -155,18 +212,29 @@ class Communicator final : public Collectives {
 
  private:
   struct Task {
-    std::function<void(Deadline)> run;
+    std::function<void()> run;
     std::promise<void> done;
     std::string what;
   };
+  using OpBody = std::function<void(const OpDescriptor&, Deadline)>;
 
   void set_up_shm();
   void listen_to_transport();
-  OpDescriptor next_op(OpKind kind, uint64_t count, ReduceOp reduce = ReduceOp::kSum, int root = -1,
-                       Dtype dtype = Dtype::kFloat32);
+  // An operation's descriptor, its sequence number still 0: run_collective
+  // assigns it when the operation executes.
+  static OpDescriptor make_op(OpKind kind, uint64_t count, ReduceOp reduce = ReduceOp::kSum,
+                              int root = -1, Dtype dtype = Dtype::kFloat32);
+  // Gives `op` the next sequence number and runs `body` like run_blocking.
+  void run_collective(OpDescriptor op, const OpBody& body);
+  Work enqueue(std::string what, std::function<void()> run);
+  bool on_worker_thread() const { return std::this_thread::get_id() == worker_.get_id(); }
+  CollectiveChannel open_channel(const OpDescriptor& desc, Deadline deadline) {
+    return CollectiveChannel(transport_, collective_tag(), desc, deadline, &bytes_sent_);
+  }
   uint64_t collective_tag() const { return uint64_t{options_.group_id} << 32; }
   uint64_t p2p_tag(uint32_t tag) const;
-  // Runs `body` on this thread once queued work is done, recording failure.
+  // Runs `body` on this thread, recording failure: at once on the worker
+  // thread, else once queued work is done.
   void run_blocking(const std::string& what, const std::function<void(Deadline)>& body);
   void execute(const std::string& what, const std::function<void(Deadline)>& body);
   void throw_if_failed(const std::string& what) const;
@@ -184,7 +252,11 @@ class Communicator final : public Collectives {
   Transport& transport_;  // *owned_transport_ or the caller's
   CommunicatorOptions options_;
   std::unique_ptr<ShmAllreduce> shm_;
+  // Only the thread executing an operation touches it: the caller's while
+  // the queue is idle, the worker's while it runs work (the queue mutex
+  // orders the two).
   uint64_t next_seq_ = 1;
+  std::atomic<uint64_t> bytes_sent_{0};
   uint64_t children_made_ = 0;
 
   mutable std::mutex failure_mutex_;

@@ -1,7 +1,12 @@
 #include "comm/collectives/ring_collectives.h"
 
 #include <algorithm>
+#include <cmath>
+#include <cstring>
 #include <vector>
+
+#include "core/error.h"
+#include "core/half.h"
 
 namespace dtrain::comm {
 
@@ -40,6 +45,69 @@ void ring_pass(int n, int r, std::span<const size_t> offsets, size_t chunk, int 
         recv(lo, hi);
       }
     }
+  }
+}
+
+// Bytes of one 16-bit message of `count` values.
+size_t encoded16_bytes(size_t count, bool bf16) {
+  return (bf16 ? 0 : sizeof(float)) + count * sizeof(uint16_t);
+}
+
+// Bytes of a block of `count` values sent in chunks of `chunk` values.
+size_t encoded16_block_bytes(size_t count, size_t chunk, bool bf16) {
+  const size_t chunks = chunk_count(count, chunk);
+  return (bf16 ? 0 : chunks * sizeof(float)) + count * sizeof(uint16_t);
+}
+
+// The power of two that brings the largest finite magnitude of `values`
+// below 2^15 (1 when there is none).
+float fp16_scale(std::span<const float> values) {
+  float largest = 0.0f;
+  for (const float x : values) {
+    if (std::isfinite(x)) largest = std::max(largest, std::fabs(x));
+  }
+  if (largest == 0.0f) return 1.0f;
+  int exponent = 0;
+  std::frexp(largest, &exponent);
+  return std::ldexp(1.0f, std::max(exponent - 15, -126));
+}
+
+void encode16(std::span<const float> values, bool bf16, std::byte* out) {
+  if (bf16) {
+    for (size_t i = 0; i < values.size(); ++i) {
+      const uint16_t h = float_to_bf16(values[i]);
+      std::memcpy(out + i * sizeof(uint16_t), &h, sizeof h);
+    }
+    return;
+  }
+  const float scale = fp16_scale(values);
+  std::memcpy(out, &scale, sizeof scale);
+  out += sizeof scale;
+  for (size_t i = 0; i < values.size(); ++i) {
+    const uint16_t h = float_to_fp16(values[i] / scale);
+    std::memcpy(out + i * sizeof(uint16_t), &h, sizeof h);
+  }
+}
+
+// Decodes one message of out.size() values into `out` (added when `add`).
+void decode16(CollectiveChannel& channel, int sender, std::span<const std::byte> in, bool bf16,
+              std::span<float> out, bool add) {
+  float scale = 1.0f;
+  if (!bf16) {
+    std::memcpy(&scale, in.data(), sizeof scale);
+    in = in.subspan(sizeof scale);
+    if (!std::isfinite(scale) || !(scale > 0.0f)) {
+      throw CommError(sender, channel.op().describe(),
+                      fmt::format("rank {} sent an fp16 chunk with scale {} (not a positive "
+                                  "finite float)",
+                                  sender, scale));
+    }
+  }
+  for (size_t i = 0; i < out.size(); ++i) {
+    uint16_t h = 0;
+    std::memcpy(&h, in.data() + i * sizeof(uint16_t), sizeof h);
+    const float value = bf16 ? bf16_to_float(h) : fp16_to_float(h) * scale;
+    out[i] = add ? out[i] + value : value;
   }
 }
 
@@ -89,6 +157,66 @@ void ring_allreduce(CollectiveChannel& channel, std::span<float> data, ReduceOp 
   for (size_t& o : byte_offsets) o *= sizeof(float);
   ring_allgather(channel, std::as_writable_bytes(data), byte_offsets,
                  chunk_elements * sizeof(float));
+}
+
+}  // namespace dtrain::comm
+
+namespace dtrain::comm {
+
+void ring_allreduce16(CollectiveChannel& channel, std::span<float> data, bool bf16,
+                      size_t chunk_elements) {
+  const int n = channel.size();
+  if (n == 1) return;
+  const int r = channel.rank();
+  const int right = (r + 1) % n;
+  const int left = (r + n - 1) % n;
+  const std::vector<size_t> offsets = block_offsets(data.size(), static_cast<size_t>(n));
+
+  // Phase 1: reduce-scatter of 16-bit partial sums into float accumulators.
+  std::vector<std::byte> message(encoded16_bytes(chunk_elements, bf16));
+  ring_pass(
+      n, r, offsets, chunk_elements, 1,
+      [&](size_t lo, size_t hi) {
+        const size_t bytes = encoded16_bytes(hi - lo, bf16);
+        encode16(data.subspan(lo, hi - lo), bf16, message.data());
+        channel.send(right, std::span<const std::byte>(message.data(), bytes));
+      },
+      [&](size_t lo, size_t hi) {
+        const auto in = std::span<std::byte>(message.data(), encoded16_bytes(hi - lo, bf16));
+        channel.recv_into(left, in);
+        decode16(channel, left, in, bf16, data.subspan(lo, hi - lo), true);
+      });
+
+  // Phase 2: the owner encodes its finished block once; the encoded bytes go
+  // around the ring unchanged and every rank decodes every block from them.
+  std::vector<size_t> byte_offsets(offsets.size(), 0);
+  for (size_t b = 0; b + 1 < offsets.size(); ++b) {
+    byte_offsets[b + 1] =
+        byte_offsets[b] + encoded16_block_bytes(offsets[b + 1] - offsets[b], chunk_elements, bf16);
+  }
+  std::vector<std::byte> encoded(byte_offsets.back());
+  const auto for_each_chunk = [&](size_t block, const auto& visit) {
+    size_t at = byte_offsets[block];
+    for (size_t c = 0; c < chunk_count(offsets[block + 1] - offsets[block], chunk_elements); ++c) {
+      const auto [lo, hi] = chunk_range(offsets[block], offsets[block + 1], c, chunk_elements);
+      visit(lo, hi, at);
+      at += encoded16_bytes(hi - lo, bf16);
+    }
+  };
+  const auto own = static_cast<size_t>(r);
+  for_each_chunk(own, [&](size_t lo, size_t hi, size_t at) {
+    encode16(data.subspan(lo, hi - lo), bf16, encoded.data() + at);
+  });
+  ring_allgather(channel, encoded, byte_offsets, encoded16_bytes(chunk_elements, bf16));
+  for (size_t block = 0; block < static_cast<size_t>(n); ++block) {
+    // Each block was encoded by its owner: `left` relays it, but the owner
+    // is the rank to blame for a bad scale.
+    for_each_chunk(block, [&](size_t lo, size_t hi, size_t at) {
+      decode16(channel, static_cast<int>(block),
+               std::span<const std::byte>(encoded).subspan(at, encoded16_bytes(hi - lo, bf16)),
+               bf16, data.subspan(lo, hi - lo), false);
+    });
+  }
 }
 
 }  // namespace dtrain::comm

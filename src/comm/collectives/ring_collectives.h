@@ -14,7 +14,25 @@
 //   receives block (r-s-1) mod n.
 // Each rank sends (n-1)/n of the buffer in each phase: 2(n-1)/n * bytes for
 // an allreduce, the bandwidth optimum. Latency: 2(n-1) message rounds.
-// Blocking and errors: as CollectiveChannel (deadline, mismatch, peer death).
+//
+// 16-bit allreduce (ring_allreduce16): the same two phases with every
+// message carrying 16-bit values, accumulation in float32:
+// - reduce-scatter: a rank encodes the chunk of its float partial sum it
+//   sends; the receiver decodes it and adds it to its own float values;
+// - allgather: the owner of block r encodes its finished sum once; those
+//   encoded bytes travel around the ring unchanged (ring_allgather on
+//   bytes) and every rank, the owner included, decodes every block from
+//   them, so all ranks end bit-identical.
+// A chunk of m values is one message: fp16 = [f32 scale][m x u16] with
+// scale = 2^(e-15) for the chunk's largest finite magnitude m' = f * 2^e
+// (f in [0.5, 1)), so every |x| / scale < 32768 < 65504 (fp16 never
+// overflows; the power of two makes scaling exact; scale >= 2^-126; 1 for an
+// all-zero chunk); bf16 = [m x u16], no scale (bf16 has float32's range).
+// Bytes per rank: (n-1)/n * (bytes / 2) per phase plus 4 per fp16 chunk,
+// about half of ring_allreduce's.
+// Blocking and errors: as CollectiveChannel (deadline, mismatch, peer death);
+// an fp16 chunk whose scale is not a positive finite float is a CommError
+// naming its sender.
 #pragma once
 
 #include <cstddef>
@@ -37,5 +55,10 @@ void ring_allgather(CollectiveChannel& channel, std::span<std::byte> data,
 // reduce-scatter, divide (kMean), allgather, in place.
 void ring_allreduce(CollectiveChannel& channel, std::span<float> data, ReduceOp op,
                     size_t chunk_elements);
+
+// Sum over the ranks with 16-bit messages (fp16, or bf16 when `bf16`), in
+// place; `chunk_elements` values per message.
+void ring_allreduce16(CollectiveChannel& channel, std::span<float> data, bool bf16,
+                      size_t chunk_elements);
 
 }  // namespace dtrain::comm

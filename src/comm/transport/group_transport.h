@@ -42,6 +42,7 @@ class GroupTransport final : public Transport {
   void abort(int culprit, const std::string& reason) noexcept override {
     parent_.abort(culprit, reason);
   }
+  bool link_shaped() const override { return parent_.link_shaped(); }
 
  private:
   int parent_rank(int peer) const;

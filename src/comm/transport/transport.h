@@ -68,6 +68,12 @@ class Transport {
   // thread-safe. A transport that never fails as a whole may ignore it.
   using FailureListener = std::function<void(int culprit, const std::string& reason)>;
   virtual void set_failure_listener(FailureListener listener) { (void)listener; }
+
+  // Whether this transport's messages go through an emulated slow link
+  // (comm/transport/link_shaper.h). The communicator then keeps every
+  // collective on the transport (no shared memory), so that nothing
+  // escapes the limiter.
+  virtual bool link_shaped() const { return false; }
 };
 
 }  // namespace dtrain::comm

@@ -134,9 +134,21 @@ ZmqTransport::ZmqTransport(ZmqTransportOptions options, JobAuth auth, Logger& lo
   said_goodbye_.assign(n, false);
   last_heard_.assign(n, Clock::now());
   disconnected_since_.assign(n, std::nullopt);
+  if (o.link) shaper_ = std::make_unique<LinkShaper>(*o.link);
 }
 
 ZmqTransport::~ZmqTransport() {
+  if (shaper_) {
+    // Frames still held by the shaper go before the goodbye (unless nobody
+    // would take them); its thread stops here, before anything it uses.
+    bool failed = false;
+    {
+      std::lock_guard lock(mutex_);
+      failed = failure_.has_value();
+    }
+    if (failed) shaper_->cancel();
+    shaper_.reset();
+  }
   if (connected_) {
     // Goodbye goes after every data frame on each connection, so a peer that
     // reads it knows no more messages will come.
@@ -298,7 +310,35 @@ void ZmqTransport::send(int peer, uint64_t tag, std::span<const std::byte> paylo
     std::lock_guard lock(mutex_);
     if (failure_) throw CommError(failure_->peer, what, failure_->problem);
   }
+  if (shaper_) {
+    std::optional<std::string> problem;
+    {
+      std::lock_guard lock(mutex_);
+      if (peer_failure_[peer])
+        problem = *peer_failure_[peer];
+      else if (said_goodbye_[peer])
+        problem = "the peer closed its transport";
+    }
+    if (problem) fail_call(peer, what, *problem);
+    send_shaped(peer, tag, payload);
+    return;
+  }
   send_frame(*peers_[peer], peer, wire::MessageType::kData, tag, payload, what, deadline);
+}
+
+void ZmqTransport::send_shaped(int peer_rank, uint64_t tag, std::span<const std::byte> payload) {
+  // A copy: the caller's buffer is free once send() returns, long before
+  // the frame leaves.
+  auto body = std::make_shared<zmq::message_t>(payload.data(), payload.size());
+  shaper_->post(wire::kHeaderBytes + payload.size(), [this, peer_rank, tag, body] {
+    const std::optional<std::string> problem = queue_frame(
+        *peers_[peer_rank], peer_rank, wire::MessageType::kData, tag, bytes_of(*body), *body);
+    if (problem) {
+      // send() has returned: the failure surfaces from a later call.
+      fail_peer(peer_rank, *problem);
+      fail_transport(peer_rank, *problem);
+    }
+  });
 }
 
 std::optional<std::string> ZmqTransport::queue_frame(Peer& peer, int peer_rank,

@@ -72,6 +72,7 @@
 #include <zmq.hpp>
 
 #include "comm/rendezvous/rendezvous.h"
+#include "comm/transport/link_shaper.h"
 #include "comm/transport/transport.h"
 #include "comm/wire/auth.h"
 #include "comm/wire/rate_limited_log.h"
@@ -104,6 +105,16 @@ struct ZmqTransportOptions {
   size_t zero_copy_min_bytes = 64 * 1024;
   // How long the destructor lets queued frames drain.
   std::chrono::milliseconds linger{1000};
+  // Emulated slow link (tests and benchmarks): every data frame this rank
+  // sends, to any peer, passes one LinkShaper (bandwidth and latency of the
+  // whole frame, header included). send() copies the payload and returns at
+  // once; the shaper's thread queues the frame at its release time, in
+  // order. Heartbeats and abort frames bypass it, so failure detection and
+  // deadlines behave as without it; a frame the shaper cannot queue any
+  // more (the peer failed meanwhile) fails the transport. The destructor
+  // first lets the shaper deliver what it holds (unless the transport
+  // failed), then says goodbye.
+  std::optional<LinkShaperOptions> link;
 };
 
 class ZmqTransport final : public Transport {
@@ -139,6 +150,7 @@ class ZmqTransport final : public Transport {
   // A peer receiving one fails its transport naming `culprit`.
   void abort(int culprit, const std::string& reason) noexcept override;
   void set_failure_listener(FailureListener listener) override;
+  bool link_shaped() const override { return shaper_ != nullptr; }
 
   // Frames dropped because they did not belong to the job or failed
   // authentication.
@@ -158,6 +170,8 @@ class ZmqTransport final : public Transport {
                   std::span<const std::byte> payload, const std::string& what, Deadline deadline);
   // Queues header and `body` (the payload's ZeroMQ message) for `peer`
   // (never blocks); the problem when it could not.
+  // Hands a data frame to the link shaper; its thread queues it later.
+  void send_shaped(int peer_rank, uint64_t tag, std::span<const std::byte> payload);
   std::optional<std::string> queue_frame(Peer& peer, int peer_rank, wire::MessageType type,
                                          uint64_t tag, std::span<const std::byte> payload,
                                          zmq::message_t& body);
@@ -212,8 +226,9 @@ class ZmqTransport final : public Transport {
   bool listener_told_ = false;  // guarded by listener_mutex_
 
   std::unique_ptr<RendezvousServer> coordinator_;
-  int wake_fd_ = -1;        // eventfd: the destructor wakes the I/O thread's poll
-  std::jthread io_thread_;  // last: stopped and joined before the members above go
+  std::unique_ptr<LinkShaper> shaper_;  // when options_.link; stopped first by the destructor
+  int wake_fd_ = -1;                    // eventfd: the destructor wakes the I/O thread's poll
+  std::jthread io_thread_;              // last: stopped and joined before the members above go
 };
 
 // The whole start-up of one rank: binds a ZmqTransport, registers at the

@@ -100,6 +100,7 @@ FramedSocket::FramedSocket(zmq::context_t& context, Role role, const std::string
       socket_(context, role == Role::kRouter ? zmq::socket_type::router : zmq::socket_type::dealer),
       drops_(logger, fmt::format("{}: dropped an inbound frame", options_.name)) {
   socket_.set(zmq::sockopt::linger, static_cast<int>(options_.linger.count()));
+  if (options_.link) shaper_ = std::make_unique<LinkShaper>(*options_.link);
   if (options_.unbounded_queues) {
     socket_.set(zmq::sockopt::rcvhwm, 0);
     socket_.set(zmq::sockopt::sndhwm, 0);
@@ -138,6 +139,7 @@ bool FramedSocket::send_parts(std::string_view identity, const HeaderBytes& head
   // Never blocks: a full queue refuses ("would block", false), as a lost
   // message would be; the caller's deadline covers the reply it awaits.
   const auto flags = zmq::send_flags::dontwait;
+  if (shaper_) shaper_->wait_for_release(identity.size() + head.size() + body.size());
   if (!identity.empty() && !socket_.send(zmq::const_buffer(identity.data(), identity.size()),
                                          flags | zmq::send_flags::sndmore)) {
     return false;

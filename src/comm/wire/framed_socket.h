@@ -28,7 +28,8 @@
 // it. Thread safety: one thread at a time (a ZeroMQ socket is not
 // thread-safe), except dropped(). Errors: the constructor throws CommError
 // naming the endpoint when it cannot bind or connect; receiving throws only
-// what on_reject throws. Blocking: send() and try_receive() never block;
+// what on_reject throws. Blocking: send() (unless a link shaper is
+// configured: then until the frame's release time) and try_receive() never block;
 // receive() until a valid frame arrives or its deadline passes.
 #pragma once
 
@@ -37,6 +38,7 @@
 #include <cstdint>
 #include <functional>
 #include <initializer_list>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -44,6 +46,7 @@
 #include <vector>
 #include <zmq.hpp>
 
+#include "comm/transport/link_shaper.h"
 #include "comm/wire/auth.h"
 #include "comm/wire/rate_limited_log.h"
 #include "comm/wire/wire.h"
@@ -129,6 +132,11 @@ struct FramedSocketOptions {
   // Called for every dropped message after it was counted and logged. What
   // it throws propagates out of try_receive()/receive().
   std::function<void(const RejectedFrame&)> on_reject;
+  // Emulated slow link (tests and benchmarks, comm/transport/link_shaper.h):
+  // every frame this socket sends (routing id, header and payload counted)
+  // waits for its release time in send(), which then blocks that long
+  // (the socket has one thread, so the shaper cannot send for it later).
+  std::optional<comm::LinkShaperOptions> link;
 };
 
 class FramedSocket {
@@ -182,6 +190,7 @@ class FramedSocket {
   zmq::socket_t socket_;
   std::string endpoint_;
   RateLimitedLog drops_;
+  std::unique_ptr<LinkShaper> shaper_;  // when options_.link
 };
 
 }  // namespace dtrain::comm::wire

@@ -1,0 +1,406 @@
+// Each method's encode() / decode_add() round trip and its error feedback,
+// against serial references written here.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <set>
+
+#include "compress/compress_test_util.h"
+#include "compress/compressor.h"
+#include "core/byte_codec.h"
+
+namespace dtrain::compress {
+namespace {
+
+using testing::decoded;
+using testing::encode_one;
+using testing::normal_vector;
+using testing::options_of;
+using testing::state_array;
+
+// The top-k reference: sort the indices by |v| descending, ties by index.
+std::vector<uint32_t> top_k_reference(std::span<const float> v, size_t k) {
+  std::vector<uint32_t> order(v.size());
+  std::iota(order.begin(), order.end(), 0u);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](uint32_t a, uint32_t b) { return std::fabs(v[a]) > std::fabs(v[b]); });
+  order.resize(k);
+  std::sort(order.begin(), order.end());
+  return order;
+}
+
+std::vector<uint32_t> nonzero_indices(std::span<const float> v) {
+  std::vector<uint32_t> out;
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (v[i] != 0.0f) out.push_back(static_cast<uint32_t>(i));
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- top-k
+
+TEST(CompressTopK, KeepsExactlyTheKLargestMagnitudes) {
+  for (const size_t n : {1u, 7u, 1000u, 4099u}) {
+    Options options = options_of(Method::kTopK);
+    options.density = 0.03;
+    options.error_feedback = false;
+    auto c = make_compressor(options, {{1, n}});
+    std::vector<float> g = normal_vector(n, 11 + n);
+    // Ties: a block of equal magnitudes of both signs at the top.
+    for (size_t i = 0; i < std::min<size_t>(n, 6); ++i) g[n - 1 - i] = (i % 2 ? 5.0f : -5.0f);
+    const size_t k = std::max<size_t>(1, static_cast<size_t>(std::ceil(0.03 * n)));
+    const std::vector<float> out = decoded(encode_one(*c, 0, g, 0), {1, n});
+    const std::vector<uint32_t> expected = top_k_reference(g, k);
+    EXPECT_EQ(nonzero_indices(out), expected) << "n = " << n;
+    for (const uint32_t j : expected) EXPECT_EQ(out[j], g[j]);
+  }
+}
+
+TEST(CompressTopK, TiesGoToTheLowerIndex) {
+  Options options = options_of(Method::kTopK);
+  options.density = 0.25;
+  options.error_feedback = false;
+  auto c = make_compressor(options, {{2, 10}});
+  std::vector<float> g(20, 1.0f);
+  for (size_t i = 0; i < 20; i += 3) g[i] = -1.0f;
+  g[17] = 2.0f;
+  const std::vector<float> out = decoded(encode_one(*c, 0, g, 0), {2, 10});
+  EXPECT_EQ(nonzero_indices(out), (std::vector<uint32_t>{0, 1, 2, 3, 17}));
+}
+
+TEST(CompressTopK, ResidualIsWhatWasNotSent) {
+  Options options = options_of(Method::kTopK);
+  options.density = 0.1;
+  auto c = make_compressor(options, {{1, 300}});
+  std::vector<float> e(300, 0.0f);
+  std::vector<float> sent_total(300, 0.0f);
+  std::vector<float> grad_total(300, 0.0f);
+  for (int64_t step = 0; step < 6; ++step) {
+    const std::vector<float> g = normal_vector(300, 100 + static_cast<uint64_t>(step));
+    std::vector<float> v(300);
+    for (size_t i = 0; i < 300; ++i) v[i] = g[i] + e[i];
+    const std::vector<float> sent = decoded(encode_one(*c, 0, g, step), {1, 300});
+    EXPECT_EQ(nonzero_indices(sent), top_k_reference(v, 30));
+    e = state_array(*c, "residual/0");
+    ASSERT_EQ(e.size(), 300u);
+    for (size_t i = 0; i < 300; ++i) {
+      EXPECT_EQ(e[i], v[i] - sent[i]) << i;  // exact: e_i is v_i or 0
+      sent_total[i] += sent[i];
+      grad_total[i] += g[i];
+    }
+  }
+  for (size_t i = 0; i < 300; ++i) EXPECT_NEAR(sent_total[i] + e[i], grad_total[i], 1e-5) << i;
+}
+
+TEST(CompressTopK, WithoutErrorFeedbackKeepsNoResidual) {
+  Options options = options_of(Method::kTopK);
+  options.error_feedback = false;
+  auto c = make_compressor(options, {{1, 100}});
+  (void)encode_one(*c, 0, normal_vector(100, 1), 0);
+  EXPECT_TRUE(c->save().arrays.empty());
+}
+
+TEST(CompressTopK, DensityWarmsUpGeometricallyFromAQuarter) {
+  Options options = options_of(Method::kTopK);
+  options.density = 0.01;
+  options.warmup_steps = 4;
+  options.error_feedback = false;
+  const size_t n = 10000;
+  auto c = make_compressor(options, {{1, n}});
+  const std::vector<float> g = normal_vector(n, 5);
+  for (int64_t step = 0; step < 7; ++step) {
+    const double density =
+        step < 4 ? 0.25 * std::pow(0.01 / 0.25, static_cast<double>(step) / 4.0) : 0.01;
+    const auto k = static_cast<size_t>(std::ceil(density * n));
+    EXPECT_EQ(nonzero_indices(decoded(encode_one(*c, 0, g, step), {1, n})).size(), k)
+        << "step " << step;
+  }
+}
+
+// DGC (Lin et al. 2018): u = m u + g, v = v + u, send top-k of v, zero u and
+// v where sent.
+TEST(CompressTopK, MomentumCorrectionMatchesTheDgcReference) {
+  Options options = options_of(Method::kTopK);
+  options.density = 0.05;
+  options.momentum = 0.9;
+  const size_t n = 200;
+  auto c = make_compressor(options, {{1, n}});
+  std::vector<float> u(n, 0.0f);
+  std::vector<float> v(n, 0.0f);
+  for (int64_t step = 0; step < 5; ++step) {
+    const std::vector<float> g = normal_vector(n, 40 + static_cast<uint64_t>(step));
+    for (size_t i = 0; i < n; ++i) {
+      u[i] = 0.9f * u[i] + g[i];
+      v[i] += u[i];
+    }
+    const std::vector<uint32_t> expected = top_k_reference(v, 10);
+    const std::vector<float> sent = decoded(encode_one(*c, 0, g, step), {1, n});
+    ASSERT_EQ(nonzero_indices(sent), expected) << "step " << step;
+    for (const uint32_t j : expected) {
+      EXPECT_EQ(sent[j], v[j]);
+      u[j] = 0.0f;
+      v[j] = 0.0f;
+    }
+    EXPECT_EQ(state_array(*c, "velocity/0"), u);
+    EXPECT_EQ(state_array(*c, "residual/0"), v);
+  }
+}
+
+// ---------------------------------------------------------------- random-k
+
+TEST(CompressRandomK, DrawsKDistinctIndicesThatDependOnTheStepOnly) {
+  Options options = options_of(Method::kRandomK);
+  options.density = 0.02;
+  options.error_feedback = false;
+  const size_t n = 5000;
+  auto a = make_compressor(options, {{1, n}, {1, n}});
+  auto b = make_compressor(options, {{1, n}, {1, n}});
+  const std::vector<float> g = normal_vector(n, 9);  // no zeros
+  const auto first = nonzero_indices(decoded(encode_one(*a, 0, g, 3, 0), {1, n}));
+  EXPECT_EQ(first.size(), 100u);
+  EXPECT_EQ(std::set<uint32_t>(first.begin(), first.end()).size(), 100u);
+  // Another worker (rank), another compressor: the same positions.
+  EXPECT_EQ(nonzero_indices(decoded(encode_one(*b, 0, normal_vector(n, 10), 3, 2), {1, n})), first);
+  // Another step or another tensor: other positions.
+  EXPECT_NE(nonzero_indices(decoded(encode_one(*a, 0, g, 4), {1, n})), first);
+  EXPECT_NE(nonzero_indices(decoded(encode_one(*a, 1, g, 3), {1, n})), first);
+}
+
+TEST(CompressRandomK, WithoutErrorFeedbackScalesByNOverK) {
+  Options options = options_of(Method::kRandomK);
+  options.density = 0.1;
+  options.error_feedback = false;
+  auto c = make_compressor(options, {{1, 50}});
+  const std::vector<float> g = normal_vector(50, 3);
+  const std::vector<float> out = decoded(encode_one(*c, 0, g, 0), {1, 50});
+  const auto sent = nonzero_indices(out);
+  ASSERT_EQ(sent.size(), 5u);
+  for (const uint32_t j : sent) EXPECT_EQ(out[j], g[j] * 10.0f);
+}
+
+TEST(CompressRandomK, ResidualIsWhatWasNotSent) {
+  Options options = options_of(Method::kRandomK);
+  options.density = 0.2;
+  const size_t n = 101;
+  auto c = make_compressor(options, {{1, n}});
+  std::vector<float> e(n, 0.0f);
+  std::vector<double> sent_total(n, 0.0);
+  std::vector<double> grad_total(n, 0.0);
+  for (int64_t step = 0; step < 8; ++step) {
+    const std::vector<float> g = normal_vector(n, 70 + static_cast<uint64_t>(step));
+    const std::vector<float> sent = decoded(encode_one(*c, 0, g, step), {1, n});
+    const std::vector<float> residual = state_array(*c, "residual/0");
+    for (size_t i = 0; i < n; ++i) {
+      const float v = g[i] + e[i];
+      EXPECT_EQ(residual[i], v - sent[i]) << i;
+      sent_total[i] += sent[i];
+      grad_total[i] += g[i];
+    }
+    e = residual;
+  }
+  for (size_t i = 0; i < n; ++i) EXPECT_NEAR(sent_total[i] + e[i], grad_total[i], 1e-5);
+}
+
+// ---------------------------------------------------------------- QSGD
+
+TEST(CompressQsgd, DecodesToTheLevelGridAndIsUnbiased) {
+  Options options = options_of(Method::kQsgd);
+  options.levels = 4;
+  const size_t n = 64;
+  auto c = make_compressor(options, {{8, 8}});
+  const std::vector<float> g = normal_vector(n, 21);
+  const double norm = testing::norm2(g);
+  std::vector<double> mean(n, 0.0);
+  const int draws = 4000;
+  for (int64_t step = 0; step < draws; ++step) {
+    const std::vector<std::byte> message = encode_one(*c, 0, g, step);
+    EXPECT_EQ(message.size(), 9u + 4 + 4 + (n * 4 + 7) / 8);  // 3 bits of level + sign
+    const std::vector<float> out = decoded(message, {8, 8});
+    for (size_t i = 0; i < n; ++i) {
+      const double level = std::fabs(out[i]) / norm * 4.0;
+      ASSERT_NEAR(level, std::round(level), 1e-4) << "step " << step << " entry " << i;
+      // Rounds to one of the two levels around s |g| / ||g||.
+      const double x = std::fabs(g[i]) / norm * 4.0;
+      ASSERT_LT(std::fabs(std::round(level) - x), 1.0 + 1e-4);
+      if (out[i] != 0.0f) {
+        ASSERT_EQ(out[i] < 0.0f, g[i] < 0.0f);
+      }
+      mean[i] += out[i] / draws;
+    }
+  }
+  // Each draw's standard deviation is at most ||g|| / (2 s); over 4000 draws
+  // the mean's is below 0.002 ||g||: 5 sigma.
+  for (size_t i = 0; i < n; ++i) EXPECT_NEAR(mean[i], g[i], 0.01 * norm) << i;
+  double error = 0.0;
+  for (size_t i = 0; i < n; ++i) error += (mean[i] - g[i]) * (mean[i] - g[i]);
+  EXPECT_LT(std::sqrt(error), 0.05 * norm);
+}
+
+TEST(CompressQsgd, DrawsDependOnTheRank) {
+  Options options = options_of(Method::kQsgd);
+  options.levels = 2;
+  auto c = make_compressor(options, {{1, 500}});
+  const std::vector<float> g = normal_vector(500, 2);
+  EXPECT_EQ(encode_one(*c, 0, g, 7, 1), encode_one(*c, 0, g, 7, 1));
+  EXPECT_NE(encode_one(*c, 0, g, 7, 1), encode_one(*c, 0, g, 7, 2));
+}
+
+TEST(CompressQsgd, ZeroGradientDecodesToZero) {
+  auto c = make_compressor(options_of(Method::kQsgd), {{1, 33}});
+  const std::vector<float> g(33, 0.0f);
+  EXPECT_EQ(decoded(encode_one(*c, 0, g, 0), {1, 33}), g);
+}
+
+// ---------------------------------------------------------------- sign
+
+TEST(CompressSign, KeepsSignsAndTheMeanMagnitude) {
+  Options options = options_of(Method::kSign);
+  options.error_feedback = false;
+  const size_t n = 77;
+  auto c = make_compressor(options, {{7, 11}});
+  std::vector<float> g = normal_vector(n, 4);
+  g[5] = 0.0f;
+  double l1 = 0.0;
+  for (const float x : g) l1 += std::fabs(x);
+  const auto scale = static_cast<float>(l1 / n);
+  const std::vector<std::byte> message = encode_one(*c, 0, g, 0);
+  EXPECT_EQ(message.size(), 9u + 4 + 10);
+  const std::vector<float> out = decoded(message, {7, 11});
+  for (size_t i = 0; i < n; ++i) EXPECT_EQ(out[i], g[i] < 0.0f ? -scale : scale) << i;
+}
+
+TEST(CompressSign, ResidualIsWhatWasNotSent) {
+  const size_t n = 40;
+  auto c = make_compressor(options_of(Method::kSign), {{1, n}});
+  std::vector<float> e(n, 0.0f);
+  std::vector<double> sent_total(n, 0.0);
+  std::vector<double> grad_total(n, 0.0);
+  for (int64_t step = 0; step < 10; ++step) {
+    const std::vector<float> g = normal_vector(n, 300 + static_cast<uint64_t>(step));
+    const std::vector<float> sent = decoded(encode_one(*c, 0, g, step), {1, n});
+    const std::vector<float> residual = state_array(*c, "residual/0");
+    for (size_t i = 0; i < n; ++i) {
+      const float v = g[i] + e[i];
+      EXPECT_EQ(residual[i], v - sent[i]) << i;
+      sent_total[i] += sent[i];
+      grad_total[i] += g[i];
+    }
+    e = residual;
+  }
+  for (size_t i = 0; i < n; ++i) EXPECT_NEAR(sent_total[i] + e[i], grad_total[i], 1e-4);
+}
+
+// ---------------------------------------------------------------- fp16 / bf16
+
+TEST(CompressHalf, RoundTripsWithinTheFormatsPrecision) {
+  const std::vector<float> g = normal_vector(1000, 8, 3.0f);
+  float max_abs = 0.0f;
+  for (const float x : g) max_abs = std::max(max_abs, std::fabs(x));
+  for (const Method method : {Method::kFp16, Method::kBf16}) {
+    auto c = make_compressor(options_of(method), {{10, 100}});
+    const std::vector<std::byte> message = encode_one(*c, 0, g, 0);
+    EXPECT_EQ(message.size(), 9u + (method == Method::kFp16 ? 4 : 0) + 2000);
+    const std::vector<float> out = decoded(message, {10, 100});
+    for (size_t i = 0; i < g.size(); ++i) {
+      // fp16: 11 bits of mantissa (relative 2^-11), down to 2^-24 of the
+      // scaled range; bf16: 8 bits (2^-8).
+      const double tolerance = method == Method::kFp16
+                                   ? std::fabs(g[i]) * 0x1p-11 + max_abs * 0x1p-24
+                                   : std::fabs(g[i]) * 0x1p-8;
+      EXPECT_NEAR(out[i], g[i], tolerance) << to_string(method) << " " << i;
+    }
+  }
+}
+
+TEST(CompressHalf, Fp16DoesNotOverflowAtHugeValues) {
+  auto c = make_compressor(options_of(Method::kFp16), {{1, 4}});
+  const std::vector<float> g = {1e30f, -3e29f, 5e27f, 0.0f};
+  const std::vector<float> out = decoded(encode_one(*c, 0, g, 0), {1, 4});
+  for (size_t i = 0; i < g.size(); ++i) {
+    ASSERT_TRUE(std::isfinite(out[i])) << i;
+    EXPECT_NEAR(out[i], g[i], std::fabs(g[i]) * 0x1p-11) << i;
+  }
+}
+
+TEST(CompressHalf, ZeroTensorRoundTrips) {
+  auto c = make_compressor(options_of(Method::kFp16), {{1, 3}});
+  const std::vector<float> g(3, 0.0f);
+  EXPECT_EQ(decoded(encode_one(*c, 0, g, 0), {1, 3}), g);
+}
+
+// ---------------------------------------------------------------- PowerSGD
+
+// M of rank <= r: P = M Q spans M's columns, so P Q'^T = P P^T M = M after
+// the first step (no warm start needed); tested for rank == r and rank < r.
+TEST(CompressPowerSgd, IsExactForAMatrixOfRankAtMostR) {
+  struct Case {
+    size_t rows, cols, matrix_rank;
+    int r;
+  };
+  for (const Case& k : {Case{40, 30, 2, 2}, Case{64, 50, 1, 3}, Case{33, 70, 4, 4}}) {
+    Options options = options_of(Method::kPowerSgd);
+    options.rank = k.r;
+    auto c = make_compressor(options, {{k.rows, k.cols}});
+    ASSERT_TRUE(c->compresses(0));
+    const std::vector<float> m = testing::low_rank_matrix(k.rows, k.cols, k.matrix_rank, 17);
+    const std::vector<std::byte> message = encode_one(*c, 0, m, 0);
+    EXPECT_EQ(message.size(), 9u + 4 + (k.rows + k.cols) * static_cast<size_t>(k.r) * 4);
+    const std::vector<float> out = decoded(message, {k.rows, k.cols});
+    EXPECT_LT(testing::distance(out, m), 1e-4 * testing::norm2(m))
+        << k.rows << " x " << k.cols << " rank " << k.matrix_rank << " r " << k.r;
+    // With error feedback the residual is what the message missed.
+    const std::vector<float> e = state_array(*c, "residual/0");
+    for (size_t i = 0; i < m.size(); ++i) ASSERT_EQ(e[i], m[i] - out[i]) << i;
+  }
+}
+
+TEST(CompressPowerSgd, ResidualIsWhatWasNotSentForAFullRankMatrix) {
+  Options options = options_of(Method::kPowerSgd);
+  options.rank = 2;
+  auto c = make_compressor(options, {{30, 20}});
+  std::vector<float> e(600, 0.0f);
+  for (int64_t step = 0; step < 3; ++step) {
+    const std::vector<float> g = normal_vector(600, 50 + static_cast<uint64_t>(step));
+    const std::vector<float> sent = decoded(encode_one(*c, 0, g, step), {30, 20});
+    const std::vector<float> residual = state_array(*c, "residual/0");
+    for (size_t i = 0; i < 600; ++i) ASSERT_EQ(residual[i], (g[i] + e[i]) - sent[i]) << i;
+    EXPECT_GT(testing::norm2(residual), 0.1);  // rank 2 of a random 30 x 20 misses much
+    e = residual;
+  }
+}
+
+// Warm start: on a fixed matrix the steps are a subspace iteration, whose
+// approximation improves toward the best rank-r one.
+TEST(CompressPowerSgd, WarmStartImprovesTheApproximationOfAFixedMatrix) {
+  Options options = options_of(Method::kPowerSgd);
+  options.rank = 1;
+  options.error_feedback = false;
+  auto c = make_compressor(options, {{30, 30}});
+  // A dominant rank-1 part plus noise.
+  std::vector<float> m = testing::low_rank_matrix(30, 30, 1, 3);
+  const std::vector<float> noise = normal_vector(900, 4, 0.3f);
+  for (size_t i = 0; i < m.size(); ++i) m[i] += noise[i];
+  std::vector<double> errors;
+  for (int64_t step = 0; step < 6; ++step) {
+    errors.push_back(testing::distance(decoded(encode_one(*c, 0, m, step), {30, 30}), m));
+  }
+  EXPECT_LT(errors.back(), errors.front());
+  EXPECT_NEAR(errors[5], errors[4], 1e-3 * errors[4]);  // converged
+}
+
+TEST(CompressPowerSgd, CompressesOnlyWhereItSavesEnough) {
+  Options options = options_of(Method::kPowerSgd);
+  options.rank = 4;
+  options.min_size = 50;
+  auto c = make_compressor(options, {{10, 10}, {100, 100}, {1, 10000}, {7, 7}, {17, 20}});
+  EXPECT_FALSE(c->compresses(0));  // (10 + 10) 4 2 = 160 >= 100
+  EXPECT_TRUE(c->compresses(1));   // 1600 < 10000
+  EXPECT_FALSE(c->compresses(2));  // a vector: (1 + 10000) 1 2 >= 10000
+  EXPECT_FALSE(c->compresses(3));  // 49 floats < min_size
+  EXPECT_TRUE(c->compresses(4));   // 37 * 4 * 2 = 296 < 340
+}
+
+}  // namespace
+}  // namespace dtrain::compress
