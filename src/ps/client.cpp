@@ -16,6 +16,7 @@
 #include "comm/wire/framed_socket.h"
 #include "core/deadline.h"
 #include "core/error.h"
+#include "ps/compressed_push.h"
 #include "ps/shard_store.h"
 
 namespace dtrain::ps {
@@ -38,6 +39,13 @@ void validate(const ClientOptions& o) {
   if (o.heartbeat_interval.count() <= 0) {
     bad("heartbeat_interval_ms",
         fmt::format("{} ms; must be positive", o.heartbeat_interval.count()));
+  }
+  if (o.compression.method != compress::Method::kNone) {
+    try {
+      compress::validate(o.compression);
+    } catch (const UsageError& e) {
+      bad("compression", e.what());
+    }
   }
 }
 
@@ -64,12 +72,16 @@ std::unique_ptr<comm::wire::FramedSocket> connect_server(zmq::context_t& context
       o.server_endpoints[static_cast<size_t>(server)], std::move(so), auth, logger);
 }
 
-void send_message(comm::wire::FramedSocket& socket, int server, const Message& m) {
+// Returns the frame's bytes (header and payload).
+uint64_t send_message(comm::wire::FramedSocket& socket, int server, const Message& m) {
   comm::wire::FrameHeader header;
   header.type = comm::wire::MessageType::kData;
   header.receiver = server_rank(server);
   header.sequence = m.request_id;
-  socket.send({}, header, encode_message(m));
+  std::vector<std::byte> payload = encode_message(m);
+  const uint64_t bytes = comm::wire::kHeaderBytes + payload.size();
+  socket.send({}, header, std::move(payload));
+  return bytes;
 }
 
 }  // namespace
@@ -166,6 +178,16 @@ class Client::Impl {
   std::vector<std::vector<Message>> open_pushes_;
   uint64_t last_version_ = 0;  // the version of the last pull (init's before it)
   uint64_t joined_step_ = 0;
+  uint64_t bytes_sent_ = 0;
+  std::unique_ptr<PushCompressor> compressor_;  // made by init() when options_.compression is set
+  PushCompressor& compressor(const char* operation) const {
+    if (compressor_ == nullptr) {
+      throw UsageError(fmt::format(
+          "ps {} (worker {}): no compressor: {}", operation, options_.worker,
+          initialised_ ? "ClientOptions::compression has method none" : "init() not called yet"));
+    }
+    return *compressor_;
+  }
 
  private:
   void send_heartbeats(const std::stop_token& stop);
@@ -237,8 +259,8 @@ std::optional<std::pair<comm::wire::FrameHeader, Message>> Client::Impl::next_me
 void Client::Impl::send(int server, Message& m) {
   m.worker = static_cast<uint32_t>(options_.worker);
   if (m.request_id == 0) m.request_id = next_request_++;
-  send_message(*sockets_[static_cast<size_t>(server)], server, m);
-  if (m.kind == Kind::kPush || m.kind == Kind::kPushRows) {
+  bytes_sent_ += send_message(*sockets_[static_cast<size_t>(server)], server, m);
+  if (m.kind == Kind::kPush || m.kind == Kind::kPushCompressed || m.kind == Kind::kPushRows) {
     auto& open = open_pushes_[static_cast<size_t>(server)];
     // Pushes for versions before this one are settled (sync closed them).
     std::erase_if(open, [&](const Message& p) { return p.version < m.version; });
@@ -523,6 +545,9 @@ uint64_t Client::init(const StateDict& dense, const std::vector<SparseTableSpec>
   d.plan_ = std::move(plan);
   d.tables_ = tables;
   d.initialised_ = true;
+  if (d.options_.compression.method != compress::Method::kNone) {
+    d.compressor_ = std::make_unique<PushCompressor>(d.options_.compression, d.plan_);
+  }
   d.values_ = std::move(values);
   for (auto& open : d.open_pushes_) open.clear();
   uint64_t version = replies[0].version;
@@ -573,10 +598,12 @@ uint64_t Client::pull(const std::vector<Tensor>& out, uint64_t min_version) {
 }
 
 PushResult Client::push(const std::vector<Tensor>& grads, int64_t samples, float lr,
-                        uint64_t version, double loss_sum, int64_t correct, double compute_s) {
+                        uint64_t version, double loss_sum, int64_t correct, double compute_s,
+                        PushCompression compression) {
   Impl& d = *impl_;
   d.require_init("push");
   d.check_dense(grads, "push");
+  PushCompressor* compressor = compression.compressed ? &d.compressor("compressed push") : nullptr;
   if (samples < 0) throw UsageError(fmt::format("ps push: samples is {}; must be >= 0", samples));
   if (correct < 0 || correct > samples) {
     throw UsageError(
@@ -596,6 +623,12 @@ PushResult Client::push(const std::vector<Tensor>& grads, int64_t samples, float
     m.loss_sum = loss_sum;
     m.correct = correct;
     m.compute_s = compute_s;
+    if (compressor != nullptr) {
+      m.kind = Kind::kPushCompressed;
+      m.pieces = compressor->encode(s, grads, compression.step, d.options_.worker);
+      requests.emplace_back(s, std::move(m));
+      continue;
+    }
     m.floats.resize(static_cast<size_t>(d.plan_.range_numel(s)));
     for (const ShardSlice& slice : d.plan_.slices(s)) {
       std::memcpy(m.floats.data() + slice.shard_offset, grads[slice.tensor].data() + slice.offset,
@@ -728,6 +761,15 @@ void Client::load_state(const PsState& state) {
   }
   d.exchange(std::move(requests), "set_state", "the state to be loaded");
 }
+
+compress::State Client::compression_state() const {
+  return impl_->compressor("compression_state").compressor().save();
+}
+void Client::load_compression_state(const compress::State& state) {
+  impl_->compressor("load_compression_state").compressor().load(state);
+}
+void Client::reset_compression() { impl_->compressor("reset_compression").compressor().reset(); }
+uint64_t Client::bytes_sent() const { return impl_->bytes_sent_; }
 
 void Client::finish() {
   Impl& d = *impl_;

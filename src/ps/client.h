@@ -67,6 +67,7 @@
 
 #include "comm/transport/link_shaper.h"
 #include "comm/wire/auth.h"
+#include "compress/compressor.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "ps/messages.h"
@@ -88,6 +89,17 @@ struct ClientOptions {
   // Emulated slow link for this worker's sockets (tests and benchmarks;
   // comm/transport/link_shaper.h): each send sleeps until its release time.
   std::optional<comm::LinkShaperOptions> link;
+  // Compressed pushes (push() with PushCompression::compressed): method
+  // kNone (the default) allows none, and the client's pushes are as before.
+  compress::Options compression;
+};
+
+// How one dense push travels: dense floats (the default), or compressed by
+// the client's compressor (ClientOptions::compression) at `step` (counts the
+// compressed pushes from 0: density warm-up, random draws).
+struct PushCompression {
+  bool compressed = false;
+  int64_t step = 0;
 };
 
 // A server declared this worker dead (it was silent past the heartbeat
@@ -143,8 +155,15 @@ class Client {
   // `compute_s` (finite, >= 0; 0: not measured) is the time this worker
   // spent computing the gradient; in sync last_totals().workers brings every
   // worker's back.
+  // With `compression.compressed`, each server gets a compressed push
+  // (compressed_push.h): per slice of its range the compressor's message, or
+  // the floats of a slice it does not compress; the compressor's residuals
+  // carry what was not sent to the next compressed push. A server that
+  // cannot decode a piece refuses the whole push (CommError "server 1
+  // refused: push from worker 0: ...") and applies nothing.
   PushResult push(const std::vector<Tensor>& grads, int64_t samples, float lr, uint64_t version,
-                  double loss_sum = 0.0, int64_t correct = 0, double compute_s = 0.0);
+                  double loss_sum = 0.0, int64_t correct = 0, double compute_s = 0.0,
+                  PushCompression compression = {});
   // The minimum live clock the servers reported with the last pull (SSP).
   uint64_t last_min_clock() const;
   // Sync: server 0's totals of the last version it closed before answering
@@ -176,6 +195,19 @@ class Client {
   // Replaces every server's state with `state` (after init(); its dense
   // names and shapes must match the init specs). Versions become state.version.
   void load_state(const PsState& state);
+
+  // The compressor of compressed pushes (after init(), with
+  // ClientOptions::compression set; UsageError otherwise): its state for
+  // checkpoints (residuals, PowerSGD's Q), loaded back (UsageError for a
+  // state of another method or slice list), or forgotten.
+  compress::State compression_state() const;
+  void load_compression_state(const compress::State& state);
+  void reset_compression();
+
+  // Bytes of the frames this client sent to the servers (header and payload,
+  // requests sent again after a server failure included; heartbeats, which
+  // another thread sends, not).
+  uint64_t bytes_sent() const;
 
   // Goodbye to every server; afterwards only destruction is allowed.
   void finish();

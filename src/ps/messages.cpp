@@ -32,6 +32,8 @@ std::string_view to_string(Kind kind) {
       return "goodbye";
     case Kind::kHeartbeat:
       return "heartbeat";
+    case Kind::kPushCompressed:
+      return "compressed push";
     case Kind::kReply:
       return "reply";
   }
@@ -57,7 +59,13 @@ constexpr size_t kMaxDims = 8;
 // Bounds a sparse block ([256, D] floats) at 64 MiB.
 constexpr int64_t kMaxTableDim = 65536;
 
-bool is_request(uint8_t kind) { return kind >= 1 && kind <= 10; }
+bool is_request(uint8_t kind) { return kind >= 1 && kind <= 11; }
+
+// A compressed push's pieces: u32 count, then per piece u8 encoding (0: dense,
+// u64 count + f32 values; 1: compressed, u32 length + that many bytes).
+constexpr uint8_t kPieceDense = 0;
+constexpr uint8_t kPieceCompressed = 1;
+constexpr size_t kMinPieceBytes = 1 + sizeof(uint32_t);
 
 // Strings are u16 length + UTF-8 (longer ones are cut: error texts), long
 // strings u32 length + bytes.
@@ -214,12 +222,25 @@ void put_request_body(ByteWriter& w, const Message& m) {
       w.write_u32(m.wait_ms);
       return;
     case Kind::kPush:
+    case Kind::kPushCompressed:
       w.write_i64(m.samples);
       w.write_f32(m.lr);
       w.write_f64(m.loss_sum);
       w.write_i64(m.correct);
       w.write_f64(m.compute_s);
-      w.write_f32_array_counted(m.floats);
+      if (m.kind == Kind::kPush) {
+        w.write_f32_array_counted(m.floats);
+        return;
+      }
+      w.write_u32(static_cast<uint32_t>(m.pieces.size()));
+      for (const PushPiece& piece : m.pieces) {
+        w.write_u8(piece.compressed ? kPieceCompressed : kPieceDense);
+        if (piece.compressed) {
+          w.write_blob(piece.message, LengthPrefix::kU32);
+        } else {
+          w.write_f32_array_counted(piece.dense);
+        }
+      }
       return;
     case Kind::kPullRows:
       w.write_u32(m.table);
@@ -335,6 +356,31 @@ std::vector<WorkerStep> get_worker_steps(ByteReader& r) {
   return steps;
 }
 
+// A compressed push's pieces (the framing only: the server checks each
+// piece against its slice).
+std::vector<PushPiece> get_pieces(ByteReader& r) {
+  const auto count = r.read_u32("compressed push pieces");
+  r.need_elements(count, kMinPieceBytes, "compressed push pieces");
+  std::vector<PushPiece> pieces(count);
+  for (uint32_t i = 0; i < count; ++i) {
+    const auto encoding = r.read_u8("compressed push piece encoding");
+    if (encoding == kPieceDense) {
+      pieces[i].dense = r.read_f32_array_counted("compressed push dense piece");
+    } else if (encoding == kPieceCompressed) {
+      const std::span<const std::byte> message =
+          r.read_blob("compressed push message", r.remaining(), LengthPrefix::kU32);
+      pieces[i].compressed = true;
+      pieces[i].message.assign(message.begin(), message.end());
+    } else {
+      throw DataError(fmt::format(
+          "ps message: compressed push piece {} has encoding {}; must be 0 (dense) or 1 "
+          "(compressed)",
+          i, encoding));
+    }
+  }
+  return pieces;
+}
+
 void get_request_body(ByteReader& r, Message& m) {
   switch (m.kind) {
     case Kind::kInit: {
@@ -367,6 +413,7 @@ void get_request_body(ByteReader& r, Message& m) {
       m.wait_ms = r.read_u32("pull wait_ms");
       return;
     case Kind::kPush:
+    case Kind::kPushCompressed:
       m.samples = r.read_i64("push samples");
       if (m.samples < 0) {
         throw DataError(fmt::format("ps message: push samples is {}; must be >= 0", m.samples));
@@ -379,7 +426,11 @@ void get_request_body(ByteReader& r, Message& m) {
                                     m.correct, m.samples));
       }
       m.compute_s = get_seconds(r, "push compute_s");
-      read_update(r, "push gradient", m);
+      if (m.kind == Kind::kPush) {
+        read_update(r, "push gradient", m);
+      } else {
+        m.pieces = get_pieces(r);
+      }
       return;
     case Kind::kPullRows:
       m.table = r.read_u32("pull_rows table");
@@ -433,8 +484,12 @@ void get_reply_body(ByteReader& r, Message& m) {
 }  // namespace
 
 std::vector<std::byte> encode_message(const Message& m) {
+  size_t piece_bytes = 0;
+  for (const PushPiece& piece : m.pieces) {
+    piece_bytes += 9 + piece.dense.size() * sizeof(float) + piece.message.size();
+  }
   ByteWriter w(kPrefixBytes + m.floats.size() * sizeof(float) + m.keys.size() * sizeof(uint64_t) +
-               64);
+               piece_bytes + 64);
   w.write_u8(static_cast<uint8_t>(m.kind));
   const bool reply = m.kind == Kind::kReply;
   w.write_u8(reply ? static_cast<uint8_t>(m.status) : 0);

@@ -46,7 +46,11 @@ enum class Kind : uint8_t {
   kSetState = 8,    // worker -> server: a StateDict in the per-server layout (server.h)
   kGoodbye = 9,     // worker -> server: the worker is finished
   kHeartbeat = 10,  // worker -> server: proof of life; never answered
-  kReply = 64,      // server -> worker: status, and the body of the request's reply
+  // worker -> server: a push (version, samples, lr, ...) whose gradient is
+  // one piece per slice of the server's range (ShardPlan::slices), each
+  // dense floats or a compressor's message (compressed_push.h)
+  kPushCompressed = 11,
+  kReply = 64,  // server -> worker: status, and the body of the request's reply
 };
 std::string_view to_string(Kind kind);
 
@@ -106,6 +110,17 @@ struct StepTotals {
   std::vector<WorkerStep> workers;
 };
 
+// One slice's part of a compressed push (Kind::kPushCompressed): the slice's
+// gradient as floats (its compressor leaves it dense), or the compressor's
+// message (compress::Compressor::encode) for the slice's layout
+// (slice_layout()). decode_message checks only the framing; the server
+// checks each piece against its slice (compressed_push.h).
+struct PushPiece {
+  bool compressed = false;
+  std::vector<float> dense;        // !compressed: the slice's count floats
+  std::vector<std::byte> message;  // compressed: the encoded message
+};
+
 // One decoded payload. Which fields are meaningful depends on `kind` (and, for
 // replies, on the request answered); the others stay empty.
 struct Message {
@@ -114,9 +129,9 @@ struct Message {
   Kind reply_to = Kind::kHeartbeat;  // replies only
   uint32_t worker = 0;               // requests: sender worker index; replies: server index
   uint64_t request_id = 0;
-  // kPush: version the gradient was computed at; kInit: the last version the
-  // worker pulled (0 for a new worker; a replacement server follows it);
-  // replies: server version.
+  // kPush, kPushCompressed, kPushRows: version the gradient was computed at; kInit: the last
+  // version the worker pulled (0 for a new worker; a replacement server follows it); replies:
+  // server version.
   uint64_t version = 0;
 
   // kInit: dense specs, tables and (floats) this server's slice of the values.
@@ -125,15 +140,18 @@ struct Message {
   // kPull: wait at most wait_ms for version >= min_version (and SSP's bound).
   uint64_t min_version = 0;
   uint32_t wait_ms = 0;
-  // kPush / kPushRows.
+  // kPush / kPushCompressed / kPushRows.
   int64_t samples = 0;
   float lr = 0.0f;
-  // kPush: the worker's step statistics (loss summed over its samples,
+  // kPush, kPushCompressed: the worker's step statistics (loss summed over its samples,
   // correct predictions), summed per version in sync, and the seconds it
   // spent computing the gradient (finite, >= 0; 0: not measured).
   double loss_sum = 0.0;
   int64_t correct = 0;
   double compute_s = 0.0;
+  // kPushCompressed: the pieces, one per slice of the server's range (in
+  // place of `floats`).
+  std::vector<PushPiece> pieces;
   // kPullRows / kPushRows.
   uint32_t table = 0;
   std::vector<uint64_t> keys;

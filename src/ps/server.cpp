@@ -9,6 +9,7 @@
 #include "comm/wire/framed_socket.h"
 #include "core/error.h"
 #include "core/finite.h"
+#include "ps/compressed_push.h"
 #include "ps/consistency_state.h"
 #include "ps/shard_store.h"
 #include "ps/state_layout.h"
@@ -139,6 +140,11 @@ class Server::Impl {
   Message status_reply(const Message& m, ReplyStatus status, std::string error) const;
   // Answers a request of a worker declared dead: kLeftOut.
   void reply_left_out(const std::string& identity, uint32_t receiver, const Message& m);
+  // A compressed push: its pieces decoded into m.floats, the dense gradient
+  // of this server's range (compressed_push.h); Refusal naming the worker
+  // and the piece when one does not decode.
+  void decode_pieces(Message& m) const;
+  // A dense push (decoded pieces of a compressed one included).
   void on_push(const std::string& identity, Message& m);
   void on_pull_rows(const std::string& identity, const Message& m);
   void on_push_rows(const std::string& identity, Message& m);
@@ -344,6 +350,10 @@ void Server::Impl::serve(const std::string& identity, Message& m) {
       return;
     case Kind::kPull:
       on_pull(identity, m);
+      return;
+    case Kind::kPushCompressed:
+      decode_pieces(m);
+      on_push(identity, m);
       return;
     case Kind::kPush:
       on_push(identity, m);
@@ -567,6 +577,17 @@ void check_finite_update(const Message& m) {
 
 }  // namespace
 
+void Server::Impl::decode_pieces(Message& m) const {
+  if (!initialised_) throw Refusal("push before init: the server holds no parameters yet");
+  try {
+    m.floats = decode_push(plan_, options_.server, m.pieces, m.worker);
+  } catch (const DataError& e) {
+    throw Refusal(e.what());
+  }
+  m.pieces.clear();
+  m.floats_finite = all_finite(m.floats);
+}
+
 void Server::Impl::on_push(const std::string& identity, Message& m) {
   if (!initialised_) throw Refusal("push before init: the server holds no parameters yet");
   check_finite_update(m);
@@ -577,7 +598,7 @@ void Server::Impl::on_push(const std::string& identity, Message& m) {
                               plan_.range_end(options_.server)));
   }
   Message r;
-  r.reply_to = Kind::kPush;
+  r.reply_to = m.kind;
   r.request_id = m.request_id;
   if (repeated_push(m)) {
     r.version = consistency_.version();

@@ -76,6 +76,18 @@ const std::vector<ShardSlice>& ShardPlan::slices(int server) const {
   return slices_[static_cast<size_t>(server)];
 }
 
+compress::TensorLayout slice_layout(const ShardPlan& plan, const ShardSlice& slice) {
+  const Shape& shape = plan.tensors().at(slice.tensor).shape;
+  const auto count = static_cast<size_t>(slice.count);
+  if (shape.size() >= 2 && shape[0] > 0) {
+    const int64_t cols = shape_numel(shape) / shape[0];
+    if (cols > 0 && slice.offset % cols == 0 && slice.count % cols == 0) {
+      return {count / static_cast<size_t>(cols), static_cast<size_t>(cols)};
+    }
+  }
+  return {1, count};
+}
+
 namespace {
 
 // splitmix64's finaliser: a bijective 64-bit mix.

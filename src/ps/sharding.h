@@ -14,6 +14,9 @@
 // (seed, table, key), so a row's initial value does not depend on which
 // worker touches it first nor on the number of servers.
 //
+// slice_layout() gives the matrix a gradient compressor (compress/compressor.h)
+// sees for one slice: the client encodes with it, the server decodes with it.
+//
 // Thread safety: ShardPlan is immutable after construction; the functions are
 // pure. Errors: UsageError for S < 1, an empty or duplicate tensor name, a
 // negative extent, a server index out of range. Never blocks.
@@ -24,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "compress/compressor.h"
 #include "tensor/tensor.h"
 
 namespace dtrain::ps {
@@ -75,6 +79,13 @@ class ShardPlan {
   int64_t total_ = 0;
   std::vector<std::vector<ShardSlice>> slices_;
 };
+
+// The compressor's view of `slice` (one of plan.slices(s)): (count / C) x C
+// when the slice is whole rows of its tensor (C = numel / shape[0] for a
+// tensor of rank >= 2, offset and count multiples of C), else 1 x count (so
+// PowerSGD leaves a vector or a cut through a row dense by its own rule).
+// The one rule both ends of a compressed push use.
+compress::TensorLayout slice_layout(const ShardPlan& plan, const ShardSlice& slice);
 
 // The server that holds row `key` of table `table`.
 int sparse_server_of(uint32_t table, uint64_t key, int num_servers);

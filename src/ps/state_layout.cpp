@@ -268,11 +268,16 @@ PsState state_from_checkpoint(const StateDict& model, const StateDict& optimizer
     state.dense.insert(name, model.at(name));
   }
   const std::string sparse_prefix = kCheckpointSparsePrefix;
+  const std::string compress_prefix = kCheckpointCompressPrefix;
   for (const auto& [name, tensor] : optimizer) {
-    if (name.rfind(sparse_prefix, 0) != 0) state.optimizer.insert(name, tensor);
+    if (name.rfind(sparse_prefix, 0) != 0 && name.rfind(compress_prefix, 0) != 0) {
+      state.optimizer.insert(name, tensor);
+    }
   }
   for (const auto& [key, value] : optimizer.metadata()) {
-    if (key.rfind("ps.", 0) != 0) state.optimizer.metadata()[key] = value;
+    if (key.rfind("ps.", 0) != 0 && key.rfind(compress_prefix, 0) != 0) {
+      state.optimizer.metadata()[key] = value;
+    }
   }
   state.sparse = optimizer.sub(sparse_prefix);
   return state;

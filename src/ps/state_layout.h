@@ -44,10 +44,15 @@ struct PsState {
 inline constexpr const char* kCheckpointSparsePrefix = "ps.sparse.";
 inline constexpr const char* kCheckpointVersionKey = "ps.version";
 inline constexpr const char* kCheckpointLaunchKey = "ps.launch";
+// A worker's own state beside it (strategy::PsStrategy: its push
+// compressor's residuals and its update count), entries and metadata under
+// "compress/": not the servers', so state_from_checkpoint() leaves it out.
+inline constexpr const char* kCheckpointCompressPrefix = "compress/";
 
 // A checkpoint's sections as a PsState: dense = the tensors of `model` named
 // `dense_names` (init order: the model's dense parameters), optimizer =
-// `optimizer` without the "ps.sparse." entries and "ps." metadata, sparse =
+// `optimizer` without the "ps.sparse." and "compress/" entries and the "ps."
+// and "compress/" metadata, sparse =
 // the "ps.sparse." entries (prefix removed), version = metadata "ps.version"
 // but at least `min_version` (a checkpoint of another strategy has none).
 // UsageError naming a missing tensor or a version that is not a number.

@@ -66,6 +66,29 @@ std::string advertised(const std::string& bound, const comm::LaunchSettings& set
   return "tcp://" + host + bound.substr(colon);
 }
 
+// Local SGD pushes a round's movement divided by lr and relies on the
+// servers' update being exactly theta -= lr * g (docs/parameter-server.md
+// "Local SGD"); the strategy checks the rest (sync, no embeddings).
+void check_local_sgd(const CompressionSettings& compression, const std::string& consistency,
+                     const optim::OptimizerConfig& optimizer) {
+  if (!compression.local_sgd()) return;
+  const std::string where = fmt::format("compression.local_steps = {}", compression.local_steps);
+  if (consistency != "sync") {
+    throw ConfigError(fmt::format(
+        "{}: local SGD with the ps strategy needs distributed.ps.consistency 'sync', not '{}'",
+        where, consistency));
+  }
+  const bool plain_sgd = optimizer.type == "sgd" && optimizer.momentum == 0.0f &&
+                         !optimizer.nesterov && optimizer.weight_decay.value_or(0.0f) == 0.0f;
+  if (!plain_sgd) {
+    throw ConfigError(fmt::format(
+        "{}: local SGD with the ps strategy needs plain SGD on the servers (optimizer.type "
+        "'sgd', momentum 0, no weight decay), not '{}' with momentum {} and weight decay {}: "
+        "the servers must move by exactly the workers' mean movement",
+        where, optimizer.type, optimizer.momentum, optimizer.weight_decay.value_or(0.0f)));
+  }
+}
+
 class PsSpec final : public StrategySpec {
  public:
   std::string_view name() const override { return "ps"; }
@@ -371,6 +394,8 @@ std::unique_ptr<Strategy> PsSpec::build(const BuildContext& c) const {
   o.reshard_lost_workers = o_.backup_workers == 0;
   o.consistency = ps::parse_consistency(o_.consistency);
   o.dynamic_batch = c.dynamic_batch;
+  check_local_sgd(c.compression, o_.consistency, c.optimizer);
+  o.compression = c.compression;
   const comm::JobAuth auth(c.job_name, c.launch->settings.job_secret);
   o.learning_rate = c.optimizer.lr;
   return std::make_unique<PsStrategy>(c.make_model(), std::move(client), auth, *c.logger, o,

@@ -3,8 +3,10 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cmath>
+#include <string>
 
 #include "autograd/functions.h"
 #include "core/error.h"
@@ -23,6 +25,40 @@ void find_embeddings(nn::Module& module, std::vector<nn::Embedding*>& out) {
 
 std::vector<uint64_t> to_keys(std::span<const int64_t> indices) {
   return {indices.begin(), indices.end()};
+}
+
+// Local SGD's limits (docs/parameter-server.md "Local SGD"): ConfigError
+// naming the key.
+void check_compression(const PsOptions& o, bool has_tables) {
+  const CompressionSettings& c = o.compression;
+  if (c.start_step < 0) {
+    throw ConfigError(fmt::format(
+        "compression.start_step = {}: must be >= 0 (the dense updates before compression)",
+        c.start_step));
+  }
+  if (c.local_steps < 1) {
+    throw ConfigError(
+        fmt::format("compression.local_steps = {}: must be >= 1 (1: no local SGD)", c.local_steps));
+  }
+  if (!c.local_sgd()) return;
+  auto refuse = [&](const std::string& why) {
+    throw ConfigError(
+        fmt::format("compression.local_steps = {} with the ps strategy: {}", c.local_steps, why));
+  };
+  if (o.consistency != ps::Consistency::kSync) {
+    refuse(
+        fmt::format("local SGD needs consistency 'sync', not '{}' (a round's movement is "
+                    "averaged over the workers of one version)",
+                    ps::to_string(o.consistency)));
+  }
+  if (has_tables) {
+    refuse(
+        "the model has embedding tables, whose rows live on the servers; local SGD "
+        "trains dense parameters only");
+  }
+  if (o.dynamic_batch.enabled) {
+    refuse("dynamic batch sizing measures every version, and local SGD closes one per round");
+  }
 }
 
 }  // namespace
@@ -82,6 +118,9 @@ PsStrategy::PsStrategy(std::unique_ptr<nn::Module> model, ps::ClientOptions clie
     dense.insert(named[i].first, params_[i].data());
   }
 
+  check_compression(options_, !tables_.empty());
+  if (options_.compression.compresses()) client_options.compression = options_.compression.codec;
+
   const auto connecting = std::chrono::steady_clock::now();
   client_ = std::make_unique<ps::Client>(std::move(client_options), auth, logger);
   client_->init(dense, table_specs);
@@ -92,6 +131,8 @@ PsStrategy::PsStrategy(std::unique_ptr<nn::Module> model, ps::ClientOptions clie
         std::chrono::duration<double>(std::chrono::steady_clock::now() - connecting).count());
   }
   pull_dense(0);
+  updates_ = options_.consistency == ps::Consistency::kSync ? updates_at_version(version_)
+                                                            : static_cast<int64_t>(joined_step_);
 
   for (size_t t = 0; t < tables_.size(); ++t) {
     nn::Embedding* e = tables_[t].module;
@@ -109,6 +150,18 @@ void PsStrategy::pull_dense(uint64_t min_version) {
   version_ = client_->pull(dense_data_, min_version);
   job_totals_ = client_->last_totals();
   track_live_workers();
+  if (options_.compression.local_sgd()) {
+    anchor_.clear();
+    for (const Tensor& t : dense_data_) anchor_.push_back(t.clone());
+  }
+}
+
+int64_t PsStrategy::updates_at_version(uint64_t version) const {
+  const auto v = static_cast<int64_t>(version);
+  const CompressionSettings& c = options_.compression;
+  // One version per dense update before start_step, one per round after.
+  if (!c.local_sgd() || v <= c.start_step) return v;
+  return c.start_step + (v - c.start_step) * c.local_steps;
 }
 
 void PsStrategy::track_live_workers() {
@@ -215,20 +268,63 @@ StepStats PsStrategy::step(const Tensor& inputs, std::span<const int64_t> target
     Variable& p = params_[dense_[k]];
     grads.push_back(n > 0 && p.has_grad() ? p.dense_grad() : zero_grads_[k]);
   }
-  push_dense_and_pull(grads, mine, compute_s);
+  const CompressionSettings& c = options_.compression;
+  const bool started = c.started(updates_);
+  last_step_local_ = started && c.local_sgd();
+  if (last_step_local_) {
+    local_sgd_step(grads, mine, compute_s,
+                   (updates_ - c.start_step) % c.local_steps == c.local_steps - 1);
+  } else {
+    push_dense_and_pull(grads, mine, compute_s,
+                        {started && c.compresses(), updates_ - c.start_step});
+  }
+  ++updates_;
   model_->zero_grad();
   return mine;
 }
 
+void PsStrategy::local_sgd_step(const std::vector<Tensor>& grads, const StepStats& mine,
+                                double compute_s, bool round_ends) {
+  for (size_t k = 0; k < grads.size(); ++k) {
+    float* p = dense_data_[k].data();
+    const float* g = grads[k].data();
+    const int64_t n = dense_data_[k].numel();
+    for (int64_t i = 0; i < n; ++i) p[i] -= lr_ * g[i];
+  }
+  round_ += mine;
+  round_compute_s_ += compute_s;
+  if (!round_ends) return;
+  // The round's movement as a gradient: the servers' SGD step with lr_ then
+  // moves them by the workers' (sample-weighted) mean movement.
+  const float scale = lr_ > 0.0f ? 1.0f / lr_ : 0.0f;
+  std::vector<Tensor> moved;
+  moved.reserve(grads.size());
+  for (size_t k = 0; k < grads.size(); ++k) {
+    Tensor d = Tensor::empty(dense_data_[k].shape());
+    const float* a = anchor_[k].data();
+    const float* p = dense_data_[k].data();
+    float* out = d.data();
+    for (int64_t i = 0; i < d.numel(); ++i) out[i] = (a[i] - p[i]) * scale;
+    moved.push_back(std::move(d));
+  }
+  const CompressionSettings& c = options_.compression;
+  const StepStats round = round_;
+  const double round_compute_s = round_compute_s_;
+  round_ = {};
+  round_compute_s_ = 0.0;
+  push_dense_and_pull(moved, round, round_compute_s, {c.compresses(), updates_ - c.start_step});
+}
+
 void PsStrategy::push_dense_and_pull(const std::vector<Tensor>& grads, const StepStats& mine,
-                                     double compute_s) {
+                                     double compute_s, ps::PushCompression compression) {
   const bool sync = options_.consistency == ps::Consistency::kSync;
   // async/ssp without dense parameters: nothing to push, no version to wait
   // for. In sync the (possibly empty) push also closes the version that
   // applies the held rows.
   if (grads.empty() && !sync) return;
   const uint64_t pushed_at = version_;
-  client_->push(grads, mine.samples, lr_, pushed_at, mine.loss_sum, mine.correct, compute_s);
+  client_->push(grads, mine.samples, lr_, pushed_at, mine.loss_sum, mine.correct, compute_s,
+                compression);
   pull_dense(sync ? pushed_at + 1 : 0);
   const std::vector<ps::WorkerStep>& steps = job_totals_.workers;
   if (options_.dynamic_batch.enabled && static_cast<int64_t>(steps.size()) == num_workers_) {
@@ -243,7 +339,7 @@ void PsStrategy::push_dense_and_pull(const std::vector<Tensor>& grads, const Ste
 }
 
 StepStats PsStrategy::step_totals(const StepStats& local) const {
-  if (options_.consistency == ps::Consistency::kSync) {
+  if (options_.consistency == ps::Consistency::kSync && !last_step_local_) {
     return {job_totals_.loss_sum, job_totals_.correct, job_totals_.samples};
   }
   const auto n = static_cast<double>(num_workers_);
@@ -277,7 +373,88 @@ StateDict PsStrategy::optimizer_state() {
   out.merge(state.sparse, kSparsePrefix);
   out.metadata()[kVersionKey] = std::to_string(state.version);
   if (!options_.launch_id.empty()) out.metadata()[ps::kCheckpointLaunchKey] = options_.launch_id;
+  save_compression(out);
   return out;
+}
+
+namespace {
+
+// The worker's own part of the optimizer state (ps_strategy.h).
+constexpr std::string_view kCompressPrefix = ps::kCheckpointCompressPrefix;
+constexpr std::string_view kCompressMeta = "compress/meta/";
+constexpr const char* kMethodKey = "compress/method";
+constexpr const char* kWorkersKey = "compress/workers";
+constexpr const char* kStepKey = "compress/step";
+
+int64_t metadata_number(const StateDict& state, const std::string& key) {
+  const std::string& text = state.metadata().at(key);
+  int64_t value = 0;
+  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (error != std::errc() || end != text.data() + text.size() || value < 0) {
+    throw UsageError(
+        fmt::format("ps strategy: optimizer state metadata '{}' is '{}', not a count", key, text));
+  }
+  return value;
+}
+
+}  // namespace
+
+void PsStrategy::save_compression(StateDict& out) const {
+  const CompressionSettings& c = options_.compression;
+  if (!c.active()) return;
+  out.metadata()[kMethodKey] = std::string(compress::to_string(c.codec.method));
+  out.metadata()[kWorkersKey] = std::to_string(num_workers_);
+  out.metadata()[kStepKey] = std::to_string(updates_);
+  if (!c.compresses()) return;
+  const compress::State state = client_->compression_state();
+  for (const auto& [name, values] : state.arrays) {
+    out.insert(std::string(kCompressPrefix) + name,
+               Tensor::from_vector(values, {static_cast<int64_t>(values.size())}));
+  }
+  for (const auto& [key, value] : state.metadata) {
+    out.metadata()[std::string(kCompressMeta) + key] = value;
+  }
+}
+
+void PsStrategy::load_compression(const StateDict& state) {
+  pending_updates_.reset();
+  const CompressionSettings& c = options_.compression;
+  if (!c.active() || state.metadata().count(kStepKey) == 0) return;
+  pending_updates_ = metadata_number(state, kStepKey);
+  if (!c.compresses()) return;
+  const auto& meta = state.metadata();
+  const auto method = meta.find(kMethodKey);
+  const std::string mine(compress::to_string(c.codec.method));
+  const int64_t workers = meta.count(kWorkersKey) != 0 ? metadata_number(state, kWorkersKey) : 0;
+  if (method == meta.end() || method->second != mine || workers != num_workers_) {
+    logger_->warn(
+        "ps worker {}: the checkpoint's compressor state is of {} with {} worker(s); this run "
+        "has {} with {}: starting with fresh residuals",
+        worker_, method == meta.end() ? std::string("no method") : method->second, workers, mine,
+        num_workers_);
+    client_->reset_compression();
+    return;
+  }
+  if (worker_ != 0) {
+    // The chief wrote the checkpoint: these residuals are its own.
+    logger_->info(
+        "ps worker {}: starting with fresh compressor residuals (the checkpoint holds "
+        "worker 0's)",
+        worker_);
+    client_->reset_compression();
+    return;
+  }
+  compress::State loaded;
+  for (const auto& [name, tensor] : state) {
+    if (name.rfind(kCompressPrefix, 0) != 0) continue;
+    const std::span<const float> values = tensor.span();
+    loaded.arrays.emplace_back(name.substr(kCompressPrefix.size()),
+                               std::vector<float>(values.begin(), values.end()));
+  }
+  for (const auto& [key, value] : meta) {
+    if (key.rfind(kCompressMeta, 0) == 0) loaded.metadata[key.substr(kCompressMeta.size())] = value;
+  }
+  client_->load_compression_state(loaded);
 }
 
 void PsStrategy::load_optimizer_state(const StateDict& state) {
@@ -290,6 +467,7 @@ void PsStrategy::load_optimizer_state(const StateDict& state) {
         "job with embeddings",
         kSparsePrefix, tables_.size()));
   }
+  load_compression(state);
   pending_state_ = std::make_unique<StateDict>(state.clone());
 }
 
@@ -314,6 +492,11 @@ void PsStrategy::sync_replicas() {
   const ps::PsState state = ps::state_from_checkpoint(dense, *pending_state_, names, 1);
   if (worker_ == 0) client_->load_state(state);
   pull_dense(state.version);
+  updates_ = pending_updates_.value_or(
+      options_.consistency == ps::Consistency::kSync ? updates_at_version(version_) : updates_);
+  pending_updates_.reset();
+  round_ = {};
+  round_compute_s_ = 0.0;
   balancer_.reset();  // shares are runtime state: a resumed run starts equal
   pending_state_.reset();
 }

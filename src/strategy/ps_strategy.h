@@ -74,6 +74,22 @@
 // touched; fetch_model() pulls every row (rank 0, before evaluation and
 // saving). In eval mode the lookup hook does nothing.
 //
+// Compression (options.compression, strategy/compression.h,
+// docs/parameter-server.md "Compressed pushes" and "Local SGD"): the first
+// `start_step` updates push dense gradients; from then on every push is
+// compressed by the client's compressor (ps/compressed_push.h), its step
+// counting the updates since start_step. With local SGD (local_steps H > 1,
+// `sync` only, no embedding tables, no dynamic batch sizing) each worker,
+// after start_step, takes H plain-SGD steps (p -= lr * g, the lr of each
+// step) on its own copy without talking to the servers, then pushes
+// (anchor - p) / lr, anchor being the parameters of its last pull, with the
+// samples (and loss and correct counts) of those H steps, and pulls. With a
+// plain-SGD server optimizer (no momentum, no weight decay; the job refuses
+// anything else) the servers then move by the sample-weighted mean of the
+// workers' movements: model averaging (Lin et al. 2020). A round whose last
+// lr is 0 pushes zeros. During local SGD step_totals() is this worker's sums
+// times N, as in async (the versions only close once per round).
+//
 // Checkpoints: optimizer_state() assembles the servers' whole state
 // (Client::pull_state): the dense optimizer buffers in Optimizer::state_dict
 // layout (so, for a model without embeddings, a ps checkpoint resumes under
@@ -82,7 +98,16 @@
 // trainer loads model() and calls load_optimizer_state() on every worker,
 // then sync_replicas(): worker 0 replaces the servers' state with the
 // checkpoint's (Client::load_state), every other worker waits until the
-// servers reach the checkpoint's version and pulls.
+// servers reach the checkpoint's version and pulls. With compression active
+// the state also carries the writing worker's own part: its compressor's
+// arrays as "compress/<name>" (metadata "compress/meta/<key>"), metadata
+// "compress/method", "compress/workers" (N) and "compress/step" (updates
+// taken). A worker loads the compressor state when N and the method match
+// (else it starts with fresh residuals, one warning line) and continues
+// counting from compress/step. Only the chief writes checkpoints, so the
+// residuals restored are the chief's: every worker index other than the
+// writer's starts with fresh ones (logged at info level); the stateless
+// codecs (fp16, bf16, QSGD) and random draws resume exactly.
 //
 // Errors: UsageError for batches whose rows and targets differ, an embedding
 // weight with a dense gradient, gradient accumulation, dynamic batch sizing
@@ -113,6 +138,7 @@
 #include "ps/client.h"
 #include "ps/server.h"
 #include "strategy/batch_balancer.h"
+#include "strategy/compression.h"
 #include "strategy/strategy.h"
 
 namespace dtrain::strategy {
@@ -143,6 +169,10 @@ struct PsOptions {
   // overlap. Turn off with backup workers, whose late pushes are dropped on
   // purpose.
   bool reshard_lost_workers = true;
+  // Compressed pushes and local SGD (inactive by default). ConfigError
+  // naming compression.local_steps for local SGD outside sync, with
+  // embedding tables or with dynamic batch sizing.
+  CompressionSettings compression;
 };
 
 class PsStrategy : public Strategy {
@@ -193,6 +223,12 @@ class PsStrategy : public Strategy {
 
   // The servers' version this worker last pulled.
   uint64_t version() const { return version_; }
+  // Updates this worker has taken (pushes, and local SGD steps): the next
+  // update's index, which decides dense warm-up, compression and rounds.
+  int64_t updates() const { return updates_; }
+  // Bytes of the frames this worker's client sent to the servers
+  // (ps::Client::bytes_sent()).
+  uint64_t bytes_sent() const { return client_->bytes_sent(); }
   // A restarted worker: the step its servers say the job (sync) or this
   // worker index (async/ssp) is at; nullopt in a new job.
   std::optional<int64_t> joined_at_step() const override;
@@ -213,7 +249,16 @@ class PsStrategy : public Strategy {
   // and, with dynamic batch sizing, feeds the version's per-worker steps to
   // the balancer.
   void push_dense_and_pull(const std::vector<Tensor>& grads, const StepStats& mine,
-                           double compute_s);
+                           double compute_s, ps::PushCompression compression = {});
+  // Local SGD: one plain-SGD step of this worker's copy with `grads`; at the
+  // round's end, pushes the round's movement divided by lr and pulls.
+  void local_sgd_step(const std::vector<Tensor>& grads, const StepStats& mine, double compute_s,
+                      bool round_ends);
+  // The updates taken once the servers are at sync version `version`.
+  int64_t updates_at_version(uint64_t version) const;
+  // optimizer_state()'s "compress/" part, and its loading.
+  void save_compression(StateDict& out) const;
+  void load_compression(const StateDict& state);
   // Sync: the live workers from the last pull's totals (reshard_lost_workers).
   void track_live_workers();
   void pull_rows(size_t table, std::span<const int64_t> indices);
@@ -244,6 +289,16 @@ class PsStrategy : public Strategy {
   BatchBalancer balancer_;
   // By worker index, whether it gets rows; empty while every worker does.
   std::vector<bool> live_;
+  int64_t updates_ = 0;  // updates() above
+  // Local SGD: the dense parameters of the last pull, and the open round's
+  // sums (samples, loss, correct, compute seconds).
+  std::vector<Tensor> anchor_;
+  StepStats round_;
+  double round_compute_s_ = 0.0;
+  bool last_step_local_ = false;  // step_totals(): the last step did not close a version
+  // The checkpoint's update count between load_optimizer_state() and
+  // sync_replicas().
+  std::optional<int64_t> pending_updates_;
   Logger* logger_ = nullptr;  // outlives this strategy (constructor contract)
 };
 

@@ -36,6 +36,7 @@
 #include "optim/optimizer_config.h"
 #include "ps/server.h"
 #include "strategy/batch_balancer.h"
+#include "strategy/compression.h"
 #include "strategy/strategy.h"
 
 namespace dtrain::strategy {
@@ -108,6 +109,7 @@ struct BuildContext {
   std::chrono::milliseconds timeout{60000};            // distributed.timeout_ms
   std::chrono::milliseconds heartbeat_timeout{10000};  // distributed.heartbeat_timeout_ms
   BatchBalancerOptions dynamic_batch;
+  CompressionSettings compression;  // the job's [compression] table
   Logger* logger = nullptr;
   // Test hook: called by a ps server with each version it reaches.
   std::function<void(uint64_t version)> on_server_version;

@@ -3,6 +3,7 @@
 // they execute.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <stdexcept>
 #include <string>
 
@@ -91,7 +92,7 @@ TEST(CommunicatorSubmit, SequenceNumbersAreTakenAtExecution) {
 
 TEST(CommunicatorSubmit, MismatchInsideABodyFailsNamingBothSides) {
   std::vector<std::string> errors(2);
-  std::vector<bool> failed(2);
+  std::array<bool, 2> failed{};  // not vector<bool>: its bits share bytes across threads
   run_ranks(2, [&](int rank, Transport& transport) {
     Communicator comm(transport, options());
     std::vector<float> data(rank == 0 ? 1000 : 10, 1.0f);

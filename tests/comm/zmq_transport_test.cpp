@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <array>
 #include <condition_variable>
 #include <future>
 #include <mutex>
@@ -437,7 +438,7 @@ TEST(ZmqTransport, LinkShaperHoldsAMegabyteAtEightMegabitsForASecond) {
 TEST(ZmqTransport, ShapedTransportsKeepTheCommunicatorOffSharedMemory) {
   const JobAuth auth("zmq-shaped-no-shm", "");
   Group g = make_group(2, auth, true, Logger::null(), LinkShaperOptions{10'000.0, 0.0});
-  std::vector<bool> shm(2, true);
+  std::array<bool, 2> shm{true, true};  // not vector<bool>: its bits share bytes
   std::vector<std::vector<float>> results(2);
   {
     std::vector<std::jthread> threads;

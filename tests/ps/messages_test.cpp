@@ -74,6 +74,13 @@ std::vector<Message> samples() {
   error.status = ReplyStatus::kError;
   error.error = "duplicate push from worker 1 for version 5";
   out.push_back(error);
+  Message compressed = push;
+  compressed.kind = Kind::kPushCompressed;
+  compressed.floats.clear();
+  compressed.pieces = {{false, {1.5f, -2.0f}, {}},
+                       {true, {}, {std::byte{3}, std::byte{0}, std::byte{255}}},
+                       {true, {}, {}}};
+  out.push_back(compressed);
   return out;
 }
 
@@ -109,7 +116,38 @@ TEST(PsMessages, RoundTripsEveryKind) {
     EXPECT_EQ(back.state.size(), m.state.size());
     EXPECT_EQ(back.stats.clocks, m.stats.clocks);
     EXPECT_EQ(back.stats.workers, m.stats.workers);
+    ASSERT_EQ(back.pieces.size(), m.pieces.size());
+    for (size_t i = 0; i < m.pieces.size(); ++i) {
+      EXPECT_EQ(back.pieces[i].compressed, m.pieces[i].compressed);
+      EXPECT_EQ(back.pieces[i].dense, m.pieces[i].dense);
+      EXPECT_EQ(back.pieces[i].message, m.pieces[i].message);
+    }
   }
+}
+
+TEST(PsMessages, CompressedPushPiecesAreFramedStrictly) {
+  Message m;
+  m.kind = Kind::kPushCompressed;
+  m.samples = 2;
+  m.lr = 0.1f;
+  m.pieces = {{true, {}, {std::byte{1}, std::byte{2}}}};
+  const auto good = encode_message(m);
+  // The piece's encoding byte follows the 24-byte prefix, 36 bytes of
+  // figures and the u32 piece count.
+  constexpr size_t kEncoding = 24 + 36 + 4;
+  auto bad = good;
+  bad[kEncoding] = std::byte{2};
+  testing::expect_error<DataError>(
+      [&] { decode_message(bad); },
+      "ps message: compressed push piece 0 has encoding 2; must be 0 (dense) or 1 (compressed)");
+  // A piece count the bytes left cannot hold is refused before allocating.
+  bad = good;
+  bad[kEncoding - 1] = std::byte{0x7f};
+  EXPECT_THROW(decode_message(bad), DataError);
+  // A message length past the end.
+  bad = good;
+  bad[kEncoding + 1] = std::byte{3};
+  EXPECT_THROW(decode_message(bad), DataError);
 }
 
 TEST(PsMessages, EveryTruncationIsRejected) {
