@@ -10,7 +10,8 @@
 #   qsgd      type=qsgd levels=16
 #   sign      type=sign, error feedback
 #   powersgd  type=powersgd rank=RANK start_step=START
-#   localsgd  local_steps=8 (local SGD: models averaged every 8 updates)
+#   localsgd  local_steps=8 (local SGD: models averaged every 8 updates;
+#             with ps, on plain SGD: see ps_local_sgd_args)
 #
 # Sets (the first argument):
 #   accuracy  the MLP with 4 allreduce workers and with the ps strategy in
@@ -102,6 +103,15 @@ config_args() {
   esac
 }
 
+# ps local SGD pushes each worker's movement / lr as one gradient, which
+# moves the servers by the workers' mean movement only under plain SGD: that
+# one run trains with plain SGD (no momentum, no weight decay, lr 0.1).
+ps_local_sgd_args() {  # CONFIGURATION METHOD
+  if [[ $1 == ps && $2 == localsgd ]]; then
+    echo "--set optimizer.momentum=0 --set optimizer.nesterov=false --set optimizer.weight_decay=0"
+  fi
+}
+
 accuracy_set() {
   local results=$1 r m cfg
   for ((r = 0; r < reps; ++r)); do
@@ -110,7 +120,7 @@ accuracy_set() {
         echo "  accuracy rep $((r + 1))/$reps: mlp $cfg $m" >&2
         # shellcheck disable=SC2046
         run_dtrain "$results" "mlp-$cfg-$m-$r" examples/mnist_mlp.toml $(config_args $cfg) \
-          --set train.epochs="$epochs" $(method_args "$m")
+          --set train.epochs="$epochs" $(method_args "$m") $(ps_local_sgd_args "$cfg" "$m")
       done
     done
     for m in dense powersgd-lenet; do

@@ -204,63 +204,43 @@ uint64_t AllReduceStrategy::dense_update_bytes() const {
 StateDict AllReduceStrategy::optimizer_state() {
   StateDict state = optimizer_->state_dict();
   if (!options_.compression.active()) return state;
+  // The group's: the same on every worker. Each worker's residuals are its
+  // rank_state().
   state.metadata()["compress/step"] = std::to_string(run_updates_);
-  state.metadata()["compress/workers"] = std::to_string(collectives_.size());
   state.metadata()["compress/level"] = std::to_string(level_);
-  if (reducer_ == nullptr) return state;
-  const compress::State saved = reducer_->compressor().save();
-  for (const auto& [name, values] : saved.arrays) {
-    Tensor t = Tensor::empty({static_cast<int64_t>(values.size())});
-    std::copy(values.begin(), values.end(), t.data());
-    state.insert("compress/" + name, std::move(t));
-  }
-  for (const auto& [key, value] : saved.metadata) state.metadata()["compress/" + key] = value;
   return state;
 }
 
 void AllReduceStrategy::load_optimizer_state(const StateDict& state) {
-  static const std::string kPrefix = "compress/";
-  StateDict own;
-  compress::State saved;
-  for (const auto& [name, tensor] : state) {
-    if (name.rfind(kPrefix, 0) == 0) {
-      saved.arrays.emplace_back(name.substr(kPrefix.size()),
-                                std::vector<float>(tensor.data(), tensor.data() + tensor.numel()));
-    } else {
-      own.insert(name, tensor);
-    }
-  }
-  for (const auto& [key, value] : state.metadata()) {
-    if (key.rfind(kPrefix, 0) == 0) {
-      saved.metadata[key.substr(kPrefix.size())] = value;
-    } else {
-      own.metadata()[key] = value;
-    }
-  }
+  StateDict own = state;  // handles: no copy of the tensors
+  std::erase_if(own.metadata(), [](const auto& kv) { return kv.first.rfind("compress/", 0) == 0; });
   optimizer_->load_state_dict(own);
   if (!options_.compression.active()) return;
-  const auto step = saved.metadata.find("step");
-  run_updates_ = step == saved.metadata.end() ? 0 : std::stoll(step->second);
-  const auto level = saved.metadata.find("level");
-  set_communication_level(level == saved.metadata.end() ? 0 : std::stoi(level->second));
+  const auto& meta = state.metadata();
+  const auto step = meta.find("compress/step");
+  run_updates_ = step == meta.end() ? 0 : std::stoll(step->second);
+  const auto level = meta.find("compress/level");
+  set_communication_level(level == meta.end() ? 0 : std::stoi(level->second));
+}
+
+StateDict AllReduceStrategy::rank_state() const {
+  if (reducer_ == nullptr) return {};
+  return compressor_state_dict(reducer_->compressor().save(), collectives_.size());
+}
+
+void AllReduceStrategy::load_rank_state(const std::optional<StateDict>& state) {
   if (reducer_ == nullptr) return;
-  const auto workers = saved.metadata.find("workers");
-  if (workers == saved.metadata.end() || std::stoll(workers->second) != collectives_.size()) {
-    if (options_.logger != nullptr && !saved.arrays.empty()) {
-      options_.logger->warn(
-          "the checkpoint's compressor state was written by {} workers, this run has {}: "
-          "residuals and warm starts start afresh",
-          workers == saved.metadata.end() ? "?" : workers->second, collectives_.size());
-    }
-    reducer_->compressor().reset();
+  std::string why = "the checkpoint holds no compressor state for this rank";
+  const std::optional<compress::State> saved =
+      state ? compressor_state_from(*state, collectives_.size(), why) : std::nullopt;
+  if (saved) {
+    reducer_->compressor().load(*saved);
     return;
   }
-  for (auto it = saved.metadata.begin(); it != saved.metadata.end();) {
-    it = (it->first == "step" || it->first == "workers" || it->first == "level")
-             ? saved.metadata.erase(it)
-             : std::next(it);
+  reducer_->compressor().reset();
+  if (options_.logger != nullptr) {
+    options_.logger->warn("rank {}: {}: residuals and warm starts start afresh", rank(), why);
   }
-  reducer_->compressor().load(saved);
 }
 
 void AllReduceStrategy::launch(size_t bucket, std::span<float> data) {

@@ -63,10 +63,10 @@
 // updates, and at every H-th update the workers' parameters and buffers are
 // averaged (one allreduce, which also carries the statistics); the updates
 // in between send nothing and report this worker's statistics only. The
-// compressor's state (residuals, PowerSGD's Q) and the run's update count
-// travel with optimizer_state() (entries and metadata under "compress/"),
-// so a resumed run continues bit-identically; a state written by another
-// number of workers is dropped with a warning. Method none and local_steps
+// compressor's state (residuals, PowerSGD's Q) is each worker's
+// rank_state(), the run's update count (which fixes the random draws) goes
+// with optimizer_state(), so a resumed run continues bit-identically; a
+// state written by another number of workers is dropped with a warning. Method none and local_steps
 // 1 take exactly the dense path. Compression needs the overlapping mode
 // (UsageError over other backends).
 //
@@ -189,9 +189,13 @@ class AllReduceStrategy : public Strategy {
   nn::Module& model() override { return *model_; }
   nn::Optimizer& optimizer() { return *optimizer_; }
   void set_learning_rate(float lr) override { optimizer_->set_lr(lr); }
-  // The optimizer's state, and the compressor's when compression is on.
+  // The optimizer's state (and, with compression, the run's update count
+  // and the guard's level); this worker's compressor state is its
+  // rank_state().
   StateDict optimizer_state() override;
   void load_optimizer_state(const StateDict& state) override;
+  StateDict rank_state() const override;
+  void load_rank_state(const std::optional<StateDict>& state) override;
   // `inputs` [n_i, ...] and n_i targets: this worker's share (n_i may be 0;
   // `inputs` may then be undefined). Collective on the communicating call:
   // every worker calls it the same number of times.

@@ -42,6 +42,39 @@ CompressionSettings CompressionSettings::weakened(int level) const {
   return out;
 }
 
+StateDict compressor_state_dict(const compress::State& state, int64_t workers) {
+  StateDict out;
+  for (const auto& [name, values] : state.arrays) {
+    out.insert(name, Tensor::from_vector(values, {static_cast<int64_t>(values.size())}));
+  }
+  out.metadata() = state.metadata;
+  out.metadata()["workers"] = std::to_string(workers);
+  return out;
+}
+
+std::optional<compress::State> compressor_state_from(const StateDict& dict, int64_t workers,
+                                                     std::string& why) {
+  const auto it = dict.metadata().find("workers");
+  if (it == dict.metadata().end()) {
+    why = "the checkpoint holds no compressor state for this rank";
+    return std::nullopt;
+  }
+  if (it->second != std::to_string(workers)) {
+    why =
+        fmt::format("the checkpoint's compressor state was written by {} workers, this run has {}",
+                    it->second, workers);
+    return std::nullopt;
+  }
+  compress::State state;
+  for (const auto& [name, tensor] : dict) {
+    const std::span<const float> values = tensor.span();
+    state.arrays.emplace_back(name, std::vector<float>(values.begin(), values.end()));
+  }
+  state.metadata = dict.metadata();
+  state.metadata.erase("workers");
+  return state;
+}
+
 std::string CompressionSettings::describe() const {
   if (!active()) return "dense";
   std::string what;

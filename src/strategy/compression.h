@@ -19,9 +19,11 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "compress/compressor.h"
+#include "tensor/state_dict.h"
 
 namespace dtrain::strategy {
 
@@ -48,5 +50,14 @@ struct CompressionSettings {
 
   static constexpr int kDenseLevel = 3;
 };
+
+// A compressor's state (compress::State) as a StateDict for checkpoints:
+// each array a 1-D tensor, each metadata entry kept, and "workers" (the
+// group it was written in: residuals mean nothing in another).
+StateDict compressor_state_dict(const compress::State& state, int64_t workers);
+// Back: nullopt, with `why` set, when `dict` was written for another number
+// of workers or holds nothing.
+std::optional<compress::State> compressor_state_from(const StateDict& dict, int64_t workers,
+                                                     std::string& why);
 
 }  // namespace dtrain::strategy

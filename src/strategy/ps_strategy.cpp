@@ -387,8 +387,6 @@ StateDict PsStrategy::optimizer_state() {
 namespace {
 
 // The worker's own part of the optimizer state (ps_strategy.h).
-constexpr std::string_view kCompressPrefix = ps::kCheckpointCompressPrefix;
-constexpr std::string_view kCompressMeta = "compress/meta/";
 constexpr const char* kMethodKey = "compress/method";
 constexpr const char* kWorkersKey = "compress/workers";
 constexpr const char* kStepKey = "compress/step";
@@ -412,15 +410,6 @@ void PsStrategy::save_compression(StateDict& out) const {
   out.metadata()[kMethodKey] = std::string(compress::to_string(c.codec.method));
   out.metadata()[kWorkersKey] = std::to_string(num_workers_);
   out.metadata()[kStepKey] = std::to_string(updates_);
-  if (!c.compresses()) return;
-  const compress::State state = client_->compression_state();
-  for (const auto& [name, values] : state.arrays) {
-    out.insert(std::string(kCompressPrefix) + name,
-               Tensor::from_vector(values, {static_cast<int64_t>(values.size())}));
-  }
-  for (const auto& [key, value] : state.metadata) {
-    out.metadata()[std::string(kCompressMeta) + key] = value;
-  }
 }
 
 void PsStrategy::load_compression(const StateDict& state) {
@@ -428,40 +417,24 @@ void PsStrategy::load_compression(const StateDict& state) {
   const CompressionSettings& c = options_.compression;
   if (!c.active() || state.metadata().count(kStepKey) == 0) return;
   pending_updates_ = metadata_number(state, kStepKey);
-  if (!c.compresses()) return;
-  const auto& meta = state.metadata();
-  const auto method = meta.find(kMethodKey);
-  const std::string mine(compress::to_string(c.codec.method));
-  const int64_t workers = meta.count(kWorkersKey) != 0 ? metadata_number(state, kWorkersKey) : 0;
-  if (method == meta.end() || method->second != mine || workers != num_workers_) {
-    logger_->warn(
-        "ps worker {}: the checkpoint's compressor state is of {} with {} worker(s); this run "
-        "has {} with {}: starting with fresh residuals",
-        worker_, method == meta.end() ? std::string("no method") : method->second, workers, mine,
-        num_workers_);
-    client_->reset_compression();
+}
+
+StateDict PsStrategy::rank_state() const {
+  if (!options_.compression.compresses()) return {};
+  return compressor_state_dict(client_->compression_state(), num_workers_);
+}
+
+void PsStrategy::load_rank_state(const std::optional<StateDict>& state) {
+  if (!options_.compression.compresses()) return;
+  std::string why = "the checkpoint holds no compressor state for this worker";
+  const std::optional<compress::State> saved =
+      state ? compressor_state_from(*state, num_workers_, why) : std::nullopt;
+  if (saved) {
+    client_->load_compression_state(*saved);
     return;
   }
-  if (worker_ != 0) {
-    // The chief wrote the checkpoint: these residuals are its own.
-    logger_->info(
-        "ps worker {}: starting with fresh compressor residuals (the checkpoint holds "
-        "worker 0's)",
-        worker_);
-    client_->reset_compression();
-    return;
-  }
-  compress::State loaded;
-  for (const auto& [name, tensor] : state) {
-    if (name.rfind(kCompressPrefix, 0) != 0) continue;
-    const std::span<const float> values = tensor.span();
-    loaded.arrays.emplace_back(name.substr(kCompressPrefix.size()),
-                               std::vector<float>(values.begin(), values.end()));
-  }
-  for (const auto& [key, value] : meta) {
-    if (key.rfind(kCompressMeta, 0) == 0) loaded.metadata[key.substr(kCompressMeta.size())] = value;
-  }
-  client_->load_compression_state(loaded);
+  client_->reset_compression();
+  logger_->warn("ps worker {}: {}: its residuals start afresh", worker_, why);
 }
 
 void PsStrategy::load_optimizer_state(const StateDict& state) {

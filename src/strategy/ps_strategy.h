@@ -99,15 +99,12 @@
 // then sync_replicas(): worker 0 replaces the servers' state with the
 // checkpoint's (Client::load_state), every other worker waits until the
 // servers reach the checkpoint's version and pulls. With compression active
-// the state also carries the writing worker's own part: its compressor's
-// arrays as "compress/<name>" (metadata "compress/meta/<key>"), metadata
-// "compress/method", "compress/workers" (N) and "compress/step" (updates
-// taken). A worker loads the compressor state when N and the method match
-// (else it starts with fresh residuals, one warning line) and continues
-// counting from compress/step. Only the chief writes checkpoints, so the
-// residuals restored are the chief's: every worker index other than the
-// writer's starts with fresh ones (logged at info level); the stateless
-// codecs (fp16, bf16, QSGD) and random draws resume exactly.
+// the state also carries metadata "compress/method", "compress/workers" (N)
+// and "compress/step" (updates taken), from which every worker continues
+// counting. Each worker's compressor arrays (its residuals) are its
+// rank_state(), which every worker writes beside the checkpoint
+// (train/trainer.h) and gets back on resume; one written for another N is
+// dropped (fresh residuals, one warning line).
 //
 // Errors: UsageError for batches whose rows and targets differ, an embedding
 // weight with a dense gradient, gradient accumulation, dynamic batch sizing
@@ -232,6 +229,9 @@ class PsStrategy : public Strategy {
   // The last update's push and pull requests (0 for a local SGD step that
   // sent nothing), against the gradient floats a dense push carries.
   CommStats last_comm() const override { return last_comm_; }
+  // This worker's compressor state (each worker's residuals are its own).
+  StateDict rank_state() const override;
+  void load_rank_state(const std::optional<StateDict>& state) override;
   bool reduces_communication() const override { return options_.compression.active(); }
   std::string communication() const override { return options_.compression.describe(); }
   // A restarted worker: the step its servers say the job (sync) or this
@@ -261,7 +261,7 @@ class PsStrategy : public Strategy {
                       bool round_ends);
   // The updates taken once the servers are at sync version `version`.
   int64_t updates_at_version(uint64_t version) const;
-  // optimizer_state()'s "compress/" part, and its loading.
+  // optimizer_state()'s "compress/" metadata, and its loading.
   void save_compression(StateDict& out) const;
   void load_compression(const StateDict& state);
   // Sync: the live workers from the last pull's totals (reshard_lost_workers).

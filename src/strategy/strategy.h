@@ -138,6 +138,16 @@ class Strategy {
   virtual StateDict optimizer_state() = 0;
   virtual void load_optimizer_state(const StateDict& state) = 0;
 
+  // State private to this process that resuming must give back to this
+  // same rank: a compressor's error-feedback residuals and warm starts,
+  // which differ from worker to worker. Every rank writes its own with the
+  // checkpoints (train/trainer.h); empty when there is none.
+  // load_rank_state() gives it back on resume (after load_optimizer_state):
+  // this rank's state from the same checkpoint, or nullopt when there is
+  // none (then the strategy starts it afresh and says so).
+  virtual StateDict rank_state() const { return {}; }
+  virtual void load_rank_state(const std::optional<StateDict>& /*state*/) {}
+
   // A process that joined a job already under way (a restarted ps worker:
   // its servers kept the job's state) reports the global step the job is at;
   // the trainer continues from there instead of from a checkpoint. nullopt

@@ -98,6 +98,41 @@ void Trainer::take_snapshot(int64_t step) {
   snapshot_.step = step;
   snapshot_.model = strategy_.model().state_dict().clone();
   snapshot_.optimizer = strategy_.optimizer_state().clone();
+  snapshot_.rank = strategy_.rank_state().clone();
+}
+
+void Trainer::save_rank_state(const Position& position) {
+  StateDict state = strategy_.rank_state();
+  if (state.empty()) return;
+  if (rank_writer_ == nullptr) {
+    rank_writer_ = std::make_unique<CheckpointWriter>(
+        fmt::format("{}/rank-{}", job_.output, rank_),
+        std::max<int64_t>(1, job_.train.keep_checkpoints), io::default_file_system(), logger_);
+  }
+  io::Checkpoint c;
+  c.step = position.step;
+  c.epoch = position.epoch;
+  c.add_section("rank_state", state.clone());
+  rank_writer_->submit(std::move(c));
+}
+
+std::optional<StateDict> Trainer::find_rank_state(const io::Checkpoint& c) const {
+  if (chief_) {
+    if (!c.has_section("rank_state")) return std::nullopt;
+    return c.section("rank_state");
+  }
+  const io::CheckpointDirectory dir(fmt::format("{}/rank-{}", job_.output, rank_), 1,
+                                    io::default_file_system(), logger_);
+  const std::string path = dir.path_for(c.step);
+  try {
+    if (!io::default_file_system().exists(path)) return std::nullopt;
+    io::Checkpoint mine = io::read_checkpoint(path);
+    if (mine.step != c.step || !mine.has_section("rank_state")) return std::nullopt;
+    return mine.section("rank_state");
+  } catch (const Error& e) {
+    logger_.warn("rank {}: cannot read {}: {}", rank_, path, e.what());
+    return std::nullopt;
+  }
 }
 
 bool Trainer::guard_update(int64_t step, const strategy::StepStats& stats) {
@@ -125,6 +160,7 @@ bool Trainer::guard_update(int64_t step, const strategy::StepStats& stats) {
   event.from = strategy_.communication();
   strategy_.model().load_state_dict(snapshot_.model, true);
   strategy_.load_optimizer_state(snapshot_.optimizer);
+  strategy_.load_rank_state(snapshot_.rank);
   guard_->rescued(step);
   strategy_.set_communication_level(guard_->level());
   event.to = strategy_.communication();
@@ -215,6 +251,7 @@ bool Trainer::resume(Position& position, const RunPlan& plan, const data::Tensor
                           fmt::format("does not fit this job's model: {}", e.what()));
   }
   strategy_.sync_replicas();
+  strategy_.load_rank_state(find_rank_state(c));
   position.step = c.step;
   position.epoch = c.epoch;
   position.batch_in_epoch = std::stoll(metadata_at(c, "batch_in_epoch", found->path));
@@ -257,6 +294,9 @@ void Trainer::save_checkpoint(const Position& position) {
   strategy_.fetch_model();
   c.add_section("model", strategy_.model().state_dict().clone());
   c.add_section("optimizer", strategy_.optimizer_state().clone());
+  if (StateDict mine = strategy_.rank_state(); !mine.empty()) {
+    c.add_section("rank_state", mine.clone());
+  }
   io::stamp_identity(c, {job_.name, state_fingerprint(c.section("model"))});
   if (const auto bad = io::describe_non_finite(c)) {
     throw NumericError(
@@ -333,6 +373,15 @@ Trainer::Position Trainer::starting_position(const RunPlan& plan,
     resume(position, plan, train);
   } else if (chief_) {
     set_aside_earlier_checkpoints();
+  } else {
+    // An earlier run's rank states must not pass for this run's.
+    io::FileSystem& fs = io::default_file_system();
+    const io::CheckpointDirectory dir(fmt::format("{}/rank-{}", job_.output, rank_), 1, fs,
+                                      logger_);
+    try {
+      for (const int64_t step : dir.steps()) fs.remove_file(dir.path_for(step));
+    } catch (const std::exception&) {  // NOLINT(bugprone-empty-catch): nothing there to remove
+    }
   }
   return position;
 }
@@ -430,6 +479,10 @@ bool Trainer::after_step(Position& position, float lr, const RunPlan& plan, bool
     take_group_role();
   }
   if (chief_ && !last_step && checkpoint_due(position.step)) save_checkpoint(position);
+  const int64_t every_steps = job_.train.checkpoint_every_steps;
+  if (!chief_ && !last_step && every_steps > 0 && position.step % every_steps == 0) {
+    save_rank_state(position);
+  }
   if (chief_ && last_step) writer_->wait();
   StepInfo s;
   s.step = position.step;
@@ -505,6 +558,7 @@ void Trainer::end_epoch(const data::TensorDataset& test, const EpochEnd& end, Po
   const EvalResult eval =
       chief_ ? evaluate(strategy_.model(), test, job_.train.eval_batch_size) : EvalResult{};
   if (chief_) save_checkpoint(position);
+  if (!chief_) save_rank_state(position);
   EpochInfo e;
   e.epoch = end.exhausted ? position.epoch : position.epoch + 1;
   e.step = position.step;
@@ -572,6 +626,10 @@ Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset
     summary.test_loss = eval.loss;
     summary.test_accuracy = summary.best_test_accuracy = eval.accuracy;
     summary.epochs = position.epoch;
+  }
+  if (rank_writer_ != nullptr) {
+    rank_writer_->wait();
+    rank_writer_.reset();
   }
   if (chief_) {
     // The last checkpoint is on disk (or its error thrown) before the final

@@ -129,6 +129,7 @@ class Trainer {
     int64_t step = -1;
     StateDict model;
     StateDict optimizer;
+    StateDict rank;
   };
   // How an epoch's steps ended.
   struct EpochEnd {
@@ -190,6 +191,15 @@ class Trainer {
   // a diverged run, snapshots a healthy one, relaxes an expired fallback.
   // Returns whether the update counts as healthy.
   bool guard_update(int64_t step, const strategy::StepStats& stats);
+  // A rank other than the chief writes its Strategy::rank_state() (nothing
+  // when empty) to <output>/rank-<r>/ckpt-<step>.dtc, at the checkpoints
+  // every rank knows of: every checkpoint_every_steps steps and at epoch
+  // ends. The chief's goes into the checkpoint itself (section
+  // "rank_state").
+  void save_rank_state(const Position& position);
+  // This rank's state for checkpoint `c` (its section, or its own file of
+  // the same step); nullopt when there is none.
+  std::optional<StateDict> find_rank_state(const io::Checkpoint& c) const;
   void take_snapshot(int64_t step);
 
   const JobConfig& job_;
@@ -209,7 +219,8 @@ class Trainer {
   Window window_;                            // since the last report (log_every_steps)
   std::unique_ptr<ConvergenceGuard> guard_;  // compression.guard
   Snapshot snapshot_;
-  std::unique_ptr<CheckpointWriter> writer_;  // rank 0, during fit(); last: joined first
+  std::unique_ptr<CheckpointWriter> rank_writer_;  // ranks > 0 with a rank_state()
+  std::unique_ptr<CheckpointWriter> writer_;       // rank 0, during fit(); last: joined first
 };
 
 }  // namespace dtrain::train

@@ -188,6 +188,7 @@ TEST(CompressedAllReduce, ResumedRunIsBitIdenticalToAnUninterruptedOne) {
     // compressor's), then go on in new strategies.
     std::vector<StateDict> models(2);
     std::vector<StateDict> optimizers(2);
+    std::vector<StateDict> ranks(2);
     run_workers(2, [&](int rank, comm::Communicator& comm, comm::InProcHub&) {
       AllReduceStrategy s(make_mlp(1), sgd(), comm, options_with(settings));
       for (size_t i = 0; i < 6; ++i) {
@@ -196,13 +197,17 @@ TEST(CompressedAllReduce, ResumedRunIsBitIdenticalToAnUninterruptedOne) {
       }
       models[static_cast<size_t>(rank)] = s.model().state_dict().clone();
       optimizers[static_cast<size_t>(rank)] = s.optimizer_state().clone();
+      ranks[static_cast<size_t>(rank)] = s.rank_state().clone();
     });
     std::vector<Params> resumed(2);
     run_workers(2, [&](int rank, comm::Communicator& comm, comm::InProcHub&) {
       AllReduceStrategy s(make_mlp(7), sgd(), comm, options_with(settings));
       s.model().load_state_dict(models[static_cast<size_t>(rank)], true);
-      s.load_optimizer_state(optimizers[static_cast<size_t>(rank)]);
+      // Every rank loads rank 0's shared state (as from the checkpoint) and
+      // its own rank state.
+      s.load_optimizer_state(optimizers[0]);
       s.sync_replicas();
+      s.load_rank_state(ranks[static_cast<size_t>(rank)]);
       for (size_t i = 6; i < batches.size(); ++i) {
         const Batch mine = rows_of(batches[i], rank, 2);
         s.train_step(mine.x, mine.y);
@@ -225,12 +230,12 @@ TEST(CompressedAllReduce, StateOfAnotherWorkerCountIsDropped) {
       const Batch mine = rows_of(b, rank, 2);
       s.train_step(mine.x, mine.y);
     }
-    if (rank == 0) saved = s.optimizer_state().clone();
+    if (rank == 0) saved = s.rank_state().clone();
   });
-  EXPECT_EQ(saved.metadata().at("compress/workers"), "2");
+  EXPECT_EQ(saved.metadata().at("workers"), "2");
   run_workers(3, [&](int /*rank*/, comm::Communicator& comm, comm::InProcHub&) {
     AllReduceStrategy s(make_mlp(1), sgd(), comm, options_with(settings));
-    s.load_optimizer_state(saved);
+    s.load_rank_state(saved);
     const compress::State state = s.compressor()->save();
     for (const auto& [name, values] : state.arrays) {
       for (const float v : values) ASSERT_EQ(v, 0.0f) << name;

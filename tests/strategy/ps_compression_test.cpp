@@ -227,24 +227,29 @@ TEST(PsLocalSgd, ARoundOfFourStepsEqualsTheAverageOfTheWorkersModels) {
   finish_all(workers);
 }
 
-TEST(PsCompression, TheCompressorStateRoundTripsThroughTheOptimizerState) {
+TEST(PsCompression, TheCompressorStateRoundTripsThroughEachWorkersRankState) {
   PsOptions options = options_with(compress::Method::kTopK);
   options.compression.start_step = 0;
   const std::vector<test::Batch> batches = test::make_batches(3, 8, 24);
   StateDict saved;
-  compress::State residuals;
+  std::vector<StateDict> ranks(2);
+  std::vector<compress::State> residuals(2);
   {
     Servers servers;
     auto workers = start_workers(servers, options, 8, Logger::null());
     for (const test::Batch& b : batches) step_all(workers, b);
     saved = workers[0]->optimizer_state().clone();
-    residuals = workers[0]->client().compression_state();
+    for (size_t w = 0; w < 2; ++w) {
+      ranks[w] = workers[w]->rank_state().clone();
+      residuals[w] = workers[w]->client().compression_state();
+    }
     finish_all(workers);
   }
   EXPECT_EQ(saved.metadata().at("compress/method"), "topk");
   EXPECT_EQ(saved.metadata().at("compress/workers"), "2");
   EXPECT_EQ(saved.metadata().at("compress/step"), "3");
-  ASSERT_FALSE(residuals.arrays.empty());
+  ASSERT_FALSE(residuals[0].arrays.empty());
+  EXPECT_NE(residuals[0].arrays, residuals[1].arrays);  // each worker's own
 
   Servers servers;
   std::mutex mutex;
@@ -254,38 +259,41 @@ TEST(PsCompression, TheCompressorStateRoundTripsThroughTheOptimizerState) {
     lines.emplace_back(line);
   });
   auto workers = start_workers(servers, options, 8, logger);
-  workers[0]->load_optimizer_state(saved);
-  const compress::State loaded = workers[0]->client().compression_state();
-  ASSERT_EQ(loaded.arrays.size(), residuals.arrays.size());
-  for (size_t i = 0; i < loaded.arrays.size(); ++i) {
-    EXPECT_EQ(loaded.arrays[i], residuals.arrays[i]) << residuals.arrays[i].first;
-  }
-  EXPECT_EQ(loaded.metadata, residuals.metadata);
   {
     std::vector<std::jthread> syncing;
     for (auto& w : workers) {
       syncing.emplace_back([&w, &saved] {
-        if (w->rank() != 0) w->load_optimizer_state(saved);
+        w->load_optimizer_state(saved);
         w->sync_replicas();
       });
     }
   }
+  for (size_t w = 0; w < 2; ++w) {
+    workers[w]->load_rank_state(ranks[w]);
+    const compress::State loaded = workers[w]->client().compression_state();
+    EXPECT_EQ(loaded.arrays, residuals[w].arrays) << "worker " << w;
+    EXPECT_EQ(loaded.metadata, residuals[w].metadata) << "worker " << w;
+  }
   EXPECT_EQ(workers[0]->updates(), 3);
   EXPECT_EQ(workers[1]->updates(), 3);
 
-  // Saved with another worker count: fresh residuals and one warning.
-  StateDict other = saved.clone();
-  other.metadata()["compress/workers"] = "3";
-  workers[0]->load_optimizer_state(other);
-  const compress::State reset = workers[0]->client().compression_state();
-  for (const auto& [name, values] : reset.arrays) {
-    for (float v : values) EXPECT_EQ(v, 0.0f) << name;
+  // Saved with another worker count, or missing: fresh residuals and one
+  // warning each.
+  StateDict other = ranks[0].clone();
+  other.metadata()["workers"] = "3";
+  workers[0]->load_rank_state(other);
+  workers[1]->load_rank_state(std::nullopt);
+  for (size_t w = 0; w < 2; ++w) {
+    for (const auto& [name, values] : workers[w]->client().compression_state().arrays) {
+      for (float v : values) EXPECT_EQ(v, 0.0f) << name;
+    }
   }
   size_t warnings = 0;
   for (const std::string& line : lines) {
-    if (line.find("compressor state is of topk with 3 worker(s)") != std::string::npos) ++warnings;
+    if (line.find("written by 3 workers, this run has 2") != std::string::npos) ++warnings;
+    if (line.find("holds no compressor state for this worker") != std::string::npos) ++warnings;
   }
-  EXPECT_EQ(warnings, 1u);
+  EXPECT_EQ(warnings, 2u);
   finish_all(workers);
 }
 
