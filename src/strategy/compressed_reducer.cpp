@@ -3,6 +3,9 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
+
+#include "core/finite.h"
 
 namespace dtrain::strategy {
 
@@ -52,7 +55,17 @@ comm::Work CompressedReducer::launch(size_t bucket, std::span<float> data, int64
 
 void CompressedReducer::reduce(size_t bucket, std::span<float> data, int64_t step) {
   const BucketPlan& plan = plans_[bucket];
-  scratch_.resize(plan.dense_floats);
+  std::vector<std::span<float>> grads;
+  grads.reserve(plan.compressed.size());
+  bool finite = true;
+  for (const size_t param : plan.compressed) {
+    const auto [offset, count] = bucketer_.slot_range(param);
+    grads.push_back(data.subspan(offset, count));
+    finite = finite && all_finite(grads.back());
+  }
+  // The dense part, and one more float: how many workers hold a non-finite
+  // gradient for the compressed tensors.
+  scratch_.resize(plan.dense_floats + 1);
   size_t at = 0;
   for (const auto& [begin, end] : plan.dense) {
     std::copy(data.begin() + static_cast<std::ptrdiff_t>(begin),
@@ -60,6 +73,7 @@ void CompressedReducer::reduce(size_t bucket, std::span<float> data, int64_t ste
               scratch_.begin() + static_cast<std::ptrdiff_t>(at));
     at += end - begin;
   }
+  scratch_.back() = finite ? 0.0f : 1.0f;
   group_.allreduce_sum(scratch_);
   at = 0;
   for (const auto& [begin, end] : plan.dense) {
@@ -67,11 +81,14 @@ void CompressedReducer::reduce(size_t bucket, std::span<float> data, int64_t ste
                 data.begin() + static_cast<std::ptrdiff_t>(begin));
     at += end - begin;
   }
-  std::vector<std::span<float>> grads;
-  grads.reserve(plan.compressed.size());
-  for (const size_t param : plan.compressed) {
-    const auto [offset, count] = bucketer_.slot_range(param);
-    grads.push_back(data.subspan(offset, count));
+  if (scratch_.back() != 0.0f) {
+    // A diverged worker: no compressed message could carry its gradient
+    // (peers refuse non-finite values as malformed). Every worker learns it
+    // from the sum above and fills the slots with NaN alike, so the
+    // strategy's finiteness check stops (or the convergence guard rescues)
+    // every worker at this update; the residuals stay as they were.
+    for (const std::span<float> g : grads) std::fill(g.begin(), g.end(), NAN);
+    return;
   }
   compressor_->reduce(plan.compressed, grads, group_, step);
 }

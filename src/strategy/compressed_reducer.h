@@ -9,6 +9,11 @@
 //  2. the compressed parameters' gradients go through
 //     Compressor::reduce() with a CommGroup, which leaves the sum over the
 //     workers of what each worker's message decodes to in their slots.
+// The dense allreduce also counts the workers whose compressed gradients
+// hold a NaN or an infinity (one float more): when any does, no worker
+// compresses and every worker's compressed slots become NaN, so that all of
+// them stop alike at the strategy's finiteness check (or the convergence
+// guard rescues them) instead of a peer refusing a malformed message.
 // A bucket without a compressed parameter takes the plain allreduce.
 //
 // Every worker builds the same reducer (same parameters, same options), so

@@ -282,6 +282,36 @@ TEST(CompressedAllReduce, TheGuardsLeverWeakensAndRebuildsTheCompressor) {
   });
 }
 
+TEST(CompressedAllReduce, ANonFiniteGradientOnOneWorkerStopsEveryWorkerAlike) {
+  const auto batches = learnable_batches(3, 12, 19);
+  for (const compress::Method method : {compress::Method::kQsgd, compress::Method::kTopK,
+                                        compress::Method::kSign, compress::Method::kPowerSgd}) {
+    SCOPED_TRACE(std::string(compress::to_string(method)));
+    CompressionSettings settings;
+    settings.codec = codec(method);
+    std::vector<std::string> errors(2);
+    run_workers(2, [&](int rank, comm::Communicator& comm, comm::InProcHub&) {
+      AllReduceStrategy s(make_mlp(1), sgd(), comm, options_with(settings));
+      Batch mine = rows_of(batches[0], rank, 2);
+      if (rank == 1) {
+        mine.x = mine.x.clone();
+        mine.x.data()[0] = NAN;
+      }
+      try {
+        s.train_step(mine.x, mine.y);
+      } catch (const NumericError& e) {
+        errors[static_cast<size_t>(rank)] = e.what();
+      }
+      // Not a CommError: the group still works.
+      EXPECT_FALSE(s.failed());
+      const Batch next = rows_of(batches[1], rank, 2);
+      s.train_step(next.x, next.y);
+    });
+    EXPECT_NE(errors[0].find("fc"), std::string::npos) << errors[0];
+    EXPECT_NE(errors[1].find("fc"), std::string::npos) << errors[1];
+  }
+}
+
 TEST(CompressedAllReduce, CompressionNeedsTheNativeCommunicator) {
   CompressionSettings settings;
   settings.codec = codec(compress::Method::kFp16);
