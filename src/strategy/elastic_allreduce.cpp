@@ -183,6 +183,7 @@ void ElasticAllReduce::build(const comm::ElasticGeneration& m, Deadline deadline
   comm_ = std::make_unique<comm::Communicator>(std::move(transport), c);
   inner_ = std::make_unique<AllReduceStrategy>(make_model_(), make_optimizer_, *comm_,
                                                options_.allreduce, loss_);
+  inner_->set_communication_level(level_);
 }
 
 void ElasticAllReduce::sync_state() {

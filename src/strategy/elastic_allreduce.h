@@ -94,6 +94,20 @@ class ElasticAllReduce final : public Strategy, public ElasticMembership {
   }
   void sync_replicas() override { group().sync_replicas(); }
   ElasticMembership* elastic() override { return this; }
+  // Compression, as the current group's strategy has it: a re-formed group
+  // starts its compressor afresh (the residuals belong to the old group),
+  // at the guard's level.
+  CommStats last_comm() const override { return group().last_comm(); }
+  bool reduces_communication() const override { return group().reduces_communication(); }
+  void set_communication_level(int level) override {
+    level_ = level;
+    group().set_communication_level(level);
+  }
+  std::string communication() const override { return group().communication(); }
+  StateDict rank_state() const override { return group().rank_state(); }
+  void load_rank_state(const std::optional<StateDict>& state) override {
+    group().load_rank_state(state);
+  }
 
   // ElasticMembership.
   bool joined_running_group(TrainingPosition& position) override;
@@ -117,6 +131,7 @@ class ElasticAllReduce final : public Strategy, public ElasticMembership {
   void note_failure(const CommError& e);
   // The current group's strategy; InternalError when there is none.
   AllReduceStrategy& group() const;
+  int level_ = 0;  // the convergence guard's, given to every new group
   void build(const comm::ElasticGeneration& membership, Deadline deadline);
   // Rank 0 sends held_ to every member; the others receive it. Then every
   // member loads it.

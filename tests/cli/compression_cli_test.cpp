@@ -49,8 +49,8 @@ TEST(CompressionCli, AResumedRunEndsWithTheUninterruptedRunsWeightsBitForBit) {
   testing::TempDir dir;
   write_file(dir.file("job.toml"), kTopkJob);
   const auto train = [&](const std::string& out, std::vector<std::string> extra) {
-    std::vector<std::string> args{"train",     dir.file("job.toml"), "--output", out,
-                                  "--workers", "2",                  "--progress", "plain"};
+    std::vector<std::string> args{"train", dir.file("job.toml"), "--output", out, "--workers",
+                                  "2",     "--progress",         "plain"};
     args.insert(args.end(), extra.begin(), extra.end());
     return run_dtrain(args);
   };
@@ -96,12 +96,18 @@ TEST(CompressionCli, TheGuardRescuesARunMadeToDivergeAndItLearns) {
   }
   testing::TempDir dir;
   const auto train = [&](const std::string& out, const std::string& guard) {
-    return run_dtrain({"train", std::string(DTRAIN_SOURCE_DIR) + "/examples/mnist_mlp.toml",
-                       "--output", out, "--workers", "2", "--progress", "plain", "--set",
-                       "data.path=\"" + mnist + "\"", "--set", "data.train_limit=12000", "--set",
-                       "data.test_limit=2000", "--set", "train.epochs=3", "--set",
-                       "compression.type=\"qsgd\"", "--set", "compression.levels=1", "--set",
-                       "compression.guard=" + guard, "--set", "compression.guard_hold_steps=1000"});
+    return run_dtrain({"train",      std::string(DTRAIN_SOURCE_DIR) + "/examples/mnist_mlp.toml",
+                       "--output",   out,
+                       "--workers",  "2",
+                       "--progress", "plain",
+                       "--set",      "data.path=\"" + mnist + "\"",
+                       "--set",      "data.train_limit=12000",
+                       "--set",      "data.test_limit=2000",
+                       "--set",      "train.epochs=3",
+                       "--set",      "compression.type=\"qsgd\"",
+                       "--set",      "compression.levels=1",
+                       "--set",      "compression.guard=" + guard,
+                       "--set",      "compression.guard_hold_steps=1000"});
   };
   const CliRun unguarded = train(dir.file("unguarded"), "false");
   EXPECT_FALSE(unguarded.status.ok()) << unguarded.output;
