@@ -322,6 +322,11 @@ StepStats AllReduceStrategy::train_step(const Tensor& inputs, std::span<const in
     ++micro_step_;
     return mine;
   }
+  end_window(local);
+  return mine;
+}
+
+void AllReduceStrategy::end_window(bool local) {
   micro_step_ = 0;
   // One call's mean: the balancer's model is per train_step() call, each
   // paying the fixed cost once.
@@ -333,7 +338,7 @@ StepStats AllReduceStrategy::train_step(const Tensor& inputs, std::span<const in
     if (local) {
       const int64_t since = run_updates_ - settings_.start_step;
       local_update((since + 1) % settings_.local_steps == 0);
-      return mine;
+      return;
     }
     complete_allreduce();
     last_comm_ = {async_ != nullptr ? async_->bytes_sent() - bytes_at_pass_ : 0,
@@ -350,7 +355,6 @@ StepStats AllReduceStrategy::train_step(const Tensor& inputs, std::span<const in
     failure_ = e.what();
     throw;
   }
-  return mine;
 }
 
 void AllReduceStrategy::begin_pass() {

@@ -266,6 +266,9 @@ class AllReduceStrategy : public Strategy {
   // Records the completion time of launched buckets that finished (in order).
   void poll_completions();
   void wait_in_flight() noexcept;
+  // The communicating call, after backward: the window's measurements, then
+  // the allreduce and the update (or local SGD's own update).
+  void end_window(bool local);
   // Local SGD: this worker's own update from its window, then, at every
   // H-th update, the average of the workers' parameters and buffers.
   void local_update(bool average);

@@ -270,3 +270,20 @@ TEST(JobFileCompression, AStrategyThatCannotUseItRefusesIt) {
 
 }  // namespace
 }  // namespace dtrain::train
+
+namespace dtrain::train {
+namespace {
+
+TEST(JobFileLinks, ReadsTheEmulatedLinkAndRefusesNonsense) {
+  const JobConfig job =
+      job_of(kJob, "job.toml", {"distributed.link_mbps=100", "distributed.link_latency_ms=1.5"});
+  EXPECT_EQ(job.distributed.link_mbps, 100.0);
+  EXPECT_EQ(job.distributed.link_latency_ms, 1.5);
+  EXPECT_NE(error_of(kJob, {"distributed.link_mbps=-1"}).find("distributed.link_mbps"),
+            std::string::npos);
+  EXPECT_NE(error_of(kJob, {"distributed.link_latency_ms=2"}).find("needs distributed.link_mbps"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace dtrain::train
