@@ -71,6 +71,8 @@ method_args() {  # METHOD -> its --set flags
     fp16 | bf16) echo "$c.type=$1" ;;
     topk) echo "$c.type=topk $c.density=0.01 $c.error_feedback=true" ;;
     randomk) echo "$c.type=randomk $c.density=0.1 $c.error_feedback=true" ;;
+    randomk-guard) echo "$c.type=randomk $c.density=0.1 $c.error_feedback=true $c.guard=true" ;;
+    topk-guard) echo "$c.type=topk $c.density=0.01 $c.error_feedback=true $c.guard=true" ;;
     qsgd) echo "$c.type=qsgd $c.levels=16" ;;
     sign) echo "$c.type=sign $c.error_feedback=true" ;;
     powersgd) echo "$c.type=powersgd $c.rank=$rank $c.start_step=$start" ;;
