@@ -64,7 +64,7 @@ class AllReduceSpec final : public StrategySpec {
   }
 
   void read_options(ConfigTable& table) override {
-    table.read("bucket_bytes", o_.bucket_bytes);
+    bucket_bytes_set_ = table.read("bucket_bytes", o_.bucket_bytes);
     table.read("accumulation_steps", o_.accumulation_steps);
     table.read("backend", o_.backend);
     where_ = table.lines();
@@ -164,6 +164,12 @@ class AllReduceSpec final : public StrategySpec {
   AllReduceOptions options(const BuildContext& c) const {
     AllReduceOptions o;
     o.bucket_bytes = static_cast<size_t>(o_.bucket_bytes);
+    if (c.compression.compresses() && !bucket_bytes_set_) {
+      // A compressed bucket costs a few collectives whatever its size, each
+      // paying the link's latency: fewer, larger buckets (DDP's 25 MiB, as
+      // its PowerSGD hook runs with) unless the job chose a size.
+      o.bucket_bytes = kCompressedBucketBytes;
+    }
     o.accumulation_steps = o_.accumulation_steps;
     o.timeout = c.timeout;
     o.dynamic_batch = c.dynamic_batch;
@@ -212,7 +218,10 @@ class AllReduceSpec final : public StrategySpec {
     return std::make_unique<ElasticAllReduce>(o, c.make_model, c.make_optimizer, c.loss, *c.logger);
   }
 
+  static constexpr size_t kCompressedBucketBytes = size_t{25} << 20;
+
   AllReduceJobOptions o_;
+  bool bucket_bytes_set_ = false;  // the job file named distributed.allreduce.bucket_bytes
   KeyLines where_;
 };
 
