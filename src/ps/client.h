@@ -156,8 +156,9 @@ class Client {
   // spent computing the gradient; in sync last_totals().workers brings every
   // worker's back.
   // With `compression.compressed`, each server gets a compressed push
-  // (compressed_push.h): per slice of its range the compressor's message, or
-  // the floats of a slice it does not compress; the compressor's residuals
+  // (compressed_push.h): per piece of each slice of its range (partial rows
+  // and whole rows, push_pieces()) the compressor's message, or the floats
+  // of a piece it does not compress; the compressor's residuals
   // carry what was not sent to the next compressed push. A server that
   // cannot decode a piece refuses the whole push (CommError "server 1
   // refused: push from worker 0: ...") and applies nothing.

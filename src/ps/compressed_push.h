@@ -1,15 +1,17 @@
 // Compressed dense pushes (Kind::kPushCompressed, docs/parameter-server.md
-// "Compressed pushes"): how a worker cuts its gradient into one piece per
-// slice of each server's range and compresses each piece, and how a server
-// turns the pieces back into the dense gradient of its range.
+// "Compressed pushes"): how a worker cuts its gradient into pieces and
+// compresses each, and how a server turns the pieces back into the dense
+// gradient of its range.
 //
-// The pieces a worker pushes are the slices of the shard plan, server by
-// server: for server s, every ShardSlice of plan.slices(s) in order. One
-// compress::Compressor serves all of them (tensor index = the slice's
-// position in that server-major list, layout = slice_layout()), so error
-// feedback and PowerSGD's Q are kept per slice, on the worker. A slice the
-// compressor does not compress (compresses() false: too small, or a matrix
-// PowerSGD would not shrink) travels as plain floats.
+// The pieces a worker pushes are those of slice_pieces() (sharding.h) for
+// every slice of the shard plan, server by server: for server s, every
+// ShardSlice of plan.slices(s) in order, and within a slice its pieces in
+// element order (a leading partial row, whole rows, a trailing partial
+// row). One compress::Compressor serves all of them (tensor index = the
+// piece's position in that server-major list, layout = the piece's), so
+// error feedback and PowerSGD's Q are kept per piece, on the worker. A
+// piece the compressor does not compress (compresses() false: too small,
+// or a matrix PowerSGD would not shrink) travels as plain floats.
 //
 // The server decodes every piece of a push into a zeroed scratch range
 // before anything is applied (compress::decode_add is stateless and leaves
@@ -36,7 +38,17 @@
 
 namespace dtrain::ps {
 
-// Every slice's layout, server-major: the compressor's tensor list.
+// One piece of a server's push: slice `slice` of plan.slices(server) and
+// its piece `piece` (slice_pieces()).
+struct PushPieceSpec {
+  size_t slice = 0;
+  SlicePiece piece;
+};
+
+// Server `server`'s pieces, in push order.
+std::vector<PushPieceSpec> push_pieces(const ShardPlan& plan, int server);
+
+// Every piece's layout, server-major: the compressor's tensor list.
 std::vector<compress::TensorLayout> push_layouts(const ShardPlan& plan);
 
 class PushCompressor {
@@ -46,7 +58,7 @@ class PushCompressor {
 
   // Server `server`'s pieces of `grads` (the plan's tensors, in order, shapes
   // checked by the caller), at compression step `step`, for worker `rank`.
-  // Updates the compressor's residuals of those slices.
+  // Updates the compressor's residuals of those pieces.
   std::vector<PushPiece> encode(int server, const std::vector<Tensor>& grads, int64_t step,
                                 int rank);
 
@@ -55,15 +67,16 @@ class PushCompressor {
 
  private:
   ShardPlan plan_;
-  std::vector<size_t> first_tensor_;  // by server: compressor index of its first slice
+  std::vector<std::vector<PushPieceSpec>> pieces_;  // by server: push_pieces()
+  std::vector<size_t> first_tensor_;  // by server: compressor index of its first piece
   std::unique_ptr<compress::Compressor> compressor_;
 };
 
 // The dense gradient of server `server`'s range (plan.range_numel(server)
 // floats) that `pieces` of worker `worker` decode to. Every piece is checked
-// against its slice: the piece count, a dense piece's float count, a
-// compressed piece's message (compress::decode_add); DataError naming the
-// worker and the piece otherwise.
+// against push_pieces(plan, server): the piece count, a dense piece's float
+// count, a compressed piece's message (compress::decode_add); DataError
+// naming the worker and the piece (its tensor and element range) otherwise.
 std::vector<float> decode_push(const ShardPlan& plan, int server, std::span<const PushPiece> pieces,
                                uint32_t worker);
 

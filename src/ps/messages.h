@@ -47,8 +47,8 @@ enum class Kind : uint8_t {
   kGoodbye = 9,     // worker -> server: the worker is finished
   kHeartbeat = 10,  // worker -> server: proof of life; never answered
   // worker -> server: a push (version, samples, lr, ...) whose gradient is
-  // one piece per slice of the server's range (ShardPlan::slices), each
-  // dense floats or a compressor's message (compressed_push.h)
+  // one entry per piece of each slice of the server's range (push_pieces(),
+  // compressed_push.h), each dense floats or a compressor's message
   kPushCompressed = 11,
   kReply = 64,  // server -> worker: status, and the body of the request's reply
 };
@@ -110,14 +110,14 @@ struct StepTotals {
   std::vector<WorkerStep> workers;
 };
 
-// One slice's part of a compressed push (Kind::kPushCompressed): the slice's
-// gradient as floats (its compressor leaves it dense), or the compressor's
-// message (compress::Compressor::encode) for the slice's layout
-// (slice_layout()). decode_message checks only the framing; the server
-// checks each piece against its slice (compressed_push.h).
+// One piece of a compressed push (Kind::kPushCompressed; a slice's piece,
+// slice_pieces()): the piece's gradient as floats (its compressor leaves it
+// dense), or the compressor's message (compress::Compressor::encode) for the
+// piece's layout. decode_message checks only the framing; the server checks
+// each piece against its place in the plan (compressed_push.h).
 struct PushPiece {
   bool compressed = false;
-  std::vector<float> dense;        // !compressed: the slice's count floats
+  std::vector<float> dense;        // !compressed: the piece's count floats
   std::vector<std::byte> message;  // compressed: the encoded message
 };
 
@@ -149,8 +149,8 @@ struct Message {
   double loss_sum = 0.0;
   int64_t correct = 0;
   double compute_s = 0.0;
-  // kPushCompressed: the pieces, one per slice of the server's range (in
-  // place of `floats`).
+  // kPushCompressed: the pieces, one per piece of each slice of the
+  // server's range (ps::push_pieces(), in place of `floats`).
   std::vector<PushPiece> pieces;
   // kPullRows / kPushRows.
   uint32_t table = 0;

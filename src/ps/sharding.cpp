@@ -76,16 +76,31 @@ const std::vector<ShardSlice>& ShardPlan::slices(int server) const {
   return slices_[static_cast<size_t>(server)];
 }
 
-compress::TensorLayout slice_layout(const ShardPlan& plan, const ShardSlice& slice) {
+std::vector<SlicePiece> slice_pieces(const ShardPlan& plan, const ShardSlice& slice) {
   const Shape& shape = plan.tensors().at(slice.tensor).shape;
-  const auto count = static_cast<size_t>(slice.count);
-  if (shape.size() >= 2 && shape[0] > 0) {
-    const int64_t cols = shape_numel(shape) / shape[0];
-    if (cols > 0 && slice.offset % cols == 0 && slice.count % cols == 0) {
-      return {count / static_cast<size_t>(cols), static_cast<size_t>(cols)};
-    }
+  auto row = [&](int64_t offset, int64_t count) {
+    return SlicePiece{offset - slice.offset, count, {1, static_cast<size_t>(count)}};
+  };
+  const int64_t cols = shape.size() >= 2 && shape[0] > 0 ? shape_numel(shape) / shape[0] : 0;
+  const int64_t begin = slice.offset;
+  const int64_t end = slice.offset + slice.count;
+  if (cols == 0 || slice.count == 0) return {row(begin, slice.count)};
+  // [begin, first_row) and [last_row, end) are the partial rows at either
+  // end, [first_row, last_row) the whole rows (empty when the slice holds
+  // none; first_row > last_row when it lies within one row).
+  const int64_t first_row = (begin + cols - 1) / cols * cols;
+  const int64_t last_row = end / cols * cols;
+  if (first_row > last_row) return {row(begin, slice.count)};
+  std::vector<SlicePiece> pieces;
+  if (begin < first_row) pieces.push_back(row(begin, first_row - begin));
+  if (first_row < last_row) {
+    pieces.push_back(SlicePiece{
+        first_row - begin,
+        last_row - first_row,
+        {static_cast<size_t>((last_row - first_row) / cols), static_cast<size_t>(cols)}});
   }
-  return {1, count};
+  if (last_row < end) pieces.push_back(row(last_row, end - last_row));
+  return pieces;
 }
 
 namespace {

@@ -14,8 +14,9 @@
 // (seed, table, key), so a row's initial value does not depend on which
 // worker touches it first nor on the number of servers.
 //
-// slice_layout() gives the matrix a gradient compressor (compress/compressor.h)
-// sees for one slice: the client encodes with it, the server decodes with it.
+// slice_pieces() cuts one slice into the matrices a gradient compressor
+// (compress/compressor.h) sees: the client encodes with them, the server
+// decodes with them.
 //
 // Thread safety: ShardPlan is immutable after construction; the functions are
 // pure. Errors: UsageError for S < 1, an empty or duplicate tensor name, a
@@ -80,12 +81,23 @@ class ShardPlan {
   std::vector<std::vector<ShardSlice>> slices_;
 };
 
-// The compressor's view of `slice` (one of plan.slices(s)): (count / C) x C
-// when the slice is whole rows of its tensor (C = numel / shape[0] for a
-// tensor of rank >= 2, offset and count multiples of C), else 1 x count (so
-// PowerSGD leaves a vector or a cut through a row dense by its own rule).
-// The one rule both ends of a compressed push use.
-compress::TensorLayout slice_layout(const ShardPlan& plan, const ShardSlice& slice);
+// One compressor tensor of a slice: elements [offset_in_slice,
+// offset_in_slice + count) of the slice, seen as `layout` (count floats).
+struct SlicePiece {
+  int64_t offset_in_slice = 0;
+  int64_t count = 0;
+  compress::TensorLayout layout;
+};
+
+// The compressor's view of `slice` (one of plan.slices(s)), in element
+// order. For a tensor of rank >= 2 with C = numel / shape[0] columns, a
+// slice that crosses a row boundary is cut into up to three pieces, empty
+// ones skipped: the leading partial row (1 x a), the whole rows in the
+// middle (rows x C) and the trailing partial row (1 x b). A slice within
+// one row, or of a tensor of rank < 2, is one 1 x count piece (so PowerSGD
+// leaves a vector or a cut through a row dense by its own rule). The one
+// rule both ends of a compressed push use.
+std::vector<SlicePiece> slice_pieces(const ShardPlan& plan, const ShardSlice& slice);
 
 // The server that holds row `key` of table `table`.
 int sparse_server_of(uint32_t table, uint64_t key, int num_servers);

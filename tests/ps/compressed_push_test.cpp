@@ -1,14 +1,17 @@
-// Compressed dense pushes: the slice layout rule, the server's checks of
-// every piece (a malformed push is refused naming the worker and changes
+// Compressed dense pushes: the rule that cuts a slice into pieces (partial
+// rows at either end, whole rows between), the server's checks of every
+// piece (a malformed push is refused naming the worker and changes
 // nothing), a compressed push applied like the dense one it encodes, the
-// bytes on the wire (top-k 1% under a tenth of the dense push; method none
-// exactly the dense wire format).
+// bytes on the wire (top-k 1% under a tenth of the dense push; PowerSGD on
+// a matrix split mid-row under 0.3 of it; method none exactly the dense
+// wire format).
 #include "ps/compressed_push.h"
 
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <string>
+#include <tuple>
 
 #include "core/byte_codec.h"
 #include "core/error.h"
@@ -22,36 +25,59 @@ namespace {
 using testing::PsJob;
 using testing::RawPeer;
 
-TEST(PsSliceLayout, WholeRowsAreMatricesEverythingElseOneRow) {
-  // w [4, 3] (12 floats), b [3], v [2, 2, 2] (8): T = 23.
+TEST(PsSlicePieces, PartialRowsAtEitherEndWholeRowsBetween) {
+  // w [4, 3] (12 floats), b [3], v [2, 2, 2] (8, rows of 4): T = 23.
   const std::vector<DenseSpec> specs = {{"w", {4, 3}}, {"b", {3}}, {"v", {2, 2, 2}}};
-  auto layouts = [](const ShardPlan& plan, int s) {
-    std::vector<std::pair<size_t, size_t>> out;
+  // Per slice of server s, in order: (offset in slice, rows, cols) per piece.
+  using Pieces = std::vector<std::tuple<int64_t, size_t, size_t>>;
+  auto pieces = [](const ShardPlan& plan, int s) {
+    std::vector<Pieces> out;
     for (const ShardSlice& slice : plan.slices(s)) {
-      const compress::TensorLayout l = slice_layout(plan, slice);
-      out.emplace_back(l.rows, l.cols);
+      Pieces& slice_out = out.emplace_back();
+      int64_t covered = 0;
+      for (const SlicePiece& p : slice_pieces(plan, slice)) {
+        EXPECT_EQ(p.offset_in_slice, covered);
+        EXPECT_EQ(static_cast<size_t>(p.count), p.layout.numel());
+        covered += p.count;
+        slice_out.emplace_back(p.offset_in_slice, p.layout.rows, p.layout.cols);
+      }
+      EXPECT_EQ(covered, slice.count);
     }
     return out;
   };
-  using Rows = std::vector<std::pair<size_t, size_t>>;
+  using Slices = std::vector<Pieces>;
   const ShardPlan one(specs, 1);
-  EXPECT_EQ(layouts(one, 0), (Rows{{4, 3}, {1, 3}, {2, 4}}));
-  // S = 2: [0, 11) cuts w inside its last row; [11, 23) holds w's last
-  // element, b and v.
+  EXPECT_EQ(pieces(one, 0), (Slices{{{0, 4, 3}}, {{0, 1, 3}}, {{0, 2, 4}}}));
+  // S = 2: [0, 11) is w's first 3 rows and 2 floats of its last; [11, 23)
+  // holds w's last element (within one row: one piece), b and v.
   const ShardPlan two(specs, 2);
-  EXPECT_EQ(layouts(two, 0), (Rows{{1, 11}}));
-  EXPECT_EQ(layouts(two, 1), (Rows{{1, 1}, {1, 3}, {2, 4}}));
-  // S = 4: [0, 5), [5, 11), [11, 17), [17, 23): no piece of w or v is
-  // whole rows (v [2, 8) starts inside its first row of 4).
+  EXPECT_EQ(pieces(two, 0), (Slices{{{0, 3, 3}, {9, 1, 2}}}));
+  EXPECT_EQ(pieces(two, 1), (Slices{{{0, 1, 1}}, {{0, 1, 3}}, {{0, 2, 4}}}));
+  // S = 4: [0, 5), [5, 11), [11, 17), [17, 23).
   const ShardPlan four(specs, 4);
-  EXPECT_EQ(layouts(four, 0), (Rows{{1, 5}}));
-  EXPECT_EQ(layouts(four, 1), (Rows{{1, 6}}));
-  EXPECT_EQ(layouts(four, 2), (Rows{{1, 1}, {1, 3}, {1, 2}}));
-  EXPECT_EQ(layouts(four, 3), (Rows{{1, 6}}));
-  // Whole rows in the middle of a tensor: w [8, 2] over 2 servers.
+  // w [0, 5): row 0, then 2 floats of row 1.
+  EXPECT_EQ(pieces(four, 0), (Slices{{{0, 1, 3}, {3, 1, 2}}}));
+  // w [5, 11) starts and ends mid-row: the last float of row 1, row 2, 2
+  // floats of row 3.
+  EXPECT_EQ(pieces(four, 1), (Slices{{{0, 1, 1}, {1, 1, 3}, {4, 1, 2}}}));
+  // w [11, 12), b, v [0, 2): within one row each.
+  EXPECT_EQ(pieces(four, 2), (Slices{{{0, 1, 1}}, {{0, 1, 3}}, {{0, 1, 2}}}));
+  // v [2, 8): the end of row 0, then row 1.
+  EXPECT_EQ(pieces(four, 3), (Slices{{{0, 1, 2}, {2, 1, 4}}}));
+  // Whole rows in the middle of a tensor: w [8, 2] over 2 servers is two
+  // matrices of 4 rows; over 3 ([0, 5), [5, 10), [10, 16)) the middle slice
+  // is half a row and 2 rows.
   const ShardPlan rows({{"w", {8, 2}}}, 2);
-  EXPECT_EQ(layouts(rows, 1), (Rows{{4, 2}}));
-  EXPECT_EQ(push_layouts(two).size(), 4u);
+  EXPECT_EQ(pieces(rows, 0), (Slices{{{0, 4, 2}}}));
+  EXPECT_EQ(pieces(rows, 1), (Slices{{{0, 4, 2}}}));
+  const ShardPlan thirds({{"w", {8, 2}}}, 3);
+  EXPECT_EQ(pieces(thirds, 1), (Slices{{{0, 1, 1}, {1, 2, 2}}}));
+  // push_layouts(): every piece, server by server.
+  const std::vector<compress::TensorLayout> layouts = push_layouts(two);
+  ASSERT_EQ(layouts.size(), 5u);
+  EXPECT_EQ(layouts[1].cols, 2u);
+  EXPECT_EQ(layouts[4].rows, 2u);
+  EXPECT_EQ(push_layouts(four).size(), 10u);
 }
 
 TEST(PsCompressedPush, DecodeChecksThePieceCountAndEveryDenseLength) {
@@ -63,7 +89,7 @@ TEST(PsCompressedPush, DecodeChecksThePieceCountAndEveryDenseLength) {
   EXPECT_EQ(grad, (std::vector<float>{1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2}));
   dtrain::testing::expect_error<DataError>(
       [&] { decode_push(plan, 0, std::span(pieces).first(1), 1); },
-      "push from worker 1: 1 pieces; server 0 holds 2 slices; nothing applied");
+      "push from worker 1: 1 pieces; server 0 holds 2 pieces (2 slices); nothing applied");
   pieces[1].dense.pop_back();
   dtrain::testing::expect_error<DataError>(
       [&] { decode_push(plan, 0, pieces, 1); },
@@ -71,8 +97,30 @@ TEST(PsCompressedPush, DecodeChecksThePieceCountAndEveryDenseLength) {
       "nothing applied");
 }
 
+TEST(PsCompressedPush, DecodePlacesEachPieceOfASliceCutMidRow) {
+  // Server 1 of w [4, 3] over 4 servers holds w [5, 11): pieces [5, 6),
+  // [6, 9), [9, 11).
+  const ShardPlan plan({{"w", {4, 3}}, {"b", {3}}, {"v", {2, 2, 2}}}, 4);
+  std::vector<PushPiece> pieces(3);
+  pieces[0].dense = {1};
+  pieces[1].dense = {2, 2, 2};
+  pieces[2].dense = {3, 3};
+  EXPECT_EQ(decode_push(plan, 1, pieces, 2), (std::vector<float>{1, 2, 2, 2, 3, 3}));
+  pieces[2].dense.push_back(3);
+  dtrain::testing::expect_error<DataError>(
+      [&] { decode_push(plan, 1, pieces, 2); },
+      "push from worker 2: piece 2 (tensor 'w' elements [9, 11)) carries 3 floats; expected 2; "
+      "nothing applied");
+  pieces.pop_back();
+  dtrain::testing::expect_error<DataError>(
+      [&] { decode_push(plan, 1, pieces, 2); },
+      "push from worker 2: 2 pieces; server 1 holds 3 pieces (1 slices); nothing applied");
+}
+
 // w [64, 32] and b [32]: 2080 floats; over 2 servers w is cut at element
-// 1040 (row 32, 16 columns in), so server 0 holds rows 0..31 and half a row.
+// 1040 (row 32, 16 columns in), so server 0 holds rows 0..31 and half a row
+// (pieces 32 x 32, 1 x 16), server 1 the other half row, rows 33..63 and b
+// (pieces 1 x 16, 31 x 32, 1 x 32).
 StateDict wide_model() {
   Rng rng(7);
   StateDict model;
@@ -149,21 +197,25 @@ TEST(PsCompressedPush, AMalformedPushIsRefusedNamingTheWorkerAndNothingIsApplied
   client->pull(before);
   const ShardPlan& plan = client->plan();
   ASSERT_EQ(plan.slices(1).size(), 2u);  // the rest of w, then b
+  ASSERT_EQ(push_pieces(plan, 1).size(), 3u);
 
   // A valid push to server 1, as the client would build it (top-k messages
-  // for its slice of w and for b).
+  // for its pieces of w and for b).
   PushCompressor pc(codec, plan);
   const std::vector<Tensor> grads = gradient_of(model, 5);
   const std::vector<PushPiece> good = pc.encode(1, grads, 0, 0);
-  ASSERT_TRUE(good[0].compressed);
+  ASSERT_EQ(good.size(), 3u);
+  ASSERT_TRUE(good[1].compressed);
 
-  // Hand-built faults in the top-k message of piece 0 (docs/compression.md:
-  // u8 method, u32 rows, u32 cols | u32 k | k x u32 index | k x f32 value).
-  const auto count = static_cast<uint32_t>(plan.slices(1)[0].count);
+  // Hand-built faults in the top-k message of piece 1, w's whole rows
+  // (docs/compression.md: u8 method, u32 rows, u32 cols | u32 k | k x u32
+  // index | k x f32 value).
+  const auto count = static_cast<uint32_t>(push_pieces(plan, 1)[1].piece.count);
+  ASSERT_EQ(count, 31u * 32u);
   auto put_u32 = [](std::vector<std::byte>& bytes, size_t at, uint32_t value) {
     for (size_t i = 0; i < 4; ++i) bytes[at + i] = static_cast<std::byte>(value >> (8 * i));
   };
-  const std::vector<std::byte>& message = good[0].message;
+  const std::vector<std::byte>& message = good[1].message;
   uint32_t k = 0;
   for (size_t i = 0; i < 4; ++i) k |= std::to_integer<uint32_t>(message[9 + i]) << (8 * i);
   ASSERT_EQ(message.size(), 13 + 8 * size_t(k));
@@ -186,33 +238,41 @@ TEST(PsCompressedPush, AMalformedPushIsRefusedNamingTheWorkerAndNothingIsApplied
     return reply.error;
   };
   std::vector<PushPiece> bad = good;
-  put_u32(bad[0].message, 13 + 4 * (size_t(k) - 1), count);  // the last index: one past the end
+  put_u32(bad[1].message, 13 + 4 * (size_t(k) - 1), count);  // the last index: one past the end
   const std::string out_of_range = refused(bad, 1000, "index out of range");
-  EXPECT_NE(out_of_range.find("piece 0 (tensor 'w' elements [1040, 2048))"), std::string::npos)
+  EXPECT_NE(out_of_range.find("piece 1 (tensor 'w' elements [1056, 2048))"), std::string::npos)
       << out_of_range;
   bad = good;
-  put_u32(bad[0].message, 9, k + 1);  // k larger than the message holds
+  put_u32(bad[1].message, 9, k + 1);  // k larger than the message holds
   refused(bad, 1001, "wrong k");
   // A wrong count: a dense piece one float short, and a compressed piece
   // cut short.
   bad = good;
-  bad[1].compressed = false;
-  bad[1].dense.assign(31, 0.5f);
+  bad[2].compressed = false;
+  bad[2].dense.assign(31, 0.5f);
   EXPECT_EQ(refused(bad, 1002, "dense piece too short"),
-            "push from worker 0: piece 1 (tensor 'b' elements [0, 32)) carries 31 floats; "
+            "push from worker 0: piece 2 (tensor 'b' elements [0, 32)) carries 31 floats; "
             "expected 32; nothing applied");
   bad = good;
-  bad[0].message.resize(bad[0].message.size() - 4);
+  bad[1].message.resize(bad[1].message.size() - 4);
   refused(bad, 1003, "compressed piece cut short");
   bad = good;
   bad.pop_back();
   EXPECT_EQ(refused(bad, 1004, "a piece missing"),
-            "push from worker 0: 1 pieces; server 1 holds 2 slices; nothing applied");
+            "push from worker 0: 2 pieces; server 1 holds 3 pieces (2 slices); nothing applied");
+  // One piece per slice, as before the cut into rows: refused.
+  bad = good;
+  bad.erase(bad.begin());
+  bad[0] = good[0];
+  bad[0].compressed = false;
+  bad[0].dense.assign(1008, 0.5f);
+  EXPECT_EQ(refused(bad, 1005, "one piece per slice"),
+            "push from worker 0: 2 pieces; server 1 holds 3 pieces (2 slices); nothing applied");
 
   std::vector<Tensor> after = zeros_like(model);
   client->pull(after);
   for (size_t t = 0; t < before.size(); ++t) EXPECT_EQ(after[t].to_vector(), before[t].to_vector());
-  EXPECT_EQ(client->stats(1).requests_rejected, 5u);
+  EXPECT_EQ(client->stats(1).requests_rejected, 6u);
   EXPECT_EQ(client->stats(1).pushes_applied, 0u);
   EXPECT_TRUE(job.log().contains("rejected compressed push from worker 0: push from worker 0"));
 }
@@ -235,6 +295,39 @@ TEST(PsCompressedPush, TopKOnePercentSendsUnderATenthOfTheDenseBytes) {
   client->push(grads, 4, 0.1f, 0, 0.0, 0, 0.0, {true, 0});
   const uint64_t compressed = client->bytes_sent() - start - dense;
   EXPECT_LT(compressed * 10, dense) << compressed << " vs " << dense;
+}
+
+TEST(PsCompressedPush, PowerSgdCompressesAMatrixSplitMidRowBetweenServers) {
+  // fc1.weight [256, 64], fc1.bias [256], fc2.weight [10, 256], fc2.bias
+  // [10]: T = 19210, cut at 9605 = row 150 + 5 floats of fc1.weight. Each
+  // half is a rank-2 matrix (150 x 64, 105 x 64) and a partial row; only
+  // the partial rows, the biases (330 floats) and nothing else go dense.
+  PsJob job(2, 1, sgd_servers(Consistency::kAsync));
+  compress::Options codec;
+  codec.method = compress::Method::kPowerSgd;
+  codec.rank = 2;
+  codec.min_size = 0;
+  auto client = compressing_client(job, codec);
+  Rng rng(11);
+  StateDict model;
+  model.insert("fc1.weight", dtrain::testing::normal_tensor({256, 64}, rng));
+  model.insert("fc1.bias", dtrain::testing::normal_tensor({256}, rng));
+  model.insert("fc2.weight", dtrain::testing::normal_tensor({10, 256}, rng));
+  model.insert("fc2.bias", dtrain::testing::normal_tensor({10}, rng));
+  client->init(model, {});
+  const ShardPlan& plan = client->plan();
+  ASSERT_EQ(plan.slices(0).size(), 1u);
+  ASSERT_EQ(push_pieces(plan, 0).size(), 2u);
+  ASSERT_EQ(push_pieces(plan, 1).size(), 5u);
+  const std::vector<Tensor> grads = gradient_of(model, 6);
+  const uint64_t start = client->bytes_sent();
+  client->push(grads, 4, 0.1f, 0);
+  const uint64_t dense = client->bytes_sent() - start;
+  const PushResult r = client->push(grads, 4, 0.1f, 0, 0.0, 0, 0.0, {true, 0});
+  EXPECT_EQ(r.servers_applied, 2);
+  const uint64_t compressed = client->bytes_sent() - start - dense;
+  EXPECT_LT(static_cast<double>(compressed), 0.3 * static_cast<double>(dense))
+      << compressed << " vs " << dense;
 }
 
 TEST(PsCompressedPush, WithoutCompressionThePushIsTheDenseWireFormat) {
