@@ -71,6 +71,10 @@ void validate(const Options& options) {
     throw UsageError(
         fmt::format("levels must be in [1, {}], got {}", detail::kMaxLevels, options.levels));
   }
+  if (options.qsgd_bucket > std::numeric_limits<uint32_t>::max()) {
+    throw UsageError(fmt::format("qsgd_bucket must be at most {} (0: the whole tensor), got {}",
+                                 std::numeric_limits<uint32_t>::max(), options.qsgd_bucket));
+  }
   if (options.rank < 1) {
     throw UsageError(fmt::format("rank must be at least 1, got {}", options.rank));
   }

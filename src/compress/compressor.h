@@ -90,6 +90,12 @@ struct Options {
   // QSGD: quantisation levels s >= 1 (|g_i| / ||g|| rounded to one of s + 1
   // levels 0, 1/s, ..., 1).
   int levels = 16;
+  // QSGD: entries per bucket d, each bucket quantised against its own norm
+  // (Alistarh et al. 2017, section 3.1: variance at most min(d / s^2,
+  // sqrt(d) / s) ||g||^2 rather than the same with n, the tensor's size);
+  // 0 = one bucket for the whole tensor. One f32 norm per bucket goes on the
+  // wire. At most 2^32 - 1.
+  size_t qsgd_bucket = 512;
   // PowerSGD: the rank r >= 1 of the approximation.
   int rank = 4;
   // Error feedback (top-k, random-k, sign, PowerSGD; fp16, bf16 and QSGD

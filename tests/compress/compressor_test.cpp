@@ -44,6 +44,9 @@ TEST(CompressOptions, RejectsEachBadOptionByName) {
                      "levels must be in [1, 65536], got 0");
   expect_usage_error([&] { validate(with([](Options& o) { o.levels = -3; })); },
                      "levels must be in [1, 65536], got -3");
+  expect_usage_error([&] { validate(with([](Options& o) { o.qsgd_bucket = size_t{1} << 32; })); },
+                     "qsgd_bucket must be at most 4294967295 (0: the whole tensor), got "
+                     "4294967296");
   expect_usage_error([&] { validate(with([](Options& o) { o.momentum = 1.0; })); },
                      "momentum must be in [0, 1), got 1");
   expect_usage_error([&] { validate(with([](Options& o) { o.warmup_steps = -1; })); },
@@ -56,6 +59,8 @@ TEST(CompressOptions, RejectsEachBadOptionByName) {
   // Valid edges.
   validate(with([](Options& o) { o.density = 1.0; }));
   validate(with([](Options& o) { o.levels = 1; }));
+  validate(with([](Options& o) { o.qsgd_bucket = 0; }));
+  validate(with([](Options& o) { o.qsgd_bucket = 1; }));
 }
 
 TEST(CompressOptions, FactoryValidatesAndRefusesNone) {
@@ -316,6 +321,7 @@ TEST(CompressDecode, TruncatedOrFlippedMessagesNeverHalfDecode) {
     options.density = 0.2;
     options.rank = 2;
     options.min_compression_rate = 0.0;
+    options.qsgd_bucket = 7;  // 5 buckets, the last of 2 entries
     const TensorLayout layout{6, 5};
     auto c = make_compressor(options, {layout});
     const std::vector<std::byte> message = encode_one(*c, 0, normal_vector(30, 2), 0);
@@ -353,19 +359,20 @@ TEST(CompressDecode, RejectsMethodSpecificNonsense) {
   // random-k: header, u64 seed at 9, u32 k at 17.
   expect_rejected(MessageBytes(encoded(Method::kRandomK)).set_u32(17, 11).bytes(), layout,
                   "push from worker 3: randomk message, field 'k' at offset 17: 11 > n = 10");
-  // QSGD: u32 levels at 9, f32 norm at 13, fields at 17 (3 bits each: level
-  // in 2 bits, sign).
+  // QSGD: u32 levels at 9, u32 bucket at 13 (d = n = 10: the default 512
+  // is clamped to n), u32 norm count at 17, one f32 norm at 21, fields at 25
+  // (3 bits each: level in 2 bits, sign).
   expect_rejected(MessageBytes(encoded(Method::kQsgd)).set_u32(9, 0).bytes(), layout,
                   "push from worker 3: qsgd message, field 'levels' at offset 9: 0 is not in "
                   "[1, 65536]");
-  expect_rejected(MessageBytes(encoded(Method::kQsgd)).set_f32(13, -1.0f).bytes(), layout,
-                  "push from worker 3: qsgd message, field 'norm' at offset 13: -1 is not finite "
-                  "and >= 0");
+  expect_rejected(MessageBytes(encoded(Method::kQsgd)).set_f32(21, -1.0f).bytes(), layout,
+                  "push from worker 3: qsgd message, field 'norms' at offset 21: norm 0 of 1 is "
+                  "-1, not finite and >= 0");
   // Entry 0 at level 3 of s = 2: the message claims s = 2 (2 bits + sign),
   // same size as s = 3.
   expect_rejected(
-      MessageBytes(encoded(Method::kQsgd)).set_u32(9, 2).set_u8(17, 0x03).bytes(), layout,
-      "push from worker 3: qsgd message, field 'levels' at offset 17: entry 0 of 10 has level "
+      MessageBytes(encoded(Method::kQsgd)).set_u32(9, 2).set_u8(25, 0x03).bytes(), layout,
+      "push from worker 3: qsgd message, field 'levels' at offset 25: entry 0 of 10 has level "
       "3, above s = 2");
   expect_rejected(MessageBytes(encoded(Method::kSign)).set_f32(9, INFINITY).bytes(), layout,
                   "push from worker 3: sign message, field 'scale' at offset 9: inf is not "
@@ -381,6 +388,55 @@ TEST(CompressDecode, RejectsMethodSpecificNonsense) {
   expect_rejected(MessageBytes(encoded(Method::kPowerSgd)).set_f32(13, NAN).bytes(), layout,
                   "push from worker 3: powersgd message, field 'P' at offset 13: value 0 of 1 is "
                   "nan, not finite");
+}
+
+// QSGD's buckets: d and the norm count must fit n, every norm finite and
+// >= 0, all of them present; `out` unchanged otherwise.
+TEST(CompressDecode, RejectsQsgdBucketsThatDoNotFitTheTensor) {
+  const TensorLayout layout{1, 10};
+  Options options = options_of(Method::kQsgd);
+  options.levels = 3;
+  options.qsgd_bucket = 4;
+  options.min_size = 0;
+  auto c = make_compressor(options, {layout, {1, 0}});
+  // u32 s at 9, u32 d = 4 at 13, u32 m = 3 at 17, norms at 21, 25, 29,
+  // fields at 33.
+  const std::vector<std::byte> message = encode_one(*c, 0, normal_vector(10, 6), 0);
+  ASSERT_EQ(message.size(), 33u + (10 * 3 + 7) / 8);
+  expect_rejected(MessageBytes(message).set_u32(13, 0).bytes(), layout,
+                  "push from worker 3: qsgd message, field 'bucket' at offset 13: 0 is not in "
+                  "[1, n = 10]");
+  expect_rejected(MessageBytes(message).set_u32(13, 11).bytes(), layout,
+                  "push from worker 3: qsgd message, field 'bucket' at offset 13: 11 is not in "
+                  "[1, n = 10]");
+  expect_rejected(MessageBytes(message).set_u32(13, 5).bytes(), layout,
+                  "push from worker 3: qsgd message, field 'norm count' at offset 17: 3 norms, "
+                  "expected ceil(n / bucket) = ceil(10 / 5) = 2");
+  expect_rejected(MessageBytes(message).set_u32(17, 4).bytes(), layout,
+                  "push from worker 3: qsgd message, field 'norm count' at offset 17: 4 norms, "
+                  "expected ceil(n / bucket) = ceil(10 / 4) = 3");
+  expect_rejected(MessageBytes(message).set_u32(17, 2).bytes(), layout,
+                  "push from worker 3: qsgd message, field 'norm count' at offset 17: 2 norms, "
+                  "expected ceil(n / bucket) = ceil(10 / 4) = 3");
+  expect_rejected(MessageBytes(message).set_f32(29, std::nanf("")).bytes(), layout,
+                  "push from worker 3: qsgd message, field 'norms' at offset 29: norm 2 of 3 is "
+                  "nan, not finite and >= 0");
+  expect_rejected(MessageBytes(message).set_f32(25, INFINITY).bytes(), layout,
+                  "push from worker 3: qsgd message, field 'norms' at offset 25: norm 1 of 3 is "
+                  "inf, not finite and >= 0");
+  expect_rejected(std::span(message).first(27), layout,
+                  "push from worker 3: field 'norms' needs 12 bytes at offset 21, only 6 left");
+  // An empty tensor: d = 0, no norm, no field.
+  const std::vector<std::byte> empty = encode_one(*c, 1, {}, 0);
+  ASSERT_EQ(empty.size(), 21u);
+  std::vector<float> none;
+  decode_add(empty, {1, 0}, 1.0f, none, "t");
+  expect_rejected(MessageBytes(empty).set_u32(13, 1).bytes(), {1, 0},
+                  "push from worker 3: qsgd message, field 'bucket' at offset 13: 1 for n = 0 "
+                  "entries, expected 0");
+  expect_rejected(MessageBytes(empty).set_u32(17, 1).bytes(), {1, 0},
+                  "push from worker 3: qsgd message, field 'norm count' at offset 17: 1 norms "
+                  "for n = 0 entries, expected 0");
 }
 
 // ---------------------------------------------------------------- low-rank kernels

@@ -36,6 +36,7 @@ Options reduce_options(Method method) {
   options.min_size = method == Method::kPowerSgd ? 1 : 0;
   options.density = 0.1;
   options.levels = 8;
+  options.qsgd_bucket = 100;  // {3, 333}: 10 buckets, the last of 99 entries
   options.rank = 2;
   return options;
 }
