@@ -180,9 +180,11 @@ void read_compression(io::TomlTable& t, CompressionConfig& c) {
   compress::Options& o = s.codec;
   std::string type = "none";
   int64_t min_size = static_cast<int64_t>(o.min_size);
+  int64_t qsgd_bucket = static_cast<int64_t>(o.qsgd_bucket);
   t.get("type", type);
   t.get("density", o.density);
   t.get("levels", o.levels);
+  t.get("qsgd_bucket", qsgd_bucket);
   t.get("rank", o.rank);
   t.get("error_feedback", o.error_feedback);
   t.get("min_size", min_size);
@@ -210,6 +212,11 @@ void read_compression(io::TomlTable& t, CompressionConfig& c) {
   if (o.rank < 1) throw t.error("rank", fmt::format("must be at least 1, got {}", o.rank));
   if (min_size < 0) throw t.error("min_size", fmt::format("must be >= 0, got {}", min_size));
   o.min_size = static_cast<size_t>(min_size);
+  if (qsgd_bucket < 0 || qsgd_bucket > int64_t{0xffffffff}) {
+    throw t.error("qsgd_bucket",
+                  fmt::format("must be in [0, 2^32) (0: the whole tensor), got {}", qsgd_bucket));
+  }
+  o.qsgd_bucket = static_cast<size_t>(qsgd_bucket);
   if (!(o.momentum >= 0.0 && o.momentum < 1.0)) {
     throw t.error("momentum", fmt::format("must be in [0, 1), got {}", o.momentum));
   }
