@@ -33,7 +33,7 @@
 # tables go to bench/compress/results/<set>-<timestamp>/; the tables also
 # to stdout. A run that fails is shown as "failed" and the others go on.
 #
-# Usage: [METHODS="dense fp16 ..."] [RANK=4] [START=10] [LENET_RANK=2]
+# Usage: [METHODS="dense fp16 ..."] [RANK=4] [START=10] [LENET_RANK=2] [LENET=0|1]
 #        [LINKS="1000 100"] [LATENCY_MS=1] [TARGET=0.98] [SMOKE_STEPS=N]
 #        [DTRAIN=path/to/dtrain] \
 #          bench/compress/run_compress_bench.sh accuracy|links|all [EPOCHS] [REPS]
@@ -125,6 +125,7 @@ accuracy_set() {
           --set train.epochs="$epochs" $(method_args "$m") $(ps_local_sgd_args "$cfg" "$m")
       done
     done
+    [[ ${LENET:-1} == 0 ]] && continue  # LENET=0: the MLP rows only
     for m in dense powersgd-lenet; do
       echo "  accuracy rep $((r + 1))/$reps: lenet5 ar4 $m" >&2
       # shellcheck disable=SC2046
