@@ -104,7 +104,7 @@ int main(int argc, char** argv) {
   std::unique_ptr<strategy::Strategy> strat;
   if (launch.world_size > 1) {
     communicator = comm::connect_worker("train_step_bench", launch,
-                                        {std::chrono::seconds(60), std::chrono::seconds(5)},
+                                        {std::chrono::seconds(60), std::chrono::seconds(5), {}},
                                         Logger::stderr_logger());
     strat = std::make_unique<strategy::AllReduceStrategy>(train::build_model(config, rng),
                                                           make_optimizer, *communicator);
