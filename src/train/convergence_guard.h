@@ -14,7 +14,8 @@
 //    (0.05 -> 0.1 is +100%) from counting as a rise.
 // A rescue goes one level weaker (CompressionSettings::weakened) and holds
 // it for `hold_steps` updates; then the level steps back down one at a time,
-// each held again, until the job's own setting. The trainer restores the
+// each held again, until the job's own setting. A level that diverged twice
+// is not returned to: the level above it becomes the floor. The trainer restores the
 // last snapshot (snapshot_due(): every `snapshot_every` healthy updates)
 // and applies level() to the strategy.
 //
@@ -24,10 +25,12 @@
 // decode() throws DataError on a malformed string.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <deque>
 #include <string>
 
+#include "strategy/compression.h"
 #include "train/job_config.h"
 
 namespace dtrain::train {
@@ -49,6 +52,7 @@ class ConvergenceGuard {
   bool snapshot_due(int64_t step) const { return step % config_.snapshot_every == 0; }
 
   int level() const { return level_; }
+  int floor() const { return floor_; }
   int64_t rescues() const { return rescues_; }
   int64_t hold_until() const { return hold_until_; }
 
@@ -62,6 +66,8 @@ class ConvergenceGuard {
   double best_ = -1.0;   // the best full-window mean; < 0 before the first
   double first_ = -1.0;  // the first full-window mean
   int level_ = 0;
+  int floor_ = 0;  // relax() stops here: every level below diverged twice
+  std::array<int, strategy::CompressionSettings::kDenseLevel + 1> failures_{};
   int64_t hold_until_ = 0;
   int64_t rescues_ = 0;
 };

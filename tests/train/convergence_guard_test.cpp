@@ -69,6 +69,22 @@ TEST(ConvergenceGuard, RescuesGoWeakerAndHoldsStepBackOneLevelAtATime) {
   EXPECT_EQ(guard.level(), strategy::CompressionSettings::kDenseLevel);
 }
 
+TEST(ConvergenceGuard, ALevelThatDivergedTwiceIsNotReturnedTo) {
+  ConvergenceGuard guard(config(2, 0.5, 10));
+  guard.rescued(100);  // level 0 fails once: back to it after the hold
+  EXPECT_TRUE(guard.relax(110));
+  EXPECT_EQ(guard.level(), 0);
+  guard.rescued(150);  // and twice: level 1 is the floor from now on
+  EXPECT_EQ(guard.level(), 1);
+  EXPECT_EQ(guard.floor(), 1);
+  EXPECT_FALSE(guard.relax(1000));
+  EXPECT_EQ(guard.level(), 1);
+  ConvergenceGuard restored(config(2, 0.5, 10));
+  restored.decode(guard.encode());
+  EXPECT_EQ(restored.floor(), 1);
+  EXPECT_EQ(restored.encode(), guard.encode());
+}
+
 TEST(ConvergenceGuard, ItsStateRoundTripsThroughAString) {
   ConvergenceGuard a(config(2, 0.5, 10));
   a.diverged(0.75);
@@ -79,7 +95,12 @@ TEST(ConvergenceGuard, ItsStateRoundTripsThroughAString) {
   EXPECT_EQ(b.encode(), a.encode());
   EXPECT_EQ(b.level(), 1);
   EXPECT_EQ(b.hold_until(), 50);
-  EXPECT_THROW(b.decode("level=9 hold_until=1 best=0x1p+0 first=0x1p+0 rescues=0"), DataError);
+  EXPECT_THROW(
+      b.decode("level=9 hold_until=1 best=0x1p+0 first=0x1p+0 rescues=0 floor=0 failures=0,0,0,0"),
+      DataError);
+  EXPECT_THROW(
+      b.decode("level=1 hold_until=1 best=0x1p+0 first=0x1p+0 rescues=0 floor=2 failures=0,0,0,0"),
+      DataError);
   EXPECT_THROW(b.decode("garbage"), DataError);
 }
 
