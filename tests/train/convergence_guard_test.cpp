@@ -143,26 +143,37 @@ data::TensorDataset blobs(int part) {
   return part == 1 ? all.slice(0, 600) : all.slice(600, 300);
 }
 
-TEST(ConvergenceGuardTrainer, RescuesARunMadeToDivergeAndItStillLearns) {
-  testing::TempDir dir;
+// The blobs MLP both trainer tests run: sabotaged from update 25 on, 20
+// updates an epoch, 6 epochs.
+JobConfig sabotaged_job(const std::string& name, const std::string& output) {
   JobConfig job;
-  job.name = "guarded";
+  job.name = name;
   job.seed = 4;
-  job.output = dir.path();
+  job.output = output;
   job.model.input_shape = {8};
   job.model.layers = {test_util::layer("linear", "fc1", 16), test_util::layer("relu", "relu"),
                       test_util::layer("linear", "fc2", 3)};
   job.optimizer.type = "sgd";
   job.optimizer.lr = 0.05f;
   job.train.epochs = 6;
-  job.train.batch_size = 30;  // 20 updates an epoch
-  job.train.log_every_steps = 1;
-  job.compression.guard = config(4, 0.3, 1000);
+  job.train.batch_size = 30;
+  return job;
+}
+
+SabotagedStrategy sabotaged_strategy(const JobConfig& job) {
   Rng rng(job.seed);
-  SabotagedStrategy strategy(
+  return SabotagedStrategy(
       build_model(job.model, rng),
       [&job](std::vector<Variable> p) { return nn::make_optimizer(job.optimizer, std::move(p)); },
       /*from=*/25);
+}
+
+TEST(ConvergenceGuardTrainer, RescuesARunMadeToDivergeAndItStillLearns) {
+  testing::TempDir dir;
+  JobConfig job = sabotaged_job("guarded", dir.path());
+  job.train.log_every_steps = 1;
+  job.compression.guard = config(4, 0.3, 1000);
+  SabotagedStrategy strategy = sabotaged_strategy(job);
   std::vector<GuardEvent> events;
   struct Recorder : Callback {
     std::vector<GuardEvent>* events = nullptr;
@@ -193,22 +204,8 @@ TEST(ConvergenceGuardTrainer, RescuesARunMadeToDivergeAndItStillLearns) {
 
 TEST(ConvergenceGuardTrainer, WithoutTheGuardTheSameRunStopsOrFails) {
   testing::TempDir dir;
-  JobConfig job;
-  job.name = "unguarded";
-  job.seed = 4;
-  job.output = dir.path();
-  job.model.input_shape = {8};
-  job.model.layers = {test_util::layer("linear", "fc1", 16), test_util::layer("relu", "relu"),
-                      test_util::layer("linear", "fc2", 3)};
-  job.optimizer.type = "sgd";
-  job.optimizer.lr = 0.05f;
-  job.train.epochs = 6;
-  job.train.batch_size = 30;
-  Rng rng(job.seed);
-  SabotagedStrategy strategy(
-      build_model(job.model, rng),
-      [&job](std::vector<Variable> p) { return nn::make_optimizer(job.optimizer, std::move(p)); },
-      25);
+  JobConfig job = sabotaged_job("unguarded", dir.path());
+  SabotagedStrategy strategy = sabotaged_strategy(job);
   Trainer trainer(job, strategy, Logger::null());
   // The sabotage is real: unguarded, the run diverges (a NumericError) or
   // ends far below the guarded run's accuracy.
