@@ -120,8 +120,10 @@ JsonLinesWriter::JsonLinesWriter(const std::string& path, int64_t log_every_step
   if (!out_) throw Error(fmt::format("cannot open metrics file {} for appending", path));
 }
 
-void JsonLinesWriter::write(const std::string& line) {
-  out_ << line << '\n';
+void JsonLinesWriter::write(nlohmann::json line) {
+  line["time"] =
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  out_ << line.dump() << '\n';
   out_.flush();
   if (!out_) throw Error(fmt::format("cannot write metrics file {}", path_));
 }
@@ -136,8 +138,7 @@ void JsonLinesWriter::on_train_begin(const RunInfo& i) {
                        {"start_step", i.start_step},
                        {"parameters", i.parameters},
                        {"train_samples", i.train_samples},
-                       {"test_samples", i.test_samples}}
-            .dump());
+                       {"test_samples", i.test_samples}});
 }
 
 void JsonLinesWriter::on_step_end(const StepInfo& s) {
@@ -153,7 +154,8 @@ void JsonLinesWriter::on_step_end(const StepInfo& s) {
     line["bytes_per_step"] = s.bytes_per_step;
     line["compression_ratio"] = s.compression_ratio;
   }
-  write(line.dump());
+  if (!s.split.empty()) line["split"] = s.split;
+  write(std::move(line));
 }
 
 void JsonLinesWriter::on_guard(const GuardEvent& g) {
@@ -163,8 +165,7 @@ void JsonLinesWriter::on_guard(const GuardEvent& g) {
                        {"reason", g.reason},
                        {"from", g.from},
                        {"to", g.to},
-                       {"hold_steps", g.hold_steps}}
-            .dump());
+                       {"hold_steps", g.hold_steps}});
 }
 
 void JsonLinesWriter::on_epoch_end(const EpochInfo& e) {
@@ -176,8 +177,7 @@ void JsonLinesWriter::on_epoch_end(const EpochInfo& e) {
                        {"test_loss", e.test_loss},
                        {"test_accuracy", e.test_accuracy},
                        {"samples_per_s", e.samples_per_s},
-                       {"seconds", e.seconds}}
-            .dump());
+                       {"seconds", e.seconds}});
 }
 
 void JsonLinesWriter::on_train_end(const Summary& s) {
@@ -189,8 +189,7 @@ void JsonLinesWriter::on_train_end(const Summary& s) {
                        {"best_test_accuracy", s.best_test_accuracy},
                        {"samples_per_s", s.samples_per_s},
                        {"seconds", s.seconds},
-                       {"weights", s.weights_path}}
-            .dump());
+                       {"weights", s.weights_path}});
 }
 
 }  // namespace dtrain::train

@@ -11,8 +11,10 @@
 #include <chrono>
 #include <cstdint>
 #include <fstream>
+#include <nlohmann/json_fwd.hpp>
 #include <ostream>
 #include <string>
+#include <vector>
 
 namespace dtrain::train {
 
@@ -41,6 +43,9 @@ struct StepInfo {
   // not counted), and dense bytes / sent bytes (0: unknown).
   double bytes_per_step = 0.0;
   double compression_ratio = 0.0;
+  // Every worker's rows of this step's global batch, in rank order (empty
+  // with one worker); they differ under dynamic batches.
+  std::vector<int64_t> split;
 };
 
 // The convergence guard rescued the run (train/convergence_guard.h).
@@ -118,7 +123,9 @@ class PlainProgress : public Callback {
   int64_t log_every_steps_;
 };
 
-// Appends one JSON object per report to `path` ({"event":"step",...}).
+// Appends one JSON object per report to `path` ({"event":"step",...}); every
+// object carries "time", the wall-clock time of the report in seconds since
+// the Unix epoch (what plots against wall time and the live page read).
 // Throws dtrain::Error when the file cannot be opened or written.
 class JsonLinesWriter : public Callback {
  public:
@@ -130,7 +137,7 @@ class JsonLinesWriter : public Callback {
   void on_guard(const GuardEvent& event) override;
 
  private:
-  void write(const std::string& line);
+  void write(nlohmann::json line);
   std::string path_;
   std::ofstream out_;
   int64_t log_every_steps_;

@@ -386,7 +386,8 @@ std::optional<strategy::StepStats> Trainer::run_step(const StepBatch& step, Posi
   return totals;
 }
 
-bool Trainer::after_step(Position& position, float lr, const RunPlan& plan, bool last_step) {
+bool Trainer::after_step(Position& position, float lr, const RunPlan& plan, bool last_step,
+                         const std::vector<int64_t>& split) {
   // The checkpoint of this step is handed over before the step is reported,
   // and handing it over waits for the previous write; the last step (whose
   // checkpoint is written at the epoch's end) waits for it too. So with a
@@ -415,6 +416,7 @@ bool Trainer::after_step(Position& position, float lr, const RunPlan& plan, bool
   s.samples_per_s = rate(window_.stats, window_.seconds);
   if (window_.updates > 0) s.bytes_per_step = window_.bytes / double(window_.updates);
   if (window_.bytes > 0.0) s.compression_ratio = window_.dense_bytes / window_.bytes;
+  if (world_ > 1) s.split = split;
   for (Callback* c : callbacks_) c->on_step_end(s);
   if (job_.train.log_every_steps > 0 && position.step % job_.train.log_every_steps == 0) {
     window_ = {};
@@ -448,7 +450,7 @@ Trainer::EpochEnd Trainer::run_epoch(const data::TensorDataset& train, data::Dat
       end.steps.add(*stats, dt, comm);
     }
     const bool last_step = position.step >= plan.total_steps;
-    end.reformed = after_step(position, lr, plan, last_step);
+    end.reformed = after_step(position, lr, plan, last_step, step->split);
     if (last_step) {
       end.run_over = true;
       break;

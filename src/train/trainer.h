@@ -172,7 +172,8 @@ class Trainer {
   std::optional<strategy::StepStats> run_step(const StepBatch& batch, Position& position);
   // After the update of `position.step`: checkpoint, report, re-form when a
   // worker waits. Returns whether the group re-formed.
-  bool after_step(Position& position, float lr, const RunPlan& plan, bool last_step);
+  bool after_step(Position& position, float lr, const RunPlan& plan, bool last_step,
+                  const std::vector<int64_t>& split);
   // Evaluates, checkpoints and reports the end of an epoch (or of the run's
   // last stretch of one).
   void end_epoch(const data::TensorDataset& test, const EpochEnd& end, Position& position,

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <map>
 #include <numeric>
+#include <set>
 
 #include "core/error.h"
 #include "data/partition.h"
@@ -96,9 +97,12 @@ class RecordingStrategy : public strategy::Strategy, public Callback {
     return strategy::apportion(batch_rows, shares, 0, batch_rows);
   }
   void on_epoch_end(const EpochInfo&) override { epochs_.emplace_back(); }
+  void on_step_end(const StepInfo& info) override { reported_splits_.push_back(info.split); }
 
   // Sample ids of each finished epoch.
   const std::vector<std::vector<int64_t>>& epochs() const { return epochs_; }
+  // The split every step's report carried.
+  const std::vector<std::vector<int64_t>>& reported_splits() const { return reported_splits_; }
 
  private:
   int64_t rank_;
@@ -108,6 +112,7 @@ class RecordingStrategy : public strategy::Strategy, public Callback {
   std::unique_ptr<nn::Module> model_;
   std::unique_ptr<nn::Optimizer> optimizer_;
   std::vector<std::vector<int64_t>> epochs_;
+  std::vector<std::vector<int64_t>> reported_splits_;
 };
 
 // Trains every rank of `world` on `job`; returns each rank's recorder.
@@ -158,6 +163,27 @@ TEST(SampleAssignment, SharedBatchesUnderChangingSplitsUseEverySampleOncePerEpoc
   for (size_t e = 0; e < 2; ++e) {
     expect_each_sample_once(counts_in_epoch(ranks, e), "epoch " + std::to_string(e + 1));
   }
+}
+
+// Every step's report carries the split it trained with: every worker's
+// rows, the same on every rank, summing to the global batch (the epoch's last
+// batch may be short).
+TEST(SampleAssignment, StepReportsCarryEveryWorkersRows) {
+  testing::TempDir dir;
+  const JobConfig job = id_job(dir.path());
+  const auto ranks = train_all(job, 3);
+  const auto& splits = ranks[0]->reported_splits();
+  ASSERT_FALSE(splits.empty());
+  std::set<std::vector<int64_t>> distinct;
+  for (const auto& split : splits) {
+    ASSERT_EQ(split.size(), 3u);
+    const int64_t rows = std::accumulate(split.begin(), split.end(), int64_t{0});
+    EXPECT_GT(rows, 0);
+    EXPECT_LE(rows, job.train.batch_size);
+    distinct.insert(split);
+  }
+  EXPECT_GT(distinct.size(), 1u) << "the strategy's split changes every step";
+  for (const auto& r : ranks) EXPECT_EQ(r->reported_splits(), splits);
 }
 
 class PartitionedAssignment : public ::testing::TestWithParam<std::string> {};

@@ -263,7 +263,16 @@ TEST(Trainer, WritesMetricsAsJsonLines) {
   EXPECT_EQ(events.front()["event"], "begin");
   EXPECT_EQ(events.back()["event"], "end");
   int epochs = 0, steps = 0;
+  double previous_time = 0.0;
   for (const auto& e : events) {
+    // Wall-clock seconds since the Unix epoch (after 2020), never decreasing
+    // by more than a clock step could.
+    ASSERT_TRUE(e.contains("time")) << e.dump();
+    const double time = e["time"].get<double>();
+    EXPECT_GT(time, 1.6e9);
+    EXPECT_GE(time, previous_time - 1.0);
+    previous_time = time;
+    EXPECT_FALSE(e.contains("split")) << "one worker has no split: " << e.dump();
     if (e["event"] == "epoch") ++epochs;
     if (e["event"] == "step") {
       ++steps;
