@@ -1,0 +1,110 @@
+#include "obs/event_file_writer.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "io/file_system.h"
+#include "obs/tensorboard_event.h"
+#include "obs/tfrecord.h"
+#include "testing/expect_error.h"
+#include "testing/fault_fs.h"
+
+namespace dtrain::obs {
+namespace {
+
+std::string read_all(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::string framed(const std::string& event) {
+  std::string out;
+  append_tfrecord(out, event);
+  return out;
+}
+
+TEST(EventFileWriter, NamesTheFileAndWritesTheVersionFirst) {
+  testing::TempDir dir;
+  const std::string folder = dir.file("a/b");  // created
+  EventFileWriter writer(folder, 1700000000.25);
+  char host[256] = {};
+  ASSERT_EQ(gethostname(host, sizeof(host) - 1), 0);
+  EXPECT_EQ(writer.path(), folder + "/events.out.tfevents.1700000000." + std::string(host) + "." +
+                               std::to_string(getpid()) + ".0");
+  // The version event is on disk before anything else is added.
+  EXPECT_EQ(read_all(writer.path()), framed(encode_file_version_event(1700000000.25)));
+  EXPECT_EQ(writer.bytes_written(), framed(encode_file_version_event(1700000000.25)).size());
+}
+
+TEST(EventFileWriter, FlushWritesTheRecordsInOrder) {
+  testing::TempDir dir;
+  EventFileWriter writer(dir.path(), 10.0);
+  const float values[] = {1.0f, -2.0f, 3.0f};
+  writer.add_scalar("train/loss", 0.75f, 3, 11.0);
+  writer.add_histogram("weights/fc1.weight", values, 3, 11.5);
+  const std::string before = read_all(writer.path());
+  EXPECT_EQ(before, framed(encode_file_version_event(10.0)));  // buffered until flush
+  writer.flush();
+  EXPECT_EQ(read_all(writer.path()),
+            before + framed(encode_scalar_event("train/loss", 0.75f, 3, 11.0)) +
+                framed(encode_histogram_event("weights/fc1.weight", make_histogram(values), 3,
+                                              11.5)));
+}
+
+TEST(EventFileWriter, DestructorFlushes) {
+  testing::TempDir dir;
+  std::string path;
+  {
+    EventFileWriter writer(dir.path(), 10.0);
+    writer.add_scalar("x", 1.0f, 1, 10.0);
+    path = writer.path();
+  }
+  EXPECT_EQ(read_all(path), framed(encode_file_version_event(10.0)) +
+                                framed(encode_scalar_event("x", 1.0f, 1, 10.0)));
+}
+
+TEST(EventFileWriter, TwoWritersInOneSecondGetTwoFiles) {
+  testing::TempDir dir;
+  EventFileWriter first(dir.path(), 5.0);
+  EventFileWriter second(dir.path(), 5.5);
+  EXPECT_NE(first.path(), second.path());
+  EXPECT_EQ(second.path().substr(second.path().size() - 2), ".1");
+  EXPECT_EQ(io::default_file_system().list_directory(dir.path()).size(), 2u);
+}
+
+TEST(EventFileWriter, AFolderThatCannotBeCreatedIsNamed) {
+  testing::TempDir dir;
+  std::ofstream(dir.file("plain")) << "a file, not a folder";
+  // Under a regular file no folder can be made, whoever runs the test (root too).
+  testing::expect_error<io::FileError>(
+      [&] { EventFileWriter writer(dir.file("plain/tensorboard"), 1.0); },
+      "create directory " + dir.file("plain/tensorboard") + ": Not a directory");
+}
+
+TEST(EventFileWriter, AFileThatCannotBeCreatedIsNamed) {
+  if (geteuid() == 0) GTEST_SKIP() << "root writes into a read-only folder";
+  testing::TempDir dir;
+  const std::string folder = dir.file("ro");
+  std::filesystem::create_directory(folder);
+  std::filesystem::permissions(folder, std::filesystem::perms::owner_read |
+                                           std::filesystem::perms::owner_exec);
+  try {
+    EventFileWriter writer(folder, 1.0);
+    ADD_FAILURE() << "expected a FileError";
+  } catch (const io::FileError& e) {
+    EXPECT_EQ(e.operation(), "create");
+    EXPECT_EQ(e.path().rfind(folder + "/events.out.tfevents.1.", 0), 0u) << e.path();
+    EXPECT_EQ(e.reason(), "Permission denied");
+  }
+  std::filesystem::permissions(folder, std::filesystem::perms::owner_all);
+}
+
+}  // namespace
+}  // namespace dtrain::obs
