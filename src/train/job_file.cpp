@@ -164,6 +164,8 @@ void read_train(io::TomlTable& t, TrainConfig& c) {
   t.get("class_weights", c.class_weights);
   t.get("elastic", c.elastic);
   t.get("min_workers", c.min_workers);
+  t.get("tensorboard", c.tensorboard);
+  t.get("histogram_every_steps", c.histogram_every_steps);
   t.finish();
   check_choice(t.lines(), "class_weights", c.class_weights, {"none", "balanced"});
   if (c.batch_size <= 0) throw t.error("batch_size", "must be positive");
@@ -171,6 +173,10 @@ void read_train(io::TomlTable& t, TrainConfig& c) {
   if (!(c.checkpoint_every_seconds >= 0.0) || !std::isfinite(c.checkpoint_every_seconds)) {
     throw t.error("checkpoint_every_seconds",
                   fmt::format("must be 0 (off) or positive, got {}", c.checkpoint_every_seconds));
+  }
+  if (c.histogram_every_steps < 0) {
+    throw t.error("histogram_every_steps",
+                  fmt::format("must be 0 (off) or positive, got {}", c.histogram_every_steps));
   }
 }
 

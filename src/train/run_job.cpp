@@ -17,6 +17,7 @@
 #include "train/job_file.h"
 #include "train/metrics.h"
 #include "train/model_builder.h"
+#include "train/tensorboard_callback.h"
 #include "train/trainer.h"
 
 namespace dtrain::train {
@@ -181,6 +182,14 @@ int train_worker(const JobConfig& job, const comm::LaunchInfo& launch,
     chief = chief_callbacks(job, launch, options);
     trainer.add_callback(*chief.metrics);
     if (chief.progress) trainer.add_callback(*chief.progress);
+  }
+  std::unique_ptr<TensorBoardCallback> tensorboard;
+  if (job.train.tensorboard) {
+    TensorBoardOptions tb{job.output + "/tensorboard", role.index, role.chief,
+                          job.train.log_every_steps, job.train.histogram_every_steps,
+                          job.distributed.dynamic_batch};
+    tensorboard = std::make_unique<TensorBoardCallback>(tb, strategy->model());
+    trainer.add_callback(*tensorboard);
   }
   try {
     trainer.fit(data.train, data.test);
