@@ -174,10 +174,6 @@ void read_train(io::TomlTable& t, TrainConfig& c) {
     throw t.error("checkpoint_every_seconds",
                   fmt::format("must be 0 (off) or positive, got {}", c.checkpoint_every_seconds));
   }
-  if (c.histogram_every_steps < 0) {
-    throw t.error("histogram_every_steps",
-                  fmt::format("must be 0 (off) or positive, got {}", c.histogram_every_steps));
-  }
 }
 
 // Reads [compression] (strategy/compression.h, docs/compression.md).

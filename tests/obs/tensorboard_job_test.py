@@ -172,6 +172,16 @@ def main():
         r = reader("--compare", copy)
         check(r.returncode == 1 and "train/loss at step 6 is " in r.stderr,
               "compare of a changed loss: exit %d, %r" % (r.returncode, r.stderr))
+
+        # train.tensorboard = false: no folder.
+        off = os.path.join(work, "off")
+        run = subprocess.run([dtrain, "train", job, "--output", off, "--set",
+                              "train.tensorboard=false"], capture_output=True, text=True,
+                             timeout=TIMEOUT_S)
+        check(run.returncode == 0, "training without tensorboard: " + run.stdout + run.stderr)
+        check(os.path.exists(os.path.join(off, "metrics.jsonl")) and
+              not os.path.exists(os.path.join(off, "tensorboard")),
+              "train.tensorboard = false still wrote %s" % os.listdir(off))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print("%d failures" % len(failures))
