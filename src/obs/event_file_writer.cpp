@@ -26,8 +26,7 @@ std::string host_name() {
 }  // namespace
 
 double unix_seconds_now() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
 EventFileWriter::EventFileWriter(const std::string& folder, double wall_time) {

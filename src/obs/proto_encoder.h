@@ -26,11 +26,11 @@ namespace dtrain::obs {
 
 class ProtoEncoder {
  public:
-  void int64_field(int field, int64_t value);              // wire type 0
-  void double_field(int field, double value);              // wire type 1
-  void float_field(int field, float value);                // wire type 5
-  void bytes_field(int field, std::string_view value);     // wire type 2 (string, bytes)
-  void message(int field, const ProtoEncoder& nested);     // wire type 2
+  void int64_field(int field, int64_t value);                      // wire type 0
+  void double_field(int field, double value);                      // wire type 1
+  void float_field(int field, float value);                        // wire type 5
+  void bytes_field(int field, std::string_view value);             // wire type 2 (string, bytes)
+  void message(int field, const ProtoEncoder& nested);             // wire type 2
   void packed_doubles(int field, std::span<const double> values);  // wire type 2
 
   const std::string& bytes() const { return bytes_; }

@@ -185,9 +185,12 @@ int train_worker(const JobConfig& job, const comm::LaunchInfo& launch,
   }
   std::unique_ptr<TensorBoardCallback> tensorboard;
   if (job.train.tensorboard) {
-    TensorBoardOptions tb{job.output + "/tensorboard", role.index, role.chief,
-                          job.train.log_every_steps, job.train.histogram_every_steps,
-                          job.distributed.dynamic_batch};
+    const TensorBoardOptions tb{.folder = job.output + "/tensorboard",
+                                .worker = role.index,
+                                .chief = role.chief,
+                                .log_every_steps = job.train.log_every_steps,
+                                .histogram_every_steps = job.train.histogram_every_steps,
+                                .batch_shares = job.distributed.dynamic_batch};
     tensorboard = std::make_unique<TensorBoardCallback>(tb, strategy->model());
     trainer.add_callback(*tensorboard);
   }

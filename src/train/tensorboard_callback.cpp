@@ -14,8 +14,8 @@ TensorBoardCallback::TensorBoardCallback(const TensorBoardOptions& options, nn::
   if (options_.chief) {
     scalars_ = std::make_unique<obs::EventFileWriter>(options_.folder, now);
     if (options_.histogram_every_steps > 0) {
-      histograms_ = std::make_unique<obs::EventFileWriter>(
-          io::join_path(options_.folder, "histograms"), now);
+      histograms_ =
+          std::make_unique<obs::EventFileWriter>(io::join_path(options_.folder, "histograms"), now);
     }
   }
   worker_ = std::make_unique<obs::EventFileWriter>(

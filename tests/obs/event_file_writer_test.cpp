@@ -51,10 +51,10 @@ TEST(EventFileWriter, FlushWritesTheRecordsInOrder) {
   const std::string before = read_all(writer.path());
   EXPECT_EQ(before, framed(encode_file_version_event(10.0)));  // buffered until flush
   writer.flush();
-  EXPECT_EQ(read_all(writer.path()),
-            before + framed(encode_scalar_event("train/loss", 0.75f, 3, 11.0)) +
-                framed(encode_histogram_event("weights/fc1.weight", make_histogram(values), 3,
-                                              11.5)));
+  EXPECT_EQ(
+      read_all(writer.path()),
+      before + framed(encode_scalar_event("train/loss", 0.75f, 3, 11.0)) +
+          framed(encode_histogram_event("weights/fc1.weight", make_histogram(values), 3, 11.5)));
 }
 
 TEST(EventFileWriter, DestructorFlushes) {
@@ -91,10 +91,10 @@ TEST(EventFileWriter, AFileThatCannotBeCreatedIsNamed) {
   // /proc is a folder in which nobody, root included, can create a file.
   char host[256] = {};
   ASSERT_EQ(gethostname(host, sizeof(host) - 1), 0);
-  testing::expect_error<io::FileError>(
-      [&] { EventFileWriter writer("/proc", 1.0); },
-      "create /proc/events.out.tfevents.1." + std::string(host) + "." + std::to_string(getpid()) +
-          ".0: No such file or directory");
+  testing::expect_error<io::FileError>([&] { EventFileWriter writer("/proc", 1.0); },
+                                       "create /proc/events.out.tfevents.1." + std::string(host) +
+                                           "." + std::to_string(getpid()) +
+                                           ".0: No such file or directory");
 }
 
 }  // namespace

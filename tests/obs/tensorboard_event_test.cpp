@@ -19,12 +19,12 @@ TEST(TensorboardEvent, ScalarEventBytes) {
   // Event { wall_time: 1.5, step: 300, summary { value { tag: "train/loss",
   // simple_value: 0.5 } } }, encoded by hand.
   const std::string expected = bytes({
-      0x09, 0, 0, 0, 0, 0, 0, 0xf8, 0x3f,  // 1: wall_time, double 1.5
-      0x10, 0xac, 0x02,                    // 2: step, varint 300
-      0x2a, 0x13,                          // 5: summary, 19 bytes
-      0x0a, 0x11,                          //   1: value, 17 bytes
-      0x0a, 0x0a, 't', 'r', 'a', 'i', 'n', '/', 'l', 'o', 's', 's',  // 1: tag
-      0x15, 0, 0, 0, 0x3f,                                           // 2: simple_value 0.5f
+      0x09, 0,    0,    0,   0,    0,   0,   0xf8, 0x3f,                 // 1: wall_time, double 1.5
+      0x10, 0xac, 0x02,                                                  // 2: step, varint 300
+      0x2a, 0x13,                                                        // 5: summary, 19 bytes
+      0x0a, 0x11,                                                        //   1: value, 17 bytes
+      0x0a, 0x0a, 't',  'r', 'a',  'i', 'n', '/',  'l',  'o', 's', 's',  // 1: tag
+      0x15, 0,    0,    0,   0x3f,                                       // 2: simple_value 0.5f
   });
   EXPECT_EQ(encode_scalar_event("train/loss", 0.5f, 300, 1.5), expected);
 }
@@ -32,18 +32,18 @@ TEST(TensorboardEvent, ScalarEventBytes) {
 TEST(TensorboardEvent, ZeroStepIsLeftOutButAZeroValueIsWritten) {
   // proto3 leaves a zero step out; simple_value is a oneof member, always written.
   const std::string expected = bytes({
-      0x09, 0, 0, 0, 0, 0, 0, 0xf0, 0x3f,  // wall_time 1.0
-      0x2a, 0x0a, 0x0a, 0x08,              // summary, value
-      0x0a, 0x01, 'x',                     // tag "x"
-      0x15, 0, 0, 0, 0,                    // simple_value 0
+      0x09, 0,    0,    0,    0, 0, 0, 0xf0, 0x3f,  // wall_time 1.0
+      0x2a, 0x0a, 0x0a, 0x08,                       // summary, value
+      0x0a, 0x01, 'x',                              // tag "x"
+      0x15, 0,    0,    0,    0,                    // simple_value 0
   });
   EXPECT_EQ(encode_scalar_event("x", 0.0f, 0, 1.0), expected);
 }
 
 TEST(TensorboardEvent, FileVersionEventBytes) {
   const std::string expected = bytes({
-      0x09, 0, 0, 0, 0, 0, 0, 0x00, 0x40,  // wall_time 2.0
-      0x1a, 0x0d, 'b', 'r', 'a', 'i', 'n', '.', 'E', 'v', 'e', 'n', 't', ':', '2',
+      0x09, 0,    0,   0,   0,   0,   0,   0x00, 0x40,  // wall_time 2.0
+      0x1a, 0x0d, 'b', 'r', 'a', 'i', 'n', '.',  'E',  'v', 'e', 'n', 't', ':', '2',
   });
   EXPECT_EQ(encode_file_version_event(2.0), expected);
 }
@@ -136,7 +136,8 @@ TEST(TensorboardEvent, HistogramEventBytes) {
   const size_t histo = 5 * 9 + 2 * (2 + 24);
   const size_t value = 3 + 2 + histo;
   ASSERT_EQ(event.size(), 2 + 2 + 2 + value);
-  EXPECT_EQ(event.substr(0, 10), bytes({0x10, 0x01, 0x2a, 0x68, 0x0a, 0x66, 0x0a, 0x01, 'w', 0x2a}));
+  EXPECT_EQ(event.substr(0, 10),
+            bytes({0x10, 0x01, 0x2a, 0x68, 0x0a, 0x66, 0x0a, 0x01, 'w', 0x2a}));
   EXPECT_EQ(static_cast<unsigned char>(event[10]), histo);
   // min = 2.0 (field 1), then max = 2.0 (field 2).
   EXPECT_EQ(event.substr(11, 18),

@@ -46,13 +46,13 @@ TEST(ProtoEncoder, VarintsAndFixedWidths) {
   e.bytes_field(20, "hi");  // key (20 << 3 | 2) = 162 = 0xa2 0x01
   const double pair[] = {1.0, -0.0};
   e.packed_doubles(6, pair);
-  EXPECT_EQ(e.bytes(),
-            bytes({0x10, 0xac, 0x02,                                                   //
-                   0x10, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,  //
-                   0x09, 0, 0, 0, 0, 0, 0, 0xf8, 0x3f,                                 //
-                   0x15, 0, 0, 0, 0xc0,                                                //
-                   0xa2, 0x01, 0x02, 'h', 'i',                                         //
-                   0x32, 0x10, 0, 0, 0, 0, 0, 0, 0xf0, 0x3f, 0, 0, 0, 0, 0, 0, 0, 0x80}));
+  EXPECT_EQ(e.bytes(), bytes({0x10, 0xac, 0x02,                                                  //
+                              0x10, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,  //
+                              0x09, 0,    0,    0,    0,    0,    0,    0xf8, 0x3f,              //
+                              0x15, 0,    0,    0,    0xc0,                                      //
+                              0xa2, 0x01, 0x02, 'h',  'i',                                       //
+                              0x32, 0x10, 0,    0,    0,    0,    0,    0,    0xf0, 0x3f, 0,
+                              0,    0,    0,    0,    0,    0,    0x80}));
 }
 
 }  // namespace

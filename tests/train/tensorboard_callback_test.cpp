@@ -98,25 +98,24 @@ TEST(TensorBoardCallback, TheChiefWritesItsScalarsAtTheLoggedSteps) {
     tb.on_guard(g);
     tb.on_train_end(Summary{});
   }
-  expect_scalars(events_in(dir.file("tb")),
-                 {{"train/loss", 0.5, 2},
-                  {"train/accuracy", 0.2, 2},
-                  {"train/lr", 0.05, 2},
-                  {"train/samples_per_s", 1002.0, 2},
-                  {"comm/bytes_per_step", 4096.0, 2},
-                  {"comm/compression_ratio", 8.0, 2},
-                  {"batch/share_worker0", 0.75, 2},
-                  {"batch/share_worker1", 0.25, 2},
-                  {"train/loss", 0.25, 4},
-                  {"train/accuracy", 0.4, 4},
-                  {"train/lr", 0.05, 4},
-                  {"train/samples_per_s", 1004.0, 4},
-                  {"batch/share_worker0", 0.75, 4},
-                  {"batch/share_worker1", 0.25, 4},
-                  {"test/loss", 0.25, 4},
-                  {"test/accuracy", 0.875, 4},
-                  {"epoch/samples_per_s", 900.0, 4},
-                  {"guard/rescues", 1.0, 3}});
+  expect_scalars(events_in(dir.file("tb")), {{"train/loss", 0.5, 2},
+                                             {"train/accuracy", 0.2, 2},
+                                             {"train/lr", 0.05, 2},
+                                             {"train/samples_per_s", 1002.0, 2},
+                                             {"comm/bytes_per_step", 4096.0, 2},
+                                             {"comm/compression_ratio", 8.0, 2},
+                                             {"batch/share_worker0", 0.75, 2},
+                                             {"batch/share_worker1", 0.25, 2},
+                                             {"train/loss", 0.25, 4},
+                                             {"train/accuracy", 0.4, 4},
+                                             {"train/lr", 0.05, 4},
+                                             {"train/samples_per_s", 1004.0, 4},
+                                             {"batch/share_worker0", 0.75, 4},
+                                             {"batch/share_worker1", 0.25, 4},
+                                             {"test/loss", 0.25, 4},
+                                             {"test/accuracy", 0.875, 4},
+                                             {"epoch/samples_per_s", 900.0, 4},
+                                             {"guard/rescues", 1.0, 3}});
   expect_scalars(events_in(dir.file("tb/worker-0")),
                  {{"throughput/samples_per_s", 1002.0, 2},
                   {"throughput/own_samples_per_s", 1002.0 * 0.75, 2},
@@ -161,9 +160,8 @@ TEST(TensorBoardCallback, HistogramsOfWeightsAndGradients) {
     EXPECT_EQ(events[at], obs::encode_histogram_event(
                               "weights/weight", obs::make_histogram(model.weight().data().span()),
                               step, wall_time_of(events[at])));
-    EXPECT_EQ(events[at + 1],
-              obs::encode_histogram_event("grads/weight", obs::make_histogram(grad), step,
-                                          wall_time_of(events[at + 1])));
+    EXPECT_EQ(events[at + 1], obs::encode_histogram_event("grads/weight", obs::make_histogram(grad),
+                                                          step, wall_time_of(events[at + 1])));
     EXPECT_EQ(events[at + 2], obs::encode_histogram_event(
                                   "weights/bias", obs::make_histogram(model.bias().data().span()),
                                   step, wall_time_of(events[at + 2])));
@@ -194,8 +192,7 @@ TEST(TensorBoardJobKeys, DefaultsAndChecks) {
   EXPECT_TRUE(plain.train.tensorboard);
   EXPECT_EQ(plain.train.histogram_every_steps, 0);
   const JobConfig set =
-      parse_job(job, "job.toml", {"train.tensorboard=false", "train.histogram_every_steps=50"})
-          .job;
+      parse_job(job, "job.toml", {"train.tensorboard=false", "train.histogram_every_steps=50"}).job;
   EXPECT_FALSE(set.train.tensorboard);
   EXPECT_EQ(set.train.histogram_every_steps, 50);
   try {
