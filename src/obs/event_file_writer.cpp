@@ -74,8 +74,9 @@ void EventFileWriter::flush() {
     const ssize_t n = ::write(fd_, pending_.data() + done, pending_.size() - done);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) {
-      // Drop the unwritten part: the next flush appends whole records only
-      // after the torn one, which readers skip along with everything after.
+      // The file may now end in a torn record; readers stop there, so
+      // records added later are lost too. Drop the rest instead of
+      // retrying it forever.
       const std::string reason = std::strerror(errno);
       pending_.clear();
       throw io::FileError("write", path_, reason);

@@ -23,7 +23,8 @@
 // copyable. Thread safety: none; one thread at a time. Errors: io::FileError
 // (a dtrain::Error) naming the file or folder and the system's reason, from
 // the constructor (folder not creatable, file not creatable) and flush()
-// (write failed, e.g. disk full). Blocking: flush() blocks for the write(2)
+// (write failed, e.g. disk full: the file may then end in a torn record, and
+// readers ignore what follows it). Blocking: flush() blocks for the write(2)
 // calls (no deadline; local disk I/O).
 #pragma once
 

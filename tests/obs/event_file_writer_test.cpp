@@ -1,8 +1,10 @@
 #include "obs/event_file_writer.h"
 
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -95,6 +97,36 @@ TEST(EventFileWriter, AFileThatCannotBeCreatedIsNamed) {
                                        "create /proc/events.out.tfevents.1." + std::string(host) +
                                            "." + std::to_string(getpid()) +
                                            ".0: No such file or directory");
+}
+
+TEST(EventFileWriter, AFailedWriteIsNamed) {
+  // A file-size limit makes write(2) fail with EFBIG once the file reaches it
+  // (SIGXFSZ ignored); limit and handler are restored afterwards.
+  testing::TempDir dir;
+  EventFileWriter writer(dir.path(), 1.0);
+  const uint64_t version_bytes = writer.bytes_written();
+  rlimit saved{};
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &saved), 0);
+  const auto saved_handler = std::signal(SIGXFSZ, SIG_IGN);
+  rlimit limit = saved;
+  limit.rlim_cur = version_bytes;  // no byte more
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &limit), 0);
+  writer.add_scalar("x", 1.0f, 1, 2.0);
+  std::string message;
+  try {
+    writer.flush();
+  } catch (const io::FileError& e) {
+    message = e.what();
+  }
+  setrlimit(RLIMIT_FSIZE, &saved);
+  std::signal(SIGXFSZ, saved_handler);
+  EXPECT_EQ(message, "write " + writer.path() + ": File too large");
+  EXPECT_EQ(writer.bytes_written(), version_bytes);
+  // What failed is dropped; later records are written again.
+  writer.add_scalar("y", 2.0f, 2, 3.0);
+  writer.flush();
+  EXPECT_EQ(read_all(writer.path()), framed(encode_file_version_event(1.0)) +
+                                         framed(encode_scalar_event("y", 2.0f, 2, 3.0)));
 }
 
 }  // namespace
