@@ -16,7 +16,8 @@ format decoder.
   read_tfevents.py --compare OUTPUT
       Reads OUTPUT/metrics.jsonl and every event file under
       OUTPUT/tensorboard, and checks that the chief's scalars equal the
-      metrics (as float32) at the same steps, no more and no fewer, that each
+      metrics (as float32) at the same steps, no more and no fewer (with
+      dynamic batches also each worker's share of the rows), that each
       worker folder has its throughput at the same steps, and that every
       histogram's bucket counts add up to its count. Exit code 0 with a
       summary line, or 1 with the first difference.
@@ -245,12 +246,26 @@ def expected_scalars(metrics_path):
     return want, steps
 
 
+def expected_shares(metrics_path):
+    want = {}
+    with open(metrics_path) as f:
+        for line in f:
+            m = json.loads(line)
+            if m["event"] == "step" and sum(m.get("split", [])) > 0:
+                for r, rows in enumerate(m["split"]):
+                    want[("batch/share_worker%d" % r, m["step"])] = rows / sum(m["split"])
+    return want
+
+
 def compare(output):
     want, steps = expected_scalars(os.path.join(output, "metrics.jsonl"))
     board = os.path.join(output, "tensorboard")
     got = scalars(board)
-    # Dynamic batches add the shares, which metrics.jsonl holds as rows.
-    got = {k: v for k, v in got.items() if not k[0].startswith(("batch/", "guard/"))}
+    # Dynamic batches add each worker's share, which metrics.jsonl holds as
+    # rows ("split"): expected only when the run wrote shares at all.
+    if any(tag.startswith("batch/share_worker") for tag, _ in got):
+        want.update(expected_shares(os.path.join(output, "metrics.jsonl")))
+    got = {k: v for k, v in got.items() if not k[0].startswith("guard/")}
     if not want:
         raise DecodeError("%s/metrics.jsonl: no step or epoch events" % output)
     for key in sorted(set(want) | set(got)):

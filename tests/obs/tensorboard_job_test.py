@@ -173,6 +173,17 @@ def main():
         check(r.returncode == 1 and "train/loss at step 6 is " in r.stderr,
               "compare of a changed loss: exit %d, %r" % (r.returncode, r.stderr))
 
+        # Dynamic batches: each worker's share of the rows, as in metrics.jsonl's split.
+        dyn = os.path.join(work, "dynamic")
+        run = subprocess.run([dtrain, "train", job, "--output", dyn, "--workers", "2", "--set",
+                              "distributed.dynamic_batch=true", "--set",
+                              "distributed.rebalance_every=2", "--slowdown", "1=3"],
+                             capture_output=True, text=True, timeout=TIMEOUT_S)
+        check(run.returncode == 0, "dynamic batches: " + run.stdout + run.stderr)
+        r = reader("--compare", dyn)
+        check(r.stdout == "compared 86 scalars with metrics.jsonl in 2 worker folders, "
+              "32 histograms: all equal\n", "compare with dynamic batches: " + r.stdout + r.stderr)
+
         # train.tensorboard = false: no folder.
         off = os.path.join(work, "off")
         run = subprocess.run([dtrain, "train", job, "--output", off, "--set",
