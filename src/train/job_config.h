@@ -103,6 +103,11 @@ struct TrainConfig {
   // once fewer than min_workers run (0: every worker, N).
   bool elastic = false;
   int64_t min_workers = 0;
+  // TensorBoard event files under <output>/tensorboard (docs/observability.md):
+  // the chief's scalars, every worker's throughput, and every
+  // histogram_every_steps steps (0: off) weight and gradient histograms.
+  bool tensorboard = true;
+  int64_t histogram_every_steps = 0;
 };
 
 // The keys every strategy shares ([distributed]); each strategy's own

@@ -164,6 +164,8 @@ void read_train(io::TomlTable& t, TrainConfig& c) {
   t.get("class_weights", c.class_weights);
   t.get("elastic", c.elastic);
   t.get("min_workers", c.min_workers);
+  t.get("tensorboard", c.tensorboard);
+  t.get("histogram_every_steps", c.histogram_every_steps);
   t.finish();
   check_choice(t.lines(), "class_weights", c.class_weights, {"none", "balanced"});
   if (c.batch_size <= 0) throw t.error("batch_size", "must be positive");

@@ -17,6 +17,7 @@
 #include "train/job_file.h"
 #include "train/metrics.h"
 #include "train/model_builder.h"
+#include "train/tensorboard_callback.h"
 #include "train/trainer.h"
 
 namespace dtrain::train {
@@ -181,6 +182,17 @@ int train_worker(const JobConfig& job, const comm::LaunchInfo& launch,
     chief = chief_callbacks(job, launch, options);
     trainer.add_callback(*chief.metrics);
     if (chief.progress) trainer.add_callback(*chief.progress);
+  }
+  std::unique_ptr<TensorBoardCallback> tensorboard;
+  if (job.train.tensorboard) {
+    const TensorBoardOptions tb{.folder = job.output + "/tensorboard",
+                                .worker = role.index,
+                                .chief = role.chief,
+                                .log_every_steps = job.train.log_every_steps,
+                                .histogram_every_steps = job.train.histogram_every_steps,
+                                .batch_shares = job.distributed.dynamic_batch};
+    tensorboard = std::make_unique<TensorBoardCallback>(tb, strategy->model());
+    trainer.add_callback(*tensorboard);
   }
   try {
     trainer.fit(data.train, data.test);
