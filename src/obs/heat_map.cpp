@@ -49,7 +49,10 @@ ImageSize draw_heat_map(io::FileSystem& fs, const std::string& path, const Count
       1, *std::max_element(matrix.counts.begin(), matrix.counts.end()));
   const Rgb ink{0.1, 0.1, 0.1};
   if (!options.title.empty()) {
-    figure.text(options.title, size.width / 2.0, 20, 14, Align::kCenter, false, ink, true);
+    // Shrunk to fit a narrow map (few classes).
+    const double title_size =
+        std::min(14.0, 14.0 * (size.width - 20) / figure.text_width(options.title, 14, true));
+    figure.text(options.title, size.width / 2.0, 20, title_size, Align::kCenter, false, ink, true);
   }
   figure.text(options.column_axis, kLeft + kCellWidth * static_cast<double>(columns) / 2,
               kTop - 26, 11, Align::kCenter, false, ink);
