@@ -184,8 +184,7 @@ CLI::App* add_plot_command(CLI::App& app, dtrain::cli::PlotCommandOptions& plot)
   plot_cmd->add_option("runs", plot.runs, "Run folders (holding metrics.jsonl), or NAME=DIR")
       ->required()
       ->type_name("RUN_DIR");
-  plot_cmd->add_option("-o,--output", plot.output, "The picture: FILE.svg or FILE.png")
-      ->required();
+  plot_cmd->add_option("-o,--output", plot.output, "The picture: FILE.svg or FILE.png")->required();
   plot_cmd->add_option("--title", plot.title, "A title above the panels");
   plot_cmd->add_option("--width", plot.width, "Width in pixels (PNG) or points (SVG)")
       ->check(CLI::Range(400, 10000));

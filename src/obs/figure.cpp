@@ -45,11 +45,20 @@ std::string xml_escape(const std::string& s) {
   std::string out;
   for (const char c : s) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
@@ -112,8 +121,8 @@ double series_dash(size_t index) {
 Figure::Figure(std::string path, int width, int height)
     : path_(std::move(path)), width_(width), height_(height), format_(image_format_for(path_)) {
   if (width <= 0 || height <= 0) {
-    throw UsageError(fmt::format("cannot draw '{}': size {}x{} is not positive", path_, width,
-                                 height));
+    throw UsageError(
+        fmt::format("cannot draw '{}': size {}x{} is not positive", path_, width, height));
   }
   if (format_ == ImageFormat::kSvg) {
     surface_ = cairo_svg_surface_create_for_stream(append_to_string, &svg_, width, height);
@@ -177,12 +186,10 @@ void Figure::finish(io::FileSystem& fs) {
     bytes = renumber_surfaces(svg_);
     std::string layer = "<g id=\"dtrain-text\" fill-opacity=\"0\" font-family=\"DejaVu Sans\">\n";
     for (const Label& l : labels_) {
-      layer += fmt::format("<text x=\"{:.2f}\" y=\"{:.2f}\" font-size=\"{:.1f}\"{}>{}</text>\n",
-                           l.x, l.y, l.size,
-                           l.vertical ? fmt::format(" transform=\"rotate(-90 {:.2f} {:.2f})\"",
-                                                    l.x, l.y)
-                                      : "",
-                           xml_escape(l.text));
+      layer += fmt::format(
+          "<text x=\"{:.2f}\" y=\"{:.2f}\" font-size=\"{:.1f}\"{}>{}</text>\n", l.x, l.y, l.size,
+          l.vertical ? fmt::format(" transform=\"rotate(-90 {:.2f} {:.2f})\"", l.x, l.y) : "",
+          xml_escape(l.text));
     }
     layer += "</g>\n";
     const size_t end = bytes.rfind("</svg>");

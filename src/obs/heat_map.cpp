@@ -32,8 +32,8 @@ ImageSize draw_heat_map(io::FileSystem& fs, const std::string& path, const Count
                         const HeatMapOptions& options) {
   const size_t rows = matrix.row_labels.size(), columns = matrix.column_labels.size();
   if (rows == 0 || columns == 0) {
-    throw UsageError(fmt::format("cannot draw '{}': the matrix is empty ({} x {})", path, rows,
-                                 columns));
+    throw UsageError(
+        fmt::format("cannot draw '{}': the matrix is empty ({} x {})", path, rows, columns));
   }
   if (matrix.counts.size() != rows * columns) {
     throw UsageError(fmt::format("cannot draw '{}': {} counts for {} x {} labels", path,
@@ -45,8 +45,8 @@ ImageSize draw_heat_map(io::FileSystem& fs, const std::string& path, const Count
   const ImageSize size = heat_map_size(rows, columns);
   Figure figure(path, size.width, size.height);
   cairo_t* cr = figure.cairo();
-  const int64_t largest = std::max<int64_t>(
-      1, *std::max_element(matrix.counts.begin(), matrix.counts.end()));
+  const int64_t largest =
+      std::max<int64_t>(1, *std::max_element(matrix.counts.begin(), matrix.counts.end()));
   const Rgb ink{0.1, 0.1, 0.1};
   if (!options.title.empty()) {
     // Shrunk to fit a narrow map (few classes).
@@ -54,8 +54,8 @@ ImageSize draw_heat_map(io::FileSystem& fs, const std::string& path, const Count
         std::min(14.0, 14.0 * (size.width - 20) / figure.text_width(options.title, 14, true));
     figure.text(options.title, size.width / 2.0, 20, title_size, Align::kCenter, false, ink, true);
   }
-  figure.text(options.column_axis, kLeft + kCellWidth * static_cast<double>(columns) / 2,
-              kTop - 26, 11, Align::kCenter, false, ink);
+  figure.text(options.column_axis, kLeft + kCellWidth * static_cast<double>(columns) / 2, kTop - 26,
+              11, Align::kCenter, false, ink);
   figure.text(options.row_axis, 14, kTop - 8, 11, Align::kLeft, false, ink);
   for (size_t c = 0; c < columns; ++c) {
     figure.text(matrix.column_labels[c], kLeft + (static_cast<double>(c) + 0.5) * kCellWidth,
@@ -63,8 +63,8 @@ ImageSize draw_heat_map(io::FileSystem& fs, const std::string& path, const Count
   }
   for (size_t r = 0; r < rows; ++r) {
     const double y = kTop + static_cast<double>(r) * kCellHeight;
-    figure.text(matrix.row_labels[r], kLeft - 8, y + kCellHeight / 2 + 4, 11, Align::kRight,
-                false, ink);
+    figure.text(matrix.row_labels[r], kLeft - 8, y + kCellHeight / 2 + 4, 11, Align::kRight, false,
+                ink);
     for (size_t c = 0; c < columns; ++c) {
       const int64_t count = matrix.counts[r * columns + c];
       const double t = static_cast<double>(count) / static_cast<double>(largest);

@@ -29,8 +29,8 @@ struct CountMatrix {
 };
 
 struct HeatMapOptions {
-  std::string title;                 // above the map; none when empty
-  std::string row_axis = "worker";   // what the rows are
+  std::string title;                  // above the map; none when empty
+  std::string row_axis = "worker";    // what the rows are
   std::string column_axis = "class";  // what the columns are
 };
 

@@ -120,7 +120,8 @@ MetricsLog parse_metrics_log(std::string_view text, const std::string& path) {
                                   number, raw.substr(0, 60)));
     }
     const Line line(object, path, number);
-    if (!object.is_object()) line.fail(fmt::format("a JSON {}, expected an object", object.type_name()));
+    if (!object.is_object())
+      line.fail(fmt::format("a JSON {}, expected an object", object.type_name()));
     const auto event = object.find("event");
     if (event == object.end() || !event->is_string()) line.fail("no \"event\" name");
     const double time = line.number("time", false, kNaN);
@@ -130,11 +131,13 @@ MetricsLog parse_metrics_log(std::string_view text, const std::string& path) {
     if (name == "begin") {
       ++log.begins;
     } else if (name == "step") {
-      append_replacing(log.steps, read_step(line), [](const StepPoint& p) { return p.step; },
-                       log.replaced_points);
+      append_replacing(
+          log.steps, read_step(line), [](const StepPoint& p) { return p.step; },
+          log.replaced_points);
     } else if (name == "epoch") {
-      append_replacing(log.epochs, read_epoch(line), [](const EpochPoint& p) { return p.epoch; },
-                       log.replaced_points);
+      append_replacing(
+          log.epochs, read_epoch(line), [](const EpochPoint& p) { return p.epoch; },
+          log.replaced_points);
     }
   }
   return log;

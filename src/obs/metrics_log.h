@@ -68,9 +68,9 @@ struct MetricsLog {
   // The first event's "time" (NaN when no event has one): wall time in plots
   // is measured from here.
   double start_time = 0.0;
-  int64_t begins = 0;            // "begin" events: 2 and more for a resumed run
-  int64_t replaced_points = 0;   // points dropped because a resumed run reported them again
-  bool torn_last_line = false;   // an incomplete last line was skipped
+  int64_t begins = 0;           // "begin" events: 2 and more for a resumed run
+  int64_t replaced_points = 0;  // points dropped because a resumed run reported them again
+  bool torn_last_line = false;  // an incomplete last line was skipped
 };
 
 // Parses the text of a metrics file; `path` only names it in errors.

@@ -111,8 +111,8 @@ void draw_panel(Figure& figure, const Rect& area, const Panel& panel) {
     stroke_line(cr, area.x, y, area.x + area.width, y, kGrid, 1);
     figure.text(ay.label(i), area.x - 6, y + 3.5, 10, Align::kRight, false, kInk);
   }
-  figure.text(panel.x_label, area.x + area.width / 2, area.y + area.height + 34, 11,
-              Align::kCenter, false, kInk);
+  figure.text(panel.x_label, area.x + area.width / 2, area.y + area.height + 34, 11, Align::kCenter,
+              false, kInk);
   figure.text(panel.y_label + (panel.log_y && !empty ? " (log scale)" : ""), area.x - 52,
               area.y + area.height / 2, 11, Align::kCenter, true, kInk);
   cairo_set_source_rgb(cr, kFrame.r, kFrame.g, kFrame.b);
@@ -174,10 +174,12 @@ std::array<Panel, 4> curves_panels(const std::vector<RunMetrics>& runs) {
   double longest = 0;
   for (const RunMetrics& r : runs) {
     for (const StepPoint& p : r.log.steps) {
-      if (std::isfinite(p.time - r.log.start_time)) longest = std::max(longest, p.time - r.log.start_time);
+      if (std::isfinite(p.time - r.log.start_time))
+        longest = std::max(longest, p.time - r.log.start_time);
     }
     for (const EpochPoint& p : r.log.epochs) {
-      if (std::isfinite(p.time - r.log.start_time)) longest = std::max(longest, p.time - r.log.start_time);
+      if (std::isfinite(p.time - r.log.start_time))
+        longest = std::max(longest, p.time - r.log.start_time);
     }
   }
   const TimeUnit unit = time_unit_for(longest);

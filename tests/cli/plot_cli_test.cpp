@@ -56,23 +56,21 @@ TEST(PlotCli, PlotsTwoRealRunsIntoAPngAndAStableSvg) {
   testing::TempDir dir;
   write_file(dir.file("job.toml"), kPlotJob);
   for (const std::string& run : {"sgd", "faster"}) {
-    const CliRun train = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file(run),
-                                     "--workers", "2", "--progress", "none", "--set",
-                                     run == std::string("faster") ? "optimizer.lr=0.3"
-                                                                  : "optimizer.lr=0.1"});
+    const CliRun train = run_dtrain(
+        {"train", dir.file("job.toml"), "--output", dir.file(run), "--workers", "2", "--progress",
+         "none", "--set", run == std::string("faster") ? "optimizer.lr=0.3" : "optimizer.lr=0.1"});
     ASSERT_TRUE(train.status.ok()) << train.output;
   }
   const CliRun png = run_dtrain({"plot", dir.file("sgd"), "lr 0.3=" + dir.file("faster"), "-o",
                                  dir.file("curves.png"), "--title", "two runs", "--width", "900",
                                  "--height", "700"});
   ASSERT_TRUE(png.status.ok()) << png.output;
-  EXPECT_NE(png.output.find("wrote " + dir.file("curves.png") +
-                            " (2 runs; sgd: up to step "),
+  EXPECT_NE(png.output.find("wrote " + dir.file("curves.png") + " (2 runs; sgd: up to step "),
             std::string::npos)
       << png.output;
-  EXPECT_NE(png.output.find("; lr 0.3: up to step "), std::string::npos)
-      << png.output;
-  EXPECT_EQ(png_size(file_bytes(dir.file("curves.png"))), (std::pair<uint32_t, uint32_t>{900, 700}));
+  EXPECT_NE(png.output.find("; lr 0.3: up to step "), std::string::npos) << png.output;
+  EXPECT_EQ(png_size(file_bytes(dir.file("curves.png"))),
+            (std::pair<uint32_t, uint32_t>{900, 700}));
 
   for (const std::string& name : {"a.svg", "b.svg"}) {
     const CliRun svg =
@@ -90,8 +88,8 @@ TEST(PlotCli, ErrorsExitWithTheirKindsCode) {
   write_file(dir.file("empty/metrics.jsonl"), "{\"event\":\"begin\",\"time\":1}\n");
   CliRun run = run_dtrain({"plot", dir.file("empty"), "-o", dir.file("c.png")});
   EXPECT_EQ(run.status.code, 3) << run.output;
-  EXPECT_NE(run.output.find("dtrain: error: run '" + dir.file("empty") + "': " +
-                            dir.file("empty") + "/metrics.jsonl has no step reports"),
+  EXPECT_NE(run.output.find("dtrain: error: run '" + dir.file("empty") + "': " + dir.file("empty") +
+                            "/metrics.jsonl has no step reports"),
             std::string::npos)
       << run.output;
   run = run_dtrain({"plot", dir.file("empty"), "-o", dir.file("c.jpeg")});
@@ -105,9 +103,9 @@ TEST(PlotCli, ErrorsExitWithTheirKindsCode) {
 TEST(PlotCli, PartitionImageIsAWorkersByClassesHeatMap) {
   testing::TempDir dir;
   write_file(dir.file("job.toml"), kPlotJob);
-  const CliRun run = run_dtrain({"partition", dir.file("job.toml"), "--kind", "label",
-                                 "--workers", "4", "--classes-per-worker", "2", "--image",
-                                 dir.file("parts.png")});
+  const CliRun run =
+      run_dtrain({"partition", dir.file("job.toml"), "--kind", "label", "--workers", "4",
+                  "--classes-per-worker", "2", "--image", dir.file("parts.png")});
   ASSERT_TRUE(run.status.ok()) << run.output;
   // 3 classes, 4 workers: 110 + 60 x 3 by 96 + 30 x 4.
   EXPECT_NE(run.output.find("wrote " + dir.file("parts.png") + " (290x216)"), std::string::npos)

@@ -12,13 +12,15 @@ CountMatrix matrix(size_t rows, size_t columns) {
   CountMatrix m;
   for (size_t r = 0; r < rows; ++r) m.row_labels.push_back("worker " + std::to_string(r));
   for (size_t c = 0; c < columns; ++c) m.column_labels.push_back(std::to_string(c));
-  for (size_t i = 0; i < rows * columns; ++i) m.counts.push_back(static_cast<int64_t>(i * 37 % 101));
+  for (size_t i = 0; i < rows * columns; ++i)
+    m.counts.push_back(static_cast<int64_t>(i * 37 % 101));
   return m;
 }
 
 TEST(HeatMapTest, PngSizeFollowsWorkersTimesClasses) {
   testing::ScratchDir dir;
-  for (const auto& [rows, columns] : std::vector<std::pair<size_t, size_t>>{{4, 10}, {2, 3}, {7, 1}}) {
+  for (const auto& [rows, columns] :
+       std::vector<std::pair<size_t, size_t>>{{4, 10}, {2, 3}, {7, 1}}) {
     const std::string out = dir.file("p.png");
     const ImageSize size = draw_heat_map(io::default_file_system(), out, matrix(rows, columns), {});
     EXPECT_EQ(size.width, static_cast<int>(110 + 60 * columns));
@@ -50,8 +52,8 @@ TEST(HeatMapTest, SvgHasOneCellAndOneCountPerEntryAndTheLabels) {
   // is a <rect>, the frame a stroked path.
   size_t filled = 0;
   for (const testing::SvgPath& p : testing::svg_paths(svg)) {
-    filled += p.style.find("stroke:none;fill-rule:nonzero;fill:") != std::string::npos &&
-              p.points() == 5;
+    filled +=
+        p.style.find("stroke:none;fill-rule:nonzero;fill:") != std::string::npos && p.points() == 5;
   }
   EXPECT_EQ(filled, m.counts.size());
 }

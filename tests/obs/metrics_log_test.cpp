@@ -75,20 +75,25 @@ TEST(MetricsLogTest, AMalformedMiddleLineIsADataErrorWithItsLineNumber) {
   expect_data_error([&] { parse_metrics_log(head + "{\"step\":3}\n" + tail, "m"); },
                     "metrics file 'm' line 3: no \"event\" name");
   expect_data_error(
-      [&] { parse_metrics_log(head + "{\"event\":\"step\",\"step\":7,\"epoch\":1}\n" + tail, "m"); },
+      [&] {
+        parse_metrics_log(head + "{\"event\":\"step\",\"step\":7,\"epoch\":1}\n" + tail, "m");
+      },
       "metrics file 'm' line 3: step event without \"loss\"");
   expect_data_error(
       [&] {
         parse_metrics_log(head +
                               "{\"event\":\"step\",\"step\":\"7\",\"epoch\":1,\"loss\":1,"
-                              "\"accuracy\":1}\n" + tail,
+                              "\"accuracy\":1}\n" +
+                              tail,
                           "m");
       },
       "metrics file 'm' line 3: \"step\" is string, expected an integer");
   expect_data_error(
       [&] {
-        parse_metrics_log(head + "{\"event\":\"epoch\",\"epoch\":1,\"step\":10,\"test_loss\":0.1,"
-                                 "\"test_accuracy\":true}\n" + tail,
+        parse_metrics_log(head +
+                              "{\"event\":\"epoch\",\"epoch\":1,\"step\":10,\"test_loss\":0.1,"
+                              "\"test_accuracy\":true}\n" +
+                              tail,
                           "m");
       },
       "metrics file 'm' line 3: \"test_accuracy\" is boolean, expected a number");
@@ -111,12 +116,11 @@ TEST(MetricsLogTest, AFlippedByteInAMiddleLineIsReportedAtThatLine) {
 TEST(MetricsLogTest, AResumedRunKeepsTheLaterRecordOfRepeatedSteps) {
   // Killed after step 20, resumed from the checkpoint of step 10: steps 15
   // and 20 and epoch 2 are reported again, after a second "begin".
-  const std::string text = begin_line(1000.0) + step_line(5, 2.0, 1001.0) +
-                           step_line(10, 1.0, 1002.0) + epoch_line(1, 0.8, 1002.5) +
-                           step_line(15, 0.5, 1003.0) + step_line(20, 0.25, 1004.0) +
-                           begin_line(1100.0, 10) + step_line(15, 0.6, 1101.0) +
-                           step_line(20, 0.3, 1102.0) + epoch_line(2, 0.91, 1102.5) +
-                           step_line(25, 0.2, 1103.0);
+  const std::string text =
+      begin_line(1000.0) + step_line(5, 2.0, 1001.0) + step_line(10, 1.0, 1002.0) +
+      epoch_line(1, 0.8, 1002.5) + step_line(15, 0.5, 1003.0) + step_line(20, 0.25, 1004.0) +
+      begin_line(1100.0, 10) + step_line(15, 0.6, 1101.0) + step_line(20, 0.3, 1102.0) +
+      epoch_line(2, 0.91, 1102.5) + step_line(25, 0.2, 1103.0);
   const MetricsLog log = parse_metrics_log(text, "m");
   EXPECT_EQ(log.begins, 2);
   ASSERT_EQ(log.steps.size(), 5u);
@@ -145,8 +149,7 @@ TEST(MetricsLogTest, NullLossesReadAsNaNAndUnknownEventsAndBlankLinesAreSkipped)
 TEST(MetricsLogTest, ReadsTheFileAndNamesAMissingOne) {
   testing::ScratchDir dir;
   testing::write_text(metrics_path(dir.path()), good_run());
-  EXPECT_EQ(read_metrics_log(io::default_file_system(), metrics_path(dir.path())).steps.size(),
-            4u);
+  EXPECT_EQ(read_metrics_log(io::default_file_system(), metrics_path(dir.path())).steps.size(), 4u);
   const std::string missing = dir.file("none/metrics.jsonl");
   expect_data_error([&] { read_metrics_log(io::default_file_system(), missing); },
                     "cannot read metrics file '" + missing + "': No such file or directory");

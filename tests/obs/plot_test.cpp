@@ -80,9 +80,10 @@ TEST_F(PlotTest, SvgHasFourPanelsOnePathPerRunPerPanelWithEveryPointAndTheLegend
 
   const std::vector<testing::SvgPath> paths = testing::svg_paths(svg);
   // The four frames of the plot areas.
-  EXPECT_EQ(std::count_if(paths.begin(), paths.end(),
-                          [](const testing::SvgPath& p) { return p.stroked_in("rgb(25%,25%,25%)"); }),
-            4);
+  EXPECT_EQ(
+      std::count_if(paths.begin(), paths.end(),
+                    [](const testing::SvgPath& p) { return p.stroked_in("rgb(25%,25%,25%)"); }),
+      4);
   for (size_t i = 0; i < r.size(); ++i) {
     std::vector<size_t> points;
     for (const testing::SvgPath& p : paths) {
@@ -167,8 +168,8 @@ TEST_F(PlotTest, ErrorsNameTheRunOrTheFile) {
     read_run(fs_, dir_.file("empty"));
     ADD_FAILURE() << "expected a DataError";
   } catch (const DataError& e) {
-    EXPECT_EQ(std::string(e.what()), "run '" + dir_.file("empty") + "': " +
-                                         metrics_path(dir_.file("empty")) +
+    EXPECT_EQ(std::string(e.what()), "run '" + dir_.file("empty") +
+                                         "': " + metrics_path(dir_.file("empty")) +
                                          " has no step reports (nothing to plot)");
   }
   try {
