@@ -94,6 +94,19 @@ void append_replacing(std::vector<Point>& points, Point point, Key key, int64_t&
   points.push_back(point);
 }
 
+// The "begin" object that ends `raw` after a torn fragment, or a discarded
+// value: the suffix from some '{' after the first character that parses as
+// a whole {"event": "begin", ...} object.
+nlohmann::json resumed_begin(std::string_view raw) {
+  for (size_t at = raw.find('{', 1); at != std::string_view::npos; at = raw.find('{', at + 1)) {
+    nlohmann::json object = nlohmann::json::parse(raw.substr(at), nullptr, false);
+    if (!object.is_discarded() && object.is_object() && object.value("event", "") == "begin") {
+      return object;
+    }
+  }
+  return nlohmann::json(nlohmann::json::value_t::discarded);
+}
+
 }  // namespace
 
 MetricsLog parse_metrics_log(std::string_view text, const std::string& path) {
@@ -116,6 +129,12 @@ MetricsLog parse_metrics_log(std::string_view text, const std::string& path) {
         log.torn_last_line = true;
         break;
       }
+      // A run killed inside a line and resumed: the writer appended the new
+      // "begin" to the torn fragment.
+      object = resumed_begin(raw);
+      if (!object.is_discarded()) ++log.torn_before_resume;
+    }
+    if (object.is_discarded()) {
       throw DataError(fmt::format("metrics file '{}' line {}: not a JSON object: '{}'", path,
                                   number, raw.substr(0, 60)));
     }

@@ -6,7 +6,9 @@
 // reports (test loss and accuracy).
 //
 // Tolerated: a torn last line (no final newline and not valid JSON: the run
-// was killed while writing, or is still running), blank lines, events this
+// was killed while writing, or is still running), a torn line that a resumed
+// run's "begin" was appended to (the line is the fragment followed by
+// {"event":"begin",...}: the fragment is skipped), blank lines, events this
 // reader does not know, and missing optional fields ("lr", "samples_per_s",
 // "bytes_per_step", "compression_ratio", "time"; a missing "time" leaves the
 // point out of the wall-time panels). A JSON null in a number field (what
@@ -71,6 +73,8 @@ struct MetricsLog {
   int64_t begins = 0;           // "begin" events: 2 and more for a resumed run
   int64_t replaced_points = 0;  // points dropped because a resumed run reported them again
   bool torn_last_line = false;  // an incomplete last line was skipped
+  // Torn lines a resumed run's "begin" was appended to (skipped, the "begin" kept).
+  int64_t torn_before_resume = 0;
 };
 
 // Parses the text of a metrics file; `path` only names it in errors.

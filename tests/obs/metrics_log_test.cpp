@@ -134,6 +134,43 @@ TEST(MetricsLogTest, AResumedRunKeepsTheLaterRecordOfRepeatedSteps) {
   EXPECT_DOUBLE_EQ(log.start_time, 1000.0);
 }
 
+TEST(MetricsLogTest, ATornLineThatAResumedRunAppendedItsBeginToIsSkipped) {
+  // JsonLinesWriter dumps keys in order ("epochs" before "event"); the run
+  // was killed inside step 15's line and resumed from step 10.
+  const std::string begin =
+      "{\"epochs\":2,\"event\":\"begin\",\"start_step\":10,\"time\":1100.0}\n";
+  const std::string torn = step_line(15, 0.5, 1003.0).substr(0, 40);
+  const std::string text = begin_line(1000.0) + step_line(5, 2.0, 1001.0) +
+                           step_line(10, 1.0, 1002.0) + torn + begin + step_line(15, 0.6, 1101.0);
+  const MetricsLog log = parse_metrics_log(text, "m");
+  EXPECT_EQ(log.begins, 2);
+  EXPECT_EQ(log.torn_before_resume, 1);
+  ASSERT_EQ(log.steps.size(), 3u);
+  EXPECT_DOUBLE_EQ(log.steps[2].loss, 0.6);
+  // A fragment followed by anything but a "begin" is still an error.
+  expect_data_error([&] { parse_metrics_log(torn + step_line(15, 0.6, 1101.0), "m"); },
+                    "metrics file 'm' line 1: not a JSON object: '" +
+                        (torn + step_line(15, 0.6, 1101.0)).substr(0, 60) + "'");
+}
+
+TEST(MetricsLogTest, EveryCorruptedByteOfAMiddleLineIsReportedAtThatLine) {
+  const std::string text = good_run();
+  const size_t third = text.find('\n', text.find('\n') + 1) + 1;
+  const size_t third_end = text.find('\n', third);
+  for (size_t at = third; at < third_end; ++at) {
+    std::string corrupt = text;
+    corrupt[at] = '\x01';  // a control character is invalid anywhere in JSON
+    try {
+      parse_metrics_log(corrupt, "m");
+      ADD_FAILURE() << "byte " << at << " accepted";
+    } catch (const DataError& e) {
+      EXPECT_EQ(std::string(e.what()),
+                "metrics file 'm' line 3: not a JSON object: '" +
+                    corrupt.substr(third, std::min<size_t>(60, third_end - third)) + "'");
+    }
+  }
+}
+
 TEST(MetricsLogTest, NullLossesReadAsNaNAndUnknownEventsAndBlankLinesAreSkipped) {
   const std::string text =
       begin_line(1000.0) + "\n" +
