@@ -148,10 +148,14 @@ void draw_panel(Figure& figure, const Rect& area, const Panel& panel) {
     if (s.dash > 0) cairo_set_dash(cr, &s.dash, 1, 0);
     cairo_stroke(cr);
     cairo_restore(cr);
-    if (!s.markers) continue;
+    // Dots: every point of a marked series, and points without a usable
+    // neighbour (a line through one point draws nothing).
     cairo_set_source_rgb(cr, s.colour.r, s.colour.g, s.colour.b);
+    const auto point = [&](size_t i) { return usable(s.x[i], s.y[i], panel.log_y); };
     for (size_t i = 0; i < s.x.size(); ++i) {
-      if (!usable(s.x[i], s.y[i], panel.log_y)) continue;
+      if (!point(i)) continue;
+      const bool isolated = (i == 0 || !point(i - 1)) && (i + 1 == s.x.size() || !point(i + 1));
+      if (!s.markers && !isolated) continue;
       cairo_new_sub_path(cr);
       cairo_arc(cr, px(s.x[i]), py(s.y[i]), 3.5, 0, 2 * M_PI);
     }

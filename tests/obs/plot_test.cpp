@@ -104,6 +104,28 @@ TEST_F(PlotTest, LossAxisIsLogarithmicOnlyWhenTheLossesSpanMoreThanADecade) {
   EXPECT_NE(read_text(out).find(">training loss (log scale)<"), std::string::npos);
 }
 
+TEST_F(PlotTest, ARunWithOneReportAndNoEpochYetIsDrawn) {
+  testing::write_text(metrics_path(dir_.file("young")), begin_line(10.0) + step_line(5, 2.3, 11.0) +
+                                                            step_line(10, 2.1, 12.0).substr(0, 20));
+  const RunMetrics run = read_run(fs_, dir_.file("young"));
+  EXPECT_TRUE(run.log.torn_last_line);
+  const std::string out = dir_.file("young.svg");
+  plot_curves(fs_, out, {run}, {});
+  const std::string svg = read_text(out);
+  const std::vector<std::string> texts = testing::svg_texts(svg);
+  EXPECT_EQ(std::count(texts.begin(), texts.end(), "no data"), 2);  // the accuracy panels
+  // A line through one point draws nothing (cairo writes no path for it):
+  // the loss panels show the point as a dot.
+  for (const testing::SvgPath& p : testing::svg_paths(svg)) {
+    EXPECT_FALSE(p.stroked_in(rgb_percent(0)));
+  }
+  size_t dots = 0;
+  for (const testing::SvgPath& p : testing::svg_paths(svg)) {
+    dots += p.style.find("fill:" + rgb_percent(0) + ";") != std::string::npos;
+  }
+  EXPECT_EQ(dots, 3u);  // the two loss panels' and the legend's swatch
+}
+
 TEST_F(PlotTest, SvgIsDeterministic) {
   const std::vector<RunMetrics> r = runs();
   plot_curves(fs_, dir_.file("a.svg"), r, {"same", 900, 700});
