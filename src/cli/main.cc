@@ -20,7 +20,11 @@
 // libzmq 4.3.4 now and then leaks one 76-byte block on an I/O thread when a
 // socket's ipc peer (a ps server that finished) goes away while the socket
 // closes: an allocation inside libzmq reached through no dtrain frame.
-extern "C" const char* __lsan_default_suppressions() { return "leak:libzmq.so\n"; }
+// fontconfig keeps the patterns of the fonts that cairo's text used (`dtrain
+// plot`) in caches that live until exit.
+extern "C" const char* __lsan_default_suppressions() {
+  return "leak:libzmq.so\nleak:libfontconfig.so\n";
+}
 
 namespace {
 

@@ -55,10 +55,10 @@ std::pair<uint32_t, uint32_t> png_size(const std::string& bytes) {
 TEST(PlotCli, PlotsTwoRealRunsIntoAPngAndAStableSvg) {
   testing::TempDir dir;
   write_file(dir.file("job.toml"), kPlotJob);
-  for (const std::string& run : {"sgd", "faster"}) {
-    const CliRun train = run_dtrain(
-        {"train", dir.file("job.toml"), "--output", dir.file(run), "--workers", "2", "--progress",
-         "none", "--set", run == std::string("faster") ? "optimizer.lr=0.3" : "optimizer.lr=0.1"});
+  for (const std::string run : {"sgd", "faster"}) {
+    const CliRun train = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file(run),
+                                     "--workers", "2", "--progress", "none", "--set",
+                                     run == "faster" ? "optimizer.lr=0.3" : "optimizer.lr=0.1"});
     ASSERT_TRUE(train.status.ok()) << train.output;
   }
   const CliRun png = run_dtrain({"plot", dir.file("sgd"), "lr 0.3=" + dir.file("faster"), "-o",
@@ -72,7 +72,7 @@ TEST(PlotCli, PlotsTwoRealRunsIntoAPngAndAStableSvg) {
   EXPECT_EQ(png_size(file_bytes(dir.file("curves.png"))),
             (std::pair<uint32_t, uint32_t>{900, 700}));
 
-  for (const std::string& name : {"a.svg", "b.svg"}) {
+  for (const std::string name : {"a.svg", "b.svg"}) {
     const CliRun svg =
         run_dtrain({"plot", dir.file("sgd"), dir.file("faster"), "-o", dir.file(name)});
     ASSERT_TRUE(svg.status.ok()) << svg.output;

@@ -45,7 +45,7 @@ TEST(HeatMapTest, SvgHasOneCellAndOneCountPerEntryAndTheLabels) {
   for (size_t i = 0; i < m.counts.size(); ++i) {
     EXPECT_NE(std::find(texts.begin(), texts.end(), std::to_string(m.counts[i])), texts.end());
   }
-  for (const std::string& label : {"worker 0", "worker 2", "labels per worker", "class"}) {
+  for (const char* label : {"worker 0", "worker 2", "labels per worker", "class"}) {
     EXPECT_NE(std::find(texts.begin(), texts.end(), label), texts.end()) << label;
   }
   // One filled rectangle per cell (a zero count's white too); the background
