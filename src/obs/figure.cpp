@@ -118,6 +118,11 @@ double series_dash(size_t index) {
   return index < 7 ? 0.0 : 3.0 + 3.0 * static_cast<double>((index / 7 - 1) % 3);
 }
 
+void Figure::CairoDeleter::operator()(cairo_surface_t* surface) const {
+  cairo_surface_destroy(surface);
+}
+void Figure::CairoDeleter::operator()(cairo_t* cr) const { cairo_destroy(cr); }
+
 Figure::Figure(std::string path, int width, int height)
     : path_(std::move(path)), width_(width), height_(height), format_(image_format_for(path_)) {
   if (width <= 0 || height <= 0) {
@@ -125,30 +130,25 @@ Figure::Figure(std::string path, int width, int height)
         fmt::format("cannot draw '{}': size {}x{} is not positive", path_, width, height));
   }
   if (format_ == ImageFormat::kSvg) {
-    surface_ = cairo_svg_surface_create_for_stream(append_to_string, &svg_, width, height);
+    surface_.reset(cairo_svg_surface_create_for_stream(append_to_string, &svg_, width, height));
   } else {
-    surface_ = cairo_image_surface_create(CAIRO_FORMAT_ARGB32, width, height);
+    surface_.reset(cairo_image_surface_create(CAIRO_FORMAT_ARGB32, width, height));
   }
-  check_status(cairo_surface_status(surface_), path_, "surface");
-  cr_ = cairo_create(surface_);
-  check_status(cairo_status(cr_), path_, "context");
-  cairo_set_source_rgb(cr_, 1, 1, 1);
-  cairo_paint(cr_);
-}
-
-Figure::~Figure() {
-  if (cr_ != nullptr) cairo_destroy(cr_);
-  if (surface_ != nullptr) cairo_surface_destroy(surface_);
+  check_status(cairo_surface_status(surface_.get()), path_, "surface");
+  cr_.reset(cairo_create(surface_.get()));
+  check_status(cairo_status(cr_.get()), path_, "context");
+  cairo_set_source_rgb(cr_.get(), 1, 1, 1);
+  cairo_paint(cr_.get());
 }
 
 double Figure::text_width(const std::string& text, double size, bool bold) {
-  cairo_save(cr_);
-  cairo_select_font_face(cr_, kFont, CAIRO_FONT_SLANT_NORMAL,
+  cairo_save(cr_.get());
+  cairo_select_font_face(cr_.get(), kFont, CAIRO_FONT_SLANT_NORMAL,
                          bold ? CAIRO_FONT_WEIGHT_BOLD : CAIRO_FONT_WEIGHT_NORMAL);
-  cairo_set_font_size(cr_, size);
+  cairo_set_font_size(cr_.get(), size);
   cairo_text_extents_t extents;
-  cairo_text_extents(cr_, text.c_str(), &extents);
-  cairo_restore(cr_);
+  cairo_text_extents(cr_.get(), text.c_str(), &extents);
+  cairo_restore(cr_.get());
   return extents.x_advance;
 }
 
@@ -156,16 +156,16 @@ void Figure::text(const std::string& text, double x, double y, double size, Alig
                   bool vertical, Rgb colour, bool bold) {
   const double width = text_width(text, size, bold);
   const double shift = align == Align::kLeft ? 0.0 : align == Align::kCenter ? width / 2 : width;
-  cairo_save(cr_);
-  cairo_select_font_face(cr_, kFont, CAIRO_FONT_SLANT_NORMAL,
+  cairo_save(cr_.get());
+  cairo_select_font_face(cr_.get(), kFont, CAIRO_FONT_SLANT_NORMAL,
                          bold ? CAIRO_FONT_WEIGHT_BOLD : CAIRO_FONT_WEIGHT_NORMAL);
-  cairo_set_font_size(cr_, size);
-  cairo_set_source_rgb(cr_, colour.r, colour.g, colour.b);
-  cairo_translate(cr_, x, y);
-  if (vertical) cairo_rotate(cr_, -M_PI / 2);
-  cairo_move_to(cr_, -shift, 0);
-  cairo_show_text(cr_, text.c_str());
-  cairo_restore(cr_);
+  cairo_set_font_size(cr_.get(), size);
+  cairo_set_source_rgb(cr_.get(), colour.r, colour.g, colour.b);
+  cairo_translate(cr_.get(), x, y);
+  if (vertical) cairo_rotate(cr_.get(), -M_PI / 2);
+  cairo_move_to(cr_.get(), -shift, 0);
+  cairo_show_text(cr_.get(), text.c_str());
+  cairo_restore(cr_.get());
   if (vertical) {
     labels_.push_back({text, x, y + shift, size, true});
   } else {
@@ -174,15 +174,15 @@ void Figure::text(const std::string& text, double x, double y, double size, Alig
 }
 
 void Figure::finish(io::FileSystem& fs) {
-  check_status(cairo_status(cr_), path_, "drawing");
+  check_status(cairo_status(cr_.get()), path_, "drawing");
   std::string bytes;
   if (format_ == ImageFormat::kPng) {
-    cairo_surface_flush(surface_);
-    check_status(cairo_surface_write_to_png_stream(surface_, append_to_string, &bytes), path_,
+    cairo_surface_flush(surface_.get());
+    check_status(cairo_surface_write_to_png_stream(surface_.get(), append_to_string, &bytes), path_,
                  "PNG encoding");
   } else {
-    cairo_surface_finish(surface_);
-    check_status(cairo_surface_status(surface_), path_, "SVG output");
+    cairo_surface_finish(surface_.get());
+    check_status(cairo_surface_status(surface_.get()), path_, "SVG output");
     bytes = renumber_surfaces(svg_);
     std::string layer = "<g id=\"dtrain-text\" fill-opacity=\"0\" font-family=\"DejaVu Sans\">\n";
     for (const Label& l : labels_) {

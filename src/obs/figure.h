@@ -58,11 +58,11 @@ class Figure {
  public:
   // A white canvas of width × height (pixels for PNG, points for SVG).
   Figure(std::string path, int width, int height);
-  ~Figure();
+  ~Figure() = default;
   Figure(const Figure&) = delete;
   Figure& operator=(const Figure&) = delete;
 
-  cairo_t* cairo() { return cr_; }
+  cairo_t* cairo() { return cr_.get(); }
   int width() const { return width_; }
   int height() const { return height_; }
   ImageFormat format() const { return format_; }
@@ -85,9 +85,15 @@ class Figure {
   std::string path_;
   int width_, height_;
   ImageFormat format_;
+  struct CairoDeleter {
+    void operator()(cairo_surface_t* surface) const;
+    void operator()(cairo_t* cr) const;
+  };
+  // Declared in this order so that they are destroyed context first, then
+  // the surface (which may still write into svg_ as it goes), then svg_.
   std::string svg_;  // the SVG backend's output stream
-  cairo_surface_t* surface_ = nullptr;
-  cairo_t* cr_ = nullptr;
+  std::unique_ptr<cairo_surface_t, CairoDeleter> surface_;
+  std::unique_ptr<cairo_t, CairoDeleter> cr_;
   std::vector<Label> labels_;
 };
 
