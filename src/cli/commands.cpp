@@ -21,6 +21,7 @@
 #include "train/datasets.h"
 #include "train/job_file.h"
 #include "train/model_builder.h"
+#include "train/partition_image.h"
 #include "train/run_job.h"
 #include "train/trainer.h"
 
@@ -133,6 +134,10 @@ int run_partition(const PartitionCommandOptions& options, std::ostream& out) {
   p.alpha = options.alpha;
   p.quantity_sigma = options.quantity_sigma;
   out << train::partition_table(job, data, p);
+  if (!options.image.empty()) {
+    const obs::ImageSize size = train::write_partition_image(job, data, p, options.image);
+    fmt::print(out, "wrote {} ({}x{})\n", options.image, size.width, size.height);
+  }
   return 0;
 }
 

@@ -64,11 +64,23 @@ struct PartitionCommandOptions {
   int64_t classes_per_worker = 2;
   double alpha = 0.5;
   double quantity_sigma = 1.0;
+  std::string image;  // --image: also draw the table as a heat map (.svg or .png)
 };
 
 int run_train(const TrainOptions& options, std::ostream& out);
 // Prints the per-worker label histogram as a text table.
 int run_partition(const PartitionCommandOptions& options, std::ostream& out);
 int run_eval(const EvalOptions& options, std::ostream& out);
+
+// `dtrain plot RUN_DIR... -o FILE`: the runs' training curves (obs/plot.h).
+struct PlotCommandOptions {
+  std::vector<std::string> runs;  // "DIR" or "NAME=DIR"
+  std::string output;             // .svg or .png
+  std::string title;
+  int width = 1200;
+  int height = 900;
+};
+// Prints one line naming the file and each run's last step and accuracy.
+int run_plot(const PlotCommandOptions& options, std::ostream& out);
 
 }  // namespace dtrain::cli

@@ -20,7 +20,11 @@
 // libzmq 4.3.4 now and then leaks one 76-byte block on an I/O thread when a
 // socket's ipc peer (a ps server that finished) goes away while the socket
 // closes: an allocation inside libzmq reached through no dtrain frame.
-extern "C" const char* __lsan_default_suppressions() { return "leak:libzmq.so\n"; }
+// fontconfig keeps the patterns of the fonts that cairo's text used (`dtrain
+// plot`) in caches that live until exit.
+extern "C" const char* __lsan_default_suppressions() {
+  return "leak:libzmq.so\nleak:libfontconfig.so\n";
+}
 
 namespace {
 
@@ -172,8 +176,26 @@ CLI::App* add_partition_command(CLI::App& app, dtrain::cli::PartitionCommandOpti
   part_cmd->add_option("--alpha", part.alpha, "dirichlet: concentration (small: skewed)");
   part_cmd->add_option("--sigma", part.quantity_sigma, "quantity: spread of the log sizes");
   part_cmd->add_option("--set", part.overrides, "Override a job key")->type_name("KEY=VALUE");
+  part_cmd->add_option("--image", part.image,
+                       "Also draw the table as a heat map, workers x classes (.svg or .png)");
 
   return part_cmd;
+}
+
+CLI::App* add_plot_command(CLI::App& app, dtrain::cli::PlotCommandOptions& plot) {
+  CLI::App* plot_cmd = app.add_subcommand(
+      "plot", "Draw training curves of runs (loss and test accuracy by step and wall time)");
+  plot_cmd->add_option("runs", plot.runs, "Run folders (holding metrics.jsonl), or NAME=DIR")
+      ->required()
+      ->type_name("RUN_DIR");
+  plot_cmd->add_option("-o,--output", plot.output, "The picture: FILE.svg or FILE.png")->required();
+  plot_cmd->add_option("--title", plot.title, "A title above the panels");
+  plot_cmd->add_option("--width", plot.width, "Width in pixels (PNG) or points (SVG)")
+      ->check(CLI::Range(400, 10000));
+  plot_cmd->add_option("--height", plot.height, "Height in pixels (PNG) or points (SVG)")
+      ->check(CLI::Range(300, 10000));
+
+  return plot_cmd;
 }
 
 // `dtrain train` with what parsing left to do: the environment, the command
@@ -206,6 +228,8 @@ int main(int argc, char** argv) {
   add_eval_command(app, eval);
   dtrain::cli::PartitionCommandOptions part;
   const CLI::App* part_cmd = add_partition_command(app, part);
+  dtrain::cli::PlotCommandOptions plot;
+  const CLI::App* plot_cmd = add_plot_command(app, plot);
 
   try {
     app.parse(argc, argv);
@@ -219,6 +243,7 @@ int main(int argc, char** argv) {
   try {
     if (train_cmd->parsed()) return train(train_options, flags, argc, argv);
     if (part_cmd->parsed()) return dtrain::cli::run_partition(part, std::cout);
+    if (plot_cmd->parsed()) return dtrain::cli::run_plot(plot, std::cout);
     return dtrain::cli::run_eval(eval, std::cout);
   } catch (const std::exception& e) {
     std::cout.flush();
