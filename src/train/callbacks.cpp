@@ -118,6 +118,13 @@ void PlainProgress::on_message(const std::string& message) {
 JsonLinesWriter::JsonLinesWriter(const std::string& path, int64_t log_every_steps)
     : path_(path), out_(path, std::ios::app), log_every_steps_(log_every_steps) {
   if (!out_) throw Error(fmt::format("cannot open metrics file {} for appending", path));
+  // A run killed mid-line left a torn last line: end it, so that this run's
+  // first event starts a line of its own (readers skip the torn one).
+  std::ifstream existing(path, std::ios::binary | std::ios::ate);
+  if (existing && existing.tellg() > 0) {
+    existing.seekg(-1, std::ios::end);
+    if (existing.get() != '\n') out_ << '\n';
+  }
 }
 
 void JsonLinesWriter::write(nlohmann::json line) {

@@ -283,6 +283,26 @@ TEST(Trainer, WritesMetricsAsJsonLines) {
   EXPECT_EQ(steps, 2 * 10 / 5);
 }
 
+// A run killed mid-line leaves a torn last line; the next run's events start
+// on a line of their own.
+TEST(Trainer, MetricsOfAResumedRunStartAfterATornLine) {
+  testing::TempDir dir;
+  {
+    std::ofstream torn(dir.file("metrics.jsonl"));
+    torn << "{\"event\":\"begin\"}\n{\"event\":\"st";
+  }
+  {
+    JsonLinesWriter metrics(dir.file("metrics.jsonl"), 1);
+    metrics.on_train_begin(RunInfo{});
+  }
+  std::ifstream in(dir.file("metrics.jsonl"));
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_EQ(lines[1], "{\"event\":\"st");
+  EXPECT_EQ(nlohmann::json::parse(lines[2])["event"], "begin");
+}
+
 TEST(Trainer, MirroredMatchesLocal) {
   testing::TempDir a, b;
   JobConfig job = blobs_job(a.path());
