@@ -41,9 +41,10 @@ std::unique_ptr<obs::DashboardServer> start_dashboard(const std::string& output,
 int run_serve(const ServeOptions& options, std::ostream& out) {
   std::error_code ec;
   if (!std::filesystem::is_directory(options.run_dir, ec)) {
-    throw UsageError(fmt::format("dtrain serve: {} is not a folder (give a run's output folder, "
-                                 "the job's output or --output)",
-                                 options.run_dir));
+    throw UsageError(
+        fmt::format("dtrain serve: {} is not a folder (give a run's output folder, "
+                    "the job's output or --output)",
+                    options.run_dir));
   }
   // Blocked before the server's threads start, so that they inherit the
   // mask and the signal reaches sigwait below.

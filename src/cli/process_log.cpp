@@ -24,8 +24,7 @@ void ProcessLog::write(nlohmann::json event) {
   out_.flush();
   if (!out_) {
     failed_ = true;
-    logger_.warn("cannot write the process log {}; the dashboard's worker states stop here",
-                 path_);
+    logger_.warn("cannot write the process log {}; the dashboard's worker states stop here", path_);
   }
 }
 
@@ -59,16 +58,16 @@ void ProcessLog::job_end(int status) {
 }
 
 void ProcessLog::attach(LaunchOptions& options) {
-  options.on_process_started = [this, before = std::move(options.on_process_started)](
-                                   int slot, pid_t pid) {
+  options.on_process_started = [this, before = std::move(options.on_process_started)](int slot,
+                                                                                      pid_t pid) {
     started(slot, pid);
     if (before) before(slot, pid);
   };
-  options.on_process_exited = [this, before = std::move(options.on_process_exited)](
-                                  const WorkerExit& exit) {
-    ended(exit);
-    if (before) before(exit);
-  };
+  options.on_process_exited =
+      [this, before = std::move(options.on_process_exited)](const WorkerExit& exit) {
+        ended(exit);
+        if (before) before(exit);
+      };
   options.on_generation = [this, before = std::move(options.on_generation)](
                               uint32_t generation, const std::vector<int>& slots) {
     reformed(generation, slots);

@@ -221,13 +221,13 @@ std::string random_token() {
 }
 
 nlohmann::json read_metrics(const std::string& run_dir, uint64_t since, uint64_t max_bytes) {
-  nlohmann::json out{{"offset", since}, {"size", 0}, {"events", nlohmann::json::array()},
-                     {"bad_lines", 0}};
+  nlohmann::json out{
+      {"offset", since}, {"size", 0}, {"events", nlohmann::json::array()}, {"bad_lines", 0}};
   const Fd fd = open_below(run_dir, {"metrics.jsonl"}, false);
   if (!fd.is_open()) {
     if (since > 0) {
-      throw std::out_of_range(fmt::format("since={} is beyond the end of {}/metrics.jsonl (0 bytes)",
-                                          since, run_dir));
+      throw std::out_of_range(
+          fmt::format("since={} is beyond the end of {}/metrics.jsonl (0 bytes)", since, run_dir));
     }
     return out;
   }

@@ -51,8 +51,8 @@ size_t logged_steps(const std::string& out) {
 TEST(DashboardCli, OneProcessPrintsTheUrlAndCopiesTheJobFile) {
   TempDir dir;
   write_file(dir.file("job.toml"), kJob);
-  const CliRun run = run_dtrain(
-      {"train", dir.file("job.toml"), "--output", dir.file("out"), "--dashboard", "0"});
+  const CliRun run =
+      run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("out"), "--dashboard", "0"});
   ASSERT_TRUE(run.status.ok()) << run.output;
   EXPECT_TRUE(std::regex_search(
       run.output, std::regex("dashboard: http://127\\.0\\.0\\.1:[0-9]+/\\?token=[0-9a-f]{32}")))

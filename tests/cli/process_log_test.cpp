@@ -31,8 +31,9 @@ std::vector<nlohmann::json> read_lines(const std::string& path) {
 TEST(ProcessLog, RecordsStartsKillsRestartsAndTheEnd) {
   testing::TempDir tmp;
   std::string log_text;
-  Logger logger{LogLevel::kDebug,
-                [&](LogLevel, std::string_view message) { log_text += std::string(message) + "\n"; }};
+  Logger logger{LogLevel::kDebug, [&](LogLevel, std::string_view message) {
+                  log_text += std::string(message) + "\n";
+                }};
   ProcessLog processes(tmp.file("processes.jsonl"), 1, logger);
   LaunchOptions options;
   options.argv = {"/bin/sh", "-c",

@@ -58,7 +58,8 @@ RawReply raw_get(int port, const std::string& target, const std::string& extra_h
                                 extra_headers + "Connection: close\r\n\r\n";
     (void)!write(fd, request.data(), request.size());
     char buffer[4096];
-    for (ssize_t n; (n = read(fd, buffer, sizeof buffer)) > 0;) reply.text.append(buffer, size_t(n));
+    for (ssize_t n; (n = read(fd, buffer, sizeof buffer)) > 0;)
+      reply.text.append(buffer, size_t(n));
   }
   close(fd);
   if (reply.text.rfind("HTTP/1.1 ", 0) == 0) reply.status = std::stoi(reply.text.substr(9, 3));
@@ -72,7 +73,8 @@ class DashboardServerTest : public ::testing::Test {
     outside_ = tmp_.file("outside");
     std::filesystem::create_directories(run_);
     std::filesystem::create_directories(outside_);
-    write_text(outside_ + "/secret.jsonl", fmt::format("{{\"event\":\"step\",\"x\":\"{}\"}}\n", kSecret));
+    write_text(outside_ + "/secret.jsonl",
+               fmt::format("{{\"event\":\"step\",\"x\":\"{}\"}}\n", kSecret));
     DashboardOptions o;
     o.run_dir = run_;
     server_ = std::make_unique<DashboardServer>(o);
@@ -105,8 +107,8 @@ TEST_F(DashboardServerTest, TheTokenIsRandomHexAndTheUrlCarriesIt) {
   EXPECT_EQ(server_->token().size(), 32u);
   EXPECT_EQ(server_->token().find_first_not_of("0123456789abcdef"), std::string::npos);
   EXPECT_NE(server_->token(), random_token());
-  EXPECT_EQ(server_->url(), fmt::format("http://127.0.0.1:{}/?token={}", server_->port(),
-                                        server_->token()));
+  EXPECT_EQ(server_->url(),
+            fmt::format("http://127.0.0.1:{}/?token={}", server_->port(), server_->token()));
   EXPECT_GT(server_->port(), 0);
 }
 
@@ -203,7 +205,8 @@ TEST_F(DashboardServerTest, SymlinksOutOfTheRunAreRefused) {
 }
 
 TEST_F(DashboardServerTest, SinceReturnsOnlyCompleteNewLines) {
-  const std::string a = "{\"event\":\"step\",\"step\":1}\n", b = "{\"event\":\"step\",\"step\":2}\n";
+  const std::string a = "{\"event\":\"step\",\"step\":1}\n",
+                    b = "{\"event\":\"step\",\"step\":2}\n";
   write_text(run_ + "/metrics.jsonl", a + b + "{\"event\":\"st");
   nlohmann::json m = get_json("/api/metrics?since=0");
   ASSERT_EQ(m["events"].size(), 2u);
