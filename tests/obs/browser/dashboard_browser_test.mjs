@@ -243,4 +243,10 @@ try {
   }
   fs.rmSync(tmp, { recursive: true, force: true });
 }
+// A sanitizer build (build-asan) reports through the processes' stderr.
+const report = output.match(/(ERROR: \w+Sanitizer.*|runtime error:.*)/);
+if (report) {
+  console.error("FAIL: a sanitizer report in dtrain's output:", report[0]);
+  status = 1;
+}
 process.exit(status);
