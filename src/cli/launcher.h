@@ -79,6 +79,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <optional>
@@ -120,6 +121,15 @@ struct LaunchOptions {
   // supervision begins, with DTRAIN_COORDINATOR as given to them; may be
   // empty. An exception it throws stops and reaps the workers and leaves run().
   std::function<void(const std::string& coordinator)> on_started;
+  // What a run folder's processes.jsonl records (cli/process_log.h); each
+  // may be empty. Called on run()'s thread once a process was started
+  // (its slot and pid), and once one was reaped (how it ended).
+  std::function<void(int slot, pid_t pid)> on_process_started;
+  std::function<void(const WorkerExit& exit)> on_process_exited;
+  // Elastic mode (cli/elastic_launch.h): called on the elastic
+  // coordinator's thread each time it forms a generation (its number and
+  // member slots by rank); may be empty.
+  std::function<void(uint32_t generation, const std::vector<int>& slots)> on_generation;
   // Elastic mode when set; see the header's contract.
   struct Elastic {
     // The job stops once fewer workers than this run (1..workers -

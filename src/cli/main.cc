@@ -11,6 +11,7 @@
 #include <iostream>
 
 #include "cli/commands.h"
+#include "cli/dashboard_command.h"
 #include "cli/launcher.h"
 #include "core/error.h"
 #include "train/run_job.h"
@@ -144,6 +145,14 @@ CLI::App* add_train_command(CLI::App& app, dtrain::cli::TrainOptions& train, Tra
                       "DTRAIN_INSECURE=1; every rank warns)");
   train_cmd->add_option("--progress", train.progress, "auto | bar | plain | none")
       ->check(CLI::IsMember({"auto", "bar", "plain", "none"}));
+  train_cmd
+      ->add_option("--dashboard", train.dashboard_port,
+                   "Serve the live dashboard on this port while the job runs (0: a free one); "
+                   "the URL with its access token is printed at the start")
+      ->check(CLI::Range(0, 65535));
+  train_cmd->add_option("--dashboard-host", train.dashboard_host,
+                        "The address the dashboard listens on (default 127.0.0.1: this machine "
+                        "only)");
 
   return train_cmd;
 }
@@ -230,6 +239,15 @@ int main(int argc, char** argv) {
   const CLI::App* part_cmd = add_partition_command(app, part);
   dtrain::cli::PlotCommandOptions plot;
   const CLI::App* plot_cmd = add_plot_command(app, plot);
+  dtrain::cli::ServeOptions serve;
+  CLI::App* serve_cmd = app.add_subcommand(
+      "serve", "Serve the live dashboard of a run folder (finished or running) until Ctrl-C");
+  serve_cmd->add_option("run_dir", serve.run_dir, "The run's output folder")->required();
+  serve_cmd->add_option("--port", serve.port, "Port (default 0: a free one)")
+      ->check(CLI::Range(0, 65535));
+  serve_cmd->add_option("--host", serve.host, "Address to listen on (default 127.0.0.1)");
+  serve_cmd->add_option("--job", serve.job_file,
+                        "The job file to show (default: RUN_DIR/job.toml)");
 
   try {
     app.parse(argc, argv);
@@ -244,6 +262,7 @@ int main(int argc, char** argv) {
     if (train_cmd->parsed()) return train(train_options, flags, argc, argv);
     if (part_cmd->parsed()) return dtrain::cli::run_partition(part, std::cout);
     if (plot_cmd->parsed()) return dtrain::cli::run_plot(plot, std::cout);
+    if (serve_cmd->parsed()) return dtrain::cli::run_serve(serve, std::cout);
     return dtrain::cli::run_eval(eval, std::cout);
   } catch (const std::exception& e) {
     std::cout.flush();

@@ -184,6 +184,12 @@ void Supervisor::finish(Worker& w) {
   w.status.exited = WIFEXITED(raw);
   w.status.code = WIFEXITED(raw) ? WEXITSTATUS(raw) : 0;
   w.status.signal = WIFSIGNALED(raw) ? WTERMSIG(raw) : 0;
+  if (options_.on_process_exited) {
+    WorkerExit ended = w.status;
+    ended.rank = w.rank;
+    ended.pid = w.pid;
+    options_.on_process_exited(ended);
+  }
 
   if (options_.elastic) {
     finish_elastic(w, fmt::format("{} (pid {}) {}", slot_name(w.rank), w.pid, w.status.describe()));

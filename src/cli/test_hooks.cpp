@@ -4,10 +4,12 @@
 #include <signal.h>
 
 #include <charconv>
+#include <chrono>
 #include <cmath>
 #include <fstream>
 #include <optional>
 #include <string>
+#include <thread>
 
 #include "core/error.h"
 
@@ -29,6 +31,22 @@ class SignalAtStep final : public train::Callback {
  private:
   std::optional<int64_t> kill_;
   std::optional<int64_t> stop_;
+};
+
+// Sleeps `ms` after every step (after `inner`'s, if any): paces a job so
+// that it lasts while a test watches it.
+class PacedSteps final : public train::Callback {
+ public:
+  PacedSteps(int64_t ms, std::unique_ptr<train::Callback> inner)
+      : ms_(ms), inner_(std::move(inner)) {}
+  void on_step_end(const train::StepInfo& s) override {
+    if (inner_) inner_->on_step_end(s);
+    std::this_thread::sleep_for(std::chrono::milliseconds(ms_));
+  }
+
+ private:
+  int64_t ms_;
+  std::unique_ptr<train::Callback> inner_;
 };
 
 bool parse_int(std::string_view text, int64_t& out) {
@@ -138,6 +156,17 @@ train::RunHooks test_hooks(const std::map<std::string, std::string>& env,
     hooks.on_server_version = [kill, stop](uint64_t version) {
       if (stop && version == static_cast<uint64_t>(*stop)) raise(SIGSTOP);
       if (kill && version == static_cast<uint64_t>(*kill)) raise(SIGKILL);
+    };
+  }
+  if (const auto pace = env.find("DTRAIN_TEST_STEP_MS"); pace != env.end()) {
+    int64_t ms = 0;
+    if (!parse_int(pace->second, ms) || ms < 0 || ms > 60000) {
+      throw ConfigError(
+          fmt::format("DTRAIN_TEST_STEP_MS='{}': expected milliseconds in 0..60000", pace->second));
+    }
+    hooks.trainer_callback = [inner = std::move(hooks.trainer_callback), ms](int slot) {
+      return std::unique_ptr<train::Callback>(
+          std::make_unique<PacedSteps>(ms, inner ? inner(slot) : nullptr));
     };
   }
   const auto gate = env.find("DTRAIN_TEST_JOIN_GATE");

@@ -15,6 +15,9 @@
 // - DTRAIN_TEST_JOIN_GATE=FIFO: a replacement worker (DTRAIN_RESTART_COUNT >
 //   0) reads one line from that FIFO before it joins, so that a test chooses
 //   when it joins (the test's own deadline bounds that wait).
+// - DTRAIN_TEST_STEP_MS=MS: every worker sleeps MS milliseconds after each
+//   step, so that a short job lasts while a test watches it (the dashboard's
+//   browser test).
 // Errors: ConfigError naming the variable for a malformed value.
 #pragma once
 

@@ -17,6 +17,7 @@
 #include "train/job_file.h"
 #include "train/metrics.h"
 #include "train/model_builder.h"
+#include "train/rank_metrics.h"
 #include "train/tensorboard_callback.h"
 #include "train/trainer.h"
 
@@ -177,6 +178,11 @@ int train_worker(const JobConfig& job, const comm::LaunchInfo& launch,
   std::unique_ptr<Callback> hook;
   if (options.hooks.trainer_callback) hook = options.hooks.trainer_callback(launch.rank);
   if (hook) trainer.add_callback(*hook);
+  // Every worker's own line for the live dashboard (<output>/ranks/).
+  RankMetricsWriter rank_metrics(job.output, launch.launched() ? launch.rank : role.index,
+                                 job.train.log_every_steps, job.train.batch_size,
+                                 [&strategy] { return strategy->rank(); });
+  trainer.add_callback(rank_metrics);
   ChiefCallbacks chief;
   if (role.chief) {
     chief = chief_callbacks(job, launch, options);

@@ -52,5 +52,19 @@ TEST(TestComputeTime, AMalformedValueIsAConfigError) {
   }
 }
 
+TEST(TestStepMs, PacesEveryWorkerAndKeepsTheKillSwitch) {
+  comm::LaunchInfo launch;
+  launch.rank = 1;
+  launch.world_size = 2;
+  const train::RunHooks paced = test_hooks({{"DTRAIN_TEST_STEP_MS", "0"}}, launch);
+  ASSERT_TRUE(paced.trainer_callback);
+  EXPECT_NE(paced.trainer_callback(0), nullptr);
+  EXPECT_FALSE(test_hooks({}, launch).trainer_callback);
+  for (const char* bad : {"", "x", "-1", "60001", "5ms"}) {
+    SCOPED_TRACE(bad);
+    EXPECT_THROW(test_hooks({{"DTRAIN_TEST_STEP_MS", bad}}, launch), ConfigError);
+  }
+}
+
 }  // namespace
 }  // namespace dtrain::cli

@@ -256,6 +256,7 @@ void ElasticRendezvousServer::State::form_generation(const std::vector<uint64_t>
   }
   logger.info("elastic coordinator: generation {} formed: {} worker(s), slots by rank {}", next,
               members.size(), slot_list(members));
+  if (options.on_generation) options.on_generation(next, members);
 }
 
 void ElasticRendezvousServer::State::check_endpoint_round(const std::vector<uint64_t>& alive) {

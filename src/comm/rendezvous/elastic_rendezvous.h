@@ -74,6 +74,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -104,6 +105,10 @@ struct ElasticRendezvousOptions {
   // generation joined, for alive slots that have not joined (a hung worker,
   // or one whose death the launcher has not noticed yet).
   std::chrono::milliseconds settle{5000};
+  // Called on the server's thread each time a generation forms, with its
+  // number and member slots by rank (the launcher records it); must not
+  // throw or block. May be empty.
+  std::function<void(uint32_t generation, const std::vector<int>& slots)> on_generation;
 };
 
 // The result of the membership round: generation and slots by rank.
