@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 steps=${1:-300}
-reps=${2:-5}
+reps=${2:-7}
 bin=build/src/cli/dtrain
 [[ -x $bin ]] || { echo "build first: scripts/build.sh release" >&2; exit 1; }
 [[ -f data/mnist/train-images-idx3-ubyte ]] || scripts/fetch_mnist.sh >/dev/null
@@ -21,11 +21,11 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-rate() { grep -o '[0-9.]* samples/s$' | tail -1 | awk '{print $1}'; }
+rate() { grep -o '[0-9.]* samples/s' | tail -1 | awk '{print $1}'; }
 run() {  # run NAME [ARGS...]: one 2-worker allreduce run; prints its samples/s
   local name=$1; shift
   "$bin" train examples/mnist_mlp.toml --output "$work/$name" --no-resume --workers 2 \
-    --progress none --set train.max_steps="$steps" --set train.epochs=100 \
+    --progress plain --set train.max_steps="$steps" --set train.epochs=100 \
     --set train.log_every_steps=1000000 "$@" 2>&1 | rate
 }
 

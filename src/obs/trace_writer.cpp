@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
@@ -20,6 +21,13 @@ using Line = fmt::memory_buffer;
 // Appends `text` as a JSON string body (quotes, backslashes and control
 // characters escaped).
 void append_escaped(Line& out, std::string_view text) {
+  const bool plain = std::none_of(text.begin(), text.end(), [](char c) {
+    return c == '"' || c == '\\' || static_cast<unsigned char>(c) < 0x20;
+  });
+  if (plain) {
+    out.append(text);
+    return;
+  }
   for (const char c : text) {
     if (c == '"' || c == '\\') {
       out.push_back('\\');
