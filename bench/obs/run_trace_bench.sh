@@ -5,7 +5,8 @@
 #  1. the same job with tracing off and on (every step recorded: the worst
 #     case), alternating, REPS times each; the medians of the run's
 #     samples/s (dtrain's closing line: training steps only, not start-up)
-#     and the overhead ratio off/on - 1;
+#     and the overhead ratio off/on - 1 (of the medians, and the median of
+#     the back-to-back pairs' ratios);
 #  2. a traced 2-worker allreduce run and a traced ps run (1 server, 2
 #     workers, sync), each merged by `dtrain trace merge --stats`.
 # Usage: bench/obs/run_trace_bench.sh [STEPS] [REPS]
@@ -39,6 +40,10 @@ echo "tracing off: samples/s ${off[*]} (median $OFF)"
 echo "tracing on:  samples/s ${on[*]} (median $ON)"
 echo "events per rank file: $(grep -c '"ph":"X"' "$work/on/trace-rank0.json") complete events, $(du -k "$work/on/trace-rank0.json" | cut -f1) KiB for $steps steps"
 awk -v a="$OFF" -v b="$ON" 'BEGIN {printf "overhead: %.1f%% of step time (off/on - 1)\n", 100 * (a / b - 1)}'
+# Each repetition's off and on ran back to back: the median of their ratios
+# is less exposed to the load drifting over the whole benchmark.
+PAIR=$(for ((r = 0; r < reps; ++r)); do awk -v a="${off[r]}" -v b="${on[r]}" 'BEGIN {print a / b - 1}'; done | median)
+awk -v p="$PAIR" 'BEGIN {printf "overhead, median of the pairs: %.1f%%\n", 100 * p}'
 
 echo
 echo "== traced 2-worker allreduce, steps 50:100 =="
