@@ -84,8 +84,8 @@ struct NodeState {
   bool fresh = false;
 };
 
-void run_backward(const std::shared_ptr<autograd::VariableImpl>& root, Tensor seed,
-                  bool seed_fresh) {
+void run_backward(const std::shared_ptr<autograd::VariableImpl>& root, Tensor seed, bool seed_fresh,
+                  TraceSink* trace = nullptr) {
   using autograd::Node;
   using autograd::VariableImpl;
 
@@ -151,7 +151,10 @@ void run_backward(const std::shared_ptr<autograd::VariableImpl>& root, Tensor se
     grads.assign(node->inputs.size(), autograd::InputGrad{});
     for (size_t i = 0; i < node->inputs.size(); ++i) grads[i].needed = node->inputs[i] != nullptr;
     DTRAIN_CHECK(mine.grad.defined(), "backward: node '{}' received no gradient", node->name);
-    node->backward(mine.grad, grads);
+    {
+      TraceSpan span(trace, node->name, "autograd");
+      node->backward(mine.grad, grads);
+    }
     mine.grad = Tensor();
     for (size_t i = 0; i < node->inputs.size(); ++i) {
       const std::shared_ptr<VariableImpl>& input = node->inputs[i];
@@ -264,6 +267,16 @@ void Variable::backward() const {
         shape_str(impl.data.shape())));
   }
   run_backward(impl_, Tensor::ones(impl.data.shape()), true);
+}
+
+void Variable::backward(TraceSink* trace) const {
+  const auto& impl = checked(impl_, "backward");
+  if (impl.data.numel() != 1) {
+    throw UsageError(fmt::format(
+        "backward: the variable has shape {}; call backward(grad_output) for a non-scalar",
+        shape_str(impl.data.shape())));
+  }
+  run_backward(impl_, Tensor::ones(impl.data.shape()), true, trace);
 }
 
 void Variable::backward(const Tensor& grad_output) const {

@@ -28,6 +28,7 @@
 #include <memory>
 #include <vector>
 
+#include "core/trace.h"
 #include "tensor/sparse_rows.h"
 #include "tensor/tensor.h"
 
@@ -75,6 +76,9 @@ class Variable {
   // variable must hold one element and the seed is 1.
   void backward() const;
   void backward(const Tensor& grad_output) const;
+  // backward() recording each node's gradient rule as an "autograd" span
+  // named by its op into `trace` (core/trace.h; null: not traced).
+  void backward(TraceSink* trace) const;
 
   // See the header comment. Returns an id for remove_grad_ready_hook().
   int64_t register_grad_ready_hook(GradReadyHook hook);

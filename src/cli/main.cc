@@ -13,6 +13,7 @@
 #include "cli/commands.h"
 #include "cli/dashboard_command.h"
 #include "cli/launcher.h"
+#include "cli/trace_command.h"
 #include "core/error.h"
 #include "train/run_job.h"
 
@@ -248,6 +249,10 @@ int main(int argc, char** argv) {
   serve_cmd->add_option("--host", serve.host, "Address to listen on (default 127.0.0.1)");
   serve_cmd->add_option("--job", serve.job_file,
                         "The job file to show (default: RUN_DIR/job.toml)");
+  dtrain::cli::TraceFlags trace_flags;
+  add_trace_flags(*app.get_subcommand("train"), trace_flags);
+  dtrain::cli::TraceCommandOptions trace_options;
+  const dtrain::cli::TraceCommands trace_cmds = add_trace_command(app, trace_options);
 
   try {
     app.parse(argc, argv);
@@ -259,6 +264,13 @@ int main(int argc, char** argv) {
     signal(dtrain::cli::kJobFinishedSignal, on_job_finished);
 
   try {
+    if (train_cmd->parsed()) apply_trace_flags(trace_flags, train_options);
+    if (trace_cmds.merge->parsed()) {
+      return dtrain::cli::run_trace_merge(trace_options, std::cout, std::cerr);
+    }
+    if (trace_cmds.stats->parsed()) {
+      return dtrain::cli::run_trace_stats(trace_options, std::cout, std::cerr);
+    }
     if (train_cmd->parsed()) return train(train_options, flags, argc, argv);
     if (part_cmd->parsed()) return dtrain::cli::run_partition(part, std::cout);
     if (plot_cmd->parsed()) return dtrain::cli::run_plot(plot, std::cout);

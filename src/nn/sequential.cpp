@@ -13,8 +13,25 @@ Module& Sequential::operator[](size_t index) const {
 
 Variable Sequential::forward(const Variable& input) {
   Variable x = input;
-  for (Module* layer : layers_) x = layer->forward(x);
+  if (trace_ == nullptr || trace_names_.size() != layers_.size()) {
+    for (Module* layer : layers_) x = layer->forward(x);
+    return x;
+  }
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const bool nested = dynamic_cast<Sequential*>(layers_[i]) != nullptr;
+    TraceSpan span(nested ? nullptr : trace_, trace_names_[i], "layer");
+    x = layers_[i]->forward(x);
+  }
   return x;
+}
+
+void Sequential::set_trace(TraceSink* trace) {
+  trace_ = trace;
+  trace_names_.clear();
+  for (Module* layer : layers_) trace_names_.push_back(layer->label());
+  for (Module* layer : layers_) {
+    if (auto* nested = dynamic_cast<Sequential*>(layer)) nested->set_trace(trace);
+  }
 }
 
 Shape Sequential::output_shape(const Shape& input) const {

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "core/trace.h"
 #include "nn/module.h"
 
 namespace dtrain::nn {
@@ -39,10 +40,16 @@ class Sequential : public Module {
   Module& operator[](size_t index) const;
 
   Variable forward(const Variable& input) override;
+  // Records each layer's forward as a "layer" span named by its label()
+  // into `trace` (core/trace.h), or nothing when null. `trace` must outlive
+  // this module or be reset first. Applies to nested Sequentials too.
+  void set_trace(TraceSink* trace);
   Shape output_shape(const Shape& input) const override;
 
  private:
   std::vector<Module*> layers_;  // owned by Module's children
+  TraceSink* trace_ = nullptr;
+  std::vector<std::string> trace_names_;  // per layer: its label() ("linear 'fc1'")
 };
 
 }  // namespace dtrain::nn

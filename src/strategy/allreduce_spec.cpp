@@ -5,6 +5,7 @@
 
 #include "comm/collectives/connect_worker.h"
 #include "core/error.h"
+#include "core/trace.h"
 #include "strategy/allreduce_strategy.h"
 #include "strategy/elastic_allreduce.h"
 #include "strategy/local_strategy.h"
@@ -175,6 +176,7 @@ class AllReduceSpec final : public StrategySpec {
     o.dynamic_batch = c.dynamic_batch;
     o.compression = c.compression;
     o.logger = c.logger;
+    o.trace = c.trace;
     return o;
   }
 
@@ -197,6 +199,7 @@ class AllReduceSpec final : public StrategySpec {
       throw where_.error("backend", "this dtrain was built without MPI");
 #endif
     }
+    TraceSpan span(c.trace, "rendezvous", "setup");
     link.native = comm::connect_worker(c.job_name, launch, {c.timeout, c.heartbeat_timeout, c.link},
                                        *c.logger);
     return link;

@@ -5,7 +5,9 @@
 #include <algorithm>
 
 #include "autograd/functions.h"
+#include "comm/collectives/clock_offset.h"
 #include "core/error.h"
+#include "core/trace.h"
 
 namespace dtrain::strategy {
 namespace {
@@ -90,6 +92,12 @@ AllReduceStrategy::AllReduceStrategy(std::unique_ptr<nn::Module> model,
   completed_at_.resize(buckets);
 
   try {
+    if (options_.trace != nullptr && async_ != nullptr) {
+      async_->set_trace(options_.trace);
+      TraceSpan span(options_.trace, "clock_sync", "setup");
+      const comm::ClockOffset clock = comm::measure_clock_offset(*async_);
+      options_.trace->set_clock_offset(clock.offset_us, clock.rtt_us);
+    }
     broadcast_state(true);
   } catch (const CommError& e) {
     failure_ = e.what();
@@ -110,6 +118,7 @@ AllReduceStrategy::AllReduceStrategy(std::unique_ptr<nn::Module> model,
 
 AllReduceStrategy::~AllReduceStrategy() {
   wait_in_flight();
+  if (options_.trace != nullptr && async_ != nullptr) async_->set_trace(nullptr);
   for (size_t i = 0; i < hook_ids_.size(); ++i) params_[i].remove_grad_ready_hook(hook_ids_[i]);
 }
 
@@ -246,6 +255,9 @@ void AllReduceStrategy::load_rank_state(const std::optional<StateDict>& state) {
 void AllReduceStrategy::launch(size_t bucket, std::span<float> data) {
   const auto now = Clock::now();
   launched_at_[bucket] = now;
+  if (options_.trace != nullptr && options_.trace->recording()) {
+    options_.trace->async_begin("bucket", "allreduce", bucket, trace_now_us());
+  }
   if (async_ == nullptr) {
     pending_[bucket] = data;  // allreduced, blocking, after backward
     return;
@@ -262,6 +274,9 @@ void AllReduceStrategy::poll_completions() {
   if (async_ == nullptr) return;
   // Operations complete in launch order.
   while (completions_seen_ < bucketer_->launched() && works_[completions_seen_].is_completed()) {
+    if (options_.trace != nullptr) {
+      options_.trace->async_end("bucket", "allreduce", completions_seen_, trace_now_us());
+    }
     completed_at_[completions_seen_++] = Clock::now();
   }
 }
@@ -285,6 +300,7 @@ StepStats AllReduceStrategy::train_step(const Tensor& inputs, std::span<const in
   const auto compute_start = Clock::now();
   if (n > 0) {
     model_->train();
+    TraceSpan span(options_.trace, "forward", "step");
     output = model_->forward(Variable(inputs));
     loss = loss_(output, targets);
     mine = {static_cast<double>(loss.item()) * static_cast<double>(n),
@@ -301,7 +317,10 @@ StepStats AllReduceStrategy::train_step(const Tensor& inputs, std::span<const in
       hooks_armed_ = communicate && !local;
       in_backward_ = true;
       const auto backward_start = Clock::now();
-      mul_scalar(loss, static_cast<float>(n)).backward();
+      {
+        TraceSpan span(options_.trace, "backward", "step");
+        mul_scalar(loss, static_cast<float>(n)).backward(options_.trace);
+      }
       const auto backward_end = Clock::now();
       if (communicate && !local) overlap_.backward_s = seconds(backward_end - backward_start);
       hooks_armed_ = false;
@@ -383,6 +402,7 @@ void AllReduceStrategy::begin_pass() {
 
 void AllReduceStrategy::complete_allreduce() {
   const auto wait_start = Clock::now();
+  TraceSpan span(options_.trace, "wait", "step");
   // Parameters whose hook did not fire in this backward: unused in this
   // forward (their gradient may still come from earlier micro-batches), or
   // every parameter on a worker without rows.
@@ -410,7 +430,12 @@ void AllReduceStrategy::complete_allreduce() {
                            options_.timeout,
                            fmt::format("the allreduce of {} floats", bucketer_->bucket_floats(b)));
       }
-      if (b >= completions_seen_) completed_at_[b] = Clock::now();
+      if (b >= completions_seen_) {
+        completed_at_[b] = Clock::now();
+        if (options_.trace != nullptr) {
+          options_.trace->async_end("bucket", "allreduce", b, trace_now_us());
+        }
+      }
     }
     completions_seen_ = buckets;
   } else {
@@ -460,7 +485,10 @@ void AllReduceStrategy::apply_update() {
   }
   // Every worker holds the same averaged gradient: all stop at the same step.
   check_finite_gradients(*model_);
-  optimizer_->step();
+  {
+    TraceSpan span(options_.trace, "update", "step");
+    optimizer_->step();
+  }
   ++updates_;
   ++run_updates_;
   updated_ = true;

@@ -142,6 +142,12 @@ struct AllReduceOptions {
   CompressionSettings compression;
   // Where warnings go (a dropped compressor state); may be null.
   Logger* logger = nullptr;
+  // Timeline (core/trace.h): forward, backward (per autograd node), each
+  // bucket's allreduce from launch to observed completion (async "bucket"
+  // spans; the communicator's thread records the execution itself), the wait
+  // before the update and the update; the clock offset to rank 0 is measured
+  // at construction. Null: off. Must outlive the strategy.
+  TraceSink* trace = nullptr;
 };
 
 // How much of the last update's communication hid behind backward

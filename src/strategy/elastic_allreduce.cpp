@@ -9,6 +9,7 @@
 
 #include "comm/transport/zmq_transport.h"
 #include "core/byte_codec.h"
+#include "core/trace.h"
 #include "io/safetensors.h"
 
 namespace dtrain::strategy {
@@ -97,6 +98,7 @@ AllReduceStrategy& ElasticAllReduce::group() const {
 
 void ElasticAllReduce::reform(TrainingPosition& position, const std::string& cause) {
   const auto t0 = Clock::now();
+  TraceSpan span(options_.allreduce.trace, "reform", "setup");
   const std::string why = failure_.empty() ? cause : failure_;
   failure_.clear();
   logger_.warn("slot {} (rank {} of {}, generation {}) at step {}: re-forming the group: {}",
@@ -117,6 +119,7 @@ void ElasticAllReduce::reform(TrainingPosition& position, const std::string& cau
 
 void ElasticAllReduce::form(std::optional<uint32_t> member_of) {
   const Deadline deadline = Deadline::after(options_.rendezvous_timeout);
+  TraceSpan span(options_.allreduce.trace, "rendezvous", "setup");
   while (true) {
     std::vector<int> suspects;
     if (suspect_) suspects.push_back(*suspect_);

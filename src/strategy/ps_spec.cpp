@@ -23,6 +23,7 @@
 #include "comm/rendezvous/rendezvous.h"
 #include "comm/wire/auth.h"
 #include "core/error.h"
+#include "core/trace.h"
 #include "io/checkpoint.h"
 #include "ps/server.h"
 #include "ps/state_layout.h"
@@ -387,7 +388,10 @@ std::unique_ptr<Strategy> PsSpec::build(const BuildContext& c) const {
   ps::ClientOptions client;
   client.worker = r.index;
   client.num_workers = static_cast<int>(worker_count(c.facts));
-  client.server_endpoints = discover_servers(c);
+  {
+    TraceSpan span(c.trace, "rendezvous", "setup");
+    client.server_endpoints = discover_servers(c);
+  }
   client.link = c.link;
   client.timeout = c.timeout;
   client.heartbeat_interval = std::min(std::chrono::milliseconds(1000), c.heartbeat_timeout / 4);
@@ -400,6 +404,7 @@ std::unique_ptr<Strategy> PsSpec::build(const BuildContext& c) const {
   o.compression = c.compression;
   const comm::JobAuth auth(c.job_name, c.launch->settings.job_secret);
   o.learning_rate = c.optimizer.lr;
+  o.trace = c.trace;
   return std::make_unique<PsStrategy>(c.make_model(), std::move(client), auth, *c.logger, o,
                                       c.loss);
 }

@@ -10,6 +10,7 @@
 
 #include "autograd/functions.h"
 #include "core/error.h"
+#include "core/trace.h"
 
 namespace dtrain::strategy {
 namespace {
@@ -147,6 +148,7 @@ PsStrategy::~PsStrategy() {
 }
 
 void PsStrategy::pull_dense(uint64_t min_version) {
+  TraceSpan span(options_.trace, "pull", "ps");
   version_ = client_->pull(dense_data_, min_version);
   job_totals_ = client_->last_totals();
   track_live_workers();
@@ -210,6 +212,7 @@ void PsStrategy::pull_rows(size_t table, std::span<const int64_t> indices) {
   const Tensor& weight = tables_[table].module->weight().data();
   const int64_t dim = weight.size(1);
   const Tensor rows = Tensor::empty({static_cast<int64_t>(unique.size()), dim});
+  TraceSpan span(options_.trace, "pull_rows", "ps");
   client_->pull_rows(table, to_keys(unique), rows);
   const float* src = rows.data();
   float* dst = weight.data();
@@ -230,6 +233,7 @@ void PsStrategy::push_rows(size_t table, int64_t samples) {
   if (grad == nullptr || grad->indices.empty() || samples == 0) return;
   SparseRows rows{grad->indices, grad->values.clone(), grad->num_rows};
   rows.coalesce();
+  TraceSpan span(options_.trace, "push_rows", "ps");
   client_->push_rows(table, to_keys(rows.indices), rows.values, lr_, version_);
 }
 
@@ -251,11 +255,15 @@ StepStats PsStrategy::step(const Tensor& inputs, std::span<const int64_t> target
     using Clock = std::chrono::steady_clock;
     const auto start = Clock::now();
     model_->train();
+    TraceSpan forward(options_.trace, "forward", "step");
     const Variable output = model_->forward(Variable(inputs));
     const Variable loss = loss_(output, targets);
     mine = {static_cast<double>(loss.item()) * static_cast<double>(n),
             count_correct(output.data(), targets), n};
-    loss.backward();  // the mean gradient over this worker's rows
+    forward.end();
+    TraceSpan backward(options_.trace, "backward", "step");
+    loss.backward(options_.trace);  // the mean gradient over this worker's rows
+    backward.end();
     check_finite_gradients(*model_);
     compute_s = account_compute(std::chrono::duration<double>(Clock::now() - start).count(), n);
   }
@@ -327,8 +335,11 @@ void PsStrategy::push_dense_and_pull(const std::vector<Tensor>& grads, const Ste
   if (grads.empty() && !sync) return;
   const uint64_t pushed_at = version_;
   const uint64_t bytes_before = client_->bytes_sent();
-  client_->push(grads, mine.samples, lr_, pushed_at, mine.loss_sum, mine.correct, compute_s,
-                compression);
+  {
+    TraceSpan span(options_.trace, "push", "ps");
+    client_->push(grads, mine.samples, lr_, pushed_at, mine.loss_sum, mine.correct, compute_s,
+                  compression);
+  }
   pull_dense(sync ? pushed_at + 1 : 0);
   uint64_t dense = 0;
   for (const Tensor& g : grads) dense += static_cast<uint64_t>(g.numel()) * sizeof(float);

@@ -170,6 +170,9 @@ struct PsOptions {
   // naming compression.local_steps for local SGD outside sync, with
   // embedding tables or with dynamic batch sizing.
   CompressionSettings compression;
+  // Timeline (core/trace.h): forward, backward (per autograd node), push
+  // and pull. Null: off. Must outlive the strategy.
+  TraceSink* trace = nullptr;
 };
 
 class PsStrategy : public Strategy {

@@ -34,6 +34,7 @@
 #include "comm/transport/link_shaper.h"
 #include "core/config_table.h"
 #include "core/log.h"
+#include "core/trace.h"
 #include "optim/optimizer_config.h"
 #include "ps/server.h"
 #include "strategy/batch_balancer.h"
@@ -122,6 +123,9 @@ struct BuildContext {
   Logger* logger = nullptr;
   // Test hook: called by a ps server with each version it reaches.
   std::function<void(uint64_t version)> on_server_version;
+  // This worker's timeline (train.trace; core/trace.h), or null. Outlives
+  // the strategy built from this context.
+  TraceSink* trace = nullptr;
 };
 
 class StrategySpec {

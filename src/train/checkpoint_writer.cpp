@@ -7,9 +7,10 @@
 namespace dtrain::train {
 
 CheckpointWriter::CheckpointWriter(std::string dir, int64_t keep_last, io::FileSystem& fs,
-                                   Logger& logger)
+                                   Logger& logger, TraceSink* trace)
     : dir_(std::move(dir), keep_last, fs, logger),
       logger_(logger),
+      trace_(trace),
       thread_([this](std::stop_token stop) { run(std::move(stop)); }) {}
 
 CheckpointWriter::~CheckpointWriter() {
@@ -48,6 +49,7 @@ int64_t CheckpointWriter::written() const {
 }
 
 void CheckpointWriter::run(std::stop_token stop) {
+  if (trace_ != nullptr) trace_->name_thread("checkpoint");
   std::unique_lock lock(mutex_);
   while (true) {
     // A stop request still lets a queued snapshot be written first.
@@ -59,6 +61,8 @@ void CheckpointWriter::run(std::stop_token stop) {
     lock.unlock();
     std::exception_ptr error;
     try {
+      TraceSpan span(trace_, "checkpoint", "io");
+      span.arg("step", snapshot.step);
       dir_.write(snapshot);
     } catch (...) {
       error = std::current_exception();

@@ -34,6 +34,7 @@
 #include <thread>
 
 #include "core/log.h"
+#include "core/trace.h"
 #include "io/checkpoint.h"
 #include "io/file_system.h"
 
@@ -43,7 +44,10 @@ class CheckpointWriter {
  public:
   // Checkpoints go to io::CheckpointDirectory(dir, keep_last, fs, logger);
   // keep_last >= 1 (UsageError otherwise).
-  CheckpointWriter(std::string dir, int64_t keep_last, io::FileSystem& fs, Logger& logger);
+  // `trace` (may be null; must outlive this writer) records each write as
+  // an "io" span "checkpoint" on the writer thread's track.
+  CheckpointWriter(std::string dir, int64_t keep_last, io::FileSystem& fs, Logger& logger,
+                   TraceSink* trace = nullptr);
   ~CheckpointWriter();
   CheckpointWriter(const CheckpointWriter&) = delete;
   CheckpointWriter& operator=(const CheckpointWriter&) = delete;
@@ -65,6 +69,7 @@ class CheckpointWriter {
 
   io::CheckpointDirectory dir_;  // used only by the writer thread after construction
   Logger& logger_;               // the creator's, outlives this object
+  TraceSink* trace_;             // the creator's (or null), outlives this object
   mutable std::mutex mutex_;
   std::condition_variable_any changed_;
   std::optional<io::Checkpoint> queued_;  // submitted, not yet finished

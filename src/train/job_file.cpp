@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "io/file_system.h"
 #include "io/toml_table.h"
+#include "obs/trace_writer.h"
 #include "strategy/registry.h"
 
 namespace dtrain::train {
@@ -166,7 +167,14 @@ void read_train(io::TomlTable& t, TrainConfig& c) {
   t.get("min_workers", c.min_workers);
   t.get("tensorboard", c.tensorboard);
   t.get("histogram_every_steps", c.histogram_every_steps);
+  t.get("trace", c.trace);
+  t.get("trace_steps", c.trace_steps);
   t.finish();
+  try {
+    obs::parse_trace_steps(c.trace_steps);
+  } catch (const UsageError& e) {
+    throw t.error("trace_steps", e.what());
+  }
   check_choice(t.lines(), "class_weights", c.class_weights, {"none", "balanced"});
   if (c.batch_size <= 0) throw t.error("batch_size", "must be positive");
   if (c.eval_batch_size <= 0) throw t.error("eval_batch_size", "must be positive");

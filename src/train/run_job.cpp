@@ -19,6 +19,7 @@
 #include "train/model_builder.h"
 #include "train/rank_metrics.h"
 #include "train/tensorboard_callback.h"
+#include "train/trace_setup.h"
 #include "train/trainer.h"
 
 namespace dtrain::train {
@@ -157,6 +158,10 @@ int train_worker(const JobConfig& job, const comm::LaunchInfo& launch,
   check_input_shape(job, data.train);
   context.loss = make_loss(job, data.train);
   if (options.hooks.before_build) options.hooks.before_build();
+  // Declared before the strategy: outlives it and the trainer.
+  const std::unique_ptr<obs::TraceWriter> trace =
+      open_trace(job, role.index, spec.workers(context.facts));
+  context.trace = trace.get();
   std::unique_ptr<strategy::Strategy> strategy;
   try {
     strategy = spec.build(context);
@@ -175,6 +180,7 @@ int train_worker(const JobConfig& job, const comm::LaunchInfo& launch,
     }
   }
   Trainer trainer(job, *strategy, logger);
+  trainer.set_trace(trace.get());
   std::unique_ptr<Callback> hook;
   if (options.hooks.trainer_callback) hook = options.hooks.trainer_callback(launch.rank);
   if (hook) trainer.add_callback(*hook);
@@ -212,6 +218,7 @@ int train_worker(const JobConfig& job, const comm::LaunchInfo& launch,
   // Before finish(): a ps worker's embedding rows come from the servers.
   if (strategy->rank() == 0) report_test_auc(job, strategy->model(), data, chief.progress.get());
   strategy->finish();
+  if (trace) trace->close();
   return 0;
 }
 

@@ -11,12 +11,14 @@
 
 #include "autograd/functions.h"
 #include "core/error.h"
+#include "core/trace.h"
 #include "data/loader.h"
 #include "data/partition.h"
 #include "data/sampler.h"
 #include "io/checkpoint.h"
 #include "io/file_system.h"
 #include "io/safetensors.h"
+#include "nn/sequential.h"
 #include "tensor/state_dict.h"
 #include "train/partitioned_epoch.h"
 
@@ -313,8 +315,17 @@ void Trainer::take_group_role() {
   if (chief_ && !writer_) {
     writer_ = std::make_unique<CheckpointWriter>(job_.output,
                                                  std::max<int64_t>(1, job_.train.keep_checkpoints),
-                                                 io::default_file_system(), logger_);
+                                                 io::default_file_system(), logger_, trace_);
   }
+  // An elastic group's model is a new one after each re-formation.
+  if (auto* model = dynamic_cast<nn::Sequential*>(&strategy_.model())) model->set_trace(trace_);
+}
+
+std::optional<StepBatch> Trainer::next_batch(EpochBatches& batches, const Position& position) {
+  if (trace_ == nullptr) return batches.next();
+  trace_->set_step(position.step + 1);
+  TraceSpan span(trace_, "batch", "data");
+  return batches.next();
 }
 
 EpochBatches Trainer::epoch_batches(const data::TensorDataset& train, data::DataLoader& loader,
@@ -429,13 +440,16 @@ Trainer::EpochEnd Trainer::run_epoch(const data::TensorDataset& train, data::Dat
   EpochEnd end;
   end.started = Clock::now();
   EpochBatches batches = epoch_batches(train, loader, plan, position);
-  while (std::optional<StepBatch> step = batches.next()) {
+  while (std::optional<StepBatch> step = next_batch(batches, position)) {
     const auto t0 = Clock::now();
     if (plan.partitioned) part_consumed_ = batches.consumed();
     end.last_split = step->split;
     const float lr = schedule_->lr_at(position.step);
     strategy_.set_learning_rate(lr);
+    TraceSpan step_span(trace_, "step", "step");
+    step_span.arg("step", position.step + 1);
     const std::optional<strategy::StepStats> stats = run_step(*step, position);
+    step_span.end();
     if (!stats) {  // the group re-formed at `position`
       end.reformed = true;
       take_group_role();
@@ -477,8 +491,10 @@ void Trainer::end_epoch(const data::TensorDataset& test, const EpochEnd& end, Po
   }
   // Every process holds the same weights: the chief evaluates and writes.
   if (chief_) strategy_.fetch_model();
+  TraceSpan eval_span(chief_ ? trace_ : nullptr, "evaluate", "eval");
   const EvalResult eval =
       chief_ ? evaluate(strategy_.model(), test, job_.train.eval_batch_size) : EvalResult{};
+  eval_span.end();
   if (chief_) save_checkpoint(position);
   if (!chief_) save_rank_state(position);
   EpochInfo e;
@@ -499,6 +515,7 @@ void Trainer::end_epoch(const data::TensorDataset& test, const EpochEnd& end, Po
 
 Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset& test) {
   const auto run_start = Clock::now();
+  if (trace_ != nullptr) trace_->name_thread("main");
   const RunPlan plan = plan_run(train);
   optim::LrScheduleConfig schedule = job_.schedule;
   if (schedule.total_steps == 0) {

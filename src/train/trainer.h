@@ -87,6 +87,11 @@ class Trainer {
   Trainer(const JobConfig& job, strategy::Strategy& strategy, Logger& logger);
 
   void add_callback(Callback& callback) { callbacks_.push_back(&callback); }
+  // Records this process's timeline into `trace` (core/trace.h; null: off):
+  // sets the sink's step before each update, and records the batch wait
+  // ("data"), each step, the layers' forward (an nn::Sequential model),
+  // evaluation and checkpoint writes. `trace` must outlive the trainer.
+  void set_trace(TraceSink* trace) { trace_ = trace; }
 
   // Trains for job.train.epochs (or max_steps), resuming from the output
   // folder's newest valid checkpoint when job.resume. Writes the final
@@ -159,6 +164,8 @@ class Trainer {
   // with the group, and a process that becomes rank 0 starts writing.
   void take_group_role();
   // Trains the rest of `position`'s epoch.
+  // The next batch of `batches`, the trace's step set to the update it feeds.
+  std::optional<StepBatch> next_batch(EpochBatches& batches, const Position& position);
   EpochEnd run_epoch(const data::TensorDataset& train, data::DataLoader& loader,
                      const RunPlan& plan, Position& position);
   // The batches of `position`'s epoch (resumed where it stopped).
@@ -222,6 +229,7 @@ class Trainer {
   Snapshot snapshot_;
   std::unique_ptr<CheckpointWriter> rank_writer_;  // ranks > 0 with a rank_state()
   std::unique_ptr<CheckpointWriter> writer_;       // rank 0, during fit(); last: joined first
+  TraceSink* trace_ = nullptr;                     // set_trace()
 };
 
 }  // namespace dtrain::train

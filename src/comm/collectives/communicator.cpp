@@ -197,6 +197,9 @@ void Communicator::run_collective(OpDescriptor op, const OpBody& body) {
   }
   // Numbered now, on the thread that executes it, in execution order.
   op.seq = next_seq_++;
+  TraceSpan span(trace_.load(std::memory_order_relaxed), to_string(op.kind), "comm");
+  span.arg("seq", static_cast<int64_t>(op.seq));
+  span.arg("count", static_cast<int64_t>(op.count));
   execute(op.describe(), [&](Deadline deadline) { body(op, deadline); });
 }
 
@@ -218,6 +221,13 @@ Work Communicator::submit(std::string what, std::function<void()> body) {
   return enqueue(std::move(what), [this, name = std::move(name), body = std::move(body)] {
     execute(name, [&](Deadline) { body(); });
   });
+}
+
+void Communicator::set_trace(TraceSink* sink) {
+  trace_.store(sink);
+  if (sink == nullptr) return;
+  // Names the worker thread's track from that thread (a no-op item).
+  enqueue("trace", [sink] { sink->name_thread("comm"); }).wait(Deadline::after(options_.timeout));
 }
 
 void Communicator::worker_loop(std::stop_token stop) {

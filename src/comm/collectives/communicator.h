@@ -84,6 +84,7 @@
 #include "comm/collectives/shm_allreduce.h"
 #include "comm/transport/transport.h"
 #include "core/deadline.h"
+#include "core/trace.h"
 
 namespace dtrain::comm {
 
@@ -192,6 +193,12 @@ class Communicator final : public Collectives {
   void sparse_allreduce(std::span<const uint32_t> indices, std::span<const float> values,
                         std::span<float> out);
 
+  // Records each collective as it executes (a "comm" span on the executing
+  // thread: the worker's track for asynchronous ones, named "comm") into
+  // `sink`, or nothing when null. `sink` must outlive this communicator or be
+  // reset to null first; set it while no operation is in flight.
+  void set_trace(TraceSink* sink);
+
   // Payload and header bytes handed to the transport so far (see above).
   uint64_t bytes_sent() const { return bytes_sent_.load(std::memory_order_relaxed); }
 
@@ -258,6 +265,7 @@ class Communicator final : public Collectives {
   uint64_t next_seq_ = 1;
   std::atomic<uint64_t> bytes_sent_{0};
   uint64_t children_made_ = 0;
+  std::atomic<TraceSink*> trace_{nullptr};
 
   mutable std::mutex failure_mutex_;
   std::string failure_;  // non-empty once failed
