@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What tracing (train.trace, docs/observability-trace.md) costs, and what a
+# What tracing (train.trace, docs/observability.md#timeline) costs, and what a
 # traced run shows. On real MNIST (scripts/fetch_mnist.sh), the MLP of
 # examples/mnist_mlp.toml, 2 allreduce workers, one BLAS thread each:
 #  1. the same job with tracing off and on (every step recorded: the worst

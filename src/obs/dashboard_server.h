@@ -9,7 +9,7 @@
 // Routes (GET only): "/" the page (src/obs/dashboard/index.html, embedded at
 // build time; it loads nothing from the network), "/api/metrics?since=BYTES",
 // "/api/ranks", "/api/processes", "/api/job", "/api/checkpoints"; the JSON
-// each returns is documented in docs/observability-dashboard.md. There is no
+// each returns is documented in docs/observability.md#live-dashboard. There is no
 // route that names a file: every file read is one of the above, opened
 // below the run folder with O_NOFOLLOW on every component, so neither "..",
 // an absolute path nor a symlink can make the server read outside the run.

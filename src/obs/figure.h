@@ -9,7 +9,7 @@
 // find them. cairo numbers its surfaces in a process-wide counter ("surface7");
 // finish() renumbers them from 1, so the same drawing gives the same bytes.
 // PNG: cairo's 8-bit ARGB image, written with cairo's encoder (see
-// docs/observability-plot.md on byte stability).
+// docs/observability.md#plots-training-curves-and-the-partition-picture on byte stability).
 //
 // Ownership: Figure owns its cairo surface and context (not copyable).
 // Thread safety: one Figure per thread; separate Figures are independent.

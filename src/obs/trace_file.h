@@ -46,7 +46,7 @@ struct MergeResult {
 // DataError when two files hold the same rank.
 MergeResult merge_traces(const std::vector<TraceFile>& files);
 
-// Per rank, microseconds summed over the trace (see docs/observability-trace.md).
+// Per rank, microseconds summed over the trace (see docs/observability.md#timeline).
 struct RankTraceStats {
   int64_t rank = 0;
   int64_t steps = 0;        // "step" spans

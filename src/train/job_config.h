@@ -108,7 +108,7 @@ struct TrainConfig {
   // histogram_every_steps steps (0: off) weight and gradient histograms.
   bool tensorboard = true;
   int64_t histogram_every_steps = 0;
-  // A per-rank Chrome-trace timeline (docs/observability-trace.md): "" off;
+  // A per-rank Chrome-trace timeline (docs/observability.md#timeline): "" off;
   // "auto": <output>/trace/rank-<r>.json; else a file path ("-rank<r>" is
   // inserted before its extension when the job has several workers).
   // trace_steps "N:M": the updates recorded (set-up before them too).

@@ -82,7 +82,7 @@ TEST(JobFile, OverridesApplyBeforeChecking) {
             "job.toml: 'train.epoch': unknown key (known: batch_size, checkpoint_every_seconds, "
             "checkpoint_every_steps, class_weights, drop_last, elastic, epochs, eval_batch_size, "
             "histogram_every_steps, keep_checkpoints, log_every_steps, max_restarts, max_steps, "
-            "min_workers, tensorboard, threads)");
+            "min_workers, tensorboard, threads, trace, trace_steps)");
   EXPECT_EQ(error_of(kJob, {"noequals"}), "--set: 'noequals': expected key=value");
   EXPECT_DOUBLE_EQ(job_of(kJob, "job.toml", {"train.checkpoint_every_seconds=2.5"})
                        .train.checkpoint_every_seconds,
