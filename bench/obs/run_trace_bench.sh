@@ -58,3 +58,20 @@ echo "== traced ps (1 server, 2 workers, sync), steps 50:100 =="
   --set train.max_steps=100 --trace auto --trace-steps 50:100 >/dev/null 2>&1
 "$bin" trace merge -o "$work/ps/merged.json" --stats "$work/ps/trace/rank-0.json" \
   "$work/ps/trace/rank-1.json"
+
+# The hidden share seen two ways: from the trace (bucket reduce time that
+# overlaps backward, over steps 20:60 of a 2-worker LeNet-5 run on MNIST, batch
+# 128 per worker) and from the DDP benchmark's own counters (train_step_bench,
+# the same model and global batch 256, what run_ddp_bench.sh prints as
+# "hidden"). The two measure the same overlap by different clocks.
+echo
+echo "== hidden share, LeNet-5, 2 workers: trace against train_step_bench =="
+"$bin" train examples/mnist_lenet5.toml --output "$work/lenet" --no-resume --workers 2 \
+  --progress none --set train.max_steps=60 --set train.batch_size=256 --trace auto \
+  --trace-steps 20:60 >/dev/null 2>&1
+"$bin" trace stats "$work/lenet/trace/rank-0.json" "$work/lenet/trace/rank-1.json"
+step_bench=build/bench/train/train_step_bench
+if [[ -x $step_bench ]]; then
+  echo "train_step_bench lenet5 2 workers: hidden_share $("$step_bench" lenet5 40 1 2 allreduce 256 |
+    grep -o '"hidden_share": [0-9.]*' | awk '{print $2}')"
+fi
