@@ -33,6 +33,33 @@ namespace dtrain {
 // Microseconds of std::chrono::system_clock since the Unix epoch.
 int64_t trace_now_us();
 
+// Cristian's clock estimate (Cristian 1989) over several exchanges with a
+// reference process: a request sent at local time t0, answered when the
+// reference clock read `remote_us`, the answer received at local time t1.
+// Assuming the answer was made half-way, this clock minus the reference is
+// (t0 + t1) / 2 - remote_us, within +-RTT / 2; of all exchanges the one with
+// the smallest round trip (the least queueing) is kept.
+class CristianEstimate {
+ public:
+  void add(int64_t t0_us, int64_t remote_us, int64_t t1_us) {
+    if (samples_ > 0 && t1_us - t0_us >= rtt_us_) {
+      ++samples_;
+      return;
+    }
+    offset_us_ = (t0_us + t1_us) / 2 - remote_us;
+    rtt_us_ = t1_us - t0_us;
+    ++samples_;
+  }
+  int64_t offset_us() const { return offset_us_; }
+  int64_t rtt_us() const { return rtt_us_; }
+  int samples() const { return samples_; }
+
+ private:
+  int64_t offset_us_ = 0;
+  int64_t rtt_us_ = 0;
+  int samples_ = 0;
+};
+
 // A small integer argument shown with an event ("bucket": 3, "bytes": 4096).
 struct TraceArg {
   std::string_view key;

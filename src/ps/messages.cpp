@@ -169,6 +169,7 @@ void put_stats(ByteWriter& w, const ServerStats& stats) {
   w.write_u64(stats.frames_dropped);
   w.write_u64(stats.sparse_rows);
   w.write_u64(stats.parked_pulls);
+  w.write_u64(static_cast<uint64_t>(stats.clock_us));
 }
 
 ServerStats get_stats(ByteReader& r) {
@@ -198,6 +199,7 @@ ServerStats get_stats(ByteReader& r) {
   stats.frames_dropped = r.read_u64("stats frames_dropped");
   stats.sparse_rows = r.read_u64("stats sparse_rows");
   stats.parked_pulls = r.read_u64("stats parked_pulls");
+  stats.clock_us = static_cast<int64_t>(r.read_u64("stats clock_us"));
   return stats;
 }
 

@@ -85,6 +85,9 @@ struct ServerStats {
   uint64_t frames_dropped = 0;       // failed decoding or authentication
   uint64_t sparse_rows = 0;          // rows held, all tables
   uint64_t parked_pulls = 0;         // pulls waiting for a version or the staleness bound
+  // The server's system clock when it answered, in microseconds since the
+  // Unix epoch: what workers align their timelines to (core/trace.h).
+  int64_t clock_us = 0;
 };
 
 // One worker's part of a sync version: the samples of its dense push and the

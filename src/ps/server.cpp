@@ -9,6 +9,7 @@
 #include "comm/wire/framed_socket.h"
 #include "core/error.h"
 #include "core/finite.h"
+#include "core/trace.h"
 #include "ps/compressed_push.h"
 #include "ps/consistency_state.h"
 #include "ps/shard_store.h"
@@ -366,6 +367,7 @@ void Server::Impl::serve(const std::string& identity, Message& m) {
       return;
     case Kind::kStats:
       r.stats = stats();
+      r.stats.clock_us = trace_now_us();
       break;
     case Kind::kGetState:
       if (!initialised_) throw Refusal("get_state before init: the server holds no parameters yet");

@@ -131,6 +131,7 @@ PsStrategy::PsStrategy(std::unique_ptr<nn::Module> model, ps::ClientOptions clie
         "ps worker {}: joined the running job at step {} in {:.3f} s", worker_, joined_step_,
         std::chrono::duration<double>(std::chrono::steady_clock::now() - connecting).count());
   }
+  if (options_.trace != nullptr) align_trace_clock();
   pull_dense(0);
   updates_ = options_.consistency == ps::Consistency::kSync ? updates_at_version(version_)
                                                             : static_cast<int64_t>(joined_step_);
@@ -145,6 +146,17 @@ PsStrategy::PsStrategy(std::unique_ptr<nn::Module> model, ps::ClientOptions clie
 
 PsStrategy::~PsStrategy() {
   for (Table& t : tables_) t.module->set_lookup_hook({});
+}
+
+void PsStrategy::align_trace_clock() {
+  TraceSpan span(options_.trace, "clock_sync", "setup");
+  CristianEstimate estimate;
+  for (int i = 0; i < 8; ++i) {
+    const int64_t t0 = trace_now_us();
+    const ps::ServerStats stats = client_->stats(0);
+    estimate.add(t0, stats.clock_us, trace_now_us());
+  }
+  options_.trace->set_clock_offset(estimate.offset_us(), estimate.rtt_us());
 }
 
 void PsStrategy::pull_dense(uint64_t min_version) {

@@ -252,6 +252,9 @@ class PsStrategy : public Strategy {
   // train_step() without translating a left-out worker's error.
   StepStats step(const Tensor& inputs, std::span<const int64_t> targets);
   void pull_dense(uint64_t min_version);
+  // Aligns this worker's timeline to server 0's clock (ps workers share no
+  // communicator, so server 0 is the reference every worker can reach).
+  void align_trace_clock();
   // Pushes `grads` from mine.samples samples (with mine's loss and correct
   // counts and `compute_s`) at version_, then pulls (sync: the next version)
   // and, with dynamic batch sizing, feeds the version's per-worker steps to

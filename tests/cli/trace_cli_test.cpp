@@ -137,6 +137,12 @@ TEST(TraceCli, PsRunRecordsPushAndPull) {
     }
   }
   EXPECT_EQ(s.steps.size(), 8u);
+  // Both workers aligned to server 0's clock: no "no clock offset" note, and
+  // on one machine the estimate is within half its round trip.
+  EXPECT_EQ(merge.output.find("no clock offset"), std::string::npos) << merge.output;
+  EXPECT_EQ(s.offsets, (std::set<int64_t>{0, 1}));
+  EXPECT_GT(s.rtt_us, 0);
+  EXPECT_LE(2 * std::abs(s.offset_us), s.rtt_us);
 }
 
 TEST(TraceCli, AWorkerKilledMidRunLeavesAFileMergeReads) {

@@ -6,6 +6,7 @@
 #include "core/deadline.h"
 #include "core/error.h"
 #include "core/rng.h"
+#include "core/trace.h"
 
 namespace dtrain {
 namespace {
@@ -85,6 +86,20 @@ TEST(Deadline, ExpiresAndClamps) {
   EXPECT_TRUE(Deadline::after(std::chrono::milliseconds(0)).expired());
   EXPECT_FALSE(Deadline::never().expired());
   EXPECT_EQ(Deadline::after(std::chrono::milliseconds(-5)).remaining().count(), 0);
+}
+
+// Cristian's estimate keeps the exchange with the smallest round trip and
+// assumes the reference answered half-way through it.
+TEST(CristianEstimate, KeepsTheShortestRoundTrip) {
+  CristianEstimate e;
+  e.add(1000, 400, 1100);  // rtt 100: offset 1050 - 400 = 650
+  EXPECT_EQ(e.offset_us(), 650);
+  EXPECT_EQ(e.rtt_us(), 100);
+  e.add(2000, 1300, 2040);  // rtt 40: offset 2020 - 1300 = 720
+  e.add(3000, 0, 3090);     // rtt 90: ignored
+  EXPECT_EQ(e.offset_us(), 720);
+  EXPECT_EQ(e.rtt_us(), 40);
+  EXPECT_EQ(e.samples(), 3);
 }
 
 }  // namespace

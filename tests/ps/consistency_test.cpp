@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "core/rng.h"
+#include "core/trace.h"
 #include "optim/optimizer_config.h"
 #include "ps_test_util.h"
 #include "testing/expect_error.h"
@@ -368,6 +369,19 @@ TEST(Ssp, ConcurrentFastAndSlowWorkersStayWithinTheBound) {
   }
   slow_thread.join();
   EXPECT_EQ(fast->stats(0).workers[1], WorkerState::kFinished);
+}
+
+// A stats reply carries the server's clock as it answered, what ps workers
+// align their timelines to: on one machine it lies between the request and
+// the reply.
+TEST(PsStats, CarryTheServersClockForTimelineAlignment) {
+  PsJob job(1, 1, ServerOptions{});
+  auto client = job.client(0);
+  const int64_t before = trace_now_us();
+  const ServerStats stats = client->stats(0);
+  const int64_t after = trace_now_us();
+  EXPECT_GE(stats.clock_us, before);
+  EXPECT_LE(stats.clock_us, after);
 }
 
 }  // namespace

@@ -67,6 +67,7 @@ std::vector<Message> samples() {
   stats.stats.workers = {WorkerState::kLive, WorkerState::kDead};
   stats.stats.clocks = {5, 2};
   stats.stats.min_clock = 5;
+  stats.stats.clock_us = 1765000000123456;
   out.push_back(stats);
   Message error;
   error.kind = Kind::kReply;
@@ -116,6 +117,7 @@ TEST(PsMessages, RoundTripsEveryKind) {
     EXPECT_EQ(back.state.size(), m.state.size());
     EXPECT_EQ(back.stats.clocks, m.stats.clocks);
     EXPECT_EQ(back.stats.workers, m.stats.workers);
+    EXPECT_EQ(back.stats.clock_us, m.stats.clock_us);
     ASSERT_EQ(back.pieces.size(), m.pieces.size());
     for (size_t i = 0; i < m.pieces.size(); ++i) {
       EXPECT_EQ(back.pieces[i].compressed, m.pieces[i].compressed);

@@ -3,7 +3,6 @@
 #include <fmt/format.h>
 
 #include <cstring>
-#include <limits>
 #include <vector>
 
 #include "core/error.h"
@@ -42,15 +41,14 @@ ClockOffset measure_clock_offset(Communicator& comm, int rounds) {
     }
     return {};
   }
-  ClockOffset best{0, std::numeric_limits<int64_t>::max()};
+  CristianEstimate estimate;
   for (int i = 0; i < rounds; ++i) {
     const int64_t t0 = trace_now_us();
     comm.send_bytes(0, encode(t0), kClockTag);
-    const int64_t server = decode(comm.recv_bytes(0, kClockTag), 0);
-    const int64_t t1 = trace_now_us();
-    if (t1 - t0 < best.rtt_us) best = {(t0 + t1) / 2 - server, t1 - t0};
+    const int64_t reference = decode(comm.recv_bytes(0, kClockTag), 0);
+    estimate.add(t0, reference, trace_now_us());
   }
-  return best;
+  return {estimate.offset_us(), estimate.rtt_us()};
 }
 
 }  // namespace dtrain::comm
