@@ -259,15 +259,7 @@ void Variable::zero_grad() {
   impl.sparse_grad.reset();
 }
 
-void Variable::backward() const {
-  const auto& impl = checked(impl_, "backward");
-  if (impl.data.numel() != 1) {
-    throw UsageError(fmt::format(
-        "backward: the variable has shape {}; call backward(grad_output) for a non-scalar",
-        shape_str(impl.data.shape())));
-  }
-  run_backward(impl_, Tensor::ones(impl.data.shape()), true);
-}
+void Variable::backward() const { backward(static_cast<TraceSink*>(nullptr)); }
 
 void Variable::backward(TraceSink* trace) const {
   const auto& impl = checked(impl_, "backward");
