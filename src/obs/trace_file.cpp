@@ -210,7 +210,7 @@ std::vector<RankTraceStats> trace_stats(const std::vector<json>& events) {
       } else if (name == "update") {
         st.update_us += dur;
       }
-    } else if (cat == "comm") {
+    } else if (cat == "comm" && name != "broadcast" && name != "barrier") {
       acc.comm.emplace_back(ts, ts + dur);
       st.reduce_us += dur;
     } else if (cat == "ps") {

@@ -53,8 +53,9 @@ struct RankTraceStats {
   int64_t step_us = 0;      // their total
   int64_t forward_us = 0;   // "forward" passes
   int64_t backward_us = 0;  // "backward" passes
-  // Collective operations as the communicator's thread ran them (category
-  // "comm"), and how much of that time lies inside a backward pass.
+  // Reducing collectives as the communicator's thread ran them (category
+  // "comm", not the broadcasts and barriers of set-up and re-formation),
+  // and how much of that time lies inside a backward pass.
   int64_t reduce_us = 0;
   int64_t reduce_hidden_us = 0;
   int64_t wait_us = 0;    // step(): waiting for the last bucket before the update

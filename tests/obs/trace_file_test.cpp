@@ -84,7 +84,8 @@ TEST(TraceMerge, ShiftsEachRankByItsOffsetAndKeepsRanksAsPids) {
 TEST(TraceStats, SumsAndHiddenShareOnAHandMadeTrace) {
   // Rank 0: backward passes [0, 100) and [200, 300); collectives on the
   // communication thread [50, 150) (half inside backward) and [250, 260)
-  // (all inside): 110 us of reduce, 60 hidden. Rank 1: ps push and pull.
+  // (all inside): 110 us of reduce, 60 hidden; the set-up broadcast and a
+  // barrier are not reduce time. Rank 1: ps push and pull.
   std::string text = header(0);
   for (const std::string& e :
        {x_event("step", "step", 0, 180, 0), x_event("backward", "step", 0, 100, 0),
@@ -94,7 +95,8 @@ TEST(TraceStats, SumsAndHiddenShareOnAHandMadeTrace) {
         x_event("linear", "autograd", 210, 20, 0), x_event("checkpoint", "io", 400, 30, 0, 3),
         x_event("batch", "data", 190, 7, 0), x_event("evaluate", "eval", 500, 40, 0),
         x_event("push", "ps", 0, 12, 1), x_event("pull", "ps", 20, 8, 1),
-        x_event("push", "ps", 40, 13, 1)}) {
+        x_event("push", "ps", 40, 13, 1), x_event("broadcast", "comm", 600, 50, 0, 2),
+        x_event("barrier", "comm", 700, 5, 0, 2)}) {
     text += e + ",\n";
   }
   const std::vector<RankTraceStats> stats = trace_stats(parse_trace(text, "t").events);
