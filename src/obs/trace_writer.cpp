@@ -185,24 +185,21 @@ void TraceWriter::complete(std::string_view name, std::string_view category, int
 
 void TraceWriter::async_begin(std::string_view name, std::string_view category, uint64_t id,
                               int64_t ts_us) {
-  if (!recording()) return;
-  Line line;
-  open_event(line, name, category, 'b');
-  fmt::format_to(std::back_inserter(line), ",\"id\":\"0x{:x}\",\"ts\":{},\"pid\":{},\"tid\":", id,
-                 ts_us, rank_);
-  std::lock_guard lock(mutex_);
-  if (closed_ || write_error_) return;
-  fmt::format_to(std::back_inserter(line), "{}}},\n", tid_locked());
-  append_locked(std::string_view(line.data(), line.size()));
+  async_event('b', name, category, id, ts_us);
 }
 
 void TraceWriter::async_end(std::string_view name, std::string_view category, uint64_t id,
                             int64_t ts_us) {
   // Recording changes only between steps; an operation begun in a step ends
   // in it (a viewer ignores an end whose begin it never saw anyway).
+  async_event('e', name, category, id, ts_us);
+}
+
+void TraceWriter::async_event(char phase, std::string_view name, std::string_view category,
+                              uint64_t id, int64_t ts_us) {
   if (!recording()) return;
   Line line;
-  open_event(line, name, category, 'e');
+  open_event(line, name, category, phase);
   fmt::format_to(std::back_inserter(line), ",\"id\":\"0x{:x}\",\"ts\":{},\"pid\":{},\"tid\":", id,
                  ts_us, rank_);
   std::lock_guard lock(mutex_);

@@ -101,6 +101,9 @@ class TraceWriter final : public TraceSink {
   // The calling thread's small id; `lock` held. Registers it (and queues a
   // thread_name event) on first use.
   int tid_locked();
+  // An async begin ('b') or end ('e') event.
+  void async_event(char phase, std::string_view name, std::string_view category, uint64_t id,
+                   int64_t ts_us);
 
   std::string path_;
   int64_t rank_;
