@@ -50,8 +50,7 @@ Datasets load_datasets(const JobConfig& job) {
   return out;
 }
 
-std::string partition_table(const JobConfig& job, const Datasets& data,
-                            const PartitionRequest& request) {
+data::PartitionOptions partition_options(const PartitionRequest& request) {
   data::PartitionOptions p;
   p.kind = request.kind;
   p.workers = request.parts;
@@ -59,6 +58,12 @@ std::string partition_table(const JobConfig& job, const Datasets& data,
   p.classes_per_worker = request.classes_per_worker;
   p.alpha = request.alpha;
   p.quantity_sigma = request.quantity_sigma;
+  return p;
+}
+
+std::string partition_table(const JobConfig& job, const Datasets& data,
+                            const PartitionRequest& request) {
+  const data::PartitionOptions p = partition_options(request);
   const auto parts = data::partition(data.train.labels(), data.train.num_classes(), p);
   return fmt::format("{} training samples of {} in {} parts ({}):\n", data.train.size(), job.name,
                      request.parts, request.kind) +

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "data/dataset.h"
+#include "data/partition.h"
 #include "train/job_config.h"
 
 namespace dtrain::train {
@@ -34,6 +35,8 @@ struct PartitionRequest {
 };
 std::string partition_table(const JobConfig& job, const Datasets& data,
                             const PartitionRequest& request);
+// The partitioner's options for `request`.
+data::PartitionOptions partition_options(const PartitionRequest& request);
 
 // ConfigError on model.input_shape unless `data`'s samples have that shape.
 void check_input_shape(const JobConfig& job, const data::TensorDataset& data);

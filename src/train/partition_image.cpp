@@ -8,13 +8,7 @@
 namespace dtrain::train {
 
 obs::CountMatrix partition_counts(const Datasets& data, const PartitionRequest& request) {
-  data::PartitionOptions p;
-  p.kind = request.kind;
-  p.workers = request.parts;
-  p.seed = request.seed;
-  p.classes_per_worker = request.classes_per_worker;
-  p.alpha = request.alpha;
-  p.quantity_sigma = request.quantity_sigma;
+  const data::PartitionOptions p = partition_options(request);
   const int64_t classes = data.train.num_classes();
   const auto parts = data::partition(data.train.labels(), classes, p);
   const auto histogram = data::label_histogram(parts, data.train.labels(), classes);
