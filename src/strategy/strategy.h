@@ -161,6 +161,18 @@ class Strategy {
   // What this process sent for the last update (CommStats above).
   virtual CommStats last_comm() const { return {}; }
 
+  // Figures beside the step statistics, for the chief's reports (the
+  // progress line, metrics.jsonl's step events, TensorBoard): (name, value)
+  // pairs measured since the last report, e.g. gossip's
+  // ("consensus_distance", mean_i |x_i - x_mean|^2). Called on the chief
+  // after a step, at each report; empty when there is nothing new.
+  virtual std::vector<std::pair<std::string, double>> report_metrics() { return {}; }
+  // Models the chief evaluates beside model() at each epoch's end, by name
+  // (gossip: ("worker0", the chief's own model) beside the average);
+  // reported as test_accuracy_<name> and test_loss_<name>. Pointers valid
+  // until the next call into the strategy.
+  virtual std::vector<std::pair<std::string, nn::Module*>> extra_eval_models() { return {}; }
+
   // The convergence guard's lever (train/convergence_guard.h): whether this
   // strategy reduces its communication (compression, local SGD) in a way
   // the guard may weaken, and weakening it: level 0 is the job's setting,
