@@ -6,7 +6,11 @@
 // generous deadlines, and "promptly" means "before that deadline".
 #include "comm/peer/peer_link.h"
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -23,6 +27,7 @@
 #include <tuple>
 #include <vector>
 
+#include "comm/peer/connect_peer_link.h"
 #include "comm/peer/inproc_peer_link.h"
 #include "comm/peer/zmq_peer_link.h"
 #include "comm/wire/framed_socket.h"
@@ -644,6 +649,109 @@ TEST(ZmqPeerLink, AMessageOverTheLimitIsAUsageError) {
   link.connect({link.endpoint(), "tcp://127.0.0.1:1"});
   EXPECT_THROW(link.post(1, 1, 1, std::vector<std::byte>(17), "test", generous()), UsageError);
   EXPECT_THROW(link.call(1, 1, std::vector<std::byte>(17), "test", generous()), UsageError);
+}
+
+// ---- connect_peer_link ---------------------------------------------------------
+
+LaunchInfo launch_of(int rank, int n) {
+  LaunchInfo launch;
+  launch.rank = rank;
+  launch.world_size = n;
+  launch.source = "test";
+  launch.settings.job_secret = kSecret;
+  return launch;
+}
+
+PeerLinkSettings quick_settings() {
+  PeerLinkSettings settings;
+  settings.timeout = kGenerous;
+  settings.heartbeat_interval = milliseconds(50);
+  settings.heartbeat_timeout = seconds(5);
+  return settings;
+}
+
+// A port that was free a moment ago (for a coordinator).
+int free_port() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  EXPECT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+TEST(ConnectPeerLink, WithARunFolderAReplacementBindsItsPredecessorsEndpoint) {
+  TempDir dir;
+  Logger logger(LogLevel::kOff, nullptr);
+  std::vector<std::unique_ptr<ZmqPeerLink>> links;
+  for (int r = 0; r < 3; ++r) {
+    LaunchInfo launch = launch_of(r, 3);
+    launch.settings.run_dir = dir.path().string();
+    links.push_back(connect_peer_link(kJob, launch, quick_settings(), logger));
+    EXPECT_EQ(links.back()->endpoint(), run_dir_peer_endpoint(dir.path().string(), r));
+  }
+  Events events0;
+  links[0]->set_listener(events0.listener());
+  links[0]->post(1, 1, 1, bytes({1}), "test", generous());
+  EXPECT_EQ(links[1]->receive(0, 1, 1, "test", generous()), bytes({1}));
+  links[1]->post(0, 1, 1, bytes({2}), "test", generous());
+  EXPECT_EQ(links[0]->receive(1, 1, 1, "test", generous()), bytes({2}));
+  links[1]->crash_for_test();
+  EXPECT_NE(events0.wait_for(1, PeerEvent::kLost), "");
+  links[1].reset();
+  LaunchInfo again = launch_of(1, 3);
+  again.settings.run_dir = dir.path().string();
+  again.settings.restart_count = 1;
+  links[1] = connect_peer_link(kJob, again, quick_settings(), logger);
+  EXPECT_NE(events0.wait_for(1, PeerEvent::kJoined), "");
+  links[0]->post(1, 1, 2, bytes({3}), "test", generous());
+  EXPECT_EQ(links[1]->receive(0, 1, 2, "test", generous()), bytes({3}));
+  links[1]->post(2, 1, 1, bytes({4}), "test", generous());
+  EXPECT_EQ(links[2]->receive(1, 1, 1, "test", generous()), bytes({4}));
+}
+
+TEST(ConnectPeerLink, WithoutARunFolderTheRanksMeetThroughTheCoordinator) {
+  Logger logger(LogLevel::kOff, nullptr);
+  const std::string coordinator = fmt::format("127.0.0.1:{}", free_port());
+  std::vector<std::unique_ptr<ZmqPeerLink>> links(3);
+  {
+    std::vector<std::jthread> ranks;
+    for (int r = 0; r < 3; ++r) {
+      ranks.emplace_back([&, r] {
+        LaunchInfo launch = launch_of(r, 3);
+        launch.coordinator = coordinator;
+        links[static_cast<size_t>(r)] = connect_peer_link(kJob, launch, quick_settings(), logger);
+      });
+    }
+  }
+  for (int r = 0; r < 3; ++r) ASSERT_NE(links[static_cast<size_t>(r)], nullptr) << "rank " << r;
+  for (int from = 0; from < 3; ++from) {
+    for (int to = 0; to < 3; ++to) {
+      if (from == to) continue;
+      links[static_cast<size_t>(from)]->post(to, 1, 1, bytes({from}), "test", generous());
+      EXPECT_EQ(links[static_cast<size_t>(to)]->receive(from, 1, 1, "test", generous()),
+                bytes({from}));
+    }
+  }
+}
+
+TEST(ConnectPeerLink, AReplacementWithoutARunFolderIsAConfigError) {
+  Logger logger(LogLevel::kOff, nullptr);
+  LaunchInfo launch = launch_of(1, 3);
+  launch.coordinator = "127.0.0.1:1";
+  launch.settings.restart_count = 2;
+  try {
+    connect_peer_link(kJob, launch, quick_settings(), logger);
+    FAIL() << "a replacement without a run folder connected";
+  } catch (const ConfigError& e) {
+    EXPECT_TRUE(contains(e.what(), "DTRAIN_RUN_DIR")) << e.what();
+  }
+  launch.settings.restart_count = 0;
+  launch.coordinator.clear();
+  EXPECT_THROW(connect_peer_link(kJob, launch, quick_settings(), logger), ConfigError);
 }
 
 }  // namespace
