@@ -33,6 +33,8 @@
 #include "comm/wire/framed_socket.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "multiprocess_job.h"
+#include "testing/process.h"
 
 namespace dtrain::comm {
 namespace {
@@ -818,6 +820,133 @@ TEST(ConnectPeerLink, AReplacementWithoutARunFolderIsAConfigError) {
   launch.settings.restart_count = 0;
   launch.coordinator.clear();
   EXPECT_THROW(connect_peer_link(kJob, launch, quick_settings(), logger), ConfigError);
+}
+
+// ---- real processes ------------------------------------------------------------
+// The test spawns its own binary once per rank (PeerLinkProcesses.DISABLED_Rank,
+// which reads its role from DTRAIN_TEST_* variables), connected through
+// connect_peer_link with the job's run folder. The last rank is the victim:
+// SIGKILLed (its sockets close) or SIGSTOPped (it goes silent) once it met
+// everyone; each survivor must then see PeerLostError naming it while
+// waiting for its next message, long before that wait's deadline, and go
+// on with the other survivors. In "replace", a new process for the victim's
+// rank (DTRAIN_RESTART_COUNT=1) binds its endpoint, and the survivors gossip
+// with it.
+
+constexpr auto kChildDeadline = seconds(90);
+
+void run_peer_processes(const std::string& scenario, int sig) {
+  constexpr int kWorld = 3;
+  test::ProcessJob job("PeerLinkProcesses.DISABLED_Rank", "peer-" + scenario, kWorld, kSecret);
+  job.spawn_all(scenario);
+  testing::ChildProcess& victim = job.children.back();
+  ASSERT_TRUE(victim.wait_for_line(test::kReady, Deadline::after(kChildDeadline)))
+      << "victim never got ready; output:\n"
+      << victim.output();
+  victim.signal(sig);
+  if (sig == SIGKILL) {
+    const auto status = victim.wait(Deadline::after(kChildDeadline));
+    ASSERT_TRUE(status.has_value());
+  }
+  std::optional<testing::ChildProcess> replacement;
+  if (scenario == "replace") {
+    replacement.emplace(
+        job.spawn(kWorld - 1, "replacement", kSecret, {{"DTRAIN_TEST_RESTART", "1"}}));
+  }
+  for (int r = 0; r + 1 < kWorld; ++r) {
+    test::expect_exit_ok(job.children[static_cast<size_t>(r)], fmt::format("survivor {}", r),
+                         kChildDeadline);
+  }
+  if (replacement) test::expect_exit_ok(*replacement, "replacement", kChildDeadline);
+}
+
+TEST(PeerLinkProcesses, AKilledPeerIsLostAndTheOthersGoOn) { run_peer_processes("kill", SIGKILL); }
+
+TEST(PeerLinkProcesses, AStoppedPeerIsLostByItsSilence) { run_peer_processes("stop", SIGSTOP); }
+
+TEST(PeerLinkProcesses, AReplacementBindsTheVictimsEndpointAndGossips) {
+  run_peer_processes("replace", SIGKILL);
+}
+
+// Posts to each of `peers` on (channel, step) and receives each one's post.
+void exchange(PeerLink& link, const std::vector<int>& peers, uint64_t step, int payload) {
+  constexpr uint32_t channel = 1;
+  for (const int p : peers) link.post(p, channel, step, bytes({payload}), "exchange", generous());
+  for (const int p : peers) {
+    EXPECT_EQ(
+        link.receive(p, channel, step, fmt::format("exchange step {}", step), generous()).size(),
+        1u);
+  }
+}
+
+TEST(PeerLinkProcesses, DISABLED_Rank) {
+  const int rank = std::stoi(test::env_or("DTRAIN_TEST_RANK", "-1"));
+  const int world = std::stoi(test::env_or("DTRAIN_TEST_WORLD", "0"));
+  const std::string scenario = test::env_or("DTRAIN_TEST_SCENARIO", "");
+  ASSERT_GE(rank, 0) << "run by the multi-process tests only";
+  std::printf("%s rank %d scenario %s\n", test::kStarted, rank, scenario.c_str());
+  std::fflush(stdout);
+  LaunchInfo launch = launch_of(rank, world);
+  launch.settings.job_secret = test::env_or("DTRAIN_TEST_SECRET", "");
+  launch.settings.run_dir = test::env_or("DTRAIN_TEST_IPC_DIR", "");
+  launch.settings.restart_count = std::stoi(test::env_or("DTRAIN_TEST_RESTART", "0"));
+  PeerLinkSettings settings;
+  settings.timeout = seconds(60);
+  settings.heartbeat_interval = milliseconds(100);
+  // Short only where the silence is under test (a loaded machine under
+  // sanitizers can starve an I/O thread for a while).
+  settings.heartbeat_timeout = scenario == "stop" ? milliseconds(1500) : seconds(20);
+  auto link = connect_peer_link(test::env_or("DTRAIN_TEST_JOB", ""), launch, settings,
+                                Logger::stderr_logger());
+  Events events;
+  link->set_listener(events.listener());
+  const int victim = world - 1;
+  std::vector<int> others;
+  std::vector<int> survivors;
+  for (int p = 0; p < world; ++p) {
+    if (p != rank) others.push_back(p);
+    if (p != rank && p != victim) survivors.push_back(p);
+  }
+  if (scenario == "replacement") {
+    exchange(*link, others, 2, rank);
+    return;  // the destructor says goodbye
+  }
+  exchange(*link, others, 0, rank);
+  // The victim waits for every survivor's acknowledgement: then each has
+  // its step 0 (a peer never heard from cannot be told from its replacement).
+  constexpr uint32_t kAck = 2;
+  if (rank == victim) {
+    for (const int p : others) link->receive(p, kAck, 0, "acknowledgement", generous());
+  } else {
+    link->post(victim, kAck, 0, {}, "acknowledgement", generous());
+  }
+  if (rank == victim) {
+    std::printf("%s\n", test::kReady);
+    std::fflush(stdout);
+    try {
+      link->receive(0, 99, 0, "waiting to be killed", Deadline::after(kChildDeadline));
+    } catch (const Error&) {
+    }
+    ADD_FAILURE() << "the victim was not killed";
+    return;
+  }
+  try {
+    link->receive(victim, 1, 1, "gossip step 1", Deadline::after(seconds(60)));
+    ADD_FAILURE() << "received a message the victim never sent";
+  } catch (const PeerLostError& e) {
+    EXPECT_EQ(e.peer(), victim) << e.what();
+    std::printf("survivor %d: %s\n", rank, e.what());
+  } catch (const TimeoutError& e) {
+    ADD_FAILURE() << "the victim's loss was waited out, not detected: " << e.what();
+  }
+  EXPECT_NE(events.wait_for(victim, PeerEvent::kLost), "");
+  if (scenario == "replace") {
+    EXPECT_NE(events.wait_for(victim, PeerEvent::kJoined, Deadline::after(seconds(60))), "");
+    exchange(*link, {victim}, 2, rank);
+  }
+  // The survivors go on among themselves.
+  exchange(*link, survivors, 3, rank);
+  std::fflush(stdout);
 }
 
 }  // namespace

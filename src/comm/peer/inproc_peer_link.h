@@ -108,6 +108,9 @@ class InProcPeerHub {
   // One rank: its current incarnation's state and its service thread.
   struct Slot {
     uint64_t incarnation = 1;
+    // +1 at every kill, leave and rejoin: a waiting receive notices that the
+    // process it waits on is gone even if a replacement came meanwhile.
+    uint64_t epoch = 0;
     Status status = Status::kAlive;
     bool taken = false;
     // Queued posts by (sender, channel), then by step.

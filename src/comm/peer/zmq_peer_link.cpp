@@ -265,10 +265,19 @@ std::vector<std::byte> ZmqPeerLink::receive(int peer, uint32_t channel, uint64_t
   check_usable(peer, what);
   const auto started = Clock::now();
   std::unique_lock lock(mutex_);
+  // The process this receive waits on: if it is lost, leaves or is replaced
+  // meanwhile (even lost and replaced between two wake-ups), it throws.
+  const uint64_t epoch = peers_[static_cast<size_t>(peer)].epoch;
   for (;;) {
     if (crashed_) throw CommError(options_.rank, what, "this link was abandoned (crash_for_test)");
     if (auto message = take_locked(peer, channel, step)) return std::move(*message);
     check_drained_locked(peer, channel, step, what);
+    if (peers_[static_cast<size_t>(peer)].epoch != epoch) {
+      throw PeerLostError(peer, what,
+                          fmt::format("rank {} was replaced by a new process while this waited "
+                                      "for channel {} step {}",
+                                      peer, channel, step));
+    }
     if (deadline.expired()) {
       throw TimeoutError(
           peer, what, since(started),
