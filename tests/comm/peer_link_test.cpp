@@ -365,8 +365,8 @@ TEST_P(PeerLinkConformance, DeadlinesThrowTimeoutErrorNamingPeerAndOperation) {
 }
 
 TEST_P(PeerLinkConformance, AKilledPeerIsLostOnlyForWhatInvolvesIt) {
-  auto world = make(3);
   Events events0;
+  auto world = make(3);
   world->link(0).set_listener(events0.listener());
   world->link(1).post(0, 1, 1, bytes({11}), "test", generous());
   world->link(1).post(0, 2, 1, {}, "marker", generous());
@@ -406,8 +406,8 @@ TEST_P(PeerLinkConformance, AWaitingReceiveWakesWhenThePeerDies) {
 }
 
 TEST_P(PeerLinkConformance, GoodbyeMakesThePeerLeft) {
-  auto world = make(2);
   Events events0;
+  auto world = make(2);
   world->link(0).set_listener(events0.listener());
   world->link(1).leave();
   world->link(1).leave();  // idempotent
@@ -419,8 +419,8 @@ TEST_P(PeerLinkConformance, GoodbyeMakesThePeerLeft) {
 }
 
 TEST_P(PeerLinkConformance, AReplacementJoinsAndMessagesFlowAgain) {
-  auto world = make(3);
   Events events0;
+  auto world = make(3);
   world->link(0).set_listener(events0.listener());
   meet(*world, 0, 1);
   world->kill(1);
@@ -569,8 +569,8 @@ TEST(ZmqPeerLink, APeerThatFallsSilentIsLostAfterTheHeartbeatTimeout) {
                                   fake_rank_options(1, auth), auth, logger);
   auto options = test_options(0, 2, "tcp://127.0.0.1:0");
   options.heartbeat_timeout = milliseconds(300);
-  ZmqPeerLink link(options, auth, logger);
   Events events;
+  ZmqPeerLink link(options, auth, logger);
   link.set_listener(events.listener());
   link.connect({link.endpoint(), fake_inbound.endpoint()});
   wire::FramedSocket fake_outbound(context, wire::FramedSocket::Role::kDealer, link.endpoint(),
@@ -639,8 +639,8 @@ TEST(ZmqPeerLink, AReplacementOfAPeerStillThoughtAliveIsLostThenJoined) {
                                   fake_rank_options(1, auth), auth, logger);
   auto options = test_options(0, 2, "tcp://127.0.0.1:0");
   options.heartbeat_timeout = seconds(60);
-  ZmqPeerLink link(options, auth, logger);
   Events events;
+  ZmqPeerLink link(options, auth, logger);
   link.set_listener(events.listener());
   link.connect({link.endpoint(), fake_inbound.endpoint()});
   auto say = [&](wire::FramedSocket& socket, wire::MessageType type, uint64_t incarnation,
@@ -754,6 +754,7 @@ int free_port() {
 TEST(ConnectPeerLink, WithARunFolderAReplacementBindsItsPredecessorsEndpoint) {
   TempDir dir;
   Logger logger(LogLevel::kOff, nullptr);
+  Events events0;
   std::vector<std::unique_ptr<ZmqPeerLink>> links;
   for (int r = 0; r < 3; ++r) {
     LaunchInfo launch = launch_of(r, 3);
@@ -761,7 +762,6 @@ TEST(ConnectPeerLink, WithARunFolderAReplacementBindsItsPredecessorsEndpoint) {
     links.push_back(connect_peer_link(kJob, launch, quick_settings(), logger));
     EXPECT_EQ(links.back()->endpoint(), run_dir_peer_endpoint(dir.path().string(), r));
   }
-  Events events0;
   links[0]->set_listener(events0.listener());
   links[0]->post(1, 1, 1, bytes({1}), "test", generous());
   EXPECT_EQ(links[1]->receive(0, 1, 1, "test", generous()), bytes({1}));
@@ -896,9 +896,9 @@ TEST(PeerLinkProcesses, DISABLED_Rank) {
   // Short only where the silence is under test (a loaded machine under
   // sanitizers can starve an I/O thread for a while).
   settings.heartbeat_timeout = scenario == "stop" ? milliseconds(1500) : seconds(20);
+  Events events;
   auto link = connect_peer_link(test::env_or("DTRAIN_TEST_JOB", ""), launch, settings,
                                 Logger::stderr_logger());
-  Events events;
   link->set_listener(events.listener());
   const int victim = world - 1;
   std::vector<int> others;

@@ -27,7 +27,15 @@ class InProcPeerLink final : public PeerLink {
       : hub_(hub), rank_(rank), incarnation_(incarnation) {}
   InProcPeerLink(const InProcPeerLink&) = delete;
   InProcPeerLink& operator=(const InProcPeerLink&) = delete;
-  ~InProcPeerLink() override { leave(); }
+  // Says goodbye, then waits until the rank's service thread is not inside
+  // this link's handler or listener (what they capture may die with it).
+  ~InProcPeerLink() override {
+    leave();
+    std::unique_lock lock(hub_.mutex_);
+    Slot& self = hub_.slot(rank_);
+    if (self.service.get_id() == std::this_thread::get_id()) return;
+    hub_.changed_.wait(lock, [&self] { return !self.busy; });
+  }
 
   int rank() const override { return rank_; }
   int size() const override { return hub_.size(); }
@@ -472,9 +480,12 @@ void InProcPeerHub::run_service(std::stop_token stop, int rank) {
     if (!s.task_ready.wait(lock, stop, [&s] { return !s.tasks.empty(); })) return;
     std::function<void()> task = std::move(s.tasks.front());
     s.tasks.pop_front();
+    s.busy = true;
     lock.unlock();
     task();
     lock.lock();
+    s.busy = false;
+    changed_.notify_all();
   }
 }
 

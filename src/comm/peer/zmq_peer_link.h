@@ -50,8 +50,9 @@
 // destructor says goodbye (leave()), lets the shaper deliver what it holds,
 // stops the I/O thread after it sent what was queued, and closes the sockets,
 // waiting at most `linger` for frames to leave. The Logger must outlive the
-// link. Thread safety: as in peer_link.h; connect() once, before any other
-// call. Errors: the constructor throws CommError naming the endpoint when it
+// link; so must what the handler and the listener capture (they may run
+// until the destructor has joined the I/O thread). Thread safety: as in peer_link.h; connect()
+// once, before any other call. Errors: the constructor throws CommError naming the endpoint when it
 // cannot bind; UsageError for inconsistent options.
 #pragma once
 
