@@ -93,8 +93,13 @@ ZmqPeerLink::ZmqPeerLink(ZmqPeerLinkOptions options, JobAuth auth, Logger& logge
   if (wake_fd_ < 0) {
     throw CommError(options_.rank, "peer link", fmt::format("eventfd: {}", std::strerror(errno)));
   }
-  if (options_.link) shaper_ = std::make_unique<LinkShaper>(*options_.link);
-  if (!options_.peer_endpoints.empty()) connect(options_.peer_endpoints);
+  try {
+    if (options_.link) shaper_ = std::make_unique<LinkShaper>(*options_.link);
+    if (!options_.peer_endpoints.empty()) connect(options_.peer_endpoints);
+  } catch (...) {
+    ::close(wake_fd_);  // no destructor runs for a constructor that throws
+    throw;
+  }
 }
 
 ZmqPeerLink::~ZmqPeerLink() {
@@ -437,6 +442,7 @@ void ZmqPeerLink::run_io(std::stop_token stop) {
     if (p == options_.rank) continue;
     Outgoing hello{p, MessageType::kPeerHello, 0, {}};
     send_now(hello);
+    bytes_sent_ += wire::kHeaderBytes;
   }
   auto next_heartbeat = Clock::now() + options_.heartbeat_interval;
   std::vector<zmq::pollitem_t> items;
