@@ -507,7 +507,35 @@ void ZmqPeerLink::run_io(std::stop_token stop) {
     std::lock_guard lock(mutex_);
     crashed = crashed_;
   }
-  if (!crashed) flush_outbox();
+  if (!crashed) {
+    flush_outbox();
+    await_reconnections();
+  }
+}
+
+void ZmqPeerLink::await_reconnections() {
+  const Deadline deadline = Deadline::after(options_.linger);
+  const int n = options_.world_size;
+  for (;;) {
+    std::vector<zmq::pollitem_t> items;
+    std::vector<int> item_peer;
+    {
+      std::lock_guard lock(mutex_);
+      for (int p = 0; p < n; ++p) {
+        const PeerState& peer = peers_[static_cast<size_t>(p)];
+        if (p != options_.rank && peer.link_down && peer.status == Status::kAlive) {
+          items.push_back(
+              zmq::pollitem_t{monitors_[static_cast<size_t>(p)].handle(), 0, ZMQ_POLLIN, 0});
+          item_peer.push_back(p);
+        }
+      }
+    }
+    if (items.empty() || deadline.expired()) return;
+    wire::poll_until(items, deadline);
+    for (size_t i = 0; i < items.size(); ++i) {
+      if (items[i].revents & ZMQ_POLLIN) read_monitor(item_peer[i]);
+    }
+  }
 }
 
 void ZmqPeerLink::send_now(Outgoing& frame) {
@@ -671,8 +699,10 @@ void ZmqPeerLink::read_monitor(int peer) {
     // the monitor started.
     if (*id == ZMQ_EVENT_CONNECTED) {
       state.disconnected_since.reset();
-    } else if (*id == ZMQ_EVENT_DISCONNECTED && !state.disconnected_since) {
-      state.disconnected_since = Clock::now();
+      state.link_down = false;
+    } else if (*id == ZMQ_EVENT_DISCONNECTED) {
+      state.link_down = true;
+      if (!state.disconnected_since) state.disconnected_since = Clock::now();
     }
   }
 }
