@@ -16,7 +16,6 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
-#include <filesystem>
 #include <functional>
 #include <future>
 #include <memory>
@@ -34,6 +33,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "multiprocess_job.h"
+#include "testing/fault_fs.h"
 #include "testing/process.h"
 
 namespace dtrain::comm {
@@ -111,24 +111,6 @@ ZmqPeerLinkOptions test_options(int rank, int n, const std::string& endpoint) {
   return options;
 }
 
-// A temporary folder for ipc sockets, removed with its contents.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "dtrain-peer-XXXXXX").string();
-    DTRAIN_CHECK(mkdtemp(pattern.data()) != nullptr, "mkdtemp {}", pattern);
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
-  const std::filesystem::path& path() const { return path_; }
-
- private:
-  std::filesystem::path path_;
-};
-
 // Ranks as threads of this process, each with its own ZeroMQ link, over ipc
 // in a temporary folder or over tcp loopback. A death is crash_for_test()
 // (sockets closed, no goodbye); a replacement binds its predecessor's
@@ -141,7 +123,7 @@ class ZmqWorld final : public World {
         links_(static_cast<size_t>(n)) {
     for (int r = 0; r < n; ++r) {
       const std::string bind =
-          ipc ? "ipc://" + (dir_.path() / fmt::format("peer-{}", r)).string() : "tcp://127.0.0.1:0";
+          ipc ? fmt::format("ipc://{}/peer-{}", dir_.path(), r) : std::string("tcp://127.0.0.1:0");
       links_[static_cast<size_t>(r)] =
           std::make_unique<ZmqPeerLink>(options(r, bind), JobAuth(kJob, kSecret), logger_);
       endpoints_.push_back(links_[static_cast<size_t>(r)]->endpoint());
@@ -170,7 +152,7 @@ class ZmqWorld final : public World {
   }
 
   Tweak tweak_;
-  TempDir dir_;
+  testing::TempDir dir_;
   Logger logger_{
       std::getenv("PEER_LOG") ? LogLevel::kDebug : LogLevel::kOff,
       [](LogLevel, std::string_view m) { fprintf(stderr, "%s\n", std::string(m).c_str()); }};
@@ -752,15 +734,15 @@ int free_port() {
 }
 
 TEST(ConnectPeerLink, WithARunFolderAReplacementBindsItsPredecessorsEndpoint) {
-  TempDir dir;
+  testing::TempDir dir;
   Logger logger(LogLevel::kOff, nullptr);
   Events events0;
   std::vector<std::unique_ptr<ZmqPeerLink>> links;
   for (int r = 0; r < 3; ++r) {
     LaunchInfo launch = launch_of(r, 3);
-    launch.settings.run_dir = dir.path().string();
+    launch.settings.run_dir = dir.path();
     links.push_back(connect_peer_link(kJob, launch, quick_settings(), logger));
-    EXPECT_EQ(links.back()->endpoint(), run_dir_peer_endpoint(dir.path().string(), r));
+    EXPECT_EQ(links.back()->endpoint(), run_dir_peer_endpoint(dir.path(), r));
   }
   links[0]->set_listener(events0.listener());
   links[0]->post(1, 1, 1, bytes({1}), "test", generous());
@@ -771,7 +753,7 @@ TEST(ConnectPeerLink, WithARunFolderAReplacementBindsItsPredecessorsEndpoint) {
   EXPECT_NE(events0.wait_for(1, PeerEvent::kLost), "");
   links[1].reset();
   LaunchInfo again = launch_of(1, 3);
-  again.settings.run_dir = dir.path().string();
+  again.settings.run_dir = dir.path();
   again.settings.restart_count = 1;
   links[1] = connect_peer_link(kJob, again, quick_settings(), logger);
   EXPECT_NE(events0.wait_for(1, PeerEvent::kJoined), "");
