@@ -6,6 +6,7 @@
 #include <cmath>
 #include <numbers>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/error.h"
@@ -489,6 +490,26 @@ TEST(GossipTopology, DescribeNamesTheShapeAndTheGap) {
   const std::string six = Topology(TopologyKind::kOnePeerExponential, 6).describe();
   EXPECT_EQ(six.find("exact"), std::string::npos) << six;
   EXPECT_NE(six.find("3 steps per period"), std::string::npos) << six;
+}
+
+// A Topology is immutable: threads reading one at once see the same rows.
+TEST(GossipTopology, ThreadsShareOneTopology) {
+  const Topology t(TopologyKind::kOnePeerExponential, 12);
+  std::vector<bool> alive(12, true);
+  alive[5] = false;
+  const std::vector<double> expected = t.matrix(0, alive);
+  const double gap = t.spectral_gap();
+  std::vector<int> agreed(4, 0);
+  {
+    std::vector<std::jthread> threads;
+    for (size_t k = 0; k < agreed.size(); ++k) {
+      threads.emplace_back([&, k] {
+        agreed[k] = t.matrix(0, alive) == expected && t.spectral_gap() == gap &&
+                    t.out_neighbours(4, 0, alive) == std::vector<int>{6};
+      });
+    }
+  }
+  EXPECT_EQ(agreed, std::vector<int>(4, 1));
 }
 
 TEST(GossipTopology, NamesRoundTrip) {
