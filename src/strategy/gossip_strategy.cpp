@@ -53,10 +53,9 @@ GossipMode parse_gossip_mode(std::string_view name) {
   throw UsageError(fmt::format("gossip mode '{}' is not one of: sync, async", name));
 }
 
-GossipStrategy::GossipStrategy(std::unique_ptr<comm::PeerLink> link,
-                               const ModelFactory& make_model,
-                               const OptimizerFactory& make_optimizer,
-                               const GossipOptions& options, LossFn loss, Logger& logger)
+GossipStrategy::GossipStrategy(std::unique_ptr<comm::PeerLink> link, const ModelFactory& make_model,
+                               const OptimizerFactory& make_optimizer, const GossipOptions& options,
+                               LossFn loss, Logger& logger)
     : options_(options),
       logger_(logger),
       rank_(link->rank()),
@@ -80,13 +79,29 @@ GossipStrategy::GossipStrategy(std::unique_ptr<comm::PeerLink> link,
     }
   }
   link_->set_handler([this](int from, uint32_t service, std::span<const std::byte> request) {
+    {
+      const std::lock_guard lock(peers_mutex_);
+      if (closing_) {
+        throw CommError(rank_, "gossip service", fmt::format("worker {} has finished", rank_));
+      }
+      ++serving_;
+    }
+    struct Served {
+      GossipStrategy* self;
+      ~Served() {
+        const std::lock_guard lock(self->peers_mutex_);
+        --self->serving_;
+        self->served_cv_.notify_all();
+      }
+    } served{this};
     return serve(from, service, request);
   });
   link_->set_listener([this](int peer, comm::PeerEvent event, const std::string& reason) {
     hear(peer, event, reason);
   });
   if (rank_ == 0) {
-    logger_.info("gossip ({}): {}", options_.mode == GossipMode::kSync ? "sync D-PSGD" : "async AD-PSGD",
+    logger_.info("gossip ({}): {}",
+                 options_.mode == GossipMode::kSync ? "sync D-PSGD" : "async AD-PSGD",
                  topology_.describe());
   }
   if (options_.replacement) join_running_job();
@@ -95,6 +110,11 @@ GossipStrategy::GossipStrategy(std::unique_ptr<comm::PeerLink> link,
 GossipStrategy::~GossipStrategy() {
   // The handler reads own_: stop it before the members go.
   link_->leave();
+  {
+    std::unique_lock lock(peers_mutex_);
+    closing_ = true;
+    served_cv_.wait(lock, [&] { return serving_ == 0; });
+  }
   link_.reset();
 }
 
@@ -134,9 +154,8 @@ std::vector<std::byte> GossipStrategy::serve(int from, uint32_t service,
       return {};
     }
     default:
-      throw DataError(
-          fmt::format("gossip worker {}: unknown service {} called by worker {}", rank_, service,
-                      from));
+      throw DataError(fmt::format("gossip worker {}: unknown service {} called by worker {}", rank_,
+                                  service, from));
   }
 }
 
@@ -147,9 +166,10 @@ void GossipStrategy::hear(int peer, comm::PeerEvent event, const std::string& re
     // A new incarnation: whatever we knew of the old one no longer holds.
     ++p.generation;
     p.state = PeerState::kPending;
-    logger_.info("gossip worker {}: worker {} joined again; it is mixed in from the first step "
-                 "its model arrives",
-                 rank_, peer);
+    logger_.info(
+        "gossip worker {}: worker {} joined again; it is mixed in from the first step "
+        "its model arrives",
+        rank_, peer);
   } else if (peer == 0) {
     // The chief is gone: nobody will say kDone.
     done_ = true;
@@ -166,7 +186,8 @@ void GossipStrategy::join_running_job() {
   std::string failures;
   for (int p : order) {
     if (p == rank_ || !link_->alive(p)) continue;
-    const std::string what = fmt::format("gossip worker {} joining: fetch worker {}'s model", rank_, p);
+    const std::string what =
+        fmt::format("gossip worker {} joining: fetch worker {}'s model", rank_, p);
     std::vector<std::byte> reply;
     try {
       const uint64_t none = 0;
@@ -177,13 +198,12 @@ void GossipStrategy::join_running_job() {
       continue;
     }
     if (reply.size() < kStepBytes) {
-      throw DataError(fmt::format("{}: reply of {} bytes, expected at least {}", what,
-                                  reply.size(), kStepBytes));
+      throw DataError(fmt::format("{}: reply of {} bytes, expected at least {}", what, reply.size(),
+                                  kStepBytes));
     }
     uint64_t step = 0;
     std::memcpy(&step, reply.data(), kStepBytes);
-    const std::vector<float> flat =
-        to_floats({reply.begin() + kStepBytes, reply.end()}, p, what);
+    const std::vector<float> flat = to_floats({reply.begin() + kStepBytes, reply.end()}, p, what);
     {
       const std::lock_guard lock(model_mutex_);
       unpack_own(flat);
@@ -254,9 +274,12 @@ void GossipStrategy::gossip_sync(int64_t t) {
     const std::lock_guard lock(model_mutex_);
     mine = pack_own();
   }
-  for (int j : topology_.out_neighbours(rank_, t)) {
+  // Who this step mixes with: the topology's neighbours among the workers
+  // not known dead (one-peer-exponential skips the dead to the next alive).
+  const std::vector<bool> known = known_alive();
+  const std::vector<int> ins = topology_.in_neighbours(rank_, t, known);
+  for (int j : topology_.out_neighbours(rank_, t, known)) {
     const Peer p = peer(j);
-    if (p.state == PeerState::kDead) continue;
     try {
       link_->post(j, kModelChannel, static_cast<uint64_t>(t), as_bytes(mine), what,
                   Deadline::after(options_.timeout));
@@ -265,17 +288,17 @@ void GossipStrategy::gossip_sync(int64_t t) {
     }
   }
   // In-neighbours whose message of step t arrived, and their models.
-  std::vector<bool> mixed(static_cast<size_t>(world_), true);
+  std::vector<bool> mixed = known;
   std::vector<std::pair<int, std::vector<float>>> models;
-  for (int j : topology_.in_neighbours(rank_, t)) {
+  for (int j : ins) {
     const Peer p = peer(j);
     mixed[static_cast<size_t>(j)] = false;
-    if (p.state == PeerState::kDead) continue;
     const bool pending = p.state == PeerState::kPending;
-    const Deadline deadline =
-        Deadline::after(pending ? std::min(options_.rejoin_wait, options_.timeout) : options_.timeout);
+    const Deadline deadline = Deadline::after(
+        pending ? std::min(options_.rejoin_wait, options_.timeout) : options_.timeout);
     try {
-      std::vector<std::byte> bytes = link_->receive(j, kModelChannel, static_cast<uint64_t>(t), what, deadline);
+      std::vector<std::byte> bytes =
+          link_->receive(j, kModelChannel, static_cast<uint64_t>(t), what, deadline);
       models.emplace_back(j, to_floats(bytes, j, what));
       mixed[static_cast<size_t>(j)] = true;
     } catch (const comm::PeerLostError& e) {
@@ -284,13 +307,24 @@ void GossipStrategy::gossip_sync(int64_t t) {
       if (!pending) drop(j, e.what(), p.generation, /*lost=*/false);
     }
   }
-  const gossip::MixingRow row = topology_.row(rank_, t, mixed);
+  gossip::MixingRow row = topology_.row(rank_, t, mixed);
+  const auto arrived = [&](int j) {
+    return std::any_of(models.begin(), models.end(), [j](const auto& m) { return m.first == j; });
+  };
+  if (!std::all_of(row.neighbours.begin(), row.neighbours.end(),
+                   [&](const auto& n) { return arrived(n.first); })) {
+    // One-peer-exponential whose one peer failed this step: the row would
+    // skip to a worker that sent us nothing; keep our model this step.
+    row = gossip::MixingRow{};
+  }
   std::vector<double> sum(mine.size());
   for (size_t k = 0; k < mine.size(); ++k) sum[k] = row.self * static_cast<double>(mine[k]);
   for (const auto& [j, w] : row.neighbours) {
-    const auto it = std::find_if(models.begin(), models.end(),
-                                 [j = j](const auto& m) { return m.first == j; });
-    DTRAIN_CHECK(it != models.end(), "gossip row of worker {} step {} names worker {} whose model did not arrive", rank_, t, j);
+    const auto it =
+        std::find_if(models.begin(), models.end(), [j = j](const auto& m) { return m.first == j; });
+    DTRAIN_CHECK(it != models.end(),
+                 "gossip row of worker {} step {} names worker {} whose model did not arrive",
+                 rank_, t, j);
     const std::vector<float>& x = it->second;
     for (size_t k = 0; k < sum.size(); ++k) sum[k] += w * static_cast<double>(x[k]);
   }
@@ -303,7 +337,7 @@ void GossipStrategy::gossip_sync(int64_t t) {
   std::vector<int> dropped;
   {
     const std::lock_guard lock(peers_mutex_);
-    for (int j : topology_.in_neighbours(rank_, t)) {
+    for (int j : ins) {
       Peer& p = peers_[static_cast<size_t>(j)];
       if (mixed[static_cast<size_t>(j)]) {
         if (p.state != PeerState::kActive || !p.mixing) {
@@ -318,9 +352,10 @@ void GossipStrategy::gossip_sync(int64_t t) {
     }
   }
   for (int j : dropped) {
-    logger_.warn("gossip worker {}: worker {} dropped from the mixing at step {} ({}); weights "
-                 "renormalised: {}",
-                 rank_, j, t, drop_reason(j), describe_row(row));
+    logger_.warn(
+        "gossip worker {}: worker {} dropped from the mixing at step {} ({}); weights "
+        "renormalised: {}",
+        rank_, j, t, drop_reason(j), describe_row(row));
   }
   last_row_ = row;
 }
@@ -329,15 +364,12 @@ void GossipStrategy::gossip_async(int64_t t) {
   // The partner: one in-neighbour of step t not known dead.
   int partner = -1;
   uint64_t generation = 0;
+  const std::vector<bool> known = known_alive();
   if (topology_.kind() == gossip::TopologyKind::kOnePeerExponential) {
-    const int j = topology_.out_neighbours(rank_, t).front();
-    const Peer p = peer(j);
-    if (p.state != PeerState::kDead) partner = j, generation = p.generation;
+    const std::vector<int> out = topology_.out_neighbours(rank_, t, known);
+    if (!out.empty()) partner = out.front(), generation = peer(partner).generation;
   } else {
-    std::vector<int> candidates;
-    for (int j : topology_.in_neighbours(rank_, t)) {
-      if (peer(j).state != PeerState::kDead) candidates.push_back(j);
-    }
+    const std::vector<int> candidates = topology_.in_neighbours(rank_, t, known);
     if (!candidates.empty()) {
       Rng rng(mix_seed(options_.seed, rank_, t));
       partner = candidates[rng.below(candidates.size())];
@@ -413,8 +445,9 @@ void GossipStrategy::gather(bool wait_for_step) {
         // Behind by a step or two (sync mode): it will get there, since
         // its neighbours' messages of those steps are posted.
         if (deadline.remaining() <= pause) {
-          throw TimeoutError(p, what, options_.timeout,
-                             fmt::format("worker {} to finish step {} (it is at {})", p, wanted, step));
+          throw TimeoutError(
+              p, what, options_.timeout,
+              fmt::format("worker {} to finish step {} (it is at {})", p, wanted, step));
         }
         std::this_thread::sleep_for(pause);
         pause = std::min(pause * 2, std::chrono::milliseconds(20));
@@ -492,9 +525,10 @@ void GossipStrategy::finish() {
   } else {
     std::unique_lock lock(peers_mutex_);
     if (!done_cv_.wait_for(lock, options_.timeout, [&] { return done_; })) {
-      logger_.warn("gossip worker {}: the chief did not say it has the final model within {} ms; "
-                   "leaving",
-                   rank_, options_.timeout.count());
+      logger_.warn(
+          "gossip worker {}: the chief did not say it has the final model within {} ms; "
+          "leaving",
+          rank_, options_.timeout.count());
     }
   }
   link_->leave();
@@ -524,12 +558,21 @@ void GossipStrategy::unpack_own(std::span<const float> flat) {
 std::vector<float> GossipStrategy::to_floats(const std::vector<std::byte>& bytes, int peer,
                                              const std::string& what) const {
   if (bytes.size() != flat_size_ * sizeof(float)) {
-    throw DataError(fmt::format("{}: worker {} sent {} bytes of parameters, expected {} ({} floats)",
-                                what, peer, bytes.size(), flat_size_ * sizeof(float), flat_size_));
+    throw DataError(
+        fmt::format("{}: worker {} sent {} bytes of parameters, expected {} ({} floats)", what,
+                    peer, bytes.size(), flat_size_ * sizeof(float), flat_size_));
   }
   std::vector<float> flat(flat_size_);
   if (!bytes.empty()) std::memcpy(flat.data(), bytes.data(), bytes.size());
   return flat;
+}
+
+std::vector<bool> GossipStrategy::known_alive() const {
+  const std::lock_guard lock(peers_mutex_);
+  std::vector<bool> alive(peers_.size());
+  for (size_t p = 0; p < peers_.size(); ++p) alive[p] = peers_[p].state != PeerState::kDead;
+  alive[static_cast<size_t>(rank_)] = true;
+  return alive;
 }
 
 GossipStrategy::Peer GossipStrategy::peer(int p) const {
@@ -546,9 +589,10 @@ void GossipStrategy::drop(int p, const std::string& reason, uint64_t generation,
   peer.reason = reason;
   if (options_.mode == GossipMode::kAsync && peer.mixing) {
     peer.mixing = false;
-    logger_.warn("gossip worker {}: worker {} dropped from the averaging ({}); partners are now "
-                 "picked among the others",
-                 rank_, p, reason);
+    logger_.warn(
+        "gossip worker {}: worker {} dropped from the averaging ({}); partners are now "
+        "picked among the others",
+        rank_, p, reason);
   }
 }
 

@@ -210,6 +210,8 @@ class GossipStrategy : public Strategy {
                                const std::string& what) const;
 
   Peer peer(int p) const;
+  // Every worker not known dead (this one included).
+  std::vector<bool> known_alive() const;
   void set_state(int p, PeerState state, uint64_t generation);
   void drop(int p, const std::string& reason, uint64_t generation, bool lost);
   std::string drop_reason(int p) const;
@@ -245,6 +247,11 @@ class GossipStrategy : public Strategy {
   std::condition_variable done_cv_;
   std::vector<Peer> peers_;
   bool done_ = false;  // the chief said kDone, left or died
+  // Handlers running now; the destructor waits for none (the link may still
+  // run one that started before leave()).
+  int serving_ = 0;
+  bool closing_ = false;
+  std::condition_variable served_cv_;
 
   // Declared last: destroyed first, while the models its handler reads live.
   std::unique_ptr<comm::PeerLink> link_;
