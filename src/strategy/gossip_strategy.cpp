@@ -528,6 +528,10 @@ void GossipStrategy::finish() {
         link_->call(p, kDone, {}, fmt::format("gossip chief: tell worker {} it is done", p),
                     Deadline::after(options_.timeout));
         told.push_back(p);
+      } catch (const comm::PeerLostError&) {
+        // It left (or died) before its reply came back: its handler ran (a
+        // worker leaves only after kDone, the chief's end, or its timeout),
+        // or it is gone; either way there is no one left to tell.
       } catch (const CommError& e) {
         logger_.warn("gossip chief: worker {} did not hear it is done: {}", p, e.what());
       }
@@ -542,6 +546,12 @@ void GossipStrategy::finish() {
         std::unique_lock lock(peers_mutex_);
         left_cv_.wait_for(lock, std::chrono::milliseconds(20));
       }
+    }
+    // A worker's process ends a little after its goodbye (its link lingers,
+    // at most about a second, delivering its last frames to us): give it
+    // that, so the launcher does not take it for one left behind.
+    if (!told.empty() && options_.exit_grace.count() > 0) {
+      std::this_thread::sleep_for(std::min(options_.exit_grace, deadline.remaining()));
     }
   } else {
     std::unique_lock lock(peers_mutex_);

@@ -76,8 +76,10 @@
 // finish(): a non-chief worker waits, at most the timeout, until the chief
 // has called kDone (after its final fetch_model()) or left or died, still
 // answering calls; then it leaves. The chief calls kDone on every worker not
-// known dead, waits (at most the timeout) until they have left, and leaves
-// last: the launcher ends the job when the chief's process ends.
+// known dead, waits (at most the timeout) until they have left, then
+// `exit_grace` more for their processes to end (their links linger delivering
+// their last frames), and leaves last: the launcher ends the job when the
+// chief's process ends and signals whoever still runs.
 //
 // Statistics: step_totals() is this worker's sums times the world size (no
 // exchange of statistics: the loss and accuracy of this worker's rows, a
@@ -129,6 +131,9 @@ struct GossipOptions {
   std::chrono::milliseconds timeout{60000};
   // Sync: how long a step waits for a pending peer's message (see above).
   std::chrono::milliseconds rejoin_wait{50};
+  // How long the chief stays after its workers' goodbyes (finish(); tests
+  // with threads as workers need none).
+  std::chrono::milliseconds exit_grace{1000};
   // Seeds the choice of AD-PSGD partners.
   uint64_t seed = 1;
   // This process replaces a failed worker: copy a neighbour's model.
