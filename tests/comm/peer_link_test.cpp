@@ -6,7 +6,11 @@
 // generous deadlines, and "promptly" means "before that deadline".
 #include "comm/peer/peer_link.h"
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -23,6 +27,7 @@
 #include <tuple>
 #include <vector>
 
+#include "comm/peer/connect_peer_link.h"
 #include "comm/peer/inproc_peer_link.h"
 #include "comm/peer/zmq_peer_link.h"
 #include "comm/wire/framed_socket.h"
@@ -128,12 +133,15 @@ class TempDir {
 // endpoint with a new incarnation.
 class ZmqWorld final : public World {
  public:
-  ZmqWorld(int n, bool ipc) : links_(static_cast<size_t>(n)) {
+  using Tweak = std::function<void(ZmqPeerLinkOptions&)>;
+  ZmqWorld(int n, bool ipc, Tweak tweak = {})
+      : tweak_(tweak ? std::move(tweak) : [](ZmqPeerLinkOptions&) {}),
+        links_(static_cast<size_t>(n)) {
     for (int r = 0; r < n; ++r) {
       const std::string bind =
           ipc ? "ipc://" + (dir_.path() / fmt::format("peer-{}", r)).string() : "tcp://127.0.0.1:0";
       links_[static_cast<size_t>(r)] =
-          std::make_unique<ZmqPeerLink>(test_options(r, n, bind), JobAuth(kJob, kSecret), logger_);
+          std::make_unique<ZmqPeerLink>(options(r, bind), JobAuth(kJob, kSecret), logger_);
       endpoints_.push_back(links_[static_cast<size_t>(r)]->endpoint());
     }
     for (auto& link : links_) link->connect(endpoints_);
@@ -145,15 +153,21 @@ class ZmqWorld final : public World {
   void rejoin(int rank) override {
     auto& slot = links_.at(static_cast<size_t>(rank));
     slot.reset();
-    slot = std::make_unique<ZmqPeerLink>(
-        test_options(rank, size(), endpoints_[static_cast<size_t>(rank)]), JobAuth(kJob, kSecret),
-        logger_);
+    slot = std::make_unique<ZmqPeerLink>(options(rank, endpoints_[static_cast<size_t>(rank)]),
+                                         JobAuth(kJob, kSecret), logger_);
     slot->connect(endpoints_);
   }
   int size() const { return static_cast<int>(links_.size()); }
   const std::vector<std::string>& endpoints() const { return endpoints_; }
 
  private:
+  ZmqPeerLinkOptions options(int rank, const std::string& bind) {
+    ZmqPeerLinkOptions o = test_options(rank, size(), bind);
+    tweak_(o);
+    return o;
+  }
+
+  Tweak tweak_;
   TempDir dir_;
   Logger logger_{
       std::getenv("PEER_LOG") ? LogLevel::kDebug : LogLevel::kOff,
@@ -538,7 +552,8 @@ wire::FramedSocketOptions fake_rank_options(uint32_t rank, const JobAuth& auth) 
   options.limits.world_size = 2;
   options.limits.receiver = wire::kAnyReceiver;
   options.accepted = {wire::MessageType::kHeartbeat, wire::MessageType::kPeerHello,
-                      wire::MessageType::kPeerData, wire::MessageType::kGoodbye};
+                      wire::MessageType::kPeerData, wire::MessageType::kGoodbye,
+                      wire::MessageType::kPeerCall};
   return options;
 }
 
@@ -611,6 +626,62 @@ TEST(ZmqPeerLink, FramesFromOutsideTheJobAreDroppedAndCounted) {
   EXPECT_EQ(rank0.receive(1, 0, 5, "test", generous()), bytes({1}));
 }
 
+TEST(ZmqPeerLink, AReplacementOfAPeerStillThoughtAliveIsLostThenJoined) {
+  // Rank 1 is a bare socket pair: incarnation 77 says hello and takes a call
+  // without answering; then incarnation 78 says hello. Nothing else could
+  // have found 77 dead (its connection stays open, the timeouts are long).
+  Logger logger(LogLevel::kOff, nullptr);
+  const JobAuth auth(kJob, kSecret);
+  zmq::context_t context(1);
+  wire::FramedSocket fake_inbound(context, wire::FramedSocket::Role::kRouter, "tcp://127.0.0.1:0",
+                                  fake_rank_options(1, auth), auth, logger);
+  auto options = test_options(0, 2, "tcp://127.0.0.1:0");
+  options.heartbeat_timeout = seconds(60);
+  ZmqPeerLink link(options, auth, logger);
+  Events events;
+  link.set_listener(events.listener());
+  link.connect({link.endpoint(), fake_inbound.endpoint()});
+  auto say = [&](wire::FramedSocket& socket, wire::MessageType type, uint64_t incarnation,
+                 uint64_t tag, std::vector<std::byte> payload) {
+    wire::FrameHeader header;
+    header.type = type;
+    header.receiver = 0;
+    header.sequence = incarnation;
+    header.tag = tag;
+    ASSERT_TRUE(socket.send({}, header, std::move(payload)));
+  };
+  wire::FramedSocket old_process(context, wire::FramedSocket::Role::kDealer, link.endpoint(),
+                                 fake_rank_options(1, auth), auth, logger);
+  say(old_process, wire::MessageType::kPeerHello, 77, 0, {});
+  say(old_process, wire::MessageType::kPeerData, 77, 3, bytes({9, 0, 0, 0, 42}));
+  EXPECT_EQ(link.receive(1, 9, 3, "test", generous()), bytes({42}));
+  auto waiting = std::async(std::launch::async,
+                            [&] { return link.call(1, 5, bytes({1}), "model copy", generous()); });
+  // The call reached the old process, which will never answer it.
+  for (;;) {
+    std::optional<wire::Frame> frame = fake_inbound.receive(generous());
+    ASSERT_TRUE(frame.has_value()) << "the call never reached rank 1";
+    if (frame->header.type == wire::MessageType::kPeerCall) break;
+  }
+  say(old_process, wire::MessageType::kPeerData, 77, 4, bytes({9, 0, 0, 0, 43}));
+  wire::FramedSocket new_process(context, wire::FramedSocket::Role::kDealer, link.endpoint(),
+                                 fake_rank_options(1, auth), auth, logger);
+  say(new_process, wire::MessageType::kPeerHello, 78, 0, {});
+  const std::string lost = events.wait_for(1, PeerEvent::kLost);
+  EXPECT_TRUE(contains(lost, "replaced")) << lost;
+  EXPECT_NE(events.wait_for(1, PeerEvent::kJoined), "");
+  EXPECT_THROW(waiting.get(), PeerLostError);
+  // What the old process sent is gone with it, and what it sends now too.
+  const uint64_t dropped = link.dropped_frames();
+  say(old_process, wire::MessageType::kPeerData, 77, 5, bytes({9, 0, 0, 0, 44}));
+  EXPECT_TRUE(eventually([&] { return link.dropped_frames() > dropped; }));
+  EXPECT_EQ(link.try_receive(1, 9, 4), std::nullopt);
+  EXPECT_EQ(link.try_receive(1, 9, 5), std::nullopt);
+  say(new_process, wire::MessageType::kPeerData, 78, 6, bytes({9, 0, 0, 0, 45}));
+  EXPECT_EQ(link.receive(1, 9, 6, "test", generous()), bytes({45}));
+  EXPECT_TRUE(link.alive(1));
+}
+
 TEST(ZmqPeerLink, AShapedLinkStillDeliversEverything) {
   Logger logger(LogLevel::kOff, nullptr);
   std::vector<std::unique_ptr<ZmqPeerLink>> links;
@@ -644,6 +715,109 @@ TEST(ZmqPeerLink, AMessageOverTheLimitIsAUsageError) {
   link.connect({link.endpoint(), "tcp://127.0.0.1:1"});
   EXPECT_THROW(link.post(1, 1, 1, std::vector<std::byte>(17), "test", generous()), UsageError);
   EXPECT_THROW(link.call(1, 1, std::vector<std::byte>(17), "test", generous()), UsageError);
+}
+
+// ---- connect_peer_link ---------------------------------------------------------
+
+LaunchInfo launch_of(int rank, int n) {
+  LaunchInfo launch;
+  launch.rank = rank;
+  launch.world_size = n;
+  launch.source = "test";
+  launch.settings.job_secret = kSecret;
+  return launch;
+}
+
+PeerLinkSettings quick_settings() {
+  PeerLinkSettings settings;
+  settings.timeout = kGenerous;
+  settings.heartbeat_interval = milliseconds(50);
+  settings.heartbeat_timeout = seconds(5);
+  return settings;
+}
+
+// A port that was free a moment ago (for a coordinator).
+int free_port() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  EXPECT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+TEST(ConnectPeerLink, WithARunFolderAReplacementBindsItsPredecessorsEndpoint) {
+  TempDir dir;
+  Logger logger(LogLevel::kOff, nullptr);
+  std::vector<std::unique_ptr<ZmqPeerLink>> links;
+  for (int r = 0; r < 3; ++r) {
+    LaunchInfo launch = launch_of(r, 3);
+    launch.settings.run_dir = dir.path().string();
+    links.push_back(connect_peer_link(kJob, launch, quick_settings(), logger));
+    EXPECT_EQ(links.back()->endpoint(), run_dir_peer_endpoint(dir.path().string(), r));
+  }
+  Events events0;
+  links[0]->set_listener(events0.listener());
+  links[0]->post(1, 1, 1, bytes({1}), "test", generous());
+  EXPECT_EQ(links[1]->receive(0, 1, 1, "test", generous()), bytes({1}));
+  links[1]->post(0, 1, 1, bytes({2}), "test", generous());
+  EXPECT_EQ(links[0]->receive(1, 1, 1, "test", generous()), bytes({2}));
+  links[1]->crash_for_test();
+  EXPECT_NE(events0.wait_for(1, PeerEvent::kLost), "");
+  links[1].reset();
+  LaunchInfo again = launch_of(1, 3);
+  again.settings.run_dir = dir.path().string();
+  again.settings.restart_count = 1;
+  links[1] = connect_peer_link(kJob, again, quick_settings(), logger);
+  EXPECT_NE(events0.wait_for(1, PeerEvent::kJoined), "");
+  links[0]->post(1, 1, 2, bytes({3}), "test", generous());
+  EXPECT_EQ(links[1]->receive(0, 1, 2, "test", generous()), bytes({3}));
+  links[1]->post(2, 1, 1, bytes({4}), "test", generous());
+  EXPECT_EQ(links[2]->receive(1, 1, 1, "test", generous()), bytes({4}));
+}
+
+TEST(ConnectPeerLink, WithoutARunFolderTheRanksMeetThroughTheCoordinator) {
+  Logger logger(LogLevel::kOff, nullptr);
+  const std::string coordinator = fmt::format("127.0.0.1:{}", free_port());
+  std::vector<std::unique_ptr<ZmqPeerLink>> links(3);
+  {
+    std::vector<std::jthread> ranks;
+    for (int r = 0; r < 3; ++r) {
+      ranks.emplace_back([&, r] {
+        LaunchInfo launch = launch_of(r, 3);
+        launch.coordinator = coordinator;
+        links[static_cast<size_t>(r)] = connect_peer_link(kJob, launch, quick_settings(), logger);
+      });
+    }
+  }
+  for (int r = 0; r < 3; ++r) ASSERT_NE(links[static_cast<size_t>(r)], nullptr) << "rank " << r;
+  for (int from = 0; from < 3; ++from) {
+    for (int to = 0; to < 3; ++to) {
+      if (from == to) continue;
+      links[static_cast<size_t>(from)]->post(to, 1, 1, bytes({from}), "test", generous());
+      EXPECT_EQ(links[static_cast<size_t>(to)]->receive(from, 1, 1, "test", generous()),
+                bytes({from}));
+    }
+  }
+}
+
+TEST(ConnectPeerLink, AReplacementWithoutARunFolderIsAConfigError) {
+  Logger logger(LogLevel::kOff, nullptr);
+  LaunchInfo launch = launch_of(1, 3);
+  launch.coordinator = "127.0.0.1:1";
+  launch.settings.restart_count = 2;
+  try {
+    connect_peer_link(kJob, launch, quick_settings(), logger);
+    FAIL() << "a replacement without a run folder connected";
+  } catch (const ConfigError& e) {
+    EXPECT_TRUE(contains(e.what(), "DTRAIN_RUN_DIR")) << e.what();
+  }
+  launch.settings.restart_count = 0;
+  launch.coordinator.clear();
+  EXPECT_THROW(connect_peer_link(kJob, launch, quick_settings(), logger), ConfigError);
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <exception>
 #include <random>
 
+#include "core/byte_codec.h"
 #include "core/error.h"
 
 namespace dtrain::comm {
@@ -34,21 +35,20 @@ uint64_t random_incarnation() {
   return id;
 }
 
-void put_u32(std::vector<std::byte>& out, size_t at, uint32_t value) {
-  for (size_t i = 0; i < 4; ++i) out[at + i] = static_cast<std::byte>((value >> (8 * i)) & 0xFF);
+// A u32 (channel, service) then `body`, as the byte codec writes it.
+std::vector<std::byte> after_u32(uint32_t value, std::span<const std::byte> body) {
+  ByteWriter writer(sizeof value + body.size());
+  writer.write_u32(value);
+  writer.write_bytes(body);
+  return writer.take();
 }
 
-uint32_t get_u32(std::span<const std::byte> in) {
-  uint32_t value = 0;
-  for (size_t i = 0; i < 4; ++i) value |= std::to_integer<uint32_t>(in[i]) << (8 * i);
-  return value;
-}
-
-// `prefix` bytes (filled by the caller) then `body`.
-std::vector<std::byte> with_prefix(size_t prefix, std::span<const std::byte> body) {
-  std::vector<std::byte> out(prefix + body.size());
-  if (!body.empty()) std::memcpy(out.data() + prefix, body.data(), body.size());
-  return out;
+// A reply's status byte then `body`.
+std::vector<std::byte> after_status(uint8_t status, std::span<const std::byte> body) {
+  ByteWriter writer(kStatusBytes + body.size());
+  writer.write_u8(status);
+  writer.write_bytes(body);
+  return writer.take();
 }
 
 Deadline::Clock::time_point wait_slice(Deadline deadline) {
@@ -257,9 +257,7 @@ void ZmqPeerLink::post(int peer, uint32_t channel, uint64_t step,
     std::lock_guard lock(mutex_);
     check_alive_locked(peer, what);
   }
-  Outgoing frame{peer, MessageType::kPeerData, step, with_prefix(kChannelBytes, payload)};
-  put_u32(frame.payload, 0, channel);
-  enqueue(std::move(frame), true);
+  enqueue(Outgoing{peer, MessageType::kPeerData, step, after_u32(channel, payload)}, true);
 }
 
 std::vector<std::byte> ZmqPeerLink::receive(int peer, uint32_t channel, uint64_t step,
@@ -306,9 +304,7 @@ std::vector<std::byte> ZmqPeerLink::call(int peer, uint32_t service,
     id = next_call_id_++;
     calls_.emplace(id, PendingCall{peer, peers_[static_cast<size_t>(peer)].epoch, false, {}, {}});
   }
-  Outgoing frame{peer, MessageType::kPeerCall, id, with_prefix(kServiceBytes, request)};
-  put_u32(frame.payload, 0, service);
-  enqueue(std::move(frame), true);
+  enqueue(Outgoing{peer, MessageType::kPeerCall, id, after_u32(service, request)}, true);
   std::unique_lock lock(mutex_);
   for (;;) {
     auto pending = calls_.find(id);
@@ -574,7 +570,7 @@ void ZmqPeerLink::handle_frame(wire::Frame& frame, std::vector<Event>& events) {
         router_->drop(fmt::format("peer data from rank {} shorter than its channel", from));
         return;
       }
-      const uint32_t channel = get_u32(payload);
+      const uint32_t channel = ByteReader(payload, "peer data").read_u32("channel");
       peer.inbox[channel].emplace(
           frame.header.tag, std::vector<std::byte>(payload.begin() + kChannelBytes, payload.end()));
       changed_.notify_all();
@@ -582,7 +578,11 @@ void ZmqPeerLink::handle_frame(wire::Frame& frame, std::vector<Event>& events) {
     }
     case MessageType::kPeerReply: {
       auto pending = calls_.find(frame.header.tag);
-      if (pending == calls_.end() || pending->second.peer != from) return;  // the caller gave up
+      // The caller gave up, or called the process this one replaced.
+      if (pending == calls_.end() || pending->second.peer != from ||
+          pending->second.epoch != peer.epoch) {
+        return;
+      }
       if (payload.size() < kStatusBytes) {
         router_->drop(fmt::format("peer reply from rank {} without a status", from));
         return;
@@ -625,7 +625,8 @@ void ZmqPeerLink::answer_call(int from, uint64_t id, std::span<const std::byte> 
     failure = fmt::format("rank {} has no handler set", options_.rank);
   } else {
     try {
-      reply = handler(from, get_u32(payload), payload.subspan(kServiceBytes));
+      const uint32_t service = ByteReader(payload, "peer call").read_u32("service");
+      reply = handler(from, service, payload.subspan(kServiceBytes));
     } catch (const std::exception& e) {
       failure = e.what();
       if (failure.empty()) failure = "unknown error";
@@ -633,14 +634,9 @@ void ZmqPeerLink::answer_call(int from, uint64_t id, std::span<const std::byte> 
       failure = "unknown exception";
     }
   }
-  Outgoing frame{from, MessageType::kPeerReply, id, {}};
-  if (failure.empty()) {
-    frame.payload = with_prefix(kStatusBytes, reply);
-    frame.payload[0] = std::byte{kReplyOk};
-  } else {
-    frame.payload = with_prefix(kStatusBytes, std::as_bytes(std::span(failure)));
-    frame.payload[0] = std::byte{kReplyFailed};
-  }
+  Outgoing frame{from, MessageType::kPeerReply, id,
+                 failure.empty() ? after_status(kReplyOk, reply)
+                                 : after_status(kReplyFailed, std::as_bytes(std::span(failure)))};
   enqueue(std::move(frame), true);
 }
 
