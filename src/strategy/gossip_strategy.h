@@ -254,11 +254,20 @@ class GossipStrategy : public Strategy {
   std::condition_variable left_cv_;  // a worker left or was lost (the chief's finish())
   std::vector<Peer> peers_;
   bool done_ = false;  // the chief said kDone, left or died
-  // Handlers running now; the destructor waits for none (the link may still
-  // run one that started before leave()).
-  int serving_ = 0;
-  bool closing_ = false;
-  std::condition_variable served_cv_;
+  // What the handler and listener pass through: they hold it by shared_ptr
+  // (the link may keep a copy of them, and run one, after this strategy is
+  // gone), and the destructor closes it and waits until none runs.
+  struct Gate {
+    std::mutex mutex;
+    std::condition_variable idle;
+    int running = 0;
+    bool closed = false;
+    // Enters unless closed; then exit() must follow.
+    bool enter();
+    void exit();
+    void close();
+  };
+  std::shared_ptr<Gate> gate_ = std::make_shared<Gate>();
 
   // Declared last: destroyed first, while the models its handler reads live.
   std::unique_ptr<comm::PeerLink> link_;
