@@ -87,8 +87,10 @@
 // the last step's gossip (dense_bytes the same: no compression).
 //
 // Ownership: owns both models, the optimizer and the link; the Logger must
-// outlive it. The destructor leaves the link and destroys it before the
-// models its handler reads.
+// outlive it. The destructor leaves the link, waits until no handler or
+// listener call runs (they pass a gate shared with the link's copies of
+// them, closed there: one that starts later returns at once), and destroys
+// the link before the models its handler reads.
 // Thread safety: one thread calls the strategy at a time (strategy.h); the
 // link's handler and listener run on the link's thread, synchronised by
 // the model mutex and the peers' mutex.
