@@ -510,6 +510,26 @@ TEST(GossipStrategy, ConsensusIsMeasuredEveryKSteps) {
   EXPECT_EQ(reports, (std::vector<size_t>{0, 2, 0, 2}));
 }
 
+// A worker's finish() returns only once the chief has its final model (the
+// chief's kDone), so that the chief's last fetch_model() finds it.
+TEST(GossipStrategy, WorkersFinishAfterTheChiefsFinalFetch) {
+  constexpr int kWorkers = 3, kSteps = 3;
+  GossipOptions o;
+  Group g(kWorkers, o);
+  const Data data(kWorkers, 3, kSteps);
+  std::atomic<bool> fetched = false;
+  g.run([&](int r) {
+    for (int s = 0; s < kSteps; ++s) g.workers[r]->train_step(data.x(s, r), data.y(s, r));
+    if (r == 0) {
+      g.workers[0]->fetch_model();
+      fetched = true;
+    }
+    g.workers[r]->finish();
+    EXPECT_TRUE(fetched.load()) << "worker " << r << " finished before the chief's fetch";
+  });
+  EXPECT_EQ(g.workers[0]->consensus_workers(), kWorkers);
+}
+
 TEST(GossipStrategy, APayloadOfTheWrongSizeIsADataErrorNamingThePeer) {
   comm::InProcPeerHub hub(2);
   GossipOptions o;
