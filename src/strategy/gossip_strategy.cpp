@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cstring>
 #include <thread>
 
@@ -41,6 +42,9 @@ uint64_t mix_seed(uint64_t seed, int rank, int64_t t) {
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
   return z ^ (z >> 31);
 }
+
+// Where a checkpoint's optimizer state keeps the workers' step count.
+constexpr const char* kStepsKey = "gossip.steps";
 
 // The step a kFetchModel reply or request carries before the parameters.
 constexpr size_t kStepBytes = sizeof(uint64_t);
@@ -508,6 +512,28 @@ StepStats GossipStrategy::step_totals(const StepStats& local) const {
   totals.correct *= world_;
   totals.samples *= world_;
   return totals;
+}
+
+StateDict GossipStrategy::optimizer_state() {
+  StateDict state = optimizer_->state_dict();
+  state.metadata()[kStepsKey] = std::to_string(steps_);
+  return state;
+}
+
+void GossipStrategy::load_optimizer_state(const StateDict& state) {
+  optimizer_->load_state_dict(state);
+  const auto it = state.metadata().find(kStepsKey);
+  if (it == state.metadata().end()) return;  // another strategy's checkpoint
+  int64_t steps = 0;
+  const auto [end, ec] =
+      std::from_chars(it->second.data(), it->second.data() + it->second.size(), steps);
+  if (ec != std::errc() || end != it->second.data() + it->second.size() || steps < 0) {
+    throw UsageError(
+        fmt::format("gossip: optimizer state metadata '{}' is '{}', expected a step count",
+                    kStepsKey, it->second));
+  }
+  const std::lock_guard lock(model_mutex_);
+  steps_ = steps;
 }
 
 void GossipStrategy::sync_replicas() {

@@ -69,9 +69,9 @@
 // A replacement (options.replacement: the launcher started this process in
 // place of a failed one) asks a neighbour (then any worker) for its model and
 // step through kFetchModel, starts from them (its optimizer state fresh), and
-// joined_at_step() tells the trainer where to continue. The step is counted
-// from this run's start: after a resume from a checkpoint the replacement's
-// count lags the trainer's by the checkpoint's step (a known limitation).
+// joined_at_step() tells the trainer where to continue. Workers count steps
+// as the trainer does: a checkpoint's optimizer state carries the count
+// (metadata "gossip.steps"), which a resume restores on every worker.
 //
 // finish(): a non-chief worker waits, at most the timeout, until the chief
 // has called kDone (after its final fetch_model()) or left or died, still
@@ -167,8 +167,11 @@ class GossipStrategy : public Strategy {
   StepStats step_totals(const StepStats& local) const override;
   void sync_replicas() override;
   void fetch_model() override;
-  StateDict optimizer_state() override { return optimizer_->state_dict(); }
-  void load_optimizer_state(const StateDict& state) override { optimizer_->load_state_dict(state); }
+  // The chief's optimizer state, with this worker's step count in metadata
+  // "gossip.steps" (other strategies ignore it); loading it back sets the
+  // count, so that after a resume every worker counts the trainer's steps.
+  StateDict optimizer_state() override;
+  void load_optimizer_state(const StateDict& state) override;
   std::optional<int64_t> joined_at_step() const override { return joined_step_; }
   CommStats last_comm() const override { return last_comm_; }
   std::vector<std::pair<std::string, double>> report_metrics() override;

@@ -530,6 +530,37 @@ TEST(GossipStrategy, WorkersFinishAfterTheChiefsFinalFetch) {
   EXPECT_EQ(g.workers[0]->consensus_workers(), kWorkers);
 }
 
+// A checkpoint's optimizer state carries the step count; a resumed worker
+// counts on from it (so a replacement after a resume joins at the trainer's
+// step), and the workers, all resumed alike, keep gossiping in step.
+TEST(GossipStrategy, TheStepCountResumesWithTheOptimizerState) {
+  constexpr int kWorkers = 2, kSteps = 3;
+  GossipOptions o;
+  Group first(kWorkers, o);
+  const Data data(kWorkers, 3, 2 * kSteps);
+  first.run([&](int r) {
+    for (int s = 0; s < kSteps; ++s) first.workers[r]->train_step(data.x(s, r), data.y(s, r));
+    first.workers[r]->finish();
+  });
+  const StateDict state = first.workers[0]->optimizer_state();
+  EXPECT_EQ(state.metadata().at("gossip.steps"), "3");
+  Group resumed(kWorkers, o);
+  resumed.run([&](int r) {
+    resumed.workers[r]->load_optimizer_state(state);
+    EXPECT_EQ(resumed.workers[r]->steps(), kSteps);
+    for (int s = kSteps; s < 2 * kSteps; ++s) {
+      resumed.workers[r]->train_step(data.x(s, r), data.y(s, r));
+    }
+    resumed.workers[r]->finish();
+  });
+  EXPECT_EQ(resumed.workers[1]->steps(), 2 * kSteps);
+  StateDict bad = state;
+  bad.metadata()["gossip.steps"] = "three";
+  testing::expect_error<UsageError>(
+      [&] { resumed.workers[0]->load_optimizer_state(bad); },
+      "gossip: optimizer state metadata 'gossip.steps' is 'three', expected a step count");
+}
+
 TEST(GossipStrategy, APayloadOfTheWrongSizeIsADataErrorNamingThePeer) {
   comm::InProcPeerHub hub(2);
   GossipOptions o;
