@@ -135,7 +135,7 @@ struct GossipOptions {
   std::chrono::milliseconds rejoin_wait{50};
   // How long the chief stays after its workers' goodbyes (finish(); tests
   // with threads as workers need none).
-  std::chrono::milliseconds exit_grace{1000};
+  std::chrono::milliseconds exit_grace{3000};
   // Seeds the choice of AD-PSGD partners.
   uint64_t seed = 1;
   // This process replaces a failed worker: copy a neighbour's model.
