@@ -16,7 +16,6 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
-#include <filesystem>
 #include <functional>
 #include <future>
 #include <memory>
@@ -33,6 +32,9 @@
 #include "comm/wire/framed_socket.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "multiprocess_job.h"
+#include "testing/fault_fs.h"
+#include "testing/process.h"
 
 namespace dtrain::comm {
 namespace {
@@ -109,24 +111,6 @@ ZmqPeerLinkOptions test_options(int rank, int n, const std::string& endpoint) {
   return options;
 }
 
-// A temporary folder for ipc sockets, removed with its contents.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "dtrain-peer-XXXXXX").string();
-    DTRAIN_CHECK(mkdtemp(pattern.data()) != nullptr, "mkdtemp {}", pattern);
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
-  const std::filesystem::path& path() const { return path_; }
-
- private:
-  std::filesystem::path path_;
-};
-
 // Ranks as threads of this process, each with its own ZeroMQ link, over ipc
 // in a temporary folder or over tcp loopback. A death is crash_for_test()
 // (sockets closed, no goodbye); a replacement binds its predecessor's
@@ -139,7 +123,7 @@ class ZmqWorld final : public World {
         links_(static_cast<size_t>(n)) {
     for (int r = 0; r < n; ++r) {
       const std::string bind =
-          ipc ? "ipc://" + (dir_.path() / fmt::format("peer-{}", r)).string() : "tcp://127.0.0.1:0";
+          ipc ? fmt::format("ipc://{}/peer-{}", dir_.path(), r) : std::string("tcp://127.0.0.1:0");
       links_[static_cast<size_t>(r)] =
           std::make_unique<ZmqPeerLink>(options(r, bind), JobAuth(kJob, kSecret), logger_);
       endpoints_.push_back(links_[static_cast<size_t>(r)]->endpoint());
@@ -168,7 +152,7 @@ class ZmqWorld final : public World {
   }
 
   Tweak tweak_;
-  TempDir dir_;
+  testing::TempDir dir_;
   Logger logger_{
       std::getenv("PEER_LOG") ? LogLevel::kDebug : LogLevel::kOff,
       [](LogLevel, std::string_view m) { fprintf(stderr, "%s\n", std::string(m).c_str()); }};
@@ -363,8 +347,8 @@ TEST_P(PeerLinkConformance, DeadlinesThrowTimeoutErrorNamingPeerAndOperation) {
 }
 
 TEST_P(PeerLinkConformance, AKilledPeerIsLostOnlyForWhatInvolvesIt) {
-  auto world = make(3);
   Events events0;
+  auto world = make(3);
   world->link(0).set_listener(events0.listener());
   world->link(1).post(0, 1, 1, bytes({11}), "test", generous());
   world->link(1).post(0, 2, 1, {}, "marker", generous());
@@ -404,8 +388,8 @@ TEST_P(PeerLinkConformance, AWaitingReceiveWakesWhenThePeerDies) {
 }
 
 TEST_P(PeerLinkConformance, GoodbyeMakesThePeerLeft) {
-  auto world = make(2);
   Events events0;
+  auto world = make(2);
   world->link(0).set_listener(events0.listener());
   world->link(1).leave();
   world->link(1).leave();  // idempotent
@@ -417,8 +401,8 @@ TEST_P(PeerLinkConformance, GoodbyeMakesThePeerLeft) {
 }
 
 TEST_P(PeerLinkConformance, AReplacementJoinsAndMessagesFlowAgain) {
-  auto world = make(3);
   Events events0;
+  auto world = make(3);
   world->link(0).set_listener(events0.listener());
   meet(*world, 0, 1);
   world->kill(1);
@@ -567,8 +551,8 @@ TEST(ZmqPeerLink, APeerThatFallsSilentIsLostAfterTheHeartbeatTimeout) {
                                   fake_rank_options(1, auth), auth, logger);
   auto options = test_options(0, 2, "tcp://127.0.0.1:0");
   options.heartbeat_timeout = milliseconds(300);
-  ZmqPeerLink link(options, auth, logger);
   Events events;
+  ZmqPeerLink link(options, auth, logger);
   link.set_listener(events.listener());
   link.connect({link.endpoint(), fake_inbound.endpoint()});
   wire::FramedSocket fake_outbound(context, wire::FramedSocket::Role::kDealer, link.endpoint(),
@@ -637,8 +621,8 @@ TEST(ZmqPeerLink, AReplacementOfAPeerStillThoughtAliveIsLostThenJoined) {
                                   fake_rank_options(1, auth), auth, logger);
   auto options = test_options(0, 2, "tcp://127.0.0.1:0");
   options.heartbeat_timeout = seconds(60);
-  ZmqPeerLink link(options, auth, logger);
   Events events;
+  ZmqPeerLink link(options, auth, logger);
   link.set_listener(events.listener());
   link.connect({link.endpoint(), fake_inbound.endpoint()});
   auto say = [&](wire::FramedSocket& socket, wire::MessageType type, uint64_t incarnation,
@@ -750,16 +734,16 @@ int free_port() {
 }
 
 TEST(ConnectPeerLink, WithARunFolderAReplacementBindsItsPredecessorsEndpoint) {
-  TempDir dir;
+  testing::TempDir dir;
   Logger logger(LogLevel::kOff, nullptr);
+  Events events0;
   std::vector<std::unique_ptr<ZmqPeerLink>> links;
   for (int r = 0; r < 3; ++r) {
     LaunchInfo launch = launch_of(r, 3);
-    launch.settings.run_dir = dir.path().string();
+    launch.settings.run_dir = dir.path();
     links.push_back(connect_peer_link(kJob, launch, quick_settings(), logger));
-    EXPECT_EQ(links.back()->endpoint(), run_dir_peer_endpoint(dir.path().string(), r));
+    EXPECT_EQ(links.back()->endpoint(), run_dir_peer_endpoint(dir.path(), r));
   }
-  Events events0;
   links[0]->set_listener(events0.listener());
   links[0]->post(1, 1, 1, bytes({1}), "test", generous());
   EXPECT_EQ(links[1]->receive(0, 1, 1, "test", generous()), bytes({1}));
@@ -769,7 +753,7 @@ TEST(ConnectPeerLink, WithARunFolderAReplacementBindsItsPredecessorsEndpoint) {
   EXPECT_NE(events0.wait_for(1, PeerEvent::kLost), "");
   links[1].reset();
   LaunchInfo again = launch_of(1, 3);
-  again.settings.run_dir = dir.path().string();
+  again.settings.run_dir = dir.path();
   again.settings.restart_count = 1;
   links[1] = connect_peer_link(kJob, again, quick_settings(), logger);
   EXPECT_NE(events0.wait_for(1, PeerEvent::kJoined), "");
@@ -818,6 +802,133 @@ TEST(ConnectPeerLink, AReplacementWithoutARunFolderIsAConfigError) {
   launch.settings.restart_count = 0;
   launch.coordinator.clear();
   EXPECT_THROW(connect_peer_link(kJob, launch, quick_settings(), logger), ConfigError);
+}
+
+// ---- real processes ------------------------------------------------------------
+// The test spawns its own binary once per rank (PeerLinkProcesses.DISABLED_Rank,
+// which reads its role from DTRAIN_TEST_* variables), connected through
+// connect_peer_link with the job's run folder. The last rank is the victim:
+// SIGKILLed (its sockets close) or SIGSTOPped (it goes silent) once it met
+// everyone; each survivor must then see PeerLostError naming it while
+// waiting for its next message, long before that wait's deadline, and go
+// on with the other survivors. In "replace", a new process for the victim's
+// rank (DTRAIN_RESTART_COUNT=1) binds its endpoint, and the survivors gossip
+// with it.
+
+constexpr auto kChildDeadline = seconds(90);
+
+void run_peer_processes(const std::string& scenario, int sig) {
+  constexpr int kWorld = 3;
+  test::ProcessJob job("PeerLinkProcesses.DISABLED_Rank", "peer-" + scenario, kWorld, kSecret);
+  job.spawn_all(scenario);
+  testing::ChildProcess& victim = job.children.back();
+  ASSERT_TRUE(victim.wait_for_line(test::kReady, Deadline::after(kChildDeadline)))
+      << "victim never got ready; output:\n"
+      << victim.output();
+  victim.signal(sig);
+  if (sig == SIGKILL) {
+    const auto status = victim.wait(Deadline::after(kChildDeadline));
+    ASSERT_TRUE(status.has_value());
+  }
+  std::optional<testing::ChildProcess> replacement;
+  if (scenario == "replace") {
+    replacement.emplace(
+        job.spawn(kWorld - 1, "replacement", kSecret, {{"DTRAIN_TEST_RESTART", "1"}}));
+  }
+  for (int r = 0; r + 1 < kWorld; ++r) {
+    test::expect_exit_ok(job.children[static_cast<size_t>(r)], fmt::format("survivor {}", r),
+                         kChildDeadline);
+  }
+  if (replacement) test::expect_exit_ok(*replacement, "replacement", kChildDeadline);
+}
+
+TEST(PeerLinkProcesses, AKilledPeerIsLostAndTheOthersGoOn) { run_peer_processes("kill", SIGKILL); }
+
+TEST(PeerLinkProcesses, AStoppedPeerIsLostByItsSilence) { run_peer_processes("stop", SIGSTOP); }
+
+TEST(PeerLinkProcesses, AReplacementBindsTheVictimsEndpointAndGossips) {
+  run_peer_processes("replace", SIGKILL);
+}
+
+// Posts to each of `peers` on (channel, step) and receives each one's post.
+void exchange(PeerLink& link, const std::vector<int>& peers, uint64_t step, int payload) {
+  constexpr uint32_t channel = 1;
+  for (const int p : peers) link.post(p, channel, step, bytes({payload}), "exchange", generous());
+  for (const int p : peers) {
+    EXPECT_EQ(
+        link.receive(p, channel, step, fmt::format("exchange step {}", step), generous()).size(),
+        1u);
+  }
+}
+
+TEST(PeerLinkProcesses, DISABLED_Rank) {
+  const int rank = std::stoi(test::env_or("DTRAIN_TEST_RANK", "-1"));
+  const int world = std::stoi(test::env_or("DTRAIN_TEST_WORLD", "0"));
+  const std::string scenario = test::env_or("DTRAIN_TEST_SCENARIO", "");
+  ASSERT_GE(rank, 0) << "run by the multi-process tests only";
+  std::printf("%s rank %d scenario %s\n", test::kStarted, rank, scenario.c_str());
+  std::fflush(stdout);
+  LaunchInfo launch = launch_of(rank, world);
+  launch.settings.job_secret = test::env_or("DTRAIN_TEST_SECRET", "");
+  launch.settings.run_dir = test::env_or("DTRAIN_TEST_IPC_DIR", "");
+  launch.settings.restart_count = std::stoi(test::env_or("DTRAIN_TEST_RESTART", "0"));
+  PeerLinkSettings settings;
+  settings.timeout = seconds(60);
+  settings.heartbeat_interval = milliseconds(100);
+  // Short only where the silence is under test (a loaded machine under
+  // sanitizers can starve an I/O thread for a while).
+  settings.heartbeat_timeout = scenario == "stop" ? milliseconds(1500) : seconds(20);
+  Events events;
+  auto link = connect_peer_link(test::env_or("DTRAIN_TEST_JOB", ""), launch, settings,
+                                Logger::stderr_logger());
+  link->set_listener(events.listener());
+  const int victim = world - 1;
+  std::vector<int> others;
+  std::vector<int> survivors;
+  for (int p = 0; p < world; ++p) {
+    if (p != rank) others.push_back(p);
+    if (p != rank && p != victim) survivors.push_back(p);
+  }
+  if (scenario == "replacement") {
+    exchange(*link, others, 2, rank);
+    return;  // the destructor says goodbye
+  }
+  exchange(*link, others, 0, rank);
+  // The victim waits for every survivor's acknowledgement: then each has
+  // its step 0 (a peer never heard from cannot be told from its replacement).
+  constexpr uint32_t kAck = 2;
+  if (rank == victim) {
+    for (const int p : others) link->receive(p, kAck, 0, "acknowledgement", generous());
+  } else {
+    link->post(victim, kAck, 0, {}, "acknowledgement", generous());
+  }
+  if (rank == victim) {
+    std::printf("%s\n", test::kReady);
+    std::fflush(stdout);
+    try {
+      link->receive(0, 99, 0, "waiting to be killed", Deadline::after(kChildDeadline));
+    } catch (const Error&) {
+    }
+    ADD_FAILURE() << "the victim was not killed";
+    return;
+  }
+  try {
+    link->receive(victim, 1, 1, "gossip step 1", Deadline::after(seconds(60)));
+    ADD_FAILURE() << "received a message the victim never sent";
+  } catch (const PeerLostError& e) {
+    EXPECT_EQ(e.peer(), victim) << e.what();
+    std::printf("survivor %d: %s\n", rank, e.what());
+  } catch (const TimeoutError& e) {
+    ADD_FAILURE() << "the victim's loss was waited out, not detected: " << e.what();
+  }
+  EXPECT_NE(events.wait_for(victim, PeerEvent::kLost), "");
+  if (scenario == "replace") {
+    EXPECT_NE(events.wait_for(victim, PeerEvent::kJoined, Deadline::after(seconds(60))), "");
+    exchange(*link, {victim}, 2, rank);
+  }
+  // The survivors go on among themselves.
+  exchange(*link, survivors, 3, rank);
+  std::fflush(stdout);
 }
 
 }  // namespace

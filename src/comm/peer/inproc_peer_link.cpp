@@ -27,7 +27,15 @@ class InProcPeerLink final : public PeerLink {
       : hub_(hub), rank_(rank), incarnation_(incarnation) {}
   InProcPeerLink(const InProcPeerLink&) = delete;
   InProcPeerLink& operator=(const InProcPeerLink&) = delete;
-  ~InProcPeerLink() override { leave(); }
+  // Says goodbye, then waits until the rank's service thread is not inside
+  // this link's handler or listener (what they capture may die with it).
+  ~InProcPeerLink() override {
+    leave();
+    std::unique_lock lock(hub_.mutex_);
+    Slot& self = hub_.slot(rank_);
+    if (self.service.get_id() == std::this_thread::get_id()) return;
+    hub_.changed_.wait(lock, [&self] { return !self.busy; });
+  }
 
   int rank() const override { return rank_; }
   int size() const override { return hub_.size(); }
@@ -143,10 +151,18 @@ std::vector<std::byte> InProcPeerLink::receive(int peer, uint32_t channel, uint6
                                                const std::string& what, Deadline deadline) {
   const auto started = Clock::now();
   std::unique_lock lock(hub_.mutex_);
+  check_usable_locked(peer, what);
+  const uint64_t epoch = hub_.slot(peer).epoch;
   for (;;) {
     check_usable_locked(peer, what);
     if (auto message = take_locked(peer, channel, step)) return std::move(*message);
     check_drained_locked(peer, channel, step, what);
+    if (hub_.slot(peer).epoch != epoch) {
+      throw PeerLostError(peer, what,
+                          fmt::format("rank {} was replaced by a new process while this waited "
+                                      "for channel {} step {}",
+                                      peer, channel, step));
+    }
     if (deadline.expired()) {
       throw TimeoutError(
           peer, what, since(started),
@@ -252,6 +268,7 @@ void InProcPeerLink::leave() noexcept {
   Slot& self = hub_.slot(rank_);
   if (self.incarnation != incarnation_ || self.status != Status::kAlive) return;
   self.status = Status::kLeft;
+  ++self.epoch;
   hub_.announce_locked(rank_, PeerEvent::kLeft, fmt::format("rank {} said goodbye", rank_));
   hub_.changed_.notify_all();
 }
@@ -309,6 +326,7 @@ void InProcPeerHub::kill(int rank) {
   if (s.status == Status::kLost) return;
   const bool was_alive = s.status == Status::kAlive;
   s.status = Status::kLost;
+  ++s.epoch;
   if (was_alive) {
     announce_locked(rank, PeerEvent::kLost, fmt::format("rank {} was killed (hub.kill)", rank));
   }
@@ -322,6 +340,7 @@ std::unique_ptr<PeerLink> InProcPeerHub::rejoin(int rank) {
   std::lock_guard lock(mutex_);
   Slot& s = slot(rank);
   ++s.incarnation;
+  ++s.epoch;
   s.status = Status::kAlive;
   s.taken = true;
   s.inbox.clear();
@@ -461,9 +480,12 @@ void InProcPeerHub::run_service(std::stop_token stop, int rank) {
     if (!s.task_ready.wait(lock, stop, [&s] { return !s.tasks.empty(); })) return;
     std::function<void()> task = std::move(s.tasks.front());
     s.tasks.pop_front();
+    s.busy = true;
     lock.unlock();
     task();
     lock.lock();
+    s.busy = false;
+    changed_.notify_all();
   }
 }
 

@@ -30,6 +30,8 @@
 // thread, one service thread per rank), and joins them when destroyed. A link
 // holds a reference to the hub, which must outlive it (the test keeps the hub
 // on its stack for the ranks' whole life and destroys the links first).
+// Destroying a link waits until its handler and listener are not running;
+// after that they are never called again.
 // Thread safety: every member of both types may be called from any thread;
 // the PeerLink rule about concurrent receive() on one (peer, channel)
 // applies. set_delay() may be called at any time; the function is called on
@@ -108,6 +110,9 @@ class InProcPeerHub {
   // One rank: its current incarnation's state and its service thread.
   struct Slot {
     uint64_t incarnation = 1;
+    // +1 at every kill, leave and rejoin: a waiting receive notices that the
+    // process it waits on is gone even if a replacement came meanwhile.
+    uint64_t epoch = 0;
     Status status = Status::kAlive;
     bool taken = false;
     // Queued posts by (sender, channel), then by step.
@@ -119,6 +124,7 @@ class InProcPeerHub {
     // Work for the service thread: handler and listener runs.
     std::deque<std::function<void()>> tasks;
     std::condition_variable_any task_ready;
+    bool busy = false;  // the service thread is running a task
     std::jthread service;
   };
   struct Scheduled {

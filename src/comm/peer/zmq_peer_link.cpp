@@ -93,8 +93,13 @@ ZmqPeerLink::ZmqPeerLink(ZmqPeerLinkOptions options, JobAuth auth, Logger& logge
   if (wake_fd_ < 0) {
     throw CommError(options_.rank, "peer link", fmt::format("eventfd: {}", std::strerror(errno)));
   }
-  if (options_.link) shaper_ = std::make_unique<LinkShaper>(*options_.link);
-  if (!options_.peer_endpoints.empty()) connect(options_.peer_endpoints);
+  try {
+    if (options_.link) shaper_ = std::make_unique<LinkShaper>(*options_.link);
+    if (!options_.peer_endpoints.empty()) connect(options_.peer_endpoints);
+  } catch (...) {
+    ::close(wake_fd_);  // no destructor runs for a constructor that throws
+    throw;
+  }
 }
 
 ZmqPeerLink::~ZmqPeerLink() {
@@ -265,10 +270,19 @@ std::vector<std::byte> ZmqPeerLink::receive(int peer, uint32_t channel, uint64_t
   check_usable(peer, what);
   const auto started = Clock::now();
   std::unique_lock lock(mutex_);
+  // The process this receive waits on: if it is lost, leaves or is replaced
+  // meanwhile (even lost and replaced between two wake-ups), it throws.
+  const uint64_t epoch = peers_[static_cast<size_t>(peer)].epoch;
   for (;;) {
     if (crashed_) throw CommError(options_.rank, what, "this link was abandoned (crash_for_test)");
     if (auto message = take_locked(peer, channel, step)) return std::move(*message);
     check_drained_locked(peer, channel, step, what);
+    if (peers_[static_cast<size_t>(peer)].epoch != epoch) {
+      throw PeerLostError(peer, what,
+                          fmt::format("rank {} was replaced by a new process while this waited "
+                                      "for channel {} step {}",
+                                      peer, channel, step));
+    }
     if (deadline.expired()) {
       throw TimeoutError(
           peer, what, since(started),
@@ -428,6 +442,7 @@ void ZmqPeerLink::run_io(std::stop_token stop) {
     if (p == options_.rank) continue;
     Outgoing hello{p, MessageType::kPeerHello, 0, {}};
     send_now(hello);
+    bytes_sent_ += wire::kHeaderBytes;
   }
   auto next_heartbeat = Clock::now() + options_.heartbeat_interval;
   std::vector<zmq::pollitem_t> items;
@@ -492,7 +507,35 @@ void ZmqPeerLink::run_io(std::stop_token stop) {
     std::lock_guard lock(mutex_);
     crashed = crashed_;
   }
-  if (!crashed) flush_outbox();
+  if (!crashed) {
+    flush_outbox();
+    await_reconnections();
+  }
+}
+
+void ZmqPeerLink::await_reconnections() {
+  const Deadline deadline = Deadline::after(options_.linger);
+  const int n = options_.world_size;
+  for (;;) {
+    std::vector<zmq::pollitem_t> items;
+    std::vector<int> item_peer;
+    {
+      std::lock_guard lock(mutex_);
+      for (int p = 0; p < n; ++p) {
+        const PeerState& peer = peers_[static_cast<size_t>(p)];
+        if (p != options_.rank && peer.link_down && peer.status == Status::kAlive) {
+          items.push_back(
+              zmq::pollitem_t{monitors_[static_cast<size_t>(p)].handle(), 0, ZMQ_POLLIN, 0});
+          item_peer.push_back(p);
+        }
+      }
+    }
+    if (items.empty() || deadline.expired()) return;
+    wire::poll_until(items, deadline);
+    for (size_t i = 0; i < items.size(); ++i) {
+      if (items[i].revents & ZMQ_POLLIN) read_monitor(item_peer[i]);
+    }
+  }
 }
 
 void ZmqPeerLink::send_now(Outgoing& frame) {
@@ -656,8 +699,10 @@ void ZmqPeerLink::read_monitor(int peer) {
     // the monitor started.
     if (*id == ZMQ_EVENT_CONNECTED) {
       state.disconnected_since.reset();
-    } else if (*id == ZMQ_EVENT_DISCONNECTED && !state.disconnected_since) {
-      state.disconnected_since = Clock::now();
+      state.link_down = false;
+    } else if (*id == ZMQ_EVENT_DISCONNECTED) {
+      state.link_down = true;
+      if (!state.disconnected_since) state.disconnected_since = Clock::now();
     }
   }
 }

@@ -48,10 +48,13 @@
 // Lifetime: construct (binds; endpoint() is then known), connect() with every
 // rank's endpoint (or give peer_endpoints in the options), use, destroy. The
 // destructor says goodbye (leave()), lets the shaper deliver what it holds,
-// stops the I/O thread after it sent what was queued, and closes the sockets,
-// waiting at most `linger` for frames to leave. The Logger must outlive the
-// link. Thread safety: as in peer_link.h; connect() once, before any other
-// call. Errors: the constructor throws CommError naming the endpoint when it
+// stops the I/O thread after it sent what was queued (and gave the
+// connections to alive peers that are down, e.g. to a replacement not yet
+// reached, up to `linger` to come back), and closes the sockets, waiting at
+// most `linger` for frames to leave. The Logger must outlive the
+// link; so must what the handler and the listener capture (they may run
+// until the destructor has joined the I/O thread). Thread safety: as in peer_link.h; connect()
+// once, before any other call. Errors: the constructor throws CommError naming the endpoint when it
 // cannot bind; UsageError for inconsistent options.
 #pragma once
 
@@ -158,6 +161,9 @@ class ZmqPeerLink final : public PeerLink {
     uint64_t epoch = 0;
     std::chrono::steady_clock::time_point last_heard;
     std::optional<std::chrono::steady_clock::time_point> disconnected_since;
+    // The DEALER to it lost its connection and has not reconnected (only the
+    // socket monitor's events change it, unlike disconnected_since).
+    bool link_down = false;
     // Posted messages by channel, then step.
     std::map<uint32_t, std::multimap<uint64_t, std::vector<std::byte>>> inbox;
   };
@@ -197,6 +203,9 @@ class ZmqPeerLink final : public PeerLink {
   void answer_call(int from, uint64_t id, std::span<const std::byte> payload);
   void read_monitor(int peer);
   void check_liveness(std::vector<Event>& events);
+  // On shutdown: lets every alive peer's DEALER reconnect (a replacement
+  // that joined late) so that what is queued for it leaves, at most `linger`.
+  void await_reconnections();
   // Marks `peer` lost or left and wakes its waiters. Requires mutex_.
   void set_gone_locked(int peer, Status status, const std::string& reason,
                        std::vector<Event>& events);
