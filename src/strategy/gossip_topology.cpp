@@ -109,17 +109,15 @@ TopologyKind parse_topology(std::string_view name) {
   for (size_t i = 0; i < kTopologyNames.size(); ++i) {
     if (kTopologyNames[i] == name) return static_cast<TopologyKind>(i);
   }
-  throw UsageError(fmt::format("'{}' is not a gossip topology: {}", name,
-                               fmt::join(kTopologyNames, ", ")));
+  throw UsageError(
+      fmt::format("'{}' is not a gossip topology: {}", name, fmt::join(kTopologyNames, ", ")));
 }
 
 std::string_view topology_name(TopologyKind kind) {
   return kTopologyNames[static_cast<size_t>(kind)];
 }
 
-std::vector<std::string> topology_names() {
-  return {kTopologyNames.begin(), kTopologyNames.end()};
-}
+std::vector<std::string> topology_names() { return {kTopologyNames.begin(), kTopologyNames.end()}; }
 
 Topology::Topology(TopologyKind kind, int workers) : kind_(kind), workers_(workers) {
   if (workers < 1) {
@@ -152,9 +150,7 @@ void Topology::check_alive(const std::vector<bool>& alive) const {
   }
 }
 
-int Topology::one_peer_shift(int64_t step) const {
-  return 1 << positive_mod(step, period());
-}
+int Topology::one_peer_shift(int64_t step) const { return 1 << positive_mod(step, period()); }
 
 std::vector<int> Topology::static_neighbours(int rank) const {
   const int n = workers_;

@@ -30,7 +30,7 @@
 //    skipped instead: at step t, i receives from the nearest alive worker of
 //    i - 2^k, i - 2*2^k, ... and sends to the nearest alive of i + 2^k,
 //    i + 2*2^k, ... (its own cycle of the shift by 2^k). That is a
-//    permutation of the alive workers, so 1/2 I + 1/2 P stays doubly
+//    permutation S of the alive workers, so 1/2 I + 1/2 S stays doubly
 //    stochastic over them; a worker alone alive in its cycle keeps its model.
 //    It needs the alive state of the dead run between i and its new peer.
 // Either way the average of the survivors is kept, and a dead worker's own
