@@ -165,7 +165,7 @@ TEST(JobFileStrategies, EachStrategyReadsItsOwnTable) {
   EXPECT_EQ(file.job.distributed.strategy, "ps");
   EXPECT_EQ(file.job.distributed.workers, 3);
   // Every registered strategy's options are there, ready for --strategy.
-  EXPECT_EQ(file.job.distributed.strategies.size(), 4u);
+  EXPECT_EQ(file.job.distributed.strategies.size(), 5u);
   EXPECT_EQ(error_of(text, {"distributed.ps.servers=0"}),
             "job.toml:29: 'distributed.ps.servers': must be at least 1, got 0");
   EXPECT_EQ(error_of(text, {"distributed.ps.consistency=\"eventual\""}),
@@ -197,9 +197,9 @@ TEST(JobFileStrategies, FlatKeysAreDeprecatedAliasesWithANote) {
 }
 
 TEST(JobFileStrategies, AnUnknownStrategyListsTheRegisteredOnes) {
-  EXPECT_EQ(error_of(kJob, {"distributed.strategy=\"gossip\""}),
-            "job.toml: 'distributed.strategy': 'gossip' is not one of: local, mirrored, allreduce, "
-            "ps");
+  EXPECT_EQ(error_of(kJob, {"distributed.strategy=\"swarm\""}),
+            "job.toml: 'distributed.strategy': 'swarm' is not one of: local, mirrored, allreduce, "
+            "ps, gossip");
 }
 
 TEST(JobFile, OutputMustNameAFolderAndTheLearningRateBeFinite) {
