@@ -14,6 +14,7 @@
 #include <nlohmann/json_fwd.hpp>
 #include <ostream>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace dtrain::train {
@@ -46,6 +47,10 @@ struct StepInfo {
   // Every worker's rows of this step's global batch, in rank order (empty
   // with one worker); they differ under dynamic batches.
   std::vector<int64_t> split;
+  // The strategy's own figures (Strategy::report_metrics(), e.g. gossip's
+  // "consensus_distance"), as of the last report step (every
+  // log_every_steps): each name's latest value; empty when it has none.
+  std::vector<std::pair<std::string, double>> extra;
 };
 
 // The convergence guard rescued the run (train/convergence_guard.h).
@@ -58,6 +63,14 @@ struct GuardEvent {
   int64_t hold_steps = 0;
 };
 
+// One of the strategy's extra models evaluated on the test set at an
+// epoch's end (Strategy::extra_eval_models(), e.g. gossip's "worker0").
+struct ModelEval {
+  std::string name;
+  double test_loss = 0.0;
+  double test_accuracy = 0.0;
+};
+
 struct EpochInfo {
   int64_t epoch = 0;
   int64_t step = 0;
@@ -65,8 +78,9 @@ struct EpochInfo {
   double train_accuracy = 0.0;
   double test_loss = 0.0;
   double test_accuracy = 0.0;
-  double samples_per_s = 0.0;  // training only, excluding evaluation
-  double seconds = 0.0;        // wall time of the epoch including evaluation
+  double samples_per_s = 0.0;    // training only, excluding evaluation
+  double seconds = 0.0;          // wall time of the epoch including evaluation
+  std::vector<ModelEval> extra;  // beside model()'s test_loss/test_accuracy
 };
 
 struct Summary {
@@ -126,6 +140,10 @@ class PlainProgress : public Callback {
 // Appends one JSON object per report to `path` ({"event":"step",...}); every
 // object carries "time", the wall-clock time of the report in seconds since
 // the Unix epoch (what plots against wall time and the live page read).
+// Step events carry the strategy's figures (StepInfo::extra) each as its own
+// key (e.g. "consensus_distance"; "strategy_<name>" should a name be one of
+// the event's keys); epoch events carry "test_accuracy_<name>" and
+// "test_loss_<name>" for each extra model (EpochInfo::extra, e.g. worker0).
 // Throws dtrain::Error when the file cannot be opened or written.
 class JsonLinesWriter : public Callback {
  public:
