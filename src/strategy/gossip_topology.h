@@ -20,11 +20,21 @@
 // W[i][j] = 1 / (1 + max(deg i, deg j)) for neighbours, W[i][i] = 1 - the
 // row's others: symmetric, hence doubly stochastic.
 //
-// A dead neighbour (alive[j] false) is dropped: its weight moves to the
-// diagonal, W[i][i] += W[i][j]. Over the workers alive the matrix stays
-// symmetric (static kinds) or doubly stochastic (one-peer), so the average of
-// the survivors is kept; no worker needs to know more than its own
-// neighbours' state.
+// A dead neighbour (alive[j] false) is dropped:
+//  - static kinds: its weight moves to the diagonal, W[i][i] += W[i][j].
+//    Over the workers alive the matrix stays symmetric, hence doubly
+//    stochastic; no worker needs to know more than its own neighbours' state.
+//  - one-peer-exponential: moving the weight to the diagonal would break the
+//    column sums (a directed cycle with a hole is a path, and the only doubly
+//    stochastic matrix on a directed path is the identity), so the dead are
+//    skipped instead: at step t, i receives from the nearest alive worker of
+//    i - 2^k, i - 2*2^k, ... and sends to the nearest alive of i + 2^k,
+//    i + 2*2^k, ... (its own cycle of the shift by 2^k). That is a
+//    permutation of the alive workers, so 1/2 I + 1/2 P stays doubly
+//    stochastic over them; a worker alone alive in its cycle keeps its model.
+//    It needs the alive state of the dead run between i and its new peer.
+// Either way the average of the survivors is kept, and a dead worker's own
+// row is the identity.
 //
 // Thread safety: a Topology is immutable; every method may be called from
 // any thread. Errors: UsageError for fewer than 1 worker, an unknown kind's
@@ -67,9 +77,13 @@ class Topology {
   int period() const;
 
   // Whose models `rank` mixes in at `step`, and who mixes in its model,
-  // sorted, without `rank` itself. Equal for static kinds.
-  std::vector<int> in_neighbours(int rank, int64_t step) const;
-  std::vector<int> out_neighbours(int rank, int64_t step) const;
+  // sorted, without `rank` itself: the nonzeros of row `rank` and of column
+  // `rank` of matrix(step, alive). Equal for static kinds. With an `alive`
+  // mask the dead are dropped (one-peer: skipped, see above) and a dead rank
+  // has none; empty `alive`: all alive.
+  std::vector<int> in_neighbours(int rank, int64_t step, const std::vector<bool>& alive = {}) const;
+  std::vector<int> out_neighbours(int rank, int64_t step,
+                                  const std::vector<bool>& alive = {}) const;
 
   // Row `rank` of W_step, with dead neighbours dropped (empty `alive`: all
   // alive).
@@ -77,16 +91,27 @@ class Topology {
   // W_step as N x N doubles, row-major; rows of dead workers are identity rows.
   std::vector<double> matrix(int64_t step, const std::vector<bool>& alive = {}) const;
 
-  // 1 - |lambda_2|: for static kinds of W's eigenvalues (the second largest
-  // magnitude); for dynamic ones of the product of one period's matrices
-  // (its second largest singular value), a per-period figure; 1 for N = 1
-  // (nothing to mix).
+  // With every worker alive: 1 - |lambda_2|. Static kinds: of W's
+  // eigenvalues, the largest magnitude other than the eigenvalue 1 (the
+  // spectral norm of W - J/N); the disagreement x - mean(x) shrinks by at
+  // least the factor (1 - gap) per step. Dynamic ones: of the product P of
+  // one period's matrices, its second largest singular value (the spectral
+  // norm of P - J/N), a per-period figure. 1 for N = 1 (nothing to mix), 0
+  // for a disconnected graph. Computed by the cyclic Jacobi method:
+  // O(N^3) per sweep, for N up to a few hundred.
   double spectral_gap() const;
-  // One line for the job's start: "ring of 8 workers: 2 neighbours each
-  // (weights 1/3), spectral gap 0.195".
+  // One line for the job's start: "ring of 8 workers: 2 neighbours each,
+  // Metropolis-Hastings weights 1/3, spectral gap 0.195".
   std::string describe() const;
 
  private:
+  void check_rank(int rank, const char* what) const;
+  void check_alive(const std::vector<bool>& alive) const;
+  // A static kind's (undirected) neighbours of `rank`, sorted, all alive.
+  std::vector<int> static_neighbours(int rank) const;
+  // One-peer: the shift 2^k of `step`.
+  int one_peer_shift(int64_t step) const;
+
   TopologyKind kind_;
   int workers_;
   int rows_ = 1, cols_ = 1;  // torus shape

@@ -11,6 +11,7 @@ std::unique_ptr<StrategySpec> make_local_spec();
 std::unique_ptr<StrategySpec> make_mirrored_spec();
 std::unique_ptr<StrategySpec> make_allreduce_spec();
 std::unique_ptr<StrategySpec> make_ps_spec();
+std::unique_ptr<StrategySpec> make_gossip_spec();
 
 namespace {
 
@@ -20,12 +21,15 @@ struct Registration {
 };
 
 // The registry: one line per strategy.
+// clang-format off
 constexpr Registration kStrategies[] = {
     {"local", make_local_spec},
     {"mirrored", make_mirrored_spec},
     {"allreduce", make_allreduce_spec},
     {"ps", make_ps_spec},
+    {"gossip", make_gossip_spec},
 };
+// clang-format on
 
 }  // namespace
 

@@ -56,7 +56,7 @@ JobFacts facts(int64_t workers) {
 
 TEST(StrategyRegistry, EveryRegisteredNameMakesItsSpec) {
   const std::vector<std::string> names = strategy_names();
-  EXPECT_EQ(names, (std::vector<std::string>{"local", "mirrored", "allreduce", "ps"}));
+  EXPECT_EQ(names, (std::vector<std::string>{"local", "mirrored", "allreduce", "ps", "gossip"}));
   for (const std::string& name : names) {
     const auto spec = make_strategy_spec(name, KeyLines(), "strategy");
     EXPECT_EQ(spec->name(), name);
@@ -64,8 +64,9 @@ TEST(StrategyRegistry, EveryRegisteredNameMakesItsSpec) {
     EXPECT_EQ(spec->clone()->name(), name);
   }
   dtrain::testing::expect_error<ConfigError>(
-      [] { make_strategy_spec("gossip", KeyLines("job.toml", "distributed", 3), "strategy"); },
-      "job.toml:3: 'distributed.strategy': 'gossip' is not one of: local, mirrored, allreduce, ps");
+      [] { make_strategy_spec("swarm", KeyLines("job.toml", "distributed", 3), "strategy"); },
+      "job.toml:3: 'distributed.strategy': 'swarm' is not one of: local, mirrored, allreduce, ps, "
+      "gossip");
 }
 
 TEST(StrategyRegistry, PlansSayWhichProcessesAJobRuns) {

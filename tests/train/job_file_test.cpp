@@ -201,9 +201,9 @@ TEST(JobFileStrategies, FlatKeysAreDeprecatedAliasesWithANote) {
 }
 
 TEST(JobFileStrategies, AnUnknownStrategyListsTheRegisteredOnes) {
-  EXPECT_EQ(error_of(kJob, {"distributed.strategy=\"gossip\""}),
-            "job.toml: 'distributed.strategy': 'gossip' is not one of: local, mirrored, allreduce, "
-            "ps");
+  EXPECT_EQ(error_of(kJob, {"distributed.strategy=\"swarm\""}),
+            "job.toml: 'distributed.strategy': 'swarm' is not one of: local, mirrored, allreduce, "
+            "ps, gossip");
 }
 
 TEST(JobFile, OutputMustNameAFolderAndTheLearningRateBeFinite) {

@@ -1,0 +1,610 @@
+#include "strategy/gossip_strategy.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+#include <thread>
+
+#include "core/error.h"
+#include "core/rng.h"
+
+namespace dtrain::strategy {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::span<const std::byte> as_bytes(const std::vector<float>& v) {
+  return std::as_bytes(std::span<const float>(v));
+}
+
+// The parameters' tensors then the buffers', in state_dict order.
+std::vector<Tensor> flat_tensors(const nn::Module& model) {
+  std::vector<Tensor> tensors;
+  for (const auto& [name, p] : model.named_parameters()) tensors.push_back(p.data());
+  for (const auto& [name, b] : model.named_buffers()) tensors.push_back(b);
+  return tensors;
+}
+
+void copy_model(const nn::Module& from, const nn::Module& to) {
+  const std::vector<Tensor> src = flat_tensors(from);
+  const std::vector<Tensor> dst = flat_tensors(to);
+  for (size_t i = 0; i < src.size(); ++i) dst[i].copy_from(src[i]);
+}
+
+// A generator for step `t` of `rank`, independent of every other (rank, t).
+uint64_t mix_seed(uint64_t seed, int rank, int64_t t) {
+  uint64_t z = seed ^ (static_cast<uint64_t>(rank) * 0x9E3779B97F4A7C15ULL) ^
+               (static_cast<uint64_t>(t) * 0xC2B2AE3D27D4EB4FULL);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+
+// The step a kFetchModel reply or request carries before the parameters.
+constexpr size_t kStepBytes = sizeof(uint64_t);
+
+}  // namespace
+
+GossipMode parse_gossip_mode(std::string_view name) {
+  if (name == "sync") return GossipMode::kSync;
+  if (name == "async") return GossipMode::kAsync;
+  throw UsageError(fmt::format("gossip mode '{}' is not one of: sync, async", name));
+}
+
+GossipStrategy::GossipStrategy(std::unique_ptr<comm::PeerLink> link, const ModelFactory& make_model,
+                               const OptimizerFactory& make_optimizer, const GossipOptions& options,
+                               LossFn loss, Logger& logger)
+    : options_(options),
+      logger_(logger),
+      rank_(link->rank()),
+      world_(link->size()),
+      topology_(options.topology, link->size()),
+      loss_(std::move(loss)),
+      make_model_(make_model),
+      own_(make_model()),
+      optimizer_(make_optimizer(own_->parameters())),
+      own_tensors_(flat_tensors(*own_)),
+      average_(make_model()),
+      peers_(static_cast<size_t>(link->size())),
+      link_(std::move(link)) {
+  for (const Tensor& t : own_tensors_) flat_size_ += static_cast<size_t>(t.numel());
+  copy_model(*own_, *average_);
+  if (options_.replacement) {
+    // Until their message of our step arrives, we do not wait on them.
+    for (Peer& p : peers_) {
+      p.state = PeerState::kPending;
+      p.mixing = false;
+    }
+  }
+  link_->set_handler([this](int from, uint32_t service, std::span<const std::byte> request) {
+    {
+      const std::lock_guard lock(peers_mutex_);
+      if (closing_) {
+        throw CommError(rank_, "gossip service", fmt::format("worker {} has finished", rank_));
+      }
+      ++serving_;
+    }
+    struct Served {
+      GossipStrategy* self;
+      ~Served() {
+        const std::lock_guard lock(self->peers_mutex_);
+        --self->serving_;
+        self->served_cv_.notify_all();
+      }
+    } served{this};
+    return serve(from, service, request);
+  });
+  link_->set_listener([this](int peer, comm::PeerEvent event, const std::string& reason) {
+    hear(peer, event, reason);
+  });
+  if (rank_ == 0) {
+    logger_.info("gossip ({}): {}",
+                 options_.mode == GossipMode::kSync ? "sync D-PSGD" : "async AD-PSGD",
+                 topology_.describe());
+  }
+  if (options_.replacement) join_running_job();
+}
+
+GossipStrategy::~GossipStrategy() {
+  // The handler reads own_: stop it before the members go.
+  link_->leave();
+  {
+    std::unique_lock lock(peers_mutex_);
+    closing_ = true;
+    served_cv_.wait(lock, [&] { return serving_ == 0; });
+  }
+  link_.reset();
+}
+
+std::vector<std::byte> GossipStrategy::serve(int from, uint32_t service,
+                                             std::span<const std::byte> request) {
+  switch (service) {
+    case kAverage: {
+      const std::vector<float> theirs =
+          to_floats({request.begin(), request.end()}, from, "gossip average request");
+      std::vector<float> mine;
+      {
+        const std::lock_guard lock(model_mutex_);
+        mine = pack_own();
+        for (size_t k = 0; k < mine.size(); ++k) mine[k] = (mine[k] + theirs[k]) * 0.5f;
+        unpack_own(mine);
+      }
+      const auto bytes = as_bytes(mine);
+      return {bytes.begin(), bytes.end()};
+    }
+    case kFetchModel: {
+      std::vector<std::byte> reply(kStepBytes + flat_size_ * sizeof(float));
+      const std::lock_guard lock(model_mutex_);
+      const auto step = static_cast<uint64_t>(steps_);
+      std::memcpy(reply.data(), &step, kStepBytes);
+      size_t offset = kStepBytes;
+      for (const Tensor& t : own_tensors_) {
+        const size_t n = static_cast<size_t>(t.numel()) * sizeof(float);
+        if (n > 0) std::memcpy(reply.data() + offset, t.data(), n);
+        offset += n;
+      }
+      return reply;
+    }
+    case kDone: {
+      const std::lock_guard lock(peers_mutex_);
+      done_ = true;
+      done_cv_.notify_all();
+      return {};
+    }
+    default:
+      throw DataError(fmt::format("gossip worker {}: unknown service {} called by worker {}", rank_,
+                                  service, from));
+  }
+}
+
+void GossipStrategy::hear(int peer, comm::PeerEvent event, const std::string& reason) {
+  const std::lock_guard lock(peers_mutex_);
+  Peer& p = peers_[static_cast<size_t>(peer)];
+  if (event == comm::PeerEvent::kJoined) {
+    // A new incarnation: whatever we knew of the old one no longer holds.
+    ++p.generation;
+    p.state = PeerState::kPending;
+    logger_.info(
+        "gossip worker {}: worker {} joined again; it is mixed in from the first step "
+        "its model arrives",
+        rank_, peer);
+  } else if (peer == 0) {
+    // The chief is gone: nobody will say kDone.
+    done_ = true;
+    done_cv_.notify_all();
+  }
+  (void)reason;
+}
+
+void GossipStrategy::join_running_job() {
+  // The neighbours first (their step is ours), then anyone.
+  std::vector<int> order = topology_.in_neighbours(rank_, 0);
+  for (int p : topology_.out_neighbours(rank_, 0)) order.push_back(p);
+  for (int p = 0; p < world_; ++p) order.push_back(p);
+  std::string failures;
+  for (int p : order) {
+    if (p == rank_ || !link_->alive(p)) continue;
+    const std::string what =
+        fmt::format("gossip worker {} joining: fetch worker {}'s model", rank_, p);
+    std::vector<std::byte> reply;
+    try {
+      const uint64_t none = 0;
+      reply = link_->call(p, kFetchModel, std::as_bytes(std::span(&none, 1)), what,
+                          Deadline::after(options_.timeout));
+    } catch (const CommError& e) {
+      failures += fmt::format("; worker {}: {}", p, e.what());
+      continue;
+    }
+    if (reply.size() < kStepBytes) {
+      throw DataError(fmt::format("{}: reply of {} bytes, expected at least {}", what, reply.size(),
+                                  kStepBytes));
+    }
+    uint64_t step = 0;
+    std::memcpy(&step, reply.data(), kStepBytes);
+    const std::vector<float> flat = to_floats({reply.begin() + kStepBytes, reply.end()}, p, what);
+    {
+      const std::lock_guard lock(model_mutex_);
+      unpack_own(flat);
+      steps_ = static_cast<int64_t>(step);
+    }
+    copy_model(*own_, *average_);
+    joined_step_ = static_cast<int64_t>(step);
+    logger_.warn("gossip: worker {} joined at step {} with worker {}'s model", rank_, step, p);
+    return;
+  }
+  throw CommError(-1, fmt::format("gossip worker {} joining", rank_),
+                  fmt::format("no worker gave its model{}", failures));
+}
+
+StepStats GossipStrategy::train_step(const Tensor& inputs, std::span<const int64_t> targets) {
+  const StepStats mine = local_step(inputs, targets);
+  const int64_t t = steps_;
+  const uint64_t sent_before = link_->bytes_sent();
+  if (world_ > 1) {
+    if (options_.mode == GossipMode::kSync) {
+      gossip_sync(t);
+    } else {
+      gossip_async(t);
+    }
+  }
+  {
+    const std::lock_guard lock(model_mutex_);
+    ++steps_;
+  }
+  const uint64_t sent = link_->bytes_sent() - sent_before;
+  last_comm_ = {sent, sent};
+  if (rank_ == 0 && options_.consensus_every > 0 && steps_ % options_.consensus_every == 0) {
+    gather(/*wait_for_step=*/options_.mode == GossipMode::kSync);
+  }
+  return mine;
+}
+
+StepStats GossipStrategy::local_step(const Tensor& inputs, std::span<const int64_t> targets) {
+  const auto n = static_cast<int64_t>(targets.size());
+  check_batch(inputs, targets, /*allow_empty=*/true);
+  if (n == 0) return {};  // no rows, no gradient: this worker only gossips
+  StepStats stats;
+  const auto start = Clock::now();
+  {
+    const std::lock_guard lock(model_mutex_);
+    own_->train();
+    optimizer_->zero_grad();
+    const Variable output = own_->forward(Variable(inputs));
+    const Variable loss = loss_(output, targets);
+    stats = {static_cast<double>(loss.item()) * static_cast<double>(n),
+             count_correct(output.data(), targets), n};
+    loss.backward();
+    check_finite_gradients(*own_);
+  }
+  // An emulated slow node sleeps here, without the lock: the handler may
+  // average meanwhile (AD-PSGD allows it: the gradient is then slightly
+  // stale, as when a neighbour averages during a real slow step).
+  account_compute(std::chrono::duration<double>(Clock::now() - start).count(), n);
+  const std::lock_guard lock(model_mutex_);
+  optimizer_->step();
+  return stats;
+}
+
+void GossipStrategy::gossip_sync(int64_t t) {
+  const std::string what = fmt::format("gossip step {}", t);
+  std::vector<float> mine;
+  {
+    const std::lock_guard lock(model_mutex_);
+    mine = pack_own();
+  }
+  // Who this step mixes with: the topology's neighbours among the workers
+  // not known dead (one-peer-exponential skips the dead to the next alive).
+  const std::vector<bool> known = known_alive();
+  const std::vector<int> ins = topology_.in_neighbours(rank_, t, known);
+  for (int j : topology_.out_neighbours(rank_, t, known)) {
+    const Peer p = peer(j);
+    try {
+      link_->post(j, kModelChannel, static_cast<uint64_t>(t), as_bytes(mine), what,
+                  Deadline::after(options_.timeout));
+    } catch (const comm::PeerLostError& e) {
+      drop(j, e.what(), p.generation, /*lost=*/true);
+    }
+  }
+  // In-neighbours whose message of step t arrived, and their models.
+  std::vector<bool> mixed = known;
+  std::vector<std::pair<int, std::vector<float>>> models;
+  for (int j : ins) {
+    const Peer p = peer(j);
+    mixed[static_cast<size_t>(j)] = false;
+    const bool pending = p.state == PeerState::kPending;
+    const Deadline deadline = Deadline::after(
+        pending ? std::min(options_.rejoin_wait, options_.timeout) : options_.timeout);
+    try {
+      std::vector<std::byte> bytes =
+          link_->receive(j, kModelChannel, static_cast<uint64_t>(t), what, deadline);
+      models.emplace_back(j, to_floats(bytes, j, what));
+      mixed[static_cast<size_t>(j)] = true;
+    } catch (const comm::PeerLostError& e) {
+      drop(j, e.what(), p.generation, /*lost=*/true);
+    } catch (const TimeoutError& e) {
+      if (!pending) drop(j, e.what(), p.generation, /*lost=*/false);
+    }
+  }
+  gossip::MixingRow row = topology_.row(rank_, t, mixed);
+  const auto arrived = [&](int j) {
+    return std::any_of(models.begin(), models.end(), [j](const auto& m) { return m.first == j; });
+  };
+  if (!std::all_of(row.neighbours.begin(), row.neighbours.end(),
+                   [&](const auto& n) { return arrived(n.first); })) {
+    // One-peer-exponential whose one peer failed this step: the row would
+    // skip to a worker that sent us nothing; keep our model this step.
+    row = gossip::MixingRow{};
+  }
+  std::vector<double> sum(mine.size());
+  for (size_t k = 0; k < mine.size(); ++k) sum[k] = row.self * static_cast<double>(mine[k]);
+  for (const auto& [j, w] : row.neighbours) {
+    const auto it =
+        std::find_if(models.begin(), models.end(), [j = j](const auto& m) { return m.first == j; });
+    DTRAIN_CHECK(it != models.end(),
+                 "gossip row of worker {} step {} names worker {} whose model did not arrive",
+                 rank_, t, j);
+    const std::vector<float>& x = it->second;
+    for (size_t k = 0; k < sum.size(); ++k) sum[k] += w * static_cast<double>(x[k]);
+  }
+  for (size_t k = 0; k < mine.size(); ++k) mine[k] = static_cast<float>(sum[k]);
+  {
+    const std::lock_guard lock(model_mutex_);
+    unpack_own(mine);
+  }
+  // Report the changes: a drop (logged by drop()) with the new row, a return.
+  std::vector<int> dropped;
+  {
+    const std::lock_guard lock(peers_mutex_);
+    for (int j : ins) {
+      Peer& p = peers_[static_cast<size_t>(j)];
+      if (mixed[static_cast<size_t>(j)]) {
+        if (p.state != PeerState::kActive || !p.mixing) {
+          logger_.info("gossip worker {}: worker {} is mixed in again from step {}", rank_, j, t);
+        }
+        p.state = PeerState::kActive;
+        p.mixing = true;
+      } else if (p.mixing) {
+        p.mixing = false;
+        dropped.push_back(j);
+      }
+    }
+  }
+  for (int j : dropped) {
+    logger_.warn(
+        "gossip worker {}: worker {} dropped from the mixing at step {} ({}); weights "
+        "renormalised: {}",
+        rank_, j, t, drop_reason(j), describe_row(row));
+  }
+  last_row_ = row;
+}
+
+void GossipStrategy::gossip_async(int64_t t) {
+  // The partner: one in-neighbour of step t not known dead.
+  int partner = -1;
+  uint64_t generation = 0;
+  const std::vector<bool> known = known_alive();
+  if (topology_.kind() == gossip::TopologyKind::kOnePeerExponential) {
+    const std::vector<int> out = topology_.out_neighbours(rank_, t, known);
+    if (!out.empty()) partner = out.front(), generation = peer(partner).generation;
+  } else {
+    const std::vector<int> candidates = topology_.in_neighbours(rank_, t, known);
+    if (!candidates.empty()) {
+      Rng rng(mix_seed(options_.seed, rank_, t));
+      partner = candidates[rng.below(candidates.size())];
+      generation = peer(partner).generation;
+    }
+  }
+  if (partner < 0) return;  // every neighbour is gone: train alone
+  const std::string what = fmt::format("gossip average with worker {} at step {}", partner, t);
+  std::vector<float> sent;
+  {
+    const std::lock_guard lock(model_mutex_);
+    sent = pack_own();
+  }
+  std::vector<std::byte> reply;
+  try {
+    reply = link_->call(partner, kAverage, as_bytes(sent), what, Deadline::after(options_.timeout));
+  } catch (const comm::PeerLostError& e) {
+    drop(partner, e.what(), generation, /*lost=*/true);
+    return;
+  } catch (const TimeoutError& e) {
+    drop(partner, e.what(), generation, /*lost=*/true);
+    return;
+  }
+  const std::vector<float> averaged = to_floats(reply, partner, what);
+  {
+    const std::lock_guard lock(peers_mutex_);
+    Peer& p = peers_[static_cast<size_t>(partner)];
+    if (!p.mixing) {
+      logger_.info("gossip worker {}: worker {} is averaged with again from step {}", rank_,
+                   partner, t);
+    }
+    p.mixing = true;
+  }
+  // Mass is kept: let s = sent, y = the partner's model before its handler
+  // ran, r = (y + s) / 2 its model after; our model is s + d by now, d being
+  // what other workers' averages with us added meanwhile (each of which kept
+  // the sum by this same argument). We set ours to s + d + (r - s), so this
+  // exchange changes the sum by (r - s) + (r - y) = 2r - s - y = 0.
+  const std::lock_guard lock(model_mutex_);
+  std::vector<float> mine = pack_own();
+  for (size_t k = 0; k < mine.size(); ++k) mine[k] += averaged[k] - sent[k];
+  unpack_own(mine);
+}
+
+void GossipStrategy::fetch_model() { gather(/*wait_for_step=*/options_.mode == GossipMode::kSync); }
+
+void GossipStrategy::gather(bool wait_for_step) {
+  std::vector<std::vector<float>> models;
+  {
+    const std::lock_guard lock(model_mutex_);
+    models.push_back(pack_own());
+  }
+  const auto wanted = static_cast<uint64_t>(steps_);
+  for (int p = 0; p < world_; ++p) {
+    if (p == rank_ || peer(p).state == PeerState::kDead || !link_->alive(p)) continue;
+    const std::string what = fmt::format("gossip chief: fetch worker {}'s model", p);
+    const Deadline deadline = Deadline::after(options_.timeout);
+    auto pause = std::chrono::milliseconds(1);
+    try {
+      while (true) {
+        const std::vector<std::byte> reply =
+            link_->call(p, kFetchModel, std::as_bytes(std::span(&wanted, 1)), what, deadline);
+        if (reply.size() < kStepBytes) {
+          throw DataError(fmt::format("{}: reply of {} bytes, expected at least {}", what,
+                                      reply.size(), kStepBytes));
+        }
+        uint64_t step = 0;
+        std::memcpy(&step, reply.data(), kStepBytes);
+        if (!wait_for_step || step >= wanted) {
+          models.push_back(to_floats({reply.begin() + kStepBytes, reply.end()}, p, what));
+          break;
+        }
+        // Behind by a step or two (sync mode): it will get there, since
+        // its neighbours' messages of those steps are posted.
+        if (deadline.remaining() <= pause) {
+          throw TimeoutError(
+              p, what, options_.timeout,
+              fmt::format("worker {} to finish step {} (it is at {})", p, wanted, step));
+        }
+        std::this_thread::sleep_for(pause);
+        pause = std::min(pause * 2, std::chrono::milliseconds(20));
+      }
+    } catch (const CommError& e) {
+      logger_.warn("gossip chief: worker {}'s model left out of the average: {}", p, e.what());
+    }
+  }
+  const size_t count = models.size();
+  std::vector<double> mean(flat_size_, 0.0);
+  for (const auto& x : models) {
+    for (size_t k = 0; k < flat_size_; ++k) mean[k] += x[k];
+  }
+  for (double& v : mean) v /= static_cast<double>(count);
+  double distance = 0.0;
+  for (const auto& x : models) {
+    for (size_t k = 0; k < flat_size_; ++k) {
+      const double d = x[k] - mean[k];
+      distance += d * d;
+    }
+  }
+  distance /= static_cast<double>(count);
+  size_t offset = 0;
+  for (const Tensor& t : flat_tensors(*average_)) {
+    float* dst = t.data();
+    for (int64_t k = 0; k < t.numel(); ++k) dst[k] = static_cast<float>(mean[offset++]);
+  }
+  consensus_ = distance;
+  consensus_workers_ = static_cast<int>(count);
+  consensus_reported_ = false;
+}
+
+StepStats GossipStrategy::step_totals(const StepStats& local) const {
+  StepStats totals = local;
+  totals.loss_sum *= static_cast<double>(world_);
+  totals.correct *= world_;
+  totals.samples *= world_;
+  return totals;
+}
+
+void GossipStrategy::sync_replicas() {
+  const std::lock_guard lock(model_mutex_);
+  copy_model(*average_, *own_);
+}
+
+std::vector<std::pair<std::string, double>> GossipStrategy::report_metrics() {
+  if (consensus_reported_ || !consensus_) return {};
+  consensus_reported_ = true;
+  return {{"consensus_distance", *consensus_},
+          {"gossip_workers", static_cast<double>(consensus_workers_)}};
+}
+
+std::vector<std::pair<std::string, nn::Module*>> GossipStrategy::extra_eval_models() {
+  // A copy: in async mode a neighbour's average may change own_ while the
+  // trainer evaluates.
+  if (own_copy_ == nullptr) own_copy_ = make_model_();
+  {
+    const std::lock_guard lock(model_mutex_);
+    copy_model(*own_, *own_copy_);
+  }
+  return {{fmt::format("worker{}", rank_), own_copy_.get()}};
+}
+
+void GossipStrategy::finish() {
+  if (rank_ == 0) {
+    for (int p = 1; p < world_; ++p) {
+      if (peer(p).state == PeerState::kDead || !link_->alive(p)) continue;
+      try {
+        link_->call(p, kDone, {}, fmt::format("gossip chief: tell worker {} it is done", p),
+                    Deadline::after(options_.timeout));
+      } catch (const CommError& e) {
+        logger_.warn("gossip chief: worker {} did not hear it is done: {}", p, e.what());
+      }
+    }
+  } else {
+    std::unique_lock lock(peers_mutex_);
+    if (!done_cv_.wait_for(lock, options_.timeout, [&] { return done_; })) {
+      logger_.warn(
+          "gossip worker {}: the chief did not say it has the final model within {} ms; "
+          "leaving",
+          rank_, options_.timeout.count());
+    }
+  }
+  link_->leave();
+}
+
+std::vector<float> GossipStrategy::own_parameters() const {
+  const std::lock_guard lock(model_mutex_);
+  return pack_own();
+}
+
+std::vector<float> GossipStrategy::pack_own() const {
+  std::vector<float> flat;
+  flat.reserve(flat_size_);
+  for (const Tensor& t : own_tensors_) flat.insert(flat.end(), t.data(), t.data() + t.numel());
+  return flat;
+}
+
+void GossipStrategy::unpack_own(std::span<const float> flat) {
+  size_t offset = 0;
+  for (const Tensor& t : own_tensors_) {
+    const auto n = static_cast<size_t>(t.numel());
+    if (n > 0) std::memcpy(t.data(), flat.data() + offset, n * sizeof(float));
+    offset += n;
+  }
+}
+
+std::vector<float> GossipStrategy::to_floats(const std::vector<std::byte>& bytes, int peer,
+                                             const std::string& what) const {
+  if (bytes.size() != flat_size_ * sizeof(float)) {
+    throw DataError(
+        fmt::format("{}: worker {} sent {} bytes of parameters, expected {} ({} floats)", what,
+                    peer, bytes.size(), flat_size_ * sizeof(float), flat_size_));
+  }
+  std::vector<float> flat(flat_size_);
+  if (!bytes.empty()) std::memcpy(flat.data(), bytes.data(), bytes.size());
+  return flat;
+}
+
+std::vector<bool> GossipStrategy::known_alive() const {
+  const std::lock_guard lock(peers_mutex_);
+  std::vector<bool> alive(peers_.size());
+  for (size_t p = 0; p < peers_.size(); ++p) alive[p] = peers_[p].state != PeerState::kDead;
+  alive[static_cast<size_t>(rank_)] = true;
+  return alive;
+}
+
+GossipStrategy::Peer GossipStrategy::peer(int p) const {
+  const std::lock_guard lock(peers_mutex_);
+  return peers_[static_cast<size_t>(p)];
+}
+
+void GossipStrategy::drop(int p, const std::string& reason, uint64_t generation, bool lost) {
+  const std::lock_guard lock(peers_mutex_);
+  Peer& peer = peers_[static_cast<size_t>(p)];
+  // A replacement joined meanwhile: its predecessor's failure is not its own.
+  if (peer.generation != generation) return;
+  peer.state = lost ? PeerState::kDead : PeerState::kPending;
+  peer.reason = reason;
+  if (options_.mode == GossipMode::kAsync && peer.mixing) {
+    peer.mixing = false;
+    logger_.warn(
+        "gossip worker {}: worker {} dropped from the averaging ({}); partners are now "
+        "picked among the others",
+        rank_, p, reason);
+  }
+}
+
+std::string GossipStrategy::drop_reason(int p) const {
+  const std::lock_guard lock(peers_mutex_);
+  return peers_[static_cast<size_t>(p)].reason;
+}
+
+std::string GossipStrategy::describe_row(const gossip::MixingRow& row) const {
+  std::string s = fmt::format("self {:.4g}", row.self);
+  for (const auto& [j, w] : row.neighbours) s += fmt::format(", worker {} {:.4g}", j, w);
+  return s;
+}
+
+}  // namespace dtrain::strategy

@@ -1,0 +1,260 @@
+// GossipStrategy: one worker of a decentralized job (docs/gossip.md). Every
+// worker keeps its own model and, after each local step, averages it with a
+// few neighbours of a gossip topology (strategy/gossip_topology.h) over a
+// comm::PeerLink; there is no server and no global barrier.
+//
+// Models. `own_` is this worker's working model (with its optimizer): it
+// trains and gossips. `average_` is model(): what the chief (rank 0)
+// evaluates, checkpoints and writes; fetch_model() fills it with the mean of
+// every reachable worker's own model. Both start from make_model() (the same
+// initial weights on every worker). Checkpoints hold that average (a
+// documented choice: one model per checkpoint, readable by every strategy);
+// on resume sync_replicas() copies it into own_ on every worker, so all
+// start again from the average.
+//
+// Parameters on the wire: one flat float32 vector (host byte order, the
+// job's hosts share it) of own_'s parameters then its float buffers, in
+// state_dict order; a payload of another size is a DataError naming the peer.
+//
+// Synchronous D-PSGD (mode kSync; Lian et al. 2017, adapt-then-combine), step t:
+//  1. forward and backward on own_, the optimizer step (x_i <- x_i - lr g_i);
+//  2. post x_i to every out-neighbour of step t on (kModelChannel, t);
+//  3. receive every in-neighbour's x_j of step t (deadline: the timeout);
+//  4. x_i <- W_t[i][i] x_i + sum_j W_t[i][j] x_j with the row of
+//     Topology::row(i, t, mixed), `mixed` marking the neighbours whose
+//     message arrived: a neighbour that died (PeerLostError) or did not
+//     answer in time (TimeoutError) is dropped, its weight moves to the
+//     diagonal, one line says so, and training goes on.
+// A peer that comes back (a replacement: PeerEvent::kJoined), or that was
+// dropped for a timeout, is pending: it gets this worker's models again, and
+// each step waits for its message at most `rejoin_wait` (never the whole
+// timeout); it is mixed in again from the first step at which its message of
+// that step arrives. A replacement treats all its neighbours as pending at
+// first. Waiting only on peers mixed in the step before, each of which posts
+// before it receives, keeps the steps deadlock-free as in plain D-PSGD.
+//
+// Asynchronous AD-PSGD (mode kAsync; Lian et al. 2018), step t:
+//  1. under the model mutex: forward, backward and the optimizer step;
+//  2. pick one partner j: uniformly among the in-neighbours of step t not
+//     known dead, from a generator seeded by (seed, rank, t);
+//     one-peer-exponential: out_neighbours(i, t)[0];
+//  3. s = a copy of x_i; r = link.call(j, kAverage, s); j's handler, under
+//     j's model mutex, sets x_j <- (x_j + s) / 2 and replies the new x_j;
+//  4. under the mutex, x_i <- x_i + (r - s): if a third worker averaged with
+//     x_i meanwhile, its change is kept and the sum of all models is still
+//     preserved (proof at the code).
+// Deadlock freedom: a handler waits only for its own worker's model mutex,
+// and a worker holds that mutex only for local computation (steps 1 and 4),
+// never across a network wait; a call waits only for its partner's handler.
+// So every chain of waits is call -> handler -> mutex held by a local
+// computation, which ends without waiting on anyone: the wait-for graph has
+// no cycle, and every call finishes or hits its deadline. A dead partner is
+// dropped (one line) and another is picked the next step.
+//
+// Handlers (services) every worker answers, set in the constructor before a
+// peer can call: kAverage (above), kFetchModel (reply: the worker's step and
+// own_'s parameters, read under the mutex), kDone (the chief has fetched the
+// final model: finish() may leave).
+//
+// The chief: fetch_model() calls kFetchModel on every worker not known dead
+// (sequentially, each with the timeout; in sync mode it waits, polling,
+// until each has finished as many steps as the chief, so that the average is
+// of one step), sets average_ to the mean of the models that answered
+// (its own included) and measures the consensus distance
+// mean_i |x_i - x_mean|^2 over them; it does the same every
+// `consensus_every` steps (0: only when the trainer fetches) for
+// report_metrics(). extra_eval_models() gives a copy of the chief's own model
+// as "worker0".
+//
+// A replacement (options.replacement: the launcher started this process in
+// place of a failed one) asks a neighbour (then any worker) for its model and
+// step through kFetchModel, starts from them (its optimizer state fresh), and
+// joined_at_step() tells the trainer where to continue. The step is counted
+// from this run's start: after a resume from a checkpoint the replacement's
+// count lags the trainer's by the checkpoint's step (a known limitation).
+//
+// finish(): a non-chief worker waits, at most the timeout, until the chief
+// has called kDone (after its final fetch_model()) or left or died, still
+// answering calls; then it leaves. The chief calls kDone on every worker not
+// known dead, then leaves.
+//
+// Statistics: step_totals() is this worker's sums times the world size (no
+// exchange of statistics: the loss and accuracy of this worker's rows, a
+// uniform sample of the batch). last_comm() is the bytes the link sent for
+// the last step's gossip (dense_bytes the same: no compression).
+//
+// Ownership: owns both models, the optimizer and the link; the Logger must
+// outlive it. The destructor leaves the link and destroys it before the
+// models its handler reads.
+// Thread safety: one thread calls the strategy at a time (strategy.h); the
+// link's handler and listener run on the link's thread, synchronised by
+// the model mutex and the peers' mutex.
+// Errors: UsageError for bad batches; DataError for a payload of the wrong
+// size; CommError/TimeoutError only where no worker can be dropped instead
+// (a replacement that finds no worker to copy). Blocking: each step waits at
+// most the timeout per neighbour (sync) or per call (async).
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "comm/peer/peer_link.h"
+#include "core/log.h"
+#include "strategy/gossip_topology.h"
+#include "strategy/strategy.h"
+
+namespace dtrain::strategy {
+
+enum class GossipMode { kSync, kAsync };
+
+// "sync" or "async"; UsageError otherwise.
+GossipMode parse_gossip_mode(std::string_view name);
+
+struct GossipOptions {
+  GossipMode mode = GossipMode::kSync;
+  gossip::TopologyKind topology = gossip::TopologyKind::kRing;
+  // Steps between the chief's consensus measurements; 0: only at fetch_model().
+  int64_t consensus_every = 100;
+  // Deadline of every exchange with one peer.
+  std::chrono::milliseconds timeout{60000};
+  // Sync: how long a step waits for a pending peer's message (see above).
+  std::chrono::milliseconds rejoin_wait{50};
+  // Seeds the choice of AD-PSGD partners.
+  uint64_t seed = 1;
+  // This process replaces a failed worker: copy a neighbour's model.
+  bool replacement = false;
+};
+
+class GossipStrategy : public Strategy {
+ public:
+  // Channels and services on the link.
+  static constexpr uint32_t kModelChannel = 1;
+  static constexpr uint32_t kAverage = 1;
+  static constexpr uint32_t kFetchModel = 2;
+  static constexpr uint32_t kDone = 3;
+
+  GossipStrategy(std::unique_ptr<comm::PeerLink> link, const ModelFactory& make_model,
+                 const OptimizerFactory& make_optimizer, const GossipOptions& options, LossFn loss,
+                 Logger& logger);
+  GossipStrategy(const GossipStrategy&) = delete;
+  GossipStrategy& operator=(const GossipStrategy&) = delete;
+  ~GossipStrategy() override;
+
+  std::string name() const override { return "gossip"; }
+  int64_t replicas() const override { return world_; }
+  int64_t rank() const override { return rank_; }
+  int64_t world_size() const override { return world_; }
+  nn::Module& model() override { return *average_; }
+  void set_learning_rate(float lr) override { optimizer_->set_lr(lr); }
+  StepStats train_step(const Tensor& inputs, std::span<const int64_t> targets) override;
+  StepStats step_totals(const StepStats& local) const override;
+  void sync_replicas() override;
+  void fetch_model() override;
+  StateDict optimizer_state() override { return optimizer_->state_dict(); }
+  void load_optimizer_state(const StateDict& state) override { optimizer_->load_state_dict(state); }
+  std::optional<int64_t> joined_at_step() const override { return joined_step_; }
+  CommStats last_comm() const override { return last_comm_; }
+  std::vector<std::pair<std::string, double>> report_metrics() override;
+  std::vector<std::pair<std::string, nn::Module*>> extra_eval_models() override;
+  void finish() override;
+
+  // For tests and reports.
+  const gossip::Topology& topology() const { return topology_; }
+  // Steps this worker has finished (the replacement's count starts at the
+  // step it joined at).
+  int64_t steps() const { return steps_; }
+  // A copy of own_'s flat parameters (read under the model mutex).
+  std::vector<float> own_parameters() const;
+  // The row the last sync step mixed with.
+  const gossip::MixingRow& last_row() const { return last_row_; }
+  // The last consensus distance measured, and over how many workers.
+  std::optional<double> consensus_distance() const { return consensus_; }
+  int consensus_workers() const { return consensus_workers_; }
+
+ private:
+  // What this worker knows of a peer (see the file comment).
+  enum class PeerState { kActive, kPending, kDead };
+  struct Peer {
+    PeerState state = PeerState::kActive;
+    uint64_t generation = 0;  // kJoined events heard
+    bool mixing = true;       // in the mixing (a drop was logged otherwise)
+    std::string reason;       // why it was dropped last
+  };
+
+  std::vector<std::byte> serve(int from, uint32_t service, std::span<const std::byte> request);
+  void hear(int peer, comm::PeerEvent event, const std::string& reason);
+  void join_running_job();
+
+  // Local forward, backward and update; the model mutex is held except while
+  // the compute timer sleeps.
+  StepStats local_step(const Tensor& inputs, std::span<const int64_t> targets);
+  void gossip_sync(int64_t t);
+  void gossip_async(int64_t t);
+  // Gathers every reachable worker's model into average_ and measures the
+  // consensus distance; `wait_for_step`: sync mode's wait (see above).
+  void gather(bool wait_for_step);
+
+  // The flat vector under the model mutex, and writing one back.
+  std::vector<float> pack_own() const;
+  void unpack_own(std::span<const float> flat);
+  std::vector<float> to_floats(const std::vector<std::byte>& bytes, int peer,
+                               const std::string& what) const;
+
+  Peer peer(int p) const;
+  // Every worker not known dead (this one included).
+  std::vector<bool> known_alive() const;
+  void set_state(int p, PeerState state, uint64_t generation);
+  void drop(int p, const std::string& reason, uint64_t generation, bool lost);
+  std::string drop_reason(int p) const;
+  std::string describe_row(const gossip::MixingRow& row) const;
+
+  GossipOptions options_;
+  Logger& logger_;
+  int rank_ = 0;
+  int world_ = 1;
+  gossip::Topology topology_;
+  LossFn loss_;
+  ModelFactory make_model_;
+
+  // own_ and its flat tensors (parameters, then buffers) are guarded by
+  // model_mutex_ against the handler.
+  mutable std::mutex model_mutex_;
+  std::unique_ptr<nn::Module> own_;
+  std::unique_ptr<nn::Optimizer> optimizer_;
+  std::vector<Tensor> own_tensors_;
+  size_t flat_size_ = 0;
+  std::unique_ptr<nn::Module> average_;
+  std::unique_ptr<nn::Module> own_copy_;  // extra_eval_models()'s snapshot
+
+  int64_t steps_ = 0;  // read by the handler: guarded by model_mutex_
+  std::optional<int64_t> joined_step_;
+  CommStats last_comm_;
+  gossip::MixingRow last_row_;
+  std::optional<double> consensus_;
+  int consensus_workers_ = 0;
+  bool consensus_reported_ = true;
+
+  mutable std::mutex peers_mutex_;
+  std::condition_variable done_cv_;
+  std::vector<Peer> peers_;
+  bool done_ = false;  // the chief said kDone, left or died
+  // Handlers running now; the destructor waits for none (the link may still
+  // run one that started before leave()).
+  int serving_ = 0;
+  bool closing_ = false;
+  std::condition_variable served_cv_;
+
+  // Declared last: destroyed first, while the models its handler reads live.
+  std::unique_ptr<comm::PeerLink> link_;
+};
+
+}  // namespace dtrain::strategy

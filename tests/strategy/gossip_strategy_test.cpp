@@ -1,0 +1,617 @@
+// The gossip strategy: workers as threads over an InProcPeerHub. Synchronous
+// gossip against serial references (allreduce's model averaging with a full
+// topology, W x for a ring), AD-PSGD's mass preservation and absence of
+// deadlock under random delays, dropping a dead neighbour, a replacement
+// joining, the chief's average and consensus distance, and the spec.
+#include "strategy/gossip_strategy.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <barrier>
+#include <cmath>
+#include <map>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "comm/peer/inproc_peer_link.h"
+#include "core/config_table.h"
+#include "strategy/local_strategy.h"
+#include "strategy/registry.h"
+#include "strategy_test_util.h"
+#include "testing/expect_error.h"
+
+namespace dtrain::strategy {
+namespace {
+
+using namespace std::chrono_literals;
+using gossip::Topology;
+using gossip::TopologyKind;
+
+// Plain SGD (no momentum), so that a step is exactly x - lr g.
+OptimizerFactory plain_sgd(float lr) {
+  return [lr](std::vector<Variable> params) {
+    optim::SgdOptions o;
+    o.lr = lr;
+    return nn::Optimizer::make<optim::Sgd>(std::move(params), o);
+  };
+}
+
+ModelFactory mlp() {
+  return [] { return test::make_mlp(7); };
+}
+
+// A logger that keeps its lines.
+struct Lines {
+  std::mutex mutex;
+  std::vector<std::string> lines;
+  Logger logger{LogLevel::kInfo, [this](LogLevel, std::string_view line) {
+                  const std::lock_guard lock(mutex);
+                  lines.emplace_back(line);
+                }};
+  bool contains(const std::string& text) {
+    const std::lock_guard lock(mutex);
+    for (const std::string& l : lines) {
+      if (l.find(text) != std::string::npos) return true;
+    }
+    return false;
+  }
+};
+
+std::vector<float> flat(nn::Module& model) {
+  std::vector<float> out;
+  for (const Variable& p : model.parameters()) {
+    const std::vector<float> v = p.data().to_vector();
+    out.insert(out.end(), v.begin(), v.end());
+  }
+  return out;
+}
+
+void set_flat(nn::Module& model, const std::vector<float>& values) {
+  size_t offset = 0;
+  for (const Variable& p : model.parameters()) {
+    for (float& v : p.data().span()) v = values[offset++];
+  }
+}
+
+double max_abs_difference(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double worst = 0.0;
+  for (size_t k = 0; k < std::min(a.size(), b.size()); ++k) {
+    worst = std::max(worst, std::abs(double(a[k]) - double(b[k])));
+  }
+  return worst;
+}
+
+// N gossip workers over one hub, built before any thread runs (so that every
+// handler is set before a peer may call), each with its own log.
+struct Group {
+  Group(int n, GossipOptions options, OptimizerFactory optimizer = plain_sgd(0.1f))
+      : hub(n), logs(static_cast<size_t>(n)) {
+    options.timeout = 20s;
+    for (int r = 0; r < n; ++r) {
+      logs[static_cast<size_t>(r)] = std::make_unique<Lines>();
+      workers.push_back(std::make_unique<GossipStrategy>(hub.link(r), mlp(), optimizer, options,
+                                                         cross_entropy_loss(),
+                                                         logs[static_cast<size_t>(r)]->logger));
+    }
+  }
+  // Runs body(rank) on one thread per worker; rethrows the first error.
+  void run(const std::function<void(int)>& body) {
+    std::vector<std::exception_ptr> errors(workers.size());
+    {
+      std::vector<std::jthread> threads;
+      for (int r = 0; r < static_cast<int>(workers.size()); ++r) {
+        threads.emplace_back([&, r] {
+          try {
+            body(r);
+          } catch (...) {
+            errors[static_cast<size_t>(r)] = std::current_exception();
+          }
+        });
+      }
+    }
+    for (size_t r = 0; r < errors.size(); ++r) {
+      if (errors[r]) {
+        try {
+          std::rethrow_exception(errors[r]);
+        } catch (const std::exception& e) {
+          ADD_FAILURE() << "worker " << r << ": " << e.what();
+        }
+      }
+    }
+  }
+  // Gives every worker its own starting model (distinct values).
+  void spread_starts(uint64_t seed) {
+    Rng rng(seed);
+    for (auto& w : workers) {
+      std::vector<float> values = flat(w->model());
+      for (float& v : values) v = rng.normal();
+      set_flat(w->model(), values);
+      w->sync_replicas();
+    }
+  }
+  std::vector<float> sum_of_models() {
+    std::vector<float> sum;
+    for (auto& w : workers) {
+      const std::vector<float> x = w->own_parameters();
+      if (sum.empty()) sum.assign(x.size(), 0.0f);
+      for (size_t k = 0; k < x.size(); ++k) sum[k] += x[k];
+    }
+    return sum;
+  }
+
+  comm::InProcPeerHub hub;
+  std::vector<std::unique_ptr<Lines>> logs;
+  std::vector<std::unique_ptr<GossipStrategy>> workers;
+};
+
+// Worker r's share of batch b: rows [r rows, (r + 1) rows) of a global batch.
+struct Data {
+  Data(int workers, int64_t rows, int steps)
+      : rows(rows), batches(test::make_batches(steps, rows * workers, 11)) {}
+  Tensor x(int step, int r) const {
+    return batches[static_cast<size_t>(step)].x.narrow(r * rows, rows);
+  }
+  std::span<const int64_t> y(int step, int r) const {
+    return std::span(batches[static_cast<size_t>(step)].y)
+        .subspan(static_cast<size_t>(r * rows), static_cast<size_t>(rows));
+  }
+  int64_t rows;
+  std::vector<test::Batch> batches;
+};
+
+TEST(GossipStrategy, FullTopologySyncEqualsAllReduceModelAveraging) {
+  constexpr int kWorkers = 4, kSteps = 6;
+  GossipOptions o;
+  o.topology = TopologyKind::kFull;
+  Group g(kWorkers, o);
+  const Data data(kWorkers, 5, kSteps);
+  g.run([&](int r) {
+    for (int s = 0; s < kSteps; ++s) g.workers[r]->train_step(data.x(s, r), data.y(s, r));
+    g.workers[r]->finish();
+  });
+  // With equal weights 1/N, each step is the mean of the workers' local SGD
+  // steps from one common model: one model stepping on the mean gradient of
+  // the union of the equal shares.
+  LocalStrategy reference(mlp()(), plain_sgd(0.1f));
+  for (int s = 0; s < kSteps; ++s) {
+    reference.train_step(data.batches[s].x, data.batches[s].y);
+  }
+  const std::vector<float> expected = flat(reference.model());
+  for (int r = 0; r < kWorkers; ++r) {
+    EXPECT_LT(max_abs_difference(g.workers[r]->own_parameters(), expected), 1e-6) << "worker " << r;
+    EXPECT_EQ(g.workers[r]->steps(), kSteps);
+    EXPECT_EQ(g.workers[r]->last_row().neighbours.size(), 3u);
+  }
+}
+
+// Every worker's own model after `steps` of synchronous gossip, computed
+// serially: each worker's local SGD step from its model, then X <- W_t X.
+std::vector<std::vector<float>> serial_gossip(const Topology& topology, const Data& data,
+                                              std::vector<std::vector<float>> starts, int steps,
+                                              float lr) {
+  const int n = topology.workers();
+  std::vector<std::vector<float>> x = std::move(starts);
+  for (int s = 0; s < steps; ++s) {
+    for (int r = 0; r < n; ++r) {
+      LocalStrategy local(mlp()(), plain_sgd(lr));
+      set_flat(local.model(), x[r]);
+      local.train_step(data.x(s, r), data.y(s, r));
+      x[r] = flat(local.model());
+    }
+    const std::vector<double> w = topology.matrix(s);
+    std::vector<std::vector<float>> mixed(x.size());
+    for (int i = 0; i < n; ++i) {
+      std::vector<double> sum(x[i].size(), 0.0);
+      for (int j = 0; j < n; ++j) {
+        const double wij = w[static_cast<size_t>(i * n + j)];
+        for (size_t k = 0; k < sum.size(); ++k) sum[k] += wij * x[j][k];
+      }
+      mixed[i].assign(sum.begin(), sum.end());
+    }
+    x = std::move(mixed);
+  }
+  return x;
+}
+
+void expect_sync_matches_serial(TopologyKind kind, int n, float lr) {
+  constexpr int kSteps = 5;
+  GossipOptions o;
+  o.topology = kind;
+  Group g(n, o, plain_sgd(lr));
+  g.spread_starts(3);
+  std::vector<std::vector<float>> starts;
+  for (auto& w : g.workers) starts.push_back(w->own_parameters());
+  const std::vector<float> sum_before = g.sum_of_models();
+  const Data data(n, 4, kSteps);
+  g.run([&](int r) {
+    for (int s = 0; s < kSteps; ++s) g.workers[r]->train_step(data.x(s, r), data.y(s, r));
+    g.workers[r]->finish();
+  });
+  const auto expected = serial_gossip(g.workers[0]->topology(), data, starts, kSteps, lr);
+  for (int r = 0; r < n; ++r) {
+    EXPECT_LT(max_abs_difference(g.workers[r]->own_parameters(), expected[r]), 1e-5)
+        << "worker " << r;
+  }
+  if (lr == 0.0f) {
+    // Mixing alone keeps the sum and contracts towards the mean.
+    EXPECT_LT(max_abs_difference(g.sum_of_models(), sum_before), 1e-4);
+  }
+}
+
+TEST(GossipStrategy, RingSyncStepIsWTimesX) {
+  expect_sync_matches_serial(TopologyKind::kRing, 5, 0.0f);
+  expect_sync_matches_serial(TopologyKind::kRing, 4, 0.1f);
+}
+
+TEST(GossipStrategy, OtherTopologiesSyncStepIsWTimesX) {
+  expect_sync_matches_serial(TopologyKind::kExponential, 6, 0.1f);
+  expect_sync_matches_serial(TopologyKind::kOnePeerExponential, 4, 0.1f);
+  expect_sync_matches_serial(TopologyKind::kTorus, 6, 0.1f);
+}
+
+// AD-PSGD under random delays: every worker finishes (no deadlock, no
+// TimeoutError within a generous deadline) and, with lr 0, the sum of the
+// models is what it was (mass preservation).
+TEST(GossipStrategy, AsyncNeverDeadlocksAndKeepsTheSumUnderRandomDelays) {
+  constexpr int kSteps = 12;
+  for (const int n : {4, 6}) {
+    for (uint64_t seed = 1; seed <= 10; ++seed) {
+      SCOPED_TRACE(::testing::Message() << n << " workers, seed " << seed);
+      GossipOptions o;
+      o.mode = GossipMode::kAsync;
+      o.topology = seed % 2 == 0 ? TopologyKind::kRing : TopologyKind::kExponential;
+      o.seed = seed;
+      o.consensus_every = 0;
+      Group g(n, o, plain_sgd(0.0f));
+      g.spread_starts(seed);
+      const std::vector<float> sum_before = g.sum_of_models();
+      auto rng = std::make_shared<std::mt19937_64>(seed);
+      auto rng_mutex = std::make_shared<std::mutex>();
+      g.hub.set_delay([rng, rng_mutex](int, int) {
+        const std::lock_guard lock(*rng_mutex);
+        return std::chrono::microseconds((*rng)() % 2000);
+      });
+      const Data data(n, 3, kSteps);
+      std::atomic<int> finished = 0;
+      // Every worker stops stepping before any leaves: a worker that left is
+      // dropped by those still averaging (tested elsewhere), not here.
+      std::barrier stepped(n);
+      g.run([&](int r) {
+        for (int s = 0; s < kSteps; ++s) g.workers[r]->train_step(data.x(s, r), data.y(s, r));
+        ++finished;
+        stepped.arrive_and_wait();
+        g.workers[r]->finish();
+      });
+      EXPECT_EQ(finished.load(), n);
+      for (int r = 0; r < n; ++r) {
+        EXPECT_FALSE(g.logs[r]->contains("dropped")) << "worker " << r;
+      }
+      EXPECT_LT(max_abs_difference(g.sum_of_models(), sum_before), 1e-4);
+    }
+  }
+}
+
+TEST(GossipStrategy, AsyncAveragesMoveTowardsConsensus) {
+  constexpr int kWorkers = 4, kSteps = 30;
+  GossipOptions o;
+  o.mode = GossipMode::kAsync;
+  o.topology = TopologyKind::kRing;
+  o.consensus_every = 0;
+  Group g(kWorkers, o, plain_sgd(0.0f));
+  g.spread_starts(5);
+  g.workers[0]->fetch_model();
+  const double before = *g.workers[0]->consensus_distance();
+  const Data data(kWorkers, 3, kSteps);
+  std::barrier stepped(kWorkers);
+  g.run([&](int r) {
+    for (int s = 0; s < kSteps; ++s) g.workers[r]->train_step(data.x(s, r), data.y(s, r));
+    stepped.arrive_and_wait();
+    if (r == 0) g.workers[0]->fetch_model();
+    g.workers[r]->finish();
+  });
+  EXPECT_LT(*g.workers[0]->consensus_distance(), 0.1 * before);
+}
+
+// Ring of 4, sync: worker 2 dies after kDie steps; its neighbours 1 and 3
+// drop it (one line each), mix with the renormalised rows and go on.
+TEST(GossipStrategy, ADeadNeighbourIsDroppedAndTheRowRenormalised) {
+  constexpr int kWorkers = 4, kSteps = 8, kDie = 3;
+  GossipOptions o;
+  Group g(kWorkers, o);
+  const Data data(kWorkers, 3, kSteps);
+  g.run([&](int r) {
+    for (int s = 0; s < kSteps; ++s) {
+      if (r == 2 && s == kDie) {
+        g.hub.kill(2);
+        return;
+      }
+      g.workers[r]->train_step(data.x(s, r), data.y(s, r));
+    }
+    // The chief's average (sync: of step kSteps) leaves the dead worker out.
+    if (r == 0) g.workers[0]->fetch_model();
+    g.workers[r]->finish();
+  });
+  std::vector<bool> alive(kWorkers, true);
+  alive[2] = false;
+  const Topology& topology = g.workers[0]->topology();
+  for (const int r : {1, 3}) {
+    EXPECT_TRUE(g.logs[r]->contains("worker 2 dropped from the mixing at step 3")) << r;
+    const gossip::MixingRow expected = topology.row(r, kSteps - 1, alive);
+    const gossip::MixingRow& got = g.workers[r]->last_row();
+    EXPECT_DOUBLE_EQ(got.self, expected.self) << r;
+    EXPECT_EQ(got.neighbours, expected.neighbours) << r;
+    EXPECT_EQ(got.neighbours.size(), 1u);
+    EXPECT_EQ(g.workers[r]->steps(), kSteps);
+  }
+  EXPECT_FALSE(g.logs[0]->contains("dropped"));
+  EXPECT_EQ(g.workers[0]->last_row().neighbours.size(), 2u);
+  EXPECT_EQ(g.workers[0]->consensus_workers(), 3);
+}
+
+// A replacement for a dead worker copies a neighbour's model and step, and
+// its neighbours mix it in again.
+TEST(GossipStrategy, AReplacementJoinsWithANeighboursModel) {
+  constexpr int kWorkers = 4, kSteps = 14, kDie = 3, kPause = 6;
+  GossipOptions o;
+  o.rejoin_wait = 2s;  // generous: the test expects the first possible re-mix
+  Group g(kWorkers, o);
+  const Data data(kWorkers, 3, kSteps);
+  // The four worker threads and the one that starts the replacement.
+  std::barrier paused(kWorkers + 1);
+  std::barrier resumed(kWorkers + 1);
+  Lines replacement_log;
+  std::unique_ptr<GossipStrategy> replacement;
+  std::jthread main_part([&] {
+    paused.arrive_and_wait();
+    const std::vector<float> neighbour = g.workers[1]->own_parameters();
+    GossipOptions r = o;
+    r.timeout = 20s;
+    r.replacement = true;
+    replacement = std::make_unique<GossipStrategy>(g.hub.rejoin(2), mlp(), plain_sgd(0.1f), r,
+                                                   cross_entropy_loss(), replacement_log.logger);
+    EXPECT_EQ(replacement->own_parameters(), neighbour);
+    resumed.arrive_and_wait();
+  });
+  g.run([&](int rank) {
+    if (rank == 2) {
+      for (int s = 0; s < kDie; ++s) g.workers[2]->train_step(data.x(s, 2), data.y(s, 2));
+      g.hub.kill(2);
+      paused.arrive_and_wait();
+      resumed.arrive_and_wait();
+      GossipStrategy& w = *replacement;
+      for (int s = static_cast<int>(*w.joined_at_step()); s < kSteps; ++s) {
+        w.train_step(data.x(s, 2), data.y(s, 2));
+      }
+      w.finish();
+      return;
+    }
+    for (int s = 0; s < kSteps; ++s) {
+      if (s == kPause) {
+        paused.arrive_and_wait();
+        resumed.arrive_and_wait();
+      }
+      g.workers[rank]->train_step(data.x(s, rank), data.y(s, rank));
+    }
+    g.workers[rank]->finish();
+  });
+  main_part.join();
+  ASSERT_NE(replacement, nullptr);
+  ASSERT_TRUE(replacement->joined_at_step().has_value());
+  EXPECT_EQ(*replacement->joined_at_step(), kPause);
+  EXPECT_TRUE(replacement_log.contains("worker 2 joined at step 6 with worker 1's model"));
+  EXPECT_EQ(replacement->steps(), kSteps);
+  for (const int r : {1, 3}) {
+    EXPECT_TRUE(g.logs[r]->contains("worker 2 is mixed in again")) << r;
+    EXPECT_EQ(g.workers[r]->last_row().neighbours.size(), 2u) << r;
+  }
+  EXPECT_EQ(replacement->last_row().neighbours.size(), 2u);
+}
+
+TEST(GossipStrategy, AReplacementStartsFromTheNeighboursModel) {
+  GossipOptions o;
+  Group g(3, o);
+  g.spread_starts(9);
+  g.hub.kill(2);
+  GossipOptions r = o;
+  r.timeout = 20s;
+  r.replacement = true;
+  Lines log;
+  GossipStrategy replacement(g.hub.rejoin(2), mlp(), plain_sgd(0.1f), r, cross_entropy_loss(),
+                             log.logger);
+  // Ring of 3: worker 2's in-neighbours are 0 and 1; it asks 0 first.
+  EXPECT_EQ(replacement.own_parameters(), g.workers[0]->own_parameters());
+  EXPECT_EQ(flat(replacement.model()), g.workers[0]->own_parameters());
+  EXPECT_EQ(replacement.joined_at_step(), 0);
+}
+
+TEST(GossipStrategy, ChiefAveragesTheModelsAndMeasuresTheConsensusDistance) {
+  constexpr int kWorkers = 3;
+  GossipOptions o;
+  Group g(kWorkers, o);
+  g.spread_starts(4);
+  std::vector<std::vector<float>> x;
+  for (auto& w : g.workers) x.push_back(w->own_parameters());
+  g.workers[0]->fetch_model();
+  const size_t size = x[0].size();
+  std::vector<double> mean(size, 0.0);
+  for (const auto& xi : x) {
+    for (size_t k = 0; k < size; ++k) mean[k] += xi[k] / 3.0;
+  }
+  double distance = 0.0;
+  for (const auto& xi : x) {
+    for (size_t k = 0; k < size; ++k) distance += (xi[k] - mean[k]) * (xi[k] - mean[k]) / 3.0;
+  }
+  EXPECT_NEAR(*g.workers[0]->consensus_distance(), distance, 1e-9 * distance);
+  EXPECT_LT(
+      max_abs_difference(flat(g.workers[0]->model()), std::vector<float>(mean.begin(), mean.end())),
+      1e-6);
+  const auto metrics = g.workers[0]->report_metrics();
+  ASSERT_EQ(metrics.size(), 2u);
+  EXPECT_EQ(metrics[0].first, "consensus_distance");
+  EXPECT_DOUBLE_EQ(metrics[0].second, *g.workers[0]->consensus_distance());
+  EXPECT_EQ(metrics[1], (std::pair<std::string, double>{"gossip_workers", 3.0}));
+  EXPECT_TRUE(g.workers[0]->report_metrics().empty());  // nothing new since
+  const auto extra = g.workers[0]->extra_eval_models();
+  ASSERT_EQ(extra.size(), 1u);
+  EXPECT_EQ(extra[0].first, "worker0");
+  EXPECT_EQ(flat(*extra[0].second), x[0]);
+}
+
+TEST(GossipStrategy, ConsensusIsMeasuredEveryKSteps) {
+  constexpr int kWorkers = 3, kSteps = 4;
+  GossipOptions o;
+  o.consensus_every = 2;
+  Group g(kWorkers, o);
+  const Data data(kWorkers, 3, kSteps);
+  std::vector<size_t> reports;
+  g.run([&](int r) {
+    for (int s = 0; s < kSteps; ++s) {
+      g.workers[r]->train_step(data.x(s, r), data.y(s, r));
+      if (r == 0) reports.push_back(g.workers[0]->report_metrics().size());
+    }
+    g.workers[r]->finish();
+  });
+  EXPECT_EQ(reports, (std::vector<size_t>{0, 2, 0, 2}));
+}
+
+TEST(GossipStrategy, APayloadOfTheWrongSizeIsADataErrorNamingThePeer) {
+  comm::InProcPeerHub hub(2);
+  GossipOptions o;
+  o.timeout = 20s;
+  GossipStrategy worker(hub.link(0), mlp(), plain_sgd(0.1f), o, cross_entropy_loss(),
+                        Logger::null());
+  auto other = hub.link(1);
+  const std::vector<std::byte> junk(12);
+  other->post(0, GossipStrategy::kModelChannel, 0, junk, "junk", Deadline::after(5s));
+  const Data data(2, 3, 1);
+  try {
+    worker.train_step(data.x(0, 0), data.y(0, 0));
+    ADD_FAILURE() << "expected a DataError";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find("worker 1 sent 12 bytes of parameters"), std::string::npos)
+        << e.what();
+  }
+}
+
+// --- the spec ---
+
+class MapTable final : public ConfigTable {
+ public:
+  explicit MapTable(std::map<std::string, std::string> values)
+      : values_(std::move(values)), lines_("job.toml", "distributed.gossip", 0) {}
+  bool read(std::string_view key, bool& out) override {
+    return get(key, [&](const std::string& v) { out = v == "true"; });
+  }
+  bool read(std::string_view key, int64_t& out) override {
+    return get(key, [&](const std::string& v) { out = std::stoll(v); });
+  }
+  bool read(std::string_view key, double& out) override {
+    return get(key, [&](const std::string& v) { out = std::stod(v); });
+  }
+  bool read(std::string_view key, std::string& out) override {
+    return get(key, [&](const std::string& v) { out = v; });
+  }
+  bool read(std::string_view key, std::vector<std::string>& out) override {
+    return get(key, [&](const std::string& v) { out = {v}; });
+  }
+  const KeyLines& lines() const override { return lines_; }
+
+ private:
+  template <typename F>
+  bool get(std::string_view key, F&& set) {
+    const auto it = values_.find(std::string(key));
+    if (it == values_.end()) return false;
+    set(it->second);
+    lines_.add(key, 4);
+    return true;
+  }
+  std::map<std::string, std::string> values_;
+  KeyLines lines_;
+};
+
+std::unique_ptr<StrategySpec> gossip_spec(std::map<std::string, std::string> values) {
+  auto spec = make_strategy_spec("gossip", KeyLines(), "strategy");
+  MapTable table(std::move(values));
+  spec->read_options(table);
+  return spec;
+}
+
+JobFacts facts(int64_t workers) {
+  JobFacts f;
+  f.workers = workers;
+  f.where = KeyLines("job.toml", "", 0);
+  return f;
+}
+
+TEST(GossipSpec, ReadsAndChecksItsOptions) {
+  EXPECT_NO_THROW(gossip_spec(
+      {{"mode", "async"}, {"topology", "one-peer-exponential"}, {"consensus_every", "0"}}));
+  for (const std::string& kind : gossip::topology_names()) {
+    EXPECT_NO_THROW(gossip_spec({{"topology", kind}})) << kind;
+  }
+  testing::expect_error<ConfigError>(
+      [] {
+        gossip_spec({{"topology", "star"}});
+      },
+      "job.toml:4: 'distributed.gossip.topology': 'star' is not one of: ring, torus, full, "
+      "exponential, one-peer-exponential");
+  EXPECT_THROW(gossip_spec({{"mode", "ssp"}}), ConfigError);
+  testing::expect_error<ConfigError>(
+      [] {
+        gossip_spec({{"consensus_every", "-1"}});
+      },
+      "job.toml:4: 'distributed.gossip.consensus_every': must be 0 (only at evaluations) or "
+      "more, got -1");
+}
+
+TEST(GossipSpec, RefusesWhatDoesNotApply) {
+  const auto spec = gossip_spec({});
+  std::vector<std::string> warnings;
+  JobFacts f = facts(4);
+  EXPECT_NO_THROW(spec->validate(f, warnings));
+  const auto refused = [&](JobFacts job, const std::string& key) {
+    try {
+      spec->validate(job, warnings);
+      ADD_FAILURE() << "expected a ConfigError naming " << key;
+    } catch (const ConfigError& e) {
+      EXPECT_EQ(e.key(), key) << e.what();
+    }
+  };
+  JobFacts elastic = f;
+  elastic.elastic = true;
+  refused(elastic, "train.elastic");
+  JobFacts dynamic = f;
+  dynamic.dynamic_batch = true;
+  refused(dynamic, "distributed.dynamic_batch");
+  JobFacts compressed = f;
+  compressed.compression = true;
+  refused(compressed, "compression.type");
+  JobFacts local_sgd = f;
+  local_sgd.local_sgd = true;
+  refused(local_sgd, "compression.local_steps");
+  JobFacts min_workers = f;
+  min_workers.min_workers = 5;
+  refused(min_workers, "train.min_workers");
+}
+
+TEST(GossipSpec, PlansOneReplaceableProcessPerWorker) {
+  const auto spec = gossip_spec({});
+  EXPECT_FALSE(spec->multi_process(facts(1)));
+  EXPECT_TRUE(spec->multi_process(facts(4)));
+  JobFacts f = facts(4);
+  const ProcessPlan p = spec->plan(f);
+  EXPECT_EQ(p.processes, 4);
+  EXPECT_EQ(p.servers, 0);
+  EXPECT_TRUE(p.replace_failed);
+  EXPECT_EQ(p.min_workers, 1);
+  EXPECT_EQ(p.essential_slots, 1);
+  EXPECT_EQ(p.slot_name(2), "worker 2");
+  f.min_workers = 3;
+  EXPECT_EQ(spec->plan(f).min_workers, 3);
+}
+
+}  // namespace
+}  // namespace dtrain::strategy
