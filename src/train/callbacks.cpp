@@ -76,6 +76,7 @@ void ProgressBar::on_train_begin(const RunInfo& info) {
 }
 
 void ProgressBar::on_step_end(const StepInfo& s) {
+  if (!s.extra.empty()) figures_ = strategy_figures(s);
   const auto now = std::chrono::steady_clock::now();
   if (s.step_in_epoch != s.steps_per_epoch && now - last_draw_ < std::chrono::milliseconds(100))
     return;
@@ -88,7 +89,7 @@ void ProgressBar::on_step_end(const StepInfo& s) {
       out_, "\r\033[Kepoch {} [{}{}] {}/{} loss {:.4f} acc {:.2f}% lr {:.4g} {:.0f} samples/s{}{}",
       s.epoch, std::string(static_cast<size_t>(filled), '#'),
       std::string(static_cast<size_t>(kWidth - filled), '.'), s.step_in_epoch, s.steps_per_epoch,
-      s.loss, 100.0 * s.accuracy, s.lr, s.samples_per_s, traffic(s), strategy_figures(s));
+      s.loss, 100.0 * s.accuracy, s.lr, s.samples_per_s, traffic(s), figures_);
   out_ << std::flush;
   line_open_ = true;
 }

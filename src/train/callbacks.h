@@ -48,8 +48,9 @@ struct StepInfo {
   // with one worker); they differ under dynamic batches.
   std::vector<int64_t> split;
   // The strategy's own figures (Strategy::report_metrics(), e.g. gossip's
-  // "consensus_distance"), as of the last report step (every
-  // log_every_steps): each name's latest value; empty when it has none.
+  // "consensus_distance"): at report steps (every log_every_steps) what it
+  // measured since the last report; empty on other steps and when it
+  // measured nothing new.
   std::vector<std::pair<std::string, double>> extra;
 };
 
@@ -105,7 +106,8 @@ class Callback {
   virtual void on_guard(const GuardEvent&) {}
 };
 
-// A single line redrawn in place ("\r"): epoch, step, loss, accuracy, samples/s.
+// A single line redrawn in place ("\r"): epoch, step, loss, accuracy, samples/s,
+// and the strategy's figures as last reported.
 class ProgressBar : public Callback {
  public:
   explicit ProgressBar(std::ostream& out) : out_(out) {}
@@ -119,6 +121,7 @@ class ProgressBar : public Callback {
   std::ostream& out_;
   std::chrono::steady_clock::time_point last_draw_{};
   bool line_open_ = false;
+  std::string figures_;  // the last StepInfo::extra, formatted
 };
 
 // One line every log_every_steps steps and one per epoch.

@@ -430,23 +430,10 @@ bool Trainer::after_step(Position& position, float lr, const RunPlan& plan, bool
   if (world_ > 1) s.split = split;
   const bool report_step =
       job_.train.log_every_steps > 0 && position.step % job_.train.log_every_steps == 0;
-  if (chief_ && report_step) update_strategy_figures();
-  s.extra = strategy_figures_;
+  if (chief_ && report_step) s.extra = strategy_.report_metrics();
   for (Callback* c : callbacks_) c->on_step_end(s);
   if (report_step) window_ = {};
   return reformed;
-}
-
-void Trainer::update_strategy_figures() {
-  for (auto& [name, value] : strategy_.report_metrics()) {
-    auto same = std::find_if(strategy_figures_.begin(), strategy_figures_.end(),
-                             [&](const auto& f) { return f.first == name; });
-    if (same != strategy_figures_.end()) {
-      same->second = value;
-    } else {
-      strategy_figures_.emplace_back(std::move(name), value);
-    }
-  }
 }
 
 Trainer::EpochEnd Trainer::run_epoch(const data::TensorDataset& train, data::DataLoader& loader,
@@ -568,7 +555,6 @@ Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset
   Summary summary;
   Window trained;  // every step of the run
   window_ = {};
-  strategy_figures_.clear();
   while (position.step < plan.total_steps && position.epoch < job_.train.epochs) {
     const EpochEnd end = run_epoch(train, loader, plan, position);
     trained.stats += end.steps.stats;

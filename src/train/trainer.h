@@ -30,8 +30,9 @@
 // ("rows per worker ...").
 //
 // The strategy's own reports: at each report step (every log_every_steps)
-// the chief asks Strategy::report_metrics() and StepInfo::extra carries each
-// figure's latest value from then on; at each epoch's end it evaluates every
+// the chief asks Strategy::report_metrics() for StepInfo::extra (what it
+// measured since the last report; other steps carry none); at each epoch's
+// end it evaluates every
 // Strategy::extra_eval_models() model like model() (EpochInfo::extra).
 //
 // Partitions (job.data.partition): each worker trains on its own part of the
@@ -214,9 +215,6 @@ class Trainer {
   // the same step); nullopt when there is none.
   std::optional<StateDict> find_rank_state(const io::Checkpoint& c) const;
   void take_snapshot(int64_t step);
-  // Merges the strategy's report_metrics() into strategy_figures_ (the
-  // chief, at report steps).
-  void update_strategy_figures();
 
   const JobConfig& job_;
   strategy::Strategy& strategy_;
@@ -232,10 +230,7 @@ class Trainer {
   // each checkpoint), and the positions a resumed run continues from.
   std::vector<int64_t> part_consumed_;
   std::vector<int64_t> resumed_part_consumed_;
-  Window window_;  // since the last report (log_every_steps)
-  // The chief's latest Strategy::report_metrics() by name, refreshed at
-  // each report step: StepInfo::extra.
-  std::vector<std::pair<std::string, double>> strategy_figures_;
+  Window window_;                            // since the last report (log_every_steps)
   std::unique_ptr<ConvergenceGuard> guard_;  // compression.guard
   Snapshot snapshot_;
   std::unique_ptr<CheckpointWriter> rank_writer_;  // ranks > 0 with a rank_state()

@@ -408,9 +408,10 @@ TEST(Trainer, AProcessJoiningARunningJobStartsAtItsStepNotAtTheCheckpoint) {
 namespace dtrain::train {
 namespace {
 
-// A strategy with figures of its own (what gossip reports): each report
-// returns the report's number as "consensus_distance", and a "loss" that
-// clashes with the step event's own key; its extra model "worker0" is an
+// A strategy with figures of its own (what gossip reports): every second
+// report has measured something, the report's number as
+// "consensus_distance" and a "loss" that clashes with the step event's own
+// key; the others have nothing new. Its extra model "worker0" is an
 // untrained model of another seed, so its accuracy is not model()'s.
 class ReportingStrategy final : public strategy::LocalStrategy {
  public:
@@ -422,6 +423,7 @@ class ReportingStrategy final : public strategy::LocalStrategy {
         other_(build_model(job.model, other_rng)) {}
   std::vector<std::pair<std::string, double>> report_metrics() override {
     ++reports;
+    if (reports % 2 == 1) return {};
     return {{"consensus_distance", double(reports)}, {"loss", -1.0}};
   }
   std::vector<std::pair<std::string, nn::Module*>> extra_eval_models() override {
@@ -459,8 +461,13 @@ TEST(Trainer, TheStrategysFiguresAndExtraModelsReachTheMetrics) {
     const nlohmann::json e = nlohmann::json::parse(line);
     if (e["event"] == "step") {
       ++steps;
-      EXPECT_DOUBLE_EQ(e.value("consensus_distance", 0.0), double(steps)) << e.dump();
-      EXPECT_DOUBLE_EQ(e.value("strategy_loss", 0.0), -1.0) << e.dump();
+      if (steps % 2 == 1) {
+        EXPECT_FALSE(e.contains("consensus_distance")) << "nothing new, nothing: " << e.dump();
+        EXPECT_FALSE(e.contains("strategy_loss")) << e.dump();
+      } else {
+        EXPECT_DOUBLE_EQ(e.value("consensus_distance", 0.0), double(steps)) << e.dump();
+        EXPECT_DOUBLE_EQ(e.value("strategy_loss", 0.0), -1.0) << e.dump();
+      }
       EXPECT_GT(e["loss"].get<double>(), 0.0) << "the step's own loss stays: " << e.dump();
     }
     if (e["event"] == "epoch") {
@@ -475,7 +482,14 @@ TEST(Trainer, TheStrategysFiguresAndExtraModelsReachTheMetrics) {
   }
   EXPECT_EQ(steps, 4);
   EXPECT_EQ(epochs, 2);
+  EXPECT_NE(lines.str().find("(global 20): "), std::string::npos) << lines.str();
   EXPECT_NE(lines.str().find(" consensus_distance 4 loss -1\n"), std::string::npos) << lines.str();
+  EXPECT_EQ(lines.str().find(" consensus_distance 3"), std::string::npos) << lines.str();
+  const size_t step15 = lines.str().find("(global 15): ");
+  ASSERT_NE(step15, std::string::npos) << lines.str();
+  EXPECT_EQ(lines.str().substr(step15, lines.str().find('\n', step15) - step15).find("consensus"),
+            std::string::npos)
+      << lines.str();
   EXPECT_NE(lines.str().find(fmt::format("| worker0 {:.2f}% |", 100.0 * other.accuracy)),
             std::string::npos)
       << lines.str();
