@@ -6,11 +6,17 @@
 // generous deadlines, and "promptly" means "before that deadline".
 #include "comm/peer/peer_link.h"
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
+#include <filesystem>
 #include <functional>
 #include <future>
 #include <memory>
@@ -21,8 +27,12 @@
 #include <tuple>
 #include <vector>
 
+#include "comm/peer/connect_peer_link.h"
 #include "comm/peer/inproc_peer_link.h"
+#include "comm/peer/zmq_peer_link.h"
+#include "comm/wire/framed_socket.h"
 #include "core/error.h"
+#include "core/log.h"
 
 namespace dtrain::comm {
 namespace {
@@ -83,6 +93,80 @@ class InProcWorld final : public World {
   std::vector<std::unique_ptr<PeerLink>> links_;
 };
 
+constexpr char kJob[] = "peer-link-test";
+constexpr char kSecret[] = "peer link test secret";
+
+ZmqPeerLinkOptions test_options(int rank, int n, const std::string& endpoint) {
+  ZmqPeerLinkOptions options;
+  options.rank = rank;
+  options.world_size = n;
+  options.bind_endpoint = endpoint;
+  options.heartbeat_interval = milliseconds(50);
+  // Generous: a loaded machine (sanitizers) must not lose a live peer.
+  options.heartbeat_timeout = seconds(5);
+  options.join_timeout = seconds(30);
+  options.linger = milliseconds(500);
+  return options;
+}
+
+// A temporary folder for ipc sockets, removed with its contents.
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern = (std::filesystem::temp_directory_path() / "dtrain-peer-XXXXXX").string();
+    DTRAIN_CHECK(mkdtemp(pattern.data()) != nullptr, "mkdtemp {}", pattern);
+    path_ = pattern;
+  }
+  ~TempDir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
+  }
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// Ranks as threads of this process, each with its own ZeroMQ link, over ipc
+// in a temporary folder or over tcp loopback. A death is crash_for_test()
+// (sockets closed, no goodbye); a replacement binds its predecessor's
+// endpoint with a new incarnation.
+class ZmqWorld final : public World {
+ public:
+  ZmqWorld(int n, bool ipc) : links_(static_cast<size_t>(n)) {
+    for (int r = 0; r < n; ++r) {
+      const std::string bind =
+          ipc ? "ipc://" + (dir_.path() / fmt::format("peer-{}", r)).string() : "tcp://127.0.0.1:0";
+      links_[static_cast<size_t>(r)] =
+          std::make_unique<ZmqPeerLink>(test_options(r, n, bind), JobAuth(kJob, kSecret), logger_);
+      endpoints_.push_back(links_[static_cast<size_t>(r)]->endpoint());
+    }
+    for (auto& link : links_) link->connect(endpoints_);
+  }
+  ~ZmqWorld() override { links_.clear(); }
+  PeerLink& link(int rank) override { return zmq(rank); }
+  ZmqPeerLink& zmq(int rank) { return *links_.at(static_cast<size_t>(rank)); }
+  void kill(int rank) override { zmq(rank).crash_for_test(); }
+  void rejoin(int rank) override {
+    auto& slot = links_.at(static_cast<size_t>(rank));
+    slot.reset();
+    slot = std::make_unique<ZmqPeerLink>(
+        test_options(rank, size(), endpoints_[static_cast<size_t>(rank)]), JobAuth(kJob, kSecret),
+        logger_);
+    slot->connect(endpoints_);
+  }
+  int size() const { return static_cast<int>(links_.size()); }
+  const std::vector<std::string>& endpoints() const { return endpoints_; }
+
+ private:
+  TempDir dir_;
+  Logger logger_{
+      std::getenv("PEER_LOG") ? LogLevel::kDebug : LogLevel::kOff,
+      [](LogLevel, std::string_view m) { fprintf(stderr, "%s\n", std::string(m).c_str()); }};
+  std::vector<std::string> endpoints_;
+  std::vector<std::unique_ptr<ZmqPeerLink>> links_;
+};
+
 struct WorldKind {
   std::string name;
   std::function<std::unique_ptr<World>(int n)> make;
@@ -125,6 +209,17 @@ class Events {
   std::condition_variable changed_;
   std::vector<std::tuple<int, PeerEvent, std::string>> heard_;
 };
+
+// Ranks a and b exchange one message each way, so each has heard from the
+// other and its connection to the other is up (a peer never heard from is
+// lost only after the join timeout).
+void meet(World& world, int a, int b) {
+  constexpr uint32_t kMeetChannel = 0xFFFF;
+  world.link(a).post(b, kMeetChannel, 0, {}, "meet", generous());
+  world.link(b).receive(a, kMeetChannel, 0, "meet", generous());
+  world.link(b).post(a, kMeetChannel, 0, {}, "meet", generous());
+  world.link(a).receive(b, kMeetChannel, 0, "meet", generous());
+}
 
 class PeerLinkConformance : public ::testing::TestWithParam<WorldKind> {
  protected:
@@ -265,6 +360,7 @@ TEST_P(PeerLinkConformance, AKilledPeerIsLostOnlyForWhatInvolvesIt) {
   world->link(1).post(0, 1, 1, bytes({11}), "test", generous());
   world->link(1).post(0, 2, 1, {}, "marker", generous());
   world->link(0).receive(1, 2, 1, "marker", generous());
+  meet(*world, 0, 1);
   world->kill(1);
   EXPECT_NE(events0.wait_for(1, PeerEvent::kLost), "");
   EXPECT_FALSE(world->link(0).alive(1));
@@ -288,6 +384,7 @@ TEST_P(PeerLinkConformance, AKilledPeerIsLostOnlyForWhatInvolvesIt) {
 
 TEST_P(PeerLinkConformance, AWaitingReceiveWakesWhenThePeerDies) {
   auto world = make(2);
+  meet(*world, 0, 1);
   std::promise<void> waiting;
   std::jthread killer([&] {
     waiting.get_future().wait();
@@ -314,6 +411,7 @@ TEST_P(PeerLinkConformance, AReplacementJoinsAndMessagesFlowAgain) {
   auto world = make(3);
   Events events0;
   world->link(0).set_listener(events0.listener());
+  meet(*world, 0, 1);
   world->kill(1);
   EXPECT_NE(events0.wait_for(1, PeerEvent::kLost), "");
   world->rejoin(1);
@@ -357,6 +455,8 @@ TEST_P(PeerLinkConformance, AHandlerMayPost) {
 std::vector<WorldKind> world_kinds() {
   return {
       {"InProc", [](int n) { return std::make_unique<InProcWorld>(n); }},
+      {"ZmqIpc", [](int n) { return std::make_unique<ZmqWorld>(n, true); }},
+      {"ZmqTcp", [](int n) { return std::make_unique<ZmqWorld>(n, false); }},
   };
 }
 
@@ -421,6 +521,237 @@ TEST(InProcPeerHub, ARejoinDropsTheOldIncarnationsMessages) {
   EXPECT_EQ(a->try_receive(1, 1, 1), std::nullopt);
   b2->post(0, 1, 1, bytes({7}), "test", generous());
   EXPECT_EQ(a->receive(1, 1, 1, "test", generous()), bytes({7}));
+}
+
+// ---- ZmqPeerLink's own behaviour ---------------------------------------------
+
+// Waits until `condition` holds or the generous deadline passes.
+bool eventually(const std::function<bool()>& condition) {
+  const Deadline deadline = generous();
+  while (!condition()) {
+    if (deadline.expired()) return false;
+    std::this_thread::sleep_for(milliseconds(5));
+  }
+  return true;
+}
+
+wire::FramedSocketOptions fake_rank_options(uint32_t rank, const JobAuth& auth) {
+  wire::FramedSocketOptions options;
+  options.name = fmt::format("fake rank {}", rank);
+  options.rank = rank;
+  options.limits.job_id = auth.job_id();
+  options.limits.world_size = 2;
+  options.limits.receiver = wire::kAnyReceiver;
+  options.accepted = {wire::MessageType::kHeartbeat, wire::MessageType::kPeerHello,
+                      wire::MessageType::kPeerData, wire::MessageType::kGoodbye};
+  return options;
+}
+
+TEST(ZmqPeerLink, APeerThatFallsSilentIsLostAfterTheHeartbeatTimeout) {
+  // Rank 1 is a bare socket pair that says hello and then nothing, with its
+  // connection kept open: only the heartbeat timeout can find it out.
+  Logger logger(LogLevel::kOff, nullptr);
+  const JobAuth auth(kJob, kSecret);
+  zmq::context_t context(1);
+  wire::FramedSocket fake_inbound(context, wire::FramedSocket::Role::kRouter, "tcp://127.0.0.1:0",
+                                  fake_rank_options(1, auth), auth, logger);
+  auto options = test_options(0, 2, "tcp://127.0.0.1:0");
+  options.heartbeat_timeout = milliseconds(300);
+  ZmqPeerLink link(options, auth, logger);
+  Events events;
+  link.set_listener(events.listener());
+  link.connect({link.endpoint(), fake_inbound.endpoint()});
+  wire::FramedSocket fake_outbound(context, wire::FramedSocket::Role::kDealer, link.endpoint(),
+                                   fake_rank_options(1, auth), auth, logger);
+  wire::FrameHeader hello;
+  hello.type = wire::MessageType::kPeerHello;
+  hello.receiver = 0;
+  hello.sequence = 77;
+  ASSERT_TRUE(fake_outbound.send({}, hello, std::span<const std::byte>{}));
+  const std::string reason = events.wait_for(1, PeerEvent::kLost);
+  EXPECT_TRUE(contains(reason, "stopped responding")) << reason;
+  EXPECT_FALSE(link.alive(1));
+  EXPECT_THROW(link.receive(1, 1, 1, "gossip step 1", generous()), PeerLostError);
+  // The link had heard the hello: it is the fake rank's connection it lost.
+  EXPECT_TRUE(fake_inbound.receive(Deadline::after(seconds(5))).has_value());
+}
+
+TEST(ZmqPeerLink, FramesFromOutsideTheJobAreDroppedAndCounted) {
+  ZmqWorld world(2, /*ipc=*/false);
+  PeerLink& rank0 = world.link(0);
+  meet(world, 0, 1);
+  const uint64_t dropped_before = world.zmq(0).dropped_frames();
+  Logger logger(LogLevel::kOff, nullptr);
+  zmq::context_t context(1);
+  std::vector<std::byte> data(4 + 3, std::byte{0});  // channel 0, three bytes
+  wire::FrameHeader header;
+  header.type = wire::MessageType::kPeerData;
+  header.receiver = 0;
+  header.sequence = 1;
+  header.tag = 5;
+  // The right job with the wrong secret, then another job with the right one.
+  const JobAuth wrong_secret(kJob, "not the secret");
+  wire::FramedSocket outsider(context, wire::FramedSocket::Role::kDealer, world.endpoints()[0],
+                              fake_rank_options(1, wrong_secret), wrong_secret, logger);
+  ASSERT_TRUE(outsider.send({}, header, data));
+  const JobAuth other_job("another job", kSecret);
+  wire::FramedSocket stranger(context, wire::FramedSocket::Role::kDealer, world.endpoints()[0],
+                              fake_rank_options(1, other_job), other_job, logger);
+  ASSERT_TRUE(stranger.send({}, header, data));
+  // Garbage: a short header, and a header-sized part of junk.
+  zmq::socket_t junk(context, zmq::socket_type::dealer);
+  junk.set(zmq::sockopt::linger, 0);
+  junk.connect(world.endpoints()[0]);
+  junk.send(zmq::str_buffer("hello"), zmq::send_flags::sndmore);
+  junk.send(zmq::str_buffer("world"), zmq::send_flags::none);
+  std::string noise(wire::kHeaderBytes, 'x');
+  junk.send(zmq::buffer(noise), zmq::send_flags::sndmore);
+  junk.send(zmq::str_buffer(""), zmq::send_flags::none);
+  EXPECT_TRUE(eventually([&] { return world.zmq(0).dropped_frames() >= dropped_before + 4; }))
+      << world.zmq(0).dropped_frames() - dropped_before << " frames dropped";
+  EXPECT_EQ(rank0.try_receive(1, 0, 5), std::nullopt);
+  EXPECT_TRUE(rank0.alive(1));
+  // The real rank 1 still gets through.
+  world.link(1).post(0, 0, 5, bytes({1}), "test", generous());
+  EXPECT_EQ(rank0.receive(1, 0, 5, "test", generous()), bytes({1}));
+}
+
+TEST(ZmqPeerLink, AShapedLinkStillDeliversEverything) {
+  Logger logger(LogLevel::kOff, nullptr);
+  std::vector<std::unique_ptr<ZmqPeerLink>> links;
+  for (int r = 0; r < 2; ++r) {
+    auto options = test_options(r, 2, "tcp://127.0.0.1:0");
+    options.link = LinkShaperOptions{100.0, 2.0};
+    links.push_back(std::make_unique<ZmqPeerLink>(options, JobAuth(kJob, kSecret), logger));
+  }
+  const std::vector<std::string> endpoints = {links[0]->endpoint(), links[1]->endpoint()};
+  for (auto& link : links) link->connect(endpoints);
+  links[1]->set_handler([](int, uint32_t, std::span<const std::byte> request) {
+    return std::vector<std::byte>(request.begin(), request.end());
+  });
+  for (int step = 0; step < 5; ++step) {
+    links[0]->post(1, 1, static_cast<uint64_t>(step), std::vector<std::byte>(10000), "test",
+                   generous());
+  }
+  for (int step = 0; step < 5; ++step) {
+    EXPECT_EQ(links[1]->receive(0, 1, static_cast<uint64_t>(step), "test", generous()).size(),
+              10000u);
+  }
+  EXPECT_EQ(links[0]->call(1, 1, bytes({1, 2}), "test", generous()), bytes({1, 2}));
+  EXPECT_GE(links[0]->bytes_sent(), 50000u);
+}
+
+TEST(ZmqPeerLink, AMessageOverTheLimitIsAUsageError) {
+  Logger logger(LogLevel::kOff, nullptr);
+  auto options = test_options(0, 2, "tcp://127.0.0.1:0");
+  options.max_message_bytes = 16;
+  ZmqPeerLink link(options, JobAuth(kJob, kSecret), logger);
+  link.connect({link.endpoint(), "tcp://127.0.0.1:1"});
+  EXPECT_THROW(link.post(1, 1, 1, std::vector<std::byte>(17), "test", generous()), UsageError);
+  EXPECT_THROW(link.call(1, 1, std::vector<std::byte>(17), "test", generous()), UsageError);
+}
+
+// ---- connect_peer_link ---------------------------------------------------------
+
+LaunchInfo launch_of(int rank, int n) {
+  LaunchInfo launch;
+  launch.rank = rank;
+  launch.world_size = n;
+  launch.source = "test";
+  launch.settings.job_secret = kSecret;
+  return launch;
+}
+
+PeerLinkSettings quick_settings() {
+  PeerLinkSettings settings;
+  settings.timeout = kGenerous;
+  settings.heartbeat_interval = milliseconds(50);
+  settings.heartbeat_timeout = seconds(5);
+  return settings;
+}
+
+// A port that was free a moment ago (for a coordinator).
+int free_port() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  EXPECT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+TEST(ConnectPeerLink, WithARunFolderAReplacementBindsItsPredecessorsEndpoint) {
+  TempDir dir;
+  Logger logger(LogLevel::kOff, nullptr);
+  std::vector<std::unique_ptr<ZmqPeerLink>> links;
+  for (int r = 0; r < 3; ++r) {
+    LaunchInfo launch = launch_of(r, 3);
+    launch.settings.run_dir = dir.path().string();
+    links.push_back(connect_peer_link(kJob, launch, quick_settings(), logger));
+    EXPECT_EQ(links.back()->endpoint(), run_dir_peer_endpoint(dir.path().string(), r));
+  }
+  Events events0;
+  links[0]->set_listener(events0.listener());
+  links[0]->post(1, 1, 1, bytes({1}), "test", generous());
+  EXPECT_EQ(links[1]->receive(0, 1, 1, "test", generous()), bytes({1}));
+  links[1]->post(0, 1, 1, bytes({2}), "test", generous());
+  EXPECT_EQ(links[0]->receive(1, 1, 1, "test", generous()), bytes({2}));
+  links[1]->crash_for_test();
+  EXPECT_NE(events0.wait_for(1, PeerEvent::kLost), "");
+  links[1].reset();
+  LaunchInfo again = launch_of(1, 3);
+  again.settings.run_dir = dir.path().string();
+  again.settings.restart_count = 1;
+  links[1] = connect_peer_link(kJob, again, quick_settings(), logger);
+  EXPECT_NE(events0.wait_for(1, PeerEvent::kJoined), "");
+  links[0]->post(1, 1, 2, bytes({3}), "test", generous());
+  EXPECT_EQ(links[1]->receive(0, 1, 2, "test", generous()), bytes({3}));
+  links[1]->post(2, 1, 1, bytes({4}), "test", generous());
+  EXPECT_EQ(links[2]->receive(1, 1, 1, "test", generous()), bytes({4}));
+}
+
+TEST(ConnectPeerLink, WithoutARunFolderTheRanksMeetThroughTheCoordinator) {
+  Logger logger(LogLevel::kOff, nullptr);
+  const std::string coordinator = fmt::format("127.0.0.1:{}", free_port());
+  std::vector<std::unique_ptr<ZmqPeerLink>> links(3);
+  {
+    std::vector<std::jthread> ranks;
+    for (int r = 0; r < 3; ++r) {
+      ranks.emplace_back([&, r] {
+        LaunchInfo launch = launch_of(r, 3);
+        launch.coordinator = coordinator;
+        links[static_cast<size_t>(r)] = connect_peer_link(kJob, launch, quick_settings(), logger);
+      });
+    }
+  }
+  for (int r = 0; r < 3; ++r) ASSERT_NE(links[static_cast<size_t>(r)], nullptr) << "rank " << r;
+  for (int from = 0; from < 3; ++from) {
+    for (int to = 0; to < 3; ++to) {
+      if (from == to) continue;
+      links[static_cast<size_t>(from)]->post(to, 1, 1, bytes({from}), "test", generous());
+      EXPECT_EQ(links[static_cast<size_t>(to)]->receive(from, 1, 1, "test", generous()),
+                bytes({from}));
+    }
+  }
+}
+
+TEST(ConnectPeerLink, AReplacementWithoutARunFolderIsAConfigError) {
+  Logger logger(LogLevel::kOff, nullptr);
+  LaunchInfo launch = launch_of(1, 3);
+  launch.coordinator = "127.0.0.1:1";
+  launch.settings.restart_count = 2;
+  try {
+    connect_peer_link(kJob, launch, quick_settings(), logger);
+    FAIL() << "a replacement without a run folder connected";
+  } catch (const ConfigError& e) {
+    EXPECT_TRUE(contains(e.what(), "DTRAIN_RUN_DIR")) << e.what();
+  }
+  launch.settings.restart_count = 0;
+  launch.coordinator.clear();
+  EXPECT_THROW(connect_peer_link(kJob, launch, quick_settings(), logger), ConfigError);
 }
 
 }  // namespace

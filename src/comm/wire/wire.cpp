@@ -21,6 +21,10 @@ bool known_type(uint8_t t) {
     case MessageType::kHeartbeat:
     case MessageType::kGoodbye:
     case MessageType::kAbort:
+    case MessageType::kPeerHello:
+    case MessageType::kPeerData:
+    case MessageType::kPeerCall:
+    case MessageType::kPeerReply:
     case MessageType::kRegister:
     case MessageType::kTable:
     case MessageType::kReject:
@@ -54,6 +58,14 @@ std::string_view to_string(MessageType type) {
       return "goodbye";
     case MessageType::kAbort:
       return "abort";
+    case MessageType::kPeerHello:
+      return "peer hello";
+    case MessageType::kPeerData:
+      return "peer data";
+    case MessageType::kPeerCall:
+      return "peer call";
+    case MessageType::kPeerReply:
+      return "peer reply";
     case MessageType::kRegister:
       return "register";
     case MessageType::kTable:

@@ -38,6 +38,12 @@ enum class MessageType : uint8_t {
   kHeartbeat = 2,  // empty; proves the sender is alive
   kGoodbye = 3,    // empty; the sender closed its transport after its last message
   kAbort = 4,      // i32 culprit rank, then the reason (UTF-8): the sender gave up on the group
+  // Peer link (comm/peer/zmq_peer_link.h); `sequence` carries the sender's
+  // incarnation, heartbeat and goodbye are shared with the transport.
+  kPeerHello = 5,  // empty; a new process for the sender's rank (its first frame to a peer)
+  kPeerData = 6,   // tag = step; u32 channel, then the posted message
+  kPeerCall = 7,   // tag = call id; u32 service, then the request
+  kPeerReply = 8,  // tag = call id; u8 status (0 ok, 1 handler failed), then reply or reason
   kRegister = 16,  // rendezvous: rank -> coordinator, payload = endpoint record
   kTable = 17,     // rendezvous: coordinator -> rank, payload = all endpoint records
   kReject = 18,    // rendezvous: coordinator -> rank, payload = reason (UTF-8)
