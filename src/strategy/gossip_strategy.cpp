@@ -392,6 +392,12 @@ void GossipStrategy::gossip_async(int64_t t) {
   } catch (const TimeoutError& e) {
     drop(partner, e.what(), generation, /*lost=*/true);
     return;
+  } catch (const CommError& e) {
+    // Alive but refused (its handler threw, or is not set yet: a worker
+    // still starting): skip this step's average, keep the partner.
+    if (e.peer() == rank_) throw;  // this worker's own link failed
+    logger_.warn("gossip worker {}: no average at step {}: {}", rank_, t, e.what());
+    return;
   }
   const std::vector<float> averaged = to_floats(reply, partner, what);
   {

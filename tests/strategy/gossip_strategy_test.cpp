@@ -258,7 +258,7 @@ TEST(GossipStrategy, OtherTopologiesSyncStepIsWTimesX) {
 TEST(GossipStrategy, AsyncNeverDeadlocksAndKeepsTheSumUnderRandomDelays) {
   constexpr int kSteps = 12;
   for (const int n : {4, 6}) {
-    for (uint64_t seed = 1; seed <= 10; ++seed) {
+    for (uint64_t seed = 1; seed <= 20; ++seed) {
       SCOPED_TRACE(::testing::Message() << n << " workers, seed " << seed);
       GossipOptions o;
       o.mode = GossipMode::kAsync;
@@ -349,6 +349,37 @@ TEST(GossipStrategy, ADeadNeighbourIsDroppedAndTheRowRenormalised) {
   EXPECT_FALSE(g.logs[0]->contains("dropped"));
   EXPECT_EQ(g.workers[0]->last_row().neighbours.size(), 2u);
   EXPECT_EQ(g.workers[0]->consensus_workers(), 3);
+}
+
+// The other dead-worker paths: one-peer-exponential (sync) skips the dead
+// worker to the next alive one of its cycle, AD-PSGD stops picking it; the
+// others finish and every survivor keeps training.
+TEST(GossipStrategy, ADeadWorkerIsSkippedByOnePeerAndByAsyncPartners) {
+  constexpr int kWorkers = 4, kSteps = 10, kDie = 3;
+  for (const GossipMode mode : {GossipMode::kSync, GossipMode::kAsync}) {
+    SCOPED_TRACE(mode == GossipMode::kSync ? "sync" : "async");
+    GossipOptions o;
+    o.mode = mode;
+    o.topology = TopologyKind::kOnePeerExponential;
+    Group g(kWorkers, o);
+    const Data data(kWorkers, 3, kSteps);
+    g.run([&](int r) {
+      for (int s = 0; s < kSteps; ++s) {
+        if (r == 1 && s == kDie) {
+          g.hub.kill(1);
+          return;
+        }
+        g.workers[r]->train_step(data.x(s, r), data.y(s, r));
+      }
+      g.workers[r]->finish();
+    });
+    bool someone_dropped_it = false;
+    for (const int r : {0, 2, 3}) {
+      EXPECT_EQ(g.workers[r]->steps(), kSteps) << r;
+      someone_dropped_it = someone_dropped_it || g.logs[r]->contains("worker 1 dropped");
+    }
+    EXPECT_TRUE(someone_dropped_it);
+  }
 }
 
 // A replacement for a dead worker copies a neighbour's model and step, and

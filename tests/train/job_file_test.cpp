@@ -169,7 +169,7 @@ TEST(JobFileStrategies, EachStrategyReadsItsOwnTable) {
   EXPECT_EQ(file.job.distributed.strategy, "ps");
   EXPECT_EQ(file.job.distributed.workers, 3);
   // Every registered strategy's options are there, ready for --strategy.
-  EXPECT_EQ(file.job.distributed.strategies.size(), 4u);
+  EXPECT_EQ(file.job.distributed.strategies.size(), 5u);
   EXPECT_EQ(error_of(text, {"distributed.ps.servers=0"}),
             "job.toml:29: 'distributed.ps.servers': must be at least 1, got 0");
   EXPECT_EQ(error_of(text, {"distributed.ps.consistency=\"eventual\""}),
