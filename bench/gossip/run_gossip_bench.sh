@@ -229,7 +229,7 @@ stage_kill() {
     echo "the killed run failed (exit $status): tail of its log:"; tail -20 "$killed.log"
   else
     echo "accuracy difference fault-free - killed: $(awk -v a="$a_clean" -v b="$a_killed" \
-      'BEGIN { printf "%.2f", a - b }') points (goal: within 0.50)"
+      'BEGIN { d = a - b; printf "%.2f points: %s", d, (d <= 0.5 && d >= -0.5) ? "within 0.50 (goal met)" : "not within 0.50 (goal missed)" }')"
   fi
 }
 
