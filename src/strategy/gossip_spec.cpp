@@ -113,8 +113,12 @@ class GossipSpec final : public StrategySpec {
 #ifdef GOSSIP_HAVE_CONNECT
     {
       TraceSpan span(c.trace, "rendezvous", "setup");
-      link = comm::connect_peer_link(c.job_name, launch, {c.timeout, c.heartbeat_timeout, c.link},
-                                     *c.logger);
+      comm::PeerLinkSettings settings;
+      settings.timeout = c.timeout;
+      settings.heartbeat_timeout = c.heartbeat_timeout;
+      settings.heartbeat_interval = std::min(settings.heartbeat_interval, c.heartbeat_timeout / 4);
+      settings.link = c.link;
+      link = comm::connect_peer_link(c.job_name, launch, settings, *c.logger);
     }
 #else
     throw ConfigError(

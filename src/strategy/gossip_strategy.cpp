@@ -170,7 +170,9 @@ void GossipStrategy::hear(int peer, comm::PeerEvent event, const std::string& re
         "gossip worker {}: worker {} joined again; it is mixed in from the first step "
         "its model arrives",
         rank_, peer);
-  } else if (peer == 0) {
+  } else if (peer != 0) {
+    left_cv_.notify_all();
+  } else {
     // The chief is gone: nobody will say kDone.
     done_ = true;
     done_cv_.notify_all();
@@ -519,13 +521,26 @@ std::vector<std::pair<std::string, nn::Module*>> GossipStrategy::extra_eval_mode
 
 void GossipStrategy::finish() {
   if (rank_ == 0) {
+    std::vector<int> told;
     for (int p = 1; p < world_; ++p) {
       if (peer(p).state == PeerState::kDead || !link_->alive(p)) continue;
       try {
         link_->call(p, kDone, {}, fmt::format("gossip chief: tell worker {} it is done", p),
                     Deadline::after(options_.timeout));
+        told.push_back(p);
       } catch (const CommError& e) {
         logger_.warn("gossip chief: worker {} did not hear it is done: {}", p, e.what());
+      }
+    }
+    // The chief leaves last: the launcher ends the job when the chief's
+    // process ends, and tells whoever still runs that it was left behind.
+    // (link_->alive() is never called under peers_mutex_: the link may hold
+    // its own lock while it runs the listener, which takes peers_mutex_.)
+    const Deadline deadline = Deadline::after(options_.timeout);
+    for (int p : told) {
+      while (link_->alive(p) && !deadline.expired()) {
+        std::unique_lock lock(peers_mutex_);
+        left_cv_.wait_for(lock, std::chrono::milliseconds(20));
       }
     }
   } else {

@@ -76,7 +76,8 @@
 // finish(): a non-chief worker waits, at most the timeout, until the chief
 // has called kDone (after its final fetch_model()) or left or died, still
 // answering calls; then it leaves. The chief calls kDone on every worker not
-// known dead, then leaves.
+// known dead, waits (at most the timeout) until they have left, and leaves
+// last: the launcher ends the job when the chief's process ends.
 //
 // Statistics: step_totals() is this worker's sums times the world size (no
 // exchange of statistics: the loss and accuracy of this worker's rows, a
@@ -245,6 +246,7 @@ class GossipStrategy : public Strategy {
 
   mutable std::mutex peers_mutex_;
   std::condition_variable done_cv_;
+  std::condition_variable left_cv_;  // a worker left or was lost (the chief's finish())
   std::vector<Peer> peers_;
   bool done_ = false;  // the chief said kDone, left or died
   // Handlers running now; the destructor waits for none (the link may still
