@@ -109,6 +109,10 @@ void expect_finished_after_the_kill(const JobRun& run, const testing::TempDir& t
   ASSERT_TRUE(run.status.has_value()) << "the job did not end within 120 s:\n" << run.output;
   EXPECT_TRUE(run.status->ok()) << run.status->describe() << "\n" << run.output;
   EXPECT_TRUE(has(run.output, "was killed by signal 9 (SIGKILL)")) << run.output;
+  // Under the sanitizers a worker's report must not hide behind the kill.
+  EXPECT_FALSE(has(run.output, "Sanitizer")) << run.output;
+  EXPECT_FALSE(has(run.output, "runtime error:")) << run.output;
+  EXPECT_FALSE(has(run.output, "exited with code")) << run.output;
   EXPECT_TRUE(has(run.output, "done: 3 epochs, 60 steps")) << run.output;
   const Reported r = reported(tmp.file("out/metrics.jsonl"));
   EXPECT_TRUE(r.ended) << run.output;
