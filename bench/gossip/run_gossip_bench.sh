@@ -19,7 +19,8 @@
 #              others). Runs allreduce, gossip sync and gossip async (each
 #              topology of STRAGGLER_TOPOLOGIES; RUNS="allreduce sync async"
 #              picks), interleaved per repetition,
-#              REPS times; figure: wall seconds from the run's first
+#              REPS times (STOP_AT_TARGET=1, the default: each run is stopped
+#              once it reached TARGET); figure: wall seconds from the run's first
 #              metrics event to the first epoch whose test accuracy >= TARGET
 #              (evaluation included), the median; ratios allreduce/gossip.
 #              Goal: allreduce/async >= 1.5x.
@@ -40,7 +41,7 @@
 # Usage: [STAGES=...] [MNIST=data/mnist] [BATCH=128] [REPS=3] [TARGET=0.98]
 #        [ACC_EPOCHS=10] [TTT_EPOCHS=10] [BASE=8] [FACTOR=3] [LINK_MBPS=1000]
 #        [LINK_LATENCY_MS=0.1] [SLOW_LINK=10] [STRAGGLER_TOPOLOGIES=exponential]
-#        [RUNS="allreduce sync async"]
+#        [RUNS="allreduce sync async"] [STOP_AT_TARGET=1]
 #        [WORKERS_LIST="4 8"] [TOPOLOGIES="ring exponential"] [MODES="sync async"]
 #        [KILL_EPOCHS=10] [KILL_RANK=5] [KILL_STEP=...] [KILL_MODE=sync]
 #        [KILL_TOPOLOGY=exponential] [TIMEOUT_S=3600 per run] [KEEP=dir]
@@ -114,6 +115,46 @@ train() {
     --set data.path="\"$mnist\"" --set train.epochs="$epochs" --set train.batch_size="$batch" \
     --set train.log_every_steps=100 "$@" "${extra_args[@]}" > "$out.log" 2>&1
 }
+# As train(), but with STOP_AT_TARGET=1 (the default) the run is stopped
+# (SIGTERM to its `timeout`, which passes it on to dtrain and its workers)
+# once an epoch event reached TARGET: the figure is read from metrics.jsonl
+# and the epochs after it only cost time. Returns 0 then.
+train_to_target() {
+  local out=$1
+  if [[ ${STOP_AT_TARGET:-1} != 1 ]]; then
+    train "$@"
+    return
+  fi
+  train "$@" &
+  local job=$! reached=0
+  while kill -0 "$job" 2>/dev/null; do
+    if [[ -f $out/metrics.jsonl ]] &&
+      [[ $(/usr/bin/python3 "$summarize" ttt "$out/metrics.jsonl" "$target") != inf* ]]; then
+      reached=1
+      stop_timeout_under "$job"
+      break
+    fi
+    sleep 1
+  done
+  local status=0
+  wait "$job" || status=$?
+  [[ $reached == 1 ]] || return "$status"
+  echo "  (stopped once it reached $target)" >&2
+}
+# SIGTERM to the first `timeout` process under PID (breadth first).
+stop_timeout_under() {
+  local queue=("$1") p
+  while ((${#queue[@]})); do
+    p=${queue[0]}
+    queue=("${queue[@]:1}")
+    if [[ $(cat "/proc/$p/comm" 2>/dev/null) == timeout ]]; then
+      kill -TERM "$p" 2>/dev/null || true
+      return
+    fi
+    # shellcheck disable=SC2207
+    queue+=($(cat "/proc/$p/task/$p/children" 2>/dev/null))
+  done
+}
 # Gossip's options as --set arguments: MODE TOPOLOGY.
 gossip_args() {
   echo --set distributed.gossip.mode="\"$1\"" --set distributed.gossip.topology="\"$2\""
@@ -176,7 +217,8 @@ stage_time_to_target() {
       [[ $run == allreduce ]] || args=($(gossip_args "${run%%-*}" "${run#*-}"))
       local strategy=gossip
       [[ $run == allreduce ]] && strategy=allreduce
-      train "$out" "$strategy" 8 "$ttt_epochs" "${emulation[@]}" "${args[@]}" || failed "$out"
+      train_to_target "$out" "$strategy" 8 "$ttt_epochs" "${emulation[@]}" "${args[@]}" ||
+        failed "$out"
       read -r t e a < <(/usr/bin/python3 "$summarize" ttt "$out/metrics.jsonl" "$target")
       secs[$run]+="$t "; epoch[$run]=$e; acc[$run]=$a; cores[$run]+="$(cores_used "$out.time") "
     done
