@@ -6,10 +6,7 @@
 
 #include <algorithm>
 
-#if __has_include("comm/peer/connect_peer_link.h")
 #include "comm/peer/connect_peer_link.h"
-#define GOSSIP_HAVE_CONNECT 1
-#endif
 #include "core/error.h"
 #include "core/trace.h"
 #include "strategy/gossip_strategy.h"
@@ -110,7 +107,6 @@ class GossipSpec final : public StrategySpec {
     o.seed = c.seed;
     o.replacement = launch.settings.restart_count > 0;
     std::unique_ptr<comm::PeerLink> link;
-#ifdef GOSSIP_HAVE_CONNECT
     {
       TraceSpan span(c.trace, "rendezvous", "setup");
       comm::PeerLinkSettings settings;
@@ -120,11 +116,6 @@ class GossipSpec final : public StrategySpec {
       settings.link = c.link;
       link = comm::connect_peer_link(c.job_name, launch, settings, *c.logger);
     }
-#else
-    throw ConfigError(
-        "gossip between processes needs comm/peer/connect_peer_link.h (branch peer), not merged "
-        "into this build yet");
-#endif
     return std::make_unique<GossipStrategy>(std::move(link), c.make_model, c.make_optimizer, o,
                                             c.loss, *c.logger);
   }

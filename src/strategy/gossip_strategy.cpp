@@ -78,27 +78,26 @@ GossipStrategy::GossipStrategy(std::unique_ptr<comm::PeerLink> link, const Model
       p.mixing = false;
     }
   }
-  link_->set_handler([this](int from, uint32_t service, std::span<const std::byte> request) {
-    {
-      const std::lock_guard lock(peers_mutex_);
-      if (closing_) {
-        throw CommError(rank_, "gossip service", fmt::format("worker {} has finished", rank_));
-      }
-      ++serving_;
-    }
-    struct Served {
-      GossipStrategy* self;
-      ~Served() {
-        const std::lock_guard lock(self->peers_mutex_);
-        --self->serving_;
-        self->served_cv_.notify_all();
-      }
-    } served{this};
-    return serve(from, service, request);
-  });
-  link_->set_listener([this](int peer, comm::PeerEvent event, const std::string& reason) {
-    hear(peer, event, reason);
-  });
+  link_->set_handler(
+      [this, gate = gate_](int from, uint32_t service, std::span<const std::byte> request) {
+        if (!gate->enter()) {
+          throw CommError(rank_, "gossip service", fmt::format("worker {} has finished", rank_));
+        }
+        struct Exit {
+          Gate& gate;
+          ~Exit() { gate.exit(); }
+        } exit{*gate};
+        return serve(from, service, request);
+      });
+  link_->set_listener(
+      [this, gate = gate_](int peer, comm::PeerEvent event, const std::string& reason) {
+        if (!gate->enter()) return;
+        struct Exit {
+          Gate& gate;
+          ~Exit() { gate.exit(); }
+        } exit{*gate};
+        hear(peer, event, reason);
+      });
   if (rank_ == 0) {
     logger_.info("gossip ({}): {}",
                  options_.mode == GossipMode::kSync ? "sync D-PSGD" : "async AD-PSGD",
@@ -110,12 +109,27 @@ GossipStrategy::GossipStrategy(std::unique_ptr<comm::PeerLink> link, const Model
 GossipStrategy::~GossipStrategy() {
   // The handler reads own_: stop it before the members go.
   link_->leave();
-  {
-    std::unique_lock lock(peers_mutex_);
-    closing_ = true;
-    served_cv_.wait(lock, [&] { return serving_ == 0; });
-  }
+  gate_->close();
   link_.reset();
+}
+
+bool GossipStrategy::Gate::enter() {
+  const std::lock_guard lock(mutex);
+  if (closed) return false;
+  ++running;
+  return true;
+}
+
+void GossipStrategy::Gate::exit() {
+  const std::lock_guard lock(mutex);
+  --running;
+  idle.notify_all();
+}
+
+void GossipStrategy::Gate::close() {
+  std::unique_lock lock(mutex);
+  closed = true;
+  idle.wait(lock, [&] { return running == 0; });
 }
 
 std::vector<std::byte> GossipStrategy::serve(int from, uint32_t service,
@@ -528,6 +542,10 @@ void GossipStrategy::finish() {
         link_->call(p, kDone, {}, fmt::format("gossip chief: tell worker {} it is done", p),
                     Deadline::after(options_.timeout));
         told.push_back(p);
+      } catch (const comm::PeerLostError&) {
+        // It left (or died) before its reply came back: its handler ran (a
+        // worker leaves only after kDone, the chief's end, or its timeout),
+        // or it is gone; either way there is no one left to tell.
       } catch (const CommError& e) {
         logger_.warn("gossip chief: worker {} did not hear it is done: {}", p, e.what());
       }
@@ -542,6 +560,12 @@ void GossipStrategy::finish() {
         std::unique_lock lock(peers_mutex_);
         left_cv_.wait_for(lock, std::chrono::milliseconds(20));
       }
+    }
+    // A worker's process ends a little after its goodbye (its link lingers,
+    // at most about a second, delivering its last frames to us): give it
+    // that, so the launcher does not take it for one left behind.
+    if (!told.empty() && options_.exit_grace.count() > 0) {
+      std::this_thread::sleep_for(std::min(options_.exit_grace, deadline.remaining()));
     }
   } else {
     std::unique_lock lock(peers_mutex_);

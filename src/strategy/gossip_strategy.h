@@ -76,8 +76,10 @@
 // finish(): a non-chief worker waits, at most the timeout, until the chief
 // has called kDone (after its final fetch_model()) or left or died, still
 // answering calls; then it leaves. The chief calls kDone on every worker not
-// known dead, waits (at most the timeout) until they have left, and leaves
-// last: the launcher ends the job when the chief's process ends.
+// known dead, waits (at most the timeout) until they have left, then
+// `exit_grace` more for their processes to end (their links linger delivering
+// their last frames), and leaves last: the launcher ends the job when the
+// chief's process ends and signals whoever still runs.
 //
 // Statistics: step_totals() is this worker's sums times the world size (no
 // exchange of statistics: the loss and accuracy of this worker's rows, a
@@ -129,6 +131,9 @@ struct GossipOptions {
   std::chrono::milliseconds timeout{60000};
   // Sync: how long a step waits for a pending peer's message (see above).
   std::chrono::milliseconds rejoin_wait{50};
+  // How long the chief stays after its workers' goodbyes (finish(); tests
+  // with threads as workers need none).
+  std::chrono::milliseconds exit_grace{1000};
   // Seeds the choice of AD-PSGD partners.
   uint64_t seed = 1;
   // This process replaces a failed worker: copy a neighbour's model.
@@ -249,11 +254,20 @@ class GossipStrategy : public Strategy {
   std::condition_variable left_cv_;  // a worker left or was lost (the chief's finish())
   std::vector<Peer> peers_;
   bool done_ = false;  // the chief said kDone, left or died
-  // Handlers running now; the destructor waits for none (the link may still
-  // run one that started before leave()).
-  int serving_ = 0;
-  bool closing_ = false;
-  std::condition_variable served_cv_;
+  // What the handler and listener pass through: they hold it by shared_ptr
+  // (the link may keep a copy of them, and run one, after this strategy is
+  // gone), and the destructor closes it and waits until none runs.
+  struct Gate {
+    std::mutex mutex;
+    std::condition_variable idle;
+    int running = 0;
+    bool closed = false;
+    // Enters unless closed; then exit() must follow.
+    bool enter();
+    void exit();
+    void close();
+  };
+  std::shared_ptr<Gate> gate_ = std::make_shared<Gate>();
 
   // Declared last: destroyed first, while the models its handler reads live.
   std::unique_ptr<comm::PeerLink> link_;

@@ -133,12 +133,15 @@ class TempDir {
 // endpoint with a new incarnation.
 class ZmqWorld final : public World {
  public:
-  ZmqWorld(int n, bool ipc) : links_(static_cast<size_t>(n)) {
+  using Tweak = std::function<void(ZmqPeerLinkOptions&)>;
+  ZmqWorld(int n, bool ipc, Tweak tweak = {})
+      : tweak_(tweak ? std::move(tweak) : [](ZmqPeerLinkOptions&) {}),
+        links_(static_cast<size_t>(n)) {
     for (int r = 0; r < n; ++r) {
       const std::string bind =
           ipc ? "ipc://" + (dir_.path() / fmt::format("peer-{}", r)).string() : "tcp://127.0.0.1:0";
       links_[static_cast<size_t>(r)] =
-          std::make_unique<ZmqPeerLink>(test_options(r, n, bind), JobAuth(kJob, kSecret), logger_);
+          std::make_unique<ZmqPeerLink>(options(r, bind), JobAuth(kJob, kSecret), logger_);
       endpoints_.push_back(links_[static_cast<size_t>(r)]->endpoint());
     }
     for (auto& link : links_) link->connect(endpoints_);
@@ -150,15 +153,21 @@ class ZmqWorld final : public World {
   void rejoin(int rank) override {
     auto& slot = links_.at(static_cast<size_t>(rank));
     slot.reset();
-    slot = std::make_unique<ZmqPeerLink>(
-        test_options(rank, size(), endpoints_[static_cast<size_t>(rank)]), JobAuth(kJob, kSecret),
-        logger_);
+    slot = std::make_unique<ZmqPeerLink>(options(rank, endpoints_[static_cast<size_t>(rank)]),
+                                         JobAuth(kJob, kSecret), logger_);
     slot->connect(endpoints_);
   }
   int size() const { return static_cast<int>(links_.size()); }
   const std::vector<std::string>& endpoints() const { return endpoints_; }
 
  private:
+  ZmqPeerLinkOptions options(int rank, const std::string& bind) {
+    ZmqPeerLinkOptions o = test_options(rank, size(), bind);
+    tweak_(o);
+    return o;
+  }
+
+  Tweak tweak_;
   TempDir dir_;
   Logger logger_{
       std::getenv("PEER_LOG") ? LogLevel::kDebug : LogLevel::kOff,
@@ -543,7 +552,8 @@ wire::FramedSocketOptions fake_rank_options(uint32_t rank, const JobAuth& auth) 
   options.limits.world_size = 2;
   options.limits.receiver = wire::kAnyReceiver;
   options.accepted = {wire::MessageType::kHeartbeat, wire::MessageType::kPeerHello,
-                      wire::MessageType::kPeerData, wire::MessageType::kGoodbye};
+                      wire::MessageType::kPeerData, wire::MessageType::kGoodbye,
+                      wire::MessageType::kPeerCall};
   return options;
 }
 
@@ -614,6 +624,62 @@ TEST(ZmqPeerLink, FramesFromOutsideTheJobAreDroppedAndCounted) {
   // The real rank 1 still gets through.
   world.link(1).post(0, 0, 5, bytes({1}), "test", generous());
   EXPECT_EQ(rank0.receive(1, 0, 5, "test", generous()), bytes({1}));
+}
+
+TEST(ZmqPeerLink, AReplacementOfAPeerStillThoughtAliveIsLostThenJoined) {
+  // Rank 1 is a bare socket pair: incarnation 77 says hello and takes a call
+  // without answering; then incarnation 78 says hello. Nothing else could
+  // have found 77 dead (its connection stays open, the timeouts are long).
+  Logger logger(LogLevel::kOff, nullptr);
+  const JobAuth auth(kJob, kSecret);
+  zmq::context_t context(1);
+  wire::FramedSocket fake_inbound(context, wire::FramedSocket::Role::kRouter, "tcp://127.0.0.1:0",
+                                  fake_rank_options(1, auth), auth, logger);
+  auto options = test_options(0, 2, "tcp://127.0.0.1:0");
+  options.heartbeat_timeout = seconds(60);
+  ZmqPeerLink link(options, auth, logger);
+  Events events;
+  link.set_listener(events.listener());
+  link.connect({link.endpoint(), fake_inbound.endpoint()});
+  auto say = [&](wire::FramedSocket& socket, wire::MessageType type, uint64_t incarnation,
+                 uint64_t tag, std::vector<std::byte> payload) {
+    wire::FrameHeader header;
+    header.type = type;
+    header.receiver = 0;
+    header.sequence = incarnation;
+    header.tag = tag;
+    ASSERT_TRUE(socket.send({}, header, std::move(payload)));
+  };
+  wire::FramedSocket old_process(context, wire::FramedSocket::Role::kDealer, link.endpoint(),
+                                 fake_rank_options(1, auth), auth, logger);
+  say(old_process, wire::MessageType::kPeerHello, 77, 0, {});
+  say(old_process, wire::MessageType::kPeerData, 77, 3, bytes({9, 0, 0, 0, 42}));
+  EXPECT_EQ(link.receive(1, 9, 3, "test", generous()), bytes({42}));
+  auto waiting = std::async(std::launch::async,
+                            [&] { return link.call(1, 5, bytes({1}), "model copy", generous()); });
+  // The call reached the old process, which will never answer it.
+  for (;;) {
+    std::optional<wire::Frame> frame = fake_inbound.receive(generous());
+    ASSERT_TRUE(frame.has_value()) << "the call never reached rank 1";
+    if (frame->header.type == wire::MessageType::kPeerCall) break;
+  }
+  say(old_process, wire::MessageType::kPeerData, 77, 4, bytes({9, 0, 0, 0, 43}));
+  wire::FramedSocket new_process(context, wire::FramedSocket::Role::kDealer, link.endpoint(),
+                                 fake_rank_options(1, auth), auth, logger);
+  say(new_process, wire::MessageType::kPeerHello, 78, 0, {});
+  const std::string lost = events.wait_for(1, PeerEvent::kLost);
+  EXPECT_TRUE(contains(lost, "replaced")) << lost;
+  EXPECT_NE(events.wait_for(1, PeerEvent::kJoined), "");
+  EXPECT_THROW(waiting.get(), PeerLostError);
+  // What the old process sent is gone with it, and what it sends now too.
+  const uint64_t dropped = link.dropped_frames();
+  say(old_process, wire::MessageType::kPeerData, 77, 5, bytes({9, 0, 0, 0, 44}));
+  EXPECT_TRUE(eventually([&] { return link.dropped_frames() > dropped; }));
+  EXPECT_EQ(link.try_receive(1, 9, 4), std::nullopt);
+  EXPECT_EQ(link.try_receive(1, 9, 5), std::nullopt);
+  say(new_process, wire::MessageType::kPeerData, 78, 6, bytes({9, 0, 0, 0, 45}));
+  EXPECT_EQ(link.receive(1, 9, 6, "test", generous()), bytes({45}));
+  EXPECT_TRUE(link.alive(1));
 }
 
 TEST(ZmqPeerLink, AShapedLinkStillDeliversEverything) {

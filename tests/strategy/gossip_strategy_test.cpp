@@ -90,6 +90,7 @@ struct Group {
   Group(int n, GossipOptions options, OptimizerFactory optimizer = plain_sgd(0.1f))
       : hub(n), logs(static_cast<size_t>(n)) {
     options.timeout = 20s;
+    options.exit_grace = 0ms;  // threads, not processes, end after their goodbye
     for (int r = 0; r < n; ++r) {
       logs[static_cast<size_t>(r)] = std::make_unique<Lines>();
       workers.push_back(std::make_unique<GossipStrategy>(hub.link(r), mlp(), optimizer, options,
@@ -400,6 +401,7 @@ TEST(GossipStrategy, AReplacementJoinsWithANeighboursModel) {
     const std::vector<float> neighbour = g.workers[1]->own_parameters();
     GossipOptions r = o;
     r.timeout = 20s;
+    r.exit_grace = 0ms;
     r.replacement = true;
     replacement = std::make_unique<GossipStrategy>(g.hub.rejoin(2), mlp(), plain_sgd(0.1f), r,
                                                    cross_entropy_loss(), replacement_log.logger);

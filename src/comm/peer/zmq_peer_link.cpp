@@ -578,7 +578,11 @@ void ZmqPeerLink::handle_frame(wire::Frame& frame, std::vector<Event>& events) {
     }
     case MessageType::kPeerReply: {
       auto pending = calls_.find(frame.header.tag);
-      if (pending == calls_.end() || pending->second.peer != from) return;  // the caller gave up
+      // The caller gave up, or called the process this one replaced.
+      if (pending == calls_.end() || pending->second.peer != from ||
+          pending->second.epoch != peer.epoch) {
+        return;
+      }
       if (payload.size() < kStatusBytes) {
         router_->drop(fmt::format("peer reply from rank {} without a status", from));
         return;

@@ -28,7 +28,10 @@
 //    queued from the old process is dropped and calls waiting on it throw
 //    PeerLostError; if the old one was still thought alive, the listener
 //    first hears kLost ("replaced"). A lost peer's old process stays lost:
-//    frames from it are dropped and counted.
+//    frames from it are dropped and counted. Frames this rank queued for a
+//    peer before it found it lost may still reach its replacement (ZeroMQ
+//    keeps them for the reconnection); a replacement adopts the incarnation
+//    of every peer from the first frame it hears from it.
 // Frames from outside the job (another job id, a bad MAC, garbage, an
 // unknown rank) and stale frames of a replaced incarnation are dropped,
 // counted (dropped_frames()) and logged rate-limited; they never reach
