@@ -3,9 +3,10 @@
 // DTRAIN_TEST_KILL_AT_STEP=SLOT:STEP, cli/test_hooks.h; a gossip job's slot
 // is the worker's rank), so the kill lands at the same step in every run.
 // Its neighbours drop it from the mixing and say so, the chief's reports go
-// on, and the job ends with exit 0 within the test's deadline (a hang fails
-// the test, it does not stall it); with --max-restarts 1 a replacement joins
-// by copying a neighbour's model.
+// on, the survivors leave on their own (the launcher need not release them),
+// and the job ends with exit 0 within the test's deadline (a hang fails the
+// test, it does not stall it); with --max-restarts 1 a replacement joins by
+// copying a neighbour's model.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -113,6 +114,8 @@ void expect_finished_after_the_kill(const JobRun& run, const testing::TempDir& t
   EXPECT_FALSE(has(run.output, "Sanitizer")) << run.output;
   EXPECT_FALSE(has(run.output, "runtime error:")) << run.output;
   EXPECT_FALSE(has(run.output, "exited with code")) << run.output;
+  // The survivors leave on their own once the chief has the final model.
+  EXPECT_FALSE(has(run.output, "still runs after the job finished training")) << run.output;
   EXPECT_TRUE(has(run.output, "done: 3 epochs, 60 steps")) << run.output;
   const Reported r = reported(tmp.file("out/metrics.jsonl"));
   EXPECT_TRUE(r.ended) << run.output;
