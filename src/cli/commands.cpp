@@ -50,6 +50,10 @@ train::JobConfig read_job(const TrainOptions& options, Logger& logger) {
     train::parse_slowdown(entry, "--slowdown", entry);  // checked here, applied per worker
     job.distributed.slowdown.push_back(entry);
   }
+  for (const std::string& entry : options.slow_link) {
+    train::parse_slow_link(entry, "--slow-link", entry);  // checked here, applied per worker
+    job.distributed.slow_link.push_back(entry);
+  }
   if (options.output) {
     if (options.output->empty()) {
       throw UsageError(

@@ -32,6 +32,9 @@ struct TrainOptions {
   // --slowdown RANK=FACTOR entries, added to distributed.slowdown (tests and
   // benchmarks: that worker computes FACTOR times slower).
   std::vector<std::string> slowdown;
+  // --slow-link RANK=FACTOR entries, added to distributed.slow_link
+  // (benchmarks: one worker's emulated link FACTOR times slower).
+  std::vector<std::string> slow_link;
   // Elastic mode (train.elastic) and its smallest group (train.min_workers).
   std::optional<bool> elastic;
   std::optional<int64_t> min_workers;

@@ -132,6 +132,12 @@ CLI::App* add_train_command(CLI::App& app, dtrain::cli::TrainOptions& train, Tra
                    "times slower; a RANK entry beats the all one (repeatable; for tests and "
                    "benchmarks of dynamic batch sizing)")
       ->type_name("RANK=FACTOR");
+  train_cmd
+      ->add_option("--slow-link", train.slow_link,
+                   "Make the emulated link of the worker of RANK FACTOR times slower "
+                   "(distributed.link_mbps / FACTOR, link_latency_ms x FACTOR; needs "
+                   "distributed.link_mbps; repeatable; for benchmarks)")
+      ->type_name("RANK=FACTOR");
   train_cmd->add_flag("--elastic", flags.elastic,
                       "With --workers N: when a worker fails the others continue without a "
                       "restart, and a new worker (--max-restarts) joins at a step boundary");

@@ -26,6 +26,13 @@ std::string traffic(const StepInfo& s) {
   return fmt::format(" {:.1f} KB/step{}", s.bytes_per_step / 1024.0, ratio);
 }
 
+// " consensus_distance 0.00123": the strategy's figures; empty without any.
+std::string strategy_figures(const StepInfo& s) {
+  std::string out;
+  for (const auto& [name, value] : s.extra) out += fmt::format(" {} {:.3g}", name, value);
+  return out;
+}
+
 std::string begin_line(const RunInfo& i) {
   return fmt::format(
       "{}: {} parameters, {} training / {} test samples, {} epochs x {} steps, strategy {} "
@@ -36,11 +43,21 @@ std::string begin_line(const RunInfo& i) {
 }
 
 std::string epoch_line(const EpochInfo& e) {
+  std::string extra;
+  for (const ModelEval& m : e.extra) {
+    extra += fmt::format(" | {} {:.2f}%", m.name, 100.0 * m.test_accuracy);
+  }
   return fmt::format(
-      "epoch {} done: train loss {:.4f} acc {:.2f}% | test loss {:.4f} acc {:.2f}% | {:.0f} "
+      "epoch {} done: train loss {:.4f} acc {:.2f}% | test loss {:.4f} acc {:.2f}%{} | {:.0f} "
       "samples/s | {}",
-      e.epoch, e.train_loss, 100.0 * e.train_accuracy, e.test_loss, 100.0 * e.test_accuracy,
+      e.epoch, e.train_loss, 100.0 * e.train_accuracy, e.test_loss, 100.0 * e.test_accuracy, extra,
       e.samples_per_s, format_duration(e.seconds));
+}
+
+// The JSON key of one of the strategy's figures: its name, or
+// "strategy_<name>" where the name is one of the event's own keys.
+std::string figure_key(const nlohmann::json& line, const std::string& name) {
+  return line.contains(name) ? "strategy_" + name : name;
 }
 
 std::string summary_line(const Summary& s) {
@@ -59,6 +76,7 @@ void ProgressBar::on_train_begin(const RunInfo& info) {
 }
 
 void ProgressBar::on_step_end(const StepInfo& s) {
+  if (!s.extra.empty()) figures_ = strategy_figures(s);
   const auto now = std::chrono::steady_clock::now();
   if (s.step_in_epoch != s.steps_per_epoch && now - last_draw_ < std::chrono::milliseconds(100))
     return;
@@ -67,11 +85,11 @@ void ProgressBar::on_step_end(const StepInfo& s) {
   const double done =
       s.steps_per_epoch > 0 ? double(s.step_in_epoch) / double(s.steps_per_epoch) : 0.0;
   const int filled = static_cast<int>(done * kWidth);
-  fmt::print(out_,
-             "\r\033[Kepoch {} [{}{}] {}/{} loss {:.4f} acc {:.2f}% lr {:.4g} {:.0f} samples/s{}",
-             s.epoch, std::string(static_cast<size_t>(filled), '#'),
-             std::string(static_cast<size_t>(kWidth - filled), '.'), s.step_in_epoch,
-             s.steps_per_epoch, s.loss, 100.0 * s.accuracy, s.lr, s.samples_per_s, traffic(s));
+  fmt::print(
+      out_, "\r\033[Kepoch {} [{}{}] {}/{} loss {:.4f} acc {:.2f}% lr {:.4g} {:.0f} samples/s{}{}",
+      s.epoch, std::string(static_cast<size_t>(filled), '#'),
+      std::string(static_cast<size_t>(kWidth - filled), '.'), s.step_in_epoch, s.steps_per_epoch,
+      s.loss, 100.0 * s.accuracy, s.lr, s.samples_per_s, traffic(s), figures_);
   out_ << std::flush;
   line_open_ = true;
 }
@@ -99,9 +117,9 @@ void PlainProgress::on_step_end(const StepInfo& s) {
   if (log_every_steps_ <= 0 || s.step % log_every_steps_ != 0) return;
   fmt::print(
       out_,
-      "epoch {} step {}/{} (global {}): loss {:.4f} acc {:.2f}% lr {:.4g} {:.0f} samples/s{}\n",
+      "epoch {} step {}/{} (global {}): loss {:.4f} acc {:.2f}% lr {:.4g} {:.0f} samples/s{}{}\n",
       s.epoch, s.step_in_epoch, s.steps_per_epoch, s.step, s.loss, 100.0 * s.accuracy, s.lr,
-      s.samples_per_s, traffic(s));
+      s.samples_per_s, traffic(s), strategy_figures(s));
   out_ << std::flush;
 }
 
@@ -162,6 +180,7 @@ void JsonLinesWriter::on_step_end(const StepInfo& s) {
     line["compression_ratio"] = s.compression_ratio;
   }
   if (!s.split.empty()) line["split"] = s.split;
+  for (const auto& [name, value] : s.extra) line[figure_key(line, name)] = value;
   write(std::move(line));
 }
 
@@ -176,15 +195,20 @@ void JsonLinesWriter::on_guard(const GuardEvent& g) {
 }
 
 void JsonLinesWriter::on_epoch_end(const EpochInfo& e) {
-  write(nlohmann::json{{"event", "epoch"},
-                       {"epoch", e.epoch},
-                       {"step", e.step},
-                       {"train_loss", e.train_loss},
-                       {"train_accuracy", e.train_accuracy},
-                       {"test_loss", e.test_loss},
-                       {"test_accuracy", e.test_accuracy},
-                       {"samples_per_s", e.samples_per_s},
-                       {"seconds", e.seconds}});
+  nlohmann::json line{{"event", "epoch"},
+                      {"epoch", e.epoch},
+                      {"step", e.step},
+                      {"train_loss", e.train_loss},
+                      {"train_accuracy", e.train_accuracy},
+                      {"test_loss", e.test_loss},
+                      {"test_accuracy", e.test_accuracy},
+                      {"samples_per_s", e.samples_per_s},
+                      {"seconds", e.seconds}};
+  for (const ModelEval& m : e.extra) {
+    line["test_accuracy_" + m.name] = m.test_accuracy;
+    line["test_loss_" + m.name] = m.test_loss;
+  }
+  write(std::move(line));
 }
 
 void JsonLinesWriter::on_train_end(const Summary& s) {

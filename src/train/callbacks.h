@@ -14,6 +14,7 @@
 #include <nlohmann/json_fwd.hpp>
 #include <ostream>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace dtrain::train {
@@ -46,6 +47,11 @@ struct StepInfo {
   // Every worker's rows of this step's global batch, in rank order (empty
   // with one worker); they differ under dynamic batches.
   std::vector<int64_t> split;
+  // The strategy's own figures (Strategy::report_metrics(), e.g. gossip's
+  // "consensus_distance"): at report steps (every log_every_steps) what it
+  // measured since the last report; empty on other steps and when it
+  // measured nothing new.
+  std::vector<std::pair<std::string, double>> extra;
 };
 
 // The convergence guard rescued the run (train/convergence_guard.h).
@@ -58,6 +64,14 @@ struct GuardEvent {
   int64_t hold_steps = 0;
 };
 
+// One of the strategy's extra models evaluated on the test set at an
+// epoch's end (Strategy::extra_eval_models(), e.g. gossip's "worker0").
+struct ModelEval {
+  std::string name;
+  double test_loss = 0.0;
+  double test_accuracy = 0.0;
+};
+
 struct EpochInfo {
   int64_t epoch = 0;
   int64_t step = 0;
@@ -65,8 +79,9 @@ struct EpochInfo {
   double train_accuracy = 0.0;
   double test_loss = 0.0;
   double test_accuracy = 0.0;
-  double samples_per_s = 0.0;  // training only, excluding evaluation
-  double seconds = 0.0;        // wall time of the epoch including evaluation
+  double samples_per_s = 0.0;    // training only, excluding evaluation
+  double seconds = 0.0;          // wall time of the epoch including evaluation
+  std::vector<ModelEval> extra;  // beside model()'s test_loss/test_accuracy
 };
 
 struct Summary {
@@ -91,7 +106,8 @@ class Callback {
   virtual void on_guard(const GuardEvent&) {}
 };
 
-// A single line redrawn in place ("\r"): epoch, step, loss, accuracy, samples/s.
+// A single line redrawn in place ("\r"): epoch, step, loss, accuracy, samples/s,
+// and the strategy's figures as last reported.
 class ProgressBar : public Callback {
  public:
   explicit ProgressBar(std::ostream& out) : out_(out) {}
@@ -105,6 +121,7 @@ class ProgressBar : public Callback {
   std::ostream& out_;
   std::chrono::steady_clock::time_point last_draw_{};
   bool line_open_ = false;
+  std::string figures_;  // the last StepInfo::extra, formatted
 };
 
 // One line every log_every_steps steps and one per epoch.
@@ -126,6 +143,10 @@ class PlainProgress : public Callback {
 // Appends one JSON object per report to `path` ({"event":"step",...}); every
 // object carries "time", the wall-clock time of the report in seconds since
 // the Unix epoch (what plots against wall time and the live page read).
+// Step events carry the strategy's figures (StepInfo::extra) each as its own
+// key (e.g. "consensus_distance"; "strategy_<name>" should a name be one of
+// the event's keys); epoch events carry "test_accuracy_<name>" and
+// "test_loss_<name>" for each extra model (EpochInfo::extra, e.g. worker0).
 // Throws dtrain::Error when the file cannot be opened or written.
 class JsonLinesWriter : public Callback {
  public:

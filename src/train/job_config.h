@@ -152,6 +152,10 @@ struct DistributedConfig {
   // later; shared memory is not used. 0: off.
   double link_mbps = 0.0;
   double link_latency_ms = 0.0;
+  // "RANK=FACTOR": that worker's link is FACTOR times slower (link_mbps /
+  // FACTOR, link_latency_ms x FACTOR); needs link_mbps. For benchmarks
+  // ("one link 10x slower"); --slow-link adds entries.
+  std::vector<std::string> slow_link;
   // Each registered strategy's options, by name, as read from the job file
   // ([distributed.<name>]); a strategy missing here runs with its defaults.
   std::map<std::string, std::shared_ptr<const strategy::StrategySpec>> strategies;

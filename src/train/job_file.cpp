@@ -276,6 +276,7 @@ void read_distributed(io::TomlTable& t, DistributedConfig& d) {
   t.get("slowdown", d.slowdown);
   t.get("link_mbps", d.link_mbps);
   t.get("link_latency_ms", d.link_latency_ms);
+  t.get("slow_link", d.slow_link);
   if (!(d.link_mbps >= 0.0) || !std::isfinite(d.link_mbps)) {
     throw t.error("link_mbps", fmt::format("must be 0 (off) or positive, got {}", d.link_mbps));
   }
@@ -295,6 +296,12 @@ void read_distributed(io::TomlTable& t, DistributedConfig& d) {
   }
   for (const std::string& entry : d.slowdown) {
     parse_slowdown(entry, t.lines().file(), "distributed.slowdown");
+  }
+  for (const std::string& entry : d.slow_link) {
+    parse_slow_link(entry, t.lines().file(), "distributed.slow_link");
+  }
+  if (!d.slow_link.empty() && d.link_mbps == 0.0) {
+    throw t.error("slow_link", "needs distributed.link_mbps (the bandwidth it slows down)");
   }
   if (!d.strategy.empty()) strategy::make_strategy_spec(d.strategy, t.lines(), "strategy");
   if (d.heartbeat_timeout_ms < 100) {
@@ -342,6 +349,28 @@ Slowdown parse_slowdown(const std::string& entry, const std::string& source,
   } catch (const std::exception&) {
     throw ConfigError(source, key, 0,
                       fmt::format("'{}' is not RANK=FACTOR (e.g. 3=2.5 or all=4)", entry));
+  }
+  if (!(out.factor >= 1.0) || !std::isfinite(out.factor)) {
+    throw ConfigError(source, key, 0, fmt::format("'{}': need a factor >= 1", entry));
+  }
+  return out;
+}
+
+SlowLink parse_slow_link(const std::string& entry, const std::string& source,
+                         const std::string& key) {
+  const auto eq = entry.find('=');
+  SlowLink out;
+  try {
+    if (eq == std::string::npos) throw std::invalid_argument(entry);
+    size_t used = 0;
+    const std::string rank = entry.substr(0, eq);
+    out.rank = std::stoll(rank, &used);
+    if (used != rank.size() || out.rank < 0) throw std::invalid_argument(rank);
+    const std::string factor = entry.substr(eq + 1);
+    out.factor = std::stod(factor, &used);
+    if (used != factor.size()) throw std::invalid_argument(factor);
+  } catch (const std::exception&) {
+    throw ConfigError(source, key, 0, fmt::format("'{}' is not RANK=FACTOR (e.g. 3=10)", entry));
   }
   if (!(out.factor >= 1.0) || !std::isfinite(out.factor)) {
     throw ConfigError(source, key, 0, fmt::format("'{}': need a factor >= 1", entry));

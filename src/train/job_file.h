@@ -7,7 +7,8 @@
 //   [schedule]     type, warmup_steps, step_size, gamma, eta_min, total_steps
 //   [train]        epochs, batch_size, eval_batch_size, log_every_steps, max_steps, ...
 //   [distributed]  strategy, workers, timeout_ms, heartbeat_timeout_ms, dynamic_batch,
-//                  rebalance_every, smoothing, min_share, max_share, slowdown
+//                  rebalance_every, smoothing, min_share, max_share, slowdown,
+//                  link_mbps, link_latency_ms, slow_link
 //   [distributed.<strategy>]  that strategy's options (strategy/registry.h), e.g.
 //                  [distributed.allreduce] bucket_bytes, accumulation_steps, backend;
 //                  [distributed.ps] servers, consistency, staleness, backup_workers.
@@ -47,6 +48,17 @@ struct Slowdown {
 };
 Slowdown parse_slowdown(const std::string& entry, const std::string& source,
                         const std::string& key);
+
+// One "RANK=FACTOR" slow-link entry (--slow-link, distributed.slow_link): a
+// worker rank >= 0 whose emulated link is FACTOR (>= 1) times slower than
+// distributed.link_mbps / link_latency_ms. ConfigError naming `source`,
+// `key` and the entry.
+struct SlowLink {
+  int64_t rank = 0;
+  double factor = 1.0;
+};
+SlowLink parse_slow_link(const std::string& entry, const std::string& source,
+                         const std::string& key);
 
 // Reads a job file (a regular file of at most 16 MiB).
 JobFile read_job_file(const std::string& path, const std::vector<std::string>& overrides);

@@ -273,6 +273,7 @@ std::shared_ptr<const strategy::StrategySpec> job_strategy(const JobConfig& job,
 LaunchPlan launch_plan(const JobConfig& job, const comm::LaunchInfo& launch, Logger& logger) {
   const strategy::JobFacts facts = job_facts(job, launch);
   const auto spec = job_strategy(job, facts, logger);
+  worker_link(job, 0, spec->workers(facts));  // before any process starts
   LaunchPlan plan;
   plan.launch = !launch.launched() && spec->multi_process(facts);
   const strategy::ProcessPlan p = spec->plan(facts);
@@ -323,18 +324,41 @@ void check_job_secret(const strategy::StrategySpec& spec, const strategy::JobFac
 
 }  // namespace
 
+std::optional<comm::LinkShaperOptions> worker_link(const JobConfig& job, int64_t index,
+                                                   int64_t workers) {
+  const DistributedConfig& d = job.distributed;
+  if (!d.slow_link.empty() && d.link_mbps == 0.0) {
+    throw job.lines.error("distributed.slow_link",
+                          "needs distributed.link_mbps (the bandwidth it slows down)");
+  }
+  double factor = 1.0;
+  for (const std::string& entry : d.slow_link) {
+    const SlowLink s = parse_slow_link(entry, job.source, "distributed.slow_link");
+    if (s.rank >= workers) {
+      throw job.lines.error(
+          "distributed.slow_link",
+          fmt::format("'{}' names rank {}, but the job has {} workers", entry, s.rank, workers));
+    }
+    if (s.rank == index) factor = s.factor;
+  }
+  if (d.link_mbps == 0.0) return std::nullopt;
+  return comm::LinkShaperOptions{d.link_mbps / factor, d.link_latency_ms * factor};
+}
+
 int run_job(const JobConfig& job, const comm::LaunchInfo& launch, const RunOptions& options) {
   Logger& base = options.logger != nullptr ? *options.logger : Logger::stderr_logger();
   const strategy::JobFacts facts = job_facts(job, launch);
   const auto spec = job_strategy(job, facts, base);
   check_job_secret(*spec, facts, launch, base);
   slowdown_for(job, 0, spec->workers(facts));  // every entry names a worker
+  worker_link(job, 0, spec->workers(facts));   // likewise, and has a link to slow
   openblas_set_num_threads(static_cast<int>(std::max<int64_t>(1, job.train.threads)));
   const strategy::ProcessRole role = spec->role(facts, launch);
   // A server's own lines say which server wrote them; a worker's get its name.
   const auto logger =
       role_logger(base, role.server ? std::string() : role.name, !role.server && !role.chief);
   strategy::BuildContext context = build_context(job, launch, facts, *logger);
+  if (!role.server) context.link = worker_link(job, role.index, spec->workers(facts));
   context.on_server_version = options.hooks.on_server_version;
   if (role.server) return spec->serve(context);
   return train_worker(job, launch, *spec, role, std::move(context), options, *logger);

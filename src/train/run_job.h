@@ -86,6 +86,13 @@ std::shared_ptr<const strategy::StrategySpec> job_strategy(const JobConfig& job,
                                                            const strategy::JobFacts& facts,
                                                            Logger& logger);
 
+// The emulated link of worker `index` of `workers` (distributed.link_mbps,
+// link_latency_ms; nullopt: none): slowed by the last distributed.slow_link
+// entry naming it (bandwidth / FACTOR, latency x FACTOR). ConfigError for an
+// entry naming a rank beyond the job or given without link_mbps.
+std::optional<comm::LinkShaperOptions> worker_link(const JobConfig& job, int64_t index,
+                                                   int64_t workers);
+
 // This process's part of the job; returns its exit code (0).
 int run_job(const JobConfig& job, const comm::LaunchInfo& launch, const RunOptions& options);
 

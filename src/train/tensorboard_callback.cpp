@@ -38,6 +38,7 @@ void TensorBoardCallback::on_step_end(const StepInfo& s) {
       if (s.compression_ratio > 0.0) {
         scalar(*scalars_, "comm/compression_ratio", s.compression_ratio);
       }
+      for (const auto& [name, value] : s.extra) scalar(*scalars_, "strategy/" + name, value);
     }
     const int64_t rows = std::accumulate(s.split.begin(), s.split.end(), int64_t{0});
     if (scalars_ && options_.batch_shares && rows > 0) {
@@ -74,6 +75,11 @@ void TensorBoardCallback::on_epoch_end(const EpochInfo& e) {
   scalars_->add_scalar("test/loss", static_cast<float>(e.test_loss), e.step, now);
   scalars_->add_scalar("test/accuracy", static_cast<float>(e.test_accuracy), e.step, now);
   scalars_->add_scalar("epoch/samples_per_s", static_cast<float>(e.samples_per_s), e.step, now);
+  for (const ModelEval& m : e.extra) {
+    scalars_->add_scalar("test/loss_" + m.name, static_cast<float>(m.test_loss), e.step, now);
+    scalars_->add_scalar("test/accuracy_" + m.name, static_cast<float>(m.test_accuracy), e.step,
+                         now);
+  }
   scalars_->flush();
 }
 

@@ -6,8 +6,11 @@
 //                            train/samples_per_s, comm/bytes_per_step and
 //                            comm/compression_ratio (when nonzero),
 //                            batch/share_worker<r> (dynamic batches: worker r's
-//                            rows / the global batch); at each epoch's end
-//                            test/loss, test/accuracy, epoch/samples_per_s;
+//                            rows / the global batch), strategy/<name> (the
+//                            strategy's figures, e.g. consensus_distance); at
+//                            each epoch's end test/loss, test/accuracy,
+//                            epoch/samples_per_s, test/loss_<name> and
+//                            test/accuracy_<name> (extra models: worker0);
 //                            guard/rescues (the convergence guard's count) at
 //                            each rescued step
 //   tensorboard/worker-<r>/  every worker's own (the chief's too):

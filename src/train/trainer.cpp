@@ -428,10 +428,11 @@ bool Trainer::after_step(Position& position, float lr, const RunPlan& plan, bool
   if (window_.updates > 0) s.bytes_per_step = window_.bytes / double(window_.updates);
   if (window_.bytes > 0.0) s.compression_ratio = window_.dense_bytes / window_.bytes;
   if (world_ > 1) s.split = split;
+  const bool report_step =
+      job_.train.log_every_steps > 0 && position.step % job_.train.log_every_steps == 0;
+  if (chief_ && report_step) s.extra = strategy_.report_metrics();
   for (Callback* c : callbacks_) c->on_step_end(s);
-  if (job_.train.log_every_steps > 0 && position.step % job_.train.log_every_steps == 0) {
-    window_ = {};
-  }
+  if (report_step) window_ = {};
   return reformed;
 }
 
@@ -494,6 +495,13 @@ void Trainer::end_epoch(const data::TensorDataset& test, const EpochEnd& end, Po
   TraceSpan eval_span(chief_ ? trace_ : nullptr, "evaluate", "eval");
   const EvalResult eval =
       chief_ ? evaluate(strategy_.model(), test, job_.train.eval_batch_size) : EvalResult{};
+  std::vector<ModelEval> extra;
+  if (chief_) {
+    for (const auto& [name, model] : strategy_.extra_eval_models()) {
+      const EvalResult r = evaluate(*model, test, job_.train.eval_batch_size);
+      extra.push_back(ModelEval{name, r.loss, r.accuracy});
+    }
+  }
   eval_span.end();
   if (chief_) save_checkpoint(position);
   if (!chief_) save_rank_state(position);
@@ -506,6 +514,7 @@ void Trainer::end_epoch(const data::TensorDataset& test, const EpochEnd& end, Po
   e.test_accuracy = eval.accuracy;
   e.samples_per_s = rate(end.steps.stats, end.steps.seconds);
   e.seconds = seconds_since(end.started);
+  e.extra = std::move(extra);
   for (Callback* c : callbacks_) c->on_epoch_end(e);
   summary.test_loss = eval.loss;
   summary.test_accuracy = eval.accuracy;

@@ -29,6 +29,12 @@
 // the split is not the static one, rank 0 reports each epoch's last split
 // ("rows per worker ...").
 //
+// The strategy's own reports: at each report step (every log_every_steps)
+// the chief asks Strategy::report_metrics() for StepInfo::extra (what it
+// measured since the last report; other steps carry none); at each epoch's
+// end it evaluates every
+// Strategy::extra_eval_models() model like model() (EpochInfo::extra).
+//
 // Partitions (job.data.partition): each worker trains on its own part of the
 // training set, a PartitionedEpoch (train/partitioned_epoch.h): its share of
 // B rows per step from its part, until every worker used its whole part (the

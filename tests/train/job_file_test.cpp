@@ -75,6 +75,10 @@ TEST(JobFile, OverridesApplyBeforeChecking) {
   EXPECT_EQ(job.train.max_restarts, 0);
   EXPECT_EQ(job_of(kJob, "job.toml", {"train.max_restarts=2"}).train.max_restarts, 2);
   EXPECT_FALSE(job.train.elastic);
+  EXPECT_EQ(
+      job_of(kJob, "job.toml", {"distributed.link_mbps=100", "distributed.slow_link=[\"1=10\"]"})
+          .distributed.slow_link,
+      (std::vector<std::string>{"1=10"}));
   const JobConfig elastic = job_of(kJob, "job.toml", {"train.elastic=true", "train.min_workers=2"});
   EXPECT_TRUE(elastic.train.elastic);
   EXPECT_EQ(elastic.train.min_workers, 2);
@@ -284,6 +288,51 @@ TEST(JobFileLinks, ReadsTheEmulatedLinkAndRefusesNonsense) {
             std::string::npos);
   EXPECT_NE(error_of(kJob, {"distributed.link_latency_ms=2"}).find("needs distributed.link_mbps"),
             std::string::npos);
+}
+
+TEST(JobFileLinks, ReadsSlowLinksAndRefusesThemWithoutALink) {
+  const JobConfig job = job_of(kJob, "job.toml",
+                               {"distributed.link_mbps=1000", "distributed.link_latency_ms=0.1",
+                                "distributed.slow_link=[\"3=10\", \"1=2.5\"]"});
+  EXPECT_EQ(job.distributed.slow_link, (std::vector<std::string>{"3=10", "1=2.5"}));
+  const std::string no_link = error_of(kJob, {"distributed.slow_link=[\"3=10\"]"});
+  EXPECT_NE(no_link.find("'distributed.slow_link': needs distributed.link_mbps"), std::string::npos)
+      << no_link;
+  for (const char* bad : {"[\"3\"]", "[\"x=2\"]", "[\"-1=2\"]", "[\"2=0.5\"]", "[\"all=2\"]"}) {
+    const std::string e =
+        error_of(kJob, {"distributed.link_mbps=100", std::string("distributed.slow_link=") + bad});
+    EXPECT_NE(e.find("distributed.slow_link"), std::string::npos) << bad << ": " << e;
+  }
+  const SlowLink s = parse_slow_link("3=10", "x", "k");
+  EXPECT_EQ(s.rank, 3);
+  EXPECT_DOUBLE_EQ(s.factor, 10.0);
+}
+
+// The options each worker's transport gets: the slow rank's bandwidth
+// divided and latency multiplied by its factor, everyone else's as set.
+TEST(JobFileLinks, TheSlowLinkReachesOnlyItsRank) {
+  JobConfig job = job_of(kJob, "job.toml",
+                         {"distributed.link_mbps=1000", "distributed.link_latency_ms=0.1",
+                          "distributed.slow_link=[\"3=10\"]"});
+  for (int64_t r = 0; r < 8; ++r) {
+    const std::optional<comm::LinkShaperOptions> link = worker_link(job, r, 8);
+    ASSERT_TRUE(link.has_value()) << r;
+    EXPECT_DOUBLE_EQ(link->mbps, r == 3 ? 100.0 : 1000.0) << r;
+    EXPECT_DOUBLE_EQ(link->latency_ms, r == 3 ? 1.0 : 0.1) << r;
+  }
+  try {
+    worker_link(job, 0, 3);
+    FAIL() << "rank 3 of 3 workers accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("names rank 3, but the job has 3 workers"),
+              std::string::npos)
+        << e.what();
+  }
+  // --slow-link adds entries after the file was checked: the run checks again.
+  JobConfig unlinked = job_of(kJob, "job.toml", {});
+  EXPECT_FALSE(worker_link(unlinked, 0, 2).has_value());
+  unlinked.distributed.slow_link.push_back("1=10");
+  EXPECT_THROW(worker_link(unlinked, 0, 2), ConfigError);
 }
 
 }  // namespace

@@ -125,6 +125,34 @@ TEST(TensorBoardCallback, TheChiefWritesItsScalarsAtTheLoggedSteps) {
       << "no histograms folder when they are off";
 }
 
+TEST(TensorBoardCallback, TheStrategysFiguresAndExtraModelsGetTagsOfTheirOwn) {
+  testing::TempDir dir;
+  Rng rng(1);
+  nn::Linear model(3, 2, rng);
+  {
+    TensorBoardCallback tb({dir.file("tb"), 0, true, 2, 0, false}, model);
+    StepInfo s;
+    s.step = 2;
+    s.loss = 0.5;
+    s.extra = {{"consensus_distance", 0.125}};
+    tb.on_step_end(s);
+    EpochInfo e;
+    e.step = 2;
+    e.extra = {ModelEval{"worker0", 0.75, 0.625}};
+    tb.on_epoch_end(e);
+  }
+  expect_scalars(events_in(dir.file("tb")), {{"train/loss", 0.5, 2},
+                                             {"train/accuracy", 0.0, 2},
+                                             {"train/lr", 0.0, 2},
+                                             {"train/samples_per_s", 0.0, 2},
+                                             {"strategy/consensus_distance", 0.125, 2},
+                                             {"test/loss", 0.0, 2},
+                                             {"test/accuracy", 0.0, 2},
+                                             {"epoch/samples_per_s", 0.0, 2},
+                                             {"test/loss_worker0", 0.75, 2},
+                                             {"test/accuracy_worker0", 0.625, 2}});
+}
+
 TEST(TensorBoardCallback, AnotherWorkerWritesOnlyItsOwnFolder) {
   testing::TempDir dir;
   Rng rng(1);

@@ -1,5 +1,6 @@
 #include "train/trainer.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <fstream>
@@ -399,6 +400,119 @@ TEST(Trainer, AProcessJoiningARunningJobStartsAtItsStepNotAtTheCheckpoint) {
   EXPECT_EQ(seen.first->epoch, 2);
   EXPECT_EQ(seen.first->step_in_epoch, 5);
   EXPECT_EQ(summary.steps, 4 * 19);
+}
+
+}  // namespace
+}  // namespace dtrain::train
+
+namespace dtrain::train {
+namespace {
+
+// A strategy with figures of its own (what gossip reports): every second
+// report has measured something, the report's number as
+// "consensus_distance" and a "loss" that clashes with the step event's own
+// key; the others have nothing new. Its extra model "worker0" is an
+// untrained model of another seed, so its accuracy is not model()'s.
+class ReportingStrategy final : public strategy::LocalStrategy {
+ public:
+  ReportingStrategy(const JobConfig& job, Rng& rng, Rng& other_rng)
+      : LocalStrategy(build_model(job.model, rng),
+                      [&job](std::vector<Variable> p) {
+                        return nn::make_optimizer(job.optimizer, std::move(p));
+                      }),
+        other_(build_model(job.model, other_rng)) {}
+  std::vector<std::pair<std::string, double>> report_metrics() override {
+    ++reports;
+    if (reports % 2 == 1) return {};
+    return {{"consensus_distance", double(reports)}, {"loss", -1.0}};
+  }
+  std::vector<std::pair<std::string, nn::Module*>> extra_eval_models() override {
+    return {{"worker0", other_.get()}};
+  }
+  nn::Module& other() { return *other_; }
+  int reports = 0;
+
+ private:
+  std::unique_ptr<nn::Module> other_;
+};
+
+TEST(Trainer, TheStrategysFiguresAndExtraModelsReachTheMetrics) {
+  testing::TempDir dir;
+  JobConfig job = blobs_job(dir.path());
+  job.train.epochs = 2;  // 10 steps an epoch, a report every 5
+  Rng rng(job.seed), other_rng(job.seed + 100);
+  ReportingStrategy strategy(job, rng, other_rng);
+  Trainer trainer(job, strategy, Logger::null());
+  JsonLinesWriter metrics(dir.file("metrics.jsonl"), job.train.log_every_steps);
+  std::ostringstream lines;
+  PlainProgress progress(lines, job.train.log_every_steps);
+  trainer.add_callback(metrics);
+  trainer.add_callback(progress);
+  const auto test = blobs(100, 2);
+  trainer.fit(blobs(300, 1), test);
+  EXPECT_EQ(strategy.reports, 4);  // at the report steps only
+
+  const EvalResult other = evaluate(strategy.other(), test, job.train.eval_batch_size);
+  const EvalResult primary = evaluate(strategy.model(), test, job.train.eval_batch_size);
+  ASSERT_NE(other.accuracy, primary.accuracy) << "the test needs two distinguishable models";
+  std::ifstream in(dir.file("metrics.jsonl"));
+  int steps = 0, epochs = 0;
+  for (std::string line; std::getline(in, line);) {
+    const nlohmann::json e = nlohmann::json::parse(line);
+    if (e["event"] == "step") {
+      ++steps;
+      if (steps % 2 == 1) {
+        EXPECT_FALSE(e.contains("consensus_distance")) << "nothing new, nothing: " << e.dump();
+        EXPECT_FALSE(e.contains("strategy_loss")) << e.dump();
+      } else {
+        EXPECT_DOUBLE_EQ(e.value("consensus_distance", 0.0), double(steps)) << e.dump();
+        EXPECT_DOUBLE_EQ(e.value("strategy_loss", 0.0), -1.0) << e.dump();
+      }
+      EXPECT_GT(e["loss"].get<double>(), 0.0) << "the step's own loss stays: " << e.dump();
+    }
+    if (e["event"] == "epoch") {
+      ++epochs;
+      ASSERT_TRUE(e.contains("test_accuracy_worker0")) << e.dump();
+      EXPECT_DOUBLE_EQ(e["test_accuracy_worker0"].get<double>(), other.accuracy);
+      EXPECT_DOUBLE_EQ(e["test_loss_worker0"].get<double>(), other.loss);
+    }
+    if (e["event"] == "end") {
+      EXPECT_FALSE(e.contains("consensus_distance")) << e.dump();
+    }
+  }
+  EXPECT_EQ(steps, 4);
+  EXPECT_EQ(epochs, 2);
+  EXPECT_NE(lines.str().find("(global 20): "), std::string::npos) << lines.str();
+  EXPECT_NE(lines.str().find(" consensus_distance 4 loss -1\n"), std::string::npos) << lines.str();
+  EXPECT_EQ(lines.str().find(" consensus_distance 3"), std::string::npos) << lines.str();
+  const size_t step15 = lines.str().find("(global 15): ");
+  ASSERT_NE(step15, std::string::npos) << lines.str();
+  EXPECT_EQ(lines.str().substr(step15, lines.str().find('\n', step15) - step15).find("consensus"),
+            std::string::npos)
+      << lines.str();
+  EXPECT_NE(lines.str().find(fmt::format("| worker0 {:.2f}% |", 100.0 * other.accuracy)),
+            std::string::npos)
+      << lines.str();
+}
+
+// A strategy without figures adds no keys.
+TEST(Trainer, WithoutFiguresTheEventsHaveNoExtraKeys) {
+  testing::TempDir dir;
+  JobConfig job = blobs_job(dir.path());
+  job.train.epochs = 1;
+  auto strategy = local_for(job);
+  Trainer trainer(job, *strategy, Logger::null());
+  JsonLinesWriter metrics(dir.file("metrics.jsonl"), job.train.log_every_steps);
+  trainer.add_callback(metrics);
+  trainer.fit(blobs(300, 1), blobs(100, 2));
+  std::ifstream in(dir.file("metrics.jsonl"));
+  for (std::string line; std::getline(in, line);) {
+    const nlohmann::json e = nlohmann::json::parse(line);
+    EXPECT_FALSE(e.contains("consensus_distance")) << e.dump();
+    for (const auto& [key, value] : e.items()) {
+      EXPECT_EQ(key.find("_worker"), std::string::npos) << e.dump();
+    }
+  }
 }
 
 }  // namespace
