@@ -138,8 +138,7 @@ class GossipSpec final : public StrategySpec {
     o.replacement = launch.settings.restart_count > 0;
     if (c.compression.compresses()) {
       o.compression = c.compression;
-      o.consensus_step =
-          o_.consensus_step.value_or(default_consensus_step(c.compression.codec.method));
+      o.consensus_step = o_.consensus_step.value_or(default_consensus_step(c.compression.codec));
     }
     std::unique_ptr<comm::PeerLink> link;
     {

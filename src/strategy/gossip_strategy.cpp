@@ -60,8 +60,17 @@ compress::TensorLayout layout_of(const Tensor& t) {
 
 }  // namespace
 
-double default_consensus_step(compress::Method method) {
-  return method == compress::Method::kFp16 || method == compress::Method::kBf16 ? 1.0 : 0.5;
+double default_consensus_step(const compress::Options& codec) {
+  switch (codec.method) {
+    case compress::Method::kFp16:
+    case compress::Method::kBf16:
+      return 1.0;
+    case compress::Method::kTopK:
+    case compress::Method::kRandomK:
+      return std::min(0.5, 10.0 * codec.density);
+    default:
+      return 0.5;
+  }
 }
 
 GossipMode parse_gossip_mode(std::string_view name) {
@@ -105,11 +114,8 @@ GossipStrategy::GossipStrategy(std::unique_ptr<comm::PeerLink> link, const Model
       throw UsageError(
           fmt::format("gossip: consensus_step must be in (0, 1], got {}", options_.consensus_step));
     }
-    compress::Options codec = options_.compression->codec;
-    codec.error_feedback = false;  // x^ is CHOCO's memory
-    codec.momentum = 0.0;
     for (const Tensor& t : own_tensors_) layouts_.push_back(layout_of(t));
-    compressor_ = compress::make_compressor(codec, layouts_);
+    compressor_ = compress::make_compressor(choco_settings().codec, layouts_);
     public_copies_.resize(static_cast<size_t>(world_));
     reset_public_copies();
   }
@@ -142,7 +148,11 @@ GossipStrategy::GossipStrategy(std::unique_ptr<comm::PeerLink> link, const Model
       });
   if (rank_ == 0) {
     logger_.info("gossip ({}): {}",
-                 options_.mode == GossipMode::kSync ? "sync D-PSGD" : "async AD-PSGD",
+                 options_.mode == GossipMode::kAsync ? "async AD-PSGD"
+                 : compressor_ != nullptr
+                     ? fmt::format("sync CHOCO-SGD, {}, consensus step {:g}",
+                                   choco_settings().describe(), options_.consensus_step)
+                     : std::string("sync D-PSGD"),
                  topology_.describe());
   }
   if (options_.replacement) join_running_job();
@@ -611,6 +621,13 @@ void GossipStrategy::sync_replicas() {
     copy_model(*average_, *own_);
   }
   if (compressor_ != nullptr) reset_public_copies();
+}
+
+CompressionSettings GossipStrategy::choco_settings() const {
+  CompressionSettings c = *options_.compression;
+  c.codec.error_feedback = false;  // x^ is CHOCO's memory
+  c.codec.momentum = 0.0;
+  return c;
 }
 
 void GossipStrategy::reset_public_copies() {

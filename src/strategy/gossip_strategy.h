@@ -173,9 +173,10 @@ struct GossipOptions {
   double consensus_step = 1.0;
 };
 
-// CHOCO's default consensus step for a method: 1 for fp16/bf16 (nearly
-// exact), 0.5 for the sparsifying and quantising ones.
-double default_consensus_step(compress::Method method);
+// CHOCO's default consensus step for a codec: 1 for fp16/bf16 (nearly
+// exact); min(0.5, 10 x density) for top-k and random-k (0.5 diverged on
+// MNIST at density 0.01, 0.1 did not: docs/gossip.md); 0.5 for the others.
+double default_consensus_step(const compress::Options& codec);
 
 class GossipStrategy : public Strategy {
  public:
@@ -249,6 +250,8 @@ class GossipStrategy : public Strategy {
   std::vector<std::byte> choco_message(std::span<const float> mine, int64_t t);
   void choco_add(std::span<const std::byte> message, std::vector<float>& copy, int from, int64_t t,
                  const std::string& what) const;
+  // The job's settings as CHOCO uses them (no error feedback, no momentum).
+  CompressionSettings choco_settings() const;
   // Every public copy set to own_'s parameters (under the model mutex).
   void reset_public_copies();
   void gossip_async(int64_t t);

@@ -376,11 +376,11 @@ TEST(GossipStrategy, ChocoTopKSendsFewerBytes) {
     o.consensus_step = 0.5;
     Group g(kWorkers, o, plain_sgd(0.1f));
     const Data data(kWorkers, 4, 1);
-    g.run([&](int r) {
-      g.workers[r]->train_step(data.x(0, r), data.y(0, r));
-      g.workers[r]->finish();
-    });
-    return g.workers[1]->last_comm();
+    // The step alone: finish()'s calls would add to the link's count.
+    g.run([&](int r) { g.workers[r]->train_step(data.x(0, r), data.y(0, r)); });
+    const CommStats step = g.workers[1]->last_comm();
+    g.run([&](int r) { g.workers[r]->finish(); });
+    return step;
   };
   const CommStats dense = one_step(std::nullopt);
   const CommStats choco = one_step(topk(0.01));
@@ -880,8 +880,16 @@ TEST(GossipSpec, ChocoCompressionOnlyInSyncModeOnFixedTopologiesWithoutRestarts)
     EXPECT_THROW(gossip_spec({{"consensus_step", bad}}), ConfigError) << bad;
   }
   EXPECT_NO_THROW(gossip_spec({{"consensus_step", "1"}}));
-  EXPECT_EQ(default_consensus_step(compress::Method::kFp16), 1.0);
-  EXPECT_EQ(default_consensus_step(compress::Method::kTopK), 0.5);
+  compress::Options codec;
+  codec.method = compress::Method::kFp16;
+  EXPECT_EQ(default_consensus_step(codec), 1.0);
+  codec.method = compress::Method::kTopK;
+  codec.density = 0.01;
+  EXPECT_DOUBLE_EQ(default_consensus_step(codec), 0.1);
+  codec.density = 0.2;
+  EXPECT_EQ(default_consensus_step(codec), 0.5);
+  codec.method = compress::Method::kQsgd;
+  EXPECT_EQ(default_consensus_step(codec), 0.5);
 }
 
 TEST(GossipSpec, PlansOneReplaceableProcessPerWorker) {
