@@ -67,7 +67,7 @@ double default_consensus_step(const compress::Options& codec) {
       return 1.0;
     case compress::Method::kTopK:
     case compress::Method::kRandomK:
-      return std::min(0.5, 10.0 * codec.density);
+      return std::min(0.5, 5.0 * codec.density);
     default:
       return 0.5;
   }

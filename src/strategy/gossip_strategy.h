@@ -174,8 +174,9 @@ struct GossipOptions {
 };
 
 // CHOCO's default consensus step for a codec: 1 for fp16/bf16 (nearly
-// exact); min(0.5, 10 x density) for top-k and random-k (0.5 diverged on
-// MNIST at density 0.01, 0.1 did not: docs/gossip.md); 0.5 for the others.
+// exact); min(0.5, 5 x density) for top-k and random-k (at density 0.01,
+// 0.5 and 0.1 diverged on MNIST, 0.05 did not: docs/gossip.md); 0.5 for the
+// others.
 double default_consensus_step(const compress::Options& codec);
 
 class GossipStrategy : public Strategy {

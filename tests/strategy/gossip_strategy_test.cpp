@@ -885,7 +885,7 @@ TEST(GossipSpec, ChocoCompressionOnlyInSyncModeOnFixedTopologiesWithoutRestarts)
   EXPECT_EQ(default_consensus_step(codec), 1.0);
   codec.method = compress::Method::kTopK;
   codec.density = 0.01;
-  EXPECT_DOUBLE_EQ(default_consensus_step(codec), 0.1);
+  EXPECT_DOUBLE_EQ(default_consensus_step(codec), 0.05);
   codec.density = 0.2;
   EXPECT_EQ(default_consensus_step(codec), 0.5);
   codec.method = compress::Method::kQsgd;
