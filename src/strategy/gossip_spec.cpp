@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <optional>
 
 #include "comm/peer/connect_peer_link.h"
 #include "core/error.h"
@@ -21,6 +22,8 @@ struct GossipJobOptions {
   std::string mode = "sync";      // "sync" (D-PSGD) or "async" (AD-PSGD)
   std::string topology = "ring";  // a gossip::topology_names() entry
   int64_t consensus_every = 100;  // steps between consensus measurements; 0: at evaluations
+  // CHOCO's gamma_c (with [compression]); unset: default_consensus_step().
+  std::optional<double> consensus_step;
 };
 
 class GossipSpec final : public StrategySpec {
@@ -35,12 +38,18 @@ class GossipSpec final : public StrategySpec {
     table.read("mode", o_.mode);
     table.read("topology", o_.topology);
     table.read("consensus_every", o_.consensus_every);
+    double step = 0.0;
+    if (table.read("consensus_step", step)) o_.consensus_step = step;
     where_ = table.lines();
     check_choice(where_, "mode", o_.mode, {"sync", "async"});
     const std::vector<std::string> kinds = gossip::topology_names();
     if (std::find(kinds.begin(), kinds.end(), o_.topology) == kinds.end()) {
       throw where_.error(
           "topology", fmt::format("'{}' is not one of: {}", o_.topology, fmt::join(kinds, ", ")));
+    }
+    if (o_.consensus_step && !(*o_.consensus_step > 0.0 && *o_.consensus_step <= 1.0)) {
+      throw where_.error("consensus_step",
+                         fmt::format("must be in (0, 1], got {}", *o_.consensus_step));
     }
     if (o_.consensus_every < 0) {
       throw where_.error(
@@ -62,11 +71,32 @@ class GossipSpec final : public StrategySpec {
                             "gossip workers have none to balance (AD-PSGD already lets a slow "
                             "worker fall behind)");
     }
-    if (job.compression || job.local_sgd || job.guard) {
-      const char* key = job.compression ? "compression.type"
-                        : job.local_sgd ? "compression.local_steps"
-                                        : "compression.guard";
-      throw job.where.error(key, "not yet for gossip: its models are exchanged uncompressed");
+    if (job.local_sgd || job.guard) {
+      throw job.where.error(job.local_sgd ? "compression.local_steps" : "compression.guard",
+                            "not for gossip: its compression is CHOCO-SGD's compressed model "
+                            "differences (compression.type), with neither local steps nor a "
+                            "guard");
+    }
+    if (job.compression) {
+      // CHOCO-SGD (docs/gossip.md): every worker keeps copies of its fixed
+      // neighbours' models, updated step by step in lockstep.
+      if (o_.mode != "sync") {
+        throw where_.error("mode",
+                           "compression (CHOCO-SGD) needs mode \"sync\": its neighbours' model "
+                           "copies are updated in lockstep; use async without compression");
+      }
+      if (o_.topology == "one-peer-exponential") {
+        throw where_.error("topology",
+                           "compression (CHOCO-SGD) needs a fixed topology (its copies of the "
+                           "neighbours' models need fixed neighbours), not one-peer-exponential");
+      }
+      if (job.max_restarts > 0) {
+        throw job.where.error(
+            "train.max_restarts",
+            "gossip with compression (CHOCO-SGD) cannot replace a failed worker: its "
+            "neighbours' copies of its model would not match the replacement's; set it to 0 "
+            "(a dead worker is dropped and the others go on)");
+      }
     }
     const int64_t workers = StrategySpec::workers(job);
     const int64_t min_workers = job.min_workers > 0 ? job.min_workers : 1;
@@ -106,6 +136,10 @@ class GossipSpec final : public StrategySpec {
     o.timeout = c.timeout;
     o.seed = c.seed;
     o.replacement = launch.settings.restart_count > 0;
+    if (c.compression.compresses()) {
+      o.compression = c.compression;
+      o.consensus_step = o_.consensus_step.value_or(default_consensus_step(c.compression.codec));
+    }
     std::unique_ptr<comm::PeerLink> link;
     {
       TraceSpan span(c.trace, "rendezvous", "setup");

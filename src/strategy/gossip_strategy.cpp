@@ -7,6 +7,7 @@
 #include <cstring>
 #include <thread>
 
+#include "core/byte_codec.h"
 #include "core/error.h"
 #include "core/rng.h"
 
@@ -49,7 +50,28 @@ constexpr const char* kStepsKey = "gossip.steps";
 // The step a kFetchModel reply or request carries before the parameters.
 constexpr size_t kStepBytes = sizeof(uint64_t);
 
+// A tensor as the compressor sees it: its first dimension by the rest.
+compress::TensorLayout layout_of(const Tensor& t) {
+  const Shape& shape = t.shape();
+  const auto numel = static_cast<size_t>(t.numel());
+  const size_t rows = shape.size() >= 2 && shape[0] > 0 ? static_cast<size_t>(shape[0]) : 1;
+  return {rows, numel / rows};
+}
+
 }  // namespace
+
+double default_consensus_step(const compress::Options& codec) {
+  switch (codec.method) {
+    case compress::Method::kFp16:
+    case compress::Method::kBf16:
+      return 1.0;
+    case compress::Method::kTopK:
+    case compress::Method::kRandomK:
+      return std::min(0.5, 5.0 * codec.density);
+    default:
+      return 0.5;
+  }
+}
 
 GossipMode parse_gossip_mode(std::string_view name) {
   if (name == "sync") return GossipMode::kSync;
@@ -75,6 +97,28 @@ GossipStrategy::GossipStrategy(std::unique_ptr<comm::PeerLink> link, const Model
       link_(std::move(link)) {
   for (const Tensor& t : own_tensors_) flat_size_ += static_cast<size_t>(t.numel());
   copy_model(*own_, *average_);
+  if (options_.compression) {
+    if (options_.mode != GossipMode::kSync) {
+      throw UsageError("gossip: compression (CHOCO-SGD) needs sync mode");
+    }
+    if (topology_.kind() == gossip::TopologyKind::kOnePeerExponential) {
+      throw UsageError(
+          "gossip: compression (CHOCO-SGD) needs a fixed topology, not one-peer-exponential");
+    }
+    if (options_.replacement) {
+      throw UsageError(
+          "gossip: compression (CHOCO-SGD) cannot take a replacement worker: its neighbours' "
+          "copies of its model would not match its own");
+    }
+    if (!(options_.consensus_step > 0.0 && options_.consensus_step <= 1.0)) {
+      throw UsageError(
+          fmt::format("gossip: consensus_step must be in (0, 1], got {}", options_.consensus_step));
+    }
+    for (const Tensor& t : own_tensors_) layouts_.push_back(layout_of(t));
+    compressor_ = compress::make_compressor(choco_settings().codec, layouts_);
+    public_copies_.resize(static_cast<size_t>(world_));
+    reset_public_copies();
+  }
   if (options_.replacement) {
     // Until their message of our step arrives, we do not wait on them.
     for (Peer& p : peers_) {
@@ -104,7 +148,11 @@ GossipStrategy::GossipStrategy(std::unique_ptr<comm::PeerLink> link, const Model
       });
   if (rank_ == 0) {
     logger_.info("gossip ({}): {}",
-                 options_.mode == GossipMode::kSync ? "sync D-PSGD" : "async AD-PSGD",
+                 options_.mode == GossipMode::kAsync ? "async AD-PSGD"
+                 : compressor_ != nullptr
+                     ? fmt::format("sync CHOCO-SGD, {}, consensus step {:g}",
+                                   choco_settings().describe(), options_.consensus_step)
+                     : std::string("sync D-PSGD"),
                  topology_.describe());
   }
   if (options_.replacement) join_running_job();
@@ -254,7 +302,8 @@ StepStats GossipStrategy::train_step(const Tensor& inputs, std::span<const int64
     ++steps_;
   }
   const uint64_t sent = link_->bytes_sent() - sent_before;
-  last_comm_ = {sent, sent};
+  // Without CHOCO the payload is the dense model: both counts agree.
+  last_comm_ = {sent, compressor_ == nullptr ? sent : sent - payload_sent_ + payload_dense_};
   if (rank_ == 0 && options_.consensus_every > 0 && steps_ % options_.consensus_every == 0) {
     gather(/*wait_for_step=*/options_.mode == GossipMode::kSync);
   }
@@ -298,11 +347,18 @@ void GossipStrategy::gossip_sync(int64_t t) {
   // not known dead (one-peer-exponential skips the dead to the next alive).
   const std::vector<bool> known = known_alive();
   const std::vector<int> ins = topology_.in_neighbours(rank_, t, known);
+  const bool choco = compressor_ != nullptr;
+  const std::vector<std::byte> message = choco ? choco_message(mine, t) : std::vector<std::byte>();
+  const std::span<const std::byte> payload = choco ? std::span(message) : as_bytes(mine);
+  payload_sent_ = 0;
+  payload_dense_ = 0;
   for (int j : topology_.out_neighbours(rank_, t, known)) {
     const Peer p = peer(j);
     try {
-      link_->post(j, kModelChannel, static_cast<uint64_t>(t), as_bytes(mine), what,
+      link_->post(j, kModelChannel, static_cast<uint64_t>(t), payload, what,
                   Deadline::after(options_.timeout));
+      payload_sent_ += payload.size();
+      payload_dense_ += flat_size_ * sizeof(float);
     } catch (const comm::PeerLostError& e) {
       drop(j, e.what(), p.generation, /*lost=*/true);
     }
@@ -319,36 +375,59 @@ void GossipStrategy::gossip_sync(int64_t t) {
     try {
       std::vector<std::byte> bytes =
           link_->receive(j, kModelChannel, static_cast<uint64_t>(t), what, deadline);
-      models.emplace_back(j, to_floats(bytes, j, what));
+      if (choco) {
+        choco_add(bytes, public_copies_[static_cast<size_t>(j)], j, t, what);
+      } else {
+        models.emplace_back(j, to_floats(bytes, j, what));
+      }
       mixed[static_cast<size_t>(j)] = true;
     } catch (const comm::PeerLostError& e) {
       drop(j, e.what(), p.generation, /*lost=*/true);
     } catch (const TimeoutError& e) {
-      if (!pending) drop(j, e.what(), p.generation, /*lost=*/false);
+      // CHOCO: a missed message leaves this worker's copy of j stale for
+      // good; j is dropped as if lost.
+      if (!pending || choco) drop(j, e.what(), p.generation, /*lost=*/choco);
     }
   }
   gossip::MixingRow row = topology_.row(rank_, t, mixed);
-  const auto arrived = [&](int j) {
-    return std::any_of(models.begin(), models.end(), [j](const auto& m) { return m.first == j; });
-  };
-  if (!std::all_of(row.neighbours.begin(), row.neighbours.end(),
-                   [&](const auto& n) { return arrived(n.first); })) {
-    // One-peer-exponential whose one peer failed this step: the row would
-    // skip to a worker that sent us nothing; keep our model this step.
-    row = gossip::MixingRow{};
+  if (choco) {
+    // x_i += gamma_c sum_j w_ij (x^_j - x^_i); the self term is 0.
+    const double gamma = options_.compression->started(t) ? options_.consensus_step : 1.0;
+    std::vector<double> delta(mine.size(), 0.0);
+    for (const auto& [j, w] : row.neighbours) {
+      const std::vector<float>& copy = public_copies_[static_cast<size_t>(j)];
+      DTRAIN_CHECK(copy.size() == mine.size(),
+                   "gossip worker {} step {}: no copy of worker {}'s model", rank_, t, j);
+      for (size_t k = 0; k < delta.size(); ++k) {
+        delta[k] += w * (static_cast<double>(copy[k]) - static_cast<double>(public_self_[k]));
+      }
+    }
+    for (size_t k = 0; k < mine.size(); ++k) {
+      mine[k] = static_cast<float>(static_cast<double>(mine[k]) + gamma * delta[k]);
+    }
+  } else {
+    const auto arrived = [&](int j) {
+      return std::any_of(models.begin(), models.end(), [j](const auto& m) { return m.first == j; });
+    };
+    if (!std::all_of(row.neighbours.begin(), row.neighbours.end(),
+                     [&](const auto& n) { return arrived(n.first); })) {
+      // One-peer-exponential whose one peer failed this step: the row would
+      // skip to a worker that sent us nothing; keep our model this step.
+      row = gossip::MixingRow{};
+    }
+    std::vector<double> sum(mine.size());
+    for (size_t k = 0; k < mine.size(); ++k) sum[k] = row.self * static_cast<double>(mine[k]);
+    for (const auto& [j, w] : row.neighbours) {
+      const auto it = std::find_if(models.begin(), models.end(),
+                                   [j = j](const auto& m) { return m.first == j; });
+      DTRAIN_CHECK(it != models.end(),
+                   "gossip row of worker {} step {} names worker {} whose model did not arrive",
+                   rank_, t, j);
+      const std::vector<float>& x = it->second;
+      for (size_t k = 0; k < sum.size(); ++k) sum[k] += w * static_cast<double>(x[k]);
+    }
+    for (size_t k = 0; k < mine.size(); ++k) mine[k] = static_cast<float>(sum[k]);
   }
-  std::vector<double> sum(mine.size());
-  for (size_t k = 0; k < mine.size(); ++k) sum[k] = row.self * static_cast<double>(mine[k]);
-  for (const auto& [j, w] : row.neighbours) {
-    const auto it =
-        std::find_if(models.begin(), models.end(), [j = j](const auto& m) { return m.first == j; });
-    DTRAIN_CHECK(it != models.end(),
-                 "gossip row of worker {} step {} names worker {} whose model did not arrive",
-                 rank_, t, j);
-    const std::vector<float>& x = it->second;
-    for (size_t k = 0; k < sum.size(); ++k) sum[k] += w * static_cast<double>(x[k]);
-  }
-  for (size_t k = 0; k < mine.size(); ++k) mine[k] = static_cast<float>(sum[k]);
   {
     const std::lock_guard lock(model_mutex_);
     unpack_own(mine);
@@ -537,8 +616,77 @@ void GossipStrategy::load_optimizer_state(const StateDict& state) {
 }
 
 void GossipStrategy::sync_replicas() {
-  const std::lock_guard lock(model_mutex_);
-  copy_model(*average_, *own_);
+  {
+    const std::lock_guard lock(model_mutex_);
+    copy_model(*average_, *own_);
+  }
+  if (compressor_ != nullptr) reset_public_copies();
+}
+
+CompressionSettings GossipStrategy::choco_settings() const {
+  CompressionSettings c = *options_.compression;
+  c.codec.error_feedback = false;  // x^ is CHOCO's memory
+  c.codec.momentum = 0.0;
+  return c;
+}
+
+void GossipStrategy::reset_public_copies() {
+  {
+    const std::lock_guard lock(model_mutex_);
+    public_self_ = pack_own();
+  }
+  for (auto& copy : public_copies_) copy.clear();
+  for (int j : topology_.in_neighbours(rank_, 0)) {
+    public_copies_[static_cast<size_t>(j)] = public_self_;
+  }
+}
+
+std::vector<std::byte> GossipStrategy::choco_message(std::span<const float> mine, int64_t t) {
+  const CompressionSettings& c = *options_.compression;
+  const bool compressing = c.started(t);
+  ByteWriter out(compressing ? 0 : flat_size_ * sizeof(float));
+  std::vector<float> diff;
+  size_t offset = 0;
+  for (size_t i = 0; i < layouts_.size(); ++i) {
+    const size_t n = layouts_[i].numel();
+    diff.resize(n);
+    for (size_t k = 0; k < n; ++k) diff[k] = mine[offset + k] - public_self_[offset + k];
+    if (compressing && compressor_->compresses(i)) {
+      ByteWriter message;
+      compressor_->encode(i, diff, t - c.start_step, rank_, message);
+      out.write_blob(message.take());
+    } else {
+      out.write_f32_array(diff);
+    }
+    offset += n;
+  }
+  std::vector<std::byte> bytes = out.take();
+  choco_add(bytes, public_self_, rank_, t, fmt::format("gossip step {}: own message", t));
+  return bytes;
+}
+
+void GossipStrategy::choco_add(std::span<const std::byte> message, std::vector<float>& copy,
+                               int from, int64_t t, const std::string& what) const {
+  const std::string context = fmt::format("{}: CHOCO message of worker {}", what, from);
+  ByteReader in(message, context);
+  // Which form each tensor came in is the sender's (start_step, compresses()):
+  // a compressed tensor's blob is smaller than its dense floats, so the
+  // receiver reads the form this worker would have used.
+  const bool compressing = options_.compression->started(t);
+  size_t offset = 0;
+  for (size_t i = 0; i < layouts_.size(); ++i) {
+    const size_t n = layouts_[i].numel();
+    const std::span<float> out = std::span<float>(copy).subspan(offset, n);
+    if (compressing && compressor_->compresses(i)) {
+      const std::span<const std::byte> blob = in.read_blob("tensor message", message.size());
+      compress::decode_add(blob, layouts_[i], 1.0f, out, context);
+    } else {
+      const std::vector<float> dense = in.read_f32_array(n, "dense tensor");
+      for (size_t k = 0; k < n; ++k) out[k] += dense[k];
+    }
+    offset += n;
+  }
+  in.expect_end(context);
 }
 
 std::vector<std::pair<std::string, double>> GossipStrategy::report_metrics() {

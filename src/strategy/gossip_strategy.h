@@ -33,6 +33,27 @@
 // first. Waiting only on peers mixed in the step before, each of which posts
 // before it receives, keeps the steps deadlock-free as in plain D-PSGD.
 //
+// Compressed synchronous gossip, CHOCO-SGD (options.compression set; Koloskova,
+// Stich, Jaggi 2019, Algorithm 2). Every worker keeps a public copy x^_i of
+// its model and one x^_j of each in-neighbour's, all equal at the start
+// (the common initial model; sync_replicas() sets them all to the model it
+// sets, which every worker shares after a resume). Step t:
+//  1. the local step, as above;
+//  2. q_i = Q(x_i - x^_i), each tensor through the compressor (error
+//     feedback off: x^ is the memory); tensors it does not compress
+//     (compresses() false) and every tensor before compression.start_step
+//     go dense (exact); q_i is posted to every out-neighbour;
+//  3. x^_i += q_i; x^_j += q_j for each in-neighbour whose q_j arrived
+//     (sender and receivers decode the same bytes, so the copies agree);
+//  4. x_i += gamma_c sum_j W_t[i][j] (x^_j - x^_i) over the row of the
+//     neighbours whose q_j arrived (gamma_c: options.consensus_step; 1
+//     before start_step, where this step is D-PSGD's exactly).
+// A neighbour whose q_j did not arrive (dead or late) has a stale copy from
+// then on: it is dropped for good (no pending state, no rejoin), and a
+// replacement (options.replacement) is refused: its neighbours' copies of
+// it would not match its own. Dynamic topologies (one-peer-exponential) are
+// refused too: the copies need fixed neighbours.
+//
 // Asynchronous AD-PSGD (mode kAsync; Lian et al. 2018), step t:
 //  1. under the model mutex: forward, backward and the optimizer step;
 //  2. pick one partner j: uniformly among the in-neighbours of step t not
@@ -84,7 +105,9 @@
 // Statistics: step_totals() is this worker's sums times the world size (no
 // exchange of statistics: the loss and accuracy of this worker's rows, a
 // uniform sample of the batch). last_comm() is the bytes the link sent for
-// the last step's gossip (dense_bytes the same: no compression).
+// the last step's gossip; dense_bytes is what uncompressed gossip would
+// have sent (the same without compression; under CHOCO the link's bytes
+// with each message's payload replaced by the model's 4 bytes per float).
 //
 // Ownership: owns both models, the optimizer and the link; the Logger must
 // outlive it. The destructor leaves the link, waits until no handler or
@@ -113,7 +136,9 @@
 #include <vector>
 
 #include "comm/peer/peer_link.h"
+#include "compress/compressor.h"
 #include "core/log.h"
+#include "strategy/compression.h"
 #include "strategy/gossip_topology.h"
 #include "strategy/strategy.h"
 
@@ -140,7 +165,19 @@ struct GossipOptions {
   uint64_t seed = 1;
   // This process replaces a failed worker: copy a neighbour's model.
   bool replacement = false;
+  // Set (a compressing method): CHOCO-SGD (sync mode, a fixed topology, no
+  // replacement; UsageError otherwise). Its codec's error_feedback and
+  // momentum are ignored (x^ is the memory).
+  std::optional<CompressionSettings> compression;
+  // CHOCO's consensus step gamma_c, in (0, 1].
+  double consensus_step = 1.0;
 };
+
+// CHOCO's default consensus step for a codec: 1 for fp16/bf16 (nearly
+// exact); min(0.5, 5 x density) for top-k and random-k (at density 0.01,
+// 0.5 and 0.1 diverged on MNIST, 0.05 did not: docs/gossip.md); 0.5 for the
+// others.
+double default_consensus_step(const compress::Options& codec);
 
 class GossipStrategy : public Strategy {
  public:
@@ -209,6 +246,15 @@ class GossipStrategy : public Strategy {
   // the compute timer sleeps.
   StepStats local_step(const Tensor& inputs, std::span<const int64_t> targets);
   void gossip_sync(int64_t t);
+  // CHOCO: this step's message q_i (added to x^_i), and adding a message to
+  // a copy (DataError naming `from` and `what` when malformed).
+  std::vector<std::byte> choco_message(std::span<const float> mine, int64_t t);
+  void choco_add(std::span<const std::byte> message, std::vector<float>& copy, int from, int64_t t,
+                 const std::string& what) const;
+  // The job's settings as CHOCO uses them (no error feedback, no momentum).
+  CompressionSettings choco_settings() const;
+  // Every public copy set to own_'s parameters (under the model mutex).
+  void reset_public_copies();
   void gossip_async(int64_t t);
   // Gathers every reachable worker's model into average_ and measures the
   // consensus distance; `wait_for_step`: sync mode's wait (see above).
@@ -249,6 +295,16 @@ class GossipStrategy : public Strategy {
   int64_t steps_ = 0;  // read by the handler: guarded by model_mutex_
   std::optional<int64_t> joined_step_;
   CommStats last_comm_;
+  // CHOCO (empty without): the compressor over own_'s tensors, their
+  // layouts, x^_i, and x^_j of every in-neighbour j (indexed by rank; empty
+  // for the others); the last step's payload bytes posted and their dense
+  // equivalent.
+  std::unique_ptr<compress::Compressor> compressor_;
+  std::vector<compress::TensorLayout> layouts_;
+  std::vector<float> public_self_;
+  std::vector<std::vector<float>> public_copies_;
+  uint64_t payload_sent_ = 0;
+  uint64_t payload_dense_ = 0;
   gossip::MixingRow last_row_;
   std::optional<double> consensus_;
   int consensus_workers_ = 0;

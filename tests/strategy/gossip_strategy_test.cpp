@@ -253,6 +253,174 @@ TEST(GossipStrategy, OtherTopologiesSyncStepIsWTimesX) {
   expect_sync_matches_serial(TopologyKind::kTorus, 6, 0.1f);
 }
 
+// CHOCO-SGD (compressed gossip) -------------------------------------------
+
+CompressionSettings topk(double density) {
+  CompressionSettings c;
+  c.codec.method = compress::Method::kTopK;
+  c.codec.density = density;
+  c.codec.min_size = 16;  // fc1's weight (96) and fc2's (48) are compressed
+  return c;
+}
+
+double consensus_distance_of(Group& g) {
+  std::vector<std::vector<float>> xs;
+  for (auto& w : g.workers) xs.push_back(w->own_parameters());
+  std::vector<double> mean(xs[0].size(), 0.0);
+  for (const auto& x : xs) {
+    for (size_t k = 0; k < x.size(); ++k) mean[k] += x[k] / static_cast<double>(xs.size());
+  }
+  double d = 0.0;
+  for (const auto& x : xs) {
+    for (size_t k = 0; k < x.size(); ++k) d += (x[k] - mean[k]) * (x[k] - mean[k]);
+  }
+  return d / static_cast<double>(xs.size());
+}
+
+// Top-k at density 1 sends every entry exactly: with gamma_c = 1 and the
+// copies starting at the common model, a CHOCO step is D-PSGD's W x.
+TEST(GossipStrategy, ChocoLosslessStepIsWTimesX) {
+  constexpr int kWorkers = 5, kSteps = 4;
+  GossipOptions o;
+  o.topology = TopologyKind::kRing;
+  o.compression = topk(1.0);
+  o.consensus_step = 1.0;
+  Group g(kWorkers, o, plain_sgd(0.1f));
+  std::vector<std::vector<float>> starts;
+  for (auto& w : g.workers) starts.push_back(w->own_parameters());
+  const Data data(kWorkers, 4, kSteps);
+  g.run([&](int r) {
+    for (int s = 0; s < kSteps; ++s) g.workers[r]->train_step(data.x(s, r), data.y(s, r));
+    g.workers[r]->finish();
+  });
+  const auto expected = serial_gossip(g.workers[0]->topology(), data, starts, kSteps, 0.1f);
+  for (int r = 0; r < kWorkers; ++r) {
+    EXPECT_LT(max_abs_difference(g.workers[r]->own_parameters(), expected[r]), 1e-6)
+        << "worker " << r;
+  }
+}
+
+// Before compression.start_step the messages are dense (exact) and gamma_c
+// is 1: plain D-PSGD, whatever the codec.
+TEST(GossipStrategy, ChocoBeforeStartStepIsPlainDPsgd) {
+  constexpr int kWorkers = 4, kSteps = 3;
+  GossipOptions o;
+  o.compression = topk(0.01);
+  o.compression->start_step = kSteps;
+  o.consensus_step = 0.3;
+  Group g(kWorkers, o, plain_sgd(0.1f));
+  std::vector<std::vector<float>> starts;
+  for (auto& w : g.workers) starts.push_back(w->own_parameters());
+  const Data data(kWorkers, 4, kSteps);
+  g.run([&](int r) {
+    for (int s = 0; s < kSteps; ++s) g.workers[r]->train_step(data.x(s, r), data.y(s, r));
+    g.workers[r]->finish();
+  });
+  const auto expected = serial_gossip(g.workers[0]->topology(), data, starts, kSteps, 0.1f);
+  for (int r = 0; r < kWorkers; ++r) {
+    EXPECT_LT(max_abs_difference(g.workers[r]->own_parameters(), expected[r]), 1e-6)
+        << "worker " << r;
+  }
+}
+
+// With lr 0, CHOCO over a ring (W symmetric) keeps the sum of the models
+// and brings them together; top-k 10%. The models first drift apart by
+// training with lr 0.1 on different data.
+void expect_choco_contracts(int n, double gamma) {
+  GossipOptions o;
+  o.compression = topk(0.1);
+  o.consensus_step = gamma;
+  Group g(n, o, plain_sgd(0.5f));
+  constexpr int kDrift = 4, kMix = 60;
+  const Data data(n, 4, kDrift);
+  g.run([&](int r) {
+    for (int s = 0; s < kDrift; ++s) g.workers[r]->train_step(data.x(s, r), data.y(s, r));
+  });
+  const double before = consensus_distance_of(g);
+  ASSERT_GT(before, 0.0);
+  const std::vector<float> sum_before = g.sum_of_models();
+  std::vector<double> distances;
+  for (int phase = 0; phase < 3; ++phase) {
+    g.run([&](int r) {
+      g.workers[r]->set_learning_rate(0.0f);
+      for (int s = 0; s < kMix / 3; ++s) g.workers[r]->train_step(data.x(0, r), data.y(0, r));
+      if (phase == 2) g.workers[r]->finish();
+    });
+    distances.push_back(consensus_distance_of(g));
+    const std::vector<float> sum = g.sum_of_models();
+    double worst = 0.0, scale = 0.0;
+    for (size_t k = 0; k < sum.size(); ++k) {
+      worst = std::max(worst, std::abs(double(sum[k]) - double(sum_before[k])));
+      scale = std::max(scale, std::abs(double(sum_before[k])));
+    }
+    EXPECT_LT(worst, 1e-4 * scale) << n << " workers, after " << (phase + 1) * kMix / 3;
+  }
+  EXPECT_LT(distances[0], before) << n << " workers";
+  EXPECT_LT(distances[1], distances[0]) << n << " workers";
+  EXPECT_LT(distances[2], distances[1]) << n << " workers";
+}
+
+TEST(GossipStrategy, ChocoTopKKeepsTheSumAndReachesConsensus) {
+  expect_choco_contracts(4, 0.5);
+  expect_choco_contracts(6, 0.5);
+}
+
+// Bytes from the link: top-k 1% sends a small share of what dense gossip
+// sends, and CHOCO's dense_bytes is what plain gossip sent.
+TEST(GossipStrategy, ChocoTopKSendsFewerBytes) {
+  constexpr int kWorkers = 4;
+  const auto one_step = [&](std::optional<CompressionSettings> c) {
+    GossipOptions o;
+    o.compression = std::move(c);
+    if (o.compression) o.compression->codec.min_size = 0;
+    o.consensus_step = 0.5;
+    Group g(kWorkers, o, plain_sgd(0.1f));
+    const Data data(kWorkers, 4, 1);
+    // The step alone: finish()'s calls would add to the link's count.
+    g.run([&](int r) { g.workers[r]->train_step(data.x(0, r), data.y(0, r)); });
+    const CommStats step = g.workers[1]->last_comm();
+    g.run([&](int r) { g.workers[r]->finish(); });
+    return step;
+  };
+  const CommStats dense = one_step(std::nullopt);
+  const CommStats choco = one_step(topk(0.01));
+  EXPECT_EQ(dense.bytes_sent, dense.dense_bytes);
+  EXPECT_EQ(choco.dense_bytes, dense.bytes_sent);
+  EXPECT_GT(dense.bytes_sent, 0u);
+  EXPECT_LT(choco.bytes_sent * 3, dense.bytes_sent)
+      << "choco " << choco.bytes_sent << " dense " << dense.bytes_sent;
+}
+
+// The refusals a spec cannot see (built in code, not from a job file).
+TEST(GossipStrategy, ChocoRefusesAsyncDynamicTopologiesAndReplacements) {
+  const auto refused = [](GossipOptions o, const std::string& what) {
+    o.compression = topk(0.1);
+    comm::InProcPeerHub hub(2);
+    Lines log;
+    testing::expect_error<UsageError>(
+        [&] {
+          GossipStrategy s(hub.link(0), mlp(), plain_sgd(0.1f), o, cross_entropy_loss(),
+                           log.logger);
+        },
+        what);
+  };
+  GossipOptions async;
+  async.mode = GossipMode::kAsync;
+  refused(async, "gossip: compression (CHOCO-SGD) needs sync mode");
+  GossipOptions one_peer;
+  one_peer.topology = TopologyKind::kOnePeerExponential;
+  refused(one_peer,
+          "gossip: compression (CHOCO-SGD) needs a fixed topology, not one-peer-exponential");
+  GossipOptions replacement;
+  replacement.replacement = true;
+  refused(replacement,
+          "gossip: compression (CHOCO-SGD) cannot take a replacement worker: its neighbours' "
+          "copies of its model would not match its own");
+  GossipOptions zero;
+  zero.consensus_step = 0.0;
+  refused(zero, "gossip: consensus_step must be in (0, 1], got 0");
+}
+
 // AD-PSGD under random delays: every worker finishes (no deadlock, no
 // TimeoutError within a generous deadline) and, with lr 0, the sum of the
 // models is what it was (mass preservation).
@@ -670,15 +838,58 @@ TEST(GossipSpec, RefusesWhatDoesNotApply) {
   JobFacts dynamic = f;
   dynamic.dynamic_batch = true;
   refused(dynamic, "distributed.dynamic_batch");
-  JobFacts compressed = f;
-  compressed.compression = true;
-  refused(compressed, "compression.type");
   JobFacts local_sgd = f;
   local_sgd.local_sgd = true;
   refused(local_sgd, "compression.local_steps");
+  JobFacts guard = f;
+  guard.guard = true;
+  refused(guard, "compression.guard");
   JobFacts min_workers = f;
   min_workers.min_workers = 5;
   refused(min_workers, "train.min_workers");
+}
+
+TEST(GossipSpec, ChocoCompressionOnlyInSyncModeOnFixedTopologiesWithoutRestarts) {
+  std::vector<std::string> warnings;
+  JobFacts compressed = facts(4);
+  compressed.compression = true;
+  EXPECT_NO_THROW(gossip_spec({})->validate(compressed, warnings));
+  EXPECT_NO_THROW(gossip_spec({{"topology", "torus"}, {"consensus_step", "0.2"}})
+                      ->validate(compressed, warnings));
+  const auto refused = [&](std::map<std::string, std::string> options, const JobFacts& job,
+                           const std::string& key) {
+    const auto spec = gossip_spec(std::move(options));
+    try {
+      spec->validate(job, warnings);
+      ADD_FAILURE() << "expected a ConfigError naming " << key;
+    } catch (const ConfigError& e) {
+      EXPECT_EQ(e.key(), key) << e.what();
+    }
+  };
+  refused({{"mode", "async"}}, compressed, "distributed.gossip.mode");
+  refused({{"topology", "one-peer-exponential"}}, compressed, "distributed.gossip.topology");
+  JobFacts restarts = compressed;
+  restarts.max_restarts = 2;
+  refused({}, restarts, "train.max_restarts");
+  // Without compression these stay allowed.
+  JobFacts plain = facts(4);
+  plain.max_restarts = 2;
+  EXPECT_NO_THROW(gossip_spec({{"mode", "async"}})->validate(plain, warnings));
+  EXPECT_NO_THROW(gossip_spec({{"topology", "one-peer-exponential"}})->validate(plain, warnings));
+  for (const std::string bad : {"0", "1.5", "-0.1"}) {
+    EXPECT_THROW(gossip_spec({{"consensus_step", bad}}), ConfigError) << bad;
+  }
+  EXPECT_NO_THROW(gossip_spec({{"consensus_step", "1"}}));
+  compress::Options codec;
+  codec.method = compress::Method::kFp16;
+  EXPECT_EQ(default_consensus_step(codec), 1.0);
+  codec.method = compress::Method::kTopK;
+  codec.density = 0.01;
+  EXPECT_DOUBLE_EQ(default_consensus_step(codec), 0.05);
+  codec.density = 0.2;
+  EXPECT_EQ(default_consensus_step(codec), 0.5);
+  codec.method = compress::Method::kQsgd;
+  EXPECT_EQ(default_consensus_step(codec), 0.5);
 }
 
 TEST(GossipSpec, PlansOneReplaceableProcessPerWorker) {
