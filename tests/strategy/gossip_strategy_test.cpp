@@ -532,11 +532,18 @@ TEST(GossipStrategy, ADeadWorkerIsSkippedByOnePeerAndByAsyncPartners) {
     o.topology = TopologyKind::kOnePeerExponential;
     Group g(kWorkers, o);
     const Data data(kWorkers, 3, kSteps);
+    // Worker 1 dies once everyone has taken kDie steps, and before anyone
+    // takes another: the others' later steps (worker 0 picks worker 1 at
+    // every even step of one-peer-exponential) must meet the dead worker,
+    // whatever the threads' speeds (async workers run freely otherwise).
+    std::barrier before_kill(kWorkers), after_kill(kWorkers);
     g.run([&](int r) {
       for (int s = 0; s < kSteps; ++s) {
-        if (r == 1 && s == kDie) {
-          g.hub.kill(1);
-          return;
+        if (s == kDie) {
+          before_kill.arrive_and_wait();
+          if (r == 1) g.hub.kill(1);
+          after_kill.arrive_and_wait();
+          if (r == 1) return;
         }
         g.workers[r]->train_step(data.x(s, r), data.y(s, r));
       }
