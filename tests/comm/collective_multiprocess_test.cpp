@@ -98,7 +98,9 @@ struct Comms {
 
 Comms make_comms(Transport& transport, bool shm, const std::string& job) {
   CommunicatorOptions o;
-  o.timeout = 60s;
+  // A bound against hangs, not a speed: 16M floats under TSan on a 2-core
+  // machine busy with other jobs took over a minute.
+  o.timeout = 150s;
   o.shm_allreduce = shm;
   o.job_id = shm ? job : "";
   o.chunk_bytes = 64 << 10;  // several chunks per block at the larger sizes

@@ -409,7 +409,7 @@ std::string env_or(const char* name, const char* fallback) {
 TEST(PsStrategyFailure, AKilledWorkerDoesNotHangTheOthersInSync) {
   constexpr int kWorkers = 3;
   // Short heartbeat timeout: the survivors wait that long for the dead one.
-  ServerGroup servers(2, kWorkers, ps::Consistency::kSync, 1500ms);
+  ServerGroup servers(2, kWorkers, ps::Consistency::kSync, 5000ms);
   std::ostringstream endpoints;
   for (const std::string& e : servers.endpoints()) endpoints << e << ' ';
   std::vector<testing::ChildProcess> children;
