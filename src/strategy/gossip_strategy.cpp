@@ -391,47 +391,64 @@ void GossipStrategy::gossip_sync(int64_t t) {
   }
   gossip::MixingRow row = topology_.row(rank_, t, mixed);
   if (choco) {
-    // x_i += gamma_c sum_j w_ij (x^_j - x^_i); the self term is 0.
-    const double gamma = options_.compression->started(t) ? options_.consensus_step : 1.0;
-    std::vector<double> delta(mine.size(), 0.0);
-    for (const auto& [j, w] : row.neighbours) {
-      const std::vector<float>& copy = public_copies_[static_cast<size_t>(j)];
-      DTRAIN_CHECK(copy.size() == mine.size(),
-                   "gossip worker {} step {}: no copy of worker {}'s model", rank_, t, j);
-      for (size_t k = 0; k < delta.size(); ++k) {
-        delta[k] += w * (static_cast<double>(copy[k]) - static_cast<double>(public_self_[k]));
-      }
-    }
-    for (size_t k = 0; k < mine.size(); ++k) {
-      mine[k] = static_cast<float>(static_cast<double>(mine[k]) + gamma * delta[k]);
-    }
+    mix_choco(mine, row, t);
   } else {
-    const auto arrived = [&](int j) {
-      return std::any_of(models.begin(), models.end(), [j](const auto& m) { return m.first == j; });
-    };
-    if (!std::all_of(row.neighbours.begin(), row.neighbours.end(),
-                     [&](const auto& n) { return arrived(n.first); })) {
-      // One-peer-exponential whose one peer failed this step: the row would
-      // skip to a worker that sent us nothing; keep our model this step.
-      row = gossip::MixingRow{};
-    }
-    std::vector<double> sum(mine.size());
-    for (size_t k = 0; k < mine.size(); ++k) sum[k] = row.self * static_cast<double>(mine[k]);
-    for (const auto& [j, w] : row.neighbours) {
-      const auto it = std::find_if(models.begin(), models.end(),
-                                   [j = j](const auto& m) { return m.first == j; });
-      DTRAIN_CHECK(it != models.end(),
-                   "gossip row of worker {} step {} names worker {} whose model did not arrive",
-                   rank_, t, j);
-      const std::vector<float>& x = it->second;
-      for (size_t k = 0; k < sum.size(); ++k) sum[k] += w * static_cast<double>(x[k]);
-    }
-    for (size_t k = 0; k < mine.size(); ++k) mine[k] = static_cast<float>(sum[k]);
+    mix_models(mine, row, models, t);
   }
   {
     const std::lock_guard lock(model_mutex_);
     unpack_own(mine);
   }
+  report_mixing(ins, mixed, row, t);
+  last_row_ = row;
+}
+
+void GossipStrategy::mix_choco(std::vector<float>& mine, const gossip::MixingRow& row,
+                               int64_t t) const {
+  // x_i += gamma_c sum_j w_ij (x^_j - x^_i); the self term is 0.
+  const double gamma = options_.compression->started(t) ? options_.consensus_step : 1.0;
+  std::vector<double> delta(mine.size(), 0.0);
+  for (const auto& [j, w] : row.neighbours) {
+    const std::vector<float>& copy = public_copies_[static_cast<size_t>(j)];
+    DTRAIN_CHECK(copy.size() == mine.size(),
+                 "gossip worker {} step {}: no copy of worker {}'s model", rank_, t, j);
+    for (size_t k = 0; k < delta.size(); ++k) {
+      delta[k] += w * (static_cast<double>(copy[k]) - static_cast<double>(public_self_[k]));
+    }
+  }
+  for (size_t k = 0; k < mine.size(); ++k) {
+    mine[k] = static_cast<float>(static_cast<double>(mine[k]) + gamma * delta[k]);
+  }
+}
+
+void GossipStrategy::mix_models(std::vector<float>& mine, gossip::MixingRow& row,
+                                const std::vector<std::pair<int, std::vector<float>>>& models,
+                                int64_t t) const {
+  const auto arrived = [&](int j) {
+    return std::any_of(models.begin(), models.end(), [j](const auto& m) { return m.first == j; });
+  };
+  if (!std::all_of(row.neighbours.begin(), row.neighbours.end(),
+                   [&](const auto& n) { return arrived(n.first); })) {
+    // One-peer-exponential whose one peer failed this step: the row would
+    // skip to a worker that sent us nothing; keep our model this step.
+    row = gossip::MixingRow{};
+  }
+  std::vector<double> sum(mine.size());
+  for (size_t k = 0; k < mine.size(); ++k) sum[k] = row.self * static_cast<double>(mine[k]);
+  for (const auto& [j, w] : row.neighbours) {
+    const auto it =
+        std::find_if(models.begin(), models.end(), [j = j](const auto& m) { return m.first == j; });
+    DTRAIN_CHECK(it != models.end(),
+                 "gossip row of worker {} step {} names worker {} whose model did not arrive",
+                 rank_, t, j);
+    const std::vector<float>& x = it->second;
+    for (size_t k = 0; k < sum.size(); ++k) sum[k] += w * static_cast<double>(x[k]);
+  }
+  for (size_t k = 0; k < mine.size(); ++k) mine[k] = static_cast<float>(sum[k]);
+}
+
+void GossipStrategy::report_mixing(const std::vector<int>& ins, const std::vector<bool>& mixed,
+                                   const gossip::MixingRow& row, int64_t t) {
   // Report the changes: a drop (logged by drop()) with the new row, a return.
   std::vector<int> dropped;
   {
@@ -456,7 +473,6 @@ void GossipStrategy::gossip_sync(int64_t t) {
         "renormalised: {}",
         rank_, j, t, drop_reason(j), describe_row(row));
   }
-  last_row_ = row;
 }
 
 void GossipStrategy::gossip_async(int64_t t) {

@@ -246,6 +246,15 @@ class GossipStrategy : public Strategy {
   // the compute timer sleeps.
   StepStats local_step(const Tensor& inputs, std::span<const int64_t> targets);
   void gossip_sync(int64_t t);
+  // gossip_sync's parts: x_i <- x_i + gamma_c sum_j w_ij (x^_j - x^_i)
+  // (CHOCO); x_i <- the row's weighted sum of `models` (a row naming a
+  // neighbour whose model did not arrive, one-peer's skip, becomes the
+  // identity row); the log lines for neighbours dropped or mixed in again.
+  void mix_choco(std::vector<float>& mine, const gossip::MixingRow& row, int64_t t) const;
+  void mix_models(std::vector<float>& mine, gossip::MixingRow& row,
+                  const std::vector<std::pair<int, std::vector<float>>>& models, int64_t t) const;
+  void report_mixing(const std::vector<int>& ins, const std::vector<bool>& mixed,
+                     const gossip::MixingRow& row, int64_t t);
   // CHOCO: this step's message q_i (added to x^_i), and adding a message to
   // a copy (DataError naming `from` and `what` when malformed).
   std::vector<std::byte> choco_message(std::span<const float> mine, int64_t t);
