@@ -13,6 +13,7 @@
 
 #include "core/config_table.h"
 #include "data/ctr.h"
+#include "fl/fl_config.h"
 #include "optim/lr_schedule.h"
 #include "optim/optimizer_config.h"
 #include "strategy/compression.h"
@@ -201,6 +202,8 @@ struct JobConfig {
   TrainConfig train;
   DistributedConfig distributed;
   CompressionConfig compression;
+  // [fl]: a federated job (`dtrain fl`, fl/fl_config.h).
+  fl::FlConfig fl;
 };
 
 }  // namespace dtrain::train

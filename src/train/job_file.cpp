@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "io/file_system.h"
+#include "fl/fl_config.h"
 #include "io/toml_table.h"
 #include "obs/trace_writer.h"
 #include "strategy/registry.h"
@@ -15,7 +16,8 @@ namespace dtrain::train {
 namespace {
 
 constexpr const char* kSections[] = {"job",      "model", "data",        "optimizer",
-                                     "schedule", "train", "distributed", "compression"};
+                                     "schedule", "train", "distributed", "compression",
+                                     "fl"};
 
 // Reads [job].
 void read_job(io::TomlTable& t, JobConfig& job) {
@@ -398,6 +400,10 @@ JobFile parse_job(const std::string& toml_text, const std::string& source_name,
   section("schedule", [&](io::TomlTable& t) { read_schedule(t, job.schedule); });
   section("train", [&](io::TomlTable& t) { read_train(t, job.train); });
   section("compression", [&](io::TomlTable& t) { read_compression(t, job.compression); });
+  section("fl", [&](io::TomlTable& t) {
+    job.fl = fl::read_fl_config(t);
+    t.finish();
+  });
   section("distributed", [&](io::TomlTable& t) {
     read_distributed(t, job.distributed);
     read_strategies(t, out);

@@ -12,6 +12,8 @@
 //   [distributed.<strategy>]  that strategy's options (strategy/registry.h), e.g.
 //                  [distributed.allreduce] bucket_bytes, accumulation_steps, backend;
 //                  [distributed.ps] servers, consistency, staleness, backup_workers.
+//   [fl]           a federated job: clients, fraction, rounds, local_epochs, ...
+//                  (fl/fl_config.h)
 //                  The same keys written flat in [distributed] (the old form) still
 //                  work; each such key adds a deprecation note to JobFile::notes.
 //

@@ -1,0 +1,110 @@
+#include "fl/fl_config.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+
+namespace dtrain::fl {
+
+namespace {
+
+// ConfigError for `key` unless low <= value <= high (a finite number).
+void check_range(const ConfigTable& t, std::string_view key, double value, double low,
+                 double high, const char* what) {
+  if (!std::isfinite(value) || value < low || value > high) {
+    throw t.error(key, fmt::format("must be {}, got {}", what, value));
+  }
+}
+
+}  // namespace
+
+int64_t FlConfig::clients_per_round() const {
+  const auto m = static_cast<int64_t>(std::llround(fraction * static_cast<double>(clients)));
+  return std::clamp<int64_t>(m, 1, clients);
+}
+
+FlConfig read_fl_config(ConfigTable& t) {
+  FlConfig c;
+  t.read("algorithm", c.algorithm);
+  t.read("clients", c.clients);
+  t.read("fraction", c.fraction);
+  t.read("rounds", c.rounds);
+  const bool epochs_set = t.read("local_epochs", c.local_epochs);
+  const bool batch_set = t.read("local_batch", c.local_batch);
+  const bool mu_set = t.read("proximal_mu", c.proximal_mu);
+  ServerOptimizerConfig& s = c.server_optimizer;
+  t.read("server_optimizer", s.type);
+  t.read("server_lr", s.lr);
+  t.read("server_momentum", s.momentum);
+  t.read("server_beta1", s.beta1);
+  t.read("server_beta2", s.beta2);
+  t.read("server_tau", s.tau);
+  t.read("eval_every", c.eval_every);
+  t.read("target_accuracy", c.target_accuracy);
+  t.read("dropout", c.dropout);
+  t.read("stragglers", c.stragglers);
+  t.read("straggler_slowdown", c.straggler_slowdown);
+  t.read("min_fit_clients", c.min_fit_clients);
+  t.read("round_timeout_s", c.round_timeout_s);
+  t.read("threads", c.threads);
+  t.read("checkpoint_every", c.checkpoint_every);
+  t.read("server", c.server);
+  t.read("client_eval", c.client_eval);
+
+  check_choice(t.lines(), "algorithm", c.algorithm, {"fedavg", "fedsgd", "fedprox"});
+  check_choice(t.lines(), "server_optimizer", s.type,
+               {"none", "momentum", "adam", "yogi", "adagrad"});
+  if (c.clients < 1) throw t.error("clients", fmt::format("must be at least 1, got {}", c.clients));
+  if (!(c.fraction > 0.0) || c.fraction > 1.0 || !std::isfinite(c.fraction)) {
+    throw t.error("fraction", fmt::format("must be in (0, 1], got {}", c.fraction));
+  }
+  if (c.rounds < 1) throw t.error("rounds", fmt::format("must be at least 1, got {}", c.rounds));
+  if (c.local_epochs < 1) {
+    throw t.error("local_epochs", fmt::format("must be at least 1, got {}", c.local_epochs));
+  }
+  if (c.algorithm == "fedsgd") {
+    // FedSGD is FedAvg with E = 1 and B = infinity (McMahan et al. 2017, section 2).
+    if (epochs_set && c.local_epochs != 1) {
+      throw t.error("local_epochs", "fedsgd takes one full-batch step: local_epochs must be 1");
+    }
+    if (batch_set && c.local_batch != 0) {
+      throw t.error("local_batch", "fedsgd uses the whole local data: local_batch must be 0");
+    }
+    c.local_epochs = 1;
+    c.local_batch = 0;
+  }
+  check_range(t, "proximal_mu", c.proximal_mu, 0.0, 1e6, "in [0, 1e6]");
+  if (c.algorithm == "fedprox" && !mu_set) c.proximal_mu = 0.01;
+  if (c.algorithm != "fedprox" && c.proximal_mu > 0.0) {
+    throw t.error("proximal_mu", "the proximal term is FedProx's: set algorithm = \"fedprox\"");
+  }
+  check_range(t, "server_lr", s.lr, 0.0, 1e6, "in [0, 1e6]");
+  check_range(t, "server_momentum", s.momentum, 0.0, 1.0, "in [0, 1]");
+  check_range(t, "server_beta1", s.beta1, 0.0, 1.0, "in [0, 1]");
+  check_range(t, "server_beta2", s.beta2, 0.0, 1.0, "in [0, 1]");
+  if (!(s.tau > 0.0) || !std::isfinite(s.tau)) {
+    throw t.error("server_tau", fmt::format("must be positive, got {}", s.tau));
+  }
+  if (c.eval_every < 1) {
+    throw t.error("eval_every", fmt::format("must be at least 1, got {}", c.eval_every));
+  }
+  check_range(t, "target_accuracy", c.target_accuracy, 0.0, 1.0, "a fraction in [0, 1]");
+  check_range(t, "dropout", c.dropout, 0.0, 1.0, "a fraction in [0, 1]");
+  check_range(t, "stragglers", c.stragglers, 0.0, 1.0, "a fraction in [0, 1]");
+  check_range(t, "straggler_slowdown", c.straggler_slowdown, 1.0, 1e9, "at least 1");
+  if (c.min_fit_clients < 1 || c.min_fit_clients > c.clients_per_round()) {
+    throw t.error("min_fit_clients",
+                  fmt::format("must be in [1, {}] (the clients per round), got {}",
+                              c.clients_per_round(), c.min_fit_clients));
+  }
+  if (!(c.round_timeout_s > 0.0) || !std::isfinite(c.round_timeout_s)) {
+    throw t.error("round_timeout_s", fmt::format("must be positive, got {}", c.round_timeout_s));
+  }
+  if (c.server.rfind("tcp://", 0) != 0 && c.server.rfind("ipc://", 0) != 0) {
+    throw t.error("server", fmt::format("'{}' is not tcp://HOST:PORT or ipc://PATH", c.server));
+  }
+  return c;
+}
+
+}  // namespace dtrain::fl

@@ -1,0 +1,34 @@
+// Who takes part in a round, and what happens to each sampled client in a
+// simulation. Every draw is a pure function of (seed, round[, client]) with
+// its own domain-separated Rng stream, so a round can be replayed alone (a
+// resumed server samples what the original would have) and an idle client
+// needs no state at all: its data indices are its partition, its RNG is
+// derived on demand.
+// Thread safety: pure functions. Never blocks.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/rng.h"
+#include "fl/fl_config.h"
+
+namespace dtrain::fl {
+
+// `count` distinct client ids from [0, clients), uniformly without
+// replacement, ascending. count <= clients.
+std::vector<int64_t> sample_clients(int64_t clients, int64_t count, uint64_t seed, int64_t round);
+
+// The generator of client `client`'s local training in `round`.
+Rng client_rng(uint64_t seed, int64_t round, int64_t client);
+
+enum class ClientFate { kNormal, kDropped, kStraggler };
+
+// A simulated client's fate in `round`: dropped with probability
+// config.dropout, else a straggler with probability config.stragglers.
+ClientFate client_fate(const FlConfig& config, uint64_t seed, int64_t round, int64_t client);
+
+// The steps a straggler finishes by the deadline: ceil(steps / slowdown), >= 1.
+int64_t straggler_steps(int64_t steps, double slowdown);
+
+}  // namespace dtrain::fl

@@ -1,0 +1,84 @@
+// run_simulation(): thousands of virtual federated clients in one process
+// (`dtrain fl JOB --clients K`). Each round:
+//   1. samples m = clients_per_round() clients (fl/sampling.h);
+//   2. decides each one's fate (dropout, straggler: fl/sampling.h);
+//   3. trains the others on a pool of `threads` threads, each thread with one
+//      ClientTrainer (one model replica per thread), a client at a time;
+//      stragglers stop after straggler_steps() and are kept only when the
+//      algorithm accepts partial work;
+//   4. aggregates in client-id order (fl/update.h) and applies the server
+//      optimizer (fl/server_optimizer.h); fewer than min_fit_clients updates
+//      leave the model unchanged and the round is reported as failed (it is
+//      not repeated: a simulation's fate draws would repeat too);
+//   5. evaluates every eval_every rounds and at the last, reports, and
+//      checkpoints every checkpoint_every rounds.
+// Memory is bounded by the clients of one round (their updates) plus one
+// model per thread, never by K: an idle client is its index list (the
+// partition) and nothing else.
+// Determinism: the result is bit-identical for a seed whatever `threads` is
+// (per-client RNG streams, aggregation in client-id order, each client's
+// BLAS calls single-threaded).
+// Errors: what the callbacks throw propagates after the pool stopped;
+// UsageError for inconsistent options (parts.size() != clients, a resume
+// state of another size). Blocking: runs the whole job.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "data/dataset.h"
+#include "fl/client_trainer.h"
+#include "fl/fl_config.h"
+#include "fl/server_state.h"
+
+namespace dtrain::fl {
+
+struct Evaluation {
+  double loss = 0.0;
+  double accuracy = 0.0;  // fraction in [0, 1]
+  int64_t samples = 0;
+};
+// Evaluates flat global weights (server side, on the test set).
+using Evaluator = std::function<Evaluation(std::span<const float> weights)>;
+
+struct RoundReport {
+  int64_t round = 0;  // 1-based
+  std::vector<int64_t> sampled;
+  std::vector<int64_t> participated;  // updates aggregated (partial ones included)
+  std::vector<int64_t> dropped;       // sampled but not aggregated (no answer, late, rejected)
+  std::vector<int64_t> partial;       // stragglers whose partial work was aggregated
+  int64_t rejected = 0;               // updates refused by validation
+  bool failed = false;                // fewer than min_fit_clients: model unchanged
+  double train_loss = 0.0;            // sample-weighted mean local loss (NaN if none)
+  uint64_t bytes_down = 0;            // model bytes sent to the sampled clients
+  uint64_t bytes_up = 0;              // update bytes received
+  double seconds = 0.0;               // wall time of the round
+  std::optional<Evaluation> test;     // when evaluated this round
+  std::optional<double> client_accuracy;  // client_eval: weighted mean on own data
+};
+
+struct SimulationOptions {
+  FlConfig config;
+  uint64_t seed = 1;
+  optim::OptimizerConfig client_optimizer;  // the job's [optimizer]
+  const data::TensorDataset* train = nullptr;
+  std::vector<std::vector<int64_t>> parts;  // parts[k]: client k's sample indices
+  ModelFactory make_model;                  // the same initial weights on every call
+  Evaluator evaluate;                       // may be empty (no test evaluation)
+  std::function<void(const RoundReport&)> on_round;
+  std::function<void(const ServerState&)> on_checkpoint;
+  std::optional<ServerState> resume;  // continue after resume->round
+};
+
+struct SimulationResult {
+  ServerState state;
+  std::optional<Evaluation> last_test;
+  bool reached_target = false;
+};
+
+SimulationResult run_simulation(const SimulationOptions& options);
+
+}  // namespace dtrain::fl
