@@ -10,8 +10,8 @@ namespace dtrain::fl {
 namespace {
 
 // ConfigError for `key` unless low <= value <= high (a finite number).
-void check_range(const ConfigTable& t, std::string_view key, double value, double low,
-                 double high, const char* what) {
+void check_range(const ConfigTable& t, std::string_view key, double value, double low, double high,
+                 const char* what) {
   if (!std::isfinite(value) || value < low || value > high) {
     throw t.error(key, fmt::format("must be {}, got {}", what, value));
   }

@@ -47,16 +47,16 @@ using Evaluator = std::function<Evaluation(std::span<const float> weights)>;
 struct RoundReport {
   int64_t round = 0;  // 1-based
   std::vector<int64_t> sampled;
-  std::vector<int64_t> participated;  // updates aggregated (partial ones included)
-  std::vector<int64_t> dropped;       // sampled but not aggregated (no answer, late, rejected)
-  std::vector<int64_t> partial;       // stragglers whose partial work was aggregated
-  int64_t rejected = 0;               // updates refused by validation
-  bool failed = false;                // fewer than min_fit_clients: model unchanged
-  double train_loss = 0.0;            // sample-weighted mean local loss (NaN if none)
-  uint64_t bytes_down = 0;            // model bytes sent to the sampled clients
-  uint64_t bytes_up = 0;              // update bytes received
-  double seconds = 0.0;               // wall time of the round
-  std::optional<Evaluation> test;     // when evaluated this round
+  std::vector<int64_t> participated;      // updates aggregated (partial ones included)
+  std::vector<int64_t> dropped;           // sampled but not aggregated (no answer, late, rejected)
+  std::vector<int64_t> partial;           // stragglers whose partial work was aggregated
+  int64_t rejected = 0;                   // updates refused by validation
+  bool failed = false;                    // fewer than min_fit_clients: model unchanged
+  double train_loss = 0.0;                // sample-weighted mean local loss (NaN if none)
+  uint64_t bytes_down = 0;                // model bytes sent to the sampled clients
+  uint64_t bytes_up = 0;                  // update bytes received
+  double seconds = 0.0;                   // wall time of the round
+  std::optional<Evaluation> test;         // when evaluated this round
   std::optional<double> client_accuracy;  // client_eval: weighted mean on own data
 };
 

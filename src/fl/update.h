@@ -44,8 +44,7 @@ struct ClientUpdate {
 class RoundAggregator {
  public:
   // `sampled`: the client ids this round asked (any order, no duplicates).
-  RoundAggregator(int64_t round, int64_t clients, int64_t model_size,
-                  std::vector<int64_t> sampled);
+  RoundAggregator(int64_t round, int64_t clients, int64_t model_size, std::vector<int64_t> sampled);
 
   // nullopt when accepted; else the reason it was rejected.
   std::optional<std::string> add(ClientUpdate update);

@@ -5,8 +5,8 @@
 #include <cmath>
 
 #include "core/error.h"
-#include "io/file_system.h"
 #include "fl/fl_config.h"
+#include "io/file_system.h"
 #include "io/toml_table.h"
 #include "obs/trace_writer.h"
 #include "strategy/registry.h"
@@ -15,9 +15,8 @@ namespace dtrain::train {
 
 namespace {
 
-constexpr const char* kSections[] = {"job",      "model", "data",        "optimizer",
-                                     "schedule", "train", "distributed", "compression",
-                                     "fl"};
+constexpr const char* kSections[] = {"job",   "model",       "data",        "optimizer", "schedule",
+                                     "train", "distributed", "compression", "fl"};
 
 // Reads [job].
 void read_job(io::TomlTable& t, JobConfig& job) {
