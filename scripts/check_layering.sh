@@ -21,12 +21,13 @@ declare -A allowed=(
   [data]="tensor io"
   [comm]=""
   [compress]=""
+  [privacy]=""
   [ps]="comm compress optim tensor"
-  [strategy]="nn autograd tensor optim io comm compress ps data"
+  [strategy]="nn autograd tensor optim io comm compress ps data privacy"
   [ft]="io comm tensor"
-  [fl]="nn autograd tensor optim comm compress data io"
+  [fl]="nn autograd tensor optim comm compress data io privacy"
   [obs]="io tensor"
-  [train]="strategy ft fl obs data io nn autograd tensor optim comm"
+  [train]="strategy ft fl obs data io nn autograd tensor optim comm privacy"
   [cli]="train obs io comm"
 )
 
