@@ -247,6 +247,26 @@ TEST_F(SimulationTest, ClientWithoutDataIsDropped) {
   EXPECT_EQ(reports[0].rejected, 0);
 }
 
+TEST_F(SimulationTest, NonFiniteUpdateIsRejectedAndListedAsDropped) {
+  SimulationOptions o = options(4, 5);
+  o.config.rounds = 2;
+  // Client 2's samples (rows 10..14) hold a NaN feature: its loss, gradient
+  // and delta are NaN.
+  for (int64_t row = 10; row < 15; ++row) data_.features().data()[row * kFeatures] = std::nanf("");
+  std::vector<RoundReport> reports;
+  o.on_round = [&](const RoundReport& r) { reports.push_back(r); };
+  const SimulationResult result = run_simulation(o);
+  ASSERT_EQ(reports.size(), 2u);
+  for (const RoundReport& r : reports) {
+    EXPECT_EQ(r.rejected, 1);
+    EXPECT_EQ(r.dropped, (std::vector<int64_t>{2}));
+    EXPECT_EQ(r.participated, (std::vector<int64_t>{0, 1, 3}));
+    EXPECT_FALSE(r.failed);
+  }
+  EXPECT_EQ(result.state.rejected_updates, 2);
+  for (float w : result.state.weights) ASSERT_TRUE(std::isfinite(w));
+}
+
 TEST_F(SimulationTest, ResumingFromACheckpointContinuesBitForBit) {
   SimulationOptions o = options(12, 10);
   o.config.fraction = 0.5;
