@@ -267,6 +267,24 @@ TEST_F(SimulationTest, NonFiniteUpdateIsRejectedAndListedAsDropped) {
   for (float w : result.state.weights) ASSERT_TRUE(std::isfinite(w));
 }
 
+TEST_F(SimulationTest, TenThousandClientsHundredPerRound) {
+  // An idle client is its index list: 10,000 clients cost their parts, and
+  // a round trains only its 100 (threads 0: one per core).
+  SimulationOptions o = options(10000, 2);
+  o.config.fraction = 0.01;
+  o.config.rounds = 3;
+  o.config.threads = 0;
+  std::vector<RoundReport> reports;
+  o.on_round = [&](const RoundReport& r) { reports.push_back(r); };
+  const SimulationResult result = run_simulation(o);
+  ASSERT_EQ(reports.size(), 3u);
+  for (const RoundReport& r : reports) {
+    EXPECT_EQ(r.sampled.size(), 100u);
+    EXPECT_EQ(r.participated, r.sampled);
+  }
+  EXPECT_FALSE(same_bits(result.state.weights, initial(o)));
+}
+
 TEST_F(SimulationTest, ResumingFromACheckpointContinuesBitForBit) {
   SimulationOptions o = options(12, 10);
   o.config.fraction = 0.5;
