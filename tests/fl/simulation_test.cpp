@@ -1,5 +1,6 @@
 #include "fl/simulation.h"
 
+#include <cblas.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -336,6 +337,24 @@ TEST_F(SimulationTest, StopsAtTheTargetAccuracyAndCheckpoints) {
   EXPECT_EQ(checkpoints, (std::vector<int64_t>{2}));
   ASSERT_TRUE(result.last_test.has_value());
   EXPECT_EQ(result.last_test->accuracy, 0.95);
+}
+
+TEST_F(SimulationTest, BlasThreadsAreRestoredForTheCallbacks) {
+  const int before = openblas_get_num_threads();
+  openblas_set_num_threads(2);
+  SimulationOptions o = options(4, 5);
+  o.config.rounds = 2;
+  o.config.threads = 2;
+  std::vector<int> seen;
+  o.evaluate = [&](std::span<const float>) {
+    seen.push_back(openblas_get_num_threads());
+    return Evaluation{};
+  };
+  o.on_round = [&](const RoundReport&) { seen.push_back(openblas_get_num_threads()); };
+  run_simulation(o);
+  EXPECT_EQ(seen, (std::vector<int>{2, 2, 2, 2}));
+  EXPECT_EQ(openblas_get_num_threads(), 2);
+  openblas_set_num_threads(before);
 }
 
 TEST_F(SimulationTest, ChecksItsOptions) {
