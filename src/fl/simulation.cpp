@@ -19,6 +19,7 @@
 #include "fl/sampling.h"
 #include "fl/server_optimizer.h"
 #include "fl/update.h"
+#include "fl/upload_codec.h"
 
 namespace dtrain::fl {
 
@@ -31,8 +32,27 @@ struct ClientTask {
   int64_t client = 0;
   int64_t max_steps = std::numeric_limits<int64_t>::max();
   std::optional<ClientUpdate> update;
-  int64_t correct = 0;  // client_eval: the global model's hits on the client's data
+  int64_t correct = 0;        // client_eval: the global model's hits on the client's data
+  uint64_t upload_bytes = 0;  // the update's message (compressed uploads)
 };
+
+// Replaces the update's delta by what its upload message decodes to and
+// records the message's size. A delta the codec refuses (a non-finite value)
+// is left as it is, for the aggregator to reject and count.
+void upload(ClientTask& task, const UploadCodec& codec, int64_t round) {
+  ClientUpdate& update = *task.update;
+  if (update.samples == 0) return;
+  std::vector<std::byte> message;
+  try {
+    message = codec.encode(update.delta, round, task.client);
+  } catch (const DataError&) {
+    return;
+  }
+  task.upload_bytes = message.size();
+  const auto size = static_cast<int64_t>(update.delta.size());
+  update.delta =
+      codec.decode(message, size, fmt::format("update of client {}, round {}", task.client, round));
+}
 
 // Sets OpenBLAS to one thread while alive and restores the previous count:
 // each client's computation is then single-threaded, so its floating-point
@@ -90,7 +110,7 @@ bool due(int64_t round, int64_t every, int64_t last) {
 // tasks and is rethrown once all have joined.
 void train_clients(std::vector<ClientTask>& tasks, std::vector<ClientTrainer>& trainers,
                    const SimulationOptions& o, const LocalTraining& training,
-                   std::span<const float> global, int64_t round) {
+                   const UploadCodec* codec, std::span<const float> global, int64_t round) {
   std::atomic<size_t> next{0};
   std::atomic<bool> failed{false};
   std::exception_ptr error;
@@ -106,6 +126,7 @@ void train_clients(std::vector<ClientTask>& tasks, std::vector<ClientTrainer>& t
         mine.max_steps = task.max_steps;
         Rng rng = client_rng(o.seed, round, task.client);
         task.update = trainer.train(task.client, round, global, indices, mine, rng);
+        if (codec != nullptr) upload(task, *codec, round);
       }
     } catch (...) {
       const std::lock_guard<std::mutex> lock(error_mutex);
@@ -137,6 +158,10 @@ SimulationResult run_simulation(const SimulationOptions& o) {
   for (int64_t t = 0; t < threads; ++t) trainers.emplace_back(o.make_model, *o.train);
   const int64_t model_size = flat_size(trainers.front().model());
   const uint64_t model_bytes = static_cast<uint64_t>(model_size) * sizeof(float);
+  std::optional<UploadCodec> codec;
+  if (o.upload.method != compress::Method::kNone) {
+    codec.emplace(o.upload, layouts_of(trainers.front().model()));
+  }
 
   SimulationResult result;
   ServerState& state = result.state;
@@ -184,13 +209,14 @@ SimulationResult run_simulation(const SimulationOptions& o) {
 
     {
       const SingleThreadedBlas single;
-      train_clients(tasks, trainers, o, training, state.weights, round);
+      train_clients(tasks, trainers, o, training, codec ? &*codec : nullptr, state.weights, round);
     }
 
     // Aggregation in client-id order (tasks follow the ascending sample).
     RoundAggregator aggregator(round, config.clients, model_size, report.sampled);
     int64_t eval_correct = 0;
     int64_t eval_samples = 0;
+    uint64_t bytes_up = 0;
     for (ClientTask& task : tasks) {
       ClientUpdate& update = *task.update;
       if (update.samples == 0) {  // no data: nothing to send
@@ -205,6 +231,7 @@ SimulationResult run_simulation(const SimulationOptions& o) {
         continue;
       }
       if (partial) report.partial.push_back(task.client);
+      bytes_up += codec ? task.upload_bytes : model_bytes;
       eval_correct += task.correct;
       eval_samples += samples;
     }
@@ -217,7 +244,7 @@ SimulationResult run_simulation(const SimulationOptions& o) {
     state.rejected_updates += report.rejected;
     state.round = round;
     report.bytes_down = static_cast<uint64_t>(report.sampled.size()) * model_bytes;
-    report.bytes_up = static_cast<uint64_t>(aggregator.accepted()) * model_bytes;
+    report.bytes_up = bytes_up;
     if (config.client_eval && eval_samples > 0) {
       report.client_accuracy =
           static_cast<double>(eval_correct) / static_cast<double>(eval_samples);

@@ -38,6 +38,7 @@
 #include <span>
 #include <vector>
 
+#include "compress/compressor.h"
 #include "data/dataset.h"
 #include "fl/client_trainer.h"
 #include "fl/fl_config.h"
@@ -56,15 +57,15 @@ using Evaluator = std::function<Evaluation(std::span<const float> weights)>;
 struct RoundReport {
   int64_t round = 0;  // 1-based
   std::vector<int64_t> sampled;
-  std::vector<int64_t> participated;      // updates aggregated (partial ones included)
-  std::vector<int64_t> dropped;           // sampled but not aggregated (no answer, late, rejected)
-  std::vector<int64_t> partial;           // stragglers whose partial work was aggregated
-  int64_t rejected = 0;                   // updates refused by validation
-  bool failed = false;                    // fewer than min_fit_clients: model unchanged
-  double train_loss = 0.0;                // sample-weighted mean local loss (NaN if none)
-  uint64_t bytes_down = 0;                // model bytes sent to the sampled clients
-  uint64_t bytes_up = 0;                  // bytes of the aggregated updates (float32)
-  double seconds = 0.0;                   // wall time of the round
+  std::vector<int64_t> participated;  // updates aggregated (partial ones included)
+  std::vector<int64_t> dropped;       // sampled but not aggregated (no answer, late, rejected)
+  std::vector<int64_t> partial;       // stragglers whose partial work was aggregated
+  int64_t rejected = 0;               // updates refused by validation
+  bool failed = false;                // fewer than min_fit_clients: model unchanged
+  double train_loss = 0.0;            // sample-weighted mean local loss (NaN if none)
+  uint64_t bytes_down = 0;            // model bytes sent to the sampled clients
+  uint64_t bytes_up = 0;  // the aggregated updates: 4 bytes a value, or their upload messages
+  double seconds = 0.0;   // wall time of the round
   std::optional<Evaluation> test;         // when evaluated this round
   std::optional<double> client_accuracy;  // client_eval: the global model's accuracy on the
                                           // aggregated clients' own data (sample-weighted)
@@ -84,6 +85,11 @@ struct SimulationOptions {
   // Continue after resume->round with its weights and server optimizer
   // state (nothing runs when resume->round >= config.rounds).
   std::optional<ServerState> resume;
+  // How clients upload (fl/upload_codec.h): method none sends the delta
+  // dense (bytes_up counts 4 bytes a value); any other method encodes each
+  // update and aggregates what the message decodes to, as a deployed server
+  // would, and bytes_up counts the messages.
+  compress::Options upload;
 };
 
 struct SimulationResult {

@@ -10,6 +10,7 @@
 #include "fl/sampling.h"
 #include "fl/server_optimizer.h"
 #include "fl/update.h"
+#include "fl/upload_codec.h"
 #include "sim_fixtures.h"
 #include "testing/expect_error.h"
 
@@ -396,6 +397,51 @@ TEST_F(SimulationTest, ClientEvaluationIsTheWeightedAccuracyOnTheirData) {
   ClientTrainer trainer(o.make_model, data_);
   const auto all = fixtures::consecutive_parts({40})[0];
   EXPECT_DOUBLE_EQ(*accuracy, double(trainer.count_correct(initial(o), all)) / 40.0);
+}
+
+TEST_F(SimulationTest, CompressedUploadsAggregateWhatTheMessagesDecodeTo) {
+  // An MLP whose first layer (5 x 64 = 320 floats) is above min_size: fp16
+  // sends it in 2 bytes a value, the small tensors dense.
+  SimulationOptions o = options(8, 10);
+  o.make_model = fixtures::mlp_model(kFeatures, 64, kClasses);
+  o.config.rounds = 2;
+  std::vector<RoundReport> dense_reports;
+  o.on_round = [&](const RoundReport& r) { dense_reports.push_back(r); };
+  const SimulationResult dense = run_simulation(o);
+
+  o.upload.method = compress::Method::kFp16;
+  o.upload.min_size = 256;
+  std::vector<RoundReport> reports;
+  o.on_round = [&](const RoundReport& r) { reports.push_back(r); };
+  const SimulationResult half = run_simulation(o);
+  ASSERT_EQ(reports.size(), 2u);
+  const auto model = o.make_model();
+  const UploadCodec codec(o.upload, layouts_of(*model));
+  const std::vector<float> zeros(static_cast<size_t>(flat_size(*model)), 0.0f);
+  const uint64_t message = codec.encode(zeros, 1, 0).size();
+  for (size_t i = 0; i < reports.size(); ++i) {
+    EXPECT_EQ(reports[i].participated.size(), 8u);
+    // Every update's message has the format's size, below the dense bytes.
+    EXPECT_EQ(reports[i].bytes_up, 8u * message);
+    EXPECT_LT(reports[i].bytes_up, dense_reports[i].bytes_up);
+    EXPECT_EQ(reports[i].bytes_down, dense_reports[i].bytes_down);
+  }
+  // fp16 rounds the first layer's deltas: close to the dense run, not equal.
+  EXPECT_FALSE(same_bits(half.state.weights, dense.state.weights));
+  double diff = 0.0;
+  for (size_t i = 0; i < dense.state.weights.size(); ++i) {
+    diff = std::max(diff, std::abs(double(half.state.weights[i]) - dense.state.weights[i]));
+  }
+  EXPECT_LT(diff, 1e-2);
+
+  // The same result for any thread count (each message is seeded by round and client).
+  o.upload.method = compress::Method::kRandomK;
+  o.upload.density = 0.25;
+  o.config.threads = 1;
+  const SimulationResult one = run_simulation(o);
+  o.config.threads = 3;
+  const SimulationResult three = run_simulation(o);
+  EXPECT_TRUE(same_bits(one.state.weights, three.state.weights));
 }
 
 }  // namespace
