@@ -131,6 +131,38 @@ TEST(RdpAccountant, FractionalSeriesMeetsIntegerSum) {
   }
 }
 
+// Over a wide grid every order gives a finite RDP that falls as sigma grows and
+// rises with q and with alpha (RDP is non-decreasing in the order).
+TEST(RdpAccountant, MonotoneInSigmaQAndOrderOverAWideGrid) {
+  const std::vector<double> orders = default_rdp_orders();
+  const double qs[] = {1e-4, 0.004, 0.05, 0.3, 0.7, 0.99};
+  const double sigmas[] = {0.3, 0.6, 1.0, 2.5, 10.0, 50.0};
+  std::vector<std::vector<double>> prev_q(std::size(sigmas));
+  for (double q : qs) {
+    std::vector<double> prev_sigma;
+    for (size_t s = 0; s < std::size(sigmas); ++s) {
+      const std::vector<double> rdp = sampled_gaussian_rdp(q, sigmas[s], 1, orders);
+      for (size_t i = 0; i < orders.size(); ++i) {
+        SCOPED_TRACE(testing::Message()
+                     << "q " << q << " sigma " << sigmas[s] << " alpha " << orders[i]);
+        ASSERT_TRUE(std::isfinite(rdp[i]));
+        ASSERT_GT(rdp[i], 0.0);
+        if (i > 0) {
+          EXPECT_GE(rdp[i], rdp[i - 1] * (1 - 1e-12));
+        }
+        if (!prev_sigma.empty()) {
+          EXPECT_LT(rdp[i], prev_sigma[i]);
+        }
+        if (!prev_q[s].empty()) {
+          EXPECT_GT(rdp[i], prev_q[s][i]);
+        }
+      }
+      prev_sigma = rdp;
+      prev_q[s] = rdp;
+    }
+  }
+}
+
 TEST(RdpAccountant, FullBatchIsTheGaussianMechanism) {
   for (double sigma : {0.5, 1.0, 3.0}) {
     for (double alpha : {1.5, 2.0, 10.0, 63.0}) {
