@@ -300,8 +300,9 @@ std::vector<double> RdpAccountant::total_rdp() const {
 
 PrivacySpent RdpAccountant::epsilon(double delta) const {
   check_delta(delta);
-  if (steps_ == 0) return {};
-  return rdp_to_epsilon(orders_, total_rdp(), delta);
+  const std::vector<double> total = total_rdp();
+  if (std::all_of(total.begin(), total.end(), [](double r) { return r == 0.0; })) return {};
+  return rdp_to_epsilon(orders_, total, delta);
 }
 
 bool RdpAccountant::would_exceed(double target_epsilon, double delta, double q, double sigma,

@@ -102,9 +102,10 @@ class RdpAccountant {
   // phase and reuses its memoised RDP, so a step costs O(1) after the first.
   void step(double q, double sigma, int64_t count = 1);
 
-  // The guarantee after all steps so far, for delta in (0, 1). With no steps
-  // it is exactly 0 for both conversions, with order 0 (nothing was
-  // released). Cost: phases x orders additions.
+  // The guarantee after all steps so far, for delta in (0, 1). With no steps,
+  // or only steps at q = 0, it is exactly 0 for both conversions, with order
+  // 0 (nothing was released), not the conversions' positive slack. Cost:
+  // phases x orders additions.
   PrivacySpent epsilon(double delta) const;
 
   // Whether `more_steps` further steps at (q, sigma) would bring the Balle

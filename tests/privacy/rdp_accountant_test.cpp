@@ -181,6 +181,9 @@ TEST(RdpAccountant, NoSamplingCostsNothing) {
   const PrivacySpent none = acc.epsilon(kDelta);
   EXPECT_EQ(none.classic, 0.0);
   EXPECT_EQ(none.balle, 0.0);
+  acc.step(0.0, 1.0, 100);
+  EXPECT_EQ(acc.epsilon(kDelta).balle, 0.0);
+  EXPECT_EQ(acc.steps(), 100);
   acc.step(0.01, 1.0, 100);
   EXPECT_GT(acc.epsilon(kDelta).balle, 0.0);
 }
