@@ -183,14 +183,16 @@ CLI::App* add_partition_command(CLI::App& app, dtrain::cli::PartitionCommandOpti
   part_cmd->add_option("job", part.job_file, "The TOML job file")
       ->required()
       ->check(CLI::ExistingFile);
-  part_cmd->add_option("--kind", part.kind, "iid | label | dirichlet | quantity")
-      ->check(CLI::IsMember({"iid", "label", "dirichlet", "quantity"}));
+  part_cmd->add_option("--kind", part.kind, "iid | label | dirichlet | quantity | shards")
+      ->check(CLI::IsMember({"iid", "label", "dirichlet", "quantity", "shards"}));
   part_cmd->add_option("--workers", part.workers, "Number of parts");
   part_cmd->add_option("--seed", part.seed, "Seed of the partition");
   part_cmd->add_option("--classes-per-worker", part.classes_per_worker,
                        "label: classes each worker gets");
   part_cmd->add_option("--alpha", part.alpha, "dirichlet: concentration (small: skewed)");
   part_cmd->add_option("--sigma", part.quantity_sigma, "quantity: spread of the log sizes");
+  part_cmd->add_option("--shards-per-worker", part.shards_per_worker,
+                       "shards: label-sorted shards each worker gets (FedAvg paper: 2)");
   part_cmd->add_option("--set", part.overrides, "Override a job key")->type_name("KEY=VALUE");
   part_cmd->add_option("--image", part.image,
                        "Also draw the table as a heat map, workers x classes (.svg or .png)");
