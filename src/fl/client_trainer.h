@@ -55,6 +55,11 @@ class ClientTrainer {
   ClientUpdate train(int64_t client, int64_t round, std::span<const float> global,
                      std::span<const int64_t> indices, const LocalTraining& training, Rng& rng);
 
+  // How many of the samples at `indices` the model with `weights` classifies
+  // correctly (argmax of its output; evaluation mode, no graph): a client's
+  // own evaluation of the global model (FlConfig::client_eval).
+  int64_t count_correct(std::span<const float> weights, std::span<const int64_t> indices);
+
   nn::Module& model() { return *model_; }
 
  private:
