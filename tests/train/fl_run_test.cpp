@@ -219,6 +219,16 @@ TEST(FlRun, TargetAccuracyStopsTheRunAndTheSummarySaysWhen) {
   EXPECT_NE(out.find("at round " + std::to_string(last) + " (target 50.00%)"), std::string::npos)
       << out;
   EXPECT_EQ(events(tmp.file("metrics.jsonl"), "end")[0].at("reached_round"), last);
+
+  // Run again: the target was reached at the checkpoint's round, so nothing
+  // trains, and the summary names the same round.
+  const std::string before = file_bytes(tmp.file("model.safetensors"));
+  const std::string again = run(job_for(tmp.path(), 50, {"fl.target_accuracy=0.5"}));
+  EXPECT_EQ(again.find("round " + std::to_string(last + 1) + "/50"), std::string::npos) << again;
+  EXPECT_NE(again.find("at round " + std::to_string(last) + " (target 50.00%)"), std::string::npos)
+      << again;
+  EXPECT_EQ(file_bytes(tmp.file("model.safetensors")), before);
+  EXPECT_EQ(events(tmp.file("metrics.jsonl"), "end")[1].at("reached_round"), last);
 }
 
 TEST(FlRun, BadFlKeysAreConfigErrorsNamingTheKey) {
