@@ -231,6 +231,21 @@ TEST(FlRun, TargetAccuracyStopsTheRunAndTheSummarySaysWhen) {
   EXPECT_EQ(events(tmp.file("metrics.jsonl"), "end")[1].at("reached_round"), last);
 }
 
+// Unbalanced clients (lognormal sizes, the "quantity" partitioner): every
+// sampled client has data and reports.
+TEST(FlRun, QuantitySkewedClientsTrain) {
+  testing::TempDir tmp;
+  run(job_for(tmp.path(), 2, {"data.partition=\"quantity\"", "data.quantity_sigma=1.5"}));
+  const auto rounds = events(tmp.file("metrics.jsonl"), "round");
+  ASSERT_EQ(rounds.size(), 2u);
+  for (const auto& r : rounds) {
+    EXPECT_EQ(r.at("participated"), 5) << r.dump();
+    EXPECT_EQ(r.at("dropped"), 0) << r.dump();
+  }
+  const auto begin = events(tmp.file("metrics.jsonl"), "begin");
+  EXPECT_EQ(begin[0].at("partition"), "quantity");
+}
+
 TEST(FlRun, BadFlKeysAreConfigErrorsNamingTheKey) {
   testing::TempDir tmp;
   const auto key_of = [&](const std::vector<std::string>& overrides) -> std::string {
