@@ -348,6 +348,7 @@ TEST(FlRun, BadFlKeysAreConfigErrorsNamingTheKey) {
   EXPECT_EQ(key_of({"fl.clients=0"}), "fl.clients");
   EXPECT_EQ(key_of({"fl.rounds=0"}), "fl.rounds");
   EXPECT_EQ(key_of({"data.partition=pathological"}), "data.partition");
+  EXPECT_EQ(key_of({"data.shards_per_worker=0"}), "data.shards_per_worker");
 }
 
 TEST(FlRun, RoundLineNamesDroppedPartialAndRejectedClients) {
