@@ -87,7 +87,9 @@ TEST_F(SimulationTest, FedProxWithMuZeroIsFedAvgBitForBit) {
 }
 
 TEST_F(SimulationTest, ThreadCountDoesNotChangeABit) {
-  SimulationOptions o = options(20, 15);
+  // 60 samples a client: each client takes long enough that the pool's
+  // threads really overlap.
+  SimulationOptions o = options(20, 60);
   // Dropout's generator is state outside the weights: a trainer reused for
   // another client must not carry it over.
   o.make_model = fixtures::mlp_model(kFeatures, 16, kClasses, 7, 0.3f);
