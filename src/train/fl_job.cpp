@@ -22,6 +22,25 @@ data::PartitionOptions fl_partition_options(const JobConfig& job) {
   return p;
 }
 
+compress::Options fl_upload_options(const JobConfig& job) {
+  const strategy::CompressionSettings& s = job.compression.settings;
+  if (s.local_steps > 1) {
+    throw job.lines.error("compression.local_steps",
+                          "federated clients already train locally (fl.local_epochs); local SGD "
+                          "applies to the training strategies");
+  }
+  if (s.start_step > 0) {
+    throw job.lines.error("compression.start_step",
+                          "a federated upload has no dense warm-up; remove the key");
+  }
+  if (s.codec.momentum > 0.0) {
+    throw job.lines.error("compression.momentum",
+                          "DGC momentum needs state kept between uploads, which federated "
+                          "clients do not keep; remove the key");
+  }
+  return s.codec;
+}
+
 FlJob load_fl_job(const JobConfig& job) {
   FlJob out;
   out.job = job;

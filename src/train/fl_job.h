@@ -33,6 +33,14 @@ struct FlJob {
 
 FlJob load_fl_job(const JobConfig& job);
 
+// How the job's clients upload (fl/upload_codec.h): the [compression]
+// table's codec. ConfigError naming the key for what federated uploads
+// cannot do: local SGD or a dense warm-up (compression.local_steps,
+// compression.start_step: clients already train locally, fl.local_epochs)
+// and DGC momentum (compression.momentum: an upload keeps no state between
+// rounds); compression.error_feedback is ignored for the same reason.
+compress::Options fl_upload_options(const JobConfig& job);
+
 // The partitioner's options for a federated job's client split.
 data::PartitionOptions fl_partition_options(const JobConfig& job);
 

@@ -390,6 +390,7 @@ int run_fl(const JobConfig& job, const FlRunOptions& options) {
   sim.config = job.fl;
   sim.seed = job.seed;
   sim.client_optimizer = job.optimizer;
+  sim.upload = fl_upload_options(job);
   sim.train = &fl_job.data.train;
   sim.parts = fl_job.parts;
   sim.make_model = fl_job.make_model;

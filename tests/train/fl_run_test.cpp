@@ -351,6 +351,36 @@ TEST(FlRun, BadFlKeysAreConfigErrorsNamingTheKey) {
   EXPECT_EQ(key_of({"data.shards_per_worker=0"}), "data.shards_per_worker");
 }
 
+TEST(FlRun, CompressedUploadsCountTheirMessagesAndRefuseWhatUploadsCannotDo) {
+  testing::TempDir tmp;
+  // The 16 x 8 layer (128 floats) is above min_size 64: fp16 halves it.
+  const JobConfig job =
+      job_for(tmp.path(), 2, {"compression.type=fp16", "compression.min_size=64"});
+  run(job);
+  const auto rounds = events(tmp.file("metrics.jsonl"), "round");
+  ASSERT_EQ(rounds.size(), 2u);
+  for (const nlohmann::json& r : rounds) {
+    const int64_t up = r.at("bytes_up");
+    EXPECT_GT(up, 5 * (172 * 4 - 128 * 2)) << r.dump();  // the 128 floats at 2 bytes, plus headers
+    EXPECT_LT(up, 5 * 172 * 4) << r.dump();
+  }
+
+  const auto key_of = [&](const std::vector<std::string>& overrides) -> std::string {
+    try {
+      fl_upload_options(job_for(tmp.path(), 2, overrides));
+    } catch (const ConfigError& e) {
+      return e.key();
+    }
+    return "(no error)";
+  };
+  EXPECT_EQ(key_of({"compression.type=topk", "compression.local_steps=4"}),
+            "compression.local_steps");
+  EXPECT_EQ(key_of({"compression.type=topk", "compression.start_step=10"}),
+            "compression.start_step");
+  EXPECT_EQ(key_of({"compression.type=topk", "compression.momentum=0.9"}), "compression.momentum");
+  EXPECT_EQ(key_of({"compression.type=qsgd"}), "(no error)");
+}
+
 TEST(FlRun, RoundLineNamesDroppedPartialAndRejectedClients) {
   fl::RoundReport r;
   r.round = 12;
