@@ -17,9 +17,14 @@
 // aggregate left unchanged, when its round is not this round (stale or from
 // the future), its client id is outside [0, clients) or not one this round
 // sampled, the client already reported this round, its size is not the
-// model's, its sample count is not positive, or any value is not finite.
-// The reason names the client and the round: "client 17, round 3: update
-// has 1200 values, the model has 199210".
+// model's, its sample count is not positive (or would overflow the round's
+// total), or its loss or any value of its delta is not finite. Checks run in
+// that order and the first failure is the reason, which names the client and
+// the round (this aggregator's): "client 17, round 3: update has 1200
+// values, the model has 199210". Whether a straggler's partial work is
+// wanted is the caller's decision, not checked here.
+// Constructor: UsageError for round < 0, clients < 1, model_size < 0, or a
+// sampled id out of range or repeated.
 // Thread safety: none; the caller serializes add(). Blocking: never.
 #pragma once
 
