@@ -12,11 +12,18 @@
 //
 // m starts at zero and v at tau^2 (the paper's initialisation v_{-1} >=
 // tau^2); no bias correction, as in the paper.
-// State (m, v, the round count) is a StateDict for checkpoints; a restored
-// optimizer continues bit for bit.
-// Errors: ConfigError naming "fl.server_optimizer" (or the key) for an
-// unknown type or an invalid value; UsageError for spans of the wrong size or
-// a state dict of another type or size. Thread safety: none. Never blocks.
+// Each element is computed in double from the float state and rounded once
+// to the float it is stored as.
+// State: a StateDict for checkpoints with the tensors "m" (momentum, adam,
+// yogi, adagrad) and "v" (adam, yogi, adagrad), 1-D of model_size, and the
+// metadata "type", "model_size", "steps" and the hyperparameters "lr",
+// "momentum", "beta1", "beta2", "tau" as shortest round-trip text. Loading
+// restores the state's hyperparameters (they replace the config's, so a
+// resumed server continues bit for bit) and refuses, changing nothing, a
+// state of another type or size, a missing or extra tensor, or bad metadata.
+// Errors: ConfigError naming "fl.server_optimizer" (or "fl.server_lr" and
+// so on) for an unknown type or a value out of read_fl_config's ranges; UsageError for spans of the
+// wrong size or a state dict of another type or size. Thread safety: none. Never blocks.
 #pragma once
 
 #include <cstdint>

@@ -1,23 +1,35 @@
 // ServerState: what a federated server must keep to continue after a crash,
 // and its checkpoint form. A simulation and a deployed server checkpoint the
 // same way (io/checkpoint.h: atomic, checksummed): after round r the file
-// holds r as its step, the global weights as the 1-D tensor "global", the
-// server optimizer's state under "server_optimizer." and the per-run
-// counters in the metadata. Client sampling is a pure function of (seed,
+// holds r as its step (epoch 0) and one section, "server", with the global
+// weights as the 1-D tensor "global" and the server optimizer's state dict
+// (tensors and metadata) under "server_optimizer."; the per-run counters
+// ("rejected_updates") are the checkpoint's metadata. The section is not
+// io::kModelSection: a check_resume() model fingerprint does not apply to it
+// (the caller stamps and checks the job name only). Client sampling is a pure function of (seed,
 // round) (fl/sampling.h), so a resumed server continues with exactly the
 // rounds the original would have run.
-// Errors: CheckpointError (through io) or UsageError when a checkpoint does
-// not hold a server state of `model_size` values, naming what is missing.
+// Errors: from_checkpoint throws UsageError "server state (round 7): ..."
+// when the checkpoint has no "server" section, no "global" tensor, a tensor
+// of the section that is not `model_size` values in one dimension, or no
+// valid "rejected_updates"; the optimizer's state is checked when a
+// ServerOptimizer loads it. Reading the file is io's (CheckpointError).
 // Thread safety: value types and pure functions.
 #pragma once
 
 #include <cstdint>
+#include <string_view>
 #include <vector>
 
 #include "io/checkpoint.h"
 #include "tensor/state_dict.h"
 
 namespace dtrain::fl {
+
+inline constexpr std::string_view kServerSection = "server";
+inline constexpr std::string_view kGlobalTensor = "global";
+inline constexpr std::string_view kServerOptimizerPrefix = "server_optimizer.";
+inline constexpr std::string_view kRejectedUpdatesKey = "rejected_updates";
 
 struct ServerState {
   int64_t round = 0;           // rounds completed
