@@ -150,6 +150,7 @@ int run_partition(const PartitionCommandOptions& options, std::ostream& out) {
   p.classes_per_worker = options.classes_per_worker;
   p.alpha = options.alpha;
   p.quantity_sigma = options.quantity_sigma;
+  p.shards_per_worker = options.shards_per_worker;
   out << train::partition_table(job, data, p);
   if (!options.image.empty()) {
     const obs::ImageSize size = train::write_partition_image(job, data, p, options.image);

@@ -71,6 +71,7 @@ struct PartitionCommandOptions {
   int64_t classes_per_worker = 2;
   double alpha = 0.5;
   double quantity_sigma = 1.0;
+  int64_t shards_per_worker = 2;
   std::string image;  // --image: also draw the table as a heat map (.svg or .png)
 };
 

@@ -12,6 +12,7 @@
 
 #include "cli/commands.h"
 #include "cli/dashboard_command.h"
+#include "cli/fl_command.h"
 #include "cli/launcher.h"
 #include "cli/trace_command.h"
 #include "core/error.h"
@@ -183,14 +184,16 @@ CLI::App* add_partition_command(CLI::App& app, dtrain::cli::PartitionCommandOpti
   part_cmd->add_option("job", part.job_file, "The TOML job file")
       ->required()
       ->check(CLI::ExistingFile);
-  part_cmd->add_option("--kind", part.kind, "iid | label | dirichlet | quantity")
-      ->check(CLI::IsMember({"iid", "label", "dirichlet", "quantity"}));
+  part_cmd->add_option("--kind", part.kind, "iid | label | dirichlet | quantity | shards")
+      ->check(CLI::IsMember({"iid", "label", "dirichlet", "quantity", "shards"}));
   part_cmd->add_option("--workers", part.workers, "Number of parts");
   part_cmd->add_option("--seed", part.seed, "Seed of the partition");
   part_cmd->add_option("--classes-per-worker", part.classes_per_worker,
                        "label: classes each worker gets");
   part_cmd->add_option("--alpha", part.alpha, "dirichlet: concentration (small: skewed)");
   part_cmd->add_option("--sigma", part.quantity_sigma, "quantity: spread of the log sizes");
+  part_cmd->add_option("--shards-per-worker", part.shards_per_worker,
+                       "shards: label-sorted shards each worker gets (FedAvg paper: 2)");
   part_cmd->add_option("--set", part.overrides, "Override a job key")->type_name("KEY=VALUE");
   part_cmd->add_option("--image", part.image,
                        "Also draw the table as a heat map, workers x classes (.svg or .png)");
@@ -212,6 +215,39 @@ CLI::App* add_plot_command(CLI::App& app, dtrain::cli::PlotCommandOptions& plot)
       ->check(CLI::Range(300, 10000));
 
   return plot_cmd;
+}
+
+// `dtrain fl`: a federated job simulated in this process.
+struct FlFlags {
+  bool resume = false;
+  bool no_resume = false;
+};
+
+CLI::App* add_fl_command(CLI::App& app, dtrain::cli::FlCommandOptions& fl, FlFlags& flags) {
+  CLI::App* fl_cmd = app.add_subcommand(
+      "fl",
+      "Federated learning: simulate the job's clients in this process (FedAvg, FedProx, "
+      "FedOpt; the job's [fl] table)");
+  fl_cmd->add_option("job", fl.job_file, "The TOML job file")->required()->check(CLI::ExistingFile);
+  fl_cmd->add_option("--clients", fl.clients, "K, the number of clients (fl.clients)");
+  fl_cmd->add_option("--fraction", fl.fraction,
+                     "C, the fraction of clients sampled per round (fl.fraction)");
+  fl_cmd->add_option("--rounds", fl.rounds, "Rounds to run (fl.rounds)");
+  fl_cmd->add_option("--threads", fl.threads,
+                     "Simulation threads (fl.threads; 0: one per core); the result does not "
+                     "depend on it");
+  fl_cmd->add_option("--output", fl.output, "Output folder (overrides job.output)");
+  fl_cmd->add_option("--set", fl.overrides, "Override a job key, e.g. --set fl.local_epochs=5")
+      ->type_name("KEY=VALUE");
+  fl_cmd->add_flag("--resume", flags.resume,
+                   "Resume from the newest valid checkpoint in OUTPUT/checkpoints (the default)");
+  fl_cmd
+      ->add_flag("--no-resume", flags.no_resume,
+                 "Start afresh even if the output folder has checkpoints")
+      ->excludes("--resume");
+  fl_cmd->add_option("--progress", fl.progress, "plain (a line per round) | none")
+      ->check(CLI::IsMember({"plain", "none"}));
+  return fl_cmd;
 }
 
 // `dtrain train` with what parsing left to do: the environment, the command
@@ -246,6 +282,9 @@ int main(int argc, char** argv) {
   const CLI::App* part_cmd = add_partition_command(app, part);
   dtrain::cli::PlotCommandOptions plot;
   const CLI::App* plot_cmd = add_plot_command(app, plot);
+  dtrain::cli::FlCommandOptions fl_options;
+  FlFlags fl_flags;
+  const CLI::App* fl_cmd = add_fl_command(app, fl_options, fl_flags);
   dtrain::cli::ServeOptions serve;
   CLI::App* serve_cmd = app.add_subcommand(
       "serve", "Serve the live dashboard of a run folder (finished or running) until Ctrl-C");
@@ -279,6 +318,11 @@ int main(int argc, char** argv) {
     }
     if (train_cmd->parsed()) return train(train_options, flags, argc, argv);
     if (part_cmd->parsed()) return dtrain::cli::run_partition(part, std::cout);
+    if (fl_cmd->parsed()) {
+      if (fl_flags.resume || fl_flags.no_resume) fl_options.resume = fl_flags.resume;
+      fl_options.argv.assign(argv, argv + argc);
+      return dtrain::cli::run_fl_command(fl_options, std::cout);
+    }
     if (plot_cmd->parsed()) return dtrain::cli::run_plot(plot, std::cout);
     if (serve_cmd->parsed()) return dtrain::cli::run_serve(serve, std::cout);
     return dtrain::cli::run_eval(eval, std::cout);

@@ -16,7 +16,7 @@ namespace {
 
 using Parts = std::vector<std::vector<int64_t>>;
 
-constexpr const char* kKnownKinds = "iid, label, dirichlet, quantity";
+constexpr const char* kKnownKinds = "iid, label, dirichlet, quantity, shards";
 
 size_t at(int64_t i) { return static_cast<size_t>(i); }
 
@@ -245,6 +245,42 @@ Parts partition_quantity(int64_t n, const PartitionOptions& options) {
   return cut(order, sizes);
 }
 
+// "shards" (McMahan et al. 2017, section 3): S = workers * shards_per_worker.
+// Phases:
+//   1. the indices, stably sorted by label (ties by index);
+//   2. cut into S consecutive shards as ShardedSampler cuts an epoch: with
+//      n = qS + r, shards 0 .. r-1 hold q + 1 samples and the others q (all
+//      S shards are equal when S divides n, as 60,000 / 200 = 300);
+//   3. the shard ids shuffled and worker w takes shards
+//      [w * shards_per_worker, (w + 1) * shards_per_worker).
+// Unlike "label", a shard may straddle two labels, as in the paper; a worker
+// holds at most 2 * shards_per_worker labels, and at most shards_per_worker
+// when every class size is a multiple of the shard size.
+Parts partition_shards(std::span<const int64_t> labels, const PartitionOptions& options) {
+  const int64_t per_worker = options.shards_per_worker;
+  if (per_worker < 1) {
+    throw ConfigError(
+        fmt::format("partition 'shards': shards_per_worker must be >= 1, got {}", per_worker));
+  }
+  const auto n = static_cast<int64_t>(labels.size());
+  std::vector<int64_t> order(at(n));
+  for (int64_t i = 0; i < n; ++i) order[at(i)] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return labels[at(a)] < labels[at(b)]; });
+  const int64_t num_shards = options.workers * per_worker;
+  std::vector<int64_t> deal(at(num_shards));
+  for (int64_t s = 0; s < num_shards; ++s) deal[at(s)] = s;
+  Rng rng(options.seed);
+  shuffle(deal, rng);
+  Parts parts(at(options.workers));
+  for (int64_t s = 0; s < num_shards; ++s) {
+    const ShardRange r = shard_range(n, num_shards, deal[at(s)]);
+    auto& part = parts[at(s / per_worker)];
+    part.insert(part.end(), order.begin() + r.begin, order.begin() + r.end);
+  }
+  return parts;
+}
+
 }  // namespace
 
 double sample_gamma(Rng& rng, double shape) {
@@ -275,7 +311,8 @@ std::vector<double> sample_dirichlet(Rng& rng, int64_t k, double alpha) {
 std::vector<std::vector<int64_t>> partition(std::span<const int64_t> labels, int64_t num_classes,
                                             const PartitionOptions& options) {
   const std::string& kind = options.kind;
-  if (kind != "iid" && kind != "label" && kind != "dirichlet" && kind != "quantity") {
+  if (kind != "iid" && kind != "label" && kind != "dirichlet" && kind != "quantity" &&
+      kind != "shards") {
     throw ConfigError(fmt::format("partition: unknown kind '{}' (known: {})", kind, kKnownKinds));
   }
   if (options.workers < 1) {
@@ -298,8 +335,10 @@ std::vector<std::vector<int64_t>> partition(std::span<const int64_t> labels, int
     parts = partition_label(labels, num_classes, options);
   } else if (kind == "dirichlet") {
     parts = partition_dirichlet(labels, num_classes, options);
-  } else {
+  } else if (kind == "quantity") {
     parts = partition_quantity(n, options);
+  } else {
+    parts = partition_shards(labels, options);
   }
   for (auto& part : parts) std::sort(part.begin(), part.end());
   return parts;

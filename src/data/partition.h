@@ -10,7 +10,11 @@
 //                Dirichlet(alpha) (Hsu, Qi & Brown 2019); small alpha is skewed,
 //                large alpha approaches IID;
 //   "quantity"   IID labels, but worker sizes proportional to lognormal(0,
-//                quantity_sigma) draws (quantity skew).
+//                quantity_sigma) draws (quantity skew);
+//   "shards"     the FedAvg paper's own pathological split (McMahan et al.
+//                2017): the label-sorted samples cut into workers x
+//                shards_per_worker equal shards, shards_per_worker dealt to
+//                each worker at random (a shard may straddle two labels).
 //
 // Every partition is disjoint and covers each index in [0, labels.size())
 // exactly once; a worker may get an empty list (fewer samples than workers,
@@ -22,7 +26,7 @@
 // Thread safety: pure functions; any thread may call them.
 // Errors: ConfigError naming the option for a bad option (unknown kind,
 // workers < 1, classes_per_worker outside [1, num_classes], alpha <= 0,
-// quantity_sigma < 0); UsageError for labels outside [0, num_classes) or
+// quantity_sigma < 0, shards_per_worker < 1); UsageError for labels outside [0, num_classes) or
 // index lists that do not fit the labels. Nothing blocks.
 #pragma once
 
@@ -36,7 +40,7 @@
 namespace dtrain::data {
 
 struct PartitionOptions {
-  // "iid", "label", "dirichlet" or "quantity" (see above).
+  // "iid", "label", "dirichlet", "quantity" or "shards" (see above).
   std::string kind = "iid";
   // Number of parts; >= 1. May exceed the number of samples.
   int64_t workers = 1;
@@ -51,6 +55,9 @@ struct PartitionOptions {
   double alpha = 0.5;
   // "quantity" only: sigma of the lognormal size weights, >= 0 (0: equal sizes).
   double quantity_sigma = 1.0;
+  // "shards" only: shards per worker, >= 1 (the paper's 2: 100 clients, 200
+  // shards of 300 MNIST samples).
+  int64_t shards_per_worker = 2;
 };
 
 // The index lists of the workers: result[w] holds worker w's sample indices.

@@ -10,13 +10,16 @@
 // each optimizer step, not through autograd. Each epoch visits the client's
 // indices in an order drawn from `rng`; the last batch of an epoch may be
 // short. `max_steps` (>= 1; default all) stops early: a straggler's partial
-// work, marked partial in the update.
+// work, marked partial in the update. The update's loss is the mean of the
+// steps' batch losses. A client without samples trains nothing and returns
+// samples 0 and a zero delta (an aggregator refuses it).
 //
 // A trainer owns one model (built by the factory) and is reused for many
 // clients, one at a time: memory is one model per thread, not per client.
 // Thread safety: one thread per trainer; several trainers may share the
-// dataset (read only). Errors: UsageError for weights of the wrong size or
-// an index outside the dataset. Never blocks.
+// dataset (read only). Errors: UsageError, naming the client and round, for
+// weights of the wrong size, an index outside the dataset or a LocalTraining
+// out of range (epochs < 1, batch < 0, max_steps < 1, mu < 0). Never blocks.
 #pragma once
 
 #include <cstdint>
@@ -54,6 +57,11 @@ class ClientTrainer {
   // The update of client `client` for `round` (samples = indices.size()).
   ClientUpdate train(int64_t client, int64_t round, std::span<const float> global,
                      std::span<const int64_t> indices, const LocalTraining& training, Rng& rng);
+
+  // How many of the samples at `indices` the model with `weights` classifies
+  // correctly (argmax of its output; evaluation mode, no graph): a client's
+  // own evaluation of the global model (FlConfig::client_eval).
+  int64_t count_correct(std::span<const float> weights, std::span<const int64_t> indices);
 
   nn::Module& model() { return *model_; }
 

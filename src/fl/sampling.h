@@ -16,7 +16,8 @@
 namespace dtrain::fl {
 
 // `count` distinct client ids from [0, clients), uniformly without
-// replacement, ascending. count <= clients.
+// replacement, ascending (Floyd's algorithm: O(count) time and memory, never
+// O(clients)). UsageError unless 0 <= count <= clients.
 std::vector<int64_t> sample_clients(int64_t clients, int64_t count, uint64_t seed, int64_t round);
 
 // The generator of client `client`'s local training in `round`.
@@ -25,10 +26,13 @@ Rng client_rng(uint64_t seed, int64_t round, int64_t client);
 enum class ClientFate { kNormal, kDropped, kStraggler };
 
 // A simulated client's fate in `round`: dropped with probability
-// config.dropout, else a straggler with probability config.stragglers.
+// config.dropout, else a straggler with probability config.stragglers (two
+// independent draws, so a straggler's overall share is
+// (1 - dropout) * stragglers).
 ClientFate client_fate(const FlConfig& config, uint64_t seed, int64_t round, int64_t client);
 
-// The steps a straggler finishes by the deadline: ceil(steps / slowdown), >= 1.
+// The steps a straggler finishes by the deadline: ceil(steps / slowdown),
+// within [1, steps] (a slowdown below 1 finishes them all).
 int64_t straggler_steps(int64_t steps, double slowdown);
 
 }  // namespace dtrain::fl

@@ -22,8 +22,9 @@
 // resumed server continues bit for bit) and refuses, changing nothing, a
 // state of another type or size, a missing or extra tensor, or bad metadata.
 // Errors: ConfigError naming "fl.server_optimizer" (or "fl.server_lr" and
-// so on) for an unknown type or a value out of read_fl_config's ranges; UsageError for spans of the
-// wrong size or a state dict of another type or size. Thread safety: none. Never blocks.
+// so on) for an unknown type or a value out of read_fl_config's ranges;
+// UsageError for spans of the wrong size or a state dict of another type or
+// size. Thread safety: none. Never blocks.
 #pragma once
 
 #include <cstdint>

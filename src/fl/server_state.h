@@ -6,9 +6,9 @@
 // (tensors and metadata) under "server_optimizer."; the per-run counters
 // ("rejected_updates") are the checkpoint's metadata. The section is not
 // io::kModelSection: a check_resume() model fingerprint does not apply to it
-// (the caller stamps and checks the job name only). Client sampling is a pure function of (seed,
-// round) (fl/sampling.h), so a resumed server continues with exactly the
-// rounds the original would have run.
+// (the caller stamps and checks the job name only). Client sampling is a
+// pure function of (seed, round) (fl/sampling.h), so a resumed server
+// continues with exactly the rounds the original would have run.
 // Errors: from_checkpoint throws UsageError "server state (round 7): ..."
 // when the checkpoint has no "server" section, no "global" tensor, a tensor
 // of the section that is not `model_size` values in one dimension, or no

@@ -11,13 +11,22 @@
 //      leave the model unchanged and the round is reported as failed (it is
 //      not repeated: a simulation's fate draws would repeat too);
 //   5. evaluates every eval_every rounds and at the last, reports, and
-//      checkpoints every checkpoint_every rounds.
+//      checkpoints every checkpoint_every rounds and at the last (0: never);
+//      a round whose evaluation reaches target_accuracy is the last (it is
+//      checkpointed too) and sets reached_target.
+// A sampled client that is dropped, a fedavg straggler (not trained: its
+// work would be thrown away), a client without samples and a rejected update
+// are all listed in RoundReport::dropped. client_eval: each trained client
+// first counts the global model's correct answers on its own data.
 // Memory is bounded by the clients of one round (their updates) plus one
 // model per thread, never by K: an idle client is its index list (the
 // partition) and nothing else.
 // Determinism: the result is bit-identical for a seed whatever `threads` is
 // (per-client RNG streams, aggregation in client-id order, each client's
-// BLAS calls single-threaded).
+// BLAS calls single-threaded: OpenBLAS is set to one thread while clients
+// train, whatever `threads` is, and restored before the callbacks run).
+// Threads: the pool's threads live for one round; the callbacks and the
+// evaluator run on the calling thread, between rounds.
 // Errors: what the callbacks throw propagates after the pool stopped;
 // UsageError for inconsistent options (parts.size() != clients, a resume
 // state of another size). Blocking: runs the whole job.
@@ -54,10 +63,11 @@ struct RoundReport {
   bool failed = false;                    // fewer than min_fit_clients: model unchanged
   double train_loss = 0.0;                // sample-weighted mean local loss (NaN if none)
   uint64_t bytes_down = 0;                // model bytes sent to the sampled clients
-  uint64_t bytes_up = 0;                  // update bytes received
+  uint64_t bytes_up = 0;                  // bytes of the aggregated updates (float32)
   double seconds = 0.0;                   // wall time of the round
   std::optional<Evaluation> test;         // when evaluated this round
-  std::optional<double> client_accuracy;  // client_eval: weighted mean on own data
+  std::optional<double> client_accuracy;  // client_eval: the global model's accuracy on the
+                                          // aggregated clients' own data (sample-weighted)
 };
 
 struct SimulationOptions {
@@ -69,8 +79,11 @@ struct SimulationOptions {
   ModelFactory make_model;                  // the same initial weights on every call
   Evaluator evaluate;                       // may be empty (no test evaluation)
   std::function<void(const RoundReport&)> on_round;
+  // The state after a round (its tensors are copies the callee may keep).
   std::function<void(const ServerState&)> on_checkpoint;
-  std::optional<ServerState> resume;  // continue after resume->round
+  // Continue after resume->round with its weights and server optimizer
+  // state (nothing runs when resume->round >= config.rounds).
+  std::optional<ServerState> resume;
 };
 
 struct SimulationResult {

@@ -58,6 +58,7 @@ data::PartitionOptions partition_options(const PartitionRequest& request) {
   p.classes_per_worker = request.classes_per_worker;
   p.alpha = request.alpha;
   p.quantity_sigma = request.quantity_sigma;
+  p.shards_per_worker = request.shards_per_worker;
   return p;
 }
 

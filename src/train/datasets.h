@@ -26,12 +26,13 @@ Datasets load_datasets(const JobConfig& job);
 // How a partitioner splits a job's training set, as a text table of the
 // labels each part holds (`dtrain partition`).
 struct PartitionRequest {
-  std::string kind = "iid";  // iid | label | dirichlet | quantity
+  std::string kind = "iid";  // iid | label | dirichlet | quantity | shards
   int64_t parts = 4;
   uint64_t seed = 1;
   int64_t classes_per_worker = 2;
   double alpha = 0.5;
   double quantity_sigma = 1.0;
+  int64_t shards_per_worker = 2;
 };
 std::string partition_table(const JobConfig& job, const Datasets& data,
                             const PartitionRequest& request);

@@ -18,6 +18,7 @@ data::PartitionOptions fl_partition_options(const JobConfig& job) {
   p.classes_per_worker = job.data.classes_per_worker;
   p.alpha = job.data.dirichlet_alpha;
   p.quantity_sigma = job.data.quantity_sigma;
+  p.shards_per_worker = job.data.shards_per_worker;
   return p;
 }
 

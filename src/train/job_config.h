@@ -70,11 +70,12 @@ struct DataConfig {
   int64_t synthetic_classes = 4;
   // Each worker trains on its own part of the training set, split by this
   // partitioner (data/partition.h, docs/partitioning.md): "" (off: slices
-  // of a shared global batch), iid | label | dirichlet | quantity.
+  // of a shared global batch), iid | label | dirichlet | quantity | shards.
   std::string partition;
   int64_t classes_per_worker = 2;  // partition = "label"
   double dirichlet_alpha = 0.5;    // partition = "dirichlet"
   double quantity_sigma = 1.0;     // partition = "quantity"
+  int64_t shards_per_worker = 2;   // partition = "shards"
   data::CtrOptions ctr;            // ctr: synthetic clicks (data/ctr.h), keys ctr_*
 };
 

@@ -95,6 +95,7 @@ void read_data(io::TomlTable& t, DataConfig& d) {
   t.get("classes_per_worker", d.classes_per_worker);
   t.get("dirichlet_alpha", d.dirichlet_alpha);
   t.get("quantity_sigma", d.quantity_sigma);
+  t.get("shards_per_worker", d.shards_per_worker);
   data::CtrOptions& ctr = d.ctr;
   t.get("ctr_fields", ctr.fields);
   t.get("ctr_vocabulary", ctr.vocabulary);
@@ -108,7 +109,8 @@ void read_data(io::TomlTable& t, DataConfig& d) {
   t.finish();
   check_choice(t.lines(), "dataset", d.dataset, {"mnist", "csv", "synthetic", "ctr"});
   if (!d.partition.empty()) {
-    check_choice(t.lines(), "partition", d.partition, {"iid", "label", "dirichlet", "quantity"});
+    check_choice(t.lines(), "partition", d.partition,
+                 {"iid", "label", "dirichlet", "quantity", "shards"});
   }
   if (d.dataset == "ctr") {
     try {

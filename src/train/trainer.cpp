@@ -253,6 +253,7 @@ std::vector<std::vector<int64_t>> Trainer::make_parts(const data::TensorDataset&
   p.classes_per_worker = job_.data.classes_per_worker;
   p.alpha = job_.data.dirichlet_alpha;
   p.quantity_sigma = job_.data.quantity_sigma;
+  p.shards_per_worker = job_.data.shards_per_worker;
   return data::partition(train.labels(), train.num_classes(), p);
 }
 

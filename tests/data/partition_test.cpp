@@ -16,7 +16,7 @@ namespace {
 
 using Parts = std::vector<std::vector<int64_t>>;
 
-const char* const kKinds[] = {"iid", "label", "dirichlet", "quantity"};
+const char* const kKinds[] = {"iid", "label", "dirichlet", "quantity", "shards"};
 
 // Labels with unequal class sizes: sample i has class (i * i) % num_classes
 // on the even samples and i % num_classes on the odd ones.
@@ -304,7 +304,7 @@ TEST(Partition, BadOptionsGiveExactMessages) {
   const std::vector<int64_t> labels = balanced_labels(20, 10);
   PartitionOptions options = options_for("fedavg", 4, 0);
   EXPECT_EQ(message_of<ConfigError>(labels, 10, options),
-            "partition: unknown kind 'fedavg' (known: iid, label, dirichlet, quantity)");
+            "partition: unknown kind 'fedavg' (known: iid, label, dirichlet, quantity, shards)");
 
   options = options_for("iid", 0, 0);
   EXPECT_EQ(message_of<ConfigError>(labels, 10, options), "partition: workers must be >= 1, got 0");
@@ -334,10 +334,105 @@ TEST(Partition, BadOptionsGiveExactMessages) {
   EXPECT_EQ(message_of<ConfigError>(labels, 10, options),
             "partition 'quantity': quantity_sigma must be >= 0 and finite, got -1");
 
+  options = options_for("shards", 4, 0);
+  options.shards_per_worker = 0;
+  EXPECT_EQ(message_of<ConfigError>(labels, 10, options),
+            "partition 'shards': shards_per_worker must be >= 1, got 0");
+
   options = options_for("iid", 2, 0);
   EXPECT_EQ(message_of<UsageError>({0, 3, 1}, 3, options),
             "partition: label 3 of sample 1 is outside [0, 3)");
   EXPECT_EQ(message_of<UsageError>({0}, 0, options), "partition: num_classes must be >= 1, got 0");
+}
+
+// The FedAvg paper's MNIST split in miniature: 10 balanced classes of 120
+// samples (labels interleaved, so sorting matters), 20 workers x 2 shards of
+// 30: no shard straddles two labels, so every worker holds at most 2 labels
+// and exactly 60 samples.
+TEST(Partition, ShardsGiveEqualPartsOfAtMostShardsPerWorkerLabels) {
+  const std::vector<int64_t> labels = balanced_labels(1200, 10);
+  PartitionOptions options = options_for("shards", 20, 3);
+  options.shards_per_worker = 2;
+  const Parts parts = partition(labels, 10, options);
+  ASSERT_EQ(parts.size(), 20u);
+  expect_exact_cover(parts, 1200, "shards");
+  int two_label_workers = 0;
+  for (const auto& row : label_histogram(parts, labels, 10)) {
+    int64_t size = 0, present = 0;
+    for (const int64_t count : row) {
+      size += count;
+      present += count > 0 ? 1 : 0;
+      // A shard is 30 samples of one label: counts are multiples of 30.
+      EXPECT_EQ(count % 30, 0);
+    }
+    EXPECT_EQ(size, 60);
+    EXPECT_GE(present, 1);
+    EXPECT_LE(present, 2);
+    two_label_workers += present == 2 ? 1 : 0;
+  }
+  // Most workers draw two different labels (the odds of a same-label pair
+  // are 1/19 per worker; seed 3 is fixed, so this is a check of the deal,
+  // not a statistical test).
+  EXPECT_GE(two_label_workers, 15);
+
+  options.shards_per_worker = 3;
+  options.workers = 10;  // 30 shards of 40: still one label each.
+  for (const auto& row : label_histogram(partition(labels, 10, options), labels, 10)) {
+    int64_t size = 0, present = 0;
+    for (const int64_t count : row) {
+      size += count;
+      present += count > 0 ? 1 : 0;
+    }
+    EXPECT_EQ(size, 120);
+    EXPECT_LE(present, 3);
+  }
+}
+
+// The shards are cuts of the label-sorted order (stable: ties by index), so
+// each worker's part is a union of shards_per_worker runs of that order.
+TEST(Partition, ShardsAreRunsOfTheStablyLabelSortedOrder) {
+  const std::vector<int64_t> labels = uneven_labels(103, 4);
+  std::vector<int64_t> order(labels.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return labels[size_t(a)] < labels[size_t(b)]; });
+  std::vector<std::vector<int64_t>> shards;
+  for (int64_t s = 0; s < 10; ++s) {
+    const ShardRange r = shard_range(103, 10, s);
+    std::vector<int64_t> shard(order.begin() + r.begin, order.begin() + r.end);
+    std::sort(shard.begin(), shard.end());
+    shards.push_back(shard);
+  }
+  PartitionOptions options = options_for("shards", 5, 9);
+  const Parts parts = partition(labels, 4, options);
+  expect_exact_cover(parts, 103, "shards uneven");
+  std::vector<int> used(shards.size(), 0);
+  for (const auto& part : parts) {
+    // Sizes: 103 = 10 x 10 + 3, so shards are 11 or 10 samples.
+    EXPECT_GE(part.size(), 20u);
+    EXPECT_LE(part.size(), 22u);
+    int found = 0;
+    for (size_t s = 0; s < shards.size(); ++s) {
+      if (std::includes(part.begin(), part.end(), shards[s].begin(), shards[s].end())) {
+        ++used[s];
+        ++found;
+      }
+    }
+    EXPECT_EQ(found, 2);
+  }
+  for (const int u : used) EXPECT_EQ(u, 1);
+}
+
+TEST(Partition, ShardsWithFewerSamplesThanShardsLeaveSomeWorkersEmpty) {
+  PartitionOptions options = options_for("shards", 4, 1);
+  const Parts parts = partition(balanced_labels(5, 2), 2, options);
+  expect_exact_cover(parts, 5, "shards n 5");
+  size_t total = 0;
+  for (const auto& part : parts) {
+    EXPECT_LE(part.size(), 2u);
+    total += part.size();
+  }
+  EXPECT_EQ(total, 5u);
 }
 
 TEST(Partition, OptionsOfOtherKindsAreNotChecked) {
@@ -345,6 +440,7 @@ TEST(Partition, OptionsOfOtherKindsAreNotChecked) {
   options.alpha = -1.0;
   options.classes_per_worker = 99;
   options.quantity_sigma = -1.0;
+  options.shards_per_worker = 0;
   EXPECT_NO_THROW(partition(balanced_labels(10, 2), 2, options));
 }
 
