@@ -109,6 +109,7 @@ class FlClient::Impl {
   }
 
   void answer(FlTask& task) {
+    if (options_.on_task) options_.on_task(task.round);
     LocalTraining training = task.training;
     training.optimizer = options_.optimizer;
     Rng rng = client_rng(options_.seed, task.round, options_.client);

@@ -48,6 +48,9 @@ struct FlClientOptions {
   std::chrono::milliseconds heartbeat_interval{1000};
   std::chrono::milliseconds server_timeout{60000};
   uint64_t max_payload_bytes = uint64_t{1} << 30;
+  // Called with a task's round before training it (the command's test
+  // hooks: a client that kills itself mid-round).
+  std::function<void(int64_t round)> on_task;
   // Tests: replaces the trained update just before it is sent (a client
   // that sends a wrong shape, a non-finite value, a stale round).
   std::function<void(ClientUpdate&)> tamper;
