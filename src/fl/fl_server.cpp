@@ -282,6 +282,10 @@ std::optional<FlServer::Impl::OpenRound> FlServer::Impl::collect(int64_t round, 
   task.deadline_ms = timeout.count();
   task.training.epochs = c.local_epochs;
   task.training.batch = c.local_batch;
+  if (c.algorithm == "fedsgd") {  // one full-batch gradient step, as the simulation
+    task.training.epochs = 1;
+    task.training.batch = 0;
+  }
   task.training.proximal_mu = c.proximal_mu;
   task.weights.assign(weights.begin(), weights.end());
   const std::vector<std::byte> payload = encode_task(task);
