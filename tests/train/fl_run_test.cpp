@@ -1,0 +1,274 @@
+// `dtrain fl` at the job level (train/run_fl.h): a tiny synthetic federated
+// job's metrics, checkpoints and final weights; resuming equals running
+// straight through, bit for bit; bad [fl] keys; the FedAvg paper's models.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "core/rng.h"
+#include "fl/flat_model.h"
+#include "io/checkpoint.h"
+#include "io/file_system.h"
+#include "io/safetensors.h"
+#include "obs/metrics_log.h"
+#include "testing/fault_fs.h"
+#include "train/job_file.h"
+#include "train/model_builder.h"
+#include "train/run_fl.h"
+
+#ifndef DTRAIN_SOURCE_DIR
+#error "train_tests needs DTRAIN_SOURCE_DIR (tests/train/CMakeLists.txt)"
+#endif
+
+namespace dtrain::train {
+namespace {
+
+// 600 Gaussian blobs of 4 classes, 10 clients split by label shards, a
+// 16-8-4 MLP: a round takes milliseconds.
+std::string job_text(const std::string& output, int64_t rounds) {
+  return R"([job]
+name = "fl-test"
+seed = 3
+output = ")" +
+         output +
+         R"("
+[data]
+dataset = "synthetic"
+synthetic_samples = 600
+synthetic_classes = 4
+partition = "shards"
+shards_per_worker = 2
+[model]
+input_shape = [16]
+[[model.layers]]
+type = "linear"
+out_features = 8
+[[model.layers]]
+type = "relu"
+[[model.layers]]
+type = "linear"
+out_features = 4
+[optimizer]
+type = "sgd"
+lr = 0.1
+[train]
+keep_checkpoints = 10
+[fl]
+clients = 10
+fraction = 0.5
+local_epochs = 1
+local_batch = 10
+rounds = )" +
+         std::to_string(rounds) + "\n";
+}
+
+JobConfig job_for(const std::string& output, int64_t rounds,
+                  const std::vector<std::string>& overrides = {}) {
+  return parse_job(job_text(output, rounds), "fl-test.toml", overrides).job;
+}
+
+std::string run(const JobConfig& job) {
+  std::ostringstream out;
+  // Warnings of the tests' runs (refused checkpoints) go nowhere.
+  Logger quiet(LogLevel::kOff, [](LogLevel, std::string_view) {});
+  FlRunOptions options;
+  options.out = &out;
+  options.logger = &quiet;
+  EXPECT_EQ(run_fl(job, options), 0);
+  return out.str();
+}
+
+std::vector<nlohmann::json> events(const std::string& path, const std::string& name) {
+  std::ifstream in(path);
+  std::vector<nlohmann::json> found;
+  for (std::string line; std::getline(in, line);) {
+    nlohmann::json object = nlohmann::json::parse(line);
+    if (object.at("event") == name) found.push_back(std::move(object));
+  }
+  return found;
+}
+
+std::string file_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream bytes;
+  bytes << in.rdbuf();
+  return bytes.str();
+}
+
+TEST(FlRun, ThreeRoundsWriteRoundEventsCheckpointsAndTheFinalWeights) {
+  testing::TempDir tmp;
+  const JobConfig job = job_for(tmp.path(), 3);
+  const std::string out = run(job);
+
+  const std::string metrics = tmp.file("metrics.jsonl");
+  const auto rounds = events(metrics, "round");
+  ASSERT_EQ(rounds.size(), 3u);
+  for (size_t i = 0; i < rounds.size(); ++i) {
+    const nlohmann::json& r = rounds[i];
+    EXPECT_EQ(r.at("round"), static_cast<int64_t>(i + 1));
+    EXPECT_EQ(r.at("sampled"), 5);
+    EXPECT_EQ(r.at("participated"), 5);
+    EXPECT_EQ(r.at("dropped"), 0);
+    EXPECT_EQ(r.at("partial"), 0);
+    EXPECT_EQ(r.at("rejected"), 0);
+    for (const char* key : {"train_loss", "test_accuracy", "test_loss", "bytes_up", "bytes_down",
+                            "seconds", "time"}) {
+      EXPECT_TRUE(r.contains(key) && r.at(key).is_number()) << key << " in " << r.dump();
+    }
+    // The flat model is 16*8+8 + 8*4+4 = 172 floats; 5 clients each way.
+    EXPECT_EQ(r.at("bytes_down"), 5 * 172 * 4);
+  }
+  ASSERT_EQ(events(metrics, "begin").size(), 1u);
+  const auto end = events(metrics, "end");
+  ASSERT_EQ(end.size(), 1u);
+  EXPECT_EQ(end[0].at("rounds"), 3);
+  EXPECT_EQ(end[0].at("test_accuracy"), rounds[2].at("test_accuracy"));
+  // obs's reader (dtrain plot, the dashboard) skips the round events.
+  const obs::MetricsLog log = obs::read_metrics_log(io::default_file_system(), metrics);
+  EXPECT_EQ(log.begins, 1);
+
+  // A line per round, then the summary.
+  EXPECT_NE(out.find("round 1/3: 5 clients, train loss "), std::string::npos) << out;
+  EXPECT_NE(out.find("round 3/3: 5 clients"), std::string::npos) << out;
+  EXPECT_NE(out.find("final test accuracy "), std::string::npos) << out;
+
+  // Every round was checkpointed, stamped with the job's identity.
+  const std::string checkpoints = tmp.file("checkpoints");
+  const io::Checkpoint last = io::read_checkpoint(checkpoints + "/ckpt-3.dtc");
+  EXPECT_EQ(last.step, 3);
+  EXPECT_EQ(last.metadata.at(std::string(io::kJobNameKey)), "fl-test");
+  EXPECT_TRUE(io::default_file_system().exists(checkpoints + "/ckpt-1.dtc"));
+
+  // model.safetensors is the last checkpoint's global model as the model's
+  // state_dict.
+  Rng rng(job.seed);
+  auto model = build_model(job.model, rng, job.source);
+  model->load_state_dict(io::load_safetensors(tmp.file("model.safetensors")), true);
+  const fl::ServerState state = fl::from_checkpoint(last, fl::flat_size(*model));
+  EXPECT_EQ(fl::flatten(*model), state.weights);
+}
+
+TEST(FlRun, ResumedAfterTwoRoundsEqualsFourStraightRoundsBitForBit) {
+  testing::TempDir straight, resumed;
+  run(job_for(straight.path(), 4));
+  // Other thread counts on purpose: the result must not depend on them.
+  run(job_for(resumed.path(), 2, {"fl.threads=3"}));
+  const std::string out = run(job_for(resumed.path(), 4, {"fl.threads=2"}));
+  EXPECT_NE(out.find("resuming from "), std::string::npos) << out;
+  EXPECT_NE(out.find("round 3/4"), std::string::npos) << out;
+  EXPECT_EQ(out.find("round 1/4"), std::string::npos) << out;
+  const std::string a = file_bytes(straight.file("model.safetensors"));
+  const std::string b = file_bytes(resumed.file("model.safetensors"));
+  ASSERT_FALSE(a.empty());
+  EXPECT_TRUE(a == b) << "the resumed run's final weights differ from the straight run's";
+  // The resumed file holds two begin events and rounds 1..4 once each.
+  const auto rounds = events(resumed.file("metrics.jsonl"), "round");
+  ASSERT_EQ(rounds.size(), 4u);
+  EXPECT_EQ(events(resumed.file("metrics.jsonl"), "begin").size(), 2u);
+  EXPECT_EQ(rounds[3].at("test_accuracy"),
+            events(straight.file("metrics.jsonl"), "round")[3].at("test_accuracy"));
+}
+
+TEST(FlRun, ACompletedRunResumedWritesTheSameWeightsWithoutTraining) {
+  testing::TempDir tmp;
+  run(job_for(tmp.path(), 2));
+  const std::string before = file_bytes(tmp.file("model.safetensors"));
+  const std::string out = run(job_for(tmp.path(), 2));
+  EXPECT_NE(out.find("resumed after round 2"), std::string::npos) << out;
+  EXPECT_EQ(out.find("round 1/2"), std::string::npos) << out;
+  EXPECT_EQ(out.find("round 2/2"), std::string::npos) << out;
+  EXPECT_EQ(file_bytes(tmp.file("model.safetensors")), before);
+}
+
+TEST(FlRun, CheckpointsOfAnotherSeedAreRefusedAndTheRunStartsAfresh) {
+  testing::TempDir tmp, fresh;
+  run(job_for(tmp.path(), 2, {"job.seed=4"}));
+  const std::string out = run(job_for(tmp.path(), 2));
+  EXPECT_NE(out.find("no valid checkpoint in "), std::string::npos) << out;
+  EXPECT_NE(out.find("round 1/2"), std::string::npos) << out;
+  EXPECT_TRUE(io::default_file_system().exists(tmp.file("checkpoints/rejected/ckpt-2.dtc")));
+  run(job_for(fresh.path(), 2));
+  EXPECT_EQ(file_bytes(tmp.file("model.safetensors")), file_bytes(fresh.file("model.safetensors")));
+}
+
+TEST(FlRun, NoResumeSetsEarlierCheckpointsAside) {
+  testing::TempDir tmp;
+  run(job_for(tmp.path(), 2));
+  JobConfig again = job_for(tmp.path(), 3);
+  again.resume = false;
+  const std::string out = run(again);
+  EXPECT_NE(out.find("round 1/3"), std::string::npos) << out;
+  EXPECT_TRUE(io::default_file_system().exists(tmp.file("checkpoints/earlier-run/ckpt-2.dtc")));
+  EXPECT_TRUE(io::default_file_system().exists(tmp.file("checkpoints/ckpt-3.dtc")));
+}
+
+TEST(FlRun, TargetAccuracyStopsTheRunAndTheSummarySaysWhen) {
+  testing::TempDir tmp;
+  const std::string out = run(job_for(tmp.path(), 50, {"fl.target_accuracy=0.5"}));
+  const auto rounds = events(tmp.file("metrics.jsonl"), "round");
+  ASSERT_FALSE(rounds.empty());
+  ASSERT_LT(rounds.size(), 50u) << "the target was never reached: a weak test job";
+  const int64_t last = rounds.back().at("round");
+  EXPECT_GE(rounds.back().at("test_accuracy").get<double>(), 0.5);
+  EXPECT_NE(out.find("at round " + std::to_string(last) + " (target 50.00%)"), std::string::npos)
+      << out;
+  EXPECT_EQ(events(tmp.file("metrics.jsonl"), "end")[0].at("reached_round"), last);
+}
+
+TEST(FlRun, BadFlKeysAreConfigErrorsNamingTheKey) {
+  testing::TempDir tmp;
+  const auto key_of = [&](const std::vector<std::string>& overrides) -> std::string {
+    try {
+      job_for(tmp.path(), 3, overrides);
+    } catch (const ConfigError& e) {
+      return e.key();
+    }
+    return "(no error)";
+  };
+  EXPECT_EQ(key_of({"fl.bogus=1"}), "fl.bogus");
+  EXPECT_EQ(key_of({"fl.fraction=1.5"}), "fl.fraction");
+  EXPECT_EQ(key_of({"fl.clients=0"}), "fl.clients");
+  EXPECT_EQ(key_of({"fl.rounds=0"}), "fl.rounds");
+  EXPECT_EQ(key_of({"data.partition=pathological"}), "data.partition");
+}
+
+TEST(FlRun, RoundLineNamesDroppedPartialAndRejectedClients) {
+  fl::RoundReport r;
+  r.round = 12;
+  r.participated = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
+  r.dropped = {11};
+  r.partial = {3, 4};
+  r.train_loss = 0.2312;
+  r.seconds = 0.84;
+  r.test = fl::Evaluation{0.1, 0.97123, 100};
+  EXPECT_EQ(format_round_line(r, 100),
+            "round 12/100: 10 clients (1 dropped, 2 partial), train loss 0.2312, test accuracy "
+            "97.12%, 0.84 s");
+  r.dropped.clear();
+  r.partial.clear();
+  r.rejected = 2;
+  r.test.reset();
+  EXPECT_EQ(format_round_line(r, 100),
+            "round 12/100: 10 clients (2 rejected), train loss 0.2312, 0.84 s");
+}
+
+// The FedAvg paper's models as the example job files describe them.
+int64_t example_parameters(const std::string& name) {
+  const JobConfig job = read_job_file(std::string(DTRAIN_SOURCE_DIR) + "/examples/" + name, {}).job;
+  Rng rng(job.seed);
+  return build_model(job.model, rng, job.source)->num_parameters();
+}
+
+TEST(FlRun, ExampleModelsHaveThePapersParameterCounts) {
+  EXPECT_EQ(example_parameters("fl_mnist_2nn.toml"), 199210);
+  EXPECT_EQ(example_parameters("fl_mnist_cnn.toml"), 1663370);
+}
+
+}  // namespace
+}  // namespace dtrain::train
