@@ -116,6 +116,8 @@ int client(const FlDeployCommandOptions& options, const train::JobConfig& job, i
   o.client = id;
   o.server = server;
   o.logger = &logger;
+  o.server_timeout =
+      std::chrono::milliseconds(static_cast<int64_t>(options.server_timeout_s * 1000));
   if (kill_at) {
     o.on_task = [round = *kill_at](int64_t task) {
       if (task == round) kill_self();
@@ -236,6 +238,11 @@ FlDeployCommands add_fl_deploy_commands(CLI::App& app, FlDeployCommandOptions& o
       ->required()
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 40));
   c.client->add_option("--server", o.server, "The server's tcp://HOST:PORT (default fl.server)");
+  c.client
+      ->add_option("--server-timeout", o.server_timeout_s,
+                   "Seconds without a word from the server before the client gives up "
+                   "(default 60)")
+      ->check(CLI::Range(0.1, 86400.0));
   add_insecure(*c.client, o);
   c.process = app.add_subcommand("fl-process", "");  // hidden: started by `fl --processes`
   add_job_options(*c.process, o);

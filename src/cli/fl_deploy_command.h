@@ -44,6 +44,7 @@ struct FlDeployCommandOptions {
   int64_t client_id = -1;
   int64_t clients = 0;  // --processes: N (0: fl.clients)
   int64_t max_restarts = 1;
+  double server_timeout_s = 60.0;  // fl-client: silence from the server before it gives up
   bool insecure = false;
   bool processes = false;  // `dtrain fl --processes`
   std::map<std::string, std::string> environment;

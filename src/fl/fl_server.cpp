@@ -240,10 +240,10 @@ void FlServer::Impl::wait_for_clients(int64_t round, bool first, const std::stop
   const FlConfig& c = options_.config;
   const auto start = Clock::now();
   const Deadline limit(start + options_.join_timeout);
-  // The first round of a run waits a little for a full round: the clients
-  // are still starting.
+  // The first round of a run waits for a full round: the clients are still
+  // starting.
   const Deadline fill(
-      start + (first ? std::min(options_.join_timeout, milliseconds(5000)) : milliseconds(0)));
+      start + (first ? std::min(options_.join_timeout, options_.fill_timeout) : milliseconds(0)));
   while (!stop.stop_requested()) {
     const auto have = static_cast<int64_t>(connected(Clock::now()).size());
     if (have >= c.clients_per_round() || (have >= c.min_fit_clients && fill.expired())) return;
@@ -367,6 +367,9 @@ FlServerResult FlServer::Impl::run(const std::stop_token& stop) {
     report.partial.assign(open->partial.begin(), open->partial.end());
     report.rejected = open->rejected;
     report.train_loss = open->aggregator.mean_loss();
+    logger_.info("fl server: round {} closed: participated [{}], dropped [{}] ({} rejected)", round,
+                 fmt::join(report.participated, ", "), fmt::join(report.dropped, ", "),
+                 report.rejected);
     report.bytes_up = open->bytes_up;
     const bool last = round == c.rounds;
     if (options_.evaluate && (last || (c.eval_every > 0 && round % c.eval_every == 0))) {

@@ -4,7 +4,8 @@
 // clients that joined, and runs the rounds:
 //
 //   1. waits (at most join_timeout) until min_fit_clients clients are
-//      connected: joined and heard from within client_timeout;
+//      connected: joined and heard from within client_timeout (the first
+//      round of a run waits up to fill_timeout for a full round);
 //   2. samples m = min(clients_per_round(), connected) of the connected ids:
 //      sample_clients() over their ascending list, a pure function of
 //      (seed, round, attempt), so a resumed server repeats the draw for the
@@ -66,6 +67,10 @@ struct FlServerOptions {
   std::chrono::milliseconds client_timeout{10000};
   // How long a round start waits for min_fit_clients connected clients.
   std::chrono::milliseconds join_timeout{60000};
+  // The first round of a run (the clients are still starting) waits this
+  // long for clients_per_round() connected clients before it starts with
+  // fewer (at most join_timeout).
+  std::chrono::milliseconds fill_timeout{30000};
   // Attempts at one round (a new draw each) before the job stops.
   int max_round_attempts = 3;
   // After the last round: how long joins are still answered kDone.
