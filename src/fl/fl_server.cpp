@@ -90,6 +90,9 @@ class FlServer::Impl {
   struct KnownClient {
     std::string identity;  // the ROUTER routing id of its latest connection
     Clock::time_point last_heard;
+    // Sampled and silent until a round's deadline: not sampled again until
+    // it is heard from (a join or a late update).
+    bool missed = false;
   };
   // The round whose updates are being collected.
   struct OpenRound {
@@ -132,7 +135,7 @@ class FlServer::Impl {
 std::vector<int64_t> FlServer::Impl::connected(Clock::time_point now) const {
   std::vector<int64_t> ids;
   for (const auto& [id, known] : clients_) {
-    if (now - known.last_heard <= options_.client_timeout) ids.push_back(id);
+    if (!known.missed && now - known.last_heard <= options_.client_timeout) ids.push_back(id);
   }
   return ids;  // ascending: a std::map's order
 }
@@ -185,6 +188,7 @@ void FlServer::Impl::handle(const comm::wire::Frame& frame, OpenRound* open) {
     }
     it->second.identity = frame.identity;
     it->second.last_heard = Clock::now();
+    it->second.missed = false;
     send(frame.identity, m.client, done_ ? encode_done(done_rounds_) : encode_wait(rounds_done_));
     return;
   }
@@ -208,6 +212,7 @@ void FlServer::Impl::handle_update(const comm::wire::Frame& frame, ClientUpdate 
   auto known = clients_.find(client);
   if (known != clients_.end() && known->second.identity == frame.identity) {
     known->second.last_heard = Clock::now();
+    known->second.missed = false;
   }
   if (open == nullptr) {
     reject(
@@ -301,6 +306,7 @@ std::optional<FlServer::Impl::OpenRound> FlServer::Impl::collect(int64_t round, 
     if (stop.stop_requested()) return std::nullopt;
     serve_once(deadline, &open);
   }
+  for (int64_t id : open.outstanding) clients_.at(id).missed = true;
   report.sampled = sampled;
   return open;
 }

@@ -24,7 +24,11 @@
 //      naming the round and who answered.
 // At the end every known client gets kDone; for done_linger afterwards a
 // client that joins is answered kDone too. A client that joins in the
-// middle of a round (restarted, late) takes part from the next round.
+// middle of a round (restarted, late) takes part from the next round. A
+// sampled client that did not answer by a round's deadline is not sampled
+// again until it is heard from (its next join, or its late update), so a
+// dead client costs one round's deadline, not one per round until
+// client_timeout.
 //
 // Ownership: owns its ZeroMQ context and socket; the Logger must outlive it.
 // Thread safety: run() on one thread; stats() and endpoint() from any thread.

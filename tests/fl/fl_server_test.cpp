@@ -225,11 +225,14 @@ TEST(FlServer, ARoundClosesAtItsDeadlineWithoutASilentClient) {
   tb.join();
   serving.join();
   ASSERT_EQ(reports.size(), 2u) << log.all();
+  EXPECT_EQ(reports[0].dropped, (std::vector<int64_t>{2}));
   for (const RoundReport& r : reports) {
     EXPECT_EQ(r.participated, (std::vector<int64_t>{0, 1}));
-    EXPECT_EQ(r.dropped, (std::vector<int64_t>{2}));
     EXPECT_FALSE(r.failed);
   }
+  // Round 2 samples the silent client only if its next join came first (it
+  // missed round 1's deadline); either way it is not aggregated.
+  EXPECT_TRUE(reports[1].dropped.empty() || reports[1].dropped == std::vector<int64_t>{2});
 }
 
 TEST(FlServer, RepeatsARoundWithTooFewUpdatesThenStopsNamingTheRound) {
