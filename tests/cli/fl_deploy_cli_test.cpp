@@ -56,6 +56,35 @@ int count_of(const std::string& text, const std::string& what) {
   return n;
 }
 
+// The model of `dtrain fl JOB` (the simulation) in `dir`/sim.
+std::string simulated_model(TempDir& dir) {
+  const CliRun sim = run_dtrain({"fl", dir.file("job.toml"), "--output", dir.file("sim")});
+  EXPECT_TRUE(sim.status.ok()) << sim.output;
+  return read_text(dir.file("sim") + "/model.safetensors");
+}
+
+TEST(FlDeployCli, AFaultFreeRunWithProcessesWritesTheSimulationsModel) {
+  TempDir dir;
+  write_file(dir.file("job.toml"), kJob);
+  const std::string out = dir.file("out");
+  const CliRun run = run_dtrain({"fl", dir.file("job.toml"), "--processes", "--output", out});
+  ASSERT_TRUE(run.status.ok()) << run.output;
+  const std::string model = read_text(out + "/model.safetensors");
+  EXPECT_FALSE(model.empty());
+  // Same sampling, the same per-client RNG streams, aggregation in client-id
+  // order: the same bytes.
+  EXPECT_TRUE(model == simulated_model(dir));
+}
+
+TEST(FlDeployCli, WithoutAJobSecretTheServerRefusesToStart) {
+  TempDir dir;
+  write_file(dir.file("job.toml"), kJob);
+  const CliRun run = run_dtrain({"fl-server", dir.file("job.toml"), "--output", dir.file("out")},
+                                {{"DTRAIN_JOB_SECRET", ""}});
+  EXPECT_EQ(run.status.code, 2) << run.output;
+  EXPECT_NE(run.output.find("DTRAIN_JOB_SECRET is not set"), std::string::npos) << run.output;
+}
+
 TEST(FlDeployCli, ClientsKilledMidRoundAreDroppedAtTheDeadlineAndTheRunCompletes) {
   TempDir dir;
   write_file(dir.file("job.toml"), kJob);
@@ -98,6 +127,9 @@ TEST(FlDeployCli, AKilledServerIsRestartedAndResumesAfterItsLastRound) {
         << "round " << round << "\n"
         << metrics;
   }
+  // The resumed server continued exactly: the final model is the
+  // fault-free one.
+  EXPECT_TRUE(read_text(out + "/model.safetensors") == simulated_model(dir));
 }
 
 TEST(FlDeployCli, AClientWithAnotherSecretIsRefusedAndCounted) {
