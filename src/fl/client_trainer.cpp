@@ -9,6 +9,7 @@
 #include "autograd/functions.h"
 #include "core/error.h"
 #include "fl/flat_model.h"
+#include "nn/dropout.h"
 #include "nn/optimizer.h"
 
 namespace dtrain::fl {
@@ -41,6 +42,15 @@ void add_proximal_term(const std::vector<Variable>& parameters, std::span<const 
     }
     at += n;
   }
+}
+
+// Seeds every Dropout layer of `module` from the client's generator: a
+// dropout Rng is state outside the flat weights, and a trainer reused for
+// another client would otherwise carry it over (results would then depend on
+// which thread trained which clients).
+void reseed_dropout(nn::Module& module, Rng& rng) {
+  if (auto* dropout = dynamic_cast<nn::Dropout*>(&module)) dropout->rng().seed_with(rng.next_u64());
+  for (const auto& [name, child] : module.named_children()) reseed_dropout(*child, rng);
 }
 
 // Fisher-Yates with the client's generator.
@@ -95,6 +105,7 @@ ClientUpdate ClientTrainer::train(int64_t client, int64_t round, std::span<const
 
   load_flat(*model_, global);
   model_->train();
+  reseed_dropout(*model_, rng);
   const std::vector<Variable> parameters = model_->parameters();
   const std::unique_ptr<nn::Optimizer> optimizer =
       nn::make_optimizer(training.optimizer, parameters);

@@ -9,10 +9,12 @@
 // The proximal term is added to the gradients (mu (w - w_global)) before
 // each optimizer step, not through autograd. Each epoch visits the client's
 // indices in an order drawn from `rng`; the last batch of an epoch may be
-// short. `max_steps` (>= 1; default all) stops early: a straggler's partial
-// work, marked partial in the update. The update's loss is the mean of the
-// steps' batch losses. A client without samples trains nothing and returns
-// samples 0 and a zero delta (an aggregator refuses it).
+// short. `rng` also seeds the model's Dropout layers, so that a client's
+// result does not depend on what the trainer ran before. `max_steps` (>= 1;
+// default all) stops early: a straggler's partial work, marked partial in the
+// update. The update's loss is the mean of the steps' batch losses. A client
+// without samples trains nothing and returns samples 0 and a zero delta (an
+// aggregator refuses it).
 //
 // A trainer owns one model (built by the factory) and is reused for many
 // clients, one at a time: memory is one model per thread, not per client.

@@ -185,9 +185,47 @@ void FlRunRecorder::write_event(const std::string& json_line) {
   }
 }
 
+namespace {
+
+// The test accuracies of rounds 1 .. up_to as metrics.jsonl last recorded
+// them (a resumed run's lines replace the earlier run's); lines that do not
+// parse are skipped, as obs's reader skips a torn line.
+std::map<int64_t, double> recorded_accuracies(const std::string& path, int64_t up_to) {
+  std::map<int64_t, double> accuracy;
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) {
+    const nlohmann::json object = nlohmann::json::parse(line, nullptr, false);
+    if (!object.is_object() || object.value("event", "") != "round") continue;
+    const auto round = object.find("round");
+    const auto test = object.find("test_accuracy");
+    if (round == object.end() || !round->is_number_integer()) continue;
+    const int64_t r = round->get<int64_t>();
+    if (r > up_to) continue;
+    if (test != object.end() && test->is_number()) {
+      accuracy[r] = test->get<double>();
+    } else {
+      accuracy.erase(r);
+    }
+  }
+  return accuracy;
+}
+
+}  // namespace
+
 void FlRunRecorder::begin(const FlRunStart& start) {
   started_ = unix_now();
   last_round_ = start.start_round;
+  if (start.start_round > 0 && job_.fl.target_accuracy > 0.0) {
+    // A resumed run: the round that first reached the target may be behind.
+    for (const auto& [round, accuracy] :
+         recorded_accuracies(io::join_path(job_.output, "metrics.jsonl"), start.start_round)) {
+      if (accuracy >= job_.fl.target_accuracy) {
+        reached_round_ = round;
+        reached_accuracy_ = accuracy;
+        break;
+      }
+    }
+  }
   const fl::FlConfig& f = job_.fl;
   write_event(nlohmann::json{
       {"event", "begin"},
@@ -227,6 +265,7 @@ void FlRunRecorder::on_round(const fl::RoundReport& r) {
     if (!reached_round_ && job_.fl.target_accuracy > 0.0 &&
         r.test->accuracy >= job_.fl.target_accuracy) {
       reached_round_ = r.round;
+      reached_accuracy_ = r.test->accuracy;
     }
   }
   if (out_ != nullptr) *out_ << format_round_line(r, job_.fl.rounds) << '\n' << std::flush;
@@ -295,14 +334,11 @@ FlRunSummary FlRunRecorder::finish(const fl::ServerState& state,
   io::save_safetensors(model->state_dict(), s.weights_path);
   const double target = job_.fl.target_accuracy;
   if (s.reached_round) {
-    s.line =
-        fmt::format("reached {:.2f}% at round {} (target {:.2f}%)",
-                    100.0 * (s.test ? s.test->accuracy : 0.0), *s.reached_round, 100.0 * target);
+    s.line = fmt::format("reached {:.2f}% at round {} (target {:.2f}%)", 100.0 * reached_accuracy_,
+                         *s.reached_round, 100.0 * target);
     if (s.test && s.rounds != *s.reached_round) {
-      s.line = fmt::format(
-          "reached the target {:.2f}% at round {}; final test accuracy {:.2f}% "
-          "after {} rounds",
-          100.0 * target, *s.reached_round, 100.0 * s.test->accuracy, s.rounds);
+      s.line += fmt::format("; final test accuracy {:.2f}% after {} rounds",
+                            100.0 * s.test->accuracy, s.rounds);
     }
   } else if (s.test) {
     s.line = fmt::format("final test accuracy {:.2f}% after {} rounds", 100.0 * s.test->accuracy,
@@ -342,8 +378,9 @@ int run_fl(const JobConfig& job, const FlRunOptions& options) {
   start.test_samples = fl_job.data.test.size();
   recorder.begin(start);
 
-  if (resume && resume->round >= job.fl.rounds) {
-    // Nothing left to run: the final model is the checkpoint's.
+  if (resume && (resume->round >= job.fl.rounds || recorder.reached_round())) {
+    // Nothing left to run (all rounds done, or the target reached, which
+    // ends the simulation): the final model is the checkpoint's.
     std::optional<fl::Evaluation> test;
     if (fl_job.evaluate) test = fl_job.evaluate(resume->weights);
     recorder.finish(*resume, test);

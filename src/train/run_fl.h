@@ -97,12 +97,17 @@ class FlRunRecorder {
   // that they cannot be mistaken for this run's.
   void set_aside_checkpoints();
 
-  // The "begin" event (and a first progress line).
+  // The "begin" event (and a first progress line). A resumed run (start_round
+  // > 0) with a target looks up in metrics.jsonl whether an earlier round
+  // already reached it.
   void begin(const FlRunStart& start);
   // A round: its progress line, its "round" event, its TensorBoard scalars.
   void on_round(const fl::RoundReport& report);
   // Writes the state as checkpoint ckpt-<state.round>.dtc and prunes.
   void checkpoint(const fl::ServerState& state);
+  // The first round at or above fl.target_accuracy, as this run saw it or,
+  // after begin() of a resumed run, as metrics.jsonl recorded it.
+  std::optional<int64_t> reached_round() const { return reached_round_; }
   // The round of the last checkpoint() (0: none yet in this run).
   int64_t last_checkpoint_round() const { return last_checkpoint_round_; }
   // Writes the final weights to <output>/model.safetensors, the "end"
@@ -129,6 +134,7 @@ class FlRunRecorder {
   int64_t last_checkpoint_round_ = 0;
   std::optional<fl::Evaluation> last_test_;
   std::optional<int64_t> reached_round_;
+  double reached_accuracy_ = 0.0;  // the test accuracy of reached_round_
 };
 
 // Progress line of one round, without the newline.

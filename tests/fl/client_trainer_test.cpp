@@ -137,6 +137,23 @@ TEST_F(ClientTrainerTest, ReusedTrainerCarriesNothingBetweenClients) {
   EXPECT_TRUE(same_bits(second.delta, alone.delta));
 }
 
+TEST_F(ClientTrainerTest, ReusedTrainerReseedsDropoutPerClient) {
+  // Dropout's generator is extra state, outside the flat weights: a client's
+  // masks must come from its own Rng, not from whoever trained before it.
+  const ModelFactory make = fixtures::mlp_model(kFeatures, 8, kClasses, 7, 0.5f);
+  const std::vector<float> global = flatten(*make());
+  const LocalTraining t = sgd(2, 4, 0.1f);
+  ClientTrainer reused(make, data_), fresh(make, data_);
+  Rng r0(1), r1(2), r2(2);
+  reused.train(0, 1, global, range(0, 16), t, r0);
+  const ClientUpdate second = reused.train(1, 1, global, range(16, 16), t, r1);
+  const ClientUpdate alone = fresh.train(1, 1, global, range(16, 16), t, r2);
+  EXPECT_TRUE(same_bits(second.delta, alone.delta));
+  // Other client streams give other masks.
+  Rng r3(3);
+  EXPECT_FALSE(same_bits(fresh.train(1, 1, global, range(16, 16), t, r3).delta, alone.delta));
+}
+
 TEST_F(ClientTrainerTest, NoSamplesGivesAnEmptyUpdate) {
   ClientTrainer trainer(make_, data_);
   Rng rng(1);

@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "core/rng.h"
+#include "fl/update.h"
 #include "io/checkpoint.h"
 #include "testing/expect_error.h"
 
@@ -69,6 +70,27 @@ TEST(ServerOptimizer, NoneWithLrOneAddsTheMeanDelta) {
   opt.apply(w, delta);
   EXPECT_EQ(w, (std::vector<float>{0.75f, -0.875f, 4.0f}));
   EXPECT_TRUE(opt.state_dict().empty());
+}
+
+TEST(ServerOptimizer, FedAvgRoundIsTheWeightedMeanOfTheClientsModels) {
+  // Two clients start from w = (1, 2) and end at (3, 2) with 1 sample and
+  // (1, 6) with 3: FedAvg's next model is (1*(3, 2) + 3*(1, 6)) / 4 = (1.5, 5).
+  const std::vector<float> w0 = {1.0f, 2.0f};
+  RoundAggregator agg(0, 2, 2, {0, 1});
+  ClientUpdate a;
+  a.client = 0;
+  a.samples = 1;
+  a.delta = {2.0f, 0.0f};
+  ClientUpdate b;
+  b.client = 1;
+  b.samples = 3;
+  b.delta = {0.0f, 4.0f};
+  ASSERT_FALSE(agg.add(b));
+  ASSERT_FALSE(agg.add(a));
+  ServerOptimizer opt(ServerOptimizerConfig{}, 2);
+  std::vector<float> w = w0;
+  opt.apply(w, agg.mean_delta());
+  EXPECT_EQ(w, (std::vector<float>{1.5f, 5.0f}));
 }
 
 TEST(ServerOptimizer, NoneScalesByLr) {

@@ -66,6 +66,22 @@ TEST(ServerState, CheckpointRoundTripsThroughAFile) {
   EXPECT_EQ(opt.steps(), 1);
 }
 
+TEST(ServerState, PlainFedAvgStateRoundTrips) {
+  ServerState state;
+  state.round = 2;
+  state.weights = {1.0f, -1.0f};
+  state.optimizer = ServerOptimizer(ServerOptimizerConfig{}, 2).state_dict();
+  dtrain::testing::TempDir tmp;
+  io::write_checkpoint(to_checkpoint(state), tmp.file("s.dtc"));
+  const ServerState back = from_checkpoint(io::read_checkpoint(tmp.file("s.dtc")), 2);
+  EXPECT_EQ(back.round, 2);
+  EXPECT_EQ(back.weights, state.weights);
+  EXPECT_EQ(back.rejected_updates, 0);
+  EXPECT_TRUE(back.optimizer.empty());
+  EXPECT_EQ(back.optimizer.metadata(), state.optimizer.metadata());
+  ServerOptimizer(ServerOptimizerConfig{}, 2).load_state_dict(back.optimizer);
+}
+
 TEST(ServerState, RefusesACheckpointWithoutGlobalOrOfAnotherSize) {
   const io::Checkpoint good = to_checkpoint(sample_state());
   expect_usage_error([&] { from_checkpoint(good, 4); },

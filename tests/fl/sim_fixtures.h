@@ -16,6 +16,7 @@
 #include "fl/client_trainer.h"
 #include "fl/flat_model.h"
 #include "nn/activation.h"
+#include "nn/dropout.h"
 #include "nn/linear.h"
 #include "nn/sequential.h"
 
@@ -30,13 +31,16 @@ inline ModelFactory linear_model(int64_t features, int64_t classes, uint64_t see
   };
 }
 
-inline ModelFactory mlp_model(int64_t features, int64_t hidden, int64_t classes,
-                              uint64_t seed = 7) {
+// dropout > 0: a Dropout layer after the ReLU (its Rng is extra state, not
+// weights).
+inline ModelFactory mlp_model(int64_t features, int64_t hidden, int64_t classes, uint64_t seed = 7,
+                              float dropout = 0.0f) {
   return [=]() -> std::unique_ptr<nn::Module> {
     Rng rng(seed);
     auto model = std::make_unique<nn::Sequential>();
     model->add(std::make_unique<nn::Linear>(features, hidden, rng));
     model->add(std::make_unique<nn::ReLU>());
+    if (dropout > 0.0f) model->add(std::make_unique<nn::Dropout>(dropout, rng));
     model->add(std::make_unique<nn::Linear>(hidden, classes, rng));
     return model;
   };

@@ -1,5 +1,6 @@
 #include "fl/simulation.h"
 
+#include <cblas.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -86,8 +87,12 @@ TEST_F(SimulationTest, FedProxWithMuZeroIsFedAvgBitForBit) {
 }
 
 TEST_F(SimulationTest, ThreadCountDoesNotChangeABit) {
-  SimulationOptions o = options(20, 15);
-  o.make_model = fixtures::mlp_model(kFeatures, 16, kClasses);
+  // 60 samples a client: each client takes long enough that the pool's
+  // threads really overlap.
+  SimulationOptions o = options(20, 60);
+  // Dropout's generator is state outside the weights: a trainer reused for
+  // another client must not carry it over.
+  o.make_model = fixtures::mlp_model(kFeatures, 16, kClasses, 7, 0.3f);
   o.config.fraction = 0.5;
   o.config.rounds = 3;
   o.config.local_epochs = 2;
@@ -247,6 +252,44 @@ TEST_F(SimulationTest, ClientWithoutDataIsDropped) {
   EXPECT_EQ(reports[0].rejected, 0);
 }
 
+TEST_F(SimulationTest, NonFiniteUpdateIsRejectedAndListedAsDropped) {
+  SimulationOptions o = options(4, 5);
+  o.config.rounds = 2;
+  // Client 2's samples (rows 10..14) hold a NaN feature: its loss, gradient
+  // and delta are NaN.
+  for (int64_t row = 10; row < 15; ++row) data_.features().data()[row * kFeatures] = std::nanf("");
+  std::vector<RoundReport> reports;
+  o.on_round = [&](const RoundReport& r) { reports.push_back(r); };
+  const SimulationResult result = run_simulation(o);
+  ASSERT_EQ(reports.size(), 2u);
+  for (const RoundReport& r : reports) {
+    EXPECT_EQ(r.rejected, 1);
+    EXPECT_EQ(r.dropped, (std::vector<int64_t>{2}));
+    EXPECT_EQ(r.participated, (std::vector<int64_t>{0, 1, 3}));
+    EXPECT_FALSE(r.failed);
+  }
+  EXPECT_EQ(result.state.rejected_updates, 2);
+  for (float w : result.state.weights) ASSERT_TRUE(std::isfinite(w));
+}
+
+TEST_F(SimulationTest, TenThousandClientsHundredPerRound) {
+  // An idle client is its index list: 10,000 clients cost their parts, and
+  // a round trains only its 100 (threads 0: one per core).
+  SimulationOptions o = options(10000, 2);
+  o.config.fraction = 0.01;
+  o.config.rounds = 3;
+  o.config.threads = 0;
+  std::vector<RoundReport> reports;
+  o.on_round = [&](const RoundReport& r) { reports.push_back(r); };
+  const SimulationResult result = run_simulation(o);
+  ASSERT_EQ(reports.size(), 3u);
+  for (const RoundReport& r : reports) {
+    EXPECT_EQ(r.sampled.size(), 100u);
+    EXPECT_EQ(r.participated, r.sampled);
+  }
+  EXPECT_FALSE(same_bits(result.state.weights, initial(o)));
+}
+
 TEST_F(SimulationTest, ResumingFromACheckpointContinuesBitForBit) {
   SimulationOptions o = options(12, 10);
   o.config.fraction = 0.5;
@@ -296,6 +339,24 @@ TEST_F(SimulationTest, StopsAtTheTargetAccuracyAndCheckpoints) {
   EXPECT_EQ(checkpoints, (std::vector<int64_t>{2}));
   ASSERT_TRUE(result.last_test.has_value());
   EXPECT_EQ(result.last_test->accuracy, 0.95);
+}
+
+TEST_F(SimulationTest, BlasThreadsAreRestoredForTheCallbacks) {
+  const int before = openblas_get_num_threads();
+  openblas_set_num_threads(2);
+  SimulationOptions o = options(4, 5);
+  o.config.rounds = 2;
+  o.config.threads = 2;
+  std::vector<int> seen;
+  o.evaluate = [&](std::span<const float>) {
+    seen.push_back(openblas_get_num_threads());
+    return Evaluation{};
+  };
+  o.on_round = [&](const RoundReport&) { seen.push_back(openblas_get_num_threads()); };
+  run_simulation(o);
+  EXPECT_EQ(seen, (std::vector<int>{2, 2, 2, 2}));
+  EXPECT_EQ(openblas_get_num_threads(), 2);
+  openblas_set_num_threads(before);
 }
 
 TEST_F(SimulationTest, ChecksItsOptions) {

@@ -219,6 +219,31 @@ TEST(FlRun, TargetAccuracyStopsTheRunAndTheSummarySaysWhen) {
   EXPECT_NE(out.find("at round " + std::to_string(last) + " (target 50.00%)"), std::string::npos)
       << out;
   EXPECT_EQ(events(tmp.file("metrics.jsonl"), "end")[0].at("reached_round"), last);
+
+  // Run again: the target was reached at the checkpoint's round, so nothing
+  // trains, and the summary names the same round.
+  const std::string before = file_bytes(tmp.file("model.safetensors"));
+  const std::string again = run(job_for(tmp.path(), 50, {"fl.target_accuracy=0.5"}));
+  EXPECT_EQ(again.find("round " + std::to_string(last + 1) + "/50"), std::string::npos) << again;
+  EXPECT_NE(again.find("at round " + std::to_string(last) + " (target 50.00%)"), std::string::npos)
+      << again;
+  EXPECT_EQ(file_bytes(tmp.file("model.safetensors")), before);
+  EXPECT_EQ(events(tmp.file("metrics.jsonl"), "end")[1].at("reached_round"), last);
+}
+
+// Unbalanced clients (lognormal sizes, the "quantity" partitioner): every
+// sampled client has data and reports.
+TEST(FlRun, QuantitySkewedClientsTrain) {
+  testing::TempDir tmp;
+  run(job_for(tmp.path(), 2, {"data.partition=\"quantity\"", "data.quantity_sigma=1.5"}));
+  const auto rounds = events(tmp.file("metrics.jsonl"), "round");
+  ASSERT_EQ(rounds.size(), 2u);
+  for (const auto& r : rounds) {
+    EXPECT_EQ(r.at("participated"), 5) << r.dump();
+    EXPECT_EQ(r.at("dropped"), 0) << r.dump();
+  }
+  const auto begin = events(tmp.file("metrics.jsonl"), "begin");
+  EXPECT_EQ(begin[0].at("partition"), "quantity");
 }
 
 TEST(FlRun, BadFlKeysAreConfigErrorsNamingTheKey) {
