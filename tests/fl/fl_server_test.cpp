@@ -164,7 +164,11 @@ TEST(FlServer, RejectsBadUpdatesAndForeignSendersNamingTheClient) {
     std::this_thread::sleep_for(milliseconds(10));
   }
 
-  ScriptedClient good(server.endpoint(), 0, [](const FlTask& t) {
+  // Client 0 answers well; in its round client 17 (out of range) sends an
+  // update too (from client 0's thread, after the main thread is done with
+  // that socket).
+  ScriptedClient good(server.endpoint(), 0, [&out_of_range](const FlTask& t) {
+    out_of_range.send(encode_update(update_of(17, t, {1.0f, 2.0f})));
     return std::vector{update_of(0, t, {1.0f, 2.0f})};
   });
   ScriptedClient wrong_shape(server.endpoint(), 1, [](const FlTask& t) {
@@ -191,14 +195,15 @@ TEST(FlServer, RejectsBadUpdatesAndForeignSendersNamingTheClient) {
   EXPECT_EQ(r.sampled, (std::vector<int64_t>{0, 1, 2, 3}));
   EXPECT_EQ(r.participated, (std::vector<int64_t>{0}));
   EXPECT_EQ(r.dropped, (std::vector<int64_t>{1, 2, 3}));
-  EXPECT_EQ(r.rejected, 3);
+  EXPECT_EQ(r.rejected, 4);
   EXPECT_EQ(result.state.weights, (std::vector<float>{1.0f, 2.0f}));
   EXPECT_EQ(log.count("client 1, round 1: update has 3 values, the model has 2"), 1u) << log.all();
   EXPECT_EQ(log.count("client 2, round 1: update value 0 is nan"), 1u) << log.all();
   EXPECT_EQ(log.count("client 3, round 1: update from future round 2"), 1u) << log.all();
   EXPECT_EQ(log.count("a join from client 17: the id is outside [0, 4)"), 1u) << log.all();
+  EXPECT_EQ(log.count("client 17, round 1: client id outside [0, 4)"), 1u) << log.all();
   EXPECT_GE(server.stats().dropped_frames, 1u);
-  EXPECT_EQ(server.stats().rejected_updates, 4);
+  EXPECT_EQ(server.stats().rejected_updates, 5);
 }
 
 TEST(FlServer, ARoundClosesAtItsDeadlineWithoutASilentClient) {
