@@ -9,7 +9,6 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
-#include <regex>
 #include <string>
 
 #include "cli_test_util.h"
@@ -147,12 +146,20 @@ TEST(FlDeployCli, AClientWithAnotherSecretIsRefusedAndCounted) {
             "fl.min_fit_clients=1", "--set", "fl.rounds=2"}),
       {{"DTRAIN_JOB_SECRET", "right"}, {"OPENBLAS_NUM_THREADS", "1"}});
   const Deadline deadline = Deadline::after(std::chrono::seconds(120));
-  std::smatch address;
-  const std::regex listening("listening on (tcp://127\\.0\\.0\\.1:[0-9]+)");
-  while (!std::regex_search(server.output(), address, listening) && !deadline.expired()) {
+  // The address the server printed: "listening on tcp://127.0.0.1:PORT ".
+  const std::string marker = "listening on tcp://127.0.0.1:";
+  auto printed = [&]() -> std::string {
+    const size_t at = server.output().find(marker);
+    if (at == std::string::npos) return {};
+    const size_t end = server.output().find(' ', at + marker.size());
+    if (end == std::string::npos) return {};
+    return server.output().substr(at + 13, end - at - 13);  // from "tcp://"
+  };
+  while (printed().empty() && !deadline.expired()) {
     ASSERT_TRUE(server.read_some(1000)) << server.output();
   }
-  const std::string endpoint = address[1];
+  const std::string endpoint = printed();
+  ASSERT_FALSE(endpoint.empty()) << server.output();
   ChildProcess stranger =
       ChildProcess::spawn(args({"fl-client", dir.file("job.toml"), "--client-id", "1", "--server",
                                 endpoint, "--server-timeout", "3", "--set", "fl.clients=2"}),
