@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <zmq.hpp>
 
 #include "comm/wire/framed_socket.h"
@@ -112,12 +113,36 @@ class FlClient::Impl {
     if (options_.on_task) options_.on_task(task.round);
     LocalTraining training = task.training;
     training.optimizer = options_.optimizer;
+    const auto samples = static_cast<int64_t>(options_.indices.size());
+    const int64_t full = std::min(local_steps(samples, training), training.max_steps);
+    if (options_.partial_work && seconds_per_step_ > 0.0 && task.deadline_ms > 0) {
+      // Partial work (FedProx): as many steps as the last round's pace fits
+      // into deadline_fraction of the round's deadline.
+      const double budget =
+          options_.deadline_fraction * static_cast<double>(task.deadline_ms) / 1e3;
+      const double fits = std::floor(budget / seconds_per_step_);
+      if (fits < static_cast<double>(full)) {
+        training.max_steps = std::max<int64_t>(1, static_cast<int64_t>(fits));
+        logger_.info(
+            "fl client {}: round {}: {} of {} step(s) fit the deadline of {} ms at {:.4f} "
+            "s a step",
+            options_.client, task.round, training.max_steps, full, task.deadline_ms,
+            seconds_per_step_);
+      }
+    }
     Rng rng = client_rng(options_.seed, task.round, options_.client);
+    const auto started = Clock::now();
     ClientUpdate update =
         trainer_->train(options_.client, task.round, task.weights, options_.indices, training, rng);
+    if (update.steps > 0) {
+      seconds_per_step_ = options_.seconds_per_step
+                              ? options_.seconds_per_step()
+                              : std::chrono::duration<double>(Clock::now() - started).count() /
+                                    static_cast<double>(update.steps);
+    }
     if (options_.tamper) options_.tamper(update);
-    logger_.info("fl client {}: round {}: {} step(s), loss {:.4f}", options_.client, task.round,
-                 update.steps, update.loss);
+    logger_.info("fl client {}: round {}: {} step(s){}, loss {:.4f}", options_.client, task.round,
+                 update.steps, update.partial ? " (partial)" : "", update.loss);
     send(encode_update(update));
   }
 
@@ -127,6 +152,7 @@ class FlClient::Impl {
   std::unique_ptr<ClientTrainer> trainer_;
   zmq::context_t context_{1};
   std::unique_ptr<comm::wire::FramedSocket> socket_;
+  double seconds_per_step_ = 0.0;  // the last task's pace (0: none yet)
 };
 
 FlClient::FlClient(FlClientOptions options, const comm::JobAuth& auth, Logger& logger)

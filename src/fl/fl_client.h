@@ -7,7 +7,9 @@
 //     socket; the new server learns the client from its next join);
 //   - on kTask it trains with its ClientTrainer on its own samples (the
 //     job's optimizer, the task's epochs, batch and mu; the RNG stream
-//     client_rng(seed, round, client)) and answers kUpdate;
+//     client_rng(seed, round, client)) and answers kUpdate; with
+//     partial_work it trains only the steps its last pace fits into the
+//     task's deadline (see FlClientOptions);
 //   - on kDone it returns.
 // It gives up with a TimeoutError naming the server's address when it has
 // heard nothing from the server (no reply of any kind) for server_timeout.
@@ -48,6 +50,14 @@ struct FlClientOptions {
   std::chrono::milliseconds heartbeat_interval{1000};
   std::chrono::milliseconds server_timeout{60000};
   uint64_t max_payload_bytes = uint64_t{1} << 30;
+  // Partial work (fl.algorithm fedprox, Li et al. 2020): from its second
+  // task on, a client that at its last task's pace (seconds per step) would
+  // not finish within deadline_fraction of the task's deadline stops after
+  // the steps that fit (at least 1) and sends them marked partial.
+  bool partial_work = false;
+  double deadline_fraction = 0.8;
+  // Tests: the pace (seconds per step) to assume instead of the measured one.
+  std::function<double()> seconds_per_step;
   // Called with a task's round before training it (the command's test
   // hooks: a client that kills itself mid-round).
   std::function<void(int64_t round)> on_task;

@@ -81,6 +81,7 @@ int run_fl_client(const JobConfig& job, const comm::JobAuth& auth,
   o.heartbeat_interval = options.heartbeat_interval;
   o.server_timeout = options.server_timeout;
   o.on_task = options.on_task;
+  o.partial_work = job.fl.accepts_partial_work();
   fl::FlClient client(std::move(o), auth, logger);
   const fl::FlClientResult result = client.run();
   logger.info("fl client {}: {} round(s) trained; the job ended after round {}", options.client,

@@ -154,6 +154,46 @@ TEST(FlDeploy, ClientsOutliveAServerThatIsReplacedByAResumedOne) {
   }
 }
 
+TEST(FlDeploy, FedProxClientsSendThePartialWorkThatFitsTheDeadline) {
+  DeployJob s;
+  s.config.algorithm = "fedprox";
+  s.config.proximal_mu = 0.01;
+  s.config.round_timeout_s = 4.0;
+  s.config.rounds = 2;
+  testing::LineLog log;
+  FlServerOptions so = s.server_options();
+  std::vector<RoundReport> reports;
+  so.on_round = [&](const RoundReport& r) { reports.push_back(r); };
+  FlServer server(so, comm::JobAuth(kJob, kSecret), log.logger());
+  std::vector<std::jthread> threads;
+  std::vector<ClientUpdate> sent(kClients);
+  std::vector<FlClientResult> results(kClients);
+  for (int64_t k = 0; k < kClients; ++k) {
+    threads.emplace_back([&, k] {
+      FlClientOptions o = s.client_options(k, server.endpoint());
+      o.partial_work = true;
+      // Client 2 (40 samples, E = 2, B = 10: 8 steps) is modelled at 1 s a
+      // step: from round 2 on only floor(0.8 * 4 s / 1 s) = 3 steps fit.
+      if (k == 2) o.seconds_per_step = [] { return 1.0; };
+      o.tamper = [&sent, k](ClientUpdate& u) { sent[static_cast<size_t>(k)] = u; };
+      FlClient client(o, comm::JobAuth(kJob, kSecret), log.logger());
+      results[static_cast<size_t>(k)] = client.run();
+    });
+  }
+  const FlServerResult result = server.run();
+  threads.clear();
+  ASSERT_EQ(reports.size(), 2u) << log.all();
+  EXPECT_TRUE(reports[0].partial.empty());
+  EXPECT_EQ(reports[1].partial, (std::vector<int64_t>{2}));
+  EXPECT_EQ(reports[1].participated, (std::vector<int64_t>{0, 1, 2}));
+  EXPECT_EQ(sent[2].round, 2);
+  EXPECT_EQ(sent[2].steps, 3);
+  EXPECT_TRUE(sent[2].partial);
+  EXPECT_EQ(sent[1].steps, 6);
+  EXPECT_FALSE(sent[1].partial);
+  EXPECT_EQ(result.state.round, 2);
+}
+
 TEST(FlDeploy, AClientGivesUpOnASilentServerNamingItsAddress) {
   DeployJob s;
   testing::LineLog log;
