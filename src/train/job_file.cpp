@@ -112,6 +112,10 @@ void read_data(io::TomlTable& t, DataConfig& d) {
     check_choice(t.lines(), "partition", d.partition,
                  {"iid", "label", "dirichlet", "quantity", "shards"});
   }
+  if (d.shards_per_worker < 1) {
+    throw t.lines().error("shards_per_worker",
+                          fmt::format("must be >= 1, got {}", d.shards_per_worker));
+  }
   if (d.dataset == "ctr") {
     try {
       data::check_ctr_options(ctr);

@@ -3,11 +3,15 @@
 // key), the run writes what `dtrain eval` reads, a second run resumes.
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <string>
 
 #include "cli/fl_command.h"
 #include "cli_test_util.h"
+#include "core/log.h"
+#include "io/output_lock.h"
 #include "testing/fault_fs.h"
 
 namespace dtrain::testing {
@@ -81,6 +85,20 @@ TEST(FlCli, BadFlagValuesExitTwoNamingTheKey) {
     EXPECT_TRUE(run.status.exited && run.status.code == 2) << flag << ": " << run.output;
     EXPECT_NE(run.output.find(key), std::string::npos) << flag << ": " << run.output;
   }
+}
+
+TEST(FlCli, AnOutputFolderInUseIsRefused) {
+  TempDir dir;
+  write_file(dir.file("job.toml"), kFlJob);
+  Logger quiet(LogLevel::kOff, [](LogLevel, std::string_view) {});
+  const io::OutputLock held = io::OutputLock::acquire(
+      dir.file("out"), io::this_process_record("fl_cli_test", std::chrono::system_clock::now()),
+      quiet);
+  const CliRun run =
+      run_dtrain({"fl", dir.file("job.toml"), "--rounds", "1", "--output", dir.file("out")});
+  EXPECT_TRUE(run.status.exited && run.status.code == 2) << run.output;
+  EXPECT_NE(run.output.find("is in use by another dtrain run"), std::string::npos) << run.output;
+  EXPECT_FALSE(std::filesystem::exists(dir.file("out/metrics.jsonl")));
 }
 
 TEST(FlCli, FlagsBecomeOverridesOfTheirKeys) {

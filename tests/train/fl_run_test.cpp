@@ -3,6 +3,8 @@
 // straight through, bit for bit; bad [fl] keys; the FedAvg paper's models.
 #include <gtest/gtest.h>
 
+#include <bit>
+#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -17,6 +19,8 @@
 #include "io/file_system.h"
 #include "io/safetensors.h"
 #include "obs/metrics_log.h"
+#include "obs/tensorboard_event.h"
+#include "obs/tfrecord.h"
 #include "testing/fault_fs.h"
 #include "train/job_file.h"
 #include "train/model_builder.h"
@@ -246,6 +250,89 @@ TEST(FlRun, QuantitySkewedClientsTrain) {
   EXPECT_EQ(begin[0].at("partition"), "quantity");
 }
 
+// The TFRecord payloads of the one event file in `folder`.
+std::vector<std::string> tensorboard_events(const std::string& folder) {
+  io::FileSystem& fs = io::default_file_system();
+  std::vector<std::string> names;
+  for (const std::string& name : fs.list_directory(folder)) {
+    if (name.rfind("events.out.tfevents.", 0) == 0) names.push_back(name);
+  }
+  EXPECT_EQ(names.size(), 1u) << folder;
+  if (names.size() != 1) return {};
+  const std::string blob = fs.read_file(io::join_path(folder, names[0]), io::kUnlimitedBytes);
+  std::vector<std::string> payloads;
+  size_t at = 0;
+  while (at + 12 <= blob.size()) {
+    uint64_t length = 0;
+    std::memcpy(&length, blob.data() + at, sizeof length);  // little-endian host
+    std::string framed;
+    obs::append_tfrecord(framed, blob.substr(at + 12, length));
+    EXPECT_EQ(blob.substr(at, framed.size()), framed) << "record at " << at;
+    payloads.push_back(blob.substr(at + 12, length));
+    at += framed.size();
+  }
+  EXPECT_EQ(at, blob.size());
+  return payloads;
+}
+
+// The recorder on its own, as the deployed server uses it: a round with
+// dropped, partial and rejected clients, its event and its scalars.
+TEST(FlRun, RecorderWritesTheRoundsFiguresAsEventAndScalars) {
+  testing::TempDir tmp;
+  const JobConfig job = job_for(tmp.path(), 100);
+  const fl::ModelFactory make_model = [&job] {
+    Rng rng(job.seed);
+    return std::unique_ptr<nn::Module>(build_model(job.model, rng, job.source));
+  };
+  std::ostringstream out;
+  Logger quiet(LogLevel::kOff, [](LogLevel, std::string_view) {});
+  fl::RoundReport r;
+  r.round = 7;
+  r.sampled = {1, 2, 3, 4, 5};
+  r.participated = {1, 2, 3};
+  r.dropped = {4, 5};
+  r.partial = {3};
+  r.rejected = 1;
+  r.train_loss = 0.5;
+  r.bytes_down = 3440;
+  r.bytes_up = 2064;
+  r.seconds = 1.25;
+  r.test = fl::Evaluation{0.75, 0.625, 120};
+  {
+    FlRunRecorder recorder(job, make_model, &out, quiet);
+    recorder.begin(FlRunStart{});
+    recorder.on_round(r);
+  }
+  EXPECT_NE(out.str().find("round 7/100: 3 clients (2 dropped, 1 partial, 1 rejected), train loss "
+                           "0.5000, test accuracy 62.50%, 1.25 s\n"),
+            std::string::npos)
+      << out.str();
+  const auto rounds = events(tmp.file("metrics.jsonl"), "round");
+  ASSERT_EQ(rounds.size(), 1u);
+  nlohmann::json line = rounds[0];
+  line.erase("time");
+  EXPECT_EQ(line, nlohmann::json::parse(R"({"event":"round","round":7,"sampled":5,
+      "participated":3,"dropped":2,"partial":1,"rejected":1,"failed":false,"train_loss":0.5,
+      "bytes_up":2064,"bytes_down":3440,"seconds":1.25,"test_accuracy":0.625,"test_loss":0.75})"));
+
+  const std::vector<std::string> tb = tensorboard_events(tmp.file("tensorboard"));
+  const std::vector<std::pair<std::string, double>> want{
+      {"fl/train_loss", 0.5},    {"fl/participated", 3.0},   {"fl/dropped", 2.0},
+      {"fl/partial", 1.0},       {"fl/rejected", 1.0},       {"fl/bytes_up", 2064.0},
+      {"fl/bytes_down", 3440.0}, {"fl/round_seconds", 1.25}, {"test/loss", 0.75},
+      {"test/accuracy", 0.625}};
+  ASSERT_EQ(tb.size(), want.size() + 1);  // the file-version event first
+  for (size_t i = 0; i < want.size(); ++i) {
+    const std::string& e = tb[i + 1];
+    ASSERT_EQ(e[0], '\x09');  // field 1 (wall time), a double
+    uint64_t bits = 0;
+    std::memcpy(&bits, e.data() + 1, sizeof bits);
+    EXPECT_EQ(e, obs::encode_scalar_event(want[i].first, static_cast<float>(want[i].second), 7,
+                                          std::bit_cast<double>(bits)))
+        << want[i].first;
+  }
+}
+
 TEST(FlRun, BadFlKeysAreConfigErrorsNamingTheKey) {
   testing::TempDir tmp;
   const auto key_of = [&](const std::vector<std::string>& overrides) -> std::string {
@@ -261,6 +348,7 @@ TEST(FlRun, BadFlKeysAreConfigErrorsNamingTheKey) {
   EXPECT_EQ(key_of({"fl.clients=0"}), "fl.clients");
   EXPECT_EQ(key_of({"fl.rounds=0"}), "fl.rounds");
   EXPECT_EQ(key_of({"data.partition=pathological"}), "data.partition");
+  EXPECT_EQ(key_of({"data.shards_per_worker=0"}), "data.shards_per_worker");
 }
 
 TEST(FlRun, RoundLineNamesDroppedPartialAndRejectedClients) {
