@@ -13,6 +13,7 @@
 #include "cli/commands.h"
 #include "cli/dashboard_command.h"
 #include "cli/fl_command.h"
+#include "cli/fl_deploy_command.h"
 #include "cli/launcher.h"
 #include "cli/trace_command.h"
 #include "core/error.h"
@@ -298,6 +299,10 @@ int main(int argc, char** argv) {
   add_trace_flags(*app.get_subcommand("train"), trace_flags);
   dtrain::cli::TraceCommandOptions trace_options;
   const dtrain::cli::TraceCommands trace_cmds = add_trace_command(app, trace_options);
+  // Federated deployment: fl-server, fl-client, `fl --processes` (after any `fl` subcommand).
+  dtrain::cli::FlDeployCommandOptions fl_deploy;
+  const dtrain::cli::FlDeployCommands fl_deploy_cmds =
+      dtrain::cli::add_fl_deploy_commands(app, fl_deploy);
 
   try {
     app.parse(argc, argv);
@@ -309,6 +314,11 @@ int main(int argc, char** argv) {
     signal(dtrain::cli::kJobFinishedSignal, on_job_finished);
 
   try {
+    if (const std::optional<int> status = dtrain::cli::run_fl_deploy_commands(
+            fl_deploy_cmds, fl_deploy, dtrain::cli::current_environment(), {argv, argv + argc},
+            std::cout)) {
+      return *status;
+    }
     if (train_cmd->parsed()) apply_trace_flags(trace_flags, train_options);
     if (trace_cmds.merge->parsed()) {
       return dtrain::cli::run_trace_merge(trace_options, std::cout, std::cerr);

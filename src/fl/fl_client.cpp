@@ -1,0 +1,163 @@
+#include "fl/fl_client.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <zmq.hpp>
+
+#include "comm/wire/framed_socket.h"
+#include "core/error.h"
+#include "fl/fl_protocol.h"
+#include "fl/sampling.h"
+
+namespace dtrain::fl {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+constexpr milliseconds kStopPoll{100};
+
+}  // namespace
+
+class FlClient::Impl {
+ public:
+  Impl(FlClientOptions options, const comm::JobAuth& auth, Logger& logger)
+      : options_(std::move(options)), auth_(auth), logger_(logger) {
+    if (options_.train == nullptr || !options_.make_model) {
+      throw UsageError(
+          fmt::format("fl client {}: no training data or model factory", options_.client));
+    }
+    if (options_.client < 0) {
+      throw UsageError(fmt::format("fl client id {} is negative", options_.client));
+    }
+    trainer_ = std::make_unique<ClientTrainer>(options_.make_model, *options_.train);
+    comm::wire::FramedSocketOptions o;
+    o.name = fmt::format("fl client {}", options_.client);
+    o.peer = 0;
+    o.rank = client_rank(options_.client);
+    o.limits.job_id = auth_.job_id();
+    o.limits.world_size = 1;  // only the server (rank 0) sends to a client
+    o.limits.receiver = client_rank(options_.client);
+    o.limits.max_payload_bytes = options_.max_payload_bytes;
+    o.accepted = {comm::wire::MessageType::kData};
+    o.unbounded_queues = true;
+    socket_ = std::make_unique<comm::wire::FramedSocket>(
+        context_, comm::wire::FramedSocket::Role::kDealer, options_.server, std::move(o), auth_,
+        logger_);
+  }
+
+  FlClientResult run(const std::stop_token& stop) {
+    FlClientResult result;
+    Clock::time_point heard = Clock::now();
+    Clock::time_point next_join = heard;
+    logger_.info("fl client {}: connecting to the server at {}", options_.client, options_.server);
+    while (!stop.stop_requested()) {
+      const auto now = Clock::now();
+      if (now >= next_join) {
+        send(encode_join(options_.client));
+        next_join = now + options_.heartbeat_interval;
+      }
+      const Clock::time_point silent_until = heard + options_.server_timeout;
+      if (now >= silent_until) {
+        throw TimeoutError(
+            0, fmt::format("fl client {}", options_.client), options_.server_timeout,
+            fmt::format("the fl server at {} (no reply to its joins)", options_.server));
+      }
+      const Deadline slice(std::min({next_join, silent_until, now + kStopPoll}));
+      std::optional<comm::wire::Frame> frame = socket_->receive(slice);
+      if (!frame) continue;
+      FlMessage m;
+      try {
+        m = decode_fl_message(frame->payload());
+      } catch (const DataError& e) {
+        socket_->drop(e.what());
+        continue;
+      }
+      heard = Clock::now();
+      switch (m.kind) {
+        case FlKind::kWait:
+          break;
+        case FlKind::kDone:
+          logger_.info("fl client {}: the server finished after round {}; {} round(s) trained",
+                       options_.client, m.rounds_done, result.rounds_trained);
+          result.rounds_done = m.rounds_done;
+          result.done = true;
+          return result;
+        case FlKind::kTask:
+          answer(m.task);
+          ++result.rounds_trained;
+          heard = Clock::now();
+          next_join = heard + options_.heartbeat_interval;
+          break;
+        case FlKind::kJoin:
+        case FlKind::kUpdate:
+          socket_->drop(fmt::format("a {} message, which only clients send", to_string(m.kind)));
+          break;
+      }
+    }
+    return result;
+  }
+
+ private:
+  void send(std::vector<std::byte> payload) {
+    comm::wire::FrameHeader header;
+    header.type = comm::wire::MessageType::kData;
+    header.receiver = kServerRank;
+    socket_->send({}, header, std::move(payload));
+  }
+
+  void answer(FlTask& task) {
+    if (options_.on_task) options_.on_task(task.round);
+    LocalTraining training = task.training;
+    training.optimizer = options_.optimizer;
+    const auto samples = static_cast<int64_t>(options_.indices.size());
+    const int64_t full = std::min(local_steps(samples, training), training.max_steps);
+    if (options_.partial_work && seconds_per_step_ > 0.0 && task.deadline_ms > 0) {
+      // Partial work (FedProx): as many steps as the last round's pace fits
+      // into deadline_fraction of the round's deadline.
+      const double budget =
+          options_.deadline_fraction * static_cast<double>(task.deadline_ms) / 1e3;
+      const double fits = std::floor(budget / seconds_per_step_);
+      if (fits < static_cast<double>(full)) {
+        training.max_steps = std::max<int64_t>(1, static_cast<int64_t>(fits));
+        logger_.info(
+            "fl client {}: round {}: {} of {} step(s) fit the deadline of {} ms at {:.4f} "
+            "s a step",
+            options_.client, task.round, training.max_steps, full, task.deadline_ms,
+            seconds_per_step_);
+      }
+    }
+    Rng rng = client_rng(options_.seed, task.round, options_.client);
+    const auto started = Clock::now();
+    ClientUpdate update =
+        trainer_->train(options_.client, task.round, task.weights, options_.indices, training, rng);
+    if (update.steps > 0) {
+      seconds_per_step_ = options_.seconds_per_step
+                              ? options_.seconds_per_step()
+                              : std::chrono::duration<double>(Clock::now() - started).count() /
+                                    static_cast<double>(update.steps);
+    }
+    if (options_.tamper) options_.tamper(update);
+    logger_.info("fl client {}: round {}: {} step(s){}, loss {:.4f}", options_.client, task.round,
+                 update.steps, update.partial ? " (partial)" : "", update.loss);
+    send(encode_update(update));
+  }
+
+  FlClientOptions options_;
+  comm::JobAuth auth_;
+  Logger& logger_;
+  std::unique_ptr<ClientTrainer> trainer_;
+  zmq::context_t context_{1};
+  std::unique_ptr<comm::wire::FramedSocket> socket_;
+  double seconds_per_step_ = 0.0;  // the last task's pace (0: none yet)
+};
+
+FlClient::FlClient(FlClientOptions options, const comm::JobAuth& auth, Logger& logger)
+    : impl_(std::make_unique<Impl>(std::move(options), auth, logger)) {}
+FlClient::~FlClient() = default;
+FlClientResult FlClient::run(std::stop_token stop) { return impl_->run(stop); }
+
+}  // namespace dtrain::fl

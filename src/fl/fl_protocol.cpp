@@ -1,0 +1,148 @@
+#include "fl/fl_protocol.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+
+#include "core/byte_codec.h"
+#include "core/error.h"
+
+namespace dtrain::fl {
+
+namespace {
+
+constexpr const char* kContext = "fl message";
+
+ByteWriter start(FlKind kind, size_t body_bytes) {
+  ByteWriter w(4 + body_bytes);
+  w.write_u8(static_cast<uint8_t>(kind));
+  w.write_u8(0);
+  w.write_u16(0);
+  return w;
+}
+
+[[noreturn]] void bad(std::string_view field, const std::string& problem) {
+  throw DataError(fmt::format("{}: field '{}' {}", kContext, field, problem));
+}
+
+int64_t read_at_least(ByteReader& r, std::string_view field, int64_t min) {
+  const int64_t value = r.read_i64(field);
+  if (value < min) bad(field, fmt::format("is {}, expected at least {}", value, min));
+  return value;
+}
+
+}  // namespace
+
+std::string_view to_string(FlKind kind) {
+  switch (kind) {
+    case FlKind::kJoin:
+      return "join";
+    case FlKind::kTask:
+      return "task";
+    case FlKind::kUpdate:
+      return "update";
+    case FlKind::kWait:
+      return "wait";
+    case FlKind::kDone:
+      return "done";
+  }
+  return "unknown";
+}
+
+std::vector<std::byte> encode_join(int64_t client) {
+  ByteWriter w = start(FlKind::kJoin, 8);
+  w.write_i64(client);
+  return w.take();
+}
+
+std::vector<std::byte> encode_task(const FlTask& task) {
+  ByteWriter w = start(FlKind::kTask, 56 + 4 * task.weights.size());
+  w.write_i64(task.round);
+  w.write_i64(task.deadline_ms);
+  w.write_i64(task.training.epochs);
+  w.write_i64(task.training.batch);
+  w.write_f64(task.training.proximal_mu);
+  w.write_i64(task.training.max_steps);
+  w.write_f32_array_counted(task.weights);
+  return w.take();
+}
+
+std::vector<std::byte> encode_update(const ClientUpdate& update) {
+  ByteWriter w = start(FlKind::kUpdate, 49 + 4 * update.delta.size());
+  w.write_i64(update.client);
+  w.write_i64(update.round);
+  w.write_i64(update.samples);
+  w.write_f64(update.loss);
+  w.write_i64(update.steps);
+  w.write_u8(update.partial ? 1 : 0);
+  w.write_f32_array_counted(update.delta);
+  return w.take();
+}
+
+std::vector<std::byte> encode_wait(int64_t rounds_done) {
+  ByteWriter w = start(FlKind::kWait, 8);
+  w.write_i64(rounds_done);
+  return w.take();
+}
+
+std::vector<std::byte> encode_done(int64_t rounds_done) {
+  ByteWriter w = start(FlKind::kDone, 8);
+  w.write_i64(rounds_done);
+  return w.take();
+}
+
+FlMessage decode_fl_message(std::span<const std::byte> payload) {
+  ByteReader r(payload, kContext);
+  FlMessage m;
+  const uint8_t kind = r.read_u8("kind");
+  if (kind < static_cast<uint8_t>(FlKind::kJoin) || kind > static_cast<uint8_t>(FlKind::kDone)) {
+    bad("kind", fmt::format("is {}, expected 1 (join) to 5 (done)", kind));
+  }
+  m.kind = static_cast<FlKind>(kind);
+  const uint8_t reserved8 = r.read_u8("reserved");
+  const uint16_t reserved16 = r.read_u16("reserved");
+  if (reserved8 != 0 || reserved16 != 0) {
+    bad("reserved", fmt::format("is {}/{}, expected 0", reserved8, reserved16));
+  }
+  switch (m.kind) {
+    case FlKind::kJoin:
+      m.client = read_at_least(r, "join client", 0);
+      break;
+    case FlKind::kWait:
+    case FlKind::kDone:
+      m.rounds_done = read_at_least(r, "rounds done", 0);
+      break;
+    case FlKind::kTask: {
+      FlTask& t = m.task;
+      t.round = read_at_least(r, "task round", 1);
+      t.deadline_ms = read_at_least(r, "task deadline_ms", 0);
+      t.training.epochs = read_at_least(r, "task epochs", 1);
+      t.training.batch = read_at_least(r, "task batch", 0);
+      t.training.proximal_mu = r.read_f64("task proximal_mu");
+      if (!std::isfinite(t.training.proximal_mu) || t.training.proximal_mu < 0) {
+        bad("task proximal_mu",
+            fmt::format("is {}, expected a finite value >= 0", t.training.proximal_mu));
+      }
+      t.training.max_steps = read_at_least(r, "task max_steps", 1);
+      t.weights = r.read_f32_array_counted("task weights");
+      break;
+    }
+    case FlKind::kUpdate: {
+      ClientUpdate& u = m.update;
+      u.client = read_at_least(r, "update client", 0);
+      u.round = read_at_least(r, "update round", 1);
+      u.samples = r.read_i64("update samples");
+      u.loss = r.read_f64("update loss");
+      u.steps = read_at_least(r, "update steps", 0);
+      const uint8_t partial = r.read_u8("update partial");
+      if (partial > 1) bad("update partial", fmt::format("is {}, expected 0 or 1", partial));
+      u.partial = partial == 1;
+      u.delta = r.read_f32_array_counted("update delta");
+      break;
+    }
+  }
+  r.expect_end(fmt::format("{} body", to_string(m.kind)));
+  return m;
+}
+
+}  // namespace dtrain::fl

@@ -1,0 +1,116 @@
+// FlServer: the server of a deployed federated job (`dtrain fl-server`). It
+// binds a ROUTER socket (fl/fl_protocol.h over comm/wire/framed_socket.h,
+// every frame authenticated with the job secret), keeps track of the
+// clients that joined, and runs the rounds:
+//
+//   1. waits (at most join_timeout) until min_fit_clients clients are
+//      connected: joined and heard from within client_timeout (the first
+//      round of a run waits up to fill_timeout for a full round);
+//   2. samples m = min(clients_per_round(), connected) of the connected ids:
+//      sample_clients() over their ascending list, a pure function of
+//      (seed, round, attempt), so a resumed server repeats the draw for the
+//      same clients;
+//   3. sends each a kTask with the global weights and the local training;
+//   4. collects kUpdates until every sampled client answered or
+//      round_timeout_s passed; RoundAggregator (fl/update.h) validates each
+//      (stale round, unknown or unsampled client, duplicate, wrong size,
+//      non-finite): a rejected one is counted and logged naming the client;
+//   5. with >= min_fit_clients accepted updates applies the ServerOptimizer to
+//      the weighted mean delta, evaluates every eval_every rounds (and the
+//      last), reports (on_round, the simulation's RoundReport: the sampled
+//      that did not answer in time are `dropped`) and checkpoints (on_checkpoint,
+//      every checkpoint_every rounds and the last); with fewer it repeats the
+//      round (a new draw) up to max_round_attempts, then throws CommError
+//      naming the round and who answered.
+// At the end every known client gets kDone; for done_linger afterwards a
+// client that joins is answered kDone too. A client that joins in the
+// middle of a round (restarted, late) takes part from the next round. A
+// sampled client that did not answer by a round's deadline is not sampled
+// again until it is heard from (its next join, or its late update), so a
+// dead client costs one round's deadline, not one per round until
+// client_timeout.
+//
+// Ownership: owns its ZeroMQ context and socket; the Logger must outlive it.
+// Thread safety: run() on one thread; stats() and endpoint() from any thread.
+// Errors: the constructor throws CommError when it cannot bind, UsageError
+// for inconsistent options; run() throws TimeoutError when too few clients
+// join in time, CommError when a round fails max_round_attempts times, and
+// what the callbacks throw. Blocking: run() for the whole job, every wait
+// bounded by a deadline, and returns early (result.stopped) when `stop` is
+// requested.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <stop_token>
+#include <string>
+#include <vector>
+
+#include "comm/wire/auth.h"
+#include "core/log.h"
+#include "fl/fl_config.h"
+#include "fl/server_state.h"
+#include "fl/simulation.h"
+
+namespace dtrain::fl {
+
+struct FlServerOptions {
+  FlConfig config;  // clients, rounds, fraction, round_timeout_s, server (the bind address), ...
+  uint64_t seed = 1;
+  std::string job_name;                // log lines only (the auth holds the job id)
+  std::vector<float> initial_weights;  // the global model before round 1
+  std::optional<ServerState> resume;   // continue after resume->round instead
+  Evaluator evaluate;                  // may be empty
+  std::function<void(const RoundReport&)> on_round;
+  std::function<void(const ServerState&)> on_checkpoint;
+  // A client unheard for this long is not sampled (it is "connected" until then).
+  std::chrono::milliseconds client_timeout{10000};
+  // How long a round start waits for min_fit_clients connected clients.
+  std::chrono::milliseconds join_timeout{60000};
+  // The first round of a run (the clients are still starting) waits this
+  // long for clients_per_round() connected clients before it starts with
+  // fewer (at most join_timeout).
+  std::chrono::milliseconds fill_timeout{30000};
+  // Attempts at one round (a new draw each) before the job stops.
+  int max_round_attempts = 3;
+  // After the last round: how long joins are still answered kDone.
+  std::chrono::milliseconds done_linger{1000};
+  uint64_t max_payload_bytes = uint64_t{1} << 30;
+};
+
+struct FlServerStats {
+  int64_t rounds_done = 0;
+  int64_t rejected_updates = 0;  // refused by RoundAggregator, or an unknown client id
+  uint64_t dropped_frames = 0;   // refused by the socket (bad header, CRC, MAC) or undecodable
+  int64_t connected = 0;
+};
+
+struct FlServerResult {
+  ServerState state;
+  std::optional<Evaluation> last_test;
+  bool reached_target = false;
+  bool stopped = false;  // `stop` was requested before the last round
+};
+
+class FlServer {
+ public:
+  FlServer(FlServerOptions options, const comm::JobAuth& auth, Logger& logger);
+  ~FlServer();
+  FlServer(const FlServer&) = delete;
+  FlServer& operator=(const FlServer&) = delete;
+
+  // The bound address with its real port ("tcp://127.0.0.1:40123").
+  const std::string& endpoint() const;
+  FlServerResult run(std::stop_token stop = {});
+  FlServerStats stats() const;
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace dtrain::fl
