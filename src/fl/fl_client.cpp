@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "fl/fl_protocol.h"
 #include "fl/sampling.h"
+#include "fl/upload_codec.h"
 
 namespace dtrain::fl {
 
@@ -34,6 +35,9 @@ class FlClient::Impl {
       throw UsageError(fmt::format("fl client id {} is negative", options_.client));
     }
     trainer_ = std::make_unique<ClientTrainer>(options_.make_model, *options_.train);
+    if (options_.upload.method != compress::Method::kNone) {
+      codec_.emplace(options_.upload, layouts_of(trainer_->model()));
+    }
     comm::wire::FramedSocketOptions o;
     o.name = fmt::format("fl client {}", options_.client);
     o.peer = 0;
@@ -143,7 +147,22 @@ class FlClient::Impl {
     if (options_.tamper) options_.tamper(update);
     logger_.info("fl client {}: round {}: {} step(s){}, loss {:.4f}", options_.client, task.round,
                  update.steps, update.partial ? " (partial)" : "", update.loss);
-    send(encode_update(update));
+    send(encode_for_upload(update));
+  }
+
+  // kUpdateCompressed when the job compresses uploads and the delta encodes;
+  // else kUpdate (a delta the codec refuses, a non-finite one, goes dense so
+  // that the server rejects and counts it under this client's name).
+  std::vector<std::byte> encode_for_upload(const ClientUpdate& update) const {
+    if (codec_) {
+      try {
+        return encode_compressed_update(
+            update, codec_->encode(update.delta, update.round, options_.client));
+      } catch (const DataError& e) {
+        logger_.warn("fl client {}: {}; sending it dense", options_.client, e.what());
+      }
+    }
+    return encode_update(update);
   }
 
   FlClientOptions options_;
@@ -152,7 +171,8 @@ class FlClient::Impl {
   std::unique_ptr<ClientTrainer> trainer_;
   zmq::context_t context_{1};
   std::unique_ptr<comm::wire::FramedSocket> socket_;
-  double seconds_per_step_ = 0.0;  // the last task's pace (0: none yet)
+  double seconds_per_step_ = 0.0;     // the last task's pace (0: none yet)
+  std::optional<UploadCodec> codec_;  // compressed uploads
 };
 
 FlClient::FlClient(FlClientOptions options, const comm::JobAuth& auth, Logger& logger)

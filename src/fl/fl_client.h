@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "comm/wire/auth.h"
+#include "compress/compressor.h"
 #include "core/log.h"
 #include "data/dataset.h"
 #include "fl/client_trainer.h"
@@ -47,6 +48,9 @@ struct FlClientOptions {
   const data::TensorDataset* train = nullptr;  // outlives the client
   std::vector<int64_t> indices;                // this client's samples
   optim::OptimizerConfig optimizer;            // the job's [optimizer]
+  // The job's upload codec options (fl/upload_codec.h): a method other than
+  // none sends each update as kUpdateCompressed.
+  compress::Options upload;
   std::chrono::milliseconds heartbeat_interval{1000};
   std::chrono::milliseconds server_timeout{60000};
   uint64_t max_payload_bytes = uint64_t{1} << 30;

@@ -45,6 +45,8 @@ std::string_view to_string(FlKind kind) {
       return "wait";
     case FlKind::kDone:
       return "done";
+    case FlKind::kUpdateCompressed:
+      return "compressed update";
   }
   return "unknown";
 }
@@ -67,15 +69,44 @@ std::vector<std::byte> encode_task(const FlTask& task) {
   return w.take();
 }
 
-std::vector<std::byte> encode_update(const ClientUpdate& update) {
-  ByteWriter w = start(FlKind::kUpdate, 49 + 4 * update.delta.size());
+namespace {
+
+// kUpdate's and kUpdateCompressed's fields before the delta.
+void write_update_fields(ByteWriter& w, const ClientUpdate& update) {
   w.write_i64(update.client);
   w.write_i64(update.round);
   w.write_i64(update.samples);
   w.write_f64(update.loss);
   w.write_i64(update.steps);
   w.write_u8(update.partial ? 1 : 0);
+}
+
+void read_update_fields(ByteReader& r, ClientUpdate& u) {
+  u.client = read_at_least(r, "update client", 0);
+  u.round = read_at_least(r, "update round", 1);
+  u.samples = r.read_i64("update samples");
+  u.loss = r.read_f64("update loss");
+  u.steps = read_at_least(r, "update steps", 0);
+  const uint8_t partial = r.read_u8("update partial");
+  if (partial > 1) bad("update partial", fmt::format("is {}, expected 0 or 1", partial));
+  u.partial = partial == 1;
+}
+
+}  // namespace
+
+std::vector<std::byte> encode_update(const ClientUpdate& update) {
+  ByteWriter w = start(FlKind::kUpdate, 49 + 4 * update.delta.size());
+  write_update_fields(w, update);
   w.write_f32_array_counted(update.delta);
+  return w.take();
+}
+
+std::vector<std::byte> encode_compressed_update(const ClientUpdate& update,
+                                                std::span<const std::byte> upload) {
+  ByteWriter w = start(FlKind::kUpdateCompressed, 49 + upload.size());
+  write_update_fields(w, update);
+  w.write_u64(upload.size());
+  w.write_bytes(upload);
   return w.take();
 }
 
@@ -95,8 +126,9 @@ FlMessage decode_fl_message(std::span<const std::byte> payload) {
   ByteReader r(payload, kContext);
   FlMessage m;
   const uint8_t kind = r.read_u8("kind");
-  if (kind < static_cast<uint8_t>(FlKind::kJoin) || kind > static_cast<uint8_t>(FlKind::kDone)) {
-    bad("kind", fmt::format("is {}, expected 1 (join) to 5 (done)", kind));
+  if (kind < static_cast<uint8_t>(FlKind::kJoin) ||
+      kind > static_cast<uint8_t>(FlKind::kUpdateCompressed)) {
+    bad("kind", fmt::format("is {}, expected 1 (join) to 6 (compressed update)", kind));
   }
   m.kind = static_cast<FlKind>(kind);
   const uint8_t reserved8 = r.read_u8("reserved");
@@ -127,17 +159,18 @@ FlMessage decode_fl_message(std::span<const std::byte> payload) {
       t.weights = r.read_f32_array_counted("task weights");
       break;
     }
-    case FlKind::kUpdate: {
-      ClientUpdate& u = m.update;
-      u.client = read_at_least(r, "update client", 0);
-      u.round = read_at_least(r, "update round", 1);
-      u.samples = r.read_i64("update samples");
-      u.loss = r.read_f64("update loss");
-      u.steps = read_at_least(r, "update steps", 0);
-      const uint8_t partial = r.read_u8("update partial");
-      if (partial > 1) bad("update partial", fmt::format("is {}, expected 0 or 1", partial));
-      u.partial = partial == 1;
-      u.delta = r.read_f32_array_counted("update delta");
+    case FlKind::kUpdate:
+      read_update_fields(r, m.update);
+      m.update.delta = r.read_f32_array_counted("update delta");
+      break;
+    case FlKind::kUpdateCompressed: {
+      read_update_fields(r, m.update);
+      const uint64_t count = r.read_u64("upload bytes");
+      if (count > r.remaining()) {
+        bad("upload bytes", fmt::format("is {}, but {} bytes are left", count, r.remaining()));
+      }
+      const auto bytes = r.read_bytes(static_cast<size_t>(count), "upload");
+      m.upload.assign(bytes.begin(), bytes.end());
       break;
     }
   }

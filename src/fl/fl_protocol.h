@@ -18,6 +18,12 @@
 //   kUpdate  client -> server  i64 client | i64 round | i64 samples |
 //                              f64 loss | i64 steps | u8 partial (0 or 1) |
 //                              u64 count + count f32 delta (w_k - w)
+//   kUpdateCompressed client -> server  the fields of kUpdate up to partial,
+//                              then u64 count + count bytes: the delta as
+//                              one UploadCodec message (fl/upload_codec.h),
+//                              sent when the job's [compression] names a
+//                              method; the server decodes it with its own
+//                              codec (a refusal counts as a rejected update)
 //   kWait    server -> client  i64 rounds_done: known, no task for you now
 //   kDone    server -> client  i64 rounds_done: the job is over, exit
 //
@@ -52,6 +58,7 @@ enum class FlKind : uint8_t {
   kUpdate = 3,
   kWait = 4,
   kDone = 5,
+  kUpdateCompressed = 6,
 };
 std::string_view to_string(FlKind kind);
 
@@ -66,16 +73,21 @@ struct FlTask {
 // A decoded payload: `kind` says which fields hold it.
 struct FlMessage {
   FlKind kind = FlKind::kJoin;
-  int64_t client = 0;       // kJoin
-  int64_t rounds_done = 0;  // kWait, kDone
-  FlTask task;              // kTask
-  ClientUpdate update;      // kUpdate
+  int64_t client = 0;             // kJoin
+  int64_t rounds_done = 0;        // kWait, kDone
+  FlTask task;                    // kTask
+  ClientUpdate update;            // kUpdate, kUpdateCompressed (without its delta)
+  std::vector<std::byte> upload;  // kUpdateCompressed: the delta's UploadCodec message
 };
 
 std::vector<std::byte> encode_join(int64_t client);
 // The task's training.optimizer is not encoded.
 std::vector<std::byte> encode_task(const FlTask& task);
 std::vector<std::byte> encode_update(const ClientUpdate& update);
+// `update`'s fields (its delta is not sent) and `upload`, the delta's
+// UploadCodec message.
+std::vector<std::byte> encode_compressed_update(const ClientUpdate& update,
+                                                std::span<const std::byte> upload);
 std::vector<std::byte> encode_wait(int64_t rounds_done);
 std::vector<std::byte> encode_done(int64_t rounds_done);
 

@@ -15,6 +15,7 @@
 #include "fl/sampling.h"
 #include "fl/server_optimizer.h"
 #include "fl/update.h"
+#include "fl/upload_codec.h"
 
 namespace dtrain::fl {
 
@@ -55,6 +56,8 @@ class FlServer::Impl {
   Impl(FlServerOptions options, const comm::JobAuth& auth, Logger& logger)
       : options_(std::move(options)), auth_(auth), logger_(logger) {
     validate(options_);
+    model_size_ = static_cast<int64_t>(options_.resume ? options_.resume->weights.size()
+                                                       : options_.initial_weights.size());
     comm::wire::FramedSocketOptions o;
     o.name = "fl server";
     o.peer = -1;
@@ -69,6 +72,13 @@ class FlServer::Impl {
         context_, comm::wire::FramedSocket::Role::kRouter, options_.config.server, std::move(o),
         auth_, logger_);
     endpoint_ = socket_->endpoint();
+    if (options_.upload.method != compress::Method::kNone) {
+      codec_.emplace(options_.upload, options_.layouts);
+      if (codec_->model_size() != model_size_) {
+        throw UsageError(fmt::format("fl server: the upload layouts hold {} values, the model {}",
+                                     codec_->model_size(), model_size_));
+      }
+    }
     logger_.info("fl server: listening on {} ({} clients, {} per round, {} rounds)", endpoint_,
                  options_.config.clients, options_.config.clients_per_round(),
                  options_.config.rounds);
@@ -124,6 +134,8 @@ class FlServer::Impl {
   zmq::context_t context_{1};
   std::unique_ptr<comm::wire::FramedSocket> socket_;
   std::string endpoint_;
+  int64_t model_size_ = 0;
+  std::optional<UploadCodec> codec_;  // compressed uploads
   std::map<int64_t, KnownClient> clients_;
   bool done_ = false;
   int64_t done_rounds_ = 0;
@@ -193,6 +205,24 @@ void FlServer::Impl::handle(const comm::wire::Frame& frame, OpenRound* open) {
     return;
   }
   if (m.kind == FlKind::kUpdate) {
+    handle_update(frame, std::move(m.update), open);
+    return;
+  }
+  if (m.kind == FlKind::kUpdateCompressed) {
+    // The delta is the upload message's decoding; a message the codec
+    // refuses leaves the delta empty, which the aggregator rejects with the
+    // size, after the reason was logged here.
+    const std::string context =
+        fmt::format("update of client {}, round {}", m.update.client, m.update.round);
+    if (!codec_) {
+      logger_.warn("fl server: {}: compressed, but this job's uploads are dense", context);
+    } else {
+      try {
+        m.update.delta = codec_->decode(m.upload, model_size_, context);
+      } catch (const DataError& e) {
+        logger_.warn("fl server: {}", e.what());
+      }
+    }
     handle_update(frame, std::move(m.update), open);
     return;
   }

@@ -51,6 +51,7 @@
 #include <vector>
 
 #include "comm/wire/auth.h"
+#include "compress/compressor.h"
 #include "core/log.h"
 #include "fl/fl_config.h"
 #include "fl/server_state.h"
@@ -80,6 +81,11 @@ struct FlServerOptions {
   // After the last round: how long joins are still answered kDone.
   std::chrono::milliseconds done_linger{1000};
   uint64_t max_payload_bytes = uint64_t{1} << 30;
+  // Compressed uploads (fl/upload_codec.h): with a method other than none,
+  // kUpdateCompressed messages are decoded with this codec over `layouts`
+  // (the model's, fl::layouts_of); with none, such a message is refused.
+  compress::Options upload;
+  std::vector<compress::TensorLayout> layouts;
 };
 
 struct FlServerStats {

@@ -8,6 +8,7 @@
 #include "fl/fl_client.h"
 #include "fl/fl_server.h"
 #include "fl/flat_model.h"
+#include "fl/upload_codec.h"
 #include "train/fl_job.h"
 #include "train/run_fl.h"
 
@@ -35,6 +36,8 @@ int run_fl_server(const JobConfig& job, const comm::JobAuth& auth,
     o.initial_weights = fl::flatten(*fl_job.make_model());
   }
   o.evaluate = fl_job.evaluate;
+  o.upload = fl_upload_options(job);
+  if (o.upload.method != compress::Method::kNone) o.layouts = fl::layouts_of(*fl_job.make_model());
   o.on_round = [&](const fl::RoundReport& report) { recorder.on_round(report); };
   o.on_checkpoint = [&](const fl::ServerState& state) {
     recorder.checkpoint(state);
@@ -78,6 +81,7 @@ int run_fl_client(const JobConfig& job, const comm::JobAuth& auth,
   o.train = &fl_job.data.train;
   o.indices = fl_job.parts[static_cast<size_t>(options.client)];
   o.optimizer = job.optimizer;
+  o.upload = fl_upload_options(job);
   o.heartbeat_interval = options.heartbeat_interval;
   o.server_timeout = options.server_timeout;
   o.on_task = options.on_task;

@@ -13,6 +13,7 @@
 #include "fl/fl_server.h"
 #include "fl/flat_model.h"
 #include "fl/simulation.h"
+#include "fl/upload_codec.h"
 #include "sim_fixtures.h"
 #include "testing/junk_frames.h"
 
@@ -32,6 +33,7 @@ struct DeployJob {
   ModelFactory make_model = fixtures::mlp_model(6, 8, 3);
   optim::OptimizerConfig optimizer;
   uint64_t seed = 5;
+  compress::Options upload;  // method none: dense updates
 
   DeployJob() {
     config.clients = kClients;
@@ -54,6 +56,7 @@ struct DeployJob {
     o.train = &train;
     o.parts = parts;
     o.make_model = make_model;
+    o.upload = upload;
     return run_simulation(o).state.weights;
   }
 
@@ -64,6 +67,8 @@ struct DeployJob {
     o.job_name = kJob;
     o.initial_weights = flatten(*make_model());
     o.done_linger = milliseconds(300);
+    o.upload = upload;
+    o.layouts = layouts_of(*make_model());
     return o;
   }
 
@@ -76,6 +81,7 @@ struct DeployJob {
     o.train = &train;
     o.indices = parts[static_cast<size_t>(id)];
     o.optimizer = optimizer;
+    o.upload = upload;
     o.heartbeat_interval = milliseconds(100);
     o.server_timeout = milliseconds(30000);
     return o;
@@ -119,6 +125,25 @@ TEST(FlDeploy, AFaultFreeDeployedRunComputesWhatTheSimulationDoes) {
     EXPECT_EQ(c.rounds_trained, 3);
     EXPECT_EQ(c.rounds_done, 3);
   }
+}
+
+TEST(FlDeploy, CompressedUploadsAggregateWhatTheSimulationAggregates) {
+  DeployJob s;
+  // The 6 x 8 first layer is above min_size 32: its deltas travel as QSGD
+  // messages, whose rounding is seeded by (round, client) on both sides.
+  s.upload.method = compress::Method::kQsgd;
+  s.upload.min_size = 32;
+  testing::LineLog log;
+  FlServer server(s.server_options(), comm::JobAuth(kJob, kSecret), log.logger());
+  FlServerResult result;
+  run_clients(s, server.endpoint(), [&] { result = server.run(); });
+  ASSERT_EQ(result.state.round, 3) << log.all();
+  EXPECT_EQ(server.stats().rejected_updates, 0) << log.all();
+  expect_near(result.state.weights, s.simulated());
+  // Not the dense run's result: the messages were lossy.
+  DeployJob dense;
+  const std::vector<float> dense_weights = dense.simulated();
+  EXPECT_FALSE(fixtures::same_bits(result.state.weights, dense_weights));
 }
 
 TEST(FlDeploy, ClientsOutliveAServerThatIsReplacedByAResumedOne) {

@@ -64,6 +64,16 @@ TEST(FlProtocol, EveryKindRoundTrips) {
   EXPECT_TRUE(update.update.partial);
   EXPECT_EQ(update.update.delta, sample_update().delta);
 
+  const std::vector<std::byte> upload = {std::byte{1}, std::byte{2}, std::byte{250}};
+  FlMessage compressed = decode_fl_message(encode_compressed_update(sample_update(), upload));
+  ASSERT_EQ(compressed.kind, FlKind::kUpdateCompressed);
+  EXPECT_EQ(compressed.update.client, 3);
+  EXPECT_EQ(compressed.update.round, 7);
+  EXPECT_EQ(compressed.update.samples, 600);
+  EXPECT_TRUE(compressed.update.partial);
+  EXPECT_TRUE(compressed.update.delta.empty());
+  EXPECT_EQ(compressed.upload, upload);
+
   EXPECT_EQ(decode_fl_message(encode_wait(4)).kind, FlKind::kWait);
   EXPECT_EQ(decode_fl_message(encode_wait(4)).rounds_done, 4);
   EXPECT_EQ(decode_fl_message(encode_done(9)).kind, FlKind::kDone);
@@ -73,7 +83,8 @@ TEST(FlProtocol, EveryKindRoundTrips) {
 TEST(FlProtocol, EveryTruncationIsADataError) {
   for (const std::vector<std::byte>& whole :
        {encode_join(1), encode_task(sample_task()), encode_update(sample_update()), encode_wait(1),
-        encode_done(1)}) {
+        encode_done(1),
+        encode_compressed_update(sample_update(), std::vector<std::byte>(5, std::byte{7}))}) {
     for (size_t n = 0; n < whole.size(); ++n) {
       std::span<const std::byte> cut(whole.data(), n);
       EXPECT_THROW(decode_fl_message(cut), DataError) << "length " << n << " of " << whole.size();
@@ -92,7 +103,7 @@ TEST(FlProtocol, BadFieldsNameTheFieldAndTheValue) {
   std::vector<std::byte> kind = encode_join(1);
   kind[0] = std::byte{9};
   expect_error<DataError>([&] { decode_fl_message(kind); },
-                          "fl message: field 'kind' is 9, expected 1 (join) to 5 (done)");
+                          "fl message: field 'kind' is 9, expected 1 (join) to 6 (compressed update)");
   std::vector<std::byte> reserved = encode_join(1);
   reserved[2] = std::byte{1};
   expect_error<DataError>([&] { decode_fl_message(reserved); },

@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "fl/fl_protocol.h"
 #include "fl/server_optimizer.h"
+#include "fl/upload_codec.h"
 #include "testing/junk_frames.h"
 
 namespace dtrain::fl {
@@ -204,6 +205,69 @@ TEST(FlServer, RejectsBadUpdatesAndForeignSendersNamingTheClient) {
   EXPECT_EQ(log.count("client 17, round 1: client id outside [0, 4)"), 1u) << log.all();
   EXPECT_GE(server.stats().dropped_frames, 1u);
   EXPECT_EQ(server.stats().rejected_updates, 5);
+}
+
+TEST(FlServer, DecodesCompressedUpdatesAndRejectsThoseItCannotDecode) {
+  // Uploads in the codec's message (method fp16; the 2-value tensor is below
+  // min_size, so it travels dense inside the message).
+  const std::vector<compress::TensorLayout> layouts = {{1, 2}};
+  compress::Options upload;
+  upload.method = compress::Method::kFp16;
+  const UploadCodec codec(upload, layouts);
+  for (const bool server_compresses : {true, false}) {
+    testing::LineLog log;
+    FlServerOptions o = options_for(2, 1, 2);
+    o.config.round_timeout_s = 2.0;
+    if (server_compresses) {
+      o.upload = upload;
+      o.layouts = layouts;
+    }
+    std::vector<RoundReport> reports;
+    o.on_round = [&](const RoundReport& r) { reports.push_back(r); };
+    o.max_round_attempts = 1;
+    FlServer server(o, comm::JobAuth(kJob, kSecret), log.logger());
+    std::string failure;
+    std::jthread serving([&] {
+      try {
+        server.run();
+      } catch (const Error& e) {  // the dense server: no update it can use
+        failure = e.what();
+      }
+    });
+    const Deadline deadline = Deadline::after(milliseconds(30000));
+    std::unique_ptr<ScriptedClient> good, garbled;
+    good = std::make_unique<ScriptedClient>(server.endpoint(), 0, [&](const FlTask& t) {
+      const ClientUpdate u = update_of(0, t, {1.0f, 2.0f});
+      good->send(encode_compressed_update(u, codec.encode(u.delta, t.round, 0)));
+      return std::vector<ClientUpdate>{};
+    });
+    garbled = std::make_unique<ScriptedClient>(server.endpoint(), 1, [&](const FlTask& t) {
+      const ClientUpdate u = update_of(1, t, {});
+      garbled->send(encode_compressed_update(u, std::vector<std::byte>(9, std::byte{0xff})));
+      return std::vector<ClientUpdate>{};
+    });
+    if (server_compresses) {
+      std::jthread other([&] { EXPECT_TRUE(good->run(deadline)); });
+      EXPECT_TRUE(garbled->run(deadline));
+      other.join();
+      serving.join();
+      ASSERT_EQ(reports.size(), 1u) << log.all();
+      EXPECT_EQ(reports[0].rejected, 1) << log.all();
+      EXPECT_EQ(reports[0].participated, (std::vector<int64_t>{0})) << log.all();
+      EXPECT_EQ(log.count("fl server: update of client 1, round 1"), 1u) << log.all();
+      EXPECT_TRUE(failure.empty()) << failure;
+    } else {
+      // Neither update decodes: the round cannot close and the job stops.
+      std::jthread other([&] { good->run(Deadline::after(milliseconds(5000))); });
+      garbled->run(Deadline::after(milliseconds(5000)));
+      other.join();
+      serving.join();
+      EXPECT_TRUE(reports.empty());
+      EXPECT_EQ(server.stats().rejected_updates, 2) << log.all();
+      EXPECT_EQ(log.count("compressed, but this job's uploads are dense"), 2u) << log.all();
+      EXPECT_NE(failure.find("round 1"), std::string::npos) << failure;
+    }
+  }
 }
 
 TEST(FlServer, ARoundClosesAtItsDeadlineWithoutASilentClient) {
