@@ -168,7 +168,7 @@ SecAggMessage SecAggClient::advertise_keys() {
   c_keys_ = keypair_from_seed(derive_secret(entropy_, "secagg c key"));
   s_keys_ = keypair_from_seed(derive_secret(entropy_, "secagg s key"));
   self_mask_seed_ = derive_secret(entropy_, "secagg self mask");
-  ByteWriter writer(11 + 64);
+  ByteWriter writer(10 + 64);
   write_header(writer, SecAggMessageType::kAdvertiseKeys, config_.round, id_);
   writer.write_bytes(as_bytes(c_keys_.public_key));
   writer.write_bytes(as_bytes(s_keys_.public_key));
@@ -217,7 +217,7 @@ SecAggMessage SecAggClient::share_keys(std::span<const std::byte> key_directory)
   own_s_share_ = s_shares[0];
   own_b_share_ = b_shares[0];
 
-  ByteWriter writer(11 + 4 + peers_.size() * (4 + kShareCiphertextBytes));
+  ByteWriter writer(10 + 4 + peers_.size() * (4 + kShareCiphertextBytes));
   write_header(writer, SecAggMessageType::kShareKeys, config_.round, id_);
   writer.write_u32(static_cast<uint32_t>(peers_.size()));
   std::array<uint8_t, kSharePairBytes> plain{};
@@ -304,7 +304,7 @@ SecAggMessage SecAggClient::masked_input(std::span<const std::byte> share_bundle
     add_mask(seed, config_.round, MaskPurpose::kPairMask, id_ < v ? +1 : -1, y);
     sodium_memzero(seed.data(), seed.size());
   }
-  ByteWriter writer(11 + 8 + 4 * y.size());
+  ByteWriter writer(10 + 8 + 4 * y.size());
   write_header(writer, SecAggMessageType::kMaskedInput, config_.round, id_);
   writer.write_u64(y.size());
   for (uint32_t word : y) writer.write_u32(word);
@@ -347,7 +347,7 @@ SecAggMessage SecAggClient::unmask(std::span<const std::byte> unmask_request) {
   if (survivor_set.count(id_) == 0) {
     throw DataError(ctx + ": the request lists this client as dropped after it sent its input");
   }
-  ByteWriter writer(11 + 4 + known.size() * (5 + kShamirShareBytes));
+  ByteWriter writer(10 + 4 + known.size() * (5 + kShamirShareBytes));
   write_header(writer, SecAggMessageType::kUnmasking, config_.round, id_);
   writer.write_u32(static_cast<uint32_t>(known.size()));
   for (uint32_t v : survivors) {
@@ -484,7 +484,7 @@ std::map<uint32_t, SecAggMessage> SecAggServer::finish_share_keys() {
       const auto found = clients_.find(v);
       if (found != clients_.end() && found->second.shared) senders.push_back(v);
     }
-    ByteWriter writer(11 + 4 + senders.size() * (4 + kShareCiphertextBytes));
+    ByteWriter writer(10 + 4 + senders.size() * (4 + kShareCiphertextBytes));
     write_header(writer, SecAggMessageType::kShareBundle, config_.round, kSecAggServerId);
     writer.write_u32(static_cast<uint32_t>(senders.size()));
     for (uint32_t v : senders) {

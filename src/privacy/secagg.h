@@ -43,7 +43,7 @@
 // below it a phase fails with CommError naming the phase, how many answered
 // and the minimum, and the server has seen fewer than t shares of anything.
 //
-// Messages (all integers little-endian): a 11-byte header, u8 version (1),
+// Messages (all integers little-endian): a 10-byte header, u8 version (1),
 // u8 type (0..6, below), u32 round, u32 sender (0xffffffff for the server);
 // then the body. docs/privacy-secagg-section.md lists the bodies byte by byte.
 // Malformed messages (truncated, wrong round, wrong sender, unknown ids,
