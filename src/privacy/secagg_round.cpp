@@ -31,6 +31,13 @@ Key32 client_entropy(uint64_t seed, uint32_t id) {
 SecAggRoundResult run_secagg_round(std::span<const std::vector<float>> inputs,
                                    const SecAggRoundOptions& options,
                                    const std::map<uint32_t, SecAggDrop>& drops) {
+  const std::vector<std::span<const float>> views(inputs.begin(), inputs.end());
+  return run_secagg_round(std::span<const std::span<const float>>(views), options, drops);
+}
+
+SecAggRoundResult run_secagg_round(std::span<const std::span<const float>> inputs,
+                                   const SecAggRoundOptions& options,
+                                   const std::map<uint32_t, SecAggDrop>& drops) {
   ensure_sodium();
   const auto n = static_cast<uint32_t>(inputs.size());
   SecAggConfig config;

@@ -66,6 +66,11 @@ struct SecAggRoundResult {
   SecAggRoundStats stats;
 };
 
+// inputs[u] is client u's vector; all of one length. The spans may alias
+// (a benchmark gives every client the same buffer).
+SecAggRoundResult run_secagg_round(std::span<const std::span<const float>> inputs,
+                                   const SecAggRoundOptions& options,
+                                   const std::map<uint32_t, SecAggDrop>& drops);
 SecAggRoundResult run_secagg_round(std::span<const std::vector<float>> inputs,
                                    const SecAggRoundOptions& options,
                                    const std::map<uint32_t, SecAggDrop>& drops);
