@@ -104,7 +104,12 @@ SecAggRoundResult run_secagg_round(std::span<const std::span<const float>> input
       to_client(u, directory);
       if (drop_of(u) == SecAggDrop::kAfterAdvertise) continue;
       const auto start = Clock::now();
-      const SecAggMessage message = clients[u]->share_keys(directory);
+      SecAggMessage message;
+      try {
+        message = clients[u]->share_keys(directory);
+      } catch (const CommError&) {
+        continue;  // the client gives up (too few neighbours): a drop
+      }
       stats.client_seconds[1].push_back(seconds_since(start));
       to_server(1, u, message, &SecAggServer::receive_share_keys);
     }
@@ -114,7 +119,12 @@ SecAggRoundResult run_secagg_round(std::span<const std::span<const float>> input
       to_client(u, bundle);
       if (drop_of(u) == SecAggDrop::kAfterShareKeys) continue;
       const auto start = Clock::now();
-      const SecAggMessage message = clients[u]->masked_input(bundle, inputs[u]);
+      SecAggMessage message;
+      try {
+        message = clients[u]->masked_input(bundle, inputs[u]);
+      } catch (const CommError&) {
+        continue;  // the client gives up (too few neighbours shared keys): a drop
+      }
       stats.client_seconds[2].push_back(seconds_since(start));
       to_server(2, u, message, &SecAggServer::receive_masked_input);
     }

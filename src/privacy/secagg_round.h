@@ -11,7 +11,8 @@
 // phase (steady clock, this thread).
 // Errors: UsageError for a bad configuration or inputs of different lengths.
 // A round that fails (too few clients at a phase) is reported in the result
-// (ok = false, failure = the CommError's message), not thrown.
+// (ok = false, failure = the server's CommError message), not thrown. A client
+// that gives up (its CommError: too few neighbours left) counts as a drop.
 // Thread safety: a pure function. Blocks only for its own computation.
 #pragma once
 
