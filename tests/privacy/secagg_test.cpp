@@ -406,6 +406,30 @@ TEST(SecAggTest, MoreThanNMinusTDropsFailCleanly) {
   }
 }
 
+// SecAgg+: the threshold is per neighbourhood. Losing the answers of enough
+// of one client's holders fails the round at phase 3, naming that client,
+// even though many clients answered overall.
+TEST(SecAggTest, SecAggPlusFailsWhenOneNeighbourhoodLosesItsThreshold) {
+  const uint32_t n = 20;
+  const auto inputs = random_inputs(n, 30, 8);
+  SecAggRoundOptions options;
+  options.graph = SecAggGraphKind::kHarary;
+  options.degree = 4;     // 5 holders
+  options.threshold = 4;  // one lost holder is fine, two are not
+  options.seed = 3;
+  const auto graph = secagg_neighbours(SecAggGraphKind::kHarary, n, 4, options.seed);
+  std::map<uint32_t, SecAggDrop> drops{{graph[0][0], SecAggDrop::kDuringUnmasking}};
+  const auto fine = run_secagg_round(inputs, options, drops);
+  expect_close_sum(fine, inputs, n, 1.0F);
+  drops[graph[0][1]] = SecAggDrop::kDuringUnmasking;
+  const auto failed = run_secagg_round(inputs, options, drops);
+  EXPECT_FALSE(failed.ok);
+  EXPECT_TRUE(failed.sum.empty());
+  EXPECT_NE(failed.failure.find("phase 3"), std::string::npos) << failed.failure;
+  EXPECT_NE(failed.failure.find("3 shares of client 0's self-mask seed"), std::string::npos)
+      << failed.failure;
+}
+
 // ------------------------------------------------------------ refusals and malformed input
 
 TEST(SecAggTest, ClientRefusesToRevealBothSharesOfAClient) {
