@@ -10,13 +10,16 @@
 // times are medians over the clients, then medians over REPS repetitions;
 // server times are medians over repetitions. Bytes are exact.
 //
-// The full graph at n = 1000 and LENGTH entries would take about n^2 mask
-// expansions of LENGTH words (an hour on one core), so that row runs the
-// whole protocol at SMALL_LENGTH entries (exact bytes and L-independent
-// times there), and its phase-2 client time and phase-3 server time at LENGTH
-// are the small-L measurement plus the measured cost of the extra mask words
-// (a representative client's quantisation and 1 + (n - 1) mask expansions,
-// timed on their own): marked "est" in the table.
+// The full graph at n = 1000 and LENGTH entries takes n^2 mask expansions
+// of LENGTH words (about a second per client, a quarter of an hour for the
+// round on one shared core), so that row runs the whole protocol at
+// SMALL_LENGTH entries (exact bytes and the L-independent times there), and
+// its phase-2 client, phase-2 server and phase-3 server times at LENGTH are
+// the small-L measurements plus the measured cost of the extra words, timed
+// on their own: a representative client's quantisation and 1 + (n - 1) mask
+// expansions; the server's decoding and summing of the survivors' vectors;
+// its mask expansions (one per survivor, plus one per survivor neighbour of
+// each dropped client). Marked "est" in the table.
 //
 // Usage: secagg_bench [REPS [LENGTH [MAX_CLIENTS [SMALL_LENGTH]]]]
 #include <algorithm>
@@ -27,6 +30,7 @@
 #include <string>
 #include <vector>
 
+#include "core/byte_codec.h"
 #include "core/rng.h"
 #include "privacy/secagg_crypto.h"
 #include "privacy/secagg_graph.h"
@@ -95,6 +99,24 @@ double mask_seconds(uint32_t n, uint32_t pairs, uint64_t length, int reps) {
     times.push_back(since(t0));
   }
   return median(times);
+}
+
+// The server's phase-2 work per masked input of `length` words: decoding the
+// little-endian words and adding them to the running sum (what
+// SecAggServer::receive_masked_input does after its checks).
+double server_sum_seconds(uint32_t inputs, uint64_t length) {
+  std::vector<std::byte> message(4 * length, std::byte{0x5a});
+  std::vector<uint32_t> sum(length, 0);
+  std::vector<uint32_t> y(length);
+  const auto t0 = Clock::now();
+  for (uint32_t i = 0; i < inputs; ++i) {
+    ByteReader reader(message, "bench");
+    for (uint32_t& word : y) word = reader.read_u32("y");
+    for (size_t j = 0; j < length; ++j) sum[j] += y[j];
+  }
+  const double seconds = since(t0);
+  if (sum[0] == 1) std::fprintf(stderr, "unlikely\n");  // keeps the loop
+  return seconds;
 }
 
 // The server's L-dependent unmasking work: `expansions` masks of `length`.
@@ -215,6 +237,8 @@ int main(int argc, char** argv) {
           const double server_extra = server_mask_seconds(server_expansions, length, 1) -
                                       server_mask_seconds(server_expansions, small_length, 1);
           row.client_s[2] += client_extra;
+          row.server_s[2] +=
+              server_sum_seconds(survivors, length) - server_sum_seconds(survivors, small_length);
           row.server_s[3] += server_extra;
           // Bytes: only the masked input (4 bytes per entry) grows with L.
           const double extra_bytes = 4.0 * static_cast<double>(length - small_length);
