@@ -38,7 +38,10 @@
 // of that secret, and no client reveals both secrets of anyone.
 //
 // Thresholds: `threshold` t is the Shamir threshold of every client's secrets
-// among its holders (full graph: t of n; SecAgg+: t of k + 1).
+// among its holders (full graph: t of n; SecAgg+: t of k + 1). Choose t
+// above half the holders, as Bonawitz et al. do: a smaller t works
+// mechanically but weakens the guarantee (with t = 1, a client whose
+// neighbours all drop after phase 1 is unmasked by its own b share).
 // `min_survivors` (0: t) is how many clients the server needs at every phase;
 // below it a phase fails with CommError naming the phase, how many answered
 // and the minimum, and the server has seen fewer than t shares of anything.
