@@ -141,7 +141,13 @@ SecAggClient::SecAggClient(SecAggConfig config, uint32_t id, const Key32& entrop
   ensure_sodium();
   const uint32_t k = config_.degree != 0 ? config_.degree : recommended_degree(config_.clients);
   // Only this client's list is kept; the graph is a pure function of public values.
-  neighbours_ = secagg_neighbours(config_.graph, config_.clients, k, config_.graph_seed)[id_];
+  if (holders_per_client(config_) == config_.clients) {
+    for (uint32_t v = 0; v < config_.clients; ++v) {
+      if (v != id_) neighbours_.push_back(v);
+    }
+  } else {
+    neighbours_ = secagg_neighbours(config_.graph, config_.clients, k, config_.graph_seed)[id_];
+  }
 }
 
 SecAggClient::~SecAggClient() {
