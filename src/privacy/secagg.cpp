@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <set>
+#include <tuple>
 #include <utility>
 
 #include "core/byte_codec.h"
@@ -189,6 +190,8 @@ SecAggMessage SecAggClient::share_keys(std::span<const std::byte> key_directory)
   read_header(reader, SecAggMessageType::kKeyDirectory, config_.round, kSecAggServerId);
   const uint32_t count = reader.read_u32("key count");
   reader.need_elements(count, 4 + 64, "keys");
+  // Parsed into a local map: a malformed directory leaves the client as it was.
+  std::map<uint32_t, Peer> peers;
   for (uint32_t i = 0; i < count; ++i) {
     const uint32_t v = reader.read_u32("client id");
     Peer peer;
@@ -197,11 +200,12 @@ SecAggMessage SecAggClient::share_keys(std::span<const std::byte> key_directory)
     if (!std::binary_search(neighbours_.begin(), neighbours_.end(), v)) {
       throw DataError(ctx + ": client " + std::to_string(v) + " is not a neighbour");
     }
-    if (!peers_.emplace(v, peer).second) {
+    if (!peers.emplace(v, peer).second) {
       throw DataError(ctx + ": client " + std::to_string(v) + " is listed twice");
     }
   }
   reader.expect_end("key directory");
+  peers_ = std::move(peers);
   if (peers_.size() + 1 < config_.threshold) {
     throw CommError(-1, ctx,
                     std::to_string(peers_.size()) +
@@ -259,6 +263,7 @@ SecAggMessage SecAggClient::masked_input(std::span<const std::byte> share_bundle
   const uint32_t count = reader.read_u32("share count");
   reader.need_elements(count, 4 + kShareCiphertextBytes, "shares");
   std::set<uint32_t> seen;
+  std::vector<std::tuple<uint32_t, ShamirShare, ShamirShare>> received;
   for (uint32_t i = 0; i < count; ++i) {
     const uint32_t v = reader.read_u32("sender id");
     const auto sealed = as_u8(reader.read_bytes(kShareCiphertextBytes, "encrypted shares"));
@@ -283,10 +288,13 @@ SecAggMessage SecAggClient::masked_input(std::span<const std::byte> share_bundle
       throw DataError(share_ctx + ": share ids " + std::to_string(s_share.id) + " and " +
                       std::to_string(b_share.id) + ", expected " + std::to_string(id_ + 1));
     }
-    found->second.s_share = s_share;
-    found->second.b_share = b_share;
+    received.emplace_back(v, s_share, b_share);
   }
   reader.expect_end("share bundle");
+  for (const auto& [v, s_share, b_share] : received) {
+    peers_.at(v).s_share = s_share;
+    peers_.at(v).b_share = b_share;
+  }
   bundle_senders_.assign(seen.begin(), seen.end());
   if (bundle_senders_.size() + 1 < config_.threshold) {
     throw CommError(-1, ctx,

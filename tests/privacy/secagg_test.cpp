@@ -499,6 +499,37 @@ TEST(SecAggTest, MalformedMessagesAreDataErrorsNamingSenderAndPhase) {
   EXPECT_THROW(round.clients[3].unmask(unmask_request(7, {3}, {})), UsageError);
 }
 
+// Every truncation of every server-to-client message is a DataError naming
+// the client and the phase, and leaves the client able to take the intact one.
+TEST(SecAggTest, TruncatedServerMessagesAreRejectedWithoutSideEffects) {
+  const uint32_t n = 4;
+  const size_t length = 6;
+  ManualRound round(small_config(n, 3, length));
+  round.phase0();
+  auto& client = round.clients[1];
+  const auto& directory = round.directories.at(1);
+  for (size_t cut = 0; cut < directory.size(); ++cut) {
+    const std::string e = error_of([&] { client.share_keys(std::span(directory).first(cut)); });
+    ASSERT_NE(e.find("client 1"), std::string::npos) << e;
+    ASSERT_NE(e.find("phase 0"), std::string::npos) << e;
+  }
+  round.phase1();  // the clients, client 1 included, take the intact directories
+  const auto inputs = random_inputs(n, length, 4);
+  const auto& bundle = round.bundles.at(1);
+  for (size_t cut = 0; cut < bundle.size(); ++cut) {
+    ASSERT_THROW(client.masked_input(std::span(bundle).first(cut), inputs[1]), DataError) << cut;
+  }
+  round.phase2(inputs);
+  const auto& request = round.requests.at(1);
+  for (size_t cut = 0; cut < request.size(); ++cut) {
+    ASSERT_THROW(client.unmask(std::span(request).first(cut)), DataError) << cut;
+  }
+  for (auto& c : round.clients) {
+    round.server.receive_unmasking(c.id(), c.unmask(round.requests.at(c.id())));
+  }
+  EXPECT_EQ(round.server.finish().included.size(), n);
+}
+
 TEST(SecAggTest, ServerRejectsUnaskedShares) {
   const uint32_t n = 5;
   ManualRound round(small_config(n, 3, 4));
