@@ -14,6 +14,20 @@
 
 namespace dtrain::compress {
 
+TensorLayout matrix_layout(std::span<const int64_t> shape) {
+  size_t numel = 1;
+  for (const int64_t d : shape) numel *= static_cast<size_t>(d);
+  TensorLayout layout;
+  if (shape.size() >= 2 && shape[0] > 0) {
+    layout.rows = static_cast<size_t>(shape[0]);
+    layout.cols = numel / layout.rows;
+  } else {
+    layout.rows = 1;
+    layout.cols = numel;
+  }
+  return layout;
+}
+
 namespace {
 
 constexpr std::array<std::pair<Method, std::string_view>, 8> kMethodNames = {{

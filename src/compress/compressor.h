@@ -129,6 +129,11 @@ struct TensorLayout {
   size_t numel() const { return rows * cols; }
 };
 
+// A tensor's matrix view from its shape: [d0, d1 * d2 * ...] for two or
+// more dimensions with d0 > 0 (a conv kernel [O, I, kh, kw] is O x I*kh*kw),
+// 1 x numel otherwise (a vector, a scalar, an empty first dimension).
+TensorLayout matrix_layout(std::span<const int64_t> shape);
+
 // What a compressor asks of the group of workers it reduces with. The
 // strategies implement it over comm::Communicator (strategy/compress_group.h);
 // tests over threads. Every worker calls the same operations in the same

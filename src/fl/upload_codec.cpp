@@ -45,17 +45,7 @@ std::string_view method_name(compress::Method method) { return compress::to_stri
 std::vector<compress::TensorLayout> layouts_of(const nn::Module& model) {
   std::vector<compress::TensorLayout> layouts;
   for (const auto& [name, tensor] : model.state_dict()) {
-    const Shape& shape = tensor.shape();
-    const auto numel = static_cast<size_t>(tensor.numel());
-    compress::TensorLayout layout;
-    if (shape.size() >= 2 && shape[0] > 0) {
-      layout.rows = static_cast<size_t>(shape[0]);
-      layout.cols = numel / layout.rows;
-    } else {
-      layout.rows = 1;
-      layout.cols = numel;
-    }
-    layouts.push_back(layout);
+    layouts.push_back(compress::matrix_layout(tensor.shape()));
   }
   return layouts;
 }

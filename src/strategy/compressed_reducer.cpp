@@ -9,27 +9,13 @@
 
 namespace dtrain::strategy {
 
-compress::TensorLayout matrix_layout(const Shape& shape) {
-  compress::TensorLayout layout;
-  size_t numel = 1;
-  for (const int64_t d : shape) numel *= static_cast<size_t>(d);
-  if (shape.size() >= 2 && shape[0] > 0) {
-    layout.rows = static_cast<size_t>(shape[0]);
-    layout.cols = numel / layout.rows;
-  } else {
-    layout.rows = 1;
-    layout.cols = numel;
-  }
-  return layout;
-}
-
 CompressedReducer::CompressedReducer(const compress::Options& codec,
                                      const std::vector<Shape>& shapes,
                                      const CoalescingBucketer& bucketer, comm::Communicator& comm)
     : comm_(comm), group_(comm), bucketer_(bucketer) {
   std::vector<compress::TensorLayout> layouts;
   layouts.reserve(shapes.size());
-  for (const Shape& shape : shapes) layouts.push_back(matrix_layout(shape));
+  for (const Shape& shape : shapes) layouts.push_back(compress::matrix_layout(shape));
   compressor_ = compress::make_compressor(codec, std::move(layouts));
   plans_.resize(bucketer.bucket_count());
   for (size_t b = 0; b < plans_.size(); ++b) {

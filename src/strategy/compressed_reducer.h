@@ -39,10 +39,6 @@
 
 namespace dtrain::strategy {
 
-// A parameter's matrix view: [d0, d1 * d2 * ...] for two or more
-// dimensions (a conv kernel [O, I, kh, kw] is O x I*kh*kw), 1 x n otherwise.
-compress::TensorLayout matrix_layout(const Shape& shape);
-
 class CompressedReducer {
  public:
   CompressedReducer(const compress::Options& codec, const std::vector<Shape>& shapes,
