@@ -90,7 +90,8 @@ int run_train(const TrainOptions& options, std::ostream& out) {
   const auto started = std::chrono::system_clock::now();
   Logger& logger = Logger::stderr_logger();
   const train::JobConfig job = read_job(options, logger);
-  const comm::LaunchInfo launch = resolve_launch(options);
+  comm::LaunchInfo launch = resolve_launch(options);
+  if (job.security.encrypt) launch.settings.encrypt = true;
   const train::LaunchPlan plan = train::launch_plan(job, launch, logger);
   if (plan.launch) {
     ProcessCap cap = local_process_cap();
@@ -120,6 +121,7 @@ int run_train(const TrainOptions& options, std::ostream& out) {
     l.argv = options.argv;
     l.environment = options.environment;
     l.environment["DTRAIN_OUTPUT_LOCKED"] = "1";
+    if (launch.settings.encrypt) l.environment["DTRAIN_ENCRYPT"] = "1";
     ProcessLog processes(job.output + "/processes.jsonl", plan.servers, logger);
     processes.attach(l);
     const int status = launch_job(job, plan, std::move(l), out, std::cerr, logger);

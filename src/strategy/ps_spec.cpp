@@ -299,7 +299,7 @@ int PsSpec::serve(const BuildContext& c) const {
   Logger& logger = *c.logger;
   const ProcessRole r = role(c.facts, launch);
   DTRAIN_CHECK(r.server, "rank {} is not a server of {}", launch.rank, o_.servers);
-  const comm::JobAuth auth(c.job_name, launch.settings.job_secret);
+  const comm::JobAuth auth(c.job_name, launch.settings.job_secret, launch.settings.encrypt);
 
   ps::ServerOptions o;
   o.server = r.index;
@@ -369,7 +369,7 @@ int PsSpec::serve(const BuildContext& c) const {
 std::vector<std::string> PsSpec::discover_servers(const BuildContext& c) const {
   std::vector<std::string> fixed = fixed_endpoints(c.launch->settings);
   if (!fixed.empty()) return fixed;
-  const comm::JobAuth auth(c.job_name, c.launch->settings.job_secret);
+  const comm::JobAuth auth(c.job_name, c.launch->settings.job_secret, c.launch->settings.encrypt);
   const std::vector<comm::PeerEndpoint> table = meet(c, auth, "");
   std::vector<std::string> endpoints;
   for (int64_t s = 0; s < o_.servers; ++s) {
@@ -402,7 +402,7 @@ std::unique_ptr<Strategy> PsSpec::build(const BuildContext& c) const {
   o.dynamic_batch = c.dynamic_batch;
   check_local_sgd(c.compression, o_.consistency, c.optimizer);
   o.compression = c.compression;
-  const comm::JobAuth auth(c.job_name, c.launch->settings.job_secret);
+  const comm::JobAuth auth(c.job_name, c.launch->settings.job_secret, c.launch->settings.encrypt);
   o.learning_rate = c.optimizer.lr;
   o.trace = c.trace;
   return std::make_unique<PsStrategy>(c.make_model(), std::move(client), auth, *c.logger, o,

@@ -18,7 +18,7 @@ std::unique_ptr<Communicator> connect_worker(const std::string& job_name, const 
         "worker {} of {} ({}) has no coordinator address: set DTRAIN_COORDINATOR=host:port",
         launch.rank, launch.world_size, launch.source));
   }
-  const JobAuth auth(job_name, launch.settings.job_secret);
+  const JobAuth auth(job_name, launch.settings.job_secret, launch.settings.encrypt);
   ZmqTransportOptions t;
   t.rank = launch.rank;
   t.world_size = launch.world_size;
