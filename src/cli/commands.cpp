@@ -15,6 +15,7 @@
 #include "cli/process_log.h"
 #include "cli/test_hooks.h"
 #include "comm/rendezvous/launch_env.h"
+#include "comm/wire/curve.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/rng.h"
@@ -127,6 +128,17 @@ int run_train(const TrainOptions& options, std::ostream& out) {
     const int status = launch_job(job, plan, std::move(l), out, std::cerr, logger);
     processes.job_end(status);
     return status;
+  }
+  if (launch.launched() && launch.settings.encrypt) {
+    // The keys every link of the job uses; constructing them here fails
+    // early, with the reason, without a secret or without CURVE in libzmq.
+    const comm::JobAuth auth(job.name, launch.settings.job_secret, true);
+    if (launch.rank == 0) {
+      logger.info(
+          "links encrypted and authenticated with CURVE (security.encrypt, docs/security.md); "
+          "server key {}",
+          comm::wire::z85_key(auth.curve()->server.public_key));
+    }
   }
   if (!launch.launched() && job.train.max_restarts > 0) {
     logger.warn(

@@ -6,7 +6,7 @@
 //  - fixed endpoints (what dtrain's own launcher does, possible under any
 //    launcher): DTRAIN_PS_ENDPOINTS="EP0,EP1,..." names server s's endpoint,
 //    or, without it, a run folder (DTRAIN_RUN_DIR) holds "server-s" ipc
-//    sockets. Server s binds its endpoint, the workers connect, and no
+//    sockets (not with DTRAIN_TCP_ONLY=1). Server s binds its endpoint, the workers connect, and no
 //    rendezvous takes place. Only then can a server be replaced: a process
 //    started again for server s (DTRAIN_RESTART_COUNT > 0) binds the same
 //    endpoint and restores its shard from the newest intact checkpoint of
@@ -220,7 +220,7 @@ class PsSpec final : public StrategySpec {
 std::vector<std::string> PsSpec::fixed_endpoints(const comm::LaunchSettings& s) const {
   std::vector<std::string> endpoints;
   if (s.ps_endpoints.empty()) {
-    if (s.run_dir.empty()) return endpoints;
+    if (s.run_dir.empty() || s.tcp_only) return endpoints;
     for (int64_t i = 0; i < o_.servers; ++i) {
       endpoints.push_back(fmt::format("ipc://{}/server-{}", s.run_dir, i));
     }
