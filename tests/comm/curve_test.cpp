@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "comm/collectives/communicator.h"
+#include "comm/rendezvous/launch_env.h"
 #include "comm/rendezvous/rendezvous.h"
 #include "comm/transport/zmq_transport.h"
 #include "comm/wire/framed_socket.h"
@@ -193,6 +194,16 @@ TEST(CurveKeys, EncryptWithoutASecretIsAConfigError) {
   } catch (const ConfigError& e) {
     EXPECT_NE(std::string(e.what()).find("needs a job secret"), std::string::npos) << e.what();
   }
+}
+
+TEST(CurveKeys, TheLaunchEnvironmentCarriesEncryptAndTcpOnly) {
+  EXPECT_FALSE(resolve_launch_settings({}).encrypt);
+  EXPECT_FALSE(resolve_launch_settings({}).tcp_only);
+  const LaunchSettings s =
+      resolve_launch_settings({{"DTRAIN_ENCRYPT", "1"}, {"DTRAIN_TCP_ONLY", "1"}});
+  EXPECT_TRUE(s.encrypt);
+  EXPECT_TRUE(s.tcp_only);
+  EXPECT_THROW(resolve_launch_settings({{"DTRAIN_ENCRYPT", "yes"}}), ConfigError);
 }
 
 TEST(Curve, AFramedSocketPairTalksOverCurve) {
