@@ -25,16 +25,31 @@ trap 'rm -rf "$work"' EXIT
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
-echo "allreduce of $bytes bytes, 2 ranks over loopback tcp (bus GB/s, median of $reps):"
-clear=(); curve=()
+# Wall-clock bandwidth suffers from a loaded machine; the CPU time of a
+# whole run (both ranks: user + system, /usr/bin/time) does much less, so the
+# difference of the two modes' CPU seconds per GB sent is printed as well.
+# A run is 15 allreduces (5 warm-up + 10 timed); with 2 ranks each sends
+# BYTES per allreduce, so a run sends 30 x BYTES.
+echo "allreduce of $bytes bytes, 2 ranks over loopback tcp (median of $reps):"
+clear=(); curve=(); clear_cpu=(); curve_cpu=()
+one() {  # mode -> "busbw cpu_seconds"
+  local bw
+  bw=$(/usr/bin/time -f '%U %S' -o "$work/cpu" $bench "$1" 2 "$bytes" 10 | sed 's/.*busbw_gbs=//')
+  echo "$bw $(awk '{print $1 + $2}' "$work/cpu")"
+}
 for ((r = 0; r < reps; ++r)); do
-  clear+=("$($bench zmq-tcp 2 "$bytes" 10 | sed 's/.*busbw_gbs=//')")
-  curve+=("$($bench zmq-curve 2 "$bytes" 10 | sed 's/.*busbw_gbs=//')")
+  read -r bw cpu < <(one zmq-tcp); clear+=("$bw"); clear_cpu+=("$cpu")
+  read -r bw cpu < <(one zmq-curve); curve+=("$bw"); curve_cpu+=("$cpu")
 done
 c=$(printf '%s\n' "${clear[@]}" | median)
 e=$(printf '%s\n' "${curve[@]}" | median)
-printf '  clear %.3f GB/s   curve %.3f GB/s   ratio %.2f   (runs: %s | %s)\n' "$c" "$e" \
+cc=$(printf '%s\n' "${clear_cpu[@]}" | median)
+ec=$(printf '%s\n' "${curve_cpu[@]}" | median)
+printf '  bus bandwidth: clear %.3f GB/s   curve %.3f GB/s   ratio %.2f   (runs: %s | %s)\n' "$c" "$e" \
   "$(awk -v a="$e" -v b="$c" 'BEGIN {print a/b}')" "${clear[*]}" "${curve[*]}"
+printf '  CPU seconds a run: clear %.2f   curve %.2f   CURVE costs %.2f CPU s per GB sent (runs: %s | %s)\n' \
+  "$cc" "$ec" "$(awk -v a="$ec" -v b="$cc" -v n="$bytes" 'BEGIN {print (a - b) / (30 * n / 1e9)}')" \
+  "${clear_cpu[*]}" "${curve_cpu[*]}"
 
 # A communication-heavy job: 784-1024-1024-10 (1.86M parameters, 7.4 MB a
 # step) on synthetic blobs, batch 64.
