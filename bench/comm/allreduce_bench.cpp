@@ -6,6 +6,11 @@
 //   allreduce_bench shm <ranks> <bytes> <reps> [<spin_us> <yield_us>]
 //   allreduce_bench zmq <ranks> <bytes> <reps>
 //   allreduce_bench memcpy 1 <bytes> <reps>
+//   allreduce_bench zmq-tcp|zmq-curve <ranks> <bytes> <reps>
+//
+// zmq-tcp forces tcp (no ipc) with a job secret (every frame MACed, as in a
+// launched job); zmq-curve adds security.encrypt (CURVE on every link,
+// docs/security.md): the two side by side are encryption's cost.
 //
 // Prints one line "<mode> ranks=<n> bytes=<b> median_us=<t> busbw_gbs=<g>"
 // with bus bandwidth 2(n-1)/n * bytes / time (for memcpy: bytes / time).
@@ -93,19 +98,28 @@ int run_shm_rank(int rank, int ranks, size_t bytes, int reps, const std::string&
   return 0;
 }
 
+// Set by the zmq-tcp and zmq-curve modes.
+bool tcp_only = false;
+bool curve = false;
+
 int run_zmq_rank(int rank, int ranks, size_t bytes, int reps, const std::string& job, int port) {
   using namespace dtrain;
   comm::ZmqTransportOptions options;
   options.rank = rank;
   options.world_size = ranks;
-  auto transport = comm::connect_zmq_transport(
-      options, comm::JobAuth(job, ""), "127.0.0.1:" + std::to_string(port), rank == 0,
-      Deadline::after(std::chrono::seconds(60)), Logger::null());
+  if (tcp_only) options.prefer_ipc = false;
+  const comm::JobAuth auth(job, tcp_only ? "bench secret" : "", curve);
+  auto transport =
+      comm::connect_zmq_transport(options, auth, "127.0.0.1:" + std::to_string(port), rank == 0,
+                                  Deadline::after(std::chrono::seconds(60)), Logger::null());
   comm::CommunicatorOptions comm_options;
   comm_options.shm_allreduce = false;
   comm_options.timeout = std::chrono::seconds(60);
   comm::Communicator comm(*transport, comm_options);
-  time_rank("dtrain-zmq", rank, ranks, bytes, reps,
+  time_rank(curve      ? "dtrain-zmq-curve"
+            : tcp_only ? "dtrain-zmq-tcp"
+                       : "dtrain-zmq",
+            rank, ranks, bytes, reps,
             [&](std::vector<float>& data) { comm.allreduce(data, comm::ReduceOp::kSum); });
   comm.barrier();  // nobody closes its transport while a peer still needs it
   return 0;
@@ -177,6 +191,11 @@ int main(int argc, char** argv) {
     if (mode == "memcpy") return run_memcpy(bytes, reps);
     if (mode == "shm") return run_forked(run_shm_rank, ranks, bytes, reps);
     if (mode == "zmq") return run_forked(run_zmq_rank, ranks, bytes, reps);
+    if (mode == "zmq-tcp" || mode == "zmq-curve") {
+      tcp_only = true;
+      curve = mode == "zmq-curve";
+      return run_forked(run_zmq_rank, ranks, bytes, reps);
+    }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "allreduce_bench: %s\n", e.what());
     return 1;

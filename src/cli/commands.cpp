@@ -15,6 +15,7 @@
 #include "cli/process_log.h"
 #include "cli/test_hooks.h"
 #include "comm/rendezvous/launch_env.h"
+#include "comm/wire/curve.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/rng.h"
@@ -90,7 +91,8 @@ int run_train(const TrainOptions& options, std::ostream& out) {
   const auto started = std::chrono::system_clock::now();
   Logger& logger = Logger::stderr_logger();
   const train::JobConfig job = read_job(options, logger);
-  const comm::LaunchInfo launch = resolve_launch(options);
+  comm::LaunchInfo launch = resolve_launch(options);
+  if (job.security.encrypt) launch.settings.encrypt = true;
   const train::LaunchPlan plan = train::launch_plan(job, launch, logger);
   if (plan.launch) {
     ProcessCap cap = local_process_cap();
@@ -120,11 +122,23 @@ int run_train(const TrainOptions& options, std::ostream& out) {
     l.argv = options.argv;
     l.environment = options.environment;
     l.environment["DTRAIN_OUTPUT_LOCKED"] = "1";
+    if (launch.settings.encrypt) l.environment["DTRAIN_ENCRYPT"] = "1";
     ProcessLog processes(job.output + "/processes.jsonl", plan.servers, logger);
     processes.attach(l);
     const int status = launch_job(job, plan, std::move(l), out, std::cerr, logger);
     processes.job_end(status);
     return status;
+  }
+  if (launch.launched() && launch.settings.encrypt) {
+    // The keys every link of the job uses; constructing them here fails
+    // early, with the reason, without a secret or without CURVE in libzmq.
+    const comm::JobAuth auth(job.name, launch.settings.job_secret, true);
+    if (launch.rank == 0) {
+      logger.info(
+          "links encrypted and authenticated with CURVE (security.encrypt, docs/security.md); "
+          "server key {}",
+          comm::wire::z85_key(auth.curve()->server.public_key));
+    }
   }
   if (!launch.launched() && job.train.max_restarts > 0) {
     logger.warn(

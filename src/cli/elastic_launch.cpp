@@ -18,12 +18,15 @@ LaunchResult run_elastic_job(LaunchOptions options, const std::string& job_name,
   }
   std::string& secret = options.environment["DTRAIN_JOB_SECRET"];
   if (secret.empty()) secret = random_job_secret();
+  // security.encrypt reaches the launcher as the workers' DTRAIN_ENCRYPT.
+  const auto encrypt_var = options.environment.find("DTRAIN_ENCRYPT");
+  const bool encrypt = encrypt_var != options.environment.end() && encrypt_var->second == "1";
   comm::ElasticRendezvousOptions r;
   r.slots = options.workers;
   r.min_workers = min_workers;
   r.on_generation = options.on_generation;
   comm::ElasticRendezvousServer server(options.coordinator_host, 0, r,
-                                       comm::JobAuth(job_name, secret), logger);
+                                       comm::JobAuth(job_name, secret, encrypt), logger);
   options.environment["DTRAIN_ELASTIC_COORDINATOR"] = server.address();
   LaunchOptions::Elastic e;
   e.min_workers = min_workers;

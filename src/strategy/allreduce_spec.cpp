@@ -213,6 +213,7 @@ class AllReduceSpec final : public StrategySpec {
     o.slots = launch.world_size;
     o.coordinator = launch.settings.elastic_coordinator;
     o.secret = launch.settings.job_secret;
+    o.encrypt = launch.settings.encrypt;
     o.listen_host = launch.settings.listen_host;
     o.advertise_host = launch.settings.advertise_host;
     o.rendezvous_timeout = c.timeout;

@@ -34,7 +34,7 @@ ElasticAllReduce::ElasticAllReduce(ElasticAllReduceOptions options, ModelFactory
       make_optimizer_(std::move(make_optimizer)),
       loss_(std::move(loss)),
       logger_(logger),
-      auth_(options_.job_name, options_.secret),
+      auth_(options_.job_name, options_.secret, options_.encrypt),
       client_(options_.coordinator, options_.slot, options_.slots, auth_, logger) {
   const auto t0 = Clock::now();
   form(std::nullopt);

@@ -50,6 +50,7 @@ struct ElasticAllReduceOptions {
   int slots = 1;            // DTRAIN_WORLD_SIZE given by the launcher
   std::string coordinator;  // DTRAIN_ELASTIC_COORDINATOR
   std::string secret;       // DTRAIN_JOB_SECRET
+  bool encrypt = false;     // security.encrypt: CURVE on every link
   std::string listen_host = "127.0.0.1";
   std::string advertise_host;
   // Bound on forming one group (joining, endpoints, state), including the

@@ -6,7 +6,7 @@
 //  - fixed endpoints (what dtrain's own launcher does, possible under any
 //    launcher): DTRAIN_PS_ENDPOINTS="EP0,EP1,..." names server s's endpoint,
 //    or, without it, a run folder (DTRAIN_RUN_DIR) holds "server-s" ipc
-//    sockets. Server s binds its endpoint, the workers connect, and no
+//    sockets (not with DTRAIN_TCP_ONLY=1). Server s binds its endpoint, the workers connect, and no
 //    rendezvous takes place. Only then can a server be replaced: a process
 //    started again for server s (DTRAIN_RESTART_COUNT > 0) binds the same
 //    endpoint and restores its shard from the newest intact checkpoint of
@@ -220,7 +220,7 @@ class PsSpec final : public StrategySpec {
 std::vector<std::string> PsSpec::fixed_endpoints(const comm::LaunchSettings& s) const {
   std::vector<std::string> endpoints;
   if (s.ps_endpoints.empty()) {
-    if (s.run_dir.empty()) return endpoints;
+    if (s.run_dir.empty() || s.tcp_only) return endpoints;
     for (int64_t i = 0; i < o_.servers; ++i) {
       endpoints.push_back(fmt::format("ipc://{}/server-{}", s.run_dir, i));
     }
@@ -299,7 +299,7 @@ int PsSpec::serve(const BuildContext& c) const {
   Logger& logger = *c.logger;
   const ProcessRole r = role(c.facts, launch);
   DTRAIN_CHECK(r.server, "rank {} is not a server of {}", launch.rank, o_.servers);
-  const comm::JobAuth auth(c.job_name, launch.settings.job_secret);
+  const comm::JobAuth auth(c.job_name, launch.settings.job_secret, launch.settings.encrypt);
 
   ps::ServerOptions o;
   o.server = r.index;
@@ -369,7 +369,7 @@ int PsSpec::serve(const BuildContext& c) const {
 std::vector<std::string> PsSpec::discover_servers(const BuildContext& c) const {
   std::vector<std::string> fixed = fixed_endpoints(c.launch->settings);
   if (!fixed.empty()) return fixed;
-  const comm::JobAuth auth(c.job_name, c.launch->settings.job_secret);
+  const comm::JobAuth auth(c.job_name, c.launch->settings.job_secret, c.launch->settings.encrypt);
   const std::vector<comm::PeerEndpoint> table = meet(c, auth, "");
   std::vector<std::string> endpoints;
   for (int64_t s = 0; s < o_.servers; ++s) {
@@ -402,7 +402,7 @@ std::unique_ptr<Strategy> PsSpec::build(const BuildContext& c) const {
   o.dynamic_batch = c.dynamic_batch;
   check_local_sgd(c.compression, o_.consistency, c.optimizer);
   o.compression = c.compression;
-  const comm::JobAuth auth(c.job_name, c.launch->settings.job_secret);
+  const comm::JobAuth auth(c.job_name, c.launch->settings.job_secret, c.launch->settings.encrypt);
   o.learning_rate = c.optimizer.lr;
   o.trace = c.trace;
   return std::make_unique<PsStrategy>(c.make_model(), std::move(client), auth, *c.logger, o,

@@ -183,6 +183,14 @@ struct CompressionConfig {
   GuardConfig guard;
 };
 
+// [security] (docs/security.md).
+struct SecurityConfig {
+  // CURVE (CurveZMQ) on every link of the job, with keys derived from the
+  // job secret (comm/wire/curve.h); a launched job passes it to its
+  // processes as DTRAIN_ENCRYPT=1.
+  bool encrypt = false;
+};
+
 struct JobConfig {
   std::string name = "job";
   std::string source;  // the job file, for messages
@@ -203,6 +211,7 @@ struct JobConfig {
   TrainConfig train;
   DistributedConfig distributed;
   CompressionConfig compression;
+  SecurityConfig security;
   // [fl]: a federated job (`dtrain fl`, fl/fl_config.h).
   fl::FlConfig fl;
 };

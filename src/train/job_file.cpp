@@ -15,8 +15,15 @@ namespace dtrain::train {
 
 namespace {
 
-constexpr const char* kSections[] = {"job",   "model",       "data",        "optimizer", "schedule",
-                                     "train", "distributed", "compression", "fl"};
+constexpr const char* kSections[] = {"job",      "model",   "data",        "optimizer",
+                                     "schedule", "train",   "distributed", "compression",
+                                     "fl",       "security"};
+
+// Reads [security] (docs/security.md).
+void read_security(io::TomlTable& t, SecurityConfig& s) {
+  t.get("encrypt", s.encrypt);
+  t.finish();
+}
 
 // Reads [job].
 void read_job(io::TomlTable& t, JobConfig& job) {
@@ -405,6 +412,7 @@ JobFile parse_job(const std::string& toml_text, const std::string& source_name,
   section("schedule", [&](io::TomlTable& t) { read_schedule(t, job.schedule); });
   section("train", [&](io::TomlTable& t) { read_train(t, job.train); });
   section("compression", [&](io::TomlTable& t) { read_compression(t, job.compression); });
+  section("security", [&](io::TomlTable& t) { read_security(t, job.security); });
   section("fl", [&](io::TomlTable& t) {
     job.fl = fl::read_fl_config(t);
     t.finish();

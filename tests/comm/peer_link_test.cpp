@@ -118,14 +118,16 @@ ZmqPeerLinkOptions test_options(int rank, int n, const std::string& endpoint) {
 class ZmqWorld final : public World {
  public:
   using Tweak = std::function<void(ZmqPeerLinkOptions&)>;
-  ZmqWorld(int n, bool ipc, Tweak tweak = {})
+  // `encrypt`: security.encrypt (CURVE on every link, docs/security.md).
+  ZmqWorld(int n, bool ipc, Tweak tweak = {}, bool encrypt = false)
       : tweak_(tweak ? std::move(tweak) : [](ZmqPeerLinkOptions&) {}),
+        encrypt_(encrypt),
         links_(static_cast<size_t>(n)) {
     for (int r = 0; r < n; ++r) {
       const std::string bind =
           ipc ? fmt::format("ipc://{}/peer-{}", dir_.path(), r) : std::string("tcp://127.0.0.1:0");
-      links_[static_cast<size_t>(r)] =
-          std::make_unique<ZmqPeerLink>(options(r, bind), JobAuth(kJob, kSecret), logger_);
+      links_[static_cast<size_t>(r)] = std::make_unique<ZmqPeerLink>(
+          options(r, bind), JobAuth(kJob, kSecret, encrypt_), logger_);
       endpoints_.push_back(links_[static_cast<size_t>(r)]->endpoint());
     }
     for (auto& link : links_) link->connect(endpoints_);
@@ -138,7 +140,7 @@ class ZmqWorld final : public World {
     auto& slot = links_.at(static_cast<size_t>(rank));
     slot.reset();
     slot = std::make_unique<ZmqPeerLink>(options(rank, endpoints_[static_cast<size_t>(rank)]),
-                                         JobAuth(kJob, kSecret), logger_);
+                                         JobAuth(kJob, kSecret, encrypt_), logger_);
     slot->connect(endpoints_);
   }
   int size() const { return static_cast<int>(links_.size()); }
@@ -152,6 +154,7 @@ class ZmqWorld final : public World {
   }
 
   Tweak tweak_;
+  bool encrypt_;
   testing::TempDir dir_;
   Logger logger_{
       std::getenv("PEER_LOG") ? LogLevel::kDebug : LogLevel::kOff,
@@ -450,6 +453,7 @@ std::vector<WorldKind> world_kinds() {
       {"InProc", [](int n) { return std::make_unique<InProcWorld>(n); }},
       {"ZmqIpc", [](int n) { return std::make_unique<ZmqWorld>(n, true); }},
       {"ZmqTcp", [](int n) { return std::make_unique<ZmqWorld>(n, false); }},
+      {"ZmqTcpCurve", [](int n) { return std::make_unique<ZmqWorld>(n, false, nullptr, true); }},
   };
 }
 

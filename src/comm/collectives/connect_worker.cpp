@@ -18,13 +18,14 @@ std::unique_ptr<Communicator> connect_worker(const std::string& job_name, const 
         "worker {} of {} ({}) has no coordinator address: set DTRAIN_COORDINATOR=host:port",
         launch.rank, launch.world_size, launch.source));
   }
-  const JobAuth auth(job_name, launch.settings.job_secret);
+  const JobAuth auth(job_name, launch.settings.job_secret, launch.settings.encrypt);
   ZmqTransportOptions t;
   t.rank = launch.rank;
   t.world_size = launch.world_size;
   t.listen_host = launch.settings.listen_host;
   t.advertise_host = launch.settings.advertise_host;
   if (!launch.settings.run_dir.empty()) t.ipc_dir = launch.settings.run_dir;
+  if (launch.settings.tcp_only) t.prefer_ipc = false;
   t.heartbeat_timeout = options.heartbeat_timeout;
   t.heartbeat_interval = std::min(std::chrono::milliseconds(200), options.heartbeat_timeout / 4);
   t.link = options.link;
@@ -32,6 +33,7 @@ std::unique_ptr<Communicator> connect_worker(const std::string& job_name, const 
                                          Deadline::after(options.timeout), logger);
   CommunicatorOptions c;
   c.timeout = options.timeout;
+  c.shm_allreduce = !launch.settings.tcp_only;
   // Names this job's shared-memory segments: unique per job and coordinator.
   c.job_id =
       fmt::format("{:016x}-{:x}", auth.job_id(), std::hash<std::string>{}(launch.coordinator));

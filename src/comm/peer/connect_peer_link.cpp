@@ -114,7 +114,7 @@ std::string run_dir_peer_endpoint(const std::string& run_dir, int rank) {
 std::unique_ptr<ZmqPeerLink> connect_peer_link(const std::string& job_name,
                                                const LaunchInfo& launch,
                                                const PeerLinkSettings& settings, Logger& logger) {
-  const JobAuth auth(job_name, launch.settings.job_secret);
+  const JobAuth auth(job_name, launch.settings.job_secret, launch.settings.encrypt);
   ZmqPeerLinkOptions o = link_options(launch, settings);
   if (!launch.settings.run_dir.empty()) return connect_fixed(launch, std::move(o), auth, logger);
   return connect_by_rendezvous(launch, settings, std::move(o), auth, logger);

@@ -156,8 +156,10 @@ LaunchSettings resolve_launch_settings(const std::map<std::string, std::string>&
                         fmt::format("'{}' is negative", it->second));
     }
   }
-  for (const auto& [name, flag] : {std::pair{"DTRAIN_INSECURE", &s.insecure},
-                                   std::pair{"DTRAIN_OUTPUT_LOCKED", &s.output_locked}}) {
+  for (const auto& [name, flag] :
+       {std::pair{"DTRAIN_INSECURE", &s.insecure}, std::pair{"DTRAIN_ENCRYPT", &s.encrypt},
+        std::pair{"DTRAIN_TCP_ONLY", &s.tcp_only},
+        std::pair{"DTRAIN_OUTPUT_LOCKED", &s.output_locked}}) {
     if (const auto it = env.find(name); it != env.end()) {
       if (it->second != "0" && it->second != "1") {
         throw ConfigError(kEnvironment, name, 0, fmt::format("'{}' is not 0 or 1", it->second));

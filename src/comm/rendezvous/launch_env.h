@@ -45,8 +45,13 @@ struct LaunchOverrides {
 // What a launcher tells each process beyond its place (DTRAIN_* variables;
 // dtrain's own launcher sets them, another launcher may):
 struct LaunchSettings {
-  std::string job_secret;                 // DTRAIN_JOB_SECRET: authenticates every frame ("" none)
-  bool insecure = false;                  // DTRAIN_INSECURE=1: run without a secret on purpose
+  std::string job_secret;  // DTRAIN_JOB_SECRET: authenticates every frame ("" none)
+  bool insecure = false;   // DTRAIN_INSECURE=1: run without a secret on purpose
+  // DTRAIN_TCP_ONLY=1: every link over tcp even between processes of one
+  // host (no ipc, no shared memory), as across hosts: for tests and
+  // benchmarks of encrypted links on one machine.
+  bool tcp_only = false;
+  bool encrypt = false;  // DTRAIN_ENCRYPT=1 or the job's security.encrypt: CURVE on every link
   std::string listen_host = "127.0.0.1";  // DTRAIN_LISTEN_HOST: the address to bind
   std::string advertise_host;             // DTRAIN_ADVERTISE_HOST: the address peers use
   std::string elastic_coordinator;        // DTRAIN_ELASTIC_COORDINATOR: host:port (elastic mode)

@@ -96,6 +96,12 @@ ZmqTransport::ZmqTransport(ZmqTransportOptions options, JobAuth auth, Logger& lo
   inbound_.set(zmq::sockopt::linger, 0);
   inbound_.set(zmq::sockopt::maxmsgsize,
                static_cast<int64_t>(std::max<uint64_t>(o.max_message_bytes, wire::kHeaderBytes)));
+  // security.encrypt: the PULL socket is the CURVE server of its tcp and ipc
+  // endpoints, every PUSH a client (comm/wire/curve.h).
+  if (auth_.curve() != nullptr) {
+    zap_ = wire::secure_binding_socket(context_, inbound_, auth_, fmt::format("rank {}", o.rank),
+                                       logger_);
+  }
   const std::string tcp = fmt::format("tcp://{}:*", o.listen_host);
   try {
     inbound_.bind(tcp);
@@ -248,6 +254,7 @@ void ZmqTransport::connect(const std::vector<PeerEndpoint>& table) {
     peer->push = zmq::socket_t(context_, zmq::socket_type::push);
     peer->push.set(zmq::sockopt::sndhwm, 0);
     peer->push.set(zmq::sockopt::linger, static_cast<int>(options_.linger.count()));
+    if (auth_.curve() != nullptr) wire::secure_connecting_socket(peer->push, auth_);
     const std::string monitor_address =
         fmt::format("inproc://dtrain-monitor-{:x}-{}", reinterpret_cast<uintptr_t>(this), p);
     if (zmq_socket_monitor(peer->push.handle(), monitor_address.c_str(),

@@ -75,6 +75,7 @@
 #include "comm/transport/link_shaper.h"
 #include "comm/transport/transport.h"
 #include "comm/wire/auth.h"
+#include "comm/wire/curve.h"
 #include "comm/wire/rate_limited_log.h"
 #include "comm/wire/wire.h"
 #include "core/log.h"
@@ -155,6 +156,9 @@ class ZmqTransport final : public Transport {
   // Frames dropped because they did not belong to the job or failed
   // authentication.
   uint64_t dropped_frames() const { return drops_.count(); }
+  // With security.encrypt: connections refused for a CURVE key not the
+  // job's (comm/wire/curve.h); 0 otherwise.
+  uint64_t refused_connections() const { return zap_ ? zap_->refused() : 0; }
 
  private:
   struct Peer;
@@ -205,6 +209,7 @@ class ZmqTransport final : public Transport {
   std::string ipc_path_;  // the socket file this transport created; removed on destruction
   zmq::context_t context_;
   zmq::socket_t inbound_;
+  std::shared_ptr<wire::ZapHandler> zap_;        // with auth_.curve(): closed before context_
   std::vector<std::unique_ptr<Peer>> peers_;     // indexed by rank; null for self
   std::vector<uint64_t> next_inbound_sequence_;  // I/O thread only
   bool connected_ = false;

@@ -11,10 +11,16 @@
 //   yields two keys. verify() compares in constant time.
 // - With an empty secret, enabled() is false and frames carry no MAC; a
 //   process that has a secret rejects such frames and vice versa (wire.h).
-// The secret is kept only as the derived key; it is wiped on destruction.
+// - With encrypt (security.encrypt, docs/security.md), two CURVE key pairs
+//   (libzmq's CurveZMQ, RFC 26) are derived from the secret and the job id:
+//   curve()->server for the sockets that bind, curve()->client for those that
+//   connect (comm/wire/curve.h puts them on a socket). Every process that
+//   holds the secret has the same pairs, so nothing new is distributed.
+// The secret is kept only as the derived keys; they are wiped on destruction.
 // Thread safety: immutable after construction; all methods are const and may
 // be called from any thread. Throws InternalError only if libsodium fails to
-// initialise. Never blocks.
+// initialise; ConfigError for encrypt without a secret, or when libzmq was
+// built without CURVE (zmq_has("curve")). Never blocks.
 #pragma once
 
 #include <array>
@@ -28,15 +34,39 @@ namespace dtrain::comm {
 inline constexpr size_t kMacBytes = 32;
 using Mac = std::array<std::byte, kMacBytes>;
 
+inline constexpr size_t kCurveKeyBytes = 32;
+using CurveKey = std::array<uint8_t, kCurveKeyBytes>;
+
+// A Curve25519 key pair (crypto_box_seed_keypair).
+struct CurveKeyPair {
+  CurveKey public_key{};
+  CurveKey secret_key{};
+};
+
+// The job's CURVE keys: `server` on binding sockets, `client` on connecting
+// ones; a binding socket accepts only client.public_key (the ZAP handler).
+struct CurveKeys {
+  CurveKeyPair server;
+  CurveKeyPair client;
+};
+
+// The key pairs of (secret, job id): each pair from a 32-byte seed,
+// BLAKE2b-256 keyed by the secret over a domain ("dtrain curve server v1" or
+// "dtrain curve client v1") and the job id. Requires a non-empty secret.
+CurveKeys derive_curve_keys(std::string_view secret, uint64_t job_id);
+
 class JobAuth {
  public:
-  JobAuth(std::string_view job_name, std::string_view secret);
+  // `encrypt`: derive the CURVE keys (security.encrypt; needs a secret).
+  JobAuth(std::string_view job_name, std::string_view secret, bool encrypt = false);
   ~JobAuth();
   JobAuth(const JobAuth&) = default;
   JobAuth& operator=(const JobAuth&) = default;
 
   uint64_t job_id() const { return job_id_; }
   bool enabled() const { return enabled_; }
+  // The CURVE keys when links are encrypted, else nullptr.
+  const CurveKeys* curve() const { return encrypt_ ? &curve_ : nullptr; }
 
   // Keyed hash of `header` then `payload`. Requires enabled().
   Mac mac(std::span<const std::byte> header, std::span<const std::byte> payload) const;
@@ -47,7 +77,9 @@ class JobAuth {
  private:
   uint64_t job_id_ = 0;
   bool enabled_ = false;
+  bool encrypt_ = false;
   std::array<unsigned char, 32> key_{};
+  CurveKeys curve_{};
 };
 
 // The job id of `job_name` (what JobAuth::job_id() returns).

@@ -110,6 +110,15 @@ FramedSocket::FramedSocket(zmq::context_t& context, Role role, const std::string
   socket_.set(zmq::sockopt::maxmsgsize,
               static_cast<int64_t>(std::min<uint64_t>(
                   max_part, static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))));
+  // security.encrypt: the ROUTER is the CURVE server, the DEALER its client
+  // (comm/wire/curve.h).
+  if (auth_.curve() != nullptr) {
+    if (role == Role::kRouter) {
+      zap_ = secure_binding_socket(context, socket_, auth_, options_.name, logger);
+    } else {
+      secure_connecting_socket(socket_, auth_);
+    }
+  }
   try {
     if (role == Role::kRouter) {
       socket_.bind(endpoint);

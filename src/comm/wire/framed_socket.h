@@ -24,6 +24,10 @@
 // every 1024th), passed to the options' on_reject hook if there is one (a
 // coordinator answers it with kReject) and never returned.
 //
+// With auth.curve() (security.encrypt), the socket speaks CURVE: a ROUTER as
+// the server, a DEALER as the client, and a ROUTER refuses (and logs) any
+// connection that does not hold the job's client key (comm/wire/curve.h).
+//
 // Ownership: owns its socket; the zmq::context_t and the Logger must outlive
 // it. Thread safety: one thread at a time (a ZeroMQ socket is not
 // thread-safe), except dropped(). Errors: the constructor throws CommError
@@ -48,6 +52,7 @@
 
 #include "comm/transport/link_shaper.h"
 #include "comm/wire/auth.h"
+#include "comm/wire/curve.h"
 #include "comm/wire/rate_limited_log.h"
 #include "comm/wire/wire.h"
 #include "core/deadline.h"
@@ -172,6 +177,9 @@ class FramedSocket {
   // (a payload that does not decode), like the socket's own drops.
   void drop(std::string_view why) { drops_.add(why); }
   uint64_t dropped() const { return drops_.count(); }
+  // With security.encrypt on a ROUTER: connections its context's ZAP
+  // handler refused (a CURVE key not the job's); 0 otherwise.
+  uint64_t refused_connections() const { return zap_ ? zap_->refused() : 0; }
 
   zmq::pollitem_t poll_item() { return {socket_.handle(), 0, ZMQ_POLLIN, 0}; }
   // For a socket monitor (zmq_socket_monitor) only.
@@ -191,6 +199,7 @@ class FramedSocket {
   std::string endpoint_;
   RateLimitedLog drops_;
   std::unique_ptr<LinkShaper> shaper_;  // when options_.link
+  std::shared_ptr<ZapHandler> zap_;     // ROUTER with auth_.curve(): its context's handler
 };
 
 }  // namespace dtrain::comm::wire

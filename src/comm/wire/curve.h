@@ -1,0 +1,95 @@
+// CURVE on dtrain's sockets (security.encrypt, docs/security.md): libzmq's
+// CurveZMQ (RFC 26: a Curve25519 handshake, then every message boxed with
+// XSalsa20-Poly1305 under per-connection keys, libsodium underneath) with the
+// key pairs of JobAuth::curve().
+//
+// - secure_binding_socket() makes a socket a CURVE server (the job's server
+//   pair) before it binds, and returns the ZAP handler of its context, which
+//   the caller keeps for the socket's life.
+// - secure_connecting_socket() makes a socket a CURVE client (the job's
+//   client pair, and the server's public key) before it connects.
+// - ZapHandler answers libzmq's authentication requests (ZAP, RFC 27) on
+//   "inproc://zeromq.zap.01" of one context: it accepts a CURVE client whose
+//   long-term public key is the job's client key and refuses any other, each
+//   refusal counted and logged rate-limited ("<name>: refused a CURVE
+//   connection (<n> so far): from 127.0.0.1: unknown public key"). A peer
+//   without the secret does not even reach it: it does not know the server's
+//   public key, so the handshake fails inside libzmq (no message reaches the
+//   socket's owner either way).
+//
+// ZAP is one endpoint per context, and a context may hold several binding
+// sockets (a ps server and a rendezvous coordinator), so the handler is
+// shared: ZapHandler::acquire() returns the context's live handler or starts
+// one. The table it keeps (context -> weak handler, under a mutex) is the one
+// piece of process-wide state here, because libzmq's ZAP endpoint is itself
+// process-wide per context; a handler dies with the last socket holding it,
+// before the context (whose owner closes its sockets first).
+//
+// Ownership: the context and the Logger must outlive every holder of the
+// handler. Thread safety: acquire() from any thread; the handler's thread
+// owns its socket; refused() from any thread. Errors: acquire() throws
+// CommError when the ZAP endpoint cannot be bound, UsageError when the
+// context's handler serves another job's keys. Blocking: the destructor joins
+// the handler's thread (at most one poll interval, 50 ms).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <stop_token>
+#include <string>
+#include <thread>
+#include <zmq.hpp>
+
+#include "comm/wire/auth.h"
+#include "comm/wire/rate_limited_log.h"
+#include "core/log.h"
+
+namespace dtrain::comm::wire {
+
+class ZapHandler {
+ public:
+  // The live handler of `context` accepting `client_key`, or a new one
+  // named `name` (the first binder's name: "ps server 0").
+  static std::shared_ptr<ZapHandler> acquire(zmq::context_t& context, const CurveKey& client_key,
+                                             const std::string& name, Logger& logger);
+  ~ZapHandler();
+  ZapHandler(const ZapHandler&) = delete;
+  ZapHandler& operator=(const ZapHandler&) = delete;
+
+  // Connections refused so far (unknown key or not CURVE).
+  uint64_t refused() const { return refusals_.count(); }
+  uint64_t accepted() const { return accepted_.load(); }
+
+ private:
+  struct Private {};
+
+ public:
+  ZapHandler(Private, zmq::context_t& context, const CurveKey& client_key, const std::string& name,
+             Logger& logger);
+
+ private:
+  void serve(std::stop_token stop);
+
+  CurveKey client_key_;
+  zmq::socket_t socket_;  // REP on inproc://zeromq.zap.01; the thread's after construction
+  RateLimitedLog refusals_;
+  std::atomic<uint64_t> accepted_{0};
+  std::jthread thread_;  // last: stopped and joined before the socket closes
+};
+
+// Makes `socket` a CURVE server with auth's server pair (requires
+// auth.curve()) and returns its context's ZAP handler; call before bind().
+std::shared_ptr<ZapHandler> secure_binding_socket(zmq::context_t& context, zmq::socket_t& socket,
+                                                  const JobAuth& auth, const std::string& name,
+                                                  Logger& logger);
+
+// Makes `socket` a CURVE client with auth's client pair that expects auth's
+// server public key (requires auth.curve()); call before connect().
+void secure_connecting_socket(zmq::socket_t& socket, const JobAuth& auth);
+
+// Z85 text of a key (40 characters), as zmq_curve_keypair and the key files
+// of docs/security.md write it.
+std::string z85_key(const CurveKey& key);
+
+}  // namespace dtrain::comm::wire
