@@ -40,7 +40,8 @@ std::string env_or(const std::map<std::string, std::string>& env, const std::str
   return it == env.end() ? std::string() : it->second;
 }
 
-// The job's auth: DTRAIN_JOB_SECRET, or none on purpose (--insecure).
+// The job's auth: DTRAIN_JOB_SECRET, or none on purpose (--insecure), and
+// whether its links are encrypted.
 comm::JobAuth job_auth(const FlDeployCommandOptions& options, const train::JobConfig& job,
                        Logger& logger) {
   const std::string secret = env_or(options.environment, "DTRAIN_JOB_SECRET");
@@ -57,7 +58,10 @@ comm::JobAuth job_auth(const FlDeployCommandOptions& options, const train::JobCo
         "are not authenticated",
         job.name);
   }
-  return comm::JobAuth(job.name, secret);
+  // CURVE on the server's and clients' links (docs/security.md), from the
+  // job file or DTRAIN_ENCRYPT=1 like the training jobs.
+  const bool encrypt = job.security.encrypt || env_or(options.environment, "DTRAIN_ENCRYPT") == "1";
+  return comm::JobAuth(job.name, secret, encrypt);
 }
 
 // DTRAIN_TEST_KILL_AT_ROUND=SLOT:ROUND[,SLOT:ROUND...]: the round at which
