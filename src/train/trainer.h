@@ -74,6 +74,7 @@
 #include "train/callbacks.h"
 #include "train/checkpoint_writer.h"
 #include "train/convergence_guard.h"
+#include "train/dp_sgd.h"
 #include "train/epoch_batches.h"
 #include "train/job_config.h"
 
@@ -236,6 +237,7 @@ class Trainer {
   std::unique_ptr<CheckpointWriter> rank_writer_;  // ranks > 0 with a rank_state()
   std::unique_ptr<CheckpointWriter> writer_;       // rank 0, during fit(); last: joined first
   TraceSink* trace_ = nullptr;                     // set_trace()
+  std::unique_ptr<DpSgd> dp_;                      // [privacy] enabled, during fit()
 };
 
 }  // namespace dtrain::train
