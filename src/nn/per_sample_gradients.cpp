@@ -22,16 +22,20 @@ namespace {
 class ParametersFrozen {
  public:
   explicit ParametersFrozen(const Module& layer) : params_(layer.parameters()) {
-    for (Variable& p : params_) p.set_requires_grad(false);
+    for (Variable& p : params_) {
+      was_.push_back(p.requires_grad());
+      p.set_requires_grad(false);
+    }
   }
   ~ParametersFrozen() {
-    for (Variable& p : params_) p.set_requires_grad(true);
+    for (size_t i = 0; i < params_.size(); ++i) params_[i].set_requires_grad(was_[i]);
   }
   ParametersFrozen(const ParametersFrozen&) = delete;
   ParametersFrozen& operator=(const ParametersFrozen&) = delete;
 
  private:
   std::vector<Variable> params_;
+  std::vector<bool> was_;
 };
 
 double squared(const float* x, int64_t n) { return ops::dot(x, x, n); }
