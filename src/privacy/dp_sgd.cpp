@@ -39,8 +39,26 @@ void add_gaussian_noise(std::span<float> values, double stddev, Rng& rng) {
         fmt::format("add_gaussian_noise: stddev {} must be finite and non-negative", stddev));
   }
   if (stddev == 0) return;
-  const auto s = static_cast<float>(stddev);
-  for (float& v : values) v += s * rng.normal();
+  // Marsaglia's polar method: a pair of normals per accepted point of the
+  // unit disc (acceptance pi/4), one log and one sqrt per pair, no
+  // trigonometry; ~3x faster than Rng::normal(), which spends a log and a
+  // cos on each value. Noise over every coordinate of the model dominates
+  // the DP-SGD overhead of small models.
+  const auto uniform_pm1 = [&rng] {
+    return static_cast<double>(rng.next_u64() >> 11) * 0x1.0p-52 - 1.0;  // [-1, 1)
+  };
+  size_t i = 0;
+  while (i < values.size()) {
+    double x = 0, y = 0, r2 = 0;
+    do {
+      x = uniform_pm1();
+      y = uniform_pm1();
+      r2 = x * x + y * y;
+    } while (r2 >= 1.0 || r2 == 0.0);
+    const double f = stddev * std::sqrt(-2.0 * std::log(r2) / r2);
+    values[i++] += static_cast<float>(x * f);
+    if (i < values.size()) values[i++] += static_cast<float>(y * f);
+  }
 }
 
 double noise_stddev_per_worker(double noise_multiplier, double max_grad_norm, int workers) {

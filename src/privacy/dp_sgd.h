@@ -28,9 +28,11 @@ namespace dtrain::privacy {
 // A zero norm gives 1.
 std::vector<float> clip_factors(std::span<const double> squared_norms, double max_grad_norm);
 
-// values[j] += N(0, stddev^2), one Rng::normal() draw per value in order, so
-// a seeded Rng gives the same noise on every platform. stddev 0 leaves
-// `values` unchanged and draws nothing.
+// values[j] += N(0, stddev^2), in order, pairs of values from Marsaglia's
+// polar method on the Rng's 53-bit uniforms, so a seeded Rng gives the same
+// noise wherever libm's log agrees (sqrt is exact-rounded by IEEE 754; the
+// same caveat applies to Rng::normal()).
+// stddev 0 leaves `values` unchanged and draws nothing.
 void add_gaussian_noise(std::span<float> values, double stddev, Rng& rng);
 
 // The standard deviation each of `workers` contributors adds so that the sum
