@@ -16,6 +16,7 @@
 #include "train/dp_sgd.h"
 #include "train/job_file.h"
 #include "train/model_builder.h"
+#include "train/run_job.h"
 #include "train/trainer.h"
 #include "train_test_util.h"
 
@@ -263,6 +264,26 @@ TEST(DpSgdJobFile, BatchNormWithPrivacyIsAConfigError) {
       "\n[[model.layers]]\ntype = \"batchnorm1d\"\nname = \"bn\"\n"
       "\n[privacy]\nenabled = true\nnoise_multiplier = 1.0\n";
   expect_config_error(text, "batch normalisation mixes the samples");
+}
+
+TEST(DpSgdJobFile, StrategiesOtherThanLocalAreRefusedByTheLauncher) {
+  comm::LaunchInfo launch;  // one process, not launched
+  const auto refusal = [&](const std::string& distributed) -> std::string {
+    const JobConfig job =
+        parse_job(job_text("enabled = true\nnoise_multiplier = 1.0\n") + distributed, "job.toml",
+                  {})
+            .job;
+    try {
+      job_strategy(job, job_facts(job, launch), Logger::null());
+    } catch (const ConfigError& e) {
+      return e.what();
+    }
+    return "no error";
+  };
+  EXPECT_EQ(refusal(""), "no error");  // one worker: local
+  const std::string mirrored = refusal("\n[distributed]\nstrategy = \"mirrored\"\nworkers = 2\n");
+  EXPECT_NE(mirrored.find("privacy.enabled"), std::string::npos) << mirrored;
+  EXPECT_NE(mirrored.find("not 'mirrored'"), std::string::npos) << mirrored;
 }
 
 }  // namespace
