@@ -53,6 +53,14 @@
 // boundary. Rank and world size are read again after every re-formation, and
 // a process that becomes rank 0 starts writing checkpoints.
 //
+// DP-SGD (job.privacy.enabled, strategy local): each step is DpSgd::step
+// (train/dp_sgd.h: a Poisson batch of its own, clipping, noise), not the
+// strategy's train_step; the ordinary batches only count the epoch's steps.
+// Every epoch reports epsilon (EpochInfo::epsilon); checkpoints carry the
+// accountant's state; with privacy.target_epsilon the run ends, reporting
+// why, before a step that would exceed it (a normal end: the epoch is
+// evaluated and the final weights written).
+//
 // Ownership: the strategy, logger and callbacks are owned by the caller and
 // must outlive fit(). Thread safety: one thread calls fit().
 // Errors: dtrain::Error kinds from the layers, the data and the files;
