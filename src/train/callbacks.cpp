@@ -47,6 +47,10 @@ std::string epoch_line(const EpochInfo& e) {
   for (const ModelEval& m : e.extra) {
     extra += fmt::format(" | {} {:.2f}%", m.name, 100.0 * m.test_accuracy);
   }
+  if (e.epsilon) {
+    extra += fmt::format(" | epsilon {:.3f} (classic {:.3f}) at delta {:g}", *e.epsilon,
+                         e.epsilon_classic.value_or(0.0), e.delta);
+  }
   return fmt::format(
       "epoch {} done: train loss {:.4f} acc {:.2f}% | test loss {:.4f} acc {:.2f}%{} | {:.0f} "
       "samples/s | {}",
@@ -207,6 +211,11 @@ void JsonLinesWriter::on_epoch_end(const EpochInfo& e) {
   for (const ModelEval& m : e.extra) {
     line["test_accuracy_" + m.name] = m.test_accuracy;
     line["test_loss_" + m.name] = m.test_loss;
+  }
+  if (e.epsilon) {
+    line["epsilon"] = *e.epsilon;
+    line["epsilon_classic"] = e.epsilon_classic.value_or(0.0);
+    line["delta"] = e.delta;
   }
   write(std::move(line));
 }

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <fstream>
 #include <nlohmann/json_fwd.hpp>
+#include <optional>
 #include <ostream>
 #include <string>
 #include <utility>
@@ -82,6 +83,11 @@ struct EpochInfo {
   double samples_per_s = 0.0;    // training only, excluding evaluation
   double seconds = 0.0;          // wall time of the epoch including evaluation
   std::vector<ModelEval> extra;  // beside model()'s test_loss/test_accuracy
+  // DP-SGD ([privacy]): epsilon spent so far at `delta`, by the Balle et al.
+  // and the classic conversions (privacy/rdp_accountant.h).
+  std::optional<double> epsilon;
+  std::optional<double> epsilon_classic;
+  double delta = 0.0;
 };
 
 struct Summary {

@@ -191,6 +191,18 @@ struct SecurityConfig {
   bool encrypt = false;
 };
 
+// [privacy]: DP-SGD (train/dp_sgd.h, docs/privacy.md), strategy local only.
+struct PrivacyConfig {
+  bool enabled = false;
+  double noise_multiplier = 0.0;  // sigma; 0: solved from target_epsilon
+  double max_grad_norm = 1.0;     // C, the per-sample clipping norm
+  double delta = 1e-5;
+  // 0: no budget. Otherwise training stops before a step that would bring
+  // the (Balle) epsilon above it, and sigma is solved from it when
+  // noise_multiplier is 0.
+  double target_epsilon = 0.0;
+};
+
 struct JobConfig {
   std::string name = "job";
   std::string source;  // the job file, for messages
@@ -214,6 +226,7 @@ struct JobConfig {
   SecurityConfig security;
   // [fl]: a federated job (`dtrain fl`, fl/fl_config.h).
   fl::FlConfig fl;
+  PrivacyConfig privacy;
 };
 
 }  // namespace dtrain::train

@@ -15,9 +15,9 @@ namespace dtrain::train {
 
 namespace {
 
-constexpr const char* kSections[] = {"job",      "model",   "data",        "optimizer",
-                                     "schedule", "train",   "distributed", "compression",
-                                     "fl",       "security"};
+constexpr const char* kSections[] = {"job",      "model",    "data",        "optimizer",
+                                     "schedule", "train",    "distributed", "compression",
+                                     "fl",       "security", "privacy"};
 
 // Reads [security] (docs/security.md).
 void read_security(io::TomlTable& t, SecurityConfig& s) {
@@ -195,6 +195,62 @@ void read_train(io::TomlTable& t, TrainConfig& c) {
   if (!(c.checkpoint_every_seconds >= 0.0) || !std::isfinite(c.checkpoint_every_seconds)) {
     throw t.error("checkpoint_every_seconds",
                   fmt::format("must be 0 (off) or positive, got {}", c.checkpoint_every_seconds));
+  }
+}
+
+// Reads [privacy] (train/dp_sgd.h, docs/privacy.md).
+void read_privacy(io::TomlTable& t, PrivacyConfig& p) {
+  t.get("enabled", p.enabled);
+  t.get("noise_multiplier", p.noise_multiplier);
+  t.get("max_grad_norm", p.max_grad_norm);
+  t.get("delta", p.delta);
+  t.get("target_epsilon", p.target_epsilon);
+  t.finish();
+  if (!(p.noise_multiplier >= 0.0) || !std::isfinite(p.noise_multiplier)) {
+    throw t.error("noise_multiplier",
+                  fmt::format("must be 0 (solve it from target_epsilon) or positive, got {}",
+                              p.noise_multiplier));
+  }
+  if (!(p.max_grad_norm > 0.0) || !std::isfinite(p.max_grad_norm)) {
+    throw t.error("max_grad_norm", fmt::format("must be positive, got {}", p.max_grad_norm));
+  }
+  if (!(p.delta > 0.0 && p.delta < 1.0)) {
+    throw t.error("delta", fmt::format("must be in (0, 1), got {}", p.delta));
+  }
+  if (!(p.target_epsilon >= 0.0) || !std::isfinite(p.target_epsilon)) {
+    throw t.error("target_epsilon",
+                  fmt::format("must be 0 (no budget) or positive, got {}", p.target_epsilon));
+  }
+  if (p.enabled && p.noise_multiplier == 0.0 && p.target_epsilon == 0.0) {
+    throw t.error("enabled",
+                  "DP-SGD needs privacy.noise_multiplier or privacy.target_epsilon (to solve the "
+                  "noise multiplier from)");
+  }
+}
+
+// DP-SGD needs per-sample gradients: layers that mix the samples of a batch
+// are refused, as is what changes the per-sample loss or the sampling.
+void check_privacy(const JobConfig& job) {
+  if (!job.privacy.enabled) return;
+  for (size_t i = 0; i < job.model.layers.size(); ++i) {
+    const LayerConfig& layer = job.model.layers[i];
+    if (layer.type.starts_with("batchnorm")) {
+      throw job.lines.error(
+          "privacy.enabled",
+          fmt::format("DP-SGD cannot train model layer {} ('{}', {}): batch normalisation mixes "
+                      "the samples of a batch, so it has no per-sample gradient; remove it",
+                      i, layer.name.empty() ? std::to_string(i) : layer.name, layer.type));
+    }
+  }
+  if (job.train.class_weights != "none") {
+    throw job.lines.error("privacy.enabled",
+                          "DP-SGD clips each sample's own loss gradient; train.class_weights "
+                          "reweights samples by the batch and is not supported with it");
+  }
+  if (!job.data.partition.empty()) {
+    throw job.lines.error("privacy.enabled",
+                          "DP-SGD samples the whole training set (Poisson sampling); "
+                          "data.partition is not supported with it");
   }
 }
 
@@ -413,6 +469,7 @@ JobFile parse_job(const std::string& toml_text, const std::string& source_name,
   section("train", [&](io::TomlTable& t) { read_train(t, job.train); });
   section("compression", [&](io::TomlTable& t) { read_compression(t, job.compression); });
   section("security", [&](io::TomlTable& t) { read_security(t, job.security); });
+  section("privacy", [&](io::TomlTable& t) { read_privacy(t, job.privacy); });
   section("fl", [&](io::TomlTable& t) {
     job.fl = fl::read_fl_config(t);
     t.finish();
@@ -430,6 +487,7 @@ JobFile parse_job(const std::string& toml_text, const std::string& source_name,
   if (job.model.input_shape.empty()) {
     throw job.lines.error("model.input_shape", "missing (e.g. [1, 28, 28])");
   }
+  check_privacy(job);
   return out;
 }
 

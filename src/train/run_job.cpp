@@ -266,6 +266,13 @@ std::shared_ptr<const strategy::StrategySpec> job_strategy(const JobConfig& job,
                                       "update's loss)",
                                       spec->name()));
   }
+  if (job.privacy.enabled && spec->name() != "local") {
+    throw job.lines.error("privacy.enabled",
+                          fmt::format("DP-SGD runs with strategy 'local' only, not '{}' (each "
+                                      "worker would have to clip its own samples and add its "
+                                      "share of the noise; not built yet)",
+                                      spec->name()));
+  }
   for (const std::string& w : warnings) logger.warn("{}", w);
   return spec;
 }

@@ -185,6 +185,19 @@ bool Trainer::resume(Position& position, const RunPlan& plan, const data::Tensor
     }
     strategy_.set_communication_level(guard_->level());
   }
+  if (dp_ != nullptr) {
+    if (c.metadata.contains("privacy_phases")) {
+      try {
+        dp_->restore(c.metadata);
+      } catch (const UsageError& e) {
+        throw CheckpointError(found->path, c.step, e.what());
+      }
+    } else if (c.step > 0) {
+      throw CheckpointError(found->path, c.step,
+                            "written without [privacy]: the privacy spent by its steps is "
+                            "unknown; train afresh with --no-resume");
+    }
+  }
   resumed_part_consumed_.clear();
   if (auto it = c.metadata.find("part_consumed"); it != c.metadata.end()) {
     try {
@@ -213,6 +226,9 @@ void Trainer::save_checkpoint(const Position& position) {
   c.metadata["seed"] = std::to_string(job_.seed);
   if (!part_consumed_.empty()) c.metadata["part_consumed"] = join(part_consumed_, ",");
   if (guard_ != nullptr) c.metadata["guard"] = guard_->encode();
+  if (dp_ != nullptr) {
+    for (auto& [key, value] : dp_->checkpoint_metadata()) c.metadata[key] = value;
+  }
   strategy_.fetch_model();
   c.add_section("model", strategy_.model().state_dict().clone());
   c.add_section("optimizer", strategy_.optimizer_state().clone());
@@ -363,7 +379,8 @@ std::optional<strategy::StepStats> Trainer::run_step(const StepBatch& step, Posi
   const int64_t lo = step.lo, hi = step.hi;
   strategy::StepStats mine;
   try {
-    for (int64_t m = 0; m < k; ++m) {
+    if (dp_ != nullptr) mine = dp_->step(position.step);
+    for (int64_t m = 0; dp_ == nullptr && m < k; ++m) {
       const int64_t a = lo + (hi - lo) * m / k, b = lo + (hi - lo) * (m + 1) / k;
       mine +=
           strategy_.train_step(step.batch.x.narrow(a, b - a),
@@ -443,6 +460,13 @@ Trainer::EpochEnd Trainer::run_epoch(const data::TensorDataset& train, data::Dat
   end.started = Clock::now();
   EpochBatches batches = epoch_batches(train, loader, plan, position);
   while (std::optional<StepBatch> step = next_batch(batches, position)) {
+    if (dp_ != nullptr) {
+      if (std::optional<std::string> stop = dp_->budget_stop(position.step)) {
+        report(*stop);
+        end.run_over = true;
+        break;
+      }
+    }
     const auto t0 = Clock::now();
     if (plan.partitioned) part_consumed_ = batches.consumed();
     end.last_split = step->split;
@@ -516,6 +540,12 @@ void Trainer::end_epoch(const data::TensorDataset& test, const EpochEnd& end, Po
   e.samples_per_s = rate(end.steps.stats, end.steps.seconds);
   e.seconds = seconds_since(end.started);
   e.extra = std::move(extra);
+  if (dp_ != nullptr) {
+    const privacy::PrivacySpent spent = dp_->spent();
+    e.epsilon = spent.balle;
+    e.epsilon_classic = spent.classic;
+    e.delta = dp_->delta();
+  }
   for (Callback* c : callbacks_) c->on_epoch_end(e);
   summary.test_loss = eval.loss;
   summary.test_accuracy = eval.accuracy;
@@ -535,6 +565,12 @@ Summary Trainer::fit(const data::TensorDataset& train, const data::TensorDataset
   elastic_ = strategy_.elastic();
   writer_.reset();
   rank_ = strategy_.rank(), world_ = strategy_.world_size(), chief_ = rank_ == 0;
+  dp_.reset();
+  if (job_.privacy.enabled) {
+    dp_ = std::make_unique<DpSgd>(job_, strategy_, train,
+                                  std::min(plan.planned_steps, plan.total_steps));
+    report(dp_->description());
+  }
   Position position = starting_position(plan, train);
   take_group_role();
   if (guard_ != nullptr) take_snapshot(position.step);

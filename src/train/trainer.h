@@ -53,6 +53,14 @@
 // boundary. Rank and world size are read again after every re-formation, and
 // a process that becomes rank 0 starts writing checkpoints.
 //
+// DP-SGD (job.privacy.enabled, strategy local): each step is DpSgd::step
+// (train/dp_sgd.h: a Poisson batch of its own, clipping, noise), not the
+// strategy's train_step; the ordinary batches only count the epoch's steps.
+// Every epoch reports epsilon (EpochInfo::epsilon); checkpoints carry the
+// accountant's state; with privacy.target_epsilon the run ends, reporting
+// why, before a step that would exceed it (a normal end: the epoch is
+// evaluated and the final weights written).
+//
 // Ownership: the strategy, logger and callbacks are owned by the caller and
 // must outlive fit(). Thread safety: one thread calls fit().
 // Errors: dtrain::Error kinds from the layers, the data and the files;
@@ -74,6 +82,7 @@
 #include "train/callbacks.h"
 #include "train/checkpoint_writer.h"
 #include "train/convergence_guard.h"
+#include "train/dp_sgd.h"
 #include "train/epoch_batches.h"
 #include "train/job_config.h"
 
@@ -236,6 +245,7 @@ class Trainer {
   std::unique_ptr<CheckpointWriter> rank_writer_;  // ranks > 0 with a rank_state()
   std::unique_ptr<CheckpointWriter> writer_;       // rank 0, during fit(); last: joined first
   TraceSink* trace_ = nullptr;                     // set_trace()
+  std::unique_ptr<DpSgd> dp_;                      // [privacy] enabled, during fit()
 };
 
 }  // namespace dtrain::train
