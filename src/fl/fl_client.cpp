@@ -98,6 +98,7 @@ class FlClient::Impl {
           break;
         case FlKind::kJoin:
         case FlKind::kUpdate:
+        case FlKind::kUpdateCompressed:
           socket_->drop(fmt::format("a {} message, which only clients send", to_string(m.kind)));
           break;
       }
