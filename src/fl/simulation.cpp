@@ -289,6 +289,7 @@ SimulationResult run_simulation(const SimulationOptions& o) {
     state.round = o.resume->round;
     state.weights = o.resume->weights;
     state.rejected_updates = o.resume->rejected_updates;
+    state.accountant = o.resume->accountant;
     server.load_state_dict(o.resume->optimizer);
   } else {
     state.weights = flatten(trainers.front().model());
