@@ -103,6 +103,12 @@ void check_options(const SimulationOptions& o) {
     throw UsageError(
         fmt::format("run_simulation: {} data parts for {} clients", o.parts.size(), c.clients));
   }
+  if (c.secure_aggregation && o.upload.method != compress::Method::kNone) {
+    // A masked input is a dense vector of Z_(2^32): compressing it is moot.
+    throw UsageError(
+        "run_simulation: compressed uploads cannot be combined with "
+        "fl.secure_aggregation (the masked inputs are dense)");
+  }
 }
 
 bool due(int64_t round, int64_t every, int64_t last) {

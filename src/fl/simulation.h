@@ -42,7 +42,8 @@
 // evaluator run on the calling thread, between rounds.
 // Errors: what the callbacks throw propagates after the pool stopped;
 // UsageError for inconsistent options (parts.size() != clients, a resume
-// state of another size). Blocking: runs the whole job.
+// state of another size, compressed uploads with secure aggregation, a DP
+// resume state without its accountant). Blocking: runs the whole job.
 #pragma once
 
 #include <cstdint>

@@ -200,6 +200,13 @@ TEST_F(PrivateRoundTest, TooManyDropsFailTheRoundCleanly) {
   EXPECT_TRUE(same_bits(run_simulation(o).state.weights, initial(o)));
 }
 
+TEST_F(PrivateRoundTest, CompressedUploadsAreRefusedWithSecureAggregation) {
+  SimulationOptions o = options({6, 6, 6});
+  o.config.secure_aggregation = true;
+  o.upload.method = compress::Method::kFp16;
+  EXPECT_THROW(run_simulation(o), UsageError);
+}
+
 TEST(PrivateUpdate, ClippedUpdatesHaveNormAtMostS) {
   FlConfig c;
   c.dp_clip = 0.7;
