@@ -22,6 +22,20 @@
 //      every checkpoint_every rounds and the last); with fewer it repeats the
 //      round (a new draw) up to max_round_attempts, then throws CommError
 //      naming the round and who answered.
+// Secure aggregation (options.secagg.enabled): in step 3 each sampled client
+// gets a kSecAggSetup (the round's SecAgg configuration, its index among the
+// sampled in ascending id order) just before its kTask; step 4 becomes the
+// four phases of privacy/secagg.h, each closing when every client still in
+// the round answered or at its deadline (fl/fl_secagg.h), after which the
+// next phase's messages go out. A client that misses a phase's deadline is a
+// dropout and SecAgg's recovery runs; a phase with fewer answers than the
+// threshold fails the attempt (the error names the phase, who answered and
+// the threshold) and the round is repeated like a round with too few
+// updates. The server only ever holds masked vectors and applies the
+// unmasked sum's mean (secagg_mean_delta); the included clients are the
+// round's participants, and min_fit_clients applies to them. A malformed
+// SecAgg answer (privacy's DataError) is rejected, counted and logged
+// naming the client and the phase; that client is out of the phase.
 // At the end every known client gets kDone; for done_linger afterwards a
 // client that joins is answered kDone too. A client that joins in the
 // middle of a round (restarted, late) takes part from the next round. A
@@ -54,6 +68,7 @@
 #include "compress/compressor.h"
 #include "core/log.h"
 #include "fl/fl_config.h"
+#include "fl/fl_secagg.h"
 #include "fl/server_state.h"
 #include "fl/simulation.h"
 
@@ -86,11 +101,16 @@ struct FlServerOptions {
   // (the model's, fl::layouts_of); with none, such a message is refused.
   compress::Options upload;
   std::vector<compress::TensorLayout> layouts;
+  // Secure aggregation (fl/fl_secagg.h): with enabled, every round runs the
+  // four SecAgg phases (see "Secure aggregation" below) instead of
+  // collecting plain updates; compressed uploads are then refused.
+  FlSecAggOptions secagg;
 };
 
 struct FlServerStats {
   int64_t rounds_done = 0;
-  int64_t rejected_updates = 0;  // refused by RoundAggregator, or an unknown client id
+  int64_t rejected_updates = 0;  // refused by RoundAggregator, or an unknown client id,
+                                 // or a malformed SecAgg answer
   uint64_t dropped_frames = 0;   // refused by the socket (bad header, CRC, MAC) or undecodable
   int64_t connected = 0;
 };
