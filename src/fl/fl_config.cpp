@@ -5,6 +5,9 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/error.h"
+#include "privacy/rdp_accountant.h"
+
 namespace dtrain::fl {
 
 namespace {
@@ -17,11 +20,68 @@ void check_range(const ConfigTable& t, std::string_view key, double value, doubl
   }
 }
 
+// The privacy keys (docs/federated.md, "Privacy in federated rounds").
+void check_privacy(const ConfigTable& t, FlConfig& c, bool z_set) {
+  check_choice(t.lines(), "secagg_graph", c.secagg_graph, {"full", "sparse"});
+  const int64_t m = c.clients_per_round();
+  if (c.secure_aggregation && m < 3) {
+    throw t.error("secure_aggregation",
+                  fmt::format("needs at least 3 clients per round (fraction x clients), got {}: "
+                              "with 2 each would learn the other's update from the sum",
+                              m));
+  }
+  if (c.secagg_threshold < 0 || (c.secure_aggregation && c.secagg_threshold > m)) {
+    throw t.error("secagg_threshold",
+                  fmt::format("must be 0 (the default rule) or in [1, {}] (the clients per "
+                              "round), got {}",
+                              m, c.secagg_threshold));
+  }
+  if (!(c.secagg_clip > 0.0) || !std::isfinite(c.secagg_clip) || c.secagg_clip > 1e30) {
+    throw t.error("secagg_clip", fmt::format("must be positive, got {}", c.secagg_clip));
+  }
+  check_range(t, "dp_clip", c.dp_clip, 0.0, 1e30, "at least 0 (0: off)");
+  check_range(t, "dp_noise_multiplier", c.dp_noise_multiplier, 0.0, 1e6, "in [0, 1e6]");
+  if (!(c.dp_delta > 0.0) || !(c.dp_delta < 1.0)) {
+    throw t.error("dp_delta", fmt::format("must be in (0, 1), got {}", c.dp_delta));
+  }
+  check_range(t, "dp_target_epsilon", c.dp_target_epsilon, 0.0, 1e9, "at least 0 (0: off)");
+  if (!c.dp()) {
+    if (c.dp_noise_multiplier > 0.0) {
+      throw t.error("dp_noise_multiplier", "set dp_clip (S) too: the noise is z S");
+    }
+    if (c.dp_target_epsilon > 0.0) {
+      throw t.error("dp_target_epsilon", "set dp_clip (S) too: DP-FedAvg is off without it");
+    }
+    return;
+  }
+  if (c.algorithm == "fedprox" && c.stragglers > 0.0) {
+    throw t.error("stragglers",
+                  "DP-FedAvg weighs every update alike: partial work is not "
+                  "supported with dp_clip");
+  }
+  if (c.dp_noise_multiplier == 0.0) {
+    if (c.dp_target_epsilon == 0.0) {
+      throw t.error(z_set ? "dp_noise_multiplier" : "dp_clip",
+                    "DP-FedAvg needs dp_noise_multiplier > 0 or dp_target_epsilon to solve it");
+    }
+    try {
+      c.dp_noise_multiplier = privacy::solve_noise_multiplier(c.dp_target_epsilon, c.dp_delta,
+                                                              c.dp_sampling_rate(), c.rounds);
+    } catch (const UsageError& e) {
+      throw t.error("dp_target_epsilon", fmt::format("cannot be reached: {}", e.what()));
+    }
+  }
+}
+
 }  // namespace
 
 int64_t FlConfig::clients_per_round() const {
   const auto m = static_cast<int64_t>(std::llround(fraction * static_cast<double>(clients)));
   return std::clamp<int64_t>(m, 1, clients);
+}
+
+double FlConfig::dp_sampling_rate() const {
+  return static_cast<double>(clients_per_round()) / static_cast<double>(clients);
 }
 
 FlConfig read_fl_config(ConfigTable& t) {
@@ -51,6 +111,14 @@ FlConfig read_fl_config(ConfigTable& t) {
   t.read("checkpoint_every", c.checkpoint_every);
   t.read("server", c.server);
   t.read("client_eval", c.client_eval);
+  t.read("secure_aggregation", c.secure_aggregation);
+  t.read("secagg_graph", c.secagg_graph);
+  t.read("secagg_threshold", c.secagg_threshold);
+  t.read("secagg_clip", c.secagg_clip);
+  t.read("dp_clip", c.dp_clip);
+  const bool z_set = t.read("dp_noise_multiplier", c.dp_noise_multiplier);
+  t.read("dp_delta", c.dp_delta);
+  t.read("dp_target_epsilon", c.dp_target_epsilon);
 
   check_choice(t.lines(), "algorithm", c.algorithm, {"fedavg", "fedsgd", "fedprox"});
   check_choice(t.lines(), "server_optimizer", s.type,
@@ -104,6 +172,7 @@ FlConfig read_fl_config(ConfigTable& t) {
   if (c.server.rfind("tcp://", 0) != 0 && c.server.rfind("ipc://", 0) != 0) {
     throw t.error("server", fmt::format("'{}' is not tcp://HOST:PORT or ipc://PATH", c.server));
   }
+  check_privacy(t, c, z_set);
   return c;
 }
 

@@ -30,6 +30,17 @@
 //   checkpoint_every   rounds between server checkpoints (0: off)
 //   server             deployment: the server's address "tcp://HOST:PORT"
 //   client_eval        clients also report their accuracy on their own data
+// Privacy (fl/private_update.h; docs/federated.md, "Privacy in federated rounds"):
+//   secure_aggregation   rounds aggregate through privacy's SecAgg (needs
+//                        clients_per_round >= 3)
+//   secagg_graph         full (Bonawitz et al. 2017) | sparse (SecAgg+)
+//   secagg_threshold     Shamir t; 0: floor(holders / 2) + 1
+//   secagg_clip          c: each masked value is clipped to [-c, c] (> 0)
+//   dp_clip              S: DP-FedAvg's L2 clip of each update (0: DP off)
+//   dp_noise_multiplier  z (> 0 with dp_clip, unless dp_target_epsilon solves it)
+//   dp_delta             delta in (0, 1) of the reported epsilon
+//   dp_target_epsilon    stop before a round that would exceed it (0: off);
+//                        without z, z is solved for `rounds` rounds
 //
 // Errors: ConfigError naming "fl.<key>" and its line for an unknown key, a
 // wrong type or a value out of range. Thread safety: a value type.
@@ -71,11 +82,23 @@ struct FlConfig {
   int64_t checkpoint_every = 1;
   std::string server = "tcp://127.0.0.1:0";
   bool client_eval = false;
+  bool secure_aggregation = false;
+  std::string secagg_graph = "full";  // full | sparse
+  int64_t secagg_threshold = 0;       // 0: floor(holders / 2) + 1
+  double secagg_clip = 1.0;
+  double dp_clip = 0.0;  // 0: no differential privacy
+  double dp_noise_multiplier = 0.0;
+  double dp_delta = 1e-5;
+  double dp_target_epsilon = 0.0;  // 0: no budget
 
   // Clients sampled per round: max(1, round(fraction * clients)).
   int64_t clients_per_round() const;
   // Whether stragglers' partial work is used (fedprox).
   bool accepts_partial_work() const { return algorithm == "fedprox"; }
+  // Whether DP-FedAvg is on (dp_clip > 0).
+  bool dp() const { return dp_clip > 0.0; }
+  // The accountant's sampling rate q = clients_per_round / clients.
+  double dp_sampling_rate() const;
 };
 
 // Reads the [fl] table (every key optional) and checks the result: the
