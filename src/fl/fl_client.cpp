@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "fl/fl_protocol.h"
 #include "fl/fl_secagg.h"
+#include "fl/private_update.h"
 #include "fl/sampling.h"
 #include "fl/upload_codec.h"
 #include "privacy/secagg_crypto.h"
@@ -37,7 +38,7 @@ class FlClient::Impl {
       throw UsageError(fmt::format("fl client id {} is negative", options_.client));
     }
     trainer_ = std::make_unique<ClientTrainer>(options_.make_model, *options_.train);
-    if (options_.secure_aggregation) privacy::ensure_sodium();
+    if (options_.fl.secure_aggregation) privacy::ensure_sodium();
     if (options_.upload.method != compress::Method::kNone) {
       codec_.emplace(options_.upload, layouts_of(trainer_->model()));
     }
@@ -100,7 +101,7 @@ class FlClient::Impl {
           next_join = heard + options_.heartbeat_interval;
           break;
         case FlKind::kSecAggSetup:
-          if (!options_.secure_aggregation) {
+          if (!options_.fl.secure_aggregation) {
             socket_->drop("a secagg setup, but this client's job does not use secure aggregation");
           } else {
             pending_setup_ = m.secagg_setup;
@@ -175,9 +176,14 @@ class FlClient::Impl {
         case 1:
           send_secagg(1, c.share_keys(b.message));
           break;
-        case 2:
-          send_secagg(2, c.masked_input(b.message, secagg_masked_input(secagg_->update)));
+        case 2: {
+          Rng noise = client_noise_rng(options_.seed, b.round, options_.client);
+          const std::vector<float> input =
+              secagg_input(secagg_->update, options_.fl, secagg_->setup.clients,
+                           secagg_->setup.mean_samples, noise);
+          send_secagg(2, c.masked_input(b.message, input));
           break;
+        }
         default:
           send_secagg(3, c.unmask(b.message));
           break;
@@ -192,7 +198,8 @@ class FlClient::Impl {
   }
 
   void answer(FlTask& task) {
-    if (options_.secure_aggregation && (!pending_setup_ || pending_setup_->round != task.round)) {
+    if (options_.fl.secure_aggregation &&
+        (!pending_setup_ || pending_setup_->round != task.round)) {
       logger_.warn(
           "fl client {}: round {}: a task without its secure aggregation setup; not "
           "training it",
@@ -232,7 +239,7 @@ class FlClient::Impl {
     if (options_.tamper) options_.tamper(update);
     logger_.info("fl client {}: round {}: {} step(s){}, loss {:.4f}", options_.client, task.round,
                  update.steps, update.partial ? " (partial)" : "", update.loss);
-    if (options_.secure_aggregation) {
+    if (options_.fl.secure_aggregation) {
       secagg_.emplace();
       secagg_->setup = *pending_setup_;
       pending_setup_.reset();

@@ -44,6 +44,7 @@
 #include "core/log.h"
 #include "data/dataset.h"
 #include "fl/client_trainer.h"
+#include "fl/fl_config.h"
 #include "fl/update.h"
 #include "optim/optimizer_config.h"
 
@@ -77,9 +78,11 @@ struct FlClientOptions {
   // Tests: replaces the trained update just before it is sent (a client
   // that sends a wrong shape, a non-finite value, a stale round).
   std::function<void(ClientUpdate&)> tamper;
-  // Secure aggregation: the server's kSecAggSetup is expected before each
-  // task, and plain updates are never sent.
-  bool secure_aggregation = false;
+  // The job's [fl] keys of secure aggregation and DP (fl/private_update.h):
+  // with fl.secure_aggregation the server's kSecAggSetup is expected before
+  // each task, plain updates are never sent, and the masked vector is
+  // secagg_input() of the update (its noise share from client_noise_rng).
+  FlConfig fl;
   // Tests: after sending its answer of this SecAgg phase (0..3) the client
   // answers no more of that round's phases (-1: off), e.g. 2 is a client
   // that stops answering after masking.

@@ -129,7 +129,7 @@ std::vector<std::byte> encode_done(int64_t rounds_done) {
 }
 
 std::vector<std::byte> encode_secagg_setup(const FlSecAggSetup& setup) {
-  ByteWriter w = start(FlKind::kSecAggSetup, 53);
+  ByteWriter w = start(FlKind::kSecAggSetup, 61);
   w.write_i64(setup.round);
   w.write_u32(setup.session);
   w.write_u32(setup.index);
@@ -141,6 +141,7 @@ std::vector<std::byte> encode_secagg_setup(const FlSecAggSetup& setup) {
   w.write_f32(setup.clip);
   w.write_u64(setup.vector_length);
   w.write_u32(setup.min_survivors);
+  w.write_f64(setup.mean_samples);
   return w.take();
 }
 
@@ -260,6 +261,11 @@ FlMessage decode_fl_message(std::span<const std::byte> payload) {
       }
       s.vector_length = r.read_u64("secagg vector_length");
       s.min_survivors = r.read_u32("secagg min_survivors");
+      s.mean_samples = r.read_f64("secagg mean_samples");
+      if (!std::isfinite(s.mean_samples) || s.mean_samples <= 0) {
+        bad("secagg mean_samples",
+            fmt::format("is {}, expected a finite value > 0", s.mean_samples));
+      }
       break;
     }
     case FlKind::kSecAggBroadcast: {

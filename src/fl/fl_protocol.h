@@ -31,7 +31,8 @@
 //   kSecAggSetup  server -> client  i64 round | u32 session | u32 index |
 //                              u32 clients | u32 threshold | u8 graph (0 full,
 //                              1 harary) | u32 degree | u64 graph_seed |
-//                              f32 clip | u64 vector_length | u32 min_survivors:
+//                              f32 clip | u64 vector_length | u32 min_survivors |
+//                              f64 mean_samples (the weights' n_bar):
 //                              sent just before the round's kTask; the
 //                              client's SecAggConfig (round = session) and its
 //                              id (index) among the round's clients
@@ -52,7 +53,7 @@
 // max_steps, a negative batch or deadline, a non-finite or negative mu, a
 // partial byte other than 0 or 1, a SecAgg phase out of range (broadcast
 // 1..3, answer 0..3), a graph byte other than 0 or 1, an index not below
-// clients, a non-finite or non-positive clip: DataError naming the field and
+// clients, a non-finite or non-positive clip or mean_samples: DataError naming the field and
 // both values. The SecAgg messages inside are privacy's to validate. It never allocates more than
 // the payload's own size implies. Semantic checks that need the server's state (the round, the
 // model size, finite deltas, the client range) are RoundAggregator's (fl/update.h). Thread safety:
@@ -107,6 +108,7 @@ struct FlSecAggSetup {
   float clip = 1.0F;
   uint64_t vector_length = 0;
   uint32_t min_survivors = 0;
+  double mean_samples = 0;  // n_bar of client_weight() (fl/private_update.h)
 };
 
 // One phase's SecAgg message, either way.

@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "fl/fl_protocol.h"
 #include "fl/fl_secagg.h"
+#include "fl/private_update.h"
 #include "fl/sampling.h"
 #include "fl/server_optimizer.h"
 #include "fl/update.h"
@@ -43,7 +44,13 @@ void validate(const FlServerOptions& o) {
   if (!o.resume && o.initial_weights.empty()) {
     throw UsageError("fl server: no initial weights and no state to resume");
   }
-  if (o.secagg.enabled) validate(o.secagg);
+  if (o.config.secure_aggregation) {
+    validate(o.secagg);
+    if (!(o.mean_samples > 0) || !std::isfinite(o.mean_samples)) {
+      throw UsageError(fmt::format("fl server: secure aggregation needs mean_samples > 0, not {}",
+                                   o.mean_samples));
+    }
+  }
 }
 
 // The seed of the draw of a repeated round: attempt 0 is the job's seed, so
@@ -82,10 +89,11 @@ class FlServer::Impl {
                                      codec_->model_size(), model_size_));
       }
     }
-    if (options_.secagg.enabled) privacy::ensure_sodium();
+    if (options_.config.secure_aggregation) privacy::ensure_sodium();
     logger_.info("fl server: listening on {} ({} clients, {} per round, {} rounds{})", endpoint_,
                  options_.config.clients, options_.config.clients_per_round(),
-                 options_.config.rounds, options_.secagg.enabled ? ", secure aggregation" : "");
+                 options_.config.rounds,
+                 options_.config.secure_aggregation ? ", secure aggregation" : "");
   }
 
   FlServerResult run(const std::stop_token& stop);
@@ -272,7 +280,7 @@ void FlServer::Impl::handle(const comm::wire::Frame& frame, OpenRound* open) {
     handle_secagg(frame, m.secagg, open);
     return;
   }
-  if (options_.secagg.enabled &&
+  if (options_.config.secure_aggregation &&
       (m.kind == FlKind::kUpdate || m.kind == FlKind::kUpdateCompressed)) {
     reject(fmt::format("client {}, round {}: a plain update, but this job uses secure aggregation",
                        m.update.client, m.update.round),
@@ -464,7 +472,14 @@ bool FlServer::Impl::run_secagg(OpenRound& open, Clock::time_point started, mill
           privacy::SecAggResult result = sa.server.finish();
           for (uint32_t u : result.included) sa.included.push_back(sa.ids.at(u));
           std::sort(sa.included.begin(), sa.included.end());
-          sa.mean_delta = secagg_mean_delta(result.sum, result.included.size());
+          double weight = 0;
+          for (int64_t id : sa.included) {
+            weight += client_weight(options_.config, sa.meta.at(id).samples, options_.mean_samples);
+          }
+          Rng noise = server_noise_rng(options_.seed, open.aggregator.round());
+          sa.mean_delta =
+              secagg_output(result.sum, options_.config, static_cast<int64_t>(sa.ids.size()),
+                            static_cast<int64_t>(sa.included.size()), weight, noise);
           break;
         }
       }
@@ -537,15 +552,14 @@ std::optional<FlServer::Impl::OpenRound> FlServer::Impl::collect(int64_t round, 
   task.weights.assign(weights.begin(), weights.end());
   const std::vector<std::byte> payload = encode_task(task);
   report.bytes_down = 0;
-  if (options_.secagg.enabled) {
-    // The graph's relabelling seed is drawn after the clients were chosen
-    // (privacy/secagg_graph.h): fresh random bytes.
-    const privacy::Key32 entropy = privacy::random_key();
-    uint64_t graph_seed = 0;
-    for (size_t i = 0; i < 8; ++i) graph_seed |= static_cast<uint64_t>(entropy[i]) << (8 * i);
-    const privacy::SecAggConfig config =
-        secagg_config(options_.secagg, ++secagg_sessions_, static_cast<uint32_t>(sampled.size()),
-                      graph_seed, static_cast<uint64_t>(weights.size()));
+  if (options_.config.secure_aggregation) {
+    // The simulation's configuration (graph seed from (seed, round)), with
+    // a session number of its own as SecAgg's round: a repeated attempt's
+    // messages never pass for the next one's.
+    privacy::SecAggConfig config =
+        secagg_config(options_.config, static_cast<int64_t>(sampled.size()), options_.seed, round,
+                      static_cast<uint64_t>(weights.size()));
+    config.round = ++secagg_sessions_;
     open.secagg.emplace(config);
     FlSecAggSetup setup;
     setup.round = round;
@@ -558,6 +572,7 @@ std::optional<FlServer::Impl::OpenRound> FlServer::Impl::collect(int64_t round, 
     setup.clip = config.clip;
     setup.vector_length = config.vector_length;
     setup.min_survivors = config.min_survivors;
+    setup.mean_samples = options_.mean_samples;
     for (size_t u = 0; u < sampled.size(); ++u) {  // sampled is ascending
       open.secagg->ids.push_back(sampled[u]);
       open.secagg->index[sampled[u]] = static_cast<uint32_t>(u);

@@ -22,7 +22,7 @@
 //      every checkpoint_every rounds and the last); with fewer it repeats the
 //      round (a new draw) up to max_round_attempts, then throws CommError
 //      naming the round and who answered.
-// Secure aggregation (options.secagg.enabled): in step 3 each sampled client
+// Secure aggregation (config.secure_aggregation): in step 3 each sampled client
 // gets a kSecAggSetup (the round's SecAgg configuration, its index among the
 // sampled in ascending id order) just before its kTask; step 4 becomes the
 // four phases of privacy/secagg.h, each closing when every client still in
@@ -31,9 +31,11 @@
 // dropout and SecAgg's recovery runs; a phase with fewer answers than the
 // threshold fails the attempt (the error names the phase, who answered and
 // the threshold) and the round is repeated like a round with too few
-// updates. The server only ever holds masked vectors and applies the
-// unmasked sum's mean (secagg_mean_delta); the included clients are the
-// round's participants, and min_fit_clients applies to them. A malformed
+// updates. The server only ever holds masked vectors and applies
+// secagg_output() of the unmasked sum (fl/private_update.h: the weighted
+// mean, or with DP the noised mean over the planned clients); the included
+// clients are the round's participants, and min_fit_clients applies to
+// them. A malformed
 // SecAgg answer (privacy's DataError) is rejected, counted and logged
 // naming the client and the phase; that client is out of the phase.
 // At the end every known client gets kDone; for done_linger afterwards a
@@ -101,10 +103,14 @@ struct FlServerOptions {
   // (the model's, fl::layouts_of); with none, such a message is refused.
   compress::Options upload;
   std::vector<compress::TensorLayout> layouts;
-  // Secure aggregation (fl/fl_secagg.h): with enabled, every round runs the
-  // four SecAgg phases (see "Secure aggregation" below) instead of
-  // collecting plain updates; compressed uploads are then refused.
+  // Secure aggregation (config.secure_aggregation; fl/fl_secagg.h): every
+  // round runs the four SecAgg phases (see "Secure aggregation" below)
+  // instead of collecting plain updates; plain and compressed updates are
+  // then refused. mean_samples is client_weight()'s n_bar (the mean samples
+  // a client holds; > 0 when secure aggregation is on), sent to the clients
+  // in each setup.
   FlSecAggOptions secagg;
+  double mean_samples = 0;
 };
 
 struct FlServerStats {

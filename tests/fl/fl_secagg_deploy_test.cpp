@@ -1,10 +1,9 @@
 // Secure aggregation in the deployed mode (fl/fl_secagg.h): FlServer and
 // real FlClients on threads over loopback run the four SecAgg phases per
-// round. A fault-free run computes what plain FedAvg computes (equal
-// parts: the unweighted mean is the weighted one) within the fixed-point
-// error; a client that goes silent after masking is recovered; too many
-// silent clients fail the round naming the phase; a malformed SecAgg answer
-// is rejected naming the client and the phase. Also the new payloads'
+// round. A fault-free run computes what plain FedAvg computes (the
+// sample-weighted mean, fl/private_update.h) within the fixed-point error; a client that goes
+// silent after masking is recovered; too many silent clients fail the round naming the phase; a
+// malformed SecAgg answer is rejected naming the client and the phase. Also the new payloads'
 // encoding (fl/fl_protocol.h).
 #include <gtest/gtest.h>
 
@@ -40,7 +39,9 @@ struct SecAggJob {
   std::set<int64_t> silent_after_masking;
   std::function<void(int64_t, int, std::vector<std::byte>&)> tamper;
 
-  explicit SecAggJob(int64_t n, int64_t rounds, double timeout_s)
+  double mean_samples = 20;
+
+  SecAggJob(int64_t n, int64_t rounds, double timeout_s)
       : clients(n), train(fixtures::blobs(20 * n, 6, 3)), parts(fixtures::equal_parts(n, 20)) {
     config.clients = n;
     config.fraction = 1.0;
@@ -50,6 +51,8 @@ struct SecAggJob {
     config.min_fit_clients = 1;
     config.round_timeout_s = timeout_s;
     config.server = "tcp://127.0.0.1:0";
+    config.secure_aggregation = true;
+    config.secagg_clip = 10.0;  // above every delta value: nothing is clipped
     optimizer.lr = 0.1f;
   }
 
@@ -57,6 +60,7 @@ struct SecAggJob {
     SimulationOptions o;
     o.config = config;
     o.config.threads = 1;
+    o.config.secure_aggregation = false;  // plain FedAvg
     o.seed = seed;
     o.client_optimizer = optimizer;
     o.train = &train;
@@ -72,8 +76,7 @@ struct SecAggJob {
     o.job_name = kJob;
     o.initial_weights = flatten(*make_model());
     o.done_linger = milliseconds(300);
-    o.secagg.enabled = true;
-    o.secagg.clip = 10.0F;  // above every delta value: nothing is clipped
+    o.mean_samples = mean_samples;
     o.max_round_attempts = 1;
     return o;
   }
@@ -89,7 +92,7 @@ struct SecAggJob {
     o.optimizer = optimizer;
     o.heartbeat_interval = milliseconds(100);
     o.server_timeout = milliseconds(30000);
-    o.secure_aggregation = true;
+    o.fl = config;
     if (silent_after_masking.count(id) != 0) o.secagg_silent_after_phase = 2;
     if (tamper) {
       o.secagg_tamper = [this, id](int phase, std::vector<std::byte>& m) { tamper(id, phase, m); };
@@ -117,7 +120,7 @@ void run_with_clients(const SecAggJob& s, const std::string& server, testing::Li
 
 // The fixed-point code's error per value and round is far below this
 // (clip 10, 5 clients: 10 / 2^28 per summand); the tolerance leaves room
-// for the rounding of the unweighted against the weighted mean.
+// for float rounding (the deployed mean divides a float sum by the weights).
 void expect_near(const std::vector<float>& a, const std::vector<float>& b) {
   ASSERT_EQ(a.size(), b.size());
   for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-4) << "value " << i;
@@ -125,6 +128,9 @@ void expect_near(const std::vector<float>& a, const std::vector<float>& b) {
 
 TEST(FlSecAggDeploy, AFaultFreeRunComputesWhatPlainFedAvgComputes) {
   SecAggJob s(4, 3, 30.0);
+  // Unequal parts: the clients weigh n_k / n_bar inside the masked sum.
+  s.parts = fixtures::consecutive_parts({10, 20, 30, 20});
+  s.mean_samples = 20;
   testing::LineLog log;
   FlServer server(s.server_options(), comm::JobAuth(kJob, kSecret), log.logger());
   FlServerResult result;
@@ -213,8 +219,9 @@ TEST(FlSecAggProtocol, TheNewKindsRoundTrip) {
   setup.clip = 2.5F;
   setup.vector_length = 99;
   setup.min_survivors = 3;
+  setup.mean_samples = 12.5;
   const std::vector<std::byte> bytes = encode_secagg_setup(setup);
-  EXPECT_EQ(bytes.size(), 4u + 53u);
+  EXPECT_EQ(bytes.size(), 4u + 61u);
   const FlMessage m = decode_fl_message(bytes);
   ASSERT_EQ(m.kind, FlKind::kSecAggSetup);
   EXPECT_EQ(m.secagg_setup.session, 7u);
@@ -222,6 +229,7 @@ TEST(FlSecAggProtocol, TheNewKindsRoundTrip) {
   EXPECT_EQ(m.secagg_setup.graph_seed, 0x1234567890ULL);
   EXPECT_EQ(m.secagg_setup.clip, 2.5F);
   EXPECT_EQ(m.secagg_setup.vector_length, 99u);
+  EXPECT_EQ(m.secagg_setup.mean_samples, 12.5);
 
   FlSecAggPayload answer;
   answer.client = 4;
@@ -251,6 +259,7 @@ TEST(FlSecAggProtocol, MalformedSecAggPayloadsAreDataErrorsNamingTheField) {
   FlSecAggSetup setup;
   setup.round = 1;
   setup.clients = 3;
+  setup.mean_samples = 1.0;
   setup.index = 3;  // not below clients
   EXPECT_THROW(
       {
@@ -267,6 +276,9 @@ TEST(FlSecAggProtocol, MalformedSecAggPayloadsAreDataErrorsNamingTheField) {
   EXPECT_THROW(decode_fl_message(encode_secagg_setup(setup)), DataError);
   setup.graph = 0;
   setup.clip = -1.0F;
+  EXPECT_THROW(decode_fl_message(encode_secagg_setup(setup)), DataError);
+  setup.clip = 1.0F;
+  setup.mean_samples = 0.0;
   EXPECT_THROW(decode_fl_message(encode_secagg_setup(setup)), DataError);
 
   FlSecAggPayload p;
