@@ -10,12 +10,13 @@
 //     client_rng(seed, round, client)) and answers kUpdate; with
 //     partial_work it trains only the steps its last pace fits into the
 //     task's deadline (see FlClientOptions);
-//   - with secure aggregation (secure_aggregation; fl/fl_secagg.h): a
+//   - with secure aggregation (fl.secure_aggregation; fl/fl_secagg.h): a
 //     kSecAggSetup announces the next task's SecAgg round; after training
 //     that task the client creates its privacy::SecAggClient (fresh random
 //     entropy) and answers phase 0 (its keys); each kSecAggBroadcast of the
-//     same session is answered with the phase's message (phase 2 masks the
-//     delta, with the update's samples, loss and steps beside it). A task
+//     same session is answered with the phase's message (phase 2 masks
+//     secagg_input() of the update, fl/private_update.h, with its samples,
+//     loss and steps beside it in the clear). A task
 //     without its setup is not trained (logged). A broadcast the SecAgg
 //     client refuses (DataError) is dropped and counted naming the phase; a
 //     CommError of it (too few neighbours left) ends its part in the round;

@@ -44,6 +44,12 @@ void validate(const FlServerOptions& o) {
   if (!o.resume && o.initial_weights.empty()) {
     throw UsageError("fl server: no initial weights and no state to resume");
   }
+  if (c.dp() && !c.secure_aggregation) {
+    // The plain path aggregates with RoundAggregator, which neither clips
+    // nor noises: refuse rather than run without the privacy asked for.
+    throw ConfigError(
+        "fl.dp_clip: the deployed mode applies DP-FedAvg only with fl.secure_aggregation = true");
+  }
   if (o.config.secure_aggregation) {
     validate(o.secagg);
     if (!(o.mean_samples > 0) || !std::isfinite(o.mean_samples)) {

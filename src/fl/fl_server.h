@@ -49,11 +49,11 @@
 // Ownership: owns its ZeroMQ context and socket; the Logger must outlive it.
 // Thread safety: run() on one thread; stats() and endpoint() from any thread.
 // Errors: the constructor throws CommError when it cannot bind, UsageError
-// for inconsistent options; run() throws TimeoutError when too few clients
-// join in time, CommError when a round fails max_round_attempts times, and
-// what the callbacks throw. Blocking: run() for the whole job, every wait
-// bounded by a deadline, and returns early (result.stopped) when `stop` is
-// requested.
+// for inconsistent options, ConfigError for DP (fl.dp_clip) without secure
+// aggregation (the plain path does not clip or noise); run() throws TimeoutError when too few
+// clients join in time, CommError when a round fails max_round_attempts times, and what the
+// callbacks throw. Blocking: run() for the whole job, every wait bounded by a deadline, and returns
+// early (result.stopped) when `stop` is requested.
 #pragma once
 
 #include <atomic>

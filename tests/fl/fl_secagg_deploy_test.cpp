@@ -206,6 +206,19 @@ TEST(FlSecAggDeploy, AMalformedAnswerIsRejectedNamingTheClientAndPhase) {
   EXPECT_EQ(reports[0].dropped, (std::vector<int64_t>{3}));
 }
 
+TEST(FlSecAggDeploy, DpWithoutSecureAggregationIsRefusedNotIgnored) {
+  SecAggJob s(4, 1, 30.0);
+  FlServerOptions o = s.server_options();
+  o.config.secure_aggregation = false;
+  o.config.dp_clip = 1.0;
+  o.config.dp_noise_multiplier = 1.0;
+  testing::LineLog log;
+  EXPECT_THROW(FlServer(o, comm::JobAuth(kJob, kSecret), log.logger()), ConfigError);
+  o.config.secure_aggregation = true;
+  o.mean_samples = 0;  // the weights' n_bar is required
+  EXPECT_THROW(FlServer(o, comm::JobAuth(kJob, kSecret), log.logger()), UsageError);
+}
+
 TEST(FlSecAggProtocol, TheNewKindsRoundTrip) {
   FlSecAggSetup setup;
   setup.round = 3;
