@@ -122,7 +122,7 @@ class FlServer::Impl {
     // it is heard from (a join or a late update).
     bool missed = false;
   };
-  // A round's secure aggregation (options.secagg.enabled).
+  // A round's secure aggregation (config.secure_aggregation).
   struct SecAggRound {
     explicit SecAggRound(const privacy::SecAggConfig& config)
         : server(config), session(config.round), threshold(config.threshold) {}
