@@ -15,6 +15,9 @@ io::Checkpoint to_checkpoint(const ServerState& state) {
   io::Checkpoint ckpt;
   ckpt.step = state.round;
   ckpt.metadata[std::string(kRejectedUpdatesKey)] = std::to_string(state.rejected_updates);
+  for (const auto& [key, value] : state.accountant) {
+    ckpt.metadata[std::string(kAccountantPrefix) + key] = value;
+  }
   StateDict server;
   server.insert(std::string(kGlobalTensor),
                 Tensor::from_vector(state.weights, {static_cast<int64_t>(state.weights.size())}));
@@ -67,6 +70,10 @@ ServerState from_checkpoint(const io::Checkpoint& checkpoint, int64_t model_size
   state.weights.assign(global.begin(), global.end());
   state.optimizer = server.sub(std::string(kServerOptimizerPrefix)).clone();
   state.rejected_updates = rejected;
+  const std::string prefix(kAccountantPrefix);
+  for (const auto& [key, value] : checkpoint.metadata) {
+    if (key.rfind(prefix, 0) == 0) state.accountant[key.substr(prefix.size())] = value;
+  }
   return state;
 }
 

@@ -14,10 +14,14 @@
 // of the section that is not `model_size` values in one dimension, or no
 // valid "rejected_updates"; the optimizer's state is checked when a
 // ServerOptimizer loads it. Reading the file is io's (CheckpointError).
+// DP-FedAvg's accountant (privacy/rdp_accountant.h) is additive metadata:
+// its RdpAccountantState::to_map() under "dp_accountant." (absent: no DP).
 // Thread safety: value types and pure functions.
 #pragma once
 
 #include <cstdint>
+#include <map>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -30,12 +34,15 @@ inline constexpr std::string_view kServerSection = "server";
 inline constexpr std::string_view kGlobalTensor = "global";
 inline constexpr std::string_view kServerOptimizerPrefix = "server_optimizer.";
 inline constexpr std::string_view kRejectedUpdatesKey = "rejected_updates";
+inline constexpr std::string_view kAccountantPrefix = "dp_accountant.";
 
 struct ServerState {
   int64_t round = 0;           // rounds completed
   std::vector<float> weights;  // the global model, flat (fl/flat_model.h)
   StateDict optimizer;         // ServerOptimizer::state_dict()
   int64_t rejected_updates = 0;
+  // privacy::RdpAccountantState::to_map() of DP-FedAvg's accountant (empty: no DP).
+  std::map<std::string, std::string> accountant;
 };
 
 io::Checkpoint to_checkpoint(const ServerState& state);

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <exception>
 #include <limits>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -16,10 +17,13 @@
 
 #include "core/error.h"
 #include "fl/flat_model.h"
+#include "fl/private_update.h"
 #include "fl/sampling.h"
 #include "fl/server_optimizer.h"
 #include "fl/update.h"
 #include "fl/upload_codec.h"
+#include "privacy/rdp_accountant.h"
+#include "privacy/secagg_round.h"
 
 namespace dtrain::fl {
 
@@ -144,6 +148,117 @@ void train_clients(std::vector<ClientTask>& tasks, std::vector<ClientTrainer>& t
   if (error) std::rethrow_exception(error);
 }
 
+// A private round's aggregate (fl/private_update.h): what the server side
+// gets back, and nothing else.
+struct PrivateAggregate {
+  bool ok = false;
+  std::string failure;
+  std::vector<float> mean;        // when ok: the mean delta to apply
+  std::vector<int64_t> included;  // the clients in the sum, ascending
+  std::vector<int64_t> rejected;  // updates the clients themselves withheld
+  uint64_t bytes_up = 0;
+  double train_loss = std::numeric_limits<double>::quiet_NaN();
+};
+
+// Whether a client sends `update` at all: it has data, the model's size,
+// and finite values (a client does not mask garbage into a secure sum).
+bool sendable(const ClientUpdate& update, int64_t model_size) {
+  if (update.samples <= 0 || static_cast<int64_t>(update.delta.size()) != model_size) return false;
+  return std::all_of(update.delta.begin(), update.delta.end(),
+                     [](float v) { return std::isfinite(v); });
+}
+
+// The private aggregation of one round. The clients' side (the first loop)
+// turns each trained update into its input (secagg_input) and drops the
+// update; below it only the inputs (masked, with secure aggregation: the
+// server side sees run_secagg_round's unmasked sum) are used.
+// `drop_points`: clients that drop in the middle of the secure protocol.
+PrivateAggregate aggregate_privately(std::vector<ClientTask>& tasks,
+                                     const std::map<int64_t, privacy::SecAggDrop>& drop_points,
+                                     const std::vector<int64_t>& sampled,
+                                     const SimulationOptions& o, int64_t round, int64_t model_size,
+                                     double mean_samples) {
+  const FlConfig& c = o.config;
+  const auto m = static_cast<int64_t>(sampled.size());
+  PrivateAggregate out;
+  // --- clients' side ---
+  std::vector<std::vector<float>> inputs(static_cast<size_t>(m));
+  std::vector<double> weights(static_cast<size_t>(m), 0.0);  // public: the n_k
+  std::vector<double> losses(static_cast<size_t>(m), 0.0);   // non-secure rounds only
+  std::map<uint32_t, privacy::SecAggDrop> drops;
+  for (ClientTask& task : tasks) {
+    const auto slot = static_cast<size_t>(
+        std::lower_bound(sampled.begin(), sampled.end(), task.client) - sampled.begin());
+    ClientUpdate update = std::move(*task.update);
+    task.update.reset();
+    if (!sendable(update, model_size)) {
+      if (update.samples > 0) out.rejected.push_back(task.client);
+      continue;
+    }
+    Rng noise = client_noise_rng(o.seed, round, task.client);
+    inputs[slot] = secagg_input(update, c, m, mean_samples, noise);
+    weights[slot] = client_weight(c, update.samples, mean_samples);
+    losses[slot] = update.loss;
+    const auto d = drop_points.find(task.client);
+    if (d != drop_points.end()) drops[static_cast<uint32_t>(slot)] = d->second;
+  }
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (inputs[i].empty()) {
+      inputs[i].assign(static_cast<size_t>(model_size), 0.0F);  // never sent
+      drops[static_cast<uint32_t>(i)] = privacy::SecAggDrop::kBeforeAdvertise;
+    }
+  }
+  // --- server's side ---
+  Rng server_rng = server_noise_rng(o.seed, round);
+  std::vector<float> sum;
+  std::vector<size_t> included_slots;
+  if (c.secure_aggregation) {
+    const privacy::SecAggConfig sc =
+        secagg_config(c, m, o.seed, round, static_cast<uint64_t>(model_size));
+    privacy::SecAggRoundOptions ro;
+    ro.round = sc.round;
+    ro.threshold = sc.threshold;
+    ro.graph = sc.graph;
+    ro.degree = sc.degree;
+    ro.clip = sc.clip;
+    ro.seed = sc.graph_seed;
+    const privacy::SecAggRoundResult r = privacy::run_secagg_round(inputs, ro, drops);
+    inputs.clear();  // the clients are done
+    out.bytes_up = r.stats.server_bytes_received;
+    if (!r.ok) {
+      out.failure = r.failure;
+      return out;
+    }
+    sum = r.sum;
+    for (const uint32_t i : r.included) included_slots.push_back(i);
+  } else {  // DP without secure aggregation: the server sums the clipped inputs
+    std::vector<double> acc(static_cast<size_t>(model_size), 0.0);
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      if (drops.contains(static_cast<uint32_t>(i))) continue;
+      for (size_t j = 0; j < acc.size(); ++j) acc[j] += inputs[i][j];
+      included_slots.push_back(i);
+    }
+    sum.assign(acc.begin(), acc.end());
+    out.bytes_up = static_cast<uint64_t>(included_slots.size() * acc.size() * sizeof(float));
+    double loss = 0.0;
+    for (const size_t i : included_slots) loss += losses[i];
+    if (!included_slots.empty()) out.train_loss = loss / static_cast<double>(included_slots.size());
+  }
+  if (included_slots.empty()) {
+    out.failure = "no update reached the server";
+    return out;
+  }
+  double included_weight = 0.0;
+  for (const size_t i : included_slots) {
+    included_weight += weights[i];
+    out.included.push_back(sampled[i]);
+  }
+  out.mean = secagg_output(sum, c, m, static_cast<int64_t>(included_slots.size()), included_weight,
+                           server_rng);
+  out.ok = true;
+  return out;
+}
+
 }  // namespace
 
 SimulationResult run_simulation(const SimulationOptions& o) {
@@ -174,12 +289,39 @@ SimulationResult run_simulation(const SimulationOptions& o) {
     state.round = o.resume->round;
     state.weights = o.resume->weights;
     state.rejected_updates = o.resume->rejected_updates;
+    state.accountant = o.resume->accountant;
     server.load_state_dict(o.resume->optimizer);
   } else {
     state.weights = flatten(trainers.front().model());
   }
 
+  const bool private_rounds = config.secure_aggregation || config.dp();
+  const double mean_samples =
+      static_cast<double>(o.train->size()) / static_cast<double>(config.clients);
+  privacy::RdpAccountant accountant;
+  const double dp_q = config.dp_sampling_rate();
+  if (config.dp() && state.round > 0) {
+    if (o.resume->accountant.empty()) {
+      throw UsageError(fmt::format(
+          "run_simulation: the resume state (round {}) has no DP accountant: its rounds' "
+          "privacy cost is unknown",
+          state.round));
+    }
+    accountant.restore(privacy::RdpAccountantState::from_map(o.resume->accountant));
+  }
+
   for (int64_t round = state.round + 1; round <= config.rounds; ++round) {
+    if (config.dp() && config.dp_target_epsilon > 0.0 &&
+        accountant.would_exceed(config.dp_target_epsilon, config.dp_delta, dp_q,
+                                config.dp_noise_multiplier, 1)) {
+      const privacy::PrivacySpent spent = accountant.epsilon(config.dp_delta);
+      result.budget_exhausted = true;
+      result.budget_stop = fmt::format(
+          "privacy budget: stopped before round {}: it would bring epsilon from {:.4g} above "
+          "fl.dp_target_epsilon = {} (delta {})",
+          round, spent.balle, config.dp_target_epsilon, config.dp_delta);
+      break;
+    }
     const auto start = Clock::now();
     RoundReport report;
     report.round = round;
@@ -188,11 +330,18 @@ SimulationResult run_simulation(const SimulationOptions& o) {
     // Fates: who trains, and for how long.
     std::vector<ClientTask> tasks;
     std::vector<int64_t> not_trained;
+    std::map<int64_t, privacy::SecAggDrop> drop_points;  // secure rounds: drops mid-protocol
     for (int64_t k : report.sampled) {
       const ClientFate fate = client_fate(config, o.seed, round, k);
       if (fate == ClientFate::kDropped) {
-        not_trained.push_back(k);
-        continue;
+        const privacy::SecAggDrop point = config.secure_aggregation
+                                              ? secagg_drop_point(o.seed, round, k)
+                                              : privacy::SecAggDrop::kBeforeAdvertise;
+        if (point == privacy::SecAggDrop::kBeforeAdvertise) {
+          not_trained.push_back(k);
+          continue;
+        }
+        drop_points[k] = point;  // trains, then leaves the protocol at `point`
       }
       ClientTask task;
       task.client = k;
@@ -212,43 +361,98 @@ SimulationResult run_simulation(const SimulationOptions& o) {
       train_clients(tasks, trainers, o, training, codec ? &*codec : nullptr, state.weights, round);
     }
 
-    // Aggregation in client-id order (tasks follow the ascending sample).
-    RoundAggregator aggregator(round, config.clients, model_size, report.sampled);
-    int64_t eval_correct = 0;
-    int64_t eval_samples = 0;
-    uint64_t bytes_up = 0;
-    for (ClientTask& task : tasks) {
-      ClientUpdate& update = *task.update;
-      if (update.samples == 0) {  // no data: nothing to send
-        not_trained.push_back(task.client);
-        continue;
+    if (private_rounds) {
+      int64_t eval_correct = 0;
+      int64_t eval_samples = 0;
+      std::map<int64_t, std::pair<int64_t, bool>> meta;  // client -> (correct, partial)
+      for (const ClientTask& task : tasks) {
+        if (task.update && task.update->samples == 0) not_trained.push_back(task.client);
+        if (task.update) meta[task.client] = {task.correct, task.update->partial};
       }
-      const bool partial = update.partial;
-      const int64_t samples = update.samples;
-      if (aggregator.add(std::move(update))) {
-        ++report.rejected;
-        not_trained.push_back(task.client);
-        continue;
+      PrivateAggregate agg = aggregate_privately(tasks, drop_points, report.sampled, o, round,
+                                                 model_size, mean_samples);
+      report.secure = config.secure_aggregation;
+      report.rejected = static_cast<int64_t>(agg.rejected.size());
+      report.failure = agg.failure;
+      report.failed = !agg.ok || static_cast<int64_t>(agg.included.size()) <
+                                     std::max<int64_t>(1, config.min_fit_clients);
+      if (agg.ok && report.failed) {
+        report.failure = fmt::format("{} updates in the sum, fewer than fl.min_fit_clients = {}",
+                                     agg.included.size(), config.min_fit_clients);
       }
-      if (partial) report.partial.push_back(task.client);
-      bytes_up += codec ? task.upload_bytes : model_bytes;
-      eval_correct += task.correct;
-      eval_samples += samples;
-    }
-    std::sort(not_trained.begin(), not_trained.end());
-    report.dropped = std::move(not_trained);
-    report.participated = aggregator.accepted_clients();
-    report.train_loss = aggregator.mean_loss();
-    report.failed = aggregator.accepted() < std::max<int64_t>(1, config.min_fit_clients);
-    if (!report.failed) server.apply(state.weights, aggregator.mean_delta());
-    state.rejected_updates += report.rejected;
-    state.round = round;
-    report.bytes_down = static_cast<uint64_t>(report.sampled.size()) * model_bytes;
-    report.bytes_up = bytes_up;
-    if (config.client_eval && eval_samples > 0) {
-      report.client_accuracy =
-          static_cast<double>(eval_correct) / static_cast<double>(eval_samples);
-    }
+      if (!report.failed) {
+        server.apply(state.weights, agg.mean);
+        if (config.dp()) accountant.step(dp_q, config.dp_noise_multiplier);
+        report.participated = agg.included;
+      }
+      for (const int64_t k : report.sampled) {
+        if (!std::binary_search(report.participated.begin(), report.participated.end(), k) &&
+            std::find(not_trained.begin(), not_trained.end(), k) == not_trained.end()) {
+          not_trained.push_back(k);
+        }
+      }
+      for (const int64_t k : report.participated) {
+        const auto& [correct, partial] = meta[k];
+        if (partial) report.partial.push_back(k);
+        eval_correct += correct;
+        eval_samples += static_cast<int64_t>(o.parts[static_cast<size_t>(k)].size());
+      }
+      std::sort(not_trained.begin(), not_trained.end());
+      report.dropped = std::move(not_trained);
+      report.train_loss = agg.train_loss;
+      report.bytes_up = agg.bytes_up;
+      if (config.dp()) {
+        const privacy::PrivacySpent spent = accountant.epsilon(config.dp_delta);
+        report.epsilon = spent.balle;
+        report.epsilon_classic = spent.classic;
+        state.accountant = accountant.state().to_map();
+      }
+      state.rejected_updates += report.rejected;
+      state.round = round;
+      report.bytes_down = static_cast<uint64_t>(report.sampled.size()) * model_bytes;
+      if (config.client_eval && eval_samples > 0) {
+        report.client_accuracy =
+            static_cast<double>(eval_correct) / static_cast<double>(eval_samples);
+      }
+    } else {
+      // Aggregation in client-id order (tasks follow the ascending sample).
+      RoundAggregator aggregator(round, config.clients, model_size, report.sampled);
+      int64_t eval_correct = 0;
+      int64_t eval_samples = 0;
+      uint64_t bytes_up = 0;
+      for (ClientTask& task : tasks) {
+        ClientUpdate& update = *task.update;
+        if (update.samples == 0) {  // no data: nothing to send
+          not_trained.push_back(task.client);
+          continue;
+        }
+        const bool partial = update.partial;
+        const int64_t samples = update.samples;
+        if (aggregator.add(std::move(update))) {
+          ++report.rejected;
+          not_trained.push_back(task.client);
+          continue;
+        }
+        if (partial) report.partial.push_back(task.client);
+        bytes_up += codec ? task.upload_bytes : model_bytes;
+        eval_correct += task.correct;
+        eval_samples += samples;
+      }
+      std::sort(not_trained.begin(), not_trained.end());
+      report.dropped = std::move(not_trained);
+      report.participated = aggregator.accepted_clients();
+      report.train_loss = aggregator.mean_loss();
+      report.failed = aggregator.accepted() < std::max<int64_t>(1, config.min_fit_clients);
+      if (!report.failed) server.apply(state.weights, aggregator.mean_delta());
+      state.rejected_updates += report.rejected;
+      state.round = round;
+      report.bytes_down = static_cast<uint64_t>(report.sampled.size()) * model_bytes;
+      report.bytes_up = bytes_up;
+      if (config.client_eval && eval_samples > 0) {
+        report.client_accuracy =
+            static_cast<double>(eval_correct) / static_cast<double>(eval_samples);
+      }
+    }  // private_rounds
     if (o.evaluate && due(round, config.eval_every, config.rounds)) {
       report.test = o.evaluate(state.weights);
       result.last_test = report.test;

@@ -25,6 +25,19 @@
 // (per-client RNG streams, aggregation in client-id order, each client's
 // BLAS calls single-threaded: OpenBLAS is set to one thread while clients
 // train, whatever `threads` is, and restored before the callbacks run).
+// Privacy (fl/private_update.h, docs/federated.md "Privacy in federated
+// rounds"): with fl.dp_clip the round's mean is DP-FedAvg's (uniform weights,
+// clip S, noise z S on the sum, fixed denominator m) and an RDP accountant
+// is stepped once per applied round at q = m / K, sigma = z; with
+// fl.dp_target_epsilon the run stops before a round that would exceed it.
+// With fl.secure_aggregation the updates are aggregated by an in-memory
+// SecAgg round among the sampled clients (privacy::run_secagg_round): the
+// clients' side turns each update into its masked input and gives up the
+// update; the server side sees the unmasked sum and the included ids only.
+// A client whose fate is kDropped then drops at a point secagg_drop_point()
+// draws (before advertising: never trained). A secure round that fails
+// (fewer than the threshold at a phase) leaves the model unchanged and is
+// reported failed with the module's message.
 // Threads: the pool's threads live for one round; the callbacks and the
 // evaluator run on the calling thread, between rounds.
 // Errors: what the callbacks throw propagates after the pool stopped;
@@ -36,6 +49,7 @@
 #include <functional>
 #include <optional>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "compress/compressor.h"
@@ -69,6 +83,15 @@ struct RoundReport {
   std::optional<Evaluation> test;         // when evaluated this round
   std::optional<double> client_accuracy;  // client_eval: the global model's accuracy on the
                                           // aggregated clients' own data (sample-weighted)
+  // Privacy (fl/private_update.h). secure: the round went through secure
+  // aggregation (train_loss is then NaN: no client's loss is revealed);
+  // failure: why a secure round failed (the privacy module's message).
+  bool secure = false;
+  std::string failure;
+  // DP-FedAvg: the spent epsilon at fl.dp_delta after this round (Balle et
+  // al.'s conversion, the budget's, and the classic one).
+  std::optional<double> epsilon;
+  std::optional<double> epsilon_classic;
 };
 
 struct SimulationOptions {
@@ -96,6 +119,10 @@ struct SimulationResult {
   ServerState state;
   std::optional<Evaluation> last_test;
   bool reached_target = false;
+  // DP-FedAvg: the run stopped before a round that would have exceeded
+  // fl.dp_target_epsilon; budget_stop says so in words.
+  bool budget_exhausted = false;
+  std::string budget_stop;
 };
 
 SimulationResult run_simulation(const SimulationOptions& options);

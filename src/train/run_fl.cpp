@@ -62,11 +62,20 @@ std::string format_round_line(const fl::RoundReport& r, int64_t rounds) {
     for (size_t i = 0; i < notes.size(); ++i) line += (i > 0 ? ", " : "") + notes[i];
     line += ")";
   }
-  if (r.failed) line += ", FAILED (fewer than fl.min_fit_clients updates: model unchanged)";
+  if (r.failed && !r.failure.empty()) {
+    line += fmt::format(", FAILED ({}: model unchanged)", r.failure);
+  } else if (r.failed) {
+    line += ", FAILED (fewer than fl.min_fit_clients updates: model unchanged)";
+  }
+  if (r.secure) line += ", secure";
   if (std::isfinite(r.train_loss)) line += fmt::format(", train loss {:.4f}", r.train_loss);
   if (r.test) line += fmt::format(", test accuracy {:.2f}%", 100.0 * r.test->accuracy);
   if (r.client_accuracy) {
     line += fmt::format(", client accuracy {:.2f}%", 100.0 * *r.client_accuracy);
+  }
+  if (r.epsilon) {
+    line += fmt::format(", epsilon {:.4g} (classic {:.4g})", *r.epsilon,
+                        r.epsilon_classic.value_or(std::nan("")));
   }
   line += fmt::format(", {:.2f} s", r.seconds);
   return line;
@@ -288,6 +297,10 @@ void FlRunRecorder::on_round(const fl::RoundReport& r) {
     line["test_loss"] = number_or_null(r.test->loss);
   }
   if (r.client_accuracy) line["client_accuracy"] = number_or_null(*r.client_accuracy);
+  if (r.secure) line["secure"] = true;
+  if (!r.failure.empty()) line["failure"] = r.failure;
+  if (r.epsilon) line["epsilon"] = number_or_null(*r.epsilon);
+  if (r.epsilon_classic) line["epsilon_classic"] = number_or_null(*r.epsilon_classic);
   write_event(line.dump());
   if (tensorboard_) {
     obs::EventFileWriter& w = *tensorboard_;
@@ -309,6 +322,12 @@ void FlRunRecorder::on_round(const fl::RoundReport& r) {
     if (r.client_accuracy) scalar("fl/client_accuracy", *r.client_accuracy);
     w.flush();
   }
+}
+
+void FlRunRecorder::privacy_stop(const std::string& message) {
+  if (out_ != nullptr) *out_ << message << '\n' << std::flush;
+  write_event(
+      nlohmann::json{{"event", "privacy_stop"}, {"message", message}, {"time", unix_now()}}.dump());
 }
 
 void FlRunRecorder::checkpoint(const fl::ServerState& state) {
@@ -399,6 +418,7 @@ int run_fl(const JobConfig& job, const FlRunOptions& options) {
   sim.on_checkpoint = [&recorder](const fl::ServerState& s) { recorder.checkpoint(s); };
   sim.resume = std::move(resume);
   const fl::SimulationResult result = fl::run_simulation(sim);
+  if (result.budget_exhausted) recorder.privacy_stop(result.budget_stop);
   // The last round is checkpointed even off the checkpoint_every grid (or
   // when the target stopped the run early), so that a later run with more
   // rounds continues from it.

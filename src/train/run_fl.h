@@ -103,6 +103,9 @@ class FlRunRecorder {
   void begin(const FlRunStart& start);
   // A round: its progress line, its "round" event, its TensorBoard scalars.
   void on_round(const fl::RoundReport& report);
+  // DP-FedAvg's budget stop: the message as a progress line and a
+  // "privacy_stop" event.
+  void privacy_stop(const std::string& message);
   // Writes the state as checkpoint ckpt-<state.round>.dtc and prunes.
   void checkpoint(const fl::ServerState& state);
   // The first round at or above fl.target_accuracy, as this run saw it or,

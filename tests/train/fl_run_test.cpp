@@ -235,6 +235,46 @@ TEST(FlRun, TargetAccuracyStopsTheRunAndTheSummarySaysWhen) {
   EXPECT_EQ(events(tmp.file("metrics.jsonl"), "end")[1].at("reached_round"), last);
 }
 
+// DP-FedAvg with secure aggregation at the job level: epsilon in every
+// round event and progress line, the budget stop (never above the target,
+// exit 0, the model saved), and a resumed run continuing epsilon exactly.
+TEST(FlRun, PrivateRoundsReportEpsilonStopAtTheBudgetAndResume) {
+  const std::vector<std::string> dp = {"fl.secure_aggregation=true", "fl.dp_clip=1.0",
+                                       "fl.dp_noise_multiplier=0.8"};
+  testing::TempDir straight, resumed, budget;
+  run(job_for(straight.path(), 4, dp));
+  const auto rounds = events(straight.file("metrics.jsonl"), "round");
+  ASSERT_EQ(rounds.size(), 4u);
+  for (const auto& r : rounds) {
+    EXPECT_TRUE(r.at("secure").get<bool>());
+    EXPECT_GT(r.at("epsilon").get<double>(), 0.0);
+    EXPECT_GT(r.at("epsilon_classic").get<double>(), r.at("epsilon").get<double>());
+  }
+  run(job_for(resumed.path(), 2, dp));
+  const std::string out = run(job_for(resumed.path(), 4, dp));
+  EXPECT_NE(out.find("round 3/4"), std::string::npos) << out;
+  EXPECT_NE(out.find(", secure, "), std::string::npos) << out;
+  EXPECT_NE(out.find("epsilon "), std::string::npos) << out;
+  const auto again = events(resumed.file("metrics.jsonl"), "round");
+  ASSERT_EQ(again.size(), 4u);
+  EXPECT_EQ(again[3].at("epsilon"), rounds[3].at("epsilon"));
+  EXPECT_EQ(file_bytes(resumed.file("model.safetensors")),
+            file_bytes(straight.file("model.safetensors")));
+
+  // A target between rounds 2 and 3's epsilon: two rounds run.
+  const double target =
+      (rounds[1].at("epsilon").get<double>() + rounds[2].at("epsilon").get<double>()) / 2;
+  std::vector<std::string> with_target = dp;
+  with_target.push_back("fl.dp_target_epsilon=" + std::to_string(target));
+  const std::string stopped = run(job_for(budget.path(), 50, with_target));
+  EXPECT_NE(stopped.find("privacy budget: stopped before round 3"), std::string::npos) << stopped;
+  const auto budget_rounds = events(budget.file("metrics.jsonl"), "round");
+  ASSERT_EQ(budget_rounds.size(), 2u);
+  for (const auto& r : budget_rounds) EXPECT_LE(r.at("epsilon").get<double>(), target);
+  EXPECT_EQ(events(budget.file("metrics.jsonl"), "privacy_stop").size(), 1u);
+  EXPECT_FALSE(file_bytes(budget.file("model.safetensors")).empty());
+}
+
 // Unbalanced clients (lognormal sizes, the "quantity" partitioner): every
 // sampled client has data and reports.
 TEST(FlRun, QuantitySkewedClientsTrain) {
