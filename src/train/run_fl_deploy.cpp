@@ -17,13 +17,10 @@ namespace dtrain::train {
 namespace {
 
 // client_weight()'s n_bar (fl/private_update.h): the mean samples a client
-// holds, public like every n_k.
-double fl_mean_samples(const FlJob& fl_job) {
-  size_t total = 0;
-  for (const auto& part : fl_job.parts) total += part.size();
-  return fl_job.parts.empty()
-             ? 0.0
-             : static_cast<double>(total) / static_cast<double>(fl_job.parts.size());
+// holds, public like every n_k; the simulation's value (training samples
+// over fl.clients), so that both compute the same estimator.
+double fl_mean_samples(const JobConfig& job, const FlJob& fl_job) {
+  return static_cast<double>(fl_job.data.train.size()) / static_cast<double>(job.fl.clients);
 }
 
 }  // namespace
@@ -52,7 +49,7 @@ int run_fl_server(const JobConfig& job, const comm::JobAuth& auth,
   o.evaluate = fl_job.evaluate;
   o.upload = fl_upload_options(job);
   if (o.upload.method != compress::Method::kNone) o.layouts = fl::layouts_of(*fl_job.make_model());
-  o.mean_samples = fl_mean_samples(fl_job);
+  o.mean_samples = fl_mean_samples(job, fl_job);
   o.on_round = [&](const fl::RoundReport& report) { recorder.on_round(report); };
   o.on_checkpoint = [&](const fl::ServerState& state) {
     recorder.checkpoint(state);

@@ -7,6 +7,8 @@
 // encoding (fl/fl_protocol.h).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <set>
 #include <stop_token>
 #include <thread>
@@ -61,6 +63,7 @@ struct SecAggJob {
     o.config = config;
     o.config.threads = 1;
     o.config.secure_aggregation = false;  // plain FedAvg
+    o.config.dp_clip = 0;
     o.seed = seed;
     o.client_optimizer = optimizer;
     o.train = &train;
@@ -141,6 +144,35 @@ TEST(FlSecAggDeploy, AFaultFreeRunComputesWhatPlainFedAvgComputes) {
   EXPECT_FALSE(fixtures::same_bits(result.state.weights, flatten(*s.make_model())));
   // Not bit-identical to the plain run: the sum went through the fixed-point code.
   EXPECT_FALSE(fixtures::same_bits(result.state.weights, s.plain_fedavg()));
+}
+
+TEST(FlSecAggDeploy, WithDpItComputesWhatTheSecureSimulationComputes) {
+  SecAggJob s(4, 2, 30.0);
+  s.config.dp_clip = 0.5;
+  s.config.dp_noise_multiplier = 0.3;
+  testing::LineLog log;
+  FlServer server(s.server_options(), comm::JobAuth(kJob, kSecret), log.logger());
+  FlServerResult result;
+  run_with_clients(s, server.endpoint(), log, [&] { result = server.run(); });
+  ASSERT_EQ(result.state.round, 2) << log.all();
+  // Same seed: the same clipped inputs, the same noise shares (the clients'
+  // streams) and server noise; only the fixed-point rounding differs.
+  SimulationOptions o;
+  o.config = s.config;
+  o.config.threads = 1;
+  o.seed = s.seed;
+  o.client_optimizer = s.optimizer;
+  o.train = &s.train;
+  o.parts = s.parts;
+  o.make_model = s.make_model;
+  expect_near(result.state.weights, run_simulation(o).state.weights);
+  // The noise is there: far from plain FedAvg's model.
+  const std::vector<float> plain = s.plain_fedavg();
+  double largest = 0;
+  for (size_t i = 0; i < plain.size(); ++i) {
+    largest = std::max(largest, std::abs(static_cast<double>(result.state.weights[i] - plain[i])));
+  }
+  EXPECT_GT(largest, 1e-2);
 }
 
 TEST(FlSecAggDeploy, AClientSilentAfterMaskingIsRecoveredAndItsInputCounts) {
