@@ -9,8 +9,11 @@
 #include "comm/wire/framed_socket.h"
 #include "core/error.h"
 #include "fl/fl_protocol.h"
+#include "fl/fl_secagg.h"
+#include "fl/private_update.h"
 #include "fl/sampling.h"
 #include "fl/upload_codec.h"
+#include "privacy/secagg_crypto.h"
 
 namespace dtrain::fl {
 
@@ -35,6 +38,7 @@ class FlClient::Impl {
       throw UsageError(fmt::format("fl client id {} is negative", options_.client));
     }
     trainer_ = std::make_unique<ClientTrainer>(options_.make_model, *options_.train);
+    if (options_.fl.secure_aggregation) privacy::ensure_sodium();
     if (options_.upload.method != compress::Method::kNone) {
       codec_.emplace(options_.upload, layouts_of(trainer_->model()));
     }
@@ -96,9 +100,21 @@ class FlClient::Impl {
           heard = Clock::now();
           next_join = heard + options_.heartbeat_interval;
           break;
+        case FlKind::kSecAggSetup:
+          if (!options_.fl.secure_aggregation) {
+            socket_->drop("a secagg setup, but this client's job does not use secure aggregation");
+          } else {
+            pending_setup_ = m.secagg_setup;
+          }
+          break;
+        case FlKind::kSecAggBroadcast:
+          secagg_phase(m.secagg);
+          heard = Clock::now();
+          break;
         case FlKind::kJoin:
         case FlKind::kUpdate:
         case FlKind::kUpdateCompressed:
+        case FlKind::kSecAggAnswer:
           socket_->drop(fmt::format("a {} message, which only clients send", to_string(m.kind)));
           break;
       }
@@ -114,7 +130,82 @@ class FlClient::Impl {
     socket_->send({}, header, std::move(payload));
   }
 
+  // A round's SecAgg part on this client.
+  struct SecAggState {
+    FlSecAggSetup setup;
+    std::optional<privacy::SecAggClient> client;
+    ClientUpdate update;  // the trained update (its delta is what gets masked)
+    int next_phase = 1;
+  };
+
+  void send_secagg(int phase, privacy::SecAggMessage message) {
+    FlSecAggPayload a;
+    a.client = options_.client;
+    a.round = secagg_->setup.round;
+    a.session = secagg_->setup.session;
+    a.phase = static_cast<uint8_t>(phase);
+    if (phase == 2) {
+      a.samples = secagg_->update.samples;
+      a.loss = secagg_->update.loss;
+      a.steps = secagg_->update.steps;
+    }
+    a.message = std::move(message);
+    if (options_.secagg_tamper) options_.secagg_tamper(phase, a.message);
+    send(encode_secagg_answer(a));
+    secagg_->next_phase = phase + 1;
+    if (phase == 3 || phase == options_.secagg_silent_after_phase) {
+      if (phase != 3) {
+        logger_.warn("fl client {}: round {}: test hook: silent after secagg phase {}",
+                     options_.client, secagg_->setup.round, privacy::secagg_phase_name(phase));
+      }
+      secagg_.reset();
+    }
+  }
+
+  // The answer to one phase's broadcast.
+  void secagg_phase(const FlSecAggPayload& b) {
+    const char* phase = privacy::secagg_phase_name(b.phase);
+    if (!secagg_ || b.session != secagg_->setup.session || b.phase != secagg_->next_phase) {
+      socket_->drop(fmt::format("secagg phase {} of round {}: not the phase this client is in",
+                                phase, b.round));
+      return;
+    }
+    try {
+      privacy::SecAggClient& c = *secagg_->client;
+      switch (b.phase) {
+        case 1:
+          send_secagg(1, c.share_keys(b.message));
+          break;
+        case 2: {
+          Rng noise = client_noise_rng(options_.seed, b.round, options_.client);
+          const std::vector<float> input =
+              secagg_input(secagg_->update, options_.fl, secagg_->setup.clients,
+                           secagg_->setup.mean_samples, noise);
+          send_secagg(2, c.masked_input(b.message, input));
+          break;
+        }
+        default:
+          send_secagg(3, c.unmask(b.message));
+          break;
+      }
+    } catch (const DataError& e) {
+      socket_->drop(fmt::format("round {}, secagg phase {}: {}", b.round, phase, e.what()));
+    } catch (const CommError& e) {
+      logger_.warn("fl client {}: round {}: leaves the secure aggregation in phase {}: {}",
+                   options_.client, b.round, phase, e.what());
+      secagg_.reset();
+    }
+  }
+
   void answer(FlTask& task) {
+    if (options_.fl.secure_aggregation &&
+        (!pending_setup_ || pending_setup_->round != task.round)) {
+      logger_.warn(
+          "fl client {}: round {}: a task without its secure aggregation setup; not "
+          "training it",
+          options_.client, task.round);
+      return;
+    }
     if (options_.on_task) options_.on_task(task.round);
     LocalTraining training = task.training;
     training.optimizer = options_.optimizer;
@@ -148,6 +239,22 @@ class FlClient::Impl {
     if (options_.tamper) options_.tamper(update);
     logger_.info("fl client {}: round {}: {} step(s){}, loss {:.4f}", options_.client, task.round,
                  update.steps, update.partial ? " (partial)" : "", update.loss);
+    if (options_.fl.secure_aggregation) {
+      secagg_.emplace();
+      secagg_->setup = *pending_setup_;
+      pending_setup_.reset();
+      secagg_->update = std::move(update);
+      try {
+        secagg_->client.emplace(secagg_config(secagg_->setup), secagg_->setup.index,
+                                privacy::random_key());
+      } catch (const UsageError& e) {  // the server's configuration is inconsistent
+        socket_->drop(fmt::format("round {}: secagg setup: {}", task.round, e.what()));
+        secagg_.reset();
+        return;
+      }
+      send_secagg(0, secagg_->client->advertise_keys());
+      return;
+    }
     send(encode_for_upload(update));
   }
 
@@ -172,8 +279,10 @@ class FlClient::Impl {
   std::unique_ptr<ClientTrainer> trainer_;
   zmq::context_t context_{1};
   std::unique_ptr<comm::wire::FramedSocket> socket_;
-  double seconds_per_step_ = 0.0;     // the last task's pace (0: none yet)
-  std::optional<UploadCodec> codec_;  // compressed uploads
+  double seconds_per_step_ = 0.0;               // the last task's pace (0: none yet)
+  std::optional<UploadCodec> codec_;            // compressed uploads
+  std::optional<FlSecAggSetup> pending_setup_;  // the next task's SecAgg round
+  std::optional<SecAggState> secagg_;           // the SecAgg round under way
 };
 
 FlClient::FlClient(FlClientOptions options, const comm::JobAuth& auth, Logger& logger)

@@ -10,6 +10,16 @@
 //     client_rng(seed, round, client)) and answers kUpdate; with
 //     partial_work it trains only the steps its last pace fits into the
 //     task's deadline (see FlClientOptions);
+//   - with secure aggregation (fl.secure_aggregation; fl/fl_secagg.h): a
+//     kSecAggSetup announces the next task's SecAgg round; after training
+//     that task the client creates its privacy::SecAggClient (fresh random
+//     entropy) and answers phase 0 (its keys); each kSecAggBroadcast of the
+//     same session is answered with the phase's message (phase 2 masks
+//     secagg_input() of the update, fl/private_update.h, with its samples,
+//     loss and steps beside it in the clear). A task
+//     without its setup is not trained (logged). A broadcast the SecAgg
+//     client refuses (DataError) is dropped and counted naming the phase; a
+//     CommError of it (too few neighbours left) ends its part in the round;
 //   - on kDone it returns.
 // It gives up with a TimeoutError naming the server's address when it has
 // heard nothing from the server (no reply of any kind) for server_timeout.
@@ -35,6 +45,7 @@
 #include "core/log.h"
 #include "data/dataset.h"
 #include "fl/client_trainer.h"
+#include "fl/fl_config.h"
 #include "fl/update.h"
 #include "optim/optimizer_config.h"
 
@@ -68,6 +79,18 @@ struct FlClientOptions {
   // Tests: replaces the trained update just before it is sent (a client
   // that sends a wrong shape, a non-finite value, a stale round).
   std::function<void(ClientUpdate&)> tamper;
+  // The job's [fl] keys of secure aggregation and DP (fl/private_update.h):
+  // with fl.secure_aggregation the server's kSecAggSetup is expected before
+  // each task, plain updates are never sent, and the masked vector is
+  // secagg_input() of the update (its noise share from client_noise_rng).
+  FlConfig fl;
+  // Tests: after sending its answer of this SecAgg phase (0..3) the client
+  // answers no more of that round's phases (-1: off), e.g. 2 is a client
+  // that stops answering after masking.
+  int secagg_silent_after_phase = -1;
+  // Tests: replaces this client's SecAgg message of a phase (0..3) just
+  // before it is sent (a malformed answer).
+  std::function<void(int phase, std::vector<std::byte>& message)> secagg_tamper;
 };
 
 struct FlClientResult {

@@ -47,6 +47,12 @@ std::string_view to_string(FlKind kind) {
       return "done";
     case FlKind::kUpdateCompressed:
       return "compressed update";
+    case FlKind::kSecAggSetup:
+      return "secagg setup";
+    case FlKind::kSecAggBroadcast:
+      return "secagg broadcast";
+    case FlKind::kSecAggAnswer:
+      return "secagg answer";
   }
   return "unknown";
 }
@@ -122,13 +128,75 @@ std::vector<std::byte> encode_done(int64_t rounds_done) {
   return w.take();
 }
 
+std::vector<std::byte> encode_secagg_setup(const FlSecAggSetup& setup) {
+  ByteWriter w = start(FlKind::kSecAggSetup, 61);
+  w.write_i64(setup.round);
+  w.write_u32(setup.session);
+  w.write_u32(setup.index);
+  w.write_u32(setup.clients);
+  w.write_u32(setup.threshold);
+  w.write_u8(setup.graph);
+  w.write_u32(setup.degree);
+  w.write_u64(setup.graph_seed);
+  w.write_f32(setup.clip);
+  w.write_u64(setup.vector_length);
+  w.write_u32(setup.min_survivors);
+  w.write_f64(setup.mean_samples);
+  return w.take();
+}
+
+std::vector<std::byte> encode_secagg_broadcast(const FlSecAggPayload& broadcast) {
+  ByteWriter w = start(FlKind::kSecAggBroadcast, 21 + broadcast.message.size());
+  w.write_i64(broadcast.round);
+  w.write_u32(broadcast.session);
+  w.write_u8(broadcast.phase);
+  w.write_u64(broadcast.message.size());
+  w.write_bytes(broadcast.message);
+  return w.take();
+}
+
+std::vector<std::byte> encode_secagg_answer(const FlSecAggPayload& answer) {
+  ByteWriter w = start(FlKind::kSecAggAnswer, 53 + answer.message.size());
+  w.write_i64(answer.client);
+  w.write_i64(answer.round);
+  w.write_u32(answer.session);
+  w.write_u8(answer.phase);
+  w.write_i64(answer.samples);
+  w.write_f64(answer.loss);
+  w.write_i64(answer.steps);
+  w.write_u64(answer.message.size());
+  w.write_bytes(answer.message);
+  return w.take();
+}
+
+namespace {
+
+uint8_t read_phase(ByteReader& r, uint8_t min) {
+  const uint8_t phase = r.read_u8("secagg phase");
+  if (phase < min || phase > 3) {
+    bad("secagg phase", fmt::format("is {}, expected {} to 3", phase, min));
+  }
+  return phase;
+}
+
+std::vector<std::byte> read_counted_bytes(ByteReader& r, std::string_view field) {
+  const uint64_t count = r.read_u64(field);
+  if (count > r.remaining()) {
+    bad(field, fmt::format("is {}, but {} bytes are left", count, r.remaining()));
+  }
+  const auto bytes = r.read_bytes(static_cast<size_t>(count), field);
+  return {bytes.begin(), bytes.end()};
+}
+
+}  // namespace
+
 FlMessage decode_fl_message(std::span<const std::byte> payload) {
   ByteReader r(payload, kContext);
   FlMessage m;
   const uint8_t kind = r.read_u8("kind");
   if (kind < static_cast<uint8_t>(FlKind::kJoin) ||
-      kind > static_cast<uint8_t>(FlKind::kUpdateCompressed)) {
-    bad("kind", fmt::format("is {}, expected 1 (join) to 6 (compressed update)", kind));
+      kind > static_cast<uint8_t>(FlKind::kSecAggAnswer)) {
+    bad("kind", fmt::format("is {}, expected 1 (join) to 9 (secagg answer)", kind));
   }
   m.kind = static_cast<FlKind>(kind);
   const uint8_t reserved8 = r.read_u8("reserved");
@@ -171,6 +239,53 @@ FlMessage decode_fl_message(std::span<const std::byte> payload) {
       }
       const auto bytes = r.read_bytes(static_cast<size_t>(count), "upload");
       m.upload.assign(bytes.begin(), bytes.end());
+      break;
+    }
+    case FlKind::kSecAggSetup: {
+      FlSecAggSetup& s = m.secagg_setup;
+      s.round = read_at_least(r, "secagg round", 1);
+      s.session = r.read_u32("secagg session");
+      s.index = r.read_u32("secagg index");
+      s.clients = r.read_u32("secagg clients");
+      if (s.index >= s.clients) {
+        bad("secagg index", fmt::format("is {}, expected below clients {}", s.index, s.clients));
+      }
+      s.threshold = r.read_u32("secagg threshold");
+      s.graph = r.read_u8("secagg graph");
+      if (s.graph > 1) bad("secagg graph", fmt::format("is {}, expected 0 or 1", s.graph));
+      s.degree = r.read_u32("secagg degree");
+      s.graph_seed = r.read_u64("secagg graph_seed");
+      s.clip = r.read_f32("secagg clip");
+      if (!std::isfinite(s.clip) || s.clip <= 0) {
+        bad("secagg clip", fmt::format("is {}, expected a finite value > 0", s.clip));
+      }
+      s.vector_length = r.read_u64("secagg vector_length");
+      s.min_survivors = r.read_u32("secagg min_survivors");
+      s.mean_samples = r.read_f64("secagg mean_samples");
+      if (!std::isfinite(s.mean_samples) || s.mean_samples <= 0) {
+        bad("secagg mean_samples",
+            fmt::format("is {}, expected a finite value > 0", s.mean_samples));
+      }
+      break;
+    }
+    case FlKind::kSecAggBroadcast: {
+      FlSecAggPayload& p = m.secagg;
+      p.round = read_at_least(r, "secagg round", 1);
+      p.session = r.read_u32("secagg session");
+      p.phase = read_phase(r, 1);
+      p.message = read_counted_bytes(r, "secagg message bytes");
+      break;
+    }
+    case FlKind::kSecAggAnswer: {
+      FlSecAggPayload& p = m.secagg;
+      p.client = read_at_least(r, "secagg client", 0);
+      p.round = read_at_least(r, "secagg round", 1);
+      p.session = r.read_u32("secagg session");
+      p.phase = read_phase(r, 0);
+      p.samples = r.read_i64("secagg samples");
+      p.loss = r.read_f64("secagg loss");
+      p.steps = read_at_least(r, "secagg steps", 0);
+      p.message = read_counted_bytes(r, "secagg message bytes");
       break;
     }
   }

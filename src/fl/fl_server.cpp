@@ -12,10 +12,13 @@
 #include "comm/wire/framed_socket.h"
 #include "core/error.h"
 #include "fl/fl_protocol.h"
+#include "fl/fl_secagg.h"
+#include "fl/private_update.h"
 #include "fl/sampling.h"
 #include "fl/server_optimizer.h"
 #include "fl/update.h"
 #include "fl/upload_codec.h"
+#include "privacy/secagg_crypto.h"
 
 namespace dtrain::fl {
 
@@ -40,6 +43,19 @@ void validate(const FlServerOptions& o) {
   }
   if (!o.resume && o.initial_weights.empty()) {
     throw UsageError("fl server: no initial weights and no state to resume");
+  }
+  if (c.dp() && !c.secure_aggregation) {
+    // The plain path aggregates with RoundAggregator, which neither clips
+    // nor noises: refuse rather than run without the privacy asked for.
+    throw ConfigError(
+        "fl.dp_clip: the deployed mode applies DP-FedAvg only with fl.secure_aggregation = true");
+  }
+  if (o.config.secure_aggregation) {
+    validate(o.secagg);
+    if (!(o.mean_samples > 0) || !std::isfinite(o.mean_samples)) {
+      throw UsageError(fmt::format("fl server: secure aggregation needs mean_samples > 0, not {}",
+                                   o.mean_samples));
+    }
   }
 }
 
@@ -79,9 +95,11 @@ class FlServer::Impl {
                                      codec_->model_size(), model_size_));
       }
     }
-    logger_.info("fl server: listening on {} ({} clients, {} per round, {} rounds)", endpoint_,
+    if (options_.config.secure_aggregation) privacy::ensure_sodium();
+    logger_.info("fl server: listening on {} ({} clients, {} per round, {} rounds{})", endpoint_,
                  options_.config.clients, options_.config.clients_per_round(),
-                 options_.config.rounds);
+                 options_.config.rounds,
+                 options_.config.secure_aggregation ? ", secure aggregation" : "");
   }
 
   FlServerResult run(const std::stop_token& stop);
@@ -104,6 +122,28 @@ class FlServer::Impl {
     // it is heard from (a join or a late update).
     bool missed = false;
   };
+  // A round's secure aggregation (config.secure_aggregation).
+  struct SecAggRound {
+    explicit SecAggRound(const privacy::SecAggConfig& config)
+        : server(config), session(config.round), threshold(config.threshold) {}
+    privacy::SecAggServer server;
+    uint32_t session = 0;
+    uint32_t threshold = 0;
+    std::vector<int64_t> ids;           // SecAgg index -> client id
+    std::map<int64_t, uint32_t> index;  // client id -> SecAgg index
+    int phase = 0;
+    std::set<int64_t> outstanding;  // expected to answer this phase
+    std::vector<int64_t> answered;  // answered this phase (accepted)
+    struct Meta {
+      int64_t samples = 0;
+      double loss = 0;
+    };
+    std::map<int64_t, Meta> meta;  // phase 2's plaintext metadata
+    // After phase 3: the mean delta and the included clients (ascending).
+    std::optional<std::vector<float>> mean_delta;
+    std::vector<int64_t> included;
+    std::string failure;  // why the attempt failed (a phase short of answers)
+  };
   // The round whose updates are being collected.
   struct OpenRound {
     RoundAggregator aggregator;
@@ -111,6 +151,20 @@ class FlServer::Impl {
     std::set<int64_t> partial;      // accepted partial work
     uint64_t bytes_up = 0;
     int64_t rejected = 0;
+    std::optional<SecAggRound> secagg;
+
+    int64_t accepted() const {
+      if (!secagg) return aggregator.accepted();
+      return secagg->mean_delta ? static_cast<int64_t>(secagg->included.size()) : 0;
+    }
+    std::vector<int64_t> accepted_clients() const {
+      if (!secagg) return aggregator.accepted_clients();
+      return secagg->mean_delta ? secagg->included : std::vector<int64_t>{};
+    }
+    std::vector<float> mean_delta() const {
+      return secagg ? *secagg->mean_delta : aggregator.mean_delta();
+    }
+    double mean_loss() const;
   };
 
   std::vector<int64_t> connected(Clock::time_point now) const;
@@ -120,6 +174,12 @@ class FlServer::Impl {
   void handle(const comm::wire::Frame& frame, OpenRound* open);
   void handle_update(const comm::wire::Frame& frame, ClientUpdate update, OpenRound* open);
   void reject(const std::string& reason, OpenRound* open);
+  void handle_secagg(const comm::wire::Frame& frame, const FlSecAggPayload& answer,
+                     OpenRound* open);
+  // Runs the four SecAgg phases of an attempt whose tasks were sent;
+  // false when stopped.
+  bool run_secagg(OpenRound& open, Clock::time_point started, milliseconds timeout,
+                  RoundReport& report, const std::stop_token& stop);
   void send(const std::string& identity, int64_t client, std::vector<std::byte> payload);
   // Waits until enough clients are connected for `round` (see the header).
   void wait_for_clients(int64_t round, bool first, const std::stop_token& stop);
@@ -142,7 +202,21 @@ class FlServer::Impl {
   std::atomic<int64_t> rounds_done_{0};
   std::atomic<int64_t> rejected_{0};
   std::atomic<int64_t> connected_count_{0};
+  uint32_t secagg_sessions_ = 0;  // SecAgg sessions started (one per round attempt)
 };
+
+double FlServer::Impl::OpenRound::mean_loss() const {
+  if (!secagg) return aggregator.mean_loss();
+  double weighted = 0;
+  double total = 0;
+  for (int64_t id : secagg->included) {
+    const auto found = secagg->meta.find(id);
+    if (found == secagg->meta.end()) continue;
+    weighted += static_cast<double>(found->second.samples) * found->second.loss;
+    total += static_cast<double>(found->second.samples);
+  }
+  return total > 0 ? weighted / total : std::nan("");
+}
 
 std::vector<int64_t> FlServer::Impl::connected(Clock::time_point now) const {
   std::vector<int64_t> ids;
@@ -208,6 +282,17 @@ void FlServer::Impl::handle(const comm::wire::Frame& frame, OpenRound* open) {
     handle_update(frame, std::move(m.update), open);
     return;
   }
+  if (m.kind == FlKind::kSecAggAnswer) {
+    handle_secagg(frame, m.secagg, open);
+    return;
+  }
+  if (options_.config.secure_aggregation &&
+      (m.kind == FlKind::kUpdate || m.kind == FlKind::kUpdateCompressed)) {
+    reject(fmt::format("client {}, round {}: a plain update, but this job uses secure aggregation",
+                       m.update.client, m.update.round),
+           open);
+    return;
+  }
   if (m.kind == FlKind::kUpdateCompressed) {
     // The delta is the upload message's decoding; a message the codec
     // refuses leaves the delta empty, which the aggregator rejects with the
@@ -271,6 +356,153 @@ void FlServer::Impl::handle_update(const comm::wire::Frame& frame, ClientUpdate 
   if (partial) open->partial.insert(client);
 }
 
+void FlServer::Impl::handle_secagg(const comm::wire::Frame& frame, const FlSecAggPayload& answer,
+                                   OpenRound* open) {
+  const int64_t client = answer.client;
+  const char* phase = privacy::secagg_phase_name(answer.phase);
+  if (frame.header.sender != client_rank(client)) {
+    reject(fmt::format("a secagg answer of client {} sent by wire rank {} (expected {})", client,
+                       frame.header.sender, client_rank(client)),
+           open);
+    return;
+  }
+  auto known = clients_.find(client);
+  if (known != clients_.end() && known->second.identity == frame.identity) {
+    known->second.last_heard = Clock::now();
+    known->second.missed = false;
+  }
+  if (open == nullptr || !open->secagg || answer.round != open->aggregator.round() ||
+      answer.session != open->secagg->session) {
+    logger_.info("fl server: ignored client {}'s secagg answer of phase {} for round {}: late",
+                 client, phase, answer.round);
+    return;
+  }
+  SecAggRound& sa = *open->secagg;
+  if (answer.phase != sa.phase || sa.outstanding.count(client) == 0) {
+    if (sa.index.count(client) == 0) {
+      reject(fmt::format("client {}, round {}, secagg phase {}: not sampled in this round", client,
+                         answer.round, phase),
+             open);
+    } else {
+      logger_.info(
+          "fl server: ignored client {}'s secagg answer of phase {} in round {} (phase {} is open)",
+          client, phase, answer.round, privacy::secagg_phase_name(sa.phase));
+    }
+    return;
+  }
+  sa.outstanding.erase(client);
+  open->bytes_up += comm::wire::kHeaderBytes + frame.body.size();
+  const uint32_t u = sa.index.at(client);
+  try {
+    switch (answer.phase) {
+      case 0:
+        sa.server.receive_advertise(u, answer.message);
+        break;
+      case 1:
+        sa.server.receive_share_keys(u, answer.message);
+        break;
+      case 2:
+        if (answer.samples < 1 || !std::isfinite(answer.loss)) {
+          throw DataError(
+              fmt::format("samples {} and loss {}: expected samples >= 1 and a "
+                          "finite loss",
+                          answer.samples, answer.loss));
+        }
+        sa.server.receive_masked_input(u, answer.message);
+        sa.meta[client] = {answer.samples, answer.loss};
+        break;
+      default:
+        sa.server.receive_unmasking(u, answer.message);
+        break;
+    }
+  } catch (const DataError& e) {
+    reject(fmt::format("client {}, round {}, secagg phase {}: {}", client, answer.round, phase,
+                       e.what()),
+           open);
+    return;
+  }
+  sa.answered.push_back(client);
+}
+
+bool FlServer::Impl::run_secagg(OpenRound& open, Clock::time_point started, milliseconds timeout,
+                                RoundReport& report, const std::stop_token& stop) {
+  SecAggRound& sa = *open.secagg;
+  std::map<uint32_t, privacy::SecAggMessage> outgoing;
+  double share = 0;
+  for (int phase = 0; phase < 4; ++phase) {
+    sa.phase = phase;
+    sa.answered.clear();
+    sa.outstanding.clear();
+    if (phase == 0) {
+      sa.outstanding.insert(sa.ids.begin(), sa.ids.end());
+    } else {
+      for (auto& [u, message] : outgoing) {
+        const int64_t id = sa.ids.at(u);
+        FlSecAggPayload b;
+        b.round = open.aggregator.round();
+        b.session = sa.session;
+        b.phase = static_cast<uint8_t>(phase);
+        b.message = std::move(message);
+        std::vector<std::byte> payload = encode_secagg_broadcast(b);
+        report.bytes_down += comm::wire::kHeaderBytes + payload.size();
+        send(clients_.at(id).identity, id, std::move(payload));
+        sa.outstanding.insert(id);
+      }
+    }
+    const std::set<int64_t> asked = sa.outstanding;
+    share += options_.secagg.phase_shares[static_cast<size_t>(phase)];
+    const Deadline deadline(started +
+                            milliseconds(static_cast<int64_t>(std::ceil(share * timeout.count()))));
+    while (!sa.outstanding.empty() && !deadline.expired()) {
+      if (stop.stop_requested()) return false;
+      serve_once(deadline, &open);
+    }
+    for (int64_t id : sa.outstanding) clients_.at(id).missed = true;
+    if (!sa.outstanding.empty()) {
+      logger_.warn("fl server: round {}: secagg phase {}: no answer by its deadline from [{}]",
+                   open.aggregator.round(), privacy::secagg_phase_name(phase),
+                   fmt::join(sa.outstanding, ", "));
+    }
+    try {
+      switch (phase) {
+        case 0:
+          outgoing = sa.server.finish_advertise();
+          break;
+        case 1:
+          outgoing = sa.server.finish_share_keys();
+          break;
+        case 2:
+          outgoing = sa.server.finish_masked_input();
+          break;
+        default: {
+          privacy::SecAggResult result = sa.server.finish();
+          for (uint32_t u : result.included) sa.included.push_back(sa.ids.at(u));
+          std::sort(sa.included.begin(), sa.included.end());
+          double weight = 0;
+          for (int64_t id : sa.included) {
+            weight += client_weight(options_.config, sa.meta.at(id).samples, options_.mean_samples);
+          }
+          Rng noise = server_noise_rng(options_.seed, open.aggregator.round());
+          sa.mean_delta =
+              secagg_output(result.sum, options_.config, static_cast<int64_t>(sa.ids.size()),
+                            static_cast<int64_t>(sa.included.size()), weight, noise);
+          break;
+        }
+      }
+    } catch (const CommError& e) {
+      std::vector<int64_t> answered = sa.answered;
+      std::sort(answered.begin(), answered.end());
+      sa.failure = fmt::format(
+          "secure aggregation failed in phase {}: {} of {} client(s) answered [{}], threshold {} "
+          "({})",
+          privacy::secagg_phase_name(phase), answered.size(), asked.size(),
+          fmt::join(answered, ", "), sa.threshold, e.what());
+      return true;
+    }
+  }
+  return true;
+}
+
 void FlServer::Impl::wait_for_clients(int64_t round, bool first, const std::stop_token& stop) {
   const FlConfig& c = options_.config;
   const auto start = Clock::now();
@@ -311,7 +543,8 @@ std::optional<FlServer::Impl::OpenRound> FlServer::Impl::collect(int64_t round, 
                  {sampled.begin(), sampled.end()},
                  {},
                  0,
-                 0};
+                 0,
+                 std::nullopt};
   FlTask task;
   task.round = round;
   task.deadline_ms = timeout.count();
@@ -325,6 +558,36 @@ std::optional<FlServer::Impl::OpenRound> FlServer::Impl::collect(int64_t round, 
   task.weights.assign(weights.begin(), weights.end());
   const std::vector<std::byte> payload = encode_task(task);
   report.bytes_down = 0;
+  if (options_.config.secure_aggregation) {
+    // The simulation's configuration (graph seed from (seed, round)), with
+    // a session number of its own as SecAgg's round: a repeated attempt's
+    // messages never pass for the next one's.
+    privacy::SecAggConfig config =
+        secagg_config(options_.config, static_cast<int64_t>(sampled.size()), options_.seed, round,
+                      static_cast<uint64_t>(weights.size()));
+    config.round = ++secagg_sessions_;
+    open.secagg.emplace(config);
+    FlSecAggSetup setup;
+    setup.round = round;
+    setup.session = config.round;
+    setup.clients = config.clients;
+    setup.threshold = config.threshold;
+    setup.graph = static_cast<uint8_t>(config.graph);
+    setup.degree = config.degree;
+    setup.graph_seed = config.graph_seed;
+    setup.clip = config.clip;
+    setup.vector_length = config.vector_length;
+    setup.min_survivors = config.min_survivors;
+    setup.mean_samples = options_.mean_samples;
+    for (size_t u = 0; u < sampled.size(); ++u) {  // sampled is ascending
+      open.secagg->ids.push_back(sampled[u]);
+      open.secagg->index[sampled[u]] = static_cast<uint32_t>(u);
+      setup.index = static_cast<uint32_t>(u);
+      std::vector<std::byte> bytes = encode_secagg_setup(setup);
+      report.bytes_down += comm::wire::kHeaderBytes + bytes.size();
+      send(clients_.at(sampled[u]).identity, sampled[u], std::move(bytes));
+    }
+  }
   for (int64_t id : sampled) {
     send(clients_.at(id).identity, id, payload);
     report.bytes_down += comm::wire::kHeaderBytes + payload.size();
@@ -332,12 +595,16 @@ std::optional<FlServer::Impl::OpenRound> FlServer::Impl::collect(int64_t round, 
   logger_.info("fl server: round {}{}: sent the model to {} client(s) [{}]", round,
                attempt > 0 ? fmt::format(" (attempt {})", attempt + 1) : "", sampled.size(),
                fmt::join(sampled, ", "));
+  report.sampled = sampled;
+  if (open.secagg) {
+    if (!run_secagg(open, deadline.at() - timeout, timeout, report, stop)) return std::nullopt;
+    return open;
+  }
   while (!open.outstanding.empty() && !deadline.expired()) {
     if (stop.stop_requested()) return std::nullopt;
     serve_once(deadline, &open);
   }
   for (int64_t id : open.outstanding) clients_.at(id).missed = true;
-  report.sampled = sampled;
   return open;
 }
 
@@ -377,13 +644,17 @@ FlServerResult FlServer::Impl::run(const std::stop_token& stop) {
       if (stop.stop_requested()) break;
       open = collect(round, attempt, state.weights, report, stop);
       if (!open) break;
-      if (open->aggregator.accepted() >= c.min_fit_clients) break;
-      const std::vector<int64_t> answered = open->aggregator.accepted_clients();
-      const std::string what = fmt::format(
-          "{} accepted update(s) within {} s, fewer than fl.min_fit_clients {} (sampled [{}], "
-          "accepted [{}])",
-          answered.size(), c.round_timeout_s, c.min_fit_clients, fmt::join(report.sampled, ", "),
-          fmt::join(answered, ", "));
+      if (open->accepted() >= c.min_fit_clients) break;
+      const std::vector<int64_t> answered = open->accepted_clients();
+      const std::string what =
+          open->secagg && !open->secagg->failure.empty()
+              ? fmt::format("{} (sampled [{}])", open->secagg->failure,
+                            fmt::join(report.sampled, ", "))
+              : fmt::format(
+                    "{} accepted update(s) within {} s, fewer than fl.min_fit_clients {} (sampled "
+                    "[{}], accepted [{}])",
+                    answered.size(), c.round_timeout_s, c.min_fit_clients,
+                    fmt::join(report.sampled, ", "), fmt::join(answered, ", "));
       if (attempt + 1 >= options_.max_round_attempts) {
         throw CommError(-1, fmt::format("fl server round {}", round),
                         fmt::format("{}; gave up after {} attempt(s)", what, attempt + 1));
@@ -394,15 +665,15 @@ FlServerResult FlServer::Impl::run(const std::stop_token& stop) {
       result.stopped = true;
       break;
     }
-    optimizer.apply(state.weights, open->aggregator.mean_delta());
+    optimizer.apply(state.weights, open->mean_delta());
     state.round = round;
     state.rejected_updates += open->rejected;
-    report.participated = open->aggregator.accepted_clients();
+    report.participated = open->accepted_clients();
     std::set_difference(report.sampled.begin(), report.sampled.end(), report.participated.begin(),
                         report.participated.end(), std::back_inserter(report.dropped));
     report.partial.assign(open->partial.begin(), open->partial.end());
     report.rejected = open->rejected;
-    report.train_loss = open->aggregator.mean_loss();
+    report.train_loss = open->mean_loss();
     logger_.info("fl server: round {} closed: participated [{}], dropped [{}] ({} rejected)", round,
                  fmt::join(report.participated, ", "), fmt::join(report.dropped, ", "),
                  report.rejected);

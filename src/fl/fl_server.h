@@ -22,6 +22,22 @@
 //      every checkpoint_every rounds and the last); with fewer it repeats the
 //      round (a new draw) up to max_round_attempts, then throws CommError
 //      naming the round and who answered.
+// Secure aggregation (config.secure_aggregation): in step 3 each sampled client
+// gets a kSecAggSetup (the round's SecAgg configuration, its index among the
+// sampled in ascending id order) just before its kTask; step 4 becomes the
+// four phases of privacy/secagg.h, each closing when every client still in
+// the round answered or at its deadline (fl/fl_secagg.h), after which the
+// next phase's messages go out. A client that misses a phase's deadline is a
+// dropout and SecAgg's recovery runs; a phase with fewer answers than the
+// threshold fails the attempt (the error names the phase, who answered and
+// the threshold) and the round is repeated like a round with too few
+// updates. The server only ever holds masked vectors and applies
+// secagg_output() of the unmasked sum (fl/private_update.h: the weighted
+// mean, or with DP the noised mean over the planned clients); the included
+// clients are the round's participants, and min_fit_clients applies to
+// them. A malformed
+// SecAgg answer (privacy's DataError) is rejected, counted and logged
+// naming the client and the phase; that client is out of the phase.
 // At the end every known client gets kDone; for done_linger afterwards a
 // client that joins is answered kDone too. A client that joins in the
 // middle of a round (restarted, late) takes part from the next round. A
@@ -33,11 +49,11 @@
 // Ownership: owns its ZeroMQ context and socket; the Logger must outlive it.
 // Thread safety: run() on one thread; stats() and endpoint() from any thread.
 // Errors: the constructor throws CommError when it cannot bind, UsageError
-// for inconsistent options; run() throws TimeoutError when too few clients
-// join in time, CommError when a round fails max_round_attempts times, and
-// what the callbacks throw. Blocking: run() for the whole job, every wait
-// bounded by a deadline, and returns early (result.stopped) when `stop` is
-// requested.
+// for inconsistent options, ConfigError for DP (fl.dp_clip) without secure
+// aggregation (the plain path does not clip or noise); run() throws TimeoutError when too few
+// clients join in time, CommError when a round fails max_round_attempts times, and what the
+// callbacks throw. Blocking: run() for the whole job, every wait bounded by a deadline, and returns
+// early (result.stopped) when `stop` is requested.
 #pragma once
 
 #include <atomic>
@@ -54,6 +70,7 @@
 #include "compress/compressor.h"
 #include "core/log.h"
 #include "fl/fl_config.h"
+#include "fl/fl_secagg.h"
 #include "fl/server_state.h"
 #include "fl/simulation.h"
 
@@ -86,11 +103,20 @@ struct FlServerOptions {
   // (the model's, fl::layouts_of); with none, such a message is refused.
   compress::Options upload;
   std::vector<compress::TensorLayout> layouts;
+  // Secure aggregation (config.secure_aggregation; fl/fl_secagg.h): every
+  // round runs the four SecAgg phases (see "Secure aggregation" below)
+  // instead of collecting plain updates; plain and compressed updates are
+  // then refused. mean_samples is client_weight()'s n_bar (the mean samples
+  // a client holds; > 0 when secure aggregation is on), sent to the clients
+  // in each setup.
+  FlSecAggOptions secagg;
+  double mean_samples = 0;
 };
 
 struct FlServerStats {
   int64_t rounds_done = 0;
-  int64_t rejected_updates = 0;  // refused by RoundAggregator, or an unknown client id
+  int64_t rejected_updates = 0;  // refused by RoundAggregator, or an unknown client id,
+                                 // or a malformed SecAgg answer
   uint64_t dropped_frames = 0;   // refused by the socket (bad header, CRC, MAC) or undecodable
   int64_t connected = 0;
 };

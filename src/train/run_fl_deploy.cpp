@@ -14,6 +14,17 @@
 
 namespace dtrain::train {
 
+namespace {
+
+// client_weight()'s n_bar (fl/private_update.h): the mean samples a client
+// holds, public like every n_k; the simulation's value (training samples
+// over fl.clients), so that both compute the same estimator.
+double fl_mean_samples(const JobConfig& job, const FlJob& fl_job) {
+  return static_cast<double>(fl_job.data.train.size()) / static_cast<double>(job.fl.clients);
+}
+
+}  // namespace
+
 int run_fl_server(const JobConfig& job, const comm::JobAuth& auth,
                   const FlServerRunOptions& options) {
   Logger& logger = options.logger != nullptr ? *options.logger : Logger::stderr_logger();
@@ -38,6 +49,7 @@ int run_fl_server(const JobConfig& job, const comm::JobAuth& auth,
   o.evaluate = fl_job.evaluate;
   o.upload = fl_upload_options(job);
   if (o.upload.method != compress::Method::kNone) o.layouts = fl::layouts_of(*fl_job.make_model());
+  o.mean_samples = fl_mean_samples(job, fl_job);
   o.on_round = [&](const fl::RoundReport& report) { recorder.on_round(report); };
   o.on_checkpoint = [&](const fl::ServerState& state) {
     recorder.checkpoint(state);
@@ -86,6 +98,7 @@ int run_fl_client(const JobConfig& job, const comm::JobAuth& auth,
   o.server_timeout = options.server_timeout;
   o.on_task = options.on_task;
   o.partial_work = job.fl.accepts_partial_work();
+  o.fl = job.fl;
   fl::FlClient client(std::move(o), auth, logger);
   const fl::FlClientResult result = client.run();
   logger.info("fl client {}: {} round(s) trained; the job ended after round {}", options.client,

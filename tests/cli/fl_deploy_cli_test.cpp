@@ -107,6 +107,34 @@ TEST(FlDeployCli, ClientsKilledMidRoundAreDroppedAtTheDeadlineAndTheRunCompletes
   EXPECT_TRUE(std::ifstream(out + "/model.safetensors").good());
 }
 
+TEST(FlDeployCli, WithSecureAggregationAClientKilledMidRoundIsADropoutAndTheRunCompletes) {
+  TempDir dir;
+  // Threshold: a majority of the 4 holders (3); after the kill, 3 of 3.
+  write_file(dir.file("job.toml"),
+             std::string(kJob) + "secure_aggregation = true\nsecagg_clip = 10.0\n");
+  const std::string out = dir.file("out");
+  // Client 1 (slot 2) SIGKILLs itself on round 2's task: it never advertises keys.
+  const CliRun run = run_dtrain(
+      {"fl", dir.file("job.toml"), "--processes", "--max-restarts", "0", "--output", out},
+      {{"DTRAIN_TEST_KILL_AT_ROUND", "2:2"}});
+  ASSERT_TRUE(run.status.ok()) << run.output;
+  EXPECT_NE(run.output.find("rounds, secure aggregation)"), std::string::npos) << run.output;
+  EXPECT_NE(run.output.find("round 1 closed: participated [0, 1, 2, 3], dropped []"),
+            std::string::npos)
+      << run.output;
+  EXPECT_NE(run.output.find("secagg phase 0 (advertise keys): no answer by its deadline from [1]"),
+            std::string::npos)
+      << run.output;
+  EXPECT_NE(run.output.find("round 2 closed: participated [0, 2, 3], dropped [1]"),
+            std::string::npos)
+      << run.output;
+  EXPECT_EQ(count_of(run.output, "fl server: rejected"), 0) << run.output;
+  const std::string metrics = read_text(out + "/metrics.jsonl");
+  EXPECT_EQ(count_of(metrics, "\"event\":\"round\""), 4) << metrics;
+  EXPECT_EQ(count_of(metrics, "\"event\":\"end\""), 1) << metrics;
+  EXPECT_TRUE(std::ifstream(out + "/model.safetensors").good());
+}
+
 TEST(FlDeployCli, AKilledServerIsRestartedAndResumesAfterItsLastRound) {
   TempDir dir;
   write_file(dir.file("job.toml"), kJob);

@@ -101,10 +101,9 @@ TEST(FlProtocol, TrailingBytesAreADataError) {
 
 TEST(FlProtocol, BadFieldsNameTheFieldAndTheValue) {
   std::vector<std::byte> kind = encode_join(1);
-  kind[0] = std::byte{9};
-  expect_error<DataError>(
-      [&] { decode_fl_message(kind); },
-      "fl message: field 'kind' is 9, expected 1 (join) to 6 (compressed update)");
+  kind[0] = std::byte{10};
+  expect_error<DataError>([&] { decode_fl_message(kind); },
+                          "fl message: field 'kind' is 10, expected 1 (join) to 9 (secagg answer)");
   std::vector<std::byte> reserved = encode_join(1);
   reserved[2] = std::byte{1};
   expect_error<DataError>([&] { decode_fl_message(reserved); },

@@ -1,0 +1,346 @@
+// Secure aggregation in the deployed mode (fl/fl_secagg.h): FlServer and
+// real FlClients on threads over loopback run the four SecAgg phases per
+// round. A fault-free run computes what plain FedAvg computes (the
+// sample-weighted mean, fl/private_update.h) within the fixed-point error; a client that goes
+// silent after masking is recovered; too many silent clients fail the round naming the phase; a
+// malformed SecAgg answer is rejected naming the client and the phase. Also the new payloads'
+// encoding (fl/fl_protocol.h).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+#include <stop_token>
+#include <thread>
+
+#include "core/error.h"
+#include "fl/fl_client.h"
+#include "fl/fl_protocol.h"
+#include "fl/fl_server.h"
+#include "fl/flat_model.h"
+#include "fl/simulation.h"
+#include "sim_fixtures.h"
+#include "testing/junk_frames.h"
+
+namespace dtrain::fl {
+namespace {
+
+using std::chrono::milliseconds;
+
+constexpr const char* kJob = "fl-secagg-deploy-test";
+constexpr const char* kSecret = "secagg deploy secret";
+
+struct SecAggJob {
+  int64_t clients;
+  FlConfig config;
+  data::TensorDataset train;
+  std::vector<std::vector<int64_t>> parts;
+  ModelFactory make_model = fixtures::mlp_model(6, 8, 3);
+  optim::OptimizerConfig optimizer;
+  uint64_t seed = 5;
+  std::set<int64_t> silent_after_masking;
+  std::function<void(int64_t, int, std::vector<std::byte>&)> tamper;
+
+  double mean_samples = 20;
+
+  SecAggJob(int64_t n, int64_t rounds, double timeout_s)
+      : clients(n), train(fixtures::blobs(20 * n, 6, 3)), parts(fixtures::equal_parts(n, 20)) {
+    config.clients = n;
+    config.fraction = 1.0;
+    config.rounds = rounds;
+    config.local_epochs = 2;
+    config.local_batch = 10;
+    config.min_fit_clients = 1;
+    config.round_timeout_s = timeout_s;
+    config.server = "tcp://127.0.0.1:0";
+    config.secure_aggregation = true;
+    config.secagg_clip = 10.0;  // above every delta value: nothing is clipped
+    optimizer.lr = 0.1f;
+  }
+
+  std::vector<float> plain_fedavg() const {
+    SimulationOptions o;
+    o.config = config;
+    o.config.threads = 1;
+    o.config.secure_aggregation = false;  // plain FedAvg
+    o.config.dp_clip = 0;
+    o.seed = seed;
+    o.client_optimizer = optimizer;
+    o.train = &train;
+    o.parts = parts;
+    o.make_model = make_model;
+    return run_simulation(o).state.weights;
+  }
+
+  FlServerOptions server_options() const {
+    FlServerOptions o;
+    o.config = config;
+    o.seed = seed;
+    o.job_name = kJob;
+    o.initial_weights = flatten(*make_model());
+    o.done_linger = milliseconds(300);
+    o.mean_samples = mean_samples;
+    o.max_round_attempts = 1;
+    return o;
+  }
+
+  FlClientOptions client_options(int64_t id, const std::string& server) const {
+    FlClientOptions o;
+    o.client = id;
+    o.server = server;
+    o.seed = seed;
+    o.make_model = make_model;
+    o.train = &train;
+    o.indices = parts[static_cast<size_t>(id)];
+    o.optimizer = optimizer;
+    o.heartbeat_interval = milliseconds(100);
+    o.server_timeout = milliseconds(30000);
+    o.fl = config;
+    if (silent_after_masking.count(id) != 0) o.secagg_silent_after_phase = 2;
+    if (tamper) {
+      o.secagg_tamper = [this, id](int phase, std::vector<std::byte>& m) { tamper(id, phase, m); };
+    }
+    return o;
+  }
+};
+
+// Runs `serve` with the job's clients on threads; the clients are stopped
+// once it returned (a failed server sends no kDone).
+void run_with_clients(const SecAggJob& s, const std::string& server, testing::LineLog& log,
+                      const std::function<void()>& serve) {
+  std::stop_source stop;
+  std::vector<std::jthread> threads;
+  for (int64_t k = 0; k < s.clients; ++k) {
+    threads.emplace_back([&, k] {
+      FlClient client(s.client_options(k, server), comm::JobAuth(kJob, kSecret), log.logger());
+      client.run(stop.get_token());
+    });
+  }
+  serve();
+  stop.request_stop();
+  threads.clear();
+}
+
+// The fixed-point code's error per value and round is far below this
+// (clip 10, 5 clients: 10 / 2^28 per summand); the tolerance leaves room
+// for float rounding (the deployed mean divides a float sum by the weights).
+void expect_near(const std::vector<float>& a, const std::vector<float>& b) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-4) << "value " << i;
+}
+
+TEST(FlSecAggDeploy, AFaultFreeRunComputesWhatPlainFedAvgComputes) {
+  SecAggJob s(4, 3, 30.0);
+  // Unequal parts: the clients weigh n_k / n_bar inside the masked sum.
+  s.parts = fixtures::consecutive_parts({10, 20, 30, 20});
+  s.mean_samples = 20;
+  testing::LineLog log;
+  FlServer server(s.server_options(), comm::JobAuth(kJob, kSecret), log.logger());
+  FlServerResult result;
+  run_with_clients(s, server.endpoint(), log, [&] { result = server.run(); });
+  ASSERT_EQ(result.state.round, 3) << log.all();
+  EXPECT_EQ(server.stats().rejected_updates, 0) << log.all();
+  expect_near(result.state.weights, s.plain_fedavg());
+  EXPECT_FALSE(fixtures::same_bits(result.state.weights, flatten(*s.make_model())));
+  // Not bit-identical to the plain run: the sum went through the fixed-point code.
+  EXPECT_FALSE(fixtures::same_bits(result.state.weights, s.plain_fedavg()));
+}
+
+TEST(FlSecAggDeploy, WithDpItComputesWhatTheSecureSimulationComputes) {
+  SecAggJob s(4, 2, 30.0);
+  s.config.dp_clip = 0.5;
+  s.config.dp_noise_multiplier = 0.3;
+  testing::LineLog log;
+  FlServer server(s.server_options(), comm::JobAuth(kJob, kSecret), log.logger());
+  FlServerResult result;
+  run_with_clients(s, server.endpoint(), log, [&] { result = server.run(); });
+  ASSERT_EQ(result.state.round, 2) << log.all();
+  // Same seed: the same clipped inputs, the same noise shares (the clients'
+  // streams) and server noise; only the fixed-point rounding differs.
+  SimulationOptions o;
+  o.config = s.config;
+  o.config.threads = 1;
+  o.seed = s.seed;
+  o.client_optimizer = s.optimizer;
+  o.train = &s.train;
+  o.parts = s.parts;
+  o.make_model = s.make_model;
+  expect_near(result.state.weights, run_simulation(o).state.weights);
+  // The noise is there: far from plain FedAvg's model.
+  const std::vector<float> plain = s.plain_fedavg();
+  double largest = 0;
+  for (size_t i = 0; i < plain.size(); ++i) {
+    largest = std::max(largest, std::abs(static_cast<double>(result.state.weights[i] - plain[i])));
+  }
+  EXPECT_GT(largest, 1e-2);
+}
+
+TEST(FlSecAggDeploy, AClientSilentAfterMaskingIsRecoveredAndItsInputCounts) {
+  // One round: the silent client missed round 1's deadline, so a second
+  // round samples it only if its next join came first (fl/fl_server.h).
+  SecAggJob s(5, 1, 4.0);
+  s.silent_after_masking = {4};
+  testing::LineLog log;
+  FlServerOptions o = s.server_options();
+  std::vector<RoundReport> reports;
+  o.on_round = [&](const RoundReport& r) { reports.push_back(r); };
+  FlServer server(o, comm::JobAuth(kJob, kSecret), log.logger());
+  FlServerResult result;
+  run_with_clients(s, server.endpoint(), log, [&] { result = server.run(); });
+  ASSERT_EQ(result.state.round, 1) << log.all();
+  ASSERT_EQ(reports.size(), 1u);
+  // Client 4 masked its input (it is in U3), so the recovery removes its
+  // self-mask from the other clients' shares and its update is in the sum.
+  EXPECT_EQ(reports[0].participated, (std::vector<int64_t>{0, 1, 2, 3, 4})) << log.all();
+  EXPECT_GE(log.count("secagg phase 3 (unmasking): no answer by its deadline from [4]"), 1u)
+      << log.all();
+  expect_near(result.state.weights, s.plain_fedavg());
+}
+
+TEST(FlSecAggDeploy, TooManySilentClientsFailTheRoundNamingThePhase) {
+  SecAggJob s(5, 1, 3.0);
+  s.silent_after_masking = {2, 3, 4};  // 2 unmasking answers, threshold 3 of 5
+  testing::LineLog log;
+  FlServer server(s.server_options(), comm::JobAuth(kJob, kSecret), log.logger());
+  std::string error;
+  run_with_clients(s, server.endpoint(), log, [&] {
+    try {
+      server.run();
+    } catch (const CommError& e) {
+      error = e.what();
+    }
+  });
+  EXPECT_NE(error.find("fl server round 1"), std::string::npos) << error;
+  EXPECT_NE(error.find("phase 3 (unmasking): 2 of 5 client(s) answered [0, 1], threshold 3"),
+            std::string::npos)
+      << error;
+  EXPECT_NE(error.find("gave up after 1 attempt(s)"), std::string::npos) << error;
+}
+
+TEST(FlSecAggDeploy, AMalformedAnswerIsRejectedNamingTheClientAndPhase) {
+  SecAggJob s(4, 1, 30.0);
+  s.tamper = [](int64_t client, int phase, std::vector<std::byte>& m) {
+    if (client == 3 && phase == 1) m.resize(m.size() / 2);  // truncated shares
+  };
+  testing::LineLog log;
+  FlServerOptions o = s.server_options();
+  std::vector<RoundReport> reports;
+  o.on_round = [&](const RoundReport& r) { reports.push_back(r); };
+  FlServer server(o, comm::JobAuth(kJob, kSecret), log.logger());
+  FlServerResult result;
+  run_with_clients(s, server.endpoint(), log, [&] { result = server.run(); });
+  ASSERT_EQ(result.state.round, 1) << log.all();
+  EXPECT_EQ(server.stats().rejected_updates, 1) << log.all();
+  EXPECT_EQ(log.count("rejected client 3, round 1, secagg phase 1 (share keys)"), 1u) << log.all();
+  ASSERT_EQ(reports.size(), 1u);
+  // Out of the round after phase 1: its input is not in the sum.
+  EXPECT_EQ(reports[0].participated, (std::vector<int64_t>{0, 1, 2}));
+  EXPECT_EQ(reports[0].dropped, (std::vector<int64_t>{3}));
+}
+
+TEST(FlSecAggDeploy, DpWithoutSecureAggregationIsRefusedNotIgnored) {
+  SecAggJob s(4, 1, 30.0);
+  FlServerOptions o = s.server_options();
+  o.config.secure_aggregation = false;
+  o.config.dp_clip = 1.0;
+  o.config.dp_noise_multiplier = 1.0;
+  testing::LineLog log;
+  EXPECT_THROW(FlServer(o, comm::JobAuth(kJob, kSecret), log.logger()), ConfigError);
+  o.config.secure_aggregation = true;
+  o.mean_samples = 0;  // the weights' n_bar is required
+  EXPECT_THROW(FlServer(o, comm::JobAuth(kJob, kSecret), log.logger()), UsageError);
+}
+
+TEST(FlSecAggProtocol, TheNewKindsRoundTrip) {
+  FlSecAggSetup setup;
+  setup.round = 3;
+  setup.session = 7;
+  setup.index = 2;
+  setup.clients = 5;
+  setup.threshold = 3;
+  setup.graph = 1;
+  setup.degree = 4;
+  setup.graph_seed = 0x1234567890ULL;
+  setup.clip = 2.5F;
+  setup.vector_length = 99;
+  setup.min_survivors = 3;
+  setup.mean_samples = 12.5;
+  const std::vector<std::byte> bytes = encode_secagg_setup(setup);
+  EXPECT_EQ(bytes.size(), 4u + 61u);
+  const FlMessage m = decode_fl_message(bytes);
+  ASSERT_EQ(m.kind, FlKind::kSecAggSetup);
+  EXPECT_EQ(m.secagg_setup.session, 7u);
+  EXPECT_EQ(m.secagg_setup.index, 2u);
+  EXPECT_EQ(m.secagg_setup.graph_seed, 0x1234567890ULL);
+  EXPECT_EQ(m.secagg_setup.clip, 2.5F);
+  EXPECT_EQ(m.secagg_setup.vector_length, 99u);
+  EXPECT_EQ(m.secagg_setup.mean_samples, 12.5);
+
+  FlSecAggPayload answer;
+  answer.client = 4;
+  answer.round = 3;
+  answer.session = 7;
+  answer.phase = 2;
+  answer.samples = 20;
+  answer.loss = 0.5;
+  answer.steps = 4;
+  answer.message = {std::byte{1}, std::byte{2}, std::byte{3}};
+  const FlMessage a = decode_fl_message(encode_secagg_answer(answer));
+  ASSERT_EQ(a.kind, FlKind::kSecAggAnswer);
+  EXPECT_EQ(a.secagg.client, 4);
+  EXPECT_EQ(a.secagg.phase, 2);
+  EXPECT_EQ(a.secagg.samples, 20);
+  EXPECT_EQ(a.secagg.message, answer.message);
+
+  answer.phase = 3;
+  const FlMessage b = decode_fl_message(encode_secagg_broadcast(answer));
+  ASSERT_EQ(b.kind, FlKind::kSecAggBroadcast);
+  EXPECT_EQ(b.secagg.phase, 3);
+  EXPECT_EQ(b.secagg.session, 7u);
+  EXPECT_EQ(b.secagg.message, answer.message);
+}
+
+TEST(FlSecAggProtocol, MalformedSecAggPayloadsAreDataErrorsNamingTheField) {
+  FlSecAggSetup setup;
+  setup.round = 1;
+  setup.clients = 3;
+  setup.mean_samples = 1.0;
+  setup.index = 3;  // not below clients
+  EXPECT_THROW(
+      {
+        try {
+          decode_fl_message(encode_secagg_setup(setup));
+        } catch (const DataError& e) {
+          EXPECT_NE(std::string(e.what()).find("secagg index"), std::string::npos) << e.what();
+          throw;
+        }
+      },
+      DataError);
+  setup.index = 0;
+  setup.graph = 2;
+  EXPECT_THROW(decode_fl_message(encode_secagg_setup(setup)), DataError);
+  setup.graph = 0;
+  setup.clip = -1.0F;
+  EXPECT_THROW(decode_fl_message(encode_secagg_setup(setup)), DataError);
+  setup.clip = 1.0F;
+  setup.mean_samples = 0.0;
+  EXPECT_THROW(decode_fl_message(encode_secagg_setup(setup)), DataError);
+
+  FlSecAggPayload p;
+  p.round = 1;
+  p.phase = 0;  // a broadcast opens phases 1..3
+  EXPECT_THROW(decode_fl_message(encode_secagg_broadcast(p)), DataError);
+  p.phase = 4;
+  EXPECT_THROW(decode_fl_message(encode_secagg_answer(p)), DataError);
+  p.phase = 1;
+  p.message.assign(8, std::byte{0});
+  std::vector<std::byte> bytes = encode_secagg_answer(p);
+  bytes.pop_back();  // the count says 8, 7 are left
+  EXPECT_THROW(decode_fl_message(bytes), DataError);
+  bytes = encode_secagg_answer(p);
+  bytes.push_back(std::byte{0});  // trailing
+  EXPECT_THROW(decode_fl_message(bytes), DataError);
+}
+
+}  // namespace
+}  // namespace dtrain::fl
