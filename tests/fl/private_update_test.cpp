@@ -222,7 +222,9 @@ TEST(PrivateUpdate, ClippedUpdatesHaveNormAtMostS) {
     const std::vector<float> in = secagg_input(u, c, 10, 3.0, noise);
     const double norm = l2_norm(in);
     EXPECT_LE(norm, c.dp_clip * (1 + 1e-6));
-    if (l2_norm(u.delta) <= c.dp_clip) EXPECT_TRUE(same_bits(in, u.delta));  // weight 1
+    if (l2_norm(u.delta) <= c.dp_clip) {
+      EXPECT_TRUE(same_bits(in, u.delta));  // weight 1
+    }
   }
 }
 
