@@ -67,7 +67,7 @@ stage_paper() {
       cnn-iid) job=fl_mnist_cnn.toml; target=0.99; paper=20; lrs=$LRS; max=$MAX_ROUNDS_CNN
                extra=(--set data.partition=iid) ;;
       fedsgd)  job=fl_mnist_2nn.toml; target=0.97; paper=1474; lrs=$FEDSGD_LRS; max=$FEDSGD_ROUNDS
-               extra=(--set data.partition=iid --set fl.algorithm=fedsgd --set fl.eval_every=10) ;;
+               extra=(--set data.partition=iid --set fl.algorithm=fedsgd --set fl.local_batch=0 --set fl.eval_every=10) ;;
       *) echo "unknown paper run $run" >&2; exit 2 ;;
     esac
     for lr in $lrs; do
