@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "fl/sampling.h"
 #include "privacy/secagg_graph.h"
 
 namespace dtrain::fl {
@@ -17,20 +18,6 @@ constexpr uint64_t kNoiseDomain = 0x666c2d6e6f697365ULL;   // "fl-noise"
 constexpr uint64_t kServerDomain = 0x666c2d7376726e7aULL;  // "fl-svrnz"
 constexpr uint64_t kDropDomain = 0x666c2d64726f7073ULL;    // "fl-drops"
 constexpr uint64_t kGraphDomain = 0x666c2d6772617068ULL;   // "fl-graph"
-
-uint64_t mix(uint64_t x) {  // splitmix64's finaliser
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
-uint64_t stream_seed(uint64_t domain, uint64_t seed, int64_t a, int64_t b = 0) {
-  uint64_t h = mix(domain);
-  h = mix(h ^ seed);
-  h = mix(h ^ static_cast<uint64_t>(a));
-  return mix(h ^ static_cast<uint64_t>(b));
-}
 
 // z S: the standard deviation of the whole round's noise on the sum.
 double noise_stddev(const FlConfig& c) { return c.dp_noise_multiplier * c.dp_clip; }

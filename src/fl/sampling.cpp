@@ -26,17 +26,15 @@ uint64_t mix(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-// A seed for the stream (domain, seed, a, b): chained mixing, so that no two
-// distinct tuples collide except by a 64-bit accident.
-uint64_t stream_seed(uint64_t domain, uint64_t seed, int64_t a, int64_t b = 0) {
+}  // namespace
+
+uint64_t stream_seed(uint64_t domain, uint64_t seed, int64_t a, int64_t b) {
   uint64_t h = mix(domain);
   h = mix(h ^ seed);
   h = mix(h ^ static_cast<uint64_t>(a));
   h = mix(h ^ static_cast<uint64_t>(b));
   return h;
 }
-
-}  // namespace
 
 std::vector<int64_t> sample_clients(int64_t clients, int64_t count, uint64_t seed, int64_t round) {
   if (clients < 1 || count < 0 || count > clients) {

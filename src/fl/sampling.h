@@ -15,6 +15,12 @@
 
 namespace dtrain::fl {
 
+// A seed for the random stream of (domain, seed, a, b): chained splitmix64
+// mixing, so that no two distinct tuples collide except by a 64-bit
+// accident. Every federated draw (sampling, fates, client RNGs, secure
+// aggregation's graphs and drops, DP noise) takes its own domain constant.
+uint64_t stream_seed(uint64_t domain, uint64_t seed, int64_t a, int64_t b = 0);
+
 // `count` distinct client ids from [0, clients), uniformly without
 // replacement, ascending (Floyd's algorithm: O(count) time and memory, never
 // O(clients)). UsageError unless 0 <= count <= clients.
