@@ -4,6 +4,7 @@
 
 #include <vector>
 
+#include "comm/rendezvous/coordinator_discovery.h"
 #include "comm/rendezvous/rendezvous.h"
 #include "comm/wire/auth.h"
 #include "core/error.h"
@@ -68,21 +69,8 @@ std::unique_ptr<ZmqPeerLink> connect_by_rendezvous(const LaunchInfo& launch,
         "over and could not find it; launch with dtrain's launcher for replacements",
         launch.rank, launch.settings.restart_count));
   }
-  if (launch.coordinator.empty()) {
-    throw ConfigError(
-        fmt::format("worker {} of {} ({}) has no coordinator address and no run folder: set "
-                    "DTRAIN_COORDINATOR=host:port",
-                    launch.rank, launch.world_size, launch.source));
-  }
   const Deadline deadline = Deadline::after(settings.timeout);
-  std::unique_ptr<RendezvousServer> server;
-  if (launch.rank == 0) {
-    const HostPort hp = parse_host_port(launch.coordinator, "coordinator");
-    const std::string bind_host = hp.host == "localhost" ? "127.0.0.1" : hp.host;
-    server = std::make_unique<RendezvousServer>(
-        is_wildcard(launch.settings.listen_host) ? "0.0.0.0" : bind_host, hp.port,
-        launch.world_size, auth, logger);
-  }
+  CoordinatorMeeting meeting(launch, auth, deadline, logger);
   const std::string& listen = launch.settings.listen_host;
   o.bind_endpoint = fmt::format(
       "tcp://{}:0", listen.find(':') != std::string::npos ? "[" + listen + "]" : listen);
@@ -97,11 +85,11 @@ std::unique_ptr<ZmqPeerLink> connect_by_rendezvous(const LaunchInfo& launch,
   self.host = this_host_name();
   self.tcp_endpoint = fmt::format("tcp://{}:{}", advertise, port);
   const std::vector<PeerEndpoint> table =
-      rendezvous(launch.coordinator, self, launch.world_size, auth, deadline, logger);
+      rendezvous(meeting.address(), self, launch.world_size, auth, deadline, logger);
   std::vector<std::string> endpoints;
   for (const PeerEndpoint& peer : table) endpoints.push_back(peer.tcp_endpoint);
   link->connect(endpoints);
-  if (server) link->adopt_coordinator(std::move(server));
+  if (auto server = meeting.take_server()) link->adopt_coordinator(std::move(server));
   return link;
 }
 

@@ -1,0 +1,119 @@
+// Launches without DTRAIN_COORDINATOR (issue #19): a real mpirun, whose
+// rank 0 publishes its address in the output folder, and a Slurm-like
+// launch (two processes with Slurm's variables set by hand), whose
+// coordinator is derived from the node list and the job id.
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "cli_test_util.h"
+#include "comm/rendezvous/slurm_coordinator.h"
+#include "core/deadline.h"
+#include "testing/fault_fs.h"
+#include "testing/process.h"
+#include "testing/test_job.h"
+
+namespace dtrain {
+namespace {
+
+using testing::write_file;
+
+const std::string kJob = testing::TestJob()
+                             .name("nocoord")
+                             .seed(3)
+                             .synthetic(400, 8, 3)
+                             .mlp({16})
+                             .optimizer("sgd", 0.1)
+                             .epochs(2)
+                             .batch(40)
+                             .toml();
+
+// The coordinator files left in `folder`.
+std::vector<std::string> coordinator_files(const std::string& folder) {
+  std::vector<std::string> found;
+  for (const auto& entry : std::filesystem::directory_iterator(folder)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind(".dtrain-coordinator", 0) == 0) found.push_back(name);
+  }
+  return found;
+}
+
+bool port_is_free(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  const bool free = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  close(fd);
+  return free;
+}
+
+TEST(NoCoordinator, UnderMpirun) {
+  if (access("/usr/bin/mpirun", X_OK) != 0) GTEST_SKIP() << "OpenMPI's mpirun is not installed";
+  testing::TempDir dir;
+  write_file(dir.file("job.toml"), kJob);
+  const std::string out = dir.file("out");
+  // No -x DTRAIN_COORDINATOR: rank 0 binds an ephemeral port and publishes it.
+  testing::ChildProcess child = testing::ChildProcess::spawn(
+      {"/bin/sh", "-c", "unset DTRAIN_COORDINATOR; exec \"$0\" \"$@\" 2>&1", "/usr/bin/mpirun",
+       "-np", "2", "--oversubscribe", "-x", "OPENBLAS_NUM_THREADS=1", "-x",
+       "DTRAIN_JOB_SECRET=no-coordinator-secret", DTRAIN_BINARY, "train", dir.file("job.toml"),
+       "--output", out},
+      {{"OMPI_ALLOW_RUN_AS_ROOT", "1"},
+       {"OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"},
+       {"ASAN_OPTIONS", "detect_leaks=0"}});
+  const auto status = child.wait(Deadline::after(std::chrono::seconds(240)));
+  ASSERT_TRUE(status && status->ok()) << child.output();
+  EXPECT_NE(child.output().find("rank 0: rendezvous at 127.0.0.1:"), std::string::npos)
+      << child.output();
+  EXPECT_NE(child.output().find("published in " + out + "/.dtrain-coordinator-"), std::string::npos)
+      << child.output();
+  EXPECT_NE(child.output().find("strategy allreduce with 2 workers"), std::string::npos)
+      << child.output();
+  EXPECT_TRUE(std::filesystem::exists(out + "/model.safetensors"));
+  EXPECT_EQ(coordinator_files(out), std::vector<std::string>{});  // rank 0 removed it
+}
+
+TEST(NoCoordinator, SlurmLikeLaunch) {
+  testing::TempDir dir;
+  write_file(dir.file("job.toml"), kJob);
+  const std::string out = dir.file("out");
+  // A job id whose derived port is free here now (other tests may hold ports).
+  uint64_t job_id = 100000 + static_cast<uint64_t>(getpid()) % 1500;
+  while (!port_is_free(comm::slurm_coordinator_port(job_id, 0))) ++job_id;
+  std::vector<testing::ChildProcess> tasks;
+  for (int rank = 0; rank < 2; ++rank) {
+    tasks.push_back(testing::ChildProcess::spawn(
+        {"/bin/sh", "-c", "unset DTRAIN_COORDINATOR; exec \"$0\" \"$@\" 2>&1", DTRAIN_BINARY,
+         "train", dir.file("job.toml"), "--output", out},
+        {{"SLURM_PROCID", std::to_string(rank)},
+         {"SLURM_LOCALID", std::to_string(rank)},
+         {"SLURM_NTASKS", "2"},
+         {"SLURM_JOB_ID", std::to_string(job_id)},
+         {"SLURM_STEP_ID", "0"},
+         {"SLURM_STEP_NODELIST", "localhost"},
+         {"SLURM_JOB_NODELIST", "localhost,other[1-3]"},
+         {"DTRAIN_JOB_SECRET", "slurm-like-secret"},
+         {"OPENBLAS_NUM_THREADS", "1"}}));
+  }
+  for (testing::ChildProcess& task : tasks) {
+    const auto status = task.wait(Deadline::after(std::chrono::seconds(240)));
+    EXPECT_TRUE(status && status->ok()) << task.output();
+  }
+  EXPECT_NE(tasks[0].output().find(fmt::format(
+                "coordinator localhost:{} (Slurm: the first host of SLURM_STEP_NODELIST, the "
+                "port of SLURM_JOB_ID={} SLURM_STEP_ID=0)",
+                comm::slurm_coordinator_port(job_id, 0), job_id)),
+            std::string::npos)
+      << tasks[0].output();
+  EXPECT_NE(tasks[0].output().find("strategy allreduce with 2 workers"), std::string::npos)
+      << tasks[0].output();
+  EXPECT_TRUE(std::filesystem::exists(out + "/model.safetensors"));
+}
+
+}  // namespace
+}  // namespace dtrain
