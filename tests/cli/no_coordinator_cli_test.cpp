@@ -52,30 +52,57 @@ bool port_is_free(int port) {
   return free;
 }
 
+// `np` ranks of `dtrain train JOB --output OUT extra...` under mpirun, with a
+// job secret and no DTRAIN_COORDINATOR; its output after it exited 0.
+std::string run_under_mpirun(int np, const std::string& job, const std::string& out,
+                             const std::vector<std::string>& extra) {
+  std::vector<std::string> argv = {"/bin/sh",
+                                   "-c",
+                                   "unset DTRAIN_COORDINATOR; exec \"$0\" \"$@\" 2>&1",
+                                   "/usr/bin/mpirun",
+                                   "-np",
+                                   std::to_string(np),
+                                   "--oversubscribe",
+                                   "-x",
+                                   "OPENBLAS_NUM_THREADS=1",
+                                   "-x",
+                                   "DTRAIN_JOB_SECRET=no-coordinator-secret",
+                                   DTRAIN_BINARY,
+                                   "train",
+                                   job,
+                                   "--output",
+                                   out};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  testing::ChildProcess child =
+      testing::ChildProcess::spawn(argv, {{"OMPI_ALLOW_RUN_AS_ROOT", "1"},
+                                          {"OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"},
+                                          {"ASAN_OPTIONS", "detect_leaks=0"}});
+  const auto status = child.wait(Deadline::after(std::chrono::seconds(240)));
+  EXPECT_TRUE(status && status->ok()) << child.output();
+  return child.output();
+}
+
+// Rank 0 binds an ephemeral port and publishes it in the output folder; the
+// others read it there; the file is gone afterwards. For allreduce (rank 0
+// a worker) and ps (rank 0 server 0, the workers discover it too).
 TEST(NoCoordinator, UnderMpirun) {
   if (access("/usr/bin/mpirun", X_OK) != 0) GTEST_SKIP() << "OpenMPI's mpirun is not installed";
   testing::TempDir dir;
   write_file(dir.file("job.toml"), kJob);
-  const std::string out = dir.file("out");
-  // No -x DTRAIN_COORDINATOR: rank 0 binds an ephemeral port and publishes it.
-  testing::ChildProcess child = testing::ChildProcess::spawn(
-      {"/bin/sh", "-c", "unset DTRAIN_COORDINATOR; exec \"$0\" \"$@\" 2>&1", "/usr/bin/mpirun",
-       "-np", "2", "--oversubscribe", "-x", "OPENBLAS_NUM_THREADS=1", "-x",
-       "DTRAIN_JOB_SECRET=no-coordinator-secret", DTRAIN_BINARY, "train", dir.file("job.toml"),
-       "--output", out},
-      {{"OMPI_ALLOW_RUN_AS_ROOT", "1"},
-       {"OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"},
-       {"ASAN_OPTIONS", "detect_leaks=0"}});
-  const auto status = child.wait(Deadline::after(std::chrono::seconds(240)));
-  ASSERT_TRUE(status && status->ok()) << child.output();
-  EXPECT_NE(child.output().find("rank 0: rendezvous at 127.0.0.1:"), std::string::npos)
-      << child.output();
-  EXPECT_NE(child.output().find("published in " + out + "/.dtrain-coordinator-"), std::string::npos)
-      << child.output();
-  EXPECT_NE(child.output().find("strategy allreduce with 2 workers"), std::string::npos)
-      << child.output();
-  EXPECT_TRUE(std::filesystem::exists(out + "/model.safetensors"));
-  EXPECT_EQ(coordinator_files(out), std::vector<std::string>{});  // rank 0 removed it
+  for (const bool ps : {false, true}) {
+    const std::string out = dir.file(ps ? "ps" : "allreduce");
+    const std::string output =
+        ps ? run_under_mpirun(3, dir.file("job.toml"), out, {"--strategy", "ps", "--servers", "1"})
+           : run_under_mpirun(2, dir.file("job.toml"), out, {});
+    EXPECT_NE(output.find("rank 0: rendezvous at 127.0.0.1:"), std::string::npos) << output;
+    EXPECT_NE(output.find("published in " + out + "/.dtrain-coordinator-"), std::string::npos)
+        << output;
+    EXPECT_NE(output.find(ps ? "strategy ps with 2 workers" : "strategy allreduce with 2 workers"),
+              std::string::npos)
+        << output;
+    EXPECT_TRUE(std::filesystem::exists(out + "/model.safetensors")) << output;
+    EXPECT_EQ(coordinator_files(out), std::vector<std::string>{});  // rank 0 removed it
+  }
 }
 
 TEST(NoCoordinator, SlurmLikeLaunch) {
