@@ -21,6 +21,7 @@
 #include <stop_token>
 
 #include "comm/rendezvous/coordinator_discovery.h"
+#include "comm/rendezvous/host_address.h"
 #include "comm/rendezvous/rendezvous.h"
 #include "comm/wire/auth.h"
 #include "core/error.h"
@@ -46,22 +47,12 @@ struct PsJobOptions {
   int64_t backup_workers = 0;
 };
 
-bool is_wildcard(const std::string& host) {
-  return host == "*" || host == "0.0.0.0" || host == "::";
-}
-
-std::string this_host_name() {
-  char name[256] = {};
-  if (gethostname(name, sizeof name - 1) != 0) return "localhost";
-  return name;
-}
-
 // The endpoint workers should connect to: the bound one, with the host
 // replaced by the advertised host (or this machine's name when the server
 // listens on every interface).
 std::string advertised(const std::string& bound, const comm::LaunchSettings& settings) {
   std::string host = settings.advertise_host;
-  if (host.empty() && is_wildcard(settings.listen_host)) host = this_host_name();
+  if (host.empty() && comm::is_wildcard_host(settings.listen_host)) host = comm::this_host_name();
   if (host.empty()) return bound;
   const auto colon = bound.rfind(':');
   if (host.find(':') != std::string::npos) host = "[" + host + "]";
@@ -254,7 +245,7 @@ std::vector<comm::PeerEndpoint> PsSpec::meet(const BuildContext& c, const comm::
   const comm::LaunchInfo& launch = *c.launch;
   comm::PeerEndpoint self;
   self.rank = launch.rank;
-  self.host = this_host_name();
+  self.host = comm::this_host_name();
   self.tcp_endpoint = endpoint;
   return comm::rendezvous(coordinator, self, launch.world_size, auth, deadline, *c.logger);
 }

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "comm/rendezvous/coordinator_discovery.h"
+#include "comm/rendezvous/host_address.h"
 #include "comm/rendezvous/rendezvous.h"
 #include "comm/wire/auth.h"
 #include "core/error.h"
@@ -15,16 +16,6 @@ namespace {
 
 // sockaddr_un's path holds 108 bytes with its terminator.
 constexpr size_t kMaxIpcPath = 107;
-
-bool is_wildcard(const std::string& host) {
-  return host == "*" || host == "0.0.0.0" || host == "::";
-}
-
-std::string this_host_name() {
-  char name[256] = {};
-  if (gethostname(name, sizeof name - 1) != 0) return "localhost";
-  return name;
-}
 
 ZmqPeerLinkOptions link_options(const LaunchInfo& launch, const PeerLinkSettings& settings) {
   ZmqPeerLinkOptions o;
@@ -78,7 +69,7 @@ std::unique_ptr<ZmqPeerLink> connect_by_rendezvous(const LaunchInfo& launch,
   const std::string& bound = link->endpoint();
   const int port = parse_host_port(bound.substr(bound.find("://") + 3), "bound endpoint").port;
   std::string advertise = launch.settings.advertise_host;
-  if (advertise.empty()) advertise = is_wildcard(listen) ? this_host_name() : listen;
+  if (advertise.empty()) advertise = is_wildcard_host(listen) ? this_host_name() : listen;
   if (advertise.find(':') != std::string::npos) advertise = "[" + advertise + "]";
   PeerEndpoint self;
   self.rank = launch.rank;

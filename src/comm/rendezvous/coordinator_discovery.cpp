@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <thread>
 
+#include "comm/rendezvous/host_address.h"
 #include "core/error.h"
 
 namespace dtrain::comm {
@@ -15,21 +16,11 @@ namespace {
 
 constexpr const char* kFileHeader = "dtrain coordinator 1\n";
 
-bool is_wildcard(const std::string& host) {
-  return host == "*" || host == "0.0.0.0" || host == "::";
-}
-
 // An address a socket can bind (a name cannot: ZeroMQ binds interfaces).
 bool is_address(const std::string& host) {
   unsigned char buffer[16];
   return inet_pton(AF_INET, host.c_str(), buffer) == 1 ||
          inet_pton(AF_INET6, host.c_str(), buffer) == 1;
-}
-
-std::string this_host_name() {
-  char name[256] = {};
-  if (gethostname(name, sizeof name - 1) != 0) return "localhost";
-  return name;
 }
 
 std::string with_port(const std::string& host, int port) {
@@ -128,7 +119,7 @@ void CoordinatorMeeting::host(const LaunchInfo& launch, const JobAuth& auth, Log
   if (!launch.coordinator.empty()) {
     const HostPort hp = parse_host_port(launch.coordinator, "coordinator");
     const std::string host = hp.host == "localhost" ? "127.0.0.1" : hp.host;
-    const std::string bind = is_wildcard(listen) || !is_address(host) ? "0.0.0.0" : host;
+    const std::string bind = is_wildcard_host(listen) || !is_address(host) ? "0.0.0.0" : host;
     try {
       server_ = std::make_unique<RendezvousServer>(bind, hp.port, launch.world_size, auth, logger);
     } catch (const CommError& e) {
@@ -140,10 +131,10 @@ void CoordinatorMeeting::host(const LaunchInfo& launch, const JobAuth& auth, Log
     address_ = launch.coordinator;
     return;
   }
-  const std::string bind = is_wildcard(listen) ? "0.0.0.0" : listen;
+  const std::string bind = is_wildcard_host(listen) ? "0.0.0.0" : listen;
   server_ = std::make_unique<RendezvousServer>(bind, 0, launch.world_size, auth, logger);
   std::string advertise = launch.settings.advertise_host;
-  if (advertise.empty()) advertise = is_wildcard(listen) ? this_host_name() : listen;
+  if (advertise.empty()) advertise = is_wildcard_host(listen) ? this_host_name() : listen;
   address_ = with_port(advertise, server_->port());
   files_ = launch.discovery.files;
   const std::string path =
