@@ -3,8 +3,6 @@
 // launch (two processes with Slurm's variables set by hand), whose
 // coordinator is derived from the node list and the job id.
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -13,6 +11,7 @@
 #include "comm/rendezvous/slurm_coordinator.h"
 #include "core/deadline.h"
 #include "testing/fault_fs.h"
+#include "testing/ports.h"
 #include "testing/process.h"
 #include "testing/test_job.h"
 
@@ -39,17 +38,6 @@ std::vector<std::string> coordinator_files(const std::string& folder) {
     if (name.rfind(".dtrain-coordinator", 0) == 0) found.push_back(name);
   }
   return found;
-}
-
-bool port_is_free(int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  const bool free = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
-  close(fd);
-  return free;
 }
 
 // `np` ranks of `dtrain train JOB --output OUT extra...` under mpirun, with a
@@ -111,7 +99,7 @@ TEST(NoCoordinator, SlurmLikeLaunch) {
   const std::string out = dir.file("out");
   // A job id whose derived port is free here now (other tests may hold ports).
   uint64_t job_id = 100000 + static_cast<uint64_t>(getpid()) % 1500;
-  while (!port_is_free(comm::slurm_coordinator_port(job_id, 0))) ++job_id;
+  while (!testing::loopback_port_is_free(comm::slurm_coordinator_port(job_id, 0))) ++job_id;
   std::vector<testing::ChildProcess> tasks;
   for (int rank = 0; rank < 2; ++rank) {
     tasks.push_back(testing::ChildProcess::spawn(

@@ -4,8 +4,6 @@
 #include "comm/rendezvous/etcd_client.h"
 
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -13,6 +11,7 @@
 
 #include "core/error.h"
 #include "testing/fault_fs.h"
+#include "testing/ports.h"
 #include "testing/process.h"
 
 namespace dtrain::comm {
@@ -22,25 +21,12 @@ using namespace std::chrono_literals;
 
 constexpr const char* kEtcd = "/usr/bin/etcd";
 
-// A loopback port the kernel just handed out (free a moment ago).
-int free_port() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-  EXPECT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
-
 // One etcd member on loopback; SIGKILLed (and its folder removed) at the end.
 class EtcdServer {
  public:
   EtcdServer() {
-    const std::string client = fmt::format("http://127.0.0.1:{}", free_port());
-    const std::string peer = fmt::format("http://127.0.0.1:{}", free_port());
+    const std::string client = fmt::format("http://127.0.0.1:{}", testing::free_loopback_port());
+    const std::string peer = fmt::format("http://127.0.0.1:{}", testing::free_loopback_port());
     endpoint_ = client.substr(7);
     process_.emplace(testing::ChildProcess::spawn(
         {"/bin/sh", "-c", "exec \"$0\" \"$@\" >\"$ETCD_TEST_LOG\" 2>&1", kEtcd, "--data-dir",
@@ -152,7 +138,7 @@ TEST_F(Etcd, CompareAndSwap) {
 }
 
 TEST_F(Etcd, ErrorsNameTheEndpointAndTheOperation) {
-  const int dead = free_port();
+  const int dead = testing::free_loopback_port();
   EtcdClient nobody(fmt::format("127.0.0.1:{}", dead));
   try {
     nobody.get("k", soon());
