@@ -99,7 +99,10 @@ int run_train(const TrainOptions& options, std::ostream& out) {
   FileSystemCoordinatorFiles coordinator_files(io::default_file_system());
   launch.discovery.folder = job.output;
   launch.discovery.files = &coordinator_files;
-  if (launch.launched() && launch.rank == 0 && !launch.coordinator_source.empty()) {
+  // Where a job another launcher started meets (dtrain's own launcher, which
+  // sets DTRAIN_LAUNCH_ID, logs its coordinator itself).
+  if (launch.launched() && launch.rank == 0 && !launch.coordinator_source.empty() &&
+      launch.settings.launch_id.empty()) {
     logger.info("coordinator {} ({})", launch.coordinator, launch.coordinator_source);
   }
   const train::LaunchPlan plan = train::launch_plan(job, launch, logger);
