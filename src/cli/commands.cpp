@@ -9,6 +9,7 @@
 #include <iostream>
 #include <optional>
 
+#include "cli/coordinator_files.h"
 #include "cli/dashboard_command.h"
 #include "cli/job_launch.h"
 #include "cli/launcher.h"
@@ -93,6 +94,17 @@ int run_train(const TrainOptions& options, std::ostream& out) {
   const train::JobConfig job = read_job(options, logger);
   comm::LaunchInfo launch = resolve_launch(options);
   if (job.security.encrypt) launch.settings.encrypt = true;
+  // Under mpirun without a coordinator, rank 0 publishes its address in the
+  // output folder (comm/rendezvous/coordinator_discovery.h).
+  FileSystemCoordinatorFiles coordinator_files(io::default_file_system());
+  launch.discovery.folder = job.output;
+  launch.discovery.files = &coordinator_files;
+  // Where a job another launcher started meets (dtrain's own launcher, which
+  // sets DTRAIN_LAUNCH_ID, logs its coordinator itself).
+  if (launch.launched() && launch.rank == 0 && !launch.coordinator_source.empty() &&
+      launch.settings.launch_id.empty()) {
+    logger.info("coordinator {} ({})", launch.coordinator, launch.coordinator_source);
+  }
   const train::LaunchPlan plan = train::launch_plan(job, launch, logger);
   if (plan.launch) {
     ProcessCap cap = local_process_cap();

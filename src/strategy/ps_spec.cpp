@@ -20,6 +20,8 @@
 #include <algorithm>
 #include <stop_token>
 
+#include "comm/rendezvous/coordinator_discovery.h"
+#include "comm/rendezvous/host_address.h"
 #include "comm/rendezvous/rendezvous.h"
 #include "comm/wire/auth.h"
 #include "core/error.h"
@@ -45,22 +47,12 @@ struct PsJobOptions {
   int64_t backup_workers = 0;
 };
 
-bool is_wildcard(const std::string& host) {
-  return host == "*" || host == "0.0.0.0" || host == "::";
-}
-
-std::string this_host_name() {
-  char name[256] = {};
-  if (gethostname(name, sizeof name - 1) != 0) return "localhost";
-  return name;
-}
-
 // The endpoint workers should connect to: the bound one, with the host
 // replaced by the advertised host (or this machine's name when the server
 // listens on every interface).
 std::string advertised(const std::string& bound, const comm::LaunchSettings& settings) {
   std::string host = settings.advertise_host;
-  if (host.empty() && is_wildcard(settings.listen_host)) host = this_host_name();
+  if (host.empty() && comm::is_wildcard_host(settings.listen_host)) host = comm::this_host_name();
   if (host.empty()) return bound;
   const auto colon = bound.rfind(':');
   if (host.find(':') != std::string::npos) host = "[" + host + "]";
@@ -208,8 +200,11 @@ class PsSpec final : public StrategySpec {
   }
   // The servers' fixed endpoints by index; empty when none are fixed.
   std::vector<std::string> fixed_endpoints(const comm::LaunchSettings& s) const;
+  // Registers `endpoint` at the rendezvous at `coordinator` (a
+  // comm::CoordinatorMeeting's address).
   std::vector<comm::PeerEndpoint> meet(const BuildContext& c, const comm::JobAuth& auth,
-                                       const std::string& endpoint) const;
+                                       const std::string& endpoint, const std::string& coordinator,
+                                       Deadline deadline) const;
   std::optional<ps::ServerRestore> restore_source(const BuildContext& c) const;
   std::vector<std::string> discover_servers(const BuildContext& c) const;
 
@@ -244,19 +239,15 @@ std::vector<std::string> PsSpec::fixed_endpoints(const comm::LaunchSettings& s) 
 }
 
 std::vector<comm::PeerEndpoint> PsSpec::meet(const BuildContext& c, const comm::JobAuth& auth,
-                                             const std::string& endpoint) const {
+                                             const std::string& endpoint,
+                                             const std::string& coordinator,
+                                             Deadline deadline) const {
   const comm::LaunchInfo& launch = *c.launch;
-  if (launch.coordinator.empty()) {
-    throw ConfigError(fmt::format(
-        "ps rank {} of {} ({}) has no coordinator address: set DTRAIN_COORDINATOR=host:port",
-        launch.rank, launch.world_size, launch.source));
-  }
   comm::PeerEndpoint self;
   self.rank = launch.rank;
-  self.host = this_host_name();
+  self.host = comm::this_host_name();
   self.tcp_endpoint = endpoint;
-  return comm::rendezvous(launch.coordinator, self, launch.world_size, auth,
-                          Deadline::after(c.timeout), *c.logger);
+  return comm::rendezvous(coordinator, self, launch.world_size, auth, deadline, *c.logger);
 }
 
 // What a replacement server restores: the newest intact checkpoint in the
@@ -345,16 +336,12 @@ int PsSpec::serve(const BuildContext& c) const {
     }
     // Rank 0 hosts the rendezvous; it lives until this server stops serving,
     // long after every rank got the table (workers finish only after it).
-    if (launch.rank == 0) {
-      const comm::HostPort hp = comm::parse_host_port(launch.coordinator, "coordinator");
-      const std::string bind_host = hp.host == "localhost" ? "127.0.0.1" : hp.host;
-      coordinator =
-          std::make_unique<comm::RendezvousServer>(is_wildcard(listen_host) ? "0.0.0.0" : bind_host,
-                                                   hp.port, launch.world_size, auth, logger);
-    }
+    const Deadline deadline = Deadline::after(c.timeout);
+    comm::CoordinatorMeeting meeting(launch, auth, deadline, logger);
+    coordinator = meeting.take_server();
     server = std::make_unique<ps::Server>(o, auth, logger);
     endpoint = advertised(server->endpoint(), launch.settings);
-    meet(c, auth, endpoint);
+    meet(c, auth, endpoint, meeting.address(), deadline);
   }
   logger.info("server {} of {} ({} workers, {}): serving at {}{}", r.index, o_.servers,
               o.num_workers, o_.consistency, endpoint, o.replacement ? " as a replacement" : "");
@@ -370,7 +357,9 @@ std::vector<std::string> PsSpec::discover_servers(const BuildContext& c) const {
   std::vector<std::string> fixed = fixed_endpoints(c.launch->settings);
   if (!fixed.empty()) return fixed;
   const comm::JobAuth auth(c.job_name, c.launch->settings.job_secret, c.launch->settings.encrypt);
-  const std::vector<comm::PeerEndpoint> table = meet(c, auth, "");
+  const Deadline deadline = Deadline::after(c.timeout);
+  const comm::CoordinatorMeeting meeting(*c.launch, auth, deadline, *c.logger);
+  const std::vector<comm::PeerEndpoint> table = meet(c, auth, "", meeting.address(), deadline);
   std::vector<std::string> endpoints;
   for (int64_t s = 0; s < o_.servers; ++s) {
     const comm::PeerEndpoint& e = table.at(static_cast<size_t>(s));

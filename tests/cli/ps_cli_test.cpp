@@ -17,6 +17,7 @@
 #include "core/deadline.h"
 #include "io/safetensors.h"
 #include "testing/fault_fs.h"
+#include "testing/ports.h"
 #include "testing/process.h"
 #include "testing/test_job.h"
 
@@ -206,19 +207,6 @@ TEST(PsCli, BadPsConfigurationsAreConfigErrors) {
   }
 }
 
-// A port that was free a moment ago (for the coordinator under mpirun).
-int free_port() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-  EXPECT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
-
 TEST(PsCli, UnderMpirunTheFirstRanksAreServers) {
   if (access("/usr/bin/mpirun", X_OK) != 0) GTEST_SKIP() << "OpenMPI's mpirun is not installed";
   testing::TempDir dir;
@@ -226,32 +214,32 @@ TEST(PsCli, UnderMpirunTheFirstRanksAreServers) {
   CliRun one = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("one")});
   ASSERT_TRUE(one.status.ok()) << one.output;
   // -np 3 with one server: server 0 and workers 0 and 1.
-  testing::ChildProcess child =
-      testing::ChildProcess::spawn({"/bin/sh",
-                                    "-c",
-                                    "exec \"$0\" \"$@\" 2>&1",
-                                    "/usr/bin/mpirun",
-                                    "-np",
-                                    "3",
-                                    "--oversubscribe",
-                                    "-x",
-                                    "DTRAIN_COORDINATOR=127.0.0.1:" + std::to_string(free_port()),
-                                    "-x",
-                                    "OPENBLAS_NUM_THREADS=1",
-                                    "-x",
-                                    "DTRAIN_JOB_SECRET=mpirun-test-secret",
-                                    DTRAIN_BINARY,
-                                    "train",
-                                    dir.file("job.toml"),
-                                    "--output",
-                                    dir.file("mpi"),
-                                    "--strategy",
-                                    "ps",
-                                    "--servers",
-                                    "1"},
-                                   {{"OMPI_ALLOW_RUN_AS_ROOT", "1"},
-                                    {"OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"},
-                                    {"ASAN_OPTIONS", "detect_leaks=0"}});
+  testing::ChildProcess child = testing::ChildProcess::spawn(
+      {"/bin/sh",
+       "-c",
+       "exec \"$0\" \"$@\" 2>&1",
+       "/usr/bin/mpirun",
+       "-np",
+       "3",
+       "--oversubscribe",
+       "-x",
+       "DTRAIN_COORDINATOR=127.0.0.1:" + std::to_string(testing::free_loopback_port()),
+       "-x",
+       "OPENBLAS_NUM_THREADS=1",
+       "-x",
+       "DTRAIN_JOB_SECRET=mpirun-test-secret",
+       DTRAIN_BINARY,
+       "train",
+       dir.file("job.toml"),
+       "--output",
+       dir.file("mpi"),
+       "--strategy",
+       "ps",
+       "--servers",
+       "1"},
+      {{"OMPI_ALLOW_RUN_AS_ROOT", "1"},
+       {"OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"},
+       {"ASAN_OPTIONS", "detect_leaks=0"}});
   auto status = child.wait(Deadline::after(std::chrono::seconds(240)));
   ASSERT_TRUE(status && status->ok()) << child.output();
   EXPECT_NE(child.output().find("strategy ps with 2 workers"), std::string::npos) << child.output();

@@ -34,6 +34,7 @@
 #include "core/log.h"
 #include "multiprocess_job.h"
 #include "testing/fault_fs.h"
+#include "testing/ports.h"
 #include "testing/process.h"
 
 namespace dtrain::comm {
@@ -724,19 +725,6 @@ PeerLinkSettings quick_settings() {
   return settings;
 }
 
-// A port that was free a moment ago (for a coordinator).
-int free_port() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-  EXPECT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
-
 TEST(ConnectPeerLink, WithARunFolderAReplacementBindsItsPredecessorsEndpoint) {
   testing::TempDir dir;
   Logger logger(LogLevel::kOff, nullptr);
@@ -769,7 +757,7 @@ TEST(ConnectPeerLink, WithARunFolderAReplacementBindsItsPredecessorsEndpoint) {
 
 TEST(ConnectPeerLink, WithoutARunFolderTheRanksMeetThroughTheCoordinator) {
   Logger logger(LogLevel::kOff, nullptr);
-  const std::string coordinator = fmt::format("127.0.0.1:{}", free_port());
+  const std::string coordinator = fmt::format("127.0.0.1:{}", testing::free_loopback_port());
   std::vector<std::unique_ptr<ZmqPeerLink>> links(3);
   {
     std::vector<std::jthread> ranks;

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <functional>
 
+#include "comm/rendezvous/coordinator_discovery.h"
 #include "comm/transport/zmq_transport.h"
 #include "comm/wire/auth.h"
 #include "core/error.h"
@@ -13,12 +14,9 @@ namespace dtrain::comm {
 
 std::unique_ptr<Communicator> connect_worker(const std::string& job_name, const LaunchInfo& launch,
                                              const WorkerLinkOptions& options, Logger& logger) {
-  if (launch.coordinator.empty()) {
-    throw ConfigError(fmt::format(
-        "worker {} of {} ({}) has no coordinator address: set DTRAIN_COORDINATOR=host:port",
-        launch.rank, launch.world_size, launch.source));
-  }
   const JobAuth auth(job_name, launch.settings.job_secret, launch.settings.encrypt);
+  const Deadline deadline = Deadline::after(options.timeout);
+  CoordinatorMeeting meeting(launch, auth, deadline, logger);
   ZmqTransportOptions t;
   t.rank = launch.rank;
   t.world_size = launch.world_size;
@@ -29,14 +27,14 @@ std::unique_ptr<Communicator> connect_worker(const std::string& job_name, const 
   t.heartbeat_timeout = options.heartbeat_timeout;
   t.heartbeat_interval = std::min(std::chrono::milliseconds(200), options.heartbeat_timeout / 4);
   t.link = options.link;
-  auto transport = connect_zmq_transport(t, auth, launch.coordinator, launch.rank == 0,
-                                         Deadline::after(options.timeout), logger);
+  auto transport = connect_zmq_transport(t, auth, meeting.address(), false, deadline, logger);
+  if (auto server = meeting.take_server()) transport->adopt_coordinator(std::move(server));
   CommunicatorOptions c;
   c.timeout = options.timeout;
   c.shm_allreduce = !launch.settings.tcp_only;
   // Names this job's shared-memory segments: unique per job and coordinator.
   c.job_id =
-      fmt::format("{:016x}-{:x}", auth.job_id(), std::hash<std::string>{}(launch.coordinator));
+      fmt::format("{:016x}-{:x}", auth.job_id(), std::hash<std::string>{}(meeting.address()));
   return std::make_unique<Communicator>(std::move(transport), c);
 }
 

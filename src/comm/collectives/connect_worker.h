@@ -1,6 +1,7 @@
 // Connects one worker process of a launched job (by dtrain's launcher,
 // mpirun or srun) to its peers: the ZeroMQ transport through the
-// coordinator's rendezvous (rank 0 hosts it), authenticated with the job
+// coordinator's rendezvous (rank 0 hosts it; where it is, given or
+// discovered: comm/rendezvous/coordinator_discovery.h), authenticated with the job
 // secret (LaunchSettings::job_secret) when there is one, and a Communicator
 // over it (with the shared-memory allreduce when every rank is on this
 // host). LaunchSettings::listen_host is the address to bind (0.0.0.0 across

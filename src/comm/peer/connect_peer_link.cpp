@@ -4,6 +4,8 @@
 
 #include <vector>
 
+#include "comm/rendezvous/coordinator_discovery.h"
+#include "comm/rendezvous/host_address.h"
 #include "comm/rendezvous/rendezvous.h"
 #include "comm/wire/auth.h"
 #include "core/error.h"
@@ -14,16 +16,6 @@ namespace {
 
 // sockaddr_un's path holds 108 bytes with its terminator.
 constexpr size_t kMaxIpcPath = 107;
-
-bool is_wildcard(const std::string& host) {
-  return host == "*" || host == "0.0.0.0" || host == "::";
-}
-
-std::string this_host_name() {
-  char name[256] = {};
-  if (gethostname(name, sizeof name - 1) != 0) return "localhost";
-  return name;
-}
 
 ZmqPeerLinkOptions link_options(const LaunchInfo& launch, const PeerLinkSettings& settings) {
   ZmqPeerLinkOptions o;
@@ -68,21 +60,8 @@ std::unique_ptr<ZmqPeerLink> connect_by_rendezvous(const LaunchInfo& launch,
         "over and could not find it; launch with dtrain's launcher for replacements",
         launch.rank, launch.settings.restart_count));
   }
-  if (launch.coordinator.empty()) {
-    throw ConfigError(
-        fmt::format("worker {} of {} ({}) has no coordinator address and no run folder: set "
-                    "DTRAIN_COORDINATOR=host:port",
-                    launch.rank, launch.world_size, launch.source));
-  }
   const Deadline deadline = Deadline::after(settings.timeout);
-  std::unique_ptr<RendezvousServer> server;
-  if (launch.rank == 0) {
-    const HostPort hp = parse_host_port(launch.coordinator, "coordinator");
-    const std::string bind_host = hp.host == "localhost" ? "127.0.0.1" : hp.host;
-    server = std::make_unique<RendezvousServer>(
-        is_wildcard(launch.settings.listen_host) ? "0.0.0.0" : bind_host, hp.port,
-        launch.world_size, auth, logger);
-  }
+  CoordinatorMeeting meeting(launch, auth, deadline, logger);
   const std::string& listen = launch.settings.listen_host;
   o.bind_endpoint = fmt::format(
       "tcp://{}:0", listen.find(':') != std::string::npos ? "[" + listen + "]" : listen);
@@ -90,18 +69,18 @@ std::unique_ptr<ZmqPeerLink> connect_by_rendezvous(const LaunchInfo& launch,
   const std::string& bound = link->endpoint();
   const int port = parse_host_port(bound.substr(bound.find("://") + 3), "bound endpoint").port;
   std::string advertise = launch.settings.advertise_host;
-  if (advertise.empty()) advertise = is_wildcard(listen) ? this_host_name() : listen;
+  if (advertise.empty()) advertise = is_wildcard_host(listen) ? this_host_name() : listen;
   if (advertise.find(':') != std::string::npos) advertise = "[" + advertise + "]";
   PeerEndpoint self;
   self.rank = launch.rank;
   self.host = this_host_name();
   self.tcp_endpoint = fmt::format("tcp://{}:{}", advertise, port);
   const std::vector<PeerEndpoint> table =
-      rendezvous(launch.coordinator, self, launch.world_size, auth, deadline, logger);
+      rendezvous(meeting.address(), self, launch.world_size, auth, deadline, logger);
   std::vector<std::string> endpoints;
   for (const PeerEndpoint& peer : table) endpoints.push_back(peer.tcp_endpoint);
   link->connect(endpoints);
-  if (server) link->adopt_coordinator(std::move(server));
+  if (auto server = meeting.take_server()) link->adopt_coordinator(std::move(server));
   return link;
 }
 

@@ -10,7 +10,8 @@
 //    predecessor's endpoint: the others' connections find it again and its
 //    hello tells them it joined;
 //  - otherwise (mpirun, srun) rank 0 hosts a rendezvous coordinator at
-//    launch.coordinator, every rank registers its tcp endpoint (bound on
+//    launch.coordinator (or one it publishes under mpirun:
+//    comm/rendezvous/coordinator_discovery.h), every rank registers its tcp endpoint (bound on
 //    listen_host, advertised as advertise_host) and gets the table; the
 //    coordinator then stays alive with rank 0's link but is no longer in the
 //    loop. A replacement cannot find its peers this way: restart_count > 0

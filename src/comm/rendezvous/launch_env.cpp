@@ -3,6 +3,8 @@
 #include <charconv>
 #include <vector>
 
+#include "comm/rendezvous/coordinator_discovery.h"
+#include "comm/rendezvous/slurm_coordinator.h"
 #include "core/error.h"
 
 namespace dtrain::comm {
@@ -40,6 +42,20 @@ std::optional<Found> first_of(const std::optional<int>& explicit_value, const ch
     if (auto it = env.find(name); it != env.end()) return Found{parse_int(it->second, name), name};
   }
   return std::nullopt;
+}
+
+// Without a coordinator given: Slurm's derived one, or OpenMPI's discovery
+// by file (named after the launch), by who gave the rank.
+void launcher_coordinator(const std::map<std::string, std::string>& env, const Found& rank,
+                          LaunchInfo& info) {
+  if (rank.name == "SLURM_PROCID") {
+    if (auto derived = derive_slurm_coordinator(env)) {
+      info.coordinator = derived->address;
+      info.coordinator_source = derived->source;
+    }
+  } else if (rank.name == "OMPI_COMM_WORLD_RANK") {
+    info.discovery.launch_id = mpirun_launch_id(env);
+  }
 }
 
 }  // namespace
@@ -121,8 +137,10 @@ LaunchInfo resolve_launch_env(const std::map<std::string, std::string>& env,
     info.coordinator = it->second;
     coordinator_name = "DTRAIN_COORDINATOR";
   }
+  if (!info.coordinator.empty()) info.coordinator_source = coordinator_name;
+  if (info.coordinator.empty() && info.world_size > 1) launcher_coordinator(env, *rank, info);
   if (info.coordinator.empty()) {
-    if (info.world_size > 1 && overrides.require_coordinator) {
+    if (info.world_size > 1 && overrides.require_coordinator && info.discovery.launch_id.empty()) {
       throw ConfigError(kEnvironment, "DTRAIN_COORDINATOR", 0,
                         fmt::format("world size {} needs a coordinator address host:port (set "
                                     "DTRAIN_COORDINATOR or --coordinator)",

@@ -11,9 +11,13 @@
 //                               OMPI_COMM_WORLD_LOCAL_RANK,
 //   4. Slurm (srun):            SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID.
 // With no rank and no world size anywhere the job is a single process
-// (rank 0 of 1). The coordinator ("host:port") has no launcher fallback: it is
-// required when world_size > 1. When no source gives the local rank, it is the
-// rank (every rank assumed on one host).
+// (rank 0 of 1). The coordinator ("host:port") comes from the first of
+// --coordinator, DTRAIN_COORDINATOR and, when the rank is Slurm's, Slurm's
+// node list and job id (slurm_coordinator.h); when the rank is OpenMPI's and
+// none is given, rank 0 publishes it through a file (`discovery`,
+// coordinator_discovery.h). It is required when world_size > 1. When no
+// source gives the local rank, it is the rank (every rank assumed on one
+// host).
 // Throws ConfigError naming the variable (or "--flag") and the bad value:
 // a non-integer, a negative rank, rank >= world size, a world size < 1 or
 // over kMaxWorldSize, only one of rank / world size found, a missing or
@@ -67,11 +71,26 @@ struct LaunchSettings {
 // malformed DTRAIN_RESTART_COUNT or DTRAIN_INSECURE.
 LaunchSettings resolve_launch_settings(const std::map<std::string, std::string>& env);
 
+class CoordinatorFiles;  // comm/rendezvous/coordinator_discovery.h
+
+// Under mpirun with no coordinator given: rank 0 publishes its address in a
+// file named after the launch (coordinator_discovery.h).
+struct CoordinatorDiscovery {
+  std::string launch_id;  // mpirun_launch_id(); empty: no discovery by file
+  std::string folder;     // set by the command line: the job's output folder
+  // Set by the command line; it outlives every connection of the process.
+  CoordinatorFiles* files = nullptr;
+};
+
 struct LaunchInfo {
   int rank = 0;
   int world_size = 1;
   int local_rank = 0;
   std::string coordinator;  // "host:port"; empty for a single process
+  // Where `coordinator` came from, for the log: "--coordinator",
+  // "DTRAIN_COORDINATOR" or the Slurm variables it was derived from.
+  std::string coordinator_source;
+  CoordinatorDiscovery discovery;
   // Where rank and world size came from, e.g. "DTRAIN_RANK/DTRAIN_WORLD_SIZE".
   std::string source;
   LaunchSettings settings;
