@@ -14,6 +14,7 @@
 #include "fl/fl_protocol.h"
 #include "fl/fl_secagg.h"
 #include "fl/private_update.h"
+#include "fl/round_accountant.h"
 #include "fl/sampling.h"
 #include "fl/server_optimizer.h"
 #include "fl/update.h"
@@ -70,7 +71,12 @@ uint64_t attempt_seed(uint64_t seed, int attempt) {
 class FlServer::Impl {
  public:
   Impl(FlServerOptions options, const comm::JobAuth& auth, Logger& logger)
-      : options_(std::move(options)), auth_(auth), logger_(logger) {
+      : options_(std::move(options)),
+        accountant_(options_.config, options_.resume ? options_.resume->round : 0,
+                    options_.resume ? options_.resume->accountant : ServerState{}.accountant,
+                    "fl server"),
+        auth_(auth),
+        logger_(logger) {
     validate(options_);
     model_size_ = static_cast<int64_t>(options_.resume ? options_.resume->weights.size()
                                                        : options_.initial_weights.size());
@@ -152,6 +158,7 @@ class FlServer::Impl {
     uint64_t bytes_up = 0;
     int64_t rejected = 0;
     std::optional<SecAggRound> secagg;
+    double sampling_rate = 0;  // the accountant's q: sampled over the connected pool
 
     int64_t accepted() const {
       if (!secagg) return aggregator.accepted();
@@ -183,12 +190,24 @@ class FlServer::Impl {
   void send(const std::string& identity, int64_t client, std::vector<std::byte> payload);
   // Waits until enough clients are connected for `round` (see the header).
   void wait_for_clients(int64_t round, bool first, const std::stop_token& stop);
-  // Runs one attempt at `round`; nullopt when stopped.
-  std::optional<OpenRound> collect(int64_t round, int attempt, std::span<const float> weights,
-                                   RoundReport& report, const std::stop_token& stop);
+  // Runs one attempt at `round` among the `available` clients; nullopt when stopped.
+  std::optional<OpenRound> collect(int64_t round, int attempt,
+                                   const std::vector<int64_t>& available,
+                                   std::span<const float> weights, RoundReport& report,
+                                   const std::stop_token& stop);
+  // The attempts at `round` until one has min_fit_clients updates (returned),
+  // the run is stopped or the privacy budget stops it (nullopt; `result`
+  // says which). Throws CommError after max_round_attempts failed attempts.
+  std::optional<OpenRound> attempt_round(int64_t round, bool first, std::span<const float> weights,
+                                         RoundReport& report, FlServerResult& result,
+                                         const std::stop_token& stop);
+  // Applies the attempt's mean, steps the accountant and fills the report.
+  void apply_round(const OpenRound& open, ServerOptimizer& optimizer, ServerState& state,
+                   RoundReport& report);
   void finish(int64_t rounds_done);
 
   FlServerOptions options_;
+  RoundAccountant accountant_;  // DP-FedAvg (inert without fl.dp_clip)
   comm::JobAuth auth_;
   Logger& logger_;
   zmq::context_t context_{1};
@@ -508,12 +527,14 @@ void FlServer::Impl::wait_for_clients(int64_t round, bool first, const std::stop
   const auto start = Clock::now();
   const Deadline limit(start + options_.join_timeout);
   // The first round of a run waits for a full round: the clients are still
-  // starting.
+  // starting. With DP a full round is all K clients: sampling m from a
+  // smaller pool raises the accountant's q above m / K.
   const Deadline fill(
       start + (first ? std::min(options_.join_timeout, options_.fill_timeout) : milliseconds(0)));
+  const int64_t full = first && c.dp() ? c.clients : c.clients_per_round();
   while (!stop.stop_requested()) {
     const auto have = static_cast<int64_t>(connected(Clock::now()).size());
-    if (have >= c.clients_per_round() || (have >= c.min_fit_clients && fill.expired())) return;
+    if (have >= full || (have >= c.min_fit_clients && fill.expired())) return;
     if (limit.expired()) {
       throw TimeoutError(
           -1, fmt::format("fl server round {}", round), options_.join_timeout,
@@ -525,12 +546,10 @@ void FlServer::Impl::wait_for_clients(int64_t round, bool first, const std::stop
   }
 }
 
-std::optional<FlServer::Impl::OpenRound> FlServer::Impl::collect(int64_t round, int attempt,
-                                                                 std::span<const float> weights,
-                                                                 RoundReport& report,
-                                                                 const std::stop_token& stop) {
+std::optional<FlServer::Impl::OpenRound> FlServer::Impl::collect(
+    int64_t round, int attempt, const std::vector<int64_t>& available,
+    std::span<const float> weights, RoundReport& report, const std::stop_token& stop) {
   const FlConfig& c = options_.config;
-  const std::vector<int64_t> available = connected(Clock::now());
   const auto m = std::min<int64_t>(c.clients_per_round(), static_cast<int64_t>(available.size()));
   std::vector<int64_t> sampled;
   for (int64_t i : sample_clients(static_cast<int64_t>(available.size()), m,
@@ -539,12 +558,14 @@ std::optional<FlServer::Impl::OpenRound> FlServer::Impl::collect(int64_t round, 
   }
   const auto timeout = milliseconds(static_cast<int64_t>(std::ceil(c.round_timeout_s * 1000.0)));
   const Deadline deadline = Deadline::after(timeout);
-  OpenRound open{RoundAggregator(round, c.clients, static_cast<int64_t>(weights.size()), sampled),
-                 {sampled.begin(), sampled.end()},
-                 {},
-                 0,
-                 0,
-                 std::nullopt};
+  OpenRound open{
+      RoundAggregator(round, c.clients, static_cast<int64_t>(weights.size()), sampled),
+      {sampled.begin(), sampled.end()},
+      {},
+      0,
+      0,
+      std::nullopt,
+      available.empty() ? 0.0 : sampling_rate(m, static_cast<int64_t>(available.size()))};
   FlTask task;
   task.round = round;
   task.deadline_ms = timeout.count();
@@ -616,6 +637,68 @@ void FlServer::Impl::finish(int64_t rounds_done) {
   while (!linger.expired()) serve_once(linger, nullptr);
 }
 
+std::optional<FlServer::Impl::OpenRound> FlServer::Impl::attempt_round(
+    int64_t round, bool first, std::span<const float> weights, RoundReport& report,
+    FlServerResult& result, const std::stop_token& stop) {
+  const FlConfig& c = options_.config;
+  for (int attempt = 0;; ++attempt) {
+    wait_for_clients(round, first && attempt == 0, stop);
+    if (stop.stop_requested()) break;
+    const std::vector<int64_t> available = connected(Clock::now());
+    if (!available.empty()) {
+      const auto pool = static_cast<int64_t>(available.size());
+      const double q = sampling_rate(std::min(c.clients_per_round(), pool), pool);
+      if (std::optional<std::string> why = accountant_.budget_stop(round, q)) {
+        result.budget_exhausted = true;
+        result.budget_stop = std::move(*why);
+        logger_.info("fl server: {}", result.budget_stop);
+        return std::nullopt;
+      }
+    }
+    std::optional<OpenRound> open = collect(round, attempt, available, weights, report, stop);
+    if (!open) break;
+    if (open->accepted() >= c.min_fit_clients) return open;
+    const std::vector<int64_t> answered = open->accepted_clients();
+    const std::string what =
+        open->secagg && !open->secagg->failure.empty()
+            ? fmt::format("{} (sampled [{}])", open->secagg->failure,
+                          fmt::join(report.sampled, ", "))
+            : fmt::format(
+                  "{} accepted update(s) within {} s, fewer than fl.min_fit_clients {} (sampled "
+                  "[{}], accepted [{}])",
+                  answered.size(), c.round_timeout_s, c.min_fit_clients,
+                  fmt::join(report.sampled, ", "), fmt::join(answered, ", "));
+    if (attempt + 1 >= options_.max_round_attempts) {
+      throw CommError(-1, fmt::format("fl server round {}", round),
+                      fmt::format("{}; gave up after {} attempt(s)", what, attempt + 1));
+    }
+    logger_.warn("fl server: round {}: {}; repeating it", round, what);
+  }
+  result.stopped = true;
+  return std::nullopt;
+}
+
+void FlServer::Impl::apply_round(const OpenRound& open, ServerOptimizer& optimizer,
+                                 ServerState& state, RoundReport& report) {
+  optimizer.apply(state.weights, open.mean_delta());
+  accountant_.step(open.sampling_rate);
+  state.round = report.round;
+  state.rejected_updates += open.rejected;
+  report.participated = open.accepted_clients();
+  std::set_difference(report.sampled.begin(), report.sampled.end(), report.participated.begin(),
+                      report.participated.end(), std::back_inserter(report.dropped));
+  report.partial.assign(open.partial.begin(), open.partial.end());
+  report.rejected = open.rejected;
+  report.train_loss = open.mean_loss();
+  report.bytes_up = open.bytes_up;
+  report.secure = open.secagg.has_value();
+  accountant_.record(report, state);
+  logger_.info("fl server: round {} closed: participated [{}], dropped [{}] ({} rejected){}",
+               report.round, fmt::join(report.participated, ", "), fmt::join(report.dropped, ", "),
+               report.rejected,
+               report.epsilon ? fmt::format(", epsilon {:.4g}", *report.epsilon) : "");
+}
+
 FlServerResult FlServer::Impl::run(const std::stop_token& stop) {
   const FlConfig& c = options_.config;
   FlServerResult result;
@@ -632,52 +715,15 @@ FlServerResult FlServer::Impl::run(const std::stop_token& stop) {
     logger_.info("fl server: resuming after round {}", state.round);
   }
   rounds_done_ = state.round;
-  bool first = true;
-  for (int64_t round = state.round + 1; round <= c.rounds; ++round) {
+  const int64_t first_round = state.round + 1;
+  for (int64_t round = first_round; round <= c.rounds; ++round) {
     RoundReport report;
     report.round = round;
-    std::optional<OpenRound> open;
     const auto started = Clock::now();
-    for (int attempt = 0;; ++attempt) {
-      wait_for_clients(round, first, stop);
-      first = false;
-      if (stop.stop_requested()) break;
-      open = collect(round, attempt, state.weights, report, stop);
-      if (!open) break;
-      if (open->accepted() >= c.min_fit_clients) break;
-      const std::vector<int64_t> answered = open->accepted_clients();
-      const std::string what =
-          open->secagg && !open->secagg->failure.empty()
-              ? fmt::format("{} (sampled [{}])", open->secagg->failure,
-                            fmt::join(report.sampled, ", "))
-              : fmt::format(
-                    "{} accepted update(s) within {} s, fewer than fl.min_fit_clients {} (sampled "
-                    "[{}], accepted [{}])",
-                    answered.size(), c.round_timeout_s, c.min_fit_clients,
-                    fmt::join(report.sampled, ", "), fmt::join(answered, ", "));
-      if (attempt + 1 >= options_.max_round_attempts) {
-        throw CommError(-1, fmt::format("fl server round {}", round),
-                        fmt::format("{}; gave up after {} attempt(s)", what, attempt + 1));
-      }
-      logger_.warn("fl server: round {}: {}; repeating it", round, what);
-    }
-    if (!open) {
-      result.stopped = true;
-      break;
-    }
-    optimizer.apply(state.weights, open->mean_delta());
-    state.round = round;
-    state.rejected_updates += open->rejected;
-    report.participated = open->accepted_clients();
-    std::set_difference(report.sampled.begin(), report.sampled.end(), report.participated.begin(),
-                        report.participated.end(), std::back_inserter(report.dropped));
-    report.partial.assign(open->partial.begin(), open->partial.end());
-    report.rejected = open->rejected;
-    report.train_loss = open->mean_loss();
-    logger_.info("fl server: round {} closed: participated [{}], dropped [{}] ({} rejected)", round,
-                 fmt::join(report.participated, ", "), fmt::join(report.dropped, ", "),
-                 report.rejected);
-    report.bytes_up = open->bytes_up;
+    const std::optional<OpenRound> open =
+        attempt_round(round, round == first_round, state.weights, report, result, stop);
+    if (!open) break;
+    apply_round(*open, optimizer, state, report);
     const bool last = round == c.rounds;
     if (options_.evaluate && (last || (c.eval_every > 0 && round % c.eval_every == 0))) {
       report.test = options_.evaluate(state.weights);

@@ -18,11 +18,11 @@
 #include "core/error.h"
 #include "fl/flat_model.h"
 #include "fl/private_update.h"
+#include "fl/round_accountant.h"
 #include "fl/sampling.h"
 #include "fl/server_optimizer.h"
 #include "fl/update.h"
 #include "fl/upload_codec.h"
-#include "privacy/rdp_accountant.h"
 #include "privacy/secagg_round.h"
 
 namespace dtrain::fl {
@@ -304,28 +304,13 @@ SimulationResult run_simulation(const SimulationOptions& o) {
   const bool private_rounds = config.secure_aggregation || config.dp();
   const double mean_samples =
       static_cast<double>(o.train->size()) / static_cast<double>(config.clients);
-  privacy::RdpAccountant accountant;
+  RoundAccountant accountant(config, state.round, state.accountant, "run_simulation");
   const double dp_q = config.dp_sampling_rate();
-  if (config.dp() && state.round > 0) {
-    if (o.resume->accountant.empty()) {
-      throw UsageError(fmt::format(
-          "run_simulation: the resume state (round {}) has no DP accountant: its rounds' "
-          "privacy cost is unknown",
-          state.round));
-    }
-    accountant.restore(privacy::RdpAccountantState::from_map(o.resume->accountant));
-  }
 
   for (int64_t round = state.round + 1; round <= config.rounds; ++round) {
-    if (config.dp() && config.dp_target_epsilon > 0.0 &&
-        accountant.would_exceed(config.dp_target_epsilon, config.dp_delta, dp_q,
-                                config.dp_noise_multiplier, 1)) {
-      const privacy::PrivacySpent spent = accountant.epsilon(config.dp_delta);
+    if (std::optional<std::string> stop = accountant.budget_stop(round, dp_q)) {
       result.budget_exhausted = true;
-      result.budget_stop = fmt::format(
-          "privacy budget: stopped before round {}: it would bring epsilon from {:.4g} above "
-          "fl.dp_target_epsilon = {} (delta {})",
-          round, spent.balle, config.dp_target_epsilon, config.dp_delta);
+      result.budget_stop = std::move(*stop);
       break;
     }
     const auto start = Clock::now();
@@ -388,7 +373,7 @@ SimulationResult run_simulation(const SimulationOptions& o) {
       }
       if (!report.failed) {
         server.apply(state.weights, agg.mean);
-        if (config.dp()) accountant.step(dp_q, config.dp_noise_multiplier);
+        accountant.step(dp_q);
         report.participated = agg.included;
       }
       for (const int64_t k : report.sampled) {
@@ -407,12 +392,7 @@ SimulationResult run_simulation(const SimulationOptions& o) {
       report.dropped = std::move(not_trained);
       report.train_loss = agg.train_loss;
       report.bytes_up = agg.bytes_up;
-      if (config.dp()) {
-        const privacy::PrivacySpent spent = accountant.epsilon(config.dp_delta);
-        report.epsilon = spent.balle;
-        report.epsilon_classic = spent.classic;
-        state.accountant = accountant.state().to_map();
-      }
+      accountant.record(report, state);
       state.rejected_updates += report.rejected;
       state.round = round;
       report.bytes_down = static_cast<uint64_t>(report.sampled.size()) * model_bytes;
