@@ -62,6 +62,16 @@ struct DeployJob {
 
   comm::JobAuth auth() const { return comm::JobAuth(job, secret); }
 
+  // Secure aggregation with a clip above every delta value (nothing is
+  // clipped), n_bar the mean part size, and a round that closes with one
+  // included client.
+  void use_secure_aggregation() {
+    config.min_fit_clients = 1;
+    config.secure_aggregation = true;
+    config.secagg_clip = 10.0;
+    mean_samples = static_cast<double>(train.size()) / static_cast<double>(clients);
+  }
+
   // The same job simulated (one thread: bit-identical for a seed).
   SimulationOptions simulation_options() const {
     SimulationOptions o;

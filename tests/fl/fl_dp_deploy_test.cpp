@@ -33,13 +33,10 @@ constexpr const char* kSecret = "dp deploy secret";
 struct DpJob : fixtures::DeployJob {
   explicit DpJob(int64_t rounds)
       : fixtures::DeployJob(kJob, kSecret, {20, 20, 20, 20}, rounds, 30.0) {
+    use_secure_aggregation();
     config.fraction = 0.75;
-    config.min_fit_clients = 1;
-    config.secure_aggregation = true;
-    config.secagg_clip = 10.0;
     config.dp_clip = 0.5;
     config.dp_noise_multiplier = 0.8;
-    mean_samples = 20;
   }
 
   // Epsilon (Balle's, classic) after each of 1..rounds rounds at sampling

@@ -39,10 +39,7 @@ struct SecAggJob : fixtures::DeployJob {
   SecAggJob(int64_t n, int64_t rounds, double timeout_s)
       : fixtures::DeployJob(kJob, kSecret, std::vector<int64_t>(static_cast<size_t>(n), 20), rounds,
                             timeout_s) {
-    config.min_fit_clients = 1;
-    config.secure_aggregation = true;
-    config.secagg_clip = 10.0;  // above every delta value: nothing is clipped
-    mean_samples = 20;
+    use_secure_aggregation();
     max_round_attempts = 1;
     customize_client = [this](int64_t id, FlClientOptions& o) {
       if (silent_after_masking.count(id) != 0) o.secagg_silent_after_phase = 2;
