@@ -93,19 +93,19 @@ void FlServer::Impl::handle(const comm::wire::Frame& frame, OpenRound* open) {
     send(frame.identity, m.client, done_ ? encode_done(done_rounds_) : encode_wait(rounds_done_));
     return;
   }
+  if (options_.config.secure_aggregation &&
+      (m.kind == FlKind::kUpdate || m.kind == FlKind::kUpdateCompressed)) {
+    reject(fmt::format("client {}, round {}: a plain update, but this job uses secure aggregation",
+                       m.update.client, m.update.round),
+           open);
+    return;
+  }
   if (m.kind == FlKind::kUpdate) {
     handle_update(frame, std::move(m.update), open);
     return;
   }
   if (m.kind == FlKind::kSecAggAnswer) {
     handle_secagg(frame, m.secagg, open);
-    return;
-  }
-  if (options_.config.secure_aggregation &&
-      (m.kind == FlKind::kUpdate || m.kind == FlKind::kUpdateCompressed)) {
-    reject(fmt::format("client {}, round {}: a plain update, but this job uses secure aggregation",
-                       m.update.client, m.update.round),
-           open);
     return;
   }
   if (m.kind == FlKind::kUpdateCompressed) {

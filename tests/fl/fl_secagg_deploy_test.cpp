@@ -34,6 +34,7 @@ constexpr const char* kSecret = "secagg deploy secret";
 // included client and is not repeated.
 struct SecAggJob : fixtures::DeployJob {
   std::set<int64_t> silent_after_masking;
+  std::set<int64_t> plain_clients;  // clients whose job lacks secure aggregation
   std::function<void(int64_t, int, std::vector<std::byte>&)> tamper;
 
   SecAggJob(int64_t n, int64_t rounds, double timeout_s)
@@ -43,6 +44,7 @@ struct SecAggJob : fixtures::DeployJob {
     max_round_attempts = 1;
     customize_client = [this](int64_t id, FlClientOptions& o) {
       if (silent_after_masking.count(id) != 0) o.secagg_silent_after_phase = 2;
+      if (plain_clients.count(id) != 0) o.fl.secure_aggregation = false;
       if (tamper) {
         o.secagg_tamper = [this, id](int phase, std::vector<std::byte>& m) {
           tamper(id, phase, m);
@@ -170,6 +172,29 @@ TEST(FlSecAggDeploy, AMalformedAnswerIsRejectedNamingTheClientAndPhase) {
   EXPECT_EQ(log.count("rejected client 3, round 1, secagg phase 1 (share keys)"), 1u) << log.all();
   ASSERT_EQ(reports.size(), 1u);
   // Out of the round after phase 1: its input is not in the sum.
+  EXPECT_EQ(reports[0].participated, (std::vector<int64_t>{0, 1, 2}));
+  EXPECT_EQ(reports[0].dropped, (std::vector<int64_t>{3}));
+}
+
+// Regression: a plain update reached the aggregator (unused in a secure
+// round) uncounted instead of being refused.
+TEST(FlSecAggDeploy, APlainUpdateInASecureJobIsRejectedAndCounted) {
+  SecAggJob s(4, 1, 3.0);
+  s.plain_clients = {3};  // ignores the setup, trains the task, sends a plain update
+  testing::LineLog log;
+  FlServerOptions o = s.server_options();
+  std::vector<RoundReport> reports;
+  o.on_round = [&](const RoundReport& r) { reports.push_back(r); };
+  FlServer server(o, s.auth(), log.logger());
+  FlServerResult result;
+  run_with_clients(s, server.endpoint(), log, [&] { result = server.run(); });
+  ASSERT_EQ(result.state.round, 1) << log.all();
+  EXPECT_EQ(server.stats().rejected_updates, 1) << log.all();
+  EXPECT_EQ(log.count("rejected client 3, round 1: a plain update, but this job uses secure "
+                      "aggregation"),
+            1u)
+      << log.all();
+  ASSERT_EQ(reports.size(), 1u);
   EXPECT_EQ(reports[0].participated, (std::vector<int64_t>{0, 1, 2}));
   EXPECT_EQ(reports[0].dropped, (std::vector<int64_t>{3}));
 }
