@@ -4,10 +4,15 @@
 // deployed run with run_simulation().
 #pragma once
 
+#include <gtest/gtest.h>
+
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <numeric>
+#include <optional>
+#include <stop_token>
 #include <string>
 #include <thread>
 #include <utility>
@@ -143,6 +148,43 @@ inline std::vector<FlClientResult> run_with_clients(const DeployJob& s, const st
     if (stop_clients) stop.request_stop();
   }  // the clients join here
   return results;
+}
+
+// A server replaced mid-job: the first server stops once round `stop_after`
+// is checkpointed (as if killed then), and a second one, resumed from that
+// state on the same address (the clients' sockets reconnect to it), runs the
+// rest; the clients run throughout and end on its kDone.
+struct Restarted {
+  std::optional<ServerState> saved;  // the first server's checkpoint
+  FlServerResult result;             // the second server's
+  std::vector<RoundReport> reports;  // the second server's rounds
+  std::vector<FlClientResult> clients;
+};
+
+inline Restarted run_with_restart(const DeployJob& s, testing::LineLog& log, int64_t stop_after) {
+  Restarted out;
+  std::stop_source stop;
+  FlServerOptions o1 = s.server_options();
+  o1.on_checkpoint = [&](const ServerState& state) {
+    if (state.round != stop_after) return;
+    out.saved = state;
+    stop.request_stop();
+  };
+  auto first = std::make_unique<FlServer>(o1, s.auth(), log.logger());
+  const std::string endpoint = first->endpoint();
+  auto serve = [&] {
+    EXPECT_TRUE(first->run(stop.get_token()).stopped);
+    first.reset();
+    ASSERT_TRUE(out.saved.has_value());
+    FlServerOptions o2 = s.server_options();
+    o2.config.server = endpoint;
+    o2.resume = out.saved;
+    o2.on_round = [&out](const RoundReport& r) { out.reports.push_back(r); };
+    FlServer second(o2, s.auth(), log.logger());
+    out.result = second.run();
+  };
+  out.clients = run_with_clients(s, endpoint, log, serve, /*stop_clients=*/false);
+  return out;
 }
 
 }  // namespace dtrain::fl::fixtures

@@ -82,28 +82,9 @@ TEST(FlDeploy, CompressedUploadsAggregateWhatTheSimulationAggregates) {
 TEST(FlDeploy, ClientsOutliveAServerThatIsReplacedByAResumedOne) {
   DeployJob s;
   testing::LineLog log;
-  std::optional<ServerState> saved;
-  std::stop_source stop;
-  FlServerOptions o1 = s.server_options();
-  // The first server stops once round 1 is checkpointed (as if killed then).
-  o1.on_checkpoint = [&](const ServerState& state) {
-    if (state.round != 1) return;
-    saved = state;
-    stop.request_stop();
-  };
-  auto first = std::make_unique<FlServer>(o1, comm::JobAuth(kJob, kSecret), log.logger());
-  const std::string endpoint = first->endpoint();
-  FlServerResult result;
-  const auto clients = run_clients(s, endpoint, [&] {
-    EXPECT_TRUE(first->run(stop.get_token()).stopped);
-    first.reset();
-    ASSERT_TRUE(saved.has_value());
-    FlServerOptions o2 = s.server_options();
-    o2.config.server = endpoint;  // the same port: the clients' sockets reconnect to it
-    o2.resume = saved;
-    FlServer second(o2, comm::JobAuth(kJob, kSecret), log.logger());
-    result = second.run();
-  });
+  const fixtures::Restarted run = fixtures::run_with_restart(s, log, 1);
+  const FlServerResult& result = run.result;
+  const std::vector<FlClientResult>& clients = run.clients;
   ASSERT_EQ(result.state.round, 3) << log.all();
   expect_near(result.state.weights, s.simulated());
   for (const FlClientResult& c : clients) {

@@ -128,34 +128,11 @@ TEST(FlDpDeploy, TheBudgetStopsTheRunBeforeTheRoundThatWouldExceedIt) {
 TEST(FlDpDeploy, ARestartedServerContinuesItsAccountant) {
   const DpJob s(3);
   testing::LineLog log;
-  std::optional<ServerState> saved;
-  std::stop_source stop;
-  FlServerOptions o1 = s.server_options();
-  // The first server stops once round 1 is checkpointed (as if killed then).
-  o1.on_checkpoint = [&](const ServerState& state) {
-    if (state.round != 1) return;
-    saved = state;
-    stop.request_stop();
-  };
-  auto first = std::make_unique<FlServer>(o1, s.auth(), log.logger());
-  const std::string endpoint = first->endpoint();
-  std::vector<RoundReport> reports;
-  FlServerResult result;
-  fixtures::run_with_clients(
-      s, endpoint, log,
-      [&] {
-        EXPECT_TRUE(first->run(stop.get_token()).stopped);
-        first.reset();
-        ASSERT_TRUE(saved.has_value());
-        ASSERT_FALSE(saved->accountant.empty());
-        FlServerOptions o2 = s.server_options();
-        o2.config.server = endpoint;  // the clients' sockets reconnect to it
-        o2.resume = saved;
-        o2.on_round = [&reports](const RoundReport& r) { reports.push_back(r); };
-        FlServer second(o2, s.auth(), log.logger());
-        result = second.run();
-      },
-      /*stop_clients=*/false);
+  const fixtures::Restarted run = fixtures::run_with_restart(s, log, 1);
+  ASSERT_TRUE(run.saved.has_value());
+  EXPECT_FALSE(run.saved->accountant.empty());
+  const FlServerResult& result = run.result;
+  const std::vector<RoundReport>& reports = run.reports;
   ASSERT_EQ(result.state.round, 3) << log.all();
   ASSERT_EQ(reports.size(), 2u);
   const std::vector<privacy::PrivacySpent> hand = s.by_hand(3, 3.0 / 4.0);
