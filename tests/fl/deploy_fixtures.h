@@ -150,6 +150,27 @@ inline std::vector<FlClientResult> run_with_clients(const DeployJob& s, const st
   return results;
 }
 
+// One server's whole run with the job's clients (run_with_clients): its
+// result, its rounds' reports, its statistics after the run and the
+// clients' results.
+struct DeployedRun {
+  FlServerResult result;
+  std::vector<RoundReport> reports;
+  FlServerStats stats;
+  std::vector<FlClientResult> clients;
+};
+
+inline DeployedRun run_server(const DeployJob& s, testing::LineLog& log, FlServerOptions o,
+                              bool stop_clients = true) {
+  DeployedRun run;
+  o.on_round = [&run](const RoundReport& r) { run.reports.push_back(r); };
+  FlServer server(o, s.auth(), log.logger());
+  run.clients = run_with_clients(
+      s, server.endpoint(), log, [&] { run.result = server.run(); }, stop_clients);
+  run.stats = server.stats();
+  return run;
+}
+
 // A server replaced mid-job: the first server stops once round `stop_after`
 // is checkpointed (as if killed then), and a second one, resumed from that
 // state on the same address (the clients' sockets reconnect to it), runs the

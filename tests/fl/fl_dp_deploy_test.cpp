@@ -52,25 +52,14 @@ struct DpJob : fixtures::DeployJob {
   }
 };
 
-struct DeployedRun {
-  FlServerResult result;
-  std::vector<RoundReport> reports;
-  std::vector<FlClientResult> clients;
-};
-
-DeployedRun run_deployed(const DpJob& s, testing::LineLog& log, FlServerOptions o) {
-  DeployedRun run;
-  o.on_round = [&run](const RoundReport& r) { run.reports.push_back(r); };
-  FlServer server(o, s.auth(), log.logger());
-  run.clients = fixtures::run_with_clients(
-      s, server.endpoint(), log, [&] { run.result = server.run(); }, /*stop_clients=*/false);
-  return run;
+fixtures::DeployedRun run_deployed(const DpJob& s, testing::LineLog& log, FlServerOptions o) {
+  return fixtures::run_server(s, log, std::move(o), /*stop_clients=*/false);
 }
 
 TEST(FlDpDeploy, TheServerReportsTheAccountantsEpsilonPerRoundAsTheSimulation) {
   const DpJob s(3);
   testing::LineLog log;
-  const DeployedRun run = run_deployed(s, log, s.server_options());
+  const fixtures::DeployedRun run = run_deployed(s, log, s.server_options());
   ASSERT_EQ(run.result.state.round, 3) << log.all();
   ASSERT_EQ(run.reports.size(), 3u);
   const std::vector<privacy::PrivacySpent> hand = s.by_hand(3, 3.0 / 4.0);
@@ -108,7 +97,7 @@ TEST(FlDpDeploy, TheBudgetStopsTheRunBeforeTheRoundThatWouldExceedIt) {
   o.on_checkpoint = [&checkpointed](const ServerState& state) {
     checkpointed.push_back(state.round);
   };
-  const DeployedRun run = run_deployed(s, log, o);
+  const fixtures::DeployedRun run = run_deployed(s, log, o);
   EXPECT_TRUE(run.result.budget_exhausted) << log.all();
   EXPECT_NE(run.result.budget_stop.find("privacy budget: stopped before round 3"),
             std::string::npos)
@@ -172,7 +161,7 @@ TEST(FlDpDeploy, SamplingFromFewerConnectedClientsAccountsTheHigherRate) {
   FlServerOptions o = s.server_options();
   o.fill_timeout = milliseconds(200);  // waits for all K, then starts with 3
   testing::LineLog log;
-  const DeployedRun run = run_deployed(s, log, o);
+  const fixtures::DeployedRun run = run_deployed(s, log, o);
   ASSERT_EQ(run.reports.size(), 2u) << log.all();
   const std::vector<privacy::PrivacySpent> full = s.by_hand(2, 1.0);
   const std::vector<privacy::PrivacySpent> nominal = s.by_hand(2, 3.0 / 5.0);

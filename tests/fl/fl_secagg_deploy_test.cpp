@@ -119,12 +119,9 @@ TEST(FlSecAggDeploy, AClientSilentAfterMaskingIsRecoveredAndItsInputCounts) {
   SecAggJob s(5, 1, 4.0);
   s.silent_after_masking = {4};
   testing::LineLog log;
-  FlServerOptions o = s.server_options();
-  std::vector<RoundReport> reports;
-  o.on_round = [&](const RoundReport& r) { reports.push_back(r); };
-  FlServer server(o, comm::JobAuth(kJob, kSecret), log.logger());
-  FlServerResult result;
-  run_with_clients(s, server.endpoint(), log, [&] { result = server.run(); });
+  const fixtures::DeployedRun run = fixtures::run_server(s, log, s.server_options());
+  const FlServerResult& result = run.result;
+  const std::vector<RoundReport>& reports = run.reports;
   ASSERT_EQ(result.state.round, 1) << log.all();
   ASSERT_EQ(reports.size(), 1u);
   // Client 4 masked its input (it is in U3), so the recovery removes its
@@ -161,14 +158,11 @@ TEST(FlSecAggDeploy, AMalformedAnswerIsRejectedNamingTheClientAndPhase) {
     if (client == 3 && phase == 1) m.resize(m.size() / 2);  // truncated shares
   };
   testing::LineLog log;
-  FlServerOptions o = s.server_options();
-  std::vector<RoundReport> reports;
-  o.on_round = [&](const RoundReport& r) { reports.push_back(r); };
-  FlServer server(o, comm::JobAuth(kJob, kSecret), log.logger());
-  FlServerResult result;
-  run_with_clients(s, server.endpoint(), log, [&] { result = server.run(); });
+  const fixtures::DeployedRun run = fixtures::run_server(s, log, s.server_options());
+  const FlServerResult& result = run.result;
+  const std::vector<RoundReport>& reports = run.reports;
   ASSERT_EQ(result.state.round, 1) << log.all();
-  EXPECT_EQ(server.stats().rejected_updates, 1) << log.all();
+  EXPECT_EQ(run.stats.rejected_updates, 1) << log.all();
   EXPECT_EQ(log.count("rejected client 3, round 1, secagg phase 1 (share keys)"), 1u) << log.all();
   ASSERT_EQ(reports.size(), 1u);
   // Out of the round after phase 1: its input is not in the sum.
@@ -182,14 +176,11 @@ TEST(FlSecAggDeploy, APlainUpdateInASecureJobIsRejectedAndCounted) {
   SecAggJob s(4, 1, 3.0);
   s.plain_clients = {3};  // ignores the setup, trains the task, sends a plain update
   testing::LineLog log;
-  FlServerOptions o = s.server_options();
-  std::vector<RoundReport> reports;
-  o.on_round = [&](const RoundReport& r) { reports.push_back(r); };
-  FlServer server(o, s.auth(), log.logger());
-  FlServerResult result;
-  run_with_clients(s, server.endpoint(), log, [&] { result = server.run(); });
+  const fixtures::DeployedRun run = fixtures::run_server(s, log, s.server_options());
+  const FlServerResult& result = run.result;
+  const std::vector<RoundReport>& reports = run.reports;
   ASSERT_EQ(result.state.round, 1) << log.all();
-  EXPECT_EQ(server.stats().rejected_updates, 1) << log.all();
+  EXPECT_EQ(run.stats.rejected_updates, 1) << log.all();
   EXPECT_EQ(log.count("rejected client 3, round 1: a plain update, but this job uses secure "
                       "aggregation"),
             1u)
