@@ -152,22 +152,27 @@ TEST(FlSecAggDeploy, TooManySilentClientsFailTheRoundNamingThePhase) {
   EXPECT_NE(error.find("gave up after 1 attempt(s)"), std::string::npos) << error;
 }
 
+// A one-round run of 4 clients in which client 3 was rejected once (`why`
+// in the log) and left out of the sum.
+void expect_client_3_rejected(const fixtures::DeployedRun& run, testing::LineLog& log,
+                              const std::string& why) {
+  ASSERT_EQ(run.result.state.round, 1) << log.all();
+  EXPECT_EQ(run.stats.rejected_updates, 1) << log.all();
+  EXPECT_EQ(log.count(why), 1u) << log.all();
+  ASSERT_EQ(run.reports.size(), 1u);
+  EXPECT_EQ(run.reports[0].participated, (std::vector<int64_t>{0, 1, 2}));
+  EXPECT_EQ(run.reports[0].dropped, (std::vector<int64_t>{3}));
+}
+
 TEST(FlSecAggDeploy, AMalformedAnswerIsRejectedNamingTheClientAndPhase) {
   SecAggJob s(4, 1, 30.0);
   s.tamper = [](int64_t client, int phase, std::vector<std::byte>& m) {
     if (client == 3 && phase == 1) m.resize(m.size() / 2);  // truncated shares
   };
   testing::LineLog log;
-  const fixtures::DeployedRun run = fixtures::run_server(s, log, s.server_options());
-  const FlServerResult& result = run.result;
-  const std::vector<RoundReport>& reports = run.reports;
-  ASSERT_EQ(result.state.round, 1) << log.all();
-  EXPECT_EQ(run.stats.rejected_updates, 1) << log.all();
-  EXPECT_EQ(log.count("rejected client 3, round 1, secagg phase 1 (share keys)"), 1u) << log.all();
-  ASSERT_EQ(reports.size(), 1u);
   // Out of the round after phase 1: its input is not in the sum.
-  EXPECT_EQ(reports[0].participated, (std::vector<int64_t>{0, 1, 2}));
-  EXPECT_EQ(reports[0].dropped, (std::vector<int64_t>{3}));
+  expect_client_3_rejected(fixtures::run_server(s, log, s.server_options()), log,
+                           "rejected client 3, round 1, secagg phase 1 (share keys)");
 }
 
 // Regression: a plain update reached the aggregator (unused in a secure
@@ -176,18 +181,9 @@ TEST(FlSecAggDeploy, APlainUpdateInASecureJobIsRejectedAndCounted) {
   SecAggJob s(4, 1, 3.0);
   s.plain_clients = {3};  // ignores the setup, trains the task, sends a plain update
   testing::LineLog log;
-  const fixtures::DeployedRun run = fixtures::run_server(s, log, s.server_options());
-  const FlServerResult& result = run.result;
-  const std::vector<RoundReport>& reports = run.reports;
-  ASSERT_EQ(result.state.round, 1) << log.all();
-  EXPECT_EQ(run.stats.rejected_updates, 1) << log.all();
-  EXPECT_EQ(log.count("rejected client 3, round 1: a plain update, but this job uses secure "
-                      "aggregation"),
-            1u)
-      << log.all();
-  ASSERT_EQ(reports.size(), 1u);
-  EXPECT_EQ(reports[0].participated, (std::vector<int64_t>{0, 1, 2}));
-  EXPECT_EQ(reports[0].dropped, (std::vector<int64_t>{3}));
+  expect_client_3_rejected(
+      fixtures::run_server(s, log, s.server_options()), log,
+      "rejected client 3, round 1: a plain update, but this job uses secure aggregation");
 }
 
 TEST(FlSecAggDeploy, DpWithoutSecureAggregationIsRefusedNotIgnored) {
