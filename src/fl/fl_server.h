@@ -100,8 +100,9 @@ struct FlServerOptions {
   // How long a round start waits for min_fit_clients connected clients.
   std::chrono::milliseconds join_timeout{60000};
   // The first round of a run (the clients are still starting) waits this
-  // long for clients_per_round() connected clients before it starts with
-  // fewer (at most join_timeout).
+  // long for clients_per_round() connected clients (with DP: all
+  // config.clients, for the accountant's q) before it starts with fewer (at
+  // most join_timeout).
   std::chrono::milliseconds fill_timeout{30000};
   // Attempts at one round (a new draw each) before the job stops.
   int max_round_attempts = 3;
