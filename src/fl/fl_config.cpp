@@ -73,6 +73,74 @@ void check_privacy(const ConfigTable& t, FlConfig& c, bool z_set) {
   }
 }
 
+// Which of the local-training keys the table set.
+struct SetKeys {
+  bool epochs = false;
+  bool batch = false;
+  bool mu = false;
+};
+
+// The algorithm, the population and the clients' local training.
+void check_training(const ConfigTable& t, FlConfig& c, SetKeys set) {
+  check_choice(t.lines(), "algorithm", c.algorithm, {"fedavg", "fedsgd", "fedprox"});
+  if (c.clients < 1) throw t.error("clients", fmt::format("must be at least 1, got {}", c.clients));
+  if (!(c.fraction > 0.0) || c.fraction > 1.0 || !std::isfinite(c.fraction)) {
+    throw t.error("fraction", fmt::format("must be in (0, 1], got {}", c.fraction));
+  }
+  if (c.rounds < 1) throw t.error("rounds", fmt::format("must be at least 1, got {}", c.rounds));
+  if (c.local_epochs < 1) {
+    throw t.error("local_epochs", fmt::format("must be at least 1, got {}", c.local_epochs));
+  }
+  if (c.algorithm == "fedsgd") {
+    // FedSGD is FedAvg with E = 1 and B = infinity (McMahan et al. 2017, section 2).
+    if (set.epochs && c.local_epochs != 1) {
+      throw t.error("local_epochs", "fedsgd takes one full-batch step: local_epochs must be 1");
+    }
+    if (set.batch && c.local_batch != 0) {
+      throw t.error("local_batch", "fedsgd uses the whole local data: local_batch must be 0");
+    }
+    c.local_epochs = 1;
+    c.local_batch = 0;
+  }
+  check_range(t, "proximal_mu", c.proximal_mu, 0.0, 1e6, "in [0, 1e6]");
+  if (c.algorithm == "fedprox" && !set.mu) c.proximal_mu = 0.01;
+  if (c.algorithm != "fedprox" && c.proximal_mu > 0.0) {
+    throw t.error("proximal_mu", "the proximal term is FedProx's: set algorithm = \"fedprox\"");
+  }
+}
+
+// The server's optimizer and the rounds' settings.
+void check_rounds(const ConfigTable& t, const FlConfig& c) {
+  const ServerOptimizerConfig& s = c.server_optimizer;
+  check_choice(t.lines(), "server_optimizer", s.type,
+               {"none", "momentum", "adam", "yogi", "adagrad"});
+  check_range(t, "server_lr", s.lr, 0.0, 1e6, "in [0, 1e6]");
+  check_range(t, "server_momentum", s.momentum, 0.0, 1.0, "in [0, 1]");
+  check_range(t, "server_beta1", s.beta1, 0.0, 1.0, "in [0, 1]");
+  check_range(t, "server_beta2", s.beta2, 0.0, 1.0, "in [0, 1]");
+  if (!(s.tau > 0.0) || !std::isfinite(s.tau)) {
+    throw t.error("server_tau", fmt::format("must be positive, got {}", s.tau));
+  }
+  if (c.eval_every < 1) {
+    throw t.error("eval_every", fmt::format("must be at least 1, got {}", c.eval_every));
+  }
+  check_range(t, "target_accuracy", c.target_accuracy, 0.0, 1.0, "a fraction in [0, 1]");
+  check_range(t, "dropout", c.dropout, 0.0, 1.0, "a fraction in [0, 1]");
+  check_range(t, "stragglers", c.stragglers, 0.0, 1.0, "a fraction in [0, 1]");
+  check_range(t, "straggler_slowdown", c.straggler_slowdown, 1.0, 1e9, "at least 1");
+  if (c.min_fit_clients < 1 || c.min_fit_clients > c.clients_per_round()) {
+    throw t.error("min_fit_clients",
+                  fmt::format("must be in [1, {}] (the clients per round), got {}",
+                              c.clients_per_round(), c.min_fit_clients));
+  }
+  if (!(c.round_timeout_s > 0.0) || !std::isfinite(c.round_timeout_s)) {
+    throw t.error("round_timeout_s", fmt::format("must be positive, got {}", c.round_timeout_s));
+  }
+  if (c.server.rfind("tcp://", 0) != 0 && c.server.rfind("ipc://", 0) != 0) {
+    throw t.error("server", fmt::format("'{}' is not tcp://HOST:PORT or ipc://PATH", c.server));
+  }
+}
+
 }  // namespace
 
 int64_t FlConfig::clients_per_round() const {
@@ -120,58 +188,8 @@ FlConfig read_fl_config(ConfigTable& t) {
   t.read("dp_delta", c.dp_delta);
   t.read("dp_target_epsilon", c.dp_target_epsilon);
 
-  check_choice(t.lines(), "algorithm", c.algorithm, {"fedavg", "fedsgd", "fedprox"});
-  check_choice(t.lines(), "server_optimizer", s.type,
-               {"none", "momentum", "adam", "yogi", "adagrad"});
-  if (c.clients < 1) throw t.error("clients", fmt::format("must be at least 1, got {}", c.clients));
-  if (!(c.fraction > 0.0) || c.fraction > 1.0 || !std::isfinite(c.fraction)) {
-    throw t.error("fraction", fmt::format("must be in (0, 1], got {}", c.fraction));
-  }
-  if (c.rounds < 1) throw t.error("rounds", fmt::format("must be at least 1, got {}", c.rounds));
-  if (c.local_epochs < 1) {
-    throw t.error("local_epochs", fmt::format("must be at least 1, got {}", c.local_epochs));
-  }
-  if (c.algorithm == "fedsgd") {
-    // FedSGD is FedAvg with E = 1 and B = infinity (McMahan et al. 2017, section 2).
-    if (epochs_set && c.local_epochs != 1) {
-      throw t.error("local_epochs", "fedsgd takes one full-batch step: local_epochs must be 1");
-    }
-    if (batch_set && c.local_batch != 0) {
-      throw t.error("local_batch", "fedsgd uses the whole local data: local_batch must be 0");
-    }
-    c.local_epochs = 1;
-    c.local_batch = 0;
-  }
-  check_range(t, "proximal_mu", c.proximal_mu, 0.0, 1e6, "in [0, 1e6]");
-  if (c.algorithm == "fedprox" && !mu_set) c.proximal_mu = 0.01;
-  if (c.algorithm != "fedprox" && c.proximal_mu > 0.0) {
-    throw t.error("proximal_mu", "the proximal term is FedProx's: set algorithm = \"fedprox\"");
-  }
-  check_range(t, "server_lr", s.lr, 0.0, 1e6, "in [0, 1e6]");
-  check_range(t, "server_momentum", s.momentum, 0.0, 1.0, "in [0, 1]");
-  check_range(t, "server_beta1", s.beta1, 0.0, 1.0, "in [0, 1]");
-  check_range(t, "server_beta2", s.beta2, 0.0, 1.0, "in [0, 1]");
-  if (!(s.tau > 0.0) || !std::isfinite(s.tau)) {
-    throw t.error("server_tau", fmt::format("must be positive, got {}", s.tau));
-  }
-  if (c.eval_every < 1) {
-    throw t.error("eval_every", fmt::format("must be at least 1, got {}", c.eval_every));
-  }
-  check_range(t, "target_accuracy", c.target_accuracy, 0.0, 1.0, "a fraction in [0, 1]");
-  check_range(t, "dropout", c.dropout, 0.0, 1.0, "a fraction in [0, 1]");
-  check_range(t, "stragglers", c.stragglers, 0.0, 1.0, "a fraction in [0, 1]");
-  check_range(t, "straggler_slowdown", c.straggler_slowdown, 1.0, 1e9, "at least 1");
-  if (c.min_fit_clients < 1 || c.min_fit_clients > c.clients_per_round()) {
-    throw t.error("min_fit_clients",
-                  fmt::format("must be in [1, {}] (the clients per round), got {}",
-                              c.clients_per_round(), c.min_fit_clients));
-  }
-  if (!(c.round_timeout_s > 0.0) || !std::isfinite(c.round_timeout_s)) {
-    throw t.error("round_timeout_s", fmt::format("must be positive, got {}", c.round_timeout_s));
-  }
-  if (c.server.rfind("tcp://", 0) != 0 && c.server.rfind("ipc://", 0) != 0) {
-    throw t.error("server", fmt::format("'{}' is not tcp://HOST:PORT or ipc://PATH", c.server));
-  }
+  check_training(t, c, {epochs_set, batch_set, mu_set});
+  check_rounds(t, c);
   check_privacy(t, c, z_set);
   return c;
 }

@@ -188,6 +188,62 @@ std::vector<std::byte> read_counted_bytes(ByteReader& r, std::string_view field)
   return {bytes.begin(), bytes.end()};
 }
 
+FlTask read_task(ByteReader& r) {
+  FlTask t;
+  t.round = read_at_least(r, "task round", 1);
+  t.deadline_ms = read_at_least(r, "task deadline_ms", 0);
+  t.training.epochs = read_at_least(r, "task epochs", 1);
+  t.training.batch = read_at_least(r, "task batch", 0);
+  t.training.proximal_mu = r.read_f64("task proximal_mu");
+  if (!std::isfinite(t.training.proximal_mu) || t.training.proximal_mu < 0) {
+    bad("task proximal_mu",
+        fmt::format("is {}, expected a finite value >= 0", t.training.proximal_mu));
+  }
+  t.training.max_steps = read_at_least(r, "task max_steps", 1);
+  t.weights = r.read_f32_array_counted("task weights");
+  return t;
+}
+
+FlSecAggSetup read_secagg_setup(ByteReader& r) {
+  FlSecAggSetup s;
+  s.round = read_at_least(r, "secagg round", 1);
+  s.session = r.read_u32("secagg session");
+  s.index = r.read_u32("secagg index");
+  s.clients = r.read_u32("secagg clients");
+  if (s.index >= s.clients) {
+    bad("secagg index", fmt::format("is {}, expected below clients {}", s.index, s.clients));
+  }
+  s.threshold = r.read_u32("secagg threshold");
+  s.graph = r.read_u8("secagg graph");
+  if (s.graph > 1) bad("secagg graph", fmt::format("is {}, expected 0 or 1", s.graph));
+  s.degree = r.read_u32("secagg degree");
+  s.graph_seed = r.read_u64("secagg graph_seed");
+  s.clip = r.read_f32("secagg clip");
+  if (!std::isfinite(s.clip) || s.clip <= 0) {
+    bad("secagg clip", fmt::format("is {}, expected a finite value > 0", s.clip));
+  }
+  s.vector_length = r.read_u64("secagg vector_length");
+  s.min_survivors = r.read_u32("secagg min_survivors");
+  s.mean_samples = r.read_f64("secagg mean_samples");
+  if (!std::isfinite(s.mean_samples) || s.mean_samples <= 0) {
+    bad("secagg mean_samples", fmt::format("is {}, expected a finite value > 0", s.mean_samples));
+  }
+  return s;
+}
+
+FlSecAggPayload read_secagg_answer(ByteReader& r) {
+  FlSecAggPayload p;
+  p.client = read_at_least(r, "secagg client", 0);
+  p.round = read_at_least(r, "secagg round", 1);
+  p.session = r.read_u32("secagg session");
+  p.phase = read_phase(r, 0);
+  p.samples = r.read_i64("secagg samples");
+  p.loss = r.read_f64("secagg loss");
+  p.steps = read_at_least(r, "secagg steps", 0);
+  p.message = read_counted_bytes(r, "secagg message bytes");
+  return p;
+}
+
 }  // namespace
 
 FlMessage decode_fl_message(std::span<const std::byte> payload) {
@@ -212,62 +268,20 @@ FlMessage decode_fl_message(std::span<const std::byte> payload) {
     case FlKind::kDone:
       m.rounds_done = read_at_least(r, "rounds done", 0);
       break;
-    case FlKind::kTask: {
-      FlTask& t = m.task;
-      t.round = read_at_least(r, "task round", 1);
-      t.deadline_ms = read_at_least(r, "task deadline_ms", 0);
-      t.training.epochs = read_at_least(r, "task epochs", 1);
-      t.training.batch = read_at_least(r, "task batch", 0);
-      t.training.proximal_mu = r.read_f64("task proximal_mu");
-      if (!std::isfinite(t.training.proximal_mu) || t.training.proximal_mu < 0) {
-        bad("task proximal_mu",
-            fmt::format("is {}, expected a finite value >= 0", t.training.proximal_mu));
-      }
-      t.training.max_steps = read_at_least(r, "task max_steps", 1);
-      t.weights = r.read_f32_array_counted("task weights");
+    case FlKind::kTask:
+      m.task = read_task(r);
       break;
-    }
     case FlKind::kUpdate:
       read_update_fields(r, m.update);
       m.update.delta = r.read_f32_array_counted("update delta");
       break;
-    case FlKind::kUpdateCompressed: {
+    case FlKind::kUpdateCompressed:
       read_update_fields(r, m.update);
-      const uint64_t count = r.read_u64("upload bytes");
-      if (count > r.remaining()) {
-        bad("upload bytes", fmt::format("is {}, but {} bytes are left", count, r.remaining()));
-      }
-      const auto bytes = r.read_bytes(static_cast<size_t>(count), "upload");
-      m.upload.assign(bytes.begin(), bytes.end());
+      m.upload = read_counted_bytes(r, "upload bytes");
       break;
-    }
-    case FlKind::kSecAggSetup: {
-      FlSecAggSetup& s = m.secagg_setup;
-      s.round = read_at_least(r, "secagg round", 1);
-      s.session = r.read_u32("secagg session");
-      s.index = r.read_u32("secagg index");
-      s.clients = r.read_u32("secagg clients");
-      if (s.index >= s.clients) {
-        bad("secagg index", fmt::format("is {}, expected below clients {}", s.index, s.clients));
-      }
-      s.threshold = r.read_u32("secagg threshold");
-      s.graph = r.read_u8("secagg graph");
-      if (s.graph > 1) bad("secagg graph", fmt::format("is {}, expected 0 or 1", s.graph));
-      s.degree = r.read_u32("secagg degree");
-      s.graph_seed = r.read_u64("secagg graph_seed");
-      s.clip = r.read_f32("secagg clip");
-      if (!std::isfinite(s.clip) || s.clip <= 0) {
-        bad("secagg clip", fmt::format("is {}, expected a finite value > 0", s.clip));
-      }
-      s.vector_length = r.read_u64("secagg vector_length");
-      s.min_survivors = r.read_u32("secagg min_survivors");
-      s.mean_samples = r.read_f64("secagg mean_samples");
-      if (!std::isfinite(s.mean_samples) || s.mean_samples <= 0) {
-        bad("secagg mean_samples",
-            fmt::format("is {}, expected a finite value > 0", s.mean_samples));
-      }
+    case FlKind::kSecAggSetup:
+      m.secagg_setup = read_secagg_setup(r);
       break;
-    }
     case FlKind::kSecAggBroadcast: {
       FlSecAggPayload& p = m.secagg;
       p.round = read_at_least(r, "secagg round", 1);
@@ -276,18 +290,9 @@ FlMessage decode_fl_message(std::span<const std::byte> payload) {
       p.message = read_counted_bytes(r, "secagg message bytes");
       break;
     }
-    case FlKind::kSecAggAnswer: {
-      FlSecAggPayload& p = m.secagg;
-      p.client = read_at_least(r, "secagg client", 0);
-      p.round = read_at_least(r, "secagg round", 1);
-      p.session = r.read_u32("secagg session");
-      p.phase = read_phase(r, 0);
-      p.samples = r.read_i64("secagg samples");
-      p.loss = r.read_f64("secagg loss");
-      p.steps = read_at_least(r, "secagg steps", 0);
-      p.message = read_counted_bytes(r, "secagg message bytes");
+    case FlKind::kSecAggAnswer:
+      m.secagg = read_secagg_answer(r);
       break;
-    }
   }
   r.expect_end(fmt::format("{} body", to_string(m.kind)));
   return m;

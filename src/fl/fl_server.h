@@ -5,7 +5,8 @@
 //
 //   1. waits (at most join_timeout) until min_fit_clients clients are
 //      connected: joined and heard from within client_timeout (the first
-//      round of a run waits up to fill_timeout for a full round);
+//      round of a run waits up to fill_timeout for a full round: m clients,
+//      with DP all K, so that q is m / K as the simulation's);
 //   2. samples m = min(clients_per_round(), connected) of the connected ids:
 //      sample_clients() over their ascending list, a pure function of
 //      (seed, round, attempt), so a resumed server repeats the draw for the
@@ -38,6 +39,15 @@
 // them. A malformed
 // SecAgg answer (privacy's DataError) is rejected, counted and logged
 // naming the client and the phase; that client is out of the phase.
+// DP-FedAvg (config.dp(), with secure aggregation): fl/round_accountant.h,
+// as the simulation. Before each attempt, with fl.dp_target_epsilon, the
+// server checks that one more round at the attempt's sampling rate q =
+// sampled / connected (never below m / K; docs/federated.md) stays within
+// the budget, else it stops there (result.budget_exhausted, the message in
+// result.budget_stop) and ends the run as after its last round. The
+// accountant is stepped once per applied round (a repeated attempt spends
+// nothing); the report carries epsilon and epsilon_classic, the checkpointed
+// ServerState the accountant, and a resumed server continues it.
 // At the end every known client gets kDone; for done_linger afterwards a
 // client that joins is answered kDone too. A client that joins in the
 // middle of a round (restarted, late) takes part from the next round. A
@@ -49,11 +59,11 @@
 // Ownership: owns its ZeroMQ context and socket; the Logger must outlive it.
 // Thread safety: run() on one thread; stats() and endpoint() from any thread.
 // Errors: the constructor throws CommError when it cannot bind, UsageError
-// for inconsistent options, ConfigError for DP (fl.dp_clip) without secure
-// aggregation (the plain path does not clip or noise); run() throws TimeoutError when too few
-// clients join in time, CommError when a round fails max_round_attempts times, and what the
-// callbacks throw. Blocking: run() for the whole job, every wait bounded by a deadline, and returns
-// early (result.stopped) when `stop` is requested.
+// for inconsistent options (a DP resume state without its accountant), ConfigError for DP
+// (fl.dp_clip) without secure aggregation (the plain path does not clip or noise); run() throws
+// TimeoutError when too few clients join in time, CommError when a round fails max_round_attempts
+// times, and what the callbacks throw. Blocking: run() for the whole job, every wait bounded by a
+// deadline, and returns early (result.stopped) when `stop` is requested.
 #pragma once
 
 #include <atomic>
@@ -90,8 +100,9 @@ struct FlServerOptions {
   // How long a round start waits for min_fit_clients connected clients.
   std::chrono::milliseconds join_timeout{60000};
   // The first round of a run (the clients are still starting) waits this
-  // long for clients_per_round() connected clients before it starts with
-  // fewer (at most join_timeout).
+  // long for clients_per_round() connected clients (with DP: all
+  // config.clients, for the accountant's q) before it starts with fewer (at
+  // most join_timeout).
   std::chrono::milliseconds fill_timeout{30000};
   // Attempts at one round (a new draw each) before the job stops.
   int max_round_attempts = 3;
@@ -126,6 +137,10 @@ struct FlServerResult {
   std::optional<Evaluation> last_test;
   bool reached_target = false;
   bool stopped = false;  // `stop` was requested before the last round
+  // DP-FedAvg: the run stopped before a round (attempt) that would have
+  // exceeded fl.dp_target_epsilon; budget_stop says so in words.
+  bool budget_exhausted = false;
+  std::string budget_stop;
 };
 
 class FlServer {

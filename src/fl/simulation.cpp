@@ -18,11 +18,11 @@
 #include "core/error.h"
 #include "fl/flat_model.h"
 #include "fl/private_update.h"
+#include "fl/round_accountant.h"
 #include "fl/sampling.h"
 #include "fl/server_optimizer.h"
 #include "fl/update.h"
 #include "fl/upload_codec.h"
-#include "privacy/rdp_accountant.h"
 #include "privacy/secagg_round.h"
 
 namespace dtrain::fl {
@@ -174,10 +174,55 @@ bool sendable(const ClientUpdate& update, int64_t model_size) {
                      [](float v) { return std::isfinite(v); });
 }
 
-// The private aggregation of one round. The clients' side (the first loop)
-// turns each trained update into its input (secagg_input) and drops the
-// update; below it only the inputs (masked, with secure aggregation: the
-// server side sees run_secagg_round's unmasked sum) are used.
+// The clients' side of a private round: each trained update turned into its
+// input (secagg_input) and given up; `slot` i is sampled[i]. A client that
+// sends nothing (no data, a withheld update, a drop before advertising) is a
+// zero input that drops before advertising.
+struct ClientInputs {
+  std::vector<std::vector<float>> inputs;
+  std::vector<double> weights;  // public: the n_k
+  std::vector<double> losses;   // non-secure rounds only
+  std::map<uint32_t, privacy::SecAggDrop> drops;
+  std::vector<int64_t> rejected;  // updates the clients themselves withheld
+};
+
+ClientInputs client_inputs(std::vector<ClientTask>& tasks,
+                           const std::map<int64_t, privacy::SecAggDrop>& drop_points,
+                           const std::vector<int64_t>& sampled, const SimulationOptions& o,
+                           int64_t round, int64_t model_size, double mean_samples) {
+  const auto m = static_cast<int64_t>(sampled.size());
+  ClientInputs in;
+  in.inputs.resize(static_cast<size_t>(m));
+  in.weights.assign(static_cast<size_t>(m), 0.0);
+  in.losses.assign(static_cast<size_t>(m), 0.0);
+  for (ClientTask& task : tasks) {
+    const auto slot = static_cast<size_t>(
+        std::lower_bound(sampled.begin(), sampled.end(), task.client) - sampled.begin());
+    ClientUpdate update = std::move(*task.update);
+    task.update.reset();
+    if (!sendable(update, model_size)) {
+      if (update.samples > 0) in.rejected.push_back(task.client);
+      continue;
+    }
+    Rng noise = client_noise_rng(o.seed, round, task.client);
+    in.inputs[slot] = secagg_input(update, o.config, m, mean_samples, noise);
+    in.weights[slot] = client_weight(o.config, update.samples, mean_samples);
+    in.losses[slot] = update.loss;
+    const auto d = drop_points.find(task.client);
+    if (d != drop_points.end()) in.drops[static_cast<uint32_t>(slot)] = d->second;
+  }
+  for (size_t i = 0; i < in.inputs.size(); ++i) {
+    if (in.inputs[i].empty()) {
+      in.inputs[i].assign(static_cast<size_t>(model_size), 0.0F);  // never sent
+      in.drops[static_cast<uint32_t>(i)] = privacy::SecAggDrop::kBeforeAdvertise;
+    }
+  }
+  return in;
+}
+
+// The private aggregation of one round: client_inputs(), then only the
+// inputs (masked, with secure aggregation: the server side sees
+// run_secagg_round's unmasked sum) are used.
 // `drop_points`: clients that drop in the middle of the secure protocol.
 PrivateAggregate aggregate_privately(std::vector<ClientTask>& tasks,
                                      const std::map<int64_t, privacy::SecAggDrop>& drop_points,
@@ -187,33 +232,12 @@ PrivateAggregate aggregate_privately(std::vector<ClientTask>& tasks,
   const FlConfig& c = o.config;
   const auto m = static_cast<int64_t>(sampled.size());
   PrivateAggregate out;
-  // --- clients' side ---
-  std::vector<std::vector<float>> inputs(static_cast<size_t>(m));
-  std::vector<double> weights(static_cast<size_t>(m), 0.0);  // public: the n_k
-  std::vector<double> losses(static_cast<size_t>(m), 0.0);   // non-secure rounds only
-  std::map<uint32_t, privacy::SecAggDrop> drops;
-  for (ClientTask& task : tasks) {
-    const auto slot = static_cast<size_t>(
-        std::lower_bound(sampled.begin(), sampled.end(), task.client) - sampled.begin());
-    ClientUpdate update = std::move(*task.update);
-    task.update.reset();
-    if (!sendable(update, model_size)) {
-      if (update.samples > 0) out.rejected.push_back(task.client);
-      continue;
-    }
-    Rng noise = client_noise_rng(o.seed, round, task.client);
-    inputs[slot] = secagg_input(update, c, m, mean_samples, noise);
-    weights[slot] = client_weight(c, update.samples, mean_samples);
-    losses[slot] = update.loss;
-    const auto d = drop_points.find(task.client);
-    if (d != drop_points.end()) drops[static_cast<uint32_t>(slot)] = d->second;
-  }
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    if (inputs[i].empty()) {
-      inputs[i].assign(static_cast<size_t>(model_size), 0.0F);  // never sent
-      drops[static_cast<uint32_t>(i)] = privacy::SecAggDrop::kBeforeAdvertise;
-    }
-  }
+  ClientInputs in = client_inputs(tasks, drop_points, sampled, o, round, model_size, mean_samples);
+  std::vector<std::vector<float>>& inputs = in.inputs;
+  const std::vector<double>& weights = in.weights;
+  const std::vector<double>& losses = in.losses;
+  const std::map<uint32_t, privacy::SecAggDrop>& drops = in.drops;
+  out.rejected = std::move(in.rejected);
   // --- server's side ---
   Rng server_rng = server_noise_rng(o.seed, round);
   std::vector<float> sum;
@@ -265,220 +289,247 @@ PrivateAggregate aggregate_privately(std::vector<ClientTask>& tasks,
   return out;
 }
 
-}  // namespace
-
-SimulationResult run_simulation(const SimulationOptions& o) {
-  check_options(o);
-  const FlConfig& config = o.config;
-  const int64_t per_round = config.clients_per_round();
-  const LocalTraining training = local_training(o);
-
-  std::vector<ClientTrainer> trainers;
-  const int64_t threads = thread_count(config, per_round);
-  trainers.reserve(static_cast<size_t>(threads));
-  for (int64_t t = 0; t < threads; ++t) trainers.emplace_back(o.make_model, *o.train);
-  const int64_t model_size = flat_size(trainers.front().model());
-  const uint64_t model_bytes = static_cast<uint64_t>(model_size) * sizeof(float);
-  std::optional<UploadCodec> codec;
-  if (o.upload.method != compress::Method::kNone) {
-    codec.emplace(o.upload, layouts_of(trainers.front().model()));
-  }
-
-  SimulationResult result;
-  ServerState& state = result.state;
-  ServerOptimizer server(config.server_optimizer, model_size);
-  if (o.resume) {
-    if (static_cast<int64_t>(o.resume->weights.size()) != model_size) {
+// One run: the state kept between rounds, and a round's steps (plan the
+// fates, train, aggregate privately or plainly, evaluate and report).
+class Simulation {
+ public:
+  explicit Simulation(const SimulationOptions& o)
+      : o_(o),
+        config_(o.config),
+        training_(local_training(o)),
+        trainers_(make_trainers(o)),
+        model_size_(flat_size(trainers_.front().model())),
+        model_bytes_(static_cast<uint64_t>(model_size_) * sizeof(float)),
+        server_(config_.server_optimizer, model_size_),
+        accountant_(config_, o.resume ? o.resume->round : 0,
+                    o.resume ? o.resume->accountant : ServerState{}.accountant, "run_simulation"),
+        mean_samples_(static_cast<double>(o.train->size()) / static_cast<double>(config_.clients)) {
+    if (o.upload.method != compress::Method::kNone) {
+      codec_.emplace(o.upload, layouts_of(trainers_.front().model()));
+    }
+    ServerState& state = result_.state;
+    if (!o.resume) {
+      state.weights = flatten(trainers_.front().model());
+      return;
+    }
+    if (static_cast<int64_t>(o.resume->weights.size()) != model_size_) {
       throw UsageError(fmt::format("run_simulation: the resume state has {} weights, the model {}",
-                                   o.resume->weights.size(), model_size));
+                                   o.resume->weights.size(), model_size_));
     }
     state.round = o.resume->round;
     state.weights = o.resume->weights;
     state.rejected_updates = o.resume->rejected_updates;
     state.accountant = o.resume->accountant;
-    server.load_state_dict(o.resume->optimizer);
-  } else {
-    state.weights = flatten(trainers.front().model());
+    server_.load_state_dict(o.resume->optimizer);
   }
 
-  const bool private_rounds = config.secure_aggregation || config.dp();
-  const double mean_samples =
-      static_cast<double>(o.train->size()) / static_cast<double>(config.clients);
-  privacy::RdpAccountant accountant;
-  const double dp_q = config.dp_sampling_rate();
-  if (config.dp() && state.round > 0) {
-    if (o.resume->accountant.empty()) {
-      throw UsageError(fmt::format(
-          "run_simulation: the resume state (round {}) has no DP accountant: its rounds' "
-          "privacy cost is unknown",
-          state.round));
+  SimulationResult run() {
+    ServerState& state = result_.state;
+    const double dp_q = config_.dp_sampling_rate();
+    for (int64_t round = state.round + 1; round <= config_.rounds; ++round) {
+      if (std::optional<std::string> stop = accountant_.budget_stop(round, dp_q)) {
+        result_.budget_exhausted = true;
+        result_.budget_stop = std::move(*stop);
+        break;
+      }
+      const auto start = Clock::now();
+      RoundReport report;
+      report.round = round;
+      report.sampled = sample_clients(config_.clients, config_.clients_per_round(), o_.seed, round);
+      RoundPlan plan = plan_round(round, report.sampled);
+      {
+        const SingleThreadedBlas single;
+        train_clients(plan.tasks, trainers_, o_, training_, codec_ ? &*codec_ : nullptr,
+                      state.weights, round);
+      }
+      if (config_.secure_aggregation || config_.dp()) {
+        close_private(round, plan, report);
+      } else {
+        close_plain(round, plan, report);
+      }
+      state.rejected_updates += report.rejected;
+      state.round = round;
+      report.bytes_down = static_cast<uint64_t>(report.sampled.size()) * model_bytes_;
+      if (conclude(round, report, start)) {
+        result_.reached_target = true;
+        break;
+      }
     }
-    accountant.restore(privacy::RdpAccountantState::from_map(o.resume->accountant));
+    state.optimizer = server_.state_dict();
+    return std::move(result_);
   }
 
-  for (int64_t round = state.round + 1; round <= config.rounds; ++round) {
-    if (config.dp() && config.dp_target_epsilon > 0.0 &&
-        accountant.would_exceed(config.dp_target_epsilon, config.dp_delta, dp_q,
-                                config.dp_noise_multiplier, 1)) {
-      const privacy::PrivacySpent spent = accountant.epsilon(config.dp_delta);
-      result.budget_exhausted = true;
-      result.budget_stop = fmt::format(
-          "privacy budget: stopped before round {}: it would bring epsilon from {:.4g} above "
-          "fl.dp_target_epsilon = {} (delta {})",
-          round, spent.balle, config.dp_target_epsilon, config.dp_delta);
-      break;
-    }
-    const auto start = Clock::now();
-    RoundReport report;
-    report.round = round;
-    report.sampled = sample_clients(config.clients, per_round, o.seed, round);
-
-    // Fates: who trains, and for how long.
+ private:
+  // Who trains in a round, and for how long.
+  struct RoundPlan {
     std::vector<ClientTask> tasks;
     std::vector<int64_t> not_trained;
     std::map<int64_t, privacy::SecAggDrop> drop_points;  // secure rounds: drops mid-protocol
-    for (int64_t k : report.sampled) {
-      const ClientFate fate = client_fate(config, o.seed, round, k);
+  };
+
+  static std::vector<ClientTrainer> make_trainers(const SimulationOptions& o) {
+    std::vector<ClientTrainer> trainers;
+    const int64_t threads = thread_count(o.config, o.config.clients_per_round());
+    trainers.reserve(static_cast<size_t>(threads));
+    for (int64_t t = 0; t < threads; ++t) trainers.emplace_back(o.make_model, *o.train);
+    return trainers;
+  }
+
+  RoundPlan plan_round(int64_t round, const std::vector<int64_t>& sampled) const {
+    RoundPlan plan;
+    for (int64_t k : sampled) {
+      const ClientFate fate = client_fate(config_, o_.seed, round, k);
       if (fate == ClientFate::kDropped) {
-        const privacy::SecAggDrop point = config.secure_aggregation
-                                              ? secagg_drop_point(o.seed, round, k)
+        const privacy::SecAggDrop point = config_.secure_aggregation
+                                              ? secagg_drop_point(o_.seed, round, k)
                                               : privacy::SecAggDrop::kBeforeAdvertise;
         if (point == privacy::SecAggDrop::kBeforeAdvertise) {
-          not_trained.push_back(k);
+          plan.not_trained.push_back(k);
           continue;
         }
-        drop_points[k] = point;  // trains, then leaves the protocol at `point`
+        plan.drop_points[k] = point;  // trains, then leaves the protocol at `point`
       }
       ClientTask task;
       task.client = k;
       if (fate == ClientFate::kStraggler) {
-        if (!config.accepts_partial_work()) {  // late, and its work would be thrown away
-          not_trained.push_back(k);
+        if (!config_.accepts_partial_work()) {  // late, and its work would be thrown away
+          plan.not_trained.push_back(k);
           continue;
         }
-        const auto samples = static_cast<int64_t>(o.parts[static_cast<size_t>(k)].size());
-        task.max_steps = straggler_steps(local_steps(samples, training), config.straggler_slowdown);
+        const auto samples = static_cast<int64_t>(o_.parts[static_cast<size_t>(k)].size());
+        task.max_steps =
+            straggler_steps(local_steps(samples, training_), config_.straggler_slowdown);
       }
-      tasks.push_back(std::move(task));
+      plan.tasks.push_back(std::move(task));
     }
+    return plan;
+  }
 
-    {
-      const SingleThreadedBlas single;
-      train_clients(tasks, trainers, o, training, codec ? &*codec : nullptr, state.weights, round);
-    }
-
-    if (private_rounds) {
-      int64_t eval_correct = 0;
-      int64_t eval_samples = 0;
-      std::map<int64_t, std::pair<int64_t, bool>> meta;  // client -> (correct, partial)
-      for (const ClientTask& task : tasks) {
-        if (task.update && task.update->samples == 0) not_trained.push_back(task.client);
-        if (task.update) meta[task.client] = {task.correct, task.update->partial};
-      }
-      PrivateAggregate agg = aggregate_privately(tasks, drop_points, report.sampled, o, round,
-                                                 model_size, mean_samples);
-      report.secure = config.secure_aggregation;
-      report.rejected = static_cast<int64_t>(agg.rejected.size());
-      report.failure = agg.failure;
-      report.failed = !agg.ok || static_cast<int64_t>(agg.included.size()) <
-                                     std::max<int64_t>(1, config.min_fit_clients);
-      if (agg.ok && report.failed) {
-        report.failure = fmt::format("{} updates in the sum, fewer than fl.min_fit_clients = {}",
-                                     agg.included.size(), config.min_fit_clients);
-      }
-      if (!report.failed) {
-        server.apply(state.weights, agg.mean);
-        if (config.dp()) accountant.step(dp_q, config.dp_noise_multiplier);
-        report.participated = agg.included;
-      }
-      for (const int64_t k : report.sampled) {
-        if (!std::binary_search(report.participated.begin(), report.participated.end(), k) &&
-            std::find(not_trained.begin(), not_trained.end(), k) == not_trained.end()) {
-          not_trained.push_back(k);
-        }
-      }
-      for (const int64_t k : report.participated) {
-        const auto& [correct, partial] = meta[k];
-        if (partial) report.partial.push_back(k);
-        eval_correct += correct;
-        eval_samples += static_cast<int64_t>(o.parts[static_cast<size_t>(k)].size());
-      }
-      std::sort(not_trained.begin(), not_trained.end());
-      report.dropped = std::move(not_trained);
-      report.train_loss = agg.train_loss;
-      report.bytes_up = agg.bytes_up;
-      if (config.dp()) {
-        const privacy::PrivacySpent spent = accountant.epsilon(config.dp_delta);
-        report.epsilon = spent.balle;
-        report.epsilon_classic = spent.classic;
-        state.accountant = accountant.state().to_map();
-      }
-      state.rejected_updates += report.rejected;
-      state.round = round;
-      report.bytes_down = static_cast<uint64_t>(report.sampled.size()) * model_bytes;
-      if (config.client_eval && eval_samples > 0) {
-        report.client_accuracy =
-            static_cast<double>(eval_correct) / static_cast<double>(eval_samples);
-      }
-    } else {
-      // Aggregation in client-id order (tasks follow the ascending sample).
-      RoundAggregator aggregator(round, config.clients, model_size, report.sampled);
-      int64_t eval_correct = 0;
-      int64_t eval_samples = 0;
-      uint64_t bytes_up = 0;
-      for (ClientTask& task : tasks) {
-        ClientUpdate& update = *task.update;
-        if (update.samples == 0) {  // no data: nothing to send
-          not_trained.push_back(task.client);
-          continue;
-        }
-        const bool partial = update.partial;
-        const int64_t samples = update.samples;
-        if (aggregator.add(std::move(update))) {
-          ++report.rejected;
-          not_trained.push_back(task.client);
-          continue;
-        }
-        if (partial) report.partial.push_back(task.client);
-        bytes_up += codec ? task.upload_bytes : model_bytes;
-        eval_correct += task.correct;
-        eval_samples += samples;
-      }
-      std::sort(not_trained.begin(), not_trained.end());
-      report.dropped = std::move(not_trained);
-      report.participated = aggregator.accepted_clients();
-      report.train_loss = aggregator.mean_loss();
-      report.failed = aggregator.accepted() < std::max<int64_t>(1, config.min_fit_clients);
-      if (!report.failed) server.apply(state.weights, aggregator.mean_delta());
-      state.rejected_updates += report.rejected;
-      state.round = round;
-      report.bytes_down = static_cast<uint64_t>(report.sampled.size()) * model_bytes;
-      report.bytes_up = bytes_up;
-      if (config.client_eval && eval_samples > 0) {
-        report.client_accuracy =
-            static_cast<double>(eval_correct) / static_cast<double>(eval_samples);
-      }
-    }  // private_rounds
-    if (o.evaluate && due(round, config.eval_every, config.rounds)) {
-      report.test = o.evaluate(state.weights);
-      result.last_test = report.test;
-    }
-    const bool stop = config.target_accuracy > 0.0 && report.test.has_value() &&
-                      report.test->accuracy >= config.target_accuracy;
-    report.seconds = std::chrono::duration<double>(Clock::now() - start).count();
-    if (o.on_round) o.on_round(report);
-    if (o.on_checkpoint && config.checkpoint_every > 0 &&
-        (stop || due(round, config.checkpoint_every, config.rounds))) {
-      state.optimizer = server.state_dict();
-      o.on_checkpoint(state);
-    }
-    if (stop) {
-      result.reached_target = true;
-      break;
+  // The global model's accuracy on the aggregated clients' own data.
+  void client_accuracy(RoundReport& report, int64_t correct, int64_t samples) const {
+    if (config_.client_eval && samples > 0) {
+      report.client_accuracy = static_cast<double>(correct) / static_cast<double>(samples);
     }
   }
-  state.optimizer = server.state_dict();
-  return result;
+
+  void close_private(int64_t round, RoundPlan& plan, RoundReport& report) {
+    std::vector<int64_t>& not_trained = plan.not_trained;
+    std::map<int64_t, std::pair<int64_t, bool>> meta;  // client -> (correct, partial)
+    for (const ClientTask& task : plan.tasks) {
+      if (task.update && task.update->samples == 0) not_trained.push_back(task.client);
+      if (task.update) meta[task.client] = {task.correct, task.update->partial};
+    }
+    PrivateAggregate agg = aggregate_privately(plan.tasks, plan.drop_points, report.sampled, o_,
+                                               round, model_size_, mean_samples_);
+    report.secure = config_.secure_aggregation;
+    report.rejected = static_cast<int64_t>(agg.rejected.size());
+    report.failure = agg.failure;
+    report.failed = !agg.ok || static_cast<int64_t>(agg.included.size()) <
+                                   std::max<int64_t>(1, config_.min_fit_clients);
+    if (agg.ok && report.failed) {
+      report.failure = fmt::format("{} updates in the sum, fewer than fl.min_fit_clients = {}",
+                                   agg.included.size(), config_.min_fit_clients);
+    }
+    if (!report.failed) {
+      server_.apply(result_.state.weights, agg.mean);
+      accountant_.step(config_.dp_sampling_rate());
+      report.participated = agg.included;
+    }
+    for (const int64_t k : report.sampled) {
+      if (!std::binary_search(report.participated.begin(), report.participated.end(), k) &&
+          std::find(not_trained.begin(), not_trained.end(), k) == not_trained.end()) {
+        not_trained.push_back(k);
+      }
+    }
+    int64_t eval_correct = 0;
+    int64_t eval_samples = 0;
+    for (const int64_t k : report.participated) {
+      const auto& [correct, partial] = meta[k];
+      if (partial) report.partial.push_back(k);
+      eval_correct += correct;
+      eval_samples += static_cast<int64_t>(o_.parts[static_cast<size_t>(k)].size());
+    }
+    std::sort(not_trained.begin(), not_trained.end());
+    report.dropped = std::move(not_trained);
+    report.train_loss = agg.train_loss;
+    report.bytes_up = agg.bytes_up;
+    accountant_.record(report, result_.state);
+    client_accuracy(report, eval_correct, eval_samples);
+  }
+
+  // Aggregation in client-id order (the tasks follow the ascending sample).
+  void close_plain(int64_t round, RoundPlan& plan, RoundReport& report) {
+    std::vector<int64_t>& not_trained = plan.not_trained;
+    RoundAggregator aggregator(round, config_.clients, model_size_, report.sampled);
+    int64_t eval_correct = 0;
+    int64_t eval_samples = 0;
+    uint64_t bytes_up = 0;
+    for (ClientTask& task : plan.tasks) {
+      ClientUpdate& update = *task.update;
+      if (update.samples == 0) {  // no data: nothing to send
+        not_trained.push_back(task.client);
+        continue;
+      }
+      const bool partial = update.partial;
+      const int64_t samples = update.samples;
+      if (aggregator.add(std::move(update))) {
+        ++report.rejected;
+        not_trained.push_back(task.client);
+        continue;
+      }
+      if (partial) report.partial.push_back(task.client);
+      bytes_up += codec_ ? task.upload_bytes : model_bytes_;
+      eval_correct += task.correct;
+      eval_samples += samples;
+    }
+    std::sort(not_trained.begin(), not_trained.end());
+    report.dropped = std::move(not_trained);
+    report.participated = aggregator.accepted_clients();
+    report.train_loss = aggregator.mean_loss();
+    report.failed = aggregator.accepted() < std::max<int64_t>(1, config_.min_fit_clients);
+    if (!report.failed) server_.apply(result_.state.weights, aggregator.mean_delta());
+    report.bytes_up = bytes_up;
+    client_accuracy(report, eval_correct, eval_samples);
+  }
+
+  // Evaluates, reports and checkpoints the round; whether it reached the
+  // target (then it is the last).
+  bool conclude(int64_t round, RoundReport& report, Clock::time_point start) {
+    ServerState& state = result_.state;
+    if (o_.evaluate && due(round, config_.eval_every, config_.rounds)) {
+      report.test = o_.evaluate(state.weights);
+      result_.last_test = report.test;
+    }
+    const bool stop = config_.target_accuracy > 0.0 && report.test.has_value() &&
+                      report.test->accuracy >= config_.target_accuracy;
+    report.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    if (o_.on_round) o_.on_round(report);
+    if (o_.on_checkpoint && config_.checkpoint_every > 0 &&
+        (stop || due(round, config_.checkpoint_every, config_.rounds))) {
+      state.optimizer = server_.state_dict();
+      o_.on_checkpoint(state);
+    }
+    return stop;
+  }
+
+  const SimulationOptions& o_;
+  const FlConfig& config_;
+  const LocalTraining training_;
+  std::vector<ClientTrainer> trainers_;
+  const int64_t model_size_;
+  const uint64_t model_bytes_;
+  std::optional<UploadCodec> codec_;
+  SimulationResult result_;
+  ServerOptimizer server_;
+  RoundAccountant accountant_;
+  const double mean_samples_;
+};
+
+}  // namespace
+
+SimulationResult run_simulation(const SimulationOptions& o) {
+  check_options(o);
+  return Simulation(o).run();
 }
 
 }  // namespace dtrain::fl

@@ -144,92 +144,125 @@ std::vector<std::byte> UploadCodec::encode(std::span<const float> delta, int64_t
   return out.take();
 }
 
+namespace {
+
+// A malformed upload: the context, the field and its offset, the problem.
+DataError field_error(std::string_view context, size_t at, std::string_view field,
+                      const std::string& problem) {
+  return DataError(fmt::format("{}: field '{}' at offset {}: {}", context, field, at, problem));
+}
+
+// The tensor table after the message's header: each tensor's form and body
+// length, checked against the layouts (a dense body is 4 bytes a value) and
+// the bytes that follow the table.
+struct TensorTable {
+  std::vector<uint8_t> forms;
+  std::vector<uint32_t> lengths;
+};
+
+TensorTable read_tensor_table(ByteReader& reader,
+                              const std::vector<compress::TensorLayout>& layouts,
+                              compress::Method method, std::string_view context) {
+  const size_t tensors = layouts.size();
+  reader.need_elements(tensors, 5, "tensor table");
+  TensorTable table{std::vector<uint8_t>(tensors), std::vector<uint32_t>(tensors)};
+  uint64_t total = 0;
+  for (size_t t = 0; t < tensors; ++t) {
+    const compress::TensorLayout& l = layouts[t];
+    const size_t form_at = reader.offset();
+    const uint8_t form = table.forms[t] = reader.read_u8("form");
+    if (form != UploadCodec::kDense &&
+        !(form == UploadCodec::kCompressed && method != compress::Method::kNone)) {
+      throw field_error(context, form_at, "form",
+                        fmt::format("tensor {}: form {}; 0 (dense){}", t, form,
+                                    method == compress::Method::kNone ? "" : " or 1 (compressed)"));
+    }
+    const size_t length_at = reader.offset();
+    const uint32_t length = table.lengths[t] = reader.read_u32("body bytes");
+    if (form == UploadCodec::kDense && length != 4 * l.numel()) {
+      throw field_error(
+          context, length_at, "body bytes",
+          fmt::format("tensor {} ({} x {}) dense in {} bytes, expected {} (4 per float)", t, l.rows,
+                      l.cols, length, 4 * l.numel()));
+    }
+    total += length;
+  }
+  if (total != reader.remaining()) {
+    throw field_error(
+        context, reader.offset(), "bodies",
+        fmt::format("the table's {} tensors take {} bytes, the message has {} after it ({})",
+                    tensors, total, reader.remaining(),
+                    total > reader.remaining() ? "truncated" : "bytes after the end"));
+  }
+  return table;
+}
+
+// Decodes tensor t's body (at `body_at`) into `out`, which must come out finite.
+void decode_body(std::span<const std::byte> body, size_t body_at, uint8_t form, size_t t,
+                 const compress::TensorLayout& l, compress::Method method, std::span<float> out,
+                 std::string_view context) {
+  const std::string_view own = method_name(method);
+  if (form == UploadCodec::kDense) {
+    ByteReader dense(body, std::string(context));
+    dense.read_f32_array_into(out, "dense body");
+  } else {
+    const auto tag = static_cast<uint8_t>(method);
+    if (!body.empty() && std::to_integer<uint8_t>(body[0]) != tag) {
+      const auto inner = static_cast<compress::Method>(std::to_integer<uint8_t>(body[0]));
+      throw field_error(context, body_at, "body",
+                        fmt::format("tensor {}: a {} message (tag {}) in a {} upload", t,
+                                    method_name(inner), std::to_integer<int>(body[0]), own));
+    }
+    compress::decode_add(body, l, 1.0f, out,
+                         fmt::format("{}, tensor {} (body at offset {})", context, t, body_at));
+  }
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (!std::isfinite(out[i])) {
+      throw field_error(context, body_at, "body",
+                        fmt::format("tensor {} ({} x {}) entry {} decodes to {}, not finite", t,
+                                    l.rows, l.cols, i, out[i]));
+    }
+  }
+}
+
+}  // namespace
+
 std::vector<float> UploadCodec::decode(std::span<const std::byte> message, int64_t model_size,
                                        std::string_view context) const {
   if (model_size != model_size_) {
     throw UsageError(fmt::format("{}: decode() for a model of {} values, the codec's has {}",
                                  context, model_size, model_size_));
   }
-  const std::string_view own = method_name(options_.method);
   ByteReader reader(message, std::string(context));
-  auto bad = [&](size_t at, std::string_view field, const std::string& problem) {
-    return DataError(fmt::format("{}: field '{}' at offset {}: {}", context, field, at, problem));
-  };
-
   const uint8_t version = reader.read_u8("version");
   if (version != kVersion) {
-    throw bad(0, "version", fmt::format("version {}, this codec reads {}", version, kVersion));
+    throw field_error(context, 0, "version",
+                      fmt::format("version {}, this codec reads {}", version, kVersion));
   }
   const uint8_t tag = reader.read_u8("method");
   const auto method = static_cast<compress::Method>(tag);
   if (method_name(method) == "unknown") {
-    throw bad(1, "method", fmt::format("unknown method tag {}", tag));
+    throw field_error(context, 1, "method", fmt::format("unknown method tag {}", tag));
   }
   if (method != options_.method) {
-    throw bad(1, "method",
-              fmt::format("a {} message, this codec's method is {} (the job's [compression])",
-                          method_name(method), own));
+    throw field_error(
+        context, 1, "method",
+        fmt::format("a {} message, this codec's method is {} (the job's [compression])",
+                    method_name(method), method_name(options_.method)));
   }
   const uint32_t tensors = reader.read_u32("tensors");
   if (tensors != layouts_.size()) {
-    throw bad(2, "tensors", fmt::format("{} tensors, the model has {}", tensors, layouts_.size()));
+    throw field_error(context, 2, "tensors",
+                      fmt::format("{} tensors, the model has {}", tensors, layouts_.size()));
   }
-  reader.need_elements(tensors, 5, "tensor table");
-
-  std::vector<uint8_t> forms(tensors);
-  std::vector<uint32_t> lengths(tensors);
-  uint64_t total = 0;
-  for (size_t t = 0; t < tensors; ++t) {
-    const compress::TensorLayout& l = layouts_[t];
-    const size_t form_at = reader.offset();
-    forms[t] = reader.read_u8("form");
-    if (forms[t] != kDense && !(forms[t] == kCompressed && method != compress::Method::kNone)) {
-      throw bad(form_at, "form",
-                fmt::format("tensor {}: form {}; 0 (dense){}", t, forms[t],
-                            method == compress::Method::kNone ? "" : " or 1 (compressed)"));
-    }
-    const size_t length_at = reader.offset();
-    lengths[t] = reader.read_u32("body bytes");
-    if (forms[t] == kDense && lengths[t] != 4 * l.numel()) {
-      throw bad(length_at, "body bytes",
-                fmt::format("tensor {} ({} x {}) dense in {} bytes, expected {} (4 per float)", t,
-                            l.rows, l.cols, lengths[t], 4 * l.numel()));
-    }
-    total += lengths[t];
-  }
-  if (total != reader.remaining()) {
-    throw bad(reader.offset(), "bodies",
-              fmt::format("the table's {} tensors take {} bytes, the message has {} after it ({})",
-                          tensors, total, reader.remaining(),
-                          total > reader.remaining() ? "truncated" : "bytes after the end"));
-  }
-
+  const TensorTable table = read_tensor_table(reader, layouts_, method, context);
   std::vector<float> delta(offsets_.back(), 0.0f);
   for (size_t t = 0; t < tensors; ++t) {
     const compress::TensorLayout& l = layouts_[t];
     const size_t body_at = reader.offset();
-    const std::span<const std::byte> body = reader.read_bytes(lengths[t], "body");
-    const std::span<float> out = std::span<float>(delta).subspan(offsets_[t], l.numel());
-    if (forms[t] == kDense) {
-      ByteReader dense(body, std::string(context));
-      dense.read_f32_array_into(out, "dense body");
-    } else {
-      if (!body.empty() && std::to_integer<uint8_t>(body[0]) != tag) {
-        const auto inner = static_cast<compress::Method>(std::to_integer<uint8_t>(body[0]));
-        throw bad(body_at, "body",
-                  fmt::format("tensor {}: a {} message (tag {}) in a {} upload", t,
-                              method_name(inner), std::to_integer<int>(body[0]), own));
-      }
-      compress::decode_add(body, l, 1.0f, out,
-                           fmt::format("{}, tensor {} (body at offset {})", context, t, body_at));
-    }
-    for (size_t i = 0; i < out.size(); ++i) {
-      if (!std::isfinite(out[i])) {
-        throw bad(body_at, "body",
-                  fmt::format("tensor {} ({} x {}) entry {} decodes to {}, not finite", t, l.rows,
-                              l.cols, i, out[i]));
-      }
-    }
+    const std::span<const std::byte> body = reader.read_bytes(table.lengths[t], "body");
+    decode_body(body, body_at, table.forms[t], t, l, method,
+                std::span<float>(delta).subspan(offsets_[t], l.numel()), context);
   }
   return delta;
 }

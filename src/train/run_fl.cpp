@@ -185,6 +185,23 @@ void FlRunRecorder::set_aside_checkpoints() {
       steps.size(), steps.front(), steps.back(), aside);
 }
 
+std::optional<fl::ServerState> FlRunRecorder::resume_or_set_aside() {
+  if (job_.resume) return load_latest();
+  set_aside_checkpoints();
+  return std::nullopt;
+}
+
+FlRunStart fl_run_start(const FlJob& fl_job, const std::optional<fl::ServerState>& resume,
+                        const std::string& mode) {
+  FlRunStart start;
+  start.mode = mode;
+  start.start_round = resume ? resume->round : 0;
+  start.parameters = fl_job.model_size;
+  start.train_samples = fl_job.data.train.size();
+  start.test_samples = fl_job.data.test.size();
+  return start;
+}
+
 void FlRunRecorder::write_event(const std::string& json_line) {
   *metrics_ << json_line << '\n';
   metrics_->flush();
@@ -380,22 +397,22 @@ FlRunSummary FlRunRecorder::finish(const fl::ServerState& state,
   return s;
 }
 
+FlRunSummary FlRunRecorder::conclude(const fl::ServerState& state,
+                                     std::optional<fl::Evaluation> test,
+                                     const std::string& budget_stop) {
+  if (!budget_stop.empty()) privacy_stop(budget_stop);
+  if (job_.fl.checkpoint_every > 0 && last_checkpoint_round_ != state.round && state.round > 0) {
+    checkpoint(state);
+  }
+  return finish(state, std::move(test));
+}
+
 int run_fl(const JobConfig& job, const FlRunOptions& options) {
   Logger& logger = options.logger != nullptr ? *options.logger : Logger::stderr_logger();
   const FlJob fl_job = load_fl_job(job);
   FlRunRecorder recorder(job, fl_job.make_model, options.out, logger);
-  std::optional<fl::ServerState> resume;
-  if (job.resume) {
-    resume = recorder.load_latest();
-  } else {
-    recorder.set_aside_checkpoints();
-  }
-  FlRunStart start;
-  start.start_round = resume ? resume->round : 0;
-  start.parameters = fl_job.model_size;
-  start.train_samples = fl_job.data.train.size();
-  start.test_samples = fl_job.data.test.size();
-  recorder.begin(start);
+  std::optional<fl::ServerState> resume = recorder.resume_or_set_aside();
+  recorder.begin(fl_run_start(fl_job, resume, "simulation"));
 
   if (resume && (resume->round >= job.fl.rounds || recorder.reached_round())) {
     // Nothing left to run (all rounds done, or the target reached, which
@@ -418,15 +435,7 @@ int run_fl(const JobConfig& job, const FlRunOptions& options) {
   sim.on_checkpoint = [&recorder](const fl::ServerState& s) { recorder.checkpoint(s); };
   sim.resume = std::move(resume);
   const fl::SimulationResult result = fl::run_simulation(sim);
-  if (result.budget_exhausted) recorder.privacy_stop(result.budget_stop);
-  // The last round is checkpointed even off the checkpoint_every grid (or
-  // when the target stopped the run early), so that a later run with more
-  // rounds continues from it.
-  if (job.fl.checkpoint_every > 0 && recorder.last_checkpoint_round() != result.state.round &&
-      result.state.round > 0) {
-    recorder.checkpoint(result.state);
-  }
-  recorder.finish(result.state, result.last_test);
+  recorder.conclude(result.state, result.last_test, result.budget_stop);
   return 0;
 }
 

@@ -96,6 +96,9 @@ class FlRunRecorder {
   // <output>/checkpoints/earlier-run/ (a run with job.resume = false), so
   // that they cannot be mistaken for this run's.
   void set_aside_checkpoints();
+  // What a run starts from: load_latest() unless job.resume is false, then
+  // set_aside_checkpoints() and nullopt.
+  std::optional<fl::ServerState> resume_or_set_aside();
 
   // The "begin" event (and a first progress line). A resumed run (start_round
   // > 0) with a target looks up in metrics.jsonl whether an earlier round
@@ -117,6 +120,12 @@ class FlRunRecorder {
   // event and the summary line. `test`: the final model's evaluation when
   // known (else the last evaluated round's, if any).
   FlRunSummary finish(const fl::ServerState& state, std::optional<fl::Evaluation> test);
+  // The end of a run (simulated or deployed): privacy_stop(budget_stop)
+  // when the budget stopped it (non-empty), the last round's checkpoint
+  // when fl.checkpoint_every is on and its grid missed that round (so a
+  // later run with more rounds continues from it), then finish().
+  FlRunSummary conclude(const fl::ServerState& state, std::optional<fl::Evaluation> test,
+                        const std::string& budget_stop);
 
   const std::string& checkpoint_dir() const { return checkpoint_dir_; }
 
@@ -142,6 +151,10 @@ class FlRunRecorder {
 
 // Progress line of one round, without the newline.
 std::string format_round_line(const fl::RoundReport& report, int64_t rounds);
+
+// The "begin" event's figures of `fl_job` in `mode`, after `resume` (if any).
+FlRunStart fl_run_start(const FlJob& fl_job, const std::optional<fl::ServerState>& resume,
+                        const std::string& mode);
 
 struct FlRunOptions {
   std::ostream* out = nullptr;  // progress lines; nullptr: none

@@ -30,12 +30,8 @@ int run_fl_server(const JobConfig& job, const comm::JobAuth& auth,
   Logger& logger = options.logger != nullptr ? *options.logger : Logger::stderr_logger();
   FlJob fl_job = load_fl_job(job);
   FlRunRecorder recorder(job, fl_job.make_model, options.out, logger);
-  std::optional<fl::ServerState> resume;
-  if (job.resume) {
-    resume = recorder.load_latest();
-  } else {
-    recorder.set_aside_checkpoints();
-  }
+  std::optional<fl::ServerState> resume = recorder.resume_or_set_aside();
+  const FlRunStart start = fl_run_start(fl_job, resume, "server");
   fl::FlServerOptions o;
   o.config = job.fl;
   if (!options.server.empty()) o.config.server = options.server;
@@ -60,12 +56,6 @@ int run_fl_server(const JobConfig& job, const comm::JobAuth& auth,
       std::chrono::milliseconds(static_cast<int64_t>(job.fl.round_timeout_s * 1000.0) + 5000);
   fl::FlServer server(std::move(o), auth, logger);
   if (options.on_listening) options.on_listening(server.endpoint());
-  FlRunStart start;
-  start.mode = "server";
-  start.start_round = resume ? resume->round : 0;
-  start.parameters = fl_job.model_size;
-  start.train_samples = fl_job.data.train.size();
-  start.test_samples = fl_job.data.test.size();
   recorder.begin(start);
   const fl::FlServerResult result = server.run();
   const fl::FlServerStats stats = server.stats();
@@ -73,7 +63,7 @@ int run_fl_server(const JobConfig& job, const comm::JobAuth& auth,
     logger.warn("fl server: {} update(s) or join(s) rejected, {} frame(s) dropped",
                 stats.rejected_updates, stats.dropped_frames);
   }
-  recorder.finish(result.state, result.last_test);
+  recorder.conclude(result.state, result.last_test, result.budget_stop);
   return 0;
 }
 

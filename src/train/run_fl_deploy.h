@@ -8,6 +8,11 @@
 // model. Unless job.resume is false it resumes from the newest valid
 // checkpoint in the output folder, so a killed and restarted server goes on
 // after its last checkpointed round (the clients re-join it by themselves).
+// With DP-FedAvg the server reports epsilon per round, checkpoints its
+// accountant (a restarted server continues it) and stops before a round
+// that would exceed fl.dp_target_epsilon as the simulation does: the
+// message as a progress line and a "privacy_stop" event, the last round
+// checkpointed, the model saved, the clients told kDone, exit 0.
 // A client loads the same job (same seed: the same split and initial model)
 // and trains on its part, parts[client].
 //

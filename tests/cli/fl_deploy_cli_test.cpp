@@ -10,6 +10,7 @@
 
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include "cli_test_util.h"
 #include "testing/fault_fs.h"
@@ -157,6 +158,55 @@ TEST(FlDeployCli, AKilledServerIsRestartedAndResumesAfterItsLastRound) {
   // The resumed server continued exactly: the final model is the
   // fault-free one.
   EXPECT_TRUE(read_text(out + "/model.safetensors") == simulated_model(dir));
+}
+
+// The "epsilon" figures of metrics.jsonl's round events, in file order.
+std::vector<std::string> epsilons(const std::string& metrics) {
+  std::vector<std::string> found;
+  const std::string key = "\"epsilon\":";
+  for (auto at = metrics.find(key); at != std::string::npos; at = metrics.find(key, at + 1)) {
+    const auto begin = at + key.size();
+    found.push_back(metrics.substr(begin, metrics.find_first_of(",}", begin) - begin));
+  }
+  return found;
+}
+
+TEST(FlDeployCli, ADpServerKilledAndRestartedContinuesEpsilonAndStopsAtTheBudget) {
+  TempDir dir;
+  // DP-FedAvg with secure aggregation, m = 3 of K = 4 a round (q = 3 / 4).
+  std::string job = std::string(kJob) +
+                    "secure_aggregation = true\nsecagg_clip = 10.0\ndp_clip = 0.5\n"
+                    "dp_noise_multiplier = 1.0\n";
+  job.replace(job.find("fraction = 1.0"), 14, "fraction = 0.75");
+  // Room on a loaded machine: a client that missed a deadline would leave
+  // the next round's pool, and q would rise above 3 / 4.
+  job.replace(job.find("round_timeout_s = 2.0"), 21, "round_timeout_s = 20.0");
+  write_file(dir.file("job.toml"), job);
+  // The simulation's epsilon after each of the 4 rounds.
+  const CliRun sim = run_dtrain({"fl", dir.file("job.toml"), "--output", dir.file("sim")});
+  ASSERT_TRUE(sim.status.ok()) << sim.output;
+  const std::vector<std::string> simulated = epsilons(read_text(dir.file("sim/metrics.jsonl")));
+  ASSERT_EQ(simulated.size(), 4u) << sim.output;
+  // A budget between rounds 3 and 4.
+  const double target = (std::stod(simulated[2]) + std::stod(simulated[3])) / 2;
+  write_file(dir.file("job.toml"), job + "dp_target_epsilon = " + std::to_string(target) + "\n");
+  // The server (slot 0) SIGKILLs itself once round 2 is checkpointed.
+  const std::string out = dir.file("out");
+  const CliRun run = run_dtrain(
+      {"fl", dir.file("job.toml"), "--processes", "--max-restarts", "1", "--output", out},
+      {{"DTRAIN_TEST_KILL_AT_ROUND", "0:2"}});
+  ASSERT_TRUE(run.status.ok()) << run.output;
+  EXPECT_NE(run.output.find("fl server: resuming after round 2"), std::string::npos) << run.output;
+  EXPECT_NE(run.output.find("privacy budget: stopped before round 4"), std::string::npos)
+      << run.output;
+  const std::string metrics = read_text(out + "/metrics.jsonl");
+  // Rounds 1-2 by the first server, 3 by the restarted one: the same epsilon
+  // as the simulation's rounds 1-3 (not restarted from zero).
+  EXPECT_EQ(epsilons(metrics), (std::vector<std::string>{simulated[0], simulated[1], simulated[2]}))
+      << metrics;
+  EXPECT_EQ(count_of(metrics, "\"event\":\"privacy_stop\""), 1) << metrics;
+  EXPECT_EQ(count_of(metrics, "\"event\":\"end\""), 1) << metrics;
+  EXPECT_TRUE(std::ifstream(out + "/model.safetensors").good());
 }
 
 TEST(FlDeployCli, AClientWithAnotherSecretIsRefusedAndCounted) {

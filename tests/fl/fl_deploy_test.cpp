@@ -9,12 +9,12 @@
 #include <thread>
 
 #include "core/error.h"
+#include "deploy_fixtures.h"
 #include "fl/fl_client.h"
 #include "fl/fl_server.h"
 #include "fl/flat_model.h"
 #include "fl/simulation.h"
 #include "fl/upload_codec.h"
-#include "sim_fixtures.h"
 #include "testing/junk_frames.h"
 
 namespace dtrain::fl {
@@ -26,66 +26,9 @@ constexpr const char* kJob = "fl-deploy-test";
 constexpr const char* kSecret = "deploy secret";
 constexpr int64_t kClients = 3;
 
-struct DeployJob {
-  FlConfig config;
-  data::TensorDataset train = fixtures::blobs(90, 6, 3);
-  std::vector<std::vector<int64_t>> parts = fixtures::consecutive_parts({20, 30, 40});
-  ModelFactory make_model = fixtures::mlp_model(6, 8, 3);
-  optim::OptimizerConfig optimizer;
-  uint64_t seed = 5;
-  compress::Options upload;  // method none: dense updates
-
-  DeployJob() {
-    config.clients = kClients;
-    config.fraction = 1.0;
-    config.rounds = 3;
-    config.local_epochs = 2;
-    config.local_batch = 10;
-    config.min_fit_clients = kClients;
-    config.round_timeout_s = 30.0;
-    config.server = "tcp://127.0.0.1:0";
-    optimizer.lr = 0.1f;
-  }
-
-  std::vector<float> simulated() const {
-    SimulationOptions o;
-    o.config = config;
-    o.config.threads = 1;
-    o.seed = seed;
-    o.client_optimizer = optimizer;
-    o.train = &train;
-    o.parts = parts;
-    o.make_model = make_model;
-    o.upload = upload;
-    return run_simulation(o).state.weights;
-  }
-
-  FlServerOptions server_options() const {
-    FlServerOptions o;
-    o.config = config;
-    o.seed = seed;
-    o.job_name = kJob;
-    o.initial_weights = flatten(*make_model());
-    o.done_linger = milliseconds(300);
-    o.upload = upload;
-    o.layouts = layouts_of(*make_model());
-    return o;
-  }
-
-  FlClientOptions client_options(int64_t id, const std::string& server) const {
-    FlClientOptions o;
-    o.client = id;
-    o.server = server;
-    o.seed = seed;
-    o.make_model = make_model;
-    o.train = &train;
-    o.indices = parts[static_cast<size_t>(id)];
-    o.optimizer = optimizer;
-    o.upload = upload;
-    o.heartbeat_interval = milliseconds(100);
-    o.server_timeout = milliseconds(30000);
-    return o;
-  }
+// Three clients of 20, 30 and 40 samples, three rounds, all must answer.
+struct DeployJob : fixtures::DeployJob {
+  DeployJob() : fixtures::DeployJob(kJob, kSecret, {20, 30, 40}, 3, 30.0) {}
 };
 
 void expect_near(const std::vector<float>& a, const std::vector<float>& b) {
@@ -93,21 +36,11 @@ void expect_near(const std::vector<float>& a, const std::vector<float>& b) {
   for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-5) << "value " << i;
 }
 
-// Clients on threads; returns their results once all ended.
+// Clients on threads; returns their results once all ended (on kDone).
 std::vector<FlClientResult> run_clients(const DeployJob& s, const std::string& server,
                                         const std::function<void()>& serve) {
-  std::vector<FlClientResult> results(kClients);
-  std::vector<std::jthread> threads;
   testing::LineLog log;
-  for (int64_t k = 0; k < kClients; ++k) {
-    threads.emplace_back([&, k] {
-      FlClient client(s.client_options(k, server), comm::JobAuth(kJob, kSecret), log.logger());
-      results[static_cast<size_t>(k)] = client.run();
-    });
-  }
-  serve();
-  threads.clear();
-  return results;
+  return fixtures::run_with_clients(s, server, log, serve, /*stop_clients=*/false);
 }
 
 TEST(FlDeploy, AFaultFreeDeployedRunComputesWhatTheSimulationDoes) {
@@ -149,28 +82,9 @@ TEST(FlDeploy, CompressedUploadsAggregateWhatTheSimulationAggregates) {
 TEST(FlDeploy, ClientsOutliveAServerThatIsReplacedByAResumedOne) {
   DeployJob s;
   testing::LineLog log;
-  std::optional<ServerState> saved;
-  std::stop_source stop;
-  FlServerOptions o1 = s.server_options();
-  // The first server stops once round 1 is checkpointed (as if killed then).
-  o1.on_checkpoint = [&](const ServerState& state) {
-    if (state.round != 1) return;
-    saved = state;
-    stop.request_stop();
-  };
-  auto first = std::make_unique<FlServer>(o1, comm::JobAuth(kJob, kSecret), log.logger());
-  const std::string endpoint = first->endpoint();
-  FlServerResult result;
-  const auto clients = run_clients(s, endpoint, [&] {
-    EXPECT_TRUE(first->run(stop.get_token()).stopped);
-    first.reset();
-    ASSERT_TRUE(saved.has_value());
-    FlServerOptions o2 = s.server_options();
-    o2.config.server = endpoint;  // the same port: the clients' sockets reconnect to it
-    o2.resume = saved;
-    FlServer second(o2, comm::JobAuth(kJob, kSecret), log.logger());
-    result = second.run();
-  });
+  const fixtures::Restarted run = fixtures::run_with_restart(s, log, 1);
+  const FlServerResult& result = run.result;
+  const std::vector<FlClientResult>& clients = run.clients;
   ASSERT_EQ(result.state.round, 3) << log.all();
   expect_near(result.state.weights, s.simulated());
   for (const FlClientResult& c : clients) {

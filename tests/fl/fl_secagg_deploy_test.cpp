@@ -14,12 +14,12 @@
 #include <thread>
 
 #include "core/error.h"
+#include "deploy_fixtures.h"
 #include "fl/fl_client.h"
 #include "fl/fl_protocol.h"
 #include "fl/fl_server.h"
 #include "fl/flat_model.h"
 #include "fl/simulation.h"
-#include "sim_fixtures.h"
 #include "testing/junk_frames.h"
 
 namespace dtrain::fl {
@@ -30,95 +30,42 @@ using std::chrono::milliseconds;
 constexpr const char* kJob = "fl-secagg-deploy-test";
 constexpr const char* kSecret = "secagg deploy secret";
 
-struct SecAggJob {
-  int64_t clients;
-  FlConfig config;
-  data::TensorDataset train;
-  std::vector<std::vector<int64_t>> parts;
-  ModelFactory make_model = fixtures::mlp_model(6, 8, 3);
-  optim::OptimizerConfig optimizer;
-  uint64_t seed = 5;
+// n clients of 20 samples with secure aggregation; a round closes with one
+// included client and is not repeated.
+struct SecAggJob : fixtures::DeployJob {
   std::set<int64_t> silent_after_masking;
+  std::set<int64_t> plain_clients;  // clients whose job lacks secure aggregation
   std::function<void(int64_t, int, std::vector<std::byte>&)> tamper;
 
-  double mean_samples = 20;
-
   SecAggJob(int64_t n, int64_t rounds, double timeout_s)
-      : clients(n), train(fixtures::blobs(20 * n, 6, 3)), parts(fixtures::equal_parts(n, 20)) {
-    config.clients = n;
-    config.fraction = 1.0;
-    config.rounds = rounds;
-    config.local_epochs = 2;
-    config.local_batch = 10;
-    config.min_fit_clients = 1;
-    config.round_timeout_s = timeout_s;
-    config.server = "tcp://127.0.0.1:0";
-    config.secure_aggregation = true;
-    config.secagg_clip = 10.0;  // above every delta value: nothing is clipped
-    optimizer.lr = 0.1f;
+      : fixtures::DeployJob(kJob, kSecret, std::vector<int64_t>(static_cast<size_t>(n), 20), rounds,
+                            timeout_s) {
+    use_secure_aggregation();
+    max_round_attempts = 1;
+    customize_client = [this](int64_t id, FlClientOptions& o) {
+      if (silent_after_masking.count(id) != 0) o.secagg_silent_after_phase = 2;
+      if (plain_clients.count(id) != 0) o.fl.secure_aggregation = false;
+      if (tamper) {
+        o.secagg_tamper = [this, id](int phase, std::vector<std::byte>& m) {
+          tamper(id, phase, m);
+        };
+      }
+    };
   }
+  SecAggJob(const SecAggJob&) = delete;  // customize_client holds `this`
+  SecAggJob& operator=(const SecAggJob&) = delete;
 
   std::vector<float> plain_fedavg() const {
-    SimulationOptions o;
-    o.config = config;
-    o.config.threads = 1;
+    SimulationOptions o = simulation_options();
     o.config.secure_aggregation = false;  // plain FedAvg
     o.config.dp_clip = 0;
-    o.seed = seed;
-    o.client_optimizer = optimizer;
-    o.train = &train;
-    o.parts = parts;
-    o.make_model = make_model;
     return run_simulation(o).state.weights;
-  }
-
-  FlServerOptions server_options() const {
-    FlServerOptions o;
-    o.config = config;
-    o.seed = seed;
-    o.job_name = kJob;
-    o.initial_weights = flatten(*make_model());
-    o.done_linger = milliseconds(300);
-    o.mean_samples = mean_samples;
-    o.max_round_attempts = 1;
-    return o;
-  }
-
-  FlClientOptions client_options(int64_t id, const std::string& server) const {
-    FlClientOptions o;
-    o.client = id;
-    o.server = server;
-    o.seed = seed;
-    o.make_model = make_model;
-    o.train = &train;
-    o.indices = parts[static_cast<size_t>(id)];
-    o.optimizer = optimizer;
-    o.heartbeat_interval = milliseconds(100);
-    o.server_timeout = milliseconds(30000);
-    o.fl = config;
-    if (silent_after_masking.count(id) != 0) o.secagg_silent_after_phase = 2;
-    if (tamper) {
-      o.secagg_tamper = [this, id](int phase, std::vector<std::byte>& m) { tamper(id, phase, m); };
-    }
-    return o;
   }
 };
 
-// Runs `serve` with the job's clients on threads; the clients are stopped
-// once it returned (a failed server sends no kDone).
 void run_with_clients(const SecAggJob& s, const std::string& server, testing::LineLog& log,
                       const std::function<void()>& serve) {
-  std::stop_source stop;
-  std::vector<std::jthread> threads;
-  for (int64_t k = 0; k < s.clients; ++k) {
-    threads.emplace_back([&, k] {
-      FlClient client(s.client_options(k, server), comm::JobAuth(kJob, kSecret), log.logger());
-      client.run(stop.get_token());
-    });
-  }
-  serve();
-  stop.request_stop();
-  threads.clear();
+  fixtures::run_with_clients(s, server, log, serve);
 }
 
 // The fixed-point code's error per value and round is far below this
@@ -133,7 +80,6 @@ TEST(FlSecAggDeploy, AFaultFreeRunComputesWhatPlainFedAvgComputes) {
   SecAggJob s(4, 3, 30.0);
   // Unequal parts: the clients weigh n_k / n_bar inside the masked sum.
   s.parts = fixtures::consecutive_parts({10, 20, 30, 20});
-  s.mean_samples = 20;
   testing::LineLog log;
   FlServer server(s.server_options(), comm::JobAuth(kJob, kSecret), log.logger());
   FlServerResult result;
@@ -157,15 +103,7 @@ TEST(FlSecAggDeploy, WithDpItComputesWhatTheSecureSimulationComputes) {
   ASSERT_EQ(result.state.round, 2) << log.all();
   // Same seed: the same clipped inputs, the same noise shares (the clients'
   // streams) and server noise; only the fixed-point rounding differs.
-  SimulationOptions o;
-  o.config = s.config;
-  o.config.threads = 1;
-  o.seed = s.seed;
-  o.client_optimizer = s.optimizer;
-  o.train = &s.train;
-  o.parts = s.parts;
-  o.make_model = s.make_model;
-  expect_near(result.state.weights, run_simulation(o).state.weights);
+  expect_near(result.state.weights, s.simulated());
   // The noise is there: far from plain FedAvg's model.
   const std::vector<float> plain = s.plain_fedavg();
   double largest = 0;
@@ -181,12 +119,9 @@ TEST(FlSecAggDeploy, AClientSilentAfterMaskingIsRecoveredAndItsInputCounts) {
   SecAggJob s(5, 1, 4.0);
   s.silent_after_masking = {4};
   testing::LineLog log;
-  FlServerOptions o = s.server_options();
-  std::vector<RoundReport> reports;
-  o.on_round = [&](const RoundReport& r) { reports.push_back(r); };
-  FlServer server(o, comm::JobAuth(kJob, kSecret), log.logger());
-  FlServerResult result;
-  run_with_clients(s, server.endpoint(), log, [&] { result = server.run(); });
+  const fixtures::DeployedRun run = fixtures::run_server(s, log, s.server_options());
+  const FlServerResult& result = run.result;
+  const std::vector<RoundReport>& reports = run.reports;
   ASSERT_EQ(result.state.round, 1) << log.all();
   ASSERT_EQ(reports.size(), 1u);
   // Client 4 masked its input (it is in U3), so the recovery removes its
@@ -217,25 +152,38 @@ TEST(FlSecAggDeploy, TooManySilentClientsFailTheRoundNamingThePhase) {
   EXPECT_NE(error.find("gave up after 1 attempt(s)"), std::string::npos) << error;
 }
 
+// A one-round run of 4 clients in which client 3 was rejected once (`why`
+// in the log) and left out of the sum.
+void expect_client_3_rejected(const fixtures::DeployedRun& run, testing::LineLog& log,
+                              const std::string& why) {
+  ASSERT_EQ(run.result.state.round, 1) << log.all();
+  EXPECT_EQ(run.stats.rejected_updates, 1) << log.all();
+  EXPECT_EQ(log.count(why), 1u) << log.all();
+  ASSERT_EQ(run.reports.size(), 1u);
+  EXPECT_EQ(run.reports[0].participated, (std::vector<int64_t>{0, 1, 2}));
+  EXPECT_EQ(run.reports[0].dropped, (std::vector<int64_t>{3}));
+}
+
 TEST(FlSecAggDeploy, AMalformedAnswerIsRejectedNamingTheClientAndPhase) {
   SecAggJob s(4, 1, 30.0);
   s.tamper = [](int64_t client, int phase, std::vector<std::byte>& m) {
     if (client == 3 && phase == 1) m.resize(m.size() / 2);  // truncated shares
   };
   testing::LineLog log;
-  FlServerOptions o = s.server_options();
-  std::vector<RoundReport> reports;
-  o.on_round = [&](const RoundReport& r) { reports.push_back(r); };
-  FlServer server(o, comm::JobAuth(kJob, kSecret), log.logger());
-  FlServerResult result;
-  run_with_clients(s, server.endpoint(), log, [&] { result = server.run(); });
-  ASSERT_EQ(result.state.round, 1) << log.all();
-  EXPECT_EQ(server.stats().rejected_updates, 1) << log.all();
-  EXPECT_EQ(log.count("rejected client 3, round 1, secagg phase 1 (share keys)"), 1u) << log.all();
-  ASSERT_EQ(reports.size(), 1u);
   // Out of the round after phase 1: its input is not in the sum.
-  EXPECT_EQ(reports[0].participated, (std::vector<int64_t>{0, 1, 2}));
-  EXPECT_EQ(reports[0].dropped, (std::vector<int64_t>{3}));
+  expect_client_3_rejected(fixtures::run_server(s, log, s.server_options()), log,
+                           "rejected client 3, round 1, secagg phase 1 (share keys)");
+}
+
+// Regression: a plain update reached the aggregator (unused in a secure
+// round) uncounted instead of being refused.
+TEST(FlSecAggDeploy, APlainUpdateInASecureJobIsRejectedAndCounted) {
+  SecAggJob s(4, 1, 3.0);
+  s.plain_clients = {3};  // ignores the setup, trains the task, sends a plain update
+  testing::LineLog log;
+  expect_client_3_rejected(
+      fixtures::run_server(s, log, s.server_options()), log,
+      "rejected client 3, round 1: a plain update, but this job uses secure aggregation");
 }
 
 TEST(FlSecAggDeploy, DpWithoutSecureAggregationIsRefusedNotIgnored) {
