@@ -149,12 +149,12 @@ template <typename Rows>
 void small_m(int64_t m, int64_t r, int64_t p, const float* a, int64_t lda, Rows b, float* c,
              int64_t ldc, bool accumulate) {
   int64_t i = 0;
-  for (; i + 8 <= m; i += 8) {
-    small_m_block<8>(r, p, a + i * lda, lda, b, c + i * ldc, ldc, accumulate);
-  }
-  if (m - i >= 6) {
+  for (; i + 6 <= m; i += 6) {
     small_m_block<6>(r, p, a + i * lda, lda, b, c + i * ldc, ldc, accumulate);
-    i += 6;
+  }
+  if (m - i >= 4) {
+    small_m_block<4>(r, p, a + i * lda, lda, b, c + i * ldc, ldc, accumulate);
+    i += 4;
   }
   for (; i + 3 <= m; i += 3) {
     small_m_block<3>(r, p, a + i * lda, lda, b, c + i * ldc, ldc, accumulate);
