@@ -44,31 +44,41 @@ struct OffsetRows {
   OffsetRows from(int64_t k) const { return {base, offsets + k}; }
 };
 
-// C[MB rows, P] (+)= A[MB, R] . B[R, P]: for each 16-column strip of C, the
-// MB x 16 accumulators stay in registers while R rows of B stream by.
+// Columns [j, j + NV vectors) of C[MB rows, P] (+)= A[MB, R] . B[R, P]: the
+// MB x NV accumulators stay in registers while R rows of B stream by.
+template <int MB, int NV, typename Rows>
+void small_m_strip(int64_t j, int64_t r, const float* a, int64_t lda, Rows b, float* c, int64_t ldc,
+                   bool accumulate) {
+  Vec acc[MB][NV];
+  for (int i = 0; i < MB; ++i) {
+    for (int v = 0; v < NV; ++v)
+      acc[i][v] = accumulate ? load(c + i * ldc + j + v * kLanes) : Vec{};
+  }
+  for (int64_t k = 0; k < r; ++k) {
+    Vec bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = load(b[k] + j + v * kLanes);
+    for (int i = 0; i < MB; ++i) {
+      const float w = a[i * lda + k];
+      for (int v = 0; v < NV; ++v) acc[i][v] += w * bv[v];
+    }
+  }
+  for (int i = 0; i < MB; ++i) {
+    for (int v = 0; v < NV; ++v) store(c + i * ldc + j + v * kLanes, acc[i][v]);
+  }
+}
+
+// C[MB rows, P] (+)= A[MB, R] . B[R, P] in strips of two vectors, then one,
+// then single columns.
 template <int MB, typename Rows>
 void small_m_block(int64_t r, int64_t p, const float* a, int64_t lda, Rows b, float* c, int64_t ldc,
                    bool accumulate) {
   int64_t j = 0;
   for (; j + 2 * kLanes <= p; j += 2 * kLanes) {
-    Vec acc[MB][2];
-    for (int i = 0; i < MB; ++i) {
-      acc[i][0] = accumulate ? load(c + i * ldc + j) : Vec{};
-      acc[i][1] = accumulate ? load(c + i * ldc + j + kLanes) : Vec{};
-    }
-    for (int64_t k = 0; k < r; ++k) {
-      const Vec b0 = load(b[k] + j);
-      const Vec b1 = load(b[k] + j + kLanes);
-      for (int i = 0; i < MB; ++i) {
-        const float w = a[i * lda + k];
-        acc[i][0] += w * b0;
-        acc[i][1] += w * b1;
-      }
-    }
-    for (int i = 0; i < MB; ++i) {
-      store(c + i * ldc + j, acc[i][0]);
-      store(c + i * ldc + j + kLanes, acc[i][1]);
-    }
+    small_m_strip<MB, 2>(j, r, a, lda, b, c, ldc, accumulate);
+  }
+  if (j + kLanes <= p) {
+    small_m_strip<MB, 1>(j, r, a, lda, b, c, ldc, accumulate);
+    j += kLanes;
   }
   for (; j < p; ++j) {
     for (int i = 0; i < MB; ++i) {
@@ -186,7 +196,7 @@ void gemm_small_m(int64_t m, int64_t r, int64_t p, const float* a, int64_t lda, 
   small_m(m, r, p, a, lda, StridedRows{b, ldb}, c, ldc, accumulate);
 }
 
-int64_t gemm_small_m_strip() { return 2 * kLanes; }
+int64_t gemm_small_m_strip() { return kLanes; }
 
 int64_t gemm_lanes() { return kLanes; }
 

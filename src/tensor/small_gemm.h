@@ -28,8 +28,8 @@ void gemm_small_m(int64_t m, int64_t r, int64_t p, const float* a, int64_t lda, 
 void gemm_long_k(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
                  int64_t ldb, float* c, int64_t ldc, bool accumulate);
 
-// The column strip of gemm_small_m's vector path (two native vectors): a p
-// that is a multiple of it runs without a scalar tail.
+// The column granularity of gemm_small_m's vector path (one native vector):
+// a p that is a multiple of it runs without a scalar tail.
 int64_t gemm_small_m_strip();
 
 // Floats in one native vector: the column padding gemm_shifted_outer needs.
