@@ -22,7 +22,10 @@ perf report -i "$work/perf.data" --no-children --sort symbol --stdio 2>/dev/null
       if (s ~ /im2col/) return "im2col";
       if (s ~ /col2im/) return "col2im";
       if (s ~ /ImplicitConv/) return "implicit conv: pad, crop, transposes, row adds";
-      if (s ~ /small_m|long_k|shifted_outer|outer_block|outer_rows/) return "conv GEMM (own kernels)";
+      if (s ~ /OffsetRows|small_m_offsets/) return "conv forward GEMM (implicit; own kernel)";
+      if (s ~ /shifted_outer|outer_block|outer_rows/) return "conv weight-gradient GEMM (own kernel)";
+      if (s ~ /StridedRows/) return "conv input-gradient GEMM (own kernel)";
+      if (s ~ /small_m|long_k/) return "conv1 forward and weight-gradient GEMM (own kernels)";
       if (s ~ /sgemm|cblas|blas/) return "OpenBLAS GEMM (conv and linear)";
       if (s ~ /pool/) return "max pooling (forward, backward)";
       if (s ~ /relu/) return "ReLU (forward, backward)";
@@ -30,7 +33,8 @@ perf report -i "$work/perf.data" --no-children --sort symbol --stdio 2>/dev/null
       if (s ~ /softmax|cross_entropy|nll/) return "softmax and loss";
       if (s ~ /Sgd|optim|Optimizer|finite/) return "optimizer step (incl. finite check)";
       if (s ~ /malloc|free|memset|\[k\] (clear_page|.*page_fault|do_anonymous|.*folio|get_page)/) return "allocation, zeroing, page faults";
-      if (s ~ /gather|convert_images|read_idx|DataLoader|memmove|memcpy/) return "data: loading, batch gathering, copies";
+      if (s ~ /gather|convert_images|read_idx|DataLoader/) return "data: loading, batch gathering";
+      if (s ~ /memmove|memcpy/) return "memmove (batch rows, the conv grid copies)";
       if (s ~ /conv2d/) return "conv layer glue (bias fill, loops)";
       return "other (autograd bookkeeping, kernel, start-up)";
     }

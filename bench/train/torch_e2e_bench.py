@@ -22,6 +22,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_train_bench import lenet5, mlp  # noqa: E402
+
 # The optimizer and schedule of examples/mnist_mlp.toml and mnist_lenet5.toml.
 JOBS = {
     "mlp": dict(lr=0.1, weight_decay=1e-4),
@@ -29,18 +32,6 @@ JOBS = {
 }
 WARMUP_STEPS = 200
 BATCH = 128
-
-
-def mlp():
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256),
-                         nn.ReLU(), nn.Linear(256, 10))
-
-
-def lenet5():
-    return nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                         nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
-                         nn.Linear(84, 10))
 
 
 def read_idx(path, header):

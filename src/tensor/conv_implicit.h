@@ -1,4 +1,6 @@
-// Stride-1 convolution as an implicit GEMM: the unfolded input is never
+// Stride-1 convolution as an implicit GEMM (the convolution-as-GEMM of
+// Chetlur et al. 2014, "cuDNN: Efficient Primitives for Deep Learning",
+// without materialising the unfolded matrix): the unfolded input is never
 // written. With the input zero-padded into planes [Hp, Wp] = [H + 2P, W + 2P],
 // row (c, kh, kw) of the unfolded sample, read over the output grid q = oh *
 // Wp + ow, is the padded sample itself shifted by c*Hp*Wp + kh*Wp + kw. So
@@ -9,7 +11,7 @@
 // Shape legend: N batch, C input channels, O output channels, H/W input,
 // K kernel, P padding, OH/OW output (= H + 2P - K + 1), Hp/Wp padded input,
 // R = C*K*K, G = grid: OH * Wp output positions per sample rounded up to a
-// whole strip of the register-blocked kernels (tensor/small_gemm.h). The
+// whole vector of the register-blocked kernels (tensor/small_gemm.h). The
 // positions with ow >= OW, and those past OH * Wp, wrap into the next row or
 // sample: they are computed and discarded (Wp - OW of every Wp columns).
 //
@@ -17,14 +19,17 @@
 //                                ow < OW columns (+ bias)
 //   weight grad   gW^T [R, O] += shifted(xpad_n) . gy_n^T as outer products
 //                                over the valid positions only, O along the
-//                                vector lanes (as dot products over the grid
-//                                instead, LeNet-5's conv1 ran as fast and
-//                                conv2 at 2/3 of the speed)
+//                                vector lanes (dot products over the grid,
+//                                a reduction per sample and the discarded
+//                                positions multiplied, made a LeNet-5 step
+//                                12% slower on conv2 and tied on conv1)
 //   bias grad     gb [O]      += sum of gy_n over its plane
-//   input grad    D_n [R, G]   = W^T [R, O] . gY_n [O, G]; gxpad_n = the sum of
-//                                D_n's rows added at their shifts (col2im on
-//                                the grid: whole rows of G floats, where
-//                                col2im adds rows of OW); gx = its interior
+//   input grad    D_n [R, G]   = W^T [R, O] . gY_n [O, G] (gY_n: gy_n on the
+//                                grid, zero at the discarded positions);
+//                                gxpad_n = the sum of D_n's rows added at
+//                                their shifts (col2im on the grid: whole
+//                                rows of G floats, where col2im adds rows of
+//                                OW); gx = its interior
 //
 // Contract: geometry stride 1; pointers address the sizes named; xpad has
 // padded_floats() floats. Ownership: ImplicitConv owns its row offsets.
