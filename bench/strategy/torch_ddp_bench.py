@@ -2,9 +2,10 @@
 """PyTorch DDP side of the data-parallel benchmark.
 
 WORLD processes (gloo backend, one thread each) train the MNIST MLP or
-LeNet-5 with SGD (momentum 0.9) on pre-generated random batches, a global
-batch of GLOBAL_BATCH split evenly (the same work as
-bench/train/train_step_bench with WORKERS processes). Rank 0 prints one JSON
+LeNet-5 with SGD (momentum 0.9) on 8 global batches of real MNIST images
+(torch_train_bench.mnist_batches), a global batch of GLOBAL_BATCH split
+evenly (the same work on the same rows as bench/train/train_step_bench with
+WORKERS processes). Rank 0 prints one JSON
 line per repetition: {"model": ..., "samples_per_s": ...} (global samples).
 Usage: torch_ddp_bench.py MODEL STEPS REPS WORLD [GLOBAL_BATCH]
 """
@@ -20,7 +21,7 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "train"))
-from torch_train_bench import lenet5, mlp  # noqa: E402
+from torch_train_bench import lenet5, mlp, mnist_batches  # noqa: E402
 
 
 def worker(rank, world, model_name, steps, reps, global_batch, port):
@@ -33,8 +34,9 @@ def worker(rank, world, model_name, steps, reps, global_batch, port):
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
     local = global_batch // world
-    xs = [torch.randn(local, 1, 28, 28) for _ in range(8)]
-    ys = [torch.randint(0, 10, (local,)) for _ in range(8)]
+    global_xs, global_ys = mnist_batches(global_batch)
+    xs = [x[rank * local:(rank + 1) * local] for x in global_xs]
+    ys = [y[rank * local:(rank + 1) * local] for y in global_ys]
 
     def step(i):
         opt.zero_grad()

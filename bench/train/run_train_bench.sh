@@ -3,6 +3,8 @@
 # the MNIST MLP and LeNet-5, batch 128, one thread each (OpenBLAS and torch),
 # medians over repetitions, and the dtrain/PyTorch ratio.
 # Usage: bench/train/run_train_bench.sh [STEPS] [REPS]
+# Both sides train on the same 8 batches of real MNIST images (data/mnist,
+# or DATA=dir).
 # Needs: scripts/build.sh release; scripts/setup.sh --bench (python3-torch).
 set -euo pipefail
 cd "$(dirname "$0")/../.."

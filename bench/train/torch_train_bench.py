@@ -2,17 +2,36 @@
 """PyTorch side of the training-throughput benchmark.
 
 Trains the MNIST MLP (784-256-256-10) or LeNet-5 with SGD (momentum 0.9) on
-pre-generated random batches of 128 (compute only, no data loading), the same
-work as bench/train/train_step_bench.cpp, and prints one JSON line per
-repetition: {"model": ..., "samples_per_s": ...}.
+8 batches of 128 real MNIST images (the first 1024 of the training set,
+normalised as dtrain does; compute only, no data loading), the same work as
+bench/train/train_step_bench.cpp on the same batches, and prints one JSON
+line per repetition: {"model": ..., "samples_per_s": ...}. The data comes
+from $DATA (default data/mnist, run from the repository root).
 Usage: torch_train_bench.py MODEL STEPS REPS THREADS [BATCH]
 """
 import json
+import os
 import sys
 import time
 
+import numpy as np
 import torch
 import torch.nn as nn
+
+
+def mnist_batches(batch, count=8):
+    """The first count * batch training images and labels as `count` batches,
+    scaled and normalised as dtrain's MNIST loader does ((x/255 - 0.1307) / 0.3081)."""
+    data = os.environ.get("DATA", "data/mnist")
+    n = batch * count
+    with open(os.path.join(data, "train-images-idx3-ubyte"), "rb") as f:
+        images = np.frombuffer(f.read(16 + n * 784), dtype=np.uint8, offset=16)
+    with open(os.path.join(data, "train-labels-idx1-ubyte"), "rb") as f:
+        labels = np.frombuffer(f.read(8 + n), dtype=np.uint8, offset=8)
+    x = (torch.from_numpy(images.astype(np.float32)).reshape(n, 1, 28, 28) / 255.0 - 0.1307) / 0.3081
+    y = torch.from_numpy(labels.astype(np.int64))
+    return ([x[i * batch:(i + 1) * batch].contiguous() for i in range(count)],
+            [y[i * batch:(i + 1) * batch].contiguous() for i in range(count)])
 
 
 def mlp():
@@ -35,8 +54,7 @@ def main():
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
     batch = int(sys.argv[5]) if len(sys.argv) > 5 else 128
-    xs = [torch.randn(batch, 1, 28, 28) for _ in range(8)]
-    ys = [torch.randint(0, 10, (batch,)) for _ in range(8)]
+    xs, ys = mnist_batches(batch)
 
     def step(i):
         opt.zero_grad()

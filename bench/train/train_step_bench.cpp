@@ -1,6 +1,9 @@
 // dtrain side of the training-throughput benchmark: the MNIST MLP
-// (784-256-256-10) or LeNet-5, SGD with momentum 0.9, batch 128, on
-// pre-generated random batches (compute only, as torch_train_bench.py).
+// (784-256-256-10) or LeNet-5, SGD with momentum 0.9, batch 128, on 8 batches
+// of real MNIST images (the first 8 * BATCH of the training set, normalised
+// as the trainer does; compute only), the same batches as
+// torch_train_bench.py. The data comes from $DATA (default data/mnist, run
+// from the repository root).
 // Prints one JSON line per repetition: {"model": ..., "samples_per_s": ...}.
 // Usage: train_step_bench MODEL STEPS REPS [WORKERS [mirrored|allreduce [BATCH]]]
 //   WORKERS > 1: that many replicas in one process (mirrored) or that many
@@ -19,6 +22,7 @@
 #include "comm/collectives/connect_worker.h"
 #include "comm/rendezvous/launch_env.h"
 #include "core/rng.h"
+#include "data/idx.h"
 #include "optim/sgd.h"
 #include "strategy/allreduce_strategy.h"
 #include "strategy/local_strategy.h"
@@ -116,15 +120,18 @@ int main(int argc, char** argv) {
     strat =
         std::make_unique<strategy::LocalStrategy>(train::build_model(config, rng), make_optimizer);
   }
+  data::IdxOptions idx;
+  idx.limit = 8 * batch;
+  idx.normalize = true;
+  const char* data_dir = std::getenv("DATA");
+  const std::string dir = data_dir != nullptr ? data_dir : "data/mnist";
+  const Tensor images = data::read_idx_images(dir + "/train-images-idx3-ubyte", idx);
+  const std::vector<int64_t> labels = data::read_idx_labels(dir + "/train-labels-idx1-ubyte", idx);
   std::vector<Tensor> xs;
   std::vector<std::vector<int64_t>> ys;
-  for (int b = 0; b < 8; ++b) {
-    Tensor x = Tensor::empty({batch, 1, 28, 28});
-    for (float& v : x.span()) v = rng.normal();
-    std::vector<int64_t> y;
-    for (int64_t i = 0; i < batch; ++i) y.push_back(static_cast<int64_t>(rng.below(10)));
-    xs.push_back(x);
-    ys.push_back(std::move(y));
+  for (int64_t b = 0; b < 8; ++b) {
+    xs.push_back(images.narrow(b * batch, batch).clone());
+    ys.emplace_back(labels.begin() + b * batch, labels.begin() + (b + 1) * batch);
   }
   // This process's rows of each global batch.
   const int64_t world = launch.world_size, rank = launch.rank;

@@ -4,8 +4,9 @@
 // size, K kernel, S stride, P padding, OH/OW output size, Q = OH*OW output
 // pixels, R = C*K*K rows of the unfolded input.
 //
-// conv2d, one sample at a time (the unfolded sample stays in cache, and
-// every sample's output [O, Q] is already contiguous in NCHW):
+// conv2d with stride 1 runs as an implicit GEMM over the padded input
+// (tensor/conv_implicit.h: nothing unfolded, the weight gradient from the
+// kept padded input); other strides unfold one sample at a time:
 //   forward   col [R, Q]   = im2col(x_n)
 //             y_n [O, Q]   = W [O, R] . col (+ bias per row)
 //   backward  gW [O, R]   += gy_n [O, Q] . col^T        (col saved by forward)
@@ -25,6 +26,7 @@
 #include "autograd/node.h"
 #include "core/error.h"
 #include "tensor/blas.h"
+#include "tensor/conv_implicit.h"
 #include "tensor/conv_kernels.h"
 #include "tensor/ops.h"
 #include "tensor/small_gemm.h"
@@ -96,6 +98,123 @@ void conv_gemm_weight(int64_t o, int64_t r, int64_t q, const float* gy, const fl
 
 }  // namespace
 
+namespace {
+
+// gx [N, C, H, W] = col2im(W^T . gy_n) sample by sample.
+void conv_input_grad(const Tensor& gy, const Tensor& w, const ops::Conv2dGeometry& one,
+                     int64_t batch, int64_t out_channels, float* gx) {
+  const int64_t rows = one.col_rows();
+  const int64_t plane = one.oh * one.ow;
+  Tensor dcol = Tensor::empty({rows, plane});
+  for (int64_t n = 0; n < batch; ++n) {
+    blas::sgemm(true, false, rows, plane, out_channels, 1.0f, w.data(), rows,
+                gy.data() + n * out_channels * plane, plane, 0.0f, dcol.data(), plane);
+    ops::col2im(dcol.data(), one, gx + n * one.c * one.h * one.w);
+  }
+}
+
+// Stride 1: implicit GEMM over the padded input (tensor/conv_implicit.h),
+// which backward keeps for the weight gradient in place of the columns.
+Variable conv2d_implicit(const Variable& x, const Variable& weight, const Variable& bias,
+                         const ops::Conv2dGeometry& g) {
+  const Tensor& w = weight.data();
+  const int64_t out_channels = w.size(0);
+  const ops::ImplicitConv conv(g);
+  Tensor xpad = Tensor::empty({conv.padded_floats()});
+  conv.pad_input(x.data().data(), xpad.data());
+  Tensor scratch = Tensor::empty({conv.scratch_floats(out_channels)});
+  Tensor y = Tensor::empty({g.n, out_channels, g.oh, g.ow});
+  conv.forward(xpad.data(), w.data(), out_channels, bias.defined() ? bias.data().data() : nullptr,
+               y.data(), scratch.data());
+  if (!needs_graph({&x, &weight, &bias})) return Variable(std::move(y));
+  if (!weight.requires_grad()) xpad = Tensor();
+  return record("conv2d", {&x, &weight, &bias}, std::move(y),
+                [in_shape = x.data().shape(), w, xpad, conv, out_channels](
+                    const Tensor& gy, std::span<InputGrad> grads) {
+                  Tensor gw = grads[1].needed ? Tensor::empty(w.shape()) : Tensor();
+                  Tensor gb = grads[2].needed ? Tensor::empty({out_channels}) : Tensor();
+                  if (gw.defined() || gb.defined()) {
+                    Tensor scratch = Tensor::empty({conv.weight_grad_scratch_floats(out_channels)});
+                    conv.weight_grad(xpad.defined() ? xpad.data() : nullptr, gy.data(),
+                                     out_channels, gw.defined() ? gw.data() : nullptr,
+                                     gb.defined() ? gb.data() : nullptr, scratch.data());
+                  }
+                  if (grads[0].needed) {
+                    Tensor gx = Tensor::empty(in_shape);
+                    Tensor scratch = Tensor::empty({conv.input_grad_scratch_floats(out_channels)});
+                    conv.input_grad(gy.data(), w.data(), out_channels, gx.data(), scratch.data());
+                    grads[0].set(std::move(gx));
+                  }
+                  if (gw.defined()) grads[1].set(std::move(gw));
+                  if (gb.defined()) grads[2].set(std::move(gb));
+                });
+}
+
+// Any stride: im2col one sample at a time (the unfolded sample stays in
+// cache, and every sample's output [O, Q] is already contiguous in NCHW).
+Variable conv2d_unfolded(const Variable& x, const Variable& weight, const Variable& bias,
+                         const ops::Conv2dGeometry& g) {
+  const Tensor& in = x.data();
+  const Tensor& w = weight.data();
+  const int64_t out_channels = w.size(0);
+  const int64_t rows = g.col_rows();
+  const int64_t plane = g.oh * g.ow;
+  const int64_t in_sample = g.c * g.h * g.w;
+  const int64_t out_sample = out_channels * plane;
+  ops::Conv2dGeometry one = g;  // the geometry of a single sample
+  one.n = 1;
+
+  // The unfolded samples are kept for the weight gradient when one will be
+  // needed (as THNN's slow_conv2d keeps its finput): recomputing them in
+  // backward cost more than the GEMMs of a LeNet-5 step.
+  const bool recording = needs_graph({&x, &weight, &bias});
+  const bool keep_cols = recording && weight.requires_grad();
+  Tensor cols = Tensor::empty({keep_cols ? g.n : 1, rows, plane});
+  Tensor y = Tensor::empty({g.n, out_channels, g.oh, g.ow});
+  const float* bias_data = bias.defined() ? bias.data().data() : nullptr;
+  for (int64_t n = 0; n < g.n; ++n) {
+    float* col = cols.data() + (keep_cols ? n * rows * plane : 0);
+    ops::im2col(in.data() + n * in_sample, one, col);
+    float* yn = y.data() + n * out_sample;
+    if (bias_data != nullptr) {
+      for (int64_t o = 0; o < out_channels; ++o) std::fill_n(yn + o * plane, plane, bias_data[o]);
+    }
+    conv_gemm_forward(out_channels, rows, plane, w.data(), col, yn, bias_data != nullptr);
+  }
+  if (!recording) return Variable(std::move(y));
+  if (!keep_cols) cols = Tensor();
+  return record("conv2d", {&x, &weight, &bias}, std::move(y),
+                [in_shape = in.shape(), w, cols, one, batch = g.n, out_channels, rows, plane,
+                 out_sample](const Tensor& gy, std::span<InputGrad> grads) {
+                  if (grads[1].needed) {
+                    Tensor gw = Tensor::empty(w.shape());
+                    if (batch == 0) gw.zero();
+                    for (int64_t n = 0; n < batch; ++n) {
+                      conv_gemm_weight(out_channels, rows, plane, gy.data() + n * out_sample,
+                                       cols.data() + n * rows * plane, gw.data(), n > 0);
+                    }
+                    grads[1].set(std::move(gw));
+                  }
+                  if (grads[0].needed) {
+                    Tensor gx = Tensor::empty(in_shape);
+                    conv_input_grad(gy, w, one, batch, out_channels, gx.data());
+                    grads[0].set(std::move(gx));
+                  }
+                  if (grads[2].needed) {
+                    Tensor gb = Tensor::zeros({out_channels});
+                    for (int64_t n = 0; n < batch; ++n) {
+                      for (int64_t o = 0; o < out_channels; ++o) {
+                        gb.data()[o] += static_cast<float>(
+                            ops::sum(gy.data() + n * out_sample + o * plane, plane));
+                      }
+                    }
+                    grads[2].set(std::move(gb));
+                  }
+                });
+}
+
+}  // namespace
+
 Variable conv2d(const Variable& x, const Variable& weight, const Variable& bias, int64_t stride,
                 int64_t padding) {
   if (!x.defined() || !weight.defined()) throw UsageError("conv2d: input or weight is undefined");
@@ -130,63 +249,7 @@ Variable conv2d(const Variable& x, const Variable& weight, const Variable& bias,
     throw UsageError(fmt::format("conv2d: input {} is smaller than weight {} with padding {}",
                                  shape_str(in.shape()), shape_str(w.shape()), padding));
   }
-  const int64_t rows = g.col_rows();
-  const int64_t plane = g.oh * g.ow;
-  const int64_t in_sample = g.c * g.h * g.w;
-  const int64_t out_sample = out_channels * plane;
-  ops::Conv2dGeometry one = g;  // the geometry of a single sample
-  one.n = 1;
-
-  // The unfolded samples are kept for the weight gradient when one will be
-  // needed (as THNN's slow_conv2d keeps its finput): recomputing them in
-  // backward cost more than the GEMMs of a LeNet-5 step.
-  const bool recording = needs_graph({&x, &weight, &bias});
-  const bool keep_cols = recording && weight.requires_grad();
-  Tensor cols = Tensor::empty({keep_cols ? g.n : 1, rows, plane});
-  Tensor y = Tensor::empty({g.n, out_channels, g.oh, g.ow});
-  const float* bias_data = bias.defined() ? bias.data().data() : nullptr;
-  for (int64_t n = 0; n < g.n; ++n) {
-    float* col = cols.data() + (keep_cols ? n * rows * plane : 0);
-    ops::im2col(in.data() + n * in_sample, one, col);
-    float* yn = y.data() + n * out_sample;
-    if (bias_data != nullptr) {
-      for (int64_t o = 0; o < out_channels; ++o) std::fill_n(yn + o * plane, plane, bias_data[o]);
-    }
-    conv_gemm_forward(out_channels, rows, plane, w.data(), col, yn, bias_data != nullptr);
-  }
-  if (!recording) return Variable(std::move(y));
-  if (!keep_cols) cols = Tensor();
-  return record("conv2d", {&x, &weight, &bias}, std::move(y),
-                [in_shape = in.shape(), w, cols, one, batch = g.n, out_channels, rows, plane,
-                 in_sample, out_sample](const Tensor& gy, std::span<InputGrad> grads) {
-                  Tensor gw = grads[1].needed ? Tensor::empty(w.shape()) : Tensor();
-                  Tensor gx = grads[0].needed ? Tensor::empty(in_shape) : Tensor();
-                  Tensor dcol = gx.defined() ? Tensor::empty({rows, plane}) : Tensor();
-                  if (gw.defined() && batch == 0) gw.zero();
-                  for (int64_t n = 0; n < batch; ++n) {
-                    const float* gyn = gy.data() + n * out_sample;
-                    if (gw.defined()) {
-                      conv_gemm_weight(out_channels, rows, plane, gyn,
-                                       cols.data() + n * rows * plane, gw.data(), n > 0);
-                    }
-                    if (gx.defined()) {
-                      blas::sgemm(true, false, rows, plane, out_channels, 1.0f, w.data(), rows, gyn,
-                                  plane, 0.0f, dcol.data(), plane);
-                      ops::col2im(dcol.data(), one, gx.data() + n * in_sample);
-                    }
-                  }
-                  if (grads[2].needed) {
-                    Tensor gb = Tensor::zeros({out_channels});
-                    for (int64_t n = 0; n < batch; ++n) {
-                      for (int64_t o = 0; o < out_channels; ++o) {
-                        gb.data()[o] += ops::sum(gy.data() + n * out_sample + o * plane, plane);
-                      }
-                    }
-                    grads[2].set(std::move(gb));
-                  }
-                  if (gw.defined()) grads[1].set(std::move(gw));
-                  if (gx.defined()) grads[0].set(std::move(gx));
-                });
+  return stride == 1 ? conv2d_implicit(x, weight, bias, g) : conv2d_unfolded(x, weight, bias, g);
 }
 
 // x [N, C, H, W] -> y [N, C, OH, OW]; the argmax of each window is saved

@@ -155,9 +155,12 @@ void max_pool2x2_forward(const float* x, int64_t planes, const Conv2dGeometry& g
       const float* r1 = r0 + g.w;
       float* yrow = yp + oh * g.ow;
       int32_t* arow = ap + oh * g.ow;
-      int64_t ow = 0;
-      for (; ow + 8 <= g.ow; ow += 8) {
-        const int64_t c = 2 * ow;
+      // Blocks of eight outputs; a row with a partial last block (and at least
+      // eight outputs) ends on one that overlaps the previous block.
+      const int64_t vector_outputs = g.ow >= 8 ? g.ow : 0;
+      for (int64_t block = 0; block < vector_outputs; block += 8) {
+        const int64_t start = std::min(block, g.ow - 8);
+        const int64_t c = 2 * start;
         F8 a0, b0, a1, b1;
         __builtin_memcpy(&a0, r0 + c, sizeof(F8));
         __builtin_memcpy(&b0, r0 + c + 8, sizeof(F8));
@@ -175,10 +178,10 @@ void max_pool2x2_forward(const float* x, int64_t planes, const Conv2dGeometry& g
         const F8 best = lower ? best1 : best0;
         const I8 base = top + static_cast<int32_t>(c) + lane;
         const I8 where = lower ? base + static_cast<int32_t>(g.w) - right1 : base - right0;
-        __builtin_memcpy(yrow + ow, &best, sizeof(F8));
-        __builtin_memcpy(arow + ow, &where, sizeof(I8));
+        __builtin_memcpy(yrow + start, &best, sizeof(F8));
+        __builtin_memcpy(arow + start, &where, sizeof(I8));
       }
-      for (; ow < g.ow; ++ow) {
+      for (int64_t ow = vector_outputs; ow < g.ow; ++ow) {
         const int64_t c = 2 * ow;
         const int64_t right0 = r0[c + 1] > r0[c];
         const int64_t right1 = r1[c + 1] > r1[c];
@@ -234,11 +237,12 @@ void max_pool2d_backward(const float* gy, const int32_t* argmax, int64_t planes,
                          const Conv2dGeometry& g, float* gx) {
   const int64_t plane = g.h * g.w;
   const int64_t out_plane = g.oh * g.ow;
-  std::fill_n(gx, planes * plane, 0.0f);
+  // Plane by plane, so that the scatter finds its zeroed plane in cache.
   for (int64_t p = 0; p < planes; ++p) {
     float* gp = gx + p * plane;
     const float* gyp = gy + p * out_plane;
     const int32_t* ap = argmax + p * out_plane;
+    std::fill_n(gp, plane, 0.0f);
     for (int64_t i = 0; i < out_plane; ++i) gp[ap[i]] += gyp[i];
   }
 }

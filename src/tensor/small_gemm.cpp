@@ -28,36 +28,62 @@ inline float reduce(Vec v) {
   return total;
 }
 
-// C[MB rows, P] (+)= A[MB, R] . B[R, P]: for each 16-column strip of C, the
-// MB x 16 accumulators stay in registers while R rows of B stream by.
-template <int MB>
-void small_m_block(int64_t r, int64_t p, const float* a, int64_t lda, const float* b, int64_t ldb,
-                   float* c, int64_t ldc, bool accumulate) {
+// Where row k of the B operand starts: rows a fixed stride apart (a stored
+// matrix), or at listed offsets from one base (the shifted views of an
+// implicit-GEMM convolution, small_gemm.h).
+struct StridedRows {
+  const float* base;
+  int64_t ld;
+  const float* operator[](int64_t k) const { return base + k * ld; }
+  StridedRows from(int64_t k) const { return {base + k * ld, ld}; }
+};
+struct OffsetRows {
+  const float* base;
+  const int64_t* offsets;
+  const float* operator[](int64_t k) const { return base + offsets[k]; }
+  OffsetRows from(int64_t k) const { return {base, offsets + k}; }
+};
+
+// Columns [j, j + NV vectors) of C[MB rows, P] (+)= A[MB, R] . B[R, P]: the
+// MB x NV accumulators stay in registers while R rows of B stream by.
+template <int MB, int NV, typename Rows>
+void small_m_strip(int64_t j, int64_t r, const float* a, int64_t lda, Rows b, float* c, int64_t ldc,
+                   bool accumulate) {
+  Vec acc[MB][NV];
+  for (int i = 0; i < MB; ++i) {
+    for (int v = 0; v < NV; ++v)
+      acc[i][v] = accumulate ? load(c + i * ldc + j + v * kLanes) : Vec{};
+  }
+  for (int64_t k = 0; k < r; ++k) {
+    Vec bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = load(b[k] + j + v * kLanes);
+    for (int i = 0; i < MB; ++i) {
+      const float w = a[i * lda + k];
+      for (int v = 0; v < NV; ++v) acc[i][v] += w * bv[v];
+    }
+  }
+  for (int i = 0; i < MB; ++i) {
+    for (int v = 0; v < NV; ++v) store(c + i * ldc + j + v * kLanes, acc[i][v]);
+  }
+}
+
+// C[MB rows, P] (+)= A[MB, R] . B[R, P] in strips of two vectors, then one,
+// then single columns.
+template <int MB, typename Rows>
+void small_m_block(int64_t r, int64_t p, const float* a, int64_t lda, Rows b, float* c, int64_t ldc,
+                   bool accumulate) {
   int64_t j = 0;
   for (; j + 2 * kLanes <= p; j += 2 * kLanes) {
-    Vec acc[MB][2];
-    for (int i = 0; i < MB; ++i) {
-      acc[i][0] = accumulate ? load(c + i * ldc + j) : Vec{};
-      acc[i][1] = accumulate ? load(c + i * ldc + j + kLanes) : Vec{};
-    }
-    for (int64_t k = 0; k < r; ++k) {
-      const Vec b0 = load(b + k * ldb + j);
-      const Vec b1 = load(b + k * ldb + j + kLanes);
-      for (int i = 0; i < MB; ++i) {
-        const float w = a[i * lda + k];
-        acc[i][0] += w * b0;
-        acc[i][1] += w * b1;
-      }
-    }
-    for (int i = 0; i < MB; ++i) {
-      store(c + i * ldc + j, acc[i][0]);
-      store(c + i * ldc + j + kLanes, acc[i][1]);
-    }
+    small_m_strip<MB, 2>(j, r, a, lda, b, c, ldc, accumulate);
+  }
+  if (j + kLanes <= p) {
+    small_m_strip<MB, 1>(j, r, a, lda, b, c, ldc, accumulate);
+    j += kLanes;
   }
   for (; j < p; ++j) {
     for (int i = 0; i < MB; ++i) {
       float total = accumulate ? c[i * ldc + j] : 0.0f;
-      for (int64_t k = 0; k < r; ++k) total += a[i * lda + k] * b[k * ldb + j];
+      for (int64_t k = 0; k < r; ++k) total += a[i * lda + k] * b[k][j];
       c[i * ldc + j] = total;
     }
   }
@@ -65,65 +91,136 @@ void small_m_block(int64_t r, int64_t p, const float* a, int64_t lda, const floa
 
 // C[MB, NB] (+)= A[MB, K] . B[NB, K]^T with MB*NB lane-wise partial sums:
 // each step loads MB + NB vectors for MB * NB multiply-adds.
-template <int MB, int NB>
-void long_k_block(int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
-                  int64_t ldc, bool accumulate) {
+template <int MB, int NB, typename Rows>
+void long_k_block(int64_t k, const float* a, int64_t lda, Rows b, float* c, int64_t ldc,
+                  bool accumulate) {
   Vec acc[MB][NB] = {};
   int64_t t = 0;
   for (; t + kLanes <= k; t += kLanes) {
     Vec av[MB];
     for (int i = 0; i < MB; ++i) av[i] = load(a + i * lda + t);
     for (int j = 0; j < NB; ++j) {
-      const Vec bv = load(b + j * ldb + t);
+      const Vec bv = load(b[j] + t);
       for (int i = 0; i < MB; ++i) acc[i][j] += av[i] * bv;
     }
   }
   for (int i = 0; i < MB; ++i) {
     for (int j = 0; j < NB; ++j) {
       float total = reduce(acc[i][j]);
-      for (int64_t u = t; u < k; ++u) total += a[i * lda + u] * b[j * ldb + u];
+      for (int64_t u = t; u < k; ++u) total += a[i * lda + u] * b[j][u];
       c[i * ldc + j] = accumulate ? c[i * ldc + j] + total : total;
     }
   }
+}
+
+// C[MB, NV vectors] += sum over segments s and positions t of
+// A[i][s * a_seg_stride + t] * B[s * seg_len + t][lanes]: the MB x NV
+// accumulators stay in registers over every position; each step loads NV
+// vectors of B and broadcasts MB scalars of A.
+template <int MB, int NV>
+void outer_block(int64_t segments, int64_t seg_len, int64_t a_seg_stride, const float* a,
+                 const int64_t* a_offsets, const float* b, int64_t ldb, float* c, int64_t ldc) {
+  Vec acc[MB][NV];
+  const float* rows[MB];
+  for (int i = 0; i < MB; ++i) {
+    rows[i] = a + a_offsets[i];
+    for (int v = 0; v < NV; ++v) acc[i][v] = load(c + i * ldc + v * kLanes);
+  }
+  for (int64_t s = 0; s < segments; ++s) {
+    const float* bs = b + s * seg_len * ldb;
+    const int64_t as = s * a_seg_stride;
+    for (int64_t t = 0; t < seg_len; ++t) {
+      Vec bv[NV];
+      for (int v = 0; v < NV; ++v) bv[v] = load(bs + t * ldb + v * kLanes);
+      for (int i = 0; i < MB; ++i) {
+        const float x = rows[i][as + t];
+        for (int v = 0; v < NV; ++v) acc[i][v] += x * bv[v];
+      }
+    }
+  }
+  for (int i = 0; i < MB; ++i) {
+    for (int v = 0; v < NV; ++v) store(c + i * ldc + v * kLanes, acc[i][v]);
+  }
+}
+
+template <int NV>
+void outer_rows(int64_t m, int64_t segments, int64_t seg_len, int64_t a_seg_stride, const float* a,
+                const int64_t* a_offsets, const float* b, int64_t ldb, float* c, int64_t ldc) {
+  int64_t i = 0;
+  for (; i + 6 <= m; i += 6) {
+    outer_block<6, NV>(segments, seg_len, a_seg_stride, a, a_offsets + i, b, ldb, c + i * ldc, ldc);
+  }
+  for (; i < m; ++i) {
+    outer_block<1, NV>(segments, seg_len, a_seg_stride, a, a_offsets + i, b, ldb, c + i * ldc, ldc);
+  }
+}
+
+template <typename Rows>
+void small_m(int64_t m, int64_t r, int64_t p, const float* a, int64_t lda, Rows b, float* c,
+             int64_t ldc, bool accumulate) {
+  int64_t i = 0;
+  for (; i + 6 <= m; i += 6) {
+    small_m_block<6>(r, p, a + i * lda, lda, b, c + i * ldc, ldc, accumulate);
+  }
+  if (m - i >= 4) {
+    small_m_block<4>(r, p, a + i * lda, lda, b, c + i * ldc, ldc, accumulate);
+    i += 4;
+  }
+  for (; i + 3 <= m; i += 3) {
+    small_m_block<3>(r, p, a + i * lda, lda, b, c + i * ldc, ldc, accumulate);
+  }
+  for (; i < m; ++i) small_m_block<1>(r, p, a + i * lda, lda, b, c + i * ldc, ldc, accumulate);
+}
+
+template <int MB, typename Rows>
+void long_k_rows(int64_t n, int64_t k, const float* a, int64_t lda, Rows b, float* c, int64_t ldc,
+                 bool accumulate) {
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) long_k_block<MB, 4>(k, a, lda, b.from(j), c + j, ldc, accumulate);
+  for (; j < n; ++j) long_k_block<MB, 1>(k, a, lda, b.from(j), c + j, ldc, accumulate);
+}
+
+template <typename Rows>
+void long_k(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, Rows b, float* c,
+            int64_t ldc, bool accumulate) {
+  int64_t i = 0;
+  for (; i + 3 <= m; i += 3)
+    long_k_rows<3>(n, k, a + i * lda, lda, b, c + i * ldc, ldc, accumulate);
+  for (; i < m; ++i) long_k_rows<1>(n, k, a + i * lda, lda, b, c + i * ldc, ldc, accumulate);
 }
 
 }  // namespace
 
 void gemm_small_m(int64_t m, int64_t r, int64_t p, const float* a, int64_t lda, const float* b,
                   int64_t ldb, float* c, int64_t ldc, bool accumulate) {
-  int64_t i = 0;
-  for (; i + 8 <= m; i += 8) {
-    small_m_block<8>(r, p, a + i * lda, lda, b, ldb, c + i * ldc, ldc, accumulate);
-  }
-  if (m - i >= 6) {
-    small_m_block<6>(r, p, a + i * lda, lda, b, ldb, c + i * ldc, ldc, accumulate);
-    i += 6;
-  }
-  for (; i + 3 <= m; i += 3) {
-    small_m_block<3>(r, p, a + i * lda, lda, b, ldb, c + i * ldc, ldc, accumulate);
-  }
-  for (; i < m; ++i) small_m_block<1>(r, p, a + i * lda, lda, b, ldb, c + i * ldc, ldc, accumulate);
+  small_m(m, r, p, a, lda, StridedRows{b, ldb}, c, ldc, accumulate);
 }
 
-namespace {
+int64_t gemm_small_m_strip() { return kLanes; }
 
-template <int MB>
-void long_k_rows(int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
-                 float* c, int64_t ldc, bool accumulate) {
+int64_t gemm_lanes() { return kLanes; }
+
+void gemm_shifted_outer(int64_t m, int64_t n, int64_t segments, int64_t seg_len,
+                        int64_t a_seg_stride, const float* a, const int64_t* a_offsets,
+                        const float* b, int64_t ldb, float* c, int64_t ldc) {
   int64_t j = 0;
-  for (; j + 4 <= n; j += 4)
-    long_k_block<MB, 4>(k, a, lda, b + j * ldb, ldb, c + j, ldc, accumulate);
-  for (; j < n; ++j) long_k_block<MB, 1>(k, a, lda, b + j * ldb, ldb, c + j, ldc, accumulate);
+  for (; j + 2 * kLanes <= n; j += 2 * kLanes) {
+    outer_rows<2>(m, segments, seg_len, a_seg_stride, a, a_offsets, b + j, ldb, c + j, ldc);
+  }
+  for (; j < n; j += kLanes) {
+    outer_rows<1>(m, segments, seg_len, a_seg_stride, a, a_offsets, b + j, ldb, c + j, ldc);
+  }
 }
 
-}  // namespace
+void gemm_small_m_offsets(int64_t m, int64_t r, int64_t p, const float* a, int64_t lda,
+                          const float* b, const int64_t* b_offsets, float* c, int64_t ldc,
+                          bool accumulate) {
+  small_m(m, r, p, a, lda, OffsetRows{b, b_offsets}, c, ldc, accumulate);
+}
 
 void gemm_long_k(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
                  int64_t ldb, float* c, int64_t ldc, bool accumulate) {
-  int64_t i = 0;
-  for (; i + 3 <= m; i += 3)
-    long_k_rows<3>(n, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc, accumulate);
-  for (; i < m; ++i) long_k_rows<1>(n, k, a + i * lda, lda, b, ldb, c + i * ldc, ldc, accumulate);
+  long_k(m, n, k, a, lda, StridedRows{b, ldb}, c, ldc, accumulate);
 }
 
 }  // namespace dtrain::ops

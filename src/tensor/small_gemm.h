@@ -9,6 +9,10 @@
 //                  per block.
 //
 // Row-major; lda/ldb/ldc are row strides. accumulate=false overwrites C.
+// The *_offsets forms take B's rows at b + b_offsets[row] instead of a fixed
+// stride: the rows of an unfolded input are shifted views of the padded
+// input itself (implicit GEMM, tensor/conv_implicit.h), so nothing is
+// unfolded. Every row must be readable for the whole length (p or k).
 // Written as plain loops over fixed-size blocks that the compiler vectorises
 // (-O3, and -march=native in release builds); no allocation, no exceptions.
 // Thread safety: reentrant.
@@ -23,5 +27,27 @@ void gemm_small_m(int64_t m, int64_t r, int64_t p, const float* a, int64_t lda, 
 
 void gemm_long_k(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
                  int64_t ldb, float* c, int64_t ldc, bool accumulate);
+
+// The column granularity of gemm_small_m's vector path (one native vector):
+// a p that is a multiple of it runs without a scalar tail.
+int64_t gemm_small_m_strip();
+
+// Floats in one native vector: the column padding gemm_shifted_outer needs.
+int64_t gemm_lanes();
+
+// C[M, N] += A . B with A[i] shifted rows read in segments: the sum over
+// s < segments and t < seg_len of A[i][s * a_seg_stride + t] * B[s * seg_len
+// + t][:], where A's row i starts at a + a_offsets[i]. For the weight
+// gradient of an implicit-GEMM convolution (rows: the padded input's shifts;
+// segments: output rows, skipping the discarded grid positions; B: the
+// output gradient transposed). N is padded to a multiple of gemm_lanes():
+// ldb, ldc >= that, B's padding columns readable, C's written.
+void gemm_shifted_outer(int64_t m, int64_t n, int64_t segments, int64_t seg_len,
+                        int64_t a_seg_stride, const float* a, const int64_t* a_offsets,
+                        const float* b, int64_t ldb, float* c, int64_t ldc);
+
+void gemm_small_m_offsets(int64_t m, int64_t r, int64_t p, const float* a, int64_t lda,
+                          const float* b, const int64_t* b_offsets, float* c, int64_t ldc,
+                          bool accumulate);
 
 }  // namespace dtrain::ops

@@ -129,6 +129,12 @@ TEST(Gradcheck, Conv2dStrideAndPadding) {
       [](const V& v) { return conv2d(v[0], v[1], v[2], 2, 1); },
       {random_tensor({2, 2, 5, 6}, 22), random_tensor({3, 2, 3, 3}, 23), random_tensor({3}, 24)},
       input_only));
+  // Stride 1 runs as an implicit GEMM whose weight gradient puts the output
+  // channels in vector lanes: 17 channels fill two 8-lane strips and part of
+  // a third (and one 16-lane strip plus part of another with AVX-512).
+  EXPECT_TRUE(gradcheck([](const V& v) { return conv2d(v[0], v[1], v[2], 1, 1); },
+                        {random_tensor({2, 2, 5, 4}, 28), random_tensor({17, 2, 3, 3}, 29),
+                         random_tensor({17}, 30)}));
   // Wide rows (OW = 20) exercise the blocked row copies of im2col/col2im.
   EXPECT_TRUE(gradcheck(
       [](const V& v) { return conv2d(v[0], v[1], v[2], 1, 2); },

@@ -10,6 +10,7 @@
 
 #include "core/rng.h"
 #include "tensor/blas.h"
+#include "tensor/conv_implicit.h"
 #include "tensor/conv_kernels.h"
 #include "tensor/small_gemm.h"
 
@@ -146,6 +147,63 @@ TEST(Im2col, GemmEqualsDirectConvolutionAndCol2imIsTheAdjoint) {
     for (size_t i = 0; i < col.size(); ++i) lhs += static_cast<double>(col[i]) * d[i];
     for (size_t i = 0; i < x.size(); ++i) rhs += static_cast<double>(x[i]) * back[i];
     EXPECT_NEAR(lhs, rhs, 1e-3);
+  }
+}
+
+// The implicit GEMM against the direct convolution (forward) and against
+// im2col and its adjoint (weight, bias and input gradients), on LeNet-5's
+// shapes and odd ones: several samples (the discarded grid positions of one
+// read the next), padding wider than the kernel's reach, one output row.
+TEST(ImplicitConv, MatchesDirectConvolutionAndIm2colGradients) {
+  struct Case {
+    int64_t n, c, h, w, k, pad, o;
+  };
+  for (const Case& t :
+       {Case{3, 1, 28, 28, 5, 2, 6}, Case{2, 6, 14, 14, 5, 0, 16}, Case{2, 2, 5, 7, 3, 1, 17},
+        Case{1, 3, 3, 9, 3, 0, 9}, Case{2, 1, 4, 4, 3, 3, 2}}) {
+    SCOPED_TRACE(::testing::Message()
+                 << "c " << t.c << " k " << t.k << " pad " << t.pad << " o " << t.o);
+    ops::Conv2dGeometry g{t.n, t.c, t.h, t.w, t.k, 1, t.pad, 0, 0};
+    g.oh = t.h + 2 * t.pad - t.k + 1;
+    g.ow = t.w + 2 * t.pad - t.k + 1;
+    const int64_t r = g.col_rows(), q = g.oh * g.ow;
+    const auto x = random_values(t.n * t.c * t.h * t.w, 11);
+    const auto w = random_values(t.o * r, 12);
+    const auto bias = random_values(t.o, 13);
+    const auto gy = random_values(t.n * t.o * q, 14);
+    const ops::ImplicitConv conv(g);
+    std::vector<float> xpad(conv.padded_floats(), NAN);
+    conv.pad_input(x.data(), xpad.data());
+    std::vector<float> scratch(conv.scratch_floats(t.o));
+    std::vector<float> y(gy.size());
+    conv.forward(xpad.data(), w.data(), t.o, bias.data(), y.data(), scratch.data());
+    auto want = direct_conv(x, w, g, t.o);
+    for (size_t i = 0; i < want.size(); ++i) want[i] += bias[(i / q) % t.o];
+    expect_near_all(y, want, 1e-4f);
+    // References: gW = sum_n gy_n . col_n^T, gb = sums of gy, gx = col2im(W^T gy).
+    std::vector<float> col(r * g.col_cols());
+    ops::im2col(x.data(), g, col.data());
+    std::vector<float> gw_want(t.o * r, 0.0f), gb_want(t.o, 0.0f), dcol(col.size());
+    for (int64_t n = 0; n < t.n; ++n)
+      for (int64_t o = 0; o < t.o; ++o)
+        for (int64_t p = 0; p < q; ++p) {
+          const float v = gy[(n * t.o + o) * q + p];
+          gb_want[o] += v;
+          for (int64_t i = 0; i < r; ++i) {
+            gw_want[o * r + i] += v * col[i * g.col_cols() + n * q + p];
+            dcol[i * g.col_cols() + n * q + p] += w[o * r + i] * v;
+          }
+        }
+    std::vector<float> gx_want(x.size());
+    ops::col2im(dcol.data(), g, gx_want.data());
+    std::vector<float> gw(gw_want.size(), NAN), gb(t.o, NAN), gx(x.size(), NAN);
+    std::vector<float> wscratch(conv.weight_grad_scratch_floats(t.o));
+    conv.weight_grad(xpad.data(), gy.data(), t.o, gw.data(), gb.data(), wscratch.data());
+    expect_near_all(gw, gw_want, 5e-3f);
+    expect_near_all(gb, gb_want, 1e-3f);
+    std::vector<float> iscratch(conv.input_grad_scratch_floats(t.o));
+    conv.input_grad(gy.data(), w.data(), t.o, gx.data(), iscratch.data());
+    expect_near_all(gx, gx_want, 1e-3f);
   }
 }
 

@@ -1,0 +1,154 @@
+#include "tensor/conv_implicit.h"
+
+#include <algorithm>
+
+#include "tensor/ops.h"
+#include "tensor/small_gemm.h"
+
+namespace dtrain::ops {
+
+ImplicitConv::ImplicitConv(const Conv2dGeometry& g) : g_(g) {
+  hp_ = g.h + 2 * g.pad;
+  wp_ = g.w + 2 * g.pad;
+  sample_ = g.c * hp_ * wp_;
+  const int64_t strip = gemm_small_m_strip();
+  grid_ = (g.oh * wp_ + strip - 1) / strip * strip;
+  // The last row's shift reaches (K-1)*Wp + K-1 past a plane's start, and the
+  // grid runs up to strip - 1 positions past OH*Wp: together at most K - 1 +
+  // strip - 1 floats past the last sample.
+  slack_ = g.k + strip;
+  offsets_.reserve(static_cast<size_t>(g.col_rows()));
+  for (int64_t c = 0; c < g.c; ++c) {
+    for (int64_t kh = 0; kh < g.k; ++kh) {
+      for (int64_t kw = 0; kw < g.k; ++kw) offsets_.push_back(c * hp_ * wp_ + kh * wp_ + kw);
+    }
+  }
+}
+
+void ImplicitConv::pad_input(const float* x, float* xpad) const {
+  const int64_t p = g_.pad;
+  for (int64_t plane = 0; plane < g_.n * g_.c; ++plane) {
+    const float* src = x + plane * g_.h * g_.w;
+    float* dst = xpad + plane * hp_ * wp_;
+    std::fill_n(dst, p * wp_, 0.0f);
+    for (int64_t ih = 0; ih < g_.h; ++ih) {
+      float* row = dst + (ih + p) * wp_;
+      std::fill_n(row, p, 0.0f);
+      std::copy_n(src + ih * g_.w, g_.w, row + p);
+      std::fill_n(row + p + g_.w, p, 0.0f);
+    }
+    std::fill_n(dst + (p + g_.h) * wp_, p * wp_, 0.0f);
+  }
+  std::fill_n(xpad + g_.n * sample_, slack_, 0.0f);
+}
+
+void ImplicitConv::forward(const float* xpad, const float* w, int64_t out_channels,
+                           const float* bias, float* y, float* scratch) const {
+  const int64_t rows = g_.col_rows();
+  const int64_t plane = g_.oh * g_.ow;
+  for (int64_t n = 0; n < g_.n; ++n) {
+    gemm_small_m_offsets(out_channels, rows, grid_, w, rows, xpad + n * sample_, offsets_.data(),
+                         scratch, grid_, false);
+    float* yn = y + n * out_channels * plane;
+    for (int64_t o = 0; o < out_channels; ++o) {
+      const float b = bias != nullptr ? bias[o] : 0.0f;
+      const float* src = scratch + o * grid_;
+      float* dst = yn + o * plane;
+      for (int64_t oh = 0; oh < g_.oh; ++oh) {
+        for (int64_t ow = 0; ow < g_.ow; ++ow) dst[oh * g_.ow + ow] = src[oh * wp_ + ow] + b;
+      }
+    }
+  }
+}
+
+int64_t ImplicitConv::weight_grad_scratch_floats(int64_t out_channels) const {
+  return (g_.oh * g_.ow + g_.col_rows()) * padded_channels(out_channels);
+}
+
+int64_t ImplicitConv::padded_channels(int64_t out_channels) {
+  const int64_t lanes = gemm_lanes();
+  return (out_channels + lanes - 1) / lanes * lanes;
+}
+
+void ImplicitConv::weight_grad(const float* xpad, const float* gy, int64_t out_channels, float* gw,
+                               float* gb, float* scratch) const {
+  const int64_t plane = g_.oh * g_.ow;
+  if (gb != nullptr) {
+    std::fill_n(gb, out_channels, 0.0f);
+    for (int64_t n = 0; n < g_.n; ++n) {
+      for (int64_t o = 0; o < out_channels; ++o) {
+        gb[o] += static_cast<float>(sum(gy + (n * out_channels + o) * plane, plane));
+      }
+    }
+  }
+  if (gw == nullptr) return;
+  weight_grad_outer(xpad, gy, out_channels, gw, scratch);
+}
+
+// gW^T [R, O] as outer products over the valid output positions only:
+// gy_n^T [Q, O'] (O' = O padded to whole vectors) times the shifted rows,
+// output row by output row.
+void ImplicitConv::weight_grad_outer(const float* xpad, const float* gy, int64_t out_channels,
+                                     float* gw, float* scratch) const {
+  const int64_t rows = g_.col_rows();
+  const int64_t plane = g_.oh * g_.ow;
+  const int64_t padded = padded_channels(out_channels);
+  float* gyt = scratch;                   // [Q, O']
+  float* gwt = scratch + plane * padded;  // [R, O']
+  std::fill_n(scratch, (plane + rows) * padded, 0.0f);
+  for (int64_t n = 0; n < g_.n; ++n) {
+    const float* gyn = gy + n * out_channels * plane;
+    for (int64_t o = 0; o < out_channels; ++o) {
+      for (int64_t q = 0; q < plane; ++q) gyt[q * padded + o] = gyn[o * plane + q];
+    }
+    gemm_shifted_outer(rows, padded, g_.oh, g_.ow, wp_, xpad + n * sample_, offsets_.data(), gyt,
+                       padded, gwt, padded);
+  }
+  for (int64_t o = 0; o < out_channels; ++o) {
+    for (int64_t r = 0; r < rows; ++r) gw[o * rows + r] = gwt[r * padded + o];
+  }
+}
+
+int64_t ImplicitConv::input_grad_scratch_floats(int64_t out_channels) const {
+  const int64_t rows = g_.col_rows();
+  return rows * out_channels + out_channels * grid_ + rows * grid_ + sample_ + slack_;
+}
+
+void ImplicitConv::input_grad(const float* gy, const float* w, int64_t out_channels, float* gx,
+                              float* scratch) const {
+  const int64_t rows = g_.col_rows();
+  const int64_t plane = g_.oh * g_.ow;
+  float* wt = scratch;                       // [R, O]
+  float* gyg = wt + rows * out_channels;     // [O, G]
+  float* dcol = gyg + out_channels * grid_;  // [R, G]
+  float* gxpad = dcol + rows * grid_;        // one padded sample + slack
+  for (int64_t o = 0; o < out_channels; ++o) {
+    for (int64_t r = 0; r < rows; ++r) wt[r * out_channels + o] = w[o * rows + r];
+  }
+  // The discarded grid positions stay zero: only the valid ones are written.
+  std::fill_n(gyg, out_channels * grid_, 0.0f);
+  for (int64_t n = 0; n < g_.n; ++n) {
+    const float* gyn = gy + n * out_channels * plane;
+    for (int64_t o = 0; o < out_channels; ++o) {
+      for (int64_t oh = 0; oh < g_.oh; ++oh) {
+        std::copy_n(gyn + o * plane + oh * g_.ow, g_.ow, gyg + o * grid_ + oh * wp_);
+      }
+    }
+    gemm_small_m(rows, out_channels, grid_, wt, out_channels, gyg, grid_, dcol, grid_, false);
+    std::fill_n(gxpad, sample_ + slack_, 0.0f);
+    for (int64_t r = 0; r < rows; ++r) {
+      float* __restrict dst = gxpad + offsets_[static_cast<size_t>(r)];
+      const float* __restrict src = dcol + r * grid_;
+      for (int64_t i = 0; i < grid_; ++i) dst[i] += src[i];
+    }
+    float* gxn = gx + n * g_.c * g_.h * g_.w;
+    for (int64_t c = 0; c < g_.c; ++c) {
+      for (int64_t ih = 0; ih < g_.h; ++ih) {
+        std::copy_n(gxpad + c * hp_ * wp_ + (ih + g_.pad) * wp_ + g_.pad, g_.w,
+                    gxn + (c * g_.h + ih) * g_.w);
+      }
+    }
+  }
+}
+
+}  // namespace dtrain::ops
