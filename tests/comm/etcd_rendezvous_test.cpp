@@ -126,6 +126,27 @@ TEST_F(EtcdRendezvous, MemberWhoseLeaseLapsedIsDroppedAndRefusedWhenItComesBack)
   EXPECT_THROW(late->join(0u, Deadline::after(10s)), LeftOutError);
 }
 
+TEST_F(EtcdRendezvous, EndpointsFailWhenAMemberLosesItsLeaseBeforeSendingOne) {
+  auto a = participant(0, 2, 2, 60s, 2s);
+  auto b = participant(1, 2, 2, 60s, 2s);
+  std::array<ElasticGeneration, 2> got;
+  expect_no_errors(on_threads(2, [&](size_t i) {
+    got[i] = (i == 0 ? a : b)->join(std::nullopt, Deadline::after(30s)).value();
+  }));
+  b->stop_keepalive();  // hangs before its endpoint
+  try {
+    a->exchange_endpoints(0, endpoint_of(got[0].rank, 0), Deadline::after(30s));
+    ADD_FAILURE() << "endpoints without slot 1";
+  } catch (const TimeoutError& e) {
+    ADD_FAILURE() << "waited out the deadline: " << e.what();
+  } catch (const CommError& e) {
+    EXPECT_NE(std::string(e.what()).find("generation 0 failed while forming: slot 1 (rank 1) "
+                                         "lost its lease"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 TEST_F(EtcdRendezvous, TwoParticipantsRacingFormOneGenerationEachRound) {
   auto a = participant(0, 2, 2);
   auto b = participant(1, 2, 2);
