@@ -25,6 +25,18 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
+std::unique_ptr<comm::ElasticGroupRendezvous> make_rendezvous(const ElasticAllReduceOptions& o,
+                                                              const comm::JobAuth& auth,
+                                                              Logger& logger) {
+  if (o.etcd) {
+    comm::EtcdRendezvousOptions e = *o.etcd;
+    e.slot = o.slot;
+    return std::make_unique<comm::EtcdElasticRendezvous>(e, logger);
+  }
+  return std::make_unique<comm::ElasticRendezvousClient>(o.coordinator, o.slot, o.slots, auth,
+                                                         logger);
+}
+
 }  // namespace
 
 ElasticAllReduce::ElasticAllReduce(ElasticAllReduceOptions options, ModelFactory make_model,
@@ -35,7 +47,7 @@ ElasticAllReduce::ElasticAllReduce(ElasticAllReduceOptions options, ModelFactory
       loss_(std::move(loss)),
       logger_(logger),
       auth_(options_.job_name, options_.secret, options_.encrypt),
-      client_(options_.coordinator, options_.slot, options_.slots, auth_, logger) {
+      client_(make_rendezvous(options_, auth_, logger)) {
   const auto t0 = Clock::now();
   form(std::nullopt);
   joined_running_ = generation_ > 0;
@@ -58,7 +70,7 @@ bool ElasticAllReduce::joined_running_group(TrainingPosition& position) {
 
 bool ElasticAllReduce::reform_due() {
   float flag = 0.0f;
-  if (inner_->rank() == 0 && client_.poll() > 0) flag = 1.0f;
+  if (inner_->rank() == 0 && client_->poll() > 0) flag = 1.0f;
   try {
     comm_->allreduce(std::span<float>(&flag, 1), comm::ReduceOp::kMax);
   } catch (const CommError& e) {
@@ -126,7 +138,7 @@ void ElasticAllReduce::form(std::optional<uint32_t> member_of) {
     suspect_.reset();
     std::optional<comm::ElasticGeneration> m;
     try {
-      m = client_.join(member_of, deadline, suspects);
+      m = client_->join(member_of, deadline, suspects);
     } catch (const comm::LeftOutError& e) {
       throw LeftGroup(
           fmt::format("slot {}: dropped from the job: {}; exiting", options_.slot, e.what()));
@@ -176,13 +188,15 @@ void ElasticAllReduce::build(const comm::ElasticGeneration& m, Deadline deadline
   t.heartbeat_interval = std::min(std::chrono::milliseconds(200), options_.heartbeat_timeout / 4);
   auto transport = std::make_unique<comm::ZmqTransport>(t, auth_, logger_);
   transport->connect(
-      client_.exchange_endpoints(m.generation, transport->local_endpoint(), deadline));
+      client_->exchange_endpoints(m.generation, transport->local_endpoint(), deadline));
   comm::CommunicatorOptions c;
   c.timeout = options_.rendezvous_timeout;
   // Names this generation's shared-memory segments: unique per job,
-  // coordinator and generation.
-  c.job_id = fmt::format("{:016x}-{:x}-g{}", auth_.job_id(),
-                         std::hash<std::string>{}(options_.coordinator), m.generation);
+  // rendezvous and generation.
+  const std::string rendezvous =
+      options_.etcd ? options_.etcd->endpoint + "/" + options_.etcd->job_id : options_.coordinator;
+  c.job_id = fmt::format("{:016x}-{:x}-g{}", auth_.job_id(), std::hash<std::string>{}(rendezvous),
+                         m.generation);
   comm_ = std::make_unique<comm::Communicator>(std::move(transport), c);
   inner_ = std::make_unique<AllReduceStrategy>(make_model_(), make_optimizer_, *comm_,
                                                options_.allreduce, loss_);

@@ -12,6 +12,9 @@
 // sends to every other member point to point (safetensors bytes). Between
 // steps rank 0 polls the coordinator for waiting new workers and one
 // one-float allreduce (max) tells every member whether to re-form.
+// The generations come from the launcher's coordinator, or, with
+// options.etcd, from the job's state in etcd (comm/rendezvous/etcd_rendezvous.h),
+// through one interface (comm/rendezvous/elastic_group_rendezvous.h).
 //
 // Logs (Logger, warn level so every rank shows them): each failure noticed
 // and each re-formation with the time it took.
@@ -36,6 +39,7 @@
 
 #include "comm/collectives/communicator.h"
 #include "comm/rendezvous/elastic_rendezvous.h"
+#include "comm/rendezvous/etcd_rendezvous.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "strategy/allreduce_strategy.h"
@@ -49,8 +53,11 @@ struct ElasticAllReduceOptions {
   int slot = 0;             // DTRAIN_RANK given by the launcher
   int slots = 1;            // DTRAIN_WORLD_SIZE given by the launcher
   std::string coordinator;  // DTRAIN_ELASTIC_COORDINATOR
-  std::string secret;       // DTRAIN_JOB_SECRET
-  bool encrypt = false;     // security.encrypt: CURVE on every link
+  // Set: the generations are formed in etcd (its slot is this worker's
+  // slot; `coordinator` and `slots` are unused); unset: at `coordinator`.
+  std::optional<comm::EtcdRendezvousOptions> etcd;
+  std::string secret;    // DTRAIN_JOB_SECRET
+  bool encrypt = false;  // security.encrypt: CURVE on every link
   std::string listen_host = "127.0.0.1";
   std::string advertise_host;
   // Bound on forming one group (joining, endpoints, state), including the
@@ -144,7 +151,7 @@ class ElasticAllReduce final : public Strategy, public ElasticMembership {
   LossFn loss_;
   Logger& logger_;
   comm::JobAuth auth_;
-  comm::ElasticRendezvousClient client_;
+  std::unique_ptr<comm::ElasticGroupRendezvous> client_;
   std::optional<HeldState> held_;  // set while it is the group's state
   bool joined_running_ = false;    // the first group formed had trained before
   uint32_t generation_ = 0;

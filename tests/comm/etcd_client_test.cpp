@@ -4,73 +4,24 @@
 #include "comm/rendezvous/etcd_client.h"
 
 #include <gtest/gtest.h>
-#include <unistd.h>
-
-#include <fstream>
-#include <sstream>
 
 #include "core/error.h"
-#include "testing/fault_fs.h"
+#include "testing/etcd_server.h"
 #include "testing/ports.h"
-#include "testing/process.h"
 
 namespace dtrain::comm {
 namespace {
 
 using namespace std::chrono_literals;
 
-constexpr const char* kEtcd = "/usr/bin/etcd";
-
-// One etcd member on loopback; SIGKILLed (and its folder removed) at the end.
-class EtcdServer {
- public:
-  EtcdServer() {
-    const std::string client = fmt::format("http://127.0.0.1:{}", testing::free_loopback_port());
-    const std::string peer = fmt::format("http://127.0.0.1:{}", testing::free_loopback_port());
-    endpoint_ = client.substr(7);
-    process_.emplace(testing::ChildProcess::spawn(
-        {"/bin/sh", "-c", "exec \"$0\" \"$@\" >\"$ETCD_TEST_LOG\" 2>&1", kEtcd, "--data-dir",
-         dir_.file("data"), "--listen-client-urls", client, "--advertise-client-urls", client,
-         "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster",
-         "default=" + peer},
-        {{"ETCD_TEST_LOG", dir_.file("etcd.log")}}));
-  }
-  const std::string& endpoint() const { return endpoint_; }
-  std::string log() const {
-    std::stringstream text;
-    text << std::ifstream(dir_.file("etcd.log")).rdbuf();
-    return text.str();
-  }
-
- private:
-  testing::TempDir dir_;
-  std::string endpoint_;
-  std::optional<testing::ChildProcess> process_;
-};
-
-// A client of `server` once it answers (etcd takes a moment to elect itself).
-EtcdClient ready_client(const EtcdServer& server) {
-  EtcdClient client(server.endpoint());
-  const Deadline ready = Deadline::after(30s);
-  for (;;) {
-    try {
-      client.get("ready?", Deadline::after(1s));
-      return client;
-    } catch (const CommError& e) {
-      if (ready.expired()) {
-        ADD_FAILURE() << "etcd never answered: " << e.what() << "\n" << server.log();
-        return client;
-      }
-    }
-  }
-}
+using testing::EtcdServer;
 
 class Etcd : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (access(kEtcd, X_OK) != 0) GTEST_SKIP() << "etcd is not installed (scripts/setup.sh)";
+    if (!testing::etcd_installed()) GTEST_SKIP() << "etcd is not installed (scripts/setup.sh)";
     server_.emplace();
-    client_.emplace(ready_client(*server_));
+    client_.emplace(testing::ready_etcd_client(*server_));
   }
   EtcdClient& client() { return *client_; }
   std::optional<EtcdServer> server_;

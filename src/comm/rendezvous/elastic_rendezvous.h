@@ -81,6 +81,7 @@
 #include <thread>
 #include <vector>
 
+#include "comm/rendezvous/elastic_group_rendezvous.h"
 #include "comm/rendezvous/rendezvous.h"
 #include "comm/wire/auth.h"
 #include "core/deadline.h"
@@ -88,13 +89,6 @@
 #include "core/log.h"
 
 namespace dtrain::comm {
-
-// The coordinator's answer to a member the group went on without (it was
-// silent past the heartbeat timeout): the message says which generation.
-class LeftOutError : public CommError {
- public:
-  using CommError::CommError;
-};
 
 struct ElasticRendezvousOptions {
   // Worker slots of the job (the launcher's --workers): slot ids 0..slots-1.
@@ -109,15 +103,6 @@ struct ElasticRendezvousOptions {
   // number and member slots by rank (the launcher records it); must not
   // throw or block. May be empty.
   std::function<void(uint32_t generation, const std::vector<int>& slots)> on_generation;
-};
-
-// The result of the membership round: generation and slots by rank.
-struct ElasticGeneration {
-  uint32_t generation = 0;
-  std::vector<int> slots;  // slots[rank]
-  // This worker's rank in the generation.
-  int rank = 0;
-  int world_size() const { return static_cast<int>(slots.size()); }
 };
 
 class ElasticRendezvousServer {
@@ -170,31 +155,31 @@ class ElasticRendezvousServer {
 
 // One worker's connection to the elastic coordinator, kept for the worker's
 // lifetime (rank 0 polls through it between steps).
-class ElasticRendezvousClient {
+class ElasticRendezvousClient final : public ElasticGroupRendezvous {
  public:
   // Connects (asynchronously) to `coordinator` ("host:port") as `slot` of
   // `slots`.
   ElasticRendezvousClient(const std::string& coordinator, int slot, int slots, JobAuth auth,
                           Logger& logger);
-  ~ElasticRendezvousClient();
+  ~ElasticRendezvousClient() override;
   ElasticRendezvousClient(const ElasticRendezvousClient&) = delete;
   ElasticRendezvousClient& operator=(const ElasticRendezvousClient&) = delete;
 
-  int slot() const { return slot_; }
+  int slot() const override { return slot_; }
   // Joins the next generation as a member of `member_of` (nullopt: a new
   // worker), reporting `suspects` (slots found silent; the round does not
   // wait for them). nullopt when the coordinator answers that the job
   // finished; LeftOutError when the group went on without this member.
   std::optional<ElasticGeneration> join(std::optional<uint32_t> member_of, Deadline deadline,
-                                        const std::vector<int>& suspects = {});
+                                        const std::vector<int>& suspects = {}) override;
   // Registers this member's endpoint (its `rank` field = its rank) for
   // `generation`; returns the table indexed by rank.
   std::vector<PeerEndpoint> exchange_endpoints(uint32_t generation, const PeerEndpoint& self,
-                                               Deadline deadline);
+                                               Deadline deadline) override;
   // Never blocks: sends a poll when none is outstanding and returns the
   // number of new workers waiting to join from the newest answer (0 before
   // the first).
-  uint32_t poll();
+  uint32_t poll() override;
 
  private:
   struct Socket;
