@@ -191,7 +191,8 @@ struct SecurityConfig {
   bool encrypt = false;
 };
 
-// [privacy]: DP-SGD (train/dp_sgd.h, docs/privacy.md), strategy local only.
+// [privacy]: DP-SGD (train/dp_sgd.h, docs/privacy.md), strategy local or
+// allreduce.
 struct PrivacyConfig {
   bool enabled = false;
   double noise_multiplier = 0.0;  // sigma; 0: solved from target_epsilon
