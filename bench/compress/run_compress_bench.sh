@@ -33,10 +33,12 @@
 # tables go to bench/compress/results/<set>-<timestamp>/; the tables also
 # to stdout. A run that fails is shown as "failed" and the others go on.
 #
-# Usage: [METHODS="dense fp16 ..."] [RANK=4] [START=10] [LENET_RANK=2] [LENET=0|1]
+# Usage: [METHODS="dense fp16 ..."] [CONFIGS="ar4 ps"] [RANK=4] [START=10] [LENET_RANK=2] [LENET=0|1]
 #        [LINKS="1000 100"] [LATENCY_MS=1] [TARGET=0.98] [SMOKE_STEPS=N]
 #        [DTRAIN=path/to/dtrain] \
 #          bench/compress/run_compress_bench.sh accuracy|links|all [EPOCHS] [REPS]
+# CONFIGS picks the accuracy set's MLP configurations (ar4, ps; both by
+# default); a configuration left out shows as "failed".
 # REPS > 1 repeats every run (interleaved) and takes medians. SMOKE_STEPS=N
 # trains on the first N x 128 images only (N updates per epoch).
 set -euo pipefail
@@ -45,6 +47,7 @@ set_name=${1:-}
 epochs=${2:-10}
 reps=${3:-1}
 methods=${METHODS:-dense fp16 bf16 topk randomk qsgd sign powersgd localsgd}
+configs=${CONFIGS:-ar4 ps}
 rank=${RANK:-4}
 start=${START:-10}
 lenet_rank=${LENET_RANK:-2}
@@ -71,6 +74,10 @@ method_args() {  # METHOD -> its --set flags
     fp16 | bf16) echo "$c.type=$1" ;;
     topk) echo "$c.type=topk $c.density=0.01 $c.error_feedback=true" ;;
     randomk) echo "$c.type=randomk $c.density=0.1 $c.error_feedback=true" ;;
+    # DGC's momentum correction: the compressor keeps the momentum (0.9),
+    # the optimizer runs without it.
+    randomk-dgc) echo "$c.type=randomk $c.density=0.1 $c.error_feedback=true $c.momentum=0.9" \
+      "--set optimizer.momentum=0 --set optimizer.nesterov=false" ;;
     randomk-guard) echo "$c.type=randomk $c.density=0.1 $c.error_feedback=true $c.guard=true" ;;
     topk-guard) echo "$c.type=topk $c.density=0.01 $c.error_feedback=true $c.guard=true" ;;
     qsgd) echo "$c.type=qsgd $c.levels=16" ;;
@@ -85,6 +92,7 @@ method_args() {  # METHOD -> its --set flags
 describe() {  # METHOD -> the row label
   case $1 in
     topk) echo "topk 0.01+EF" ;; randomk) echo "randomk 0.1+EF" ;; qsgd) echo "qsgd 16" ;;
+    randomk-dgc) echo "randomk+EF+DGC" ;;
     sign) echo "sign+EF" ;; powersgd) echo "powersgd r$rank" ;; localsgd) echo "local SGD H=8" ;;
     *) echo "$1" ;;
   esac
@@ -118,7 +126,7 @@ accuracy_set() {
   local results=$1 r m cfg
   for ((r = 0; r < reps; ++r)); do
     for m in $methods; do
-      for cfg in ar4 ps; do
+      for cfg in $configs; do
         echo "  accuracy rep $((r + 1))/$reps: mlp $cfg $m" >&2
         # shellcheck disable=SC2046
         run_dtrain "$results" "mlp-$cfg-$m-$r" examples/mnist_mlp.toml $(config_args $cfg) \
