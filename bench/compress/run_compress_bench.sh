@@ -49,7 +49,7 @@ cd "$(dirname "$0")/../.."
 set_name=${1:-}
 epochs=${2:-10}
 reps=${3:-1}
-methods=${METHODS:-dense fp16 bf16 topk randomk qsgd sign powersgd localsgd}
+methods=${METHODS:-dense fp16 bf16 topk randomk randomk-dgc qsgd sign powersgd localsgd}
 configs=${CONFIGS:-ar4 ps}
 rank=${RANK:-4}
 start=${START:-10}
@@ -142,7 +142,9 @@ accuracy_set() {
     printf '%-16s | %7s %7s %12s %6s %8s | %7s %7s %12s %6s %8s\n' method acc vs_dense bytes/step \
       x_less dt_ratio acc vs_dense bytes/step x_less dt_ratio
     local row model cells
-    for row in $methods "lenet5:dense" "lenet5:powersgd-lenet"; do
+    local lenet_rows="lenet5:dense lenet5:powersgd-lenet"
+    [[ ${LENET:-1} == 0 ]] && lenet_rows=""
+    for row in $methods $lenet_rows; do
       if [[ $row == lenet5:* ]]; then
         m=${row#lenet5:}; model=lenet5
         [[ $m == dense ]] && printf '%-16s |\n' "LeNet-5"
