@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <numeric>
 #include <set>
 #include <string>
@@ -120,33 +121,51 @@ TEST(CompressTopK, DensityWarmsUpGeometricallyFromAQuarter) {
   }
 }
 
-// DGC (Lin et al. 2018): u = m u + g, v = v + u, send top-k of v, zero u and
-// v where sent.
+// DGC (Lin et al. 2018) on `steps` random gradients of n entries: u = m u +
+// g, v = v + u, the message holds v at the positions sent (checked by
+// `expect_positions(v, sent)`), u and v are zeroed there, and the state
+// arrays equal u and v. Returns, per entry, sum of what was sent + v - sum of
+// the velocities: 0 when nothing is lost or counted twice.
+std::vector<double> expect_dgc_reference(
+    const Options& options, size_t n, int steps, uint64_t seed,
+    const std::function<void(const std::vector<float>&, const std::vector<uint32_t>&)>&
+        expect_positions) {
+  auto c = make_compressor(options, {{1, n}});
+  const auto m = static_cast<float>(options.momentum);
+  std::vector<float> u(n, 0.0f);
+  std::vector<float> v(n, 0.0f);
+  std::vector<double> balance(n, 0.0);
+  for (int64_t step = 0; step < steps; ++step) {
+    const std::vector<float> g = normal_vector(n, seed + static_cast<uint64_t>(step));
+    for (size_t i = 0; i < n; ++i) {
+      u[i] = m * u[i] + g[i];
+      v[i] += u[i];
+      balance[i] -= u[i];
+    }
+    const std::vector<float> sent = decoded(encode_one(*c, 0, g, step), {1, n});
+    const std::vector<uint32_t> indices = nonzero_indices(sent);
+    expect_positions(v, indices);
+    for (const uint32_t j : indices) {
+      EXPECT_EQ(sent[j], v[j]);
+      balance[j] += sent[j];
+      u[j] = 0.0f;
+      v[j] = 0.0f;
+    }
+    EXPECT_EQ(state_array(*c, "velocity/0"), u) << "step " << step;
+    EXPECT_EQ(state_array(*c, "residual/0"), v) << "step " << step;
+  }
+  for (size_t i = 0; i < n; ++i) balance[i] += v[i];
+  return balance;
+}
+
+// Top-k sends the k largest |v|.
 TEST(CompressTopK, MomentumCorrectionMatchesTheDgcReference) {
   Options options = options_of(Method::kTopK);
   options.density = 0.05;
   options.momentum = 0.9;
-  const size_t n = 200;
-  auto c = make_compressor(options, {{1, n}});
-  std::vector<float> u(n, 0.0f);
-  std::vector<float> v(n, 0.0f);
-  for (int64_t step = 0; step < 5; ++step) {
-    const std::vector<float> g = normal_vector(n, 40 + static_cast<uint64_t>(step));
-    for (size_t i = 0; i < n; ++i) {
-      u[i] = 0.9f * u[i] + g[i];
-      v[i] += u[i];
-    }
-    const std::vector<uint32_t> expected = top_k_reference(v, 10);
-    const std::vector<float> sent = decoded(encode_one(*c, 0, g, step), {1, n});
-    ASSERT_EQ(nonzero_indices(sent), expected) << "step " << step;
-    for (const uint32_t j : expected) {
-      EXPECT_EQ(sent[j], v[j]);
-      u[j] = 0.0f;
-      v[j] = 0.0f;
-    }
-    EXPECT_EQ(state_array(*c, "velocity/0"), u);
-    EXPECT_EQ(state_array(*c, "residual/0"), v);
-  }
+  expect_dgc_reference(options, 200, 5, 40, [](const auto& v, const auto& sent) {
+    EXPECT_EQ(sent, top_k_reference(v, 10));
+  });
 }
 
 // ---------------------------------------------------------------- random-k
@@ -248,32 +267,9 @@ TEST(CompressRandomK, MomentumResidualIsWhatWasNotSent) {
   Options options = options_of(Method::kRandomK);
   options.density = 0.1;
   options.momentum = 0.9;
-  const size_t n = 300;
-  auto c = make_compressor(options, {{1, n}});
-  std::vector<float> u(n, 0.0f);
-  std::vector<float> v(n, 0.0f);
-  std::vector<double> sent_total(n, 0.0);
-  std::vector<double> velocity_total(n, 0.0);
-  for (int64_t step = 0; step < 12; ++step) {
-    const std::vector<float> g = normal_vector(n, 90 + static_cast<uint64_t>(step));
-    for (size_t i = 0; i < n; ++i) {
-      u[i] = 0.9f * u[i] + g[i];
-      v[i] += u[i];
-      velocity_total[i] += u[i];
-    }
-    const std::vector<float> sent = decoded(encode_one(*c, 0, g, step), {1, n});
-    const auto indices = nonzero_indices(sent);
-    ASSERT_EQ(indices.size(), 30u) << "step " << step;
-    for (const uint32_t j : indices) {
-      EXPECT_EQ(sent[j], v[j]);
-      sent_total[j] += sent[j];
-      u[j] = 0.0f;
-      v[j] = 0.0f;
-    }
-    ASSERT_EQ(state_array(*c, "velocity/0"), u) << "step " << step;
-    ASSERT_EQ(state_array(*c, "residual/0"), v) << "step " << step;
-  }
-  for (size_t i = 0; i < n; ++i) EXPECT_NEAR(sent_total[i] + v[i], velocity_total[i], 1e-4) << i;
+  const std::vector<double> balance = expect_dgc_reference(
+      options, 300, 12, 90, [](const auto&, const auto& sent) { EXPECT_EQ(sent.size(), 30u); });
+  for (size_t i = 0; i < balance.size(); ++i) EXPECT_NEAR(balance[i], 0.0, 1e-4) << i;
 }
 
 // ---------------------------------------------------------------- QSGD
