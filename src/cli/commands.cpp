@@ -92,6 +92,7 @@ int run_train(const TrainOptions& options, std::ostream& out) {
   Logger& logger = Logger::stderr_logger();
   const train::JobConfig job = read_job(options, logger);
   comm::LaunchInfo launch = resolve_launch(options);
+  comm::resolve_job_secret(launch.settings, job.security.key_file, job.source);
   if (job.security.encrypt) launch.settings.encrypt = true;
   const train::LaunchPlan plan = train::launch_plan(job, launch, logger);
   if (plan.launch) {
@@ -123,6 +124,7 @@ int run_train(const TrainOptions& options, std::ostream& out) {
     l.environment = options.environment;
     l.environment["DTRAIN_OUTPUT_LOCKED"] = "1";
     if (launch.settings.encrypt) l.environment["DTRAIN_ENCRYPT"] = "1";
+    provide_job_secret(l.environment, launch.settings.key_file);
     ProcessLog processes(job.output + "/processes.jsonl", plan.servers, logger);
     processes.attach(l);
     const int status = launch_job(job, plan, std::move(l), out, std::cerr, logger);
