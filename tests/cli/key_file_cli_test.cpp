@@ -142,6 +142,9 @@ TEST(KeyFileCli, ProcessesWithDifferentKeyFilesCannotTalk) {
   EXPECT_TRUE(contains(ranks[0].output(), "refused a CURVE connection")) << ranks[0].output();
   EXPECT_TRUE(contains(ranks[0].output(), "handshake failed: its CURVE HELLO does not open"))
       << ranks[0].output();
+  // Rank 1's timeout says that its handshakes failed.
+  EXPECT_TRUE(contains(ranks[1].output(), "the CURVE handshake with it failed"))
+      << ranks[1].output();
 }
 
 }  // namespace

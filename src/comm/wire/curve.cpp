@@ -8,6 +8,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string_view>
 
 #include "core/error.h"
@@ -57,6 +58,75 @@ std::string protocol_error_words(uint32_t code) {
     return fmt::format("the authenticator's reply was not understood (ZAP error 0x{:08x})", code);
   }
   return fmt::format("a malformed or foreign handshake (ZMTP protocol error 0x{:08x})", code);
+}
+
+// The reason of a failed handshake in words: NO_DETAIL (an errno),
+// PROTOCOL (a ZMQ_PROTOCOL_ERROR_* code) or AUTH (the ZAP status code the
+// server answered).
+std::string handshake_failure_words(uint16_t event, uint32_t value) {
+  switch (event) {
+    case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+      // The connection ended mid-handshake: a plaintext peer that saw the
+      // CURVE greeting first and hung up, a server that could not open this
+      // client's HELLO, or a peer that left.
+      return fmt::format(
+          "the connection ended during it ({}; a peer without CURVE or with another key, or "
+          "one that left)",
+          value != 0 ? std::strerror(static_cast<int>(value)) : "no detail");
+    case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
+      return protocol_error_words(value);
+    default:
+      return fmt::format("the server refused this process's CURVE key (ZAP status {})", value);
+  }
+}
+
+// One event of a socket monitor: two parts, u16 event and u32 value (host
+// byte order, as libzmq writes them), then the endpoint.
+struct MonitorEvent {
+  uint16_t event = 0;
+  uint32_t value = 0;
+  std::string endpoint;
+};
+
+// The next event waiting on `monitor`; nullopt when none is.
+std::optional<MonitorEvent> next_event(zmq::socket_t& monitor) {
+  while (true) {
+    std::array<zmq::message_t, 2> parts;
+    size_t count = 0;
+    while (count < parts.size() && monitor.recv(parts[count], zmq::recv_flags::dontwait)) {
+      const bool more = parts[count++].more();
+      if (!more) break;
+    }
+    if (count == 0) return std::nullopt;
+    if (parts[0].size() < sizeof(uint16_t) + sizeof(uint32_t)) continue;
+    MonitorEvent e;
+    std::memcpy(&e.event, parts[0].data(), sizeof e.event);
+    std::memcpy(&e.value, static_cast<const char*>(parts[0].data()) + sizeof e.event,
+                sizeof e.value);
+    e.endpoint = count > 1 ? std::string(view(parts[1])) : std::string("?");
+    return e;
+  }
+}
+
+// Starts a monitor of `events` on `socket` and returns the PAIR socket that
+// receives them, connected before anything else happens on `socket`.
+zmq::socket_t start_monitor(zmq::context_t& context, zmq::socket_t& socket, int events,
+                            const std::string& who) {
+  uint64_t number = 0;
+  {
+    ZapTable& table = zap_table();
+    std::lock_guard lock(table.mutex);
+    number = table.monitors_started++;
+  }
+  const std::string address = fmt::format("inproc://dtrain-curve-monitor-{}", number);
+  if (zmq_socket_monitor(socket.handle(), address.c_str(), events) != 0) {
+    throw CommError(
+        -1, who, fmt::format("cannot monitor the CURVE handshakes: {}", zmq_strerror(zmq_errno())));
+  }
+  zmq::socket_t monitor(context, zmq::socket_type::pair);
+  monitor.set(zmq::sockopt::linger, 0);
+  monitor.connect(address);
+  return monitor;
 }
 
 }  // namespace
@@ -114,22 +184,7 @@ ZapHandler::~ZapHandler() {
 }
 
 void ZapHandler::watch_handshakes(zmq::socket_t& socket) {
-  uint64_t number = 0;
-  {
-    ZapTable& table = zap_table();
-    std::lock_guard lock(table.mutex);
-    number = table.monitors_started++;
-  }
-  const std::string address = fmt::format("inproc://dtrain-curve-monitor-{}", number);
-  if (zmq_socket_monitor(socket.handle(), address.c_str(), kWatchedEvents) != 0) {
-    throw CommError(
-        -1, name_,
-        fmt::format("cannot monitor the CURVE handshakes: {}", zmq_strerror(zmq_errno())));
-  }
-  // Connected here, before the socket binds, so that no event is lost.
-  zmq::socket_t monitor(context_, zmq::socket_type::pair);
-  monitor.set(zmq::sockopt::linger, 0);
-  monitor.connect(address);
+  zmq::socket_t monitor = start_monitor(context_, socket, kWatchedEvents, name_);
   std::lock_guard lock(mutex_);
   new_monitors_.push_back(std::move(monitor));
 }
@@ -160,41 +215,15 @@ void ZapHandler::serve(std::stop_token stop) {
 }
 
 bool ZapHandler::read_monitor(zmq::socket_t& monitor) {
-  // Each event is two parts: u16 event and u32 value (host byte order, as
-  // libzmq writes them), then the endpoint.
-  while (true) {
-    std::array<zmq::message_t, 2> parts;
-    size_t count = 0;
-    while (count < parts.size() && monitor.recv(parts[count], zmq::recv_flags::dontwait)) {
-      const bool more = parts[count++].more();
-      if (!more) break;
-    }
-    if (count == 0) return true;
-    if (parts[0].size() < sizeof(uint16_t) + sizeof(uint32_t)) continue;
-    uint16_t event = 0;
-    uint32_t value = 0;
-    std::memcpy(&event, parts[0].data(), sizeof event);
-    std::memcpy(&value, static_cast<const char*>(parts[0].data()) + sizeof event, sizeof value);
-    const std::string_view endpoint = count > 1 ? view(parts[1]) : std::string_view("?");
-    switch (event) {
-      case ZMQ_EVENT_MONITOR_STOPPED:
-        return false;
-      case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-        // The connection ended mid-handshake: a plaintext peer that saw the
-        // CURVE greeting first and hung up, or a peer that left.
-        refusals_.add(fmt::format(
-            "on {}: handshake failed: the connection ended during it ({}; a peer without "
-            "CURVE, or one that left)",
-            endpoint, value != 0 ? std::strerror(static_cast<int>(value)) : "no detail"));
-        break;
-      case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
-        refusals_.add(
-            fmt::format("on {}: handshake failed: {}", endpoint, protocol_error_words(value)));
-        break;
-      default:
-        break;  // HANDSHAKE_FAILED_AUTH: this handler's own refusal, counted by answer_request()
-    }
+  while (const std::optional<MonitorEvent> e = next_event(monitor)) {
+    if (e->event == ZMQ_EVENT_MONITOR_STOPPED) return false;
+    // A server's HANDSHAKE_FAILED_AUTH is this handler's own refusal,
+    // counted by answer_request().
+    if (e->event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) continue;
+    refusals_.add(fmt::format("on {}: handshake failed: {}", e->endpoint,
+                              handshake_failure_words(e->event, e->value)));
   }
+  return true;
 }
 
 void ZapHandler::answer_request() {
@@ -239,6 +268,26 @@ void ZapHandler::answer_request() {
   socket_.send(zmq::buffer(text), zmq::send_flags::sndmore);
   socket_.send(zmq::buffer(std::string_view()), zmq::send_flags::sndmore);
   socket_.send(zmq::buffer(std::string_view()), zmq::send_flags::none);
+}
+
+HandshakeWatch::HandshakeWatch(zmq::context_t& context, zmq::socket_t& socket,
+                               const std::string& name)
+    : monitor_(start_monitor(context, socket,
+                             ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
+                                 ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                                 ZMQ_EVENT_HANDSHAKE_FAILED_AUTH,
+                             name)) {}
+
+std::string HandshakeWatch::failures() {
+  while (const std::optional<MonitorEvent> e = next_event(monitor_)) {
+    ++failed_;
+    last_ = handshake_failure_words(e->event, e->value);
+  }
+  if (failed_ == 0) return "";
+  return fmt::format(
+      "the CURVE handshake with it failed {} time(s), the last: {}; another job secret or key "
+      "file?",
+      failed_, last_);
 }
 
 std::shared_ptr<ZapHandler> secure_binding_socket(zmq::context_t& context, zmq::socket_t& socket,

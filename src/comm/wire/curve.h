@@ -110,6 +110,32 @@ class ZapHandler {
   std::jthread thread_;                      // last: stopped and joined before the socket closes
 };
 
+// HandshakeWatch: why the CURVE handshakes of a connecting socket failed, so
+// that a caller whose reply never came can say so in its TimeoutError
+// ("the CURVE handshake with it failed 12 time(s), the last: ...; another
+// job secret or key file?"). A socket monitor (HANDSHAKE_FAILED_*) on the
+// socket, read only by failures(), which the caller calls once its deadline
+// passed: nothing on the data path. libzmq keeps at most 1000 unread events
+// (the rest are dropped, the count then stops there).
+// Ownership: the context must outlive it; it must go before the socket
+// closes or after, either is fine. Thread safety: the socket's thread only.
+// Errors: the constructor throws CommError when libzmq cannot monitor.
+class HandshakeWatch {
+ public:
+  // Call before `socket` connects.
+  HandshakeWatch(zmq::context_t& context, zmq::socket_t& socket, const std::string& name);
+  HandshakeWatch(const HandshakeWatch&) = delete;
+  HandshakeWatch& operator=(const HandshakeWatch&) = delete;
+
+  // "" while no handshake failed; else the sentence above. Never blocks.
+  std::string failures();
+
+ private:
+  zmq::socket_t monitor_;
+  uint64_t failed_ = 0;
+  std::string last_;
+};
+
 // Makes `socket` a CURVE server with auth's server pair (requires
 // auth.curve()), has its context's ZAP handler watch its handshakes, and
 // returns that handler; call before bind().
