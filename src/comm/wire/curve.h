@@ -116,7 +116,10 @@ class ZapHandler {
 // job secret or key file?"). A socket monitor (HANDSHAKE_FAILED_*) on the
 // socket, read only by failures(), which the caller calls once its deadline
 // passed: nothing on the data path. libzmq keeps at most 1000 unread events
-// (the rest are dropped, the count then stops there).
+// (the rest are dropped, the count then stops there). libzmq has one
+// monitor per socket: an owner that monitors the socket itself afterwards
+// (the ps client and the peer links watch their DEALERs' disconnects)
+// replaces this one, whose failures() then stays "".
 // Ownership: the context must outlive it; it must go before the socket
 // closes or after, either is fine. Thread safety: the socket's thread only.
 // Errors: the constructor throws CommError when libzmq cannot monitor.
