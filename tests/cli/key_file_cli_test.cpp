@@ -13,6 +13,8 @@
 #include <vector>
 
 #include "cli_test_util.h"
+#include "comm/wire/auth.h"
+#include "comm/wire/curve.h"
 #include "comm/wire/key_file.h"
 #include "testing/fault_fs.h"
 #include "testing/process.h"
@@ -89,8 +91,14 @@ TEST(KeyFileCli, AJobWithAKeyFileTrainsEncryptedOverTcpWithTwoWorkers) {
   args.insert(args.end(), {"--workers", "2"});
   const CliRun run = run_dtrain(args, {{"DTRAIN_TCP_ONLY", "1"}});
   ASSERT_TRUE(run.status.ok()) << run.output;
-  EXPECT_TRUE(contains(run.output, "links encrypted and authenticated with CURVE")) << run.output;
   EXPECT_TRUE(contains(run.output, "done: 1 epochs, 8 steps")) << run.output;
+  // Rank 0 logs the server key it uses: the one derived from the key file's
+  // secret, so the workers took their secret from the file.
+  const comm::JobAuth auth("key-file-blobs", comm::wire::parse_key_file(read_text(key), key), true);
+  EXPECT_TRUE(
+      contains(run.output, "links encrypted and authenticated with CURVE") &&
+      contains(run.output, "server key " + comm::wire::z85_key(auth.curve()->server.public_key)))
+      << run.output;
 }
 
 TEST(KeyFileCli, AnUnsafeOrConflictingKeyFileStopsTheJobNamingTheFix) {
