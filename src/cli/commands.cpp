@@ -14,6 +14,7 @@
 #include "cli/launcher.h"
 #include "cli/process_log.h"
 #include "cli/test_hooks.h"
+#include "comm/rendezvous/job_secret.h"
 #include "comm/rendezvous/launch_env.h"
 #include "comm/wire/curve.h"
 #include "core/error.h"

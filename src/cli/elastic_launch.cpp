@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "comm/rendezvous/elastic_rendezvous.h"
+#include "comm/rendezvous/job_secret.h"
 #include "comm/rendezvous/launch_env.h"
 #include "core/error.h"
 

@@ -11,6 +11,7 @@
 
 #include "cli/launcher.h"
 #include "cli/process_log.h"
+#include "comm/rendezvous/job_secret.h"
 #include "comm/rendezvous/launch_env.h"
 #include "comm/wire/auth.h"
 #include "core/error.h"

@@ -5,11 +5,7 @@
 // fails, naming what the child printed).
 #pragma once
 
-#include <arpa/inet.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <fstream>
@@ -59,20 +55,6 @@ inline bool wait_for_output(ChildProcess& child, const std::string& text) {
     if (!child.read_some(1000)) break;
   }
   return child.output().find(text) != std::string::npos;
-}
-
-// A port that was free a moment ago (for a coordinator under mpirun or of
-// processes started by hand).
-inline int free_port() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-  EXPECT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
-  close(fd);
-  return ntohs(addr.sin_port);
 }
 
 inline void write_file(const std::string& path, const std::string& text) {

@@ -169,6 +169,19 @@ TEST(DtrainCli, ACheckpointOfFourWorkersResumesWithTwo) {
             1e-4);
 }
 
+// A port that was free a moment ago (for a coordinator under mpirun).
+int free_port() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  EXPECT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
 TEST(DtrainCli, UnderMpirun) {
   if (access("/usr/bin/mpirun", X_OK) != 0) GTEST_SKIP() << "OpenMPI's mpirun is not installed";
   testing::TempDir dir;
@@ -185,7 +198,7 @@ TEST(DtrainCli, UnderMpirun) {
                                      "--oversubscribe", "-x",  "OPENBLAS_NUM_THREADS=1"};
     if (backend == "native") {
       argv.insert(argv.end(),
-                  {"-x", "DTRAIN_COORDINATOR=127.0.0.1:" + std::to_string(testing::free_port())});
+                  {"-x", "DTRAIN_COORDINATOR=127.0.0.1:" + std::to_string(free_port())});
     }
     if (variant == "native")
       argv.insert(argv.end(), {"-x", "DTRAIN_JOB_SECRET=mpirun-test-secret"});

@@ -17,6 +17,7 @@
 #include "comm/wire/curve.h"
 #include "comm/wire/key_file.h"
 #include "testing/fault_fs.h"
+#include "testing/ports.h"
 #include "testing/process.h"
 #include "testing/test_job.h"
 
@@ -129,7 +130,7 @@ TEST(KeyFileCli, ProcessesWithDifferentKeyFilesCannotTalk) {
   for (const char* name : {"a.key", "b.key"}) {
     ASSERT_TRUE(run_dtrain({"keygen", dir.file(name)}).status.ok());
   }
-  const std::string coordinator = "127.0.0.1:" + std::to_string(testing::free_port());
+  const std::string coordinator = "127.0.0.1:" + std::to_string(testing::free_loopback_port());
   std::vector<testing::ChildProcess> ranks;
   for (int r = 0; r < 2; ++r) {
     std::vector<std::string> argv = {"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1", DTRAIN_BINARY};

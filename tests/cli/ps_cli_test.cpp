@@ -24,7 +24,6 @@ namespace dtrain {
 namespace {
 
 using testing::CliRun;
-using testing::free_port;
 using testing::run_dtrain;
 using testing::write_file;
 
@@ -205,6 +204,19 @@ TEST(PsCli, BadPsConfigurationsAreConfigErrors) {
     EXPECT_NE(run.output.find(c.message), std::string::npos);
     EXPECT_FALSE(std::filesystem::exists(dir.file("out/model.safetensors")));
   }
+}
+
+// A port that was free a moment ago (for the coordinator under mpirun).
+int free_port() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  EXPECT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  close(fd);
+  return ntohs(addr.sin_port);
 }
 
 TEST(PsCli, UnderMpirunTheFirstRanksAreServers) {

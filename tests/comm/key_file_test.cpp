@@ -12,6 +12,7 @@
 #include <fstream>
 #include <string>
 
+#include "comm/rendezvous/job_secret.h"
 #include "comm/rendezvous/launch_env.h"
 #include "core/error.h"
 #include "testing/fault_fs.h"

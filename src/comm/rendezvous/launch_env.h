@@ -46,10 +46,7 @@ struct LaunchOverrides {
 // dtrain's own launcher sets them, another launcher may):
 struct LaunchSettings {
   std::string job_secret;  // DTRAIN_JOB_SECRET: authenticates every frame ("" none)
-  // DTRAIN_KEY_FILE: a key file holding the job secret (comm/wire/key_file.h);
-  // after resolve_job_secret(), the absolute path of the key file in use.
-  std::string key_file;
-  bool insecure = false;  // DTRAIN_INSECURE=1: run without a secret on purpose
+  bool insecure = false;   // DTRAIN_INSECURE=1: run without a secret on purpose
   // DTRAIN_TCP_ONLY=1: every link over tcp even between processes of one
   // host (no ipc, no shared memory), as across hosts: for tests and
   // benchmarks of encrypted links on one machine.
@@ -64,32 +61,15 @@ struct LaunchSettings {
   std::string run_dir;         // DTRAIN_RUN_DIR: private folder of the run (sockets)
   std::string status_fd;       // DTRAIN_STATUS_FD: where to tell the launcher why it failed
   bool output_locked = false;  // DTRAIN_OUTPUT_LOCKED=1: the launcher holds the output lock
+  // DTRAIN_KEY_FILE: a key file holding the job secret (comm/wire/key_file.h);
+  // after resolve_job_secret() (job_secret.h), the absolute path of the key
+  // file in use.
+  std::string key_file;
 };
 
 // Reads LaunchSettings from `env`; ConfigError naming the variable for a
 // malformed DTRAIN_RESTART_COUNT or DTRAIN_INSECURE.
 LaunchSettings resolve_launch_settings(const std::map<std::string, std::string>& env);
-
-// The one place that decides a process's job secret (docs/security.md,
-// "Where the keys come from"); every process calls it before it makes a
-// JobAuth. Sources, in `settings` as resolve_launch_settings() read them and
-// in the job file:
-//   - a key file, named by the job (`job_key_file`: security.key_file, as
-//     written, relative to the working directory like every path of a job
-//     file; `job_file` names the job file in messages) or by DTRAIN_KEY_FILE;
-//   - DTRAIN_JOB_SECRET (what dtrain's launcher makes for a run without a
-//     key file, or what a user exports).
-// Rules: with a key file, the secret is the file's (read_key_file() checks
-// its owner, mode and format); the job's file and DTRAIN_KEY_FILE may both be
-// given only when they name the same file; DTRAIN_JOB_SECRET may be set as
-// well only when it equals the file's secret. Without a key file the secret
-// is DTRAIN_JOB_SECRET, possibly empty (the caller then refuses to run, or
-// runs --insecure). On return settings.job_secret holds the secret and
-// settings.key_file the key file's absolute path ("" none). Throws
-// ConfigError naming both sources of a conflict, or naming the key file and
-// the fix for an unreadable, unsafe or malformed one. Blocking: the file's read.
-void resolve_job_secret(LaunchSettings& settings, const std::string& job_key_file,
-                        const std::string& job_file);
 
 struct LaunchInfo {
   int rank = 0;
