@@ -15,6 +15,7 @@
 #include "cli/launcher.h"
 #include "cli/process_log.h"
 #include "cli/test_hooks.h"
+#include "comm/rendezvous/job_secret.h"
 #include "comm/rendezvous/launch_env.h"
 #include "comm/wire/curve.h"
 #include "core/error.h"
@@ -93,6 +94,7 @@ int run_train(const TrainOptions& options, std::ostream& out) {
   Logger& logger = Logger::stderr_logger();
   const train::JobConfig job = read_job(options, logger);
   comm::LaunchInfo launch = resolve_launch(options);
+  comm::resolve_job_secret(launch.settings, job.security.key_file, job.source);
   if (job.security.encrypt) launch.settings.encrypt = true;
   // Under mpirun without a coordinator, rank 0 publishes its address in the
   // output folder (comm/rendezvous/coordinator_discovery.h).
@@ -135,6 +137,7 @@ int run_train(const TrainOptions& options, std::ostream& out) {
     l.environment = options.environment;
     l.environment["DTRAIN_OUTPUT_LOCKED"] = "1";
     if (launch.settings.encrypt) l.environment["DTRAIN_ENCRYPT"] = "1";
+    provide_job_secret(l.environment, launch.settings.key_file);
     ProcessLog processes(job.output + "/processes.jsonl", plan.servers, logger);
     processes.attach(l);
     const int status = launch_job(job, plan, std::move(l), out, std::cerr, logger);
