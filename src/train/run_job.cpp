@@ -317,10 +317,11 @@ void check_job_secret(const strategy::StrategySpec& spec, const strategy::JobFac
   throw ConfigError(fmt::format(
       "rank {} of {} (started by {}) has no job secret: the frames of a multi-process job are "
       "authenticated with DTRAIN_JOB_SECRET, and without one anyone who can reach the job's "
-      "ports can join it as a rank, stop it or poison its model. Make one and give the same to "
-      "every rank, e.g. `export DTRAIN_JOB_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d "
-      "' \\n')`, then `mpirun -x DTRAIN_JOB_SECRET ...` (OpenMPI) or `srun ...` (Slurm passes "
-      "the environment on; with --export, name DTRAIN_JOB_SECRET in it). To run without one on "
+      "ports can join it as a rank, stop it or poison its model. Make a key file and give every "
+      "rank the same one: `dtrain keygen job.key`, then `security.key_file` in the job or "
+      "`mpirun -x DTRAIN_KEY_FILE=$PWD/job.key ...` (OpenMPI) or `srun ...` (Slurm passes the "
+      "environment on), with the file on shared storage or copied to each host (docs/security.md); "
+      "or export a secret instead and `mpirun -x DTRAIN_JOB_SECRET ...`. To run without one on "
       "purpose, on a trusted network, pass --insecure to every rank or set DTRAIN_INSECURE=1. "
       "(`dtrain train --workers N` makes a secret itself.)",
       launch.rank, launch.world_size, launch.source));
