@@ -67,8 +67,8 @@ AllReduceStrategy::AllReduceStrategy(std::unique_ptr<nn::Module> model,
   numels.reserve(params_.size());
   for (const Variable& p : params_) numels.push_back(p.numel());
   bucketer_ = std::make_unique<CoalescingBucketer>(
-      numels, options_.bucket_bytes, header_floats_,
-      [this](size_t bucket, std::span<float> data) { launch(bucket, data); });
+      numels, std::min(options_.first_bucket_bytes, options_.bucket_bytes), options_.bucket_bytes,
+      header_floats_, [this](size_t bucket, std::span<float> data) { launch(bucket, data); });
   const size_t buckets = bucketer_->bucket_count();
   settings_ = options_.compression;
   if (settings_.active()) {

@@ -138,6 +138,14 @@ struct AllReduceOptions {
   // ones more overlap. 0 puts each parameter in a bucket of its own. DDP's
   // default is 25 MiB, for models of hundreds of MiB.
   size_t bucket_bytes = size_t{1} << 20;
+  // Gradient bytes of the first bucket (PyTorch DDP's first_bucket_bytes),
+  // capped at bucket_bytes: the first gradients backward finishes (the last
+  // layers) close it early, so its allreduce starts while backward goes on.
+  // Without it a model smaller than bucket_bytes (LeNet-5: 244 KB) is one
+  // bucket launched by the last hook, and nothing overlaps. 64 KiB holds
+  // LeNet-5's two last layers (44 KB), leaving fc1 and the convolutions'
+  // backward to hide its allreduce behind (docs/performance.md).
+  size_t first_bucket_bytes = size_t{64} << 10;
   // Micro-batches per update (>= 1).
   int64_t accumulation_steps = 1;
   // Bound on waiting, after backward, for all of a step's allreduces
