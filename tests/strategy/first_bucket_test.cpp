@@ -2,7 +2,8 @@
 // first_bucket_bytes): which parameters it holds, that it launches while
 // later gradients are still pending, and that splitting a single bucket this
 // way leaves the trained parameters bit-identical (two ranks: each element's
-// sum is the same a + b whichever bucket carries it).
+// sum is the same a + b whichever bucket carries it). And OverlapStats'
+// allreduce time measured from the communicator's execution of each bucket.
 #include <gtest/gtest.h>
 
 #include <vector>
@@ -96,6 +97,38 @@ TEST(FirstBucket, SplitRunIsBitIdenticalToTheSingleBucketRunAndLaunchesTwiceInBa
   // hook, the split's first bucket at fc2.weight's hook, before fc1's.
   EXPECT_EQ(single_in_backward, 1);
   EXPECT_EQ(split_in_backward, 2);
+}
+
+// The measured execution: present for dense overlapped buckets, absent in
+// blocking mode; nothing counts as hidden on a worker without rows (no
+// backward ran), and the hidden part never exceeds the whole.
+TEST(OverlapExecution, MeasuredOnTheCommunicatorsThreadForDenseOverlappedBuckets) {
+  const test::Batch batch = make_batches(1, 4, 5)[0];
+  run_workers(2, [&](int rank, comm::Communicator& comm, comm::InProcHub&) {
+    AllReduceOptions options;
+    options.first_bucket_bytes = kFc2Bytes;
+    AllReduceStrategy overlapped(make_mlp(1), sgd(), comm, options);
+    AllReduceStrategy blocking(make_mlp(1), sgd(), static_cast<comm::Collectives&>(comm), options);
+    for (AllReduceStrategy* strategy : {&overlapped, &blocking}) {
+      if (rank == 0) {
+        strategy->train_step(batch.x, batch.y);
+      } else {
+        strategy->train_step(Tensor(), {});
+      }
+    }
+    const OverlapStats& o = overlapped.overlap_stats();
+    EXPECT_TRUE(o.measured_execution);
+    EXPECT_GT(o.allreduce_s, 0.0);
+    EXPECT_GE(o.hidden_s, 0.0);
+    EXPECT_LE(o.hidden_s, o.allreduce_s);
+    EXPECT_EQ(o.launched_in_backward, rank == 0 ? 2 : 0);
+    if (rank == 1) {
+      EXPECT_EQ(o.hidden_s, 0.0);
+      EXPECT_EQ(o.hidden_share(), 0.0);
+    }
+    EXPECT_FALSE(blocking.overlap_stats().measured_execution);
+    EXPECT_EQ(blocking.overlap_stats().hidden_s, 0.0);
+  });
 }
 
 }  // namespace
