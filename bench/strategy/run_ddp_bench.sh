@@ -5,7 +5,11 @@
 # Prints samples/s, the 2-worker scaling efficiency (2-worker rate / 1-worker
 # rate, since the global batch is fixed the ideal is 2x), the dtrain/PyTorch
 # ratios, and the share of dtrain's allreduce time hidden behind backward.
-# Usage: bench/strategy/run_ddp_bench.sh [STEPS] [REPS] [GLOBAL_BATCH]
+# BEFORE=path/to/an/older/train_step_bench adds, interleaved in the same
+# repetitions, that binary's 2-worker rate and hidden share (before/after
+# comparisons on a loaded machine); THREADS=1 adds dtrain's 2 workers as
+# threads of one process (MirroredStrategy) beside the 2 processes.
+# Usage: [BEFORE=bin] [THREADS=1] bench/strategy/run_ddp_bench.sh [STEPS] [REPS] [GLOBAL_BATCH]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 steps=${1:-200}
@@ -21,9 +25,18 @@ field() { grep -o "\"$1\": [0-9.]*" | awk '{print $2}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 
 printf '%-7s %10s %10s %10s %10s %8s %8s %9s %9s %7s\n' model dt_1w dt_2w torch_1w ddp_2w dt_eff ddp_eff dt/torch dt/ddp hidden
+before=${BEFORE:-}
+threads=${THREADS:-}
+extra=()
 for model in mlp lenet5; do
-  d1=(); d2=(); t1=(); t2=(); h=()
+  d1=(); d2=(); t1=(); t2=(); h=(); b2=(); bh=(); m2=()
   for ((r = 0; r < reps; ++r)); do
+    if [[ -n $before ]]; then
+      out=$($before "$model" "$steps" 1 2 allreduce "$batch")
+      b2+=("$(echo "$out" | field samples_per_s)")
+      bh+=("$(echo "$out" | field hidden_share)")
+    fi
+    [[ -z $threads ]] || m2+=("$($bin "$model" "$steps" 1 2 mirrored "$batch" | field samples_per_s)")
     d1+=("$($bin "$model" "$steps" 1 1 local "$batch" | field samples_per_s)")
     out=$($bin "$model" "$steps" 1 2 allreduce "$batch")
     d2+=("$(echo "$out" | field samples_per_s)")
@@ -37,5 +50,16 @@ for model in mlp lenet5; do
   printf '%-7s %10.0f %10.0f %10.0f %10.0f %7.0f%% %7.0f%% %9s %9s %6.0f%%\n' "$model" "$D1" "$D2" "$T1" "$T2" \
     "$(awk -v a="$D2" -v b="$D1" 'BEGIN {print 50*a/b}')" "$(awk -v a="$T2" -v b="$T1" 'BEGIN {print 50*a/b}')" \
     "$(ratio "$D1" "$T1")" "$(ratio "$D2" "$T2")" "$(awk -v h="$H" 'BEGIN {print 100*h}')"
+  if [[ -n $before ]]; then
+    B2=$(printf '%s\n' "${b2[@]}" | median); BH=$(printf '%s\n' "${bh[@]}" | median)
+    extra+=("$(printf '%-7s before: dt_2w %.0f, after/before %s, hidden (its estimate) %.0f%%' \
+      "$model" "$B2" "$(ratio "$D2" "$B2")" "$(awk -v h="$BH" 'BEGIN {print 100*h}')")")
+  fi
+  if [[ -n $threads ]]; then
+    M2=$(printf '%s\n' "${m2[@]}" | median)
+    extra+=("$(printf '%-7s 2 threads (mirrored): %.0f samples/s, threads/processes %s' \
+      "$model" "$M2" "$(ratio "$M2" "$D2")")")
+  fi
 done
+for line in "${extra[@]}"; do echo "$line"; done
 echo "dt_eff/ddp_eff: 2-worker rate / (2 x 1-worker rate); dt/torch: 1 worker; dt/ddp: 2 workers; hidden: share of allreduce time behind backward"

@@ -67,8 +67,8 @@ AllReduceStrategy::AllReduceStrategy(std::unique_ptr<nn::Module> model,
   numels.reserve(params_.size());
   for (const Variable& p : params_) numels.push_back(p.numel());
   bucketer_ = std::make_unique<CoalescingBucketer>(
-      numels, options_.bucket_bytes, header_floats_,
-      [this](size_t bucket, std::span<float> data) { launch(bucket, data); });
+      numels, std::min(options_.first_bucket_bytes, options_.bucket_bytes), options_.bucket_bytes,
+      header_floats_, [this](size_t bucket, std::span<float> data) { launch(bucket, data); });
   const size_t buckets = bucketer_->bucket_count();
   settings_ = options_.compression;
   if (settings_.active()) {
@@ -91,6 +91,8 @@ AllReduceStrategy::AllReduceStrategy(std::unique_ptr<nn::Module> model,
   pending_.resize(buckets);
   launched_at_.resize(buckets);
   completed_at_.resize(buckets);
+  executed_from_.resize(buckets);
+  executed_to_.resize(buckets);
 
   try {
     if (options_.trace != nullptr && async_ != nullptr) {
@@ -266,7 +268,13 @@ void AllReduceStrategy::launch(size_t bucket, std::span<float> data) {
   if (compressing_ && reducer_->compresses_bucket(bucket)) {
     works_[bucket] = reducer_->launch(bucket, data, run_updates_ - settings_.start_step);
   } else {
-    works_[bucket] = async_->allreduce_async(data, comm::ReduceOp::kSum);
+    // Through submit() rather than allreduce_async() to time the execution
+    // itself on the communicator's thread (the same allreduce, run inline).
+    works_[bucket] = async_->submit("bucket allreduce", [this, bucket, data] {
+      executed_from_[bucket] = Clock::now();
+      async_->allreduce(data, comm::ReduceOp::kSum);
+      executed_to_[bucket] = Clock::now();
+    });
   }
   if (in_backward_) ++overlap_.launched_in_backward;
 }
@@ -323,6 +331,7 @@ StepStats AllReduceStrategy::train_step(const Tensor& inputs, std::span<const in
         mul_scalar(loss, static_cast<float>(n)).backward(options_.trace);
       }
       const auto backward_end = Clock::now();
+      backward_end_ = backward_end;
       if (communicate && !local) overlap_.backward_s = seconds(backward_end - backward_start);
       hooks_armed_ = false;
       in_backward_ = false;
@@ -455,6 +464,22 @@ void AllReduceStrategy::complete_allreduce() {
     busy += std::max(0.0, seconds(completed_at_[b] - start));
   }
   overlap_.allreduce_s = busy;
+  if (async_ != nullptr && !compressing_) measure_execution(buckets);
+}
+
+void AllReduceStrategy::measure_execution(size_t buckets) {
+  double executed = 0.0;
+  double hidden = 0.0;
+  for (size_t b = 0; b < buckets; ++b) {
+    executed += seconds(executed_to_[b] - executed_from_[b]);
+    if (b < static_cast<size_t>(overlap_.launched_in_backward)) {
+      hidden +=
+          std::max(0.0, seconds(std::min(executed_to_[b], backward_end_) - executed_from_[b]));
+    }
+  }
+  overlap_.allreduce_s = executed;
+  overlap_.hidden_s = hidden;
+  overlap_.measured_execution = true;
 }
 
 float AllReduceStrategy::read_reduced_header() {

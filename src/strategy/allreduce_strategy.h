@@ -138,6 +138,14 @@ struct AllReduceOptions {
   // ones more overlap. 0 puts each parameter in a bucket of its own. DDP's
   // default is 25 MiB, for models of hundreds of MiB.
   size_t bucket_bytes = size_t{1} << 20;
+  // Gradient bytes of the first bucket (PyTorch DDP's first_bucket_bytes),
+  // capped at bucket_bytes: the first gradients backward finishes (the last
+  // layers) close it early, so its allreduce starts while backward goes on.
+  // Without it a model smaller than bucket_bytes (LeNet-5: 244 KB) is one
+  // bucket launched by the last hook, and nothing overlaps. 64 KiB holds
+  // LeNet-5's two last layers (44 KB), leaving fc1 and the convolutions'
+  // backward to hide its allreduce behind (docs/performance.md).
+  size_t first_bucket_bytes = size_t{64} << 10;
   // Micro-batches per update (>= 1).
   int64_t accumulation_steps = 1;
   // Bound on waiting, after backward, for all of a step's allreduces
@@ -169,18 +177,26 @@ struct OverlapStats {
   // Time blocked after backward until every bucket's allreduce completed
   // (launching the remaining buckets included): the exposed communication.
   double wait_s = 0.0;
-  // Estimated execution time of the allreduces: the sum over buckets of
-  // (completion - max(launch, previous bucket's completion)), the operations
-  // running one after another on the communicator's thread. Completions are
-  // observed by polling at every gradient-ready hook and while waiting, so a
-  // completion during backward is seen late by at most one hook interval.
+  // Execution time of the allreduces. Measured (measured_execution) when
+  // every bucket went dense through dtrain's communicator: the sum over
+  // buckets of the time its allreduce ran on the communicator's thread, from
+  // the start of its execution to its end, queueing excluded. Otherwise
+  // (compressed buckets, the blocking mode) estimated: the sum over buckets
+  // of (completion - max(launch, previous bucket's completion)), completions
+  // observed by polling at every gradient-ready hook and while waiting, which
+  // counts a bucket's wait in the queue as execution.
   double allreduce_s = 0.0;
+  bool measured_execution = false;
+  // Measured only: the part of allreduce_s that ran before backward()
+  // returned.
+  double hidden_s = 0.0;
 
-  // The share of allreduce time hidden behind backward, in [0, 1].
+  // The share of allreduce time hidden behind backward, in [0, 1]: measured,
+  // hidden_s / allreduce_s; estimated, 1 - wait_s / allreduce_s.
   double hidden_share() const {
     if (allreduce_s <= 0.0) return 0.0;
-    const double hidden = 1.0 - wait_s / allreduce_s;
-    return hidden < 0.0 ? 0.0 : hidden;
+    const double hidden = measured_execution ? hidden_s / allreduce_s : 1.0 - wait_s / allreduce_s;
+    return hidden < 0.0 ? 0.0 : (hidden > 1.0 ? 1.0 : hidden);
   }
 };
 
@@ -332,6 +348,12 @@ class AllReduceStrategy : public Strategy {
   std::vector<std::span<float>> pending_;  // blocking mode, per bucket
   std::vector<Clock::time_point> launched_at_;
   std::vector<Clock::time_point> completed_at_;
+  // Dense overlapping buckets: their allreduce's execution, written on the
+  // communicator's thread before its Work completes, read after.
+  std::vector<Clock::time_point> executed_from_;
+  std::vector<Clock::time_point> executed_to_;
+  Clock::time_point backward_end_;
+  void measure_execution(size_t buckets);
   size_t completions_seen_ = 0;  // buckets 0..completions_seen_-1 were seen complete
 
   bool updated_ = false;

@@ -10,20 +10,29 @@ namespace dtrain::strategy {
 
 CoalescingBucketer::CoalescingBucketer(const std::vector<int64_t>& param_numels,
                                        size_t bucket_bytes, size_t header_floats, LaunchFn launch)
+    : CoalescingBucketer(param_numels, bucket_bytes, bucket_bytes, header_floats,
+                         std::move(launch)) {}
+
+CoalescingBucketer::CoalescingBucketer(const std::vector<int64_t>& param_numels,
+                                       size_t first_bucket_bytes, size_t bucket_bytes,
+                                       size_t header_floats, LaunchFn launch)
     : slots_(param_numels.size()), header_floats_(header_floats), launch_(std::move(launch)) {
   if (!launch_) throw UsageError("CoalescingBucketer: the launch function is empty");
-  // Assign parameters, last registered first, to buckets of about bucket_bytes.
+  // Assign parameters, last registered first, to buckets of about bucket_bytes
+  // (bucket 0: first_bucket_bytes).
   buckets_.emplace_back();
   size_t bucket_gradient_bytes = 0;
+  size_t cap = first_bucket_bytes;
   for (size_t k = param_numels.size(); k-- > 0;) {
     if (param_numels[k] < 0) {
       throw UsageError(
           fmt::format("CoalescingBucketer: parameter {} has {} elements", k, param_numels[k]));
     }
     const size_t bytes = static_cast<size_t>(param_numels[k]) * sizeof(float);
-    if (!buckets_.back().params.empty() && bucket_gradient_bytes + bytes > bucket_bytes) {
+    if (!buckets_.back().params.empty() && bucket_gradient_bytes + bytes > cap) {
       buckets_.emplace_back();
       bucket_gradient_bytes = 0;
+      cap = bucket_bytes;
     }
     buckets_.back().params.push_back(k);
     bucket_gradient_bytes += bytes;

@@ -10,7 +10,13 @@
 // `bucket_bytes` of gradient each: a bucket is closed when the next
 // parameter would take it past bucket_bytes, so a parameter larger than
 // bucket_bytes gets a bucket of its own, and bucket_bytes = 0 gives one
-// parameter per bucket. Each bucket is one contiguous float buffer:
+// parameter per bucket. Bucket 0, which holds the first gradients backward
+// finishes (the last layers), may have a cap of its own, `first_bucket_bytes`
+// (PyTorch DDP's first_bucket_bytes): a small one closes it early, so its
+// allreduce starts while backward goes on, where a single bucket holding the
+// whole of a small model would only launch at the last hook. The layout is a
+// pure function of (param_numels, first_bucket_bytes, bucket_bytes), so every
+// rank builds the same buckets. Each bucket is one contiguous float buffer:
 //
 //   [ header (bucket 0 only: header_floats) | presence: one float per
 //     parameter of the bucket | gradient of each parameter, in bucket order ]
@@ -58,8 +64,12 @@ class CoalescingBucketer {
   using LaunchFn = std::function<void(size_t bucket, std::span<float> data)>;
 
   // param_numels[i]: the element count of parameter i (registration order).
+  // Bucket 0 is capped at bucket_bytes like the others.
   CoalescingBucketer(const std::vector<int64_t>& param_numels, size_t bucket_bytes,
                      size_t header_floats, LaunchFn launch);
+  // Bucket 0 is capped at first_bucket_bytes, the others at bucket_bytes.
+  CoalescingBucketer(const std::vector<int64_t>& param_numels, size_t first_bucket_bytes,
+                     size_t bucket_bytes, size_t header_floats, LaunchFn launch);
   CoalescingBucketer(const CoalescingBucketer&) = delete;
   CoalescingBucketer& operator=(const CoalescingBucketer&) = delete;
 
