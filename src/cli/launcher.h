@@ -162,10 +162,11 @@ struct LaunchOptions {
     // part in it has ended (called on run()'s thread after each exit 0).
     // Empty: once every essential slot's latest process exited 0
     // (essential_slots > 0), else never.
-    // Processes still running then (a worker the group dropped, or one
-    // stopped past the heartbeat timeout) are told so (SIGUSR1, see
-    // kJobFinishedSignal), then SIGKILLed after stop_grace; how they end
-    // does not change the job's exit code.
+    // Processes still running stop_grace later (a worker the group
+    // dropped, or one stopped past the heartbeat timeout; the others leave
+    // on their own meanwhile) are told so (SIGUSR1, see
+    // kJobFinishedSignal), then SIGKILLed after stop_grace more; how they
+    // end does not change the job's exit code.
     std::function<bool()> job_finished;
   };
   std::optional<Elastic> elastic;

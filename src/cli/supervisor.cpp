@@ -77,6 +77,7 @@ void Supervisor::run(Deadline deadline) {
     Clock::time_point wake = Clock::now() + kTick;
     if (!stopping_ && !deadline.is_never()) wake = std::min(wake, deadline.at());
     if (stopping_ && !killed_at_) wake = std::min(wake, kill_at_);
+    if (!stopping_ && release_at_) wake = std::min(wake, *release_at_);
     if (drain_until_) wake = std::min(wake, *drain_until_);
     wait_for_events(wake);
   }
@@ -259,10 +260,11 @@ void Supervisor::release_stragglers() {
   kill_at_ = Clock::now() + options_.stop_grace;
   for (const Worker* w : left) {
     logger_.warn(
-        "{} (pid {}) still runs after the job finished training without it (it was "
-        "dropped, or silent past the heartbeat timeout): telling it to exit ({}), "
+        "{} (pid {}) still runs after the job finished training without it ({} ms ago; it "
+        "was dropped, or silent past the heartbeat timeout): telling it to exit ({}), "
         "SIGKILL after {} ms",
-        slot_name(w->rank), w->pid, signal_name(kJobFinishedSignal), options_.stop_grace.count());
+        slot_name(w->rank), w->pid, options_.stop_grace.count(), signal_name(kJobFinishedSignal),
+        options_.stop_grace.count());
     kill(w->pid, kJobFinishedSignal);
     kill(w->pid, SIGCONT);  // a stopped one hears it now
   }
@@ -284,7 +286,12 @@ void Supervisor::finish_elastic(const Worker& w, const std::string& what) {
   }
   if (w.status.ok()) {
     logger_.debug("{}", what);
-    if (!stopping_ && job_finished()) release_stragglers();
+    // The others leave on their own once the job is done (their goodbyes
+    // may still be on the way): only those still running a grace later
+    // are told to exit.
+    if (!stopping_ && !release_at_ && job_finished()) {
+      release_at_ = Clock::now() + options_.stop_grace;
+    }
     return;
   }
   if (stopping_) {
@@ -367,6 +374,7 @@ void Supervisor::enforce_timers(Deadline deadline) {
     timed_out_ = true;
     begin_stop(SIGTERM, "launch deadline passed");
   }
+  if (!stopping_ && release_at_ && now >= *release_at_) release_stragglers();
   if (stopping_ && !killed_at_ && now >= kill_at_) {
     killed_at_ = now;
     const auto left = running();

@@ -117,6 +117,9 @@ class Supervisor {
   std::chrono::steady_clock::time_point kill_at_;                     // valid while stopping_
   std::optional<std::chrono::steady_clock::time_point> killed_at_;    // when SIGKILL went out
   std::optional<std::chrono::steady_clock::time_point> drain_until_;  // set once no worker runs
+  // Elastic mode: when the processes still running after the job finished
+  // are told to exit (stop_grace after it finished).
+  std::optional<std::chrono::steady_clock::time_point> release_at_;
   bool timed_out_ = false;
   std::optional<int> first_failed_rank_;
   std::optional<WorkerExit> first_failure_;
