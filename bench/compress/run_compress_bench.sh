@@ -11,7 +11,10 @@
 #   sign      type=sign, error feedback
 #   powersgd  type=powersgd rank=RANK start_step=START
 #   localsgd  local_steps=8 (local SGD: models averaged every 8 updates;
-#             with ps, on plain SGD: see ps_local_sgd_args)
+#             with ps the servers' Nesterov momentum is SlowMo's outer
+#             momentum on the rounds' mean movements)
+#   randomk-dgc  randomk with DGC's momentum correction (momentum 0.5 in the
+#             compressor, none in the optimizer)
 #
 # Sets (the first argument):
 #   accuracy  the MLP with 4 allreduce workers and with the ps strategy in
@@ -33,10 +36,12 @@
 # tables go to bench/compress/results/<set>-<timestamp>/; the tables also
 # to stdout. A run that fails is shown as "failed" and the others go on.
 #
-# Usage: [METHODS="dense fp16 ..."] [RANK=4] [START=10] [LENET_RANK=2] [LENET=0|1]
+# Usage: [METHODS="dense fp16 ..."] [CONFIGS="ar4 ps"] [RANK=4] [START=10] [LENET_RANK=2] [LENET=0|1]
 #        [LINKS="1000 100"] [LATENCY_MS=1] [TARGET=0.98] [SMOKE_STEPS=N]
 #        [DTRAIN=path/to/dtrain] \
 #          bench/compress/run_compress_bench.sh accuracy|links|all [EPOCHS] [REPS]
+# CONFIGS picks the accuracy set's MLP configurations (ar4, ps; both by
+# default); a configuration left out shows as "failed".
 # REPS > 1 repeats every run (interleaved) and takes medians. SMOKE_STEPS=N
 # trains on the first N x 128 images only (N updates per epoch).
 set -euo pipefail
@@ -44,7 +49,8 @@ cd "$(dirname "$0")/../.."
 set_name=${1:-}
 epochs=${2:-10}
 reps=${3:-1}
-methods=${METHODS:-dense fp16 bf16 topk randomk qsgd sign powersgd localsgd}
+methods=${METHODS:-dense fp16 bf16 topk randomk randomk-dgc qsgd sign powersgd localsgd}
+configs=${CONFIGS:-ar4 ps}
 rank=${RANK:-4}
 start=${START:-10}
 lenet_rank=${LENET_RANK:-2}
@@ -71,6 +77,11 @@ method_args() {  # METHOD -> its --set flags
     fp16 | bf16) echo "$c.type=$1" ;;
     topk) echo "$c.type=topk $c.density=0.01 $c.error_feedback=true" ;;
     randomk) echo "$c.type=randomk $c.density=0.1 $c.error_feedback=true" ;;
+    # DGC's momentum correction: the compressor keeps the momentum (0.5;
+    # 0.9 is too much for random-k's delays, docs/compression.md), the
+    # optimizer runs without it.
+    randomk-dgc) echo "$c.type=randomk $c.density=0.1 $c.error_feedback=true $c.momentum=0.5" \
+      "--set optimizer.momentum=0 --set optimizer.nesterov=false" ;;
     randomk-guard) echo "$c.type=randomk $c.density=0.1 $c.error_feedback=true $c.guard=true" ;;
     topk-guard) echo "$c.type=topk $c.density=0.01 $c.error_feedback=true $c.guard=true" ;;
     qsgd) echo "$c.type=qsgd $c.levels=16" ;;
@@ -78,13 +89,14 @@ method_args() {  # METHOD -> its --set flags
     powersgd) echo "$c.type=powersgd $c.rank=$rank $c.start_step=$start" ;;
     powersgd-lenet) echo "$c.type=powersgd $c.rank=$lenet_rank $c.start_step=$start" ;;
     localsgd) echo "$c.local_steps=8" ;;
-    *) echo "unknown method '$1' (dense fp16 bf16 topk randomk qsgd sign powersgd localsgd)" >&2
+    *) echo "unknown method '$1' (dense fp16 bf16 topk randomk randomk-dgc qsgd sign powersgd localsgd)" >&2
        return 1 ;;
   esac
 }
 describe() {  # METHOD -> the row label
   case $1 in
     topk) echo "topk 0.01+EF" ;; randomk) echo "randomk 0.1+EF" ;; qsgd) echo "qsgd 16" ;;
+    randomk-dgc) echo "randomk+EF+DGC" ;;
     sign) echo "sign+EF" ;; powersgd) echo "powersgd r$rank" ;; localsgd) echo "local SGD H=8" ;;
     *) echo "$1" ;;
   esac
@@ -105,24 +117,15 @@ config_args() {
   esac
 }
 
-# ps local SGD pushes each worker's movement / lr as one gradient, which
-# moves the servers by the workers' mean movement only under plain SGD: that
-# one run trains with plain SGD (no momentum, no weight decay, lr 0.1).
-ps_local_sgd_args() {  # CONFIGURATION METHOD
-  if [[ $1 == ps && $2 == localsgd ]]; then
-    echo "--set optimizer.momentum=0 --set optimizer.nesterov=false --set optimizer.weight_decay=0"
-  fi
-}
-
 accuracy_set() {
   local results=$1 r m cfg
   for ((r = 0; r < reps; ++r)); do
     for m in $methods; do
-      for cfg in ar4 ps; do
+      for cfg in $configs; do
         echo "  accuracy rep $((r + 1))/$reps: mlp $cfg $m" >&2
         # shellcheck disable=SC2046
         run_dtrain "$results" "mlp-$cfg-$m-$r" examples/mnist_mlp.toml $(config_args $cfg) \
-          --set train.epochs="$epochs" $(method_args "$m") $(ps_local_sgd_args "$cfg" "$m")
+          --set train.epochs="$epochs" $(method_args "$m")
       done
     done
     [[ ${LENET:-1} == 0 ]] && continue  # LENET=0: the MLP rows only
@@ -139,7 +142,9 @@ accuracy_set() {
     printf '%-16s | %7s %7s %12s %6s %8s | %7s %7s %12s %6s %8s\n' method acc vs_dense bytes/step \
       x_less dt_ratio acc vs_dense bytes/step x_less dt_ratio
     local row model cells
-    for row in $methods "lenet5:dense" "lenet5:powersgd-lenet"; do
+    local lenet_rows="lenet5:dense lenet5:powersgd-lenet"
+    [[ ${LENET:-1} == 0 ]] && lenet_rows=""
+    for row in $methods $lenet_rows; do
       if [[ $row == lenet5:* ]]; then
         m=${row#lenet5:}; model=lenet5
         [[ $m == dense ]] && printf '%-16s |\n' "LeNet-5"

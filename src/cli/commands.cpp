@@ -17,6 +17,7 @@
 #include "cli/launcher.h"
 #include "cli/process_log.h"
 #include "cli/test_hooks.h"
+#include "comm/rendezvous/job_secret.h"
 #include "comm/rendezvous/launch_env.h"
 #include "comm/wire/curve.h"
 #include "core/error.h"
@@ -111,6 +112,7 @@ int run_agent(const TrainOptions& options, const train::JobConfig& job,
   l.environment = options.environment;
   l.environment["DTRAIN_OUTPUT_LOCKED"] = "1";
   if (job.security.encrypt) l.environment["DTRAIN_ENCRYPT"] = "1";
+  if (!job.security.key_file.empty()) l.environment["DTRAIN_KEY_FILE"] = job.security.key_file;
   return run_etcd_agent(agent, std::move(l), out, std::cerr, logger, Deadline::never()).exit_code;
 }
 
@@ -124,6 +126,7 @@ int run_train(const TrainOptions& options, std::ostream& out) {
     return run_agent(options, job, started, logger, out);
   }
   comm::LaunchInfo launch = resolve_launch(options);
+  comm::resolve_job_secret(launch.settings, job.security.key_file, job.source);
   if (job.security.encrypt) launch.settings.encrypt = true;
   // Under mpirun without a coordinator, rank 0 publishes its address in the
   // output folder (comm/rendezvous/coordinator_discovery.h).
@@ -163,6 +166,7 @@ int run_train(const TrainOptions& options, std::ostream& out) {
     l.environment = options.environment;
     l.environment["DTRAIN_OUTPUT_LOCKED"] = "1";
     if (launch.settings.encrypt) l.environment["DTRAIN_ENCRYPT"] = "1";
+    provide_job_secret(l.environment, launch.settings.key_file);
     ProcessLog processes(job.output + "/processes.jsonl", plan.servers, logger);
     processes.attach(l);
     const int status = launch_job(job, plan, std::move(l), out, std::cerr, logger);

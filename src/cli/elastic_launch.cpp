@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 
 #include "comm/rendezvous/elastic_rendezvous.h"
+#include "comm/rendezvous/job_secret.h"
+#include "comm/rendezvous/launch_env.h"
 #include "core/error.h"
 
 namespace dtrain::cli {
@@ -16,8 +18,10 @@ LaunchResult run_elastic_job(LaunchOptions options, const std::string& job_name,
                     "max_restarts {} must not be negative",
                     min_workers, options.workers, max_restarts));
   }
-  std::string& secret = options.environment["DTRAIN_JOB_SECRET"];
-  if (secret.empty()) secret = random_job_secret();
+  provide_job_secret(options.environment);
+  // The secret the workers will use: the key file's or the one just made.
+  comm::LaunchSettings settings = comm::resolve_launch_settings(options.environment);
+  comm::resolve_job_secret(settings, "", "");
   // security.encrypt reaches the launcher as the workers' DTRAIN_ENCRYPT.
   const auto encrypt_var = options.environment.find("DTRAIN_ENCRYPT");
   const bool encrypt = encrypt_var != options.environment.end() && encrypt_var->second == "1";
@@ -26,7 +30,8 @@ LaunchResult run_elastic_job(LaunchOptions options, const std::string& job_name,
   r.min_workers = min_workers;
   r.on_generation = options.on_generation;
   comm::ElasticRendezvousServer server(options.coordinator_host, 0, r,
-                                       comm::JobAuth(job_name, secret, encrypt), logger);
+                                       comm::JobAuth(job_name, settings.job_secret, encrypt),
+                                       logger);
   options.environment["DTRAIN_ELASTIC_COORDINATOR"] = server.address();
   LaunchOptions::Elastic e;
   e.min_workers = min_workers;

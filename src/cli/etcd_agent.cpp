@@ -70,10 +70,11 @@ LaunchResult run_etcd_agent(const AgentOptions& agent, LaunchOptions base, std::
     throw UsageError(
         fmt::format("--nproc-per-node {} must be in 1..{} / MAX nodes", k, comm::kMaxWorldSize));
   }
-  if (base.environment["DTRAIN_JOB_SECRET"].empty()) {
+  if (base.environment["DTRAIN_JOB_SECRET"].empty() &&
+      base.environment["DTRAIN_KEY_FILE"].empty()) {
     throw UsageError(
-        "--rdzv: set DTRAIN_JOB_SECRET to the same secret on every host (the workers of "
-        "different hosts authenticate each other with it)");
+        "--rdzv: set DTRAIN_JOB_SECRET, or a key file (DTRAIN_KEY_FILE, security.key_file), the "
+        "same on every host (the workers of different hosts authenticate each other with it)");
   }
   const int node =
       claim_node_index(url, Deadline(std::min(deadline.at(), Deadline::after(kClaimTimeout).at())));

@@ -12,12 +12,13 @@
 // can die. Its local job ends when a worker finished training (exit 0) and
 // every local worker has ended, or when fewer than one local worker runs.
 //
-// Every agent of the job must be given the same DTRAIN_JOB_SECRET (the
-// workers of different hosts authenticate each other with it).
+// Every agent of the job must be given the same DTRAIN_JOB_SECRET or key
+// file (DTRAIN_KEY_FILE): the workers of different hosts authenticate each
+// other with it.
 //
 // Blocking: for the local workers' lifetime, bounded by `deadline`.
 // Errors: UsageError for a malformed --rdzv / --nnodes / --nproc-per-node
-// or no DTRAIN_JOB_SECRET; TimeoutError when etcd does not answer the node
+// or neither DTRAIN_JOB_SECRET nor DTRAIN_KEY_FILE; TimeoutError when etcd does not answer the node
 // claim within 30 s; what Launcher::run throws.
 #pragma once
 

@@ -11,6 +11,8 @@
 
 #include "cli/launcher.h"
 #include "cli/process_log.h"
+#include "comm/rendezvous/job_secret.h"
+#include "comm/rendezvous/launch_env.h"
 #include "comm/wire/auth.h"
 #include "core/error.h"
 #include "core/log.h"
@@ -44,14 +46,17 @@ std::string env_or(const std::map<std::string, std::string>& env, const std::str
 // whether its links are encrypted.
 comm::JobAuth job_auth(const FlDeployCommandOptions& options, const train::JobConfig& job,
                        Logger& logger) {
-  const std::string secret = env_or(options.environment, "DTRAIN_JOB_SECRET");
+  comm::LaunchSettings settings = comm::resolve_launch_settings(options.environment);
+  comm::resolve_job_secret(settings, job.security.key_file, job.source);
+  const std::string& secret = settings.job_secret;
   const bool insecure = options.insecure || env_or(options.environment, "DTRAIN_INSECURE") == "1";
   if (secret.empty()) {
     if (!insecure) {
       throw UsageError(
           "DTRAIN_JOB_SECRET is not set: the federated server and its clients authenticate "
-          "every frame with it (set the same secret for all of them, or pass --insecure to run "
-          "without one on purpose)");
+          "every frame with it (set the same secret for all of them, or name one key file: "
+          "security.key_file or DTRAIN_KEY_FILE, made by `dtrain keygen FILE`; or pass "
+          "--insecure to run without one on purpose)");
     }
     logger.warn(
         "federated job '{}': running without DTRAIN_JOB_SECRET (--insecure): frames "
@@ -192,9 +197,9 @@ int run_fl_processes(const FlDeployCommandOptions& options, std::ostream& out) {
   }
   l.workers = static_cast<int>(job.fl.clients + 1);
   l.environment = options.environment;
-  if (env_or(l.environment, "DTRAIN_JOB_SECRET").empty()) {
-    l.environment["DTRAIN_JOB_SECRET"] = random_job_secret();
-  }
+  comm::LaunchSettings settings = comm::resolve_launch_settings(l.environment);
+  comm::resolve_job_secret(settings, job.security.key_file, job.source);
+  provide_job_secret(l.environment, settings.key_file);
   LaunchOptions::Elastic e;
   e.essential_slots = 1;
   e.first_worker_slot = 1;

@@ -6,7 +6,6 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
-#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -22,6 +21,7 @@
 
 #include "cli/supervisor.h"
 #include "cli/worker_process.h"
+#include "comm/wire/key_file.h"
 #include "core/error.h"
 #include "io/atomic_file.h"
 #include "io/file_system.h"
@@ -47,22 +47,6 @@ using process::Worker;
 using process::WorkerSet;
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
-
-std::string random_secret() {
-  std::array<unsigned char, 32> bytes{};
-  size_t filled = 0;
-  while (filled < bytes.size()) {
-    const ssize_t n = getrandom(bytes.data() + filled, bytes.size() - filled, 0);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      throw_errno("getrandom");
-    }
-    filled += static_cast<size_t>(n);
-  }
-  std::string hex;
-  for (unsigned char b : bytes) hex += fmt::format("{:02x}", b);
-  return hex;
-}
 
 // A port that is free on `host` now: bound to port 0, read back, released.
 // Nothing listened on it, so it is immediately bindable again (no TIME_WAIT).
@@ -137,7 +121,7 @@ LaunchResult Launcher::run(Deadline deadline) {
   std::map<std::string, std::string> environment = options_.environment;
   environment["DTRAIN_WORLD_SIZE"] = std::to_string(options_.workers);
   environment["DTRAIN_COORDINATOR"] = result.coordinator;
-  if (environment["DTRAIN_JOB_SECRET"].empty()) environment["DTRAIN_JOB_SECRET"] = random_secret();
+  provide_job_secret(environment);
   std::vector<int> started_per_slot(static_cast<size_t>(options_.workers), 0);
   // Reports of an earlier attempt (run_with_restarts) must not blame anyone now.
   for (int slot = 0; slot < options_.workers && !options_.status_dir.empty(); ++slot) {
@@ -233,7 +217,17 @@ LaunchResult run_with_restarts(const LaunchOptions& options, int max_restarts, s
   return result;
 }
 
-std::string random_job_secret() { return random_secret(); }
+std::string random_job_secret() { return comm::wire::new_job_secret(); }
+
+void provide_job_secret(std::map<std::string, std::string>& env, const std::string& key_file) {
+  if (!key_file.empty()) env["DTRAIN_KEY_FILE"] = key_file;
+  const auto named = env.find("DTRAIN_KEY_FILE");
+  if (named != env.end() && !named->second.empty()) {
+    env.erase("DTRAIN_JOB_SECRET");
+  } else if (env["DTRAIN_JOB_SECRET"].empty()) {
+    env["DTRAIN_JOB_SECRET"] = random_job_secret();
+  }
+}
 
 void write_failure_report(const std::string& status_dir, int slot,
                           const FailureReport& report) noexcept {

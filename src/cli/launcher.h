@@ -7,12 +7,14 @@
 //     (bound and released at once, so rank 0 can bind it), unless a port is
 //     given. The launcher hosts no rendezvous server: rank 0 hosts it, exactly
 //     as under mpirun and Slurm, so a worker starts the same way everywhere.
-//  2. Makes a job secret: 32 random bytes (getrandom), hex, unless
-//     `environment` already holds a non-empty DTRAIN_JOB_SECRET.
+//  2. Gives the workers their job secret (provide_job_secret below): the
+//     key file DTRAIN_KEY_FILE names when `environment` holds one, else
+//     DTRAIN_JOB_SECRET, made here (32 random bytes, hex) unless
+//     `environment` already holds a non-empty one.
 //  3. Starts the workers (fork + execve of `argv`, no PATH search), rank r
 //     with `environment` plus DTRAIN_RANK=r, DTRAIN_WORLD_SIZE=N,
 //     DTRAIN_LOCAL_RANK=r, DTRAIN_COORDINATOR=host:port and
-//     DTRAIN_JOB_SECRET, stdin from /dev/null. Each worker leads its own
+//     DTRAIN_JOB_SECRET or DTRAIN_KEY_FILE, stdin from /dev/null. Each worker leads its own
 //     process group (signals reach what it starts too) and gets SIGKILL if
 //     the launcher's thread dies (PR_SET_PDEATHSIG).
 //  4. Streams every worker's stdout to `out` and stderr to `err`, whole lines
@@ -260,8 +262,17 @@ std::optional<FailureReport> read_failure_report(const std::string& status_dir, 
 // finished training without it; a dtrain worker exits 0 on it with one line.
 inline constexpr int kJobFinishedSignal = SIGUSR1;
 
-// 32 random bytes (getrandom) as hex: a fresh job secret.
+// 32 random bytes (libsodium) as 64 hex digits: a fresh job secret.
 std::string random_job_secret();
+
+// How a launcher hands the job secret to the processes it starts, in their
+// environment `env` (docs/security.md): with a key file (`key_file`, an
+// absolute path, or DTRAIN_KEY_FILE already in `env`) the workers get
+// DTRAIN_KEY_FILE and no DTRAIN_JOB_SECRET, so the secret itself never
+// enters an environment (`ps e`, /proc/PID/environ, job scripts); without
+// one they get DTRAIN_JOB_SECRET, a fresh random_job_secret() unless `env`
+// already holds one. Idempotent.
+void provide_job_secret(std::map<std::string, std::string>& env, const std::string& key_file = "");
 
 // This process's environment as a map (reads `environ`; cli only).
 std::map<std::string, std::string> current_environment();

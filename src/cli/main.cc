@@ -14,6 +14,7 @@
 #include "cli/dashboard_command.h"
 #include "cli/fl_command.h"
 #include "cli/fl_deploy_command.h"
+#include "cli/keygen_command.h"
 #include "cli/launcher.h"
 #include "cli/trace_command.h"
 #include "core/error.h"
@@ -303,6 +304,8 @@ int main(int argc, char** argv) {
   serve_cmd->add_option("--host", serve.host, "Address to listen on (default 127.0.0.1)");
   serve_cmd->add_option("--job", serve.job_file,
                         "The job file to show (default: RUN_DIR/job.toml)");
+  dtrain::cli::KeygenOptions keygen;
+  const CLI::App* keygen_cmd = dtrain::cli::add_keygen_command(app, keygen);
   dtrain::cli::TraceFlags trace_flags;
   add_trace_flags(*app.get_subcommand("train"), trace_flags);
   dtrain::cli::TraceCommandOptions trace_options;
@@ -342,6 +345,7 @@ int main(int argc, char** argv) {
       return dtrain::cli::run_fl_command(fl_options, std::cout);
     }
     if (plot_cmd->parsed()) return dtrain::cli::run_plot(plot, std::cout);
+    if (keygen_cmd->parsed()) return dtrain::cli::run_keygen(keygen, std::cout);
     if (serve_cmd->parsed()) return dtrain::cli::run_serve(serve, std::cout);
     return dtrain::cli::run_eval(eval, std::cout);
   } catch (const std::exception& e) {

@@ -103,10 +103,10 @@ struct Options {
   bool error_feedback = true;
   // Tensors with fewer floats stay dense.
   size_t min_size = 1024;
-  // top-k: DGC's momentum correction (Lin et al. 2018): the compressor
-  // accumulates velocity u = momentum * u + g and sends the top-k of the
-  // accumulated velocity; 0 turns it off. Pair it with an optimizer without
-  // momentum.
+  // top-k, random-k: DGC's momentum correction (Lin et al. 2018): the
+  // compressor accumulates velocity u = momentum * u + g, sends the top-k
+  // (or the drawn k) of the accumulated velocity and zeroes u where sent;
+  // 0 turns it off. Pair it with an optimizer without momentum.
   double momentum = 0.0;
   // top-k: DGC's density warm-up: over the first `warmup_steps` compressed
   // steps the density falls geometrically from 0.25 to `density`.

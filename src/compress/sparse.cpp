@@ -22,8 +22,13 @@
 // Rng(mix_seed(seed, step, tensor)) (Floyd's algorithm), the same on every
 // rank, so reduce() is ONE dense Group::allreduce_sum of the k values of
 // every tensor; payload 4 k. The values are those of v = g + e (with error
-// feedback; e = v with the sent entries zeroed), or g * n / k without it
-// (unbiased).
+// feedback; e = v with the sent entries zeroed), or v * n / k without it
+// (unbiased). With m > 0 random-k takes DGC's momentum correction as top-k
+// does: v = e + u, u = m u + g, and u is zeroed where sent (why: a
+// coordinate is sent about every 1/ρ updates, and an optimizer's momentum
+// applied to those bursts acts on gradients 1/ρ updates stale; accumulating
+// the momentum before sparsifying applies each burst once;
+// docs/compression.md).
 //
 // encode() (docs/compression.md):
 //   top-k:    header (9) | u32 k | k x u32 index (increasing) | k x f32 value
@@ -77,12 +82,58 @@ void select_top_k(std::span<const float> v, size_t k, std::vector<uint32_t>& key
   }
 }
 
-class TopKCompressor final : public Compressor {
- public:
-  TopKCompressor(const Options& options, std::vector<TensorLayout> layouts)
+// What top-k and random-k share: error feedback and DGC's momentum
+// correction, v = e + (m > 0 ? u = m u + g : g), and the masking of the
+// sent entries of e and u afterwards.
+class SparseCompressor : public Compressor {
+ protected:
+  SparseCompressor(const Options& options, std::vector<TensorLayout> layouts)
       : Compressor(options, std::move(layouts)) {
     add_state("velocity", &velocity_);
   }
+
+  size_t state_floats(std::string_view kind, size_t tensor) const override {
+    if (kind == "velocity") return options_.momentum > 0.0 ? layout(tensor).numel() : 0;
+    return Compressor::state_floats(kind, tensor);
+  }
+
+  // Updates u and e with `grad`; returns v (valid until the next call).
+  std::span<const float> accumulate(size_t tensor, std::span<const float> grad) {
+    const size_t n = grad.size();
+    std::span<const float> v = grad;
+    if (options_.momentum > 0.0) {
+      std::vector<float>& u = velocity_[tensor];
+      if (u.empty()) u.assign(n, 0.0f);
+      const auto m = static_cast<float>(options_.momentum);
+      for (size_t i = 0; i < n; ++i) u[i] = m * u[i] + grad[i];
+      v = u;
+    }
+    std::vector<float>& e = residual(tensor);
+    if (!e.empty()) {
+      for (size_t i = 0; i < n; ++i) e[i] += v[i];
+      v = e;
+    }
+    return v;
+  }
+
+  // Zeroes the sent entries of the residual and the velocity.
+  void mask(size_t tensor, std::span<const uint32_t> sent) {
+    std::vector<float>& e = residual(tensor);
+    std::vector<float>& u = velocity_[tensor];
+    for (const uint32_t j : sent) {
+      if (!e.empty()) e[j] = 0.0f;
+      if (!u.empty()) u[j] = 0.0f;
+    }
+  }
+
+ private:
+  std::vector<std::vector<float>> velocity_;
+};
+
+class TopKCompressor final : public SparseCompressor {
+ public:
+  TopKCompressor(const Options& options, std::vector<TensorLayout> layouts)
+      : SparseCompressor(options, std::move(layouts)) {}
 
   void reduce(std::span<const size_t> tensors, std::span<const std::span<float>> grads,
               Group& group, int64_t step) override {
@@ -103,7 +154,7 @@ class TopKCompressor final : public Compressor {
         indices.push_back(static_cast<uint32_t>(offsets[i] + j));
         values.push_back(v[j]);
       }
-      mask(tensors[i]);
+      mask(tensors[i], selected_);
     }
     std::vector<float> dense(offsets.back());
     group.sparse_allreduce_sum(indices, values, dense);
@@ -123,14 +174,8 @@ class TopKCompressor final : public Compressor {
     out.write_u32(static_cast<uint32_t>(selected_.size()));
     for (const uint32_t j : selected_) out.write_u32(j);
     for (const uint32_t j : selected_) out.write_f32(v[j]);
-    mask(tensor);
+    mask(tensor, selected_);
     count_payload(out.size() - start);
-  }
-
- protected:
-  size_t state_floats(std::string_view kind, size_t tensor) const override {
-    if (kind == "velocity") return options_.momentum > 0.0 ? layout(tensor).numel() : 0;
-    return Compressor::state_floats(kind, tensor);
   }
 
  private:
@@ -145,43 +190,19 @@ class TopKCompressor final : public Compressor {
   // Updates the accumulators with `grad` and selects into selected_; returns
   // v, the vector selected from (valid until mask()).
   std::span<const float> select(size_t tensor, std::span<const float> grad, int64_t step) {
-    const size_t n = grad.size();
-    std::span<const float> v = grad;
-    if (options_.momentum > 0.0) {
-      std::vector<float>& u = velocity_[tensor];
-      if (u.empty()) u.assign(n, 0.0f);
-      const auto m = static_cast<float>(options_.momentum);
-      for (size_t i = 0; i < n; ++i) u[i] = m * u[i] + grad[i];
-      v = u;
-    }
-    std::vector<float>& e = residual(tensor);
-    if (!e.empty()) {
-      for (size_t i = 0; i < n; ++i) e[i] += v[i];
-      v = e;
-    }
-    select_top_k(v, kept_count(density_at(step), n), keys_, selected_);
+    const std::span<const float> v = accumulate(tensor, grad);
+    select_top_k(v, kept_count(density_at(step), grad.size()), keys_, selected_);
     return v;
   }
 
-  // Zeroes the sent entries of the residual and (DGC) the velocity.
-  void mask(size_t tensor) {
-    std::vector<float>& e = residual(tensor);
-    std::vector<float>& u = velocity_[tensor];
-    for (const uint32_t j : selected_) {
-      if (!e.empty()) e[j] = 0.0f;
-      if (!u.empty()) u[j] = 0.0f;
-    }
-  }
-
-  std::vector<std::vector<float>> velocity_;
   std::vector<uint32_t> keys_;
   std::vector<uint32_t> selected_;
 };
 
-class RandomKCompressor final : public Compressor {
+class RandomKCompressor final : public SparseCompressor {
  public:
   RandomKCompressor(const Options& options, std::vector<TensorLayout> layouts)
-      : Compressor(options, std::move(layouts)) {}
+      : SparseCompressor(options, std::move(layouts)) {}
 
   void reduce(std::span<const size_t> tensors, std::span<const std::span<float>> grads,
               Group& group, int64_t step) override {
@@ -223,22 +244,18 @@ class RandomKCompressor final : public Compressor {
     return mix_seed({options_.seed, static_cast<uint64_t>(step), tensor});
   }
 
-  // Appends the values sent at `indices` and updates the residual.
+  // Appends the values sent at `indices` (v's, scaled by n / k without error
+  // feedback) and masks them.
   void take(size_t tensor, std::span<const float> grad, std::span<const uint32_t> indices,
             std::vector<float>& values) {
-    std::vector<float>& e = residual(tensor);
-    if (e.empty()) {
-      const float scale = indices.empty() ? 1.0f
-                                          : static_cast<float>(static_cast<double>(grad.size()) /
-                                                               static_cast<double>(indices.size()));
-      for (const uint32_t j : indices) values.push_back(grad[j] * scale);
-      return;
+    const std::span<const float> v = accumulate(tensor, grad);
+    float scale = 1.0f;
+    if (!keeps_residual() && !indices.empty()) {
+      scale = static_cast<float>(static_cast<double>(grad.size()) /
+                                 static_cast<double>(indices.size()));
     }
-    for (size_t i = 0; i < grad.size(); ++i) e[i] += grad[i];
-    for (const uint32_t j : indices) {
-      values.push_back(e[j]);
-      e[j] = 0.0f;
-    }
+    for (const uint32_t j : indices) values.push_back(v[j] * scale);
+    mask(tensor, indices);
   }
 };
 

@@ -69,6 +69,138 @@ std::vector<int64_t> embedding_indices(const Tensor& input) {
   return out;
 }
 
+// Each layer kind's two passes, side by side: its share of every sample's
+// squared gradient norm (added to norms[i], i < N), and its parameters'
+// clipped sum sum_i factors[i] g_i (set as their gradients). x is the layer's
+// input, dy the gradient of its output, both with the batch N first.
+
+// x [N, I], dy [N, O]: ||g_i||^2 = ||dy_i||^2 (||x_i||^2 + 1 with a bias).
+void linear_norms(const Linear& lin, const Tensor& x, const Tensor& dy,
+                  std::vector<double>& norms) {
+  const auto n = static_cast<int64_t>(norms.size());
+  const double bias = lin.bias().defined() ? 1.0 : 0.0;
+  const int64_t in = x.size(1), out = dy.size(1);
+  for (int64_t i = 0; i < n; ++i) {
+    norms[size_t(i)] += squared(dy.data() + i * out, out) * (squared(x.data() + i * in, in) + bias);
+  }
+}
+
+// (c o dy)^T x, one GEMM; the bias's sum_i c_i dy_i.
+void linear_clipped_sum(const Linear& lin, const Tensor& x, const Tensor& dy,
+                        std::span<const float> factors) {
+  const auto n = static_cast<int64_t>(factors.size());
+  const int64_t in = lin.in_features(), out = lin.out_features();
+  Tensor scaled = Tensor::empty({n, out});
+  for (int64_t i = 0; i < n; ++i) {
+    ops::affine(dy.data() + i * out, factors[size_t(i)], 0.0f, scaled.data() + i * out, out);
+  }
+  Tensor gw = Tensor::zeros({out, in});
+  if (n > 0) {
+    blas::sgemm(true, false, out, in, n, 1.0f, scaled.data(), out, x.data(), in, 0.0f, gw.data(),
+                in);
+  }
+  set_parameter_grad(lin.weight(), gw);
+  if (lin.bias().defined()) {
+    Tensor gb = Tensor::zeros({out});
+    if (n > 0) ops::sum_rows(scaled.data(), gb.data(), n, out);
+    set_parameter_grad(lin.bias(), gb);
+  }
+}
+
+// x [N, C, H, W], dy [N, O, OH, OW]: per sample, unfold x_i to U_i
+// [C K^2, L] and form dW_i = dy_i U_i^T [O, C K^2] in one reused buffer.
+void conv2d_norms(const Conv2d& conv, const Tensor& x, const Tensor& dy,
+                  std::vector<double>& norms) {
+  const auto n = static_cast<int64_t>(norms.size());
+  const ops::Conv2dGeometry g = sample_geometry(conv, x, dy);
+  const int64_t o = dy.size(1), rows = g.col_rows(), l = g.oh * g.ow;
+  const int64_t in_size = g.c * g.h * g.w;
+  std::vector<float> col(static_cast<size_t>(rows * l));
+  std::vector<float> dw(static_cast<size_t>(o * rows));
+  for (int64_t i = 0; i < n; ++i) {
+    const float* dyi = dy.data() + i * o * l;
+    ops::im2col(x.data() + i * in_size, g, col.data());
+    blas::sgemm(false, true, o, rows, l, 1.0f, dyi, l, col.data(), l, 0.0f, dw.data(), rows);
+    double s = squared(dw.data(), o * rows);
+    if (conv.bias().defined()) {
+      for (int64_t c = 0; c < o; ++c) {
+        const double b = ops::sum(dyi + c * l, l);
+        s += b * b;
+      }
+    }
+    norms[size_t(i)] += s;
+  }
+}
+
+// Per sample again: unfold, dW += c_i dy_i U_i^T; the bias c_i sum_l dy_i.
+void conv2d_clipped_sum(const Conv2d& conv, const Tensor& x, const Tensor& dy,
+                        std::span<const float> factors) {
+  const auto n = static_cast<int64_t>(factors.size());
+  Tensor gw = Tensor::zeros(conv.weight().shape());
+  Tensor gb = Tensor::zeros({conv.out_channels()});
+  if (n > 0) {
+    const ops::Conv2dGeometry g = sample_geometry(conv, x, dy);
+    const int64_t o = dy.size(1), rows = g.col_rows(), l = g.oh * g.ow;
+    const int64_t in_size = g.c * g.h * g.w;
+    std::vector<float> col(static_cast<size_t>(rows * l));
+    for (int64_t i = 0; i < n; ++i) {
+      const float c = factors[size_t(i)];
+      const float* dyi = dy.data() + i * o * l;
+      ops::im2col(x.data() + i * in_size, g, col.data());
+      blas::sgemm(false, true, o, rows, l, c, dyi, l, col.data(), l, 1.0f, gw.data(), rows);
+      for (int64_t ch = 0; ch < o; ++ch) {
+        gb.data()[ch] += static_cast<float>(c * ops::sum(dyi + ch * l, l));
+      }
+    }
+  }
+  set_parameter_grad(conv.weight(), gw);
+  if (conv.bias().defined()) set_parameter_grad(conv.bias(), gb);
+}
+
+// x [N, T] indices, dy [N, T, D]: sample i's rows, repeated indices summed
+// before squaring.
+void embedding_norms(const Tensor& x, const Tensor& dy, std::vector<double>& norms) {
+  const auto n = static_cast<int64_t>(norms.size());
+  const int64_t d = dy.size(-1);
+  const std::vector<int64_t> idx = embedding_indices(x);
+  const int64_t per = n > 0 ? static_cast<int64_t>(idx.size()) / n : 0;
+  std::vector<std::pair<int64_t, int64_t>> order(static_cast<size_t>(per));
+  std::vector<double> row(static_cast<size_t>(d));
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t t = 0; t < per; ++t) order[size_t(t)] = {idx[size_t(i * per + t)], i * per + t};
+    std::sort(order.begin(), order.end());
+    double s = 0;
+    for (size_t a = 0; a < order.size();) {
+      std::fill(row.begin(), row.end(), 0.0);
+      size_t b = a;
+      for (; b < order.size() && order[b].first == order[a].first; ++b) {
+        const float* src = dy.data() + order[b].second * d;
+        for (int64_t j = 0; j < d; ++j) row[size_t(j)] += src[j];
+      }
+      for (double v : row) s += v * v;
+      a = b;
+    }
+    norms[size_t(i)] += s;
+  }
+}
+
+// c_i dy scattered into a dense [V, D].
+void embedding_clipped_sum(const Embedding& emb, const Tensor& x, const Tensor& dy,
+                           std::span<const float> factors) {
+  const auto n = static_cast<int64_t>(factors.size());
+  const int64_t d = emb.embedding_dim();
+  Tensor gw = Tensor::zeros(emb.weight().shape());
+  const std::vector<int64_t> idx = embedding_indices(x);
+  const int64_t per = n > 0 ? static_cast<int64_t>(idx.size()) / n : 0;
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t t = 0; t < per; ++t) {
+      const int64_t r = i * per + t;
+      ops::axpy(factors[size_t(i)], dy.data() + r * d, gw.data() + idx[size_t(r)] * d, d);
+    }
+  }
+  set_parameter_grad(emb.weight(), gw);
+}
+
 }  // namespace
 
 PerSampleGradients::PerSampleGradients(Sequential& model) : model_(model) { add_layers(model); }
@@ -155,141 +287,42 @@ void PerSampleGradients::check_ready(const char* what) const {
 
 std::vector<double> PerSampleGradients::squared_norms() const {
   check_ready("squared_norms");
-  const int64_t n = batch_;
-  std::vector<double> norms(static_cast<size_t>(n), 0.0);
-  for (const Cut& cut : cuts_) {
-    const Tensor& x = cut.input;
-    const Tensor& dy = cut.grad;
-    switch (cut.kind) {
-      case Kind::kLinear: {
-        const auto& lin = static_cast<const Linear&>(*cut.layer);
-        const double bias = lin.bias().defined() ? 1.0 : 0.0;
-        const int64_t in = x.size(1), out = dy.size(1);
-        for (int64_t i = 0; i < n; ++i) {
-          norms[size_t(i)] +=
-              squared(dy.data() + i * out, out) * (squared(x.data() + i * in, in) + bias);
-        }
-        break;
-      }
-      case Kind::kConv2d: {
-        const auto& conv = static_cast<const Conv2d&>(*cut.layer);
-        const ops::Conv2dGeometry g = sample_geometry(conv, x, dy);
-        const int64_t o = dy.size(1), rows = g.col_rows(), l = g.oh * g.ow;
-        const int64_t in_size = g.c * g.h * g.w;
-        std::vector<float> col(static_cast<size_t>(rows * l));
-        std::vector<float> dw(static_cast<size_t>(o * rows));
-        for (int64_t i = 0; i < n; ++i) {
-          const float* dyi = dy.data() + i * o * l;
-          ops::im2col(x.data() + i * in_size, g, col.data());
-          blas::sgemm(false, true, o, rows, l, 1.0f, dyi, l, col.data(), l, 0.0f, dw.data(), rows);
-          double s = squared(dw.data(), o * rows);
-          if (conv.bias().defined()) {
-            for (int64_t c = 0; c < o; ++c) {
-              const double b = ops::sum(dyi + c * l, l);
-              s += b * b;
-            }
-          }
-          norms[size_t(i)] += s;
-        }
-        break;
-      }
-      case Kind::kEmbedding: {
-        const int64_t d = dy.size(-1);
-        const std::vector<int64_t> idx = embedding_indices(x);
-        const int64_t per = n > 0 ? static_cast<int64_t>(idx.size()) / n : 0;
-        std::vector<std::pair<int64_t, int64_t>> order(static_cast<size_t>(per));
-        std::vector<double> row(static_cast<size_t>(d));
-        for (int64_t i = 0; i < n; ++i) {
-          for (int64_t t = 0; t < per; ++t)
-            order[size_t(t)] = {idx[size_t(i * per + t)], i * per + t};
-          std::sort(order.begin(), order.end());
-          double s = 0;
-          for (size_t a = 0; a < order.size();) {
-            std::fill(row.begin(), row.end(), 0.0);
-            size_t b = a;
-            for (; b < order.size() && order[b].first == order[a].first; ++b) {
-              const float* src = dy.data() + order[b].second * d;
-              for (int64_t j = 0; j < d; ++j) row[size_t(j)] += src[j];
-            }
-            for (double v : row) s += v * v;
-            a = b;
-          }
-          norms[size_t(i)] += s;
-        }
-        break;
-      }
-    }
-  }
+  std::vector<double> norms(static_cast<size_t>(batch_), 0.0);
+  each_layer(&norms, {});
   return norms;
 }
 
 void PerSampleGradients::clipped_sum(std::span<const float> factors) const {
   check_ready("clipped_sum");
-  const int64_t n = batch_;
-  if (static_cast<int64_t>(factors.size()) != n) {
+  if (static_cast<int64_t>(factors.size()) != batch_) {
     throw UsageError(fmt::format("PerSampleGradients::clipped_sum: {} factors for a batch of {}",
-                                 factors.size(), n));
+                                 factors.size(), batch_));
   }
+  each_layer(nullptr, factors);
+}
+
+void PerSampleGradients::each_layer(std::vector<double>* norms,
+                                    std::span<const float> factors) const {
   for (const Cut& cut : cuts_) {
     const Tensor& x = cut.input;
     const Tensor& dy = cut.grad;
     switch (cut.kind) {
       case Kind::kLinear: {
         const auto& lin = static_cast<const Linear&>(*cut.layer);
-        const int64_t in = lin.in_features(), out = lin.out_features();
-        Tensor scaled = Tensor::empty({n, out});
-        for (int64_t i = 0; i < n; ++i) {
-          ops::affine(dy.data() + i * out, factors[size_t(i)], 0.0f, scaled.data() + i * out, out);
-        }
-        Tensor gw = Tensor::zeros({out, in});
-        if (n > 0) {
-          blas::sgemm(true, false, out, in, n, 1.0f, scaled.data(), out, x.data(), in, 0.0f,
-                      gw.data(), in);
-        }
-        set_parameter_grad(lin.weight(), gw);
-        if (lin.bias().defined()) {
-          Tensor gb = Tensor::zeros({out});
-          if (n > 0) ops::sum_rows(scaled.data(), gb.data(), n, out);
-          set_parameter_grad(lin.bias(), gb);
-        }
+        norms != nullptr ? linear_norms(lin, x, dy, *norms)
+                         : linear_clipped_sum(lin, x, dy, factors);
         break;
       }
       case Kind::kConv2d: {
         const auto& conv = static_cast<const Conv2d&>(*cut.layer);
-        Tensor gw = Tensor::zeros(conv.weight().shape());
-        Tensor gb = Tensor::zeros({conv.out_channels()});
-        if (n > 0) {
-          const ops::Conv2dGeometry g = sample_geometry(conv, x, dy);
-          const int64_t o = dy.size(1), rows = g.col_rows(), l = g.oh * g.ow;
-          const int64_t in_size = g.c * g.h * g.w;
-          std::vector<float> col(static_cast<size_t>(rows * l));
-          for (int64_t i = 0; i < n; ++i) {
-            const float c = factors[size_t(i)];
-            const float* dyi = dy.data() + i * o * l;
-            ops::im2col(x.data() + i * in_size, g, col.data());
-            blas::sgemm(false, true, o, rows, l, c, dyi, l, col.data(), l, 1.0f, gw.data(), rows);
-            for (int64_t ch = 0; ch < o; ++ch) {
-              gb.data()[ch] += static_cast<float>(c * ops::sum(dyi + ch * l, l));
-            }
-          }
-        }
-        set_parameter_grad(conv.weight(), gw);
-        if (conv.bias().defined()) set_parameter_grad(conv.bias(), gb);
+        norms != nullptr ? conv2d_norms(conv, x, dy, *norms)
+                         : conv2d_clipped_sum(conv, x, dy, factors);
         break;
       }
       case Kind::kEmbedding: {
         const auto& emb = static_cast<const Embedding&>(*cut.layer);
-        const int64_t d = emb.embedding_dim();
-        Tensor gw = Tensor::zeros(emb.weight().shape());
-        const std::vector<int64_t> idx = embedding_indices(x);
-        const int64_t per = n > 0 ? static_cast<int64_t>(idx.size()) / n : 0;
-        for (int64_t i = 0; i < n; ++i) {
-          for (int64_t t = 0; t < per; ++t) {
-            const int64_t r = i * per + t;
-            ops::axpy(factors[size_t(i)], dy.data() + r * d, gw.data() + idx[size_t(r)] * d, d);
-          }
-        }
-        set_parameter_grad(emb.weight(), gw);
+        norms != nullptr ? embedding_norms(x, dy, *norms)
+                         : embedding_clipped_sum(emb, x, dy, factors);
         break;
       }
     }

@@ -92,6 +92,9 @@ class PerSampleGradients {
 
   void add_layers(Sequential& seq);
   void check_ready(const char* what) const;
+  // One pass over the layers: their shares of the squared norms into
+  // `norms`, or, when it is null, their clipped sums with `factors`.
+  void each_layer(std::vector<double>* norms, std::span<const float> factors) const;
 
   Sequential& model_;
   std::vector<Step> steps_;

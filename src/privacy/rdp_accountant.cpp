@@ -1,5 +1,7 @@
 #include "privacy/rdp_accountant.h"
 
+#include <math.h>  // lgamma_r (POSIX; not in <cmath>)
+
 #include <algorithm>
 #include <charconv>
 #include <cmath>
@@ -47,6 +49,14 @@ double log_erfc(double x) {
   return -x * x - std::log(x) - 0.5 * std::log(std::numbers::pi) + std::log(sum);
 }
 
+// lgamma without the write to the global signgam that POSIX lgamma makes:
+// accountants in several threads of one process (ranks as threads) would
+// race on it. glibc's lgamma is this same function with &signgam.
+double log_gamma(double x) {
+  int sign = 0;
+  return lgamma_r(x, &sign);
+}
+
 // log A_alpha for integer alpha (Mironov et al. 2019, section 3.2):
 //   A_alpha = sum_{k=0}^{alpha} C(alpha, k) (1-q)^(alpha-k) q^k exp((k^2 - k) / (2 sigma^2)).
 double log_a_integer(double q, double sigma, int64_t alpha) {
@@ -56,7 +66,7 @@ double log_a_integer(double q, double sigma, int64_t alpha) {
   double log_a = kNegInf;
   for (int64_t k = 0; k <= alpha; ++k) {
     const double kd = static_cast<double>(k);
-    const double log_binom = std::lgamma(a + 1) - std::lgamma(kd + 1) - std::lgamma(a - kd + 1);
+    const double log_binom = log_gamma(a + 1) - log_gamma(kd + 1) - log_gamma(a - kd + 1);
     const double log_term =
         log_binom + kd * log_q + (a - kd) * log_1mq + (kd * kd - kd) / (2.0 * sigma * sigma);
     log_a = log_add(log_a, log_term);

@@ -81,6 +81,7 @@ class AllReduceSpec final : public StrategySpec {
                          "workers");
     }
     if (job.elastic) check_elastic(job);
+    if (job.privacy) check_privacy(job);
     if ((job.compression || job.local_sgd) && o_.backend != "native") {
       throw where_.error("backend",
                          "compression and local SGD run over dtrain's own collectives: backend "
@@ -107,6 +108,7 @@ class AllReduceSpec final : public StrategySpec {
 
   bool multi_process(const JobFacts& job) const override { return job.launched || job.workers > 1; }
   bool supports_guard() const override { return true; }
+  bool sums_gradients(const JobFacts& /*job*/) const override { return true; }
   // The mpi backend speaks MPI only (its fabric's own security applies).
   bool uses_own_wire(const JobFacts& job) const override {
     return job.launched && o_.backend != "mpi";
@@ -163,6 +165,25 @@ class AllReduceSpec final : public StrategySpec {
           "train.min_workers",
           fmt::format("{} is more than the job's {} worker(s)", min_workers, job.workers));
     }
+  }
+
+  // DP-SGD (privacy.enabled) needs one plain sum of the workers' clipped
+  // gradients per update over a fixed group (train/dp_sgd.h).
+  void check_privacy(const JobFacts& job) const {
+    const auto refuse = [](const KeyLines& where, std::string_view key, std::string_view what) {
+      return where.error(key, fmt::format("DP-SGD (privacy.enabled) sums every worker's clipped "
+                                          "gradients once per update; it does not combine with {}",
+                                          what));
+    };
+    if (o_.accumulation_steps != 1) {
+      throw refuse(where_, "accumulation_steps", "gradient accumulation");
+    }
+    if (job.compression) throw refuse(job.where, "compression.type", "gradient compression");
+    if (job.local_sgd) throw refuse(job.where, "compression.local_steps", "local SGD");
+    if (job.dynamic_batch) {
+      throw refuse(job.where, "distributed.dynamic_batch", "dynamic batch sizing");
+    }
+    if (job.elastic) throw refuse(job.where, "train.elastic", "elastic mode");
   }
 
   AllReduceOptions options(const BuildContext& c) const {

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <string_view>
 
 #include "autograd/functions.h"
 #include "comm/collectives/clock_offset.h"
@@ -456,7 +457,7 @@ void AllReduceStrategy::complete_allreduce() {
   overlap_.allreduce_s = busy;
 }
 
-void AllReduceStrategy::apply_update() {
+float AllReduceStrategy::read_reduced_header() {
   const std::span<const float> header = bucketer_->reduced_header();
   global_stats_ = {static_cast<double>(header[kHeaderLossSum]),
                    std::llround(header[kHeaderCorrect]), std::llround(header[kHeaderSamples])};
@@ -467,7 +468,11 @@ void AllReduceStrategy::apply_update() {
     const std::vector<double> seconds(rows_at + workers, rows_at + 2 * workers);
     balancer_.observe(rows, seconds);
   }
-  const float total_samples = header[kHeaderSamples];
+  return header[kHeaderSamples];
+}
+
+void AllReduceStrategy::apply_update() {
+  const float total_samples = read_reduced_header();
   if (total_samples <= 0.0f) {
     optimizer_->zero_grad();  // no worker had rows: nothing to learn from
     return;
@@ -483,7 +488,11 @@ void AllReduceStrategy::apply_update() {
     float* grad = p.grad().data();
     for (size_t k = 0; k < sum.size(); ++k) grad[k] = sum[k] / total_samples;
   }
-  // Every worker holds the same averaged gradient: all stop at the same step.
+  finish_update();
+}
+
+void AllReduceStrategy::finish_update() {
+  // Every worker holds the same gradient: all stop at the same step.
   check_finite_gradients(*model_);
   {
     TraceSpan span(options_.trace, "update", "step");
@@ -545,6 +554,59 @@ void AllReduceStrategy::local_update(bool average) {
   ++updates_;
   ++run_updates_;
   updated_ = true;
+}
+
+void AllReduceStrategy::check_plain_sum() const {
+  std::string_view refused;
+  if (options_.accumulation_steps > 1) {
+    refused = "gradient accumulation (accumulation_steps > 1)";
+  } else if (options_.compression.active()) {
+    refused = "compression or local SGD";
+  } else if (options_.dynamic_batch.enabled) {
+    refused = "dynamic batch sizing";
+  }
+  if (!refused.empty()) {
+    throw UsageError(
+        fmt::format("allreduce strategy: step_on_gradients sums every worker's gradient once per "
+                    "update; it does not combine with {}",
+                    refused));
+  }
+}
+
+StepStats AllReduceStrategy::step_on_gradients(const std::function<StepStats()>& local_gradients,
+                                               float scale) {
+  check_usable("step_on_gradients");
+  check_plain_sum();
+  updated_ = false;
+  micro_step_ = 0;
+  optimizer_->zero_grad();
+  // The hooks stay disarmed: local_gradients() may run backward passes of
+  // its own, and the buckets are filled below, after it.
+  window_ = local_gradients();
+  begin_pass();
+  try {
+    // Every parameter is present (zeros where no gradient arrived), so the
+    // buckets fill in index order and leave as they fill.
+    for (size_t i = 0; i < params_.size(); ++i) {
+      bucketer_->mark_ready(i, params_[i].dense_grad().span());
+    }
+    complete_allreduce();
+    last_comm_ = {async_ != nullptr ? async_->bytes_sent() - bytes_at_pass_ : 0,
+                  dense_update_bytes()};
+    read_reduced_header();
+    for (size_t i = 0; i < params_.size(); ++i) {
+      const std::span<const float> sum = bucketer_->gradient(i);
+      float* grad = params_[i].dense_grad().data();
+      for (size_t k = 0; k < sum.size(); ++k) grad[k] = sum[k] * scale;
+    }
+    finish_update();
+  } catch (const NumericError&) {
+    throw;  // the same sum on every worker: all stop here alike
+  } catch (const std::exception& e) {
+    failure_ = e.what();
+    throw;
+  }
+  return window_;
 }
 
 }  // namespace dtrain::strategy

@@ -25,6 +25,15 @@
 // joins every allreduce with zeros and weight 0, so it never hangs the
 // others. When every worker has 0 rows, no update happens.
 //
+// Caller-computed gradients (step_on_gradients(), strategy.h; DP-SGD): the
+// caller fills this worker's gradients with the hooks disarmed; then every
+// parameter is marked ready in index order (zeros where none arrived), the
+// same buckets leave as in a step (bucket 0's header carries the caller's
+// statistics), and each parameter's gradient becomes the plain sum times the
+// caller's scale, with no division by the samples: an update happens even
+// when no worker had rows. Refused (UsageError) with accumulation, compression,
+// local SGD or dynamic batch sizing.
+//
 // Gradient accumulation: with accumulation_steps = k, train_step() is called
 // k times per update. Calls 1..k-1 only accumulate gradients locally (hooks
 // do not launch, nothing is sent); call k communicates and updates. The
@@ -206,6 +215,13 @@ class AllReduceStrategy : public Strategy {
   // `inputs` may then be undefined). Collective on the communicating call:
   // every worker calls it the same number of times.
   StepStats train_step(const Tensor& inputs, std::span<const int64_t> targets) override;
+  // Collective (strategy.h): the workers' gradients summed by the same
+  // buckets and allreduces as train_step() (either mode), statistics summed
+  // in bucket 0's header. UsageError with accumulation_steps > 1,
+  // compression or local SGD, or dynamic batch sizing.
+  bool sums_gradients() const override { return true; }
+  StepStats step_on_gradients(const std::function<StepStats()>& local_gradients,
+                              float scale) override;
   // Collective: rank 0 broadcasts parameters and buffers again (after a
   // checkpoint load). Optimizer state is not sent: every worker loads the
   // same checkpoint. Also restarts a partial accumulation window.
@@ -269,6 +285,13 @@ class AllReduceStrategy : public Strategy {
   // Marks stragglers, completes every bucket's allreduce; rethrows CommError.
   void complete_allreduce();
   void apply_update();
+  // The reduced bucket-0 header: global_stats_ and the balancer's
+  // observations; returns the samples summed over the workers.
+  float read_reduced_header();
+  // Finiteness check, optimizer step, counters, buffers' broadcast.
+  void finish_update();
+  // UsageError where step_on_gradients() cannot sum plainly.
+  void check_plain_sum() const;
   // Records the completion time of launched buckets that finished (in order).
   void poll_completions();
   void wait_in_flight() noexcept;

@@ -27,6 +27,16 @@ StepStats LocalStrategy::train_step(const Tensor& inputs, std::span<const int64_
           count_correct(output.data(), targets), n};
 }
 
+StepStats LocalStrategy::step_on_gradients(const std::function<StepStats()>& local_gradients,
+                                           float scale) {
+  optimizer_->zero_grad();
+  const StepStats stats = local_gradients();
+  scale_gradients(*model_, scale);
+  check_finite_gradients(*model_);
+  optimizer_->step();
+  return stats;
+}
+
 namespace {
 
 // `local`: one model in this process; no options.
@@ -46,6 +56,7 @@ class LocalSpec final : public StrategySpec {
   }
   ProcessPlan plan(const JobFacts& /*job*/) const override { return {}; }
   bool multi_process(const JobFacts& /*job*/) const override { return false; }
+  bool sums_gradients(const JobFacts& /*job*/) const override { return true; }
   std::unique_ptr<Strategy> build(const BuildContext& c) const override {
     return std::make_unique<LocalStrategy>(c.make_model(), c.make_optimizer, c.loss);
   }

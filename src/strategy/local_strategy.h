@@ -20,6 +20,10 @@ class LocalStrategy : public Strategy {
   StateDict optimizer_state() override { return optimizer_->state_dict(); }
   void load_optimizer_state(const StateDict& state) override { optimizer_->load_state_dict(state); }
   StepStats train_step(const Tensor& inputs, std::span<const int64_t> targets) override;
+  // One process: the sum is this process's gradients (strategy.h).
+  bool sums_gradients() const override { return true; }
+  StepStats step_on_gradients(const std::function<StepStats()>& local_gradients,
+                              float scale) override;
 
  private:
   std::unique_ptr<nn::Module> model_;

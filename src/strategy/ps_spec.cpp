@@ -59,9 +59,12 @@ std::string advertised(const std::string& bound, const comm::LaunchSettings& set
   return "tcp://" + host + bound.substr(colon);
 }
 
-// Local SGD pushes a round's movement divided by lr and relies on the
-// servers' update being exactly theta -= lr * g (docs/parameter-server.md
-// "Local SGD"); the strategy checks the rest (sync, no embeddings).
+// Local SGD pushes a round's movement divided by lr; the servers' SGD turns
+// it into theta -= lr * (that), the workers' mean movement, or, with
+// momentum beta, SlowMo's outer momentum on it (docs/parameter-server.md
+// "Local SGD"). Another optimizer type would rescale the movement per
+// coordinate, so the job refuses it; the strategy checks the rest (sync, no
+// embeddings).
 void check_local_sgd(const CompressionSettings& compression, const std::string& consistency,
                      const optim::OptimizerConfig& optimizer) {
   if (!compression.local_sgd()) return;
@@ -71,14 +74,11 @@ void check_local_sgd(const CompressionSettings& compression, const std::string& 
         "{}: local SGD with the ps strategy needs distributed.ps.consistency 'sync', not '{}'",
         where, consistency));
   }
-  const bool plain_sgd = optimizer.type == "sgd" && optimizer.momentum == 0.0f &&
-                         !optimizer.nesterov && optimizer.weight_decay.value_or(0.0f) == 0.0f;
-  if (!plain_sgd) {
+  if (optimizer.type != "sgd") {
     throw ConfigError(fmt::format(
-        "{}: local SGD with the ps strategy needs plain SGD on the servers (optimizer.type "
-        "'sgd', momentum 0, no weight decay), not '{}' with momentum {} and weight decay {}: "
-        "the servers must move by exactly the workers' mean movement",
-        where, optimizer.type, optimizer.momentum, optimizer.weight_decay.value_or(0.0f)));
+        "{}: local SGD with the ps strategy needs optimizer.type 'sgd' on the servers (its "
+        "momentum, if any, is SlowMo's outer momentum on the workers' mean movement), not '{}'",
+        where, optimizer.type));
   }
 }
 

@@ -60,6 +60,7 @@ struct JobFacts {
   bool compression = false;
   bool local_sgd = false;
   bool guard = false;
+  bool privacy = false;  // privacy.enabled: DP-SGD (train/dp_sgd.h)
   // This process belongs to a job of several processes started by a
   // launcher (dtrain's, mpirun, srun): its world and where that came from.
   bool launched = false;
@@ -159,6 +160,10 @@ class StrategySpec {
   virtual bool uses_own_wire(const JobFacts& job) const;
   // A worker's strategy.
   virtual std::unique_ptr<Strategy> build(const BuildContext& context) const = 0;
+  // Whether this job's workers sum their gradients plainly
+  // (Strategy::sums_gradients()), as DP-SGD needs: validate() refuses, with
+  // the key, what does not combine with privacy.enabled.
+  virtual bool sums_gradients(const JobFacts& /*job*/) const { return false; }
   // Whether the convergence guard (compression.guard) can watch this
   // strategy's runs: its every update reports the statistics of all workers
   // alike, and it can weaken its compression (Strategy::

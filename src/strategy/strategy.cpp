@@ -84,6 +84,20 @@ int64_t count_correct(const Tensor& output, std::span<const int64_t> targets) {
   return correct;
 }
 
+void scale_gradients(nn::Module& model, float scale) {
+  for (Variable& p : model.parameters()) {
+    for (float& v : p.dense_grad().span()) v *= scale;
+  }
+}
+
+StepStats Strategy::step_on_gradients(const std::function<StepStats()>& /*local_gradients*/,
+                                      float /*scale*/) {
+  throw UsageError(fmt::format(
+      "strategy '{}' cannot step on gradients computed by its caller: its update is not one sum "
+      "of the workers' gradients (strategies 'local' and 'allreduce' can)",
+      name()));
+}
+
 std::vector<int64_t> Strategy::batch_split(int64_t batch_rows) const {
   const int64_t w = world_size();
   std::vector<int64_t> rows(static_cast<size_t>(w));

@@ -78,6 +78,11 @@ int64_t count_correct(const Tensor& output, std::span<const int64_t> targets);
 // gradients; strategies call it before their optimizer step.
 void check_finite_gradients(const nn::Module& model);
 
+// Multiplies every parameter's gradient of `model` by `scale`, giving a
+// dense zero gradient to a parameter that has none and folding row-sparse
+// ones (step_on_gradients()' step 3 on one process).
+void scale_gradients(nn::Module& model, float scale);
+
 // Throws UsageError unless `inputs` has one row per target. With
 // `allow_empty` a share of 0 rows is valid (inputs then may be undefined):
 // a worker of a distributed step that got no rows still joins it.
@@ -112,6 +117,34 @@ class Strategy {
   // One synchronous step on `inputs` [N, ...] and N targets: forward,
   // backward, aggregation, one update. Returns the step's statistics.
   virtual StepStats train_step(const Tensor& inputs, std::span<const int64_t> targets) = 0;
+
+  // Stepping on gradients the caller computes (DP-SGD, train/dp_sgd.h:
+  // clipped per-sample sums plus noise) instead of the strategy's forward
+  // and backward. sums_gradients() says whether step_on_gradients() is
+  // available (local and allreduce; not ps, gossip or mirrored, whose
+  // updates are not one sum over the workers' gradients).
+  //
+  // step_on_gradients(local_gradients, scale), collective over the job's
+  // processes (each calls it once per update):
+  //  1. zeroes every parameter's gradient;
+  //  2. calls local_gradients(), which leaves in model()'s parameter
+  //     gradients this process's contribution (a SUM, not a mean) and
+  //     returns this process's StepStats (samples may be 0);
+  //  3. sums every parameter's gradient over all processes, plainly: no
+  //     weighting by samples; a parameter without a gradient (dense or
+  //     row-sparse) counts as zeros, and every parameter gets one;
+  //  4. multiplies the sum by `scale`, checks that it is finite
+  //     (NumericError, alike on every process) and applies one optimizer
+  //     update, even when no process had samples.
+  // Returns local_gradients()'s StepStats; step_totals() then gives the sum
+  // over the processes. Hooks of the strategy do not fire inside
+  // local_gradients(). Default: UsageError (sums_gradients() is false);
+  // implementations throw UsageError where their configuration does not
+  // allow a plain sum (gradient accumulation, compression, local SGD,
+  // dynamic batch sizing), and CommError/TimeoutError as train_step() does.
+  virtual bool sums_gradients() const { return false; }
+  virtual StepStats step_on_gradients(const std::function<StepStats()>& local_gradients,
+                                      float scale);
 
   // train_step() calls per update: the trainer splits this process's rows of
   // each global batch into that many micro-batches (gradient accumulation).

@@ -9,24 +9,22 @@
 #include "core/rng.h"
 #include "nn/sequential.h"
 #include "privacy/dp_sgd.h"
-#include "strategy/local_strategy.h"
 
 namespace dtrain::train {
 
 namespace {
 
-// Distinct streams for the sampler and the noise, both from the job seed.
+// Distinct streams for the sampler and the noise, both from the job seed;
+// with several workers each rank's noise stream is split off the step's.
 constexpr uint64_t kSamplerStream = 0x5DEECE66DULL;
 constexpr uint64_t kNoiseStream = 0xD1B54A32D192ED03ULL;
+constexpr uint64_t kRankStream = 0x9E3779B97F4A7C15ULL;
 
-strategy::LocalStrategy& local_strategy(const JobConfig& job, strategy::Strategy& strategy) {
-  auto* local = dynamic_cast<strategy::LocalStrategy*>(&strategy);
-  if (local == nullptr) {
-    throw job.lines.error(
-        "privacy.enabled",
-        fmt::format("DP-SGD runs with strategy 'local' only, not '{}'", strategy.name()));
+strategy::Strategy& summing_strategy(const JobConfig& job, strategy::Strategy& strategy) {
+  if (!strategy.sums_gradients()) {
+    throw job.lines.error("privacy.enabled", dp_strategy_refusal(strategy.name()));
   }
-  return *local;
+  return strategy;
 }
 
 std::unique_ptr<nn::PerSampleGradients> per_sample_gradients(const JobConfig& job,
@@ -44,12 +42,20 @@ std::unique_ptr<nn::PerSampleGradients> per_sample_gradients(const JobConfig& jo
 
 }  // namespace
 
+std::string dp_strategy_refusal(std::string_view strategy) {
+  return fmt::format(
+      "DP-SGD runs on a strategy that sums the workers' clipped gradients: 'local', or "
+      "'allreduce' without gradient accumulation, compression, local SGD, dynamic batch sizing "
+      "or elastic mode; not '{}'",
+      strategy);
+}
+
 DpSgd::DpSgd(const JobConfig& job, strategy::Strategy& strategy, const data::TensorDataset& train,
              int64_t planned_steps)
     : job_(job),
-      local_(local_strategy(job, strategy)),
+      strategy_(summing_strategy(job, strategy)),
       train_(train),
-      per_sample_(per_sample_gradients(job, local_.model())),
+      per_sample_(per_sample_gradients(job, strategy_.model())),
       sampler_(train.size(),
                train.size() > 0 ? std::min(1.0, double(job.train.batch_size) / double(train.size()))
                                 : 0.0,
@@ -67,27 +73,40 @@ DpSgd::DpSgd(const JobConfig& job, strategy::Strategy& strategy, const data::Ten
     }
     solved = true;
   }
+  const auto workers = static_cast<int>(strategy_.world_size());
+  noise_stddev_ = privacy::noise_stddev_per_worker(sigma_, p.max_grad_norm, workers);
   description_ = fmt::format(
       "DP-SGD: sample rate q = {:.6g} (expected batch {:.1f} of {}), noise multiplier {:.6g}{}, "
-      "max_grad_norm {}, delta {}{}",
+      "max_grad_norm {}, delta {}{}{}",
       q, sampler_.expected_batch_size(), train.size(), sigma_,
       solved
           ? fmt::format(" (solved for epsilon {} over {} steps)", p.target_epsilon, planned_steps)
           : "",
       p.max_grad_norm, p.delta,
-      p.target_epsilon > 0 ? fmt::format(", budget epsilon {}", p.target_epsilon) : "");
+      p.target_epsilon > 0 ? fmt::format(", budget epsilon {}", p.target_epsilon) : "",
+      workers > 1
+          ? fmt::format("; {} workers, each adding noise of stddev {:.6g}", workers, noise_stddev_)
+          : "");
 }
 
 strategy::StepStats DpSgd::step(int64_t step) {
+  const auto scale = static_cast<float>(1.0 / sampler_.expected_batch_size());
+  const strategy::StepStats mine =
+      strategy_.step_on_gradients([this, step] { return local_gradients(step); }, scale);
+  accountant_.step(sampler_.sample_rate(), sigma_);
+  return mine;
+}
+
+strategy::StepStats DpSgd::local_gradients(int64_t step) {
   const PrivacyConfig& p = job_.privacy;
-  nn::Module& model = local_.model();
-  nn::Optimizer& optimizer = local_.optimizer();
+  nn::Module& model = strategy_.model();
   model.train();
-  const std::vector<int64_t> indices = sampler_.batch(step);
+  const std::vector<int64_t> sampled = sampler_.batch(step);
+  const auto [lo, hi] = strategy_.row_range(static_cast<int64_t>(sampled.size()));
+  const std::vector<int64_t> indices(sampled.begin() + lo, sampled.begin() + hi);
   const auto n = static_cast<int64_t>(indices.size());
   strategy::StepStats stats;
   stats.samples = n;
-  optimizer.zero_grad();
   if (n > 0) {
     const data::TensorDataset batch = train_.subset(indices);
     Variable output = per_sample_->forward(batch.features());
@@ -100,19 +119,17 @@ strategy::StepStats DpSgd::step(int64_t step) {
     stats.loss_sum = static_cast<double>(loss.item()) * static_cast<double>(n);
     stats.correct = strategy::count_correct(output.data(), batch.labels());
   }
-  Rng noise(job_.seed ^ (kNoiseStream * static_cast<uint64_t>(step + 1)));
-  const double stddev = sigma_ * p.max_grad_norm;
-  const auto scale = static_cast<float>(1.0 / sampler_.expected_batch_size());
+  Rng noise = noise_stream(step);
   for (Variable& param : model.parameters()) {
-    if (!param.has_grad() || !param.grad().defined()) param.set_grad(Tensor::zeros(param.shape()));
-    const Tensor& g = param.grad();
-    privacy::add_gaussian_noise(g.span(), stddev, noise);
-    for (float& v : g.span()) v *= scale;
+    privacy::add_gaussian_noise(param.dense_grad().span(), noise_stddev_, noise);
   }
-  strategy::check_finite_gradients(model);
-  optimizer.step();
-  accountant_.step(sampler_.sample_rate(), sigma_);
   return stats;
+}
+
+Rng DpSgd::noise_stream(int64_t step) const {
+  Rng of_step(job_.seed ^ (kNoiseStream * static_cast<uint64_t>(step + 1)));
+  if (strategy_.world_size() == 1) return of_step;  // the one-process stream
+  return Rng(of_step.next_u64() ^ (kRankStream * static_cast<uint64_t>(strategy_.rank() + 1)));
 }
 
 std::optional<std::string> DpSgd::budget_stop(int64_t step) const {

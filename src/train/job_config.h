@@ -189,9 +189,16 @@ struct SecurityConfig {
   // job secret (comm/wire/curve.h); a launched job passes it to its
   // processes as DTRAIN_ENCRYPT=1.
   bool encrypt = false;
+  // A key file holding the job secret (comm/wire/key_file.h, `dtrain keygen`),
+  // relative to the working directory like every path of a job file; every
+  // process of the job takes its secret from it, and dtrain's launcher passes
+  // its workers the path, not the secret. "" none (DTRAIN_KEY_FILE, or
+  // DTRAIN_JOB_SECRET).
+  std::string key_file;
 };
 
-// [privacy]: DP-SGD (train/dp_sgd.h, docs/privacy.md), strategy local only.
+// [privacy]: DP-SGD (train/dp_sgd.h, docs/privacy.md), strategy local or
+// allreduce.
 struct PrivacyConfig {
   bool enabled = false;
   double noise_multiplier = 0.0;  // sigma; 0: solved from target_epsilon

@@ -22,6 +22,7 @@ constexpr const char* kSections[] = {"job",      "model",    "data",        "opt
 // Reads [security] (docs/security.md).
 void read_security(io::TomlTable& t, SecurityConfig& s) {
   t.get("encrypt", s.encrypt);
+  t.get("key_file", s.key_file);
   t.finish();
 }
 

@@ -238,6 +238,7 @@ strategy::JobFacts job_facts(const JobConfig& job, const comm::LaunchInfo& launc
   f.compression = job.compression.settings.compresses();
   f.local_sgd = job.compression.settings.local_sgd();
   f.guard = job.compression.guard.enabled;
+  f.privacy = job.privacy.enabled;
   f.launched = launch.launched();
   f.launched_world_size = launch.world_size;
   f.launched_by = launch.source;
@@ -266,12 +267,8 @@ std::shared_ptr<const strategy::StrategySpec> job_strategy(const JobConfig& job,
                                       "update's loss)",
                                       spec->name()));
   }
-  if (job.privacy.enabled && spec->name() != "local") {
-    throw job.lines.error("privacy.enabled",
-                          fmt::format("DP-SGD runs with strategy 'local' only, not '{}' (each "
-                                      "worker would have to clip its own samples and add its "
-                                      "share of the noise; not built yet)",
-                                      spec->name()));
+  if (job.privacy.enabled && !spec->sums_gradients(facts)) {
+    throw job.lines.error("privacy.enabled", dp_strategy_refusal(spec->name()));
   }
   for (const std::string& w : warnings) logger.warn("{}", w);
   return spec;

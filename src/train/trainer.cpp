@@ -338,11 +338,18 @@ void Trainer::take_group_role() {
   if (auto* model = dynamic_cast<nn::Sequential*>(&strategy_.model())) model->set_trace(trace_);
 }
 
-std::optional<StepBatch> Trainer::next_batch(EpochBatches& batches, const Position& position) {
-  if (trace_ == nullptr) return batches.next();
+std::optional<StepBatch> Trainer::next_batch(EpochBatches* batches, const Position& position,
+                                             const RunPlan& plan) {
+  if (batches == nullptr) {
+    // DP-SGD draws its own Poisson batch: the epoch only counts its steps.
+    if (position.batch_in_epoch >= plan.per_epoch) return std::nullopt;
+    if (trace_ != nullptr) trace_->set_step(position.step + 1);
+    return StepBatch{};
+  }
+  if (trace_ == nullptr) return batches->next();
   trace_->set_step(position.step + 1);
   TraceSpan span(trace_, "batch", "data");
-  return batches.next();
+  return batches->next();
 }
 
 EpochBatches Trainer::epoch_batches(const data::TensorDataset& train, data::DataLoader& loader,
@@ -458,8 +465,11 @@ Trainer::EpochEnd Trainer::run_epoch(const data::TensorDataset& train, data::Dat
                                      const RunPlan& plan, Position& position) {
   EpochEnd end;
   end.started = Clock::now();
-  EpochBatches batches = epoch_batches(train, loader, plan, position);
-  while (std::optional<StepBatch> step = next_batch(batches, position)) {
+  // Under DP-SGD no ordinary batch is loaded (DpSgd samples its own).
+  std::optional<EpochBatches> batches;
+  if (dp_ == nullptr) batches.emplace(epoch_batches(train, loader, plan, position));
+  EpochBatches* source = batches ? &*batches : nullptr;
+  while (std::optional<StepBatch> step = next_batch(source, position, plan)) {
     if (dp_ != nullptr) {
       if (std::optional<std::string> stop = dp_->budget_stop(position.step)) {
         report(*stop);
@@ -468,7 +478,7 @@ Trainer::EpochEnd Trainer::run_epoch(const data::TensorDataset& train, data::Dat
       }
     }
     const auto t0 = Clock::now();
-    if (plan.partitioned) part_consumed_ = batches.consumed();
+    if (plan.partitioned) part_consumed_ = batches->consumed();
     end.last_split = step->split;
     const float lr = schedule_->lr_at(position.step);
     strategy_.set_learning_rate(lr);
@@ -497,7 +507,8 @@ Trainer::EpochEnd Trainer::run_epoch(const data::TensorDataset& train, data::Dat
     }
     if (end.reformed) break;
   }
-  end.exhausted = plan.partitioned ? batches.done() : position.batch_in_epoch >= plan.per_epoch;
+  end.exhausted =
+      plan.partitioned && batches ? batches->done() : position.batch_in_epoch >= plan.per_epoch;
   return end;
 }
 

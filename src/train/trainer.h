@@ -53,9 +53,11 @@
 // boundary. Rank and world size are read again after every re-formation, and
 // a process that becomes rank 0 starts writing checkpoints.
 //
-// DP-SGD (job.privacy.enabled, strategy local): each step is DpSgd::step
-// (train/dp_sgd.h: a Poisson batch of its own, clipping, noise), not the
-// strategy's train_step; the ordinary batches only count the epoch's steps.
+// DP-SGD (job.privacy.enabled, a strategy that sums gradients: local or
+// allreduce): each step is DpSgd::step (train/dp_sgd.h: a Poisson batch of
+// its own, clipping, noise, Strategy::step_on_gradients), not the strategy's
+// train_step; no ordinary batch is loaded, an epoch is its count of steps
+// (the batches of batch_size it would have had).
 // Every epoch reports epsilon (EpochInfo::epsilon); checkpoints carry the
 // accountant's state; with privacy.target_epsilon the run ends, reporting
 // why, before a step that would exceed it (a normal end: the epoch is
@@ -179,8 +181,11 @@ class Trainer {
   // with the group, and a process that becomes rank 0 starts writing.
   void take_group_role();
   // Trains the rest of `position`'s epoch.
-  // The next batch of `batches`, the trace's step set to the update it feeds.
-  std::optional<StepBatch> next_batch(EpochBatches& batches, const Position& position);
+  // The next batch of `batches`, the trace's step set to the update it feeds;
+  // with `batches` null (DP-SGD), an empty StepBatch for each of the epoch's
+  // plan.per_epoch steps, loading nothing.
+  std::optional<StepBatch> next_batch(EpochBatches* batches, const Position& position,
+                                      const RunPlan& plan);
   EpochEnd run_epoch(const data::TensorDataset& train, data::DataLoader& loader,
                      const RunPlan& plan, Position& position);
   // The batches of `position`'s epoch (resumed where it stopped).

@@ -159,6 +159,24 @@ TEST(Launcher, KeepsAJobSecretFromTheEnvironment) {
             (std::vector<std::string>{"[rank 0] chosen-by-user", "[rank 1] chosen-by-user"}));
 }
 
+// With a key file the launcher's workers get its path, never the secret
+// (docs/security.md): what each worker's environment holds, as the worker
+// itself prints it.
+TEST(Launcher, WithAKeyFileTheWorkersGetItsPathAndNoSecret) {
+  ShJob run("echo \"${DTRAIN_JOB_SECRET:-no-secret} $DTRAIN_KEY_FILE\"", 2);
+  provide_job_secret(run.options.environment, "/keys/job.key");
+  EXPECT_EQ(run.options.environment.count("DTRAIN_JOB_SECRET"), 0u);
+  // A secret the launcher's own environment held is not passed on either
+  // (Launcher::run applies the same rule).
+  run.options.environment["DTRAIN_JOB_SECRET"] = "held-by-the-launcher";
+  const LaunchResult result = run.launch();
+  EXPECT_EQ(result.exit_code, 0) << run.log_text();
+  std::vector<std::string> lines = lines_of(run.out.str());
+  std::sort(lines.begin(), lines.end());
+  EXPECT_EQ(lines, (std::vector<std::string>{"[rank 0] no-secret /keys/job.key",
+                                             "[rank 1] no-secret /keys/job.key"}));
+}
+
 TEST(Launcher, StreamsWholeLinesWithRankPrefixes) {
   // Each worker writes 200 lines of 3000 copies of its rank digit to stdout
   // and to stderr at the same time as the others, then a last line without

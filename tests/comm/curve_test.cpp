@@ -284,6 +284,65 @@ TEST(Curve, APeerWithoutTheSecretOrWithoutCurveGetsNothingThrough) {
   EXPECT_EQ(router.dropped(), 0u);
 }
 
+// Handshakes that fail inside libzmq, before ZAP: a client with another
+// server key (another secret or key file) and a client without CURVE. The
+// binding socket's monitor counts and logs each (ZapHandler::watch_handshakes).
+TEST(Curve, HandshakesThatFailBeforeZapAreCountedAndLogged) {
+  const JobAuth auth("curve handshakes", kSecret, true);
+  const struct {
+    const char* name;
+    JobAuth client;
+    const char* reason;
+  } cases[] = {
+      {"another server key", JobAuth("curve handshakes", "another key file's secret", true),
+       "handshake failed: its CURVE HELLO does not open with this socket's key"},
+      // Which side notices the mismatch first is a race: the server (the
+      // peer does not speak CURVE) or the client, which hangs up (the
+      // connection ended during the handshake).
+      {"no CURVE", JobAuth("curve handshakes", kSecret), "handshake failed: "},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    zmq::context_t context(1);
+    dtrain::testing::LineLog log;
+    FramedSocket router(context, FramedSocket::Role::kRouter, "tcp://127.0.0.1:*",
+                        router_options(auth), auth, log.logger());
+    zmq::context_t outsider_context(1);
+    FramedSocket outsider(outsider_context, FramedSocket::Role::kDealer, router.endpoint(),
+                          dealer_options(c.client), c.client, Logger::null());
+    outsider.send("", data_header(0, 1), bytes_of(model_vector()));
+    ASSERT_TRUE(log.wait_for_line(c.reason, Deadline::after(20s))) << log.all();
+    EXPECT_GE(log.count("curve router: refused a CURVE connection (1 so far): on " +
+                        router.endpoint() + ": " + c.reason),
+              1u)
+        << log.all();
+    EXPECT_GE(router.refused_connections(), 1u);
+    EXPECT_FALSE(router.try_receive().has_value());
+  }
+}
+
+// The same on a ZmqTransport's inbound socket: a plaintext PUSH to a rank's
+// CURVE inbox is counted in refused_connections() and logged.
+TEST(Curve, ATransportCountsAPlaintextPeersHandshake) {
+  const JobAuth auth("curve transport handshake", kSecret, true);
+  dtrain::testing::LineLog log;
+  ZmqTransportOptions o;
+  o.ipc_dir = "";
+  ZmqTransport transport(o, auth, log.logger());
+  zmq::context_t outsider_context(1);
+  zmq::socket_t push(outsider_context, zmq::socket_type::push);
+  push.set(zmq::sockopt::linger, 0);
+  push.connect(transport.local_endpoint().tcp_endpoint);
+  push.send(zmq::buffer(std::string(kHeaderBytes, 'x')), zmq::send_flags::dontwait);
+  ASSERT_TRUE(log.wait_for_line("rank 0: refused a CURVE connection", Deadline::after(20s)))
+      << log.all();
+  EXPECT_GE(log.count("rank 0: refused a CURVE connection (1 so far): on " +
+                      transport.local_endpoint().tcp_endpoint + ": handshake failed: "),
+            1u)
+      << log.all();
+  EXPECT_GE(transport.refused_connections(), 1u);
+}
+
 class CurveCapture : public ::testing::TestWithParam<bool> {};
 
 TEST_P(CurveCapture, TheModelsFloatsAreOnTheWireOnlyInTheClear) {
@@ -369,9 +428,15 @@ TEST(Curve, ARankWithAnotherSecretCannotJoinTheRendezvous) {
   outsider.rank = 1;
   outsider.host = "h";
   outsider.tcp_endpoint = "tcp://127.0.0.1:1";
-  EXPECT_THROW(
-      rendezvous(server.address(), outsider, 2, wrong, Deadline::after(1500ms), Logger::null()),
-      TimeoutError);
+  // Its timeout says why no reply came: the handshake failed (the monitor
+  // of its connecting socket saw it).
+  try {
+    rendezvous(server.address(), outsider, 2, wrong, Deadline::after(1500ms), Logger::null());
+    ADD_FAILURE() << "an outsider met the job";
+  } catch (const TimeoutError& e) {
+    EXPECT_NE(std::string(e.what()).find("the CURVE handshake with it failed"), std::string::npos)
+        << e.what();
+  }
   // The job's own ranks still meet.
   std::vector<std::future<std::vector<PeerEndpoint>>> tables;
   for (int r = 0; r < 2; ++r) {

@@ -140,8 +140,9 @@ std::vector<std::vector<std::byte>> run_steps(Compressor& c, int64_t first_step,
 
 TEST(CompressState, RestoredCompressorContinuesBitIdentically) {
   for (const StateCase k : {StateCase{Method::kTopK, 0.0}, StateCase{Method::kTopK, 0.9},
-                            StateCase{Method::kRandomK, 0.0}, StateCase{Method::kSign, 0.0},
-                            StateCase{Method::kQsgd, 0.0}, StateCase{Method::kPowerSgd, 0.0}}) {
+                            StateCase{Method::kRandomK, 0.0}, StateCase{Method::kRandomK, 0.9},
+                            StateCase{Method::kSign, 0.0}, StateCase{Method::kQsgd, 0.0},
+                            StateCase{Method::kPowerSgd, 0.0}}) {
     Options options = options_of(k.method);
     options.momentum = k.momentum;
     options.rank = 2;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <numeric>
 #include <set>
 #include <string>
@@ -120,33 +121,51 @@ TEST(CompressTopK, DensityWarmsUpGeometricallyFromAQuarter) {
   }
 }
 
-// DGC (Lin et al. 2018): u = m u + g, v = v + u, send top-k of v, zero u and
-// v where sent.
+// DGC (Lin et al. 2018) on `steps` random gradients of n entries: u = m u +
+// g, v = v + u, the message holds v at the positions sent (checked by
+// `expect_positions(v, sent)`), u and v are zeroed there, and the state
+// arrays equal u and v. Returns, per entry, sum of what was sent + v - sum of
+// the velocities: 0 when nothing is lost or counted twice.
+std::vector<double> expect_dgc_reference(
+    const Options& options, size_t n, int steps, uint64_t seed,
+    const std::function<void(const std::vector<float>&, const std::vector<uint32_t>&)>&
+        expect_positions) {
+  auto c = make_compressor(options, {{1, n}});
+  const auto m = static_cast<float>(options.momentum);
+  std::vector<float> u(n, 0.0f);
+  std::vector<float> v(n, 0.0f);
+  std::vector<double> balance(n, 0.0);
+  for (int64_t step = 0; step < steps; ++step) {
+    const std::vector<float> g = normal_vector(n, seed + static_cast<uint64_t>(step));
+    for (size_t i = 0; i < n; ++i) {
+      u[i] = m * u[i] + g[i];
+      v[i] += u[i];
+      balance[i] -= u[i];
+    }
+    const std::vector<float> sent = decoded(encode_one(*c, 0, g, step), {1, n});
+    const std::vector<uint32_t> indices = nonzero_indices(sent);
+    expect_positions(v, indices);
+    for (const uint32_t j : indices) {
+      EXPECT_EQ(sent[j], v[j]);
+      balance[j] += sent[j];
+      u[j] = 0.0f;
+      v[j] = 0.0f;
+    }
+    EXPECT_EQ(state_array(*c, "velocity/0"), u) << "step " << step;
+    EXPECT_EQ(state_array(*c, "residual/0"), v) << "step " << step;
+  }
+  for (size_t i = 0; i < n; ++i) balance[i] += v[i];
+  return balance;
+}
+
+// Top-k sends the k largest |v|.
 TEST(CompressTopK, MomentumCorrectionMatchesTheDgcReference) {
   Options options = options_of(Method::kTopK);
   options.density = 0.05;
   options.momentum = 0.9;
-  const size_t n = 200;
-  auto c = make_compressor(options, {{1, n}});
-  std::vector<float> u(n, 0.0f);
-  std::vector<float> v(n, 0.0f);
-  for (int64_t step = 0; step < 5; ++step) {
-    const std::vector<float> g = normal_vector(n, 40 + static_cast<uint64_t>(step));
-    for (size_t i = 0; i < n; ++i) {
-      u[i] = 0.9f * u[i] + g[i];
-      v[i] += u[i];
-    }
-    const std::vector<uint32_t> expected = top_k_reference(v, 10);
-    const std::vector<float> sent = decoded(encode_one(*c, 0, g, step), {1, n});
-    ASSERT_EQ(nonzero_indices(sent), expected) << "step " << step;
-    for (const uint32_t j : expected) {
-      EXPECT_EQ(sent[j], v[j]);
-      u[j] = 0.0f;
-      v[j] = 0.0f;
-    }
-    EXPECT_EQ(state_array(*c, "velocity/0"), u);
-    EXPECT_EQ(state_array(*c, "residual/0"), v);
-  }
+  expect_dgc_reference(options, 200, 5, 40, [](const auto& v, const auto& sent) {
+    EXPECT_EQ(sent, top_k_reference(v, 10));
+  });
 }
 
 // ---------------------------------------------------------------- random-k
@@ -202,6 +221,55 @@ TEST(CompressRandomK, ResidualIsWhatWasNotSent) {
     e = residual;
   }
   for (size_t i = 0; i < n; ++i) EXPECT_NEAR(sent_total[i] + e[i], grad_total[i], 1e-5);
+}
+
+// DGC's momentum correction on random-k, by hand: n = 4, k = 2, m = 0.5,
+// g0 = (1, 2, 3, 4), g1 = (2, 2, 2, 2). Step 0: u = e = g0, sent g0 at S0,
+// u and e zeroed on S0. Step 1: u = 0.5 u + 2 is 2 on S0 and 0.5 g0 + 2
+// elsewhere; e += u is 2 on S0 and 1.5 g0 + 2 = (3.5, 5, 6.5, 8) elsewhere.
+TEST(CompressRandomK, MomentumCorrectionByHand) {
+  Options options = options_of(Method::kRandomK);
+  options.density = 0.5;
+  options.momentum = 0.5;
+  auto c = make_compressor(options, {{1, 4}});
+  const std::vector<float> g0 = {1, 2, 3, 4};
+  const std::vector<float> sent0 = decoded(encode_one(*c, 0, g0, 0), {1, 4});
+  const auto s0 = nonzero_indices(sent0);
+  ASSERT_EQ(s0.size(), 2u);
+  std::vector<bool> in_s0(4, false);
+  for (const uint32_t j : s0) in_s0[j] = true;
+  for (size_t j = 0; j < 4; ++j) {
+    EXPECT_EQ(sent0[j], in_s0[j] ? g0[j] : 0.0f) << j;
+    EXPECT_EQ(state_array(*c, "velocity/0")[j], in_s0[j] ? 0.0f : g0[j]) << j;
+    EXPECT_EQ(state_array(*c, "residual/0")[j], in_s0[j] ? 0.0f : g0[j]) << j;
+  }
+  const std::vector<float> g1 = {2, 2, 2, 2};
+  const std::vector<float> sent1 = decoded(encode_one(*c, 0, g1, 1), {1, 4});
+  const auto s1 = nonzero_indices(sent1);
+  ASSERT_EQ(s1.size(), 2u);
+  const std::vector<float> u_off_s0 = {2.5f, 3.0f, 3.5f, 4.0f};
+  const std::vector<float> v_off_s0 = {3.5f, 5.0f, 6.5f, 8.0f};
+  const std::vector<float> u = state_array(*c, "velocity/0");
+  const std::vector<float> e = state_array(*c, "residual/0");
+  for (size_t j = 0; j < 4; ++j) {
+    const bool in_s1 = std::find(s1.begin(), s1.end(), j) != s1.end();
+    const float v = in_s0[j] ? 2.0f : v_off_s0[j];
+    EXPECT_EQ(sent1[j], in_s1 ? v : 0.0f) << j;
+    EXPECT_EQ(e[j], in_s1 ? 0.0f : v) << j;
+    EXPECT_EQ(u[j], in_s1 ? 0.0f : (in_s0[j] ? 2.0f : u_off_s0[j])) << j;
+  }
+}
+
+// With momentum correction, what was sent plus the residual is, per entry,
+// the sum of the velocities accumulated (u = m u + g, masked where sent):
+// nothing is lost and nothing counted twice.
+TEST(CompressRandomK, MomentumResidualIsWhatWasNotSent) {
+  Options options = options_of(Method::kRandomK);
+  options.density = 0.1;
+  options.momentum = 0.9;
+  const std::vector<double> balance = expect_dgc_reference(
+      options, 300, 12, 90, [](const auto&, const auto& sent) { EXPECT_EQ(sent.size(), 30u); });
+  for (size_t i = 0; i < balance.size(); ++i) EXPECT_NEAR(balance[i], 0.0, 1e-4) << i;
 }
 
 // ---------------------------------------------------------------- QSGD

@@ -138,15 +138,18 @@ INSTANTIATE_TEST_SUITE_P(Methods, CompressReduce,
                                   std::to_string(std::get<2>(info.param)) + "ranks";
                          });
 
-TEST(CompressReduceTopK, MomentumCorrectionMatchesTheSerialReference) {
-  Options options = reduce_options(Method::kTopK);
-  options.momentum = 0.9;
-  options.warmup_steps = 2;
-  const ReduceRun run = run_reduce(options, 3);
-  expect_identical_on_every_rank(run.results);
-  const auto reference = serial_reference(options, 3);
-  for (int64_t step = 0; step < kSteps; ++step) {
-    EXPECT_EQ(run.results[0][static_cast<size_t>(step)], reference[static_cast<size_t>(step)]);
+TEST(CompressReduce, MomentumCorrectionMatchesTheSerialReference) {
+  for (const Method method : {Method::kTopK, Method::kRandomK}) {
+    Options options = reduce_options(method);
+    options.momentum = 0.9;
+    options.warmup_steps = 2;
+    const ReduceRun run = run_reduce(options, 3);
+    expect_identical_on_every_rank(run.results);
+    const auto reference = serial_reference(options, 3);
+    for (int64_t step = 0; step < kSteps; ++step) {
+      EXPECT_EQ(run.results[0][static_cast<size_t>(step)], reference[static_cast<size_t>(step)])
+          << to_string(method) << " step " << step;
+    }
   }
 }
 

@@ -3,6 +3,7 @@
 // for bit; each compressor trains; a checkpointed and resumed compressed run
 // is bit-identical to an uninterrupted one; local SGD averages the models
 // every H updates; bytes on the wire shrink.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -10,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "comm/collectives/communicator.h"
@@ -176,12 +178,18 @@ TEST(CompressedAllReduce, FewerBytesOnTheWireThanDense) {
 
 TEST(CompressedAllReduce, ResumedRunIsBitIdenticalToAnUninterruptedOne) {
   const auto batches = make_batches(10, 12, 11);
-  for (const compress::Method method :
-       {compress::Method::kTopK, compress::Method::kRandomK, compress::Method::kQsgd,
-        compress::Method::kSign, compress::Method::kPowerSgd}) {
-    SCOPED_TRACE(std::string(compress::to_string(method)));
+  // (method, DGC momentum): random-k's velocity must be restored too.
+  for (const auto& [method, momentum] :
+       std::vector<std::pair<compress::Method, double>>{{compress::Method::kTopK, 0.0},
+                                                        {compress::Method::kRandomK, 0.0},
+                                                        {compress::Method::kRandomK, 0.5},
+                                                        {compress::Method::kQsgd, 0.0},
+                                                        {compress::Method::kSign, 0.0},
+                                                        {compress::Method::kPowerSgd, 0.0}}) {
+    SCOPED_TRACE(fmt::format("{} momentum {}", compress::to_string(method), momentum));
     CompressionSettings settings;
     settings.codec = codec(method);
+    settings.codec.momentum = momentum;
     settings.start_step = 2;
     const auto uninterrupted = train(2, settings, batches);
     // Stop after 6 updates: keep model and optimizer state (with the

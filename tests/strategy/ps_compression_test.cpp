@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cmath>
 #include <memory>
 #include <mutex>
 #include <stop_token>
@@ -32,10 +33,11 @@ constexpr float kLr = 0.1f;
 constexpr int kServers = 2;
 constexpr int kWorkers = 2;
 
-// S servers with plain SGD serving on threads until every worker is done.
+// S servers with SGD (plain unless `momentum`) serving on threads until
+// every worker is done.
 class Servers {
  public:
-  explicit Servers(ps::Consistency consistency = ps::Consistency::kSync) {
+  explicit Servers(ps::Consistency consistency = ps::Consistency::kSync, float momentum = 0.0f) {
     for (int s = 0; s < kServers; ++s) {
       ps::ServerOptions o;
       o.server = s;
@@ -44,6 +46,7 @@ class Servers {
       o.consistency = consistency;
       o.optimizer.type = "sgd";
       o.optimizer.lr = kLr;
+      o.optimizer.momentum = momentum;
       o.join_timeout = 120s;
       servers_.push_back(std::make_unique<ps::Server>(o, auth(), Logger::null()));
       endpoints_.push_back(servers_.back()->endpoint());
@@ -225,6 +228,52 @@ TEST(PsLocalSgd, ARoundOfFourStepsEqualsTheAverageOfTheWorkersModels) {
               1e-4);
   }
   finish_all(workers);
+}
+
+// Two local SGD rounds (H = 2) from the same start on the same batches,
+// against servers with SGD momentum `momentum`; the servers' parameters after
+// each round.
+std::vector<std::vector<std::vector<float>>> two_local_rounds(float momentum) {
+  constexpr int kH = 2;
+  PsOptions options;
+  options.learning_rate = kLr;
+  options.compression.local_steps = kH;
+  const std::vector<test::Batch> batches = test::make_batches(2 * kH, 8, 25);
+  Servers servers(ps::Consistency::kSync, momentum);
+  auto workers = start_workers(servers, options, 9, Logger::null());
+  std::vector<std::vector<std::vector<float>>> rounds;
+  for (size_t step = 0; step < batches.size(); ++step) {
+    step_all(workers, batches[step]);
+    if (step % kH == kH - 1) rounds.push_back(test::snapshot(workers[0]->model()));
+  }
+  finish_all(workers);
+  return rounds;
+}
+
+// SlowMo (Wang et al. 2020) with slow learning rate 1: the servers' momentum
+// beta acts on the rounds' mean movements d_r = (theta_{r-1} - mean model) /
+// lr. Round 1 moves to the mean model as plain SGD does (the buffer starts at
+// d_1); in round 2 the workers start from the same theta_1 and move alike,
+// so theta_2 = theta_2(plain) - beta * (theta_0 - theta_1).
+TEST(PsLocalSgd, ServerMomentumIsSlowMosOuterMomentum) {
+  constexpr float kBeta = 0.5f;
+  const auto plain = two_local_rounds(0.0f);
+  const auto slow = two_local_rounds(kBeta);
+  ASSERT_EQ(plain.size(), 2u);
+  ASSERT_EQ(slow.size(), 2u);
+  EXPECT_LT(test::max_relative_difference(plain[0], slow[0]), 1e-6);
+  const std::vector<std::vector<float>> start = test::snapshot(*test::make_mlp(9));
+  std::vector<std::vector<float>> expected = plain[1];
+  double moved = 0.0;
+  for (size_t p = 0; p < expected.size(); ++p) {
+    for (size_t i = 0; i < expected[p].size(); ++i) {
+      expected[p][i] -= kBeta * (start[p][i] - plain[0][p][i]);
+      moved += std::abs(start[p][i] - plain[0][p][i]);
+    }
+  }
+  EXPECT_GT(moved, 0.0);  // the check below can tell momentum from none
+  EXPECT_LT(test::max_relative_difference(expected, slow[1]), 1e-4);
+  EXPECT_GT(test::max_relative_difference(plain[1], slow[1]), 1e-3);
 }
 
 TEST(PsCompression, TheCompressorStateRoundTripsThroughEachWorkersRankState) {

@@ -1,12 +1,10 @@
 #include <gtest/gtest.h>
 
-#include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "core/error.h"
-#include "data/synthetic.h"
+#include "dp_sgd_test_util.h"
 #include "optim/optimizer_config.h"
 #include "privacy/rdp_accountant.h"
 #include "strategy/local_strategy.h"
@@ -18,48 +16,16 @@
 #include "train/model_builder.h"
 #include "train/run_job.h"
 #include "train/trainer.h"
-#include "train_test_util.h"
 
 namespace dtrain::train {
 namespace {
 
-using test_util::layer;
+using test_util::dp_blobs;
+using test_util::dp_job;
+using test_util::file_bytes;
+using Recorder = test_util::DpRecorder;
 
-// 600 training samples of 8 features, 3 classes; batch 32: q = 32/600,
-// 19 steps per epoch.
-JobConfig dp_job(const std::string& output) {
-  JobConfig job;
-  job.name = "dp-blobs";
-  job.seed = 5;
-  job.output = output;
-  job.model.input_shape = {8};
-  LayerConfig drop = layer("dropout", "drop");
-  drop.p = 0.1f;
-  job.model.layers = {layer("linear", "fc1", 16), layer("relu", "relu"), drop,
-                      layer("linear", "fc2", 3)};
-  job.optimizer.type = "sgd";
-  job.optimizer.lr = 0.5f;
-  job.optimizer.momentum = 0.5f;
-  job.train.epochs = 4;
-  job.train.batch_size = 32;
-  job.train.log_every_steps = 5;
-  job.train.eval_batch_size = 100;
-  job.privacy.enabled = true;
-  job.privacy.noise_multiplier = 1.0;
-  job.privacy.max_grad_norm = 1.0;
-  job.privacy.delta = 1e-5;
-  return job;
-}
-
-data::TensorDataset blobs(int part) {
-  data::BlobsOptions o;
-  o.samples = 800;
-  o.features = 8;
-  o.num_classes = 3;
-  o.seed = 11;
-  const data::TensorDataset all = data::make_gaussian_blobs(o);
-  return part == 1 ? all.slice(0, 600) : all.slice(600, 200);
-}
+data::TensorDataset blobs(int part) { return dp_blobs(part); }
 
 std::unique_ptr<strategy::LocalStrategy> local_for(const JobConfig& job) {
   Rng rng(job.seed);
@@ -68,13 +34,6 @@ std::unique_ptr<strategy::LocalStrategy> local_for(const JobConfig& job) {
       [&job](std::vector<Variable> p) { return nn::make_optimizer(job.optimizer, std::move(p)); });
 }
 
-struct Recorder : Callback {
-  std::vector<EpochInfo> epochs;
-  std::vector<std::string> messages;
-  void on_epoch_end(const EpochInfo& e) override { epochs.push_back(e); }
-  void on_message(const std::string& m) override { messages.push_back(m); }
-};
-
 Summary fit(const JobConfig& job, Recorder* recorder = nullptr) {
   auto strategy = local_for(job);
   Trainer trainer(job, *strategy, Logger::null());
@@ -82,19 +41,7 @@ Summary fit(const JobConfig& job, Recorder* recorder = nullptr) {
   return trainer.fit(blobs(1), blobs(2));
 }
 
-std::string file_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-bool contains(const std::vector<std::string>& lines, const std::string& part) {
-  for (const std::string& l : lines) {
-    if (l.find(part) != std::string::npos) return true;
-  }
-  return false;
-}
+bool contains(const Recorder& recorder, const std::string& part) { return recorder.said(part); }
 
 TEST(DpSgdTraining, LearnsBlobsAndReportsEpsilonEveryEpoch) {
   testing::TempDir dir;
@@ -117,7 +64,7 @@ TEST(DpSgdTraining, LearnsBlobsAndReportsEpsilonEveryEpoch) {
       EXPECT_GT(*rec.epochs[e].epsilon, *rec.epochs[e - 1].epsilon);
     }
   }
-  EXPECT_TRUE(contains(rec.messages, "DP-SGD: sample rate q = 0.0533333"));
+  EXPECT_TRUE(contains(rec, "DP-SGD: sample rate q = 0.0533333"));
 }
 
 TEST(DpSgdTraining, TheBudgetStopNeverExceedsTheTarget) {
@@ -137,8 +84,8 @@ TEST(DpSgdTraining, TheBudgetStopNeverExceedsTheTarget) {
   ASSERT_FALSE(rec.epochs.empty());
   EXPECT_LE(*rec.epochs.back().epsilon, job.privacy.target_epsilon);
   EXPECT_DOUBLE_EQ(*rec.epochs.back().epsilon, at40);
-  EXPECT_TRUE(contains(rec.messages, "privacy budget: the next step would spend epsilon"));
-  EXPECT_TRUE(contains(rec.messages, "at delta 1e-05; stopping after step 40"));
+  EXPECT_TRUE(contains(rec, "privacy budget: the next step would spend epsilon"));
+  EXPECT_TRUE(contains(rec, "at delta 1e-05; stopping after step 40"));
   EXPECT_FALSE(file_bytes(s.weights_path).empty());
 }
 
@@ -151,7 +98,7 @@ TEST(DpSgdTraining, SolvesSigmaFromTheTargetAndStaysWithinIt) {
   Recorder rec;
   const Summary s = fit(job, &rec);
   EXPECT_EQ(s.steps, 2 * 19);  // the solved sigma lasts the planned steps
-  EXPECT_TRUE(contains(rec.messages, "(solved for epsilon 2 over 38 steps)"));
+  EXPECT_TRUE(contains(rec, "(solved for epsilon 2 over 38 steps)"));
   EXPECT_LE(*rec.epochs.back().epsilon, 2.0);
   EXPECT_GT(*rec.epochs.back().epsilon, 1.99);
 }
@@ -266,7 +213,7 @@ TEST(DpSgdJobFile, BatchNormWithPrivacyIsAConfigError) {
   expect_config_error(text, "batch normalisation mixes the samples");
 }
 
-TEST(DpSgdJobFile, StrategiesOtherThanLocalAreRefusedByTheLauncher) {
+TEST(DpSgdJobFile, StrategiesThatDoNotSumGradientsAreRefusedByTheLauncher) {
   comm::LaunchInfo launch;  // one process, not launched
   const auto refusal = [&](const std::string& distributed) -> std::string {
     const JobConfig job =
@@ -281,9 +228,22 @@ TEST(DpSgdJobFile, StrategiesOtherThanLocalAreRefusedByTheLauncher) {
     return "no error";
   };
   EXPECT_EQ(refusal(""), "no error");  // one worker: local
-  const std::string mirrored = refusal("\n[distributed]\nstrategy = \"mirrored\"\nworkers = 2\n");
-  EXPECT_NE(mirrored.find("privacy.enabled"), std::string::npos) << mirrored;
-  EXPECT_NE(mirrored.find("not 'mirrored'"), std::string::npos) << mirrored;
+  EXPECT_EQ(refusal("\n[distributed]\nstrategy = \"allreduce\"\nworkers = 2\n"), "no error");
+  for (const std::string name : {"mirrored", "ps", "gossip"}) {
+    const std::string why = refusal("\n[distributed]\nstrategy = \"" + name + "\"\nworkers = 2\n");
+    EXPECT_NE(why.find("privacy.enabled"), std::string::npos) << why;
+    EXPECT_NE(why.find("not '" + name + "'"), std::string::npos) << why;
+    EXPECT_NE(why.find("'local', or 'allreduce'"), std::string::npos) << why;
+  }
+  // What allreduce does not combine with, by its key.
+  const std::string accumulation = refusal(
+      "\n[distributed]\nstrategy = \"allreduce\"\nworkers = 2\n"
+      "[distributed.allreduce]\naccumulation_steps = 2\n");
+  EXPECT_NE(accumulation.find("accumulation_steps"), std::string::npos) << accumulation;
+  EXPECT_NE(accumulation.find("DP-SGD"), std::string::npos) << accumulation;
+  const std::string dynamic =
+      refusal("\n[distributed]\nstrategy = \"allreduce\"\nworkers = 2\ndynamic_batch = true\n");
+  EXPECT_NE(dynamic.find("distributed.dynamic_batch"), std::string::npos) << dynamic;
 }
 
 }  // namespace

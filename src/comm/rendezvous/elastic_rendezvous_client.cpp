@@ -107,10 +107,11 @@ std::vector<std::byte> ElasticRendezvousClient::await(uint32_t kind, const std::
     logger_.warn("elastic rendezvous slot {}: ignored a reply of kind {} while awaiting {}", slot_,
                  reply->first, what);
   }
-  throw TimeoutError(
-      -1, "elastic rendezvous",
-      std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start),
-      fmt::format("{} from the coordinator at {} (slot {})", what, coordinator_, slot_));
+  const std::string handshake = socket_->dealer->handshake_failures();
+  throw TimeoutError(-1, "elastic rendezvous",
+                     std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start),
+                     fmt::format("{} from the coordinator at {} (slot {}){}", what, coordinator_,
+                                 slot_, handshake.empty() ? "" : ": " + handshake));
 }
 
 std::optional<ElasticGeneration> ElasticRendezvousClient::join(std::optional<uint32_t> member_of,

@@ -178,6 +178,7 @@ LaunchSettings resolve_launch_settings(const std::map<std::string, std::string>&
     if (const auto it = env.find(name); it != env.end()) out = it->second;
   };
   get("DTRAIN_JOB_SECRET", s.job_secret);
+  get("DTRAIN_KEY_FILE", s.key_file);
   get("DTRAIN_LISTEN_HOST", s.listen_host);
   if (s.listen_host.empty()) s.listen_host = "127.0.0.1";
   get("DTRAIN_ADVERTISE_HOST", s.advertise_host);

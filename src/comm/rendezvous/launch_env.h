@@ -65,6 +65,10 @@ struct LaunchSettings {
   std::string run_dir;         // DTRAIN_RUN_DIR: private folder of the run (sockets)
   std::string status_fd;       // DTRAIN_STATUS_FD: where to tell the launcher why it failed
   bool output_locked = false;  // DTRAIN_OUTPUT_LOCKED=1: the launcher holds the output lock
+  // DTRAIN_KEY_FILE: a key file holding the job secret (comm/wire/key_file.h);
+  // after resolve_job_secret() (job_secret.h), the absolute path of the key
+  // file in use.
+  std::string key_file;
   // A worker of a per-host agent (cli/etcd_agent.h): DTRAIN_RDZV is
   // "etcd://HOST:PORT/JOB_ID", the group's bounds DTRAIN_RDZV_MIN_WORKERS /
   // DTRAIN_RDZV_MAX_WORKERS, and DTRAIN_RDZV_SLOT_BASE the agent's first

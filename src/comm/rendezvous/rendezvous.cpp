@@ -384,12 +384,12 @@ std::vector<PeerEndpoint> read_table(std::span<const std::byte> payload, int wor
 
 [[noreturn]] void throw_timeout(const std::string& coordinator, int world_size,
                                 const std::optional<std::vector<int>>& registered,
-                                std::chrono::milliseconds waited) {
+                                std::chrono::milliseconds waited, wire::FramedSocket& socket) {
   if (!registered) {
+    const std::string handshake = socket.handshake_failures();
     throw TimeoutError(-1, "rendezvous", waited,
-                       fmt::format("a reply from the coordinator at {} (is it running and "
-                                   "reachable?)",
-                                   coordinator));
+                       fmt::format("a reply from the coordinator at {} ({})", coordinator,
+                                   handshake.empty() ? "is it running and reachable?" : handshake));
   }
   std::vector<int> missing;
   for (int r = 0; r < world_size; ++r) {
@@ -444,7 +444,8 @@ std::vector<PeerEndpoint> rendezvous(const std::string& coordinator, const PeerE
     if (!reply) {
       throw_timeout(
           coordinator, world_size, registered,
-          std::chrono::duration_cast<std::chrono::milliseconds>(Deadline::Clock::now() - start));
+          std::chrono::duration_cast<std::chrono::milliseconds>(Deadline::Clock::now() - start),
+          socket);
     }
     switch (reply->header.type) {
       case wire::MessageType::kReject:

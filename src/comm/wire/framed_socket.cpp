@@ -117,6 +117,7 @@ FramedSocket::FramedSocket(zmq::context_t& context, Role role, const std::string
       zap_ = secure_binding_socket(context, socket_, auth_, options_.name, logger);
     } else {
       secure_connecting_socket(socket_, auth_);
+      watch_ = std::make_unique<HandshakeWatch>(context, socket_, options_.name);
     }
   }
   try {

@@ -26,7 +26,8 @@
 //
 // With auth.curve() (security.encrypt), the socket speaks CURVE: a ROUTER as
 // the server, a DEALER as the client, and a ROUTER refuses (and logs) any
-// connection that does not hold the job's client key (comm/wire/curve.h).
+// connection that does not hold the job's client key (comm/wire/curve.h),
+// and a DEALER remembers why its handshakes failed (handshake_failures()).
 //
 // Ownership: owns its socket; the zmq::context_t and the Logger must outlive
 // it. Thread safety: one thread at a time (a ZeroMQ socket is not
@@ -180,6 +181,10 @@ class FramedSocket {
   // With security.encrypt on a ROUTER: connections its context's ZAP
   // handler refused (a CURVE key not the job's); 0 otherwise.
   uint64_t refused_connections() const { return zap_ ? zap_->refused() : 0; }
+  // With security.encrypt on a DEALER: why its CURVE handshakes failed so
+  // far, for the message of a caller whose reply never came
+  // (HandshakeWatch::failures()); "" otherwise.
+  std::string handshake_failures() { return watch_ ? watch_->failures() : std::string(); }
 
   zmq::pollitem_t poll_item() { return {socket_.handle(), 0, ZMQ_POLLIN, 0}; }
   // For a socket monitor (zmq_socket_monitor) only.
@@ -198,8 +203,9 @@ class FramedSocket {
   zmq::socket_t socket_;
   std::string endpoint_;
   RateLimitedLog drops_;
-  std::unique_ptr<LinkShaper> shaper_;  // when options_.link
-  std::shared_ptr<ZapHandler> zap_;     // ROUTER with auth_.curve(): its context's handler
+  std::unique_ptr<LinkShaper> shaper_;     // when options_.link
+  std::shared_ptr<ZapHandler> zap_;        // ROUTER with auth_.curve(): its context's handler
+  std::unique_ptr<HandshakeWatch> watch_;  // DEALER with auth_.curve()
 };
 
 }  // namespace dtrain::comm::wire
