@@ -6,11 +6,13 @@
 
 #include <algorithm>
 #include <chrono>
+#include <climits>
 #include <iostream>
 #include <optional>
 
 #include "cli/coordinator_files.h"
 #include "cli/dashboard_command.h"
+#include "cli/etcd_agent.h"
 #include "cli/job_launch.h"
 #include "cli/launcher.h"
 #include "cli/process_log.h"
@@ -71,6 +73,7 @@ train::JobConfig read_job(const TrainOptions& options, Logger& logger) {
   if (options.max_restarts) job.train.max_restarts = *options.max_restarts;
   if (options.elastic) job.train.elastic = *options.elastic;
   if (options.min_workers) job.train.min_workers = *options.min_workers;
+  if (options.rdzv) job.train.elastic = true;
   return job;
 }
 
@@ -87,12 +90,41 @@ comm::LaunchInfo resolve_launch(const TrainOptions& options) {
   return comm::resolve_launch_env(options.environment, overrides);
 }
 
+std::string command_line(const std::vector<std::string>& argv) {
+  std::string line;
+  for (const std::string& arg : argv) line += (line.empty() ? "" : " ") + arg;
+  return line;
+}
+
+// This host's agent of an etcd job (cli/etcd_agent.h); it holds the output
+// lock, its workers write there when one is rank 0 of its generation.
+int run_agent(const TrainOptions& options, const train::JobConfig& job,
+              std::chrono::system_clock::time_point started, Logger& logger, std::ostream& out) {
+  const io::OutputLock lock = io::OutputLock::acquire(
+      job.output, io::this_process_record(command_line(options.argv), started), logger);
+  AgentOptions agent;
+  agent.rdzv = *options.rdzv;
+  agent.nnodes = options.nnodes;
+  agent.nproc_per_node = options.nproc_per_node;
+  agent.max_restarts = static_cast<int>(std::min<int64_t>(job.train.max_restarts, INT_MAX));
+  LaunchOptions l;
+  l.argv = options.argv;
+  l.environment = options.environment;
+  l.environment["DTRAIN_OUTPUT_LOCKED"] = "1";
+  if (job.security.encrypt) l.environment["DTRAIN_ENCRYPT"] = "1";
+  if (!job.security.key_file.empty()) l.environment["DTRAIN_KEY_FILE"] = job.security.key_file;
+  return run_etcd_agent(agent, std::move(l), out, std::cerr, logger, Deadline::never()).exit_code;
+}
+
 }  // namespace
 
 int run_train(const TrainOptions& options, std::ostream& out) {
   const auto started = std::chrono::system_clock::now();
   Logger& logger = Logger::stderr_logger();
   const train::JobConfig job = read_job(options, logger);
+  if (options.rdzv && !options.environment.contains("DTRAIN_RDZV")) {
+    return run_agent(options, job, started, logger, out);
+  }
   comm::LaunchInfo launch = resolve_launch(options);
   comm::resolve_job_secret(launch.settings, job.security.key_file, job.source);
   if (job.security.encrypt) launch.settings.encrypt = true;
@@ -117,11 +149,8 @@ int run_train(const TrainOptions& options, std::ostream& out) {
   // 0 of a job another launcher started holds the lock for the run's life.
   std::optional<io::OutputLock> lock;
   if (plan.launch || !launch.launched() || (launch.rank == 0 && !launch.settings.output_locked)) {
-    std::string command_line;
-    for (const std::string& arg : options.argv)
-      command_line += (command_line.empty() ? "" : " ") + arg;
-    lock.emplace(io::OutputLock::acquire(job.output, io::this_process_record(command_line, started),
-                                         logger));
+    lock.emplace(io::OutputLock::acquire(
+        job.output, io::this_process_record(command_line(options.argv), started), logger));
   }
   // The live page, in the process that runs or launches the job (its
   // launched workers got the same flag and ignore it).

@@ -38,6 +38,12 @@ struct TrainOptions {
   // Elastic mode (train.elastic) and its smallest group (train.min_workers).
   std::optional<bool> elastic;
   std::optional<int64_t> min_workers;
+  // --rdzv etcd://HOST:PORT/JOB_ID: run the per-host agent (cli/etcd_agent.h)
+  // with --nnodes MIN:MAX and --nproc-per-node K; its workers, which see
+  // DTRAIN_RDZV, train.
+  std::optional<std::string> rdzv;
+  std::string nnodes = "1";
+  int nproc_per_node = 1;
   std::string progress = "plain";  // bar | plain | none
   // A worker's place in a launched job; each overrides its environment
   // variable (DTRAIN_RANK, DTRAIN_WORLD_SIZE, DTRAIN_COORDINATOR).

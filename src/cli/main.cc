@@ -149,6 +149,14 @@ CLI::App* add_train_command(CLI::App& app, dtrain::cli::TrainOptions& train, Tra
                    "With --elastic or --strategy ps: stop the job once fewer workers run "
                    "(default: train.min_workers, else N; ps: 1)")
       ->check(CLI::Range(int64_t{1}, int64_t{INT_MAX}));
+  train_cmd->add_option("--rdzv", train.rdzv,
+                        "Run this host's agent of a job whose elastic group forms in etcd: "
+                        "etcd://HOST:PORT/JOB_ID (same on every host; needs DTRAIN_JOB_SECRET)");
+  train_cmd->add_option("--nnodes", train.nnodes, "With --rdzv: MIN:MAX hosts (or N)");
+  train_cmd
+      ->add_option("--nproc-per-node", train.nproc_per_node,
+                   "With --rdzv: workers this agent starts (the same on every host)")
+      ->check(CLI::Range(1, 4096));
   train_cmd->add_flag("--insecure", flags.insecure,
                       "Run a job started by another launcher (mpirun, srun, by hand) without "
                       "DTRAIN_JOB_SECRET, on purpose: frames are not authenticated (same as "

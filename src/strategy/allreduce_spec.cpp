@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include "comm/collectives/connect_worker.h"
+#include "comm/rendezvous/launch_env.h"
 #include "core/error.h"
 #include "core/trace.h"
 #include "strategy/allreduce_strategy.h"
@@ -120,7 +121,9 @@ class AllReduceSpec final : public StrategySpec {
 
   std::unique_ptr<Strategy> build(const BuildContext& c) const override {
     const comm::LaunchInfo& launch = *c.launch;
-    const bool elastic_launch = !launch.settings.elastic_coordinator.empty();
+    // Under dtrain's launcher (its coordinator) or a per-host agent (etcd).
+    const bool elastic_launch =
+        !launch.settings.elastic_coordinator.empty() || !launch.settings.rdzv.empty();
     if (c.facts.elastic && !elastic_launch) {
       throw c.facts.where.error(
           "train.elastic",
@@ -240,6 +243,15 @@ class AllReduceSpec final : public StrategySpec {
     o.slot = launch.rank;
     o.slots = launch.world_size;
     o.coordinator = launch.settings.elastic_coordinator;
+    if (!launch.settings.rdzv.empty()) {
+      const comm::RdzvUrl url = comm::parse_rdzv_url(launch.settings.rdzv, "DTRAIN_RDZV");
+      comm::EtcdRendezvousOptions e;
+      e.endpoint = url.endpoint;
+      e.job_id = url.job_id;
+      e.min_workers = launch.settings.rdzv_min_workers;
+      e.max_workers = launch.settings.rdzv_max_workers;
+      o.etcd = e;
+    }
     o.secret = launch.settings.job_secret;
     o.encrypt = launch.settings.encrypt;
     o.listen_host = launch.settings.listen_host;

@@ -148,5 +148,37 @@ TEST(LaunchEnv, HostPort) {
   EXPECT_THROW(parse_host_port(":80", "x"), ConfigError);
 }
 
+// A worker of a per-host agent: its rank is the job-wide slot (the agent's
+// slot base plus its local rank), its world size nominal, its group's
+// bounds and etcd address in the settings.
+TEST(LaunchEnv, AgentWorkerOnEtcd) {
+  const Env env = {{"DTRAIN_RANK", "1"},
+                   {"DTRAIN_WORLD_SIZE", "2"},
+                   {"DTRAIN_COORDINATOR", "127.0.0.1:29500"},
+                   {"DTRAIN_RDZV", "etcd://10.0.0.5:2379/run-42"},
+                   {"DTRAIN_RDZV_MIN_WORKERS", "2"},
+                   {"DTRAIN_RDZV_MAX_WORKERS", "6"},
+                   {"DTRAIN_RDZV_SLOT_BASE", "4"}};
+  const LaunchInfo info = resolve_launch_env(env);
+  EXPECT_EQ(info.rank, 5);
+  EXPECT_EQ(info.world_size, 6);
+  EXPECT_EQ(info.local_rank, 1);
+  EXPECT_EQ(info.settings.rdzv_min_workers, 2);
+  EXPECT_EQ(info.settings.rdzv_max_workers, 6);
+  const RdzvUrl url = parse_rdzv_url(info.settings.rdzv, "x");
+  EXPECT_EQ(url.endpoint, "10.0.0.5:2379");
+  EXPECT_EQ(url.job_id, "run-42");
+  Env high = env;
+  high["DTRAIN_RDZV_SLOT_BASE"] = "10";  // a node index past MAX: the slot still fits
+  EXPECT_EQ(resolve_launch_env(high).world_size, 12);
+  for (const char* bad : {"etcd://10.0.0.5:2379", "etcd://10.0.0.5:2379/", "http://h:1/j",
+                          "etcd://10.0.0.5/j", "etcd://h:1/a/b"}) {
+    EXPECT_THROW(parse_rdzv_url(bad, "x"), ConfigError) << bad;
+  }
+  Env inverted = env;
+  inverted["DTRAIN_RDZV_MIN_WORKERS"] = "7";
+  EXPECT_NE(config_error(inverted).find("DTRAIN_RDZV_MIN_WORKERS"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace dtrain::comm

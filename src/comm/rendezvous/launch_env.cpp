@@ -1,5 +1,6 @@
 #include "comm/rendezvous/launch_env.h"
 
+#include <algorithm>
 #include <charconv>
 #include <vector>
 
@@ -150,7 +151,25 @@ LaunchInfo resolve_launch_env(const std::map<std::string, std::string>& env,
     parse_host_port(info.coordinator, coordinator_name);
   }
   info.settings = resolve_launch_settings(env);
+  if (!info.settings.rdzv.empty()) {
+    info.rank += info.settings.rdzv_slot_base;
+    info.world_size = std::max({2, info.settings.rdzv_max_workers, info.rank + 1});
+  }
   return info;
+}
+
+RdzvUrl parse_rdzv_url(const std::string& url, const std::string& where) {
+  const std::string scheme = "etcd://";
+  const size_t slash = url.find('/', scheme.size());
+  const bool ok = url.starts_with(scheme) && slash != std::string::npos && slash + 1 < url.size() &&
+                  url.find('/', slash + 1) == std::string::npos;
+  if (!ok) {
+    throw ConfigError(kEnvironment, where, 0,
+                      fmt::format("'{}' is not etcd://HOST:PORT/JOB_ID", url));
+  }
+  RdzvUrl r{url.substr(scheme.size(), slash - scheme.size()), url.substr(slash + 1)};
+  parse_host_port(r.endpoint, where);
+  return r;
 }
 
 LaunchSettings resolve_launch_settings(const std::map<std::string, std::string>& env) {
@@ -168,6 +187,21 @@ LaunchSettings resolve_launch_settings(const std::map<std::string, std::string>&
   get("DTRAIN_LAUNCH_ID", s.launch_id);
   get("DTRAIN_RUN_DIR", s.run_dir);
   get("DTRAIN_STATUS_FD", s.status_fd);
+  get("DTRAIN_RDZV", s.rdzv);
+  if (!s.rdzv.empty()) {
+    parse_rdzv_url(s.rdzv, "DTRAIN_RDZV");
+    for (const auto& [name, field] : {std::pair{"DTRAIN_RDZV_MIN_WORKERS", &s.rdzv_min_workers},
+                                      std::pair{"DTRAIN_RDZV_MAX_WORKERS", &s.rdzv_max_workers},
+                                      std::pair{"DTRAIN_RDZV_SLOT_BASE", &s.rdzv_slot_base}}) {
+      if (const auto it = env.find(name); it != env.end()) *field = parse_int(it->second, name);
+    }
+    if (s.rdzv_min_workers < 1 || s.rdzv_max_workers < s.rdzv_min_workers || s.rdzv_slot_base < 0 ||
+        s.rdzv_max_workers > kMaxWorldSize) {
+      throw ConfigError(kEnvironment, "DTRAIN_RDZV_MIN_WORKERS", 0,
+                        fmt::format("bad group bounds {}..{} or slot base {}", s.rdzv_min_workers,
+                                    s.rdzv_max_workers, s.rdzv_slot_base));
+    }
+  }
   if (const auto it = env.find("DTRAIN_RESTART_COUNT"); it != env.end()) {
     s.restart_count = parse_int(it->second, "DTRAIN_RESTART_COUNT");
     if (s.restart_count < 0) {

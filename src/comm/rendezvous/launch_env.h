@@ -69,7 +69,25 @@ struct LaunchSettings {
   // after resolve_job_secret() (job_secret.h), the absolute path of the key
   // file in use.
   std::string key_file;
+  // A worker of a per-host agent (cli/etcd_agent.h): DTRAIN_RDZV is
+  // "etcd://HOST:PORT/JOB_ID", the group's bounds DTRAIN_RDZV_MIN_WORKERS /
+  // DTRAIN_RDZV_MAX_WORKERS, and DTRAIN_RDZV_SLOT_BASE the agent's first
+  // slot (its node index times its workers). resolve_launch_env() then
+  // makes the rank the job-wide slot (base + the local rank) and the world
+  // size nominal (at least 2, the max, and slot + 1): the elastic group's
+  // own ranks and size come from etcd.
+  std::string rdzv;
+  int rdzv_min_workers = 1;
+  int rdzv_max_workers = 1;
+  int rdzv_slot_base = 0;
 };
+
+// "etcd://HOST:PORT/JOB_ID" split; ConfigError naming `where` otherwise.
+struct RdzvUrl {
+  std::string endpoint;  // "host:port"
+  std::string job_id;    // no '/'
+};
+RdzvUrl parse_rdzv_url(const std::string& url, const std::string& where);
 
 // Reads LaunchSettings from `env`; ConfigError naming the variable for a
 // malformed DTRAIN_RESTART_COUNT or DTRAIN_INSECURE.

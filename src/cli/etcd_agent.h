@@ -1,0 +1,45 @@
+// The per-host agent of a job whose elastic generations live in etcd
+// (docs/elastic.md, "The per-host agent"): `dtrain train JOB --rdzv
+// etcd://HOST:PORT/JOB_ID --nnodes MIN:MAX --nproc-per-node K`. It claims
+// the lowest free node index of the job in etcd (a create-if-absent
+// compare-and-swap on `/dtrain/<job-id>/nodes/<i>`, never reused, so a
+// stale agent and its replacement never share slots), starts K local
+// workers under the local Launcher in elastic mode, each with DTRAIN_RDZV,
+// the group's bounds (MIN*K..MAX*K workers) and DTRAIN_RDZV_SLOT_BASE
+// (i*K), and supervises them with the launcher's Supervisor. It hosts no
+// coordinator: the workers form their generations in etcd
+// (comm/rendezvous/etcd_rendezvous.h), so any agent, the first included,
+// can die. Its local job ends when a worker finished training (exit 0) and
+// every local worker has ended, or when fewer than one local worker runs.
+//
+// Every agent of the job must be given the same DTRAIN_JOB_SECRET or key
+// file (DTRAIN_KEY_FILE): the workers of different hosts authenticate each
+// other with it.
+//
+// Blocking: for the local workers' lifetime, bounded by `deadline`.
+// Errors: UsageError for a malformed --rdzv / --nnodes / --nproc-per-node
+// or neither DTRAIN_JOB_SECRET nor DTRAIN_KEY_FILE; TimeoutError when etcd does not answer the node
+// claim within 30 s; what Launcher::run throws.
+#pragma once
+
+#include <ostream>
+#include <string>
+
+#include "cli/launcher.h"
+#include "core/deadline.h"
+#include "core/log.h"
+
+namespace dtrain::cli {
+
+struct AgentOptions {
+  std::string rdzv;    // etcd://HOST:PORT/JOB_ID
+  std::string nnodes;  // "MIN:MAX" or "N"
+  int nproc_per_node = 1;
+  int max_restarts = 0;  // replacements of failed local workers
+};
+
+// `base` as for Launcher (argv, environment); its workers are set here.
+LaunchResult run_etcd_agent(const AgentOptions& agent, LaunchOptions base, std::ostream& out,
+                            std::ostream& err, Logger& logger, Deadline deadline);
+
+}  // namespace dtrain::cli
