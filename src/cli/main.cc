@@ -151,7 +151,9 @@ CLI::App* add_train_command(CLI::App& app, dtrain::cli::TrainOptions& train, Tra
       ->check(CLI::Range(int64_t{1}, int64_t{INT_MAX}));
   train_cmd->add_option("--rdzv", train.rdzv,
                         "Run this host's agent of a job whose elastic group forms in etcd: "
-                        "etcd://HOST:PORT/JOB_ID (same on every host; needs DTRAIN_JOB_SECRET)");
+                        "etcd://HOST:PORT/JOB_ID (same on every host; needs the same job secret "
+                        "on every host: a key file (security.key_file, DTRAIN_KEY_FILE) or "
+                        "DTRAIN_JOB_SECRET)");
   train_cmd->add_option("--nnodes", train.nnodes, "With --rdzv: MIN:MAX hosts (or N)");
   train_cmd
       ->add_option("--nproc-per-node", train.nproc_per_node,
