@@ -23,6 +23,7 @@
 #include "comm/transport/zmq_transport.h"
 #include "core/error.h"
 #include "multiprocess_job.h"
+#include "victim_allreduce.h"
 
 namespace dtrain::comm {
 namespace {
@@ -115,33 +116,10 @@ void mismatch_scenario(Transport& transport) {
 }
 
 void killed_scenario(Transport& transport) {
-  const int victim = transport.size() - 1;
   Communicator comm(transport, ring_options());
-  std::vector<float> data(size_t{1} << 20);  // 4 MiB: 16 chunks per block
-  for (int i = 0;; ++i) {
-    std::fill(data.begin(), data.end(), 1.0f);
-    const auto started = Deadline::Clock::now();
-    try {
-      comm.allreduce(data, ReduceOp::kSum);
-    } catch (const CommError& e) {
-      const auto took = Deadline::Clock::now() - started;
-      ASSERT_NE(transport.rank(), victim) << "the victim failed: " << e.what();
-      std::printf("survivor %d after %d allreduces: %s\n", transport.rank(), i, e.what());
-      EXPECT_EQ(e.peer(), victim) << e.what();
-      const std::string what = e.what();
-      EXPECT_NE(what.find(fmt::format("rank {}", victim)), std::string::npos) << what;
-      EXPECT_NE(what.find("allreduce"), std::string::npos) << what;
-      EXPECT_EQ(dynamic_cast<const TimeoutError*>(&e), nullptr) << what;
-      EXPECT_LT(took, kTimeout) << what;
-      return;
-    }
-    ASSERT_EQ(data, std::vector<float>(data.size(), static_cast<float>(transport.size())));
-    if (transport.rank() == victim && i == 0) {
-      std::printf("%s\n", test::kReady);
-      std::fflush(stdout);
-    }
-    ASSERT_LT(i, 100000) << "the victim was never killed";
-  }
+  // 4 MiB: about 21 chunks per block with 3 ranks, so the kill lands
+  // mid-pipeline.
+  test::allreduce_until_victim_fails(comm, size_t{1} << 20, /*killed=*/true, kTimeout);
 }
 
 TEST(RingOverTcp, DISABLED_Rank) {

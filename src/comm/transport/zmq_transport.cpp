@@ -523,9 +523,13 @@ bool ZmqTransport::send_abort_frame(Peer& peer, int peer_rank, int culprit,
   ByteWriter w(sizeof(int32_t) + reason.size());
   w.write_i32(static_cast<int32_t>(culprit));
   w.write_bytes(std::as_bytes(std::span(reason.data(), reason.size())));
-  const std::vector<std::byte> payload = w.take();
+  return send_control_frame(peer, peer_rank, wire::MessageType::kAbort, w.take());
+}
+
+bool ZmqTransport::send_control_frame(Peer& peer, int peer_rank, wire::MessageType type,
+                                      std::span<const std::byte> payload) {
   wire::FrameHeader h;
-  h.type = wire::MessageType::kAbort;
+  h.type = type;
   h.sender = static_cast<uint32_t>(options_.rank);
   h.receiver = static_cast<uint32_t>(peer_rank);
   h.job_id = auth_.job_id();

@@ -195,6 +195,10 @@ class ZmqTransport final : public Transport {
                                          zmq::message_t& body);
   // Queues an abort frame (never blocks); the caller holds peer.send_mutex.
   bool send_abort_frame(Peer& peer, int peer_rank, int culprit, const std::string& reason);
+  // Queues a frame of `type` whose payload ZeroMQ copies (never blocks);
+  // false when the queue refused it. The caller holds peer.send_mutex.
+  bool send_control_frame(Peer& peer, int peer_rank, wire::MessageType type,
+                          std::span<const std::byte> payload);
 
   // I/O thread.
   void run_io(std::stop_token stop);

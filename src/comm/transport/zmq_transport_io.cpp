@@ -181,18 +181,7 @@ void ZmqTransport::send_heartbeats() {
     Peer& peer = *peers_[p];
     std::lock_guard send_lock(peer.send_mutex);
     if (peer.push_closed) continue;
-    wire::FrameHeader h;
-    h.type = wire::MessageType::kHeartbeat;
-    h.sender = static_cast<uint32_t>(options_.rank);
-    h.receiver = static_cast<uint32_t>(p);
-    h.job_id = auth_.job_id();
-    h.sequence = peer.next_sequence;
-    const auto header = wire::encode_header(h, {}, auth_, with_crc());
-    if (peer.push.send(zmq::const_buffer(header.data(), header.size()),
-                       zmq::send_flags::sndmore | zmq::send_flags::dontwait) &&
-        peer.push.send(zmq::const_buffer(), zmq::send_flags::dontwait)) {
-      ++peer.next_sequence;
-    }
+    send_control_frame(peer, static_cast<int>(p), wire::MessageType::kHeartbeat, {});
   }
 }
 
