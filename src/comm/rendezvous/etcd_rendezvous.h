@@ -109,6 +109,21 @@ class EtcdElasticRendezvous final : public ElasticGroupRendezvous {
                                                Deadline deadline) override;
   uint32_t poll() override;
 
+  // What ended generation `generation` while its members work (the etcd
+  // agent's restart mode, cli/etcd_restart_agent.h, watches it), or
+  // nullopt while it stands or once training finished: a later generation
+  // formed; a member joined a new round (it gave up on this one); a member's
+  // alive key went (its lease lapsed; `lost` names it); or, with
+  // `admit_new` and room below max_workers, a new participant waits. One
+  // read of the state and of the alive keys; may be called from any thread
+  // (it touches no member but the client). Throws TimeoutError as join().
+  struct GroupChange {
+    std::string why;
+    std::vector<int> lost;   // members whose lease lapsed
+    bool admission = false;  // only new participants wait
+  };
+  std::optional<GroupChange> watch(uint32_t generation, bool admit_new, Deadline deadline);
+
   // Training is over (a member of the newest generation finished): waiting
   // and later joins get nullopt.
   void finish(Deadline deadline);
