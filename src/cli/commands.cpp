@@ -109,6 +109,12 @@ int run_agent(const TrainOptions& options, const train::JobConfig& job,
   }
   AgentOptions agent;
   agent.restart = !job.train.elastic;
+  if (agent.restart && job.train.max_restarts > 0 && !job.resume) {
+    throw UsageError(fmt::format(
+        "--rdzv --no-elastic: {} restarts need job.resume = true (drop --no-resume): a restart "
+        "would otherwise train from scratch",
+        job.train.max_restarts));
+  }
   agent.rdzv = *options.rdzv;
   agent.nnodes = options.nnodes;
   agent.nproc_per_node = options.nproc_per_node;

@@ -159,6 +159,17 @@ TEST(EtcdRestartAgentCli, ExhaustedRestartBudgetEndsEveryHostNonZero) {
   }
 }
 
+TEST(EtcdRestartAgentCli, RefusesRestartsThatWouldTrainFromScratch) {
+  testing::TempDir dir;
+  write_file(dir.file("job.toml"), kJob);
+  const testing::CliRun run = testing::run_dtrain(
+      {"train", dir.file("job.toml"), "--output", dir.file("out"), "--rdzv", "etcd://127.0.0.1:1/j",
+       "--nnodes", "1:2", "--no-elastic", "--no-resume", "--max-restarts", "1"},
+      {{"DTRAIN_JOB_SECRET", "s"}});
+  EXPECT_EQ(run.status.code, 2) << run.status.describe() << "\n" << run.output;
+  EXPECT_NE(run.output.find("job.resume"), std::string::npos) << run.output;
+}
+
 TEST(EtcdRestartAgentCli, WorkersGetTheCommandLineWithoutTheAgentFlags) {
   const std::vector<std::string> argv = {
       "/bin/dtrain", "train", "job.toml",         "--rdzv", "etcd://h:1/j", "--nnodes=1:2",
