@@ -121,40 +121,62 @@ struct Placement {
   int coordinator_port = 0;
 };
 
-// Joins the next generation and reads rank 0's coordinator address from it.
-// nullopt: the job finished without this agent.
-std::optional<Placement> meet(comm::EtcdElasticRendezvous& rdzv, std::optional<uint32_t>& member_of,
-                              const std::vector<int>& lost, const std::string& host,
-                              Deadline deadline, Logger& logger) {
-  std::optional<comm::ElasticGeneration> gen;
+// Joins the next generation; nullopt when the job finished without this agent.
+std::optional<comm::ElasticGeneration> join(comm::EtcdElasticRendezvous& rdzv,
+                                            std::optional<uint32_t>& member_of,
+                                            const std::vector<int>& lost, Deadline deadline,
+                                            Logger& logger) {
   try {
-    gen = rdzv.join(member_of, deadline, lost);
+    return rdzv.join(member_of, deadline, lost);
   } catch (const comm::LeftOutError& e) {
     logger.warn("agent: {}; joining again as a new node", e.what());
     member_of.reset();
-    gen = rdzv.join(std::nullopt, deadline);
+    return rdzv.join(std::nullopt, deadline);
   }
-  if (!gen) return std::nullopt;
-  Placement p{*gen, host, 0};
-  comm::PeerEndpoint self{gen->rank, host, "", ""};
-  if (gen->rank == 0) {
-    p.coordinator_port = pick_free_port(host);
-    self.tcp_endpoint = fmt::format("{}:{}", host, p.coordinator_port);
-  }
-  const std::vector<comm::PeerEndpoint> table =
-      rdzv.exchange_endpoints(gen->generation, self, deadline);
-  const std::string& rank0 = table.at(0).tcp_endpoint;
-  const size_t colon = rank0.rfind(':');
+}
+
+// "host:port" as a Placement's coordinator.
+void parse_coordinator(const std::string& text, uint32_t gen, Placement& p) {
+  const size_t colon = text.rfind(':');
   try {
-    p.coordinator_host = rank0.substr(0, colon);
-    p.coordinator_port = std::stoi(rank0.substr(colon + 1));
+    p.coordinator_host = text.substr(0, colon);
+    p.coordinator_port = std::stoi(text.substr(colon + 1));
   } catch (const std::exception&) {
-    throw DataError(
-        fmt::format("etcd: node rank 0's coordinator '{}' of generation {} is not "
-                    "host:port",
-                    rank0, gen->generation));
+    throw DataError(fmt::format(
+        "etcd: node rank 0's coordinator '{}' of generation {} is not host:port", text, gen));
   }
-  return p;
+}
+
+// Joins the next generation and reads rank 0's coordinator address from it;
+// a generation that fails while forming (a node died meanwhile) is joined
+// again. nullopt: the job finished without this agent.
+std::optional<Placement> meet(comm::EtcdElasticRendezvous& rdzv, std::optional<uint32_t>& member_of,
+                              std::vector<int> lost, const std::string& host, Deadline deadline,
+                              Logger& logger) {
+  while (true) {
+    const std::optional<comm::ElasticGeneration> gen =
+        join(rdzv, member_of, lost, deadline, logger);
+    if (!gen) return std::nullopt;
+    Placement p{*gen, host, 0};
+    comm::PeerEndpoint self{gen->rank, host, "", ""};
+    if (gen->rank == 0) {
+      self.tcp_endpoint = fmt::format("{}:{}", host, pick_free_port(host));
+    }
+    try {
+      const std::vector<comm::PeerEndpoint> table =
+          rdzv.exchange_endpoints(gen->generation, self, deadline);
+      parse_coordinator(table.at(0).tcp_endpoint, gen->generation, p);
+      return p;
+    } catch (const TimeoutError&) {
+      throw;
+    } catch (const comm::LeftOutError&) {
+      throw;
+    } catch (const CommError& e) {
+      logger.warn("agent: {}; joining again", e.what());
+      member_of = gen->generation;
+      lost.clear();
+    }
+  }
 }
 
 // What one generation's run ended with.
@@ -184,6 +206,16 @@ RunOutcome run_generation(comm::EtcdElasticRendezvous& rdzv, const Placement& p,
   }
   outcome.change = watcher.finish();
   return outcome;
+}
+
+// Tells the other agents that training finished (they then take this
+// agent's exit for no failure); an unreachable etcd only costs a warning.
+void mark_finished(comm::EtcdElasticRendezvous& rdzv, Deadline deadline, Logger& logger) {
+  try {
+    rdzv.finish(earlier(deadline, Deadline::after(30s)));
+  } catch (const Error& e) {
+    logger.warn("agent: could not mark the job finished in etcd: {}", e.what());
+  }
 }
 
 }  // namespace
@@ -250,7 +282,7 @@ LaunchResult run_etcd_restart_agent(const AgentOptions& agent, int node, int min
     RunOutcome o = run_generation(rdzv, *p, admit_new, base, out, err, logger, deadline);
     const bool ok = !o.change && o.result.exit_code == 0 && !o.result.first_failed_rank;
     if (ok || o.result.interrupted_by != 0) {
-      if (ok) rdzv.finish(earlier(deadline, Deadline::after(30s)));
+      if (ok) mark_finished(rdzv, deadline, logger);
       return o.result;
     }
     const bool admission = o.change && o.change->admission;
