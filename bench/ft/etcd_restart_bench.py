@@ -13,19 +13,20 @@ group), all on 127.0.0.1, sharing one output folder. Twice, in one invocation:
                workers) is SIGKILLed; the two survivors restart from the
                newest checkpoint as 2 hosts x 2 workers and finish.
 
-Prints, for each: the wall time from the agents' start to the last exit, the
+REPEATS pairs (default 3), then the medians. Prints, for each: the wall time from the agents' start to the last exit, the
 final test accuracy (rank 0's "done:" line), and for the faulty run the step
 it resumed from, the time from the kill to the survivors' restarted workers,
 and the accuracy and time differences against the fault-free run. The lease
 TTL is LEASE_S (DTRAIN_RDZV_LEASE_TTL_S).
 
 Usage (MNIST in data/mnist, or in the folder MNIST_DIR names):
-  [MNIST_DIR=...] bench/ft/run_etcd_restart_bench.sh [BUILD/src/cli/dtrain] [EPOCHS]
+  [MNIST_DIR=...] bench/ft/run_etcd_restart_bench.sh [BUILD/src/cli/dtrain] [EPOCHS] [REPEATS]
 """
 import os
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -133,31 +134,50 @@ def one_run(dtrain, endpoint, folder, name, epochs, kill):
     return result
 
 
+def median_of(runs, key):
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
 def main():
     dtrain = sys.argv[1] if len(sys.argv) > 1 else "build/src/cli/dtrain"
     epochs = int(sys.argv[2]) if len(sys.argv) > 2 else 2
+    repeats = int(sys.argv[3]) if len(sys.argv) > 3 else 3
     print(f"load average before: {os.getloadavg()}")
+    cleans, faults = [], []
     with tempfile.TemporaryDirectory(prefix="etcd-restart-bench-") as folder:
         etcd, endpoint = start_etcd(folder)
         try:
-            clean = one_run(dtrain, endpoint, folder, "fault-free", epochs, kill=False)
-            print(f"fault-free:  {clean}")
-            fault = one_run(dtrain, endpoint, folder, "host-killed", epochs, kill=True)
-            print(f"host killed: {fault}")
+            for i in range(repeats):
+                cleans.append(one_run(dtrain, endpoint, folder, f"fault-free-{i}", epochs, False))
+                print(f"fault-free {i}:  {cleans[-1]}", flush=True)
+                faults.append(one_run(dtrain, endpoint, folder, f"host-killed-{i}", epochs, True))
+                print(f"host killed {i}: {faults[-1]}", flush=True)
         finally:
             etcd.kill()
             etcd.wait()
         keep = os.environ.get("BENCH_KEEP_LOGS")
         if keep:
-            for name in ("fault-free.log", "host-killed.log"):
-                os.replace(os.path.join(folder, name), os.path.join(keep, name))
+            for name in os.listdir(folder):
+                if name.endswith(".log"):
+                    os.replace(os.path.join(folder, name), os.path.join(keep, name))
     print(f"load average after: {os.getloadavg()}")
-    if "accuracy" in clean and "accuracy" in fault:
-        print(f"accuracy difference (killed - fault-free): "
-              f"{fault['accuracy'] - clean['accuracy']:+.2f} points")
-    print(f"time ratio (killed / fault-free): {fault['wall_s'] / clean['wall_s']:.2f}")
-    if any(clean["codes"]) or any(fault["codes"][1:]):
-        raise SystemExit(f"an agent failed: {clean['codes']} {fault['codes']}")
+    print(f"medians over {repeats}: fault-free {median_of(cleans, 'wall_s'):.1f} s, "
+          f"{median_of(cleans, 'accuracy')}%; host killed {median_of(faults, 'wall_s'):.1f} s, "
+          f"{median_of(faults, 'accuracy')}%, resumed from step "
+          f"{median_of(faults, 'resumed_step')}, kill -> generation 1 "
+          f"{median_of(faults, 'kill_to_regroup_s')} s")
+    ratios = [f["wall_s"] / c["wall_s"] for c, f in zip(cleans, faults)]
+    diffs = [f["accuracy"] - c["accuracy"] for c, f in zip(cleans, faults)
+             if "accuracy" in c and "accuracy" in f]
+    print(f"time ratio killed / fault-free (same repetition), median: "
+          f"{statistics.median(ratios):.2f}")
+    if diffs:
+        print(f"accuracy difference killed - fault-free, median: "
+              f"{statistics.median(diffs):+.2f} points")
+    for c, f in zip(cleans, faults):
+        if any(c["codes"]) or any(f["codes"][1:]) or "accuracy" not in f:
+            raise SystemExit(f"an agent failed: {c['codes']} {f['codes']}")
 
 
 if __name__ == "__main__":
