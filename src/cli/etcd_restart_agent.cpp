@@ -16,6 +16,7 @@
 
 #include "comm/rendezvous/elastic_group_rendezvous.h"
 #include "comm/rendezvous/etcd_rendezvous.h"
+#include "comm/rendezvous/host_address.h"
 #include "comm/rendezvous/launch_env.h"
 #include "core/error.h"
 
@@ -121,6 +122,26 @@ struct Placement {
   int coordinator_port = 0;
 };
 
+// Where rank 0's worker on this host hosts the coordinator: the address the
+// other hosts use (DTRAIN_ADVERTISE_HOST, else DTRAIN_LISTEN_HOST unless a
+// wildcard, else the launcher's coordinator_host) and the one a free port is
+// looked for on.
+struct AgentAddress {
+  std::string advertise;
+  std::string bind;
+};
+
+AgentAddress agent_address(const LaunchOptions& base) {
+  const comm::LaunchSettings s = comm::resolve_launch_settings(base.environment);
+  const bool wildcard = comm::is_wildcard_host(s.listen_host);
+  AgentAddress a;
+  a.advertise = !s.advertise_host.empty() ? s.advertise_host
+                : wildcard                ? base.coordinator_host
+                                          : s.listen_host;
+  a.bind = wildcard || !s.advertise_host.empty() ? "0.0.0.0" : a.advertise;
+  return a;
+}
+
 // Joins the next generation; nullopt when the job finished without this agent.
 std::optional<comm::ElasticGeneration> join(comm::EtcdElasticRendezvous& rdzv,
                                             std::optional<uint32_t>& member_of,
@@ -151,16 +172,16 @@ void parse_coordinator(const std::string& text, uint32_t gen, Placement& p) {
 // a generation that fails while forming (a node died meanwhile) is joined
 // again. nullopt: the job finished without this agent.
 std::optional<Placement> meet(comm::EtcdElasticRendezvous& rdzv, std::optional<uint32_t>& member_of,
-                              std::vector<int> lost, const std::string& host, Deadline deadline,
+                              std::vector<int> lost, const AgentAddress& host, Deadline deadline,
                               Logger& logger) {
   while (true) {
     const std::optional<comm::ElasticGeneration> gen =
         join(rdzv, member_of, lost, deadline, logger);
     if (!gen) return std::nullopt;
-    Placement p{*gen, host, 0};
-    comm::PeerEndpoint self{gen->rank, host, "", ""};
+    Placement p{*gen, host.advertise, 0};
+    comm::PeerEndpoint self{gen->rank, host.advertise, "", ""};
     if (gen->rank == 0) {
-      self.tcp_endpoint = fmt::format("{}:{}", host, pick_free_port(host));
+      self.tcp_endpoint = fmt::format("{}:{}", host.advertise, pick_free_port(host.bind));
     }
     try {
       const std::vector<comm::PeerEndpoint> table =
@@ -255,6 +276,7 @@ LaunchResult run_etcd_restart_agent(const AgentOptions& agent, int node, int min
   base.workers = agent.nproc_per_node;
   base.argv = worker_argv(base.argv);
   base.environment.erase("DTRAIN_RDZV");
+  const AgentAddress address = agent_address(base);
   comm::EtcdElasticRendezvous rdzv(r, logger);
   logger.info(
       "agent: node {} of job '{}' at etcd {}, restart mode; {} local worker(s); {}..{} node(s); "
@@ -265,9 +287,8 @@ LaunchResult run_etcd_restart_agent(const AgentOptions& agent, int node, int min
   std::vector<int> lost;
   int restarts = 0;
   while (true) {
-    const std::optional<Placement> p =
-        meet(rdzv, member_of, lost, base.coordinator_host,
-             earlier(deadline, Deadline::after(join_timeout)), logger);
+    const std::optional<Placement> p = meet(
+        rdzv, member_of, lost, address, earlier(deadline, Deadline::after(join_timeout)), logger);
     if (!p) {
       logger.info("agent: node {}: the job finished without this node", node);
       return LaunchResult{};

@@ -9,8 +9,10 @@
 //     (comm/rendezvous/etcd_rendezvous.h) whose slots are their node
 //     indexes, MIN..MAX of them; its round fixes generation g: the nodes by
 //     rank. Node rank n's workers get ranks n*K .. n*K+K-1 of a world of
-//     (nodes)*K. Rank 0's agent picks a free port on its host address and
-//     publishes host:port as its endpoint of g; every agent reads it back
+//     (nodes)*K. Rank 0's agent picks a free port on its host address
+//     (DTRAIN_ADVERTISE_HOST, else DTRAIN_LISTEN_HOST unless a wildcard, else
+//     127.0.0.1) and publishes host:port as its endpoint of g (a generation
+//     that fails while forming is joined again); every agent reads it back
 //     and gives it to its workers as DTRAIN_COORDINATOR (rank 0 hosts the
 //     static rendezvous there, as under the local launcher).
 //  2. Run. The K workers start under the local Launcher in restart mode
