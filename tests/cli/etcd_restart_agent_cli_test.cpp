@@ -11,6 +11,8 @@
 //    and every agent restarts the group.
 //  - With no restart left, the same failure ends every agent non-zero
 //    with a line naming the budget.
+//  - A host that arrives while the group runs below MAX is admitted by a
+//    restart that uses none of the budget.
 #include <gtest/gtest.h>
 #include <signal.h>
 
@@ -157,6 +159,23 @@ TEST(EtcdRestartAgentCli, ExhaustedRestartBudgetEndsEveryHostNonZero) {
     EXPECT_NE(agent.output().find("restart budget exhausted (0 of 0 used)"), std::string::npos)
         << agent.output();
   }
+}
+
+TEST(EtcdRestartAgentCli, ANewHostBelowMaxIsAdmittedByARestartThatCostsNoBudget) {
+  if (!testing::etcd_installed()) GTEST_SKIP() << "etcd is not installed (scripts/setup.sh)";
+  Cluster c("restart-admit", 2, "2:3", 0);
+  ASSERT_TRUE(testing::wait_for_output(c.agents[0], "started 1 worker(s)")) << c.agents[0].output();
+  c.agents.push_back(
+      start_agent(c.dir.file("job.toml"), c.dir.file("out"), c.rdzv, "2:3", /*max_restarts=*/0));
+  for (ChildProcess& agent : c.agents) {
+    const std::optional<testing::ExitStatus> status = agent.wait(Deadline::after(120s));
+    ASSERT_TRUE(status.has_value()) << agent.output();
+    EXPECT_EQ(status->code, 0) << status->describe() << "\n" << agent.output();
+    EXPECT_NE(agent.output().find("of generation 1 (nodes [0, 1, 2])"), std::string::npos)
+        << agent.output();
+  }
+  EXPECT_NE(c.agents[0].output().find("no restart used"), std::string::npos)
+      << c.agents[0].output();
 }
 
 TEST(EtcdRestartAgentCli, RefusesRestartsThatWouldTrainFromScratch) {

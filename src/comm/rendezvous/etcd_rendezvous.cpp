@@ -360,11 +360,6 @@ std::optional<EtcdElasticRendezvous::GroupChange> EtcdElasticRendezvous::watch(u
   if (state.gen != static_cast<int64_t>(generation)) {
     return GroupChange{fmt::format("generation {} formed after {}", state.gen, generation), {}};
   }
-  for (const State::Entry& e : state.round) {
-    if (e.member) {
-      return GroupChange{fmt::format("slot {} left generation {}", e.slot, generation), {}};
-    }
-  }
   GroupChange change;
   const std::vector<int> alive = alive_slots(deadline);
   for (int m : state.members) {
@@ -375,9 +370,16 @@ std::optional<EtcdElasticRendezvous::GroupChange> EtcdElasticRendezvous::watch(u
                              options_.lease_ttl.count());
     return change;
   }
+  // Before "a member left": the members that saw new participants first
+  // join the next round for them, and the others must read it the same way.
   const uint32_t waiting = state.new_workers();
   if (admit_new && waiting > 0 && static_cast<int>(state.members.size()) < options_.max_workers) {
     return GroupChange{fmt::format("{} new participant(s) wait to join", waiting), {}, true};
+  }
+  for (const State::Entry& e : state.round) {
+    if (e.member) {
+      return GroupChange{fmt::format("slot {} left generation {}", e.slot, generation), {}};
+    }
   }
   return std::nullopt;
 }

@@ -111,10 +111,12 @@ class EtcdElasticRendezvous final : public ElasticGroupRendezvous {
 
   // What ended generation `generation` while its members work (the etcd
   // agent's restart mode, cli/etcd_restart_agent.h, watches it), or
-  // nullopt while it stands or once training finished: a later generation
-  // formed; a member joined a new round (it gave up on this one); a member's
-  // alive key went (its lease lapsed; `lost` names it); or, with
-  // `admit_new` and room below max_workers, a new participant waits. One
+  // nullopt while it stands or once training finished, checked in this
+  // order: a later generation formed; a member's alive key went (its lease
+  // lapsed; `lost` names it); with `admit_new` and room below max_workers,
+  // a new participant waits (`admission`: every member sees the same even
+  // after some joined the next round for it); a member joined a new round
+  // (it gave up on this one). One
   // read of the state and of the alive keys; may be called from any thread
   // (it touches no member but the client). Throws TimeoutError as join().
   struct GroupChange {
