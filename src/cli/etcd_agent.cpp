@@ -9,6 +9,7 @@
 #include <stdexcept>
 #include <utility>
 
+#include "cli/etcd_restart_agent.h"
 #include "comm/rendezvous/etcd_client.h"
 #include "comm/rendezvous/launch_env.h"
 #include "core/error.h"
@@ -78,6 +79,10 @@ LaunchResult run_etcd_agent(const AgentOptions& agent, LaunchOptions base, std::
   }
   const int node =
       claim_node_index(url, Deadline(std::min(deadline.at(), Deadline::after(kClaimTimeout).at())));
+  if (agent.restart) {
+    return run_etcd_restart_agent(agent, node, nodes.min, nodes.max, std::move(base), out, err,
+                                  logger, deadline);
+  }
   base.workers = k;
   base.environment["DTRAIN_RDZV"] = agent.rdzv;
   base.environment["DTRAIN_RDZV_MIN_WORKERS"] = std::to_string(nodes.min * k);

@@ -35,7 +35,9 @@ struct AgentOptions {
   std::string rdzv;    // etcd://HOST:PORT/JOB_ID
   std::string nnodes;  // "MIN:MAX" or "N"
   int nproc_per_node = 1;
-  int max_restarts = 0;  // replacements of failed local workers
+  int max_restarts = 0;  // replacements of failed local workers (restart mode: group restarts)
+  // Restart mode (cli/etcd_restart_agent.h) instead of elastic.
+  bool restart = false;
 };
 
 // `base` as for Launcher (argv, environment); its workers are set here.
