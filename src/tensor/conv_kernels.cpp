@@ -243,7 +243,17 @@ void max_pool2d_backward(const float* gy, const int32_t* argmax, int64_t planes,
     const float* gyp = gy + p * out_plane;
     const int32_t* ap = argmax + p * out_plane;
     std::fill_n(gp, plane, 0.0f);
-    for (int64_t i = 0; i < out_plane; ++i) gp[ap[i]] += gyp[i];
+    for (int64_t i = 0; i < out_plane; ++i) {
+      if (ap[i] >= 0) gp[ap[i]] += gyp[i];
+    }
+  }
+}
+
+void relu_after_max_pool(float* y, int32_t* argmax, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const bool dead = !(y[i] > 0.0f);
+    y[i] = dead ? 0.0f : y[i];
+    argmax[i] = dead ? -1 : argmax[i];
   }
 }
 
