@@ -23,6 +23,9 @@
 //   receiver refuses a frame whose counter is not above the last it accepted
 //   from that source on that connection (FramedSocket) or whose sequence is
 //   out of order (ZmqTransport): replays and reordering are refused.
+//   Contract: a process that fork()s must not use a JobAuth made before the
+//   fork in both parent and child (the child would repeat the parent's
+//   nonces); dtrain's launcher execs its workers, which make their own.
 // - With an empty secret, enabled() is false and frames carry no MAC; a
 //   process that has a secret rejects such frames and vice versa (wire.h).
 // - With encrypt (security.encrypt, docs/security.md), two CURVE key pairs
