@@ -72,16 +72,25 @@ std::unique_ptr<comm::wire::FramedSocket> connect_server(zmq::context_t& context
       o.server_endpoints[static_cast<size_t>(server)], std::move(so), auth, logger);
 }
 
-// Returns the frame's bytes (header and payload).
-uint64_t send_message(comm::wire::FramedSocket& socket, int server, const Message& m) {
+comm::wire::FrameHeader header_to(int server, uint64_t request_id) {
   comm::wire::FrameHeader header;
   header.type = comm::wire::MessageType::kData;
   header.receiver = server_rank(server);
-  header.sequence = m.request_id;
+  header.sequence = request_id;
+  return header;
+}
+
+// Returns the frame's bytes (header and payload).
+uint64_t send_message(comm::wire::FramedSocket& socket, int server, const Message& m) {
   std::vector<std::byte> payload = encode_message(m);
   const uint64_t bytes = comm::wire::kHeaderBytes + payload.size();
-  socket.send({}, header, std::move(payload));
+  socket.send({}, header_to(server, m.request_id), std::move(payload));
   return bytes;
+}
+
+// The bytes of a float range, for Message::float_parts.
+std::span<const std::byte> float_bytes(const float* data, int64_t count) {
+  return std::as_bytes(std::span<const float>(data, static_cast<size_t>(count)));
 }
 
 }  // namespace
@@ -128,6 +137,9 @@ class Client::Impl {
   // Sends `m` to `server` (assigning worker and, when 0, a new request id);
   // pushes are also kept in open_pushes_ until the next pull from `server`.
   void send(int server, Message& m);
+  struct OpenPush;
+  // Sends a kept push again (its payload as first sent).
+  void send_again(int server, const OpenPush& push);
   // A replacement of `server` does not know this worker: sends it init (the
   // last pulled version and values, so that a replacement without a
   // checkpoint starts from them) and this worker's pushes since its last
@@ -174,8 +186,20 @@ class Client::Impl {
   std::vector<zmq::socket_t> monitors_;  // by server, after sockets_ (closed first)
   // By server: its range as this worker last pulled it (init's values before
   // the first pull), and the pushes sent to it since then, in send order.
-  std::vector<std::vector<float>> values_;
-  std::vector<std::vector<Message>> open_pushes_;
+  // A range is the float bytes of the pull reply that brought it, kept
+  // alive by the reply's payload (no copy), or of init's values.
+  struct Range {
+    std::shared_ptr<const void> owner;
+    std::span<const std::byte> bytes;
+  };
+  // A push as sent: its encoded payload, shared with ZeroMQ, sent again as is.
+  struct OpenPush {
+    uint64_t request_id = 0;
+    uint64_t version = 0;
+    std::shared_ptr<const std::vector<std::byte>> payload;
+  };
+  std::vector<Range> values_;
+  std::vector<std::vector<OpenPush>> open_pushes_;
   uint64_t last_version_ = 0;  // the version of the last pull (init's before it)
   uint64_t joined_step_ = 0;
   uint64_t bytes_sent_ = 0;
@@ -248,7 +272,14 @@ std::optional<std::pair<comm::wire::FrameHeader, Message>> Client::Impl::next_me
   comm::wire::FramedSocket& socket = *sockets_[static_cast<size_t>(server)];
   while (std::optional<comm::wire::Frame> frame = socket.try_receive()) {
     try {
-      return std::make_pair(frame->header, decode_message(frame->payload()));
+      // Float arrays stay in the received message (no copy); the decoded
+      // message keeps it alive.
+      auto body = std::make_shared<zmq::message_t>(std::move(frame->body));
+      const std::span<const std::byte> payload(static_cast<const std::byte*>(body->data()),
+                                               body->size());
+      Message m = decode_message(payload, FloatDecoding::kView);
+      m.payload_owner = std::move(body);
+      return std::make_pair(frame->header, std::move(m));
     } catch (const DataError& e) {
       socket.drop(e.what());
     }
@@ -259,15 +290,27 @@ std::optional<std::pair<comm::wire::FrameHeader, Message>> Client::Impl::next_me
 void Client::Impl::send(int server, Message& m) {
   m.worker = static_cast<uint32_t>(options_.worker);
   if (m.request_id == 0) m.request_id = next_request_++;
-  bytes_sent_ += send_message(*sockets_[static_cast<size_t>(server)], server, m);
-  if (m.kind == Kind::kPush || m.kind == Kind::kPushCompressed || m.kind == Kind::kPushRows) {
-    auto& open = open_pushes_[static_cast<size_t>(server)];
-    // Pushes for versions before this one are settled (sync closed them).
-    std::erase_if(open, [&](const Message& p) { return p.version < m.version; });
-    const bool again = std::any_of(open.begin(), open.end(),
-                                   [&](const Message& p) { return p.request_id == m.request_id; });
-    if (!again) open.push_back(m);
+  comm::wire::FramedSocket& socket = *sockets_[static_cast<size_t>(server)];
+  if (m.kind != Kind::kPush && m.kind != Kind::kPushCompressed && m.kind != Kind::kPushRows) {
+    bytes_sent_ += send_message(socket, server, m);
+    return;
   }
+  auto& open = open_pushes_[static_cast<size_t>(server)];
+  // Pushes for versions before this one are settled (sync closed them).
+  std::erase_if(open, [&](const OpenPush& p) { return p.version < m.version; });
+  auto it = std::find_if(open.begin(), open.end(),
+                         [&](const OpenPush& p) { return p.request_id == m.request_id; });
+  if (it == open.end()) {
+    open.push_back(OpenPush{m.request_id, m.version,
+                            std::make_shared<const std::vector<std::byte>>(encode_message(m))});
+    it = std::prev(open.end());
+  }
+  send_again(server, *it);
+}
+
+void Client::Impl::send_again(int server, const OpenPush& push) {
+  bytes_sent_ += comm::wire::kHeaderBytes + push.payload->size();
+  sockets_[static_cast<size_t>(server)]->send({}, header_to(server, push.request_id), push.payload);
 }
 
 Message Client::Impl::init_message(int server, uint64_t version) const {
@@ -276,29 +319,28 @@ Message Client::Impl::init_message(int server, uint64_t version) const {
   m.version = version;
   m.dense = plan_.tensors();
   m.tables = tables_;
-  m.floats = values_[static_cast<size_t>(server)];
+  m.float_parts = {values_[static_cast<size_t>(server)].bytes};
   return m;
 }
 
 void Client::Impl::rejoin(int server, uint64_t except, const std::string& operation) {
   const auto start = std::chrono::steady_clock::now();
-  std::vector<Message> batch;
-  batch.push_back(init_message(server, last_version_));
-  for (const Message& p : open_pushes_[static_cast<size_t>(server)]) {
-    if (p.request_id != except) batch.push_back(p);
+  Message init = init_message(server, last_version_);
+  send(server, init);
+  std::set<uint64_t> waiting{init.request_id};
+  for (const OpenPush& p : open_pushes_[static_cast<size_t>(server)]) {
+    if (p.request_id == except) continue;
+    send_again(server, p);
+    waiting.insert(p.request_id);
   }
-  std::set<uint64_t> waiting;
-  for (Message& m : batch) {
-    send(server, m);
-    waiting.insert(m.request_id);
-  }
+  const size_t resent = waiting.size() - 1;
   const Deadline deadline = Deadline::after(options_.timeout);
   while (!waiting.empty()) {
     if (deadline.expired()) {
       throw TimeoutError(server, "ps " + operation, options_.timeout,
                          fmt::format("server {} (replaced) to take this worker's init and {} "
                                      "open push(es) again",
-                                     server, batch.size() - 1));
+                                     server, resent));
     }
     zmq::pollitem_t item = sockets_[static_cast<size_t>(server)]->poll_item();
     comm::wire::poll_until(std::span(&item, 1), deadline);
@@ -319,7 +361,7 @@ void Client::Impl::rejoin(int server, uint64_t except, const std::string& operat
       "push(es) sent again)",
       options_.worker, server,
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
-      last_version_, batch.size() - 1);
+      last_version_, resent);
 }
 
 // One exchange() in flight: the requests, the servers still to answer and
@@ -526,21 +568,22 @@ uint64_t Client::init(const StateDict& dense, const std::vector<SparseTableSpec>
     if (t.dim < 1) throw UsageError(fmt::format("ps init: table '{}' has dim {}", t.name, t.dim));
   }
   std::vector<std::pair<int, Message>> requests;
+  std::vector<Impl::Range> values;  // kept for a replaced server's re-join
   for (int s = 0; s < d.num_servers(); ++s) {
+    auto range = std::make_shared<std::vector<float>>(static_cast<size_t>(plan.range_numel(s)));
+    for (const ShardSlice& slice : plan.slices(s)) {
+      const Tensor& t = dense.entries()[slice.tensor].second;
+      std::memcpy(range->data() + slice.shard_offset, t.data() + slice.offset,
+                  static_cast<size_t>(slice.count) * sizeof(float));
+    }
+    values.push_back(Impl::Range{range, std::as_bytes(std::span<const float>(*range))});
     Message m;
     m.kind = Kind::kInit;
     m.dense = plan.tensors();
     m.tables = tables;
-    m.floats.resize(static_cast<size_t>(plan.range_numel(s)));
-    for (const ShardSlice& slice : plan.slices(s)) {
-      const Tensor& t = dense.entries()[slice.tensor].second;
-      std::memcpy(m.floats.data() + slice.shard_offset, t.data() + slice.offset,
-                  static_cast<size_t>(slice.count) * sizeof(float));
-    }
+    m.float_parts = {values.back().bytes};
     requests.emplace_back(s, std::move(m));
   }
-  std::vector<std::vector<float>> values;
-  for (const auto& [server, m] : requests) values.push_back(m.floats);
   const auto replies = d.exchange(std::move(requests), "init", "the init acknowledgement");
   d.plan_ = std::move(plan);
   d.tables_ = tables;
@@ -577,18 +620,22 @@ uint64_t Client::pull(const std::vector<Tensor>& out, uint64_t min_version) {
   uint64_t min_clock = replies[0].min_clock;
   for (int s = 0; s < d.num_servers(); ++s) {
     Message& r = replies[static_cast<size_t>(s)];
-    if (static_cast<int64_t>(r.floats.size()) != d.plan_.range_numel(s)) {
+    const size_t floats = r.float_bytes.size() / sizeof(float);
+    if (static_cast<int64_t>(floats) != d.plan_.range_numel(s)) {
       throw CommError(s, "ps pull",
-                      fmt::format("server {} replied with {} floats; its range holds {}", s,
-                                  r.floats.size(), d.plan_.range_numel(s)));
+                      fmt::format("server {} replied with {} floats; its range holds {}", s, floats,
+                                  d.plan_.range_numel(s)));
     }
+    // Straight from the received message into the parameters: the pull's
+    // one copy on this side.
     for (const ShardSlice& slice : d.plan_.slices(s)) {
-      std::memcpy(out[slice.tensor].data() + slice.offset, r.floats.data() + slice.shard_offset,
+      std::memcpy(out[slice.tensor].data() + slice.offset,
+                  r.float_bytes.data() + slice.shard_offset * sizeof(float),
                   static_cast<size_t>(slice.count) * sizeof(float));
     }
     version = std::min(version, r.version);
     min_clock = std::min(min_clock, r.min_clock);
-    d.values_[static_cast<size_t>(s)] = std::move(r.floats);
+    d.values_[static_cast<size_t>(s)] = Impl::Range{std::move(r.payload_owner), r.float_bytes};
     d.open_pushes_[static_cast<size_t>(s)].clear();
   }
   d.last_version_ = version;
@@ -629,10 +676,9 @@ PushResult Client::push(const std::vector<Tensor>& grads, int64_t samples, float
       requests.emplace_back(s, std::move(m));
       continue;
     }
-    m.floats.resize(static_cast<size_t>(d.plan_.range_numel(s)));
+    // Encoded straight from the gradients (the slices lie in range order).
     for (const ShardSlice& slice : d.plan_.slices(s)) {
-      std::memcpy(m.floats.data() + slice.shard_offset, grads[slice.tensor].data() + slice.offset,
-                  static_cast<size_t>(slice.count) * sizeof(float));
+      m.float_parts.push_back(float_bytes(grads[slice.tensor].data() + slice.offset, slice.count));
     }
     requests.emplace_back(s, std::move(m));
   }
@@ -670,13 +716,14 @@ void Client::pull_rows(size_t table, std::span<const uint64_t> keys, const Tenso
   const auto dim = static_cast<size_t>(spec.dim);
   for (size_t k = 0; k < replies.size(); ++k) {
     const auto& members = by_server[static_cast<size_t>(servers[k])];
-    if (replies[k].floats.size() != members.size() * dim) {
+    const std::span<const std::byte> rows = replies[k].float_bytes;
+    if (rows.size() != members.size() * dim * sizeof(float)) {
       throw CommError(servers[k], "ps pull_rows",
                       fmt::format("server {} replied with {} floats for {} rows of dim {}",
-                                  servers[k], replies[k].floats.size(), members.size(), dim));
+                                  servers[k], rows.size() / sizeof(float), members.size(), dim));
     }
     for (size_t j = 0; j < members.size(); ++j) {
-      std::memcpy(out.data() + members[j] * dim, replies[k].floats.data() + j * dim,
+      std::memcpy(out.data() + members[j] * dim, rows.data() + j * dim * sizeof(float),
                   dim * sizeof(float));
     }
   }
@@ -698,11 +745,11 @@ PushResult Client::push_rows(size_t table, std::span<const uint64_t> keys, const
     m.version = version;
     m.table = static_cast<uint32_t>(table);
     m.lr = lr;
-    m.floats.resize(members.size() * dim);
     m.keys.reserve(members.size());
+    m.float_parts.reserve(members.size());
     for (size_t j = 0; j < members.size(); ++j) {
       m.keys.push_back(keys[members[j]]);
-      std::memcpy(m.floats.data() + j * dim, grads.data() + members[j] * dim, dim * sizeof(float));
+      m.float_parts.push_back(float_bytes(grads.data() + members[j] * dim, spec.dim));
     }
     requests.emplace_back(s, std::move(m));
   }

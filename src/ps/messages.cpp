@@ -1,6 +1,7 @@
 #include "ps/messages.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <limits>
 
@@ -60,6 +61,49 @@ constexpr size_t kMaxDims = 8;
 constexpr int64_t kMaxTableDim = 65536;
 
 bool is_request(uint8_t kind) { return kind >= 1 && kind <= 11; }
+
+// float_parts and float_bytes are the wire's little-endian f32 bytes as they
+// lie in memory, which holds on a little-endian host only.
+static_assert(std::endian::native == std::endian::little,
+              "ps messages copy floats as raw bytes: a little-endian host is assumed");
+
+size_t float_part_bytes(const Message& m) {
+  size_t bytes = 0;
+  for (const std::span<const std::byte> part : m.float_parts) bytes += part.size();
+  return bytes;
+}
+
+// A message's float array (u64 count + f32 values): `floats`, or the
+// concatenation of `float_parts`, copied straight from the caller's memory.
+void put_floats(ByteWriter& w, const Message& m) {
+  if (m.float_parts.empty()) {
+    w.write_f32_array_counted(m.floats);
+    return;
+  }
+  if (!m.floats.empty()) {
+    throw UsageError(fmt::format("ps message: {} has both floats ({}) and float parts ({})",
+                                 to_string(m.kind), m.floats.size(), m.float_parts.size()));
+  }
+  const size_t bytes = float_part_bytes(m);
+  for (const std::span<const std::byte> part : m.float_parts) {
+    if (part.size() % sizeof(float) != 0) {
+      throw UsageError(
+          fmt::format("ps message: a float part of {} bytes is not whole floats", part.size()));
+    }
+  }
+  w.write_u64(bytes / sizeof(float));
+  for (const std::span<const std::byte> part : m.float_parts) w.write_bytes(part);
+}
+
+// A reply's float array, copied into m.floats or (kView) viewed in place.
+void get_floats(ByteReader& r, std::string_view field, FloatDecoding decoding, Message& m) {
+  if (decoding == FloatDecoding::kCopy) {
+    m.floats = r.read_f32_array_counted(field);
+    return;
+  }
+  const uint64_t count = r.read_count(sizeof(float), field);
+  m.float_bytes = r.read_bytes(static_cast<size_t>(count) * sizeof(float), field);
+}
 
 // A compressed push's pieces: u32 count, then per piece u8 encoding (0: dense,
 // u64 count + f32 values; 1: compressed, u32 length + that many bytes).
@@ -217,7 +261,7 @@ void put_request_body(ByteWriter& w, const Message& m) {
         w.write_i64(table.dim);
         w.write_f32(table.init_std);
       }
-      w.write_f32_array_counted(m.floats);
+      put_floats(w, m);
       return;
     case Kind::kPull:
       w.write_u64(m.min_version);
@@ -231,7 +275,7 @@ void put_request_body(ByteWriter& w, const Message& m) {
       w.write_i64(m.correct);
       w.write_f64(m.compute_s);
       if (m.kind == Kind::kPush) {
-        w.write_f32_array_counted(m.floats);
+        put_floats(w, m);
         return;
       }
       w.write_u32(static_cast<uint32_t>(m.pieces.size()));
@@ -252,7 +296,7 @@ void put_request_body(ByteWriter& w, const Message& m) {
       w.write_u32(m.table);
       w.write_f32(m.lr);
       w.write_u64_array_counted(m.keys);
-      w.write_f32_array_counted(m.floats);
+      put_floats(w, m);
       return;
     case Kind::kSetState:
       put_state(w, m.state);
@@ -269,13 +313,18 @@ void put_request_body(ByteWriter& w, const Message& m) {
 // An update's floats, checked for NaN and Inf chunk by chunk while each
 // chunk is in cache: a separate pass over a 16 MiB gradient cost 11% of a
 // lone server's push rate (bench/ps/push_pull_bench, 1 server, 4 workers).
+// The vector grows chunk by chunk too: zero-filling all of it first (a
+// separate pass through memory) cost 3% of a server's time in the same bench.
 void read_update(ByteReader& r, std::string_view field, Message& m) {
   constexpr size_t kChunk = 4096;  // floats: 16 KiB, within L1
-  m.floats.assign(r.read_count(sizeof(float), field), 0.0f);
+  const auto count = static_cast<size_t>(r.read_count(sizeof(float), field));
+  m.floats.clear();
+  m.floats.reserve(count);
   bool finite = true;
-  for (size_t at = 0; at < m.floats.size(); at += kChunk) {
-    const std::span<float> chunk =
-        std::span<float>(m.floats).subspan(at, std::min(kChunk, m.floats.size() - at));
+  for (size_t at = 0; at < count; at += kChunk) {
+    const size_t n = std::min(kChunk, count - at);
+    m.floats.resize(at + n);  // zeroes n floats in cache, overwritten at once
+    const std::span<float> chunk = std::span<float>(m.floats).subspan(at, n);
     r.read_f32_array_into(chunk, field);
     finite = all_finite(chunk) && finite;
   }
@@ -308,10 +357,10 @@ void put_reply_body(ByteWriter& w, const Message& m) {
         w.write_f64(step.compute_s);
         w.write_u8(step.counted ? 1 : 0);
       }
-      w.write_f32_array_counted(m.floats);
+      put_floats(w, m);
       return;
     case Kind::kPullRows:
-      w.write_f32_array_counted(m.floats);
+      put_floats(w, m);
       return;
     case Kind::kStats:
       put_stats(w, m.stats);
@@ -452,7 +501,7 @@ void get_request_body(ByteReader& r, Message& m) {
   }
 }
 
-void get_reply_body(ByteReader& r, Message& m) {
+void get_reply_body(ByteReader& r, FloatDecoding decoding, Message& m) {
   if (carries_error(m.status)) {
     m.error = get_string(r, "reply error");
     return;
@@ -467,10 +516,10 @@ void get_reply_body(ByteReader& r, Message& m) {
       m.totals.correct = r.read_i64("pull correct");
       m.totals.samples = r.read_i64("pull samples");
       m.totals.workers = get_worker_steps(r);
-      m.floats = r.read_f32_array_counted("pull values");
+      get_floats(r, "pull values", decoding, m);
       return;
     case Kind::kPullRows:
-      m.floats = r.read_f32_array_counted("pull_rows values");
+      get_floats(r, "pull_rows values", decoding, m);
       return;
     case Kind::kStats:
       m.stats = get_stats(r);
@@ -490,8 +539,8 @@ std::vector<std::byte> encode_message(const Message& m) {
   for (const PushPiece& piece : m.pieces) {
     piece_bytes += 9 + piece.dense.size() * sizeof(float) + piece.message.size();
   }
-  ByteWriter w(kPrefixBytes + m.floats.size() * sizeof(float) + m.keys.size() * sizeof(uint64_t) +
-               piece_bytes + 64);
+  ByteWriter w(kPrefixBytes + m.floats.size() * sizeof(float) + float_part_bytes(m) +
+               m.keys.size() * sizeof(uint64_t) + piece_bytes + 64);
   w.write_u8(static_cast<uint8_t>(m.kind));
   const bool reply = m.kind == Kind::kReply;
   w.write_u8(reply ? static_cast<uint8_t>(m.status) : 0);
@@ -508,7 +557,7 @@ std::vector<std::byte> encode_message(const Message& m) {
   return w.take();
 }
 
-Message decode_message(std::span<const std::byte> payload) {
+Message decode_message(std::span<const std::byte> payload, FloatDecoding floats) {
   ByteReader r(payload, "ps message");
   Message m;
   const auto kind = r.read_u8("kind");
@@ -539,7 +588,7 @@ Message decode_message(std::span<const std::byte> payload) {
   m.request_id = r.read_u64("request_id");
   m.version = r.read_u64("version");
   if (m.kind == Kind::kReply) {
-    get_reply_body(r, m);
+    get_reply_body(r, floats, m);
     r.expect_end(fmt::format("reply to {} body", to_string(m.reply_to)));
   } else {
     get_request_body(r, m);

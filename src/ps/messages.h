@@ -24,6 +24,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -161,6 +162,20 @@ struct Message {
   // kInit values, kPush gradient, kPushRows gradient rows, replies to kPull
   // (the range) and kPullRows (rows [k, D]).
   std::vector<float> floats;
+  // Encoding only (decode_message never sets it): when non-empty, the float
+  // array of the body (kInit values, kPush and kPushRows gradients, replies
+  // to kPull and kPullRows) is the concatenation of these byte ranges, each
+  // little-endian f32 values, in place of `floats` (which must then be
+  // empty): encode_message copies them straight into the payload, the one
+  // copy of a dense push. Not owned: valid until encode_message returns.
+  std::vector<std::span<const std::byte>> float_parts;
+  // Decoded with FloatDecoding::kView (replies to kPull and kPullRows only):
+  // the float array's bytes inside the decoded payload, little-endian f32 at
+  // any alignment (read them with memcpy); `floats` stays empty. Not owned:
+  // valid while the payload is (payload_owner, when the decoder's caller
+  // set it).
+  std::span<const std::byte> float_bytes;
+  std::shared_ptr<const void> payload_owner;
   // Set by decode_message for kPush and kPushRows: whether `floats` holds
   // only finite values (checked while copying, in cache; the server refuses
   // an update that does not). Not on the wire.
@@ -181,10 +196,20 @@ struct Message {
   std::string error;
 };
 
-// The payload bytes of `message`.
+// The payload bytes of `message`. UsageError when both `floats` and
+// `float_parts` are set, or a part is not a whole number of floats.
 std::vector<std::byte> encode_message(const Message& message);
-// Parses a payload; DataError naming the field on anything malformed.
-Message decode_message(std::span<const std::byte> payload);
+
+// How decode_message returns the float array of a reply to kPull or
+// kPullRows: copied into `floats` (kCopy), or as `float_bytes`, a view of
+// the payload (kView: no copy; the caller keeps the payload alive). Requests
+// are always copied (the server checks and keeps their floats).
+enum class FloatDecoding : uint8_t { kCopy, kView };
+// Parses a payload; DataError naming the field on anything malformed (a
+// count larger than the bytes left, trailing bytes: the same checks for
+// either decoding).
+Message decode_message(std::span<const std::byte> payload,
+                       FloatDecoding floats = FloatDecoding::kCopy);
 
 // Global wire ranks of a ps job: servers are 0..S-1, workers S..S+N-1.
 inline uint32_t server_rank(int server) { return static_cast<uint32_t>(server); }

@@ -523,8 +523,7 @@ void Server::Impl::answer_pull(const std::string& identity, uint32_t worker, uin
   r.version = consistency_.version();
   r.min_clock = consistency_.min_live_clock();
   r.totals = consistency_.last_totals();
-  const auto values = dense_->values();
-  r.floats.assign(values.begin(), values.end());
+  r.float_parts = {std::as_bytes(dense_->values())};  // encoded by reply(), no copy before
   reply(identity, worker, std::move(r));
 }
 

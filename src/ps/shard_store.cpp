@@ -3,8 +3,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <exception>
+#include <functional>
 #include <map>
 #include <set>
+#include <thread>
 
 #include "core/error.h"
 #include "tensor/sparse_rows.h"
@@ -39,21 +42,97 @@ uint64_t limbs_to_key(const float* limbs) {
   return key;
 }
 
-DenseShard::DenseShard(std::span<const float> initial, const optim::OptimizerConfig& config)
+int default_apply_threads() {
+  return static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 4u));
+}
+
+namespace {
+
+// Runs fn(i) for i in [0, n): i = 0 on the calling thread, the others on
+// threads started here; returns when all are done, rethrowing the first error.
+void run_chunks(size_t n, const std::function<void(size_t)>& fn) {
+  if (n == 1) {
+    fn(0);
+    return;
+  }
+  std::vector<std::exception_ptr> errors(n);
+  {
+    std::vector<std::jthread> threads;
+    for (size_t i = 1; i < n; ++i) {
+      threads.emplace_back([&, i] {
+        try {
+          fn(i);
+        } catch (...) {
+          errors[i] = std::current_exception();
+        }
+      });
+    }
+    try {
+      fn(0);
+    } catch (...) {
+      errors[0] = std::current_exception();
+    }
+  }
+  for (const std::exception_ptr& e : errors) {
+    if (e) std::rethrow_exception(e);
+  }
+}
+
+}  // namespace
+
+DenseShard::DenseShard(std::span<const float> initial, const optim::OptimizerConfig& config,
+                       int threads)
     : config_(config),
+      threads_(threads > 0 ? threads : default_apply_threads()),
       values_(Tensor::from_span(initial, {static_cast<int64_t>(initial.size())})),
-      optimizer_(optimizer_over(values_, config)) {}
+      grad_(Tensor::empty(values_.shape())),
+      chunks_(make_chunks(values_)) {}
+
+std::vector<DenseShard::Chunk> DenseShard::make_chunks(const Tensor& values) const {
+  const int64_t n = values.numel();
+  const int64_t count = std::clamp<int64_t>(n / kApplyChunkFloats, 1, threads_);
+  // Chunk starts on 64-float boundaries: the same alignment as in one piece.
+  const int64_t step = (n / count + 63) / 64 * 64;
+  std::vector<Chunk> chunks;
+  for (int64_t begin = 0; begin < n || chunks.empty(); begin += step) {
+    const int64_t length = std::min(step, n - begin);
+    chunks.push_back(Chunk{begin, length, optimizer_over(values.narrow(begin, length), config_)});
+  }
+  return chunks;
+}
 
 void DenseShard::apply(std::span<const float> grad, float lr) {
   DTRAIN_CHECK(static_cast<int64_t>(grad.size()) == numel(), "gradient of {} floats for {}",
                grad.size(), numel());
-  optimizer_->set_lr(lr);
-  optimizer_->update(0, values_, Tensor::from_span(grad, values_.shape()));
+  run_chunks(chunks_.size(), [&](size_t i) {
+    Chunk& c = chunks_[i];
+    const Tensor g = grad_.narrow(c.begin, c.count);
+    std::memcpy(g.data(), grad.data() + c.begin, static_cast<size_t>(c.count) * sizeof(float));
+    c.rule->set_lr(lr);
+    c.rule->update(0, values_.narrow(c.begin, c.count), g);
+  });
 }
 
 void DenseShard::export_state(StateDict& out) const {
   out.insert("dense.values", values_.clone());
-  out.merge(optimizer_->state_dict().clone(), kDensePrefix);
+  if (chunks_.size() == 1) {
+    out.merge(chunks_[0].rule->state_dict().clone(), kDensePrefix);
+    return;
+  }
+  // One rule's layout: each buffer the chunks' parts end to end; the
+  // metadata (kind, lr, steps) is the same in every chunk.
+  std::vector<StateDict> parts;
+  for (const Chunk& c : chunks_) parts.push_back(c.rule->state_dict());
+  StateDict whole;
+  whole.metadata() = parts[0].metadata();
+  for (const auto& [name, first] : parts[0]) {
+    Tensor buffer = Tensor::empty(values_.shape());
+    for (size_t i = 0; i < chunks_.size(); ++i) {
+      buffer.narrow(chunks_[i].begin, chunks_[i].count).copy_from(parts[i].at(name));
+    }
+    whole.insert(name, buffer);
+  }
+  out.merge(whole, kDensePrefix);
 }
 
 void DenseShard::import_state(const StateDict& in) {
@@ -64,10 +143,25 @@ void DenseShard::import_state(const StateDict& in) {
                     shape_str(values.shape()), shape_str(values_.shape())));
   }
   Tensor fresh = values.clone();
-  auto optimizer = optimizer_over(fresh, config_);
-  optimizer->load_state_dict(in.sub(kDensePrefix));
+  std::vector<Chunk> chunks = make_chunks(fresh);
+  const StateDict state = in.sub(kDensePrefix);
+  for (Chunk& c : chunks) {
+    if (chunks.size() == 1) {
+      c.rule->load_state_dict(state);
+      break;
+    }
+    // The chunk's part of every buffer of the range's shape (one of another
+    // shape goes as it is, for the rule to refuse).
+    StateDict part;
+    part.metadata() = state.metadata();
+    for (const auto& [name, buffer] : state) {
+      part.insert(name,
+                  buffer.shape() == values_.shape() ? buffer.narrow(c.begin, c.count) : buffer);
+    }
+    c.rule->load_state_dict(part);
+  }
   values_ = fresh;
-  optimizer_ = std::move(optimizer);
+  chunks_ = std::move(chunks);
 }
 
 SparseTable::SparseTable(SparseTableSpec spec, uint32_t index, uint64_t seed,

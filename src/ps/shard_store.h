@@ -22,7 +22,8 @@
 //   "sparse.<table>.values" [n, D], "sparse.<table>.<buffer>" [n, D],
 //   "sparse.<table>.steps" [n]; rows sorted by key.
 // Import validates everything before it changes anything.
-// Thread safety: none (the server's loop thread). Errors: UsageError naming
+// Thread safety: none (the server's loop thread; DenseShard::apply uses
+// threads of its own inside the call). Errors: UsageError naming
 // the problem (sizes, unknown buffers, bad state). Never blocks.
 #pragma once
 
@@ -42,12 +43,27 @@ namespace dtrain::ps {
 
 inline constexpr int64_t kSparseBlockRows = 256;
 
+// Parallel apply: a range of at least 2 * kApplyChunkFloats floats is cut
+// into up to `threads` chunks (whole multiples of 64 floats but the last,
+// so that every chunk starts at the same alignment as in one piece), each
+// with its own update rule over its part of the values; apply() updates the
+// chunks on that many threads (the caller's and threads started for the
+// call, joined before it returns). The rules are elementwise and every chunk
+// counts the same steps, so the values and the exported state are bit for
+// bit those of one rule over the whole range, whatever the thread count.
+inline constexpr int64_t kApplyChunkFloats = int64_t{1} << 18;  // 1 MiB
+// The default thread count: the cores, at most 4.
+int default_apply_threads();
+
 class DenseShard {
  public:
-  DenseShard(std::span<const float> initial, const optim::OptimizerConfig& config);
+  // threads <= 0: default_apply_threads().
+  DenseShard(std::span<const float> initial, const optim::OptimizerConfig& config, int threads = 0);
 
   int64_t numel() const { return values_.numel(); }
   std::span<const float> values() const { return values_.span(); }
+  // The chunks apply() updates in parallel (1 for a small range).
+  size_t chunks() const { return chunks_.size(); }
   // One optimizer update of the whole range with `grad` (numel() floats).
   void apply(std::span<const float> grad, float lr);
 
@@ -56,9 +72,19 @@ class DenseShard {
   void import_state(const StateDict& in);
 
  private:
+  struct Chunk {
+    int64_t begin = 0;
+    int64_t count = 0;
+    std::unique_ptr<optim::UpdateRule> rule;
+  };
+  // The chunks of a range of `numel` floats over `values`, rules fresh.
+  std::vector<Chunk> make_chunks(const Tensor& values) const;
+
   optim::OptimizerConfig config_;
+  int threads_ = 1;
   Tensor values_;
-  std::unique_ptr<optim::UpdateRule> optimizer_;
+  Tensor grad_;  // apply()'s gradient as the rules take it; reused
+  std::vector<Chunk> chunks_;
 };
 
 class SparseTable {

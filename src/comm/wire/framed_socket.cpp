@@ -29,6 +29,12 @@ void free_payload(void* /*data*/, void* hint) {
   std::unique_ptr<std::vector<std::byte>> owned(static_cast<std::vector<std::byte>*>(hint));
 }
 
+// The same for a shared payload: drops ZeroMQ's reference.
+void release_shared_payload(void* /*data*/, void* hint) {
+  std::unique_ptr<std::shared_ptr<const std::vector<std::byte>>> owned(
+      static_cast<std::shared_ptr<const std::vector<std::byte>>*>(hint));
+}
+
 }  // namespace
 
 MessageTypes::MessageTypes(std::initializer_list<MessageType> types) {
@@ -177,6 +183,19 @@ bool FramedSocket::send(std::string_view identity, const FrameHeader& header,
   const size_t size = owned->size();
   zmq::message_t body(data, size, free_payload, owned.get());
   owned.release();
+  return send_parts(identity, head, body);
+}
+
+bool FramedSocket::send(std::string_view identity, const FrameHeader& header,
+                        std::shared_ptr<const std::vector<std::byte>> payload) {
+  const HeaderBytes head = header_for(header, *payload);
+  // ZeroMQ only reads the bytes; the const_cast is what its C API asks for.
+  void* data = const_cast<std::byte*>(payload->data());
+  const size_t size = payload->size();
+  auto reference =
+      std::make_unique<std::shared_ptr<const std::vector<std::byte>>>(std::move(payload));
+  zmq::message_t body(data, size, release_shared_payload, reference.get());
+  reference.release();
   return send_parts(identity, head, body);
 }
 

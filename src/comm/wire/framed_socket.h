@@ -172,6 +172,11 @@ class FramedSocket {
             std::span<const std::byte> payload);
   // The same, handing `payload` to ZeroMQ without a copy.
   bool send(std::string_view identity, const FrameHeader& header, std::vector<std::byte>&& payload);
+  // The same, sharing `payload` with ZeroMQ without a copy: ZeroMQ holds a
+  // reference until the frame is sent (or refused), so the caller may keep
+  // it and send it again (ps::Client's pushes kept for a replaced server).
+  bool send(std::string_view identity, const FrameHeader& header,
+            std::shared_ptr<const std::vector<std::byte>> payload);
 
   // The next valid frame if one is waiting (at most 256 invalid ones are
   // dropped per call, so a flood cannot keep the caller here).
