@@ -116,6 +116,17 @@ std::optional<uint64_t> ReplicaStore::version(uint32_t primary) const {
   return it->second.version;
 }
 
+std::optional<ReplicaState> ReplicaStore::state(uint32_t primary) const {
+  auto it = copies_.find(primary);
+  if (it == copies_.end()) return std::nullopt;
+  ReplicaState out;
+  out.primary = primary;
+  out.version = it->second.version;
+  for (const SparseTable& t : it->second.tables) out.tables.push_back(t.spec());
+  out.state = state_dict(primary);
+  return out;
+}
+
 StateDict ReplicaStore::state_dict(uint32_t primary) const {
   StateDict out;
   auto it = copies_.find(primary);

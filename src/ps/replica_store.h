@@ -40,6 +40,9 @@ class ReplicaStore {
 
   // Whether a copy of `primary`'s state is held, and at which version.
   std::optional<uint64_t> version(uint32_t primary) const;
+  // The copy as a ReplicaState (what a replacement of `primary` starts
+  // from); nullopt when none is held.
+  std::optional<ReplicaState> state(uint32_t primary) const;
   // The copy in Server::state_dict()'s layout ("version" in its metadata);
   // empty when none is held.
   StateDict state_dict(uint32_t primary) const;

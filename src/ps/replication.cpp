@@ -237,6 +237,42 @@ void BackupChain::service(Clock::time_point now, uint64_t version,
   }
 }
 
+std::optional<ReplicaState> BackupChain::fetch_from(Backup& b, std::chrono::milliseconds timeout) {
+  const Deadline deadline = Deadline::after(timeout);
+  ReplicaFetch ask;
+  ask.primary = static_cast<uint32_t>(options_.server);
+  send(b, encode_replica(ask), Clock::now());
+  b.waiting_since.reset();
+  while (std::optional<comm::wire::Frame> frame = b.socket->receive(deadline)) {
+    try {
+      ReplicaMessage m = decode_replica(frame->payload());
+      if (auto* state = std::get_if<ReplicaState>(&m); state && state->primary == ask.primary) {
+        logger_.info("ps server {}: backup server {} sent its copy of this range at version {}",
+                     options_.server, b.server, state->version);
+        return std::move(*state);
+      }
+      if (auto* ack = std::get_if<ReplicaAck>(&m); ack && ack->primary == ask.primary) {
+        logger_.warn("ps server {}: backup server {} has no copy of this range to give: {}",
+                     options_.server, b.server, ack->error);
+        return std::nullopt;
+      }
+      b.socket->drop("not an answer to this server's fetch");
+    } catch (const DataError& e) {
+      b.socket->drop(e.what());
+    }
+  }
+  logger_.warn("ps server {}: backup server {} sent no copy of server {}'s range within {} ms",
+               options_.server, b.server, options_.server, timeout.count());
+  return std::nullopt;
+}
+
+std::optional<ReplicaState> BackupChain::fetch(std::chrono::milliseconds timeout) {
+  for (auto& b : backups_) {
+    if (std::optional<ReplicaState> state = fetch_from(*b, timeout)) return state;
+  }
+  return std::nullopt;
+}
+
 bool BackupChain::replicated(uint64_t version) const {
   return std::all_of(backups_.begin(), backups_.end(), [&](const auto& b) {
     return b->lagging || b->failed || (b->acked && *b->acked >= version);

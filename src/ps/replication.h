@@ -44,6 +44,7 @@
 
 #include "comm/wire/auth.h"
 #include "comm/wire/framed_socket.h"
+#include "core/deadline.h"
 #include "core/log.h"
 #include "ps/replication_messages.h"
 
@@ -92,6 +93,12 @@ class BackupChain {
   // Reads the acks waiting, sends states to backups that need one
   // (`state()` builds it), resends, and declares lagging backups.
   void service(Clock::time_point now, uint64_t version, const std::function<ReplicaState()>& state);
+  // A replacement primary's first step: asks the backups, nearest first, for
+  // their copy of this server's range and returns the first one offered;
+  // nullopt (logged, naming each backup and what it said) when none holds
+  // one or none answers within `timeout` each. Blocks up to that long per
+  // backup; call before serving.
+  std::optional<ReplicaState> fetch(std::chrono::milliseconds timeout);
   // Whether every backup in step holds `version`.
   bool replicated(uint64_t version) const;
 
@@ -99,6 +106,8 @@ class BackupChain {
   struct Backup;
   void on_ack(Backup& b, const ReplicaAck& ack, uint64_t version);
   std::vector<std::byte> probe(uint64_t version) const;
+  // One backup's answer to a fetch: its copy, or nullopt (logged).
+  std::optional<ReplicaState> fetch_from(Backup& b, std::chrono::milliseconds timeout);
   void send(Backup& b, std::vector<std::byte> payload, Clock::time_point now);
   void check_deadline(Backup& b, Clock::time_point now, uint64_t version);
 

@@ -89,7 +89,7 @@ bool is_replication_payload(std::span<const std::byte> payload) {
   if (payload.empty()) return false;
   const auto kind = static_cast<uint8_t>(payload[0]);
   return kind >= static_cast<uint8_t>(ReplicaKind::kUpdate) &&
-         kind <= static_cast<uint8_t>(ReplicaKind::kAck);
+         kind <= static_cast<uint8_t>(ReplicaKind::kFetch);
 }
 
 std::vector<std::byte> encode_replica(const ReplicaUpdate& m) {
@@ -139,6 +139,13 @@ std::vector<std::byte> encode_replica(const ReplicaAck& m) {
   return w.take();
 }
 
+std::vector<std::byte> encode_replica(const ReplicaFetch& m) {
+  ByteWriter w;
+  put_prefix(w, ReplicaKind::kFetch);
+  w.write_u32(m.primary);
+  return w.take();
+}
+
 ReplicaMessage decode_replica(std::span<const std::byte> payload) {
   ByteReader r(payload, "replica message");
   const uint8_t kind = r.read_u8("kind");
@@ -150,8 +157,14 @@ ReplicaMessage decode_replica(std::span<const std::byte> payload) {
       return get_state_transfer(r);
     case ReplicaKind::kAck:
       return get_ack(r);
+    case ReplicaKind::kFetch: {
+      ReplicaFetch m;
+      m.primary = r.read_u32("primary");
+      r.expect_end("replica fetch");
+      return m;
+    }
   }
-  throw DataError(fmt::format("replica message: kind {} is unknown (96..98)", kind));
+  throw DataError(fmt::format("replica message: kind {} is unknown (96..99)", kind));
 }
 
 }  // namespace dtrain::ps

@@ -2,7 +2,7 @@
 // (docs/parameter-server.md, "Replicated server state"). They travel in the
 // same comm/wire frames as the workers' requests (header, CRC, MAC), from a
 // primary server's DEALER to its backup's ROUTER and back, and are told apart
-// from ps messages (messages.h) by their first byte (kinds 96..98; ps kinds
+// from ps messages (messages.h) by their first byte (kinds 96..99; ps kinds
 // stay below 96).
 //
 //  - ReplicaUpdate: what a primary did to its state while it was at version
@@ -16,6 +16,9 @@
 //    missed updates (a replacement backup, one that fell behind).
 //  - ReplicaAck: the backup's answer to both: the version its copy is at, or
 //    that it needs a ReplicaState.
+//  - ReplicaFetch: a replacement primary asks a backup for its copy of the
+//    range; the backup answers with a ReplicaState (or a ReplicaAck kNeedState
+//    when it holds none).
 //
 // Thread safety: values. Decoding throws DataError naming the field; never
 // blocks.
@@ -33,7 +36,7 @@
 
 namespace dtrain::ps {
 
-enum class ReplicaKind : uint8_t { kUpdate = 96, kState = 97, kAck = 98 };
+enum class ReplicaKind : uint8_t { kUpdate = 96, kState = 97, kAck = 98, kFetch = 99 };
 
 // Whether a payload is one of these (by its first byte) rather than a ps message.
 bool is_replication_payload(std::span<const std::byte> payload);
@@ -70,11 +73,16 @@ struct ReplicaAck {
   std::string error;
 };
 
-using ReplicaMessage = std::variant<ReplicaUpdate, ReplicaState, ReplicaAck>;
+struct ReplicaFetch {
+  uint32_t primary = 0;  // whose range is asked for
+};
+
+using ReplicaMessage = std::variant<ReplicaUpdate, ReplicaState, ReplicaAck, ReplicaFetch>;
 
 std::vector<std::byte> encode_replica(const ReplicaUpdate& m);
 std::vector<std::byte> encode_replica(const ReplicaState& m);
 std::vector<std::byte> encode_replica(const ReplicaAck& m);
+std::vector<std::byte> encode_replica(const ReplicaFetch& m);
 ReplicaMessage decode_replica(std::span<const std::byte> payload);
 
 }  // namespace dtrain::ps

@@ -121,6 +121,7 @@ Server::Impl::Impl(ServerOptions options, const comm::JobAuth& auth, Logger& log
 
 ServeResult Server::Impl::run(const std::stop_token& stop, Deadline deadline) {
   ServeResult result;
+  inherit_from_backup();
   while (true) {
     if (stop.stop_requested()) {
       result.end = ServeEnd::kStopped;

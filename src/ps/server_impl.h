@@ -100,6 +100,13 @@ class Server::Impl {
   // server's range gets when it needs one.
   void on_replica_frame(const comm::wire::Frame& frame);
   ReplicaState replica_state() const;
+  void answer_fetch(const std::string& identity, uint32_t primary);
+  // A replacement with backups: fetches its range's copy from them
+  // (inherited_) before it serves.
+  void inherit_from_backup();
+  // At the replacement's first init: imports inherited_; false (logged) when
+  // it does not fit.
+  bool take_inherited(uint32_t worker);
   void service_backups(Clock::time_point now);
 
   ConsistencyState consistency_;
@@ -120,6 +127,7 @@ class Server::Impl {
   // set_server_endpoints) and this server's copies of other servers' ranges.
   std::unique_ptr<BackupChain> backups_;
   ReplicaStore replica_store_;
+  std::optional<ReplicaState> inherited_;
 };
 
 }  // namespace dtrain::ps

@@ -80,6 +80,9 @@ void Server::Impl::on_replica_frame(const comm::wire::Frame& frame) {
       logger_.info("ps server {}: holds server {}'s state from version {}", options_.server, sender,
                    state->version);
     }
+  } else if (auto* fetch = std::get_if<ReplicaFetch>(&m); fetch && fetch->primary == sender) {
+    answer_fetch(frame.identity, sender);
+    return;
   } else {
     socket_->drop(fmt::format("from server {}: not an update or state of its own range", sender));
     return;
@@ -91,6 +94,49 @@ void Server::Impl::on_replica_frame(const comm::wire::Frame& frame) {
   header.type = comm::wire::MessageType::kData;
   header.receiver = sender;
   socket_->send(frame.identity, header, encode_replica(ack));
+}
+
+void Server::Impl::answer_fetch(const std::string& identity, uint32_t primary) {
+  comm::wire::FrameHeader header;
+  header.type = comm::wire::MessageType::kData;
+  header.receiver = primary;
+  if (std::optional<ReplicaState> state = replica_store_.state(primary)) {
+    logger_.info(
+        "ps server {}: gave its copy of server {}'s range (version {}) to server {}'s "
+        "replacement",
+        options_.server, primary, state->version, primary);
+    socket_->send(identity, header, encode_replica(*state));
+    return;
+  }
+  ReplicaAck none;
+  none.status = ReplicaAck::Status::kNeedState;
+  none.backup = static_cast<uint32_t>(options_.server);
+  none.primary = primary;
+  none.error =
+      fmt::format("server {} holds no copy of server {}'s range", options_.server, primary);
+  socket_->send(identity, header, encode_replica(none));
+}
+
+void Server::Impl::inherit_from_backup() {
+  if (!options_.replacement || !backups_ || inherited_ || initialised_) return;
+  inherited_ = backups_->fetch(options_.replica_timeout);
+}
+
+bool Server::Impl::take_inherited(uint32_t worker) {
+  try {
+    import_shard(inherited_->state, inherited_->version);
+  } catch (const std::exception& e) {  // Refusal or the shard's UsageError
+    logger_.error("ps server {}: the backup's copy does not fit worker {}'s init: {}",
+                  options_.server, worker, e.what());
+    return false;
+  }
+  logger_.warn(
+      "ps server {}: replacement took its shard from its backup's copy (version {}: values, "
+      "optimizer buffers and sparse rows; no checkpoint read) and serves {:.3f} s after its "
+      "start",
+      options_.server, inherited_->version,
+      std::chrono::duration<double>(Clock::now() - started_).count());
+  return true;
 }
 
 StateDict Server::Impl::replica_state_dict(int primary) const {

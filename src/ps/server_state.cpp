@@ -67,6 +67,8 @@ void Server::Impl::on_init(const std::string& identity, Message& m) {
       logger_.info(
           "ps server {}: initialised by worker {}: {} dense tensors, {} floats here, {} tables",
           options_.server, m.worker, plan_.tensors().size(), expected, tables_.size());
+    } else if (inherited_ && take_inherited(m.worker)) {
+      // From the live replica: nothing lost.
     } else if (!options_.restore || !restore_shard(m.worker)) {
       logger_.warn(
           "ps server {}: replacement serving {:.3f} s after its start with worker {}'s last "
