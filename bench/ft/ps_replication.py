@@ -42,6 +42,7 @@ OPTIMIZERS = {
     "sgd+momentum": ["--set", "optimizer.momentum=0.9"],
     "adam": ["--set", "optimizer.type=\"adam\"", "--set", "optimizer.lr=0.001"],
 }
+HEARTBEAT_MS = 30000
 TOOK = "took its shard from its backup's copy"
 RESTORED = "restored its shard from"
 
@@ -49,7 +50,10 @@ RESTORED = "restored its shard from"
 def run(dtrain, out, epochs, extra, kill_step=None):
     args = [dtrain, "train", "examples/mnist_mlp.toml", "--output", out, "--no-resume",
             "--progress", "plain", "--strategy", "ps", "--servers", "2", "--workers", "2",
-            "--set", f"train.epochs={epochs}", "--set", "train.log_every_steps=1"] + extra
+            "--set", f"train.epochs={epochs}", "--set", "train.log_every_steps=1",
+            # A loaded machine stalls processes for seconds: a longer heartbeat
+            # timeout keeps a stall from being taken for a dead worker.
+            "--set", f"distributed.heartbeat_timeout_ms={HEARTBEAT_MS}"] + extra
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
     p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          env=env, bufsize=1)
