@@ -76,8 +76,10 @@ def run(dtrain, out, epochs, extra, kill_step=None):
         sys.stderr.write("".join(log[-40:]))
         raise SystemExit(f"{out}: exit {p.returncode}")
     text = "".join(log)
+    with open(os.path.join(out, "launcher.log"), "w") as f:
+        f.write(text)
     if kill_step is not None and (took is None or first_after is None or RESTORED in text):
-        sys.stderr.write(text[-6000:])
+        sys.stderr.write("".join(l for l in log if "(global " not in l)[-6000:])
         raise SystemExit(f"{out}: the replacement did not take the backup's copy")
     with open(os.path.join(out, "metrics.jsonl")) as f:
         epochs_s = [json.loads(l)["seconds"] for l in f if '"event":"epoch"' in l]

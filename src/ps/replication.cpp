@@ -61,7 +61,7 @@ BackupChain::BackupChain(zmq::context_t& context, BackupChainOptions options,
     o.limits.job_id = auth.job_id();
     o.limits.world_size = static_cast<uint32_t>(options_.num_servers);
     o.limits.receiver = server_rank(s);
-    o.limits.max_payload_bytes = uint64_t{1} << 20;  // acks only
+    o.limits.max_payload_bytes = options_.max_payload_bytes;
     o.accepted = {comm::wire::MessageType::kData};
     o.unbounded_queues = true;
     auto backup = std::make_unique<Backup>();

@@ -58,6 +58,8 @@ struct BackupChainOptions {
   std::vector<std::string> server_endpoints;
   std::chrono::milliseconds timeout{10000};  // ack deadline before a backup counts as lagging
   std::chrono::milliseconds resend_interval{500};
+  // Largest frame taken from a backup (a fetch's answer is a whole state).
+  uint64_t max_payload_bytes = uint64_t{1} << 31;
 };
 
 // The servers that back up `server`'s range, nearest first.
