@@ -13,6 +13,7 @@
 #include "ps/replica_store.h"
 #include "ps/replication_messages.h"
 #include "ps_test_util.h"
+#include "testing/fault_fs.h"
 
 namespace dtrain::ps {
 namespace {
@@ -224,6 +225,76 @@ TEST(Replication, LaggingBackupIsWaitedForWithADeadlineThenCatchesUpByStateTrans
   serving.join();
   EXPECT_TRUE(log.contains("ps server 1: holds server 0's state from version"));
   expect_bit_identical(primary.state_dict(), backup.replica_state_dict(0), "caught-up copy");
+}
+
+// A replacement of server 0 fetches its range from server 1's copy. The copy
+// is larger than 1 MiB (a regression: the replication socket once took only
+// 1 MiB frames, and the replacement fell back to fresh optimizer state).
+TEST(Replication, AReplacementTakesALargeRangeFromItsBackupsCopy) {
+  testing::CapturingLog log;
+  const comm::JobAuth auth("ps-test-job", "s3cret");
+  dtrain::testing::TempDir dir;
+  const std::vector<std::string> endpoints{"ipc://" + dir.file("server-0"),
+                                           "ipc://" + dir.file("server-1")};
+  ServerOptions o;
+  o.num_servers = 2;
+  o.num_workers = 1;
+  o.replicas = 1;
+  o.optimizer.momentum = 0.9f;
+  constexpr int64_t kFloats = 400000;  // server 0 holds 200000: 1.6 MB with its momentum
+  auto make = [&](int s, bool replacement) {
+    ServerOptions so = o;
+    so.server = s;
+    so.bind_endpoint = endpoints[static_cast<size_t>(s)];
+    so.replacement = replacement;
+    auto server = std::make_unique<Server>(so, auth, log.logger());
+    server->set_server_endpoints(endpoints);
+    return server;
+  };
+  auto backup = make(1, false);
+  std::jthread backup_serving([&](std::stop_token stop) { backup->run(stop); });
+  StateDict before;
+  {
+    auto primary = make(0, false);
+    std::jthread serving([&](std::stop_token stop) { primary->run(stop); });
+    RawPeer peer(endpoints[0], auth);
+    Message init;
+    init.kind = Kind::kInit;
+    init.dense = {{"w", {kFloats}}};
+    init.floats.assign(kFloats / 2, 1.0f);
+    ASSERT_EQ(peer.request(init, 2, 1).status, ReplyStatus::kOk);
+    Message push;
+    push.kind = Kind::kPush;
+    push.samples = 1;
+    push.lr = 0.5f;
+    push.floats.assign(kFloats / 2, 0.25f);
+    ASSERT_EQ(peer.request(push, 2, 2).status, ReplyStatus::kOk);
+    Message pull;
+    pull.kind = Kind::kPull;
+    pull.min_version = 1;
+    pull.wait_ms = static_cast<uint32_t>(kGenerous.count());
+    ASSERT_EQ(peer.request(pull, 2, 3).status, ReplyStatus::kOk);  // the backup holds version 1
+    serving.request_stop();
+    serving.join();
+    before = primary->state_dict();
+  }
+  auto replacement = make(0, true);
+  std::jthread serving([&](std::stop_token stop) { replacement->run(stop); });
+  RawPeer peer(endpoints[0], auth);
+  Message init;
+  init.kind = Kind::kInit;
+  init.version = 1;
+  init.dense = {{"w", {kFloats}}};
+  init.floats.assign(kFloats / 2, 0.0f);  // not used: the copy's values are
+  ASSERT_EQ(peer.request(init, 2, 1).status, ReplyStatus::kOk);
+  serving.request_stop();
+  serving.join();
+  backup_serving.request_stop();
+  backup_serving.join();
+  EXPECT_TRUE(
+      log.contains("ps server 0: replacement took its shard from its backup's copy "
+                   "(version 1"));
+  expect_bit_identical(before, replacement->state_dict(), "the replacement's range");
 }
 
 }  // namespace
