@@ -9,7 +9,8 @@ with momentum 0.9, Adam), REPEATS times, interleaved:
   r0      --replicas 0, fault-free
   r1      --replicas 1, fault-free
   killed  --replicas 1, --max-restarts 1, server 1 SIGKILLed (a child of the
-          launcher) at a random step in the first epoch's second half; the
+          launcher) at a random step between half and all of an epoch's
+          estimated steps (r1's epoch seconds / its median step); the
           launcher starts a replacement, which takes its range from server
           0's copy (no checkpoint read: the run must log "took its shard from
           its backup's copy" and never "restored its shard")
