@@ -43,6 +43,9 @@ train::JobConfig read_job(const TrainOptions& options, Logger& logger) {
   if (options.servers) {
     overrides.push_back(fmt::format("distributed.ps.servers={}", *options.servers));
   }
+  if (options.replicas) {
+    overrides.push_back(fmt::format("distributed.ps.replicas={}", *options.replicas));
+  }
   train::JobFile file = train::read_job_file(options.job_file, overrides);
   for (const std::string& note : file.notes) logger.warn("{}", note);
   train::JobConfig job = std::move(file.job);

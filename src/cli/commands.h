@@ -23,6 +23,8 @@ struct TrainOptions {
   bool force_resume = false;
   // ps: server processes (distributed.servers).
   std::optional<int64_t> servers;
+  // ps, sync: backup servers per key range (distributed.ps.replicas).
+  std::optional<int64_t> replicas;
   std::optional<std::string> strategy;
   std::optional<std::string> output;
   std::optional<int64_t> threads;

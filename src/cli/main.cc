@@ -103,6 +103,10 @@ CLI::App* add_train_command(CLI::App& app, dtrain::cli::TrainOptions& train, Tra
   train_cmd->add_option("--servers", train.servers,
                         "ps: parameter-server processes (distributed.ps.servers, default 1); "
                         "with --workers N, S + N processes start here");
+  train_cmd->add_option("--replicas", train.replicas,
+                        "ps, sync: each server's key range is also held by the next R servers, "
+                        "which keep its optimizer state and rows bit-identical "
+                        "(distributed.ps.replicas, default 0; R < S)");
   train_cmd->add_option("--rank", train.rank,
                         "This worker's rank (default: DTRAIN_RANK, mpirun's or Slurm's)");
   train_cmd->add_option("--world-size", train.world_size,

@@ -12,12 +12,12 @@
 #include "core/trace.h"
 #include "ps/compressed_push.h"
 #include "ps/consistency_state.h"
+#include "ps/server_impl.h"
 #include "ps/shard_store.h"
 #include "ps/state_layout.h"
 
 namespace dtrain::ps {
 
-using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
 std::string_view to_string(Consistency consistency) {
@@ -66,6 +66,17 @@ void validate(const ServerOptions& o) {
   if (o.join_timeout.count() < 0) {
     bad("join_timeout_ms", fmt::format("{} ms; must not be negative", o.join_timeout.count()));
   }
+  if (o.replicas < 0 || (o.replicas > 0 && o.replicas >= o.num_servers)) {
+    bad("replicas",
+        fmt::format("{} replicas with {} servers; need 0 <= R < S", o.replicas, o.num_servers));
+  }
+  if (o.replicas > 0 && o.consistency != Consistency::kSync) {
+    bad("replicas",
+        fmt::format("replication needs consistency sync, not {}", to_string(o.consistency)));
+  }
+  if (o.replicas > 0 && o.replica_timeout.count() <= 0) {
+    bad("replica_timeout_ms", fmt::format("{} ms; must be positive", o.replica_timeout.count()));
+  }
   if (o.poll_interval.count() <= 0) {
     bad("poll_interval_ms", fmt::format("{} ms; must be positive", o.poll_interval.count()));
   }
@@ -78,117 +89,39 @@ ServerOptions validated(ServerOptions options) {
 
 }  // namespace
 
-class Server::Impl {
- public:
-  Impl(ServerOptions options, const comm::JobAuth& auth, Logger& logger)
-      : options_(validated(std::move(options))),
-        auth_(auth),
-        logger_(logger),
-        consistency_(options_, logger_, Clock::now()) {
-    joined_.assign(static_cast<size_t>(options_.num_workers), false);
-    last_push_id_.assign(static_cast<size_t>(options_.num_workers), 0);
-    reported_version_ = consistency_.version();
-    // Build the optimizer once to reject a bad [optimizer] table now, not at init.
-    optim::make_update_rule(options_.optimizer, {Shape{1}});
-    comm::wire::FramedSocketOptions o;
-    o.name = fmt::format("ps server {}", options_.server);
-    o.peer = options_.server;
-    o.rank = server_rank(options_.server);
-    o.limits.job_id = auth_.job_id();
-    o.limits.world_size = comm::wire::kAnyReceiver;  // worker ranks are checked here, with a reply
-    o.limits.receiver = server_rank(options_.server);
-    o.limits.max_payload_bytes = options_.max_payload_bytes;
-    o.accepted = {comm::wire::MessageType::kData};
-    o.unbounded_queues = true;
-    o.link = options_.link;
-    socket_ = std::make_unique<comm::wire::FramedSocket>(
-        context_, comm::wire::FramedSocket::Role::kRouter, options_.bind_endpoint, std::move(o),
-        auth_, logger_);
-    endpoint_ = socket_->endpoint();
-    logger_.info("ps server {}: listening on {} ({}, {} workers)", options_.server, endpoint_,
-                 to_string(options_.consistency), options_.num_workers);
-  }
-
-  ServeResult run(const std::stop_token& stop, Deadline deadline);
-  StateDict state_dict() const;
-  ServerStats stats() const;
-
-  ServerOptions options_;
-  comm::JobAuth auth_;
-  Logger& logger_;
-  zmq::context_t context_{1};
-  std::unique_ptr<comm::wire::FramedSocket> socket_;
-  std::string endpoint_;
-
- private:
-  struct Parked {
-    std::string identity;
-    uint32_t worker = 0;
-    uint64_t request_id = 0;
-    uint64_t min_version = 0;
-    Clock::time_point until;
-  };
-
-  // A frame that passed the socket's checks: its payload decoded, then handle().
-  void on_frame(const comm::wire::Frame& frame);
-  void handle(const std::string& identity, uint32_t sender, Message& m);
-  void send(const std::string& identity, uint32_t receiver, const Message& m);
-  void serve(const std::string& identity, Message& m);
-  void reply(const std::string& identity, uint32_t worker, Message m);
-  void on_init(const std::string& identity, Message& m);
-  void on_pull(const std::string& identity, const Message& m);
-  // A reply to `m` with `status` and its error text (at the current version).
-  Message status_reply(const Message& m, ReplyStatus status, std::string error) const;
-  // Answers a request of a worker declared dead: kLeftOut.
-  void reply_left_out(const std::string& identity, uint32_t receiver, const Message& m);
-  // A compressed push: its pieces decoded into m.floats, the dense gradient
-  // of this server's range (compressed_push.h); Refusal naming the worker
-  // and the piece when one does not decode.
-  void decode_pieces(Message& m) const;
-  // A dense push (decoded pieces of a compressed one included).
-  void on_push(const std::string& identity, Message& m);
-  void on_pull_rows(const std::string& identity, const Message& m);
-  void on_push_rows(const std::string& identity, Message& m);
-  void on_set_state(const std::string& identity, const Message& m);
-  // A replacement server's first init (from `worker`): its optimizer state,
-  // embedding rows and version from options_.restore, its dense values from
-  // the init. False (logged) when the checkpoint does not fit the init's
-  // layout.
-  bool restore_shard(uint32_t worker);
-  // Imports a per-server state dict (split_state layout) into fresh shard
-  // objects, swapped in only when all of it fits; the version becomes
-  // `version`. Refusal naming what is missing.
-  void import_shard(const StateDict& state, uint64_t version);
-  // A push this incarnation has already taken (the same request id, or an
-  // older one, from the worker's current incarnation): the client sent it
-  // again after losing the connection. Answered, never applied twice.
-  bool repeated_push(const Message& m) const;
-  void report_version();
-  SparseTable& table_for(const Message& m, size_t floats_per_key);
-  bool pull_ready(uint32_t worker, uint64_t min_version) const;
-  void answer_pull(const std::string& identity, uint32_t worker, uint64_t request_id);
-  void serve_parked(Clock::time_point now);
-  // Sync: closes the open version when it is complete and applies its update.
-  void close_version();
-
-  ConsistencyState consistency_;
-  std::vector<Parked> parked_;
-  bool initialised_ = false;
-  ShardPlan plan_;
-  std::vector<SparseTableSpec> table_specs_;
-  std::optional<DenseShard> dense_;
-  std::vector<SparseTable> tables_;
-  ServerStats counters_;
-  // Per worker: whether it sent init to this process (a replacement serves
-  // only workers that did), and the request id of its last push taken.
-  std::vector<bool> joined_;
-  std::vector<uint64_t> last_push_id_;
-  uint64_t reported_version_ = 0;
-  Clock::time_point started_ = Clock::now();
-};
+Server::Impl::Impl(ServerOptions options, const comm::JobAuth& auth, Logger& logger)
+    : options_(validated(std::move(options))),
+      auth_(auth),
+      logger_(logger),
+      consistency_(options_, logger_, Clock::now()),
+      replica_store_(options_.server, options_.seed, options_.optimizer) {
+  joined_.assign(static_cast<size_t>(options_.num_workers), false);
+  last_push_id_.assign(static_cast<size_t>(options_.num_workers), 0);
+  reported_version_ = consistency_.version();
+  // Build the optimizer once to reject a bad [optimizer] table now, not at init.
+  optim::make_update_rule(options_.optimizer, {Shape{1}});
+  comm::wire::FramedSocketOptions o;
+  o.name = fmt::format("ps server {}", options_.server);
+  o.peer = options_.server;
+  o.rank = server_rank(options_.server);
+  o.limits.job_id = auth_.job_id();
+  o.limits.world_size = comm::wire::kAnyReceiver;  // worker ranks are checked here, with a reply
+  o.limits.receiver = server_rank(options_.server);
+  o.limits.max_payload_bytes = options_.max_payload_bytes;
+  o.accepted = {comm::wire::MessageType::kData};
+  o.unbounded_queues = true;
+  o.link = options_.link;
+  socket_ = std::make_unique<comm::wire::FramedSocket>(
+      context_, comm::wire::FramedSocket::Role::kRouter, options_.bind_endpoint, std::move(o),
+      auth_, logger_);
+  endpoint_ = socket_->endpoint();
+  logger_.info("ps server {}: listening on {} ({}, {} workers)", options_.server, endpoint_,
+               to_string(options_.consistency), options_.num_workers);
+}
 
 ServeResult Server::Impl::run(const std::stop_token& stop, Deadline deadline) {
   ServeResult result;
+  inherit_from_backup();
   while (true) {
     if (stop.stop_requested()) {
       result.end = ServeEnd::kStopped;
@@ -198,15 +131,15 @@ ServeResult Server::Impl::run(const std::stop_token& stop, Deadline deadline) {
       result.end = ServeEnd::kDeadline;
       break;
     }
-    const auto wait = std::min(options_.poll_interval, deadline.remaining());
+    wait_for_frames(std::min(options_.poll_interval, deadline.remaining()));
     for (int i = 0; i < kMaxFramesPerWake; ++i) {
-      std::optional<comm::wire::Frame> frame =
-          i == 0 ? socket_->receive(Deadline::after(wait)) : socket_->try_receive();
+      std::optional<comm::wire::Frame> frame = socket_->try_receive();
       if (!frame) break;
       on_frame(*frame);
       report_version();
     }
     const auto now = Clock::now();
+    service_backups(now);
     consistency_.check_liveness(now);
     close_version();  // a death may complete the open version
     report_version();
@@ -245,6 +178,10 @@ void Server::Impl::send(const std::string& identity, uint32_t receiver, const Me
 }
 
 void Server::Impl::on_frame(const comm::wire::Frame& frame) {
+  if (is_replication_payload(frame.payload())) {
+    on_replica_frame(frame);
+    return;
+  }
   Message m;
   try {
     m = decode_message(frame.payload());
@@ -393,114 +330,6 @@ void Server::Impl::reply(const std::string& identity, uint32_t worker, Message m
   send(identity, worker_rank(options_.num_servers, static_cast<int>(worker)), m);
 }
 
-void Server::Impl::on_init(const std::string& identity, Message& m) {
-  std::vector<DenseSpec> specs = m.dense;
-  ShardPlan plan(std::move(specs), options_.num_servers);  // UsageError on bad specs
-  std::set<std::string> names;
-  for (const SparseTableSpec& t : m.tables) {
-    if (t.name.empty() || !names.insert(t.name).second) {
-      throw Refusal(fmt::format("table name '{}' is empty or repeated", t.name));
-    }
-  }
-  const int64_t expected = plan.range_numel(options_.server);
-  if (static_cast<int64_t>(m.floats.size()) != expected) {
-    throw Refusal(fmt::format("init carries {} values; server {} holds [{}, {}) = {} floats",
-                              m.floats.size(), options_.server, plan.range_begin(options_.server),
-                              plan.range_end(options_.server), expected));
-  }
-  if (initialised_) {
-    const auto& have = plan_.tensors();
-    if (have.size() != plan.tensors().size()) {
-      throw Refusal(fmt::format("init lists {} dense tensors; the job was initialised with {}",
-                                plan.tensors().size(), have.size()));
-    }
-    for (size_t i = 0; i < have.size(); ++i) {
-      const DenseSpec& got = plan.tensors()[i];
-      if (got.name != have[i].name || got.shape != have[i].shape) {
-        throw Refusal(
-            fmt::format("dense tensor {} is '{}' {}; the job was initialised with '{}' {}", i,
-                        got.name, shape_str(got.shape), have[i].name, shape_str(have[i].shape)));
-      }
-    }
-    if (m.tables.size() != table_specs_.size()) {
-      throw Refusal(fmt::format("init lists {} tables; the job was initialised with {}",
-                                m.tables.size(), table_specs_.size()));
-    }
-    for (size_t i = 0; i < table_specs_.size(); ++i) {
-      if (m.tables[i].name != table_specs_[i].name || m.tables[i].dim != table_specs_[i].dim) {
-        throw Refusal(fmt::format(
-            "table {} is '{}' dim {}; the job was initialised with '{}' dim {}", i,
-            m.tables[i].name, m.tables[i].dim, table_specs_[i].name, table_specs_[i].dim));
-      }
-    }
-  } else {
-    plan_ = std::move(plan);
-    table_specs_ = m.tables;
-    dense_.emplace(m.floats, options_.optimizer);
-    for (size_t i = 0; i < table_specs_.size(); ++i) {
-      tables_.emplace_back(table_specs_[i], static_cast<uint32_t>(i), options_.seed,
-                           options_.optimizer);
-    }
-    initialised_ = true;
-    if (!options_.replacement) {
-      logger_.info(
-          "ps server {}: initialised by worker {}: {} dense tensors, {} floats here, {} tables",
-          options_.server, m.worker, plan_.tensors().size(), expected, tables_.size());
-    } else if (!options_.restore || !restore_shard(m.worker)) {
-      logger_.warn(
-          "ps server {}: replacement serving {:.3f} s after its start with worker {}'s last "
-          "pulled parameters and fresh optimizer state (no checkpoint restored)",
-          options_.server, std::chrono::duration<double>(Clock::now() - started_).count(),
-          m.worker);
-    }
-  }
-  if (options_.replacement) {
-    consistency_.follow(m.version, fmt::format("worker {}'s init", m.worker));
-  }
-  consistency_.join(m.worker);
-  joined_[m.worker] = true;
-  last_push_id_[m.worker] = 0;
-  Message r;
-  r.reply_to = Kind::kInit;
-  r.request_id = m.request_id;
-  r.version = consistency_.version();
-  r.clock = options_.consistency == Consistency::kSync ? consistency_.version()
-                                                       : consistency_.clock(m.worker);
-  reply(identity, m.worker, std::move(r));
-}
-
-bool Server::Impl::restore_shard(uint32_t worker) {
-  const ServerRestore& source = *options_.restore;
-  std::vector<std::string> names;
-  for (const DenseSpec& spec : plan_.tensors()) names.push_back(spec.name);
-  try {
-    const PsState state = state_from_checkpoint(source.model, source.optimizer, names, 0);
-    const std::vector<StateDict> parts = split_state(plan_, table_specs_, state);
-    const StateDict& part = parts[static_cast<size_t>(options_.server)];
-    // The dense values come from the init (the worker's last pulled copy,
-    // newer than any checkpoint); the checkpoint gives the rest.
-    const Tensor& values = part.at("dense.values");
-    const std::span<const float> pulled = dense_->values();
-    if (values.numel() != static_cast<int64_t>(pulled.size())) {
-      throw Refusal(fmt::format("the checkpoint holds {} dense floats for this server, the init {}",
-                                values.numel(), pulled.size()));
-    }
-    std::copy(pulled.begin(), pulled.end(), values.data());
-    import_shard(part, state.version);
-    logger_.warn(
-        "ps server {}: replacement restored its shard from {} (version {}; dense values "
-        "from worker {}'s last pulled copy, optimizer state and embedding rows from the "
-        "checkpoint) and serves {:.3f} s after its start",
-        options_.server, source.origin, state.version, worker,
-        std::chrono::duration<double>(Clock::now() - started_).count());
-    return true;
-  } catch (const std::exception& e) {
-    logger_.error("ps server {}: cannot restore from {}: {}", options_.server, source.origin,
-                  e.what());
-    return false;
-  }
-}
-
 bool Server::Impl::repeated_push(const Message& m) const {
   return m.request_id <= last_push_id_[m.worker];
 }
@@ -513,7 +342,9 @@ void Server::Impl::report_version() {
 }
 
 bool Server::Impl::pull_ready(uint32_t worker, uint64_t min_version) const {
-  return initialised_ && consistency_.pull_ready(worker, min_version);
+  // With backups, nothing is served that a backup in step does not hold.
+  return initialised_ && consistency_.pull_ready(worker, min_version) &&
+         (!backups_ || backups_->replicated(consistency_.version()));
 }
 
 void Server::Impl::answer_pull(const std::string& identity, uint32_t worker, uint64_t request_id) {
@@ -620,12 +451,18 @@ void Server::Impl::on_push(const std::string& identity, Message& m) {
 
 void Server::Impl::close_version() {
   if (!initialised_) return;
+  const uint64_t base_version = consistency_.version();
   std::optional<VersionUpdate> update = consistency_.close_version();
-  if (!update || !update->apply) return;
-  dense_->apply(update->grad, update->lr);
-  for (const VersionUpdate::Rows& rows : update->rows) {
-    tables_[rows.table].apply(rows.keys, rows.grads, update->lr);
+  if (!update) return;
+  if (update->apply) {
+    dense_->apply(update->grad, update->lr);
+    if (backups_) backups_->record_dense(update->grad, update->lr);
+    for (const VersionUpdate::Rows& rows : update->rows) {
+      tables_[rows.table].apply(rows.keys, rows.grads, update->lr);
+      if (backups_) backups_->record_rows(rows.table, rows.keys, rows.grads, update->lr);
+    }
   }
+  if (backups_) backups_->ship(base_version, consistency_.version());
 }
 
 SparseTable& Server::Impl::table_for(const Message& m, size_t floats_per_key) {
@@ -658,7 +495,10 @@ void Server::Impl::on_pull_rows(const std::string& identity, const Message& m) {
   r.request_id = m.request_id;
   r.version = consistency_.version();
   r.floats.resize(m.keys.size() * static_cast<size_t>(table.spec().dim));
+  const size_t rows_before = table.rows();
   table.read_rows(m.keys, r.floats);
+  // Rows created by a read change the block layout: the backups replay it.
+  if (backups_ && table.rows() != rows_before) backups_->record_touch(m.table, m.keys);
   reply(identity, m.worker, std::move(r));
 }
 
@@ -682,66 +522,6 @@ void Server::Impl::on_push_rows(const std::string& identity, Message& m) {
   if (admission == Admission::kDropped) r.status = ReplyStatus::kDropped;
   r.version = consistency_.version();
   reply(identity, m.worker, std::move(r));
-}
-
-void Server::Impl::on_set_state(const std::string& identity, const Message& m) {
-  if (!initialised_) throw Refusal("set_state before init: the dense layout is not known yet");
-  const auto& meta = m.state.metadata();
-  auto it = meta.find("version");
-  uint64_t version = 0;
-  if (it == meta.end() ||
-      std::from_chars(it->second.data(), it->second.data() + it->second.size(), version).ec !=
-          std::errc()) {
-    throw Refusal("set_state: metadata 'version' is missing or not a number");
-  }
-  import_shard(m.state, version);
-  logger_.info("ps server {}: state loaded by worker {}; version {}", options_.server, m.worker,
-               version);
-  Message r;
-  r.reply_to = Kind::kSetState;
-  r.request_id = m.request_id;
-  r.version = version;
-  reply(identity, m.worker, std::move(r));
-}
-
-void Server::Impl::import_shard(const StateDict& state, uint64_t version) {
-  if (!state.contains("dense.values")) throw Refusal("set_state: 'dense.values' is missing");
-  // Import into fresh objects; swap only when everything fits.
-  DenseShard dense(dense_->values(), options_.optimizer);
-  dense.import_state(state);
-  std::vector<SparseTable> tables;
-  for (size_t i = 0; i < table_specs_.size(); ++i) {
-    tables.emplace_back(table_specs_[i], static_cast<uint32_t>(i), options_.seed,
-                        options_.optimizer);
-    if (!state.contains("sparse." + table_specs_[i].name + ".keys")) {
-      throw Refusal(fmt::format("set_state: table '{}' is missing", table_specs_[i].name));
-    }
-    tables.back().import_state(state);
-  }
-  dense_.emplace(std::move(dense));
-  tables_ = std::move(tables);
-  consistency_.reset(version);
-}
-
-StateDict Server::Impl::state_dict() const {
-  StateDict out;
-  out.metadata()["version"] = std::to_string(consistency_.version());
-  if (!initialised_) return out;
-  dense_->export_state(out);
-  for (const SparseTable& t : tables_) t.export_state(out);
-  return out;
-}
-
-ServerStats Server::Impl::stats() const {
-  ServerStats s = counters_;
-  s.frames_dropped = socket_->dropped();
-  s.server = options_.server;
-  s.initialised = initialised_;
-  consistency_.fill(s);
-  s.parked_pulls = parked_.size();
-  s.sparse_rows = 0;
-  for (const SparseTable& t : tables_) s.sparse_rows += t.rows();
-  return s;
 }
 
 Server::Server(ServerOptions options, const comm::JobAuth& auth, Logger& logger)

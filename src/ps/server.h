@@ -70,6 +70,7 @@
 #include <optional>
 #include <stop_token>
 #include <string>
+#include <vector>
 
 #include "comm/transport/link_shaper.h"
 #include "comm/wire/auth.h"
@@ -130,6 +131,16 @@ struct ServerOptions {
   // Called on the serving thread each time the version advances (tests and
   // benchmarks: a kill switch at a chosen version). May be empty.
   std::function<void(uint64_t version)> on_version;
+  // Replicated server state (docs/parameter-server.md, "Replicated server
+  // state"; replication.h): R > 0 backup servers hold a copy of this
+  // server's range (the next R in ring order) and it holds one of the R
+  // before it; sync only, R < S. Pulls are answered only once every backup
+  // in step has acknowledged the version; a backup silent past
+  // replica_timeout is logged and no longer waited for. Needs
+  // set_server_endpoints() before run(). 0: no replication.
+  int replicas = 0;
+  std::chrono::milliseconds replica_timeout{10000};
+  std::chrono::milliseconds replica_resend_interval{500};
   // Emulated slow link for the server's socket (tests and benchmarks;
   // comm/transport/link_shaper.h): each reply sleeps until its release time.
   std::optional<comm::LinkShaperOptions> link;
@@ -156,6 +167,11 @@ class Server {
   const std::string& endpoint() const;
   const ServerOptions& options() const;
 
+  // Every server's endpoint, by index (this one's included): where the
+  // backups of this server's range are (options().replicas > 0). Call once,
+  // before run(). UsageError when the count is not num_servers.
+  void set_server_endpoints(std::vector<std::string> endpoints);
+
   // Serves requests until every worker is finished or dead with at least one
   // finished (kFinished), `stop` is requested (kStopped) or `deadline` passes
   // (kDeadline). Parked pulls still waiting are answered with an error.
@@ -165,6 +181,10 @@ class Server {
   // optimizer buffers, sparse rows); a deep copy.
   StateDict state_dict() const;
   ServerStats stats() const;
+  // This server's copy of server `primary`'s state (state_dict()'s layout,
+  // "version" in the metadata; empty when it holds none). Only while run()
+  // is not executing.
+  StateDict replica_state_dict(int primary) const;
 
  private:
   class Impl;

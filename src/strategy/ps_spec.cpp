@@ -45,6 +45,9 @@ struct PsJobOptions {
   int64_t staleness = 2;
   // sync: each version aggregates the first workers - backup_workers pushes.
   int64_t backup_workers = 0;
+  // sync: each server's range is also held by the next `replicas` servers
+  // (ps/replication.h); 0: none.
+  int64_t replicas = 0;
 };
 
 // The endpoint workers should connect to: the bound one, with the host
@@ -95,7 +98,17 @@ class PsSpec final : public StrategySpec {
     table.read("consistency", o_.consistency);
     table.read("staleness", o_.staleness);
     table.read("backup_workers", o_.backup_workers);
+    table.read("replicas", o_.replicas);
     where_ = table.lines();
+    if (o_.replicas < 0 || (o_.replicas > 0 && o_.replicas >= o_.servers)) {
+      throw where_.error("replicas", fmt::format("{} replicas with {} servers: must be in [0, {})",
+                                                 o_.replicas, o_.servers, o_.servers));
+    }
+    if (o_.replicas > 0 && o_.consistency != "sync") {
+      throw where_.error("replicas", fmt::format("replication is synchronous, per version: it "
+                                                 "needs consistency 'sync', not '{}'",
+                                                 o_.consistency));
+    }
     if (o_.servers < 1) {
       throw where_.error("servers", fmt::format("must be at least 1, got {}", o_.servers));
     }
@@ -206,6 +219,8 @@ class PsSpec final : public StrategySpec {
                                        const std::string& endpoint, const std::string& coordinator,
                                        Deadline deadline) const;
   std::optional<ps::ServerRestore> restore_source(const BuildContext& c) const;
+  // The servers' endpoints, by index, from the rendezvous table.
+  std::vector<std::string> server_endpoints(const std::vector<comm::PeerEndpoint>& table) const;
   std::vector<std::string> discover_servers(const BuildContext& c) const;
 
   PsJobOptions o_;
@@ -311,6 +326,8 @@ int PsSpec::serve(const BuildContext& c) const {
   // timeout for its first frame.
   o.join_timeout = c.timeout;
   o.on_version = c.on_server_version;
+  o.replicas = static_cast<int>(o_.replicas);
+  o.replica_timeout = c.heartbeat_timeout;
   const std::vector<std::string> fixed = fixed_endpoints(launch.settings);
   const bool replacement = launch.settings.restart_count > 0;
   std::unique_ptr<comm::RendezvousServer> coordinator;
@@ -326,6 +343,7 @@ int PsSpec::serve(const BuildContext& c) const {
     }
     server = std::make_unique<ps::Server>(o, auth, logger);
     endpoint = server->endpoint();
+    server->set_server_endpoints(fixed);
   } else {
     if (replacement) {
       throw ConfigError(
@@ -341,7 +359,8 @@ int PsSpec::serve(const BuildContext& c) const {
     coordinator = meeting.take_server();
     server = std::make_unique<ps::Server>(o, auth, logger);
     endpoint = advertised(server->endpoint(), launch.settings);
-    meet(c, auth, endpoint, meeting.address(), deadline);
+    server->set_server_endpoints(
+        server_endpoints(meet(c, auth, endpoint, meeting.address(), deadline)));
   }
   logger.info("server {} of {} ({} workers, {}): serving at {}{}", r.index, o_.servers,
               o.num_workers, o_.consistency, endpoint, o.replacement ? " as a replacement" : "");
@@ -359,7 +378,11 @@ std::vector<std::string> PsSpec::discover_servers(const BuildContext& c) const {
   const comm::JobAuth auth(c.job_name, c.launch->settings.job_secret, c.launch->settings.encrypt);
   const Deadline deadline = Deadline::after(c.timeout);
   const comm::CoordinatorMeeting meeting(*c.launch, auth, deadline, *c.logger);
-  const std::vector<comm::PeerEndpoint> table = meet(c, auth, "", meeting.address(), deadline);
+  return server_endpoints(meet(c, auth, "", meeting.address(), deadline));
+}
+
+std::vector<std::string> PsSpec::server_endpoints(
+    const std::vector<comm::PeerEndpoint>& table) const {
   std::vector<std::string> endpoints;
   for (int64_t s = 0; s < o_.servers; ++s) {
     const comm::PeerEndpoint& e = table.at(static_cast<size_t>(s));

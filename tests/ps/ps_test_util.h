@@ -64,6 +64,9 @@ class PsJob {
       servers_.push_back(std::make_unique<Server>(o, auth_, log_.logger()));
       endpoints_.push_back(servers_.back()->endpoint());
     }
+    if (base.replicas > 0) {
+      for (auto& server : servers_) server->set_server_endpoints(endpoints_);
+    }
     for (int s = 0; s < num_servers; ++s) {
       threads_.emplace_back([this, s](std::stop_token stop) {
         results_[static_cast<size_t>(s)] = servers_[static_cast<size_t>(s)]->run(stop);

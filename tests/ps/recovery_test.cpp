@@ -84,10 +84,17 @@ ServerRestore restore_from(const PsState& state) {
 // when `restore` holds.
 class Job {
  public:
-  Job(optim::OptimizerConfig optimizer, std::optional<uint64_t> kill_at, bool restore)
-      : auth_("recovery-test", "s3cret"), optimizer_(optimizer), restore_(restore) {
+  // With `replicas`, each server's range is also held by the other server.
+  Job(optim::OptimizerConfig optimizer, std::optional<uint64_t> kill_at, bool restore,
+      int replicas = 0)
+      : auth_("recovery-test", "s3cret"),
+        optimizer_(optimizer),
+        restore_(restore),
+        replicas_(replicas) {
     for (int s = 0; s < kServers; ++s) {
       endpoints_.push_back("ipc://" + dir_.file("server-" + std::to_string(s)));
+    }
+    for (int s = 0; s < kServers; ++s) {
       std::function<void(uint64_t)> hook;
       if (kill_at && s == kVictim) {
         hook = [at = *kill_at](uint64_t version) {
@@ -157,12 +164,14 @@ class Job {
     o.optimizer = optimizer_;
     o.replacement = replacement;
     o.on_version = std::move(hook);
+    o.replicas = replicas_;
     return o;
   }
 
   void start(int s, ServerOptions o) {
     servers_.push_back(std::make_unique<Server>(std::move(o), auth_, log_.logger()));
     Server* server = servers_.back().get();
+    server->set_server_endpoints(endpoints_);
     threads_.emplace_back([this, server, s](std::stop_token stop) {
       try {
         server->run(stop);
@@ -194,6 +203,7 @@ class Job {
     }
     servers_[s] = std::make_unique<Server>(std::move(o), auth_, log_.logger());
     Server* server = servers_[s].get();
+    server->set_server_endpoints(endpoints_);
     threads_[s] = std::jthread([server](std::stop_token st) { server->run(st); });
     replaced_ = true;
   }
@@ -203,6 +213,7 @@ class Job {
   comm::JobAuth auth_;
   optim::OptimizerConfig optimizer_;
   bool restore_;
+  int replicas_;
   std::vector<std::string> endpoints_;
   std::vector<std::unique_ptr<Server>> servers_;
   std::vector<std::jthread> threads_;
@@ -279,6 +290,33 @@ TEST(PsRecovery, AServerReplacedLongAfterItsCheckpointHasOnlyOlderMomentum) {
   bool differs = false;
   for (size_t i = 18; i < reference.size(); ++i) differs = differs || recovered[i] != reference[i];
   EXPECT_TRUE(differs) << "the replaced range should go on with version 5's momentum";
+}
+
+// With a replica the replacement takes its range from the backup's copy:
+// values, optimizer buffers and all, so even long after the checkpoint
+// nothing is lost and no checkpoint is read.
+void expect_replica_recovery_bit_identical(const optim::OptimizerConfig& optimizer) {
+  const std::vector<float> reference = Job(optimizer, std::nullopt, false).train();
+  Job faulty(optimizer, 9, false, 1);
+  const std::vector<float> recovered = faulty.train();
+  ASSERT_TRUE(faulty.replaced());
+  EXPECT_TRUE(
+      faulty.log().contains("ps server 1: replacement took its shard from its backup's "
+                            "copy"));
+  EXPECT_FALSE(faulty.log().contains("restored its shard from"));
+  ASSERT_EQ(recovered.size(), reference.size());
+  for (size_t i = 0; i < reference.size(); ++i) ASSERT_EQ(recovered[i], reference[i]) << i;
+}
+
+TEST(PsRecovery, AReplacementFromTheLiveReplicaEndsBitIdenticalWithMomentum) {
+  expect_replica_recovery_bit_identical(sgd(0.9f));
+}
+
+TEST(PsRecovery, AReplacementFromTheLiveReplicaEndsBitIdenticalWithAdam) {
+  optim::OptimizerConfig adam;
+  adam.type = "adam";
+  adam.lr = 0.01f;
+  expect_replica_recovery_bit_identical(adam);
 }
 
 TEST(PsRecovery, AReplacementAsksWorkersItHasNotMetToRejoinAndChangesNothing) {

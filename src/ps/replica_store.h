@@ -1,0 +1,66 @@
+// ReplicaStore: the backup side of server replication. A server that backs
+// up other servers' key ranges (the R servers before it in ring order, see
+// replication.h) keeps one copy of each primary's state here and replays the
+// primary's ReplicaUpdates on it in order (replication_messages.h): the same
+// rows created in the same order, the same optimizer steps with the same
+// summed gradients and lr, so the copy stays bit-identical to the primary's
+// own state, optimizer buffers and sparse rows included.
+//
+// A copy starts from a ReplicaState (the primary's whole state) and moves
+// from version v to v' only with an update whose base is v; an update it
+// already has is acknowledged again (a primary resends when an ack is late),
+// anything else is answered kNeedState, and the primary sends its state.
+//
+// Thread safety: none (the serving thread of the server that owns it). Never
+// blocks. Errors: malformed updates (a table index or a gradient size that
+// does not fit the copy) are answered kError and change nothing of that
+// update; a state that does not import is answered kError.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <vector>
+
+#include "optim/optimizer_config.h"
+#include "ps/replication_messages.h"
+#include "ps/shard_store.h"
+#include "tensor/state_dict.h"
+
+namespace dtrain::ps {
+
+class ReplicaStore {
+ public:
+  // `server`: the owner's index (named in its acks); rows and optimizers are
+  // built as the primaries build theirs (the job's seed and optimizer).
+  ReplicaStore(int server, uint64_t seed, optim::OptimizerConfig optimizer);
+
+  ReplicaAck apply(const ReplicaUpdate& update);
+  ReplicaAck load(const ReplicaState& state);
+
+  // Whether a copy of `primary`'s state is held, and at which version.
+  std::optional<uint64_t> version(uint32_t primary) const;
+  // The copy as a ReplicaState (what a replacement of `primary` starts
+  // from); nullopt when none is held.
+  std::optional<ReplicaState> state(uint32_t primary) const;
+  // The copy in Server::state_dict()'s layout ("version" in its metadata);
+  // empty when none is held.
+  StateDict state_dict(uint32_t primary) const;
+
+ private:
+  struct Copy {
+    uint64_t version = 0;
+    std::optional<DenseShard> dense;
+    std::vector<SparseTable> tables;
+  };
+  ReplicaAck ack(uint32_t primary, ReplicaAck::Status status, std::string error = {}) const;
+  // Checks every op against the copy before the first one changes it.
+  static void check_ops(const Copy& copy, const ReplicaUpdate& update);
+
+  int server_;
+  uint64_t seed_;
+  optim::OptimizerConfig optimizer_;
+  std::map<uint32_t, Copy> copies_;
+};
+
+}  // namespace dtrain::ps

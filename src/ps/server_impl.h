@@ -1,0 +1,133 @@
+// Server::Impl, the parameter server's private state and request handlers
+// (server.h holds the contract). The handlers live in three files:
+// server.cpp (the serving loop, dense pulls and pushes, the sync close),
+// server_state.cpp (init, restore, state import and export)
+// and server_replication.cpp (the replication hooks, replication.h).
+// Thread safety: the serving thread only.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+#include <zmq.hpp>
+
+#include "comm/wire/framed_socket.h"
+#include "ps/consistency_state.h"
+#include "ps/replica_store.h"
+#include "ps/replication.h"
+#include "ps/server.h"
+#include "ps/shard_store.h"
+
+namespace dtrain::ps {
+
+using Clock = std::chrono::steady_clock;
+
+class Server::Impl {
+ public:
+  // Validates the options and binds the socket.
+  Impl(ServerOptions options, const comm::JobAuth& auth, Logger& logger);
+
+  ServeResult run(const std::stop_token& stop, Deadline deadline);
+  StateDict state_dict() const;
+  ServerStats stats() const;
+  void set_server_endpoints(std::vector<std::string> endpoints);
+  StateDict replica_state_dict(int primary) const;
+
+  ServerOptions options_;
+  comm::JobAuth auth_;
+  Logger& logger_;
+  zmq::context_t context_{1};
+  std::unique_ptr<comm::wire::FramedSocket> socket_;
+  std::string endpoint_;
+
+ private:
+  struct Parked {
+    std::string identity;
+    uint32_t worker = 0;
+    uint64_t request_id = 0;
+    uint64_t min_version = 0;
+    Clock::time_point until;
+  };
+
+  // A frame that passed the socket's checks: its payload decoded, then handle().
+  void on_frame(const comm::wire::Frame& frame);
+  void handle(const std::string& identity, uint32_t sender, Message& m);
+  void send(const std::string& identity, uint32_t receiver, const Message& m);
+  void serve(const std::string& identity, Message& m);
+  void reply(const std::string& identity, uint32_t worker, Message m);
+  void on_init(const std::string& identity, Message& m);
+  void on_pull(const std::string& identity, const Message& m);
+  // A reply to `m` with `status` and its error text (at the current version).
+  Message status_reply(const Message& m, ReplyStatus status, std::string error) const;
+  // Answers a request of a worker declared dead: kLeftOut.
+  void reply_left_out(const std::string& identity, uint32_t receiver, const Message& m);
+  // A compressed push: its pieces decoded into m.floats, the dense gradient
+  // of this server's range (compressed_push.h); Refusal naming the worker
+  // and the piece when one does not decode.
+  void decode_pieces(Message& m) const;
+  // A dense push (decoded pieces of a compressed one included).
+  void on_push(const std::string& identity, Message& m);
+  void on_pull_rows(const std::string& identity, const Message& m);
+  void on_push_rows(const std::string& identity, Message& m);
+  void on_set_state(const std::string& identity, const Message& m);
+  // A replacement server's first init (from `worker`): its optimizer state,
+  // embedding rows and version from options_.restore, its dense values from
+  // the init. False (logged) when the checkpoint does not fit the init's
+  // layout.
+  bool restore_shard(uint32_t worker);
+  // Imports a per-server state dict (split_state layout) into fresh shard
+  // objects, swapped in only when all of it fits; the version becomes
+  // `version`. Refusal naming what is missing.
+  void import_shard(const StateDict& state, uint64_t version);
+  // A push this incarnation has already taken (the same request id, or an
+  // older one, from the worker's current incarnation): the client sent it
+  // again after losing the connection. Answered, never applied twice.
+  bool repeated_push(const Message& m) const;
+  void report_version();
+  SparseTable& table_for(const Message& m, size_t floats_per_key);
+  bool pull_ready(uint32_t worker, uint64_t min_version) const;
+  void answer_pull(const std::string& identity, uint32_t worker, uint64_t request_id);
+  void serve_parked(Clock::time_point now);
+  // Sync: closes the open version when it is complete and applies its update.
+  void close_version();
+  // Waits at most `wait` for a frame on the socket or a backup's ack.
+  void wait_for_frames(std::chrono::milliseconds wait);
+  // Replication (replication.h): a frame from another server (an update or
+  // a state for this server's ReplicaStore), and the state a backup of this
+  // server's range gets when it needs one.
+  void on_replica_frame(const comm::wire::Frame& frame);
+  ReplicaState replica_state() const;
+  void answer_fetch(const std::string& identity, uint32_t primary);
+  // A replacement with backups: fetches its range's copy from them
+  // (inherited_) before it serves.
+  void inherit_from_backup();
+  // At the replacement's first init: imports inherited_; false (logged) when
+  // it does not fit.
+  bool take_inherited(uint32_t worker);
+  void service_backups(Clock::time_point now);
+
+  ConsistencyState consistency_;
+  std::vector<Parked> parked_;
+  bool initialised_ = false;
+  ShardPlan plan_;
+  std::vector<SparseTableSpec> table_specs_;
+  std::optional<DenseShard> dense_;
+  std::vector<SparseTable> tables_;
+  ServerStats counters_;
+  // Per worker: whether it sent init to this process (a replacement serves
+  // only workers that did), and the request id of its last push taken.
+  std::vector<bool> joined_;
+  std::vector<uint64_t> last_push_id_;
+  uint64_t reported_version_ = 0;
+  Clock::time_point started_ = Clock::now();
+  // The backups of this server's range (replicas > 0, after
+  // set_server_endpoints) and this server's copies of other servers' ranges.
+  std::unique_ptr<BackupChain> backups_;
+  ReplicaStore replica_store_;
+  std::optional<ReplicaState> inherited_;
+};
+
+}  // namespace dtrain::ps
