@@ -109,6 +109,9 @@ struct LaunchOptions {
   std::string coordinator_host = "127.0.0.1";
   // 0: pick a free port on coordinator_host.
   int coordinator_port = 0;
+  // False: the workers meet elsewhere (a per-host agent's workers, in etcd):
+  // no port is picked and no DTRAIN_COORDINATOR is given to them.
+  bool coordinator = true;
   // After SIGTERM, how long workers may take to exit before SIGKILL.
   std::chrono::milliseconds stop_grace{5000};
   // After the last worker was reaped, how long to wait for end-of-file on
