@@ -23,8 +23,10 @@ arrival time.
 
 Usage (from the checkout, after building build/src/cli/dtrain):
   bench/ft/run_etcd_hosts_bench.py [--dtrain build/src/cli/dtrain] [--ttl 2]
-      [--epochs 4] [--phases fault-free,host-killed,etcd-stopped]
-Prints one line per phase and the load average.
+      [--epochs 5] [--repeats 3] [--phases fault-free,host-killed,etcd-stopped]
+      [--logs DIR]
+Prints one line per run, the medians of the host-killed runs and the load
+average before and after.
 """
 import argparse
 import os
@@ -32,6 +34,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -193,7 +196,7 @@ def host_killed(args, job, folder, etcd, reference):
     hosts = start_hosts(args, job, folder, f"etcd://{etcd.endpoint}/killed", HOSTS)
     if hosts[0].wait_for(r"epoch 2 step \d+/", args.limit) is None:
         print("host-killed: training never reached epoch 2\n" + dump(hosts))
-        return
+        return None
     t_kill = time.time()
     hosts[0].kill_group()
     survivors = hosts[1:]
@@ -214,6 +217,7 @@ def host_killed(args, job, folder, etcd, reference):
     print(f"host-killed: exit codes {codes} (survivors, replacement); test accuracy {acc}% "
           f"(fault-free {reference}%, difference "
           + (f"{delta:+.2f} points)" if delta is not None else "n/a)"))
+    return reform_s, (joined - t_repl if joined else None), delta
 
 
 def etcd_stopped(args, job, folder, etcd):
@@ -234,6 +238,18 @@ def etcd_stopped(args, job, folder, etcd):
           f"{reforms}; errors {errors[:3]}")
 
 
+def summarize(runs, ttl):
+    """Medians of the host-killed runs that measured each figure."""
+    names = ["kill -> group of 4 (s)", "replacement -> group of 6 (s)",
+             "accuracy - fault-free (points)"]
+    for i, name in enumerate(names):
+        got = [r[i] for r in runs if r and r[i] is not None]
+        if got:
+            extra = f", {statistics.median(got) / ttl:.2f} x TTL" if i == 0 else ""
+            print(f"host-killed median over {len(got)}/{len(runs)} run(s): {name} "
+                  f"{statistics.median(got):+.2f}{extra}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dtrain", default="build/src/cli/dtrain")
@@ -242,6 +258,7 @@ def main():
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--limit", type=float, default=300, help="bound on each run, seconds")
     p.add_argument("--phases", default="fault-free,host-killed,etcd-stopped")
+    p.add_argument("--repeats", type=int, default=1, help="runs of the host-killed phase")
     p.add_argument("--logs", help="keep each host's log (with arrival times) in this folder")
     args = p.parse_args()
     global LOGS
@@ -260,8 +277,12 @@ def main():
                 PHASE[0] = "fault-free"
                 reference = fault_free(args, job, os.path.join(folder, "ff"), etcd)
             if "host-killed" in phases:
-                PHASE[0] = "host-killed"
-                host_killed(args, job, os.path.join(folder, "killed"), etcd, reference)
+                runs = []
+                for r in range(args.repeats):
+                    PHASE[0] = f"host-killed-{r}"
+                    runs.append(host_killed(args, job, os.path.join(folder, f"killed{r}"), etcd,
+                                            reference))
+                summarize(runs, args.ttl)
             if "etcd-stopped" in phases:
                 PHASE[0] = "etcd-stopped"
                 etcd_stopped(args, job, os.path.join(folder, "outage"), etcd)

@@ -63,18 +63,8 @@ struct StaleStop {
   }
 };
 
-std::string host_address_of(const AgentOptions& agent, const LaunchOptions& base) {
-  if (!agent.host_address.empty()) return agent.host_address;
-  const auto it = base.environment.find("DTRAIN_HOST_ADDRESS");
-  if (it != base.environment.end() && !it->second.empty()) return it->second;
-  return "127.0.0.1";
-}
-
-}  // namespace
-
-LaunchResult run_etcd_agent(const AgentOptions& agent, LaunchOptions base, std::ostream& out,
-                            std::ostream& err, Logger& logger, Deadline deadline) {
-  const comm::RdzvUrl url = comm::parse_rdzv_url(agent.rdzv, "--rdzv");
+// The node bounds; UsageError for bad options or no job secret.
+NodeBounds check_options(const AgentOptions& agent, LaunchOptions& base) {
   const NodeBounds nodes = parse_nnodes(agent.nnodes);
   const int k = agent.nproc_per_node;
   if (k < 1 || static_cast<int64_t>(nodes.max) * k > comm::kMaxWorldSize) {
@@ -91,6 +81,23 @@ LaunchResult run_etcd_agent(const AgentOptions& agent, LaunchOptions base, std::
     throw UsageError(fmt::format("--rdzv-ttl {} s: the lease TTL must be at least 1 s",
                                  agent.lease_ttl.count()));
   }
+  return nodes;
+}
+
+std::string host_address_of(const AgentOptions& agent, const LaunchOptions& base) {
+  if (!agent.host_address.empty()) return agent.host_address;
+  const auto it = base.environment.find("DTRAIN_HOST_ADDRESS");
+  if (it != base.environment.end() && !it->second.empty()) return it->second;
+  return "127.0.0.1";
+}
+
+}  // namespace
+
+LaunchResult run_etcd_agent(const AgentOptions& agent, LaunchOptions base, std::ostream& out,
+                            std::ostream& err, Logger& logger, Deadline deadline) {
+  const comm::RdzvUrl url = comm::parse_rdzv_url(agent.rdzv, "--rdzv");
+  const NodeBounds nodes = check_options(agent, base);
+  const int k = agent.nproc_per_node;
   const std::string host = host_address_of(agent, base);
   const std::string stale = fmt::format(
       "agent of job '{}' was silent past its lease TTL ({} s): the group went on without this "
