@@ -246,8 +246,9 @@ def summarize(runs, ttl):
         got = [r[i] for r in runs if r and r[i] is not None]
         if got:
             extra = f", {statistics.median(got) / ttl:.2f} x TTL" if i == 0 else ""
-            print(f"host-killed median over {len(got)}/{len(runs)} run(s): {name} "
-                  f"{statistics.median(got):+.2f}{extra}")
+            value = statistics.median(got)
+            shown = f"{value:+.2f}" if i == 2 else f"{value:.2f}"
+            print(f"host-killed median over {len(got)}/{len(runs)} run(s): {name} {shown}{extra}")
 
 
 def main():

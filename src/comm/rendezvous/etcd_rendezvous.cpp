@@ -374,7 +374,11 @@ void EtcdElasticRendezvous::renew(std::stop_token stop) {
   EtcdLeaseWatch watch(std::chrono::duration_cast<std::chrono::milliseconds>(options_.lease_ttl));
   std::unique_lock lock(mutex);
   while (!stop.stop_requested()) {
-    const auto call = Deadline::after(std::min(options_.call_timeout, renew_every));
+    // Each call may take up to TTL/2: on a loaded machine a slow reply
+    // does not cost the lease.
+    const auto call = Deadline::after(
+        std::min(options_.call_timeout,
+                 std::chrono::duration_cast<std::chrono::milliseconds>(options_.lease_ttl) / 2));
     try {
       if (keepalive_ && !lease_lost_ && since(renewed) >= renew_every) {
         renewed = Clock::now();
