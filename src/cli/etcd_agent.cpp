@@ -103,12 +103,13 @@ LaunchResult run_etcd_agent(const AgentOptions& agent, LaunchOptions base, std::
       "agent of job '{}' was silent past its lease TTL ({} s): the group went on without this "
       "host; it is left out (LeftOut) and stops its workers",
       url.job_id, agent.lease_ttl.count());
-  auto stale_stop = std::make_shared<StaleStop>();
+  // Declared before `presence`, whose thread calls it: outlives that thread.
+  StaleStop stale_stop;
   AgentPresence presence(
       url, host, agent.lease_ttl,
-      [&logger, stale, stale_stop] {
+      [&logger, &stale_stop, stale] {
         logger.error("{}", stale);
-        stale_stop->stop();
+        stale_stop.stop();
       },
       logger, Deadline(std::min(deadline.at(), Deadline::after(kClaimTimeout).at())));
   const int node = presence.node();
@@ -146,15 +147,15 @@ LaunchResult run_etcd_agent(const AgentOptions& agent, LaunchOptions base, std::
       "{}..{}; group of {}..{} worker(s); lease TTL {} s",
       node, url.job_id, url.endpoint, host, k, node * k, node * k + k - 1, nodes.min * k,
       nodes.max * k, agent.lease_ttl.count());
-  stale_stop->set_running(true);
+  stale_stop.set_running(true);
   LaunchResult result;
   try {
     result = Launcher(std::move(base), out, err, logger).run(deadline);
   } catch (...) {
-    stale_stop->set_running(false);
+    stale_stop.set_running(false);
     throw;
   }
-  stale_stop->set_running(false);
+  stale_stop.set_running(false);
   if (presence.check(Deadline::after(std::chrono::seconds(2)))) {
     result.exit_code = 1;
     result.failure = stale;
