@@ -208,7 +208,17 @@ bool EtcdElasticRendezvous::try_close(const State& state, const std::string& tex
   const int n = static_cast<int>(joined.size());
   const bool member_joined =
       std::any_of(joined.begin(), joined.end(), [](const State::Entry* e) { return e->member; });
-  const bool may = n >= options_.min_workers && (state.gen < 0 || member_joined);
+  // Every alive member of gen joined as new (gen failed while forming, as
+  // it did for them: none holds a state beyond the job's initial one):
+  // there is no member with state to wait for.
+  bool stateless = false;
+  for (int m : state.members) {
+    if (!contains(alive, m)) continue;
+    const State::Entry* e = state.entry(m);
+    stateless = e && !e->member;
+    if (!stateless) break;
+  }
+  const bool may = n >= options_.min_workers && (state.gen < 0 || member_joined || stateless);
   if (!may) {
     round.since.reset();
     return false;

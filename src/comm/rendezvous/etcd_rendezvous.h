@@ -26,7 +26,9 @@
 //     when at least min_workers joined and:
 //       - g = none: max_workers joined, or `settle` passed since it saw
 //         min_workers joined;
-//       - otherwise a member of g joined (new workers alone keep waiting),
+//       - otherwise a member of g joined (new workers alone keep waiting,
+//         unless every alive member of g joined as new: g failed while
+//         forming and none of them holds a state),
 //         and every member of g that is alive (its key exists) and not
 //         reported silent by a joiner has joined, or max_workers joined, or
 //         `settle` passed since it saw the first member of g joined.
