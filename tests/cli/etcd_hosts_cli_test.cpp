@@ -17,7 +17,6 @@
 
 #include <filesystem>
 #include <optional>
-#include <regex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -73,12 +72,12 @@ Host start_host(const testing::TempDir& dir, const std::string& rdzv, const std:
 // The pid of the agent's worker, from its "started 1 worker(s), ...: rank 0
 // (pid N)" line; -1 when absent.
 pid_t worker_pid(const ChildProcess& agent) {
-  std::smatch m;
   const std::string text = agent.output();
-  if (!std::regex_search(text, m, std::regex(R"(started 1 worker\(s\).*\(pid (\d+)\))"))) {
-    return -1;
-  }
-  return static_cast<pid_t>(std::stol(m[1].str()));
+  const size_t line = text.find("started 1 worker(s)");
+  if (line == std::string::npos) return -1;
+  const size_t pid = text.find("(pid ", line);
+  if (pid == std::string::npos) return -1;
+  return static_cast<pid_t>(std::stol(text.substr(pid + 5)));
 }
 
 std::optional<testing::ExitStatus> finish(ChildProcess& agent) {
