@@ -6,11 +6,15 @@
 //   allreduce_bench shm <ranks> <bytes> <reps> [<spin_us> <yield_us>]
 //   allreduce_bench zmq <ranks> <bytes> <reps>
 //   allreduce_bench memcpy 1 <bytes> <reps>
-//   allreduce_bench zmq-tcp|zmq-curve <ranks> <bytes> <reps>
+//   allreduce_bench zmq-tcp|zmq-tcp-nomac|zmq-curve <ranks> <bytes> <reps>
 //
 // zmq-tcp forces tcp (no ipc) with a job secret (every frame MACed, as in a
-// launched job); zmq-curve adds security.encrypt (CURVE on every link,
-// docs/security.md): the two side by side are encryption's cost.
+// launched job); zmq-tcp-nomac is the same without a secret (no MAC: the two
+// side by side are the MAC's cost); zmq-curve adds security.encrypt (CURVE
+// on every link, docs/security.md): beside zmq-tcp, encryption's cost.
+//
+// DTRAIN_BENCH_CHUNK_BYTES overrides the zmq modes' ring chunk
+// (CommunicatorOptions::chunk_bytes), for tuning it.
 //
 // Prints one line "<mode> ranks=<n> bytes=<b> median_us=<t> busbw_gbs=<g>"
 // with bus bandwidth 2(n-1)/n * bytes / time (for memcpy: bytes / time).
@@ -98,8 +102,9 @@ int run_shm_rank(int rank, int ranks, size_t bytes, int reps, const std::string&
   return 0;
 }
 
-// Set by the zmq-tcp and zmq-curve modes.
+// Set by the zmq-tcp, zmq-tcp-nomac and zmq-curve modes.
 bool tcp_only = false;
+bool with_secret = true;
 bool curve = false;
 
 int run_zmq_rank(int rank, int ranks, size_t bytes, int reps, const std::string& job, int port) {
@@ -108,17 +113,21 @@ int run_zmq_rank(int rank, int ranks, size_t bytes, int reps, const std::string&
   options.rank = rank;
   options.world_size = ranks;
   if (tcp_only) options.prefer_ipc = false;
-  const comm::JobAuth auth(job, tcp_only ? "bench secret" : "", curve);
+  const comm::JobAuth auth(job, tcp_only && with_secret ? "bench secret" : "", curve);
   auto transport =
       comm::connect_zmq_transport(options, auth, "127.0.0.1:" + std::to_string(port), rank == 0,
                                   Deadline::after(std::chrono::seconds(60)), Logger::null());
   comm::CommunicatorOptions comm_options;
   comm_options.shm_allreduce = false;
   comm_options.timeout = std::chrono::seconds(60);
+  if (const char* chunk = std::getenv("DTRAIN_BENCH_CHUNK_BYTES")) {
+    comm_options.chunk_bytes = std::strtoull(chunk, nullptr, 10);
+  }
   comm::Communicator comm(*transport, comm_options);
-  time_rank(curve      ? "dtrain-zmq-curve"
-            : tcp_only ? "dtrain-zmq-tcp"
-                       : "dtrain-zmq",
+  time_rank(curve                      ? "dtrain-zmq-curve"
+            : tcp_only && !with_secret ? "dtrain-zmq-tcp-nomac"
+            : tcp_only                 ? "dtrain-zmq-tcp"
+                                       : "dtrain-zmq",
             rank, ranks, bytes, reps,
             [&](std::vector<float>& data) { comm.allreduce(data, comm::ReduceOp::kSum); });
   comm.barrier();  // nobody closes its transport while a peer still needs it
@@ -191,8 +200,9 @@ int main(int argc, char** argv) {
     if (mode == "memcpy") return run_memcpy(bytes, reps);
     if (mode == "shm") return run_forked(run_shm_rank, ranks, bytes, reps);
     if (mode == "zmq") return run_forked(run_zmq_rank, ranks, bytes, reps);
-    if (mode == "zmq-tcp" || mode == "zmq-curve") {
+    if (mode == "zmq-tcp" || mode == "zmq-tcp-nomac" || mode == "zmq-curve") {
       tcp_only = true;
+      with_secret = mode != "zmq-tcp-nomac";
       curve = mode == "zmq-curve";
       return run_forked(run_zmq_rank, ranks, bytes, reps);
     }

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Side-by-side allreduce comparison on this host: dtrain's shared-memory
-# allreduce, dtrain over ZeroMQ (shared memory off), OpenMPI MPI_Allreduce,
-# PyTorch gloo all_reduce (when torch imports) and single-core memcpy as the
-# ceiling, for 2 and 4 processes and 4 KiB .. 64 MiB. Medians over
-# repetitions; bus bandwidth 2(n-1)/n*bytes/time. Prints a Markdown table.
+# Side-by-side allreduce comparison on this host, like with like over tcp:
+# dtrain over ZeroMQ on loopback tcp (no ipc, shared memory off) with a job
+# secret (every frame MACed, as a launched job) and without one, OpenMPI
+# forced onto tcp (--mca btl tcp,self: no shared memory, no vader), PyTorch
+# gloo all_reduce (tcp; when /usr/bin/python3 imports torch); beside them
+# dtrain's shared-memory allreduce and single-core memcpy as the ceiling.
+# 2 and 4 processes, 4 KiB .. 64 MiB. Medians over repetitions; bus
+# bandwidth 2(n-1)/n*bytes/time. Prints a Markdown table, then the load
+# average (the figures of a loaded machine are only comparable within a row).
 #
 # usage: bench/comm/run_allreduce_bench.sh [build-dir] [ranks...]
 #        (default: build, ranks 2 4)
@@ -29,24 +33,28 @@ ratio() { [[ -n "$1" && -n "$2" ]] && awk -v a="$1" -v b="$2" 'BEGIN { printf "%
 cell() { [[ -n "$1" ]] && echo "$1 / $2" || echo "n/a"; }
 size_name() { if (( $1 >= 1 << 20 )); then echo "$(($1 >> 20)) MiB"; else echo "$(($1 >> 10)) KiB"; fi; }
 
-echo "| ranks | size | dtrain-shm µs / GB/s | dtrain-zmq µs / GB/s | OpenMPI µs / GB/s | gloo µs / GB/s | memcpy GB/s | shm/mpi | shm/gloo | zmq/mpi | zmq/gloo |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| ranks | size | dtrain-shm µs / GB/s | dtrain-tcp µs / GB/s | dtrain-tcp-nomac µs / GB/s | OpenMPI-tcp µs / GB/s | gloo µs / GB/s | memcpy GB/s | tcp/mpi | tcp/gloo | nomac/mpi | nomac/gloo |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
 for ranks in "${ranks_list[@]}"; do
   for bytes in 4096 65536 1048576 16777216 67108864; do
     reps=$(reps_for "$bytes")
     shm=$("$bench" shm "$ranks" "$bytes" "$reps" || true)
-    zmq=$("$bench" zmq "$ranks" "$bytes" "$reps" || true)
+    tcp=$("$bench" zmq-tcp "$ranks" "$bytes" "$reps" || true)
+    nomac=$("$bench" zmq-tcp-nomac "$ranks" "$bytes" "$reps" || true)
     mc=$("$bench" memcpy 1 "$bytes" "$reps")
     mpi=""; gloo=""
-    (( have_mpi )) && mpi=$(mpirun -np "$ranks" --oversubscribe "$mpi_bench" "$bytes" "$reps" 2>/dev/null | grep openmpi || true)
+    (( have_mpi )) && mpi=$(mpirun -np "$ranks" --oversubscribe --mca btl tcp,self "$mpi_bench" "$bytes" "$reps" 2>/dev/null | grep openmpi || true)
     (( have_gloo )) && gloo=$(/usr/bin/python3 "$here/gloo_allreduce_bench.py" "$ranks" "$bytes" "$reps" 2>/dev/null | grep gloo || true)
     shm_us=$(echo "$shm" | field median_us); shm_bw=$(echo "$shm" | field busbw_gbs)
-    zmq_us=$(echo "$zmq" | field median_us); zmq_bw=$(echo "$zmq" | field busbw_gbs)
+    tcp_us=$(echo "$tcp" | field median_us); tcp_bw=$(echo "$tcp" | field busbw_gbs)
+    nm_us=$(echo "$nomac" | field median_us); nm_bw=$(echo "$nomac" | field busbw_gbs)
     mpi_us=$(echo "$mpi" | field median_us); mpi_bw=$(echo "$mpi" | field busbw_gbs)
     gl_us=$(echo "$gloo" | field median_us); gl_bw=$(echo "$gloo" | field busbw_gbs)
     mc_bw=$(echo "$mc" | field busbw_gbs)
-    echo "| $ranks | $(size_name "$bytes") | $(cell "$shm_us" "$shm_bw") | $(cell "$zmq_us" "$zmq_bw") | $(cell "$mpi_us" "$mpi_bw") | $(cell "$gl_us" "$gl_bw") | $mc_bw | $(ratio "$shm_us" "$mpi_us") | $(ratio "$shm_us" "$gl_us") | $(ratio "$zmq_us" "$mpi_us") | $(ratio "$zmq_us" "$gl_us") |"
+    echo "| $ranks | $(size_name "$bytes") | $(cell "$shm_us" "$shm_bw") | $(cell "$tcp_us" "$tcp_bw") | $(cell "$nm_us" "$nm_bw") | $(cell "$mpi_us" "$mpi_bw") | $(cell "$gl_us" "$gl_bw") | $mc_bw | $(ratio "$tcp_us" "$mpi_us") | $(ratio "$tcp_us" "$gl_us") | $(ratio "$nm_us" "$mpi_us") | $(ratio "$nm_us" "$gl_us") |"
   done
 done
 echo
-echo "Ratios are speed-ups: shm/mpi = OpenMPI time / dtrain-shm time (> 1: dtrain faster)."
+echo "Ratios are speed-ups: tcp/mpi = OpenMPI-tcp time / dtrain-tcp time (> 1: dtrain faster);"
+echo "nomac: dtrain over tcp without a job secret (OpenMPI and gloo authenticate nothing)."
+echo "Load average: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores."

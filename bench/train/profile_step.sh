@@ -27,7 +27,7 @@ perf report -i "$work/perf.data" --no-children --sort symbol --stdio 2>/dev/null
       if (s ~ /StridedRows/) return "conv input-gradient GEMM (own kernel)";
       if (s ~ /small_m|long_k/) return "conv1 forward and weight-gradient GEMM (own kernels)";
       if (s ~ /sgemm|cblas|blas/) return "OpenBLAS GEMM (conv and linear)";
-      if (s ~ /pool/) return "max pooling (forward, backward)";
+      if (s ~ /pool/) return "max pooling, with the fused ReLU (forward, backward)";
       if (s ~ /relu/) return "ReLU (forward, backward)";
       if (s ~ /ops::sum|linear_forward|add_bias|sum_rows/) return "bias (forward, gradient)";
       if (s ~ /softmax|cross_entropy|nll/) return "softmax and loss";

@@ -252,23 +252,39 @@ Variable conv2d(const Variable& x, const Variable& weight, const Variable& bias,
   return stride == 1 ? conv2d_implicit(x, weight, bias, g) : conv2d_unfolded(x, weight, bias, g);
 }
 
+namespace {
+
 // x [N, C, H, W] -> y [N, C, OH, OW]; the argmax of each window is saved
-// and the backward pass routes gy there.
-Variable max_pool2d(const Variable& x, int64_t kernel, int64_t stride, int64_t padding) {
-  if (!x.defined()) throw UsageError("max_pool2d: the input is undefined");
-  const ops::Conv2dGeometry g = pool_geometry(x.data(), kernel, stride, padding, "max_pool2d");
+// and the backward pass routes gy there. With `after_relu`, y = max(relu(x))
+// in the same pass: windows whose maximum is not positive output 0 and route
+// no gradient (argmax -1), which is what a ReLU's mask would do.
+Variable max_pool2d_impl(const Variable& x, int64_t kernel, int64_t stride, int64_t padding,
+                         bool after_relu, const char* what) {
+  if (!x.defined()) throw UsageError(fmt::format("{}: the input is undefined", what));
+  const ops::Conv2dGeometry g = pool_geometry(x.data(), kernel, stride, padding, what);
   const int64_t planes = g.n * g.c;
   Tensor y = Tensor::empty({g.n, g.c, g.oh, g.ow});
   std::vector<int32_t> argmax(static_cast<size_t>(y.numel()));
   ops::max_pool2d_forward(x.data().data(), planes, g, y.data(), argmax.data());
+  if (after_relu) ops::relu_after_max_pool(y.data(), argmax.data(), y.numel());
   if (!needs_graph({&x})) return Variable(std::move(y));
   return record(
-      "max_pool2d", {&x}, std::move(y),
+      what, {&x}, std::move(y),
       [g, planes, argmax = std::move(argmax)](const Tensor& gy, std::span<InputGrad> grads) {
         Tensor gx = Tensor::empty({g.n, g.c, g.h, g.w});
         ops::max_pool2d_backward(gy.data(), argmax.data(), planes, g, gx.data());
         grads[0].set(std::move(gx));
       });
+}
+
+}  // namespace
+
+Variable max_pool2d(const Variable& x, int64_t kernel, int64_t stride, int64_t padding) {
+  return max_pool2d_impl(x, kernel, stride, padding, false, "max_pool2d");
+}
+
+Variable relu_max_pool2d(const Variable& x, int64_t kernel, int64_t stride, int64_t padding) {
+  return max_pool2d_impl(x, kernel, stride, padding, true, "relu_max_pool2d");
 }
 
 // x [N, C, H, W] -> y [N, C, OH, OW]; each gy spreads evenly over its window.

@@ -271,36 +271,59 @@ Variable matmul(const Variable& a, const Variable& b) {
                 });
 }
 
-// x [N, I], weight [O, I], bias [O] -> y [N, O] = x w^T + b.
-// gx = gy w, gw = gy^T x, gb = column sums of gy.
-Variable linear(const Variable& x, const Variable& weight, const Variable& bias) {
-  const Tensor& in = defined_data(x, "linear", "input");
-  const Tensor& w = defined_data(weight, "linear", "weight");
+namespace {
+
+// x [N, I], weight [O, I], bias [O] -> y [N, O] = x w^T + b, and with
+// `relu` y = relu(x w^T + b) (clamped in place, y kept for the mask).
+// gx = gy' w, gw = gy'^T x, gb = column sums of gy', where gy' = gy, or gy
+// masked by y > 0 with `relu`.
+Variable linear_impl(const Variable& x, const Variable& weight, const Variable& bias, bool relu,
+                     const char* what) {
+  const Tensor& in = defined_data(x, what, "input");
+  const Tensor& w = defined_data(weight, what, "weight");
   if (in.dim() != 2 || w.dim() != 2 || in.size(1) != w.size(1)) {
-    throw UsageError(fmt::format("linear: input {} does not match weight {}", shape_str(in.shape()),
-                                 shape_str(w.shape())));
+    throw UsageError(fmt::format("{}: input {} does not match weight {}", what,
+                                 shape_str(in.shape()), shape_str(w.shape())));
   }
   const int64_t n = in.size(0), in_features = in.size(1), out_features = w.size(0);
   if (bias.defined() && bias.data().shape() != Shape{out_features}) {
-    throw UsageError(fmt::format("linear: bias {} does not match weight {} (expected ({},))",
+    throw UsageError(fmt::format("{}: bias {} does not match weight {} (expected ({},))", what,
                                  shape_str(bias.data().shape()), shape_str(w.shape()),
                                  out_features));
   }
   Tensor out = Tensor::empty({n, out_features});
   ops::linear_forward(in.data(), w.data(), bias.defined() ? bias.data().data() : nullptr,
                       out.data(), n, in_features, out_features);
+  if (relu) ops::relu(out.data(), out.data(), out.numel());
   if (!needs_graph({&x, &weight, &bias})) return Variable(std::move(out));
-  return record("linear", {&x, &weight, &bias}, std::move(out),
-                [in, w, n, in_features, out_features](const Tensor& gy, std::span<InputGrad> g) {
+  Tensor y = relu ? out : Tensor();
+  return record(what, {&x, &weight, &bias}, std::move(out),
+                [in, w, y, n, in_features, out_features](const Tensor& gy, std::span<InputGrad> g) {
+                  Tensor masked;
+                  if (y.defined()) {
+                    masked = Tensor::empty(y.shape());
+                    ops::relu_backward(gy.data(), y.data(), masked.data(), y.numel());
+                  }
+                  const Tensor& gz = y.defined() ? masked : gy;
                   Tensor gx = g[0].needed ? Tensor::empty(in.shape()) : Tensor();
                   Tensor gw = g[1].needed ? Tensor::empty(w.shape()) : Tensor();
                   Tensor gb = g[2].needed ? Tensor::empty({out_features}) : Tensor();
-                  ops::linear_backward(gy.data(), in.data(), w.data(), gx.data(), gw.data(),
+                  ops::linear_backward(gz.data(), in.data(), w.data(), gx.data(), gw.data(),
                                        gb.data(), n, in_features, out_features);
                   if (g[0].needed) g[0].set(std::move(gx));
                   if (g[1].needed) g[1].set(std::move(gw));
                   if (g[2].needed) g[2].set(std::move(gb));
                 });
+}
+
+}  // namespace
+
+Variable linear(const Variable& x, const Variable& weight, const Variable& bias) {
+  return linear_impl(x, weight, bias, false, "linear");
+}
+
+Variable linear_relu(const Variable& x, const Variable& weight, const Variable& bias) {
+  return linear_impl(x, weight, bias, true, "linear_relu");
 }
 
 // ---- activations ----

@@ -42,6 +42,10 @@ inline Variable operator-(const Variable& a) { return neg(a); }
 Variable matmul(const Variable& a, const Variable& b);
 // y = x w^T + b: x [N, I], weight [O, I], bias [O] or undefined -> [N, O].
 Variable linear(const Variable& x, const Variable& weight, const Variable& bias);
+// relu(linear(x, weight, bias)): the ReLU applied to the product in place and
+// its mask folded into the backward pass, with the same output and gradient
+// bits. nn::Sequential uses it for Linear + ReLU.
+Variable linear_relu(const Variable& x, const Variable& weight, const Variable& bias);
 
 // ---- activations ----
 Variable relu(const Variable& x);
@@ -72,6 +76,10 @@ Variable flatten(const Variable& x);
 Variable conv2d(const Variable& x, const Variable& weight, const Variable& bias, int64_t stride,
                 int64_t padding);
 Variable max_pool2d(const Variable& x, int64_t kernel, int64_t stride, int64_t padding = 0);
+// max_pool2d(relu(x), ...) in one pass over x, with the same output and
+// gradient bits (max and ReLU commute; a window whose maximum is not
+// positive routes no gradient). nn::Sequential uses it for ReLU + MaxPool2d.
+Variable relu_max_pool2d(const Variable& x, int64_t kernel, int64_t stride, int64_t padding = 0);
 Variable avg_pool2d(const Variable& x, int64_t kernel, int64_t stride, int64_t padding = 0);
 
 // ---- normalisation ----

@@ -73,7 +73,7 @@ train::JobConfig read_job(const TrainOptions& options, Logger& logger) {
   if (options.max_restarts) job.train.max_restarts = *options.max_restarts;
   if (options.elastic) job.train.elastic = *options.elastic;
   if (options.min_workers) job.train.min_workers = *options.min_workers;
-  if (options.rdzv) job.train.elastic = true;
+  if (options.rdzv && !options.elastic) job.train.elastic = true;  // --no-elastic: restart mode
   return job;
 }
 
@@ -96,13 +96,25 @@ std::string command_line(const std::vector<std::string>& argv) {
   return line;
 }
 
-// This host's agent of an etcd job (cli/etcd_agent.h); it holds the output
-// lock, its workers write there when one is rank 0 of its generation.
+// This host's agent of an etcd job (cli/etcd_agent.h); in elastic mode it
+// holds the output lock, its workers write there when one is rank 0 of its
+// generation; in restart mode rank 0's worker takes the lock of the shared folder.
 int run_agent(const TrainOptions& options, const train::JobConfig& job,
               std::chrono::system_clock::time_point started, Logger& logger, std::ostream& out) {
-  const io::OutputLock lock = io::OutputLock::acquire(
-      job.output, io::this_process_record(command_line(options.argv), started), logger);
+  // Restart mode: the output folder is shared by the hosts; rank 0's worker holds its lock.
+  std::optional<io::OutputLock> lock;
+  if (job.train.elastic) {
+    lock.emplace(io::OutputLock::acquire(
+        job.output, io::this_process_record(command_line(options.argv), started), logger));
+  }
   AgentOptions agent;
+  agent.restart = !job.train.elastic;
+  if (agent.restart && job.train.max_restarts > 0 && !job.resume) {
+    throw UsageError(fmt::format(
+        "--rdzv --no-elastic: {} restarts need job.resume = true (drop --no-resume): a restart "
+        "would otherwise train from scratch",
+        job.train.max_restarts));
+  }
   agent.rdzv = *options.rdzv;
   agent.nnodes = options.nnodes;
   agent.nproc_per_node = options.nproc_per_node;
@@ -112,7 +124,7 @@ int run_agent(const TrainOptions& options, const train::JobConfig& job,
   LaunchOptions l;
   l.argv = options.argv;
   l.environment = options.environment;
-  l.environment["DTRAIN_OUTPUT_LOCKED"] = "1";
+  if (job.train.elastic) l.environment["DTRAIN_OUTPUT_LOCKED"] = "1";
   if (job.security.encrypt) l.environment["DTRAIN_ENCRYPT"] = "1";
   if (!job.security.key_file.empty()) l.environment["DTRAIN_KEY_FILE"] = job.security.key_file;
   return run_etcd_agent(agent, std::move(l), out, std::cerr, logger, Deadline::never()).exit_code;

@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "cli/etcd_agent_presence.h"
+#include "cli/etcd_restart_agent.h"
 #include "comm/rendezvous/launch_env.h"
 #include "core/error.h"
 
@@ -113,6 +114,10 @@ LaunchResult run_etcd_agent(const AgentOptions& agent, LaunchOptions base, std::
       },
       logger, Deadline(std::min(deadline.at(), Deadline::after(kClaimTimeout).at())));
   const int node = presence.node();
+  if (agent.restart) {
+    return run_etcd_restart_agent(agent, node, nodes.min, nodes.max, std::move(base), out, err,
+                                  logger, deadline);
+  }
   base.workers = k;
   base.coordinator = false;
   base.environment["DTRAIN_LISTEN_HOST"] = host;

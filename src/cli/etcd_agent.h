@@ -44,7 +44,9 @@ struct AgentOptions {
   std::string rdzv;    // etcd://HOST:PORT/JOB_ID
   std::string nnodes;  // "MIN:MAX" or "N"
   int nproc_per_node = 1;
-  int max_restarts = 0;  // replacements of failed local workers
+  int max_restarts = 0;  // replacements of failed local workers (restart mode: group restarts)
+  // Restart mode (cli/etcd_restart_agent.h) instead of elastic.
+  bool restart = false;
   // This host's address: its workers bind it and the other hosts' workers
   // reach them there (DTRAIN_LISTEN_HOST / DTRAIN_ADVERTISE_HOST). Empty:
   // DTRAIN_HOST_ADDRESS of `base.environment`, else 127.0.0.1.

@@ -48,8 +48,9 @@ using process::WorkerSet;
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
-// A port that is free on `host` now: bound to port 0, read back, released.
-// Nothing listened on it, so it is immediately bindable again (no TIME_WAIT).
+}  // namespace
+
+// Nothing listened on the port, so it is immediately bindable again (no TIME_WAIT).
 int pick_free_port(const std::string& host) {
   sockaddr_in address{};
   address.sin_family = AF_INET;
@@ -68,8 +69,6 @@ int pick_free_port(const std::string& host) {
   }
   return ntohs(address.sin_port);
 }
-
-}  // namespace
 
 std::string WorkerExit::describe() const {
   if (exited) return fmt::format("exited with code {}", code);
@@ -105,6 +104,13 @@ Launcher::Launcher(LaunchOptions options, std::ostream& out, std::ostream& err, 
         options_.elastic->essential_slots, options_.elastic->min_workers,
         options_.workers - options_.elastic->first_worker_slot, options_.elastic->max_restarts));
   }
+  const bool placed = options_.first_rank != 0 || options_.world_size != 0;
+  if (placed && (options_.first_rank < 0 || options_.elastic ||
+                 options_.first_rank + options_.workers > options_.world_size)) {
+    throw UsageError(fmt::format(
+        "launcher: ranks {}..{} must fit a world of {} workers, without elastic mode",
+        options_.first_rank, options_.first_rank + options_.workers - 1, options_.world_size));
+  }
   if (options_.coordinator_port < 0 || options_.coordinator_port > 65535) {
     throw UsageError(fmt::format("launcher: coordinator port {} is outside 0..65535",
                                  options_.coordinator_port));
@@ -115,7 +121,8 @@ LaunchResult Launcher::run(Deadline deadline) {
   const auto started = Clock::now();
   LaunchResult result;
   std::map<std::string, std::string> environment = options_.environment;
-  environment["DTRAIN_WORLD_SIZE"] = std::to_string(options_.workers);
+  environment["DTRAIN_WORLD_SIZE"] =
+      std::to_string(options_.world_size != 0 ? options_.world_size : options_.workers);
   if (options_.coordinator) {
     const int port = options_.coordinator_port != 0 ? options_.coordinator_port
                                                     : pick_free_port(options_.coordinator_host);
@@ -136,7 +143,7 @@ LaunchResult Launcher::run(Deadline deadline) {
   SignalForwarding signals;  // before the first fork: a signal can only arrive once it is caught
   WorkerSet workers;         // declared after `signals`: reaped before the handlers go
   auto start = [&](int rank) {
-    environment["DTRAIN_RANK"] = std::to_string(rank);
+    environment["DTRAIN_RANK"] = std::to_string(options_.first_rank + rank);
     environment["DTRAIN_LOCAL_RANK"] = std::to_string(rank);
     if (options_.elastic) {
       int& started = started_per_slot[static_cast<size_t>(rank)];

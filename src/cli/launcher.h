@@ -112,6 +112,12 @@ struct LaunchOptions {
   // False: the workers meet elsewhere (a per-host agent's workers, in etcd):
   // no port is picked and no DTRAIN_COORDINATOR is given to them.
   bool coordinator = true;
+  // Several launchers form one job (the etcd agent's restart mode,
+  // cli/etcd_restart_agent.h): this one's workers get DTRAIN_RANK
+  // first_rank + r (DTRAIN_LOCAL_RANK stays r) and DTRAIN_WORLD_SIZE
+  // world_size (0: workers). Not with `elastic`.
+  int first_rank = 0;
+  int world_size = 0;
   // After SIGTERM, how long workers may take to exit before SIGKILL.
   std::chrono::milliseconds stop_grace{5000};
   // After the last worker was reaped, how long to wait for end-of-file on
@@ -265,6 +271,11 @@ std::optional<FailureReport> read_failure_report(const std::string& status_dir, 
 // The signal the launcher sends a worker that still runs after the job
 // finished training without it; a dtrain worker exits 0 on it with one line.
 inline constexpr int kJobFinishedSignal = SIGUSR1;
+
+// A TCP port free on `host` (an IPv4 address) now: bound to port 0, read
+// back and released, so that the process told to listen there can bind it.
+// Throws UsageError for a host that is not IPv4, std::system_error.
+int pick_free_port(const std::string& host);
 
 // 32 random bytes (libsodium) as 64 hex digits: a fresh job secret.
 std::string random_job_secret();

@@ -77,6 +77,7 @@ struct TrainFlags {
   bool resume = false;
   bool no_resume = false;
   bool elastic = false;
+  bool no_elastic = false;
   bool insecure = false;
 };
 
@@ -144,6 +145,12 @@ CLI::App* add_train_command(CLI::App& app, dtrain::cli::TrainOptions& train, Tra
   train_cmd->add_flag("--elastic", flags.elastic,
                       "With --workers N: when a worker fails the others continue without a "
                       "restart, and a new worker (--max-restarts) joins at a step boundary");
+  train_cmd
+      ->add_flag("--no-elastic", flags.no_elastic,
+                 "Restart mode even if the job says train.elastic; with --rdzv (elastic by "
+                 "default): every failure stops the whole group, which restarts from the newest "
+                 "checkpoint in the shared output folder (--max-restarts times)")
+      ->excludes("--elastic");
   train_cmd
       ->add_option("--min-workers", train.min_workers,
                    "With --elastic or --strategy ps: stop the job once fewer workers run "
@@ -275,6 +282,7 @@ CLI::App* add_fl_command(CLI::App& app, dtrain::cli::FlCommandOptions& fl, FlFla
 int train(dtrain::cli::TrainOptions& train, const TrainFlags& flags, int argc, char** argv) {
   if (flags.resume || flags.no_resume) train.resume = flags.resume;
   if (flags.elastic) train.elastic = true;
+  if (flags.no_elastic) train.elastic = false;
   train.environment = dtrain::cli::current_environment();
   if (flags.insecure) train.environment["DTRAIN_INSECURE"] = "1";
   train.argv.assign(argv, argv + argc);

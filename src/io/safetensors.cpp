@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 #include <span>
+#include <utility>
 
 #include "core/byte_codec.h"
 #include "io/atomic_file.h"
@@ -148,7 +149,12 @@ std::string encode_safetensors(const StateDict& dict) {
   return out;
 }
 
-StateDict decode_safetensors(std::string_view bytes, const std::string& source) {
+namespace {
+
+// The header's JSON and the data section after it; DataError (fail) when
+// the length field or the JSON is malformed or a top-level name repeats.
+std::pair<nlohmann::json, std::string_view> split_header(std::string_view bytes,
+                                                         const std::string& source) {
   if (bytes.size() < 8) {
     fail(source,
          fmt::format("file is {} bytes, shorter than the 8-byte header length", bytes.size()));
@@ -166,7 +172,6 @@ StateDict decode_safetensors(std::string_view bytes, const std::string& source) 
                              header_length, bytes.size() - 8));
   }
   const std::string_view header_text = bytes.substr(8, header_length);
-  const std::string_view data = bytes.substr(8 + header_length);
 
   // Reject duplicate top-level names, which JSON parsers silently merge.
   std::set<std::string> names;
@@ -188,23 +193,13 @@ StateDict decode_safetensors(std::string_view bytes, const std::string& source) 
   if (!duplicate.empty()) fail(source, fmt::format("header names '{}' twice", duplicate));
   if (!header.is_object()) fail(source, "header is not a JSON object");
 
-  StateDict dict;
-  std::vector<TensorEntry> entries;
-  for (const auto& [key, value] : header.items()) {
-    if (key == kMetadataKey) {
-      if (!value.is_object()) fail(source, "'__metadata__' is not a JSON object");
-      for (const auto& [meta_key, meta_value] : value.items()) {
-        if (!meta_value.is_string()) {
-          fail(source, fmt::format("metadata '{}' is {}, expected a string", meta_key,
-                                   meta_value.type_name()));
-        }
-        dict.metadata()[meta_key] = meta_value.get<std::string>();
-      }
-      continue;
-    }
-    entries.push_back(parse_entry(source, key, value));
-  }
+  return {std::move(header), bytes.substr(8 + header_length)};
+}
 
+// Sorts `entries` by offset and checks that they tile `data` exactly, each
+// holding its shape's F32 bytes.
+void check_layout(std::vector<TensorEntry>& entries, std::string_view data,
+                  const std::string& source) {
   std::sort(entries.begin(), entries.end(), [](const TensorEntry& a, const TensorEntry& b) {
     return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
   });
@@ -234,7 +229,30 @@ StateDict decode_safetensors(std::string_view bytes, const std::string& source) 
     fail(source, fmt::format("tensors cover {} bytes of data, but the data section holds {}",
                              expected_begin, data.size()));
   }
+}
 
+}  // namespace
+
+StateDict decode_safetensors(std::string_view bytes, const std::string& source) {
+  auto [header, data] = split_header(bytes, source);
+  StateDict dict;
+  std::vector<TensorEntry> entries;
+  for (const auto& [key, value] : header.items()) {
+    if (key == kMetadataKey) {
+      if (!value.is_object()) fail(source, "'__metadata__' is not a JSON object");
+      for (const auto& [meta_key, meta_value] : value.items()) {
+        if (!meta_value.is_string()) {
+          fail(source, fmt::format("metadata '{}' is {}, expected a string", meta_key,
+                                   meta_value.type_name()));
+        }
+        dict.metadata()[meta_key] = meta_value.get<std::string>();
+      }
+      continue;
+    }
+    entries.push_back(parse_entry(source, key, value));
+  }
+
+  check_layout(entries, data, source);
   for (const TensorEntry& entry : entries) {
     Tensor tensor = Tensor::empty(entry.shape);
     std::memcpy(tensor.data(), data.data() + entry.begin, entry.end - entry.begin);

@@ -38,4 +38,9 @@ Variable Linear::forward(const Variable& input) {
   return linear(input, weight_, bias_);
 }
 
+Variable Linear::forward_relu(const Variable& input) {
+  output_shape(input.shape());
+  return linear_relu(input, weight_, bias_);
+}
+
 }  // namespace dtrain::nn

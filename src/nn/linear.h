@@ -21,6 +21,9 @@ class Linear : public Module {
   Linear(int64_t in_features, int64_t out_features, Rng& rng, bool bias = true);
 
   Variable forward(const Variable& input) override;
+  // relu(forward(input)) as one fused function (dtrain::linear_relu), the
+  // same bits; Sequential calls it for a Linear followed by a ReLU.
+  Variable forward_relu(const Variable& input);
   Shape output_shape(const Shape& input) const override;
 
   int64_t in_features() const { return in_features_; }

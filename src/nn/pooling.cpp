@@ -37,6 +37,11 @@ Variable MaxPool2d::forward(const Variable& input) {
   return max_pool2d(input, kernel_, stride_, padding_);
 }
 
+Variable MaxPool2d::forward_after_relu(const Variable& input) {
+  output_shape(input.shape());
+  return relu_max_pool2d(input, kernel_, stride_, padding_);
+}
+
 Variable AvgPool2d::forward(const Variable& input) {
   output_shape(input.shape());
   return avg_pool2d(input, kernel_, stride_, padding_);

@@ -36,6 +36,9 @@ class MaxPool2d : public Pool2d {
   explicit MaxPool2d(int64_t kernel, int64_t stride = 0, int64_t padding = 0)
       : Pool2d("max_pool2d", kernel, stride, padding) {}
   Variable forward(const Variable& input) override;
+  // forward(relu(input)) as one fused function (dtrain::relu_max_pool2d),
+  // the same bits; Sequential calls it for a ReLU followed by a MaxPool2d.
+  Variable forward_after_relu(const Variable& input);
 };
 
 class AvgPool2d : public Pool2d {

@@ -2,6 +2,10 @@
 
 #include <fmt/format.h>
 
+#include "nn/activation.h"
+#include "nn/linear.h"
+#include "nn/pooling.h"
+
 namespace dtrain::nn {
 
 Module& Sequential::operator[](size_t index) const {
@@ -11,10 +15,42 @@ Module& Sequential::operator[](size_t index) const {
   return *layers_[index];
 }
 
+namespace {
+
+bool is_relu(const Module* m) { return dynamic_cast<const ReLU*>(m) != nullptr; }
+
+}  // namespace
+
+void Sequential::plan_steps() {
+  steps_.clear();
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const bool has_next = i + 1 < layers_.size();
+    const bool fused =
+        has_next &&
+        ((dynamic_cast<const Linear*>(layers_[i]) != nullptr && is_relu(layers_[i + 1])) ||
+         (is_relu(layers_[i]) && dynamic_cast<const MaxPool2d*>(layers_[i + 1]) != nullptr));
+    steps_.push_back({i, fused});
+    if (fused) ++i;
+  }
+  planned_layers_ = layers_.size();
+}
+
+Variable Sequential::run_step(const Step& step, const Variable& x) const {
+  Module* layer = layers_[step.first];
+  if (!step.fused) return layer->forward(x);
+  if (auto* linear = dynamic_cast<Linear*>(layer)) return linear->forward_relu(x);
+  return static_cast<MaxPool2d*>(layers_[step.first + 1])->forward_after_relu(x);
+}
+
 Variable Sequential::forward(const Variable& input) {
   Variable x = input;
   if (trace_ == nullptr || trace_names_.size() != layers_.size()) {
-    for (Module* layer : layers_) x = layer->forward(x);
+    if (!fusion_) {
+      for (Module* layer : layers_) x = layer->forward(x);
+      return x;
+    }
+    if (planned_layers_ != layers_.size()) plan_steps();
+    for (const Step& step : steps_) x = run_step(step, x);
     return x;
   }
   for (size_t i = 0; i < layers_.size(); ++i) {
@@ -31,6 +67,13 @@ void Sequential::set_trace(TraceSink* trace) {
   for (Module* layer : layers_) trace_names_.push_back(layer->label());
   for (Module* layer : layers_) {
     if (auto* nested = dynamic_cast<Sequential*>(layer)) nested->set_trace(trace);
+  }
+}
+
+void Sequential::set_fusion(bool enabled) {
+  fusion_ = enabled;
+  for (Module* layer : layers_) {
+    if (auto* nested = dynamic_cast<Sequential*>(layer)) nested->set_fusion(enabled);
   }
 }
 

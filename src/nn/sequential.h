@@ -6,6 +6,11 @@
 // output_shape() chains the children's output_shape(), so a whole model can
 // be checked against an input shape before training; the first child that
 // cannot take its input throws, naming itself.
+// Fusion: forward() runs two adjacent layers as one function where that
+// saves a pass over memory and gives the same bits: Linear then ReLU
+// (dtrain::linear_relu) and ReLU then MaxPool2d (dtrain::relu_max_pool2d).
+// A traced forward (set_trace) runs layer by layer, so that every layer gets
+// its span; set_fusion(false) does so always.
 // Ownership: the Sequential owns its children; add() returns a reference that
 // stays valid while the Sequential lives.
 // Thread safety and errors: see module.h.
@@ -44,10 +49,24 @@ class Sequential : public Module {
   // into `trace` (core/trace.h), or nothing when null. `trace` must outlive
   // this module or be reset first. Applies to nested Sequentials too.
   void set_trace(TraceSink* trace);
+  // On by default; applies to nested Sequentials too.
+  void set_fusion(bool enabled);
   Shape output_shape(const Shape& input) const override;
 
  private:
+  // One call of forward(): layers_[first], or with `fused` layers_[first]
+  // and layers_[first + 1] as one function.
+  struct Step {
+    size_t first = 0;
+    bool fused = false;
+  };
+  void plan_steps();
+  Variable run_step(const Step& step, const Variable& x) const;
+
   std::vector<Module*> layers_;  // owned by Module's children
+  std::vector<Step> steps_;      // the fused plan of layers_, rebuilt when layers_ grows
+  size_t planned_layers_ = 0;
+  bool fusion_ = true;
   TraceSink* trace_ = nullptr;
   std::vector<std::string> trace_names_;  // per layer: its label() ("linear 'fc1'")
 };

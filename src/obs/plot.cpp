@@ -79,8 +79,18 @@ void stroke_line(cairo_t* cr, double x0, double y0, double x1, double y1, Rgb c,
   cairo_stroke(cr);
 }
 
-void draw_panel(Figure& figure, const Rect& area, const Panel& panel) {
-  cairo_t* cr = figure.cairo();
+// A panel's plot area and its two axes: data coordinates to pixels. `empty`:
+// no series has a usable point (the axes then span 0..1).
+struct PanelView {
+  Rect area;
+  Axis ax, ay;
+  bool empty;
+  double x(double v) const { return area.x + ax.fraction(v) * area.width; }
+  double y(double v) const { return area.y + area.height - ay.fraction(v) * area.height; }
+};
+
+// The axes over the usable points of every series.
+PanelView panel_view(const Rect& area, const Panel& panel) {
   double x_min = std::numeric_limits<double>::infinity(), x_max = -x_min;
   double y_min = x_min, y_max = -x_min;
   for (const Series& s : panel.series) {
@@ -94,22 +104,27 @@ void draw_panel(Figure& figure, const Rect& area, const Panel& panel) {
   }
   const bool empty = !(x_min <= x_max);
   if (empty) x_min = 0, x_max = 1, y_min = 0, y_max = 1;
-  const Axis ax = Axis::make(x_min, x_max, false);
-  const Axis ay = Axis::make(y_min, y_max, panel.log_y && !empty);
-  auto px = [&](double v) { return area.x + ax.fraction(v) * area.width; };
-  auto py = [&](double v) { return area.y + area.height - ay.fraction(v) * area.height; };
+  return {area, Axis::make(x_min, x_max, false), Axis::make(y_min, y_max, panel.log_y && !empty),
+          empty};
+}
 
+// The title, grid, tick labels, axis labels and frame; false (after writing
+// "no data") when there is nothing to draw.
+bool draw_frame(Figure& figure, const Panel& panel, const PanelView& view) {
+  cairo_t* cr = figure.cairo();
+  const Rect& area = view.area;
+  const bool empty = view.empty;
   figure.text(panel.title, area.x + area.width / 2, area.y - 10, 13, Align::kCenter, false, kInk,
               true);
-  for (size_t i = 0; i < ax.ticks.size(); ++i) {
-    const double x = px(ax.ticks[i]);
+  for (size_t i = 0; i < view.ax.ticks.size(); ++i) {
+    const double x = view.x(view.ax.ticks[i]);
     stroke_line(cr, x, area.y, x, area.y + area.height, kGrid, 1);
-    figure.text(ax.label(i), x, area.y + area.height + 15, 10, Align::kCenter, false, kInk);
+    figure.text(view.ax.label(i), x, area.y + area.height + 15, 10, Align::kCenter, false, kInk);
   }
-  for (size_t i = 0; i < ay.ticks.size(); ++i) {
-    const double y = py(ay.ticks[i]);
+  for (size_t i = 0; i < view.ay.ticks.size(); ++i) {
+    const double y = view.y(view.ay.ticks[i]);
     stroke_line(cr, area.x, y, area.x + area.width, y, kGrid, 1);
-    figure.text(ay.label(i), area.x - 6, y + 3.5, 10, Align::kRight, false, kInk);
+    figure.text(view.ay.label(i), area.x - 6, y + 3.5, 10, Align::kRight, false, kInk);
   }
   figure.text(panel.x_label, area.x + area.width / 2, area.y + area.height + 34, 11, Align::kCenter,
               false, kInk);
@@ -122,45 +137,53 @@ void draw_panel(Figure& figure, const Rect& area, const Panel& panel) {
   if (empty) {
     figure.text("no data", area.x + area.width / 2, area.y + area.height / 2, 12, Align::kCenter,
                 false, kFrame);
-    return;
+    return false;
   }
+  return true;
+}
 
-  for (const Series& s : panel.series) {
-    bool pen_down = false, any = false;
-    for (size_t i = 0; i < s.x.size(); ++i) {
-      if (!usable(s.x[i], s.y[i], panel.log_y)) {
-        pen_down = false;
-        continue;
-      }
-      if (pen_down) {
-        cairo_line_to(cr, px(s.x[i]), py(s.y[i]));
-      } else {
-        cairo_move_to(cr, px(s.x[i]), py(s.y[i]));
-      }
-      pen_down = any = true;
+// One series: its line (broken at unusable points), then its dots.
+void draw_series(cairo_t* cr, const Series& s, const PanelView& view, bool log_y) {
+  bool pen_down = false, any = false;
+  for (size_t i = 0; i < s.x.size(); ++i) {
+    if (!usable(s.x[i], s.y[i], log_y)) {
+      pen_down = false;
+      continue;
     }
-    if (!any) continue;
-    cairo_save(cr);
-    cairo_set_source_rgb(cr, s.colour.r, s.colour.g, s.colour.b);
-    cairo_set_line_width(cr, 2);
-    cairo_set_line_cap(cr, CAIRO_LINE_CAP_ROUND);
-    cairo_set_line_join(cr, CAIRO_LINE_JOIN_ROUND);
-    if (s.dash > 0) cairo_set_dash(cr, &s.dash, 1, 0);
-    cairo_stroke(cr);
-    cairo_restore(cr);
-    // Dots: every point of a marked series, and points without a usable
-    // neighbour (a line through one point draws nothing).
-    cairo_set_source_rgb(cr, s.colour.r, s.colour.g, s.colour.b);
-    const auto point = [&](size_t i) { return usable(s.x[i], s.y[i], panel.log_y); };
-    for (size_t i = 0; i < s.x.size(); ++i) {
-      if (!point(i)) continue;
-      const bool isolated = (i == 0 || !point(i - 1)) && (i + 1 == s.x.size() || !point(i + 1));
-      if (!s.markers && !isolated) continue;
-      cairo_new_sub_path(cr);
-      cairo_arc(cr, px(s.x[i]), py(s.y[i]), 3.5, 0, 2 * M_PI);
+    if (pen_down) {
+      cairo_line_to(cr, view.x(s.x[i]), view.y(s.y[i]));
+    } else {
+      cairo_move_to(cr, view.x(s.x[i]), view.y(s.y[i]));
     }
-    cairo_fill(cr);
+    pen_down = any = true;
   }
+  if (!any) return;
+  cairo_save(cr);
+  cairo_set_source_rgb(cr, s.colour.r, s.colour.g, s.colour.b);
+  cairo_set_line_width(cr, 2);
+  cairo_set_line_cap(cr, CAIRO_LINE_CAP_ROUND);
+  cairo_set_line_join(cr, CAIRO_LINE_JOIN_ROUND);
+  if (s.dash > 0) cairo_set_dash(cr, &s.dash, 1, 0);
+  cairo_stroke(cr);
+  cairo_restore(cr);
+  // Dots: every point of a marked series, and points without a usable
+  // neighbour (a line through one point draws nothing).
+  cairo_set_source_rgb(cr, s.colour.r, s.colour.g, s.colour.b);
+  const auto point = [&](size_t i) { return usable(s.x[i], s.y[i], log_y); };
+  for (size_t i = 0; i < s.x.size(); ++i) {
+    if (!point(i)) continue;
+    const bool isolated = (i == 0 || !point(i - 1)) && (i + 1 == s.x.size() || !point(i + 1));
+    if (!s.markers && !isolated) continue;
+    cairo_new_sub_path(cr);
+    cairo_arc(cr, view.x(s.x[i]), view.y(s.y[i]), 3.5, 0, 2 * M_PI);
+  }
+  cairo_fill(cr);
+}
+
+void draw_panel(Figure& figure, const Rect& area, const Panel& panel) {
+  const PanelView view = panel_view(area, panel);
+  if (!draw_frame(figure, panel, view)) return;
+  for (const Series& s : panel.series) draw_series(figure.cairo(), s, view, panel.log_y);
 }
 
 // Seconds, minutes or hours, after the longest run.

@@ -36,7 +36,13 @@ void col2im(const float* col, const Conv2dGeometry& g, float* gx);
 // within its plane for the backward pass.
 void max_pool2d_forward(const float* x, int64_t planes, const Conv2dGeometry& g, float* y,
                         int32_t* argmax);
-// gx (overwritten) gets gy routed to the recorded positions.
+// Turns max pooling's output into that of max pooling after a ReLU
+// (max(relu(x)) = relu(max(x))): each of the n outputs at or below zero
+// becomes 0 and its argmax -1, so that backward routes nothing there, as
+// the ReLU's mask would have. Bit-identical to ReLU then max pooling.
+void relu_after_max_pool(float* y, int32_t* argmax, int64_t n);
+// gx (overwritten) gets gy routed to the recorded positions (none for a
+// negative argmax).
 void max_pool2d_backward(const float* gy, const int32_t* argmax, int64_t planes,
                          const Conv2dGeometry& g, float* gx);
 // Average over K*K positions, padding counted as zeros (torch's default

@@ -177,6 +177,10 @@ class Trainer {
   // run's (pruning keeps the highest steps; a later resume takes the newest)
   // nor get lost at once.
   void set_aside_earlier_checkpoints();
+  // resume's second half: the guard's level, the privacy accountant and the
+  // partitions' consumed counts from `c`'s metadata (CheckpointError naming
+  // `path` when one does not decode).
+  void restore_extras(const io::Checkpoint& c, const std::string& path);
   // Rank 0 writes the checkpoints; in elastic mode rank and world size change
   // with the group, and a process that becomes rank 0 starts writing.
   void take_group_role();

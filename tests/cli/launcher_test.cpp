@@ -148,6 +148,25 @@ TEST(Launcher, EnvironmentReachesEveryWorker) {
   EXPECT_NE(again.out.str(), "[rank 0] " + secret + "\n") << "each job gets a fresh secret";
 }
 
+TEST(Launcher, PlacesItsWorkersInALargerWorldAtAGivenCoordinator) {
+  ShJob run("echo \"$DTRAIN_RANK $DTRAIN_WORLD_SIZE $DTRAIN_LOCAL_RANK $DTRAIN_COORDINATOR\"", 2);
+  run.options.first_rank = 4;
+  run.options.world_size = 6;
+  run.options.coordinator_port = 4242;
+  const LaunchResult result = run.launch();
+  EXPECT_EQ(result.exit_code, 0) << run.log_text();
+  std::vector<std::string> lines = lines_of(run.out.str());
+  std::sort(lines.begin(), lines.end());
+  const std::vector<std::string> expected = {"[rank 0] 4 6 0 127.0.0.1:4242",
+                                             "[rank 1] 5 6 1 127.0.0.1:4242"};
+  EXPECT_EQ(lines, expected) << run.out.str();
+
+  ShJob outside("exit 0", 2);
+  outside.options.first_rank = 5;
+  outside.options.world_size = 6;
+  EXPECT_THROW(outside.launch(), UsageError);
+}
+
 TEST(Launcher, KeepsAJobSecretFromTheEnvironment) {
   ShJob run("echo $DTRAIN_JOB_SECRET", 2);
   run.options.environment["DTRAIN_JOB_SECRET"] = "chosen-by-user";

@@ -24,6 +24,7 @@
 #include "core/error.h"
 #include "multiprocess_job.h"
 #include "testing/process.h"
+#include "victim_allreduce.h"
 
 namespace dtrain::comm {
 namespace {
@@ -213,42 +214,14 @@ void shm_scenario(Transport& transport, const std::string& job) {
 }
 
 void victim_scenario(Transport& transport, bool killed) {
-  const int victim = transport.size() - 1;
   CommunicatorOptions o;
   o.timeout = kFailureTimeout;
   o.shm_allreduce = false;
   o.small_allreduce_bytes = 0;  // ring
   o.chunk_bytes = 16 << 10;
   Communicator comm(transport, o);
-  std::vector<float> data(65537);
-  for (int i = 0;; ++i) {
-    std::fill(data.begin(), data.end(), 1.0f);
-    const auto started = Deadline::Clock::now();
-    try {
-      comm.allreduce(data, ReduceOp::kSum);
-    } catch (const CommError& e) {
-      const auto took = Deadline::Clock::now() - started;
-      ASSERT_NE(transport.rank(), victim) << "the victim failed: " << e.what();
-      std::printf("survivor %d after %d allreduces: %s\n", transport.rank(), i, e.what());
-      EXPECT_EQ(e.peer(), victim) << e.what();
-      EXPECT_NE(std::string(e.what()).find(fmt::format("rank {}", victim)), std::string::npos)
-          << e.what();
-      // A dead process closes its connections: detected, not waited out.
-      if (killed) {
-        EXPECT_EQ(dynamic_cast<const TimeoutError*>(&e), nullptr) << e.what();
-      }
-      // The style guide's bound for failure detection.
-      EXPECT_LT(took, 2 * kFailureTimeout) << e.what();
-      return;
-    }
-    ASSERT_EQ(data, std::vector<float>(data.size(), static_cast<float>(transport.size())));
-    if (transport.rank() == victim && i == 0) {
-      std::printf("%s\n", test::kReady);
-      std::fflush(stdout);
-    }
-    // Bounded: the parent signals the victim right after its first allreduce.
-    ASSERT_LT(i, 100000) << "the victim was never stopped";
-  }
+  // The style guide's bound for failure detection.
+  test::allreduce_until_victim_fails(comm, 65537, killed, 2 * kFailureTimeout);
 }
 
 TEST(CollectiveProcesses, DISABLED_Rank) {

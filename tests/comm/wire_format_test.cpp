@@ -126,8 +126,8 @@ class WireCorruption : public ::testing::Test {
 TEST_F(WireCorruption, EveryHeaderFieldIsChecked) {
   expect_header_error([](HeaderBytes& h) { h[0] = std::byte{'X'}; },
                       "bad magic 0x4e525458, expected 0x4e525444");
-  expect_header_error([](HeaderBytes& h) { h[4] = std::byte{2}; },
-                      "wire version 2, this build speaks version 1");
+  expect_header_error([](HeaderBytes& h) { h[4] = std::byte{3}; },
+                      "wire version 3, this build speaks version 2");
   expect_header_error([](HeaderBytes& h) { h[5] = std::byte{99}; }, "unknown message type 99");
   expect_header_error([](HeaderBytes& h) { h[6] = std::byte{0x81}; }, "unknown flag bits 0x80");
   expect_header_error([](HeaderBytes& h) { h[7] = std::byte{1}; },
@@ -181,7 +181,7 @@ TEST_F(WireCorruption, AuthenticationMismatches) {
   expect_data_error([&] { decode_frame(frame, limits_for(auth_), auth_); },
                     "frame carries a MAC but this process has no job secret");
   expect_data_error([&] { decode_frame(frame, limits_for(other_secret), other_secret); },
-                    "authentication failed: MAC mismatch");
+                    "authentication failed for a frame from rank 2: MAC mismatch");
   // Any changed bit of header or payload breaks the MAC (sequence: byte 24).
   for (size_t i : {size_t{24}, size_t{33}, kHeaderBytes + 5}) {
     auto tampered = frame;
@@ -251,6 +251,8 @@ TEST(WireCorpus, ReplayThroughTheDecoder) {
     const auto bytes = std::as_bytes(std::span(chars));
     const std::string name = entry.path().filename().string();
     const JobAuth& auth = name.find("secret") != std::string::npos ? secret : plain;
+    // valid-secret-data is AES-256-GCM, which a CPU without AES-NI cannot check.
+    if (name == "valid-secret-data" && secret.frame_mac() != FrameMac::kAesGcm) continue;
     ++files;
     if (name.starts_with("valid-")) {
       EXPECT_NO_THROW(decode_frame(bytes, limits, auth)) << name;

@@ -123,29 +123,36 @@ CollectiveChannel::CollectiveChannel(Transport& transport, uint64_t tag, OpDescr
       bytes_sent_(bytes_sent) {}
 
 void CollectiveChannel::send(int peer, std::span<const std::byte> payload) {
-  staging_.resize(kHeaderBytes + payload.size());
-  encode_header(op_, staging_.data());
-  if (!payload.empty()) std::memcpy(staging_.data() + kHeaderBytes, payload.data(), payload.size());
+  // The one copy of the send path: header and payload into a buffer the
+  // transport takes over, so that send() never waits for the bytes to leave.
+  OwnedBuffer message = OwnedBuffer::allocate(kHeaderBytes + payload.size());
+  encode_header(op_, message.data.get());
+  if (!payload.empty())
+    std::memcpy(message.data.get() + kHeaderBytes, payload.data(), payload.size());
+  const size_t bytes = message.size;
   try {
-    transport_.send(peer, tag_, staging_, what_, deadline_);
-    if (bytes_sent_ != nullptr) bytes_sent_->fetch_add(staging_.size(), std::memory_order_relaxed);
+    transport_.send_owned(peer, tag_, std::move(message), what_, deadline_);
+    if (bytes_sent_ != nullptr) bytes_sent_->fetch_add(bytes, std::memory_order_relaxed);
   } catch (const CommError& e) {
     abort_peers(e.peer(), e.what());
     throw;
   }
 }
 
-std::vector<std::byte> CollectiveChannel::recv_checked(int peer, size_t payload_bytes) {
+void CollectiveChannel::recv_checked(int peer, size_t payload_bytes, const PayloadVisitor& use) {
   try {
-    return recv_and_check(peer, payload_bytes);
+    transport_.recv_visit(peer, tag_, what_, deadline_, [&](std::span<const std::byte> message) {
+      check_header(peer, message, payload_bytes);
+      use(message.subspan(kHeaderBytes));
+    });
   } catch (const CommError& e) {
     abort_peers(e.peer(), e.what());
     throw;
   }
 }
 
-std::vector<std::byte> CollectiveChannel::recv_and_check(int peer, size_t payload_bytes) {
-  std::vector<std::byte> message = transport_.recv(peer, tag_, what_, deadline_);
+void CollectiveChannel::check_header(int peer, std::span<const std::byte> message,
+                                     size_t payload_bytes) const {
   const std::optional<OpDescriptor> header = decode_header(message);
   if (!header) {
     throw CommError(peer, what_,
@@ -167,31 +174,43 @@ std::vector<std::byte> CollectiveChannel::recv_and_check(int peer, size_t payloa
                     fmt::format("rank {} expected a {}-byte chunk from rank {}, got {} bytes",
                                 rank_, payload_bytes, peer, message.size() - kHeaderBytes));
   }
-  return message;
 }
 
 void CollectiveChannel::recv_into(int peer, std::span<std::byte> out) {
-  const std::vector<std::byte> message = recv_checked(peer, out.size());
-  if (!out.empty()) std::memcpy(out.data(), message.data() + kHeaderBytes, out.size());
+  recv_checked(peer, out.size(), [&](std::span<const std::byte> payload) {
+    if (!out.empty()) std::memcpy(out.data(), payload.data(), out.size());
+  });
 }
 
 std::vector<std::byte> CollectiveChannel::recv_any_size(int peer) {
-  std::vector<std::byte> message = recv_checked(peer, kAnySize);
-  message.erase(message.begin(), message.begin() + kHeaderBytes);
-  return message;
+  std::vector<std::byte> out;
+  recv_checked(peer, kAnySize, [&](std::span<const std::byte> payload) {
+    out.assign(payload.begin(), payload.end());
+  });
+  return out;
 }
 
 std::vector<std::byte> CollectiveChannel::recv_variable(int peer) {
-  std::vector<std::byte> message = recv_checked(peer, kAnyPayload);
-  message.erase(message.begin(), message.begin() + kHeaderBytes);
-  return message;
+  std::vector<std::byte> out;
+  recv_checked(peer, kAnyPayload, [&](std::span<const std::byte> payload) {
+    out.assign(payload.begin(), payload.end());
+  });
+  return out;
 }
 
 void CollectiveChannel::recv_reduce(int peer, std::span<float> inout, ReduceOp op) {
-  const std::vector<std::byte> message = recv_checked(peer, inout.size_bytes());
-  // The payload starts 32 bytes into a heap block, so it is float-aligned.
-  const auto* in = reinterpret_cast<const float*>(message.data() + kHeaderBytes);
-  reduce_into(inout, std::span<const float>(in, inout.size()), op);
+  recv_checked(peer, inout.size_bytes(), [&](std::span<const std::byte> payload) {
+    // Straight from the received message when its floats are aligned (the
+    // transport's buffer usually is); through a copy otherwise.
+    if (reinterpret_cast<uintptr_t>(payload.data()) % alignof(float) == 0) {
+      const auto* in = reinterpret_cast<const float*>(payload.data());
+      reduce_into(inout, std::span<const float>(in, inout.size()), op);
+      return;
+    }
+    staging_.resize(inout.size());
+    if (!payload.empty()) std::memcpy(staging_.data(), payload.data(), payload.size());
+    reduce_into(inout, staging_, op);
+  });
 }
 
 void CollectiveChannel::abort_peers(int culprit, const std::string& reason) noexcept {

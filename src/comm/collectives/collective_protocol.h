@@ -17,12 +17,16 @@
 // Ownership: a channel references the Transport for the duration of one
 // collective. Thread safety: one channel per thread. Blocking: send() returns
 // once the transport queued the message; receives wait until the channel's
-// deadline (TimeoutError from the transport).
+// deadline (TimeoutError from the transport). Copies: one on the send side
+// (header and payload into the buffer the transport takes over), none on
+// the receive side beyond the transport's own (payloads are reduced or
+// copied straight out of the received message).
 #pragma once
 
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -114,9 +118,14 @@ class CollectiveChannel {
   static constexpr size_t kAnySize = ~size_t{0};
   // kAnyPayload accepts any payload size but checks the count.
   static constexpr size_t kAnyPayload = ~size_t{0} - 1;
-  // Receives and validates; on any CommError tells the peers, then rethrows.
-  std::vector<std::byte> recv_checked(int peer, size_t payload_bytes);
-  std::vector<std::byte> recv_and_check(int peer, size_t payload_bytes);
+  // Receives one message, checks its header, and hands its payload (in
+  // place, valid during the call) to `use`; on any CommError tells the
+  // peers, then rethrows.
+  using PayloadVisitor = std::function<void(std::span<const std::byte>)>;
+  void recv_checked(int peer, size_t payload_bytes, const PayloadVisitor& use);
+  // Throws CommError unless `message` carries this operation's header and
+  // `payload_bytes` of payload (or any, as the two constants above say).
+  void check_header(int peer, std::span<const std::byte> message, size_t payload_bytes) const;
 
   Transport& transport_;
   uint64_t tag_;
@@ -125,7 +134,7 @@ class CollectiveChannel {
   int rank_;
   int size_;
   std::string what_;
-  std::vector<std::byte> staging_;
+  std::vector<float> staging_;  // recv_reduce of a misaligned payload
   std::atomic<uint64_t>* bytes_sent_;
   bool aborted_ = false;  // abort_peers() ran
 };

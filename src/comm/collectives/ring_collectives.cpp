@@ -25,25 +25,31 @@ std::pair<size_t, size_t> chunk_range(size_t begin, size_t end, size_t c, size_t
 
 // One pass around the ring (Patarasuk & Yuan 2009): n - 1 steps; at step s
 // this rank sends block (r - s - shift) to the right and receives block
-// (r - s - shift - 1) from the left, chunk by chunk and interleaved so that
-// the pipeline stays full. send(lo, hi) and recv(lo, hi) move one chunk.
+// (r - s - shift - 1) from the left, chunk by chunk. send(lo, hi) and
+// recv(lo, hi) move one chunk. The block received at step s is the one sent
+// at step s + 1, so every chunk is forwarded as soon as it has arrived (and
+// been reduced): the chunks of all steps stream through the ring at once
+// instead of step after step. Step 0's chunks are all sent first; sends
+// never wait for the peer (CollectiveChannel::send), so up to a block per
+// link is in flight.
 template <class Send, class Recv>
 void ring_pass(int n, int r, std::span<const size_t> offsets, size_t chunk, int shift,
                const Send& send, const Recv& recv) {
+  const auto block_chunks = [&](size_t block) {
+    return chunk_count(offsets[block + 1] - offsets[block], chunk);
+  };
+  const size_t first = ring_index(r - shift, n);
+  for (size_t c = 0; c < block_chunks(first); ++c) {
+    const auto [lo, hi] = chunk_range(offsets[first], offsets[first + 1], c, chunk);
+    send(lo, hi);
+  }
   for (int s = 0; s < n - 1; ++s) {
-    const size_t send_block = ring_index(r - s - shift, n);
-    const size_t recv_block = ring_index(r - s - shift - 1, n);
-    const size_t send_chunks = chunk_count(offsets[send_block + 1] - offsets[send_block], chunk);
-    const size_t recv_chunks = chunk_count(offsets[recv_block + 1] - offsets[recv_block], chunk);
-    for (size_t c = 0; c < std::max(send_chunks, recv_chunks); ++c) {
-      if (c < send_chunks) {
-        const auto [lo, hi] = chunk_range(offsets[send_block], offsets[send_block + 1], c, chunk);
-        send(lo, hi);
-      }
-      if (c < recv_chunks) {
-        const auto [lo, hi] = chunk_range(offsets[recv_block], offsets[recv_block + 1], c, chunk);
-        recv(lo, hi);
-      }
+    const size_t block = ring_index(r - s - shift - 1, n);
+    const bool forward = s + 1 < n - 1;
+    for (size_t c = 0; c < block_chunks(block); ++c) {
+      const auto [lo, hi] = chunk_range(offsets[block], offsets[block + 1], c, chunk);
+      recv(lo, hi);
+      if (forward) send(lo, hi);
     }
   }
 }

@@ -4,9 +4,12 @@
 //
 // The n ranks form a ring; rank r sends to r+1 and receives from r-1. The
 // buffer is cut into n blocks (sizes differ by at most one element) and every
-// block into chunks of `chunk_elements`, sent one message each, so a rank
-// forwards chunk c while its neighbour already reduces chunk c-1 (pipelining
-// through the transport's send queue).
+// block into chunks of `chunk_elements`, sent one message each. The block a
+// rank receives at step s is the one it sends at step s+1, so it forwards
+// each chunk as soon as it has received (and reduced) it: all of step 0's
+// chunks go out at once, and the chunks of every step stream around the
+// ring together (send, receive and reduce overlap; sends never wait for the
+// peer, CollectiveChannel::send).
 // - reduce-scatter: n-1 steps; in step s rank r sends block (r-s-1) mod n and
 //   receives and reduces block (r-s-2) mod n. Afterwards block r on rank r
 //   holds the reduction of every rank's block r.

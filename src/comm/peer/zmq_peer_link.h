@@ -200,6 +200,13 @@ class ZmqPeerLink final : public PeerLink {
   void send_now(Outgoing& frame);
   void flush_outbox();
   void handle_frame(wire::Frame& frame, std::vector<Event>& events);
+  // handle_frame's first half: notes a new incarnation of `from` and its
+  // liveness; false when the frame is to be dropped. Requires mutex_.
+  bool admit_locked(int from, uint64_t incarnation, wire::MessageType type,
+                    std::vector<Event>& events);
+  // A call's reply (or its failure) handed to the waiting caller, if any.
+  // Requires mutex_.
+  void take_reply_locked(int from, uint64_t id, std::span<const std::byte> payload);
   void answer_call(int from, uint64_t id, std::span<const std::byte> payload);
   void read_monitor(int peer);
   void check_liveness(std::vector<Event>& events);

@@ -364,6 +364,38 @@ uint32_t EtcdElasticRendezvous::poll() {
   return waiting_;
 }
 
+std::optional<EtcdElasticRendezvous::GroupChange> EtcdElasticRendezvous::watch(uint32_t generation,
+                                                                               bool admit_new,
+                                                                               Deadline deadline) {
+  const State state = read_state(deadline).first;
+  if (state.finished) return std::nullopt;
+  if (state.gen != static_cast<int64_t>(generation)) {
+    return GroupChange{fmt::format("generation {} formed after {}", state.gen, generation), {}};
+  }
+  GroupChange change;
+  const std::vector<int> alive = alive_slots(deadline);
+  for (int m : state.members) {
+    if (!contains(alive, m)) change.lost.push_back(m);
+  }
+  if (!change.lost.empty()) {
+    change.why = fmt::format("the lease of slot(s) {} lapsed (silent past {} s)", change.lost,
+                             options_.lease_ttl.count());
+    return change;
+  }
+  // Before "a member left": the members that saw new participants first
+  // join the next round for them, and the others must read it the same way.
+  const uint32_t waiting = state.new_workers();
+  if (admit_new && waiting > 0 && static_cast<int>(state.members.size()) < options_.max_workers) {
+    return GroupChange{fmt::format("{} new participant(s) wait to join", waiting), {}, true};
+  }
+  for (const State::Entry& e : state.round) {
+    if (e.member) {
+      return GroupChange{fmt::format("slot {} left generation {}", e.slot, generation), {}};
+    }
+  }
+  return std::nullopt;
+}
+
 void EtcdElasticRendezvous::finish(Deadline deadline) {
   while (true) {
     auto [state, text] = read_state(deadline);

@@ -114,6 +114,23 @@ class EtcdElasticRendezvous final : public ElasticGroupRendezvous {
                                                Deadline deadline) override;
   uint32_t poll() override;
 
+  // What ended generation `generation` while its members work (the etcd
+  // agent's restart mode, cli/etcd_restart_agent.h, watches it), or
+  // nullopt while it stands or once training finished, checked in this
+  // order: a later generation formed; a member's alive key went (its lease
+  // lapsed; `lost` names it); with `admit_new` and room below max_workers,
+  // a new participant waits (`admission`: every member sees the same even
+  // after some joined the next round for it); a member joined a new round
+  // (it gave up on this one). One
+  // read of the state and of the alive keys; may be called from any thread
+  // (it touches no member but the client). Throws TimeoutError as join().
+  struct GroupChange {
+    std::string why;
+    std::vector<int> lost;   // members whose lease lapsed
+    bool admission = false;  // only new participants wait
+  };
+  std::optional<GroupChange> watch(uint32_t generation, bool admit_new, Deadline deadline);
+
   // Training is over (a member of the newest generation finished): waiting
   // and later joins get nullopt.
   void finish(Deadline deadline);

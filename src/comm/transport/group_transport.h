@@ -9,6 +9,7 @@
 // raised by the parent name ranks of the parent.
 #pragma once
 
+#include <utility>
 #include <vector>
 
 #include "comm/transport/transport.h"
@@ -35,6 +36,14 @@ class GroupTransport final : public Transport {
   void recv_into(int peer, uint64_t tag, std::span<std::byte> out, const std::string& what,
                  Deadline deadline) override {
     parent_.recv_into(parent_rank(peer), tag, out, what, deadline);
+  }
+  void send_owned(int peer, uint64_t tag, OwnedBuffer payload, const std::string& what,
+                  Deadline deadline) override {
+    parent_.send_owned(parent_rank(peer), tag, std::move(payload), what, deadline);
+  }
+  void recv_visit(int peer, uint64_t tag, const std::string& what, Deadline deadline,
+                  const MessageVisitor& use) override {
+    parent_.recv_visit(parent_rank(peer), tag, what, deadline, use);
   }
   // Aborts the parent: a failed transport is unusable for every group on it.
   // `culprit` is passed on as is (the ranks in this layer's errors are the

@@ -31,6 +31,7 @@
 #include <string>
 #include <vector>
 
+#include "comm/transport/owned_buffer.h"
 #include "core/deadline.h"
 
 namespace dtrain::comm {
@@ -52,6 +53,24 @@ class Transport {
   // (CommError naming both sizes otherwise). Lets the collectives avoid a copy.
   virtual void recv_into(int peer, uint64_t tag, std::span<std::byte> out, const std::string& what,
                          Deadline deadline) = 0;
+
+  // send() of a buffer the transport takes over: same ordering and failure
+  // contract, but it never waits for the peer or for the bytes to leave (the
+  // transport frees the buffer once they have). The default copies through
+  // send().
+  virtual void send_owned(int peer, uint64_t tag, OwnedBuffer payload, const std::string& what,
+                          Deadline deadline) {
+    send(peer, tag, payload.bytes(), what, deadline);
+  }
+  // recv(), but hands the message to `use` in place (the span is valid only
+  // during the call) instead of copying it out: the collectives reduce
+  // straight from the received message. Whatever `use` throws propagates
+  // (the message is consumed either way). The default goes through recv().
+  using MessageVisitor = std::function<void(std::span<const std::byte>)>;
+  virtual void recv_visit(int peer, uint64_t tag, const std::string& what, Deadline deadline,
+                          const MessageVisitor& use) {
+    use(recv(peer, tag, what, deadline));
+  }
   // Fails this transport: every pending and later call throws CommError
   // naming `culprit` (the rank at fault, -1 when unknown) and `reason`; then
   // notifies every peer not known dead, once. A transport failed by a peer's

@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "comm/rendezvous/launch_env.h"
+#include "comm/transport/zmq_transport_peer.h"
 #include "comm/wire/framed_socket.h"
 #include "core/byte_codec.h"
 #include "core/error.h"
@@ -20,17 +21,11 @@ namespace {
 using Clock = Deadline::Clock;
 using std::chrono::milliseconds;
 
-// Frames read per poll wake-up before the I/O thread looks at its timers.
-constexpr int kMaxFramesPerWake = 1024;
 // Longest single wait of a sender whose zero-copy buffer ZeroMQ still holds,
 // between checks of its deadline and of peer failures.
 constexpr milliseconds kReleaseCheck{50};
 // Longest path of a Unix domain socket (sun_path) minus the terminator.
 constexpr size_t kMaxIpcPath = 100;
-
-std::span<const std::byte> bytes_of(const zmq::message_t& m) {
-  return {static_cast<const std::byte*>(m.data()), m.size()};
-}
 
 std::string this_host_name() {
   char name[256] = {};
@@ -64,16 +59,6 @@ bool is_wildcard(const std::string& host) {
 }
 
 }  // namespace
-
-struct ZmqTransport::Peer {
-  std::mutex send_mutex;
-  zmq::socket_t push;           // guarded by send_mutex
-  bool push_closed = false;     // guarded by send_mutex
-  uint64_t next_sequence = 0;   // guarded by send_mutex
-  zmq::socket_t monitor;        // I/O thread only (and the destructor after it)
-  bool ever_connected = false;  // I/O thread only
-  std::string endpoint;
-};
 
 ZmqTransport::ZmqTransport(ZmqTransportOptions options, JobAuth auth, Logger& logger)
     : options_(std::move(options)),
@@ -191,7 +176,7 @@ ZmqTransport::~ZmqTransport() {
                                                    0,
                                                    0,
                                                    {}},
-                                                  {}, auth_, options_.checksum);
+                                                  {}, auth_, with_crc());
           peer.push.send(zmq::const_buffer(header.data(), header.size()), zmq::send_flags::sndmore);
           peer.push.send(zmq::const_buffer(), zmq::send_flags::dontwait);
         } catch (const zmq::error_t& e) {
@@ -306,31 +291,54 @@ void ZmqTransport::fail_call(int peer, const std::string& what, const std::strin
   throw CommError(peer, what, problem);
 }
 
-void ZmqTransport::send(int peer, uint64_t tag, std::span<const std::byte> payload,
-                        const std::string& what, Deadline deadline) {
+void ZmqTransport::check_send(int peer, size_t bytes, const std::string& what) {
   check_peer_arg(peer, what);
-  if (payload.size() > options_.max_message_bytes) {
+  if (bytes > options_.max_message_bytes) {
     throw UsageError(fmt::format("{}: message of {} bytes to rank {} exceeds max_message_bytes {}",
-                                 what, payload.size(), peer, options_.max_message_bytes));
+                                 what, bytes, peer, options_.max_message_bytes));
   }
+  std::optional<std::string> problem;
   {
     std::lock_guard lock(mutex_);
     if (failure_) throw CommError(failure_->peer, what, failure_->problem);
+    if (peer_failure_[peer])
+      problem = *peer_failure_[peer];
+    else if (said_goodbye_[peer])
+      problem = "the peer closed its transport";
   }
+  if (problem) fail_call(peer, what, *problem);
+}
+
+void ZmqTransport::send(int peer, uint64_t tag, std::span<const std::byte> payload,
+                        const std::string& what, Deadline deadline) {
+  check_send(peer, payload.size(), what);
   if (shaper_) {
-    std::optional<std::string> problem;
-    {
-      std::lock_guard lock(mutex_);
-      if (peer_failure_[peer])
-        problem = *peer_failure_[peer];
-      else if (said_goodbye_[peer])
-        problem = "the peer closed its transport";
-    }
-    if (problem) fail_call(peer, what, *problem);
     send_shaped(peer, tag, payload);
     return;
   }
   send_frame(*peers_[peer], peer, wire::MessageType::kData, tag, payload, what, deadline);
+}
+
+void ZmqTransport::send_owned(int peer, uint64_t tag, OwnedBuffer payload, const std::string& what,
+                              Deadline deadline) {
+  if (shaper_ || payload.size < options_.zero_copy_min_bytes) {
+    // A copy costs as little as the hand-over here; the shaper copies anyway.
+    send(peer, tag, payload.bytes(), what, deadline);
+    return;
+  }
+  check_send(peer, payload.size, what);
+  // ZeroMQ releases the buffer from its I/O thread once the bytes have left;
+  // the hint carries its capacity.
+  const size_t capacity = payload.capacity();
+  zmq::message_t body(
+      payload.data.release(), payload.size,
+      [](void* data, void* hint) {
+        release_owned_buffer(static_cast<std::byte*>(data), reinterpret_cast<uintptr_t>(hint));
+      },
+      reinterpret_cast<void*>(static_cast<uintptr_t>(capacity)));
+  const std::optional<std::string> problem =
+      queue_frame(*peers_[peer], peer, wire::MessageType::kData, tag, bytes_of(body), body);
+  if (problem) fail_call(peer, what, *problem);
 }
 
 void ZmqTransport::send_shaped(int peer_rank, uint64_t tag, std::span<const std::byte> payload) {
@@ -361,7 +369,7 @@ std::optional<std::string> ZmqTransport::queue_frame(Peer& peer, int peer_rank,
   h.job_id = auth_.job_id();
   h.sequence = peer.next_sequence++;
   h.tag = tag;
-  const wire::HeaderBytes header = wire::encode_header(h, payload, auth_, options_.checksum);
+  const wire::HeaderBytes header = wire::encode_header(h, payload, auth_, with_crc());
   try {
     if (peer.push
             .send(zmq::const_buffer(header.data(), header.size()),
@@ -380,15 +388,6 @@ void ZmqTransport::send_frame(Peer& peer, int peer_rank, wire::MessageType type,
                               std::span<const std::byte> payload, const std::string& what,
                               Deadline deadline) {
   std::optional<std::string> problem;
-  {
-    std::lock_guard lock(mutex_);
-    if (peer_failure_[peer_rank])
-      problem = *peer_failure_[peer_rank];
-    else if (said_goodbye_[peer_rank])
-      problem = "the peer closed its transport";
-  }
-  if (problem) fail_call(peer_rank, what, *problem);
-
   const bool zero_copy = payload.size() >= options_.zero_copy_min_bytes;
   BufferRelease release;
   {
@@ -501,6 +500,12 @@ std::vector<std::byte> ZmqTransport::recv(int peer, uint64_t tag, const std::str
   return std::vector<std::byte>(bytes.begin(), bytes.end());
 }
 
+void ZmqTransport::recv_visit(int peer, uint64_t tag, const std::string& what, Deadline deadline,
+                              const MessageVisitor& use) {
+  const zmq::message_t message = take(peer, tag, what, deadline);
+  use(bytes_of(message));
+}
+
 void ZmqTransport::recv_into(int peer, uint64_t tag, std::span<std::byte> out,
                              const std::string& what, Deadline deadline) {
   zmq::message_t message = take(peer, tag, what, deadline);
@@ -518,14 +523,18 @@ bool ZmqTransport::send_abort_frame(Peer& peer, int peer_rank, int culprit,
   ByteWriter w(sizeof(int32_t) + reason.size());
   w.write_i32(static_cast<int32_t>(culprit));
   w.write_bytes(std::as_bytes(std::span(reason.data(), reason.size())));
-  const std::vector<std::byte> payload = w.take();
+  return send_control_frame(peer, peer_rank, wire::MessageType::kAbort, w.take());
+}
+
+bool ZmqTransport::send_control_frame(Peer& peer, int peer_rank, wire::MessageType type,
+                                      std::span<const std::byte> payload) {
   wire::FrameHeader h;
-  h.type = wire::MessageType::kAbort;
+  h.type = type;
   h.sender = static_cast<uint32_t>(options_.rank);
   h.receiver = static_cast<uint32_t>(peer_rank);
   h.job_id = auth_.job_id();
   h.sequence = peer.next_sequence;
-  const auto header = wire::encode_header(h, payload, auth_, options_.checksum);
+  const auto header = wire::encode_header(h, payload, auth_, with_crc());
   if (peer.push.send(zmq::const_buffer(header.data(), header.size()),
                      zmq::send_flags::sndmore | zmq::send_flags::dontwait) &&
       peer.push.send(zmq::const_buffer(payload.data(), payload.size()),
@@ -563,259 +572,6 @@ void ZmqTransport::abort(int culprit, const std::string& reason) noexcept {
     logger_.debug("rank {}: abort notice not sent: {}", options_.rank, e.what());
   }
 }
-
-// ---------------------------------------------------------------- I/O thread
-
-void ZmqTransport::run_io(std::stop_token stop) {
-  auto next_heartbeat = Clock::now();
-  std::vector<zmq::pollitem_t> items;
-  std::vector<int> item_peer;  // rank of each monitor item
-  while (!stop.stop_requested()) {
-    items.assign(1, zmq::pollitem_t{inbound_.handle(), 0, ZMQ_POLLIN, 0});
-    item_peer.assign(1, -1);
-    items.push_back(zmq::pollitem_t{nullptr, wake_fd_, ZMQ_POLLIN, 0});  // the destructor's call
-    item_peer.push_back(-1);
-    for (size_t p = 0; p < peers_.size(); ++p) {
-      if (!peers_[p]) continue;
-      items.push_back(zmq::pollitem_t{peers_[p]->monitor.handle(), 0, ZMQ_POLLIN, 0});
-      item_peer.push_back(static_cast<int>(p));
-    }
-    // Wake for the next heartbeat to send, or when a peer's silence reaches
-    // the timeout: a stopped peer is failed on time, not up to an interval late.
-    const auto wait =
-        std::clamp(std::min(std::chrono::duration_cast<milliseconds>(next_heartbeat - Clock::now()),
-                            until_silence_timeout()),
-                   milliseconds(0), options_.heartbeat_interval);
-    try {
-      zmq::poll(items.data(), items.size(), wait);
-      if (items[0].revents & ZMQ_POLLIN) read_inbound();
-      if (items[1].revents & ZMQ_POLLIN) continue;  // stopping: the loop condition ends it
-      for (size_t i = 2; i < items.size(); ++i) {
-        if (items[i].revents & ZMQ_POLLIN) read_monitor(item_peer[i]);
-      }
-      if (Clock::now() >= next_heartbeat) {
-        send_heartbeats();
-        next_heartbeat = Clock::now() + options_.heartbeat_interval;
-      }
-      check_liveness();
-    } catch (const zmq::error_t& e) {
-      if (e.num() == ETERM) return;
-      if (e.num() != EINTR) logger_.error("rank {}: I/O thread: {}", options_.rank, e.what());
-    }
-  }
-}
-
-void ZmqTransport::read_inbound() {
-  for (int i = 0; i < kMaxFramesPerWake; ++i) {
-    std::array<zmq::message_t, 2> parts;  // header, payload
-    const size_t count = wire::receive_parts(inbound_, parts);
-    if (count == 0) return;
-    if (count == 1) {
-      drop(fmt::format("a one-part message of {} bytes (expected header and payload)",
-                       parts[0].size()));
-    } else if (count > 2) {
-      drop(fmt::format("a message of {} parts (expected 2)", count));
-    } else {
-      handle_frame(parts[0], parts[1]);
-    }
-  }
-}
-
-void ZmqTransport::handle_frame(zmq::message_t& header_part, zmq::message_t& payload_part) {
-  const wire::FrameLimits limits{auth_.job_id(), static_cast<uint32_t>(options_.world_size),
-                                 static_cast<uint32_t>(options_.rank), options_.max_message_bytes};
-  const auto header_bytes = bytes_of(header_part);
-  static const wire::MessageTypes kTransportTypes{
-      wire::MessageType::kData, wire::MessageType::kHeartbeat, wire::MessageType::kGoodbye,
-      wire::MessageType::kAbort};
-  wire::FrameHeader h;
-  try {
-    h = wire::check_header(header_bytes, limits, auth_, kTransportTypes);
-  } catch (const DataError& e) {
-    drop(e.what());
-    return;
-  }
-  const int sender = static_cast<int>(h.sender);
-  if (sender == options_.rank) {
-    drop("a frame claiming to come from this rank");
-    return;
-  }
-  try {
-    wire::check_payload(h, header_bytes.first<wire::kHeaderBytes>(), bytes_of(payload_part), auth_);
-  } catch (const DataError& e) {
-    // With a secret, a frame that fails verification may come from anyone;
-    // without one, a frame naming a rank of this job is that rank's garbage.
-    if (auth_.enabled()) {
-      drop(fmt::format("claiming rank {}: {}", sender, e.what()));
-    } else {
-      fail_peer(sender, fmt::format("sent a corrupted frame: {}", e.what()));
-    }
-    return;
-  }
-  uint64_t& expected = next_inbound_sequence_[sender];
-  if (h.sequence < expected) {
-    drop(fmt::format("a replayed frame claiming rank {} (sequence {}, expected {})", sender,
-                     h.sequence, expected));
-    return;
-  }
-  if (h.sequence > expected) {
-    fail_peer(sender,
-              fmt::format("frames were lost: got sequence {}, expected {}", h.sequence, expected));
-    return;
-  }
-  ++expected;
-  {
-    std::lock_guard lock(mutex_);
-    if (peer_failure_[sender]) return;
-    last_heard_[sender] = Clock::now();
-    if (h.type == wire::MessageType::kData) {
-      queues_[{sender, h.tag}].push_back(std::move(payload_part));
-    } else if (h.type == wire::MessageType::kGoodbye) {
-      said_goodbye_[sender] = true;
-    } else if (h.type == wire::MessageType::kAbort) {
-      // i32 culprit, then the reason; a culprit missing or outside
-      // [-1, world size) is read as -1 (docs/wire-format.md).
-      ByteReader r(bytes_of(payload_part), fmt::format("abort frame from rank {}", sender));
-      int32_t culprit = r.remaining() >= sizeof(int32_t) ? r.read_i32("culprit") : -1;
-      if (culprit < -1 || culprit >= options_.world_size) culprit = -1;
-      const auto rest = r.rest();
-      const std::string reason(reinterpret_cast<const char*>(rest.data()), rest.size());
-      aborted_ = true;
-      if (!failure_) {
-        failure_ =
-            Failure{culprit, fmt::format("rank {} gave up on the group: {}", sender, reason)};
-        logger_.warn("rank {}: {}", options_.rank, failure_->problem);
-      }
-    } else {
-      return;  // heartbeat: last_heard_ was all it carried
-    }
-  }
-  notify_listener();
-  cv_.notify_all();
-}
-
-void ZmqTransport::read_monitor(int peer_rank) {
-  Peer& peer = *peers_[peer_rank];
-  zmq::message_t event;
-  zmq::message_t address;
-  if (!peer.monitor.recv(event, zmq::recv_flags::dontwait)) return;
-  if (event.more()) (void)peer.monitor.recv(address, zmq::recv_flags::dontwait);
-  const std::optional<uint16_t> id = wire::monitor_event(event);
-  if (!id) return;
-  if (*id == ZMQ_EVENT_CONNECTED) {
-    peer.ever_connected = true;
-    std::lock_guard lock(mutex_);
-    disconnected_since_[peer_rank].reset();
-  } else if (*id == ZMQ_EVENT_DISCONNECTED && peer.ever_connected) {
-    std::lock_guard lock(mutex_);
-    if (!disconnected_since_[peer_rank]) disconnected_since_[peer_rank] = Clock::now();
-  }
-}
-
-void ZmqTransport::send_heartbeats() {
-  for (size_t p = 0; p < peers_.size(); ++p) {
-    if (!peers_[p]) continue;
-    {
-      std::lock_guard lock(mutex_);
-      if (peer_failure_[p] || said_goodbye_[p]) continue;
-    }
-    Peer& peer = *peers_[p];
-    std::lock_guard send_lock(peer.send_mutex);
-    if (peer.push_closed) continue;
-    wire::FrameHeader h;
-    h.type = wire::MessageType::kHeartbeat;
-    h.sender = static_cast<uint32_t>(options_.rank);
-    h.receiver = static_cast<uint32_t>(p);
-    h.job_id = auth_.job_id();
-    h.sequence = peer.next_sequence;
-    const auto header = wire::encode_header(h, {}, auth_, options_.checksum);
-    if (peer.push.send(zmq::const_buffer(header.data(), header.size()),
-                       zmq::send_flags::sndmore | zmq::send_flags::dontwait) &&
-        peer.push.send(zmq::const_buffer(), zmq::send_flags::dontwait)) {
-      ++peer.next_sequence;
-    }
-  }
-}
-
-milliseconds ZmqTransport::until_silence_timeout() {
-  std::lock_guard lock(mutex_);
-  auto earliest = Clock::time_point::max();
-  for (size_t p = 0; p < peers_.size(); ++p) {
-    if (!peers_[p] || peer_failure_[p] || said_goodbye_[p]) continue;
-    earliest = std::min(earliest, last_heard_[p] + options_.heartbeat_timeout);
-  }
-  if (earliest == Clock::time_point::max()) return options_.heartbeat_interval;
-  // One millisecond past it: check_liveness() fails a silence longer than the timeout.
-  return std::chrono::duration_cast<milliseconds>(earliest - Clock::now()) + milliseconds(1);
-}
-
-void ZmqTransport::check_liveness() {
-  const auto now = Clock::now();
-  const auto grace = 2 * options_.heartbeat_interval;
-  std::vector<std::pair<int, std::string>> failed;
-  {
-    std::lock_guard lock(mutex_);
-    for (size_t p = 0; p < peers_.size(); ++p) {
-      if (!peers_[p] || peer_failure_[p] || said_goodbye_[p]) continue;
-      if (disconnected_since_[p] && now - *disconnected_since_[p] >= grace) {
-        failed.emplace_back(static_cast<int>(p),
-                            "connection closed without a goodbye (the process exited or crashed)");
-      } else if (now - last_heard_[p] > options_.heartbeat_timeout) {
-        failed.emplace_back(static_cast<int>(p),
-                            fmt::format("peer stopped responding (no heartbeat for {} ms)",
-                                        options_.heartbeat_timeout.count()));
-      }
-    }
-  }
-  for (const auto& [p, problem] : failed) {
-    fail_peer(p, problem);
-    fail_transport(p, problem);
-  }
-}
-
-void ZmqTransport::fail_transport(int culprit, const std::string& problem) {
-  {
-    std::lock_guard lock(mutex_);
-    if (failure_) return;
-    failure_ = Failure{culprit, problem};
-  }
-  notify_listener();
-  cv_.notify_all();
-}
-
-void ZmqTransport::notify_listener() {
-  std::optional<Failure> failure;
-  {
-    std::lock_guard lock(mutex_);
-    failure = failure_;
-  }
-  if (!failure) return;
-  std::lock_guard lock(listener_mutex_);
-  if (listener_told_ || !listener_) return;
-  listener_told_ = true;
-  listener_(failure->peer, failure->problem);
-}
-
-void ZmqTransport::set_failure_listener(FailureListener listener) {
-  {
-    std::lock_guard lock(listener_mutex_);
-    listener_ = std::move(listener);
-    listener_told_ = false;
-  }
-  notify_listener();  // a transport that failed before hears of it now
-}
-
-void ZmqTransport::fail_peer(int peer_rank, const std::string& problem) {
-  {
-    std::lock_guard lock(mutex_);
-    if (peer_failure_[peer_rank]) return;
-    peer_failure_[peer_rank] = problem;
-  }
-  logger_.warn("rank {}: rank {} failed: {}", options_.rank, peer_rank, problem);
-  cv_.notify_all();
-}
-
-void ZmqTransport::drop(const std::string& why) { drops_.add(why); }
 
 // ---------------------------------------------------------------- start-up
 

@@ -43,9 +43,11 @@
 // Copies: payloads of at least zero_copy_min_bytes are handed to ZeroMQ
 // without a copy (zmq_msg_init_data); send() then returns once ZeroMQ has
 // written them to the kernel, because the caller's span must stay valid
-// until then. Smaller payloads are copied once and send() returns at once.
+// until then, while send_owned() returns at once (ZeroMQ frees the buffer
+// it was given). Smaller payloads are copied once and both return at once.
 // Inbound payloads stay in the ZeroMQ message until recv_into() copies them
-// into the caller's buffer (recv() copies into the returned vector).
+// into the caller's buffer (recv() copies into the returned vector;
+// recv_visit() lends the message itself to its visitor, no copy).
 //
 // Lifetime: construct (binds), take local_endpoint() to the rendezvous,
 // connect() with the table, use, destroy. The destructor sends goodbye to
@@ -101,7 +103,9 @@ struct ZmqTransportOptions {
   // ZeroMQ before allocation, and send() of larger payloads is a UsageError.
   uint64_t max_message_bytes = uint64_t{1} << 30;
   // Carry a CRC-32C of every payload (cheap with SSE4.2; catches corruption
-  // that tcp's 16-bit checksum misses).
+  // that tcp's 16-bit checksum misses). Not with a job secret: the MAC
+  // covers the payload and catches the same corruption, so the CRC would
+  // only cost a second pass over every byte on both sides.
   bool checksum = true;
   size_t zero_copy_min_bytes = 64 * 1024;
   // How long the destructor lets queued frames drain.
@@ -147,6 +151,12 @@ class ZmqTransport final : public Transport {
                               Deadline deadline) override;
   void recv_into(int peer, uint64_t tag, std::span<std::byte> out, const std::string& what,
                  Deadline deadline) override;
+  // Payloads of at least zero_copy_min_bytes go to ZeroMQ as they are (it
+  // frees them); returns at once.
+  void send_owned(int peer, uint64_t tag, OwnedBuffer payload, const std::string& what,
+                  Deadline deadline) override;
+  void recv_visit(int peer, uint64_t tag, const std::string& what, Deadline deadline,
+                  const MessageVisitor& use) override;
   // Sends an abort frame (docs/wire-format.md) to every peer not known dead.
   // A peer receiving one fails its transport naming `culprit`.
   void abort(int culprit, const std::string& reason) noexcept override;
@@ -168,7 +178,11 @@ class ZmqTransport final : public Transport {
   };
 
   zmq::message_t take(int peer, uint64_t tag, const std::string& what, Deadline deadline);
+  bool with_crc() const { return options_.checksum && !auth_.enabled(); }
   void check_peer_arg(int peer, const std::string& what) const;
+  // check_peer_arg, the size limit, and that neither the transport nor
+  // `peer` has failed (fail_call otherwise).
+  void check_send(int peer, size_t bytes, const std::string& what);
   [[noreturn]] void fail_call(int peer, const std::string& what, const std::string& problem);
   void send_frame(Peer& peer, int peer_rank, wire::MessageType type, uint64_t tag,
                   std::span<const std::byte> payload, const std::string& what, Deadline deadline);
@@ -181,6 +195,10 @@ class ZmqTransport final : public Transport {
                                          zmq::message_t& body);
   // Queues an abort frame (never blocks); the caller holds peer.send_mutex.
   bool send_abort_frame(Peer& peer, int peer_rank, int culprit, const std::string& reason);
+  // Queues a frame of `type` whose payload ZeroMQ copies (never blocks);
+  // false when the queue refused it. The caller holds peer.send_mutex.
+  bool send_control_frame(Peer& peer, int peer_rank, wire::MessageType type,
+                          std::span<const std::byte> payload);
 
   // I/O thread.
   void run_io(std::stop_token stop);

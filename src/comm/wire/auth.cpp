@@ -4,8 +4,11 @@
 #include <sodium.h>
 #include <zmq.h>
 
+#include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstring>
+#include <optional>
 #include <span>
 
 #include "core/byte_codec.h"
@@ -16,7 +19,8 @@ namespace dtrain::comm {
 namespace {
 
 constexpr std::string_view kJobIdDomain = "dtrain job id v1";
-constexpr std::string_view kKeyDomain = "dtrain frame key v1";
+constexpr std::string_view kGcmKeyDomain = "dtrain frame key aes-256-gcm v2";
+constexpr std::string_view kPolyKeyDomain = "dtrain frame key poly1305 v2";
 constexpr std::string_view kCurveServerDomain = "dtrain curve server v1";
 constexpr std::string_view kCurveClientDomain = "dtrain curve client v1";
 
@@ -91,7 +95,64 @@ CurveKeys derive_curve_keys(std::string_view secret, uint64_t job_id) {
           seeded_pair(secret, kCurveClientDomain, job_id)};
 }
 
-JobAuth::JobAuth(std::string_view job_name, std::string_view secret, bool encrypt)
+std::string_view to_string(FrameMac mac) {
+  switch (mac) {
+    case FrameMac::kAuto:
+      return "auto";
+    case FrameMac::kAesGcm:
+      return "AES-256-GCM";
+    case FrameMac::kPoly1305:
+      return "Poly1305";
+  }
+  return "unknown";
+}
+
+FrameMac choose_frame_mac(bool aes_gcm_available) {
+  return aes_gcm_available ? FrameMac::kAesGcm : FrameMac::kPoly1305;
+}
+
+namespace {
+
+constexpr size_t kNonceBytes = 12;
+constexpr size_t kOffAlgorithm = 12;
+constexpr size_t kOffTag = 16;
+constexpr size_t kTagBytes = 16;
+constexpr size_t kMaxHeaderBytes = 256;
+static_assert(crypto_aead_aes256gcm_NPUBBYTES == kNonceBytes &&
+              crypto_aead_aes256gcm_ABYTES == kTagBytes &&
+              crypto_stream_chacha20_ietf_NONCEBYTES == kNonceBytes &&
+              crypto_onetimeauth_BYTES == kTagBytes && kOffTag + kTagBytes == kMacBytes);
+
+const unsigned char* uchars(std::span<const std::byte> bytes) {
+  return reinterpret_cast<const unsigned char*>(bytes.data());
+}
+
+}  // namespace
+
+MacNonce mac_nonce(std::span<const std::byte, kMacBytes> mac) {
+  ByteReader r(mac.first<kNonceBytes>(), "mac nonce");
+  MacNonce nonce;
+  nonce.source = r.read_u32("source");
+  nonce.counter = r.read_u64("counter");
+  return nonce;
+}
+
+struct JobAuth::Keys {
+  crypto_aead_aes256gcm_state gcm;  // expanded AES key and GHASH key
+  std::array<unsigned char, crypto_stream_chacha20_ietf_KEYBYTES> chacha{};
+  ~Keys() {
+    sodium_memzero(&gcm, sizeof gcm);
+    sodium_memzero(chacha.data(), chacha.size());
+  }
+};
+
+struct JobAuth::NonceCounter {
+  uint32_t source = 0;
+  std::atomic<uint64_t> next{0};
+};
+
+JobAuth::JobAuth(std::string_view job_name, std::string_view secret, bool encrypt,
+                 FrameMacOptions mac_options)
     : job_id_(job_id_of(job_name)), enabled_(!secret.empty()), encrypt_(encrypt) {
   if (encrypt_) {
     if (!enabled_) {
@@ -110,34 +171,116 @@ JobAuth::JobAuth(std::string_view job_name, std::string_view secret, bool encryp
     }
     curve_ = derive_curve_keys(secret, job_id_);
   }
+  gcm_available_ =
+      mac_options.aes_gcm_available.value_or(crypto_aead_aes256gcm_is_available() != 0);
+  send_ = mac_options.send == FrameMac::kAuto ? choose_frame_mac(gcm_available_) : mac_options.send;
+  if (send_ == FrameMac::kAesGcm && !gcm_available_) {
+    throw ConfigError(
+        "frames authenticated with AES-256-GCM, but this CPU lacks AES-NI or PCLMUL "
+        "(crypto_aead_aes256gcm_is_available() is false): use Poly1305");
+  }
   if (!enabled_) return;
-  keyed_digest(secret, kKeyDomain, job_id_, key_);
+  auto keys = std::make_shared<Keys>();
+  std::array<unsigned char, 32> gcm_key{};
+  keyed_digest(secret, kGcmKeyDomain, job_id_, gcm_key);
+  if (gcm_available_) crypto_aead_aes256gcm_beforenm(&keys->gcm, gcm_key.data());
+  sodium_memzero(gcm_key.data(), gcm_key.size());
+  keyed_digest(secret, kPolyKeyDomain, job_id_, keys->chacha);
+  keys_ = std::move(keys);
+  nonces_ = std::make_shared<NonceCounter>();
+  nonces_->source = randombytes_random();
+  // Below 2^63, so that the counter never wraps while the process lives.
+  uint64_t start = 0;
+  randombytes_buf(&start, sizeof start);
+  nonces_->next.store(start >> 1, std::memory_order_relaxed);
 }
 
-JobAuth::~JobAuth() {
-  sodium_memzero(key_.data(), key_.size());
-  sodium_memzero(&curve_, sizeof curve_);
+JobAuth::~JobAuth() { sodium_memzero(&curve_, sizeof curve_); }
+
+namespace {
+
+// The tag of `header` then `payload` under `nonce` (see auth.h). GCM: the
+// payload is the additional data and the header the message, whose
+// ciphertext is thrown away (libsodium takes one AD buffer, and so neither
+// is copied).
+void frame_tag(FrameMac mac, const crypto_aead_aes256gcm_state& gcm,
+               std::span<const unsigned char, 32> chacha_key, const unsigned char* nonce,
+               std::span<const std::byte> header, std::span<const std::byte> payload,
+               unsigned char* tag) {
+  DTRAIN_CHECK(header.size() <= kMaxHeaderBytes, "a {}-byte header, at most {}", header.size(),
+               kMaxHeaderBytes);
+  if (mac == FrameMac::kAesGcm) {
+    std::array<unsigned char, kMaxHeaderBytes> discarded;
+    unsigned long long tag_bytes = 0;
+    crypto_aead_aes256gcm_encrypt_detached_afternm(discarded.data(), tag, &tag_bytes,
+                                                   uchars(header), header.size(), uchars(payload),
+                                                   payload.size(), nullptr, nonce, &gcm);
+    sodium_memzero(discarded.data(), header.size());
+    return;
+  }
+  std::array<unsigned char, crypto_onetimeauth_KEYBYTES> one_time_key;
+  crypto_stream_chacha20_ietf(one_time_key.data(), one_time_key.size(), nonce, chacha_key.data());
+  crypto_onetimeauth_state state;
+  crypto_onetimeauth_init(&state, one_time_key.data());
+  crypto_onetimeauth_update(&state, uchars(header), header.size());
+  crypto_onetimeauth_update(&state, uchars(payload), payload.size());
+  crypto_onetimeauth_final(&state, tag);
+  sodium_memzero(one_time_key.data(), one_time_key.size());
 }
+
+// The algorithm byte of a MAC field when it names one and the padding after
+// it is zero; nullopt otherwise.
+std::optional<FrameMac> algorithm_of(std::span<const std::byte, kMacBytes> mac) {
+  const uint8_t algorithm = std::to_integer<uint8_t>(mac[kOffAlgorithm]);
+  const bool padded = std::all_of(mac.begin() + kOffAlgorithm + 1, mac.begin() + kOffTag,
+                                  [](std::byte b) { return b == std::byte{0}; });
+  if (!padded) return std::nullopt;
+  if (algorithm == static_cast<uint8_t>(FrameMac::kAesGcm)) return FrameMac::kAesGcm;
+  if (algorithm == static_cast<uint8_t>(FrameMac::kPoly1305)) return FrameMac::kPoly1305;
+  return std::nullopt;
+}
+
+}  // namespace
 
 Mac JobAuth::mac(std::span<const std::byte> header, std::span<const std::byte> payload) const {
   DTRAIN_CHECK(enabled_, "JobAuth::mac called without a job secret");
-  crypto_generichash_state state;
-  crypto_generichash_init(&state, key_.data(), key_.size(), kMacBytes);
-  crypto_generichash_update(&state, reinterpret_cast<const unsigned char*>(header.data()),
-                            header.size());
-  crypto_generichash_update(&state, reinterpret_cast<const unsigned char*>(payload.data()),
-                            payload.size());
-  Mac out;
-  crypto_generichash_final(&state, reinterpret_cast<unsigned char*>(out.data()), out.size());
+  ByteWriter w(kOffTag);
+  w.write_u32(nonces_->source);
+  w.write_u64(nonces_->next.fetch_add(1, std::memory_order_relaxed));
+  w.write_u8(static_cast<uint8_t>(send_));
+  w.write_u8(0);
+  w.write_u16(0);
+  Mac out{};
+  std::copy(w.bytes().begin(), w.bytes().end(), out.begin());
+  frame_tag(send_, keys_->gcm, keys_->chacha, reinterpret_cast<const unsigned char*>(out.data()),
+            header, payload, reinterpret_cast<unsigned char*>(out.data() + kOffTag));
   return out;
 }
 
 bool JobAuth::verify(std::span<const std::byte> header, std::span<const std::byte> payload,
                      std::span<const std::byte, kMacBytes> expected) const {
-  if (!enabled_) return false;
-  Mac actual = mac(header, payload);
-  return crypto_verify_32(reinterpret_cast<const unsigned char*>(actual.data()),
-                          reinterpret_cast<const unsigned char*>(expected.data())) == 0;
+  const std::optional<FrameMac> algorithm = algorithm_of(expected);
+  if (!enabled_ || !algorithm || (*algorithm == FrameMac::kAesGcm && !gcm_available_)) {
+    return false;
+  }
+  std::array<unsigned char, kTagBytes> actual;
+  frame_tag(*algorithm, keys_->gcm, keys_->chacha, uchars(expected), header, payload,
+            actual.data());
+  return crypto_verify_16(actual.data(), uchars(expected.subspan<kOffTag, kTagBytes>())) == 0;
+}
+
+std::string JobAuth::refusal(std::span<const std::byte, kMacBytes> expected) const {
+  const std::optional<FrameMac> algorithm = algorithm_of(expected);
+  if (!algorithm) {
+    return fmt::format("unknown MAC algorithm {} (a tampered frame or another wire version)",
+                       std::to_integer<uint8_t>(expected[kOffAlgorithm]));
+  }
+  if (*algorithm == FrameMac::kAesGcm && !gcm_available_) {
+    return "the frame is authenticated with AES-256-GCM, which this CPU cannot check (no AES-NI "
+           "or PCLMUL): every process of a job must be able to check its peers' algorithm; "
+           "give the job hosts with AES-NI only or none";
+  }
+  return "MAC mismatch (wrong job secret or tampered frame)";
 }
 
 }  // namespace dtrain::comm

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <utility>
 
 #include "core/error.h"
 
@@ -179,6 +180,21 @@ bool FramedSocket::send(std::string_view identity, const FrameHeader& header,
   return send_parts(identity, head, body);
 }
 
+void FramedSocket::check_fresh(std::string_view identity, const FrameHeader& header) {
+  const MacNonce nonce = mac_nonce(header.mac);
+  std::string key(identity);
+  key.append(reinterpret_cast<const char*>(header.mac.data()), sizeof nonce.source);
+  const auto [it, first] = last_nonce_.try_emplace(std::move(key), nonce.counter);
+  if (first) return;
+  if (nonce.counter <= it->second) {
+    throw DataError(fmt::format(
+        "wire frame rejected: a replayed or reordered frame from {} (nonce counter {}, the last "
+        "accepted was {})",
+        describe_sender(header.sender), nonce.counter, it->second));
+  }
+  it->second = nonce.counter;
+}
+
 void FramedSocket::reject(std::string_view identity, const std::optional<FrameHeader>& header,
                           std::span<const std::byte> header_bytes,
                           std::span<const std::byte> payload, const std::string& reason) {
@@ -212,6 +228,7 @@ std::optional<Frame> FramedSocket::try_receive() {
     try {
       header = check_header(head, options_.limits, auth_, options_.accepted);
       check_payload(*header, head.first<kHeaderBytes>(), body, auth_);
+      if ((header->flags & kFlagMac) != 0) check_fresh(identity, *header);
     } catch (const DataError& e) {
       reject(identity, header, head, body, e.what());
       continue;

@@ -18,7 +18,11 @@
 // magic, version, type, flags, reserved bytes, job id, sender range,
 // receiver, and the payload size against the limit, before anything is
 // allocated; ZeroMQ refuses longer parts already, ZMQ_MAXMSGSIZE); the type
-// against the accepted ones; the payload's length, CRC-32C and MAC. A message
+// against the accepted ones; the payload's length, CRC-32C and MAC; with a
+// job secret, that the MAC's nonce counter is above the last one accepted
+// from the same nonce source on the same connection (a replayed or
+// reordered frame is refused; the socket keeps one counter per connection
+// and sending process it has heard, a few bytes each). A message
 // that fails is dropped: counted (dropped()), logged rate-limited
 // ("<name>: dropped an inbound frame (<n> so far): <why>", the first 16 then
 // every 1024th), passed to the options' on_reject hook if there is one (a
@@ -48,6 +52,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 #include <zmq.hpp>
 
@@ -193,6 +198,8 @@ class FramedSocket {
  private:
   HeaderBytes header_for(FrameHeader header, std::span<const std::byte> payload) const;
   bool send_parts(std::string_view identity, const HeaderBytes& head, zmq::message_t& body);
+  // Throws DataError unless `header`'s nonce is new on this connection.
+  void check_fresh(std::string_view identity, const FrameHeader& header);
   void reject(std::string_view identity, const std::optional<FrameHeader>& header,
               std::span<const std::byte> header_bytes, std::span<const std::byte> payload,
               const std::string& reason);
@@ -203,6 +210,9 @@ class FramedSocket {
   zmq::socket_t socket_;
   std::string endpoint_;
   RateLimitedLog drops_;
+  // Routing id (empty on a DEALER) + nonce source (4 bytes) -> the counter
+  // of the last frame accepted from it.
+  std::unordered_map<std::string, uint64_t> last_nonce_;
   std::unique_ptr<LinkShaper> shaper_;     // when options_.link
   std::shared_ptr<ZapHandler> zap_;        // ROUTER with auth_.curve(): its context's handler
   std::unique_ptr<HandshakeWatch> watch_;  // DEALER with auth_.curve()

@@ -122,7 +122,10 @@ FrameHeader decode_header(std::span<const std::byte> bytes, const FrameLimits& l
   }
   const uint8_t version = r.read_u8("version");
   if (version != kVersion) {
-    fail(fmt::format("wire version {}, this build speaks version {}", version, kVersion));
+    fail(fmt::format(
+        "wire version {}, this build speaks version {} (a peer running another dtrain release: "
+        "run one release on every host)",
+        version, kVersion));
   }
   const uint8_t type = r.read_u8("type");
   if (!known_type(type)) fail(fmt::format("unknown message type {}", type));
@@ -211,7 +214,10 @@ void check_payload(const FrameHeader& header, std::span<const std::byte, kHeader
     std::copy(header_bytes.begin(), header_bytes.end(), zeroed.begin());
     std::fill(zeroed.begin() + kOffMac, zeroed.end(), std::byte{0});
     if (!auth.verify(zeroed, payload, header_bytes.subspan<kOffMac, kMacBytes>())) {
-      fail("authentication failed: MAC mismatch (wrong job secret or tampered frame)");
+      fail(fmt::format("authentication failed for a frame from {}: {}",
+                       header.sender == kCoordinator ? std::string("the coordinator")
+                                                     : fmt::format("rank {}", header.sender),
+                       auth.refusal(header_bytes.subspan<kOffMac, kMacBytes>())));
     }
   }
 }

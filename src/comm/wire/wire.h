@@ -28,7 +28,9 @@
 namespace dtrain::comm::wire {
 
 inline constexpr uint32_t kMagic = 0x4E525444;  // "DTRN" in little-endian byte order
-inline constexpr uint8_t kVersion = 1;
+// Version 2: the MAC field holds a nonce and an AES-256-GCM or Poly1305 tag
+// (version 1: keyed BLAKE2b). Peers of different versions refuse each other.
+inline constexpr uint8_t kVersion = 2;
 inline constexpr size_t kHeaderBytes = 88;
 // Sender of frames written by the rendezvous coordinator (which has no rank).
 inline constexpr uint32_t kCoordinator = 0xFFFFFFFFu;
@@ -54,8 +56,8 @@ std::string_view to_string(MessageType type);
 
 // Header flag bits; any other bit set is an error.
 inline constexpr uint8_t kFlagCrc = 0x01;  // payload_crc holds CRC-32C of the payload
-inline constexpr uint8_t kFlagMac =
-    0x02;  // mac holds JobAuth::mac(header with mac zeroed, payload)
+// mac holds JobAuth::mac(header with mac zeroed, payload): nonce and tag.
+inline constexpr uint8_t kFlagMac = 0x02;
 
 struct FrameHeader {
   MessageType type = MessageType::kData;

@@ -1,0 +1,202 @@
+// Restart mode of the per-host agent (`dtrain train JOB --rdzv etcd://...
+// --nnodes MIN:MAX --nproc-per-node K --no-elastic`,
+// cli/etcd_restart_agent.h) through the dtrain executable, against a real
+// etcd started by the test (skipped without /usr/bin/etcd), with a 2 s lease:
+// agents ("hosts") on loopback share one output folder, one worker each.
+//  - The first host (node rank 0: the coordinator and the checkpoint
+//    writer) is SIGKILLed with its process group once a checkpoint exists;
+//    the survivors restart from it as generation 1, finish and write the
+//    final model, saying which step they resumed from.
+//  - A worker (not its agent) is SIGKILLed: its agent reports the failure
+//    and every agent restarts the group.
+//  - With no restart left, the same failure ends every agent non-zero
+//    with a line naming the budget.
+//  - A host that arrives while the group runs below MAX is admitted by a
+//    restart that uses none of the budget.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "cli/etcd_restart_agent.h"
+#include "cli_test_util.h"
+#include "testing/etcd_server.h"
+#include "testing/fault_fs.h"
+#include "testing/process.h"
+#include "testing/test_job.h"
+
+namespace dtrain {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::ChildProcess;
+using testing::write_file;
+
+const std::string kJob = testing::TestJob()
+                             .name("restart-agents")
+                             .seed(5)
+                             .synthetic(4000, 16, 4)
+                             .mlp({32})
+                             .optimizer("sgd", 0.05)
+                             .epochs(30)
+                             .batch(20)
+                             .set("train.log_every_steps", "100")
+                             .set("train.checkpoint_every_steps", "20")
+                             .set("distributed.timeout_ms", "5000")
+                             .toml();
+
+// One host: `setsid dtrain train JOB --rdzv ... --no-elastic` in its own
+// process group (its pid is the group's id), stderr merged into stdout.
+ChildProcess start_agent(const std::string& job, const std::string& out, const std::string& rdzv,
+                         const std::string& nnodes, int max_restarts) {
+  return ChildProcess::spawn(
+      {"/usr/bin/setsid", "/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1", DTRAIN_BINARY, "train", job,
+       "--output", out, "--rdzv", rdzv, "--nnodes", nnodes, "--nproc-per-node", "1", "--no-elastic",
+       "--max-restarts", std::to_string(max_restarts)},
+      {{"OPENBLAS_NUM_THREADS", "1"},
+       {"DTRAIN_JOB_SECRET", "restart-agents-secret"},
+       {"DTRAIN_TCP_ONLY", "1"},
+       {"DTRAIN_RDZV_LEASE_TTL_S", "2"},
+       {"DTRAIN_RDZV_SETTLE_MS", "3000"},
+       {"DTRAIN_RDZV_JOIN_TIMEOUT_S", "60"}});
+}
+
+bool has_checkpoint(const std::string& dir) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.starts_with("ckpt-") && name.ends_with(".dtc")) return true;
+  }
+  return false;
+}
+
+// The pid of the first worker an agent's log says it started.
+pid_t first_worker_pid(const std::string& output) {
+  const size_t started = output.find("started 1 worker(s)");
+  const size_t pid = output.find("(pid ", started);
+  if (started == std::string::npos || pid == std::string::npos) return -1;
+  return static_cast<pid_t>(std::stol(output.substr(pid + 5)));
+}
+
+struct Cluster {
+  testing::EtcdServer etcd;
+  testing::TempDir dir;
+  std::string rdzv;
+  std::vector<ChildProcess> agents;
+
+  Cluster(const std::string& job_id, int hosts, const std::string& nnodes, int max_restarts) {
+    testing::ready_etcd_client(etcd);
+    write_file(dir.file("job.toml"), kJob);
+    rdzv = "etcd://" + etcd.endpoint() + "/" + job_id;
+    for (int h = 0; h < hosts; ++h) {
+      agents.push_back(
+          start_agent(dir.file("job.toml"), dir.file("out"), rdzv, nnodes, max_restarts));
+      // Node indexes in start order: the first agent is node 0 (rank 0).
+      EXPECT_TRUE(testing::wait_for_output(agents.back(), "agent: node " + std::to_string(h)))
+          << agents.back().output();
+    }
+  }
+  bool wait_for_checkpoint(ChildProcess& watched) {
+    const Deadline deadline = Deadline::after(120s);
+    while (!has_checkpoint(dir.file("out")) && !deadline.expired()) {
+      if (!watched.read_some(200)) return false;
+    }
+    return has_checkpoint(dir.file("out"));
+  }
+};
+
+TEST(EtcdRestartAgentCli, SurvivorsRestartFromTheCheckpointAfterTheFirstHostIsKilled) {
+  if (!testing::etcd_installed()) GTEST_SKIP() << "etcd is not installed (scripts/setup.sh)";
+  Cluster c("restart-host", 3, "2:3", 2);
+  ASSERT_TRUE(c.wait_for_checkpoint(c.agents[0])) << c.agents[0].output();
+  ::kill(-c.agents[0].pid(), SIGKILL);
+  c.agents[0].wait(Deadline::after(10s));
+  for (size_t h = 1; h < c.agents.size(); ++h) {
+    const std::optional<testing::ExitStatus> status = c.agents[h].wait(Deadline::after(120s));
+    ASSERT_TRUE(status.has_value()) << c.agents[h].output();
+    EXPECT_EQ(status->code, 0) << status->describe() << "\n" << c.agents[h].output();
+    EXPECT_NE(c.agents[h].output().find("of generation 1"), std::string::npos)
+        << c.agents[h].output();
+  }
+  const std::string survivors = c.agents[1].output() + c.agents[2].output();
+  EXPECT_NE(survivors.find("restarting the group from its newest checkpoint"), std::string::npos)
+      << survivors;
+  EXPECT_NE(survivors.find("resumed from"), std::string::npos) << survivors;
+  EXPECT_NE(survivors.find(" at step "), std::string::npos) << survivors;
+  EXPECT_TRUE(std::filesystem::exists(c.dir.file("out/model.safetensors"))) << survivors;
+}
+
+TEST(EtcdRestartAgentCli, AKilledWorkerRestartsEveryHost) {
+  if (!testing::etcd_installed()) GTEST_SKIP() << "etcd is not installed (scripts/setup.sh)";
+  Cluster c("restart-worker", 2, "2", 1);
+  ASSERT_TRUE(c.wait_for_checkpoint(c.agents[1])) << c.agents[1].output();
+  const pid_t worker = first_worker_pid(c.agents[1].output());
+  ASSERT_GT(worker, 0) << c.agents[1].output();
+  ::kill(worker, SIGKILL);
+  for (ChildProcess& agent : c.agents) {
+    const std::optional<testing::ExitStatus> status = agent.wait(Deadline::after(120s));
+    ASSERT_TRUE(status.has_value()) << agent.output();
+    EXPECT_EQ(status->code, 0) << status->describe() << "\n" << agent.output();
+    EXPECT_NE(agent.output().find("restart 1 of 1"), std::string::npos) << agent.output();
+    EXPECT_NE(agent.output().find("of generation 1"), std::string::npos) << agent.output();
+  }
+  EXPECT_TRUE(std::filesystem::exists(c.dir.file("out/model.safetensors")));
+}
+
+TEST(EtcdRestartAgentCli, ExhaustedRestartBudgetEndsEveryHostNonZero) {
+  if (!testing::etcd_installed()) GTEST_SKIP() << "etcd is not installed (scripts/setup.sh)";
+  Cluster c("restart-budget", 2, "2", 0);
+  ASSERT_TRUE(testing::wait_for_output(c.agents[1], "started 1 worker(s)")) << c.agents[1].output();
+  const pid_t worker = first_worker_pid(c.agents[1].output());
+  ASSERT_GT(worker, 0) << c.agents[1].output();
+  ::kill(worker, SIGKILL);
+  for (ChildProcess& agent : c.agents) {
+    const std::optional<testing::ExitStatus> status = agent.wait(Deadline::after(60s));
+    ASSERT_TRUE(status.has_value()) << agent.output();
+    EXPECT_NE(status->code, 0) << agent.output();
+    EXPECT_NE(agent.output().find("restart budget exhausted (0 of 0 used)"), std::string::npos)
+        << agent.output();
+  }
+}
+
+TEST(EtcdRestartAgentCli, ANewHostBelowMaxIsAdmittedByARestartThatCostsNoBudget) {
+  if (!testing::etcd_installed()) GTEST_SKIP() << "etcd is not installed (scripts/setup.sh)";
+  Cluster c("restart-admit", 2, "2:3", 0);
+  ASSERT_TRUE(testing::wait_for_output(c.agents[0], "started 1 worker(s)")) << c.agents[0].output();
+  c.agents.push_back(
+      start_agent(c.dir.file("job.toml"), c.dir.file("out"), c.rdzv, "2:3", /*max_restarts=*/0));
+  for (ChildProcess& agent : c.agents) {
+    const std::optional<testing::ExitStatus> status = agent.wait(Deadline::after(120s));
+    ASSERT_TRUE(status.has_value()) << agent.output();
+    EXPECT_EQ(status->code, 0) << status->describe() << "\n" << agent.output();
+    EXPECT_NE(agent.output().find("of generation 1 (nodes [0, 1, 2])"), std::string::npos)
+        << agent.output();
+  }
+  EXPECT_NE(c.agents[0].output().find("no restart used"), std::string::npos)
+      << c.agents[0].output();
+}
+
+TEST(EtcdRestartAgentCli, RefusesRestartsThatWouldTrainFromScratch) {
+  testing::TempDir dir;
+  write_file(dir.file("job.toml"), kJob);
+  const testing::CliRun run = testing::run_dtrain(
+      {"train", dir.file("job.toml"), "--output", dir.file("out"), "--rdzv", "etcd://127.0.0.1:1/j",
+       "--nnodes", "1:2", "--no-elastic", "--no-resume", "--max-restarts", "1"},
+      {{"DTRAIN_JOB_SECRET", "s"}});
+  EXPECT_EQ(run.status.code, 2) << run.status.describe() << "\n" << run.output;
+  EXPECT_NE(run.output.find("job.resume"), std::string::npos) << run.output;
+}
+
+TEST(EtcdRestartAgentCli, WorkersGetTheCommandLineWithoutTheAgentFlags) {
+  const std::vector<std::string> argv = {
+      "/bin/dtrain", "train", "job.toml",         "--rdzv", "etcd://h:1/j", "--nnodes=1:2",
+      "--output",    "out",   "--nproc-per-node", "2",      "--no-elastic"};
+  const std::vector<std::string> expected = {"/bin/dtrain", "train", "job.toml",
+                                             "--output",    "out",   "--no-elastic"};
+  EXPECT_EQ(cli::worker_argv(argv), expected);
+}
+
+}  // namespace
+}  // namespace dtrain
