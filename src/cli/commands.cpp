@@ -121,6 +121,8 @@ int run_agent(const TrainOptions& options, const train::JobConfig& job,
   agent.rdzv = *options.rdzv;
   agent.nnodes = options.nnodes;
   agent.nproc_per_node = options.nproc_per_node;
+  agent.host_address = options.host_address;
+  agent.lease_ttl = std::chrono::seconds(options.rdzv_ttl_s);
   agent.max_restarts = static_cast<int>(std::min<int64_t>(job.train.max_restarts, INT_MAX));
   LaunchOptions l;
   l.argv = options.argv;

@@ -46,6 +46,8 @@ struct TrainOptions {
   std::optional<std::string> rdzv;
   std::string nnodes = "1";
   int nproc_per_node = 1;
+  std::string host_address;        // --host-address: this host's address (agent)
+  int rdzv_ttl_s = 10;             // --rdzv-ttl: the agent's and its workers' lease TTL
   std::string progress = "plain";  // bar | plain | none
   // A worker's place in a launched job; each overrides its environment
   // variable (DTRAIN_RANK, DTRAIN_WORLD_SIZE, DTRAIN_COORDINATOR).

@@ -1,16 +1,18 @@
 #include "cli/etcd_agent.h"
 
 #include <fmt/format.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <utility>
 
+#include "cli/etcd_agent_presence.h"
 #include "cli/etcd_restart_agent.h"
-#include "comm/rendezvous/etcd_client.h"
 #include "comm/rendezvous/launch_env.h"
 #include "core/error.h"
 
@@ -46,25 +48,24 @@ NodeBounds parse_nnodes(const std::string& text) {
   return b;
 }
 
-// The lowest node index no agent of the job claimed yet, claimed for this one.
-int claim_node_index(const comm::RdzvUrl& url, Deadline deadline) {
-  comm::EtcdClient etcd(url.endpoint);
-  char host[256] = {};
-  gethostname(host, sizeof host - 1);
-  const std::string me = fmt::format("{} pid {}", host, getpid());
-  const std::string prefix = fmt::format("/dtrain/{}/nodes/", url.job_id);
-  for (int index = 0;; ++index) {
-    if (etcd.compare_and_swap(prefix + std::to_string(index), std::nullopt, me, 0, deadline)) {
-      return index;
-    }
+// Stops the agent's workers when its lease is found lost (AgentPresence's
+// thread): SIGTERM to itself, which the launcher forwards to them, but only
+// while the launcher runs (it catches SIGTERM then).
+struct StaleStop {
+  std::mutex mutex;
+  bool launcher_running = false;
+  void stop() {
+    const std::lock_guard lock(mutex);
+    if (launcher_running) ::kill(getpid(), SIGTERM);
   }
-}
+  void set_running(bool running) {
+    const std::lock_guard lock(mutex);
+    launcher_running = running;
+  }
+};
 
-}  // namespace
-
-LaunchResult run_etcd_agent(const AgentOptions& agent, LaunchOptions base, std::ostream& out,
-                            std::ostream& err, Logger& logger, Deadline deadline) {
-  const comm::RdzvUrl url = comm::parse_rdzv_url(agent.rdzv, "--rdzv");
+// The node bounds; UsageError for bad options or no job secret.
+NodeBounds check_options(const AgentOptions& agent, LaunchOptions& base) {
   const NodeBounds nodes = parse_nnodes(agent.nnodes);
   const int k = agent.nproc_per_node;
   if (k < 1 || static_cast<int64_t>(nodes.max) * k > comm::kMaxWorldSize) {
@@ -77,13 +78,51 @@ LaunchResult run_etcd_agent(const AgentOptions& agent, LaunchOptions base, std::
         "--rdzv: set DTRAIN_JOB_SECRET, or a key file (DTRAIN_KEY_FILE, security.key_file), the "
         "same on every host (the workers of different hosts authenticate each other with it)");
   }
-  const int node =
-      claim_node_index(url, Deadline(std::min(deadline.at(), Deadline::after(kClaimTimeout).at())));
+  if (agent.lease_ttl.count() < 1) {
+    throw UsageError(fmt::format("--rdzv-ttl {} s: the lease TTL must be at least 1 s",
+                                 agent.lease_ttl.count()));
+  }
+  return nodes;
+}
+
+std::string host_address_of(const AgentOptions& agent, const LaunchOptions& base) {
+  if (!agent.host_address.empty()) return agent.host_address;
+  const auto it = base.environment.find("DTRAIN_HOST_ADDRESS");
+  if (it != base.environment.end() && !it->second.empty()) return it->second;
+  return "127.0.0.1";
+}
+
+}  // namespace
+
+LaunchResult run_etcd_agent(const AgentOptions& agent, LaunchOptions base, std::ostream& out,
+                            std::ostream& err, Logger& logger, Deadline deadline) {
+  const comm::RdzvUrl url = comm::parse_rdzv_url(agent.rdzv, "--rdzv");
+  const NodeBounds nodes = check_options(agent, base);
+  const int k = agent.nproc_per_node;
+  const std::string host = host_address_of(agent, base);
+  const std::string stale = fmt::format(
+      "agent of job '{}' was silent past its lease TTL ({} s): the group went on without this "
+      "host; it is left out (LeftOut) and stops its workers",
+      url.job_id, agent.lease_ttl.count());
+  // Declared before `presence`, whose thread calls it: outlives that thread.
+  StaleStop stale_stop;
+  AgentPresence presence(
+      url, host, agent.lease_ttl,
+      [&logger, &stale_stop, stale] {
+        logger.error("{}", stale);
+        stale_stop.stop();
+      },
+      logger, Deadline(std::min(deadline.at(), Deadline::after(kClaimTimeout).at())));
+  const int node = presence.node();
   if (agent.restart) {
     return run_etcd_restart_agent(agent, node, nodes.min, nodes.max, std::move(base), out, err,
                                   logger, deadline);
   }
   base.workers = k;
+  base.coordinator = false;
+  base.environment["DTRAIN_LISTEN_HOST"] = host;
+  base.environment["DTRAIN_ADVERTISE_HOST"] = host;
+  base.environment["DTRAIN_RDZV_LEASE_TTL"] = std::to_string(agent.lease_ttl.count());
   base.environment["DTRAIN_RDZV"] = agent.rdzv;
   base.environment["DTRAIN_RDZV_MIN_WORKERS"] = std::to_string(nodes.min * k);
   base.environment["DTRAIN_RDZV_MAX_WORKERS"] = std::to_string(nodes.max * k);
@@ -109,10 +148,29 @@ LaunchResult run_etcd_agent(const AgentOptions& agent, LaunchOptions base, std::
   e.job_finished = [tally] { return tally->finished && tally->running == 0; };
   base.elastic = std::move(e);
   logger.info(
-      "agent: node {} of job '{}' at etcd {}; {} local worker(s), slots {}..{}; group of "
-      "{}..{} worker(s)",
-      node, url.job_id, url.endpoint, k, node * k, node * k + k - 1, nodes.min * k, nodes.max * k);
-  return Launcher(std::move(base), out, err, logger).run(deadline);
+      "agent: node {} of job '{}' at etcd {}, host address {}; {} local worker(s), slots "
+      "{}..{}; group of {}..{} worker(s); lease TTL {} s",
+      node, url.job_id, url.endpoint, host, k, node * k, node * k + k - 1, nodes.min * k,
+      nodes.max * k, agent.lease_ttl.count());
+  stale_stop.set_running(true);
+  LaunchResult result;
+  try {
+    result = Launcher(std::move(base), out, err, logger).run(deadline);
+  } catch (...) {
+    stale_stop.set_running(false);
+    throw;
+  }
+  stale_stop.set_running(false);
+  if (presence.check(Deadline::after(std::chrono::seconds(2)))) {
+    result.exit_code = 1;
+    result.failure = stale;
+    logger.error("agent: node {}: exiting with code 1: {}", node, stale);
+  }
+  // Agents that finish together leave together; one SIGKILLed moments
+  // before keeps its alive key up to the TTL.
+  presence.leave(result.exit_code == 0 ? agent.lease_ttl + std::chrono::seconds(1)
+                                       : std::chrono::milliseconds(0));
+  return result;
 }
 
 }  // namespace dtrain::cli

@@ -12,16 +12,25 @@
 // can die. Its local job ends when a worker finished training (exit 0) and
 // every local worker has ended, or when fewer than one local worker runs.
 //
+// The agent's own record (cli/etcd_agent_presence.h): node index i, and an
+// alive key under its lease. An agent silent past the TTL (its host frozen)
+// is left out: when it runs again it stops its workers and exits 1, saying
+// so ("... left out (LeftOut) ..."), without touching the group that went
+// on. The last agent of the job to leave removes the job's keys from etcd,
+// so that the same job id may be used again.
+//
 // Every agent of the job must be given the same DTRAIN_JOB_SECRET or key
 // file (DTRAIN_KEY_FILE): the workers of different hosts authenticate each
 // other with it.
 //
 // Blocking: for the local workers' lifetime, bounded by `deadline`.
 // Errors: UsageError for a malformed --rdzv / --nnodes / --nproc-per-node
-// or neither DTRAIN_JOB_SECRET nor DTRAIN_KEY_FILE; TimeoutError when etcd does not answer the node
-// claim within 30 s; what Launcher::run throws.
+// or neither DTRAIN_JOB_SECRET nor DTRAIN_KEY_FILE, or a lease TTL under
+// 1 s; TimeoutError when etcd does not answer the node claim within 30 s;
+// what Launcher::run throws.
 #pragma once
 
+#include <chrono>
 #include <ostream>
 #include <string>
 
@@ -38,6 +47,13 @@ struct AgentOptions {
   int max_restarts = 0;  // replacements of failed local workers (restart mode: group restarts)
   // Restart mode (cli/etcd_restart_agent.h) instead of elastic.
   bool restart = false;
+  // This host's address: its workers bind it and the other hosts' workers
+  // reach them there (DTRAIN_LISTEN_HOST / DTRAIN_ADVERTISE_HOST). Empty:
+  // DTRAIN_HOST_ADDRESS of `base.environment`, else 127.0.0.1.
+  std::string host_address;
+  // The lease TTL of the agent and of its workers (DTRAIN_RDZV_LEASE_TTL):
+  // a host silent this long is dropped from the group.
+  std::chrono::seconds lease_ttl{10};
 };
 
 // `base` as for Launcher (argv, environment); its workers are set here.

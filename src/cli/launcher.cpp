@@ -119,15 +119,18 @@ Launcher::Launcher(LaunchOptions options, std::ostream& out, std::ostream& err, 
 
 LaunchResult Launcher::run(Deadline deadline) {
   const auto started = Clock::now();
-  const int port = options_.coordinator_port != 0 ? options_.coordinator_port
-                                                  : pick_free_port(options_.coordinator_host);
   LaunchResult result;
-  result.coordinator = fmt::format("{}:{}", options_.coordinator_host, port);
-
   std::map<std::string, std::string> environment = options_.environment;
   environment["DTRAIN_WORLD_SIZE"] =
       std::to_string(options_.world_size != 0 ? options_.world_size : options_.workers);
-  environment["DTRAIN_COORDINATOR"] = result.coordinator;
+  if (options_.coordinator) {
+    const int port = options_.coordinator_port != 0 ? options_.coordinator_port
+                                                    : pick_free_port(options_.coordinator_host);
+    result.coordinator = fmt::format("{}:{}", options_.coordinator_host, port);
+    environment["DTRAIN_COORDINATOR"] = result.coordinator;
+  } else {
+    environment.erase("DTRAIN_COORDINATOR");
+  }
   provide_job_secret(environment);
   std::vector<int> started_per_slot(static_cast<size_t>(options_.workers), 0);
   // Reports of an earlier attempt (run_with_restarts) must not blame anyone now.
@@ -153,8 +156,9 @@ LaunchResult Launcher::run(Deadline deadline) {
   for (int rank = 0; rank < options_.workers; ++rank) start(rank);
   std::vector<const Worker*> started_workers;
   for (const Worker& w : workers.all()) started_workers.push_back(&w);
-  logger_.info("started {} worker(s), coordinator {}: rank {}", options_.workers,
-               result.coordinator, list_ranks(started_workers));
+  logger_.info("started {} worker(s), {}: rank {}", options_.workers,
+               options_.coordinator ? "coordinator " + result.coordinator : "no coordinator",
+               list_ranks(started_workers));
   if (options_.on_started) options_.on_started(result.coordinator);
 
   Supervisor supervisor(workers, signals, options_, out_, err_, logger_);

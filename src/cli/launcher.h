@@ -109,6 +109,9 @@ struct LaunchOptions {
   std::string coordinator_host = "127.0.0.1";
   // 0: pick a free port on coordinator_host.
   int coordinator_port = 0;
+  // False: the workers meet elsewhere (a per-host agent's workers, in etcd):
+  // no port is picked and no DTRAIN_COORDINATOR is given to them.
+  bool coordinator = true;
   // Several launchers form one job (the etcd agent's restart mode,
   // cli/etcd_restart_agent.h): this one's workers get DTRAIN_RANK
   // first_rank + r (DTRAIN_LOCAL_RANK stays r) and DTRAIN_WORLD_SIZE

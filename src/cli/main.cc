@@ -170,6 +170,14 @@ CLI::App* add_train_command(CLI::App& app, dtrain::cli::TrainOptions& train, Tra
       ->add_option("--nproc-per-node", train.nproc_per_node,
                    "With --rdzv: workers this agent starts (the same on every host)")
       ->check(CLI::Range(1, 4096));
+  train_cmd->add_option("--host-address", train.host_address,
+                        "With --rdzv: this host's address, which its workers bind and the other "
+                        "hosts reach (default DTRAIN_HOST_ADDRESS, else 127.0.0.1)");
+  train_cmd
+      ->add_option("--rdzv-ttl", train.rdzv_ttl_s,
+                   "With --rdzv: the lease TTL in seconds; a host silent this long is dropped "
+                   "from the group (default 10)")
+      ->check(CLI::Range(1, 3600));
   train_cmd->add_flag("--insecure", flags.insecure,
                       "Run a job started by another launcher (mpirun, srun, by hand) without "
                       "DTRAIN_JOB_SECRET, on purpose: frames are not authenticated (same as "

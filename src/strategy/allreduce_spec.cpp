@@ -250,6 +250,7 @@ class AllReduceSpec final : public StrategySpec {
       e.job_id = url.job_id;
       e.min_workers = launch.settings.rdzv_min_workers;
       e.max_workers = launch.settings.rdzv_max_workers;
+      e.lease_ttl = std::chrono::seconds(launch.settings.rdzv_lease_ttl_s);
       o.etcd = e;
     }
     o.secret = launch.settings.job_secret;

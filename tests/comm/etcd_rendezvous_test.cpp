@@ -147,6 +147,36 @@ TEST_F(EtcdRendezvous, EndpointsFailWhenAMemberLosesItsLeaseBeforeSendingOne) {
   }
 }
 
+// Regression: a generation that failed while forming left its surviving
+// members (none holds a trained state) joining as new workers, and "new
+// workers alone keep waiting" kept them waiting for a member forever.
+TEST_F(EtcdRendezvous, MembersOfAGenerationThatFailedWhileFormingFormTheNextOne) {
+  auto a = participant(0, 2, 3, 60s, 2s);
+  auto b = participant(1, 2, 3, 60s, 2s);
+  auto c = participant(2, 2, 3, 60s, 2s);
+  std::array<EtcdElasticRendezvous*, 3> all = {a.get(), b.get(), c.get()};
+  expect_no_errors(on_threads(3, [&](size_t i) {
+    EXPECT_EQ(all[i]->join(std::nullopt, Deadline::after(30s)).value().generation, 0u);
+  }));
+  a->stop_keepalive();  // dies before its endpoint
+  std::array<ElasticGeneration, 2> next;
+  expect_no_errors(on_threads(2, [&](size_t i) {
+    try {
+      all[i + 1]->exchange_endpoints(
+          0, endpoint_of(static_cast<int>(i + 1), static_cast<int>(i + 1)), Deadline::after(30s));
+      ADD_FAILURE() << "endpoints without slot 0";
+    } catch (const TimeoutError& e) {
+      ADD_FAILURE() << "waited out the deadline: " << e.what();
+    } catch (const CommError&) {
+    }
+    next[i] = all[i + 1]->join(std::nullopt, Deadline::after(30s)).value();
+  }));
+  for (const ElasticGeneration& g : next) {
+    EXPECT_EQ(g.generation, 1u);
+    EXPECT_EQ(g.slots, (std::vector<int>{1, 2}));
+  }
+}
+
 TEST_F(EtcdRendezvous, TwoParticipantsRacingFormOneGenerationEachRound) {
   auto a = participant(0, 2, 2);
   auto b = participant(1, 2, 2);

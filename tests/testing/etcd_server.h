@@ -46,6 +46,10 @@ class EtcdServer {
     text << std::ifstream(dir_.file("etcd.log")).rdbuf();
     return text.str();
   }
+  // Sends `sig` to etcd (SIGSTOP: its clients' calls time out; SIGCONT).
+  void signal(int sig) {
+    if (process_) process_->signal(sig);
+  }
   // SIGKILLs etcd and reaps it: its clients get refused connections.
   void kill() {
     if (!process_) return;

@@ -194,6 +194,14 @@ int64_t EtcdClient::erase(const std::string& key, Deadline deadline) {
   return number(call.post("/v3/kv/deleterange", {{"key", base64(key)}}, deadline), "deleted");
 }
 
+int64_t EtcdClient::erase_prefix(const std::string& prefix, Deadline deadline) {
+  const EtcdCall call(host_, port_, endpoint_, fmt::format("delete '{}*'", prefix));
+  return number(call.post("/v3/kv/deleterange",
+                          {{"key", base64(prefix)}, {"range_end", base64(etcd_prefix_end(prefix))}},
+                          deadline),
+                "deleted");
+}
+
 int64_t EtcdClient::lease_grant(int64_t ttl_s, Deadline deadline) {
   const EtcdCall call(host_, port_, endpoint_, fmt::format("lease grant of {} s", ttl_s));
   const Json reply = call.post("/v3/lease/grant", {{"TTL", ttl_s}}, deadline);

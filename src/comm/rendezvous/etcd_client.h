@@ -56,6 +56,8 @@ class EtcdClient {
   std::vector<EtcdKeyValue> range_prefix(const std::string& prefix, Deadline deadline);
   // Removes `key`; returns how many keys went (0 or 1).
   int64_t erase(const std::string& key, Deadline deadline);
+  // Removes every key that starts with `prefix`; returns how many went.
+  int64_t erase_prefix(const std::string& prefix, Deadline deadline);
 
   // A new lease of `ttl_s` seconds; returns its id.
   int64_t lease_grant(int64_t ttl_s, Deadline deadline);

@@ -9,6 +9,8 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "comm/rendezvous/etcd_lease_watch.h"
+
 namespace dtrain::comm {
 
 namespace {
@@ -206,7 +208,17 @@ bool EtcdElasticRendezvous::try_close(const State& state, const std::string& tex
   const int n = static_cast<int>(joined.size());
   const bool member_joined =
       std::any_of(joined.begin(), joined.end(), [](const State::Entry* e) { return e->member; });
-  const bool may = n >= options_.min_workers && (state.gen < 0 || member_joined);
+  // Every alive member of gen joined as new (gen failed while forming, as
+  // it did for them: none holds a state beyond the job's initial one):
+  // there is no member with state to wait for.
+  bool stateless = false;
+  for (int m : state.members) {
+    if (!contains(alive, m)) continue;
+    const State::Entry* e = state.entry(m);
+    stateless = e && !e->member;
+    if (!stateless) break;
+  }
+  const bool may = n >= options_.min_workers && (state.gen < 0 || member_joined || stateless);
   if (!may) {
     round.since.reset();
     return false;
@@ -401,19 +413,36 @@ void EtcdElasticRendezvous::renew(std::stop_token stop) {
   const auto renew_every =
       std::chrono::duration_cast<std::chrono::milliseconds>(options_.lease_ttl) / 3;
   auto renewed = Clock::now();
+  EtcdLeaseWatch watch(std::chrono::duration_cast<std::chrono::milliseconds>(options_.lease_ttl));
   std::unique_lock lock(mutex);
   while (!stop.stop_requested()) {
-    const auto call = Deadline::after(std::min(options_.call_timeout, renew_every));
+    // Each call may take up to TTL/2: on a loaded machine a slow reply
+    // does not cost the lease.
+    const auto call = Deadline::after(
+        std::min(options_.call_timeout,
+                 std::chrono::duration_cast<std::chrono::milliseconds>(options_.lease_ttl) / 2));
     try {
       if (keepalive_ && !lease_lost_ && since(renewed) >= renew_every) {
         renewed = Clock::now();
-        if (etcd_.lease_keepalive(lease_, call) == 0) lease_lost_ = true;
+        watch.attempted();
+        if (etcd_.lease_keepalive(lease_, call) != 0) {
+          watch.renewed();
+        } else if (!watch.lost_to_outage()) {
+          lease_lost_ = true;
+        } else {
+          logger_.warn(
+              "etcd rendezvous '{}', slot {}: etcd was unreachable past the lease TTL "
+              "({} s) and expired the lease; taking a new one",
+              options_.job_id, options_.slot, options_.lease_ttl.count());
+          take_lease(Deadline::after(options_.call_timeout));
+        }
       }
       if (poll_wanted_.exchange(false)) {
         const std::optional<EtcdKeyValue> kv = etcd_.get(key("state"), call);
         waiting_ = kv ? State::parse(kv->value, key("state")).new_workers() : 0;
       }
     } catch (const Error& e) {
+      watch.failed();
       logger_.warn("etcd rendezvous '{}', slot {}: {}", options_.job_id, options_.slot, e.what());
     }
     wake.wait_for(lock, stop, std::min(renew_every, std::chrono::milliseconds(200)),

@@ -26,7 +26,9 @@
 //     when at least min_workers joined and:
 //       - g = none: max_workers joined, or `settle` passed since it saw
 //         min_workers joined;
-//       - otherwise a member of g joined (new workers alone keep waiting),
+//       - otherwise a member of g joined (new workers alone keep waiting,
+//         unless every alive member of g joined as new: g failed while
+//         forming and none of them holds a state),
 //         and every member of g that is alive (its key exists) and not
 //         reported silent by a joiner has joined, or max_workers joined, or
 //         `settle` passed since it saw the first member of g joined.
@@ -48,7 +50,10 @@
 // etcd unreachable: every etcd call is bounded by min(call_timeout, the
 // caller's deadline left); a failed call is retried until the caller's
 // deadline, then TimeoutError names etcd's endpoint, what was awaited and
-// the last error. Nothing waits without a deadline.
+// the last error. Nothing waits without a deadline. A lease etcd expired
+// while this participant kept trying to renew it (etcd stopped or cut off
+// past the TTL; etcd_lease_watch.h) is replaced by a new one, with the
+// alive key: no generation could form without etcd meanwhile.
 // The state is read by polling (`poll_interval`), not by etcd's watch (a
 // stream the JSON gateway serves poorly): a generation forms within
 // poll_interval of its condition.

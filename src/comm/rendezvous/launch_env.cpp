@@ -192,7 +192,8 @@ LaunchSettings resolve_launch_settings(const std::map<std::string, std::string>&
     parse_rdzv_url(s.rdzv, "DTRAIN_RDZV");
     for (const auto& [name, field] : {std::pair{"DTRAIN_RDZV_MIN_WORKERS", &s.rdzv_min_workers},
                                       std::pair{"DTRAIN_RDZV_MAX_WORKERS", &s.rdzv_max_workers},
-                                      std::pair{"DTRAIN_RDZV_SLOT_BASE", &s.rdzv_slot_base}}) {
+                                      std::pair{"DTRAIN_RDZV_SLOT_BASE", &s.rdzv_slot_base},
+                                      std::pair{"DTRAIN_RDZV_LEASE_TTL", &s.rdzv_lease_ttl_s}}) {
       if (const auto it = env.find(name); it != env.end()) *field = parse_int(it->second, name);
     }
     if (s.rdzv_min_workers < 1 || s.rdzv_max_workers < s.rdzv_min_workers || s.rdzv_slot_base < 0 ||
@@ -200,6 +201,10 @@ LaunchSettings resolve_launch_settings(const std::map<std::string, std::string>&
       throw ConfigError(kEnvironment, "DTRAIN_RDZV_MIN_WORKERS", 0,
                         fmt::format("bad group bounds {}..{} or slot base {}", s.rdzv_min_workers,
                                     s.rdzv_max_workers, s.rdzv_slot_base));
+    }
+    if (s.rdzv_lease_ttl_s < 1) {
+      throw ConfigError(kEnvironment, "DTRAIN_RDZV_LEASE_TTL", 0,
+                        fmt::format("lease TTL {} s is under 1 s", s.rdzv_lease_ttl_s));
     }
   }
   if (const auto it = env.find("DTRAIN_RESTART_COUNT"); it != env.end()) {

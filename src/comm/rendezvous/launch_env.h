@@ -80,6 +80,8 @@ struct LaunchSettings {
   int rdzv_min_workers = 1;
   int rdzv_max_workers = 1;
   int rdzv_slot_base = 0;
+  // DTRAIN_RDZV_LEASE_TTL: the lease TTL in seconds (the agent's --rdzv-ttl).
+  int rdzv_lease_ttl_s = 10;
 };
 
 // "etcd://HOST:PORT/JOB_ID" split; ConfigError naming `where` otherwise.
