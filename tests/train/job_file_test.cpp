@@ -177,7 +177,7 @@ TEST(JobFileStrategies, EachStrategyReadsItsOwnTable) {
             "ssp");
   EXPECT_NE(error_of(text, {"distributed.ps.bucket_bytes=1"})
                 .find("'distributed.ps.bucket_bytes': unknown key (known: backup_workers, "
-                      "consistency, servers, staleness)"),
+                      "consistency, replicas, servers, staleness)"),
             std::string::npos);
 }
 
