@@ -13,6 +13,7 @@
 #include "io/file_system.h"
 #include "strategy/class_weighted_loss.h"
 #include "strategy/compute_timer.h"
+#include "tensor/intra_op.h"
 #include "train/datasets.h"
 #include "train/job_file.h"
 #include "train/metrics.h"
@@ -358,6 +359,7 @@ int run_job(const JobConfig& job, const comm::LaunchInfo& launch, const RunOptio
   slowdown_for(job, 0, spec->workers(facts));  // every entry names a worker
   worker_link(job, 0, spec->workers(facts));   // likewise, and has a link to slow
   openblas_set_num_threads(static_cast<int>(std::max<int64_t>(1, job.train.threads)));
+  tensor::set_intra_op_threads(static_cast<int>(std::max<int64_t>(1, job.train.threads)));
   const strategy::ProcessRole role = spec->role(facts, launch);
   // A server's own lines say which server wrote them; a worker's get its name.
   const auto logger =
