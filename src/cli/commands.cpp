@@ -1,6 +1,5 @@
 #include "cli/commands.h"
 
-#include <cblas.h>
 #include <fmt/format.h>
 #include <fmt/ostream.h>
 
@@ -25,7 +24,6 @@
 #include "core/rng.h"
 #include "io/output_lock.h"
 #include "io/safetensors.h"
-#include "tensor/intra_op.h"
 #include "train/datasets.h"
 #include "train/job_file.h"
 #include "train/model_builder.h"
@@ -237,8 +235,7 @@ int run_partition(const PartitionCommandOptions& options, std::ostream& out) {
 
 int run_eval(const EvalOptions& options, std::ostream& out) {
   const train::JobConfig job = train::read_job_file(options.job_file, options.overrides).job;
-  openblas_set_num_threads(static_cast<int>(std::max<int64_t>(1, job.train.threads)));
-  tensor::set_intra_op_threads(static_cast<int>(std::max<int64_t>(1, job.train.threads)));
+  train::set_compute_threads(job);
   const train::Datasets data = train::load_datasets(job);
   train::check_input_shape(job, data.test);
   Rng rng(job.seed);
