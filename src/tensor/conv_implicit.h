@@ -37,8 +37,10 @@
 // input_grad split the batch over tensor::intra_op_threads()
 // (tensor/intra_op.h), contiguous sample ranges, each part with scratch of
 // its own (part 0 the caller's, the others allocate theirs): outputs are
-// bit-identical to one thread. weight_grad sums over the batch and stays on
-// the calling thread (per-part partial sums would change the rounding).
+// bit-identical to one thread. weight_grad sums over the batch, so it splits
+// the rows R of gW^T instead (each row summed in one thread's order, in the
+// same kernel block as with one thread: bit-identical); its bias gradient
+// stays on the calling thread.
 // Blocking: returns when every part has finished. Errors: none (shapes are
 // the caller's contract).
 #pragma once

@@ -76,7 +76,7 @@ TEST(IntraOp, RethrowsAWorkersException) {
 }
 
 struct ConvResult {
-  std::vector<float> y, gx;
+  std::vector<float> y, gx, gw, gb;
 };
 
 ConvResult run_conv(const ops::Conv2dGeometry& g, int64_t out, int threads) {
@@ -89,19 +89,25 @@ ConvResult run_conv(const ops::Conv2dGeometry& g, int64_t out, int threads) {
   std::vector<float> xpad(static_cast<size_t>(conv.padded_floats()));
   conv.pad_input(x.data(), xpad.data());
   std::vector<float> scratch(static_cast<size_t>(conv.scratch_floats(out)));
-  ConvResult r{std::vector<float>(gy.size()), std::vector<float>(x.size())};
+  ConvResult r{std::vector<float>(gy.size()), std::vector<float>(x.size()),
+               std::vector<float>(w.size()), std::vector<float>(bias.size())};
   conv.forward(xpad.data(), w.data(), out, bias.data(), r.y.data(), scratch.data());
   std::vector<float> gscratch(static_cast<size_t>(conv.input_grad_scratch_floats(out)));
   conv.input_grad(gy.data(), w.data(), out, r.gx.data(), gscratch.data());
+  std::vector<float> wscratch(static_cast<size_t>(conv.weight_grad_scratch_floats(out)));
+  conv.weight_grad(xpad.data(), gy.data(), out, r.gw.data(), r.gb.data(), wscratch.data());
   return r;
 }
 
-TEST(IntraOp, ImplicitConvForwardAndInputGradMatchOneThreadBitForBit) {
+// R = 25 (conv1: 4 row blocks and a tail row), 150, 18, 27 and 4: the weight
+// gradient's row split lands on block boundaries and the tail.
+TEST(IntraOp, ImplicitConvForwardAndGradientsMatchOneThreadBitForBit) {
   struct Case {
     int64_t n, c, h, w, k, pad, o;
   };
-  for (const Case& t : {Case{5, 1, 28, 28, 5, 2, 6}, Case{3, 6, 14, 14, 5, 0, 16},
-                        Case{2, 2, 5, 7, 3, 1, 17}, Case{1, 3, 3, 9, 3, 0, 9}}) {
+  for (const Case& t :
+       {Case{5, 1, 28, 28, 5, 2, 6}, Case{3, 6, 14, 14, 5, 0, 16}, Case{2, 2, 5, 7, 3, 1, 17},
+        Case{1, 3, 3, 9, 3, 0, 9}, Case{4, 1, 6, 6, 2, 0, 3}}) {
     ops::Conv2dGeometry g{t.n, t.c, t.h, t.w, t.k, 1, t.pad, 0, 0};
     g.oh = t.h + 2 * t.pad - t.k + 1;
     g.ow = t.w + 2 * t.pad - t.k + 1;
@@ -111,6 +117,8 @@ TEST(IntraOp, ImplicitConvForwardAndInputGradMatchOneThreadBitForBit) {
       const ConvResult many = run_conv(g, t.o, threads);
       expect_bits_equal(many.y, one.y);
       expect_bits_equal(many.gx, one.gx);
+      expect_bits_equal(many.gw, one.gw);
+      expect_bits_equal(many.gb, one.gb);
     }
   }
 }
