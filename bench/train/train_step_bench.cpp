@@ -10,6 +10,8 @@
 //   processes started here (allreduce, the default), one thread each; the
 //   global batch (default 128) is split among them. With allreduce, rank 0 also
 //   prints the share of allreduce time hidden behind backward.
+// $INTRA_OP_THREADS (default 1) sets the tensor layer's intra-op threads
+// (tensor/intra_op.h), as train.threads does beside OpenBLAS's count.
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -27,6 +29,7 @@
 #include "strategy/allreduce_strategy.h"
 #include "strategy/local_strategy.h"
 #include "strategy/mirrored_strategy.h"
+#include "tensor/intra_op.h"
 #include "train/job_config.h"
 #include "train/model_builder.h"
 
@@ -85,6 +88,9 @@ int main(int argc, char** argv) {
   const int workers = argc > 4 ? std::atoi(argv[4]) : 1;
   const std::string mode = argc > 5 ? argv[5] : "allreduce";
   const int64_t batch = argc > 6 ? std::atoll(argv[6]) : 128;
+  if (const char* intra = std::getenv("INTRA_OP_THREADS")) {
+    tensor::set_intra_op_threads(std::atoi(intra));
+  }
   const auto env = cli::current_environment();
   const comm::LaunchInfo launch = comm::resolve_launch_env(env);
   if (workers > 1 && mode == "allreduce" && launch.world_size == 1) {

@@ -1,6 +1,5 @@
 #include "cli/commands.h"
 
-#include <cblas.h>
 #include <fmt/format.h>
 #include <fmt/ostream.h>
 
@@ -236,7 +235,7 @@ int run_partition(const PartitionCommandOptions& options, std::ostream& out) {
 
 int run_eval(const EvalOptions& options, std::ostream& out) {
   const train::JobConfig job = train::read_job_file(options.job_file, options.overrides).job;
-  openblas_set_num_threads(static_cast<int>(std::max<int64_t>(1, job.train.threads)));
+  train::set_compute_threads(job);
   const train::Datasets data = train::load_datasets(job);
   train::check_input_shape(job, data.test);
   Rng rng(job.seed);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "tensor/intra_op.h"
 #include "tensor/ops.h"
 #include "tensor/small_gemm.h"
 
@@ -44,9 +45,20 @@ void ImplicitConv::pad_input(const float* x, float* xpad) const {
 
 void ImplicitConv::forward(const float* xpad, const float* w, int64_t out_channels,
                            const float* bias, float* y, float* scratch) const {
+  // Samples split over the intra-op threads: part 0 uses the caller's
+  // scratch, the others their own, so every sample's output is the same.
+  tensor::parallel_for_range(g_.n, [&](int64_t begin, int64_t end, int part) {
+    std::vector<float> own(part == 0 ? 0 : static_cast<size_t>(scratch_floats(out_channels)));
+    forward_samples(begin, end, xpad, w, out_channels, bias, y, part == 0 ? scratch : own.data());
+  });
+}
+
+void ImplicitConv::forward_samples(int64_t begin, int64_t end, const float* xpad, const float* w,
+                                   int64_t out_channels, const float* bias, float* y,
+                                   float* scratch) const {
   const int64_t rows = g_.col_rows();
   const int64_t plane = g_.oh * g_.ow;
-  for (int64_t n = 0; n < g_.n; ++n) {
+  for (int64_t n = begin; n < end; ++n) {
     gemm_small_m_offsets(out_channels, rows, grid_, w, rows, xpad + n * sample_, offsets_.data(),
                          scratch, grid_, false);
     float* yn = y + n * out_channels * plane;
@@ -87,23 +99,38 @@ void ImplicitConv::weight_grad(const float* xpad, const float* gy, int64_t out_c
 
 // gW^T [R, O] as outer products over the valid output positions only:
 // gy_n^T [Q, O'] (O' = O padded to whole vectors) times the shifted rows,
-// output row by output row.
+// output row by output row. The rows R are split over the intra-op threads
+// at multiples of the kernel's row block (kRowBlock, as
+// gemm_shifted_outer's outer_rows blocks them), so every row of gW^T sums
+// its samples and positions in the same order and the same block as with
+// one thread: bit-identical. Each part transposes gy_n itself (O*Q floats
+// against its rows' R_part*O'*Q multiply-adds) into gyt of its own.
 void ImplicitConv::weight_grad_outer(const float* xpad, const float* gy, int64_t out_channels,
                                      float* gw, float* scratch) const {
+  constexpr int64_t kRowBlock = 6;
   const int64_t rows = g_.col_rows();
   const int64_t plane = g_.oh * g_.ow;
   const int64_t padded = padded_channels(out_channels);
-  float* gyt = scratch;                   // [Q, O']
   float* gwt = scratch + plane * padded;  // [R, O']
   std::fill_n(scratch, (plane + rows) * padded, 0.0f);
-  for (int64_t n = 0; n < g_.n; ++n) {
-    const float* gyn = gy + n * out_channels * plane;
-    for (int64_t o = 0; o < out_channels; ++o) {
-      for (int64_t q = 0; q < plane; ++q) gyt[q * padded + o] = gyn[o * plane + q];
+  const int64_t blocks = (rows + kRowBlock - 1) / kRowBlock;
+  const int64_t parts = std::min<int64_t>(tensor::intra_op_threads(), blocks);
+  auto first_row = [&](int64_t part) {
+    return std::min(rows, (blocks * part + parts / 2) / parts * kRowBlock);
+  };
+  tensor::parallel_for_range(parts, [&](int64_t part, int64_t, int) {
+    const int64_t r0 = first_row(part), r1 = first_row(part + 1);
+    std::vector<float> own(part == 0 ? 0 : static_cast<size_t>(plane * padded), 0.0f);
+    float* gyt = part == 0 ? scratch : own.data();  // [Q, O'], padding columns zero
+    for (int64_t n = 0; n < g_.n; ++n) {
+      const float* gyn = gy + n * out_channels * plane;
+      for (int64_t o = 0; o < out_channels; ++o) {
+        for (int64_t q = 0; q < plane; ++q) gyt[q * padded + o] = gyn[o * plane + q];
+      }
+      gemm_shifted_outer(r1 - r0, padded, g_.oh, g_.ow, wp_, xpad + n * sample_,
+                         offsets_.data() + r0, gyt, padded, gwt + r0 * padded, padded);
     }
-    gemm_shifted_outer(rows, padded, g_.oh, g_.ow, wp_, xpad + n * sample_, offsets_.data(), gyt,
-                       padded, gwt, padded);
-  }
+  });
   for (int64_t o = 0; o < out_channels; ++o) {
     for (int64_t r = 0; r < rows; ++r) gw[o * rows + r] = gwt[r * padded + o];
   }
@@ -117,17 +144,28 @@ int64_t ImplicitConv::input_grad_scratch_floats(int64_t out_channels) const {
 void ImplicitConv::input_grad(const float* gy, const float* w, int64_t out_channels, float* gx,
                               float* scratch) const {
   const int64_t rows = g_.col_rows();
-  const int64_t plane = g_.oh * g_.ow;
-  float* wt = scratch;                       // [R, O]
-  float* gyg = wt + rows * out_channels;     // [O, G]
-  float* dcol = gyg + out_channels * grid_;  // [R, G]
-  float* gxpad = dcol + rows * grid_;        // one padded sample + slack
+  float* wt = scratch;  // [R, O], shared read-only by every part
   for (int64_t o = 0; o < out_channels; ++o) {
     for (int64_t r = 0; r < rows; ++r) wt[r * out_channels + o] = w[o * rows + r];
   }
+  const int64_t per_part = input_grad_scratch_floats(out_channels) - rows * out_channels;
+  tensor::parallel_for_range(g_.n, [&](int64_t begin, int64_t end, int part) {
+    std::vector<float> own(part == 0 ? 0 : static_cast<size_t>(per_part));
+    input_grad_samples(begin, end, gy, wt, out_channels, gx,
+                       part == 0 ? scratch + rows * out_channels : own.data());
+  });
+}
+
+void ImplicitConv::input_grad_samples(int64_t begin, int64_t end, const float* gy, const float* wt,
+                                      int64_t out_channels, float* gx, float* scratch) const {
+  const int64_t rows = g_.col_rows();
+  const int64_t plane = g_.oh * g_.ow;
+  float* gyg = scratch;                      // [O, G]
+  float* dcol = gyg + out_channels * grid_;  // [R, G]
+  float* gxpad = dcol + rows * grid_;        // one padded sample + slack
   // The discarded grid positions stay zero: only the valid ones are written.
   std::fill_n(gyg, out_channels * grid_, 0.0f);
-  for (int64_t n = 0; n < g_.n; ++n) {
+  for (int64_t n = begin; n < end; ++n) {
     const float* gyn = gy + n * out_channels * plane;
     for (int64_t o = 0; o < out_channels; ++o) {
       for (int64_t oh = 0; oh < g_.oh; ++oh) {

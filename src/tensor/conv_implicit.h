@@ -33,8 +33,16 @@
 //
 // Contract: geometry stride 1; pointers address the sizes named; xpad has
 // padded_floats() floats. Ownership: ImplicitConv owns its row offsets.
-// Thread safety: reentrant (scratch is the caller's). Errors: none (shapes
-// are the caller's contract).
+// Thread safety: reentrant (scratch is the caller's). Threads: forward and
+// input_grad split the batch over tensor::intra_op_threads()
+// (tensor/intra_op.h), contiguous sample ranges, each part with scratch of
+// its own (part 0 the caller's, the others allocate theirs): outputs are
+// bit-identical to one thread. weight_grad sums over the batch, so it splits
+// the rows R of gW^T instead (each row summed in one thread's order, in the
+// same kernel block as with one thread: bit-identical); its bias gradient
+// stays on the calling thread.
+// Blocking: returns when every part has finished. Errors: none (shapes are
+// the caller's contract).
 #pragma once
 
 #include <cstdint>
@@ -72,6 +80,10 @@ class ImplicitConv {
 
  private:
   static int64_t padded_channels(int64_t out_channels);
+  void forward_samples(int64_t begin, int64_t end, const float* xpad, const float* w,
+                       int64_t out_channels, const float* bias, float* y, float* scratch) const;
+  void input_grad_samples(int64_t begin, int64_t end, const float* gy, const float* wt,
+                          int64_t out_channels, float* gx, float* scratch) const;
   void weight_grad_outer(const float* xpad, const float* gy, int64_t out_channels, float* gw,
                          float* scratch) const;
 

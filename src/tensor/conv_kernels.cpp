@@ -4,6 +4,8 @@
 #include <bit>
 #include <limits>
 
+#include "tensor/intra_op.h"
+
 namespace dtrain::ops {
 namespace {
 
@@ -196,10 +198,8 @@ void max_pool2x2_forward(const float* x, int64_t planes, const Conv2dGeometry& g
   }
 }
 
-}  // namespace
-
-void max_pool2d_forward(const float* x, int64_t planes, const Conv2dGeometry& g, float* y,
-                        int32_t* argmax) {
+void max_pool2d_forward_serial(const float* x, int64_t planes, const Conv2dGeometry& g, float* y,
+                               int32_t* argmax) {
   if (g.k == 2 && g.stride == 2 && g.pad == 0) {
     max_pool2x2_forward(x, planes, g, y, argmax);
     return;
@@ -234,8 +234,8 @@ void max_pool2d_forward(const float* x, int64_t planes, const Conv2dGeometry& g,
   }
 }
 
-void max_pool2d_backward(const float* gy, const int32_t* argmax, int64_t planes,
-                         const Conv2dGeometry& g, float* gx) {
+void max_pool2d_backward_serial(const float* gy, const int32_t* argmax, int64_t planes,
+                                const Conv2dGeometry& g, float* gx) {
   const int64_t plane = g.h * g.w;
   const int64_t out_plane = g.oh * g.ow;
   // Plane by plane, so that the scatter finds its zeroed plane in cache.
@@ -254,6 +254,28 @@ void max_pool2d_backward(const float* gy, const int32_t* argmax, int64_t planes,
       gp[ap[i] & live] += std::bit_cast<float>(g);
     }
   }
+}
+
+}  // namespace
+
+// Planes split over the intra-op threads: each plane's output depends on
+// that plane alone, so the result is bit-identical to one thread.
+void max_pool2d_forward(const float* x, int64_t planes, const Conv2dGeometry& g, float* y,
+                        int32_t* argmax) {
+  const int64_t plane = g.h * g.w, out_plane = g.oh * g.ow;
+  tensor::parallel_for_range(planes, [&](int64_t begin, int64_t end, int) {
+    max_pool2d_forward_serial(x + begin * plane, end - begin, g, y + begin * out_plane,
+                              argmax + begin * out_plane);
+  });
+}
+
+void max_pool2d_backward(const float* gy, const int32_t* argmax, int64_t planes,
+                         const Conv2dGeometry& g, float* gx) {
+  const int64_t plane = g.h * g.w, out_plane = g.oh * g.ow;
+  tensor::parallel_for_range(planes, [&](int64_t begin, int64_t end, int) {
+    max_pool2d_backward_serial(gy + begin * out_plane, argmax + begin * out_plane, end - begin, g,
+                               gx + begin * plane);
+  });
 }
 
 void relu_after_max_pool(float* y, int32_t* argmax, int64_t n) {

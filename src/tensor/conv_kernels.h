@@ -33,7 +33,9 @@ void col2im(const float* col, const Conv2dGeometry& g, float* gx);
 // Pooling over `planes` = N*C planes of [H, W] into [OH, OW] using the
 // geometry's k/stride/pad (its n and c are ignored).
 // Max: padded positions never win; argmax records the winning input offset
-// within its plane for the backward pass.
+// within its plane for the backward pass. Max forward and backward split the
+// planes over tensor::intra_op_threads() (tensor/intra_op.h), bit-identical
+// to one thread; they return when every part has finished.
 void max_pool2d_forward(const float* x, int64_t planes, const Conv2dGeometry& g, float* y,
                         int32_t* argmax);
 // Turns max pooling's output into that of max pooling after a ReLU

@@ -13,6 +13,7 @@
 #include "io/file_system.h"
 #include "strategy/class_weighted_loss.h"
 #include "strategy/compute_timer.h"
+#include "tensor/intra_op.h"
 #include "train/datasets.h"
 #include "train/job_file.h"
 #include "train/metrics.h"
@@ -350,6 +351,12 @@ std::optional<comm::LinkShaperOptions> worker_link(const JobConfig& job, int64_t
   return comm::LinkShaperOptions{d.link_mbps / factor, d.link_latency_ms * factor};
 }
 
+void set_compute_threads(const JobConfig& job) {
+  const int threads = static_cast<int>(std::max<int64_t>(1, job.train.threads));
+  openblas_set_num_threads(threads);
+  tensor::set_intra_op_threads(threads);
+}
+
 int run_job(const JobConfig& job, const comm::LaunchInfo& launch, const RunOptions& options) {
   Logger& base = options.logger != nullptr ? *options.logger : Logger::stderr_logger();
   const strategy::JobFacts facts = job_facts(job, launch);
@@ -357,7 +364,7 @@ int run_job(const JobConfig& job, const comm::LaunchInfo& launch, const RunOptio
   check_job_secret(*spec, facts, launch, base);
   slowdown_for(job, 0, spec->workers(facts));  // every entry names a worker
   worker_link(job, 0, spec->workers(facts));   // likewise, and has a link to slow
-  openblas_set_num_threads(static_cast<int>(std::max<int64_t>(1, job.train.threads)));
+  set_compute_threads(job);
   const strategy::ProcessRole role = spec->role(facts, launch);
   // A server's own lines say which server wrote them; a worker's get its name.
   const auto logger =

@@ -93,6 +93,11 @@ std::shared_ptr<const strategy::StrategySpec> job_strategy(const JobConfig& job,
 std::optional<comm::LinkShaperOptions> worker_link(const JobConfig& job, int64_t index,
                                                    int64_t workers);
 
+// Sets this process's compute threads from train.threads (at least 1):
+// OpenBLAS's and the tensor layer's intra-op threads (tensor/intra_op.h).
+// Call before training or evaluating starts.
+void set_compute_threads(const JobConfig& job);
+
 // This process's part of the job; returns its exit code (0).
 int run_job(const JobConfig& job, const comm::LaunchInfo& launch, const RunOptions& options);
 

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "tensor/intra_op.h"
 #include "testing/gradcheck.h"
 
 namespace dtrain {
@@ -152,6 +153,26 @@ TEST(Gradcheck, PoolingWithPadding) {
   EXPECT_TRUE(gradcheck([](const V& v) { return max_pool2d(v[0], 3, 1, 1); }, in, options));
   EXPECT_TRUE(gradcheck([](const V& v) { return avg_pool2d(v[0], 2, 2); }, in));
   EXPECT_TRUE(gradcheck([](const V& v) { return avg_pool2d(v[0], 3, 2, 1); }, in));
+}
+
+// With 2 and 3 intra-op threads (tensor/intra_op.h): the threaded stride-1
+// convolution (forward, input and weight gradients) and max pooling, on a
+// batch of 3 (uneven parts) and of 1 (fewer samples than threads).
+TEST(Gradcheck, Conv2dAndMaxPoolWithIntraOpThreads) {
+  GradcheckOptions pool;
+  pool.eps = 1e-2f;  // far below distinct_values' 0.1 spacing
+  for (int threads : {2, 3}) {
+    SCOPED_TRACE(::testing::Message() << "threads " << threads);
+    tensor::set_intra_op_threads(threads);
+    for (int64_t batch : {3, 1}) {
+      EXPECT_TRUE(gradcheck([](const V& v) { return conv2d(v[0], v[1], v[2], 1, 2); },
+                            {random_tensor({batch, 2, 6, 5}, 40), random_tensor({7, 2, 5, 5}, 41),
+                             random_tensor({7}, 42)}));
+      EXPECT_TRUE(gradcheck([](const V& v) { return max_pool2d(v[0], 2, 2); },
+                            {distinct_values({batch, 3, 6, 4}, 43)}, pool));
+    }
+  }
+  tensor::set_intra_op_threads(1);
 }
 
 TEST(Gradcheck, BatchNormTrainingAndEvaluation) {

@@ -1,0 +1,163 @@
+// Intra-op threads (tensor/intra_op.h): the fan-out's ranges, and the
+// threaded kernels bit-identical to one thread for 1, 2 and 3 threads, on
+// odd batches and batches smaller than the thread count.
+#include "tensor/intra_op.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+#include <vector>
+
+#include "core/rng.h"
+#include "tensor/conv_implicit.h"
+#include "tensor/conv_kernels.h"
+
+namespace dtrain {
+namespace {
+
+// Sets the thread count for one scope and restores the default after.
+class ThreadsFor {
+ public:
+  explicit ThreadsFor(int threads) { tensor::set_intra_op_threads(threads); }
+  ~ThreadsFor() { tensor::set_intra_op_threads(1); }
+  ThreadsFor(const ThreadsFor&) = delete;
+  ThreadsFor& operator=(const ThreadsFor&) = delete;
+};
+
+std::vector<float> random_values(size_t n, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<float> v(n);
+  for (float& x : v) x = rng.uniform(-1.0f, 1.0f);
+  return v;
+}
+
+// Bitwise equality (NaN payloads and signed zeros included).
+template <typename T>
+void expect_bits_equal(const std::vector<T>& got, const std::vector<T>& want) {
+  ASSERT_EQ(got.size(), want.size());
+  EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(T)), 0);
+}
+
+TEST(IntraOp, RangesAreContiguousDisjointAndCoverEverything) {
+  EXPECT_EQ(tensor::intra_op_threads(), 1);
+  for (int threads : {1, 2, 3}) {
+    const ThreadsFor scope(threads);
+    for (int64_t n : {0, 1, 2, 5, 7}) {
+      std::vector<int> hits(static_cast<size_t>(n), 0);
+      std::vector<int64_t> begins(3, -1), ends(3, -1);
+      tensor::parallel_for_range(n, [&](int64_t begin, int64_t end, int part) {
+        begins[static_cast<size_t>(part)] = begin;
+        ends[static_cast<size_t>(part)] = end;
+        for (int64_t i = begin; i < end; ++i) ++hits[static_cast<size_t>(i)];
+      });
+      for (int h : hits) EXPECT_EQ(h, 1) << "threads " << threads << " n " << n;
+      const int64_t parts = std::min<int64_t>(threads, n);
+      for (int64_t p = 0; p < parts; ++p) {
+        EXPECT_LT(begins[static_cast<size_t>(p)], ends[static_cast<size_t>(p)]);
+        if (p > 0) {
+          EXPECT_EQ(begins[static_cast<size_t>(p)], ends[static_cast<size_t>(p - 1)]);
+        }
+      }
+    }
+  }
+  tensor::set_intra_op_threads(0);  // clamped
+  EXPECT_EQ(tensor::intra_op_threads(), 1);
+}
+
+TEST(IntraOp, RethrowsAWorkersException) {
+  const ThreadsFor scope(3);
+  EXPECT_THROW(tensor::parallel_for_range(3,
+                                          [](int64_t begin, int64_t, int) {
+                                            if (begin == 2) throw std::runtime_error("part");
+                                          }),
+               std::runtime_error);
+}
+
+struct ConvResult {
+  std::vector<float> y, gx, gw, gb;
+};
+
+ConvResult run_conv(const ops::Conv2dGeometry& g, int64_t out, int threads) {
+  const ThreadsFor scope(threads);
+  const ops::ImplicitConv conv(g);
+  const auto x = random_values(static_cast<size_t>(g.n * g.c * g.h * g.w), 21);
+  const auto w = random_values(static_cast<size_t>(out * g.col_rows()), 22);
+  const auto bias = random_values(static_cast<size_t>(out), 23);
+  const auto gy = random_values(static_cast<size_t>(g.n * out * g.oh * g.ow), 24);
+  std::vector<float> xpad(static_cast<size_t>(conv.padded_floats()));
+  conv.pad_input(x.data(), xpad.data());
+  std::vector<float> scratch(static_cast<size_t>(conv.scratch_floats(out)));
+  ConvResult r{std::vector<float>(gy.size()), std::vector<float>(x.size()),
+               std::vector<float>(w.size()), std::vector<float>(bias.size())};
+  conv.forward(xpad.data(), w.data(), out, bias.data(), r.y.data(), scratch.data());
+  std::vector<float> gscratch(static_cast<size_t>(conv.input_grad_scratch_floats(out)));
+  conv.input_grad(gy.data(), w.data(), out, r.gx.data(), gscratch.data());
+  std::vector<float> wscratch(static_cast<size_t>(conv.weight_grad_scratch_floats(out)));
+  conv.weight_grad(xpad.data(), gy.data(), out, r.gw.data(), r.gb.data(), wscratch.data());
+  return r;
+}
+
+// R = 25 (conv1: 4 row blocks and a tail row), 150, 18, 27 and 4: the weight
+// gradient's row split lands on block boundaries and the tail.
+TEST(IntraOp, ImplicitConvForwardAndGradientsMatchOneThreadBitForBit) {
+  struct Case {
+    int64_t n, c, h, w, k, pad, o;
+  };
+  for (const Case& t :
+       {Case{5, 1, 28, 28, 5, 2, 6}, Case{3, 6, 14, 14, 5, 0, 16}, Case{2, 2, 5, 7, 3, 1, 17},
+        Case{1, 3, 3, 9, 3, 0, 9}, Case{4, 1, 6, 6, 2, 0, 3}}) {
+    ops::Conv2dGeometry g{t.n, t.c, t.h, t.w, t.k, 1, t.pad, 0, 0};
+    g.oh = t.h + 2 * t.pad - t.k + 1;
+    g.ow = t.w + 2 * t.pad - t.k + 1;
+    const ConvResult one = run_conv(g, t.o, 1);
+    for (int threads : {2, 3}) {
+      SCOPED_TRACE(::testing::Message() << "n " << t.n << " c " << t.c << " threads " << threads);
+      const ConvResult many = run_conv(g, t.o, threads);
+      expect_bits_equal(many.y, one.y);
+      expect_bits_equal(many.gx, one.gx);
+      expect_bits_equal(many.gw, one.gw);
+      expect_bits_equal(many.gb, one.gb);
+    }
+  }
+}
+
+struct PoolResult {
+  std::vector<float> y, gx;
+  std::vector<int32_t> argmax;
+};
+
+PoolResult run_pool(const ops::Conv2dGeometry& g, int64_t planes, int threads) {
+  const ThreadsFor scope(threads);
+  const auto x = random_values(static_cast<size_t>(planes * g.h * g.w), 31);
+  const auto gy = random_values(static_cast<size_t>(planes * g.oh * g.ow), 32);
+  PoolResult r{std::vector<float>(gy.size()), std::vector<float>(x.size()),
+               std::vector<int32_t>(gy.size())};
+  ops::max_pool2d_forward(x.data(), planes, g, r.y.data(), r.argmax.data());
+  ops::relu_after_max_pool(r.y.data(), r.argmax.data(), static_cast<int64_t>(r.y.size()));
+  ops::max_pool2d_backward(gy.data(), r.argmax.data(), planes, g, r.gx.data());
+  return r;
+}
+
+TEST(IntraOp, MaxPoolForwardAndBackwardMatchOneThreadBitForBit) {
+  // 2x2 stride 2 (the fast path) and 3x3 stride 2 padded (the general one).
+  ops::Conv2dGeometry two{1, 1, 8, 6, 2, 2, 0, 4, 3};
+  ops::Conv2dGeometry three{1, 1, 7, 7, 3, 2, 1, 4, 4};
+  for (const ops::Conv2dGeometry& g : {two, three}) {
+    for (int64_t planes : {1, 2, 7}) {
+      const PoolResult one = run_pool(g, planes, 1);
+      for (int threads : {2, 3}) {
+        SCOPED_TRACE(::testing::Message()
+                     << "k " << g.k << " planes " << planes << " threads " << threads);
+        const PoolResult many = run_pool(g, planes, threads);
+        expect_bits_equal(many.y, one.y);
+        expect_bits_equal(many.argmax, one.argmax);
+        expect_bits_equal(many.gx, one.gx);
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace dtrain
