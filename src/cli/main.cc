@@ -81,8 +81,8 @@ struct TrainFlags {
   bool insecure = false;
 };
 
-CLI::App* add_train_command(CLI::App& app, dtrain::cli::TrainOptions& train, TrainFlags& flags) {
-  CLI::App* train_cmd = app.add_subcommand("train", "Train the model a job file describes");
+// `dtrain train`: the job file, its overrides and the processes it runs.
+void add_job_options(CLI::App* train_cmd, dtrain::cli::TrainOptions& train) {
   train_cmd->add_option("job", train.job_file, "The TOML job file")
       ->required()
       ->check(CLI::ExistingFile);
@@ -107,6 +107,11 @@ CLI::App* add_train_command(CLI::App& app, dtrain::cli::TrainOptions& train, Tra
                         "ps, sync: each server's key range is also held by the next R servers, "
                         "which keep its optimizer state and rows bit-identical "
                         "(distributed.ps.replicas, default 0; R < S)");
+}
+
+// `dtrain train`: a worker started by another launcher (rank, world, coordinator), the output
+// folder and BLAS threads.
+void add_rank_options(CLI::App* train_cmd, dtrain::cli::TrainOptions& train) {
   train_cmd->add_option("--rank", train.rank,
                         "This worker's rank (default: DTRAIN_RANK, mpirun's or Slurm's)");
   train_cmd->add_option("--world-size", train.world_size,
@@ -116,6 +121,10 @@ CLI::App* add_train_command(CLI::App& app, dtrain::cli::TrainOptions& train, Tra
       "host:port where rank 0 hosts the rendezvous (default: DTRAIN_COORDINATOR)");
   train_cmd->add_option("--output", train.output, "Output folder (overrides job.output)");
   train_cmd->add_option("--threads", train.threads, "BLAS threads per worker (default 1)");
+}
+
+// `dtrain train`: resuming from checkpoints and restarting failed processes.
+void add_restart_options(CLI::App* train_cmd, dtrain::cli::TrainOptions& train, TrainFlags& flags) {
   train_cmd->add_flag("--resume", flags.resume,
                       "Resume from the newest valid checkpoint in the output folder (the default)");
   train_cmd
@@ -134,6 +143,10 @@ CLI::App* add_train_command(CLI::App& app, dtrain::cli::TrainOptions& train, Tra
                    "failed processes again in place, at most this often over the job "
                    "(default: train.max_restarts, 0)")
       ->check(CLI::Range(int64_t{0}, int64_t{INT_MAX}));
+}
+
+// `dtrain train`: emulated slow workers and links (tests and benchmarks).
+void add_emulation_options(CLI::App* train_cmd, dtrain::cli::TrainOptions& train) {
   train_cmd
       ->add_option("--slowdown", train.slowdown,
                    "Make the worker of RANK (or every worker: all=FACTOR) compute FACTOR "
@@ -146,6 +159,10 @@ CLI::App* add_train_command(CLI::App& app, dtrain::cli::TrainOptions& train, Tra
                    "(distributed.link_mbps / FACTOR, link_latency_ms x FACTOR; needs "
                    "distributed.link_mbps; repeatable; for benchmarks)")
       ->type_name("RANK=FACTOR");
+}
+
+// `dtrain train`: elastic training and the etcd rendezvous (--rdzv).
+void add_elastic_options(CLI::App* train_cmd, dtrain::cli::TrainOptions& train, TrainFlags& flags) {
   train_cmd->add_flag("--elastic", flags.elastic,
                       "With --workers N: when a worker fails the others continue without a "
                       "restart, and a new worker (--max-restarts) joins at a step boundary");
@@ -178,6 +195,10 @@ CLI::App* add_train_command(CLI::App& app, dtrain::cli::TrainOptions& train, Tra
                    "With --rdzv: the lease TTL in seconds; a host silent this long is dropped "
                    "from the group (default 10)")
       ->check(CLI::Range(1, 3600));
+}
+
+// `dtrain train`: authentication, progress display and the dashboard.
+void add_session_options(CLI::App* train_cmd, dtrain::cli::TrainOptions& train, TrainFlags& flags) {
   train_cmd->add_flag("--insecure", flags.insecure,
                       "Run a job started by another launcher (mpirun, srun, by hand) without "
                       "DTRAIN_JOB_SECRET, on purpose: frames are not authenticated (same as "
@@ -192,6 +213,16 @@ CLI::App* add_train_command(CLI::App& app, dtrain::cli::TrainOptions& train, Tra
   train_cmd->add_option("--dashboard-host", train.dashboard_host,
                         "The address the dashboard listens on (default 127.0.0.1: this machine "
                         "only)");
+}
+
+CLI::App* add_train_command(CLI::App& app, dtrain::cli::TrainOptions& train, TrainFlags& flags) {
+  CLI::App* train_cmd = app.add_subcommand("train", "Train the model a job file describes");
+  add_job_options(train_cmd, train);
+  add_rank_options(train_cmd, train);
+  add_restart_options(train_cmd, train, flags);
+  add_emulation_options(train_cmd, train);
+  add_elastic_options(train_cmd, train, flags);
+  add_session_options(train_cmd, train, flags);
 
   return train_cmd;
 }

@@ -16,6 +16,7 @@
 #include "comm/wire/framed_socket.h"
 #include "core/deadline.h"
 #include "core/error.h"
+#include "ps/client_impl.h"
 #include "ps/compressed_push.h"
 #include "ps/shard_store.h"
 
@@ -88,138 +89,20 @@ uint64_t send_message(comm::wire::FramedSocket& socket, int server, const Messag
   return bytes;
 }
 
-// The bytes of a float range, for Message::float_parts.
-std::span<const std::byte> float_bytes(const float* data, int64_t count) {
-  return std::as_bytes(std::span<const float>(data, static_cast<size_t>(count)));
-}
-
 }  // namespace
 
-class Client::Impl {
- public:
-  Impl(ClientOptions options, const comm::JobAuth& auth, Logger& logger)
-      : options_(std::move(options)), auth_(auth), logger_(logger) {
-    validate(options_);
-    const int servers = num_servers();
-    for (int s = 0; s < servers; ++s) {
-      sockets_.push_back(connect_server(context_, options_, s, auth_, logger_));
-      monitors_.push_back(watch_disconnects(s));
-    }
-    values_.resize(static_cast<size_t>(servers));
-    open_pushes_.resize(static_cast<size_t>(servers));
-    heartbeat_ = std::jthread([this](std::stop_token stop) { send_heartbeats(stop); });
+Client::Impl::Impl(ClientOptions options, const comm::JobAuth& auth, Logger& logger)
+    : options_(std::move(options)), auth_(auth), logger_(logger) {
+  validate(options_);
+  const int servers = num_servers();
+  for (int s = 0; s < servers; ++s) {
+    sockets_.push_back(connect_server(context_, options_, s, auth_, logger_));
+    monitors_.push_back(watch_disconnects(s));
   }
-
-  ~Impl() {
-    heartbeat_.request_stop();
-    heartbeat_cv_.notify_all();
-  }
-
-  int num_servers() const { return static_cast<int>(options_.server_endpoints.size()); }
-
-  // One request per (server, message); replies in the same order. Throws
-  // TimeoutError / CommError naming the server, `operation` and `awaited`.
-  // A server whose connection breaks while a request waits gets the request
-  // again (same id: the server answers a repeated push without applying it
-  // twice); a replacement server that answers kRejoin is re-joined (rejoin())
-  // and asked again. Each such recovery restarts the call's deadline, at most
-  // kMaxRecoveries times per call.
-  std::vector<Message> exchange(std::vector<std::pair<int, Message>> requests,
-                                const std::string& operation, const std::string& awaited);
-  struct Call;
-  // exchange()'s parts: waits until every server of `call` answered (or
-  // failed, or the deadline passed); takes one matching reply; restarts the
-  // call's deadline for a recovery (false, and the server failed, after
-  // kMaxRecoveries).
-  void wait_for_replies(Call& call);
-  void take_reply(Call& call, int server, Message& reply);
-  bool recover(Call& call, int server, const char* why);
-  // Sends `m` to `server` (assigning worker and, when 0, a new request id);
-  // pushes are also kept in open_pushes_ until the next pull from `server`.
-  void send(int server, Message& m);
-  struct OpenPush;
-  // Sends a kept push again (its payload as first sent).
-  void send_again(int server, const OpenPush& push);
-  // A replacement of `server` does not know this worker: sends it init (the
-  // last pulled version and values, so that a replacement without a
-  // checkpoint starts from them) and this worker's pushes since its last
-  // pull from that server except request `except`, and waits for their
-  // replies. CommError / TimeoutError naming the server otherwise.
-  void rejoin(int server, uint64_t except, const std::string& operation);
-  // An inproc PAIR socket receiving ZMQ_EVENT_DISCONNECTED of sockets_[server].
-  zmq::socket_t watch_disconnects(int server);
-  // Whether monitor `server` reported a broken connection (drains it).
-  bool disconnected(int server);
-  // The next frame from `server` whose payload decodes, if one is waiting
-  // (the others are dropped, counted and logged by its socket).
-  std::optional<std::pair<comm::wire::FrameHeader, Message>> next_message(int server);
-  Message init_message(int server, uint64_t version) const;
-
-  void require_init(const char* operation) const {
-    if (!initialised_) {
-      throw UsageError(
-          fmt::format("ps client (worker {}): {} before init()", options_.worker, operation));
-    }
-    if (finished_) {
-      throw UsageError(
-          fmt::format("ps client (worker {}): {} after finish()", options_.worker, operation));
-    }
-  }
-  void check_dense(const std::vector<Tensor>& tensors, const char* operation) const;
-  SparseTableSpec check_rows(size_t table, std::span<const uint64_t> keys, const Tensor& t,
-                             const char* operation) const;
-  // Per server: the indices into `keys` of the keys it owns.
-  std::vector<std::vector<size_t>> route(size_t table, std::span<const uint64_t> keys) const;
-
-  ClientOptions options_;
-  comm::JobAuth auth_;
-  Logger& logger_;
-  zmq::context_t context_{1};
-  std::vector<std::unique_ptr<comm::wire::FramedSocket>> sockets_;
-  uint64_t next_request_ = 1;
-  bool initialised_ = false;
-  bool finished_ = false;
-  ShardPlan plan_;
-  std::vector<SparseTableSpec> tables_;
-  uint64_t last_min_clock_ = 0;
-  StepTotals last_totals_;
-  std::vector<zmq::socket_t> monitors_;  // by server, after sockets_ (closed first)
-  // By server: its range as this worker last pulled it (init's values before
-  // the first pull), and the pushes sent to it since then, in send order.
-  // A range is the float bytes of the pull reply that brought it, kept
-  // alive by the reply's payload (no copy), or of init's values.
-  struct Range {
-    std::shared_ptr<const void> owner;
-    std::span<const std::byte> bytes;
-  };
-  // A push as sent: its encoded payload, shared with ZeroMQ, sent again as is.
-  struct OpenPush {
-    uint64_t request_id = 0;
-    uint64_t version = 0;
-    std::shared_ptr<const std::vector<std::byte>> payload;
-  };
-  std::vector<Range> values_;
-  std::vector<std::vector<OpenPush>> open_pushes_;
-  uint64_t last_version_ = 0;  // the version of the last pull (init's before it)
-  uint64_t joined_step_ = 0;
-  uint64_t bytes_sent_ = 0;
-  std::unique_ptr<PushCompressor> compressor_;  // made by init() when options_.compression is set
-  PushCompressor& compressor(const char* operation) const {
-    if (compressor_ == nullptr) {
-      throw UsageError(fmt::format(
-          "ps {} (worker {}): no compressor: {}", operation, options_.worker,
-          initialised_ ? "ClientOptions::compression has method none" : "init() not called yet"));
-    }
-    return *compressor_;
-  }
-
- private:
-  void send_heartbeats(const std::stop_token& stop);
-
-  std::mutex heartbeat_mutex_;
-  std::condition_variable_any heartbeat_cv_;
-  std::jthread heartbeat_;  // last member: stopped and joined first
-};
+  values_.resize(static_cast<size_t>(servers));
+  open_pushes_.resize(static_cast<size_t>(servers));
+  heartbeat_ = std::jthread([this](std::stop_token stop) { send_heartbeats(stop); });
+}
 
 void Client::Impl::send_heartbeats(const std::stop_token& stop) {
   std::vector<std::unique_ptr<comm::wire::FramedSocket>> sockets;
@@ -517,33 +400,6 @@ void Client::Impl::check_dense(const std::vector<Tensor>& tensors, const char* o
   }
 }
 
-SparseTableSpec Client::Impl::check_rows(size_t table, std::span<const uint64_t> keys,
-                                         const Tensor& t, const char* operation) const {
-  if (table >= tables_.size()) {
-    throw UsageError(fmt::format("ps {}: table {} out of range; the job has {} tables", operation,
-                                 table, tables_.size()));
-  }
-  const SparseTableSpec& spec = tables_[table];
-  const Shape expected{static_cast<int64_t>(keys.size()), spec.dim};
-  if (!t.defined() || t.shape() != expected) {
-    throw UsageError(fmt::format("ps {}: table '{}' rows have shape {}, expected {}", operation,
-                                 spec.name, t.defined() ? shape_str(t.shape()) : "undefined",
-                                 shape_str(expected)));
-  }
-  return spec;
-}
-
-std::vector<std::vector<size_t>> Client::Impl::route(size_t table,
-                                                     std::span<const uint64_t> keys) const {
-  std::vector<std::vector<size_t>> by_server(static_cast<size_t>(num_servers()));
-  for (size_t i = 0; i < keys.size(); ++i) {
-    by_server[static_cast<size_t>(
-                  sparse_server_of(static_cast<uint32_t>(table), keys[i], num_servers()))]
-        .push_back(i);
-  }
-  return by_server;
-}
-
 Client::Client(ClientOptions options, const comm::JobAuth& auth, Logger& logger)
     : impl_(std::make_unique<Impl>(std::move(options), auth, logger)) {}
 Client::~Client() = default;
@@ -691,122 +547,6 @@ PushResult Client::push(const std::vector<Tensor>& grads, int64_t samples, float
     result.version = std::min(result.version, r.version);
   }
   return result;
-}
-
-void Client::pull_rows(size_t table, std::span<const uint64_t> keys, const Tensor& out) {
-  Impl& d = *impl_;
-  d.require_init("pull_rows");
-  const SparseTableSpec spec = d.check_rows(table, keys, out, "pull_rows");
-  const auto by_server = d.route(table, keys);
-  std::vector<std::pair<int, Message>> requests;
-  for (int s = 0; s < d.num_servers(); ++s) {
-    const auto& members = by_server[static_cast<size_t>(s)];
-    if (members.empty()) continue;
-    Message m;
-    m.kind = Kind::kPullRows;
-    m.table = static_cast<uint32_t>(table);
-    m.keys.reserve(members.size());
-    for (size_t i : members) m.keys.push_back(keys[i]);
-    requests.emplace_back(s, std::move(m));
-  }
-  std::vector<int> servers;
-  for (const auto& r : requests) servers.push_back(r.first);
-  const auto replies =
-      d.exchange(std::move(requests), "pull_rows", fmt::format("rows of table '{}'", spec.name));
-  const auto dim = static_cast<size_t>(spec.dim);
-  for (size_t k = 0; k < replies.size(); ++k) {
-    const auto& members = by_server[static_cast<size_t>(servers[k])];
-    const std::span<const std::byte> rows = replies[k].float_bytes;
-    if (rows.size() != members.size() * dim * sizeof(float)) {
-      throw CommError(servers[k], "ps pull_rows",
-                      fmt::format("server {} replied with {} floats for {} rows of dim {}",
-                                  servers[k], rows.size() / sizeof(float), members.size(), dim));
-    }
-    for (size_t j = 0; j < members.size(); ++j) {
-      std::memcpy(out.data() + members[j] * dim, rows.data() + j * dim * sizeof(float),
-                  dim * sizeof(float));
-    }
-  }
-}
-
-PushResult Client::push_rows(size_t table, std::span<const uint64_t> keys, const Tensor& grads,
-                             float lr, uint64_t version) {
-  Impl& d = *impl_;
-  d.require_init("push_rows");
-  const SparseTableSpec spec = d.check_rows(table, keys, grads, "push_rows");
-  const auto by_server = d.route(table, keys);
-  const auto dim = static_cast<size_t>(spec.dim);
-  std::vector<std::pair<int, Message>> requests;
-  for (int s = 0; s < d.num_servers(); ++s) {
-    const auto& members = by_server[static_cast<size_t>(s)];
-    if (members.empty()) continue;
-    Message m;
-    m.kind = Kind::kPushRows;
-    m.version = version;
-    m.table = static_cast<uint32_t>(table);
-    m.lr = lr;
-    m.keys.reserve(members.size());
-    m.float_parts.reserve(members.size());
-    for (size_t j = 0; j < members.size(); ++j) {
-      m.keys.push_back(keys[members[j]]);
-      m.float_parts.push_back(float_bytes(grads.data() + members[j] * dim, spec.dim));
-    }
-    requests.emplace_back(s, std::move(m));
-  }
-  PushResult result;
-  result.version = std::numeric_limits<uint64_t>::max();
-  const auto replies = d.exchange(std::move(requests), "push_rows",
-                                  fmt::format("the rows of table '{}' to be taken", spec.name));
-  for (const Message& r : replies) {
-    (r.status == ReplyStatus::kDropped ? result.servers_dropped : result.servers_applied) += 1;
-    result.version = std::min(result.version, r.version);
-  }
-  if (replies.empty()) result.version = version;
-  return result;
-}
-
-ServerStats Client::stats(int server) {
-  Impl& d = *impl_;
-  if (server < 0 || server >= d.num_servers()) {
-    throw UsageError(
-        fmt::format("ps stats: server {} out of range [0, {})", server, d.num_servers()));
-  }
-  Message m;
-  m.kind = Kind::kStats;
-  return d.exchange({{server, std::move(m)}}, "stats", "the server's statistics")[0].stats;
-}
-
-PsState Client::pull_state() {
-  Impl& d = *impl_;
-  d.require_init("pull_state");
-  std::vector<std::pair<int, Message>> requests;
-  for (int s = 0; s < d.num_servers(); ++s) {
-    Message m;
-    m.kind = Kind::kGetState;
-    requests.emplace_back(s, std::move(m));
-  }
-  auto replies = d.exchange(std::move(requests), "get_state", "the server's state");
-  std::vector<StateDict> states;
-  std::vector<uint64_t> versions;
-  for (Message& r : replies) {
-    states.push_back(std::move(r.state));
-    versions.push_back(r.version);
-  }
-  return assemble_state(d.plan_, d.tables_, states, versions);
-}
-
-void Client::load_state(const PsState& state) {
-  Impl& d = *impl_;
-  d.require_init("load_state");
-  std::vector<StateDict> parts = split_state(d.plan_, d.tables_, state);
-  std::vector<std::pair<int, Message>> requests;
-  for (int s = 0; s < d.num_servers(); ++s) {
-    Message m;
-    m.kind = Kind::kSetState;
-    m.state = std::move(parts[static_cast<size_t>(s)]);
-    requests.emplace_back(s, std::move(m));
-  }
-  d.exchange(std::move(requests), "set_state", "the state to be loaded");
 }
 
 compress::State Client::compression_state() const {

@@ -59,6 +59,9 @@ class Server::Impl {
   void serve(const std::string& identity, Message& m);
   void reply(const std::string& identity, uint32_t worker, Message m);
   void on_init(const std::string& identity, Message& m);
+  // A repeated init (a worker joining an initialised server): Refusal unless
+  // its dense tensors (names, shapes) and tables (names, dims) are the job's.
+  void check_same_job(const ShardPlan& plan, const std::vector<SparseTableSpec>& tables) const;
   void on_pull(const std::string& identity, const Message& m);
   // A reply to `m` with `status` and its error text (at the current version).
   Message status_reply(const Message& m, ReplyStatus status, std::string error) const;

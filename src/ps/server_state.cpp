@@ -8,6 +8,34 @@
 
 namespace dtrain::ps {
 
+void Server::Impl::check_same_job(const ShardPlan& plan,
+                                  const std::vector<SparseTableSpec>& tables) const {
+  const auto& have = plan_.tensors();
+  if (have.size() != plan.tensors().size()) {
+    throw Refusal(fmt::format("init lists {} dense tensors; the job was initialised with {}",
+                              plan.tensors().size(), have.size()));
+  }
+  for (size_t i = 0; i < have.size(); ++i) {
+    const DenseSpec& got = plan.tensors()[i];
+    if (got.name != have[i].name || got.shape != have[i].shape) {
+      throw Refusal(fmt::format("dense tensor {} is '{}' {}; the job was initialised with '{}' {}",
+                                i, got.name, shape_str(got.shape), have[i].name,
+                                shape_str(have[i].shape)));
+    }
+  }
+  if (tables.size() != table_specs_.size()) {
+    throw Refusal(fmt::format("init lists {} tables; the job was initialised with {}",
+                              tables.size(), table_specs_.size()));
+  }
+  for (size_t i = 0; i < table_specs_.size(); ++i) {
+    if (tables[i].name != table_specs_[i].name || tables[i].dim != table_specs_[i].dim) {
+      throw Refusal(fmt::format("table {} is '{}' dim {}; the job was initialised with '{}' dim {}",
+                                i, tables[i].name, tables[i].dim, table_specs_[i].name,
+                                table_specs_[i].dim));
+    }
+  }
+}
+
 void Server::Impl::on_init(const std::string& identity, Message& m) {
   std::vector<DenseSpec> specs = m.dense;
   ShardPlan plan(std::move(specs), options_.num_servers);  // UsageError on bad specs
@@ -24,30 +52,7 @@ void Server::Impl::on_init(const std::string& identity, Message& m) {
                               plan.range_end(options_.server), expected));
   }
   if (initialised_) {
-    const auto& have = plan_.tensors();
-    if (have.size() != plan.tensors().size()) {
-      throw Refusal(fmt::format("init lists {} dense tensors; the job was initialised with {}",
-                                plan.tensors().size(), have.size()));
-    }
-    for (size_t i = 0; i < have.size(); ++i) {
-      const DenseSpec& got = plan.tensors()[i];
-      if (got.name != have[i].name || got.shape != have[i].shape) {
-        throw Refusal(
-            fmt::format("dense tensor {} is '{}' {}; the job was initialised with '{}' {}", i,
-                        got.name, shape_str(got.shape), have[i].name, shape_str(have[i].shape)));
-      }
-    }
-    if (m.tables.size() != table_specs_.size()) {
-      throw Refusal(fmt::format("init lists {} tables; the job was initialised with {}",
-                                m.tables.size(), table_specs_.size()));
-    }
-    for (size_t i = 0; i < table_specs_.size(); ++i) {
-      if (m.tables[i].name != table_specs_[i].name || m.tables[i].dim != table_specs_[i].dim) {
-        throw Refusal(fmt::format(
-            "table {} is '{}' dim {}; the job was initialised with '{}' dim {}", i,
-            m.tables[i].name, m.tables[i].dim, table_specs_[i].name, table_specs_[i].dim));
-      }
-    }
+    check_same_job(plan, m.tables);
   } else {
     plan_ = std::move(plan);
     table_specs_ = m.tables;

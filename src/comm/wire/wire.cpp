@@ -109,6 +109,52 @@ HeaderBytes encode_header(const FrameHeader& header, std::span<const std::byte> 
   return bytes;
 }
 
+namespace {
+
+// decode_header's checks of the decoded fields against this process: the
+// job, the ranks, the payload limit and the CRC and MAC flags (fail()s).
+void check_header(const FrameHeader& h, const FrameLimits& limits, const JobAuth& auth) {
+  if (h.job_id != limits.job_id) {
+    fail(
+        fmt::format("job id 0x{:016x} does not match this job's 0x{:016x} (a process of another "
+                    "job?)",
+                    h.job_id, limits.job_id));
+  }
+  const bool coordinator_sender = h.sender == kCoordinator && from_coordinator(h.type);
+  if (!coordinator_sender && h.sender >= limits.world_size) {
+    fail(fmt::format("sender rank {} is out of range for world size {}", describe_rank(h.sender),
+                     limits.world_size));
+  }
+  if (from_coordinator(h.type) && h.sender != kCoordinator) {
+    fail(fmt::format("{} frame from rank {}, only the coordinator sends it", to_string(h.type),
+                     h.sender));
+  }
+  if (limits.receiver != kAnyReceiver && h.receiver != limits.receiver) {
+    fail(fmt::format("frame addressed to rank {}, this is rank {}", describe_rank(h.receiver),
+                     describe_rank(limits.receiver)));
+  }
+  if (h.payload_bytes > limits.max_payload_bytes) {
+    fail(fmt::format("payload of {} bytes exceeds the maximum of {} bytes", h.payload_bytes,
+                     limits.max_payload_bytes));
+  }
+  if ((h.flags & kFlagCrc) == 0 && h.payload_crc != 0) {
+    fail(fmt::format("CRC field is 0x{:08x} but the CRC flag is clear", h.payload_crc));
+  }
+  const bool has_mac = (h.flags & kFlagMac) != 0;
+  if (has_mac && !auth.enabled()) {
+    fail("frame carries a MAC but this process has no job secret (secrets differ?)");
+  }
+  if (!has_mac && auth.enabled()) {
+    fail("frame is not authenticated but this job requires a secret");
+  }
+  if (!has_mac &&
+      std::any_of(h.mac.begin(), h.mac.end(), [](std::byte b) { return b != std::byte{0}; })) {
+    fail("MAC field is not zero but the MAC flag is clear");
+  }
+}
+
+}  // namespace
+
 FrameHeader decode_header(std::span<const std::byte> bytes, const FrameLimits& limits,
                           const JobAuth& auth) {
   if (bytes.size() != kHeaderBytes) {
@@ -154,43 +200,7 @@ FrameHeader decode_header(std::span<const std::byte> bytes, const FrameLimits& l
                      reserved32));
   }
 
-  if (h.job_id != limits.job_id) {
-    fail(
-        fmt::format("job id 0x{:016x} does not match this job's 0x{:016x} (a process of another "
-                    "job?)",
-                    h.job_id, limits.job_id));
-  }
-  const bool coordinator_sender = h.sender == kCoordinator && from_coordinator(h.type);
-  if (!coordinator_sender && h.sender >= limits.world_size) {
-    fail(fmt::format("sender rank {} is out of range for world size {}", describe_rank(h.sender),
-                     limits.world_size));
-  }
-  if (from_coordinator(h.type) && h.sender != kCoordinator) {
-    fail(fmt::format("{} frame from rank {}, only the coordinator sends it", to_string(h.type),
-                     h.sender));
-  }
-  if (limits.receiver != kAnyReceiver && h.receiver != limits.receiver) {
-    fail(fmt::format("frame addressed to rank {}, this is rank {}", describe_rank(h.receiver),
-                     describe_rank(limits.receiver)));
-  }
-  if (h.payload_bytes > limits.max_payload_bytes) {
-    fail(fmt::format("payload of {} bytes exceeds the maximum of {} bytes", h.payload_bytes,
-                     limits.max_payload_bytes));
-  }
-  if ((flags & kFlagCrc) == 0 && h.payload_crc != 0) {
-    fail(fmt::format("CRC field is 0x{:08x} but the CRC flag is clear", h.payload_crc));
-  }
-  const bool has_mac = (flags & kFlagMac) != 0;
-  if (has_mac && !auth.enabled()) {
-    fail("frame carries a MAC but this process has no job secret (secrets differ?)");
-  }
-  if (!has_mac && auth.enabled()) {
-    fail("frame is not authenticated but this job requires a secret");
-  }
-  if (!has_mac &&
-      std::any_of(h.mac.begin(), h.mac.end(), [](std::byte b) { return b != std::byte{0}; })) {
-    fail("MAC field is not zero but the MAC flag is clear");
-  }
+  check_header(h, limits, auth);
   return h;
 }
 

@@ -1,0 +1,151 @@
+// Client::Impl, the parameter-server client's private state (client.h holds
+// the contract). Its members live in two files: client.cpp (connections,
+// heartbeats, exchange() and its recovery, init, dense pull and push, finish)
+// and client_rows.cpp (the sparse-row requests and the whole-state requests:
+// stats, pull_state, load_state).
+// Thread safety: the calling thread only, except the heartbeat thread, which
+// uses its own sockets and only reads options_ and context_.
+#pragma once
+
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+#include <zmq.hpp>
+
+#include "comm/wire/framed_socket.h"
+#include "ps/client.h"
+#include "ps/compressed_push.h"
+
+namespace dtrain::ps {
+
+// The bytes of a float range, for Message::float_parts (no copy).
+inline std::span<const std::byte> float_bytes(const float* data, int64_t count) {
+  return std::as_bytes(std::span<const float>(data, static_cast<size_t>(count)));
+}
+
+class Client::Impl {
+ public:
+  // Validates the options, connects to every server and starts the heartbeat
+  // thread (client.cpp).
+  Impl(ClientOptions options, const comm::JobAuth& auth, Logger& logger);
+
+  ~Impl() {
+    heartbeat_.request_stop();
+    heartbeat_cv_.notify_all();
+  }
+
+  int num_servers() const { return static_cast<int>(options_.server_endpoints.size()); }
+
+  // One request per (server, message); replies in the same order. Throws
+  // TimeoutError / CommError naming the server, `operation` and `awaited`.
+  // A server whose connection breaks while a request waits gets the request
+  // again (same id: the server answers a repeated push without applying it
+  // twice); a replacement server that answers kRejoin is re-joined (rejoin())
+  // and asked again. Each such recovery restarts the call's deadline, at most
+  // kMaxRecoveries times per call.
+  std::vector<Message> exchange(std::vector<std::pair<int, Message>> requests,
+                                const std::string& operation, const std::string& awaited);
+  struct Call;
+  // exchange()'s parts: waits until every server of `call` answered (or
+  // failed, or the deadline passed); takes one matching reply; restarts the
+  // call's deadline for a recovery (false, and the server failed, after
+  // kMaxRecoveries).
+  void wait_for_replies(Call& call);
+  void take_reply(Call& call, int server, Message& reply);
+  bool recover(Call& call, int server, const char* why);
+  // Sends `m` to `server` (assigning worker and, when 0, a new request id);
+  // pushes are also kept in open_pushes_ until the next pull from `server`.
+  void send(int server, Message& m);
+  struct OpenPush;
+  // Sends a kept push again (its payload as first sent).
+  void send_again(int server, const OpenPush& push);
+  // A replacement of `server` does not know this worker: sends it init (the
+  // last pulled version and values, so that a replacement without a
+  // checkpoint starts from them) and this worker's pushes since its last
+  // pull from that server except request `except`, and waits for their
+  // replies. CommError / TimeoutError naming the server otherwise.
+  void rejoin(int server, uint64_t except, const std::string& operation);
+  // An inproc PAIR socket receiving ZMQ_EVENT_DISCONNECTED of sockets_[server].
+  zmq::socket_t watch_disconnects(int server);
+  // Whether monitor `server` reported a broken connection (drains it).
+  bool disconnected(int server);
+  // The next frame from `server` whose payload decodes, if one is waiting
+  // (the others are dropped, counted and logged by its socket).
+  std::optional<std::pair<comm::wire::FrameHeader, Message>> next_message(int server);
+  Message init_message(int server, uint64_t version) const;
+
+  void require_init(const char* operation) const {
+    if (!initialised_) {
+      throw UsageError(
+          fmt::format("ps client (worker {}): {} before init()", options_.worker, operation));
+    }
+    if (finished_) {
+      throw UsageError(
+          fmt::format("ps client (worker {}): {} after finish()", options_.worker, operation));
+    }
+  }
+  void check_dense(const std::vector<Tensor>& tensors, const char* operation) const;
+  SparseTableSpec check_rows(size_t table, std::span<const uint64_t> keys, const Tensor& t,
+                             const char* operation) const;
+  // Per server: the indices into `keys` of the keys it owns.
+  std::vector<std::vector<size_t>> route(size_t table, std::span<const uint64_t> keys) const;
+
+  ClientOptions options_;
+  comm::JobAuth auth_;
+  Logger& logger_;
+  zmq::context_t context_{1};
+  std::vector<std::unique_ptr<comm::wire::FramedSocket>> sockets_;
+  uint64_t next_request_ = 1;
+  bool initialised_ = false;
+  bool finished_ = false;
+  ShardPlan plan_;
+  std::vector<SparseTableSpec> tables_;
+  uint64_t last_min_clock_ = 0;
+  StepTotals last_totals_;
+  std::vector<zmq::socket_t> monitors_;  // by server, after sockets_ (closed first)
+  // By server: its range as this worker last pulled it (init's values before
+  // the first pull), and the pushes sent to it since then, in send order.
+  // A range is the float bytes of the pull reply that brought it, kept
+  // alive by the reply's payload (no copy), or of init's values.
+  struct Range {
+    std::shared_ptr<const void> owner;
+    std::span<const std::byte> bytes;
+  };
+  // A push as sent: its encoded payload, shared with ZeroMQ, sent again as is.
+  struct OpenPush {
+    uint64_t request_id = 0;
+    uint64_t version = 0;
+    std::shared_ptr<const std::vector<std::byte>> payload;
+  };
+  std::vector<Range> values_;
+  std::vector<std::vector<OpenPush>> open_pushes_;
+  uint64_t last_version_ = 0;  // the version of the last pull (init's before it)
+  uint64_t joined_step_ = 0;
+  uint64_t bytes_sent_ = 0;
+  std::unique_ptr<PushCompressor> compressor_;  // made by init() when options_.compression is set
+  PushCompressor& compressor(const char* operation) const {
+    if (compressor_ == nullptr) {
+      throw UsageError(fmt::format(
+          "ps {} (worker {}): no compressor: {}", operation, options_.worker,
+          initialised_ ? "ClientOptions::compression has method none" : "init() not called yet"));
+    }
+    return *compressor_;
+  }
+
+ private:
+  void send_heartbeats(const std::stop_token& stop);
+
+  std::mutex heartbeat_mutex_;
+  std::condition_variable_any heartbeat_cv_;
+  std::jthread heartbeat_;  // last member: stopped and joined first
+};
+
+}  // namespace dtrain::ps

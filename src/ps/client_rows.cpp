@@ -1,0 +1,158 @@
+// Client's sparse-row requests (pull_rows, push_rows: keys routed to their
+// servers by sparse_server_of) and its whole-state requests (stats,
+// pull_state, load_state). client.h holds the contract, client_impl.h the
+// private state; exchange() and its recovery live in client.cpp.
+#include <algorithm>
+#include <cstring>
+#include <limits>
+
+#include "core/error.h"
+#include "ps/client.h"
+#include "ps/client_impl.h"
+
+namespace dtrain::ps {
+
+SparseTableSpec Client::Impl::check_rows(size_t table, std::span<const uint64_t> keys,
+                                         const Tensor& t, const char* operation) const {
+  if (table >= tables_.size()) {
+    throw UsageError(fmt::format("ps {}: table {} out of range; the job has {} tables", operation,
+                                 table, tables_.size()));
+  }
+  const SparseTableSpec& spec = tables_[table];
+  const Shape expected{static_cast<int64_t>(keys.size()), spec.dim};
+  if (!t.defined() || t.shape() != expected) {
+    throw UsageError(fmt::format("ps {}: table '{}' rows have shape {}, expected {}", operation,
+                                 spec.name, t.defined() ? shape_str(t.shape()) : "undefined",
+                                 shape_str(expected)));
+  }
+  return spec;
+}
+
+std::vector<std::vector<size_t>> Client::Impl::route(size_t table,
+                                                     std::span<const uint64_t> keys) const {
+  std::vector<std::vector<size_t>> by_server(static_cast<size_t>(num_servers()));
+  for (size_t i = 0; i < keys.size(); ++i) {
+    by_server[static_cast<size_t>(
+                  sparse_server_of(static_cast<uint32_t>(table), keys[i], num_servers()))]
+        .push_back(i);
+  }
+  return by_server;
+}
+
+void Client::pull_rows(size_t table, std::span<const uint64_t> keys, const Tensor& out) {
+  Impl& d = *impl_;
+  d.require_init("pull_rows");
+  const SparseTableSpec spec = d.check_rows(table, keys, out, "pull_rows");
+  const auto by_server = d.route(table, keys);
+  std::vector<std::pair<int, Message>> requests;
+  for (int s = 0; s < d.num_servers(); ++s) {
+    const auto& members = by_server[static_cast<size_t>(s)];
+    if (members.empty()) continue;
+    Message m;
+    m.kind = Kind::kPullRows;
+    m.table = static_cast<uint32_t>(table);
+    m.keys.reserve(members.size());
+    for (size_t i : members) m.keys.push_back(keys[i]);
+    requests.emplace_back(s, std::move(m));
+  }
+  std::vector<int> servers;
+  for (const auto& r : requests) servers.push_back(r.first);
+  const auto replies =
+      d.exchange(std::move(requests), "pull_rows", fmt::format("rows of table '{}'", spec.name));
+  const auto dim = static_cast<size_t>(spec.dim);
+  for (size_t k = 0; k < replies.size(); ++k) {
+    const auto& members = by_server[static_cast<size_t>(servers[k])];
+    const std::span<const std::byte> rows = replies[k].float_bytes;
+    if (rows.size() != members.size() * dim * sizeof(float)) {
+      throw CommError(servers[k], "ps pull_rows",
+                      fmt::format("server {} replied with {} floats for {} rows of dim {}",
+                                  servers[k], rows.size() / sizeof(float), members.size(), dim));
+    }
+    for (size_t j = 0; j < members.size(); ++j) {
+      std::memcpy(out.data() + members[j] * dim, rows.data() + j * dim * sizeof(float),
+                  dim * sizeof(float));
+    }
+  }
+}
+
+PushResult Client::push_rows(size_t table, std::span<const uint64_t> keys, const Tensor& grads,
+                             float lr, uint64_t version) {
+  Impl& d = *impl_;
+  d.require_init("push_rows");
+  const SparseTableSpec spec = d.check_rows(table, keys, grads, "push_rows");
+  const auto by_server = d.route(table, keys);
+  const auto dim = static_cast<size_t>(spec.dim);
+  std::vector<std::pair<int, Message>> requests;
+  for (int s = 0; s < d.num_servers(); ++s) {
+    const auto& members = by_server[static_cast<size_t>(s)];
+    if (members.empty()) continue;
+    Message m;
+    m.kind = Kind::kPushRows;
+    m.version = version;
+    m.table = static_cast<uint32_t>(table);
+    m.lr = lr;
+    m.keys.reserve(members.size());
+    m.float_parts.reserve(members.size());
+    for (size_t j = 0; j < members.size(); ++j) {
+      m.keys.push_back(keys[members[j]]);
+      m.float_parts.push_back(float_bytes(grads.data() + members[j] * dim, spec.dim));
+    }
+    requests.emplace_back(s, std::move(m));
+  }
+  PushResult result;
+  result.version = std::numeric_limits<uint64_t>::max();
+  const auto replies = d.exchange(std::move(requests), "push_rows",
+                                  fmt::format("the rows of table '{}' to be taken", spec.name));
+  for (const Message& r : replies) {
+    (r.status == ReplyStatus::kDropped ? result.servers_dropped : result.servers_applied) += 1;
+    result.version = std::min(result.version, r.version);
+  }
+  if (replies.empty()) result.version = version;
+  return result;
+}
+
+ServerStats Client::stats(int server) {
+  Impl& d = *impl_;
+  if (server < 0 || server >= d.num_servers()) {
+    throw UsageError(
+        fmt::format("ps stats: server {} out of range [0, {})", server, d.num_servers()));
+  }
+  Message m;
+  m.kind = Kind::kStats;
+  return d.exchange({{server, std::move(m)}}, "stats", "the server's statistics")[0].stats;
+}
+
+PsState Client::pull_state() {
+  Impl& d = *impl_;
+  d.require_init("pull_state");
+  std::vector<std::pair<int, Message>> requests;
+  for (int s = 0; s < d.num_servers(); ++s) {
+    Message m;
+    m.kind = Kind::kGetState;
+    requests.emplace_back(s, std::move(m));
+  }
+  auto replies = d.exchange(std::move(requests), "get_state", "the server's state");
+  std::vector<StateDict> states;
+  std::vector<uint64_t> versions;
+  for (Message& r : replies) {
+    states.push_back(std::move(r.state));
+    versions.push_back(r.version);
+  }
+  return assemble_state(d.plan_, d.tables_, states, versions);
+}
+
+void Client::load_state(const PsState& state) {
+  Impl& d = *impl_;
+  d.require_init("load_state");
+  std::vector<StateDict> parts = split_state(d.plan_, d.tables_, state);
+  std::vector<std::pair<int, Message>> requests;
+  for (int s = 0; s < d.num_servers(); ++s) {
+    Message m;
+    m.kind = Kind::kSetState;
+    m.state = std::move(parts[static_cast<size_t>(s)]);
+    requests.emplace_back(s, std::move(m));
+  }
+  d.exchange(std::move(requests), "set_state", "the state to be loaded");
+}
+
+}  // namespace dtrain::ps

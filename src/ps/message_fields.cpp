@@ -1,0 +1,151 @@
+#include "ps/message_fields.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "core/error.h"
+
+namespace dtrain::ps::message_fields {
+
+namespace {
+constexpr size_t kMaxDims = 8;
+}  // namespace
+
+// Strings are u16 length + UTF-8 (longer ones are cut: error texts), long
+// strings u32 length + bytes.
+void put_string(ByteWriter& w, std::string_view s) {
+  w.write_string(s.substr(0, std::min<size_t>(s.size(), std::numeric_limits<uint16_t>::max())),
+                 LengthPrefix::kU16);
+}
+
+std::string get_string(ByteReader& r, std::string_view field) {
+  return r.read_string(field, std::numeric_limits<uint16_t>::max(), LengthPrefix::kU16);
+}
+
+std::string get_long_string(ByteReader& r, std::string_view field) {
+  return r.read_string(field, r.remaining(), LengthPrefix::kU32);
+}
+
+void put_shape(ByteWriter& w, const Shape& shape) {
+  w.write_u8(static_cast<uint8_t>(shape.size()));
+  for (int64_t extent : shape) w.write_i64(extent);
+}
+
+Shape get_shape(ByteReader& r, std::string_view field) {
+  const uint8_t ndim = r.read_u8(field);
+  if (ndim > kMaxDims) {
+    throw DataError(
+        fmt::format("ps message: '{}' has {} dimensions; at most {}", field, ndim, kMaxDims));
+  }
+  Shape shape;
+  uint64_t numel = 1;
+  for (uint8_t d = 0; d < ndim; ++d) {
+    const int64_t extent = r.read_i64(field);
+    if (extent < 0 || extent > (int64_t{1} << 40)) {
+      throw DataError(fmt::format("ps message: '{}' extent {} of dimension {} is out of range",
+                                  field, extent, d));
+    }
+    if (extent != 0 && numel > (uint64_t{1} << 40) / static_cast<uint64_t>(extent)) {
+      throw DataError(fmt::format("ps message: '{}' has more than 2^40 elements", field));
+    }
+    numel *= static_cast<uint64_t>(extent);
+    shape.push_back(extent);
+  }
+  return shape;
+}
+
+float get_finite(ByteReader& r, std::string_view field) {
+  const float value = r.read_f32(field);
+  if (!std::isfinite(value)) {
+    throw DataError(fmt::format("ps message: '{}' is {}; must be finite", field, value));
+  }
+  return value;
+}
+
+void put_state(ByteWriter& w, const StateDict& state) {
+  w.write_u32(static_cast<uint32_t>(state.size()));
+  for (const auto& [name, tensor] : state) {
+    put_string(w, name);
+    put_shape(w, tensor.shape());
+    w.write_f32_array(std::span<const float>(tensor.data(), static_cast<size_t>(tensor.numel())));
+  }
+  w.write_u32(static_cast<uint32_t>(state.metadata().size()));
+  for (const auto& [key, value] : state.metadata()) {
+    put_string(w, key);
+    w.write_string(value);
+  }
+}
+
+StateDict get_state(ByteReader& r) {
+  StateDict state;
+  const auto entries = r.read_u32("state entries");
+  for (uint32_t i = 0; i < entries; ++i) {
+    std::string name = get_string(r, "state name");
+    if (state.contains(name)) {
+      throw DataError(fmt::format("ps message: state entry '{}' appears twice", name));
+    }
+    Shape shape = get_shape(r, "state shape");
+    const auto numel = static_cast<uint64_t>(shape_numel(shape));
+    std::vector<float> values = r.read_f32_array(numel, "state values");
+    state.insert(std::move(name), Tensor::from_vector(values, std::move(shape)));
+  }
+  const auto metadata = r.read_u32("state metadata");
+  for (uint32_t i = 0; i < metadata; ++i) {
+    std::string key = get_string(r, "metadata key");
+    state.metadata()[std::move(key)] = get_long_string(r, "metadata value");
+  }
+  return state;
+}
+
+void put_stats(ByteWriter& w, const ServerStats& stats) {
+  w.write_u32(static_cast<uint32_t>(stats.server));
+  w.write_u8(stats.initialised ? 1 : 0);
+  w.write_u64(stats.version);
+  w.write_u32(static_cast<uint32_t>(stats.workers.size()));
+  for (size_t i = 0; i < stats.workers.size(); ++i) {
+    w.write_u8(static_cast<uint8_t>(stats.workers[i]));
+    w.write_u64(i < stats.clocks.size() ? stats.clocks[i] : 0);
+  }
+  w.write_u64(stats.min_clock);
+  w.write_u64(stats.pushes_applied);
+  w.write_u64(stats.pushes_dropped);
+  w.write_u64(stats.requests_rejected);
+  w.write_u64(stats.frames_dropped);
+  w.write_u64(stats.sparse_rows);
+  w.write_u64(stats.parked_pulls);
+  w.write_u64(static_cast<uint64_t>(stats.clock_us));
+}
+
+ServerStats get_stats(ByteReader& r) {
+  ServerStats stats;
+  stats.server = static_cast<int>(r.read_u32("stats server"));
+  const auto initialised = r.read_u8("stats initialised");
+  if (initialised > 1) {
+    throw DataError(
+        fmt::format("ps message: stats 'initialised' is {}; must be 0 or 1", initialised));
+  }
+  stats.initialised = initialised == 1;
+  stats.version = r.read_u64("stats version");
+  const auto workers = r.read_u32("stats workers");
+  r.need(static_cast<size_t>(workers) * 9, "stats workers");
+  for (uint32_t i = 0; i < workers; ++i) {
+    const auto state = r.read_u8("worker state");
+    if (state > static_cast<uint8_t>(WorkerState::kFinished)) {
+      throw DataError(fmt::format("ps message: worker {} has unknown state {}", i, state));
+    }
+    stats.workers.push_back(static_cast<WorkerState>(state));
+    stats.clocks.push_back(r.read_u64("worker clock"));
+  }
+  stats.min_clock = r.read_u64("stats min_clock");
+  stats.pushes_applied = r.read_u64("stats pushes_applied");
+  stats.pushes_dropped = r.read_u64("stats pushes_dropped");
+  stats.requests_rejected = r.read_u64("stats requests_rejected");
+  stats.frames_dropped = r.read_u64("stats frames_dropped");
+  stats.sparse_rows = r.read_u64("stats sparse_rows");
+  stats.parked_pulls = r.read_u64("stats parked_pulls");
+  stats.clock_us = static_cast<int64_t>(r.read_u64("stats clock_us"));
+  return stats;
+}
+
+}  // namespace dtrain::ps::message_fields

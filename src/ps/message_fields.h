@@ -1,0 +1,39 @@
+// The field codecs shared by the ps message bodies (messages.cpp): strings,
+// shapes, finite floats, a StateDict and ServerStats. Private to src/ps.
+// Layouts: a string is u16 length + UTF-8 (longer ones are cut: error
+// texts), a long string u32 length + bytes; a shape u8 ndim (at most 8) +
+// ndim x i64 (each in [0, 2^40], at most 2^40 elements); a state u32 entries
+// x (string name, shape, f32 values) + u32 metadata x (string key, long
+// string value); stats as put_stats writes them.
+// Errors: the get_ functions throw DataError naming the field on a short or
+// malformed body (ByteReader's errors otherwise). Stateless; thread safe.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include "core/byte_codec.h"
+#include "ps/messages.h"
+#include "tensor/state_dict.h"
+
+namespace dtrain::ps::message_fields {
+
+void put_string(ByteWriter& w, std::string_view s);
+std::string get_string(ByteReader& r, std::string_view field);
+std::string get_long_string(ByteReader& r, std::string_view field);
+
+void put_shape(ByteWriter& w, const Shape& shape);
+Shape get_shape(ByteReader& r, std::string_view field);
+
+// An f32 that must be finite (DataError otherwise).
+float get_finite(ByteReader& r, std::string_view field);
+
+// Entry names appear once (DataError otherwise).
+void put_state(ByteWriter& w, const StateDict& state);
+StateDict get_state(ByteReader& r);
+
+// Worker states are known WorkerState values (DataError otherwise).
+void put_stats(ByteWriter& w, const ServerStats& stats);
+ServerStats get_stats(ByteReader& r);
+
+}  // namespace dtrain::ps::message_fields
