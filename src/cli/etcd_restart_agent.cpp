@@ -29,6 +29,7 @@ using namespace std::chrono_literals;
 
 constexpr auto kWatchInterval = 200ms;
 constexpr auto kCheckTimeout = 2s;  // one renewal of the agent's lease
+constexpr int kOutputLockWaitS = 60;
 
 int env_int(const std::map<std::string, std::string>& env, const std::string& name, int fallback) {
   const auto it = env.find(name);
@@ -288,6 +289,10 @@ LaunchResult run_etcd_restart_agent(const AgentOptions& agent, AgentPresence& pr
   base.workers = agent.nproc_per_node;
   base.argv = worker_argv(base.argv);
   base.environment.erase("DTRAIN_RDZV");
+  // A new rank 0 may find the lock still held by the old one, on a host
+  // frozen past its lease: it waits while that host's agent, once it runs
+  // again, finds itself left out and stops its workers.
+  base.environment.try_emplace("DTRAIN_OUTPUT_LOCK_WAIT_S", std::to_string(kOutputLockWaitS));
   const AgentAddress address = agent_address(base);
   comm::EtcdElasticRendezvous rdzv(r, logger);
   logger.info(

@@ -18,11 +18,15 @@
 //  - A host frozen (SIGSTOP) past its agent's lease is left out when it
 //    resumes: its agent says so (LeftOut) and exits 1; the other host
 //    restarts without it and finishes.
+//  - The same with the frozen host's worker as rank 0, holding the shared
+//    folder's lock: the new rank 0 waits for the lock, the frozen host's
+//    agent stops its worker once it runs again, and the new rank 0 finishes.
 #include <gtest/gtest.h>
 #include <signal.h>
 
 #include <filesystem>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cli/etcd_restart_agent.h"
@@ -121,6 +125,17 @@ struct Cluster {
       EXPECT_TRUE(testing::wait_for_output(agents.back(), "agent: node " + std::to_string(h)))
           << agents.back().output();
     }
+  }
+  // Until node `node`'s agent lease expired in etcd (its alive key is gone).
+  bool wait_for_lapsed_agent(const std::string& job_id, int node) {
+    comm::EtcdClient client(etcd.endpoint());
+    const std::string key = "/dtrain/" + job_id + "/agents/" + std::to_string(node);
+    const Deadline deadline = Deadline::after(60s);
+    while (!deadline.expired()) {
+      if (client.range_prefix(key, Deadline::after(5s)).empty()) return true;
+      std::this_thread::sleep_for(100ms);
+    }
+    return false;
   }
   bool wait_for_checkpoint(ChildProcess& watched) {
     const Deadline deadline = Deadline::after(120s);
@@ -248,7 +263,8 @@ TEST(EtcdRestartAgentCli, AHostFrozenPastItsLeaseIsLeftOutAndTheOtherFinishes) {
   ::kill(-b.pid(), SIGSTOP);
   ::kill(-b_worker, SIGSTOP);
   // The other host restarts without it (its leases lapsed).
-  const bool restarted = testing::wait_for_output(a, "of generation 1");
+  const bool restarted =
+      testing::wait_for_output(a, "of generation 1") && c.wait_for_lapsed_agent("restart-stale", 1);
   ::kill(-b_worker, SIGCONT);
   ::kill(-b.pid(), SIGCONT);
   ASSERT_TRUE(restarted) << a.output();
@@ -260,6 +276,32 @@ TEST(EtcdRestartAgentCli, AHostFrozenPastItsLeaseIsLeftOutAndTheOtherFinishes) {
   ASSERT_TRUE(survivor.has_value()) << a.output();
   EXPECT_EQ(survivor->code, 0) << survivor->describe() << "\n" << a.output();
   EXPECT_TRUE(std::filesystem::exists(c.dir.file("out/model.safetensors"))) << a.output();
+}
+
+TEST(EtcdRestartAgentCli, ANewRankZeroWaitsForTheLockOfAFrozenOne) {
+  if (!testing::etcd_installed()) GTEST_SKIP() << "etcd is not installed (scripts/setup.sh)";
+  Cluster c("restart-lock", 2, "1:2", 1, kJob, {"--rdzv-ttl", "2"});
+  ChildProcess& a = c.agents[0];  // node rank 0: its worker holds the lock
+  ChildProcess& b = c.agents[1];
+  ASSERT_TRUE(c.wait_for_checkpoint(a)) << a.output();
+  const pid_t a_worker = first_worker_pid(a.output());
+  ASSERT_GT(a_worker, 0) << a.output();
+  ::kill(-a.pid(), SIGSTOP);
+  ::kill(-a_worker, SIGSTOP);
+  const bool waiting =
+      testing::wait_for_output(b, "waiting up to") && c.wait_for_lapsed_agent("restart-lock", 0);
+  ::kill(-a_worker, SIGCONT);
+  ::kill(-a.pid(), SIGCONT);
+  ASSERT_TRUE(waiting) << b.output();
+  const std::optional<testing::ExitStatus> stale = a.wait(Deadline::after(60s));
+  ASSERT_TRUE(stale.has_value()) << a.output();
+  EXPECT_EQ(stale->code, 1) << stale->describe() << "\n" << a.output();
+  EXPECT_NE(a.output().find("LeftOut"), std::string::npos) << a.output();
+  const std::optional<testing::ExitStatus> survivor = b.wait(Deadline::after(120s));
+  ASSERT_TRUE(survivor.has_value()) << b.output();
+  EXPECT_EQ(survivor->code, 0) << survivor->describe() << "\n" << b.output();
+  EXPECT_NE(b.output().find("resumed from"), std::string::npos) << b.output();
+  EXPECT_TRUE(std::filesystem::exists(c.dir.file("out/model.safetensors"))) << b.output();
 }
 
 TEST(EtcdRestartAgentCli, RefusesRestartsThatWouldTrainFromScratch) {
