@@ -251,57 +251,48 @@ TEST(EtcdRestartAgentCli, TheLastAgentRemovesTheKeysAndTheJobIdRunsAgain) {
   }
 }
 
+// Two hosts (1:2, 2 s leases) with a checkpoint written; host `frozen`'s
+// agent and worker are SIGSTOPped until the other host's output shows
+// `seen` and the frozen agent's lease lapsed in etcd, then resumed. The
+// frozen host must be left out (exit 1, LeftOut), the other must finish
+// (exit 0, resuming from the checkpoint) and write the model.
+void freeze_one_host_past_its_lease(const std::string& job_id, int frozen,
+                                    const std::string& seen) {
+  Cluster c(job_id, 2, "1:2", 1, kJob, {"--rdzv-ttl", "2"});
+  ChildProcess& stale = c.agents[frozen];
+  ChildProcess& other = c.agents[1 - frozen];
+  ASSERT_TRUE(c.wait_for_checkpoint(c.agents[0])) << c.agents[0].output();
+  ASSERT_TRUE(testing::wait_for_output(stale, "started 1 worker(s)")) << stale.output();
+  const pid_t worker = first_worker_pid(stale.output());
+  ASSERT_GT(worker, 0) << stale.output();
+  ::kill(-stale.pid(), SIGSTOP);
+  ::kill(-worker, SIGSTOP);
+  const bool went_on =
+      testing::wait_for_output(other, seen) && c.wait_for_lapsed_agent(job_id, frozen);
+  ::kill(-worker, SIGCONT);
+  ::kill(-stale.pid(), SIGCONT);
+  ASSERT_TRUE(went_on) << other.output();
+  const std::optional<testing::ExitStatus> left_out = stale.wait(Deadline::after(60s));
+  ASSERT_TRUE(left_out.has_value()) << stale.output();
+  EXPECT_EQ(left_out->code, 1) << left_out->describe() << "\n" << stale.output();
+  EXPECT_NE(stale.output().find("LeftOut"), std::string::npos) << stale.output();
+  const std::optional<testing::ExitStatus> survivor = other.wait(Deadline::after(120s));
+  ASSERT_TRUE(survivor.has_value()) << other.output();
+  EXPECT_EQ(survivor->code, 0) << survivor->describe() << "\n" << other.output();
+  EXPECT_NE(other.output().find("resumed from"), std::string::npos) << other.output();
+  EXPECT_TRUE(std::filesystem::exists(c.dir.file("out/model.safetensors"))) << other.output();
+}
+
 TEST(EtcdRestartAgentCli, AHostFrozenPastItsLeaseIsLeftOutAndTheOtherFinishes) {
   if (!testing::etcd_installed()) GTEST_SKIP() << "etcd is not installed (scripts/setup.sh)";
-  Cluster c("restart-stale", 2, "1:2", 1, kJob, {"--rdzv-ttl", "2"});
-  ChildProcess& a = c.agents[0];
-  ChildProcess& b = c.agents[1];
-  ASSERT_TRUE(c.wait_for_checkpoint(a)) << a.output();
-  ASSERT_TRUE(testing::wait_for_output(b, "started 1 worker(s)")) << b.output();
-  const pid_t b_worker = first_worker_pid(b.output());
-  ASSERT_GT(b_worker, 0) << b.output();
-  ::kill(-b.pid(), SIGSTOP);
-  ::kill(-b_worker, SIGSTOP);
-  // The other host restarts without it (its leases lapsed).
-  const bool restarted =
-      testing::wait_for_output(a, "of generation 1") && c.wait_for_lapsed_agent("restart-stale", 1);
-  ::kill(-b_worker, SIGCONT);
-  ::kill(-b.pid(), SIGCONT);
-  ASSERT_TRUE(restarted) << a.output();
-  const std::optional<testing::ExitStatus> stale = b.wait(Deadline::after(60s));
-  ASSERT_TRUE(stale.has_value()) << b.output();
-  EXPECT_EQ(stale->code, 1) << stale->describe() << "\n" << b.output();
-  EXPECT_NE(b.output().find("LeftOut"), std::string::npos) << b.output();
-  const std::optional<testing::ExitStatus> survivor = a.wait(Deadline::after(120s));
-  ASSERT_TRUE(survivor.has_value()) << a.output();
-  EXPECT_EQ(survivor->code, 0) << survivor->describe() << "\n" << a.output();
-  EXPECT_TRUE(std::filesystem::exists(c.dir.file("out/model.safetensors"))) << a.output();
+  // Host 1: the other host restarts without it (its leases lapsed).
+  freeze_one_host_past_its_lease("restart-stale", 1, "of generation 1");
 }
 
 TEST(EtcdRestartAgentCli, ANewRankZeroWaitsForTheLockOfAFrozenOne) {
   if (!testing::etcd_installed()) GTEST_SKIP() << "etcd is not installed (scripts/setup.sh)";
-  Cluster c("restart-lock", 2, "1:2", 1, kJob, {"--rdzv-ttl", "2"});
-  ChildProcess& a = c.agents[0];  // node rank 0: its worker holds the lock
-  ChildProcess& b = c.agents[1];
-  ASSERT_TRUE(c.wait_for_checkpoint(a)) << a.output();
-  const pid_t a_worker = first_worker_pid(a.output());
-  ASSERT_GT(a_worker, 0) << a.output();
-  ::kill(-a.pid(), SIGSTOP);
-  ::kill(-a_worker, SIGSTOP);
-  const bool waiting =
-      testing::wait_for_output(b, "waiting up to") && c.wait_for_lapsed_agent("restart-lock", 0);
-  ::kill(-a_worker, SIGCONT);
-  ::kill(-a.pid(), SIGCONT);
-  ASSERT_TRUE(waiting) << b.output();
-  const std::optional<testing::ExitStatus> stale = a.wait(Deadline::after(60s));
-  ASSERT_TRUE(stale.has_value()) << a.output();
-  EXPECT_EQ(stale->code, 1) << stale->describe() << "\n" << a.output();
-  EXPECT_NE(a.output().find("LeftOut"), std::string::npos) << a.output();
-  const std::optional<testing::ExitStatus> survivor = b.wait(Deadline::after(120s));
-  ASSERT_TRUE(survivor.has_value()) << b.output();
-  EXPECT_EQ(survivor->code, 0) << survivor->describe() << "\n" << b.output();
-  EXPECT_NE(b.output().find("resumed from"), std::string::npos) << b.output();
-  EXPECT_TRUE(std::filesystem::exists(c.dir.file("out/model.safetensors"))) << b.output();
+  // Host 0: node rank 0, its worker holds the lock the new rank 0 waits for.
+  freeze_one_host_past_its_lease("restart-lock", 0, "waiting up to");
 }
 
 TEST(EtcdRestartAgentCli, RefusesRestartsThatWouldTrainFromScratch) {
