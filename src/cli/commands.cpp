@@ -4,9 +4,11 @@
 #include <fmt/ostream.h>
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <climits>
 #include <iostream>
+#include <map>
 #include <optional>
 
 #include "cli/coordinator_files.h"
@@ -98,6 +100,21 @@ std::string command_line(const std::vector<std::string>& argv) {
   return line;
 }
 
+// DTRAIN_OUTPUT_LOCK_WAIT_S (set by the restart agent, cli/etcd_restart_agent.h):
+// how long a rank 0 waits for the output lock its predecessor may still hold.
+std::chrono::milliseconds output_lock_wait(const std::map<std::string, std::string>& env) {
+  const auto it = env.find("DTRAIN_OUTPUT_LOCK_WAIT_S");
+  if (it == env.end() || it->second.empty()) return std::chrono::milliseconds(0);
+  int seconds = -1;
+  const char* end = it->second.data() + it->second.size();
+  const auto [ptr, ec] = std::from_chars(it->second.data(), end, seconds);
+  if (ec != std::errc() || ptr != end || seconds < 0) {
+    throw UsageError(fmt::format("DTRAIN_OUTPUT_LOCK_WAIT_S='{}' must be a whole number of seconds",
+                                 it->second));
+  }
+  return std::chrono::seconds(seconds);
+}
+
 // This host's agent of an etcd job (cli/etcd_agent.h); in elastic mode it
 // holds the output lock, its workers write there when one is rank 0 of its
 // generation; in restart mode rank 0's worker takes the lock of the shared folder.
@@ -165,8 +182,9 @@ int run_train(const TrainOptions& options, std::ostream& out) {
   // 0 of a job another launcher started holds the lock for the run's life.
   std::optional<io::OutputLock> lock;
   if (plan.launch || !launch.launched() || (launch.rank == 0 && !launch.settings.output_locked)) {
-    lock.emplace(io::OutputLock::acquire(
-        job.output, io::this_process_record(command_line(options.argv), started), logger));
+    lock.emplace(io::OutputLock::acquire_waiting(
+        job.output, io::this_process_record(command_line(options.argv), started), logger,
+        output_lock_wait(options.environment)));
   }
   // The live page, in the process that runs or launches the job (its
   // launched workers got the same flag and ignore it).

@@ -92,32 +92,11 @@ std::string host_address_of(const AgentOptions& agent, const LaunchOptions& base
   return "127.0.0.1";
 }
 
-}  // namespace
-
-LaunchResult run_etcd_agent(const AgentOptions& agent, LaunchOptions base, std::ostream& out,
-                            std::ostream& err, Logger& logger, Deadline deadline) {
-  const comm::RdzvUrl url = comm::parse_rdzv_url(agent.rdzv, "--rdzv");
-  const NodeBounds nodes = check_options(agent, base);
+// Elastic mode's launcher options: K local workers that form their
+// generations in etcd themselves (the header's contract).
+void set_elastic(const AgentOptions& agent, const NodeBounds& nodes, int node,
+                 const std::string& host, LaunchOptions& base) {
   const int k = agent.nproc_per_node;
-  const std::string host = host_address_of(agent, base);
-  const std::string stale = fmt::format(
-      "agent of job '{}' was silent past its lease TTL ({} s): the group went on without this "
-      "host; it is left out (LeftOut) and stops its workers",
-      url.job_id, agent.lease_ttl.count());
-  // Declared before `presence`, whose thread calls it: outlives that thread.
-  StaleStop stale_stop;
-  AgentPresence presence(
-      url, host, agent.lease_ttl,
-      [&logger, &stale_stop, stale] {
-        logger.error("{}", stale);
-        stale_stop.stop();
-      },
-      logger, Deadline(std::min(deadline.at(), Deadline::after(kClaimTimeout).at())));
-  const int node = presence.node();
-  if (agent.restart) {
-    return run_etcd_restart_agent(agent, node, nodes.min, nodes.max, std::move(base), out, err,
-                                  logger, deadline);
-  }
   base.workers = k;
   base.coordinator = false;
   base.environment["DTRAIN_LISTEN_HOST"] = host;
@@ -147,20 +126,53 @@ LaunchResult run_etcd_agent(const AgentOptions& agent, LaunchOptions base, std::
   };
   e.job_finished = [tally] { return tally->finished && tally->running == 0; };
   base.elastic = std::move(e);
-  logger.info(
-      "agent: node {} of job '{}' at etcd {}, host address {}; {} local worker(s), slots "
-      "{}..{}; group of {}..{} worker(s); lease TTL {} s",
-      node, url.job_id, url.endpoint, host, k, node * k, node * k + k - 1, nodes.min * k,
-      nodes.max * k, agent.lease_ttl.count());
-  stale_stop.set_running(true);
-  LaunchResult result;
-  try {
-    result = Launcher(std::move(base), out, err, logger).run(deadline);
-  } catch (...) {
-    stale_stop.set_running(false);
-    throw;
+}
+
+}  // namespace
+
+LaunchResult run_etcd_agent(const AgentOptions& agent, LaunchOptions base, std::ostream& out,
+                            std::ostream& err, Logger& logger, Deadline deadline) {
+  const comm::RdzvUrl url = comm::parse_rdzv_url(agent.rdzv, "--rdzv");
+  const NodeBounds nodes = check_options(agent, base);
+  const int k = agent.nproc_per_node;
+  const std::string host = host_address_of(agent, base);
+  const std::string stale = fmt::format(
+      "agent of job '{}' was silent past its lease TTL ({} s): the group went on without this "
+      "host; it is left out (LeftOut) and stops its workers",
+      url.job_id, agent.lease_ttl.count());
+  // Declared before `presence`, whose thread calls it: outlives that thread.
+  StaleStop stale_stop;
+  AgentPresence presence(
+      url, host, agent.lease_ttl,
+      [&logger, &stale_stop, stale] {
+        logger.error("{}", stale);
+        stale_stop.stop();
+      },
+      logger, Deadline(std::min(deadline.at(), Deadline::after(kClaimTimeout).at())));
+  const int node = presence.node();
+  if (!agent.restart) {
+    set_elastic(agent, nodes, node, host, base);
+    logger.info(
+        "agent: node {} of job '{}' at etcd {}, host address {}; {} local worker(s), slots "
+        "{}..{}; group of {}..{} worker(s); lease TTL {} s",
+        node, url.job_id, url.endpoint, host, k, node * k, node * k + k - 1, nodes.min * k,
+        nodes.max * k, agent.lease_ttl.count());
   }
-  stale_stop.set_running(false);
+  LaunchResult result;
+  if (agent.restart) {
+    // Its watcher stops the workers when presence finds the lease lost.
+    result = run_etcd_restart_agent(agent, presence, nodes.min, nodes.max, std::move(base), out,
+                                    err, logger, deadline);
+  } else {
+    stale_stop.set_running(true);
+    try {
+      result = Launcher(std::move(base), out, err, logger).run(deadline);
+    } catch (...) {
+      stale_stop.set_running(false);
+      throw;
+    }
+    stale_stop.set_running(false);
+  }
   if (presence.check(Deadline::after(std::chrono::seconds(2)))) {
     result.exit_code = 1;
     result.failure = stale;

@@ -28,6 +28,8 @@ using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
 constexpr auto kWatchInterval = 200ms;
+constexpr auto kCheckTimeout = 2s;  // one renewal of the agent's lease
+constexpr int kOutputLockWaitS = 60;
 
 int env_int(const std::map<std::string, std::string>& env, const std::string& name, int fallback) {
   const auto it = env.find(name);
@@ -69,15 +71,17 @@ class LocalWorkers {
   std::vector<pid_t> pids_;
 };
 
-// Watches generation `gen` in etcd while the local workers run; on a change
-// it records why and stops them (SIGTERM, then SIGKILL after `grace`; the
-// Launcher stops the rest once the first one exits).
+// Watches generation `gen` in etcd while the local workers run; on a change,
+// or when `presence` says this agent's own lease lapsed, it records why and
+// stops them (SIGTERM, then SIGKILL after `grace`; the Launcher stops the
+// rest once the first one exits).
 class GroupWatcher {
  public:
   GroupWatcher(comm::EtcdElasticRendezvous& rdzv, uint32_t gen, bool admit_new,
-               std::chrono::milliseconds grace, LocalWorkers& workers, Logger& logger)
+               std::chrono::milliseconds grace, LocalWorkers& workers,
+               const AgentPresence& presence, Logger& logger)
       : thread_([&, gen, admit_new, grace](std::stop_token stop) {
-          watch(stop, rdzv, gen, admit_new, grace, workers, logger);
+          watch(stop, rdzv, gen, admit_new, grace, workers, presence, logger);
         }) {}
 
   // Stops watching (joins the thread); then the change seen, if any.
@@ -89,14 +93,18 @@ class GroupWatcher {
 
  private:
   void watch(std::stop_token stop, comm::EtcdElasticRendezvous& rdzv, uint32_t gen, bool admit_new,
-             std::chrono::milliseconds grace, LocalWorkers& workers, Logger& logger) {
+             std::chrono::milliseconds grace, LocalWorkers& workers, const AgentPresence& presence,
+             Logger& logger) {
     std::mutex mutex;
     std::condition_variable_any wake;
     std::unique_lock lock(mutex);
     const auto pause = [&](std::chrono::milliseconds d) {
       wake.wait_for(lock, stop, d, [] { return false; });
     };
+    bool stale = false;
     while (!stop.stop_requested() && !change_) {
+      stale = presence.lost();
+      if (stale) break;
       try {
         change_ = rdzv.watch(gen, admit_new, Deadline::after(2s));
       } catch (const Error& e) {
@@ -104,8 +112,10 @@ class GroupWatcher {
       }
       if (!change_) pause(kWatchInterval);
     }
-    if (!change_) return;
-    logger.warn("agent: {}; stopping the local workers to restart the group", change_->why);
+    if (!change_ && !stale) return;
+    if (change_) {
+      logger.warn("agent: {}; stopping the local workers to restart the group", change_->why);
+    }
     workers.signal_all(SIGTERM);
     pause(grace);
     if (!stop.stop_requested()) workers.signal_all(SIGKILL);
@@ -208,7 +218,7 @@ struct RunOutcome {
 
 RunOutcome run_generation(comm::EtcdElasticRendezvous& rdzv, const Placement& p, bool admit_new,
                           LaunchOptions options, std::ostream& out, std::ostream& err,
-                          Logger& logger, Deadline deadline) {
+                          const AgentPresence& presence, Logger& logger, Deadline deadline) {
   const int k = options.workers;
   options.first_rank = p.gen.rank * k;
   options.world_size = p.gen.world_size() * k;
@@ -217,7 +227,8 @@ RunOutcome run_generation(comm::EtcdElasticRendezvous& rdzv, const Placement& p,
   LocalWorkers workers;
   options.on_process_started = [&workers](int, pid_t pid) { workers.started(pid); };
   options.on_process_exited = [&workers](const WorkerExit& e) { workers.ended(e.pid); };
-  GroupWatcher watcher(rdzv, p.gen.generation, admit_new, options.stop_grace, workers, logger);
+  GroupWatcher watcher(rdzv, p.gen.generation, admit_new, options.stop_grace, workers, presence,
+                       logger);
   RunOutcome outcome;
   try {
     outcome.result = Launcher(std::move(options), out, err, logger).run(deadline);
@@ -259,9 +270,11 @@ std::vector<std::string> worker_argv(const std::vector<std::string>& argv) {
   return kept;
 }
 
-LaunchResult run_etcd_restart_agent(const AgentOptions& agent, int node, int min_nodes,
-                                    int max_nodes, LaunchOptions base, std::ostream& out,
-                                    std::ostream& err, Logger& logger, Deadline deadline) {
+LaunchResult run_etcd_restart_agent(const AgentOptions& agent, AgentPresence& presence,
+                                    int min_nodes, int max_nodes, LaunchOptions base,
+                                    std::ostream& out, std::ostream& err, Logger& logger,
+                                    Deadline deadline) {
+  const int node = presence.node();
   const comm::RdzvUrl url = comm::parse_rdzv_url(agent.rdzv, "--rdzv");
   comm::EtcdRendezvousOptions r;
   r.endpoint = url.endpoint;
@@ -276,6 +289,10 @@ LaunchResult run_etcd_restart_agent(const AgentOptions& agent, int node, int min
   base.workers = agent.nproc_per_node;
   base.argv = worker_argv(base.argv);
   base.environment.erase("DTRAIN_RDZV");
+  // A new rank 0 may find the lock still held by the old one, on a host
+  // frozen past its lease: it waits while that host's agent, once it runs
+  // again, finds itself left out and stops its workers.
+  base.environment.try_emplace("DTRAIN_OUTPUT_LOCK_WAIT_S", std::to_string(kOutputLockWaitS));
   const AgentAddress address = agent_address(base);
   comm::EtcdElasticRendezvous rdzv(r, logger);
   logger.info(
@@ -293,6 +310,11 @@ LaunchResult run_etcd_restart_agent(const AgentOptions& agent, int node, int min
       logger.info("agent: node {}: the job finished without this node", node);
       return LaunchResult{};
     }
+    if (presence.check(Deadline::after(kCheckTimeout))) {
+      LaunchResult stale;
+      stale.exit_code = 1;  // the caller says why
+      return stale;
+    }
     logger.info(
         "agent: node {} is node rank {} of generation {} (nodes {}): worker ranks {}..{} of {}, "
         "coordinator {}:{}",
@@ -300,7 +322,11 @@ LaunchResult run_etcd_restart_agent(const AgentOptions& agent, int node, int min
         p->gen.rank * base.workers + base.workers - 1, p->gen.world_size() * base.workers,
         p->coordinator_host, p->coordinator_port);
     const bool admit_new = p->gen.world_size() < max_nodes;
-    RunOutcome o = run_generation(rdzv, *p, admit_new, base, out, err, logger, deadline);
+    RunOutcome o = run_generation(rdzv, *p, admit_new, base, out, err, presence, logger, deadline);
+    if (presence.check(Deadline::after(kCheckTimeout))) {
+      o.result.exit_code = 1;  // the caller says why
+      return o.result;
+    }
     const bool ok = !o.change && o.result.exit_code == 0 && !o.result.first_failed_rank;
     if (ok || o.result.interrupted_by != 0) {
       if (ok) mark_finished(rdzv, deadline, logger);

@@ -54,17 +54,24 @@
 #include <vector>
 
 #include "cli/etcd_agent.h"
+#include "cli/etcd_agent_presence.h"
 #include "cli/launcher.h"
 #include "core/deadline.h"
 #include "core/log.h"
 
 namespace dtrain::cli {
 
-// `node`: the index this agent claimed; `base` as for run_etcd_agent (its
-// argv is this agent's command line).
-LaunchResult run_etcd_restart_agent(const AgentOptions& agent, int node, int min_nodes,
-                                    int max_nodes, LaunchOptions base, std::ostream& out,
-                                    std::ostream& err, Logger& logger, Deadline deadline);
+// `presence`: this agent's record in etcd (its node index, its lease;
+// cli/etcd_agent_presence.h). An agent whose lease lapsed (its host was
+// frozen past the TTL) is left out: the watcher stops its workers as soon as
+// presence.lost() says so, the agent asks etcd (presence.check) after every
+// meeting and every run, and it then returns exit code 1 with no restart
+// (the caller says why). `base` as for run_etcd_agent (its argv is this
+// agent's command line).
+LaunchResult run_etcd_restart_agent(const AgentOptions& agent, AgentPresence& presence,
+                                    int min_nodes, int max_nodes, LaunchOptions base,
+                                    std::ostream& out, std::ostream& err, Logger& logger,
+                                    Deadline deadline);
 
 // `argv` without the agent's own flags (--rdzv, --nnodes, --nproc-per-node,
 // as "--flag value" or "--flag=value"): the workers' command line.

@@ -11,6 +11,7 @@
 #include <charconv>
 #include <cstring>
 #include <ctime>
+#include <thread>
 #include <utility>
 
 #include "core/error.h"
@@ -22,6 +23,7 @@ namespace {
 
 // A record is four short lines; anything longer is not one of ours.
 constexpr size_t kMaxRecordBytes = 64 * 1024;
+constexpr auto kWaitPoll = std::chrono::milliseconds(200);
 
 std::string one_line(std::string_view value) {
   std::string out(value);
@@ -140,7 +142,8 @@ std::optional<LockRecord> decode_lock_record(std::string_view text) {
   return record;
 }
 
-OutputLock OutputLock::acquire(const std::string& dir, const LockRecord& record, Logger& logger) {
+std::optional<OutputLock> OutputLock::try_acquire(const std::string& dir, const LockRecord& record,
+                                                  Logger& logger, std::string& holder_text) {
   try {
     default_file_system().create_directories(dir);
   } catch (const FileError& e) {
@@ -171,10 +174,8 @@ OutputLock OutputLock::acquire(const std::string& dir, const LockRecord& record,
                                    std::strerror(err)));
     }
     const std::optional<LockRecord> holder = decode_lock_record(read_record_text(file.get()));
-    throw UsageError(fmt::format(
-        "output folder '{}' is in use by another dtrain run: {}; wait for it to finish or pass "
-        "another --output",
-        dir, holder ? describe_holder(*holder) : "its record is not written yet"));
+    holder_text = holder ? describe_holder(*holder) : "its record is not written yet";
+    return std::nullopt;
   }
   // Locked. A record still here belongs to a run that ended without release().
   const std::string previous = read_record_text(file.get());
@@ -191,6 +192,42 @@ OutputLock OutputLock::acquire(const std::string& dir, const LockRecord& record,
   }
   write_all_at_start(file.get(), encode_lock_record(record), path);
   return OutputLock(path, file.release());
+}
+
+OutputLock OutputLock::acquire(const std::string& dir, const LockRecord& record, Logger& logger) {
+  std::string holder;
+  std::optional<OutputLock> lock = try_acquire(dir, record, logger, holder);
+  if (!lock) {
+    throw UsageError(fmt::format(
+        "output folder '{}' is in use by another dtrain run: {}; wait for it to finish or pass "
+        "another --output",
+        dir, holder));
+  }
+  return std::move(*lock);
+}
+
+OutputLock OutputLock::acquire_waiting(const std::string& dir, const LockRecord& record,
+                                       Logger& logger, std::chrono::milliseconds wait) {
+  if (wait.count() <= 0) return acquire(dir, record, logger);
+  const auto until = std::chrono::steady_clock::now() + wait;
+  std::string holder;
+  bool told = false;
+  while (true) {
+    std::optional<OutputLock> lock = try_acquire(dir, record, logger, holder);
+    if (lock) return std::move(*lock);
+    if (std::chrono::steady_clock::now() >= until) break;
+    if (!told) {
+      logger.warn("output folder '{}' is held by {}; waiting up to {} ms for it", dir, holder,
+                  wait.count());
+      told = true;
+    }
+    std::this_thread::sleep_for(kWaitPoll);
+  }
+  throw UsageError(fmt::format(
+      "output folder '{}' is still in use by another dtrain run after waiting {} ms: {}; a "
+      "process that holds it frozen (SIGSTOP, a hung host) keeps it until it runs again or is "
+      "killed",
+      dir, wait.count(), holder));
 }
 
 OutputLock::OutputLock(OutputLock&& other) noexcept

@@ -32,7 +32,8 @@
 // on distinct folders are independent. Errors: UsageError for a held lock or
 // a folder that cannot be created or locked (naming the folder and the
 // reason); FileError when the record cannot be written (the lock is then not
-// held). Blocking: never waits for the lock; file I/O and one fsync.
+// held). Blocking: acquire() never waits for the lock (acquire_waiting() does, up to
+// its bound); file I/O and one fsync.
 #pragma once
 
 #include <chrono>
@@ -78,6 +79,14 @@ class OutputLock {
   // warning about a previous holder that ended without releasing the lock;
   // it is used only during this call.
   static OutputLock acquire(const std::string& dir, const LockRecord& record, Logger& logger);
+  // As acquire(), but a lock held by another process is tried again every
+  // 0.2 s for up to `wait` (one warning naming the holder when it first
+  // waits); then the UsageError names the holder and the time waited. For a
+  // group's new rank 0 whose predecessor may still hold the lock for a
+  // moment (its host frozen: it lets go once it runs again and is stopped).
+  // A `wait` of 0 is acquire(). Blocking: up to `wait`.
+  static OutputLock acquire_waiting(const std::string& dir, const LockRecord& record,
+                                    Logger& logger, std::chrono::milliseconds wait);
 
   OutputLock(OutputLock&& other) noexcept;
   OutputLock& operator=(OutputLock&& other) noexcept;
@@ -95,6 +104,10 @@ class OutputLock {
 
  private:
   OutputLock(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
+  // The lock, or nullopt when another process holds it (`holder_text` then
+  // describes it); throws as acquire() for every other failure.
+  static std::optional<OutputLock> try_acquire(const std::string& dir, const LockRecord& record,
+                                               Logger& logger, std::string& holder_text);
 
   std::string path_;
   int fd_ = -1;

@@ -13,15 +13,25 @@
 //    with a line naming the budget.
 //  - A host that arrives while the group runs below MAX is admitted by a
 //    restart that uses none of the budget.
+//  - A job run to its end leaves no key in etcd (the last agent removes
+//    them), so the same job id runs again.
+//  - A host frozen (SIGSTOP) past its agent's lease is left out when it
+//    resumes: its agent says so (LeftOut) and exits 1; the other host
+//    restarts without it and finishes.
+//  - The same with the frozen host's worker as rank 0, holding the shared
+//    folder's lock: the new rank 0 waits for the lock, the frozen host's
+//    agent stops its worker once it runs again, and the new rank 0 finishes.
 #include <gtest/gtest.h>
 #include <signal.h>
 
 #include <filesystem>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cli/etcd_restart_agent.h"
 #include "cli_test_util.h"
+#include "comm/rendezvous/etcd_client.h"
 #include "testing/etcd_server.h"
 #include "testing/fault_fs.h"
 #include "testing/process.h"
@@ -49,18 +59,35 @@ const std::string kJob = testing::TestJob()
 
 // One host: `setsid dtrain train JOB --rdzv ... --no-elastic` in its own
 // process group (its pid is the group's id), stderr merged into stdout.
+// `extra`: more flags.
 ChildProcess start_agent(const std::string& job, const std::string& out, const std::string& rdzv,
-                         const std::string& nnodes, int max_restarts) {
-  return ChildProcess::spawn(
-      {"/usr/bin/setsid", "/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1", DTRAIN_BINARY, "train", job,
-       "--output", out, "--rdzv", rdzv, "--nnodes", nnodes, "--nproc-per-node", "1", "--no-elastic",
-       "--max-restarts", std::to_string(max_restarts)},
-      {{"OPENBLAS_NUM_THREADS", "1"},
-       {"DTRAIN_JOB_SECRET", "restart-agents-secret"},
-       {"DTRAIN_TCP_ONLY", "1"},
-       {"DTRAIN_RDZV_LEASE_TTL_S", "2"},
-       {"DTRAIN_RDZV_SETTLE_MS", "3000"},
-       {"DTRAIN_RDZV_JOIN_TIMEOUT_S", "60"}});
+                         const std::string& nnodes, int max_restarts,
+                         const std::vector<std::string>& extra = {}) {
+  std::vector<std::string> argv = {"/usr/bin/setsid",
+                                   "/bin/sh",
+                                   "-c",
+                                   "exec \"$0\" \"$@\" 2>&1",
+                                   DTRAIN_BINARY,
+                                   "train",
+                                   job,
+                                   "--output",
+                                   out,
+                                   "--rdzv",
+                                   rdzv,
+                                   "--nnodes",
+                                   nnodes,
+                                   "--nproc-per-node",
+                                   "1",
+                                   "--no-elastic",
+                                   "--max-restarts",
+                                   std::to_string(max_restarts)};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  return ChildProcess::spawn(argv, {{"OPENBLAS_NUM_THREADS", "1"},
+                                    {"DTRAIN_JOB_SECRET", "restart-agents-secret"},
+                                    {"DTRAIN_TCP_ONLY", "1"},
+                                    {"DTRAIN_RDZV_LEASE_TTL_S", "2"},
+                                    {"DTRAIN_RDZV_SETTLE_MS", "3000"},
+                                    {"DTRAIN_RDZV_JOIN_TIMEOUT_S", "60"}});
 }
 
 bool has_checkpoint(const std::string& dir) {
@@ -86,17 +113,29 @@ struct Cluster {
   std::string rdzv;
   std::vector<ChildProcess> agents;
 
-  Cluster(const std::string& job_id, int hosts, const std::string& nnodes, int max_restarts) {
+  Cluster(const std::string& job_id, int hosts, const std::string& nnodes, int max_restarts,
+          const std::string& job = kJob, const std::vector<std::string>& extra = {}) {
     testing::ready_etcd_client(etcd);
-    write_file(dir.file("job.toml"), kJob);
+    write_file(dir.file("job.toml"), job);
     rdzv = "etcd://" + etcd.endpoint() + "/" + job_id;
     for (int h = 0; h < hosts; ++h) {
       agents.push_back(
-          start_agent(dir.file("job.toml"), dir.file("out"), rdzv, nnodes, max_restarts));
+          start_agent(dir.file("job.toml"), dir.file("out"), rdzv, nnodes, max_restarts, extra));
       // Node indexes in start order: the first agent is node 0 (rank 0).
       EXPECT_TRUE(testing::wait_for_output(agents.back(), "agent: node " + std::to_string(h)))
           << agents.back().output();
     }
+  }
+  // Until node `node`'s agent lease expired in etcd (its alive key is gone).
+  bool wait_for_lapsed_agent(const std::string& job_id, int node) {
+    comm::EtcdClient client(etcd.endpoint());
+    const std::string key = "/dtrain/" + job_id + "/agents/" + std::to_string(node);
+    const Deadline deadline = Deadline::after(60s);
+    while (!deadline.expired()) {
+      if (client.range_prefix(key, Deadline::after(5s)).empty()) return true;
+      std::this_thread::sleep_for(100ms);
+    }
+    return false;
   }
   bool wait_for_checkpoint(ChildProcess& watched) {
     const Deadline deadline = Deadline::after(120s);
@@ -176,6 +215,84 @@ TEST(EtcdRestartAgentCli, ANewHostBelowMaxIsAdmittedByARestartThatCostsNoBudget)
   }
   EXPECT_NE(c.agents[0].output().find("no restart used"), std::string::npos)
       << c.agents[0].output();
+}
+
+TEST(EtcdRestartAgentCli, TheLastAgentRemovesTheKeysAndTheJobIdRunsAgain) {
+  if (!testing::etcd_installed()) GTEST_SKIP() << "etcd is not installed (scripts/setup.sh)";
+  const std::string short_job = testing::TestJob()
+                                    .name("restart-again")
+                                    .seed(5)
+                                    .synthetic(400, 16, 4)
+                                    .mlp({32})
+                                    .optimizer("sgd", 0.05)
+                                    .epochs(2)
+                                    .batch(20)
+                                    .toml();
+  Cluster c("restart-again", 2, "2", 0, short_job, {"--rdzv-ttl", "2"});
+  for (int run = 0; run < 2; ++run) {
+    if (run == 1) {
+      std::filesystem::remove_all(c.dir.file("out"));
+      c.agents.clear();
+      for (int h = 0; h < 2; ++h) {
+        c.agents.push_back(start_agent(c.dir.file("job.toml"), c.dir.file("out"), c.rdzv, "2", 0,
+                                       {"--rdzv-ttl", "2"}));
+      }
+    }
+    for (ChildProcess& agent : c.agents) {
+      const std::optional<testing::ExitStatus> status = agent.wait(Deadline::after(120s));
+      ASSERT_TRUE(status.has_value()) << agent.output();
+      EXPECT_EQ(status->code, 0) << "run " << run << ": " << status->describe() << "\n"
+                                 << agent.output();
+    }
+    EXPECT_TRUE(std::filesystem::exists(c.dir.file("out/model.safetensors"))) << "run " << run;
+    comm::EtcdClient client(c.etcd.endpoint());
+    EXPECT_TRUE(client.range_prefix("/dtrain/restart-again/", Deadline::after(5s)).empty())
+        << "run " << run;
+  }
+}
+
+// Two hosts (1:2, 2 s leases) with a checkpoint written; host `frozen`'s
+// agent and worker are SIGSTOPped until the other host's output shows
+// `seen` and the frozen agent's lease lapsed in etcd, then resumed. The
+// frozen host must be left out (exit 1, LeftOut), the other must finish
+// (exit 0, resuming from the checkpoint) and write the model.
+void freeze_one_host_past_its_lease(const std::string& job_id, int frozen,
+                                    const std::string& seen) {
+  Cluster c(job_id, 2, "1:2", 1, kJob, {"--rdzv-ttl", "2"});
+  ChildProcess& stale = c.agents[frozen];
+  ChildProcess& other = c.agents[1 - frozen];
+  ASSERT_TRUE(c.wait_for_checkpoint(c.agents[0])) << c.agents[0].output();
+  ASSERT_TRUE(testing::wait_for_output(stale, "started 1 worker(s)")) << stale.output();
+  const pid_t worker = first_worker_pid(stale.output());
+  ASSERT_GT(worker, 0) << stale.output();
+  ::kill(-stale.pid(), SIGSTOP);
+  ::kill(-worker, SIGSTOP);
+  const bool went_on =
+      testing::wait_for_output(other, seen) && c.wait_for_lapsed_agent(job_id, frozen);
+  ::kill(-worker, SIGCONT);
+  ::kill(-stale.pid(), SIGCONT);
+  ASSERT_TRUE(went_on) << other.output();
+  const std::optional<testing::ExitStatus> left_out = stale.wait(Deadline::after(60s));
+  ASSERT_TRUE(left_out.has_value()) << stale.output();
+  EXPECT_EQ(left_out->code, 1) << left_out->describe() << "\n" << stale.output();
+  EXPECT_NE(stale.output().find("LeftOut"), std::string::npos) << stale.output();
+  const std::optional<testing::ExitStatus> survivor = other.wait(Deadline::after(120s));
+  ASSERT_TRUE(survivor.has_value()) << other.output();
+  EXPECT_EQ(survivor->code, 0) << survivor->describe() << "\n" << other.output();
+  EXPECT_NE(other.output().find("resumed from"), std::string::npos) << other.output();
+  EXPECT_TRUE(std::filesystem::exists(c.dir.file("out/model.safetensors"))) << other.output();
+}
+
+TEST(EtcdRestartAgentCli, AHostFrozenPastItsLeaseIsLeftOutAndTheOtherFinishes) {
+  if (!testing::etcd_installed()) GTEST_SKIP() << "etcd is not installed (scripts/setup.sh)";
+  // Host 1: the other host restarts without it (its leases lapsed).
+  freeze_one_host_past_its_lease("restart-stale", 1, "of generation 1");
+}
+
+TEST(EtcdRestartAgentCli, ANewRankZeroWaitsForTheLockOfAFrozenOne) {
+  if (!testing::etcd_installed()) GTEST_SKIP() << "etcd is not installed (scripts/setup.sh)";
+  // Host 0: node rank 0, its worker holds the lock the new rank 0 waits for.
+  freeze_one_host_past_its_lease("restart-lock", 0, "waiting up to");
 }
 
 TEST(EtcdRestartAgentCli, RefusesRestartsThatWouldTrainFromScratch) {

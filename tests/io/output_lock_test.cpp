@@ -172,6 +172,39 @@ TEST(OutputLock, ASecondRunInAnotherProcessIsRefusedNamingTheFirst) {
   EXPECT_NE(next.output().find("acquired\n"), std::string::npos) << next.output();
 }
 
+// acquire_waiting: a lock released while it waits is taken; one held past
+// the wait is a UsageError naming the holder and the time waited.
+TEST(OutputLock, WaitingTakesTheLockOnceItsHolderReleasesIt) {
+  TempDir tmp;
+  CapturedLog log;
+  const std::string dir = tmp.file("out");
+  OutputLock first = OutputLock::acquire(dir, record_of(::getpid(), "first"), log.logger);
+  std::thread releaser([&first] {
+    std::this_thread::sleep_for(300ms);
+    first.release();
+  });
+  OutputLock second =
+      OutputLock::acquire_waiting(dir, record_of(::getpid(), "second"), log.logger, 10min);
+  releaser.join();
+  EXPECT_TRUE(second.held());
+  EXPECT_EQ(decode_lock_record(file_text(second.path())), record_of(::getpid(), "second"));
+}
+
+TEST(OutputLock, WaitingPastTheBoundNamesTheHolder) {
+  TempDir tmp;
+  CapturedLog log;
+  const std::string dir = tmp.file("out");
+  const OutputLock first =
+      OutputLock::acquire(dir, record_of(4242, "dtrain train a.toml"), log.logger);
+  dtrain::testing::expect_usage_error(
+      [&] { OutputLock::acquire_waiting(dir, record_of(1, "b"), log.logger, 300ms); },
+      fmt::format("output folder '{}' is still in use by another dtrain run after waiting 300 ms: "
+                  "pid 4242 on host node7, started 2024-05-01T12:00:00Z, command 'dtrain train "
+                  "a.toml'; a process that holds it frozen (SIGSTOP, a hung host) keeps it until "
+                  "it runs again or is killed",
+                  dir));
+}
+
 TEST(OutputLock, AKilledHoldersLockIsTakenOverAndItsRecordReported) {
   TempDir tmp;
   CapturedLog log;
