@@ -13,6 +13,7 @@
 #include "comm/wire/framed_socket.h"
 #include "core/byte_codec.h"
 #include "core/error.h"
+#include "core/tsan_annotations.h"
 
 namespace dtrain::comm {
 
@@ -330,9 +331,13 @@ void ZmqTransport::send_owned(int peer, uint64_t tag, OwnedBuffer payload, const
   // ZeroMQ releases the buffer from its I/O thread once the bytes have left;
   // the hint carries its capacity.
   const size_t capacity = payload.capacity();
+  // The buffer comes back on ZeroMQ's I/O thread, through pipes TSan does
+  // not see, and goes on to another sender through the pool.
+  tsan_release(payload.data.get());
   zmq::message_t body(
       payload.data.release(), payload.size,
       [](void* data, void* hint) {
+        tsan_acquire(data);
         release_owned_buffer(static_cast<std::byte*>(data), reinterpret_cast<uintptr_t>(hint));
       },
       reinterpret_cast<void*>(static_cast<uintptr_t>(capacity)));
