@@ -498,6 +498,27 @@ std::string CheckpointDirectory::move_aside(const std::string& path) {
   }
 }
 
+std::optional<CheckpointDirectory::SetAside> CheckpointDirectory::set_aside(
+    std::string_view folder_name) {
+  std::vector<int64_t> found;
+  try {
+    found = steps();
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+  if (found.empty()) return std::nullopt;
+  SetAside moved{join_path(dir_, folder_name), std::move(found)};
+  const CheckpointDirectory previous(moved.folder, 1, fs_, logger_);
+  for (const int64_t step : previous.steps()) fs_.remove_file(previous.path_for(step));
+  fs_.create_directories(moved.folder);
+  for (const int64_t step : moved.steps) {
+    const std::string path = path_for(step);
+    fs_.rename_file(path, join_path(moved.folder, path.substr(path.rfind('/') + 1)));
+  }
+  fs_.sync_directory(dir_);
+  return moved;
+}
+
 std::optional<CheckpointDirectory::Found> CheckpointDirectory::load_latest(
     const CheckpointLoadOptions& options) {
   const std::vector<int64_t> present = steps();

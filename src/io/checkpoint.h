@@ -195,6 +195,19 @@ class CheckpointDirectory {
   // and should say so.
   std::optional<Found> load_latest(const CheckpointLoadOptions& options = {});
 
+  // What set_aside() moved.
+  struct SetAside {
+    std::string folder;          // "<dir>/<folder_name>"
+    std::vector<int64_t> steps;  // ascending; never empty
+  };
+  // For a run that starts afresh over an earlier run's checkpoints: moves
+  // every checkpoint file into "<dir>/<folder_name>" (one folder, so that
+  // repeated fresh runs do not pile up copies: the files an even earlier run
+  // left there are removed first), then syncs the folder. nullopt when there
+  // is nothing to move or the folder cannot be listed (the first write then
+  // reports it). Throws FileError when a file cannot be moved.
+  std::optional<SetAside> set_aside(std::string_view folder_name);
+
  private:
   enum class Validity { kValid, kNonFinite, kUnreadable };
   Validity validity(int64_t step);

@@ -161,28 +161,13 @@ std::optional<fl::ServerState> FlRunRecorder::load_latest() {
 }
 
 void FlRunRecorder::set_aside_checkpoints() {
-  io::FileSystem& fs = io::default_file_system();
-  const io::CheckpointDirectory dir = directory();
-  std::vector<int64_t> steps;
-  try {
-    steps = dir.steps();
-  } catch (const std::exception&) {
-    return;  // not a readable folder: the first checkpoint write reports it
+  io::CheckpointDirectory dir = directory();
+  if (const auto moved = dir.set_aside("earlier-run")) {
+    logger_.warn(
+        "starting afresh (no resume): moved {} checkpoint(s) of an earlier run (rounds {} "
+        "to {}) to {}",
+        moved->steps.size(), moved->steps.front(), moved->steps.back(), moved->folder);
   }
-  if (steps.empty()) return;
-  const std::string aside = io::join_path(checkpoint_dir_, "earlier-run");
-  const io::CheckpointDirectory previous(aside, 1, fs, logger_);
-  for (const int64_t step : previous.steps()) fs.remove_file(previous.path_for(step));
-  fs.create_directories(aside);
-  for (const int64_t step : steps) {
-    const std::string path = dir.path_for(step);
-    fs.rename_file(path, aside + path.substr(path.rfind('/')));
-  }
-  fs.sync_directory(checkpoint_dir_);
-  logger_.warn(
-      "starting afresh (no resume): moved {} checkpoint(s) of an earlier run (rounds {} "
-      "to {}) to {}",
-      steps.size(), steps.front(), steps.back(), aside);
 }
 
 std::optional<fl::ServerState> FlRunRecorder::resume_or_set_aside() {

@@ -39,31 +39,14 @@ std::string metadata_at(const io::Checkpoint& c, const std::string& key, const s
 }  // namespace
 
 void Trainer::set_aside_earlier_checkpoints() {
-  io::FileSystem& fs = io::default_file_system();
-  const io::CheckpointDirectory dir(job_.output, std::max<int64_t>(1, job_.train.keep_checkpoints),
-                                    fs, logger_);
-  std::vector<int64_t> steps;
-  try {
-    steps = dir.steps();
-  } catch (const std::exception&) {
-    return;  // not a readable folder: the first checkpoint write reports it
+  io::CheckpointDirectory dir(job_.output, std::max<int64_t>(1, job_.train.keep_checkpoints),
+                              io::default_file_system(), logger_);
+  if (const auto moved = dir.set_aside("earlier-run")) {
+    logger_.warn(
+        "training afresh (no resume): moved {} checkpoint(s) of an earlier run (steps {} "
+        "to {}) from {} to {}",
+        moved->steps.size(), moved->steps.front(), moved->steps.back(), job_.output, moved->folder);
   }
-  if (steps.empty()) return;
-  // One folder, so that repeated fresh runs do not pile up copies: the
-  // checkpoints an even earlier run left there go first.
-  const std::string aside = job_.output + "/earlier-run";
-  const io::CheckpointDirectory previous(aside, 1, fs, logger_);
-  for (int64_t step : previous.steps()) fs.remove_file(previous.path_for(step));
-  fs.create_directories(aside);
-  for (int64_t step : steps) {
-    const std::string path = dir.path_for(step);
-    fs.rename_file(path, aside + path.substr(path.rfind('/')));
-  }
-  fs.sync_directory(job_.output);
-  logger_.warn(
-      "training afresh (no resume): moved {} checkpoint(s) of an earlier run (steps {} "
-      "to {}) from {} to {}",
-      steps.size(), steps.front(), steps.back(), job_.output, aside);
 }
 
 bool Trainer::resume(Position& position, const RunPlan& plan, const data::TensorDataset& train) {

@@ -16,6 +16,7 @@ namespace {
 using testing::gradcheck;
 using testing::GradcheckOptions;
 using testing::random_tensor;
+using testing::shuffled_ramp;
 using V = std::vector<Variable>;
 
 // Values in [0.2, 1] with random sign: at least 0.2 away from relu's kink.
@@ -24,17 +25,6 @@ Tensor away_from_zero(const Shape& shape, uint64_t seed) {
   Tensor signs = random_tensor(shape, seed + 1);
   for (int64_t i = 0; i < t.numel(); ++i) {
     if (signs.data()[i] < 0) t.data()[i] = -t.data()[i];
-  }
-  return t;
-}
-
-// Distinct values (a shuffled ramp with spacing 0.1): no ties in max pooling.
-Tensor distinct_values(const Shape& shape, uint64_t seed) {
-  Tensor t = Tensor::empty(shape);
-  Rng rng(seed);
-  for (int64_t i = 0; i < t.numel(); ++i) t.data()[i] = 0.1f * static_cast<float>(i);
-  for (int64_t i = t.numel() - 1; i > 0; --i) {
-    std::swap(t.data()[i], t.data()[rng.below(static_cast<uint64_t>(i + 1))]);
   }
   return t;
 }
@@ -143,8 +133,8 @@ TEST(Gradcheck, Conv2dStrideAndPadding) {
 }
 
 TEST(Gradcheck, PoolingWithPadding) {
-  const std::vector<Tensor> in = {distinct_values({2, 3, 6, 5}, 22)};
-  const std::vector<Tensor> wide = {distinct_values({1, 2, 4, 22}, 23)};
+  const std::vector<Tensor> in = {shuffled_ramp({2, 3, 6, 5}, 22)};
+  const std::vector<Tensor> wide = {shuffled_ramp({1, 2, 4, 22}, 23)};
   GradcheckOptions options;
   options.eps = 1e-2f;  // far below the 0.1 spacing: the argmax never changes
   EXPECT_TRUE(gradcheck([](const V& v) { return max_pool2d(v[0], 2, 2); }, in, options));
@@ -160,7 +150,7 @@ TEST(Gradcheck, PoolingWithPadding) {
 // batch of 3 (uneven parts) and of 1 (fewer samples than threads).
 TEST(Gradcheck, Conv2dAndMaxPoolWithIntraOpThreads) {
   GradcheckOptions pool;
-  pool.eps = 1e-2f;  // far below distinct_values' 0.1 spacing
+  pool.eps = 1e-2f;  // far below shuffled_ramp's 0.1 spacing
   for (int threads : {2, 3}) {
     SCOPED_TRACE(::testing::Message() << "threads " << threads);
     tensor::set_intra_op_threads(threads);
@@ -169,7 +159,7 @@ TEST(Gradcheck, Conv2dAndMaxPoolWithIntraOpThreads) {
                             {random_tensor({batch, 2, 6, 5}, 40), random_tensor({7, 2, 5, 5}, 41),
                              random_tensor({7}, 42)}));
       EXPECT_TRUE(gradcheck([](const V& v) { return max_pool2d(v[0], 2, 2); },
-                            {distinct_values({batch, 3, 6, 4}, 43)}, pool));
+                            {shuffled_ramp({batch, 3, 6, 4}, 43)}, pool));
     }
   }
   tensor::set_intra_op_threads(1);

@@ -3,7 +3,6 @@
 // for bit in the output and every gradient.
 #include <gtest/gtest.h>
 
-#include <cstring>
 #include <functional>
 #include <vector>
 
@@ -15,26 +14,11 @@ namespace {
 
 using testing::gradcheck;
 using testing::GradcheckOptions;
+using testing::Ramp;
 using testing::random_tensor;
+using testing::same_bits;
+using testing::shuffled_ramp;
 using V = std::vector<Variable>;
-
-// Values 0.1 apart, shuffled, centred on zero and none within 0.05 of it:
-// no ties in max pooling and no input at ReLU's kink.
-Tensor distinct_signed(const Shape& shape, uint64_t seed) {
-  Tensor t = Tensor::empty(shape);
-  Rng rng(seed);
-  const int64_t n = t.numel();
-  for (int64_t i = 0; i < n; ++i) t.data()[i] = 0.1f * (static_cast<float>(i - n / 2) + 0.5f);
-  for (int64_t i = n - 1; i > 0; --i) {
-    std::swap(t.data()[i], t.data()[rng.below(static_cast<uint64_t>(i + 1))]);
-  }
-  return t;
-}
-
-bool same_bits(const Tensor& a, const Tensor& b) {
-  return a.shape() == b.shape() &&
-         std::memcmp(a.data(), b.data(), static_cast<size_t>(a.numel()) * sizeof(float)) == 0;
-}
 
 // Runs f and g on fresh leaves over `inputs`, backward through sum(out * r),
 // and expects identical outputs and gradients.
@@ -63,7 +47,8 @@ TEST(FusedFunctions, LinearReluGradcheck) {
   options.eps = 1e-3f;  // the inputs keep the products clear of ReLU's kink by more
   EXPECT_TRUE(gradcheck(
       [](const V& v) { return linear_relu(v[0], v[1], v[2]); },
-      {distinct_signed({4, 3}, 1), random_tensor({5, 3}, 2), random_tensor({5}, 3)}, options));
+      {shuffled_ramp({4, 3}, 1, Ramp::kCentred), random_tensor({5, 3}, 2), random_tensor({5}, 3)},
+      options));
   EXPECT_TRUE(gradcheck([](const V& v) { return linear_relu(v[0], v[1], Variable()); },
                         {random_tensor({2, 6}, 4), random_tensor({3, 6}, 5)}, options));
 }
@@ -78,8 +63,8 @@ TEST(FusedFunctions, LinearReluMatchesLinearThenRelu) {
 TEST(FusedFunctions, ReluMaxPoolGradcheck) {
   GradcheckOptions options;
   options.eps = 1e-2f;  // below half the 0.1 spacing: no argmax or sign changes
-  const std::vector<Tensor> in = {distinct_signed({2, 3, 6, 5}, 9)};
-  const std::vector<Tensor> wide = {distinct_signed({1, 2, 4, 22}, 10)};
+  const std::vector<Tensor> in = {shuffled_ramp({2, 3, 6, 5}, 9, Ramp::kCentred)};
+  const std::vector<Tensor> wide = {shuffled_ramp({1, 2, 4, 22}, 10, Ramp::kCentred)};
   EXPECT_TRUE(gradcheck([](const V& v) { return relu_max_pool2d(v[0], 2, 2); }, in, options));
   EXPECT_TRUE(gradcheck([](const V& v) { return relu_max_pool2d(v[0], 2, 2); }, wide, options));
   EXPECT_TRUE(gradcheck([](const V& v) { return relu_max_pool2d(v[0], 3, 2, 1); }, in, options));

@@ -328,6 +328,32 @@ TEST(CheckpointDirectory, KeepsTheLastKAndIgnoresOtherNames) {
   EXPECT_THROW(CheckpointDirectory(tmp.path(), 0, fs, log.logger), UsageError);
 }
 
+TEST(CheckpointDirectory, SetAsideMovesEveryCheckpointAndReplacesAnEarlierSetAside) {
+  TempDir tmp;
+  CapturedLog log;
+  CheckpointDirectory dir(tmp.file("run"), 5, default_file_system(), log.logger);
+  EXPECT_FALSE(dir.set_aside("earlier-run").has_value());  // no folder yet
+  for (const int64_t step : {3, 7}) dir.write(sample_checkpoint(step));
+  const auto first = dir.set_aside("earlier-run");
+  ASSERT_TRUE(first.has_value());
+  EXPECT_EQ(first->folder, tmp.file("run/earlier-run"));
+  EXPECT_EQ(first->steps, (std::vector<int64_t>{3, 7}));
+  EXPECT_TRUE(dir.steps().empty());
+  const CheckpointDirectory aside(first->folder, 5, default_file_system(), log.logger);
+  EXPECT_EQ(aside.steps(), (std::vector<int64_t>{3, 7}));
+  EXPECT_FALSE(dir.set_aside("earlier-run").has_value());  // nothing left to move
+  // A second fresh run: the earlier set-aside files go, the new ones take their place.
+  dir.write(sample_checkpoint(11));
+  const auto second = dir.set_aside("earlier-run");
+  ASSERT_TRUE(second.has_value());
+  EXPECT_EQ(second->steps, (std::vector<int64_t>{11}));
+  EXPECT_EQ(aside.steps(), (std::vector<int64_t>{11}));
+  CheckpointDirectory reread(first->folder, 5, default_file_system(), log.logger);
+  const auto found = reread.load_latest();
+  ASSERT_TRUE(found.has_value());
+  expect_same(found->checkpoint, sample_checkpoint(11));
+}
+
 TEST(CheckpointDirectory, SkipsACorruptNewestCheckpointWithAWarning) {
   TempDir tmp;
   CapturedLog log;

@@ -4,7 +4,6 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <cstring>
 #include <memory>
 #include <vector>
 
@@ -14,6 +13,9 @@
 #include "testing/gradcheck.h"
 
 namespace dtrain::nn {
+
+using testing::same_bits;
+
 namespace {
 
 std::unique_ptr<Sequential> lenet_like() {
@@ -33,11 +35,6 @@ std::unique_ptr<Sequential> lenet_like() {
   head->add(std::make_unique<ReLU>());  // a trailing ReLU fuses too
   model->add("head", std::move(head));
   return model;
-}
-
-bool same_bits(const Tensor& a, const Tensor& b) {
-  return a.shape() == b.shape() &&
-         std::memcmp(a.data(), b.data(), static_cast<size_t>(a.numel()) * sizeof(float)) == 0;
 }
 
 TEST(SequentialFusion, FusedStepsGiveTheUnfusedBits) {

@@ -1,7 +1,9 @@
 #include "testing/gradcheck.h"
 
 #include <cmath>
+#include <cstring>
 #include <sstream>
+#include <utility>
 
 #include "autograd/functions.h"
 #include "core/rng.h"
@@ -22,6 +24,23 @@ Tensor random_tensor(const Shape& shape, uint64_t seed, float low, float high) {
   Tensor t = Tensor::empty(shape);
   for (float& v : t.span()) v = rng.uniform(low, high);
   return t;
+}
+
+Tensor shuffled_ramp(const Shape& shape, uint64_t seed, Ramp ramp) {
+  Tensor t = Tensor::empty(shape);
+  Rng rng(seed);
+  const int64_t n = t.numel();
+  const float offset = ramp == Ramp::kCentred ? 0.5f - static_cast<float>(n / 2) : 0.0f;
+  for (int64_t i = 0; i < n; ++i) t.data()[i] = 0.1f * (static_cast<float>(i) + offset);
+  for (int64_t i = n - 1; i > 0; --i) {
+    std::swap(t.data()[i], t.data()[rng.below(static_cast<uint64_t>(i + 1))]);
+  }
+  return t;
+}
+
+bool same_bits(const Tensor& a, const Tensor& b) {
+  return a.shape() == b.shape() &&
+         std::memcmp(a.data(), b.data(), static_cast<size_t>(a.numel()) * sizeof(float)) == 0;
 }
 
 ::testing::AssertionResult gradcheck(const GradFn& f, const std::vector<Tensor>& inputs,

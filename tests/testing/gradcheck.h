@@ -42,4 +42,14 @@ using GradFn = std::function<Variable(const std::vector<Variable>&)>;
 // A tensor of the given shape with elements uniform in [low, high) from `seed`.
 Tensor random_tensor(const Shape& shape, uint64_t seed, float low = -1.0f, float high = 1.0f);
 
+// Distinct values 0.1 apart in a shuffled order from `seed`: no ties in max
+// pooling. Centred: 0.1 * (i - n/2 + 0.5), so none is within 0.05 of zero
+// (no input at ReLU's kink); otherwise 0.1 * i.
+enum class Ramp { kFromZero, kCentred };
+Tensor shuffled_ramp(const Shape& shape, uint64_t seed, Ramp ramp = Ramp::kFromZero);
+
+// Same shape and the same bits in every element (NaN payloads and signed
+// zeros included).
+bool same_bits(const Tensor& a, const Tensor& b);
+
 }  // namespace dtrain::testing
