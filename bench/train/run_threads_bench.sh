@@ -3,18 +3,21 @@
 # two worker processes (allreduce) with one thread each, the MNIST MLP and
 # LeNet-5, the same global batch, back to back and alternating within every
 # repetition (so that a change of load hits both arms alike).
-#   1p x 1t: one process, one thread (the reference both arms divide by);
-#   1p x 2t: one process, train.threads = 2: OpenBLAS's thread count and the
-#            tensor layer's intra-op threads (run_job.cpp,
-#            set_compute_threads), so this arm runs the bench with
-#            OPENBLAS_NUM_THREADS=2 INTRA_OP_THREADS=2;
-#   blas 2t: one process, OPENBLAS_NUM_THREADS=2 alone (train.threads before
-#            the intra-op threads: only the GEMMs on two threads);
-#   2p x 1t: --workers 2 --strategy allreduce, one thread each.
-# Prints medians of samples/s over REPS repetitions, the ratios
-# (1p x 2t)/(2p x 1t) and (blas 2t)/(2p x 1t), each arm's speed-up over
-# 1p x 1t, and the load average
-# before and after (the figures are only comparable within one run).
+#   1p x 1t:  one process, one thread (the reference the arms divide by);
+#   1p x 2t:  one process, train.threads = 2 exactly as `dtrain train` sets it
+#             (THREADS=2: train::set_compute_threads);
+#             (OpenBLAS at one thread; the kernels and the dense layers'
+#             GEMMs split over the intra-op team);
+#   both 2t:  OpenBLAS at 2 threads and 2 intra-op threads: the kernels split
+#             over the team, the dense layers' GEMMs split by OpenBLAS;
+#   blas 2t:  OpenBLAS at 2 threads alone (only the GEMMs on two threads);
+#   2p x 1t:  --workers 2 --strategy allreduce, one thread each.
+# Prints medians of samples/s over REPS repetitions, every two-core arm over
+# 2p x 1t and over 1p x 1t; the median CPU microseconds (user + system, the whole
+# run with its start-up, all processes) per sample, which a loaded
+# machine disturbs less than the wall clock and which shows threads that
+# spin; and the load average before and after (the figures are only
+# comparable within one run).
 # Usage: [BIN=train_step_bench] [DATA=data/mnist] bench/train/run_threads_bench.sh [STEPS] [REPS] [GLOBAL_BATCH]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -28,35 +31,65 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 field() { grep -o "\"$1\": [0-9.]*" | awk '{print $2}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
-rate() { # BLAS_THREADS INTRA_OP_THREADS WORKERS MODE MODEL -> samples/s
-  OPENBLAS_NUM_THREADS=$1 INTRA_OP_THREADS=$2 "$bin" "$5" "$steps" 1 "$3" "$4" "$batch" |
-    field samples_per_s | head -1
+rate() { # ENV... -- WORKERS MODE MODEL -> "samples/s cpu_us_per_sample"
+  local envs=() out cpu
+  while [[ $1 != -- ]]; do envs+=("$1"); shift; done
+  shift
+  out=$(mktemp)
+  cpu=$( { TIMEFORMAT='%U %S'; time env "${envs[@]}" "$bin" "$3" "$steps" 1 "$1" "$2" "$batch" \
+    >"$out"; } 2>&1 | tail -1)
+  echo "$(field samples_per_s <"$out" | head -1)" \
+    "$(awk -v c="$cpu" -v n=$((steps + 20)) -v b="$batch" \
+      'BEGIN {split(c, t, " "); printf "%.2f", (t[1] + t[2]) * 1e6 / (n * b)}')"
+  rm -f "$out"
+}
+arm() { # NAME MODEL -> samples/s of that arm
+  case $1 in
+    s1) rate OPENBLAS_NUM_THREADS=1 INTRA_OP_THREADS=1 -- 1 local "$2" ;;
+    t2) rate OPENBLAS_NUM_THREADS=1 THREADS=2 -- 1 local "$2" ;;
+    both) rate OPENBLAS_NUM_THREADS=2 INTRA_OP_THREADS=2 -- 1 local "$2" ;;
+    blas) rate OPENBLAS_NUM_THREADS=2 INTRA_OP_THREADS=1 -- 1 local "$2" ;;
+    p2) rate OPENBLAS_NUM_THREADS=1 INTRA_OP_THREADS=1 -- 2 allreduce "$2" ;;
+  esac
 }
 
+arms=(t2 p2 both blas s1)
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg); steps $steps, reps $reps, global batch $batch"
-printf '%-7s %10s %10s %10s %10s %8s %8s %8s %8s\n' model 1p_x_1t 1p_x_2t blas_2t 2p_x_1t \
-  2t/2p blas/2p 2t/1t 2p/1t
+echo "samples/s, medians of $reps (and CPU microseconds per sample):"
+printf '%-7s %16s %16s %16s %16s %16s\n' model 1p_x_1t 1p_x_2t both_2t blas_2t 2p_x_1t
+declare -A med cpu
 for model in mlp lenet5; do
-  s1=(); t2=(); b2=(); p2=()
+  declare -A runs=() cpus=()
   for ((r = 0; r < reps; ++r)); do
-    # Alternate the order of the two arms under test from one repetition to the next.
-    if ((r % 2 == 0)); then
-      t2+=("$(rate 2 2 1 local "$model")")
-      p2+=("$(rate 1 1 2 allreduce "$model")")
-    else
-      p2+=("$(rate 1 1 2 allreduce "$model")")
-      t2+=("$(rate 2 2 1 local "$model")")
-    fi
-    b2+=("$(rate 2 1 1 local "$model")")
-    s1+=("$(rate 1 1 1 local "$model")")
+    # Rotate the order of the arms from one repetition to the next.
+    for ((i = 0; i < ${#arms[@]}; ++i)); do
+      a=${arms[$(((i + r) % ${#arms[@]}))]}
+      read -r rate_now cpu_now < <(arm "$a" "$model")
+      runs[$a]+="$rate_now "
+      cpus[$a]+="$cpu_now "
+    done
   done
-  S1=$(printf '%s\n' "${s1[@]}" | median)
-  T2=$(printf '%s\n' "${t2[@]}" | median)
-  B2=$(printf '%s\n' "${b2[@]}" | median)
-  P2=$(printf '%s\n' "${p2[@]}" | median)
-  printf '%-7s %10.0f %10.0f %10.0f %10.0f %8s %8s %8s %8s\n' "$model" "$S1" "$T2" "$B2" "$P2" \
-    "$(ratio "$T2" "$P2")" "$(ratio "$B2" "$P2")" "$(ratio "$T2" "$S1")" "$(ratio "$P2" "$S1")"
+  for a in "${arms[@]}"; do
+    med[$model.$a]=$(printf '%s\n' ${runs[$a]} | median)
+    cpu[$model.$a]=$(printf '%s\n' ${cpus[$a]} | median)
+  done
+  line=$(printf '%-7s' "$model")
+  for a in s1 t2 both blas p2; do
+    line+=$(printf ' %8.0f (%5.1f)' "${med[$model.$a]}" "${cpu[$model.$a]}")
+  done
+  echo "$line"
+done
+echo "ratios of samples/s (medians):"
+printf '%-7s %9s %9s %9s %9s %9s\n' model 2t/2p both/2p blas/2p 2t/1t 2p/1t
+for model in mlp lenet5; do
+  printf '%-7s %9s %9s %9s %9s %9s\n' "$model" \
+    "$(ratio "${med[$model.t2]}" "${med[$model.p2]}")" \
+    "$(ratio "${med[$model.both]}" "${med[$model.p2]}")" \
+    "$(ratio "${med[$model.blas]}" "${med[$model.p2]}")" \
+    "$(ratio "${med[$model.t2]}" "${med[$model.s1]}")" \
+    "$(ratio "${med[$model.p2]}" "${med[$model.s1]}")"
 done
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "samples/s, medians; 2t/2p: one process with 2 threads (BLAS + intra-op) / 2 processes with 1 thread;"
-echo "blas/2p: one process with 2 BLAS threads only / 2 processes (same global batch)"
+echo "2t: train.threads = 2 as dtrain train sets it; both: + OpenBLAS at 2 threads; blas: OpenBLAS"
+echo "at 2 threads alone; 2p: 2 allreduce processes, 1 thread each; 1t: one process, one thread"
+echo "(same global batch everywhere)"

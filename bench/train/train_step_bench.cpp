@@ -11,7 +11,8 @@
 //   global batch (default 128) is split among them. With allreduce, rank 0 also
 //   prints the share of allreduce time hidden behind backward.
 // $INTRA_OP_THREADS (default 1) sets the tensor layer's intra-op threads
-// (tensor/intra_op.h), as train.threads does beside OpenBLAS's count.
+// (tensor/intra_op.h) alone; $THREADS sets train.threads as `dtrain train`
+// does (train::set_compute_threads: the intra-op threads and OpenBLAS's).
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -32,6 +33,7 @@
 #include "tensor/intra_op.h"
 #include "train/job_config.h"
 #include "train/model_builder.h"
+#include "train/run_job.h"
 
 using namespace dtrain;
 
@@ -90,6 +92,11 @@ int main(int argc, char** argv) {
   const int64_t batch = argc > 6 ? std::atoll(argv[6]) : 128;
   if (const char* intra = std::getenv("INTRA_OP_THREADS")) {
     tensor::set_intra_op_threads(std::atoi(intra));
+  }
+  if (const char* threads = std::getenv("THREADS")) {
+    train::JobConfig job;
+    job.train.threads = std::atoi(threads);
+    train::set_compute_threads(job);
   }
   const auto env = cli::current_environment();
   const comm::LaunchInfo launch = comm::resolve_launch_env(env);

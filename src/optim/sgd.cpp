@@ -2,9 +2,16 @@
 
 #include <fmt/format.h>
 
+#include "tensor/intra_op.h"
+
 namespace dtrain::optim {
 
 namespace {
+
+// Below this many elements an update is not split over the intra-op threads
+// (tensor/intra_op.h): waking the team costs more than it saves.
+constexpr int64_t kMinSplitElements = int64_t{1} << 16;
+
 std::vector<std::string> sgd_buffers(const SgdOptions& options) {
   if (options.momentum == 0.0f) return {};
   return {"momentum_buffer"};
@@ -31,28 +38,36 @@ Sgd::Sgd(std::vector<Shape> shapes, const SgdOptions& options)
 void Sgd::update(size_t index, const Tensor& param, const Tensor& grad) {
   check_dense(index, param, grad);
   next_step(index);
-  float* __restrict p = param.data();
-  const float* __restrict g = grad.data();
+  float* const p = param.data();
+  const float* const g = grad.data();
   const int64_t n = param.numel();
   const float neg_lr = -lr();
   const float wd = options_.weight_decay;
   const float momentum = options_.momentum;
-  if (momentum == 0.0f) {
-    for (int64_t j = 0; j < n; ++j) {
-      const float d = g[j] + wd * p[j];
-      p[j] += neg_lr * d;
-    }
-    return;
-  }
   bool first = false;
-  float* __restrict buf = state(index, 0.0f, &first)[0].data();
+  float* const buf = momentum == 0.0f ? nullptr : state(index, 0.0f, &first)[0].data();
   const auto keep = static_cast<float>(1.0 - static_cast<double>(options_.dampening));
   const bool nesterov = options_.nesterov;
-  for (int64_t j = 0; j < n; ++j) {
-    const float d = g[j] + wd * p[j];
-    const float b = first ? d : momentum * buf[j] + keep * d;
-    buf[j] = b;
-    p[j] += neg_lr * (nesterov ? d + momentum * b : b);
+  auto run = [&](int64_t begin, int64_t end, int) {
+    if (buf == nullptr) {
+      for (int64_t j = begin; j < end; ++j) {
+        const float d = g[j] + wd * p[j];
+        p[j] += neg_lr * d;
+      }
+      return;
+    }
+    for (int64_t j = begin; j < end; ++j) {
+      const float d = g[j] + wd * p[j];
+      const float b = first ? d : momentum * buf[j] + keep * d;
+      buf[j] = b;
+      p[j] += neg_lr * (nesterov ? d + momentum * b : b);
+    }
+  };
+  // Element-wise: any split over the intra-op threads gives the same bits.
+  if (n < kMinSplitElements) {
+    run(0, n, 0);
+  } else {
+    tensor::parallel_for_range(n, run);
   }
 }
 

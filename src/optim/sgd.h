@@ -14,6 +14,8 @@
 // on state or weights, so the sparse gradient is densified and the dense rule
 // applies (torch does the same).
 // State: "momentum_buffer" per parameter (only when momentum != 0).
+// Threads: a dense update of at least 2^16 elements is split over the
+// intra-op threads (tensor/intra_op.h); element-wise, so bit-identical.
 // Thread safety, errors: see optimizer.h. Nesterov needs momentum > 0 and
 // dampening 0 (UsageError otherwise, as torch).
 #pragma once

@@ -16,7 +16,7 @@
 
 #include <vector>
 
-#include "strategy/replica_threads.h"
+#include "core/thread_team.h"
 #include "strategy/strategy.h"
 
 namespace dtrain::strategy {
@@ -48,7 +48,7 @@ class MirroredStrategy : public Strategy {
   std::vector<std::vector<Tensor>> buffers_;   // buffers_[replica][i]
   std::unique_ptr<nn::Optimizer> optimizer_;
   LossFn loss_;
-  ReplicaThreads threads_;
+  ThreadTeam threads_;
   std::vector<StepStats> stats_;
   int64_t total_elements_ = 0;
 };

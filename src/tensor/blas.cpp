@@ -20,4 +20,6 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
               static_cast<blasint>(ldb), beta, c, static_cast<blasint>(ldc));
 }
 
+int threads() { return openblas_get_num_threads() > 1 ? openblas_get_num_threads() : 1; }
+
 }  // namespace dtrain::blas

@@ -1,16 +1,83 @@
 #include "tensor/intra_op.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <exception>
-#include <mutex>
-#include <thread>
-#include <vector>
+#include <memory>
+
+#include "core/thread_team.h"
 
 namespace dtrain::tensor {
 namespace {
 
 std::atomic<int> g_threads{1};
+
+// The process's intra-op team and who may use it (see the header: why it is
+// process-wide, exit and fork).
+class IntraOpTeam {
+ public:
+  IntraOpTeam() = default;
+  IntraOpTeam(const IntraOpTeam&) = delete;
+  IntraOpTeam& operator=(const IntraOpTeam&) = delete;
+
+  ~IntraOpTeam() {
+    // A fan-out still running elsewhere at exit, or a team whose threads live
+    // in the parent of this forked process: leave it (the process is ending).
+    if (busy_.exchange(true, std::memory_order_acquire) || owner_ != getpid()) {
+      static_cast<void>(team_.release());
+    }
+    team_.reset();  // joins the parked workers
+  }
+
+  // Runs run_part(p) for p in [0, parts) with `threads` the current setting
+  // (parts <= threads); the lowest part's exception is rethrown.
+  void run(int64_t parts, int threads, const std::function<void(int64_t)>& run_part) {
+    if (busy_.exchange(true, std::memory_order_acquire)) {
+      run_in_order(parts, run_part);
+      return;
+    }
+    struct Release {
+      std::atomic<bool>& busy;
+      ~Release() { busy.store(false, std::memory_order_release); }
+    } release{busy_};
+    const pid_t pid = getpid();
+    if (team_ && owner_ != pid) static_cast<void>(team_.release());  // the parent's threads
+    if (!team_ || team_->count() != threads) {
+      team_.reset();
+      team_ = std::make_unique<ThreadTeam>(threads);
+      owner_ = pid;
+    }
+    team_->run([&](int64_t member) {
+      if (member < parts) run_part(member);
+    });
+  }
+
+ private:
+  static void run_in_order(int64_t parts, const std::function<void(int64_t)>& run_part) {
+    std::exception_ptr error;
+    for (int64_t part = 0; part < parts; ++part) {
+      try {
+        run_part(part);
+      } catch (...) {
+        if (!error) error = std::current_exception();
+      }
+    }
+    if (error) std::rethrow_exception(error);
+  }
+
+  // Set by the one fan-out using team_ (a flag, not a mutex: a nested call on
+  // the same thread must see "busy", not lock twice).
+  std::atomic<bool> busy_{false};
+  std::unique_ptr<ThreadTeam> team_;
+  pid_t owner_ = 0;  // the process whose threads team_ holds
+};
+
+IntraOpTeam& intra_op_team() {
+  static IntraOpTeam team;
+  return team;
+}
 
 }  // namespace
 
@@ -21,30 +88,17 @@ int intra_op_threads() { return g_threads.load(); }
 void parallel_for_range(int64_t n,
                         const std::function<void(int64_t begin, int64_t end, int part)>& fn) {
   if (n <= 0) return;
-  const int64_t parts = std::min<int64_t>(intra_op_threads(), n);
+  const int threads = intra_op_threads();
+  const int64_t parts = std::min<int64_t>(threads, n);
   const int64_t base = n / parts, extra = n % parts;
   auto begin_of = [&](int64_t part) { return part * base + std::min(part, extra); };
   if (parts == 1) {
     fn(0, n, 0);
     return;
   }
-  std::mutex error_mutex;
-  std::exception_ptr error;
-  auto run = [&](int64_t part) {
-    try {
-      fn(begin_of(part), begin_of(part + 1), static_cast<int>(part));
-    } catch (...) {
-      const std::lock_guard lock(error_mutex);
-      if (!error) error = std::current_exception();
-    }
-  };
-  {
-    std::vector<std::jthread> workers;
-    workers.reserve(static_cast<size_t>(parts - 1));
-    for (int64_t part = 1; part < parts; ++part) workers.emplace_back(run, part);
-    run(0);
-  }  // joined here
-  if (error) std::rethrow_exception(error);
+  intra_op_team().run(parts, threads, [&](int64_t part) {
+    fn(begin_of(part), begin_of(part + 1), static_cast<int>(part));
+  });
 }
 
 }  // namespace dtrain::tensor

@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <utility>
 
 #include "tensor/blas.h"
+#include "tensor/intra_op.h"
 
 namespace dtrain::ops {
 
@@ -174,20 +176,64 @@ void log_softmax_backward_rows(const float* gy, const float* log_y, float* gx, i
   }
 }
 
+namespace {
+
+// Below this many multiply-adds a dense GEMM is not split: waking the team
+// costs more than half of it saves (LeNet-5's last layer at batch 256 has
+// 215k, about 10 us on one thread).
+constexpr int64_t kMinSplitMacs = int64_t{1} << 18;
+
+// How many parts a dense GEMM of `macs` multiply-adds is split into: the
+// intra-op threads when OpenBLAS runs each call on one thread, else 1
+// (OpenBLAS splits it, and a split on top would oversubscribe the cores).
+int64_t linear_parts(int64_t macs) {
+  if (macs < kMinSplitMacs || blas::threads() != 1) return 1;
+  return tensor::intra_op_threads();
+}
+
+// [begin, end) of part `part` of `parts` near-equal contiguous ranges of
+// [0, n) (the first n % parts one longer; empty where n < parts).
+std::pair<int64_t, int64_t> part_range(int64_t n, int64_t part, int64_t parts) {
+  const int64_t base = n / parts, extra = n % parts;
+  auto begin_of = [&](int64_t p) { return p * base + std::min(p, extra); };
+  return {begin_of(part), begin_of(part + 1)};
+}
+
+}  // namespace
+
 void linear_forward(const float* x, const float* weight, const float* bias, float* y, int64_t n,
                     int64_t in, int64_t out) {
-  float beta = 0.0f;
-  if (bias != nullptr) {
-    for (int64_t r = 0; r < n; ++r) std::memcpy(y + r * out, bias, out * sizeof(float));
-    beta = 1.0f;
-  }
-  blas::sgemm(false, true, n, out, in, 1.0f, x, in, weight, in, beta, y, out);
+  // Part p: rows [r0, r1) of the batch, y[r0:r1] = x[r0:r1] w^T + b.
+  const int64_t parts = std::min(linear_parts(n * in * out), std::max<int64_t>(n, 1));
+  tensor::parallel_for_range(parts, [&](int64_t part, int64_t, int) {
+    const auto [r0, r1] = part_range(n, part, parts);
+    float beta = 0.0f;
+    if (bias != nullptr) {
+      for (int64_t r = r0; r < r1; ++r) std::memcpy(y + r * out, bias, out * sizeof(float));
+      beta = 1.0f;
+    }
+    blas::sgemm(false, true, r1 - r0, out, in, 1.0f, x + r0 * in, in, weight, in, beta,
+                y + r0 * out, out);
+  });
 }
 
 void linear_backward(const float* gy, const float* x, const float* weight, float* gx, float* gw,
                      float* gb, int64_t n, int64_t in, int64_t out) {
-  if (gx != nullptr) blas::sgemm(false, false, n, in, out, 1.0f, gy, out, weight, in, 0.0f, gx, in);
-  if (gw != nullptr) blas::sgemm(true, false, out, in, n, 1.0f, gy, out, x, in, 0.0f, gw, in);
+  // Part p: gx rows [r0, r1) of the batch, gx[r0:r1] = gy[r0:r1] w, and gw
+  // rows [o0, o1) of the outputs, gw[o0:o1] = gy[:, o0:o1]^T x (so every
+  // element of gw keeps its whole sum over the batch in one call).
+  const int64_t parts = std::min(linear_parts(n * in * out), std::max<int64_t>(out, 1));
+  tensor::parallel_for_range(parts, [&](int64_t part, int64_t, int) {
+    if (gx != nullptr) {
+      const auto [r0, r1] = part_range(n, part, parts);
+      blas::sgemm(false, false, r1 - r0, in, out, 1.0f, gy + r0 * out, out, weight, in, 0.0f,
+                  gx + r0 * in, in);
+    }
+    if (gw != nullptr) {
+      const auto [o0, o1] = part_range(out, part, parts);
+      blas::sgemm(true, false, o1 - o0, in, n, 1.0f, gy + o0, out, x, in, 0.0f, gw + o0 * in, in);
+    }
+  });
   if (gb != nullptr) sum_rows(gy, gb, n, out);
 }
 

@@ -62,6 +62,15 @@ void log_softmax_backward_rows(const float* gy, const float* log_y, float* gx, i
                                int64_t k);
 
 // ---- dense layer: x [N, I], weight [O, I], bias [O] or nullptr ----
+// Threads: with more than one intra-op thread (tensor/intra_op.h), OpenBLAS
+// at one thread and at least 2^18 multiply-adds, each GEMM is split into
+// contiguous row ranges, one OpenBLAS call per part: y and gx by rows of the
+// batch, gw by output rows (every element keeps its whole sum over the batch
+// in one call, in the same order). Not bit-identical to one thread all the
+// same: OpenBLAS picks its kernel by the call's shape (small-matrix kernels,
+// row tails), and some sum in another order, so the last bits of an element
+// can differ with the thread count (IntraOp.LinearWithThreadsMatchesOneThread).
+// With OpenBLAS threads, OpenBLAS splits each GEMM itself.
 // y [N, O] = x w^T + b: bias copied into each row, then one GEMM with beta 1.
 void linear_forward(const float* x, const float* weight, const float* bias, float* y, int64_t n,
                     int64_t in, int64_t out);

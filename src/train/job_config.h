@@ -90,7 +90,7 @@ struct TrainConfig {
   // after the previous checkpoint (rank 0's clock); 0: off.
   double checkpoint_every_seconds = 0.0;
   int64_t keep_checkpoints = 3;
-  int64_t threads = 1;  // BLAS threads per worker
+  int64_t threads = 1;  // intra-op threads per worker (train::set_compute_threads)
   bool drop_last = false;
   // `dtrain train --workers N`: how often the launcher starts the job again
   // (resuming from its newest checkpoint) after a worker failed; 0: never.

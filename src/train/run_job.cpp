@@ -353,7 +353,10 @@ std::optional<comm::LinkShaperOptions> worker_link(const JobConfig& job, int64_t
 
 void set_compute_threads(const JobConfig& job) {
   const int threads = static_cast<int>(std::max<int64_t>(1, job.train.threads));
-  openblas_set_num_threads(threads);
+  // OpenBLAS stays at one thread: the kernels and the dense layers' GEMMs
+  // split over the intra-op team, and OpenBLAS's own threads, which spin
+  // after each call, would take a core from that team.
+  openblas_set_num_threads(1);
   tensor::set_intra_op_threads(threads);
 }
 

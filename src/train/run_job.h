@@ -93,9 +93,12 @@ std::shared_ptr<const strategy::StrategySpec> job_strategy(const JobConfig& job,
 std::optional<comm::LinkShaperOptions> worker_link(const JobConfig& job, int64_t index,
                                                    int64_t workers);
 
-// Sets this process's compute threads from train.threads (at least 1):
-// OpenBLAS's and the tensor layer's intra-op threads (tensor/intra_op.h).
-// Call before training or evaluating starts.
+// Sets this process's compute threads from train.threads (at least 1): the
+// tensor layer's intra-op threads (tensor/intra_op.h), which split the
+// stride-1 convolutions, pooling and the dense layers' GEMMs (tensor/ops.h);
+// OpenBLAS at one thread (GEMMs outside those, such as matmul and strided
+// convolutions, run on the calling thread). Call before training or
+// evaluating starts.
 void set_compute_threads(const JobConfig& job);
 
 // This process's part of the job; returns its exit code (0).

@@ -146,9 +146,10 @@ TEST(Gradcheck, PoolingWithPadding) {
 }
 
 // With 2 and 3 intra-op threads (tensor/intra_op.h): the threaded stride-1
-// convolution (forward, input and weight gradients) and max pooling, on a
+// convolution (forward, input and weight gradients), max pooling and the
+// dense layer split by rows (OpenBLAS at one thread, as the tests run), on a
 // batch of 3 (uneven parts) and of 1 (fewer samples than threads).
-TEST(Gradcheck, Conv2dAndMaxPoolWithIntraOpThreads) {
+TEST(Gradcheck, Conv2dMaxPoolAndLinearWithIntraOpThreads) {
   GradcheckOptions pool;
   pool.eps = 1e-2f;  // far below shuffled_ramp's 0.1 spacing
   for (int threads : {2, 3}) {
@@ -160,6 +161,9 @@ TEST(Gradcheck, Conv2dAndMaxPoolWithIntraOpThreads) {
                              random_tensor({7}, 42)}));
       EXPECT_TRUE(gradcheck([](const V& v) { return max_pool2d(v[0], 2, 2); },
                             {shuffled_ramp({batch, 3, 6, 4}, 43)}, pool));
+      const std::vector<Tensor> dense = {random_tensor({batch, 5}, 44), random_tensor({4, 5}, 45),
+                                         random_tensor({4}, 46)};
+      EXPECT_TRUE(gradcheck([](const V& v) { return linear(v[0], v[1], v[2]); }, dense));
     }
   }
   tensor::set_intra_op_threads(1);

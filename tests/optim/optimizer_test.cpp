@@ -17,6 +17,7 @@
 #include "optim/optimizer_config.h"
 #include "optim/sgd.h"
 #include "optim/update_rule.h"
+#include "tensor/intra_op.h"
 #include "testing/expect_error.h"
 
 namespace dtrain::optim {
@@ -227,6 +228,43 @@ TEST(Optimizer, ConstructorsRejectInvalidHyperparameters) {
   EXPECT_THROW(Adagrad(nn::shapes_of(params), {.eps = -1.0f}), UsageError);
   Sgd sgd(nn::shapes_of(params), {.lr = 0.1f});
   EXPECT_THROW(sgd.set_lr(std::nanf("")), UsageError);
+}
+
+// Three SGD steps on a parameter of 2^16 + 3 elements (split over the
+// intra-op threads) and one of 5 (not split), plain, with momentum and with
+// Nesterov momentum: with 2 and 3 threads every bit equals one thread's.
+TEST(Optimizer, SgdWithIntraOpThreadsMatchesOneThreadBitForBit) {
+  auto run = [](int threads, const SgdOptions& options) {
+    tensor::set_intra_op_threads(threads);
+    Rng rng(7);
+    std::vector<Tensor> params = {Tensor::empty({(int64_t{1} << 16) + 3}), Tensor::empty({5})};
+    for (Tensor& t : params) {
+      for (int64_t i = 0; i < t.numel(); ++i) t.data()[i] = rng.uniform(-1.0f, 1.0f);
+    }
+    Sgd sgd({params[0].shape(), params[1].shape()}, options);
+    for (int step = 0; step < 3; ++step) {
+      for (size_t k = 0; k < params.size(); ++k) {
+        Tensor grad = Tensor::empty(params[k].shape());
+        for (int64_t i = 0; i < grad.numel(); ++i) grad.data()[i] = rng.uniform(-1.0f, 1.0f);
+        sgd.update(k, params[k], grad);
+      }
+    }
+    tensor::set_intra_op_threads(1);
+    std::vector<float> flat;
+    for (const Tensor& t : params) flat.insert(flat.end(), t.data(), t.data() + t.numel());
+    return flat;
+  };
+  for (const SgdOptions& options :
+       {SgdOptions{.lr = 0.1f}, SgdOptions{.lr = 0.1f, .momentum = 0.9f, .weight_decay = 1e-3f},
+        SgdOptions{.lr = 0.1f, .momentum = 0.9f, .nesterov = true}}) {
+    const std::vector<float> one = run(1, options);
+    for (int threads : {2, 3}) {
+      const std::vector<float> many = run(threads, options);
+      ASSERT_EQ(many.size(), one.size());
+      EXPECT_EQ(std::memcmp(many.data(), one.data(), one.size() * sizeof(float)), 0)
+          << "threads " << threads << " momentum " << options.momentum;
+    }
+  }
 }
 
 TEST(Optimizer, SparseSgdTouchesOnlyTheGivenRowsAndSumsDuplicates) {

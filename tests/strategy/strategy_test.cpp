@@ -10,7 +10,6 @@
 #include "optim/sgd.h"
 #include "strategy/local_strategy.h"
 #include "strategy/mirrored_strategy.h"
-#include "strategy/replica_threads.h"
 #include "strategy_test_util.h"
 
 namespace dtrain::strategy {
@@ -76,20 +75,6 @@ TEST(Strategy, CountCorrectUsesArgMax) {
   Tensor out = Tensor::from_vector({0.1f, 0.9f, 0.0f, 2.0f, 1.0f, 0.0f}, {2, 3});
   std::vector<int64_t> y{1, 2};
   EXPECT_EQ(count_correct(out, y), 1);
-}
-
-TEST(ReplicaThreads, RunsEveryReplicaAndRethrows) {
-  ReplicaThreads threads(3);
-  std::vector<int> seen(3, 0);
-  for (int round = 0; round < 50; ++round)
-    threads.run([&](int64_t r) { seen[static_cast<size_t>(r)]++; });
-  EXPECT_EQ(seen, (std::vector<int>{50, 50, 50}));
-  EXPECT_THROW(threads.run([](int64_t r) {
-    if (r == 2) throw UsageError("replica 2 failed");
-  }),
-               UsageError);
-  threads.run([&](int64_t r) { seen[static_cast<size_t>(r)]++; });
-  EXPECT_EQ(seen[2], 51);
 }
 
 }  // namespace

@@ -1,18 +1,30 @@
-// Intra-op threads (tensor/intra_op.h): the fan-out's ranges, and the
-// threaded kernels bit-identical to one thread for 1, 2 and 3 threads, on
-// odd batches and batches smaller than the thread count.
+// Intra-op threads (tensor/intra_op.h): the fan-out's ranges; its team
+// (threads kept parked across calls, rebuilt when the setting changes, a busy
+// team falling back to running the parts in order for nested and concurrent
+// calls, a forked child building its own and exiting cleanly); and the
+// threaded kernels bit-identical to one thread for 1, 2 and 3 threads, on odd
+// batches and batches smaller than the thread count.
 #include "tensor/intra_op.h"
 
+#include <cblas.h>
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <set>
 #include <stdexcept>
+#include <thread>
 #include <vector>
 
 #include "core/rng.h"
 #include "tensor/conv_implicit.h"
 #include "tensor/conv_kernels.h"
+#include "tensor/ops.h"
 
 namespace dtrain {
 namespace {
@@ -66,13 +78,91 @@ TEST(IntraOp, RangesAreContiguousDisjointAndCoverEverything) {
   EXPECT_EQ(tensor::intra_op_threads(), 1);
 }
 
-TEST(IntraOp, RethrowsAWorkersException) {
+TEST(IntraOp, RethrowsAWorkersExceptionAfterEveryPartFinished) {
   const ThreadsFor scope(3);
+  std::vector<int> finished(3, 0);
   EXPECT_THROW(tensor::parallel_for_range(3,
-                                          [](int64_t begin, int64_t, int) {
+                                          [&](int64_t begin, int64_t, int part) {
+                                            finished[static_cast<size_t>(part)] = 1;
                                             if (begin == 2) throw std::runtime_error("part");
                                           }),
                std::runtime_error);
+  EXPECT_EQ(finished, (std::vector<int>{1, 1, 1}));
+}
+
+// The thread that ran each part of one call (part 0 is the caller's).
+std::vector<std::thread::id> part_threads(int64_t n) {
+  std::vector<std::thread::id> ids(static_cast<size_t>(n));
+  tensor::parallel_for_range(n, [&](int64_t, int64_t, int part) {
+    ids[static_cast<size_t>(part)] = std::this_thread::get_id();
+  });
+  return ids;
+}
+
+TEST(IntraOp, TeamThreadsAreKeptAcrossCallsAndRebuiltWhenTheSettingChanges) {
+  const ThreadsFor scope(3);
+  const auto first = part_threads(3);
+  EXPECT_EQ(first[0], std::this_thread::get_id());
+  EXPECT_EQ(std::set<std::thread::id>(first.begin(), first.end()).size(), 3u);
+  EXPECT_EQ(part_threads(3), first);        // parked between calls, not recreated
+  EXPECT_EQ(part_threads(2)[1], first[1]);  // fewer parts than threads: the same team
+  tensor::set_intra_op_threads(2);
+  const auto rebuilt = part_threads(2);
+  EXPECT_EQ(rebuilt[0], std::this_thread::get_id());
+  EXPECT_NE(rebuilt[1], rebuilt[0]);
+  EXPECT_EQ(part_threads(2), rebuilt);
+}
+
+// n items, each counted once per coverage, nested fan-outs included.
+TEST(IntraOp, NestedAndConcurrentCallsCoverEveryRangeOnce) {
+  const ThreadsFor scope(2);
+  std::vector<std::atomic<int>> hits(35);
+  tensor::parallel_for_range(5, [&](int64_t begin, int64_t end, int) {
+    for (int64_t i = begin; i < end; ++i) {
+      tensor::parallel_for_range(7, [&](int64_t b, int64_t e, int) {
+        for (int64_t j = b; j < e; ++j) hits[static_cast<size_t>(i * 7 + j)]++;
+      });
+    }
+  });
+  for (const auto& h : hits) EXPECT_EQ(h.load(), 1);
+  std::vector<std::vector<int>> counts(2, std::vector<int>(101, 0));
+  {
+    std::vector<std::jthread> callers;
+    for (size_t c = 0; c < counts.size(); ++c) {
+      callers.emplace_back([&counts, c] {
+        for (int round = 0; round < 20; ++round) {
+          tensor::parallel_for_range(101, [&](int64_t begin, int64_t end, int) {
+            for (int64_t i = begin; i < end; ++i) counts[c][static_cast<size_t>(i)]++;
+          });
+        }
+      });
+    }
+  }
+  for (const auto& per_caller : counts) {
+    for (int h : per_caller) EXPECT_EQ(h, 20);
+  }
+}
+
+// The launcher forks: a child of a process whose team exists builds a team
+// of its own, computes, and exits (its team joined by the exit handlers).
+TEST(IntraOp, AForkedChildBuildsItsOwnTeamAndExitsCleanly) {
+#if defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "TSan stops a child of a multithreaded process that starts threads";
+#else
+  const ThreadsFor scope(2);
+  part_threads(2);  // the parent's team exists
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    alarm(60);  // a deadlock in the child ends it with SIGALRM, not a hang
+    const auto ids = part_threads(2);
+    std::exit(ids[1] != ids[0] && ids[1] != std::thread::id() ? 0 : 3);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status)) << "child ended by signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+#endif
 }
 
 struct ConvResult {
@@ -155,6 +245,62 @@ TEST(IntraOp, MaxPoolForwardAndBackwardMatchOneThreadBitForBit) {
         expect_bits_equal(many.argmax, one.argmax);
         expect_bits_equal(many.gx, one.gx);
       }
+    }
+  }
+}
+
+struct LinearResult {
+  std::vector<float> y, gx, gw, gb;
+};
+
+LinearResult run_linear(int64_t n, int64_t in, int64_t out, int threads) {
+  const ThreadsFor scope(threads);
+  const auto x = random_values(static_cast<size_t>(n * in), 41);
+  const auto w = random_values(static_cast<size_t>(out * in), 42);
+  const auto bias = random_values(static_cast<size_t>(out), 43);
+  const auto gy = random_values(static_cast<size_t>(n * out), 44);
+  LinearResult r{std::vector<float>(gy.size()), std::vector<float>(x.size()),
+                 std::vector<float>(w.size()), std::vector<float>(bias.size())};
+  ops::linear_forward(x.data(), w.data(), bias.data(), r.y.data(), n, in, out);
+  ops::linear_backward(gy.data(), x.data(), w.data(), r.gx.data(), r.gw.data(), r.gb.data(), n, in,
+                       out);
+  return r;
+}
+
+// Every element within k * 1e-6 of one thread's, where k is the length of
+// its sum (|inputs| <= 1): far below what a wrong or missing row range
+// changes, far above the last-bit differences of OpenBLAS's shape-dependent
+// kernels (tensor/ops.h).
+void expect_sums_close(const std::vector<float>& got, const std::vector<float>& want, int64_t k,
+                       const char* what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  const double tolerance = static_cast<double>(k) * 1e-6;
+  size_t bad = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (!(std::abs(static_cast<double>(got[i]) - want[i]) <= tolerance)) ++bad;
+  }
+  EXPECT_EQ(bad, 0u) << what << ": elements beyond " << tolerance;
+}
+
+// OpenBLAS at one thread, so that the dense layer splits its GEMMs itself
+// (tensor/ops.h): the MLP's and LeNet-5's shapes at batches 256, 257 and 3
+// (fewer rows than some parts), and one below the split threshold.
+TEST(IntraOp, LinearWithThreadsMatchesOneThread) {
+  openblas_set_num_threads(1);
+  struct Case {
+    int64_t n, in, out;
+  };
+  for (const Case& t : {Case{256, 784, 256}, Case{257, 256, 10}, Case{256, 400, 120},
+                        Case{3, 2000, 300}, Case{256, 84, 10}, Case{5, 33, 7}}) {
+    const LinearResult one = run_linear(t.n, t.in, t.out, 1);
+    for (int threads : {2, 3}) {
+      SCOPED_TRACE(::testing::Message()
+                   << "n " << t.n << " in " << t.in << " out " << t.out << " threads " << threads);
+      const LinearResult many = run_linear(t.n, t.in, t.out, threads);
+      expect_sums_close(many.y, one.y, t.in, "y");
+      expect_sums_close(many.gx, one.gx, t.out, "gx");
+      expect_sums_close(many.gw, one.gw, t.n, "gw");
+      expect_bits_equal(many.gb, one.gb);  // column sums: not split
     }
   }
 }

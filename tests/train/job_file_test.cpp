@@ -1,10 +1,12 @@
 #include "train/job_file.h"
 
+#include <cblas.h>
 #include <gtest/gtest.h>
 
 #include "comm/rendezvous/launch_env.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "tensor/intra_op.h"
 #include "train/run_job.h"
 
 namespace dtrain::train {
@@ -333,6 +335,28 @@ TEST(JobFileLinks, TheSlowLinkReachesOnlyItsRank) {
   EXPECT_FALSE(worker_link(unlinked, 0, 2).has_value());
   unlinked.distributed.slow_link.push_back("1=10");
   EXPECT_THROW(worker_link(unlinked, 0, 2), ConfigError);
+}
+
+}  // namespace
+}  // namespace dtrain::train
+
+namespace dtrain::train {
+namespace {
+
+// train.threads = 2 sets two intra-op threads and OpenBLAS at one thread, so
+// the dense layers split their GEMMs over the team (tensor/ops.h) and no
+// OpenBLAS thread competes with it; 0 is clamped to 1.
+TEST(ComputeThreads, TrainThreadsSetTheIntraOpThreadsAndOpenBlasAtOne) {
+  openblas_set_num_threads(2);
+  JobConfig job;
+  job.train.threads = 2;
+  set_compute_threads(job);
+  EXPECT_EQ(tensor::intra_op_threads(), 2);
+  EXPECT_EQ(openblas_get_num_threads(), 1);
+  job.train.threads = 0;
+  set_compute_threads(job);
+  EXPECT_EQ(tensor::intra_op_threads(), 1);
+  EXPECT_EQ(openblas_get_num_threads(), 1);
 }
 
 }  // namespace

@@ -1,20 +1,20 @@
-#include "strategy/replica_threads.h"
+#include "core/thread_team.h"
 
-namespace dtrain::strategy {
+namespace dtrain {
 
-ReplicaThreads::ReplicaThreads(int64_t count) : count_(count), errors_(static_cast<size_t>(count)) {
+ThreadTeam::ThreadTeam(int64_t count) : count_(count), errors_(static_cast<size_t>(count)) {
   for (int64_t r = 1; r < count; ++r) {
     threads_.emplace_back([this, r](std::stop_token stop) { worker(stop, r); });
   }
 }
 
-ReplicaThreads::~ReplicaThreads() {
+ThreadTeam::~ThreadTeam() {
   for (auto& t : threads_) t.request_stop();
   work_ready_.notify_all();
   threads_.clear();  // joins
 }
 
-void ReplicaThreads::run(const std::function<void(int64_t)>& fn) {
+void ThreadTeam::run(const std::function<void(int64_t)>& fn) {
   {
     std::lock_guard lock(mutex_);
     task_ = &fn;
@@ -36,7 +36,7 @@ void ReplicaThreads::run(const std::function<void(int64_t)>& fn) {
   }
 }
 
-void ReplicaThreads::worker(std::stop_token stop, int64_t replica) {
+void ThreadTeam::worker(std::stop_token stop, int64_t member) {
   uint64_t seen = 0;
   while (true) {
     const std::function<void(int64_t)>* task = nullptr;
@@ -48,14 +48,14 @@ void ReplicaThreads::worker(std::stop_token stop, int64_t replica) {
     }
     std::exception_ptr error;
     try {
-      (*task)(replica);
+      (*task)(member);
     } catch (...) {
       error = std::current_exception();
     }
     std::lock_guard lock(mutex_);
-    errors_[static_cast<size_t>(replica)] = error;
+    errors_[static_cast<size_t>(member)] = error;
     if (--pending_ == 0) done_.notify_one();
   }
 }
 
-}  // namespace dtrain::strategy
+}  // namespace dtrain
