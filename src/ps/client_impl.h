@@ -54,6 +54,22 @@ class Client::Impl {
   std::vector<Message> exchange(std::vector<std::pair<int, Message>> requests,
                                 const std::string& operation, const std::string& awaited);
   struct Call;
+  // exchange() in two halves, so that a second call's requests can follow
+  // the first's before any reply (Client::push_and_pull): start() sends the
+  // requests (draining the connection monitors first when
+  // `drain_monitors`: a second call must not swallow a break the first one
+  // has to see); finish() waits for the replies and throws as exchange()
+  // does.
+  Call start(std::vector<std::pair<int, Message>> requests, std::string operation,
+             std::string awaited, bool drain_monitors = true);
+  std::vector<Message> finish(Call& call);
+  // The dense push's requests (arguments checked: UsageError) and outcome,
+  // and the dense pull's requests and its copy into `out` (CommError for a
+  // reply of the wrong size); client.cpp.
+  std::vector<std::pair<int, Message>> push_requests(const std::vector<Tensor>& grads,
+                                                     const DensePush& push);
+  std::vector<std::pair<int, Message>> pull_requests(uint64_t min_version) const;
+  uint64_t take_pull(std::vector<Message>& replies, const std::vector<Tensor>& out);
   // exchange()'s parts: waits until every server of `call` answered (or
   // failed, or the deadline passed); takes one matching reply; restarts the
   // call's deadline for a recovery (false, and the server failed, after
