@@ -332,6 +332,7 @@ CLI::App* add_fl_command(CLI::App& app, dtrain::cli::FlCommandOptions& fl, FlFla
 // `dtrain train` with what parsing left to do: the environment, the command
 // line, the progress mode.
 int train(dtrain::cli::TrainOptions& train, const TrainFlags& flags, int argc, char** argv) {
+  keep_frame_buffers_in_the_heap();  // every process of a job runs `dtrain train`
   if (flags.resume || flags.no_resume) train.resume = flags.resume;
   if (flags.elastic) train.elastic = true;
   if (flags.no_elastic) train.elastic = false;
@@ -346,7 +347,6 @@ int train(dtrain::cli::TrainOptions& train, const TrainFlags& flags, int argc, c
 }  // namespace
 
 int main(int argc, char** argv) {
-  keep_frame_buffers_in_the_heap();
   CLI::App app{"dtrain: data-parallel training of neural networks"};
   app.footer(
       "Exit codes: 0 success, 1 other error, 2 bad job file or usage, 3 bad data, "
