@@ -153,8 +153,12 @@ uint64_t Client::push_and_pull(const std::vector<Tensor>& grads, const DensePush
   push_reply.end();
   if (result != nullptr) *result = pushed;
   // A server that lost the push (a broken connection, a replacement that
-  // asked for a re-join) lost the pull behind it too: ask again, now that
-  // the push is in.
+  // asked for a re-join) may have lost the pull behind it too, if it was
+  // written to the broken connection: ask again, now that the push is in. A
+  // pull still queued in ZeroMQ's pipe reaches the replacement instead and
+  // is answered kRejoin, which the pull's half recovers from; either way the
+  // same request id may be answered twice, and the second reply is discarded
+  // as a late one.
   for (int s : push_call.resent) {
     if (pull_call.pending.count(s) != 0)
       d.send(s, pull_call.requests[pull_call.pending.at(s)].second);
