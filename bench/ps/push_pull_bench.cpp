@@ -3,7 +3,8 @@
 // Servers (S in {1, 2}) run Server::run on threads; workers (N in {2, 4})
 // are threads, each with its own Client, all started together. Every
 // repetition each worker does `iters` rounds of
-//   dense:  push(4M-float gradient) then pull(4M floats)   (async: no barrier)
+//   dense:  push(4M-float gradient) then pull(4M floats) in one round trip
+//           (push_and_pull, as a worker's step does; async: no barrier)
 //   sparse: pull_rows then push_rows of 4096 random keys (D = 16) from 2^20
 // and the repetition's time is that of the slowest worker. Reported, as
 // medians over repetitions: dense GB/s = bytes pushed + pulled by all workers
@@ -107,8 +108,10 @@ Result run(int servers, int workers, bool mac, int reps, int64_t dense_floats) {
         sync.arrive_and_wait();
         auto t0 = Clock::now();
         for (int i = 0; i < iters; ++i) {
-          client.push(grad, 1, 1e-6f, 0);
-          client.pull(params);
+          ps::DensePush push;
+          push.samples = 1;
+          push.lr = 1e-6f;
+          client.push_and_pull(grad, push, params, 0);
         }
         const double dense = since(t0);
         sync.arrive_and_wait();

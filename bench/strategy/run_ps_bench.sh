@@ -6,12 +6,15 @@
 # the last epoch's "seconds" in metrics.jsonl (training and worker 0's test
 # evaluation; the first epoch also pays start-up and is skipped when there
 # are several). Prints seconds per epoch and the ps / allreduce ratios.
+# With DTRAIN_BASE=path/to/another/dtrain its ps rows are measured too, in
+# the same repetitions (interleaved), against the same allreduce.
 # Usage: bench/strategy/run_ps_bench.sh [REPS] [EPOCHS]   (DTRAIN=path/to/dtrain)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 reps=${1:-3}
 epochs=${2:-2}
 bin=${DTRAIN:-build/src/cli/dtrain}
+base=${DTRAIN_BASE:-}
 [[ -x $bin ]] || { echo "build first: scripts/build.sh release" >&2; exit 1; }
 [[ -f data/mnist/train-images-idx3-ubyte ]] || { echo "fetch MNIST first: scripts/fetch_mnist.sh" >&2; exit 1; }
 export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
@@ -22,9 +25,13 @@ median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 # run NAME ARGS...: trains, prints the last epoch's seconds.
 run() {
-  local name=$1
+  local name=$1 exe=$bin
   shift
-  if ! "$bin" train examples/mnist_mlp.toml --output "$out/$name" --no-resume --progress none \
+  if [[ $1 == --base ]]; then
+    exe=$base
+    shift
+  fi
+  if ! "$exe" train examples/mnist_mlp.toml --output "$out/$name" --no-resume --progress none \
       --set train.epochs="$epochs" "$@" >"$out/$name.log" 2>&1; then
     cat "$out/$name.log" >&2
     exit 1
@@ -32,11 +39,15 @@ run() {
   grep '"event":"epoch"' "$out/$name/metrics.jsonl" | tail -1 | grep -o '"seconds":[0-9.]*' | cut -d: -f2
 }
 
-ar=(); ps1=(); ps2=()
+ar=(); ps1=(); ps2=(); bps1=(); bps2=()
 for ((r = 0; r < reps; ++r)); do
   ar+=("$(run allreduce --workers 2)")
   ps1+=("$(run ps1 --strategy ps --servers 1 --workers 2)")
   ps2+=("$(run ps2 --strategy ps --servers 2 --workers 2)")
+  if [[ -n $base ]]; then
+    bps1+=("$(run bps1 --base --strategy ps --servers 1 --workers 2)")
+    bps2+=("$(run bps2 --base --strategy ps --servers 2 --workers 2)")
+  fi
 done
 AR=$(printf '%s\n' "${ar[@]}" | median)
 P1=$(printf '%s\n' "${ps1[@]}" | median)
@@ -45,4 +56,10 @@ printf '%-28s %10s %14s\n' configuration s/epoch "/ allreduce"
 printf '%-28s %10.2f %14s\n' "allreduce, 2 workers" "$AR" 1.00
 printf '%-28s %10.2f %14s\n' "ps sync, 1 server, 2 workers" "$P1" "$(ratio "$P1" "$AR")"
 printf '%-28s %10.2f %14s\n' "ps sync, 2 servers, 2 workers" "$P2" "$(ratio "$P2" "$AR")"
+if [[ -n $base ]]; then
+  B1=$(printf '%s\n' "${bps1[@]}" | median)
+  B2=$(printf '%s\n' "${bps2[@]}" | median)
+  printf '%-28s %10.2f %14s\n' "base: ps, 1 server" "$B1" "$(ratio "$B1" "$AR")"
+  printf '%-28s %10.2f %14s\n' "base: ps, 2 servers" "$B2" "$(ratio "$B2" "$AR")"
+fi
 echo "medians of $reps runs of $epochs epochs each; $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -1,6 +1,7 @@
 // The dtrain executable: `dtrain train JOB.toml`, `dtrain eval JOB.toml
 // --weights FILE`. The only place that reads the process environment,
 // decides where output goes and turns dtrain::Error kinds into exit codes.
+#include <malloc.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -32,6 +33,22 @@ extern "C" const char* __lsan_default_suppressions() {
 }
 
 namespace {
+
+// glibc serves an allocation above its mmap threshold (128 KiB, raised as
+// freed chunks come back) with a fresh mmap, and gives a freed heap top back
+// to the kernel past its trim threshold. A ps server or worker that
+// allocates and frees frames of hundreds of KiB every step then pays, now
+// and then for a whole run, a page fault and a zeroed page per 4 KiB of
+// every frame (measured on a ps server: a third of its CPU time,
+// docs/parameter-server.md "Where the time goes"). Fixed thresholds keep
+// buffers up to 32 MiB (glibc's largest mmap threshold) in the heap for
+// reuse and at most 256 MiB of free heap top per process.
+void keep_frame_buffers_in_the_heap() {
+#if defined(__GLIBC__)
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 256 << 20);
+#endif
+}
 
 // One exit code per error kind, documented in --help.
 int exit_code_for(const std::exception& e) {
@@ -315,6 +332,7 @@ CLI::App* add_fl_command(CLI::App& app, dtrain::cli::FlCommandOptions& fl, FlFla
 // `dtrain train` with what parsing left to do: the environment, the command
 // line, the progress mode.
 int train(dtrain::cli::TrainOptions& train, const TrainFlags& flags, int argc, char** argv) {
+  keep_frame_buffers_in_the_heap();  // every process of a job runs `dtrain train`
   if (flags.resume || flags.no_resume) train.resume = flags.resume;
   if (flags.elastic) train.elastic = true;
   if (flags.no_elastic) train.elastic = false;

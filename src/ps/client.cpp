@@ -247,26 +247,6 @@ void Client::Impl::rejoin(int server, uint64_t except, const std::string& operat
       last_version_, resent);
 }
 
-// One exchange() in flight: the requests, the servers still to answer and
-// the refusals collected so far.
-struct Client::Impl::Call {
-  std::vector<std::pair<int, Message>> requests;
-  const std::string& operation;
-  const std::string& awaited;
-  Deadline deadline;
-  std::map<int, size_t> pending;  // server -> index in requests
-  std::vector<Message> replies;
-  // Refusals are collected until every server answered (or the deadline), and
-  // the lowest server's is thrown: the same failure gives the same error.
-  std::map<int, std::exception_ptr> failures;
-  int recoveries = 0;
-
-  void fail(int server, std::exception_ptr error) {
-    failures.emplace(server, std::move(error));
-    pending.erase(server);
-  }
-};
-
 bool Client::Impl::recover(Call& call, int server, const char* why) {
   if (++call.recoveries > kMaxRecoveries) {
     call.fail(server, std::make_exception_ptr(CommError(
@@ -276,6 +256,7 @@ bool Client::Impl::recover(Call& call, int server, const char* why) {
     return false;
   }
   call.deadline = Deadline::after(options_.timeout);
+  call.resent.insert(server);
   return true;
 }
 
@@ -364,11 +345,27 @@ void Client::Impl::wait_for_replies(Call& call) {
 std::vector<Message> Client::Impl::exchange(std::vector<std::pair<int, Message>> requests,
                                             const std::string& operation,
                                             const std::string& awaited) {
-  Call call{
-      std::move(requests), operation, awaited, Deadline::after(options_.timeout), {}, {}, {}, 0};
+  Call call = start(std::move(requests), operation, awaited);
+  return finish(call);
+}
+
+Client::Impl::Call Client::Impl::start(std::vector<std::pair<int, Message>> requests,
+                                       std::string operation, std::string awaited,
+                                       bool drain_monitors) {
+  Call call{std::move(requests),
+            std::move(operation),
+            std::move(awaited),
+            Deadline::after(options_.timeout),
+            {},
+            {},
+            {},
+            {},
+            0};
   // Broken connections seen while no request waited: the requests below reach
   // the replacement, which asks for a re-join.
-  for (int s = 0; s < num_servers(); ++s) (void)disconnected(s);
+  if (drain_monitors) {
+    for (int s = 0; s < num_servers(); ++s) (void)disconnected(s);
+  }
   for (size_t i = 0; i < call.requests.size(); ++i) {
     auto& [server, m] = call.requests[i];
     m.request_id = 0;
@@ -379,6 +376,10 @@ std::vector<Message> Client::Impl::exchange(std::vector<std::pair<int, Message>>
     send(server, m);
   }
   call.replies.resize(call.requests.size());
+  return call;
+}
+
+std::vector<Message> Client::Impl::finish(Call& call) {
   wait_for_replies(call);
   if (!call.failures.empty()) std::rethrow_exception(call.failures.begin()->second);
   return std::move(call.replies);
@@ -458,95 +459,6 @@ uint64_t Client::init(const StateDict& dense, const std::vector<SparseTableSpec>
   d.last_version_ = version;
   d.joined_step_ = step;
   return version;
-}
-
-uint64_t Client::pull(const std::vector<Tensor>& out, uint64_t min_version) {
-  Impl& d = *impl_;
-  d.require_init("pull");
-  d.check_dense(out, "pull");
-  std::vector<std::pair<int, Message>> requests;
-  for (int s = 0; s < d.num_servers(); ++s) {
-    Message m;
-    m.kind = Kind::kPull;
-    m.min_version = min_version;
-    requests.emplace_back(s, std::move(m));
-  }
-  auto replies = d.exchange(std::move(requests), "pull", fmt::format("version >= {}", min_version));
-  uint64_t version = replies[0].version;
-  uint64_t min_clock = replies[0].min_clock;
-  for (int s = 0; s < d.num_servers(); ++s) {
-    Message& r = replies[static_cast<size_t>(s)];
-    const size_t floats = r.float_bytes.size() / sizeof(float);
-    if (static_cast<int64_t>(floats) != d.plan_.range_numel(s)) {
-      throw CommError(s, "ps pull",
-                      fmt::format("server {} replied with {} floats; its range holds {}", s, floats,
-                                  d.plan_.range_numel(s)));
-    }
-    // Straight from the received message into the parameters: the pull's
-    // one copy on this side.
-    for (const ShardSlice& slice : d.plan_.slices(s)) {
-      std::memcpy(out[slice.tensor].data() + slice.offset,
-                  r.float_bytes.data() + slice.shard_offset * sizeof(float),
-                  static_cast<size_t>(slice.count) * sizeof(float));
-    }
-    version = std::min(version, r.version);
-    min_clock = std::min(min_clock, r.min_clock);
-    d.values_[static_cast<size_t>(s)] = Impl::Range{std::move(r.payload_owner), r.float_bytes};
-    d.open_pushes_[static_cast<size_t>(s)].clear();
-  }
-  d.last_version_ = version;
-  d.last_min_clock_ = min_clock;
-  d.last_totals_ = replies[0].totals;
-  return version;
-}
-
-PushResult Client::push(const std::vector<Tensor>& grads, int64_t samples, float lr,
-                        uint64_t version, double loss_sum, int64_t correct, double compute_s,
-                        PushCompression compression) {
-  Impl& d = *impl_;
-  d.require_init("push");
-  d.check_dense(grads, "push");
-  PushCompressor* compressor = compression.compressed ? &d.compressor("compressed push") : nullptr;
-  if (samples < 0) throw UsageError(fmt::format("ps push: samples is {}; must be >= 0", samples));
-  if (correct < 0 || correct > samples) {
-    throw UsageError(
-        fmt::format("ps push: correct is {}; must be in [0, samples = {}]", correct, samples));
-  }
-  if (!std::isfinite(compute_s) || compute_s < 0.0) {
-    throw UsageError(
-        fmt::format("ps push: compute_s is {}; must be a finite number >= 0", compute_s));
-  }
-  std::vector<std::pair<int, Message>> requests;
-  for (int s = 0; s < d.num_servers(); ++s) {
-    Message m;
-    m.kind = Kind::kPush;
-    m.version = version;
-    m.samples = samples;
-    m.lr = lr;
-    m.loss_sum = loss_sum;
-    m.correct = correct;
-    m.compute_s = compute_s;
-    if (compressor != nullptr) {
-      m.kind = Kind::kPushCompressed;
-      m.pieces = compressor->encode(s, grads, compression.step, d.options_.worker);
-      requests.emplace_back(s, std::move(m));
-      continue;
-    }
-    // Encoded straight from the gradients (the slices lie in range order).
-    for (const ShardSlice& slice : d.plan_.slices(s)) {
-      m.float_parts.push_back(float_bytes(grads[slice.tensor].data() + slice.offset, slice.count));
-    }
-    requests.emplace_back(s, std::move(m));
-  }
-  const auto replies = d.exchange(std::move(requests), "push",
-                                  fmt::format("the push of version {} to be taken", version));
-  PushResult result;
-  result.version = replies[0].version;
-  for (const Message& r : replies) {
-    (r.status == ReplyStatus::kDropped ? result.servers_dropped : result.servers_applied) += 1;
-    result.version = std::min(result.version, r.version);
-  }
-  return result;
 }
 
 compress::State Client::compression_state() const {

@@ -70,6 +70,7 @@
 #include "compress/compressor.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "core/trace.h"
 #include "ps/messages.h"
 #include "ps/sharding.h"
 #include "ps/state_layout.h"
@@ -92,6 +93,12 @@ struct ClientOptions {
   // Compressed pushes (push() with PushCompression::compressed): method
   // kNone (the default) allows none, and the client's pushes are as before.
   compress::Options compression;
+  // Timeline of push_and_pull() (core/trace.h), category "ps": "push"
+  // (encoding and sending the pushes and the pulls), "pull" (waiting for
+  // every reply and copying the parameters), inside it "push_reply" (until
+  // every server took the push) and "pull_copy". Null: off. Must outlive
+  // the client.
+  TraceSink* trace = nullptr;
 };
 
 // How one dense push travels: dense floats (the default), or compressed by
@@ -100,6 +107,18 @@ struct ClientOptions {
 struct PushCompression {
   bool compressed = false;
   int64_t step = 0;
+};
+
+// One dense push's arguments besides the gradients (Client::push has their
+// contract).
+struct DensePush {
+  int64_t samples = 0;
+  float lr = 0.0f;
+  uint64_t version = 0;
+  double loss_sum = 0.0;
+  int64_t correct = 0;
+  double compute_s = 0.0;
+  PushCompression compression;
 };
 
 // A server declared this worker dead (it was silent past the heartbeat
@@ -165,6 +184,18 @@ class Client {
   PushResult push(const std::vector<Tensor>& grads, int64_t samples, float lr, uint64_t version,
                   double loss_sum = 0.0, int64_t correct = 0, double compute_s = 0.0,
                   PushCompression compression = {});
+  // push() then pull(out, min_version) in one round trip: the pulls go out
+  // right behind the pushes, before any reply (a server answers one
+  // connection's requests in order, so it takes the push before it
+  // considers the pull), and the worker does not wait for the push's reply
+  // to ask for its parameters. Errors as push()'s, then pull()'s: when the
+  // push fails, its error is thrown and the pull's replies are discarded as
+  // late ones. Each half is bounded by options.timeout (the pull's from the
+  // push's last reply), as the two calls are. Returns the pull's version;
+  // `result` (when not null) gets the push's outcome.
+  uint64_t push_and_pull(const std::vector<Tensor>& grads, const DensePush& push,
+                         const std::vector<Tensor>& out, uint64_t min_version,
+                         PushResult* result = nullptr);
   // The minimum live clock the servers reported with the last pull (SSP).
   uint64_t last_min_clock() const;
   // Sync: server 0's totals of the last version it closed before answering

@@ -1,8 +1,8 @@
 // Client::Impl, the parameter-server client's private state (client.h holds
-// the contract). Its members live in two files: client.cpp (connections,
-// heartbeats, exchange() and its recovery, init, dense pull and push, finish)
-// and client_rows.cpp (the sparse-row requests and the whole-state requests:
-// stats, pull_state, load_state).
+// the contract). Its members live in three files: client.cpp (connections,
+// heartbeats, exchange() and its recovery, init, finish), client_dense.cpp
+// (dense pull, push and push_and_pull) and client_rows.cpp (the sparse-row
+// requests and the whole-state requests: stats, pull_state, load_state).
 // Thread safety: the calling thread only, except the heartbeat thread, which
 // uses its own sockets and only reads options_ and context_.
 #pragma once
@@ -10,9 +10,12 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <thread>
@@ -21,6 +24,7 @@
 #include <zmq.hpp>
 
 #include "comm/wire/framed_socket.h"
+#include "core/deadline.h"
 #include "ps/client.h"
 #include "ps/compressed_push.h"
 
@@ -54,6 +58,22 @@ class Client::Impl {
   std::vector<Message> exchange(std::vector<std::pair<int, Message>> requests,
                                 const std::string& operation, const std::string& awaited);
   struct Call;
+  // exchange() in two halves, so that a second call's requests can follow
+  // the first's before any reply (Client::push_and_pull): start() sends the
+  // requests (draining the connection monitors first when
+  // `drain_monitors`: a second call must not swallow a break the first one
+  // has to see); finish() waits for the replies and throws as exchange()
+  // does.
+  Call start(std::vector<std::pair<int, Message>> requests, std::string operation,
+             std::string awaited, bool drain_monitors = true);
+  std::vector<Message> finish(Call& call);
+  // The dense push's requests (arguments checked: UsageError) and outcome,
+  // and the dense pull's requests and its copy into `out` (CommError for a
+  // reply of the wrong size); client_dense.cpp.
+  std::vector<std::pair<int, Message>> push_requests(const std::vector<Tensor>& grads,
+                                                     const DensePush& push);
+  std::vector<std::pair<int, Message>> pull_requests(uint64_t min_version) const;
+  uint64_t take_pull(std::vector<Message>& replies, const std::vector<Tensor>& out);
   // exchange()'s parts: waits until every server of `call` answered (or
   // failed, or the deadline passed); takes one matching reply; restarts the
   // call's deadline for a recovery (false, and the server failed, after
@@ -146,6 +166,29 @@ class Client::Impl {
   std::mutex heartbeat_mutex_;
   std::condition_variable_any heartbeat_cv_;
   std::jthread heartbeat_;  // last member: stopped and joined first
+};
+
+// One exchange() in flight: the requests, the servers still to answer and
+// the refusals collected so far.
+struct Client::Impl::Call {
+  std::vector<std::pair<int, Message>> requests;
+  std::string operation;
+  std::string awaited;
+  Deadline deadline;
+  std::map<int, size_t> pending;  // server -> index in requests
+  std::vector<Message> replies;
+  // Refusals are collected until every server answered (or the deadline), and
+  // the lowest server's is thrown: the same failure gives the same error.
+  std::map<int, std::exception_ptr> failures;
+  // Servers whose request was sent again (a broken connection, a re-join):
+  // a call that followed this one sends its request to them again too.
+  std::set<int> resent;
+  int recoveries = 0;
+
+  void fail(int server, std::exception_ptr error) {
+    failures.emplace(server, std::move(error));
+    pending.erase(server);
+  }
 };
 
 }  // namespace dtrain::ps

@@ -121,6 +121,7 @@ PsStrategy::PsStrategy(std::unique_ptr<nn::Module> model, ps::ClientOptions clie
 
   check_compression(options_, !tables_.empty());
   if (options_.compression.compresses()) client_options.compression = options_.compression.codec;
+  if (client_options.trace == nullptr) client_options.trace = options_.trace;
 
   const auto connecting = std::chrono::steady_clock::now();
   client_ = std::make_unique<ps::Client>(std::move(client_options), auth, logger);
@@ -162,6 +163,10 @@ void PsStrategy::align_trace_clock() {
 void PsStrategy::pull_dense(uint64_t min_version) {
   TraceSpan span(options_.trace, "pull", "ps");
   version_ = client_->pull(dense_data_, min_version);
+  after_pull();
+}
+
+void PsStrategy::after_pull() {
   job_totals_ = client_->last_totals();
   track_live_workers();
   if (options_.compression.local_sgd()) {
@@ -347,12 +352,12 @@ void PsStrategy::push_dense_and_pull(const std::vector<Tensor>& grads, const Ste
   if (grads.empty() && !sync) return;
   const uint64_t pushed_at = version_;
   const uint64_t bytes_before = client_->bytes_sent();
-  {
-    TraceSpan span(options_.trace, "push", "ps");
-    client_->push(grads, mine.samples, lr_, pushed_at, mine.loss_sum, mine.correct, compute_s,
-                  compression);
-  }
-  pull_dense(sync ? pushed_at + 1 : 0);
+  // One round trip: the pull follows the push before its reply (the client
+  // traces both halves).
+  const ps::DensePush push{mine.samples, lr_,       pushed_at,  mine.loss_sum,
+                           mine.correct, compute_s, compression};
+  version_ = client_->push_and_pull(grads, push, dense_data_, sync ? pushed_at + 1 : 0);
+  after_pull();
   uint64_t dense = 0;
   for (const Tensor& g : grads) dense += static_cast<uint64_t>(g.numel()) * sizeof(float);
   last_comm_ = {client_->bytes_sent() - bytes_before, dense};

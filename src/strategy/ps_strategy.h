@@ -38,6 +38,8 @@
 //  5. pull the dense parameters into the model: in `sync` the next version
 //     (waits for every worker's push), in `async` the current one, in `ssp`
 //     whatever the staleness bound allows (the servers park the pull).
+//     Steps 4 and 5 are one round trip (ps::Client::push_and_pull): the
+//     pull requests follow the pushes before their replies.
 // The version advances by one per step in `sync`.
 //
 // Statistics (step_totals): in `sync` the pull of step 5 brings server 0's
@@ -252,6 +254,9 @@ class PsStrategy : public Strategy {
   // train_step() without translating a left-out worker's error.
   StepStats step(const Tensor& inputs, std::span<const int64_t> targets);
   void pull_dense(uint64_t min_version);
+  // What every pull is followed by: the job's totals of the step, the live
+  // workers, local SGD's anchor.
+  void after_pull();
   // Aligns this worker's timeline to server 0's clock (ps workers share no
   // communicator, so server 0 is the reference every worker can reach).
   void align_trace_clock();

@@ -115,8 +115,9 @@ class Job {
   }
 
   // Runs both workers through kSteps sync steps; returns worker 0's final
-  // parameters (version kSteps).
-  std::vector<float> train() {
+  // parameters (version kSteps). With `one_round_trip` each step is one
+  // Client::push_and_pull instead of push() then pull().
+  std::vector<float> train(bool one_round_trip = false) {
     std::vector<float> final_params;
     auto worker = [&](int w) {
       ClientOptions o;
@@ -135,6 +136,14 @@ class Job {
         if (w == 0 && version == kCheckpointAt) {
           std::lock_guard lock(mutex_);
           checkpoint_ = client.pull_state();
+        }
+        if (one_round_trip) {
+          DensePush push;
+          push.samples = w + 1;
+          push.lr = 0.05f;
+          push.version = version;
+          version = client.push_and_pull(gradient(w, t), push, params, version + 1);
+          continue;
         }
         client.push(gradient(w, t), w + 1, 0.05f, version);
         version = client.pull(params, version + 1);
@@ -246,6 +255,35 @@ TEST(PsRecovery, AServerReplacedRightAfterItsCheckpointEndsBitIdenticalToAFaultF
       faulty.log().contains("replacement restored its shard from the test's checkpoint "
                             "(version 5; dense values from worker "));
   EXPECT_TRUE(faulty.log().contains("re-joined replaced server 1"));
+  ASSERT_EQ(recovered.size(), reference.size());
+  for (size_t i = 0; i < reference.size(); ++i) ASSERT_EQ(recovered[i], reference[i]) << i;
+}
+
+TEST(PsRecovery, OneRoundTripStepsThroughAReplacedServerEndBitIdenticalToPushThenPull) {
+  // The same failure with push_and_pull: when server 1 dies closing version
+  // 5, one worker's pull and the other's push and pull wait on it; both are
+  // sent again to the replacement (the pull behind the push again). The
+  // reference takes separate push and pull calls without a failure.
+  const std::vector<float> reference = Job(sgd(0.9f), std::nullopt, false).train();
+  const std::vector<float> fault_free = Job(sgd(0.9f), std::nullopt, false).train(true);
+  Job faulty(sgd(0.9f), kCheckpointAt + 1, true);
+  const std::vector<float> recovered = faulty.train(true);
+  ASSERT_TRUE(faulty.replaced());
+  EXPECT_TRUE(faulty.log().contains("re-joined replaced server 1"));
+  ASSERT_EQ(fault_free.size(), reference.size());
+  ASSERT_EQ(recovered.size(), reference.size());
+  for (size_t i = 0; i < reference.size(); ++i) {
+    ASSERT_EQ(fault_free[i], reference[i]) << i;
+    ASSERT_EQ(recovered[i], reference[i]) << i;
+  }
+}
+
+TEST(PsRecovery, OneRoundTripStepsThroughAReplicaFailoverEndBitIdentical) {
+  const std::vector<float> reference = Job(sgd(0.9f), std::nullopt, false).train();
+  Job faulty(sgd(0.9f), 9, false, 1);
+  const std::vector<float> recovered = faulty.train(true);
+  ASSERT_TRUE(faulty.replaced());
+  EXPECT_TRUE(faulty.log().contains("replacement took its shard from its backup's copy"));
   ASSERT_EQ(recovered.size(), reference.size());
   for (size_t i = 0; i < reference.size(); ++i) ASSERT_EQ(recovered[i], reference[i]) << i;
 }
