@@ -10,7 +10,8 @@
 //   processes started here (allreduce, the default), one thread each; the
 //   global batch (default 128) is split among them. With allreduce, rank 0 also
 //   prints the share of allreduce time hidden behind backward and the share
-//   of the optimizer update hidden behind the last buckets' allreduce.
+//   of the optimizer update hidden behind the last buckets' allreduce, and
+//   the mean update and exposed-wait times per step in milliseconds.
 // $OVERLAP_UPDATE=0 turns the bucket-by-bucket update off (one optimizer step
 // after every bucket; AllReduceOptions::overlap_update), for A/B runs of one
 // binary.
@@ -160,12 +161,16 @@ int main(int argc, char** argv) {
   for (int r = 0; r < reps; ++r) {
     double hidden = 0.0;
     double update_hidden = 0.0;
+    double update_s = 0.0;
+    double wait_s = 0.0;
     const auto t0 = std::chrono::steady_clock::now();
     for (int i = 0; i < steps; ++i) {
       step(i);
       if (allreduce != nullptr) {
         hidden += allreduce->overlap_stats().hidden_share();
         update_hidden += allreduce->overlap_stats().update_hidden_share();
+        update_s += allreduce->overlap_stats().update_s;
+        wait_s += allreduce->overlap_stats().wait_s;
       }
     }
     const double seconds =
@@ -174,8 +179,9 @@ int main(int argc, char** argv) {
     if (allreduce != nullptr) {
       std::printf(
           "{\"model\": \"%s\", \"samples_per_s\": %.1f, \"hidden_share\": %.3f, "
-          "\"update_hidden_share\": %.3f}\n",
-          name.c_str(), steps * batch / seconds, hidden / steps, update_hidden / steps);
+          "\"update_hidden_share\": %.3f, \"update_ms\": %.4f, \"wait_ms\": %.4f}\n",
+          name.c_str(), steps * batch / seconds, hidden / steps, update_hidden / steps,
+          1e3 * update_s / steps, 1e3 * wait_s / steps);
     } else {
       std::printf("{\"model\": \"%s\", \"samples_per_s\": %.1f}\n", name.c_str(),
                   steps * batch / seconds);

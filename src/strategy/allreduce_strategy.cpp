@@ -598,12 +598,13 @@ StepStats AllReduceStrategy::step_on_gradients(const std::function<StepStats()>&
     }
     complete_allreduce();
     read_reduced_header();
+    const auto start = Clock::now();
     for (size_t i = 0; i < params_.size(); ++i) {
       const std::span<const float> sum = bucketer_->gradient(i);
       float* grad = params_[i].dense_grad().data();
       for (size_t k = 0; k < sum.size(); ++k) grad[k] = sum[k] * scale;
     }
-    finish_update();
+    finish_update(start);
   } catch (const NumericError&) {
     throw;  // the same sum on every worker: all stop here alike
   } catch (const std::exception& e) {

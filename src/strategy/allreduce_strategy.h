@@ -225,7 +225,8 @@ struct OverlapStats {
   // overlap_update and none of its fallbacks).
   bool update_by_bucket = false;
   // The update after the allreduces: averaging, finiteness check, the
-  // tentative steps' copies and the optimizer step, summed over buckets.
+  // tentative steps' copies and the optimizer step, summed over buckets (or
+  // the one step's, when not by bucket).
   double update_s = 0.0;
   // The part of update_s that ran before the last bucket's allreduce ended
   // (its execution's end when measured, its observed completion otherwise):
@@ -342,6 +343,8 @@ class AllReduceStrategy : public Strategy {
                     AllReduceOptions options, LossFn loss);
 
  private:
+  using Clock = std::chrono::steady_clock;
+
   void check_usable(const char* what) const;
   void broadcast_state(bool parameters);
   void launch(size_t bucket, std::span<float> data);
@@ -364,8 +367,9 @@ class AllReduceStrategy : public Strategy {
   // The reduced bucket-0 header: global_stats_ and the balancer's
   // observations; returns the samples summed over the workers.
   float read_reduced_header();
-  // Finiteness check, optimizer step, counters, buffers' broadcast.
-  void finish_update();
+  // Finiteness check, optimizer step, counters, buffers' broadcast;
+  // update_s from `start` (before the averaging) to the step's end.
+  void finish_update(Clock::time_point start);
   // Counters and buffers' broadcast after an update.
   void count_update();
   // UsageError where step_on_gradients() cannot sum plainly.
@@ -405,7 +409,6 @@ class AllReduceStrategy : public Strategy {
   double last_call_seconds_ = 0.0;
   bool hooks_armed_ = false;
   bool in_backward_ = false;
-  using Clock = std::chrono::steady_clock;
   std::vector<comm::Work> works_;          // overlapping mode, per bucket
   std::vector<std::span<float>> pending_;  // blocking mode, per bucket
   std::vector<Clock::time_point> launched_at_;

@@ -36,8 +36,9 @@ void AllReduceStrategy::apply_update() {
     optimizer_->zero_grad();  // no worker had rows: nothing to learn from
     return;
   }
+  const auto start = Clock::now();
   for (size_t i = 0; i < params_.size(); ++i) average_gradient(i, total_samples);
-  finish_update();
+  finish_update(start);
 }
 
 bool AllReduceStrategy::overlaps_update() const {
@@ -123,15 +124,14 @@ void AllReduceStrategy::measure_update(size_t last) {
   }
 }
 
-void AllReduceStrategy::finish_update() {
+void AllReduceStrategy::finish_update(Clock::time_point start) {
   // Every worker holds the same gradient: all stop at the same step.
   check_finite_gradients(*model_);
   {
-    const auto start = Clock::now();
     TraceSpan span(options_.trace, "update", "step");
     optimizer_->step();
-    overlap_.update_s = seconds(Clock::now() - start);
   }
+  overlap_.update_s = seconds(Clock::now() - start);
   count_update();
 }
 
