@@ -4,7 +4,9 @@
 # (processes), the same global batch, medians over interleaved repetitions.
 # Prints samples/s, the 2-worker scaling efficiency (2-worker rate / 1-worker
 # rate, since the global batch is fixed the ideal is 2x), the dtrain/PyTorch
-# ratios, and the share of dtrain's allreduce time hidden behind backward.
+# ratios, and the share of dtrain's allreduce time hidden behind backward;
+# then, per model, the share of the optimizer update hidden behind the last
+# buckets' allreduce (AllReduceOptions::overlap_update).
 # BEFORE=path/to/an/older/train_step_bench adds, interleaved in the same
 # repetitions, that binary's 2-worker rate and hidden share (before/after
 # comparisons on a loaded machine); THREADS=1 adds dtrain's 2 workers as
@@ -29,7 +31,7 @@ before=${BEFORE:-}
 threads=${THREADS:-}
 extra=()
 for model in mlp lenet5; do
-  d1=(); d2=(); t1=(); t2=(); h=(); b2=(); bh=(); m2=()
+  d1=(); d2=(); t1=(); t2=(); h=(); u=(); b2=(); bh=(); m2=()
   for ((r = 0; r < reps; ++r)); do
     if [[ -n $before ]]; then
       out=$($before "$model" "$steps" 1 2 allreduce "$batch")
@@ -41,6 +43,7 @@ for model in mlp lenet5; do
     out=$($bin "$model" "$steps" 1 2 allreduce "$batch")
     d2+=("$(echo "$out" | field samples_per_s)")
     h+=("$(echo "$out" | field hidden_share)")
+    u+=("$(echo "$out" | field update_hidden_share)")
     t1+=("$(/usr/bin/python3 bench/train/torch_train_bench.py "$model" "$steps" 1 1 "$batch" | field samples_per_s)")
     t2+=("$(/usr/bin/python3 bench/strategy/torch_ddp_bench.py "$model" "$steps" 1 2 "$batch" | field samples_per_s)")
   done
@@ -50,6 +53,9 @@ for model in mlp lenet5; do
   printf '%-7s %10.0f %10.0f %10.0f %10.0f %7.0f%% %7.0f%% %9s %9s %6.0f%%\n' "$model" "$D1" "$D2" "$T1" "$T2" \
     "$(awk -v a="$D2" -v b="$D1" 'BEGIN {print 50*a/b}')" "$(awk -v a="$T2" -v b="$T1" 'BEGIN {print 50*a/b}')" \
     "$(ratio "$D1" "$T1")" "$(ratio "$D2" "$T2")" "$(awk -v h="$H" 'BEGIN {print 100*h}')"
+  U=$(printf '%s\n' "${u[@]}" | median)
+  extra+=("$(printf '%-7s update hidden behind the last buckets: %.0f%%' "$model" \
+    "$(awk -v h="$U" 'BEGIN {print 100*h}')")")
   if [[ -n $before ]]; then
     B2=$(printf '%s\n' "${b2[@]}" | median); BH=$(printf '%s\n' "${bh[@]}" | median)
     extra+=("$(printf '%-7s before: dt_2w %.0f, after/before %s, hidden (its estimate) %.0f%%' \

@@ -9,7 +9,12 @@
 //   WORKERS > 1: that many replicas in one process (mirrored) or that many
 //   processes started here (allreduce, the default), one thread each; the
 //   global batch (default 128) is split among them. With allreduce, rank 0 also
-//   prints the share of allreduce time hidden behind backward.
+//   prints the share of allreduce time hidden behind backward and the share
+//   of the optimizer update hidden behind the last buckets' allreduce, and
+//   the mean update and exposed-wait times per step in milliseconds.
+// $OVERLAP_UPDATE=0 turns the bucket-by-bucket update off (one optimizer step
+// after every bucket; AllReduceOptions::overlap_update), for A/B runs of one
+// binary.
 // $INTRA_OP_THREADS (default 1) sets the tensor layer's intra-op threads
 // (tensor/intra_op.h) alone; $THREADS sets train.threads as `dtrain train`
 // does (train::set_compute_threads: the intra-op threads and OpenBLAS's).
@@ -123,8 +128,11 @@ int main(int argc, char** argv) {
     communicator = comm::connect_worker("train_step_bench", launch,
                                         {std::chrono::seconds(60), std::chrono::seconds(5), {}},
                                         Logger::stderr_logger());
+    strategy::AllReduceOptions options;
+    const char* overlap = std::getenv("OVERLAP_UPDATE");
+    options.overlap_update = overlap == nullptr || std::string(overlap) != "0";
     strat = std::make_unique<strategy::AllReduceStrategy>(train::build_model(config, rng),
-                                                          make_optimizer, *communicator);
+                                                          make_optimizer, *communicator, options);
   } else if (workers > 1) {
     strat = std::make_unique<strategy::MirroredStrategy>(
         train::build_model(config, rng), [&] { return train::build_model(config, rng); }, workers,
@@ -159,17 +167,28 @@ int main(int argc, char** argv) {
   auto* allreduce = dynamic_cast<strategy::AllReduceStrategy*>(strat.get());
   for (int r = 0; r < reps; ++r) {
     double hidden = 0.0;
+    double update_hidden = 0.0;
+    double update_s = 0.0;
+    double wait_s = 0.0;
     const auto t0 = std::chrono::steady_clock::now();
     for (int i = 0; i < steps; ++i) {
       step(i);
-      if (allreduce != nullptr) hidden += allreduce->overlap_stats().hidden_share();
+      if (allreduce != nullptr) {
+        hidden += allreduce->overlap_stats().hidden_share();
+        update_hidden += allreduce->overlap_stats().update_hidden_share();
+        update_s += allreduce->overlap_stats().update_s;
+        wait_s += allreduce->overlap_stats().wait_s;
+      }
     }
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (rank != 0) continue;
     if (allreduce != nullptr) {
-      std::printf("{\"model\": \"%s\", \"samples_per_s\": %.1f, \"hidden_share\": %.3f}\n",
-                  name.c_str(), steps * batch / seconds, hidden / steps);
+      std::printf(
+          "{\"model\": \"%s\", \"samples_per_s\": %.1f, \"hidden_share\": %.3f, "
+          "\"update_hidden_share\": %.3f, \"update_ms\": %.4f, \"wait_ms\": %.4f}\n",
+          name.c_str(), steps * batch / seconds, hidden / steps, update_hidden / steps,
+          1e3 * update_s / steps, 1e3 * wait_s / steps);
     } else {
       std::printf("{\"model\": \"%s\", \"samples_per_s\": %.1f}\n", name.c_str(),
                   steps * batch / seconds);

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include "core/error.h"
 
 namespace dtrain::nn {
@@ -35,16 +37,62 @@ Optimizer::Optimizer(std::vector<Variable> parameters, std::unique_ptr<optim::Up
   }
 }
 
+void Optimizer::step_one(size_t index) {
+  Variable& p = parameters_[index];
+  const SparseRows* sparse = p.sparse_grad();
+  if (p.grad().defined()) {
+    rule_->update(index, p.data(), sparse != nullptr ? p.dense_grad() : p.grad());
+  } else if (sparse != nullptr) {
+    rule_->update_sparse(index, p.data(), *sparse);
+  }
+}
+
 void Optimizer::step() {
-  for (size_t i = 0; i < parameters_.size(); ++i) {
-    Variable& p = parameters_[i];
-    const SparseRows* sparse = p.sparse_grad();
-    if (p.grad().defined()) {
-      rule_->update(i, p.data(), sparse != nullptr ? p.dense_grad() : p.grad());
-    } else if (sparse != nullptr) {
-      rule_->update_sparse(i, p.data(), *sparse);
+  for (size_t i = 0; i < parameters_.size(); ++i) step_one(i);
+}
+
+void Optimizer::step(std::span<const size_t> indices) {
+  for (const size_t i : indices) {
+    if (i >= parameters_.size()) {
+      throw UsageError(fmt::format("{}: step of parameter {}, the optimizer has {}", rule_->kind(),
+                                   i, parameters_.size()));
     }
   }
+  for (const size_t i : indices) step_one(i);
+}
+
+void Optimizer::step_undoable(std::span<const size_t> indices) {
+  copies_.resize(parameters_.size());
+  is_saved_.resize(parameters_.size(), false);
+  for (const size_t i : indices) {
+    if (i >= parameters_.size()) {
+      throw UsageError(fmt::format("{}: step of parameter {}, the optimizer has {}", rule_->kind(),
+                                   i, parameters_.size()));
+    }
+    const Variable& p = parameters_[i];
+    if (is_saved_[i] || (!p.grad().defined() && p.sparse_grad() == nullptr)) continue;
+    Saved& copy = copies_[i];
+    if (!copy.value.defined()) copy.value = Tensor::empty(p.shape());
+    std::copy_n(p.data().data(), p.numel(), copy.value.data());
+    rule_->save_state(i, copy.state);
+    is_saved_[i] = true;
+    saved_.push_back(i);
+  }
+  for (const size_t i : indices) step_one(i);
+}
+
+void Optimizer::undo() {
+  for (const size_t i : saved_) {
+    const Saved& copy = copies_[i];
+    std::copy_n(copy.value.data(), copy.value.numel(), parameters_[i].data().data());
+    rule_->restore_state(i, copy.state);
+  }
+  commit();
+}
+
+void Optimizer::commit() {
+  for (const size_t i : saved_) is_saved_[i] = false;
+  saved_.clear();
 }
 
 void Optimizer::zero_grad() {

@@ -7,6 +7,15 @@
 // one alone (embedding tables) to update_sparse(), both together are folded
 // into one dense gradient first.
 //
+// step(indices) does the same for some parameters only, by the same code:
+// stepping every parameter once, in any grouping and order, gives the same
+// bits as one step() (each rule's state is per parameter). A strategy steps
+// a bucket's parameters as soon as its gradients are reduced. A tentative
+// step (step_undoable) first copies each parameter's value and rule state
+// aside; undo() puts back every parameter stepped tentatively since the
+// last commit(), bit for bit, and commit() forgets them. The copies' memory
+// is kept and reused.
+//
 //   auto optimizer = nn::Optimizer::make<optim::Sgd>(model.parameters(), {.lr = 0.1f});
 //   optimizer->zero_grad(); loss.backward(); optimizer->step();
 //
@@ -18,6 +27,7 @@
 #pragma once
 
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -47,6 +57,19 @@ class Optimizer {
 
   // One update of every parameter that has a gradient.
   void step();
+  // One update of the parameters `indices` (each < parameters().size()) that
+  // have a gradient.
+  void step(std::span<const size_t> indices);
+  // step(indices), undoable until commit(). A parameter already stepped
+  // tentatively since the last commit() keeps its first copy.
+  void step_undoable(std::span<const size_t> indices);
+  // Puts back the values and rule state of every parameter stepped
+  // tentatively since the last commit(), then commits.
+  void undo();
+  // Forgets the copies: the tentative steps stay.
+  void commit();
+  // Parameters stepped tentatively since the last commit().
+  size_t undoable() const { return saved_.size(); }
   // Drops every parameter's gradient.
   void zero_grad();
 
@@ -62,8 +85,17 @@ class Optimizer {
   void load_state_dict(const StateDict& dict) { rule_->load_state_dict(dict); }
 
  private:
+  void step_one(size_t index);
+
+  struct Saved {
+    Tensor value;
+    optim::UpdateRule::SavedState state;
+  };
   std::vector<Variable> parameters_;
   std::unique_ptr<optim::UpdateRule> rule_;
+  std::vector<Saved> copies_;   // per parameter, allocated at its first tentative step
+  std::vector<bool> is_saved_;  // per parameter: copied since the last commit()
+  std::vector<size_t> saved_;   // the parameters copied since the last commit()
 };
 
 // The optimizer a config names ([optimizer] of a job file) over `parameters`.

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <set>
@@ -191,6 +192,40 @@ void UpdateRule::load_state_dict(const StateDict& dict) {
     for (auto& tensor : buffers) tensor = tensor.clone();
   }
   state_ = std::move(state);
+}
+
+void UpdateRule::save_state(size_t index, SavedState& saved) const {
+  if (index >= shapes_.size()) {
+    fail(fmt::format("parameter index {} is out of range ({} parameters)", index, shapes_.size()));
+  }
+  const std::vector<Tensor>& buffers = state_[index];
+  saved.steps = steps_[index];
+  saved.has_buffers = !buffers.empty();
+  saved.buffers.resize(buffers.size());
+  for (size_t b = 0; b < buffers.size(); ++b) {
+    Tensor& copy = saved.buffers[b];
+    if (!copy.defined() || copy.shape() != buffers[b].shape()) copy = Tensor::empty(shapes_[index]);
+    std::copy_n(buffers[b].data(), buffers[b].numel(), copy.data());
+  }
+}
+
+void UpdateRule::restore_state(size_t index, const SavedState& saved) {
+  if (index >= shapes_.size()) {
+    fail(fmt::format("parameter index {} is out of range ({} parameters)", index, shapes_.size()));
+  }
+  steps_[index] = saved.steps;
+  std::vector<Tensor>& buffers = state_[index];
+  if (!saved.has_buffers) {
+    buffers.clear();
+    return;
+  }
+  if (buffers.size() != saved.buffers.size()) {
+    fail(fmt::format("restore_state: parameter {} has {} buffers, {} were saved", index,
+                     buffers.size(), saved.buffers.size()));
+  }
+  for (size_t b = 0; b < buffers.size(); ++b) {
+    std::copy_n(saved.buffers[b].data(), buffers[b].numel(), buffers[b].data());
+  }
 }
 
 SparseRows coalesced(const SparseRows& grad) {

@@ -61,6 +61,21 @@ class UpdateRule {
   StateDict state_dict() const;
   void load_state_dict(const StateDict& dict);
 
+  // One parameter's state copied aside, to take an update back (a strategy
+  // that updates some parameters before it knows that every gradient of the
+  // step is finite). Its tensors are reused by the next save_state().
+  struct SavedState {
+    int64_t steps = 0;
+    bool has_buffers = false;  // false: the buffers did not exist yet
+    std::vector<Tensor> buffers;
+  };
+  // Copies parameter `index`'s step count and buffers into `saved`.
+  void save_state(size_t index, SavedState& saved) const;
+  // Puts back what save_state(index, saved) copied: the step count, the
+  // buffers' values (in place, so handles from state_dict() stay live), or
+  // no buffers when there were none.
+  void restore_state(size_t index, const SavedState& saved);
+
  protected:
   // buffer_names: the per-parameter state tensors this optimizer keeps, each
   // of the parameter's shape ("momentum_buffer"; "exp_avg", "exp_avg_sq").

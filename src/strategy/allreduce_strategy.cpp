@@ -369,10 +369,12 @@ void AllReduceStrategy::end_window(bool local) {
       local_update((since + 1) % settings_.local_steps == 0);
       return;
     }
-    complete_allreduce();
-    last_comm_ = {async_ != nullptr ? async_->bytes_sent() - bytes_at_pass_ : 0,
-                  dense_update_bytes()};
-    apply_update();
+    if (overlaps_update()) {
+      update_by_bucket();
+    } else {
+      complete_allreduce();
+      apply_update();
+    }
   } catch (const NumericError&) {
     // The averaged gradient is the same on every worker, so every worker
     // stops here alike: the collectives still line up.
@@ -410,7 +412,7 @@ void AllReduceStrategy::begin_pass() {
   overlap_.buckets = static_cast<int64_t>(bucketer_->bucket_count());
 }
 
-void AllReduceStrategy::complete_allreduce() {
+void AllReduceStrategy::complete_allreduce(const std::function<void(size_t)>& on_complete) {
   const auto wait_start = Clock::now();
   TraceSpan span(options_.trace, "wait", "step");
   // Parameters whose hook did not fire in this backward: unused in this
@@ -429,6 +431,13 @@ void AllReduceStrategy::complete_allreduce() {
                bucketer_->bucket_count());
 
   const size_t buckets = bucketer_->bucket_count();
+  double updating_s = 0.0;  // in on_complete: not waiting
+  const auto completed = [&](size_t b) {
+    if (!on_complete) return;
+    const auto start = Clock::now();
+    on_complete(b);
+    updating_s += seconds(Clock::now() - start);
+  };
   if (async_ != nullptr) {
     const Deadline deadline = Deadline::after(options_.timeout);
     for (size_t b = 0; b < buckets; ++b) {
@@ -442,20 +451,25 @@ void AllReduceStrategy::complete_allreduce() {
       }
       if (b >= completions_seen_) {
         completed_at_[b] = Clock::now();
+        completions_seen_ = b + 1;
         if (options_.trace != nullptr) {
           options_.trace->async_end("bucket", "allreduce", b, trace_now_us());
         }
       }
+      completed(b);
+      poll_completions();  // those that ended meanwhile: their completion times
     }
-    completions_seen_ = buckets;
   } else {
     for (size_t b = 0; b < buckets; ++b) {
       launched_at_[b] = Clock::now();
       collectives_.allreduce(pending_[b], comm::ReduceOp::kSum);
       completed_at_[b] = Clock::now();
+      completed(b);
     }
   }
-  overlap_.wait_s = seconds(Clock::now() - wait_start);
+  overlap_.wait_s = seconds(Clock::now() - wait_start) - updating_s;
+  last_comm_ = {async_ != nullptr ? async_->bytes_sent() - bytes_at_pass_ : 0,
+                dense_update_bytes()};
   // The operations run one after another: each starts at its launch or at
   // its predecessor's completion, whichever is later.
   double busy = 0.0;
@@ -494,39 +508,6 @@ float AllReduceStrategy::read_reduced_header() {
     balancer_.observe(rows, seconds);
   }
   return header[kHeaderSamples];
-}
-
-void AllReduceStrategy::apply_update() {
-  const float total_samples = read_reduced_header();
-  if (total_samples <= 0.0f) {
-    optimizer_->zero_grad();  // no worker had rows: nothing to learn from
-    return;
-  }
-  for (size_t i = 0; i < params_.size(); ++i) {
-    Variable& p = params_[i];
-    if (bucketer_->presence(i) <= 0.0f) {
-      p.zero_grad();  // no worker had a gradient: the optimizer skips it
-      continue;
-    }
-    if (!p.grad().defined() || p.sparse_grad() != nullptr) p.set_grad(Tensor::empty(p.shape()));
-    const std::span<const float> sum = bucketer_->gradient(i);
-    float* grad = p.grad().data();
-    for (size_t k = 0; k < sum.size(); ++k) grad[k] = sum[k] / total_samples;
-  }
-  finish_update();
-}
-
-void AllReduceStrategy::finish_update() {
-  // Every worker holds the same gradient: all stop at the same step.
-  check_finite_gradients(*model_);
-  {
-    TraceSpan span(options_.trace, "update", "step");
-    optimizer_->step();
-  }
-  ++updates_;
-  ++run_updates_;
-  updated_ = true;
-  if (options_.broadcast_buffers) broadcast_state(false);
 }
 
 void AllReduceStrategy::local_update(bool average) {
@@ -616,15 +597,14 @@ StepStats AllReduceStrategy::step_on_gradients(const std::function<StepStats()>&
       bucketer_->mark_ready(i, params_[i].dense_grad().span());
     }
     complete_allreduce();
-    last_comm_ = {async_ != nullptr ? async_->bytes_sent() - bytes_at_pass_ : 0,
-                  dense_update_bytes()};
     read_reduced_header();
+    const auto start = Clock::now();
     for (size_t i = 0; i < params_.size(); ++i) {
       const std::span<const float> sum = bucketer_->gradient(i);
       float* grad = params_[i].dense_grad().data();
       for (size_t k = 0; k < sum.size(); ++k) grad[k] = sum[k] * scale;
     }
-    finish_update();
+    finish_update(start);
   } catch (const NumericError&) {
     throw;  // the same sum on every worker: all stop here alike
   } catch (const std::exception& e) {

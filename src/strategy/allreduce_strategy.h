@@ -20,6 +20,31 @@
 //     sum_i n_i g_i / sum_i n_i, written back to the parameter, and the
 //     optimizer steps. A parameter that no worker had a gradient for gets
 //     none (the optimizer skips it, as LocalStrategy would).
+//  5. overlapped update (options.overlap_update, the default): the update
+//     of step 4 runs bucket by bucket in completion order (bucket 0 first,
+//     with the header), each bucket's parameters averaged, checked finite
+//     and stepped while the later buckets are still reducing, so the last
+//     buckets' allreduce hides the optimizer step of the earlier ones. The
+//     weights and optimizer state are bit-identical to one step after all
+//     buckets (nn::Optimizer::step(indices) runs each parameter's update by
+//     the same code). The guarantee that a NaN or infinity in any averaged
+//     gradient throws NumericError before any weight changes is kept by
+//     undoing: every bucket but the last is stepped tentatively (its
+//     parameters' values and optimizer state copied aside first); when a
+//     later bucket is non-finite, the tentative steps are put back bit for
+//     bit, the remaining buckets still awaited, and NumericError thrown as
+//     before. Every worker holds the same sums, so all undo alike. The copy
+//     is the price (it runs while the last bucket reduces); a flag summed in
+//     a header cannot replace it, since bucket 0 leaves during backward,
+//     before the local gradients of the later buckets exist, and a sum of
+//     finite values can still overflow. Falls back to step 4 (every bucket
+//     awaited, then one step) where the update needs every gradient first
+//     or nothing can overlap: the blocking mode (no asynchronous
+//     allreduce), passes through compressed buckets (error feedback and the
+//     compressor's decode), step_on_gradients() (DP-SGD's clipped and noised
+//     sums, scaled as a whole), local SGD (its own update), and a single
+//     bucket. Gradient accumulation, join and dynamic batch sizing overlap:
+//     their weighting is in the sums and bucket 0's header.
 //
 // Join (uneven shards): a worker with n_i = 0 runs no forward or backward but
 // joins every allreduce with zeros and weight 0, so it never hangs the
@@ -115,8 +140,10 @@
 // communicator's own timeout.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -157,6 +184,9 @@ struct AllReduceOptions {
   BatchBalancerOptions dynamic_batch;
   // Compression and local SGD (off by default: dense).
   CompressionSettings compression;
+  // Step each bucket's parameters as soon as its allreduce completed (step
+  // 5 above); false: one optimizer step after every bucket.
+  bool overlap_update = true;
   // Where warnings go (a dropped compressor state); may be null.
   Logger* logger = nullptr;
   // Timeline (core/trace.h): forward, backward (per autograd node), each
@@ -175,7 +205,8 @@ struct OverlapStats {
   int64_t launched_in_backward = 0;
   double backward_s = 0.0;
   // Time blocked after backward until every bucket's allreduce completed
-  // (launching the remaining buckets included): the exposed communication.
+  // (launching the remaining buckets included, the buckets' updates in
+  // between excluded): the exposed communication.
   double wait_s = 0.0;
   // Execution time of the allreduces. Measured (measured_execution) when
   // every bucket went dense through dtrain's communicator: the sum over
@@ -190,6 +221,20 @@ struct OverlapStats {
   // Measured only: the part of allreduce_s that ran before backward()
   // returned.
   double hidden_s = 0.0;
+  // Whether the update ran bucket by bucket (AllReduceOptions::
+  // overlap_update and none of its fallbacks).
+  bool update_by_bucket = false;
+  // The update after the allreduces: averaging, finiteness check, the
+  // tentative steps' copies and the optimizer step, summed over buckets (or
+  // the one step's, when not by bucket).
+  double update_s = 0.0;
+  // The part of update_s that ran before the last bucket's allreduce ended
+  // (its execution's end when measured, its observed completion otherwise):
+  // the update hidden behind communication. 0 when not by bucket.
+  double update_hidden_s = 0.0;
+  // Buckets whose tentative step was undone because a later bucket's
+  // averaged gradient was not finite.
+  int64_t buckets_undone = 0;
 
   // The share of allreduce time hidden behind backward, in [0, 1]: measured,
   // hidden_s / allreduce_s; estimated, 1 - wait_s / allreduce_s.
@@ -197,6 +242,11 @@ struct OverlapStats {
     if (allreduce_s <= 0.0) return 0.0;
     const double hidden = measured_execution ? hidden_s / allreduce_s : 1.0 - wait_s / allreduce_s;
     return hidden < 0.0 ? 0.0 : (hidden > 1.0 ? 1.0 : hidden);
+  }
+  // The share of the update hidden behind the allreduces, in [0, 1].
+  double update_hidden_share() const {
+    if (update_s <= 0.0) return 0.0;
+    return std::min(1.0, update_hidden_s / update_s);
   }
 };
 
@@ -293,19 +343,35 @@ class AllReduceStrategy : public Strategy {
                     AllReduceOptions options, LossFn loss);
 
  private:
+  using Clock = std::chrono::steady_clock;
+
   void check_usable(const char* what) const;
   void broadcast_state(bool parameters);
   void launch(size_t bucket, std::span<float> data);
   // Starts the communicating call's pass: bucket 0's header from the window.
   void begin_pass();
-  // Marks stragglers, completes every bucket's allreduce; rethrows CommError.
-  void complete_allreduce();
+  // Marks stragglers, completes every bucket's allreduce in order, calling
+  // on_complete(b) (if given) as soon as bucket b's completed, before the
+  // next is awaited (overlapping mode); rethrows CommError.
+  void complete_allreduce(const std::function<void(size_t)>& on_complete = {});
   void apply_update();
+  // Whether this pass's update runs bucket by bucket (step 5 above).
+  bool overlaps_update() const;
+  // Step 5: the allreduces' completion and the update, interleaved.
+  void update_by_bucket();
+  // Parameter i's averaged gradient, sum / total_samples, into its grad (none
+  // when no worker had one).
+  void average_gradient(size_t i, float total_samples);
+  // Whether every averaged gradient of `bucket` is finite.
+  bool bucket_finite(size_t bucket) const;
   // The reduced bucket-0 header: global_stats_ and the balancer's
   // observations; returns the samples summed over the workers.
   float read_reduced_header();
-  // Finiteness check, optimizer step, counters, buffers' broadcast.
-  void finish_update();
+  // Finiteness check, optimizer step, counters, buffers' broadcast;
+  // update_s from `start` (before the averaging) to the step's end.
+  void finish_update(Clock::time_point start);
+  // Counters and buffers' broadcast after an update.
+  void count_update();
   // UsageError where step_on_gradients() cannot sum plainly.
   void check_plain_sum() const;
   // Records the completion time of launched buckets that finished (in order).
@@ -343,7 +409,6 @@ class AllReduceStrategy : public Strategy {
   double last_call_seconds_ = 0.0;
   bool hooks_armed_ = false;
   bool in_backward_ = false;
-  using Clock = std::chrono::steady_clock;
   std::vector<comm::Work> works_;          // overlapping mode, per bucket
   std::vector<std::span<float>> pending_;  // blocking mode, per bucket
   std::vector<Clock::time_point> launched_at_;
@@ -354,6 +419,12 @@ class AllReduceStrategy : public Strategy {
   std::vector<Clock::time_point> executed_to_;
   Clock::time_point backward_end_;
   void measure_execution(size_t buckets);
+  // update_s and update_hidden_s from the buckets' update times.
+  void measure_update(size_t last);
+  // Per bucket: when its update (by bucket) began and ended; equal when it
+  // had none.
+  std::vector<Clock::time_point> update_from_;
+  std::vector<Clock::time_point> update_to_;
   size_t completions_seen_ = 0;  // buckets 0..completions_seen_-1 were seen complete
 
   bool updated_ = false;

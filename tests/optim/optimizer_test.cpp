@@ -341,6 +341,116 @@ TEST(ParameterOptimizer, StepSkipsParametersWithoutGradientsAndUsesSparseOnes) {
   EXPECT_FALSE(table.has_grad());
 }
 
+// Three parameters of their own (a model's, as nn::Optimizer binds them).
+std::vector<Variable> three_parameters() {
+  Rng rng(31);
+  return {Variable(normal_tensor({3, 4}, rng), true), Variable(normal_tensor({4}, rng), true),
+          Variable(normal_tensor({2, 5}, rng), true)};
+}
+
+// Gradients of step `step`, the same for every optimizer that takes it.
+void set_gradients(const std::vector<Variable>& params, int step) {
+  Rng rng(500 + static_cast<uint64_t>(step));
+  for (Variable p : params) p.set_grad(normal_tensor(p.shape(), rng));
+}
+
+void expect_same_state(const nn::Optimizer& a, const nn::Optimizer& b) {
+  const StateDict sa = a.state_dict();
+  const StateDict sb = b.state_dict();
+  EXPECT_EQ(sa.metadata(), sb.metadata());
+  ASSERT_EQ(sa.size(), sb.size());
+  for (const auto& [name, tensor] : sa) {
+    ASSERT_TRUE(sb.contains(name)) << name;
+    EXPECT_TRUE(bit_identical(tensor, sb.at(name))) << name;
+  }
+}
+
+void expect_same_values(const std::vector<Variable>& a, const std::vector<Variable>& b) {
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_TRUE(bit_identical(a[i].data(), b[i].data())) << "parameter " << i;
+  }
+}
+
+using RuleFactory = std::function<std::unique_ptr<nn::Optimizer>(std::vector<Variable>)>;
+
+std::vector<std::pair<std::string, RuleFactory>> grouping_rules() {
+  return {{"sgd momentum, weight decay",
+           [](std::vector<Variable> p) {
+             return nn::Optimizer::make<Sgd>(
+                 std::move(p), SgdOptions{.lr = 0.1f, .momentum = 0.9f, .weight_decay = 0.01f});
+           }},
+          {"adam",
+           [](std::vector<Variable> p) {
+             return nn::Optimizer::make<Adam>(std::move(p), AdamOptions{.lr = 0.01f});
+           }},
+          {"adamw", [](std::vector<Variable> p) {
+             return nn::Optimizer::make<AdamW>(std::move(p), AdamW::defaults());
+           }}};
+}
+
+TEST(ParameterOptimizer, SteppingByGroupsIsBitIdenticalToOneStep) {
+  for (const auto& [name, make] : grouping_rules()) {
+    SCOPED_TRACE(name);
+    const std::vector<Variable> whole_params = three_parameters();
+    const std::vector<Variable> group_params = three_parameters();
+    auto whole = make(whole_params);
+    auto groups = make(group_params);
+    for (int step = 0; step < 3; ++step) {
+      set_gradients(whole_params, step);
+      set_gradients(group_params, step);
+      whole->step();
+      // A strategy's bucket order: the last parameters first, some tentatively.
+      const std::vector<size_t> last{2};
+      const std::vector<size_t> first{1, 0};
+      groups->step_undoable(last);
+      groups->step(first);
+      EXPECT_EQ(groups->undoable(), 1u);
+      groups->commit();
+    }
+    expect_same_values(whole_params, group_params);
+    expect_same_state(*whole, *groups);
+    EXPECT_EQ(groups->step_count(0), 3);
+  }
+}
+
+TEST(ParameterOptimizer, UndoPutsBackValuesStepCountsAndBuffers) {
+  for (const auto& [name, make] : grouping_rules()) {
+    SCOPED_TRACE(name);
+    const std::vector<Variable> clean_params = three_parameters();
+    const std::vector<Variable> undone_params = three_parameters();
+    auto clean = make(clean_params);
+    auto undone = make(undone_params);
+    const std::vector<size_t> all{0, 1, 2};
+    for (int step = 0; step < 3; ++step) {
+      set_gradients(clean_params, step);
+      clean->step();
+      // Each step is first taken tentatively on garbage gradients and undone
+      // (at step 0 before any buffer exists), then taken for real.
+      set_gradients(undone_params, 100 + step);
+      undone->step_undoable(all);
+      undone->step_undoable(all);  // a second tentative step keeps the first copy
+      EXPECT_EQ(undone->undoable(), 3u);
+      EXPECT_EQ(undone->step_count(0), step + 2);
+      undone->undo();
+      EXPECT_EQ(undone->undoable(), 0u);
+      EXPECT_EQ(undone->step_count(0), step);
+      set_gradients(undone_params, step);
+      undone->step();
+    }
+    expect_same_values(clean_params, undone_params);
+    expect_same_state(*clean, *undone);
+  }
+}
+
+TEST(ParameterOptimizer, StepOfAnIndexOutOfRangeIsAUsageError) {
+  auto sgd = nn::Optimizer::make<Sgd>(three_parameters(), SgdOptions{.lr = 0.1f});
+  const std::vector<size_t> bad{0, 3};
+  const std::string message = "sgd: step of parameter 3, the optimizer has 3";
+  expect_usage_error([&] { sgd->step(bad); }, message);
+  expect_usage_error([&] { sgd->step_undoable(bad); }, message);
+  EXPECT_EQ(sgd->step_count(0), 0);  // refused before any parameter stepped
+}
+
 TEST(OptimizerConfig, BuildsEachTypeWithTorchDefaults) {
   auto params = make_parameters(8);
   EXPECT_EQ(make_update_rule({.type = "sgd", .lr = 0.2f}, nn::shapes_of(params))->kind(), "sgd");
