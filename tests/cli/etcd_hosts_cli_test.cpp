@@ -74,17 +74,6 @@ Host start_host(const testing::TempDir& dir, const std::string& rdzv, const std:
               out};
 }
 
-// The pid of the agent's worker, from its "started 1 worker(s), ...: rank 0
-// (pid N)" line; -1 when absent.
-pid_t worker_pid(const ChildProcess& agent) {
-  const std::string text = agent.output();
-  const size_t line = text.find("started 1 worker(s)");
-  if (line == std::string::npos) return -1;
-  const size_t pid = text.find("(pid ", line);
-  if (pid == std::string::npos) return -1;
-  return static_cast<pid_t>(std::stol(text.substr(pid + 5)));
-}
-
 std::optional<testing::ExitStatus> finish(ChildProcess& agent) {
   return agent.wait(Deadline::after(120s));
 }
@@ -134,7 +123,7 @@ TEST_F(EtcdHosts, AHostFrozenPastItsLeaseIsLeftOutAndTheOtherFinishes) {
   Host b = start_host(dir_, rdzv("stale"), "127.0.0.3", "1:2", 1);
   ASSERT_TRUE(testing::wait_for_output(b.agent, "started 1 worker(s)")) << b.agent.output();
   ASSERT_TRUE(testing::wait_for_output(a.agent, "step 10")) << a.agent.output();
-  const pid_t b_worker = worker_pid(b.agent);
+  const pid_t b_worker = testing::agent_worker_pid(b.agent);
   ASSERT_GT(b_worker, 0) << b.agent.output();
   ::kill(-b.agent.pid(), SIGSTOP);
   ::kill(b_worker, SIGSTOP);

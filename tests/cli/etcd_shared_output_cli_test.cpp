@@ -64,17 +64,6 @@ ChildProcess start_agent(const testing::TempDir& dir, const std::string& rdzv,
       {{"OPENBLAS_NUM_THREADS", "1"}, {"DTRAIN_JOB_SECRET", "shared-secret"}});
 }
 
-// The pid of the agent's worker, from its "started 1 worker(s), ...: rank 0
-// (pid N)" line; -1 when absent.
-pid_t worker_pid(const ChildProcess& agent) {
-  const std::string text = agent.output();
-  const size_t line = text.find("started 1 worker(s)");
-  if (line == std::string::npos) return -1;
-  const size_t pid = text.find("(pid ", line);
-  if (pid == std::string::npos) return -1;
-  return static_cast<pid_t>(std::stol(text.substr(pid + 5)));
-}
-
 // The lock file's record in `folder` (nullopt: released, or none yet).
 std::optional<io::LockRecord> lock_record(const std::string& folder) {
   const std::string path = folder + "/" + std::string(io::OutputLock::kFileName);
@@ -105,7 +94,7 @@ TEST(EtcdSharedOutput, TheRankZeroHostIsKilledAndTheNewRankZeroWritesTheSharedFo
     hosts.push_back(Host{start_agent(dir, rdzv, address)});
     Host& h = hosts.back();
     ASSERT_TRUE(testing::wait_for_output(h.agent, "started 1 worker(s)")) << h.agent.output();
-    h.worker = worker_pid(h.agent);
+    h.worker = testing::agent_worker_pid(h.agent);
     ASSERT_GT(h.worker, 0) << h.agent.output();
   }
   // Slot 0 (the first host) prints the progress; by step 100 rank 0 holds
