@@ -5,7 +5,8 @@ Starts a real etcd (a temporary data folder, free loopback ports), then runs
 the MNIST MLP job (examples/mnist_mlp.toml, EPOCHS epochs) as 3 simulated
 hosts x 2 workers: each host is one `dtrain train ... --rdzv etcd://...`
 agent in its own session (setsid), on its own address 127.0.0.1/.2/.3
-(--host-address), with its own output folder. Every line is read with its
+(--host-address), with its own output folder (--shared-output: one folder
+for every host, whose lock follows rank 0). Every line is read with its
 arrival time.
 
   fault-free   the job as is: its final test accuracy is the reference.
@@ -24,7 +25,7 @@ arrival time.
 Usage (from the checkout, after building build/src/cli/dtrain):
   bench/ft/run_etcd_hosts_bench.py [--dtrain build/src/cli/dtrain] [--ttl 2]
       [--epochs 5] [--repeats 3] [--phases fault-free,host-killed,etcd-stopped]
-      [--logs DIR]
+      [--logs DIR] [--shared-output]
 Prints one line per run, the medians of the host-killed runs and the load
 average before and after.
 """
@@ -90,7 +91,7 @@ class Host:
         self.lines = []  # (time, text)
         self.cond = threading.Condition()
         self.eof = False
-        self.output = os.path.join(folder, f"out-{name}")
+        self.output = os.path.join(folder, "out-shared" if args.shared_output else f"out-{name}")
         env = dict(os.environ, DTRAIN_JOB_SECRET="etcd-hosts-bench", OPENBLAS_NUM_THREADS="1")
         self.proc = subprocess.Popen(
             [args.dtrain, "train", job, "--output", self.output,
@@ -160,7 +161,7 @@ def accuracy(args, job, hosts):
     of the last generation writes it into its host's folder; the chief's
     progress lines stop with slot 0's host)."""
     models = [os.path.join(h.output, "model.safetensors") for h in hosts]
-    models = [m for m in models if os.path.exists(m)]
+    models = sorted({m for m in models if os.path.exists(m)})
     if not models:
         return None
     newest = max(models, key=os.path.getmtime)
@@ -168,6 +169,12 @@ def accuracy(args, job, hosts):
                          text=True).stdout + ""
     m = re.search(r"accuracy ([0-9.]+)%", out)
     return float(m.group(1)) if m else None
+
+
+def checkpoints(folder):
+    """The steps of the checkpoints in `folder`."""
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    return sorted(int(m.group(1)) for n in names for m in [re.match(r"ckpt-(\d+)", n)] if m)
 
 
 def start_hosts(args, job, folder, rdzv, addresses):
@@ -217,6 +224,11 @@ def host_killed(args, job, folder, etcd, reference):
     print(f"host-killed: exit codes {codes} (survivors, replacement); test accuracy {acc}% "
           f"(fault-free {reference}%, difference "
           + (f"{delta:+.2f} points)" if delta is not None else "n/a)"))
+    if args.shared_output:
+        took = [m.group(1) for h in survivors + [replacement]
+                for _, m in h.find(r"slot (\d+) is rank 0: holds the lock", after=t_kill)]
+        print(f"host-killed: shared output folder; the lock taken after the kill by slot(s) "
+              f"{took or 'NONE'}; checkpoints {checkpoints(hosts[0].output)}")
     return reform_s, (joined - t_repl if joined else None), delta
 
 
@@ -261,6 +273,8 @@ def main():
     p.add_argument("--phases", default="fault-free,host-killed,etcd-stopped")
     p.add_argument("--repeats", type=int, default=1, help="runs of the host-killed phase")
     p.add_argument("--logs", help="keep each host's log (with arrival times) in this folder")
+    p.add_argument("--shared-output", action="store_true",
+                   help="one output folder for every host (its lock follows rank 0)")
     args = p.parse_args()
     global LOGS
     if args.logs:
@@ -269,7 +283,8 @@ def main():
     args.dtrain = os.path.abspath(args.dtrain)
     job = os.path.abspath(args.job)
     phases = args.phases.split(",")
-    print(f"load average before: {os.getloadavg()}")
+    print(f"load average before: {os.getloadavg()}; "
+          f"{'one shared output folder' if args.shared_output else 'one output folder per host'}")
     with tempfile.TemporaryDirectory(prefix="etcd-hosts-bench-") as folder:
         etcd = Etcd(folder)
         try:

@@ -115,17 +115,53 @@ std::chrono::milliseconds output_lock_wait(const std::map<std::string, std::stri
   return std::chrono::seconds(seconds);
 }
 
-// This host's agent of an etcd job (cli/etcd_agent.h); in elastic mode it
-// holds the output lock, its workers write there when one is rank 0 of its
-// generation; in restart mode rank 0's worker takes the lock of the shared folder.
-int run_agent(const TrainOptions& options, const train::JobConfig& job,
-              std::chrono::system_clock::time_point started, Logger& logger, std::ostream& out) {
-  // Restart mode: the output folder is shared by the hosts; rank 0's worker holds its lock.
-  std::optional<io::OutputLock> lock;
-  if (job.train.elastic) {
-    lock.emplace(io::OutputLock::acquire(
-        job.output, io::this_process_record(command_line(options.argv), started), logger));
+// A worker of an elastic job on etcd (cli/etcd_agent.h).
+bool elastic_on_etcd(const comm::LaunchInfo& launch) {
+  return launch.launched() && !launch.settings.rdzv.empty();
+}
+
+// One run per output folder: the launcher here, a single process, or rank 0
+// of a job another launcher started holds the lock for the run's life. A
+// worker of an elastic job on etcd holds it only while it is its group's
+// rank 0 (train/chief_output_lock.h): none here.
+std::optional<io::OutputLock> lock_for_run(const TrainOptions& options, const std::string& folder,
+                                           const comm::LaunchInfo& launch,
+                                           const train::LaunchPlan& plan,
+                                           std::chrono::system_clock::time_point started,
+                                           Logger& logger) {
+  if (elastic_on_etcd(launch)) return std::nullopt;
+  if (!plan.launch && launch.launched() && (launch.rank != 0 || launch.settings.output_locked)) {
+    return std::nullopt;
   }
+  return io::OutputLock::acquire_waiting(
+      folder, io::this_process_record(command_line(options.argv), started), logger,
+      output_lock_wait(options.environment));
+}
+
+// A worker of an elastic job on etcd: the lock it holds while rank 0. A new
+// rank 0 waits up to twice the lease TTL (DTRAIN_OUTPUT_LOCK_WAIT_S, when
+// set, instead) for its predecessor's lock: a host frozen past its lease
+// holds it until it runs again and its agent, left out, stops its workers.
+train::ChiefOutputLockOptions chief_output_lock(const TrainOptions& options,
+                                                const train::JobConfig& job,
+                                                const comm::LaunchInfo& launch,
+                                                std::chrono::system_clock::time_point started) {
+  train::ChiefOutputLockOptions o;
+  o.folder = job.output;
+  o.record = io::this_process_record(command_line(options.argv), started);
+  o.wait = options.environment.contains("DTRAIN_OUTPUT_LOCK_WAIT_S")
+               ? output_lock_wait(options.environment)
+               : std::chrono::seconds(2 * launch.settings.rdzv_lease_ttl_s);
+  o.slot = launch.rank;
+  return o;
+}
+
+// This host's agent of an etcd job (cli/etcd_agent.h). It holds no output
+// lock: the hosts may share one output folder, whose lock the worker that is
+// rank 0 holds (restart mode: for its run; elastic mode: while it is rank 0
+// of its generation, train/chief_output_lock.h).
+int run_agent(const TrainOptions& options, const train::JobConfig& job, Logger& logger,
+              std::ostream& out) {
   AgentOptions agent;
   agent.restart = !job.train.elastic;
   if (agent.restart && job.train.max_restarts > 0 && !job.resume) {
@@ -143,7 +179,6 @@ int run_agent(const TrainOptions& options, const train::JobConfig& job,
   LaunchOptions l;
   l.argv = options.argv;
   l.environment = options.environment;
-  if (job.train.elastic) l.environment["DTRAIN_OUTPUT_LOCKED"] = "1";
   if (job.security.encrypt) l.environment["DTRAIN_ENCRYPT"] = "1";
   if (!job.security.key_file.empty()) l.environment["DTRAIN_KEY_FILE"] = job.security.key_file;
   return run_etcd_agent(agent, std::move(l), out, std::cerr, logger, Deadline::never()).exit_code;
@@ -156,7 +191,7 @@ int run_train(const TrainOptions& options, std::ostream& out) {
   Logger& logger = Logger::stderr_logger();
   const train::JobConfig job = read_job(options, logger);
   if (options.rdzv && !options.environment.contains("DTRAIN_RDZV")) {
-    return run_agent(options, job, started, logger, out);
+    return run_agent(options, job, logger, out);
   }
   comm::LaunchInfo launch = resolve_launch(options);
   comm::resolve_job_secret(launch.settings, job.security.key_file, job.source);
@@ -178,14 +213,8 @@ int run_train(const TrainOptions& options, std::ostream& out) {
     if (options.max_local_workers) cap = {*options.max_local_workers, "--max-local-workers"};
     check_process_cap(plan, job.distributed.workers, cap);
   }
-  // One run per output folder: the launcher here, a single process, or rank
-  // 0 of a job another launcher started holds the lock for the run's life.
-  std::optional<io::OutputLock> lock;
-  if (plan.launch || !launch.launched() || (launch.rank == 0 && !launch.settings.output_locked)) {
-    lock.emplace(io::OutputLock::acquire_waiting(
-        job.output, io::this_process_record(command_line(options.argv), started), logger,
-        output_lock_wait(options.environment)));
-  }
+  const std::optional<io::OutputLock> lock =
+      lock_for_run(options, job.output, launch, plan, started, logger);
   // The live page, in the process that runs or launches the job (its
   // launched workers got the same flag and ignore it).
   std::unique_ptr<obs::DashboardServer> dashboard;
@@ -229,6 +258,9 @@ int run_train(const TrainOptions& options, std::ostream& out) {
   run.progress = options.progress;
   run.logger = &logger;
   run.hooks = test_hooks(options.environment, launch);
+  if (elastic_on_etcd(launch)) {
+    run.chief_output_lock = chief_output_lock(options, job, launch, started);
+  }
   return train::run_job(job, launch, run);
 }
 

@@ -13,6 +13,7 @@
 
 #include "cli/etcd_agent_presence.h"
 #include "cli/etcd_restart_agent.h"
+#include "cli/test_hooks.h"
 #include "comm/rendezvous/launch_env.h"
 #include "core/error.h"
 
@@ -140,6 +141,7 @@ LaunchResult run_etcd_agent(const AgentOptions& agent, LaunchOptions base, std::
       "agent of job '{}' was silent past its lease TTL ({} s): the group went on without this "
       "host; it is left out (LeftOut) and stops its workers",
       url.job_id, agent.lease_ttl.count());
+  test_stop_before_claim(base.environment, logger);
   // Declared before `presence`, whose thread calls it: outlives that thread.
   StaleStop stale_stop;
   AgentPresence presence(

@@ -142,6 +142,17 @@ std::optional<train::ModelledTime> test_compute_time(const std::map<std::string,
   return train::ModelledTime{chosen->first, chosen->second};
 }
 
+void test_stop_before_claim(const std::map<std::string, std::string>& env, Logger& logger) {
+  const auto it = env.find("DTRAIN_TEST_AGENT_STOP_BEFORE_CLAIM");
+  if (it == env.end() || it->second.empty()) return;
+  if (it->second != "1") {
+    throw ConfigError(
+        fmt::format("DTRAIN_TEST_AGENT_STOP_BEFORE_CLAIM='{}': expected 1", it->second));
+  }
+  logger.warn("agent: stopped before claiming a node index (DTRAIN_TEST_AGENT_STOP_BEFORE_CLAIM)");
+  raise(SIGSTOP);
+}
+
 train::RunHooks test_hooks(const std::map<std::string, std::string>& env,
                            const comm::LaunchInfo& launch) {
   train::RunHooks hooks;

@@ -18,6 +18,9 @@
 // - DTRAIN_TEST_STEP_MS=MS: every worker sleeps MS milliseconds after each
 //   step, so that a short job lasts while a test watches it (the dashboard's
 //   browser test).
+// - DTRAIN_TEST_AGENT_STOP_BEFORE_CLAIM=1: a per-host agent (cli/etcd_agent.h)
+//   logs "agent: stopped before claiming a node index" and SIGSTOPs itself
+//   before its first etcd call, so that a test kills it in that phase.
 // Errors: ConfigError naming the variable for a malformed value.
 #pragma once
 
@@ -28,6 +31,7 @@
 #include <string>
 
 #include "comm/rendezvous/launch_env.h"
+#include "core/log.h"
 #include "train/callbacks.h"
 #include "train/run_job.h"
 
@@ -51,6 +55,10 @@ std::unique_ptr<train::Callback> test_kill_switch(const std::map<std::string, st
 // `worker`; nullopt when the variable is unset or names neither it nor all.
 std::optional<train::ModelledTime> test_compute_time(const std::map<std::string, std::string>& env,
                                                      int64_t worker);
+
+// DTRAIN_TEST_AGENT_STOP_BEFORE_CLAIM: "1" logs to `logger` and SIGSTOPs
+// this process (it returns once continued); unset or empty: nothing.
+void test_stop_before_claim(const std::map<std::string, std::string>& env, Logger& logger);
 
 // All of the above as the job's hooks for this process.
 train::RunHooks test_hooks(const std::map<std::string, std::string>& env,

@@ -180,7 +180,13 @@ int train_worker(const JobConfig& job, const comm::LaunchInfo& launch,
           std::make_unique<strategy::ModelledTimer>(t->fixed_s, t->per_row_s));
     }
   }
+  // Declared before the trainer: outlives fit(); released when the worker ends.
+  std::optional<ChiefOutputLock> output_lock;
   Trainer trainer(job, *strategy, logger);
+  if (options.chief_output_lock) {
+    output_lock.emplace(*options.chief_output_lock, logger);
+    trainer.set_output_lock(&*output_lock);
+  }
   trainer.set_trace(trace.get());
   std::unique_ptr<Callback> hook;
   if (options.hooks.trainer_callback) hook = options.hooks.trainer_callback(launch.rank);

@@ -24,6 +24,7 @@
 #include "core/log.h"
 #include "strategy/registry.h"
 #include "train/callbacks.h"
+#include "train/chief_output_lock.h"
 #include "train/job_config.h"
 
 namespace dtrain::train {
@@ -54,6 +55,10 @@ struct RunOptions {
   std::string progress = "plain";  // bar | plain | none
   Logger* logger = nullptr;        // nullptr: Logger::stderr_logger()
   RunHooks hooks;
+  // Set for a worker of an elastic job on etcd (cli/etcd_agent.h): no process
+  // holds the output folder's lock for the run; this worker holds it while it
+  // is rank 0 of its group (train/chief_output_lock.h).
+  std::optional<ChiefOutputLockOptions> chief_output_lock;
 };
 
 // What the process that runs `dtrain train` does with a job: run it here

@@ -137,6 +137,8 @@ Trainer::RunPlan Trainer::plan_run(const data::TensorDataset& train) const {
 
 Trainer::Position Trainer::starting_position(const RunPlan& plan,
                                              const data::TensorDataset& train) {
+  // First: the chief of a fresh run moves files.
+  if (output_lock_ != nullptr) output_lock_->follow(chief_);
   Position position;
   strategy::TrainingPosition joined;
   if (elastic_ != nullptr && elastic_->joined_running_group(joined)) {
@@ -168,6 +170,13 @@ void Trainer::take_group_role() {
   rank_ = strategy_.rank();
   world_ = strategy_.world_size();
   chief_ = rank_ == 0;
+  if (!chief_ && writer_) {
+    // Demoted by a re-formation: the new rank 0 writes from now on, once
+    // this process's last write is done and the folder's lock is free.
+    writer_->wait();
+    writer_.reset();
+  }
+  if (output_lock_ != nullptr) output_lock_->follow(chief_);
   if (chief_ && !writer_) {
     writer_ = std::make_unique<CheckpointWriter>(job_.output,
                                                  std::max<int64_t>(1, job_.train.keep_checkpoints),

@@ -83,6 +83,7 @@
 #include "strategy/strategy.h"
 #include "train/callbacks.h"
 #include "train/checkpoint_writer.h"
+#include "train/chief_output_lock.h"
 #include "train/convergence_guard.h"
 #include "train/dp_sgd.h"
 #include "train/epoch_batches.h"
@@ -104,6 +105,12 @@ class Trainer {
   Trainer(const JobConfig& job, strategy::Strategy& strategy, Logger& logger);
 
   void add_callback(Callback& callback) { callbacks_.push_back(&callback); }
+  // Elastic jobs whose hosts share the output folder (train/chief_output_lock.h):
+  // `lock` follows this process's role, taken before rank 0 writes anything and
+  // released (after the last write) when a re-formation makes it another rank.
+  // Null: none (the launcher or this process holds the folder's lock for the
+  // run). `lock` must outlive fit().
+  void set_output_lock(ChiefOutputLock* lock) { output_lock_ = lock; }
   // Records this process's timeline into `trace` (core/trace.h; null: off):
   // sets the sink's step before each update, and records the batch wait
   // ("data"), each step, the layers' forward (an nn::Sequential model),
@@ -165,7 +172,8 @@ class Trainer {
 
   RunPlan plan_run(const data::TensorDataset& train) const;
   // Where training starts: the running group's position (elastic or a
-  // restarted ps worker), the newest valid checkpoint, or step 0.
+  // restarted ps worker), the newest valid checkpoint, or step 0. A chief
+  // takes output_lock_ (when set) first.
   Position starting_position(const RunPlan& plan, const data::TensorDataset& train);
   // Loads the newest checkpoint that is this job's (its identity, steps and
   // epochs within the job's); false (and "starting afresh" when files were
@@ -182,7 +190,9 @@ class Trainer {
   // `path` when one does not decode).
   void restore_extras(const io::Checkpoint& c, const std::string& path);
   // Rank 0 writes the checkpoints; in elastic mode rank and world size change
-  // with the group, and a process that becomes rank 0 starts writing.
+  // with the group, and a process that becomes rank 0 starts writing (after
+  // taking output_lock_); one that stops being rank 0 finishes its last write
+  // and releases output_lock_.
   void take_group_role();
   // Trains the rest of `position`'s epoch.
   // The next batch of `batches`, the trace's step set to the update it feeds;
@@ -253,6 +263,7 @@ class Trainer {
   Snapshot snapshot_;
   std::unique_ptr<CheckpointWriter> rank_writer_;  // ranks > 0 with a rank_state()
   std::unique_ptr<CheckpointWriter> writer_;       // rank 0, during fit(); last: joined first
+  ChiefOutputLock* output_lock_ = nullptr;         // set_output_lock()
   TraceSink* trace_ = nullptr;                     // set_trace()
   std::unique_ptr<DpSgd> dp_;                      // [privacy] enabled, during fit()
 };

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <sys/types.h>
 
 #include <chrono>
 #include <fstream>
@@ -55,6 +56,17 @@ inline bool wait_for_output(ChildProcess& child, const std::string& text) {
     if (!child.read_some(1000)) break;
   }
   return child.output().find(text) != std::string::npos;
+}
+
+// The pid of a one-worker agent's worker, from its launcher's "started 1
+// worker(s), ...: rank 0 (pid N)" line; -1 when absent.
+inline pid_t agent_worker_pid(const ChildProcess& agent) {
+  const std::string text = agent.output();
+  const size_t line = text.find("started 1 worker(s)");
+  if (line == std::string::npos) return -1;
+  const size_t pid = text.find("(pid ", line);
+  if (pid == std::string::npos) return -1;
+  return static_cast<pid_t>(std::stol(text.substr(pid + 5)));
 }
 
 inline void write_file(const std::string& path, const std::string& text) {

@@ -56,8 +56,9 @@ TEST(EtcdAgentCli, TheSurvivingHostFinishesAfterTheFirstHostIsKilled) {
   testing::TempDir dir;
   write_file(dir.file("job.toml"), kJob);
   const std::string rdzv = "etcd://" + etcd.endpoint() + "/agents-test";
-  // Separate output folders, as two hosts' local disks (each agent holds
-  // its folder's lock).
+  // Separate output folders, as two hosts' local disks (each host's worker
+  // locks its own folder while it is rank 0; one shared folder:
+  // etcd_shared_output_cli_test.cpp).
   ChildProcess first = start_agent(dir.file("job.toml"), dir.file("out-a"), rdzv);
   ASSERT_TRUE(testing::wait_for_output(first, "agent: node 0")) << first.output();
   ChildProcess second = start_agent(dir.file("job.toml"), dir.file("out-b"), rdzv);

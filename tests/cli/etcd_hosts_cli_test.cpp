@@ -10,12 +10,15 @@
 //    other host finishes;
 //  - etcd stopped for 5 s during training: the job finishes, or an agent
 //    fails with an error naming etcd; nothing hangs;
-//  - a host killed while the group forms: the others form without it.
+//  - a host killed while the group forms: the others form without it;
+//  - an agent killed before it claimed a node index: nothing of it is in
+//    etcd, and the next agent claims node 0.
 // Nothing here asserts timing.
 #include <gtest/gtest.h>
 #include <signal.h>
 
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 #include <thread>
@@ -57,27 +60,18 @@ struct Host {
 
 // One host: `setsid dtrain train JOB --rdzv ... --host-address ADDRESS` in
 // its own session, stderr merged into the captured stdout.
+// `env` is added to the agent's environment.
 Host start_host(const testing::TempDir& dir, const std::string& rdzv, const std::string& address,
-                const std::string& nnodes, int ttl_s) {
+                const std::string& nnodes, int ttl_s, std::map<std::string, std::string> env = {}) {
   const std::string out = dir.file("out-" + address);
-  return Host{
-      ChildProcess::spawn(
-          {"/usr/bin/setsid", "/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1", DTRAIN_BINARY, "train",
-           dir.file("job.toml"), "--output", out, "--rdzv", rdzv, "--nnodes", nnodes,
-           "--nproc-per-node", "1", "--host-address", address, "--rdzv-ttl", std::to_string(ttl_s)},
-          {{"OPENBLAS_NUM_THREADS", "1"}, {"DTRAIN_JOB_SECRET", "hosts-secret"}}),
-      out};
-}
-
-// The pid of the agent's worker, from its "started 1 worker(s), ...: rank 0
-// (pid N)" line; -1 when absent.
-pid_t worker_pid(const ChildProcess& agent) {
-  const std::string text = agent.output();
-  const size_t line = text.find("started 1 worker(s)");
-  if (line == std::string::npos) return -1;
-  const size_t pid = text.find("(pid ", line);
-  if (pid == std::string::npos) return -1;
-  return static_cast<pid_t>(std::stol(text.substr(pid + 5)));
+  env.emplace("OPENBLAS_NUM_THREADS", "1");
+  env.emplace("DTRAIN_JOB_SECRET", "hosts-secret");
+  return Host{ChildProcess::spawn({"/usr/bin/setsid", "/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1",
+                                   DTRAIN_BINARY, "train", dir.file("job.toml"), "--output", out,
+                                   "--rdzv", rdzv, "--nnodes", nnodes, "--nproc-per-node", "1",
+                                   "--host-address", address, "--rdzv-ttl", std::to_string(ttl_s)},
+                                  env),
+              out};
 }
 
 std::optional<testing::ExitStatus> finish(ChildProcess& agent) {
@@ -129,7 +123,7 @@ TEST_F(EtcdHosts, AHostFrozenPastItsLeaseIsLeftOutAndTheOtherFinishes) {
   Host b = start_host(dir_, rdzv("stale"), "127.0.0.3", "1:2", 1);
   ASSERT_TRUE(testing::wait_for_output(b.agent, "started 1 worker(s)")) << b.agent.output();
   ASSERT_TRUE(testing::wait_for_output(a.agent, "step 10")) << a.agent.output();
-  const pid_t b_worker = worker_pid(b.agent);
+  const pid_t b_worker = testing::agent_worker_pid(b.agent);
   ASSERT_GT(b_worker, 0) << b.agent.output();
   ::kill(-b.agent.pid(), SIGSTOP);
   ::kill(b_worker, SIGSTOP);
@@ -182,6 +176,24 @@ TEST_F(EtcdHosts, AHostKilledWhileTheGroupFormsIsLeftBehind) {
   }
   EXPECT_TRUE(std::filesystem::exists(b.output + "/model.safetensors") ||
               std::filesystem::exists(c.output + "/model.safetensors"));
+}
+
+TEST_F(EtcdHosts, AnAgentKilledBeforeItClaimsANodeIndexLeavesNothingInEtcd) {
+  write_file(dir_.file("job.toml"), job_toml(1));
+  Host early = start_host(dir_, rdzv("early"), "127.0.0.2", "1", 2,
+                          {{"DTRAIN_TEST_AGENT_STOP_BEFORE_CLAIM", "1"}});
+  ASSERT_TRUE(testing::wait_for_output(early.agent, "stopped before claiming a node index"))
+      << early.agent.output();
+  ::kill(-early.agent.pid(), SIGKILL);
+  ASSERT_TRUE(early.agent.wait(Deadline::after(10s)).has_value()) << early.agent.output();
+  comm::EtcdClient client(etcd_->endpoint());
+  EXPECT_TRUE(client.range_prefix("/dtrain/early/", Deadline::after(5s)).empty());
+  // Its index was never taken: the next agent of the job is node 0.
+  Host next = start_host(dir_, rdzv("early"), "127.0.0.3", "1", 2);
+  const auto status = finish(next.agent);
+  ASSERT_TRUE(status.has_value()) << next.agent.output();
+  EXPECT_EQ(status->code, 0) << status->describe() << "\n" << next.agent.output();
+  EXPECT_NE(next.agent.output().find("agent: node 0"), std::string::npos) << next.agent.output();
 }
 
 }  // namespace

@@ -6,17 +6,22 @@
 // fit(). The real group re-formation is tested in tests/ft/elastic_mode_test.cpp.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "core/error.h"
 #include "data/synthetic.h"
+#include "io/output_lock.h"
 #include "io/safetensors.h"
 #include "optim/optimizer_config.h"
 #include "strategy/elastic.h"
 #include "strategy/local_strategy.h"
 #include "testing/fault_fs.h"
+#include "train/chief_output_lock.h"
 #include "train/model_builder.h"
 #include "train/trainer.h"
 #include "train_test_util.h"
@@ -78,6 +83,10 @@ class FlakyStrategy final : public strategy::Strategy {
     return inner_->train_step(x, y);
   }
   int64_t calls() const { return calls_; }
+  // The rank and size of the group it trains in (the default: 0 of 1).
+  int64_t rank() const override { return rank_; }
+  int64_t world_size() const override { return world_; }
+  void set_rank(int64_t rank, int64_t world) { rank_ = rank, world_ = world; }
   // The group this strategy trains in (elastic mode), or none.
   void set_membership(strategy::ElasticMembership* membership) { membership_ = membership; }
   strategy::ElasticMembership* elastic() override { return membership_; }
@@ -87,6 +96,8 @@ class FlakyStrategy final : public strategy::Strategy {
   strategy::ElasticMembership* membership_ = nullptr;  // the test's, outlives fit()
   int64_t fail_at_;
   int64_t calls_ = 0;
+  int64_t rank_ = 0;
+  int64_t world_ = 1;
 };
 
 class FakeMembership final : public strategy::ElasticMembership {
@@ -103,7 +114,9 @@ class FakeMembership final : public strategy::ElasticMembership {
   void reform(strategy::TrainingPosition& position, const std::string& cause) override {
     causes.push_back(cause);
     steps.push_back(position.step);
+    if (on_reform) on_reform();
   }
+  std::function<void()> on_reform;  // the new generation's roles, set by the test
   std::vector<std::string> causes;
   std::vector<int64_t> steps;
 
@@ -160,6 +173,84 @@ TEST(TrainerElastic, WithoutAMembershipACommErrorEndsFit) {
   FlakyStrategy strategy(job, 3);
   Trainer trainer(job, strategy, Logger::null());
   EXPECT_THROW(trainer.fit(blobs(0, 600), blobs(600, 200)), CommError);
+}
+
+// Whether another process (or open file) holds `folder`'s lock.
+bool lock_taken(const std::string& folder) {
+  try {
+    io::OutputLock::acquire(folder, io::LockRecord{1, "h", "t", "probe"}, Logger::null());
+    return false;
+  } catch (const UsageError&) {
+    return true;
+  }
+}
+
+// The steps of the checkpoints in `folder`, ascending.
+std::vector<int64_t> checkpoint_steps(const std::string& folder) {
+  std::vector<int64_t> steps;
+  for (const auto& e : std::filesystem::directory_iterator(folder)) {
+    const std::string name = e.path().filename().string();
+    if (name.starts_with("ckpt-")) steps.push_back(std::stoll(name.substr(5)));
+  }
+  std::sort(steps.begin(), steps.end());
+  return steps;
+}
+
+// A worker whose role changes at a re-formation after step 10 (of 30), with
+// one shared folder: the checkpoints (every 5 steps) and the final weights
+// are written only while it is rank 0 and holds the folder's lock.
+struct RoleChange {
+  int64_t rank_before = 0;
+  int64_t rank_after = 0;
+  bool taken_at_reform = false;  // seen from outside, while the group re-forms
+  bool held_at_end = false;
+  std::vector<int64_t> steps;
+  bool weights = false;
+};
+
+RoleChange train_through_role_change(const std::string& folder, int64_t before, int64_t after) {
+  JobConfig job = job_in(folder);
+  job.train.checkpoint_every_steps = 5;
+  job.train.keep_checkpoints = 10;
+  FlakyStrategy strategy(job, -1);
+  strategy.set_rank(before, 2);
+  FakeMembership membership(10);
+  RoleChange r;
+  r.rank_before = before;
+  r.rank_after = after;
+  membership.on_reform = [&] {
+    r.taken_at_reform = lock_taken(folder);
+    strategy.set_rank(after, 2);
+  };
+  strategy.set_membership(&membership);
+  ChiefOutputLock lock({folder, io::LockRecord{7, "h", "t", "worker"}, std::chrono::seconds(0), 0},
+                       Logger::null());
+  Trainer trainer(job, strategy, Logger::null());
+  trainer.set_output_lock(&lock);
+  trainer.fit(blobs(0, 600), blobs(600, 200));
+  r.held_at_end = lock.held();
+  r.steps = checkpoint_steps(folder);
+  r.weights = std::filesystem::exists(folder + "/model.safetensors");
+  return r;
+}
+
+TEST(TrainerElastic, ARankZeroDemotedByAReformationWritesNoMoreAndLetsTheLockGo) {
+  testing::TempDir dir;
+  const RoleChange r = train_through_role_change(dir.file("shared"), 0, 1);
+  EXPECT_TRUE(r.taken_at_reform);
+  EXPECT_FALSE(r.held_at_end);
+  EXPECT_FALSE(lock_taken(dir.file("shared")));
+  EXPECT_EQ(r.steps, (std::vector<int64_t>{5}));  // step 10's is the new rank 0's
+  EXPECT_FALSE(r.weights);
+}
+
+TEST(TrainerElastic, AWorkerPromotedToRankZeroTakesTheLockThenWrites) {
+  testing::TempDir dir;
+  const RoleChange r = train_through_role_change(dir.file("shared"), 1, 0);
+  EXPECT_FALSE(r.taken_at_reform);
+  EXPECT_TRUE(r.held_at_end);
+  EXPECT_EQ(r.steps, (std::vector<int64_t>{10, 15, 20, 25, 30}));
+  EXPECT_TRUE(r.weights);
 }
 
 }  // namespace
