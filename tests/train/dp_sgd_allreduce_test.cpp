@@ -90,7 +90,12 @@ TEST(DpSgdAllReduce, TwoWorkersWithoutNoiseTakeTheOneProcessSteps) {
   const DpRun two = run_dp(job, 2, 6, 0.0);
   EXPECT_EQ(two.params[0], two.params[1]);  // the replicas stay identical
   EXPECT_EQ(two.samples, local.samples);    // the ranks' rows tile the Poisson batch
-  EXPECT_LT(max_relative_difference(local.params[0], two.params[0]), 1e-5);
+  // The two ranks sum their rows' clipped gradients apart and the allreduce
+  // adds the halves, so float rounding differs from one process; over 6
+  // momentum steps it reached 1.1e-5 (relative, floor 1e-3) in a release
+  // build on this CPU's OpenBLAS kernels. 1e-4 is still 100x below the
+  // steps' own movement checked next.
+  EXPECT_LT(max_relative_difference(local.params[0], two.params[0]), 1e-4);
   // Not trivially: the steps moved the weights.
   const Params start = snapshot(*model_for(job));
   EXPECT_GT(max_relative_difference(start, two.params[0]), 1e-2);
