@@ -41,6 +41,13 @@ class CapturingLog {
     }
     return false;
   }
+  // Every line so far, one per line: for a failing assertion's message.
+  std::string text() {
+    std::lock_guard lock(mutex_);
+    std::string all;
+    for (const auto& line : lines_) all.append(line).append("\n");
+    return all;
+  }
 
  private:
   std::mutex mutex_;
