@@ -85,19 +85,24 @@ void set_intra_op_threads(int threads) { g_threads.store(std::max(1, threads)); 
 
 int intra_op_threads() { return g_threads.load(); }
 
+std::pair<int64_t, int64_t> part_range(int64_t n, int64_t part, int64_t parts) {
+  const int64_t base = n / parts, extra = n % parts;
+  auto begin_of = [&](int64_t p) { return p * base + std::min(p, extra); };
+  return {begin_of(part), begin_of(part + 1)};
+}
+
 void parallel_for_range(int64_t n,
                         const std::function<void(int64_t begin, int64_t end, int part)>& fn) {
   if (n <= 0) return;
   const int threads = intra_op_threads();
   const int64_t parts = std::min<int64_t>(threads, n);
-  const int64_t base = n / parts, extra = n % parts;
-  auto begin_of = [&](int64_t part) { return part * base + std::min(part, extra); };
   if (parts == 1) {
     fn(0, n, 0);
     return;
   }
   intra_op_team().run(parts, threads, [&](int64_t part) {
-    fn(begin_of(part), begin_of(part + 1), static_cast<int>(part));
+    const auto [begin, end] = part_range(n, part, parts);
+    fn(begin, end, static_cast<int>(part));
   });
 }
 

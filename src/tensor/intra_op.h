@@ -35,11 +35,17 @@
 
 #include <cstdint>
 #include <functional>
+#include <utility>
 
 namespace dtrain::tensor {
 
 void set_intra_op_threads(int threads);
 int intra_op_threads();
+
+// [begin, end) of part `part` of `parts` near-equal contiguous ranges of
+// [0, n): the first n % parts one longer, empty where n < parts. The cut
+// parallel_for_range makes, for kernels that split two extents alike.
+std::pair<int64_t, int64_t> part_range(int64_t n, int64_t part, int64_t parts);
 
 void parallel_for_range(int64_t n,
                         const std::function<void(int64_t begin, int64_t end, int part)>& fn);

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <utility>
 
 #include "tensor/blas.h"
 #include "tensor/intra_op.h"
@@ -191,14 +190,6 @@ int64_t linear_parts(int64_t macs) {
   return tensor::intra_op_threads();
 }
 
-// [begin, end) of part `part` of `parts` near-equal contiguous ranges of
-// [0, n) (the first n % parts one longer; empty where n < parts).
-std::pair<int64_t, int64_t> part_range(int64_t n, int64_t part, int64_t parts) {
-  const int64_t base = n / parts, extra = n % parts;
-  auto begin_of = [&](int64_t p) { return p * base + std::min(p, extra); };
-  return {begin_of(part), begin_of(part + 1)};
-}
-
 }  // namespace
 
 void linear_forward(const float* x, const float* weight, const float* bias, float* y, int64_t n,
@@ -206,7 +197,7 @@ void linear_forward(const float* x, const float* weight, const float* bias, floa
   // Part p: rows [r0, r1) of the batch, y[r0:r1] = x[r0:r1] w^T + b.
   const int64_t parts = std::min(linear_parts(n * in * out), std::max<int64_t>(n, 1));
   tensor::parallel_for_range(parts, [&](int64_t part, int64_t, int) {
-    const auto [r0, r1] = part_range(n, part, parts);
+    const auto [r0, r1] = tensor::part_range(n, part, parts);
     float beta = 0.0f;
     if (bias != nullptr) {
       for (int64_t r = r0; r < r1; ++r) std::memcpy(y + r * out, bias, out * sizeof(float));
@@ -225,12 +216,12 @@ void linear_backward(const float* gy, const float* x, const float* weight, float
   const int64_t parts = std::min(linear_parts(n * in * out), std::max<int64_t>(out, 1));
   tensor::parallel_for_range(parts, [&](int64_t part, int64_t, int) {
     if (gx != nullptr) {
-      const auto [r0, r1] = part_range(n, part, parts);
+      const auto [r0, r1] = tensor::part_range(n, part, parts);
       blas::sgemm(false, false, r1 - r0, in, out, 1.0f, gy + r0 * out, out, weight, in, 0.0f,
                   gx + r0 * in, in);
     }
     if (gw != nullptr) {
-      const auto [o0, o1] = part_range(out, part, parts);
+      const auto [o0, o1] = tensor::part_range(out, part, parts);
       blas::sgemm(true, false, o1 - o0, in, n, 1.0f, gy + o0, out, x, in, 0.0f, gw + o0 * in, in);
     }
   });
