@@ -51,24 +51,25 @@ void Optimizer::step() {
   for (size_t i = 0; i < parameters_.size(); ++i) step_one(i);
 }
 
-void Optimizer::step(std::span<const size_t> indices) {
+void Optimizer::check_indices(std::span<const size_t> indices) const {
   for (const size_t i : indices) {
     if (i >= parameters_.size()) {
       throw UsageError(fmt::format("{}: step of parameter {}, the optimizer has {}", rule_->kind(),
                                    i, parameters_.size()));
     }
   }
+}
+
+void Optimizer::step(std::span<const size_t> indices) {
+  check_indices(indices);
   for (const size_t i : indices) step_one(i);
 }
 
 void Optimizer::step_undoable(std::span<const size_t> indices) {
   copies_.resize(parameters_.size());
   is_saved_.resize(parameters_.size(), false);
+  check_indices(indices);
   for (const size_t i : indices) {
-    if (i >= parameters_.size()) {
-      throw UsageError(fmt::format("{}: step of parameter {}, the optimizer has {}", rule_->kind(),
-                                   i, parameters_.size()));
-    }
     const Variable& p = parameters_[i];
     if (is_saved_[i] || (!p.grad().defined() && p.sparse_grad() == nullptr)) continue;
     Saved& copy = copies_[i];

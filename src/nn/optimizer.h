@@ -86,6 +86,8 @@ class Optimizer {
 
  private:
   void step_one(size_t index);
+  // UsageError naming the first index past the parameters.
+  void check_indices(std::span<const size_t> indices) const;
 
   struct Saved {
     Tensor value;
