@@ -137,7 +137,9 @@ void add_rank_options(CLI::App* train_cmd, dtrain::cli::TrainOptions& train) {
       "--coordinator", train.coordinator,
       "host:port where rank 0 hosts the rendezvous (default: DTRAIN_COORDINATOR)");
   train_cmd->add_option("--output", train.output, "Output folder (overrides job.output)");
-  train_cmd->add_option("--threads", train.threads, "BLAS threads per worker (default 1)");
+  train_cmd->add_option("--threads", train.threads,
+                        "Compute threads per worker: the intra-op team splits convolutions, "
+                        "pooling, dense layers and SGD; OpenBLAS stays at one thread (default 1)");
 }
 
 // `dtrain train`: resuming from checkpoints and restarting failed processes.
