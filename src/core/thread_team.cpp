@@ -1,5 +1,7 @@
 #include "core/thread_team.h"
 
+#include <utility>
+
 namespace dtrain {
 
 ThreadTeam::ThreadTeam(int64_t count) : count_(count), errors_(static_cast<size_t>(count)) {
@@ -53,7 +55,11 @@ void ThreadTeam::worker(std::stop_token stop, int64_t member) {
       error = std::current_exception();
     }
     std::lock_guard lock(mutex_);
-    errors_[static_cast<size_t>(member)] = error;
+    // Moved, not copied: a copy left in `error` would drop its reference
+    // after the unlock, and could be the last one (run() may have rethrown
+    // and cleared errors_ by then), freeing the exception on this thread
+    // with no lock ordering it after the reads on the caller's thread.
+    errors_[static_cast<size_t>(member)] = std::move(error);
     if (--pending_ == 0) done_.notify_one();
   }
 }

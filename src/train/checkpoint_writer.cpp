@@ -70,7 +70,7 @@ void CheckpointWriter::run(std::stop_token stop) {
     lock.lock();
     queued_.reset();
     if (error) {
-      error_ = error;
+      error_ = std::move(error);
     } else {
       ++written_;
     }
