@@ -39,42 +39,55 @@ void check_channel_vector(const Tensor& t, int64_t channels, const char* role, c
 
 }  // namespace
 
-Variable batch_norm(const Variable& x, const Variable& gamma, const Variable& beta,
-                    const Tensor& running_mean, const Tensor& running_var, bool training,
-                    float momentum, float eps) {
-  if (!x.defined()) throw UsageError("batch_norm: the input is undefined");
-  const Tensor& in = x.data();
+namespace {
+
+// The layout batch_norm sees: x [n, channels, spatial] (spatial = H*W, or 1).
+struct BatchNormShape {
+  int64_t n = 0;
+  int64_t channels = 0;
+  int64_t spatial = 1;
+  int64_t count() const { return n * spatial; }  // values per channel
+};
+
+BatchNormShape check_batch_norm_args(const Tensor& in, const Variable& gamma, const Variable& beta,
+                                     const Tensor& running_mean, const Tensor& running_var,
+                                     bool training) {
   if (in.dim() != 2 && in.dim() != 4) {
     throw UsageError(fmt::format("batch_norm: input {} is neither [N, C] nor [N, C, H, W]",
                                  shape_str(in.shape())));
   }
-  const int64_t n = in.size(0);
-  const int64_t channels = in.size(1);
-  const int64_t spatial = in.dim() == 4 ? in.size(2) * in.size(3) : 1;
-  const int64_t count = n * spatial;
-  if (gamma.defined()) check_channel_vector(gamma.data(), channels, "gamma", in);
-  if (beta.defined()) check_channel_vector(beta.data(), channels, "beta", in);
-  check_channel_vector(running_mean, channels, "running_mean", in);
-  check_channel_vector(running_var, channels, "running_var", in);
-  if (training && count < 2) {
+  const BatchNormShape shape{in.size(0), in.size(1), in.dim() == 4 ? in.size(2) * in.size(3) : 1};
+  if (gamma.defined()) check_channel_vector(gamma.data(), shape.channels, "gamma", in);
+  if (beta.defined()) check_channel_vector(beta.data(), shape.channels, "beta", in);
+  check_channel_vector(running_mean, shape.channels, "running_mean", in);
+  check_channel_vector(running_var, shape.channels, "running_var", in);
+  if (training && shape.count() < 2) {
     throw UsageError(
         fmt::format("batch_norm: training needs more than one value per channel, input is {}",
                     shape_str(in.shape())));
   }
+  return shape;
+}
 
-  // Per-channel mean and inverse standard deviation.
-  std::vector<float> mean(static_cast<size_t>(channels));
-  std::vector<float> invstd(static_cast<size_t>(channels));
-  const float* xs = in.data();
-  for (int64_t c = 0; c < channels; ++c) {
+// Per-channel mean and inverse standard deviation: of the batch in
+// training (moving the running statistics), the running ones otherwise.
+std::pair<std::vector<float>, std::vector<float>> channel_statistics(
+    const float* xs, const BatchNormShape& sh, const Tensor& running_mean,
+    const Tensor& running_var, bool training, float momentum, float eps) {
+  std::vector<float> mean(static_cast<size_t>(sh.channels));
+  std::vector<float> invstd(static_cast<size_t>(sh.channels));
+  const int64_t count = sh.count();
+  for (int64_t c = 0; c < sh.channels; ++c) {
     double m = 0.0;
     double var = 0.0;
     if (training) {
-      for (int64_t i = 0; i < n; ++i) m += ops::sum(xs + (i * channels + c) * spatial, spatial);
+      for (int64_t i = 0; i < sh.n; ++i) {
+        m += ops::sum(xs + (i * sh.channels + c) * sh.spatial, sh.spatial);
+      }
       m /= static_cast<double>(count);
-      for (int64_t i = 0; i < n; ++i) {
-        const float* p = xs + (i * channels + c) * spatial;
-        for (int64_t s = 0; s < spatial; ++s) var += (p[s] - m) * (p[s] - m);
+      for (int64_t i = 0; i < sh.n; ++i) {
+        const float* p = xs + (i * sh.channels + c) * sh.spatial;
+        for (int64_t s = 0; s < sh.spatial; ++s) var += (p[s] - m) * (p[s] - m);
       }
       var /= static_cast<double>(count);
       float& rm = running_mean.data()[c];
@@ -89,15 +102,77 @@ Variable batch_norm(const Variable& x, const Variable& gamma, const Variable& be
     mean[c] = static_cast<float>(m);
     invstd[c] = static_cast<float>(1.0 / std::sqrt(var + eps));
   }
+  return {std::move(mean), std::move(invstd)};
+}
+
+Tensor channel_tensor(const std::vector<double>& values) {
+  Tensor t = Tensor::empty({static_cast<int64_t>(values.size())});
+  for (size_t c = 0; c < values.size(); ++c) t.data()[c] = static_cast<float>(values[c]);
+  return t;
+}
+
+// The backward of the legend above, from the saved xhat and invstd.
+void batch_norm_backward(const Tensor& gy, std::span<InputGrad> grads, const Tensor& xhat,
+                         const Tensor& gamma, const std::vector<float>& invstd,
+                         const BatchNormShape& sh, bool training) {
+  std::vector<double> gbeta(static_cast<size_t>(sh.channels), 0.0);
+  std::vector<double> ggamma(static_cast<size_t>(sh.channels), 0.0);
+  const float* gs = gy.data();
+  const float* hs = xhat.data();
+  for (int64_t i = 0; i < sh.n; ++i) {
+    for (int64_t c = 0; c < sh.channels; ++c) {
+      const int64_t base = (i * sh.channels + c) * sh.spatial;
+      gbeta[c] += ops::sum(gs + base, sh.spatial);
+      ggamma[c] += ops::dot(gs + base, hs + base, sh.spatial);
+    }
+  }
+  if (grads[0].needed) {
+    Tensor gx = Tensor::empty(xhat.shape());
+    float* out = gx.data();
+    const auto m = static_cast<float>(sh.count());
+    for (int64_t i = 0; i < sh.n; ++i) {
+      for (int64_t c = 0; c < sh.channels; ++c) {
+        const int64_t base = (i * sh.channels + c) * sh.spatial;
+        const float g = gamma.defined() ? gamma.data()[c] : 1.0f;
+        const float scale = g * invstd[c];
+        if (training) {
+          const auto gb = static_cast<float>(gbeta[c]);
+          const auto gg = static_cast<float>(ggamma[c]);
+          for (int64_t s = 0; s < sh.spatial; ++s) {
+            out[base + s] = scale / m * (m * gs[base + s] - gb - hs[base + s] * gg);
+          }
+        } else {
+          for (int64_t s = 0; s < sh.spatial; ++s) out[base + s] = scale * gs[base + s];
+        }
+      }
+    }
+    grads[0].set(std::move(gx));
+  }
+  if (grads[1].needed) grads[1].set(channel_tensor(ggamma));
+  if (grads[2].needed) grads[2].set(channel_tensor(gbeta));
+}
+
+}  // namespace
+
+Variable batch_norm(const Variable& x, const Variable& gamma, const Variable& beta,
+                    const Tensor& running_mean, const Tensor& running_var, bool training,
+                    float momentum, float eps) {
+  if (!x.defined()) throw UsageError("batch_norm: the input is undefined");
+  const Tensor& in = x.data();
+  const BatchNormShape sh =
+      check_batch_norm_args(in, gamma, beta, running_mean, running_var, training);
+  const float* xs = in.data();
+  auto [mean, invstd] =
+      channel_statistics(xs, sh, running_mean, running_var, training, momentum, eps);
 
   Tensor xhat = Tensor::empty(in.shape());
   Tensor y = Tensor::empty(in.shape());
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t c = 0; c < channels; ++c) {
-      const int64_t base = (i * channels + c) * spatial;
+  for (int64_t i = 0; i < sh.n; ++i) {
+    for (int64_t c = 0; c < sh.channels; ++c) {
+      const int64_t base = (i * sh.channels + c) * sh.spatial;
       const float g = gamma.defined() ? gamma.data().data()[c] : 1.0f;
       const float b = beta.defined() ? beta.data().data()[c] : 0.0f;
-      for (int64_t s = 0; s < spatial; ++s) {
+      for (int64_t s = 0; s < sh.spatial; ++s) {
         const float h = (xs[base + s] - mean[c]) * invstd[c];
         xhat.data()[base + s] = h;
         y.data()[base + s] = g * h + b;
@@ -107,54 +182,9 @@ Variable batch_norm(const Variable& x, const Variable& gamma, const Variable& be
   if (!needs_graph({&x, &gamma, &beta})) return Variable(std::move(y));
   Tensor gamma_data = gamma.defined() ? gamma.data() : Tensor();
   return record("batch_norm", {&x, &gamma, &beta}, std::move(y),
-                [xhat, gamma_data, invstd = std::move(invstd), n, channels, spatial, count,
-                 training](const Tensor& gy, std::span<InputGrad> grads) {
-                  std::vector<double> gbeta(static_cast<size_t>(channels), 0.0);
-                  std::vector<double> ggamma(static_cast<size_t>(channels), 0.0);
-                  const float* gs = gy.data();
-                  const float* hs = xhat.data();
-                  for (int64_t i = 0; i < n; ++i) {
-                    for (int64_t c = 0; c < channels; ++c) {
-                      const int64_t base = (i * channels + c) * spatial;
-                      gbeta[c] += ops::sum(gs + base, spatial);
-                      ggamma[c] += ops::dot(gs + base, hs + base, spatial);
-                    }
-                  }
-                  if (grads[0].needed) {
-                    Tensor gx = Tensor::empty(xhat.shape());
-                    float* out = gx.data();
-                    const auto m = static_cast<float>(count);
-                    for (int64_t i = 0; i < n; ++i) {
-                      for (int64_t c = 0; c < channels; ++c) {
-                        const int64_t base = (i * channels + c) * spatial;
-                        const float g = gamma_data.defined() ? gamma_data.data()[c] : 1.0f;
-                        const float scale = g * invstd[c];
-                        if (training) {
-                          const auto gb = static_cast<float>(gbeta[c]);
-                          const auto gg = static_cast<float>(ggamma[c]);
-                          for (int64_t s = 0; s < spatial; ++s) {
-                            out[base + s] = scale / m * (m * gs[base + s] - gb - hs[base + s] * gg);
-                          }
-                        } else {
-                          for (int64_t s = 0; s < spatial; ++s)
-                            out[base + s] = scale * gs[base + s];
-                        }
-                      }
-                    }
-                    grads[0].set(std::move(gx));
-                  }
-                  if (grads[1].needed) {
-                    Tensor t = Tensor::empty({channels});
-                    for (int64_t c = 0; c < channels; ++c)
-                      t.data()[c] = static_cast<float>(ggamma[c]);
-                    grads[1].set(std::move(t));
-                  }
-                  if (grads[2].needed) {
-                    Tensor t = Tensor::empty({channels});
-                    for (int64_t c = 0; c < channels; ++c)
-                      t.data()[c] = static_cast<float>(gbeta[c]);
-                    grads[2].set(std::move(t));
-                  }
+                [xhat, gamma_data, invstd = std::move(invstd), sh, training](
+                    const Tensor& gy, std::span<InputGrad> grads) {
+                  batch_norm_backward(gy, grads, xhat, gamma_data, invstd, sh, training);
                 });
 }
 
