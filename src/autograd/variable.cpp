@@ -84,69 +84,112 @@ struct NodeState {
   bool fresh = false;
 };
 
+using NodeStates = std::unordered_map<autograd::Node*, NodeState>;
+using PendingLeaves = std::unordered_map<autograd::VariableImpl*, int64_t>;
+
+// Phase 1, discovery: the nodes behind `root` in post-order, each with an
+// empty state, and per leaf the number of gradients it will receive.
+// Owning: releasing a node's edges may drop the last other reference to
+// the nodes behind it, which still have to run.
+std::vector<std::shared_ptr<autograd::Node>> discover(const std::shared_ptr<autograd::Node>& root,
+                                                      NodeStates& state, PendingLeaves& pending) {
+  using autograd::Node;
+  struct Frame {
+    std::shared_ptr<Node> node;
+    size_t next_input;
+  };
+  std::vector<std::shared_ptr<Node>> post_order;
+  std::vector<Frame> stack;
+  auto visit = [&](const std::shared_ptr<Node>& node) {
+    if (node->released) {
+      throw UsageError(fmt::format(
+          "backward: the graph through '{}' was already freed by an earlier backward(); "
+          "run the forward pass again to differentiate again",
+          node->name));
+    }
+    state.emplace(node.get(), NodeState{});
+    stack.push_back({node, 0});
+  };
+  visit(root);
+  while (!stack.empty()) {
+    Frame& top = stack.back();
+    if (top.next_input == top.node->inputs.size()) {
+      post_order.push_back(std::move(top.node));
+      stack.pop_back();
+      continue;
+    }
+    const auto& input = top.node->inputs[top.next_input++];
+    if (!input) continue;
+    if (input->grad_fn) {
+      if (state.find(input->grad_fn.get()) == state.end()) visit(input->grad_fn);
+    } else {
+      ++pending[input.get()];
+    }
+  }
+  return post_order;
+}
+
+// A leaf's .grad is always its own storage: accumulate in place.
+void accumulate_leaf(autograd::VariableImpl& leaf, Tensor grad, bool fresh) {
+  if (!leaf.grad.defined()) {
+    leaf.grad = fresh ? std::move(grad) : grad.clone();
+  } else {
+    ops::add_inplace(leaf.grad.data(), grad.data(), leaf.grad.numel());
+  }
+}
+
+// Checks what `node` produced for its input `i` and hands it on: to the
+// node that computed the input, or into the leaf's .grad (firing its hooks
+// once its last gradient arrived).
+void pass_on(const autograd::Node& node, size_t i, autograd::InputGrad& g, NodeStates& state,
+             PendingLeaves& pending) {
+  const std::shared_ptr<autograd::VariableImpl>& input = node.inputs[i];
+  if (g.sparse && input->grad_fn) {
+    // A row-sparse gradient for a computed tensor: densify it.
+    Tensor dense = Tensor::zeros(input->data.shape());
+    g.sparse->add_to(dense);
+    g.set(std::move(dense));
+    g.sparse.reset();
+  }
+  DTRAIN_CHECK(g.sparse || g.dense.defined(), "backward: '{}' produced no gradient for input {}",
+               node.name, i);
+  DTRAIN_CHECK(g.sparse || g.dense.shape() == input->data.shape(),
+               "backward: '{}' produced a gradient {} for input {} of shape {}", node.name,
+               shape_str(g.dense.shape()), i, shape_str(input->data.shape()));
+  if (input->grad_fn) {
+    NodeState& target = state[input->grad_fn.get()];
+    accumulate(target.grad, target.fresh, g.dense, g.fresh);
+    return;
+  }
+  if (g.sparse) {
+    append_sparse(*input, std::move(*g.sparse));
+  } else {
+    accumulate_leaf(*input, std::move(g.dense), g.fresh);
+  }
+  if (--pending[input.get()] == 0) fire_hooks(input);
+}
+
 void run_backward(const std::shared_ptr<autograd::VariableImpl>& root, Tensor seed, bool seed_fresh,
                   TraceSink* trace = nullptr) {
-  using autograd::Node;
-  using autograd::VariableImpl;
-
   if (!root->grad_fn) {
     if (!root->requires_grad) {
       throw UsageError("backward: the variable does not require grad and has no grad_fn");
     }
-    if (!root->grad.defined()) {
-      root->grad = seed_fresh ? std::move(seed) : seed.clone();
-    } else {
-      ops::add_inplace(root->grad.data(), seed.data(), seed.numel());
-    }
+    accumulate_leaf(*root, std::move(seed), seed_fresh);
     fire_hooks(root);
     return;
   }
 
-  // Phase 1: discovery.
-  // Owning: releasing a node's edges may drop the last other reference to
-  // the nodes behind it, which still have to run.
-  std::vector<std::shared_ptr<Node>> post_order;
-  std::unordered_map<Node*, NodeState> state;
-  std::unordered_map<VariableImpl*, int64_t> pending;
-  {
-    struct Frame {
-      std::shared_ptr<Node> node;
-      size_t next_input;
-    };
-    std::vector<Frame> stack;
-    auto visit = [&](const std::shared_ptr<Node>& node) {
-      if (node->released) {
-        throw UsageError(fmt::format(
-            "backward: the graph through '{}' was already freed by an earlier backward(); "
-            "run the forward pass again to differentiate again",
-            node->name));
-      }
-      state.emplace(node.get(), NodeState{});
-      stack.push_back({node, 0});
-    };
-    visit(root->grad_fn);
-    while (!stack.empty()) {
-      Frame& top = stack.back();
-      if (top.next_input == top.node->inputs.size()) {
-        post_order.push_back(std::move(top.node));
-        stack.pop_back();
-        continue;
-      }
-      const auto& input = top.node->inputs[top.next_input++];
-      if (!input) continue;
-      if (input->grad_fn) {
-        if (state.find(input->grad_fn.get()) == state.end()) visit(input->grad_fn);
-      } else {
-        ++pending[input.get()];
-      }
-    }
-  }
+  NodeStates state;
+  PendingLeaves pending;
+  const std::vector<std::shared_ptr<autograd::Node>> post_order =
+      discover(root->grad_fn, state, pending);
 
   // Phase 2: execution in reverse post-order, and phase 3: release.
   state[root->grad_fn.get()] = NodeState{std::move(seed), seed_fresh};
   std::vector<autograd::InputGrad> grads;
   for (auto it = post_order.rbegin(); it != post_order.rend(); ++it) {
-    Node* node = it->get();
+    autograd::Node* node = it->get();
     NodeState& mine = state[node];
     grads.assign(node->inputs.size(), autograd::InputGrad{});
     for (size_t i = 0; i < node->inputs.size(); ++i) grads[i].needed = node->inputs[i] != nullptr;
@@ -157,37 +200,7 @@ void run_backward(const std::shared_ptr<autograd::VariableImpl>& root, Tensor se
     }
     mine.grad = Tensor();
     for (size_t i = 0; i < node->inputs.size(); ++i) {
-      const std::shared_ptr<VariableImpl>& input = node->inputs[i];
-      if (!input) continue;
-      autograd::InputGrad& g = grads[i];
-      if (g.sparse && input->grad_fn) {
-        // A row-sparse gradient for a computed tensor: densify it.
-        Tensor dense = Tensor::zeros(input->data.shape());
-        g.sparse->add_to(dense);
-        g.set(std::move(dense));
-        g.sparse.reset();
-      }
-      DTRAIN_CHECK(g.sparse || g.dense.defined(),
-                   "backward: '{}' produced no gradient for input {}", node->name, i);
-      DTRAIN_CHECK(g.sparse || g.dense.shape() == input->data.shape(),
-                   "backward: '{}' produced a gradient {} for input {} of shape {}", node->name,
-                   shape_str(g.dense.shape()), i, shape_str(input->data.shape()));
-      if (input->grad_fn) {
-        NodeState& target = state[input->grad_fn.get()];
-        accumulate(target.grad, target.fresh, g.dense, g.fresh);
-        continue;
-      }
-      if (g.sparse) {
-        append_sparse(*input, std::move(*g.sparse));
-      } else {
-        // A leaf's .grad is always its own storage: accumulate in place.
-        if (!input->grad.defined()) {
-          input->grad = g.fresh ? std::move(g.dense) : g.dense.clone();
-        } else {
-          ops::add_inplace(input->grad.data(), g.dense.data(), input->grad.numel());
-        }
-      }
-      if (--pending[input.get()] == 0) fire_hooks(input);
+      if (node->inputs[i]) pass_on(*node, i, grads[i], state, pending);
     }
     node->backward = nullptr;
     node->inputs.clear();
