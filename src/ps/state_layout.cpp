@@ -59,6 +59,75 @@ int64_t parse_step(const std::string& text, int server) {
   return value;
 }
 
+// Per table: the servers' rows ("<table>.<field>" -> per server)
+// concatenated, then sorted by key, into `sparse`.
+void assemble_sparse(const std::vector<SparseTableSpec>& tables,
+                     const std::map<std::string, std::vector<Tensor>>& sparse_parts,
+                     StateDict& sparse) {
+  for (const SparseTableSpec& table : tables) {
+    const std::string prefix = table.name + ".";
+    auto keys_it = sparse_parts.find(prefix + "keys");
+    if (keys_it == sparse_parts.end()) continue;
+    const Tensor keys = concat_rows(keys_it->second);
+    const int64_t n = keys.size(0);
+    std::vector<int64_t> order(static_cast<size_t>(n));
+    std::vector<uint64_t> key_values(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
+      order[static_cast<size_t>(i)] = i;
+      key_values[static_cast<size_t>(i)] = limbs_to_key(keys.data() + i * 4);
+    }
+    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+      return key_values[static_cast<size_t>(a)] < key_values[static_cast<size_t>(b)];
+    });
+    for (const auto& [name, parts] : sparse_parts) {
+      if (name.rfind(prefix, 0) != 0) continue;
+      const Tensor joined = concat_rows(parts);
+      if (joined.size(0) != n) {
+        throw CommError(
+            -1, "ps get_state",
+            fmt::format("sparse '{}' has {} rows for {} keys", name, joined.size(0), n));
+      }
+      sparse.insert(name, take_rows(joined, order));
+    }
+  }
+}
+
+// The rows of every table of `sparse`, routed to their servers by key
+// into `out` (one StateDict per server).
+void split_sparse(const ShardPlan& plan, const std::vector<SparseTableSpec>& tables,
+                  const StateDict& sparse, std::vector<StateDict>& out) {
+  const auto servers = static_cast<size_t>(plan.num_servers());
+  for (size_t t = 0; t < tables.size(); ++t) {
+    const std::string prefix = tables[t].name + ".";
+    const StateDict table = sparse.sub(prefix);
+    if (!table.contains("keys")) {
+      throw UsageError(
+          fmt::format("ps load_state: sparse table '{}' has no '{}keys'", tables[t].name, prefix));
+    }
+    const Tensor& keys = table.at("keys");
+    if (keys.dim() != 2 || keys.size(1) != 4) {
+      throw UsageError(fmt::format("ps load_state: '{}keys' has shape {}; expected (n, 4)", prefix,
+                                   shape_str(keys.shape())));
+    }
+    const int64_t n = keys.size(0);
+    std::vector<std::vector<int64_t>> rows(servers);
+    for (int64_t i = 0; i < n; ++i) {
+      const uint64_t key = limbs_to_key(keys.data() + i * 4);
+      rows[static_cast<size_t>(sparse_server_of(static_cast<uint32_t>(t), key, plan.num_servers()))]
+          .push_back(i);
+    }
+    for (const auto& [name, tensor] : table) {
+      if (tensor.dim() < 1 || tensor.size(0) != n) {
+        throw UsageError(fmt::format("ps load_state: '{}{}' has shape {} for {} keys", prefix, name,
+                                     shape_str(tensor.shape()), n));
+      }
+      for (size_t s = 0; s < servers; ++s) {
+        out[s].insert("sparse." + prefix + name, take_rows(tensor, rows[s]));
+      }
+    }
+  }
+}
+
 }  // namespace
 
 PsState assemble_state(const ShardPlan& plan, const std::vector<SparseTableSpec>& tables,
@@ -123,33 +192,7 @@ PsState assemble_state(const ShardPlan& plan, const std::vector<SparseTableSpec>
     }
   }
 
-  // Per table: the servers' rows concatenated, then sorted by key.
-  for (const SparseTableSpec& table : tables) {
-    const std::string prefix = table.name + ".";
-    auto keys_it = sparse_parts.find(prefix + "keys");
-    if (keys_it == sparse_parts.end()) continue;
-    const Tensor keys = concat_rows(keys_it->second);
-    const int64_t n = keys.size(0);
-    std::vector<int64_t> order(static_cast<size_t>(n));
-    std::vector<uint64_t> key_values(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) {
-      order[static_cast<size_t>(i)] = i;
-      key_values[static_cast<size_t>(i)] = limbs_to_key(keys.data() + i * 4);
-    }
-    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-      return key_values[static_cast<size_t>(a)] < key_values[static_cast<size_t>(b)];
-    });
-    for (const auto& [name, parts] : sparse_parts) {
-      if (name.rfind(prefix, 0) != 0) continue;
-      const Tensor joined = concat_rows(parts);
-      if (joined.size(0) != n) {
-        throw CommError(
-            -1, "ps get_state",
-            fmt::format("sparse '{}' has {} rows for {} keys", name, joined.size(0), n));
-      }
-      state.sparse.insert(name, take_rows(joined, order));
-    }
-  }
+  assemble_sparse(tables, sparse_parts, state.sparse);
   return state;
 }
 
@@ -213,36 +256,7 @@ std::vector<StateDict> split_state(const ShardPlan& plan,
     }
   }
 
-  // Sparse rows routed to their servers by key.
-  for (size_t t = 0; t < tables.size(); ++t) {
-    const std::string prefix = tables[t].name + ".";
-    const StateDict table = state.sparse.sub(prefix);
-    if (!table.contains("keys")) {
-      throw UsageError(
-          fmt::format("ps load_state: sparse table '{}' has no '{}keys'", tables[t].name, prefix));
-    }
-    const Tensor& keys = table.at("keys");
-    if (keys.dim() != 2 || keys.size(1) != 4) {
-      throw UsageError(fmt::format("ps load_state: '{}keys' has shape {}; expected (n, 4)", prefix,
-                                   shape_str(keys.shape())));
-    }
-    const int64_t n = keys.size(0);
-    std::vector<std::vector<int64_t>> rows(servers);
-    for (int64_t i = 0; i < n; ++i) {
-      const uint64_t key = limbs_to_key(keys.data() + i * 4);
-      rows[static_cast<size_t>(sparse_server_of(static_cast<uint32_t>(t), key, plan.num_servers()))]
-          .push_back(i);
-    }
-    for (const auto& [name, tensor] : table) {
-      if (tensor.dim() < 1 || tensor.size(0) != n) {
-        throw UsageError(fmt::format("ps load_state: '{}{}' has shape {} for {} keys", prefix, name,
-                                     shape_str(tensor.shape()), n));
-      }
-      for (size_t s = 0; s < servers; ++s) {
-        out[s].insert("sparse." + prefix + name, take_rows(tensor, rows[s]));
-      }
-    }
-  }
+  split_sparse(plan, tables, state.sparse, out);
   return out;
 }
 
