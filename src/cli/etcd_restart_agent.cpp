@@ -14,6 +14,7 @@
 #include <thread>
 #include <utility>
 
+#include "cli/test_hooks.h"
 #include "comm/rendezvous/elastic_group_rendezvous.h"
 #include "comm/rendezvous/etcd_rendezvous.h"
 #include "comm/rendezvous/host_address.h"
@@ -44,6 +45,19 @@ int env_int(const std::map<std::string, std::string>& env, const std::string& na
 }
 
 Deadline earlier(Deadline a, Deadline b) { return Deadline(std::min(a.at(), b.at())); }
+
+// The group's change since generation `gen`, read once; nullopt when there
+// is none or etcd cannot be read (a warning).
+std::optional<comm::EtcdElasticRendezvous::GroupChange> look(comm::EtcdElasticRendezvous& rdzv,
+                                                             uint32_t gen, bool admit_new,
+                                                             Logger& logger) {
+  try {
+    return rdzv.watch(gen, admit_new, Deadline::after(kCheckTimeout));
+  } catch (const Error& e) {
+    logger.warn("agent: cannot read the group in etcd: {}", e.what());
+    return std::nullopt;
+  }
+}
 
 // The local workers' pids, for the watcher thread to stop them: recorded by
 // the Launcher's callbacks on run()'s thread, read under the mutex.
@@ -77,11 +91,12 @@ class LocalWorkers {
 // rest once the first one exits).
 class GroupWatcher {
  public:
-  GroupWatcher(comm::EtcdElasticRendezvous& rdzv, uint32_t gen, bool admit_new,
+  // `blind` (a test hook): never read the group, only this agent's lease.
+  GroupWatcher(comm::EtcdElasticRendezvous& rdzv, uint32_t gen, bool admit_new, bool blind,
                std::chrono::milliseconds grace, LocalWorkers& workers,
                const AgentPresence& presence, Logger& logger)
-      : thread_([&, gen, admit_new, grace](std::stop_token stop) {
-          watch(stop, rdzv, gen, admit_new, grace, workers, presence, logger);
+      : thread_([&, gen, admit_new, blind, grace](std::stop_token stop) {
+          watch(stop, rdzv, gen, admit_new, blind, grace, workers, presence, logger);
         }) {}
 
   // Stops watching (joins the thread); then the change seen, if any.
@@ -93,8 +108,8 @@ class GroupWatcher {
 
  private:
   void watch(std::stop_token stop, comm::EtcdElasticRendezvous& rdzv, uint32_t gen, bool admit_new,
-             std::chrono::milliseconds grace, LocalWorkers& workers, const AgentPresence& presence,
-             Logger& logger) {
+             bool blind, std::chrono::milliseconds grace, LocalWorkers& workers,
+             const AgentPresence& presence, Logger& logger) {
     std::mutex mutex;
     std::condition_variable_any wake;
     std::unique_lock lock(mutex);
@@ -105,11 +120,7 @@ class GroupWatcher {
     while (!stop.stop_requested() && !change_) {
       stale = presence.lost();
       if (stale) break;
-      try {
-        change_ = rdzv.watch(gen, admit_new, Deadline::after(2s));
-      } catch (const Error& e) {
-        logger.warn("agent: cannot read the group in etcd: {}", e.what());
-      }
+      if (!blind) change_ = look(rdzv, gen, admit_new, logger);
       if (!change_) pause(kWatchInterval);
     }
     if (!change_ && !stale) return;
@@ -227,8 +238,9 @@ RunOutcome run_generation(comm::EtcdElasticRendezvous& rdzv, const Placement& p,
   LocalWorkers workers;
   options.on_process_started = [&workers](int, pid_t pid) { workers.started(pid); };
   options.on_process_exited = [&workers](const WorkerExit& e) { workers.ended(e.pid); };
-  GroupWatcher watcher(rdzv, p.gen.generation, admit_new, options.stop_grace, workers, presence,
-                       logger);
+  const bool blind = test_agent_blind(options.environment);
+  GroupWatcher watcher(rdzv, p.gen.generation, admit_new, blind, options.stop_grace, workers,
+                       presence, logger);
   RunOutcome outcome;
   try {
     outcome.result = Launcher(std::move(options), out, err, logger).run(deadline);
@@ -237,6 +249,16 @@ RunOutcome run_generation(comm::EtcdElasticRendezvous& rdzv, const Placement& p,
     throw;
   }
   outcome.change = watcher.finish();
+  const LaunchResult& r = outcome.result;
+  if (!outcome.change && r.interrupted_by == 0 && (r.exit_code != 0 || r.first_failed_rank)) {
+    // One more read: the workers may have failed because another host's
+    // were stopped for a change this watcher had not read yet (an admission
+    // above all, which must cost no agent a restart, not only the ones whose
+    // watcher was quicker). Until the next generation forms, the change is
+    // there to read: the round waits for every live member up to the settle
+    // time.
+    outcome.change = look(rdzv, p.gen.generation, admit_new, logger);
+  }
   return outcome;
 }
 

@@ -153,6 +153,15 @@ void test_stop_before_claim(const std::map<std::string, std::string>& env, Logge
   raise(SIGSTOP);
 }
 
+bool test_agent_blind(const std::map<std::string, std::string>& env) {
+  const auto it = env.find("DTRAIN_TEST_AGENT_BLIND");
+  if (it == env.end() || it->second.empty()) return false;
+  if (it->second != "1") {
+    throw ConfigError(fmt::format("DTRAIN_TEST_AGENT_BLIND='{}': expected 1", it->second));
+  }
+  return true;
+}
+
 train::RunHooks test_hooks(const std::map<std::string, std::string>& env,
                            const comm::LaunchInfo& launch) {
   train::RunHooks hooks;

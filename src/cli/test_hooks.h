@@ -21,6 +21,10 @@
 // - DTRAIN_TEST_AGENT_STOP_BEFORE_CLAIM=1: a per-host agent (cli/etcd_agent.h)
 //   logs "agent: stopped before claiming a node index" and SIGSTOPs itself
 //   before its first etcd call, so that a test kills it in that phase.
+// - DTRAIN_TEST_AGENT_BLIND=1: a per-host agent in restart mode
+//   (cli/etcd_restart_agent.h) does not read the group while its workers run
+//   (its lease is still watched), so that a test sees it learn a change only
+//   from its one read after they ended.
 // Errors: ConfigError naming the variable for a malformed value.
 #pragma once
 
@@ -59,6 +63,9 @@ std::optional<train::ModelledTime> test_compute_time(const std::map<std::string,
 // DTRAIN_TEST_AGENT_STOP_BEFORE_CLAIM: "1" logs to `logger` and SIGSTOPs
 // this process (it returns once continued); unset or empty: nothing.
 void test_stop_before_claim(const std::map<std::string, std::string>& env, Logger& logger);
+
+// Whether DTRAIN_TEST_AGENT_BLIND is set (to 1).
+bool test_agent_blind(const std::map<std::string, std::string>& env);
 
 // All of the above as the job's hooks for this process.
 train::RunHooks test_hooks(const std::map<std::string, std::string>& env,
