@@ -151,8 +151,7 @@ int64_t ImplicitConv::weight_grad_scratch_floats(int64_t out_channels) const {
 }
 
 int64_t ImplicitConv::padded_channels(int64_t out_channels) {
-  const int64_t lanes = gemm_lanes();
-  return (out_channels + lanes - 1) / lanes * lanes;
+  return gemm_outer_columns(out_channels);
 }
 
 void ImplicitConv::weight_grad(const float* xpad, const float* gy, int64_t out_channels, float* gw,

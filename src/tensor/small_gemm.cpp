@@ -15,13 +15,20 @@ constexpr int kVectorBytes = 16;
 #endif
 typedef float Vec __attribute__((vector_size(kVectorBytes)));
 constexpr int kLanes = kVectorBytes / static_cast<int>(sizeof(float));
+// Eight floats: the outer products' vector when the columns (output
+// channels) are few, so that LeNet-5's 6 channels do not fill 16 lanes.
+typedef float Vec8 __attribute__((vector_size(8 * sizeof(float))));
 
-inline Vec load(const float* p) {
-  Vec v;
+template <typename V = Vec>
+inline V load(const float* p) {
+  V v;
   __builtin_memcpy(&v, p, sizeof(v));
   return v;
 }
-inline void store(float* p, Vec v) { __builtin_memcpy(p, &v, sizeof(v)); }
+template <typename V>
+inline void store(float* p, V v) {
+  __builtin_memcpy(p, &v, sizeof(v));
+}
 inline float reduce(Vec v) {
   float total = 0.0f;
   for (int i = 0; i < kLanes; ++i) total += v[i];
@@ -117,21 +124,22 @@ void long_k_block(int64_t k, const float* a, int64_t lda, Rows b, float* c, int6
 // A[i][s * a_seg_stride + t] * B[s * seg_len + t][lanes]: the MB x NV
 // accumulators stay in registers over every position; each step loads NV
 // vectors of B and broadcasts MB scalars of A.
-template <int MB, int NV>
+template <typename V, int MB, int NV>
 void outer_block(int64_t segments, int64_t seg_len, int64_t a_seg_stride, const float* a,
                  const int64_t* a_offsets, const float* b, int64_t ldb, float* c, int64_t ldc) {
-  Vec acc[MB][NV];
+  constexpr int lanes = sizeof(V) / sizeof(float);
+  V acc[MB][NV];
   const float* rows[MB];
   for (int i = 0; i < MB; ++i) {
     rows[i] = a + a_offsets[i];
-    for (int v = 0; v < NV; ++v) acc[i][v] = load(c + i * ldc + v * kLanes);
+    for (int v = 0; v < NV; ++v) acc[i][v] = load<V>(c + i * ldc + v * lanes);
   }
   for (int64_t s = 0; s < segments; ++s) {
     const float* bs = b + s * seg_len * ldb;
     const int64_t as = s * a_seg_stride;
     for (int64_t t = 0; t < seg_len; ++t) {
-      Vec bv[NV];
-      for (int v = 0; v < NV; ++v) bv[v] = load(bs + t * ldb + v * kLanes);
+      V bv[NV];
+      for (int v = 0; v < NV; ++v) bv[v] = load<V>(bs + t * ldb + v * lanes);
       for (int i = 0; i < MB; ++i) {
         const float x = rows[i][as + t];
         for (int v = 0; v < NV; ++v) acc[i][v] += x * bv[v];
@@ -139,19 +147,21 @@ void outer_block(int64_t segments, int64_t seg_len, int64_t a_seg_stride, const 
     }
   }
   for (int i = 0; i < MB; ++i) {
-    for (int v = 0; v < NV; ++v) store(c + i * ldc + v * kLanes, acc[i][v]);
+    for (int v = 0; v < NV; ++v) store(c + i * ldc + v * lanes, acc[i][v]);
   }
 }
 
-template <int NV>
+template <typename V, int NV>
 void outer_rows(int64_t m, int64_t segments, int64_t seg_len, int64_t a_seg_stride, const float* a,
                 const int64_t* a_offsets, const float* b, int64_t ldb, float* c, int64_t ldc) {
   int64_t i = 0;
   for (; i + 6 <= m; i += 6) {
-    outer_block<6, NV>(segments, seg_len, a_seg_stride, a, a_offsets + i, b, ldb, c + i * ldc, ldc);
+    outer_block<V, 6, NV>(segments, seg_len, a_seg_stride, a, a_offsets + i, b, ldb, c + i * ldc,
+                          ldc);
   }
   for (; i < m; ++i) {
-    outer_block<1, NV>(segments, seg_len, a_seg_stride, a, a_offsets + i, b, ldb, c + i * ldc, ldc);
+    outer_block<V, 1, NV>(segments, seg_len, a_seg_stride, a, a_offsets + i, b, ldb, c + i * ldc,
+                          ldc);
   }
 }
 
@@ -198,17 +208,24 @@ void gemm_small_m(int64_t m, int64_t r, int64_t p, const float* a, int64_t lda, 
 
 int64_t gemm_small_m_strip() { return kLanes; }
 
-int64_t gemm_lanes() { return kLanes; }
+int64_t gemm_outer_columns(int64_t n) {
+  if (kLanes > 8 && n <= 8) return 8;
+  return (n + kLanes - 1) / kLanes * kLanes;
+}
 
 void gemm_shifted_outer(int64_t m, int64_t n, int64_t segments, int64_t seg_len,
                         int64_t a_seg_stride, const float* a, const int64_t* a_offsets,
                         const float* b, int64_t ldb, float* c, int64_t ldc) {
+  if (kLanes > 8 && n == 8) {
+    outer_rows<Vec8, 1>(m, segments, seg_len, a_seg_stride, a, a_offsets, b, ldb, c, ldc);
+    return;
+  }
   int64_t j = 0;
   for (; j + 2 * kLanes <= n; j += 2 * kLanes) {
-    outer_rows<2>(m, segments, seg_len, a_seg_stride, a, a_offsets, b + j, ldb, c + j, ldc);
+    outer_rows<Vec, 2>(m, segments, seg_len, a_seg_stride, a, a_offsets, b + j, ldb, c + j, ldc);
   }
   for (; j < n; j += kLanes) {
-    outer_rows<1>(m, segments, seg_len, a_seg_stride, a, a_offsets, b + j, ldb, c + j, ldc);
+    outer_rows<Vec, 1>(m, segments, seg_len, a_seg_stride, a, a_offsets, b + j, ldb, c + j, ldc);
   }
 }
 

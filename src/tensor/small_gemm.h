@@ -32,16 +32,17 @@ void gemm_long_k(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, c
 // a p that is a multiple of it runs without a scalar tail.
 int64_t gemm_small_m_strip();
 
-// Floats in one native vector: the column padding gemm_shifted_outer needs.
-int64_t gemm_lanes();
+// The columns gemm_shifted_outer computes for n: n rounded up to a whole
+// vector (of 8 floats where n <= 8 and the native vector is wider).
+int64_t gemm_outer_columns(int64_t n);
 
 // C[M, N] += A . B with A[i] shifted rows read in segments: the sum over
 // s < segments and t < seg_len of A[i][s * a_seg_stride + t] * B[s * seg_len
 // + t][:], where A's row i starts at a + a_offsets[i]. For the weight
 // gradient of an implicit-GEMM convolution (rows: the padded input's shifts;
 // segments: output rows, skipping the discarded grid positions; B: the
-// output gradient transposed). N is padded to a multiple of gemm_lanes():
-// ldb, ldc >= that, B's padding columns readable, C's written.
+// output gradient transposed). N must be gemm_outer_columns(N): ldb, ldc >=
+// N, B's padding columns readable, C's written.
 void gemm_shifted_outer(int64_t m, int64_t n, int64_t segments, int64_t seg_len,
                         int64_t a_seg_stride, const float* a, const int64_t* a_offsets,
                         const float* b, int64_t ldb, float* c, int64_t ldc);
