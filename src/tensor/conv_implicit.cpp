@@ -11,12 +11,6 @@ namespace {
 
 typedef float F8 __attribute__((vector_size(8 * sizeof(float))));
 
-inline F8 load8(const float* p) {
-  F8 v;
-  __builtin_memcpy(&v, p, sizeof(v));
-  return v;
-}
-
 // rows[i] <- column i of the 8 x 8 block rows[0..8) (the three rounds of
 // unpack, 64-bit and 128-bit shuffles that an AVX 8 x 8 transpose takes).
 inline void transpose8(F8 rows[8]) {
@@ -49,7 +43,8 @@ void transpose_to_channels_last(const float* gyn, int64_t out_channels, int64_t 
     for (int64_t o0 = 0; o0 < whole_o; o0 += 8) {
       F8 rows[8];
       for (int i = 0; i < 8; ++i) {
-        rows[i] = o0 + i < out_channels ? load8(gyn + (o0 + i) * plane + q) : F8{};
+        rows[i] = F8{};
+        if (o0 + i < out_channels) __builtin_memcpy(&rows[i], gyn + (o0 + i) * plane + q, 32);
       }
       transpose8(rows);
       for (int i = 0; i < 8; ++i) __builtin_memcpy(gyt + (q + i) * padded + o0, &rows[i], 32);

@@ -169,6 +169,13 @@ template <typename Rows>
 void small_m(int64_t m, int64_t r, int64_t p, const float* a, int64_t lda, Rows b, float* c,
              int64_t ldc, bool accumulate) {
   int64_t i = 0;
+  if constexpr (kLanes >= 16) {
+    // AVX-512's 32 registers hold 8 rows x 2 vectors of accumulators
+    // (LeNet-5's conv2 forward, 16 rows: 1.08x faster than 6 + 6 + 4).
+    for (; i + 8 <= m; i += 8) {
+      small_m_block<8>(r, p, a + i * lda, lda, b, c + i * ldc, ldc, accumulate);
+    }
+  }
   for (; i + 6 <= m; i += 6) {
     small_m_block<6>(r, p, a + i * lda, lda, b, c + i * ldc, ldc, accumulate);
   }
@@ -216,9 +223,11 @@ int64_t gemm_outer_columns(int64_t n) {
 void gemm_shifted_outer(int64_t m, int64_t n, int64_t segments, int64_t seg_len,
                         int64_t a_seg_stride, const float* a, const int64_t* a_offsets,
                         const float* b, int64_t ldb, float* c, int64_t ldc) {
-  if (kLanes > 8 && n == 8) {
-    outer_rows<Vec8, 1>(m, segments, seg_len, a_seg_stride, a, a_offsets, b, ldb, c, ldc);
-    return;
+  if constexpr (kLanes > 8) {  // Vec8 exists in registers only where AVX does
+    if (n == 8) {
+      outer_rows<Vec8, 1>(m, segments, seg_len, a_seg_stride, a, a_offsets, b, ldb, c, ldc);
+      return;
+    }
   }
   int64_t j = 0;
   for (; j + 2 * kLanes <= n; j += 2 * kLanes) {
