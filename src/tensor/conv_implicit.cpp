@@ -92,6 +92,14 @@ ImplicitConv::ImplicitConv(const Conv2dGeometry& g) : g_(g) {
       for (int64_t kw = 0; kw < g.k; ++kw) offsets_.push_back(c * hp_ * wp_ + kh * wp_ + kw);
     }
   }
+  // The input gradient's rows in (kh, kw, c) order: consecutive rows lie in
+  // different channels' planes, which never overlap.
+  grad_rows_.reserve(offsets_.size());
+  for (int64_t tap = 0; tap < g.k * g.k; ++tap) {
+    for (int64_t c = 0; c < g.c; ++c) grad_rows_.push_back(c * g.k * g.k + tap);
+  }
+  grad_offsets_.reserve(offsets_.size());
+  for (const int64_t r : grad_rows_) grad_offsets_.push_back(offsets_[static_cast<size_t>(r)]);
 }
 
 void ImplicitConv::pad_input(const float* x, float* xpad) const {
@@ -202,15 +210,17 @@ void ImplicitConv::weight_grad_outer(const float* xpad, const float* gy, int64_t
 
 int64_t ImplicitConv::input_grad_scratch_floats(int64_t out_channels) const {
   const int64_t rows = g_.col_rows();
-  return rows * out_channels + out_channels * grid_ + rows * grid_ + sample_ + slack_;
+  return rows * out_channels + out_channels * grid_ + sample_ + slack_;
 }
 
 void ImplicitConv::input_grad(const float* gy, const float* w, int64_t out_channels, float* gx,
                               float* scratch) const {
   const int64_t rows = g_.col_rows();
-  float* wt = scratch;  // [R, O], shared read-only by every part
+  float* wt = scratch;  // [R, O] in grad_rows_ order, shared read-only by every part
   for (int64_t o = 0; o < out_channels; ++o) {
-    for (int64_t r = 0; r < rows; ++r) wt[r * out_channels + o] = w[o * rows + r];
+    for (int64_t r = 0; r < rows; ++r) {
+      wt[r * out_channels + o] = w[o * rows + grad_rows_[static_cast<size_t>(r)]];
+    }
   }
   const int64_t per_part = input_grad_scratch_floats(out_channels) - rows * out_channels;
   tensor::parallel_for_range(g_.n, [&](int64_t begin, int64_t end, int part) {
@@ -224,9 +234,8 @@ void ImplicitConv::input_grad_samples(int64_t begin, int64_t end, const float* g
                                       int64_t out_channels, float* gx, float* scratch) const {
   const int64_t rows = g_.col_rows();
   const int64_t plane = g_.oh * g_.ow;
-  float* gyg = scratch;                      // [O, G]
-  float* dcol = gyg + out_channels * grid_;  // [R, G]
-  float* gxpad = dcol + rows * grid_;        // one padded sample + slack
+  float* gyg = scratch;                       // [O, G]
+  float* gxpad = gyg + out_channels * grid_;  // one padded sample + slack
   // The discarded grid positions stay zero: only the valid ones are written.
   std::fill_n(gyg, out_channels * grid_, 0.0f);
   for (int64_t n = begin; n < end; ++n) {
@@ -236,13 +245,9 @@ void ImplicitConv::input_grad_samples(int64_t begin, int64_t end, const float* g
         copy_short(gyg + o * grid_ + oh * wp_, gyn + o * plane + oh * g_.ow, g_.ow);
       }
     }
-    gemm_small_m(rows, out_channels, grid_, wt, out_channels, gyg, grid_, dcol, grid_, false);
     std::fill_n(gxpad, sample_ + slack_, 0.0f);
-    for (int64_t r = 0; r < rows; ++r) {
-      float* __restrict dst = gxpad + offsets_[static_cast<size_t>(r)];
-      const float* __restrict src = dcol + r * grid_;
-      for (int64_t i = 0; i < grid_; ++i) dst[i] += src[i];
-    }
+    gemm_small_m_add_rows(rows, out_channels, grid_, wt, out_channels, gyg, grid_, gxpad,
+                          grad_offsets_.data());
     float* gxn = gx + n * g_.c * g_.h * g_.w;
     for (int64_t c = 0; c < g_.c; ++c) {
       for (int64_t ih = 0; ih < g_.h; ++ih) {

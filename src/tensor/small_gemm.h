@@ -47,6 +47,14 @@ void gemm_shifted_outer(int64_t m, int64_t n, int64_t segments, int64_t seg_len,
                         int64_t a_seg_stride, const float* a, const int64_t* a_offsets,
                         const float* b, int64_t ldb, float* c, int64_t ldc);
 
+// C[i] += (A . B)[i] with row i of C at c + c_offsets[i]: the rows may
+// overlap (each row's sums are added after the previous rows' are stored;
+// rows that overlap within one block of 6 only cost speed). For the input
+// gradient of an implicit-GEMM convolution, whose rows land on the padded
+// input at their shifts (col2im without the unfolded matrix).
+void gemm_small_m_add_rows(int64_t m, int64_t r, int64_t p, const float* a, int64_t lda,
+                           const float* b, int64_t ldb, float* c, const int64_t* c_offsets);
+
 void gemm_small_m_offsets(int64_t m, int64_t r, int64_t p, const float* a, int64_t lda,
                           const float* b, const int64_t* b_offsets, float* c, int64_t ldc,
                           bool accumulate);
