@@ -11,7 +11,8 @@
 # repetitions, that binary's 2-worker rate and hidden share (before/after
 # comparisons on a loaded machine); THREADS=1 adds dtrain's 2 workers as
 # threads of one process (MirroredStrategy) beside the 2 processes.
-# Usage: [BEFORE=bin] [THREADS=1] bench/strategy/run_ddp_bench.sh [STEPS] [REPS] [GLOBAL_BATCH]
+# MODELS="lenet5" (default "mlp lenet5") runs only the models named.
+# Usage: [BEFORE=bin] [THREADS=1] [MODELS=...] bench/strategy/run_ddp_bench.sh [STEPS] [REPS] [GLOBAL_BATCH]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 steps=${1:-200}
@@ -30,7 +31,8 @@ printf '%-7s %10s %10s %10s %10s %8s %8s %9s %9s %7s\n' model dt_1w dt_2w torch_
 before=${BEFORE:-}
 threads=${THREADS:-}
 extra=()
-for model in mlp lenet5; do
+read -ra models <<<"${MODELS:-mlp lenet5}"
+for model in "${models[@]}"; do
   d1=(); d2=(); t1=(); t2=(); h=(); u=(); b2=(); bh=(); m2=()
   for ((r = 0; r < reps; ++r)); do
     if [[ -n $before ]]; then

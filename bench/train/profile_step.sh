@@ -21,7 +21,7 @@ perf report -i "$work/perf.data" --no-children --sort symbol --stdio 2>/dev/null
     function group(s) {
       if (s ~ /im2col/) return "im2col";
       if (s ~ /col2im/) return "col2im";
-      if (s ~ /ImplicitConv/) return "implicit conv: pad, crop, transposes, row adds";
+      if (s ~ /ImplicitConv|transpose_to_channels_last/) return "implicit conv: pad, crop, transposes, row adds";
       if (s ~ /OffsetRows|small_m_offsets/) return "conv forward GEMM (implicit; own kernel)";
       if (s ~ /shifted_outer|outer_block|outer_rows/) return "conv weight-gradient GEMM (own kernel)";
       if (s ~ /StridedRows/) return "conv input-gradient GEMM (own kernel)";

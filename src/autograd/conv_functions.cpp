@@ -265,8 +265,7 @@ Variable max_pool2d_impl(const Variable& x, int64_t kernel, int64_t stride, int6
   const int64_t planes = g.n * g.c;
   Tensor y = Tensor::empty({g.n, g.c, g.oh, g.ow});
   std::vector<int32_t> argmax(static_cast<size_t>(y.numel()));
-  ops::max_pool2d_forward(x.data().data(), planes, g, y.data(), argmax.data());
-  if (after_relu) ops::relu_after_max_pool(y.data(), argmax.data(), y.numel());
+  ops::max_pool2d_forward(x.data().data(), planes, g, y.data(), argmax.data(), after_relu);
   if (!needs_graph({&x})) return Variable(std::move(y));
   return record(
       what, {&x}, std::move(y),

@@ -29,7 +29,9 @@
 //                                gxpad_n = the sum of D_n's rows added at
 //                                their shifts (col2im on the grid: whole
 //                                rows of G floats, where col2im adds rows of
-//                                OW); gx = its interior
+//                                OW), added by the GEMM kernel as it
+//                                finishes each block of rows, so that D_n
+//                                is never stored; gx = its interior
 //
 // Contract: geometry stride 1; pointers address the sizes named; xpad has
 // padded_floats() floats. Ownership: ImplicitConv owns its row offsets.
@@ -92,7 +94,9 @@ class ImplicitConv {
   int64_t sample_ = 0;  // C * Hp * Wp
   int64_t grid_ = 0;    // G
   int64_t slack_ = 0;
-  std::vector<int64_t> offsets_;  // R shifts, row (c, kh, kw) at c*Hp*Wp + kh*Wp + kw
+  std::vector<int64_t> offsets_;       // R shifts, row (c, kh, kw) at c*Hp*Wp + kh*Wp + kw
+  std::vector<int64_t> grad_rows_;     // the rows in (kh, kw, c) order, for input_grad
+  std::vector<int64_t> grad_offsets_;  // offsets_ in that order
 };
 
 }  // namespace dtrain::ops

@@ -33,11 +33,13 @@ void col2im(const float* col, const Conv2dGeometry& g, float* gx);
 // Pooling over `planes` = N*C planes of [H, W] into [OH, OW] using the
 // geometry's k/stride/pad (its n and c are ignored).
 // Max: padded positions never win; argmax records the winning input offset
-// within its plane for the backward pass. Max forward and backward split the
-// planes over tensor::intra_op_threads() (tensor/intra_op.h), bit-identical
-// to one thread; they return when every part has finished.
+// within its plane for the backward pass. With after_relu the output is
+// that of max pooling after a ReLU, in the same pass (relu_after_max_pool).
+// Max forward and backward split the planes over tensor::intra_op_threads()
+// (tensor/intra_op.h), bit-identical to one thread; they return when every
+// part has finished.
 void max_pool2d_forward(const float* x, int64_t planes, const Conv2dGeometry& g, float* y,
-                        int32_t* argmax);
+                        int32_t* argmax, bool after_relu = false);
 // Turns max pooling's output into that of max pooling after a ReLU
 // (max(relu(x)) = relu(max(x))): each of the n outputs at or below zero
 // becomes 0 and its argmax -1, so that backward routes nothing there, as

@@ -32,19 +32,28 @@ void gemm_long_k(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, c
 // a p that is a multiple of it runs without a scalar tail.
 int64_t gemm_small_m_strip();
 
-// Floats in one native vector: the column padding gemm_shifted_outer needs.
-int64_t gemm_lanes();
+// The columns gemm_shifted_outer computes for n: n rounded up to a whole
+// vector (of 8 floats where n <= 8 and the native vector is wider).
+int64_t gemm_outer_columns(int64_t n);
 
 // C[M, N] += A . B with A[i] shifted rows read in segments: the sum over
 // s < segments and t < seg_len of A[i][s * a_seg_stride + t] * B[s * seg_len
 // + t][:], where A's row i starts at a + a_offsets[i]. For the weight
 // gradient of an implicit-GEMM convolution (rows: the padded input's shifts;
 // segments: output rows, skipping the discarded grid positions; B: the
-// output gradient transposed). N is padded to a multiple of gemm_lanes():
-// ldb, ldc >= that, B's padding columns readable, C's written.
+// output gradient transposed). N must be gemm_outer_columns(N): ldb, ldc >=
+// N, B's padding columns readable, C's written.
 void gemm_shifted_outer(int64_t m, int64_t n, int64_t segments, int64_t seg_len,
                         int64_t a_seg_stride, const float* a, const int64_t* a_offsets,
                         const float* b, int64_t ldb, float* c, int64_t ldc);
+
+// C[i] += (A . B)[i] with row i of C at c + c_offsets[i]: the rows may
+// overlap (each row's sums are added after the previous rows' are stored;
+// rows that overlap within one block of 6 only cost speed). For the input
+// gradient of an implicit-GEMM convolution, whose rows land on the padded
+// input at their shifts (col2im without the unfolded matrix).
+void gemm_small_m_add_rows(int64_t m, int64_t r, int64_t p, const float* a, int64_t lda,
+                           const float* b, int64_t ldb, float* c, const int64_t* c_offsets);
 
 void gemm_small_m_offsets(int64_t m, int64_t r, int64_t p, const float* a, int64_t lda,
                           const float* b, const int64_t* b_offsets, float* c, int64_t ldc,

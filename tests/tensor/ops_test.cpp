@@ -90,6 +90,30 @@ TEST(SmallGemm, MatchesNaiveOnOddSizes) {
   }
 }
 
+// Rows of C added at offsets that overlap (each row one float after the
+// previous, as the rows of one input channel in an implicit convolution's
+// input gradient) and that repeat: every row's sums must land, whatever
+// block of the kernel they share.
+TEST(SmallGemm, AddRowsAtOverlappingOffsetsMatchesNaive) {
+  for (int64_t m : {1, 7, 13}) {
+    for (int64_t p : {5, 16, 37}) {
+      SCOPED_TRACE(::testing::Message() << "m " << m << " p " << p);
+      const int64_t r = 9;
+      const auto a = random_values(m * r, 7);
+      const auto b = random_values(r * p, 8);
+      std::vector<int64_t> offsets(m);
+      for (int64_t i = 0; i < m; ++i) offsets[i] = i % 2 == 0 ? i : 3;
+      std::vector<float> c(m + p + 3, 0.25f);
+      ops::gemm_small_m_add_rows(m, r, p, a.data(), r, b.data(), p, c.data(), offsets.data());
+      const auto product = naive_gemm(false, false, m, p, r, a, b);
+      std::vector<float> want(c.size(), 0.25f);
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t j = 0; j < p; ++j) want[offsets[i] + j] += product[i * p + j];
+      expect_near_all(c, want, 1e-4f);
+    }
+  }
+}
+
 // Direct convolution of one [C, H, W] sample with [O, C, K, K] weights.
 std::vector<float> direct_conv(const std::vector<float>& x, const std::vector<float>& w,
                                const ops::Conv2dGeometry& g, int64_t o) {
