@@ -1,5 +1,5 @@
 // Intra-op threads (tensor/intra_op.h): the fan-out's ranges; its team
-// (threads kept parked across calls, rebuilt when the setting changes, a busy
+// (threads kept across calls, rebuilt when a setting changes, a busy
 // team falling back to running the parts in order for nested and concurrent
 // calls, a forked child building its own and exiting cleanly); and the
 // threaded kernels bit-identical to one thread for 1, 2 and 3 threads, on odd
@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -111,6 +112,30 @@ TEST(IntraOp, TeamThreadsAreKeptAcrossCallsAndRebuiltWhenTheSettingChanges) {
   EXPECT_EQ(rebuilt[0], std::this_thread::get_id());
   EXPECT_NE(rebuilt[1], rebuilt[0]);
   EXPECT_EQ(part_threads(2), rebuilt);
+}
+
+// The spin is a setting like the thread count (clamped at zero); the team
+// covers every range with it and without it, across a change.
+TEST(IntraOp, SpinSettingIsClampedAndTheTeamWorksWithAndWithoutIt) {
+  EXPECT_EQ(tensor::intra_op_spin(), tensor::kDefaultIntraOpSpin);
+  const ThreadsFor scope(2);
+  std::vector<int> hits(9, 0);
+  auto count_hits = [&] {
+    for (int round = 0; round < 20; ++round) {
+      const auto ids = part_threads(2);
+      EXPECT_NE(ids[1], ids[0]);
+      tensor::parallel_for_range(9, [&](int64_t begin, int64_t end, int) {
+        for (int64_t i = begin; i < end; ++i) ++hits[static_cast<size_t>(i)];
+      });
+    }
+  };
+  count_hits();
+  tensor::set_intra_op_spin(std::chrono::microseconds(-5));
+  EXPECT_EQ(tensor::intra_op_spin(), std::chrono::microseconds(0));
+  count_hits();
+  tensor::set_intra_op_spin(tensor::kDefaultIntraOpSpin);
+  count_hits();
+  EXPECT_EQ(hits, std::vector<int>(9, 60));
 }
 
 // n items, each counted once per coverage, nested fan-outs included.
