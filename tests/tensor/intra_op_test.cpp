@@ -325,7 +325,7 @@ TEST(IntraOp, LinearWithThreadsMatchesOneThread) {
       expect_sums_close(many.y, one.y, t.in, "y");
       expect_sums_close(many.gx, one.gx, t.out, "gx");
       expect_sums_close(many.gw, one.gw, t.n, "gw");
-      expect_bits_equal(many.gb, one.gb);  // column sums: not split
+      expect_bits_equal(many.gb, one.gb);  // column sums: split by columns, rows in order
     }
   }
 }
