@@ -15,18 +15,20 @@
 // own per part, gives results bit-identical to one thread.
 //
 // Why the spin (measured on the 2-vCPU KVM guest, train_step_bench at
-// global batch 256, medians of 3, the arms alternating in one run under
-// chrt -f so that other work on the machine could not take a core): a
-// fan-out that wakes a sleeping thread and sleeps on its completion costs
-// ~50 us there (a futex wake is an inter-processor interrupt to the other
-// vCPU), against ~1 us when both sides poll. A training step is a chain of
+// global batch 256, medians of 5, the arms alternating in one run under
+// chrt -f so that other work on the machine could not take a core; see
+// docs/performance.md, "Two threads against two processes"): a fan-out
+// that wakes a sleeping thread and sleeps on its completion costs ~50 us
+// there (a futex wake is an inter-processor interrupt to the other vCPU),
+// against ~1 us when both sides poll. A training step is a chain of
 // fan-outs a few hundred microseconds apart (the MLP: 8 per step, each
 // ~100-400 us of GEMM per part), so the wake-ups ate most of the second
-// thread: the MLP ran 1.06x one thread without the spin and 1.36x with
-// 200 us (2 processes: 1.22x), LeNet-5 1.41x and 1.50x. 200 us covers the
-// serial work between a step's kernels; a longer wait (the data loader,
-// evaluation) ends in sleep, so the spin costs at most 200 us of a core per
-// fan-out.
+// thread: the MLP ran 1.15x one thread without the spin and 1.54x with
+// 200 us (2 processes: 1.38x), LeNet-5 1.41x and 1.56x (1.95x). 200 us
+// covers the serial work between a step's kernels; a longer wait (the data
+// loader, evaluation) ends in sleep, so the spin costs at most 200 us of a
+// core per fan-out. On a loaded machine a polling thread competes for its
+// core, and 2 threads can run slower than 1 with or without the spin.
 //
 // Contract: threads >= 1 (smaller values are clamped to 1); the default is 1.
 // Thread safety: the settings are atomics, read once per call; set them
