@@ -28,8 +28,12 @@ bool spin_until(const Ready& ready, std::chrono::microseconds spin) {
 
 }  // namespace
 
-ThreadTeam::ThreadTeam(int64_t count, std::chrono::microseconds spin)
-    : count_(count), spin_(spin), errors_(static_cast<size_t>(count)) {
+ThreadTeam::ThreadTeam(int64_t count, std::chrono::microseconds spin, bool caller_runs_unclaimed)
+    : count_(count),
+      spin_(spin),
+      caller_runs_unclaimed_(caller_runs_unclaimed),
+      claimed_(static_cast<size_t>(count)),
+      errors_(static_cast<size_t>(count)) {
   for (int64_t r = 1; r < count; ++r) {
     threads_.emplace_back([this, r](std::stop_token stop) { worker(stop, r); });
   }
@@ -50,15 +54,19 @@ void ThreadTeam::run(const std::function<void(int64_t)>& fn) {
   task_ = &fn;
   for (auto& e : errors_) e = nullptr;
   pending_.store(count_ - 1);
-  generation_.fetch_add(1);
+  const uint64_t generation = generation_.fetch_add(1) + 1;
   if (sleeping_workers_.load() > 0) {
     std::lock_guard lock(mutex_);
     work_ready_.notify_all();
   }
-  try {
-    fn(0);
-  } catch (...) {
-    errors_[0] = std::current_exception();
+  run_member(fn, 0);
+  if (caller_runs_unclaimed_) {
+    for (int64_t m = 1; m < count_; ++m) {
+      if (claim(m, generation)) {
+        run_member(fn, m);
+        pending_.fetch_sub(1);
+      }
+    }
   }
   auto done = [&] { return pending_.load() == 0; };
   if (!spin_until(done, spin_)) {
@@ -71,6 +79,29 @@ void ThreadTeam::run(const std::function<void(int64_t)>& fn) {
   for (auto& e : errors_) {
     if (e) std::rethrow_exception(e);
   }
+}
+
+bool ThreadTeam::claim(int64_t member, uint64_t generation) {
+  std::atomic<uint64_t>& slot = claimed_[static_cast<size_t>(member)];
+  uint64_t last = slot.load();
+  while (last < generation) {
+    if (slot.compare_exchange_weak(last, generation)) return true;
+  }
+  return false;
+}
+
+void ThreadTeam::run_member(const std::function<void(int64_t)>& fn, int64_t member) {
+  std::exception_ptr error;
+  try {
+    fn(member);
+  } catch (...) {
+    error = std::current_exception();
+  }
+  // Moved, not copied, before the caller learns the member is done: a copy
+  // left in `error` would drop its reference after run() may have rethrown
+  // and cleared errors_, freeing the exception on this thread unordered with
+  // the caller's reads.
+  errors_[static_cast<size_t>(member)] = std::move(error);
 }
 
 void ThreadTeam::worker(std::stop_token stop, int64_t member) {
@@ -87,16 +118,10 @@ void ThreadTeam::worker(std::stop_token stop, int64_t member) {
     }
     if (stop.stop_requested()) return;
     seen = generation_.load(std::memory_order_acquire);
-    std::exception_ptr error;
-    try {
-      (*task_)(member);
-    } catch (...) {
-      error = std::current_exception();
-    }
-    // Moved before the release below: a copy left in `error` would drop its
-    // reference after run() may have rethrown and cleared errors_, freeing the
-    // exception on this thread unordered with the caller's reads.
-    errors_[static_cast<size_t>(member)] = std::move(error);
+    // Lost: the caller ran this member of run `seen` (and that run may be
+    // over), so task_ and errors_ are not this thread's to touch.
+    if (!claim(member, seen)) continue;
+    run_member(*task_, member);
     if (pending_.fetch_sub(1) == 1 && caller_sleeping_.load()) {
       std::lock_guard lock(mutex_);
       done_.notify_one();

@@ -49,7 +49,7 @@ class IntraOpTeam {
     if (team_ && owner_ != pid) static_cast<void>(team_.release());  // the parent's threads
     if (!team_ || team_->count() != threads || team_spin_ != spin) {
       team_.reset();
-      team_ = std::make_unique<ThreadTeam>(threads, spin);
+      team_ = std::make_unique<ThreadTeam>(threads, spin, /*caller_runs_unclaimed=*/true);
       team_spin_ = spin;
       owner_ = pid;
     }

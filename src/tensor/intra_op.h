@@ -5,8 +5,10 @@
 // Schedule: parallel_for_range(n, fn) cuts [0, n) into min(threads, n)
 // contiguous ranges of near-equal length (the first n % parts one longer)
 // and runs fn(begin, end, part) on each: part 0 on the calling thread, the
-// others on the process's intra-op team (core/thread_team.h), created on the
-// first call that needs it with one thread per setting (rebuilt when a
+// others on the process's intra-op team (core/thread_team.h; a part that no
+// team thread has started when part 0 is done runs on the caller too, so a
+// descheduled thread does not hold the call up), created on the first call
+// that needs it with one thread per setting (rebuilt when a
 // setting changes), so that a kernel pays a wake-up, not a thread creation.
 // Between calls the team's threads poll for the next one for a bounded
 // spin (set_intra_op_spin; default kDefaultIntraOpSpin), then sleep on a

@@ -5,7 +5,8 @@
 // ever ran. Each for three spins: none (every wait sleeps at once), 1 us
 // (runs that find the workers polling or asleep, by chance) and 10 s (every
 // wait between the test's runs is a poll, and the destructor must end the
-// polling workers).
+// polling workers). With caller_runs_unclaimed, every member still runs
+// exactly once per run, on its worker or on the caller, errors included.
 #include "core/thread_team.h"
 
 #include <gtest/gtest.h>
@@ -103,6 +104,52 @@ TEST(ThreadTeam, DestructorJoinsParkedOrPollingWorkersWhetherOrNotTheyRan) {
       EXPECT_EQ(total, 10 * count * (count + 1) / 2)
           << "count " << count << " spin " << spin.count();
     }
+  }
+}
+
+// The caller takes over members no worker claimed before fn(0) returned:
+// with workers asleep (spin 0) and a short fn(0) that happens often, with a
+// spin now and then. Whichever thread runs a member, it runs once per run,
+// a member's work is seen by the next run, and only the caller and the
+// member's own worker ever run it.
+TEST(ThreadTeam, CallerRunsUnclaimedMembersEachMemberStillRunsOncePerRun) {
+  for (const microseconds spin : kSpins) {
+    ThreadTeam team(3, spin, /*caller_runs_unclaimed=*/true);
+    std::vector<int64_t> runs(3, 0);
+    std::vector<std::set<std::thread::id>> threads(3);
+    for (int64_t round = 1; round <= 300; ++round) {
+      team.run([&](int64_t m) {
+        const size_t i = static_cast<size_t>(m);
+        if (runs[i] != round - 1) throw UsageError("member ran twice or skipped a run");
+        runs[i] = round;
+        threads[i].insert(std::this_thread::get_id());
+      });
+    }
+    EXPECT_EQ(runs, (std::vector<int64_t>{300, 300, 300})) << "spin " << spin.count();
+    EXPECT_EQ(threads[0], std::set<std::thread::id>{std::this_thread::get_id()});
+    for (size_t m = 1; m < 3; ++m) {
+      threads[m].erase(std::this_thread::get_id());
+      EXPECT_LE(threads[m].size(), 1u) << "member " << m << " ran on a thread not its own";
+    }
+  }
+}
+
+TEST(ThreadTeam, CallerRunsUnclaimedMembersErrorsAreRethrownLowestFirst) {
+  for (const microseconds spin : kSpins) {
+    ThreadTeam team(3, spin, /*caller_runs_unclaimed=*/true);
+    for (int round = 0; round < 50; ++round) {
+      try {
+        team.run([&](int64_t m) {
+          if (m >= 1) throw UsageError("member " + std::to_string(m) + " failed");
+        });
+        ADD_FAILURE() << "run() returned without rethrowing";
+      } catch (const UsageError& e) {
+        ASSERT_NE(std::string(e.what()).find("member 1 failed"), std::string::npos) << e.what();
+      }
+    }
+    std::vector<int> seen(3, 0);
+    team.run([&](int64_t m) { seen[static_cast<size_t>(m)]++; });
+    EXPECT_EQ(seen, (std::vector<int>{1, 1, 1})) << "spin " << spin.count();
   }
 }
 

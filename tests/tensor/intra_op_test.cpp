@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <latch>
 #include <set>
 #include <stdexcept>
 #include <thread>
@@ -91,11 +92,15 @@ TEST(IntraOp, RethrowsAWorkersExceptionAfterEveryPartFinished) {
   EXPECT_EQ(finished, (std::vector<int>{1, 1, 1}));
 }
 
-// The thread that ran each part of one call (part 0 is the caller's).
+// The thread that ran each part of one call (part 0 is the caller's). The
+// parts wait for each other, so each runs on a thread of its own: the caller,
+// blocked in part 0, cannot take over a part no team thread has started.
 std::vector<std::thread::id> part_threads(int64_t n) {
   std::vector<std::thread::id> ids(static_cast<size_t>(n));
+  std::latch all_started(n);
   tensor::parallel_for_range(n, [&](int64_t, int64_t, int part) {
     ids[static_cast<size_t>(part)] = std::this_thread::get_id();
+    all_started.arrive_and_wait();
   });
   return ids;
 }
