@@ -18,6 +18,9 @@
 // $INTRA_OP_THREADS (default 1) sets the tensor layer's intra-op threads
 // (tensor/intra_op.h) alone; $THREADS sets train.threads as `dtrain train`
 // does (train::set_compute_threads: the intra-op threads and OpenBLAS's).
+// $INTRA_OP_SPIN_US sets how long the intra-op team polls before it sleeps
+// (tensor::set_intra_op_spin; default tensor::kDefaultIntraOpSpin), for A/B
+// runs of one binary.
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -97,6 +100,9 @@ int main(int argc, char** argv) {
   const int64_t batch = argc > 6 ? std::atoll(argv[6]) : 128;
   if (const char* intra = std::getenv("INTRA_OP_THREADS")) {
     tensor::set_intra_op_threads(std::atoi(intra));
+  }
+  if (const char* spin = std::getenv("INTRA_OP_SPIN_US")) {
+    tensor::set_intra_op_spin(std::chrono::microseconds(std::atoll(spin)));
   }
   if (const char* threads = std::getenv("THREADS")) {
     train::JobConfig job;

@@ -161,12 +161,16 @@ void ImplicitConv::weight_grad(const float* xpad, const float* gy, int64_t out_c
                                float* gb, float* scratch) const {
   const int64_t plane = g_.oh * g_.ow;
   if (gb != nullptr) {
-    std::fill_n(gb, out_channels, 0.0f);
-    for (int64_t n = 0; n < g_.n; ++n) {
-      for (int64_t o = 0; o < out_channels; ++o) {
-        gb[o] += static_cast<float>(sum(gy + (n * out_channels + o) * plane, plane));
+    // Channels split over the intra-op threads; each sums its samples in
+    // order, as one thread does (bit-identical).
+    tensor::parallel_for_range(out_channels, [&](int64_t o0, int64_t o1, int) {
+      std::fill(gb + o0, gb + o1, 0.0f);
+      for (int64_t n = 0; n < g_.n; ++n) {
+        for (int64_t o = o0; o < o1; ++o) {
+          gb[o] += static_cast<float>(sum(gy + (n * out_channels + o) * plane, plane));
+        }
       }
-    }
+    });
   }
   if (gw == nullptr) return;
   weight_grad_outer(xpad, gy, out_channels, gw, scratch);
@@ -190,8 +194,13 @@ void ImplicitConv::weight_grad_outer(const float* xpad, const float* gy, int64_t
   std::fill_n(gwt, rows * padded, 0.0f);
   const int64_t blocks = (rows + kRowBlock - 1) / kRowBlock;
   const int64_t parts = std::min<int64_t>(tensor::intra_op_threads(), blocks);
+  // Part p starts at the block edge nearest p/parts of the rows (conv1's 25
+  // rows: 12 and 13, where cutting the 5 blocks in halves gave 18 and 7),
+  // with at least one block per part.
   auto first_row = [&](int64_t part) {
-    return std::min(rows, (blocks * part + parts / 2) / parts * kRowBlock);
+    if (part == parts) return rows;
+    const int64_t nearest = (rows * part + parts * kRowBlock / 2) / (parts * kRowBlock);
+    return std::clamp(nearest, part, blocks - parts + part) * kRowBlock;
   };
   tensor::parallel_for_range(parts, [&](int64_t part, int64_t, int) {
     const int64_t r0 = first_row(part), r1 = first_row(part + 1);

@@ -13,6 +13,7 @@ namespace dtrain::tensor {
 namespace {
 
 std::atomic<int> g_threads{1};
+std::atomic<int64_t> g_spin_us{kDefaultIntraOpSpin.count()};
 
 // The process's intra-op team and who may use it (see the header: why it is
 // process-wide, exit and fork).
@@ -31,9 +32,11 @@ class IntraOpTeam {
     team_.reset();  // joins the parked workers
   }
 
-  // Runs run_part(p) for p in [0, parts) with `threads` the current setting
-  // (parts <= threads); the lowest part's exception is rethrown.
-  void run(int64_t parts, int threads, const std::function<void(int64_t)>& run_part) {
+  // Runs run_part(p) for p in [0, parts) with `threads` and `spin` the
+  // current settings (parts <= threads); the lowest part's exception is
+  // rethrown.
+  void run(int64_t parts, int threads, std::chrono::microseconds spin,
+           const std::function<void(int64_t)>& run_part) {
     if (busy_.exchange(true, std::memory_order_acquire)) {
       run_in_order(parts, run_part);
       return;
@@ -44,9 +47,10 @@ class IntraOpTeam {
     } release{busy_};
     const pid_t pid = getpid();
     if (team_ && owner_ != pid) static_cast<void>(team_.release());  // the parent's threads
-    if (!team_ || team_->count() != threads) {
+    if (!team_ || team_->count() != threads || team_spin_ != spin) {
       team_.reset();
-      team_ = std::make_unique<ThreadTeam>(threads);
+      team_ = std::make_unique<ThreadTeam>(threads, spin, /*caller_runs_unclaimed=*/true);
+      team_spin_ = spin;
       owner_ = pid;
     }
     team_->run([&](int64_t member) {
@@ -71,7 +75,8 @@ class IntraOpTeam {
   // the same thread must see "busy", not lock twice).
   std::atomic<bool> busy_{false};
   std::unique_ptr<ThreadTeam> team_;
-  pid_t owner_ = 0;  // the process whose threads team_ holds
+  std::chrono::microseconds team_spin_{0};  // the spin team_ was built with
+  pid_t owner_ = 0;                         // the process whose threads team_ holds
 };
 
 IntraOpTeam& intra_op_team() {
@@ -84,6 +89,12 @@ IntraOpTeam& intra_op_team() {
 void set_intra_op_threads(int threads) { g_threads.store(std::max(1, threads)); }
 
 int intra_op_threads() { return g_threads.load(); }
+
+void set_intra_op_spin(std::chrono::microseconds spin) {
+  g_spin_us.store(std::max<int64_t>(0, spin.count()));
+}
+
+std::chrono::microseconds intra_op_spin() { return std::chrono::microseconds(g_spin_us.load()); }
 
 std::pair<int64_t, int64_t> part_range(int64_t n, int64_t part, int64_t parts) {
   const int64_t base = n / parts, extra = n % parts;
@@ -100,7 +111,7 @@ void parallel_for_range(int64_t n,
     fn(0, n, 0);
     return;
   }
-  intra_op_team().run(parts, threads, [&](int64_t part) {
+  intra_op_team().run(parts, threads, intra_op_spin(), [&](int64_t part) {
     const auto [begin, end] = part_range(n, part, parts);
     fn(begin, end, static_cast<int>(part));
   });

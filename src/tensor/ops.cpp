@@ -64,14 +64,26 @@ double dot(const float* a, const float* b, int64_t n) {
   return total;
 }
 
-void sum_rows(const float* __restrict x, float* __restrict out, int64_t m, int64_t k) {
+namespace {
+
+// sum_rows over x with row stride ldx (a column range of a wider matrix):
+// every column adds its rows in order, so a column's sum is the same
+// whichever range of columns one call covers.
+void sum_rows_strided(const float* __restrict x, int64_t ldx, float* __restrict out, int64_t m,
+                      int64_t k) {
   if (k == 0) return;
   if (m == 0) {
     std::fill_n(out, k, 0.0f);
     return;
   }
   std::memcpy(out, x, static_cast<size_t>(k) * sizeof(float));
-  for (int64_t r = 1; r < m; ++r) add_inplace(out, x + r * k, k);
+  for (int64_t r = 1; r < m; ++r) add_inplace(out, x + r * ldx, k);
+}
+
+}  // namespace
+
+void sum_rows(const float* x, float* out, int64_t m, int64_t k) {
+  sum_rows_strided(x, k, out, m, k);
 }
 
 void sum_rows_product(const float* __restrict a, const float* __restrict b, float* __restrict out,
@@ -212,7 +224,8 @@ void linear_backward(const float* gy, const float* x, const float* weight, float
                      float* gb, int64_t n, int64_t in, int64_t out) {
   // Part p: gx rows [r0, r1) of the batch, gx[r0:r1] = gy[r0:r1] w, and gw
   // rows [o0, o1) of the outputs, gw[o0:o1] = gy[:, o0:o1]^T x (so every
-  // element of gw keeps its whole sum over the batch in one call).
+  // element of gw keeps its whole sum over the batch in one call), and gb
+  // [o0, o1), the column sums of gy[:, o0:o1] (bit-identical to one thread).
   const int64_t parts = std::min(linear_parts(n * in * out), std::max<int64_t>(out, 1));
   tensor::parallel_for_range(parts, [&](int64_t part, int64_t, int) {
     if (gx != nullptr) {
@@ -220,12 +233,12 @@ void linear_backward(const float* gy, const float* x, const float* weight, float
       blas::sgemm(false, false, r1 - r0, in, out, 1.0f, gy + r0 * out, out, weight, in, 0.0f,
                   gx + r0 * in, in);
     }
+    const auto [o0, o1] = tensor::part_range(out, part, parts);
     if (gw != nullptr) {
-      const auto [o0, o1] = tensor::part_range(out, part, parts);
       blas::sgemm(true, false, o1 - o0, in, n, 1.0f, gy + o0, out, x, in, 0.0f, gw + o0 * in, in);
     }
+    if (gb != nullptr) sum_rows_strided(gy + o0, out, gb + o0, n, o1 - o0);
   });
-  if (gb != nullptr) sum_rows(gy, gb, n, out);
 }
 
 }  // namespace dtrain::ops

@@ -5,8 +5,9 @@
 // N batch, I input features, O output features.
 // Contract: every pointer addresses at least as many floats as the sizes
 // say; an output may alias an input only where noted. The kernels never
-// allocate, never throw and never touch global state (the GEMMs of the dense
-// layer run on the BLAS threads the process configured).
+// allocate and never throw; the dense layer splits its work over the
+// process's intra-op threads (tensor/intra_op.h), and its GEMMs run on the
+// BLAS threads the process configured.
 // Thread safety: reentrant.
 #pragma once
 
@@ -75,7 +76,8 @@ void log_softmax_backward_rows(const float* gy, const float* log_y, float* gx, i
 void linear_forward(const float* x, const float* weight, const float* bias, float* y, int64_t n,
                     int64_t in, int64_t out);
 // gx [N, I] = gy w (nullptr: skipped); gw [O, I] = gy^T x (overwritten);
-// gb [O] = column sums of gy (nullptr: skipped).
+// gb [O] = column sums of gy (nullptr: skipped; split with gw's output rows,
+// each column summed over the batch in order: bit-identical to one thread).
 void linear_backward(const float* gy, const float* x, const float* weight, float* gx, float* gw,
                      float* gb, int64_t n, int64_t in, int64_t out);
 

@@ -1,5 +1,5 @@
 // Intra-op threads (tensor/intra_op.h): the fan-out's ranges; its team
-// (threads kept parked across calls, rebuilt when the setting changes, a busy
+// (threads kept across calls, rebuilt when a setting changes, a busy
 // team falling back to running the parts in order for nested and concurrent
 // calls, a forked child building its own and exiting cleanly); and the
 // threaded kernels bit-identical to one thread for 1, 2 and 3 threads, on odd
@@ -13,9 +13,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <latch>
 #include <set>
 #include <stdexcept>
 #include <thread>
@@ -90,11 +92,15 @@ TEST(IntraOp, RethrowsAWorkersExceptionAfterEveryPartFinished) {
   EXPECT_EQ(finished, (std::vector<int>{1, 1, 1}));
 }
 
-// The thread that ran each part of one call (part 0 is the caller's).
+// The thread that ran each part of one call (part 0 is the caller's). The
+// parts wait for each other, so each runs on a thread of its own: the caller,
+// blocked in part 0, cannot take over a part no team thread has started.
 std::vector<std::thread::id> part_threads(int64_t n) {
   std::vector<std::thread::id> ids(static_cast<size_t>(n));
+  std::latch all_started(n);
   tensor::parallel_for_range(n, [&](int64_t, int64_t, int part) {
     ids[static_cast<size_t>(part)] = std::this_thread::get_id();
+    all_started.arrive_and_wait();
   });
   return ids;
 }
@@ -111,6 +117,30 @@ TEST(IntraOp, TeamThreadsAreKeptAcrossCallsAndRebuiltWhenTheSettingChanges) {
   EXPECT_EQ(rebuilt[0], std::this_thread::get_id());
   EXPECT_NE(rebuilt[1], rebuilt[0]);
   EXPECT_EQ(part_threads(2), rebuilt);
+}
+
+// The spin is a setting like the thread count (clamped at zero); the team
+// covers every range with it and without it, across a change.
+TEST(IntraOp, SpinSettingIsClampedAndTheTeamWorksWithAndWithoutIt) {
+  EXPECT_EQ(tensor::intra_op_spin(), tensor::kDefaultIntraOpSpin);
+  const ThreadsFor scope(2);
+  std::vector<int> hits(9, 0);
+  auto count_hits = [&] {
+    for (int round = 0; round < 20; ++round) {
+      const auto ids = part_threads(2);
+      EXPECT_NE(ids[1], ids[0]);
+      tensor::parallel_for_range(9, [&](int64_t begin, int64_t end, int) {
+        for (int64_t i = begin; i < end; ++i) ++hits[static_cast<size_t>(i)];
+      });
+    }
+  };
+  count_hits();
+  tensor::set_intra_op_spin(std::chrono::microseconds(-5));
+  EXPECT_EQ(tensor::intra_op_spin(), std::chrono::microseconds(0));
+  count_hits();
+  tensor::set_intra_op_spin(tensor::kDefaultIntraOpSpin);
+  count_hits();
+  EXPECT_EQ(hits, std::vector<int>(9, 60));
 }
 
 // n items, each counted once per coverage, nested fan-outs included.
@@ -300,7 +330,7 @@ TEST(IntraOp, LinearWithThreadsMatchesOneThread) {
       expect_sums_close(many.y, one.y, t.in, "y");
       expect_sums_close(many.gx, one.gx, t.out, "gx");
       expect_sums_close(many.gw, one.gw, t.n, "gw");
-      expect_bits_equal(many.gb, one.gb);  // column sums: not split
+      expect_bits_equal(many.gb, one.gb);  // column sums: split by columns, rows in order
     }
   }
 }
