@@ -40,6 +40,25 @@
 // except that a zero-copy send whose deadline passes closes the socket to
 // that peer and waits for ZeroMQ to release the buffer (milliseconds).
 //
+// Tcp lanes (comm/transport/tcp_lane.h): between two ranks that reach each
+// other over tcp (not ipc), with no link shaper and no CURVE encryption,
+// connect() also opens one plain tcp connection, the lane, and every data
+// frame between the two goes over it instead of ZeroMQ: the sending call
+// writes header and payload with one sendmsg (what the socket does not take
+// at once is queued for the lanes' sender thread; send() never waits for
+// the peer), and a receiving call reads frames from the lane itself, one
+// caller per peer at a time, queueing those for other tags. The frames are
+// the same (header, CRC or MAC) plus a per-lane sequence number; the first
+// frame on a lane is the connector's hello, checked like any frame (job id,
+// ranks, MAC), so a connection from outside the job is closed. A lane that
+// breaks mid-frame, carries a frame that fails its checks or skips a
+// sequence number fails that peer at once; one that ends at a frame boundary
+// waits for ZeroMQ's goodbye or disconnect to say which it was. ZeroMQ keeps
+// heartbeats, goodbye, abort frames and the connection monitor, so failure
+// detection and deadlines are as without lanes. connect() exchanges the lane
+// ports over ZeroMQ on the reserved tag kLaneOfferTag and waits at most
+// lane_connect_timeout for the lanes.
+//
 // Copies: payloads of at least zero_copy_min_bytes are handed to ZeroMQ
 // without a copy (zmq_msg_init_data); send() then returns once ZeroMQ has
 // written them to the kernel, because the caller's span must stay valid
@@ -108,6 +127,10 @@ struct ZmqTransportOptions {
   // only cost a second pass over every byte on both sides.
   bool checksum = true;
   size_t zero_copy_min_bytes = 64 * 1024;
+  // Data frames to peers reached over tcp go through tcp lanes (above).
+  bool tcp_lanes = true;
+  // How long connect() waits for its peers' lane offers and connections.
+  std::chrono::milliseconds lane_connect_timeout{60000};
   // How long the destructor lets queued frames drain.
   std::chrono::milliseconds linger{1000};
   // Emulated slow link (tests and benchmarks): every data frame this rank
@@ -121,6 +144,12 @@ struct ZmqTransportOptions {
   // failed), then says goodbye.
   std::optional<LinkShaperOptions> link;
 };
+
+// The transport tag of the lane offers connect() exchanges (and of a lane's
+// hello); not for messages.
+inline constexpr uint64_t kLaneOfferTag = ~uint64_t{0} - 0x4C;
+
+class TcpLanes;
 
 class ZmqTransport final : public Transport {
  public:
@@ -200,6 +229,25 @@ class ZmqTransport final : public Transport {
   bool send_control_frame(Peer& peer, int peer_rank, wire::MessageType type,
                           std::span<const std::byte> payload);
 
+  // Tcp lanes (zmq_transport_lanes.cpp). `over_tcp[p]`: peer p is reached
+  // over tcp.
+  void connect_lanes(const std::vector<PeerEndpoint>& table, const std::vector<bool>& over_tcp);
+  // Takes the lane from accepted socket `fd` when its hello is a valid one
+  // from a rank in `expected` (and removes it there); closes it otherwise.
+  void accept_lane(int fd, std::vector<int>& expected, Deadline deadline);
+  bool lane_open(int peer) const;  // the caller holds mutex_
+  void send_lane(int peer, uint64_t tag, std::span<const std::byte> payload, OwnedBuffer* owned,
+                 const std::string& what);
+  // Reads one frame from `peer`'s lane into queues_, or returns after a
+  // wait slice without one; fails the peer when the lane breaks. The caller
+  // holds the reader's role (lane_reading_).
+  void read_lane(int peer, Deadline deadline);
+  // The lane frame header's checks (wire-format.md, 1-5 and 7); fails the
+  // peer and returns nullopt when one fails.
+  std::optional<wire::FrameHeader> check_lane_header(
+      int peer, std::span<const std::byte, wire::kHeaderBytes> header);
+  void fail_lane(int peer, const std::string& problem);
+
   // I/O thread.
   void run_io(std::stop_token stop);
   void read_inbound();
@@ -241,8 +289,10 @@ class ZmqTransport final : public Transport {
   std::vector<Deadline::Clock::time_point> last_heard_;
   std::vector<std::optional<Deadline::Clock::time_point>> disconnected_since_;
   std::optional<Failure> failure_;
-  bool aborted_ = false;     // abort() ran, or a peer's abort frame arrived
-  bool abort_sent_ = false;  // abort() ran (set with aborted_)
+  std::vector<bool> lane_reading_;  // a caller reads the peer's lane
+  std::vector<bool> lane_closed_;   // the peer's lane ended at a frame boundary
+  bool aborted_ = false;            // abort() ran, or a peer's abort frame arrived
+  bool abort_sent_ = false;         // abort() ran (set with aborted_)
 
   std::mutex listener_mutex_;  // held while the listener runs or is replaced
   FailureListener listener_;
@@ -251,7 +301,11 @@ class ZmqTransport final : public Transport {
   std::unique_ptr<RendezvousServer> coordinator_;
   std::unique_ptr<LinkShaper> shaper_;  // when options_.link; stopped first by the destructor
   int wake_fd_ = -1;                    // eventfd: the destructor wakes the I/O thread's poll
-  std::jthread io_thread_;              // last: stopped and joined before the members above go
+  // Lanes by peer; set in connect(). next_lane_sequence_[p] belongs to
+  // whoever holds the reader's role for p.
+  std::unique_ptr<TcpLanes> lanes_;
+  std::vector<uint64_t> next_lane_sequence_;
+  std::jthread io_thread_;  // last: stopped and joined before the members above go
 };
 
 // The whole start-up of one rank: binds a ZmqTransport, registers at the
