@@ -117,6 +117,12 @@ int run_zmq_rank(int rank, int ranks, size_t bytes, int reps, const std::string&
   auto transport =
       comm::connect_zmq_transport(options, auth, "127.0.0.1:" + std::to_string(port), rank == 0,
                                   Deadline::after(std::chrono::seconds(60)), Logger::null());
+  // Times the lanes (zmq_transport.h), not the ZeroMQ path data takes
+  // while they come up.
+  if (tcp_only && !curve &&
+      !transport->wait_for_lanes(ranks - 1, Deadline::after(std::chrono::seconds(30)))) {
+    std::fprintf(stderr, "rank %d: tcp lanes did not come up; timing ZeroMQ\n", rank);
+  }
   comm::CommunicatorOptions comm_options;
   comm_options.shm_allreduce = false;
   comm_options.timeout = std::chrono::seconds(60);

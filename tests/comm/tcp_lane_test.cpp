@@ -78,6 +78,11 @@ TEST(TcpLane, SizesTagsAndThreads) {
   const std::vector<size_t> sizes{0, 1, 4096, 65536, 300 * 1024 + 3, 3 * 1024 * 1024 + 5};
   constexpr int kRounds = 3;
   for (int round = 0; round < kRounds; ++round) {
+    // Round 0 goes out at once (over ZeroMQ or a lane, whichever is up), the
+    // others over the lanes: per-tag order holds across the switch.
+    if (round == 1) {
+      for (auto& rank : ranks) ASSERT_TRUE(rank->wait_for_lanes(1, Deadline::after(kDeadline)));
+    }
     for (size_t i = 0; i < sizes.size(); ++i) {
       for (const uint64_t tag : {uint64_t{1}, uint64_t{2}}) {
         ranks[1]->send(0, tag, pattern(sizes[i], round * 10 + static_cast<int>(tag)), "test",
@@ -103,6 +108,7 @@ TEST(TcpLane, SizesTagsAndThreads) {
 TEST(TcpLane, BothRanksSendEightMegabytesBeforeReceiving) {
   const JobAuth auth("lane-both-ways", "");
   auto ranks = make_pair_over_tcp(auth);
+  for (auto& rank : ranks) ASSERT_TRUE(rank->wait_for_lanes(1, Deadline::after(kDeadline)));
   const size_t bytes = size_t{8} << 20;  // more than loopback's socket buffers
   for (int r = 0; r < 2; ++r) {
     ranks[r]->send(1 - r, 5, pattern(bytes, r), "test", Deadline::after(kDeadline));
@@ -113,8 +119,8 @@ TEST(TcpLane, BothRanksSendEightMegabytesBeforeReceiving) {
 }
 
 // A rank 0 made by hand: registers at the rendezvous, offers a lane over
-// ZeroMQ, connects to rank 1's lane and says hello; then writes what the
-// test gives it on the lane.
+// ZeroMQ, connects to rank 1's lane, says hello and sends the switch marker
+// over ZeroMQ; then writes what the test gives it on the lane.
 class FakeLanePeer {
  public:
   explicit FakeLanePeer(const JobAuth& auth)
@@ -172,6 +178,10 @@ class FakeLanePeer {
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     ASSERT_EQ(::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
     write_all(wire::encode_header(frame(0, kLaneOfferTag), {}, auth_, false));
+    // The switch marker: from here on rank 1 reads this rank's data from the lane.
+    const auto marker = wire::encode_header(frame(1, kLaneOfferTag), {}, auth_, false);
+    push_.send(zmq::const_buffer(marker.data(), marker.size()), zmq::send_flags::sndmore);
+    push_.send(zmq::const_buffer(), zmq::send_flags::none);
     connected.get();
   }
 
@@ -218,6 +228,7 @@ TEST_P(TcpLaneFrames, ACraftedFrameIsDeliveredOrFailsNamingTheSender) {
   FakeLanePeer rank0(auth);
   rank0.connect(server, rank1);
   if (HasFatalFailure()) return;
+  ASSERT_TRUE(rank1.wait_for_lanes(1, Deadline::after(kDeadline)));
 
   const std::vector<std::byte> payload = pattern(1000, 3);
   const uint64_t tag = 7;

@@ -178,7 +178,11 @@ void TcpLane::finish() {
 // ---------------------------------------------------------------- TcpLanes
 
 TcpLanes::TcpLanes(int world_size, FailureHandler on_failure)
-    : lanes_(static_cast<size_t>(world_size)), on_failure_(std::move(on_failure)) {}
+    : world_size_(static_cast<size_t>(world_size)),
+      lanes_(std::make_unique<std::atomic<TcpLane*>[]>(world_size_)),
+      on_failure_(std::move(on_failure)) {
+  for (size_t p = 0; p < world_size_; ++p) lanes_[p].store(nullptr);
+}
 
 TcpLanes::~TcpLanes() {
   if (sender_.joinable()) {
@@ -186,7 +190,8 @@ TcpLanes::~TcpLanes() {
     wake();
     sender_.join();
   }
-  lanes_.clear();
+  for (size_t p = 0; p < world_size_; ++p) lanes_[p].store(nullptr);
+  owned_.clear();
   stop_listening();
   if (wake_fd_ >= 0) close(wake_fd_);
 }
@@ -233,7 +238,8 @@ int TcpLanes::accept_one(Deadline deadline) {
   }
 }
 
-int TcpLanes::connect_to(int peer, const std::string& host, int port, Deadline deadline) {
+int TcpLanes::connect_to(int peer, const std::string& host, int port, Deadline deadline,
+                         const std::stop_token& stop) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -251,13 +257,16 @@ int TcpLanes::connect_to(int peer, const std::string& host, int port, Deadline d
     if (connect(fd, a->ai_addr, a->ai_addrlen) == 0) return fd;
     if (errno == EINPROGRESS) {
       pollfd item{fd, POLLOUT, 0};
+      int ready = 0;
+      while (ready == 0 && !deadline.expired() && !stop.stop_requested()) {
+        ready = poll(&item, 1, poll_ms(std::min(deadline.remaining(), kSenderSlice)));
+      }
       int error = 0;
       socklen_t len = sizeof error;
-      if (poll(&item, 1, poll_ms(deadline.remaining())) > 0 &&
-          getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &len) == 0 && error == 0) {
+      if (ready > 0 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &len) == 0 && error == 0) {
         return fd;
       }
-      problem = error != 0 ? std::strerror(error) : "timed out";
+      problem = error != 0 ? std::strerror(error) : "timed out or stopped";
     } else {
       problem = std::strerror(errno);
     }
@@ -273,7 +282,13 @@ void TcpLanes::stop_listening() {
 }
 
 void TcpLanes::add(int peer, int fd) {
-  lanes_[static_cast<size_t>(peer)] = std::make_unique<TcpLane>(fd, peer);
+  auto lane = std::make_unique<TcpLane>(fd, peer);
+  TcpLane* raw = lane.get();
+  {
+    std::lock_guard lock(owned_mutex_);
+    owned_.push_back(std::move(lane));
+  }
+  lanes_[static_cast<size_t>(peer)].store(raw, std::memory_order_release);
 }
 
 void TcpLanes::start() {
@@ -290,8 +305,7 @@ void TcpLanes::wake() {
 
 std::optional<std::string> TcpLanes::send(int peer, const TcpLane::HeaderMaker& make_header,
                                           std::span<const std::byte> payload, OwnedBuffer* owned) {
-  const TcpLane::SendResult result =
-      lanes_[static_cast<size_t>(peer)]->send(make_header, payload, owned);
+  const TcpLane::SendResult result = lane(peer)->send(make_header, payload, owned);
   if (result.queued) wake();
   return result.problem;
 }
@@ -302,10 +316,11 @@ void TcpLanes::run_sender(std::stop_token stop) {
   while (!stop.stop_requested()) {
     items.assign(1, pollfd{wake_fd_, POLLIN, 0});
     item_lane.assign(1, nullptr);
-    for (const auto& lane : lanes_) {
-      if (lane && lane->pending()) {
-        items.push_back(pollfd{lane->fd(), POLLOUT, 0});
-        item_lane.push_back(lane.get());
+    for (size_t p = 0; p < world_size_; ++p) {
+      TcpLane* l = lanes_[p].load(std::memory_order_acquire);
+      if (l != nullptr && l->pending()) {
+        items.push_back(pollfd{l->fd(), POLLOUT, 0});
+        item_lane.push_back(l);
       }
     }
     if (poll(items.data(), items.size(), poll_ms(kSenderSlice)) <= 0) continue;
@@ -321,8 +336,9 @@ void TcpLanes::run_sender(std::stop_token stop) {
 }
 
 void TcpLanes::drain_and_finish(Deadline deadline) {
-  for (const auto& lane : lanes_) {
-    if (!lane) continue;
+  for (size_t p = 0; p < world_size_; ++p) {
+    TcpLane* lane = lanes_[p].load(std::memory_order_acquire);
+    if (lane == nullptr) continue;
     while (lane->pending() && !deadline.expired()) {
       if (lane->flush()) break;
       pollfd item{lane->fd(), POLLOUT, 0};

@@ -29,6 +29,7 @@
 // std::bad_alloc.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -125,17 +126,20 @@ class TcpLanes {
   // One connection from the listener, or -1 when none came before `deadline`.
   int accept_one(Deadline deadline);
   // A connected socket to host:port (TCP_NODELAY). Throws CommError naming
-  // `peer` when it cannot connect before `deadline`.
-  static int connect_to(int peer, const std::string& host, int port, Deadline deadline);
+  // `peer` when it cannot connect before `deadline` or `stop` is requested.
+  static int connect_to(int peer, const std::string& host, int port, Deadline deadline,
+                        const std::stop_token& stop);
   // Closes the listener (after the last accept).
   void stop_listening();
 
-  // Adds the lane to `peer` (before start()).
+  // Adds the lane to `peer` (once per peer; any thread).
   void add(int peer, int fd);
   TcpLane* lane(int peer) const {
-    return peer >= 0 && static_cast<size_t>(peer) < lanes_.size() ? lanes_[peer].get() : nullptr;
+    return peer >= 0 && static_cast<size_t>(peer) < world_size_
+               ? lanes_[static_cast<size_t>(peer)].load(std::memory_order_acquire)
+               : nullptr;
   }
-  // Starts the sender thread; lanes are fixed from here on.
+  // Starts the sender thread.
   void start();
   // TcpLane::send, waking the sender thread when bytes were queued.
   std::optional<std::string> send(int peer, const TcpLane::HeaderMaker& make_header,
@@ -148,7 +152,11 @@ class TcpLanes {
   void run_sender(std::stop_token stop);
   void wake();
 
-  std::vector<std::unique_ptr<TcpLane>> lanes_;  // by rank; fixed after start()
+  size_t world_size_;
+  // By rank: set once by add(), owned by owned_ (guarded by owned_mutex_).
+  std::unique_ptr<std::atomic<TcpLane*>[]> lanes_;
+  std::mutex owned_mutex_;
+  std::vector<std::unique_ptr<TcpLane>> owned_;
   FailureHandler on_failure_;
   int listen_fd_ = -1;
   int wake_fd_ = -1;

@@ -125,6 +125,9 @@ ZmqTransport::ZmqTransport(ZmqTransportOptions options, JobAuth auth, Logger& lo
   next_inbound_sequence_.assign(n, 0);
   peer_failure_.assign(n, std::nullopt);
   said_goodbye_.assign(n, false);
+  lane_offer_.assign(n, std::nullopt);
+  lane_marker_.assign(n, false);
+  lane_offered_.assign(n, false);
   lane_reading_.assign(n, false);
   lane_closed_.assign(n, false);
   next_lane_sequence_.assign(n, 1);
@@ -134,6 +137,10 @@ ZmqTransport::ZmqTransport(ZmqTransportOptions options, JobAuth auth, Logger& lo
 }
 
 ZmqTransport::~ZmqTransport() {
+  if (lane_setup_.joinable()) {
+    lane_setup_.request_stop();
+    lane_setup_.join();
+  }
   if (shaper_) {
     // Frames still held by the shaper go before the goodbye (unless nobody
     // would take them); its thread stops here, before anything it uses.
@@ -272,7 +279,7 @@ void ZmqTransport::connect(const std::vector<PeerEndpoint>& table) {
     throw CommError(-1, "zmq transport", fmt::format("eventfd: {}", std::strerror(errno)));
   }
   io_thread_ = std::jthread([this](std::stop_token stop) { run_io(std::move(stop)); });
-  connect_lanes(table, over_tcp);
+  start_lanes(table, over_tcp);
 }
 
 // ---------------------------------------------------------------- calls
@@ -316,30 +323,46 @@ void ZmqTransport::check_send(int peer, size_t bytes, const std::string& what) {
 void ZmqTransport::send(int peer, uint64_t tag, std::span<const std::byte> payload,
                         const std::string& what, Deadline deadline) {
   check_send(peer, payload.size(), what);
-  if (lanes_ && lanes_->lane(peer) != nullptr) {
-    send_lane(peer, tag, payload, nullptr, what);
-    return;
+  Peer& link = *peers_[peer];
+  if (!link.lane_sending.load(std::memory_order_acquire)) {
+    std::lock_guard gate(link.lane_gate);
+    if (!link.lane_sending.load(std::memory_order_acquire)) {
+      if (shaper_) {
+        send_shaped(peer, tag, payload);
+      } else {
+        send_frame(link, peer, wire::MessageType::kData, tag, payload, what, deadline);
+      }
+      return;
+    }
   }
-  if (shaper_) {
-    send_shaped(peer, tag, payload);
-    return;
-  }
-  send_frame(*peers_[peer], peer, wire::MessageType::kData, tag, payload, what, deadline);
+  send_lane(peer, tag, payload, nullptr, what);
 }
 
 void ZmqTransport::send_owned(int peer, uint64_t tag, OwnedBuffer payload, const std::string& what,
                               Deadline deadline) {
-  if (lanes_ && lanes_->lane(peer) != nullptr) {
-    check_send(peer, payload.size, what);
-    send_lane(peer, tag, payload.bytes(), &payload, what);
-    return;
-  }
-  if (shaper_ || payload.size < options_.zero_copy_min_bytes) {
-    // A copy costs as little as the hand-over here; the shaper copies anyway.
-    send(peer, tag, payload.bytes(), what, deadline);
-    return;
-  }
   check_send(peer, payload.size, what);
+  Peer& link = *peers_[peer];
+  if (!link.lane_sending.load(std::memory_order_acquire)) {
+    std::lock_guard gate(link.lane_gate);
+    if (!link.lane_sending.load(std::memory_order_acquire)) {
+      send_owned_zmq(link, peer, tag, std::move(payload), what, deadline);
+      return;
+    }
+  }
+  send_lane(peer, tag, payload.bytes(), &payload, what);
+}
+
+void ZmqTransport::send_owned_zmq(Peer& link, int peer, uint64_t tag, OwnedBuffer payload,
+                                  const std::string& what, Deadline deadline) {
+  if (shaper_) {
+    send_shaped(peer, tag, payload.bytes());
+    return;
+  }
+  if (payload.size < options_.zero_copy_min_bytes) {
+    // A copy costs as little as the hand-over here.
+    send_frame(link, peer, wire::MessageType::kData, tag, payload.bytes(), what, deadline);
+    return;
+  }
   // ZeroMQ releases the buffer from its I/O thread once the bytes have left;
   // the hint carries its capacity.
   const size_t capacity = payload.capacity();
@@ -354,7 +377,7 @@ void ZmqTransport::send_owned(int peer, uint64_t tag, OwnedBuffer payload, const
       },
       reinterpret_cast<void*>(static_cast<uintptr_t>(capacity)));
   const std::optional<std::string> problem =
-      queue_frame(*peers_[peer], peer, wire::MessageType::kData, tag, bytes_of(body), body);
+      queue_frame(link, peer, wire::MessageType::kData, tag, bytes_of(body), body);
   if (problem) fail_call(peer, what, *problem);
 }
 
@@ -499,13 +522,14 @@ bool ZmqTransport::send_abort_frame(Peer& peer, int peer_rank, int culprit,
 }
 
 bool ZmqTransport::send_control_frame(Peer& peer, int peer_rank, wire::MessageType type,
-                                      std::span<const std::byte> payload) {
+                                      std::span<const std::byte> payload, uint64_t tag) {
   wire::FrameHeader h;
   h.type = type;
   h.sender = static_cast<uint32_t>(options_.rank);
   h.receiver = static_cast<uint32_t>(peer_rank);
   h.job_id = auth_.job_id();
   h.sequence = peer.next_sequence;
+  h.tag = tag;
   const auto header = wire::encode_header(h, payload, auth_, with_crc());
   if (peer.push.send(zmq::const_buffer(header.data(), header.size()),
                      zmq::send_flags::sndmore | zmq::send_flags::dontwait) &&

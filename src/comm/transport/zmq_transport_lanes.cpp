@@ -22,8 +22,11 @@ namespace {
 using Clock = Deadline::Clock;
 using std::chrono::milliseconds;
 
-// Longest wait of a lane reader between looks at failures and its deadline.
+// Longest wait of a lane reader (or of the lane set-up thread) between looks
+// at failures, its deadline and its stop token.
 constexpr milliseconds kLaneSlice{50};
+// How long an accepted lane connection has to say hello.
+constexpr milliseconds kHelloWait{5000};
 
 milliseconds ms_since(Clock::time_point t) {
   return std::chrono::duration_cast<milliseconds>(Clock::now() - t);
@@ -58,9 +61,8 @@ bool read_fully(int fd, std::span<std::byte> out, Deadline deadline) {
 
 }  // namespace
 
-void ZmqTransport::connect_lanes(const std::vector<PeerEndpoint>& table,
-                                 const std::vector<bool>& over_tcp) {
-  const Deadline deadline = Deadline::after(options_.lane_connect_timeout);
+void ZmqTransport::start_lanes(const std::vector<PeerEndpoint>& table,
+                               const std::vector<bool>& over_tcp) {
   const bool allowed = options_.tcp_lanes && !shaper_ && auth_.curve() == nullptr &&
                        std::any_of(over_tcp.begin(), over_tcp.end(), [](bool b) { return b; });
   int port = 0;
@@ -68,71 +70,107 @@ void ZmqTransport::connect_lanes(const std::vector<PeerEndpoint>& table,
     lanes_ = std::make_unique<TcpLanes>(options_.world_size,
                                         [this](int peer, const auto& p) { fail_lane(peer, p); });
     port = lanes_->listen(options_.listen_host);
+    lanes_->start();
   }
   // Every rank offers every peer its lane port, or 0 for none: a pair has a
-  // lane when both offered one.
-  const int n = options_.world_size;
-  for (int p = 0; p < n; ++p) {
+  // lane when both offered one. Offers never wait for the peer.
+  for (int p = 0; p < options_.world_size; ++p) {
     if (p == options_.rank) continue;
+    lane_offered_[p] = allowed && over_tcp[p];
     ByteWriter w(sizeof(uint32_t));
-    w.write_u32(allowed && over_tcp[p] ? static_cast<uint32_t>(port) : 0);
+    w.write_u32(lane_offered_[p] ? static_cast<uint32_t>(port) : 0);
     send_frame(*peers_[p], p, wire::MessageType::kData, kLaneOfferTag, w.bytes(), "connect",
-               deadline);
+               Deadline::after(options_.lane_connect_timeout));
   }
-  std::vector<int> expected;  // lower ranks that will connect to this one
-  for (int p = 0; p < n; ++p) {
-    if (p == options_.rank) continue;
-    const zmq::message_t offer = take(p, kLaneOfferTag, "connect (tcp lane offer)", deadline);
-    if (offer.size() != sizeof(uint32_t)) {
-      fail_call(p, "connect", fmt::format("lane offer of {} bytes (expected 4)", offer.size()));
-    }
-    uint32_t their_port = 0;
-    std::memcpy(&their_port, offer.data(), sizeof their_port);
-    if (!allowed || !over_tcp[p] || their_port == 0) continue;
-    if (p < options_.rank) {
-      expected.push_back(p);
-      continue;
-    }
-    // The lower rank connects and says hello (sequence 0, no payload).
-    const int fd = TcpLanes::connect_to(p, endpoint_host(table[p].tcp_endpoint),
-                                        static_cast<int>(their_port), deadline);
-    wire::FrameHeader h;
-    h.type = wire::MessageType::kData;
-    h.sender = static_cast<uint32_t>(options_.rank);
-    h.receiver = static_cast<uint32_t>(p);
-    h.job_id = auth_.job_id();
-    h.sequence = 0;
-    h.tag = kLaneOfferTag;
-    const wire::HeaderBytes hello = wire::encode_header(h, {}, auth_, with_crc());
-    // A new connection's send buffer takes 88 bytes at once.
-    const ssize_t sent = ::send(fd, hello.data(), hello.size(), MSG_NOSIGNAL);
-    lanes_->add(p, fd);
-    if (sent != static_cast<ssize_t>(hello.size())) {
-      fail_call(p, "connect",
-                fmt::format("tcp lane hello to rank {} not sent ({})", p,
-                            sent < 0 ? std::strerror(errno) : "short write"));
-    }
+  if (lanes_) {
+    lane_setup_ = std::jthread([this, table](std::stop_token stop) { set_up_lanes(stop, table); });
   }
-  while (!expected.empty()) {
-    const int fd = lanes_->accept_one(deadline);
-    if (fd < 0) {
-      fail_call(expected.front(), "connect",
-                fmt::format("no tcp lane connection from rank {} within {} ms", expected.front(),
-                            options_.lane_connect_timeout.count()));
-    }
-    accept_lane(fd, expected, deadline);
-  }
-  if (!lanes_) return;
-  lanes_->stop_listening();
-  lanes_->start();
 }
 
-void ZmqTransport::accept_lane(int fd, std::vector<int>& expected, Deadline deadline) {
+void ZmqTransport::note_lane_frame(int sender, const zmq::message_t& payload) {
+  if (payload.size() == sizeof(uint32_t)) {
+    uint32_t port = 0;
+    std::memcpy(&port, payload.data(), sizeof port);
+    lane_offer_[sender] = port;
+  } else if (payload.size() == 0) {
+    lane_marker_[sender] = true;
+  }
+}
+
+void ZmqTransport::set_up_lanes(const std::stop_token& stop,
+                                const std::vector<PeerEndpoint>& table) {
+  const int n = options_.world_size;
+  std::vector<int> expected;  // lower ranks this rank offered a lane to: they connect
+  for (int p = 0; p < options_.rank; ++p) {
+    if (lane_offered_[p]) expected.push_back(p);
+  }
+  std::vector<bool> resolved(static_cast<size_t>(n), false);
+  resolved[options_.rank] = true;
+  while (!stop.stop_requested()) {
+    std::vector<std::pair<int, uint32_t>> arrived;
+    {
+      std::unique_lock lock(mutex_);
+      if (failure_) return;
+      for (int p = 0; p < n; ++p) {
+        if (resolved[p] || !lane_offer_[p]) continue;
+        arrived.emplace_back(p, *lane_offer_[p]);
+        resolved[p] = true;
+      }
+      if (arrived.empty() && expected.empty()) {
+        if (std::all_of(resolved.begin(), resolved.end(), [](bool b) { return b; })) return;
+        cv_.wait_for(lock, kLaneSlice);
+        continue;
+      }
+    }
+    for (const auto& [p, port] : arrived) {
+      if (port == 0 || !lane_offered_[p]) {
+        std::erase(expected, p);
+      } else if (p > options_.rank) {
+        connect_lane(p, table[p], port, stop);
+      }
+    }
+    if (expected.empty()) continue;
+    const int fd = lanes_->accept_one(Deadline::after(kLaneSlice));
+    if (fd >= 0) accept_lane(fd, expected);
+  }
+}
+
+void ZmqTransport::connect_lane(int peer, const PeerEndpoint& endpoint, uint32_t port,
+                                const std::stop_token& stop) {
+  int fd = -1;
+  try {
+    fd = TcpLanes::connect_to(peer, endpoint_host(endpoint.tcp_endpoint), static_cast<int>(port),
+                              Deadline::after(options_.lane_connect_timeout), stop);
+  } catch (const CommError& e) {
+    logger_.warn("rank {}: no tcp lane to rank {}, its data stays on ZeroMQ: {}", options_.rank,
+                 peer, e.what());
+    return;
+  }
+  // The lower rank's hello: sequence 0, no payload. A new connection's send
+  // buffer takes 88 bytes at once.
+  wire::FrameHeader h;
+  h.type = wire::MessageType::kData;
+  h.sender = static_cast<uint32_t>(options_.rank);
+  h.receiver = static_cast<uint32_t>(peer);
+  h.job_id = auth_.job_id();
+  h.sequence = 0;
+  h.tag = kLaneOfferTag;
+  const wire::HeaderBytes hello = wire::encode_header(h, {}, auth_, with_crc());
+  const ssize_t sent = ::send(fd, hello.data(), hello.size(), MSG_NOSIGNAL);
+  if (sent != static_cast<ssize_t>(hello.size())) {
+    logger_.warn("rank {}: tcp lane hello to rank {} not sent ({}); its data stays on ZeroMQ",
+                 options_.rank, peer, sent < 0 ? std::strerror(errno) : "short write");
+    close(fd);
+    return;
+  }
+  lanes_->add(peer, fd);
+  switch_to_lane(peer);
+}
+
+void ZmqTransport::accept_lane(int fd, std::vector<int>& expected) {
   wire::HeaderBytes hello{};
   const int reader = dup(fd);
-  if (reader < 0 ||
-      !read_fully(reader, hello,
-                  Deadline::after(std::min(deadline.remaining(), milliseconds(5000))))) {
+  if (reader < 0 || !read_fully(reader, hello, Deadline::after(kHelloWait))) {
     drop("a tcp lane connection that sent no hello");
     close(fd);
     return;
@@ -152,14 +190,51 @@ void ZmqTransport::accept_lane(int fd, std::vector<int>& expected, Deadline dead
     }
     expected.erase(it);
     lanes_->add(static_cast<int>(h.sender), fd);
+    switch_to_lane(static_cast<int>(h.sender));
   } catch (const DataError& e) {
     drop(fmt::format("a tcp lane connection: {}", e.what()));
     close(fd);
   }
 }
 
+void ZmqTransport::switch_to_lane(int peer) {
+  Peer& link = *peers_[peer];
+  {
+    std::lock_guard gate(link.lane_gate);
+    bool queued = false;
+    {
+      std::lock_guard send_lock(link.send_mutex);
+      try {
+        queued = !link.push_closed &&
+                 send_control_frame(link, peer, wire::MessageType::kData, {}, kLaneOfferTag);
+      } catch (const zmq::error_t& e) {
+        logger_.debug("rank {}: lane marker to rank {} not sent: {}", options_.rank, peer,
+                      e.what());
+      }
+    }
+    // Without the marker the peer would not read the lane: stay on ZeroMQ.
+    if (queued) link.lane_sending.store(true, std::memory_order_release);
+  }
+  { std::lock_guard lock(mutex_); }  // a waiter between its check and its wait sees the notify
+  cv_.notify_all();                  // a reader waiting for this lane looks again
+}
+
+bool ZmqTransport::wait_for_lanes(int peers, Deadline deadline) {
+  std::unique_lock lock(mutex_);
+  return cv_.wait_until(lock, deadline.at(), [&] {
+    int both = 0;
+    for (size_t p = 0; p < peers_.size(); ++p) {
+      if (peers_[p] && peers_[p]->lane_sending.load(std::memory_order_acquire) &&
+          lane_open(static_cast<int>(p))) {
+        ++both;
+      }
+    }
+    return both >= peers;
+  });
+}
+
 bool ZmqTransport::lane_open(int peer) const {
-  return lanes_ && lanes_->lane(peer) != nullptr && !lane_closed_[peer];
+  return lane_marker_[peer] && lanes_ && lanes_->lane(peer) != nullptr && !lane_closed_[peer];
 }
 
 void ZmqTransport::send_lane(int peer, uint64_t tag, std::span<const std::byte> payload,
