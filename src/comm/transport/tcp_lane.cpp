@@ -146,8 +146,8 @@ bool TcpLane::readable(milliseconds wait) const {
   return poll(&item, 1, poll_ms(wait)) > 0;
 }
 
-TcpLane::ReadStatus TcpLane::read_exact(std::span<std::byte> out, const KeepWaiting& keep_waiting,
-                                        size_t* got, std::string* problem) {
+TcpLane::ReadStatus TcpLane::read_exact(std::span<std::byte> out, const Wait& wait, size_t* got,
+                                        std::string* problem) {
   *got = 0;
   while (*got < out.size()) {
     const ssize_t n = recv(fd_, out.data() + *got, out.size() - *got, MSG_DONTWAIT);
@@ -161,9 +161,7 @@ TcpLane::ReadStatus TcpLane::read_exact(std::span<std::byte> out, const KeepWait
       *problem = fmt::format("tcp lane read failed ({})", std::strerror(errno));
       return ReadStatus::kFailed;
     }
-    const std::optional<milliseconds> wait = keep_waiting();
-    if (!wait) return ReadStatus::kStopped;
-    readable(*wait);
+    if (!wait()) return ReadStatus::kStopped;
   }
   return ReadStatus::kDone;
 }
@@ -333,6 +331,24 @@ void TcpLanes::run_sender(std::stop_token stop) {
       if (const auto problem = item_lane[i]->flush()) on_failure_(item_lane[i]->peer(), *problem);
     }
   }
+}
+
+bool TcpLanes::wait_readable(int peer, milliseconds wait) {
+  std::vector<pollfd> items{pollfd{lane(peer)->fd(), POLLIN, 0}};
+  std::vector<TcpLane*> item_lane{nullptr};
+  for (size_t p = 0; p < world_size_; ++p) {
+    TcpLane* l = lanes_[p].load(std::memory_order_acquire);
+    if (l != nullptr && l->pending()) {
+      items.push_back(pollfd{l->fd(), POLLOUT, 0});
+      item_lane.push_back(l);
+    }
+  }
+  if (poll(items.data(), items.size(), poll_ms(wait)) <= 0) return false;
+  for (size_t i = 1; i < items.size(); ++i) {
+    if (items[i].revents == 0) continue;
+    if (const auto problem = item_lane[i]->flush()) on_failure_(item_lane[i]->peer(), *problem);
+  }
+  return items[0].revents != 0;
 }
 
 void TcpLanes::drain_and_finish(Deadline deadline) {

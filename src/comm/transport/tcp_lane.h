@@ -78,12 +78,13 @@ class TcpLane {
   bool pending();
 
   enum class ReadStatus { kDone, kStopped, kClosed, kFailed };
-  // Reads exactly out.size() bytes. Between waits of at most the duration
-  // `keep_waiting` returns it asks again; nullopt stops the read
-  // (kStopped). *got counts the bytes read; kClosed: the peer closed the
-  // connection; kFailed: *problem says why.
-  using KeepWaiting = std::function<std::optional<std::chrono::milliseconds>()>;
-  ReadStatus read_exact(std::span<std::byte> out, const KeepWaiting& keep_waiting, size_t* got,
+  // Reads exactly out.size() bytes. Whenever no byte is there it calls
+  // `wait`, which waits a while (a slice) for the socket to become readable
+  // and returns false to stop the read (kStopped). *got counts the bytes
+  // read; kClosed: the peer closed the connection; kFailed: *problem says
+  // why.
+  using Wait = std::function<bool()>;
+  ReadStatus read_exact(std::span<std::byte> out, const Wait& wait, size_t* got,
                         std::string* problem);
   // Waits at most `wait` for a byte to read (or the connection's end);
   // false when none came.
@@ -144,6 +145,11 @@ class TcpLanes {
   // TcpLane::send, waking the sender thread when bytes were queued.
   std::optional<std::string> send(int peer, const TcpLane::HeaderMaker& make_header,
                                   std::span<const std::byte> payload, OwnedBuffer* owned);
+  // Waits at most `wait` for `peer`'s lane to become readable and, while it
+  // waits, writes what is queued on any lane as its socket drains (so that a
+  // receiving caller moves its own sends along, without a hand-off to the
+  // sender thread). True when the lane is readable.
+  bool wait_readable(int peer, std::chrono::milliseconds wait);
   // Waits until nothing is queued on any lane, or `deadline`; then calls
   // finish() on every lane. For the transport's destructor.
   void drain_and_finish(Deadline deadline);

@@ -50,9 +50,10 @@ bool read_fully(int fd, std::span<std::byte> out, Deadline deadline) {
   std::string problem;
   const auto status = lane.read_exact(
       out,
-      [&]() -> std::optional<milliseconds> {
-        if (deadline.expired()) return std::nullopt;
-        return std::min(deadline.remaining(), kLaneSlice);
+      [&] {
+        if (deadline.expired()) return false;
+        lane.readable(std::min(deadline.remaining(), kLaneSlice));
+        return true;
       },
       &got, &problem);
   // `lane` closes fd on return; the caller dup()ed it.
@@ -287,14 +288,17 @@ std::optional<wire::FrameHeader> ZmqTransport::check_lane_header(
 
 void ZmqTransport::read_lane(int peer, Deadline deadline) {
   TcpLane& lane = *lanes_->lane(peer);
-  if (!lane.readable(std::min(kLaneSlice, deadline.remaining()))) return;
-  const auto keep_waiting = [&]() -> std::optional<milliseconds> {
+  // While it waits, the reader also writes this rank's queued frames as
+  // their sockets drain (TcpLanes::wait_readable).
+  if (!lanes_->wait_readable(peer, std::min(kLaneSlice, deadline.remaining()))) return;
+  const auto keep_waiting = [&] {
     {
       std::lock_guard lock(mutex_);
-      if (failure_ || peer_failure_[peer]) return std::nullopt;
+      if (failure_ || peer_failure_[peer]) return false;
     }
-    if (deadline.expired()) return std::nullopt;
-    return std::min(kLaneSlice, deadline.remaining());
+    if (deadline.expired()) return false;
+    lanes_->wait_readable(peer, std::min(kLaneSlice, deadline.remaining()));
+    return true;
   };
   wire::HeaderBytes header{};
   size_t got = 0;
