@@ -63,7 +63,11 @@
 // once; one that ends at a frame boundary waits for ZeroMQ's goodbye or
 // disconnect to say which it was. ZeroMQ keeps heartbeats, goodbye, abort
 // frames and the connection monitor, so failure detection and deadlines are
-// as without lanes. docs/wire-format.md, "Tcp lanes".
+// as without lanes. Copies over a lane: none on the send side when the
+// socket takes the frame at once (else send() copies the rest of its
+// payload, send_owned() queues its buffer); the receiver reads each payload
+// into a pooled buffer, which recv_visit() lends and recv_into() copies
+// out. docs/wire-format.md, "Tcp lanes".
 //
 // Copies: payloads of at least zero_copy_min_bytes are handed to ZeroMQ
 // without a copy (zmq_msg_init_data); send() then returns once ZeroMQ has
