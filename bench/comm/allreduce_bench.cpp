@@ -12,6 +12,8 @@
 // launched job); zmq-tcp-nomac is the same without a secret (no MAC: the two
 // side by side are the MAC's cost); zmq-curve adds security.encrypt (CURVE
 // on every link, docs/security.md): beside zmq-tcp, encryption's cost.
+// zmq-tcp and zmq-tcp-nomac time the tcp lanes (comm/transport/
+// zmq_transport.h): they wait until every lane is up before the first rep.
 //
 // DTRAIN_BENCH_CHUNK_BYTES overrides the zmq modes' ring chunk
 // (CommunicatorOptions::chunk_bytes), for tuning it.
