@@ -130,7 +130,10 @@ void ZmqTransport::set_up_lanes(const std::stop_token& stop,
         connect_lane(p, table[p], port, stop);
       }
     }
-    if (expected.empty()) continue;
+    if (expected.empty()) {
+      lanes_->stop_listening();  // nobody else may connect
+      continue;
+    }
     const int fd = lanes_->accept_one(Deadline::after(kLaneSlice));
     if (fd >= 0) accept_lane(fd, expected);
   }
