@@ -12,6 +12,8 @@
 // launched job); zmq-tcp-nomac is the same without a secret (no MAC: the two
 // side by side are the MAC's cost); zmq-curve adds security.encrypt (CURVE
 // on every link, docs/security.md): beside zmq-tcp, encryption's cost.
+// zmq-tcp and zmq-tcp-nomac time the tcp lanes (comm/transport/
+// zmq_transport.h): they wait until every lane is up before the first rep.
 //
 // DTRAIN_BENCH_CHUNK_BYTES overrides the zmq modes' ring chunk
 // (CommunicatorOptions::chunk_bytes), for tuning it.
@@ -117,6 +119,12 @@ int run_zmq_rank(int rank, int ranks, size_t bytes, int reps, const std::string&
   auto transport =
       comm::connect_zmq_transport(options, auth, "127.0.0.1:" + std::to_string(port), rank == 0,
                                   Deadline::after(std::chrono::seconds(60)), Logger::null());
+  // Times the lanes (zmq_transport.h), not the ZeroMQ path data takes
+  // while they come up.
+  if (tcp_only && !curve &&
+      !transport->wait_for_lanes(ranks - 1, Deadline::after(std::chrono::seconds(30)))) {
+    std::fprintf(stderr, "rank %d: tcp lanes did not come up; timing ZeroMQ\n", rank);
+  }
   comm::CommunicatorOptions comm_options;
   comm_options.shm_allreduce = false;
   comm_options.timeout = std::chrono::seconds(60);

@@ -1,5 +1,6 @@
 // The pipelined ring over real processes on loopback tcp (no ipc, no shared
-// memory) with a job secret, the path of a job spread over hosts: chunks of
+// memory) with a job secret, the path of a job spread over hosts, once the
+// tcp lanes are up (every data frame on a lane, zmq_transport.h): chunks of
 // at least ZmqTransportOptions::zero_copy_min_bytes, so sends hand their
 // buffers to ZeroMQ (Transport::send_owned) and receives reduce straight
 // from the received message (Transport::recv_visit).
@@ -139,6 +140,8 @@ TEST(RingOverTcp, DISABLED_Rank) {
   auto transport = connect_zmq_transport(
       options, JobAuth(job, test::env_or("DTRAIN_TEST_SECRET", "")),
       test::env_or("DTRAIN_TEST_COORDINATOR", ""), false, Deadline::after(60s), Logger::null());
+  // Every scenario runs over the tcp lanes (zmq_transport.h), not ZeroMQ.
+  ASSERT_TRUE(transport->wait_for_lanes(options.world_size - 1, Deadline::after(60s)));
   if (scenario == "sizes")
     sizes_scenario(*transport);
   else if (scenario == "mismatch")

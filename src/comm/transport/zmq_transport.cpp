@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "comm/rendezvous/launch_env.h"
+#include "comm/transport/tcp_lane.h"
 #include "comm/transport/zmq_transport_peer.h"
 #include "comm/wire/framed_socket.h"
 #include "core/byte_codec.h"
@@ -124,12 +125,22 @@ ZmqTransport::ZmqTransport(ZmqTransportOptions options, JobAuth auth, Logger& lo
   next_inbound_sequence_.assign(n, 0);
   peer_failure_.assign(n, std::nullopt);
   said_goodbye_.assign(n, false);
+  lane_offer_.assign(n, std::nullopt);
+  lane_marker_.assign(n, false);
+  lane_offered_.assign(n, false);
+  lane_reading_.assign(n, false);
+  lane_closed_.assign(n, false);
+  next_lane_sequence_.assign(n, 1);
   last_heard_.assign(n, Clock::now());
   disconnected_since_.assign(n, std::nullopt);
   if (o.link) shaper_ = std::make_unique<LinkShaper>(*o.link);
 }
 
 ZmqTransport::~ZmqTransport() {
+  if (lane_setup_.joinable()) {
+    lane_setup_.request_stop();
+    lane_setup_.join();
+  }
   if (shaper_) {
     // Frames still held by the shaper go before the goodbye (unless nobody
     // would take them); its thread stops here, before anything it uses.
@@ -145,10 +156,15 @@ ZmqTransport::~ZmqTransport() {
     // Goodbye goes after every data frame on each connection, so a peer that
     // reads it knows no more messages will come.
     std::optional<Failure> pass_on;
+    bool failed = false;
     {
       std::lock_guard lock(mutex_);
       if (aborted_ && !abort_sent_) pass_on = failure_;
+      failed = failure_.has_value();
     }
+    // The lanes' queued frames leave first (unless nobody would take them).
+    if (lanes_)
+      lanes_->drain_and_finish(Deadline::after(failed ? milliseconds(0) : options_.linger));
     for (size_t p = 0; p < peers_.size(); ++p) {
       if (!peers_[p]) continue;
       bool alive = false;
@@ -167,19 +183,9 @@ ZmqTransport::~ZmqTransport() {
         }
       } else if (alive) {
         try {
-          const auto header = wire::encode_header({wire::MessageType::kGoodbye,
-                                                   0,
-                                                   static_cast<uint32_t>(options_.rank),
-                                                   static_cast<uint32_t>(p),
-                                                   auth_.job_id(),
-                                                   peer.next_sequence++,
-                                                   0,
-                                                   0,
-                                                   0,
-                                                   {}},
-                                                  {}, auth_, with_crc());
-          peer.push.send(zmq::const_buffer(header.data(), header.size()), zmq::send_flags::sndmore);
-          peer.push.send(zmq::const_buffer(), zmq::send_flags::dontwait);
+          if (!send_control_frame(peer, static_cast<int>(p), wire::MessageType::kGoodbye, {})) {
+            logger_.debug("rank {}: goodbye to rank {} not queued", options_.rank, p);
+          }
         } catch (const zmq::error_t& e) {
           logger_.debug("rank {}: goodbye to rank {} not sent: {}", options_.rank, p, e.what());
         }
@@ -197,6 +203,7 @@ ZmqTransport::~ZmqTransport() {
     [[maybe_unused]] const ssize_t n = write(wake_fd_, &one, sizeof one);
   }
   if (io_thread_.joinable()) io_thread_.join();
+  lanes_.reset();
   if (wake_fd_ >= 0) close(wake_fd_);
   for (auto& peer : peers_) {
     if (!peer) continue;
@@ -227,6 +234,7 @@ void ZmqTransport::connect(const std::vector<PeerEndpoint>& table) {
                     options_.rank, table[options_.rank].tcp_endpoint, self_.tcp_endpoint));
   }
   peers_.resize(table.size());
+  std::vector<bool> over_tcp(table.size(), false);
   for (size_t p = 0; p < table.size(); ++p) {
     if (static_cast<int>(p) == options_.rank) continue;
     const PeerEndpoint& e = table[p];
@@ -237,6 +245,7 @@ void ZmqTransport::connect(const std::vector<PeerEndpoint>& table) {
     const bool use_ipc = options_.prefer_ipc && !e.ipc_endpoint.empty() &&
                          !self_.ipc_endpoint.empty() && e.host == self_.host;
     peer->endpoint = use_ipc ? e.ipc_endpoint : e.tcp_endpoint;
+    over_tcp[p] = !use_ipc;
     peer->push = zmq::socket_t(context_, zmq::socket_type::push);
     peer->push.set(zmq::sockopt::sndhwm, 0);
     peer->push.set(zmq::sockopt::linger, static_cast<int>(options_.linger.count()));
@@ -270,6 +279,7 @@ void ZmqTransport::connect(const std::vector<PeerEndpoint>& table) {
     throw CommError(-1, "zmq transport", fmt::format("eventfd: {}", std::strerror(errno)));
   }
   io_thread_ = std::jthread([this](std::stop_token stop) { run_io(std::move(stop)); });
+  start_lanes(table, over_tcp);
 }
 
 // ---------------------------------------------------------------- calls
@@ -313,21 +323,46 @@ void ZmqTransport::check_send(int peer, size_t bytes, const std::string& what) {
 void ZmqTransport::send(int peer, uint64_t tag, std::span<const std::byte> payload,
                         const std::string& what, Deadline deadline) {
   check_send(peer, payload.size(), what);
-  if (shaper_) {
-    send_shaped(peer, tag, payload);
-    return;
+  Peer& link = *peers_[peer];
+  if (!link.lane_sending.load(std::memory_order_acquire)) {
+    std::lock_guard gate(link.lane_gate);
+    if (!link.lane_sending.load(std::memory_order_acquire)) {
+      if (shaper_) {
+        send_shaped(peer, tag, payload);
+      } else {
+        send_frame(link, peer, wire::MessageType::kData, tag, payload, what, deadline);
+      }
+      return;
+    }
   }
-  send_frame(*peers_[peer], peer, wire::MessageType::kData, tag, payload, what, deadline);
+  send_lane(peer, tag, payload, nullptr, what);
 }
 
 void ZmqTransport::send_owned(int peer, uint64_t tag, OwnedBuffer payload, const std::string& what,
                               Deadline deadline) {
-  if (shaper_ || payload.size < options_.zero_copy_min_bytes) {
-    // A copy costs as little as the hand-over here; the shaper copies anyway.
-    send(peer, tag, payload.bytes(), what, deadline);
+  check_send(peer, payload.size, what);
+  Peer& link = *peers_[peer];
+  if (!link.lane_sending.load(std::memory_order_acquire)) {
+    std::lock_guard gate(link.lane_gate);
+    if (!link.lane_sending.load(std::memory_order_acquire)) {
+      send_owned_zmq(link, peer, tag, std::move(payload), what, deadline);
+      return;
+    }
+  }
+  send_lane(peer, tag, payload.bytes(), &payload, what);
+}
+
+void ZmqTransport::send_owned_zmq(Peer& link, int peer, uint64_t tag, OwnedBuffer payload,
+                                  const std::string& what, Deadline deadline) {
+  if (shaper_) {
+    send_shaped(peer, tag, payload.bytes());
     return;
   }
-  check_send(peer, payload.size, what);
+  if (payload.size < options_.zero_copy_min_bytes) {
+    // A copy costs as little as the hand-over here.
+    send_frame(link, peer, wire::MessageType::kData, tag, payload.bytes(), what, deadline);
+    return;
+  }
   // ZeroMQ releases the buffer from its I/O thread once the bytes have left;
   // the hint carries its capacity.
   const size_t capacity = payload.capacity();
@@ -342,7 +377,7 @@ void ZmqTransport::send_owned(int peer, uint64_t tag, OwnedBuffer payload, const
       },
       reinterpret_cast<void*>(static_cast<uintptr_t>(capacity)));
   const std::optional<std::string> problem =
-      queue_frame(*peers_[peer], peer, wire::MessageType::kData, tag, bytes_of(body), body);
+      queue_frame(link, peer, wire::MessageType::kData, tag, bytes_of(body), body);
   if (problem) fail_call(peer, what, *problem);
 }
 
@@ -453,51 +488,6 @@ void ZmqTransport::send_frame(Peer& peer, int peer_rank, wire::MessageType type,
   }
 }
 
-zmq::message_t ZmqTransport::take(int peer, uint64_t tag, const std::string& what,
-                                  Deadline deadline) {
-  check_peer_arg(peer, what);
-  const auto start = Clock::now();
-  std::unique_lock lock(mutex_);
-  while (true) {
-    if (failure_) {
-      const Failure f = *failure_;
-      lock.unlock();
-      throw CommError(f.peer, what, f.problem);
-    }
-    if (auto it = queues_.find({peer, tag}); it != queues_.end() && !it->second.empty()) {
-      zmq::message_t message = std::move(it->second.front());
-      it->second.pop_front();
-      if (it->second.empty()) queues_.erase(it);
-      return message;
-    }
-    std::optional<std::string> problem;
-    if (peer_failure_[peer])
-      problem = *peer_failure_[peer];
-    else if (said_goodbye_[peer]) {
-      problem =
-          fmt::format("the peer closed its transport before sending the message on tag {}", tag);
-    }
-    if (problem) {
-      lock.unlock();
-      fail_call(peer, what, *problem);
-    }
-    if (deadline.expired()) {
-      TimeoutError error(peer, what, ms_since(start),
-                         fmt::format("a message from rank {} on tag {}", peer, tag));
-      if (!failure_) failure_ = Failure{peer, error.what()};
-      lock.unlock();
-      notify_listener();
-      cv_.notify_all();
-      throw error;
-    }
-    if (deadline.is_never()) {
-      cv_.wait(lock);
-    } else {
-      cv_.wait_until(lock, deadline.at());
-    }
-  }
-}
-
 std::vector<std::byte> ZmqTransport::recv(int peer, uint64_t tag, const std::string& what,
                                           Deadline deadline) {
   zmq::message_t message = take(peer, tag, what, deadline);
@@ -532,13 +522,14 @@ bool ZmqTransport::send_abort_frame(Peer& peer, int peer_rank, int culprit,
 }
 
 bool ZmqTransport::send_control_frame(Peer& peer, int peer_rank, wire::MessageType type,
-                                      std::span<const std::byte> payload) {
+                                      std::span<const std::byte> payload, uint64_t tag) {
   wire::FrameHeader h;
   h.type = type;
   h.sender = static_cast<uint32_t>(options_.rank);
   h.receiver = static_cast<uint32_t>(peer_rank);
   h.job_id = auth_.job_id();
   h.sequence = peer.next_sequence;
+  h.tag = tag;
   const auto header = wire::encode_header(h, payload, auth_, with_crc());
   if (peer.push.send(zmq::const_buffer(header.data(), header.size()),
                      zmq::send_flags::sndmore | zmq::send_flags::dontwait) &&

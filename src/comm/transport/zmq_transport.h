@@ -40,6 +40,35 @@
 // except that a zero-copy send whose deadline passes closes the socket to
 // that peer and waits for ZeroMQ to release the buffer (milliseconds).
 //
+// Tcp lanes (comm/transport/tcp_lane.h): between two ranks that reach each
+// other over tcp (not ipc), with no link shaper and no CURVE encryption,
+// data frames go over one plain tcp connection per pair, the lane, instead
+// of ZeroMQ: the sending call writes header and payload with one sendmsg
+// (what the socket does not take at once is queued for the lanes' sender
+// thread; send() never waits for the peer), and a receiving call reads
+// frames from the lane itself, one caller per peer at a time, queueing
+// those for other tags. The frames are the same (header, CRC or MAC) with a
+// per-lane sequence number. Set-up never blocks connect(): connect() sends
+// every peer an offer (its lane port, or 0) over ZeroMQ on the reserved tag
+// kLaneOfferTag, and a set-up thread (std::jthread, stopped and joined
+// first by the destructor) connects to the higher ranks that offered one
+// and accepts the lower ones; the connector's first frame is a hello,
+// checked like any frame (job id, ranks, MAC), so a connection from outside
+// the job is closed. Once its lane to a peer is up, a rank sends a switch
+// marker over ZeroMQ and its later data frames over the lane; the receiver
+// reads the lane only after the marker, so the per-tag order holds across
+// the switch. Until then, or when a peer never offers (or the connection
+// fails), data stays on ZeroMQ. A lane that breaks mid-frame, carries a
+// frame that fails its checks or skips a sequence number fails that peer at
+// once; one that ends at a frame boundary waits for ZeroMQ's goodbye or
+// disconnect to say which it was. ZeroMQ keeps heartbeats, goodbye, abort
+// frames and the connection monitor, so failure detection and deadlines are
+// as without lanes. Copies over a lane: none on the send side when the
+// socket takes the frame at once (else send() copies the rest of its
+// payload, send_owned() queues its buffer); the receiver reads each payload
+// into a pooled buffer, which recv_visit() lends and recv_into() copies
+// out. docs/wire-format.md, "Tcp lanes".
+//
 // Copies: payloads of at least zero_copy_min_bytes are handed to ZeroMQ
 // without a copy (zmq_msg_init_data); send() then returns once ZeroMQ has
 // written them to the kernel, because the caller's span must stay valid
@@ -108,6 +137,10 @@ struct ZmqTransportOptions {
   // only cost a second pass over every byte on both sides.
   bool checksum = true;
   size_t zero_copy_min_bytes = 64 * 1024;
+  // Data frames to peers reached over tcp go through tcp lanes (above).
+  bool tcp_lanes = true;
+  // How long the lane set-up waits for one tcp connection to a peer.
+  std::chrono::milliseconds lane_connect_timeout{60000};
   // How long the destructor lets queued frames drain.
   std::chrono::milliseconds linger{1000};
   // Emulated slow link (tests and benchmarks): every data frame this rank
@@ -121,6 +154,12 @@ struct ZmqTransportOptions {
   // failed), then says goodbye.
   std::optional<LinkShaperOptions> link;
 };
+
+// The transport tag of the lane offers connect() exchanges (and of a lane's
+// hello); not for messages.
+inline constexpr uint64_t kLaneOfferTag = ~uint64_t{0} - 0x4C;
+
+class TcpLanes;
 
 class ZmqTransport final : public Transport {
  public:
@@ -163,6 +202,11 @@ class ZmqTransport final : public Transport {
   void set_failure_listener(FailureListener listener) override;
   bool link_shaped() const override { return shaper_ != nullptr; }
 
+  // Waits until data to and from `peers` peers goes through tcp lanes
+  // (both directions switched), or `deadline`; false then. For tests and
+  // benchmarks that must measure or check the lanes, not ZeroMQ.
+  bool wait_for_lanes(int peers, Deadline deadline);
+
   // Frames dropped because they did not belong to the job or failed
   // authentication.
   uint64_t dropped_frames() const { return drops_.count(); }
@@ -190,6 +234,9 @@ class ZmqTransport final : public Transport {
   // (never blocks); the problem when it could not.
   // Hands a data frame to the link shaper; its thread queues it later.
   void send_shaped(int peer_rank, uint64_t tag, std::span<const std::byte> payload);
+  // send_owned() over ZeroMQ (the caller holds link.lane_gate).
+  void send_owned_zmq(Peer& link, int peer, uint64_t tag, OwnedBuffer payload,
+                      const std::string& what, Deadline deadline);
   std::optional<std::string> queue_frame(Peer& peer, int peer_rank, wire::MessageType type,
                                          uint64_t tag, std::span<const std::byte> payload,
                                          zmq::message_t& body);
@@ -198,7 +245,40 @@ class ZmqTransport final : public Transport {
   // Queues a frame of `type` whose payload ZeroMQ copies (never blocks);
   // false when the queue refused it. The caller holds peer.send_mutex.
   bool send_control_frame(Peer& peer, int peer_rank, wire::MessageType type,
-                          std::span<const std::byte> payload);
+                          std::span<const std::byte> payload, uint64_t tag = 0);
+
+  // Tcp lanes (zmq_transport_lanes.cpp). start_lanes() (from connect())
+  // listens, sends every peer its offer and starts lane_setup_, which runs
+  // set_up_lanes(): it connects to the higher ranks that offered a lane,
+  // accepts the lower ones, and switches each peer's sending to its lane.
+  // `over_tcp[p]`: peer p is reached over tcp.
+  void start_lanes(const std::vector<PeerEndpoint>& table, const std::vector<bool>& over_tcp);
+  void set_up_lanes(const std::stop_token& stop, const std::vector<PeerEndpoint>& table);
+  // Connects to `peer`'s lane listener at `port` and says hello; logs and
+  // leaves the peer on ZeroMQ when it cannot.
+  void connect_lane(int peer, const PeerEndpoint& endpoint, uint32_t port,
+                    const std::stop_token& stop);
+  // Takes the lane from accepted socket `fd` when its hello is a valid one
+  // from a rank in `expected` (and removes it there); closes it otherwise.
+  void accept_lane(int fd, std::vector<int>& expected);
+  // Sends the switch marker over ZeroMQ, then routes data to `peer`
+  // through its lane (zmq_transport.h, "Tcp lanes").
+  void switch_to_lane(int peer);
+  // The I/O thread's part: a data frame on kLaneOfferTag is an offer (4
+  // bytes) or a switch marker (empty). The caller holds mutex_.
+  void note_lane_frame(int sender, const zmq::message_t& payload);
+  bool lane_open(int peer) const;  // the caller holds mutex_
+  void send_lane(int peer, uint64_t tag, std::span<const std::byte> payload, OwnedBuffer* owned,
+                 const std::string& what);
+  // Reads one frame from `peer`'s lane into queues_, or returns after a
+  // wait slice without one; fails the peer when the lane breaks. The caller
+  // holds the reader's role (lane_reading_).
+  void read_lane(int peer, Deadline deadline);
+  // The lane frame header's checks (wire-format.md, 1-5 and 7); fails the
+  // peer and returns nullopt when one fails.
+  std::optional<wire::FrameHeader> check_lane_header(
+      int peer, std::span<const std::byte, wire::kHeaderBytes> header);
+  void fail_lane(int peer, const std::string& problem);
 
   // I/O thread.
   void run_io(std::stop_token stop);
@@ -241,8 +321,12 @@ class ZmqTransport final : public Transport {
   std::vector<Deadline::Clock::time_point> last_heard_;
   std::vector<std::optional<Deadline::Clock::time_point>> disconnected_since_;
   std::optional<Failure> failure_;
-  bool aborted_ = false;     // abort() ran, or a peer's abort frame arrived
-  bool abort_sent_ = false;  // abort() ran (set with aborted_)
+  std::vector<bool> lane_reading_;                   // a caller reads the peer's lane
+  std::vector<bool> lane_closed_;                    // the peer's lane ended at a frame boundary
+  std::vector<std::optional<uint32_t>> lane_offer_;  // the peer's offer, once it came
+  std::vector<bool> lane_marker_;                    // the peer sends over its lane from here on
+  bool aborted_ = false;                             // abort() ran, or a peer's abort frame arrived
+  bool abort_sent_ = false;                          // abort() ran (set with aborted_)
 
   std::mutex listener_mutex_;  // held while the listener runs or is replaced
   FailureListener listener_;
@@ -251,7 +335,14 @@ class ZmqTransport final : public Transport {
   std::unique_ptr<RendezvousServer> coordinator_;
   std::unique_ptr<LinkShaper> shaper_;  // when options_.link; stopped first by the destructor
   int wake_fd_ = -1;                    // eventfd: the destructor wakes the I/O thread's poll
-  std::jthread io_thread_;              // last: stopped and joined before the members above go
+  // Lanes by peer; set in connect(). next_lane_sequence_[p] belongs to
+  // whoever holds the reader's role for p; lane_offered_ is written before
+  // lane_setup_ starts.
+  std::unique_ptr<TcpLanes> lanes_;
+  std::vector<uint64_t> next_lane_sequence_;
+  std::vector<bool> lane_offered_;
+  std::jthread lane_setup_;  // stopped and joined first by the destructor
+  std::jthread io_thread_;   // last: stopped and joined before the members above go
 };
 
 // The whole start-up of one rank: binds a ZmqTransport, registers at the

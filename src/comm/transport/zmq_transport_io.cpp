@@ -127,7 +127,9 @@ void ZmqTransport::handle_frame(zmq::message_t& header_part, zmq::message_t& pay
     std::lock_guard lock(mutex_);
     if (peer_failure_[sender]) return;
     last_heard_[sender] = Clock::now();
-    if (h.type == wire::MessageType::kData) {
+    if (h.type == wire::MessageType::kData && h.tag == kLaneOfferTag) {
+      note_lane_frame(sender, payload_part);
+    } else if (h.type == wire::MessageType::kData) {
       queues_[{sender, h.tag}].push_back(std::move(payload_part));
     } else if (h.type == wire::MessageType::kGoodbye) {
       said_goodbye_[sender] = true;

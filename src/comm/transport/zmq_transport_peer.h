@@ -3,6 +3,7 @@
 // thread (zmq_transport_io.cpp). Locking as the comments on each member say.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
@@ -22,6 +23,12 @@ struct ZmqTransport::Peer {
   zmq::socket_t monitor;        // I/O thread only (and the destructor after it)
   bool ever_connected = false;  // I/O thread only
   std::string endpoint;
+  // Tcp lanes: data goes through the lane once lane_sending is set. A
+  // sender that finds it unset holds lane_gate while it queues on ZeroMQ,
+  // and switch_to_lane() holds it while it sends the marker and sets the
+  // flag, so that no ZeroMQ data frame follows the marker.
+  std::mutex lane_gate;
+  std::atomic<bool> lane_sending{false};
 };
 
 inline std::span<const std::byte> bytes_of(const zmq::message_t& m) {

@@ -1,0 +1,426 @@
+// ZmqTransport's tcp lanes (zmq_transport.h, "Tcp lanes"; tcp_lane.h) and
+// the receive path that reads them: setting the lanes up in connect(),
+// sending data frames over them, and take(), which waits for a message and,
+// for a peer with a lane, reads that lane itself.
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "comm/transport/tcp_lane.h"
+#include "comm/transport/zmq_transport.h"
+#include "comm/transport/zmq_transport_peer.h"
+#include "core/byte_codec.h"
+#include "core/error.h"
+
+namespace dtrain::comm {
+
+namespace {
+
+using Clock = Deadline::Clock;
+using std::chrono::milliseconds;
+
+// Longest wait of a lane reader (or of the lane set-up thread) between looks
+// at failures, its deadline and its stop token.
+constexpr milliseconds kLaneSlice{50};
+// How long an accepted lane connection has to say hello.
+constexpr milliseconds kHelloWait{5000};
+
+milliseconds ms_since(Clock::time_point t) {
+  return std::chrono::duration_cast<milliseconds>(Clock::now() - t);
+}
+
+// "tcp://10.0.0.7:41234" -> "10.0.0.7" ("[::1]" -> "::1").
+std::string endpoint_host(const std::string& endpoint) {
+  std::string rest =
+      endpoint.substr(endpoint.find("://") == std::string::npos ? 0 : endpoint.find("://") + 3);
+  rest = rest.substr(0, rest.rfind(':'));
+  if (rest.size() >= 2 && rest.front() == '[' && rest.back() == ']') {
+    rest = rest.substr(1, rest.size() - 2);
+  }
+  return rest;
+}
+
+// Reads all of `out` from the blocking-or-not socket `fd` before `deadline`.
+bool read_fully(int fd, std::span<std::byte> out, Deadline deadline) {
+  TcpLane lane(fd, -1);
+  size_t got = 0;
+  std::string problem;
+  const auto status = lane.read_exact(
+      out,
+      [&] {
+        if (deadline.expired()) return false;
+        lane.readable(std::min(deadline.remaining(), kLaneSlice));
+        return true;
+      },
+      &got, &problem);
+  // `lane` closes fd on return; the caller dup()ed it.
+  return status == TcpLane::ReadStatus::kDone;
+}
+
+}  // namespace
+
+void ZmqTransport::start_lanes(const std::vector<PeerEndpoint>& table,
+                               const std::vector<bool>& over_tcp) {
+  const bool allowed = options_.tcp_lanes && !shaper_ && auth_.curve() == nullptr &&
+                       std::any_of(over_tcp.begin(), over_tcp.end(), [](bool b) { return b; });
+  int port = 0;
+  if (allowed) {
+    lanes_ = std::make_unique<TcpLanes>(options_.world_size,
+                                        [this](int peer, const auto& p) { fail_lane(peer, p); });
+    port = lanes_->listen(options_.listen_host);
+    lanes_->start();
+  }
+  // Every rank offers every peer its lane port, or 0 for none: a pair has a
+  // lane when both offered one. Offers never wait for the peer.
+  for (int p = 0; p < options_.world_size; ++p) {
+    if (p == options_.rank) continue;
+    lane_offered_[p] = allowed && over_tcp[p];
+    ByteWriter w(sizeof(uint32_t));
+    w.write_u32(lane_offered_[p] ? static_cast<uint32_t>(port) : 0);
+    send_frame(*peers_[p], p, wire::MessageType::kData, kLaneOfferTag, w.bytes(), "connect",
+               Deadline::after(options_.lane_connect_timeout));
+  }
+  if (lanes_) {
+    lane_setup_ = std::jthread([this, table](std::stop_token stop) { set_up_lanes(stop, table); });
+  }
+}
+
+void ZmqTransport::note_lane_frame(int sender, const zmq::message_t& payload) {
+  if (payload.size() == sizeof(uint32_t)) {
+    uint32_t port = 0;
+    std::memcpy(&port, payload.data(), sizeof port);
+    lane_offer_[sender] = port;
+  } else if (payload.size() == 0) {
+    lane_marker_[sender] = true;
+  }
+}
+
+void ZmqTransport::set_up_lanes(const std::stop_token& stop,
+                                const std::vector<PeerEndpoint>& table) {
+  const int n = options_.world_size;
+  std::vector<int> expected;  // lower ranks this rank offered a lane to: they connect
+  for (int p = 0; p < options_.rank; ++p) {
+    if (lane_offered_[p]) expected.push_back(p);
+  }
+  std::vector<bool> resolved(static_cast<size_t>(n), false);
+  resolved[options_.rank] = true;
+  while (!stop.stop_requested()) {
+    std::vector<std::pair<int, uint32_t>> arrived;
+    {
+      std::unique_lock lock(mutex_);
+      if (failure_) return;
+      for (int p = 0; p < n; ++p) {
+        if (resolved[p] || !lane_offer_[p]) continue;
+        arrived.emplace_back(p, *lane_offer_[p]);
+        resolved[p] = true;
+      }
+      if (arrived.empty() && expected.empty()) {
+        if (std::all_of(resolved.begin(), resolved.end(), [](bool b) { return b; })) return;
+        cv_.wait_for(lock, kLaneSlice);
+        continue;
+      }
+    }
+    for (const auto& [p, port] : arrived) {
+      if (port == 0 || !lane_offered_[p]) {
+        std::erase(expected, p);
+      } else if (p > options_.rank) {
+        connect_lane(p, table[p], port, stop);
+      }
+    }
+    if (expected.empty()) {
+      lanes_->stop_listening();  // nobody else may connect
+      continue;
+    }
+    const int fd = lanes_->accept_one(Deadline::after(kLaneSlice));
+    if (fd >= 0) accept_lane(fd, expected);
+  }
+}
+
+void ZmqTransport::connect_lane(int peer, const PeerEndpoint& endpoint, uint32_t port,
+                                const std::stop_token& stop) {
+  int fd = -1;
+  try {
+    fd = TcpLanes::connect_to(peer, endpoint_host(endpoint.tcp_endpoint), static_cast<int>(port),
+                              Deadline::after(options_.lane_connect_timeout), stop);
+  } catch (const CommError& e) {
+    logger_.warn("rank {}: no tcp lane to rank {}, its data stays on ZeroMQ: {}", options_.rank,
+                 peer, e.what());
+    return;
+  }
+  // The lower rank's hello: sequence 0, no payload. A new connection's send
+  // buffer takes 88 bytes at once.
+  wire::FrameHeader h;
+  h.type = wire::MessageType::kData;
+  h.sender = static_cast<uint32_t>(options_.rank);
+  h.receiver = static_cast<uint32_t>(peer);
+  h.job_id = auth_.job_id();
+  h.sequence = 0;
+  h.tag = kLaneOfferTag;
+  const wire::HeaderBytes hello = wire::encode_header(h, {}, auth_, with_crc());
+  const ssize_t sent = ::send(fd, hello.data(), hello.size(), MSG_NOSIGNAL);
+  if (sent != static_cast<ssize_t>(hello.size())) {
+    logger_.warn("rank {}: tcp lane hello to rank {} not sent ({}); its data stays on ZeroMQ",
+                 options_.rank, peer, sent < 0 ? std::strerror(errno) : "short write");
+    close(fd);
+    return;
+  }
+  lanes_->add(peer, fd);
+  switch_to_lane(peer);
+}
+
+void ZmqTransport::accept_lane(int fd, std::vector<int>& expected) {
+  wire::HeaderBytes hello{};
+  const int reader = dup(fd);
+  if (reader < 0 || !read_fully(reader, hello, Deadline::after(kHelloWait))) {
+    drop("a tcp lane connection that sent no hello");
+    close(fd);
+    return;
+  }
+  const wire::FrameLimits limits{auth_.job_id(), static_cast<uint32_t>(options_.world_size),
+                                 static_cast<uint32_t>(options_.rank), 0};
+  try {
+    const wire::FrameHeader h = wire::decode_header(hello, limits, auth_);
+    wire::check_payload(h, hello, {}, auth_);
+    const auto it = std::find(expected.begin(), expected.end(), static_cast<int>(h.sender));
+    if (h.type != wire::MessageType::kData || h.tag != kLaneOfferTag || h.sequence != 0 ||
+        it == expected.end()) {
+      throw DataError(
+          fmt::format("tcp lane hello from rank {} (type {}, tag {}, sequence {}) is "
+                      "not one this rank expects",
+                      h.sender, to_string(h.type), h.tag, h.sequence));
+    }
+    expected.erase(it);
+    lanes_->add(static_cast<int>(h.sender), fd);
+    switch_to_lane(static_cast<int>(h.sender));
+  } catch (const DataError& e) {
+    drop(fmt::format("a tcp lane connection: {}", e.what()));
+    close(fd);
+  }
+}
+
+void ZmqTransport::switch_to_lane(int peer) {
+  Peer& link = *peers_[peer];
+  {
+    std::lock_guard gate(link.lane_gate);
+    bool queued = false;
+    {
+      std::lock_guard send_lock(link.send_mutex);
+      try {
+        queued = !link.push_closed &&
+                 send_control_frame(link, peer, wire::MessageType::kData, {}, kLaneOfferTag);
+      } catch (const zmq::error_t& e) {
+        logger_.debug("rank {}: lane marker to rank {} not sent: {}", options_.rank, peer,
+                      e.what());
+      }
+    }
+    // Without the marker the peer would not read the lane: stay on ZeroMQ.
+    if (queued) link.lane_sending.store(true, std::memory_order_release);
+  }
+  { std::lock_guard lock(mutex_); }  // a waiter between its check and its wait sees the notify
+  cv_.notify_all();                  // a reader waiting for this lane looks again
+}
+
+bool ZmqTransport::wait_for_lanes(int peers, Deadline deadline) {
+  std::unique_lock lock(mutex_);
+  return cv_.wait_until(lock, deadline.at(), [&] {
+    int both = 0;
+    for (size_t p = 0; p < peers_.size(); ++p) {
+      if (peers_[p] && peers_[p]->lane_sending.load(std::memory_order_acquire) &&
+          lane_open(static_cast<int>(p))) {
+        ++both;
+      }
+    }
+    return both >= peers;
+  });
+}
+
+bool ZmqTransport::lane_open(int peer) const {
+  return lane_marker_[peer] && lanes_ && lanes_->lane(peer) != nullptr && !lane_closed_[peer];
+}
+
+void ZmqTransport::send_lane(int peer, uint64_t tag, std::span<const std::byte> payload,
+                             OwnedBuffer* owned, const std::string& what) {
+  const auto problem = lanes_->send(
+      peer,
+      [&](uint64_t sequence) {
+        wire::FrameHeader h;
+        h.type = wire::MessageType::kData;
+        h.sender = static_cast<uint32_t>(options_.rank);
+        h.receiver = static_cast<uint32_t>(peer);
+        h.job_id = auth_.job_id();
+        h.sequence = sequence;
+        h.tag = tag;
+        return wire::encode_header(h, payload, auth_, with_crc());
+      },
+      payload, owned);
+  if (problem) {
+    fail_lane(peer, *problem);
+    fail_call(peer, what, *problem);
+  }
+}
+
+void ZmqTransport::fail_lane(int peer, const std::string& problem) {
+  fail_peer(peer, problem);
+  fail_transport(peer, problem);
+}
+
+std::optional<wire::FrameHeader> ZmqTransport::check_lane_header(
+    int peer, std::span<const std::byte, wire::kHeaderBytes> header) {
+  const wire::FrameLimits limits{auth_.job_id(), static_cast<uint32_t>(options_.world_size),
+                                 static_cast<uint32_t>(options_.rank), options_.max_message_bytes};
+  wire::FrameHeader h;
+  try {
+    h = wire::decode_header(header, limits, auth_);
+  } catch (const DataError& e) {
+    fail_lane(peer, fmt::format("sent an invalid frame on its tcp lane: {}", e.what()));
+    return std::nullopt;
+  }
+  const uint64_t expected = next_lane_sequence_[peer];
+  if (h.sender != static_cast<uint32_t>(peer) || h.type != wire::MessageType::kData ||
+      h.sequence != expected) {
+    fail_lane(peer, fmt::format("sent an unexpected frame on its tcp lane: {} from rank {} with "
+                                "sequence {} (expected data from rank {}, sequence {})",
+                                to_string(h.type), h.sender, h.sequence, peer, expected));
+    return std::nullopt;
+  }
+  return h;
+}
+
+void ZmqTransport::read_lane(int peer, Deadline deadline) {
+  TcpLane& lane = *lanes_->lane(peer);
+  // While it waits, the reader also writes this rank's queued frames as
+  // their sockets drain (TcpLanes::wait_readable).
+  if (!lanes_->wait_readable(peer, std::min(kLaneSlice, deadline.remaining()))) return;
+  const auto keep_waiting = [&] {
+    {
+      std::lock_guard lock(mutex_);
+      if (failure_ || peer_failure_[peer]) return false;
+    }
+    if (deadline.expired()) return false;
+    lanes_->wait_readable(peer, std::min(kLaneSlice, deadline.remaining()));
+    return true;
+  };
+  wire::HeaderBytes header{};
+  size_t got = 0;
+  std::string problem;
+  auto status = lane.read_exact(header, keep_waiting, &got, &problem);
+  if (status == TcpLane::ReadStatus::kClosed && got == 0) {
+    std::lock_guard lock(mutex_);
+    lane_closed_[peer] = true;  // ZeroMQ's goodbye or disconnect tells which it was
+    return;
+  }
+  if (status == TcpLane::ReadStatus::kStopped) return;  // the caller's deadline or a failure
+  if (status != TcpLane::ReadStatus::kDone) {
+    fail_lane(peer, status == TcpLane::ReadStatus::kFailed
+                        ? problem
+                        : fmt::format("closed its tcp lane mid-frame ({} of {} header bytes)", got,
+                                      wire::kHeaderBytes));
+    return;
+  }
+  const std::optional<wire::FrameHeader> h = check_lane_header(peer, header);
+  if (!h) return;
+  OwnedBuffer body = OwnedBuffer::allocate(h->payload_bytes);
+  status = lane.read_exact(body.bytes(), keep_waiting, &got, &problem);
+  if (status == TcpLane::ReadStatus::kStopped) return;
+  if (status != TcpLane::ReadStatus::kDone) {
+    fail_lane(peer, status == TcpLane::ReadStatus::kFailed
+                        ? problem
+                        : fmt::format("closed its tcp lane mid-frame ({} of {} payload bytes)", got,
+                                      h->payload_bytes));
+    return;
+  }
+  try {
+    wire::check_payload(*h, header, body.bytes(), auth_);
+  } catch (const DataError& e) {
+    fail_lane(peer,
+              fmt::format("sent a frame that failed its checks on its tcp lane: {}", e.what()));
+    return;
+  }
+  ++next_lane_sequence_[peer];
+  const size_t size = body.size;
+  const size_t capacity = body.capacity();
+  zmq::message_t message;
+  if (size > 0) {
+    message = zmq::message_t(
+        body.data.release(), size,
+        [](void* data, void* hint) {
+          release_owned_buffer(static_cast<std::byte*>(data), reinterpret_cast<uintptr_t>(hint));
+        },
+        reinterpret_cast<void*>(static_cast<uintptr_t>(capacity)));
+  }
+  {
+    std::lock_guard lock(mutex_);
+    if (peer_failure_[peer]) return;
+    last_heard_[peer] = Clock::now();
+    queues_[{peer, h->tag}].push_back(std::move(message));
+  }
+  cv_.notify_all();
+}
+
+zmq::message_t ZmqTransport::take(int peer, uint64_t tag, const std::string& what,
+                                  Deadline deadline) {
+  check_peer_arg(peer, what);
+  const auto start = Clock::now();
+  std::unique_lock lock(mutex_);
+  while (true) {
+    if (failure_) {
+      const Failure f = *failure_;
+      lock.unlock();
+      throw CommError(f.peer, what, f.problem);
+    }
+    if (auto it = queues_.find({peer, tag}); it != queues_.end() && !it->second.empty()) {
+      zmq::message_t message = std::move(it->second.front());
+      it->second.pop_front();
+      if (it->second.empty()) queues_.erase(it);
+      return message;
+    }
+    std::optional<std::string> problem;
+    if (peer_failure_[peer])
+      problem = *peer_failure_[peer];
+    else if (said_goodbye_[peer] && !lane_open(peer)) {
+      problem =
+          fmt::format("the peer closed its transport before sending the message on tag {}", tag);
+    }
+    if (problem) {
+      lock.unlock();
+      fail_call(peer, what, *problem);
+    }
+    if (deadline.expired()) {
+      TimeoutError error(peer, what, ms_since(start),
+                         fmt::format("a message from rank {} on tag {}", peer, tag));
+      if (!failure_) failure_ = Failure{peer, error.what()};
+      lock.unlock();
+      notify_listener();
+      cv_.notify_all();
+      throw error;
+    }
+    if (lane_open(peer) && !lane_reading_[peer]) {
+      // This caller reads the lane (one frame, or one wait slice), then
+      // hands the reader's role on.
+      lane_reading_[peer] = true;
+      lock.unlock();
+      try {
+        read_lane(peer, deadline);
+      } catch (...) {
+        lock.lock();
+        lane_reading_[peer] = false;
+        cv_.notify_all();
+        throw;
+      }
+      lock.lock();
+      lane_reading_[peer] = false;
+      cv_.notify_all();
+      continue;
+    }
+    if (deadline.is_never()) {
+      cv_.wait(lock);
+    } else {
+      cv_.wait_until(lock, deadline.at());
+    }
+  }
+}
+
+}  // namespace dtrain::comm

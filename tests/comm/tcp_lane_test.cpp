@@ -1,0 +1,283 @@
+// ZmqTransport's tcp lanes (zmq_transport.h, "Tcp lanes"; tcp_lane.h) on
+// loopback:
+// - two transports over tcp: messages of every size, two threads receiving
+//   different tags from one peer at once, and both ranks sending 8 MiB to
+//   each other before either receives (sends never wait for the peer);
+// - a hand-made rank 0 that speaks the lane protocol (offer over ZeroMQ,
+//   hello on the lane) and then writes one crafted frame: a valid one is
+//   delivered; a truncated one (the connection closes mid-payload), an
+//   oversized one, one signed with another secret and one that skips a
+//   sequence number each fail rank 1's receive at once with a CommError
+//   naming rank 0 and the fault.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstring>
+#include <future>
+#include <string>
+#include <thread>
+#include <vector>
+#include <zmq.hpp>
+
+#include "comm/rendezvous/rendezvous.h"
+#include "comm/transport/zmq_transport.h"
+#include "comm/wire/wire.h"
+#include "core/error.h"
+
+namespace dtrain::comm {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr auto kDeadline = 20s;
+
+ZmqTransportOptions lane_options(int rank, int world) {
+  ZmqTransportOptions o;
+  o.rank = rank;
+  o.world_size = world;
+  o.prefer_ipc = false;  // loopback tcp: the lanes' path
+  o.heartbeat_interval = 100ms;
+  // Long: under sanitizers a thread can be off the CPU for seconds; the
+  // calls' own deadlines bound every wait.
+  o.heartbeat_timeout = 60s;
+  o.max_message_bytes = 16 << 20;
+  return o;
+}
+
+std::vector<std::byte> pattern(size_t size, int seed) {
+  std::vector<std::byte> out(size);
+  for (size_t i = 0; i < size; ++i) out[i] = static_cast<std::byte>((i * 131 + seed * 7) % 251);
+  return out;
+}
+
+std::vector<std::unique_ptr<ZmqTransport>> make_pair_over_tcp(const JobAuth& auth) {
+  RendezvousServer server("127.0.0.1", 0, 2, auth, Logger::null());
+  std::vector<std::unique_ptr<ZmqTransport>> ranks;
+  for (int r = 0; r < 2; ++r) {
+    ranks.push_back(std::make_unique<ZmqTransport>(lane_options(r, 2), auth, Logger::null()));
+  }
+  std::vector<std::future<void>> connected;
+  for (int r = 0; r < 2; ++r) {
+    connected.push_back(std::async(std::launch::async, [&, r] {
+      ranks[r]->connect(rendezvous(server.address(), ranks[r]->local_endpoint(), 2, auth,
+                                   Deadline::after(kDeadline), Logger::null()));
+    }));
+  }
+  for (auto& c : connected) c.get();
+  return ranks;
+}
+
+TEST(TcpLane, SizesTagsAndThreads) {
+  const JobAuth auth("lane-sizes", "lane secret");
+  auto ranks = make_pair_over_tcp(auth);
+  // Sizes around the socket buffers, so that some sends queue the rest.
+  const std::vector<size_t> sizes{0, 1, 4096, 65536, 300 * 1024 + 3, 3 * 1024 * 1024 + 5};
+  constexpr int kRounds = 3;
+  for (int round = 0; round < kRounds; ++round) {
+    // Round 0 goes out at once (over ZeroMQ or a lane, whichever is up), the
+    // others over the lanes: per-tag order holds across the switch.
+    if (round == 1) {
+      for (auto& rank : ranks) ASSERT_TRUE(rank->wait_for_lanes(1, Deadline::after(kDeadline)));
+    }
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      for (const uint64_t tag : {uint64_t{1}, uint64_t{2}}) {
+        ranks[1]->send(0, tag, pattern(sizes[i], round * 10 + static_cast<int>(tag)), "test",
+                       Deadline::after(kDeadline));
+      }
+    }
+  }
+  // Two threads take the lane's reader role in turns, each for its tag.
+  std::vector<std::jthread> readers;
+  for (const uint64_t tag : {uint64_t{2}, uint64_t{1}}) {
+    readers.emplace_back([&, tag] {
+      for (int round = 0; round < kRounds; ++round) {
+        for (const size_t size : sizes) {
+          EXPECT_EQ(ranks[0]->recv(1, tag, "test", Deadline::after(kDeadline)),
+                    pattern(size, round * 10 + static_cast<int>(tag)))
+              << "tag " << tag << " size " << size;
+        }
+      }
+    });
+  }
+}
+
+TEST(TcpLane, BothRanksSendEightMegabytesBeforeReceiving) {
+  const JobAuth auth("lane-both-ways", "");
+  auto ranks = make_pair_over_tcp(auth);
+  for (auto& rank : ranks) ASSERT_TRUE(rank->wait_for_lanes(1, Deadline::after(kDeadline)));
+  const size_t bytes = size_t{8} << 20;  // more than loopback's socket buffers
+  for (int r = 0; r < 2; ++r) {
+    ranks[r]->send(1 - r, 5, pattern(bytes, r), "test", Deadline::after(kDeadline));
+  }
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(ranks[r]->recv(1 - r, 5, "test", Deadline::after(kDeadline)), pattern(bytes, 1 - r));
+  }
+}
+
+// A rank 0 made by hand: registers at the rendezvous, offers a lane over
+// ZeroMQ, connects to rank 1's lane, says hello and sends the switch marker
+// over ZeroMQ; then writes what the test gives it on the lane.
+class FakeLanePeer {
+ public:
+  explicit FakeLanePeer(const JobAuth& auth)
+      : auth_(auth),
+        context_(1),
+        pull_(context_, zmq::socket_type::pull),
+        push_(context_, zmq::socket_type::push) {
+    pull_.set(zmq::sockopt::linger, 0);
+    push_.set(zmq::sockopt::linger, 0);
+    pull_.bind("tcp://127.0.0.1:*");
+  }
+  ~FakeLanePeer() {
+    if (fd_ >= 0) close(fd_);
+  }
+
+  // Runs rank 0's side of connect() against `rank1`, which connects at once.
+  void connect(RendezvousServer& server, ZmqTransport& rank1) {
+    auto connected = std::async(std::launch::async, [&] {
+      rank1.connect(rendezvous(server.address(), rank1.local_endpoint(), 2, auth_,
+                               Deadline::after(kDeadline), Logger::null()));
+    });
+    PeerEndpoint self;
+    self.rank = 0;
+    self.host = "fake-host";
+    self.tcp_endpoint = pull_.get(zmq::sockopt::last_endpoint);
+    const auto table =
+        rendezvous(server.address(), self, 2, auth_, Deadline::after(kDeadline), Logger::null());
+    push_.connect(table[1].tcp_endpoint);
+    const std::array<std::byte, 4> offer{std::byte{1}, std::byte{0}, std::byte{0}, std::byte{0}};
+    const auto offer_header = wire::encode_header(frame(0, kLaneOfferTag), offer, auth_, false);
+    push_.send(zmq::const_buffer(offer_header.data(), offer_header.size()),
+               zmq::send_flags::sndmore);
+    push_.send(zmq::const_buffer(offer.data(), offer.size()), zmq::send_flags::none);
+    // Rank 1's offer (after any heartbeats): header, then its lane port.
+    const wire::FrameLimits limits{auth_.job_id(), 2, 0, 1 << 20};
+    uint32_t port = 0;
+    while (port == 0) {
+      zmq::message_t header_part;
+      zmq::message_t body_part;
+      ASSERT_TRUE(pull_.recv(header_part));
+      ASSERT_TRUE(header_part.more());
+      ASSERT_TRUE(pull_.recv(body_part));
+      const wire::FrameHeader h = wire::decode_header(
+          std::span(static_cast<const std::byte*>(header_part.data()), header_part.size()), limits,
+          auth_);
+      if (h.type != wire::MessageType::kData || h.tag != kLaneOfferTag) continue;
+      ASSERT_EQ(body_part.size(), 4u);
+      std::memcpy(&port, body_part.data(), sizeof port);
+      ASSERT_GT(port, 0u);
+    }
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    write_all(wire::encode_header(frame(0, kLaneOfferTag), {}, auth_, false));
+    // The switch marker: from here on rank 1 reads this rank's data from the lane.
+    const auto marker = wire::encode_header(frame(1, kLaneOfferTag), {}, auth_, false);
+    push_.send(zmq::const_buffer(marker.data(), marker.size()), zmq::send_flags::sndmore);
+    push_.send(zmq::const_buffer(), zmq::send_flags::none);
+    connected.get();
+  }
+
+  wire::FrameHeader frame(uint64_t sequence, uint64_t tag) const {
+    wire::FrameHeader h;
+    h.type = wire::MessageType::kData;
+    h.sender = 0;
+    h.receiver = 1;
+    h.job_id = auth_.job_id();
+    h.sequence = sequence;
+    h.tag = tag;
+    return h;
+  }
+  template <class Bytes>
+  void write_all(const Bytes& bytes) {
+    ASSERT_EQ(::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(bytes.size()));
+  }
+  void close_lane() {
+    close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  JobAuth auth_;
+  zmq::context_t context_;
+  zmq::socket_t pull_;
+  zmq::socket_t push_;
+  int fd_ = -1;
+};
+
+struct Crafted {
+  const char* name;
+  const char* expected;  // in rank 1's error; empty: the frame is delivered
+};
+
+class TcpLaneFrames : public ::testing::TestWithParam<Crafted> {};
+
+TEST_P(TcpLaneFrames, ACraftedFrameIsDeliveredOrFailsNamingTheSender) {
+  const std::string name = GetParam().name;
+  const JobAuth auth("lane-frames", "lane secret");
+  RendezvousServer server("127.0.0.1", 0, 2, auth, Logger::null());
+  ZmqTransport rank1(lane_options(1, 2), auth, Logger::null());
+  FakeLanePeer rank0(auth);
+  rank0.connect(server, rank1);
+  if (HasFatalFailure()) return;
+  ASSERT_TRUE(rank1.wait_for_lanes(1, Deadline::after(kDeadline)));
+
+  const std::vector<std::byte> payload = pattern(1000, 3);
+  const uint64_t tag = 7;
+  if (name == "valid") {
+    rank0.write_all(wire::encode_header(rank0.frame(1, tag), payload, auth, false));
+    rank0.write_all(payload);
+  } else if (name == "truncated") {
+    rank0.write_all(wire::encode_header(rank0.frame(1, tag), payload, auth, false));
+    rank0.write_all(std::span(payload).first(10));
+    rank0.close_lane();  // the peer dies mid-frame
+  } else if (name == "oversized") {
+    const std::vector<std::byte> huge(size_t{17} << 20);  // over max_message_bytes (16 MiB)
+    rank0.write_all(wire::encode_header(rank0.frame(1, tag), huge, auth, false));
+  } else if (name == "forged") {
+    const JobAuth forger("lane-frames", "a guessed secret");
+    rank0.write_all(wire::encode_header(rank0.frame(1, tag), payload, forger, false));
+    rank0.write_all(payload);
+  } else if (name == "skipped") {
+    rank0.write_all(wire::encode_header(rank0.frame(5, tag), payload, auth, false));
+    rank0.write_all(payload);
+  }
+  const std::string expected = GetParam().expected;
+  if (expected.empty()) {
+    EXPECT_EQ(rank1.recv(0, tag, "test", Deadline::after(kDeadline)), payload);
+    return;
+  }
+  try {
+    rank1.recv(0, tag, "test", Deadline::after(kDeadline));
+    ADD_FAILURE() << name << ": the frame was delivered";
+  } catch (const TimeoutError& e) {
+    ADD_FAILURE() << name << ": waited out instead of detected: " << e.what();
+  } catch (const CommError& e) {
+    const std::string what = e.what();
+    EXPECT_EQ(e.peer(), 0) << what;
+    EXPECT_NE(what.find("rank 0"), std::string::npos) << what;
+    EXPECT_NE(what.find(expected), std::string::npos) << what;
+  }
+  // The transport stays failed.
+  EXPECT_THROW(rank1.recv(0, tag + 1, "test", Deadline::after(kDeadline)), CommError);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Frames, TcpLaneFrames,
+    ::testing::Values(Crafted{"valid", ""},
+                      Crafted{"truncated", "closed its tcp lane mid-frame (10 of 1000 payload"},
+                      Crafted{"oversized", "sent an invalid frame on its tcp lane"},
+                      Crafted{"forged", "failed its checks on its tcp lane"},
+                      Crafted{"skipped", "sequence 5 (expected data from rank 0, sequence 1)"}),
+    [](const ::testing::TestParamInfo<Crafted>& info) { return std::string(info.param.name); });
+
+}  // namespace
+}  // namespace dtrain::comm
