@@ -8,8 +8,9 @@
 //
 // Ownership: storage is held by std::shared_ptr and given back with its last
 // view to the process's caching allocator (tensor/storage_pool.h), which
-// hands it to the next allocation of its size class: a steady-state
-// training step allocates no fresh memory.
+// hands it to the next allocation of its size class, so that a training
+// loop does not take (and fault in) fresh memory every step: a steady-state
+// step allocates nothing from the system.
 // Thread safety: distinct Tensors may be used from distinct threads; writing
 // to one storage from two threads at once is a data race, as with any array.
 // Errors: shape mistakes throw UsageError naming both shapes.
