@@ -32,8 +32,8 @@ namespace {
 // Bytes of a LeNet-5 step's tensors at batch 128 (activations, masks,
 // gradients, parameters' gradients), in allocation order.
 constexpr std::array<size_t, 24> kSizes = {
-    2408448, 2408448, 602112, 602112, 819200, 204800, 204800, 204800, 61440, 43008, 5120, 10752,
-    43008,   5120,    61440,  204800, 819200, 602112, 2408448, 9600,  480,   38400, 256,  2400};
+    2408448, 2408448, 602112, 602112, 819200, 204800, 204800,  204800, 61440, 43008, 5120, 10752,
+    43008,   5120,    61440,  204800, 819200, 602112, 2408448, 9600,   480,   38400, 256,  2400};
 
 class LocalCache {
  public:
@@ -75,17 +75,29 @@ double run_rounds(Design design, dtrain::StoragePool& pool, int rounds) {
   for (int r = 0; r < rounds; ++r) {
     for (size_t i = 0; i < kSizes.size(); ++i) {
       switch (design) {
-        case Design::kPool: blocks[i] = pool.allocate(kSizes[i]); break;
-        case Design::kLocal: blocks[i] = local.allocate(kSizes[i]); break;
-        case Design::kSystem: blocks[i] = ::operator new(kSizes[i], std::align_val_t(64)); break;
+        case Design::kPool:
+          blocks[i] = pool.allocate(kSizes[i]);
+          break;
+        case Design::kLocal:
+          blocks[i] = local.allocate(kSizes[i]);
+          break;
+        case Design::kSystem:
+          blocks[i] = ::operator new(kSizes[i], std::align_val_t(64));
+          break;
       }
       static_cast<char*>(blocks[i])[0] = static_cast<char>(r);  // touch it
     }
     for (size_t i = kSizes.size(); i-- > 0;) {
       switch (design) {
-        case Design::kPool: pool.release(blocks[i], kSizes[i]); break;
-        case Design::kLocal: local.release(blocks[i], kSizes[i]); break;
-        case Design::kSystem: ::operator delete(blocks[i], std::align_val_t(64)); break;
+        case Design::kPool:
+          pool.release(blocks[i], kSizes[i]);
+          break;
+        case Design::kLocal:
+          local.release(blocks[i], kSizes[i]);
+          break;
+        case Design::kSystem:
+          ::operator delete(blocks[i], std::align_val_t(64));
+          break;
       }
     }
   }

@@ -4,7 +4,6 @@
 #include "tensor/storage_pool.h"
 
 #include <gtest/gtest.h>
-
 #include <sys/wait.h>
 #include <unistd.h>
 
