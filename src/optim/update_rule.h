@@ -13,6 +13,24 @@
 // copies them into fresh tensors, so an optimizer restored mid-run continues
 // bit for bit as the original would have.
 //
+// One pass: each rule's dense update (Sgd, Adam, AdamW, Adagrad) is a single
+// loop over the parameter's elements that reads the gradient once and reads
+// and writes the parameter and its state buffers once (weight decay,
+// momentum or moments, and the step fused), over memory that is contiguous
+// per parameter; it allocates nothing after the parameter's first update.
+// Why per parameter and not one flat buffer over all parameters: the
+// parameters and the state could be views of one storage
+// (Module::load_state_dict copies in place, StateDict entries may be views),
+// but the gradients cannot without changing autograd: a leaf's gradient is
+// the tensor its backward kernel produced this step (autograd/variable.h),
+// so a flat gradient would cost a copy per step, or every backward kernel
+// would have to write into a slot given to it. The flat loop would save
+// only the per-parameter call (well under a microsecond for each of a
+// model's tensors, against a step of milliseconds). The check that every
+// gradient is finite (strategy::check_finite_gradients) stays a pass of its
+// own before the update: fused into it, a NaN found in a late parameter
+// would leave the earlier ones updated.
+//
 // Ownership: owns its state. Not copyable.
 // Thread safety: none; one thread updates through a rule at a time. Distinct
 // rules over distinct parameters are independent.

@@ -5,9 +5,9 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <new>
 
 #include "core/error.h"
+#include "tensor/storage_pool.h"
 
 namespace dtrain {
 
@@ -24,106 +24,16 @@ int64_t shape_numel(const Shape& shape) {
 
 namespace {
 
-constexpr size_t kAlign = 64;
-
-// A per-thread cache of recently freed large blocks, keyed by exact size.
-// A training step frees and re-allocates the same activation sizes every
-// iteration; without the cache glibc returns those pages to the kernel
-// (heap trimming, munmap) and every step pays for page faults again
-// (measured: 16% of a LeNet-5 step). Bounded in count and bytes; blocks go
-// back to the system when the thread exits. Disabled under AddressSanitizer
-// so that use-after-free stays detectable.
-//
-// Storage freed while the thread's cache does not exist (never created on
-// this thread, or already destroyed at thread exit, e.g. by a static
-// Tensor) bypasses it: t_cache_alive says whether it may be touched.
-thread_local bool t_cache_alive = false;
-
-class BlockCache {
- public:
-  static constexpr size_t kMinBytes = 64 * 1024;
-  static constexpr size_t kMaxBytes = 128 * 1024 * 1024;
-  static constexpr size_t kMaxBlocks = 64;
-
-  BlockCache() { t_cache_alive = true; }
-  BlockCache(const BlockCache&) = delete;
-  BlockCache& operator=(const BlockCache&) = delete;
-  ~BlockCache() {
-    t_cache_alive = false;
-    for (const Block& b : blocks_) ::operator delete(b.data, std::align_val_t(kAlign));
-  }
-
-  void* take(size_t bytes) {
-    for (size_t i = blocks_.size(); i-- > 0;) {
-      if (blocks_[i].bytes == bytes) {
-        void* data = blocks_[i].data;
-        cached_bytes_ -= bytes;
-        blocks_.erase(blocks_.begin() + static_cast<std::ptrdiff_t>(i));
-        return data;
-      }
-    }
-    return nullptr;
-  }
-
-  // Keeps `data` for reuse, or frees it (and the oldest blocks) past the bounds.
-  void give(void* data, size_t bytes) {
-    if (bytes > kMaxBytes) {
-      ::operator delete(data, std::align_val_t(kAlign));
-      return;
-    }
-    while (!blocks_.empty() &&
-           (blocks_.size() >= kMaxBlocks || cached_bytes_ + bytes > kMaxBytes)) {
-      ::operator delete(blocks_.front().data, std::align_val_t(kAlign));
-      cached_bytes_ -= blocks_.front().bytes;
-      blocks_.erase(blocks_.begin());
-    }
-    blocks_.push_back({data, bytes});
-    cached_bytes_ += bytes;
-  }
-
- private:
-  struct Block {
-    void* data;
-    size_t bytes;
-  };
-  std::vector<Block> blocks_;
-  size_t cached_bytes_ = 0;
-};
-
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool kUseBlockCache = false;
-#else
-constexpr bool kUseBlockCache = true;
-#endif
-
-BlockCache& block_cache() {
-  thread_local BlockCache cache;
-  return cache;
-}
-
 size_t storage_bytes(int64_t count) {
-  size_t bytes = static_cast<size_t>(std::max<int64_t>(count, 1)) * sizeof(float);
-  return (bytes + kAlign - 1) / kAlign * kAlign;
+  return static_cast<size_t>(std::max<int64_t>(count, 1)) * sizeof(float);
 }
 
 }  // namespace
 
-Storage::Storage(int64_t count) : size_(count) {
-  const size_t bytes = storage_bytes(count);
-  void* data = nullptr;
-  if (kUseBlockCache && bytes >= BlockCache::kMinBytes) data = block_cache().take(bytes);
-  if (data == nullptr) data = ::operator new(bytes, std::align_val_t(kAlign));
-  data_ = static_cast<float*>(data);
-}
+Storage::Storage(int64_t count)
+    : data_(static_cast<float*>(allocate_storage(storage_bytes(count)))), size_(count) {}
 
-Storage::~Storage() {
-  const size_t bytes = storage_bytes(size_);
-  if (kUseBlockCache && bytes >= BlockCache::kMinBytes && t_cache_alive) {
-    block_cache().give(data_, bytes);
-  } else {
-    ::operator delete(data_, std::align_val_t(kAlign));
-  }
-}
+Storage::~Storage() { release_storage(data_, storage_bytes(size_)); }
 
 Tensor::Tensor(std::shared_ptr<Storage> storage, int64_t offset, Shape shape)
     : storage_(std::move(storage)), offset_(offset), shape_(std::move(shape)) {

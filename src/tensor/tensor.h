@@ -6,11 +6,11 @@
 // and are contiguous too, so every kernel can walk data() linearly. Storage is
 // 64-byte aligned.
 //
-// Ownership: storage is held by std::shared_ptr and freed with its last view.
-// Freed blocks of 64 KiB and more are kept in a small per-thread cache (at
-// most 64 blocks, 128 MiB) and reused for the next allocation of the same
-// size, so that a training loop does not fault the same pages in every step;
-// the cache is released when its thread exits.
+// Ownership: storage is held by std::shared_ptr and given back with its last
+// view to the process's caching allocator (tensor/storage_pool.h), which
+// hands it to the next allocation of its size class, so that a training
+// loop does not take (and fault in) fresh memory every step: a steady-state
+// step allocates nothing from the system.
 // Thread safety: distinct Tensors may be used from distinct threads; writing
 // to one storage from two threads at once is a data race, as with any array.
 // Errors: shape mistakes throw UsageError naming both shapes.

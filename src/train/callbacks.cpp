@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "tensor/storage_pool.h"
 
 namespace dtrain::train {
 
@@ -212,6 +213,12 @@ void JsonLinesWriter::on_epoch_end(const EpochInfo& e) {
     line["test_accuracy_" + m.name] = m.test_accuracy;
     line["test_loss_" + m.name] = m.test_loss;
   }
+  // The process's storage pool since start (tensor/storage_pool.h): the
+  // difference between two epochs is what a steady-state epoch allocates.
+  const StoragePoolStats pool = storage_pool().stats();
+  line["storage_fresh_allocations"] = pool.fresh_allocations;
+  line["storage_cached_allocations"] = pool.cached_allocations;
+  line["storage_cached_bytes"] = pool.cached_bytes;
   if (e.epsilon) {
     line["epsilon"] = *e.epsilon;
     line["epsilon_classic"] = e.epsilon_classic.value_or(0.0);
