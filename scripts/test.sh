@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian 12 machine: installs the packages,
 # fetches MNIST, builds with ASan + UBSan and with TSan, runs the tests of the
-# modules that run threads (ctest label `threaded`: comm, ps, strategy, train,
-# data) under ThreadSanitizer, then every test under ASan + UBSan, so that the
+# modules that run threads (ctest label `threaded`, tests/CMakeLists.txt says
+# which) under ThreadSanitizer, then every test under ASan + UBSan, so that the
 # output ends with the main suite's ctest summary. A TSan failure stops the
 # script there, with that subset's summary last. Arguments go to the main
 # suite's ctest; DTRAIN_TEST_TSAN=0 skips the TSan build and subset.
