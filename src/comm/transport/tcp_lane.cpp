@@ -232,7 +232,7 @@ int TcpLanes::accept_one(Deadline deadline) {
     }
     if (deadline.expired()) return -1;
     pollfd item{listen_fd_, POLLIN, 0};
-    poll(&item, 1, poll_ms(std::min(deadline.remaining(), milliseconds(kSenderSlice))));
+    poll(&item, 1, poll_ms(std::min(deadline.remaining(), kSenderSlice)));
   }
 }
 
@@ -309,32 +309,16 @@ std::optional<std::string> TcpLanes::send(int peer, const TcpLane::HeaderMaker& 
 }
 
 void TcpLanes::run_sender(std::stop_token stop) {
-  std::vector<pollfd> items;
-  std::vector<TcpLane*> item_lane;
   while (!stop.stop_requested()) {
-    items.assign(1, pollfd{wake_fd_, POLLIN, 0});
-    item_lane.assign(1, nullptr);
-    for (size_t p = 0; p < world_size_; ++p) {
-      TcpLane* l = lanes_[p].load(std::memory_order_acquire);
-      if (l != nullptr && l->pending()) {
-        items.push_back(pollfd{l->fd(), POLLOUT, 0});
-        item_lane.push_back(l);
-      }
-    }
-    if (poll(items.data(), items.size(), poll_ms(kSenderSlice)) <= 0) continue;
-    if (items[0].revents & POLLIN) {
+    if (poll_with_writers(pollfd{wake_fd_, POLLIN, 0}, kSenderSlice) & POLLIN) {
       uint64_t count = 0;
       [[maybe_unused]] const ssize_t n = read(wake_fd_, &count, sizeof count);
-    }
-    for (size_t i = 1; i < items.size(); ++i) {
-      if (items[i].revents == 0) continue;
-      if (const auto problem = item_lane[i]->flush()) on_failure_(item_lane[i]->peer(), *problem);
     }
   }
 }
 
-bool TcpLanes::wait_readable(int peer, milliseconds wait) {
-  std::vector<pollfd> items{pollfd{lane(peer)->fd(), POLLIN, 0}};
+short TcpLanes::poll_with_writers(pollfd first, milliseconds wait) {
+  std::vector<pollfd> items{first};
   std::vector<TcpLane*> item_lane{nullptr};
   for (size_t p = 0; p < world_size_; ++p) {
     TcpLane* l = lanes_[p].load(std::memory_order_acquire);
@@ -343,12 +327,16 @@ bool TcpLanes::wait_readable(int peer, milliseconds wait) {
       item_lane.push_back(l);
     }
   }
-  if (poll(items.data(), items.size(), poll_ms(wait)) <= 0) return false;
+  if (poll(items.data(), items.size(), poll_ms(wait)) <= 0) return 0;
   for (size_t i = 1; i < items.size(); ++i) {
     if (items[i].revents == 0) continue;
     if (const auto problem = item_lane[i]->flush()) on_failure_(item_lane[i]->peer(), *problem);
   }
-  return items[0].revents != 0;
+  return items[0].revents;
+}
+
+bool TcpLanes::wait_readable(int peer, milliseconds wait) {
+  return poll_with_writers(pollfd{lane(peer)->fd(), POLLIN, 0}, wait) != 0;
 }
 
 void TcpLanes::drain_and_finish(Deadline deadline) {

@@ -29,6 +29,8 @@
 // std::bad_alloc.
 #pragma once
 
+#include <poll.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -156,6 +158,10 @@ class TcpLanes {
 
  private:
   void run_sender(std::stop_token stop);
+  // Polls `first` beside every lane with queued bytes (for POLLOUT) for up to
+  // `wait`, flushes the lanes that became writable (a failure goes to the
+  // failure handler) and returns first's revents (0 when poll timed out).
+  short poll_with_writers(pollfd first, std::chrono::milliseconds wait);
   void wake();
 
   size_t world_size_;
