@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "comm/rendezvous/launch_env.h"
 #include "comm/transport/tcp_lane.h"
 #include "comm/transport/zmq_transport.h"
 #include "comm/transport/zmq_transport_peer.h"
@@ -30,17 +31,6 @@ constexpr milliseconds kHelloWait{5000};
 
 milliseconds ms_since(Clock::time_point t) {
   return std::chrono::duration_cast<milliseconds>(Clock::now() - t);
-}
-
-// "tcp://10.0.0.7:41234" -> "10.0.0.7" ("[::1]" -> "::1").
-std::string endpoint_host(const std::string& endpoint) {
-  std::string rest =
-      endpoint.substr(endpoint.find("://") == std::string::npos ? 0 : endpoint.find("://") + 3);
-  rest = rest.substr(0, rest.rfind(':'));
-  if (rest.size() >= 2 && rest.front() == '[' && rest.back() == ']') {
-    rest = rest.substr(1, rest.size() - 2);
-  }
-  return rest;
 }
 
 // Reads all of `out` from the blocking-or-not socket `fd` before `deadline`.
@@ -143,9 +133,11 @@ void ZmqTransport::connect_lane(int peer, const PeerEndpoint& endpoint, uint32_t
                                 const std::stop_token& stop) {
   int fd = -1;
   try {
-    fd = TcpLanes::connect_to(peer, endpoint_host(endpoint.tcp_endpoint), static_cast<int>(port),
+    const std::string& at = endpoint.tcp_endpoint;  // "tcp://host:port"
+    const HostPort host = parse_host_port(at.substr(at.find("://") + 3), "peer tcp endpoint");
+    fd = TcpLanes::connect_to(peer, host.host, static_cast<int>(port),
                               Deadline::after(options_.lane_connect_timeout), stop);
-  } catch (const CommError& e) {
+  } catch (const Error& e) {  // CommError, or ConfigError for an endpoint without host:port
     logger_.warn("rank {}: no tcp lane to rank {}, its data stays on ZeroMQ: {}", options_.rank,
                  peer, e.what());
     return;
