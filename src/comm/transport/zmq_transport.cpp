@@ -402,14 +402,8 @@ std::optional<std::string> ZmqTransport::queue_frame(Peer& peer, int peer_rank,
                                                      zmq::message_t& body) {
   std::lock_guard send_lock(peer.send_mutex);
   if (peer.push_closed) return std::string("the connection was closed after a failure");
-  wire::FrameHeader h;
-  h.type = type;
-  h.sender = static_cast<uint32_t>(options_.rank);
-  h.receiver = static_cast<uint32_t>(peer_rank);
-  h.job_id = auth_.job_id();
-  h.sequence = peer.next_sequence++;
-  h.tag = tag;
-  const wire::HeaderBytes header = wire::encode_header(h, payload, auth_, with_crc());
+  const wire::HeaderBytes header =
+      frame_header(peer_rank, type, peer.next_sequence++, tag, payload);
   try {
     if (peer.push
             .send(zmq::const_buffer(header.data(), header.size()),
@@ -521,16 +515,22 @@ bool ZmqTransport::send_abort_frame(Peer& peer, int peer_rank, int culprit,
   return send_control_frame(peer, peer_rank, wire::MessageType::kAbort, w.take());
 }
 
-bool ZmqTransport::send_control_frame(Peer& peer, int peer_rank, wire::MessageType type,
-                                      std::span<const std::byte> payload, uint64_t tag) {
+wire::HeaderBytes ZmqTransport::frame_header(int peer, wire::MessageType type, uint64_t sequence,
+                                             uint64_t tag,
+                                             std::span<const std::byte> payload) const {
   wire::FrameHeader h;
   h.type = type;
   h.sender = static_cast<uint32_t>(options_.rank);
-  h.receiver = static_cast<uint32_t>(peer_rank);
+  h.receiver = static_cast<uint32_t>(peer);
   h.job_id = auth_.job_id();
-  h.sequence = peer.next_sequence;
+  h.sequence = sequence;
   h.tag = tag;
-  const auto header = wire::encode_header(h, payload, auth_, with_crc());
+  return wire::encode_header(h, payload, auth_, with_crc());
+}
+
+bool ZmqTransport::send_control_frame(Peer& peer, int peer_rank, wire::MessageType type,
+                                      std::span<const std::byte> payload, uint64_t tag) {
+  const wire::HeaderBytes header = frame_header(peer_rank, type, peer.next_sequence, tag, payload);
   if (peer.push.send(zmq::const_buffer(header.data(), header.size()),
                      zmq::send_flags::sndmore | zmq::send_flags::dontwait) &&
       peer.push.send(zmq::const_buffer(payload.data(), payload.size()),

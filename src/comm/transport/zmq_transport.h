@@ -223,6 +223,9 @@ class ZmqTransport final : public Transport {
 
   zmq::message_t take(int peer, uint64_t tag, const std::string& what, Deadline deadline);
   bool with_crc() const { return options_.checksum && !auth_.enabled(); }
+  // The encoded header of this rank's frame to `peer` (MAC or CRC as set).
+  wire::HeaderBytes frame_header(int peer, wire::MessageType type, uint64_t sequence, uint64_t tag,
+                                 std::span<const std::byte> payload) const;
   void check_peer_arg(int peer, const std::string& what) const;
   // check_peer_arg, the size limit, and that neither the transport nor
   // `peer` has failed (fail_call otherwise).

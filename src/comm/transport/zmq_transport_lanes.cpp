@@ -144,14 +144,8 @@ void ZmqTransport::connect_lane(int peer, const PeerEndpoint& endpoint, uint32_t
   }
   // The lower rank's hello: sequence 0, no payload. A new connection's send
   // buffer takes 88 bytes at once.
-  wire::FrameHeader h;
-  h.type = wire::MessageType::kData;
-  h.sender = static_cast<uint32_t>(options_.rank);
-  h.receiver = static_cast<uint32_t>(peer);
-  h.job_id = auth_.job_id();
-  h.sequence = 0;
-  h.tag = kLaneOfferTag;
-  const wire::HeaderBytes hello = wire::encode_header(h, {}, auth_, with_crc());
+  const wire::HeaderBytes hello =
+      frame_header(peer, wire::MessageType::kData, 0, kLaneOfferTag, {});
   const ssize_t sent = ::send(fd, hello.data(), hello.size(), MSG_NOSIGNAL);
   if (sent != static_cast<ssize_t>(hello.size())) {
     logger_.warn("rank {}: tcp lane hello to rank {} not sent ({}); its data stays on ZeroMQ",
@@ -238,14 +232,7 @@ void ZmqTransport::send_lane(int peer, uint64_t tag, std::span<const std::byte> 
   const auto problem = lanes_->send(
       peer,
       [&](uint64_t sequence) {
-        wire::FrameHeader h;
-        h.type = wire::MessageType::kData;
-        h.sender = static_cast<uint32_t>(options_.rank);
-        h.receiver = static_cast<uint32_t>(peer);
-        h.job_id = auth_.job_id();
-        h.sequence = sequence;
-        h.tag = tag;
-        return wire::encode_header(h, payload, auth_, with_crc());
+        return frame_header(peer, wire::MessageType::kData, sequence, tag, payload);
       },
       payload, owned);
   if (problem) {
