@@ -76,11 +76,12 @@ inline void copy_short(float* __restrict dst, const float* __restrict src, int64
 
 }  // namespace
 
-ImplicitConv::ImplicitConv(const Conv2dGeometry& g) : g_(g) {
+ImplicitConv::ImplicitConv(const Conv2dGeometry& g, const SmallGemmKernels& kernels)
+    : g_(g), kernels_(&kernels) {
   hp_ = g.h + 2 * g.pad;
   wp_ = g.w + 2 * g.pad;
   sample_ = g.c * hp_ * wp_;
-  const int64_t strip = gemm_small_m_strip();
+  const int64_t strip = kernels_->strip;
   grid_ = (g.oh * wp_ + strip - 1) / strip * strip;
   // The last row's shift reaches (K-1)*Wp + K-1 past a plane's start, and the
   // grid runs up to strip - 1 positions past OH*Wp: together at most K - 1 +
@@ -135,8 +136,8 @@ void ImplicitConv::forward_samples(int64_t begin, int64_t end, const float* xpad
   const int64_t rows = g_.col_rows();
   const int64_t plane = g_.oh * g_.ow;
   for (int64_t n = begin; n < end; ++n) {
-    gemm_small_m_offsets(out_channels, rows, grid_, w, rows, xpad + n * sample_, offsets_.data(),
-                         scratch, grid_, false);
+    kernels_->small_m_offsets(out_channels, rows, grid_, w, rows, xpad + n * sample_,
+                              offsets_.data(), scratch, grid_, false);
     float* yn = y + n * out_channels * plane;
     for (int64_t o = 0; o < out_channels; ++o) {
       const float b = bias != nullptr ? bias[o] : 0.0f;
@@ -153,8 +154,8 @@ int64_t ImplicitConv::weight_grad_scratch_floats(int64_t out_channels) const {
   return (g_.oh * g_.ow + g_.col_rows()) * padded_channels(out_channels);
 }
 
-int64_t ImplicitConv::padded_channels(int64_t out_channels) {
-  return gemm_outer_columns(out_channels);
+int64_t ImplicitConv::padded_channels(int64_t out_channels) const {
+  return kernels_->outer_columns(out_channels);
 }
 
 void ImplicitConv::weight_grad(const float* xpad, const float* gy, int64_t out_channels, float* gw,
@@ -208,8 +209,8 @@ void ImplicitConv::weight_grad_outer(const float* xpad, const float* gy, int64_t
     float* gyt = part == 0 ? scratch : own.data();  // [Q, O']
     for (int64_t n = 0; n < g_.n; ++n) {
       transpose_to_channels_last(gy + n * out_channels * plane, out_channels, plane, padded, gyt);
-      gemm_shifted_outer(r1 - r0, padded, g_.oh, g_.ow, wp_, xpad + n * sample_,
-                         offsets_.data() + r0, gyt, padded, gwt + r0 * padded, padded);
+      kernels_->shifted_outer(r1 - r0, padded, g_.oh, g_.ow, wp_, xpad + n * sample_,
+                              offsets_.data() + r0, gyt, padded, gwt + r0 * padded, padded);
     }
   });
   for (int64_t o = 0; o < out_channels; ++o) {
@@ -255,8 +256,8 @@ void ImplicitConv::input_grad_samples(int64_t begin, int64_t end, const float* g
       }
     }
     std::fill_n(gxpad, sample_ + slack_, 0.0f);
-    gemm_small_m_add_rows(rows, out_channels, grid_, wt, out_channels, gyg, grid_, gxpad,
-                          grad_offsets_.data());
+    kernels_->small_m_add_rows(rows, out_channels, grid_, wt, out_channels, gyg, grid_, gxpad,
+                               grad_offsets_.data());
     float* gxn = gx + n * g_.c * g_.h * g_.w;
     for (int64_t c = 0; c < g_.c; ++c) {
       for (int64_t ih = 0; ih < g_.h; ++ih) {

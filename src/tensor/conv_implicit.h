@@ -34,7 +34,9 @@
 //                                is never stored; gx = its interior
 //
 // Contract: geometry stride 1; pointers address the sizes named; xpad has
-// padded_floats() floats. Ownership: ImplicitConv owns its row offsets.
+// padded_floats() floats. The GEMMs run the kernels' variant given to the
+// constructor (default: the widest the CPU supports, tensor/small_gemm.h).
+// Ownership: ImplicitConv owns its row offsets; the kernels' table is static.
 // Thread safety: reentrant (scratch is the caller's). Threads: forward and
 // input_grad split the batch over tensor::intra_op_threads()
 // (tensor/intra_op.h), contiguous sample ranges, each part with scratch of
@@ -51,12 +53,14 @@
 #include <vector>
 
 #include "tensor/conv_kernels.h"
+#include "tensor/small_gemm.h"
 
 namespace dtrain::ops {
 
 class ImplicitConv {
  public:
-  explicit ImplicitConv(const Conv2dGeometry& g);
+  explicit ImplicitConv(const Conv2dGeometry& g,
+                        const SmallGemmKernels& kernels = small_gemm_kernels());
 
   const Conv2dGeometry& geometry() const { return g_; }
   // Floats of the padded input: N samples of C*Hp*Wp, then zeros that the
@@ -81,7 +85,7 @@ class ImplicitConv {
                   float* scratch) const;
 
  private:
-  static int64_t padded_channels(int64_t out_channels);
+  int64_t padded_channels(int64_t out_channels) const;
   void forward_samples(int64_t begin, int64_t end, const float* xpad, const float* w,
                        int64_t out_channels, const float* bias, float* y, float* scratch) const;
   void input_grad_samples(int64_t begin, int64_t end, const float* gy, const float* wt,
@@ -90,6 +94,7 @@ class ImplicitConv {
                          float* scratch) const;
 
   Conv2dGeometry g_;
+  const SmallGemmKernels* kernels_;  // a static table (small_gemm.h)
   int64_t hp_ = 0, wp_ = 0;
   int64_t sample_ = 0;  // C * Hp * Wp
   int64_t grid_ = 0;    // G
