@@ -103,9 +103,9 @@ ImplicitConv::ImplicitConv(const Conv2dGeometry& g, const SmallGemmKernels& kern
   for (const int64_t r : grad_rows_) grad_offsets_.push_back(offsets_[static_cast<size_t>(r)]);
 }
 
-void ImplicitConv::pad_input(const float* x, float* xpad) const {
+void ImplicitConv::pad_samples(int64_t begin, int64_t end, const float* x, float* xpad) const {
   const int64_t p = g_.pad;
-  for (int64_t plane = 0; plane < g_.n * g_.c; ++plane) {
+  for (int64_t plane = begin * g_.c; plane < end * g_.c; ++plane) {
     const float* src = x + plane * g_.h * g_.w;
     float* dst = xpad + plane * hp_ * wp_;
     std::fill_n(dst, p * wp_, 0.0f);
@@ -117,6 +117,14 @@ void ImplicitConv::pad_input(const float* x, float* xpad) const {
     }
     std::fill_n(dst + (p + g_.h) * wp_, p * wp_, 0.0f);
   }
+}
+
+// Samples split over the intra-op threads (each part writes its own planes;
+// a separate fan-out from forward's, whose samples read a few floats into
+// the next sample's planes).
+void ImplicitConv::pad_input(const float* x, float* xpad) const {
+  tensor::parallel_for_range(
+      g_.n, [&](int64_t begin, int64_t end, int) { pad_samples(begin, end, x, xpad); });
   std::fill_n(xpad + g_.n * sample_, slack_, 0.0f);
 }
 
@@ -180,31 +188,23 @@ void ImplicitConv::weight_grad(const float* xpad, const float* gy, int64_t out_c
 // gW^T [R, O] as outer products over the valid output positions only:
 // gy_n^T [Q, O'] (O' = O padded to whole vectors) times the shifted rows,
 // output row by output row. The rows R are split over the intra-op threads
-// at multiples of the kernel's row block (kRowBlock, as
-// gemm_shifted_outer's outer_rows blocks them), so every row of gW^T sums
-// its samples and positions in the same order and the same block as with
-// one thread: bit-identical. Each part transposes gy_n itself (O*Q floats
-// against its rows' R_part*O'*Q multiply-adds) into gyt of its own.
+// in near-equal contiguous ranges (conv1's 25 rows: 13 and 12, blocked 6 + 7
+// and 6 + 6 by gemm_shifted_outer; cuts at its blocks of 6 gave 12 and 13
+// with a one-row block on the second part's side): every row of gW^T
+// sums its samples and positions in the same order as with one thread,
+// whatever block it lands in, so the result is bit-identical. Each part
+// transposes gy_n itself (O*Q floats against its rows' R_part*O'*Q
+// multiply-adds) into gyt of its own.
 void ImplicitConv::weight_grad_outer(const float* xpad, const float* gy, int64_t out_channels,
                                      float* gw, float* scratch) const {
-  constexpr int64_t kRowBlock = 6;
   const int64_t rows = g_.col_rows();
   const int64_t plane = g_.oh * g_.ow;
   const int64_t padded = padded_channels(out_channels);
   float* gwt = scratch + plane * padded;  // [R, O']
   std::fill_n(gwt, rows * padded, 0.0f);
-  const int64_t blocks = (rows + kRowBlock - 1) / kRowBlock;
-  const int64_t parts = std::min<int64_t>(tensor::intra_op_threads(), blocks);
-  // Part p starts at the block edge nearest p/parts of the rows (conv1's 25
-  // rows: 12 and 13, where cutting the 5 blocks in halves gave 18 and 7),
-  // with at least one block per part.
-  auto first_row = [&](int64_t part) {
-    if (part == parts) return rows;
-    const int64_t nearest = (rows * part + parts * kRowBlock / 2) / (parts * kRowBlock);
-    return std::clamp(nearest, part, blocks - parts + part) * kRowBlock;
-  };
+  const int64_t parts = std::min<int64_t>(tensor::intra_op_threads(), rows);
   tensor::parallel_for_range(parts, [&](int64_t part, int64_t, int) {
-    const int64_t r0 = first_row(part), r1 = first_row(part + 1);
+    const auto [r0, r1] = tensor::part_range(rows, part, parts);
     std::vector<float> own(part == 0 ? 0 : static_cast<size_t>(plane * padded));
     float* gyt = part == 0 ? scratch : own.data();  // [Q, O']
     for (int64_t n = 0; n < g_.n; ++n) {

@@ -37,14 +37,13 @@
 // padded_floats() floats. The GEMMs run the kernels' variant given to the
 // constructor (default: the widest the CPU supports, tensor/small_gemm.h).
 // Ownership: ImplicitConv owns its row offsets; the kernels' table is static.
-// Thread safety: reentrant (scratch is the caller's). Threads: forward and
-// input_grad split the batch over tensor::intra_op_threads()
+// Thread safety: reentrant (scratch is the caller's). Threads: pad_input,
+// forward and input_grad split the batch over tensor::intra_op_threads()
 // (tensor/intra_op.h), contiguous sample ranges, each part with scratch of
 // its own (part 0 the caller's, the others allocate theirs): outputs are
 // bit-identical to one thread. weight_grad sums over the batch, so it splits
-// the rows R of gW^T instead (each row summed in one thread's order, in the
-// same kernel block as with one thread: bit-identical); its bias gradient
-// stays on the calling thread.
+// the rows R of gW^T instead (each row summed in one thread's order:
+// bit-identical), its bias gradient the channels.
 // Blocking: returns when every part has finished. Errors: none (shapes are
 // the caller's contract).
 #pragma once
@@ -86,6 +85,7 @@ class ImplicitConv {
 
  private:
   int64_t padded_channels(int64_t out_channels) const;
+  void pad_samples(int64_t begin, int64_t end, const float* x, float* xpad) const;
   void forward_samples(int64_t begin, int64_t end, const float* xpad, const float* w,
                        int64_t out_channels, const float* bias, float* y, float* scratch) const;
   void input_grad_samples(int64_t begin, int64_t end, const float* gy, const float* wt,

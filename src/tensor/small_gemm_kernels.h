@@ -198,17 +198,35 @@ void outer_block(int64_t segments, int64_t seg_len, int64_t a_seg_stride, const 
   }
 }
 
+// Rows in blocks of 6, the last 1 to 5 rows in one block of their count (a
+// block of one row loads as many B vectors as a block of 6 for a sixth of
+// the multiply-adds), 6 + 1 as one block of 7 where the accumulators are one
+// vector a row. Every accumulator is one row's lanes, summed over the
+// positions in order, so the blocking changes no bit of the result.
 template <typename V, int NV>
 void outer_rows(int64_t m, int64_t segments, int64_t seg_len, int64_t a_seg_stride, const float* a,
                 const int64_t* a_offsets, const float* b, int64_t ldb, float* c, int64_t ldc) {
+  auto block = [&]<int MB>(int64_t i) {
+    outer_block<V, MB, NV>(segments, seg_len, a_seg_stride, a, a_offsets + i, b, ldb, c + i * ldc,
+                           ldc);
+  };
   int64_t i = 0;
-  for (; i + 6 <= m; i += 6) {
-    outer_block<V, 6, NV>(segments, seg_len, a_seg_stride, a, a_offsets + i, b, ldb, c + i * ldc,
-                          ldc);
-  }
-  for (; i < m; ++i) {
-    outer_block<V, 1, NV>(segments, seg_len, a_seg_stride, a, a_offsets + i, b, ldb, c + i * ldc,
-                          ldc);
+  for (; m - i >= 6 && !(NV == 1 && m - i == 7); i += 6) block.template operator()<6>(i);
+  switch (m - i) {
+    case 7:
+      return block.template operator()<7>(i);
+    case 5:
+      return block.template operator()<5>(i);
+    case 4:
+      return block.template operator()<4>(i);
+    case 3:
+      return block.template operator()<3>(i);
+    case 2:
+      return block.template operator()<2>(i);
+    case 1:
+      return block.template operator()<1>(i);
+    default:
+      return;
   }
 }
 
