@@ -168,21 +168,26 @@ int64_t ImplicitConv::padded_channels(int64_t out_channels) const {
 
 void ImplicitConv::weight_grad(const float* xpad, const float* gy, int64_t out_channels, float* gw,
                                float* gb, float* scratch) const {
-  const int64_t plane = g_.oh * g_.ow;
-  if (gb != nullptr) {
-    // Channels split over the intra-op threads; each sums its samples in
-    // order, as one thread does (bit-identical).
-    tensor::parallel_for_range(out_channels, [&](int64_t o0, int64_t o1, int) {
-      std::fill(gb + o0, gb + o1, 0.0f);
-      for (int64_t n = 0; n < g_.n; ++n) {
-        for (int64_t o = o0; o < o1; ++o) {
-          gb[o] += static_cast<float>(sum(gy + (n * out_channels + o) * plane, plane));
-        }
-      }
-    });
+  if (gw != nullptr) {
+    weight_grad_outer(xpad, gy, out_channels, gw, gb, scratch);
+    return;
   }
-  if (gw == nullptr) return;
-  weight_grad_outer(xpad, gy, out_channels, gw, scratch);
+  if (gb == nullptr) return;
+  tensor::parallel_for_range(
+      out_channels, [&](int64_t o0, int64_t o1, int) { bias_grad(gy, out_channels, o0, o1, gb); });
+}
+
+// Each channel sums its samples in order, as one thread does, whichever
+// part runs it (bit-identical).
+void ImplicitConv::bias_grad(const float* gy, int64_t out_channels, int64_t o0, int64_t o1,
+                             float* gb) const {
+  const int64_t plane = g_.oh * g_.ow;
+  std::fill(gb + o0, gb + o1, 0.0f);
+  for (int64_t n = 0; n < g_.n; ++n) {
+    for (int64_t o = o0; o < o1; ++o) {
+      gb[o] += static_cast<float>(sum(gy + (n * out_channels + o) * plane, plane));
+    }
+  }
 }
 
 // gW^T [R, O] as outer products over the valid output positions only:
@@ -190,13 +195,17 @@ void ImplicitConv::weight_grad(const float* xpad, const float* gy, int64_t out_c
 // output row by output row. The rows R are split over the intra-op threads
 // in near-equal contiguous ranges (conv1's 25 rows: 13 and 12, blocked 6 + 7
 // and 6 + 6 by gemm_shifted_outer; cuts at its blocks of 6 gave 12 and 13
-// with a one-row block on the second part's side): every row of gW^T
-// sums its samples and positions in the same order as with one thread,
-// whatever block it lands in, so the result is bit-identical. Each part
-// transposes gy_n itself (O*Q floats against its rows' R_part*O'*Q
-// multiply-adds) into gyt of its own.
+// with a one-row block on the second part's side), each part with its share
+// of the bias channels: every row of gW^T sums its samples and positions in
+// the same order as with one thread, whatever block it lands in, so the
+// result is bit-identical. Each part transposes gy_n itself (O*Q floats
+// against its rows' R_part*O'*Q multiply-adds) into gyt of its own, which
+// stays in L1 (the batch transposed once, in a fan-out over the samples,
+// into a shared [N, Q, O'] buffer of several MB, cost more CPU time than
+// the repeated transposes on LeNet-5: 1.02x to 1.09x the weight gradient's
+// samples, three runs on a loaded machine).
 void ImplicitConv::weight_grad_outer(const float* xpad, const float* gy, int64_t out_channels,
-                                     float* gw, float* scratch) const {
+                                     float* gw, float* gb, float* scratch) const {
   const int64_t rows = g_.col_rows();
   const int64_t plane = g_.oh * g_.ow;
   const int64_t padded = padded_channels(out_channels);
@@ -204,6 +213,10 @@ void ImplicitConv::weight_grad_outer(const float* xpad, const float* gy, int64_t
   std::fill_n(gwt, rows * padded, 0.0f);
   const int64_t parts = std::min<int64_t>(tensor::intra_op_threads(), rows);
   tensor::parallel_for_range(parts, [&](int64_t part, int64_t, int) {
+    if (gb != nullptr) {
+      const auto [o0, o1] = tensor::part_range(out_channels, part, parts);
+      bias_grad(gy, out_channels, o0, o1, gb);
+    }
     const auto [r0, r1] = tensor::part_range(rows, part, parts);
     std::vector<float> own(part == 0 ? 0 : static_cast<size_t>(plane * padded));
     float* gyt = part == 0 ? scratch : own.data();  // [Q, O']

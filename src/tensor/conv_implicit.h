@@ -43,7 +43,7 @@
 // its own (part 0 the caller's, the others allocate theirs): outputs are
 // bit-identical to one thread. weight_grad sums over the batch, so it splits
 // the rows R of gW^T instead (each row summed in one thread's order:
-// bit-identical), its bias gradient the channels.
+// bit-identical) and, in the same fan-out, the bias gradient's channels.
 // Blocking: returns when every part has finished. Errors: none (shapes are
 // the caller's contract).
 #pragma once
@@ -91,7 +91,8 @@ class ImplicitConv {
   void input_grad_samples(int64_t begin, int64_t end, const float* gy, const float* wt,
                           int64_t out_channels, float* gx, float* scratch) const;
   void weight_grad_outer(const float* xpad, const float* gy, int64_t out_channels, float* gw,
-                         float* scratch) const;
+                         float* gb, float* scratch) const;
+  void bias_grad(const float* gy, int64_t out_channels, int64_t o0, int64_t o1, float* gb) const;
 
   Conv2dGeometry g_;
   const SmallGemmKernels* kernels_;  // a static table (small_gemm.h)
