@@ -287,6 +287,7 @@ TEST(IntraOp, MaxPoolForwardAndBackwardMatchOneThreadBitForBit) {
 
 struct LinearResult {
   std::vector<float> y, gx, gw, gb;
+  std::vector<float> y_relu, g_relu, g_relu_serial;
 };
 
 LinearResult run_linear(int64_t n, int64_t in, int64_t out, int threads) {
@@ -296,10 +297,17 @@ LinearResult run_linear(int64_t n, int64_t in, int64_t out, int threads) {
   const auto bias = random_values(static_cast<size_t>(out), 43);
   const auto gy = random_values(static_cast<size_t>(n * out), 44);
   LinearResult r{std::vector<float>(gy.size()), std::vector<float>(x.size()),
-                 std::vector<float>(w.size()), std::vector<float>(bias.size())};
+                 std::vector<float>(w.size()),  std::vector<float>(bias.size()),
+                 std::vector<float>(gy.size()), std::vector<float>(gy.size()),
+                 std::vector<float>(gy.size())};
   ops::linear_forward(x.data(), w.data(), bias.data(), r.y.data(), n, in, out);
   ops::linear_backward(gy.data(), x.data(), w.data(), r.gx.data(), r.gw.data(), r.gb.data(), n, in,
                        out);
+  // The fused ReLU: the same GEMMs, each part clamping its rows, then the
+  // mask applied to gy rows split alike.
+  ops::linear_forward(x.data(), w.data(), bias.data(), r.y_relu.data(), n, in, out, true);
+  ops::linear_relu_backward(gy.data(), r.y_relu.data(), r.g_relu.data(), n, in, out);
+  ops::relu_backward(gy.data(), r.y_relu.data(), r.g_relu_serial.data(), n * out);
   return r;
 }
 
@@ -337,6 +345,10 @@ TEST(IntraOp, LinearWithThreadsMatchesOneThread) {
       expect_sums_close(many.gx, one.gx, t.out, "gx");
       expect_sums_close(many.gw, one.gw, t.n, "gw");
       expect_bits_equal(many.gb, one.gb);  // column sums: split by columns, rows in order
+      std::vector<float> clamped = many.y;
+      ops::relu(clamped.data(), clamped.data(), static_cast<int64_t>(clamped.size()));
+      expect_bits_equal(many.y_relu, clamped);
+      expect_bits_equal(many.g_relu, many.g_relu_serial);
     }
   }
 }
