@@ -201,9 +201,9 @@ void ImplicitConv::bias_grad(const float* gy, int64_t out_channels, int64_t o0, 
 // result is bit-identical. Each part transposes gy_n itself (O*Q floats
 // against its rows' R_part*O'*Q multiply-adds) into gyt of its own, which
 // stays in L1 (the batch transposed once, in a fan-out over the samples,
-// into a shared [N, Q, O'] buffer of several MB, cost more CPU time than
-// the repeated transposes on LeNet-5: 1.02x to 1.09x the weight gradient's
-// samples, three runs on a loaded machine).
+// into a shared [N, Q, O'] buffer of several MB, then read by every part:
+// LeNet-5 with two threads ran at 0.92x the samples/s of this, train_step_bench
+// at batch 256, three runs each alternating under chrt -f).
 void ImplicitConv::weight_grad_outer(const float* xpad, const float* gy, int64_t out_channels,
                                      float* gw, float* gb, float* scratch) const {
   const int64_t rows = g_.col_rows();
