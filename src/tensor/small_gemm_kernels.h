@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
 
 #include "tensor/small_gemm.h"
 
@@ -212,22 +213,11 @@ void outer_rows(int64_t m, int64_t segments, int64_t seg_len, int64_t a_seg_stri
   };
   int64_t i = 0;
   for (; m - i >= 6 && !(NV == 1 && m - i == 7); i += 6) block.template operator()<6>(i);
-  switch (m - i) {
-    case 7:
-      return block.template operator()<7>(i);
-    case 5:
-      return block.template operator()<5>(i);
-    case 4:
-      return block.template operator()<4>(i);
-    case 3:
-      return block.template operator()<3>(i);
-    case 2:
-      return block.template operator()<2>(i);
-    case 1:
-      return block.template operator()<1>(i);
-    default:
-      return;
+  // The remainder (0 to 5 rows, or 7) as one block of its count.
+  [&]<int... Rows>(std::integer_sequence<int, Rows...>) {
+    ((m - i == Rows + 1 && (block.template operator()<Rows + 1>(i), true)) || ...);
   }
+  (std::make_integer_sequence<int, 7>{});
 }
 
 template <typename Rows, typename Out>
