@@ -12,6 +12,7 @@ namespace {
 // (__builtin_cpu_supports tests both); the unit is also built with FMA.
 bool cpu_runs_avx512() {
 #if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();  // in case this runs in a static constructor before libgcc's
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
          __builtin_cpu_supports("fma");
 #else
