@@ -293,8 +293,7 @@ Variable linear_impl(const Variable& x, const Variable& weight, const Variable& 
   }
   Tensor out = Tensor::empty({n, out_features});
   ops::linear_forward(in.data(), w.data(), bias.defined() ? bias.data().data() : nullptr,
-                      out.data(), n, in_features, out_features);
-  if (relu) ops::relu(out.data(), out.data(), out.numel());
+                      out.data(), n, in_features, out_features, relu);
   if (!needs_graph({&x, &weight, &bias})) return Variable(std::move(out));
   Tensor y = relu ? out : Tensor();
   return record(what, {&x, &weight, &bias}, std::move(out),
@@ -302,7 +301,8 @@ Variable linear_impl(const Variable& x, const Variable& weight, const Variable& 
                   Tensor masked;
                   if (y.defined()) {
                     masked = Tensor::empty(y.shape());
-                    ops::relu_backward(gy.data(), y.data(), masked.data(), y.numel());
+                    ops::linear_relu_backward(gy.data(), y.data(), masked.data(), n, in_features,
+                                              out_features);
                   }
                   const Tensor& gz = y.defined() ? masked : gy;
                   Tensor gx = g[0].needed ? Tensor::empty(in.shape()) : Tensor();

@@ -9,8 +9,11 @@ namespace dtrain::optim {
 namespace {
 
 // Below this many elements an update is not split over the intra-op threads
-// (tensor/intra_op.h): waking the team costs more than it saves.
-constexpr int64_t kMinSplitElements = int64_t{1} << 16;
+// (tensor/intra_op.h): waking a parked team costs more than it saves. The
+// team polls between a step's fan-outs (a round trip of ~1 us,
+// docs/performance.md), so the bar is 2^14, not 2^16, which left LeNet-5's
+// fc1 weight (48,000 floats) serial.
+constexpr int64_t kMinSplitElements = int64_t{1} << 14;
 
 std::vector<std::string> sgd_buffers(const SgdOptions& options) {
   if (options.momentum == 0.0f) return {};

@@ -76,11 +76,12 @@ inline void copy_short(float* __restrict dst, const float* __restrict src, int64
 
 }  // namespace
 
-ImplicitConv::ImplicitConv(const Conv2dGeometry& g) : g_(g) {
+ImplicitConv::ImplicitConv(const Conv2dGeometry& g, const SmallGemmKernels& kernels)
+    : g_(g), kernels_(&kernels) {
   hp_ = g.h + 2 * g.pad;
   wp_ = g.w + 2 * g.pad;
   sample_ = g.c * hp_ * wp_;
-  const int64_t strip = gemm_small_m_strip();
+  const int64_t strip = kernels_->strip;
   grid_ = (g.oh * wp_ + strip - 1) / strip * strip;
   // The last row's shift reaches (K-1)*Wp + K-1 past a plane's start, and the
   // grid runs up to strip - 1 positions past OH*Wp: together at most K - 1 +
@@ -102,9 +103,9 @@ ImplicitConv::ImplicitConv(const Conv2dGeometry& g) : g_(g) {
   for (const int64_t r : grad_rows_) grad_offsets_.push_back(offsets_[static_cast<size_t>(r)]);
 }
 
-void ImplicitConv::pad_input(const float* x, float* xpad) const {
+void ImplicitConv::pad_samples(int64_t begin, int64_t end, const float* x, float* xpad) const {
   const int64_t p = g_.pad;
-  for (int64_t plane = 0; plane < g_.n * g_.c; ++plane) {
+  for (int64_t plane = begin * g_.c; plane < end * g_.c; ++plane) {
     const float* src = x + plane * g_.h * g_.w;
     float* dst = xpad + plane * hp_ * wp_;
     std::fill_n(dst, p * wp_, 0.0f);
@@ -116,6 +117,14 @@ void ImplicitConv::pad_input(const float* x, float* xpad) const {
     }
     std::fill_n(dst + (p + g_.h) * wp_, p * wp_, 0.0f);
   }
+}
+
+// Samples split over the intra-op threads (each part writes its own planes;
+// a separate fan-out from forward's, whose samples read a few floats into
+// the next sample's planes).
+void ImplicitConv::pad_input(const float* x, float* xpad) const {
+  tensor::parallel_for_range(
+      g_.n, [&](int64_t begin, int64_t end, int) { pad_samples(begin, end, x, xpad); });
   std::fill_n(xpad + g_.n * sample_, slack_, 0.0f);
 }
 
@@ -135,8 +144,8 @@ void ImplicitConv::forward_samples(int64_t begin, int64_t end, const float* xpad
   const int64_t rows = g_.col_rows();
   const int64_t plane = g_.oh * g_.ow;
   for (int64_t n = begin; n < end; ++n) {
-    gemm_small_m_offsets(out_channels, rows, grid_, w, rows, xpad + n * sample_, offsets_.data(),
-                         scratch, grid_, false);
+    kernels_->small_m_offsets(out_channels, rows, grid_, w, rows, xpad + n * sample_,
+                              offsets_.data(), scratch, grid_, false);
     float* yn = y + n * out_channels * plane;
     for (int64_t o = 0; o < out_channels; ++o) {
       const float b = bias != nullptr ? bias[o] : 0.0f;
@@ -153,63 +162,68 @@ int64_t ImplicitConv::weight_grad_scratch_floats(int64_t out_channels) const {
   return (g_.oh * g_.ow + g_.col_rows()) * padded_channels(out_channels);
 }
 
-int64_t ImplicitConv::padded_channels(int64_t out_channels) {
-  return gemm_outer_columns(out_channels);
+int64_t ImplicitConv::padded_channels(int64_t out_channels) const {
+  return kernels_->outer_columns(out_channels);
 }
 
 void ImplicitConv::weight_grad(const float* xpad, const float* gy, int64_t out_channels, float* gw,
                                float* gb, float* scratch) const {
-  const int64_t plane = g_.oh * g_.ow;
-  if (gb != nullptr) {
-    // Channels split over the intra-op threads; each sums its samples in
-    // order, as one thread does (bit-identical).
-    tensor::parallel_for_range(out_channels, [&](int64_t o0, int64_t o1, int) {
-      std::fill(gb + o0, gb + o1, 0.0f);
-      for (int64_t n = 0; n < g_.n; ++n) {
-        for (int64_t o = o0; o < o1; ++o) {
-          gb[o] += static_cast<float>(sum(gy + (n * out_channels + o) * plane, plane));
-        }
-      }
-    });
+  if (gw != nullptr) {
+    weight_grad_outer(xpad, gy, out_channels, gw, gb, scratch);
+    return;
   }
-  if (gw == nullptr) return;
-  weight_grad_outer(xpad, gy, out_channels, gw, scratch);
+  if (gb == nullptr) return;
+  tensor::parallel_for_range(
+      out_channels, [&](int64_t o0, int64_t o1, int) { bias_grad(gy, out_channels, o0, o1, gb); });
+}
+
+// Each channel sums its samples in order, as one thread does, whichever
+// part runs it (bit-identical).
+void ImplicitConv::bias_grad(const float* gy, int64_t out_channels, int64_t o0, int64_t o1,
+                             float* gb) const {
+  const int64_t plane = g_.oh * g_.ow;
+  std::fill(gb + o0, gb + o1, 0.0f);
+  for (int64_t n = 0; n < g_.n; ++n) {
+    for (int64_t o = o0; o < o1; ++o) {
+      gb[o] += static_cast<float>(sum(gy + (n * out_channels + o) * plane, plane));
+    }
+  }
 }
 
 // gW^T [R, O] as outer products over the valid output positions only:
 // gy_n^T [Q, O'] (O' = O padded to whole vectors) times the shifted rows,
 // output row by output row. The rows R are split over the intra-op threads
-// at multiples of the kernel's row block (kRowBlock, as
-// gemm_shifted_outer's outer_rows blocks them), so every row of gW^T sums
-// its samples and positions in the same order and the same block as with
-// one thread: bit-identical. Each part transposes gy_n itself (O*Q floats
-// against its rows' R_part*O'*Q multiply-adds) into gyt of its own.
+// in near-equal contiguous ranges (conv1's 25 rows: 13 and 12, blocked 6 + 7
+// and 6 + 6 by gemm_shifted_outer; cuts at its blocks of 6 gave 12 and 13
+// with a one-row block on the second part's side), each part with its share
+// of the bias channels: every row of gW^T sums its samples and positions in
+// the same order as with one thread, whatever block it lands in, so the
+// result is bit-identical. Each part transposes gy_n itself (O*Q floats
+// against its rows' R_part*O'*Q multiply-adds) into gyt of its own, which
+// stays in L1 (the batch transposed once, in a fan-out over the samples,
+// into a shared [N, Q, O'] buffer of several MB, then read by every part:
+// LeNet-5 with two threads ran at 0.92x the samples/s of this, train_step_bench
+// at batch 256, three runs each alternating under chrt -f).
 void ImplicitConv::weight_grad_outer(const float* xpad, const float* gy, int64_t out_channels,
-                                     float* gw, float* scratch) const {
-  constexpr int64_t kRowBlock = 6;
+                                     float* gw, float* gb, float* scratch) const {
   const int64_t rows = g_.col_rows();
   const int64_t plane = g_.oh * g_.ow;
   const int64_t padded = padded_channels(out_channels);
   float* gwt = scratch + plane * padded;  // [R, O']
   std::fill_n(gwt, rows * padded, 0.0f);
-  const int64_t blocks = (rows + kRowBlock - 1) / kRowBlock;
-  const int64_t parts = std::min<int64_t>(tensor::intra_op_threads(), blocks);
-  // Part p starts at the block edge nearest p/parts of the rows (conv1's 25
-  // rows: 12 and 13, where cutting the 5 blocks in halves gave 18 and 7),
-  // with at least one block per part.
-  auto first_row = [&](int64_t part) {
-    if (part == parts) return rows;
-    const int64_t nearest = (rows * part + parts * kRowBlock / 2) / (parts * kRowBlock);
-    return std::clamp(nearest, part, blocks - parts + part) * kRowBlock;
-  };
+  const int64_t parts = std::min<int64_t>(tensor::intra_op_threads(), rows);
   tensor::parallel_for_range(parts, [&](int64_t part, int64_t, int) {
-    const int64_t r0 = first_row(part), r1 = first_row(part + 1);
+    if (gb != nullptr) {
+      const auto [o0, o1] = tensor::part_range(out_channels, part, parts);
+      bias_grad(gy, out_channels, o0, o1, gb);
+    }
+    const auto [r0, r1] = tensor::part_range(rows, part, parts);
     std::vector<float> own(part == 0 ? 0 : static_cast<size_t>(plane * padded));
     float* gyt = part == 0 ? scratch : own.data();  // [Q, O']
     for (int64_t n = 0; n < g_.n; ++n) {
       transpose_to_channels_last(gy + n * out_channels * plane, out_channels, plane, padded, gyt);
-      gemm_shifted_outer(r1 - r0, padded, g_.oh, g_.ow, wp_, xpad + n * sample_,
-                         offsets_.data() + r0, gyt, padded, gwt + r0 * padded, padded);
+      kernels_->shifted_outer(r1 - r0, padded, g_.oh, g_.ow, wp_, xpad + n * sample_,
+                              offsets_.data() + r0, gyt, padded, gwt + r0 * padded, padded);
     }
   });
   for (int64_t o = 0; o < out_channels; ++o) {
@@ -255,8 +269,8 @@ void ImplicitConv::input_grad_samples(int64_t begin, int64_t end, const float* g
       }
     }
     std::fill_n(gxpad, sample_ + slack_, 0.0f);
-    gemm_small_m_add_rows(rows, out_channels, grid_, wt, out_channels, gyg, grid_, gxpad,
-                          grad_offsets_.data());
+    kernels_->small_m_add_rows(rows, out_channels, grid_, wt, out_channels, gyg, grid_, gxpad,
+                               grad_offsets_.data());
     float* gxn = gx + n * g_.c * g_.h * g_.w;
     for (int64_t c = 0; c < g_.c; ++c) {
       for (int64_t ih = 0; ih < g_.h; ++ih) {

@@ -34,15 +34,16 @@
 //                                is never stored; gx = its interior
 //
 // Contract: geometry stride 1; pointers address the sizes named; xpad has
-// padded_floats() floats. Ownership: ImplicitConv owns its row offsets.
-// Thread safety: reentrant (scratch is the caller's). Threads: forward and
-// input_grad split the batch over tensor::intra_op_threads()
+// padded_floats() floats. The GEMMs run the kernels' variant given to the
+// constructor (default: the widest the CPU supports, tensor/small_gemm.h).
+// Ownership: ImplicitConv owns its row offsets; the kernels' table is static.
+// Thread safety: reentrant (scratch is the caller's). Threads: pad_input,
+// forward and input_grad split the batch over tensor::intra_op_threads()
 // (tensor/intra_op.h), contiguous sample ranges, each part with scratch of
 // its own (part 0 the caller's, the others allocate theirs): outputs are
 // bit-identical to one thread. weight_grad sums over the batch, so it splits
-// the rows R of gW^T instead (each row summed in one thread's order, in the
-// same kernel block as with one thread: bit-identical); its bias gradient
-// stays on the calling thread.
+// the rows R of gW^T instead (each row summed in one thread's order:
+// bit-identical) and, in the same fan-out, the bias gradient's channels.
 // Blocking: returns when every part has finished. Errors: none (shapes are
 // the caller's contract).
 #pragma once
@@ -51,12 +52,14 @@
 #include <vector>
 
 #include "tensor/conv_kernels.h"
+#include "tensor/small_gemm.h"
 
 namespace dtrain::ops {
 
 class ImplicitConv {
  public:
-  explicit ImplicitConv(const Conv2dGeometry& g);
+  explicit ImplicitConv(const Conv2dGeometry& g,
+                        const SmallGemmKernels& kernels = small_gemm_kernels());
 
   const Conv2dGeometry& geometry() const { return g_; }
   // Floats of the padded input: N samples of C*Hp*Wp, then zeros that the
@@ -81,15 +84,18 @@ class ImplicitConv {
                   float* scratch) const;
 
  private:
-  static int64_t padded_channels(int64_t out_channels);
+  int64_t padded_channels(int64_t out_channels) const;
+  void pad_samples(int64_t begin, int64_t end, const float* x, float* xpad) const;
   void forward_samples(int64_t begin, int64_t end, const float* xpad, const float* w,
                        int64_t out_channels, const float* bias, float* y, float* scratch) const;
   void input_grad_samples(int64_t begin, int64_t end, const float* gy, const float* wt,
                           int64_t out_channels, float* gx, float* scratch) const;
   void weight_grad_outer(const float* xpad, const float* gy, int64_t out_channels, float* gw,
-                         float* scratch) const;
+                         float* gb, float* scratch) const;
+  void bias_grad(const float* gy, int64_t out_channels, int64_t o0, int64_t o1, float* gb) const;
 
   Conv2dGeometry g_;
+  const SmallGemmKernels* kernels_;  // a static table (small_gemm.h)
   int64_t hp_ = 0, wp_ = 0;
   int64_t sample_ = 0;  // C * Hp * Wp
   int64_t grid_ = 0;    // G

@@ -205,7 +205,7 @@ int64_t linear_parts(int64_t macs) {
 }  // namespace
 
 void linear_forward(const float* x, const float* weight, const float* bias, float* y, int64_t n,
-                    int64_t in, int64_t out) {
+                    int64_t in, int64_t out, bool relu) {
   // Part p: rows [r0, r1) of the batch, y[r0:r1] = x[r0:r1] w^T + b.
   const int64_t parts = std::min(linear_parts(n * in * out), std::max<int64_t>(n, 1));
   tensor::parallel_for_range(parts, [&](int64_t part, int64_t, int) {
@@ -217,6 +217,16 @@ void linear_forward(const float* x, const float* weight, const float* bias, floa
     }
     blas::sgemm(false, true, r1 - r0, out, in, 1.0f, x + r0 * in, in, weight, in, beta,
                 y + r0 * out, out);
+    if (relu) ops::relu(y + r0 * out, y + r0 * out, (r1 - r0) * out);
+  });
+}
+
+void linear_relu_backward(const float* gy, const float* y, float* gx, int64_t n, int64_t in,
+                          int64_t out) {
+  const int64_t parts = std::min(linear_parts(n * in * out), std::max<int64_t>(n, 1));
+  tensor::parallel_for_range(parts, [&](int64_t part, int64_t, int) {
+    const auto [r0, r1] = tensor::part_range(n, part, parts);
+    relu_backward(gy + r0 * out, y + r0 * out, gx + r0 * out, (r1 - r0) * out);
   });
 }
 

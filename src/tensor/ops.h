@@ -72,9 +72,14 @@ void log_softmax_backward_rows(const float* gy, const float* log_y, float* gx, i
 // row tails), and some sum in another order, so the last bits of an element
 // can differ with the thread count (IntraOp.LinearWithThreadsMatchesOneThread).
 // With OpenBLAS threads, OpenBLAS splits each GEMM itself.
-// y [N, O] = x w^T + b: bias copied into each row, then one GEMM with beta 1.
+// y [N, O] = x w^T + b: bias copied into each row, then one GEMM with beta 1;
+// with relu, y = max(0, x w^T + b), each part clamping its own rows.
 void linear_forward(const float* x, const float* weight, const float* bias, float* y, int64_t n,
-                    int64_t in, int64_t out);
+                    int64_t in, int64_t out, bool relu = false);
+// gx [N, O] = gy where y > 0, else 0 (relu_backward), rows split over the
+// intra-op threads like linear_forward's (element-wise: the same bits).
+void linear_relu_backward(const float* gy, const float* y, float* gx, int64_t n, int64_t in,
+                          int64_t out);
 // gx [N, I] = gy w (nullptr: skipped); gw [O, I] = gy^T x (overwritten);
 // gb [O] = column sums of gy (nullptr: skipped; split with gw's output rows,
 // each column summed over the batch in order: bit-identical to one thread).

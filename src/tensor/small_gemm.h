@@ -15,10 +15,21 @@
 // unfolded. Every row must be readable for the whole length (p or k).
 // Written as plain loops over fixed-size blocks that the compiler vectorises
 // (-O3, and -march=native in release builds); no allocation, no exceptions.
+//
+// Instruction sets: the loops are compiled once with the build's flags and,
+// where the compiler can emit AVX-512, once more with -mavx512f whatever the
+// build's -march (small_gemm_kernels.h; GCC 12 builds everything else without
+// AVX-512, CMakeLists.txt says why). The free functions below run
+// small_gemm_kernels(), the widest variant the CPU supports, chosen once at
+// first use; the conv layer's ImplicitConv can be given any variant, so that
+// tests run every one the CPU supports. Variants differ in vector width, so
+// in the order of their sums (results agree to rounding, not bit for bit);
+// one variant gives the same bits for any thread count.
 // Thread safety: reentrant.
 #pragma once
 
 #include <cstdint>
+#include <span>
 
 namespace dtrain::ops {
 
@@ -58,5 +69,27 @@ void gemm_small_m_add_rows(int64_t m, int64_t r, int64_t p, const float* a, int6
 void gemm_small_m_offsets(int64_t m, int64_t r, int64_t p, const float* a, int64_t lda,
                           const float* b, const int64_t* b_offsets, float* c, int64_t ldc,
                           bool accumulate);
+
+// One instruction set's build of the kernels above, same contracts; strip
+// and outer_columns are gemm_small_m_strip() and gemm_outer_columns() of
+// that build. Tables are static: pointers to them stay valid for the
+// program's life.
+struct SmallGemmKernels {
+  const char* isa;  // the widest vectors it was compiled for: avx512, avx2, avx or sse2
+  int64_t strip;
+  int64_t (*outer_columns)(int64_t n);
+  decltype(&gemm_small_m) small_m;
+  decltype(&gemm_long_k) long_k;
+  decltype(&gemm_shifted_outer) shifted_outer;
+  decltype(&gemm_small_m_add_rows) small_m_add_rows;
+  decltype(&gemm_small_m_offsets) small_m_offsets;
+};
+
+// Every variant this CPU can run, the widest first (the build's own always
+// last; AVX-512 first where it was compiled and the CPU and OS support it).
+std::span<const SmallGemmKernels* const> small_gemm_variants();
+
+// The variant the free functions run: small_gemm_variants()[0].
+const SmallGemmKernels& small_gemm_kernels();
 
 }  // namespace dtrain::ops

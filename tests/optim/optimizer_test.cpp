@@ -237,11 +237,13 @@ TEST(Optimizer, SgdWithIntraOpThreadsMatchesOneThreadBitForBit) {
   auto run = [](int threads, const SgdOptions& options) {
     tensor::set_intra_op_threads(threads);
     Rng rng(7);
-    std::vector<Tensor> params = {Tensor::empty({(int64_t{1} << 16) + 3}), Tensor::empty({5})};
+    // Split (above 2^14 floats, LeNet-5's fc1 weight among them) and not.
+    std::vector<Tensor> params = {Tensor::empty({(int64_t{1} << 16) + 3}), Tensor::empty({48000}),
+                                  Tensor::empty({5})};
     for (Tensor& t : params) {
       for (int64_t i = 0; i < t.numel(); ++i) t.data()[i] = rng.uniform(-1.0f, 1.0f);
     }
-    Sgd sgd({params[0].shape(), params[1].shape()}, options);
+    Sgd sgd({params[0].shape(), params[1].shape(), params[2].shape()}, options);
     for (int step = 0; step < 3; ++step) {
       for (size_t k = 0; k < params.size(); ++k) {
         Tensor grad = Tensor::empty(params[k].shape());

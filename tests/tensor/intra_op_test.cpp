@@ -27,6 +27,7 @@
 #include "tensor/conv_implicit.h"
 #include "tensor/conv_kernels.h"
 #include "tensor/ops.h"
+#include "tensor/small_gemm.h"
 
 namespace dtrain {
 namespace {
@@ -199,9 +200,10 @@ struct ConvResult {
   std::vector<float> y, gx, gw, gb;
 };
 
-ConvResult run_conv(const ops::Conv2dGeometry& g, int64_t out, int threads) {
+ConvResult run_conv(const ops::Conv2dGeometry& g, int64_t out, int threads,
+                    const ops::SmallGemmKernels& kernels) {
   const ThreadsFor scope(threads);
-  const ops::ImplicitConv conv(g);
+  const ops::ImplicitConv conv(g, kernels);
   const auto x = random_values(static_cast<size_t>(g.n * g.c * g.h * g.w), 21);
   const auto w = random_values(static_cast<size_t>(out * g.col_rows()), 22);
   const auto bias = random_values(static_cast<size_t>(out), 23);
@@ -220,25 +222,29 @@ ConvResult run_conv(const ops::Conv2dGeometry& g, int64_t out, int threads) {
 }
 
 // R = 25 (conv1: 4 row blocks and a tail row), 150, 18, 27 and 4: the weight
-// gradient's row split lands on block boundaries and the tail.
+// gradient's row split lands on block boundaries and the tail. Every
+// variant of the GEMM kernels the CPU runs (tensor/small_gemm.h).
 TEST(IntraOp, ImplicitConvForwardAndGradientsMatchOneThreadBitForBit) {
   struct Case {
     int64_t n, c, h, w, k, pad, o;
   };
-  for (const Case& t :
-       {Case{5, 1, 28, 28, 5, 2, 6}, Case{3, 6, 14, 14, 5, 0, 16}, Case{2, 2, 5, 7, 3, 1, 17},
-        Case{1, 3, 3, 9, 3, 0, 9}, Case{4, 1, 6, 6, 2, 0, 3}}) {
-    ops::Conv2dGeometry g{t.n, t.c, t.h, t.w, t.k, 1, t.pad, 0, 0};
-    g.oh = t.h + 2 * t.pad - t.k + 1;
-    g.ow = t.w + 2 * t.pad - t.k + 1;
-    const ConvResult one = run_conv(g, t.o, 1);
-    for (int threads : {2, 3}) {
-      SCOPED_TRACE(::testing::Message() << "n " << t.n << " c " << t.c << " threads " << threads);
-      const ConvResult many = run_conv(g, t.o, threads);
-      expect_bits_equal(many.y, one.y);
-      expect_bits_equal(many.gx, one.gx);
-      expect_bits_equal(many.gw, one.gw);
-      expect_bits_equal(many.gb, one.gb);
+  for (const ops::SmallGemmKernels* kernels : ops::small_gemm_variants()) {
+    for (const Case& t :
+         {Case{5, 1, 28, 28, 5, 2, 6}, Case{3, 6, 14, 14, 5, 0, 16}, Case{2, 2, 5, 7, 3, 1, 17},
+          Case{1, 3, 3, 9, 3, 0, 9}, Case{4, 1, 6, 6, 2, 0, 3}}) {
+      ops::Conv2dGeometry g{t.n, t.c, t.h, t.w, t.k, 1, t.pad, 0, 0};
+      g.oh = t.h + 2 * t.pad - t.k + 1;
+      g.ow = t.w + 2 * t.pad - t.k + 1;
+      const ConvResult one = run_conv(g, t.o, 1, *kernels);
+      for (int threads : {2, 3}) {
+        SCOPED_TRACE(::testing::Message()
+                     << kernels->isa << ": n " << t.n << " c " << t.c << " threads " << threads);
+        const ConvResult many = run_conv(g, t.o, threads, *kernels);
+        expect_bits_equal(many.y, one.y);
+        expect_bits_equal(many.gx, one.gx);
+        expect_bits_equal(many.gw, one.gw);
+        expect_bits_equal(many.gb, one.gb);
+      }
     }
   }
 }
@@ -281,6 +287,7 @@ TEST(IntraOp, MaxPoolForwardAndBackwardMatchOneThreadBitForBit) {
 
 struct LinearResult {
   std::vector<float> y, gx, gw, gb;
+  std::vector<float> y_relu, g_relu, g_relu_serial;
 };
 
 LinearResult run_linear(int64_t n, int64_t in, int64_t out, int threads) {
@@ -290,10 +297,17 @@ LinearResult run_linear(int64_t n, int64_t in, int64_t out, int threads) {
   const auto bias = random_values(static_cast<size_t>(out), 43);
   const auto gy = random_values(static_cast<size_t>(n * out), 44);
   LinearResult r{std::vector<float>(gy.size()), std::vector<float>(x.size()),
-                 std::vector<float>(w.size()), std::vector<float>(bias.size())};
+                 std::vector<float>(w.size()),  std::vector<float>(bias.size()),
+                 std::vector<float>(gy.size()), std::vector<float>(gy.size()),
+                 std::vector<float>(gy.size())};
   ops::linear_forward(x.data(), w.data(), bias.data(), r.y.data(), n, in, out);
   ops::linear_backward(gy.data(), x.data(), w.data(), r.gx.data(), r.gw.data(), r.gb.data(), n, in,
                        out);
+  // The fused ReLU: the same GEMMs, each part clamping its rows, then the
+  // mask applied to gy rows split alike.
+  ops::linear_forward(x.data(), w.data(), bias.data(), r.y_relu.data(), n, in, out, true);
+  ops::linear_relu_backward(gy.data(), r.y_relu.data(), r.g_relu.data(), n, in, out);
+  ops::relu_backward(gy.data(), r.y_relu.data(), r.g_relu_serial.data(), n * out);
   return r;
 }
 
@@ -331,6 +345,10 @@ TEST(IntraOp, LinearWithThreadsMatchesOneThread) {
       expect_sums_close(many.gx, one.gx, t.out, "gx");
       expect_sums_close(many.gw, one.gw, t.n, "gw");
       expect_bits_equal(many.gb, one.gb);  // column sums: split by columns, rows in order
+      std::vector<float> clamped = many.y;
+      ops::relu(clamped.data(), clamped.data(), static_cast<int64_t>(clamped.size()));
+      expect_bits_equal(many.y_relu, clamped);
+      expect_bits_equal(many.g_relu, many.g_relu_serial);
     }
   }
 }

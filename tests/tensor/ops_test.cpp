@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <vector>
 
 #include "core/rng.h"
@@ -67,24 +68,44 @@ TEST(Blas, SgemmAllTranspositionsAndBeta) {
   EXPECT_EQ(c, std::vector<float>(m * n, 0.0f));
 }
 
+// Every variant of the kernels this CPU runs (tensor/small_gemm.h), the
+// widest first: AVX-512 on a CPU that has it, whatever the build's -march.
+TEST(SmallGemm, VariantsIncludeTheBuildsOwnAndAvx512WhereTheCpuHasIt) {
+  const auto variants = ops::small_gemm_variants();
+  ASSERT_FALSE(variants.empty());
+  EXPECT_EQ(&ops::small_gemm_kernels(), variants[0]);
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma")) {
+    EXPECT_STREQ(variants[0]->isa, "avx512");
+    EXPECT_EQ(variants[0]->strip, 16);
+  }
+#endif
+  for (const ops::SmallGemmKernels* k : variants) {
+    std::printf("small_gemm variant %s: strip %ld\n", k->isa, static_cast<long>(k->strip));
+  }
+}
+
 TEST(SmallGemm, MatchesNaiveOnOddSizes) {
-  for (int64_t m : {1, 3, 6, 7, 16, 19}) {
-    for (int64_t r : {1, 5, 25, 40}) {
-      for (int64_t p : {1, 15, 16, 33, 100}) {
-        SCOPED_TRACE(::testing::Message() << "m " << m << " r " << r << " p " << p);
-        const auto a = random_values(m * r, 3);
-        const auto b = random_values(r * p, 4);
-        std::vector<float> c(m * p, 0.5f);
-        ops::gemm_small_m(m, r, p, a.data(), r, b.data(), p, c.data(), p, true);
-        auto want = naive_gemm(false, false, m, p, r, a, b);
-        for (float& w : want) w += 0.5f;
-        expect_near_all(c, want, 1e-4f);
-        // C[m, r] = A[m, p] . B[r, p]^T, overwriting.
-        const auto g = random_values(m * p, 5);
-        const auto col = random_values(r * p, 6);
-        std::vector<float> d(m * r, 9.0f);
-        ops::gemm_long_k(m, r, p, g.data(), p, col.data(), p, d.data(), r, false);
-        expect_near_all(d, naive_gemm(false, true, m, r, p, g, col), 1e-4f);
+  for (const ops::SmallGemmKernels* kernels : ops::small_gemm_variants()) {
+    SCOPED_TRACE(kernels->isa);
+    for (int64_t m : {1, 3, 6, 7, 16, 19}) {
+      for (int64_t r : {1, 5, 25, 40}) {
+        for (int64_t p : {1, 15, 16, 33, 100}) {
+          SCOPED_TRACE(::testing::Message() << "m " << m << " r " << r << " p " << p);
+          const auto a = random_values(m * r, 3);
+          const auto b = random_values(r * p, 4);
+          std::vector<float> c(m * p, 0.5f);
+          kernels->small_m(m, r, p, a.data(), r, b.data(), p, c.data(), p, true);
+          auto want = naive_gemm(false, false, m, p, r, a, b);
+          for (float& w : want) w += 0.5f;
+          expect_near_all(c, want, 1e-4f);
+          // C[m, r] = A[m, p] . B[r, p]^T, overwriting.
+          const auto g = random_values(m * p, 5);
+          const auto col = random_values(r * p, 6);
+          std::vector<float> d(m * r, 9.0f);
+          kernels->long_k(m, r, p, g.data(), p, col.data(), p, d.data(), r, false);
+          expect_near_all(d, naive_gemm(false, true, m, r, p, g, col), 1e-4f);
+        }
       }
     }
   }
@@ -95,21 +116,24 @@ TEST(SmallGemm, MatchesNaiveOnOddSizes) {
 // input gradient) and that repeat: every row's sums must land, whatever
 // block of the kernel they share.
 TEST(SmallGemm, AddRowsAtOverlappingOffsetsMatchesNaive) {
-  for (int64_t m : {1, 7, 13}) {
-    for (int64_t p : {5, 16, 37}) {
-      SCOPED_TRACE(::testing::Message() << "m " << m << " p " << p);
-      const int64_t r = 9;
-      const auto a = random_values(m * r, 7);
-      const auto b = random_values(r * p, 8);
-      std::vector<int64_t> offsets(m);
-      for (int64_t i = 0; i < m; ++i) offsets[i] = i % 2 == 0 ? i : 3;
-      std::vector<float> c(m + p + 3, 0.25f);
-      ops::gemm_small_m_add_rows(m, r, p, a.data(), r, b.data(), p, c.data(), offsets.data());
-      const auto product = naive_gemm(false, false, m, p, r, a, b);
-      std::vector<float> want(c.size(), 0.25f);
-      for (int64_t i = 0; i < m; ++i)
-        for (int64_t j = 0; j < p; ++j) want[offsets[i] + j] += product[i * p + j];
-      expect_near_all(c, want, 1e-4f);
+  for (const ops::SmallGemmKernels* kernels : ops::small_gemm_variants()) {
+    SCOPED_TRACE(kernels->isa);
+    for (int64_t m : {1, 7, 13}) {
+      for (int64_t p : {5, 16, 37}) {
+        SCOPED_TRACE(::testing::Message() << "m " << m << " p " << p);
+        const int64_t r = 9;
+        const auto a = random_values(m * r, 7);
+        const auto b = random_values(r * p, 8);
+        std::vector<int64_t> offsets(m);
+        for (int64_t i = 0; i < m; ++i) offsets[i] = i % 2 == 0 ? i : 3;
+        std::vector<float> c(m + p + 3, 0.25f);
+        kernels->small_m_add_rows(m, r, p, a.data(), r, b.data(), p, c.data(), offsets.data());
+        const auto product = naive_gemm(false, false, m, p, r, a, b);
+        std::vector<float> want(c.size(), 0.25f);
+        for (int64_t i = 0; i < m; ++i)
+          for (int64_t j = 0; j < p; ++j) want[offsets[i] + j] += product[i * p + j];
+        expect_near_all(c, want, 1e-4f);
+      }
     }
   }
 }
@@ -182,52 +206,54 @@ TEST(ImplicitConv, MatchesDirectConvolutionAndIm2colGradients) {
   struct Case {
     int64_t n, c, h, w, k, pad, o;
   };
-  for (const Case& t :
-       {Case{3, 1, 28, 28, 5, 2, 6}, Case{2, 6, 14, 14, 5, 0, 16}, Case{2, 2, 5, 7, 3, 1, 17},
-        Case{1, 3, 3, 9, 3, 0, 9}, Case{2, 1, 4, 4, 3, 3, 2}}) {
-    SCOPED_TRACE(::testing::Message()
-                 << "c " << t.c << " k " << t.k << " pad " << t.pad << " o " << t.o);
-    ops::Conv2dGeometry g{t.n, t.c, t.h, t.w, t.k, 1, t.pad, 0, 0};
-    g.oh = t.h + 2 * t.pad - t.k + 1;
-    g.ow = t.w + 2 * t.pad - t.k + 1;
-    const int64_t r = g.col_rows(), q = g.oh * g.ow;
-    const auto x = random_values(t.n * t.c * t.h * t.w, 11);
-    const auto w = random_values(t.o * r, 12);
-    const auto bias = random_values(t.o, 13);
-    const auto gy = random_values(t.n * t.o * q, 14);
-    const ops::ImplicitConv conv(g);
-    std::vector<float> xpad(conv.padded_floats(), NAN);
-    conv.pad_input(x.data(), xpad.data());
-    std::vector<float> scratch(conv.scratch_floats(t.o));
-    std::vector<float> y(gy.size());
-    conv.forward(xpad.data(), w.data(), t.o, bias.data(), y.data(), scratch.data());
-    auto want = direct_conv(x, w, g, t.o);
-    for (size_t i = 0; i < want.size(); ++i) want[i] += bias[(i / q) % t.o];
-    expect_near_all(y, want, 1e-4f);
-    // References: gW = sum_n gy_n . col_n^T, gb = sums of gy, gx = col2im(W^T gy).
-    std::vector<float> col(r * g.col_cols());
-    ops::im2col(x.data(), g, col.data());
-    std::vector<float> gw_want(t.o * r, 0.0f), gb_want(t.o, 0.0f), dcol(col.size());
-    for (int64_t n = 0; n < t.n; ++n)
-      for (int64_t o = 0; o < t.o; ++o)
-        for (int64_t p = 0; p < q; ++p) {
-          const float v = gy[(n * t.o + o) * q + p];
-          gb_want[o] += v;
-          for (int64_t i = 0; i < r; ++i) {
-            gw_want[o * r + i] += v * col[i * g.col_cols() + n * q + p];
-            dcol[i * g.col_cols() + n * q + p] += w[o * r + i] * v;
+  for (const ops::SmallGemmKernels* kernels : ops::small_gemm_variants()) {
+    for (const Case& t :
+         {Case{3, 1, 28, 28, 5, 2, 6}, Case{2, 6, 14, 14, 5, 0, 16}, Case{2, 2, 5, 7, 3, 1, 17},
+          Case{1, 3, 3, 9, 3, 0, 9}, Case{2, 1, 4, 4, 3, 3, 2}}) {
+      SCOPED_TRACE(::testing::Message() << kernels->isa << ": c " << t.c << " k " << t.k << " pad "
+                                        << t.pad << " o " << t.o);
+      ops::Conv2dGeometry g{t.n, t.c, t.h, t.w, t.k, 1, t.pad, 0, 0};
+      g.oh = t.h + 2 * t.pad - t.k + 1;
+      g.ow = t.w + 2 * t.pad - t.k + 1;
+      const int64_t r = g.col_rows(), q = g.oh * g.ow;
+      const auto x = random_values(t.n * t.c * t.h * t.w, 11);
+      const auto w = random_values(t.o * r, 12);
+      const auto bias = random_values(t.o, 13);
+      const auto gy = random_values(t.n * t.o * q, 14);
+      const ops::ImplicitConv conv(g, *kernels);
+      std::vector<float> xpad(conv.padded_floats(), NAN);
+      conv.pad_input(x.data(), xpad.data());
+      std::vector<float> scratch(conv.scratch_floats(t.o));
+      std::vector<float> y(gy.size());
+      conv.forward(xpad.data(), w.data(), t.o, bias.data(), y.data(), scratch.data());
+      auto want = direct_conv(x, w, g, t.o);
+      for (size_t i = 0; i < want.size(); ++i) want[i] += bias[(i / q) % t.o];
+      expect_near_all(y, want, 1e-4f);
+      // References: gW = sum_n gy_n . col_n^T, gb = sums of gy, gx = col2im(W^T gy).
+      std::vector<float> col(r * g.col_cols());
+      ops::im2col(x.data(), g, col.data());
+      std::vector<float> gw_want(t.o * r, 0.0f), gb_want(t.o, 0.0f), dcol(col.size());
+      for (int64_t n = 0; n < t.n; ++n)
+        for (int64_t o = 0; o < t.o; ++o)
+          for (int64_t p = 0; p < q; ++p) {
+            const float v = gy[(n * t.o + o) * q + p];
+            gb_want[o] += v;
+            for (int64_t i = 0; i < r; ++i) {
+              gw_want[o * r + i] += v * col[i * g.col_cols() + n * q + p];
+              dcol[i * g.col_cols() + n * q + p] += w[o * r + i] * v;
+            }
           }
-        }
-    std::vector<float> gx_want(x.size());
-    ops::col2im(dcol.data(), g, gx_want.data());
-    std::vector<float> gw(gw_want.size(), NAN), gb(t.o, NAN), gx(x.size(), NAN);
-    std::vector<float> wscratch(conv.weight_grad_scratch_floats(t.o));
-    conv.weight_grad(xpad.data(), gy.data(), t.o, gw.data(), gb.data(), wscratch.data());
-    expect_near_all(gw, gw_want, 5e-3f);
-    expect_near_all(gb, gb_want, 1e-3f);
-    std::vector<float> iscratch(conv.input_grad_scratch_floats(t.o));
-    conv.input_grad(gy.data(), w.data(), t.o, gx.data(), iscratch.data());
-    expect_near_all(gx, gx_want, 1e-3f);
+      std::vector<float> gx_want(x.size());
+      ops::col2im(dcol.data(), g, gx_want.data());
+      std::vector<float> gw(gw_want.size(), NAN), gb(t.o, NAN), gx(x.size(), NAN);
+      std::vector<float> wscratch(conv.weight_grad_scratch_floats(t.o));
+      conv.weight_grad(xpad.data(), gy.data(), t.o, gw.data(), gb.data(), wscratch.data());
+      expect_near_all(gw, gw_want, 5e-3f);
+      expect_near_all(gb, gb_want, 1e-3f);
+      std::vector<float> iscratch(conv.input_grad_scratch_floats(t.o));
+      conv.input_grad(gy.data(), w.data(), t.o, gx.data(), iscratch.data());
+      expect_near_all(gx, gx_want, 1e-3f);
+    }
   }
 }
 
