@@ -463,4 +463,13 @@ Message decode_message(std::span<const std::byte> payload, FloatDecoding floats)
   return m;
 }
 
+void check_sequence(uint64_t frame_sequence, const Message& message) {
+  if (frame_sequence != message.request_id) {
+    throw DataError(fmt::format(
+        "ps {} {}: the frame's sequence {} does not match the payload's request id {}",
+        to_string(message.kind == Kind::kReply ? message.reply_to : message.kind),
+        message.kind == Kind::kReply ? "reply" : "request", frame_sequence, message.request_id));
+  }
+}
+
 }  // namespace dtrain::ps

@@ -211,6 +211,13 @@ enum class FloatDecoding : uint8_t { kCopy, kView };
 Message decode_message(std::span<const std::byte> payload,
                        FloatDecoding floats = FloatDecoding::kCopy);
 
+// Every ps frame's header carries the message's request id as its sequence
+// (the client's requests, the server's replies echo it). DataError unless
+// `frame_sequence` equals `message.request_id`: on a link without MAC or
+// CRC (private ipc) this is what catches a frame whose header and payload
+// do not belong together.
+void check_sequence(uint64_t frame_sequence, const Message& message);
+
 // Global wire ranks of a ps job: servers are 0..S-1, workers S..S+N-1.
 inline uint32_t server_rank(int server) { return static_cast<uint32_t>(server); }
 inline uint32_t worker_rank(int num_servers, int worker) {

@@ -111,6 +111,7 @@ Server::Impl::Impl(ServerOptions options, const comm::JobAuth& auth, Logger& log
   o.accepted = {comm::wire::MessageType::kData};
   o.unbounded_queues = true;
   o.link = options_.link;
+  o.private_ipc = options_.private_ipc;
   socket_ = std::make_unique<comm::wire::FramedSocket>(
       context_, comm::wire::FramedSocket::Role::kRouter, options_.bind_endpoint, std::move(o),
       auth_, logger_);
@@ -185,6 +186,7 @@ void Server::Impl::on_frame(const comm::wire::Frame& frame) {
   Message m;
   try {
     m = decode_message(frame.payload());
+    check_sequence(frame.header.sequence, m);
   } catch (const DataError& e) {
     socket_->drop(fmt::format("from rank {}: {}", frame.header.sender, e.what()));
     return;
