@@ -53,7 +53,8 @@ class Server::Impl {
   };
 
   // A frame that passed the socket's checks: its payload decoded, then handle().
-  void on_frame(const comm::wire::Frame& frame);
+  // Takes the frame's body (a push's gradient is viewed in it).
+  void on_frame(comm::wire::Frame& frame);
   void handle(const std::string& identity, uint32_t sender, Message& m);
   void send(const std::string& identity, uint32_t receiver, const Message& m);
   void serve(const std::string& identity, Message& m);
