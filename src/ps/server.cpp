@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cstring>
+#include <iterator>
 #include <memory>
 #include <optional>
 #include <set>
@@ -147,6 +148,7 @@ ServeResult Server::Impl::run(const std::stop_token& stop, Deadline deadline) {
     close_version();  // a death may complete the open version
     report_version();
     serve_parked(now);
+    flush_push_replies([&](const DeferredReply& d) { return !pull_parked(d.identity); });
     if (consistency_.finished()) {
       result.end = ServeEnd::kFinished;
       break;
@@ -163,6 +165,7 @@ ServeResult Server::Impl::run(const std::stop_token& stop, Deadline deadline) {
     reply(p.identity, p.worker, std::move(m));
   }
   parked_.clear();
+  flush_push_replies([](const DeferredReply&) { return true; });
   logger_.info("ps server {}: serving ended ({}) at version {}", options_.server,
                result.end == ServeEnd::kFinished  ? "all workers finished"
                : result.end == ServeEnd::kStopped ? "stop requested"
@@ -170,14 +173,6 @@ ServeResult Server::Impl::run(const std::stop_token& stop, Deadline deadline) {
                consistency_.version());
   result.stats = stats();
   return result;
-}
-
-void Server::Impl::send(const std::string& identity, uint32_t receiver, const Message& m) {
-  comm::wire::FrameHeader header;
-  header.type = comm::wire::MessageType::kData;
-  header.receiver = receiver;
-  header.sequence = m.request_id;
-  socket_->send(identity, header, encode_message(m));
 }
 
 void Server::Impl::on_frame(comm::wire::Frame& frame) {
@@ -335,12 +330,6 @@ void Server::Impl::serve(const std::string& identity, Message& m) {
   reply(identity, m.worker, std::move(r));
 }
 
-void Server::Impl::reply(const std::string& identity, uint32_t worker, Message m) {
-  m.kind = Kind::kReply;
-  m.worker = static_cast<uint32_t>(options_.server);
-  send(identity, worker_rank(options_.num_servers, static_cast<int>(worker)), m);
-}
-
 bool Server::Impl::repeated_push(const Message& m) const {
   return m.request_id <= last_push_id_[m.worker];
 }
@@ -467,7 +456,11 @@ void Server::Impl::on_push(const std::string& identity, Message& m) {
   }
   if (admission == Admission::kDropped) r.status = ReplyStatus::kDropped;
   r.version = consistency_.version();
-  reply(identity, m.worker, std::move(r));
+  if (admission == Admission::kHeld) {
+    defer_reply(identity, m.worker, std::move(r));
+  } else {
+    reply(identity, m.worker, std::move(r));
+  }
   close_version();
 }
 
