@@ -174,7 +174,8 @@ std::optional<VersionUpdate> ConsistencyState::close_version() {
     totals.workers[w] = {c.samples, c.compute_s, true};
     if (update.grad.empty()) {
       update.lr = c.lr;
-      update.grad.assign(c.grad_bytes.empty() ? c.grad.size() : c.grad_bytes.size() / 4, 0.0f);
+      update.grad.assign(c.grad_bytes.empty() ? c.grad.size() : c.grad_bytes.size() / sizeof(float),
+                         0.0f);
     }
     add_scaled(update.grad, static_cast<float>(c.samples), c);
     samples_sum += static_cast<double>(c.samples);
