@@ -12,6 +12,10 @@
 // dense figure to memcpy bandwidth (bytes copied / s, one thread, 64 MiB)
 // measured in the same run. One JSON line per measurement, then a table.
 // Frames carry CRC-32C; rows marked mac=1 also carry the job-secret MAC.
+// Links: tcp loopback; ipc (sockets in a private folder) with the MAC and the
+// CRC, as a one-host job sent every frame before; ipc-private, the same
+// folder without MAC and CRC (ServerOptions/ClientOptions::private_ipc), as
+// `dtrain train` now runs a one-host ps job.
 // Usage: push_pull_bench [REPS [DENSE_FLOATS]]
 #include <algorithm>
 #include <barrier>
@@ -19,6 +23,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <string>
 #include <thread>
 #include <vector>
@@ -62,12 +67,35 @@ struct Result {
   double sparse_rows_per_s = 0;
 };
 
-Result run(int servers, int workers, bool mac, int reps, int64_t dense_floats) {
+enum class Link { kTcp, kIpc, kPrivateIpc };
+const char* link_name(Link link) {
+  return link == Link::kTcp ? "tcp" : link == Link::kIpc ? "ipc" : "ipc-private";
+}
+
+// A private folder (mkdtemp: mode 0700) for the ipc sockets, removed after.
+struct SocketFolder {
+  SocketFolder() {
+    std::string pattern = "/tmp/dtrain-ppb-XXXXXX";
+    if (mkdtemp(pattern.data()) == nullptr) std::abort();
+    path = pattern;
+  }
+  ~SocketFolder() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path, ignored);
+  }
+  std::string path;
+};
+
+Result run(int servers, int workers, bool mac, Link link, int reps, int64_t dense_floats) {
   const comm::JobAuth auth("ps-bench", mac ? "bench secret" : "");
+  const SocketFolder folder;
   std::vector<std::unique_ptr<ps::Server>> server_list;
   std::vector<std::string> endpoints;
   for (int s = 0; s < servers; ++s) {
     ps::ServerOptions o;
+    if (link != Link::kTcp)
+      o.bind_endpoint = "ipc://" + folder.path + "/server-" + std::to_string(s);
+    o.private_ipc = link == Link::kPrivateIpc;
     o.server = s;
     o.num_servers = servers;
     o.num_workers = workers;
@@ -94,6 +122,7 @@ Result run(int servers, int workers, bool mac, int reps, int64_t dense_floats) {
       o.worker = w;
       o.num_workers = workers;
       o.server_endpoints = endpoints;
+      o.private_ipc = link == Link::kPrivateIpc;
       o.timeout = std::chrono::milliseconds(120000);
       ps::Client client(o, auth, Logger::null());
       StateDict model;
@@ -157,27 +186,35 @@ int main(int argc, char** argv) {
   struct Row {
     int servers, workers;
     bool mac;
+    Link link;
     Result r;
   };
   std::vector<Row> rows;
   for (int servers : {1, 2}) {
-    for (int workers : {2, 4})
-      rows.push_back({servers, workers, false, run(servers, workers, false, reps, dense_floats)});
+    for (int workers : {2, 4}) {
+      rows.push_back({servers, workers, false, Link::kTcp,
+                      run(servers, workers, false, Link::kTcp, reps, dense_floats)});
+    }
   }
-  rows.push_back({2, 2, true, run(2, 2, true, reps, dense_floats)});
+  rows.push_back({2, 2, true, Link::kTcp, run(2, 2, true, Link::kTcp, reps, dense_floats)});
+  rows.push_back({2, 2, true, Link::kIpc, run(2, 2, true, Link::kIpc, reps, dense_floats)});
+  rows.push_back(
+      {2, 2, true, Link::kPrivateIpc, run(2, 2, true, Link::kPrivateIpc, reps, dense_floats)});
   for (const Row& row : rows) {
     std::printf(
-        "{\"bench\":\"ps_push_pull\",\"servers\":%d,\"workers\":%d,\"mac\":%d,\"dense_floats\":%"
-        "lld,"
-        "\"dense_gb_per_s\":%.3f,\"memcpy_ratio\":%.3f,\"sparse_rows_per_s\":%.0f}\n",
-        row.servers, row.workers, row.mac ? 1 : 0, static_cast<long long>(dense_floats),
-        row.r.dense_gb_per_s, row.r.dense_gb_per_s / memcpy_rate, row.r.sparse_rows_per_s);
+        "{\"bench\":\"ps_push_pull\",\"servers\":%d,\"workers\":%d,\"mac\":%d,\"link\":\"%s\","
+        "\"dense_floats\":%lld,\"dense_gb_per_s\":%.3f,\"memcpy_ratio\":%.3f,"
+        "\"sparse_rows_per_s\":%.0f}\n",
+        row.servers, row.workers, row.mac ? 1 : 0, link_name(row.link),
+        static_cast<long long>(dense_floats), row.r.dense_gb_per_s,
+        row.r.dense_gb_per_s / memcpy_rate, row.r.sparse_rows_per_s);
   }
-  std::printf("\n%-8s %-8s %-4s %14s %10s %16s\n", "servers", "workers", "mac", "dense GB/s",
-              "/memcpy", "sparse rows/s");
+  std::printf("\n%-8s %-8s %-4s %-12s %14s %10s %16s\n", "servers", "workers", "mac", "link",
+              "dense GB/s", "/memcpy", "sparse rows/s");
   for (const Row& row : rows) {
-    std::printf("%-8d %-8d %-4d %14.3f %10.3f %16.0f\n", row.servers, row.workers, row.mac ? 1 : 0,
-                row.r.dense_gb_per_s, row.r.dense_gb_per_s / memcpy_rate, row.r.sparse_rows_per_s);
+    std::printf("%-8d %-8d %-4d %-12s %14.3f %10.3f %16.0f\n", row.servers, row.workers,
+                row.mac ? 1 : 0, link_name(row.link), row.r.dense_gb_per_s,
+                row.r.dense_gb_per_s / memcpy_rate, row.r.sparse_rows_per_s);
   }
   std::printf("memcpy: %.2f GB/s (one thread, 64 MiB)\n", memcpy_rate);
   return 0;

@@ -68,6 +68,7 @@ std::unique_ptr<comm::wire::FramedSocket> connect_server(zmq::context_t& context
   so.accepted = {comm::wire::MessageType::kData};
   so.unbounded_queues = true;
   so.link = o.link;
+  so.private_ipc = o.private_ipc;
   return std::make_unique<comm::wire::FramedSocket>(
       context, comm::wire::FramedSocket::Role::kDealer,
       o.server_endpoints[static_cast<size_t>(server)], std::move(so), auth, logger);
@@ -161,6 +162,7 @@ std::optional<std::pair<comm::wire::FrameHeader, Message>> Client::Impl::next_me
       const std::span<const std::byte> payload(static_cast<const std::byte*>(body->data()),
                                                body->size());
       Message m = decode_message(payload, FloatDecoding::kView);
+      check_sequence(frame->header.sequence, m);
       m.payload_owner = std::move(body);
       return std::make_pair(frame->header, std::move(m));
     } catch (const DataError& e) {

@@ -90,6 +90,10 @@ struct ClientOptions {
   // Emulated slow link for this worker's sockets (tests and benchmarks;
   // comm/transport/link_shaper.h): each send sleeps until its release time.
   std::optional<comm::LinkShaperOptions> link;
+  // The servers' endpoints are ipc sockets in a private folder: frames go
+  // without MAC and CRC (ServerOptions::private_ipc, which the servers must
+  // set alike); the constructor refuses a folder others may enter.
+  bool private_ipc = false;
   // Compressed pushes (push() with PushCompression::compressed): method
   // kNone (the default) allows none, and the client's pushes are as before.
   compress::Options compression;

@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
+#include <cstring>
 #include <map>
 
 namespace dtrain::ps {
@@ -103,6 +105,8 @@ Admission ConsistencyState::admit_push(uint32_t worker, Message& m) {
     c.correct = m.correct;
     c.compute_s = m.compute_s;
     c.grad = std::move(m.floats);
+    c.grad_bytes = m.float_bytes;
+    c.grad_owner = m.payload_owner;
     ++pushes_in_version_;
     ++pushes_applied_;
     w.pushed_version = version_;
@@ -170,10 +174,10 @@ std::optional<VersionUpdate> ConsistencyState::close_version() {
     totals.workers[w] = {c.samples, c.compute_s, true};
     if (update.grad.empty()) {
       update.lr = c.lr;
-      update.grad.assign(c.grad.size(), 0.0f);
+      update.grad.assign(c.grad_bytes.empty() ? c.grad.size() : c.grad_bytes.size() / sizeof(float),
+                         0.0f);
     }
-    const auto n = static_cast<float>(c.samples);
-    for (size_t i = 0; i < update.grad.size(); ++i) update.grad[i] += n * c.grad[i];
+    add_scaled(update.grad, static_cast<float>(c.samples), c);
     samples_sum += static_cast<double>(c.samples);
     totals.loss_sum += c.loss_sum;
     totals.correct += c.correct;
@@ -189,6 +193,23 @@ std::optional<VersionUpdate> ConsistencyState::close_version() {
   clear_version();
   ++version_;
   return update;
+}
+
+void ConsistencyState::add_scaled(std::span<float> sum, float n, const Contribution& c) {
+  if (c.grad_bytes.empty()) {
+    for (size_t i = 0; i < sum.size(); ++i) sum[i] += n * c.grad[i];
+    return;
+  }
+  // Straight from the received payload, a chunk at a time through L1 (the
+  // bytes may sit at any alignment).
+  constexpr size_t kChunk = 1024;
+  std::array<float, kChunk> g{};
+  for (size_t at = 0; at < sum.size(); at += kChunk) {
+    const size_t len = std::min(kChunk, sum.size() - at);
+    std::memcpy(g.data(), c.grad_bytes.data() + at * sizeof(float), len * sizeof(float));
+    float* s = sum.data() + at;
+    for (size_t i = 0; i < len; ++i) s[i] += n * g[i];
+  }
 }
 
 void ConsistencyState::sum_rows(VersionUpdate& update, float scale) const {

@@ -23,8 +23,11 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <optional>
+#include <span>
 #include <stdexcept>
 #include <string_view>
 #include <vector>
@@ -88,7 +91,8 @@ class ConsistencyState {
 
   // A dense push of `worker` (m.version, samples, lr, loss_sum, correct,
   // compute_s, the
-  // gradient in m.floats, already checked for size). A held push's gradient
+  // gradient in m.floats or m.float_bytes with m.payload_owner, already
+  // checked for size). A held push's gradient
   // is moved out of `m`.
   Admission admit_push(uint32_t worker, Message& m);
   // A row push of `worker` (m.version, table, keys, floats, already checked).
@@ -142,10 +146,17 @@ class ConsistencyState {
     double loss_sum = 0.0;
     int64_t correct = 0;
     double compute_s = 0.0;
-    std::vector<float> grad;     // the dense push
+    // The dense push: owned floats (a compressed push's decode), or viewed
+    // in its received payload, which grad_owner keeps until the version
+    // closes (Message::float_bytes; little-endian f32 at any alignment).
+    std::vector<float> grad;
+    std::span<const std::byte> grad_bytes;
+    std::shared_ptr<const void> grad_owner;
     std::vector<HeldRows> rows;  // row pushes for this version, in arrival order
   };
 
+  // sum += n · c's gradient, owned or viewed.
+  static void add_scaled(std::span<float> sum, float n, const Contribution& c);
   void sum_rows(VersionUpdate& update, float scale) const;
   void clear_version();
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "core/byte_codec.h"
@@ -197,6 +198,22 @@ void read_update(ByteReader& r, std::string_view field, Message& m) {
   m.floats_finite = finite;
 }
 
+// A dense push's gradient viewed in place (FloatDecoding::kView): the
+// bounds of read_update and one read for NaN and Inf, no copy.
+void view_update(ByteReader& r, std::string_view field, Message& m) {
+  const auto count = static_cast<size_t>(r.read_count(sizeof(float), field));
+  m.float_bytes = r.read_bytes(count * sizeof(float), field);
+  constexpr uint32_t kExponent = 0x7f800000u;  // all ones: Inf or NaN (as all_finite)
+  uint32_t largest = 0;
+  const std::byte* p = m.float_bytes.data();
+  for (size_t i = 0; i < count; ++i) {
+    uint32_t bits = 0;
+    std::memcpy(&bits, p + i * sizeof bits, sizeof bits);  // any alignment
+    largest = std::max(largest, bits & kExponent);
+  }
+  m.floats_finite = largest != kExponent;
+}
+
 // Replies whose body is an error text instead of the request's reply body.
 bool carries_error(ReplyStatus status) {
   return status == ReplyStatus::kError || status == ReplyStatus::kTimeout ||
@@ -298,7 +315,7 @@ std::vector<PushPiece> get_pieces(ByteReader& r) {
   return pieces;
 }
 
-void get_request_body(ByteReader& r, Message& m) {
+void get_request_body(ByteReader& r, FloatDecoding decoding, Message& m) {
   switch (m.kind) {
     case Kind::kInit: {
       const auto dense = r.read_u32("init dense count");
@@ -343,7 +360,9 @@ void get_request_body(ByteReader& r, Message& m) {
                                     m.correct, m.samples));
       }
       m.compute_s = get_seconds(r, "push compute_s");
-      if (m.kind == Kind::kPush) {
+      if (m.kind == Kind::kPush && decoding == FloatDecoding::kView) {
+        view_update(r, "push gradient", m);
+      } else if (m.kind == Kind::kPush) {
         read_update(r, "push gradient", m);
       } else {
         m.pieces = get_pieces(r);
@@ -457,10 +476,19 @@ Message decode_message(std::span<const std::byte> payload, FloatDecoding floats)
     get_reply_body(r, floats, m);
     r.expect_end(fmt::format("reply to {} body", to_string(m.reply_to)));
   } else {
-    get_request_body(r, m);
+    get_request_body(r, floats, m);
     r.expect_end(fmt::format("{} body", to_string(m.kind)));
   }
   return m;
+}
+
+void check_sequence(uint64_t frame_sequence, const Message& message) {
+  if (frame_sequence != message.request_id) {
+    throw DataError(fmt::format(
+        "ps {} {}: the frame's sequence {} does not match the payload's request id {}",
+        to_string(message.kind == Kind::kReply ? message.reply_to : message.kind),
+        message.kind == Kind::kReply ? "reply" : "request", frame_sequence, message.request_id));
+  }
 }
 
 }  // namespace dtrain::ps

@@ -169,17 +169,22 @@ struct Message {
   // empty): encode_message copies them straight into the payload, the one
   // copy of a dense push. Not owned: valid until encode_message returns.
   std::vector<std::span<const std::byte>> float_parts;
-  // Decoded with FloatDecoding::kView (replies to kPull and kPullRows only):
-  // the float array's bytes inside the decoded payload, little-endian f32 at
-  // any alignment (read them with memcpy); `floats` stays empty. Not owned:
-  // valid while the payload is (payload_owner, when the decoder's caller
-  // set it).
+  // Decoded with FloatDecoding::kView (replies to kPull and kPullRows, and
+  // the gradient of a kPush): the float array's bytes inside the decoded
+  // payload, little-endian f32 at any alignment (read them with memcpy);
+  // `floats` stays empty. Not owned: valid while the payload is
+  // (payload_owner, when the decoder's caller set it).
   std::span<const std::byte> float_bytes;
   std::shared_ptr<const void> payload_owner;
-  // Set by decode_message for kPush and kPushRows: whether `floats` holds
-  // only finite values (checked while copying, in cache; the server refuses
-  // an update that does not). Not on the wire.
+  // Set by decode_message for kPush and kPushRows: whether `floats` (or a
+  // viewed push's float_bytes) holds only finite values (checked while
+  // copying, in cache, or in one read of the view; the server refuses an
+  // update that does not). Not on the wire.
   bool floats_finite = true;
+  // The float array's length: floats.size(), or float_bytes' floats.
+  size_t float_count() const {
+    return float_bytes.empty() ? floats.size() : float_bytes.size() / sizeof(float);
+  }
   // Replies to kPull: the server's minimum live clock (SSP) and, in sync, the
   // totals of the last closed version (zeros before the first and in
   // async/ssp).
@@ -201,15 +206,24 @@ struct Message {
 std::vector<std::byte> encode_message(const Message& message);
 
 // How decode_message returns the float array of a reply to kPull or
-// kPullRows: copied into `floats` (kCopy), or as `float_bytes`, a view of
-// the payload (kView: no copy; the caller keeps the payload alive). Requests
-// are always copied (the server checks and keeps their floats).
+// kPullRows, and the gradient of a dense kPush: copied into `floats`
+// (kCopy), or as `float_bytes`, a view of the payload (kView: no copy; the
+// caller keeps the payload alive: the server holds a sync push's payload
+// until its version closes and sums straight from it). Other requests are
+// always copied (the server keeps their floats).
 enum class FloatDecoding : uint8_t { kCopy, kView };
 // Parses a payload; DataError naming the field on anything malformed (a
 // count larger than the bytes left, trailing bytes: the same checks for
 // either decoding).
 Message decode_message(std::span<const std::byte> payload,
                        FloatDecoding floats = FloatDecoding::kCopy);
+
+// Every ps frame's header carries the message's request id as its sequence
+// (the client's requests, the server's replies echo it). DataError unless
+// `frame_sequence` equals `message.request_id`: on a link without MAC or
+// CRC (private ipc) this is what catches a frame whose header and payload
+// do not belong together.
+void check_sequence(uint64_t frame_sequence, const Message& message);
 
 // Global wire ranks of a ps job: servers are 0..S-1, workers S..S+N-1.
 inline uint32_t server_rank(int server) { return static_cast<uint32_t>(server); }

@@ -64,6 +64,7 @@ BackupChain::BackupChain(zmq::context_t& context, BackupChainOptions options,
     o.limits.max_payload_bytes = options_.max_payload_bytes;
     o.accepted = {comm::wire::MessageType::kData};
     o.unbounded_queues = true;
+    o.private_ipc = options_.private_ipc;
     auto backup = std::make_unique<Backup>();
     backup->server = b;
     backup->socket = std::make_unique<comm::wire::FramedSocket>(

@@ -60,6 +60,9 @@ struct BackupChainOptions {
   std::chrono::milliseconds resend_interval{500};
   // Largest frame taken from a backup (a fetch's answer is a whole state).
   uint64_t max_payload_bytes = uint64_t{1} << 31;
+  // The backups' endpoints are ipc sockets in a private folder (no MAC, no
+  // CRC: ServerOptions::private_ipc).
+  bool private_ipc = false;
 };
 
 // The servers that back up `server`'s range, nearest first.

@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cstring>
+#include <iterator>
+#include <memory>
 #include <optional>
 #include <set>
 #include <zmq.hpp>
@@ -111,6 +114,7 @@ Server::Impl::Impl(ServerOptions options, const comm::JobAuth& auth, Logger& log
   o.accepted = {comm::wire::MessageType::kData};
   o.unbounded_queues = true;
   o.link = options_.link;
+  o.private_ipc = options_.private_ipc;
   socket_ = std::make_unique<comm::wire::FramedSocket>(
       context_, comm::wire::FramedSocket::Role::kRouter, options_.bind_endpoint, std::move(o),
       auth_, logger_);
@@ -144,6 +148,7 @@ ServeResult Server::Impl::run(const std::stop_token& stop, Deadline deadline) {
     close_version();  // a death may complete the open version
     report_version();
     serve_parked(now);
+    flush_push_replies([&](const DeferredReply& d) { return !pull_parked(d.identity); });
     if (consistency_.finished()) {
       result.end = ServeEnd::kFinished;
       break;
@@ -160,6 +165,7 @@ ServeResult Server::Impl::run(const std::stop_token& stop, Deadline deadline) {
     reply(p.identity, p.worker, std::move(m));
   }
   parked_.clear();
+  flush_push_replies([](const DeferredReply&) { return true; });
   logger_.info("ps server {}: serving ended ({}) at version {}", options_.server,
                result.end == ServeEnd::kFinished  ? "all workers finished"
                : result.end == ServeEnd::kStopped ? "stop requested"
@@ -169,22 +175,22 @@ ServeResult Server::Impl::run(const std::stop_token& stop, Deadline deadline) {
   return result;
 }
 
-void Server::Impl::send(const std::string& identity, uint32_t receiver, const Message& m) {
-  comm::wire::FrameHeader header;
-  header.type = comm::wire::MessageType::kData;
-  header.receiver = receiver;
-  header.sequence = m.request_id;
-  socket_->send(identity, header, encode_message(m));
-}
-
-void Server::Impl::on_frame(const comm::wire::Frame& frame) {
+void Server::Impl::on_frame(comm::wire::Frame& frame) {
   if (is_replication_payload(frame.payload())) {
     on_replica_frame(frame);
     return;
   }
+  // A dense push's gradient stays in the received message (no copy): sync
+  // sums straight from it when the version closes, async applies from it.
+  // The message moves first: a small one keeps its bytes inside the object.
+  auto body = std::make_shared<zmq::message_t>(std::move(frame.body));
+  const std::span<const std::byte> payload(static_cast<const std::byte*>(body->data()),
+                                           body->size());
   Message m;
   try {
-    m = decode_message(frame.payload());
+    m = decode_message(payload, FloatDecoding::kView);
+    m.payload_owner = std::move(body);
+    check_sequence(frame.header.sequence, m);
   } catch (const DataError& e) {
     socket_->drop(fmt::format("from rank {}: {}", frame.header.sender, e.what()));
     return;
@@ -324,12 +330,6 @@ void Server::Impl::serve(const std::string& identity, Message& m) {
   reply(identity, m.worker, std::move(r));
 }
 
-void Server::Impl::reply(const std::string& identity, uint32_t worker, Message m) {
-  m.kind = Kind::kReply;
-  m.worker = static_cast<uint32_t>(options_.server);
-  send(identity, worker_rank(options_.num_servers, static_cast<int>(worker)), m);
-}
-
 bool Server::Impl::repeated_push(const Message& m) const {
   return m.request_id <= last_push_id_[m.worker];
 }
@@ -402,9 +402,14 @@ namespace {
 // decode at all: decode_message.)
 void check_finite_update(const Message& m) {
   if (m.floats_finite) return;  // decode_message checked them
-  const size_t i = dtrain::first_non_finite(m.floats).value_or(0);
+  std::vector<float> values = m.floats;
+  if (!m.float_bytes.empty()) {  // a viewed push: copied for the message only
+    values.resize(m.float_count());
+    std::memcpy(values.data(), m.float_bytes.data(), m.float_bytes.size());
+  }
+  const size_t i = dtrain::first_non_finite(values).value_or(0);
   throw Refusal(fmt::format("{} from worker {}: value {} of {} is {}; nothing applied",
-                            to_string(m.kind), m.worker, i, m.floats.size(), m.floats[i]));
+                            to_string(m.kind), m.worker, i, values.size(), values[i]));
 }
 
 }  // namespace
@@ -423,9 +428,9 @@ void Server::Impl::decode_pieces(Message& m) const {
 void Server::Impl::on_push(const std::string& identity, Message& m) {
   if (!initialised_) throw Refusal("push before init: the server holds no parameters yet");
   check_finite_update(m);
-  if (static_cast<int64_t>(m.floats.size()) != dense_->numel()) {
+  if (static_cast<int64_t>(m.float_count()) != dense_->numel()) {
     throw Refusal(fmt::format("gradient has {} floats; server {} holds {} (range [{}, {}))",
-                              m.floats.size(), options_.server, dense_->numel(),
+                              m.float_count(), options_.server, dense_->numel(),
                               plan_.range_begin(options_.server),
                               plan_.range_end(options_.server)));
   }
@@ -442,10 +447,20 @@ void Server::Impl::on_push(const std::string& identity, Message& m) {
   }
   const Admission admission = consistency_.admit_push(m.worker, m);
   last_push_id_[m.worker] = m.request_id;
-  if (admission == Admission::kApplyNow && m.samples > 0) dense_->apply(m.floats, m.lr);
+  if (admission == Admission::kApplyNow && m.samples > 0) {
+    if (m.float_bytes.empty()) {
+      dense_->apply(m.floats, m.lr);
+    } else {
+      dense_->apply(m.float_bytes, m.lr);
+    }
+  }
   if (admission == Admission::kDropped) r.status = ReplyStatus::kDropped;
   r.version = consistency_.version();
-  reply(identity, m.worker, std::move(r));
+  if (admission == Admission::kHeld) {
+    defer_reply(identity, m.worker, std::move(r));
+  } else {
+    reply(identity, m.worker, std::move(r));
+  }
   close_version();
 }
 

@@ -144,6 +144,12 @@ struct ServerOptions {
   // Emulated slow link for the server's socket (tests and benchmarks;
   // comm/transport/link_shaper.h): each reply sleeps until its release time.
   std::optional<comm::LinkShaperOptions> link;
+  // Every endpoint of the job (this one and the other servers') is an ipc
+  // socket in a private folder: frames go without MAC and CRC
+  // (comm::wire::FramedSocketOptions::private_ipc; the constructor refuses a
+  // folder others may enter). Workers must set ClientOptions::private_ipc
+  // alike.
+  bool private_ipc = false;
 };
 
 // Why run() returned.

@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -53,9 +54,29 @@ class Server::Impl {
   };
 
   // A frame that passed the socket's checks: its payload decoded, then handle().
-  void on_frame(const comm::wire::Frame& frame);
+  // Takes the frame's body (a push's gradient is viewed in it).
+  void on_frame(comm::wire::Frame& frame);
   void handle(const std::string& identity, uint32_t sender, Message& m);
+  // Every message to `identity` goes out through here: a push reply deferred
+  // for that connection first, so replies keep their order.
   void send(const std::string& identity, uint32_t receiver, const Message& m);
+  // A sync push's reply (held, not applied) is deferred: it leaves with the
+  // same connection's next message, normally the pull parked right behind
+  // it, in one write that wakes the worker once instead of twice; at the
+  // latest at the end of the serving loop's turn in which no pull of that
+  // connection is parked (flush_push_replies). A parked pull is answered
+  // within its wait_ms, so the push reply never waits past the client's
+  // deadline.
+  void defer_reply(const std::string& identity, uint32_t worker, Message m);
+  struct DeferredReply {
+    std::string identity;
+    uint32_t receiver = 0;
+    Message message;
+  };
+  // Sends the deferred replies for which `due` holds, in their order.
+  void flush_push_replies(const std::function<bool(const DeferredReply&)>& due);
+  bool pull_parked(const std::string& identity) const;
+  void send_now(const std::string& identity, uint32_t receiver, const Message& m);
   void serve(const std::string& identity, Message& m);
   void reply(const std::string& identity, uint32_t worker, Message m);
   void on_init(const std::string& identity, Message& m);
@@ -114,6 +135,7 @@ class Server::Impl {
 
   ConsistencyState consistency_;
   std::vector<Parked> parked_;
+  std::vector<DeferredReply> deferred_;  // in the order they were deferred
   bool initialised_ = false;
   ShardPlan plan_;
   std::vector<SparseTableSpec> table_specs_;

@@ -26,6 +26,7 @@ void Server::Impl::set_server_endpoints(std::vector<std::string> endpoints) {
   o.timeout = options_.replica_timeout;
   o.resend_interval = options_.replica_resend_interval;
   o.max_payload_bytes = options_.max_payload_bytes;
+  o.private_ipc = options_.private_ipc;
   backups_ = std::make_unique<BackupChain>(context_, std::move(o), auth_, logger_);
   if (initialised_) backups_->invalidate();
 }

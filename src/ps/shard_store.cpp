@@ -101,13 +101,17 @@ std::vector<DenseShard::Chunk> DenseShard::make_chunks(const Tensor& values) con
   return chunks;
 }
 
-void DenseShard::apply(std::span<const float> grad, float lr) {
-  DTRAIN_CHECK(static_cast<int64_t>(grad.size()) == numel(), "gradient of {} floats for {}",
-               grad.size(), numel());
+void DenseShard::apply(std::span<const float> grad, float lr) { apply(std::as_bytes(grad), lr); }
+
+void DenseShard::apply(std::span<const std::byte> grad, float lr) {
+  DTRAIN_CHECK(static_cast<int64_t>(grad.size() / sizeof(float)) == numel() &&
+                   grad.size() % sizeof(float) == 0,
+               "gradient of {} bytes for {} floats", grad.size(), numel());
   run_chunks(chunks_.size(), [&](size_t i) {
     Chunk& c = chunks_[i];
     const Tensor g = grad_.narrow(c.begin, c.count);
-    std::memcpy(g.data(), grad.data() + c.begin, static_cast<size_t>(c.count) * sizeof(float));
+    std::memcpy(g.data(), grad.data() + static_cast<size_t>(c.begin) * sizeof(float),
+                static_cast<size_t>(c.count) * sizeof(float));
     c.rule->set_lr(lr);
     c.rule->update(0, values_.narrow(c.begin, c.count), g);
   });

@@ -66,6 +66,9 @@ class DenseShard {
   size_t chunks() const { return chunks_.size(); }
   // One optimizer update of the whole range with `grad` (numel() floats).
   void apply(std::span<const float> grad, float lr);
+  // The same with the gradient as little-endian f32 bytes at any alignment
+  // (a push viewed in its received payload: Message::float_bytes).
+  void apply(std::span<const std::byte> grad, float lr);
 
   void export_state(StateDict& out) const;
   // Replaces values and optimizer state from a dict of export_state()'s layout.

@@ -213,6 +213,13 @@ class PsSpec final : public StrategySpec {
   }
   // The servers' fixed endpoints by index; empty when none are fixed.
   std::vector<std::string> fixed_endpoints(const comm::LaunchSettings& s) const;
+  // Whether the job's links go without frame MAC and CRC: the endpoints are
+  // ipc sockets in the launcher's private run folder (mkdtemp, 0700; every
+  // process checks its mode and owner) and security.encrypt is off
+  // (docs/security.md, "One host"). Every process of a launch decides alike.
+  static bool private_ipc(const comm::LaunchSettings& s) {
+    return s.ps_endpoints.empty() && !s.run_dir.empty() && !s.tcp_only && !s.encrypt;
+  }
   // Registers `endpoint` at the rendezvous at `coordinator` (a
   // comm::CoordinatorMeeting's address).
   std::vector<comm::PeerEndpoint> meet(const BuildContext& c, const comm::JobAuth& auth,
@@ -328,6 +335,7 @@ int PsSpec::serve(const BuildContext& c) const {
   o.on_version = c.on_server_version;
   o.replicas = static_cast<int>(o_.replicas);
   o.replica_timeout = c.heartbeat_timeout;
+  o.private_ipc = private_ipc(launch.settings);
   const std::vector<std::string> fixed = fixed_endpoints(launch.settings);
   const bool replacement = launch.settings.restart_count > 0;
   std::unique_ptr<comm::RendezvousServer> coordinator;
@@ -405,6 +413,7 @@ std::unique_ptr<Strategy> PsSpec::build(const BuildContext& c) const {
     client.server_endpoints = discover_servers(c);
   }
   client.link = c.link;
+  client.private_ipc = private_ipc(c.launch->settings);
   client.timeout = c.timeout;
   client.heartbeat_interval = std::min(std::chrono::milliseconds(1000), c.heartbeat_timeout / 4);
   PsOptions o;

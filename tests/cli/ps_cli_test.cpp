@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cli_test_util.h"
@@ -207,45 +208,82 @@ TEST(PsCli, BadPsConfigurationsAreConfigErrors) {
   }
 }
 
+// `dtrain train JOB --strategy ps --servers 1 --output OUTPUT` under
+// `mpirun -np 3` (server 0, workers 0 and 1) with `exported` ("NAME=value")
+// in every rank's environment: whether it succeeded, and its output.
+std::pair<bool, std::string> mpirun_ps(const std::string& exported, const std::string& job,
+                                       const std::string& output) {
+  testing::ChildProcess child =
+      testing::ChildProcess::spawn({"/bin/sh",
+                                    "-c",
+                                    "exec \"$0\" \"$@\" 2>&1",
+                                    "/usr/bin/mpirun",
+                                    "-np",
+                                    "3",
+                                    "--oversubscribe",
+                                    "-x",
+                                    exported,
+                                    "-x",
+                                    "OPENBLAS_NUM_THREADS=1",
+                                    "-x",
+                                    "DTRAIN_JOB_SECRET=mpirun-test-secret",
+                                    DTRAIN_BINARY,
+                                    "train",
+                                    job,
+                                    "--output",
+                                    output,
+                                    "--strategy",
+                                    "ps",
+                                    "--servers",
+                                    "1"},
+                                   {{"OMPI_ALLOW_RUN_AS_ROOT", "1"},
+                                    {"OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"},
+                                    {"ASAN_OPTIONS", "detect_leaks=0"}});
+  auto status = child.wait(Deadline::after(std::chrono::seconds(240)));
+  EXPECT_TRUE(status.has_value()) << child.output();
+  return {status && status->ok(), child.output()};
+}
+
 TEST(PsCli, UnderMpirunTheFirstRanksAreServers) {
   if (access("/usr/bin/mpirun", X_OK) != 0) GTEST_SKIP() << "OpenMPI's mpirun is not installed";
   testing::TempDir dir;
   write_file(dir.file("job.toml"), kJob);
   CliRun one = run_dtrain({"train", dir.file("job.toml"), "--output", dir.file("one")});
   ASSERT_TRUE(one.status.ok()) << one.output;
-  // -np 3 with one server: server 0 and workers 0 and 1.
-  testing::ChildProcess child = testing::ChildProcess::spawn(
-      {"/bin/sh",
-       "-c",
-       "exec \"$0\" \"$@\" 2>&1",
-       "/usr/bin/mpirun",
-       "-np",
-       "3",
-       "--oversubscribe",
-       "-x",
-       "DTRAIN_COORDINATOR=127.0.0.1:" + std::to_string(testing::free_loopback_port()),
-       "-x",
-       "OPENBLAS_NUM_THREADS=1",
-       "-x",
-       "DTRAIN_JOB_SECRET=mpirun-test-secret",
-       DTRAIN_BINARY,
-       "train",
-       dir.file("job.toml"),
-       "--output",
-       dir.file("mpi"),
-       "--strategy",
-       "ps",
-       "--servers",
-       "1"},
-      {{"OMPI_ALLOW_RUN_AS_ROOT", "1"},
-       {"OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"},
-       {"ASAN_OPTIONS", "detect_leaks=0"}});
-  auto status = child.wait(Deadline::after(std::chrono::seconds(240)));
-  ASSERT_TRUE(status && status->ok()) << child.output();
-  EXPECT_NE(child.output().find("strategy ps with 2 workers"), std::string::npos) << child.output();
+  const auto [ok, output] =
+      mpirun_ps("DTRAIN_COORDINATOR=127.0.0.1:" + std::to_string(testing::free_loopback_port()),
+                dir.file("job.toml"), dir.file("mpi"));
+  ASSERT_TRUE(ok) << output;
+  EXPECT_NE(output.find("strategy ps with 2 workers"), std::string::npos) << output;
   EXPECT_LT(
       relative_difference(dir.file("one/model.safetensors"), dir.file("mpi/model.safetensors")),
       1e-5);
+}
+
+// Under another launcher, DTRAIN_RUN_DIR gives the servers fixed ipc
+// endpoints whose frames go without MAC and CRC: every process refuses a
+// folder that other users may enter, and trains in a private one.
+TEST(PsCli, UnderAnotherLauncherARunFolderOthersMayEnterIsRefused) {
+  if (access("/usr/bin/mpirun", X_OK) != 0) GTEST_SKIP() << "OpenMPI's mpirun is not installed";
+  testing::TempDir dir;
+  write_file(dir.file("job.toml"), kJob);
+  const std::string run_dir = dir.file("run");
+  std::filesystem::create_directory(run_dir);
+  namespace fs = std::filesystem;
+  fs::permissions(run_dir, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                               fs::perms::others_read | fs::perms::others_exec);
+  const auto [refused_ok, refused] =
+      mpirun_ps("DTRAIN_RUN_DIR=" + run_dir, dir.file("job.toml"), dir.file("open"));
+  EXPECT_FALSE(refused_ok) << refused;
+  EXPECT_NE(refused.find("the ipc folder '" + run_dir + "' is open to group or others"),
+            std::string::npos)
+      << refused;
+  fs::permissions(run_dir, fs::perms::owner_all);
+  const auto [private_ok, trained] =
+      mpirun_ps("DTRAIN_RUN_DIR=" + run_dir, dir.file("job.toml"), dir.file("private"));
+  EXPECT_TRUE(private_ok) << trained;
+  EXPECT_NE(trained.find("strategy ps with 2 workers"), std::string::npos) << trained;
+  EXPECT_TRUE(fs::exists(dir.file("private/model.safetensors"))) << trained;
 }
 
 }  // namespace

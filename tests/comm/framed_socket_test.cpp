@@ -1,10 +1,15 @@
 // FramedSocket over loopback tcp: routing, every validation step with its
 // exact reason, the hook, zero-copy sends, deadlines; RateLimitedLog's
-// schedule.
+// schedule. Over ipc in a private folder: frames without MAC and CRC, the
+// checks that stay, and the folders refused.
 #include "comm/wire/framed_socket.h"
 
 #include <gtest/gtest.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -244,6 +249,145 @@ TEST(FramedSocket, TheHookMayThrowOutOfReceive) {
   server.socket->send(hello->identity, reject, bytes_of("go away"));
   EXPECT_THROW(client.receive(Deadline::after(20s)), CommError);
   EXPECT_EQ(client.dropped(), 1u);
+}
+
+// A folder made by mkdtemp (mode 0700), removed with what it holds.
+struct TempFolder {
+  TempFolder() {
+    std::string pattern = (std::filesystem::temp_directory_path() / "dtrain-ipc-XXXXXX").string();
+    EXPECT_NE(mkdtemp(pattern.data()), nullptr);
+    path = pattern;
+  }
+  ~TempFolder() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path, ignored);
+  }
+  std::string path;
+};
+
+FramedSocketOptions private_options(std::string name, uint32_t rank, const JobAuth& auth) {
+  FramedSocketOptions o;
+  o.name = std::move(name);
+  o.rank = rank;
+  o.limits = FrameLimits{auth.job_id(), 3, rank, 1024};
+  o.private_ipc = true;
+  return o;
+}
+
+TEST(FramedSocketPrivateIpc, FramesGoWithoutMacOrCrcAndTheOtherChecksStay) {
+  const JobAuth auth("framed-private", "s3cret");
+  TempFolder folder;
+  const std::string endpoint = "ipc://" + folder.path + "/router";
+  zmq::context_t context(1);
+  dtrain::testing::LineLog log;
+  std::vector<std::string> reasons;
+  FramedSocketOptions ro = private_options("private router", 0, auth);
+  ro.on_reject = [&](const RejectedFrame& f) { reasons.emplace_back(f.reason); };
+  FramedSocket router(context, FramedSocket::Role::kRouter, endpoint, std::move(ro), auth,
+                      log.logger());
+  FramedSocket client(context, FramedSocket::Role::kDealer, endpoint,
+                      private_options("private dealer", 1, auth), auth, Logger::null());
+
+  zmq::socket_t raw(context, zmq::socket_type::dealer);
+  raw.set(zmq::sockopt::linger, 0);
+  raw.connect(endpoint);
+  const JobAuth no_secret("framed-private", "");
+  FrameHeader h = data_to(0);
+  h.sender = 1;
+  h.job_id = auth.job_id();
+  auto send_raw = [&](const HeaderBytes& head, const std::vector<std::byte>& payload) {
+    raw.send(zmq::const_buffer(head.data(), head.size()), zmq::send_flags::sndmore);
+    raw.send(zmq::const_buffer(payload.data(), payload.size()), zmq::send_flags::none);
+  };
+  const std::vector<std::byte> payload = bytes_of("payload");
+  std::vector<std::byte> longer = payload;
+  longer.push_back(std::byte{0});
+  send_raw(encode_header(h, payload, no_secret, false), longer);  // length disagrees
+  send_raw(encode_header(h, payload, auth, true), payload);       // signed: not on this link
+  FrameHeader other = h;
+  other.job_id = job_id_of("another job");
+  send_raw(encode_header(other, payload, no_secret, false), payload);  // another job
+  send_raw(encode_header(h, bytes_of("raw"), no_secret, false), bytes_of("raw"));
+  // One connection delivers in order: the three were dropped before "raw".
+  const auto first = router.receive(Deadline::after(20s));
+  ASSERT_TRUE(first.has_value());
+  EXPECT_EQ(text_of(first->payload()), "raw");
+  ASSERT_TRUE(client.send({}, data_to(0, 5), bytes_of("the valid one")));
+  const auto frame = router.receive(Deadline::after(20s));
+  ASSERT_TRUE(frame.has_value());
+  EXPECT_EQ(text_of(frame->payload()), "the valid one");
+  EXPECT_EQ(frame->header.flags, 0u);  // neither CRC nor MAC
+  EXPECT_EQ(frame->header.payload_crc, 0u);
+  EXPECT_EQ(frame->header.tag, 5u);
+  const std::vector<std::string> expected{
+      "wire frame rejected: payload is 8 bytes but the header says 7",
+      "wire frame rejected: frame carries a MAC but this process has no job secret (secrets "
+      "differ?)",
+      fmt::format("wire frame rejected: job id 0x{:016x} does not match this job's 0x{:016x} (a "
+                  "process of another job?)",
+                  job_id_of("another job"), auth.job_id())};
+  EXPECT_EQ(reasons, expected);
+  EXPECT_EQ(router.dropped(), expected.size());
+  // The reply travels the same way.
+  ASSERT_TRUE(router.send(frame->identity, data_to(1), bytes_of("reply")));
+  const auto reply = client.receive(Deadline::after(20s));
+  ASSERT_TRUE(reply.has_value());
+  EXPECT_EQ(text_of(reply->payload()), "reply");
+  EXPECT_EQ(reply->header.flags, 0u);
+}
+
+// Constructing a private socket at `endpoint` throws ConfigError holding `what`.
+void expect_refused(const std::string& endpoint, const std::string& what) {
+  const JobAuth auth("framed-refused", "s3cret");
+  zmq::context_t context(1);
+  for (const auto role : {FramedSocket::Role::kRouter, FramedSocket::Role::kDealer}) {
+    try {
+      FramedSocket socket(context, role, endpoint, private_options("refused socket", 0, auth), auth,
+                          Logger::null());
+      ADD_FAILURE() << endpoint << " was not refused";
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("refused socket: "), std::string::npos) << e.what();
+    }
+  }
+}
+
+TEST(FramedSocketPrivateIpc, AFolderOthersMayEnterIsRefused) {
+  TempFolder folder;
+  ASSERT_EQ(chmod(folder.path.c_str(), 0755), 0);
+  expect_refused("ipc://" + folder.path + "/s",
+                 fmt::format("the ipc folder '{}' is open to group or others (owner uid {}, "
+                             "mode 0755; this process runs as uid {})",
+                             folder.path, geteuid(), geteuid()));
+  ASSERT_EQ(chmod(folder.path.c_str(), 0710), 0);
+  expect_refused("ipc://" + folder.path + "/s", "mode 0710");
+}
+
+TEST(FramedSocketPrivateIpc, AFolderOfAnotherUserASymlinkOrNoFolderIsRefused) {
+  TempFolder folder;
+  const std::string link = folder.path + "/link";
+  std::filesystem::create_directory(folder.path + "/real");
+  ASSERT_EQ(chmod((folder.path + "/real").c_str(), 0700), 0);
+  std::filesystem::create_directory_symlink(folder.path + "/real", link);
+  expect_refused("ipc://" + link + "/s", "is not a directory (a symlink?)");
+  expect_refused("ipc://" + folder.path + "/absent/s", "cannot check the ipc folder");
+  expect_refused("tcp://127.0.0.1:0", "need an ipc endpoint in a private folder");
+  if (geteuid() == 0) {  // only root can give a folder away
+    const std::string theirs = folder.path + "/theirs";
+    std::filesystem::create_directory(theirs);
+    ASSERT_EQ(chmod(theirs.c_str(), 0700), 0);
+    ASSERT_EQ(chown(theirs.c_str(), 65534, 65534), 0);
+    expect_refused("ipc://" + theirs + "/s", "belongs to another user (owner uid 65534");
+  }
+}
+
+TEST(FramedSocketPrivateIpc, IsRefusedWithCurve) {
+  const JobAuth auth("framed-curve", "s3cret", /*encrypt=*/true);
+  TempFolder folder;
+  zmq::context_t context(1);
+  EXPECT_THROW(FramedSocket(context, FramedSocket::Role::kRouter, "ipc://" + folder.path + "/s",
+                            private_options("curve", 0, auth), auth, Logger::null()),
+               ConfigError);
 }
 
 TEST(MessageTypes, DescribeAndContain) {

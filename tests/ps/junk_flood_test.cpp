@@ -10,6 +10,7 @@
 #include "comm/wire/rate_limited_log.h"
 #include "ps/client.h"
 #include "ps/server.h"
+#include "ps_test_util.h"
 #include "testing/junk_frames.h"
 
 namespace dtrain::ps {
@@ -46,13 +47,7 @@ TEST(PsJunkFlood, TheServerLogsBoundedLinesAndServesARealWorkerAfterwards) {
   co.server_endpoints = {server.endpoint()};
   co.timeout = 30s;
   Client client(co, auth, Logger::null());
-  StateDict model;
-  model.insert("w", Tensor::from_vector({1, 2, 3}, {3}));
-  EXPECT_EQ(client.init(model, {}), 0u);
-  client.push({Tensor::from_vector({1, 1, 1}, {3})}, 1, 1.0f, 0);
-  std::vector<Tensor> params{Tensor::zeros({3})};
-  EXPECT_EQ(client.pull(params, 1), 1u);
-  EXPECT_EQ(params[0].to_vector(), (std::vector<float>{0, 1, 2}));
+  testing::expect_one_async_step(client);
   EXPECT_EQ(client.stats(0).frames_dropped, kJunk);
   client.finish();
 }

@@ -57,6 +57,18 @@ class CapturingLog {
 
 inline constexpr std::chrono::milliseconds kGenerous{60000};
 
+// One step of a lone async worker: init w = {1, 2, 3}, push ones with one
+// sample at the server's lr 1, pull: w is {0, 1, 2}.
+inline void expect_one_async_step(Client& client) {
+  StateDict model;
+  model.insert("w", Tensor::from_vector({1, 2, 3}, {3}));
+  EXPECT_EQ(client.init(model, {}), 0u);
+  client.push({Tensor::from_vector({1, 1, 1}, {3})}, 1, 1.0f, 0);
+  std::vector<Tensor> params{Tensor::zeros({3})};
+  EXPECT_EQ(client.pull(params, 1), 1u);
+  EXPECT_EQ(params[0].to_vector(), (std::vector<float>{0, 1, 2}));
+}
+
 class PsJob {
  public:
   PsJob(int num_servers, int num_workers, ServerOptions base, const std::string& secret = "s3cret")

@@ -124,9 +124,8 @@ TEST(PsZeroCopyMessages, MisalignedPayloadsDecodeTheSameValues) {
       const std::span<const std::byte> at(buffer.data() + shift, payload.size());
       const Message copied = decode_message(at);
       EXPECT_EQ(copied.floats, values) << shift;
-      if (m.kind == Kind::kReply) {
-        EXPECT_EQ(floats_in(decode_message(at, FloatDecoding::kView).float_bytes), values);
-      }
+      // Pull replies on the worker, pushes on the server: both viewed.
+      EXPECT_EQ(floats_in(decode_message(at, FloatDecoding::kView).float_bytes), values);
     }
   }
 }
@@ -170,6 +169,57 @@ TEST(PsZeroCopyMessages, LongPushesDecodeChunkByChunk) {
   decoded = decode_message(encode_message(push));
   EXPECT_FALSE(decoded.floats_finite);
   EXPECT_TRUE(std::isnan(decoded.floats[2 * 4096 + 1]));
+}
+
+// The server views a dense push's gradient in the received payload (no
+// copy): the same values, bounds and NaN/Inf flag as the copying decoder.
+TEST(PsZeroCopyMessages, AViewedPushPointsIntoThePayloadAndFlagsNonFiniteValues) {
+  Message push;
+  push.kind = Kind::kPush;
+  push.samples = 3;
+  push.floats = iota_floats(3 * 4096 + 5);
+  std::vector<std::byte> payload = encode_message(push);
+  Message viewed = decode_message(payload, FloatDecoding::kView);
+  EXPECT_TRUE(viewed.floats.empty());
+  EXPECT_EQ(viewed.float_count(), push.floats.size());
+  EXPECT_EQ(viewed.float_bytes.data() + viewed.float_bytes.size(), payload.data() + payload.size());
+  EXPECT_EQ(floats_in(viewed.float_bytes), push.floats);
+  EXPECT_TRUE(viewed.floats_finite);
+  for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+                    -std::numeric_limits<float>::infinity()}) {
+    push.floats[2 * 4096 + 1] = bad;
+    payload = encode_message(push);
+    EXPECT_FALSE(decode_message(payload, FloatDecoding::kView).floats_finite) << bad;
+  }
+  // Compressed pushes and row pushes are still copied.
+  Message rows;
+  rows.kind = Kind::kPushRows;
+  rows.keys = {1};
+  rows.floats = {1.0f, 2.0f};
+  const Message rows_decoded = decode_message(encode_message(rows), FloatDecoding::kView);
+  EXPECT_EQ(rows_decoded.floats, rows.floats);
+  EXPECT_TRUE(rows_decoded.float_bytes.empty());
+}
+
+TEST(PsZeroCopyMessages, EveryTruncationOrOversizedCountOfAViewedPushIsRejected) {
+  Message push;
+  push.kind = Kind::kPush;
+  push.samples = 1;
+  push.floats = iota_floats(16);
+  std::vector<std::byte> payload = encode_message(push);
+  for (size_t size = 0; size < payload.size(); ++size) {
+    EXPECT_THROW(decode_message(std::span(payload).first(size), FloatDecoding::kView), DataError)
+        << size;
+  }
+  std::vector<std::byte> longer = payload;
+  longer.push_back(std::byte{0});
+  EXPECT_THROW(decode_message(longer, FloatDecoding::kView), DataError);
+  const size_t count_at = payload.size() - 16 * sizeof(float) - sizeof(uint64_t);
+  for (uint64_t count : {uint64_t{17}, uint64_t{1} << 40, std::numeric_limits<uint64_t>::max()}) {
+    std::memcpy(payload.data() + count_at, &count, sizeof(count));
+    expect_error_naming<DataError>([&] { decode_message(payload, FloatDecoding::kView); },
+                                   "'push gradient'");
+  }
 }
 
 }  // namespace

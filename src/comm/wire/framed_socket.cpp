@@ -1,8 +1,13 @@
 #include "comm/wire/framed_socket.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <limits>
 #include <memory>
 #include <utility>
@@ -89,6 +94,36 @@ std::optional<uint16_t> monitor_event(const zmq::message_t& first_part) {
   return event;
 }
 
+void check_private_ipc_folder(const std::string& ipc_endpoint, std::string_view who) {
+  constexpr std::string_view kIpc = "ipc://";
+  if (ipc_endpoint.rfind(kIpc, 0) != 0) {
+    throw ConfigError(
+        fmt::format("{}: frames without MAC need an ipc endpoint in a private folder, not '{}'",
+                    who, ipc_endpoint));
+  }
+  const std::string folder =
+      std::filesystem::path(ipc_endpoint.substr(kIpc.size())).parent_path().string();
+  const std::string hint =
+      "frames go without MAC and CRC only in a folder that no other user may enter (mode 0700, "
+      "owned by this user; docs/security.md)";
+  struct stat st {};
+  if (folder.empty() || ::lstat(folder.c_str(), &st) != 0) {
+    throw ConfigError(fmt::format("{}: cannot check the ipc folder '{}' of {}: {}; {}", who, folder,
+                                  ipc_endpoint, folder.empty() ? "no folder" : std::strerror(errno),
+                                  hint));
+  }
+  const uid_t self = ::geteuid();
+  const unsigned mode = st.st_mode & 07777;
+  if (!S_ISDIR(st.st_mode) || st.st_uid != self || (st.st_mode & 0077) != 0) {
+    const char* what = !S_ISDIR(st.st_mode) ? "is not a directory (a symlink?)"
+                       : st.st_uid != self  ? "belongs to another user"
+                                            : "is open to group or others";
+    throw ConfigError(fmt::format(
+        "{}: the ipc folder '{}' {} (owner uid {}, mode {:04o}; this process runs as uid {}); {}",
+        who, folder, what, st.st_uid, mode, self, hint));
+  }
+}
+
 bool poll_until(std::span<zmq::pollitem_t> items, Deadline deadline) {
   for (zmq::pollitem_t& item : items) item.revents = 0;
   return zmq::poll(items.data(), items.size(), deadline.remaining()) > 0;
@@ -104,8 +139,18 @@ FramedSocket::FramedSocket(zmq::context_t& context, Role role, const std::string
     : options_(std::move(options)),
       role_(role),
       auth_(auth),
+      frame_auth_(options_.private_ipc ? JobAuth(std::string_view(), std::string_view()) : auth),
       socket_(context, role == Role::kRouter ? zmq::socket_type::router : zmq::socket_type::dealer),
       drops_(logger, fmt::format("{}: dropped an inbound frame", options_.name)) {
+  if (options_.private_ipc) {
+    if (auth_.curve() != nullptr) {
+      throw ConfigError(fmt::format(
+          "{}: private_ipc drops the frame MAC, security.encrypt asks for CURVE: pick one",
+          options_.name));
+    }
+    check_private_ipc_folder(endpoint, options_.name);
+    options_.crc = false;
+  }
   socket_.set(zmq::sockopt::linger, static_cast<int>(options_.linger.count()));
   if (options_.link) shaper_ = std::make_unique<LinkShaper>(*options_.link);
   if (options_.unbounded_queues) {
@@ -146,7 +191,7 @@ FramedSocket::FramedSocket(zmq::context_t& context, Role role, const std::string
 HeaderBytes FramedSocket::header_for(FrameHeader header, std::span<const std::byte> payload) const {
   header.sender = options_.rank;
   header.job_id = auth_.job_id();
-  return encode_header(header, payload, auth_, options_.crc);
+  return encode_header(header, payload, frame_auth_, options_.crc);
 }
 
 bool FramedSocket::send_parts(std::string_view identity, const HeaderBytes& head,
@@ -245,8 +290,8 @@ std::optional<Frame> FramedSocket::try_receive() {
     }
     std::optional<FrameHeader> header;
     try {
-      header = check_header(head, options_.limits, auth_, options_.accepted);
-      check_payload(*header, head.first<kHeaderBytes>(), body, auth_);
+      header = check_header(head, options_.limits, frame_auth_, options_.accepted);
+      check_payload(*header, head.first<kHeaderBytes>(), body, frame_auth_);
       if ((header->flags & kFlagMac) != 0) check_fresh(identity, *header);
     } catch (const DataError& e) {
       reject(identity, header, head, body, e.what());

@@ -28,6 +28,14 @@
 // every 1024th), passed to the options' on_reject hook if there is one (a
 // coordinator answers it with kReject) and never returned.
 //
+// With options.private_ipc the operating system protects the link instead
+// of the frame MAC and the CRC (docs/security.md, "One host: what the
+// private folder protects"): the endpoint is "ipc://PATH" in a folder that
+// only this user may enter (owned by the effective uid, no permission bits
+// for group or others), checked once by the constructor. Frames then carry
+// neither MAC nor CRC, a frame that carries a MAC is refused, and every
+// other check above stays (part count, header, job id, ranks, type, length).
+//
 // With auth.curve() (security.encrypt), the socket speaks CURVE: a ROUTER as
 // the server, a DEALER as the client, and a ROUTER refuses (and logs) any
 // connection that does not hold the job's client key (comm/wire/curve.h),
@@ -36,7 +44,9 @@
 // Ownership: owns its socket; the zmq::context_t and the Logger must outlive
 // it. Thread safety: one thread at a time (a ZeroMQ socket is not
 // thread-safe), except dropped(). Errors: the constructor throws CommError
-// naming the endpoint when it cannot bind or connect; receiving throws only
+// naming the endpoint when it cannot bind or connect, ConfigError naming the
+// folder, its owner and mode when private_ipc's folder is not private (or
+// the endpoint is not ipc, or CURVE is asked for as well); receiving throws only
 // what on_reject throws. Blocking: send() (unless a link shaper is
 // configured: then until the frame's release time) and try_receive() never block;
 // receive() until a valid frame arrives or its deadline passes.
@@ -93,6 +103,11 @@ size_t receive_parts(zmq::socket_t& socket, std::span<zmq::message_t> parts);
 // for a part too short to be one.
 std::optional<uint16_t> monitor_event(const zmq::message_t& first_part);
 
+// Throws ConfigError unless the folder of `ipc_endpoint` ("ipc://PATH") is
+// a directory (not a symlink) owned by this process's effective uid with no
+// permission bits for group or others; `who` starts the message.
+void check_private_ipc_folder(const std::string& ipc_endpoint, std::string_view who);
+
 // Waits until one of `items` is readable or `deadline` passes. Returns
 // whether one is readable (revents are set as by zmq::poll).
 bool poll_until(std::span<zmq::pollitem_t> items, Deadline deadline);
@@ -133,8 +148,12 @@ struct FramedSocketOptions {
   FrameLimits limits;
   // Incoming message types taken; others are dropped.
   MessageTypes accepted{MessageType::kData};
-  // Carry a CRC-32C of every outgoing payload.
+  // Carry a CRC-32C of every outgoing payload (ignored with private_ipc).
   bool crc = true;
+  // The link is an ipc socket in a private folder: no MAC, no CRC (above).
+  // Both ends of a link must agree; a job decides it for all its processes
+  // (ps: strategy/ps_spec.cpp).
+  bool private_ipc = false;
   // How long closing the socket waits for queued messages to leave.
   std::chrono::milliseconds linger{0};
   // No high-water mark on either queue (ZeroMQ's default holds 1000
@@ -211,7 +230,11 @@ class FramedSocket {
 
   FramedSocketOptions options_;
   Role role_;
+  // The job's: its id, and CURVE's keys.
   JobAuth auth_;
+  // What frames are signed and checked with: auth_, or with private_ipc a
+  // JobAuth without a secret (no MAC; the job id comes from auth_).
+  JobAuth frame_auth_;
   zmq::socket_t socket_;
   std::string endpoint_;
   RateLimitedLog drops_;
