@@ -9,6 +9,7 @@
 #include "comm/collectives/clock_offset.h"
 #include "core/error.h"
 #include "core/trace.h"
+#include "strategy/scheduler_slice.h"
 
 namespace dtrain::strategy {
 namespace {
@@ -54,6 +55,11 @@ AllReduceStrategy::AllReduceStrategy(std::unique_ptr<nn::Module> model,
         fmt::format("allreduce strategy: accumulation_steps must be at least 1, got {}",
                     options_.accumulation_steps));
   }
+  if (options_.comm_thread_slice.count() < 0) {
+    throw UsageError(
+        fmt::format("allreduce strategy: comm_thread_slice must be at least 0, got {} us",
+                    options_.comm_thread_slice.count()));
+  }
   if (options_.timeout.count() <= 0) {
     throw UsageError(fmt::format("allreduce strategy: timeout must be positive, got {} ms",
                                  options_.timeout.count()));
@@ -68,7 +74,8 @@ AllReduceStrategy::AllReduceStrategy(std::unique_ptr<nn::Module> model,
   for (const Variable& p : params_) numels.push_back(p.numel());
   bucketer_ = std::make_unique<CoalescingBucketer>(
       numels, std::min(options_.first_bucket_bytes, options_.bucket_bytes), options_.bucket_bytes,
-      header_floats_, [this](size_t bucket, std::span<float> data) { launch(bucket, data); });
+      options_.last_bucket_bytes, header_floats_,
+      [this](size_t bucket, std::span<float> data) { launch(bucket, data); });
   const size_t buckets = bucketer_->bucket_count();
   settings_ = options_.compression;
   if (settings_.active()) {
@@ -95,6 +102,12 @@ AllReduceStrategy::AllReduceStrategy(std::unique_ptr<nn::Module> model,
   executed_to_.resize(buckets);
 
   try {
+    if (async_ != nullptr && options_.comm_thread_slice.count() > 0) {
+      async_
+          ->submit("scheduler slice",
+                   [slice = options_.comm_thread_slice] { request_scheduler_slice(slice); })
+          .wait(Deadline::after(options_.timeout));
+    }
     if (options_.trace != nullptr && async_ != nullptr) {
       async_->set_trace(options_.trace);
       TraceSpan span(options_.trace, "clock_sync", "setup");
