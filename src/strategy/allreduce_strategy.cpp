@@ -24,6 +24,23 @@ double seconds(std::chrono::steady_clock::duration d) {
   return std::chrono::duration<double>(d).count();
 }
 
+void check_options(const AllReduceOptions& options) {
+  if (options.accumulation_steps < 1) {
+    throw UsageError(
+        fmt::format("allreduce strategy: accumulation_steps must be at least 1, got {}",
+                    options.accumulation_steps));
+  }
+  if (options.comm_thread_slice.count() < 0) {
+    throw UsageError(
+        fmt::format("allreduce strategy: comm_thread_slice must be at least 0, got {} us",
+                    options.comm_thread_slice.count()));
+  }
+  if (options.timeout.count() <= 0) {
+    throw UsageError(fmt::format("allreduce strategy: timeout must be positive, got {} ms",
+                                 options.timeout.count()));
+  }
+}
+
 }  // namespace
 
 AllReduceStrategy::AllReduceStrategy(std::unique_ptr<nn::Module> model,
@@ -50,20 +67,7 @@ AllReduceStrategy::AllReduceStrategy(std::unique_ptr<nn::Module> model,
       loss_(std::move(loss)),
       balancer_(collectives.size(), options.dynamic_batch) {
   if (model_ == nullptr) throw UsageError("allreduce strategy: no model given");
-  if (options_.accumulation_steps < 1) {
-    throw UsageError(
-        fmt::format("allreduce strategy: accumulation_steps must be at least 1, got {}",
-                    options_.accumulation_steps));
-  }
-  if (options_.comm_thread_slice.count() < 0) {
-    throw UsageError(
-        fmt::format("allreduce strategy: comm_thread_slice must be at least 0, got {} us",
-                    options_.comm_thread_slice.count()));
-  }
-  if (options_.timeout.count() <= 0) {
-    throw UsageError(fmt::format("allreduce strategy: timeout must be positive, got {} ms",
-                                 options_.timeout.count()));
-  }
+  check_options(options_);
   header_floats_ =
       kHeaderFloats +
       (options_.dynamic_batch.enabled ? 2 * static_cast<size_t>(collectives_.size()) : size_t{0});
