@@ -7,9 +7,11 @@
 # ratios, and the share of dtrain's allreduce time hidden behind backward;
 # then, per model, the share of the optimizer update hidden behind the last
 # buckets' allreduce (AllReduceOptions::overlap_update).
-# BEFORE=path/to/an/older/train_step_bench adds, interleaved in the same
-# repetitions, that binary's 2-worker rate and hidden share (before/after
-# comparisons on a loaded machine); THREADS=1 adds dtrain's 2 workers as
+# BEFORE=path/to/an/older/train_step_bench (main's, for a branch) adds,
+# interleaved in the same repetitions, that binary's 2-worker rate, its
+# scaling against this run's 1-worker rate (the local step is the same code)
+# and its hidden share (before/after comparisons on a loaded machine); the
+# load average is printed before and after. THREADS=1 adds dtrain's 2 workers as
 # threads of one process (MirroredStrategy) beside the 2 processes.
 # MODELS="lenet5" (default "mlp lenet5") runs only the models named.
 # Usage: [BEFORE=bin] [THREADS=1] [MODELS=...] bench/strategy/run_ddp_bench.sh [STEPS] [REPS] [GLOBAL_BATCH]
@@ -27,6 +29,7 @@ median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+
 field() { grep -o "\"$1\": [0-9.]*" | awk '{print $2}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-7s %10s %10s %10s %10s %8s %8s %9s %9s %7s\n' model dt_1w dt_2w torch_1w ddp_2w dt_eff ddp_eff dt/torch dt/ddp hidden
 before=${BEFORE:-}
 threads=${THREADS:-}
@@ -60,8 +63,10 @@ for model in "${models[@]}"; do
     "$(awk -v h="$U" 'BEGIN {print 100*h}')")")
   if [[ -n $before ]]; then
     B2=$(printf '%s\n' "${b2[@]}" | median); BH=$(printf '%s\n' "${bh[@]}" | median)
-    extra+=("$(printf '%-7s before: dt_2w %.0f, after/before %s, hidden (its estimate) %.0f%%' \
-      "$model" "$B2" "$(ratio "$D2" "$B2")" "$(awk -v h="$BH" 'BEGIN {print 100*h}')")")
+    extra+=("$(printf '%-7s before: dt_2w %.0f, scaling %.0f%% (after: %.0f%%), after/before %s, hidden %.0f%%' \
+      "$model" "$B2" "$(awk -v a="$B2" -v b="$D1" 'BEGIN {print 50*a/b}')" \
+      "$(awk -v a="$D2" -v b="$D1" 'BEGIN {print 50*a/b}')" "$(ratio "$D2" "$B2")" \
+      "$(awk -v h="$BH" 'BEGIN {print 100*h}')")")
   fi
   if [[ -n $threads ]]; then
     M2=$(printf '%s\n' "${m2[@]}" | median)
@@ -70,4 +75,5 @@ for model in "${models[@]}"; do
   fi
 done
 for line in "${extra[@]}"; do echo "$line"; done
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "dt_eff/ddp_eff: 2-worker rate / (2 x 1-worker rate); dt/torch: 1 worker; dt/ddp: 2 workers; hidden: share of allreduce time behind backward"

@@ -24,6 +24,9 @@ struct AllReduceJobOptions {
   // Gradient bytes of the first bucket (closed early so that its allreduce
   // overlaps backward; capped at bucket_bytes).
   int64_t first_bucket_bytes = static_cast<int64_t>(AllReduceOptions{}.first_bucket_bytes);
+  // Gradient bytes of the last bucket (its tail split off, since nothing
+  // hides the allreduce of the bucket the last hook launches).
+  int64_t last_bucket_bytes = static_cast<int64_t>(AllReduceOptions{}.last_bucket_bytes);
   int64_t accumulation_steps = 1;  // micro-batches per update
   // "native" (dtrain's collectives: deadlines, shared memory on one host,
   // ZeroMQ across hosts) or "mpi" (MPI_Allreduce, for jobs started by
@@ -71,11 +74,13 @@ class AllReduceSpec final : public StrategySpec {
   void read_options(ConfigTable& table) override {
     bucket_bytes_set_ = table.read("bucket_bytes", o_.bucket_bytes);
     first_bucket_bytes_set_ = table.read("first_bucket_bytes", o_.first_bucket_bytes);
+    last_bucket_bytes_set_ = table.read("last_bucket_bytes", o_.last_bucket_bytes);
     table.read("accumulation_steps", o_.accumulation_steps);
     table.read("backend", o_.backend);
     where_ = table.lines();
     if (o_.accumulation_steps < 1) throw where_.error("accumulation_steps", "must be at least 1");
     if (o_.first_bucket_bytes < 0) throw where_.error("first_bucket_bytes", "must be at least 0");
+    if (o_.last_bucket_bytes < 0) throw where_.error("last_bucket_bytes", "must be at least 0");
     check_choice(where_, "backend", o_.backend, {"native", "mpi"});
   }
 
@@ -195,12 +200,14 @@ class AllReduceSpec final : public StrategySpec {
     AllReduceOptions o;
     o.bucket_bytes = static_cast<size_t>(o_.bucket_bytes);
     o.first_bucket_bytes = static_cast<size_t>(o_.first_bucket_bytes);
+    o.last_bucket_bytes = static_cast<size_t>(o_.last_bucket_bytes);
     if (c.compression.compresses() && !bucket_bytes_set_) {
       // A compressed bucket costs a few collectives whatever its size, each
       // paying the link's latency: fewer, larger buckets (DDP's 25 MiB, as
       // its PowerSGD hook runs with) unless the job chose a size.
       o.bucket_bytes = kCompressedBucketBytes;
       if (!first_bucket_bytes_set_) o.first_bucket_bytes = kCompressedBucketBytes;
+      if (!last_bucket_bytes_set_) o.last_bucket_bytes = kCompressedBucketBytes;
     }
     o.accumulation_steps = o_.accumulation_steps;
     o.timeout = c.timeout;
@@ -268,6 +275,7 @@ class AllReduceSpec final : public StrategySpec {
   AllReduceJobOptions o_;
   bool bucket_bytes_set_ = false;        // the job file named distributed.allreduce.bucket_bytes
   bool first_bucket_bytes_set_ = false;  // ... and first_bucket_bytes
+  bool last_bucket_bytes_set_ = false;   // ... and last_bucket_bytes
   KeyLines where_;
 };
 

@@ -9,6 +9,7 @@
 #include "comm/collectives/clock_offset.h"
 #include "core/error.h"
 #include "core/trace.h"
+#include "strategy/scheduler_slice.h"
 
 namespace dtrain::strategy {
 namespace {
@@ -21,6 +22,23 @@ constexpr size_t kHeaderFloats = 3;
 
 double seconds(std::chrono::steady_clock::duration d) {
   return std::chrono::duration<double>(d).count();
+}
+
+void check_options(const AllReduceOptions& options) {
+  if (options.accumulation_steps < 1) {
+    throw UsageError(
+        fmt::format("allreduce strategy: accumulation_steps must be at least 1, got {}",
+                    options.accumulation_steps));
+  }
+  if (options.comm_thread_slice.count() < 0) {
+    throw UsageError(
+        fmt::format("allreduce strategy: comm_thread_slice must be at least 0, got {} us",
+                    options.comm_thread_slice.count()));
+  }
+  if (options.timeout.count() <= 0) {
+    throw UsageError(fmt::format("allreduce strategy: timeout must be positive, got {} ms",
+                                 options.timeout.count()));
+  }
 }
 
 }  // namespace
@@ -49,15 +67,7 @@ AllReduceStrategy::AllReduceStrategy(std::unique_ptr<nn::Module> model,
       loss_(std::move(loss)),
       balancer_(collectives.size(), options.dynamic_batch) {
   if (model_ == nullptr) throw UsageError("allreduce strategy: no model given");
-  if (options_.accumulation_steps < 1) {
-    throw UsageError(
-        fmt::format("allreduce strategy: accumulation_steps must be at least 1, got {}",
-                    options_.accumulation_steps));
-  }
-  if (options_.timeout.count() <= 0) {
-    throw UsageError(fmt::format("allreduce strategy: timeout must be positive, got {} ms",
-                                 options_.timeout.count()));
-  }
+  check_options(options_);
   header_floats_ =
       kHeaderFloats +
       (options_.dynamic_batch.enabled ? 2 * static_cast<size_t>(collectives_.size()) : size_t{0});
@@ -68,7 +78,8 @@ AllReduceStrategy::AllReduceStrategy(std::unique_ptr<nn::Module> model,
   for (const Variable& p : params_) numels.push_back(p.numel());
   bucketer_ = std::make_unique<CoalescingBucketer>(
       numels, std::min(options_.first_bucket_bytes, options_.bucket_bytes), options_.bucket_bytes,
-      header_floats_, [this](size_t bucket, std::span<float> data) { launch(bucket, data); });
+      options_.last_bucket_bytes, header_floats_,
+      [this](size_t bucket, std::span<float> data) { launch(bucket, data); });
   const size_t buckets = bucketer_->bucket_count();
   settings_ = options_.compression;
   if (settings_.active()) {
@@ -95,6 +106,12 @@ AllReduceStrategy::AllReduceStrategy(std::unique_ptr<nn::Module> model,
   executed_to_.resize(buckets);
 
   try {
+    if (async_ != nullptr && options_.comm_thread_slice.count() > 0) {
+      async_
+          ->submit("scheduler slice",
+                   [slice = options_.comm_thread_slice] { request_scheduler_slice(slice); })
+          .wait(Deadline::after(options_.timeout));
+    }
     if (options_.trace != nullptr && async_ != nullptr) {
       async_->set_trace(options_.trace);
       TraceSpan span(options_.trace, "clock_sync", "setup");

@@ -173,6 +173,22 @@ struct AllReduceOptions {
   // LeNet-5's two last layers (44 KB), leaving fc1 and the convolutions'
   // backward to hide its allreduce behind (docs/performance.md).
   size_t first_bucket_bytes = size_t{64} << 10;
+  // Gradient bytes of the last bucket, when the layout above makes it larger
+  // (and it is not bucket 0): the last hook of backward launches it, so
+  // nothing hides its allreduce; its tail (the gradients backward finishes
+  // last) then gets a bucket of its own of at most this size, and the rest
+  // leaves as soon as it is ready. LeNet-5: fc1's weight (188 KiB) no longer
+  // waits in one bucket with both convolutions, which backward finishes
+  // last; the bucket left for the end holds their 10 KB. No effect at or
+  // above bucket_bytes.
+  size_t last_bucket_bytes = size_t{64} << 10;
+  // A short scheduler slice for the communicator's thread
+  // (strategy/scheduler_slice.h), requested once at construction: with one
+  // worker process per core, a bucket launched during backward then starts
+  // at once instead of after the backward thread's slice (measured: not
+  // before backward ended). 0 leaves the thread as it is. The thread keeps
+  // it after the strategy is gone.
+  std::chrono::microseconds comm_thread_slice{100};
   // Micro-batches per update (>= 1).
   int64_t accumulation_steps = 1;
   // Bound on waiting, after backward, for all of a step's allreduces

@@ -16,6 +16,13 @@ CoalescingBucketer::CoalescingBucketer(const std::vector<int64_t>& param_numels,
 CoalescingBucketer::CoalescingBucketer(const std::vector<int64_t>& param_numels,
                                        size_t first_bucket_bytes, size_t bucket_bytes,
                                        size_t header_floats, LaunchFn launch)
+    : CoalescingBucketer(param_numels, first_bucket_bytes, bucket_bytes, bucket_bytes,
+                         header_floats, std::move(launch)) {}
+
+CoalescingBucketer::CoalescingBucketer(const std::vector<int64_t>& param_numels,
+                                       size_t first_bucket_bytes, size_t bucket_bytes,
+                                       size_t last_bucket_bytes, size_t header_floats,
+                                       LaunchFn launch)
     : slots_(param_numels.size()), header_floats_(header_floats), launch_(std::move(launch)) {
   if (!launch_) throw UsageError("CoalescingBucketer: the launch function is empty");
   // Assign parameters, last registered first, to buckets of about bucket_bytes
@@ -37,6 +44,7 @@ CoalescingBucketer::CoalescingBucketer(const std::vector<int64_t>& param_numels,
     buckets_.back().params.push_back(k);
     bucket_gradient_bytes += bytes;
   }
+  split_last_bucket(param_numels, last_bucket_bytes);
   // Lay each bucket out: header (bucket 0), presence flags, gradients.
   for (size_t b = 0; b < buckets_.size(); ++b) {
     Bucket& bucket = buckets_[b];
@@ -54,6 +62,32 @@ CoalescingBucketer::CoalescingBucketer(const std::vector<int64_t>& param_numels,
     bucket.data.assign(offset, 0.0f);
     bucket.unmarked = bucket.params.size();
   }
+}
+
+void CoalescingBucketer::split_last_bucket(const std::vector<int64_t>& param_numels,
+                                           size_t last_bucket_bytes) {
+  // The last bucket is launched by the last hook of backward, so nothing
+  // hides its allreduce: when it is over its cap (and is not bucket 0), its
+  // tail, the parameters backward finishes last, moves to a bucket of its own
+  // of at most last_bucket_bytes (at least one parameter), and the rest is
+  // launched as soon as its own gradients are ready.
+  if (buckets_.size() < 2) return;
+  std::vector<size_t>& params = buckets_.back().params;
+  const auto bytes_of = [&](size_t k) {
+    return static_cast<size_t>(param_numels[k]) * sizeof(float);
+  };
+  size_t total = 0;
+  for (const size_t k : params) total += bytes_of(k);
+  if (params.size() < 2 || total <= last_bucket_bytes) return;
+  size_t split = params.size() - 1;  // params[split..] form the new last bucket
+  size_t tail = bytes_of(params[split]);
+  while (split > 1 && tail + bytes_of(params[split - 1]) <= last_bucket_bytes) {
+    tail += bytes_of(params[--split]);
+  }
+  Bucket last;
+  last.params.assign(params.begin() + static_cast<std::ptrdiff_t>(split), params.end());
+  params.resize(split);
+  buckets_.push_back(std::move(last));
 }
 
 size_t CoalescingBucketer::bucket_of(size_t param) const {

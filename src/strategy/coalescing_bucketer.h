@@ -14,9 +14,16 @@
 // finishes (the last layers), may have a cap of its own, `first_bucket_bytes`
 // (PyTorch DDP's first_bucket_bytes): a small one closes it early, so its
 // allreduce starts while backward goes on, where a single bucket holding the
-// whole of a small model would only launch at the last hook. The layout is a
-// pure function of (param_numels, first_bucket_bytes, bucket_bytes), so every
-// rank builds the same buckets. Each bucket is one contiguous float buffer:
+// whole of a small model would only launch at the last hook. The last bucket
+// (when it is not bucket 0) may have a cap too, `last_bucket_bytes`: it is
+// launched by backward's last hook, so nothing hides its allreduce; when it
+// holds more than that cap, the parameters backward finishes last (at least
+// one) move to a bucket of their own of at most last_bucket_bytes, and the
+// rest leaves as soon as its gradients are ready (LeNet-5: fc1's weight no
+// longer waits for both convolutions' backward). The layout is a pure
+// function of (param_numels, first_bucket_bytes, bucket_bytes,
+// last_bucket_bytes), so every rank builds the same buckets. Each bucket is
+// one contiguous float buffer:
 //
 //   [ header (bucket 0 only: header_floats) | presence: one float per
 //     parameter of the bucket | gradient of each parameter, in bucket order ]
@@ -70,6 +77,11 @@ class CoalescingBucketer {
   // Bucket 0 is capped at first_bucket_bytes, the others at bucket_bytes.
   CoalescingBucketer(const std::vector<int64_t>& param_numels, size_t first_bucket_bytes,
                      size_t bucket_bytes, size_t header_floats, LaunchFn launch);
+  // ... and the last bucket's tail split off at last_bucket_bytes (no split
+  // when last_bucket_bytes >= bucket_bytes: the layout above).
+  CoalescingBucketer(const std::vector<int64_t>& param_numels, size_t first_bucket_bytes,
+                     size_t bucket_bytes, size_t last_bucket_bytes, size_t header_floats,
+                     LaunchFn launch);
   CoalescingBucketer(const CoalescingBucketer&) = delete;
   CoalescingBucketer& operator=(const CoalescingBucketer&) = delete;
 
@@ -128,6 +140,8 @@ class CoalescingBucketer {
     size_t unmarked = 0;
   };
 
+  // Moves the last bucket's tail over last_bucket_bytes into a new last bucket.
+  void split_last_bucket(const std::vector<int64_t>& param_numels, size_t last_bucket_bytes);
   Slot& checked_slot(size_t param, const char* what);
   void finish_mark(Slot& slot);
 
