@@ -11,6 +11,7 @@
 #include <optional>
 #include <span>
 
+#include "comm/wire/gcm_tag.h"
 #include "core/byte_codec.h"
 #include "core/error.h"
 
@@ -139,6 +140,8 @@ MacNonce mac_nonce(std::span<const std::byte, kMacBytes> mac) {
 
 struct JobAuth::Keys {
   crypto_aead_aes256gcm_state gcm;  // expanded AES key and GHASH key
+  // The same key for GcmTagger, where the CPU runs it (else null).
+  std::unique_ptr<GcmTagger> fast_gcm;
   std::array<unsigned char, crypto_stream_chacha20_ietf_KEYBYTES> chacha{};
   ~Keys() {
     sodium_memzero(&gcm, sizeof gcm);
@@ -184,6 +187,9 @@ JobAuth::JobAuth(std::string_view job_name, std::string_view secret, bool encryp
   std::array<unsigned char, 32> gcm_key{};
   keyed_digest(secret, kGcmKeyDomain, job_id_, gcm_key);
   if (gcm_available_) crypto_aead_aes256gcm_beforenm(&keys->gcm, gcm_key.data());
+  if (gcm_available_ && GcmTagger::available()) {
+    keys->fast_gcm = std::make_unique<GcmTagger>(gcm_key);
+  }
   sodium_memzero(gcm_key.data(), gcm_key.size());
   keyed_digest(secret, kPolyKeyDomain, job_id_, keys->chacha);
   keys_ = std::move(keys);
@@ -199,16 +205,26 @@ JobAuth::~JobAuth() { sodium_memzero(&curve_, sizeof curve_); }
 
 namespace {
 
+// Payloads from this size up take GcmTagger where there is one: below it
+// libsodium's one-block-at-a-time GHASH is as fast (mac_bench: 64-byte
+// frames 0.46 against 0.38 GB/s, 4 KiB 6.0 against 11.6 GB/s).
+constexpr size_t kFastGcmMinBytes = 1024;
+
 // The tag of `header` then `payload` under `nonce` (see auth.h). GCM: the
 // payload is the additional data and the header the message, whose
 // ciphertext is thrown away (libsodium takes one AD buffer, and so neither
-// is copied).
-void frame_tag(FrameMac mac, const crypto_aead_aes256gcm_state& gcm,
+// is copied). GcmTagger computes the same tag (gcm_tag.h).
+void frame_tag(FrameMac mac, const crypto_aead_aes256gcm_state& gcm, const GcmTagger* fast_gcm,
                std::span<const unsigned char, 32> chacha_key, const unsigned char* nonce,
                std::span<const std::byte> header, std::span<const std::byte> payload,
                unsigned char* tag) {
   DTRAIN_CHECK(header.size() <= kMaxHeaderBytes, "a {}-byte header, at most {}", header.size(),
                kMaxHeaderBytes);
+  if (mac == FrameMac::kAesGcm && fast_gcm != nullptr && payload.size() >= kFastGcmMinBytes) {
+    fast_gcm->tag(std::span<const unsigned char, kNonceBytes>(nonce, kNonceBytes), header, payload,
+                  std::span<unsigned char, kTagBytes>(tag, kTagBytes));
+    return;
+  }
   if (mac == FrameMac::kAesGcm) {
     std::array<unsigned char, kMaxHeaderBytes> discarded;
     unsigned long long tag_bytes = 0;
@@ -252,8 +268,9 @@ Mac JobAuth::mac(std::span<const std::byte> header, std::span<const std::byte> p
   w.write_u16(0);
   Mac out{};
   std::copy(w.bytes().begin(), w.bytes().end(), out.begin());
-  frame_tag(send_, keys_->gcm, keys_->chacha, reinterpret_cast<const unsigned char*>(out.data()),
-            header, payload, reinterpret_cast<unsigned char*>(out.data() + kOffTag));
+  frame_tag(send_, keys_->gcm, keys_->fast_gcm.get(), keys_->chacha,
+            reinterpret_cast<const unsigned char*>(out.data()), header, payload,
+            reinterpret_cast<unsigned char*>(out.data() + kOffTag));
   return out;
 }
 
@@ -264,8 +281,8 @@ bool JobAuth::verify(std::span<const std::byte> header, std::span<const std::byt
     return false;
   }
   std::array<unsigned char, kTagBytes> actual;
-  frame_tag(*algorithm, keys_->gcm, keys_->chacha, uchars(expected), header, payload,
-            actual.data());
+  frame_tag(*algorithm, keys_->gcm, keys_->fast_gcm.get(), keys_->chacha, uchars(expected), header,
+            payload, actual.data());
   return crypto_verify_16(actual.data(), uchars(expected.subspan<kOffTag, kTagBytes>())) == 0;
 }
 
