@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -144,6 +145,19 @@ bool TcpLane::pending() {
 bool TcpLane::readable(milliseconds wait) const {
   pollfd item{fd_, POLLIN, 0};
   return poll(&item, 1, poll_ms(wait)) > 0;
+}
+
+bool TcpLane::spin_readable(std::chrono::microseconds budget) const {
+  if (budget.count() <= 0) return false;
+  const auto until = std::chrono::steady_clock::now() + budget;
+  std::byte byte{};
+  while (true) {
+    const ssize_t n = recv(fd_, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n >= 0) return true;  // a byte, or the connection's end
+    if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) return true;  // read says why
+    if (std::chrono::steady_clock::now() >= until) return false;
+    sched_yield();
+  }
 }
 
 TcpLane::ReadStatus TcpLane::read_exact(std::span<std::byte> out, const Wait& wait, size_t* got,

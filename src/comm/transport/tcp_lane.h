@@ -91,6 +91,9 @@ class TcpLane {
   // Waits at most `wait` for a byte to read (or the connection's end);
   // false when none came.
   bool readable(std::chrono::milliseconds wait) const;
+  // The same without sleeping: peeks for up to `budget`, yielding the core
+  // between peeks. False when nothing came (or `budget` is zero).
+  bool spin_readable(std::chrono::microseconds budget) const;
 
   // Sends FIN after what is queued has been written, and discards what the
   // peer sent that nobody will read (so that closing sends no reset).

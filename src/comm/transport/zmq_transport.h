@@ -52,9 +52,12 @@
 // every peer an offer (its lane port, or 0) over ZeroMQ on the reserved tag
 // kLaneOfferTag, and a set-up thread (std::jthread, stopped and joined
 // first by the destructor) connects to the higher ranks that offered one
-// and accepts the lower ones; the connector's first frame is a hello,
-// checked like any frame (job id, ranks, MAC), so a connection from outside
-// the job is closed. Once its lane to a peer is up, a rank sends a switch
+// and accepts the lower ones; the acceptor first writes a fresh random
+// challenge (kLaneChallengeBytes), and the connector's first frame is a
+// hello whose payload is that challenge, checked like any frame (job id,
+// ranks, MAC), so a connection from outside the job is closed and a hello
+// recorded from another connection (an earlier run with the same job name
+// and secret) is refused. Once its lane to a peer is up, a rank sends a switch
 // marker over ZeroMQ and its later data frames over the lane; the receiver
 // reads the lane only after the marker, so the per-tag order holds across
 // the switch. Until then, or when a peer never offers (or the connection
@@ -139,6 +142,11 @@ struct ZmqTransportOptions {
   size_t zero_copy_min_bytes = 64 * 1024;
   // Data frames to peers reached over tcp go through tcp lanes (above).
   bool tcp_lanes = true;
+  // How long a lane reader that finds no byte polls the socket without
+  // sleeping (non-blocking peeks, yielding the core between them) before it
+  // sleeps in poll(): a reply that comes within it costs no wake-up. Bounded
+  // because the cores may be shared; zero: sleep at once.
+  std::chrono::microseconds lane_spin{0};
   // How long the lane set-up waits for one tcp connection to a peer.
   std::chrono::milliseconds lane_connect_timeout{60000};
   // How long the destructor lets queued frames drain.
@@ -158,6 +166,9 @@ struct ZmqTransportOptions {
 // The transport tag of the lane offers connect() exchanges (and of a lane's
 // hello); not for messages.
 inline constexpr uint64_t kLaneOfferTag = ~uint64_t{0} - 0x4C;
+// The random bytes an accepting rank writes first on a new lane connection,
+// which the connector's hello must carry as its payload.
+inline constexpr size_t kLaneChallengeBytes = 16;
 
 class TcpLanes;
 

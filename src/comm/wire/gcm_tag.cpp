@@ -208,7 +208,7 @@ DTRAIN_GCM_TARGET void compute_tag(const unsigned char* round_keys, const unsign
   // ciphertext zero-padded, then the lengths in bits (64-bit big-endian).
   __m128i x = absorb(_mm_setzero_si128(), payload, payload_bytes, powers);
   alignas(16) unsigned char tail[GcmTagger::kMaxHeaderBytes + 16] = {};
-  std::memcpy(tail, header, header_bytes);
+  if (header_bytes > 0) std::memcpy(tail, header, header_bytes);
   for (size_t i = 0; i < blocks; ++i) {
     auto* block = reinterpret_cast<__m128i*>(tail + 16 * i);
     _mm_store_si128(block, _mm_xor_si128(_mm_load_si128(block), stream[i + 1]));
