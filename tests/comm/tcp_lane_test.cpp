@@ -275,7 +275,7 @@ TEST_P(TcpLaneFrames, ACraftedFrameIsDeliveredOrFailsNamingTheSender) {
   if (HasFatalFailure()) return;
   ASSERT_TRUE(rank1.wait_for_lanes(1, Deadline::after(kDeadline)));
 
-  const std::vector<std::byte> payload = pattern(1000, 3);
+  const std::vector<std::byte> payload = pattern(4000, 3);  // over 1 KiB: GcmTagger's MAC
   const uint64_t tag = 7;
   if (name == "valid") {
     rank0.write_all(wire::encode_header(rank0.frame(1, tag), payload, auth, false));
@@ -343,7 +343,7 @@ INSTANTIATE_TEST_SUITE_P(Hellos, TcpLaneStaleHello,
 INSTANTIATE_TEST_SUITE_P(
     Frames, TcpLaneFrames,
     ::testing::Values(Crafted{"valid", ""},
-                      Crafted{"truncated", "closed its tcp lane mid-frame (10 of 1000 payload"},
+                      Crafted{"truncated", "closed its tcp lane mid-frame (10 of 4000 payload"},
                       Crafted{"oversized", "sent an invalid frame on its tcp lane"},
                       Crafted{"forged", "failed its checks on its tcp lane"},
                       Crafted{"skipped", "sequence 5 (expected data from rank 0, sequence 1)"}),
