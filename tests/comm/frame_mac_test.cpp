@@ -82,6 +82,32 @@ TEST(FrameMac, EitherAlgorithmVerifiesAtEveryReceiverThatCanCompute) {
   }
 }
 
+TEST(FrameMac, AHeaderOverTwoPartsIsTheHeaderOfTheJoinedPayload) {
+  FrameHeader h;
+  h.sender = 2;
+  h.receiver = 1;
+  h.sequence = 5;
+  std::vector<JobAuth> auths = senders();
+  auths.emplace_back("mac-job", "");  // no secret: the CRC alone
+  for (const JobAuth& auth : auths) {
+    h.job_id = auth.job_id();
+    for (const size_t n : {size_t{40}, size_t{4097}}) {  // libsodium's GCM, GcmTagger
+      const auto payload = pattern(n);
+      const std::span<const std::byte> all(payload);
+      const bool crc = !auth.enabled();  // with a secret the MAC alone covers the payload
+      const HeaderBytes head = encode_header(h, all.first(32), all.subspan(32), auth, crc);
+      std::vector<std::byte> frame(head.begin(), head.end());
+      frame.insert(frame.end(), payload.begin(), payload.end());
+      EXPECT_NO_THROW(decode_frame(frame, limits_for(auth), auth)) << n;
+      if (!auth.enabled()) {
+        EXPECT_EQ(head, encode_header(h, payload, auth, true));
+      }
+      frame.back() ^= std::byte{2};
+      expect_refused(frame, auth, auth.enabled() ? "MAC mismatch" : "CRC-32C");
+    }
+  }
+}
+
 TEST(FrameMac, ATamperedHeaderPayloadNonceOrTagIsRefused) {
   for (const JobAuth& sender : senders()) {
     const auto frame = frame_of(sender, pattern(300));

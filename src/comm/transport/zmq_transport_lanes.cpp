@@ -269,14 +269,28 @@ bool ZmqTransport::lane_open(int peer) const {
   return lane_marker_[peer] && lanes_ && lanes_->lane(peer) != nullptr && !lane_closed_[peer];
 }
 
-void ZmqTransport::send_lane(int peer, uint64_t tag, std::span<const std::byte> payload,
-                             OwnedBuffer* owned, const std::string& what) {
+void ZmqTransport::send_parts(int peer, uint64_t tag, std::span<const std::byte> head,
+                              std::span<const std::byte> body, const std::string& what,
+                              Deadline deadline) {
+  check_send(peer, head.size() + body.size(), what);
+  if (!peers_[peer]->lane_sending.load(std::memory_order_acquire)) {
+    // ZeroMQ takes one buffer (send_owned() may still find the lane switched
+    // on under its gate).
+    send_owned(peer, tag, OwnedBuffer::join(head, body), what, deadline);
+    return;
+  }
+  send_lane(peer, tag, head, body, nullptr, what);
+}
+
+void ZmqTransport::send_lane(int peer, uint64_t tag, std::span<const std::byte> head,
+                             std::span<const std::byte> body, OwnedBuffer* owned,
+                             const std::string& what) {
   const auto problem = lanes_->send(
       peer,
       [&](uint64_t sequence) {
-        return frame_header(peer, wire::MessageType::kData, sequence, tag, payload);
+        return frame_header(peer, wire::MessageType::kData, sequence, tag, head, body);
       },
-      payload, owned);
+      head, body, owned);
   if (problem) {
     fail_lane(peer, *problem);
     fail_call(peer, what, *problem);

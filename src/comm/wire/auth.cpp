@@ -10,6 +10,7 @@
 #include <cstring>
 #include <optional>
 #include <span>
+#include <vector>
 
 #include "comm/wire/gcm_tag.h"
 #include "core/byte_codec.h"
@@ -214,18 +215,29 @@ constexpr size_t kFastGcmMinBytes = 1024;
 // payload is the additional data and the header the message, whose
 // ciphertext is thrown away (libsodium takes one AD buffer, and so neither
 // is copied). GcmTagger computes the same tag (gcm_tag.h).
+// The payload is head ‖ body (head empty for a payload in one piece).
 void frame_tag(FrameMac mac, const crypto_aead_aes256gcm_state& gcm, const GcmTagger* fast_gcm,
                std::span<const unsigned char, 32> chacha_key, const unsigned char* nonce,
-               std::span<const std::byte> header, std::span<const std::byte> payload,
-               unsigned char* tag) {
+               std::span<const std::byte> header, std::span<const std::byte> head,
+               std::span<const std::byte> body, unsigned char* tag) {
   DTRAIN_CHECK(header.size() <= kMaxHeaderBytes, "a {}-byte header, at most {}", header.size(),
                kMaxHeaderBytes);
-  if (mac == FrameMac::kAesGcm && fast_gcm != nullptr && payload.size() >= kFastGcmMinBytes) {
-    fast_gcm->tag(std::span<const unsigned char, kNonceBytes>(nonce, kNonceBytes), header, payload,
-                  std::span<unsigned char, kTagBytes>(tag, kTagBytes));
+  if (mac == FrameMac::kAesGcm && fast_gcm != nullptr &&
+      head.size() + body.size() >= kFastGcmMinBytes) {
+    fast_gcm->tag(std::span<const unsigned char, kNonceBytes>(nonce, kNonceBytes), header, head,
+                  body, std::span<unsigned char, kTagBytes>(tag, kTagBytes));
     return;
   }
   if (mac == FrameMac::kAesGcm) {
+    // libsodium takes one additional-data buffer.
+    std::vector<std::byte> joined;
+    std::span<const std::byte> payload = body;
+    if (!head.empty()) {
+      joined.reserve(head.size() + body.size());
+      joined.insert(joined.end(), head.begin(), head.end());
+      joined.insert(joined.end(), body.begin(), body.end());
+      payload = joined;
+    }
     std::array<unsigned char, kMaxHeaderBytes> discarded;
     unsigned long long tag_bytes = 0;
     crypto_aead_aes256gcm_encrypt_detached_afternm(discarded.data(), tag, &tag_bytes,
@@ -239,7 +251,8 @@ void frame_tag(FrameMac mac, const crypto_aead_aes256gcm_state& gcm, const GcmTa
   crypto_onetimeauth_state state;
   crypto_onetimeauth_init(&state, one_time_key.data());
   crypto_onetimeauth_update(&state, uchars(header), header.size());
-  crypto_onetimeauth_update(&state, uchars(payload), payload.size());
+  crypto_onetimeauth_update(&state, uchars(head), head.size());
+  crypto_onetimeauth_update(&state, uchars(body), body.size());
   crypto_onetimeauth_final(&state, tag);
   sodium_memzero(one_time_key.data(), one_time_key.size());
 }
@@ -259,6 +272,11 @@ std::optional<FrameMac> algorithm_of(std::span<const std::byte, kMacBytes> mac) 
 }  // namespace
 
 Mac JobAuth::mac(std::span<const std::byte> header, std::span<const std::byte> payload) const {
+  return mac(header, {}, payload);
+}
+
+Mac JobAuth::mac(std::span<const std::byte> header, std::span<const std::byte> head,
+                 std::span<const std::byte> body) const {
   DTRAIN_CHECK(enabled_, "JobAuth::mac called without a job secret");
   ByteWriter w(kOffTag);
   w.write_u32(nonces_->source);
@@ -269,7 +287,7 @@ Mac JobAuth::mac(std::span<const std::byte> header, std::span<const std::byte> p
   Mac out{};
   std::copy(w.bytes().begin(), w.bytes().end(), out.begin());
   frame_tag(send_, keys_->gcm, keys_->fast_gcm.get(), keys_->chacha,
-            reinterpret_cast<const unsigned char*>(out.data()), header, payload,
+            reinterpret_cast<const unsigned char*>(out.data()), header, head, body,
             reinterpret_cast<unsigned char*>(out.data() + kOffTag));
   return out;
 }
@@ -282,7 +300,7 @@ bool JobAuth::verify(std::span<const std::byte> header, std::span<const std::byt
   }
   std::array<unsigned char, kTagBytes> actual;
   frame_tag(*algorithm, keys_->gcm, keys_->fast_gcm.get(), keys_->chacha, uchars(expected), header,
-            payload, actual.data());
+            {}, payload, actual.data());
   return crypto_verify_16(actual.data(), uchars(expected.subspan<kOffTag, kTagBytes>())) == 0;
 }
 

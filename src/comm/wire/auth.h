@@ -128,6 +128,10 @@ class JobAuth {
   // Authenticates `header` (at most 256 bytes) then `payload` under a fresh
   // nonce: the MAC field's 32 bytes. Requires enabled().
   Mac mac(std::span<const std::byte> header, std::span<const std::byte> payload) const;
+  // mac() of the payload head ‖ body, without joining them (where libsodium
+  // needs one buffer, a copy of both is made).
+  Mac mac(std::span<const std::byte> header, std::span<const std::byte> head,
+          std::span<const std::byte> body) const;
   // True when `expected` (a MAC field) authenticates header+payload under
   // its nonce and algorithm (constant-time compare of the tag).
   bool verify(std::span<const std::byte> header, std::span<const std::byte> payload,

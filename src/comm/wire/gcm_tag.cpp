@@ -3,6 +3,7 @@
 #include <immintrin.h>
 #include <sodium.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "core/error.h"
@@ -174,6 +175,25 @@ DTRAIN_GCM_TARGET __m128i absorb(__m128i x, const unsigned char* p, size_t n,
   return x;
 }
 
+// absorb() of head ‖ body: a block that straddles the two is joined in a
+// 16-byte buffer.
+DTRAIN_GCM_TARGET __m128i absorb_parts(__m128i x, const unsigned char* head, size_t head_bytes,
+                                       const unsigned char* body, size_t body_bytes,
+                                       const unsigned char* powers) {
+  const size_t whole = head_bytes - head_bytes % 16;
+  x = absorb(x, head, whole, powers);
+  if (const size_t rest = head_bytes - whole; rest > 0) {
+    alignas(16) unsigned char block[16] = {};
+    const size_t take = std::min(16 - rest, body_bytes);
+    std::memcpy(block, head + whole, rest);
+    if (take > 0) std::memcpy(block + rest, body, take);
+    x = absorb(x, block, rest + take, powers);
+    body += take;
+    body_bytes -= take;
+  }
+  return absorb(x, body, body_bytes, powers);
+}
+
 DTRAIN_GCM_TARGET void set_up(const unsigned char* key, unsigned char* round_keys,
                               unsigned char* powers) {
   auto* rk = reinterpret_cast<__m128i*>(round_keys);
@@ -188,8 +208,9 @@ DTRAIN_GCM_TARGET void set_up(const unsigned char* key, unsigned char* round_key
 
 DTRAIN_GCM_TARGET void compute_tag(const unsigned char* round_keys, const unsigned char* powers,
                                    const unsigned char* nonce, const unsigned char* header,
-                                   size_t header_bytes, const unsigned char* payload,
-                                   size_t payload_bytes, unsigned char* out) {
+                                   size_t header_bytes, const unsigned char* head,
+                                   size_t head_bytes, const unsigned char* body, size_t body_bytes,
+                                   unsigned char* out) {
   // tag() checked it; said again for the compiler's bounds analysis.
   if (header_bytes > GcmTagger::kMaxHeaderBytes) __builtin_unreachable();
   const auto* rk = reinterpret_cast<const __m128i*>(round_keys);
@@ -208,7 +229,8 @@ DTRAIN_GCM_TARGET void compute_tag(const unsigned char* round_keys, const unsign
   for (size_t i = 0; i <= blocks; ++i) stream[i] = _mm_aesenclast_si128(stream[i], rk[14]);
   // GHASH over the additional data (the payload), then the header's
   // ciphertext zero-padded, then the lengths in bits (64-bit big-endian).
-  __m128i x = absorb(_mm_setzero_si128(), payload, payload_bytes, powers);
+  __m128i x = absorb_parts(_mm_setzero_si128(), head, head_bytes, body, body_bytes, powers);
+  const size_t payload_bytes = head_bytes + body_bytes;
   alignas(16) unsigned char tail[GcmTagger::kMaxHeaderBytes + 16] = {};
   if (header_bytes > 0) std::memcpy(tail, header, header_bytes);
   for (size_t i = 0; i < blocks; ++i) {
@@ -250,13 +272,15 @@ GcmTagger::~GcmTagger() {
 }
 
 void GcmTagger::tag(std::span<const unsigned char, kNonceBytes> nonce,
-                    std::span<const std::byte> header, std::span<const std::byte> payload,
+                    std::span<const std::byte> header, std::span<const std::byte> head,
+                    std::span<const std::byte> body,
                     std::span<unsigned char, kTagBytes> out) const {
   DTRAIN_CHECK(header.size() <= kMaxHeaderBytes, "a {}-byte header, at most {}", header.size(),
                kMaxHeaderBytes);
   compute_tag(round_keys_.front().data(), powers_.front().data(), nonce.data(),
               reinterpret_cast<const unsigned char*>(header.data()), header.size(),
-              reinterpret_cast<const unsigned char*>(payload.data()), payload.size(), out.data());
+              reinterpret_cast<const unsigned char*>(head.data()), head.size(),
+              reinterpret_cast<const unsigned char*>(body.data()), body.size(), out.data());
 }
 
 }  // namespace dtrain::comm

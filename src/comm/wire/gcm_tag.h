@@ -52,7 +52,13 @@ class GcmTagger {
 
   // The tag of message `header` and additional data `payload` under `nonce`.
   void tag(std::span<const unsigned char, kNonceBytes> nonce, std::span<const std::byte> header,
-           std::span<const std::byte> payload, std::span<unsigned char, kTagBytes> out) const;
+           std::span<const std::byte> payload, std::span<unsigned char, kTagBytes> out) const {
+    tag(nonce, header, {}, payload, out);
+  }
+  // The same for the additional data head ‖ body, without joining them.
+  void tag(std::span<const unsigned char, kNonceBytes> nonce, std::span<const std::byte> header,
+           std::span<const std::byte> head, std::span<const std::byte> body,
+           std::span<unsigned char, kTagBytes> out) const;
 
  private:
   static constexpr size_t kRounds = 14;  // AES-256
