@@ -254,9 +254,11 @@ DTRAIN_GCM_TARGET void compute_tag(const unsigned char* round_keys, const unsign
 }  // namespace
 
 bool GcmTagger::available() {
-  static const bool yes = __builtin_cpu_supports("aes") && __builtin_cpu_supports("pclmul") &&
-                          __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avx512f") &&
-                          __builtin_cpu_supports("avx512bw") &&
+  // __builtin_cpu_init first: the answer must hold even when first asked
+  // from a static constructor, before libgcc has read the CPU's features.
+  static const bool yes = (__builtin_cpu_init(), true) && __builtin_cpu_supports("aes") &&
+                          __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("avx2") &&
+                          __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                           __builtin_cpu_supports("vpclmulqdq");
   return yes;
 }
