@@ -367,8 +367,8 @@ void ZmqTransport::send_owned_zmq(Peer& link, int peer, uint64_t tag, OwnedBuffe
   // the hint carries its capacity.
   const size_t capacity = payload.capacity();
   // The buffer comes back on ZeroMQ's I/O thread, through pipes TSan does
-  // not see, and goes on to another sender through the pool.
-  tsan_release(payload.data.get());
+  // not see, and goes on to another sender through the pool (queue_frame
+  // marks the hand-over, after the MAC has read the buffer).
   zmq::message_t body(
       payload.data.release(), payload.size,
       [](void* data, void* hint) {
@@ -404,6 +404,9 @@ std::optional<std::string> ZmqTransport::queue_frame(Peer& peer, int peer_rank,
   if (peer.push_closed) return std::string("the connection was closed after a failure");
   const wire::HeaderBytes header =
       frame_header(peer_rank, type, peer.next_sequence++, tag, payload);
+  // The hand-over of `body` to ZeroMQ's I/O thread (core/tsan_annotations.h):
+  // after the MAC above read it.
+  tsan_release(body.data());
   try {
     if (peer.push
             .send(zmq::const_buffer(header.data(), header.size()),
