@@ -16,7 +16,8 @@
 // zmq_transport.h): they wait until every lane is up before the first rep.
 //
 // DTRAIN_BENCH_CHUNK_BYTES overrides the zmq modes' ring chunk
-// (CommunicatorOptions::chunk_bytes), for tuning it.
+// (CommunicatorOptions::chunk_bytes), and DTRAIN_BENCH_LANE_SPIN_US the
+// lane readers' spin (ZmqTransportOptions::lane_spin), for tuning them.
 //
 // Prints one line "<mode> ranks=<n> bytes=<b> median_us=<t> busbw_gbs=<g>"
 // with bus bandwidth 2(n-1)/n * bytes / time (for memcpy: bytes / time).
@@ -115,6 +116,9 @@ int run_zmq_rank(int rank, int ranks, size_t bytes, int reps, const std::string&
   options.rank = rank;
   options.world_size = ranks;
   if (tcp_only) options.prefer_ipc = false;
+  if (const char* spin = std::getenv("DTRAIN_BENCH_LANE_SPIN_US")) {
+    options.lane_spin = std::chrono::microseconds(std::strtoll(spin, nullptr, 10));
+  }
   const comm::JobAuth auth(job, tcp_only && with_secret ? "bench secret" : "", curve);
   auto transport =
       comm::connect_zmq_transport(options, auth, "127.0.0.1:" + std::to_string(port), rank == 0,

@@ -10,6 +10,12 @@
 //   gcm-ad       AES-256-GCM, empty plaintext, the frame as additional data
 //                (libsodium needs one contiguous AD: header+payload here)
 //   gcm-enc      AES-256-GCM encrypting the payload, header as AD
+//   gcm-frame    the wire's AES-256-GCM frame tag through libsodium: payload
+//                as additional data, header as the message (auth.cpp before
+//                GcmTagger)
+//   gcm-vpclmul  the same tag through GcmTagger (comm/wire/gcm_tag.h,
+//                AVX-512 VPCLMULQDQ GHASH, 16 blocks per step): what
+//                JobAuth uses where the CPU has it; bit-identical tags
 //   hmac-sodium  HMAC-SHA-256, libsodium (portable C, no SHA-NI)
 //   hmac-openssl HMAC-SHA-256, OpenSSL (SHA-NI where the CPU has it); only
 //                when built with OpenSSL
@@ -28,14 +34,18 @@
 #include <time.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
+
+#include "comm/wire/gcm_tag.h"
 
 #ifdef DTRAIN_BENCH_OPENSSL
 #include <openssl/evp.h>
@@ -87,24 +97,53 @@ struct Gcm {
   alignas(16) crypto_aead_aes256gcm_state state;
 };
 
-Option gcm(bool encrypt) {
+// What the GCM options authenticate: the whole frame as additional data
+// (gcm-ad), the payload encrypted (gcm-enc), or the wire's frame tag
+// (gcm-frame, auth.cpp): the header as the 88-byte message (its ciphertext
+// thrown away), the payload as the additional data.
+enum class GcmShape { kAd, kEncrypt, kFrame };
+
+Option gcm(GcmShape shape) {
   auto ctx = std::make_shared<Gcm>();
-  return [ctx, encrypt](Buffers& b) -> unsigned char {
+  return [ctx, shape](Buffers& b) -> unsigned char {
     if (b.counter == 0) crypto_aead_aes256gcm_beforenm(&ctx->state, b.key);
     unsigned char nonce[crypto_aead_aes256gcm_NPUBBYTES] = {};
     const uint64_t n = ++b.counter;
     std::memcpy(nonce, &n, sizeof n);
     unsigned char tag[crypto_aead_aes256gcm_ABYTES];
     unsigned long long tag_bytes = 0;
-    if (encrypt) {
+    unsigned char discarded[kHeaderBytes];
+    if (shape == GcmShape::kEncrypt) {
       crypto_aead_aes256gcm_encrypt_detached_afternm(
           b.out.data(), tag, &tag_bytes, b.payload.data(), b.payload.size(), b.header.data(),
           b.header.size(), nullptr, nonce, &ctx->state);
+    } else if (shape == GcmShape::kFrame) {
+      crypto_aead_aes256gcm_encrypt_detached_afternm(discarded, tag, &tag_bytes, b.header.data(),
+                                                     b.header.size(), b.payload.data(),
+                                                     b.payload.size(), nullptr, nonce, &ctx->state);
     } else {
       crypto_aead_aes256gcm_encrypt_detached_afternm(b.out.data(), tag, &tag_bytes, nullptr, 0,
                                                      b.frame.data(), b.frame.size(), nullptr, nonce,
                                                      &ctx->state);
     }
+    return tag[0];
+  };
+}
+
+// The same tag through GcmTagger.
+Option gcm_vpclmul() {
+  auto tagger = std::make_shared<std::unique_ptr<dtrain::comm::GcmTagger>>();
+  return [tagger](Buffers& b) -> unsigned char {
+    if (b.counter == 0) {
+      *tagger =
+          std::make_unique<dtrain::comm::GcmTagger>(std::span<const unsigned char, 32>(b.key));
+    }
+    std::array<unsigned char, 12> nonce{};
+    const uint64_t n = ++b.counter;
+    std::memcpy(nonce.data(), &n, sizeof n);
+    std::array<unsigned char, 16> tag{};
+    (*tagger)->tag(nonce, std::as_bytes(std::span(b.header)), std::as_bytes(std::span(b.payload)),
+                   tag);
     return tag[0];
   };
 }
@@ -175,8 +214,10 @@ int main(int argc, char** argv) {
   options.emplace_back("hmac-openssl", hmac_openssl);
 #endif
   if (crypto_aead_aes256gcm_is_available() != 0) {
-    options.emplace_back("gcm-ad", gcm(false));
-    options.emplace_back("gcm-enc", gcm(true));
+    options.emplace_back("gcm-ad", gcm(GcmShape::kAd));
+    options.emplace_back("gcm-enc", gcm(GcmShape::kEncrypt));
+    options.emplace_back("gcm-frame", gcm(GcmShape::kFrame));
+    if (dtrain::comm::GcmTagger::available()) options.emplace_back("gcm-vpclmul", gcm_vpclmul());
   } else {
     std::printf("# AES-256-GCM unavailable on this CPU (no AES-NI/PCLMUL)\n");
   }

@@ -82,6 +82,32 @@ TEST(FrameMac, EitherAlgorithmVerifiesAtEveryReceiverThatCanCompute) {
   }
 }
 
+TEST(FrameMac, AHeaderOverTwoPartsIsTheHeaderOfTheJoinedPayload) {
+  FrameHeader h;
+  h.sender = 2;
+  h.receiver = 1;
+  h.sequence = 5;
+  std::vector<JobAuth> auths = senders();
+  auths.emplace_back("mac-job", "");  // no secret: the CRC alone
+  for (const JobAuth& auth : auths) {
+    h.job_id = auth.job_id();
+    for (const size_t n : {size_t{40}, size_t{4097}}) {  // libsodium's GCM, GcmTagger
+      const auto payload = pattern(n);
+      const std::span<const std::byte> all(payload);
+      const bool crc = !auth.enabled();  // with a secret the MAC alone covers the payload
+      const HeaderBytes head = encode_header(h, all.first(32), all.subspan(32), auth, crc);
+      std::vector<std::byte> frame(head.begin(), head.end());
+      frame.insert(frame.end(), payload.begin(), payload.end());
+      EXPECT_NO_THROW(decode_frame(frame, limits_for(auth), auth)) << n;
+      if (!auth.enabled()) {
+        EXPECT_EQ(head, encode_header(h, payload, auth, true));
+      }
+      frame.back() ^= std::byte{2};
+      expect_refused(frame, auth, auth.enabled() ? "MAC mismatch" : "CRC-32C");
+    }
+  }
+}
+
 TEST(FrameMac, ATamperedHeaderPayloadNonceOrTagIsRefused) {
   for (const JobAuth& sender : senders()) {
     const auto frame = frame_of(sender, pattern(300));
@@ -92,17 +118,24 @@ TEST(FrameMac, ATamperedHeaderPayloadNonceOrTagIsRefused) {
       tampered[i] ^= std::byte{0x10};
       expect_refused(tampered, sender, i < kHeaderBytes ? "MAC mismatch" : "CRC-32C");
     }
-    // Without a CRC the payload is the MAC's alone.
+    // Without a CRC the payload is the MAC's alone (from 1 KiB up, GCM
+    // frames are tagged and checked by GcmTagger where the CPU has it).
     FrameHeader h;
     h.sender = 2;
     h.receiver = 1;
     h.job_id = sender.job_id();
-    const auto payload = pattern(64);
-    const HeaderBytes head = encode_header(h, payload, sender, false);
-    std::vector<std::byte> plain(head.begin(), head.end());
-    plain.insert(plain.end(), payload.begin(), payload.end());
-    plain[kHeaderBytes + 3] ^= std::byte{1};
-    expect_refused(plain, sender, "MAC mismatch");
+    for (const size_t n : {size_t{64}, size_t{4097}}) {
+      const auto payload = pattern(n);
+      const HeaderBytes head = encode_header(h, payload, sender, false);
+      std::vector<std::byte> plain(head.begin(), head.end());
+      plain.insert(plain.end(), payload.begin(), payload.end());
+      EXPECT_NO_THROW(decode_frame(plain, limits_for(sender), sender)) << n;
+      for (const size_t i : {size_t{24}, kHeaderBytes + 3, kHeaderBytes + n - 1}) {
+        auto tampered = plain;
+        tampered[i] ^= std::byte{1};
+        expect_refused(tampered, sender, "MAC mismatch");
+      }
+    }
     // An algorithm byte that names nothing, or non-zero padding after it.
     auto unknown = frame;
     unknown[56 + 12] = std::byte{9};

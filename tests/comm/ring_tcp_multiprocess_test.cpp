@@ -1,9 +1,10 @@
 // The pipelined ring over real processes on loopback tcp (no ipc, no shared
 // memory) with a job secret, the path of a job spread over hosts, once the
 // tcp lanes are up (every data frame on a lane, zmq_transport.h): chunks of
-// at least ZmqTransportOptions::zero_copy_min_bytes, so sends hand their
-// buffers to ZeroMQ (Transport::send_owned) and receives reduce straight
-// from the received message (Transport::recv_visit).
+// at least 64 KiB, which the channel sends as header and payload parts
+// written straight from the caller's memory (Transport::send_parts; over 1
+// KiB, so GcmTagger's MAC where the CPU has it), and receives reduce
+// straight from the received message (Transport::recv_visit).
 // - odd sizes, sizes smaller than the number of chunks and of ranks, against
 //   the serial reference;
 // - a collective mismatch in the middle of a pipelined allreduce still fails

@@ -1,8 +1,15 @@
 // ZmqTransport's tcp lanes (zmq_transport.h, "Tcp lanes"; tcp_lane.h) on
 // loopback:
-// - two transports over tcp: messages of every size, two threads receiving
-//   different tags from one peer at once, and both ranks sending 8 MiB to
-//   each other before either receives (sends never wait for the peer);
+// - two transports over tcp: messages of every size (MACed with both
+//   GcmTagger and libsodium's GCM where the CPU has it), two threads
+//   receiving different tags from one peer at once (spinning readers), and
+//   both ranks sending 8 MiB to each other before either receives (sends
+//   never wait for the peer), payloads sent in two parts (send_parts);
+// - a hand-made rank 0 whose first lane connection says a hello that does
+//   not answer that connection's challenge (one recorded from another
+//   connection, or the previous wire version's hello without one): rank 1
+//   closes it, and the hand-made rank's second, honest connection becomes
+//   the lane;
 // - a hand-made rank 0 that speaks the lane protocol (offer over ZeroMQ,
 //   hello on the lane) and then writes one crafted frame: a valid one is
 //   delivered; a truncated one (the connection closes mid-payload), an
@@ -12,9 +19,11 @@
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 #include <future>
@@ -54,11 +63,14 @@ std::vector<std::byte> pattern(size_t size, int seed) {
   return out;
 }
 
-std::vector<std::unique_ptr<ZmqTransport>> make_pair_over_tcp(const JobAuth& auth) {
+std::vector<std::unique_ptr<ZmqTransport>> make_pair_over_tcp(
+    const JobAuth& auth, std::chrono::microseconds spin = std::chrono::microseconds{0}) {
   RendezvousServer server("127.0.0.1", 0, 2, auth, Logger::null());
   std::vector<std::unique_ptr<ZmqTransport>> ranks;
   for (int r = 0; r < 2; ++r) {
-    ranks.push_back(std::make_unique<ZmqTransport>(lane_options(r, 2), auth, Logger::null()));
+    ZmqTransportOptions options = lane_options(r, 2);
+    options.lane_spin = spin;
+    ranks.push_back(std::make_unique<ZmqTransport>(options, auth, Logger::null()));
   }
   std::vector<std::future<void>> connected;
   for (int r = 0; r < 2; ++r) {
@@ -73,7 +85,8 @@ std::vector<std::unique_ptr<ZmqTransport>> make_pair_over_tcp(const JobAuth& aut
 
 TEST(TcpLane, SizesTagsAndThreads) {
   const JobAuth auth("lane-sizes", "lane secret");
-  auto ranks = make_pair_over_tcp(auth);
+  // The readers spin a little before they sleep (lane_spin).
+  auto ranks = make_pair_over_tcp(auth, 20us);
   // Sizes around the socket buffers, so that some sends queue the rest.
   const std::vector<size_t> sizes{0, 1, 4096, 65536, 300 * 1024 + 3, 3 * 1024 * 1024 + 5};
   constexpr int kRounds = 3;
@@ -118,6 +131,36 @@ TEST(TcpLane, BothRanksSendEightMegabytesBeforeReceiving) {
   }
 }
 
+TEST(TcpLane, APayloadSentInTwoPartsArrivesJoined) {
+  const JobAuth auth("lane-parts", "lane secret");
+  auto ranks = make_pair_over_tcp(auth);
+  for (auto& rank : ranks) ASSERT_TRUE(rank->wait_for_lanes(1, Deadline::after(kDeadline)));
+  // Sizes around the socket buffers (the largest queue the rest of head ‖
+  // body), split inside a 16-byte block, at the collectives' 32-byte header
+  // and nowhere.
+  const std::vector<size_t> sizes{1, 4096, 300 * 1024 + 3, 3 * 1024 * 1024 + 5};
+  const std::vector<size_t> splits{0, 1, 32};
+  uint64_t tag = 1;
+  for (const size_t size : sizes) {
+    for (const size_t split : splits) {
+      const auto payload = pattern(size, static_cast<int>(tag));
+      const std::span<const std::byte> all(payload);
+      const size_t at = std::min(split, size);
+      ranks[1]->send_parts(0, tag++, all.first(at), all.subspan(at), "test",
+                           Deadline::after(kDeadline));
+    }
+  }
+  tag = 1;
+  for (const size_t size : sizes) {
+    for (const size_t split : splits) {
+      EXPECT_EQ(ranks[0]->recv(1, tag, "test", Deadline::after(kDeadline)),
+                pattern(size, static_cast<int>(tag)))
+          << "size " << size << " split " << split;
+      ++tag;
+    }
+  }
+}
+
 // A rank 0 made by hand: registers at the rendezvous, offers a lane over
 // ZeroMQ, connects to rank 1's lane, says hello and sends the switch marker
 // over ZeroMQ; then writes what the test gives it on the lane.
@@ -136,8 +179,12 @@ class FakeLanePeer {
     if (fd_ >= 0) close(fd_);
   }
 
+  // What the first lane connection says before the honest one (none: the
+  // honest one is the first).
+  enum class Stale { kNone, kOtherChallenge, kNoChallenge };
+
   // Runs rank 0's side of connect() against `rank1`, which connects at once.
-  void connect(RendezvousServer& server, ZmqTransport& rank1) {
+  void connect(RendezvousServer& server, ZmqTransport& rank1, Stale stale = Stale::kNone) {
     auto connected = std::async(std::launch::async, [&] {
       rank1.connect(rendezvous(server.address(), rank1.local_endpoint(), 2, auth_,
                                Deadline::after(kDeadline), Logger::null()));
@@ -171,13 +218,27 @@ class FakeLanePeer {
       std::memcpy(&port, body_part.data(), sizeof port);
       ASSERT_GT(port, 0u);
     }
-    fd_ = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(static_cast<uint16_t>(port));
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ASSERT_EQ(::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-    write_all(wire::encode_header(frame(0, kLaneOfferTag), {}, auth_, false));
+    if (stale != Stale::kNone) {
+      open_lane(port);
+      std::array<std::byte, kLaneChallengeBytes> challenge = read_challenge();
+      if (stale == Stale::kNoChallenge) {
+        write_all(wire::encode_header(frame(0, kLaneOfferTag), {}, auth_, false));
+      } else {
+        challenge[3] ^= std::byte{1};  // as if recorded from another connection
+        write_all(wire::encode_header(frame(0, kLaneOfferTag), challenge, auth_, false));
+        write_all(challenge);
+      }
+      // Rank 1 refuses it: the connection ends (EOF), no byte comes.
+      pollfd item{fd_, POLLIN, 0};
+      ASSERT_EQ(poll(&item, 1, static_cast<int>(kDeadline / 1ms)), 1) << "rank 1 kept it open";
+      std::byte byte{};
+      ASSERT_EQ(recv(fd_, &byte, 1, 0), 0) << "rank 1 kept the stale hello's connection";
+      close_lane();
+    }
+    open_lane(port);
+    const auto challenge = read_challenge();
+    write_all(wire::encode_header(frame(0, kLaneOfferTag), challenge, auth_, false));
+    write_all(challenge);
     // The switch marker: from here on rank 1 reads this rank's data from the lane.
     const auto marker = wire::encode_header(frame(1, kLaneOfferTag), {}, auth_, false);
     push_.send(zmq::const_buffer(marker.data(), marker.size()), zmq::send_flags::sndmore);
@@ -194,6 +255,21 @@ class FakeLanePeer {
     h.sequence = sequence;
     h.tag = tag;
     return h;
+  }
+  void open_lane(uint32_t port) {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  }
+  // The acceptor's challenge, the first bytes on a lane connection.
+  std::array<std::byte, kLaneChallengeBytes> read_challenge() {
+    std::array<std::byte, kLaneChallengeBytes> challenge{};
+    EXPECT_EQ(recv(fd_, challenge.data(), challenge.size(), MSG_WAITALL),
+              static_cast<ssize_t>(challenge.size()));
+    return challenge;
   }
   template <class Bytes>
   void write_all(const Bytes& bytes) {
@@ -230,7 +306,7 @@ TEST_P(TcpLaneFrames, ACraftedFrameIsDeliveredOrFailsNamingTheSender) {
   if (HasFatalFailure()) return;
   ASSERT_TRUE(rank1.wait_for_lanes(1, Deadline::after(kDeadline)));
 
-  const std::vector<std::byte> payload = pattern(1000, 3);
+  const std::vector<std::byte> payload = pattern(4000, 3);  // over 1 KiB: GcmTagger's MAC
   const uint64_t tag = 7;
   if (name == "valid") {
     rank0.write_all(wire::encode_header(rank0.frame(1, tag), payload, auth, false));
@@ -270,10 +346,35 @@ TEST_P(TcpLaneFrames, ACraftedFrameIsDeliveredOrFailsNamingTheSender) {
   EXPECT_THROW(rank1.recv(0, tag + 1, "test", Deadline::after(kDeadline)), CommError);
 }
 
+class TcpLaneStaleHello : public ::testing::TestWithParam<FakeLanePeer::Stale> {};
+
+TEST_P(TcpLaneStaleHello, IsRefusedAndTheHonestConnectionBecomesTheLane) {
+  const JobAuth auth("lane-hello", "lane secret");
+  RendezvousServer server("127.0.0.1", 0, 2, auth, Logger::null());
+  ZmqTransport rank1(lane_options(1, 2), auth, Logger::null());
+  FakeLanePeer rank0(auth);
+  rank0.connect(server, rank1, GetParam());
+  if (HasFatalFailure()) return;
+  ASSERT_TRUE(rank1.wait_for_lanes(1, Deadline::after(kDeadline)));
+  const std::vector<std::byte> payload = pattern(1000, 4);
+  rank0.write_all(wire::encode_header(rank0.frame(1, 9), payload, auth, false));
+  rank0.write_all(payload);
+  EXPECT_EQ(rank1.recv(0, 9, "test", Deadline::after(kDeadline)), payload);
+}
+
+INSTANTIATE_TEST_SUITE_P(Hellos, TcpLaneStaleHello,
+                         ::testing::Values(FakeLanePeer::Stale::kOtherChallenge,
+                                           FakeLanePeer::Stale::kNoChallenge),
+                         [](const ::testing::TestParamInfo<FakeLanePeer::Stale>& info) {
+                           return std::string(info.param == FakeLanePeer::Stale::kNoChallenge
+                                                  ? "NoChallenge"
+                                                  : "OtherChallenge");
+                         });
+
 INSTANTIATE_TEST_SUITE_P(
     Frames, TcpLaneFrames,
     ::testing::Values(Crafted{"valid", ""},
-                      Crafted{"truncated", "closed its tcp lane mid-frame (10 of 1000 payload"},
+                      Crafted{"truncated", "closed its tcp lane mid-frame (10 of 4000 payload"},
                       Crafted{"oversized", "sent an invalid frame on its tcp lane"},
                       Crafted{"forged", "failed its checks on its tcp lane"},
                       Crafted{"skipped", "sequence 5 (expected data from rank 0, sequence 1)"}),

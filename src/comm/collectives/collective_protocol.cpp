@@ -1,6 +1,7 @@
 #include "comm/collectives/collective_protocol.h"
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <optional>
 
@@ -123,15 +124,15 @@ CollectiveChannel::CollectiveChannel(Transport& transport, uint64_t tag, OpDescr
       bytes_sent_(bytes_sent) {}
 
 void CollectiveChannel::send(int peer, std::span<const std::byte> payload) {
-  // The one copy of the send path: header and payload into a buffer the
-  // transport takes over, so that send() never waits for the bytes to leave.
-  OwnedBuffer message = OwnedBuffer::allocate(kHeaderBytes + payload.size());
-  encode_header(op_, message.data.get());
-  if (!payload.empty())
-    std::memcpy(message.data.get() + kHeaderBytes, payload.data(), payload.size());
-  const size_t bytes = message.size;
+  // Header and payload go as two parts: a tcp lane writes both straight to
+  // its socket and copies only what the socket does not take at once; other
+  // transports join them into one buffer they take over (the one copy), so
+  // that send() never waits for the bytes to leave.
+  std::array<std::byte, kHeaderBytes> header{};
+  encode_header(op_, header.data());
+  const size_t bytes = kHeaderBytes + payload.size();
   try {
-    transport_.send_owned(peer, tag_, std::move(message), what_, deadline_);
+    transport_.send_parts(peer, tag_, header, payload, what_, deadline_);
     if (bytes_sent_ != nullptr) bytes_sent_->fetch_add(bytes, std::memory_order_relaxed);
   } catch (const CommError& e) {
     abort_peers(e.peer(), e.what());

@@ -17,10 +17,12 @@
 // Ownership: a channel references the Transport for the duration of one
 // collective. Thread safety: one channel per thread. Blocking: send() returns
 // once the transport queued the message; receives wait until the channel's
-// deadline (TimeoutError from the transport). Copies: one on the send side
-// (header and payload into the buffer the transport takes over), none on
-// the receive side beyond the transport's own (payloads are reduced or
-// copied straight out of the received message).
+// deadline (TimeoutError from the transport). Copies: on the send side none
+// over a tcp lane when its socket takes the frame at once (header and
+// payload go as two parts, Transport::send_parts), else one (header and
+// payload into the buffer the transport takes over); none on the receive
+// side beyond the transport's own (payloads are reduced or copied straight
+// out of the received message).
 #pragma once
 
 #include <atomic>

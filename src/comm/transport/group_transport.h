@@ -41,6 +41,11 @@ class GroupTransport final : public Transport {
                   Deadline deadline) override {
     parent_.send_owned(parent_rank(peer), tag, std::move(payload), what, deadline);
   }
+  void send_parts(int peer, uint64_t tag, std::span<const std::byte> head,
+                  std::span<const std::byte> body, const std::string& what,
+                  Deadline deadline) override {
+    parent_.send_parts(parent_rank(peer), tag, head, body, what, deadline);
+  }
   void recv_visit(int peer, uint64_t tag, const std::string& what, Deadline deadline,
                   const MessageVisitor& use) override {
     parent_.recv_visit(parent_rank(peer), tag, what, deadline, use);

@@ -1,5 +1,6 @@
 #include "comm/transport/owned_buffer.h"
 
+#include <cstring>
 #include <map>
 #include <mutex>
 
@@ -56,6 +57,13 @@ OwnedBuffer OwnedBuffer::allocate(size_t bytes) {
     }
   }
   return {std::unique_ptr<std::byte[], Release>(new std::byte[bytes], Release{bytes}), bytes};
+}
+
+OwnedBuffer OwnedBuffer::join(std::span<const std::byte> head, std::span<const std::byte> body) {
+  OwnedBuffer out = allocate(head.size() + body.size());
+  if (!head.empty()) std::memcpy(out.data.get(), head.data(), head.size());
+  if (!body.empty()) std::memcpy(out.data.get() + head.size(), body.data(), body.size());
+  return out;
 }
 
 }  // namespace dtrain::comm

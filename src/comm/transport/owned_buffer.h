@@ -43,6 +43,8 @@ struct OwnedBuffer {
   // At least `bytes` uninitialised bytes (the caller fills them); size() is
   // `bytes`, the capacity is data.get_deleter().capacity.
   static OwnedBuffer allocate(size_t bytes);
+  // A buffer holding head ‖ body.
+  static OwnedBuffer join(std::span<const std::byte> head, std::span<const std::byte> body);
 
   size_t capacity() const { return data.get_deleter().capacity; }
   std::span<std::byte> bytes() { return {data.get(), size}; }

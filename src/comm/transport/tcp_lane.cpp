@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -61,36 +62,38 @@ TcpLane::TcpLane(int fd, int peer) : fd_(fd), peer_(peer) {
 
 TcpLane::~TcpLane() { close(fd_); }
 
-TcpLane::SendResult TcpLane::send(const HeaderMaker& make_header,
-                                  std::span<const std::byte> payload, OwnedBuffer* owned) {
+TcpLane::SendResult TcpLane::send(const HeaderMaker& make_header, std::span<const std::byte> head,
+                                  std::span<const std::byte> body, OwnedBuffer* owned) {
   std::lock_guard lock(mutex_);
   if (problem_) return {problem_, false};
   Queued q;
   q.header = make_header(next_sequence_++);
+  const size_t payload_bytes = head.size() + body.size();
   if (queue_.empty()) {
     // One sendmsg of header and payload straight from the caller's bytes.
-    std::array<iovec, 2> iov{iovec{q.header.data(), q.header.size()},
-                             iovec{const_cast<std::byte*>(payload.data()), payload.size()}};
+    std::array<iovec, 3> iov{};
+    size_t count = 0;
+    iov[count++] = iovec{q.header.data(), q.header.size()};
+    if (!head.empty()) iov[count++] = iovec{const_cast<std::byte*>(head.data()), head.size()};
+    if (!body.empty()) iov[count++] = iovec{const_cast<std::byte*>(body.data()), body.size()};
     msghdr msg{};
     msg.msg_iov = iov.data();
-    msg.msg_iovlen = payload.empty() ? 1 : 2;
+    msg.msg_iovlen = count;
     const ssize_t n = sendmsg(fd_, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
     if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
       problem_ = fmt::format("tcp lane write failed ({})", std::strerror(errno));
       return {problem_, false};
     }
     q.offset = n > 0 ? static_cast<size_t>(n) : 0;
-    if (q.offset == q.header.size() + payload.size()) return {std::nullopt, false};
+    if (q.offset == q.header.size() + payload_bytes) return {std::nullopt, false};
   }
   if (owned != nullptr) {
     q.payload = std::move(*owned);
   } else {
     // Only the part not yet written is copied; offsets stay those of the frame.
     const size_t written = q.offset > q.header.size() ? q.offset - q.header.size() : 0;
-    q.payload = OwnedBuffer::allocate(payload.size() - written);
-    if (q.payload.size > 0) {
-      std::memcpy(q.payload.data.get(), payload.data() + written, q.payload.size);
-    }
+    const size_t from_head = std::min(written, head.size());
+    q.payload = OwnedBuffer::join(head.subspan(from_head), body.subspan(written - from_head));
     q.offset -= written;
   }
   queue_.push_back(std::move(q));
@@ -144,6 +147,19 @@ bool TcpLane::pending() {
 bool TcpLane::readable(milliseconds wait) const {
   pollfd item{fd_, POLLIN, 0};
   return poll(&item, 1, poll_ms(wait)) > 0;
+}
+
+bool TcpLane::spin_readable(std::chrono::microseconds budget) const {
+  if (budget.count() <= 0) return false;
+  const auto until = std::chrono::steady_clock::now() + budget;
+  std::byte byte{};
+  while (true) {
+    const ssize_t n = recv(fd_, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n >= 0) return true;  // a byte, or the connection's end
+    if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) return true;  // read says why
+    if (std::chrono::steady_clock::now() >= until) return false;
+    sched_yield();
+  }
 }
 
 TcpLane::ReadStatus TcpLane::read_exact(std::span<std::byte> out, const Wait& wait, size_t* got,
@@ -302,8 +318,9 @@ void TcpLanes::wake() {
 }
 
 std::optional<std::string> TcpLanes::send(int peer, const TcpLane::HeaderMaker& make_header,
-                                          std::span<const std::byte> payload, OwnedBuffer* owned) {
-  const TcpLane::SendResult result = lane(peer)->send(make_header, payload, owned);
+                                          std::span<const std::byte> head,
+                                          std::span<const std::byte> body, OwnedBuffer* owned) {
+  const TcpLane::SendResult result = lane(peer)->send(make_header, head, body, owned);
   if (result.queued) wake();
   return result.problem;
 }

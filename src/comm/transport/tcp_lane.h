@@ -69,11 +69,11 @@ class TcpLane {
     std::optional<std::string> problem;  // the connection failed
     bool queued = false;                 // bytes wait for the sender thread
   };
-  // Writes header and payload, or queues what the socket does not take now:
-  // `owned` itself when given (payload is its bytes), else a copy of the
-  // rest of `payload`.
-  SendResult send(const HeaderMaker& make_header, std::span<const std::byte> payload,
-                  OwnedBuffer* owned);
+  // Writes header and the payload head ‖ body with one sendmsg, or queues
+  // what the socket does not take now: `owned` itself when given (head is
+  // empty and body is its bytes), else a copy of the rest of head ‖ body.
+  SendResult send(const HeaderMaker& make_header, std::span<const std::byte> head,
+                  std::span<const std::byte> body, OwnedBuffer* owned);
   // Writes queued bytes until the socket would block; the problem when the
   // connection failed.
   std::optional<std::string> flush();
@@ -91,6 +91,9 @@ class TcpLane {
   // Waits at most `wait` for a byte to read (or the connection's end);
   // false when none came.
   bool readable(std::chrono::milliseconds wait) const;
+  // The same without sleeping: peeks for up to `budget`, yielding the core
+  // between peeks. False when nothing came (or `budget` is zero).
+  bool spin_readable(std::chrono::microseconds budget) const;
 
   // Sends FIN after what is queued has been written, and discards what the
   // peer sent that nobody will read (so that closing sends no reset).
@@ -146,7 +149,8 @@ class TcpLanes {
   void start();
   // TcpLane::send, waking the sender thread when bytes were queued.
   std::optional<std::string> send(int peer, const TcpLane::HeaderMaker& make_header,
-                                  std::span<const std::byte> payload, OwnedBuffer* owned);
+                                  std::span<const std::byte> head, std::span<const std::byte> body,
+                                  OwnedBuffer* owned);
   // Waits at most `wait` for `peer`'s lane to become readable and, while it
   // waits, writes what is queued on any lane as its socket drains (so that a
   // receiving caller moves its own sends along, without a hand-off to the

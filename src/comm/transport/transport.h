@@ -62,6 +62,15 @@ class Transport {
                           Deadline deadline) {
     send(peer, tag, payload.bytes(), what, deadline);
   }
+  // send_owned() of the message head ‖ body, without the caller joining
+  // them: a transport that writes both straight to the network (a tcp lane)
+  // copies only what the socket does not take at once. The default joins
+  // them into one buffer for send_owned().
+  virtual void send_parts(int peer, uint64_t tag, std::span<const std::byte> head,
+                          std::span<const std::byte> body, const std::string& what,
+                          Deadline deadline) {
+    send_owned(peer, tag, OwnedBuffer::join(head, body), what, deadline);
+  }
   // recv(), but hands the message to `use` in place (the span is valid only
   // during the call) instead of copying it out: the collectives reduce
   // straight from the received message. Whatever `use` throws propagates

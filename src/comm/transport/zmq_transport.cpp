@@ -335,7 +335,7 @@ void ZmqTransport::send(int peer, uint64_t tag, std::span<const std::byte> paylo
       return;
     }
   }
-  send_lane(peer, tag, payload, nullptr, what);
+  send_lane(peer, tag, {}, payload, nullptr, what);
 }
 
 void ZmqTransport::send_owned(int peer, uint64_t tag, OwnedBuffer payload, const std::string& what,
@@ -349,7 +349,7 @@ void ZmqTransport::send_owned(int peer, uint64_t tag, OwnedBuffer payload, const
       return;
     }
   }
-  send_lane(peer, tag, payload.bytes(), &payload, what);
+  send_lane(peer, tag, {}, payload.bytes(), &payload, what);
 }
 
 void ZmqTransport::send_owned_zmq(Peer& link, int peer, uint64_t tag, OwnedBuffer payload,
@@ -367,8 +367,8 @@ void ZmqTransport::send_owned_zmq(Peer& link, int peer, uint64_t tag, OwnedBuffe
   // the hint carries its capacity.
   const size_t capacity = payload.capacity();
   // The buffer comes back on ZeroMQ's I/O thread, through pipes TSan does
-  // not see, and goes on to another sender through the pool.
-  tsan_release(payload.data.get());
+  // not see, and goes on to another sender through the pool (queue_frame
+  // marks the hand-over, after the MAC has read the buffer).
   zmq::message_t body(
       payload.data.release(), payload.size,
       [](void* data, void* hint) {
@@ -404,6 +404,9 @@ std::optional<std::string> ZmqTransport::queue_frame(Peer& peer, int peer_rank,
   if (peer.push_closed) return std::string("the connection was closed after a failure");
   const wire::HeaderBytes header =
       frame_header(peer_rank, type, peer.next_sequence++, tag, payload);
+  // The hand-over of `body` to ZeroMQ's I/O thread (core/tsan_annotations.h):
+  // after the MAC above read it.
+  tsan_release(body.data());
   try {
     if (peer.push
             .send(zmq::const_buffer(header.data(), header.size()),
@@ -516,8 +519,8 @@ bool ZmqTransport::send_abort_frame(Peer& peer, int peer_rank, int culprit,
 }
 
 wire::HeaderBytes ZmqTransport::frame_header(int peer, wire::MessageType type, uint64_t sequence,
-                                             uint64_t tag,
-                                             std::span<const std::byte> payload) const {
+                                             uint64_t tag, std::span<const std::byte> head,
+                                             std::span<const std::byte> body) const {
   wire::FrameHeader h;
   h.type = type;
   h.sender = static_cast<uint32_t>(options_.rank);
@@ -525,7 +528,7 @@ wire::HeaderBytes ZmqTransport::frame_header(int peer, wire::MessageType type, u
   h.job_id = auth_.job_id();
   h.sequence = sequence;
   h.tag = tag;
-  return wire::encode_header(h, payload, auth_, with_crc());
+  return wire::encode_header(h, head, body, auth_, with_crc());
 }
 
 bool ZmqTransport::send_control_frame(Peer& peer, int peer_rank, wire::MessageType type,

@@ -52,9 +52,12 @@
 // every peer an offer (its lane port, or 0) over ZeroMQ on the reserved tag
 // kLaneOfferTag, and a set-up thread (std::jthread, stopped and joined
 // first by the destructor) connects to the higher ranks that offered one
-// and accepts the lower ones; the connector's first frame is a hello,
-// checked like any frame (job id, ranks, MAC), so a connection from outside
-// the job is closed. Once its lane to a peer is up, a rank sends a switch
+// and accepts the lower ones; the acceptor first writes a fresh random
+// challenge (kLaneChallengeBytes), and the connector's first frame is a
+// hello whose payload is that challenge, checked like any frame (job id,
+// ranks, MAC), so a connection from outside the job is closed and a hello
+// recorded from another connection (an earlier run with the same job name
+// and secret) is refused. Once its lane to a peer is up, a rank sends a switch
 // marker over ZeroMQ and its later data frames over the lane; the receiver
 // reads the lane only after the marker, so the per-tag order holds across
 // the switch. Until then, or when a peer never offers (or the connection
@@ -64,8 +67,8 @@
 // disconnect to say which it was. ZeroMQ keeps heartbeats, goodbye, abort
 // frames and the connection monitor, so failure detection and deadlines are
 // as without lanes. Copies over a lane: none on the send side when the
-// socket takes the frame at once (else send() copies the rest of its
-// payload, send_owned() queues its buffer); the receiver reads each payload
+// socket takes the frame at once (else send() and send_parts() copy the
+// rest of their payload, send_owned() queues its buffer); the receiver reads each payload
 // into a pooled buffer, which recv_visit() lends and recv_into() copies
 // out. docs/wire-format.md, "Tcp lanes".
 //
@@ -139,6 +142,11 @@ struct ZmqTransportOptions {
   size_t zero_copy_min_bytes = 64 * 1024;
   // Data frames to peers reached over tcp go through tcp lanes (above).
   bool tcp_lanes = true;
+  // How long a lane reader that finds no byte polls the socket without
+  // sleeping (non-blocking peeks, yielding the core between them) before it
+  // sleeps in poll(): a reply that comes within it costs no wake-up. Bounded
+  // because the cores may be shared; zero: sleep at once.
+  std::chrono::microseconds lane_spin{0};
   // How long the lane set-up waits for one tcp connection to a peer.
   std::chrono::milliseconds lane_connect_timeout{60000};
   // How long the destructor lets queued frames drain.
@@ -158,6 +166,9 @@ struct ZmqTransportOptions {
 // The transport tag of the lane offers connect() exchanges (and of a lane's
 // hello); not for messages.
 inline constexpr uint64_t kLaneOfferTag = ~uint64_t{0} - 0x4C;
+// The random bytes an accepting rank writes first on a new lane connection,
+// which the connector's hello must carry as its payload.
+inline constexpr size_t kLaneChallengeBytes = 16;
 
 class TcpLanes;
 
@@ -194,6 +205,11 @@ class ZmqTransport final : public Transport {
   // frees them); returns at once.
   void send_owned(int peer, uint64_t tag, OwnedBuffer payload, const std::string& what,
                   Deadline deadline) override;
+  // Over a lane: one sendmsg from head and body, a copy only of what the
+  // socket does not take at once; else joined for send_owned().
+  void send_parts(int peer, uint64_t tag, std::span<const std::byte> head,
+                  std::span<const std::byte> body, const std::string& what,
+                  Deadline deadline) override;
   void recv_visit(int peer, uint64_t tag, const std::string& what, Deadline deadline,
                   const MessageVisitor& use) override;
   // Sends an abort frame (docs/wire-format.md) to every peer not known dead.
@@ -223,9 +239,15 @@ class ZmqTransport final : public Transport {
 
   zmq::message_t take(int peer, uint64_t tag, const std::string& what, Deadline deadline);
   bool with_crc() const { return options_.checksum && !auth_.enabled(); }
-  // The encoded header of this rank's frame to `peer` (MAC or CRC as set).
+  // The encoded header of this rank's frame to `peer` (MAC or CRC as set),
+  // for the payload head ‖ body (head may be empty).
   wire::HeaderBytes frame_header(int peer, wire::MessageType type, uint64_t sequence, uint64_t tag,
-                                 std::span<const std::byte> payload) const;
+                                 std::span<const std::byte> payload) const {
+    return frame_header(peer, type, sequence, tag, {}, payload);
+  }
+  wire::HeaderBytes frame_header(int peer, wire::MessageType type, uint64_t sequence, uint64_t tag,
+                                 std::span<const std::byte> head,
+                                 std::span<const std::byte> body) const;
   void check_peer_arg(int peer, const std::string& what) const;
   // check_peer_arg, the size limit, and that neither the transport nor
   // `peer` has failed (fail_call otherwise).
@@ -271,8 +293,9 @@ class ZmqTransport final : public Transport {
   // bytes) or a switch marker (empty). The caller holds mutex_.
   void note_lane_frame(int sender, const zmq::message_t& payload);
   bool lane_open(int peer) const;  // the caller holds mutex_
-  void send_lane(int peer, uint64_t tag, std::span<const std::byte> payload, OwnedBuffer* owned,
-                 const std::string& what);
+  // The payload is head ‖ body (head may be empty); `owned` as TcpLane::send.
+  void send_lane(int peer, uint64_t tag, std::span<const std::byte> head,
+                 std::span<const std::byte> body, OwnedBuffer* owned, const std::string& what);
   // Reads one frame from `peer`'s lane into queues_, or returns after a
   // wait slice without one; fails the peer when the lane breaks. The caller
   // holds the reader's role (lane_reading_).

@@ -2,10 +2,12 @@
 // the receive path that reads them: setting the lanes up in connect(),
 // sending data frames over them, and take(), which waits for a message and,
 // for a peer with a lane, reads that lane itself.
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstring>
 
@@ -142,10 +144,22 @@ void ZmqTransport::connect_lane(int peer, const PeerEndpoint& endpoint, uint32_t
                  peer, e.what());
     return;
   }
-  // The lower rank's hello: sequence 0, no payload. A new connection's send
-  // buffer takes 88 bytes at once.
-  const wire::HeaderBytes hello =
-      frame_header(peer, wire::MessageType::kData, 0, kLaneOfferTag, {});
+  // The higher rank's challenge first, then the lower rank's hello:
+  // sequence 0, the challenge as its payload (under the MAC). A new
+  // connection's send buffer takes the 104 bytes at once.
+  std::array<std::byte, kLaneChallengeBytes> challenge{};
+  const int reader = dup(fd);
+  if (reader < 0 || !read_fully(reader, challenge, Deadline::after(kHelloWait))) {
+    logger_.warn("rank {}: rank {} sent no tcp lane challenge; its data stays on ZeroMQ",
+                 options_.rank, peer);
+    close(fd);
+    return;
+  }
+  const wire::HeaderBytes header =
+      frame_header(peer, wire::MessageType::kData, 0, kLaneOfferTag, challenge);
+  std::array<std::byte, wire::kHeaderBytes + kLaneChallengeBytes> hello{};
+  std::memcpy(hello.data(), header.data(), header.size());
+  std::memcpy(hello.data() + header.size(), challenge.data(), challenge.size());
   const ssize_t sent = ::send(fd, hello.data(), hello.size(), MSG_NOSIGNAL);
   if (sent != static_cast<ssize_t>(hello.size())) {
     logger_.warn("rank {}: tcp lane hello to rank {} not sent ({}); its data stays on ZeroMQ",
@@ -158,7 +172,18 @@ void ZmqTransport::connect_lane(int peer, const PeerEndpoint& endpoint, uint32_t
 }
 
 void ZmqTransport::accept_lane(int fd, std::vector<int>& expected) {
+  // A fresh challenge per connection: a hello recorded from another one
+  // (an earlier run with the same job name and secret) carries another.
+  std::array<std::byte, kLaneChallengeBytes> challenge{};
+  if (getrandom(challenge.data(), challenge.size(), 0) != static_cast<ssize_t>(challenge.size()) ||
+      ::send(fd, challenge.data(), challenge.size(), MSG_NOSIGNAL) !=
+          static_cast<ssize_t>(challenge.size())) {
+    drop(fmt::format("a tcp lane connection: challenge not sent ({})", std::strerror(errno)));
+    close(fd);
+    return;
+  }
   wire::HeaderBytes hello{};
+  std::array<std::byte, kLaneChallengeBytes> answer{};
   const int reader = dup(fd);
   if (reader < 0 || !read_fully(reader, hello, Deadline::after(kHelloWait))) {
     drop("a tcp lane connection that sent no hello");
@@ -166,10 +191,27 @@ void ZmqTransport::accept_lane(int fd, std::vector<int>& expected) {
     return;
   }
   const wire::FrameLimits limits{auth_.job_id(), static_cast<uint32_t>(options_.world_size),
-                                 static_cast<uint32_t>(options_.rank), 0};
+                                 static_cast<uint32_t>(options_.rank), kLaneChallengeBytes};
   try {
     const wire::FrameHeader h = wire::decode_header(hello, limits, auth_);
-    wire::check_payload(h, hello, {}, auth_);
+    if (h.payload_bytes != kLaneChallengeBytes) {
+      throw DataError(
+          fmt::format("tcp lane hello from rank {} carries {} bytes, not the {}-byte "
+                      "challenge",
+                      h.sender, h.payload_bytes, kLaneChallengeBytes));
+    }
+    const int answer_reader = dup(fd);
+    if (answer_reader < 0 || !read_fully(answer_reader, answer, Deadline::after(kHelloWait))) {
+      throw DataError(
+          fmt::format("tcp lane hello from rank {} ends before its challenge", h.sender));
+    }
+    wire::check_payload(h, hello, answer, auth_);
+    if (answer != challenge) {
+      throw DataError(
+          fmt::format("tcp lane hello from rank {} answers another challenge (a "
+                      "replayed hello)",
+                      h.sender));
+    }
     const auto it = std::find(expected.begin(), expected.end(), static_cast<int>(h.sender));
     if (h.type != wire::MessageType::kData || h.tag != kLaneOfferTag || h.sequence != 0 ||
         it == expected.end()) {
@@ -227,14 +269,28 @@ bool ZmqTransport::lane_open(int peer) const {
   return lane_marker_[peer] && lanes_ && lanes_->lane(peer) != nullptr && !lane_closed_[peer];
 }
 
-void ZmqTransport::send_lane(int peer, uint64_t tag, std::span<const std::byte> payload,
-                             OwnedBuffer* owned, const std::string& what) {
+void ZmqTransport::send_parts(int peer, uint64_t tag, std::span<const std::byte> head,
+                              std::span<const std::byte> body, const std::string& what,
+                              Deadline deadline) {
+  check_send(peer, head.size() + body.size(), what);
+  if (!peers_[peer]->lane_sending.load(std::memory_order_acquire)) {
+    // ZeroMQ takes one buffer (send_owned() may still find the lane switched
+    // on under its gate).
+    send_owned(peer, tag, OwnedBuffer::join(head, body), what, deadline);
+    return;
+  }
+  send_lane(peer, tag, head, body, nullptr, what);
+}
+
+void ZmqTransport::send_lane(int peer, uint64_t tag, std::span<const std::byte> head,
+                             std::span<const std::byte> body, OwnedBuffer* owned,
+                             const std::string& what) {
   const auto problem = lanes_->send(
       peer,
       [&](uint64_t sequence) {
-        return frame_header(peer, wire::MessageType::kData, sequence, tag, payload);
+        return frame_header(peer, wire::MessageType::kData, sequence, tag, head, body);
       },
-      payload, owned);
+      head, body, owned);
   if (problem) {
     fail_lane(peer, *problem);
     fail_call(peer, what, *problem);
@@ -270,9 +326,13 @@ std::optional<wire::FrameHeader> ZmqTransport::check_lane_header(
 
 void ZmqTransport::read_lane(int peer, Deadline deadline) {
   TcpLane& lane = *lanes_->lane(peer);
-  // While it waits, the reader also writes this rank's queued frames as
-  // their sockets drain (TcpLanes::wait_readable).
-  if (!lanes_->wait_readable(peer, std::min(kLaneSlice, deadline.remaining()))) return;
+  // A short spin first (ZmqTransportOptions::lane_spin). While it sleeps,
+  // the reader also writes this rank's queued frames as their sockets drain
+  // (TcpLanes::wait_readable).
+  if (!lane.spin_readable(options_.lane_spin) &&
+      !lanes_->wait_readable(peer, std::min(kLaneSlice, deadline.remaining()))) {
+    return;
+  }
   const auto keep_waiting = [&] {
     {
       std::lock_guard lock(mutex_);

@@ -10,7 +10,9 @@
 #include <cstring>
 #include <optional>
 #include <span>
+#include <vector>
 
+#include "comm/wire/gcm_tag.h"
 #include "core/byte_codec.h"
 #include "core/error.h"
 
@@ -139,6 +141,8 @@ MacNonce mac_nonce(std::span<const std::byte, kMacBytes> mac) {
 
 struct JobAuth::Keys {
   crypto_aead_aes256gcm_state gcm;  // expanded AES key and GHASH key
+  // The same key for GcmTagger, where the CPU runs it (else null).
+  std::unique_ptr<GcmTagger> fast_gcm;
   std::array<unsigned char, crypto_stream_chacha20_ietf_KEYBYTES> chacha{};
   ~Keys() {
     sodium_memzero(&gcm, sizeof gcm);
@@ -184,6 +188,9 @@ JobAuth::JobAuth(std::string_view job_name, std::string_view secret, bool encryp
   std::array<unsigned char, 32> gcm_key{};
   keyed_digest(secret, kGcmKeyDomain, job_id_, gcm_key);
   if (gcm_available_) crypto_aead_aes256gcm_beforenm(&keys->gcm, gcm_key.data());
+  if (gcm_available_ && GcmTagger::available()) {
+    keys->fast_gcm = std::make_unique<GcmTagger>(gcm_key);
+  }
   sodium_memzero(gcm_key.data(), gcm_key.size());
   keyed_digest(secret, kPolyKeyDomain, job_id_, keys->chacha);
   keys_ = std::move(keys);
@@ -199,17 +206,38 @@ JobAuth::~JobAuth() { sodium_memzero(&curve_, sizeof curve_); }
 
 namespace {
 
+// Payloads from this size up take GcmTagger where there is one: below it
+// libsodium's one-block-at-a-time GHASH is as fast (mac_bench: 64-byte
+// frames 0.46 against 0.38 GB/s, 4 KiB 6.0 against 11.6 GB/s).
+constexpr size_t kFastGcmMinBytes = 1024;
+
 // The tag of `header` then `payload` under `nonce` (see auth.h). GCM: the
 // payload is the additional data and the header the message, whose
 // ciphertext is thrown away (libsodium takes one AD buffer, and so neither
-// is copied).
-void frame_tag(FrameMac mac, const crypto_aead_aes256gcm_state& gcm,
+// is copied). GcmTagger computes the same tag (gcm_tag.h).
+// The payload is head ‖ body (head empty for a payload in one piece).
+void frame_tag(FrameMac mac, const crypto_aead_aes256gcm_state& gcm, const GcmTagger* fast_gcm,
                std::span<const unsigned char, 32> chacha_key, const unsigned char* nonce,
-               std::span<const std::byte> header, std::span<const std::byte> payload,
-               unsigned char* tag) {
+               std::span<const std::byte> header, std::span<const std::byte> head,
+               std::span<const std::byte> body, unsigned char* tag) {
   DTRAIN_CHECK(header.size() <= kMaxHeaderBytes, "a {}-byte header, at most {}", header.size(),
                kMaxHeaderBytes);
+  if (mac == FrameMac::kAesGcm && fast_gcm != nullptr &&
+      head.size() + body.size() >= kFastGcmMinBytes) {
+    fast_gcm->tag(std::span<const unsigned char, kNonceBytes>(nonce, kNonceBytes), header, head,
+                  body, std::span<unsigned char, kTagBytes>(tag, kTagBytes));
+    return;
+  }
   if (mac == FrameMac::kAesGcm) {
+    // libsodium takes one additional-data buffer.
+    std::vector<std::byte> joined;
+    std::span<const std::byte> payload = body;
+    if (!head.empty()) {
+      joined.reserve(head.size() + body.size());
+      joined.insert(joined.end(), head.begin(), head.end());
+      joined.insert(joined.end(), body.begin(), body.end());
+      payload = joined;
+    }
     std::array<unsigned char, kMaxHeaderBytes> discarded;
     unsigned long long tag_bytes = 0;
     crypto_aead_aes256gcm_encrypt_detached_afternm(discarded.data(), tag, &tag_bytes,
@@ -223,7 +251,8 @@ void frame_tag(FrameMac mac, const crypto_aead_aes256gcm_state& gcm,
   crypto_onetimeauth_state state;
   crypto_onetimeauth_init(&state, one_time_key.data());
   crypto_onetimeauth_update(&state, uchars(header), header.size());
-  crypto_onetimeauth_update(&state, uchars(payload), payload.size());
+  crypto_onetimeauth_update(&state, uchars(head), head.size());
+  crypto_onetimeauth_update(&state, uchars(body), body.size());
   crypto_onetimeauth_final(&state, tag);
   sodium_memzero(one_time_key.data(), one_time_key.size());
 }
@@ -243,6 +272,11 @@ std::optional<FrameMac> algorithm_of(std::span<const std::byte, kMacBytes> mac) 
 }  // namespace
 
 Mac JobAuth::mac(std::span<const std::byte> header, std::span<const std::byte> payload) const {
+  return mac(header, {}, payload);
+}
+
+Mac JobAuth::mac(std::span<const std::byte> header, std::span<const std::byte> head,
+                 std::span<const std::byte> body) const {
   DTRAIN_CHECK(enabled_, "JobAuth::mac called without a job secret");
   ByteWriter w(kOffTag);
   w.write_u32(nonces_->source);
@@ -252,8 +286,9 @@ Mac JobAuth::mac(std::span<const std::byte> header, std::span<const std::byte> p
   w.write_u16(0);
   Mac out{};
   std::copy(w.bytes().begin(), w.bytes().end(), out.begin());
-  frame_tag(send_, keys_->gcm, keys_->chacha, reinterpret_cast<const unsigned char*>(out.data()),
-            header, payload, reinterpret_cast<unsigned char*>(out.data() + kOffTag));
+  frame_tag(send_, keys_->gcm, keys_->fast_gcm.get(), keys_->chacha,
+            reinterpret_cast<const unsigned char*>(out.data()), header, head, body,
+            reinterpret_cast<unsigned char*>(out.data() + kOffTag));
   return out;
 }
 
@@ -264,8 +299,8 @@ bool JobAuth::verify(std::span<const std::byte> header, std::span<const std::byt
     return false;
   }
   std::array<unsigned char, kTagBytes> actual;
-  frame_tag(*algorithm, keys_->gcm, keys_->chacha, uchars(expected), header, payload,
-            actual.data());
+  frame_tag(*algorithm, keys_->gcm, keys_->fast_gcm.get(), keys_->chacha, uchars(expected), header,
+            {}, payload, actual.data());
   return crypto_verify_16(actual.data(), uchars(expected.subspan<kOffTag, kTagBytes>())) == 0;
 }
 

@@ -80,6 +80,11 @@ std::string_view to_string(MessageType type) {
 
 HeaderBytes encode_header(const FrameHeader& header, std::span<const std::byte> payload,
                           const JobAuth& auth, bool with_crc) {
+  return encode_header(header, {}, payload, auth, with_crc);
+}
+
+HeaderBytes encode_header(const FrameHeader& header, std::span<const std::byte> head,
+                          std::span<const std::byte> body, const JobAuth& auth, bool with_crc) {
   uint8_t flags = 0;
   if (with_crc) flags |= kFlagCrc;
   if (auth.enabled()) flags |= kFlagMac;
@@ -94,8 +99,9 @@ HeaderBytes encode_header(const FrameHeader& header, std::span<const std::byte> 
   w.write_u64(header.job_id);
   w.write_u64(header.sequence);
   w.write_u64(header.tag);
-  w.write_u64(payload.size());
-  w.write_u32(with_crc ? crc32c(payload.data(), payload.size()) : 0u);
+  w.write_u64(head.size() + body.size());
+  w.write_u32(with_crc ? crc32c_extend(crc32c(head.data(), head.size()), body.data(), body.size())
+                       : 0u);
   w.write_u32(0);  // reserved
   DTRAIN_CHECK(w.size() == kOffMac, "header fields end at {}, the MAC starts at {}", w.size(),
                kOffMac);
@@ -103,7 +109,7 @@ HeaderBytes encode_header(const FrameHeader& header, std::span<const std::byte> 
   std::copy(w.bytes().begin(), w.bytes().end(), bytes.begin());
   if (auth.enabled()) {
     // The MAC covers the header with its MAC field still zero.
-    Mac mac = auth.mac(std::span<const std::byte>(bytes), payload);
+    Mac mac = auth.mac(std::span<const std::byte>(bytes), head, body);
     std::copy(mac.begin(), mac.end(), bytes.begin() + kOffMac);
   }
   return bytes;

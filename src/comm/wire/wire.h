@@ -79,6 +79,10 @@ using HeaderBytes = std::array<std::byte, kHeaderBytes>;
 // payload_bytes, payload_crc and mac are ignored.
 HeaderBytes encode_header(const FrameHeader& header, std::span<const std::byte> payload,
                           const JobAuth& auth, bool with_crc);
+// The same for the payload head ‖ body, which the caller sends without
+// joining them (a tcp lane's gathered write).
+HeaderBytes encode_header(const FrameHeader& header, std::span<const std::byte> head,
+                          std::span<const std::byte> body, const JobAuth& auth, bool with_crc);
 
 // What the receiver expects of a frame.
 struct FrameLimits {
