@@ -1,5 +1,7 @@
 #include "ps/sharding.h"
 
+#include <cmath>
+#include <numbers>
 #include <set>
 
 #include "core/error.h"
@@ -131,8 +133,21 @@ void init_sparse_row(uint64_t seed, uint32_t table, uint64_t key, float init_std
     std::fill(out.begin(), out.end(), 0.0f);
     return;
   }
+  // Box-Muller (Box & Muller 1958) in float, both outputs of each pair: one
+  // 64-bit draw gives u1 in (0, 1] and u2 in [0, 1), 24 bits each, so
+  // |z| <= sqrt(2 ln 2^24) = 5.8. A quarter of the draws, half the
+  // logarithms and float instead of double libm calls of Rng::normal, which
+  // made row creation a third of a server's CPU.
   Rng rng(mix64(seed ^ mix64(key ^ mix64(0xD1B54A32D192ED03ull + table))));
-  for (float& v : out) v = rng.normal(0.0f, init_std);
+  for (size_t i = 0; i < out.size(); i += 2) {
+    const uint64_t bits = rng.next_u64();
+    const float u1 = static_cast<float>((bits >> 40) + 1) * 0x1.0p-24f;
+    const float u2 = static_cast<float>((bits >> 8) & 0xFFFFFFu) * 0x1.0p-24f;
+    const float r = init_std * std::sqrt(-2.0f * std::log(u1));
+    const float theta = 2.0f * std::numbers::pi_v<float> * u2;
+    out[i] = r * std::cos(theta);
+    if (i + 1 < out.size()) out[i + 1] = r * std::sin(theta);
+  }
 }
 
 }  // namespace dtrain::ps
