@@ -234,6 +234,17 @@ void SparseTable::read_rows(std::span<const uint64_t> keys, std::span<float> out
   }
 }
 
+std::vector<std::span<const std::byte>> SparseTable::row_bytes(std::span<const uint64_t> keys) {
+  std::vector<int64_t> slot_of(keys.size());
+  slots(keys, slot_of);
+  std::vector<std::span<const std::byte>> out(keys.size());
+  const auto bytes = static_cast<size_t>(spec_.dim) * sizeof(float);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    out[i] = {reinterpret_cast<const std::byte*>(row(slot_of[i])), bytes};
+  }
+  return out;
+}
+
 void SparseTable::apply(std::span<const uint64_t> keys, std::span<const float> grads, float lr) {
   const auto dim = static_cast<size_t>(spec_.dim);
   DTRAIN_CHECK(grads.size() == keys.size() * dim, "{} floats for {} rows of {}", grads.size(),

@@ -101,6 +101,10 @@ class SparseTable {
   // Copies the rows of `keys` into out (keys.size() * D floats), creating
   // missing rows.
   void read_rows(std::span<const uint64_t> keys, std::span<float> out);
+  // The rows of `keys` as views of their bytes in the table (a pull reply's
+  // Message::float_parts, encoded without a copy in between), creating
+  // missing rows. Valid until the table next changes (apply, import_state).
+  std::vector<std::span<const std::byte>> row_bytes(std::span<const uint64_t> keys);
   // Applies gradient rows (keys.size() * D floats) with `lr`; duplicates sum.
   void apply(std::span<const uint64_t> keys, std::span<const float> grads, float lr);
 
