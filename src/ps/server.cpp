@@ -509,9 +509,8 @@ void Server::Impl::on_pull_rows(const std::string& identity, const Message& m) {
   r.reply_to = Kind::kPullRows;
   r.request_id = m.request_id;
   r.version = consistency_.version();
-  r.floats.resize(m.keys.size() * static_cast<size_t>(table.spec().dim));
   const size_t rows_before = table.rows();
-  table.read_rows(m.keys, r.floats);
+  r.float_parts = table.row_bytes(m.keys);  // encoded straight from the table by reply()
   // Rows created by a read change the block layout: the backups replay it.
   if (backups_ && table.rows() != rows_before) backups_->record_touch(m.table, m.keys);
   reply(identity, m.worker, std::move(r));

@@ -177,52 +177,105 @@ float* SparseTable::row(int64_t slot) const {
   return block.rows.data() + (slot % kSparseBlockRows) * spec_.dim;
 }
 
+size_t SparseTable::home(uint64_t key) const {
+  uint64_t h = key * 0x9E3779B97F4A7C15ull;  // Fibonacci hashing, then the high bits folded in
+  h ^= h >> 32;
+  return static_cast<size_t>(h) & (slot_index_.size() - 1);
+}
+
+SparseTable::IndexEntry& SparseTable::entry(uint64_t key) {
+  const size_t mask = slot_index_.size() - 1;
+  for (size_t i = home(key);; i = (i + 1) & mask) {
+    IndexEntry& e = slot_index_[i];
+    if (e.slot < 0 || e.key == key) return e;
+  }
+}
+
+void SparseTable::grow_index() {
+  slot_index_.assign(std::max<size_t>(1024, slot_index_.size() * 2), IndexEntry{});
+  for (size_t s = 0; s < key_of_.size(); ++s) {
+    entry(key_of_[s]) = IndexEntry{key_of_[s], static_cast<int64_t>(s)};
+  }
+}
+
 int64_t SparseTable::slot(uint64_t key) {
-  auto it = slot_of_.find(key);
-  if (it != slot_of_.end()) return it->second;
+  if ((key_of_.size() + 1) * 2 > slot_index_.size()) grow_index();
+  IndexEntry& e = entry(key);
+  if (e.slot >= 0) return e.slot;
   const auto slot = static_cast<int64_t>(key_of_.size());
   if (slot % kSparseBlockRows == 0) {
     Tensor rows = Tensor::zeros({kSparseBlockRows, spec_.dim});
     blocks_.push_back(Block{rows, optimizer_over(rows, config_)});
   }
   key_of_.push_back(key);
-  slot_of_.emplace(key, slot);
+  e = IndexEntry{key, slot};
   init_sparse_row(seed_, index_, key, spec_.init_std, {row(slot), static_cast<size_t>(spec_.dim)});
   return slot;
+}
+
+void SparseTable::slots(std::span<const uint64_t> keys, std::span<int64_t> out) {
+  // Room for every key up front, so that the prefetched lines stay the index's.
+  while ((key_of_.size() + keys.size()) * 2 > slot_index_.size()) grow_index();
+  constexpr size_t kAhead = 8;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (i + kAhead < keys.size()) __builtin_prefetch(&slot_index_[home(keys[i + kAhead])]);
+    out[i] = slot(keys[i]);
+  }
 }
 
 void SparseTable::read_rows(std::span<const uint64_t> keys, std::span<float> out) {
   const auto dim = static_cast<size_t>(spec_.dim);
   DTRAIN_CHECK(out.size() == keys.size() * dim, "{} floats for {} rows of {}", out.size(),
                keys.size(), dim);
+  std::vector<int64_t> slot_of(keys.size());
+  slots(keys, slot_of);
   for (size_t i = 0; i < keys.size(); ++i) {
-    std::memcpy(out.data() + i * dim, row(slot(keys[i])), dim * sizeof(float));
+    std::memcpy(out.data() + i * dim, row(slot_of[i]), dim * sizeof(float));
   }
+}
+
+std::vector<std::span<const std::byte>> SparseTable::row_bytes(std::span<const uint64_t> keys) {
+  std::vector<int64_t> slot_of(keys.size());
+  slots(keys, slot_of);
+  std::vector<std::span<const std::byte>> out(keys.size());
+  const auto bytes = static_cast<size_t>(spec_.dim) * sizeof(float);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    out[i] = {reinterpret_cast<const std::byte*>(row(slot_of[i])), bytes};
+  }
+  return out;
 }
 
 void SparseTable::apply(std::span<const uint64_t> keys, std::span<const float> grads, float lr) {
   const auto dim = static_cast<size_t>(spec_.dim);
   DTRAIN_CHECK(grads.size() == keys.size() * dim, "{} floats for {} rows of {}", grads.size(),
                keys.size(), dim);
-  // Group the rows by block, then one update_sparse per touched block.
-  std::map<size_t, std::vector<size_t>> by_block;
-  std::vector<int64_t> slots(keys.size());
-  for (size_t i = 0; i < keys.size(); ++i) {
-    slots[i] = slot(keys[i]);
-    by_block[static_cast<size_t>(slots[i] / kSparseBlockRows)].push_back(i);
+  std::vector<int64_t> slot_of(keys.size());
+  slots(keys, slot_of);
+  // The rows by block, in arrival order within a block; then one
+  // update_sparse per touched block over its run of the gathered rows.
+  std::vector<uint32_t> order(keys.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<uint32_t>(i);
+  std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) {
+    return slot_of[a] / kSparseBlockRows < slot_of[b] / kSparseBlockRows;
+  });
+  const Tensor gathered = Tensor::empty({static_cast<int64_t>(keys.size()), spec_.dim});
+  for (size_t j = 0; j < order.size(); ++j) {
+    std::memcpy(gathered.data() + j * dim, grads.data() + order[j] * dim, dim * sizeof(float));
   }
-  for (const auto& [b, members] : by_block) {
-    SparseRows grad;
-    grad.num_rows = kSparseBlockRows;
-    grad.values = Tensor::empty({static_cast<int64_t>(members.size()), spec_.dim});
-    for (size_t j = 0; j < members.size(); ++j) {
-      grad.indices.push_back(slots[members[j]] % kSparseBlockRows);
-      std::memcpy(grad.values.data() + j * dim, grads.data() + members[j] * dim,
-                  dim * sizeof(float));
+  SparseRows grad;
+  grad.num_rows = kSparseBlockRows;
+  for (size_t first = 0; first < order.size();) {
+    const int64_t b = slot_of[order[first]] / kSparseBlockRows;
+    size_t last = first;
+    grad.indices.clear();
+    for (; last < order.size() && slot_of[order[last]] / kSparseBlockRows == b; ++last) {
+      grad.indices.push_back(slot_of[order[last]] % kSparseBlockRows);
     }
-    Block& block = blocks_[b];
+    grad.values = gathered.narrow(static_cast<int64_t>(first), static_cast<int64_t>(last - first));
+    Block& block = blocks_[static_cast<size_t>(b)];
     block.optimizer->set_lr(lr);
     block.optimizer->update_sparse(0, block.rows, grad);
+    first = last;
   }
 }
 
@@ -295,11 +348,13 @@ void SparseTable::import_state(const StateDict& in) {
   }
   for (int64_t i = 0; i < n; ++i) {
     const uint64_t key = limbs_to_key(keys.data() + i * 4);
-    if (fresh.slot_of_.count(key) != 0) {
+    const size_t before = fresh.rows();
+    const int64_t slot = fresh.slot(key);
+    if (fresh.rows() == before) {
       throw UsageError(
           fmt::format("ps sparse state: table '{}' lists key {} twice", spec_.name, key));
     }
-    std::memcpy(fresh.row(fresh.slot(key)), values.data() + i * spec_.dim, dim * sizeof(float));
+    std::memcpy(fresh.row(slot), values.data() + i * spec_.dim, dim * sizeof(float));
   }
   for (size_t b = 0; b < fresh.blocks_.size(); ++b) {
     const int64_t first = static_cast<int64_t>(b) * kSparseBlockRows;
@@ -320,7 +375,7 @@ void SparseTable::import_state(const StateDict& in) {
     }
     fresh.blocks_[b].optimizer->load_state_dict(dict);
   }
-  slot_of_ = std::move(fresh.slot_of_);
+  slot_index_ = std::move(fresh.slot_index_);
   key_of_ = std::move(fresh.key_of_);
   blocks_ = std::move(fresh.blocks_);
 }

@@ -14,7 +14,9 @@
 // decay densifies over the block, as torch does over the whole table). Rows
 // are created on first touch with init_sparse_row() and take the next free
 // slot; a block's step count (adam's bias correction) counts the updates of
-// that block.
+// that block. A key finds its slot through an open-addressing index (linear
+// probing over a power-of-two array of (key, slot) pairs, at most half full),
+// one cache line per lookup; a batch of keys prefetches the lines ahead.
 //
 // State export (per server, the layout of server.h):
 //   "dense.values" [count], "dense.optimizer.<UpdateRule::state_dict() keys>"
@@ -31,7 +33,6 @@
 #include <memory>
 #include <span>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include "optim/optimizer_config.h"
@@ -96,10 +97,14 @@ class SparseTable {
               const optim::OptimizerConfig& config);
 
   const SparseTableSpec& spec() const { return spec_; }
-  size_t rows() const { return slot_of_.size(); }
+  size_t rows() const { return key_of_.size(); }
   // Copies the rows of `keys` into out (keys.size() * D floats), creating
   // missing rows.
   void read_rows(std::span<const uint64_t> keys, std::span<float> out);
+  // The rows of `keys` as views of their bytes in the table (a pull reply's
+  // Message::float_parts, encoded without a copy in between), creating
+  // missing rows. Valid until the table next changes (apply, import_state).
+  std::vector<std::span<const std::byte>> row_bytes(std::span<const uint64_t> keys);
   // Applies gradient rows (keys.size() * D floats) with `lr`; duplicates sum.
   void apply(std::span<const uint64_t> keys, std::span<const float> grads, float lr);
 
@@ -111,16 +116,26 @@ class SparseTable {
     Tensor rows;  // [kSparseBlockRows, D]
     std::unique_ptr<optim::UpdateRule> optimizer;
   };
+  struct IndexEntry {
+    uint64_t key = 0;
+    int64_t slot = -1;  // -1: empty
+  };
   // The slot of `key`, creating the row when missing.
   int64_t slot(uint64_t key);
+  // The slots of `keys` (rows created when missing, in the order of keys).
+  void slots(std::span<const uint64_t> keys, std::span<int64_t> out);
+  // The index entry holding `key`, or the empty entry where it would go.
+  IndexEntry& entry(uint64_t key);
+  size_t home(uint64_t key) const;
+  void grow_index();
   float* row(int64_t slot) const;
 
   SparseTableSpec spec_;
   uint32_t index_ = 0;
   uint64_t seed_ = 0;
   optim::OptimizerConfig config_;
-  std::unordered_map<uint64_t, int64_t> slot_of_;
-  std::vector<uint64_t> key_of_;  // by slot
+  std::vector<IndexEntry> slot_index_;  // key -> slot; size a power of two (or 0)
+  std::vector<uint64_t> key_of_;        // by slot
   std::vector<Block> blocks_;
 };
 

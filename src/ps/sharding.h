@@ -10,8 +10,8 @@
 // Sparse tables (embedding rows of dimension D, keyed by uint64 ids from a
 // huge space): row `key` of table `t` lives on server sparse_server_of(t,
 // key, S) (a 64-bit mix of table and key, modulo S) and is created on first
-// touch with init_sparse_row(), N(0, init_std) from an Rng seeded by a mix of
-// (seed, table, key), so a row's initial value does not depend on which
+// touch with init_sparse_row(), N(0, init_std) by Box-Muller in float from an
+// Rng seeded by a mix of (seed, table, key), so a row's initial value does not depend on which
 // worker touches it first nor on the number of servers.
 //
 // slice_pieces() cuts one slice into the matrices a gradient compressor

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <vector>
@@ -115,6 +116,38 @@ TEST(SparseInit, IsDeterministicPerSeedTableAndKey) {
   EXPECT_NEAR(std::sqrt(sum_sq / (200 * 64)), 0.1, 0.01);
   init_sparse_row(1, 0, 5, 0.0f, row);
   for (float v : row) EXPECT_EQ(v, 0.0f);
+}
+
+// The row init's values are N(0, std^2): mean, the shares within 1 and 2
+// standard deviations, the largest |z| (5.8 at most: 24-bit uniforms), no
+// correlation between the two values of a Box-Muller pair, and rows of odd
+// and long dimensions filled to their end.
+TEST(SparseInit, ValuesFollowTheNormalDistribution) {
+  const int rows = 4000;
+  std::vector<float> row(17);
+  double sum = 0, within1 = 0, within2 = 0, pair_product = 0, max_z = 0;
+  for (int key = 0; key < rows; ++key) {
+    init_sparse_row(3, 1, static_cast<uint64_t>(key), 0.5f, row);
+    for (size_t i = 0; i < row.size(); ++i) {
+      const double z = row[i] / 0.5;
+      sum += z;
+      within1 += std::abs(z) < 1.0;
+      within2 += std::abs(z) < 2.0;
+      max_z = std::max(max_z, std::abs(z));
+      if (i % 2 == 0 && i + 1 < row.size()) pair_product += z * (row[i + 1] / 0.5);
+    }
+  }
+  const double n = rows * 17.0;
+  EXPECT_NEAR(sum / n, 0.0, 0.02);
+  EXPECT_NEAR(within1 / n, 0.6827, 0.01);
+  EXPECT_NEAR(within2 / n, 0.9545, 0.005);
+  EXPECT_LT(max_z, 5.8);
+  EXPECT_GT(max_z, 3.0);
+  EXPECT_NEAR(pair_product / (rows * 8.0), 0.0, 0.03);
+  std::vector<float> long_row(100, 7.0f);
+  init_sparse_row(3, 1, 9, 0.5f, long_row);
+  for (float v : long_row) EXPECT_NE(v, 7.0f);
+  EXPECT_NE(long_row[98], long_row[99]);
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <map>
 #include <set>
 
@@ -209,6 +210,79 @@ TEST(SparseTablesSync, RowsOfAPushTheVersionDoesNotCountAreDiscarded) {
       },
       "ps push_rows with rank 0: server 0 refused: future row push for version 3: server 0 is "
       "at version 1");
+}
+
+// SparseTable against a plain map over enough keys to grow its index several
+// times, with keys that share their low or high bits (the index's hash must
+// spread them) and duplicates within a batch; sgd applies each pushed row in
+// arrival order, so the reference's sums are exact.
+TEST(SparseTableIndex, MatchesAMapOverManyKeysDuplicatesAndCollidingBits) {
+  optim::OptimizerConfig sgd;
+  sgd.type = "sgd";
+  const SparseTableSpec spec{"emb", 3, 0.1f};
+  SparseTable table(spec, 2, 9, sgd);
+  std::map<uint64_t, std::vector<float>> expected;
+  Rng rng(5);
+  for (int batch = 0; batch < 40; ++batch) {
+    std::vector<uint64_t> keys;
+    for (int i = 0; i < 97; ++i) {
+      const uint64_t k = rng.below(3000);
+      keys.push_back(batch % 3 == 0 ? k << 40 : batch % 3 == 1 ? k * 1048576 : k);
+      if (i % 10 == 0) keys.push_back(keys.front());  // a duplicate
+    }
+    for (uint64_t k : keys) {
+      if (expected.count(k) == 0) expected[k] = init_row(9, 2, k, 0.1f, 3);
+    }
+    std::vector<float> grads(keys.size() * 3);
+    for (float& g : grads) g = rng.uniform() - 0.5f;
+    if (batch % 2 == 0) {  // rows created by a read, then pushed
+      std::vector<float> read(keys.size() * 3);
+      table.read_rows(keys, read);
+      for (size_t i = 0; i < keys.size(); ++i) {
+        EXPECT_EQ(std::vector<float>(read.begin() + i * 3, read.begin() + i * 3 + 3),
+                  expected[keys[i]]);
+      }
+    }
+    table.apply(keys, grads, 0.5f);
+    for (size_t i = 0; i < keys.size(); ++i) {
+      for (size_t d = 0; d < 3; ++d) expected[keys[i]][d] += -0.5f * grads[i * 3 + d];
+    }
+  }
+  ASSERT_EQ(table.rows(), expected.size());
+  std::vector<uint64_t> all;
+  for (const auto& [k, row] : expected) all.push_back(k);
+  const auto views = table.row_bytes(all);
+  for (size_t i = 0; i < all.size(); ++i) {
+    std::vector<float> row(3);
+    ASSERT_EQ(views[i].size(), 3 * sizeof(float));
+    std::memcpy(row.data(), views[i].data(), views[i].size());
+    EXPECT_EQ(row, expected[all[i]]) << "key " << all[i];
+  }
+  EXPECT_EQ(table.rows(), expected.size());  // reading existing rows creates none
+  // Export lists the rows sorted by key; a fresh table imports them exactly.
+  StateDict state;
+  table.export_state(state);
+  SparseTable copy(spec, 2, 9, sgd);
+  copy.import_state(state);
+  ASSERT_EQ(copy.rows(), expected.size());
+  std::vector<float> read(all.size() * 3);
+  copy.read_rows(all, read);
+  for (size_t i = 0; i < all.size(); ++i) {
+    EXPECT_EQ(std::vector<float>(read.begin() + i * 3, read.begin() + i * 3 + 3), expected[all[i]]);
+  }
+  const Tensor& keys = state.at("sparse.emb.keys");
+  for (int64_t i = 0; i < keys.size(0); ++i) {
+    EXPECT_EQ(limbs_to_key(keys.data() + i * 4), all[static_cast<size_t>(i)]);
+  }
+  // A key listed twice is refused and leaves the table as it was.
+  keys.data()[4] = keys.data()[0];
+  keys.data()[5] = keys.data()[1];
+  keys.data()[6] = keys.data()[2];
+  keys.data()[7] = keys.data()[3];
+  dtrain::testing::expect_error<UsageError>(
+      [&] { copy.import_state(state); },
+      fmt::format("ps sparse state: table 'emb' lists key {} twice", all[0]));
+  EXPECT_EQ(copy.rows(), expected.size());
 }
 
 }  // namespace
