@@ -5,6 +5,8 @@
 //   receiving different tags from one peer at once (spinning readers), and
 //   both ranks sending 8 MiB to each other before either receives (sends
 //   never wait for the peer), payloads sent in two parts (send_parts);
+// - recv_into()/recv_parts() reading the awaited frame straight into the
+//   caller's buffers while frames on other tags queue, with MAC and CRC;
 // - a hand-made rank 0 whose first lane connection says a hello that does
 //   not answer that connection's challenge (one recorded from another
 //   connection, or the previous wire version's hello without one): rank 1
@@ -15,7 +17,8 @@
 //   delivered; a truncated one (the connection closes mid-payload), an
 //   oversized one, one signed with another secret and one that skips a
 //   sequence number each fail rank 1's receive at once with a CommError
-//   naming rank 0 and the fault.
+//   naming rank 0 and the fault, through recv() and through recv_parts()
+//   (the payload read straight into the caller's buffers).
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -161,6 +164,58 @@ TEST(TcpLane, APayloadSentInTwoPartsArrivesJoined) {
   }
 }
 
+// recv_into() and recv_parts() read the awaited frame straight into the
+// caller's buffers; frames on other tags, and one of another size, reach
+// the queue as before: every message arrives whole and in per-tag order,
+// with the MAC (a secret) and with the CRC (none), and a buffer of the wrong
+// size fails naming both sizes.
+class TcpLaneInto : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(TcpLaneInto, TheAwaitedFrameGoesStraightInAndTheOthersQueue) {
+  const JobAuth auth("lane-into", GetParam());
+  auto ranks = make_pair_over_tcp(auth);
+  for (auto& rank : ranks) ASSERT_TRUE(rank->wait_for_lanes(1, Deadline::after(kDeadline)));
+  // Tag 1 twice, then tag 2; rank 0 asks for tag 2 first, so both tag-1
+  // frames pass through the queue while it waits; then for tag 3, which
+  // comes straight into its buffer (the next frame on the lane).
+  const std::vector<std::pair<uint64_t, size_t>> sent{
+      {1, 4000}, {1, 300 * 1024 + 3}, {2, 3 * 1024 * 1024 + 5}, {3, 65536 + 7}, {3, 33}};
+  for (size_t i = 0; i < sent.size(); ++i) {
+    ranks[1]->send(0, sent[i].first, pattern(sent[i].second, static_cast<int>(i)), "test",
+                   Deadline::after(kDeadline));
+  }
+  std::vector<std::byte> out(sent[2].second);
+  ranks[0]->recv_into(1, 2, out, "test", Deadline::after(kDeadline));
+  EXPECT_EQ(out, pattern(sent[2].second, 2));
+  out.assign(sent[3].second, std::byte{0});
+  ranks[0]->recv_into(1, 3, out, "test", Deadline::after(kDeadline));
+  EXPECT_EQ(out, pattern(sent[3].second, 3));
+  // The queued ones, through recv_parts (a head inside a 16-byte block).
+  for (size_t i = 0; i < 2; ++i) {
+    out.assign(sent[i].second, std::byte{0});
+    const std::span<std::byte> all(out);
+    ranks[0]->recv_parts(1, 1, all.first(5), all.subspan(5), "test", Deadline::after(kDeadline),
+                         [](std::span<const std::byte>) { FAIL() << "sizes differ"; });
+    EXPECT_EQ(out, pattern(sent[i].second, static_cast<int>(i))) << "frame " << i;
+  }
+  // A 33-byte frame into a 32-byte buffer: queued, then refused by size.
+  out.assign(32, std::byte{0});
+  try {
+    ranks[0]->recv_into(1, 3, out, "test", Deadline::after(kDeadline));
+    ADD_FAILURE() << "a 33-byte message went into a 32-byte buffer";
+  } catch (const CommError& e) {
+    EXPECT_EQ(e.peer(), 1);
+    EXPECT_NE(std::string(e.what()).find("is 33 bytes, the receive buffer is 32 bytes"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(MacAndCrc, TcpLaneInto, ::testing::Values("lane secret", ""),
+                         [](const ::testing::TestParamInfo<const char*>& info) {
+                           return std::string(*info.param != '\0' ? "Mac" : "Crc");
+                         });
+
 // A rank 0 made by hand: registers at the rendezvous, offers a lane over
 // ZeroMQ, connects to rank 1's lane, says hello and sends the switch marker
 // over ZeroMQ; then writes what the test gives it on the lane.
@@ -292,7 +347,23 @@ class FakeLanePeer {
 struct Crafted {
   const char* name;
   const char* expected;  // in rank 1's error; empty: the frame is delivered
+  // Rank 1 receives with recv_parts() (a 32-byte head and the rest, as the
+  // collectives do: the lane reads the payload straight into them), else recv().
+  bool into_parts = false;
 };
+
+// rank.recv(0, tag) through recv_parts() with a head of `head_bytes`.
+std::vector<std::byte> recv_through_parts(ZmqTransport& rank, uint64_t tag, size_t size,
+                                          size_t head_bytes) {
+  std::vector<std::byte> out(size);
+  const std::span<std::byte> all(out);
+  rank.recv_parts(0, tag, all.first(head_bytes), all.subspan(head_bytes), "test",
+                  Deadline::after(kDeadline), [&](std::span<const std::byte> m) {
+                    throw CommError(0, "test",
+                                    fmt::format("a {}-byte message, not {}", m.size(), size));
+                  });
+  return out;
+}
 
 class TcpLaneFrames : public ::testing::TestWithParam<Crafted> {};
 
@@ -327,12 +398,16 @@ TEST_P(TcpLaneFrames, ACraftedFrameIsDeliveredOrFailsNamingTheSender) {
     rank0.write_all(payload);
   }
   const std::string expected = GetParam().expected;
+  const auto receive = [&] {
+    return GetParam().into_parts ? recv_through_parts(rank1, tag, payload.size(), 32)
+                                 : rank1.recv(0, tag, "test", Deadline::after(kDeadline));
+  };
   if (expected.empty()) {
-    EXPECT_EQ(rank1.recv(0, tag, "test", Deadline::after(kDeadline)), payload);
+    EXPECT_EQ(receive(), payload);
     return;
   }
   try {
-    rank1.recv(0, tag, "test", Deadline::after(kDeadline));
+    receive();
     ADD_FAILURE() << name << ": the frame was delivered";
   } catch (const TimeoutError& e) {
     ADD_FAILURE() << name << ": waited out instead of detected: " << e.what();
@@ -378,6 +453,16 @@ INSTANTIATE_TEST_SUITE_P(
                       Crafted{"oversized", "sent an invalid frame on its tcp lane"},
                       Crafted{"forged", "failed its checks on its tcp lane"},
                       Crafted{"skipped", "sequence 5 (expected data from rank 0, sequence 1)"}),
+    [](const ::testing::TestParamInfo<Crafted>& info) { return std::string(info.param.name); });
+
+INSTANTIATE_TEST_SUITE_P(
+    FramesIntoCallerBuffers, TcpLaneFrames,
+    ::testing::Values(
+        Crafted{"valid", "", true},
+        Crafted{"truncated", "closed its tcp lane mid-frame (10 of 4000 payload", true},
+        Crafted{"oversized", "sent an invalid frame on its tcp lane", true},
+        Crafted{"forged", "failed its checks on its tcp lane", true},
+        Crafted{"skipped", "sequence 5 (expected data from rank 0, sequence 1)", true}),
     [](const ::testing::TestParamInfo<Crafted>& info) { return std::string(info.param.name); });
 
 }  // namespace

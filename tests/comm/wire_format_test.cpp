@@ -2,6 +2,7 @@
 // replay of the fuzzing corpus (fuzz/corpus/wire) through the decoder.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -79,6 +80,42 @@ TEST(WireFormat, RoundTripWithSecretAndWithoutCrc) {
   const FrameHeader h = decode_frame(frame, limits_for(auth), auth);
   EXPECT_EQ(h.flags, kFlagMac);
   EXPECT_EQ(h.payload_crc, 0u);
+}
+
+// check_payload of a payload read into two buffers (a tcp lane's receiver
+// reading into the caller's head and body): every split of a valid payload
+// passes, with the MAC (below and above GcmTagger's threshold) and with the
+// CRC; one flipped byte on either side of the split fails.
+TEST(WireFormat, PayloadInTwoPartsIsCheckedAsOne) {
+  for (const char* secret : {"", "s3cret"}) {
+    const JobAuth auth("job-a", secret);
+    const std::string what = *secret != '\0' ? "authentication failed" : "CRC-32C";
+    for (const size_t n : {size_t{0}, size_t{40}, size_t{5000}}) {
+      auto payload = pattern(n, n + 3);
+      const auto header = encode_header(sample_header(auth), payload, auth, *secret == '\0');
+      const FrameHeader h = decode_header(header, limits_for(auth), auth);
+      for (const size_t split : {size_t{0}, size_t{1}, size_t{32}, n}) {
+        const size_t at = std::min(split, n);
+        const std::span<const std::byte> all(payload);
+        EXPECT_NO_THROW(check_payload(h, header, all.first(at), all.subspan(at), auth))
+            << "secret '" << secret << "' size " << n << " split " << at;
+        if (n == 0) continue;
+        for (const size_t flip : {at > 0 ? at - 1 : at, at < n ? at : at - 1}) {
+          payload[flip] ^= std::byte{0x20};
+          expect_data_error([&] { check_payload(h, header, all.first(at), all.subspan(at), auth); },
+                            what);
+          payload[flip] ^= std::byte{0x20};
+        }
+      }
+      if (n > 0) {
+        expect_data_error(
+            [&] {
+              check_payload(h, header, std::span<const std::byte>(payload).first(n / 2), {}, auth);
+            },
+            "payload is");
+      }
+    }
+  }
 }
 
 TEST(WireFormat, LayoutIsLittleEndianAtDocumentedOffsets) {

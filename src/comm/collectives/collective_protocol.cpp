@@ -178,9 +178,23 @@ void CollectiveChannel::check_header(int peer, std::span<const std::byte> messag
 }
 
 void CollectiveChannel::recv_into(int peer, std::span<std::byte> out) {
-  recv_checked(peer, out.size(), [&](std::span<const std::byte> payload) {
-    if (!out.empty()) std::memcpy(out.data(), payload.data(), out.size());
-  });
+  // The payload goes straight into `out` where the transport can (a tcp
+  // lane reads it there), the header into `header`; a message of another
+  // size is checked whole, which names what differs.
+  std::array<std::byte, kHeaderBytes> header{};
+  try {
+    transport_.recv_parts(peer, tag_, header, out, what_, deadline_,
+                          [&](std::span<const std::byte> message) {
+                            check_header(peer, message, out.size());  // throws
+                            DTRAIN_CHECK(message.size() == kHeaderBytes + out.size(),
+                                         "a {}-byte message passed the checks of a {}-byte chunk",
+                                         message.size(), out.size());
+                          });
+    check_header(peer, header, kAnyPayload);
+  } catch (const CommError& e) {
+    abort_peers(e.peer(), e.what());
+    throw;
+  }
 }
 
 std::vector<std::byte> CollectiveChannel::recv_any_size(int peer) {

@@ -24,6 +24,7 @@
 // once as long as two threads never recv() on the same (peer, tag) together.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -79,6 +80,32 @@ class Transport {
   virtual void recv_visit(int peer, uint64_t tag, const std::string& what, Deadline deadline,
                           const MessageVisitor& use) {
     use(recv(peer, tag, what, deadline));
+  }
+  // The receiving side of send_parts(): a message of head.size() +
+  // body.size() bytes lands in head (its first bytes) and body (the rest),
+  // so that a transport that reads from the network (a tcp lane) writes the
+  // payload straight to where the caller wants it. A message of another
+  // size goes to `mismatch` instead (in place, as recv_visit()), which
+  // throws the caller's error. On any throw head and body hold unspecified
+  // bytes. The default goes through recv_visit() and copies.
+  virtual void recv_parts(int peer, uint64_t tag, std::span<std::byte> head,
+                          std::span<std::byte> body, const std::string& what, Deadline deadline,
+                          const MessageVisitor& mismatch) {
+    recv_visit(peer, tag, what, deadline, [&](std::span<const std::byte> message) {
+      copy_parts(message, head, body, mismatch);
+    });
+  }
+  // recv_parts()'s hand-out of a received `message`.
+  static void copy_parts(std::span<const std::byte> message, std::span<std::byte> head,
+                         std::span<std::byte> body, const MessageVisitor& mismatch) {
+    if (message.size() != head.size() + body.size()) {
+      mismatch(message);
+      return;
+    }
+    std::copy(message.begin(), message.begin() + static_cast<std::ptrdiff_t>(head.size()),
+              head.begin());
+    std::copy(message.begin() + static_cast<std::ptrdiff_t>(head.size()), message.end(),
+              body.begin());
   }
   // Fails this transport: every pending and later call throws CommError
   // naming `culprit` (the rank at fault, -1 when unknown) and `reason`; then

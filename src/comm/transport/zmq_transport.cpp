@@ -498,17 +498,6 @@ void ZmqTransport::recv_visit(int peer, uint64_t tag, const std::string& what, D
   use(bytes_of(message));
 }
 
-void ZmqTransport::recv_into(int peer, uint64_t tag, std::span<std::byte> out,
-                             const std::string& what, Deadline deadline) {
-  zmq::message_t message = take(peer, tag, what, deadline);
-  if (message.size() != out.size()) {
-    fail_call(peer, what,
-              fmt::format("message on tag {} is {} bytes, the receive buffer is {} bytes", tag,
-                          message.size(), out.size()));
-  }
-  if (!out.empty()) std::memcpy(out.data(), message.data(), out.size());
-}
-
 bool ZmqTransport::send_abort_frame(Peer& peer, int peer_rank, int culprit,
                                     const std::string& reason) {
   if (peer.push_closed) return false;

@@ -69,8 +69,10 @@
 // as without lanes. Copies over a lane: none on the send side when the
 // socket takes the frame at once (else send() and send_parts() copy the
 // rest of their payload, send_owned() queues its buffer); the receiver reads each payload
-// into a pooled buffer, which recv_visit() lends and recv_into() copies
-// out. docs/wire-format.md, "Tcp lanes".
+// into a pooled buffer, which recv_visit() lends and recv() copies out,
+// except that recv_into() and recv_parts() read the awaited frame's payload
+// straight into their caller's buffers when that frame is the next on the
+// lane (the call returns only when the frame's checks passed). docs/wire-format.md, "Tcp lanes".
 //
 // Copies: payloads of at least zero_copy_min_bytes are handed to ZeroMQ
 // without a copy (zmq_msg_init_data); send() then returns once ZeroMQ has
@@ -212,6 +214,11 @@ class ZmqTransport final : public Transport {
                   Deadline deadline) override;
   void recv_visit(int peer, uint64_t tag, const std::string& what, Deadline deadline,
                   const MessageVisitor& use) override;
+  // Over a lane, the awaited frame's payload goes straight into head and
+  // body when it is the next frame there (zmq_transport.h, "Tcp lanes").
+  void recv_parts(int peer, uint64_t tag, std::span<std::byte> head, std::span<std::byte> body,
+                  const std::string& what, Deadline deadline,
+                  const MessageVisitor& mismatch) override;
   // Sends an abort frame (docs/wire-format.md) to every peer not known dead.
   // A peer receiving one fails its transport naming `culprit`.
   void abort(int culprit, const std::string& reason) noexcept override;
@@ -237,7 +244,17 @@ class ZmqTransport final : public Transport {
     std::string problem;
   };
 
-  zmq::message_t take(int peer, uint64_t tag, const std::string& what, Deadline deadline);
+  // recv_parts()'s buffers, which take() fills straight from a lane when
+  // the next frame there is the awaited one and has their size (`filled`).
+  struct ReceiveTarget {
+    std::span<std::byte> head;
+    std::span<std::byte> body;
+    bool filled = false;
+  };
+  // The next message from `peer` on `tag`; with `target`, an empty message
+  // when its payload went straight into target's buffers (target->filled).
+  zmq::message_t take(int peer, uint64_t tag, const std::string& what, Deadline deadline,
+                      ReceiveTarget* target = nullptr);
   bool with_crc() const { return options_.checksum && !auth_.enabled(); }
   // The encoded header of this rank's frame to `peer` (MAC or CRC as set),
   // for the payload head ‖ body (head may be empty).
@@ -297,9 +314,14 @@ class ZmqTransport final : public Transport {
   void send_lane(int peer, uint64_t tag, std::span<const std::byte> head,
                  std::span<const std::byte> body, OwnedBuffer* owned, const std::string& what);
   // Reads one frame from `peer`'s lane into queues_, or returns after a
-  // wait slice without one; fails the peer when the lane breaks. The caller
-  // holds the reader's role (lane_reading_).
-  void read_lane(int peer, Deadline deadline);
+  // wait slice without one; fails the peer when the lane breaks. A frame on
+  // `tag` of target's size goes into target's buffers instead (true then;
+  // on a failed check the bytes there are the forger's, and the caller's
+  // take() throws). The caller holds the reader's role (lane_reading_).
+  bool read_lane(int peer, uint64_t tag, Deadline deadline, ReceiveTarget* target);
+  // Queues a payload read from `peer`'s lane for take() (dropped when the
+  // peer has failed meanwhile).
+  void queue_lane_message(int peer, uint64_t tag, OwnedBuffer body);
   // The lane frame header's checks (wire-format.md, 1-5 and 7); fails the
   // peer and returns nullopt when one fails.
   std::optional<wire::FrameHeader> check_lane_header(

@@ -1,7 +1,8 @@
 // ZmqTransport's tcp lanes (zmq_transport.h, "Tcp lanes"; tcp_lane.h) and
 // the receive path that reads them: setting the lanes up in connect(),
 // sending data frames over them, and take(), which waits for a message and,
-// for a peer with a lane, reads that lane itself.
+// for a peer with a lane, reads that lane itself (into recv_into()'s and
+// recv_parts()'s own buffers where it can).
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -324,14 +325,14 @@ std::optional<wire::FrameHeader> ZmqTransport::check_lane_header(
   return h;
 }
 
-void ZmqTransport::read_lane(int peer, Deadline deadline) {
+bool ZmqTransport::read_lane(int peer, uint64_t tag, Deadline deadline, ReceiveTarget* target) {
   TcpLane& lane = *lanes_->lane(peer);
   // A short spin first (ZmqTransportOptions::lane_spin). While it sleeps,
   // the reader also writes this rank's queued frames as their sockets drain
   // (TcpLanes::wait_readable).
   if (!lane.spin_readable(options_.lane_spin) &&
       !lanes_->wait_readable(peer, std::min(kLaneSlice, deadline.remaining()))) {
-    return;
+    return false;
   }
   const auto keep_waiting = [&] {
     {
@@ -349,36 +350,57 @@ void ZmqTransport::read_lane(int peer, Deadline deadline) {
   if (status == TcpLane::ReadStatus::kClosed && got == 0) {
     std::lock_guard lock(mutex_);
     lane_closed_[peer] = true;  // ZeroMQ's goodbye or disconnect tells which it was
-    return;
+    return false;
   }
-  if (status == TcpLane::ReadStatus::kStopped) return;  // the caller's deadline or a failure
+  if (status == TcpLane::ReadStatus::kStopped) return false;  // the caller's deadline or a failure
   if (status != TcpLane::ReadStatus::kDone) {
     fail_lane(peer, status == TcpLane::ReadStatus::kFailed
                         ? problem
                         : fmt::format("closed its tcp lane mid-frame ({} of {} header bytes)", got,
                                       wire::kHeaderBytes));
-    return;
+    return false;
   }
   const std::optional<wire::FrameHeader> h = check_lane_header(peer, header);
-  if (!h) return;
-  OwnedBuffer body = OwnedBuffer::allocate(h->payload_bytes);
-  status = lane.read_exact(body.bytes(), keep_waiting, &got, &problem);
-  if (status == TcpLane::ReadStatus::kStopped) return;
+  if (!h) return false;
+  // The awaited frame goes straight into the caller's buffer: take() found
+  // no earlier message on `tag` queued, and only this reader queues more.
+  const bool direct = target != nullptr && h->tag == tag &&
+                      h->payload_bytes == target->head.size() + target->body.size();
+  OwnedBuffer body = OwnedBuffer::allocate(direct ? 0 : h->payload_bytes);
+  const std::span<std::byte> head = direct ? target->head : std::span<std::byte>();
+  const std::span<std::byte> rest = direct ? target->body : body.bytes();
+  status = lane.read_exact(head, keep_waiting, &got, &problem);
+  size_t got_rest = 0;
+  if (status == TcpLane::ReadStatus::kDone) {
+    status = lane.read_exact(rest, keep_waiting, &got_rest, &problem);
+  }
+  if (status == TcpLane::ReadStatus::kStopped) return false;
   if (status != TcpLane::ReadStatus::kDone) {
     fail_lane(peer, status == TcpLane::ReadStatus::kFailed
                         ? problem
-                        : fmt::format("closed its tcp lane mid-frame ({} of {} payload bytes)", got,
-                                      h->payload_bytes));
-    return;
+                        : fmt::format("closed its tcp lane mid-frame ({} of {} payload bytes)",
+                                      got + got_rest, h->payload_bytes));
+    return false;
   }
   try {
-    wire::check_payload(*h, header, body.bytes(), auth_);
+    wire::check_payload(*h, header, head, rest, auth_);
   } catch (const DataError& e) {
     fail_lane(peer,
               fmt::format("sent a frame that failed its checks on its tcp lane: {}", e.what()));
-    return;
+    return false;
   }
   ++next_lane_sequence_[peer];
+  if (direct) {
+    std::lock_guard lock(mutex_);
+    if (peer_failure_[peer]) return false;
+    last_heard_[peer] = Clock::now();
+    return true;
+  }
+  queue_lane_message(peer, h->tag, std::move(body));
+  return false;
+}
+
+void ZmqTransport::queue_lane_message(int peer, uint64_t tag, OwnedBuffer body) {
   const size_t size = body.size;
   const size_t capacity = body.capacity();
   zmq::message_t message;
@@ -394,13 +416,30 @@ void ZmqTransport::read_lane(int peer, Deadline deadline) {
     std::lock_guard lock(mutex_);
     if (peer_failure_[peer]) return;
     last_heard_[peer] = Clock::now();
-    queues_[{peer, h->tag}].push_back(std::move(message));
+    queues_[{peer, tag}].push_back(std::move(message));
   }
   cv_.notify_all();
 }
 
+void ZmqTransport::recv_into(int peer, uint64_t tag, std::span<std::byte> out,
+                             const std::string& what, Deadline deadline) {
+  recv_parts(peer, tag, {}, out, what, deadline, [&](std::span<const std::byte> message) {
+    fail_call(peer, what,
+              fmt::format("message on tag {} is {} bytes, the receive buffer is {} bytes", tag,
+                          message.size(), out.size()));
+  });
+}
+
+void ZmqTransport::recv_parts(int peer, uint64_t tag, std::span<std::byte> head,
+                              std::span<std::byte> body, const std::string& what, Deadline deadline,
+                              const MessageVisitor& mismatch) {
+  ReceiveTarget target{head, body};
+  const zmq::message_t message = take(peer, tag, what, deadline, &target);
+  if (!target.filled) copy_parts(bytes_of(message), head, body, mismatch);
+}
+
 zmq::message_t ZmqTransport::take(int peer, uint64_t tag, const std::string& what,
-                                  Deadline deadline) {
+                                  Deadline deadline, ReceiveTarget* target) {
   check_peer_arg(peer, what);
   const auto start = Clock::now();
   std::unique_lock lock(mutex_);
@@ -441,8 +480,9 @@ zmq::message_t ZmqTransport::take(int peer, uint64_t tag, const std::string& wha
       // hands the reader's role on.
       lane_reading_[peer] = true;
       lock.unlock();
+      bool filled = false;
       try {
-        read_lane(peer, deadline);
+        filled = read_lane(peer, tag, deadline, target);
       } catch (...) {
         lock.lock();
         lane_reading_[peer] = false;
@@ -452,6 +492,10 @@ zmq::message_t ZmqTransport::take(int peer, uint64_t tag, const std::string& wha
       lock.lock();
       lane_reading_[peer] = false;
       cv_.notify_all();
+      if (filled) {
+        target->filled = true;
+        return zmq::message_t();
+      }
       continue;
     }
     if (deadline.is_never()) {

@@ -294,13 +294,19 @@ Mac JobAuth::mac(std::span<const std::byte> header, std::span<const std::byte> h
 
 bool JobAuth::verify(std::span<const std::byte> header, std::span<const std::byte> payload,
                      std::span<const std::byte, kMacBytes> expected) const {
+  return verify(header, {}, payload, expected);
+}
+
+bool JobAuth::verify(std::span<const std::byte> header, std::span<const std::byte> head,
+                     std::span<const std::byte> body,
+                     std::span<const std::byte, kMacBytes> expected) const {
   const std::optional<FrameMac> algorithm = algorithm_of(expected);
   if (!enabled_ || !algorithm || (*algorithm == FrameMac::kAesGcm && !gcm_available_)) {
     return false;
   }
   std::array<unsigned char, kTagBytes> actual;
   frame_tag(*algorithm, keys_->gcm, keys_->fast_gcm.get(), keys_->chacha, uchars(expected), header,
-            {}, payload, actual.data());
+            head, body, actual.data());
   return crypto_verify_16(actual.data(), uchars(expected.subspan<kOffTag, kTagBytes>())) == 0;
 }
 

@@ -136,6 +136,10 @@ class JobAuth {
   // its nonce and algorithm (constant-time compare of the tag).
   bool verify(std::span<const std::byte> header, std::span<const std::byte> payload,
               std::span<const std::byte, kMacBytes> expected) const;
+  // verify() of the payload head ‖ body, without joining them.
+  bool verify(std::span<const std::byte> header, std::span<const std::byte> head,
+              std::span<const std::byte> body,
+              std::span<const std::byte, kMacBytes> expected) const;
   // Why verify() refused `expected`, in words for a log line: "MAC mismatch
   // (...)", an unknown algorithm, or AES-GCM that this CPU cannot check.
   std::string refusal(std::span<const std::byte, kMacBytes> expected) const;

@@ -212,12 +212,19 @@ FrameHeader decode_header(std::span<const std::byte> bytes, const FrameLimits& l
 
 void check_payload(const FrameHeader& header, std::span<const std::byte, kHeaderBytes> header_bytes,
                    std::span<const std::byte> payload, const JobAuth& auth) {
-  if (payload.size() != header.payload_bytes) {
-    fail(fmt::format("payload is {} bytes but the header says {}", payload.size(),
+  check_payload(header, header_bytes, {}, payload, auth);
+}
+
+void check_payload(const FrameHeader& header, std::span<const std::byte, kHeaderBytes> header_bytes,
+                   std::span<const std::byte> head, std::span<const std::byte> body,
+                   const JobAuth& auth) {
+  const size_t payload_bytes = head.size() + body.size();
+  if (payload_bytes != header.payload_bytes) {
+    fail(fmt::format("payload is {} bytes but the header says {}", payload_bytes,
                      header.payload_bytes));
   }
   if ((header.flags & kFlagCrc) != 0) {
-    const uint32_t crc = crc32c(payload.data(), payload.size());
+    const uint32_t crc = crc32c_extend(crc32c(head.data(), head.size()), body.data(), body.size());
     if (crc != header.payload_crc) {
       fail(
           fmt::format("payload CRC-32C 0x{:08x} does not match the header's 0x{:08x} "
@@ -229,7 +236,7 @@ void check_payload(const FrameHeader& header, std::span<const std::byte, kHeader
     HeaderBytes zeroed;
     std::copy(header_bytes.begin(), header_bytes.end(), zeroed.begin());
     std::fill(zeroed.begin() + kOffMac, zeroed.end(), std::byte{0});
-    if (!auth.verify(zeroed, payload, header_bytes.subspan<kOffMac, kMacBytes>())) {
+    if (!auth.verify(zeroed, head, body, header_bytes.subspan<kOffMac, kMacBytes>())) {
       fail(fmt::format("authentication failed for a frame from {}: {}",
                        header.sender == kCoordinator ? std::string("the coordinator")
                                                      : fmt::format("rank {}", header.sender),

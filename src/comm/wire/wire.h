@@ -107,6 +107,11 @@ FrameHeader decode_header(std::span<const std::byte> bytes, const FrameLimits& l
 // (`header_bytes` are the raw header bytes the MAC covers). Throws DataError.
 void check_payload(const FrameHeader& header, std::span<const std::byte, kHeaderBytes> header_bytes,
                    std::span<const std::byte> payload, const JobAuth& auth);
+// The same for the payload head ‖ body, without joining them (a receiver
+// that read the payload into two buffers).
+void check_payload(const FrameHeader& header, std::span<const std::byte, kHeaderBytes> header_bytes,
+                   std::span<const std::byte> head, std::span<const std::byte> body,
+                   const JobAuth& auth);
 
 // A whole frame in one buffer (header then payload): decode_header +
 // check_payload. Returns the header; the payload is frame[kHeaderBytes:].
