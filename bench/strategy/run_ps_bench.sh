@@ -62,4 +62,4 @@ if [[ -n $base ]]; then
   printf '%-28s %10.2f %14s\n' "base: ps, 1 server" "$B1" "$(ratio "$B1" "$AR")"
   printf '%-28s %10.2f %14s\n' "base: ps, 2 servers" "$B2" "$(ratio "$B2" "$AR")"
 fi
-echo "medians of $reps runs of $epochs epochs each; $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "medians of $reps runs of $epochs epochs each; $(getconf _NPROCESSORS_ONLN) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
