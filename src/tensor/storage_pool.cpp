@@ -215,6 +215,16 @@ StoragePool& storage_pool() {
   return process.pool;
 }
 
+namespace {
+// The pool is built, and its fork handlers registered, before main runs,
+// while the process has one thread. Built on first use instead, a thread's
+// first allocation could register the handlers after a concurrent fork()
+// had run the prepare handlers but before it cloned the process (glibc 2.36
+// releases its atfork lock in between), and the child would inherit the
+// mutex held by that thread: its first allocation would block forever.
+[[maybe_unused]] const bool pool_built_before_main = (storage_pool(), true);
+}  // namespace
+
 void* allocate_storage(size_t bytes) {
   if (process_pool_closed.load(std::memory_order_relaxed)) {
     return system_allocate(StoragePool::class_bytes(bytes));

@@ -228,9 +228,10 @@ bool reap_within(pid_t pid, std::chrono::milliseconds timeout, int& status) {
 TEST(StoragePool, AChildForkedWhileAnotherThreadAllocatesCanAllocate) {
   // Without the fork handlers a child forked while the churning thread holds
   // the pool's mutex would block forever on its first allocation.
-  std::atomic<bool> stop{false};
-  std::jthread churner([&stop] {
-    while (!stop.load()) {
+  // The churner stops when `churner` goes out of scope, also when an
+  // assertion below returns early.
+  std::jthread churner([](const std::stop_token& stop) {
+    while (!stop.stop_requested()) {
       const Tensor t = Tensor::empty({1000});
       t.data()[0] = 1.0f;
     }
@@ -246,7 +247,6 @@ TEST(StoragePool, AChildForkedWhileAnotherThreadAllocatesCanAllocate) {
     ASSERT_TRUE(reap_within(pid, std::chrono::seconds(20), status)) << "child " << i << " hung";
     ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "child " << i;
   }
-  stop.store(true);
 }
 
 }  // namespace
