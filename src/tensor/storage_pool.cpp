@@ -52,6 +52,17 @@ void system_free(void* data) {
   ::operator delete(data, std::align_val_t(StoragePool::kAlignBytes));
 }
 
+// Appends `data` to a class's free list; false when the list cannot grow
+// (release runs in destructors and must not throw: the block is then freed).
+bool cache(std::vector<void*>& list, void* data) noexcept {
+  try {
+    list.push_back(data);
+    return true;
+  } catch (const std::bad_alloc&) {
+    return false;
+  }
+}
+
 size_t round_up_64(size_t bytes) {
   return (std::max<size_t>(bytes, 1) + StoragePool::kAlignBytes - 1) / StoragePool::kAlignBytes *
          StoragePool::kAlignBytes;
@@ -59,33 +70,25 @@ size_t round_up_64(size_t bytes) {
 
 }  // namespace
 
-size_t StoragePool::class_index(size_t bytes) {
+StoragePool::SizeClass StoragePool::size_class(size_t bytes) {
   const size_t b = round_up_64(bytes);
-  if (b <= kSmallLimit) return b / kAlignBytes - 1;
+  if (b <= kSmallLimit) return {b / kAlignBytes - 1, b};
   // 2^e < b <= 2^(e+1); the classes are k * 2^(e-2) for k in 5..8.
   const int e = std::bit_width(b - 1) - 1;
-  if (e > kLargestExponent) return kUncached;
+  if (e > kLargestExponent) return {kUncached, b};
   const size_t step = size_t{1} << (e - 2);
   const size_t k = (b + step - 1) / step;
-  return 64 + static_cast<size_t>(e - 12) * 4 + (k - 5);
+  return {64 + static_cast<size_t>(e - 12) * 4 + (k - 5), k * step};
 }
 
-size_t StoragePool::class_bytes(size_t bytes) {
-  const size_t b = round_up_64(bytes);
-  if (b <= kSmallLimit) return b;
-  const int e = std::bit_width(b - 1) - 1;
-  if (e > kLargestExponent) return b;
-  const size_t step = size_t{1} << (e - 2);
-  return (b + step - 1) / step * step;
-}
+size_t StoragePool::class_bytes(size_t bytes) { return size_class(bytes).bytes; }
 
 StoragePool::StoragePool(size_t max_cached_bytes) : max_cached_bytes_(max_cached_bytes) {}
 
 StoragePool::~StoragePool() { trim(); }
 
 void* StoragePool::allocate(size_t bytes) {
-  const size_t index = class_index(bytes);
-  const size_t size = class_bytes(bytes);
+  const auto [index, size] = size_class(bytes);
   {
     std::lock_guard lock(mutex_);
     stats_.live_bytes += static_cast<int64_t>(size);
@@ -115,17 +118,16 @@ void* StoragePool::allocate(size_t bytes) {
   }
 }
 
-void StoragePool::release(void* data, size_t bytes) {
+void StoragePool::release(void* data, size_t bytes) noexcept {
   if (data == nullptr) return;
-  const size_t index = class_index(bytes);
-  const size_t size = class_bytes(bytes);
+  const auto [index, size] = size_class(bytes);
   {
     std::lock_guard lock(mutex_);
     ++stats_.releases;
     stats_.live_bytes -= static_cast<int64_t>(size);
     if (index != kUncached &&
-        static_cast<size_t>(stats_.cached_bytes) + size <= max_cached_bytes_) {
-      free_[index].push_back(data);
+        static_cast<size_t>(stats_.cached_bytes) + size <= max_cached_bytes_ &&
+        cache(free_[index], data)) {
       stats_.cached_bytes += static_cast<int64_t>(size);
       ++stats_.cached_blocks;
       poison(data, size);

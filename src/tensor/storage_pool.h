@@ -77,8 +77,9 @@ class StoragePool {
 
   // A block of at least `bytes` (>= 1) bytes, 64-byte aligned, uninitialised.
   void* allocate(size_t bytes);
-  // Gives back a block from allocate(bytes) of this pool.
-  void release(void* data, size_t bytes);
+  // Gives back a block from allocate(bytes) of this pool. Never throws (it
+  // runs in destructors): a block the cache cannot take is freed.
+  void release(void* data, size_t bytes) noexcept;
   // Frees every cached block.
   void trim();
   // The cap on cached bytes; lowering it frees cached blocks down to it.
@@ -96,7 +97,13 @@ class StoragePool {
  private:
   // 64 classes up to 4 KiB, then 4 per power of two up to 2^48 bytes.
   static constexpr size_t kClasses = 64 + 4 * 36;
-  static size_t class_index(size_t bytes);
+  // A request's class: its index (kUncached beyond the largest class) and
+  // the bytes allocated for it.
+  struct SizeClass {
+    size_t index;
+    size_t bytes;
+  };
+  static SizeClass size_class(size_t bytes);
   // The block size of class `index`.
   static size_t index_bytes(size_t index);
   // Frees cached blocks, largest classes first, until at most `keep` bytes

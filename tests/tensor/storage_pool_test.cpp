@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstdint>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "core/rng.h"
@@ -38,6 +39,10 @@ TEST(StoragePool, ClassBytesCoverTheRequestWithinAQuarter) {
   EXPECT_EQ(StoragePool::class_bytes(size_t{1} << 20), size_t{1} << 20);
   EXPECT_EQ(StoragePool::class_bytes((size_t{1} << 20) + 1), (size_t{5} << 18));
 }
+
+// release() runs in Storage's destructor: it must not throw even when a
+// class's free list cannot grow (the block is then freed instead).
+static_assert(noexcept(std::declval<StoragePool&>().release(nullptr, 0)));
 
 TEST(StoragePool, ReusesAFreedBlockOfTheSameClassOnly) {
   StoragePool pool;
