@@ -8,8 +8,8 @@
 #include "autograd/functions.h"
 #include "comm/collectives/clock_offset.h"
 #include "core/error.h"
+#include "core/scheduler_slice.h"
 #include "core/trace.h"
-#include "strategy/scheduler_slice.h"
 
 namespace dtrain::strategy {
 namespace {

@@ -10,9 +10,9 @@
 #include <thread>
 #include <vector>
 
+#include "core/scheduler_slice.h"
 #include "strategy/allreduce_strategy.h"
 #include "strategy/coalescing_bucketer.h"
-#include "strategy/scheduler_slice.h"
 #include "strategy_test_util.h"
 
 namespace dtrain::strategy {

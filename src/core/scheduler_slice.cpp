@@ -1,4 +1,4 @@
-#include "strategy/scheduler_slice.h"
+#include "core/scheduler_slice.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -9,7 +9,7 @@
 #include <unistd.h>
 #endif
 
-namespace dtrain::strategy {
+namespace dtrain {
 
 #if defined(__linux__) && defined(SYS_sched_setattr) && defined(SYS_sched_getattr)
 namespace {
@@ -61,4 +61,4 @@ std::optional<std::chrono::microseconds> scheduler_slice() { return std::nullopt
 
 #endif
 
-}  // namespace dtrain::strategy
+}  // namespace dtrain

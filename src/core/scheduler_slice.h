@@ -21,7 +21,7 @@
 #include <chrono>
 #include <optional>
 
-namespace dtrain::strategy {
+namespace dtrain {
 
 // Requests `slice` (clamped to the kernel's [100 us, 100 ms]) for the
 // calling thread, keeping its policy and nice value. Returns true when the
@@ -34,4 +34,4 @@ bool request_scheduler_slice(std::chrono::microseconds slice);
 // or a kernel without sched_getattr).
 std::optional<std::chrono::microseconds> scheduler_slice();
 
-}  // namespace dtrain::strategy
+}  // namespace dtrain
