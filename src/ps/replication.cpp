@@ -164,6 +164,7 @@ void BackupChain::on_ack(Backup& b, const ReplicaAck& ack, uint64_t version) {
       if (!b.state_version) b.need_state = true;  // a state in flight answers it already
       return;
     case ReplicaAck::Status::kError:
+    case ReplicaAck::Status::kTakenOver:  // only a fetch's answer; never to an update
       b.failed = true;
       logger_.error(
           "ps server {}: backup server {} refused {} at version {}: {}; the range is "
@@ -253,6 +254,12 @@ std::optional<ReplicaState> BackupChain::fetch_from(Backup& b, std::chrono::mill
         return std::move(*state);
       }
       if (auto* ack = std::get_if<ReplicaAck>(&m); ack && ack->primary == ask.primary) {
+        if (ack->status == ReplicaAck::Status::kTakenOver) {
+          logger_.warn("ps server {}: backup server {} serves this range itself: {}",
+                       options_.server, b.server, ack->error);
+          taken_over_by_ = b.server;
+          return std::nullopt;
+        }
         logger_.warn("ps server {}: backup server {} has no copy of this range to give: {}",
                      options_.server, b.server, ack->error);
         return std::nullopt;
@@ -270,6 +277,7 @@ std::optional<ReplicaState> BackupChain::fetch_from(Backup& b, std::chrono::mill
 std::optional<ReplicaState> BackupChain::fetch(std::chrono::milliseconds timeout) {
   for (auto& b : backups_) {
     if (std::optional<ReplicaState> state = fetch_from(*b, timeout)) return state;
+    if (taken_over_by_) break;
   }
   return std::nullopt;
 }

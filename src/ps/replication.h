@@ -104,6 +104,9 @@ class BackupChain {
   // one or none answers within `timeout` each. Blocks up to that long per
   // backup; call before serving.
   std::optional<ReplicaState> fetch(std::chrono::milliseconds timeout);
+  // After fetch(): the backup that answered that it serves this range itself
+  // (it took the range over when this server died); nullopt otherwise.
+  std::optional<int> taken_over_by() const { return taken_over_by_; }
   // Whether every backup in step holds `version`.
   bool replicated(uint64_t version) const;
 
@@ -121,6 +124,7 @@ class BackupChain {
   std::string range_;
   std::vector<ReplicaOp> log_;
   std::vector<std::unique_ptr<Backup>> backups_;
+  std::optional<int> taken_over_by_;
 };
 
 }  // namespace dtrain::ps

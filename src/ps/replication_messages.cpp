@@ -73,7 +73,7 @@ ReplicaState get_state_transfer(ByteReader& r) {
 ReplicaAck get_ack(ByteReader& r) {
   ReplicaAck m;
   const uint8_t status = r.read_u8("ack status");
-  if (status > 2) throw DataError(fmt::format("replica ack: status {} is unknown (0..2)", status));
+  if (status > 3) throw DataError(fmt::format("replica ack: status {} is unknown (0..3)", status));
   m.status = static_cast<ReplicaAck::Status>(status);
   m.backup = r.read_u32("backup");
   m.primary = r.read_u32("primary");
@@ -83,13 +83,29 @@ ReplicaAck get_ack(ByteReader& r) {
   return m;
 }
 
+TakeoverReply get_takeover_reply(ByteReader& r) {
+  TakeoverReply m;
+  const uint8_t status = r.read_u8("takeover status");
+  if (status > 2) {
+    throw DataError(fmt::format("takeover reply: status {} is unknown (0..2)", status));
+  }
+  m.status = static_cast<TakeoverReply::Status>(status);
+  m.backup = r.read_u32("backup");
+  m.primary = r.read_u32("primary");
+  m.version = r.read_u64("version");
+  m.endpoint = r.read_string("endpoint", kMaxNameBytes);
+  m.error = r.read_string("error", kMaxErrorBytes);
+  r.expect_end("takeover reply");
+  return m;
+}
+
 }  // namespace
 
 bool is_replication_payload(std::span<const std::byte> payload) {
   if (payload.empty()) return false;
   const auto kind = static_cast<uint8_t>(payload[0]);
   return kind >= static_cast<uint8_t>(ReplicaKind::kUpdate) &&
-         kind <= static_cast<uint8_t>(ReplicaKind::kFetch);
+         kind <= static_cast<uint8_t>(ReplicaKind::kTakeoverReply);
 }
 
 std::vector<std::byte> encode_replica(const ReplicaUpdate& m) {
@@ -146,6 +162,27 @@ std::vector<std::byte> encode_replica(const ReplicaFetch& m) {
   return w.take();
 }
 
+std::vector<std::byte> encode_replica(const ReplicaTakeover& m) {
+  ByteWriter w;
+  put_prefix(w, ReplicaKind::kTakeover);
+  w.write_u32(m.primary);
+  w.write_u32(m.worker);
+  w.write_u64(m.version);
+  return w.take();
+}
+
+std::vector<std::byte> encode_replica(const TakeoverReply& m) {
+  ByteWriter w;
+  put_prefix(w, ReplicaKind::kTakeoverReply);
+  w.write_u8(static_cast<uint8_t>(m.status));
+  w.write_u32(m.backup);
+  w.write_u32(m.primary);
+  w.write_u64(m.version);
+  w.write_string(m.endpoint.substr(0, kMaxNameBytes));
+  w.write_string(m.error.substr(0, kMaxErrorBytes));
+  return w.take();
+}
+
 ReplicaMessage decode_replica(std::span<const std::byte> payload) {
   ByteReader r(payload, "replica message");
   const uint8_t kind = r.read_u8("kind");
@@ -163,8 +200,18 @@ ReplicaMessage decode_replica(std::span<const std::byte> payload) {
       r.expect_end("replica fetch");
       return m;
     }
+    case ReplicaKind::kTakeover: {
+      ReplicaTakeover m;
+      m.primary = r.read_u32("primary");
+      m.worker = r.read_u32("worker");
+      m.version = r.read_u64("version");
+      r.expect_end("takeover request");
+      return m;
+    }
+    case ReplicaKind::kTakeoverReply:
+      return get_takeover_reply(r);
   }
-  throw DataError(fmt::format("replica message: kind {} is unknown (96..99)", kind));
+  throw DataError(fmt::format("replica message: kind {} is unknown (96..101)", kind));
 }
 
 }  // namespace dtrain::ps
