@@ -21,7 +21,8 @@
 //     an update it already has again). A backup that has not acknowledged
 //     within `timeout` is declared lagging: logged as an error naming the
 //     backup, the range and the version, and pulls no longer wait for it (the
-//     range is then unreplicated until it catches up). Nothing is queued for a
+//     range is then unreplicated until it catches up); so is, at once, a
+//     backup whose connection breaks (its process died). Nothing is queued for a
 //     lagging backup; it is probed every resend_interval with an empty update
 //     at the current version, gets the whole state when it answers kNeedState,
 //     and counts again once it acknowledges the current version.
@@ -117,6 +118,9 @@ class BackupChain {
   // One backup's answer to a fetch: its copy, or nullopt (logged).
   std::optional<ReplicaState> fetch_from(Backup& b, std::chrono::milliseconds timeout);
   void send(Backup& b, std::vector<std::byte> payload, Clock::time_point now);
+  // Whether b's connection broke since the last call (drains its monitor).
+  static bool disconnected(Backup& b);
+  // Declares b lagging when its connection broke or an ack is past `timeout`.
   void check_deadline(Backup& b, Clock::time_point now, uint64_t version);
 
   BackupChainOptions options_;
