@@ -149,9 +149,8 @@ constexpr int kMaxRecoveries = 8;
 }  // namespace
 
 zmq::socket_t Client::Impl::watch_disconnects(int server) {
-  const std::string address = fmt::format("inproc://ps-client-{}-{}-{}",
-                                          static_cast<const void*>(this), server,
-                                          monitor_generation_++);
+  const std::string address = fmt::format(
+      "inproc://ps-client-{}-{}-{}", static_cast<const void*>(this), server, monitor_generation_++);
   if (zmq_socket_monitor(sockets_[static_cast<size_t>(server)]->socket().handle(), address.c_str(),
                          ZMQ_EVENT_DISCONNECTED) != 0) {
     throw CommError(server, "ps connect",

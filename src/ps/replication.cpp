@@ -75,13 +75,14 @@ BackupChain::BackupChain(zmq::context_t& context, BackupChainOptions options,
     backup->socket = std::make_unique<comm::wire::FramedSocket>(
         context, comm::wire::FramedSocket::Role::kDealer,
         options_.server_endpoints[static_cast<size_t>(b)], std::move(o), auth, logger_);
-    const std::string address = fmt::format("inproc://ps-backup-chain-{}-{}",
-                                            static_cast<const void*>(backup.get()), b);
+    const std::string address =
+        fmt::format("inproc://ps-backup-chain-{}-{}", static_cast<const void*>(backup.get()), b);
     if (zmq_socket_monitor(backup->socket->socket().handle(), address.c_str(),
                            ZMQ_EVENT_DISCONNECTED) != 0) {
-      throw CommError(b, "ps replicate", fmt::format("server {} cannot watch its link to backup "
-                                                     "server {}: {}",
-                                                     s, b, zmq_strerror(zmq_errno())));
+      throw CommError(b, "ps replicate",
+                      fmt::format("server {} cannot watch its link to backup "
+                                  "server {}: {}",
+                                  s, b, zmq_strerror(zmq_errno())));
     }
     backup->monitor = zmq::socket_t(context, zmq::socket_type::pair);
     backup->monitor.set(zmq::sockopt::linger, 0);

@@ -117,8 +117,8 @@ TakeoverReply Server::Impl::takeover(const ReplicaTakeover& ask) {
     }
   }
   if (copy_given_.count(ask.primary) != 0) {
-    refuse(fmt::format("server {}'s replacement took this server's copy and serves it",
-                       ask.primary));
+    refuse(
+        fmt::format("server {}'s replacement took this server's copy and serves it", ask.primary));
     r.status = TakeoverReply::Status::kReplaced;
     return r;
   }
@@ -172,8 +172,8 @@ std::string Server::Impl::start_acting(ReplicaState copy) {
     try {
       a.server->run(stop, deadline);
     } catch (const std::exception& e) {
-      logger_.error("ps server {}: serving server {}'s range ended: {}", options_.server,
-                    a.primary, e.what());
+      logger_.error("ps server {}: serving server {}'s range ended: {}", options_.server, a.primary,
+                    e.what());
     }
     a.ended.set_value();
   });

@@ -164,14 +164,13 @@ class FailoverJob {
     }
     // A killed server's thread destroys it: its sockets close, as at a
     // process death. Only its own thread touches it until join().
-    threads_[static_cast<size_t>(s)] =
-        std::jthread([this, raw, s](std::stop_token stop) {
-          try {
-            raw->run(stop);
-          } catch (const Killed&) {
-            servers_[static_cast<size_t>(s)].reset();
-          }
-        });
+    threads_[static_cast<size_t>(s)] = std::jthread([this, raw, s](std::stop_token stop) {
+      try {
+        raw->run(stop);
+      } catch (const Killed&) {
+        servers_[static_cast<size_t>(s)].reset();
+      }
+    });
   }
 
   // Between versions: stops server 1 and destroys it.
