@@ -70,29 +70,40 @@ ReplicaState get_state_transfer(ByteReader& r) {
   return m;
 }
 
-ReplicaAck get_ack(ByteReader& r) {
-  ReplicaAck m;
-  const uint8_t status = r.read_u8("ack status");
-  if (status > 3) throw DataError(fmt::format("replica ack: status {} is unknown (0..3)", status));
-  m.status = static_cast<ReplicaAck::Status>(status);
+// An ack's and a takeover reply's common start: status (at most
+// `max_status`), backup, primary, version.
+template <typename Answer>
+Answer get_answer(ByteReader& r, uint8_t max_status, const char* what) {
+  Answer m;
+  const uint8_t status = r.read_u8("status");
+  if (status > max_status) {
+    throw DataError(fmt::format("{}: status {} is unknown (0..{})", what, status, max_status));
+  }
+  m.status = static_cast<typename Answer::Status>(status);
   m.backup = r.read_u32("backup");
   m.primary = r.read_u32("primary");
   m.version = r.read_u64("version");
+  return m;
+}
+
+template <typename Answer>
+void put_answer(ByteWriter& w, ReplicaKind kind, const Answer& m) {
+  put_prefix(w, kind);
+  w.write_u8(static_cast<uint8_t>(m.status));
+  w.write_u32(m.backup);
+  w.write_u32(m.primary);
+  w.write_u64(m.version);
+}
+
+ReplicaAck get_ack(ByteReader& r) {
+  auto m = get_answer<ReplicaAck>(r, 3, "replica ack");
   m.error = r.read_string("error", kMaxErrorBytes);
   r.expect_end("replica ack");
   return m;
 }
 
 TakeoverReply get_takeover_reply(ByteReader& r) {
-  TakeoverReply m;
-  const uint8_t status = r.read_u8("takeover status");
-  if (status > 2) {
-    throw DataError(fmt::format("takeover reply: status {} is unknown (0..2)", status));
-  }
-  m.status = static_cast<TakeoverReply::Status>(status);
-  m.backup = r.read_u32("backup");
-  m.primary = r.read_u32("primary");
-  m.version = r.read_u64("version");
+  auto m = get_answer<TakeoverReply>(r, 2, "takeover reply");
   m.endpoint = r.read_string("endpoint", kMaxNameBytes);
   m.error = r.read_string("error", kMaxErrorBytes);
   r.expect_end("takeover reply");
@@ -146,11 +157,7 @@ std::vector<std::byte> encode_replica(const ReplicaState& m) {
 
 std::vector<std::byte> encode_replica(const ReplicaAck& m) {
   ByteWriter w;
-  put_prefix(w, ReplicaKind::kAck);
-  w.write_u8(static_cast<uint8_t>(m.status));
-  w.write_u32(m.backup);
-  w.write_u32(m.primary);
-  w.write_u64(m.version);
+  put_answer(w, ReplicaKind::kAck, m);
   w.write_string(m.error.substr(0, kMaxErrorBytes));
   return w.take();
 }
@@ -173,11 +180,7 @@ std::vector<std::byte> encode_replica(const ReplicaTakeover& m) {
 
 std::vector<std::byte> encode_replica(const TakeoverReply& m) {
   ByteWriter w;
-  put_prefix(w, ReplicaKind::kTakeoverReply);
-  w.write_u8(static_cast<uint8_t>(m.status));
-  w.write_u32(m.backup);
-  w.write_u32(m.primary);
-  w.write_u64(m.version);
+  put_answer(w, ReplicaKind::kTakeoverReply, m);
   w.write_string(m.endpoint.substr(0, kMaxNameBytes));
   w.write_string(m.error.substr(0, kMaxErrorBytes));
   return w.take();
