@@ -7,8 +7,14 @@
 // a takeover that loses, doubles or reorders an update, or starts from a
 // stale copy, shows as different bits at the end.
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
 
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <future>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -22,6 +28,7 @@
 #include "ps/shard_store.h"
 #include "ps_test_util.h"
 #include "testing/fault_fs.h"
+#include "testing/process.h"
 
 namespace dtrain::ps {
 namespace {
@@ -55,8 +62,58 @@ optim::OptimizerConfig adam() {
 
 // When server 1 dies: while closing a version (the last push of it has
 // arrived, the pulls wait; no push reply was sent), or between versions
-// (worker 0 kills it after its pull, before its next push).
-enum class Death { kNone, kAtClose, kBetweenVersions };
+// (worker 0 kills it after its pull, before its next push). kAtClose: a
+// thread of the test whose Server is destroyed (its sockets close as at a
+// process death); the kSigkill deaths: a child process. Between versions
+// only SIGKILL: a stopped Server answers its parked pulls with an error,
+// which a dead process never does.
+enum class Death { kNone, kAtClose, kSigkillAtClose, kSigkillBetweenVersions };
+
+ServerOptions server_options(int s, const std::vector<std::string>& endpoints,
+                             const optim::OptimizerConfig& optimizer, int replicas) {
+  ServerOptions o;
+  o.server = s;
+  o.num_servers = kServers;
+  o.num_workers = kWorkers;
+  o.bind_endpoint = endpoints[static_cast<size_t>(s)];
+  o.consistency = Consistency::kSync;
+  o.optimizer = optimizer;
+  o.replicas = replicas;
+  // The survivor's own range loses its backup with the victim; a backup
+  // whose connection broke is skipped at once, one that is silent after
+  // this long.
+  o.replica_timeout = std::chrono::milliseconds(2000);
+  return o;
+}
+
+// Test harness only; library code never reads the environment.
+std::string env_or(const char* name, const char* fallback) {
+  const char* v = std::getenv(name);
+  return v ? v : fallback;
+}
+
+// The child of the kSigkill deaths: server 1 as a process, until SIGKILLed.
+// At version FAILOVER_CLOSE_AT (if not 0) it says so and stops in the middle
+// of the close, the pulls waiting, for the parent's SIGKILL.
+TEST(PsFailover, DISABLED_ServerOneProcess) {
+  const comm::JobAuth auth("failover-test", "s3cret");
+  const std::vector<std::string> endpoints{env_or("PS_ENDPOINT0", ""), env_or("PS_ENDPOINT1", "")};
+  const optim::OptimizerConfig optimizer =
+      env_or("FAILOVER_OPTIMIZER", "") == "adam" ? adam() : momentum();
+  ServerOptions o = server_options(kVictim, endpoints, optimizer, 1);
+  const uint64_t close_at = std::stoull(env_or("FAILOVER_CLOSE_AT", "0"));
+  o.on_version = [close_at](uint64_t version) {
+    if (close_at == 0 || version != close_at) return;
+    std::printf("closing %llu\n", static_cast<unsigned long long>(version));
+    std::fflush(stdout);
+    for (;;) pause();  // until the parent's SIGKILL
+  };
+  Server server(o, auth, Logger::null());
+  server.set_server_endpoints(endpoints);
+  std::printf("serving\n");
+  std::fflush(stdout);
+  server.run(std::stop_token());
+}
 
 class FailoverJob {
  public:
@@ -69,9 +126,38 @@ class FailoverJob {
     for (int s = 0; s < kServers; ++s) {
       endpoints_.push_back("ipc://" + dir_.file("server-" + std::to_string(s)));
     }
-    for (int s = 0; s < kServers; ++s) start(s, false);
+    const bool process =
+        death_ == Death::kSigkillAtClose || death_ == Death::kSigkillBetweenVersions;
+    start(0, false);
+    if (!process) {
+      start(kVictim, false);
+      return;
+    }
+    // One thread owns the child (spawn, wait, signal): ChildProcess is used
+    // by one thread only.
+    watcher_ = std::jthread([this] {
+      const std::map<std::string, std::string> env{
+          {"PS_ENDPOINT0", endpoints_[0]},
+          {"PS_ENDPOINT1", endpoints_[1]},
+          {"FAILOVER_OPTIMIZER", optimizer_.type},
+          {"FAILOVER_CLOSE_AT", death_ == Death::kSigkillAtClose ? std::to_string(at_) : "0"}};
+      auto child = dtrain::testing::spawn_test_child("PsFailover.DISABLED_ServerOneProcess", env);
+      const Deadline deadline = Deadline::after(kGenerous);
+      bool cue = false;
+      if (death_ == Death::kSigkillAtClose) {
+        cue = child.wait_for_line("closing " + std::to_string(at_), deadline);
+      } else {
+        cue = kill_now_future_.wait_until(deadline.at()) == std::future_status::ready;
+      }
+      child.signal(SIGKILL);
+      const auto status = child.wait(deadline);
+      killed_ = cue && status && !status->exited && status->signal == SIGKILL;
+      killed_promise_.set_value();
+    });
   }
   ~FailoverJob() {
+    if (!kill_sent_) kill_now_.set_value();  // a watcher still waiting kills and ends
+    watcher_ = {};
     for (auto& t : threads_) t.request_stop();
     for (auto& t : threads_) {
       if (t.joinable()) t.join();
@@ -99,7 +185,11 @@ class FailoverJob {
       std::vector<Tensor> params{Tensor::zeros({4, 6}), Tensor::zeros({5})};
       uint64_t version = client.pull(params, 0);
       for (uint64_t t = 0; t < kSteps; ++t) {
-        if (w == 0 && death_ == Death::kBetweenVersions && version == at_) kill();
+        if (w == 0 && death_ == Death::kSigkillBetweenVersions && version == at_) {
+          kill_sent_ = true;
+          kill_now_.set_value();
+          killed_future_.wait();  // bounded: the watcher's waits have deadlines
+        }
         if (w == 0 && replace_at && version == *replace_at) start(kVictim, true);
         std::vector<Tensor> grads;
         for (const Tensor& p : params) {
@@ -128,21 +218,17 @@ class FailoverJob {
   }
 
   CapturingLog& log() { return log_; }
+  // kSigkill deaths: whether the child was SIGKILLed on its cue (waits for
+  // the watcher to see it exit).
+  bool killed() {
+    killed_future_.wait();  // bounded: the watcher's waits have deadlines
+    return killed_;
+  }
 
  private:
   ServerOptions options(int s, bool replacement) const {
-    ServerOptions o;
-    o.server = s;
-    o.num_servers = kServers;
-    o.num_workers = kWorkers;
-    o.bind_endpoint = endpoints_[static_cast<size_t>(s)];
-    o.consistency = Consistency::kSync;
-    o.optimizer = optimizer_;
-    o.replicas = replicas_;
+    ServerOptions o = server_options(s, endpoints_, optimizer_, replicas_);
     o.replacement = replacement;
-    // The survivor's own range loses its backup with the victim: its pulls
-    // wait this long for the dead backup's ack, then serve on without it.
-    o.replica_timeout = std::chrono::milliseconds(2000);
     if (s == kVictim && !replacement && death_ == Death::kAtClose) {
       o.on_version = [at = at_](uint64_t version) {
         if (version == at) throw Killed();
@@ -173,13 +259,6 @@ class FailoverJob {
     });
   }
 
-  // Between versions: stops server 1 and destroys it.
-  void kill() {
-    threads_[kVictim].request_stop();
-    threads_[kVictim].join();
-    servers_[kVictim].reset();
-  }
-
   dtrain::testing::TempDir dir_;
   CapturingLog log_;
   comm::JobAuth auth_;
@@ -190,6 +269,13 @@ class FailoverJob {
   std::vector<std::string> endpoints_;
   std::vector<std::unique_ptr<Server>> servers_;
   std::vector<std::jthread> threads_;
+  bool kill_sent_ = false;       // worker 0 runs on the thread that owns this job
+  std::promise<void> kill_now_;  // worker 0 to the watcher: SIGKILL it now
+  std::future<void> kill_now_future_ = kill_now_.get_future();
+  std::promise<void> killed_promise_;  // the watcher: the child is gone
+  std::future<void> killed_future_ = killed_promise_.get_future();
+  bool killed_ = false;   // written by the watcher before killed_promise_
+  std::jthread watcher_;  // last: joined first
 };
 
 void expect_takeover_bit_identical(const optim::OptimizerConfig& optimizer, Death death,
@@ -212,12 +298,32 @@ TEST(PsFailover, ABackupTakesOverAtAVersionsCloseBitIdenticalWithAdam) {
   expect_takeover_bit_identical(adam(), Death::kAtClose, 6);
 }
 
-TEST(PsFailover, ABackupTakesOverBetweenVersionsBitIdenticalWithMomentum) {
-  expect_takeover_bit_identical(momentum(), Death::kBetweenVersions, 3);
+void expect_sigkill_takeover_bit_identical(const optim::OptimizerConfig& optimizer, Death death,
+                                           uint64_t at) {
+  const std::vector<float> reference = FailoverJob(optimizer, Death::kNone, 0).train();
+  FailoverJob faulty(optimizer, death, at);
+  const std::vector<float> taken_over = faulty.train();
+  EXPECT_TRUE(faulty.killed());
+  EXPECT_TRUE(faulty.log().contains("ps server 0: took over server 1's range at version"));
+  EXPECT_TRUE(faulty.log().contains("ps server 0: lost the connection to backup server 1"));
+  ASSERT_EQ(taken_over.size(), reference.size());
+  for (size_t i = 0; i < reference.size(); ++i) ASSERT_EQ(taken_over[i], reference[i]) << i;
 }
 
-TEST(PsFailover, ABackupTakesOverBetweenVersionsBitIdenticalWithAdam) {
-  expect_takeover_bit_identical(adam(), Death::kBetweenVersions, 7);
+TEST(PsFailover, ASigkilledServerProcessDuringAPushIsTakenOverBitIdenticalWithMomentum) {
+  expect_sigkill_takeover_bit_identical(momentum(), Death::kSigkillAtClose, 5);
+}
+
+TEST(PsFailover, ASigkilledServerProcessDuringAPushIsTakenOverBitIdenticalWithAdam) {
+  expect_sigkill_takeover_bit_identical(adam(), Death::kSigkillAtClose, 7);
+}
+
+TEST(PsFailover, ASigkilledServerProcessBetweenVersionsIsTakenOverBitIdenticalWithMomentum) {
+  expect_sigkill_takeover_bit_identical(momentum(), Death::kSigkillBetweenVersions, 3);
+}
+
+TEST(PsFailover, ASigkilledServerProcessBetweenVersionsIsTakenOverBitIdenticalWithAdam) {
+  expect_sigkill_takeover_bit_identical(adam(), Death::kSigkillBetweenVersions, 4);
 }
 
 TEST(PsFailover, TheLateReplacementRetiresAndTheRangeStaysWithTheBackup) {
