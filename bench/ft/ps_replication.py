@@ -8,19 +8,25 @@ with momentum 0.9, Adam), REPEATS times, interleaved:
 
   r0      --replicas 0, fault-free
   r1      --replicas 1, fault-free
-  killed  --replicas 1, --max-restarts 1, server 1 SIGKILLed (a child of the
-          launcher) at a random step between half and all of an epoch's
-          estimated steps (r1's epoch seconds / its median step); the
-          launcher starts a replacement, which takes its range from server
-          0's copy (no checkpoint read: the run must log "took its shard from
-          its backup's copy" and never "restored its shard")
+  takeover  --replicas 1, --max-restarts 1, server 1 SIGKILLed (a child of
+          the launcher) at a random step between half and all of an epoch's
+          estimated steps (r1's epoch seconds / its median step); the workers
+          see the broken connection and server 0 serves server 1's range from
+          its copy at once (the run must log "took over server 1's range");
+          the launcher's replacement retires ("replacement retires")
+  replaced  the same kill with distributed.ps.takeover = false: the workers
+          wait for the launcher's replacement, which takes its range from
+          server 0's copy (no checkpoint read: the run must log "took its
+          shard from its backup's copy" and never "restored its shard")
 
 and prints:
   - bit-identical: whether the final model (model.safetensors) of every
-    killed run and every r1 run equals r0's byte for byte;
-  - recovery: kill -> the replacement's "took its shard" line, and kill ->
-    the first progress line after it (the first step served with the
-    replaced range), in ms and in fault-free steps;
+    takeover, replaced and r1 run equals r0's byte for byte;
+  - recovery, for takeover and replaced in the same invocation: kill -> the
+    line saying who serves the range now (the backup's "took over", the
+    replacement's "took its shard"), and kill -> the first progress line
+    after it (the first step served with the range back), in ms and in
+    fault-free steps, and the ratio replaced / takeover;
   - cost: median seconds of the last epoch (metrics.jsonl) with R = 1 and
     R = 0, and their ratio (same invocation, interleaved runs).
 
@@ -44,11 +50,13 @@ OPTIMIZERS = {
     "adam": ["--set", "optimizer.type=\"adam\"", "--set", "optimizer.lr=0.001"],
 }
 HEARTBEAT_MS = 30000
-TOOK = "took its shard from its backup's copy"
+TOOK = {"takeover": "ps server 0: took over server 1's range",
+        "replaced": "took its shard from its backup's copy"}
+RETIRED = "replacement retires"
 RESTORED = "restored its shard from"
 
 
-def run(dtrain, out, epochs, extra, kill_step=None):
+def run(dtrain, out, epochs, extra, kill_step=None, path="replaced"):
     args = [dtrain, "train", "examples/mnist_mlp.toml", "--output", out, "--no-resume",
             "--progress", "plain", "--strategy", "ps", "--servers", "2", "--workers", "2",
             "--set", f"train.epochs={epochs}", "--set", "train.log_every_steps=1",
@@ -70,7 +78,7 @@ def run(dtrain, out, epochs, extra, kill_step=None):
             if kill_step is not None and killed is None and len(steps) == kill_step:
                 os.kill(children(p.pid)[1], 9)
                 killed = time.monotonic()
-        if killed is not None and took is None and TOOK in line:
+        if killed is not None and took is None and TOOK[path] in line:
             took = now
     p.wait(timeout=1200)
     if p.returncode != 0:
@@ -79,9 +87,10 @@ def run(dtrain, out, epochs, extra, kill_step=None):
     text = "".join(log)
     with open(os.path.join(out, "launcher.log"), "w") as f:
         f.write(text)
-    if kill_step is not None and (took is None or first_after is None or RESTORED in text):
+    if kill_step is not None and (took is None or first_after is None or RESTORED in text or
+                                  (path == "takeover" and RETIRED not in text)):
         sys.stderr.write("".join(l for l in log if "(global " not in l)[-6000:])
-        raise SystemExit(f"{out}: the replacement did not take the backup's copy")
+        raise SystemExit(f"{out}: the {path} path did not serve the range from the copy")
     with open(os.path.join(out, "metrics.jsonl")) as f:
         epochs_s = [json.loads(l)["seconds"] for l in f if '"event":"epoch"' in l]
     gaps = [b - a for a, b in zip(steps, steps[1:])]
@@ -112,31 +121,37 @@ def main():
     rng = random.Random(16)
     with tempfile.TemporaryDirectory() as folder:
         for name, extra in OPTIMIZERS.items():
-            rows = {"r0": [], "r1": [], "killed": []}
+            rows = {"r0": [], "r1": [], "takeover": [], "replaced": []}
             for i in range(repeats):
                 r0 = run(dtrain, f"{folder}/{name}-r0-{i}", epochs, extra + ["--replicas", "0"])
                 r1 = run(dtrain, f"{folder}/{name}-r1-{i}", epochs, extra + ["--replicas", "1"])
                 per_epoch = max(2, int(r1["epoch_s"] / r1["step_s"])) if r1["step_s"] else 20
                 kill = rng.randint(per_epoch // 2, per_epoch)
+                killed = extra + ["--replicas", "1", "--max-restarts", "1"]
+                t = run(dtrain, f"{folder}/{name}-t-{i}", epochs, killed, kill, "takeover")
                 k = run(dtrain, f"{folder}/{name}-k-{i}", epochs,
-                        extra + ["--replicas", "1", "--max-restarts", "1"], kill_step=kill)
-                rows["r0"].append(r0)
-                rows["r1"].append(r1)
-                rows["killed"].append(k)
-                print(f"{name} run {i + 1}: killed at step {kill}; took {k['took_s'] * 1000:.0f} "
-                      f"ms, first step {k['first_step_s'] * 1000:.0f} ms after the kill; epoch "
-                      f"r0 {r0['epoch_s']:.2f} s, r1 {r1['epoch_s']:.2f} s", flush=True)
+                        killed + ["--set", "distributed.ps.takeover=false"], kill, "replaced")
+                for key, r in (("r0", r0), ("r1", r1), ("takeover", t), ("replaced", k)):
+                    rows[key].append(r)
+                print(f"{name} run {i + 1}: killed at step {kill}; first step after the kill: "
+                      f"takeover {t['first_step_s'] * 1000:.0f} ms, replaced "
+                      f"{k['first_step_s'] * 1000:.0f} ms; epoch r0 {r0['epoch_s']:.2f} s, "
+                      f"r1 {r1['epoch_s']:.2f} s", flush=True)
             ref = rows["r0"][0]["model"]
             same = all(r["model"] == ref for v in rows.values() for r in v)
             step = statistics.median(r["step_s"] for r in rows["r0"])
-            took = statistics.median(r["took_s"] for r in rows["killed"])
-            first = statistics.median(r["first_step_s"] for r in rows["killed"])
+            print(f"{name}: bit-identical final models (r0, r1, takeover, replaced): {same}")
+            first = {}
+            for key in ("takeover", "replaced"):
+                took = statistics.median(r["took_s"] for r in rows[key])
+                first[key] = statistics.median(r["first_step_s"] for r in rows[key])
+                print(f"{name}: {key} (median of {repeats}): range served again {took * 1000:.0f} "
+                      f"ms after the kill, first step {first[key] * 1000:.0f} ms after it "
+                      f"({first[key] / step:.1f} fault-free steps of {step * 1000:.1f} ms)")
+            print(f"{name}: first step after the kill, replaced / takeover: "
+                  f"{first['replaced'] / first['takeover']:.2f}")
             e0 = statistics.median(r["epoch_s"] for r in rows["r0"])
             e1 = statistics.median(r["epoch_s"] for r in rows["r1"])
-            print(f"{name}: bit-identical final models (r0, r1, killed): {same}")
-            print(f"{name}: recovery (median of {repeats}): replacement took the copy "
-                  f"{took * 1000:.0f} ms after the kill, first step {first * 1000:.0f} ms after "
-                  f"it ({first / step:.1f} fault-free steps of {step * 1000:.1f} ms)")
             print(f"{name}: epoch s: R=0 {e0:.2f}, R=1 {e1:.2f}, ratio {e1 / e0:.3f}")
     print(f"{os.cpu_count()} cores, load {open('/proc/loadavg').read().split()[:3]}")
 

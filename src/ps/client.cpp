@@ -37,6 +37,11 @@ void validate(const ClientOptions& o) {
   }
   if (o.timeout.count() <= 0)
     bad("timeout_ms", fmt::format("{} ms; must be positive", o.timeout.count()));
+  const int servers = static_cast<int>(o.server_endpoints.size());
+  if (o.replicas < 0 || (o.replicas > 0 && o.replicas >= servers)) {
+    bad("replicas", fmt::format("{} replicas with {} servers: must be in [0, {})", o.replicas,
+                                servers, servers));
+  }
   if (o.heartbeat_interval.count() <= 0) {
     bad("heartbeat_interval_ms",
         fmt::format("{} ms; must be positive", o.heartbeat_interval.count()));
@@ -50,10 +55,12 @@ void validate(const ClientOptions& o) {
   }
 }
 
-// A DEALER socket of worker `worker` to server `server`: frames from that
-// server only, addressed to this worker's wire rank.
+// A DEALER socket of worker `worker` to server `server` at `endpoint` (its
+// own, or the backup's that took its range over): frames from that server
+// only, addressed to this worker's wire rank.
 std::unique_ptr<comm::wire::FramedSocket> connect_server(zmq::context_t& context,
                                                          const ClientOptions& o, int server,
+                                                         const std::string& endpoint,
                                                          const comm::JobAuth& auth,
                                                          Logger& logger) {
   const int servers = static_cast<int>(o.server_endpoints.size());
@@ -70,8 +77,7 @@ std::unique_ptr<comm::wire::FramedSocket> connect_server(zmq::context_t& context
   so.link = o.link;
   so.private_ipc = o.private_ipc;
   return std::make_unique<comm::wire::FramedSocket>(
-      context, comm::wire::FramedSocket::Role::kDealer,
-      o.server_endpoints[static_cast<size_t>(server)], std::move(so), auth, logger);
+      context, comm::wire::FramedSocket::Role::kDealer, endpoint, std::move(so), auth, logger);
 }
 
 comm::wire::FrameHeader header_to(int server, uint64_t request_id) {
@@ -96,8 +102,9 @@ Client::Impl::Impl(ClientOptions options, const comm::JobAuth& auth, Logger& log
     : options_(std::move(options)), auth_(auth), logger_(logger) {
   validate(options_);
   const int servers = num_servers();
+  routes_ = options_.server_endpoints;
   for (int s = 0; s < servers; ++s) {
-    sockets_.push_back(connect_server(context_, options_, s, auth_, logger_));
+    sockets_.push_back(connect(s, routes_[static_cast<size_t>(s)]));
     monitors_.push_back(watch_disconnects(s));
   }
   values_.resize(static_cast<size_t>(servers));
@@ -105,15 +112,30 @@ Client::Impl::Impl(ClientOptions options, const comm::JobAuth& auth, Logger& log
   heartbeat_ = std::jthread([this](std::stop_token stop) { send_heartbeats(stop); });
 }
 
+std::unique_ptr<comm::wire::FramedSocket> Client::Impl::connect(int server,
+                                                                const std::string& endpoint) {
+  return connect_server(context_, options_, server, endpoint, auth_, logger_);
+}
+
 void Client::Impl::send_heartbeats(const std::stop_token& stop) {
   std::vector<std::unique_ptr<comm::wire::FramedSocket>> sockets;
+  std::vector<std::string> endpoints = options_.server_endpoints;
   for (int s = 0; s < num_servers(); ++s) {
-    sockets.push_back(connect_server(context_, options_, s, auth_, logger_));
+    sockets.push_back(connect(s, endpoints[static_cast<size_t>(s)]));
   }
   Message beat;
   beat.kind = Kind::kHeartbeat;
   beat.worker = static_cast<uint32_t>(options_.worker);
   while (!stop.stop_requested()) {
+    {
+      // A range taken over by a backup: its heartbeats go there too.
+      std::lock_guard lock(heartbeat_mutex_);
+      for (size_t s = 0; s < endpoints.size(); ++s) {
+        if (routes_[s] == endpoints[s]) continue;
+        endpoints[s] = routes_[s];
+        sockets[s] = connect(static_cast<int>(s), endpoints[s]);
+      }
+    }
     for (int s = 0; s < num_servers(); ++s) {
       send_message(*sockets[static_cast<size_t>(s)], s, beat);
     }
@@ -127,8 +149,8 @@ constexpr int kMaxRecoveries = 8;
 }  // namespace
 
 zmq::socket_t Client::Impl::watch_disconnects(int server) {
-  const std::string address =
-      fmt::format("inproc://ps-client-{}-{}", static_cast<const void*>(this), server);
+  const std::string address = fmt::format(
+      "inproc://ps-client-{}-{}-{}", static_cast<const void*>(this), server, monitor_generation_++);
   if (zmq_socket_monitor(sockets_[static_cast<size_t>(server)]->socket().handle(), address.c_str(),
                          ZMQ_EVENT_DISCONNECTED) != 0) {
     throw CommError(server, "ps connect",
@@ -322,10 +344,12 @@ void Client::Impl::wait_for_replies(Call& call) {
         // The connection broke while the request waited: whatever the server
         // had of it is gone with it. Send it again for the replacement.
         if (disconnected(server) && recover(call, server, "lost its connection")) {
-          logger_.warn(
-              "ps worker {}: lost the connection to server {} during {}; sending the "
-              "request again for its replacement",
-              options_.worker, server, call.operation);
+          if (!take_over(server, call.operation)) {
+            logger_.warn(
+                "ps worker {}: lost the connection to server {} during {}; sending the "
+                "request again for its replacement",
+                options_.worker, server, call.operation);
+          }
           send(server, call.requests[call.pending.at(server)].second);
         }
         continue;
@@ -366,7 +390,9 @@ Client::Impl::Call Client::Impl::start(std::vector<std::pair<int, Message>> requ
   // Broken connections seen while no request waited: the requests below reach
   // the replacement, which asks for a re-join.
   if (drain_monitors) {
-    for (int s = 0; s < num_servers(); ++s) (void)disconnected(s);
+    for (int s = 0; s < num_servers(); ++s) {
+      if (disconnected(s)) (void)take_over(s, call.operation);
+    }
   }
   for (size_t i = 0; i < call.requests.size(); ++i) {
     auto& [server, m] = call.requests[i];

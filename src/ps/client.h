@@ -30,7 +30,12 @@
 // pulled version and values, then its pushes since its last pull from that
 // server, so that a sync version the predecessor held can close) and asks
 // again. Each recovery restarts the call's deadline, at most 8 per call; the
-// call's errors are as above otherwise.
+// call's errors are as above otherwise. With ClientOptions::replicas > 0 a
+// broken connection first asks the server's backups, nearest first, to take
+// its range over (each asked for at most `timeout`); the first that does
+// serves it at an endpoint of its own for the rest of the run, and this
+// client re-routes the range there (requests, re-join, heartbeats). Without
+// one that does, the client waits for the replacement as above.
 //
 // Liveness: a background thread (std::jthread, own sockets) sends a heartbeat
 // to every server each heartbeat_interval. finish() tells the servers this
@@ -103,6 +108,10 @@ struct ClientOptions {
   // every server took the push) and "pull_copy". Null: off. Must outlive
   // the client.
   TraceSink* trace = nullptr;
+  // The servers' ServerOptions::replicas (R, sync only): when the connection
+  // to a server breaks, its backups (the next R servers in ring order) are
+  // asked to take its range over. 0: wait for the server's replacement.
+  int replicas = 0;
 };
 
 // How one dense push travels: dense floats (the default), or compressed by

@@ -93,6 +93,18 @@ class Client::Impl {
   // pull from that server except request `except`, and waits for their
   // replies. CommError / TimeoutError naming the server otherwise.
   void rejoin(int server, uint64_t except, const std::string& operation);
+  // The connection to `server` broke: with options_.replicas, asks its
+  // backups, nearest first, to take its range over, and on the first yes
+  // re-routes the range to the endpoint it names (client.cpp). False when
+  // none did (each asked for at most options_.timeout): the caller waits for
+  // the replacement. Logged either way, naming each backup's answer.
+  bool take_over(int server, const std::string& operation);
+  // A new DEALER socket to `server`'s range at `endpoint` (reads only
+  // options_, context_, auth_, logger_: also used by the heartbeat thread).
+  std::unique_ptr<comm::wire::FramedSocket> connect(int server, const std::string& endpoint);
+  // Connects the range of `server` to `endpoint` (its socket, monitor and
+  // the heartbeat thread's socket).
+  void reroute(int server, const std::string& endpoint);
   // An inproc PAIR socket receiving ZMQ_EVENT_DISCONNECTED of sockets_[server].
   zmq::socket_t watch_disconnects(int server);
   // Whether monitor `server` reported a broken connection (drains it).
@@ -131,6 +143,7 @@ class Client::Impl {
   uint64_t last_min_clock_ = 0;
   StepTotals last_totals_;
   std::vector<zmq::socket_t> monitors_;  // by server, after sockets_ (closed first)
+  int monitor_generation_ = 0;           // names each monitor's inproc address
   // By server: its range as this worker last pulled it (init's values before
   // the first pull), and the pushes sent to it since then, in send order.
   // A range is the float bytes of the pull reply that brought it, kept
@@ -165,6 +178,9 @@ class Client::Impl {
 
   std::mutex heartbeat_mutex_;
   std::condition_variable_any heartbeat_cv_;
+  // By server: the endpoint that serves its range now (a backup's after a
+  // takeover); guarded by heartbeat_mutex_, read by the heartbeat thread.
+  std::vector<std::string> routes_;
   std::jthread heartbeat_;  // last member: stopped and joined first
 };
 

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <string>
 #include <utility>
 
@@ -46,7 +47,14 @@ void ReplicaStore::check_ops(const Copy& copy, const ReplicaUpdate& update) {
   }
 }
 
+uint64_t ReplicaStore::newest_seen(uint32_t primary) const {
+  const auto it = newest_seen_.find(primary);
+  return it == newest_seen_.end() ? 0 : it->second;
+}
+
 ReplicaAck ReplicaStore::apply(const ReplicaUpdate& update) {
+  uint64_t& seen = newest_seen_[update.primary];
+  seen = std::max(seen, update.new_version);
   auto it = copies_.find(update.primary);
   if (it == copies_.end()) {
     return ack(
@@ -88,6 +96,8 @@ ReplicaAck ReplicaStore::apply(const ReplicaUpdate& update) {
 }
 
 ReplicaAck ReplicaStore::load(const ReplicaState& state) {
+  uint64_t& seen = newest_seen_[state.primary];
+  seen = std::max(seen, state.version);
   try {
     if (!state.state.contains("dense.values")) {
       throw UsageError("the state has no 'dense.values'");

@@ -43,6 +43,9 @@ class ReplicaStore {
   // The copy as a ReplicaState (what a replacement of `primary` starts
   // from); nullopt when none is held.
   std::optional<ReplicaState> state(uint32_t primary) const;
+  // The newest version any update or state from `primary` named (applied
+  // or not): a copy older than it is behind its primary (0 when none came).
+  uint64_t newest_seen(uint32_t primary) const;
   // The copy in Server::state_dict()'s layout ("version" in its metadata);
   // empty when none is held.
   StateDict state_dict(uint32_t primary) const;
@@ -61,6 +64,7 @@ class ReplicaStore {
   uint64_t seed_;
   optim::OptimizerConfig optimizer_;
   std::map<uint32_t, Copy> copies_;
+  std::map<uint32_t, uint64_t> newest_seen_;
 };
 
 }  // namespace dtrain::ps

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <utility>
 
 #include "core/error.h"
@@ -39,6 +40,10 @@ struct BackupChain::Backup {
   Clock::time_point last_sent;
   bool lagging = false;  // past the deadline: pulls do not wait for it
   bool failed = false;   // it answered kError: nothing more is sent to it
+  // ZMQ_EVENT_DISCONNECTED of `socket`: a backup whose connection broke
+  // (its process died) is lagging at once, not after `timeout`. Last
+  // member: closed before the socket it watches.
+  zmq::socket_t monitor;
 };
 
 BackupChain::BackupChain(zmq::context_t& context, BackupChainOptions options,
@@ -70,6 +75,18 @@ BackupChain::BackupChain(zmq::context_t& context, BackupChainOptions options,
     backup->socket = std::make_unique<comm::wire::FramedSocket>(
         context, comm::wire::FramedSocket::Role::kDealer,
         options_.server_endpoints[static_cast<size_t>(b)], std::move(o), auth, logger_);
+    const std::string address =
+        fmt::format("inproc://ps-backup-chain-{}-{}", static_cast<const void*>(backup.get()), b);
+    if (zmq_socket_monitor(backup->socket->socket().handle(), address.c_str(),
+                           ZMQ_EVENT_DISCONNECTED) != 0) {
+      throw CommError(b, "ps replicate",
+                      fmt::format("server {} cannot watch its link to backup "
+                                  "server {}: {}",
+                                  s, b, zmq_strerror(zmq_errno())));
+    }
+    backup->monitor = zmq::socket_t(context, zmq::socket_type::pair);
+    backup->monitor.set(zmq::sockopt::linger, 0);
+    backup->monitor.connect(address);
     backups_.push_back(std::move(backup));
   }
 }
@@ -164,6 +181,7 @@ void BackupChain::on_ack(Backup& b, const ReplicaAck& ack, uint64_t version) {
       if (!b.state_version) b.need_state = true;  // a state in flight answers it already
       return;
     case ReplicaAck::Status::kError:
+    case ReplicaAck::Status::kTakenOver:  // only a fetch's answer; never to an update
       b.failed = true;
       logger_.error(
           "ps server {}: backup server {} refused {} at version {}: {}; the range is "
@@ -173,15 +191,36 @@ void BackupChain::on_ack(Backup& b, const ReplicaAck& ack, uint64_t version) {
   }
 }
 
+bool BackupChain::disconnected(Backup& b) {
+  bool broke = false;
+  while (true) {
+    std::array<zmq::message_t, 1> event;  // then the endpoint, discarded
+    if (comm::wire::receive_parts(b.monitor, event) == 0) break;
+    broke = broke || comm::wire::monitor_event(event[0]) == ZMQ_EVENT_DISCONNECTED;
+  }
+  return broke;
+}
+
 void BackupChain::check_deadline(Backup& b, Clock::time_point now, uint64_t version) {
-  if (b.lagging || !b.waiting_since || now - *b.waiting_since <= options_.timeout) return;
+  const bool broke = disconnected(b);
+  if (b.lagging) return;
+  if (broke) {
+    logger_.error(
+        "ps server {}: lost the connection to backup server {} (it holds version {} of {}); "
+        "serving on without it, the range is not replicated until it catches up",
+        options_.server, b.server, b.acked ? fmt::format("{}", *b.acked) : std::string("none"),
+        range_);
+  } else if (!b.waiting_since || now - *b.waiting_since <= options_.timeout) {
+    return;
+  } else {
+    logger_.error(
+        "ps server {}: backup server {} has not acknowledged version {} of {} within {} ms "
+        "(it holds version {}); serving on without it, the range is not replicated until it "
+        "catches up",
+        options_.server, b.server, version, range_, options_.timeout.count(),
+        b.acked ? fmt::format("{}", *b.acked) : std::string("none"));
+  }
   b.lagging = true;
-  logger_.error(
-      "ps server {}: backup server {} has not acknowledged version {} of {} within {} ms "
-      "(it holds version {}); serving on without it, the range is not replicated until it "
-      "catches up",
-      options_.server, b.server, version, range_, options_.timeout.count(),
-      b.acked ? fmt::format("{}", *b.acked) : std::string("none"));
   // Nothing is queued for it any more; service() probes it instead.
   b.pending.clear();
   b.state_version.reset();
@@ -253,6 +292,12 @@ std::optional<ReplicaState> BackupChain::fetch_from(Backup& b, std::chrono::mill
         return std::move(*state);
       }
       if (auto* ack = std::get_if<ReplicaAck>(&m); ack && ack->primary == ask.primary) {
+        if (ack->status == ReplicaAck::Status::kTakenOver) {
+          logger_.warn("ps server {}: backup server {} serves this range itself: {}",
+                       options_.server, b.server, ack->error);
+          taken_over_by_ = b.server;
+          return std::nullopt;
+        }
         logger_.warn("ps server {}: backup server {} has no copy of this range to give: {}",
                      options_.server, b.server, ack->error);
         return std::nullopt;
@@ -270,6 +315,7 @@ std::optional<ReplicaState> BackupChain::fetch_from(Backup& b, std::chrono::mill
 std::optional<ReplicaState> BackupChain::fetch(std::chrono::milliseconds timeout) {
   for (auto& b : backups_) {
     if (std::optional<ReplicaState> state = fetch_from(*b, timeout)) return state;
+    if (taken_over_by_) break;
   }
   return std::nullopt;
 }

@@ -21,7 +21,8 @@
 //     an update it already has again). A backup that has not acknowledged
 //     within `timeout` is declared lagging: logged as an error naming the
 //     backup, the range and the version, and pulls no longer wait for it (the
-//     range is then unreplicated until it catches up). Nothing is queued for a
+//     range is then unreplicated until it catches up); so is, at once, a
+//     backup whose connection breaks (its process died). Nothing is queued for a
 //     lagging backup; it is probed every resend_interval with an empty update
 //     at the current version, gets the whole state when it answers kNeedState,
 //     and counts again once it acknowledges the current version.
@@ -104,6 +105,9 @@ class BackupChain {
   // one or none answers within `timeout` each. Blocks up to that long per
   // backup; call before serving.
   std::optional<ReplicaState> fetch(std::chrono::milliseconds timeout);
+  // After fetch(): the backup that answered that it serves this range itself
+  // (it took the range over when this server died); nullopt otherwise.
+  std::optional<int> taken_over_by() const { return taken_over_by_; }
   // Whether every backup in step holds `version`.
   bool replicated(uint64_t version) const;
 
@@ -114,6 +118,9 @@ class BackupChain {
   // One backup's answer to a fetch: its copy, or nullopt (logged).
   std::optional<ReplicaState> fetch_from(Backup& b, std::chrono::milliseconds timeout);
   void send(Backup& b, std::vector<std::byte> payload, Clock::time_point now);
+  // Whether b's connection broke since the last call (drains its monitor).
+  static bool disconnected(Backup& b);
+  // Declares b lagging when its connection broke or an ack is past `timeout`.
   void check_deadline(Backup& b, Clock::time_point now, uint64_t version);
 
   BackupChainOptions options_;
@@ -121,6 +128,7 @@ class BackupChain {
   std::string range_;
   std::vector<ReplicaOp> log_;
   std::vector<std::unique_ptr<Backup>> backups_;
+  std::optional<int> taken_over_by_;
 };
 
 }  // namespace dtrain::ps

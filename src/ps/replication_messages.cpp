@@ -70,16 +70,43 @@ ReplicaState get_state_transfer(ByteReader& r) {
   return m;
 }
 
-ReplicaAck get_ack(ByteReader& r) {
-  ReplicaAck m;
-  const uint8_t status = r.read_u8("ack status");
-  if (status > 2) throw DataError(fmt::format("replica ack: status {} is unknown (0..2)", status));
-  m.status = static_cast<ReplicaAck::Status>(status);
+// An ack's and a takeover reply's common start: status (at most
+// `max_status`), backup, primary, version.
+template <typename Answer>
+Answer get_answer(ByteReader& r, uint8_t max_status, const char* what) {
+  Answer m;
+  const uint8_t status = r.read_u8("status");
+  if (status > max_status) {
+    throw DataError(fmt::format("{}: status {} is unknown (0..{})", what, status, max_status));
+  }
+  m.status = static_cast<typename Answer::Status>(status);
   m.backup = r.read_u32("backup");
   m.primary = r.read_u32("primary");
   m.version = r.read_u64("version");
+  return m;
+}
+
+template <typename Answer>
+void put_answer(ByteWriter& w, ReplicaKind kind, const Answer& m) {
+  put_prefix(w, kind);
+  w.write_u8(static_cast<uint8_t>(m.status));
+  w.write_u32(m.backup);
+  w.write_u32(m.primary);
+  w.write_u64(m.version);
+}
+
+ReplicaAck get_ack(ByteReader& r) {
+  auto m = get_answer<ReplicaAck>(r, 3, "replica ack");
   m.error = r.read_string("error", kMaxErrorBytes);
   r.expect_end("replica ack");
+  return m;
+}
+
+TakeoverReply get_takeover_reply(ByteReader& r) {
+  auto m = get_answer<TakeoverReply>(r, 2, "takeover reply");
+  m.endpoint = r.read_string("endpoint", kMaxNameBytes);
+  m.error = r.read_string("error", kMaxErrorBytes);
+  r.expect_end("takeover reply");
   return m;
 }
 
@@ -89,7 +116,7 @@ bool is_replication_payload(std::span<const std::byte> payload) {
   if (payload.empty()) return false;
   const auto kind = static_cast<uint8_t>(payload[0]);
   return kind >= static_cast<uint8_t>(ReplicaKind::kUpdate) &&
-         kind <= static_cast<uint8_t>(ReplicaKind::kFetch);
+         kind <= static_cast<uint8_t>(ReplicaKind::kTakeoverReply);
 }
 
 std::vector<std::byte> encode_replica(const ReplicaUpdate& m) {
@@ -130,11 +157,7 @@ std::vector<std::byte> encode_replica(const ReplicaState& m) {
 
 std::vector<std::byte> encode_replica(const ReplicaAck& m) {
   ByteWriter w;
-  put_prefix(w, ReplicaKind::kAck);
-  w.write_u8(static_cast<uint8_t>(m.status));
-  w.write_u32(m.backup);
-  w.write_u32(m.primary);
-  w.write_u64(m.version);
+  put_answer(w, ReplicaKind::kAck, m);
   w.write_string(m.error.substr(0, kMaxErrorBytes));
   return w.take();
 }
@@ -143,6 +166,23 @@ std::vector<std::byte> encode_replica(const ReplicaFetch& m) {
   ByteWriter w;
   put_prefix(w, ReplicaKind::kFetch);
   w.write_u32(m.primary);
+  return w.take();
+}
+
+std::vector<std::byte> encode_replica(const ReplicaTakeover& m) {
+  ByteWriter w;
+  put_prefix(w, ReplicaKind::kTakeover);
+  w.write_u32(m.primary);
+  w.write_u32(m.worker);
+  w.write_u64(m.version);
+  return w.take();
+}
+
+std::vector<std::byte> encode_replica(const TakeoverReply& m) {
+  ByteWriter w;
+  put_answer(w, ReplicaKind::kTakeoverReply, m);
+  w.write_string(m.endpoint.substr(0, kMaxNameBytes));
+  w.write_string(m.error.substr(0, kMaxErrorBytes));
   return w.take();
 }
 
@@ -163,8 +203,18 @@ ReplicaMessage decode_replica(std::span<const std::byte> payload) {
       r.expect_end("replica fetch");
       return m;
     }
+    case ReplicaKind::kTakeover: {
+      ReplicaTakeover m;
+      m.primary = r.read_u32("primary");
+      m.worker = r.read_u32("worker");
+      m.version = r.read_u64("version");
+      r.expect_end("takeover request");
+      return m;
+    }
+    case ReplicaKind::kTakeoverReply:
+      return get_takeover_reply(r);
   }
-  throw DataError(fmt::format("replica message: kind {} is unknown (96..99)", kind));
+  throw DataError(fmt::format("replica message: kind {} is unknown (96..101)", kind));
 }
 
 }  // namespace dtrain::ps

@@ -2,7 +2,7 @@
 // (docs/parameter-server.md, "Replicated server state"). They travel in the
 // same comm/wire frames as the workers' requests (header, CRC, MAC), from a
 // primary server's DEALER to its backup's ROUTER and back, and are told apart
-// from ps messages (messages.h) by their first byte (kinds 96..99; ps kinds
+// from ps messages (messages.h) by their first byte (kinds 96..101; ps kinds
 // stay below 96).
 //
 //  - ReplicaUpdate: what a primary did to its state while it was at version
@@ -18,7 +18,12 @@
 //    that it needs a ReplicaState.
 //  - ReplicaFetch: a replacement primary asks a backup for its copy of the
 //    range; the backup answers with a ReplicaState (or a ReplicaAck kNeedState
-//    when it holds none).
+//    when it holds none, kTakenOver when it already serves the range itself).
+//  - ReplicaTakeover: a worker that lost its connection to a primary asks
+//    one of its backups to serve the range from its copy; the backup answers
+//    a TakeoverReply: the endpoint where it serves the range, or why it
+//    will not (no copy, a copy older than the worker's, the replacement
+//    already took it).
 //
 // Thread safety: values. Decoding throws DataError naming the field; never
 // blocks.
@@ -36,7 +41,14 @@
 
 namespace dtrain::ps {
 
-enum class ReplicaKind : uint8_t { kUpdate = 96, kState = 97, kAck = 98, kFetch = 99 };
+enum class ReplicaKind : uint8_t {
+  kUpdate = 96,
+  kState = 97,
+  kAck = 98,
+  kFetch = 99,
+  kTakeover = 100,
+  kTakeoverReply = 101,
+};
 
 // Whether a payload is one of these (by its first byte) rather than a ps message.
 bool is_replication_payload(std::span<const std::byte> payload);
@@ -65,7 +77,8 @@ struct ReplicaState {
 };
 
 struct ReplicaAck {
-  enum class Status : uint8_t { kOk = 0, kNeedState = 1, kError = 2 };
+  // kTakenOver: only to a fetch, the backup serves the range itself.
+  enum class Status : uint8_t { kOk = 0, kNeedState = 1, kError = 2, kTakenOver = 3 };
   Status status = Status::kOk;
   uint32_t backup = 0;
   uint32_t primary = 0;
@@ -77,12 +90,35 @@ struct ReplicaFetch {
   uint32_t primary = 0;  // whose range is asked for
 };
 
-using ReplicaMessage = std::variant<ReplicaUpdate, ReplicaState, ReplicaAck, ReplicaFetch>;
+// From a worker (its wire rank is checked against `worker`) to a backup of
+// `primary`: this worker last pulled `primary`'s range at `version`.
+struct ReplicaTakeover {
+  uint32_t primary = 0;
+  uint32_t worker = 0;
+  uint64_t version = 0;
+};
+
+struct TakeoverReply {
+  // kReplaced: the dead server's replacement took this backup's copy and
+  // serves the range; the worker waits for it and asks no other backup.
+  enum class Status : uint8_t { kServing = 0, kRefused = 1, kReplaced = 2 };
+  Status status = Status::kRefused;
+  uint32_t backup = 0;
+  uint32_t primary = 0;
+  uint64_t version = 0;  // the version the backup's copy was at when it took over
+  std::string endpoint;  // kServing: where the range is served now
+  std::string error;     // kRefused, kReplaced: why not
+};
+
+using ReplicaMessage = std::variant<ReplicaUpdate, ReplicaState, ReplicaAck, ReplicaFetch,
+                                    ReplicaTakeover, TakeoverReply>;
 
 std::vector<std::byte> encode_replica(const ReplicaUpdate& m);
 std::vector<std::byte> encode_replica(const ReplicaState& m);
 std::vector<std::byte> encode_replica(const ReplicaAck& m);
 std::vector<std::byte> encode_replica(const ReplicaFetch& m);
+std::vector<std::byte> encode_replica(const ReplicaTakeover& m);
+std::vector<std::byte> encode_replica(const TakeoverReply& m);
 ReplicaMessage decode_replica(std::span<const std::byte> payload);
 
 }  // namespace dtrain::ps

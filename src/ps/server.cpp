@@ -125,7 +125,11 @@ Server::Impl::Impl(ServerOptions options, const comm::JobAuth& auth, Logger& log
 
 ServeResult Server::Impl::run(const std::stop_token& stop, Deadline deadline) {
   ServeResult result;
-  inherit_from_backup();
+  if (!begin_serving(deadline)) {
+    result.end = ServeEnd::kFinished;
+    result.stats = stats();
+    return result;
+  }
   while (true) {
     if (stop.stop_requested()) {
       result.end = ServeEnd::kStopped;
@@ -166,6 +170,7 @@ ServeResult Server::Impl::run(const std::stop_token& stop, Deadline deadline) {
   }
   parked_.clear();
   flush_push_replies([](const DeferredReply&) { return true; });
+  end_serving(result.end);
   logger_.info("ps server {}: serving ended ({}) at version {}", options_.server,
                result.end == ServeEnd::kFinished  ? "all workers finished"
                : result.end == ServeEnd::kStopped ? "stop requested"

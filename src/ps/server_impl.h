@@ -11,6 +11,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 #include <zmq.hpp>
@@ -30,6 +31,8 @@ class Server::Impl {
  public:
   // Validates the options and binds the socket.
   Impl(ServerOptions options, const comm::JobAuth& auth, Logger& logger);
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
 
   ServeResult run(const std::stop_token& stop, Deadline deadline);
   StateDict state_dict() const;
@@ -132,6 +135,25 @@ class Server::Impl {
   // it does not fit.
   bool take_inherited(uint32_t worker);
   void service_backups(Clock::time_point now);
+  // Takeover (server_takeover.cpp, docs "A backup takes over"): a worker
+  // lost its primary and asks this backup to serve that range from its copy.
+  void on_takeover(const comm::wire::Frame& frame, const ReplicaTakeover& ask);
+  TakeoverReply takeover(const ReplicaTakeover& ask);
+  // Starts serving `copy`'s range as its acting primary on a thread of this
+  // process, at a new endpoint (returned).
+  std::string start_acting(ReplicaState copy);
+  // Where this server serves `primary`'s range, if it took it over.
+  std::optional<std::string> acting_endpoint(uint32_t primary) const;
+  // run()'s first and last steps: a replacement whose range a backup took
+  // over retires (false: nothing to serve); at the end the acting primaries
+  // are waited for (kFinished: until their workers finished, bounded) and
+  // stopped.
+  bool begin_serving(Deadline deadline);
+  void end_serving(ServeEnd end);
+  struct ActingPrimaries;
+  struct ActingDeleter {
+    void operator()(ActingPrimaries* acting) const;
+  };
 
   ConsistencyState consistency_;
   std::vector<Parked> parked_;
@@ -153,6 +175,13 @@ class Server::Impl {
   std::unique_ptr<BackupChain> backups_;
   ReplicaStore replica_store_;
   std::optional<ReplicaState> inherited_;
+  // The ranges this server took over (their acting primaries), the primaries
+  // whose replacement took this server's copy (never taken over then), and
+  // run()'s deadline (the acting primaries serve until it).
+  std::unique_ptr<ActingPrimaries, ActingDeleter> acting_;
+  std::set<uint32_t> copy_given_;
+  std::optional<int> acting_host_;  // set on an acting primary: the backup serving it
+  Deadline serve_deadline_ = Deadline::never();
 };
 
 }  // namespace dtrain::ps

@@ -59,18 +59,22 @@ ReplicaState Server::Impl::replica_state() const {
 
 void Server::Impl::on_replica_frame(const comm::wire::Frame& frame) {
   const uint32_t sender = frame.header.sender;
+  ReplicaMessage m;
+  try {
+    m = decode_replica(frame.payload());
+  } catch (const DataError& e) {
+    socket_->drop(fmt::format("from rank {}: {}", sender, e.what()));
+    return;
+  }
+  if (auto* ask = std::get_if<ReplicaTakeover>(&m)) {
+    on_takeover(frame, *ask);  // from a worker
+    return;
+  }
   if (sender >= static_cast<uint32_t>(options_.num_servers) ||
       !backs_up(options_.server, static_cast<int>(sender), options_.num_servers,
                 options_.replicas)) {
     socket_->drop(fmt::format("a replica frame from rank {}, which server {} does not back up",
                               sender, options_.server));
-    return;
-  }
-  ReplicaMessage m;
-  try {
-    m = decode_replica(frame.payload());
-  } catch (const DataError& e) {
-    socket_->drop(fmt::format("from server {}: {}", sender, e.what()));
     return;
   }
   ReplicaAck ack;
@@ -102,7 +106,18 @@ void Server::Impl::answer_fetch(const std::string& identity, uint32_t primary) {
   comm::wire::FrameHeader header;
   header.type = comm::wire::MessageType::kData;
   header.receiver = primary;
+  ReplicaAck none;
+  none.backup = static_cast<uint32_t>(options_.server);
+  none.primary = primary;
+  if (const std::optional<std::string> acting = acting_endpoint(primary)) {
+    none.status = ReplicaAck::Status::kTakenOver;
+    none.error = fmt::format("server {} took server {}'s range over and serves it on {}",
+                             options_.server, primary, *acting);
+    socket_->send(identity, header, encode_replica(none));
+    return;
+  }
   if (std::optional<ReplicaState> state = replica_store_.state(primary)) {
+    copy_given_.insert(primary);  // the replacement serves it: never taken over now
     logger_.info(
         "ps server {}: gave its copy of server {}'s range (version {}) to server {}'s "
         "replacement",
@@ -110,15 +125,16 @@ void Server::Impl::answer_fetch(const std::string& identity, uint32_t primary) {
     socket_->send(identity, header, encode_replica(*state));
     return;
   }
-  ReplicaAck none;
   none.status = ReplicaAck::Status::kNeedState;
-  none.backup = static_cast<uint32_t>(options_.server);
-  none.primary = primary;
   none.error =
       fmt::format("server {} holds no copy of server {}'s range", options_.server, primary);
   socket_->send(identity, header, encode_replica(none));
 }
 
+// A replacement's fetch comes before it serves, and a takeover request comes
+// only after the client saw the primary's connection break; whichever this
+// backup answers first decides: it either gave its copy (copy_given_) or
+// serves the range itself (acting_), never both.
 void Server::Impl::inherit_from_backup() {
   if (!options_.replacement || !backups_ || inherited_ || initialised_) return;
   inherited_ = backups_->fetch(options_.replica_timeout);
@@ -132,12 +148,20 @@ bool Server::Impl::take_inherited(uint32_t worker) {
                   options_.server, worker, e.what());
     return false;
   }
+  const double after_s = std::chrono::duration<double>(Clock::now() - started_).count();
+  if (acting_host_) {
+    logger_.warn(
+        "ps server {} (acting, on server {}): imported server {}'s copy at worker {}'s init "
+        "(version {}: values, optimizer buffers and sparse rows) and serves {:.3f} s after the "
+        "takeover",
+        options_.server, *acting_host_, *acting_host_, worker, inherited_->version, after_s);
+    return true;
+  }
   logger_.warn(
       "ps server {}: replacement took its shard from its backup's copy (version {}: values, "
       "optimizer buffers and sparse rows; no checkpoint read) and serves {:.3f} s after its "
       "start",
-      options_.server, inherited_->version,
-      std::chrono::duration<double>(Clock::now() - started_).count());
+      options_.server, inherited_->version, after_s);
   return true;
 }
 

@@ -48,6 +48,9 @@ struct PsJobOptions {
   // sync: each server's range is also held by the next `replicas` servers
   // (ps/replication.h); 0: none.
   int64_t replicas = 0;
+  // With replicas: a dead server's range is taken over by its first live
+  // backup at once (false: the workers wait for its replacement).
+  bool takeover = true;
 };
 
 // The endpoint workers should connect to: the bound one, with the host
@@ -99,6 +102,7 @@ class PsSpec final : public StrategySpec {
     table.read("staleness", o_.staleness);
     table.read("backup_workers", o_.backup_workers);
     table.read("replicas", o_.replicas);
+    table.read("takeover", o_.takeover);
     where_ = table.lines();
     if (o_.replicas < 0 || (o_.replicas > 0 && o_.replicas >= o_.servers)) {
       throw where_.error("replicas", fmt::format("{} replicas with {} servers: must be in [0, {})",
@@ -416,6 +420,7 @@ std::unique_ptr<Strategy> PsSpec::build(const BuildContext& c) const {
   client.private_ipc = private_ipc(c.launch->settings);
   client.timeout = c.timeout;
   client.heartbeat_interval = std::min(std::chrono::milliseconds(1000), c.heartbeat_timeout / 4);
+  client.replicas = o_.takeover ? static_cast<int>(o_.replicas) : 0;
   PsOptions o;
   o.launch_id = c.launch->settings.launch_id;
   o.reshard_lost_workers = o_.backup_workers == 0;

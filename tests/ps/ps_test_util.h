@@ -153,18 +153,28 @@ class RawPeer {
   // Sends `m` as a frame from wire rank `sender_rank` (any rank: an impostor
   // test claims someone else's).
   void send(const Message& m, uint32_t sender_rank, uint32_t receiver_rank = 0) {
-    const std::vector<std::byte> payload = encode_message(m);
+    send_payload(encode_message(m), sender_rank, receiver_rank, m.request_id);
+  }
+  // Any payload (a replication message) as a frame from `sender_rank`.
+  void send_payload(const std::vector<std::byte>& payload, uint32_t sender_rank,
+                    uint32_t receiver_rank = 0, uint64_t sequence = 0) {
     comm::wire::FrameHeader h;
     h.type = comm::wire::MessageType::kData;
     h.sender = sender_rank;
     h.receiver = receiver_rank;
     h.job_id = auth_.job_id();
-    h.sequence = m.request_id;
+    h.sequence = sequence;
     const comm::wire::HeaderBytes head = comm::wire::encode_header(h, payload, auth_, true);
     send_parts({{head.begin(), head.end()}, payload});
   }
   // The next reply; fails the test when none arrives within kGenerous.
   Message receive() {
+    const std::vector<std::byte> payload = receive_payload();
+    return payload.empty() ? Message{} : decode_message(payload);
+  }
+  // The next frame's checked payload; empty (and the test failed) when none
+  // arrives within kGenerous.
+  std::vector<std::byte> receive_payload() {
     const Deadline deadline = Deadline::after(kGenerous);
     comm::wire::FrameLimits limits;
     limits.job_id = auth_.job_id();
@@ -182,7 +192,7 @@ class RawPeer {
       const comm::wire::FrameHeader h =
           comm::wire::check_header(head, limits, auth_, {comm::wire::MessageType::kData});
       comm::wire::check_payload(h, head.first<comm::wire::kHeaderBytes>(), body, auth_);
-      return decode_message(body);
+      return {body.begin(), body.end()};
     }
     ADD_FAILURE() << "no reply within " << kGenerous.count() << " ms";
     return {};
