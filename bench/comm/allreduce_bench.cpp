@@ -16,8 +16,11 @@
 // zmq_transport.h): they wait until every lane is up before the first rep.
 //
 // DTRAIN_BENCH_CHUNK_BYTES overrides the zmq modes' ring chunk
-// (CommunicatorOptions::chunk_bytes), and DTRAIN_BENCH_LANE_SPIN_US the
-// lane readers' spin (ZmqTransportOptions::lane_spin), for tuning them.
+// (CommunicatorOptions::chunk_bytes), DTRAIN_BENCH_RING_WINDOW_BYTES the
+// ring's window (ring_window_bytes), DTRAIN_BENCH_SMALL_ALLREDUCE_BYTES the
+// halving-doubling limit (small_allreduce_bytes), and
+// DTRAIN_BENCH_LANE_SPIN_US the lane readers' spin
+// (ZmqTransportOptions::lane_spin), for tuning them.
 //
 // Prints one line "<mode> ranks=<n> bytes=<b> median_us=<t> busbw_gbs=<g>"
 // with bus bandwidth 2(n-1)/n * bytes / time (for memcpy: bytes / time).
@@ -134,6 +137,12 @@ int run_zmq_rank(int rank, int ranks, size_t bytes, int reps, const std::string&
   comm_options.timeout = std::chrono::seconds(60);
   if (const char* chunk = std::getenv("DTRAIN_BENCH_CHUNK_BYTES")) {
     comm_options.chunk_bytes = std::strtoull(chunk, nullptr, 10);
+  }
+  if (const char* window = std::getenv("DTRAIN_BENCH_RING_WINDOW_BYTES")) {
+    comm_options.ring_window_bytes = std::strtoull(window, nullptr, 10);
+  }
+  if (const char* small = std::getenv("DTRAIN_BENCH_SMALL_ALLREDUCE_BYTES")) {
+    comm_options.small_allreduce_bytes = std::strtoull(small, nullptr, 10);
   }
   comm::Communicator comm(*transport, comm_options);
   time_rank(curve                      ? "dtrain-zmq-curve"

@@ -94,6 +94,12 @@ struct CommunicatorOptions {
   // Pipelining unit of the ring, the broadcast tree and allgather: one
   // message per chunk.
   size_t chunk_bytes = size_t{256} << 10;
+  // How far the ring's sends may run ahead of its receives, in bytes
+  // (rounded down to whole chunks, at least one). A window that fits the
+  // links' socket buffers keeps every send a write straight from the
+  // caller's memory (ring_collectives.h); a larger one makes a transport
+  // copy what the socket cannot take yet, to write it later.
+  size_t ring_window_bytes = size_t{1} << 20;
   // Allreduces of at most this many bytes use halving-doubling, larger ones
   // the ring.
   size_t small_allreduce_bytes = size_t{64} << 10;
