@@ -12,6 +12,7 @@
 
 #include "comm/collectives/collective_tree.h"
 #include "comm/collectives/halving_doubling.h"
+#include "comm/collectives/recursive_doubling.h"
 #include "comm/collectives/ring_collectives.h"
 #include "comm/collectives/sparse_collectives.h"
 #include "comm/transport/group_transport.h"
@@ -283,7 +284,10 @@ void Communicator::allreduce_now(std::span<float> data, ReduceOp op, const OpDes
     return;
   }
   CollectiveChannel channel = open_channel(desc, deadline);
-  if (data.size_bytes() <= options_.small_allreduce_bytes) {
+  if (size() == 2 && data.size_bytes() <= options_.pair_exchange_bytes) {
+    recursive_doubling_allreduce(channel, data, op, chunk_elements(options_),
+                                 window_chunks(options_));
+  } else if (data.size_bytes() <= options_.small_allreduce_bytes) {
     halving_doubling_allreduce(channel, data, op);
   } else {
     ring_allreduce(channel, data, op, chunk_elements(options_), window_chunks(options_));

@@ -103,6 +103,12 @@ struct CommunicatorOptions {
   // Allreduces of at most this many bytes use halving-doubling, larger ones
   // the ring.
   size_t small_allreduce_bytes = size_t{64} << 10;
+  // Between two ranks, allreduces of at most this many bytes (whatever
+  // small_allreduce_bytes says) are one exchange of the whole buffer
+  // (recursive_doubling.h): the ring's bytes in one round instead of two.
+  // Above 64 KiB it measured slower here (each rank combines the whole
+  // buffer instead of half; docs/collectives.md).
+  size_t pair_exchange_bytes = size_t{64} << 10;
   // Use shared memory for allreduce when every rank is on this host. Needs a
   // non-empty `job_id`; construction then exchanges host identities and sets
   // the segments up (collective). Never used over a transport with an
