@@ -220,7 +220,7 @@ void victim_scenario(Transport& transport, bool killed) {
   o.timeout = kFailureTimeout;
   o.shm_allreduce = false;
   o.small_allreduce_bytes = 0;  // ring
-  o.pair_exchange_bytes = 0;  // keep the chosen algorithm with two ranks too
+  o.pair_exchange_bytes = 0;    // keep the chosen algorithm with two ranks too
   o.chunk_bytes = 16 << 10;
   Communicator comm(transport, o);
   // The style guide's bound for failure detection.

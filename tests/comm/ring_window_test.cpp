@@ -95,7 +95,7 @@ CommunicatorOptions window_options(size_t window_chunks) {
   o.timeout = std::chrono::milliseconds(20000);
   o.chunk_bytes = kChunkBytes;
   o.small_allreduce_bytes = 0;  // always the ring
-  o.pair_exchange_bytes = 0;  // keep the chosen algorithm with two ranks too
+  o.pair_exchange_bytes = 0;    // keep the chosen algorithm with two ranks too
   o.ring_window_bytes = window_chunks * kChunkBytes;
   return o;
 }
