@@ -79,50 +79,11 @@ TEST(RecursiveDoubling, PartnersEndBitIdenticalWhenTheOperandOrderMatters) {
   EXPECT_EQ(results[0][2], 3.0f);
 }
 
-// Counts the messages a rank sends (forwarding everything to `inner`).
-class SendCounter final : public Transport {
- public:
-  explicit SendCounter(Transport& inner) : inner_(inner) {}
-  int rank() const override { return inner_.rank(); }
-  int size() const override { return inner_.size(); }
-  void send(int peer, uint64_t tag, std::span<const std::byte> payload, const std::string& what,
-            Deadline deadline) override {
-    ++sends_;
-    inner_.send(peer, tag, payload, what, deadline);
-  }
-  void send_parts(int peer, uint64_t tag, std::span<const std::byte> head,
-                  std::span<const std::byte> body, const std::string& what,
-                  Deadline deadline) override {
-    ++sends_;
-    inner_.send_parts(peer, tag, head, body, what, deadline);
-  }
-  std::vector<std::byte> recv(int peer, uint64_t tag, const std::string& what,
-                              Deadline deadline) override {
-    return inner_.recv(peer, tag, what, deadline);
-  }
-  void recv_into(int peer, uint64_t tag, std::span<std::byte> out, const std::string& what,
-                 Deadline deadline) override {
-    inner_.recv_into(peer, tag, out, what, deadline);
-  }
-  void recv_visit(int peer, uint64_t tag, const std::string& what, Deadline deadline,
-                  const MessageVisitor& use) override {
-    inner_.recv_visit(peer, tag, what, deadline, use);
-  }
-  void abort(int culprit, const std::string& reason) noexcept override {
-    inner_.abort(culprit, reason);
-  }
-  int sends() const { return sends_; }
-
- private:
-  Transport& inner_;
-  int sends_ = 0;
-};
-
 // Messages rank 0 sends for one allreduce of `count` floats over `n` ranks.
-int messages_per_allreduce(int n, size_t count, size_t pair_exchange_bytes) {
-  std::vector<int> sends(static_cast<size_t>(n), -1);
+long long messages_per_allreduce(int n, size_t count, size_t pair_exchange_bytes) {
+  std::vector<long long> sends(static_cast<size_t>(n), -1);
   run_ranks(n, [&](int rank, Transport& inner) {
-    SendCounter transport(inner);
+    testing::CountingTransport transport(inner);
     CommunicatorOptions options;
     options.pair_exchange_bytes = pair_exchange_bytes;
     options.chunk_bytes = size_t{1} << 20;  // one message per block
