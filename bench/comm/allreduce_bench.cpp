@@ -1,7 +1,8 @@
 // allreduce_bench: times dtrain's allreduce between forked processes, through
 // shared memory (ShmAllreduce) or through the ZeroMQ path (a Communicator over
-// ZmqTransport with shared memory disabled: halving-doubling up to 64 KiB,
-// the ring above), or single-core memcpy as the bandwidth ceiling.
+// ZmqTransport with shared memory disabled: up to 64 KiB one exchange with
+// two ranks and halving-doubling with more, the ring above), or single-core
+// memcpy as the bandwidth ceiling.
 //
 //   allreduce_bench shm <ranks> <bytes> <reps> [<spin_us> <yield_us>]
 //   allreduce_bench zmq <ranks> <bytes> <reps>
