@@ -1,7 +1,8 @@
 // allreduce_bench: times dtrain's allreduce between forked processes, through
 // shared memory (ShmAllreduce) or through the ZeroMQ path (a Communicator over
-// ZmqTransport with shared memory disabled: halving-doubling up to 64 KiB,
-// the ring above), or single-core memcpy as the bandwidth ceiling.
+// ZmqTransport with shared memory disabled: up to 64 KiB one exchange with
+// two ranks and halving-doubling with more, the ring above), or single-core
+// memcpy as the bandwidth ceiling.
 //
 //   allreduce_bench shm <ranks> <bytes> <reps> [<spin_us> <yield_us>]
 //   allreduce_bench zmq <ranks> <bytes> <reps>
@@ -16,8 +17,14 @@
 // zmq_transport.h): they wait until every lane is up before the first rep.
 //
 // DTRAIN_BENCH_CHUNK_BYTES overrides the zmq modes' ring chunk
-// (CommunicatorOptions::chunk_bytes), and DTRAIN_BENCH_LANE_SPIN_US the
-// lane readers' spin (ZmqTransportOptions::lane_spin), for tuning them.
+// (CommunicatorOptions::chunk_bytes), DTRAIN_BENCH_RING_WINDOW_BYTES the
+// ring's window (ring_window_bytes), DTRAIN_BENCH_SMALL_ALLREDUCE_BYTES the
+// halving-doubling limit (small_allreduce_bytes),
+// DTRAIN_BENCH_PAIR_EXCHANGE_BYTES the two-rank exchange's limit
+// (pair_exchange_bytes),
+// DTRAIN_BENCH_LANE_SPIN_US the lane readers' spin
+// (ZmqTransportOptions::lane_spin), DTRAIN_BENCH_LANE_SOCKET_BYTES the lane
+// sockets' buffers (lane_socket_buffer_bytes), for tuning them.
 //
 // Prints one line "<mode> ranks=<n> bytes=<b> median_us=<t> busbw_gbs=<g>"
 // with bus bandwidth 2(n-1)/n * bytes / time (for memcpy: bytes / time).
@@ -119,6 +126,9 @@ int run_zmq_rank(int rank, int ranks, size_t bytes, int reps, const std::string&
   if (const char* spin = std::getenv("DTRAIN_BENCH_LANE_SPIN_US")) {
     options.lane_spin = std::chrono::microseconds(std::strtoll(spin, nullptr, 10));
   }
+  if (const char* buffer = std::getenv("DTRAIN_BENCH_LANE_SOCKET_BYTES")) {
+    options.lane_socket_buffer_bytes = std::atoi(buffer);
+  }
   const comm::JobAuth auth(job, tcp_only && with_secret ? "bench secret" : "", curve);
   auto transport =
       comm::connect_zmq_transport(options, auth, "127.0.0.1:" + std::to_string(port), rank == 0,
@@ -134,6 +144,15 @@ int run_zmq_rank(int rank, int ranks, size_t bytes, int reps, const std::string&
   comm_options.timeout = std::chrono::seconds(60);
   if (const char* chunk = std::getenv("DTRAIN_BENCH_CHUNK_BYTES")) {
     comm_options.chunk_bytes = std::strtoull(chunk, nullptr, 10);
+  }
+  if (const char* window = std::getenv("DTRAIN_BENCH_RING_WINDOW_BYTES")) {
+    comm_options.ring_window_bytes = std::strtoull(window, nullptr, 10);
+  }
+  if (const char* small = std::getenv("DTRAIN_BENCH_SMALL_ALLREDUCE_BYTES")) {
+    comm_options.small_allreduce_bytes = std::strtoull(small, nullptr, 10);
+  }
+  if (const char* pair = std::getenv("DTRAIN_BENCH_PAIR_EXCHANGE_BYTES")) {
+    comm_options.pair_exchange_bytes = std::strtoull(pair, nullptr, 10);
   }
   comm::Communicator comm(*transport, comm_options);
   time_rank(curve                      ? "dtrain-zmq-curve"

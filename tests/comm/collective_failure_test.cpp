@@ -55,6 +55,7 @@ TEST(CollectiveMismatch, DifferentCountsFailEveryRank) {
     const auto errors = errors_of(3, [&](int rank, Transport& transport) {
       CommunicatorOptions o = short_timeout(std::chrono::seconds(20));
       o.small_allreduce_bytes = small_bytes;
+      o.pair_exchange_bytes = 0;  // keep the chosen algorithm with two ranks too
       Communicator comm(transport, o);
       std::vector<float> data(rank == 2 ? 10 : 1000, 1.0f);
       comm.allreduce(data, ReduceOp::kSum);
@@ -111,6 +112,7 @@ TEST(CollectiveAsync, QueuedAllreducesCompleteInCallOrder) {
   run_ranks(3, [](int rank, Transport& transport) {
     CommunicatorOptions o = short_timeout(std::chrono::seconds(20));
     o.small_allreduce_bytes = 64;
+    o.pair_exchange_bytes = 0;  // keep the chosen algorithm with two ranks too
     Communicator comm(transport, o);
     // sum then max on the same buffer: run in the other order, the result differs.
     std::vector<float> a = rank_input(rank, 301);

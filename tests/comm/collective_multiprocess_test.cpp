@@ -106,10 +106,12 @@ Comms make_comms(Transport& transport, bool shm, const std::string& job) {
   o.job_id = shm ? job : "";
   o.chunk_bytes = 64 << 10;  // several chunks per block at the larger sizes
   o.small_allreduce_bytes = ~size_t{0};
+  o.pair_exchange_bytes = 0;  // keep the chosen algorithm with two ranks too
   o.group_id = 1;
   Comms comms;
   comms.halving_doubling = std::make_unique<Communicator>(transport, o);
   o.small_allreduce_bytes = 0;
+  o.pair_exchange_bytes = 0;  // keep the chosen algorithm with two ranks too
   o.group_id = 2;
   comms.ring = std::make_unique<Communicator>(transport, o);
   return comms;
@@ -218,6 +220,7 @@ void victim_scenario(Transport& transport, bool killed) {
   o.timeout = kFailureTimeout;
   o.shm_allreduce = false;
   o.small_allreduce_bytes = 0;  // ring
+  o.pair_exchange_bytes = 0;    // keep the chosen algorithm with two ranks too
   o.chunk_bytes = 16 << 10;
   Communicator comm(transport, o);
   // The style guide's bound for failure detection.

@@ -1,9 +1,12 @@
-// Helpers of the collective tests: ranks as threads over an InProcHub, and
-// integer-valued inputs whose sums are exact in float32 in any order.
+// Helpers of the collective tests: ranks as threads over an InProcHub,
+// integer-valued inputs whose sums are exact in float32 in any order, and a
+// transport that counts what a rank sends and receives.
 #pragma once
 
+#include <algorithm>
 #include <exception>
 #include <functional>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -58,5 +61,70 @@ inline std::vector<float> serial_reduce(int n, size_t count, ReduceOp op) {
   }
   return out;
 }
+
+// Forwards to `inner` and counts: a send as soon as it is called, a receive
+// once it has returned; lead() is the most sends ever ahead of receives.
+// One rank's thread uses it (as the transport it wraps).
+class CountingTransport final : public Transport {
+ public:
+  explicit CountingTransport(Transport& inner) : inner_(inner) {}
+  int rank() const override { return inner_.rank(); }
+  int size() const override { return inner_.size(); }
+  void send(int peer, uint64_t tag, std::span<const std::byte> payload, const std::string& what,
+            Deadline deadline) override {
+    count_send();
+    inner_.send(peer, tag, payload, what, deadline);
+  }
+  void send_owned(int peer, uint64_t tag, OwnedBuffer payload, const std::string& what,
+                  Deadline deadline) override {
+    count_send();
+    inner_.send_owned(peer, tag, std::move(payload), what, deadline);
+  }
+  void send_parts(int peer, uint64_t tag, std::span<const std::byte> head,
+                  std::span<const std::byte> body, const std::string& what,
+                  Deadline deadline) override {
+    count_send();
+    inner_.send_parts(peer, tag, head, body, what, deadline);
+  }
+  std::vector<std::byte> recv(int peer, uint64_t tag, const std::string& what,
+                              Deadline deadline) override {
+    std::vector<std::byte> message = inner_.recv(peer, tag, what, deadline);
+    ++received_;
+    return message;
+  }
+  void recv_into(int peer, uint64_t tag, std::span<std::byte> out, const std::string& what,
+                 Deadline deadline) override {
+    inner_.recv_into(peer, tag, out, what, deadline);
+    ++received_;
+  }
+  void recv_visit(int peer, uint64_t tag, const std::string& what, Deadline deadline,
+                  const MessageVisitor& use) override {
+    inner_.recv_visit(peer, tag, what, deadline, use);
+    ++received_;
+  }
+  void recv_parts(int peer, uint64_t tag, std::span<std::byte> head, std::span<std::byte> body,
+                  const std::string& what, Deadline deadline,
+                  const MessageVisitor& mismatch) override {
+    inner_.recv_parts(peer, tag, head, body, what, deadline, mismatch);
+    ++received_;
+  }
+  void abort(int culprit, const std::string& reason) noexcept override {
+    inner_.abort(culprit, reason);
+  }
+
+  long long sends() const { return sent_; }
+  long long lead() const { return lead_; }
+
+ private:
+  void count_send() {
+    ++sent_;
+    lead_ = std::max(lead_, sent_ - received_);
+  }
+
+  Transport& inner_;
+  long long sent_ = 0;
+  long long received_ = 0;
+  long long lead_ = 0;
+};
 
 }  // namespace dtrain::comm::testing

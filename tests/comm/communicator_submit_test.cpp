@@ -24,6 +24,7 @@ CommunicatorOptions options() {
   o.timeout = std::chrono::seconds(20);
   o.chunk_bytes = 64;
   o.small_allreduce_bytes = 128;  // both algorithms below
+  o.pair_exchange_bytes = 0;      // keep the chosen algorithm with two ranks too
   return o;
 }
 

@@ -6,7 +6,8 @@
 // KiB, so GcmTagger's MAC where the CPU has it), and receives reduce
 // straight from the received message (Transport::recv_visit).
 // - odd sizes, sizes smaller than the number of chunks and of ranks, against
-//   the serial reference;
+//   the serial reference (with two ranks also through the pair exchange,
+//   recursive_doubling.h);
 // - a collective mismatch in the middle of a pipelined allreduce still fails
 //   every rank naming both calls;
 // - a rank SIGKILLed while the others stream chunks: every survivor fails
@@ -79,25 +80,33 @@ CommunicatorOptions ring_options() {
   o.timeout = kTimeout;
   o.shm_allreduce = false;
   o.small_allreduce_bytes = 0;  // always the ring
+  o.pair_exchange_bytes = 0;    // keep the chosen algorithm with two ranks too
   o.chunk_bytes = kChunkBytes;
   return o;
 }
 
 void sizes_scenario(Transport& transport) {
-  Communicator comm(transport, ring_options());
-  const int n = comm.size();
+  CommunicatorOptions pair = ring_options();
+  pair.pair_exchange_bytes = ~size_t{0};  // two ranks: the exchange at every size
+  pair.group_id = 2;
+  Communicator ring(transport, ring_options());
+  Communicator exchange(transport, pair);
+  const int n = ring.size();
   const size_t chunk = kChunkBytes / sizeof(float);
   // Fewer floats than ranks, odd, one float over a chunk, several chunks per
   // block with a ragged last one (the zero-copy path), 1 MiB + 4 bytes.
-  for (const size_t count : {size_t{1}, static_cast<size_t>(n - 1), size_t{7}, chunk + 1,
-                             3 * chunk * static_cast<size_t>(n) + 5, size_t{262145}}) {
-    for (const ReduceOp op : {ReduceOp::kSum, ReduceOp::kMean, ReduceOp::kMax}) {
-      std::vector<float> data = rank_input(comm.rank(), count);
-      comm.allreduce(data, op);
-      EXPECT_EQ(data, serial_reduce(n, count, op)) << count << " floats, " << to_string(op);
+  for (Communicator* comm : {&ring, &exchange}) {
+    for (const size_t count : {size_t{1}, static_cast<size_t>(n - 1), size_t{7}, chunk + 1,
+                               3 * chunk * static_cast<size_t>(n) + 5, size_t{262145}}) {
+      for (const ReduceOp op : {ReduceOp::kSum, ReduceOp::kMean, ReduceOp::kMax}) {
+        std::vector<float> data = rank_input(comm->rank(), count);
+        comm->allreduce(data, op);
+        EXPECT_EQ(data, serial_reduce(n, count, op))
+            << count << " floats, " << to_string(op) << (comm == &ring ? ", ring" : ", exchange");
+      }
     }
   }
-  comm.barrier();
+  ring.barrier();
 }
 
 void mismatch_scenario(Transport& transport) {

@@ -25,6 +25,7 @@ CommunicatorOptions options() {
   o.timeout = kTimeout;
   o.chunk_bytes = 256;
   o.small_allreduce_bytes = 0;
+  o.pair_exchange_bytes = 0;  // keep the chosen algorithm with two ranks too
   return o;
 }
 

@@ -18,7 +18,10 @@
 //   oversized one, one signed with another secret and one that skips a
 //   sequence number each fail rank 1's receive at once with a CommError
 //   naming rank 0 and the fault, through recv() and through recv_parts()
-//   (the payload read straight into the caller's buffers).
+//   (the payload read straight into the caller's buffers);
+// - a lane's socket buffers are the requested size, or the kernel's own.
+#include "comm/transport/tcp_lane.h"
+
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -464,6 +467,28 @@ INSTANTIATE_TEST_SUITE_P(
         Crafted{"forged", "failed its checks on its tcp lane", true},
         Crafted{"skipped", "sequence 5 (expected data from rank 0, sequence 1)", true}),
     [](const ::testing::TestParamInfo<Crafted>& info) { return std::string(info.param.name); });
+
+int socket_option(int fd, int name) {
+  int value = 0;
+  socklen_t length = sizeof value;
+  getsockopt(fd, SOL_SOCKET, name, &value, &length);
+  return value;
+}
+
+TEST(TcpLaneSocket, BuffersAreTheRequestedSizeOrTheKernelsOwn) {
+  constexpr int kRequested = 512 << 10;
+  std::array<int, 2> fds{};
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, fds.data()), 0);
+  const int default_send = socket_option(fds[1], SO_SNDBUF);
+  const int default_receive = socket_option(fds[1], SO_RCVBUF);
+  ASSERT_LT(default_send, kRequested);  // else the test would show nothing
+  const TcpLane sized(fds[0], 1, kRequested);
+  const TcpLane untouched(fds[1], 0, 0);
+  EXPECT_GE(socket_option(sized.fd(), SO_SNDBUF), kRequested);
+  EXPECT_GE(socket_option(sized.fd(), SO_RCVBUF), kRequested);
+  EXPECT_EQ(socket_option(untouched.fd(), SO_SNDBUF), default_send);
+  EXPECT_EQ(socket_option(untouched.fd(), SO_RCVBUF), default_receive);
+}
 
 }  // namespace
 }  // namespace dtrain::comm

@@ -214,17 +214,25 @@ std::vector<std::byte> CollectiveChannel::recv_variable(int peer) {
 }
 
 void CollectiveChannel::recv_reduce(int peer, std::span<float> inout, ReduceOp op) {
+  recv_combine(peer, inout, op, /*in_left=*/false);
+}
+
+void CollectiveChannel::recv_reduce_left(int peer, std::span<float> inout, ReduceOp op) {
+  recv_combine(peer, inout, op, /*in_left=*/true);
+}
+
+void CollectiveChannel::recv_combine(int peer, std::span<float> inout, ReduceOp op, bool in_left) {
   recv_checked(peer, inout.size_bytes(), [&](std::span<const std::byte> payload) {
     // Straight from the received message when its floats are aligned (the
     // transport's buffer usually is); through a copy otherwise.
     if (reinterpret_cast<uintptr_t>(payload.data()) % alignof(float) == 0) {
       const auto* in = reinterpret_cast<const float*>(payload.data());
-      reduce_into(inout, std::span<const float>(in, inout.size()), op);
+      reduce_into(inout, std::span<const float>(in, inout.size()), op, in_left);
       return;
     }
     staging_.resize(inout.size());
     if (!payload.empty()) std::memcpy(staging_.data(), payload.data(), payload.size());
-    reduce_into(inout, staging_, op);
+    reduce_into(inout, staging_, op, in_left);
   });
 }
 
@@ -234,12 +242,18 @@ void CollectiveChannel::abort_peers(int culprit, const std::string& reason) noex
   transport_.abort(culprit, reason);
 }
 
-void reduce_into(std::span<float> inout, std::span<const float> in, ReduceOp op) {
+void reduce_into(std::span<float> inout, std::span<const float> in, ReduceOp op, bool in_left) {
   float* __restrict out = inout.data();
   const float* __restrict src = in.data();
   const size_t n = inout.size();
   if (op == ReduceOp::kMax) {
-    for (size_t i = 0; i < n; ++i) out[i] = std::max(out[i], src[i]);
+    if (in_left) {
+      for (size_t i = 0; i < n; ++i) out[i] = std::max(src[i], out[i]);
+    } else {
+      for (size_t i = 0; i < n; ++i) out[i] = std::max(out[i], src[i]);
+    }
+  } else if (in_left) {
+    for (size_t i = 0; i < n; ++i) out[i] = src[i] + out[i];
   } else {
     for (size_t i = 0; i < n; ++i) out[i] += src[i];
   }

@@ -101,6 +101,9 @@ class CollectiveChannel {
   // Receives one message of out.size() floats and combines it into `inout`
   // (kMean sums; the caller divides once at the end).
   void recv_reduce(int peer, std::span<float> inout, ReduceOp op);
+  // The same with the received values as the left operand: inout = received
+  // (op) inout, so that two ranks combining one pair agree bit for bit.
+  void recv_reduce_left(int peer, std::span<float> inout, ReduceOp op);
   // Receives one message of any size whose header matches apart from its
   // count (variable-size point-to-point messages) and returns its payload.
   std::vector<std::byte> recv_any_size(int peer);
@@ -125,6 +128,7 @@ class CollectiveChannel {
   // peers, then rethrows.
   using PayloadVisitor = std::function<void(std::span<const std::byte>)>;
   void recv_checked(int peer, size_t payload_bytes, const PayloadVisitor& use);
+  void recv_combine(int peer, std::span<float> inout, ReduceOp op, bool in_left);
   // Throws CommError unless `message` carries this operation's header and
   // `payload_bytes` of payload (or any, as the two constants above say).
   void check_header(int peer, std::span<const std::byte> message, size_t payload_bytes) const;
@@ -141,8 +145,10 @@ class CollectiveChannel {
   bool aborted_ = false;  // abort_peers() ran
 };
 
-// Element-wise combine of `in` into `inout`.
-void reduce_into(std::span<float> inout, std::span<const float> in, ReduceOp op);
+// Element-wise combine of `in` into `inout`: inout = inout (op) in, or
+// in (op) inout when `in_left` (the order matters for kMax of a NaN).
+void reduce_into(std::span<float> inout, std::span<const float> in, ReduceOp op,
+                 bool in_left = false);
 // out = a (op) b, element-wise; kMean sums. `out` may alias neither input.
 void reduce_pair(std::span<float> out, std::span<const float> a, std::span<const float> b,
                  ReduceOp op);

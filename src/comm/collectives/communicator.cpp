@@ -12,6 +12,7 @@
 
 #include "comm/collectives/collective_tree.h"
 #include "comm/collectives/halving_doubling.h"
+#include "comm/collectives/recursive_doubling.h"
 #include "comm/collectives/ring_collectives.h"
 #include "comm/collectives/sparse_collectives.h"
 #include "comm/transport/group_transport.h"
@@ -44,6 +45,10 @@ uint64_t host_key() {
 
 size_t chunk_elements(const CommunicatorOptions& options) {
   return std::max<size_t>(1, options.chunk_bytes / sizeof(float));
+}
+
+size_t window_chunks(const CommunicatorOptions& options) {
+  return std::max<size_t>(1, options.ring_window_bytes / options.chunk_bytes);
 }
 
 }  // namespace
@@ -279,10 +284,13 @@ void Communicator::allreduce_now(std::span<float> data, ReduceOp op, const OpDes
     return;
   }
   CollectiveChannel channel = open_channel(desc, deadline);
-  if (data.size_bytes() <= options_.small_allreduce_bytes) {
+  if (size() == 2 && data.size_bytes() <= options_.pair_exchange_bytes) {
+    recursive_doubling_allreduce(channel, data, op, chunk_elements(options_),
+                                 window_chunks(options_));
+  } else if (data.size_bytes() <= options_.small_allreduce_bytes) {
     halving_doubling_allreduce(channel, data, op);
   } else {
-    ring_allreduce(channel, data, op, chunk_elements(options_));
+    ring_allreduce(channel, data, op, chunk_elements(options_), window_chunks(options_));
   }
 }
 
@@ -361,7 +369,7 @@ void Communicator::allgatherv_bytes(std::span<const std::byte> mine, std::span<s
     std::memcpy(out.data() + offsets[static_cast<size_t>(rank())], mine.data(), mine.size());
   }
   CollectiveChannel channel = open_channel(desc, deadline);
-  ring_allgather(channel, out, offsets, options_.chunk_bytes);
+  ring_allgather(channel, out, offsets, options_.chunk_bytes, window_chunks(options_));
 }
 
 void Communicator::reduce_scatter(std::span<const float> input, std::span<float> output,
@@ -377,7 +385,8 @@ void Communicator::reduce_scatter(std::span<const float> input, std::span<float>
                    std::vector<size_t> offsets(static_cast<size_t>(size()) + 1);
                    for (size_t b = 0; b < offsets.size(); ++b) offsets[b] = b * output.size();
                    CollectiveChannel channel = open_channel(desc, deadline);
-                   ring_reduce_scatter(channel, work, offsets, op, chunk_elements(options_));
+                   ring_reduce_scatter(channel, work, offsets, op, chunk_elements(options_),
+                                       window_chunks(options_));
                    const float* own = work.data() + offsets[static_cast<size_t>(rank())];
                    const float scale = op == ReduceOp::kMean ? static_cast<float>(size()) : 1.0f;
                    for (size_t i = 0; i < output.size(); ++i)
@@ -402,7 +411,8 @@ void Communicator::allreduce16(std::span<float> data, bool bf16) {
                    announce(desc);
                    CollectiveChannel channel = open_channel(desc, deadline);
                    ring_allreduce16(channel, data, bf16,
-                                    std::max<size_t>(1, options_.chunk_bytes / sizeof(uint16_t)));
+                                    std::max<size_t>(1, options_.chunk_bytes / sizeof(uint16_t)),
+                                    window_chunks(options_));
                  });
 }
 

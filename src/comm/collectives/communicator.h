@@ -94,9 +94,21 @@ struct CommunicatorOptions {
   // Pipelining unit of the ring, the broadcast tree and allgather: one
   // message per chunk.
   size_t chunk_bytes = size_t{256} << 10;
+  // How far the ring's sends may run ahead of its receives, in bytes
+  // (rounded down to whole chunks, at least one). A window that fits the
+  // links' socket buffers keeps every send a write straight from the
+  // caller's memory (ring_collectives.h); a larger one makes a transport
+  // copy what the socket cannot take yet, to write it later.
+  size_t ring_window_bytes = size_t{1} << 20;
   // Allreduces of at most this many bytes use halving-doubling, larger ones
   // the ring.
   size_t small_allreduce_bytes = size_t{64} << 10;
+  // Between two ranks, allreduces of at most this many bytes (whatever
+  // small_allreduce_bytes says) are one exchange of the whole buffer
+  // (recursive_doubling.h): the ring's bytes in one round instead of two.
+  // Above 64 KiB it measured slower here (each rank combines the whole
+  // buffer instead of half; docs/collectives.md).
+  size_t pair_exchange_bytes = size_t{64} << 10;
   // Use shared memory for allreduce when every rank is on this host. Needs a
   // non-empty `job_id`; construction then exchanges host identities and sets
   // the segments up (collective). Never used over a transport with an

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <tuple>
 #include <vector>
 
 #include "core/error.h"
@@ -29,29 +30,60 @@ std::pair<size_t, size_t> chunk_range(size_t begin, size_t end, size_t c, size_t
 // recv(lo, hi) move one chunk. The block received at step s is the one sent
 // at step s + 1, so every chunk is forwarded as soon as it has arrived (and
 // been reduced): the chunks of all steps stream through the ring at once
-// instead of step after step. Step 0's chunks are all sent first; sends
-// never wait for the peer (CollectiveChannel::send), so up to a block per
-// link is in flight.
+// instead of step after step.
+//
+// The sends form one stream (step 0's block, then each received chunk of
+// steps 0..n-3 again), the receives another (steps 0..n-2). Send j goes out
+// before receive i once j < i + window (and, for a forward, after the
+// receive it forwards), so at most `window` chunks run ahead of what this
+// rank has received. Its right neighbour consumes at about the rate this
+// rank does, so about `window` chunks wait in the socket: when they fit its
+// buffers, a send is written to the kernel at once and never copied to be
+// written later (CollectiveChannel::send queues what the socket does not
+// take). Sends never wait for the peer, so any window >= 1 is deadlock-free.
 template <class Send, class Recv>
 void ring_pass(int n, int r, std::span<const size_t> offsets, size_t chunk, int shift,
-               const Send& send, const Recv& recv) {
-  const auto block_chunks = [&](size_t block) {
+               size_t window, const Send& send, const Recv& recv) {
+  // Chunk cursor over the blocks of steps s = first..last (step -1 is the
+  // block sent before anything is received).
+  struct Cursor {
+    int step;
+    size_t c = 0;
+  };
+  const auto block_of = [&](int step) { return ring_index(r - step - shift - 1, n); };
+  const auto chunks_of = [&](int step) {
+    const size_t block = block_of(step);
     return chunk_count(offsets[block + 1] - offsets[block], chunk);
   };
-  const size_t first = ring_index(r - shift, n);
-  for (size_t c = 0; c < block_chunks(first); ++c) {
-    const auto [lo, hi] = chunk_range(offsets[first], offsets[first + 1], c, chunk);
-    send(lo, hi);
-  }
-  for (int s = 0; s < n - 1; ++s) {
-    const size_t block = ring_index(r - s - shift - 1, n);
-    const bool forward = s + 1 < n - 1;
-    for (size_t c = 0; c < block_chunks(block); ++c) {
-      const auto [lo, hi] = chunk_range(offsets[block], offsets[block + 1], c, chunk);
-      recv(lo, hi);
-      if (forward) send(lo, hi);
+  // The chunk at `at` (skipping empty blocks), advanced past; false after `last`.
+  const auto next = [&](Cursor& at, int last, size_t* lo, size_t* hi) {
+    while (at.step <= last && at.c >= chunks_of(at.step)) at = Cursor{at.step + 1};
+    if (at.step > last) return false;
+    const size_t block = block_of(at.step);
+    std::tie(*lo, *hi) = chunk_range(offsets[block], offsets[block + 1], at.c++, chunk);
+    return true;
+  };
+  window = std::max<size_t>(window, 1);
+  Cursor sending{-1};
+  Cursor receiving{0};
+  size_t sent = 0;
+  size_t received = 0;
+  const size_t first_chunks = chunks_of(-1);
+  size_t lo = 0;
+  size_t hi = 0;
+  while (true) {
+    // Sends allowed now: ahead of the receives by less than `window`, and a
+    // forward only of a chunk already received.
+    const size_t allowed = std::min(received + window, first_chunks + received);
+    while (sent < allowed && next(sending, n - 3, &lo, &hi)) {
+      send(lo, hi);
+      ++sent;
     }
+    if (!next(receiving, n - 2, &lo, &hi)) break;
+    recv(lo, hi);
+    ++received;
   }
+  while (next(sending, n - 3, &lo, &hi)) send(lo, hi);
 }
 
 // Bytes of one 16-bit message of `count` values.
@@ -120,13 +152,14 @@ void decode16(CollectiveChannel& channel, int sender, std::span<const std::byte>
 }  // namespace
 
 void ring_reduce_scatter(CollectiveChannel& channel, std::span<float> data,
-                         std::span<const size_t> offsets, ReduceOp op, size_t chunk_elements) {
+                         std::span<const size_t> offsets, ReduceOp op, size_t chunk_elements,
+                         size_t window_chunks) {
   const int n = channel.size();
   if (n == 1) return;
   const int right = (channel.rank() + 1) % n;
   const int left = (channel.rank() + n - 1) % n;
   ring_pass(
-      n, channel.rank(), offsets, chunk_elements, 1,
+      n, channel.rank(), offsets, chunk_elements, 1, window_chunks,
       [&](size_t lo, size_t hi) {
         channel.send(right, std::span<const float>(data.subspan(lo, hi - lo)));
       },
@@ -134,13 +167,13 @@ void ring_reduce_scatter(CollectiveChannel& channel, std::span<float> data,
 }
 
 void ring_allgather(CollectiveChannel& channel, std::span<std::byte> data,
-                    std::span<const size_t> offsets, size_t chunk_bytes) {
+                    std::span<const size_t> offsets, size_t chunk_bytes, size_t window_chunks) {
   const int n = channel.size();
   if (n == 1) return;
   const int right = (channel.rank() + 1) % n;
   const int left = (channel.rank() + n - 1) % n;
   ring_pass(
-      n, channel.rank(), offsets, chunk_bytes, 0,
+      n, channel.rank(), offsets, chunk_bytes, 0, window_chunks,
       [&](size_t lo, size_t hi) {
         channel.send(right, std::span<const std::byte>(data.subspan(lo, hi - lo)));
       },
@@ -148,11 +181,11 @@ void ring_allgather(CollectiveChannel& channel, std::span<std::byte> data,
 }
 
 void ring_allreduce(CollectiveChannel& channel, std::span<float> data, ReduceOp op,
-                    size_t chunk_elements) {
+                    size_t chunk_elements, size_t window_chunks) {
   const int n = channel.size();
   const int r = channel.rank();
   const std::vector<size_t> offsets = block_offsets(data.size(), static_cast<size_t>(n));
-  ring_reduce_scatter(channel, data, offsets, op, chunk_elements);
+  ring_reduce_scatter(channel, data, offsets, op, chunk_elements, window_chunks);
   const size_t own_begin = offsets[static_cast<size_t>(r)];
   const size_t own_end = offsets[static_cast<size_t>(r) + 1];
   if (op == ReduceOp::kMean) {
@@ -162,7 +195,7 @@ void ring_allreduce(CollectiveChannel& channel, std::span<float> data, ReduceOp 
   std::vector<size_t> byte_offsets(offsets.begin(), offsets.end());
   for (size_t& o : byte_offsets) o *= sizeof(float);
   ring_allgather(channel, std::as_writable_bytes(data), byte_offsets,
-                 chunk_elements * sizeof(float));
+                 chunk_elements * sizeof(float), window_chunks);
 }
 
 }  // namespace dtrain::comm
@@ -170,7 +203,7 @@ void ring_allreduce(CollectiveChannel& channel, std::span<float> data, ReduceOp 
 namespace dtrain::comm {
 
 void ring_allreduce16(CollectiveChannel& channel, std::span<float> data, bool bf16,
-                      size_t chunk_elements) {
+                      size_t chunk_elements, size_t window_chunks) {
   const int n = channel.size();
   if (n == 1) return;
   const int r = channel.rank();
@@ -181,7 +214,7 @@ void ring_allreduce16(CollectiveChannel& channel, std::span<float> data, bool bf
   // Phase 1: reduce-scatter of 16-bit partial sums into float accumulators.
   std::vector<std::byte> message(encoded16_bytes(chunk_elements, bf16));
   ring_pass(
-      n, r, offsets, chunk_elements, 1,
+      n, r, offsets, chunk_elements, 1, window_chunks,
       [&](size_t lo, size_t hi) {
         const size_t bytes = encoded16_bytes(hi - lo, bf16);
         encode16(data.subspan(lo, hi - lo), bf16, message.data());
@@ -213,7 +246,8 @@ void ring_allreduce16(CollectiveChannel& channel, std::span<float> data, bool bf
   for_each_chunk(own, [&](size_t lo, size_t hi, size_t at) {
     encode16(data.subspan(lo, hi - lo), bf16, encoded.data() + at);
   });
-  ring_allgather(channel, encoded, byte_offsets, encoded16_bytes(chunk_elements, bf16));
+  ring_allgather(channel, encoded, byte_offsets, encoded16_bytes(chunk_elements, bf16),
+                 window_chunks);
   for (size_t block = 0; block < static_cast<size_t>(n); ++block) {
     // Each block was encoded by its owner: `left` relays it, but the owner
     // is the rank to blame for a bad scale.

@@ -6,10 +6,12 @@
 // buffer is cut into n blocks (sizes differ by at most one element) and every
 // block into chunks of `chunk_elements`, sent one message each. The block a
 // rank receives at step s is the one it sends at step s+1, so it forwards
-// each chunk as soon as it has received (and reduced) it: all of step 0's
-// chunks go out at once, and the chunks of every step stream around the
-// ring together (send, receive and reduce overlap; sends never wait for the
-// peer, CollectiveChannel::send).
+// each chunk as soon as it has received (and reduced) it, and the chunks of
+// every step stream around the ring together (send, receive and reduce
+// overlap; sends never wait for the peer, CollectiveChannel::send). At most
+// `window_chunks` sent chunks run ahead of the received ones (at least 1):
+// a window that fits the socket's buffers lets every send go straight to
+// the kernel instead of being copied and queued.
 // - reduce-scatter: n-1 steps; in step s rank r sends block (r-s-1) mod n and
 //   receives and reduces block (r-s-2) mod n. Afterwards block r on rank r
 //   holds the reduction of every rank's block r.
@@ -48,20 +50,21 @@ namespace dtrain::comm {
 // `offsets` (size n+1) delimits the n blocks of `data`. Sums for kMean (the
 // caller divides).
 void ring_reduce_scatter(CollectiveChannel& channel, std::span<float> data,
-                         std::span<const size_t> offsets, ReduceOp op, size_t chunk_elements);
+                         std::span<const size_t> offsets, ReduceOp op, size_t chunk_elements,
+                         size_t window_chunks);
 
 // Byte version: `offsets` delimits the n blocks of `data` in bytes; block r
 // must hold rank r's contribution on entry.
 void ring_allgather(CollectiveChannel& channel, std::span<std::byte> data,
-                    std::span<const size_t> offsets, size_t chunk_bytes);
+                    std::span<const size_t> offsets, size_t chunk_bytes, size_t window_chunks);
 
 // reduce-scatter, divide (kMean), allgather, in place.
 void ring_allreduce(CollectiveChannel& channel, std::span<float> data, ReduceOp op,
-                    size_t chunk_elements);
+                    size_t chunk_elements, size_t window_chunks);
 
 // Sum over the ranks with 16-bit messages (fp16, or bf16 when `bf16`), in
 // place; `chunk_elements` values per message.
 void ring_allreduce16(CollectiveChannel& channel, std::span<float> data, bool bf16,
-                      size_t chunk_elements);
+                      size_t chunk_elements, size_t window_chunks);
 
 }  // namespace dtrain::comm

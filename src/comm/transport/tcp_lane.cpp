@@ -55,9 +55,13 @@ struct AddrInfo {
 
 // ---------------------------------------------------------------- TcpLane
 
-TcpLane::TcpLane(int fd, int peer) : fd_(fd), peer_(peer) {
+TcpLane::TcpLane(int fd, int peer, int socket_buffer_bytes) : fd_(fd), peer_(peer) {
   set_nonblocking(fd_);
   set_nodelay(fd_);
+  if (socket_buffer_bytes > 0) {
+    setsockopt(fd_, SOL_SOCKET, SO_SNDBUF, &socket_buffer_bytes, sizeof socket_buffer_bytes);
+    setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &socket_buffer_bytes, sizeof socket_buffer_bytes);
+  }
 }
 
 TcpLane::~TcpLane() { close(fd_); }
@@ -191,8 +195,9 @@ void TcpLane::finish() {
 
 // ---------------------------------------------------------------- TcpLanes
 
-TcpLanes::TcpLanes(int world_size, FailureHandler on_failure)
+TcpLanes::TcpLanes(int world_size, int socket_buffer_bytes, FailureHandler on_failure)
     : world_size_(static_cast<size_t>(world_size)),
+      socket_buffer_bytes_(socket_buffer_bytes),
       lanes_(std::make_unique<std::atomic<TcpLane*>[]>(world_size_)),
       on_failure_(std::move(on_failure)) {
   for (size_t p = 0; p < world_size_; ++p) lanes_[p].store(nullptr);
@@ -296,7 +301,7 @@ void TcpLanes::stop_listening() {
 }
 
 void TcpLanes::add(int peer, int fd) {
-  auto lane = std::make_unique<TcpLane>(fd, peer);
+  auto lane = std::make_unique<TcpLane>(fd, peer, socket_buffer_bytes_);
   TcpLane* raw = lane.get();
   {
     std::lock_guard lock(owned_mutex_);

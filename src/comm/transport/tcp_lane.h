@@ -53,8 +53,9 @@ namespace dtrain::comm {
 
 class TcpLane {
  public:
-  // Takes over `fd`, a connected tcp socket (made non-blocking here).
-  TcpLane(int fd, int peer);
+  // Takes over `fd`, a connected tcp socket (made non-blocking here; its
+  // send and receive buffers set to `socket_buffer_bytes` when not zero).
+  TcpLane(int fd, int peer, int socket_buffer_bytes = 0);
   ~TcpLane();
   TcpLane(const TcpLane&) = delete;
   TcpLane& operator=(const TcpLane&) = delete;
@@ -120,7 +121,9 @@ class TcpLanes {
  public:
   // Called from the sender thread when a queued write fails.
   using FailureHandler = std::function<void(int peer, const std::string& problem)>;
-  TcpLanes(int world_size, FailureHandler on_failure);
+  // `socket_buffer_bytes`: SO_SNDBUF and SO_RCVBUF of every lane (0: the
+  // kernel's autotuning).
+  TcpLanes(int world_size, int socket_buffer_bytes, FailureHandler on_failure);
   // Stops the sender thread, then closes every lane and the listener.
   ~TcpLanes();
   TcpLanes(const TcpLanes&) = delete;
@@ -169,6 +172,7 @@ class TcpLanes {
   void wake();
 
   size_t world_size_;
+  int socket_buffer_bytes_;
   // By rank: set once by add(), owned by owned_ (guarded by owned_mutex_).
   std::unique_ptr<std::atomic<TcpLane*>[]> lanes_;
   std::mutex owned_mutex_;

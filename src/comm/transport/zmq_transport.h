@@ -149,6 +149,9 @@ struct ZmqTransportOptions {
   // sleeps in poll(): a reply that comes within it costs no wake-up. Bounded
   // because the cores may be shared; zero: sleep at once.
   std::chrono::microseconds lane_spin{0};
+  // SO_SNDBUF and SO_RCVBUF of every lane socket; 0 leaves them to the
+  // kernel's autotuning (net.ipv4.tcp_wmem, tcp_rmem).
+  int lane_socket_buffer_bytes = 0;
   // How long the lane set-up waits for one tcp connection to a peer.
   std::chrono::milliseconds lane_connect_timeout{60000};
   // How long the destructor lets queued frames drain.

@@ -61,7 +61,7 @@ void ZmqTransport::start_lanes(const std::vector<PeerEndpoint>& table,
                        std::any_of(over_tcp.begin(), over_tcp.end(), [](bool b) { return b; });
   int port = 0;
   if (allowed) {
-    lanes_ = std::make_unique<TcpLanes>(options_.world_size,
+    lanes_ = std::make_unique<TcpLanes>(options_.world_size, options_.lane_socket_buffer_bytes,
                                         [this](int peer, const auto& p) { fail_lane(peer, p); });
     port = lanes_->listen(options_.listen_host);
     lanes_->start();

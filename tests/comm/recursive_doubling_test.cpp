@@ -1,0 +1,130 @@
+// Recursive doubling (recursive_doubling.h) and the two-rank exchange that
+// the Communicator builds on it (CommunicatorOptions::pair_exchange_bytes),
+// ranks as threads over the in-memory transport:
+// - against the serial reference at 1, 2, 4 and 8 ranks, sizes {0, 1, odd,
+//   several chunks with a ragged last one}, every op, windows of 1 and 3;
+// - partners end bit-identical where the order of the operands matters
+//   (kMax of a NaN on either side);
+// - the Communicator sends one message per rank for a small two-rank
+//   allreduce (two through halving-doubling or the ring), and none of that
+//   above the limit or with more ranks;
+// - a count mismatch fails both ranks naming both calls.
+// Over real processes on loopback tcp: ring_tcp_multiprocess_test.cpp.
+#include "comm/collectives/recursive_doubling.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "collective_test_util.h"
+#include "comm/collectives/collective_protocol.h"
+#include "core/error.h"
+
+namespace dtrain::comm {
+namespace {
+
+using testing::rank_input;
+using testing::run_ranks;
+using testing::serial_reduce;
+
+constexpr size_t kChunk = 16;  // floats per message
+
+CollectiveChannel make_channel(Transport& transport, size_t count, ReduceOp op) {
+  return CollectiveChannel(transport, /*tag=*/9,
+                           OpDescriptor{.reduce = op, .count = count, .seq = 1},
+                           Deadline::after(std::chrono::seconds(20)));
+}
+
+TEST(RecursiveDoubling, MatchesTheSerialReferenceAtPowersOfTwo) {
+  for (const int n : {1, 2, 4, 8}) {
+    for (const size_t count : {size_t{0}, size_t{1}, size_t{7}, 5 * kChunk + 3}) {
+      for (const ReduceOp op : {ReduceOp::kSum, ReduceOp::kMean, ReduceOp::kMax}) {
+        for (const size_t window : {size_t{1}, size_t{3}}) {
+          run_ranks(n, [&](int rank, Transport& transport) {
+            CollectiveChannel channel = make_channel(transport, count, op);
+            std::vector<float> data = rank_input(rank, count);
+            recursive_doubling_allreduce(channel, data, op, kChunk, window);
+            EXPECT_EQ(data, serial_reduce(n, count, op))
+                << "n=" << n << " count=" << count << " " << to_string(op) << " window=" << window
+                << " rank " << rank;
+          });
+        }
+      }
+    }
+  }
+}
+
+TEST(RecursiveDoubling, PartnersEndBitIdenticalWhenTheOperandOrderMatters) {
+  // max(NaN, 1) is NaN and max(1, NaN) is 1 (std::max keeps its first
+  // argument unless the second is larger): partners that each put their own
+  // value first would disagree at both positions.
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  std::vector<std::vector<float>> results(2);
+  run_ranks(2, [&](int rank, Transport& transport) {
+    std::vector<float> data =
+        rank == 0 ? std::vector<float>{nan, 1.0f, 2.0f} : std::vector<float>{1.0f, nan, 3.0f};
+    CollectiveChannel channel = make_channel(transport, data.size(), ReduceOp::kMax);
+    recursive_doubling_allreduce(channel, data, ReduceOp::kMax, kChunk, 1);
+    results[static_cast<size_t>(rank)] = data;
+  });
+  ASSERT_EQ(results[0].size(), results[1].size());
+  EXPECT_EQ(std::memcmp(results[0].data(), results[1].data(), results[0].size() * sizeof(float)),
+            0);
+  // The lower rank's value is the left operand: max(NaN, 1), max(1, NaN).
+  EXPECT_TRUE(std::isnan(results[0][0]));
+  EXPECT_EQ(results[0][1], 1.0f);
+  EXPECT_EQ(results[0][2], 3.0f);
+}
+
+// Messages rank 0 sends for one allreduce of `count` floats over `n` ranks.
+long long messages_per_allreduce(int n, size_t count, size_t pair_exchange_bytes) {
+  std::vector<long long> sends(static_cast<size_t>(n), -1);
+  run_ranks(n, [&](int rank, Transport& inner) {
+    testing::CountingTransport transport(inner);
+    CommunicatorOptions options;
+    options.pair_exchange_bytes = pair_exchange_bytes;
+    options.chunk_bytes = size_t{1} << 20;  // one message per block
+    Communicator comm(transport, options);
+    std::vector<float> data = rank_input(rank, count);
+    comm.allreduce(data, ReduceOp::kSum);
+    EXPECT_EQ(data, serial_reduce(n, count, ReduceOp::kSum));
+    sends[static_cast<size_t>(rank)] = transport.sends();
+  });
+  return sends[0];
+}
+
+TEST(PairExchange, TwoRanksExchangeSmallBuffersInOneMessageEach) {
+  const CommunicatorOptions defaults;
+  const size_t limit_floats = defaults.pair_exchange_bytes / sizeof(float);
+  EXPECT_EQ(messages_per_allreduce(2, 1024, defaults.pair_exchange_bytes), 1);
+  EXPECT_EQ(messages_per_allreduce(2, limit_floats, defaults.pair_exchange_bytes), 1);
+  // Off, above the limit, or with more ranks: two rounds.
+  EXPECT_EQ(messages_per_allreduce(2, 1024, 0), 2);
+  EXPECT_EQ(messages_per_allreduce(2, limit_floats + 1, defaults.pair_exchange_bytes), 2);
+  EXPECT_GT(messages_per_allreduce(4, 1024, defaults.pair_exchange_bytes), 1);
+}
+
+TEST(PairExchange, ACountMismatchFailsBothRanksNamingBothCalls) {
+  std::vector<std::string> errors(2);
+  run_ranks(2, [&](int rank, Transport& transport) {
+    Communicator comm(transport);
+    std::vector<float> data(rank == 1 ? 101 : 100, 1.0f);
+    try {
+      comm.allreduce(data, ReduceOp::kSum);
+    } catch (const CommError& e) {
+      errors[static_cast<size_t>(rank)] = e.what();
+    }
+  });
+  for (int r = 0; r < 2; ++r) {
+    const std::string& what = errors[static_cast<size_t>(r)];
+    EXPECT_NE(what.find("does not match"), std::string::npos) << "rank " << r << ": " << what;
+    EXPECT_NE(what.find("allreduce #1 (100 floats, sum)"), std::string::npos) << what;
+    EXPECT_NE(what.find("allreduce #1 (101 floats, sum)"), std::string::npos) << what;
+  }
+}
+
+}  // namespace
+}  // namespace dtrain::comm
