@@ -152,10 +152,11 @@ uint64_t Client::push_step(std::span<const RowPush> rows, const std::vector<Tens
   d.check_dense(out, "pull");
   for (const RowPush& r : rows) {
     const SparseTableSpec spec = d.check_rows(r.table, r.keys, r.grads, "push_rows");
-    std::vector<Message> pushes = row_pushes(spec, r.table, r.keys, r.grads, push.lr,
-                                             push.version, d.route(r.table, r.keys));
+    std::vector<Message> pushes =
+        row_pushes(spec, r.table, r.keys, r.grads, push.lr, push.version, d.route(r.table, r.keys));
     for (size_t s = 0; s < pushes.size(); ++s) {
-      if (pushes[s].kind == Kind::kPushRows) requests[s].second.rows.push_back(std::move(pushes[s]));
+      if (pushes[s].kind == Kind::kPushRows)
+        requests[s].second.rows.push_back(std::move(pushes[s]));
     }
   }
   for (auto& [server, m] : requests) {

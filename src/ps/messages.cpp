@@ -126,8 +126,9 @@ void put_row_push(ByteWriter& w, const Message& m) {
   put_floats(w, m);
 }
 
-// A kPush's tail: u32 row push count, the row pushes, u8 pull flag (0 or
-// 1), then with the flag u64 min_version | u32 wait_ms.
+// A kPush's tail (a plain push's is 5 bytes: no rows, no pull): u32 row
+// push count, the row pushes, u8 pull flag (0 or 1), then with the flag
+// u64 min_version | u32 wait_ms.
 void put_push_tail(ByteWriter& w, const Message& m) {
   w.write_u32(static_cast<uint32_t>(m.rows.size()));
   for (const Message& rows : m.rows) {
@@ -276,7 +277,7 @@ void put_reply_body(ByteWriter& w, const Message& m) {
       put_pull_reply(w, m);
       return;
     case Kind::kPush:
-      // u8 pull flag; with it, a pull reply's body
+      // u8 pull flag (0 or 1); with it, a pull reply's body
       w.write_u8(m.with_pull ? 1 : 0);
       if (m.with_pull) put_pull_reply(w, m);
       return;

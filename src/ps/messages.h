@@ -37,8 +37,8 @@
 namespace dtrain::ps {
 
 enum class Kind : uint8_t {
-  kInit = 1,        // worker -> server: hello + dense specs, tables, this server's slice of values
-  kPull = 2,        // worker -> server: min_version, wait_ms
+  kInit = 1,  // worker -> server: hello + dense specs, tables, this server's slice of values
+  kPull = 2,  // worker -> server: min_version, wait_ms
   // worker -> server: version, samples, lr, this server's slice of the
   // gradient, then the row pushes riding with it (Message::rows) and
   // optionally the pull that follows it (Message::with_pull): a CTR step's
