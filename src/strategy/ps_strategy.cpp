@@ -6,6 +6,7 @@
 #include <charconv>
 #include <chrono>
 #include <cmath>
+#include <optional>
 #include <string>
 
 #include "autograd/functions.h"
@@ -109,6 +110,7 @@ PsStrategy::PsStrategy(std::unique_ptr<nn::Module> model, ps::ClientOptions clie
         {e->name().empty() ? fmt::format("table{}", tables_.size() - 1) : e->name() + ".weight",
          e->embedding_dim(), options_.embedding_init_std});
   }
+  lookups_.resize(tables_.size());
   StateDict dense;
   const auto named = model_->named_parameters();
   for (size_t i = 0; i < params_.size(); ++i) {
@@ -222,9 +224,8 @@ std::vector<int64_t> PsStrategy::batch_split(int64_t batch_rows) const {
 }
 
 void PsStrategy::pull_rows(size_t table, std::span<const int64_t> indices) {
-  std::vector<int64_t> unique(indices.begin(), indices.end());
-  std::sort(unique.begin(), unique.end());
-  unique.erase(std::unique(unique.begin(), unique.end()), unique.end());
+  lookups_[table] = RowIndex::of(indices);
+  const std::vector<int64_t>& unique = lookups_[table].unique;
   if (unique.empty()) return;
   const Tensor& weight = tables_[table].module->weight().data();
   const int64_t dim = weight.size(1);
@@ -250,9 +251,13 @@ std::vector<PsStrategy::RowGrads> PsStrategy::row_grads(int64_t samples) {
     }
     const SparseRows* grad = weight.sparse_grad();
     if (grad == nullptr || grad->indices.empty() || samples == 0) continue;
-    SparseRows rows{grad->indices, grad->values.clone(), grad->num_rows};
-    rows.coalesce();
-    out.push_back(RowGrads{table, to_keys(rows.indices), std::move(rows.values)});
+    // Summed per row as SparseRows::coalesce() would, bit for bit; through
+    // the lookup's index when the gradient has exactly its rows (one lookup
+    // of the table in the step), without sorting again.
+    std::optional<RowIndex> fresh;
+    if (!lookups_[table].same_indices(grad->indices)) fresh = RowIndex::of(grad->indices);
+    const RowIndex& rows = fresh ? *fresh : lookups_[table];
+    out.push_back(RowGrads{table, to_keys(rows.unique), rows.sum_rows(grad->values)});
   }
   return out;
 }

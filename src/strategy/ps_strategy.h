@@ -140,6 +140,7 @@
 #include "ps/server.h"
 #include "strategy/batch_balancer.h"
 #include "strategy/compression.h"
+#include "strategy/row_index.h"
 #include "strategy/strategy.h"
 
 namespace dtrain::strategy {
@@ -305,6 +306,9 @@ class PsStrategy : public Strategy {
   int64_t num_workers_ = 1;
 
   std::vector<Table> tables_;
+  // By table: the last training lookup's indices, pulled as their unique
+  // rows; the backward's gradient rows are summed through it.
+  std::vector<RowIndex> lookups_;
   std::vector<size_t> dense_;       // indices into params_ of the dense parameters
   std::vector<Tensor> dense_data_;  // their tensors (aliases), in init order
   std::vector<Tensor> zero_grads_;  // zeros of each dense shape, pushed when there is no gradient
