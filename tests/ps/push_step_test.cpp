@@ -19,16 +19,7 @@ namespace {
 using testing::PsJob;
 using testing::RawPeer;
 
-// Expects fn() to throw E whose message contains `part`.
-template <class E, class Fn>
-void expect_error_naming(Fn&& fn, const std::string& part) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected an error naming " << part;
-  } catch (const E& e) {
-    EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
-  }
-}
+using dtrain::testing::expect_error_naming;
 
 Message row_push(uint32_t table, std::vector<uint64_t> keys, std::vector<float> floats) {
   Message rows;

@@ -17,16 +17,7 @@
 namespace dtrain::ps {
 namespace {
 
-// Expects fn() to throw E whose message contains `part`.
-template <class E, class Fn>
-void expect_error_naming(Fn&& fn, const std::string& part) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected an error naming " << part;
-  } catch (const E& e) {
-    EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
-  }
-}
+using dtrain::testing::expect_error_naming;
 
 std::span<const std::byte> bytes_of(const std::vector<float>& v, size_t begin, size_t end) {
   return std::as_bytes(std::span<const float>(v).subspan(begin, end - begin));
