@@ -299,6 +299,55 @@ INSTANTIATE_TEST_SUITE_P(Consistencies, PsPushStep,
                          ::testing::Values(Consistency::kSync, Consistency::kAsync),
                          [](const auto& info) { return std::string(to_string(info.param)); });
 
+// Backup workers: a straggler's combined push for a version that closed
+// without it is dropped whole (its rows too), and its pull is answered.
+TEST(PsPushStepBackupWorkers, ALatePushIsDroppedWithItsRowsAndItsPullAnswered) {
+  ServerOptions options;
+  options.consistency = Consistency::kSync;
+  options.backup_workers = 1;
+  options.optimizer.type = "sgd";
+  PsJob job(1, 3, options);
+  std::vector<std::unique_ptr<Client>> c;
+  for (int w = 0; w < 3; ++w) {
+    c.push_back(job.client(w));
+    c.back()->init(small_model(), {{"emb", 2, 0.1f}});
+  }
+  const std::vector<uint64_t> keys{4, 9};
+  Tensor before = Tensor::zeros({2, 2});
+  c[0]->pull_rows(0, keys, before);
+  // Worker w's step at `version`: ones for its rows (worker 2: row 4
+  // only; none with `rows` false) and its dense gradient.
+  auto step = [&](int w, uint64_t version, bool rows, PushResult* result) {
+    std::vector<Tensor> out{Tensor::zeros({2, 3}), Tensor::zeros({2})};
+    const int64_t n = w == 2 ? 1 : 2;
+    std::vector<Client::RowPush> pushes;
+    if (rows) pushes.push_back({0, std::span<const uint64_t>(keys).first(n), Tensor::ones({n, 2})});
+    return c[static_cast<size_t>(w)]->push_step(pushes, {Tensor::ones({2, 3}), Tensor::ones({2})},
+                                                DensePush{1, 1.0f, version, 0.0, 0, 0.0, {}}, out,
+                                                version + 1, result);
+  };
+  {
+    std::jthread first([&] { step(0, 0, true, nullptr); });
+    EXPECT_EQ(step(1, 0, true, nullptr), 1u);
+  }
+  PushResult late;
+  EXPECT_EQ(step(2, 0, true, &late), 1u);
+  EXPECT_EQ(late.servers_dropped, 1);
+  EXPECT_EQ(late.servers_applied, 0);
+  // The next version closes without rows: held late rows would show now.
+  {
+    std::jthread first([&] { step(0, 1, false, nullptr); });
+    EXPECT_EQ(step(1, 1, false, nullptr), 2u);
+  }
+  Tensor after = Tensor::zeros({2, 2});
+  c[0]->pull_rows(0, keys, after);
+  // Workers 0 and 1 pushed ones for both rows (mean 1, lr 1); worker 2's
+  // extra ones on row 4 were dropped.
+  for (int64_t i = 0; i < 2; ++i) {
+    for (int64_t d = 0; d < 2; ++d) EXPECT_EQ(after.at({i, d}), before.at({i, d}) - 1.0f);
+  }
+}
+
 // A combined request with one bad part is refused whole: the server names
 // the part and takes neither the rows nor the dense push nor the pull.
 TEST(PsPushStepRefusals, ABadPartRefusesTheWholeRequestAndAStrangerIsRefused) {
