@@ -215,18 +215,21 @@ Outcome run(Consistency consistency, bool combined) {
   const uint64_t bytes_before = c[0]->bytes_sent() + c[1]->bytes_sent();
   uint64_t version = 0;
   for (int step = 0; step < 3; ++step) {
+    // The step's version, read by both workers' threads; written only
+    // after both joined (the servers order the steps, which TSan cannot see).
+    const uint64_t at = version;
     auto one = [&](int w) {
       const WorkerStep s = worker_step(w, step);
       Client& client = *c[static_cast<size_t>(w)];
-      const DensePush push{s.samples, 0.5f, version, 1.0, 1, 0.0, {}};
-      const uint64_t wanted = sync ? version + 1 : 0;
+      const DensePush push{s.samples, 0.5f, at, 1.0, 1, 0.0, {}};
+      const uint64_t wanted = sync ? at + 1 : 0;
       if (combined) {
         std::vector<Client::RowPush> rows;
         for (size_t t = 0; t < s.keys.size(); ++t) rows.push_back({t, s.keys[t], s.rows[t]});
         return client.push_step(rows, s.dense, push, out[static_cast<size_t>(w)], wanted);
       }
       for (size_t t = 0; t < s.keys.size(); ++t)
-        client.push_rows(t, s.keys[t], s.rows[t], 0.5f, version);
+        client.push_rows(t, s.keys[t], s.rows[t], 0.5f, at);
       return client.push_and_pull(s.dense, push, out[static_cast<size_t>(w)], wanted);
     };
     // Rows are created by a pull first (as the strategy's lookup does), by
@@ -239,6 +242,7 @@ Outcome run(Consistency consistency, bool combined) {
     }
     if (sync) {
       std::exception_ptr failed;
+      uint64_t reached = 0;
       {
         std::jthread other([&] {
           try {
@@ -247,9 +251,10 @@ Outcome run(Consistency consistency, bool combined) {
             failed = std::current_exception();
           }
         });
-        version = one(0);
+        reached = one(0);
       }
       if (failed) std::rethrow_exception(failed);
+      version = reached;
     } else {
       one(0);
       version = one(1);
