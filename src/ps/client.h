@@ -233,6 +233,27 @@ class Client {
   // rows.
   PushResult push_rows(size_t table, std::span<const uint64_t> keys, const Tensor& grads, float lr,
                        uint64_t version = 0);
+  // One table's gradient rows for push_step(): as push_rows()'s arguments
+  // (grads [keys.size(), D]; its lr and version are the dense push's).
+  struct RowPush {
+    size_t table = 0;
+    std::span<const uint64_t> keys;
+    Tensor grads;
+  };
+  // push_rows() of every entry of `rows` (in order, each with push.lr and
+  // push.version), then push_and_pull(grads, push, out, min_version), in
+  // ONE request per server and one reply (Kind::kPush carrying the rows
+  // and the pull): the server takes the parts in that order, so values,
+  // versions and replication are those of the separate calls, bit for bit.
+  // A server refuses the whole request, taking nothing, when any part is
+  // bad (CommError naming it, as the separate calls' errors do). A
+  // compressed push (push.compression.compressed) makes the separate calls.
+  // Errors as the separate calls'; the operation is named "push". Returns
+  // the pull's version; `result` (when not null) gets the dense push's
+  // outcome.
+  uint64_t push_step(std::span<const RowPush> rows, const std::vector<Tensor>& grads,
+                     const DensePush& push, const std::vector<Tensor>& out, uint64_t min_version,
+                     PushResult* result = nullptr);
 
   ServerStats stats(int server);
   // The whole job state, assembled from every server.

@@ -1,12 +1,14 @@
 // Client's sparse-row requests (pull_rows, push_rows: keys routed to their
-// servers by sparse_server_of) and its whole-state requests (stats,
-// pull_state, load_state). client.h holds the contract, client_impl.h the
+// servers by sparse_server_of; push_step: the rows riding with the dense
+// push and pull) and its whole-state requests (stats, pull_state,
+// load_state). client.h holds the contract, client_impl.h the
 // private state; exchange() and its recovery live in client.cpp.
 #include <algorithm>
 #include <cstring>
 #include <limits>
 
 #include "core/error.h"
+#include "core/trace.h"
 #include "ps/client.h"
 #include "ps/client_impl.h"
 
@@ -75,18 +77,21 @@ void Client::pull_rows(size_t table, std::span<const uint64_t> keys, const Tenso
   }
 }
 
-PushResult Client::push_rows(size_t table, std::span<const uint64_t> keys, const Tensor& grads,
-                             float lr, uint64_t version) {
-  Impl& d = *impl_;
-  d.require_init("push_rows");
-  const SparseTableSpec spec = d.check_rows(table, keys, grads, "push_rows");
-  const auto by_server = d.route(table, keys);
+namespace {
+
+// Per server (by index), the row push of `keys` that it owns (kind
+// kPushRows), or none (kind kHeartbeat) when it owns none of them. The
+// gradient rows are float_parts viewing `grads`.
+std::vector<Message> row_pushes(const SparseTableSpec& spec, size_t table,
+                                std::span<const uint64_t> keys, const Tensor& grads, float lr,
+                                uint64_t version,
+                                const std::vector<std::vector<size_t>>& by_server) {
   const auto dim = static_cast<size_t>(spec.dim);
-  std::vector<std::pair<int, Message>> requests;
-  for (int s = 0; s < d.num_servers(); ++s) {
-    const auto& members = by_server[static_cast<size_t>(s)];
+  std::vector<Message> pushes(by_server.size());
+  for (size_t s = 0; s < by_server.size(); ++s) {
+    const auto& members = by_server[s];
     if (members.empty()) continue;
-    Message m;
+    Message& m = pushes[s];
     m.kind = Kind::kPushRows;
     m.version = version;
     m.table = static_cast<uint32_t>(table);
@@ -97,18 +102,79 @@ PushResult Client::push_rows(size_t table, std::span<const uint64_t> keys, const
       m.keys.push_back(keys[members[j]]);
       m.float_parts.push_back(float_bytes(grads.data() + members[j] * dim, spec.dim));
     }
-    requests.emplace_back(s, std::move(m));
   }
+  return pushes;
+}
+
+// The outcome of pushes over the servers that replied (`version` when none
+// was asked).
+PushResult tally(const std::vector<Message>& replies, uint64_t version) {
   PushResult result;
   result.version = std::numeric_limits<uint64_t>::max();
-  const auto replies = d.exchange(std::move(requests), "push_rows",
-                                  fmt::format("the rows of table '{}' to be taken", spec.name));
   for (const Message& r : replies) {
     (r.status == ReplyStatus::kDropped ? result.servers_dropped : result.servers_applied) += 1;
     result.version = std::min(result.version, r.version);
   }
   if (replies.empty()) result.version = version;
   return result;
+}
+
+}  // namespace
+
+PushResult Client::push_rows(size_t table, std::span<const uint64_t> keys, const Tensor& grads,
+                             float lr, uint64_t version) {
+  Impl& d = *impl_;
+  d.require_init("push_rows");
+  const SparseTableSpec spec = d.check_rows(table, keys, grads, "push_rows");
+  std::vector<Message> pushes =
+      row_pushes(spec, table, keys, grads, lr, version, d.route(table, keys));
+  std::vector<std::pair<int, Message>> requests;
+  for (size_t s = 0; s < pushes.size(); ++s) {
+    if (pushes[s].kind == Kind::kPushRows) {
+      requests.emplace_back(static_cast<int>(s), std::move(pushes[s]));
+    }
+  }
+  return tally(d.exchange(std::move(requests), "push_rows",
+                          fmt::format("the rows of table '{}' to be taken", spec.name)),
+               version);
+}
+
+uint64_t Client::push_step(std::span<const RowPush> rows, const std::vector<Tensor>& grads,
+                           const DensePush& push, const std::vector<Tensor>& out,
+                           uint64_t min_version, PushResult* result) {
+  Impl& d = *impl_;
+  if (push.compression.compressed) {
+    for (const RowPush& r : rows) push_rows(r.table, r.keys, r.grads, push.lr, push.version);
+    return push_and_pull(grads, push, out, min_version, result);
+  }
+  TraceSpan sending(d.options_.trace, "push", "ps");
+  std::vector<std::pair<int, Message>> requests = d.push_requests(grads, push);
+  d.check_dense(out, "pull");
+  for (const RowPush& r : rows) {
+    const SparseTableSpec spec = d.check_rows(r.table, r.keys, r.grads, "push_rows");
+    std::vector<Message> pushes =
+        row_pushes(spec, r.table, r.keys, r.grads, push.lr, push.version, d.route(r.table, r.keys));
+    for (size_t s = 0; s < pushes.size(); ++s) {
+      if (pushes[s].kind == Kind::kPushRows)
+        requests[s].second.rows.push_back(std::move(pushes[s]));
+    }
+  }
+  for (auto& [server, m] : requests) {
+    m.with_pull = true;
+    m.min_version = min_version;
+    // Answered by the server shortly before the client's deadline, so that
+    // the error can say what the pull still waited for.
+    m.wait_ms = static_cast<uint32_t>(d.options_.timeout.count() * 9 / 10);
+  }
+  Impl::Call call = d.start(std::move(requests), "push",
+                            fmt::format("the push of version {} to be taken and version >= {}",
+                                        push.version, min_version));
+  sending.end();
+  TraceSpan waiting(d.options_.trace, "pull", "ps");
+  std::vector<Message> replies = d.finish(call);
+  if (result != nullptr) *result = tally(replies, push.version);
+  TraceSpan copy(d.options_.trace, "pull_copy", "ps");
+  return d.take_pull(replies, out);
 }
 
 ServerStats Client::stats(int server) {

@@ -114,6 +114,36 @@ constexpr uint8_t kPieceDense = 0;
 constexpr uint8_t kPieceCompressed = 1;
 constexpr size_t kMinPieceBytes = 1 + sizeof(uint32_t);
 
+// A row push's fields (a kPushRows body, and each row push riding with a
+// kPush): u32 table | f32 lr | u64 count + count u64 keys | u64 count + f32
+// gradient rows.
+constexpr size_t kMinRowPushBytes = 2 * sizeof(uint32_t) + 2 * sizeof(uint64_t);
+
+void put_row_push(ByteWriter& w, const Message& m) {
+  w.write_u32(m.table);
+  w.write_f32(m.lr);
+  w.write_u64_array_counted(m.keys);
+  put_floats(w, m);
+}
+
+// A kPush's tail (a plain push's is 5 bytes: no rows, no pull): u32 row
+// push count, the row pushes, u8 pull flag (0 or 1), then with the flag
+// u64 min_version | u32 wait_ms.
+void put_push_tail(ByteWriter& w, const Message& m) {
+  w.write_u32(static_cast<uint32_t>(m.rows.size()));
+  for (const Message& rows : m.rows) {
+    if (rows.kind != Kind::kPushRows || !rows.rows.empty()) {
+      throw UsageError(fmt::format("ps message: a push carries only row pushes, not a {}{}",
+                                   to_string(rows.kind), rows.rows.empty() ? "" : " with rows"));
+    }
+    put_row_push(w, rows);
+  }
+  w.write_u8(m.with_pull ? 1 : 0);
+  if (!m.with_pull) return;
+  w.write_u64(m.min_version);
+  w.write_u32(m.wait_ms);
+}
+
 void put_request_body(ByteWriter& w, const Message& m) {
   switch (m.kind) {
     case Kind::kInit:
@@ -143,6 +173,7 @@ void put_request_body(ByteWriter& w, const Message& m) {
       w.write_f64(m.compute_s);
       if (m.kind == Kind::kPush) {
         put_floats(w, m);
+        put_push_tail(w, m);
         return;
       }
       w.write_u32(static_cast<uint32_t>(m.pieces.size()));
@@ -160,10 +191,7 @@ void put_request_body(ByteWriter& w, const Message& m) {
       w.write_u64_array_counted(m.keys);
       return;
     case Kind::kPushRows:
-      w.write_u32(m.table);
-      w.write_f32(m.lr);
-      w.write_u64_array_counted(m.keys);
-      put_floats(w, m);
+      put_row_push(w, m);
       return;
     case Kind::kSetState:
       put_state(w, m.state);
@@ -220,6 +248,22 @@ bool carries_error(ReplyStatus status) {
          status == ReplyStatus::kRejoin || status == ReplyStatus::kLeftOut;
 }
 
+// A pull reply's body: u64 min_clock | f64 loss_sum | i64 correct | i64
+// samples | the workers' steps | the range's floats.
+void put_pull_reply(ByteWriter& w, const Message& m) {
+  w.write_u64(m.min_clock);
+  w.write_f64(m.totals.loss_sum);
+  w.write_i64(m.totals.correct);
+  w.write_i64(m.totals.samples);
+  w.write_u32(static_cast<uint32_t>(m.totals.workers.size()));
+  for (const WorkerStep& step : m.totals.workers) {
+    w.write_i64(step.samples);
+    w.write_f64(step.compute_s);
+    w.write_u8(step.counted ? 1 : 0);
+  }
+  put_floats(w, m);
+}
+
 void put_reply_body(ByteWriter& w, const Message& m) {
   if (carries_error(m.status)) {
     put_string(w, m.error);
@@ -230,17 +274,12 @@ void put_reply_body(ByteWriter& w, const Message& m) {
       w.write_u64(m.clock);
       return;
     case Kind::kPull:
-      w.write_u64(m.min_clock);
-      w.write_f64(m.totals.loss_sum);
-      w.write_i64(m.totals.correct);
-      w.write_i64(m.totals.samples);
-      w.write_u32(static_cast<uint32_t>(m.totals.workers.size()));
-      for (const WorkerStep& step : m.totals.workers) {
-        w.write_i64(step.samples);
-        w.write_f64(step.compute_s);
-        w.write_u8(step.counted ? 1 : 0);
-      }
-      put_floats(w, m);
+      put_pull_reply(w, m);
+      return;
+    case Kind::kPush:
+      // u8 pull flag (0 or 1); with it, a pull reply's body
+      w.write_u8(m.with_pull ? 1 : 0);
+      if (m.with_pull) put_pull_reply(w, m);
       return;
     case Kind::kPullRows:
       put_floats(w, m);
@@ -315,6 +354,39 @@ std::vector<PushPiece> get_pieces(ByteReader& r) {
   return pieces;
 }
 
+void get_row_push(ByteReader& r, Message& m) {
+  m.table = r.read_u32("push_rows table");
+  m.lr = get_finite(r, "push_rows lr");
+  m.keys = r.read_u64_array_counted("push_rows keys");
+  read_update(r, "push_rows gradient", m);
+}
+
+// A flag byte: 0 or 1, DataError naming the field otherwise.
+bool get_flag(ByteReader& r, std::string_view field) {
+  const auto flag = r.read_u8(field);
+  if (flag > 1) {
+    throw DataError(fmt::format("ps message: {} is {}; must be 0 or 1", field, flag));
+  }
+  return flag == 1;
+}
+
+void get_push_tail(ByteReader& r, Message& m) {
+  const auto count = r.read_u32("push row push count");
+  r.need_elements(count, kMinRowPushBytes, "push row pushes");
+  m.rows.resize(count);
+  for (Message& rows : m.rows) {
+    rows.kind = Kind::kPushRows;
+    rows.worker = m.worker;
+    rows.request_id = m.request_id;
+    rows.version = m.version;
+    get_row_push(r, rows);
+  }
+  m.with_pull = get_flag(r, "push pull flag");
+  if (!m.with_pull) return;
+  m.min_version = r.read_u64("push pull min_version");
+  m.wait_ms = r.read_u32("push pull wait_ms");
+}
+
 void get_request_body(ByteReader& r, FloatDecoding decoding, Message& m) {
   switch (m.kind) {
     case Kind::kInit: {
@@ -366,17 +438,16 @@ void get_request_body(ByteReader& r, FloatDecoding decoding, Message& m) {
         read_update(r, "push gradient", m);
       } else {
         m.pieces = get_pieces(r);
+        return;
       }
+      get_push_tail(r, m);
       return;
     case Kind::kPullRows:
       m.table = r.read_u32("pull_rows table");
       m.keys = r.read_u64_array_counted("pull_rows keys");
       return;
     case Kind::kPushRows:
-      m.table = r.read_u32("push_rows table");
-      m.lr = get_finite(r, "push_rows lr");
-      m.keys = r.read_u64_array_counted("push_rows keys");
-      read_update(r, "push_rows gradient", m);
+      get_row_push(r, m);
       return;
     case Kind::kSetState:
       m.state = get_state(r);
@@ -384,6 +455,15 @@ void get_request_body(ByteReader& r, FloatDecoding decoding, Message& m) {
     default:
       return;
   }
+}
+
+void get_pull_reply(ByteReader& r, FloatDecoding decoding, Message& m) {
+  m.min_clock = r.read_u64("pull min_clock");
+  m.totals.loss_sum = r.read_f64("pull loss_sum");
+  m.totals.correct = r.read_i64("pull correct");
+  m.totals.samples = r.read_i64("pull samples");
+  m.totals.workers = get_worker_steps(r);
+  get_floats(r, "pull values", decoding, m);
 }
 
 void get_reply_body(ByteReader& r, FloatDecoding decoding, Message& m) {
@@ -396,12 +476,11 @@ void get_reply_body(ByteReader& r, FloatDecoding decoding, Message& m) {
       m.clock = r.read_u64("init clock");
       return;
     case Kind::kPull:
-      m.min_clock = r.read_u64("pull min_clock");
-      m.totals.loss_sum = r.read_f64("pull loss_sum");
-      m.totals.correct = r.read_i64("pull correct");
-      m.totals.samples = r.read_i64("pull samples");
-      m.totals.workers = get_worker_steps(r);
-      get_floats(r, "pull values", decoding, m);
+      get_pull_reply(r, decoding, m);
+      return;
+    case Kind::kPush:
+      m.with_pull = get_flag(r, "push reply pull flag");
+      if (m.with_pull) get_pull_reply(r, decoding, m);
       return;
     case Kind::kPullRows:
       get_floats(r, "pull_rows values", decoding, m);
@@ -423,6 +502,10 @@ std::vector<std::byte> encode_message(const Message& m) {
   size_t piece_bytes = 0;
   for (const PushPiece& piece : m.pieces) {
     piece_bytes += 9 + piece.dense.size() * sizeof(float) + piece.message.size();
+  }
+  for (const Message& rows : m.rows) {
+    piece_bytes += kMinRowPushBytes + rows.keys.size() * sizeof(uint64_t) +
+                   rows.floats.size() * sizeof(float) + float_part_bytes(rows);
   }
   ByteWriter w(kPrefixBytes + m.floats.size() * sizeof(float) + float_part_bytes(m) +
                m.keys.size() * sizeof(uint64_t) + piece_bytes + 64);

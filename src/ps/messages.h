@@ -37,9 +37,13 @@
 namespace dtrain::ps {
 
 enum class Kind : uint8_t {
-  kInit = 1,        // worker -> server: hello + dense specs, tables, this server's slice of values
-  kPull = 2,        // worker -> server: min_version, wait_ms
-  kPush = 3,        // worker -> server: version, samples, lr, this server's slice of the gradient
+  kInit = 1,  // worker -> server: hello + dense specs, tables, this server's slice of values
+  kPull = 2,  // worker -> server: min_version, wait_ms
+  // worker -> server: version, samples, lr, this server's slice of the
+  // gradient, then the row pushes riding with it (Message::rows) and
+  // optionally the pull that follows it (Message::with_pull): a CTR step's
+  // one request per server (Client::push_step)
+  kPush = 3,
   kPullRows = 4,    // worker -> server: table, keys
   kPushRows = 5,    // worker -> server: table, lr, keys, gradient rows [k, D]
   kStats = 6,       // worker -> server: (no body)
@@ -199,6 +203,15 @@ struct Message {
   ServerStats stats;
   // Replies with status kError / kTimeout / kRejoin.
   std::string error;
+  // kPush: row pushes taken before the dense gradient, as separate kPushRows
+  // requests in this order would be (each kind kPushRows with table, lr,
+  // keys and floats (or float_parts when encoding); version, worker and
+  // request id are the push's). At most one level: a row push carries none.
+  std::vector<Message> rows;
+  // kPush: the push is followed by a pull (min_version, wait_ms), answered
+  // in the push's reply; replies to kPush: the reply carries the pull's
+  // body (min_clock, totals, the range's floats).
+  bool with_pull = false;
 };
 
 // The payload bytes of `message`. UsageError when both `floats` and

@@ -161,7 +161,7 @@ ServeResult Server::Impl::run(const std::stop_token& stop, Deadline deadline) {
   for (const Parked& p : parked_) {
     Message m;
     m.kind = Kind::kReply;
-    m.reply_to = Kind::kPull;
+    m.reply_to = p.reply_to;
     m.status = ReplyStatus::kError;
     m.request_id = p.request_id;
     m.error = fmt::format("server {} stopped while the pull waited for version {}", options_.server,
@@ -352,9 +352,12 @@ bool Server::Impl::pull_ready(uint32_t worker, uint64_t min_version) const {
          (!backups_ || backups_->replicated(consistency_.version()));
 }
 
-void Server::Impl::answer_pull(const std::string& identity, uint32_t worker, uint64_t request_id) {
+void Server::Impl::answer_pull(const std::string& identity, uint32_t worker, uint64_t request_id,
+                               Kind reply_to, ReplyStatus status) {
   Message r;
-  r.reply_to = Kind::kPull;
+  r.reply_to = reply_to;
+  r.status = status;
+  r.with_pull = reply_to == Kind::kPush;
   r.request_id = request_id;
   r.version = consistency_.version();
   r.min_clock = consistency_.min_live_clock();
@@ -376,10 +379,10 @@ void Server::Impl::serve_parked(Clock::time_point now) {
   for (size_t i = 0; i < parked_.size();) {
     const Parked& p = parked_[i];
     if (pull_ready(p.worker, p.min_version)) {
-      answer_pull(p.identity, p.worker, p.request_id);
+      answer_pull(p.identity, p.worker, p.request_id, p.reply_to, p.status);
     } else if (now >= p.until) {
       Message r;
-      r.reply_to = Kind::kPull;
+      r.reply_to = p.reply_to;
       r.status = ReplyStatus::kTimeout;
       r.request_id = p.request_id;
       const uint64_t version = consistency_.version();
@@ -400,25 +403,6 @@ void Server::Impl::serve_parked(Clock::time_point now) {
   }
 }
 
-namespace {
-
-// Refuses an update holding NaN or Inf from anyone: one such value would
-// poison every parameter it touches. (A non-finite learning rate does not
-// decode at all: decode_message.)
-void check_finite_update(const Message& m) {
-  if (m.floats_finite) return;  // decode_message checked them
-  std::vector<float> values = m.floats;
-  if (!m.float_bytes.empty()) {  // a viewed push: copied for the message only
-    values.resize(m.float_count());
-    std::memcpy(values.data(), m.float_bytes.data(), m.float_bytes.size());
-  }
-  const size_t i = dtrain::first_non_finite(values).value_or(0);
-  throw Refusal(fmt::format("{} from worker {}: value {} of {} is {}; nothing applied",
-                            to_string(m.kind), m.worker, i, values.size(), values[i]));
-}
-
-}  // namespace
-
 void Server::Impl::decode_pieces(Message& m) const {
   if (!initialised_) throw Refusal("push before init: the server holds no parameters yet");
   try {
@@ -428,45 +412,6 @@ void Server::Impl::decode_pieces(Message& m) const {
   }
   m.pieces.clear();
   m.floats_finite = all_finite(m.floats);
-}
-
-void Server::Impl::on_push(const std::string& identity, Message& m) {
-  if (!initialised_) throw Refusal("push before init: the server holds no parameters yet");
-  check_finite_update(m);
-  if (static_cast<int64_t>(m.float_count()) != dense_->numel()) {
-    throw Refusal(fmt::format("gradient has {} floats; server {} holds {} (range [{}, {}))",
-                              m.float_count(), options_.server, dense_->numel(),
-                              plan_.range_begin(options_.server),
-                              plan_.range_end(options_.server)));
-  }
-  Message r;
-  r.reply_to = m.kind;
-  r.request_id = m.request_id;
-  if (repeated_push(m)) {
-    r.version = consistency_.version();
-    reply(identity, m.worker, std::move(r));
-    return;
-  }
-  if (options_.replacement && options_.consistency == Consistency::kSync) {
-    consistency_.follow(m.version, fmt::format("worker {}'s push", m.worker));
-  }
-  const Admission admission = consistency_.admit_push(m.worker, m);
-  last_push_id_[m.worker] = m.request_id;
-  if (admission == Admission::kApplyNow && m.samples > 0) {
-    if (m.float_bytes.empty()) {
-      dense_->apply(m.floats, m.lr);
-    } else {
-      dense_->apply(m.float_bytes, m.lr);
-    }
-  }
-  if (admission == Admission::kDropped) r.status = ReplyStatus::kDropped;
-  r.version = consistency_.version();
-  if (admission == Admission::kHeld) {
-    defer_reply(identity, m.worker, std::move(r));
-  } else {
-    reply(identity, m.worker, std::move(r));
-  }
-  close_version();
 }
 
 void Server::Impl::close_version() {
@@ -483,64 +428,6 @@ void Server::Impl::close_version() {
     }
   }
   if (backups_) backups_->ship(base_version, consistency_.version());
-}
-
-SparseTable& Server::Impl::table_for(const Message& m, size_t floats_per_key) {
-  if (!initialised_) {
-    throw Refusal(fmt::format("{} before init: the server knows no tables yet", to_string(m.kind)));
-  }
-  if (m.table >= tables_.size()) {
-    throw Refusal(fmt::format("unknown table {}; the job has {} tables", m.table, tables_.size()));
-  }
-  SparseTable& table = tables_[m.table];
-  const size_t dim = static_cast<size_t>(table.spec().dim);
-  if (m.floats.size() != m.keys.size() * floats_per_key * dim) {
-    throw Refusal(fmt::format("table '{}': {} floats for {} keys of dim {}", table.spec().name,
-                              m.floats.size(), m.keys.size(), dim));
-  }
-  for (uint64_t key : m.keys) {
-    const int owner = sparse_server_of(m.table, key, options_.num_servers);
-    if (owner != options_.server) {
-      throw Refusal(fmt::format("table '{}': key {} belongs to server {}, not {}",
-                                table.spec().name, key, owner, options_.server));
-    }
-  }
-  return table;
-}
-
-void Server::Impl::on_pull_rows(const std::string& identity, const Message& m) {
-  SparseTable& table = table_for(m, 0);
-  Message r;
-  r.reply_to = Kind::kPullRows;
-  r.request_id = m.request_id;
-  r.version = consistency_.version();
-  const size_t rows_before = table.rows();
-  r.float_parts = table.row_bytes(m.keys);  // encoded straight from the table by reply()
-  // Rows created by a read change the block layout: the backups replay it.
-  if (backups_ && table.rows() != rows_before) backups_->record_touch(m.table, m.keys);
-  reply(identity, m.worker, std::move(r));
-}
-
-void Server::Impl::on_push_rows(const std::string& identity, Message& m) {
-  SparseTable& table = table_for(m, 1);
-  check_finite_update(m);
-  Message r;
-  r.reply_to = Kind::kPushRows;
-  r.request_id = m.request_id;
-  if (repeated_push(m)) {
-    r.version = consistency_.version();
-    reply(identity, m.worker, std::move(r));
-    return;
-  }
-  if (options_.replacement && options_.consistency == Consistency::kSync) {
-    consistency_.follow(m.version, fmt::format("worker {}'s row push", m.worker));
-  }
-  const Admission admission = consistency_.admit_rows(m.worker, m);
-  last_push_id_[m.worker] = m.request_id;
-  if (admission == Admission::kApplyNow) table.apply(m.keys, m.floats, m.lr);
-  if (admission == Admission::kDropped) r.status = ReplyStatus::kDropped;
-  r.version = consistency_.version();
-  reply(identity, m.worker, std::move(r));
 }
 
 Server::Server(ServerOptions options, const comm::JobAuth& auth, Logger& logger)

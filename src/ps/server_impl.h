@@ -1,6 +1,8 @@
 // Server::Impl, the parameter server's private state and request handlers
-// (server.h holds the contract). The handlers live in three files:
-// server.cpp (the serving loop, dense pulls and pushes, the sync close),
+// (server.h holds the contract). The handlers live in these files:
+// server.cpp (the serving loop, dense pulls, the sync close),
+// server_push.cpp (dense and row pushes, a push's rows and pull, row pulls),
+// server_replies.cpp (replies and the deferred push replies),
 // server_state.cpp (init, restore, state import and export)
 // and server_replication.cpp (the replication hooks, replication.h).
 // Thread safety: the serving thread only.
@@ -54,6 +56,10 @@ class Server::Impl {
     uint64_t request_id = 0;
     uint64_t min_version = 0;
     Clock::time_point until;
+    // A pull riding with a push (Message::with_pull) is answered as the
+    // push's reply, with the push's status.
+    Kind reply_to = Kind::kPull;
+    ReplyStatus status = ReplyStatus::kOk;
   };
 
   // A frame that passed the socket's checks: its payload decoded, then handle().
@@ -95,8 +101,16 @@ class Server::Impl {
   // of this server's range (compressed_push.h); Refusal naming the worker
   // and the piece when one does not decode.
   void decode_pieces(Message& m) const;
-  // A dense push (decoded pieces of a compressed one included).
+  // A dense push (decoded pieces of a compressed one included), with the
+  // row pushes riding with it and the pull behind it (server_push.cpp).
   void on_push(const std::string& identity, Message& m);
+  // Checks all of a push (its rows first) and takes it: Refusal before
+  // anything changed when any part is bad; std::nullopt for a repeated
+  // push (nothing taken again); otherwise the dense push's admission.
+  std::optional<Admission> take_push(Message& m);
+  // The pull of a push that carries one (Message::with_pull): answered now
+  // when ready (after the push closed what it could), else parked.
+  void pull_after_push(const std::string& identity, const Message& m, ReplyStatus status);
   void on_pull_rows(const std::string& identity, const Message& m);
   void on_push_rows(const std::string& identity, Message& m);
   void on_set_state(const std::string& identity, const Message& m);
@@ -116,7 +130,8 @@ class Server::Impl {
   void report_version();
   SparseTable& table_for(const Message& m, size_t floats_per_key);
   bool pull_ready(uint32_t worker, uint64_t min_version) const;
-  void answer_pull(const std::string& identity, uint32_t worker, uint64_t request_id);
+  void answer_pull(const std::string& identity, uint32_t worker, uint64_t request_id,
+                   Kind reply_to = Kind::kPull, ReplyStatus status = ReplyStatus::kOk);
   void serve_parked(Clock::time_point now);
   // Sync: closes the open version when it is complete and applies its update.
   void close_version();

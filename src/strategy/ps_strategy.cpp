@@ -6,6 +6,7 @@
 #include <charconv>
 #include <chrono>
 #include <cmath>
+#include <optional>
 #include <string>
 
 #include "autograd/functions.h"
@@ -109,6 +110,7 @@ PsStrategy::PsStrategy(std::unique_ptr<nn::Module> model, ps::ClientOptions clie
         {e->name().empty() ? fmt::format("table{}", tables_.size() - 1) : e->name() + ".weight",
          e->embedding_dim(), options_.embedding_init_std});
   }
+  lookups_.resize(tables_.size());
   StateDict dense;
   const auto named = model_->named_parameters();
   for (size_t i = 0; i < params_.size(); ++i) {
@@ -222,9 +224,8 @@ std::vector<int64_t> PsStrategy::batch_split(int64_t batch_rows) const {
 }
 
 void PsStrategy::pull_rows(size_t table, std::span<const int64_t> indices) {
-  std::vector<int64_t> unique(indices.begin(), indices.end());
-  std::sort(unique.begin(), unique.end());
-  unique.erase(std::unique(unique.begin(), unique.end()), unique.end());
+  lookups_[table] = RowIndex::of(indices);
+  const std::vector<int64_t>& unique = lookups_[table].unique;
   if (unique.empty()) return;
   const Tensor& weight = tables_[table].module->weight().data();
   const int64_t dim = weight.size(1);
@@ -238,20 +239,27 @@ void PsStrategy::pull_rows(size_t table, std::span<const int64_t> indices) {
   }
 }
 
-void PsStrategy::push_rows(size_t table, int64_t samples) {
-  Variable& weight = params_[tables_[table].param];
-  if (weight.grad().defined()) {
-    throw UsageError(fmt::format(
-        "ps strategy: {} got a dense gradient; a table on the parameter servers takes only "
-        "row-sparse gradients (use it through its lookup alone)",
-        tables_[table].module->label()));
+std::vector<PsStrategy::RowGrads> PsStrategy::row_grads(int64_t samples) {
+  std::vector<RowGrads> out;
+  for (size_t table = 0; table < tables_.size(); ++table) {
+    Variable& weight = params_[tables_[table].param];
+    if (weight.grad().defined()) {
+      throw UsageError(fmt::format(
+          "ps strategy: {} got a dense gradient; a table on the parameter servers takes only "
+          "row-sparse gradients (use it through its lookup alone)",
+          tables_[table].module->label()));
+    }
+    const SparseRows* grad = weight.sparse_grad();
+    if (grad == nullptr || grad->indices.empty() || samples == 0) continue;
+    // Summed per row as SparseRows::coalesce() would, bit for bit; through
+    // the lookup's index when the gradient has exactly its rows (one lookup
+    // of the table in the step), without sorting again.
+    std::optional<RowIndex> fresh;
+    if (!lookups_[table].same_indices(grad->indices)) fresh = RowIndex::of(grad->indices);
+    const RowIndex& rows = fresh ? *fresh : lookups_[table];
+    out.push_back(RowGrads{table, to_keys(rows.unique), rows.sum_rows(grad->values)});
   }
-  const SparseRows* grad = weight.sparse_grad();
-  if (grad == nullptr || grad->indices.empty() || samples == 0) return;
-  SparseRows rows{grad->indices, grad->values.clone(), grad->num_rows};
-  rows.coalesce();
-  TraceSpan span(options_.trace, "push_rows", "ps");
-  client_->push_rows(table, to_keys(rows.indices), rows.values, lr_, version_);
+  return out;
 }
 
 StepStats PsStrategy::train_step(const Tensor& inputs, std::span<const int64_t> targets) {
@@ -285,8 +293,8 @@ StepStats PsStrategy::step(const Tensor& inputs, std::span<const int64_t> target
     compute_s = account_compute(std::chrono::duration<double>(Clock::now() - start).count(), n);
   }
   // Rows first: in sync the servers hold them for the version that the dense
-  // push below completes.
-  for (size_t t = 0; t < tables_.size(); ++t) push_rows(t, n);
+  // push completes (they travel in the same request).
+  const std::vector<RowGrads> rows = row_grads(n);
   std::vector<Tensor> grads;
   grads.reserve(dense_.size());
   for (size_t k = 0; k < dense_.size(); ++k) {
@@ -304,7 +312,7 @@ StepStats PsStrategy::step(const Tensor& inputs, std::span<const int64_t> target
                    (updates_ - c.start_step) % c.local_steps == c.local_steps - 1);
   } else {
     push_dense_and_pull(grads, mine, compute_s,
-                        {started && c.compresses(), updates_ - c.start_step});
+                        {started && c.compresses(), updates_ - c.start_step}, rows);
   }
   ++updates_;
   model_->zero_grad();
@@ -344,19 +352,26 @@ void PsStrategy::local_sgd_step(const std::vector<Tensor>& grads, const StepStat
 }
 
 void PsStrategy::push_dense_and_pull(const std::vector<Tensor>& grads, const StepStats& mine,
-                                     double compute_s, ps::PushCompression compression) {
+                                     double compute_s, ps::PushCompression compression,
+                                     std::span<const RowGrads> rows) {
   const bool sync = options_.consistency == ps::Consistency::kSync;
-  // async/ssp without dense parameters: nothing to push, no version to wait
+  // async/ssp without dense parameters: the rows alone, no version to wait
   // for. In sync the (possibly empty) push also closes the version that
   // applies the held rows.
-  if (grads.empty() && !sync) return;
+  if (grads.empty() && !sync) {
+    for (const RowGrads& r : rows) client_->push_rows(r.table, r.keys, r.values, lr_, version_);
+    return;
+  }
   const uint64_t pushed_at = version_;
   const uint64_t bytes_before = client_->bytes_sent();
-  // One round trip: the pull follows the push before its reply (the client
-  // traces both halves).
+  // One request per server: the rows, the push and the pull behind it (the
+  // client traces the halves).
   const ps::DensePush push{mine.samples, lr_,       pushed_at,  mine.loss_sum,
                            mine.correct, compute_s, compression};
-  version_ = client_->push_and_pull(grads, push, dense_data_, sync ? pushed_at + 1 : 0);
+  std::vector<ps::Client::RowPush> row_pushes;
+  row_pushes.reserve(rows.size());
+  for (const RowGrads& r : rows) row_pushes.push_back({r.table, r.keys, r.values});
+  version_ = client_->push_step(row_pushes, grads, push, dense_data_, sync ? pushed_at + 1 : 0);
   after_pull();
   uint64_t dense = 0;
   for (const Tensor& g : grads) dense += static_cast<uint64_t>(g.numel()) * sizeof(float);

@@ -38,8 +38,10 @@
 //  5. pull the dense parameters into the model: in `sync` the next version
 //     (waits for every worker's push), in `async` the current one, in `ssp`
 //     whatever the staleness bound allows (the servers park the pull).
-//     Steps 4 and 5 are one round trip (ps::Client::push_and_pull): the
-//     pull requests follow the pushes before their replies.
+//     Steps 3, 4 and 5 are one request and one reply per server
+//     (ps::Client::push_step: the rows, the dense push and the pull in one
+//     message, taken in that order); with compression the rows go first
+//     and steps 4 and 5 are one round trip (push_and_pull).
 // The version advances by one per step in `sync`.
 //
 // Statistics (step_totals): in `sync` the pull of step 5 brings server 0's
@@ -138,6 +140,7 @@
 #include "ps/server.h"
 #include "strategy/batch_balancer.h"
 #include "strategy/compression.h"
+#include "strategy/row_index.h"
 #include "strategy/strategy.h"
 
 namespace dtrain::strategy {
@@ -250,6 +253,13 @@ class PsStrategy : public Strategy {
     nn::Embedding* module = nullptr;  // owned by model_
     size_t param = 0;                 // index into params_
   };
+  // One table's gradient rows of a step: the rows the batch touched,
+  // coalesced, and their keys.
+  struct RowGrads {
+    size_t table = 0;
+    std::vector<uint64_t> keys;
+    Tensor values;
+  };
 
   // train_step() without translating a left-out worker's error.
   StepStats step(const Tensor& inputs, std::span<const int64_t> targets);
@@ -264,8 +274,11 @@ class PsStrategy : public Strategy {
   // counts and `compute_s`) at version_, then pulls (sync: the next version)
   // and, with dynamic batch sizing, feeds the version's per-worker steps to
   // the balancer.
+  // `rows` go with the push (ps::Client::push_step: one request per server)
+  // and are taken before the dense gradient.
   void push_dense_and_pull(const std::vector<Tensor>& grads, const StepStats& mine,
-                           double compute_s, ps::PushCompression compression = {});
+                           double compute_s, ps::PushCompression compression = {},
+                           std::span<const RowGrads> rows = {});
   // Local SGD: one plain-SGD step of this worker's copy with `grads`; at the
   // round's end, pushes the round's movement divided by lr and pulls.
   void local_sgd_step(const std::vector<Tensor>& grads, const StepStats& mine, double compute_s,
@@ -278,7 +291,9 @@ class PsStrategy : public Strategy {
   // Sync: the live workers from the last pull's totals (reshard_lost_workers).
   void track_live_workers();
   void pull_rows(size_t table, std::span<const int64_t> indices);
-  void push_rows(size_t table, int64_t samples);
+  // The tables' row gradients of this step (none without samples);
+  // UsageError for a table with a dense gradient.
+  std::vector<RowGrads> row_grads(int64_t samples);
   StateDict dense_state() const;
 
   std::unique_ptr<nn::Module> model_;
@@ -291,6 +306,9 @@ class PsStrategy : public Strategy {
   int64_t num_workers_ = 1;
 
   std::vector<Table> tables_;
+  // By table: the last training lookup's indices, pulled as their unique
+  // rows; the backward's gradient rows are summed through it.
+  std::vector<RowIndex> lookups_;
   std::vector<size_t> dense_;       // indices into params_ of the dense parameters
   std::vector<Tensor> dense_data_;  // their tensors (aliases), in init order
   std::vector<Tensor> zero_grads_;  // zeros of each dense shape, pushed when there is no gradient

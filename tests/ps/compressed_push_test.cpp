@@ -331,7 +331,8 @@ TEST(PsCompressedPush, PowerSgdCompressesAMatrixSplitMidRowBetweenServers) {
 }
 
 TEST(PsCompressedPush, WithoutCompressionThePushIsTheDenseWireFormat) {
-  // Per server: 88 header + 24 prefix + 36 figures + u64 count + 4 per float.
+  // Per server: 88 header + 24 prefix + 36 figures + u64 count + 4 per float
+  // + 5 (no rows, no pull).
   PsJob job(2, 1, sgd_servers(Consistency::kAsync));
   auto client = job.client(0);
   const StateDict model = wide_model();
@@ -339,7 +340,7 @@ TEST(PsCompressedPush, WithoutCompressionThePushIsTheDenseWireFormat) {
   const uint64_t start = client->bytes_sent();
   client->push(gradient_of(model, 1), 4, 0.1f, 0);
   const uint64_t floats = 64 * 32 + 32;
-  EXPECT_EQ(client->bytes_sent() - start, 2 * (88 + 24 + 36 + 8) + 4 * floats);
+  EXPECT_EQ(client->bytes_sent() - start, 2 * (88 + 24 + 36 + 8 + 5) + 4 * floats);
   dtrain::testing::expect_error<UsageError>(
       [&] {
         client->push(gradient_of(model, 1), 4, 0.1f, 0, 0.0, 0, 0.0, {true, 0});

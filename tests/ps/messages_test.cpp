@@ -191,14 +191,14 @@ TEST(PsMessages, UnknownKindStatusAndReservedBytesAreRejected) {
 
 TEST(PsMessages, OversizedCountsAreRejectedBeforeAllocating) {
   // push: prefix 24, samples 8, lr 4, loss_sum 8, correct 8, compute_s 8,
-  // count 8
+  // count 8 (then 2 floats and the 5-byte tail: no rows, no pull)
   auto bytes = encode_message(samples()[2]);
   const uint64_t huge = uint64_t{1} << 60;
   std::memcpy(bytes.data() + 60, &huge, sizeof huge);
   testing::expect_error<DataError>(
       [&] { decode_message(bytes); },
       "ps message: field 'push gradient' at offset 60: count 1152921504606846976 of 4-byte "
-      "elements needs more than the 8 bytes left");
+      "elements needs more than the 13 bytes left");
   // pull reply: prefix 24, min_clock 8, loss_sum 8, correct 8, samples 8,
   // worker count 4 (then 3 x 17 bytes of steps, the values' count 8 and 2 x 4)
   bytes = encode_message(samples()[5]);

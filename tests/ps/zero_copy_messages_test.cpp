@@ -17,16 +17,7 @@
 namespace dtrain::ps {
 namespace {
 
-// Expects fn() to throw E whose message contains `part`.
-template <class E, class Fn>
-void expect_error_naming(Fn&& fn, const std::string& part) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected an error naming " << part;
-  } catch (const E& e) {
-    EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
-  }
-}
+using dtrain::testing::expect_error_naming;
 
 std::span<const std::byte> bytes_of(const std::vector<float>& v, size_t begin, size_t end) {
   return std::as_bytes(std::span<const float>(v).subspan(begin, end - begin));
@@ -144,7 +135,7 @@ TEST(PsZeroCopyMessages, OversizedCountsAndTrailingBytesAreRejectedInBothDecodin
   longer.push_back(std::byte{0});
   // The float count is the u64 right before the 16 floats.
   const size_t count_at = payload.size() - 16 * sizeof(float) - sizeof(uint64_t);
-  for (uint64_t count : {uint64_t{17}, uint64_t{1} << 40, std::numeric_limits<uint64_t>::max()}) {
+  for (uint64_t count : {uint64_t{18}, uint64_t{1} << 40, std::numeric_limits<uint64_t>::max()}) {
     std::memcpy(payload.data() + count_at, &count, sizeof(count));
     for (FloatDecoding d : {FloatDecoding::kCopy, FloatDecoding::kView}) {
       expect_error_naming<DataError>([&] { decode_message(payload, d); }, "'pull values'");
@@ -182,7 +173,9 @@ TEST(PsZeroCopyMessages, AViewedPushPointsIntoThePayloadAndFlagsNonFiniteValues)
   Message viewed = decode_message(payload, FloatDecoding::kView);
   EXPECT_TRUE(viewed.floats.empty());
   EXPECT_EQ(viewed.float_count(), push.floats.size());
-  EXPECT_EQ(viewed.float_bytes.data() + viewed.float_bytes.size(), payload.data() + payload.size());
+  // The floats end where the push's 5-byte tail (no rows, no pull) starts.
+  EXPECT_EQ(viewed.float_bytes.data() + viewed.float_bytes.size(),
+            payload.data() + payload.size() - 5);
   EXPECT_EQ(floats_in(viewed.float_bytes), push.floats);
   EXPECT_TRUE(viewed.floats_finite);
   for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
@@ -214,8 +207,8 @@ TEST(PsZeroCopyMessages, EveryTruncationOrOversizedCountOfAViewedPushIsRejected)
   std::vector<std::byte> longer = payload;
   longer.push_back(std::byte{0});
   EXPECT_THROW(decode_message(longer, FloatDecoding::kView), DataError);
-  const size_t count_at = payload.size() - 16 * sizeof(float) - sizeof(uint64_t);
-  for (uint64_t count : {uint64_t{17}, uint64_t{1} << 40, std::numeric_limits<uint64_t>::max()}) {
+  const size_t count_at = payload.size() - 5 - 16 * sizeof(float) - sizeof(uint64_t);
+  for (uint64_t count : {uint64_t{18}, uint64_t{1} << 40, std::numeric_limits<uint64_t>::max()}) {
     std::memcpy(payload.data() + count_at, &count, sizeof(count));
     expect_error_naming<DataError>([&] { decode_message(payload, FloatDecoding::kView); },
                                    "'push gradient'");
