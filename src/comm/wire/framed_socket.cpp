@@ -94,6 +94,8 @@ std::optional<uint16_t> monitor_event(const zmq::message_t& first_part) {
   return event;
 }
 
+bool is_inproc(std::string_view endpoint) { return endpoint.rfind("inproc://", 0) == 0; }
+
 void check_private_ipc_folder(const std::string& ipc_endpoint, std::string_view who) {
   constexpr std::string_view kIpc = "ipc://";
   if (ipc_endpoint.rfind(kIpc, 0) != 0) {
@@ -148,8 +150,13 @@ FramedSocket::FramedSocket(zmq::context_t& context, Role role, const std::string
           "{}: private_ipc drops the frame MAC, security.encrypt asks for CURVE: pick one",
           options_.name));
     }
-    check_private_ipc_folder(endpoint, options_.name);
+    if (!is_inproc(endpoint)) check_private_ipc_folder(endpoint, options_.name);
     options_.crc = false;
+  }
+  if (!options_.also_bind.empty() && (role != Role::kRouter || !is_inproc(options_.also_bind))) {
+    throw ConfigError(
+        fmt::format("{}: a second endpoint is for a ROUTER and must be inproc://, not '{}'",
+                    options_.name, options_.also_bind));
   }
   socket_.set(zmq::sockopt::linger, static_cast<int>(options_.linger.count()));
   if (options_.link) shaper_ = std::make_unique<LinkShaper>(*options_.link);
@@ -176,6 +183,7 @@ FramedSocket::FramedSocket(zmq::context_t& context, Role role, const std::string
     if (role == Role::kRouter) {
       socket_.bind(endpoint);
       endpoint_ = socket_.get(zmq::sockopt::last_endpoint);
+      if (!options_.also_bind.empty()) socket_.bind(options_.also_bind);
     } else {
       socket_.connect(endpoint);
       endpoint_ = endpoint;
