@@ -77,6 +77,10 @@
 #include "tensor/state_dict.h"
 #include "tensor/tensor.h"
 
+namespace zmq {
+class context_t;
+}  // namespace zmq
+
 namespace dtrain::ps {
 
 struct ClientOptions {
@@ -103,6 +107,11 @@ struct ClientOptions {
   // every server took the push) and "pull_copy". Null: off. Must outlive
   // the client.
   TraceSink* trace = nullptr;
+  // The ZeroMQ context of the client's sockets; not owned, must outlive the
+  // client. A server_endpoints entry "inproc://NAME" needs the context of
+  // the server bound there (a co-located server, ServerOptions::
+  // inproc_endpoint). Null: the client's own (one I/O thread).
+  zmq::context_t* context = nullptr;
 };
 
 // How one dense push travels: dense floats (the default), or compressed by
