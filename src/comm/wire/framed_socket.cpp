@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "core/error.h"
+#include "core/tsan_annotations.h"
 
 namespace dtrain::comm::wire {
 
@@ -81,6 +82,9 @@ size_t receive_parts(zmq::socket_t& socket, std::span<zmq::message_t> parts) {
     zmq::message_t& part = count < parts.size() ? parts[count] : surplus;
     // The parts of a message arrive together: only the first can be missing.
     if (!socket.recv(part, zmq::recv_flags::dontwait)) return count;
+    // Over inproc the part is the sender's buffer, handed over by libzmq's
+    // own (uninstrumented) synchronisation: send_parts() released it.
+    tsan_acquire(part.data());
     ++count;
     if (!part.more()) return count;
   }
@@ -214,8 +218,12 @@ bool FramedSocket::send_parts(std::string_view identity, const HeaderBytes& head
                                          flags | zmq::send_flags::sndmore)) {
     return false;
   }
-  return socket_.send(zmq::const_buffer(head.data(), head.size()), flags | zmq::send_flags::sndmore)
-             .has_value() &&
+  // Each part's buffer, once filled, is handed to the receiving thread as it
+  // is over inproc (receive_parts() acquires it; core/tsan_annotations.h).
+  zmq::message_t head_part(head.data(), head.size());
+  tsan_release(head_part.data());
+  tsan_release(body.data());
+  return socket_.send(head_part, flags | zmq::send_flags::sndmore).has_value() &&
          socket_.send(body, flags).has_value();
 }
 
