@@ -98,7 +98,10 @@ std::optional<uint16_t> monitor_event(const zmq::message_t& first_part) {
   return event;
 }
 
-bool is_inproc(std::string_view endpoint) { return endpoint.rfind("inproc://", 0) == 0; }
+bool is_inproc(std::string_view endpoint) {
+  constexpr std::string_view kInproc = "inproc://";
+  return endpoint.substr(0, kInproc.size()) == kInproc;
+}
 
 void check_private_ipc_folder(const std::string& ipc_endpoint, std::string_view who) {
   constexpr std::string_view kIpc = "ipc://";
