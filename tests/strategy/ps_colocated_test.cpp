@@ -1,6 +1,6 @@
 // Co-located ps servers (strategy/ps_colocated.h) in one test process: a
 // worker's PsStrategy with its server on a thread of its own, reached over
-// inproc. What the job-level tests (tests/cli/ps_colocated_cli_test.cpp)
+// inproc. What the job-level tests (PsColocatedCli in tests/cli/ps_cli_test.cpp)
 // cannot show cheaply: the hosted server's failure fails its worker with the
 // server's own error, a server that is not done makes finish() time out
 // naming it, and a hosted server stops and joins when destroyed mid-serve.
