@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # MNIST MLP time per epoch: the parameter-server strategy in sync mode (1 and
-# 2 servers, 2 workers) beside allreduce (2 workers), the same job
+# 2 servers, 2 workers; and 2 servers co-located in the 2 workers' processes,
+# --colocate: 2 processes instead of 4) beside allreduce (2 workers), the same job
 # (examples/mnist_mlp.toml: the same updates in both) in one run, one BLAS
 # thread per process, medians over interleaved repetitions. An epoch's time is
 # the last epoch's "seconds" in metrics.jsonl (training and worker 0's test
@@ -39,11 +40,12 @@ run() {
   grep '"event":"epoch"' "$out/$name/metrics.jsonl" | tail -1 | grep -o '"seconds":[0-9.]*' | cut -d: -f2
 }
 
-ar=(); ps1=(); ps2=(); bps1=(); bps2=()
+ar=(); ps1=(); ps2=(); pc2=(); bps1=(); bps2=()
 for ((r = 0; r < reps; ++r)); do
   ar+=("$(run allreduce --workers 2)")
   ps1+=("$(run ps1 --strategy ps --servers 1 --workers 2)")
   ps2+=("$(run ps2 --strategy ps --servers 2 --workers 2)")
+  pc2+=("$(run pc2 --strategy ps --servers 2 --workers 2 --colocate)")
   if [[ -n $base ]]; then
     bps1+=("$(run bps1 --base --strategy ps --servers 1 --workers 2)")
     bps2+=("$(run bps2 --base --strategy ps --servers 2 --workers 2)")
@@ -52,10 +54,12 @@ done
 AR=$(printf '%s\n' "${ar[@]}" | median)
 P1=$(printf '%s\n' "${ps1[@]}" | median)
 P2=$(printf '%s\n' "${ps2[@]}" | median)
+C2=$(printf '%s\n' "${pc2[@]}" | median)
 printf '%-28s %10s %14s\n' configuration s/epoch "/ allreduce"
 printf '%-28s %10.2f %14s\n' "allreduce, 2 workers" "$AR" 1.00
 printf '%-28s %10.2f %14s\n' "ps sync, 1 server, 2 workers" "$P1" "$(ratio "$P1" "$AR")"
 printf '%-28s %10.2f %14s\n' "ps sync, 2 servers, 2 workers" "$P2" "$(ratio "$P2" "$AR")"
+printf '%-28s %10.2f %14s\n' "ps sync, 2 co-located" "$C2" "$(ratio "$C2" "$AR")"
 if [[ -n $base ]]; then
   B1=$(printf '%s\n' "${bps1[@]}" | median)
   B2=$(printf '%s\n' "${bps2[@]}" | median)

@@ -47,6 +47,9 @@ train::JobConfig read_job(const TrainOptions& options, Logger& logger) {
   if (options.replicas) {
     overrides.push_back(fmt::format("distributed.ps.replicas={}", *options.replicas));
   }
+  if (options.colocate) {
+    overrides.push_back(fmt::format("distributed.ps.colocate={}", *options.colocate));
+  }
   train::JobFile file = train::read_job_file(options.job_file, overrides);
   for (const std::string& note : file.notes) logger.warn("{}", note);
   train::JobConfig job = std::move(file.job);

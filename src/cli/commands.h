@@ -25,6 +25,8 @@ struct TrainOptions {
   std::optional<int64_t> servers;
   // ps, sync: backup servers per key range (distributed.ps.replicas).
   std::optional<int64_t> replicas;
+  // ps: server i runs in worker i's process (distributed.ps.colocate).
+  std::optional<bool> colocate;
   std::optional<std::string> strategy;
   std::optional<std::string> output;
   std::optional<int64_t> threads;

@@ -124,6 +124,9 @@ void add_job_options(CLI::App* train_cmd, dtrain::cli::TrainOptions& train) {
                         "ps, sync: each server's key range is also held by the next R servers, "
                         "which keep its optimizer state and rows bit-identical "
                         "(distributed.ps.replicas, default 0; R < S)");
+  train_cmd->add_flag("--colocate", train.colocate,
+                      "ps: server i runs as a thread of worker i's process instead of a process "
+                      "of its own (distributed.ps.colocate; S <= N): N processes start here");
 }
 
 // `dtrain train`: a worker started by another launcher (rank, world, coordinator), the output

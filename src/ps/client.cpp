@@ -99,7 +99,10 @@ uint64_t send_message(comm::wire::FramedSocket& socket, int server, const Messag
 }  // namespace
 
 Client::Impl::Impl(ClientOptions options, const comm::JobAuth& auth, Logger& logger)
-    : options_(std::move(options)), auth_(auth), logger_(logger) {
+    : options_(std::move(options)),
+      auth_(auth),
+      logger_(logger),
+      context_(options_.context != nullptr ? *options_.context : own_context_.emplace(1)) {
   validate(options_);
   const int servers = num_servers();
   routes_ = options_.server_endpoints;

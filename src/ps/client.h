@@ -82,6 +82,10 @@
 #include "tensor/state_dict.h"
 #include "tensor/tensor.h"
 
+namespace zmq {
+class context_t;
+}  // namespace zmq
+
 namespace dtrain::ps {
 
 struct ClientOptions {
@@ -112,6 +116,11 @@ struct ClientOptions {
   // to a server breaks, its backups (the next R servers in ring order) are
   // asked to take its range over. 0: wait for the server's replacement.
   int replicas = 0;
+  // The ZeroMQ context of the client's sockets; not owned, must outlive the
+  // client. A server_endpoints entry "inproc://NAME" needs the context of
+  // the server bound there (a co-located server, ServerOptions::
+  // inproc_endpoint). Null: the client's own (one I/O thread).
+  zmq::context_t* context = nullptr;
 };
 
 // How one dense push travels: dense floats (the default), or compressed by

@@ -133,7 +133,8 @@ class Client::Impl {
   ClientOptions options_;
   comm::JobAuth auth_;
   Logger& logger_;
-  zmq::context_t context_{1};
+  std::optional<zmq::context_t> own_context_;  // when options_.context is null
+  zmq::context_t& context_;                    // options_.context or own_context_
   std::vector<std::unique_ptr<comm::wire::FramedSocket>> sockets_;
   uint64_t next_request_ = 1;
   bool initialised_ = false;

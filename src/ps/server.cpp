@@ -96,6 +96,7 @@ Server::Impl::Impl(ServerOptions options, const comm::JobAuth& auth, Logger& log
     : options_(validated(std::move(options))),
       auth_(auth),
       logger_(logger),
+      context_(options_.context != nullptr ? *options_.context : own_context_.emplace(1)),
       consistency_(options_, logger_, Clock::now()),
       replica_store_(options_.server, options_.seed, options_.optimizer) {
   joined_.assign(static_cast<size_t>(options_.num_workers), false);
@@ -115,6 +116,7 @@ Server::Impl::Impl(ServerOptions options, const comm::JobAuth& auth, Logger& log
   o.unbounded_queues = true;
   o.link = options_.link;
   o.private_ipc = options_.private_ipc;
+  o.also_bind = options_.inproc_endpoint;
   socket_ = std::make_unique<comm::wire::FramedSocket>(
       context_, comm::wire::FramedSocket::Role::kRouter, options_.bind_endpoint, std::move(o),
       auth_, logger_);

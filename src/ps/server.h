@@ -80,6 +80,10 @@
 #include "ps/messages.h"
 #include "tensor/state_dict.h"
 
+namespace zmq {
+class context_t;
+}  // namespace zmq
+
 namespace dtrain::ps {
 
 enum class Consistency { kSync, kAsync, kSsp };
@@ -150,6 +154,15 @@ struct ServerOptions {
   // folder others may enter). Workers must set ClientOptions::private_ipc
   // alike.
   bool private_ipc = false;
+  // Co-location (strategy/ps_colocated.h): a second endpoint,
+  // "inproc://NAME", bound beside bind_endpoint, where the client of the
+  // worker process hosting this server connects (no I/O thread, no kernel
+  // copy; frames are checked as on bind_endpoint). Needs `context` to be that
+  // client's. Empty: none.
+  std::string inproc_endpoint;
+  // The ZeroMQ context of the server's sockets; not owned, must outlive the
+  // server. Null: the server's own (one I/O thread).
+  zmq::context_t* context = nullptr;
 };
 
 // Why run() returned.

@@ -45,7 +45,8 @@ class Server::Impl {
   ServerOptions options_;
   comm::JobAuth auth_;
   Logger& logger_;
-  zmq::context_t context_{1};
+  std::optional<zmq::context_t> own_context_;  // when options_.context is null
+  zmq::context_t& context_;                    // options_.context or own_context_
   std::unique_ptr<comm::wire::FramedSocket> socket_;
   std::string endpoint_;
 

@@ -14,6 +14,14 @@
 //  - otherwise the coordinator rendezvous (comm/rendezvous/rendezvous.h)
 //    with world S + N: rank 0 (server 0) hosts it; each server registers the
 //    endpoint it bound, workers register none and read the servers'.
+//
+// Co-located servers (distributed.ps.colocate = true, docs/parameter-server.md
+// "Co-located servers"; strategy/ps_colocated.h): there are no server
+// processes; worker i < S hosts server i on a thread and reaches it over
+// inproc, the other servers at their fixed endpoints. A worker's death takes
+// its server with it, so the job stops (worker i < S is essential) and
+// nothing replaces it: train.max_restarts and replicas are refused with it,
+// as are more servers than workers and the rendezvous (fixed endpoints only).
 #include <fmt/format.h>
 #include <unistd.h>
 
@@ -29,6 +37,7 @@
 #include "io/checkpoint.h"
 #include "ps/server.h"
 #include "ps/state_layout.h"
+#include "strategy/ps_colocated.h"
 #include "strategy/ps_strategy.h"
 #include "strategy/registry.h"
 
@@ -51,6 +60,8 @@ struct PsJobOptions {
   // With replicas: a dead server's range is taken over by its first live
   // backup at once (false: the workers wait for its replacement).
   bool takeover = true;
+  // Server i runs as a thread of worker process i (S <= N): N processes.
+  bool colocate = false;
 };
 
 // The endpoint workers should connect to: the bound one, with the host
@@ -103,6 +114,7 @@ class PsSpec final : public StrategySpec {
     table.read("backup_workers", o_.backup_workers);
     table.read("replicas", o_.replicas);
     table.read("takeover", o_.takeover);
+    table.read("colocate", o_.colocate);
     where_ = table.lines();
     if (o_.replicas < 0 || (o_.replicas > 0 && o_.replicas >= o_.servers)) {
       throw where_.error("replicas", fmt::format("{} replicas with {} servers: must be in [0, {})",
@@ -127,7 +139,8 @@ class PsSpec final : public StrategySpec {
 
   void validate(const JobFacts& job, std::vector<std::string>& /*warnings*/) const override {
     refuse_elastic(job, name());
-    if (job.launched && job.launched_world_size <= o_.servers) {
+    if (o_.colocate) validate_colocated(job);
+    if (!o_.colocate && job.launched && job.launched_world_size <= o_.servers) {
       throw where_.error("servers",
                          fmt::format("{} servers leave no worker in a job of {} "
                                      "processes ({}); start servers + workers "
@@ -180,6 +193,7 @@ class PsSpec final : public StrategySpec {
   }
 
   ProcessPlan plan(const JobFacts& job) const override {
+    if (o_.colocate) return colocated_plan(job);
     ProcessPlan p;
     const auto servers = static_cast<int>(o_.servers);
     p.servers = servers;
@@ -199,6 +213,12 @@ class PsSpec final : public StrategySpec {
 
   ProcessRole role(const JobFacts& /*job*/, const comm::LaunchInfo& launch) const override {
     ProcessRole r;
+    if (o_.colocate) {
+      r.index = launch.rank;
+      r.chief = r.index == 0;
+      r.name = fmt::format("worker {}", r.index);
+      return r;
+    }
     r.server = launch.rank < o_.servers;
     r.index = r.server ? launch.rank : launch.rank - static_cast<int>(o_.servers);
     r.chief = !r.server && r.index == 0;
@@ -213,8 +233,16 @@ class PsSpec final : public StrategySpec {
 
  private:
   int64_t worker_count(const JobFacts& job) const {
-    return job.launched ? job.launched_world_size - o_.servers : job.workers;
+    if (!job.launched) return job.workers;
+    return o_.colocate ? job.launched_world_size : job.launched_world_size - o_.servers;
   }
+  // colocate's checks and process plan.
+  void validate_colocated(const JobFacts& job) const;
+  ProcessPlan colocated_plan(const JobFacts& job) const;
+  // The ServerOptions of server `index`, as serve() and a hosting worker use them.
+  ps::ServerOptions server_options(const BuildContext& c, int index) const;
+  // Worker `worker`'s hosted server, when it hosts one (colocate, worker < S).
+  std::unique_ptr<HostedServer> hosted_server(const BuildContext& c, int worker) const;
   // The servers' fixed endpoints by index; empty when none are fixed.
   std::vector<std::string> fixed_endpoints(const comm::LaunchSettings& s) const;
   // Whether the job's links go without frame MAC and CRC: the endpoints are
@@ -237,6 +265,55 @@ class PsSpec final : public StrategySpec {
   PsJobOptions o_;
   KeyLines where_;
 };
+
+void PsSpec::validate_colocated(const JobFacts& job) const {
+  const int64_t workers = worker_count(job);
+  if (o_.servers > workers) {
+    throw where_.error("colocate",
+                       fmt::format("{} servers with {} workers: each co-located server runs in a "
+                                   "worker process of its own (server i in worker i), so "
+                                   "distributed.ps.servers must be at most the workers",
+                                   o_.servers, workers));
+  }
+  if (o_.replicas > 0) {
+    throw where_.error("colocate",
+                       fmt::format("co-located servers with distributed.ps.replicas = {} are not "
+                                   "supported: a worker's death takes its server, and a backup "
+                                   "taking over inside another worker is not built",
+                                   o_.replicas));
+  }
+  if (job.max_restarts > 0) {
+    throw job.where.error("train.max_restarts",
+                          fmt::format("restarting failed processes ({}) with "
+                                      "distributed.ps.colocate is not supported: a worker's "
+                                      "death takes its hosted server and its optimizer state; "
+                                      "run the servers as processes of their own",
+                                      job.max_restarts));
+  }
+}
+
+ProcessPlan PsSpec::colocated_plan(const JobFacts& job) const {
+  ProcessPlan p;
+  const auto servers = static_cast<int>(o_.servers);
+  p.processes = static_cast<int>(worker_count(job));
+  p.replace_failed = true;  // max_restarts is 0: a failed non-hosting worker is left out
+  p.min_workers = static_cast<int>(job.min_workers > 0 ? job.min_workers : 1);
+  p.essential_slots = servers;  // the hosting workers, the chief (worker 0) among them
+  p.slot_name = [servers](int slot) {
+    return slot < servers ? fmt::format("worker {} (hosting ps server {})", slot, slot)
+                          : fmt::format("worker {}", slot);
+  };
+  return p;
+}
+
+std::unique_ptr<HostedServer> PsSpec::hosted_server(const BuildContext& c, int worker) const {
+  if (!o_.colocate || worker >= o_.servers) return nullptr;
+  const comm::LaunchSettings& settings = c.launch->settings;
+  const comm::JobAuth auth(c.job_name, settings.job_secret, settings.encrypt);
+  ps::ServerOptions o = server_options(c, worker);
+  o.bind_endpoint = fixed_endpoints(settings).at(static_cast<size_t>(worker));
+  return std::make_unique<HostedServer>(std::move(o), auth, *c.logger);
+}
 
 std::vector<std::string> PsSpec::fixed_endpoints(const comm::LaunchSettings& s) const {
   std::vector<std::string> endpoints;
@@ -311,18 +388,13 @@ std::optional<ps::ServerRestore> PsSpec::restore_source(const BuildContext& c) c
   return std::nullopt;
 }
 
-int PsSpec::serve(const BuildContext& c) const {
-  const comm::LaunchInfo& launch = *c.launch;
-  Logger& logger = *c.logger;
-  const ProcessRole r = role(c.facts, launch);
-  DTRAIN_CHECK(r.server, "rank {} is not a server of {}", launch.rank, o_.servers);
-  const comm::JobAuth auth(c.job_name, launch.settings.job_secret, launch.settings.encrypt);
-
+ps::ServerOptions PsSpec::server_options(const BuildContext& c, int index) const {
+  const comm::LaunchSettings& settings = c.launch->settings;
   ps::ServerOptions o;
-  o.server = r.index;
+  o.server = index;
   o.num_servers = static_cast<int>(o_.servers);
   o.num_workers = static_cast<int>(worker_count(c.facts));
-  const std::string& listen_host = launch.settings.listen_host;
+  const std::string& listen_host = settings.listen_host;
   o.bind_endpoint =
       fmt::format("tcp://{}:0", listen_host.find(':') != std::string::npos ? "[" + listen_host + "]"
                                                                            : listen_host);
@@ -331,7 +403,7 @@ int PsSpec::serve(const BuildContext& c) const {
   o.staleness_bound = static_cast<int>(o_.staleness);
   o.optimizer = c.optimizer;
   o.seed = c.seed;
-  o.link = c.link;
+  if (!o_.colocate) o.link = c.link;  // a hosting worker's link is its client's
   o.heartbeat_timeout = c.heartbeat_timeout;
   // A worker still starting (loading its data) is not dead: it has the job's
   // timeout for its first frame.
@@ -339,7 +411,18 @@ int PsSpec::serve(const BuildContext& c) const {
   o.on_version = c.on_server_version;
   o.replicas = static_cast<int>(o_.replicas);
   o.replica_timeout = c.heartbeat_timeout;
-  o.private_ipc = private_ipc(launch.settings);
+  o.private_ipc = private_ipc(settings);
+  return o;
+}
+
+int PsSpec::serve(const BuildContext& c) const {
+  const comm::LaunchInfo& launch = *c.launch;
+  Logger& logger = *c.logger;
+  const ProcessRole r = role(c.facts, launch);
+  DTRAIN_CHECK(r.server, "rank {} is not a server of {}", launch.rank, o_.servers);
+  const comm::JobAuth auth(c.job_name, launch.settings.job_secret, launch.settings.encrypt);
+
+  ps::ServerOptions o = server_options(c, r.index);
   const std::vector<std::string> fixed = fixed_endpoints(launch.settings);
   const bool replacement = launch.settings.restart_count > 0;
   std::unique_ptr<comm::RendezvousServer> coordinator;
@@ -387,6 +470,12 @@ int PsSpec::serve(const BuildContext& c) const {
 std::vector<std::string> PsSpec::discover_servers(const BuildContext& c) const {
   std::vector<std::string> fixed = fixed_endpoints(c.launch->settings);
   if (!fixed.empty()) return fixed;
+  if (o_.colocate) {
+    throw ConfigError(
+        "distributed.ps.colocate needs fixed server endpoints: dtrain's own launcher (its run "
+        "folder, DTRAIN_RUN_DIR, without DTRAIN_TCP_ONLY) or DTRAIN_PS_ENDPOINTS naming server "
+        "i's endpoint on worker i's host; the rendezvous has no server processes to meet");
+  }
   const comm::JobAuth auth(c.job_name, c.launch->settings.job_secret, c.launch->settings.encrypt);
   const Deadline deadline = Deadline::after(c.timeout);
   const comm::CoordinatorMeeting meeting(*c.launch, auth, deadline, *c.logger);
@@ -431,6 +520,10 @@ std::unique_ptr<Strategy> PsSpec::build(const BuildContext& c) const {
   const comm::JobAuth auth(c.job_name, c.launch->settings.job_secret, c.launch->settings.encrypt);
   o.learning_rate = c.optimizer.lr;
   o.trace = c.trace;
+  if (std::unique_ptr<HostedServer> hosted = hosted_server(c, r.index)) {
+    return make_colocated_ps_strategy(std::move(hosted), c.make_model(), std::move(client), auth,
+                                      *c.logger, o, c.loss, c.timeout);
+  }
   return std::make_unique<PsStrategy>(c.make_model(), std::move(client), auth, *c.logger, o,
                                       c.loss);
 }

@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "core/error.h"
+#include "core/tsan_annotations.h"
 
 namespace dtrain::comm::wire {
 
@@ -81,6 +82,9 @@ size_t receive_parts(zmq::socket_t& socket, std::span<zmq::message_t> parts) {
     zmq::message_t& part = count < parts.size() ? parts[count] : surplus;
     // The parts of a message arrive together: only the first can be missing.
     if (!socket.recv(part, zmq::recv_flags::dontwait)) return count;
+    // Over inproc the part is the sender's buffer, handed over by libzmq's
+    // own (uninstrumented) synchronisation: send_parts() released it.
+    tsan_acquire(part.data());
     ++count;
     if (!part.more()) return count;
   }
@@ -92,6 +96,11 @@ std::optional<uint16_t> monitor_event(const zmq::message_t& first_part) {
   // ZeroMQ's own layout in host byte order, not a dtrain wire format.
   std::memcpy(&event, first_part.data(), sizeof event);
   return event;
+}
+
+bool is_inproc(std::string_view endpoint) {
+  constexpr std::string_view kInproc = "inproc://";
+  return endpoint.substr(0, kInproc.size()) == kInproc;
 }
 
 void check_private_ipc_folder(const std::string& ipc_endpoint, std::string_view who) {
@@ -148,8 +157,13 @@ FramedSocket::FramedSocket(zmq::context_t& context, Role role, const std::string
           "{}: private_ipc drops the frame MAC, security.encrypt asks for CURVE: pick one",
           options_.name));
     }
-    check_private_ipc_folder(endpoint, options_.name);
+    if (!is_inproc(endpoint)) check_private_ipc_folder(endpoint, options_.name);
     options_.crc = false;
+  }
+  if (!options_.also_bind.empty() && (role != Role::kRouter || !is_inproc(options_.also_bind))) {
+    throw ConfigError(
+        fmt::format("{}: a second endpoint is for a ROUTER and must be inproc://, not '{}'",
+                    options_.name, options_.also_bind));
   }
   socket_.set(zmq::sockopt::linger, static_cast<int>(options_.linger.count()));
   if (options_.link) shaper_ = std::make_unique<LinkShaper>(*options_.link);
@@ -176,6 +190,7 @@ FramedSocket::FramedSocket(zmq::context_t& context, Role role, const std::string
     if (role == Role::kRouter) {
       socket_.bind(endpoint);
       endpoint_ = socket_.get(zmq::sockopt::last_endpoint);
+      if (!options_.also_bind.empty()) socket_.bind(options_.also_bind);
     } else {
       socket_.connect(endpoint);
       endpoint_ = endpoint;
@@ -206,8 +221,12 @@ bool FramedSocket::send_parts(std::string_view identity, const HeaderBytes& head
                                          flags | zmq::send_flags::sndmore)) {
     return false;
   }
-  return socket_.send(zmq::const_buffer(head.data(), head.size()), flags | zmq::send_flags::sndmore)
-             .has_value() &&
+  // Each part's buffer, once filled, is handed to the receiving thread as it
+  // is over inproc (receive_parts() acquires it; core/tsan_annotations.h).
+  zmq::message_t head_part(head.data(), head.size());
+  tsan_release(head_part.data());
+  tsan_release(body.data());
+  return socket_.send(head_part, flags | zmq::send_flags::sndmore).has_value() &&
          socket_.send(body, flags).has_value();
 }
 

@@ -35,6 +35,8 @@
 // for group or others), checked once by the constructor. Frames then carry
 // neither MAC nor CRC, a frame that carries a MAC is refused, and every
 // other check above stays (part count, header, job id, ranks, type, length).
+// An "inproc://NAME" endpoint is private by nature (it never leaves the
+// process: no socket file, no kernel copy) and passes that check as it is.
 //
 // With auth.curve() (security.encrypt), the socket speaks CURVE: a ROUTER as
 // the server, a DEALER as the client, and a ROUTER refuses (and logs) any
@@ -107,6 +109,8 @@ std::optional<uint16_t> monitor_event(const zmq::message_t& first_part);
 // a directory (not a symlink) owned by this process's effective uid with no
 // permission bits for group or others; `who` starts the message.
 void check_private_ipc_folder(const std::string& ipc_endpoint, std::string_view who);
+// Whether `endpoint` is "inproc://..." (within this process's context).
+bool is_inproc(std::string_view endpoint);
 
 // Waits until one of `items` is readable or `deadline` passes. Returns
 // whether one is readable (revents are set as by zmq::poll).
@@ -154,6 +158,11 @@ struct FramedSocketOptions {
   // Both ends of a link must agree; a job decides it for all its processes
   // (ps: strategy/ps_spec.cpp).
   bool private_ipc = false;
+  // ROUTER only: a second endpoint bound beside the first, "inproc://NAME"
+  // (a co-located ps server: its own worker's client connects there, the
+  // others to the first endpoint; the context must be the client's). Empty:
+  // none. Frames over both are signed and checked alike.
+  std::string also_bind;
   // How long closing the socket waits for queued messages to leave.
   std::chrono::milliseconds linger{0};
   // No high-water mark on either queue (ZeroMQ's default holds 1000

@@ -1,0 +1,138 @@
+// Co-located ps servers (strategy/ps_colocated.h) in one test process: a
+// worker's PsStrategy with its server on a thread of its own, reached over
+// inproc. What the job-level tests (PsColocatedCli in tests/cli/ps_cli_test.cpp)
+// cannot show cheaply: the hosted server's failure fails its worker with the
+// server's own error, a server that is not done makes finish() time out
+// naming it, and a hosted server stops and joins when destroyed mid-serve.
+#include "strategy/ps_colocated.h"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "nn/linear.h"
+#include "nn/sequential.h"
+
+namespace dtrain::strategy {
+namespace {
+
+using namespace std::chrono_literals;
+
+comm::JobAuth test_auth() { return comm::JobAuth("ps-colocated-test", ""); }
+
+ps::ServerOptions hosted_options(int workers) {
+  ps::ServerOptions o;
+  o.num_workers = workers;
+  o.optimizer.type = "sgd";
+  o.optimizer.lr = 0.1;
+  o.join_timeout = 60s;
+  return o;
+}
+
+ps::ClientOptions worker_options(std::vector<std::string> endpoints, int workers) {
+  ps::ClientOptions c;
+  c.num_workers = workers;
+  c.server_endpoints = std::move(endpoints);
+  c.timeout = 2s;  // how long the worker waits for a server that failed
+  c.heartbeat_interval = 200ms;
+  return c;
+}
+
+std::unique_ptr<nn::Module> small_model() {
+  Rng rng(3);
+  auto model = std::make_unique<nn::Sequential>();
+  model->add("fc", std::make_unique<nn::Linear>(4, 3, rng));
+  return model;
+}
+
+// Expects fn() to throw E whose message contains `fragment`.
+template <typename E, typename Fn>
+void expect_error_containing(Fn&& fn, const std::string& fragment) {
+  try {
+    fn();
+    ADD_FAILURE() << "expected an error containing: " << fragment;
+  } catch (const E& e) {
+    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
+  }
+}
+
+struct Batch {
+  Tensor x = Tensor::full({6, 4}, 0.5f);
+  std::vector<int64_t> y = {0, 1, 2, 0, 1, 2};
+};
+
+TEST(PsColocated, TheHostedServersFailureFailsTheWorkerWithTheServersError) {
+  // The server throws when version 2 closes (after the worker's second
+  // push): the third step's pull gets no reply, and the worker's error is
+  // the server's, not the client's timeout.
+  ps::ServerOptions o = hosted_options(1);
+  o.on_version = [](uint64_t version) {
+    if (version == 2) throw InternalError("planted server failure at version 2");
+  };
+  auto hosted = std::make_unique<HostedServer>(o, test_auth(), Logger::null());
+  auto worker = make_colocated_ps_strategy(std::move(hosted), small_model(),
+                                           worker_options({"unused"}, 1), test_auth(),
+                                           Logger::null(), PsOptions{}, cross_entropy_loss(), 5s);
+  const Batch b;
+  worker->train_step(b.x, b.y);  // version 0 -> 1
+  expect_error_containing<InternalError>(
+      [&] {
+        for (int step = 0; step < 3; ++step) worker->train_step(b.x, b.y);
+      },
+      "planted server failure at version 2");
+  // Every later call reports it at once.
+  expect_error_containing<InternalError>([&] { worker->train_step(b.x, b.y); },
+                                         "planted server failure at version 2");
+}
+
+TEST(PsColocated, FinishWaitsForTheOtherWorkersAndTimesOutNamingTheServer) {
+  // Two workers, only worker 0 exists: its hosted server is not done when
+  // worker 0 finishes, so finish() gives up after its timeout, naming it.
+  auto hosted = std::make_unique<HostedServer>(hosted_options(2), test_auth(), Logger::null());
+  ps::ClientOptions c = worker_options({"unused"}, 2);
+  auto worker = make_colocated_ps_strategy(std::move(hosted), small_model(), c, test_auth(),
+                                           Logger::null(), PsOptions{}, cross_entropy_loss(), 50ms);
+  expect_error_containing<TimeoutError>(
+      [&] { worker->finish(); },
+      "hosted ps server 0 with rank 0: timed out after 50 ms waiting for the other workers");
+}
+
+TEST(PsColocated, AOneWorkerJobFinishesWithItsServer) {
+  auto hosted = std::make_unique<HostedServer>(hosted_options(1), test_auth(), Logger::null());
+  HostedServer* server = hosted.get();  // owned by the strategy, which outlives its use here
+  auto worker = make_colocated_ps_strategy(std::move(hosted), small_model(),
+                                           worker_options({"unused"}, 1), test_auth(),
+                                           Logger::null(), PsOptions{}, cross_entropy_loss(), 30s);
+  const Batch b;
+  for (int step = 0; step < 3; ++step) worker->train_step(b.x, b.y);
+  worker->finish();
+  const ps::ServeResult result = server->wait(0ms);
+  EXPECT_EQ(result.end, ps::ServeEnd::kFinished);
+  EXPECT_EQ(result.stats.version, 3u);
+  EXPECT_EQ(result.stats.pushes_applied, 3u);
+}
+
+TEST(PsColocated, AHostedServerStopsAndJoinsWhenDestroyedWhileServing) {
+  // Nobody connects: the server would serve until its join timeout (60 s);
+  // destroying it stops it within its poll interval instead.
+  auto hosted = std::make_unique<HostedServer>(hosted_options(2), test_auth(), Logger::null());
+  EXPECT_EQ(hosted->server(), 0);
+  EXPECT_THROW(hosted->wait(0ms), TimeoutError);
+  hosted.reset();
+}
+
+TEST(PsColocated, ASecondEndpointMustBeInproc) {
+  ps::ServerOptions o = hosted_options(1);
+  o.inproc_endpoint = "tcp://127.0.0.1:0";
+  expect_error_containing<ConfigError>(
+      [&] { ps::Server server(o, test_auth(), Logger::null()); },
+      "a second endpoint is for a ROUTER and must be inproc://, not 'tcp://127.0.0.1:0'");
+}
+
+}  // namespace
+}  // namespace dtrain::strategy
