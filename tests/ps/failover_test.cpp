@@ -190,7 +190,14 @@ class FailoverJob {
           kill_now_.set_value();
           killed_future_.wait();  // bounded: the watcher's waits have deadlines
         }
-        if (w == 0 && replace_at && version == *replace_at) start(kVictim, true);
+        if (w == 0 && replace_at && version == *replace_at) {
+          // Training goes on only once the replacement's run() returned: it
+          // asks the backup while that backup still serves (a replacement
+          // started near the end could find every server finished).
+          start(kVictim, true);
+          ASSERT_EQ(replacement_ran_.get_future().wait_until(Deadline::after(kGenerous).at()),
+                    std::future_status::ready);
+        }
         std::vector<Tensor> grads;
         for (const Tensor& p : params) {
           Tensor g = Tensor::zeros(p.shape());
@@ -250,13 +257,15 @@ class FailoverJob {
     }
     // A killed server's thread destroys it: its sockets close, as at a
     // process death. Only its own thread touches it until join().
-    threads_[static_cast<size_t>(s)] = std::jthread([this, raw, s](std::stop_token stop) {
-      try {
-        raw->run(stop);
-      } catch (const Killed&) {
-        servers_[static_cast<size_t>(s)].reset();
-      }
-    });
+    threads_[static_cast<size_t>(s)] =
+        std::jthread([this, raw, s, replacement](std::stop_token stop) {
+          try {
+            raw->run(stop);
+          } catch (const Killed&) {
+            servers_[static_cast<size_t>(s)].reset();
+          }
+          if (replacement) replacement_ran_.set_value();
+        });
   }
 
   dtrain::testing::TempDir dir_;
@@ -274,8 +283,9 @@ class FailoverJob {
   std::future<void> kill_now_future_ = kill_now_.get_future();
   std::promise<void> killed_promise_;  // the watcher: the child is gone
   std::future<void> killed_future_ = killed_promise_.get_future();
-  bool killed_ = false;   // written by the watcher before killed_promise_
-  std::jthread watcher_;  // last: joined first
+  bool killed_ = false;                 // written by the watcher before killed_promise_
+  std::promise<void> replacement_ran_;  // a replacement's run() returned
+  std::jthread watcher_;                // last: joined first
 };
 
 void expect_takeover_bit_identical(const optim::OptimizerConfig& optimizer, Death death,
