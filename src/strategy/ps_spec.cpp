@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <optional>
 #include <stop_token>
 
 #include "comm/rendezvous/coordinator_discovery.h"
@@ -58,8 +59,11 @@ struct PsJobOptions {
   // (ps/replication.h); 0: none.
   int64_t replicas = 0;
   // With replicas: a dead server's range is taken over by its first live
-  // backup at once (false: the workers wait for its replacement).
-  bool takeover = true;
+  // backup at once (false: the workers wait for its replacement). Unset:
+  // on where the ps links are private ipc (one host: a broken connection
+  // means a dead process), off across hosts, where a network split could
+  // leave two servers serving one range (docs/parameter-server.md).
+  std::optional<bool> takeover;
   // Server i runs as a thread of worker process i (S <= N): N processes.
   bool colocate = false;
 };
@@ -113,7 +117,7 @@ class PsSpec final : public StrategySpec {
     table.read("staleness", o_.staleness);
     table.read("backup_workers", o_.backup_workers);
     table.read("replicas", o_.replicas);
-    table.read("takeover", o_.takeover);
+    if (bool takeover = false; table.read("takeover", takeover)) o_.takeover = takeover;
     table.read("colocate", o_.colocate);
     where_ = table.lines();
     if (o_.replicas < 0 || (o_.replicas > 0 && o_.replicas >= o_.servers)) {
@@ -509,7 +513,7 @@ std::unique_ptr<Strategy> PsSpec::build(const BuildContext& c) const {
   client.private_ipc = private_ipc(c.launch->settings);
   client.timeout = c.timeout;
   client.heartbeat_interval = std::min(std::chrono::milliseconds(1000), c.heartbeat_timeout / 4);
-  client.replicas = o_.takeover ? static_cast<int>(o_.replicas) : 0;
+  client.replicas = o_.takeover.value_or(client.private_ipc) ? static_cast<int>(o_.replicas) : 0;
   PsOptions o;
   o.launch_id = c.launch->settings.launch_id;
   o.reshard_lost_workers = o_.backup_workers == 0;
