@@ -179,7 +179,7 @@ TEST(JobFileStrategies, EachStrategyReadsItsOwnTable) {
             "ssp");
   EXPECT_NE(error_of(text, {"distributed.ps.bucket_bytes=1"})
                 .find("'distributed.ps.bucket_bytes': unknown key (known: backup_workers, "
-                      "consistency, replicas, servers, staleness)"),
+                      "colocate, consistency, replicas, servers, staleness, takeover)"),
             std::string::npos);
 }
 
