@@ -17,6 +17,7 @@
 #include "core/rng.h"
 #include "nn/linear.h"
 #include "nn/sequential.h"
+#include "testing/expect_error.h"
 
 namespace dtrain::strategy {
 namespace {
@@ -50,17 +51,6 @@ std::unique_ptr<nn::Module> small_model() {
   return model;
 }
 
-// Expects fn() to throw E whose message contains `fragment`.
-template <typename E, typename Fn>
-void expect_error_containing(Fn&& fn, const std::string& fragment) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected an error containing: " << fragment;
-  } catch (const E& e) {
-    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
-  }
-}
-
 struct Batch {
   Tensor x = Tensor::full({6, 4}, 0.5f);
   std::vector<int64_t> y = {0, 1, 2, 0, 1, 2};
@@ -80,14 +70,14 @@ TEST(PsColocated, TheHostedServersFailureFailsTheWorkerWithTheServersError) {
                                            Logger::null(), PsOptions{}, cross_entropy_loss(), 5s);
   const Batch b;
   worker->train_step(b.x, b.y);  // version 0 -> 1
-  expect_error_containing<InternalError>(
+  dtrain::testing::expect_error_naming<InternalError>(
       [&] {
         for (int step = 0; step < 3; ++step) worker->train_step(b.x, b.y);
       },
       "planted server failure at version 2");
   // Every later call reports it at once.
-  expect_error_containing<InternalError>([&] { worker->train_step(b.x, b.y); },
-                                         "planted server failure at version 2");
+  dtrain::testing::expect_error_naming<InternalError>([&] { worker->train_step(b.x, b.y); },
+                                                      "planted server failure at version 2");
 }
 
 TEST(PsColocated, FinishWaitsForTheOtherWorkersAndTimesOutNamingTheServer) {
@@ -97,7 +87,7 @@ TEST(PsColocated, FinishWaitsForTheOtherWorkersAndTimesOutNamingTheServer) {
   ps::ClientOptions c = worker_options({"unused"}, 2);
   auto worker = make_colocated_ps_strategy(std::move(hosted), small_model(), c, test_auth(),
                                            Logger::null(), PsOptions{}, cross_entropy_loss(), 50ms);
-  expect_error_containing<TimeoutError>(
+  dtrain::testing::expect_error_naming<TimeoutError>(
       [&] { worker->finish(); },
       "hosted ps server 0 with rank 0: timed out after 50 ms waiting for the other workers");
 }
@@ -129,7 +119,7 @@ TEST(PsColocated, AHostedServerStopsAndJoinsWhenDestroyedWhileServing) {
 TEST(PsColocated, ASecondEndpointMustBeInproc) {
   ps::ServerOptions o = hosted_options(1);
   o.inproc_endpoint = "tcp://127.0.0.1:0";
-  expect_error_containing<ConfigError>(
+  dtrain::testing::expect_error_naming<ConfigError>(
       [&] { ps::Server server(o, test_auth(), Logger::null()); },
       "a second endpoint is for a ROUTER and must be inproc://, not 'tcp://127.0.0.1:0'");
 }
