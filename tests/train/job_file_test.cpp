@@ -179,7 +179,7 @@ TEST(JobFileStrategies, EachStrategyReadsItsOwnTable) {
             "ssp");
   EXPECT_NE(error_of(text, {"distributed.ps.bucket_bytes=1"})
                 .find("'distributed.ps.bucket_bytes': unknown key (known: backup_workers, "
-                      "colocate, consistency, replicas, servers, staleness, takeover)"),
+                      "colocate, consistency, overlap, replicas, servers, staleness, takeover)"),
             std::string::npos);
 }
 
