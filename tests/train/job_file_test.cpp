@@ -181,6 +181,10 @@ TEST(JobFileStrategies, EachStrategyReadsItsOwnTable) {
                 .find("'distributed.ps.bucket_bytes': unknown key (known: backup_workers, "
                       "colocate, consistency, overlap, replicas, servers, staleness, takeover)"),
             std::string::npos);
+  EXPECT_NE(error_of(text, {"distributed.ps.consistency=\"async\"", "distributed.ps.overlap=true"})
+                .find("'distributed.ps.overlap': pushes overlap backward in consistency 'sync' "
+                      "only, not 'async'"),
+            std::string::npos);
 }
 
 TEST(JobFileStrategies, FlatKeysAreDeprecatedAliasesWithANote) {
