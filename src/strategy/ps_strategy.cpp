@@ -165,7 +165,14 @@ bool PsStrategy::overlap_applies() const {
   } else if (options_.dynamic_batch.enabled) {
     why = "dynamic batch sizing needs each push's measured compute time";
   }
-  if (why.empty()) return true;
+  if (why.empty()) {
+    if (worker_ == 0) {
+      logger_->info(
+          "ps worker 0: each server's push leaves during backward once its range is "
+          "final (distributed.ps.overlap)");
+    }
+    return true;
+  }
   if (worker_ == 0) {
     logger_->info(
         "ps worker 0: distributed.ps.overlap ignored: {}; one request per server "

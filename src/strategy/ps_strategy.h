@@ -41,7 +41,10 @@
 //     Steps 3, 4 and 5 are one request and one reply per server
 //     (ps::Client::push_step: the rows, the dense push and the pull in one
 //     message, taken in that order); with compression the rows go first
-//     and steps 4 and 5 are one round trip (push_and_pull).
+//     and steps 4 and 5 are one round trip (push_and_pull). With
+//     PsOptions::overlap each server's request (the same one) leaves during
+//     step 2, as soon as its range of the gradient is final
+//     (strategy/ps_overlap.h).
 // The version advances by one per step in `sync`.
 //
 // Statistics (step_totals): in `sync` the pull of step 5 brings server 0's
