@@ -288,6 +288,8 @@ class Client {
   void finish();
 
  private:
+  // Sends push_step()'s per-server requests one at a time (client_layers.h).
+  friend class LayeredStep;
   class Impl;
   std::unique_ptr<Impl> impl_;
 };

@@ -66,6 +66,9 @@ struct PsJobOptions {
   std::optional<bool> takeover;
   // Server i runs as a thread of worker process i (S <= N): N processes.
   bool colocate = false;
+  // Each server's push leaves during backward, as soon as its range is
+  // final (PsOptions::overlap; sync only).
+  bool overlap = false;
 };
 
 // The endpoint workers should connect to: the bound one, with the host
@@ -119,7 +122,13 @@ class PsSpec final : public StrategySpec {
     table.read("replicas", o_.replicas);
     if (bool takeover = false; table.read("takeover", takeover)) o_.takeover = takeover;
     table.read("colocate", o_.colocate);
+    table.read("overlap", o_.overlap);
     where_ = table.lines();
+    if (o_.overlap && o_.consistency != "sync") {
+      throw where_.error("overlap", fmt::format("pushes overlap backward in consistency 'sync' "
+                                                "only, not '{}'",
+                                                o_.consistency));
+    }
     if (o_.replicas < 0 || (o_.replicas > 0 && o_.replicas >= o_.servers)) {
       throw where_.error("replicas", fmt::format("{} replicas with {} servers: must be in [0, {})",
                                                  o_.replicas, o_.servers, o_.servers));
@@ -524,6 +533,7 @@ std::unique_ptr<Strategy> PsSpec::build(const BuildContext& c) const {
   const comm::JobAuth auth(c.job_name, c.launch->settings.job_secret, c.launch->settings.encrypt);
   o.learning_rate = c.optimizer.lr;
   o.trace = c.trace;
+  o.overlap = o_.overlap;
   if (std::unique_ptr<HostedServer> hosted = hosted_server(c, r.index)) {
     return make_colocated_ps_strategy(std::move(hosted), c.make_model(), std::move(client), auth,
                                       *c.logger, o, c.loss, c.timeout);

@@ -145,6 +145,49 @@ PsStrategy::PsStrategy(std::unique_ptr<nn::Module> model, ps::ClientOptions clie
       if (e->is_training()) pull_rows(t, indices);
     });
   }
+  if (overlap_applies()) {
+    std::vector<Variable> dense_params;
+    for (size_t i : dense_) dense_params.push_back(params_[i]);
+    overlap_ = std::make_unique<PsOverlap>(*client_, std::move(dense_params), zero_grads_);
+  }
+}
+
+bool PsStrategy::overlap_applies() const {
+  if (!options_.overlap) return false;
+  std::string why;
+  if (options_.consistency != ps::Consistency::kSync) {
+    why = fmt::format("consistency is '{}', not 'sync'", ps::to_string(options_.consistency));
+  } else if (!tables_.empty()) {
+    why = "the model has embedding tables (their rows ride with the last request)";
+  } else if (options_.compression.active()) {
+    why = fmt::format("pushes are compressed or averaged locally ({})",
+                      options_.compression.describe());
+  } else if (options_.dynamic_batch.enabled) {
+    why = "dynamic batch sizing needs each push's measured compute time";
+  }
+  if (why.empty()) {
+    if (worker_ == 0) {
+      logger_->info(
+          "ps worker 0: each server's push leaves during backward once its range is "
+          "final (distributed.ps.overlap)");
+    }
+    return true;
+  }
+  if (worker_ == 0) {
+    logger_->info(
+        "ps worker 0: distributed.ps.overlap ignored: {}; one request per server "
+        "after backward",
+        why);
+  }
+  return false;
+}
+
+void PsStrategy::finish_overlapped(uint64_t bytes_before) {
+  version_ = overlap_->finish(dense_data_);
+  after_pull();
+  uint64_t dense = 0;
+  for (const Tensor& g : zero_grads_) dense += static_cast<uint64_t>(g.numel()) * sizeof(float);
+  last_comm_ = {client_->bytes_sent() - bytes_before, dense};
 }
 
 PsStrategy::~PsStrategy() {
@@ -276,6 +319,8 @@ StepStats PsStrategy::step(const Tensor& inputs, std::span<const int64_t> target
   model_->zero_grad();
   StepStats mine;
   double compute_s = 0.0;
+  const bool overlapped = overlap_ != nullptr && n > 0;
+  const uint64_t bytes_before = client_->bytes_sent();
   if (n > 0) {
     using Clock = std::chrono::steady_clock;
     const auto start = Clock::now();
@@ -286,10 +331,18 @@ StepStats PsStrategy::step(const Tensor& inputs, std::span<const int64_t> target
     mine = {static_cast<double>(loss.item()) * static_cast<double>(n),
             count_correct(output.data(), targets), n};
     forward.end();
-    TraceSpan backward(options_.trace, "backward", "step");
-    loss.backward(options_.trace);  // the mean gradient over this worker's rows
-    backward.end();
-    check_finite_gradients(*model_);
+    // Overlapped: the hooks send each server's request during backward.
+    if (overlapped)
+      overlap_->arm({n, lr_, version_, mine.loss_sum, mine.correct, 0.0, {}}, version_ + 1);
+    try {
+      TraceSpan backward(options_.trace, "backward", "step");
+      loss.backward(options_.trace);  // the mean gradient over this worker's rows
+      backward.end();
+      check_finite_gradients(*model_);
+    } catch (...) {
+      if (overlapped) overlap_->disarm();
+      throw;
+    }
     compute_s = account_compute(std::chrono::duration<double>(Clock::now() - start).count(), n);
   }
   // Rows first: in sync the servers hold them for the version that the dense
@@ -304,7 +357,9 @@ StepStats PsStrategy::step(const Tensor& inputs, std::span<const int64_t> target
   const CompressionSettings& c = options_.compression;
   const bool started = c.started(updates_);
   last_step_local_ = started && c.local_sgd();
-  if (last_step_local_) {
+  if (overlapped) {
+    finish_overlapped(bytes_before);
+  } else if (last_step_local_) {
     uint64_t dense = 0;  // a round's end overwrites it with what it sent
     for (const Tensor& g : grads) dense += static_cast<uint64_t>(g.numel()) * sizeof(float);
     last_comm_ = {0, dense};

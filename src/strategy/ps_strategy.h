@@ -41,7 +41,10 @@
 //     Steps 3, 4 and 5 are one request and one reply per server
 //     (ps::Client::push_step: the rows, the dense push and the pull in one
 //     message, taken in that order); with compression the rows go first
-//     and steps 4 and 5 are one round trip (push_and_pull).
+//     and steps 4 and 5 are one round trip (push_and_pull). With
+//     PsOptions::overlap each server's request (the same one) leaves during
+//     step 2, as soon as its range of the gradient is final
+//     (strategy/ps_overlap.h).
 // The version advances by one per step in `sync`.
 //
 // Statistics (step_totals): in `sync` the pull of step 5 brings server 0's
@@ -140,6 +143,7 @@
 #include "ps/server.h"
 #include "strategy/batch_balancer.h"
 #include "strategy/compression.h"
+#include "strategy/ps_overlap.h"
 #include "strategy/row_index.h"
 #include "strategy/strategy.h"
 
@@ -178,6 +182,15 @@ struct PsOptions {
   // Timeline (core/trace.h): forward, backward (per autograd node), push
   // and pull. Null: off. Must outlive the strategy.
   TraceSink* trace = nullptr;
+  // Pushes overlapped with backward (strategy/ps_overlap.h,
+  // docs/parameter-server.md "Pushes overlapped with backward"): each
+  // server's request of step 3-5 leaves as soon as its range of the
+  // gradient is final, during backward; the servers get the same requests,
+  // so the result is bit-identical. Used in `sync` for models without
+  // embedding tables and without compression (or local SGD) or dynamic
+  // batch sizing; elsewhere the option is ignored (logged once). The
+  // overlapped pushes carry compute_s 0 (not measured).
+  bool overlap = false;
 };
 
 class PsStrategy : public Strategy {
@@ -247,6 +260,9 @@ class PsStrategy : public Strategy {
   std::optional<int64_t> joined_at_step() const override;
   const PsOptions& options() const { return options_; }
   ps::Client& client() { return *client_; }
+  // Whether pushes overlap backward (PsOptions::overlap, where it applies),
+  // and the overlap's counts (null when they do not).
+  const PsOverlap* overlap() const { return overlap_.get(); }
 
  private:
   struct Table {
@@ -264,6 +280,12 @@ class PsStrategy : public Strategy {
   // train_step() without translating a left-out worker's error.
   StepStats step(const Tensor& inputs, std::span<const int64_t> targets);
   void pull_dense(uint64_t min_version);
+  // PsOptions::overlap: whether it applies (logged when asked for and not).
+  bool overlap_applies() const;
+  // An overlapped step's end: the replies and the pulled parameters, as
+  // push_dense_and_pull() ends (`bytes_before`: the client's count before
+  // the step).
+  void finish_overlapped(uint64_t bytes_before);
   // What every pull is followed by: the job's totals of the step, the live
   // workers, local SGD's anchor.
   void after_pull();
@@ -335,6 +357,9 @@ class PsStrategy : public Strategy {
   std::optional<int64_t> pending_updates_;
   Logger* logger_ = nullptr;  // outlives this strategy (constructor contract)
   CommStats last_comm_;
+  // options_.overlap where it applies (null otherwise); last member: its
+  // hooks are removed before the model and the client go.
+  std::unique_ptr<PsOverlap> overlap_;
 };
 
 }  // namespace dtrain::strategy

@@ -34,6 +34,7 @@
 #include "nn/sequential.h"
 #include "optim/sgd.h"
 #include "ps/server.h"
+#include "ps_server_group.h"
 #include "strategy/local_strategy.h"
 #include "testing/expect_error.h"
 #include "testing/process.h"
@@ -42,6 +43,7 @@ namespace dtrain::strategy {
 namespace {
 
 using namespace std::chrono_literals;
+using test::ServerGroup;
 
 constexpr int64_t kVocabulary = 40;
 constexpr int64_t kDim = 3;
@@ -90,59 +92,6 @@ std::vector<Batch> make_id_batches(int count, int64_t rows, int64_t used, uint64
   }
   return batches;
 }
-
-// S servers serving on threads until every worker is done.
-class ServerGroup {
- public:
-  ServerGroup(int servers, int workers, ps::Consistency consistency,
-              std::chrono::milliseconds heartbeat_timeout = 10s) {
-    for (int s = 0; s < servers; ++s) {
-      ps::ServerOptions o;
-      o.server = s;
-      o.num_servers = servers;
-      o.num_workers = workers;
-      o.consistency = consistency;
-      o.optimizer.type = "sgd";
-      o.optimizer.lr = kLr;
-      o.optimizer.momentum = 0.0;
-      o.seed = 11;
-      o.heartbeat_timeout = heartbeat_timeout;
-      // A worker process's start (exec, sanitizer start-up, a loaded
-      // machine) may take longer than a short heartbeat timeout, which must
-      // only catch deaths after the join.
-      o.join_timeout = 120s;
-      servers_.push_back(std::make_unique<ps::Server>(o, auth(), Logger::null()));
-      endpoints_.push_back(servers_.back()->endpoint());
-    }
-    for (auto& server : servers_) {
-      threads_.emplace_back([&server = *server, this](std::stop_token stop) {
-        const ps::ServeResult r = server.run(stop, Deadline::after(120s));
-        const std::lock_guard lock(results_mutex_);
-        results_.push_back(r);
-      });
-    }
-  }
-  ~ServerGroup() {
-    for (std::jthread& t : threads_) t.request_stop();
-  }
-  ServerGroup(const ServerGroup&) = delete;
-  ServerGroup& operator=(const ServerGroup&) = delete;
-
-  static comm::JobAuth auth() { return comm::JobAuth("ps-strategy-test", ""); }
-  const std::vector<std::string>& endpoints() const { return endpoints_; }
-  // Waits for every server's run() to return; their results, in return order.
-  std::vector<ps::ServeResult> join() {
-    for (std::jthread& t : threads_) t.join();
-    return results_;
-  }
-
- private:
-  std::vector<std::unique_ptr<ps::Server>> servers_;
-  std::vector<std::string> endpoints_;
-  std::mutex results_mutex_;
-  std::vector<ps::ServeResult> results_;
-  std::vector<std::jthread> threads_;  // last: stopped before the servers go
-};
 
 ps::ClientOptions client_options(const std::vector<std::string>& endpoints, int worker,
                                  int workers) {
