@@ -360,6 +360,11 @@ std::optional<ServerCopies::Death> Supervisor::record_server_death(const Worker&
 void Supervisor::go_on_after_server_death(const Worker& w, const std::string& what,
                                           const ServerCopies::Death& death) {
   const LaunchOptions::Elastic& elastic = *options_.elastic;
+  if (death.served.empty()) {  // a replacement that outlived its range's takeover
+    logger_.warn("{}; it served no range (a backup serves {}'s): the job goes on without it", what,
+                 slot_name(w.rank));
+    return;
+  }
   if (death.covered()) {
     std::string takers;
     for (const ServerCopies::Death::Range& r : death.served) {

@@ -47,16 +47,17 @@ const std::map<std::string, std::vector<std::string>> kOptimizers = {
 };
 
 // `dtrain train` of kBlobs into `out` with 2 servers, 2 workers, one
-// replica and no restart, then `extra`.
+// replica and `max_restarts`, then `extra`.
 std::vector<std::string> takeover_args(const testing::TempDir& tmp, const std::string& out,
-                                       const std::vector<std::string>& extra) {
+                                       const std::vector<std::string>& extra,
+                                       const std::string& max_restarts = "0") {
   std::vector<std::string> args = {"train",          tmp.file("job.toml"),
                                    "--output",       tmp.file(out),
                                    "--strategy",     "ps",
                                    "--servers",      "2",
                                    "--workers",      "2",
                                    "--replicas",     "1",
-                                   "--max-restarts", "0",
+                                   "--max-restarts", max_restarts,
                                    "--no-resume",    "--progress",
                                    "plain"};
   args.insert(args.end(), extra.begin(), extra.end());
@@ -88,6 +89,26 @@ TEST(PsTakeoverCli, ACoveredServerDeathWithNoRestartLeftEndsLikeAFaultFreeRun) {
     expect_same_bytes(tmp.file("clean-" + optimizer + "/model.safetensors"),
                       tmp.file("killed-" + optimizer + "/model.safetensors"));
   }
+}
+
+TEST(PsTakeoverCli, WithARestartLeftTheReplacementIsStartedAndTheJobEndsLikeAFaultFreeRun) {
+  // The rule with restarts left is today's: a replacement is started (it
+  // retires when the backup took the range over, or serves it when the
+  // backup refused), and the run ends as a fault-free one.
+  testing::TempDir tmp;
+  write_text(tmp.file("job.toml"), kBlobs);
+  const std::vector<std::string> momentum = kOptimizers.at("sgd+momentum");
+  const JobRun clean = run_job(takeover_args(tmp, "clean", momentum), {});
+  ASSERT_TRUE(clean.status && clean.status->ok()) << clean.output;
+  const JobRun run =
+      run_job(takeover_args(tmp, "killed", momentum, "1"), {{"DTRAIN_TEST_KILL_AT_STEP", "1:5"}});
+  ASSERT_TRUE(run.status.has_value()) << run.output;
+  EXPECT_TRUE(run.status->ok()) << run.status->describe() << "\n" << run.output;
+  EXPECT_TRUE(has(run.output,
+                  "was killed by signal 9 (SIGKILL); starting its replacement (restart 1 of 1)"))
+      << run.output;
+  EXPECT_FALSE(has(run.output, "the job goes on without it")) << run.output;
+  expect_same_bytes(tmp.file("clean/model.safetensors"), tmp.file("killed/model.safetensors"));
 }
 
 TEST(PsTakeoverCli, WithoutTheTakeoverAServerDeathWithNoRestartLeftStopsTheJobNamingIt) {
