@@ -50,8 +50,9 @@
 // replaced while restarts remain ("ps server 1 (pid 1234) was killed by
 // signal 9 (SIGKILL); starting its replacement (restart 1 of 2)"), else the
 // job stops naming it, unless a backup covers a server's range
-// (Elastic::takeover_replicas): then the job goes on without it. LaunchResult::workers then holds
-// one entry per process started (rank = slot), in start order.
+// (Elastic::takeover_replicas): then the job goes on without it.
+// LaunchResult::workers then holds one entry per process started (rank =
+// slot), in start order.
 //
 // Exit code (LaunchResult::exit_code): 0 when every worker exited 0; else the
 // cause of the stop: the first failing worker's exit code, or 1 when it died
