@@ -33,8 +33,8 @@ TEST(TestKillStep, EachSlotOfAListGetsItsOwnStep) {
 }
 
 TEST(TestKillStep, AMalformedValueIsAConfigError) {
-  for (const char* bad : {"3", "3:", ":30", "a:30", "3:30x", "-1:5", "3:-5", "3:30,", ",3:30",
-                          "3:30,4"}) {
+  for (const char* bad :
+       {"3", "3:", ":30", "a:30", "3:30x", "-1:5", "3:-5", "3:30,", ",3:30", "3:30,4"}) {
     SCOPED_TRACE(bad);
     EXPECT_THROW(test_kill_step({{"DTRAIN_TEST_KILL_AT_STEP", bad}}, 3), ConfigError);
   }
