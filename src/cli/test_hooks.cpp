@@ -68,12 +68,9 @@ bool parse_double(const std::string& text, double& out) {
 
 }  // namespace
 
-namespace {
-
-// SLOT:STEP[,SLOT:STEP...] from `variable`: the step of `slot`'s entry,
-// for this slot's first process.
-std::optional<int64_t> slot_step(const std::map<std::string, std::string>& env,
-                                 const std::string& variable, int slot) {
+std::optional<int64_t> test_slot_value(const std::map<std::string, std::string>& env,
+                                       const std::string& variable, int64_t slot,
+                                       const std::string& unit, int64_t min_value) {
   const auto knob = env.find(variable);
   if (knob == env.end()) return std::nullopt;
   const std::string& text = knob->second;
@@ -84,13 +81,15 @@ std::optional<int64_t> slot_step(const std::map<std::string, std::string>& env,
     const std::string_view entry = std::string_view(text).substr(start, comma - start);
     const size_t colon = entry.find(':');
     int64_t named_slot = 0;
-    int64_t step = 0;
+    int64_t value = 0;
     if (colon == std::string_view::npos || !parse_int(entry.substr(0, colon), named_slot) ||
-        !parse_int(entry.substr(colon + 1), step) || named_slot < 0 || step < 0) {
+        !parse_int(entry.substr(colon + 1), value) || named_slot < 0 || value < min_value) {
       throw ConfigError(
-          fmt::format("{}='{}': expected SLOT:STEP entries, got '{}'", variable, text, entry));
+          fmt::format("{}='{}': expected SLOT:{}[,SLOT:{}...] entries ({} at least "
+                      "{}), got '{}'",
+                      variable, text, unit, unit, unit, min_value, entry));
     }
-    if (named_slot == slot && !mine) mine = step;
+    if (named_slot == slot && !mine) mine = value;
     start = comma + 1;
   }
   const auto restart = env.find("DTRAIN_RESTART_COUNT");
@@ -98,14 +97,12 @@ std::optional<int64_t> slot_step(const std::map<std::string, std::string>& env,
   return mine;
 }
 
-}  // namespace
-
 std::optional<int64_t> test_kill_step(const std::map<std::string, std::string>& env, int slot) {
-  return slot_step(env, "DTRAIN_TEST_KILL_AT_STEP", slot);
+  return test_slot_value(env, "DTRAIN_TEST_KILL_AT_STEP", slot, "STEP", 0);
 }
 
 std::optional<int64_t> test_stop_step(const std::map<std::string, std::string>& env, int slot) {
-  return slot_step(env, "DTRAIN_TEST_STOP_AT_STEP", slot);
+  return test_slot_value(env, "DTRAIN_TEST_STOP_AT_STEP", slot, "STEP", 0);
 }
 
 std::unique_ptr<train::Callback> test_kill_switch(const std::map<std::string, std::string>& env,

@@ -43,6 +43,15 @@
 
 namespace dtrain::cli {
 
+// VARIABLE=SLOT:N[,SLOT:N...] seen by a process of `slot`: N of the first
+// entry naming `slot`; nullopt when the variable is unset, names no such
+// entry, or this process is a replacement (DTRAIN_RESTART_COUNT > 0).
+// ConfigError naming the variable when an entry is malformed or N is below
+// `min_value` (`unit` names N in the message: "STEP", "ROUND").
+std::optional<int64_t> test_slot_value(const std::map<std::string, std::string>& env,
+                                       const std::string& variable, int64_t slot,
+                                       const std::string& unit, int64_t min_value);
+
 // The step at which the process of `slot` is to kill itself; nullopt when
 // DTRAIN_TEST_KILL_AT_STEP is unset, names another slot, or this process is a
 // replacement.
