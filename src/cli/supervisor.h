@@ -2,7 +2,8 @@
 // the workers' output to the launcher's streams line by line, notices exits
 // (pidfds), decides what an exit means (restart mode: the job stops and
 // blames the failed rank, or the peer its failure report names; elastic
-// mode: replace, go on or stop; the end of training: release the
+// mode: replace, go on or stop, a ps server's death going on when a backup
+// covers its range, cli/server_copies.h; the end of training: release the
 // stragglers), forwards signals and enforces the stop's grace and the
 // deadline. Launcher::run() starts the workers, runs one Supervisor and
 // reads its outcome.
