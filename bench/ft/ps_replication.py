@@ -14,6 +14,9 @@ with momentum 0.9, Adam), REPEATS times, interleaved:
           see the broken connection and server 0 serves server 1's range from
           its copy at once (the run must log "took over server 1's range");
           the launcher's replacement retires ("replacement retires")
+  covered   the same kill with --max-restarts 0: no replacement is started;
+          the launcher logs the death as covered by the backup ("the job
+          goes on without it") and the job goes on
   replaced  the same kill with distributed.ps.takeover = false: the workers
           wait for the launcher's replacement, which takes its range from
           server 0's copy (no checkpoint read: the run must log "took its
@@ -22,11 +25,14 @@ with momentum 0.9, Adam), REPEATS times, interleaved:
 and prints:
   - bit-identical: whether the final model (model.safetensors) of every
     takeover, replaced and r1 run equals r0's byte for byte;
-  - recovery, for takeover and replaced in the same invocation: kill -> the
+  - recovery, for takeover, covered and replaced in the same invocation: kill -> the
     line saying who serves the range now (the backup's "took over", the
     replacement's "took its shard"), and kill -> the first progress line
     after it (the first step served with the range back), in ms and in
-    fault-free steps, and the ratio replaced / takeover;
+    fault-free steps, and the ratios replaced / takeover and covered /
+    takeover; and each path's whole run in seconds (start to exit: a
+    replacement that starts after training ended is told to exit a
+    stop_grace later);
   - cost: median seconds of the last epoch (metrics.jsonl) with R = 1 and
     R = 0, and their ratio (same invocation, interleaved runs).
 
@@ -51,9 +57,11 @@ OPTIMIZERS = {
 }
 HEARTBEAT_MS = 30000
 TOOK = {"takeover": "ps server 0: took over server 1's range",
+        "covered": "ps server 0: took over server 1's range",
         "replaced": "took its shard from its backup's copy"}
 RETIRED = "replacement retires"
 RESTORED = "restored its shard from"
+COVERED = "the job goes on without it"
 
 
 def run(dtrain, out, epochs, extra, kill_step=None, path="replaced"):
@@ -64,6 +72,7 @@ def run(dtrain, out, epochs, extra, kill_step=None, path="replaced"):
             # timeout keeps a stall from being taken for a dead worker.
             "--set", f"distributed.heartbeat_timeout_ms={HEARTBEAT_MS}"] + extra
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    started = time.monotonic()
     p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          env=env, bufsize=1)
     steps, log = [], []
@@ -81,6 +90,7 @@ def run(dtrain, out, epochs, extra, kill_step=None, path="replaced"):
         if killed is not None and took is None and TOOK[path] in line:
             took = now
     p.wait(timeout=1200)
+    wall = time.monotonic() - started
     if p.returncode != 0:
         sys.stderr.write("".join(log[-40:]))
         raise SystemExit(f"{out}: exit {p.returncode}")
@@ -88,7 +98,9 @@ def run(dtrain, out, epochs, extra, kill_step=None, path="replaced"):
     with open(os.path.join(out, "launcher.log"), "w") as f:
         f.write(text)
     if kill_step is not None and (took is None or first_after is None or RESTORED in text or
-                                  (path == "takeover" and RETIRED not in text)):
+                                  (path == "takeover" and RETIRED not in text) or
+                                  (path == "covered" and (COVERED not in text or
+                                                          RETIRED in text))):
         sys.stderr.write("".join(l for l in log if "(global " not in l)[-6000:])
         raise SystemExit(f"{out}: the {path} path did not serve the range from the copy")
     with open(os.path.join(out, "metrics.jsonl")) as f:
@@ -100,6 +112,8 @@ def run(dtrain, out, epochs, extra, kill_step=None, path="replaced"):
         "step_s": statistics.median(gaps) if gaps else None,
         "took_s": (took - killed) if killed else None,
         "first_step_s": (first_after - killed) if killed else None,
+        "wall_s": wall,
+        "steps": len(steps),
     }
 
 
@@ -121,35 +135,48 @@ def main():
     rng = random.Random(16)
     with tempfile.TemporaryDirectory() as folder:
         for name, extra in OPTIMIZERS.items():
-            rows = {"r0": [], "r1": [], "takeover": [], "replaced": []}
+            rows = {"r0": [], "r1": [], "takeover": [], "covered": [], "replaced": []}
             for i in range(repeats):
                 r0 = run(dtrain, f"{folder}/{name}-r0-{i}", epochs, extra + ["--replicas", "0"])
                 r1 = run(dtrain, f"{folder}/{name}-r1-{i}", epochs, extra + ["--replicas", "1"])
                 per_epoch = max(2, int(r1["epoch_s"] / r1["step_s"])) if r1["step_s"] else 20
+                # The estimate exceeds an epoch's steps where the epoch's time
+                # holds more than its steps (the evaluation): at most one epoch.
+                per_epoch = min(per_epoch, r1["steps"] // epochs)
                 kill = rng.randint(per_epoch // 2, per_epoch)
                 killed = extra + ["--replicas", "1", "--max-restarts", "1"]
                 t = run(dtrain, f"{folder}/{name}-t-{i}", epochs, killed, kill, "takeover")
+                c = run(dtrain, f"{folder}/{name}-c-{i}", epochs,
+                        extra + ["--replicas", "1", "--max-restarts", "0"], kill, "covered")
                 k = run(dtrain, f"{folder}/{name}-k-{i}", epochs,
                         killed + ["--set", "distributed.ps.takeover=false"], kill, "replaced")
-                for key, r in (("r0", r0), ("r1", r1), ("takeover", t), ("replaced", k)):
+                for key, r in (("r0", r0), ("r1", r1), ("takeover", t), ("covered", c),
+                               ("replaced", k)):
                     rows[key].append(r)
                 print(f"{name} run {i + 1}: killed at step {kill}; first step after the kill: "
-                      f"takeover {t['first_step_s'] * 1000:.0f} ms, replaced "
+                      f"takeover {t['first_step_s'] * 1000:.0f} ms, covered "
+                      f"{c['first_step_s'] * 1000:.0f} ms, replaced "
                       f"{k['first_step_s'] * 1000:.0f} ms; epoch r0 {r0['epoch_s']:.2f} s, "
                       f"r1 {r1['epoch_s']:.2f} s", flush=True)
             ref = rows["r0"][0]["model"]
             same = all(r["model"] == ref for v in rows.values() for r in v)
             step = statistics.median(r["step_s"] for r in rows["r0"])
-            print(f"{name}: bit-identical final models (r0, r1, takeover, replaced): {same}")
+            print(f"{name}: bit-identical final models (r0, r1, takeover, covered, replaced): "
+                  f"{same}")
             first = {}
-            for key in ("takeover", "replaced"):
+            for key in ("takeover", "covered", "replaced"):
                 took = statistics.median(r["took_s"] for r in rows[key])
                 first[key] = statistics.median(r["first_step_s"] for r in rows[key])
                 print(f"{name}: {key} (median of {repeats}): range served again {took * 1000:.0f} "
                       f"ms after the kill, first step {first[key] * 1000:.0f} ms after it "
                       f"({first[key] / step:.1f} fault-free steps of {step * 1000:.1f} ms)")
             print(f"{name}: first step after the kill, replaced / takeover: "
-                  f"{first['replaced'] / first['takeover']:.2f}")
+                  f"{first['replaced'] / first['takeover']:.2f}, covered / takeover: "
+                  f"{first['covered'] / first['takeover']:.2f}")
+            walls = {k: statistics.median(r["wall_s"] for r in v) for k, v in rows.items()}
+            print(f"{name}: whole run s (median): " +
+                  ", ".join(f"{k} {w:.2f}" for k, w in walls.items()) +
+                  f"; covered / takeover {walls['covered'] / walls['takeover']:.3f}")
             e0 = statistics.median(r["epoch_s"] for r in rows["r0"])
             e1 = statistics.median(r["epoch_s"] for r in rows["r1"])
             print(f"{name}: epoch s: R=0 {e0:.2f}, R=1 {e1:.2f}, ratio {e1 / e0:.3f}")

@@ -11,6 +11,7 @@
 
 #include "cli/launcher.h"
 #include "cli/process_log.h"
+#include "cli/test_hooks.h"
 #include "comm/rendezvous/job_secret.h"
 #include "comm/rendezvous/launch_env.h"
 #include "comm/wire/auth.h"
@@ -72,31 +73,7 @@ comm::JobAuth job_auth(const FlDeployCommandOptions& options, const train::JobCo
 // DTRAIN_TEST_KILL_AT_ROUND=SLOT:ROUND[,SLOT:ROUND...]: the round at which
 // the first process of `slot` kills itself.
 std::optional<int64_t> kill_round(const std::map<std::string, std::string>& env, int64_t slot) {
-  const std::string text = env_or(env, "DTRAIN_TEST_KILL_AT_ROUND");
-  if (text.empty()) return std::nullopt;
-  const std::string restarts = env_or(env, "DTRAIN_RESTART_COUNT");
-  std::optional<int64_t> found;
-  size_t start = 0;
-  while (start <= text.size()) {
-    const size_t comma = std::min(text.find(',', start), text.size());
-    const std::string_view entry = std::string_view(text).substr(start, comma - start);
-    const size_t colon = entry.find(':');
-    int64_t named = -1, round = -1;
-    const bool ok =
-        colon != std::string_view::npos &&
-        std::from_chars(entry.data(), entry.data() + colon, named).ptr == entry.data() + colon &&
-        std::from_chars(entry.data() + colon + 1, entry.data() + entry.size(), round).ptr ==
-            entry.data() + entry.size() &&
-        named >= 0 && round >= 1;
-    if (!ok) {
-      throw ConfigError(
-          fmt::format("DTRAIN_TEST_KILL_AT_ROUND='{}': expected SLOT:ROUND[,SLOT:ROUND...]", text));
-    }
-    if (named == slot) found = round;
-    start = comma + 1;
-  }
-  if (!restarts.empty() && restarts != "0") return std::nullopt;
-  return found;
+  return test_slot_value(env, "DTRAIN_TEST_KILL_AT_ROUND", slot, "ROUND", 1);
 }
 
 void kill_self() { ::kill(getpid(), SIGKILL); }

@@ -102,11 +102,17 @@ int launch_job(const train::JobConfig& job, const train::LaunchPlan& plan, Launc
     e.min_workers = plan.min_workers;
     e.max_restarts = max_restarts;
     e.slot_name = plan.slot_name;
+    e.takeover_replicas = plan.takeover_replicas;
     base.elastic = std::move(e);
     logger.info(
         "{} job: {} process(es), {} of them servers, at least {} worker(s) running, up "
-        "to {} restart(s) of failed processes; run folder {}",
-        job.name, plan.processes, plan.servers, plan.min_workers, max_restarts, run_dir.path());
+        "to {} restart(s) of failed processes{}; run folder {}",
+        job.name, plan.processes, plan.servers, plan.min_workers, max_restarts,
+        plan.takeover_replicas > 0
+            ? fmt::format(", a dead server's range taken over by one of its {} backup(s)",
+                          plan.takeover_replicas)
+            : "",
+        run_dir.path());
     return Launcher(std::move(base), out, err, logger).run(Deadline::never()).exit_code;
   }
   return run_with_restarts(base, max_restarts, out, err, logger, Deadline::never()).exit_code;

@@ -49,8 +49,10 @@
 // the ps spec's plan) the failure of such a slot is never tolerated: it is
 // replaced while restarts remain ("ps server 1 (pid 1234) was killed by
 // signal 9 (SIGKILL); starting its replacement (restart 1 of 2)"), else the
-// job stops naming it. LaunchResult::workers then holds one entry per process
-// started (rank = slot), in start order.
+// job stops naming it, unless a backup covers a server's range
+// (Elastic::takeover_replicas): then the job goes on without it.
+// LaunchResult::workers then holds one entry per process started (rank =
+// slot), in start order.
 //
 // Exit code (LaunchResult::exit_code): 0 when every worker exited 0; else the
 // cause of the stop: the first failing worker's exit code, or 1 when it died
@@ -164,6 +166,14 @@ struct LaunchOptions {
     // min_workers and the "continuing with N worker(s)" lines count only the
     // others. At most essential_slots.
     int first_worker_slot = 0;
+    // A ps job whose backups take a dead server's range over (the plan's
+    // takeover_replicas, cli/server_copies.h): server s's range is also held
+    // by servers (s+1)...(s+R) mod S, S = first_worker_slot. A server
+    // failure with no restart left whose ranges all have a live holder is
+    // *covered*: logged, and the job goes on without that slot; the death
+    // that leaves a range without a copy stops the job naming every server
+    // that held it. 0: every essential slot's failure counts as above.
+    int takeover_replicas = 0;
     // The name of a slot in log lines ("ps server 1", "worker 0"); empty:
     // "worker slot N".
     std::function<std::string(int slot)> slot_name;

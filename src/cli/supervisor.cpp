@@ -248,6 +248,7 @@ bool Supervisor::job_finished() const {
   if (elastic.job_finished) return elastic.job_finished();
   if (elastic.essential_slots == 0) return false;
   for (int slot = 0; slot < elastic.essential_slots; ++slot) {
+    if (copies_ && copies_->taken_over(slot)) continue;  // a backup serves its range
     if (!finished_ok_[static_cast<size_t>(slot)]) return false;
   }
   return true;
@@ -301,6 +302,12 @@ void Supervisor::finish_elastic(const Worker& w, const std::string& what) {
   lost_.push_back(w.status);
   const bool replace = restarts_used_ < elastic.max_restarts;
   const bool essential = w.rank < elastic.essential_slots;
+  const std::optional<ServerCopies::Death> death = record_server_death(w);
+  if (death && !replace) {
+    go_on_after_server_death(w, what, *death);
+    return;
+  }
+  if (death && !death->covered()) copies_->record_replacement(w.rank);
   if (essential && !replace) {
     fail(w.rank, w.status,
          fmt::format("{}; the job cannot go on without it and no restart is left (max_restarts = "
@@ -341,6 +348,61 @@ void Supervisor::finish_elastic(const Worker& w, const std::string& what) {
   } else {
     logger_.warn("{}; continuing with {} worker(s)", what, left);
   }
+}
+
+std::optional<ServerCopies::Death> Supervisor::record_server_death(const Worker& w) {
+  const LaunchOptions::Elastic& elastic = *options_.elastic;
+  if (elastic.takeover_replicas <= 0 || w.rank >= elastic.first_worker_slot) return std::nullopt;
+  if (!copies_) copies_.emplace(elastic.first_worker_slot, elastic.takeover_replicas);
+  return copies_->record_death(w.rank);
+}
+
+void Supervisor::go_on_after_server_death(const Worker& w, const std::string& what,
+                                          const ServerCopies::Death& death) {
+  const LaunchOptions::Elastic& elastic = *options_.elastic;
+  if (death.served.empty()) {  // a replacement that outlived its range's takeover
+    logger_.warn("{}; it served no range (a backup serves {}'s): the job goes on without it", what,
+                 slot_name(w.rank));
+    return;
+  }
+  if (death.covered()) {
+    std::string takers;
+    for (const ServerCopies::Death::Range& r : death.served) {
+      takers += fmt::format("{}{}'s range is served by {}", takers.empty() ? "" : ", ",
+                            slot_name(r.range), slot_name(r.taker));
+    }
+    logger_.warn(
+        "{}; {} (a backup takes it over: distributed.ps.replicas = {}, takeover on), unreplicated "
+        "for the rest of the run; no restart is left (max_restarts = {}): the job goes on "
+        "without it",
+        what, takers, elastic.takeover_replicas, elastic.max_restarts);
+    return;
+  }
+  const std::vector<int> lost = death.lost();
+  std::string ranges;
+  std::vector<int> holders;
+  for (int range : lost) {
+    ranges += fmt::format("{}{}", ranges.empty() ? "" : " and ", slot_name(range));
+    for (int held : copies_->died_holding(range)) {
+      if (std::find(holders.begin(), holders.end(), held) == holders.end()) {
+        holders.push_back(held);
+      }
+    }
+  }
+  std::string deaths;
+  for (int held : holders) {
+    const auto exit = std::find_if(lost_.rbegin(), lost_.rend(),
+                                   [held](const WorkerExit& e) { return e.rank == held; });
+    if (exit == lost_.rend()) continue;
+    deaths += fmt::format("{}{} (pid {}) {}", deaths.empty() ? "" : ", ", slot_name(held),
+                          exit->pid, exit->describe());
+  }
+  fail(w.rank, w.status,
+       fmt::format("{}; no live copy is left of the range{} of {} (every server that held one "
+                   "died: {}); the job cannot go on without it and no restart is left "
+                   "(max_restarts = {}): stopping the job",
+                   what, lost.size() > 1 ? "s" : "", ranges, deaths, elastic.max_restarts),
+       fmt::format("{} failed and no copy of its range is left", slot_name(w.rank)));
 }
 
 void Supervisor::begin_stop(int sig, const std::string& why) {

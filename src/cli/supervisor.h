@@ -2,7 +2,8 @@
 // the workers' output to the launcher's streams line by line, notices exits
 // (pidfds), decides what an exit means (restart mode: the job stops and
 // blames the failed rank, or the peer its failure report names; elastic
-// mode: replace, go on or stop; the end of training: release the
+// mode: replace, go on or stop, a ps server's death going on when a backup
+// covers its range, cli/server_copies.h; the end of training: release the
 // stragglers), forwards signals and enforces the stop's grace and the
 // deadline. Launcher::run() starts the workers, runs one Supervisor and
 // reads its outcome.
@@ -24,6 +25,7 @@
 #include <vector>
 
 #include "cli/launcher.h"
+#include "cli/server_copies.h"
 #include "cli/worker_process.h"
 #include "core/deadline.h"
 #include "core/log.h"
@@ -91,6 +93,14 @@ class Supervisor {
   void finish_elastic(const process::Worker& w, const std::string& what);
   // Elastic mode: the slot's name in log lines.
   std::string slot_name(int slot) const;
+  // Elastic mode with takeover_replicas: records a server's failure in
+  // copies_ (nullopt for a worker, or without a takeover).
+  std::optional<ServerCopies::Death> record_server_death(const process::Worker& w);
+  // A server failure with no restart left: logs it when its ranges all
+  // have a live taker (the job goes on), else stops the job naming every
+  // server that held a lost range.
+  void go_on_after_server_death(const process::Worker& w, const std::string& what,
+                                const ServerCopies::Death& death);
   // Records the failure that stops the job (blaming `rank`) and stops it.
   void fail(int rank, const WorkerExit& status, const std::string& what, const std::string& why);
   // Non-elastic: the rank a failed worker's report blames (a peer that
@@ -132,8 +142,9 @@ class Supervisor {
   // Slots to start again and when their failure was noticed, from finish().
   std::vector<std::pair<int, std::chrono::steady_clock::time_point>> respawn_queue_;
   int restarts_used_ = 0;
-  std::vector<WorkerExit> lost_;   // failed workers, in order
-  std::vector<bool> finished_ok_;  // by slot: its latest process exited 0
+  std::vector<WorkerExit> lost_;        // failed workers, in order
+  std::vector<bool> finished_ok_;       // by slot: its latest process exited 0
+  std::optional<ServerCopies> copies_;  // with takeover_replicas, from the first failure
 };
 
 }  // namespace dtrain::cli

@@ -3,12 +3,14 @@
 #include <fmt/format.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <charconv>
 #include <chrono>
 #include <cmath>
 #include <fstream>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 
 #include "core/error.h"
@@ -66,36 +68,41 @@ bool parse_double(const std::string& text, double& out) {
 
 }  // namespace
 
-namespace {
-
-// SLOT:STEP from `variable`, for this slot's first process.
-std::optional<int64_t> slot_step(const std::map<std::string, std::string>& env,
-                                 const std::string& variable, int slot) {
+std::optional<int64_t> test_slot_value(const std::map<std::string, std::string>& env,
+                                       const std::string& variable, int64_t slot,
+                                       const std::string& unit, int64_t min_value) {
   const auto knob = env.find(variable);
   if (knob == env.end()) return std::nullopt;
   const std::string& text = knob->second;
-  const size_t colon = text.find(':');
-  int64_t named_slot = 0;
-  int64_t step = 0;
-  if (colon == std::string::npos ||
-      !parse_int(std::string_view(text).substr(0, colon), named_slot) ||
-      !parse_int(std::string_view(text).substr(colon + 1), step) || named_slot < 0 || step < 0) {
-    throw ConfigError(fmt::format("{}='{}': expected SLOT:STEP", variable, text));
+  std::optional<int64_t> mine;
+  size_t start = 0;
+  while (start <= text.size()) {
+    const size_t comma = std::min(text.find(',', start), text.size());
+    const std::string_view entry = std::string_view(text).substr(start, comma - start);
+    const size_t colon = entry.find(':');
+    int64_t named_slot = 0;
+    int64_t value = 0;
+    if (colon == std::string_view::npos || !parse_int(entry.substr(0, colon), named_slot) ||
+        !parse_int(entry.substr(colon + 1), value) || named_slot < 0 || value < min_value) {
+      throw ConfigError(
+          fmt::format("{}='{}': expected SLOT:{}[,SLOT:{}...] entries ({} at least "
+                      "{}), got '{}'",
+                      variable, text, unit, unit, unit, min_value, entry));
+    }
+    if (named_slot == slot && !mine) mine = value;
+    start = comma + 1;
   }
   const auto restart = env.find("DTRAIN_RESTART_COUNT");
   if (restart != env.end() && restart->second != "0") return std::nullopt;
-  if (named_slot != slot) return std::nullopt;
-  return step;
+  return mine;
 }
 
-}  // namespace
-
 std::optional<int64_t> test_kill_step(const std::map<std::string, std::string>& env, int slot) {
-  return slot_step(env, "DTRAIN_TEST_KILL_AT_STEP", slot);
+  return test_slot_value(env, "DTRAIN_TEST_KILL_AT_STEP", slot, "STEP", 0);
 }
 
 std::optional<int64_t> test_stop_step(const std::map<std::string, std::string>& env, int slot) {
-  return slot_step(env, "DTRAIN_TEST_STOP_AT_STEP", slot);
+  return test_slot_value(env, "DTRAIN_TEST_STOP_AT_STEP", slot, "STEP", 0);
 }
 
 std::unique_ptr<train::Callback> test_kill_switch(const std::map<std::string, std::string>& env,

@@ -1,10 +1,12 @@
 // Test hooks of the fault-tolerance tests (cli only; each reads the process's
 // environment as given to it):
-// - DTRAIN_TEST_KILL_AT_STEP=SLOT:STEP: the first process of launch slot SLOT
-//   (DTRAIN_RESTART_COUNT absent or 0; the slot is DTRAIN_RANK: a ps job's
-//   server s is slot s, its worker w slot S + w) SIGKILLs itself once STEP is
-//   done: a trainer after its global step STEP, a ps server once its version
-//   reaches STEP. Replacements never do, so a test sees one failure per run.
+// - DTRAIN_TEST_KILL_AT_STEP=SLOT:STEP[,SLOT:STEP...]: the first process of
+//   launch slot SLOT (DTRAIN_RESTART_COUNT absent or 0; the slot is
+//   DTRAIN_RANK: a ps job's server s is slot s, its worker w slot S + w)
+//   SIGKILLs itself once STEP is done: a trainer after its global step STEP,
+//   a ps server once its version reaches STEP (the first entry naming a slot
+//   counts). Replacements never do, so a test sees one failure per named
+//   slot per run.
 // - DTRAIN_TEST_COMPUTE_SECONDS=RANK:FIXED:PER_ROW[,RANK:FIXED:PER_ROW...]
 //   (RANK a worker index or "all"; a RANK entry beats the all one): that
 //   worker's compute time is modelled as FIXED + PER_ROW x rows seconds
@@ -40,6 +42,15 @@
 #include "train/run_job.h"
 
 namespace dtrain::cli {
+
+// VARIABLE=SLOT:N[,SLOT:N...] seen by a process of `slot`: N of the first
+// entry naming `slot`; nullopt when the variable is unset, names no such
+// entry, or this process is a replacement (DTRAIN_RESTART_COUNT > 0).
+// ConfigError naming the variable when an entry is malformed or N is below
+// `min_value` (`unit` names N in the message: "STEP", "ROUND").
+std::optional<int64_t> test_slot_value(const std::map<std::string, std::string>& env,
+                                       const std::string& variable, int64_t slot,
+                                       const std::string& unit, int64_t min_value);
 
 // The step at which the process of `slot` is to kill itself; nullopt when
 // DTRAIN_TEST_KILL_AT_STEP is unset, names another slot, or this process is a

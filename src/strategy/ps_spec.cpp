@@ -214,6 +214,11 @@ class PsSpec final : public StrategySpec {
     p.replace_failed = true;
     p.min_workers = static_cast<int>(job.min_workers > 0 ? job.min_workers : 1);
     p.essential_slots = servers + 1;  // the servers and worker 0, the chief
+    // The rule build() applies in the started processes, whose links are
+    // private ipc exactly when the launcher's facts say so.
+    if (o_.takeover.value_or(job.launcher_private_ipc)) {
+      p.takeover_replicas = static_cast<int>(o_.replicas);
+    }
     p.slot_name = [servers](int slot) {
       return slot < servers ? fmt::format("ps server {}", slot)
                             : fmt::format("worker {}", slot - servers);

@@ -66,6 +66,10 @@ struct JobFacts {
   bool launched = false;
   int launched_world_size = 1;
   std::string launched_by;
+  // Not launched: the processes dtrain's own launcher would start here link
+  // over private ipc (its private run folder; no DTRAIN_PS_ENDPOINTS, no
+  // DTRAIN_TCP_ONLY, no encryption), as they will decide once started.
+  bool launcher_private_ipc = false;
   // Where the generic keys were written ([distributed], [train], [data]),
   // for errors: distributed.workers, train.elastic, ...
   KeyLines where;
@@ -86,6 +90,10 @@ struct ProcessPlan {
   // Slots [0, essential_slots) must run for the job to go on (replaced, else
   // the job stops): a ps job's servers and its chief worker.
   int essential_slots = 0;
+  // A ps job whose dead server's range a backup takes over
+  // (distributed.ps.replicas with the takeover on): server s's range is
+  // also held by servers (s+1)...(s+R) mod S. 0: no takeover.
+  int takeover_replicas = 0;
   // A slot's name in log lines ("ps server 1", "worker 0"); empty: "rank N".
   std::function<std::string(int slot)> slot_name;
 };

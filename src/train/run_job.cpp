@@ -249,6 +249,9 @@ strategy::JobFacts job_facts(const JobConfig& job, const comm::LaunchInfo& launc
   f.launched = launch.launched();
   f.launched_world_size = launch.world_size;
   f.launched_by = launch.source;
+  f.launcher_private_ipc = !launch.launched() && launch.settings.ps_endpoints.empty() &&
+                           !launch.settings.tcp_only && !launch.settings.encrypt &&
+                           !job.security.encrypt;
   f.where = job.lines;
   return f;
 }
@@ -293,6 +296,7 @@ LaunchPlan launch_plan(const JobConfig& job, const comm::LaunchInfo& launch, Log
   plan.replace_failed = p.replace_failed;
   plan.min_workers = p.min_workers;
   plan.essential_slots = p.essential_slots;
+  plan.takeover_replicas = p.takeover_replicas;
   plan.slot_name = p.slot_name;
   return plan;
 }

@@ -71,6 +71,7 @@ struct LaunchPlan {
   bool replace_failed = false;  // restart failed processes in place
   int min_workers = 1;          // with replace_failed or elastic mode
   int essential_slots = 0;      // with replace_failed: must always run
+  int takeover_replicas = 0;    // a ps job's backups that take a dead server's range over
   std::function<std::string(int slot)> slot_name;
 };
 

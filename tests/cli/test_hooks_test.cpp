@@ -24,8 +24,17 @@ TEST(TestKillStep, NamesTheFirstProcessOfOneSlot) {
   EXPECT_NE(test_kill_switch(env, 3), nullptr);
 }
 
+TEST(TestKillStep, EachSlotOfAListGetsItsOwnStep) {
+  const std::map<std::string, std::string> env = {{"DTRAIN_TEST_KILL_AT_STEP", "1:3,0:6,1:9"}};
+  EXPECT_EQ(test_kill_step(env, 1), 3);  // the first entry naming a slot counts
+  EXPECT_EQ(test_kill_step(env, 0), 6);
+  EXPECT_EQ(test_kill_step(env, 2), std::nullopt);
+  EXPECT_EQ(test_stop_step({{"DTRAIN_TEST_STOP_AT_STEP", "2:4,3:5"}}, 3), 5);
+}
+
 TEST(TestKillStep, AMalformedValueIsAConfigError) {
-  for (const char* bad : {"3", "3:", ":30", "a:30", "3:30x", "-1:5", "3:-5"}) {
+  for (const char* bad :
+       {"3", "3:", ":30", "a:30", "3:30x", "-1:5", "3:-5", "3:30,", ",3:30", "3:30,4"}) {
     SCOPED_TRACE(bad);
     EXPECT_THROW(test_kill_step({{"DTRAIN_TEST_KILL_AT_STEP", bad}}, 3), ConfigError);
   }

@@ -106,6 +106,34 @@ TEST(StrategyRegistry, PlansSayWhichProcessesAJobRuns) {
   EXPECT_TRUE(ps->role(launched, launch).server);
 }
 
+TEST(StrategyRegistry, ThePsPlanCountsTheBackupsThatTakeOverWhereTheStartedProcessesWould) {
+  // The launcher's plan applies build()'s rule, takeover.value_or(private
+  // ipc), to the links its processes will have.
+  struct Case {
+    std::map<std::string, std::string> options;
+    bool private_ipc;
+    int takeover_replicas;
+  };
+  const std::vector<Case> cases = {
+      {{{"servers", "2"}, {"replicas", "1"}}, true, 1},
+      {{{"servers", "2"}, {"replicas", "1"}}, false, 0},  // across hosts: off unless asked
+      {{{"servers", "2"}, {"replicas", "1"}, {"takeover", "true"}}, false, 1},
+      {{{"servers", "2"}, {"replicas", "1"}, {"takeover", "false"}}, true, 0},
+      {{{"servers", "3"}, {"replicas", "2"}}, true, 2},
+      {{{"servers", "2"}}, true, 0},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(::testing::PrintToString(c.options) +
+                 (c.private_ipc ? " private" : " not private"));
+    auto ps = make_strategy_spec("ps", KeyLines(), "strategy");
+    MapTable table(c.options);
+    ps->read_options(table);
+    JobFacts f = facts(2);
+    f.launcher_private_ipc = c.private_ipc;
+    EXPECT_EQ(ps->plan(f).takeover_replicas, c.takeover_replicas);
+  }
+}
+
 TEST(StrategyRegistry, SpecsCheckTheJobWithTheKeysLine) {
   std::vector<std::string> warnings;
   const auto local = make_strategy_spec("local", KeyLines(), "strategy");
