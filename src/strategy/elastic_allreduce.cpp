@@ -179,6 +179,7 @@ void ElasticAllReduce::build(const comm::ElasticGeneration& m, Deadline deadline
   t.world_size = m.world_size();
   t.listen_host = options_.listen_host;
   t.advertise_host = options_.advertise_host;
+  if (!options_.ipc_dir.empty()) t.ipc_dir = options_.ipc_dir;
   // A re-formation destroys the transport with frames to a dead peer still
   // queued: waiting the default linger (1 s) for them would only delay it.
   t.linger = std::chrono::milliseconds(50);

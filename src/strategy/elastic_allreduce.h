@@ -60,6 +60,11 @@ struct ElasticAllReduceOptions {
   bool encrypt = false;  // security.encrypt: CURVE on every link
   std::string listen_host = "127.0.0.1";
   std::string advertise_host;
+  // Where each group's transport binds its ipc socket (DTRAIN_RUN_DIR: the
+  // launcher's private folder of the run, removed when the run ends, so a
+  // killed member leaves no socket file behind). Empty: the transport's
+  // default (/tmp).
+  std::string ipc_dir;
   // Bound on forming one group (joining, endpoints, state), including the
   // wait of a new worker for the running ones to reach a step boundary; and
   // on every collective of a group.

@@ -2,25 +2,31 @@
 // workers as threads form a group through a real etcd (testing/etcd_server.h),
 // one leaves (its strategy is destroyed: its lease is revoked, its links
 // close), and the other two re-form as generation 1 and keep training with
-// equal weights. Skipped when etcd is not installed.
+// equal weights. Their transports bind their ipc sockets in the folder
+// given (the launcher's private run folder) and leave none behind. Skipped
+// when etcd is not installed.
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <thread>
 
 #include "core/error.h"
 #include "strategy/elastic_allreduce.h"
 #include "strategy_test_util.h"
 #include "testing/etcd_server.h"
+#include "testing/fault_fs.h"
 
 namespace dtrain::strategy {
 namespace {
 
 using namespace std::chrono_literals;
 
-ElasticAllReduceOptions etcd_worker(const std::string& endpoint, int slot) {
+ElasticAllReduceOptions etcd_worker(const std::string& endpoint, int slot,
+                                    const std::string& ipc_dir) {
   ElasticAllReduceOptions o;
   o.job_name = "etcd-elastic";
   o.slot = slot;
+  o.ipc_dir = ipc_dir;
   o.secret = "a test secret";
   // Also bounds each collective: on one host the group shares memory, where a
   // peer that left is noticed at this timeout, not by the heartbeat.
@@ -39,6 +45,14 @@ ElasticAllReduceOptions etcd_worker(const std::string& endpoint, int slot) {
   return o;
 }
 
+size_t socket_files(const std::string& dir) {
+  size_t n = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    if (entry.path().extension() == ".sock") ++n;
+  }
+  return n;
+}
+
 TEST(ElasticEtcd, SurvivorsOfALeavingWorkerReformAndTrainTogether) {
   if (!testing::etcd_installed()) GTEST_SKIP() << "etcd is not installed (scripts/setup.sh)";
   testing::EtcdServer server;
@@ -48,6 +62,8 @@ TEST(ElasticEtcd, SurvivorsOfALeavingWorkerReformAndTrainTogether) {
   std::vector<std::vector<std::vector<float>>> weights(3);
   std::vector<uint32_t> generation(3);
   std::vector<int64_t> world(3);
+  const testing::TempDir ipc_dir;
+  std::vector<size_t> sockets_seen(3);
   {
     std::vector<std::jthread> threads;
     for (int slot = 0; slot < 3; ++slot) {
@@ -55,8 +71,9 @@ TEST(ElasticEtcd, SurvivorsOfALeavingWorkerReformAndTrainTogether) {
         const size_t i = static_cast<size_t>(slot);
         try {
           ElasticAllReduce worker(
-              etcd_worker(server.endpoint(), slot), [] { return test::make_mlp(5); }, test::sgd(),
-              cross_entropy_loss(), Logger::null());
+              etcd_worker(server.endpoint(), slot, ipc_dir.path()),
+              [] { return test::make_mlp(5); }, test::sgd(), cross_entropy_loss(), Logger::null());
+          sockets_seen[i] = socket_files(ipc_dir.path());  // at least its own
           generation[i] = worker.generation();
           world[i] = worker.world_size();
           if (slot == 2) {
@@ -93,6 +110,8 @@ TEST(ElasticEtcd, SurvivorsOfALeavingWorkerReformAndTrainTogether) {
   EXPECT_EQ(generation[0], generation[1]);
   EXPECT_EQ(weights[0], weights[1]);
   ASSERT_FALSE(weights[0].empty());
+  for (size_t i = 0; i < 3; ++i) EXPECT_GE(sockets_seen[i], 1u) << "slot " << i;
+  EXPECT_EQ(socket_files(ipc_dir.path()), 0u);  // each transport removed its own
 }
 
 }  // namespace
