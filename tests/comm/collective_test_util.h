@@ -157,4 +157,25 @@ class CountingTransport final : public Transport {
   long long lead_ = 0;
 };
 
+// Messages rank 0 sends for one allreduce of `count` floats over `n` ranks
+// with the size limit `limit` of CommunicatorOptions set to `bytes`, one
+// message per block (chunk_bytes far above it), checking the sum against
+// serial_reduce on every rank.
+inline long long messages_per_allreduce(int n, size_t count, size_t CommunicatorOptions::*limit,
+                                        size_t bytes) {
+  CommunicatorOptions options;
+  options.*limit = bytes;
+  options.chunk_bytes = size_t{64} << 20;
+  std::vector<long long> sends(static_cast<size_t>(n), -1);
+  run_ranks(n, [&](int rank, Transport& inner) {
+    CountingTransport transport(inner);
+    Communicator comm(transport, options);
+    std::vector<float> data = rank_input(rank, count);
+    comm.allreduce(data, ReduceOp::kSum);
+    EXPECT_EQ(data, serial_reduce(n, count, ReduceOp::kSum));
+    sends[static_cast<size_t>(rank)] = transport.sends();
+  });
+  return sends[0];
+}
+
 }  // namespace dtrain::comm::testing

@@ -106,33 +106,20 @@ TEST(HalvingDoubling, FourRanksSumInTheDocumentedOrder) {
   for (int r = 0; r < 4; ++r) EXPECT_TRUE(same_bits(results[static_cast<size_t>(r)], expected));
 }
 
-// Messages rank 0 sends for one allreduce of `count` floats over `n` ranks,
-// one message per block (chunk_bytes far above it).
-long long messages_per_allreduce(int n, size_t count, size_t pow2_halving_doubling_bytes) {
-  std::vector<long long> sends(static_cast<size_t>(n), -1);
-  run_ranks(n, [&](int rank, Transport& inner) {
-    testing::CountingTransport transport(inner);
-    CommunicatorOptions options;
-    options.pow2_halving_doubling_bytes = pow2_halving_doubling_bytes;
-    options.chunk_bytes = size_t{64} << 20;
-    Communicator comm(transport, options);
-    std::vector<float> data = testing::rank_input(rank, count);
-    comm.allreduce(data, ReduceOp::kSum);
-    EXPECT_EQ(data, testing::serial_reduce(n, count, ReduceOp::kSum));
-    sends[static_cast<size_t>(rank)] = transport.sends();
-  });
-  return sends[0];
-}
-
 TEST(HalvingDoubling, TheCommunicatorTakesItAtPowersOfTwoAboveTwoRanks) {
+  const auto messages = [](int n, size_t count, size_t bytes) {
+    return testing::messages_per_allreduce(
+        n, count, &CommunicatorOptions::pow2_halving_doubling_bytes, bytes);
+  };
+
   const CommunicatorOptions defaults;
   const size_t large = 4 * defaults.small_allreduce_bytes / sizeof(float) + 3;
-  EXPECT_EQ(messages_per_allreduce(4, large, defaults.pow2_halving_doubling_bytes), 4);
-  EXPECT_EQ(messages_per_allreduce(8, large, defaults.pow2_halving_doubling_bytes), 6);
+  EXPECT_EQ(messages(4, large, defaults.pow2_halving_doubling_bytes), 4);
+  EXPECT_EQ(messages(8, large, defaults.pow2_halving_doubling_bytes), 6);
   // Off, above the limit, or not a power of two: the ring, 2(n-1).
-  EXPECT_EQ(messages_per_allreduce(4, large, 0), 6);
-  EXPECT_EQ(messages_per_allreduce(4, large, large * sizeof(float) - 1), 6);
-  EXPECT_EQ(messages_per_allreduce(3, large, defaults.pow2_halving_doubling_bytes), 4);
+  EXPECT_EQ(messages(4, large, 0), 6);
+  EXPECT_EQ(messages(4, large, large * sizeof(float) - 1), 6);
+  EXPECT_EQ(messages(3, large, defaults.pow2_halving_doubling_bytes), 4);
 }
 
 TEST(HalvingDoubling, ACountMismatchMidRoundFailsEveryRankNamingBothCalls) {
