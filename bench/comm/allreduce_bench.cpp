@@ -21,7 +21,8 @@
 // ring's window (ring_window_bytes), DTRAIN_BENCH_SMALL_ALLREDUCE_BYTES the
 // halving-doubling limit (small_allreduce_bytes),
 // DTRAIN_BENCH_PAIR_EXCHANGE_BYTES the two-rank exchange's limit
-// (pair_exchange_bytes),
+// (pair_exchange_bytes), DTRAIN_BENCH_POW2_HD_BYTES the limit of
+// halving-doubling at power-of-two worlds (pow2_halving_doubling_bytes),
 // DTRAIN_BENCH_LANE_SPIN_US the lane readers' spin
 // (ZmqTransportOptions::lane_spin), DTRAIN_BENCH_LANE_SOCKET_BYTES the lane
 // sockets' buffers (lane_socket_buffer_bytes), for tuning them.
@@ -150,6 +151,9 @@ int run_zmq_rank(int rank, int ranks, size_t bytes, int reps, const std::string&
   }
   if (const char* small = std::getenv("DTRAIN_BENCH_SMALL_ALLREDUCE_BYTES")) {
     comm_options.small_allreduce_bytes = std::strtoull(small, nullptr, 10);
+  }
+  if (const char* pow2 = std::getenv("DTRAIN_BENCH_POW2_HD_BYTES")) {
+    comm_options.pow2_halving_doubling_bytes = std::strtoull(pow2, nullptr, 10);
   }
   if (const char* pair = std::getenv("DTRAIN_BENCH_PAIR_EXCHANGE_BYTES")) {
     comm_options.pair_exchange_bytes = std::strtoull(pair, nullptr, 10);

@@ -1,7 +1,10 @@
 // Helpers of the collective tests: ranks as threads over an InProcHub,
 // integer-valued inputs whose sums are exact in float32 in any order, and a
-// transport that counts what a rank sends and receives.
+// transport that counts what a rank sends and receives, and the check that a
+// count mismatch fails every rank naming both calls.
 #pragma once
+
+#include <gtest/gtest.h>
 
 #include <algorithm>
 #include <exception>
@@ -12,6 +15,7 @@
 
 #include "comm/collectives/communicator.h"
 #include "comm/transport/inproc_transport.h"
+#include "core/error.h"
 
 namespace dtrain::comm::testing {
 
@@ -60,6 +64,32 @@ inline std::vector<float> serial_reduce(int n, size_t count, ReduceOp op) {
     for (float& x : out) x /= static_cast<float>(n);
   }
   return out;
+}
+
+// Runs an allreduce of `count` floats (one more on `odd_rank`) on `n` ranks
+// with `options` and expects every rank to fail naming the mismatch and both
+// calls, "allreduce #1 (<count> floats, sum)" and "(<count + 1> ...)".
+inline void expect_count_mismatch_named_everywhere(int n, size_t count, int odd_rank,
+                                                   const CommunicatorOptions& options) {
+  std::vector<std::string> errors(static_cast<size_t>(n));
+  run_ranks(n, [&](int rank, Transport& transport) {
+    Communicator comm(transport, options);
+    std::vector<float> data(rank == odd_rank ? count + 1 : count, 1.0f);
+    try {
+      comm.allreduce(data, ReduceOp::kSum);
+    } catch (const CommError& e) {
+      errors[static_cast<size_t>(rank)] = e.what();
+    }
+  });
+  for (int r = 0; r < n; ++r) {
+    const std::string& what = errors[static_cast<size_t>(r)];
+    EXPECT_NE(what.find("does not match"), std::string::npos) << "rank " << r << ": " << what;
+    for (const size_t c : {count, count + 1}) {
+      EXPECT_NE(what.find("allreduce #1 (" + std::to_string(c) + " floats, sum)"),
+                std::string::npos)
+          << "rank " << r << ": " << what;
+    }
+  }
 }
 
 // Forwards to `inner` and counts: a send as soon as it is called, a receive
@@ -126,5 +156,26 @@ class CountingTransport final : public Transport {
   long long received_ = 0;
   long long lead_ = 0;
 };
+
+// Messages rank 0 sends for one allreduce of `count` floats over `n` ranks
+// with the size limit `limit` of CommunicatorOptions set to `bytes`, one
+// message per block (chunk_bytes far above it), checking the sum against
+// serial_reduce on every rank.
+inline long long messages_per_allreduce(int n, size_t count, size_t CommunicatorOptions::*limit,
+                                        size_t bytes) {
+  CommunicatorOptions options;
+  options.*limit = bytes;
+  options.chunk_bytes = size_t{64} << 20;
+  std::vector<long long> sends(static_cast<size_t>(n), -1);
+  run_ranks(n, [&](int rank, Transport& inner) {
+    CountingTransport transport(inner);
+    Communicator comm(transport, options);
+    std::vector<float> data = rank_input(rank, count);
+    comm.allreduce(data, ReduceOp::kSum);
+    EXPECT_EQ(data, serial_reduce(n, count, ReduceOp::kSum));
+    sends[static_cast<size_t>(rank)] = transport.sends();
+  });
+  return sends[0];
+}
 
 }  // namespace dtrain::comm::testing

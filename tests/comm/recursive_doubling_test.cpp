@@ -79,51 +79,24 @@ TEST(RecursiveDoubling, PartnersEndBitIdenticalWhenTheOperandOrderMatters) {
   EXPECT_EQ(results[0][2], 3.0f);
 }
 
-// Messages rank 0 sends for one allreduce of `count` floats over `n` ranks.
-long long messages_per_allreduce(int n, size_t count, size_t pair_exchange_bytes) {
-  std::vector<long long> sends(static_cast<size_t>(n), -1);
-  run_ranks(n, [&](int rank, Transport& inner) {
-    testing::CountingTransport transport(inner);
-    CommunicatorOptions options;
-    options.pair_exchange_bytes = pair_exchange_bytes;
-    options.chunk_bytes = size_t{1} << 20;  // one message per block
-    Communicator comm(transport, options);
-    std::vector<float> data = rank_input(rank, count);
-    comm.allreduce(data, ReduceOp::kSum);
-    EXPECT_EQ(data, serial_reduce(n, count, ReduceOp::kSum));
-    sends[static_cast<size_t>(rank)] = transport.sends();
-  });
-  return sends[0];
-}
-
 TEST(PairExchange, TwoRanksExchangeSmallBuffersInOneMessageEach) {
+  const auto messages = [](int n, size_t count, size_t bytes) {
+    return testing::messages_per_allreduce(n, count, &CommunicatorOptions::pair_exchange_bytes,
+                                           bytes);
+  };
+
   const CommunicatorOptions defaults;
   const size_t limit_floats = defaults.pair_exchange_bytes / sizeof(float);
-  EXPECT_EQ(messages_per_allreduce(2, 1024, defaults.pair_exchange_bytes), 1);
-  EXPECT_EQ(messages_per_allreduce(2, limit_floats, defaults.pair_exchange_bytes), 1);
+  EXPECT_EQ(messages(2, 1024, defaults.pair_exchange_bytes), 1);
+  EXPECT_EQ(messages(2, limit_floats, defaults.pair_exchange_bytes), 1);
   // Off, above the limit, or with more ranks: two rounds.
-  EXPECT_EQ(messages_per_allreduce(2, 1024, 0), 2);
-  EXPECT_EQ(messages_per_allreduce(2, limit_floats + 1, defaults.pair_exchange_bytes), 2);
-  EXPECT_GT(messages_per_allreduce(4, 1024, defaults.pair_exchange_bytes), 1);
+  EXPECT_EQ(messages(2, 1024, 0), 2);
+  EXPECT_EQ(messages(2, limit_floats + 1, defaults.pair_exchange_bytes), 2);
+  EXPECT_GT(messages(4, 1024, defaults.pair_exchange_bytes), 1);
 }
 
 TEST(PairExchange, ACountMismatchFailsBothRanksNamingBothCalls) {
-  std::vector<std::string> errors(2);
-  run_ranks(2, [&](int rank, Transport& transport) {
-    Communicator comm(transport);
-    std::vector<float> data(rank == 1 ? 101 : 100, 1.0f);
-    try {
-      comm.allreduce(data, ReduceOp::kSum);
-    } catch (const CommError& e) {
-      errors[static_cast<size_t>(rank)] = e.what();
-    }
-  });
-  for (int r = 0; r < 2; ++r) {
-    const std::string& what = errors[static_cast<size_t>(r)];
-    EXPECT_NE(what.find("does not match"), std::string::npos) << "rank " << r << ": " << what;
-    EXPECT_NE(what.find("allreduce #1 (100 floats, sum)"), std::string::npos) << what;
-    EXPECT_NE(what.find("allreduce #1 (101 floats, sum)"), std::string::npos) << what;
-  }
+  testing::expect_count_mismatch_named_everywhere(2, 100, 1, CommunicatorOptions{});
 }
 
 }  // namespace

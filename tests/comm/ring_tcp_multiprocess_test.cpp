@@ -7,11 +7,13 @@
 // straight from the received message (Transport::recv_visit).
 // - odd sizes, sizes smaller than the number of chunks and of ranks, against
 //   the serial reference (with two ranks also through the pair exchange,
-//   recursive_doubling.h);
+//   recursive_doubling.h), at 2, 3 and 4 ranks, through the ring and through
+//   pipelined halving-doubling (halving_doubling.h; with 3 ranks its fold);
 // - a collective mismatch in the middle of a pipelined allreduce still fails
 //   every rank naming both calls;
 // - a rank SIGKILLed while the others stream chunks: every survivor fails
-//   naming it and the operation, well within the collective's timeout.
+//   naming it and the operation, well within the collective's timeout
+//   (the ring at 3 ranks, halving-doubling at 4).
 // The test process hosts the rendezvous coordinator and spawns its own
 // binary once per rank (RingOverTcp.DISABLED_Rank, DTRAIN_TEST_* variables).
 #include <gtest/gtest.h>
@@ -60,7 +62,7 @@ TEST_P(RingOverTcpWorlds, PipelinedAllreduceMatchesTheSerialReference) {
   expect_all_ok(job);
 }
 
-INSTANTIATE_TEST_SUITE_P(Ranks, RingOverTcpWorlds, ::testing::Values(2, 3));
+INSTANTIATE_TEST_SUITE_P(Ranks, RingOverTcpWorlds, ::testing::Values(2, 3, 4));
 
 TEST(RingOverTcp, MismatchInThePipelineFailsEveryRank) {
   test::ProcessJob job = make_job("mismatch", 3);
@@ -73,15 +75,30 @@ TEST(RingOverTcp, RankKilledMidPipelineIsNamedWithTheOperation) {
   test::run_victim_test(job, "killed", SIGKILL, kChildDeadline);
 }
 
+TEST(RingOverTcp, RankKilledMidHalvingDoublingIsNamedWithTheOperation) {
+  test::ProcessJob job = make_job("killed-hd", 4);
+  test::run_victim_test(job, "killed-hd", SIGKILL, kChildDeadline);
+}
+
 // ------------------------------------------------------------ child side
 
 CommunicatorOptions ring_options() {
   CommunicatorOptions o;
   o.timeout = kTimeout;
   o.shm_allreduce = false;
-  o.small_allreduce_bytes = 0;  // always the ring
-  o.pair_exchange_bytes = 0;    // keep the chosen algorithm with two ranks too
+  o.small_allreduce_bytes = 0;        // always the ring
+  o.pair_exchange_bytes = 0;          // keep the chosen algorithm with two ranks too
+  o.pow2_halving_doubling_bytes = 0;  // and with four
   o.chunk_bytes = kChunkBytes;
+  return o;
+}
+
+// Halving-doubling at every size (pipelined in kChunkBytes), whatever the
+// world size.
+CommunicatorOptions halving_options() {
+  CommunicatorOptions o = ring_options();
+  o.small_allreduce_bytes = ~size_t{0};
+  o.pow2_halving_doubling_bytes = ~size_t{0};
   return o;
 }
 
@@ -89,20 +106,26 @@ void sizes_scenario(Transport& transport) {
   CommunicatorOptions pair = ring_options();
   pair.pair_exchange_bytes = ~size_t{0};  // two ranks: the exchange at every size
   pair.group_id = 2;
+  CommunicatorOptions halving = halving_options();
+  halving.group_id = 3;
   Communicator ring(transport, ring_options());
   Communicator exchange(transport, pair);
+  Communicator halving_doubling(transport, halving);
   const int n = ring.size();
   const size_t chunk = kChunkBytes / sizeof(float);
   // Fewer floats than ranks, odd, one float over a chunk, several chunks per
   // block with a ragged last one (the zero-copy path), 1 MiB + 4 bytes.
-  for (Communicator* comm : {&ring, &exchange}) {
+  for (Communicator* comm : {&ring, &exchange, &halving_doubling}) {
     for (const size_t count : {size_t{1}, static_cast<size_t>(n - 1), size_t{7}, chunk + 1,
                                3 * chunk * static_cast<size_t>(n) + 5, size_t{262145}}) {
       for (const ReduceOp op : {ReduceOp::kSum, ReduceOp::kMean, ReduceOp::kMax}) {
         std::vector<float> data = rank_input(comm->rank(), count);
         comm->allreduce(data, op);
         EXPECT_EQ(data, serial_reduce(n, count, op))
-            << count << " floats, " << to_string(op) << (comm == &ring ? ", ring" : ", exchange");
+            << count << " floats, " << to_string(op)
+            << (comm == &ring       ? ", ring"
+                : comm == &exchange ? ", exchange"
+                                    : ", halving-doubling");
       }
     }
   }
@@ -126,8 +149,8 @@ void mismatch_scenario(Transport& transport) {
   }
 }
 
-void killed_scenario(Transport& transport) {
-  Communicator comm(transport, ring_options());
+void killed_scenario(Transport& transport, const CommunicatorOptions& options) {
+  Communicator comm(transport, options);
   // 4 MiB: about 21 chunks per block with 3 ranks, so the kill lands
   // mid-pipeline.
   test::allreduce_until_victim_fails(comm, size_t{1} << 20, /*killed=*/true, kTimeout);
@@ -146,7 +169,7 @@ TEST(RingOverTcp, DISABLED_Rank) {
   options.world_size = std::stoi(test::env_or("DTRAIN_TEST_WORLD", "0"));
   options.prefer_ipc = false;  // loopback tcp, as between hosts
   options.heartbeat_interval = 100ms;
-  options.heartbeat_timeout = scenario == "killed" ? 1000ms : 10000ms;
+  options.heartbeat_timeout = scenario.starts_with("killed") ? 1000ms : 10000ms;
   auto transport = connect_zmq_transport(
       options, JobAuth(job, test::env_or("DTRAIN_TEST_SECRET", "")),
       test::env_or("DTRAIN_TEST_COORDINATOR", ""), false, Deadline::after(60s), Logger::null());
@@ -157,7 +180,9 @@ TEST(RingOverTcp, DISABLED_Rank) {
   else if (scenario == "mismatch")
     mismatch_scenario(*transport);
   else if (scenario == "killed")
-    killed_scenario(*transport);
+    killed_scenario(*transport, ring_options());
+  else if (scenario == "killed-hd")
+    killed_scenario(*transport, halving_options());
   else
     FAIL() << "unknown scenario " << scenario;
 }

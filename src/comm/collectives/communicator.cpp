@@ -287,8 +287,11 @@ void Communicator::allreduce_now(std::span<float> data, ReduceOp op, const OpDes
   if (size() == 2 && data.size_bytes() <= options_.pair_exchange_bytes) {
     recursive_doubling_allreduce(channel, data, op, chunk_elements(options_),
                                  window_chunks(options_));
-  } else if (data.size_bytes() <= options_.small_allreduce_bytes) {
-    halving_doubling_allreduce(channel, data, op);
+  } else if (data.size_bytes() <= options_.small_allreduce_bytes ||
+             (size() > 2 && (size() & (size() - 1)) == 0 &&
+              data.size_bytes() <= options_.pow2_halving_doubling_bytes)) {
+    halving_doubling_allreduce(channel, data, op, chunk_elements(options_),
+                               window_chunks(options_));
   } else {
     ring_allreduce(channel, data, op, chunk_elements(options_), window_chunks(options_));
   }

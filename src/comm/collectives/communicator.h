@@ -4,11 +4,11 @@
 //
 // Algorithms (docs/collectives.md has the phases and the bytes per rank):
 // allreduce uses recursive halving-doubling up to `small_allreduce_bytes`
-// and the pipelined ring above it, or shared memory when every rank runs on
-// this host (see shm_allreduce.h); broadcast a binomial tree; allgather,
-// allgatherv and reduce_scatter the ring; barrier dissemination;
-// allreduce16 the ring with 16-bit messages (ring_collectives.h);
-// sparse_allreduce SparCML's sparse ring (sparse_collectives.h).
+// (at power-of-two worlds above two ranks, pipelined, up to
+// `pow2_halving_doubling_bytes`) and the pipelined ring above it, or shared memory when every rank
+// runs on this host (see shm_allreduce.h); broadcast a binomial tree; allgather, allgatherv and
+// reduce_scatter the ring; barrier dissemination; allreduce16 the ring with 16-bit messages
+// (ring_collectives.h); sparse_allreduce SparCML's sparse ring (sparse_collectives.h).
 //
 // Contract:
 // - Every rank calls the same collectives in the same order with agreeing
@@ -103,6 +103,12 @@ struct CommunicatorOptions {
   // Allreduces of at most this many bytes use halving-doubling, larger ones
   // the ring.
   size_t small_allreduce_bytes = size_t{64} << 10;
+  // With a power-of-two number of ranks above two, allreduces of at most
+  // this many bytes use halving-doubling at every size, pipelined in
+  // chunk_bytes with the ring's window (halving_doubling.h): 2 log2(n)
+  // latency-bound rounds instead of the ring's 2(n-1), the same bytes
+  // (docs/collectives.md, "Halving-doubling at powers of two").
+  size_t pow2_halving_doubling_bytes = ~size_t{0};
   // Between two ranks, allreduces of at most this many bytes (whatever
   // small_allreduce_bytes says) are one exchange of the whole buffer
   // (recursive_doubling.h): the ring's bytes in one round instead of two.
