@@ -199,28 +199,37 @@ void SparseTable::grow_index() {
 }
 
 int64_t SparseTable::slot(uint64_t key) {
-  if ((key_of_.size() + 1) * 2 > slot_index_.size()) grow_index();
-  IndexEntry& e = entry(key);
-  if (e.slot >= 0) return e.slot;
-  const auto slot = static_cast<int64_t>(key_of_.size());
-  if (slot % kSparseBlockRows == 0) {
-    Tensor rows = Tensor::zeros({kSparseBlockRows, spec_.dim});
-    blocks_.push_back(Block{rows, optimizer_over(rows, config_)});
-  }
-  key_of_.push_back(key);
-  e = IndexEntry{key, slot};
-  init_sparse_row(seed_, index_, key, spec_.init_std, {row(slot), static_cast<size_t>(spec_.dim)});
-  return slot;
+  int64_t out = -1;
+  slots({&key, 1}, {&out, 1});
+  return out;
 }
 
 void SparseTable::slots(std::span<const uint64_t> keys, std::span<int64_t> out) {
   // Room for every key up front, so that the prefetched lines stay the index's.
   while ((key_of_.size() + keys.size()) * 2 > slot_index_.size()) grow_index();
-  constexpr size_t kAhead = 8;
+  constexpr size_t kAhead = 16;
+  new_keys_.clear();
+  new_rows_.clear();
   for (size_t i = 0; i < keys.size(); ++i) {
     if (i + kAhead < keys.size()) __builtin_prefetch(&slot_index_[home(keys[i + kAhead])]);
-    out[i] = slot(keys[i]);
+    IndexEntry& e = entry(keys[i]);
+    if (e.slot < 0) {
+      const auto slot = static_cast<int64_t>(key_of_.size());
+      if (slot % kSparseBlockRows == 0) {
+        Tensor rows = Tensor::zeros({kSparseBlockRows, spec_.dim});
+        blocks_.push_back(Block{rows, optimizer_over(rows, config_)});
+      }
+      key_of_.push_back(keys[i]);
+      e = IndexEntry{keys[i], slot};
+      new_keys_.push_back(keys[i]);
+      new_rows_.push_back(row(slot));
+    }
+    out[i] = e.slot;
   }
+  // The new rows' initial values, computed together (a block's data stays
+  // where it is when blocks_ grows: the pointers hold).
+  init_sparse_rows(seed_, index_, new_keys_, spec_.init_std, static_cast<size_t>(spec_.dim),
+                   new_rows_);
 }
 
 void SparseTable::read_rows(std::span<const uint64_t> keys, std::span<float> out) {
@@ -251,13 +260,15 @@ void SparseTable::apply(std::span<const uint64_t> keys, std::span<const float> g
                keys.size(), dim);
   std::vector<int64_t> slot_of(keys.size());
   slots(keys, slot_of);
-  // The rows by block, in arrival order within a block; then one
-  // update_sparse per touched block over its run of the gathered rows.
+  // The rows by block, in arrival order within a block (a counting sort);
+  // then one update_sparse per touched block over its run of the gathered rows.
+  std::vector<uint32_t> starts(blocks_.size() + 1, 0);
+  for (int64_t s : slot_of) ++starts[static_cast<size_t>(s / kSparseBlockRows) + 1];
+  for (size_t b = 1; b < starts.size(); ++b) starts[b] += starts[b - 1];
   std::vector<uint32_t> order(keys.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<uint32_t>(i);
-  std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) {
-    return slot_of[a] / kSparseBlockRows < slot_of[b] / kSparseBlockRows;
-  });
+  for (size_t i = 0; i < keys.size(); ++i) {
+    order[starts[static_cast<size_t>(slot_of[i] / kSparseBlockRows)]++] = static_cast<uint32_t>(i);
+  }
   const Tensor gathered = Tensor::empty({static_cast<int64_t>(keys.size()), spec_.dim});
   for (size_t j = 0; j < order.size(); ++j) {
     std::memcpy(gathered.data() + j * dim, grads.data() + order[j] * dim, dim * sizeof(float));

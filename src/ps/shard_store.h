@@ -12,9 +12,9 @@
 // the core's sparse rules apply (sgd without momentum and weight decay,
 // adagrad and adam touch only the pushed rows; sgd with momentum or weight
 // decay densifies over the block, as torch does over the whole table). Rows
-// are created on first touch with init_sparse_row() and take the next free
-// slot; a block's step count (adam's bias correction) counts the updates of
-// that block. A key finds its slot through an open-addressing index (linear
+// are created on first touch, a request's new rows together by
+// init_sparse_rows(), and take the next free slots; a block's step count
+// (adam's bias correction) counts the updates of that block. A key finds its slot through an open-addressing index (linear
 // probing over a power-of-two array of (key, slot) pairs, at most half full),
 // one cache line per lookup; a batch of keys prefetches the lines ahead.
 //
@@ -137,6 +137,9 @@ class SparseTable {
   std::vector<IndexEntry> slot_index_;  // key -> slot; size a power of two (or 0)
   std::vector<uint64_t> key_of_;        // by slot
   std::vector<Block> blocks_;
+  // slots()'s rows created in this call, initialised together; reused.
+  std::vector<uint64_t> new_keys_;
+  std::vector<float*> new_rows_;
 };
 
 // uint64 key <-> four 16-bit limbs stored exactly as floats.
