@@ -85,20 +85,30 @@ DenseShard::DenseShard(std::span<const float> initial, const optim::OptimizerCon
     : config_(config),
       threads_(threads > 0 ? threads : default_apply_threads()),
       values_(Tensor::from_span(initial, {static_cast<int64_t>(initial.size())})),
-      grad_(Tensor::empty(values_.shape())),
-      chunks_(make_chunks(values_)) {}
+      pieces_(make_pieces(values_, chunk_first_)) {
+  for (size_t c = 0; c + 1 < chunk_first_.size(); ++c) {
+    grad_.push_back(Tensor::empty({std::min(kApplyPieceFloats, values_.numel())}));
+  }
+}
 
-std::vector<DenseShard::Chunk> DenseShard::make_chunks(const Tensor& values) const {
+std::vector<DenseShard::Piece> DenseShard::make_pieces(const Tensor& values,
+                                                       std::vector<size_t>& chunk_first) const {
   const int64_t n = values.numel();
   const int64_t count = std::clamp<int64_t>(n / kApplyChunkFloats, 1, threads_);
   // Chunk starts on 64-float boundaries: the same alignment as in one piece.
   const int64_t step = (n / count + 63) / 64 * 64;
-  std::vector<Chunk> chunks;
-  for (int64_t begin = 0; begin < n || chunks.empty(); begin += step) {
-    const int64_t length = std::min(step, n - begin);
-    chunks.push_back(Chunk{begin, length, optimizer_over(values.narrow(begin, length), config_)});
+  std::vector<Piece> pieces;
+  chunk_first.clear();
+  for (int64_t begin = 0; begin < n || pieces.empty(); begin += step) {
+    chunk_first.push_back(pieces.size());
+    const int64_t end = std::min(n, begin + step);
+    for (int64_t at = begin; at < end || at == begin; at += kApplyPieceFloats) {
+      const int64_t length = std::min(kApplyPieceFloats, end - at);
+      pieces.push_back(Piece{at, length, optimizer_over(values.narrow(at, length), config_)});
+    }
   }
-  return chunks;
+  chunk_first.push_back(pieces.size());
+  return pieces;
 }
 
 void DenseShard::apply(std::span<const float> grad, float lr) { apply(std::as_bytes(grad), lr); }
@@ -107,32 +117,34 @@ void DenseShard::apply(std::span<const std::byte> grad, float lr) {
   DTRAIN_CHECK(static_cast<int64_t>(grad.size() / sizeof(float)) == numel() &&
                    grad.size() % sizeof(float) == 0,
                "gradient of {} bytes for {} floats", grad.size(), numel());
-  run_chunks(chunks_.size(), [&](size_t i) {
-    Chunk& c = chunks_[i];
-    const Tensor g = grad_.narrow(c.begin, c.count);
-    std::memcpy(g.data(), grad.data() + static_cast<size_t>(c.begin) * sizeof(float),
-                static_cast<size_t>(c.count) * sizeof(float));
-    c.rule->set_lr(lr);
-    c.rule->update(0, values_.narrow(c.begin, c.count), g);
+  run_chunks(chunks(), [&](size_t c) {
+    for (size_t i = chunk_first_[c]; i < chunk_first_[c + 1]; ++i) {
+      Piece& piece = pieces_[i];
+      const Tensor g = grad_[c].narrow(0, piece.count);
+      std::memcpy(g.data(), grad.data() + static_cast<size_t>(piece.begin) * sizeof(float),
+                  static_cast<size_t>(piece.count) * sizeof(float));
+      piece.rule->set_lr(lr);
+      piece.rule->update(0, values_.narrow(piece.begin, piece.count), g);
+    }
   });
 }
 
 void DenseShard::export_state(StateDict& out) const {
   out.insert("dense.values", values_.clone());
-  if (chunks_.size() == 1) {
-    out.merge(chunks_[0].rule->state_dict().clone(), kDensePrefix);
+  if (pieces_.size() == 1) {
+    out.merge(pieces_[0].rule->state_dict().clone(), kDensePrefix);
     return;
   }
-  // One rule's layout: each buffer the chunks' parts end to end; the
-  // metadata (kind, lr, steps) is the same in every chunk.
+  // One rule's layout: each buffer the pieces' parts end to end; the
+  // metadata (kind, lr, steps) is the same in every piece.
   std::vector<StateDict> parts;
-  for (const Chunk& c : chunks_) parts.push_back(c.rule->state_dict());
+  for (const Piece& p : pieces_) parts.push_back(p.rule->state_dict());
   StateDict whole;
   whole.metadata() = parts[0].metadata();
   for (const auto& [name, first] : parts[0]) {
     Tensor buffer = Tensor::empty(values_.shape());
-    for (size_t i = 0; i < chunks_.size(); ++i) {
-      buffer.narrow(chunks_[i].begin, chunks_[i].count).copy_from(parts[i].at(name));
+    for (size_t i = 0; i < pieces_.size(); ++i) {
+      buffer.narrow(pieces_[i].begin, pieces_[i].count).copy_from(parts[i].at(name));
     }
     whole.insert(name, buffer);
   }
@@ -147,25 +159,27 @@ void DenseShard::import_state(const StateDict& in) {
                     shape_str(values.shape()), shape_str(values_.shape())));
   }
   Tensor fresh = values.clone();
-  std::vector<Chunk> chunks = make_chunks(fresh);
+  std::vector<size_t> chunk_first;
+  std::vector<Piece> pieces = make_pieces(fresh, chunk_first);
   const StateDict state = in.sub(kDensePrefix);
-  for (Chunk& c : chunks) {
-    if (chunks.size() == 1) {
-      c.rule->load_state_dict(state);
+  for (Piece& p : pieces) {
+    if (pieces.size() == 1) {
+      p.rule->load_state_dict(state);
       break;
     }
-    // The chunk's part of every buffer of the range's shape (one of another
+    // The piece's part of every buffer of the range's shape (one of another
     // shape goes as it is, for the rule to refuse).
     StateDict part;
     part.metadata() = state.metadata();
     for (const auto& [name, buffer] : state) {
       part.insert(name,
-                  buffer.shape() == values_.shape() ? buffer.narrow(c.begin, c.count) : buffer);
+                  buffer.shape() == values_.shape() ? buffer.narrow(p.begin, p.count) : buffer);
     }
-    c.rule->load_state_dict(part);
+    p.rule->load_state_dict(part);
   }
   values_ = fresh;
-  chunks_ = std::move(chunks);
+  pieces_ = std::move(pieces);
+  chunk_first_ = std::move(chunk_first);
 }
 
 SparseTable::SparseTable(SparseTableSpec spec, uint32_t index, uint64_t seed,
