@@ -16,7 +16,9 @@
 // CRC, as a one-host job sent every frame before; ipc-private, the same
 // folder without MAC and CRC (ServerOptions/ClientOptions::private_ipc), as
 // `dtrain train` now runs a one-host ps job.
-// Usage: push_pull_bench [REPS [DENSE_FLOATS]]
+// Usage: push_pull_bench [REPS [DENSE_FLOATS [PART [LINK]]]]; PART dense or
+// sparse runs only that half (for a profile; the other reads 0), LINK tcp,
+// ipc or ipc-private only the rows over that link.
 #include <algorithm>
 #include <barrier>
 #include <chrono>
@@ -86,7 +88,12 @@ struct SocketFolder {
   std::string path;
 };
 
-Result run(int servers, int workers, bool mac, Link link, int reps, int64_t dense_floats) {
+struct Parts {
+  bool dense = true, sparse = true;
+};
+
+Result run(int servers, int workers, bool mac, Link link, int reps, int64_t dense_floats,
+           Parts parts) {
   const comm::JobAuth auth("ps-bench", mac ? "bench secret" : "");
   const SocketFolder folder;
   std::vector<std::unique_ptr<ps::Server>> server_list;
@@ -136,7 +143,7 @@ Result run(int servers, int workers, bool mac, Link link, int reps, int64_t dens
       for (int r = 0; r < reps + 1; ++r) {  // the first repetition warms up
         sync.arrive_and_wait();
         auto t0 = Clock::now();
-        for (int i = 0; i < iters; ++i) {
+        for (int i = 0; i < iters && parts.dense; ++i) {
           ps::DensePush push;
           push.samples = 1;
           push.lr = 1e-6f;
@@ -145,7 +152,7 @@ Result run(int servers, int workers, bool mac, Link link, int reps, int64_t dens
         const double dense = since(t0);
         sync.arrive_and_wait();
         t0 = Clock::now();
-        for (int i = 0; i < iters; ++i) {
+        for (int i = 0; i < iters && parts.sparse; ++i) {
           for (auto& k : keys) k = rng.below(uint64_t{1} << 20);
           client.pull_rows(0, keys, rows);
           client.push_rows(0, keys, rows, 1e-6f);
@@ -169,9 +176,11 @@ Result run(int servers, int workers, bool mac, Link link, int reps, int64_t dens
       dense = std::max(dense, dense_times[static_cast<size_t>(w)][static_cast<size_t>(r)]);
       sparse = std::max(sparse, sparse_times[static_cast<size_t>(w)][static_cast<size_t>(r)]);
     }
-    dense_rate.push_back(2.0 * workers * iters * static_cast<double>(dense_floats) * 4 / dense /
-                         1e9);
-    sparse_rate.push_back(2.0 * workers * iters * static_cast<double>(batch) / sparse);
+    dense_rate.push_back(parts.dense ? 2.0 * workers * iters * static_cast<double>(dense_floats) *
+                                           4 / dense / 1e9
+                                     : 0.0);
+    sparse_rate.push_back(parts.sparse ? 2.0 * workers * iters * static_cast<double>(batch) / sparse
+                                       : 0.0);
   }
   return {median(dense_rate), median(sparse_rate)};
 }
@@ -189,17 +198,23 @@ int main(int argc, char** argv) {
     Link link;
     Result r;
   };
+  Parts parts;
+  const std::string part = argc > 3 ? argv[3] : "all";
+  parts.dense = part != "sparse";
+  parts.sparse = part != "dense";
+  const std::string only_link = argc > 4 ? argv[4] : "";
   std::vector<Row> rows;
+  auto add = [&](int servers, int workers, bool mac, Link link) {
+    if (!only_link.empty() && only_link != link_name(link)) return;
+    rows.push_back(
+        {servers, workers, mac, link, run(servers, workers, mac, link, reps, dense_floats, parts)});
+  };
   for (int servers : {1, 2}) {
-    for (int workers : {2, 4}) {
-      rows.push_back({servers, workers, false, Link::kTcp,
-                      run(servers, workers, false, Link::kTcp, reps, dense_floats)});
-    }
+    for (int workers : {2, 4}) add(servers, workers, false, Link::kTcp);
   }
-  rows.push_back({2, 2, true, Link::kTcp, run(2, 2, true, Link::kTcp, reps, dense_floats)});
-  rows.push_back({2, 2, true, Link::kIpc, run(2, 2, true, Link::kIpc, reps, dense_floats)});
-  rows.push_back(
-      {2, 2, true, Link::kPrivateIpc, run(2, 2, true, Link::kPrivateIpc, reps, dense_floats)});
+  add(2, 2, true, Link::kTcp);
+  add(2, 2, true, Link::kIpc);
+  add(2, 2, true, Link::kPrivateIpc);
   for (const Row& row : rows) {
     std::printf(
         "{\"bench\":\"ps_push_pull\",\"servers\":%d,\"workers\":%d,\"mac\":%d,\"link\":\"%s\","

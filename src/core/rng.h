@@ -20,7 +20,18 @@ class Rng {
   explicit Rng(uint64_t seed = 0) { seed_with(seed); }
 
   void seed_with(uint64_t seed);
-  uint64_t next_u64();
+  // Inline: row initialisation draws one per pair of values (ps/sharding.h).
+  uint64_t next_u64() {
+    const uint64_t result = rotl(s_[1] * 5, 7) * 9;
+    const uint64_t t = s_[1] << 17;
+    s_[2] ^= s_[0];
+    s_[3] ^= s_[1];
+    s_[1] ^= s_[2];
+    s_[0] ^= s_[3];
+    s_[2] ^= t;
+    s_[3] = rotl(s_[3], 45);
+    return result;
+  }
   // Uniform in [0, 1) with 24 random bits (exactly representable as float).
   float uniform();
   // Uniform in [low, high).
@@ -37,6 +48,7 @@ class Rng {
   void set_state(const State& s) { s_ = s; }
 
  private:
+  static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
   State s_{};
 };
 

@@ -85,20 +85,30 @@ DenseShard::DenseShard(std::span<const float> initial, const optim::OptimizerCon
     : config_(config),
       threads_(threads > 0 ? threads : default_apply_threads()),
       values_(Tensor::from_span(initial, {static_cast<int64_t>(initial.size())})),
-      grad_(Tensor::empty(values_.shape())),
-      chunks_(make_chunks(values_)) {}
+      pieces_(make_pieces(values_, chunk_first_)) {
+  for (size_t c = 0; c + 1 < chunk_first_.size(); ++c) {
+    grad_.push_back(Tensor::empty({std::min(kApplyPieceFloats, values_.numel())}));
+  }
+}
 
-std::vector<DenseShard::Chunk> DenseShard::make_chunks(const Tensor& values) const {
+std::vector<DenseShard::Piece> DenseShard::make_pieces(const Tensor& values,
+                                                       std::vector<size_t>& chunk_first) const {
   const int64_t n = values.numel();
   const int64_t count = std::clamp<int64_t>(n / kApplyChunkFloats, 1, threads_);
   // Chunk starts on 64-float boundaries: the same alignment as in one piece.
   const int64_t step = (n / count + 63) / 64 * 64;
-  std::vector<Chunk> chunks;
-  for (int64_t begin = 0; begin < n || chunks.empty(); begin += step) {
-    const int64_t length = std::min(step, n - begin);
-    chunks.push_back(Chunk{begin, length, optimizer_over(values.narrow(begin, length), config_)});
+  std::vector<Piece> pieces;
+  chunk_first.clear();
+  for (int64_t begin = 0; begin < n || pieces.empty(); begin += step) {
+    chunk_first.push_back(pieces.size());
+    const int64_t end = std::min(n, begin + step);
+    for (int64_t at = begin; at < end || at == begin; at += kApplyPieceFloats) {
+      const int64_t length = std::min(kApplyPieceFloats, end - at);
+      pieces.push_back(Piece{at, length, optimizer_over(values.narrow(at, length), config_)});
+    }
   }
-  return chunks;
+  chunk_first.push_back(pieces.size());
+  return pieces;
 }
 
 void DenseShard::apply(std::span<const float> grad, float lr) { apply(std::as_bytes(grad), lr); }
@@ -107,32 +117,34 @@ void DenseShard::apply(std::span<const std::byte> grad, float lr) {
   DTRAIN_CHECK(static_cast<int64_t>(grad.size() / sizeof(float)) == numel() &&
                    grad.size() % sizeof(float) == 0,
                "gradient of {} bytes for {} floats", grad.size(), numel());
-  run_chunks(chunks_.size(), [&](size_t i) {
-    Chunk& c = chunks_[i];
-    const Tensor g = grad_.narrow(c.begin, c.count);
-    std::memcpy(g.data(), grad.data() + static_cast<size_t>(c.begin) * sizeof(float),
-                static_cast<size_t>(c.count) * sizeof(float));
-    c.rule->set_lr(lr);
-    c.rule->update(0, values_.narrow(c.begin, c.count), g);
+  run_chunks(chunks(), [&](size_t c) {
+    for (size_t i = chunk_first_[c]; i < chunk_first_[c + 1]; ++i) {
+      Piece& piece = pieces_[i];
+      const Tensor g = grad_[c].narrow(0, piece.count);
+      std::memcpy(g.data(), grad.data() + static_cast<size_t>(piece.begin) * sizeof(float),
+                  static_cast<size_t>(piece.count) * sizeof(float));
+      piece.rule->set_lr(lr);
+      piece.rule->update(0, values_.narrow(piece.begin, piece.count), g);
+    }
   });
 }
 
 void DenseShard::export_state(StateDict& out) const {
   out.insert("dense.values", values_.clone());
-  if (chunks_.size() == 1) {
-    out.merge(chunks_[0].rule->state_dict().clone(), kDensePrefix);
+  if (pieces_.size() == 1) {
+    out.merge(pieces_[0].rule->state_dict().clone(), kDensePrefix);
     return;
   }
-  // One rule's layout: each buffer the chunks' parts end to end; the
-  // metadata (kind, lr, steps) is the same in every chunk.
+  // One rule's layout: each buffer the pieces' parts end to end; the
+  // metadata (kind, lr, steps) is the same in every piece.
   std::vector<StateDict> parts;
-  for (const Chunk& c : chunks_) parts.push_back(c.rule->state_dict());
+  for (const Piece& p : pieces_) parts.push_back(p.rule->state_dict());
   StateDict whole;
   whole.metadata() = parts[0].metadata();
   for (const auto& [name, first] : parts[0]) {
     Tensor buffer = Tensor::empty(values_.shape());
-    for (size_t i = 0; i < chunks_.size(); ++i) {
-      buffer.narrow(chunks_[i].begin, chunks_[i].count).copy_from(parts[i].at(name));
+    for (size_t i = 0; i < pieces_.size(); ++i) {
+      buffer.narrow(pieces_[i].begin, pieces_[i].count).copy_from(parts[i].at(name));
     }
     whole.insert(name, buffer);
   }
@@ -147,25 +159,27 @@ void DenseShard::import_state(const StateDict& in) {
                     shape_str(values.shape()), shape_str(values_.shape())));
   }
   Tensor fresh = values.clone();
-  std::vector<Chunk> chunks = make_chunks(fresh);
+  std::vector<size_t> chunk_first;
+  std::vector<Piece> pieces = make_pieces(fresh, chunk_first);
   const StateDict state = in.sub(kDensePrefix);
-  for (Chunk& c : chunks) {
-    if (chunks.size() == 1) {
-      c.rule->load_state_dict(state);
+  for (Piece& p : pieces) {
+    if (pieces.size() == 1) {
+      p.rule->load_state_dict(state);
       break;
     }
-    // The chunk's part of every buffer of the range's shape (one of another
+    // The piece's part of every buffer of the range's shape (one of another
     // shape goes as it is, for the rule to refuse).
     StateDict part;
     part.metadata() = state.metadata();
     for (const auto& [name, buffer] : state) {
       part.insert(name,
-                  buffer.shape() == values_.shape() ? buffer.narrow(c.begin, c.count) : buffer);
+                  buffer.shape() == values_.shape() ? buffer.narrow(p.begin, p.count) : buffer);
     }
-    c.rule->load_state_dict(part);
+    p.rule->load_state_dict(part);
   }
   values_ = fresh;
-  chunks_ = std::move(chunks);
+  pieces_ = std::move(pieces);
+  chunk_first_ = std::move(chunk_first);
 }
 
 SparseTable::SparseTable(SparseTableSpec spec, uint32_t index, uint64_t seed,
@@ -199,28 +213,37 @@ void SparseTable::grow_index() {
 }
 
 int64_t SparseTable::slot(uint64_t key) {
-  if ((key_of_.size() + 1) * 2 > slot_index_.size()) grow_index();
-  IndexEntry& e = entry(key);
-  if (e.slot >= 0) return e.slot;
-  const auto slot = static_cast<int64_t>(key_of_.size());
-  if (slot % kSparseBlockRows == 0) {
-    Tensor rows = Tensor::zeros({kSparseBlockRows, spec_.dim});
-    blocks_.push_back(Block{rows, optimizer_over(rows, config_)});
-  }
-  key_of_.push_back(key);
-  e = IndexEntry{key, slot};
-  init_sparse_row(seed_, index_, key, spec_.init_std, {row(slot), static_cast<size_t>(spec_.dim)});
-  return slot;
+  int64_t out = -1;
+  slots({&key, 1}, {&out, 1});
+  return out;
 }
 
 void SparseTable::slots(std::span<const uint64_t> keys, std::span<int64_t> out) {
   // Room for every key up front, so that the prefetched lines stay the index's.
   while ((key_of_.size() + keys.size()) * 2 > slot_index_.size()) grow_index();
-  constexpr size_t kAhead = 8;
+  constexpr size_t kAhead = 16;
+  new_keys_.clear();
+  new_rows_.clear();
   for (size_t i = 0; i < keys.size(); ++i) {
     if (i + kAhead < keys.size()) __builtin_prefetch(&slot_index_[home(keys[i + kAhead])]);
-    out[i] = slot(keys[i]);
+    IndexEntry& e = entry(keys[i]);
+    if (e.slot < 0) {
+      const auto slot = static_cast<int64_t>(key_of_.size());
+      if (slot % kSparseBlockRows == 0) {
+        Tensor rows = Tensor::zeros({kSparseBlockRows, spec_.dim});
+        blocks_.push_back(Block{rows, optimizer_over(rows, config_)});
+      }
+      key_of_.push_back(keys[i]);
+      e = IndexEntry{keys[i], slot};
+      new_keys_.push_back(keys[i]);
+      new_rows_.push_back(row(slot));
+    }
+    out[i] = e.slot;
   }
+  // The new rows' initial values, computed together (a block's data stays
+  // where it is when blocks_ grows: the pointers hold).
+  init_sparse_rows(seed_, index_, new_keys_, spec_.init_std, static_cast<size_t>(spec_.dim),
+                   new_rows_);
 }
 
 void SparseTable::read_rows(std::span<const uint64_t> keys, std::span<float> out) {
@@ -251,13 +274,15 @@ void SparseTable::apply(std::span<const uint64_t> keys, std::span<const float> g
                keys.size(), dim);
   std::vector<int64_t> slot_of(keys.size());
   slots(keys, slot_of);
-  // The rows by block, in arrival order within a block; then one
-  // update_sparse per touched block over its run of the gathered rows.
+  // The rows by block, in arrival order within a block (a counting sort);
+  // then one update_sparse per touched block over its run of the gathered rows.
+  std::vector<uint32_t> starts(blocks_.size() + 1, 0);
+  for (int64_t s : slot_of) ++starts[static_cast<size_t>(s / kSparseBlockRows) + 1];
+  for (size_t b = 1; b < starts.size(); ++b) starts[b] += starts[b - 1];
   std::vector<uint32_t> order(keys.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<uint32_t>(i);
-  std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) {
-    return slot_of[a] / kSparseBlockRows < slot_of[b] / kSparseBlockRows;
-  });
+  for (size_t i = 0; i < keys.size(); ++i) {
+    order[starts[static_cast<size_t>(slot_of[i] / kSparseBlockRows)]++] = static_cast<uint32_t>(i);
+  }
   const Tensor gathered = Tensor::empty({static_cast<int64_t>(keys.size()), spec_.dim});
   for (size_t j = 0; j < order.size(); ++j) {
     std::memcpy(gathered.data() + j * dim, grads.data() + order[j] * dim, dim * sizeof(float));

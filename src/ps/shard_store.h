@@ -12,11 +12,12 @@
 // the core's sparse rules apply (sgd without momentum and weight decay,
 // adagrad and adam touch only the pushed rows; sgd with momentum or weight
 // decay densifies over the block, as torch does over the whole table). Rows
-// are created on first touch with init_sparse_row() and take the next free
-// slot; a block's step count (adam's bias correction) counts the updates of
-// that block. A key finds its slot through an open-addressing index (linear
-// probing over a power-of-two array of (key, slot) pairs, at most half full),
-// one cache line per lookup; a batch of keys prefetches the lines ahead.
+// are created on first touch, a request's new rows together by
+// init_sparse_rows(), and take the next free slots; a block's step count
+// (adam's bias correction) counts the updates of that block. A key finds its
+// slot through an open-addressing index (linear probing over a power-of-two
+// array of (key, slot) pairs, at most half full), one cache line per lookup;
+// a batch of keys prefetches the lines ahead.
 //
 // State export (per server, the layout of server.h):
 //   "dense.values" [count], "dense.optimizer.<UpdateRule::state_dict() keys>"
@@ -53,6 +54,13 @@ inline constexpr int64_t kSparseBlockRows = 256;
 // counts the same steps, so the values and the exported state are bit for
 // bit those of one rule over the whole range, whatever the thread count.
 inline constexpr int64_t kApplyChunkFloats = int64_t{1} << 18;  // 1 MiB
+// Each chunk is cut further into pieces of at most kApplyPieceFloats floats
+// (multiples of 64 floats), again each with its own rule: apply() copies a
+// piece's gradient out of the message into a piece-sized buffer of its
+// thread and updates the piece while both are in cache, so the gradient
+// crosses memory once instead of being staged whole and read back. Same
+// argument, same bits.
+inline constexpr int64_t kApplyPieceFloats = int64_t{1} << 16;  // 256 KiB
 // The default thread count: the cores, at most 4.
 int default_apply_threads();
 
@@ -64,7 +72,9 @@ class DenseShard {
   int64_t numel() const { return values_.numel(); }
   std::span<const float> values() const { return values_.span(); }
   // The chunks apply() updates in parallel (1 for a small range).
-  size_t chunks() const { return chunks_.size(); }
+  size_t chunks() const { return chunk_first_.size() - 1; }
+  // Their pieces, each with its own rule (1 for a range of one piece).
+  size_t pieces() const { return pieces_.size(); }
   // One optimizer update of the whole range with `grad` (numel() floats).
   void apply(std::span<const float> grad, float lr);
   // The same with the gradient as little-endian f32 bytes at any alignment
@@ -76,19 +86,23 @@ class DenseShard {
   void import_state(const StateDict& in);
 
  private:
-  struct Chunk {
+  struct Piece {
     int64_t begin = 0;
     int64_t count = 0;
     std::unique_ptr<optim::UpdateRule> rule;
   };
-  // The chunks of a range of `numel` floats over `values`, rules fresh.
-  std::vector<Chunk> make_chunks(const Tensor& values) const;
+  // The pieces of the range over `values`, rules fresh, and where each
+  // chunk's pieces start (chunk_first_'s layout).
+  std::vector<Piece> make_pieces(const Tensor& values, std::vector<size_t>& chunk_first) const;
 
   optim::OptimizerConfig config_;
   int threads_ = 1;
   Tensor values_;
-  Tensor grad_;  // apply()'s gradient as the rules take it; reused
-  std::vector<Chunk> chunks_;
+  // chunk c: pieces [chunk_first_[c], chunk_first_[c + 1]); declared before
+  // pieces_, whose initialiser fills it.
+  std::vector<size_t> chunk_first_;
+  std::vector<Piece> pieces_;
+  std::vector<Tensor> grad_;  // per chunk, a piece's gradient as the rules take it
 };
 
 class SparseTable {
@@ -137,6 +151,9 @@ class SparseTable {
   std::vector<IndexEntry> slot_index_;  // key -> slot; size a power of two (or 0)
   std::vector<uint64_t> key_of_;        // by slot
   std::vector<Block> blocks_;
+  // slots()'s rows created in this call, initialised together; reused.
+  std::vector<uint64_t> new_keys_;
+  std::vector<float*> new_rows_;
 };
 
 // uint64 key <-> four 16-bit limbs stored exactly as floats.

@@ -137,11 +137,15 @@ namespace {
 // vectorises.
 float log_unit(float u) {
   const auto bits = std::bit_cast<uint32_t>(u);
-  auto e = static_cast<float>(static_cast<int32_t>(bits >> 23) - 127);
-  float m = std::bit_cast<float>((bits & 0x7FFFFFu) | 0x3F800000u);  // [1, 2)
-  const bool big = m > 1.41421356f;
-  m = big ? 0.5f * m : m;
-  e = big ? e + 1.0f : e;
+  // m > sqrt(2) halves m (its exponent one lower: exact) and adds one to e;
+  // done in integers, as a float comparison, a select or a bool-to-float
+  // conversion kept GCC 12 from vectorising the loop.
+  const uint32_t mantissa = bits & 0x7FFFFFu;
+  const uint32_t big = mantissa > (std::bit_cast<uint32_t>(1.41421356f) & 0x7FFFFFu) ? 1u : 0u;
+  const auto e =
+      static_cast<float>(static_cast<int32_t>(bits >> 23) - 127 + static_cast<int32_t>(big));
+  const float m =
+      std::bit_cast<float>((mantissa | 0x3F800000u) - (big << 23));  // [sqrt(1/2), sqrt(2))
   const float s = (m - 1.0f) / (m + 1.0f);
   const float s2 = s * s;
   const float series = 1.0f + s2 * (1.0f / 3 + s2 * (1.0f / 5 + s2 * (1.0f / 7 + s2 * (1.0f / 9))));
@@ -150,54 +154,94 @@ float log_unit(float u) {
 
 }  // namespace
 
+namespace {
+
+// Box-Muller (Box & Muller 1958), both outputs of each pair: one 64-bit
+// draw gives u1 in (0, 1] and u2 in [0, 1), 24 bits each; the radius
+// sqrt(-2 ln u1) <= 5.8, the angle a = 2 pi u2 - pi = 2h with h in
+// [-pi/2, pi/2), and cos a = 1 - 2 sin^2 h, sin a = 2 sin h cos h from
+// Taylor series of h to h^11 / h^12 (errors below 1e-7).
+// Rows are made on first touch, and Rng::normal's double log and cos per
+// value made row creation a third of a server's CPU; this is plain float
+// arithmetic over arrays, so that it vectorises.
+// The pairs' values (c, s) from their uniforms (u1, h) and the std.
+void box_muller(const float* __restrict u1, const float* __restrict h, float init_std, size_t count,
+                float* __restrict c, float* __restrict s) {
+  for (size_t p = 0; p < count; ++p) {
+    const float r = init_std * std::sqrt(-2.0f * log_unit(u1[p]));
+    const float x = h[p];
+    const float x2 = x * x;
+    const float sin_h =
+        x *
+        (1.0f + x2 * (-1.0f / 6 +
+                      x2 * (1.0f / 120 +
+                            x2 * (-1.0f / 5040 + x2 * (1.0f / 362880 + x2 * (-1.0f / 39916800))))));
+    const float cos_h =
+        1.0f +
+        x2 * (-0.5f +
+              x2 * (1.0f / 24 +
+                    x2 * (-1.0f / 720 +
+                          x2 * (1.0f / 40320 + x2 * (-1.0f / 3628800 + x2 * (1.0f / 479001600))))));
+    c[p] = r * (1.0f - 2.0f * sin_h * sin_h);
+    s[p] = r * (2.0f * sin_h * cos_h);
+  }
+}
+
+struct PairBatch {
+  static constexpr size_t kPairs = 256;
+  std::array<float, kPairs> u1{}, h{}, c{}, s{};
+  std::array<float*, kPairs> out{};  // where c goes; s goes to out + 1 ...
+  std::array<bool, kPairs> both{};   // ... unless the row ends at c
+  size_t n = 0;
+
+  void draw(Rng& rng, float* dest, bool two) {
+    const uint64_t bits = rng.next_u64();
+    u1[n] = static_cast<float>((bits >> 40) + 1) * 0x1.0p-24f;
+    h[n] = (static_cast<float>((bits >> 8) & 0xFFFFFFu) * 0x1.0p-24f - 0.5f) *
+           std::numbers::pi_v<float>;
+    out[n] = dest;
+    both[n] = two;
+    ++n;
+  }
+
+  void flush(float init_std) {
+    const size_t count = n;
+    box_muller(u1.data(), h.data(), init_std, count, c.data(), s.data());
+    for (size_t p = 0; p < count; ++p) {
+      out[p][0] = c[p];
+      if (both[p]) out[p][1] = s[p];
+    }
+    n = 0;
+  }
+};
+
+}  // namespace
+
 void init_sparse_row(uint64_t seed, uint32_t table, uint64_t key, float init_std,
                      std::span<float> out) {
+  float* const row = out.data();
+  init_sparse_rows(seed, table, {&key, 1}, init_std, out.size(), {&row, 1});
+}
+
+void init_sparse_rows(uint64_t seed, uint32_t table, std::span<const uint64_t> keys, float init_std,
+                      size_t dim, std::span<float* const> rows) {
   if (init_std == 0.0f) {
-    std::fill(out.begin(), out.end(), 0.0f);
+    for (float* row : rows) std::fill(row, row + dim, 0.0f);
     return;
   }
-  // Box-Muller (Box & Muller 1958), both outputs of each pair: one 64-bit
-  // draw gives u1 in (0, 1] and u2 in [0, 1), 24 bits each; the radius
-  // sqrt(-2 ln u1) <= 5.8, the angle a = 2 pi u2 - pi = 2h with h in
-  // [-pi/2, pi/2), and cos a = 1 - 2 sin^2 h, sin a = 2 sin h cos h from
-  // Taylor series of h to h^11 / h^12 (errors below 1e-7). The draws are
-  // serial; the arithmetic runs over up to kPairs pairs at a time and
-  // vectorises.
-  // Rows are made on first touch, and Rng::normal's double log and cos per
-  // value made row creation a third of a server's CPU.
-  Rng rng(mix64(seed ^ mix64(key ^ mix64(0xD1B54A32D192ED03ull + table))));
-  constexpr size_t kPairs = 32;
-  std::array<float, kPairs> u1{}, h{}, c{}, s{};
-  for (size_t first = 0; first < out.size(); first += 2 * kPairs) {
-    const size_t pairs = std::min(kPairs, (out.size() - first + 1) / 2);
-    for (size_t p = 0; p < pairs; ++p) {
-      const uint64_t bits = rng.next_u64();
-      u1[p] = static_cast<float>((bits >> 40) + 1) * 0x1.0p-24f;
-      h[p] = (static_cast<float>((bits >> 8) & 0xFFFFFFu) * 0x1.0p-24f - 0.5f) *
-             std::numbers::pi_v<float>;
-    }
-    for (size_t p = 0; p < pairs; ++p) {
-      const float r = init_std * std::sqrt(-2.0f * log_unit(u1[p]));
-      const float x = h[p];
-      const float x2 = x * x;
-      const float sin_h =
-          x * (1.0f +
-               x2 * (-1.0f / 6 +
-                     x2 * (1.0f / 120 +
-                           x2 * (-1.0f / 5040 + x2 * (1.0f / 362880 + x2 * (-1.0f / 39916800))))));
-      const float cos_h =
-          1.0f + x2 * (-0.5f + x2 * (1.0f / 24 +
-                                     x2 * (-1.0f / 720 +
-                                           x2 * (1.0f / 40320 + x2 * (-1.0f / 3628800 +
-                                                                      x2 * (1.0f / 479001600))))));
-      c[p] = r * (1.0f - 2.0f * sin_h * sin_h);
-      s[p] = r * (2.0f * sin_h * cos_h);
-    }
-    for (size_t p = 0; p < pairs; ++p) {
-      out[first + 2 * p] = c[p];
-      if (first + 2 * p + 1 < out.size()) out[first + 2 * p + 1] = s[p];
+  // Each row's draws are serial from its own Rng; the arithmetic runs over
+  // the pairs of many rows (or of a long row's parts) at a time.
+  const uint64_t table_mix = mix64(0xD1B54A32D192ED03ull + table);
+  PairBatch batch;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    Rng rng(mix64(seed ^ mix64(keys[i] ^ table_mix)));
+    float* const row = rows[i];
+    for (size_t first = 0; first < dim; first += 2) {
+      if (batch.n == PairBatch::kPairs) batch.flush(init_std);
+      batch.draw(rng, row + first, first + 1 < dim);
     }
   }
+  batch.flush(init_std);
 }
 
 }  // namespace dtrain::ps

@@ -105,5 +105,10 @@ int sparse_server_of(uint32_t table, uint64_t key, int num_servers);
 // Writes row `key`'s initial value (out.size() == D) for table `table`.
 void init_sparse_row(uint64_t seed, uint32_t table, uint64_t key, float init_std,
                      std::span<float> out);
+// The same for many rows at once: rows[i] (dim floats) gets row keys[i]'s
+// initial value, bit for bit init_sparse_row's; the arithmetic runs over the
+// pairs of many rows together (a pull creating rows creates them here).
+void init_sparse_rows(uint64_t seed, uint32_t table, std::span<const uint64_t> keys, float init_std,
+                      size_t dim, std::span<float* const> rows);
 
 }  // namespace dtrain::ps

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/rng.h"
+#include "optim/update_rule.h"
 #include "ps/shard_store.h"
 
 namespace dtrain::ps {
@@ -77,6 +78,32 @@ TEST(PsParallelApply, EqualsTheSerialUpdateBitForBit) {
     serial.export_state(a);
     parallel.export_state(b);
     expect_same_state(a, b, config.type);
+  }
+}
+
+// The ground truth under the chunks and pieces: one rule over the whole
+// range, fed the same gradients, gives the same values and state bits.
+TEST(PsParallelApply, PiecesEqualOneRuleOverTheWholeRange) {
+  const std::vector<float> initial = normal_floats(kNumel, 5);
+  const std::vector<float> noise = normal_floats(kNumel + 3, 7);
+  for (const optim::OptimizerConfig& config : configs()) {
+    DenseShard shard(initial, config, 2);
+    ASSERT_GT(shard.pieces(), shard.chunks());
+    Tensor values = Tensor::from_span(initial, {kNumel});
+    const auto rule = optim::make_update_rule(config, {values.shape()});
+    for (int step = 0; step < 3; ++step) {
+      const auto grad = std::span<const float>(noise).subspan(static_cast<size_t>(step), kNumel);
+      const float lr = 0.01f * static_cast<float>(step + 1);
+      shard.apply(grad, lr);
+      rule->set_lr(lr);
+      rule->update(0, values, Tensor::from_span(grad, {kNumel}));
+    }
+    EXPECT_TRUE(same_bits(shard.values(), values.span())) << config.type;
+    StateDict exported, expected;
+    shard.export_state(exported);
+    expected.insert("dense.values", values);
+    expected.merge(rule->state_dict().clone(), "dense.optimizer.");
+    expect_same_state(exported, expected, config.type);
   }
 }
 

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <vector>
 
@@ -148,6 +149,32 @@ TEST(SparseInit, ValuesFollowTheNormalDistribution) {
   init_sparse_row(3, 1, 9, 0.5f, long_row);
   for (float v : long_row) EXPECT_NE(v, 7.0f);
   EXPECT_NE(long_row[98], long_row[99]);
+}
+
+// Rows initialised together equal each row initialised alone, bit for bit,
+// for dimensions that end a pair, split one, and fill more than one batch
+// of pairs (256) per row, and for batches that cut through a row.
+TEST(SparseInit, RowsInitialisedTogetherEqualEachAlone) {
+  for (size_t dim : {size_t{1}, size_t{2}, size_t{16}, size_t{17}, size_t{600}}) {
+    std::vector<uint64_t> keys;
+    for (uint64_t k = 0; k < 97; ++k) keys.push_back(k * 0x9E3779B97F4A7C15ull);
+    std::vector<float> together(keys.size() * dim, -1.0f);
+    std::vector<float*> rows;
+    for (size_t i = 0; i < keys.size(); ++i) rows.push_back(together.data() + i * dim);
+    init_sparse_rows(5, 3, keys, 0.25f, dim, rows);
+    for (size_t i = 0; i < keys.size(); ++i) {
+      std::vector<float> alone(dim, 7.0f);
+      init_sparse_row(5, 3, keys[i], 0.25f, alone);
+      ASSERT_EQ(0, std::memcmp(alone.data(), rows[i], dim * sizeof(float)))
+          << "dim " << dim << ", row " << i;
+      ASSERT_NE(alone[dim - 1], 7.0f) << "dim " << dim;
+    }
+  }
+  std::vector<float> zero(8, 3.0f);
+  float* const row = zero.data();
+  const uint64_t key = 9;
+  init_sparse_rows(5, 3, {&key, 1}, 0.0f, zero.size(), {&row, 1});
+  for (float v : zero) EXPECT_EQ(v, 0.0f);
 }
 
 }  // namespace
