@@ -28,11 +28,14 @@
 #include "ps/shard_store.h"
 #include "ps_test_util.h"
 #include "testing/fault_fs.h"
+#include "testing/optimizer_configs.h"
 #include "testing/process.h"
 
 namespace dtrain::ps {
 namespace {
 
+using dtrain::testing::adam;
+using dtrain::testing::momentum;
 using testing::CapturingLog;
 using testing::kGenerous;
 
@@ -44,21 +47,6 @@ constexpr uint64_t kSteps = 10;
 struct Killed : std::runtime_error {
   Killed() : std::runtime_error("killed by the test") {}
 };
-
-optim::OptimizerConfig momentum() {
-  optim::OptimizerConfig c;
-  c.type = "sgd";
-  c.lr = 0.05f;
-  c.momentum = 0.9f;
-  return c;
-}
-
-optim::OptimizerConfig adam() {
-  optim::OptimizerConfig c;
-  c.type = "adam";
-  c.lr = 0.01f;
-  return c;
-}
 
 // When server 1 dies: while closing a version (the last push of it has
 // arrived, the pulls wait; no push reply was sent), or between versions

@@ -23,10 +23,13 @@
 #include "ps_test_util.h"
 #include "testing/expect_error.h"
 #include "testing/fault_fs.h"
+#include "testing/optimizer_configs.h"
 
 namespace dtrain::ps {
 namespace {
 
+using dtrain::testing::adam;
+using dtrain::testing::momentum;
 using testing::CapturingLog;
 using testing::kGenerous;
 
@@ -37,21 +40,6 @@ constexpr uint64_t kSteps = 8;
 struct Killed : std::runtime_error {
   Killed() : std::runtime_error("killed by the test") {}
 };
-
-optim::OptimizerConfig momentum() {
-  optim::OptimizerConfig c;
-  c.type = "sgd";
-  c.lr = 0.05f;
-  c.momentum = 0.9f;
-  return c;
-}
-
-optim::OptimizerConfig adam() {
-  optim::OptimizerConfig c;
-  c.type = "adam";
-  c.lr = 0.01f;
-  return c;
-}
 
 StateDict model_spec() {
   StateDict d;

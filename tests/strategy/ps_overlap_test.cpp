@@ -29,10 +29,13 @@
 #include "ps_server_group.h"
 #include "strategy/ps_strategy.h"
 #include "testing/expect_error.h"
+#include "testing/optimizer_configs.h"
 
 namespace dtrain::strategy {
 namespace {
 
+using dtrain::testing::adam;
+using dtrain::testing::momentum;
 using namespace std::chrono_literals;
 using test::ServerGroup;
 
@@ -69,21 +72,6 @@ std::vector<Batch> make_batches() {
     batches.push_back(std::move(batch));
   }
   return batches;
-}
-
-optim::OptimizerConfig momentum() {
-  optim::OptimizerConfig c;
-  c.type = "sgd";
-  c.lr = 0.05f;
-  c.momentum = 0.9f;
-  return c;
-}
-
-optim::OptimizerConfig adam() {
-  optim::OptimizerConfig c;
-  c.type = "adam";
-  c.lr = 0.01f;
-  return c;
 }
 
 ps::ClientOptions client_options(const std::vector<std::string>& endpoints, int worker) {
