@@ -79,18 +79,9 @@ size_t float_part_bytes(const Message& m) {
 
 // A message's float array (u64 count + f32 values): `floats`, or the
 // concatenation of `float_parts`, copied straight from the caller's memory.
-constexpr uint64_t kShmFlag = uint64_t{1} << 63;
-
 void put_floats(ByteWriter& w, const Message& m) {
   if (m.shm.present) {
-    if (!m.floats.empty() || !m.float_parts.empty() || m.shm.count >= kShmFlag) {
-      throw UsageError(fmt::format("ps message: {} has floats in shared memory and in the payload",
-                                   to_string(m.kind)));
-    }
-    w.write_u64(m.shm.count | kShmFlag);
-    w.write_u64(m.shm.segment_id);
-    w.write_u64(m.shm.offset);
-    w.write_u64(m.shm.sequence);
+    put_shm_floats(w, m.shm, !m.floats.empty() || !m.float_parts.empty());
     return;
   }
   if (m.float_parts.empty()) {
@@ -127,11 +118,7 @@ std::optional<size_t> view_count(ByteReader& r, std::string_view field, bool shm
                     "gradient and a pull reply's range may",
                     field));
   }
-  m.shm.present = true;
-  m.shm.count = raw & ~kShmFlag;
-  m.shm.segment_id = r.read_u64("shared-memory segment id");
-  m.shm.offset = r.read_u64("shared-memory offset");
-  m.shm.sequence = r.read_u64("shared-memory sequence");
+  m.shm = get_shm_floats(r, raw);
   return std::nullopt;
 }
 
@@ -275,23 +262,6 @@ void view_update(ByteReader& r, std::string_view field, Message& m) {
   m.float_bytes = r.read_bytes(*count * sizeof(float), field);
   m.floats_finite = floats_finite_bytes(m.float_bytes);
 }
-
-}  // namespace
-
-bool floats_finite_bytes(std::span<const std::byte> bytes) {
-  const size_t count = bytes.size() / sizeof(float);
-  constexpr uint32_t kExponent = 0x7f800000u;  // all ones: Inf or NaN (as all_finite)
-  uint32_t largest = 0;
-  const std::byte* p = bytes.data();
-  for (size_t i = 0; i < count; ++i) {
-    uint32_t bits = 0;
-    std::memcpy(&bits, p + i * sizeof bits, sizeof bits);  // any alignment
-    largest = std::max(largest, bits & kExponent);
-  }
-  return largest != kExponent;
-}
-
-namespace {
 
 // Replies whose body is an error text instead of the request's reply body.
 bool carries_error(ReplyStatus status) {
