@@ -83,7 +83,11 @@ void Client::Impl::create_segments() {
           "ps worker {}: no shared memory for server {}'s range ({}); its floats go "
           "through the socket",
           options_.worker, s, e.what());
+      continue;
     }
+    logger_.info(
+        "ps worker {}: dense floats with server {} through shared memory ({})", options_.worker, s,
+        ShmSegment::path(folder, static_cast<uint32_t>(options_.worker), static_cast<uint32_t>(s)));
   }
 }
 

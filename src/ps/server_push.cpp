@@ -53,6 +53,9 @@ void Server::Impl::resolve_shm_push(Message& m) {
       segment.reset();
       segment = std::make_shared<ShmSegment>(ShmSegment::open(
           folder, m.worker, static_cast<uint32_t>(options_.server), m.shm.segment_id));
+      logger_.info("ps server {}: worker {}'s dense floats through shared memory ({})",
+                   options_.server, m.worker,
+                   ShmSegment::path(folder, m.worker, static_cast<uint32_t>(options_.server)));
     }
     m.float_bytes = view_floats(*segment, ShmSegment::Region::kPush, m.shm);
   } catch (const DataError& e) {
