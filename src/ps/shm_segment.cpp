@@ -38,9 +38,8 @@ size_t segment_bytes(uint64_t capacity) { return kHeaderBytes + 2 * region_bytes
 
 std::byte* map(int fd, size_t bytes, const std::string& path) {
   void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  if (p == MAP_FAILED) {
+  if (p == MAP_FAILED) {  // the caller's segment closes fd
     const int err = errno;
-    ::close(fd);
     throw CommError(-1, "ps shared memory", fmt::format("mmap {}: {}", path, std::strerror(err)));
   }
   return static_cast<std::byte*>(p);
@@ -60,13 +59,11 @@ ShmSegment ShmSegment::create(const std::string& folder, uint32_t worker, uint32
   s.bytes_ = segment_bytes(capacity);
   ::unlink(s.path_.c_str());  // a previous incarnation's file, if any
   s.fd_ = ::open(s.path_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (s.fd_ >= 0) s.owner_ = true;  // from here the destructor removes the file
   if (s.fd_ < 0 || ::ftruncate(s.fd_, static_cast<off_t>(s.bytes_)) != 0) {
-    const int err = errno;
-    if (s.fd_ >= 0) ::close(s.fd_);
     throw CommError(static_cast<int>(server), "ps shared memory",
-                    fmt::format("create {}: {}", s.path_, std::strerror(err)));
+                    fmt::format("create {}: {}", s.path_, std::strerror(errno)));
   }
-  s.owner_ = true;
   s.base_ = map(s.fd_, s.bytes_, s.path_);
   std::random_device random;
   s.id_ = (static_cast<uint64_t>(random()) << 32) ^ random();
@@ -133,8 +130,17 @@ ShmSegment::~ShmSegment() { release(); }
 
 void ShmSegment::release() {
   if (base_ != nullptr) ::munmap(base_, bytes_);
+  if (owner_ && fd_ >= 0) {
+    // Only this segment's file: a newer one at the same path (a later
+    // init() of the same worker) stays.
+    struct stat mine {};
+    struct stat there {};
+    if (::fstat(fd_, &mine) == 0 && ::lstat(path_.c_str(), &there) == 0 &&
+        mine.st_ino == there.st_ino && mine.st_dev == there.st_dev) {
+      ::unlink(path_.c_str());
+    }
+  }
   if (fd_ >= 0) ::close(fd_);
-  if (owner_) ::unlink(path_.c_str());
   base_ = nullptr;
   fd_ = -1;
   owner_ = false;
