@@ -112,11 +112,11 @@ std::optional<size_t> view_count(ByteReader& r, std::string_view field, bool shm
     r.need_elements(raw, sizeof(float), field);
     return static_cast<size_t>(raw);
   }
-  if (!shm_allowed) {
-    throw DataError(
-        fmt::format("ps message: {} names shared memory, which only a dense push's "
-                    "gradient and a pull reply's range may",
-                    field));
+  if (!shm_allowed || (raw & ~kShmFlag) > (uint64_t{1} << 40)) {
+    throw DataError(fmt::format(
+        "ps message: field '{}' names {} floats in shared memory; only a dense push's gradient "
+        "and a pull reply's range may, at most 2^40",
+        field, raw & ~kShmFlag));
   }
   m.shm = get_shm_floats(r, raw);
   return std::nullopt;
