@@ -124,6 +124,14 @@ std::vector<Tensor> gradient(int worker, int step) {
   return g;
 }
 
+// Worker 0's push of version 0: 8 samples at lr 0.05.
+DensePush first_push() {
+  DensePush push;
+  push.samples = 8;
+  push.lr = 0.05f;
+  return push;
+}
+
 struct Outcome {
   std::vector<StateDict> servers;
   std::vector<std::vector<float>> params;  // per worker, all tensors in turn
@@ -225,7 +233,7 @@ TEST(PsShm, ASegmentOpenToOthersIsRefusedByNameAndNothingChanges) {
   ASSERT_TRUE(std::filesystem::exists(path));
   ASSERT_EQ(::chmod(path.c_str(), 0640), 0);
   std::vector<Tensor> params{Tensor::zeros({3001}), Tensor::zeros({17})};
-  DensePush push{8, 0.05f, 0};
+  const DensePush push = first_push();
   try {
     client->push_and_pull(gradient(0, 0), push, params, 1);
     FAIL() << "a segment of mode 0640 was accepted";
@@ -328,7 +336,7 @@ TEST(PsShm, ForgedStaleAndOutOfBoundsDescriptorsAreRefusedByName) {
   EXPECT_EQ(stats.requests_rejected, 4u);
   // The worker's own push through its segment still goes through afterwards.
   std::vector<Tensor> params{Tensor::zeros({3001}), Tensor::zeros({17})};
-  EXPECT_EQ(client->push_and_pull(gradient(0, 0), DensePush{8, 0.05f, 0}, params, 1), 1u);
+  EXPECT_EQ(client->push_and_pull(gradient(0, 0), first_push(), params, 1), 1u);
   EXPECT_EQ(client->stats(0).pushes_applied, 1u);
 }
 
