@@ -7,7 +7,6 @@
 // others, a forged descriptor, a stale one and one out of bounds are refused
 // by name and change nothing.
 #include <gtest/gtest.h>
-#include <stdlib.h>
 #include <sys/stat.h>
 
 #include <cmath>
@@ -26,25 +25,13 @@
 #include "ps/server.h"
 #include "ps/shm_segment.h"
 #include "ps_test_util.h"
+#include "testing/fault_fs.h"
 #include "testing/optimizer_configs.h"
 
 namespace dtrain::ps {
 namespace {
 
 using namespace std::chrono_literals;
-
-struct PrivateFolder {
-  PrivateFolder() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "dtrain-shm-XXXXXX").string();
-    EXPECT_NE(mkdtemp(pattern.data()), nullptr);  // mode 0700
-    path = pattern;
-  }
-  ~PrivateFolder() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path, ignored);
-  }
-  std::string path;
-};
 
 // S servers on threads, bound on ipc in a private folder.
 class IpcJob {
@@ -57,7 +44,7 @@ class IpcJob {
       o.num_servers = servers;
       o.num_workers = workers;
       o.optimizer = optimizer;
-      o.bind_endpoint = "ipc://" + folder_.path + "/server-" + std::to_string(s);
+      o.bind_endpoint = "ipc://" + folder_.path() + "/server-" + std::to_string(s);
       o.private_ipc = true;
       o.shm = shm;
       servers_.push_back(std::make_unique<Server>(o, auth_, log_.logger()));
@@ -84,13 +71,13 @@ class IpcJob {
     o.shm = shm;
     return std::make_unique<Client>(o, auth_, log_.logger());
   }
-  const std::string& folder() const { return folder_.path; }
+  const std::string& folder() const { return folder_.path(); }
   const std::vector<std::string>& endpoints() const { return endpoints_; }
   const comm::JobAuth& auth() const { return auth_; }
   Server& server(int s) { return *servers_[static_cast<size_t>(s)]; }
 
  private:
-  PrivateFolder folder_;
+  dtrain::testing::TempDir folder_;  // mkdtemp: mode 0700, private
   testing::CapturingLog log_;
   comm::JobAuth auth_;
   int workers_;
