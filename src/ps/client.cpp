@@ -189,6 +189,7 @@ std::optional<std::pair<comm::wire::FrameHeader, Message>> Client::Impl::next_me
       Message m = decode_message(payload, FloatDecoding::kView);
       check_sequence(frame->header.sequence, m);
       m.payload_owner = std::move(body);
+      resolve_shm_reply(server, m);
       return std::make_pair(frame->header, std::move(m));
     } catch (const DataError& e) {
       socket.drop(e.what());
@@ -211,6 +212,7 @@ void Client::Impl::send(int server, Message& m) {
   auto it = std::find_if(open.begin(), open.end(),
                          [&](const OpenPush& p) { return p.request_id == m.request_id; });
   if (it == open.end()) {
+    if (open.empty()) push_through_shm(server, m);
     open.push_back(OpenPush{m.request_id, m.version,
                             std::make_shared<const std::vector<std::byte>>(encode_message(m))});
     it = std::prev(open.end());
@@ -481,6 +483,7 @@ uint64_t Client::init(const StateDict& dense, const std::vector<SparseTableSpec>
   }
   d.values_ = std::move(values);
   for (auto& open : d.open_pushes_) open.clear();
+  d.create_segments();
   uint64_t version = replies[0].version;
   uint64_t step = 0;
   for (const Message& r : replies) {

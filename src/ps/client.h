@@ -103,6 +103,11 @@ struct ClientOptions {
   // without MAC and CRC (ServerOptions::private_ipc, which the servers must
   // set alike); the constructor refuses a folder others may enter.
   bool private_ipc = false;
+  // With private_ipc: a dense push's gradient and its pull reply's range go
+  // through a shared-memory segment per server in the folder of that
+  // server's ipc endpoint (shm_segment.h; docs/parameter-server.md "Shared
+  // memory for same-host links") instead of the socket.
+  bool shm = true;
   // Compressed pushes (push() with PushCompression::compressed): method
   // kNone (the default) allows none, and the client's pushes are as before.
   compress::Options compression;

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -46,6 +47,15 @@ uint64_t Client::Impl::take_pull(std::vector<Message>& replies, const std::vecto
                   r.float_bytes.data() + slice.shard_offset * sizeof(float),
                   static_cast<size_t>(slice.count) * sizeof(float));
     }
+    std::optional<uint64_t>& pushed = shm_push_version_[static_cast<size_t>(s)];
+    if (r.shm.present &&
+        !shm_[static_cast<size_t>(s)]->stable(ShmSegment::Region::kPull, r.shm.sequence)) {
+      throw CommError(s, "ps pull",
+                      fmt::format("server {} rewrote this worker's shared-memory range while it "
+                                  "was copied (a second answer to the same pull)",
+                                  s));
+    }
+    if (pushed && r.version > *pushed) pushed.reset();  // the server no longer views it
     version = std::min(version, r.version);
     min_clock = std::min(min_clock, r.min_clock);
     values_[static_cast<size_t>(s)] = Impl::Range{std::move(r.payload_owner), r.float_bytes};
@@ -55,6 +65,52 @@ uint64_t Client::Impl::take_pull(std::vector<Message>& replies, const std::vecto
   last_min_clock_ = min_clock;
   last_totals_ = replies[0].totals;
   return version;
+}
+
+void Client::Impl::create_segments() {
+  shm_.assign(static_cast<size_t>(num_servers()), nullptr);
+  shm_push_version_.assign(static_cast<size_t>(num_servers()), std::nullopt);
+  if (!options_.private_ipc || !options_.shm) return;
+  for (int s = 0; s < num_servers(); ++s) {
+    const std::string folder = shm_folder(options_.server_endpoints[static_cast<size_t>(s)]);
+    if (folder.empty()) continue;  // an inproc link (a hosted server) has no kernel copy
+    try {
+      shm_[static_cast<size_t>(s)] = std::make_shared<ShmSegment>(ShmSegment::create(
+          folder, static_cast<uint32_t>(options_.worker), static_cast<uint32_t>(s),
+          static_cast<uint64_t>(plan_.range_numel(s))));
+    } catch (const CommError& e) {
+      logger_.warn(
+          "ps worker {}: no shared memory for server {}'s range ({}); its floats go "
+          "through the socket",
+          options_.worker, s, e.what());
+      continue;
+    }
+    logger_.info(
+        "ps worker {}: dense floats with server {} through shared memory ({})", options_.worker, s,
+        ShmSegment::path(folder, static_cast<uint32_t>(options_.worker), static_cast<uint32_t>(s)));
+  }
+}
+
+void Client::Impl::push_through_shm(int server, Message& m) {
+  const auto s = static_cast<size_t>(server);
+  if (m.kind != Kind::kPush || m.shm.present || m.float_parts.empty() || s >= shm_.size() ||
+      !shm_[s] || shm_push_version_[s]) {
+    return;
+  }
+  m.shm = write_floats(*shm_[s], ShmSegment::Region::kPush, m.float_parts);
+  m.float_parts.clear();
+  shm_push_version_[s] = m.version;
+}
+
+void Client::Impl::resolve_shm_reply(int server, Message& m) const {
+  if (!m.shm.present) return;
+  const auto s = static_cast<size_t>(server);
+  if (s >= shm_.size() || !shm_[s]) {
+    throw DataError(fmt::format(
+        "reply from server {} names shared memory; this worker has no segment for it", server));
+  }
+  m.float_bytes = view_floats(*shm_[s], ShmSegment::Region::kPull, m.shm);
+  m.payload_owner = shm_[s];
 }
 
 uint64_t Client::pull(const std::vector<Tensor>& out, uint64_t min_version) {

@@ -27,6 +27,7 @@
 #include "core/deadline.h"
 #include "ps/client.h"
 #include "ps/compressed_push.h"
+#include "ps/shm_segment.h"
 
 namespace dtrain::ps {
 
@@ -161,6 +162,20 @@ class Client::Impl {
   };
   std::vector<Range> values_;
   std::vector<std::vector<OpenPush>> open_pushes_;
+  // By server (docs/parameter-server.md "Shared memory for same-host
+  // links"): this worker's segment for that range (null: the socket path),
+  // made by init(), and the version of the push whose gradient lies in its
+  // push region while the server may still view it (until a pull reply
+  // carries a later version: the server closed or applied it).
+  std::vector<std::shared_ptr<ShmSegment>> shm_;
+  std::vector<std::optional<uint64_t>> shm_push_version_;
+  void create_segments();
+  // A dense push to `server` written into its segment instead of the
+  // payload, when the push region is free (send()).
+  void push_through_shm(int server, Message& m);
+  // A reply naming shared memory: its floats viewed in the segment
+  // (DataError when stale, out of bounds or of another segment).
+  void resolve_shm_reply(int server, Message& m) const;
   uint64_t last_version_ = 0;  // the version of the last pull (init's before it)
   uint64_t joined_step_ = 0;
   uint64_t bytes_sent_ = 0;

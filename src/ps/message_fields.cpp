@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "core/error.h"
@@ -148,4 +149,43 @@ ServerStats get_stats(ByteReader& r) {
   return stats;
 }
 
+void put_shm_floats(ByteWriter& w, const ShmFloats& floats, bool inline_floats) {
+  if (inline_floats || floats.count >= kShmFlag) {
+    throw UsageError(
+        fmt::format("ps message: {} floats in shared memory{}", floats.count,
+                    inline_floats ? " and floats in the payload" : ": more than a count can say"));
+  }
+  w.write_u64(floats.count | kShmFlag);
+  w.write_u64(floats.segment_id);
+  w.write_u64(floats.offset);
+  w.write_u64(floats.sequence);
+}
+
+ShmFloats get_shm_floats(ByteReader& r, uint64_t flagged_count) {
+  ShmFloats floats;
+  floats.present = true;
+  floats.count = flagged_count & ~kShmFlag;
+  floats.segment_id = r.read_u64("shared-memory segment id");
+  floats.offset = r.read_u64("shared-memory offset");
+  floats.sequence = r.read_u64("shared-memory sequence");
+  return floats;
+}
+
 }  // namespace dtrain::ps::message_fields
+
+namespace dtrain::ps {
+
+bool floats_finite_bytes(std::span<const std::byte> bytes) {
+  const size_t count = bytes.size() / sizeof(float);
+  constexpr uint32_t kExponent = 0x7f800000u;  // all ones: Inf or NaN (as all_finite)
+  uint32_t largest = 0;
+  const std::byte* p = bytes.data();
+  for (size_t i = 0; i < count; ++i) {
+    uint32_t bits = 0;
+    std::memcpy(&bits, p + i * sizeof bits, sizeof bits);  // any alignment
+    largest = std::max(largest, bits & kExponent);
+  }
+  return largest != kExponent;
+}
+
+}  // namespace dtrain::ps

@@ -9,6 +9,7 @@
 // malformed body (ByteReader's errors otherwise). Stateless; thread safe.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -35,5 +36,14 @@ StateDict get_state(ByteReader& r);
 // Worker states are known WorkerState values (DataError otherwise).
 void put_stats(ByteWriter& w, const ServerStats& stats);
 ServerStats get_stats(ByteReader& r);
+
+// A float array in shared memory (messages.h ShmFloats): in place of its
+// u64 count, the count with kShmFlag set, then u64 segment id, u64 offset,
+// u64 sequence. put_shm_floats throws UsageError when the message also has
+// floats in its payload (`inline_floats`); get_shm_floats takes the count
+// word already read.
+inline constexpr uint64_t kShmFlag = uint64_t{1} << 63;
+void put_shm_floats(ByteWriter& w, const ShmFloats& floats, bool inline_floats);
+ShmFloats get_shm_floats(ByteReader& r, uint64_t flagged_count);
 
 }  // namespace dtrain::ps::message_fields

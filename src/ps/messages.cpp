@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 
 #include "core/byte_codec.h"
 #include "core/error.h"
@@ -79,6 +80,10 @@ size_t float_part_bytes(const Message& m) {
 // A message's float array (u64 count + f32 values): `floats`, or the
 // concatenation of `float_parts`, copied straight from the caller's memory.
 void put_floats(ByteWriter& w, const Message& m) {
+  if (m.shm.present) {
+    put_shm_floats(w, m.shm, !m.floats.empty() || !m.float_parts.empty());
+    return;
+  }
   if (m.float_parts.empty()) {
     w.write_f32_array_counted(m.floats);
     return;
@@ -98,14 +103,35 @@ void put_floats(ByteWriter& w, const Message& m) {
   for (const std::span<const std::byte> part : m.float_parts) w.write_bytes(part);
 }
 
-// A reply's float array, copied into m.floats or (kView) viewed in place.
-void get_floats(ByteReader& r, std::string_view field, FloatDecoding decoding, Message& m) {
+// A viewed float array's count, or (bit 63 set, `shm_allowed`) its
+// shared-memory descriptor into m.shm (nullopt then).
+std::optional<size_t> view_count(ByteReader& r, std::string_view field, bool shm_allowed,
+                                 Message& m) {
+  const uint64_t raw = r.read_u64(field);
+  if ((raw & kShmFlag) == 0) {
+    r.need_elements(raw, sizeof(float), field);
+    return static_cast<size_t>(raw);
+  }
+  if (!shm_allowed || (raw & ~kShmFlag) > (uint64_t{1} << 40)) {
+    throw DataError(fmt::format(
+        "ps message: field '{}' names {} floats in shared memory; only a dense push's gradient "
+        "and a pull reply's range may, at most 2^40",
+        field, raw & ~kShmFlag));
+  }
+  m.shm = get_shm_floats(r, raw);
+  return std::nullopt;
+}
+
+// A reply's float array, copied into m.floats or (kView) viewed in place
+// (or, a pull reply's with `shm_allowed`, named in shared memory).
+void get_floats(ByteReader& r, std::string_view field, FloatDecoding decoding, Message& m,
+                bool shm_allowed = false) {
   if (decoding == FloatDecoding::kCopy) {
     m.floats = r.read_f32_array_counted(field);
     return;
   }
-  const uint64_t count = r.read_count(sizeof(float), field);
-  m.float_bytes = r.read_bytes(static_cast<size_t>(count) * sizeof(float), field);
+  const std::optional<size_t> count = view_count(r, field, shm_allowed, m);
+  if (count) m.float_bytes = r.read_bytes(*count * sizeof(float), field);
 }
 
 // A compressed push's pieces: u32 count, then per piece u8 encoding (0: dense,
@@ -228,18 +254,13 @@ void read_update(ByteReader& r, std::string_view field, Message& m) {
 
 // A dense push's gradient viewed in place (FloatDecoding::kView): the
 // bounds of read_update and one read for NaN and Inf, no copy.
+// A gradient in shared memory (m.shm) is checked by the server once resolved
+// (floats_finite_bytes()).
 void view_update(ByteReader& r, std::string_view field, Message& m) {
-  const auto count = static_cast<size_t>(r.read_count(sizeof(float), field));
-  m.float_bytes = r.read_bytes(count * sizeof(float), field);
-  constexpr uint32_t kExponent = 0x7f800000u;  // all ones: Inf or NaN (as all_finite)
-  uint32_t largest = 0;
-  const std::byte* p = m.float_bytes.data();
-  for (size_t i = 0; i < count; ++i) {
-    uint32_t bits = 0;
-    std::memcpy(&bits, p + i * sizeof bits, sizeof bits);  // any alignment
-    largest = std::max(largest, bits & kExponent);
-  }
-  m.floats_finite = largest != kExponent;
+  const std::optional<size_t> count = view_count(r, field, /*shm_allowed=*/true, m);
+  if (!count) return;
+  m.float_bytes = r.read_bytes(*count * sizeof(float), field);
+  m.floats_finite = floats_finite_bytes(m.float_bytes);
 }
 
 // Replies whose body is an error text instead of the request's reply body.
@@ -463,7 +484,7 @@ void get_pull_reply(ByteReader& r, FloatDecoding decoding, Message& m) {
   m.totals.correct = r.read_i64("pull correct");
   m.totals.samples = r.read_i64("pull samples");
   m.totals.workers = get_worker_steps(r);
-  get_floats(r, "pull values", decoding, m);
+  get_floats(r, "pull values", decoding, m, /*shm_allowed=*/true);
 }
 
 void get_reply_body(ByteReader& r, FloatDecoding decoding, Message& m) {

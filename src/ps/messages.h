@@ -129,6 +129,22 @@ struct PushPiece {
   std::vector<std::byte> message;  // compressed: the encoded message
 };
 
+// A float array that lies in the link's shared-memory segment
+// (shm_segment.h; docs/parameter-server.md "Shared memory for same-host
+// links") instead of the payload: on the wire, in place of the array's u64
+// count, the count with bit 63 set, then u64 segment id | u64 offset (bytes
+// into the region) | u64 sequence (the even value the region was written
+// under). Only a dense kPush's gradient (the push region) and a pull reply's
+// range (the pull region) may be sent so; the receiver checks the rest
+// against its segment.
+struct ShmFloats {
+  bool present = false;
+  uint64_t count = 0;  // floats
+  uint64_t segment_id = 0;
+  uint64_t offset = 0;
+  uint64_t sequence = 0;
+};
+
 // One decoded payload. Which fields are meaningful depends on `kind` (and, for
 // replies, on the request answered); the others stay empty.
 struct Message {
@@ -212,6 +228,11 @@ struct Message {
   // in the push's reply; replies to kPush: the reply carries the pull's
   // body (min_clock, totals, the range's floats).
   bool with_pull = false;
+  // kPush gradient, replies to kPull and kPush with a pull: the floats in
+  // shared memory (encoded in place of floats / float_parts, which must
+  // then be empty; decoded with FloatDecoding::kView only, float_bytes left
+  // empty for the receiver to resolve against its segment).
+  ShmFloats shm;
 };
 
 // The payload bytes of `message`. UsageError when both `floats` and
@@ -230,6 +251,10 @@ enum class FloatDecoding : uint8_t { kCopy, kView };
 // either decoding).
 Message decode_message(std::span<const std::byte> payload,
                        FloatDecoding floats = FloatDecoding::kCopy);
+
+// Whether little-endian f32 `bytes` (any alignment) hold only finite values:
+// one read, no copy (a viewed push's check).
+bool floats_finite_bytes(std::span<const std::byte> bytes);
 
 // Every ps frame's header carries the message's request id as its sequence
 // (the client's requests, the server's replies echo it). DataError unless

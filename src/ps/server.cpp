@@ -364,7 +364,12 @@ void Server::Impl::answer_pull(const std::string& identity, uint32_t worker, uin
   r.version = consistency_.version();
   r.min_clock = consistency_.min_live_clock();
   r.totals = consistency_.last_totals();
-  r.float_parts = {std::as_bytes(dense_->values())};  // encoded by reply(), no copy before
+  if (ShmSegment* segment = shm_segment(worker)) {
+    // Straight into the worker's segment: the reply's one copy on this side.
+    r.shm = write_floats(*segment, ShmSegment::Region::kPull, {std::as_bytes(dense_->values())});
+  } else {
+    r.float_parts = {std::as_bytes(dense_->values())};  // encoded by reply(), no copy before
+  }
   reply(identity, worker, std::move(r));
 }
 

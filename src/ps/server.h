@@ -154,6 +154,11 @@ struct ServerOptions {
   // folder others may enter). Workers must set ClientOptions::private_ipc
   // alike.
   bool private_ipc = false;
+  // With private_ipc on an ipc endpoint: a dense push's gradient and the
+  // pull reply's range travel through the worker's shared-memory segment in
+  // the endpoint's folder (shm_segment.h) when the worker sends them so;
+  // false refuses such pushes and answers every pull through the socket.
+  bool shm = true;
   // Co-location (strategy/ps_colocated.h): a second endpoint,
   // "inproc://NAME", bound beside bind_endpoint, where the client of the
   // worker process hosting this server connects (no I/O thread, no kernel

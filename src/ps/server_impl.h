@@ -24,6 +24,7 @@
 #include "ps/replication.h"
 #include "ps/server.h"
 #include "ps/shard_store.h"
+#include "ps/shm_segment.h"
 
 namespace dtrain::ps {
 
@@ -112,6 +113,12 @@ class Server::Impl {
   // The pull of a push that carries one (Message::with_pull): answered now
   // when ready (after the push closed what it could), else parked.
   void pull_after_push(const std::string& identity, const Message& m, ReplyStatus status);
+  // A push whose gradient lies in shared memory (m.shm): its worker's
+  // segment opened (or re-opened for a new segment id) and the gradient
+  // viewed there, checked (Refusal naming what does not match).
+  void resolve_shm_push(Message& m);
+  // The worker's segment for pull replies, when its pushes came that way.
+  ShmSegment* shm_segment(uint32_t worker) const;
   void on_pull_rows(const std::string& identity, const Message& m);
   void on_push_rows(const std::string& identity, Message& m);
   void on_set_state(const std::string& identity, const Message& m);
@@ -198,6 +205,9 @@ class Server::Impl {
   std::set<uint32_t> copy_given_;
   std::optional<int> acting_host_;  // set on an acting primary: the backup serving it
   Deadline serve_deadline_ = Deadline::never();
+  // By worker: its shared-memory segment, opened at its first push through
+  // one; a held push's view keeps the one it lies in alive.
+  std::vector<std::shared_ptr<ShmSegment>> shm_segments_;
 };
 
 }  // namespace dtrain::ps

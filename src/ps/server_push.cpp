@@ -36,8 +36,44 @@ void check_finite_update(const Message& m) {
 
 }  // namespace
 
+void Server::Impl::resolve_shm_push(Message& m) {
+  if (!m.shm.present) return;
+  const std::string folder =
+      options_.private_ipc && options_.shm ? shm_folder(options_.bind_endpoint) : std::string();
+  if (folder.empty()) {
+    throw Refusal(fmt::format(
+        "push from worker {} names shared memory, but this server's link has none (private ipc "
+        "and shm are needed)",
+        m.worker));
+  }
+  shm_segments_.resize(static_cast<size_t>(options_.num_workers));
+  std::shared_ptr<ShmSegment>& segment = shm_segments_[m.worker];
+  try {
+    if (!segment || segment->id() != m.shm.segment_id) {
+      segment.reset();
+      segment = std::make_shared<ShmSegment>(ShmSegment::open(
+          folder, m.worker, static_cast<uint32_t>(options_.server), m.shm.segment_id));
+      logger_.info("ps server {}: worker {}'s dense floats through shared memory ({})",
+                   options_.server, m.worker,
+                   ShmSegment::path(folder, m.worker, static_cast<uint32_t>(options_.server)));
+    }
+    m.float_bytes = view_floats(*segment, ShmSegment::Region::kPush, m.shm);
+  } catch (const DataError& e) {
+    throw Refusal(fmt::format("push from worker {}: {}", m.worker, e.what()));
+  }
+  m.payload_owner = segment;
+  m.floats_finite = floats_finite_bytes(m.float_bytes);
+}
+
+ShmSegment* Server::Impl::shm_segment(uint32_t worker) const {
+  if (worker >= shm_segments_.size() || !shm_segments_[worker] || !dense_) return nullptr;
+  ShmSegment* segment = shm_segments_[worker].get();
+  return segment->capacity() == static_cast<uint64_t>(dense_->numel()) ? segment : nullptr;
+}
+
 std::optional<Admission> Server::Impl::take_push(Message& m) {
   if (!initialised_) throw Refusal("push before init: the server holds no parameters yet");
+  resolve_shm_push(m);
   std::vector<SparseTable*> tables;
   tables.reserve(m.rows.size());
   for (Message& rows : m.rows) {

@@ -88,6 +88,8 @@ void Server::Impl::on_init(const std::string& identity, Message& m) {
   consistency_.join(m.worker);
   joined_[m.worker] = true;
   last_push_id_[m.worker] = 0;
+  // A (re)started worker may have a new segment: opened again at its next push.
+  if (m.worker < shm_segments_.size()) shm_segments_[m.worker].reset();
   Message r;
   r.reply_to = Kind::kInit;
   r.request_id = m.request_id;

@@ -69,6 +69,9 @@ struct PsJobOptions {
   // Each server's push leaves during backward, as soon as its range is
   // final (PsOptions::overlap; sync only).
   bool overlap = false;
+  // On private-ipc links: dense push and pull floats through a shared-memory
+  // segment per (worker, server) (ps::ClientOptions::shm).
+  bool shm = true;
 };
 
 // The endpoint workers should connect to: the bound one, with the host
@@ -123,6 +126,7 @@ class PsSpec final : public StrategySpec {
     if (bool takeover = false; table.read("takeover", takeover)) o_.takeover = takeover;
     table.read("colocate", o_.colocate);
     table.read("overlap", o_.overlap);
+    table.read("shm", o_.shm);
     where_ = table.lines();
     if (o_.overlap && o_.consistency != "sync") {
       throw where_.error("overlap", fmt::format("pushes overlap backward in consistency 'sync' "
@@ -430,6 +434,7 @@ ps::ServerOptions PsSpec::server_options(const BuildContext& c, int index) const
   o.replicas = static_cast<int>(o_.replicas);
   o.replica_timeout = c.heartbeat_timeout;
   o.private_ipc = private_ipc(settings);
+  o.shm = o_.shm;
   return o;
 }
 
@@ -525,6 +530,7 @@ std::unique_ptr<Strategy> PsSpec::build(const BuildContext& c) const {
   }
   client.link = c.link;
   client.private_ipc = private_ipc(c.launch->settings);
+  client.shm = o_.shm;
   client.timeout = c.timeout;
   client.heartbeat_interval = std::min(std::chrono::milliseconds(1000), c.heartbeat_timeout / 4);
   client.replicas = o_.takeover.value_or(client.private_ipc) ? static_cast<int>(o_.replicas) : 0;
