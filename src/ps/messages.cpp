@@ -126,9 +126,29 @@ void put_row_push(ByteWriter& w, const Message& m) {
   put_floats(w, m);
 }
 
+// A kPush's row prefetch (behind its pull): u32 count, then per row pull
+// u32 table | u64 count + count u64 keys; a reply's: u32 count, then per row
+// pull u64 count + f32 rows.
+constexpr size_t kMinPrefetchBytes = sizeof(uint32_t) + sizeof(uint64_t);
+
+void put_prefetch(ByteWriter& w, const Message& m, bool reply) {
+  w.write_u32(static_cast<uint32_t>(m.prefetch.size()));
+  for (const Message& rows : m.prefetch) {
+    if (!rows.prefetch.empty() || !rows.rows.empty()) {
+      throw UsageError("ps message: a prefetched row pull carries no rows of its own");
+    }
+    if (reply) {
+      put_floats(w, rows);
+      continue;
+    }
+    w.write_u32(rows.table);
+    w.write_u64_array_counted(rows.keys);
+  }
+}
+
 // A kPush's tail (a plain push's is 5 bytes: no rows, no pull): u32 row
 // push count, the row pushes, u8 pull flag (0 or 1), then with the flag
-// u64 min_version | u32 wait_ms.
+// u64 min_version | u32 wait_ms and the row prefetch (put_prefetch).
 void put_push_tail(ByteWriter& w, const Message& m) {
   w.write_u32(static_cast<uint32_t>(m.rows.size()));
   for (const Message& rows : m.rows) {
@@ -139,9 +159,13 @@ void put_push_tail(ByteWriter& w, const Message& m) {
     put_row_push(w, rows);
   }
   w.write_u8(m.with_pull ? 1 : 0);
+  if (!m.with_pull && !m.prefetch.empty()) {
+    throw UsageError("ps message: a push prefetches rows only with a pull");
+  }
   if (!m.with_pull) return;
   w.write_u64(m.min_version);
   w.write_u32(m.wait_ms);
+  put_prefetch(w, m, /*reply=*/false);
 }
 
 void put_request_body(ByteWriter& w, const Message& m) {
@@ -277,9 +301,12 @@ void put_reply_body(ByteWriter& w, const Message& m) {
       put_pull_reply(w, m);
       return;
     case Kind::kPush:
-      // u8 pull flag (0 or 1); with it, a pull reply's body
+      // u8 pull flag (0 or 1); with it, a pull reply's body and the rows
+      // of the request's prefetch
       w.write_u8(m.with_pull ? 1 : 0);
-      if (m.with_pull) put_pull_reply(w, m);
+      if (!m.with_pull) return;
+      put_pull_reply(w, m);
+      put_prefetch(w, m, /*reply=*/true);
       return;
     case Kind::kPullRows:
       put_floats(w, m);
@@ -385,6 +412,16 @@ void get_push_tail(ByteReader& r, Message& m) {
   if (!m.with_pull) return;
   m.min_version = r.read_u64("push pull min_version");
   m.wait_ms = r.read_u32("push pull wait_ms");
+  const auto pulls = r.read_u32("push prefetch count");
+  r.need_elements(pulls, kMinPrefetchBytes, "push prefetch row pulls");
+  m.prefetch.resize(pulls);
+  for (Message& rows : m.prefetch) {
+    rows.kind = Kind::kPullRows;
+    rows.worker = m.worker;
+    rows.request_id = m.request_id;
+    rows.table = r.read_u32("push prefetch table");
+    rows.keys = r.read_u64_array_counted("push prefetch keys");
+  }
 }
 
 void get_request_body(ByteReader& r, FloatDecoding decoding, Message& m) {
@@ -478,10 +515,21 @@ void get_reply_body(ByteReader& r, FloatDecoding decoding, Message& m) {
     case Kind::kPull:
       get_pull_reply(r, decoding, m);
       return;
-    case Kind::kPush:
+    case Kind::kPush: {
       m.with_pull = get_flag(r, "push reply pull flag");
-      if (m.with_pull) get_pull_reply(r, decoding, m);
+      if (!m.with_pull) return;
+      get_pull_reply(r, decoding, m);
+      const auto count = r.read_u32("push reply prefetch count");
+      r.need_elements(count, sizeof(uint64_t), "push reply prefetched rows");
+      m.prefetch.resize(count);
+      for (Message& rows : m.prefetch) {
+        rows.kind = Kind::kReply;
+        rows.reply_to = Kind::kPullRows;
+        rows.request_id = m.request_id;
+        get_floats(r, "push reply prefetched rows", decoding, rows);
+      }
       return;
+    }
     case Kind::kPullRows:
       get_floats(r, "pull_rows values", decoding, m);
       return;
@@ -505,6 +553,10 @@ std::vector<std::byte> encode_message(const Message& m) {
   }
   for (const Message& rows : m.rows) {
     piece_bytes += kMinRowPushBytes + rows.keys.size() * sizeof(uint64_t) +
+                   rows.floats.size() * sizeof(float) + float_part_bytes(rows);
+  }
+  for (const Message& rows : m.prefetch) {
+    piece_bytes += kMinPrefetchBytes + rows.keys.size() * sizeof(uint64_t) +
                    rows.floats.size() * sizeof(float) + float_part_bytes(rows);
   }
   ByteWriter w(kPrefixBytes + m.floats.size() * sizeof(float) + float_part_bytes(m) +

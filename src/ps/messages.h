@@ -212,6 +212,13 @@ struct Message {
   // in the push's reply; replies to kPush: the reply carries the pull's
   // body (min_clock, totals, the range's floats).
   bool with_pull = false;
+  // kPush with a pull: row pulls (each kind kPullRows: table and keys, all
+  // owned by this server) answered with the pull, once the version it waits
+  // for is reached: the next batch's rows with the values that version
+  // left (Client::push_step's prefetch). Replies to kPush with a pull: the
+  // rows of each, in the request's order (floats, float_parts or
+  // float_bytes as for a kPullRows reply). At most one level.
+  std::vector<Message> prefetch;
 };
 
 // The payload bytes of `message`. UsageError when both `floats` and
