@@ -69,6 +69,9 @@ struct PsJobOptions {
   // Each server's push leaves during backward, as soon as its range is
   // final (PsOptions::overlap; sync only).
   bool overlap = false;
+  // The next step's embedding rows ride with this step's pull
+  // (PsOptions::prefetch_rows).
+  bool prefetch_rows = true;
 };
 
 // The endpoint workers should connect to: the bound one, with the host
@@ -123,6 +126,7 @@ class PsSpec final : public StrategySpec {
     if (bool takeover = false; table.read("takeover", takeover)) o_.takeover = takeover;
     table.read("colocate", o_.colocate);
     table.read("overlap", o_.overlap);
+    table.read("prefetch_rows", o_.prefetch_rows);
     where_ = table.lines();
     if (o_.overlap && o_.consistency != "sync") {
       throw where_.error("overlap", fmt::format("pushes overlap backward in consistency 'sync' "
@@ -539,6 +543,7 @@ std::unique_ptr<Strategy> PsSpec::build(const BuildContext& c) const {
   o.learning_rate = c.optimizer.lr;
   o.trace = c.trace;
   o.overlap = o_.overlap;
+  o.prefetch_rows = o_.prefetch_rows;
   if (std::unique_ptr<HostedServer> hosted = hosted_server(c, r.index)) {
     return make_colocated_ps_strategy(std::move(hosted), c.make_model(), std::move(client), auth,
                                       *c.logger, o, c.loss, c.timeout);
