@@ -108,12 +108,6 @@ void get_floats(ByteReader& r, std::string_view field, FloatDecoding decoding, M
   m.float_bytes = r.read_bytes(static_cast<size_t>(count) * sizeof(float), field);
 }
 
-// A compressed push's pieces: u32 count, then per piece u8 encoding (0: dense,
-// u64 count + f32 values; 1: compressed, u32 length + that many bytes).
-constexpr uint8_t kPieceDense = 0;
-constexpr uint8_t kPieceCompressed = 1;
-constexpr size_t kMinPieceBytes = 1 + sizeof(uint32_t);
-
 // A row push's fields (a kPushRows body, and each row push riding with a
 // kPush): u32 table | f32 lr | u64 count + count u64 keys | u64 count + f32
 // gradient rows.
@@ -200,15 +194,7 @@ void put_request_body(ByteWriter& w, const Message& m) {
         put_push_tail(w, m);
         return;
       }
-      w.write_u32(static_cast<uint32_t>(m.pieces.size()));
-      for (const PushPiece& piece : m.pieces) {
-        w.write_u8(piece.compressed ? kPieceCompressed : kPieceDense);
-        if (piece.compressed) {
-          w.write_blob(piece.message, LengthPrefix::kU32);
-        } else {
-          w.write_f32_array_counted(piece.dense);
-        }
-      }
+      put_pieces(w, m.pieces);
       return;
     case Kind::kPullRows:
       w.write_u32(m.table);
@@ -354,31 +340,6 @@ std::vector<WorkerStep> get_worker_steps(ByteReader& r) {
     steps[i].counted = counted == 1;
   }
   return steps;
-}
-
-// A compressed push's pieces (the framing only: the server checks each
-// piece against its slice).
-std::vector<PushPiece> get_pieces(ByteReader& r) {
-  const auto count = r.read_u32("compressed push pieces");
-  r.need_elements(count, kMinPieceBytes, "compressed push pieces");
-  std::vector<PushPiece> pieces(count);
-  for (uint32_t i = 0; i < count; ++i) {
-    const auto encoding = r.read_u8("compressed push piece encoding");
-    if (encoding == kPieceDense) {
-      pieces[i].dense = r.read_f32_array_counted("compressed push dense piece");
-    } else if (encoding == kPieceCompressed) {
-      const std::span<const std::byte> message =
-          r.read_blob("compressed push message", r.remaining(), LengthPrefix::kU32);
-      pieces[i].compressed = true;
-      pieces[i].message.assign(message.begin(), message.end());
-    } else {
-      throw DataError(fmt::format(
-          "ps message: compressed push piece {} has encoding {}; must be 0 (dense) or 1 "
-          "(compressed)",
-          i, encoding));
-    }
-  }
-  return pieces;
 }
 
 void get_row_push(ByteReader& r, Message& m) {

@@ -21,6 +21,12 @@ void find_embeddings(nn::Module& module, std::vector<nn::Embedding*>& out) {
   for (auto& [name, child] : module.named_children()) find_embeddings(*child, out);
 }
 
+std::vector<PsRowPrefetch::TableShape> table_shapes(const std::vector<nn::Embedding*>& tables) {
+  std::vector<PsRowPrefetch::TableShape> shapes;
+  for (const nn::Embedding* e : tables) shapes.push_back({e->num_embeddings(), e->embedding_dim()});
+  return shapes;
+}
+
 std::vector<uint64_t> to_keys(std::span<const int64_t> indices) {
   return {indices.begin(), indices.end()};
 }
@@ -107,11 +113,7 @@ PsStrategy::PsStrategy(std::unique_ptr<nn::Module> model, ps::ClientOptions clie
          e->embedding_dim(), options_.embedding_init_std});
   }
   lookups_.resize(tables_.size());
-  std::vector<PsRowPrefetch::TableShape> shapes;
-  for (const Table& t : tables_) {
-    shapes.push_back({t.module->num_embeddings(), t.module->embedding_dim()});
-  }
-  row_prefetch_ = PsRowPrefetch(std::move(shapes));
+  row_prefetch_ = PsRowPrefetch(table_shapes(embeddings));
   StateDict dense;
   const auto named = model_->named_parameters();
   for (size_t i = 0; i < params_.size(); ++i) {
