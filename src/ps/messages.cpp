@@ -358,15 +358,23 @@ bool get_flag(ByteReader& r, std::string_view field) {
   return flag == 1;
 }
 
+// A request riding with push `m` (a row push, a row pull): the push's
+// identity, as a separate request would carry it.
+Message part_of(const Message& m, Kind kind) {
+  Message part;
+  part.kind = kind;
+  part.worker = m.worker;
+  part.request_id = m.request_id;
+  part.version = m.version;
+  return part;
+}
+
 void get_push_tail(ByteReader& r, Message& m) {
   const auto count = r.read_u32("push row push count");
   r.need_elements(count, kMinRowPushBytes, "push row pushes");
   m.rows.resize(count);
   for (Message& rows : m.rows) {
-    rows.kind = Kind::kPushRows;
-    rows.worker = m.worker;
-    rows.request_id = m.request_id;
-    rows.version = m.version;
+    rows = part_of(m, Kind::kPushRows);
     get_row_push(r, rows);
   }
   m.with_pull = get_flag(r, "push pull flag");
@@ -377,9 +385,7 @@ void get_push_tail(ByteReader& r, Message& m) {
   r.need_elements(pulls, kMinPrefetchBytes, "push prefetch row pulls");
   m.prefetch.resize(pulls);
   for (Message& rows : m.prefetch) {
-    rows.kind = Kind::kPullRows;
-    rows.worker = m.worker;
-    rows.request_id = m.request_id;
+    rows = part_of(m, Kind::kPullRows);
     rows.table = r.read_u32("push prefetch table");
     rows.keys = r.read_u64_array_counted("push prefetch keys");
   }
