@@ -179,7 +179,8 @@ TEST(JobFileStrategies, EachStrategyReadsItsOwnTable) {
             "ssp");
   EXPECT_NE(error_of(text, {"distributed.ps.bucket_bytes=1"})
                 .find("'distributed.ps.bucket_bytes': unknown key (known: backup_workers, "
-                      "colocate, consistency, overlap, replicas, servers, staleness, takeover)"),
+                      "colocate, consistency, overlap, prefetch_rows, replicas, servers, "
+                      "staleness, takeover)"),
             std::string::npos);
   EXPECT_NE(error_of(text, {"distributed.ps.consistency=\"async\"", "distributed.ps.overlap=true"})
                 .find("'distributed.ps.overlap': pushes overlap backward in consistency 'sync' "
