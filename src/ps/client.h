@@ -265,9 +265,22 @@ class Client {
   // Errors as the separate calls'; the operation is named "push". Returns
   // the pull's version; `result` (when not null) gets the dense push's
   // outcome.
+  //
+  // `prefetch` (not with a compressed push: UsageError) rides with the
+  // pull: each entry's rows (pull_rows()'s arguments) are read by each
+  // owning server when it answers the pull, that is once its version is
+  // >= min_version (sync: after the version closed, with the rows it
+  // updated; async/ssp: when the pull is answered), and copied into
+  // `out` before the call returns. A server's reply without them is a
+  // CommError naming it.
+  struct RowPull {
+    size_t table = 0;
+    std::span<const uint64_t> keys;
+    Tensor out;
+  };
   uint64_t push_step(std::span<const RowPush> rows, const std::vector<Tensor>& grads,
                      const DensePush& push, const std::vector<Tensor>& out, uint64_t min_version,
-                     PushResult* result = nullptr);
+                     PushResult* result = nullptr, std::span<const RowPull> prefetch = {});
 
   ServerStats stats(int server);
   // The whole job state, assembled from every server.

@@ -130,6 +130,16 @@ class Client::Impl {
                              const char* operation) const;
   // Per server: the indices into `keys` of the keys it owns.
   std::vector<std::vector<size_t>> route(size_t table, std::span<const uint64_t> keys) const;
+  // Copies `server`'s reply rows (float bytes of members.size() rows of
+  // `spec`) to rows `members` of `out`; CommError naming the server and
+  // `operation` for a reply of the wrong size (client_rows.cpp).
+  static void scatter_rows(int server, const std::vector<size_t>& members,
+                           std::span<const std::byte> rows, const SparseTableSpec& spec,
+                           const Tensor& out, const char* operation);
+  // push_step()'s prefetched rows from its replies (by server) into each
+  // entry's out; `routes`: by entry, by server, the indices of its keys.
+  void take_prefetch(const std::vector<Message>& replies, std::span<const RowPull> prefetch,
+                     const std::vector<std::vector<std::vector<size_t>>>& routes);
 
   ClientOptions options_;
   comm::JobAuth auth_;

@@ -30,6 +30,23 @@ SparseTableSpec Client::Impl::check_rows(size_t table, std::span<const uint64_t>
   return spec;
 }
 
+void Client::Impl::scatter_rows(int server, const std::vector<size_t>& members,
+                                std::span<const std::byte> rows, const SparseTableSpec& spec,
+                                const Tensor& out, const char* operation) {
+  const auto dim = static_cast<size_t>(spec.dim);
+  if (rows.size() != members.size() * dim * sizeof(float)) {
+    throw CommError(
+        server, fmt::format("ps {}", operation),
+        fmt::format("server {} replied with {} floats for {} rows of table '{}' "
+                    "(dim {})",
+                    server, rows.size() / sizeof(float), members.size(), spec.name, dim));
+  }
+  for (size_t j = 0; j < members.size(); ++j) {
+    std::memcpy(out.data() + members[j] * dim, rows.data() + j * dim * sizeof(float),
+                dim * sizeof(float));
+  }
+}
+
 std::vector<std::vector<size_t>> Client::Impl::route(size_t table,
                                                      std::span<const uint64_t> keys) const {
   std::vector<std::vector<size_t>> by_server(static_cast<size_t>(num_servers()));
@@ -61,19 +78,9 @@ void Client::pull_rows(size_t table, std::span<const uint64_t> keys, const Tenso
   for (const auto& r : requests) servers.push_back(r.first);
   const auto replies =
       d.exchange(std::move(requests), "pull_rows", fmt::format("rows of table '{}'", spec.name));
-  const auto dim = static_cast<size_t>(spec.dim);
   for (size_t k = 0; k < replies.size(); ++k) {
-    const auto& members = by_server[static_cast<size_t>(servers[k])];
-    const std::span<const std::byte> rows = replies[k].float_bytes;
-    if (rows.size() != members.size() * dim * sizeof(float)) {
-      throw CommError(servers[k], "ps pull_rows",
-                      fmt::format("server {} replied with {} floats for {} rows of dim {}",
-                                  servers[k], rows.size() / sizeof(float), members.size(), dim));
-    }
-    for (size_t j = 0; j < members.size(); ++j) {
-      std::memcpy(out.data() + members[j] * dim, rows.data() + j * dim * sizeof(float),
-                  dim * sizeof(float));
-    }
+    Impl::scatter_rows(servers[k], by_server[static_cast<size_t>(servers[k])],
+                       replies[k].float_bytes, spec, out, "pull_rows");
   }
 }
 
@@ -141,8 +148,12 @@ PushResult Client::push_rows(size_t table, std::span<const uint64_t> keys, const
 
 uint64_t Client::push_step(std::span<const RowPush> rows, const std::vector<Tensor>& grads,
                            const DensePush& push, const std::vector<Tensor>& out,
-                           uint64_t min_version, PushResult* result) {
+                           uint64_t min_version, PushResult* result,
+                           std::span<const RowPull> prefetch) {
   Impl& d = *impl_;
+  if (push.compression.compressed && !prefetch.empty()) {
+    throw UsageError("ps push: a compressed push prefetches no rows (pull them with pull_rows)");
+  }
   if (push.compression.compressed) {
     for (const RowPush& r : rows) push_rows(r.table, r.keys, r.grads, push.lr, push.version);
     return push_and_pull(grads, push, out, min_version, result);
@@ -157,6 +168,22 @@ uint64_t Client::push_step(std::span<const RowPush> rows, const std::vector<Tens
     for (size_t s = 0; s < pushes.size(); ++s) {
       if (pushes[s].kind == Kind::kPushRows)
         requests[s].second.rows.push_back(std::move(pushes[s]));
+    }
+  }
+  // By prefetch entry, by server: the indices of its keys that server owns.
+  std::vector<std::vector<std::vector<size_t>>> prefetch_routes;
+  for (const RowPull& p : prefetch) {
+    d.check_rows(p.table, p.keys, p.out, "prefetch rows");
+    prefetch_routes.push_back(d.route(p.table, p.keys));
+    for (size_t s = 0; s < requests.size(); ++s) {
+      const std::vector<size_t>& members = prefetch_routes.back()[s];
+      if (members.empty()) continue;
+      Message q;
+      q.kind = Kind::kPullRows;
+      q.table = static_cast<uint32_t>(p.table);
+      q.keys.reserve(members.size());
+      for (size_t i : members) q.keys.push_back(p.keys[i]);
+      requests[s].second.prefetch.push_back(std::move(q));
     }
   }
   for (auto& [server, m] : requests) {
@@ -174,7 +201,29 @@ uint64_t Client::push_step(std::span<const RowPush> rows, const std::vector<Tens
   std::vector<Message> replies = d.finish(call);
   if (result != nullptr) *result = tally(replies, push.version);
   TraceSpan copy(d.options_.trace, "pull_copy", "ps");
+  d.take_prefetch(replies, prefetch, prefetch_routes);
   return d.take_pull(replies, out);
+}
+
+void Client::Impl::take_prefetch(const std::vector<Message>& replies,
+                                 std::span<const RowPull> prefetch,
+                                 const std::vector<std::vector<std::vector<size_t>>>& routes) {
+  for (size_t s = 0; s < replies.size(); ++s) {
+    const std::vector<Message>& rows = replies[s].prefetch;
+    size_t next = 0;
+    for (size_t k = 0; k < prefetch.size(); ++k) {
+      const std::vector<size_t>& members = routes[k][s];
+      if (members.empty()) continue;
+      if (next == rows.size()) {
+        throw CommError(static_cast<int>(s), "ps push",
+                        fmt::format("server {} replied without the prefetched rows of table {} "
+                                    "({} of {} row pulls answered)",
+                                    s, prefetch[k].table, rows.size(), next + 1));
+      }
+      scatter_rows(static_cast<int>(s), members, rows[next++].float_bytes,
+                   tables_[prefetch[k].table], prefetch[k].out, "push (prefetched rows)");
+    }
+  }
 }
 
 ServerStats Client::stats(int server) {

@@ -171,6 +171,49 @@ ShmFloats get_shm_floats(ByteReader& r, uint64_t flagged_count) {
   return floats;
 }
 
+// A compressed push's pieces: u32 count, then per piece u8 encoding (0: dense,
+// u64 count + f32 values; 1: compressed, u32 length + that many bytes).
+namespace {
+constexpr uint8_t kPieceDense = 0;
+constexpr uint8_t kPieceCompressed = 1;
+constexpr size_t kMinPieceBytes = 1 + sizeof(uint32_t);
+}  // namespace
+
+void put_pieces(ByteWriter& w, const std::vector<PushPiece>& pieces) {
+  w.write_u32(static_cast<uint32_t>(pieces.size()));
+  for (const PushPiece& piece : pieces) {
+    w.write_u8(piece.compressed ? kPieceCompressed : kPieceDense);
+    if (piece.compressed) {
+      w.write_blob(piece.message, LengthPrefix::kU32);
+    } else {
+      w.write_f32_array_counted(piece.dense);
+    }
+  }
+}
+
+std::vector<PushPiece> get_pieces(ByteReader& r) {
+  const auto count = r.read_u32("compressed push pieces");
+  r.need_elements(count, kMinPieceBytes, "compressed push pieces");
+  std::vector<PushPiece> pieces(count);
+  for (uint32_t i = 0; i < count; ++i) {
+    const auto encoding = r.read_u8("compressed push piece encoding");
+    if (encoding == kPieceDense) {
+      pieces[i].dense = r.read_f32_array_counted("compressed push dense piece");
+    } else if (encoding == kPieceCompressed) {
+      const std::span<const std::byte> message =
+          r.read_blob("compressed push message", r.remaining(), LengthPrefix::kU32);
+      pieces[i].compressed = true;
+      pieces[i].message.assign(message.begin(), message.end());
+    } else {
+      throw DataError(fmt::format(
+          "ps message: compressed push piece {} has encoding {}; must be 0 (dense) or 1 "
+          "(compressed)",
+          i, encoding));
+    }
+  }
+  return pieces;
+}
+
 }  // namespace dtrain::ps::message_fields
 
 namespace dtrain::ps {

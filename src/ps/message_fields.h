@@ -4,7 +4,8 @@
 // texts), a long string u32 length + bytes; a shape u8 ndim (at most 8) +
 // ndim x i64 (each in [0, 2^40], at most 2^40 elements); a state u32 entries
 // x (string name, shape, f32 values) + u32 metadata x (string key, long
-// string value); stats as put_stats writes them.
+// string value); stats as put_stats writes them; a compressed push's pieces
+// as put_pieces writes them (docs/parameter-server.md).
 // Errors: the get_ functions throw DataError naming the field on a short or
 // malformed body (ByteReader's errors otherwise). Stateless; thread safe.
 #pragma once
@@ -12,6 +13,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "core/byte_codec.h"
 #include "ps/messages.h"
@@ -45,5 +47,9 @@ ServerStats get_stats(ByteReader& r);
 inline constexpr uint64_t kShmFlag = uint64_t{1} << 63;
 void put_shm_floats(ByteWriter& w, const ShmFloats& floats, bool inline_floats);
 ShmFloats get_shm_floats(ByteReader& r, uint64_t flagged_count);
+// A compressed push's pieces (the framing only: the server checks each
+// piece against its slice); an encoding other than 0 or 1 is a DataError.
+void put_pieces(ByteWriter& w, const std::vector<PushPiece>& pieces);
+std::vector<PushPiece> get_pieces(ByteReader& r);
 
 }  // namespace dtrain::ps::message_fields

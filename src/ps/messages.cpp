@@ -134,12 +134,6 @@ void get_floats(ByteReader& r, std::string_view field, FloatDecoding decoding, M
   if (count) m.float_bytes = r.read_bytes(*count * sizeof(float), field);
 }
 
-// A compressed push's pieces: u32 count, then per piece u8 encoding (0: dense,
-// u64 count + f32 values; 1: compressed, u32 length + that many bytes).
-constexpr uint8_t kPieceDense = 0;
-constexpr uint8_t kPieceCompressed = 1;
-constexpr size_t kMinPieceBytes = 1 + sizeof(uint32_t);
-
 // A row push's fields (a kPushRows body, and each row push riding with a
 // kPush): u32 table | f32 lr | u64 count + count u64 keys | u64 count + f32
 // gradient rows.
@@ -152,9 +146,29 @@ void put_row_push(ByteWriter& w, const Message& m) {
   put_floats(w, m);
 }
 
+// A kPush's row prefetch (behind its pull): u32 count, then per row pull
+// u32 table | u64 count + count u64 keys; a reply's: u32 count, then per row
+// pull u64 count + f32 rows.
+constexpr size_t kMinPrefetchBytes = sizeof(uint32_t) + sizeof(uint64_t);
+
+void put_prefetch(ByteWriter& w, const Message& m, bool reply) {
+  w.write_u32(static_cast<uint32_t>(m.prefetch.size()));
+  for (const Message& rows : m.prefetch) {
+    if (!rows.prefetch.empty() || !rows.rows.empty()) {
+      throw UsageError("ps message: a prefetched row pull carries no rows of its own");
+    }
+    if (reply) {
+      put_floats(w, rows);
+      continue;
+    }
+    w.write_u32(rows.table);
+    w.write_u64_array_counted(rows.keys);
+  }
+}
+
 // A kPush's tail (a plain push's is 5 bytes: no rows, no pull): u32 row
 // push count, the row pushes, u8 pull flag (0 or 1), then with the flag
-// u64 min_version | u32 wait_ms.
+// u64 min_version | u32 wait_ms and the row prefetch (put_prefetch).
 void put_push_tail(ByteWriter& w, const Message& m) {
   w.write_u32(static_cast<uint32_t>(m.rows.size()));
   for (const Message& rows : m.rows) {
@@ -165,9 +179,13 @@ void put_push_tail(ByteWriter& w, const Message& m) {
     put_row_push(w, rows);
   }
   w.write_u8(m.with_pull ? 1 : 0);
+  if (!m.with_pull && !m.prefetch.empty()) {
+    throw UsageError("ps message: a push prefetches rows only with a pull");
+  }
   if (!m.with_pull) return;
   w.write_u64(m.min_version);
   w.write_u32(m.wait_ms);
+  put_prefetch(w, m, /*reply=*/false);
 }
 
 void put_request_body(ByteWriter& w, const Message& m) {
@@ -202,15 +220,7 @@ void put_request_body(ByteWriter& w, const Message& m) {
         put_push_tail(w, m);
         return;
       }
-      w.write_u32(static_cast<uint32_t>(m.pieces.size()));
-      for (const PushPiece& piece : m.pieces) {
-        w.write_u8(piece.compressed ? kPieceCompressed : kPieceDense);
-        if (piece.compressed) {
-          w.write_blob(piece.message, LengthPrefix::kU32);
-        } else {
-          w.write_f32_array_counted(piece.dense);
-        }
-      }
+      put_pieces(w, m.pieces);
       return;
     case Kind::kPullRows:
       w.write_u32(m.table);
@@ -298,9 +308,12 @@ void put_reply_body(ByteWriter& w, const Message& m) {
       put_pull_reply(w, m);
       return;
     case Kind::kPush:
-      // u8 pull flag (0 or 1); with it, a pull reply's body
+      // u8 pull flag (0 or 1); with it, a pull reply's body and the rows
+      // of the request's prefetch
       w.write_u8(m.with_pull ? 1 : 0);
-      if (m.with_pull) put_pull_reply(w, m);
+      if (!m.with_pull) return;
+      put_pull_reply(w, m);
+      put_prefetch(w, m, /*reply=*/true);
       return;
     case Kind::kPullRows:
       put_floats(w, m);
@@ -350,31 +363,6 @@ std::vector<WorkerStep> get_worker_steps(ByteReader& r) {
   return steps;
 }
 
-// A compressed push's pieces (the framing only: the server checks each
-// piece against its slice).
-std::vector<PushPiece> get_pieces(ByteReader& r) {
-  const auto count = r.read_u32("compressed push pieces");
-  r.need_elements(count, kMinPieceBytes, "compressed push pieces");
-  std::vector<PushPiece> pieces(count);
-  for (uint32_t i = 0; i < count; ++i) {
-    const auto encoding = r.read_u8("compressed push piece encoding");
-    if (encoding == kPieceDense) {
-      pieces[i].dense = r.read_f32_array_counted("compressed push dense piece");
-    } else if (encoding == kPieceCompressed) {
-      const std::span<const std::byte> message =
-          r.read_blob("compressed push message", r.remaining(), LengthPrefix::kU32);
-      pieces[i].compressed = true;
-      pieces[i].message.assign(message.begin(), message.end());
-    } else {
-      throw DataError(fmt::format(
-          "ps message: compressed push piece {} has encoding {}; must be 0 (dense) or 1 "
-          "(compressed)",
-          i, encoding));
-    }
-  }
-  return pieces;
-}
-
 void get_row_push(ByteReader& r, Message& m) {
   m.table = r.read_u32("push_rows table");
   m.lr = get_finite(r, "push_rows lr");
@@ -391,21 +379,37 @@ bool get_flag(ByteReader& r, std::string_view field) {
   return flag == 1;
 }
 
+// A request riding with push `m` (a row push, a row pull): the push's
+// identity, as a separate request would carry it.
+Message part_of(const Message& m, Kind kind) {
+  Message part;
+  part.kind = kind;
+  part.worker = m.worker;
+  part.request_id = m.request_id;
+  part.version = m.version;
+  return part;
+}
+
 void get_push_tail(ByteReader& r, Message& m) {
   const auto count = r.read_u32("push row push count");
   r.need_elements(count, kMinRowPushBytes, "push row pushes");
   m.rows.resize(count);
   for (Message& rows : m.rows) {
-    rows.kind = Kind::kPushRows;
-    rows.worker = m.worker;
-    rows.request_id = m.request_id;
-    rows.version = m.version;
+    rows = part_of(m, Kind::kPushRows);
     get_row_push(r, rows);
   }
   m.with_pull = get_flag(r, "push pull flag");
   if (!m.with_pull) return;
   m.min_version = r.read_u64("push pull min_version");
   m.wait_ms = r.read_u32("push pull wait_ms");
+  const auto pulls = r.read_u32("push prefetch count");
+  r.need_elements(pulls, kMinPrefetchBytes, "push prefetch row pulls");
+  m.prefetch.resize(pulls);
+  for (Message& rows : m.prefetch) {
+    rows = part_of(m, Kind::kPullRows);
+    rows.table = r.read_u32("push prefetch table");
+    rows.keys = r.read_u64_array_counted("push prefetch keys");
+  }
 }
 
 void get_request_body(ByteReader& r, FloatDecoding decoding, Message& m) {
@@ -499,10 +503,21 @@ void get_reply_body(ByteReader& r, FloatDecoding decoding, Message& m) {
     case Kind::kPull:
       get_pull_reply(r, decoding, m);
       return;
-    case Kind::kPush:
+    case Kind::kPush: {
       m.with_pull = get_flag(r, "push reply pull flag");
-      if (m.with_pull) get_pull_reply(r, decoding, m);
+      if (!m.with_pull) return;
+      get_pull_reply(r, decoding, m);
+      const auto count = r.read_u32("push reply prefetch count");
+      r.need_elements(count, sizeof(uint64_t), "push reply prefetched rows");
+      m.prefetch.resize(count);
+      for (Message& rows : m.prefetch) {
+        rows.kind = Kind::kReply;
+        rows.reply_to = Kind::kPullRows;
+        rows.request_id = m.request_id;
+        get_floats(r, "push reply prefetched rows", decoding, rows);
+      }
       return;
+    }
     case Kind::kPullRows:
       get_floats(r, "pull_rows values", decoding, m);
       return;
@@ -526,6 +541,10 @@ std::vector<std::byte> encode_message(const Message& m) {
   }
   for (const Message& rows : m.rows) {
     piece_bytes += kMinRowPushBytes + rows.keys.size() * sizeof(uint64_t) +
+                   rows.floats.size() * sizeof(float) + float_part_bytes(rows);
+  }
+  for (const Message& rows : m.prefetch) {
+    piece_bytes += kMinPrefetchBytes + rows.keys.size() * sizeof(uint64_t) +
                    rows.floats.size() * sizeof(float) + float_part_bytes(rows);
   }
   ByteWriter w(kPrefixBytes + m.floats.size() * sizeof(float) + float_part_bytes(m) +

@@ -233,6 +233,13 @@ struct Message {
   // then be empty; decoded with FloatDecoding::kView only, float_bytes left
   // empty for the receiver to resolve against its segment).
   ShmFloats shm;
+  // kPush with a pull: row pulls (each kind kPullRows: table and keys, all
+  // owned by this server) answered with the pull, once the version it waits
+  // for is reached: the next batch's rows with the values that version
+  // left (Client::push_step's prefetch). Replies to kPush with a pull: the
+  // rows of each, in the request's order (floats, float_parts or
+  // float_bytes as for a kPullRows reply). At most one level.
+  std::vector<Message> prefetch;
 };
 
 // The payload bytes of `message`. UsageError when both `floats` and

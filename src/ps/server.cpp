@@ -355,7 +355,8 @@ bool Server::Impl::pull_ready(uint32_t worker, uint64_t min_version) const {
 }
 
 void Server::Impl::answer_pull(const std::string& identity, uint32_t worker, uint64_t request_id,
-                               Kind reply_to, ReplyStatus status) {
+                               Kind reply_to, ReplyStatus status,
+                               const std::vector<Message>& prefetch) {
   Message r;
   r.reply_to = reply_to;
   r.status = status;
@@ -370,6 +371,7 @@ void Server::Impl::answer_pull(const std::string& identity, uint32_t worker, uin
   } else {
     r.float_parts = {std::as_bytes(dense_->values())};  // encoded by reply(), no copy before
   }
+  for (const Message& rows : prefetch) r.prefetch.push_back(row_reply(rows));
   reply(identity, worker, std::move(r));
 }
 
@@ -386,7 +388,7 @@ void Server::Impl::serve_parked(Clock::time_point now) {
   for (size_t i = 0; i < parked_.size();) {
     const Parked& p = parked_[i];
     if (pull_ready(p.worker, p.min_version)) {
-      answer_pull(p.identity, p.worker, p.request_id, p.reply_to, p.status);
+      answer_pull(p.identity, p.worker, p.request_id, p.reply_to, p.status, p.prefetch);
     } else if (now >= p.until) {
       Message r;
       r.reply_to = p.reply_to;

@@ -62,6 +62,8 @@ class Server::Impl {
     // push's reply, with the push's status.
     Kind reply_to = Kind::kPull;
     ReplyStatus status = ReplyStatus::kOk;
+    // The push's row prefetch (Message::prefetch), answered with the pull.
+    std::vector<Message> prefetch = {};
   };
 
   // A frame that passed the socket's checks: its payload decoded, then handle().
@@ -139,7 +141,11 @@ class Server::Impl {
   SparseTable& table_for(const Message& m, size_t floats_per_key);
   bool pull_ready(uint32_t worker, uint64_t min_version) const;
   void answer_pull(const std::string& identity, uint32_t worker, uint64_t request_id,
-                   Kind reply_to = Kind::kPull, ReplyStatus status = ReplyStatus::kOk);
+                   Kind reply_to = Kind::kPull, ReplyStatus status = ReplyStatus::kOk,
+                   const std::vector<Message>& prefetch = {});
+  // A row pull's reply body: the rows of m.keys (created when missing, the
+  // creation recorded for the backups), viewed in the table (server_push.cpp).
+  Message row_reply(const Message& m);
   void serve_parked(Clock::time_point now);
   // Sync: closes the open version when it is complete and applies its update.
   void close_version();

@@ -80,6 +80,7 @@ std::optional<Admission> Server::Impl::take_push(Message& m) {
     tables.push_back(&table_for(rows, 1));
     check_finite_update(rows);
   }
+  for (const Message& rows : m.prefetch) table_for(rows, 0);
   check_finite_update(m);
   if (static_cast<int64_t>(m.float_count()) != dense_->numel()) {
     throw Refusal(fmt::format("gradient has {} floats; server {} holds {} (range [{}, {}))",
@@ -137,11 +138,11 @@ void Server::Impl::on_push(const std::string& identity, Message& m) {
 void Server::Impl::pull_after_push(const std::string& identity, const Message& m,
                                    ReplyStatus status) {
   if (pull_ready(m.worker, m.min_version)) {
-    answer_pull(identity, m.worker, m.request_id, m.kind, status);
+    answer_pull(identity, m.worker, m.request_id, m.kind, status, m.prefetch);
     return;
   }
   parked_.push_back(Parked{identity, m.worker, m.request_id, m.min_version,
-                           Clock::now() + milliseconds(m.wait_ms), m.kind, status});
+                           Clock::now() + milliseconds(m.wait_ms), m.kind, status, m.prefetch});
 }
 
 SparseTable& Server::Impl::table_for(const Message& m, size_t floats_per_key) {
@@ -167,7 +168,7 @@ SparseTable& Server::Impl::table_for(const Message& m, size_t floats_per_key) {
   return table;
 }
 
-void Server::Impl::on_pull_rows(const std::string& identity, const Message& m) {
+Message Server::Impl::row_reply(const Message& m) {
   SparseTable& table = table_for(m, 0);
   Message r;
   r.reply_to = Kind::kPullRows;
@@ -177,7 +178,11 @@ void Server::Impl::on_pull_rows(const std::string& identity, const Message& m) {
   r.float_parts = table.row_bytes(m.keys);  // encoded straight from the table by reply()
   // Rows created by a read change the block layout: the backups replay it.
   if (backups_ && table.rows() != rows_before) backups_->record_touch(m.table, m.keys);
-  reply(identity, m.worker, std::move(r));
+  return r;
+}
+
+void Server::Impl::on_pull_rows(const std::string& identity, const Message& m) {
+  reply(identity, m.worker, row_reply(m));
 }
 
 void Server::Impl::on_push_rows(const std::string& identity, Message& m) {

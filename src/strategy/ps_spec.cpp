@@ -72,6 +72,9 @@ struct PsJobOptions {
   // On private-ipc links: dense push and pull floats through a shared-memory
   // segment per (worker, server) (ps::ClientOptions::shm).
   bool shm = true;
+  // The next step's embedding rows ride with this step's pull
+  // (PsOptions::prefetch_rows).
+  bool prefetch_rows = true;
 };
 
 // The endpoint workers should connect to: the bound one, with the host
@@ -127,6 +130,7 @@ class PsSpec final : public StrategySpec {
     table.read("colocate", o_.colocate);
     table.read("overlap", o_.overlap);
     table.read("shm", o_.shm);
+    table.read("prefetch_rows", o_.prefetch_rows);
     where_ = table.lines();
     if (o_.overlap && o_.consistency != "sync") {
       throw where_.error("overlap", fmt::format("pushes overlap backward in consistency 'sync' "
@@ -545,6 +549,7 @@ std::unique_ptr<Strategy> PsSpec::build(const BuildContext& c) const {
   o.learning_rate = c.optimizer.lr;
   o.trace = c.trace;
   o.overlap = o_.overlap;
+  o.prefetch_rows = o_.prefetch_rows;
   if (std::unique_ptr<HostedServer> hosted = hosted_server(c, r.index)) {
     return make_colocated_ps_strategy(std::move(hosted), c.make_model(), std::move(client), auth,
                                       *c.logger, o, c.loss, c.timeout);

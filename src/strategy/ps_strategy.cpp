@@ -3,7 +3,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <optional>
@@ -16,13 +15,16 @@
 namespace dtrain::strategy {
 namespace {
 
-constexpr const char* kSparsePrefix = ps::kCheckpointSparsePrefix;
-constexpr const char* kVersionKey = ps::kCheckpointVersionKey;
-
 // Every nn::Embedding in `module`'s tree, depth first in registration order.
 void find_embeddings(nn::Module& module, std::vector<nn::Embedding*>& out) {
   if (auto* embedding = dynamic_cast<nn::Embedding*>(&module)) out.push_back(embedding);
   for (auto& [name, child] : module.named_children()) find_embeddings(*child, out);
+}
+
+std::vector<PsRowPrefetch::TableShape> table_shapes(const std::vector<nn::Embedding*>& tables) {
+  std::vector<PsRowPrefetch::TableShape> shapes;
+  for (const nn::Embedding* e : tables) shapes.push_back({e->num_embeddings(), e->embedding_dim()});
+  return shapes;
 }
 
 std::vector<uint64_t> to_keys(std::span<const int64_t> indices) {
@@ -111,6 +113,7 @@ PsStrategy::PsStrategy(std::unique_ptr<nn::Module> model, ps::ClientOptions clie
          e->embedding_dim(), options_.embedding_init_std});
   }
   lookups_.resize(tables_.size());
+  row_prefetch_ = PsRowPrefetch(table_shapes(embeddings));
   StateDict dense;
   const auto named = model_->named_parameters();
   for (size_t i = 0; i < params_.size(); ++i) {
@@ -273,6 +276,7 @@ void PsStrategy::pull_rows(size_t table, std::span<const int64_t> indices) {
   const Tensor& weight = tables_[table].module->weight().data();
   const int64_t dim = weight.size(1);
   const Tensor rows = Tensor::empty({static_cast<int64_t>(unique.size()), dim});
+  if (row_prefetch_.take(table, unique, weight)) return;
   TraceSpan span(options_.trace, "pull_rows", "ps");
   client_->pull_rows(table, to_keys(unique), rows);
   const float* src = rows.data();
@@ -309,8 +313,16 @@ StepStats PsStrategy::train_step(const Tensor& inputs, std::span<const int64_t> 
   try {
     return step(inputs, targets);
   } catch (const ps::WorkerLeftOut& e) {
+    row_prefetch_.clear();
     throw LeftGroup(fmt::format("worker {}: {}: exiting", worker_, e.what()));
+  } catch (...) {
+    row_prefetch_.clear();
+    throw;
   }
+}
+
+bool PsStrategy::wants_next_inputs() const {
+  return options_.prefetch_rows && !tables_.empty() && !options_.compression.active();
 }
 
 StepStats PsStrategy::step(const Tensor& inputs, std::span<const int64_t> targets) {
@@ -331,6 +343,7 @@ StepStats PsStrategy::step(const Tensor& inputs, std::span<const int64_t> target
     mine = {static_cast<double>(loss.item()) * static_cast<double>(n),
             count_correct(output.data(), targets), n};
     forward.end();
+    for (size_t t = 0; t < tables_.size(); ++t) row_prefetch_.observe(t, lookups_[t], inputs);
     // Overlapped: the hooks send each server's request during backward.
     if (overlapped)
       overlap_->arm({n, lr_, version_, mine.loss_sum, mine.correct, 0.0, {}}, version_ + 1);
@@ -345,6 +358,7 @@ StepStats PsStrategy::step(const Tensor& inputs, std::span<const int64_t> target
     }
     compute_s = account_compute(std::chrono::duration<double>(Clock::now() - start).count(), n);
   }
+  row_prefetch_.drop_ready();  // this step's lookups are done
   // Rows first: in sync the servers hold them for the version that the dense
   // push completes (they travel in the same request).
   const std::vector<RowGrads> rows = row_grads(n);
@@ -426,7 +440,11 @@ void PsStrategy::push_dense_and_pull(const std::vector<Tensor>& grads, const Ste
   std::vector<ps::Client::RowPush> row_pushes;
   row_pushes.reserve(rows.size());
   for (const RowGrads& r : rows) row_pushes.push_back({r.table, r.keys, r.values});
-  version_ = client_->push_step(row_pushes, grads, push, dense_data_, sync ? pushed_at + 1 : 0);
+  const std::span<const ps::Client::RowPull> prefetch =
+      compression.compressed ? std::span<const ps::Client::RowPull>() : row_prefetch_.requests();
+  version_ = client_->push_step(row_pushes, grads, push, dense_data_, sync ? pushed_at + 1 : 0,
+                                nullptr, prefetch);
+  row_prefetch_.arrived();
   after_pull();
   uint64_t dense = 0;
   for (const Tensor& g : grads) dense += static_cast<uint64_t>(g.numel()) * sizeof(float);
@@ -472,118 +490,17 @@ void PsStrategy::set_learning_rate(float lr) {
   lr_ = lr;
 }
 
-StateDict PsStrategy::optimizer_state() {
-  ps::PsState state = client_->pull_state();
-  StateDict out = std::move(state.optimizer);
-  out.merge(state.sparse, kSparsePrefix);
-  out.metadata()[kVersionKey] = std::to_string(state.version);
-  if (!options_.launch_id.empty()) out.metadata()[ps::kCheckpointLaunchKey] = options_.launch_id;
-  save_compression(out);
-  return out;
-}
-
-namespace {
-
-// The worker's own part of the optimizer state (ps_strategy.h).
-constexpr const char* kMethodKey = "compress/method";
-constexpr const char* kWorkersKey = "compress/workers";
-constexpr const char* kStepKey = "compress/step";
-
-int64_t metadata_number(const StateDict& state, const std::string& key) {
-  const std::string& text = state.metadata().at(key);
-  int64_t value = 0;
-  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
-  if (error != std::errc() || end != text.data() + text.size() || value < 0) {
-    throw UsageError(
-        fmt::format("ps strategy: optimizer state metadata '{}' is '{}', not a count", key, text));
-  }
-  return value;
-}
-
-}  // namespace
-
-void PsStrategy::save_compression(StateDict& out) const {
-  const CompressionSettings& c = options_.compression;
-  if (!c.active()) return;
-  out.metadata()[kMethodKey] = std::string(compress::to_string(c.codec.method));
-  out.metadata()[kWorkersKey] = std::to_string(num_workers_);
-  out.metadata()[kStepKey] = std::to_string(updates_);
-}
-
-void PsStrategy::load_compression(const StateDict& state) {
-  pending_updates_.reset();
-  const CompressionSettings& c = options_.compression;
-  if (!c.active() || state.metadata().count(kStepKey) == 0) return;
-  pending_updates_ = metadata_number(state, kStepKey);
-}
-
-StateDict PsStrategy::rank_state() const {
-  if (!options_.compression.compresses()) return {};
-  return compressor_state_dict(client_->compression_state(), num_workers_);
-}
-
-void PsStrategy::load_rank_state(const std::optional<StateDict>& state) {
-  if (!options_.compression.compresses()) return;
-  std::string why = "the checkpoint holds no compressor state for this worker";
-  const std::optional<compress::State> saved =
-      state ? compressor_state_from(*state, num_workers_, why) : std::nullopt;
-  if (saved) {
-    client_->load_compression_state(*saved);
-    return;
-  }
-  client_->reset_compression();
-  logger_->warn("ps worker {}: {}: its residuals start afresh", worker_, why);
-}
-
-void PsStrategy::load_optimizer_state(const StateDict& state) {
-  // Checks the version metadata now (UsageError), on every worker.
-  (void)ps::state_from_checkpoint(StateDict{}, state, {}, 0);
-  if (!tables_.empty() && state.sub(kSparsePrefix).empty()) {
-    throw UsageError(fmt::format(
-        "ps strategy: the optimizer state holds no parameter-server rows ('{}*') for the "
-        "model's {} embedding table(s): a checkpoint of another strategy cannot resume a ps "
-        "job with embeddings",
-        kSparsePrefix, tables_.size()));
-  }
-  load_compression(state);
-  pending_state_ = std::make_unique<StateDict>(state.clone());
-}
-
-StateDict PsStrategy::dense_state() const {
-  StateDict dense;
-  const auto named = model_->named_parameters();
-  for (size_t i : dense_) dense.insert(named[i].first, named[i].second.data());
-  return dense;
-}
-
-void PsStrategy::sync_replicas() {
-  if (pending_state_ == nullptr) {
-    throw UsageError(
-        "ps strategy: sync_replicas() needs the checkpoint's optimizer state first "
-        "(load_optimizer_state): the servers are re-initialised from both");
-  }
-  // The servers' version after the load: the checkpoint's, and at least 1,
-  // so that workers waiting for it never take the servers' fresh version 0.
-  const StateDict dense = dense_state();
-  std::vector<std::string> names;
-  for (const auto& [name, tensor] : dense) names.push_back(name);
-  const ps::PsState state = ps::state_from_checkpoint(dense, *pending_state_, names, 1);
-  if (worker_ == 0) client_->load_state(state);
-  pull_dense(state.version);
-  updates_ = pending_updates_.value_or(
-      options_.consistency == ps::Consistency::kSync ? updates_at_version(version_) : updates_);
-  pending_updates_.reset();
-  round_ = {};
-  round_compute_s_ = 0.0;
-  balancer_.reset();  // shares are runtime state: a resumed run starts equal
-  pending_state_.reset();
-}
-
 std::optional<int64_t> PsStrategy::joined_at_step() const {
   if (joined_step_ == 0) return std::nullopt;
   return static_cast<int64_t>(joined_step_);
 }
 
-void PsStrategy::finish() { client_->finish(); }
+void PsStrategy::finish() {
+  if (row_prefetch_.hits() + row_prefetch_.misses() > 0) {
+    logger_->info("ps worker {}: {} lookups took prefetched rows, {} pulled them again", worker_,
+                  row_prefetch_.hits(), row_prefetch_.misses());
+  }
+  client_->finish();
+}
 
 }  // namespace dtrain::strategy

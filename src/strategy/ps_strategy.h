@@ -144,6 +144,7 @@
 #include "strategy/batch_balancer.h"
 #include "strategy/compression.h"
 #include "strategy/ps_overlap.h"
+#include "strategy/ps_row_prefetch.h"
 #include "strategy/row_index.h"
 #include "strategy/strategy.h"
 
@@ -191,6 +192,12 @@ struct PsOptions {
   // batch sizing; elsewhere the option is ignored (logged once). The
   // overlapped pushes carry compute_s 0 (not measured).
   bool overlap = false;
+  // The next step's embedding rows ride with this step's pull
+  // (strategy/ps_row_prefetch.h) when the trainer hands over the next
+  // inputs (Strategy::prefetch): no round trip of their own before the
+  // next forward. Bit-identical in `sync`. Not with compressed pushes (or
+  // local SGD), whose pulls are separate calls.
+  bool prefetch_rows = true;
 };
 
 class PsStrategy : public Strategy {
@@ -228,6 +235,13 @@ class PsStrategy : public Strategy {
   const BatchBalancer& batch_balancer() const { return balancer_; }
   // For tests: set_shares() with the same weights on every worker.
   BatchBalancer& batch_balancer() { return balancer_; }
+
+  // PsOptions::prefetch_rows: the model has embedding tables and pushes
+  // are not compressed.
+  bool wants_next_inputs() const override;
+  void prefetch(const Tensor& next_inputs) override { row_prefetch_.set_next_inputs(next_inputs); }
+  // The look-ahead's counts (hits, misses).
+  const PsRowPrefetch& row_prefetch() const { return row_prefetch_; }
 
   void fetch_model() override;
   StateDict optimizer_state() override;
@@ -331,6 +345,7 @@ class PsStrategy : public Strategy {
   // By table: the last training lookup's indices, pulled as their unique
   // rows; the backward's gradient rows are summed through it.
   std::vector<RowIndex> lookups_;
+  PsRowPrefetch row_prefetch_{{}};  // the next step's rows (PsOptions::prefetch_rows)
   std::vector<size_t> dense_;       // indices into params_ of the dense parameters
   std::vector<Tensor> dense_data_;  // their tensors (aliases), in init order
   std::vector<Tensor> zero_grads_;  // zeros of each dense shape, pushed when there is no gradient

@@ -146,6 +146,17 @@ class Strategy {
   virtual StepStats step_on_gradients(const std::function<StepStats()>& local_gradients,
                                       float scale);
 
+  // Look-ahead: when wants_next_inputs() is true, the trainer calls
+  // prefetch() before train_step() with this process's inputs of the NEXT
+  // step, sliced by the split it knows now (not at an epoch's last step,
+  // the run's last, or with gradient accumulation). The strategy may start
+  // fetching what that step needs (ps: its embedding rows ride with this
+  // step's pull); results must not change: a next step whose inputs differ
+  // from these (a split that changed meanwhile) fetches as it would have
+  // without. The tensor stays valid until that step. Default: no look-ahead.
+  virtual bool wants_next_inputs() const { return false; }
+  virtual void prefetch(const Tensor& /*next_inputs*/) {}
+
   // train_step() calls per update: the trainer splits this process's rows of
   // each global batch into that many micro-batches (gradient accumulation).
   virtual int64_t accumulation_steps() const { return 1; }

@@ -35,7 +35,9 @@ std::optional<StepBatch> EpochBatches::next() {
     s.batch = data::gather_batch(train_, parts_->take(s.split));
     s.hi = s.batch.size();
   } else {
-    std::optional<data::Batch> batch = loader_->next();
+    std::optional<data::Batch> batch = peeked_ ? std::move(*peeked_) : loader_->next();
+    peeked_.reset();
+    peeked_step_ = {};
     if (!batch) return std::nullopt;
     s.batch = std::move(*batch);
     s.split = strategy_.batch_split(s.batch.size());
@@ -43,6 +45,19 @@ std::optional<StepBatch> EpochBatches::next() {
   }
   last_split_ = s.split;
   return s;
+}
+
+const StepBatch* EpochBatches::peek() {
+  if (parts_) return nullptr;
+  if (!peeked_) {
+    peeked_ = loader_->next();
+    if (*peeked_) {
+      peeked_step_.batch = **peeked_;  // shares the tensors
+      peeked_step_.split = strategy_.batch_split(peeked_step_.batch.size());
+      std::tie(peeked_step_.lo, peeked_step_.hi) = strategy_.row_range(peeked_step_.batch.size());
+    }
+  }
+  return *peeked_ ? &peeked_step_ : nullptr;
 }
 
 std::vector<int64_t> EpochBatches::consumed() const {

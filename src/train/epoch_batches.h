@@ -50,6 +50,13 @@ class EpochBatches {
 
   // The next step's batch; nullopt once the epoch is over.
   std::optional<StepBatch> next();
+  // The batch next() returns next, without taking it: its rows split as the
+  // strategy splits them now (next() splits them again, as the strategy
+  // then says). Null at the epoch's end, and with partitions (their rows
+  // depend on the split at the time they are taken). Loads the batch from
+  // the loader (may wait for its prefetch); the pointer is valid until the
+  // next call.
+  const StepBatch* peek();
   // Partitioned: each worker's position in its part (for checkpoints);
   // empty otherwise.
   std::vector<int64_t> consumed() const;
@@ -66,6 +73,8 @@ class EpochBatches {
   int64_t batch_size_;
   std::unique_ptr<PartitionedEpoch> parts_;  // partitions
   std::vector<int64_t> last_split_;
+  std::optional<std::optional<data::Batch>> peeked_;  // a loaded batch (or the end) next() takes
+  StepBatch peeked_step_;                             // peek()'s answer
 };
 
 }  // namespace dtrain::train

@@ -228,6 +228,17 @@ EpochBatches Trainer::epoch_batches(const data::TensorDataset& train, data::Data
   return batches;
 }
 
+void Trainer::look_ahead(EpochBatches* batches) {
+  if (batches == nullptr || dp_ != nullptr || strategy_.accumulation_steps() != 1 ||
+      !strategy_.wants_next_inputs()) {
+    return;
+  }
+  TraceSpan span(trace_, "batch", "data");
+  const StepBatch* next = batches->peek();
+  if (next == nullptr || next->hi <= next->lo) return;
+  strategy_.prefetch(next->batch.x.narrow(next->lo, next->hi - next->lo));
+}
+
 std::optional<strategy::StepStats> Trainer::run_step(const StepBatch& step, Position& position) {
   // Gradient accumulation: k micro-batches of this process's rows, one update.
   const int64_t k = strategy_.accumulation_steps();
@@ -332,6 +343,7 @@ Trainer::EpochEnd Trainer::run_epoch(const data::TensorDataset& train, data::Dat
     strategy_.set_learning_rate(lr);
     TraceSpan step_span(trace_, "step", "step");
     step_span.arg("step", position.step + 1);
+    if (position.step + 1 < plan.total_steps) look_ahead(source);
     const std::optional<strategy::StepStats> stats = run_step(*step, position);
     step_span.end();
     if (!stats) {  // the group re-formed at `position`

@@ -205,6 +205,10 @@ class Trainer {
   // The batches of `position`'s epoch (resumed where it stopped).
   EpochBatches epoch_batches(const data::TensorDataset& train, data::DataLoader& loader,
                              const RunPlan& plan, Position& position);
+  // Hands the strategy this process's rows of the next batch of `batches`
+  // when it wants them (Strategy::prefetch; not under DP-SGD or with
+  // gradient accumulation); nothing at the epoch's end.
+  void look_ahead(EpochBatches* batches);
   // One update from this process's rows of `batch` (micro-batches of them
   // with gradient accumulation): the step's totals over every process, or
   // nullopt when it failed and the group re-formed (elastic; `position` is

@@ -3,7 +3,10 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
 
 #include "cli_test_util.h"
 #include "core/deadline.h"
@@ -144,6 +147,72 @@ TEST(DtrainCliCtr, OutOfRangeCtrKeysAreConfigErrors) {
                             "positive embedding_dim"),
             std::string::npos)
       << run.output;
+}
+
+std::string file_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+bool has(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+// `dtrain train` of the small CTR job with S servers and 2 workers into
+// `out`, then `extra`.
+std::vector<std::string> ps_args(const testing::TempDir& dir, const std::string& out,
+                                 const std::string& servers,
+                                 const std::vector<std::string>& extra = {}) {
+  std::vector<std::string> args = {
+      "train", dir.file("ctr.toml"), "--output", dir.file(out), "--strategy", "ps", "--servers",
+      servers, "--workers",          "2",        "--progress",  "plain"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  return args;
+}
+
+// The next step's rows ride with this step's pull (distributed.ps.
+// prefetch_rows, on by default): the same weights, byte for byte, as the
+// run that pulls them before each forward, with 1 and 2 server processes.
+TEST(DtrainCliCtr, RowsPrefetchedWithThePullTrainTheSameBytes) {
+  testing::TempDir dir;
+  std::ofstream(dir.file("ctr.toml")) << kCtrJob;
+  for (const std::string servers : {"1", "2"}) {
+    SCOPED_TRACE(servers + " server(s)");
+    const CliRun with = run_dtrain(ps_args(dir, "with" + servers, servers));
+    ASSERT_TRUE(with.status.ok()) << with.status.describe() << "\n" << with.output;
+    const CliRun without = run_dtrain(ps_args(dir, "without" + servers, servers,
+                                              {"--set", "distributed.ps.prefetch_rows=false"}));
+    ASSERT_TRUE(without.status.ok()) << without.status.describe() << "\n" << without.output;
+    // 157 steps: every lookup but each epoch's first took prefetched rows.
+    EXPECT_TRUE(has(with.output, "ps worker 0: 156 lookups took prefetched rows, 0 pulled"))
+        << with.output;
+    EXPECT_FALSE(has(without.output, "lookups took prefetched rows")) << without.output;
+    const std::string a = file_bytes(dir.file("with" + servers) + "/model.safetensors");
+    ASSERT_FALSE(a.empty());
+    EXPECT_TRUE(a == file_bytes(dir.file("without" + servers) + "/model.safetensors"));
+  }
+}
+
+// Server 1 SIGKILLs itself when its version reaches 5 (cli/test_hooks.h),
+// so the workers' next requests, each carrying the next step's row pulls,
+// find it dead; server 0 takes its range over (replicas 1, no restart left)
+// and answers them, rows included: the run ends with a fault-free run's
+// bytes.
+TEST(DtrainCliCtr, AServerKilledWithRowPullsOutstandingIsTakenOverAndTheRunEndsTheSame) {
+  testing::TempDir dir;
+  std::ofstream(dir.file("ctr.toml")) << kCtrJob;
+  const std::vector<std::string> covered = {"--replicas", "1", "--max-restarts", "0",
+                                            "--no-resume"};
+  const CliRun clean = run_dtrain(ps_args(dir, "clean", "2", covered));
+  ASSERT_TRUE(clean.status.ok()) << clean.status.describe() << "\n" << clean.output;
+  const CliRun killed =
+      run_dtrain(ps_args(dir, "killed", "2", covered), {{"DTRAIN_TEST_KILL_AT_STEP", "1:5"}});
+  ASSERT_TRUE(killed.status.ok()) << killed.status.describe() << "\n" << killed.output;
+  EXPECT_TRUE(has(killed.output, "ps server 0: took over server 1's range")) << killed.output;
+  EXPECT_TRUE(has(killed.output, "lookups took prefetched rows, 0 pulled")) << killed.output;
+  const std::string a = file_bytes(dir.file("clean") + "/model.safetensors");
+  ASSERT_FALSE(a.empty());
+  EXPECT_TRUE(a == file_bytes(dir.file("killed") + "/model.safetensors"));
 }
 
 }  // namespace

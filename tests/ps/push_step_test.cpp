@@ -118,7 +118,7 @@ TEST(PsPushStepMessages, TruncatedOversizedOrMalformedCombinedPushesAreRejected)
   constexpr size_t kRowCount = 80;
   constexpr size_t kSecondKeys = 148;
   constexpr size_t kPullFlag = 184;
-  ASSERT_EQ(payload.size(), kPullFlag + 1 + 8 + 4);
+  ASSERT_EQ(payload.size(), kPullFlag + 1 + 8 + 4 + 4);  // + the prefetch count (0)
   std::vector<std::byte> bad = payload;
   const uint32_t many = 1u << 30;
   std::memcpy(bad.data() + kRowCount, &many, sizeof many);

@@ -177,11 +177,11 @@ TEST(JobFileStrategies, EachStrategyReadsItsOwnTable) {
   EXPECT_EQ(error_of(text, {"distributed.ps.consistency=\"eventual\""}),
             "job.toml:29: 'distributed.ps.consistency': 'eventual' is not one of: sync, async, "
             "ssp");
-  EXPECT_NE(
-      error_of(text, {"distributed.ps.bucket_bytes=1"})
-          .find("'distributed.ps.bucket_bytes': unknown key (known: backup_workers, "
-                "colocate, consistency, overlap, replicas, servers, shm, staleness, takeover)"),
-      std::string::npos);
+  EXPECT_NE(error_of(text, {"distributed.ps.bucket_bytes=1"})
+                .find("'distributed.ps.bucket_bytes': unknown key (known: backup_workers, "
+                      "colocate, consistency, overlap, prefetch_rows, replicas, servers, shm, "
+                      "staleness, takeover)"),
+            std::string::npos);
   EXPECT_NE(error_of(text, {"distributed.ps.consistency=\"async\"", "distributed.ps.overlap=true"})
                 .find("'distributed.ps.overlap': pushes overlap backward in consistency 'sync' "
                       "only, not 'async'"),
