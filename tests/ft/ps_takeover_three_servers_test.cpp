@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ft_test_util.h"
@@ -28,10 +29,6 @@ namespace dtrain {
 namespace {
 
 using namespace ft_test;
-
-bool has(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
 
 // 12 sync steps of SGD + momentum on blobs (a global batch of 48 over 2
 // workers), no checkpoint.
@@ -78,40 +75,42 @@ std::string covered_death(int server, int taker, int replicas) {
       server, taker, replicas);
 }
 
-TEST(PsTakeoverThreeServersCli, OneReplicaAndOneDeathEndsLikeAFaultFreeRun) {
+// A run with `replicas` whose servers die as `kills` says
+// (DTRAIN_TEST_KILL_AT_STEP), each death covered: {server, the server that
+// takes its range over} in `takers`. It ends as a fault-free run: exit 0,
+// no replacement, the same model bytes.
+void expect_like_a_fault_free_run(const std::string& replicas, const std::string& kills,
+                                  const std::vector<std::pair<int, int>>& takers) {
   testing::TempDir tmp;
   write_text(tmp.file("job.toml"), kBlobs);
-  ASSERT_NO_FATAL_FAILURE(run_clean(tmp, "1"));
-  // Range 1 is copied to server 2 only.
+  ASSERT_NO_FATAL_FAILURE(run_clean(tmp, replicas));
   const JobRun run =
-      run_job(three_server_args(tmp, "killed", "1"), {{"DTRAIN_TEST_KILL_AT_STEP", "1:5"}});
+      run_job(three_server_args(tmp, "killed", replicas), {{"DTRAIN_TEST_KILL_AT_STEP", kills}});
   ASSERT_TRUE(run.status.has_value()) << run.output;
   EXPECT_TRUE(run.status->ok()) << run.status->describe() << "\n" << run.output;
-  EXPECT_TRUE(has(run.output, covered_death(1, 2, 1))) << run.output;
-  EXPECT_TRUE(has(run.output, "ps server 2: took over server 1's range")) << run.output;
+  for (const auto& [server, taker] : takers) {
+    EXPECT_TRUE(has(run.output, covered_death(server, taker, std::stoi(replicas)))) << run.output;
+    EXPECT_TRUE(
+        has(run.output, fmt::format("ps server {}: took over server {}'s range", taker, server)))
+        << run.output;
+  }
   EXPECT_FALSE(has(run.output, "starting its replacement")) << run.output;
   EXPECT_TRUE(has(run.output, "[rank 3] done: ")) << run.output;
-  expect_same_bytes(tmp.file("clean-R1/model.safetensors"), tmp.file("killed/model.safetensors"));
+  expect_same_bytes(tmp.file("clean-R" + replicas + "/model.safetensors"),
+                    tmp.file("killed/model.safetensors"));
+}
+
+TEST(PsTakeoverThreeServersCli, OneReplicaAndOneDeathEndsLikeAFaultFreeRun) {
+  // Range 1 is copied to server 2 only.
+  expect_like_a_fault_free_run("1", "1:5", {{1, 2}});
 }
 
 TEST(PsTakeoverThreeServersCli,
      TwoReplicasAndTwoDeathsThatLeaveACopyOfEveryRangeEndLikeAFaultFreeRun) {
-  testing::TempDir tmp;
-  write_text(tmp.file("job.toml"), kBlobs);
-  ASSERT_NO_FATAL_FAILURE(run_clean(tmp, "2"));
   // Server 0 dies at version 3 (server 1 takes range 0 over), server 2 at
   // version 7 (its range's first backup, server 0, is dead: server 1 takes
   // it over). Server 1 ends holding all three ranges.
-  const JobRun run =
-      run_job(three_server_args(tmp, "killed", "2"), {{"DTRAIN_TEST_KILL_AT_STEP", "0:3,2:7"}});
-  ASSERT_TRUE(run.status.has_value()) << run.output;
-  EXPECT_TRUE(run.status->ok()) << run.status->describe() << "\n" << run.output;
-  EXPECT_TRUE(has(run.output, covered_death(0, 1, 2))) << run.output;
-  EXPECT_TRUE(has(run.output, covered_death(2, 1, 2))) << run.output;
-  EXPECT_TRUE(has(run.output, "ps server 1: took over server 0's range")) << run.output;
-  EXPECT_TRUE(has(run.output, "ps server 1: took over server 2's range")) << run.output;
-  EXPECT_TRUE(has(run.output, "[rank 3] done: ")) << run.output;
-  expect_same_bytes(tmp.file("clean-R2/model.safetensors"), tmp.file("killed/model.safetensors"));
+  expect_like_a_fault_free_run("2", "0:3,2:7", {{0, 1}, {2, 1}});
 }
 
 TEST(PsTakeoverThreeServersCli,
@@ -128,18 +127,13 @@ TEST(PsTakeoverThreeServersCli,
   ASSERT_TRUE(run.status.has_value()) << run.output;
   EXPECT_FALSE(run.status->ok()) << run.output;
   EXPECT_TRUE(has(run.output, covered_death(0, 1, 2))) << run.output;
-  const std::string stop =
-      "no live copy is left of the range of ps server 0 (every server that held one died: ps "
-      "server 0 (pid ";
-  const size_t at = run.output.find(stop);
-  ASSERT_NE(at, std::string::npos) << run.output;
-  const std::string rest = run.output.substr(at, run.output.find('\n', at) - at);
-  EXPECT_TRUE(has(rest, ") was killed by signal 9 (SIGKILL), ps server 1 (pid ")) << rest;
-  EXPECT_TRUE(has(rest,
-                  "the job cannot go on without it and no restart is left (max_restarts = "
-                  "0): stopping the job"))
-      << rest;
-  EXPECT_FALSE(std::filesystem::exists(tmp.file("out/model.safetensors")));
+  expect_stop_naming(run.output,
+                     "no live copy is left of the range of ps server 0 (every server that held "
+                     "one died: ps server 0 (pid ",
+                     {") was killed by signal 9 (SIGKILL), ps server 1 (pid ",
+                      "the job cannot go on without it and no restart is left (max_restarts = "
+                      "0): stopping the job"},
+                     tmp.file("out"));
 }
 
 }  // namespace
