@@ -13,6 +13,7 @@
 
 #include "cli/etcd_agent_presence.h"
 #include "cli/etcd_restart_agent.h"
+#include "cli/private_dir.h"
 #include "cli/test_hooks.h"
 #include "comm/rendezvous/launch_env.h"
 #include "core/error.h"
@@ -142,6 +143,13 @@ LaunchResult run_etcd_agent(const AgentOptions& agent, LaunchOptions base, std::
       "host; it is left out (LeftOut) and stops its workers",
       url.job_id, agent.lease_ttl.count());
   test_stop_before_claim(base.environment, logger);
+  // The workers' ipc sockets bind in a folder of the agent's own, removed
+  // when it returns, so that a killed worker leaves none behind. Not
+  // DTRAIN_RUN_DIR: that also means "one host, fixed endpoints".
+  const auto tmpdir = base.environment.find("TMPDIR");
+  const PrivateDir sockets(tmpdir == base.environment.end() ? "" : tmpdir->second, "dtrain-ipc",
+                           "the agent's socket folder");
+  base.environment["DTRAIN_SOCKET_DIR"] = sockets.path();
   // Declared before `presence`, whose thread calls it: outlives that thread.
   StaleStop stale_stop;
   AgentPresence presence(

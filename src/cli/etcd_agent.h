@@ -19,6 +19,10 @@
 // on. The last agent of the job to leave removes the job's keys from etcd,
 // so that the same job id may be used again.
 //
+// The local workers' ipc sockets bind in a private folder of the agent
+// (mkdtemp, mode 0700, under TMPDIR or /tmp; DTRAIN_SOCKET_DIR), removed
+// when the agent returns: a worker killed on the way leaves no socket.
+//
 // Every agent of the job must be given the same DTRAIN_JOB_SECRET or key
 // file (DTRAIN_KEY_FILE): the workers of different hosts authenticate each
 // other with it.
@@ -27,7 +31,8 @@
 // Errors: UsageError for a malformed --rdzv / --nnodes / --nproc-per-node
 // or neither DTRAIN_JOB_SECRET nor DTRAIN_KEY_FILE, or a lease TTL under
 // 1 s; TimeoutError when etcd does not answer the node claim within 30 s;
-// what Launcher::run throws.
+// std::system_error when the socket folder cannot be made; what
+// Launcher::run throws.
 #pragma once
 
 #include <chrono>

@@ -1,56 +1,21 @@
 #include "cli/job_launch.h"
 
 #include <fmt/format.h>
-#include <stdlib.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <climits>
-#include <filesystem>
 #include <string>
-#include <system_error>
 #include <utility>
 
 #include "cli/elastic_launch.h"
+#include "cli/private_dir.h"
 #include "core/error.h"
 
 namespace dtrain::cli {
 
 namespace {
-
-// Longest socket path an ipc endpoint may have (sockaddr_un::sun_path less
-// its terminating NUL).
-constexpr size_t kMaxSocketPath = 107;
-
-// A private folder (mkdtemp, mode 0700) under `tmpdir` (or /tmp), removed
-// with what it holds when the object goes.
-class RunDir {
- public:
-  explicit RunDir(const std::string& tmpdir) {
-    std::string base = tmpdir.empty() ? "/tmp" : tmpdir;
-    // The sockets' paths must fit sockaddr_un: fall back to /tmp when TMPDIR is deep.
-    if (base.size() + 48 > kMaxSocketPath) base = "/tmp";
-    std::string pattern = base + "/dtrain-run-XXXXXX";
-    if (mkdtemp(pattern.data()) == nullptr) {
-      throw std::system_error(errno, std::generic_category(),
-                              fmt::format("mkdtemp {} (the run's socket folder)", pattern));
-    }
-    path_ = std::move(pattern);
-  }
-  ~RunDir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
-  RunDir(const RunDir&) = delete;
-  RunDir& operator=(const RunDir&) = delete;
-
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 int clamp_int(int64_t value) { return static_cast<int>(std::min<int64_t>(value, INT_MAX)); }
 
@@ -84,9 +49,11 @@ void check_process_cap(const train::LaunchPlan& plan, int64_t workers, const Pro
 int launch_job(const train::JobConfig& job, const train::LaunchPlan& plan, LaunchOptions base,
                std::ostream& out, std::ostream& err, Logger& logger) {
   const auto tmpdir = base.environment.find("TMPDIR");
-  const RunDir run_dir(tmpdir == base.environment.end() ? "" : tmpdir->second);
+  const PrivateDir run_dir(tmpdir == base.environment.end() ? "" : tmpdir->second, "dtrain-run",
+                           "the run's socket folder");
   base.workers = plan.processes;
   base.environment["DTRAIN_RUN_DIR"] = run_dir.path();
+  base.environment["DTRAIN_SOCKET_DIR"] = run_dir.path();
   base.status_dir = run_dir.path();
   base.environment["DTRAIN_LAUNCH_ID"] = random_job_secret().substr(0, 16);
   const int max_restarts = clamp_int(job.train.max_restarts);

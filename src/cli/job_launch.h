@@ -9,7 +9,8 @@
 //  - otherwise restart mode: a failure stops the job, which starts again
 //    from its last checkpoint while train.max_restarts remain.
 // Every run gets a private folder (mkdtemp, mode 0700, under TMPDIR or
-// /tmp), passed as DTRAIN_RUN_DIR and removed after the run: the processes'
+// /tmp; cli/private_dir.h), passed as DTRAIN_RUN_DIR and DTRAIN_SOCKET_DIR
+// and removed after the run: the processes'
 // ipc sockets live there (a ps job's servers listen on server-s), so a
 // killed process leaves nothing in /tmp. Every process gets DTRAIN_LAUNCH_ID
 // (random, one per launch).

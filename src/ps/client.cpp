@@ -110,6 +110,8 @@ Client::Impl::Impl(ClientOptions options, const comm::JobAuth& auth, Logger& log
     sockets_.push_back(connect(s, routes_[static_cast<size_t>(s)]));
     monitors_.push_back(watch_disconnects(s));
   }
+  dead_.assign(static_cast<size_t>(servers), false);
+  for (int s = 0; s < servers; ++s) serving_.push_back(s);
   values_.resize(static_cast<size_t>(servers));
   open_pushes_.resize(static_cast<size_t>(servers));
   heartbeat_ = std::jthread([this](std::stop_token stop) { send_heartbeats(stop); });

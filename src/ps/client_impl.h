@@ -155,7 +155,13 @@ class Client::Impl {
   uint64_t last_min_clock_ = 0;
   StepTotals last_totals_;
   std::vector<zmq::socket_t> monitors_;  // by server, after sockets_ (closed first)
-  int monitor_generation_ = 0;           // names each monitor's inproc address
+  // By range: the server process that serves it now (its own server, or the
+  // backup that took it over). By server: whether a backup took a range over
+  // from it (it died; take_over() does not ask it, which would wait
+  // options_.timeout for an answer).
+  std::vector<int> serving_;
+  std::vector<bool> dead_;
+  int monitor_generation_ = 0;  // names each monitor's inproc address
   // By server: its range as this worker last pulled it (init's values before
   // the first pull), and the pushes sent to it since then, in send order.
   // A range is the float bytes of the pull reply that brought it, kept

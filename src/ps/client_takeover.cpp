@@ -53,7 +53,15 @@ bool Client::Impl::take_over(int server, const std::string& operation) {
   ask.primary = static_cast<uint32_t>(server);
   ask.worker = static_cast<uint32_t>(options_.worker);
   ask.version = last_version_;
+  // The process that served the range: its slot never serves again once a
+  // backup took the range over (a replacement retires at once).
+  const int lost = serving_[static_cast<size_t>(server)];
   for (int backup : backups_of(server, num_servers(), options_.replicas)) {
+    if (dead_[static_cast<size_t>(backup)]) {
+      logger_.warn("ps worker {}: backup server {} of server {}'s range died before: not asked",
+                   options_.worker, backup, server);
+      continue;
+    }
     auto socket = connect(backup, options_.server_endpoints[static_cast<size_t>(backup)]);
     const std::optional<TakeoverReply> reply =
         ask_backup(*socket, backup, ask, Deadline::after(options_.timeout));
@@ -66,6 +74,8 @@ bool Client::Impl::take_over(int server, const std::string& operation) {
     }
     if (reply->status == TakeoverReply::Status::kServing) {
       reroute(server, reply->endpoint);
+      serving_[static_cast<size_t>(server)] = backup;
+      dead_[static_cast<size_t>(lost)] = true;
       logger_.warn(
           "ps worker {}: lost server {} during {}; backup server {} serves its range from "
           "version {} on {} ({:.3f} s after the break was seen)",

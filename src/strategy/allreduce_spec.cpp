@@ -264,7 +264,7 @@ class AllReduceSpec final : public StrategySpec {
     o.encrypt = launch.settings.encrypt;
     o.listen_host = launch.settings.listen_host;
     o.advertise_host = launch.settings.advertise_host;
-    o.ipc_dir = launch.settings.run_dir;
+    o.ipc_dir = launch.settings.socket_dir;
     o.rendezvous_timeout = c.timeout;
     o.heartbeat_timeout = c.heartbeat_timeout;
     o.allreduce = options(c);

@@ -9,6 +9,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <optional>
@@ -46,6 +47,19 @@ inline ChildProcess start_endless_job(const std::string& job, const std::string&
       {"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1", DTRAIN_BINARY, "train", job, "--output", out,
        "--workers", "2", "--set", "train.epochs=100000"},
       {{"OPENBLAS_NUM_THREADS", "1"}});
+}
+
+// The ipc socket files anywhere below `folder` (a job's TMPDIR: a launcher
+// or an etcd agent removes its private socket folder when it ends, so none
+// is left there by a worker it started, even a killed one).
+inline std::vector<std::string> socket_files(const std::string& folder) {
+  std::vector<std::string> sockets;
+  std::error_code ec;
+  for (auto it = std::filesystem::recursive_directory_iterator(folder, ec);
+       !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
+    if (it->is_socket(ec)) sockets.push_back(it->path().string());
+  }
+  return sockets;
 }
 
 // Reads the child's output until it contains `text` (within 120 s); false

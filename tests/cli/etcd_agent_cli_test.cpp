@@ -40,13 +40,17 @@ const std::string kJob = testing::TestJob()
 
 // One host: `setsid dtrain train JOB --rdzv ...` in its own process group
 // (its pid is the group's id), stderr merged into the captured stdout.
-ChildProcess start_agent(const std::string& job, const std::string& out, const std::string& rdzv) {
+// Its TMPDIR is `tmpdir`, the test's folder: the agent's socket folder goes
+// with it even when the test SIGKILLs the agent.
+ChildProcess start_agent(const std::string& job, const std::string& out, const std::string& rdzv,
+                         const std::string& tmpdir) {
   return ChildProcess::spawn(
       {"/usr/bin/setsid", "/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1", DTRAIN_BINARY, "train", job,
        "--output", out, "--rdzv", rdzv, "--nnodes", "1:2", "--nproc-per-node", "1"},
       {{"OPENBLAS_NUM_THREADS", "1"},
        {"DTRAIN_JOB_SECRET", "agents-test-secret"},
-       {"DTRAIN_TCP_ONLY", "1"}});
+       {"DTRAIN_TCP_ONLY", "1"},
+       {"TMPDIR", tmpdir}});
 }
 
 TEST(EtcdAgentCli, TheSurvivingHostFinishesAfterTheFirstHostIsKilled) {
@@ -59,9 +63,9 @@ TEST(EtcdAgentCli, TheSurvivingHostFinishesAfterTheFirstHostIsKilled) {
   // Separate output folders, as two hosts' local disks (each host's worker
   // locks its own folder while it is rank 0; one shared folder:
   // etcd_shared_output_cli_test.cpp).
-  ChildProcess first = start_agent(dir.file("job.toml"), dir.file("out-a"), rdzv);
+  ChildProcess first = start_agent(dir.file("job.toml"), dir.file("out-a"), rdzv, dir.path());
   ASSERT_TRUE(testing::wait_for_output(first, "agent: node 0")) << first.output();
-  ChildProcess second = start_agent(dir.file("job.toml"), dir.file("out-b"), rdzv);
+  ChildProcess second = start_agent(dir.file("job.toml"), dir.file("out-b"), rdzv, dir.path());
   // Training has started once the first host's worker logged a step.
   ASSERT_TRUE(testing::wait_for_output(first, "step 10")) << first.output();
   ::kill(-first.pid(), SIGKILL);

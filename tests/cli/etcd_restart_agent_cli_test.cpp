@@ -8,7 +8,8 @@
 //    the survivors restart from it as generation 1, finish and write the
 //    final model, saying which step they resumed from.
 //  - A worker (not its agent) is SIGKILLed: its agent reports the failure
-//    and every agent restarts the group.
+//    and every agent restarts the group; no ipc socket is left in the
+//    agents' TMPDIR (each agent's socket folder, removed at its end).
 //  - With no restart left, the same failure ends every agent non-zero
 //    with a line naming the budget.
 //  - A host that arrives while the group runs below MAX is admitted by a
@@ -126,9 +127,13 @@ struct Cluster {
     rdzv = "etcd://" + etcd.endpoint() + "/" + job_id;
     for (int h = 0; h < hosts; ++h) {
       const size_t i = static_cast<size_t>(h);
-      agents.push_back(
-          start_agent(dir.file("job.toml"), dir.file("out"), rdzv, nnodes, max_restarts, extra,
-                      i < host_env.size() ? host_env[i] : std::map<std::string, std::string>{}));
+      std::map<std::string, std::string> env =
+          i < host_env.size() ? host_env[i] : std::map<std::string, std::string>{};
+      // The agents' socket folders below the test's own: none is left in
+      // /tmp, even by an agent the test SIGKILLs.
+      env.emplace("TMPDIR", dir.path());
+      agents.push_back(start_agent(dir.file("job.toml"), dir.file("out"), rdzv, nnodes,
+                                   max_restarts, extra, env));
       // Node indexes in start order: the first agent is node 0 (rank 0).
       EXPECT_TRUE(testing::wait_for_output(agents.back(), "agent: node " + std::to_string(h)))
           << agents.back().output();
@@ -179,6 +184,8 @@ TEST(EtcdRestartAgentCli, AKilledWorkerRestartsEveryHost) {
   if (!testing::etcd_installed()) GTEST_SKIP() << "etcd is not installed (scripts/setup.sh)";
   Cluster c("restart-worker", 2, "2", 1);
   ASSERT_TRUE(c.wait_for_checkpoint(c.agents[1])) << c.agents[1].output();
+  // The workers' ipc sockets are in their agents' folders below TMPDIR.
+  EXPECT_FALSE(testing::socket_files(c.dir.path()).empty());
   const pid_t worker = first_worker_pid(c.agents[1].output());
   ASSERT_GT(worker, 0) << c.agents[1].output();
   ::kill(worker, SIGKILL);
@@ -190,6 +197,8 @@ TEST(EtcdRestartAgentCli, AKilledWorkerRestartsEveryHost) {
     EXPECT_NE(agent.output().find("of generation 1"), std::string::npos) << agent.output();
   }
   EXPECT_TRUE(std::filesystem::exists(c.dir.file("out/model.safetensors")));
+  // The killed worker's socket went with its agent's folder.
+  EXPECT_EQ(testing::socket_files(c.dir.path()), std::vector<std::string>{});
 }
 
 TEST(EtcdRestartAgentCli, ExhaustedRestartBudgetEndsEveryHostNonZero) {

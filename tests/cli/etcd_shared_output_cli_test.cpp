@@ -61,7 +61,9 @@ ChildProcess start_agent(const testing::TempDir& dir, const std::string& rdzv,
       {"/usr/bin/setsid", "/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1", DTRAIN_BINARY, "train",
        dir.file("job.toml"), "--output", dir.file("shared"), "--rdzv", rdzv, "--nnodes", "2:3",
        "--nproc-per-node", "1", "--host-address", address, "--rdzv-ttl", "2"},
-      {{"OPENBLAS_NUM_THREADS", "1"}, {"DTRAIN_JOB_SECRET", "shared-secret"}});
+      {{"OPENBLAS_NUM_THREADS", "1"},
+       {"DTRAIN_JOB_SECRET", "shared-secret"},
+       {"TMPDIR", dir.path()}});  // socket folders below the test's (agents are SIGKILLed)
 }
 
 // The lock file's record in `folder` (nullopt: released, or none yet).

@@ -180,5 +180,20 @@ TEST(LaunchEnv, AgentWorkerOnEtcd) {
   EXPECT_NE(config_error(inverted).find("DTRAIN_RDZV_MIN_WORKERS"), std::string::npos);
 }
 
+TEST(LaunchEnv, SocketFolderIsSocketDirThenRunDirThenTmpdirThenTmp) {
+  EXPECT_EQ(resolve_launch_settings({}).socket_dir, "/tmp");
+  EXPECT_EQ(resolve_launch_settings({{"TMPDIR", "/scratch/me/"}}).socket_dir, "/scratch/me");
+  // Too deep for a socket's path (sockaddr_un): /tmp.
+  EXPECT_EQ(resolve_launch_settings({{"TMPDIR", "/" + std::string(60, 'd')}}).socket_dir, "/tmp");
+  const Env run{{"TMPDIR", "/scratch/me"}, {"DTRAIN_RUN_DIR", "/tmp/dtrain-run-x"}};
+  EXPECT_EQ(resolve_launch_settings(run).socket_dir, "/tmp/dtrain-run-x");
+  Env agent = run;
+  agent["DTRAIN_SOCKET_DIR"] = "/tmp/dtrain-ipc-y";
+  const LaunchSettings s = resolve_launch_settings(agent);
+  EXPECT_EQ(s.socket_dir, "/tmp/dtrain-ipc-y");
+  EXPECT_EQ(s.run_dir, "/tmp/dtrain-run-x");  // the socket folder leaves the run folder alone
+  EXPECT_EQ(resolve_launch_settings({{"DTRAIN_SOCKET_DIR", "/tmp/dtrain-ipc-y"}}).run_dir, "");
+}
+
 }  // namespace
 }  // namespace dtrain::comm

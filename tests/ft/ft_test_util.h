@@ -140,6 +140,23 @@ inline JobRun run_job(const std::vector<std::string>& args,
 }
 
 // The final test accuracy in percent from "done: ... test accuracy 97.10%".
+inline bool has(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+// A ps job's stop line, checked: `output` holds a line with `stop` (the
+// launcher's "no live copy is left of the range..." up to the first pid),
+// that line names every entry of `then` (the rest of the holders, the
+// ending), and the job wrote no model into `out`.
+inline void expect_stop_naming(const std::string& output, const std::string& stop,
+                               const std::vector<std::string>& then, const std::string& out) {
+  const size_t at = output.find(stop);
+  ASSERT_NE(at, std::string::npos) << output;
+  const std::string rest = output.substr(at, output.find('\n', at) - at);
+  for (const std::string& part : then) EXPECT_TRUE(has(rest, part)) << rest;
+  EXPECT_FALSE(std::filesystem::exists(out + "/model.safetensors"));
+}
+
 inline double final_accuracy(const std::string& output) {
   const size_t at = output.find("test accuracy ");
   if (at == std::string::npos) {

@@ -24,10 +24,6 @@ namespace {
 
 using namespace ft_test;
 
-bool has(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
-
 // 16 sync steps on blobs (a global batch of 48 over 2 workers), no checkpoint.
 const std::string kBlobs = testing::TestJob()
                                .name("ps-takeover")
@@ -142,18 +138,13 @@ TEST(PsTakeoverCli, TheDeathOfTheLastCopyStopsTheJobNamingBothServers) {
   EXPECT_FALSE(run.status->ok()) << run.output;
   EXPECT_TRUE(has(run.output, "ps server 0: took over server 1's range")) << run.output;
   EXPECT_TRUE(has(run.output, "the job goes on without it")) << run.output;
-  const std::string stop =
-      "no live copy is left of the ranges of ps server 0 and ps server 1 (every server that held "
-      "one died: ps server 1 (pid ";
-  const size_t at = run.output.find(stop);
-  ASSERT_NE(at, std::string::npos) << run.output;
-  const std::string rest = run.output.substr(at, run.output.find('\n', at) - at);
-  EXPECT_TRUE(has(rest, ") was killed by signal 9 (SIGKILL), ps server 0 (pid ")) << rest;
-  EXPECT_TRUE(has(rest,
-                  "the job cannot go on without it and no restart is left (max_restarts = "
-                  "0): stopping the job"))
-      << rest;
-  EXPECT_FALSE(std::filesystem::exists(tmp.file("out/model.safetensors")));
+  expect_stop_naming(run.output,
+                     "no live copy is left of the ranges of ps server 0 and ps server 1 (every "
+                     "server that held one died: ps server 1 (pid ",
+                     {") was killed by signal 9 (SIGKILL), ps server 0 (pid ",
+                      "the job cannot go on without it and no restart is left (max_restarts = "
+                      "0): stopping the job"},
+                     tmp.file("out"));
 }
 
 }  // namespace

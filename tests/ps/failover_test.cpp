@@ -44,10 +44,6 @@ constexpr int kWorkers = 2;
 constexpr int kVictim = 1;
 constexpr uint64_t kSteps = 10;
 
-struct Killed : std::runtime_error {
-  Killed() : std::runtime_error("killed by the test") {}
-};
-
 // When server 1 dies: while closing a version (the last push of it has
 // arrived, the pulls wait; no push reply was sent), or between versions
 // (worker 0 kills it after its pull, before its next push). kAtClose: a
@@ -59,19 +55,7 @@ enum class Death { kNone, kAtClose, kSigkillAtClose, kSigkillBetweenVersions };
 
 ServerOptions server_options(int s, const std::vector<std::string>& endpoints,
                              const optim::OptimizerConfig& optimizer, int replicas) {
-  ServerOptions o;
-  o.server = s;
-  o.num_servers = kServers;
-  o.num_workers = kWorkers;
-  o.bind_endpoint = endpoints[static_cast<size_t>(s)];
-  o.consistency = Consistency::kSync;
-  o.optimizer = optimizer;
-  o.replicas = replicas;
-  // The survivor's own range loses its backup with the victim; a backup
-  // whose connection broke is skipped at once, one that is silent after
-  // this long.
-  o.replica_timeout = std::chrono::milliseconds(2000);
-  return o;
+  return testing::replicated_server_options(s, kServers, kWorkers, endpoints, optimizer, replicas);
 }
 
 // Test harness only; library code never reads the environment.
@@ -156,60 +140,42 @@ class FailoverJob {
   // final parameters. `replace_at`: worker 0 starts a replacement of the dead
   // server when it reaches that version.
   std::vector<float> train(std::optional<uint64_t> replace_at = std::nullopt) {
-    std::vector<float> out;
-    auto worker = [&](int w) {
-      ClientOptions o;
-      o.worker = w;
-      o.num_workers = kWorkers;
-      o.server_endpoints = endpoints_;
-      o.timeout = kGenerous;
-      o.heartbeat_interval = std::chrono::milliseconds(100);
-      o.replicas = replicas_;
-      Client client(o, auth_, log_.logger());
-      StateDict spec;
-      spec.insert("emb", Tensor::zeros({4, 6}));  // 24 + 5 floats: 15 / 14 per server
-      spec.insert("bias", Tensor::zeros({5}));
-      client.init(spec, {});
-      std::vector<Tensor> params{Tensor::zeros({4, 6}), Tensor::zeros({5})};
-      uint64_t version = client.pull(params, 0);
-      for (uint64_t t = 0; t < kSteps; ++t) {
-        if (w == 0 && death_ == Death::kSigkillBetweenVersions && version == at_) {
-          kill_sent_ = true;
-          kill_now_.set_value();
-          killed_future_.wait();  // bounded: the watcher's waits have deadlines
-        }
-        if (w == 0 && replace_at && version == *replace_at) {
-          // Training goes on only once the replacement's run() returned: it
-          // asks the backup while that backup still serves (a replacement
-          // started near the end could find every server finished).
-          start(kVictim, true);
-          ASSERT_EQ(replacement_ran_.get_future().wait_until(Deadline::after(kGenerous).at()),
-                    std::future_status::ready);
-        }
-        std::vector<Tensor> grads;
-        for (const Tensor& p : params) {
-          Tensor g = Tensor::zeros(p.shape());
-          for (int64_t i = 0; i < g.numel(); ++i) {
-            g.data()[i] = std::cos(0.7f * static_cast<float>(i) - 0.9f * static_cast<float>(w) +
-                                   0.23f * static_cast<float>(t));
+    return testing::run_sync_workers(
+        kWorkers, endpoints_, replicas_, auth_, log_.logger(),
+        [&](Client& client, int w, std::vector<Tensor>& params) {
+          StateDict spec;
+          spec.insert("emb", Tensor::zeros({4, 6}));  // 24 + 5 floats: 15 / 14 per server
+          spec.insert("bias", Tensor::zeros({5}));
+          client.init(spec, {});
+          params = {Tensor::zeros({4, 6}), Tensor::zeros({5})};
+          uint64_t version = client.pull(params, 0);
+          for (uint64_t t = 0; t < kSteps; ++t) {
+            if (w == 0 && death_ == Death::kSigkillBetweenVersions && version == at_) {
+              kill_sent_ = true;
+              kill_now_.set_value();
+              killed_future_.wait();  // bounded: the watcher's waits have deadlines
+            }
+            if (w == 0 && replace_at && version == *replace_at) {
+              // Training goes on only once the replacement's run() returned: it
+              // asks the backup while that backup still serves (a replacement
+              // started near the end could find every server finished).
+              start(kVictim, true);
+              ASSERT_EQ(replacement_ran_.get_future().wait_until(Deadline::after(kGenerous).at()),
+                        std::future_status::ready);
+            }
+            std::vector<Tensor> grads;
+            for (const Tensor& p : params) {
+              Tensor g = Tensor::zeros(p.shape());
+              for (int64_t i = 0; i < g.numel(); ++i) {
+                g.data()[i] = std::cos(0.7f * static_cast<float>(i) - 0.9f * static_cast<float>(w) +
+                                       0.23f * static_cast<float>(t));
+              }
+              grads.push_back(g);
+            }
+            client.push(grads, 2 * w + 1, 0.05f, version);
+            version = client.pull(params, version + 1);
           }
-          grads.push_back(g);
-        }
-        client.push(grads, 2 * w + 1, 0.05f, version);
-        version = client.pull(params, version + 1);
-      }
-      if (w == 0) {
-        for (const Tensor& p : params) {
-          const auto v = p.to_vector();
-          out.insert(out.end(), v.begin(), v.end());
-        }
-      }
-      client.finish();
-    };
-    std::jthread other(worker, 1);
-    worker(0);
-    other.join();
-    return out;
+        });
   }
 
   CapturingLog& log() { return log_; }
@@ -226,7 +192,7 @@ class FailoverJob {
     o.replacement = replacement;
     if (s == kVictim && !replacement && death_ == Death::kAtClose) {
       o.on_version = [at = at_](uint64_t version) {
-        if (version == at) throw Killed();
+        if (version == at) throw testing::ServerKilled();
       };
     }
     return o;
@@ -249,7 +215,7 @@ class FailoverJob {
         std::jthread([this, raw, s, replacement](std::stop_token stop) {
           try {
             raw->run(stop);
-          } catch (const Killed&) {
+          } catch (const testing::ServerKilled&) {
             servers_[static_cast<size_t>(s)].reset();
           }
           if (replacement) replacement_ran_.set_value();
@@ -288,8 +254,7 @@ void expect_takeover_bit_identical(const optim::OptimizerConfig& optimizer, Deat
   EXPECT_TRUE(faulty.log().contains("backup server 0 serves its range from version"));
   EXPECT_TRUE(faulty.log().contains("ps server 0: lost the connection to backup server 1"));
   EXPECT_FALSE(faulty.log().contains("waiting for its replacement"));
-  ASSERT_EQ(taken_over.size(), reference.size());
-  for (size_t i = 0; i < reference.size(); ++i) ASSERT_EQ(taken_over[i], reference[i]) << i;
+  testing::expect_bit_identical(taken_over, reference);
 }
 
 TEST(PsFailover, ABackupTakesOverAtAVersionsCloseBitIdenticalWithMomentum) {
@@ -322,8 +287,7 @@ TEST(PsFailover, TheLateReplacementRetiresAndTheRangeStaysWithTheBackup) {
   const std::vector<float> taken_over = faulty.train(6);
   EXPECT_TRUE(faulty.log().contains("ps server 1: replacement retires: backup server 0 took"));
   EXPECT_FALSE(faulty.log().contains("replacement took its shard"));
-  ASSERT_EQ(taken_over.size(), reference.size());
-  for (size_t i = 0; i < reference.size(); ++i) ASSERT_EQ(taken_over[i], reference[i]) << i;
+  testing::expect_bit_identical(taken_over, reference);
 }
 
 // Server 0 alone, backing up server 1 (whose endpoint nobody binds); the

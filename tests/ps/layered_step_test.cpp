@@ -37,10 +37,6 @@ constexpr int kServers = 2;
 constexpr int kWorkers = 2;
 constexpr uint64_t kSteps = 8;
 
-struct Killed : std::runtime_error {
-  Killed() : std::runtime_error("killed by the test") {}
-};
-
 StateDict model_spec() {
   StateDict d;
   d.insert("w", Tensor::zeros({5, 7}));  // 35 + 3 floats: 19 / 19 over two servers
@@ -74,18 +70,11 @@ class TakeoverJob {
       endpoints_.push_back("ipc://" + dir_.file("server-" + std::to_string(s)));
     }
     for (int s = 0; s < kServers; ++s) {
-      ServerOptions o;
-      o.server = s;
-      o.num_servers = kServers;
-      o.num_workers = kWorkers;
-      o.bind_endpoint = endpoints_[static_cast<size_t>(s)];
-      o.consistency = Consistency::kSync;
-      o.optimizer = optimizer;
-      o.replicas = 1;
-      o.replica_timeout = std::chrono::milliseconds(2000);
+      ServerOptions o =
+          testing::replicated_server_options(s, kServers, kWorkers, endpoints_, optimizer, 1);
       if (s == 1 && kill_at > 0) {
         o.on_version = [kill_at](uint64_t version) {
-          if (version == kill_at) throw Killed();
+          if (version == kill_at) throw testing::ServerKilled();
         };
       }
       servers_.push_back(std::make_unique<Server>(o, auth_, log_.logger()));
@@ -95,7 +84,7 @@ class TakeoverJob {
       threads_.emplace_back([this, s](std::stop_token stop) {
         try {
           servers_[static_cast<size_t>(s)]->run(stop);
-        } catch (const Killed&) {
+        } catch (const testing::ServerKilled&) {
           servers_[static_cast<size_t>(s)].reset();
         }
       });
@@ -107,43 +96,25 @@ class TakeoverJob {
 
   // Both workers through kSteps sync steps; worker 0's final parameters.
   std::vector<float> train(Steps steps) {
-    std::vector<float> out;
-    auto worker = [&](int w) {
-      ClientOptions o;
-      o.worker = w;
-      o.num_workers = kWorkers;
-      o.server_endpoints = endpoints_;
-      o.timeout = kGenerous;
-      o.heartbeat_interval = std::chrono::milliseconds(100);
-      o.replicas = 1;
-      Client client(o, auth_, log_.logger());
-      client.init(model_spec(), {});
-      std::vector<Tensor> params{Tensor::zeros({5, 7}), Tensor::zeros({3})};
-      uint64_t version = client.pull(params, 0);
-      for (uint64_t t = 0; t < kSteps; ++t) {
-        const DensePush push{w + 1, 0.05f, version, 0.0, 0, 0.0, {}};
-        const std::vector<Tensor> grads = gradient(w, t);
-        if (steps == Steps::kPushStep) {
-          version = client.push_step({}, grads, push, params, version + 1);
-          continue;
-        }
-        LayeredStep step(client, push, version + 1);
-        step.send(1, grads);
-        step.send(0, grads);
-        version = step.finish(params);
-      }
-      if (w == 0) {
-        for (const Tensor& p : params) {
-          const auto v = p.to_vector();
-          out.insert(out.end(), v.begin(), v.end());
-        }
-      }
-      client.finish();
-    };
-    std::jthread other(worker, 1);
-    worker(0);
-    other.join();
-    return out;
+    return testing::run_sync_workers(
+        kWorkers, endpoints_, 1, auth_, log_.logger(),
+        [&](Client& client, int w, std::vector<Tensor>& params) {
+          client.init(model_spec(), {});
+          params = {Tensor::zeros({5, 7}), Tensor::zeros({3})};
+          uint64_t version = client.pull(params, 0);
+          for (uint64_t t = 0; t < kSteps; ++t) {
+            const DensePush push{w + 1, 0.05f, version, 0.0, 0, 0.0, {}};
+            const std::vector<Tensor> grads = gradient(w, t);
+            if (steps == Steps::kPushStep) {
+              version = client.push_step({}, grads, push, params, version + 1);
+              continue;
+            }
+            LayeredStep step(client, push, version + 1);
+            step.send(1, grads);
+            step.send(0, grads);
+            version = step.finish(params);
+          }
+        });
   }
 
   CapturingLog& log() { return log_; }
@@ -158,9 +129,8 @@ class TakeoverJob {
 };
 
 void expect_bit_identical(const std::vector<float>& got, const std::vector<float>& want) {
-  ASSERT_EQ(got.size(), want.size());
   ASSERT_FALSE(want.empty());
-  for (size_t i = 0; i < want.size(); ++i) ASSERT_EQ(got[i], want[i]) << i;
+  testing::expect_bit_identical(got, want);
 }
 
 TEST(PsLayeredStep, LastServerFirstEndsBitIdenticalToPushStep) {

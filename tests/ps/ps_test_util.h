@@ -1,14 +1,19 @@
 // A parameter-server job inside one test process: S servers, each running
 // Server::run on its own std::jthread over tcp loopback, and Clients made on
-// demand. The destructor stops and joins the servers.
+// demand. The destructor stops and joins the servers. Also the harness of
+// the takeover tests (failover_test, layered_step_test): a server killed on
+// its thread (ServerKilled), a replicated server's options, sync workers on
+// threads (run_sync_workers) and a bit-for-bit comparison.
 #pragma once
 
 #include <gtest/gtest.h>
 
 #include <array>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -19,6 +24,7 @@
 #include "comm/wire/wire.h"
 #include "core/deadline.h"
 #include "core/log.h"
+#include "optim/optimizer_config.h"
 #include "ps/client.h"
 #include "ps/messages.h"
 #include "ps/server.h"
@@ -56,6 +62,77 @@ class CapturingLog {
 };
 
 inline constexpr std::chrono::milliseconds kGenerous{60000};
+
+// The death of a server on a test thread: thrown from its
+// ServerOptions::on_version; the thread that runs the server then destroys
+// it, which closes every connection to it as a process death does.
+struct ServerKilled : std::runtime_error {
+  ServerKilled() : std::runtime_error("killed by the test") {}
+};
+
+// Server `s` of a sync job of `num_servers` servers over `endpoints`, each
+// range copied to `replicas` backups. A backup whose connection broke is
+// skipped at once; one silent for 2 s counts as lagging (a survivor's own
+// range loses its backup with the victim).
+inline ServerOptions replicated_server_options(int s, int num_servers, int num_workers,
+                                               const std::vector<std::string>& endpoints,
+                                               const optim::OptimizerConfig& optimizer,
+                                               int replicas) {
+  ServerOptions o;
+  o.server = s;
+  o.num_servers = num_servers;
+  o.num_workers = num_workers;
+  o.bind_endpoint = endpoints[static_cast<size_t>(s)];
+  o.consistency = Consistency::kSync;
+  o.optimizer = optimizer;
+  o.replicas = replicas;
+  o.replica_timeout = std::chrono::milliseconds(2000);
+  return o;
+}
+
+// Runs workers 0 .. num_workers-1 of a sync job against `endpoints` with
+// `replicas` (worker 0 on the calling thread, the others on threads of
+// their own): each makes its Client, `body(client, w, params)` trains (init,
+// pulls, pushes) and leaves its final parameters in `params`, then the
+// client finishes. Returns worker 0's final parameters, flattened. A body
+// that failed fatally (ASSERT_*) returns early: no finish().
+inline std::vector<float> run_sync_workers(
+    int num_workers, const std::vector<std::string>& endpoints, int replicas,
+    const comm::JobAuth& auth, Logger& logger,
+    const std::function<void(Client&, int, std::vector<Tensor>&)>& body) {
+  std::vector<float> out;
+  auto worker = [&](int w) {
+    ClientOptions o;
+    o.worker = w;
+    o.num_workers = num_workers;
+    o.server_endpoints = endpoints;
+    o.timeout = kGenerous;
+    o.heartbeat_interval = std::chrono::milliseconds(100);
+    o.replicas = replicas;
+    Client client(o, auth, logger);
+    std::vector<Tensor> params;
+    body(client, w, params);
+    if (::testing::Test::HasFatalFailure()) return;
+    if (w == 0) {
+      for (const Tensor& p : params) {
+        const auto v = p.to_vector();
+        out.insert(out.end(), v.begin(), v.end());
+      }
+    }
+    client.finish();
+  };
+  std::vector<std::jthread> others;
+  for (int w = 1; w < num_workers; ++w) others.emplace_back(worker, w);
+  worker(0);
+  others.clear();  // joined
+  return out;
+}
+
+// Fails at the first float of `got` that differs from `want` in any bit.
+inline void expect_bit_identical(const std::vector<float>& got, const std::vector<float>& want) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) ASSERT_EQ(got[i], want[i]) << i;
+}
 
 // One step of a lone async worker: init w = {1, 2, 3}, push ones with one
 // sample at the server's lr 1, pull: w is {0, 1, 2}.

@@ -22,7 +22,7 @@ std::unique_ptr<Communicator> connect_worker(const std::string& job_name, const 
   t.world_size = launch.world_size;
   t.listen_host = launch.settings.listen_host;
   t.advertise_host = launch.settings.advertise_host;
-  if (!launch.settings.run_dir.empty()) t.ipc_dir = launch.settings.run_dir;
+  if (!launch.settings.socket_dir.empty()) t.ipc_dir = launch.settings.socket_dir;
   if (launch.settings.tcp_only) t.prefer_ipc = false;
   t.heartbeat_timeout = options.heartbeat_timeout;
   t.heartbeat_interval = std::min(std::chrono::milliseconds(200), options.heartbeat_timeout / 4);

@@ -59,6 +59,26 @@ void launcher_coordinator(const std::map<std::string, std::string>& env, const F
   }
 }
 
+// Longest socket path an ipc endpoint may have (sockaddr_un::sun_path less
+// its terminating NUL), and the most a socket's own name takes below its folder.
+constexpr size_t kMaxSocketPath = 107;
+constexpr size_t kSocketNameBytes = 64;
+
+// LaunchSettings::socket_dir's rule.
+std::string socket_dir_of(const std::map<std::string, std::string>& env,
+                          const std::string& run_dir) {
+  const auto set = [&env](const char* name) {
+    const auto it = env.find(name);
+    return it == env.end() ? std::string() : it->second;
+  };
+  if (std::string dir = set("DTRAIN_SOCKET_DIR"); !dir.empty()) return dir;
+  if (!run_dir.empty()) return run_dir;
+  std::string tmpdir = set("TMPDIR");
+  while (tmpdir.size() > 1 && tmpdir.back() == '/') tmpdir.pop_back();
+  if (tmpdir.empty() || tmpdir.size() + kSocketNameBytes > kMaxSocketPath) return "/tmp";
+  return tmpdir;
+}
+
 }  // namespace
 
 HostPort parse_host_port(const std::string& text, const std::string& where) {
@@ -186,6 +206,7 @@ LaunchSettings resolve_launch_settings(const std::map<std::string, std::string>&
   get("DTRAIN_PS_ENDPOINTS", s.ps_endpoints);
   get("DTRAIN_LAUNCH_ID", s.launch_id);
   get("DTRAIN_RUN_DIR", s.run_dir);
+  s.socket_dir = socket_dir_of(env, s.run_dir);
   get("DTRAIN_STATUS_FD", s.status_fd);
   get("DTRAIN_RDZV", s.rdzv);
   if (!s.rdzv.empty()) {

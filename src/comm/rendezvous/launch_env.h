@@ -59,10 +59,18 @@ struct LaunchSettings {
   std::string listen_host = "127.0.0.1";  // DTRAIN_LISTEN_HOST: the address to bind
   std::string advertise_host;             // DTRAIN_ADVERTISE_HOST: the address peers use
   std::string elastic_coordinator;        // DTRAIN_ELASTIC_COORDINATOR: host:port (elastic mode)
-  std::string ps_endpoints;    // DTRAIN_PS_ENDPOINTS: fixed ps server endpoints, comma-separated
-  std::string launch_id;       // DTRAIN_LAUNCH_ID: names one launch of the job
-  int restart_count = 0;       // DTRAIN_RESTART_COUNT: processes started for this slot before
-  std::string run_dir;         // DTRAIN_RUN_DIR: private folder of the run (sockets)
+  std::string ps_endpoints;  // DTRAIN_PS_ENDPOINTS: fixed ps server endpoints, comma-separated
+  std::string launch_id;     // DTRAIN_LAUNCH_ID: names one launch of the job
+  int restart_count = 0;     // DTRAIN_RESTART_COUNT: processes started for this slot before
+  // DTRAIN_RUN_DIR: the private folder of a run of dtrain's own launcher.
+  // Besides holding sockets it means "one host, fixed endpoints" to the peer
+  // links and the ps (strategy/ps_spec.h).
+  std::string run_dir;
+  // Where this process's ipc sockets bind, and nothing else: the first of
+  // DTRAIN_SOCKET_DIR (a launcher's or an etcd agent's private folder),
+  // DTRAIN_RUN_DIR, TMPDIR and /tmp. A TMPDIR too deep for a socket path
+  // (sockaddr_un) is passed over for /tmp.
+  std::string socket_dir = "/tmp";
   std::string status_fd;       // DTRAIN_STATUS_FD: where to tell the launcher why it failed
   bool output_locked = false;  // DTRAIN_OUTPUT_LOCKED=1: the launcher holds the output lock
   // DTRAIN_KEY_FILE: a key file holding the job secret (comm/wire/key_file.h);

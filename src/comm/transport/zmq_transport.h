@@ -126,7 +126,9 @@ struct ZmqTransportOptions {
   // Host name or address peers use to reach this rank over tcp. Empty: the
   // listen host, or this machine's host name when listening on every interface.
   std::string advertise_host;
-  // Directory for the ipc socket; empty disables ipc.
+  // Directory for the ipc socket; empty disables ipc. A launched process
+  // passes its LaunchSettings::socket_dir (DTRAIN_SOCKET_DIR, a private
+  // folder its launcher removes, so that a killed process leaves no socket).
   std::string ipc_dir = "/tmp";
   // Use ipc for peers that report the same host name.
   bool prefer_ipc = true;
