@@ -89,6 +89,10 @@ class TcpLane {
   using Wait = std::function<bool()>;
   ReadStatus read_exact(std::span<std::byte> out, const Wait& wait, size_t* got,
                         std::string* problem);
+  // The same, but returns once it has read at least one byte (*got of them,
+  // up to out.size()): a caller that uses bytes as they come.
+  ReadStatus read_some(std::span<std::byte> out, const Wait& wait, size_t* got,
+                       std::string* problem);
   // Waits at most `wait` for a byte to read (or the connection's end);
   // false when none came.
   bool readable(std::chrono::milliseconds wait) const;
