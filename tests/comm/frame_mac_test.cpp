@@ -31,15 +31,16 @@ std::vector<std::byte> pattern(size_t n) {
 }
 
 std::vector<std::byte> frame_of(const JobAuth& auth, const std::vector<std::byte>& payload,
-                                uint32_t sender = 2) {
+                                uint32_t sender = 2, bool with_crc = true) {
   FrameHeader h;
   h.sender = sender;
   h.receiver = 1;
   h.job_id = auth.job_id();
   h.sequence = 5;
-  const HeaderBytes head = encode_header(h, payload, auth, true);
-  std::vector<std::byte> frame(head.begin(), head.end());
-  frame.insert(frame.end(), payload.begin(), payload.end());
+  const HeaderBytes head = encode_header(h, payload, auth, with_crc);
+  std::vector<std::byte> frame(head.size() + payload.size());
+  std::copy(head.begin(), head.end(), frame.begin());
+  std::copy(payload.begin(), payload.end(), frame.begin() + kHeaderBytes);
   return frame;
 }
 
@@ -118,8 +119,8 @@ std::string checked_in_pieces(const std::vector<std::byte>& frame, const JobAuth
   const FrameHeader h = decode_header(header_bytes, limits_for(auth), auth);
   std::optional<PayloadCheck> check = PayloadCheck::begin(h, header_bytes, auth);
   if (!check) return "not streamable";
-  const std::span<const std::byte> payload =
-      std::span<const std::byte>(frame).subspan(kHeaderBytes, frame.size() - kHeaderBytes - drop_tail);
+  const std::span<const std::byte> payload = std::span<const std::byte>(frame).subspan(
+      kHeaderBytes, frame.size() - kHeaderBytes - drop_tail);
   for (size_t at = 0; at < payload.size(); at += piece) {
     check->update(payload.subspan(at, std::min(piece, payload.size() - at)));
   }
@@ -133,16 +134,9 @@ std::string checked_in_pieces(const std::vector<std::byte>& frame, const JobAuth
 
 // frame_of(), with the CRC only where there is no MAC (as the transport
 // sends), so that a changed payload byte is the MAC's to catch.
-std::vector<std::byte> mac_or_crc_frame(const JobAuth& auth, const std::vector<std::byte>& payload) {
-  FrameHeader h;
-  h.sender = 2;
-  h.receiver = 1;
-  h.job_id = auth.job_id();
-  h.sequence = 5;
-  const HeaderBytes head = encode_header(h, payload, auth, !auth.enabled());
-  std::vector<std::byte> frame(head.begin(), head.end());
-  frame.insert(frame.end(), payload.begin(), payload.end());
-  return frame;
+std::vector<std::byte> mac_or_crc_frame(const JobAuth& auth,
+                                        const std::vector<std::byte>& payload) {
+  return frame_of(auth, payload, 2, !auth.enabled());
 }
 
 TEST(FrameMac, APayloadCheckedInPiecesPassesAndFailsAsAWholeOne) {
@@ -174,7 +168,8 @@ TEST(FrameMac, APayloadCheckedInPiecesPassesAndFailsAsAWholeOne) {
   // A forger's frame (another secret) is refused the same way.
   const JobAuth receiver("mac-job", "s3cret");
   const JobAuth forger("mac-job", "guessed", false, {receiver.frame_mac(), {}});
-  EXPECT_NE(checked_in_pieces(mac_or_crc_frame(forger, pattern(5000)), receiver, 4096).find("MAC mismatch"),
+  EXPECT_NE(checked_in_pieces(mac_or_crc_frame(forger, pattern(5000)), receiver, 4096)
+                .find("MAC mismatch"),
             std::string::npos);
 }
 

@@ -1,8 +1,8 @@
 // GcmTagger (comm/wire/gcm_tag.h) against libsodium's AES-256-GCM: the same
 // tag for random keys, nonces, header sizes 0..256 and payload sizes around
 // every boundary of the 256-byte and 16-byte steps, the same for a payload
-// given in two parts split anywhere or streamed in pieces of any size, and a different tag for any changed
-// bit. Skipped (with the reason) on a CPU without VPCLMULQDQ.
+// given in two parts split anywhere or streamed in pieces of any size, and a different tag for any
+// changed bit. Skipped (with the reason) on a CPU without VPCLMULQDQ.
 #include "comm/wire/gcm_tag.h"
 
 #include <gtest/gtest.h>
@@ -109,8 +109,8 @@ TEST_F(GcmTagTest, APayloadStreamedInPiecesHasTheTagOfTheJoinedOne) {
   std::mt19937 rng(19);
   const auto key = random_array<32>(rng);
   const GcmTagger tagger(key);
-  for (const size_t total : {size_t{0}, size_t{7}, size_t{300}, size_t{4096 + 33},
-                             size_t{(64 << 10) + 5}}) {
+  for (const size_t total :
+       {size_t{0}, size_t{7}, size_t{300}, size_t{4096 + 33}, size_t{(64 << 10) + 5}}) {
     const auto nonce = random_array<12>(rng);
     const auto header = random_bytes(rng, 88);
     const auto payload = random_bytes(rng, total);

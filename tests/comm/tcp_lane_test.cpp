@@ -376,8 +376,8 @@ std::vector<std::byte> recv_through_parts(ZmqTransport& rank, uint64_t tag, size
 // pieces land in order at their offsets and cover the body exactly once.
 // *pieces counts the pieces handed over (a lane hands them over before the
 // frame's MAC is checked whole).
-std::vector<std::byte> recv_folded(ZmqTransport& rank, uint64_t tag, size_t size,
-                                   size_t head_bytes, size_t* pieces) {
+std::vector<std::byte> recv_folded(ZmqTransport& rank, uint64_t tag, size_t size, size_t head_bytes,
+                                   size_t* pieces) {
   std::vector<std::byte> out(size);
   const std::span<std::byte> all(out);
   size_t next = 0;
@@ -385,7 +385,8 @@ std::vector<std::byte> recv_folded(ZmqTransport& rank, uint64_t tag, size_t size
       0, tag, all.first(head_bytes), size - head_bytes, "test", Deadline::after(kDeadline),
       [&](size_t offset, std::span<const std::byte> piece) {
         EXPECT_EQ(offset, next);
-        std::copy(piece.begin(), piece.end(), out.begin() + static_cast<ptrdiff_t>(head_bytes + offset));
+        std::copy(piece.begin(), piece.end(),
+                  out.begin() + static_cast<ptrdiff_t>(head_bytes + offset));
         next = offset + piece.size();
         ++*pieces;
       },
@@ -493,41 +494,24 @@ INSTANTIATE_TEST_SUITE_P(Hellos, TcpLaneStaleHello,
                                                   : "OtherChallenge");
                          });
 
-INSTANTIATE_TEST_SUITE_P(
-    Frames, TcpLaneFrames,
-    ::testing::Values(Crafted{"valid", ""},
-                      Crafted{"flipped", "failed its checks on its tcp lane"},
-                      Crafted{"truncated", "closed its tcp lane mid-frame (10 of 4000 payload"},
-                      Crafted{"oversized", "sent an invalid frame on its tcp lane"},
-                      Crafted{"forged", "failed its checks on its tcp lane"},
-                      Crafted{"skipped", "sequence 5 (expected data from rank 0, sequence 1)"}),
-    [](const ::testing::TestParamInfo<Crafted>& info) { return std::string(info.param.name); });
+// Every crafted frame, received `via`.
+std::vector<Crafted> crafted_frames(Receive via) {
+  return {Crafted{"valid", "", via},
+          Crafted{"flipped", "failed its checks on its tcp lane", via},
+          Crafted{"truncated", "closed its tcp lane mid-frame (10 of 4000 payload", via},
+          Crafted{"oversized", "sent an invalid frame on its tcp lane", via},
+          Crafted{"forged", "failed its checks on its tcp lane", via},
+          Crafted{"skipped", "sequence 5 (expected data from rank 0, sequence 1)", via}};
+}
 
-INSTANTIATE_TEST_SUITE_P(
-    FramesIntoCallerBuffers, TcpLaneFrames,
-    ::testing::Values(
-        Crafted{"valid", "", Receive::kIntoParts},
-        Crafted{"flipped", "failed its checks on its tcp lane", Receive::kIntoParts},
-        Crafted{"truncated", "closed its tcp lane mid-frame (10 of 4000 payload",
-                Receive::kIntoParts},
-        Crafted{"oversized", "sent an invalid frame on its tcp lane", Receive::kIntoParts},
-        Crafted{"forged", "failed its checks on its tcp lane", Receive::kIntoParts},
-        Crafted{"skipped", "sequence 5 (expected data from rank 0, sequence 1)",
-                Receive::kIntoParts}),
-    [](const ::testing::TestParamInfo<Crafted>& info) { return std::string(info.param.name); });
+std::string crafted_name(const ::testing::TestParamInfo<Crafted>& info) { return info.param.name; }
 
-INSTANTIATE_TEST_SUITE_P(
-    FramesFoldedAsRead, TcpLaneFrames,
-    ::testing::Values(
-        Crafted{"valid", "", Receive::kFolded},
-        Crafted{"flipped", "failed its checks on its tcp lane", Receive::kFolded},
-        Crafted{"truncated", "closed its tcp lane mid-frame (10 of 4000 payload",
-                Receive::kFolded},
-        Crafted{"oversized", "sent an invalid frame on its tcp lane", Receive::kFolded},
-        Crafted{"forged", "failed its checks on its tcp lane", Receive::kFolded},
-        Crafted{"skipped", "sequence 5 (expected data from rank 0, sequence 1)",
-                Receive::kFolded}),
-    [](const ::testing::TestParamInfo<Crafted>& info) { return std::string(info.param.name); });
+INSTANTIATE_TEST_SUITE_P(Frames, TcpLaneFrames,
+                         ::testing::ValuesIn(crafted_frames(Receive::kWhole)), crafted_name);
+INSTANTIATE_TEST_SUITE_P(FramesIntoCallerBuffers, TcpLaneFrames,
+                         ::testing::ValuesIn(crafted_frames(Receive::kIntoParts)), crafted_name);
+INSTANTIATE_TEST_SUITE_P(FramesFoldedAsRead, TcpLaneFrames,
+                         ::testing::ValuesIn(crafted_frames(Receive::kFolded)), crafted_name);
 
 int socket_option(int fd, int name) {
   int value = 0;

@@ -236,7 +236,8 @@ void CollectiveChannel::recv_combine(int peer, std::span<float> inout, ReduceOp 
     }
     DTRAIN_CHECK(offset % sizeof(float) == 0 && piece.size() % sizeof(float) == 0,
                  "a {}-byte piece at byte {} of a float payload", piece.size(), offset);
-    const std::span<float> out = inout.subspan(offset / sizeof(float), piece.size() / sizeof(float));
+    const std::span<float> out =
+        inout.subspan(offset / sizeof(float), piece.size() / sizeof(float));
     // Straight from the received bytes when its floats are aligned (the
     // transport's buffer usually is); through a copy otherwise.
     if (reinterpret_cast<uintptr_t>(piece.data()) % alignof(float) == 0) {

@@ -198,6 +198,13 @@ TcpLane::ReadStatus TcpLane::read_some(std::span<std::byte> out, const Wait& wai
   return ReadStatus::kDone;
 }
 
+std::optional<std::string> TcpLane::read_problem(ReadStatus status, const std::string& problem,
+                                                 size_t got, uint64_t expected) {
+  if (status == ReadStatus::kStopped) return std::nullopt;
+  if (status == ReadStatus::kFailed) return problem;
+  return fmt::format("closed its tcp lane mid-frame ({} of {} payload bytes)", got, expected);
+}
+
 void TcpLane::finish() {
   shutdown(fd_, SHUT_WR);
   std::array<std::byte, 4096> sink{};

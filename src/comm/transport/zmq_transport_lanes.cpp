@@ -53,23 +53,6 @@ bool read_fully(int fd, std::span<std::byte> out, Deadline deadline) {
   return status == TcpLane::ReadStatus::kDone;
 }
 
-// What a lane read that ended with `status` after `got` of `expected`
-// payload bytes says to fail the peer with (nullopt for kStopped: the
-// caller's deadline or a failure elsewhere, nothing to fail).
-std::optional<std::string> lane_read_problem(TcpLane::ReadStatus status, std::string problem,
-                                             size_t got, uint64_t expected) {
-  if (status == TcpLane::ReadStatus::kStopped) return std::nullopt;
-  if (status == TcpLane::ReadStatus::kFailed) return problem;
-  return fmt::format("closed its tcp lane mid-frame ({} of {} payload bytes)", got, expected);
-}
-
-// recv_fold() over a lane: the body is read at most kFoldReadBytes per
-// recv() and handed over in pieces of at most kFoldPieceBytes, so that a
-// piece is MACed and reduced while it is still in L1 (docs/collectives.md,
-// "One pass over received bytes").
-constexpr size_t kFoldReadBytes = size_t{64} << 10;
-constexpr size_t kFoldPieceBytes = size_t{16} << 10;
-
 }  // namespace
 
 void ZmqTransport::start_lanes(const std::vector<PeerEndpoint>& table,
@@ -381,8 +364,7 @@ bool ZmqTransport::read_lane(int peer, uint64_t tag, Deadline deadline, ReceiveT
   if (!h) return false;
   // The awaited frame goes straight into the caller's buffer: take() found
   // no earlier message on `tag` queued, and only this reader queues more.
-  const bool direct =
-      target != nullptr && h->tag == tag && h->payload_bytes == target->bytes();
+  const bool direct = target != nullptr && h->tag == tag && h->payload_bytes == target->bytes();
   if (direct && target->fold != nullptr) {
     if (!read_lane_folded(peer, *h, header, keep_waiting, *target)) return false;
   } else {
@@ -395,7 +377,7 @@ bool ZmqTransport::read_lane(int peer, uint64_t tag, Deadline deadline, ReceiveT
       status = lane.read_exact(rest, keep_waiting, &got_rest, &problem);
     }
     if (status != TcpLane::ReadStatus::kDone) {
-      const auto failed = lane_read_problem(status, problem, got + got_rest, h->payload_bytes);
+      const auto failed = TcpLane::read_problem(status, problem, got + got_rest, h->payload_bytes);
       if (failed) fail_lane(peer, *failed);
       return false;
     }
@@ -416,68 +398,6 @@ bool ZmqTransport::read_lane(int peer, uint64_t tag, Deadline deadline, ReceiveT
   std::lock_guard lock(mutex_);
   if (peer_failure_[peer]) return false;
   last_heard_[peer] = Clock::now();
-  return true;
-}
-
-bool ZmqTransport::read_lane_folded(int peer, const wire::FrameHeader& h,
-                                    std::span<const std::byte, wire::kHeaderBytes> header,
-                                    const std::function<bool()>& keep_waiting,
-                                    ReceiveTarget& target) {
-  TcpLane& lane = *lanes_->lane(peer);
-  OwnedBuffer body = OwnedBuffer::allocate(target.fold_bytes);
-  const std::span<std::byte> rest = body.bytes();
-  std::optional<wire::PayloadCheck> check = wire::PayloadCheck::begin(h, header, auth_);
-  std::string problem;
-  size_t got = 0;
-  auto status = lane.read_exact(target.head, keep_waiting, &got, &problem);
-  size_t have = 0;  // body bytes read
-  size_t used = 0;  // body bytes checked and handed over
-  try {
-    if (!check && status == TcpLane::ReadStatus::kDone) {
-      // A MAC that is checked whole (libsodium's AES-GCM): read, check, hand over.
-      status = lane.read_exact(rest, keep_waiting, &have, &problem);
-      if (status == TcpLane::ReadStatus::kDone) {
-        wire::check_payload(h, header, target.head, rest, auth_);
-        if (!rest.empty()) (*target.fold)(0, rest);
-      }
-    } else if (status == TcpLane::ReadStatus::kDone) {
-      check->update(target.head);
-      while (used < rest.size()) {
-        size_t n = 0;
-        if (have < rest.size()) {
-          status = lane.read_some(rest.subspan(have, std::min(kFoldReadBytes, rest.size() - have)),
-                                  keep_waiting, &n, &problem);
-          have += n;
-          if (status != TcpLane::ReadStatus::kDone) break;
-        }
-        // Whole 16-byte blocks (GHASH's), or the end.
-        while (used < have) {
-          size_t piece = std::min(kFoldPieceBytes, have - used);
-          if (have < rest.size()) piece -= piece % 16;
-          if (piece == 0) break;
-          const std::span<const std::byte> bytes = rest.subspan(used, piece);
-          check->update(bytes);
-          (*target.fold)(used, bytes);  // unverified until finish()
-          used += piece;
-        }
-      }
-      if (status == TcpLane::ReadStatus::kDone) check->finish();
-    }
-  } catch (const DataError& e) {
-    fail_lane(peer,
-              fmt::format("sent a frame that failed its checks on its tcp lane: {}", e.what()));
-    return false;
-  } catch (...) {
-    // The receiver gave up mid-frame (its own check threw): the rest of
-    // the frame is unread, so the lane cannot be read on.
-    fail_lane(peer, "a receiver stopped reading its tcp lane mid-frame");
-    throw;
-  }
-  if (status != TcpLane::ReadStatus::kDone) {
-    const auto failed = lane_read_problem(status, problem, got + have, h.payload_bytes);
-    if (failed) fail_lane(peer, *failed);
-    return false;
-  }
   return true;
 }
 
@@ -517,18 +437,6 @@ void ZmqTransport::recv_parts(int peer, uint64_t tag, std::span<std::byte> head,
   ReceiveTarget target{head, body};
   const zmq::message_t message = take(peer, tag, what, deadline, &target);
   if (!target.filled) copy_parts(bytes_of(message), head, body, mismatch);
-}
-
-void ZmqTransport::recv_fold(int peer, uint64_t tag, std::span<std::byte> head, size_t body_bytes,
-                             const std::string& what, Deadline deadline, const PieceVisitor& fold,
-                             const MessageVisitor& mismatch) {
-  if (!options_.lane_fold) {
-    Transport::recv_fold(peer, tag, head, body_bytes, what, deadline, fold, mismatch);
-    return;
-  }
-  ReceiveTarget target{head, {}, &fold, body_bytes};
-  const zmq::message_t message = take(peer, tag, what, deadline, &target);
-  if (!target.filled) fold_parts(bytes_of(message), head, body_bytes, fold, mismatch);
 }
 
 zmq::message_t ZmqTransport::take(int peer, uint64_t tag, const std::string& what,

@@ -359,15 +359,16 @@ bool JobAuth::PayloadVerifier::finish() {
   std::array<unsigned char, kTagBytes> actual{};
   if (kind_ == Kind::kRefuse) return false;
   if (kind_ == Kind::kAesGcm) {
-    gcm_->finish(gcm_stream_, std::span<const unsigned char, kNonceBytes>(uchars(expected_), kNonceBytes),
+    gcm_->finish(gcm_stream_,
+                 std::span<const unsigned char, kNonceBytes>(uchars(expected_), kNonceBytes),
                  std::span<const std::byte>(header_.data(), header_bytes_), actual);
   } else {
     crypto_onetimeauth_final(reinterpret_cast<crypto_onetimeauth_state*>(poly_.data()),
                              actual.data());
   }
   kind_ = Kind::kRefuse;  // one answer per frame
-  return crypto_verify_16(actual.data(),
-                          uchars(std::span<const std::byte>(expected_).subspan(kOffTag, kTagBytes))) == 0;
+  return crypto_verify_16(actual.data(), uchars(std::span<const std::byte>(expected_).subspan(
+                                             kOffTag, kTagBytes))) == 0;
 }
 
 JobAuth::PayloadVerifier::~PayloadVerifier() {

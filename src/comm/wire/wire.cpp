@@ -259,9 +259,8 @@ void check_payload(const FrameHeader& header, std::span<const std::byte, kHeader
   if ((header.flags & kFlagCrc) != 0) {
     check_crc(header, crc32c_extend(crc32c(head.data(), head.size()), body.data(), body.size()));
   }
-  if ((header.flags & kFlagMac) != 0 &&
-      !auth.verify(mac_input(header_bytes), head, body,
-                   header_bytes.subspan<kOffMac, kMacBytes>())) {
+  if ((header.flags & kFlagMac) != 0 && !auth.verify(mac_input(header_bytes), head, body,
+                                                     header_bytes.subspan<kOffMac, kMacBytes>())) {
     fail_mac(header, header_bytes, auth);
   }
 }
