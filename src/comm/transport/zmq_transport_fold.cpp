@@ -17,8 +17,8 @@ namespace {
 // The body is read as it comes (each recv() takes what the socket holds, up
 // to the rest of the frame) and handed over in pieces of at most
 // kFoldPieceBytes, so that a piece is MACed and reduced while it is still
-// in L1. fold_bench measured the receiving CPU per 256 KiB chunk at 0.91-0.99
-// of reading, checking and reducing it whole with this, 0.96-1.07 with reads
+// in L1. fold_bench measured the receiving CPU per 256 KiB chunk at 0.91-1.01
+// of reading, checking and reducing it whole with this (neutral), 0.96-1.07 with reads
 // capped at 64 KiB (more recv() calls), load ~20 (docs/collectives.md).
 constexpr size_t kFoldPieceBytes = size_t{16} << 10;
 
