@@ -25,7 +25,9 @@
 // halving-doubling at power-of-two worlds (pow2_halving_doubling_bytes),
 // DTRAIN_BENCH_LANE_SPIN_US the lane readers' spin
 // (ZmqTransportOptions::lane_spin), DTRAIN_BENCH_LANE_SOCKET_BYTES the lane
-// sockets' buffers (lane_socket_buffer_bytes), for tuning them.
+// sockets' buffers (lane_socket_buffer_bytes), DTRAIN_BENCH_LANE_FOLD=0
+// turns off handing received bytes to the reduce as they are read
+// (lane_fold), for tuning them.
 //
 // Prints one line "<mode> ranks=<n> bytes=<b> median_us=<t> busbw_gbs=<g>"
 // with bus bandwidth 2(n-1)/n * bytes / time (for memcpy: bytes / time).
@@ -129,6 +131,9 @@ int run_zmq_rank(int rank, int ranks, size_t bytes, int reps, const std::string&
   }
   if (const char* buffer = std::getenv("DTRAIN_BENCH_LANE_SOCKET_BYTES")) {
     options.lane_socket_buffer_bytes = std::atoi(buffer);
+  }
+  if (const char* fold = std::getenv("DTRAIN_BENCH_LANE_FOLD")) {
+    options.lane_fold = std::atoi(fold) != 0;
   }
   const comm::JobAuth auth(job, tcp_only && with_secret ? "bench secret" : "", curve);
   auto transport =

@@ -6,6 +6,8 @@
 // replayed or reordered frame in each direction.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -29,15 +31,16 @@ std::vector<std::byte> pattern(size_t n) {
 }
 
 std::vector<std::byte> frame_of(const JobAuth& auth, const std::vector<std::byte>& payload,
-                                uint32_t sender = 2) {
+                                uint32_t sender = 2, bool with_crc = true) {
   FrameHeader h;
   h.sender = sender;
   h.receiver = 1;
   h.job_id = auth.job_id();
   h.sequence = 5;
-  const HeaderBytes head = encode_header(h, payload, auth, true);
-  std::vector<std::byte> frame(head.begin(), head.end());
-  frame.insert(frame.end(), payload.begin(), payload.end());
+  const HeaderBytes head = encode_header(h, payload, auth, with_crc);
+  std::vector<std::byte> frame(head.size() + payload.size());
+  std::copy(head.begin(), head.end(), frame.begin());
+  std::copy(payload.begin(), payload.end(), frame.begin() + kHeaderBytes);
   return frame;
 }
 
@@ -106,6 +109,68 @@ TEST(FrameMac, AHeaderOverTwoPartsIsTheHeaderOfTheJoinedPayload) {
       expect_refused(frame, auth, auth.enabled() ? "MAC mismatch" : "CRC-32C");
     }
   }
+}
+
+// check_payload() through a PayloadCheck fed `payload` in pieces of `piece`
+// bytes; the DataError's message, or "" when it passed.
+std::string checked_in_pieces(const std::vector<std::byte>& frame, const JobAuth& auth,
+                              size_t piece, size_t drop_tail = 0) {
+  const auto header_bytes = std::span<const std::byte>(frame).first<kHeaderBytes>();
+  const FrameHeader h = decode_header(header_bytes, limits_for(auth), auth);
+  std::optional<PayloadCheck> check = PayloadCheck::begin(h, header_bytes, auth);
+  if (!check) return "not streamable";
+  const std::span<const std::byte> payload = std::span<const std::byte>(frame).subspan(
+      kHeaderBytes, frame.size() - kHeaderBytes - drop_tail);
+  for (size_t at = 0; at < payload.size(); at += piece) {
+    check->update(payload.subspan(at, std::min(piece, payload.size() - at)));
+  }
+  try {
+    check->finish();
+  } catch (const DataError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// frame_of(), with the CRC only where there is no MAC (as the transport
+// sends), so that a changed payload byte is the MAC's to catch.
+std::vector<std::byte> mac_or_crc_frame(const JobAuth& auth,
+                                        const std::vector<std::byte>& payload) {
+  return frame_of(auth, payload, 2, !auth.enabled());
+}
+
+TEST(FrameMac, APayloadCheckedInPiecesPassesAndFailsAsAWholeOne) {
+  std::vector<JobAuth> auths = senders();
+  auths.emplace_back("mac-job", "");  // no secret: the CRC alone
+  for (const JobAuth& auth : auths) {
+    if (auth.enabled() && auth.frame_mac() == FrameMac::kAesGcm && !GcmTagger::available()) {
+      // libsodium's AES-GCM takes the payload whole: begin() says so.
+      EXPECT_EQ(checked_in_pieces(frame_of(auth, pattern(40)), auth, 16), "not streamable");
+      continue;
+    }
+    for (const size_t n : {size_t{0}, size_t{40}, size_t{4097}, size_t{70000}}) {
+      auto frame = mac_or_crc_frame(auth, pattern(n));
+      for (const size_t piece : {size_t{1}, size_t{17}, size_t{16384}}) {
+        EXPECT_EQ(checked_in_pieces(frame, auth, piece), "") << n << " B by " << piece;
+      }
+      if (n == 0) continue;
+      const std::string refused = auth.enabled() ? "MAC mismatch" : "CRC-32C";
+      frame[kHeaderBytes + n / 2] ^= std::byte{0x10};
+      for (const size_t piece : {size_t{1}, size_t{16384}}) {
+        EXPECT_NE(checked_in_pieces(frame, auth, piece).find(refused), std::string::npos)
+            << n << " B by " << piece;
+      }
+      frame[kHeaderBytes + n / 2] ^= std::byte{0x10};
+      EXPECT_NE(checked_in_pieces(frame, auth, 16384, 1).find("bytes but the header says"),
+                std::string::npos);
+    }
+  }
+  // A forger's frame (another secret) is refused the same way.
+  const JobAuth receiver("mac-job", "s3cret");
+  const JobAuth forger("mac-job", "guessed", false, {receiver.frame_mac(), {}});
+  EXPECT_NE(checked_in_pieces(mac_or_crc_frame(forger, pattern(5000)), receiver, 4096)
+                .find("MAC mismatch"),
+            std::string::npos);
 }
 
 TEST(FrameMac, ATamperedHeaderPayloadNonceOrTagIsRefused) {

@@ -1,16 +1,18 @@
 // GcmTagger (comm/wire/gcm_tag.h) against libsodium's AES-256-GCM: the same
 // tag for random keys, nonces, header sizes 0..256 and payload sizes around
 // every boundary of the 256-byte and 16-byte steps, the same for a payload
-// given in two parts split anywhere, and a different tag for any changed
-// bit. Skipped (with the reason) on a CPU without VPCLMULQDQ.
+// given in two parts split anywhere or streamed in pieces of any size, and a different tag for any
+// changed bit. Skipped (with the reason) on a CPU without VPCLMULQDQ.
 #include "comm/wire/gcm_tag.h"
 
 #include <gtest/gtest.h>
 #include <sodium.h>
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 namespace dtrain::comm {
@@ -99,6 +101,36 @@ TEST_F(GcmTagTest, APayloadInTwoPartsHasTheTagOfTheJoinedOne) {
       Tag tag{};
       tagger.tag(nonce, header, all.first(split), all.subspan(split), tag);
       EXPECT_EQ(tag, whole) << "payload " << total << " B split at " << split;
+    }
+  }
+}
+
+TEST_F(GcmTagTest, APayloadStreamedInPiecesHasTheTagOfTheJoinedOne) {
+  std::mt19937 rng(19);
+  const auto key = random_array<32>(rng);
+  const GcmTagger tagger(key);
+  for (const size_t total :
+       {size_t{0}, size_t{7}, size_t{300}, size_t{4096 + 33}, size_t{(64 << 10) + 5}}) {
+    const auto nonce = random_array<12>(rng);
+    const auto header = random_bytes(rng, 88);
+    const auto payload = random_bytes(rng, total);
+    const Tag whole = sodium_tag(key, nonce, header, payload);
+    // Piece sizes that straddle 16- and 256-byte steps, fixed and random.
+    for (const size_t piece : {size_t{1}, size_t{15}, size_t{16}, size_t{17}, size_t{255},
+                               size_t{4096}, size_t{16384}, size_t{0}}) {
+      GcmTagger::Stream stream;
+      const std::span<const std::byte> all(payload);
+      size_t at = 0;
+      while (at < total) {
+        const size_t n = std::min(total - at, piece == 0 ? 1 + rng() % 700 : piece);
+        tagger.absorb(stream, all.subspan(at, n));
+        at += n;
+      }
+      Tag tag{};
+      tagger.finish(stream, nonce, header, tag);
+      EXPECT_EQ(tag, whole) << "payload " << total << " B in pieces of "
+                            << (piece == 0 ? std::string("random size")
+                                           : std::to_string(piece) + " B");
     }
   }
 }

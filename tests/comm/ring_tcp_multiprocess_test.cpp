@@ -4,7 +4,8 @@
 // at least 64 KiB, which the channel sends as header and payload parts
 // written straight from the caller's memory (Transport::send_parts; over 1
 // KiB, so GcmTagger's MAC where the CPU has it), and receives reduce
-// straight from the received message (Transport::recv_visit).
+// piece by piece as the lane reads them (Transport::recv_fold: MACed and
+// reduced while in cache, the MAC checked whole at the end).
 // - odd sizes, sizes smaller than the number of chunks and of ranks, against
 //   the serial reference (with two ranks also through the pair exchange,
 //   recursive_doubling.h), at 2, 3 and 4 ranks, through the ring and through

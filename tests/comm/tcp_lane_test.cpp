@@ -347,12 +347,16 @@ class FakeLanePeer {
   int fd_ = -1;
 };
 
+// How rank 1 receives: recv(); recv_parts() (a 32-byte head and the rest,
+// as the collectives do: the lane reads the payload straight into them); or
+// recv_fold() (a 32-byte head, then the rest in pieces as it is read, MACed
+// piece by piece and checked at the end, as the collectives' reduce does).
+enum class Receive { kWhole, kIntoParts, kFolded };
+
 struct Crafted {
   const char* name;
   const char* expected;  // in rank 1's error; empty: the frame is delivered
-  // Rank 1 receives with recv_parts() (a 32-byte head and the rest, as the
-  // collectives do: the lane reads the payload straight into them), else recv().
-  bool into_parts = false;
+  Receive via = Receive::kWhole;
 };
 
 // rank.recv(0, tag) through recv_parts() with a head of `head_bytes`.
@@ -365,6 +369,30 @@ std::vector<std::byte> recv_through_parts(ZmqTransport& rank, uint64_t tag, size
                     throw CommError(0, "test",
                                     fmt::format("a {}-byte message, not {}", m.size(), size));
                   });
+  return out;
+}
+
+// rank.recv(0, tag) through recv_fold() with a head of `head_bytes`: the
+// pieces land in order at their offsets and cover the body exactly once.
+// *pieces counts the pieces handed over (a lane hands them over before the
+// frame's MAC is checked whole).
+std::vector<std::byte> recv_folded(ZmqTransport& rank, uint64_t tag, size_t size, size_t head_bytes,
+                                   size_t* pieces) {
+  std::vector<std::byte> out(size);
+  const std::span<std::byte> all(out);
+  size_t next = 0;
+  rank.recv_fold(
+      0, tag, all.first(head_bytes), size - head_bytes, "test", Deadline::after(kDeadline),
+      [&](size_t offset, std::span<const std::byte> piece) {
+        EXPECT_EQ(offset, next);
+        std::copy(piece.begin(), piece.end(),
+                  out.begin() + static_cast<ptrdiff_t>(head_bytes + offset));
+        next = offset + piece.size();
+        ++*pieces;
+      },
+      [&](std::span<const std::byte> m) {
+        throw CommError(0, "test", fmt::format("a {}-byte message, not {}", m.size(), size));
+      });
   return out;
 }
 
@@ -396,14 +424,27 @@ TEST_P(TcpLaneFrames, ACraftedFrameIsDeliveredOrFailsNamingTheSender) {
     const JobAuth forger("lane-frames", "a guessed secret");
     rank0.write_all(wire::encode_header(rank0.frame(1, tag), payload, forger, false));
     rank0.write_all(payload);
+  } else if (name == "flipped") {  // the last byte changed after the MAC
+    std::vector<std::byte> changed = payload;
+    rank0.write_all(wire::encode_header(rank0.frame(1, tag), payload, auth, false));
+    changed.back() ^= std::byte{1};
+    rank0.write_all(changed);
   } else if (name == "skipped") {
     rank0.write_all(wire::encode_header(rank0.frame(5, tag), payload, auth, false));
     rank0.write_all(payload);
   }
   const std::string expected = GetParam().expected;
+  size_t pieces = 0;
   const auto receive = [&] {
-    return GetParam().into_parts ? recv_through_parts(rank1, tag, payload.size(), 32)
-                                 : rank1.recv(0, tag, "test", Deadline::after(kDeadline));
+    switch (GetParam().via) {
+      case Receive::kIntoParts:
+        return recv_through_parts(rank1, tag, payload.size(), 32);
+      case Receive::kFolded:
+        return recv_folded(rank1, tag, payload.size(), 32, &pieces);
+      case Receive::kWhole:
+        break;
+    }
+    return rank1.recv(0, tag, "test", Deadline::after(kDeadline));
   };
   if (expected.empty()) {
     EXPECT_EQ(receive(), payload);
@@ -419,6 +460,10 @@ TEST_P(TcpLaneFrames, ACraftedFrameIsDeliveredOrFailsNamingTheSender) {
     EXPECT_EQ(e.peer(), 0) << what;
     EXPECT_NE(what.find("rank 0"), std::string::npos) << what;
     EXPECT_NE(what.find(expected), std::string::npos) << what;
+    if (GetParam().via == Receive::kFolded && (name == "forged" || name == "flipped")) {
+      // The fused path: the body was used as read, and the call still failed.
+      EXPECT_GT(pieces, 0u);
+    }
   }
   // The transport stays failed.
   EXPECT_THROW(rank1.recv(0, tag + 1, "test", Deadline::after(kDeadline)), CommError);
@@ -449,24 +494,24 @@ INSTANTIATE_TEST_SUITE_P(Hellos, TcpLaneStaleHello,
                                                   : "OtherChallenge");
                          });
 
-INSTANTIATE_TEST_SUITE_P(
-    Frames, TcpLaneFrames,
-    ::testing::Values(Crafted{"valid", ""},
-                      Crafted{"truncated", "closed its tcp lane mid-frame (10 of 4000 payload"},
-                      Crafted{"oversized", "sent an invalid frame on its tcp lane"},
-                      Crafted{"forged", "failed its checks on its tcp lane"},
-                      Crafted{"skipped", "sequence 5 (expected data from rank 0, sequence 1)"}),
-    [](const ::testing::TestParamInfo<Crafted>& info) { return std::string(info.param.name); });
+// Every crafted frame, received `via`.
+std::vector<Crafted> crafted_frames(Receive via) {
+  return {Crafted{"valid", "", via},
+          Crafted{"flipped", "failed its checks on its tcp lane", via},
+          Crafted{"truncated", "closed its tcp lane mid-frame (10 of 4000 payload", via},
+          Crafted{"oversized", "sent an invalid frame on its tcp lane", via},
+          Crafted{"forged", "failed its checks on its tcp lane", via},
+          Crafted{"skipped", "sequence 5 (expected data from rank 0, sequence 1)", via}};
+}
 
-INSTANTIATE_TEST_SUITE_P(
-    FramesIntoCallerBuffers, TcpLaneFrames,
-    ::testing::Values(
-        Crafted{"valid", "", true},
-        Crafted{"truncated", "closed its tcp lane mid-frame (10 of 4000 payload", true},
-        Crafted{"oversized", "sent an invalid frame on its tcp lane", true},
-        Crafted{"forged", "failed its checks on its tcp lane", true},
-        Crafted{"skipped", "sequence 5 (expected data from rank 0, sequence 1)", true}),
-    [](const ::testing::TestParamInfo<Crafted>& info) { return std::string(info.param.name); });
+std::string crafted_name(const ::testing::TestParamInfo<Crafted>& info) { return info.param.name; }
+
+INSTANTIATE_TEST_SUITE_P(Frames, TcpLaneFrames,
+                         ::testing::ValuesIn(crafted_frames(Receive::kWhole)), crafted_name);
+INSTANTIATE_TEST_SUITE_P(FramesIntoCallerBuffers, TcpLaneFrames,
+                         ::testing::ValuesIn(crafted_frames(Receive::kIntoParts)), crafted_name);
+INSTANTIATE_TEST_SUITE_P(FramesFoldedAsRead, TcpLaneFrames,
+                         ::testing::ValuesIn(crafted_frames(Receive::kFolded)), crafted_name);
 
 int socket_option(int fd, int name) {
   int value = 0;

@@ -222,18 +222,46 @@ void CollectiveChannel::recv_reduce_left(int peer, std::span<float> inout, Reduc
 }
 
 void CollectiveChannel::recv_combine(int peer, std::span<float> inout, ReduceOp op, bool in_left) {
-  recv_checked(peer, inout.size_bytes(), [&](std::span<const std::byte> payload) {
-    // Straight from the received message when its floats are aligned (the
+  // Each piece of the payload is combined as the transport hands it over:
+  // over a tcp lane as soon as it is read (and MACed, still in cache),
+  // before the frame's MAC is checked whole. When that check fails the call
+  // throws naming the peer and `inout` holds garbage; the collective fails
+  // (docs/collectives.md, "One pass over received bytes").
+  std::array<std::byte, kHeaderBytes> header{};
+  bool header_checked = false;
+  const auto combine = [&](size_t offset, std::span<const std::byte> piece) {
+    if (!header_checked) {
+      check_header(peer, header, kAnyPayload);
+      header_checked = true;
+    }
+    DTRAIN_CHECK(offset % sizeof(float) == 0 && piece.size() % sizeof(float) == 0,
+                 "a {}-byte piece at byte {} of a float payload", piece.size(), offset);
+    const std::span<float> out =
+        inout.subspan(offset / sizeof(float), piece.size() / sizeof(float));
+    // Straight from the received bytes when its floats are aligned (the
     // transport's buffer usually is); through a copy otherwise.
-    if (reinterpret_cast<uintptr_t>(payload.data()) % alignof(float) == 0) {
-      const auto* in = reinterpret_cast<const float*>(payload.data());
-      reduce_into(inout, std::span<const float>(in, inout.size()), op, in_left);
+    if (reinterpret_cast<uintptr_t>(piece.data()) % alignof(float) == 0) {
+      const auto* in = reinterpret_cast<const float*>(piece.data());
+      reduce_into(out, std::span<const float>(in, out.size()), op, in_left);
       return;
     }
-    staging_.resize(inout.size());
-    if (!payload.empty()) std::memcpy(staging_.data(), payload.data(), payload.size());
-    reduce_into(inout, staging_, op, in_left);
-  });
+    staging_.resize(out.size());
+    std::memcpy(staging_.data(), piece.data(), piece.size());
+    reduce_into(out, staging_, op, in_left);
+  };
+  try {
+    transport_.recv_fold(peer, tag_, header, inout.size_bytes(), what_, deadline_, combine,
+                         [&](std::span<const std::byte> message) {
+                           check_header(peer, message, inout.size_bytes());  // throws
+                           DTRAIN_CHECK(false,
+                                        "a {}-byte message passed the checks of a {}-byte chunk",
+                                        message.size(), inout.size_bytes());
+                         });
+    if (!header_checked) check_header(peer, header, kAnyPayload);
+  } catch (const CommError& e) {
+    abort_peers(e.peer(), e.what());
+    throw;
+  }
 }
 
 void CollectiveChannel::abort_peers(int culprit, const std::string& reason) noexcept {

@@ -99,7 +99,9 @@ class CollectiveChannel {
   void recv_into(int peer, std::span<std::byte> out);
   void recv_into(int peer, std::span<float> out) { recv_into(peer, std::as_writable_bytes(out)); }
   // Receives one message of out.size() floats and combines it into `inout`
-  // (kMean sums; the caller divides once at the end).
+  // (kMean sums; the caller divides once at the end), piece by piece as the
+  // transport reads it (Transport::recv_fold): when the frame's MAC fails at
+  // the end, it throws CommError naming the peer and `inout` holds garbage.
   void recv_reduce(int peer, std::span<float> inout, ReduceOp op);
   // The same with the received values as the left operand: inout = received
   // (op) inout, so that two ranks combining one pair agree bit for bit.

@@ -50,6 +50,11 @@ class GroupTransport final : public Transport {
                   const MessageVisitor& use) override {
     parent_.recv_visit(parent_rank(peer), tag, what, deadline, use);
   }
+  void recv_fold(int peer, uint64_t tag, std::span<std::byte> head, size_t body_bytes,
+                 const std::string& what, Deadline deadline, const PieceVisitor& fold,
+                 const MessageVisitor& mismatch) override {
+    parent_.recv_fold(parent_rank(peer), tag, head, body_bytes, what, deadline, fold, mismatch);
+  }
   // Aborts the parent: a failed transport is unusable for every group on it.
   // `culprit` is passed on as is (the ranks in this layer's errors are the
   // parent's).

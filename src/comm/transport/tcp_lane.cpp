@@ -170,10 +170,22 @@ TcpLane::ReadStatus TcpLane::read_exact(std::span<std::byte> out, const Wait& wa
                                         std::string* problem) {
   *got = 0;
   while (*got < out.size()) {
-    const ssize_t n = recv(fd_, out.data() + *got, out.size() - *got, MSG_DONTWAIT);
+    size_t n = 0;
+    const ReadStatus status = read_some(out.subspan(*got), wait, &n, problem);
+    *got += n;
+    if (status != ReadStatus::kDone) return status;
+  }
+  return ReadStatus::kDone;
+}
+
+TcpLane::ReadStatus TcpLane::read_some(std::span<std::byte> out, const Wait& wait, size_t* got,
+                                       std::string* problem) {
+  *got = 0;
+  while (!out.empty()) {
+    const ssize_t n = recv(fd_, out.data(), out.size(), MSG_DONTWAIT);
     if (n > 0) {
-      *got += static_cast<size_t>(n);
-      continue;
+      *got = static_cast<size_t>(n);
+      return ReadStatus::kDone;
     }
     if (n == 0) return ReadStatus::kClosed;
     if (errno == EINTR) continue;
@@ -184,6 +196,13 @@ TcpLane::ReadStatus TcpLane::read_exact(std::span<std::byte> out, const Wait& wa
     if (!wait()) return ReadStatus::kStopped;
   }
   return ReadStatus::kDone;
+}
+
+std::optional<std::string> TcpLane::read_problem(ReadStatus status, const std::string& problem,
+                                                 size_t got, uint64_t expected) {
+  if (status == ReadStatus::kStopped) return std::nullopt;
+  if (status == ReadStatus::kFailed) return problem;
+  return fmt::format("closed its tcp lane mid-frame ({} of {} payload bytes)", got, expected);
 }
 
 void TcpLane::finish() {

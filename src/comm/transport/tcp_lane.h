@@ -89,6 +89,16 @@ class TcpLane {
   using Wait = std::function<bool()>;
   ReadStatus read_exact(std::span<std::byte> out, const Wait& wait, size_t* got,
                         std::string* problem);
+  // What a read that ended with `status` after `got` of a frame's
+  // `expected` payload bytes fails the peer with (`problem` for kFailed, a
+  // mid-frame close for kClosed); nullopt for kStopped (the caller's
+  // deadline or a failure elsewhere: nothing to fail).
+  static std::optional<std::string> read_problem(ReadStatus status, const std::string& problem,
+                                                 size_t got, uint64_t expected);
+  // The same, but returns once it has read at least one byte (*got of them,
+  // up to out.size()): a caller that uses bytes as they come.
+  ReadStatus read_some(std::span<std::byte> out, const Wait& wait, size_t* got,
+                       std::string* problem);
   // Waits at most `wait` for a byte to read (or the connection's end);
   // false when none came.
   bool readable(std::chrono::milliseconds wait) const;

@@ -95,6 +95,37 @@ class Transport {
       copy_parts(message, head, body, mismatch);
     });
   }
+  // recv_parts() for a receiver that consumes the body as it arrives: a
+  // message of head.size() + body_bytes bytes lands in head, then its body
+  // goes to `fold` in order, fold(offset, piece), pieces of whole 16-byte
+  // blocks but the last. A transport that reads from the network (a tcp
+  // lane) hands each piece over as soon as it has read it, before the
+  // frame's MAC is checked over the whole message: `fold` sees unverified
+  // bytes, and when the check fails afterwards the call throws CommError
+  // naming the peer, so the caller must treat whatever `fold` wrote as
+  // garbage then (the collectives fail the operation). A message of another
+  // size goes to `mismatch`, as in recv_parts(). The default goes through
+  // recv_visit() (checked first) and hands the body over in one piece.
+  using PieceVisitor = std::function<void(size_t offset, std::span<const std::byte> piece)>;
+  virtual void recv_fold(int peer, uint64_t tag, std::span<std::byte> head, size_t body_bytes,
+                         const std::string& what, Deadline deadline, const PieceVisitor& fold,
+                         const MessageVisitor& mismatch) {
+    recv_visit(peer, tag, what, deadline, [&](std::span<const std::byte> message) {
+      fold_parts(message, head, body_bytes, fold, mismatch);
+    });
+  }
+  // recv_fold()'s hand-out of a received (checked) `message`.
+  static void fold_parts(std::span<const std::byte> message, std::span<std::byte> head,
+                         size_t body_bytes, const PieceVisitor& fold,
+                         const MessageVisitor& mismatch) {
+    if (message.size() != head.size() + body_bytes) {
+      mismatch(message);
+      return;
+    }
+    std::copy(message.begin(), message.begin() + static_cast<std::ptrdiff_t>(head.size()),
+              head.begin());
+    if (body_bytes > 0) fold(0, message.subspan(head.size()));
+  }
   // recv_parts()'s hand-out of a received `message`.
   static void copy_parts(std::span<const std::byte> message, std::span<std::byte> head,
                          std::span<std::byte> body, const MessageVisitor& mismatch) {

@@ -72,7 +72,11 @@
 // into a pooled buffer, which recv_visit() lends and recv() copies out,
 // except that recv_into() and recv_parts() read the awaited frame's payload
 // straight into their caller's buffers when that frame is the next on the
-// lane (the call returns only when the frame's checks passed). docs/wire-format.md, "Tcp lanes".
+// lane (the call returns only when the frame's checks passed), and
+// recv_fold() hands such a frame's body to its visitor piece by piece as it
+// reads it, each piece MACed on the way, the MAC checked whole at the end
+// (lane_fold; a failed check fails the peer and the call after the visitor
+// has seen the forger's bytes). docs/wire-format.md, "Tcp lanes".
 //
 // Copies: payloads of at least zero_copy_min_bytes are handed to ZeroMQ
 // without a copy (zmq_msg_init_data); send() then returns once ZeroMQ has
@@ -154,6 +158,11 @@ struct ZmqTransportOptions {
   // SO_SNDBUF and SO_RCVBUF of every lane socket; 0 leaves them to the
   // kernel's autotuning (net.ipv4.tcp_wmem, tcp_rmem).
   int lane_socket_buffer_bytes = 0;
+  // recv_fold() over a lane hands the body over piece by piece as it is
+  // read (each piece MACed and used while in cache, the MAC checked whole
+  // at the end); false: the whole frame is read and checked first, then
+  // handed over in one piece (for comparing the two).
+  bool lane_fold = true;
   // How long the lane set-up waits for one tcp connection to a peer.
   std::chrono::milliseconds lane_connect_timeout{60000};
   // How long the destructor lets queued frames drain.
@@ -224,6 +233,11 @@ class ZmqTransport final : public Transport {
   void recv_parts(int peer, uint64_t tag, std::span<std::byte> head, std::span<std::byte> body,
                   const std::string& what, Deadline deadline,
                   const MessageVisitor& mismatch) override;
+  // Over a lane, the awaited frame's body goes to `fold` in pieces as it
+  // is read (read_lane_folded), its MAC checked as the pieces pass.
+  void recv_fold(int peer, uint64_t tag, std::span<std::byte> head, size_t body_bytes,
+                 const std::string& what, Deadline deadline, const PieceVisitor& fold,
+                 const MessageVisitor& mismatch) override;
   // Sends an abort frame (docs/wire-format.md) to every peer not known dead.
   // A peer receiving one fails its transport naming `culprit`.
   void abort(int culprit, const std::string& reason) noexcept override;
@@ -254,7 +268,11 @@ class ZmqTransport final : public Transport {
   struct ReceiveTarget {
     std::span<std::byte> head;
     std::span<std::byte> body;
+    // recv_fold(): the body (fold_bytes of it) goes to *fold instead.
+    const PieceVisitor* fold = nullptr;
+    size_t fold_bytes = 0;
     bool filled = false;
+    size_t bytes() const { return head.size() + (fold != nullptr ? fold_bytes : body.size()); }
   };
   // The next message from `peer` on `tag`; with `target`, an empty message
   // when its payload went straight into target's buffers (target->filled).
@@ -324,6 +342,14 @@ class ZmqTransport final : public Transport {
   // on a failed check the bytes there are the forger's, and the caller's
   // take() throws). The caller holds the reader's role (lane_reading_).
   bool read_lane(int peer, uint64_t tag, Deadline deadline, ReceiveTarget* target);
+  // read_lane()'s part for a recv_fold() target once the frame's header `h`
+  // (raw bytes `header`) passed: reads target.head, then the body in
+  // pieces, each checked (wire::PayloadCheck) and handed to *target.fold as
+  // soon as it is read; the whole check at the end. True when the frame
+  // passed; false after failing the peer (or on kStopped).
+  bool read_lane_folded(int peer, const wire::FrameHeader& h,
+                        std::span<const std::byte, wire::kHeaderBytes> header,
+                        const std::function<bool()>& keep_waiting, ReceiveTarget& target);
   // Queues a payload read from `peer`'s lane for take() (dropped when the
   // peer has failed meanwhile).
   void queue_lane_message(int peer, uint64_t tag, OwnedBuffer body);

@@ -364,40 +364,41 @@ bool ZmqTransport::read_lane(int peer, uint64_t tag, Deadline deadline, ReceiveT
   if (!h) return false;
   // The awaited frame goes straight into the caller's buffer: take() found
   // no earlier message on `tag` queued, and only this reader queues more.
-  const bool direct = target != nullptr && h->tag == tag &&
-                      h->payload_bytes == target->head.size() + target->body.size();
-  OwnedBuffer body = OwnedBuffer::allocate(direct ? 0 : h->payload_bytes);
-  const std::span<std::byte> head = direct ? target->head : std::span<std::byte>();
-  const std::span<std::byte> rest = direct ? target->body : body.bytes();
-  status = lane.read_exact(head, keep_waiting, &got, &problem);
-  size_t got_rest = 0;
-  if (status == TcpLane::ReadStatus::kDone) {
-    status = lane.read_exact(rest, keep_waiting, &got_rest, &problem);
-  }
-  if (status == TcpLane::ReadStatus::kStopped) return false;
-  if (status != TcpLane::ReadStatus::kDone) {
-    fail_lane(peer, status == TcpLane::ReadStatus::kFailed
-                        ? problem
-                        : fmt::format("closed its tcp lane mid-frame ({} of {} payload bytes)",
-                                      got + got_rest, h->payload_bytes));
-    return false;
-  }
-  try {
-    wire::check_payload(*h, header, head, rest, auth_);
-  } catch (const DataError& e) {
-    fail_lane(peer,
-              fmt::format("sent a frame that failed its checks on its tcp lane: {}", e.what()));
-    return false;
+  const bool direct = target != nullptr && h->tag == tag && h->payload_bytes == target->bytes();
+  if (direct && target->fold != nullptr) {
+    if (!read_lane_folded(peer, *h, header, keep_waiting, *target)) return false;
+  } else {
+    OwnedBuffer body = OwnedBuffer::allocate(direct ? 0 : h->payload_bytes);
+    const std::span<std::byte> head = direct ? target->head : std::span<std::byte>();
+    const std::span<std::byte> rest = direct ? target->body : body.bytes();
+    status = lane.read_exact(head, keep_waiting, &got, &problem);
+    size_t got_rest = 0;
+    if (status == TcpLane::ReadStatus::kDone) {
+      status = lane.read_exact(rest, keep_waiting, &got_rest, &problem);
+    }
+    if (status != TcpLane::ReadStatus::kDone) {
+      const auto failed = TcpLane::read_problem(status, problem, got + got_rest, h->payload_bytes);
+      if (failed) fail_lane(peer, *failed);
+      return false;
+    }
+    try {
+      wire::check_payload(*h, header, head, rest, auth_);
+    } catch (const DataError& e) {
+      fail_lane(peer,
+                fmt::format("sent a frame that failed its checks on its tcp lane: {}", e.what()));
+      return false;
+    }
+    if (!direct) {
+      ++next_lane_sequence_[peer];
+      queue_lane_message(peer, h->tag, std::move(body));
+      return false;
+    }
   }
   ++next_lane_sequence_[peer];
-  if (direct) {
-    std::lock_guard lock(mutex_);
-    if (peer_failure_[peer]) return false;
-    last_heard_[peer] = Clock::now();
-    return true;
-  }
-  queue_lane_message(peer, h->tag, std::move(body));
-  return false;
+  std::lock_guard lock(mutex_);
+  if (peer_failure_[peer]) return false;
+  last_heard_[peer] = Clock::now();
+  return true;
 }
 
 void ZmqTransport::queue_lane_message(int peer, uint64_t tag, OwnedBuffer body) {

@@ -229,13 +229,20 @@ void frame_tag(FrameMac mac, const crypto_aead_aes256gcm_state& gcm, const GcmTa
     return;
   }
   if (mac == FrameMac::kAesGcm) {
-    // libsodium takes one additional-data buffer.
-    std::vector<std::byte> joined;
+    // libsodium takes one additional-data buffer (it has no incremental
+    // AES-GCM): a payload in two parts is joined, on the stack below
+    // kFastGcmMinBytes (where GcmTagger exists, the only sizes that come
+    // here), else on the heap (a CPU without VPCLMULQDQ).
+    std::array<std::byte, kFastGcmMinBytes> small;
+    std::vector<std::byte> large;
     std::span<const std::byte> payload = body;
     if (!head.empty()) {
-      joined.reserve(head.size() + body.size());
-      joined.insert(joined.end(), head.begin(), head.end());
-      joined.insert(joined.end(), body.begin(), body.end());
+      const size_t bytes = head.size() + body.size();
+      if (bytes > small.size()) large.resize(bytes);
+      const std::span<std::byte> joined =
+          bytes > small.size() ? std::span<std::byte>(large) : std::span(small).first(bytes);
+      std::copy(head.begin(), head.end(), joined.begin());
+      std::copy(body.begin(), body.end(), joined.begin() + static_cast<ptrdiff_t>(head.size()));
       payload = joined;
     }
     std::array<unsigned char, kMaxHeaderBytes> discarded;
@@ -308,6 +315,65 @@ bool JobAuth::verify(std::span<const std::byte> header, std::span<const std::byt
   frame_tag(*algorithm, keys_->gcm, keys_->fast_gcm.get(), keys_->chacha, uchars(expected), header,
             head, body, actual.data());
   return crypto_verify_16(actual.data(), uchars(expected.subspan<kOffTag, kTagBytes>())) == 0;
+}
+
+std::optional<JobAuth::PayloadVerifier> JobAuth::begin_verify(
+    std::span<const std::byte> header, std::span<const std::byte, kMacBytes> expected) const {
+  static_assert(sizeof(crypto_onetimeauth_state) <= sizeof(PayloadVerifier::poly_) &&
+                alignof(crypto_onetimeauth_state) <= 16);
+  DTRAIN_CHECK(header.size() <= kMaxHeaderBytes, "a {}-byte header, at most {}", header.size(),
+               kMaxHeaderBytes);
+  const std::optional<FrameMac> algorithm = algorithm_of(expected);
+  PayloadVerifier v;
+  std::copy(expected.begin(), expected.end(), v.expected_.begin());
+  if (!enabled_ || !algorithm || (*algorithm == FrameMac::kAesGcm && !gcm_available_)) return v;
+  if (*algorithm == FrameMac::kAesGcm) {
+    if (!keys_->fast_gcm) return std::nullopt;
+    v.kind_ = PayloadVerifier::Kind::kAesGcm;
+    v.gcm_ = keys_->fast_gcm.get();
+    std::copy(header.begin(), header.end(), v.header_.begin());
+    v.header_bytes_ = header.size();
+    return v;
+  }
+  v.kind_ = PayloadVerifier::Kind::kPoly1305;
+  std::array<unsigned char, crypto_onetimeauth_KEYBYTES> one_time_key;
+  crypto_stream_chacha20_ietf(one_time_key.data(), one_time_key.size(), uchars(expected),
+                              keys_->chacha.data());
+  auto* state = reinterpret_cast<crypto_onetimeauth_state*>(v.poly_.data());
+  crypto_onetimeauth_init(state, one_time_key.data());
+  crypto_onetimeauth_update(state, uchars(header), header.size());
+  sodium_memzero(one_time_key.data(), one_time_key.size());
+  return v;
+}
+
+void JobAuth::PayloadVerifier::update(std::span<const std::byte> piece) {
+  if (kind_ == Kind::kAesGcm) {
+    gcm_->absorb(gcm_stream_, piece);
+  } else if (kind_ == Kind::kPoly1305) {
+    crypto_onetimeauth_update(reinterpret_cast<crypto_onetimeauth_state*>(poly_.data()),
+                              uchars(piece), piece.size());
+  }
+}
+
+bool JobAuth::PayloadVerifier::finish() {
+  std::array<unsigned char, kTagBytes> actual{};
+  if (kind_ == Kind::kRefuse) return false;
+  if (kind_ == Kind::kAesGcm) {
+    gcm_->finish(gcm_stream_,
+                 std::span<const unsigned char, kNonceBytes>(uchars(expected_), kNonceBytes),
+                 std::span<const std::byte>(header_.data(), header_bytes_), actual);
+  } else {
+    crypto_onetimeauth_final(reinterpret_cast<crypto_onetimeauth_state*>(poly_.data()),
+                             actual.data());
+  }
+  kind_ = Kind::kRefuse;  // one answer per frame
+  return crypto_verify_16(actual.data(), uchars(std::span<const std::byte>(expected_).subspan(
+                                             kOffTag, kTagBytes))) == 0;
+}
+
+JobAuth::PayloadVerifier::~PayloadVerifier() {
+  sodium_memzero(&gcm_stream_, sizeof gcm_stream_);
+  sodium_memzero(poly_.data(), poly_.size());
 }
 
 std::string JobAuth::refusal(std::span<const std::byte, kMacBytes> expected) const {

@@ -52,6 +52,8 @@
 #include <string>
 #include <string_view>
 
+#include "comm/wire/gcm_tag.h"
+
 namespace dtrain::comm {
 
 // The MAC field: bytes 0-3 the nonce's source id, 4-11 its counter (both
@@ -140,6 +142,41 @@ class JobAuth {
   bool verify(std::span<const std::byte> header, std::span<const std::byte> head,
               std::span<const std::byte> body,
               std::span<const std::byte, kMacBytes> expected) const;
+  // verify() of a payload handed in pieces as it arrives, for a receiver
+  // that uses each piece before the last has come (and fails the whole
+  // operation when finish() says no): update() each piece in order, then
+  // finish(), true when `expected` authenticates header and the pieces
+  // joined, exactly when verify() would be. It refers to this JobAuth's keys:
+  // the JobAuth outlives it. One frame, one thread; it wipes its state.
+  class PayloadVerifier {
+   public:
+    PayloadVerifier() = default;
+    ~PayloadVerifier();
+    PayloadVerifier(const PayloadVerifier&) = delete;
+    PayloadVerifier& operator=(const PayloadVerifier&) = delete;
+    PayloadVerifier(PayloadVerifier&&) = default;
+    PayloadVerifier& operator=(PayloadVerifier&&) = default;
+    void update(std::span<const std::byte> piece);
+    bool finish();
+
+   private:
+    friend class JobAuth;
+    enum class Kind : uint8_t { kRefuse, kAesGcm, kPoly1305 };
+    Kind kind_ = Kind::kRefuse;
+    const GcmTagger* gcm_ = nullptr;
+    GcmTagger::Stream gcm_stream_;
+    alignas(16) std::array<unsigned char, 256> poly_{};  // crypto_onetimeauth_state
+    Mac expected_{};
+    std::array<std::byte, GcmTagger::kMaxHeaderBytes> header_{};
+    size_t header_bytes_ = 0;
+  };
+  // A PayloadVerifier for `header` and `expected`, or nullopt where the
+  // algorithm cannot be checked piece by piece here (AES-GCM on a CPU
+  // without GcmTagger: libsodium takes the payload in one buffer), when the
+  // caller checks the whole payload with verify(). An unknown algorithm gets
+  // one whose finish() says no.
+  std::optional<PayloadVerifier> begin_verify(std::span<const std::byte> header,
+                                              std::span<const std::byte, kMacBytes> expected) const;
   // Why verify() refused `expected`, in words for a log line: "MAC mismatch
   // (...)", an unknown algorithm, or AES-GCM that this CPU cannot check.
   std::string refusal(std::span<const std::byte, kMacBytes> expected) const;

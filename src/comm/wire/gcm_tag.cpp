@@ -206,11 +206,13 @@ DTRAIN_GCM_TARGET void set_up(const unsigned char* key, unsigned char* round_key
   }
 }
 
-DTRAIN_GCM_TARGET void compute_tag(const unsigned char* round_keys, const unsigned char* powers,
-                                   const unsigned char* nonce, const unsigned char* header,
-                                   size_t header_bytes, const unsigned char* head,
-                                   size_t head_bytes, const unsigned char* body, size_t body_bytes,
-                                   unsigned char* out) {
+// The tag from the GHASH state x after the additional data (payload_bytes
+// of it): GHASH goes on over the header's ciphertext zero-padded, then the
+// lengths in bits (64-bit big-endian), and is masked with E_K(J0).
+DTRAIN_GCM_TARGET void finish_tag(const unsigned char* round_keys, const unsigned char* powers,
+                                  const unsigned char* nonce, const unsigned char* header,
+                                  size_t header_bytes, __m128i x, uint64_t payload_bytes,
+                                  unsigned char* out) {
   // tag() checked it; said again for the compiler's bounds analysis.
   if (header_bytes > GcmTagger::kMaxHeaderBytes) __builtin_unreachable();
   const auto* rk = reinterpret_cast<const __m128i*>(round_keys);
@@ -227,10 +229,6 @@ DTRAIN_GCM_TARGET void compute_tag(const unsigned char* round_keys, const unsign
     for (size_t i = 0; i <= blocks; ++i) stream[i] = _mm_aesenc_si128(stream[i], rk[r]);
   }
   for (size_t i = 0; i <= blocks; ++i) stream[i] = _mm_aesenclast_si128(stream[i], rk[14]);
-  // GHASH over the additional data (the payload), then the header's
-  // ciphertext zero-padded, then the lengths in bits (64-bit big-endian).
-  __m128i x = absorb_parts(_mm_setzero_si128(), head, head_bytes, body, body_bytes, powers);
-  const size_t payload_bytes = head_bytes + body_bytes;
   alignas(16) unsigned char tail[GcmTagger::kMaxHeaderBytes + 16] = {};
   if (header_bytes > 0) std::memcpy(tail, header, header_bytes);
   for (size_t i = 0; i < blocks; ++i) {
@@ -238,8 +236,7 @@ DTRAIN_GCM_TARGET void compute_tag(const unsigned char* round_keys, const unsign
     _mm_store_si128(block, _mm_xor_si128(_mm_load_si128(block), stream[i + 1]));
   }
   std::memset(tail + header_bytes, 0, 16 * blocks - header_bytes);  // the key stream past it
-  const uint64_t bits[2] = {static_cast<uint64_t>(payload_bytes) * 8,
-                            static_cast<uint64_t>(header_bytes) * 8};
+  const uint64_t bits[2] = {payload_bytes * 8, static_cast<uint64_t>(header_bytes) * 8};
   for (int half = 0; half < 2; ++half) {
     for (int i = 0; i < 8; ++i) {
       tail[16 * blocks + 8 * half + i] = static_cast<unsigned char>(bits[half] >> (56 - 8 * i));
@@ -249,6 +246,49 @@ DTRAIN_GCM_TARGET void compute_tag(const unsigned char* round_keys, const unsign
   _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm_xor_si128(reflect_bytes(x), stream[0]));
   sodium_memzero(tail, sizeof tail);
   sodium_memzero(stream, sizeof stream);
+}
+
+DTRAIN_GCM_TARGET void compute_tag(const unsigned char* round_keys, const unsigned char* powers,
+                                   const unsigned char* nonce, const unsigned char* header,
+                                   size_t header_bytes, const unsigned char* head,
+                                   size_t head_bytes, const unsigned char* body, size_t body_bytes,
+                                   unsigned char* out) {
+  // GHASH over the additional data (the payload), then finish_tag.
+  const __m128i x = absorb_parts(_mm_setzero_si128(), head, head_bytes, body, body_bytes, powers);
+  finish_tag(round_keys, powers, nonce, header, header_bytes, x, head_bytes + body_bytes, out);
+}
+
+// GcmTagger::absorb: whole blocks go straight into the state, a block that
+// straddles two pieces waits in `partial`.
+DTRAIN_GCM_TARGET void stream_absorb(GcmTagger::Stream& s, const unsigned char* p, size_t n,
+                                     const unsigned char* powers) {
+  s.payload_bytes += n;
+  __m128i x = _mm_load_si128(reinterpret_cast<const __m128i*>(s.state.data()));
+  if (s.partial_bytes > 0) {
+    const size_t take = std::min(16 - s.partial_bytes, n);
+    std::memcpy(s.partial.data() + s.partial_bytes, p, take);
+    s.partial_bytes += take;
+    p += take;
+    n -= take;
+    if (s.partial_bytes < 16) return;  // n is 0: the block waits for more
+    x = absorb(x, s.partial.data(), 16, powers);
+    s.partial_bytes = 0;
+  }
+  const size_t whole = n - n % 16;
+  x = absorb(x, p, whole, powers);
+  if (n > whole) std::memcpy(s.partial.data(), p + whole, n - whole);
+  s.partial_bytes = n - whole;
+  _mm_store_si128(reinterpret_cast<__m128i*>(s.state.data()), x);
+}
+
+DTRAIN_GCM_TARGET void stream_finish(GcmTagger::Stream& s, const unsigned char* round_keys,
+                                     const unsigned char* powers, const unsigned char* nonce,
+                                     const unsigned char* header, size_t header_bytes,
+                                     unsigned char* out) {
+  __m128i x = _mm_load_si128(reinterpret_cast<const __m128i*>(s.state.data()));
+  x = absorb(x, s.partial.data(), s.partial_bytes, powers);  // zero-padded
+  finish_tag(round_keys, powers, nonce, header, header_bytes, x, s.payload_bytes, out);
+  sodium_memzero(&s, sizeof s);
 }
 
 }  // namespace
@@ -283,6 +323,25 @@ void GcmTagger::tag(std::span<const unsigned char, kNonceBytes> nonce,
               reinterpret_cast<const unsigned char*>(header.data()), header.size(),
               reinterpret_cast<const unsigned char*>(head.data()), head.size(),
               reinterpret_cast<const unsigned char*>(body.data()), body.size(), out.data());
+}
+
+}  // namespace dtrain::comm
+
+namespace dtrain::comm {
+
+void GcmTagger::absorb(Stream& stream, std::span<const std::byte> piece) const {
+  if (piece.empty()) return;
+  stream_absorb(stream, reinterpret_cast<const unsigned char*>(piece.data()), piece.size(),
+                powers_.front().data());
+}
+
+void GcmTagger::finish(Stream& stream, std::span<const unsigned char, kNonceBytes> nonce,
+                       std::span<const std::byte> header,
+                       std::span<unsigned char, kTagBytes> out) const {
+  DTRAIN_CHECK(header.size() <= kMaxHeaderBytes, "a {}-byte header, at most {}", header.size(),
+               kMaxHeaderBytes);
+  stream_finish(stream, round_keys_.front().data(), powers_.front().data(), nonce.data(),
+                reinterpret_cast<const unsigned char*>(header.data()), header.size(), out.data());
 }
 
 }  // namespace dtrain::comm

@@ -26,6 +26,7 @@
 // Thread safety: tag() is const and reentrant. available() says whether the
 // CPU can run it (AES-NI, PCLMULQDQ, AVX-512F/BW, VPCLMULQDQ); constructing
 // one where it cannot is an InternalError. Never blocks, never allocates.
+// absorb() and finish() are const too: the state is the caller's Stream.
 #pragma once
 
 #include <array>
@@ -59,6 +60,21 @@ class GcmTagger {
   void tag(std::span<const unsigned char, kNonceBytes> nonce, std::span<const std::byte> header,
            std::span<const std::byte> head, std::span<const std::byte> body,
            std::span<unsigned char, kTagBytes> out) const;
+
+  // The same tag with the additional data handed in pieces as they arrive
+  // (a receiver that checks and uses a payload block by block): absorb()
+  // each piece in order (any sizes), then finish(). The tag equals tag()'s
+  // of the pieces joined. A Stream belongs to one frame and one thread;
+  // finish() wipes it.
+  struct Stream {
+    alignas(16) std::array<unsigned char, 16> state{};  // GHASH so far, byte-reflected
+    std::array<unsigned char, 16> partial{};            // a block's first bytes
+    size_t partial_bytes = 0;
+    uint64_t payload_bytes = 0;
+  };
+  void absorb(Stream& stream, std::span<const std::byte> piece) const;
+  void finish(Stream& stream, std::span<const unsigned char, kNonceBytes> nonce,
+              std::span<const std::byte> header, std::span<unsigned char, kTagBytes> out) const;
 
  private:
   static constexpr size_t kRounds = 14;  // AES-256

@@ -215,34 +215,78 @@ void check_payload(const FrameHeader& header, std::span<const std::byte, kHeader
   check_payload(header, header_bytes, {}, payload, auth);
 }
 
-void check_payload(const FrameHeader& header, std::span<const std::byte, kHeaderBytes> header_bytes,
-                   std::span<const std::byte> head, std::span<const std::byte> body,
-                   const JobAuth& auth) {
-  const size_t payload_bytes = head.size() + body.size();
+namespace {
+
+void check_length(const FrameHeader& header, uint64_t payload_bytes) {
   if (payload_bytes != header.payload_bytes) {
     fail(fmt::format("payload is {} bytes but the header says {}", payload_bytes,
                      header.payload_bytes));
   }
+}
+
+void check_crc(const FrameHeader& header, uint32_t crc) {
+  if ((header.flags & kFlagCrc) != 0 && crc != header.payload_crc) {
+    fail(
+        fmt::format("payload CRC-32C 0x{:08x} does not match the header's 0x{:08x} "
+                    "(corrupted in transit)",
+                    crc, header.payload_crc));
+  }
+}
+
+// The header bytes the MAC covers: its MAC field zeroed.
+HeaderBytes mac_input(std::span<const std::byte, kHeaderBytes> header_bytes) {
+  HeaderBytes zeroed;
+  std::copy(header_bytes.begin(), header_bytes.end(), zeroed.begin());
+  std::fill(zeroed.begin() + kOffMac, zeroed.end(), std::byte{0});
+  return zeroed;
+}
+
+[[noreturn]] void fail_mac(const FrameHeader& header,
+                           std::span<const std::byte, kHeaderBytes> header_bytes,
+                           const JobAuth& auth) {
+  fail(fmt::format("authentication failed for a frame from {}: {}",
+                   header.sender == kCoordinator ? std::string("the coordinator")
+                                                 : fmt::format("rank {}", header.sender),
+                   auth.refusal(header_bytes.subspan<kOffMac, kMacBytes>())));
+}
+
+}  // namespace
+
+void check_payload(const FrameHeader& header, std::span<const std::byte, kHeaderBytes> header_bytes,
+                   std::span<const std::byte> head, std::span<const std::byte> body,
+                   const JobAuth& auth) {
+  check_length(header, head.size() + body.size());
   if ((header.flags & kFlagCrc) != 0) {
-    const uint32_t crc = crc32c_extend(crc32c(head.data(), head.size()), body.data(), body.size());
-    if (crc != header.payload_crc) {
-      fail(
-          fmt::format("payload CRC-32C 0x{:08x} does not match the header's 0x{:08x} "
-                      "(corrupted in transit)",
-                      crc, header.payload_crc));
-    }
+    check_crc(header, crc32c_extend(crc32c(head.data(), head.size()), body.data(), body.size()));
   }
+  if ((header.flags & kFlagMac) != 0 && !auth.verify(mac_input(header_bytes), head, body,
+                                                     header_bytes.subspan<kOffMac, kMacBytes>())) {
+    fail_mac(header, header_bytes, auth);
+  }
+}
+
+std::optional<PayloadCheck> PayloadCheck::begin(
+    const FrameHeader& header, std::span<const std::byte, kHeaderBytes> header_bytes,
+    const JobAuth& auth) {
+  PayloadCheck check(header, header_bytes, auth);
   if ((header.flags & kFlagMac) != 0) {
-    HeaderBytes zeroed;
-    std::copy(header_bytes.begin(), header_bytes.end(), zeroed.begin());
-    std::fill(zeroed.begin() + kOffMac, zeroed.end(), std::byte{0});
-    if (!auth.verify(zeroed, head, body, header_bytes.subspan<kOffMac, kMacBytes>())) {
-      fail(fmt::format("authentication failed for a frame from {}: {}",
-                       header.sender == kCoordinator ? std::string("the coordinator")
-                                                     : fmt::format("rank {}", header.sender),
-                       auth.refusal(header_bytes.subspan<kOffMac, kMacBytes>())));
-    }
+    check.verifier_ =
+        auth.begin_verify(mac_input(header_bytes), header_bytes.subspan<kOffMac, kMacBytes>());
+    if (!check.verifier_) return std::nullopt;
   }
+  return check;
+}
+
+void PayloadCheck::update(std::span<const std::byte> piece) {
+  received_ += piece.size();
+  if ((header_.flags & kFlagCrc) != 0) crc_ = crc32c_extend(crc_, piece.data(), piece.size());
+  if (verifier_) verifier_->update(piece);
+}
+
+void PayloadCheck::finish() {
+  check_length(header_, received_);
+  check_crc(header_, crc_);
+  if (verifier_ && !verifier_->finish()) fail_mac(header_, header_bytes_, *auth_);
 }
 
 FrameHeader decode_frame(std::span<const std::byte> frame, const FrameLimits& limits,

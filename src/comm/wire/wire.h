@@ -16,9 +16,11 @@
 // Thread safety: pure functions. Never blocks.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -112,6 +114,34 @@ void check_payload(const FrameHeader& header, std::span<const std::byte, kHeader
 void check_payload(const FrameHeader& header, std::span<const std::byte, kHeaderBytes> header_bytes,
                    std::span<const std::byte> head, std::span<const std::byte> body,
                    const JobAuth& auth);
+
+// check_payload() over a payload that arrives in pieces (a receiver that
+// uses each piece as it comes and fails the whole operation on a bad frame):
+// update() each piece in order, then finish(), which throws check_payload()'s
+// DataError for the same frames. The JobAuth outlives it.
+class PayloadCheck {
+ public:
+  // nullopt when the frame's MAC cannot be checked piece by piece on this
+  // CPU (JobAuth::begin_verify); the caller then uses check_payload().
+  static std::optional<PayloadCheck> begin(const FrameHeader& header,
+                                           std::span<const std::byte, kHeaderBytes> header_bytes,
+                                           const JobAuth& auth);
+  void update(std::span<const std::byte> piece);
+  void finish();
+
+ private:
+  PayloadCheck(const FrameHeader& header, std::span<const std::byte, kHeaderBytes> header_bytes,
+               const JobAuth& auth)
+      : header_(header), auth_(&auth) {
+    std::copy(header_bytes.begin(), header_bytes.end(), header_bytes_.begin());
+  }
+  FrameHeader header_;
+  HeaderBytes header_bytes_{};
+  const JobAuth* auth_;
+  std::optional<JobAuth::PayloadVerifier> verifier_;
+  uint64_t received_ = 0;
+  uint32_t crc_ = 0;
+};
 
 // A whole frame in one buffer (header then payload): decode_header +
 // check_payload. Returns the header; the payload is frame[kHeaderBytes:].
