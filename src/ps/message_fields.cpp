@@ -171,6 +171,49 @@ ShmFloats get_shm_floats(ByteReader& r, uint64_t flagged_count) {
   return floats;
 }
 
+// Bounds a sparse block ([256, D] floats) at 64 MiB.
+constexpr int64_t kMaxTableDim = 65536;
+
+void put_init_specs(ByteWriter& w, const std::vector<DenseSpec>& dense,
+                    const std::vector<SparseTableSpec>& tables) {
+  w.write_u32(static_cast<uint32_t>(dense.size()));
+  for (const DenseSpec& spec : dense) {
+    put_string(w, spec.name);
+    put_shape(w, spec.shape);
+  }
+  w.write_u32(static_cast<uint32_t>(tables.size()));
+  for (const SparseTableSpec& table : tables) {
+    put_string(w, table.name);
+    w.write_i64(table.dim);
+    w.write_f32(table.init_std);
+  }
+}
+
+void get_init_specs(ByteReader& r, std::vector<DenseSpec>& dense,
+                    std::vector<SparseTableSpec>& tables) {
+  const auto dense_count = r.read_u32("init dense count");
+  r.need(static_cast<size_t>(dense_count) * 3, "init dense specs");
+  for (uint32_t i = 0; i < dense_count; ++i) {
+    DenseSpec spec;
+    spec.name = get_string(r, "dense name");
+    spec.shape = get_shape(r, "dense shape");
+    dense.push_back(std::move(spec));
+  }
+  const auto table_count = r.read_u32("init table count");
+  r.need(static_cast<size_t>(table_count) * 14, "init table specs");
+  for (uint32_t i = 0; i < table_count; ++i) {
+    SparseTableSpec table;
+    table.name = get_string(r, "table name");
+    table.dim = r.read_i64("table dim");
+    if (table.dim < 1 || table.dim > kMaxTableDim) {
+      throw DataError(fmt::format("ps message: table '{}' has dim {}; must be in [1, 65536]",
+                                  table.name, table.dim));
+    }
+    table.init_std = get_finite(r, "table init_std");
+    tables.push_back(std::move(table));
+  }
+}
+
 // A compressed push's pieces: u32 count, then per piece u8 encoding (0: dense,
 // u64 count + f32 values; 1: compressed, u32 length + that many bytes).
 namespace {

@@ -47,6 +47,13 @@ ServerStats get_stats(ByteReader& r);
 inline constexpr uint64_t kShmFlag = uint64_t{1} << 63;
 void put_shm_floats(ByteWriter& w, const ShmFloats& floats, bool inline_floats);
 ShmFloats get_shm_floats(ByteReader& r, uint64_t flagged_count);
+// An init's layout: u32 dense count, per spec its name and shape; u32 table
+// count, per table its name, i64 dim (1..65536, else DataError) and f32
+// init_std (finite). get_init_specs appends to `dense` and `tables`.
+void put_init_specs(ByteWriter& w, const std::vector<DenseSpec>& dense,
+                    const std::vector<SparseTableSpec>& tables);
+void get_init_specs(ByteReader& r, std::vector<DenseSpec>& dense,
+                    std::vector<SparseTableSpec>& tables);
 // A compressed push's pieces (the framing only: the server checks each
 // piece against its slice); an encoding other than 0 or 1 is a DataError.
 void put_pieces(ByteWriter& w, const std::vector<PushPiece>& pieces);

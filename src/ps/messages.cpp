@@ -61,9 +61,6 @@ namespace {
 using namespace message_fields;
 
 constexpr size_t kPrefixBytes = 24;
-// Bounds a sparse block ([256, D] floats) at 64 MiB.
-constexpr int64_t kMaxTableDim = 65536;
-
 bool is_request(uint8_t kind) { return kind >= 1 && kind <= 11; }
 
 // float_parts and float_bytes are the wire's little-endian f32 bytes as they
@@ -191,17 +188,7 @@ void put_push_tail(ByteWriter& w, const Message& m) {
 void put_request_body(ByteWriter& w, const Message& m) {
   switch (m.kind) {
     case Kind::kInit:
-      w.write_u32(static_cast<uint32_t>(m.dense.size()));
-      for (const DenseSpec& spec : m.dense) {
-        put_string(w, spec.name);
-        put_shape(w, spec.shape);
-      }
-      w.write_u32(static_cast<uint32_t>(m.tables.size()));
-      for (const SparseTableSpec& table : m.tables) {
-        put_string(w, table.name);
-        w.write_i64(table.dim);
-        w.write_f32(table.init_std);
-      }
+      put_init_specs(w, m.dense, m.tables);
       put_floats(w, m);
       return;
     case Kind::kPull:
@@ -415,27 +402,7 @@ void get_push_tail(ByteReader& r, Message& m) {
 void get_request_body(ByteReader& r, FloatDecoding decoding, Message& m) {
   switch (m.kind) {
     case Kind::kInit: {
-      const auto dense = r.read_u32("init dense count");
-      r.need(static_cast<size_t>(dense) * 3, "init dense specs");
-      for (uint32_t i = 0; i < dense; ++i) {
-        DenseSpec spec;
-        spec.name = get_string(r, "dense name");
-        spec.shape = get_shape(r, "dense shape");
-        m.dense.push_back(std::move(spec));
-      }
-      const auto tables = r.read_u32("init table count");
-      r.need(static_cast<size_t>(tables) * 14, "init table specs");
-      for (uint32_t i = 0; i < tables; ++i) {
-        SparseTableSpec table;
-        table.name = get_string(r, "table name");
-        table.dim = r.read_i64("table dim");
-        if (table.dim < 1 || table.dim > kMaxTableDim) {
-          throw DataError(fmt::format("ps message: table '{}' has dim {}; must be in [1, 65536]",
-                                      table.name, table.dim));
-        }
-        table.init_std = get_finite(r, "table init_std");
-        m.tables.push_back(std::move(table));
-      }
+      get_init_specs(r, m.dense, m.tables);
       m.floats = r.read_f32_array_counted("init values");
       return;
     }
