@@ -159,6 +159,10 @@ ServeResult Server::Impl::run(const std::stop_token& stop, Deadline deadline) {
       result.end = ServeEnd::kFinished;
       break;
     }
+    if (abandoned(now)) {
+      result.end = ServeEnd::kAbandoned;
+      break;
+    }
   }
   for (const Parked& p : parked_) {
     Message m;
@@ -174,12 +178,28 @@ ServeResult Server::Impl::run(const std::stop_token& stop, Deadline deadline) {
   flush_push_replies([](const DeferredReply&) { return true; });
   end_serving(result.end);
   logger_.info("ps server {}: serving ended ({}) at version {}", options_.server,
-               result.end == ServeEnd::kFinished  ? "all workers finished"
-               : result.end == ServeEnd::kStopped ? "stop requested"
-                                                  : "deadline",
+               result.end == ServeEnd::kFinished    ? "all workers finished"
+               : result.end == ServeEnd::kStopped   ? "stop requested"
+               : result.end == ServeEnd::kAbandoned ? "no live worker"
+                                                    : "deadline",
                consistency_.version());
   result.stats = stats();
   return result;
+}
+
+bool Server::Impl::abandoned(Clock::time_point now) {
+  if (consistency_.live_workers() > 0) {
+    no_live_worker_since_.reset();
+    return false;
+  }
+  if (!no_live_worker_since_) no_live_worker_since_ = now;
+  const auto limit = std::max(options_.heartbeat_timeout, options_.join_timeout);
+  if (now - *no_live_worker_since_ <= limit) return false;
+  logger_.error(
+      "ps server {}: every worker has been dead for more than {} ms (none finished, none "
+      "rejoined) at version {}: nobody is left to serve; stopping",
+      options_.server, limit.count(), consistency_.version());
+  return true;
 }
 
 void Server::Impl::on_frame(comm::wire::Frame& frame) {

@@ -171,7 +171,7 @@ struct ServerOptions {
 };
 
 // Why run() returned.
-enum class ServeEnd { kFinished, kStopped, kDeadline };
+enum class ServeEnd { kFinished, kStopped, kDeadline, kAbandoned };
 
 struct ServeResult {
   ServeEnd end = ServeEnd::kStopped;
@@ -198,7 +198,10 @@ class Server {
 
   // Serves requests until every worker is finished or dead with at least one
   // finished (kFinished), `stop` is requested (kStopped) or `deadline` passes
-  // (kDeadline). Parked pulls still waiting are answered with an error.
+  // (kDeadline), or every worker has been dead, none finished, for longer
+  // than max(heartbeat_timeout, join_timeout) (kAbandoned: nobody is left to
+  // rejoin; without it a server whose workers all died would wait forever).
+  // Parked pulls still waiting are answered with an error.
   ServeResult run(std::stop_token stop, Deadline deadline = Deadline::never());
 
   // This server's state in the per-server layout of messages.h (dense range,

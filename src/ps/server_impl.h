@@ -164,6 +164,9 @@ class Server::Impl {
   // it does not fit.
   bool take_inherited(uint32_t worker);
   void service_backups(Clock::time_point now);
+  // True once every worker has been dead, none finished, for longer than
+  // max(heartbeat_timeout, join_timeout); logs why.
+  bool abandoned(Clock::time_point now);
   // Takeover (server_takeover.cpp, docs "A backup takes over"): a worker
   // lost its primary and asks this backup to serve that range from its copy.
   void on_takeover(const comm::wire::Frame& frame, const ReplicaTakeover& ask);
@@ -211,6 +214,9 @@ class Server::Impl {
   std::set<uint32_t> copy_given_;
   std::optional<int> acting_host_;  // set on an acting primary: the backup serving it
   Deadline serve_deadline_ = Deadline::never();
+  // Since when no worker is live (none finished): run() ends kAbandoned
+  // once that lasts longer than max(heartbeat_timeout, join_timeout).
+  std::optional<Clock::time_point> no_live_worker_since_;
   // By worker: its shared-memory segment, opened at its first push through
   // one; a held push's view keeps the one it lies in alive.
   std::vector<std::shared_ptr<ShmSegment>> shm_segments_;

@@ -491,6 +491,14 @@ int PsSpec::serve(const BuildContext& c) const {
   logger.info("server {}: done after {} versions, {} pushes applied, {} dropped, {} rejected",
               r.index, result.stats.version, result.stats.pushes_applied,
               result.stats.pushes_dropped, result.stats.requests_rejected);
+  if (result.end == ps::ServeEnd::kAbandoned) {
+    // A failure, so that the launcher stops the job instead of waiting for
+    // this server (and the others) forever.
+    throw CommError(-1, fmt::format("ps server {}", r.index),
+                    fmt::format("every worker died before training ended and none rejoined "
+                                "within {} ms",
+                                std::max(o.heartbeat_timeout, o.join_timeout).count()));
+  }
   return 0;
 }
 

@@ -10,7 +10,9 @@
 //    exits when training is done; the worker, once resumed (SIGCONT), exits
 //    0 saying it was dropped, and the job's exit code stays 0;
 //  - ps: the servers declare it dead and the others finish; resumed, it
-//    learns that the job went on without it and exits 0 with one line.
+//    learns that the job went on without it and exits 0 with one line;
+//    with every worker stopped, the server ends once its rejoin window
+//    passed and the job fails naming it (never a wait without end).
 // Each reaction is asserted through the log lines that name its mechanism,
 // never through how long it took (bench/ft/frozen_worker_bench.sh measures
 // that).
@@ -139,6 +141,23 @@ TEST(FrozenWorker, APsWorkerResumedAfterItWasDeclaredDeadExitsCleanly) {
               has(job.output(), "the job finished training without this process"))
       << job.output();
   EXPECT_FALSE(has(job.output(), "elastic job")) << job.output();  // it is not one
+}
+
+TEST(FrozenWorker, APsJobWhoseWorkersAllStoppedEndsNamingItInsteadOfWaitingForever) {
+  testing::TempDir tmp;
+  write_text(tmp.file("job.toml"), kJob);
+  // Slots: server 0, workers 1 and 2, both stopped for good. The servers'
+  // rejoin window is distributed.timeout_ms (10 s here); then the server
+  // fails and the launcher stops the job.
+  const JobRun run = run_job(frozen_args(tmp, {"--strategy", "ps", "--servers", "1", "--workers",
+                                               "2", "--set", "distributed.timeout_ms=10000"}),
+                             {{"DTRAIN_TEST_STOP_AT_STEP", "1:5,2:5"}});
+  ASSERT_TRUE(run.status.has_value()) << "the launcher did not exit: " << run.output;
+  EXPECT_FALSE(run.status->ok()) << run.output;
+  EXPECT_TRUE(has(run.output, "ps server 0: every worker has been dead for more than 10000 ms"))
+      << run.output;
+  EXPECT_TRUE(has(run.output, "ps server 0 (pid ")) << run.output;
+  EXPECT_TRUE(has(run.output, "the job cannot go on without it")) << run.output;
 }
 
 }  // namespace

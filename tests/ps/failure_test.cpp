@@ -301,6 +301,33 @@ TEST(PsFailure, ADeadWorkerThatComesBackIsToldTheJobWentOnWithoutIt) {
             "1000 ms) and the job went on without it; it is at version 1");
 }
 
+TEST(PsFailure, AServerWhoseWorkersAllDiedEndsAfterTheRejoinWindowInsteadOfWaitingForever) {
+  ServerOptions options;
+  options.consistency = Consistency::kSync;
+  options.heartbeat_timeout = std::chrono::milliseconds(300);
+  options.join_timeout = std::chrono::milliseconds(400);
+  PsJob job(2, 2, options);
+  const StateDict model = small_model();
+  auto c0 = job.client(0);
+  auto c1 = job.client(1);
+  c0->init(model, {});
+  c1->init(model, {});
+  c0->push(fresh(model), 1, 0.1f, 0);
+  c1->push(fresh(model), 1, 0.1f, 0);
+  std::vector<Tensor> params = fresh(model);
+  EXPECT_EQ(c0->pull(params, 1), 1u);
+  c0.reset();  // both die: no goodbye, heartbeats stop
+  c1.reset();
+  job.join();  // without the rule this waits forever (no stop is requested)
+  for (int s = 0; s < 2; ++s) {
+    EXPECT_EQ(job.result(s).end, ServeEnd::kAbandoned) << "server " << s;
+    EXPECT_EQ(job.result(s).stats.version, 1u);
+  }
+  EXPECT_TRUE(job.log().contains(
+      "ps server 0: every worker has been dead for more than 400 ms (none finished, none "
+      "rejoined) at version 1: nobody is left to serve; stopping"));
+}
+
 TEST(PsFailure, ServerStopsPromptlyAndAnswersParkedPulls) {
   ServerOptions options;
   options.consistency = Consistency::kSync;
