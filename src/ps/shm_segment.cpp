@@ -164,8 +164,10 @@ std::atomic_ref<uint64_t> ShmSegment::sequence(Region region) const {
 uint64_t ShmSegment::begin_write(Region region) {
   std::atomic_ref<uint64_t> seq = sequence(region);
   const uint64_t odd = (seq.load(std::memory_order_relaxed) | 1) + 2;
-  seq.store(odd, std::memory_order_relaxed);
-  std::atomic_thread_fence(std::memory_order_release);
+  // An acquire exchange, not a relaxed store and a fence: the region's
+  // writes that follow cannot move before it either, and ThreadSanitizer
+  // (which refuses atomic_thread_fence) understands it.
+  seq.exchange(odd, std::memory_order_acquire);
   return odd + 1;
 }
 
@@ -174,9 +176,12 @@ void ShmSegment::end_write(Region region, uint64_t sequence_value) {
 }
 
 bool ShmSegment::stable(Region region, uint64_t sequence_value) const {
-  std::atomic_thread_fence(std::memory_order_acquire);
+  // A read-modify-write that changes nothing, with release order: the
+  // region's reads before it cannot move after it (the seqlock reader's
+  // acquire fence, in a form ThreadSanitizer accepts; both sides map the
+  // segment writable).
   return sequence_value % 2 == 0 &&
-         sequence(region).load(std::memory_order_acquire) == sequence_value;
+         sequence(region).fetch_add(0, std::memory_order_acq_rel) == sequence_value;
 }
 
 std::string shm_folder(std::string_view endpoint) {
