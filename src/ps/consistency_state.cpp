@@ -60,9 +60,8 @@ void ConsistencyState::check_liveness(Clock::time_point now) {
     Worker& w = workers_[i];
     if (w.state != WorkerState::kLive) continue;
     const int64_t silent = ms_between(w.last_heard, now);
-    const int64_t limit = w.heard
-                              ? options_.heartbeat_timeout.count()
-                              : std::max(options_.heartbeat_timeout, options_.join_timeout).count();
+    const int64_t limit =
+        w.heard ? options_.heartbeat_timeout.count() : options_.rejoin_window().count();
     if (silent > limit) {
       w.state = WorkerState::kDead;
       logger_.warn(

@@ -193,7 +193,7 @@ bool Server::Impl::abandoned(Clock::time_point now) {
     return false;
   }
   if (!no_live_worker_since_) no_live_worker_since_ = now;
-  const auto limit = std::max(options_.heartbeat_timeout, options_.join_timeout);
+  const auto limit = options_.rejoin_window();
   if (now - *no_live_worker_since_ <= limit) return false;
   logger_.error(
       "ps server {}: every worker has been dead for more than {} ms (none finished, none "

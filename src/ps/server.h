@@ -63,6 +63,7 @@
 // client's deadline.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -168,6 +169,13 @@ struct ServerOptions {
   // The ZeroMQ context of the server's sockets; not owned, must outlive the
   // server. Null: the server's own (one I/O thread).
   zmq::context_t* context = nullptr;
+
+  // How long a worker is given to (re)appear: one never heard from is
+  // declared dead after it, and a server whose workers are all dead waits it
+  // for one to rejoin before run() ends kAbandoned.
+  std::chrono::milliseconds rejoin_window() const {
+    return std::max(heartbeat_timeout, join_timeout);
+  }
 };
 
 // Why run() returned.

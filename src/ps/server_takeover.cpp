@@ -197,7 +197,7 @@ void Server::Impl::end_serving(ServeEnd end) {
   // The workers say goodbye to every range in one call: the acting
   // primaries finish with this server, or are declared finished once their
   // workers are silent past the heartbeat timeout.
-  const auto bound = Clock::now() + 2 * std::max(options_.heartbeat_timeout, options_.join_timeout);
+  const auto bound = Clock::now() + 2 * options_.rejoin_window();
   const auto until = std::min(bound, serve_deadline_.at());
   for (auto& a : acting_->all) {
     if (end == ServeEnd::kFinished &&

@@ -497,7 +497,7 @@ int PsSpec::serve(const BuildContext& c) const {
     throw CommError(-1, fmt::format("ps server {}", r.index),
                     fmt::format("every worker died before training ended and none rejoined "
                                 "within {} ms",
-                                std::max(o.heartbeat_timeout, o.join_timeout).count()));
+                                o.rejoin_window().count()));
   }
   return 0;
 }
