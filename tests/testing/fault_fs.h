@@ -41,6 +41,9 @@ namespace dtrain::testing {
 class TempDir {
  public:
   TempDir();
+  // A fresh directory under `base` instead (e.g. /dev/shm, where fsync is
+  // free).
+  explicit TempDir(const std::string& base);
   ~TempDir();
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;
