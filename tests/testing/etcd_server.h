@@ -98,7 +98,7 @@ class EtcdServer {
     return false;
   }
 
-  TempDir dir_;                   // the log
+  TempDir dir_;                  // the log
   std::optional<TempDir> data_;  // etcd's data folder
   std::string endpoint_;
   std::optional<ChildProcess> process_;
