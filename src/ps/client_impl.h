@@ -96,9 +96,11 @@ class Client::Impl {
   void rejoin(int server, uint64_t except, const std::string& operation);
   // The connection to `server` broke: with options_.replicas, asks its
   // backups, nearest first, to take its range over, and on the first yes
-  // re-routes the range to the endpoint it names (client.cpp). False when
-  // none did (each asked for at most options_.timeout): the caller waits for
-  // the replacement. Logged either way, naming each backup's answer.
+  // re-routes the range to the endpoint it names (client_takeover.cpp).
+  // False when none did (each asked for at most options_.takeover_timeout;
+  // one known dead, from a broken or refused connection, not at all): the
+  // caller waits for the replacement. Logged either way, naming each
+  // backup's answer.
   bool take_over(int server, const std::string& operation);
   // A new DEALER socket to `server`'s range at `endpoint` (reads only
   // options_, context_, auth_, logger_: also used by the heartbeat thread).

@@ -1,7 +1,11 @@
 // Client::Impl's half of a takeover (client.h "Server failures";
 // docs/parameter-server.md "A backup takes over"): when the connection to a
 // server breaks, its backups are asked, nearest first, to serve its range,
-// and the range is re-routed to the first one that does. The request then
+// and the range is re-routed to the first one that does. Each ask has its
+// own deadline (ClientOptions::takeover_timeout); a backup known dead (a
+// broken connection to it, or a refused one at the ask) is never asked
+// again, so a copy-holder that died with its primary costs nothing. The
+// request then
 // goes to that backup's acting primary, which answers kRejoin like a
 // replacement, and the existing re-join (init with the last pulled values,
 // the open pushes again) brings it to the worker's version.
