@@ -5,10 +5,9 @@
 // own deadline (ClientOptions::takeover_timeout); a backup known dead (a
 // broken connection to it, or a refused one at the ask) is never asked
 // again, so a copy-holder that died with its primary costs nothing. The
-// request then
-// goes to that backup's acting primary, which answers kRejoin like a
-// replacement, and the existing re-join (init with the last pulled values,
-// the open pushes again) brings it to the worker's version.
+// request then goes to that backup's acting primary, which answers kRejoin
+// like a replacement, and the existing re-join (init with the last pulled
+// values, the open pushes again) brings it to the worker's version.
 #include <fmt/format.h>
 
 #include <algorithm>
