@@ -111,6 +111,7 @@ Client::Impl::Impl(ClientOptions options, const comm::JobAuth& auth, Logger& log
     monitors_.push_back(watch_disconnects(s));
   }
   dead_.assign(static_cast<size_t>(servers), false);
+  broken_.assign(static_cast<size_t>(servers), false);
   for (int s = 0; s < servers; ++s) serving_.push_back(s);
   values_.resize(static_cast<size_t>(servers));
   open_pushes_.resize(static_cast<size_t>(servers));
@@ -154,10 +155,13 @@ constexpr int kMaxRecoveries = 8;
 }  // namespace
 
 zmq::socket_t Client::Impl::watch_disconnects(int server) {
+  return watch(*sockets_[static_cast<size_t>(server)], server, ZMQ_EVENT_DISCONNECTED);
+}
+
+zmq::socket_t Client::Impl::watch(comm::wire::FramedSocket& socket, int server, int events) {
   const std::string address = fmt::format(
       "inproc://ps-client-{}-{}-{}", static_cast<const void*>(this), server, monitor_generation_++);
-  if (zmq_socket_monitor(sockets_[static_cast<size_t>(server)]->socket().handle(), address.c_str(),
-                         ZMQ_EVENT_DISCONNECTED) != 0) {
+  if (zmq_socket_monitor(socket.socket().handle(), address.c_str(), events) != 0) {
     throw CommError(server, "ps connect",
                     fmt::format("cannot watch the connection to server {}: {}", server,
                                 zmq_strerror(zmq_errno())));
@@ -169,14 +173,25 @@ zmq::socket_t Client::Impl::watch_disconnects(int server) {
 }
 
 bool Client::Impl::disconnected(int server) {
-  bool broke = false;
-  zmq::socket_t& monitor = monitors_[static_cast<size_t>(server)];
+  const auto s = static_cast<size_t>(server);
+  bool broke = broken_[s];
+  broken_[s] = false;
+  zmq::socket_t& monitor = monitors_[s];
   while (true) {
     std::array<zmq::message_t, 1> event;  // then the endpoint, discarded
     if (comm::wire::receive_parts(monitor, event) == 0) break;
     broke = broke || comm::wire::monitor_event(event[0]) == ZMQ_EVENT_DISCONNECTED;
   }
+  // The process serving the range is gone (on one host a broken connection
+  // is a dead process): it is never asked to take a range over.
+  if (broke) dead_[static_cast<size_t>(serving_[s])] = true;
   return broke;
+}
+
+void Client::Impl::note_breaks(int except) {
+  for (int s = 0; s < num_servers(); ++s) {
+    if (s != except && disconnected(s)) broken_[static_cast<size_t>(s)] = true;
+  }
 }
 
 std::optional<std::pair<comm::wire::FrameHeader, Message>> Client::Impl::next_message(int server) {

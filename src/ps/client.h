@@ -32,7 +32,8 @@
 // again. Each recovery restarts the call's deadline, at most 8 per call; the
 // call's errors are as above otherwise. With ClientOptions::replicas > 0 a
 // broken connection first asks the server's backups, nearest first, to take
-// its range over (each asked for at most `timeout`); the first that does
+// its range over (each asked for at most `takeover_timeout`; one whose
+// connection refused or broke before is not asked); the first that does
 // serves it at an endpoint of its own for the rest of the run, and this
 // client re-routes the range there (requests, re-join, heartbeats). Without
 // one that does, the client waits for the replacement as above.
@@ -121,6 +122,11 @@ struct ClientOptions {
   // to a server breaks, its backups (the next R servers in ring order) are
   // asked to take its range over. 0: wait for the server's replacement.
   int replicas = 0;
+  // Each "will you take over?" ask of one backup waits at most this (and at
+  // most `timeout`), apart from the call's own deadline; a backup whose
+  // endpoint refuses the connection (its process is gone) is skipped at once
+  // and never asked again, nor is one whose connection broke before.
+  std::chrono::milliseconds takeover_timeout{5000};
   // The ZeroMQ context of the client's sockets; not owned, must outlive the
   // client. A server_endpoints entry "inproc://NAME" needs the context of
   // the server bound there (a co-located server, ServerOptions::

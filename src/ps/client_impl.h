@@ -96,9 +96,11 @@ class Client::Impl {
   void rejoin(int server, uint64_t except, const std::string& operation);
   // The connection to `server` broke: with options_.replicas, asks its
   // backups, nearest first, to take its range over, and on the first yes
-  // re-routes the range to the endpoint it names (client.cpp). False when
-  // none did (each asked for at most options_.timeout): the caller waits for
-  // the replacement. Logged either way, naming each backup's answer.
+  // re-routes the range to the endpoint it names (client_takeover.cpp).
+  // False when none did (each asked for at most options_.takeover_timeout;
+  // one known dead, from a broken or refused connection, not at all): the
+  // caller waits for the replacement. Logged either way, naming each
+  // backup's answer.
   bool take_over(int server, const std::string& operation);
   // A new DEALER socket to `server`'s range at `endpoint` (reads only
   // options_, context_, auth_, logger_: also used by the heartbeat thread).
@@ -108,8 +110,16 @@ class Client::Impl {
   void reroute(int server, const std::string& endpoint);
   // An inproc PAIR socket receiving ZMQ_EVENT_DISCONNECTED of sockets_[server].
   zmq::socket_t watch_disconnects(int server);
-  // Whether monitor `server` reported a broken connection (drains it).
+  // An inproc PAIR socket receiving the monitor `events` of `socket`.
+  zmq::socket_t watch(comm::wire::FramedSocket& socket, int server, int events);
+  // Whether monitor `server` reported a broken connection (drains it), or
+  // note_breaks() saw one not yet acted on; either way the process serving
+  // the range is marked dead_.
   bool disconnected(int server);
+  // Drains every range's monitor but `except`'s: the processes whose
+  // connection broke are marked dead_ at once, the breaks kept (broken_)
+  // for disconnected().
+  void note_breaks(int except);
   // The next frame from `server` whose payload decodes, if one is waiting
   // (the others are dropped, counted and logged by its socket).
   std::optional<std::pair<comm::wire::FrameHeader, Message>> next_message(int server);
@@ -161,6 +171,9 @@ class Client::Impl {
   // options_.timeout for an answer).
   std::vector<int> serving_;
   std::vector<bool> dead_;
+  // By range: a broken connection drained by note_breaks() and not yet
+  // acted on (disconnected() reports it once).
+  std::vector<bool> broken_;
   int monitor_generation_ = 0;  // names each monitor's inproc address
   // By server: its range as this worker last pulled it (init's values before
   // the first pull), and the pushes sent to it since then, in send order.

@@ -546,6 +546,7 @@ std::unique_ptr<Strategy> PsSpec::build(const BuildContext& c) const {
   client.timeout = c.timeout;
   client.heartbeat_interval = std::min(std::chrono::milliseconds(1000), c.heartbeat_timeout / 4);
   client.replicas = o_.takeover.value_or(client.private_ipc) ? static_cast<int>(o_.replicas) : 0;
+  client.takeover_timeout = c.heartbeat_timeout;
   PsOptions o;
   o.launch_id = c.launch->settings.launch_id;
   o.reshard_lost_workers = o_.backup_workers == 0;

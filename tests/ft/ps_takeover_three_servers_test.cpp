@@ -136,5 +136,31 @@ TEST(PsTakeoverThreeServersCli,
                      tmp.file("out"));
 }
 
+TEST(PsTakeoverThreeServersCli,
+     ASilentBackupIsAskedForAtMostTheHeartbeatTimeoutAndTheNextOneTakesTheRangeOver) {
+  testing::TempDir tmp;
+  write_text(tmp.file("job.toml"), kBlobs);
+  // Server 1 stops (SIGSTOP: alive, silent) and server 0 dies at version 5.
+  // Range 0's first backup is server 1: the workers ask it for at most the
+  // heartbeat timeout (1 s), not the requests' 15 s, and server 2 takes the
+  // range over. Range 1's primary is stopped, not dead, so it is not taken
+  // over: the workers' requests to it end with a TimeoutError naming it.
+  std::vector<std::string> args = three_server_args(tmp, "out", "2");
+  args.insert(args.end(), {"--set", "distributed.heartbeat_timeout_ms=1000", "--set",
+                           "distributed.timeout_ms=15000"});
+  const JobRun run =
+      run_job(args, {{"DTRAIN_TEST_KILL_AT_STEP", "0:5"}, {"DTRAIN_TEST_STOP_AT_STEP", "1:5"}});
+  ASSERT_TRUE(run.status.has_value()) << run.output;
+  EXPECT_FALSE(run.status->ok()) << run.output;
+  EXPECT_FALSE(has(run.output, "did not answer within 15000 ms")) << run.output;
+  for (const char* line :
+       {"backup server 1 did not answer within 1000 ms whether it takes server 0's range over",
+        "lost server 0 during ", "; backup server 2 serves its range from version",
+        "ps server 2: took over server 0's range",
+        "timed out after 15000 ms waiting for a reply from server 1"}) {
+    EXPECT_TRUE(has(run.output, line)) << line << "\n" << run.output;
+  }
+}
+
 }  // namespace
 }  // namespace dtrain
