@@ -5,7 +5,9 @@
 // and Adam, one and two servers, a step where one worker has no rows); with
 // two servers the last server's request leaves while backward still has
 // parameters to reach (counted, so a path that silently fell back to the
-// old one fails); where the option does not apply it is ignored, and the
+// old one fails); with two servers server 1's reply is taken by the next
+// forward's per-layer wait (counted) and the parameters read after the last
+// step are the final ones; where the option does not apply it is ignored, and the
 // job file refuses it outside sync.
 #include "strategy/ps_overlap.h"
 
@@ -90,6 +92,8 @@ struct Outcome {
   std::vector<std::pair<std::string, std::vector<float>>> values;
   int64_t requests = 0;
   int64_t early_requests = 0;
+  int64_t replies_in_forward = 0;
+  bool in_flight_after_last_step = false;
   bool overlapped = false;
 };
 
@@ -140,6 +144,10 @@ Outcome train(int servers, const optim::OptimizerConfig& optimizer, bool overlap
   }
   Outcome out;
   PsStrategy& chief = *workers[0];
+  // Read before anything takes the replies in flight (version() does).
+  if (const PsOverlap* overlap = chief.overlap()) {
+    out.in_flight_after_last_step = overlap->replies_pending();
+  }
   EXPECT_EQ(chief.version(), uint64_t(kSteps));
   add_values(chief.model().state_dict(), "model.", out);
   add_values(chief.optimizer_state(), "optimizer.", out);
@@ -147,6 +155,8 @@ Outcome train(int servers, const optim::OptimizerConfig& optimizer, bool overlap
     out.overlapped = true;
     out.requests = overlap->requests();
     out.early_requests = overlap->early_requests();
+    out.replies_in_forward = overlap->replies_in_forward();
+    EXPECT_FALSE(overlap->replies_pending());
   }
   for (auto& w : workers) w->finish();
   group.join();
@@ -163,6 +173,12 @@ void expect_bit_identical(int servers, const optim::OptimizerConfig& optimizer) 
   // Two servers: server 1's request leaves before fc1's gradients are final,
   // every step. One server: its range ends in fc1, the last to be final.
   EXPECT_EQ(overlapped.early_requests, servers == 2 ? int64_t(kSteps) : 0);
+  // Two servers: train_step returns with server 1's reply still to take;
+  // each next forward takes it before fc2 (whose floats start in server 0's
+  // range and end in server 1's), and version() takes the last step's. One
+  // server: its reply is in when train_step returns.
+  EXPECT_EQ(overlapped.in_flight_after_last_step, servers == 2);
+  EXPECT_EQ(overlapped.replies_in_forward, servers == 2 ? int64_t(kSteps - 1) : 0);
   ASSERT_EQ(overlapped.values.size(), reference.values.size());
   ASSERT_FALSE(reference.values.empty());
   for (size_t i = 0; i < reference.values.size(); ++i) {
