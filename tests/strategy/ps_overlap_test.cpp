@@ -245,5 +245,48 @@ TEST(PsOverlap, ANonFiniteGradientStopsTheRequestsOfItsServer) {
   group.join();
 }
 
+TEST(PsOverlap, AReplyThatNeverComesFailsTheNextForwardNamingItsServer) {
+  // Server 1 (no backup) dies once it has answered version 1. Step 0
+  // returns with that reply in flight (server 0's is in); a later step's
+  // forward, waiting before fc2 for server 1's range, fails naming server 1
+  // within the client's timeout (step 1's, if the reply died with the
+  // server's socket; step 2's otherwise: step 1's request to server 1 finds
+  // no server, yet step 1 returns once server 0's reply is in). The step in
+  // flight is then dropped, so nothing waits for it again.
+  ServerGroup group(2, 1, ps::Consistency::kSync, 10s, {}, [](ps::ServerOptions& o) {
+    if (o.server == 1) {
+      o.on_version = [](uint64_t version) {
+        if (version == 1) throw ServerGroup::Killed();
+      };
+    }
+  });
+  PsOptions o;
+  o.overlap = true;
+  ps::ClientOptions c = client_options(group.endpoints(), 0);
+  c.num_workers = 1;
+  c.timeout = 2s;
+  PsStrategy worker(make_model(), c, ServerGroup::auth(), Logger::null(), o);
+  ASSERT_NE(worker.overlap(), nullptr);
+  const std::vector<Batch> batches = make_batches();
+  worker.train_step(batches[0].x, batches[0].y);
+  EXPECT_TRUE(worker.overlap()->replies_pending());
+  std::string error;
+  int failed_step = 0;
+  for (int step = 1; step <= 2 && error.empty(); ++step) {
+    try {
+      worker.train_step(batches[size_t(step)].x, batches[size_t(step)].y);
+    } catch (const CommError& e) {
+      error = e.what();
+      failed_step = step;
+    }
+  }
+  ASSERT_FALSE(error.empty()) << "no step failed";
+  EXPECT_NE(error.find("server 1"), std::string::npos) << error;
+  EXPECT_FALSE(worker.overlap()->replies_pending());
+  // The replies taken inside forward: server 1's of version 1 when step 2
+  // was the one to fail.
+  EXPECT_EQ(worker.overlap()->replies_in_forward(), failed_step - 1);
+}
+
 }  // namespace
 }  // namespace dtrain::strategy
