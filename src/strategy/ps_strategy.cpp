@@ -149,15 +149,16 @@ PsStrategy::PsStrategy(std::unique_ptr<nn::Module> model, ps::ClientOptions clie
       if (e->is_training()) pull_rows(t, indices);
     });
   }
-  if (overlap_applies()) {
-    std::vector<Variable> dense_params;
-    for (size_t i : dense_) dense_params.push_back(params_[i]);
-    overlap_ = std::make_unique<PsOverlap>(*client_, std::move(dense_params), zero_grads_);
-    if (auto* sequential = dynamic_cast<nn::Sequential*>(model_.get())) {
-      sequential->set_forward_pre_hook(
-          [this](nn::Module& layer) { overlap_->before_layer(layer); });
-      layer_waits_ = true;
-    }
+  if (overlap_applies()) start_overlap();
+}
+
+void PsStrategy::start_overlap() {
+  std::vector<Variable> dense_params;
+  for (size_t i : dense_) dense_params.push_back(params_[i]);
+  overlap_ = std::make_unique<PsOverlap>(*client_, std::move(dense_params), zero_grads_);
+  if (auto* sequential = dynamic_cast<nn::Sequential*>(model_.get())) {
+    sequential->set_forward_pre_hook([this](nn::Module& layer) { overlap_->before_layer(layer); });
+    layer_waits_ = true;
   }
 }
 

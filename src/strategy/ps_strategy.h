@@ -314,6 +314,8 @@ class PsStrategy : public Strategy {
   void pull_dense(uint64_t min_version);
   // PsOptions::overlap: whether it applies (logged when asked for and not).
   bool overlap_applies() const;
+  // Builds overlap_ and, for a Sequential model, its forward pre-hook.
+  void start_overlap();
   // An overlapped step's end: the replies and the pulled parameters, as
   // push_dense_and_pull() ends (`bytes_before`: the client's count before
   // the step).
