@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <utility>
+
 #include "nn/activation.h"
 #include "nn/linear.h"
 #include "nn/pooling.h"
@@ -37,7 +39,9 @@ void Sequential::plan_steps() {
 
 Variable Sequential::run_step(const Step& step, const Variable& x) const {
   Module* layer = layers_[step.first];
+  before(layer);
   if (!step.fused) return layer->forward(x);
+  before(layers_[step.first + 1]);
   if (auto* linear = dynamic_cast<Linear*>(layer)) return linear->forward_relu(x);
   return static_cast<MaxPool2d*>(layers_[step.first + 1])->forward_after_relu(x);
 }
@@ -46,7 +50,10 @@ Variable Sequential::forward(const Variable& input) {
   Variable x = input;
   if (trace_ == nullptr || trace_names_.size() != layers_.size()) {
     if (!fusion_) {
-      for (Module* layer : layers_) x = layer->forward(x);
+      for (Module* layer : layers_) {
+        before(layer);
+        x = layer->forward(x);
+      }
       return x;
     }
     if (planned_layers_ != layers_.size()) plan_steps();
@@ -55,6 +62,7 @@ Variable Sequential::forward(const Variable& input) {
   }
   for (size_t i = 0; i < layers_.size(); ++i) {
     const bool nested = dynamic_cast<Sequential*>(layers_[i]) != nullptr;
+    before(layers_[i]);
     TraceSpan span(nested ? nullptr : trace_, trace_names_[i], "layer");
     x = layers_[i]->forward(x);
   }
@@ -68,6 +76,13 @@ void Sequential::set_trace(TraceSink* trace) {
   for (Module* layer : layers_) {
     if (auto* nested = dynamic_cast<Sequential*>(layer)) nested->set_trace(trace);
   }
+}
+
+void Sequential::set_forward_pre_hook(ForwardPreHook hook) {
+  for (Module* layer : layers_) {
+    if (auto* nested = dynamic_cast<Sequential*>(layer)) nested->set_forward_pre_hook(hook);
+  }
+  pre_hook_ = std::move(hook);
 }
 
 void Sequential::set_fusion(bool enabled) {

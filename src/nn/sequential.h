@@ -11,11 +11,18 @@
 // (dtrain::linear_relu) and ReLU then MaxPool2d (dtrain::relu_max_pool2d).
 // A traced forward (set_trace) runs layer by layer, so that every layer gets
 // its span; set_fusion(false) does so always.
+// Forward pre-hook (set_forward_pre_hook): called with each child, on the
+// thread running forward(), right before that child first reads its
+// parameters (both children of a fused pair, before the pair runs); nested
+// Sequentials pass it on to their children instead. A strategy whose
+// parameters arrive while forward runs (strategy/ps_overlap.h) waits there;
+// nn knows nothing about why. Exceptions from the hook leave forward().
 // Ownership: the Sequential owns its children; add() returns a reference that
 // stays valid while the Sequential lives.
 // Thread safety and errors: see module.h.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -51,6 +58,10 @@ class Sequential : public Module {
   void set_trace(TraceSink* trace);
   // On by default; applies to nested Sequentials too.
   void set_fusion(bool enabled);
+  // `hook(child)` before each child's forward (header); an empty function
+  // removes it. Applies to nested Sequentials too.
+  using ForwardPreHook = std::function<void(Module& child)>;
+  void set_forward_pre_hook(ForwardPreHook hook);
   Shape output_shape(const Shape& input) const override;
 
  private:
@@ -69,6 +80,10 @@ class Sequential : public Module {
   bool fusion_ = true;
   TraceSink* trace_ = nullptr;
   std::vector<std::string> trace_names_;  // per layer: its label() ("linear 'fc1'")
+  ForwardPreHook pre_hook_;
+  void before(Module* layer) const {
+    if (pre_hook_ && dynamic_cast<Sequential*>(layer) == nullptr) pre_hook_(*layer);
+  }
 };
 
 }  // namespace dtrain::nn

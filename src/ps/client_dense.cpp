@@ -34,37 +34,41 @@ uint64_t Client::Impl::take_pull(std::vector<Message>& replies, const std::vecto
   uint64_t min_clock = replies[0].min_clock;
   for (int s = 0; s < num_servers(); ++s) {
     Message& r = replies[static_cast<size_t>(s)];
-    const size_t floats = r.float_bytes.size() / sizeof(float);
-    if (static_cast<int64_t>(floats) != plan_.range_numel(s)) {
-      throw CommError(s, "ps pull",
-                      fmt::format("server {} replied with {} floats; its range holds {}", s, floats,
-                                  plan_.range_numel(s)));
-    }
-    // Straight from the received message into the parameters: the pull's
-    // one copy on this side.
-    for (const ShardSlice& slice : plan_.slices(s)) {
-      std::memcpy(out[slice.tensor].data() + slice.offset,
-                  r.float_bytes.data() + slice.shard_offset * sizeof(float),
-                  static_cast<size_t>(slice.count) * sizeof(float));
-    }
-    std::optional<uint64_t>& pushed = shm_push_version_[static_cast<size_t>(s)];
-    if (r.shm.present &&
-        !shm_[static_cast<size_t>(s)]->stable(ShmSegment::Region::kPull, r.shm.sequence)) {
-      throw CommError(s, "ps pull",
-                      fmt::format("server {} rewrote this worker's shared-memory range while it "
-                                  "was copied (a second answer to the same pull)",
-                                  s));
-    }
-    if (pushed && r.version > *pushed) pushed.reset();  // the server no longer views it
     version = std::min(version, r.version);
     min_clock = std::min(min_clock, r.min_clock);
-    values_[static_cast<size_t>(s)] = Impl::Range{std::move(r.payload_owner), r.float_bytes};
-    open_pushes_[static_cast<size_t>(s)].clear();
+    take_range(s, r, out);
   }
   last_version_ = version;
   last_min_clock_ = min_clock;
   last_totals_ = replies[0].totals;
   return version;
+}
+
+void Client::Impl::take_range(int s, Message& r, const std::vector<Tensor>& out) {
+  const size_t floats = r.float_bytes.size() / sizeof(float);
+  if (static_cast<int64_t>(floats) != plan_.range_numel(s)) {
+    throw CommError(s, "ps pull",
+                    fmt::format("server {} replied with {} floats; its range holds {}", s, floats,
+                                plan_.range_numel(s)));
+  }
+  // Straight from the received message into the parameters: the pull's
+  // one copy on this side.
+  for (const ShardSlice& slice : plan_.slices(s)) {
+    std::memcpy(out[slice.tensor].data() + slice.offset,
+                r.float_bytes.data() + slice.shard_offset * sizeof(float),
+                static_cast<size_t>(slice.count) * sizeof(float));
+  }
+  std::optional<uint64_t>& pushed = shm_push_version_[static_cast<size_t>(s)];
+  if (r.shm.present &&
+      !shm_[static_cast<size_t>(s)]->stable(ShmSegment::Region::kPull, r.shm.sequence)) {
+    throw CommError(s, "ps pull",
+                    fmt::format("server {} rewrote this worker's shared-memory range while it "
+                                "was copied (a second answer to the same pull)",
+                                s));
+  }
+  if (pushed && r.version > *pushed) pushed.reset();  // the server no longer views it
+  values_[static_cast<size_t>(s)] = Impl::Range{std::move(r.payload_owner), r.float_bytes};
+  open_pushes_[static_cast<size_t>(s)].clear();
 }
 
 void Client::Impl::create_segments() {

@@ -75,6 +75,9 @@ class Client::Impl {
                                                      const DensePush& push);
   std::vector<std::pair<int, Message>> pull_requests(uint64_t min_version) const;
   uint64_t take_pull(std::vector<Message>& replies, const std::vector<Tensor>& out);
+  // take_pull()'s part for server `s`'s reply alone (its range copied into
+  // `out`; the version, clock and totals left to the caller).
+  void take_range(int s, Message& r, const std::vector<Tensor>& out);
   // exchange()'s parts: waits until every server of `call` answered (or
   // failed, or the deadline passed); takes one matching reply; restarts the
   // call's deadline for a recovery (false, and the server failed, after

@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <optional>
 #include <string>
 #include <utility>
@@ -16,7 +17,11 @@ namespace dtrain::ps {
 
 struct LayeredStep::Calls {
   std::vector<std::optional<Client::Impl::Call>> by_server;
+  std::vector<bool> taken;  // by server: its reply copied into the parameters
   bool any_sent = false;
+  bool any_taken = false;
+  uint64_t version = 0;  // the minimum over the replies taken
+  uint64_t min_clock = 0;
 };
 
 LayeredStep::LayeredStep(Client& client, const DensePush& push, uint64_t min_version)
@@ -29,6 +34,7 @@ LayeredStep::LayeredStep(Client& client, const DensePush& push, uint64_t min_ver
         d.options_.worker));
   }
   calls_->by_server.resize(static_cast<size_t>(d.num_servers()));
+  calls_->taken.assign(static_cast<size_t>(d.num_servers()), false);
 }
 
 LayeredStep::~LayeredStep() = default;
@@ -71,6 +77,35 @@ void LayeredStep::send(int server, const std::vector<Tensor>& grads) {
   calls_->any_sent = true;
 }
 
+bool LayeredStep::taken(int server) const {
+  return sent(server) && calls_->taken[static_cast<size_t>(server)];
+}
+
+void LayeredStep::wait(int server, const std::vector<Tensor>& out) {
+  Client::Impl& d = *client_.impl_;
+  if (!sent(server)) {
+    throw UsageError(fmt::format(
+        "ps pull (worker {}): waiting for server {}'s reply of version >= {} before its request "
+        "was sent",
+        d.options_.worker, server, min_version_));
+  }
+  if (taken(server)) return;
+  d.check_dense(out, "pull");
+  TraceSpan waiting(d.options_.trace, "pull_wait", "ps");
+  waiting.arg("server", server);
+  Message reply = std::move(d.finish(*calls_->by_server[static_cast<size_t>(server)]).front());
+  waiting.end();
+  TraceSpan copy(d.options_.trace, "pull_copy", "ps");
+  d.take_range(server, reply, out);
+  Calls& c = *calls_;
+  c.version = c.any_taken ? std::min(c.version, reply.version) : reply.version;
+  c.min_clock = c.any_taken ? std::min(c.min_clock, reply.min_clock) : reply.min_clock;
+  c.any_taken = true;
+  c.taken[static_cast<size_t>(server)] = true;
+  // Server 0's totals, as take_pull() keeps them.
+  if (server == 0) d.last_totals_ = reply.totals;
+}
+
 uint64_t LayeredStep::finish(const std::vector<Tensor>& out) {
   Client::Impl& d = *client_.impl_;
   d.check_dense(out, "pull");
@@ -84,13 +119,10 @@ uint64_t LayeredStep::finish(const std::vector<Tensor>& out) {
   }
   TraceSpan waiting(d.options_.trace, "pull", "ps");
   // First layers first: server 0 holds the start of the flattened model.
-  std::vector<Message> replies;
-  replies.reserve(calls_->by_server.size());
-  for (std::optional<Client::Impl::Call>& call : calls_->by_server) {
-    replies.push_back(std::move(d.finish(*call).front()));
-  }
-  TraceSpan copy(d.options_.trace, "pull_copy", "ps");
-  return d.take_pull(replies, out);
+  for (int s = 0; s < d.num_servers(); ++s) wait(s, out);
+  d.last_version_ = calls_->version;
+  d.last_min_clock_ = calls_->min_clock;
+  return calls_->version;
 }
 
 }  // namespace dtrain::ps

@@ -4,7 +4,9 @@
 // soon as the caller says that every gradient tensor with floats in s's
 // range is final, typically from autograd's gradient-ready hooks while
 // backward still runs; finish() then waits for every reply and copies the
-// pulled ranges into the parameters.
+// pulled ranges into the parameters. wait(s) takes one server's reply alone
+// (the next forward's per-layer wait, strategy/ps_overlap.h), so a range
+// can be copied in while the later ones are still in flight.
 //
 // Each request is exactly the one push_step() would send to that server
 // (kind kPush with the pull, the same fields and floats), so what the
@@ -47,8 +49,15 @@ class LayeredStep {
   // read, now: the floats are encoded before send() returns).
   void send(int server, const std::vector<Tensor>& grads);
   bool sent(int server) const;
-  // Every server must have been sent. Waits for the replies in server order
-  // and copies the pulled parameters into `out`; returns the pull's version.
+  // Waits for server `server`'s reply (sent before) and copies its range
+  // into `out` (server 0's also sets the client's last_totals()); a no-op
+  // once taken. Throws as finish() does, naming the server; the step is
+  // then lost (drop it).
+  void wait(int server, const std::vector<Tensor>& out);
+  bool taken(int server) const;
+  // Every server must have been sent. Waits for the replies not taken yet
+  // in server order and copies them into `out`; returns the pull's version
+  // (the minimum over the servers) and records it as the client's last.
   uint64_t finish(const std::vector<Tensor>& out);
 
  private:

@@ -2,6 +2,7 @@
 // request of the step as soon as its range of the gradient is final.
 #include "strategy/ps_overlap.h"
 
+#include <algorithm>
 #include <span>
 #include <utility>
 
@@ -27,6 +28,7 @@ PsOverlap::PsOverlap(ps::Client& client, std::vector<Variable> dense,
       }
     }
   }
+  for (size_t k = 0; k < dense_.size(); ++k) index_of_.emplace(dense_[k].impl().get(), k);
   for (size_t k = 0; k < dense_.size(); ++k) {
     hook_ids_.push_back(dense_[k].register_grad_ready_hook([this, k](Variable&) {
       if (step_ != nullptr) on_ready(k);
@@ -69,8 +71,14 @@ void PsOverlap::send(int server) {
 }
 
 uint64_t PsOverlap::finish(const std::vector<Tensor>& out) {
-  DTRAIN_CHECK(step_ != nullptr, "finish() of a step that was not armed");
-  DTRAIN_CHECK(!poisoned_, "finish() after a non-finite gradient");
+  end_backward(out);
+  return *settle();
+}
+
+void PsOverlap::end_backward(const std::vector<Tensor>& out) {
+  DTRAIN_CHECK(step_ != nullptr, "end of backward of a step that was not armed");
+  DTRAIN_CHECK(!poisoned_, "end of backward after a non-finite gradient");
+  DTRAIN_CHECK(in_flight_ == nullptr, "a step still in flight when the next one ends");
   // Unused parameters (no hook fired): their gradient if an earlier pass
   // left one, zeros otherwise; this also sends every server of a worker
   // without rows (no backward ran).
@@ -83,8 +91,55 @@ uint64_t PsOverlap::finish(const std::vector<Tensor>& out) {
   for (int s = 0; s < client_.num_servers(); ++s) {
     if (!step_->sent(s)) send(s);
   }
-  const std::unique_ptr<ps::LayeredStep> step = std::move(step_);
-  return step->finish(out);
+  in_flight_ = std::move(step_);
+  out_ = out;
+}
+
+bool PsOverlap::replies_pending() const {
+  if (in_flight_ == nullptr) return false;
+  for (int s = 0; s < client_.num_servers(); ++s) {
+    if (!in_flight_->taken(s)) return true;
+  }
+  return false;
+}
+
+void PsOverlap::wait_server(int server) {
+  if (in_flight_ == nullptr || in_flight_->taken(server)) return;
+  try {
+    in_flight_->wait(server, out_);
+  } catch (...) {
+    in_flight_.reset();
+    throw;
+  }
+}
+
+void PsOverlap::before_layer(const nn::Module& layer) {
+  if (in_flight_ == nullptr) return;
+  auto found = layer_servers_.find(&layer);
+  if (found == layer_servers_.end()) {
+    std::vector<int> servers;
+    for (const Variable& p : layer.parameters()) {
+      const auto k = index_of_.find(p.impl().get());
+      if (k == index_of_.end()) continue;  // not a dense parameter of the client
+      servers.insert(servers.end(), servers_of_[k->second].begin(), servers_of_[k->second].end());
+    }
+    std::sort(servers.begin(), servers.end());
+    servers.erase(std::unique(servers.begin(), servers.end()), servers.end());
+    found = layer_servers_.emplace(&layer, std::move(servers)).first;
+  }
+  for (int s : found->second) {
+    if (in_flight_->taken(s)) continue;
+    wait_server(s);
+    ++replies_in_forward_;
+  }
+}
+
+std::optional<uint64_t> PsOverlap::settle() {
+  if (in_flight_ == nullptr) return std::nullopt;
+  const std::unique_ptr<ps::LayeredStep> step = std::move(in_flight_);
+  const uint64_t version = step->finish(out_);
+  out_.clear();
+  return version;
 }
 
 }  // namespace dtrain::strategy

@@ -8,6 +8,15 @@
 // hold contiguous ranges of the flattened model, so the last server's range
 // is usually ready first; server 0's, which holds the first layers, last.
 //
+// The replies: end_backward() sends what is left and returns at once; the
+// step stays in flight. wait_server() takes one server's reply (its range
+// copied into the parameters) and before_layer(), a forward pre-hook of the
+// next forward (nn/sequential.h), takes the replies of the servers holding
+// that layer's parameters, first layers first, so the next forward's first
+// layers run while the later ranges are still on their way. settle() takes
+// the rest; whoever reads the parameters outside forward calls it first
+// (PsStrategy does in every public accessor).
+//
 // The granularity is a server's range: with one server, or a range that
 // ends in the last gradient backward produces, the request leaves when
 // backward ends, as today's.
@@ -26,9 +35,12 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
+#include <unordered_map>
 #include <vector>
 
 #include "autograd/variable.h"
+#include "nn/module.h"
 #include "ps/client.h"
 #include "ps/client_layers.h"
 
@@ -50,6 +62,21 @@ class PsOverlap {
   // sent yet are sent; waits for every reply and copies the pulled values
   // into `out`. Returns the pull's version. Disarms.
   uint64_t finish(const std::vector<Tensor>& out);
+  // finish() without the wait: sends what is left and keeps the step in
+  // flight, its replies to be copied into `out` (handles to the
+  // parameters' storage, kept until settle()).
+  void end_backward(const std::vector<Tensor>& out);
+  // Whether some reply of the step in flight is still to be taken.
+  bool replies_pending() const;
+  // Takes server `server`'s reply of the step in flight (a no-op without
+  // one, or once taken). The forward pre-hook: the same for every server
+  // holding some of `layer`'s parameters, in server order. A failed wait
+  // (TimeoutError / CommError naming the server) drops the step in flight.
+  void wait_server(int server);
+  void before_layer(const nn::Module& layer);
+  // Takes every reply left of the step in flight and ends it; returns the
+  // pull's version (nullopt without a step in flight).
+  std::optional<uint64_t> settle();
   // Drops an armed step (backward or its checks threw).
   void disarm() { step_.reset(); }
 
@@ -58,6 +85,9 @@ class PsOverlap {
   int64_t early_requests() const { return early_requests_; }
   // Requests sent, since construction.
   int64_t requests() const { return requests_; }
+  // Replies taken by before_layer() (inside the next forward), since
+  // construction.
+  int64_t replies_in_forward() const { return replies_in_forward_; }
 
  private:
   void on_ready(size_t k);
@@ -81,6 +111,13 @@ class PsOverlap {
   bool poisoned_ = false;  // a non-finite gradient: nothing more is sent
   int64_t early_requests_ = 0;
   int64_t requests_ = 0;
+  int64_t replies_in_forward_ = 0;
+  // The step whose replies are still coming (end_backward() to settle())
+  // and where they go; by module: the servers holding its parameters.
+  std::unique_ptr<ps::LayeredStep> in_flight_;
+  std::vector<Tensor> out_;
+  std::unordered_map<const autograd::VariableImpl*, size_t> index_of_;
+  std::unordered_map<const nn::Module*, std::vector<int>> layer_servers_;
 };
 
 }  // namespace dtrain::strategy

@@ -11,6 +11,7 @@
 #include "autograd/functions.h"
 #include "core/error.h"
 #include "core/trace.h"
+#include "nn/sequential.h"
 
 namespace dtrain::strategy {
 namespace {
@@ -148,10 +149,16 @@ PsStrategy::PsStrategy(std::unique_ptr<nn::Module> model, ps::ClientOptions clie
       if (e->is_training()) pull_rows(t, indices);
     });
   }
-  if (overlap_applies()) {
-    std::vector<Variable> dense_params;
-    for (size_t i : dense_) dense_params.push_back(params_[i]);
-    overlap_ = std::make_unique<PsOverlap>(*client_, std::move(dense_params), zero_grads_);
+  if (overlap_applies()) start_overlap();
+}
+
+void PsStrategy::start_overlap() {
+  std::vector<Variable> dense_params;
+  for (size_t i : dense_) dense_params.push_back(params_[i]);
+  overlap_ = std::make_unique<PsOverlap>(*client_, std::move(dense_params), zero_grads_);
+  if (auto* sequential = dynamic_cast<nn::Sequential*>(model_.get())) {
+    sequential->set_forward_pre_hook([this](nn::Module& layer) { overlap_->before_layer(layer); });
+    layer_waits_ = true;
   }
 }
 
@@ -186,15 +193,27 @@ bool PsStrategy::overlap_applies() const {
 }
 
 void PsStrategy::finish_overlapped(uint64_t bytes_before) {
-  version_ = overlap_->finish(dense_data_);
+  // Server 0's reply: the first layers and the step's totals (step_totals,
+  // the next batch_split); the other servers' in the next forward.
+  overlap_->end_backward(dense_data_);
+  overlap_->wait_server(0);
   after_pull();
   uint64_t dense = 0;
   for (const Tensor& g : zero_grads_) dense += static_cast<uint64_t>(g.numel()) * sizeof(float);
   last_comm_ = {client_->bytes_sent() - bytes_before, dense};
 }
 
+void PsStrategy::sync_params() {
+  if (overlap_ == nullptr) return;
+  if (const std::optional<uint64_t> version = overlap_->settle()) {
+    version_ = *version;
+    after_pull();
+  }
+}
+
 PsStrategy::~PsStrategy() {
   for (Table& t : tables_) t.module->set_lookup_hook({});
+  if (layer_waits_) static_cast<nn::Sequential&>(*model_).set_forward_pre_hook({});
 }
 
 void PsStrategy::align_trace_clock() {
@@ -333,6 +352,9 @@ StepStats PsStrategy::step(const Tensor& inputs, std::span<const int64_t> target
   double compute_s = 0.0;
   const bool overlapped = overlap_ != nullptr && n > 0;
   const uint64_t bytes_before = client_->bytes_sent();
+  // The last step's replies still in flight: taken by the forward's
+  // per-layer waits where there are some, here otherwise.
+  if (!(overlapped && layer_waits_)) sync_params();
   if (n > 0) {
     using Clock = std::chrono::steady_clock;
     const auto start = Clock::now();
@@ -343,6 +365,7 @@ StepStats PsStrategy::step(const Tensor& inputs, std::span<const int64_t> target
     mine = {static_cast<double>(loss.item()) * static_cast<double>(n),
             count_correct(output.data(), targets), n};
     forward.end();
+    sync_params();  // parameters forward did not use; version_ for the push
     for (size_t t = 0; t < tables_.size(); ++t) row_prefetch_.observe(t, lookups_[t], inputs);
     // Overlapped: the hooks send each server's request during backward.
     if (overlapped)
@@ -470,6 +493,7 @@ StepStats PsStrategy::step_totals(const StepStats& local) const {
 }
 
 void PsStrategy::fetch_model() {
+  sync_params();
   if (options_.consistency != ps::Consistency::kSync) pull_dense(0);
   for (size_t t = 0; t < tables_.size(); ++t) {
     const Tensor& weight = tables_[t].module->weight().data();
@@ -496,6 +520,7 @@ std::optional<int64_t> PsStrategy::joined_at_step() const {
 }
 
 void PsStrategy::finish() {
+  sync_params();
   if (row_prefetch_.hits() + row_prefetch_.misses() > 0) {
     logger_->info("ps worker {}: {} lookups took prefetched rows, {} pulled them again", worker_,
                   row_prefetch_.hits(), row_prefetch_.misses());

@@ -44,7 +44,14 @@
 //     and steps 4 and 5 are one round trip (push_and_pull). With
 //     PsOptions::overlap each server's request (the same one) leaves during
 //     step 2, as soon as its range of the gradient is final
-//     (strategy/ps_overlap.h).
+//     (strategy/ps_overlap.h), and train_step() returns once server 0's
+//     reply (the first layers and the step's totals) is in: the other
+//     servers' replies are copied in by the next forward, before the first
+//     layer that needs them (a Sequential model's forward pre-hook; another
+//     model waits for all before forward). Every public call that reads
+//     the parameters, the servers or the version (model(), version(),
+//     client(), the state and checkpoint calls, finish()) first takes the
+//     replies still in flight (sync_params()).
 // The version advances by one per step in `sync`.
 //
 // Statistics (step_totals): in `sync` the pull of step 5 brings server 0's
@@ -219,7 +226,11 @@ class PsStrategy : public Strategy {
   int64_t replicas() const override { return num_workers_; }
   int64_t rank() const override { return worker_; }
   int64_t world_size() const override { return num_workers_; }
-  nn::Module& model() override { return *model_; }
+  // The replies still in flight are taken first (sync_params()).
+  nn::Module& model() override {
+    sync_params();
+    return *model_;
+  }
   // Pushes carry it to the servers, whose optimizers apply it.
   void set_learning_rate(float lr) override;
   float learning_rate() const { return lr_; }
@@ -253,8 +264,12 @@ class PsStrategy : public Strategy {
   // is done or dead). Afterwards only destruction is allowed.
   void finish() override;
 
-  // The servers' version this worker last pulled.
-  uint64_t version() const { return version_; }
+  // The servers' version this worker last pulled (the replies still in
+  // flight taken first).
+  uint64_t version() {
+    sync_params();
+    return version_;
+  }
   // Updates this worker has taken (pushes, and local SGD steps): the next
   // update's index, which decides dense warm-up, compression and rounds.
   int64_t updates() const { return updates_; }
@@ -273,7 +288,10 @@ class PsStrategy : public Strategy {
   // worker index (async/ssp) is at; nullopt in a new job.
   std::optional<int64_t> joined_at_step() const override;
   const PsOptions& options() const { return options_; }
-  ps::Client& client() { return *client_; }
+  ps::Client& client() {
+    sync_params();
+    return *client_;
+  }
   // Whether pushes overlap backward (PsOptions::overlap, where it applies),
   // and the overlap's counts (null when they do not).
   const PsOverlap* overlap() const { return overlap_.get(); }
@@ -296,6 +314,8 @@ class PsStrategy : public Strategy {
   void pull_dense(uint64_t min_version);
   // PsOptions::overlap: whether it applies (logged when asked for and not).
   bool overlap_applies() const;
+  // Builds overlap_ and, for a Sequential model, its forward pre-hook.
+  void start_overlap();
   // An overlapped step's end: the replies and the pulled parameters, as
   // push_dense_and_pull() ends (`bytes_before`: the client's count before
   // the step).
@@ -303,6 +323,9 @@ class PsStrategy : public Strategy {
   // What every pull is followed by: the job's totals of the step, the live
   // workers, local SGD's anchor.
   void after_pull();
+  // The barrier before anything reads the parameters outside forward: takes
+  // the overlapped step's replies still in flight (a no-op without one).
+  void sync_params();
   // Aligns this worker's timeline to server 0's clock (ps workers share no
   // communicator, so server 0 is the reference every worker can reach).
   void align_trace_clock();
@@ -372,6 +395,9 @@ class PsStrategy : public Strategy {
   std::optional<int64_t> pending_updates_;
   Logger* logger_ = nullptr;  // outlives this strategy (constructor contract)
   CommStats last_comm_;
+  // The overlap's replies are taken by the model's forward pre-hook (a
+  // Sequential model).
+  bool layer_waits_ = false;
   // options_.overlap where it applies (null otherwise); last member: its
   // hooks are removed before the model and the client go.
   std::unique_ptr<PsOverlap> overlap_;

@@ -18,6 +18,7 @@ constexpr const char* kVersionKey = ps::kCheckpointVersionKey;
 }  // namespace
 
 StateDict PsStrategy::optimizer_state() {
+  sync_params();
   ps::PsState state = client_->pull_state();
   StateDict out = std::move(state.optimizer);
   out.merge(state.sparse, kSparsePrefix);
@@ -81,6 +82,7 @@ void PsStrategy::load_rank_state(const std::optional<StateDict>& state) {
 }
 
 void PsStrategy::load_optimizer_state(const StateDict& state) {
+  sync_params();
   // Checks the version metadata now (UsageError), on every worker.
   (void)ps::state_from_checkpoint(StateDict{}, state, {}, 0);
   if (!tables_.empty() && state.sub(kSparsePrefix).empty()) {
@@ -102,6 +104,7 @@ StateDict PsStrategy::dense_state() const {
 }
 
 void PsStrategy::sync_replicas() {
+  sync_params();
   if (pending_state_ == nullptr) {
     throw UsageError(
         "ps strategy: sync_replicas() needs the checkpoint's optimizer state first "

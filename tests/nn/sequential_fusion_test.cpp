@@ -5,9 +5,11 @@
 
 #include <algorithm>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "autograd/functions.h"
+#include "core/error.h"
 #include "core/rng.h"
 #include "nn/layers.h"
 #include "testing/gradcheck.h"
@@ -72,4 +74,37 @@ TEST(SequentialFusion, LayersAddedAfterAForwardJoinThePlan) {
 }
 
 }  // namespace
+// The forward pre-hook sees every leaf layer once, in order, before it runs
+// (nested Sequentials pass it on and are not seen themselves), fused or
+// not; a throwing hook stops forward before that layer.
+TEST(SequentialFusion, ForwardPreHookSeesEveryLeafLayerInOrderBeforeItRuns) {
+  auto model = lenet_like();
+  std::vector<std::string> want;
+  for (const auto& [name, child] : model->named_children()) {
+    if (auto* nested = dynamic_cast<Sequential*>(child)) {
+      for (const auto& [inner, leaf] : nested->named_children()) want.push_back(leaf->name());
+    } else {
+      want.push_back(child->name());
+    }
+  }
+  ASSERT_EQ(want.size(), 11u);
+  Rng rng(9);
+  Tensor x = Tensor::empty({2, 1, 12, 12});
+  for (float& v : x.span()) v = rng.normal();
+  std::vector<std::string> seen;
+  model->set_forward_pre_hook([&](Module& layer) { seen.push_back(layer.name()); });
+  for (const bool fusion : {true, false}) {
+    model->set_fusion(fusion);
+    seen.clear();
+    (void)model->forward(Variable(x));
+    EXPECT_EQ(seen, want) << "fusion " << fusion;
+  }
+  model->set_forward_pre_hook([](Module& layer) {
+    if (layer.name() == "head.0") throw UsageError("stop before head.0");
+  });
+  EXPECT_THROW((void)model->forward(Variable(x)), UsageError);
+  model->set_forward_pre_hook({});
+  (void)model->forward(Variable(x));
+}
+
 }  // namespace dtrain::nn

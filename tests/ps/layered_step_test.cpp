@@ -6,8 +6,10 @@
 //    workers wait there for their replies): its backup takes the range over,
 //    the requests are sent again to it, and the end is bit-identical again,
 //    with momentum and with Adam;
-//  - misuse (a server twice, finish() before every server, a compressed
-//    push) is a UsageError naming it.
+//    also when each reply is taken alone (wait(s), the next forward's
+//    per-layer wait) instead of by finish();
+//  - misuse (a server twice, finish() before every server, a wait before
+//    the send, a compressed push) is a UsageError naming it.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -58,7 +60,9 @@ std::vector<Tensor> gradient(int w, uint64_t t) {
   return g;
 }
 
-enum class Steps { kPushStep, kLayered };
+// kReplyByReply: as kLayered, then each server's reply taken alone (server 0
+// first, as the next forward's per-layer waits do) before finish().
+enum class Steps { kPushStep, kLayered, kReplyByReply };
 
 // Two servers (each the other's backup) on threads; server 1 throws while
 // closing version `kill_at` (0: never) and its thread destroys it, which
@@ -112,6 +116,13 @@ class TakeoverJob {
             LayeredStep step(client, push, version + 1);
             step.send(1, grads);
             step.send(0, grads);
+            if (steps == Steps::kReplyByReply) {
+              step.wait(0, params);
+              EXPECT_TRUE(step.taken(0));
+              EXPECT_FALSE(step.taken(1));
+              step.wait(1, params);
+              step.wait(1, params);  // a no-op once taken
+            }
             version = step.finish(params);
           }
         });
@@ -139,10 +150,17 @@ TEST(PsLayeredStep, LastServerFirstEndsBitIdenticalToPushStep) {
   expect_bit_identical(layered, reference);
 }
 
-void expect_takeover_bit_identical(const optim::OptimizerConfig& optimizer) {
+TEST(PsLayeredStep, RepliesTakenOneByOneEndBitIdenticalToPushStep) {
+  const std::vector<float> reference = TakeoverJob(momentum(), 0).train(Steps::kPushStep);
+  const std::vector<float> layered = TakeoverJob(momentum(), 0).train(Steps::kReplyByReply);
+  expect_bit_identical(layered, reference);
+}
+
+void expect_takeover_bit_identical(const optim::OptimizerConfig& optimizer,
+                                   Steps steps = Steps::kLayered) {
   const std::vector<float> reference = TakeoverJob(optimizer, 0).train(Steps::kPushStep);
   TakeoverJob faulty(optimizer, 5);
-  const std::vector<float> layered = faulty.train(Steps::kLayered);
+  const std::vector<float> layered = faulty.train(steps);
   EXPECT_TRUE(faulty.log().contains("ps server 0: took over server 1's range at version"))
       << faulty.log().text();
   expect_bit_identical(layered, reference);
@@ -156,6 +174,12 @@ TEST(PsLayeredStep, AServerDyingMidVersionIsTakenOverBitIdenticalWithAdam) {
   expect_takeover_bit_identical(adam());
 }
 
+// Server 1's reply waited for alone (wait(1)) when server 1 dies: the same
+// recovery as finish()'s.
+TEST(PsLayeredStep, AServerDyingWhileItsReplyIsTakenAloneIsTakenOverBitIdenticalWithAdam) {
+  expect_takeover_bit_identical(adam(), Steps::kReplyByReply);
+}
+
 TEST(PsLayeredStep, MisuseIsAUsageErrorNamingIt) {
   testing::PsJob job(kServers, 1, ServerOptions{});
   std::unique_ptr<Client> client = job.client(0);
@@ -166,6 +190,9 @@ TEST(PsLayeredStep, MisuseIsAUsageErrorNamingIt) {
     LayeredStep step(*client, push, 1);
     dtrain::testing::expect_error_naming<UsageError>(
         [&] { step.finish(params); }, "finish() before server 0's request of version 0 was sent");
+    dtrain::testing::expect_error_naming<UsageError>(
+        [&] { step.wait(0, params); },
+        "waiting for server 0's reply of version >= 1 before its request was sent");
     step.send(0, gradient(0, 0));
     dtrain::testing::expect_error_naming<UsageError>(
         [&] { step.send(0, gradient(0, 0)); }, "server 0's request of version 0 was already sent");

@@ -5,7 +5,9 @@
 // and Adam, one and two servers, a step where one worker has no rows); with
 // two servers the last server's request leaves while backward still has
 // parameters to reach (counted, so a path that silently fell back to the
-// old one fails); where the option does not apply it is ignored, and the
+// old one fails); with two servers server 1's reply is taken by the next
+// forward's per-layer wait (counted) and the parameters read after the last
+// step are the final ones; where the option does not apply it is ignored, and the
 // job file refuses it outside sync.
 #include "strategy/ps_overlap.h"
 
@@ -90,6 +92,8 @@ struct Outcome {
   std::vector<std::pair<std::string, std::vector<float>>> values;
   int64_t requests = 0;
   int64_t early_requests = 0;
+  int64_t replies_in_forward = 0;
+  bool in_flight_after_last_step = false;
   bool overlapped = false;
 };
 
@@ -140,6 +144,10 @@ Outcome train(int servers, const optim::OptimizerConfig& optimizer, bool overlap
   }
   Outcome out;
   PsStrategy& chief = *workers[0];
+  // Read before anything takes the replies in flight (version() does).
+  if (const PsOverlap* overlap = chief.overlap()) {
+    out.in_flight_after_last_step = overlap->replies_pending();
+  }
   EXPECT_EQ(chief.version(), uint64_t(kSteps));
   add_values(chief.model().state_dict(), "model.", out);
   add_values(chief.optimizer_state(), "optimizer.", out);
@@ -147,6 +155,8 @@ Outcome train(int servers, const optim::OptimizerConfig& optimizer, bool overlap
     out.overlapped = true;
     out.requests = overlap->requests();
     out.early_requests = overlap->early_requests();
+    out.replies_in_forward = overlap->replies_in_forward();
+    EXPECT_FALSE(overlap->replies_pending());
   }
   for (auto& w : workers) w->finish();
   group.join();
@@ -163,6 +173,12 @@ void expect_bit_identical(int servers, const optim::OptimizerConfig& optimizer) 
   // Two servers: server 1's request leaves before fc1's gradients are final,
   // every step. One server: its range ends in fc1, the last to be final.
   EXPECT_EQ(overlapped.early_requests, servers == 2 ? int64_t(kSteps) : 0);
+  // Two servers: train_step returns with server 1's reply still to take;
+  // each next forward takes it before fc2 (whose floats start in server 0's
+  // range and end in server 1's), and version() takes the last step's. One
+  // server: its reply is in when train_step returns.
+  EXPECT_EQ(overlapped.in_flight_after_last_step, servers == 2);
+  EXPECT_EQ(overlapped.replies_in_forward, servers == 2 ? int64_t(kSteps - 1) : 0);
   ASSERT_EQ(overlapped.values.size(), reference.values.size());
   ASSERT_FALSE(reference.values.empty());
   for (size_t i = 0; i < reference.values.size(); ++i) {
@@ -227,6 +243,49 @@ TEST(PsOverlap, ANonFiniteGradientStopsTheRequestsOfItsServer) {
   EXPECT_EQ(worker.version(), 0u);
   worker.finish();
   group.join();
+}
+
+TEST(PsOverlap, AReplyThatNeverComesFailsTheNextForwardNamingItsServer) {
+  // Server 1 (no backup) dies once it has answered version 1. Step 0
+  // returns with that reply in flight (server 0's is in); a later step's
+  // forward, waiting before fc2 for server 1's range, fails naming server 1
+  // within the client's timeout (step 1's, if the reply died with the
+  // server's socket; step 2's otherwise: step 1's request to server 1 finds
+  // no server, yet step 1 returns once server 0's reply is in). The step in
+  // flight is then dropped, so nothing waits for it again.
+  ServerGroup group(2, 1, ps::Consistency::kSync, 10s, {}, [](ps::ServerOptions& o) {
+    if (o.server == 1) {
+      o.on_version = [](uint64_t version) {
+        if (version == 1) throw ServerGroup::Killed();
+      };
+    }
+  });
+  PsOptions o;
+  o.overlap = true;
+  ps::ClientOptions c = client_options(group.endpoints(), 0);
+  c.num_workers = 1;
+  c.timeout = 2s;
+  PsStrategy worker(make_model(), c, ServerGroup::auth(), Logger::null(), o);
+  ASSERT_NE(worker.overlap(), nullptr);
+  const std::vector<Batch> batches = make_batches();
+  worker.train_step(batches[0].x, batches[0].y);
+  EXPECT_TRUE(worker.overlap()->replies_pending());
+  std::string error;
+  int failed_step = 0;
+  for (int step = 1; step <= 2 && error.empty(); ++step) {
+    try {
+      worker.train_step(batches[size_t(step)].x, batches[size_t(step)].y);
+    } catch (const CommError& e) {
+      error = e.what();
+      failed_step = step;
+    }
+  }
+  ASSERT_FALSE(error.empty()) << "no step failed";
+  EXPECT_NE(error.find("server 1"), std::string::npos) << error;
+  EXPECT_FALSE(worker.overlap()->replies_pending());
+  // The replies taken inside forward: server 1's of version 1 when step 2
+  // was the one to fail.
+  EXPECT_EQ(worker.overlap()->replies_in_forward(), failed_step - 1);
 }
 
 }  // namespace

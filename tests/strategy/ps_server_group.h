@@ -1,12 +1,16 @@
 // Shared by the ps strategy tests: S ps::Servers serving on threads of the
 // test process until every worker is done (or 120 s), with the servers'
 // optimizer given (plain SGD, lr 0.1, by default). The workers are the
-// tests' own (PsStrategy on threads, or child processes).
+// tests' own (PsStrategy on threads, or child processes). `tweak` may edit
+// each server's options; a server whose on_version throws ServerGroup::Killed
+// is destroyed on its thread, which breaks its connections as a death does.
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <stop_token>
 #include <string>
 #include <thread>
@@ -21,9 +25,13 @@ namespace dtrain::strategy::test {
 
 class ServerGroup {
  public:
+  struct Killed : std::runtime_error {
+    Killed() : std::runtime_error("killed by the test") {}
+  };
   ServerGroup(int servers, int workers, ps::Consistency consistency,
               std::chrono::milliseconds heartbeat_timeout = std::chrono::seconds(10),
-              const optim::OptimizerConfig& optimizer = {}) {
+              const optim::OptimizerConfig& optimizer = {},
+              const std::function<void(ps::ServerOptions&)>& tweak = {}) {
     using namespace std::chrono_literals;
     for (int s = 0; s < servers; ++s) {
       ps::ServerOptions o;
@@ -38,14 +46,19 @@ class ServerGroup {
       // machine) may take longer than a short heartbeat timeout, which must
       // only catch deaths after the join.
       o.join_timeout = 120s;
+      if (tweak) tweak(o);
       servers_.push_back(std::make_unique<ps::Server>(o, auth(), Logger::null()));
       endpoints_.push_back(servers_.back()->endpoint());
     }
     for (auto& server : servers_) {
-      threads_.emplace_back([&server = *server, this](std::stop_token stop) {
-        const ps::ServeResult r = server.run(stop, Deadline::after(120s));
-        const std::lock_guard lock(results_mutex_);
-        results_.push_back(r);
+      threads_.emplace_back([&server, this](std::stop_token stop) {
+        try {
+          const ps::ServeResult r = server->run(stop, Deadline::after(120s));
+          const std::lock_guard lock(results_mutex_);
+          results_.push_back(r);
+        } catch (const Killed&) {
+          server.reset();
+        }
       });
     }
   }
