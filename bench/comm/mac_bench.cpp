@@ -14,7 +14,7 @@
 //                as additional data, header as the message (auth.cpp before
 //                GcmTagger)
 //   gcm-vpclmul  the same tag through GcmTagger (comm/wire/gcm_tag.h,
-//                AVX-512 VPCLMULQDQ GHASH, 16 blocks per step): what
+//                AVX-512 VPCLMULQDQ GHASH, 32 blocks per step): what
 //                JobAuth uses where the CPU has it; bit-identical tags
 //   hmac-sodium  HMAC-SHA-256, libsodium (portable C, no SHA-NI)
 //   hmac-openssl HMAC-SHA-256, OpenSSL (SHA-NI where the CPU has it); only

@@ -13,9 +13,10 @@
 //
 // Why: libsodium hashes the additional data 128 bits per PCLMULQDQ step, at
 // ~5.9 GB/s on this project's CPUs, a third of the CPU of an authenticated
-// allreduce over tcp (docs/collectives.md). Here GHASH takes 16 blocks (256
-// bytes) per step, four per 512-bit VPCLMULQDQ, against H^16..H^1 with one
-// reduction per step (the aggregated reduction of Gueron and Kounavis,
+// allreduce over tcp (docs/collectives.md). Here GHASH takes 32 blocks (512
+// bytes) per step, four per 512-bit VPCLMULQDQ, against H^32..H^1 with one
+// reduction per step, the state's product apart from the blocks' so that
+// steps overlap (then 16-block steps for the rest; the aggregated reduction of Gueron and Kounavis,
 // "Intel Carry-Less Multiplication Instruction and its Usage for Computing
 // the GCM Mode", 2010).
 //
@@ -78,11 +79,12 @@ class GcmTagger {
 
  private:
   static constexpr size_t kRounds = 14;  // AES-256
-  static constexpr size_t kPowers = 16;  // H^1..H^16
+  static constexpr size_t kPowers = 32;  // H^1..H^32
   // The expanded AES-256 key (15 round keys).
   alignas(64) std::array<std::array<unsigned char, 16>, kRounds + 1> round_keys_{};
-  // powers_[i] = H^(16-i), byte-reflected (the multiplier of the i-th block
-  // of a 16-block step), so that 4 consecutive entries are one 512-bit load.
+  // powers_[i] = H^(32-i), byte-reflected (the multiplier of the i-th block
+  // of a 32-block step; the last 16 those of a 16-block step), so that 4
+  // consecutive entries are one 512-bit load.
   alignas(64) std::array<std::array<unsigned char, 16>, kPowers> powers_{};
 };
 
