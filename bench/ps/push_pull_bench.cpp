@@ -10,7 +10,10 @@
 // medians over repetitions: dense GB/s = bytes pushed + pulled by all workers
 // / time; sparse rows/s = rows pulled + pushed / time; and the ratio of the
 // dense figure to memcpy bandwidth (bytes copied / s, one thread, 64 MiB)
-// measured in the same run. One JSON line per measurement, then a table.
+// measured in the same run; and the sparse part's CPU per row (the whole
+// process's CPU time, every thread, from the repetition's start until every
+// worker is done, over the rows: on a loaded host the figure that moves
+// least). One JSON line per measurement, then a table.
 // Frames carry CRC-32C; rows marked mac=1 also carry the job-secret MAC.
 // Links: tcp loopback; ipc (sockets in a private folder) with the MAC and the
 // CRC, as a one-host job sent every frame before; ipc-private, the same
@@ -25,6 +28,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <string>
 #include <thread>
@@ -64,9 +68,17 @@ double memcpy_gb_per_s(int reps) {
   return median(rates);
 }
 
+// CPU seconds of the whole process (every thread: workers, servers, ZeroMQ's).
+double process_cpu_s() {
+  timespec t{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
+
 struct Result {
   double dense_gb_per_s = 0;
   double sparse_rows_per_s = 0;
+  double sparse_cpu_ns_per_row = 0;  // process CPU over rows pulled + pushed
 };
 
 enum class Link { kTcp, kIpc, kPrivateIpc };
@@ -121,6 +133,7 @@ Result run(int servers, int workers, bool mac, Link link, int reps, int64_t dens
   const int64_t batch = 4096, dim = 16;
   std::vector<std::vector<double>> dense_times(static_cast<size_t>(workers)),
       sparse_times(static_cast<size_t>(workers));
+  std::vector<double> sparse_cpu;  // per repetition, written by worker 0
   std::barrier sync(workers);
   std::vector<std::jthread> worker_threads;
   for (int w = 0; w < workers; ++w) {
@@ -151,6 +164,7 @@ Result run(int servers, int workers, bool mac, Link link, int reps, int64_t dens
         }
         const double dense = since(t0);
         sync.arrive_and_wait();
+        const double cpu0 = process_cpu_s();
         t0 = Clock::now();
         for (int i = 0; i < iters && parts.sparse; ++i) {
           for (auto& k : keys) k = rng.below(uint64_t{1} << 20);
@@ -158,6 +172,8 @@ Result run(int servers, int workers, bool mac, Link link, int reps, int64_t dens
           client.push_rows(0, keys, rows, 1e-6f);
         }
         const double sparse = since(t0);
+        sync.arrive_and_wait();  // every worker's rows done: the CPU they cost
+        if (w == 0 && r > 0) sparse_cpu.push_back(process_cpu_s() - cpu0);
         if (r > 0) {
           dense_times[static_cast<size_t>(w)].push_back(dense);
           sparse_times[static_cast<size_t>(w)].push_back(sparse);
@@ -169,7 +185,7 @@ Result run(int servers, int workers, bool mac, Link link, int reps, int64_t dens
   }
   worker_threads.clear();  // joins
   server_threads.clear();
-  std::vector<double> dense_rate, sparse_rate;
+  std::vector<double> dense_rate, sparse_rate, sparse_cpu_per_row;
   for (int r = 0; r < reps; ++r) {
     double dense = 0, sparse = 0;
     for (int w = 0; w < workers; ++w) {
@@ -179,10 +195,12 @@ Result run(int servers, int workers, bool mac, Link link, int reps, int64_t dens
     dense_rate.push_back(parts.dense ? 2.0 * workers * iters * static_cast<double>(dense_floats) *
                                            4 / dense / 1e9
                                      : 0.0);
-    sparse_rate.push_back(parts.sparse ? 2.0 * workers * iters * static_cast<double>(batch) / sparse
-                                       : 0.0);
+    const double rows = 2.0 * workers * iters * static_cast<double>(batch);
+    sparse_rate.push_back(parts.sparse ? rows / sparse : 0.0);
+    sparse_cpu_per_row.push_back(parts.sparse ? sparse_cpu[static_cast<size_t>(r)] / rows * 1e9
+                                              : 0.0);
   }
-  return {median(dense_rate), median(sparse_rate)};
+  return {median(dense_rate), median(sparse_rate), median(sparse_cpu_per_row)};
 }
 
 }  // namespace
@@ -219,17 +237,18 @@ int main(int argc, char** argv) {
     std::printf(
         "{\"bench\":\"ps_push_pull\",\"servers\":%d,\"workers\":%d,\"mac\":%d,\"link\":\"%s\","
         "\"dense_floats\":%lld,\"dense_gb_per_s\":%.3f,\"memcpy_ratio\":%.3f,"
-        "\"sparse_rows_per_s\":%.0f}\n",
+        "\"sparse_rows_per_s\":%.0f,\"sparse_cpu_ns_per_row\":%.0f}\n",
         row.servers, row.workers, row.mac ? 1 : 0, link_name(row.link),
         static_cast<long long>(dense_floats), row.r.dense_gb_per_s,
-        row.r.dense_gb_per_s / memcpy_rate, row.r.sparse_rows_per_s);
+        row.r.dense_gb_per_s / memcpy_rate, row.r.sparse_rows_per_s, row.r.sparse_cpu_ns_per_row);
   }
-  std::printf("\n%-8s %-8s %-4s %-12s %14s %10s %16s\n", "servers", "workers", "mac", "link",
-              "dense GB/s", "/memcpy", "sparse rows/s");
+  std::printf("\n%-8s %-8s %-4s %-12s %14s %10s %16s %12s\n", "servers", "workers", "mac", "link",
+              "dense GB/s", "/memcpy", "sparse rows/s", "CPU ns/row");
   for (const Row& row : rows) {
-    std::printf("%-8d %-8d %-4d %-12s %14.3f %10.3f %16.0f\n", row.servers, row.workers,
+    std::printf("%-8d %-8d %-4d %-12s %14.3f %10.3f %16.0f %12.0f\n", row.servers, row.workers,
                 row.mac ? 1 : 0, link_name(row.link), row.r.dense_gb_per_s,
-                row.r.dense_gb_per_s / memcpy_rate, row.r.sparse_rows_per_s);
+                row.r.dense_gb_per_s / memcpy_rate, row.r.sparse_rows_per_s,
+                row.r.sparse_cpu_ns_per_row);
   }
   std::printf("memcpy: %.2f GB/s (one thread, 64 MiB)\n", memcpy_rate);
   return 0;

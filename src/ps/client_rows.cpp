@@ -49,12 +49,13 @@ void Client::Impl::scatter_rows(int server, const std::vector<size_t>& members,
 
 std::vector<std::vector<size_t>> Client::Impl::route(size_t table,
                                                      std::span<const uint64_t> keys) const {
-  std::vector<std::vector<size_t>> by_server(static_cast<size_t>(num_servers()));
-  for (size_t i = 0; i < keys.size(); ++i) {
-    by_server[static_cast<size_t>(
-                  sparse_server_of(static_cast<uint32_t>(table), keys[i], num_servers()))]
-        .push_back(i);
-  }
+  std::vector<int> owner(keys.size());
+  sparse_servers_of(static_cast<uint32_t>(table), keys, num_servers(), owner);
+  std::vector<size_t> counts(static_cast<size_t>(num_servers()), 0);
+  for (int s : owner) ++counts[static_cast<size_t>(s)];
+  std::vector<std::vector<size_t>> by_server(counts.size());
+  for (size_t s = 0; s < counts.size(); ++s) by_server[s].reserve(counts[s]);
+  for (size_t i = 0; i < keys.size(); ++i) by_server[static_cast<size_t>(owner[i])].push_back(i);
   return by_server;
 }
 

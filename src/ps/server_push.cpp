@@ -158,12 +158,12 @@ SparseTable& Server::Impl::table_for(const Message& m, size_t floats_per_key) {
     throw Refusal(fmt::format("table '{}': {} floats for {} keys of dim {}", table.spec().name,
                               m.floats.size(), m.keys.size(), dim));
   }
-  for (uint64_t key : m.keys) {
-    const int owner = sparse_server_of(m.table, key, options_.num_servers);
-    if (owner != options_.server) {
-      throw Refusal(fmt::format("table '{}': key {} belongs to server {}, not {}",
-                                table.spec().name, key, owner, options_.server));
-    }
+  const size_t stray = first_key_not_on(m.table, m.keys, options_.server, options_.num_servers);
+  if (stray < m.keys.size()) {
+    const uint64_t key = m.keys[stray];
+    throw Refusal(fmt::format("table '{}': key {} belongs to server {}, not {}", table.spec().name,
+                              key, sparse_server_of(m.table, key, options_.num_servers),
+                              options_.server));
   }
   return table;
 }

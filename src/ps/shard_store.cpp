@@ -1,11 +1,13 @@
 #include "ps/shard_store.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <exception>
 #include <functional>
 #include <map>
+#include <new>
 #include <set>
 #include <thread>
 
@@ -192,23 +194,32 @@ float* SparseTable::row(int64_t slot) const {
 }
 
 size_t SparseTable::home(uint64_t key) const {
-  uint64_t h = key * 0x9E3779B97F4A7C15ull;  // Fibonacci hashing, then the high bits folded in
-  h ^= h >> 32;
-  return static_cast<size_t>(h) & (slot_index_.size() - 1);
+  // Fibonacci hashing: the product's top bits, so that an entry's home in an
+  // index twice as large is 2 * home or 2 * home + 1 (grow_index's order).
+  return static_cast<size_t>((key * 0x9E3779B97F4A7C15ull) >> index_shift_);
 }
 
 SparseTable::IndexEntry& SparseTable::entry(uint64_t key) {
-  const size_t mask = slot_index_.size() - 1;
+  const size_t mask = index_size_ - 1;
   for (size_t i = home(key);; i = (i + 1) & mask) {
     IndexEntry& e = slot_index_[i];
-    if (e.slot < 0 || e.key == key) return e;
+    if (e.slot_plus_one == 0 || e.key == key) return e;
   }
 }
 
 void SparseTable::grow_index() {
-  slot_index_.assign(std::max<size_t>(1024, slot_index_.size() * 2), IndexEntry{});
-  for (size_t s = 0; s < key_of_.size(); ++s) {
-    entry(key_of_[s]) = IndexEntry{key_of_[s], static_cast<int64_t>(s)};
+  const std::unique_ptr<IndexEntry[], FreeIndex> old = std::move(slot_index_);
+  const size_t old_size = index_size_;
+  const size_t size = std::max<size_t>(1024, old_size * 2);
+  slot_index_.reset(static_cast<IndexEntry*>(std::calloc(size, sizeof(IndexEntry))));
+  if (!slot_index_) throw std::bad_alloc();
+  index_size_ = size;
+  index_shift_ = 64 - std::countr_zero(size);
+  // In the old index's order, which is that of the entries' homes (but for
+  // the few that wrapped around its end): the new index fills front to back
+  // instead of at random.
+  for (size_t i = 0; i < old_size; ++i) {
+    if (old[i].slot_plus_one != 0) entry(old[i].key) = old[i];
   }
 }
 
@@ -220,25 +231,25 @@ int64_t SparseTable::slot(uint64_t key) {
 
 void SparseTable::slots(std::span<const uint64_t> keys, std::span<int64_t> out) {
   // Room for every key up front, so that the prefetched lines stay the index's.
-  while ((key_of_.size() + keys.size()) * 2 > slot_index_.size()) grow_index();
+  while ((key_of_.size() + keys.size()) * 2 > index_size_) grow_index();
   constexpr size_t kAhead = 16;
   new_keys_.clear();
   new_rows_.clear();
   for (size_t i = 0; i < keys.size(); ++i) {
     if (i + kAhead < keys.size()) __builtin_prefetch(&slot_index_[home(keys[i + kAhead])]);
     IndexEntry& e = entry(keys[i]);
-    if (e.slot < 0) {
+    if (e.slot_plus_one == 0) {
       const auto slot = static_cast<int64_t>(key_of_.size());
       if (slot % kSparseBlockRows == 0) {
         Tensor rows = Tensor::zeros({kSparseBlockRows, spec_.dim});
         blocks_.push_back(Block{rows, optimizer_over(rows, config_)});
       }
       key_of_.push_back(keys[i]);
-      e = IndexEntry{keys[i], slot};
+      e = IndexEntry{keys[i], static_cast<uint64_t>(slot) + 1};
       new_keys_.push_back(keys[i]);
       new_rows_.push_back(row(slot));
     }
-    out[i] = e.slot;
+    out[i] = static_cast<int64_t>(e.slot_plus_one) - 1;
   }
   // The new rows' initial values, computed together (a block's data stays
   // where it is when blocks_ grows: the pointers hold).
@@ -289,7 +300,14 @@ void SparseTable::apply(std::span<const uint64_t> keys, std::span<const float> g
   }
   SparseRows grad;
   grad.num_rows = kSparseBlockRows;
+  // The table's rows, random over its blocks, are fetched kAhead rows (in
+  // update order) before their update: the update waits for none of them.
+  constexpr size_t kAhead = 16;
+  size_t fetched = 0;
   for (size_t first = 0; first < order.size();) {
+    for (; fetched < std::min(order.size(), first + kAhead); ++fetched) {
+      __builtin_prefetch(row(slot_of[order[fetched]]), 1);
+    }
     const int64_t b = slot_of[order[first]] / kSparseBlockRows;
     size_t last = first;
     grad.indices.clear();
@@ -401,6 +419,8 @@ void SparseTable::import_state(const StateDict& in) {
     fresh.blocks_[b].optimizer->load_state_dict(dict);
   }
   slot_index_ = std::move(fresh.slot_index_);
+  index_size_ = fresh.index_size_;
+  index_shift_ = fresh.index_shift_;
   key_of_ = std::move(fresh.key_of_);
   blocks_ = std::move(fresh.blocks_);
 }

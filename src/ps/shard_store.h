@@ -17,7 +17,9 @@
 // (adam's bias correction) counts the updates of that block. A key finds its
 // slot through an open-addressing index (linear probing over a power-of-two
 // array of (key, slot) pairs, at most half full), one cache line per lookup;
-// a batch of keys prefetches the lines ahead.
+// a batch of keys prefetches the lines ahead. A key's home is its Fibonacci
+// hash's top bits, so that growing the index (twice the size, calloc's zero
+// pages) rewrites it front to back rather than at random.
 //
 // State export (per server, the layout of server.h):
 //   "dense.values" [count], "dense.optimizer.<UpdateRule::state_dict() keys>"
@@ -31,6 +33,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <span>
 #include <string>
@@ -130,9 +133,14 @@ class SparseTable {
     Tensor rows;  // [kSparseBlockRows, D]
     std::unique_ptr<optim::UpdateRule> optimizer;
   };
+  // All zero bytes: empty (so that a fresh index is calloc's zero pages,
+  // written by nobody before grow_index's inserts).
   struct IndexEntry {
-    uint64_t key = 0;
-    int64_t slot = -1;  // -1: empty
+    uint64_t key;
+    uint64_t slot_plus_one;  // 0: empty
+  };
+  struct FreeIndex {
+    void operator()(IndexEntry* p) const { std::free(p); }
   };
   // The slot of `key`, creating the row when missing.
   int64_t slot(uint64_t key);
@@ -148,8 +156,10 @@ class SparseTable {
   uint32_t index_ = 0;
   uint64_t seed_ = 0;
   optim::OptimizerConfig config_;
-  std::vector<IndexEntry> slot_index_;  // key -> slot; size a power of two (or 0)
-  std::vector<uint64_t> key_of_;        // by slot
+  std::unique_ptr<IndexEntry[], FreeIndex> slot_index_;  // key -> slot
+  size_t index_size_ = 0;         // slot_index_'s entries: a power of two (or 0)
+  int index_shift_ = 64;          // 64 - log2(index_size_)
+  std::vector<uint64_t> key_of_;  // by slot
   std::vector<Block> blocks_;
   // slots()'s rows created in this call, initialised together; reused.
   std::vector<uint64_t> new_keys_;

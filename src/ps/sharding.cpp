@@ -121,12 +121,55 @@ uint64_t mix64(uint64_t x) {
 
 }  // namespace
 
-int sparse_server_of(uint32_t table, uint64_t key, int num_servers) {
+namespace {
+
+void check_servers(int num_servers) {
   if (num_servers < 1) {
     throw UsageError(fmt::format("ps sparse placement: {} servers; need at least 1", num_servers));
   }
+}
+
+// sparse_server_of with the table's mix and the server count's kind hoisted
+// out of a batch: a power of two takes the low bits (what % gives), else %.
+struct Placement {
+  Placement(uint32_t table, int num_servers)
+      : table_mix(mix64(0x9E3779B97F4A7C15ull + table)),
+        servers(static_cast<uint64_t>(num_servers)),
+        mask(std::has_single_bit(servers) ? servers - 1 : 0) {}
+  int of(uint64_t key) const {
+    const uint64_t h = mix64(key ^ table_mix);
+    return static_cast<int>(mask != 0 || servers == 1 ? h & mask : h % servers);
+  }
+  uint64_t table_mix, servers, mask;
+};
+
+}  // namespace
+
+int sparse_server_of(uint32_t table, uint64_t key, int num_servers) {
+  check_servers(num_servers);
   const uint64_t h = mix64(key ^ mix64(0x9E3779B97F4A7C15ull + table));
   return static_cast<int>(h % static_cast<uint64_t>(num_servers));
+}
+
+void sparse_servers_of(uint32_t table, std::span<const uint64_t> keys, int num_servers,
+                       std::span<int> out) {
+  check_servers(num_servers);
+  if (out.size() != keys.size()) {
+    throw UsageError(
+        fmt::format("ps sparse placement: {} outputs for {} keys", out.size(), keys.size()));
+  }
+  const Placement placement(table, num_servers);
+  for (size_t i = 0; i < keys.size(); ++i) out[i] = placement.of(keys[i]);
+}
+
+size_t first_key_not_on(uint32_t table, std::span<const uint64_t> keys, int server,
+                        int num_servers) {
+  check_servers(num_servers);
+  const Placement placement(table, num_servers);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (placement.of(keys[i]) != server) return i;
+  }
+  return keys.size();
 }
 
 namespace {

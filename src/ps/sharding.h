@@ -101,6 +101,14 @@ std::vector<SlicePiece> slice_pieces(const ShardPlan& plan, const ShardSlice& sl
 
 // The server that holds row `key` of table `table`.
 int sparse_server_of(uint32_t table, uint64_t key, int num_servers);
+// The same for a batch: out[i] = sparse_server_of(table, keys[i], S), the
+// table's mix computed once (out.size() == keys.size(), else UsageError).
+void sparse_servers_of(uint32_t table, std::span<const uint64_t> keys, int num_servers,
+                       std::span<int> out);
+// The position of the first of `keys` that `server` does not hold, or
+// keys.size() when it holds them all.
+size_t first_key_not_on(uint32_t table, std::span<const uint64_t> keys, int server,
+                        int num_servers);
 
 // Writes row `key`'s initial value (out.size() == D) for table `table`.
 void init_sparse_row(uint64_t seed, uint32_t table, uint64_t key, float init_std,

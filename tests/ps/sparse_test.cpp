@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <set>
@@ -283,6 +284,67 @@ TEST(SparseTableIndex, MatchesAMapOverManyKeysDuplicatesAndCollidingBits) {
       [&] { copy.import_state(state); },
       fmt::format("ps sparse state: table 'emb' lists key {} twice", all[0]));
   EXPECT_EQ(copy.rows(), expected.size());
+}
+
+// An imported table's index (its size and hash shift moved with it) keeps
+// finding the imported rows and keeps growing: reading old and new keys gives
+// what the table it was exported from gives, row for row.
+TEST(SparseTableIndex, AnImportedTableKeepsGrowingAndFindsItsRows) {
+  optim::OptimizerConfig sgd;
+  sgd.type = "sgd";
+  const SparseTableSpec spec{"emb", 2, 0.1f};
+  SparseTable table(spec, 0, 3, sgd);
+  Rng rng(8);
+  std::vector<uint64_t> old_keys, all_keys;
+  for (int i = 0; i < 1500; ++i) old_keys.push_back(rng.next_u64());
+  std::vector<float> grads(old_keys.size() * 2, 0.25f);
+  table.apply(old_keys, grads, 1.0f);  // old rows differ from their init
+  StateDict state;
+  table.export_state(state);
+  SparseTable copy(spec, 0, 3, sgd);
+  copy.import_state(state);
+  all_keys = old_keys;
+  for (int i = 0; i < 5000; ++i) all_keys.push_back(rng.below(1 << 20) << 30);
+  std::vector<float> want(all_keys.size() * 2), got(all_keys.size() * 2);
+  table.read_rows(all_keys, want);
+  copy.read_rows(all_keys, got);
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(copy.rows(), table.rows());
+  EXPECT_GT(copy.rows(), 6000u);  // grown past the imported index several times
+  EXPECT_NE(got[0], init_row(3, 0, all_keys[0], 0.1f, 2)[0]);
+}
+
+// The batch placement is the one-key rule, for power-of-two and other server
+// counts, and first_key_not_on finds the first stray key.
+TEST(SparsePlacement, BatchesFollowTheOneKeyRule) {
+  Rng rng(12);
+  std::vector<uint64_t> keys{0, 1, ~uint64_t{0}, uint64_t{1} << 63};
+  for (int i = 0; i < 2000; ++i) keys.push_back(rng.next_u64());
+  for (int servers = 1; servers <= 7; ++servers) {
+    for (uint32_t table = 0; table < 3; ++table) {
+      std::vector<int> out(keys.size(), -1);
+      sparse_servers_of(table, keys, servers, out);
+      std::vector<int> one(keys.size());
+      for (size_t i = 0; i < keys.size(); ++i) one[i] = sparse_server_of(table, keys[i], servers);
+      ASSERT_EQ(out, one) << servers << " servers, table " << table;
+      for (int s = 0; s < servers; ++s) {
+        const size_t want = static_cast<size_t>(
+            std::find_if(one.begin(), one.end(), [&](int o) { return o != s; }) - one.begin());
+        EXPECT_EQ(first_key_not_on(table, keys, s, servers), want);
+        std::vector<uint64_t> own;
+        for (size_t i = 0; i < keys.size(); ++i) {
+          if (one[i] == s) own.push_back(keys[i]);
+        }
+        EXPECT_EQ(first_key_not_on(table, own, s, servers), own.size());
+      }
+    }
+  }
+  std::vector<int> short_out(3);
+  dtrain::testing::expect_error<UsageError>(
+      [&] { sparse_servers_of(0, keys, 2, short_out); },
+      fmt::format("ps sparse placement: 3 outputs for {} keys", keys.size()));
+  dtrain::testing::expect_error<UsageError>([&] { (void)first_key_not_on(0, keys, 0, 0); },
+                                            "ps sparse placement: 0 servers; need at least 1");
 }
 
 }  // namespace
