@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 kind=${1:-release}
 # ccache: paths relative to the checkout, so that a clean clone elsewhere hits the cache.
 export CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=1
+# Room for the release, ASan and TSan trees together: at ccache's default 5 GB
+# the three evict each other and a test run rebuilds from scratch.
+export CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-10G}
 jobs=${DTRAIN_BUILD_JOBS:-$(nproc)}
 case "$kind" in
   release)
