@@ -152,7 +152,11 @@ TEST(GossipFailure, AReplacementJoinsWithANeighboursModel) {
   const size_t at = run.output.find(joined);
   ASSERT_NE(at, std::string::npos) << run.output;
   const int64_t step = std::stoll(run.output.substr(at + joined.size()));
-  EXPECT_GE(step, 20) << run.output;
+  // The step is the neighbour's count of finished steps. Worker 2 died after
+  // its 20th step, which took its neighbours' 20th-step models: each had
+  // finished 19 then, and may still be in its 20th (dropping worker 2 from
+  // its mixing) when the replacement asks, however fast that start was.
+  EXPECT_GE(step, 19) << run.output;
   EXPECT_LE(step, 60) << run.output;
 }
 
