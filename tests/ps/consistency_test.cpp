@@ -218,11 +218,7 @@ TEST(SyncStepTotals, ThePullOfTheNextVersionCarriesTheSumsOfEveryWorker) {
   options.consistency = Consistency::kSync;
   PsJob job(2, 3, options);
   const StateDict model = initial_model();
-  std::vector<std::unique_ptr<Client>> c;
-  for (int w = 0; w < 3; ++w) {
-    c.push_back(job.client(w));
-    c.back()->init(model, {});
-  }
+  std::vector<std::unique_ptr<Client>> c = job.initialised_clients(model, {});
   std::vector<Tensor> params = zeros_like(model);
   c[1]->pull(params, 0);
   EXPECT_EQ(c[1]->last_totals().samples, 0);  // no version closed yet
@@ -252,11 +248,7 @@ TEST(SyncBackupWorkers, VersionsAdvanceWithoutTheStragglerWhoseLatePushIsDropped
   options.optimizer = optimizer_named("sgd");
   PsJob job(2, 3, options);
   const StateDict model = initial_model();
-  std::vector<std::unique_ptr<Client>> c;
-  for (int w = 0; w < 3; ++w) {
-    c.push_back(job.client(w));
-    c.back()->init(model, {});
-  }
+  std::vector<std::unique_ptr<Client>> c = job.initialised_clients(model, {});
   Reference ref(model, options.optimizer);
   // Version 0: workers 0 and 1 are the first N - b = 2; worker 2 straggles.
   const auto g0 = gradient(model, 1), g1 = gradient(model, 2), g2 = gradient(model, 3);

@@ -193,6 +193,18 @@ class PsJob {
     return std::make_unique<Client>(o, auth ? *auth : auth_, log_.logger());
   }
 
+  // One client per worker, each init()ed with `dense` and `tables` in worker
+  // order (every test that starts all the job's workers the same way).
+  std::vector<std::unique_ptr<Client>> initialised_clients(
+      const StateDict& dense, const std::vector<SparseTableSpec>& tables) {
+    std::vector<std::unique_ptr<Client>> clients;
+    for (int w = 0; w < num_workers_; ++w) {
+      clients.push_back(client(w));
+      clients.back()->init(dense, tables);
+    }
+    return clients;
+  }
+
   const comm::JobAuth& auth() const { return auth_; }
   const std::vector<std::string>& endpoints() const { return endpoints_; }
   Server& server(int s) { return *servers_[static_cast<size_t>(s)]; }

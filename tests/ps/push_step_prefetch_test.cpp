@@ -153,11 +153,7 @@ TEST(PsPushPrefetch, SyncRowsAreTheClosedVersionsBitForBit) {
   options.seed = 11;
   options.optimizer.type = "adagrad";
   PsJob job(2, 2, options);
-  std::vector<std::unique_ptr<Client>> c;
-  for (int w = 0; w < 2; ++w) {
-    c.push_back(job.client(w));
-    c.back()->init(small_model(), two_tables());
-  }
+  std::vector<std::unique_ptr<Client>> c = job.initialised_clients(small_model(), two_tables());
   const std::vector<std::vector<uint64_t>> pushed = {{10, 20, 30, 1u << 20}, {4, 5, 6}};
   const std::vector<std::vector<uint64_t>> fetched = {{10, 20, 33, 1u << 21, 30}, {5, 9, 4}};
   std::vector<std::vector<Tensor>> before(2), after(2);

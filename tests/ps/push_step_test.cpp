@@ -202,11 +202,7 @@ Outcome run(Consistency consistency, bool combined) {
   options.seed = 11;
   options.optimizer.type = "adagrad";
   PsJob job(2, 2, options);
-  std::vector<std::unique_ptr<Client>> c;
-  for (int w = 0; w < 2; ++w) {
-    c.push_back(job.client(w));
-    c.back()->init(small_model(), two_tables());
-  }
+  std::vector<std::unique_ptr<Client>> c = job.initialised_clients(small_model(), two_tables());
   const bool sync = consistency == Consistency::kSync;
   std::vector<std::vector<Tensor>> out(2);
   for (auto& o : out) {
@@ -312,11 +308,8 @@ TEST(PsPushStepBackupWorkers, ALatePushIsDroppedWithItsRowsAndItsPullAnswered) {
   options.backup_workers = 1;
   options.optimizer.type = "sgd";
   PsJob job(1, 3, options);
-  std::vector<std::unique_ptr<Client>> c;
-  for (int w = 0; w < 3; ++w) {
-    c.push_back(job.client(w));
-    c.back()->init(small_model(), {{"emb", 2, 0.1f}});
-  }
+  std::vector<std::unique_ptr<Client>> c =
+      job.initialised_clients(small_model(), {{"emb", 2, 0.1f}});
   const std::vector<uint64_t> keys{4, 9};
   Tensor before = Tensor::zeros({2, 2});
   c[0]->pull_rows(0, keys, before);

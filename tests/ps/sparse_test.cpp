@@ -127,11 +127,7 @@ TEST(SparseTablesSync, RowsAreHeldUntilTheVersionClosesAndWeightedBySamples) {
   options.optimizer.type = "sgd";
   PsJob job(2, 3, options);
   const std::vector<SparseTableSpec> tables{{"emb", 2, 0.1f}};
-  std::vector<std::unique_ptr<Client>> c;
-  for (int w = 0; w < 3; ++w) {
-    c.push_back(job.client(w));
-    c.back()->init(small_dense(), tables);
-  }
+  std::vector<std::unique_ptr<Client>> c = job.initialised_clients(small_dense(), tables);
   const std::vector<uint64_t> all{10, 20, 30, 40};
   Tensor before = Tensor::zeros({4, 2});
   c[0]->pull_rows(0, all, before);
@@ -171,11 +167,7 @@ TEST(SparseTablesSync, RowsOfAPushTheVersionDoesNotCountAreDiscarded) {
   options.optimizer.type = "sgd";
   PsJob job(1, 3, options);  // one server: exact error messages
   const std::vector<SparseTableSpec> tables{{"emb", 1, 0.1f}};
-  std::vector<std::unique_ptr<Client>> c;
-  for (int w = 0; w < 3; ++w) {
-    c.push_back(job.client(w));
-    c.back()->init(small_dense(), tables);
-  }
+  std::vector<std::unique_ptr<Client>> c = job.initialised_clients(small_dense(), tables);
   const std::vector<uint64_t> keys{50, 60};
   Tensor before = Tensor::zeros({2, 1});
   c[0]->pull_rows(0, keys, before);
