@@ -129,26 +129,27 @@ void check_servers(int num_servers) {
   }
 }
 
-// sparse_server_of with the table's mix and the server count's kind hoisted
-// out of a batch: a power of two takes the low bits (what % gives), else %.
+// The placement rule, with the table's mix and the server count's kind
+// computed once for a batch: a power of two takes the low bits (what %
+// gives), else %.
 struct Placement {
   Placement(uint32_t table, int num_servers)
       : table_mix(mix64(0x9E3779B97F4A7C15ull + table)),
         servers(static_cast<uint64_t>(num_servers)),
-        mask(std::has_single_bit(servers) ? servers - 1 : 0) {}
+        power_of_two(std::has_single_bit(servers)) {}
   int of(uint64_t key) const {
     const uint64_t h = mix64(key ^ table_mix);
-    return static_cast<int>(mask != 0 || servers == 1 ? h & mask : h % servers);
+    return static_cast<int>(power_of_two ? h & (servers - 1) : h % servers);
   }
-  uint64_t table_mix, servers, mask;
+  uint64_t table_mix, servers;
+  bool power_of_two;
 };
 
 }  // namespace
 
 int sparse_server_of(uint32_t table, uint64_t key, int num_servers) {
   check_servers(num_servers);
-  const uint64_t h = mix64(key ^ mix64(0x9E3779B97F4A7C15ull + table));
-  return static_cast<int>(h % static_cast<uint64_t>(num_servers));
+  return Placement(table, num_servers).of(key);
 }
 
 void sparse_servers_of(uint32_t table, std::span<const uint64_t> keys, int num_servers,

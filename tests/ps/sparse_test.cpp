@@ -306,6 +306,22 @@ TEST(SparseTableIndex, AnImportedTableKeepsGrowingAndFindsItsRows) {
   EXPECT_NE(got[0], init_row(3, 0, all_keys[0], 0.1f, 2)[0]);
 }
 
+// The rule itself never changes: a checkpoint's rows and a replacement's
+// range are placed by it. Values computed by the tree before issue 16
+// (3ab3116) and by this one, for power-of-two and other server counts.
+TEST(SparsePlacement, TheRuleIsThatOfEarlierVersions) {
+  const std::vector<uint64_t> keys{0, 1, 12345, ~uint64_t{0}, uint64_t{1} << 63};
+  const std::vector<std::tuple<int, uint32_t, std::vector<int>>> pinned{
+      {2, 0, {1, 1, 1, 0, 1}}, {2, 2, {0, 1, 1, 1, 1}}, {3, 0, {1, 0, 2, 1, 2}},
+      {3, 2, {1, 2, 2, 2, 2}}, {4, 0, {3, 3, 3, 0, 3}}, {4, 2, {0, 3, 1, 1, 3}},
+      {7, 0, {5, 4, 3, 2, 4}}, {7, 2, {1, 2, 1, 1, 1}}};
+  for (const auto& [servers, table, want] : pinned) {
+    std::vector<int> got(keys.size());
+    for (size_t i = 0; i < keys.size(); ++i) got[i] = sparse_server_of(table, keys[i], servers);
+    EXPECT_EQ(got, want) << servers << " servers, table " << table;
+  }
+}
+
 // The batch placement is the one-key rule, for power-of-two and other server
 // counts, and first_key_not_on finds the first stray key.
 TEST(SparsePlacement, BatchesFollowTheOneKeyRule) {
