@@ -42,11 +42,15 @@ inline CliRun run_dtrain(std::vector<std::string> args,
 
 // Starts `dtrain train JOB --output OUT --workers 2` for ever (100,000
 // epochs), its stderr merged into the captured stdout; the test stops it.
+// TMPDIR is OUT's parent (the test's folder), so the launcher's run folder
+// and its workers' sockets go with the test's folder even when the test
+// SIGKILLs the launcher (which then cannot remove them).
 inline ChildProcess start_endless_job(const std::string& job, const std::string& out) {
   return ChildProcess::spawn(
       {"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1", DTRAIN_BINARY, "train", job, "--output", out,
        "--workers", "2", "--set", "train.epochs=100000"},
-      {{"OPENBLAS_NUM_THREADS", "1"}});
+      {{"OPENBLAS_NUM_THREADS", "1"},
+       {"TMPDIR", std::filesystem::path(out).parent_path().string()}});
 }
 
 // The ipc socket files anywhere below `folder` (a job's TMPDIR: a launcher
