@@ -117,6 +117,10 @@ void ColocatedPsStrategy::sync_replicas() {
   guarded(*hosted_, [&] { PsStrategy::sync_replicas(); });
 }
 
+void ColocatedPsStrategy::sync_params() {
+  guarded(*hosted_, [&] { PsStrategy::sync_params(); });
+}
+
 void ColocatedPsStrategy::finish() {
   guarded(*hosted_, [&] { PsStrategy::finish(); });
   hosted_->wait(finish_timeout_);

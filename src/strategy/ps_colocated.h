@@ -136,6 +136,11 @@ class ColocatedPsStrategy final : private HostedServerHolder, public PsStrategy 
   HostedServer& hosted() { return *hosted_; }
 
  private:
+  // The replies in flight (overlap), guarded like the calls above: model(),
+  // version(), client() and the others that take them first report the
+  // hosted server's failure, not the client's timeout waiting for its reply.
+  void sync_params() override;
+
   std::chrono::milliseconds finish_timeout_;
 };
 

@@ -296,6 +296,13 @@ class PsStrategy : public Strategy {
   // and the overlap's counts (null when they do not).
   const PsOverlap* overlap() const { return overlap_.get(); }
 
+ protected:
+  // The barrier before anything reads the parameters outside forward: takes
+  // the overlapped step's replies still in flight (a no-op without one).
+  // Virtual so that a strategy holding a server (ColocatedPsStrategy) can
+  // report that server's own failure when a reply it owed never comes.
+  virtual void sync_params();
+
  private:
   struct Table {
     nn::Embedding* module = nullptr;  // owned by model_
@@ -323,9 +330,6 @@ class PsStrategy : public Strategy {
   // What every pull is followed by: the job's totals of the step, the live
   // workers, local SGD's anchor.
   void after_pull();
-  // The barrier before anything reads the parameters outside forward: takes
-  // the overlapped step's replies still in flight (a no-op without one).
-  void sync_params();
   // Aligns this worker's timeline to server 0's clock (ps workers share no
   // communicator, so server 0 is the reference every worker can reach).
   void align_trace_clock();

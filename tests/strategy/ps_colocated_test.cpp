@@ -9,10 +9,15 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <future>
 #include <memory>
+#include <stop_token>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
+#include "core/deadline.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "nn/linear.h"
@@ -78,6 +83,50 @@ TEST(PsColocated, TheHostedServersFailureFailsTheWorkerWithTheServersError) {
   // Every later call reports it at once.
   dtrain::testing::expect_error_naming<InternalError>([&] { worker->train_step(b.x, b.y); },
                                                       "planted server failure at version 2");
+}
+
+TEST(PsColocated, AReplyInFlightThatNeverComesReportsTheHostedServersError) {
+  // Overlap: a step returns once server 0's reply is in. Server 1 (hosted)
+  // answers step 1 (version 2), then holds in its version hook until the
+  // test has finished step 2, and throws: step 2's reply from it never
+  // comes. model(), which takes the replies in flight first, reports the
+  // hosted server's error, not the client's timeout waiting for server 1.
+  ps::ServerOptions first = hosted_options(1);
+  first.server = 0;
+  first.num_servers = 2;
+  ps::Server server0(first, test_auth(), Logger::null());
+  std::jthread serving(
+      [&server0](std::stop_token stop) { server0.run(stop, Deadline::after(120s)); });
+  std::promise<void> release;
+  struct ReleaseOnExit {  // a failing test never leaves the hook waiting
+    std::promise<void>& p;
+    bool done = false;
+    void operator()() {
+      if (!std::exchange(done, true)) p.set_value();
+    }
+    ~ReleaseOnExit() { (*this)(); }
+  } released{release};
+  ps::ServerOptions second = hosted_options(1);
+  second.server = 1;
+  second.num_servers = 2;
+  second.on_version = [go = release.get_future().share()](uint64_t version) {
+    if (version != 2) return;
+    go.wait_for(60s);
+    throw InternalError("planted server failure after version 2");
+  };
+  auto hosted = std::make_unique<HostedServer>(second, test_auth(), Logger::null());
+  PsOptions o;
+  o.overlap = true;
+  auto worker = make_colocated_ps_strategy(
+      std::move(hosted), small_model(), worker_options({server0.endpoint(), "unused"}, 1),
+      test_auth(), Logger::null(), o, cross_entropy_loss(), 5s);
+  ASSERT_NE(worker->overlap(), nullptr);
+  const Batch b;
+  for (int step = 0; step < 3; ++step) worker->train_step(b.x, b.y);
+  EXPECT_TRUE(worker->overlap()->replies_pending());
+  released();
+  dtrain::testing::expect_error_naming<InternalError>([&] { worker->model(); },
+                                                      "planted server failure after version 2");
 }
 
 TEST(PsColocated, FinishWaitsForTheOtherWorkersAndTimesOutNamingTheServer) {
