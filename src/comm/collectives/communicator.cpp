@@ -51,6 +51,16 @@ size_t window_chunks(const CommunicatorOptions& options) {
   return std::max<size_t>(1, options.ring_window_bytes / options.chunk_bytes);
 }
 
+// The options a two-rank ring allreduce of `bytes` runs with: chunk_bytes
+// replaced by pair_chunk_bytes up to pair_chunk_max_bytes.
+CommunicatorOptions pair_ring_options(const CommunicatorOptions& options, size_t bytes) {
+  CommunicatorOptions pair = options;
+  if (options.pair_chunk_bytes >= sizeof(float) && bytes <= options.pair_chunk_max_bytes) {
+    pair.chunk_bytes = options.pair_chunk_bytes;
+  }
+  return pair;
+}
+
 }  // namespace
 
 void Work::wait(Deadline deadline) const {
@@ -293,7 +303,9 @@ void Communicator::allreduce_now(std::span<float> data, ReduceOp op, const OpDes
     halving_doubling_allreduce(channel, data, op, chunk_elements(options_),
                                window_chunks(options_));
   } else {
-    ring_allreduce(channel, data, op, chunk_elements(options_), window_chunks(options_));
+    const CommunicatorOptions ring =
+        size() == 2 ? pair_ring_options(options_, data.size_bytes()) : options_;
+    ring_allreduce(channel, data, op, chunk_elements(ring), window_chunks(ring));
   }
 }
 
