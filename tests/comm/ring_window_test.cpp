@@ -115,21 +115,12 @@ TEST(RingWindow, SendsLeadTheReceivesByExactlyTheWindow) {
 
 // Messages rank 0 sends for one ring allreduce of `count` floats over `n`
 // ranks in chunks of kChunkBytes, two ranks in chunks of `pair_chunk_bytes`
-// up to `pair_max_bytes`; the sum checked against serial_reduce everywhere.
+// up to `pair_max_bytes` (the sum checked against serial_reduce).
 long long pair_chunk_messages(int n, size_t count, size_t pair_chunk_bytes, size_t pair_max_bytes) {
   CommunicatorOptions options = window_options(1000);
   options.pair_chunk_bytes = pair_chunk_bytes;
   options.pair_chunk_max_bytes = pair_max_bytes;
-  std::vector<long long> sends(static_cast<size_t>(n), -1);
-  run_ranks(n, [&](int rank, Transport& inner) {
-    CountingTransport transport(inner);
-    Communicator comm(transport, options);
-    std::vector<float> data = rank_input(rank, count);
-    comm.allreduce(data, ReduceOp::kSum);
-    EXPECT_EQ(data, serial_reduce(n, count, ReduceOp::kSum)) << n << " ranks, " << count;
-    sends[static_cast<size_t>(rank)] = transport.sends();
-  });
-  return sends[0];
+  return testing::messages_per_allreduce(n, count, options);
 }
 
 TEST(RingPairChunks, TwoRanksUpToTheLimitSendPairChunks) {

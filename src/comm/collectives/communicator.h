@@ -119,10 +119,10 @@ struct CommunicatorOptions {
   // pipelined in pair_chunk_bytes instead of chunk_bytes (the window stays
   // ring_window_bytes, rounded down to whole chunks): at 1 MiB each rank's
   // half is one frame per step instead of two, so half the frames, MACs,
-  // sendmsg calls and wake-ups. Measured 1.17x faster at 2 ranks 1 MiB
-  // (median of 15 alternating pairs, docs/collectives.md, "Issue 16, ninth
-  // round"); at 2 MiB and above it measured no different, so larger
-  // allreduces keep chunk_bytes. 0 turns it off.
+  // sendmsg calls and wake-ups; measured 19-23 % less CPU per call and
+  // 1.01-1.14x the speed under load (docs/collectives.md, "Issue 16, ninth
+  // round"). Nothing was shown above 2 MiB, so larger allreduces keep
+  // chunk_bytes. 0 turns it off.
   size_t pair_chunk_bytes = size_t{512} << 10;
   size_t pair_chunk_max_bytes = size_t{2} << 20;
   // Use shared memory for allreduce when every rank is on this host. Needs a
@@ -253,6 +253,9 @@ class Communicator final : public Collectives {
   };
   using OpBody = std::function<void(const OpDescriptor&, Deadline)>;
 
+  // Both constructors' common part: checks options_, sets up shared memory
+  // and the worker thread.
+  void start();
   void set_up_shm();
   void listen_to_transport();
   // An operation's descriptor, its sequence number still 0: run_collective
