@@ -21,7 +21,9 @@
 // ring's window (ring_window_bytes), DTRAIN_BENCH_SMALL_ALLREDUCE_BYTES the
 // halving-doubling limit (small_allreduce_bytes),
 // DTRAIN_BENCH_PAIR_EXCHANGE_BYTES the two-rank exchange's limit
-// (pair_exchange_bytes), DTRAIN_BENCH_POW2_HD_BYTES the limit of
+// (pair_exchange_bytes), DTRAIN_BENCH_PAIR_CHUNK_BYTES the two-rank ring's
+// chunk up to 2 MiB (pair_chunk_bytes; 0: chunk_bytes),
+// DTRAIN_BENCH_POW2_HD_BYTES the limit of
 // halving-doubling at power-of-two worlds (pow2_halving_doubling_bytes),
 // DTRAIN_BENCH_LANE_SPIN_US the lane readers' spin
 // (ZmqTransportOptions::lane_spin), DTRAIN_BENCH_LANE_SOCKET_BYTES the lane
@@ -162,6 +164,9 @@ int run_zmq_rank(int rank, int ranks, size_t bytes, int reps, const std::string&
   }
   if (const char* pair = std::getenv("DTRAIN_BENCH_PAIR_EXCHANGE_BYTES")) {
     comm_options.pair_exchange_bytes = std::strtoull(pair, nullptr, 10);
+  }
+  if (const char* pair = std::getenv("DTRAIN_BENCH_PAIR_CHUNK_BYTES")) {
+    comm_options.pair_chunk_bytes = std::strtoull(pair, nullptr, 10);
   }
   comm::Communicator comm(*transport, comm_options);
   time_rank(curve                      ? "dtrain-zmq-curve"

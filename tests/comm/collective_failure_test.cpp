@@ -17,6 +17,7 @@ CommunicatorOptions short_timeout(std::chrono::milliseconds timeout) {
   CommunicatorOptions o;
   o.timeout = timeout;
   o.chunk_bytes = 256;
+  o.pair_chunk_bytes = 0;  // chunk_bytes with two ranks too
   return o;
 }
 

@@ -105,6 +105,7 @@ Comms make_comms(Transport& transport, bool shm, const std::string& job) {
   o.shm_allreduce = shm;
   o.job_id = shm ? job : "";
   o.chunk_bytes = 64 << 10;  // several chunks per block at the larger sizes
+  o.pair_chunk_bytes = 0;    // chunk_bytes with two ranks too
   o.small_allreduce_bytes = ~size_t{0};
   o.pair_exchange_bytes = 0;  // keep the chosen algorithm with two ranks too
   o.group_id = 1;
@@ -222,6 +223,7 @@ void victim_scenario(Transport& transport, bool killed) {
   o.small_allreduce_bytes = 0;  // ring
   o.pair_exchange_bytes = 0;    // keep the chosen algorithm with two ranks too
   o.chunk_bytes = 16 << 10;
+  o.pair_chunk_bytes = 0;  // chunk_bytes with two ranks too
   Communicator comm(transport, o);
   // The style guide's bound for failure detection.
   test::allreduce_until_victim_fails(comm, 65537, killed, 2 * kFailureTimeout);

@@ -27,6 +27,7 @@ CommunicatorOptions options(size_t small_allreduce_bytes, uint32_t group) {
   CommunicatorOptions o;
   o.timeout = std::chrono::milliseconds(20000);
   o.chunk_bytes = kChunkBytes;
+  o.pair_chunk_bytes = 0;  // chunk_bytes with two ranks too
   o.small_allreduce_bytes = small_allreduce_bytes;
   o.pair_exchange_bytes = 0;  // keep the chosen algorithm with two ranks too
   o.group_id = group;

@@ -158,14 +158,8 @@ class CountingTransport final : public Transport {
 };
 
 // Messages rank 0 sends for one allreduce of `count` floats over `n` ranks
-// with the size limit `limit` of CommunicatorOptions set to `bytes`, one
-// message per block (chunk_bytes far above it), checking the sum against
-// serial_reduce on every rank.
-inline long long messages_per_allreduce(int n, size_t count, size_t CommunicatorOptions::*limit,
-                                        size_t bytes) {
-  CommunicatorOptions options;
-  options.*limit = bytes;
-  options.chunk_bytes = size_t{64} << 20;
+// with `options`, checking the sum against serial_reduce on every rank.
+inline long long messages_per_allreduce(int n, size_t count, const CommunicatorOptions& options) {
   std::vector<long long> sends(static_cast<size_t>(n), -1);
   run_ranks(n, [&](int rank, Transport& inner) {
     CountingTransport transport(inner);
@@ -176,6 +170,16 @@ inline long long messages_per_allreduce(int n, size_t count, size_t Communicator
     sends[static_cast<size_t>(rank)] = transport.sends();
   });
   return sends[0];
+}
+
+// The same with the size limit `limit` of CommunicatorOptions set to
+// `bytes`, one message per block (chunk_bytes far above it).
+inline long long messages_per_allreduce(int n, size_t count, size_t CommunicatorOptions::*limit,
+                                        size_t bytes) {
+  CommunicatorOptions options;
+  options.*limit = bytes;
+  options.chunk_bytes = size_t{64} << 20;
+  return messages_per_allreduce(n, count, options);
 }
 
 }  // namespace dtrain::comm::testing

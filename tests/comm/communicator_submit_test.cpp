@@ -23,6 +23,7 @@ CommunicatorOptions options() {
   CommunicatorOptions o;
   o.timeout = std::chrono::seconds(20);
   o.chunk_bytes = 64;
+  o.pair_chunk_bytes = 0;         // chunk_bytes with two ranks too
   o.small_allreduce_bytes = 128;  // both algorithms below
   o.pair_exchange_bytes = 0;      // keep the chosen algorithm with two ranks too
   return o;

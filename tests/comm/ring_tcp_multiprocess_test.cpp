@@ -9,7 +9,9 @@
 // - odd sizes, sizes smaller than the number of chunks and of ranks, against
 //   the serial reference (with two ranks also through the pair exchange,
 //   recursive_doubling.h), at 2, 3 and 4 ranks, through the ring and through
-//   pipelined halving-doubling (halving_doubling.h; with 3 ranks its fold);
+//   pipelined halving-doubling (halving_doubling.h; with 3 ranks its fold)
+//   and, with two ranks, the ring in its default pair chunks
+//   (CommunicatorOptions::pair_chunk_bytes);
 // - a collective mismatch in the middle of a pipelined allreduce still fails
 //   every rank naming both calls;
 // - a rank SIGKILLed while the others stream chunks: every survivor fails
@@ -91,6 +93,7 @@ CommunicatorOptions ring_options() {
   o.pair_exchange_bytes = 0;          // keep the chosen algorithm with two ranks too
   o.pow2_halving_doubling_bytes = 0;  // and with four
   o.chunk_bytes = kChunkBytes;
+  o.pair_chunk_bytes = 0;  // chunk_bytes with two ranks too
   return o;
 }
 
@@ -109,14 +112,22 @@ void sizes_scenario(Transport& transport) {
   pair.group_id = 2;
   CommunicatorOptions halving = halving_options();
   halving.group_id = 3;
+  // The two-rank ring in the default pair chunks (512 KiB up to 2 MiB): at
+  // 1 MiB + 4 bytes one whole chunk and a 4-byte one per block.
+  CommunicatorOptions paired = ring_options();
+  paired.pair_chunk_bytes = CommunicatorOptions{}.pair_chunk_bytes;
+  paired.group_id = 4;
   Communicator ring(transport, ring_options());
   Communicator exchange(transport, pair);
   Communicator halving_doubling(transport, halving);
+  Communicator pair_chunks(transport, paired);
   const int n = ring.size();
   const size_t chunk = kChunkBytes / sizeof(float);
+  std::vector<Communicator*> comms{&ring, &exchange, &halving_doubling};
+  if (n == 2) comms.push_back(&pair_chunks);
   // Fewer floats than ranks, odd, one float over a chunk, several chunks per
   // block with a ragged last one (the zero-copy path), 1 MiB + 4 bytes.
-  for (Communicator* comm : {&ring, &exchange, &halving_doubling}) {
+  for (Communicator* comm : comms) {
     for (const size_t count : {size_t{1}, static_cast<size_t>(n - 1), size_t{7}, chunk + 1,
                                3 * chunk * static_cast<size_t>(n) + 5, size_t{262145}}) {
       for (const ReduceOp op : {ReduceOp::kSum, ReduceOp::kMean, ReduceOp::kMax}) {
@@ -124,9 +135,10 @@ void sizes_scenario(Transport& transport) {
         comm->allreduce(data, op);
         EXPECT_EQ(data, serial_reduce(n, count, op))
             << count << " floats, " << to_string(op)
-            << (comm == &ring       ? ", ring"
-                : comm == &exchange ? ", exchange"
-                                    : ", halving-doubling");
+            << (comm == &ring               ? ", ring"
+                : comm == &exchange         ? ", exchange"
+                : comm == &halving_doubling ? ", halving-doubling"
+                                            : ", ring in pair chunks");
       }
     }
   }

@@ -5,7 +5,10 @@
 //   ragged and empty blocks;
 // - a rank's sends never run more than the window ahead of its receives, and
 //   do reach it (the pipeline is used, not serialised): a counting transport
-//   records the largest lead of sends over completed receives.
+//   records the largest lead of sends over completed receives;
+// - with two ranks, allreduces up to pair_chunk_max_bytes go in
+//   pair_chunk_bytes (counted messages), larger ones and other worlds in
+//   chunk_bytes, every result against the serial reference.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -14,6 +17,7 @@
 
 #include "collective_test_util.h"
 #include "comm/collectives/collective_protocol.h"
+#include "comm/collectives/communicator.h"
 #include "comm/collectives/ring_collectives.h"
 #include "core/error.h"
 
@@ -31,6 +35,7 @@ CommunicatorOptions window_options(size_t window_chunks) {
   CommunicatorOptions o;
   o.timeout = std::chrono::milliseconds(20000);
   o.chunk_bytes = kChunkBytes;
+  o.pair_chunk_bytes = 0;       // chunk_bytes with two ranks too
   o.small_allreduce_bytes = 0;  // always the ring
   o.pair_exchange_bytes = 0;    // keep the chosen algorithm with two ranks too
   o.ring_window_bytes = window_chunks * kChunkBytes;
@@ -106,6 +111,31 @@ TEST(RingWindow, SendsLeadTheReceivesByExactlyTheWindow) {
       }
     }
   }
+}
+
+// Messages rank 0 sends for one ring allreduce of `count` floats over `n`
+// ranks in chunks of kChunkBytes, two ranks in chunks of `pair_chunk_bytes`
+// up to `pair_max_bytes` (the sum checked against serial_reduce).
+long long pair_chunk_messages(int n, size_t count, size_t pair_chunk_bytes, size_t pair_max_bytes) {
+  CommunicatorOptions options = window_options(1000);
+  options.pair_chunk_bytes = pair_chunk_bytes;
+  options.pair_chunk_max_bytes = pair_max_bytes;
+  return testing::messages_per_allreduce(n, count, options);
+}
+
+TEST(RingPairChunks, TwoRanksUpToTheLimitSendPairChunks) {
+  const size_t pair_chunk = 4 * kChunkBytes;  // 64 floats
+  const size_t limit = 4 * pair_chunk;        // 256 floats
+  const size_t floats = limit / sizeof(float);
+  // Two ranks, at the limit: each half is 2 pair chunks, sent in the
+  // reduce-scatter and again in the allgather.
+  EXPECT_EQ(pair_chunk_messages(2, floats, pair_chunk, limit), 4);
+  // Ragged: 130 floats per half, 3 pair chunks (the last of 2 floats).
+  EXPECT_EQ(pair_chunk_messages(2, 260, pair_chunk, 260 * sizeof(float)), 6);
+  // Off, above the limit, or with three ranks: kChunkBytes (16 floats).
+  EXPECT_EQ(pair_chunk_messages(2, floats, 0, limit), 16);
+  EXPECT_EQ(pair_chunk_messages(2, floats + 2, pair_chunk, limit), 18);
+  EXPECT_EQ(pair_chunk_messages(3, 3 * 64, pair_chunk, ~size_t{0}), 2 * 2 * 4);
 }
 
 }  // namespace

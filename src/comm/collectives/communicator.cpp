@@ -69,19 +69,17 @@ bool Work::is_completed() const {
 
 Communicator::Communicator(Transport& transport, CommunicatorOptions options)
     : transport_(transport), options_(std::move(options)) {
-  if (options_.chunk_bytes < sizeof(float)) {
-    throw UsageError(
-        fmt::format("Communicator: chunk_bytes {} is below one float", options_.chunk_bytes));
-  }
-  set_up_shm();
-  listen_to_transport();
-  worker_ = std::jthread([this](std::stop_token stop) { worker_loop(std::move(stop)); });
+  start();
 }
 
 Communicator::Communicator(std::unique_ptr<Transport> transport, CommunicatorOptions options)
     : owned_transport_(std::move(transport)),
       transport_(*owned_transport_),
       options_(std::move(options)) {
+  start();
+}
+
+void Communicator::start() {
   if (options_.chunk_bytes < sizeof(float)) {
     throw UsageError(
         fmt::format("Communicator: chunk_bytes {} is below one float", options_.chunk_bytes));
@@ -293,7 +291,12 @@ void Communicator::allreduce_now(std::span<float> data, ReduceOp op, const OpDes
     halving_doubling_allreduce(channel, data, op, chunk_elements(options_),
                                window_chunks(options_));
   } else {
-    ring_allreduce(channel, data, op, chunk_elements(options_), window_chunks(options_));
+    CommunicatorOptions ring = options_;  // two ranks: pair_chunk_bytes (communicator.h)
+    if (size() == 2 && ring.pair_chunk_bytes > 0 &&
+        data.size_bytes() <= ring.pair_chunk_max_bytes) {
+      ring.chunk_bytes = ring.pair_chunk_bytes;
+    }
+    ring_allreduce(channel, data, op, chunk_elements(ring), window_chunks(ring));
   }
 }
 
