@@ -29,9 +29,6 @@
 // Usage: push_pull_bench [REPS [DENSE_FLOATS [PART [LINK]]]]; PART dense or
 // sparse runs only that half (for a profile; the other reads 0), LINK tcp,
 // ipc or ipc-private only the rows over that link.
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -46,6 +43,7 @@
 #include <thread>
 #include <vector>
 
+#include "../common/loopback_tcp.h"
 #include "core/log.h"
 #include "core/rng.h"
 #include "ps/client.h"
@@ -80,57 +78,10 @@ double memcpy_gb_per_s(int reps) {
   return median(rates);
 }
 
-// A connected loopback tcp pair (two ends of one connection).
-std::pair<int, int> tcp_pair() {
-  const int listener = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof addr;
-  if (bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
-      listen(listener, 1) != 0 ||
-      getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    std::perror("push_pull_bench: loopback listen");
-    std::exit(1);
-  }
-  const int a = socket(AF_INET, SOCK_STREAM, 0);
-  if (connect(a, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    std::perror("push_pull_bench: loopback connect");
-    std::exit(1);
-  }
-  const int b = accept(listener, nullptr, nullptr);
-  close(listener);
-  return {a, b};
-}
-
-void write_all(int fd, const char* data, size_t n) {
-  while (n > 0) {
-    const ssize_t put = ::send(fd, data, n, 0);
-    if (put <= 0) {
-      std::perror("push_pull_bench: loopback send");
-      std::exit(1);
-    }
-    data += put;
-    n -= static_cast<size_t>(put);
-  }
-}
-
-void read_all(int fd, char* data, size_t n) {
-  while (n > 0) {
-    const ssize_t got = ::recv(fd, data, n, 0);
-    if (got <= 0) {
-      std::perror("push_pull_bench: loopback recv");
-      std::exit(1);
-    }
-    data += got;
-    n -= static_cast<size_t>(got);
-  }
-}
-
 // Raw loopback tcp GB/s (bytes received / time, median of `reps`), `count`
 // messages of `bytes` each per repetition: one way, or both ways at once.
 double loopback_tcp_gb_per_s(size_t bytes, int reps, bool both_ways) {
-  const auto [a, b] = tcp_pair();
+  const auto [a, b] = bench::loopback_tcp_pair();
   const int count = 4;
   const std::vector<char> out(bytes, 1);
   std::vector<char> in_b(bytes), in_a(bytes);
@@ -141,10 +92,10 @@ double loopback_tcp_gb_per_s(size_t bytes, int reps, bool both_ways) {
       std::vector<std::jthread> threads;
       auto pump = [&](int from, int to, std::vector<char>& in) {
         threads.emplace_back([&, from] {
-          for (int i = 0; i < count; ++i) write_all(from, out.data(), bytes);
+          for (int i = 0; i < count; ++i) bench::send_exactly(from, out.data(), bytes);
         });
         threads.emplace_back([&, to] {
-          for (int i = 0; i < count; ++i) read_all(to, in.data(), bytes);
+          for (int i = 0; i < count; ++i) bench::recv_exactly(to, in.data(), bytes);
         });
       };
       pump(a, b, in_b);
