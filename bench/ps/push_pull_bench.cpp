@@ -20,12 +20,14 @@
 // folder without MAC and CRC (ServerOptions/ClientOptions::private_ipc), as
 // `dtrain train` now runs a one-host ps job.
 // The tcp cells' ceiling, measured in the same run: raw loopback tcp (plain
-// POSIX sockets, no ZeroMQ, no framing), one connection, messages of the
+// POSIX sockets, bench/common/loopback_tcp.h: no ZeroMQ, no framing, no
+// CRC), one connection, 4 messages a repetition, 9 repetitions, each of the
 // dense cell's size (DENSE_FLOATS floats) written by a sender thread and
 // read by a receiver thread into one reused buffer: one way, and both ways
 // at once (each end sending and receiving, as a push_and_pull's push and
 // pull cross): GB/s = bytes received / time, medians. Each tcp cell's
-// dense GB/s is also printed over the both-ways figure ("/tcp").
+// dense GB/s is also printed over the both-ways figure ("/tcp"). Skipped
+// (0) when PART or LINK runs no dense tcp cell.
 // Usage: push_pull_bench [REPS [DENSE_FLOATS [PART [LINK]]]]; PART dense or
 // sparse runs only that half (for a profile; the other reads 0), LINK tcp,
 // ipc or ipc-private only the rows over that link.
