@@ -40,6 +40,7 @@
 #include <thread>
 #include <vector>
 
+#include "../common/loopback_tcp.h"
 #include "comm/collectives/collective_protocol.h"
 #include "comm/wire/auth.h"
 #include "comm/wire/wire.h"
@@ -65,43 +66,6 @@ double thread_cpu_us() {
   return static_cast<double>(t.tv_sec) * 1e6 + static_cast<double>(t.tv_nsec) / 1e3;
 }
 
-void recv_exactly(int fd, std::byte* out, size_t n) {
-  while (n > 0) {
-    const ssize_t got = recv(fd, out, n, 0);
-    if (got <= 0) {
-      std::perror("recv");
-      std::exit(1);
-    }
-    out += got;
-    n -= static_cast<size_t>(got);
-  }
-}
-
-// A connected loopback tcp pair: {writer, reader}.
-std::pair<int, int> tcp_pair() {
-  const int listener = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof addr;
-  if (bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
-      listen(listener, 1) != 0 ||
-      getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    std::perror("listen");
-    std::exit(1);
-  }
-  const int writer = socket(AF_INET, SOCK_STREAM, 0);
-  if (connect(writer, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    std::perror("connect");
-    std::exit(1);
-  }
-  const int reader = accept(listener, nullptr, nullptr);
-  close(listener);
-  const int one = 1;
-  setsockopt(writer, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  return {writer, reader};
-}
-
 struct Reader {
   const JobAuth& auth;
   const wire::FrameLimits limits;
@@ -118,9 +82,9 @@ struct Reader {
 
   void whole(int fd, size_t chunk) {
     wire::HeaderBytes header{};
-    recv_exactly(fd, header.data(), header.size());
+    bench::recv_exactly(fd, header.data(), header.size());
     const wire::FrameHeader h = wire::decode_header(header, limits, auth);
-    recv_exactly(fd, buffer.data(), chunk);
+    bench::recv_exactly(fd, buffer.data(), chunk);
     wire::check_payload(h, header, std::span<const std::byte>(buffer.data(), chunk), auth);
     reduce_into(next_target(chunk / sizeof(float)),
                 std::span<const float>(reinterpret_cast<const float*>(buffer.data()),
@@ -130,7 +94,7 @@ struct Reader {
 
   void fold(int fd, size_t chunk) {
     wire::HeaderBytes header{};
-    recv_exactly(fd, header.data(), header.size());
+    bench::recv_exactly(fd, header.data(), header.size());
     const wire::FrameHeader h = wire::decode_header(header, limits, auth);
     std::optional<wire::PayloadCheck> check = wire::PayloadCheck::begin(h, header, auth);
     const std::span<float> target = next_target(chunk / sizeof(float));
@@ -178,7 +142,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   const JobAuth auth("fold-bench", "bench secret");
-  const auto [writer_fd, reader_fd] = tcp_pair();
+  const auto [writer_fd, reader_fd] = bench::loopback_tcp_pair();
   // The writer sends 2 * rounds * chunks frames, each MACed.
   std::thread writer([&, writer_fd = writer_fd] {
     std::vector<std::byte> payload(chunk);

@@ -19,9 +19,20 @@
 // CRC, as a one-host job sent every frame before; ipc-private, the same
 // folder without MAC and CRC (ServerOptions/ClientOptions::private_ipc), as
 // `dtrain train` now runs a one-host ps job.
+// The tcp cells' ceiling, measured in the same run: raw loopback tcp (plain
+// POSIX sockets, bench/common/loopback_tcp.h: no ZeroMQ, no framing, no
+// CRC), one connection, 4 messages a repetition, 9 repetitions, each of the
+// dense cell's size (DENSE_FLOATS floats) written by a sender thread and
+// read by a receiver thread into one reused buffer: one way, and both ways
+// at once (each end sending and receiving, as a push_and_pull's push and
+// pull cross): GB/s = bytes received / time, medians. Each tcp cell's
+// dense GB/s is also printed over the both-ways figure ("/tcp"). Skipped
+// (0) when PART or LINK runs no dense tcp cell.
 // Usage: push_pull_bench [REPS [DENSE_FLOATS [PART [LINK]]]]; PART dense or
 // sparse runs only that half (for a profile; the other reads 0), LINK tcp,
 // ipc or ipc-private only the rows over that link.
+#include <unistd.h>
+
 #include <algorithm>
 #include <barrier>
 #include <chrono>
@@ -34,6 +45,7 @@
 #include <thread>
 #include <vector>
 
+#include "../common/loopback_tcp.h"
 #include "core/log.h"
 #include "core/rng.h"
 #include "ps/client.h"
@@ -65,6 +77,37 @@ double memcpy_gb_per_s(int reps) {
     rates.push_back(static_cast<double>(bytes) / since(t0) / 1e9);
     a[static_cast<size_t>(r)] = b[static_cast<size_t>(r) + 1];
   }
+  return median(rates);
+}
+
+// Raw loopback tcp GB/s (bytes received / time, median of `reps`), `count`
+// messages of `bytes` each per repetition: one way, or both ways at once.
+double loopback_tcp_gb_per_s(size_t bytes, int reps, bool both_ways) {
+  const auto [a, b] = bench::loopback_tcp_pair();
+  const int count = 4;
+  const std::vector<char> out(bytes, 1);
+  std::vector<char> in_b(bytes), in_a(bytes);
+  std::vector<double> rates;
+  for (int r = 0; r < reps + 1; ++r) {  // the first repetition warms up
+    const auto t0 = Clock::now();
+    {
+      std::vector<std::jthread> threads;
+      auto pump = [&](int from, int to, std::vector<char>& in) {
+        threads.emplace_back([&, from] {
+          for (int i = 0; i < count; ++i) bench::send_exactly(from, out.data(), bytes);
+        });
+        threads.emplace_back([&, to] {
+          for (int i = 0; i < count; ++i) bench::recv_exactly(to, in.data(), bytes);
+        });
+      };
+      pump(a, b, in_b);
+      if (both_ways) pump(b, a, in_a);
+    }  // joins
+    const double received = (both_ways ? 2.0 : 1.0) * count * static_cast<double>(bytes);
+    if (r > 0) rates.push_back(received / since(t0) / 1e9);
+  }
+  close(a);
+  close(b);
   return median(rates);
 }
 
@@ -221,6 +264,15 @@ int main(int argc, char** argv) {
   parts.dense = part != "sparse";
   parts.sparse = part != "dense";
   const std::string only_link = argc > 4 ? argv[4] : "";
+  const auto message_bytes = static_cast<size_t>(dense_floats) * sizeof(float);
+  // Skipped (0) when no dense tcp cell runs.
+  const bool tcp_reference = parts.dense && (only_link.empty() || only_link == "tcp");
+  const double tcp_one_way = tcp_reference ? loopback_tcp_gb_per_s(message_bytes, 9, false) : 0;
+  const double tcp_both_ways = tcp_reference ? loopback_tcp_gb_per_s(message_bytes, 9, true) : 0;
+  std::printf(
+      "{\"bench\":\"loopback_tcp\",\"message_bytes\":%zu,\"one_way_gb_per_s\":%.3f,"
+      "\"both_ways_gb_per_s\":%.3f,\"both_ways_memcpy_ratio\":%.3f}\n",
+      message_bytes, tcp_one_way, tcp_both_ways, tcp_both_ways / memcpy_rate);
   std::vector<Row> rows;
   auto add = [&](int servers, int workers, bool mac, Link link) {
     if (!only_link.empty() && only_link != link_name(link)) return;
@@ -233,23 +285,32 @@ int main(int argc, char** argv) {
   add(2, 2, true, Link::kTcp);
   add(2, 2, true, Link::kIpc);
   add(2, 2, true, Link::kPrivateIpc);
+  // A tcp cell's dense GB/s over raw loopback tcp both ways (0: not tcp).
+  auto tcp_ratio = [&](const Row& row) {
+    return row.link == Link::kTcp && tcp_both_ways > 0 ? row.r.dense_gb_per_s / tcp_both_ways : 0.0;
+  };
   for (const Row& row : rows) {
     std::printf(
         "{\"bench\":\"ps_push_pull\",\"servers\":%d,\"workers\":%d,\"mac\":%d,\"link\":\"%s\","
         "\"dense_floats\":%lld,\"dense_gb_per_s\":%.3f,\"memcpy_ratio\":%.3f,"
-        "\"sparse_rows_per_s\":%.0f,\"sparse_cpu_ns_per_row\":%.0f}\n",
+        "\"tcp_ratio\":%.3f,\"sparse_rows_per_s\":%.0f,\"sparse_cpu_ns_per_row\":%.0f}\n",
         row.servers, row.workers, row.mac ? 1 : 0, link_name(row.link),
         static_cast<long long>(dense_floats), row.r.dense_gb_per_s,
-        row.r.dense_gb_per_s / memcpy_rate, row.r.sparse_rows_per_s, row.r.sparse_cpu_ns_per_row);
+        row.r.dense_gb_per_s / memcpy_rate, tcp_ratio(row), row.r.sparse_rows_per_s,
+        row.r.sparse_cpu_ns_per_row);
   }
-  std::printf("\n%-8s %-8s %-4s %-12s %14s %10s %16s %12s\n", "servers", "workers", "mac", "link",
-              "dense GB/s", "/memcpy", "sparse rows/s", "CPU ns/row");
+  std::printf("\n%-8s %-8s %-4s %-12s %14s %10s %8s %16s %12s\n", "servers", "workers", "mac",
+              "link", "dense GB/s", "/memcpy", "/tcp", "sparse rows/s", "CPU ns/row");
   for (const Row& row : rows) {
-    std::printf("%-8d %-8d %-4d %-12s %14.3f %10.3f %16.0f %12.0f\n", row.servers, row.workers,
-                row.mac ? 1 : 0, link_name(row.link), row.r.dense_gb_per_s,
-                row.r.dense_gb_per_s / memcpy_rate, row.r.sparse_rows_per_s,
+    std::printf("%-8d %-8d %-4d %-12s %14.3f %10.3f %8.3f %16.0f %12.0f\n", row.servers,
+                row.workers, row.mac ? 1 : 0, link_name(row.link), row.r.dense_gb_per_s,
+                row.r.dense_gb_per_s / memcpy_rate, tcp_ratio(row), row.r.sparse_rows_per_s,
                 row.r.sparse_cpu_ns_per_row);
   }
   std::printf("memcpy: %.2f GB/s (one thread, 64 MiB)\n", memcpy_rate);
+  std::printf(
+      "loopback tcp (raw sockets, %zu-byte messages): %.2f GB/s one way, %.2f GB/s both "
+      "ways at once (%.3f of memcpy)\n",
+      message_bytes, tcp_one_way, tcp_both_ways, tcp_both_ways / memcpy_rate);
   return 0;
 }

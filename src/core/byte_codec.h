@@ -36,6 +36,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace dtrain {
@@ -48,6 +49,12 @@ class ByteWriter {
   ByteWriter() = default;
   // Reserves `reserve_bytes` up front (one allocation for a known size).
   explicit ByteWriter(size_t reserve_bytes) { bytes_.reserve(reserve_bytes); }
+  // Writes into `buffer` (cleared, its capacity kept and grown to
+  // `reserve_bytes`): a reused buffer, e.g. a frame payload's.
+  ByteWriter(std::vector<std::byte> buffer, size_t reserve_bytes) : bytes_(std::move(buffer)) {
+    bytes_.clear();
+    bytes_.reserve(reserve_bytes);
+  }
 
   void write_u8(uint8_t value) { bytes_.push_back(static_cast<std::byte>(value)); }
   void write_u16(uint16_t value) { append_le(value); }

@@ -88,8 +88,16 @@ comm::wire::FrameHeader header_to(int server, uint64_t request_id) {
   return header;
 }
 
-// Returns the frame's bytes (header and payload).
-uint64_t send_message(comm::wire::FramedSocket& socket, int server, const Message& m) {
+// Returns the frame's bytes (header and payload). With `frames`, the payload
+// is encoded into one of its reused buffers.
+uint64_t send_message(comm::wire::FramedSocket& socket, int server, const Message& m,
+                      FramePool* frames = nullptr) {
+  if (frames != nullptr) {
+    auto payload = frames->share(encode_message(m, frames->take(encoded_size_bound(m))));
+    const uint64_t bytes = comm::wire::kHeaderBytes + payload->size();
+    socket.send({}, header_to(server, m.request_id), std::move(payload));
+    return bytes;
+  }
   std::vector<std::byte> payload = encode_message(m);
   const uint64_t bytes = comm::wire::kHeaderBytes + payload.size();
   socket.send({}, header_to(server, m.request_id), std::move(payload));
@@ -220,7 +228,7 @@ void Client::Impl::send(int server, Message& m) {
   if (m.request_id == 0) m.request_id = next_request_++;
   comm::wire::FramedSocket& socket = *sockets_[static_cast<size_t>(server)];
   if (m.kind != Kind::kPush && m.kind != Kind::kPushCompressed && m.kind != Kind::kPushRows) {
-    bytes_sent_ += send_message(socket, server, m);
+    bytes_sent_ += send_message(socket, server, m, frames_.get());
     return;
   }
   auto& open = open_pushes_[static_cast<size_t>(server)];
@@ -230,8 +238,9 @@ void Client::Impl::send(int server, Message& m) {
                          [&](const OpenPush& p) { return p.request_id == m.request_id; });
   if (it == open.end()) {
     if (open.empty()) push_through_shm(server, m);
-    open.push_back(OpenPush{m.request_id, m.version,
-                            std::make_shared<const std::vector<std::byte>>(encode_message(m))});
+    open.push_back(
+        OpenPush{m.request_id, m.version,
+                 frames_->share(encode_message(m, frames_->take(encoded_size_bound(m))))});
     it = std::prev(open.end());
   }
   send_again(server, *it);

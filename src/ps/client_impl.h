@@ -27,6 +27,7 @@
 #include "core/deadline.h"
 #include "ps/client.h"
 #include "ps/compressed_push.h"
+#include "ps/frame_pool.h"
 #include "ps/shm_segment.h"
 
 namespace dtrain::ps {
@@ -211,6 +212,8 @@ class Client::Impl {
   uint64_t last_version_ = 0;  // the version of the last pull (init's before it)
   uint64_t joined_step_ = 0;
   uint64_t bytes_sent_ = 0;
+  // The payload buffers of this worker's requests, reused (frame_pool.h).
+  std::shared_ptr<FramePool> frames_ = FramePool::create();
   std::unique_ptr<PushCompressor> compressor_;  // made by init() when options_.compression is set
   PushCompressor& compressor(const char* operation) const {
     if (compressor_ == nullptr) {

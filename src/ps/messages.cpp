@@ -501,7 +501,7 @@ void get_reply_body(ByteReader& r, FloatDecoding decoding, Message& m) {
 
 }  // namespace
 
-std::vector<std::byte> encode_message(const Message& m) {
+size_t encoded_size_bound(const Message& m) {
   size_t piece_bytes = 0;
   for (const PushPiece& piece : m.pieces) {
     piece_bytes += 9 + piece.dense.size() * sizeof(float) + piece.message.size();
@@ -514,8 +514,16 @@ std::vector<std::byte> encode_message(const Message& m) {
     piece_bytes += kMinPrefetchBytes + rows.keys.size() * sizeof(uint64_t) +
                    rows.floats.size() * sizeof(float) + float_part_bytes(rows);
   }
-  ByteWriter w(kPrefixBytes + m.floats.size() * sizeof(float) + float_part_bytes(m) +
-               m.keys.size() * sizeof(uint64_t) + piece_bytes + 64);
+  return kPrefixBytes + m.floats.size() * sizeof(float) + float_part_bytes(m) +
+         m.keys.size() * sizeof(uint64_t) + piece_bytes + 64;
+}
+
+std::vector<std::byte> encode_message(const Message& m) {
+  return encode_message(m, std::vector<std::byte>());
+}
+
+std::vector<std::byte> encode_message(const Message& m, std::vector<std::byte> buffer) {
+  ByteWriter w(std::move(buffer), encoded_size_bound(m));
   w.write_u8(static_cast<uint8_t>(m.kind));
   const bool reply = m.kind == Kind::kReply;
   w.write_u8(reply ? static_cast<uint8_t>(m.status) : 0);

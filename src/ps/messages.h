@@ -245,6 +245,12 @@ struct Message {
 // The payload bytes of `message`. UsageError when both `floats` and
 // `float_parts` are set, or a part is not a whole number of floats.
 std::vector<std::byte> encode_message(const Message& message);
+// The same, written into `buffer` (cleared first; its capacity kept: a
+// reused frame buffer, ps/frame_pool.h).
+std::vector<std::byte> encode_message(const Message& message, std::vector<std::byte> buffer);
+// A size the payload of `message` does not exceed (string and spec fields
+// aside, which grow the buffer): what to take from a FramePool.
+size_t encoded_size_bound(const Message& message);
 
 // How decode_message returns the float array of a reply to kPull or
 // kPullRows, and the gradient of a dense kPush: copied into `floats`

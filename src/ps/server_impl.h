@@ -20,6 +20,7 @@
 
 #include "comm/wire/framed_socket.h"
 #include "ps/consistency_state.h"
+#include "ps/frame_pool.h"
 #include "ps/replica_store.h"
 #include "ps/replication.h"
 #include "ps/server.h"
@@ -49,6 +50,8 @@ class Server::Impl {
   std::optional<zmq::context_t> own_context_;  // when options_.context is null
   zmq::context_t& context_;                    // options_.context or own_context_
   std::unique_ptr<comm::wire::FramedSocket> socket_;
+  // The payload buffers of this server's replies, reused (frame_pool.h).
+  std::shared_ptr<FramePool> frames_ = FramePool::create();
   std::string endpoint_;
 
  private:

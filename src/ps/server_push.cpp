@@ -201,10 +201,13 @@ void Server::Impl::on_push_rows(const std::string& identity, Message& m) {
   }
   const Admission admission = consistency_.admit_rows(m.worker, m);
   last_push_id_[m.worker] = m.request_id;
-  if (admission == Admission::kApplyNow) table.apply(m.keys, m.floats, m.lr);
   if (admission == Admission::kDropped) r.status = ReplyStatus::kDropped;
   r.version = consistency_.version();
+  // Answered before the apply (checked above, it cannot fail): the worker's
+  // next request travels while the rows are applied, and this thread takes
+  // no request before they are, so nobody sees them unapplied.
   reply(identity, m.worker, std::move(r));
+  if (admission == Admission::kApplyNow) table.apply(m.keys, m.floats, m.lr);
 }
 
 }  // namespace dtrain::ps

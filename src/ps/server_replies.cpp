@@ -21,7 +21,9 @@ void Server::Impl::send_now(const std::string& identity, uint32_t receiver, cons
   header.type = comm::wire::MessageType::kData;
   header.receiver = receiver;
   header.sequence = m.request_id;
-  socket_->send(identity, header, encode_message(m));
+  // Into a reused buffer (frame_pool.h): no fresh pages for each reply.
+  socket_->send(identity, header,
+                frames_->share(encode_message(m, frames_->take(encoded_size_bound(m)))));
 }
 
 void Server::Impl::reply(const std::string& identity, uint32_t worker, Message m) {

@@ -1,5 +1,7 @@
 #include "ps/shard_store.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <bit>
 #include <cmath>
@@ -207,12 +209,44 @@ SparseTable::IndexEntry& SparseTable::entry(uint64_t key) {
   }
 }
 
+void SparseTable::FreeIndex::operator()(IndexEntry* p) const {
+  if (bytes == 0) {
+    std::free(p);
+  } else {
+    munmap(p, bytes);
+  }
+}
+
+std::unique_ptr<SparseTable::IndexEntry[], SparseTable::FreeIndex> SparseTable::allocate_index(
+    size_t entries) {
+  constexpr size_t kHugePage = size_t{2} << 20;
+  const size_t bytes = entries * sizeof(IndexEntry);
+  if (bytes < kHugePage) {
+    auto* p = static_cast<IndexEntry*>(std::calloc(entries, sizeof(IndexEntry)));
+    if (p == nullptr) throw std::bad_alloc();
+    return {p, FreeIndex{}};
+  }
+  // A whole number of huge pages (entries is a power of two), 2 MiB-aligned:
+  // map one huge page more and unmap what lies outside the aligned range.
+  void* const mapped =
+      mmap(nullptr, bytes + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mapped == MAP_FAILED) throw std::bad_alloc();
+  const auto start = reinterpret_cast<uintptr_t>(mapped);
+  const uintptr_t aligned = (start + kHugePage - 1) & ~(kHugePage - 1);
+  if (aligned > start) munmap(mapped, aligned - start);
+  if (const size_t tail = start + kHugePage - aligned; tail > 0) {
+    munmap(reinterpret_cast<void*>(aligned + bytes), tail);
+  }
+  auto* p = reinterpret_cast<IndexEntry*>(aligned);
+  (void)madvise(p, bytes, MADV_HUGEPAGE);  // advice: small pages where it is not taken
+  return {p, FreeIndex{bytes}};
+}
+
 void SparseTable::grow_index() {
   const std::unique_ptr<IndexEntry[], FreeIndex> old = std::move(slot_index_);
   const size_t old_size = index_size_;
   const size_t size = std::max<size_t>(1024, old_size * 2);
-  slot_index_.reset(static_cast<IndexEntry*>(std::calloc(size, sizeof(IndexEntry))));
-  if (!slot_index_) throw std::bad_alloc();
+  slot_index_ = allocate_index(size);
   index_size_ = size;
   index_shift_ = 64 - std::countr_zero(size);
   // In the old index's order, which is that of the entries' homes (but for

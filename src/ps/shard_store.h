@@ -19,7 +19,8 @@
 // array of (key, slot) pairs, at most half full), one cache line per lookup;
 // a batch of keys prefetches the lines ahead. A key's home is its Fibonacci
 // hash's top bits, so that growing the index (twice the size, calloc's zero
-// pages) rewrites it front to back rather than at random.
+// pages; from 2 MiB a mapping of transparent huge pages) rewrites it front to
+// back rather than at random.
 //
 // State export (per server, the layout of server.h):
 //   "dense.values" [count], "dense.optimizer.<UpdateRule::state_dict() keys>"
@@ -133,15 +134,22 @@ class SparseTable {
     Tensor rows;  // [kSparseBlockRows, D]
     std::unique_ptr<optim::UpdateRule> optimizer;
   };
-  // All zero bytes: empty (so that a fresh index is calloc's zero pages,
+  // All zero bytes: empty (so that a fresh index is the kernel's zero pages,
   // written by nobody before grow_index's inserts).
   struct IndexEntry {
     uint64_t key;
     uint64_t slot_plus_one;  // 0: empty
   };
+  // calloc's (bytes 0) or, from 2 MiB, its own mapping (allocate_index).
   struct FreeIndex {
-    void operator()(IndexEntry* p) const { std::free(p); }
+    size_t bytes;  // (unique_ptr value-initialises it: 0)
+    void operator()(IndexEntry* p) const;
   };
+  // `entries` zeroed entries: calloc's below 2 MiB; from there a mapping
+  // advised to use transparent huge pages, so that filling it faults once
+  // per 2 MiB instead of once per 4 KiB (the kernel falls back to small
+  // pages where it has none). std::bad_alloc when there is no memory.
+  static std::unique_ptr<IndexEntry[], FreeIndex> allocate_index(size_t entries);
   // The slot of `key`, creating the row when missing.
   int64_t slot(uint64_t key);
   // The slots of `keys` (rows created when missing, in the order of keys).

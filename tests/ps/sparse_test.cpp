@@ -306,6 +306,40 @@ TEST(SparseTableIndex, AnImportedTableKeepsGrowingAndFindsItsRows) {
   EXPECT_NE(got[0], init_row(3, 0, all_keys[0], 0.1f, 2)[0]);
 }
 
+// From 2 MiB (131072 entries) the index is its own huge-page mapping
+// (SparseTable::allocate_index): a table grown past it, and an imported copy
+// of it grown further, find every row, each its init row plus its update.
+TEST(SparseTableIndex, AnIndexPastTwoMebibytesFindsEveryRow) {
+  optim::OptimizerConfig sgd;
+  sgd.type = "sgd";
+  const SparseTableSpec spec{"emb", 1, 0.1f};
+  SparseTable table(spec, 1, 4, sgd);
+  Rng rng(21);
+  std::vector<uint64_t> keys(80000);
+  for (uint64_t& k : keys) k = rng.next_u64() | 1;  // odd: distinct from the later ones
+  std::vector<float> grads(keys.size(), 1.0f);
+  for (size_t at = 0; at < keys.size(); at += 4096) {
+    const size_t n = std::min<size_t>(4096, keys.size() - at);
+    table.apply(std::span(keys).subspan(at, n), std::span(grads).subspan(at, n), 0.5f);
+  }
+  ASSERT_EQ(table.rows(), keys.size());  // 2 * rows > 131072: the mapped index
+  StateDict state;
+  table.export_state(state);
+  SparseTable copy(spec, 1, 4, sgd);
+  copy.import_state(state);
+  std::vector<uint64_t> all = keys;
+  for (int i = 0; i < 60000; ++i) all.push_back(rng.next_u64() & ~uint64_t{1});
+  std::vector<float> got(all.size()), again(all.size());
+  copy.read_rows(all, got);  // grows the imported index past 4 MiB
+  table.read_rows(all, again);
+  EXPECT_EQ(got, again);
+  for (size_t i = 0; i < all.size(); i += 997) {
+    const float init = init_row(4, 1, all[i], 0.1f, 1)[0];
+    EXPECT_EQ(got[i], i < keys.size() ? init - 0.5f : init) << "key " << all[i];
+  }
+  EXPECT_EQ(copy.rows(), all.size());
+}
+
 // The rule itself never changes: a checkpoint's rows and a replacement's
 // range are placed by it. Values computed by the tree before issue 16
 // (3ab3116) and by this one, for power-of-two and other server counts.
