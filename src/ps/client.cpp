@@ -112,6 +112,7 @@ Client::Impl::Impl(ClientOptions options, const comm::JobAuth& auth, Logger& log
   }
   dead_.assign(static_cast<size_t>(servers), false);
   broken_.assign(static_cast<size_t>(servers), false);
+  terms_.assign(static_cast<size_t>(servers), 0);
   for (int s = 0; s < servers; ++s) serving_.push_back(s);
   values_.resize(static_cast<size_t>(servers));
   open_pushes_.resize(static_cast<size_t>(servers));
@@ -217,6 +218,7 @@ std::optional<std::pair<comm::wire::FrameHeader, Message>> Client::Impl::next_me
 
 void Client::Impl::send(int server, Message& m) {
   m.worker = static_cast<uint32_t>(options_.worker);
+  m.term = terms_[static_cast<size_t>(server)];
   if (m.request_id == 0) m.request_id = next_request_++;
   comm::wire::FramedSocket& socket = *sockets_[static_cast<size_t>(server)];
   if (m.kind != Kind::kPush && m.kind != Kind::kPushCompressed && m.kind != Kind::kPushRows) {
@@ -293,6 +295,20 @@ void Client::Impl::rejoin(int server, uint64_t except, const std::string& operat
       last_version_, resent);
 }
 
+bool Client::Impl::stale_term(int server, const Message& reply) {
+  uint64_t& known = terms_[static_cast<size_t>(server)];
+  if (reply.term >= known) {
+    if (reply.status != ReplyStatus::kFenced) known = reply.term;
+    return false;
+  }
+  logger_.warn(
+      "ps worker {}: refused a reply: server {} answered for range {} at term {}, the range is "
+      "at term {} (taken over by server {})",
+      options_.worker, reply.worker, server, reply.term, known,
+      serving_[static_cast<size_t>(server)]);
+  return true;
+}
+
 bool Client::Impl::recover(Call& call, int server, const char* why) {
   if (++call.recoveries > kMaxRecoveries) {
     call.fail(server, std::make_exception_ptr(CommError(
@@ -328,6 +344,22 @@ void Client::Impl::take_reply(Call& call, int server, Message& reply) {
     }
   } else if (reply.status == ReplyStatus::kLeftOut) {
     call.fail(server, std::make_exception_ptr(WorkerLeftOut(server, op, reply.error)));
+  } else if (reply.status == ReplyStatus::kFenced) {
+    // The server learned that another took its range over: ask the backups
+    // who holds it now, and send the request there.
+    logger_.warn("ps worker {}: {} ({})", options_.worker, reply.error, call.operation);
+    terms_[static_cast<size_t>(server)] = std::max(terms_[static_cast<size_t>(server)], reply.term);
+    if (recover(call, server, "stopped serving its range")) {
+      if (take_over(server, call.operation)) {
+        send(server, request);
+      } else {
+        call.fail(server,
+                  std::make_exception_ptr(CommError(
+                      server, op,
+                      fmt::format("server {} stopped serving range {} and no backup serves it: {}",
+                                  server, server, reply.error))));
+      }
+    }
   } else if (reply.status == ReplyStatus::kTimeout) {
     call.fail(server, std::make_exception_ptr(TimeoutError(
                           server, op, options_.timeout,
@@ -383,6 +415,7 @@ void Client::Impl::wait_for_replies(Call& call) {
             got->first.sender != server_rank(server)) {
           continue;  // a late reply to an earlier request that timed out
         }
+        if (stale_term(server, reply)) continue;
         take_reply(call, server, reply);
         break;
       }

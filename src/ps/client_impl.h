@@ -105,6 +105,15 @@ class Client::Impl {
   // caller waits for the replacement. Logged either way, naming each
   // backup's answer.
   bool take_over(int server, const std::string& operation);
+  // Whether `reply` is of a term older than the one this worker knows for
+  // range `server` (logged, naming both terms and the holder: the caller
+  // drops it); a newer term is adopted (docs "Fencing").
+  bool stale_term(int server, const Message& reply);
+  // Tells the process that served range `server` before a takeover, on the
+  // socket it was reached by (kept open, `retired_`), that the range is at
+  // terms_[server] now: a heartbeat it reads when it runs again (a stopped
+  // primary), which fences it at once (client_takeover.cpp).
+  void notify_fenced(int server, std::unique_ptr<comm::wire::FramedSocket> old);
   // A new DEALER socket to `server`'s range at `endpoint` (reads only
   // options_, context_, auth_, logger_: also used by the heartbeat thread).
   std::unique_ptr<comm::wire::FramedSocket> connect(int server, const std::string& endpoint);
@@ -177,6 +186,12 @@ class Client::Impl {
   // By range: a broken connection drained by note_breaks() and not yet
   // acted on (disconnected() reports it once).
   std::vector<bool> broken_;
+  // By range: the term this worker knows (0 until a takeover; raised by a
+  // takeover's answer and by newer replies), sent in every request.
+  std::vector<uint64_t> terms_;
+  // The sockets to processes that lost a range to a takeover, kept open so
+  // that the heartbeat telling them the new term is delivered.
+  std::vector<std::unique_ptr<comm::wire::FramedSocket>> retired_;
   int monitor_generation_ = 0;  // names each monitor's inproc address
   // By server: its range as this worker last pulled it (init's values before
   // the first pull), and the pushes sent to it since then, in send order.
