@@ -390,7 +390,9 @@ void Client::Impl::wait_for_replies(Call& call) {
       throw TimeoutError(server, "ps " + call.operation, options_.timeout,
                          fmt::format("a reply from server {} ({})", server, call.awaited));
     }
-    comm::wire::poll_until(items, call.deadline);
+    const Deadline wake = check_silence(call);
+    if (call.pending.empty()) break;
+    comm::wire::poll_until(items, wake.at() < call.deadline.at() ? wake : call.deadline);
     for (size_t k = 0; k < items.size(); ++k) {
       const int server = item_server[k];
       if ((items[k].revents & ZMQ_POLLIN) == 0 || call.pending.count(server) == 0) continue;
@@ -409,6 +411,7 @@ void Client::Impl::wait_for_replies(Call& call) {
         continue;
       }
       while (auto got = next_message(server)) {
+        call.silence.erase(server);  // any frame proves it alive
         Message& reply = got->second;
         const Message& request = call.requests[call.pending.at(server)].second;
         if (reply.kind != Kind::kReply || reply.request_id != request.request_id ||

@@ -109,6 +109,11 @@ class Client::Impl {
   // range `server` (logged, naming both terms and the holder: the caller
   // drops it); a newer term is adopted (docs "Fencing").
   bool stale_term(int server, const Message& reply);
+  // ClientOptions::silent_takeover for `call`: probes the servers silent
+  // past it and takes over those whose probe went unanswered as long again
+  // (the request sent to the new holder; false when no backup took it and the
+  // call goes on waiting). Returns the time of the next check.
+  Deadline check_silence(Call& call);
   // Tells the process that served range `server` before a takeover, on the
   // socket it was reached by (kept open, `retired_`), that the range is at
   // terms_[server] now: a heartbeat it reads when it runs again (a stopped
@@ -263,6 +268,14 @@ struct Client::Impl::Call {
   // a call that followed this one sends its request to them again too.
   std::set<int> resent;
   int recoveries = 0;
+  // ClientOptions::silent_takeover: by server still to answer, when a frame
+  // of it was last seen (or the wait began) and when a liveness probe was
+  // sent to it, unanswered so far (client_takeover.cpp).
+  struct Silence {
+    std::chrono::steady_clock::time_point heard;
+    std::optional<std::chrono::steady_clock::time_point> probed;
+  };
+  std::map<int, Silence> silence;
 
   void fail(int server, std::exception_ptr error) {
     failures.emplace(server, std::move(error));

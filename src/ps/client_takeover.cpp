@@ -142,6 +142,38 @@ bool Client::Impl::take_over(int server, const std::string& operation) {
   return false;
 }
 
+Deadline Client::Impl::check_silence(Call& call) {
+  const std::chrono::milliseconds after = options_.silent_takeover;
+  if (options_.replicas == 0 || after.count() <= 0 || !initialised_) return Deadline::never();
+  const auto now = std::chrono::steady_clock::now();
+  std::vector<int> silent;
+  for (const auto& [server, index] : call.pending) {
+    auto [it, fresh] = call.silence.try_emplace(server, Call::Silence{now, std::nullopt});
+    Call::Silence& s = it->second;
+    if (fresh) continue;
+    if (!s.probed && now - s.heard >= after) {
+      Message probe;
+      probe.kind = Kind::kStats;
+      send(server, probe);
+      s.probed = now;
+    } else if (s.probed && now - *s.probed >= after) {
+      silent.push_back(server);
+    }
+  }
+  for (int server : silent) {
+    call.silence.erase(server);
+    logger_.warn(
+        "ps worker {}: server {} sent nothing for {} ms during {}, nor answered a liveness probe "
+        "within {} ms more: asking its backups to take its range over (it is at term {})",
+        options_.worker, server, after.count(), call.operation, after.count(),
+        terms_[static_cast<size_t>(server)]);
+    if (!recover(call, server, "went silent")) continue;
+    if (take_over(server, call.operation))
+      send(server, call.requests[call.pending.at(server)].second);
+  }
+  return Deadline::after(std::max(std::chrono::milliseconds(1), after / 4));
+}
+
 void Client::Impl::notify_fenced(int server, std::unique_ptr<comm::wire::FramedSocket> old) {
   Message beat;
   beat.kind = Kind::kHeartbeat;

@@ -448,7 +448,7 @@ TEST(PsFailover, TakeoverMessagesRoundTripAndRejectUnknownStatuses) {
   EXPECT_EQ(back.version, 17u);
   EXPECT_EQ(back.endpoint, r.endpoint);
   EXPECT_EQ(back.error, "why");
-  bytes[4] = std::byte{3};
+  bytes[12] = std::byte{3};  // the status, after the prefix and the term
   EXPECT_THROW(decode_replica(bytes), DataError);
   ReplicaTakeover t;
   t.primary = 1;
