@@ -377,6 +377,10 @@ void Client::Impl::wait_for_replies(Call& call) {
   std::vector<zmq::pollitem_t> items;
   std::vector<int> item_server;
   while (!call.pending.empty()) {
+    // First: a takeover re-routes a range (new socket and monitor) before
+    // the poll items are taken.
+    const Deadline wake = check_silence(call);
+    if (call.pending.empty()) break;
     items.clear();
     item_server.clear();
     for (const auto& [server, index] : call.pending) {
@@ -390,8 +394,6 @@ void Client::Impl::wait_for_replies(Call& call) {
       throw TimeoutError(server, "ps " + call.operation, options_.timeout,
                          fmt::format("a reply from server {} ({})", server, call.awaited));
     }
-    const Deadline wake = check_silence(call);
-    if (call.pending.empty()) break;
     comm::wire::poll_until(items, wake.at() < call.deadline.at() ? wake : call.deadline);
     for (size_t k = 0; k < items.size(); ++k) {
       const int server = item_server[k];

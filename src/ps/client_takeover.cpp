@@ -190,7 +190,11 @@ void Client::Impl::notify_fenced(int server, std::unique_ptr<comm::wire::FramedS
 
 void Client::Impl::reroute(int server, const std::string& endpoint) {
   const auto s = static_cast<size_t>(server);
-  monitors_[s] = zmq::socket_t();  // closed before the socket it watches
+  // The old socket stays open (notify_fenced): its monitor is stopped first.
+  // A monitor whose reader is gone blocks the context's I/O thread on its
+  // next event (a reconnect), and with it every socket of this worker.
+  zmq_socket_monitor(sockets_[s]->socket().handle(), nullptr, 0);
+  monitors_[s] = zmq::socket_t();
   notify_fenced(server, std::move(sockets_[s]));
   sockets_[s] = connect(server, endpoint);
   monitors_[s] = watch_disconnects(server);
