@@ -446,7 +446,8 @@ Client::Impl::Call Client::Impl::start(std::vector<std::pair<int, Message>> requ
             {},
             {},
             {},
-            0};
+            0,
+            {}};
   // Broken connections seen while no request waited: the requests below reach
   // the replacement, which asks for a re-join.
   if (drain_monitors) {

@@ -30,16 +30,17 @@
 namespace dtrain::ps {
 namespace {
 
-using dtrain::testing::adam;
-using dtrain::testing::momentum;
 using testing::CapturingLog;
-using testing::kGenerous;
 using testing::RawPeer;
 
+// How often `part` stands in the log.
 size_t count_lines(CapturingLog& log, const std::string& part) {
-  size_t n = 0;
   const std::string text = log.text();
-  for (size_t at = text.find(part); at != std::string::npos; at = text.find(part, at + 1)) ++n;
+  size_t n = 0, at = 0;
+  while ((at = text.find(part, at)) != std::string::npos) {
+    ++n;
+    at += part.size();
+  }
   return n;
 }
 
@@ -73,11 +74,13 @@ TEST(PsFencing, ARequestOfAHigherTermStopsTheServerServingItsRangeLoggedOnce) {
   Message push;
   push.kind = Kind::kPush;
   push.samples = 1;
+  // Refused before it is checked: an invalid push (no gradient) is fenced too.
+  EXPECT_EQ(peer.request(push, 1, 3).status, ReplyStatus::kFenced);
   push.lr = 1.0f;
   push.floats = {1, 1};
-  EXPECT_EQ(peer.request(push, 1, 3).status, ReplyStatus::kFenced);
+  EXPECT_EQ(peer.request(push, 1, 4).status, ReplyStatus::kFenced);
   pull.term = 0;
-  EXPECT_EQ(peer.request(pull, 1, 4).status, ReplyStatus::kFenced);
+  EXPECT_EQ(peer.request(pull, 1, 5).status, ReplyStatus::kFenced);
   serving.request_stop();
   serving.join();
   EXPECT_EQ(server.stats().version, 0u);
@@ -133,8 +136,7 @@ TEST(PsFencing, ReplicaFramesCarryTheirTermAndATruncatedTermIsRefused) {
   EXPECT_EQ(std::get<ReplicaAck>(decode_replica(encode_replica(ack))).term, 6u);
 }
 
-constexpr int kServers = 2;
-constexpr int kWorkers = 2;
+constexpr int kServers = 2, kWorkers = 2;
 constexpr uint64_t kSteps = 8;
 
 // Two servers, each the other's backup, two sync workers. With `take_at`,
@@ -164,38 +166,20 @@ std::vector<float> train(const optim::OptimizerConfig& optimizer, std::optional<
   std::vector<float> out = testing::run_sync_workers(
       kWorkers, endpoints, 1, auth, log.logger(),
       [&](Client& client, int w, std::vector<Tensor>& params) {
-        StateDict spec;
-        spec.insert("emb", Tensor::zeros({4, 6}));
-        spec.insert("bias", Tensor::zeros({5}));
-        client.init(spec, {});
-        params = {Tensor::zeros({4, 6}), Tensor::zeros({5})};
-        uint64_t version = client.pull(params, 0);
-        for (uint64_t t = 0; t < kSteps; ++t) {
-          if (w == 0 && take_at && version == *take_at) {
-            RawPeer peer(endpoints[1], auth);
-            ReplicaTakeover ask;
-            ask.primary = 0;
-            ask.worker = 0;
-            ask.version = version;
-            peer.send_payload(encode_replica(ask), worker_rank(kServers, 0), server_rank(1));
-            const auto answer = decode_replica(peer.receive_payload());
-            const auto* reply = std::get_if<TakeoverReply>(&answer);
-            ASSERT_NE(reply, nullptr);
-            ASSERT_EQ(reply->status, TakeoverReply::Status::kServing) << reply->error;
-            EXPECT_EQ(reply->term, 1u);
-          }
-          std::vector<Tensor> grads;
-          for (const Tensor& p : params) {
-            Tensor g = Tensor::zeros(p.shape());
-            for (int64_t i = 0; i < g.numel(); ++i) {
-              g.data()[i] = std::cos(0.7f * static_cast<float>(i) - 0.9f * static_cast<float>(w) +
-                                     0.23f * static_cast<float>(t));
-            }
-            grads.push_back(g);
-          }
-          client.push(grads, 2 * w + 1, 0.05f, version);
-          version = client.pull(params, version + 1);
-        }
+        testing::train_two_tensors(client, w, params, kSteps, [&](uint64_t version) {
+          if (w != 0 || !take_at || version != *take_at) return;
+          RawPeer peer(endpoints[1], auth);
+          ReplicaTakeover ask;
+          ask.primary = 0;
+          ask.worker = 0;
+          ask.version = version;
+          peer.send_payload(encode_replica(ask), worker_rank(kServers, 0), server_rank(1));
+          const auto answer = decode_replica(peer.receive_payload());
+          const auto* reply = std::get_if<TakeoverReply>(&answer);
+          ASSERT_NE(reply, nullptr);
+          ASSERT_EQ(reply->status, TakeoverReply::Status::kServing) << reply->error;
+          EXPECT_EQ(reply->term, 1u);
+        });
       });
   for (auto& t : threads) t.request_stop();
   threads.clear();  // joined
@@ -228,11 +212,11 @@ void expect_fenced_takeover_bit_identical(const optim::OptimizerConfig& optimize
 }
 
 TEST(PsFencing, APrimaryTakenOverWhileAliveIsFencedAndSyncEndsBitIdenticalWithMomentum) {
-  expect_fenced_takeover_bit_identical(momentum(), 3);
+  expect_fenced_takeover_bit_identical(dtrain::testing::momentum(), 3);
 }
 
 TEST(PsFencing, APrimaryTakenOverWhileAliveIsFencedAndSyncEndsBitIdenticalWithAdam) {
-  expect_fenced_takeover_bit_identical(adam(), 5);
+  expect_fenced_takeover_bit_identical(dtrain::testing::adam(), 5);
 }
 
 }  // namespace
