@@ -36,7 +36,15 @@
 // connection refused or broke before is not asked); the first that does
 // serves it at an endpoint of its own for the rest of the run, and this
 // client re-routes the range there (requests, re-join, heartbeats). Without
-// one that does, the client waits for the replacement as above.
+// one that does, the client waits for the replacement as above. With
+// `silent_takeover`, a server that answers nothing (not even a liveness
+// probe) is taken over the same way. Fencing (docs/parameter-server.md
+// "Fencing"): every request carries the term this client knows for its
+// range (raised by a takeover); a reply of an older term is dropped and
+// logged; a server that answers `fenced` (another took its range over) is
+// replaced by the range's holder, asked of the backups as above; the old
+// process gets one heartbeat of the new term on the connection it was
+// reached by, which fences it should it run again.
 //
 // Liveness: a background thread (std::jthread, own sockets) sends a heartbeat
 // to every server each heartbeat_interval. finish() tells the servers this
