@@ -15,9 +15,12 @@
 #include <cmath>
 #include <memory>
 #include <optional>
+#include <span>
 #include <thread>
 #include <variant>
+#include <zmq.hpp>
 
+#include "comm/wire/framed_socket.h"
 #include "ps/client.h"
 #include "ps/replica_store.h"
 #include "ps/replication_messages.h"
@@ -134,6 +137,65 @@ TEST(PsFencing, ReplicaFramesCarryTheirTermAndATruncatedTermIsRefused) {
   ReplicaAck ack;
   ack.term = 6;
   EXPECT_EQ(std::get<ReplicaAck>(decode_replica(encode_replica(ack))).term, 6u);
+}
+
+// A worker that knows range 0 at term 2 refuses a reply of term 1 for it
+// (a stale holder's) and takes the next one of term 2: a server of the test
+// on a raw ROUTER answers the init at term 2, then each pull twice, first
+// at term 1 (refused, logged), then at term 2 (taken).
+TEST(PsFencing, AWorkerRefusesAReplyOfAnOlderTermNamingBoth) {
+  CapturingLog log;
+  const comm::JobAuth auth("ps-test-job", "s3cret");
+  dtrain::testing::TempDir dir;
+  comm::wire::FramedSocketOptions so;
+  so.name = "fake ps server 0";
+  so.rank = server_rank(0);
+  so.limits.job_id = auth.job_id();
+  so.limits.world_size = comm::wire::kAnyReceiver;
+  so.limits.receiver = server_rank(0);
+  zmq::context_t context(1);
+  comm::wire::FramedSocket server(context, comm::wire::FramedSocket::Role::kRouter,
+                                  "ipc://" + dir.file("server-0"), so, auth, log.logger());
+  std::jthread fake([&](std::stop_token stop) {
+    while (!stop.stop_requested()) {
+      zmq::pollitem_t item = server.poll_item();
+      comm::wire::poll_until(std::span(&item, 1), Deadline::after(std::chrono::milliseconds(50)));
+      while (std::optional<comm::wire::Frame> frame = server.try_receive()) {
+        const Message request = decode_message(frame->payload());
+        if (request.kind == Kind::kHeartbeat) continue;
+        Message reply;
+        reply.kind = Kind::kReply;
+        reply.reply_to = request.kind;
+        reply.request_id = request.request_id;
+        reply.floats = {5.0f, 6.0f};
+        comm::wire::FrameHeader h;
+        h.type = comm::wire::MessageType::kData;
+        h.receiver = frame->header.sender;
+        h.sequence = request.request_id;
+        for (uint64_t term :
+             request.kind == Kind::kInit ? std::vector<uint64_t>{2} : std::vector<uint64_t>{1, 2}) {
+          reply.term = term;
+          reply.floats[0] = static_cast<float>(term);
+          server.send(frame->identity, h, encode_message(reply));
+        }
+      }
+    }
+  });
+  ClientOptions o;
+  o.num_workers = 1;
+  o.server_endpoints = {"ipc://" + dir.file("server-0")};
+  o.timeout = testing::kGenerous;
+  Client client(o, auth, log.logger());
+  StateDict spec;
+  spec.insert("w", Tensor::zeros({2}));
+  client.init(spec, {});
+  std::vector<Tensor> params{Tensor::zeros({2})};
+  client.pull(params, 0);
+  EXPECT_EQ(params[0].to_vector(), (std::vector<float>{2.0f, 6.0f}));  // term 2's reply
+  EXPECT_TRUE(
+      log.contains("ps worker 0: refused a reply: server 0 answered for range 0 at term "
+                   "1, the range is at term 2 (taken over by server 0)"))
+      << log.text();
 }
 
 constexpr int kServers = 2, kWorkers = 2;
