@@ -36,7 +36,12 @@ and prints:
   - cost: median seconds of the last epoch (metrics.jsonl) with R = 1 and
     R = 0, and their ratio (same invocation, interleaved runs).
 
-Usage: bench/ft/ps_replication.py BUILD/src/cli/dtrain [REPEATS] [EPOCHS]
+With PEER (another build's dtrain, e.g. main's), the same invocation also
+runs PEER's r0, r1 and covered, interleaved, and prints this build's epoch
+time and kill -> first step over PEER's (what a change to the wire costs),
+and PEER's final models join the bit-identity check.
+
+Usage: bench/ft/ps_replication.py BUILD/src/cli/dtrain [REPEATS] [EPOCHS] [PEER]
 (run from the checkout, with data/mnist fetched: scripts/fetch_mnist.sh)
 """
 import hashlib
@@ -132,7 +137,10 @@ def main():
     dtrain = sys.argv[1]
     repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     epochs = int(sys.argv[3]) if len(sys.argv) > 3 else 2
+    peer = sys.argv[4] if len(sys.argv) > 4 else None
     rng = random.Random(16)
+    print(f"{os.cpu_count()} cores, load at the start {open('/proc/loadavg').read().split()[:3]}",
+          flush=True)
     with tempfile.TemporaryDirectory() as folder:
         for name, extra in OPTIMIZERS.items():
             rows = {"r0": [], "r1": [], "takeover": [], "covered": [], "replaced": []}
@@ -153,6 +161,16 @@ def main():
                 for key, r in (("r0", r0), ("r1", r1), ("takeover", t), ("covered", c),
                                ("replaced", k)):
                     rows[key].append(r)
+                if peer:
+                    for key, r in (
+                            ("peer r0", run(peer, f"{folder}/{name}-p0-{i}", epochs,
+                                            extra + ["--replicas", "0"])),
+                            ("peer r1", run(peer, f"{folder}/{name}-p1-{i}", epochs,
+                                            extra + ["--replicas", "1"])),
+                            ("peer covered", run(peer, f"{folder}/{name}-pc-{i}", epochs,
+                                                 extra + ["--replicas", "1", "--max-restarts",
+                                                          "0"], kill, "covered"))):
+                        rows.setdefault(key, []).append(r)
                 print(f"{name} run {i + 1}: killed at step {kill}; first step after the kill: "
                       f"takeover {t['first_step_s'] * 1000:.0f} ms, covered "
                       f"{c['first_step_s'] * 1000:.0f} ms, replaced "
@@ -161,8 +179,7 @@ def main():
             ref = rows["r0"][0]["model"]
             same = all(r["model"] == ref for v in rows.values() for r in v)
             step = statistics.median(r["step_s"] for r in rows["r0"])
-            print(f"{name}: bit-identical final models (r0, r1, takeover, covered, replaced): "
-                  f"{same}")
+            print(f"{name}: bit-identical final models ({', '.join(rows)}): {same}")
             first = {}
             for key in ("takeover", "covered", "replaced"):
                 took = statistics.median(r["took_s"] for r in rows[key])
@@ -180,6 +197,14 @@ def main():
             e0 = statistics.median(r["epoch_s"] for r in rows["r0"])
             e1 = statistics.median(r["epoch_s"] for r in rows["r1"])
             print(f"{name}: epoch s: R=0 {e0:.2f}, R=1 {e1:.2f}, ratio {e1 / e0:.3f}")
+            if peer:
+                p0 = statistics.median(r["epoch_s"] for r in rows["peer r0"])
+                p1 = statistics.median(r["epoch_s"] for r in rows["peer r1"])
+                pc = statistics.median(r["first_step_s"] for r in rows["peer covered"])
+                print(f"{name}: against PEER (median of {repeats}): epoch R=0 {e0:.2f} / {p0:.2f} "
+                      f"= {e0 / p0:.3f}, R=1 {e1:.2f} / {p1:.2f} = {e1 / p1:.3f}; covered kill -> "
+                      f"first step {first['covered'] * 1000:.0f} / {pc * 1000:.0f} ms = "
+                      f"{first['covered'] / pc:.2f}; PEER's R=1 / R=0 {p1 / p0:.3f}")
     print(f"{os.cpu_count()} cores, load {open('/proc/loadavg').read().split()[:3]}")
 
 

@@ -120,6 +120,7 @@ Client::Impl::Impl(ClientOptions options, const comm::JobAuth& auth, Logger& log
   }
   dead_.assign(static_cast<size_t>(servers), false);
   broken_.assign(static_cast<size_t>(servers), false);
+  terms_.assign(static_cast<size_t>(servers), 0);
   for (int s = 0; s < servers; ++s) serving_.push_back(s);
   values_.resize(static_cast<size_t>(servers));
   open_pushes_.resize(static_cast<size_t>(servers));
@@ -225,6 +226,7 @@ std::optional<std::pair<comm::wire::FrameHeader, Message>> Client::Impl::next_me
 
 void Client::Impl::send(int server, Message& m) {
   m.worker = static_cast<uint32_t>(options_.worker);
+  m.term = terms_[static_cast<size_t>(server)];
   if (m.request_id == 0) m.request_id = next_request_++;
   comm::wire::FramedSocket& socket = *sockets_[static_cast<size_t>(server)];
   if (m.kind != Kind::kPush && m.kind != Kind::kPushCompressed && m.kind != Kind::kPushRows) {
@@ -302,6 +304,20 @@ void Client::Impl::rejoin(int server, uint64_t except, const std::string& operat
       last_version_, resent);
 }
 
+bool Client::Impl::stale_term(int server, const Message& reply) {
+  uint64_t& known = terms_[static_cast<size_t>(server)];
+  if (reply.term >= known) {
+    if (reply.status != ReplyStatus::kFenced) known = reply.term;
+    return false;
+  }
+  logger_.warn(
+      "ps worker {}: refused a reply: server {} answered for range {} at term {}, the range is "
+      "at term {} (taken over by server {})",
+      options_.worker, reply.worker, server, reply.term, known,
+      serving_[static_cast<size_t>(server)]);
+  return true;
+}
+
 bool Client::Impl::recover(Call& call, int server, const char* why) {
   if (++call.recoveries > kMaxRecoveries) {
     call.fail(server, std::make_exception_ptr(CommError(
@@ -337,6 +353,22 @@ void Client::Impl::take_reply(Call& call, int server, Message& reply) {
     }
   } else if (reply.status == ReplyStatus::kLeftOut) {
     call.fail(server, std::make_exception_ptr(WorkerLeftOut(server, op, reply.error)));
+  } else if (reply.status == ReplyStatus::kFenced) {
+    // The server learned that another took its range over: ask the backups
+    // who holds it now, and send the request there.
+    logger_.warn("ps worker {}: {} ({})", options_.worker, reply.error, call.operation);
+    terms_[static_cast<size_t>(server)] = std::max(terms_[static_cast<size_t>(server)], reply.term);
+    if (recover(call, server, "stopped serving its range")) {
+      if (take_over(server, call.operation)) {
+        send(server, request);
+      } else {
+        call.fail(server,
+                  std::make_exception_ptr(CommError(
+                      server, op,
+                      fmt::format("server {} stopped serving range {} and no backup serves it: {}",
+                                  server, server, reply.error))));
+      }
+    }
   } else if (reply.status == ReplyStatus::kTimeout) {
     call.fail(server, std::make_exception_ptr(TimeoutError(
                           server, op, options_.timeout,
@@ -354,6 +386,10 @@ void Client::Impl::wait_for_replies(Call& call) {
   std::vector<zmq::pollitem_t> items;
   std::vector<int> item_server;
   while (!call.pending.empty()) {
+    // First: a takeover re-routes a range (new socket and monitor) before
+    // the poll items are taken.
+    const Deadline wake = check_silence(call);
+    if (call.pending.empty()) break;
     items.clear();
     item_server.clear();
     for (const auto& [server, index] : call.pending) {
@@ -367,7 +403,7 @@ void Client::Impl::wait_for_replies(Call& call) {
       throw TimeoutError(server, "ps " + call.operation, options_.timeout,
                          fmt::format("a reply from server {} ({})", server, call.awaited));
     }
-    comm::wire::poll_until(items, call.deadline);
+    comm::wire::poll_until(items, wake.at() < call.deadline.at() ? wake : call.deadline);
     for (size_t k = 0; k < items.size(); ++k) {
       const int server = item_server[k];
       if ((items[k].revents & ZMQ_POLLIN) == 0 || call.pending.count(server) == 0) continue;
@@ -386,12 +422,14 @@ void Client::Impl::wait_for_replies(Call& call) {
         continue;
       }
       while (auto got = next_message(server)) {
+        call.silence.erase(server);  // any frame proves it alive
         Message& reply = got->second;
         const Message& request = call.requests[call.pending.at(server)].second;
         if (reply.kind != Kind::kReply || reply.request_id != request.request_id ||
             got->first.sender != server_rank(server)) {
           continue;  // a late reply to an earlier request that timed out
         }
+        if (stale_term(server, reply)) continue;
         take_reply(call, server, reply);
         break;
       }
@@ -417,7 +455,8 @@ Client::Impl::Call Client::Impl::start(std::vector<std::pair<int, Message>> requ
             {},
             {},
             {},
-            0};
+            0,
+            {}};
   // Broken connections seen while no request waited: the requests below reach
   // the replacement, which asks for a re-join.
   if (drain_monitors) {

@@ -36,7 +36,15 @@
 // connection refused or broke before is not asked); the first that does
 // serves it at an endpoint of its own for the rest of the run, and this
 // client re-routes the range there (requests, re-join, heartbeats). Without
-// one that does, the client waits for the replacement as above.
+// one that does, the client waits for the replacement as above. With
+// `silent_takeover`, a server that answers nothing (not even a liveness
+// probe) is taken over the same way. Fencing (docs/parameter-server.md
+// "Fencing"): every request carries the term this client knows for its
+// range (raised by a takeover); a reply of an older term is dropped and
+// logged; a server that answers `fenced` (another took its range over) is
+// replaced by the range's holder, asked of the backups as above; the old
+// process gets one heartbeat of the new term on the connection it was
+// reached by, which fences it should it run again.
 //
 // Liveness: a background thread (std::jthread, own sockets) sends a heartbeat
 // to every server each heartbeat_interval. finish() tells the servers this
@@ -127,6 +135,16 @@ struct ClientOptions {
   // endpoint refuses the connection (its process is gone) is skipped at once
   // and never asked again, nor is one whose connection broke before.
   std::chrono::milliseconds takeover_timeout{5000};
+  // With replicas > 0, a primary that answers nothing at all is taken over
+  // too (docs/parameter-server.md "Fencing"): when a request has waited
+  // this long for its server without any frame from it, the client sends it
+  // a liveness probe (a stats request, answered at once by a live server,
+  // even one whose pull is parked on a sync barrier); when the probe too is
+  // unanswered after as long again, the server is taken for silent (stopped,
+  // hung, cut off) and its backups are asked as for a broken connection.
+  // The takeover raises the range's term, which fences the silent server
+  // should it come back. 0: only a broken connection triggers a takeover.
+  std::chrono::milliseconds silent_takeover{0};
   // The ZeroMQ context of the client's sockets; not owned, must outlive the
   // client. A server_endpoints entry "inproc://NAME" needs the context of
   // the server bound there (a co-located server, ServerOptions::

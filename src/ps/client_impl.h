@@ -106,6 +106,20 @@ class Client::Impl {
   // caller waits for the replacement. Logged either way, naming each
   // backup's answer.
   bool take_over(int server, const std::string& operation);
+  // Whether `reply` is of a term older than the one this worker knows for
+  // range `server` (logged, naming both terms and the holder: the caller
+  // drops it); a newer term is adopted (docs "Fencing").
+  bool stale_term(int server, const Message& reply);
+  // ClientOptions::silent_takeover for `call`: probes the servers silent
+  // past it and takes over those whose probe went unanswered as long again
+  // (the request sent to the new holder; false when no backup took it and the
+  // call goes on waiting). Returns the time of the next check.
+  Deadline check_silence(Call& call);
+  // Tells the process that served range `server` before a takeover, on the
+  // socket it was reached by (kept open, `retired_`), that the range is at
+  // terms_[server] now: a heartbeat it reads when it runs again (a stopped
+  // primary), which fences it at once (client_takeover.cpp).
+  void notify_fenced(int server, std::unique_ptr<comm::wire::FramedSocket> old);
   // A new DEALER socket to `server`'s range at `endpoint` (reads only
   // options_, context_, auth_, logger_: also used by the heartbeat thread).
   std::unique_ptr<comm::wire::FramedSocket> connect(int server, const std::string& endpoint);
@@ -178,6 +192,12 @@ class Client::Impl {
   // By range: a broken connection drained by note_breaks() and not yet
   // acted on (disconnected() reports it once).
   std::vector<bool> broken_;
+  // By range: the term this worker knows (0 until a takeover; raised by a
+  // takeover's answer and by newer replies), sent in every request.
+  std::vector<uint64_t> terms_;
+  // The sockets to processes that lost a range to a takeover, kept open so
+  // that the heartbeat telling them the new term is delivered.
+  std::vector<std::unique_ptr<comm::wire::FramedSocket>> retired_;
   int monitor_generation_ = 0;  // names each monitor's inproc address
   // By server: its range as this worker last pulled it (init's values before
   // the first pull), and the pushes sent to it since then, in send order.
@@ -251,6 +271,14 @@ struct Client::Impl::Call {
   // a call that followed this one sends its request to them again too.
   std::set<int> resent;
   int recoveries = 0;
+  // ClientOptions::silent_takeover: by server still to answer, when a frame
+  // of it was last seen (or the wait began) and when a liveness probe was
+  // sent to it, unanswered so far (client_takeover.cpp).
+  struct Silence {
+    std::chrono::steady_clock::time_point heard;
+    std::optional<std::chrono::steady_clock::time_point> probed;
+  };
+  std::map<int, Silence> silence;
 
   void fail(int server, std::exception_ptr error) {
     failures.emplace(server, std::move(error));

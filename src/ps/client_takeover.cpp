@@ -85,6 +85,7 @@ bool Client::Impl::take_over(int server, const std::string& operation) {
   ask.primary = static_cast<uint32_t>(server);
   ask.worker = static_cast<uint32_t>(options_.worker);
   ask.version = last_version_;
+  ask.term = terms_[static_cast<size_t>(server)];
   // The process that served the range: its slot never serves again once a
   // backup took the range over (a replacement retires at once).
   const int lost = serving_[static_cast<size_t>(server)];
@@ -120,13 +121,15 @@ bool Client::Impl::take_over(int server, const std::string& operation) {
     }
     const TakeoverReply* reply = &*answer.reply;
     if (reply->status == TakeoverReply::Status::kServing) {
+      terms_[static_cast<size_t>(server)] =
+          std::max(terms_[static_cast<size_t>(server)], reply->term);
       reroute(server, reply->endpoint);
       serving_[static_cast<size_t>(server)] = backup;
       dead_[static_cast<size_t>(lost)] = true;
       logger_.warn(
           "ps worker {}: lost server {} during {}; backup server {} serves its range from "
-          "version {} on {} ({:.3f} s after the break was seen)",
-          options_.worker, server, operation, backup, reply->version, reply->endpoint,
+          "version {} at term {} on {} ({:.3f} s after the break was seen)",
+          options_.worker, server, operation, backup, reply->version, reply->term, reply->endpoint,
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
       return true;
     }
@@ -139,9 +142,60 @@ bool Client::Impl::take_over(int server, const std::string& operation) {
   return false;
 }
 
+Deadline Client::Impl::check_silence(Call& call) {
+  const std::chrono::milliseconds after = options_.silent_takeover;
+  if (options_.replicas == 0 || after.count() <= 0 || !initialised_) return Deadline::never();
+  const auto now = std::chrono::steady_clock::now();
+  std::vector<int> silent;
+  for (const auto& [server, index] : call.pending) {
+    auto [it, fresh] = call.silence.try_emplace(server, Call::Silence{now, std::nullopt});
+    Call::Silence& s = it->second;
+    if (fresh) continue;
+    if (!s.probed && now - s.heard >= after) {
+      Message probe;
+      probe.kind = Kind::kStats;
+      send(server, probe);
+      s.probed = now;
+    } else if (s.probed && now - *s.probed >= after) {
+      silent.push_back(server);
+    }
+  }
+  for (int server : silent) {
+    call.silence.erase(server);
+    logger_.warn(
+        "ps worker {}: server {} sent nothing for {} ms during {}, nor answered a liveness probe "
+        "within {} ms more: asking its backups to take its range over (it is at term {})",
+        options_.worker, server, after.count(), call.operation, after.count(),
+        terms_[static_cast<size_t>(server)]);
+    if (!recover(call, server, "went silent")) continue;
+    if (take_over(server, call.operation))
+      send(server, call.requests[call.pending.at(server)].second);
+  }
+  return Deadline::after(std::max(std::chrono::milliseconds(1), after / 4));
+}
+
+void Client::Impl::notify_fenced(int server, std::unique_ptr<comm::wire::FramedSocket> old) {
+  Message beat;
+  beat.kind = Kind::kHeartbeat;
+  beat.worker = static_cast<uint32_t>(options_.worker);
+  beat.term = terms_[static_cast<size_t>(server)];
+  beat.request_id = next_request_++;
+  comm::wire::FrameHeader header;
+  header.type = comm::wire::MessageType::kData;
+  header.receiver = server_rank(server);
+  header.sequence = beat.request_id;
+  old->send({}, header, encode_message(beat));
+  retired_.push_back(std::move(old));
+}
+
 void Client::Impl::reroute(int server, const std::string& endpoint) {
   const auto s = static_cast<size_t>(server);
-  monitors_[s] = zmq::socket_t();  // closed before the socket it watches
+  // The old socket stays open (notify_fenced): its monitor is stopped first.
+  // A monitor whose reader is gone blocks the context's I/O thread on its
+  // next event (a reconnect), and with it every socket of this worker.
+  zmq_socket_monitor(sockets_[s]->socket().handle(), nullptr, 0);
+  monitors_[s] = zmq::socket_t();
+  notify_fenced(server, std::move(sockets_[s]));
   sockets_[s] = connect(server, endpoint);
   monitors_[s] = watch_disconnects(server);
   broken_[s] = false;

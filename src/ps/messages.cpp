@@ -60,7 +60,8 @@ namespace {
 
 using namespace message_fields;
 
-constexpr size_t kPrefixBytes = 24;
+constexpr size_t kPrefixBytes = 32;  // with a term
+constexpr uint8_t kTermFlag = 1;
 bool is_request(uint8_t kind) { return kind >= 1 && kind <= 11; }
 
 // float_parts and float_bytes are the wire's little-endian f32 bytes as they
@@ -263,7 +264,8 @@ void view_update(ByteReader& r, std::string_view field, Message& m) {
 // Replies whose body is an error text instead of the request's reply body.
 bool carries_error(ReplyStatus status) {
   return status == ReplyStatus::kError || status == ReplyStatus::kTimeout ||
-         status == ReplyStatus::kRejoin || status == ReplyStatus::kLeftOut;
+         status == ReplyStatus::kRejoin || status == ReplyStatus::kLeftOut ||
+         status == ReplyStatus::kFenced;
 }
 
 // A pull reply's body: u64 min_clock | f64 loss_sum | i64 correct | i64
@@ -528,10 +530,11 @@ std::vector<std::byte> encode_message(const Message& m, std::vector<std::byte> b
   const bool reply = m.kind == Kind::kReply;
   w.write_u8(reply ? static_cast<uint8_t>(m.status) : 0);
   w.write_u8(reply ? static_cast<uint8_t>(m.reply_to) : 0);
-  w.write_u8(0);
+  w.write_u8(m.term != 0 ? kTermFlag : 0);
   w.write_u32(m.worker);
   w.write_u64(m.request_id);
   w.write_u64(m.version);
+  if (m.term != 0) w.write_u64(m.term);
   if (reply) {
     put_reply_body(w, m);
   } else {
@@ -550,11 +553,13 @@ Message decode_message(std::span<const std::byte> payload, FloatDecoding floats)
   m.kind = static_cast<Kind>(kind);
   const auto status = r.read_u8("status");
   const auto reply_to = r.read_u8("reply_to");
-  const auto reserved = r.read_u8("reserved");
-  if (reserved != 0)
-    throw DataError(fmt::format("ps message: reserved byte is {}; must be 0", reserved));
+  const auto flags = r.read_u8("flags");
+  if ((flags & ~kTermFlag) != 0) {
+    throw DataError(
+        fmt::format("ps message: flags are {:#04x}; only bit 0 (term) is known", flags));
+  }
   if (m.kind == Kind::kReply) {
-    if (status > static_cast<uint8_t>(ReplyStatus::kLeftOut)) {
+    if (status > static_cast<uint8_t>(ReplyStatus::kFenced)) {
       throw DataError(fmt::format("ps message: unknown reply status {}", status));
     }
     if (!is_request(reply_to) || reply_to == static_cast<uint8_t>(Kind::kHeartbeat)) {
@@ -570,6 +575,12 @@ Message decode_message(std::span<const std::byte> payload, FloatDecoding floats)
   m.worker = r.read_u32("worker");
   m.request_id = r.read_u64("request_id");
   m.version = r.read_u64("version");
+  if ((flags & kTermFlag) != 0) {
+    m.term = r.read_u64("term");
+    if (m.term == 0) {
+      throw DataError("ps message: the term flag is set with term 0 (term 0 is sent without it)");
+    }
+  }
   if (m.kind == Kind::kReply) {
     get_reply_body(r, floats, m);
     r.expect_end(fmt::format("reply to {} body", to_string(m.reply_to)));

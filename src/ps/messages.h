@@ -5,21 +5,23 @@
 // A payload starts with a 24-byte prefix, all little-endian:
 //   u8 kind | u8 status (replies; 0 in requests) |
 //   u8 reply_to (replies: the kind of the request answered; 0 in requests) |
-//   u8 reserved (0) |
+//   u8 flags (bit 0: a term follows; the other bits 0) |
 //   u32 worker (requests: the sender's worker index; replies: the server index) |
 //   u64 request_id | u64 version
+// then, when flags bit 0 is set, u64 term (never 0: term 0, a range's first
+// primary, is written by leaving the bit clear, so a job that never took a
+// range over sends the bytes it sent before terms existed),
 // then a body whose fields depend on the kind (and for replies on status and
 // reply_to; Message documents them).
 // Strings are u16 length + UTF-8 bytes, float arrays u64 count + count f32,
 // key arrays u64 count + count u64; written and read by core/byte_codec.h.
 //
 // decode_message() treats its input as untrusted: an unknown kind or status,
-// non-zero reserved bytes, a count that does not fit the remaining bytes,
-// trailing bytes, a non-finite lr or compute time, a negative dimension or
-// sample count: DataError naming the
-// field and both values. It never allocates more than the payload's own size
-// implies. Encoding a message into a wire frame (header + payload) and
-// decoding one back are pure functions; nothing here blocks.
+// an unknown flag bit, a term flag with a zero or missing term, a count that does not fit the
+// remaining bytes, trailing bytes, a non-finite lr or compute time, a negative dimension or sample
+// count: DataError naming the field and both values. It never allocates more than the payload's own
+// size implies. Encoding a message into a wire frame (header + payload) and decoding one back are
+// pure functions; nothing here blocks.
 #pragma once
 
 #include <cstddef>
@@ -71,6 +73,12 @@ enum class ReplyStatus : uint8_t {
   // This worker was declared dead (silent past the heartbeat timeout) and
   // the job goes on without it; `error` says since when. Nothing changed.
   kLeftOut = 5,
+  // This server no longer serves the range: a request or a replica ack
+  // carried a higher term, another server took the range over
+  // (docs/parameter-server.md "Fencing"). The reply's term is that higher
+  // term; `error` names both. Nothing changed: the client asks the range's
+  // backups who holds it now and sends the request there.
+  kFenced = 6,
 };
 
 enum class WorkerState : uint8_t { kLive = 0, kDead = 1, kFinished = 2 };
@@ -157,6 +165,11 @@ struct Message {
   // version the worker pulled (0 for a new worker; a replacement server follows it); replies:
   // server version.
   uint64_t version = 0;
+  // The term of the range this message is about (docs/parameter-server.md
+  // "Fencing"): requests carry the term the worker knows for the range of the
+  // server it sends to, replies the term at which the answering server holds
+  // it. 0 for a range's first primary; each takeover raises it by one.
+  uint64_t term = 0;
 
   // kInit: dense specs, tables and (floats) this server's slice of the values.
   std::vector<DenseSpec> dense;

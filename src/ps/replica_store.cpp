@@ -18,6 +18,7 @@ ReplicaAck ReplicaStore::ack(uint32_t primary, ReplicaAck::Status status, std::s
   a.status = status;
   a.backup = static_cast<uint32_t>(server_);
   a.primary = primary;
+  a.term = term(primary);
   auto it = copies_.find(primary);
   a.version = it == copies_.end() ? 0 : it->second.version;
   a.error = std::move(error);
@@ -52,7 +53,31 @@ uint64_t ReplicaStore::newest_seen(uint32_t primary) const {
   return it == newest_seen_.end() ? 0 : it->second;
 }
 
+std::optional<ReplicaAck> ReplicaStore::older_term(uint32_t primary, uint64_t term,
+                                                   const char* what) {
+  uint64_t& known = terms_[primary];
+  if (term >= known) {
+    known = term;
+    return std::nullopt;
+  }
+  return ack(primary, ReplicaAck::Status::kError,
+             fmt::format("server {} refused server {}'s {} of term {}: the range is at term {} "
+                         "(taken over)",
+                         server_, primary, what, term, known));
+}
+
+void ReplicaStore::raise_term(uint32_t primary, uint64_t term) {
+  uint64_t& known = terms_[primary];
+  known = std::max(known, term);
+}
+
+uint64_t ReplicaStore::term(uint32_t primary) const {
+  const auto it = terms_.find(primary);
+  return it == terms_.end() ? 0 : it->second;
+}
+
 ReplicaAck ReplicaStore::apply(const ReplicaUpdate& update) {
+  if (auto refused = older_term(update.primary, update.term, "update")) return *refused;
   uint64_t& seen = newest_seen_[update.primary];
   seen = std::max(seen, update.new_version);
   auto it = copies_.find(update.primary);
@@ -96,6 +121,7 @@ ReplicaAck ReplicaStore::apply(const ReplicaUpdate& update) {
 }
 
 ReplicaAck ReplicaStore::load(const ReplicaState& state) {
+  if (auto refused = older_term(state.primary, state.term, "state")) return *refused;
   uint64_t& seen = newest_seen_[state.primary];
   seen = std::max(seen, state.version);
   try {
@@ -130,6 +156,7 @@ std::optional<ReplicaState> ReplicaStore::state(uint32_t primary) const {
   auto it = copies_.find(primary);
   if (it == copies_.end()) return std::nullopt;
   ReplicaState out;
+  out.term = term(primary);
   out.primary = primary;
   out.version = it->second.version;
   for (const SparseTable& t : it->second.tables) out.tables.push_back(t.spec());

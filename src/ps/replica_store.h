@@ -11,6 +11,12 @@
 // already has is acknowledged again (a primary resends when an ack is late),
 // anything else is answered kNeedState, and the primary sends its state.
 //
+// Terms (docs/parameter-server.md "Fencing"): the store keeps the highest
+// term it knows per range, raised by the updates and states it takes and by
+// raise_term() when this server takes the range over; an update or state of
+// an older term is answered kError with the known term in the ack (which
+// fences the primary that sent it) and changes nothing.
+//
 // Thread safety: none (the serving thread of the server that owns it). Never
 // blocks. Errors: malformed updates (a table index or a gradient size that
 // does not fit the copy) are answered kError and change nothing of that
@@ -46,6 +52,10 @@ class ReplicaStore {
   // The newest version any update or state from `primary` named (applied
   // or not): a copy older than it is behind its primary (0 when none came).
   uint64_t newest_seen(uint32_t primary) const;
+  // The highest term known for `primary`'s range (0 when none came), and
+  // raising it (this server took the range over at `term`).
+  uint64_t term(uint32_t primary) const;
+  void raise_term(uint32_t primary, uint64_t term);
   // The copy in Server::state_dict()'s layout ("version" in its metadata);
   // empty when none is held.
   StateDict state_dict(uint32_t primary) const;
@@ -58,6 +68,9 @@ class ReplicaStore {
   };
   ReplicaAck ack(uint32_t primary, ReplicaAck::Status status, std::string error = {}) const;
   // Checks every op against the copy before the first one changes it.
+  // The kError ack for a frame of `term` below the known one (nullopt, the
+  // known term raised to `term`, otherwise).
+  std::optional<ReplicaAck> older_term(uint32_t primary, uint64_t term, const char* what);
   static void check_ops(const Copy& copy, const ReplicaUpdate& update);
 
   int server_;
@@ -65,6 +78,7 @@ class ReplicaStore {
   optim::OptimizerConfig optimizer_;
   std::map<uint32_t, Copy> copies_;
   std::map<uint32_t, uint64_t> newest_seen_;
+  std::map<uint32_t, uint64_t> terms_;
 };
 
 }  // namespace dtrain::ps

@@ -158,6 +158,9 @@ void BackupChain::add_poll_items(std::vector<zmq::pollitem_t>& items) {
 }
 
 void BackupChain::on_ack(Backup& b, const ReplicaAck& ack, uint64_t version) {
+  // The chain ships at term 0 (a range's first primary: an acting primary
+  // replicates nothing); a backup that knows a higher term took the range over.
+  if (ack.term > 0 && !superseded_) superseded_ = Superseded{b.server, ack.term};
   switch (ack.status) {
     case ReplicaAck::Status::kOk:
       b.acked = std::max(b.acked.value_or(0), ack.version);

@@ -108,6 +108,13 @@ class BackupChain {
   // After fetch(): the backup that answered that it serves this range itself
   // (it took the range over when this server died); nullopt otherwise.
   std::optional<int> taken_over_by() const { return taken_over_by_; }
+  // A backup answered with a term above the chain's (0): it took this
+  // range over (docs "Fencing"); the server stops serving the range.
+  struct Superseded {
+    int backup = 0;
+    uint64_t term = 0;
+  };
+  std::optional<Superseded> superseded() const { return superseded_; }
   // Whether every backup in step holds `version`.
   bool replicated(uint64_t version) const;
 
@@ -129,6 +136,7 @@ class BackupChain {
   std::vector<ReplicaOp> log_;
   std::vector<std::unique_ptr<Backup>> backups_;
   std::optional<int> taken_over_by_;
+  std::optional<Superseded> superseded_;
 };
 
 }  // namespace dtrain::ps

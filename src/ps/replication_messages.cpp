@@ -14,11 +14,14 @@ constexpr size_t kMaxErrorBytes = 4096;
 constexpr size_t kMaxNameBytes = 1024;
 constexpr uint32_t kMaxTables = 1 << 16;
 
-void put_prefix(ByteWriter& w, ReplicaKind kind) {
+// Every kind: u8 kind, 3 bytes 0, u64 term (the range's term as the sender
+// knows it; replication_messages.h says whose range per kind).
+void put_prefix(ByteWriter& w, ReplicaKind kind, uint64_t term) {
   w.write_u8(static_cast<uint8_t>(kind));
   w.write_u8(0);
   w.write_u8(0);
   w.write_u8(0);
+  w.write_u64(term);
 }
 
 ReplicaOp get_op(ByteReader& r) {
@@ -88,7 +91,7 @@ Answer get_answer(ByteReader& r, uint8_t max_status, const char* what) {
 
 template <typename Answer>
 void put_answer(ByteWriter& w, ReplicaKind kind, const Answer& m) {
-  put_prefix(w, kind);
+  put_prefix(w, kind, m.term);
   w.write_u8(static_cast<uint8_t>(m.status));
   w.write_u32(m.backup);
   w.write_u32(m.primary);
@@ -121,7 +124,7 @@ bool is_replication_payload(std::span<const std::byte> payload) {
 
 std::vector<std::byte> encode_replica(const ReplicaUpdate& m) {
   ByteWriter w;
-  put_prefix(w, ReplicaKind::kUpdate);
+  put_prefix(w, ReplicaKind::kUpdate, m.term);
   w.write_u32(m.primary);
   w.write_u64(m.base_version);
   w.write_u64(m.new_version);
@@ -138,7 +141,7 @@ std::vector<std::byte> encode_replica(const ReplicaUpdate& m) {
 
 std::vector<std::byte> encode_replica(const ReplicaState& m) {
   ByteWriter w;
-  put_prefix(w, ReplicaKind::kState);
+  put_prefix(w, ReplicaKind::kState, m.term);
   w.write_u32(m.primary);
   w.write_u64(m.version);
   w.write_u32(static_cast<uint32_t>(m.tables.size()));
@@ -164,14 +167,14 @@ std::vector<std::byte> encode_replica(const ReplicaAck& m) {
 
 std::vector<std::byte> encode_replica(const ReplicaFetch& m) {
   ByteWriter w;
-  put_prefix(w, ReplicaKind::kFetch);
+  put_prefix(w, ReplicaKind::kFetch, m.term);
   w.write_u32(m.primary);
   return w.take();
 }
 
 std::vector<std::byte> encode_replica(const ReplicaTakeover& m) {
   ByteWriter w;
-  put_prefix(w, ReplicaKind::kTakeover);
+  put_prefix(w, ReplicaKind::kTakeover, m.term);
   w.write_u32(m.primary);
   w.write_u32(m.worker);
   w.write_u64(m.version);
@@ -190,31 +193,40 @@ ReplicaMessage decode_replica(std::span<const std::byte> payload) {
   ByteReader r(payload, "replica message");
   const uint8_t kind = r.read_u8("kind");
   r.read_bytes(3, "reserved");
-  switch (static_cast<ReplicaKind>(kind)) {
-    case ReplicaKind::kUpdate:
-      return get_update(r);
-    case ReplicaKind::kState:
-      return get_state_transfer(r);
-    case ReplicaKind::kAck:
-      return get_ack(r);
-    case ReplicaKind::kFetch: {
-      ReplicaFetch m;
-      m.primary = r.read_u32("primary");
-      r.expect_end("replica fetch");
-      return m;
-    }
-    case ReplicaKind::kTakeover: {
-      ReplicaTakeover m;
-      m.primary = r.read_u32("primary");
-      m.worker = r.read_u32("worker");
-      m.version = r.read_u64("version");
-      r.expect_end("takeover request");
-      return m;
-    }
-    case ReplicaKind::kTakeoverReply:
-      return get_takeover_reply(r);
+  if (kind < static_cast<uint8_t>(ReplicaKind::kUpdate) ||
+      kind > static_cast<uint8_t>(ReplicaKind::kTakeoverReply)) {
+    throw DataError(fmt::format("replica message: kind {} is unknown (96..101)", kind));
   }
-  throw DataError(fmt::format("replica message: kind {} is unknown (96..101)", kind));
+  const uint64_t term = r.read_u64("term");
+  ReplicaMessage out = [&]() -> ReplicaMessage {
+    switch (static_cast<ReplicaKind>(kind)) {
+      case ReplicaKind::kUpdate:
+        return get_update(r);
+      case ReplicaKind::kState:
+        return get_state_transfer(r);
+      case ReplicaKind::kAck:
+        return get_ack(r);
+      case ReplicaKind::kFetch: {
+        ReplicaFetch m;
+        m.primary = r.read_u32("primary");
+        r.expect_end("replica fetch");
+        return m;
+      }
+      case ReplicaKind::kTakeover: {
+        ReplicaTakeover m;
+        m.primary = r.read_u32("primary");
+        m.worker = r.read_u32("worker");
+        m.version = r.read_u64("version");
+        r.expect_end("takeover request");
+        return m;
+      }
+      case ReplicaKind::kTakeoverReply:
+        break;
+    }
+    return get_takeover_reply(r);
+  }();
+  std::visit([term](auto& m) { m.term = term; }, out);
+  return out;
 }
 
 }  // namespace dtrain::ps

@@ -25,6 +25,13 @@
 //    will not (no copy, a copy older than the worker's, the replacement
 //    already took it).
 //
+// Every kind carries a u64 term after its 4-byte prefix (docs/
+// parameter-server.md "Fencing"): update and state, the primary's term for
+// its range; ack, the term the backup knows for the primary's range (higher
+// than the update's once the backup took the range over: the primary is
+// fenced); fetch, 0; takeover request, the term the worker knows for the
+// range; takeover reply, the term at which the backup serves it.
+//
 // Thread safety: values. Decoding throws DataError naming the field; never
 // blocks.
 #pragma once
@@ -63,6 +70,7 @@ struct ReplicaOp {
 };
 
 struct ReplicaUpdate {
+  uint64_t term = 0;
   uint32_t primary = 0;
   uint64_t base_version = 0;
   uint64_t new_version = 0;
@@ -70,6 +78,7 @@ struct ReplicaUpdate {
 };
 
 struct ReplicaState {
+  uint64_t term = 0;
   uint32_t primary = 0;
   uint64_t version = 0;
   std::vector<SparseTableSpec> tables;
@@ -80,6 +89,7 @@ struct ReplicaAck {
   // kTakenOver: only to a fetch, the backup serves the range itself.
   enum class Status : uint8_t { kOk = 0, kNeedState = 1, kError = 2, kTakenOver = 3 };
   Status status = Status::kOk;
+  uint64_t term = 0;
   uint32_t backup = 0;
   uint32_t primary = 0;
   uint64_t version = 0;  // the backup's copy of the primary's state is at this version
@@ -87,12 +97,14 @@ struct ReplicaAck {
 };
 
 struct ReplicaFetch {
+  uint64_t term = 0;
   uint32_t primary = 0;  // whose range is asked for
 };
 
 // From a worker (its wire rank is checked against `worker`) to a backup of
 // `primary`: this worker last pulled `primary`'s range at `version`.
 struct ReplicaTakeover {
+  uint64_t term = 0;
   uint32_t primary = 0;
   uint32_t worker = 0;
   uint64_t version = 0;
@@ -103,6 +115,7 @@ struct TakeoverReply {
   // serves the range; the worker waits for it and asks no other backup.
   enum class Status : uint8_t { kServing = 0, kRefused = 1, kReplaced = 2 };
   Status status = Status::kRefused;
+  uint64_t term = 0;
   uint32_t backup = 0;
   uint32_t primary = 0;
   uint64_t version = 0;  // the version the backup's copy was at when it took over

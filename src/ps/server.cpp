@@ -159,6 +159,10 @@ ServeResult Server::Impl::run(const std::stop_token& stop, Deadline deadline) {
       result.end = ServeEnd::kFinished;
       break;
     }
+    if (retire_fenced()) {
+      result.end = ServeEnd::kFinished;
+      break;
+    }
     if (abandoned(now)) {
       result.end = ServeEnd::kAbandoned;
       break;
@@ -247,6 +251,7 @@ void Server::Impl::handle(const std::string& identity, uint32_t sender, Message&
                        worker_rank(options_.num_servers, static_cast<int>(m.worker))));
     return;
   }
+  if (fenced(identity, receiver, m)) return;
   const WorkerState state = consistency_.state(m.worker);
   if (state != WorkerState::kLive && m.kind != Kind::kInit) {
     if (m.kind == Kind::kHeartbeat) return;  // a late heartbeat of a finished or dead worker
@@ -304,6 +309,7 @@ Message Server::Impl::status_reply(const Message& m, ReplyStatus status, std::st
   r.status = status;
   r.request_id = m.request_id;
   r.version = consistency_.version();
+  r.term = term_;
   r.error = std::move(error);
   return r;
 }

@@ -142,7 +142,12 @@ struct ServerOptions {
   // before it; sync only, R < S. Pulls are answered only once every backup
   // in step has acknowledged the version; a backup silent past
   // replica_timeout is logged and no longer waited for. Needs
-  // set_server_endpoints() before run(). 0: no replication.
+  // set_server_endpoints() before run(). 0: no replication. Fencing
+  // (docs/parameter-server.md "Fencing"): a server serves its range at a
+  // term (0; an acting primary at its takeover's); a request or a backup's
+  // ack of a higher term stops it serving the range for good (requests are
+  // answered kFenced, logged once), and run() then ends kFinished once no
+  // worker is live in its view and it hosts no acting primary.
   int replicas = 0;
   std::chrono::milliseconds replica_timeout{10000};
   std::chrono::milliseconds replica_resend_interval{500};

@@ -184,6 +184,16 @@ class Server::Impl {
   // are waited for (kFinished: until their workers finished, bounded) and
   // stopped.
   bool begin_serving(Deadline deadline);
+  // Fencing (server_takeover.cpp, docs "Fencing"): a request of a term
+  // above term_ means another server took this range over; from then on
+  // every request is answered kFenced (true: answered here) and nothing
+  // changes. fence() logs it once.
+  bool fenced(const std::string& identity, uint32_t receiver, const Message& m);
+  void fence(uint64_t term, const std::string& seen);
+  // A fenced server that hosts no acting primary ends run() (kFinished,
+  // logged) once no worker is live in its view: its workers moved to the
+  // range's holder and never say goodbye here.
+  bool retire_fenced() const;
   void end_serving(ServeEnd end);
   struct ActingPrimaries;
   struct ActingDeleter {
@@ -216,6 +226,12 @@ class Server::Impl {
   std::unique_ptr<ActingPrimaries, ActingDeleter> acting_;
   std::set<uint32_t> copy_given_;
   std::optional<int> acting_host_;  // set on an acting primary: the backup serving it
+  // The term at which this server holds its range (0: its first primary; an
+  // acting primary's is its copy's + 1), and, once fenced, the higher term
+  // that fenced it and why.
+  uint64_t term_ = 0;
+  std::optional<uint64_t> fenced_term_;
+  std::string fenced_why_;
   Deadline serve_deadline_ = Deadline::never();
   // Since when no worker is live (none finished): run() ends kAbandoned
   // once that lasts longer than max(heartbeat_timeout, join_timeout).

@@ -46,6 +46,9 @@ void Server::Impl::service_backups(Clock::time_point now) {
   }
   if (!backups_ || !initialised_) return;
   backups_->service(now, consistency_.version(), [this] { return replica_state(); });
+  if (const std::optional<BackupChain::Superseded> s = backups_->superseded()) {
+    fence(s->term, fmt::format("backup server {}'s replica ack", s->backup));
+  }
 }
 
 ReplicaState Server::Impl::replica_state() const {
@@ -111,6 +114,7 @@ void Server::Impl::answer_fetch(const std::string& identity, uint32_t primary) {
   none.primary = primary;
   if (const std::optional<std::string> acting = acting_endpoint(primary)) {
     none.status = ReplicaAck::Status::kTakenOver;
+    none.term = replica_store_.term(primary);
     none.error = fmt::format("server {} took server {}'s range over and serves it on {}",
                              options_.server, primary, *acting);
     socket_->send(identity, header, encode_replica(none));

@@ -29,12 +29,14 @@ void Server::Impl::send_now(const std::string& identity, uint32_t receiver, cons
 void Server::Impl::reply(const std::string& identity, uint32_t worker, Message m) {
   m.kind = Kind::kReply;
   m.worker = static_cast<uint32_t>(options_.server);
+  m.term = term_;
   send(identity, worker_rank(options_.num_servers, static_cast<int>(worker)), m);
 }
 
 void Server::Impl::defer_reply(const std::string& identity, uint32_t worker, Message m) {
   m.kind = Kind::kReply;
   m.worker = static_cast<uint32_t>(options_.server);
+  m.term = term_;
   deferred_.push_back(DeferredReply{
       identity, worker_rank(options_.num_servers, static_cast<int>(worker)), std::move(m)});
 }

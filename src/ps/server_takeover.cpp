@@ -28,6 +28,7 @@ struct Server::Impl::ActingPrimaries {
   struct Acting {
     uint32_t primary = 0;
     uint64_t version = 0;  // the copy's version when it was promoted
+    uint64_t term = 0;     // the term it serves the range at
     std::string endpoint;
     std::unique_ptr<Impl> server;
     std::promise<void> ended;
@@ -105,6 +106,7 @@ TakeoverReply Server::Impl::takeover(const ReplicaTakeover& ask) {
   if (acting_) {
     if (const ActingPrimaries::Acting* a = acting_->find(ask.primary)) {
       r.version = a->version;
+      r.term = a->term;
       if (ask.version > a->version) {
         return refuse(fmt::format(
             "it took the range over at version {}, and worker {} pulled version {}: the copy "
@@ -132,6 +134,10 @@ TakeoverReply Server::Impl::takeover(const ReplicaTakeover& ask) {
         "shipped version {}): a lagging copy is not promoted",
         copy->version, ask.worker, ask.version, ask.primary, newest));
   }
+  // Each takeover raises the range's term: the copy's primary (and any
+  // older holder the asking worker knew) is fenced by it.
+  copy->term = std::max(copy->term, ask.term) + 1;
+  r.term = copy->term;
   try {
     r.endpoint = start_acting(std::move(*copy));
   } catch (const Error& e) {
@@ -154,16 +160,19 @@ std::string Server::Impl::start_acting(ReplicaState copy) {
   auto acting = std::make_unique<ActingPrimaries::Acting>();
   acting->primary = primary;
   acting->version = copy.version;
+  acting->term = copy.term;
+  replica_store_.raise_term(primary, copy.term);  // the old primary's updates are refused now
   acting->server = std::make_unique<Impl>(std::move(o), auth_, logger_);
+  acting->server->term_ = copy.term;  // raised by takeover() before the copy came here
   acting->server->inherited_ = std::move(copy);
   acting->server->acting_host_ = options_.server;
   acting->endpoint = acting->server->endpoint_;
   if (!acting_) acting_.reset(std::make_unique<ActingPrimaries>().release());
   logger_.warn(
-      "ps server {}: took over server {}'s range at version {} (its copy: values, optimizer "
-      "buffers and sparse rows) and serves it on {}, {:.3f} s after the request; the range is "
-      "not replicated for the rest of the run",
-      options_.server, primary, acting->version, acting->endpoint,
+      "ps server {}: took over server {}'s range at version {}, term {} (its copy: values, "
+      "optimizer buffers and sparse rows) and serves it on {}, {:.3f} s after the request; the "
+      "range is not replicated for the rest of the run",
+      options_.server, primary, acting->version, acting->term, acting->endpoint,
       std::chrono::duration<double>(Clock::now() - start).count());
   ActingPrimaries::Acting& a = *acting;
   a.thread = std::jthread([&a, this, deadline = serve_deadline_](std::stop_token stop) {
@@ -179,6 +188,51 @@ std::string Server::Impl::start_acting(ReplicaState copy) {
   });
   acting_->all.push_back(std::move(acting));
   return a.endpoint;
+}
+
+void Server::Impl::fence(uint64_t term, const std::string& seen) {
+  if (fenced_term_ && *fenced_term_ >= term) return;
+  const bool first = !fenced_term_;
+  fenced_term_ = term;
+  fenced_why_ = fmt::format(
+      "server {} stopped serving range {} (it held it at term {}): {} carries term {}, another "
+      "server took the range over",
+      options_.server, options_.server, term_, seen, term);
+  if (first) logger_.error("ps server {}: {}", options_.server, fenced_why_);
+  // The parked pulls are answered so too: their workers re-route at once.
+  for (const Parked& p : parked_) {
+    Message m;
+    m.kind = p.reply_to;
+    m.request_id = p.request_id;
+    Message r = status_reply(m, ReplyStatus::kFenced, fenced_why_);
+    r.worker = static_cast<uint32_t>(options_.server);
+    r.term = term;
+    send(p.identity, worker_rank(options_.num_servers, static_cast<int>(p.worker)), r);
+  }
+  parked_.clear();
+}
+
+bool Server::Impl::fenced(const std::string& identity, uint32_t receiver, const Message& m) {
+  if (m.term > term_) {
+    fence(m.term, fmt::format("worker {}'s {} request", m.worker, to_string(m.kind)));
+  }
+  if (!fenced_term_) return false;
+  ++counters_.requests_rejected;
+  if (m.kind == Kind::kHeartbeat) return true;
+  Message r = status_reply(m, ReplyStatus::kFenced, fenced_why_);
+  r.worker = static_cast<uint32_t>(options_.server);
+  r.term = *fenced_term_;
+  send(identity, receiver, r);
+  return true;
+}
+
+bool Server::Impl::retire_fenced() const {
+  if (!fenced_term_ || acting_ || consistency_.live_workers() > 0) return false;
+  logger_.warn(
+      "ps server {}: retires: range {} is served at term {} by another server and no worker "
+      "is left here (its copies of other ranges go with it)",
+      options_.server, options_.server, *fenced_term_);
+  return true;
 }
 
 bool Server::Impl::begin_serving(Deadline deadline) {

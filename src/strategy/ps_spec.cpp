@@ -547,6 +547,9 @@ std::unique_ptr<Strategy> PsSpec::build(const BuildContext& c) const {
   client.heartbeat_interval = std::min(std::chrono::milliseconds(1000), c.heartbeat_timeout / 4);
   client.replicas = o_.takeover.value_or(client.private_ipc) ? static_cast<int>(o_.replicas) : 0;
   client.takeover_timeout = c.heartbeat_timeout;
+  // A silent primary (stopped, hung) is taken over where a dead one is: the
+  // takeover's term fences it should it come back (docs "Fencing").
+  client.silent_takeover = client.replicas > 0 ? c.heartbeat_timeout : std::chrono::milliseconds(0);
   PsOptions o;
   o.launch_id = c.launch->settings.launch_id;
   o.reshard_lost_workers = o_.backup_workers == 0;

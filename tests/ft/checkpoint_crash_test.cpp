@@ -343,14 +343,7 @@ using ft_test::kJob;
 using ft_test::start_dtrain;
 using ft_test::write_text;
 
-// Reads until `text` appears in the output; false at EOF or the deadline.
-bool wait_for_text(testing::ChildProcess& child, const std::string& text, Deadline deadline) {
-  while (child.output().find(text) == std::string::npos) {
-    if (deadline.expired() || !child.read_some(100))
-      return child.output().find(text) != std::string::npos;
-  }
-  return true;
-}
+using ft_test::wait_for_text;
 
 TEST(CheckpointCrash, KilledDtrainResumesFromItsCheckpoints) {
   testing::TempDir tmp;

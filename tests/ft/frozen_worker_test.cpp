@@ -60,14 +60,6 @@ std::vector<std::string> frozen_args(const testing::TempDir& tmp, std::vector<st
   return args;
 }
 
-// Reads the child's output until `text` appears; false at EOF or the deadline.
-bool wait_for_text(testing::ChildProcess& child, const std::string& text, Deadline deadline) {
-  while (!has(child.output(), text)) {
-    if (deadline.expired() || !child.read_some(100)) return has(child.output(), text);
-  }
-  return true;
-}
-
 TEST(FrozenWorker, AnAllreduceJobFailsWithinTheHeartbeatTimeoutNamingTheSilentRank) {
   testing::TempDir tmp;
   write_text(tmp.file("job.toml"), kJob);

@@ -173,6 +173,15 @@ inline bool have_mnist() {
   return std::filesystem::exists(mnist_dir() + "/train-images-idx3-ubyte");
 }
 
+// Reads the child's output until `text` appears; false at EOF or the deadline.
+inline bool wait_for_text(testing::ChildProcess& child, const std::string& text,
+                          Deadline deadline) {
+  while (!has(child.output(), text)) {
+    if (deadline.expired() || !child.read_some(100)) return has(child.output(), text);
+  }
+  return true;
+}
+
 // The launcher's worker processes, ascending pid (rank order: rank r starts
 // before rank r + 1).
 inline std::vector<pid_t> children_of(pid_t pid) {

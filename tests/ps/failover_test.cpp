@@ -143,13 +143,7 @@ class FailoverJob {
     return testing::run_sync_workers(
         kWorkers, endpoints_, replicas_, auth_, log_.logger(),
         [&](Client& client, int w, std::vector<Tensor>& params) {
-          StateDict spec;
-          spec.insert("emb", Tensor::zeros({4, 6}));  // 24 + 5 floats: 15 / 14 per server
-          spec.insert("bias", Tensor::zeros({5}));
-          client.init(spec, {});
-          params = {Tensor::zeros({4, 6}), Tensor::zeros({5})};
-          uint64_t version = client.pull(params, 0);
-          for (uint64_t t = 0; t < kSteps; ++t) {
+          testing::train_two_tensors(client, w, params, kSteps, [&](uint64_t version) {
             if (w == 0 && death_ == Death::kSigkillBetweenVersions && version == at_) {
               kill_sent_ = true;
               kill_now_.set_value();
@@ -163,18 +157,7 @@ class FailoverJob {
               ASSERT_EQ(replacement_ran_.get_future().wait_until(Deadline::after(kGenerous).at()),
                         std::future_status::ready);
             }
-            std::vector<Tensor> grads;
-            for (const Tensor& p : params) {
-              Tensor g = Tensor::zeros(p.shape());
-              for (int64_t i = 0; i < g.numel(); ++i) {
-                g.data()[i] = std::cos(0.7f * static_cast<float>(i) - 0.9f * static_cast<float>(w) +
-                                       0.23f * static_cast<float>(t));
-              }
-              grads.push_back(g);
-            }
-            client.push(grads, 2 * w + 1, 0.05f, version);
-            version = client.pull(params, version + 1);
-          }
+          });
         });
   }
 
@@ -448,7 +431,7 @@ TEST(PsFailover, TakeoverMessagesRoundTripAndRejectUnknownStatuses) {
   EXPECT_EQ(back.version, 17u);
   EXPECT_EQ(back.endpoint, r.endpoint);
   EXPECT_EQ(back.error, "why");
-  bytes[4] = std::byte{3};
+  bytes[12] = std::byte{3};  // the status, after the prefix and the term
   EXPECT_THROW(decode_replica(bytes), DataError);
   ReplicaTakeover t;
   t.primary = 1;

@@ -82,6 +82,13 @@ std::vector<Message> samples() {
                        {true, {}, {std::byte{3}, std::byte{0}, std::byte{255}}},
                        {true, {}, {}}};
   out.push_back(compressed);
+  // A range taken over: the request and the reply carry its term.
+  Message termed = pull;
+  termed.term = 2;
+  out.push_back(termed);
+  Message termed_reply = reply;
+  termed_reply.term = (uint64_t{1} << 40) + 3;
+  out.push_back(termed_reply);
   return out;
 }
 
@@ -94,6 +101,7 @@ TEST(PsMessages, RoundTripsEveryKind) {
     EXPECT_EQ(back.worker, m.worker);
     EXPECT_EQ(back.request_id, m.request_id);
     EXPECT_EQ(back.version, m.version);
+    EXPECT_EQ(back.term, m.term);
     EXPECT_EQ(back.floats, m.floats);
     EXPECT_EQ(back.keys, m.keys);
     EXPECT_EQ(back.min_version, m.min_version);
@@ -175,9 +183,9 @@ TEST(PsMessages, UnknownKindStatusAndReservedBytesAreRejected) {
   bytes[0] = std::byte{42};
   testing::expect_error<DataError>([&] { decode_message(bytes); }, "ps message: unknown kind 42");
   bytes = encode_message(samples()[1]);
-  bytes[3] = std::byte{1};
+  bytes[3] = std::byte{2};
   testing::expect_error<DataError>([&] { decode_message(bytes); },
-                                   "ps message: reserved byte is 1; must be 0");
+                                   "ps message: flags are 0x02; only bit 0 (term) is known");
   bytes = encode_message(samples()[1]);
   bytes[1] = std::byte{1};
   testing::expect_error<DataError>(
@@ -187,6 +195,40 @@ TEST(PsMessages, UnknownKindStatusAndReservedBytesAreRejected) {
   bytes[1] = std::byte{9};
   testing::expect_error<DataError>([&] { decode_message(bytes); },
                                    "ps message: unknown reply status 9");
+}
+
+TEST(PsMessages, TermZeroSendsTheBytesOfBeforeTermsAndATermIsFramedStrictly) {
+  // Term 0 (a range's first primary) leaves the flag clear: the bytes a job
+  // without takeovers sent before terms existed.
+  Message pull = samples()[1];
+  const auto plain = encode_message(pull);
+  EXPECT_EQ(plain[3], std::byte{0});
+  EXPECT_EQ(plain.size(), 24 + 12u);
+  pull.term = 7;
+  const auto termed = encode_message(pull);
+  ASSERT_EQ(termed.size(), plain.size() + 8);
+  EXPECT_EQ(termed[3], std::byte{1});
+  EXPECT_EQ(termed[24], std::byte{7});
+  EXPECT_EQ(decode_message(termed).term, 7u);
+  // The flag set with the term cut off: the pull body's 12 bytes are read
+  // as the term and the body is short.
+  auto forged = plain;
+  forged[3] = std::byte{1};
+  EXPECT_THROW(decode_message(forged), DataError);
+  forged.resize(24 + 4);
+  testing::expect_error<DataError>(
+      [&] { decode_message(forged); },
+      "ps message: field 'term' needs 8 bytes at offset 24, only 4 left");
+  // The flag set with a zero term: a second encoding of term 0, refused.
+  auto zero = termed;
+  std::fill(zero.begin() + 24, zero.begin() + 32, std::byte{0});
+  testing::expect_error<DataError>(
+      [&] { decode_message(zero); },
+      "ps message: the term flag is set with term 0 (term 0 is sent without it)");
+  // A term without the flag: 8 trailing bytes.
+  auto unflagged = termed;
+  unflagged[3] = std::byte{0};
+  EXPECT_THROW(decode_message(unflagged), DataError);
 }
 
 TEST(PsMessages, OversizedCountsAreRejectedBeforeAllocating) {

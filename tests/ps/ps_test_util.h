@@ -10,6 +10,7 @@
 
 #include <array>
 #include <chrono>
+#include <cmath>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -126,6 +127,37 @@ inline std::vector<float> run_sync_workers(
   worker(0);
   others.clear();  // joined
   return out;
+}
+
+// The job of the takeover tests (failover, fencing, a dead backup): init
+// "emb" [4, 6] and "bias" [5] (29 floats: 15 / 14 on two servers), pull,
+// then `steps` sync steps, each a push of worker w's gradient
+// cos(0.7 i - 0.9 w + 0.23 t) with 2w + 1 samples at lr 0.05, then a pull;
+// `before_step(version)` runs before each push (a fatal failure in it ends
+// the training).
+inline void train_two_tensors(Client& client, int w, std::vector<Tensor>& params, uint64_t steps,
+                              const std::function<void(uint64_t)>& before_step = {}) {
+  StateDict spec;
+  spec.insert("emb", Tensor::zeros({4, 6}));
+  spec.insert("bias", Tensor::zeros({5}));
+  client.init(spec, {});
+  params = {Tensor::zeros({4, 6}), Tensor::zeros({5})};
+  uint64_t version = client.pull(params, 0);
+  for (uint64_t t = 0; t < steps; ++t) {
+    if (before_step) before_step(version);
+    if (::testing::Test::HasFatalFailure()) return;
+    std::vector<Tensor> grads;
+    for (const Tensor& p : params) {
+      Tensor g = Tensor::zeros(p.shape());
+      for (int64_t i = 0; i < g.numel(); ++i) {
+        g.data()[i] = std::cos(0.7f * static_cast<float>(i) - 0.9f * static_cast<float>(w) +
+                               0.23f * static_cast<float>(t));
+      }
+      grads.push_back(g);
+    }
+    client.push(grads, 2 * w + 1, 0.05f, version);
+    version = client.pull(params, version + 1);
+  }
 }
 
 // Fails at the first float of `got` that differs from `want` in any bit.

@@ -62,31 +62,15 @@ std::vector<float> train(const std::vector<int>& victims, uint64_t at, Capturing
     threads[static_cast<size_t>(s)].join();
     servers[static_cast<size_t>(s)].reset();
   };
-  return testing::run_sync_workers(
-      1, endpoints, kReplicas, auth, log.logger(),
-      [&](Client& client, int, std::vector<Tensor>& params) {
-        StateDict spec;
-        spec.insert("emb", Tensor::zeros({4, 6}));
-        spec.insert("bias", Tensor::zeros({5}));
-        client.init(spec, {});
-        params = {Tensor::zeros({4, 6}), Tensor::zeros({5})};
-        uint64_t version = client.pull(params, 0);
-        for (uint64_t t = 0; t < kSteps; ++t) {
-          if (version == at) {
-            for (int s : victims) kill(s);
-          }
-          std::vector<Tensor> grads;
-          for (const Tensor& p : params) {
-            Tensor g = Tensor::zeros(p.shape());
-            for (int64_t i = 0; i < g.numel(); ++i) {
-              g.data()[i] = std::cos(0.7f * static_cast<float>(i) + 0.23f * static_cast<float>(t));
-            }
-            grads.push_back(g);
-          }
-          client.push(grads, 3, 0.05f, version);
-          version = client.pull(params, version + 1);
-        }
-      });
+  return testing::run_sync_workers(1, endpoints, kReplicas, auth, log.logger(),
+                                   [&](Client& client, int w, std::vector<Tensor>& params) {
+                                     testing::train_two_tensors(client, w, params, kSteps,
+                                                                [&](uint64_t version) {
+                                                                  if (version == at) {
+                                                                    for (int s : victims) kill(s);
+                                                                  }
+                                                                });
+                                   });
 }
 
 TEST(PsTakeoverDeadBackup, ABackupThatDiedHoldingOnlyACopyIsNotAskedAndTheJobGoesOn) {
