@@ -179,8 +179,11 @@ struct LaunchOptions {
     std::function<std::string(int slot)> slot_name;
     // Whether the job has finished training and every process that took
     // part in it has ended (called on run()'s thread after each exit 0).
-    // Empty: once every essential slot's latest process exited 0
-    // (essential_slots > 0), else never.
+    // Empty: once every essential slot's latest process exited 0 or had its
+    // range taken over (essential_slots > 0); with takeover_replicas, also
+    // once no worker runs or is to be restarted and one of them exited 0 (a
+    // server a backup took over while it was stopped, which no exit shows,
+    // may never end); else never.
     // Processes still running stop_grace later (a worker the group
     // dropped, or one stopped past the heartbeat timeout; the others leave
     // on their own meanwhile) are told so (SIGUSR1, see

@@ -247,11 +247,24 @@ bool Supervisor::job_finished() const {
   const LaunchOptions::Elastic& elastic = *options_.elastic;
   if (elastic.job_finished) return elastic.job_finished();
   if (elastic.essential_slots == 0) return false;
-  for (int slot = 0; slot < elastic.essential_slots; ++slot) {
+  bool served = true;
+  for (int slot = 0; slot < elastic.essential_slots && served; ++slot) {
     if (copies_ && copies_->taken_over(slot)) continue;  // a backup serves its range
-    if (!finished_ok_[static_cast<size_t>(slot)]) return false;
+    served = finished_ok_[static_cast<size_t>(slot)];
   }
-  return true;
+  if (served) return true;
+  // With backups that take ranges over, a server may have been taken over
+  // while it was stopped (silent past the heartbeat timeout): the launcher
+  // saw no death, and the process may never end. Training is over once no
+  // worker runs or is to be restarted and one of them finished.
+  if (elastic.takeover_replicas == 0 || !respawn_queue_.empty()) return false;
+  bool any_done = false;
+  for (const Worker& w : workers_) {
+    if (w.rank < elastic.first_worker_slot) continue;
+    if (!w.reaped && !w.abandoned) return false;
+    any_done = any_done || finished_ok_[static_cast<size_t>(w.rank)];
+  }
+  return any_done;
 }
 
 void Supervisor::release_stragglers() {

@@ -215,5 +215,25 @@ TEST(PsTakeoverSilentCli, AStoppedPrimaryIsTakenOverThenFencedWhenResumedAndTheM
   }
 }
 
+// The same stop, never resumed: the launcher saw no death (nothing ended),
+// so once both workers are done it tells the stopped server to exit (with a
+// SIGCONT so that it hears it) instead of waiting for it for ever; how it
+// ends does not change the job's exit code.
+TEST(PsTakeoverSilentCli, AStoppedPrimaryThatNeverResumesIsToldToExitOnceTheWorkersAreDone) {
+  testing::TempDir tmp;
+  write_text(tmp.file("job.toml"), kBlobs);
+  const JobRun run = run_job(takeover_args(tmp, "stopped",
+                                           {"--set", "distributed.heartbeat_timeout_ms=1000",
+                                            "--set", "distributed.timeout_ms=60000"}),
+                             {{"DTRAIN_TEST_STOP_AT_STEP", "0:5"}});
+  ASSERT_TRUE(run.status.has_value()) << "the launcher did not exit: " << run.output;
+  EXPECT_TRUE(run.status->ok()) << run.status->describe() << "\n" << run.output;
+  for (const char* line : {"ps server 1: took over server 0's range at version ",
+                           "[rank 2] done: ", "ps server 0 (pid ",
+                           "still runs after the job finished training without it"}) {
+    EXPECT_TRUE(has(run.output, line)) << line << "\n" << run.output;
+  }
+}
+
 }  // namespace
 }  // namespace dtrain
