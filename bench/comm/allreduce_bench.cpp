@@ -38,6 +38,7 @@
 // median includes waiting for the slowest rank.
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -198,6 +199,17 @@ int free_port() {
 
 using RankMain = int (*)(int, int, size_t, int, const std::string&, int);
 
+// DTRAIN_BENCH_BIND=1: rank r runs on CPU r mod (CPUs), as mpirun binds
+// each rank to a core by default when it starts at most 2.
+void bind_rank(int rank) {
+  const char* bind = std::getenv("DTRAIN_BENCH_BIND");
+  if (bind == nullptr || std::string(bind) != "1") return;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(rank % static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN)), &set);
+  sched_setaffinity(0, sizeof set, &set);
+}
+
 // Forks ranks 1..n-1 (before any thread exists), runs rank 0 here.
 int run_forked(RankMain rank_main, int ranks, size_t bytes, int reps) {
   const std::string job = "bench-" + std::to_string(getpid());
@@ -206,6 +218,7 @@ int run_forked(RankMain rank_main, int ranks, size_t bytes, int reps) {
   for (int r = 1; r < ranks; ++r) {
     const pid_t pid = fork();
     if (pid == 0) {
+      bind_rank(r);
       int code = 1;
       try {
         code = rank_main(r, ranks, bytes, reps, job, port);
@@ -216,6 +229,7 @@ int run_forked(RankMain rank_main, int ranks, size_t bytes, int reps) {
     }
     children.push_back(pid);
   }
+  bind_rank(0);
   int code = rank_main(0, ranks, bytes, reps, job, port);
   for (const pid_t pid : children) {
     int status = 0;

@@ -302,9 +302,12 @@ int main(int argc, char** argv) {
   std::printf("\n%-8s %-8s %-4s %-12s %14s %10s %8s %16s %12s\n", "servers", "workers", "mac",
               "link", "dense GB/s", "/memcpy", "/tcp", "sparse rows/s", "CPU ns/row");
   for (const Row& row : rows) {
-    std::printf("%-8d %-8d %-4d %-12s %14.3f %10.3f %8.3f %16.0f %12.0f\n", row.servers,
-                row.workers, row.mac ? 1 : 0, link_name(row.link), row.r.dense_gb_per_s,
-                row.r.dense_gb_per_s / memcpy_rate, tcp_ratio(row), row.r.sparse_rows_per_s,
+    const double over_tcp = tcp_ratio(row);
+    char tcp_cell[16] = "-";  // not a tcp cell
+    if (over_tcp > 0) std::snprintf(tcp_cell, sizeof tcp_cell, "%.3f", over_tcp);
+    std::printf("%-8d %-8d %-4d %-12s %14.3f %10.3f %8s %16.0f %12.0f\n", row.servers, row.workers,
+                row.mac ? 1 : 0, link_name(row.link), row.r.dense_gb_per_s,
+                row.r.dense_gb_per_s / memcpy_rate, tcp_cell, row.r.sparse_rows_per_s,
                 row.r.sparse_cpu_ns_per_row);
   }
   std::printf("memcpy: %.2f GB/s (one thread, 64 MiB)\n", memcpy_rate);
