@@ -29,7 +29,8 @@
 // (ZmqTransportOptions::lane_spin), DTRAIN_BENCH_LANE_SOCKET_BYTES the lane
 // sockets' buffers (lane_socket_buffer_bytes), DTRAIN_BENCH_LANE_FOLD=0
 // turns off handing received bytes to the reduce as they are read
-// (lane_fold), for tuning them.
+// (lane_fold), for tuning them; DTRAIN_BENCH_BIND=1 binds rank r to CPU r
+// mod CPUs (mpirun's default binding for np <= 2, to compare placement).
 //
 // Prints one line "<mode> ranks=<n> bytes=<b> median_us=<t> busbw_gbs=<g>"
 // with bus bandwidth 2(n-1)/n * bytes / time (for memcpy: bytes / time).
