@@ -30,7 +30,9 @@
 // sockets' buffers (lane_socket_buffer_bytes), DTRAIN_BENCH_LANE_FOLD=0
 // turns off handing received bytes to the reduce as they are read
 // (lane_fold), for tuning them; DTRAIN_BENCH_BIND=1 binds rank r to CPU r
-// mod CPUs (mpirun's default binding for np <= 2, to compare placement).
+// mod CPUs (mpirun's default binding for np <= 2, to compare placement);
+// DTRAIN_BENCH_BARRIER_EACH=1 (zmq modes) runs an untimed barrier before
+// each call, so that every call starts with the ranks in step.
 //
 // Prints one line "<mode> ranks=<n> bytes=<b> median_us=<t> busbw_gbs=<g>"
 // with bus bandwidth 2(n-1)/n * bytes / time (for memcpy: bytes / time).
@@ -89,12 +91,15 @@ int run_memcpy(size_t bytes, int reps) {
 }
 
 // Times `allreduce` on this rank; rank 0 reports the median as `mode`.
+// `before` (may be empty) runs before each call, outside the timed part.
 void time_rank(const char* mode, int rank, int ranks, size_t bytes, int reps,
-               const std::function<void(std::vector<float>&)>& allreduce) {
+               const std::function<void(std::vector<float>&)>& allreduce,
+               const std::function<void()>& before = {}) {
   std::vector<float> data(bytes / sizeof(float), 1.0f);
   std::vector<double> times;
   const int warmup = 5;
   for (int i = 0; i < reps + warmup; ++i) {
+    if (before) before();
     const auto start = Clock::now();
     allreduce(data);
     if (i >= warmup) times.push_back(std::chrono::duration<double>(Clock::now() - start).count());
@@ -171,12 +176,16 @@ int run_zmq_rank(int rank, int ranks, size_t bytes, int reps, const std::string&
     comm_options.pair_chunk_bytes = std::strtoull(pair, nullptr, 10);
   }
   comm::Communicator comm(*transport, comm_options);
-  time_rank(curve                      ? "dtrain-zmq-curve"
-            : tcp_only && !with_secret ? "dtrain-zmq-tcp-nomac"
-            : tcp_only                 ? "dtrain-zmq-tcp"
-                                       : "dtrain-zmq",
-            rank, ranks, bytes, reps,
-            [&](std::vector<float>& data) { comm.allreduce(data, comm::ReduceOp::kSum); });
+  const char* barrier_env = std::getenv("DTRAIN_BENCH_BARRIER_EACH");
+  const bool barrier_each = barrier_env != nullptr && std::string(barrier_env) == "1";
+  time_rank(
+      curve                      ? "dtrain-zmq-curve"
+      : tcp_only && !with_secret ? "dtrain-zmq-tcp-nomac"
+      : tcp_only                 ? "dtrain-zmq-tcp"
+                                 : "dtrain-zmq",
+      rank, ranks, bytes, reps,
+      [&](std::vector<float>& data) { comm.allreduce(data, comm::ReduceOp::kSum); },
+      barrier_each ? std::function<void()>([&] { comm.barrier(); }) : nullptr);
   comm.barrier();  // nobody closes its transport while a peer still needs it
   return 0;
 }
