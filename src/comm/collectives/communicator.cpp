@@ -43,12 +43,19 @@ uint64_t host_key() {
   return key;
 }
 
+size_t chunk_elements(size_t chunk_bytes) {
+  return std::max<size_t>(1, chunk_bytes / sizeof(float));
+}
 size_t chunk_elements(const CommunicatorOptions& options) {
-  return std::max<size_t>(1, options.chunk_bytes / sizeof(float));
+  return chunk_elements(options.chunk_bytes);
 }
 
+// The ring's window in chunks of `chunk_bytes`.
+size_t window_chunks(const CommunicatorOptions& options, size_t chunk_bytes) {
+  return std::max<size_t>(1, options.ring_window_bytes / chunk_bytes);
+}
 size_t window_chunks(const CommunicatorOptions& options) {
-  return std::max<size_t>(1, options.ring_window_bytes / options.chunk_bytes);
+  return window_chunks(options, options.chunk_bytes);
 }
 
 }  // namespace
@@ -291,12 +298,11 @@ void Communicator::allreduce_now(std::span<float> data, ReduceOp op, const OpDes
     halving_doubling_allreduce(channel, data, op, chunk_elements(options_),
                                window_chunks(options_));
   } else {
-    CommunicatorOptions ring = options_;  // two ranks: pair_chunk_bytes (communicator.h)
-    if (size() == 2 && ring.pair_chunk_bytes > 0 &&
-        data.size_bytes() <= ring.pair_chunk_max_bytes) {
-      ring.chunk_bytes = ring.pair_chunk_bytes;
-    }
-    ring_allreduce(channel, data, op, chunk_elements(ring), window_chunks(ring));
+    // Two ranks: pair_chunk_bytes up to pair_chunk_max_bytes (communicator.h).
+    const bool pair = size() == 2 && options_.pair_chunk_bytes > 0 &&
+                      data.size_bytes() <= options_.pair_chunk_max_bytes;
+    const size_t chunk = pair ? options_.pair_chunk_bytes : options_.chunk_bytes;
+    ring_allreduce(channel, data, op, chunk_elements(chunk), window_chunks(options_, chunk));
   }
 }
 
