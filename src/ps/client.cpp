@@ -93,7 +93,7 @@ comm::wire::FrameHeader header_to(int server, uint64_t request_id) {
 uint64_t send_message(comm::wire::FramedSocket& socket, int server, const Message& m,
                       FramePool* frames = nullptr) {
   if (frames != nullptr) {
-    auto payload = frames->share(encode_message(m, frames->take(encoded_size_bound(m))));
+    auto payload = encode_pooled(*frames, m);
     const uint64_t bytes = comm::wire::kHeaderBytes + payload->size();
     socket.send({}, header_to(server, m.request_id), std::move(payload));
     return bytes;
@@ -240,9 +240,7 @@ void Client::Impl::send(int server, Message& m) {
                          [&](const OpenPush& p) { return p.request_id == m.request_id; });
   if (it == open.end()) {
     if (open.empty()) push_through_shm(server, m);
-    open.push_back(
-        OpenPush{m.request_id, m.version,
-                 frames_->share(encode_message(m, frames_->take(encoded_size_bound(m))))});
+    open.push_back(OpenPush{m.request_id, m.version, encode_pooled(*frames_, m)});
     it = std::prev(open.end());
   }
   send_again(server, *it);

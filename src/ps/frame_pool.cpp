@@ -3,6 +3,8 @@
 
 #include <utility>
 
+#include "ps/messages.h"
+
 namespace dtrain::ps {
 
 std::vector<std::byte> FramePool::take(size_t bytes) {
@@ -49,6 +51,11 @@ size_t FramePool::buffers() const {
 size_t FramePool::bytes() const {
   std::lock_guard lock(mutex_);
   return free_bytes_;
+}
+
+std::shared_ptr<const std::vector<std::byte>> encode_pooled(FramePool& pool,
+                                                            const Message& message) {
+  return pool.share(encode_message(message, pool.take(encoded_size_bound(message))));
 }
 
 }  // namespace dtrain::ps

@@ -24,6 +24,8 @@
 
 namespace dtrain::ps {
 
+struct Message;
+
 class FramePool : public std::enable_shared_from_this<FramePool> {
  public:
   static constexpr size_t kMaxBuffers = 16;
@@ -47,5 +49,10 @@ class FramePool : public std::enable_shared_from_this<FramePool> {
   std::vector<std::vector<std::byte>> free_;
   size_t free_bytes_ = 0;
 };
+
+// `message`'s payload (encode_message) written into one of `pool`'s
+// buffers and shared from it: what every ps endpoint sends.
+std::shared_ptr<const std::vector<std::byte>> encode_pooled(FramePool& pool,
+                                                            const Message& message);
 
 }  // namespace dtrain::ps

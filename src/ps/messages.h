@@ -17,11 +17,12 @@
 // key arrays u64 count + count u64; written and read by core/byte_codec.h.
 //
 // decode_message() treats its input as untrusted: an unknown kind or status,
-// an unknown flag bit, a term flag with a zero or missing term, a count that does not fit the
-// remaining bytes, trailing bytes, a non-finite lr or compute time, a negative dimension or sample
-// count: DataError naming the field and both values. It never allocates more than the payload's own
-// size implies. Encoding a message into a wire frame (header + payload) and decoding one back are
-// pure functions; nothing here blocks.
+// an unknown flag bit, a term flag with a zero or missing term, a count that
+// does not fit the remaining bytes, trailing bytes, a non-finite lr or
+// compute time, a negative dimension or sample count: DataError naming the
+// field and both values. It never allocates more than the payload's own size
+// implies. Encoding a message into a wire frame (header + payload) and
+// decoding one back are pure functions; nothing here blocks.
 #pragma once
 
 #include <cstddef>

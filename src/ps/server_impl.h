@@ -190,6 +190,8 @@ class Server::Impl {
   // changes. fence() logs it once.
   bool fenced(const std::string& identity, uint32_t receiver, const Message& m);
   void fence(uint64_t term, const std::string& seen);
+  // The kFenced answer to `request` (its kind and id), at the fencing term.
+  Message fenced_reply(const Message& request) const;
   // A fenced server that hosts no acting primary ends run() (kFinished,
   // logged) once no worker is live in its view: its workers moved to the
   // range's holder and never say goodbye here.

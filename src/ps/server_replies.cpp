@@ -22,8 +22,7 @@ void Server::Impl::send_now(const std::string& identity, uint32_t receiver, cons
   header.receiver = receiver;
   header.sequence = m.request_id;
   // Into a reused buffer (frame_pool.h): no fresh pages for each reply.
-  socket_->send(identity, header,
-                frames_->share(encode_message(m, frames_->take(encoded_size_bound(m)))));
+  socket_->send(identity, header, encode_pooled(*frames_, m));
 }
 
 void Server::Impl::reply(const std::string& identity, uint32_t worker, Message m) {

@@ -204,12 +204,17 @@ void Server::Impl::fence(uint64_t term, const std::string& seen) {
     Message m;
     m.kind = p.reply_to;
     m.request_id = p.request_id;
-    Message r = status_reply(m, ReplyStatus::kFenced, fenced_why_);
-    r.worker = static_cast<uint32_t>(options_.server);
-    r.term = term;
-    send(p.identity, worker_rank(options_.num_servers, static_cast<int>(p.worker)), r);
+    send(p.identity, worker_rank(options_.num_servers, static_cast<int>(p.worker)),
+         fenced_reply(m));
   }
   parked_.clear();
+}
+
+Message Server::Impl::fenced_reply(const Message& request) const {
+  Message r = status_reply(request, ReplyStatus::kFenced, fenced_why_);
+  r.worker = static_cast<uint32_t>(options_.server);
+  r.term = *fenced_term_;
+  return r;
 }
 
 bool Server::Impl::fenced(const std::string& identity, uint32_t receiver, const Message& m) {
@@ -219,10 +224,7 @@ bool Server::Impl::fenced(const std::string& identity, uint32_t receiver, const 
   if (!fenced_term_) return false;
   ++counters_.requests_rejected;
   if (m.kind == Kind::kHeartbeat) return true;
-  Message r = status_reply(m, ReplyStatus::kFenced, fenced_why_);
-  r.worker = static_cast<uint32_t>(options_.server);
-  r.term = *fenced_term_;
-  send(identity, receiver, r);
+  send(identity, receiver, fenced_reply(m));
   return true;
 }
 

@@ -116,7 +116,7 @@ TEST(FramePool, APooledRowPushDecodesAndItsTruncationsAndExtensionsAreRejected) 
   auto pool = FramePool::create();
   give(*pool, 1 << 16);  // a larger frame's buffer, reused
   const Message m = row_push(grads);
-  auto payload = pool->share(encode_message(m, pool->take(encoded_size_bound(m))));
+  auto payload = encode_pooled(*pool, m);
   const Message back = decode_message(*payload);
   EXPECT_EQ(back.keys, m.keys);
   EXPECT_EQ(back.floats, grads);
